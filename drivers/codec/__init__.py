@@ -1,0 +1,1 @@
+"""Payload codecs: Cayenne LPP and the denen node frame."""

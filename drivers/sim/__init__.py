@@ -1,0 +1,1 @@
+"""Simulated radio modules and sensor nodes on real pseudo-terminals."""

@@ -1,0 +1,334 @@
+"""Sensor kinds of the denen node frame (PROTOCOLS.md §9): which LPP channel carries which value, in which unit.
+
+Each kind maps LPP channels to named values whose key says the unit (``battery_v``, ``level_cm``)::
+
+    kind         channel  LPP type        value keys                                   presence
+    sos          1        digital_input   pressed (1.0 pressed / 0.0 cancelled)        required
+                 2        gps             lat_deg, lon_deg, alt_m                      optional (no fix)
+                 3        voltage         battery_v                                    optional
+                 4        accelerometer   accel_x_g, accel_y_g, accel_z_g              optional (fall detection)
+    trap         1        digital_input   fired (1.0 fired / 0.0 armed)                required
+                 3        voltage         battery_v                                    optional
+    water_level  1        distance        level_cm (LPP metres x 100)                  required
+                 3        voltage         battery_v                                    optional
+    rain         1        analog_input    rain_mm (since the previous frame)           required
+                 2        generic_sensor  tips (cumulative tip count)                  optional
+                 3        voltage         battery_v                                    optional
+    tilt         1        analog_input    tilt_x_deg                                   required
+                 2        analog_input    tilt_y_deg                                   required
+                 3        voltage         battery_v                                    optional
+    weather      1        temperature     temperature_c                                at least one of ch1/ch2/ch4
+                 2        humidity        humidity_pct
+                 4        barometer       pressure_hpa
+                 3        voltage         battery_v                                    optional
+    heartbeat    3        voltage         battery_v                                    required
+                 5        percentage      battery_pct                                  optional
+    receipt      -        (empty body)                                                 downlink only
+    vendor       0x80-0xFE: decoded by a codec named in the node's config, not here
+
+Channels that a kind does not list are kept, never dropped: a scalar as ``ch<N>_<lpp name>`` (``ch7_temperature``),
+a 3-tuple as ``ch<N>_<lpp name>_0`` .. ``_2``. The RAK type-255 device id record becomes ``device_id``.
+All values are floats; booleans are 1.0/0.0.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+from drivers.codec import lpp
+from drivers.codec.lpp import LppRecord
+from drivers.errors import CodecError
+
+__all__ = ["KINDS", "KIND_CODES", "VENDOR_CODES", "decode_values", "encode_values", "kind_name"]
+
+KINDS: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        0x01: "sos",
+        0x02: "trap",
+        0x03: "water_level",
+        0x04: "rain",
+        0x05: "tilt",
+        0x06: "weather",
+        0x0F: "heartbeat",
+        0x7F: "receipt",
+    }
+)
+"""Kind name by kind code (byte 9 of the frame)."""
+
+KIND_CODES: Final[Mapping[str, int]] = MappingProxyType({name: code for code, name in KINDS.items()})
+"""Kind code by kind name."""
+
+VENDOR_CODES: Final = range(0x80, 0xFF)
+"""Codes 0x80..0xFE: vendor kinds, decoded by a codec named in the node's config."""
+
+_DEVICE_ID: Final = "device_id"
+_DEVICE_ID_TYPE: Final = lpp.TYPE_IDS["device_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Channel:
+    """How one LPP channel of a kind maps to named values."""
+
+    channel: int
+    lpp_name: str
+    keys: tuple[str, ...]  # one key for scalar types, three for gps/accelerometer
+    required: bool = False
+    boolean: bool = False  # digital input read as 1.0/0.0
+    factor: int = 1  # value = LPP value * factor (water level: m -> cm)
+    ndigits: int | None = None  # round after scaling, to drop float noise from the factor (exact to the step)
+
+    @property
+    def type_id(self) -> int:
+        return lpp.TYPE_IDS[self.lpp_name]
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    channels: tuple[_Channel, ...]
+    any_of: tuple[int, ...] = ()  # at least one of these channels must be present
+
+
+_BATTERY = _Channel(3, "voltage", ("battery_v",))
+
+_TABLE: Final[Mapping[str, _Kind]] = MappingProxyType(
+    {
+        "sos": _Kind(
+            (
+                _Channel(1, "digital_input", ("pressed",), required=True, boolean=True),
+                _Channel(2, "gps", ("lat_deg", "lon_deg", "alt_m")),
+                _BATTERY,
+                _Channel(4, "accelerometer", ("accel_x_g", "accel_y_g", "accel_z_g")),
+            )
+        ),
+        "trap": _Kind((_Channel(1, "digital_input", ("fired",), required=True, boolean=True), _BATTERY)),
+        # distance has a 1 mm step, so level_cm is exact to 1 decimal.
+        "water_level": _Kind((_Channel(1, "distance", ("level_cm",), required=True, factor=100, ndigits=1), _BATTERY)),
+        "rain": _Kind(
+            (
+                _Channel(1, "analog_input", ("rain_mm",), required=True),
+                _Channel(2, "generic_sensor", ("tips",)),
+                _BATTERY,
+            )
+        ),
+        "tilt": _Kind(
+            (
+                _Channel(1, "analog_input", ("tilt_x_deg",), required=True),
+                _Channel(2, "analog_input", ("tilt_y_deg",), required=True),
+                _BATTERY,
+            )
+        ),
+        "weather": _Kind(
+            (
+                _Channel(1, "temperature", ("temperature_c",)),
+                _Channel(2, "humidity", ("humidity_pct",)),
+                _Channel(4, "barometer", ("pressure_hpa",)),
+                _BATTERY,
+            ),
+            any_of=(1, 2, 4),
+        ),
+        # §9 lists ch3 voltage as the heartbeat's content and only ch5 as optional, so ch3 is required here.
+        "heartbeat": _Kind(
+            (_Channel(3, "voltage", ("battery_v",), required=True), _Channel(5, "percentage", ("battery_pct",)))
+        ),
+        "receipt": _Kind(()),
+    }
+)
+
+# Keys of the extra channels: ch<N>_<lpp name> or ch<N>_<lpp name>_<0..2>.
+_EXTRA_KEY = re.compile(r"ch(\d{1,3})_([a-z_]+?)(?:_([012]))?")
+
+
+def kind_name(code: int) -> str:
+    """Name of a kind code.
+
+    Args:
+        code: byte 9 of the frame.
+
+    Returns:
+        The name from :data:`KINDS`, or ``'vendor'`` for 0x80..0xFE.
+
+    Raises:
+        CodecError: ``kind_unknown`` for any other code.
+    """
+    name = KINDS.get(code)
+    if name is not None:
+        return name
+    if code in VENDOR_CODES:
+        return "vendor"
+    raise CodecError("kind_unknown", f"unknown kind code {code!r} (known: {_known_codes()}, vendor 0x80..0xfe)")
+
+
+def _known_codes() -> str:
+    return ", ".join(f"0x{code:02x} {name}" for code, name in KINDS.items())
+
+
+def _kind(kind: str) -> _Kind:
+    if kind == "vendor":
+        raise CodecError(
+            "kind_vendor_codec", "vendor kinds (0x80..0xfe) are decoded by the codec named in the node's config"
+        )
+    table = _TABLE.get(kind)
+    if table is None:
+        raise CodecError("kind_unknown", f"unknown kind {kind!r} (known: {', '.join(KIND_CODES)}, vendor)")
+    return table
+
+
+def _describe(spec: _Channel) -> str:
+    return f"ch{spec.channel} {spec.lpp_name} (type 0x{spec.type_id:02x})"
+
+
+def _put(out: dict[str, float], key: str, value: float, kind: str, channel: int) -> None:
+    if key in out:
+        # A second record for the same value makes the frame ambiguous; refuse rather than guess which one counts.
+        raise CodecError("kind_duplicate_channel", f"{kind}: ch{channel} gives {key!r} twice")
+    out[key] = value
+
+
+def decode_values(kind: str, records: list[LppRecord]) -> dict[str, float]:
+    """Turn the LPP records of a frame body into named values (see the module table).
+
+    Args:
+        kind: kind name, e.g. ``'trap'`` (from :func:`kind_name`).
+        records: the decoded body (:func:`drivers.codec.lpp.decode`).
+
+    Returns:
+        Values by key, all floats, in the unit the key names; extra channels as ``ch<N>_<lpp name>[_i]`` and
+        the RAK device id as ``device_id``.
+
+    Raises:
+        CodecError: ``kind_unknown`` for an unknown kind name; ``kind_vendor_codec`` for ``'vendor'``;
+            ``kind_missing_channel`` when a required channel is absent (naming kind, channel and expected type);
+            ``kind_bad_type`` when a known channel carries another LPP type; ``kind_duplicate_channel`` when the
+            same value arrives twice.
+    """
+    table = _kind(kind)
+    by_channel = {spec.channel: spec for spec in table.channels}
+    out: dict[str, float] = {}
+    seen: set[int] = set()
+    for record in records:
+        spec = by_channel.get(record.channel)
+        if spec is not None:
+            if record.type != spec.type_id:
+                raise CodecError(
+                    "kind_bad_type",
+                    f"{kind}: ch{record.channel} is {record.name} (type 0x{record.type:02x}), "
+                    f"expected {_describe(spec)}",
+                )
+            seen.add(record.channel)
+            value = record.value
+            if spec.boolean:
+                # Any non-zero digital input counts as 1 (C's notion of true): firmware that sends 0xFF for
+                # "pressed" must still raise the alarm rather than have its SOS quarantined.
+                _put(out, spec.keys[0], 1.0 if value else 0.0, kind, record.channel)
+            elif isinstance(value, tuple):
+                for key, item in zip(spec.keys, value, strict=True):
+                    _put(out, key, float(item), kind, record.channel)
+            else:
+                scaled = float(value) * spec.factor
+                if spec.ndigits is not None:
+                    scaled = round(scaled, spec.ndigits)
+                _put(out, spec.keys[0], scaled, kind, record.channel)
+        elif record.type == _DEVICE_ID_TYPE:
+            _put(out, _DEVICE_ID, float(record.value), kind, record.channel)  # type: ignore[arg-type]
+        elif isinstance(record.value, tuple):
+            for index, item in enumerate(record.value):
+                _put(out, f"ch{record.channel}_{record.name}_{index}", float(item), kind, record.channel)
+        else:
+            _put(out, f"ch{record.channel}_{record.name}", float(record.value), kind, record.channel)
+    for spec in table.channels:
+        if spec.required and spec.channel not in seen:
+            raise CodecError("kind_missing_channel", f"{kind}: required {_describe(spec)} is missing")
+    if table.any_of and seen.isdisjoint(table.any_of):
+        wanted = ", ".join(_describe(by_channel[ch]) for ch in table.any_of)
+        raise CodecError("kind_missing_channel", f"{kind}: needs at least one of {wanted}; none present")
+    return out
+
+
+def encode_values(kind: str, values: Mapping[str, float]) -> bytes:
+    """Build an LPP body that :func:`decode_values` turns back into ``values`` (within one step).
+
+    Meant for simulators and firmware authors. Keys follow the module table; extra keys ``ch<N>_<lpp name>``,
+    ``ch<N>_<lpp name>_0..2`` and ``device_id`` (sent on channel 0, as RAK does) are encoded too.
+
+    Args:
+        kind: kind name, e.g. ``'sos'``.
+        values: values by key, in the unit the key names; booleans as 1.0/0.0.
+
+    Returns:
+        The LPP body: table channels in table order, then ``device_id``, then extra channels by channel number.
+
+    Raises:
+        CodecError: ``kind_unknown``/``kind_vendor_codec`` for the kind; ``kind_missing_value`` when a required
+            value (or one coordinate of a tuple) is missing; ``kind_bad_value`` for a boolean other than 0/1;
+            ``kind_unknown_value`` for a key that is neither in the table nor a valid extra key.
+        LppError: when a value does not fit its LPP type (``lpp_out_of_range``, ``lpp_bad_value``).
+    """
+    table = _kind(kind)
+    remaining = dict(values)
+    records: list[tuple[int, str | int, lpp.LppValue]] = []
+    present: set[int] = set()
+    for spec in table.channels:
+        found = [key for key in spec.keys if key in remaining]
+        if not found:
+            if spec.required:
+                raise CodecError("kind_missing_value", f"{kind}: {spec.keys[0]!r} ({_describe(spec)}) is required")
+            continue
+        if len(found) != len(spec.keys):
+            missing = [key for key in spec.keys if key not in remaining]
+            raise CodecError("kind_missing_value", f"{kind}: {_describe(spec)} also needs {missing}")
+        items = [remaining.pop(key) for key in spec.keys]
+        present.add(spec.channel)
+        value: lpp.LppValue
+        if spec.boolean:
+            if items[0] not in (0, 1):
+                raise CodecError("kind_bad_value", f"{kind}: {spec.keys[0]!r} must be 1.0 or 0.0, got {items[0]!r}")
+            value = int(items[0])
+        elif len(items) == 3:
+            value = (items[0], items[1], items[2])
+        else:
+            # A non-number passes through unscaled so that lpp.encode reports it as lpp_bad_value.
+            scalable = spec.factor != 1 and isinstance(items[0], (int, float))
+            value = items[0] / spec.factor if scalable else items[0]
+        records.append((spec.channel, spec.lpp_name, value))
+    if table.any_of and present.isdisjoint(table.any_of):
+        wanted = ", ".join(f"{spec.keys[0]!r}" for spec in table.channels if spec.channel in table.any_of)
+        raise CodecError("kind_missing_value", f"{kind}: needs at least one of {wanted}")
+
+    if _DEVICE_ID in remaining:
+        records.insert(0, (0, _DEVICE_ID_TYPE, remaining.pop(_DEVICE_ID)))
+    records.extend(_extra_records(kind, table, remaining))
+    return lpp.encode(records)
+
+
+def _extra_records(kind: str, table: _Kind, extras: Mapping[str, float]) -> list[tuple[int, str | int, lpp.LppValue]]:
+    """Encode the ``ch<N>_<lpp name>[_i]`` keys, checking that decode_values would read them back as extras."""
+    scalars: dict[tuple[int, str], float] = {}
+    parts: dict[tuple[int, str], dict[int, float]] = {}
+    table_channels = {spec.channel for spec in table.channels}
+    for key, value in extras.items():
+        match = _EXTRA_KEY.fullmatch(key)
+        channel = int(match.group(1)) if match else -1
+        name = match.group(2) if match else ""
+        spec = lpp.LPP_TYPES.get(lpp.TYPE_IDS.get(name, -1))
+        index = match.group(3) if match else None
+        if spec is None or spec.is_tuple != (index is not None) or not 0 <= channel <= 255 or name == _DEVICE_ID:
+            raise CodecError("kind_unknown_value", f"{kind}: unknown value key {key!r}")
+        if channel in table_channels:
+            # decode_values reads a table channel as the table says, so an extra there could never come back.
+            raise CodecError("kind_unknown_value", f"{kind}: {key!r} uses ch{channel}, which the {kind} table owns")
+        if index is None:
+            scalars[(channel, name)] = value
+        else:
+            parts.setdefault((channel, name), {})[int(index)] = value
+    records: list[tuple[int, str | int, lpp.LppValue]] = [(ch, name, value) for (ch, name), value in scalars.items()]
+    for (channel, name), items in parts.items():
+        if len(items) != 3:
+            missing = [f"ch{channel}_{name}_{i}" for i in range(3) if i not in items]
+            raise CodecError("kind_missing_value", f"{kind}: also needs {missing}")
+        records.append((channel, name, (items[0], items[1], items[2])))
+    records.sort(key=lambda record: (record[0], lpp.TYPE_IDS[str(record[1])]))
+    return records

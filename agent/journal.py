@@ -1,0 +1,321 @@
+"""The durable journal: every reading is committed here before it is published, and leaves only after PUBACK.
+
+One SQLite file in WAL mode with ``synchronous=FULL``. One writer (the gateway's core thread) groups everything
+that arrived since the last commit into one transaction, so under load one fsync covers many readings, while a
+lone SOS still gets its own commit at once. Readers (``denen status``) open the file read-only beside it.
+
+Tables:
+    reading     unsent readings; ``body`` is the reading's JSON object exactly as it will be published, so its
+                identity (gateway, node, frame counter) and edge timestamp never change on a retry.
+    node        per-node state: last accepted frame counter (the replay window), last seen, RSSI, SNR, battery.
+    counter     monotonically increasing event counters (bad frames by reason, reopens, evictions ...).
+    quarantine  frames that failed to decode or authenticate, with the reason, kept for inspection (bounded).
+    meta        schema version and small facts about the running agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from agent.errors import JournalError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+#: Priority lanes, highest first. The index is what is stored.
+LANES: tuple[str, ...] = ("sos", "alarm", "telemetry", "diagnostics")
+SOS, ALARM, TELEMETRY, DIAGNOSTICS = range(4)
+#: Lanes the quota may evict from, lowest priority first. SOS and alarms are never evicted.
+EVICTABLE: tuple[int, ...] = (DIAGNOSTICS, TELEMETRY)
+
+QUARANTINE_KEEP = 10_000  # rows kept for inspection; older ones are dropped (their counts stay in `counter`)
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS reading (
+    seq   INTEGER PRIMARY KEY,
+    lane  INTEGER NOT NULL,
+    node  TEXT NOT NULL,
+    fcnt  INTEGER NOT NULL,
+    ts_us INTEGER NOT NULL,
+    body  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reading_lane ON reading(lane, seq);
+CREATE TABLE IF NOT EXISTS node (
+    node         TEXT PRIMARY KEY,
+    name         TEXT,
+    last_fcnt    INTEGER,
+    last_seen_us INTEGER,
+    radio        TEXT,
+    rssi         REAL,
+    snr          REAL,
+    battery_v    REAL,
+    frames_ok    INTEGER NOT NULL DEFAULT 0,
+    frames_bad   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id     INTEGER PRIMARY KEY,
+    ts_us  INTEGER NOT NULL,
+    radio  TEXT,
+    node   TEXT,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    raw    BLOB,
+    rssi   REAL,
+    snr    REAL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+@dataclass(slots=True)
+class Entry:
+    """A reading on its way into the journal.
+
+    Attributes:
+        lane: priority lane index (``SOS`` .. ``DIAGNOSTICS``).
+        node: node id, 8 lowercase hex digits (or the gateway id for the gateway's own readings).
+        fcnt: frame counter; with ``node`` and the gateway id it is the reading's identity.
+        ts_us: edge timestamp, microseconds since the Unix epoch.
+        body: the reading as a JSON object text, published verbatim.
+    """
+
+    lane: int
+    node: str
+    fcnt: int
+    ts_us: int
+    body: str
+
+
+@dataclass(slots=True)
+class NodeState:
+    """What the gateway remembers about one node; ``last_fcnt`` is the persisted replay window."""
+
+    node: str
+    name: str | None = None
+    last_fcnt: int | None = None
+    last_seen_us: int | None = None
+    radio: str | None = None
+    rssi: float | None = None
+    snr: float | None = None
+    battery_v: float | None = None
+    frames_ok: int = 0
+    frames_bad: int = 0
+
+
+@dataclass(slots=True)
+class Quarantined:
+    """A frame set aside: it failed to decode or authenticate. ``reason`` is a short stable key."""
+
+    ts_us: int
+    radio: str | None
+    node: str | None
+    reason: str
+    detail: str
+    raw: bytes | None
+    rssi: float | None = None
+    snr: float | None = None
+
+
+class Journal:
+    """The gateway's durable store. Not thread-safe: one owner thread writes.
+
+    Args:
+        path: the SQLite file; its folder is created.
+        quota_bytes: disk quota for the journal, in bytes; above it the lowest lanes are evicted, oldest first.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, quota_bytes: int) -> None:
+        self.path = os.fspath(path)
+        self.quota_bytes = quota_bytes
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            # Keep the WAL from growing without bound during a long outage with a busy reader.
+            self._db.execute("PRAGMA journal_size_limit=67108864")
+            self._db.executescript(_DDL)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise JournalError(f"{self.path}: journal schema {row[0]}, this agent reads {SCHEMA_VERSION}")
+            self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
+        self._in_txn = False
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- the one write path ------------------------------------------------------------------------
+    def commit(
+        self,
+        *,
+        entries: list[Entry] = (),  # type: ignore[assignment]
+        acked: Iterable[int] = (),
+        nodes: Iterable[NodeState] = (),
+        quarantined: list[Quarantined] = (),  # type: ignore[assignment]
+        counters: Mapping[str, int] | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> list[int]:
+        """Write everything in one transaction and commit it (one fsync).
+
+        Args:
+            entries: new readings to keep until acknowledged.
+            acked: ``seq`` of readings the broker acknowledged; they are deleted.
+            nodes: node states that changed (replay windows, last seen ...).
+            quarantined: frames set aside.
+            counters: counter name -> new absolute value.
+            meta: small facts to store (agent start time, MQTT state ...).
+
+        Returns:
+            The ``seq`` assigned to each entry, in order.
+        """
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            seqs: list[int] = []
+            if entries:
+                row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM reading").fetchone()
+                first = row[0] + 1
+                db.executemany(
+                    "INSERT INTO reading(seq, lane, node, fcnt, ts_us, body) VALUES (?,?,?,?,?,?)",
+                    [(first + i, e.lane, e.node, e.fcnt, e.ts_us, e.body) for i, e in enumerate(entries)],
+                )
+                seqs = list(range(first, first + len(entries)))
+            acked = list(acked)
+            if acked:
+                db.executemany("DELETE FROM reading WHERE seq=?", [(s,) for s in acked])
+            for n in nodes:
+                db.execute(
+                    "INSERT OR REPLACE INTO node(node, name, last_fcnt, last_seen_us, radio, rssi, snr, battery_v,"
+                    " frames_ok, frames_bad) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (n.node, n.name, n.last_fcnt, n.last_seen_us, n.radio, n.rssi, n.snr, n.battery_v,
+                     n.frames_ok, n.frames_bad),
+                )
+            if quarantined:
+                db.executemany(
+                    "INSERT INTO quarantine(ts_us, radio, node, reason, detail, raw, rssi, snr) VALUES (?,?,?,?,?,?,?,?)",
+                    [(q.ts_us, q.radio, q.node, q.reason, q.detail, q.raw, q.rssi, q.snr) for q in quarantined],
+                )
+                db.execute(
+                    "DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - ?", (QUARANTINE_KEEP,)
+                )
+            if counters:
+                db.executemany(
+                    "INSERT OR REPLACE INTO counter(name, value) VALUES (?,?)", list(counters.items())
+                )
+            if meta:
+                db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", list(meta.items()))
+            db.execute("COMMIT")
+            return seqs
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise JournalError(f"{self.path}: commit failed: {exc}") from exc
+
+    # -- reads ---------------------------------------------------------------------------------------
+    def pending(self, lane: int, *, after_seq: int, limit: int) -> list[tuple[int, str]]:
+        """Unacknowledged readings of one lane with ``seq > after_seq``, oldest first: ``[(seq, body), ...]``."""
+        return self._db.execute(
+            "SELECT seq, body FROM reading WHERE lane=? AND seq>? ORDER BY seq LIMIT ?", (lane, after_seq, limit)
+        ).fetchall()
+
+    def has_pending(self, lane: int, *, after_seq: int) -> bool:
+        return self._db.execute(
+            "SELECT 1 FROM reading WHERE lane=? AND seq>? LIMIT 1", (lane, after_seq)
+        ).fetchone() is not None
+
+    def depth(self) -> dict[str, int]:
+        """Unsent readings per lane name."""
+        out = dict.fromkeys(LANES, 0)
+        for lane, n in self._db.execute("SELECT lane, COUNT(*) FROM reading GROUP BY lane"):
+            out[LANES[lane]] = n
+        return out
+
+    def oldest_ts_us(self) -> int | None:
+        """Edge timestamp of the oldest unsent reading, in µs since the epoch, or None when empty."""
+        row = self._db.execute("SELECT MIN(ts_us) FROM reading").fetchone()
+        return row[0]
+
+    def nodes(self) -> dict[str, NodeState]:
+        rows = self._db.execute(
+            "SELECT node, name, last_fcnt, last_seen_us, radio, rssi, snr, battery_v, frames_ok, frames_bad FROM node"
+        )
+        return {r[0]: NodeState(*r) for r in rows}
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT name, value FROM counter"))
+
+    def meta(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT key, value FROM meta"))
+
+    def quarantine(self, limit: int = 20) -> list[Quarantined]:
+        rows = self._db.execute(
+            "SELECT ts_us, radio, node, reason, detail, raw, rssi, snr FROM quarantine ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [Quarantined(*r) for r in rows]
+
+    # -- quota ---------------------------------------------------------------------------------------
+    def size_bytes(self) -> int:
+        """Bytes the journal occupies: live pages of the database plus the WAL file."""
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        try:
+            wal = os.path.getsize(self.path + "-wal")
+        except OSError:
+            wal = 0
+        return (pages - free) * self._page_size + wal
+
+    def enforce_quota(self, *, protect: Iterable[int] = ()) -> dict[str, int]:
+        """Evict the lowest lanes, oldest first, until the live data fits the quota.
+
+        SOS and alarm readings are never evicted, even when they alone exceed the quota.
+
+        Args:
+            protect: ``seq`` values that must not be evicted (readings in flight to the broker).
+
+        Returns:
+            Evicted reading count per lane name (empty when nothing was evicted).
+        """
+        evicted: dict[str, int] = {}
+        live = self._live_bytes()
+        if live <= self.quota_bytes:
+            return evicted
+        protect = set(protect)
+        # Average row size tells how many rows to drop per round; a few rounds converge.
+        total_rows = self._db.execute("SELECT COUNT(*) FROM reading").fetchone()[0] or 1
+        per_row = max(64, live // total_rows)
+        for lane in EVICTABLE:
+            while live > self.quota_bytes:
+                excess_rows = max(1, (live - self.quota_bytes) // per_row + 1)
+                seqs = [
+                    s for (s,) in self._db.execute(
+                        "SELECT seq FROM reading WHERE lane=? ORDER BY seq LIMIT ?", (lane, excess_rows + len(protect))
+                    ) if s not in protect
+                ][:excess_rows]
+                if not seqs:
+                    break
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("DELETE FROM reading WHERE seq=?", [(s,) for s in seqs])
+                self._db.execute("COMMIT")
+                evicted[LANES[lane]] = evicted.get(LANES[lane], 0) + len(seqs)
+                live = self._live_bytes()
+        if evicted:
+            log.warning("journal quota %d bytes reached: evicted %s", self.quota_bytes, evicted)
+        return evicted
+
+    def _live_bytes(self) -> int:
+        """Bytes held by live rows (excluding free pages and the WAL), the figure the quota applies to."""
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * self._page_size

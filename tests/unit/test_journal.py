@@ -1,0 +1,119 @@
+"""The durable journal: group commits, lanes, acks, quota eviction, persistence."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.errors import JournalError
+from agent.journal import ALARM, DIAGNOSTICS, SOS, TELEMETRY, Entry, Journal, NodeState, Quarantined
+
+
+def entry(lane: int, node: str, fcnt: int, pad: int = 0) -> Entry:
+    body = json.dumps({"id": f"gw/{node}/{fcnt}", "pad": "x" * pad})
+    return Entry(lane, node, fcnt, 1_764_000_000_000_000 + fcnt, body)
+
+
+def test_commit_assigns_increasing_seqs_and_pending_is_per_lane_oldest_first(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    seqs = j.commit(entries=[entry(TELEMETRY, "a", 1), entry(SOS, "b", 1), entry(TELEMETRY, "a", 2)])
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert [json.loads(b)["id"] for _, b in j.pending(TELEMETRY, after_seq=0, limit=10)] == ["gw/a/1", "gw/a/2"]
+    assert [s for s, _ in j.pending(TELEMETRY, after_seq=seqs[0], limit=10)] == [seqs[2]]
+    assert j.depth() == {"sos": 1, "alarm": 0, "telemetry": 2, "diagnostics": 0}
+    assert j.oldest_ts_us() == 1_764_000_000_000_001
+
+
+def test_acked_readings_are_deleted_and_the_rest_survive_a_reopen(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    seqs = j.commit(entries=[entry(ALARM, "t", i) for i in range(1, 6)])
+    j.commit(acked=seqs[:3], counters={"readings.acked": 3})
+    j.close()
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    assert [s for s, _ in j.pending(ALARM, after_seq=0, limit=10)] == seqs[3:]
+    assert j.counters() == {"readings.acked": 3}
+    # New seqs never reuse acknowledged ones while rows remain.
+    [s6] = j.commit(entries=[entry(ALARM, "t", 6)])
+    assert s6 > seqs[-1]
+
+
+def test_node_state_and_quarantine_persist(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    j.commit(
+        nodes=[NodeState(node="00000101", name="sos-1", last_fcnt=41, last_seen_us=5, radio="lora0", rssi=-100.0,
+                         snr=-3.5, battery_v=3.7, frames_ok=41, frames_bad=2)],
+        quarantined=[Quarantined(7, "lora0", "00000101", "bad_mic", "MIC does not match", b"\x11\x00", -99.0, 2.0)],
+    )
+    j.close()
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    st = j.nodes()["00000101"]
+    assert (st.last_fcnt, st.frames_bad, st.battery_v) == (41, 2, 3.7)
+    [q] = j.quarantine()
+    assert (q.reason, q.raw, q.node) == ("bad_mic", b"\x11\x00", "00000101")
+
+
+def test_wal_and_full_sync_are_on(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    assert j._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert j._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_quota_evicts_diagnostics_then_telemetry_oldest_first_never_sos_or_alarm(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    j.commit(entries=[entry(SOS, "s", i, 500) for i in range(1, 51)])
+    j.commit(entries=[entry(ALARM, "t", i, 500) for i in range(1, 51)])
+    j.commit(entries=[entry(DIAGNOSTICS, "g", i, 500) for i in range(1, 101)])
+    j.commit(entries=[entry(TELEMETRY, "w", i, 500) for i in range(1, 401)])
+    total = j._live_bytes()
+    # Room for about half the data: all diagnostics and the oldest telemetry must go.
+    j.quota_bytes = total // 2
+    evicted = j.enforce_quota()
+    assert j._live_bytes() <= j.quota_bytes
+    assert evicted["diagnostics"] == 100 and 0 < evicted["telemetry"] < 400
+    assert j.depth()["sos"] == 50 and j.depth()["alarm"] == 50
+    remaining = [json.loads(b)["id"] for _, b in j.pending(TELEMETRY, after_seq=0, limit=1000)]
+    kept_from = int(remaining[0].rsplit("/", 1)[1])
+    assert remaining == [f"gw/w/{i}" for i in range(kept_from, 401)]  # the newest are kept, contiguous
+
+
+def test_quota_never_evicts_sos_or_alarms_even_when_they_alone_exceed_it(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    j.commit(entries=[entry(SOS, "s", i, 2000) for i in range(1, 101)])
+    j.commit(entries=[entry(TELEMETRY, "w", i, 2000) for i in range(1, 11)])
+    j.quota_bytes = 4096
+    evicted = j.enforce_quota()
+    assert evicted == {"telemetry": 10}
+    assert j.depth()["sos"] == 100
+
+
+def test_quota_spares_readings_in_flight(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    seqs = j.commit(entries=[entry(TELEMETRY, "w", i, 1000) for i in range(1, 201)])
+    j.quota_bytes = j._live_bytes() // 4
+    j.enforce_quota(protect=seqs[:5])
+    left = {s for s, _ in j.pending(TELEMETRY, after_seq=0, limit=1000)}
+    assert set(seqs[:5]) <= left
+
+
+def test_a_journal_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    Journal(tmp_path / "j.db", quota_bytes=1).close()
+    db = sqlite3.connect(tmp_path / "j.db")
+    db.execute("UPDATE meta SET value='99' WHERE key='schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="schema 99"):
+        Journal(tmp_path / "j.db", quota_bytes=1)
+
+
+def test_a_failed_commit_rolls_back_everything(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    j.commit(entries=[entry(TELEMETRY, "w", 1)])
+    bad = Entry(TELEMETRY, "w", 2, 1, None)  # type: ignore[arg-type]  # NOT NULL body violates the schema
+    with pytest.raises(JournalError, match="commit failed"):
+        j.commit(entries=[entry(TELEMETRY, "w", 3), bad], counters={"x": 1})
+    assert j.depth()["telemetry"] == 1 and j.counters() == {}
+    j.commit(entries=[entry(TELEMETRY, "w", 4)])  # still usable
+    assert j.depth()["telemetry"] == 2

@@ -26,6 +26,7 @@ import math
 import random
 import termios
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,8 @@ _BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
 _CLI_BUFFER_SIZE = 2048  # service_mode_cli.c keeps at most CLI_BUFFER_SIZE-1 characters
 _MAX_CMD_LEN = 32  # At_Parser: a name that fills 32 characters without '=', ' ' or end -> AT_ERROR
 _MAX_PSEND_BYTES = 239  # RUI3 5.0.0 (older docs say 256)
-_HOST_BACKLOG_LIMIT = 3000  # bytes unread by the host beyond which output is dropped (see _write_raw)
+_HOST_BACKLOG_LIMIT = 4000  # bytes unread by the host beyond which we wait, then drop (see _write_raw)
+_HOST_STALL_S = 0.5  # how long a write waits for a host that is not reading, in seconds
 
 # PRECV modes (service_lora_p2p.c flags): None = off.
 _RX_TIMED = "timed"
@@ -199,6 +201,7 @@ class SimRak3172:
         self._tx_token = 0
         self._timers: set[threading.Timer] = set()
         self._stopped = False
+        self._host_stalled = False  # the last write found the host not reading: drop at once, do not wait again
         self._table = self._build_table()
 
     # -- public state --------------------------------------------------------------------------------------
@@ -447,10 +450,17 @@ class SimRak3172:
         host = self.port.host_baudrate()
         if not bauds_match(self.baudrate, host):
             data = baud_garble(data, self.baudrate, host)  # type: ignore[arg-type]  # host is not None here
-        if self._host_backlog() > _HOST_BACKLOG_LIMIT:
-            # Nobody reads the port: a real UART just loses the bytes; writing more would block the pty (and us).
-            log.debug("%s: host not reading, %d bytes lost", self.name, len(data))
-            return
+        # A host that reads slower than we write gets a moment to catch up (a real UART paces the bytes anyway);
+        # a host that does not read at all loses them, as on a real UART, instead of blocking the pty and us.
+        deadline = time.monotonic() + (0.0 if self._host_stalled else _HOST_STALL_S)
+        while self._host_backlog() > _HOST_BACKLOG_LIMIT:
+            if time.monotonic() >= deadline:
+                if not self._host_stalled:
+                    log.warning("%s: host is not reading; output is lost until it does", self.name)
+                self._host_stalled = True
+                return
+            time.sleep(0.002)
+        self._host_stalled = False
         self.port.write(data)
 
     def _host_backlog(self) -> int:

@@ -501,6 +501,8 @@ class SimEs920lr:
         flash_error: set to 3 or 4 to make ``save`` fail with ``NG 003``/``NG 004``.
     """
 
+    model = "es920lr"
+
     def __init__(self, *, name: str = "lora1", link: str | None = None, boot_delay_s: float = 0.5,
                  rng: random.Random | None = None, airtime_scale: float = 1.0, start_reply_ok: bool = True,
                  config_reply_ok: bool = False, broadcast_any_pan: bool = True,

@@ -1,0 +1,1593 @@
+"""The agent's configuration: one YAML file, validated by pydantic, with errors that point at the bad line.
+
+Public API::
+
+    load_config(path) -> Config                  read, parse and validate a file
+    parse_config(text, *, source=...) -> Config  the same for text already in memory
+    config_json_schema() -> dict                 JSON Schema for editor completion
+    write_json_schema(path)                      writes it (``denen config schema``)
+    config_reference() -> str                    the Markdown key reference kept in config/README.md
+    driver_names() -> tuple[str, ...]            radio driver names accepted in ``radios[].driver``
+
+Every problem found is collected, then raised together as one :class:`~agent.errors.ConfigError` whose issues
+each carry the file, the 1-based line and column of the offending key or list item, the dotted key
+(``radios[0].p2p.spreading_factor``), a plain-English message with units, and a hint.
+
+How the line numbers are kept: ruamel.yaml's round-trip loader records the position of every mapping key
+(``CommentedMap.lc.key(k)``) and sequence item (``CommentedSeq.lc.item(i)``). The loaded tree is converted to
+plain dicts and lists for pydantic, and each error's ``loc`` tuple is walked back through the ruamel tree to find
+the line. Problems pydantic cannot see (YAML syntax, tabs, duplicate keys, an empty file, a top level that is not
+a mapping) are found before validation, also with line numbers.
+
+Rules that span several keys are checked where their data lives, and raise :class:`_Problems` carrying the exact
+sub-key, so that they too point at the right line:
+
+* inside one section (key vs key_file, p2p section vs driver, channel vs bandwidth, reconnect bounds) by a
+  ``model_validator`` of that section, which pydantic runs for every section whose own keys are valid;
+* across list items (unique radio names, unique node ids and names, ``nodes[].radio`` naming a radio) by
+  :func:`_collection_problems`. The loader runs it on the raw data even when other keys failed, so that one run
+  reports everything; a :class:`Config` built in Python runs it from its own validator.
+
+Relative paths (``journal.path``, ``mqtt.password_file``, ``mqtt.tls.*_file``, ``nodes[].key_file``) are
+resolved against the directory of the config file (as given, without following symlinks), so a config and its
+key files can be copied together onto a gateway's SD card. ``radios[].port`` is not a path but a pyserial URL
+and is passed through untouched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import stat
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.scalarint import BinaryInt, HexCapsInt, HexInt, OctalInt
+
+from agent.errors import ConfigError, ConfigIssue
+
+__all__ = [
+    "NODE_KINDS",
+    "Config",
+    "Es920Config",
+    "GatewayConfig",
+    "HealthConfig",
+    "JournalConfig",
+    "LocationConfig",
+    "LogConfig",
+    "MqttConfig",
+    "NodeConfig",
+    "P2pConfig",
+    "RadioConfig",
+    "TlsConfig",
+    "config_json_schema",
+    "config_reference",
+    "driver_names",
+    "load_config",
+    "normalise_node_id",
+    "parse_config",
+    "write_json_schema",
+    "write_reference",
+]
+
+log = logging.getLogger(__name__)
+
+Loc = tuple[str | int, ...]
+
+#: Driver names always accepted, whether or not the registry ``drivers.radio.DRIVERS`` can be imported.
+BUILTIN_DRIVERS: tuple[str, ...] = ("rak3172", "es920lr")
+
+#: Which settings section belongs to which driver. A driver not listed here takes neither section.
+SECTION_FOR_DRIVER: dict[str, str] = {"rak3172": "p2p", "es920lr": "es920"}
+
+NodeKind = Literal["sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat"]
+#: The node kinds of ``nodes[].kind`` (PROTOCOLS.md §9 kinds; receipt and vendor kinds are not node kinds).
+NODE_KINDS: tuple[str, ...] = typing.get_args(NodeKind)
+
+# Japan 920 MHz band for LoRa under ARIB STD-T108 (PROTOCOLS.md §6): unit channels 24..38, 200 kHz apart.
+JP_FREQ_MIN_HZ = 920_600_000
+JP_FREQ_MAX_HZ = 923_400_000
+JP_FREQ_STEP_HZ = 200_000
+
+# Validation context keys (pydantic ``context=``).
+_CTX_BASE_DIR = "base_dir"
+_CTX_LOADER = "denen_loader"  # set by the loader, which runs the collection checks itself on the raw data
+
+_NAME_ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_NAME_RADIO = r"^[a-z0-9_-]{1,32}$"
+_NAME_NODE = r"^[a-z0-9_-]{1,64}$"
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+# Units shown in range errors, found from the key's suffix so each field states it once, in its name.
+_UNIT_BY_SUFFIX: tuple[tuple[str, str], ...] = (
+    ("_khz", " kHz"),
+    ("_hz", " Hz"),
+    ("_dbm", " dBm"),
+    ("_mb", " MB"),
+    ("_s", " s"),
+    ("baudrate", " baud"),
+)
+
+_SECRET_KEYS = frozenset({"key", "password"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Problems raised from validators
+
+
+@dataclass(frozen=True)
+class _Problem:
+    subloc: Loc
+    message: str
+    hint: str | None
+
+
+class _Problems(ValueError):
+    """One or more problems found by a validator, each at a key below the validator's own location.
+
+    pydantic wraps it in a ``value_error`` whose ``ctx["error"]`` is this object, so the loader can recover the
+    sub-keys and hints. The text never contains secret values.
+    """
+
+    def __init__(self, problems: Iterable[_Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(p.message + (f" (hint: {p.hint})" if p.hint else "") for p in self.problems))
+
+
+def _problem(message: str, hint: str | None = None, subloc: Loc = ()) -> _Problems:
+    return _Problems([_Problem(subloc, message, hint)])
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """Return the closest valid choice for a misspelt word, or None."""
+    options = list(choices)
+    folded = {c.lower().replace("-", "_"): c for c in options}
+    probe = word.lower().replace("-", "_")
+    if probe in folded:
+        return folded[probe]
+    close = difflib.get_close_matches(probe, list(folded), n=1, cutoff=0.6)
+    return folded[close[0]] if close else None
+
+
+def _choices_hint(word: str, choices: Sequence[str], what: str) -> str:
+    near = _did_you_mean(word, choices)
+    listing = f"{what}: {', '.join(choices)}"
+    return f"did you mean '{near}'? {listing}" if near else listing
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Value helpers
+
+
+def driver_names() -> tuple[str, ...]:
+    """Return the radio driver names accepted in ``radios[].driver``, sorted.
+
+    The built-in names :data:`BUILTIN_DRIVERS` plus every name in the driver registry ``drivers.radio.DRIVERS``
+    when that module can be imported. The built-in names are always included because this schema knows their
+    settings sections, and because a registry filled by import side effects may not be complete yet when a config
+    is validated (e.g. by ``denen config validate``). Not cached, so drivers registered later are seen.
+    """
+    try:
+        from drivers.radio import DRIVERS  # noqa: PLC0415  # imported late: optional, and avoids import cycles
+    except ImportError:
+        return tuple(sorted(BUILTIN_DRIVERS))
+    return tuple(sorted({*BUILTIN_DRIVERS, *(str(name) for name in DRIVERS)}))
+
+
+def _driver_enum_schema(schema: dict[str, Any]) -> None:
+    schema["enum"] = list(driver_names())
+
+
+def normalise_node_id(value: object) -> str:
+    """Normalise a node id to 8 lowercase hex digits.
+
+    Args:
+        value: 8 hex digits as text (``"00A1B2C3"``), or the id as an integer 0..0xFFFFFFFF.
+
+    Raises:
+        ValueError: the value is not a node id; the message is plain English (a ``_Problems`` carrying a hint).
+    """
+    hint = "write the node id as 8 hex digits in quotes, e.g. id: \"00a1b2c3\" (the uint32 id in the node's frames)"
+    if isinstance(value, bool):
+        raise _problem("node id must be 8 hex digits, not true/false", hint)
+    if isinstance(value, int):
+        if not 0 <= value <= 0xFFFFFFFF:
+            raise _problem(f"node id {value} does not fit in 32 bits (0..4294967295)", hint)
+        return f"{value:08x}"
+    if isinstance(value, float):
+        # An unquoted id such as 1E000001 is a float to YAML; its digits are lost, so refuse it outright.
+        raise _problem("node id was read as a decimal number by YAML, so its hex digits are lost", hint)
+    if not isinstance(value, str):
+        raise _problem("node id must be 8 hex digits", hint)
+    text = value.strip()
+    if len(text) != 8 or not set(text) <= _HEX:
+        bad = "" if set(text) <= _HEX else ", and has characters that are not hex digits (0-9, a-f)"
+        raise _problem(f"node id '{text}' is not 8 hex digits: it has {len(text)} characters{bad}", hint)
+    return text.lower()
+
+
+def _parse_hex_key(text: str, *, what: str) -> str:
+    """Check a 128-bit AES key written as hex and return it in lowercase.
+
+    The messages name the length and the kind of mistake but never the digits, so that a key cannot leak into a
+    log through an error message.
+    """
+    hint = "an AES-128 node key is 32 hex digits (16 bytes), e.g. generated with: openssl rand -hex 16"
+    cleaned = text.strip()
+    if not set(cleaned) <= _HEX:
+        raise _problem(f"{what} contains characters that are not hex digits (0-9, a-f)", hint)
+    if len(cleaned) != 32:
+        raise _problem(f"{what} must be 32 hex digits (16 bytes), but has {len(cleaned)}", hint)
+    return cleaned.lower()
+
+
+def _read_key_file(path: str) -> bytes:
+    """Read a node key file: one line of 32 hex digits; blank lines and ``#`` comment lines are ignored.
+
+    Raises:
+        _Problems: when the file is missing, unreadable or does not hold one valid key.
+    """
+    try:
+        raw = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _problem(f"key file {path} does not exist", _path_hint()) from None
+    except IsADirectoryError:
+        raise _problem(f"key file {path} is a directory, not a file", _path_hint()) from None
+    except PermissionError:
+        raise _problem(
+            f"key file {path} cannot be read by this user",
+            "the agent must be able to read it: check the file's owner and mode (e.g. chown denen, chmod 600)",
+        ) from None
+    except UnicodeDecodeError:
+        raise _problem(f"key file {path} is not text", "the file must hold the key as 32 hex digits") from None
+    except OSError as exc:
+        raise _problem(f"key file {path} cannot be read: {exc.strerror}") from None
+    lines = [ln.strip() for ln in raw.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if len(lines) != 1:
+        raise _problem(
+            f"key file {path} must hold exactly one key line, found {len(lines)}",
+            "write the key as one line of 32 hex digits; lines starting with # are ignored",
+        )
+    return bytes.fromhex(_parse_hex_key(lines[0], what=f"the key in {path}"))
+
+
+def _path_hint() -> str:
+    return "relative paths are resolved against the directory of the config file"
+
+
+def _resolve_path(value: str, info: ValidationInfo) -> str:
+    """Resolve a relative path against the config file's directory (from the validation context)."""
+    path = Path(value)
+    base = (info.context or {}).get(_CTX_BASE_DIR)
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return str(path)
+
+
+def _check_readable_file(path: str, what: str) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise _problem(f"{what} {path} does not exist", _path_hint() + "; fix the path or create the file")
+    if not p.is_file():
+        raise _problem(f"{what} {path} is not a regular file", _path_hint())
+    if not os.access(p, os.R_OK):
+        raise _problem(
+            f"{what} {path} cannot be read by this user",
+            "check the file's owner and mode; the agent must be able to read it",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+class _Section(BaseModel):
+    # frozen: the config is shared read-only by every thread of the agent.
+    # hide_input_in_errors: pydantic's own error text would otherwise echo secret values.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True)
+
+
+class GatewayConfig(_Section):
+    """Identity of this gateway."""
+
+    id: str = Field(
+        pattern=_NAME_ID,
+        description="Gateway id, unique across the deployment; used in MQTT topics. 1-63 characters: lowercase "
+        "letters a-z, digits, '_' and '-', starting with a letter or digit (so never '/', '+' or '#').",
+        examples=["gw-okutama-01"],
+    )
+    site: str = Field(
+        pattern=_NAME_ID,
+        description="Municipality or site tag, used to group gateways; same characters as gateway.id.",
+        examples=["okutama"],
+    )
+    name: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Free-text display name (Japanese allowed), e.g. for dashboards. Optional.",
+        examples=["奥多摩 林道ゲートウェイ"],
+    )
+
+
+class JournalConfig(_Section):
+    """The durable on-disk journal (SQLite) that keeps every reading until the broker has it."""
+
+    path: str = Field(
+        default="/var/lib/denen/journal.db",
+        min_length=1,
+        description="Path of the SQLite journal file; its directory is created if missing. Relative paths are "
+        "resolved against the config file's directory.",
+    )
+    quota_mb: float = Field(
+        default=256,
+        gt=0,
+        description="Disk quota of the journal in megabytes (MB, 1 MB = 1048576 bytes). When full, the lowest "
+        "priority readings are evicted first, oldest first; SOS and alarms never are.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve_path(value, info)
+
+
+class TlsConfig(_Section):
+    """TLS settings for the MQTT connection. Every file named here must exist when the config is loaded."""
+
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CA certificate(s) that signed the broker's certificate; null uses the "
+        "system's trusted CAs.",
+    )
+    cert_file: str | None = Field(
+        default=None, description="PEM client certificate of this gateway (needs key_file). Optional."
+    )
+    key_file: str | None = Field(
+        default=None, description="PEM private key of the client certificate (needs cert_file). Optional."
+    )
+    insecure: bool = Field(
+        default=False,
+        description="Skip checking the broker's host name against its certificate. Only for tests; never in the "
+        "field.",
+    )
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _file_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = _resolve_path(value, info)
+        _check_readable_file(path, "TLS file")
+        return path
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            given, missing = ("cert_file", "key_file") if self.key_file is None else ("key_file", "cert_file")
+            raise _problem(
+                f"{given} is set but {missing} is not: a client certificate needs its private key",
+                f"set both cert_file and key_file, or neither",
+                subloc=(given,),
+            )
+        return self
+
+
+class MqttConfig(_Section):
+    """Connection to the MQTT broker and publishing limits."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="Host name or IP address of the MQTT broker.")
+    port: int = Field(
+        default=1883, ge=1, le=65535, description="TCP port of the MQTT broker (1883 plain, 8883 with TLS)."
+    )
+    client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="MQTT client id; null means 'denen-<gateway.id>'. Must be unique on the broker.",
+    )
+    username: str | None = Field(default=None, min_length=1, description="MQTT user name. Optional.")
+    password: SecretStr | None = Field(
+        default=None,
+        description="MQTT password (secret: never printed or logged). Prefer password_file. Needs username.",
+    )
+    password_file: str | None = Field(
+        default=None,
+        description="Path of a file holding the MQTT password (trailing newline ignored). Mutually exclusive "
+        "with password. Relative paths are resolved against the config file's directory.",
+    )
+    tls: TlsConfig | None = Field(
+        default=None, description="TLS settings; null means a plain TCP connection (only on a trusted network)."
+    )
+    keepalive_s: int = Field(
+        default=30,
+        ge=5,
+        le=3600,
+        description="MQTT keepalive in seconds (5..3600); the broker publishes the Last Will (offline status) "
+        "after about 1.5 times this without contact.",
+    )
+    topic_prefix: str = Field(
+        default="denen/v1",
+        description="First topic levels of everything this gateway publishes, e.g. denen/v1; no '+' or '#', no "
+        "leading or trailing '/'.",
+    )
+    batch_max_readings: int = Field(
+        default=200, ge=1, le=5000, description="Most readings put in one MQTT message (1..5000)."
+    )
+    inflight_window: int = Field(
+        default=8, ge=1, le=100, description="Most MQTT messages awaiting the broker's PUBACK at once (1..100)."
+    )
+    reconnect_min_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="First wait before reconnecting to the broker, in seconds; doubled after each failure.",
+    )
+    reconnect_max_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="Longest wait between reconnect attempts, in seconds; at least reconnect_min_s.",
+    )
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _password_text(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str | SecretStr):
+            raise _problem("password must be text", "put the password in quotes, or better use password_file")
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = _resolve_path(value, info)
+        _check_readable_file(path, "password file")
+        return path
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        hint = "use plain topic levels separated by '/', e.g. denen/v1"
+        if not value:
+            raise _problem("topic_prefix must not be empty", hint)
+        if "+" in value or "#" in value:
+            raise _problem(f"topic_prefix '{value}' contains the MQTT wildcard '+' or '#'", hint)
+        if value.startswith("/") or value.endswith("/"):
+            raise _problem(f"topic_prefix '{value}' must not start or end with '/'", hint)
+        if "//" in value:
+            raise _problem(f"topic_prefix '{value}' has an empty topic level ('//')", hint)
+        if "\x00" in value or any(ch.isspace() for ch in value):
+            raise _problem("topic_prefix must not contain spaces or control characters", hint)
+        return value
+
+    @model_validator(mode="after")
+    def _cross(self) -> MqttConfig:
+        problems: list[_Problem] = []
+        if self.password is not None and self.password_file is not None:
+            problems.append(
+                _Problem(("password_file",), "give either password or password_file, not both", "keep password_file")
+            )
+        if (self.password is not None or self.password_file is not None) and self.username is None:
+            which = "password" if self.password is not None else "password_file"
+            problems.append(
+                _Problem((which,), "a password is set but username is not", "MQTT sends a password only with a "
+                         "user name: set mqtt.username")
+            )
+        if self.reconnect_max_s < self.reconnect_min_s:
+            problems.append(
+                _Problem(
+                    ("reconnect_max_s",),
+                    f"reconnect_max_s ({self.reconnect_max_s:g} s) is shorter than reconnect_min_s "
+                    f"({self.reconnect_min_s:g} s)",
+                    "reconnect_max_s must be at least reconnect_min_s",
+                )
+            )
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    def password_value(self) -> str | None:
+        """Return the MQTT password from ``password`` or ``password_file``, or None when neither is set.
+
+        The file is read on every call, so a rotated password is picked up on the next reconnect.
+
+        Raises:
+            ConfigError: the password file can no longer be read.
+        """
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is None:
+            return None
+        try:
+            return Path(self.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                [ConfigIssue(self.password_file, None, None, "mqtt.password_file",
+                             f"cannot read the password file: {exc.strerror}", "check the file's path and mode")]
+            ) from None
+
+    def effective_client_id(self, gateway_id: str) -> str:
+        """Return ``client_id``, or ``denen-<gateway_id>`` when it is not set."""
+        return self.client_id if self.client_id is not None else f"denen-{gateway_id}"
+
+
+class P2pConfig(_Section):
+    """RAK3172 (RUI3) LoRa P2P radio settings; they must match the nodes' settings exactly."""
+
+    frequency_hz: int = Field(
+        default=920_600_000,
+        description="Centre frequency in Hz: Japan's 920 MHz band for LoRa, 920600000..923400000 in 200 kHz "
+        "steps (ARIB STD-T108 channels 24..38).",
+    )
+    spreading_factor: int = Field(
+        default=10, ge=7, le=12, description="LoRa spreading factor 7..12; higher reaches further but each frame "
+        "takes longer on air (SF10: ~0.37 s for 20 bytes; SF12: ~1.3 s)."
+    )
+    bandwidth_khz: Literal[125, 250, 500] = Field(default=125, description="LoRa bandwidth in kHz: 125, 250 or 500.")
+    coding_rate: int = Field(default=0, ge=0, le=3, description="LoRa coding rate: 0..3 meaning 4/5..4/8.")
+    preamble: int = Field(default=8, ge=5, le=65535, description="Preamble length in symbols (5..65535).")
+    tx_power_dbm: int = Field(
+        default=13,
+        ge=5,
+        le=13,
+        description="Transmit power in dBm, 5..13: 13 dBm (20 mW) is the limit for specified low-power radio "
+        "stations in Japan's 920 MHz band.",
+    )
+
+    @field_validator("frequency_hz")
+    @classmethod
+    def _japan_band(cls, value: int) -> int:
+        hint = (
+            "ARIB STD-T108 allows LoRa at 920600000..923400000 Hz in 200 kHz steps "
+            "(920600000, 920800000, ... 923400000)"
+        )
+        if not JP_FREQ_MIN_HZ <= value <= JP_FREQ_MAX_HZ:
+            raise _problem(
+                f"{value} Hz ({value / 1e6:g} MHz) is outside Japan's 920 MHz LoRa band "
+                f"(920.6..923.4 MHz)",
+                hint,
+            )
+        offset = (value - JP_FREQ_MIN_HZ) % JP_FREQ_STEP_HZ
+        if offset:
+            below = value - offset
+            above = below + JP_FREQ_STEP_HZ
+            nearest = below if offset < JP_FREQ_STEP_HZ // 2 or above > JP_FREQ_MAX_HZ else above
+            raise _problem(
+                f"{value} Hz is not on the 200 kHz channel grid; nearest channel: {nearest} Hz", hint
+            )
+        return value
+
+
+_ES920_MAX_CHANNEL = {62.5: 15, 125: 15, 250: 7, 500: 5}
+
+
+class Es920Config(_Section):
+    """EASEL ES920LR (Private LoRa) module settings; bandwidth, SF, channel and PAN id must match the nodes."""
+
+    bandwidth_khz: Literal[62.5, 125, 250, 500] = Field(
+        default=125, description="LoRa bandwidth in kHz: 62.5, 125, 250 or 500."
+    )
+    spreading_factor: int = Field(default=10, ge=7, le=12, description="LoRa spreading factor 7..12.")
+    channel: int = Field(
+        default=1,
+        ge=1,
+        le=15,
+        description="Channel number: 1..15 at 62.5/125 kHz, 1..7 at 250 kHz, 1..5 at 500 kHz (channel 1 is "
+        "920.6 MHz, 200 kHz steps).",
+    )
+    pan_id: str = Field(
+        default="0001",
+        description="PAN (network) id, 4 hex digits 0001..FFFE; all nodes of this network use the same one. "
+        "Write it in quotes.",
+    )
+    own_id: str = Field(
+        default="0000", description="This module's own id, 4 hex digits 0000..FFFE. Write it in quotes."
+    )
+    format: Literal["ascii", "binary"] = Field(
+        default="binary",
+        description="Module output format: binary (length-prefixed frames, safe for any payload) or ascii "
+        "(CR LF terminated lines).",
+    )
+    payload_encoding: Literal["hex", "raw"] = Field(
+        default="hex",
+        description="How nodes put the denen frame into the LoRa payload: hex (as hex text, safe everywhere) or "
+        "raw (bytes). With format ascii, raw breaks on payloads containing CR LF.",
+    )
+    power_dbm: int = Field(default=13, ge=-4, le=13, description="Transmit power in dBm, -4..13 (13 dBm = 20 mW).")
+    node: Literal["coordinator", "end_device"] = Field(
+        default="coordinator", description="Module role: coordinator (the gateway) or end_device."
+    )
+
+    @field_validator("pan_id", "own_id", mode="before")
+    @classmethod
+    def _hex4(cls, value: object, info: ValidationInfo) -> str:
+        low, high = (0x0001, 0xFFFE) if info.field_name == "pan_id" else (0x0000, 0xFFFE)
+        hint = f"write it as 4 hex digits in quotes, e.g. {info.field_name}: \"{low:04X}\""
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise _problem(f"{info.field_name} must be 4 hex digits", hint)
+        if isinstance(value, int):
+            number = value
+        else:
+            text = value.strip()
+            if len(text) != 4 or not set(text) <= _HEX:
+                raise _problem(f"{info.field_name} '{text}' is not 4 hex digits", hint)
+            number = int(text, 16)
+        if not low <= number <= high:
+            raise _problem(f"{info.field_name} {number:04X} is out of range {low:04X}..{high:04X}", hint)
+        return f"{number:04X}"
+
+    @model_validator(mode="after")
+    def _channel_fits_bandwidth(self) -> Es920Config:
+        top = _ES920_MAX_CHANNEL[self.bandwidth_khz]
+        if self.channel > top:
+            raise _problem(
+                f"channel {self.channel} does not exist at {self.bandwidth_khz:g} kHz bandwidth: channels 1..{top} "
+                f"only",
+                "wider bandwidths bundle several 200 kHz channels: use channel 1..7 at 250 kHz and 1..5 at 500 kHz, "
+                "or a narrower bandwidth_khz",
+                subloc=("channel",),
+            )
+        return self
+
+
+class LocationConfig(_Section):
+    """Installed position of a node (WGS 84)."""
+
+    lat: float = Field(ge=-90, le=90, description="Latitude in degrees, -90..90 (north positive).")
+    lon: float = Field(ge=-180, le=180, description="Longitude in degrees, -180..180 (east positive).")
+
+
+class RadioConfig(_Section):
+    """One radio module on a serial port."""
+
+    name: str = Field(
+        pattern=_NAME_RADIO,
+        description="Radio name, unique in this file: 1-32 of a-z, 0-9, '_' and '-'. Nodes may refer to it.",
+        examples=["lora0"],
+    )
+    driver: str = Field(
+        description="Module driver: rak3172 (RAK3172, RUI3 LoRa P2P) or es920lr (EASEL ES920LR).",
+        json_schema_extra=_driver_enum_schema,
+    )
+    port: str = Field(
+        min_length=1,
+        description="Serial port, anything pyserial's serial_for_url opens: a device path (/dev/ttyUSB0, a udev "
+        "symlink such as /dev/lora0, a pty), socket://host:port, loop://. Not checked at load time, so a config "
+        "can be validated on a laptop.",
+    )
+    baudrate: Literal[9600, 19200, 38400, 57600, 115200, 230400] = Field(
+        default=115200, description="Serial speed in baud: 9600, 19200, 38400, 57600, 115200 or 230400."
+    )
+    p2p: P2pConfig | None = Field(
+        default=None,
+        description="LoRa settings for driver rak3172 only; the defaults apply when the section is absent.",
+    )
+    es920: Es920Config | None = Field(
+        default=None,
+        description="Module settings for driver es920lr only; the defaults apply when the section is absent.",
+    )
+
+    @field_validator("driver")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        names = driver_names()
+        if value not in names:
+            raise _problem(f"unknown radio driver '{value}'", _choices_hint(value, names, "valid drivers"))
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_section(cls, data: object) -> object:
+        # Fill the driver's own section with its defaults when it is absent (or written as an empty key), so the
+        # drivers always get complete settings. Done before validation so the filled section is itself validated.
+        if isinstance(data, Mapping):
+            section = SECTION_FOR_DRIVER.get(data.get("driver"))  # type: ignore[arg-type]
+            if section is not None and data.get(section) is None:
+                return {**data, section: {}}
+        return data
+
+    @model_validator(mode="after")
+    def _section_matches_driver(self, info: ValidationInfo) -> RadioConfig:
+        # The loader runs this check itself on the raw data, so that it is reported even when other keys of the
+        # radio are invalid (pydantic skips this validator then).
+        if not (info.context or {}).get(_CTX_LOADER):
+            problems = _section_problems(self)
+            if problems:
+                raise _Problems(problems)
+        return self
+
+
+def _section_problems(radio: object) -> list[_Problem]:
+    """A ``p2p:`` or ``es920:`` section given for a driver it does not belong to (raw data or a model)."""
+    driver = _get(radio, "driver")
+    if not isinstance(driver, str) or driver not in driver_names():
+        return []  # an unknown driver is reported by itself; which section it would take is unknowable
+    own = SECTION_FOR_DRIVER.get(driver)
+    problems = []
+    for section, owner in (("p2p", "rak3172"), ("es920", "es920lr")):
+        if _get(radio, section) is not None and section != own:
+            fix = f"remove '{section}:'" + (f" and put this radio's settings under '{own}:'" if own else "")
+            problems.append(
+                _Problem(
+                    (section,),
+                    f"the '{section}:' section is only for driver {owner}, but this radio uses driver '{driver}'",
+                    f"{fix}, or change the driver",
+                )
+            )
+    return problems
+
+
+_NODE_ID_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "string", "pattern": "^[0-9A-Fa-f]{8}$"},
+            {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF},
+        ]
+    }
+)
+_KEY_SCHEMA = WithJsonSchema(
+    {"type": ["string", "null"], "pattern": "^[0-9A-Fa-f]{32}$", "format": "password", "writeOnly": True}
+)
+
+
+class NodeConfig(_Section):
+    """One sensor node this gateway expects to hear."""
+
+    id: Annotated[str, _NODE_ID_SCHEMA] = Field(
+        description="Node id: the uint32 node id of the denen frame, written as 8 hex digits in quotes "
+        "(\"00A1B2C3\"), or as an integer (0x00A1B2C3). Stored as 8 lowercase hex digits. Unique.",
+    )
+    name: str = Field(
+        pattern=_NAME_NODE,
+        description="Node name, unique in this file: 1-64 of a-z, 0-9, '_' and '-'. Shown on dashboards and alerts.",
+        examples=["trap-north-3"],
+    )
+    kind: NodeKind = Field(
+        description="What the node is expected to send: sos, trap, water_level, rain, tilt, weather or heartbeat. "
+        "Heartbeat frames are accepted from any node.",
+    )
+    key: Annotated[SecretStr | None, _KEY_SCHEMA] = Field(
+        default=None,
+        description="AES-128 key of the node's frame MIC as 32 hex digits, in quotes (secret: never printed or "
+        "logged). Prefer key_file. Mutually exclusive with key_file.",
+    )
+    key_file: str | None = Field(
+        default=None,
+        description="Path of a file holding the node key as one line of 32 hex digits (# comment lines allowed). "
+        "Read and checked at load time. Relative paths are resolved against the config file's directory.",
+    )
+    unauthenticated: Literal["reject", "flag"] = Field(
+        default="reject",
+        description="What to do with a frame without MIC from this node: reject (quarantine it) or flag (accept "
+        "it, marked unauthenticated). reject needs a key.",
+    )
+    interval_s: int = Field(
+        default=600,
+        ge=1,
+        description="Expected reporting interval in seconds (e.g. 600 for 10 minutes, 86400 for a daily "
+        "heartbeat); a node silent for much longer raises an alert.",
+    )
+    location: LocationConfig | None = Field(default=None, description="Installed position {lat, lon}. Optional.")
+    radio: str | None = Field(
+        default=None,
+        description="Only accept this node through the radio of this name (must be listed in radios). Optional: "
+        "null accepts it through any radio.",
+    )
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _node_id(cls, value: object) -> str:
+        return normalise_node_id(value)
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key(cls, value: object) -> object:
+        if value is None:
+            return None
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            raise _problem(
+                "key was not read as text (YAML took it for a number)",
+                "write the key as 32 hex digits in quotes, e.g. key: \"...\"",
+            )
+        return SecretStr(_parse_hex_key(value, what="key"))
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = _resolve_path(value, info)
+        _read_key_file(path)  # fail at load time, not when the first frame arrives
+        return path
+
+    @model_validator(mode="after")
+    def _authentication(self) -> NodeConfig:
+        if self.key is not None and self.key_file is not None:
+            raise _problem("give either key or key_file, not both", "keep key_file", subloc=("key_file",))
+        if self.key is None and self.key_file is None and self.unauthenticated == "reject":
+            raise _problem(
+                f"node '{self.name}' has no key, and unauthenticated: reject drops every frame without a MIC, so "
+                "this node could never be heard",
+                "add a key (key_file: or key:), or set unauthenticated: flag",
+                subloc=("unauthenticated",),
+            )
+        return self
+
+    @property
+    def node_id(self) -> int:
+        """The node id as the uint32 carried in the frame."""
+        return int(self.id, 16)
+
+    def key_bytes(self) -> bytes | None:
+        """Return the node's 16-byte AES key from ``key`` or ``key_file``, or None when the node has no key.
+
+        The key file is read again on every call.
+
+        Raises:
+            ConfigError: the key file has become unreadable or invalid since the config was loaded.
+        """
+        if self.key is not None:
+            return bytes.fromhex(self.key.get_secret_value())
+        if self.key_file is None:
+            return None
+        try:
+            return _read_key_file(self.key_file)
+        except _Problems as exc:
+            raise ConfigError(
+                [ConfigIssue(self.key_file, None, None, f"nodes[{self.name}].key_file", p.message, p.hint)
+                 for p in exc.problems]
+            ) from None
+
+
+class HealthConfig(_Section):
+    """The gateway's own health reports."""
+
+    interval_s: int = Field(
+        default=60, ge=10, le=86400, description="Seconds between health publications (10..86400)."
+    )
+
+
+class LogConfig(_Section):
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level: debug, info, warning or error."
+    )
+
+
+class Config(_Section):
+    """The whole agent configuration (one YAML file)."""
+
+    model_config = ConfigDict(
+        title="denen agent configuration",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    gateway: GatewayConfig = Field(description="Identity of this gateway (required).")
+    journal: JournalConfig = Field(default_factory=JournalConfig, description="The durable reading journal.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The MQTT broker connection.")
+    radios: list[RadioConfig] = Field(
+        min_length=1, description="Radio modules on serial ports; at least one, names unique."
+    )
+    nodes: list[NodeConfig] = Field(
+        default_factory=list, description="Sensor nodes this gateway expects; ids and names unique."
+    )
+    unknown_nodes: Literal["quarantine", "accept"] = Field(
+        default="quarantine",
+        description="Frames from nodes not listed in nodes: quarantine (keep aside for inspection) or accept.",
+    )
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Gateway health publishing.")
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+
+    _node_by_id: dict[int, NodeConfig] = PrivateAttr(default_factory=dict)
+    _radio_by_name: dict[str, RadioConfig] = PrivateAttr(default_factory=dict)
+    _warnings: tuple[ConfigIssue, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: object) -> object:
+        # A section key left with nothing under it (every line commented out) means "all defaults", not an error.
+        if isinstance(data, Mapping):
+            return {
+                k: v for k, v in data.items()
+                if not (v is None and k in ("journal", "mqtt", "nodes", "health", "log", "unknown_nodes"))
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _collections(self, info: ValidationInfo) -> Config:
+        # The loader runs these checks itself on the raw data (so they are reported even when other keys fail).
+        if not (info.context or {}).get(_CTX_LOADER):
+            found = _collection_problems(self.radios, self.nodes)
+            if found:
+                raise _Problems(_Problem(loc, msg, hint) for loc, msg, hint in found)
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:  # noqa: D102 - pydantic hook
+        self._node_by_id = {node.node_id: node for node in self.nodes}
+        self._radio_by_name = {radio.name: radio for radio in self.radios}
+
+    @property
+    def node_by_id(self) -> dict[int, NodeConfig]:
+        """Configured nodes keyed by their uint32 node id (built once; do not modify)."""
+        return self._node_by_id
+
+    @property
+    def radio_by_name(self) -> dict[str, RadioConfig]:
+        """Configured radios keyed by name (built once; do not modify)."""
+        return self._radio_by_name
+
+    @property
+    def warnings(self) -> tuple[ConfigIssue, ...]:
+        """Things that are valid but probably not intended, found by the loader (also logged as warnings)."""
+        return self._warnings
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checks across list items
+
+
+def _get(item: object, key: str) -> object:
+    if isinstance(item, Mapping):
+        return item.get(key)
+    return getattr(item, key, None)
+
+
+def _collection_problems(radios: object, nodes: object) -> list[tuple[Loc, str, str | None]]:
+    """Find duplicate radio names, p2p/es920 sections given for the wrong driver, duplicate node ids/names and
+    node.radio references to missing radios.
+
+    Works on raw data (dicts, lists, anything) as well as on validated models; values that are themselves invalid
+    are skipped, since their own error is reported elsewhere.
+    """
+    found: list[tuple[Loc, str, str | None]] = []
+    radio_list = list(radios) if isinstance(radios, list | tuple) else []
+    node_list = list(nodes) if isinstance(nodes, list | tuple) else []
+
+    radio_names: dict[str, int] = {}
+    for i, radio in enumerate(radio_list):
+        found.extend((("radios", i, *p.subloc), p.message, p.hint) for p in _section_problems(radio))
+        name = _get(radio, "name")
+        if not isinstance(name, str):
+            continue
+        if name in radio_names:
+            found.append(
+                (("radios", i, "name"), f"radio name '{name}' is used twice (also radios[{radio_names[name]}])",
+                 "give each radio a unique name")
+            )
+        else:
+            radio_names[name] = i
+
+    ids: dict[str, int] = {}
+    names: dict[str, int] = {}
+    for j, node in enumerate(node_list):
+        try:
+            node_id = normalise_node_id(_get(node, "id"))
+        except _Problems:
+            node_id = None
+        if node_id is not None:
+            if node_id in ids:
+                found.append(
+                    (("nodes", j, "id"), f"node id {node_id} is used twice (also nodes[{ids[node_id]}])",
+                     "each node needs its own id; check the label on the node")
+                )
+            else:
+                ids[node_id] = j
+        name = _get(node, "name")
+        if isinstance(name, str):
+            if name in names:
+                found.append(
+                    (("nodes", j, "name"), f"node name '{name}' is used twice (also nodes[{names[name]}])",
+                     "give each node a unique name")
+                )
+            else:
+                names[name] = j
+        radio = _get(node, "radio")
+        if isinstance(radio, str) and radio not in radio_names:
+            defined = list(radio_names)
+            found.append(
+                (("nodes", j, "radio"), f"radio '{radio}' is not defined in radios",
+                 _choices_hint(radio, defined, "radios defined") if defined else "define the radio under radios:")
+            )
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, parse and validate a config file.
+
+    Relative paths inside the file are resolved against the file's directory.
+
+    Args:
+        path: The YAML file.
+
+    Returns:
+        The validated configuration; ``Config.warnings`` lists things that are valid but suspicious.
+
+    Raises:
+        ConfigError: listing every problem found, each with file, line, column, key and hint.
+    """
+    source = os.fspath(path)
+    p = Path(source)
+    try:
+        # utf-8-sig: editors on Windows laptops often save a BOM.
+        text = p.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(
+            [ConfigIssue(source, None, None, "", "config file not found", "check the path")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            [ConfigIssue(source, line, None, "", "the file is not valid UTF-8 text", "save the file as UTF-8")]
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue(source, None, None, "", f"cannot read the config file: {exc.strerror}", None)]
+        ) from None
+    return parse_config(text, source=source, base_dir=p.absolute().parent)
+
+
+def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.PathLike[str] | None = None) -> Config:
+    """Parse and validate config text.
+
+    Args:
+        text: The YAML document.
+        source: Name used as the file in error messages.
+        base_dir: Directory that relative paths are resolved against; default: the directory of ``source`` when
+            it names a file (not ``<...>``), otherwise the current directory.
+
+    Raises:
+        ConfigError: listing every problem found.
+    """
+    if base_dir is None:
+        base_dir = Path(source).absolute().parent if not source.startswith("<") else Path.cwd()
+
+    tab_issues = _tab_issues(text, source)
+    if tab_issues:
+        # The YAML parser would stop at the first tab with a less helpful message; report every tab line instead.
+        raise ConfigError(tab_issues)
+
+    yaml = YAML(typ="rt")
+    # Duplicates are found on the node tree below, all of them and with both lines, so let the loader accept them.
+    yaml.allow_duplicate_keys = True
+    try:
+        root_node = yaml.compose(text)
+        data = yaml.load(text)
+    except MarkedYAMLError as exc:
+        raise ConfigError([_yaml_error_issue(exc, source)]) from None
+    except YAMLError as exc:
+        raise ConfigError([ConfigIssue(source, None, None, "", f"YAML error: {exc}", None)]) from None
+
+    if data is None:
+        raise ConfigError(
+            [ConfigIssue(source, 1, 1, "", "the file is empty (or holds only comments)",
+                         "start from one of the examples in config/, e.g. config/demo.yaml")]
+        )
+    if not isinstance(data, CommentedMap):
+        what = "a list" if isinstance(data, CommentedSeq) else "a single value"
+        line, col = (root_node.start_mark.line + 1, root_node.start_mark.column + 1) if root_node else (1, 1)
+        raise ConfigError(
+            [ConfigIssue(source, line, col, "", f"the top level must be a mapping of sections (gateway:, radios:, "
+                         f"...), but this file holds {what}",
+                         "each top-level key starts at column 1 and ends with ':'; see config/demo.yaml")]
+        )
+
+    issues: list[ConfigIssue] = _duplicate_key_issues(root_node, source) if root_node is not None else []
+    plain = _to_plain(data, ())
+    context = {_CTX_BASE_DIR: Path(base_dir), _CTX_LOADER: True}
+    config: Config | None = None
+    try:
+        config = Config.model_validate(plain, context=context)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            issues.extend(_issues_from_error(err, data, source))
+    for loc, message, hint in _collection_problems(plain.get("radios"), plain.get("nodes")):
+        issues.append(_issue_at(data, source, loc, message, hint))
+    if issues or config is None:
+        # from None: the chained ValidationError's text would include input values, which may be secrets.
+        raise ConfigError(_sorted(issues)) from None
+
+    found = _sorted(_warning_issues(config, data, source))
+    config._warnings = tuple(found)
+    for issue in found:
+        log.warning("config warning: %s", issue)
+    return config
+
+
+def _sorted(issues: Iterable[ConfigIssue]) -> list[ConfigIssue]:
+    unique = list(dict.fromkeys(issues))
+    return sorted(unique, key=lambda i: (i.line is None, i.line or 0, i.column or 0))
+
+
+def _tab_issues(text: str, source: str) -> list[ConfigIssue]:
+    issues = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        indent = line[: len(line) - len(line.lstrip(" \t"))]
+        rest = line[len(indent):]
+        if "\t" in indent and rest and not rest.startswith("#"):
+            issues.append(
+                ConfigIssue(source, number, indent.index("\t") + 1, "", "a tab character is used for indentation",
+                            "YAML indentation must use spaces; replace the tab with spaces")
+            )
+    return issues
+
+
+_YAML_HINTS: tuple[tuple[str, str], ...] = (
+    ("'\\t'", "YAML does not allow tab characters here; use spaces"),
+    ("mapping values are not allowed", "a value containing ': ' must be put in quotes, or this line is indented "
+     "wrongly"),
+    ("could not find expected ':'", "each key must end with ':'; check this line and the one above"),
+    ("expected <block end>", "the indentation is inconsistent: keys of one section must start in the same column"),
+    ("did not find expected key", "the indentation is inconsistent, or a list item is missing its '- '"),
+    ("did not find expected '-'", "the items of a list must all start with '- ' in the same column"),
+    ("end of stream", "a quote or bracket is not closed"),
+    ("expected ',' or", "a bracket or brace is not closed"),
+    ("found undefined alias", "an alias (*name) refers to an anchor (&name) that is not defined above it"),
+)
+
+
+def _yaml_error_issue(exc: MarkedYAMLError, source: str) -> ConfigIssue:
+    mark = exc.problem_mark or exc.context_mark
+    problem = str(exc.problem or exc.context or "cannot parse the file")
+    hint = next((h for needle, h in _YAML_HINTS if needle in problem), "YAML errors often start on the line above")
+    message = f"YAML syntax error: {problem}"
+    if exc.context and exc.problem:
+        message += f" ({exc.context})"
+    line = mark.line + 1 if mark is not None else None
+    column = mark.column + 1 if mark is not None else None
+    return ConfigIssue(source, line, column, "", message, hint)
+
+
+def _duplicate_key_issues(node: Node, source: str) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    seen_nodes: set[int] = set()
+
+    def walk(n: Node, path: Loc) -> None:
+        if id(n) in seen_nodes:  # aliases share nodes
+            return
+        seen_nodes.add(id(n))
+        if isinstance(n, MappingNode):
+            first: dict[str, int] = {}
+            for key_node, value_node in n.value:
+                if isinstance(key_node, ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = str(key_node.value)
+                    line = key_node.start_mark.line + 1
+                    if key in first:
+                        issues.append(
+                            ConfigIssue(source, line, key_node.start_mark.column + 1, _dotted((*path, key)),
+                                        f"duplicate key '{key}' (first on line {first[key]})",
+                                        "YAML keeps only one of the two; delete or merge them")
+                        )
+                    else:
+                        first[key] = line
+                    walk(value_node, (*path, key))
+        elif isinstance(n, SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, (*path, i))
+
+    walk(node, ())
+    return issues
+
+
+# Keys whose values are hex text. YAML reads an unquoted all-digit value such as 00000101 as the decimal number
+# 101, which would silently become a different node id or key. ruamel keeps the digit count of such numbers, so
+# they are turned back into the text the installer wrote. Numbers written in YAML hex (0x...) stay numbers.
+_HEX_TEXT_KEYS: tuple[tuple[object, ...], ...] = (
+    ("nodes", int, "id"),
+    ("nodes", int, "key"),
+    ("radios", int, "es920", "pan_id"),
+    ("radios", int, "es920", "own_id"),
+)
+
+
+def _is_hex_text_key(path: Loc) -> bool:
+    for pattern in _HEX_TEXT_KEYS:
+        if len(pattern) == len(path) and all(
+            (p is int and isinstance(part, int)) or p == part for p, part in zip(pattern, path, strict=True)
+        ):
+            return True
+    return False
+
+
+def _to_plain(value: object, path: Loc) -> Any:
+    """Convert a ruamel round-trip tree to plain dicts, lists and scalars for pydantic."""
+    if isinstance(value, CommentedMap):
+        return {str(k): _to_plain(v, (*path, str(k))) for k, v in value.items()}
+    if isinstance(value, CommentedSeq):
+        return [_to_plain(v, (*path, i)) for i, v in enumerate(value)]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        if _is_hex_text_key(path) and not isinstance(value, HexInt | HexCapsInt | OctalInt | BinaryInt):
+            width = getattr(value, "_width", None) or 0
+            return format(int(value), f"0{width}d")
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _dotted(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _position(root: object, loc: Loc) -> tuple[int | None, int | None]:
+    """1-based (line, column) of the deepest key or item of ``loc`` present in the ruamel tree.
+
+    A key that is missing (a required key not written) or has no position of its own (a key pulled in by a YAML
+    merge ``<<: *anchor``) is placed at its closest ancestor that has one.
+    """
+    line: int | None = None
+    column: int | None = None
+    current = root
+    for part in loc:
+        try:
+            if isinstance(current, CommentedMap) and isinstance(part, str) and part in current:
+                found = current.lc.key(part)
+            elif isinstance(current, CommentedSeq) and isinstance(part, int) and 0 <= part < len(current):
+                found = current.lc.item(part)
+            else:
+                break
+        except (KeyError, IndexError, TypeError):
+            break
+        line, column = found[0] + 1, found[1] + 1
+        current = current[part]
+    return line, column
+
+
+def _issue_at(root: object, source: str, loc: Loc, message: str, hint: str | None) -> ConfigIssue:
+    line, column = _position(root, loc)
+    return ConfigIssue(source, line, column, _dotted(loc), message, hint)
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """Strip Optional/Annotated from a type; return (inner type, is_list)."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation, False
+            annotation = args[0]
+        elif origin is list:
+            return typing.get_args(annotation)[0], True
+        else:
+            return annotation, False
+
+
+def _walk_schema(loc: Loc) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    """Find the model that holds the last key of ``loc`` and that key's FieldInfo (None where unknown)."""
+    model: type[BaseModel] | None = Config
+    field: FieldInfo | None = None
+    pending_list = False
+    for part in loc:
+        if isinstance(part, int):
+            if not pending_list:
+                return None, None
+            pending_list = False
+            continue
+        if model is None or part not in model.model_fields:
+            return model, None
+        field = model.model_fields[part]
+        inner, pending_list = _unwrap(field.annotation)
+        model = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+    return model, field
+
+
+def _model_for(loc: Loc) -> type[BaseModel] | None:
+    """The model whose keys live at ``loc`` (e.g. ``("radios", 0)`` -> RadioConfig)."""
+    if not loc:
+        return Config
+    model, field = _walk_schema(loc)
+    if field is None:
+        return None
+    return model
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a section of keys"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    return str(value)
+
+
+def _unit(loc: Loc) -> str:
+    name = next((p for p in reversed(loc) if isinstance(p, str)), "")
+    return next((unit for suffix, unit in _UNIT_BY_SUFFIX if name.endswith(suffix)), "")
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _range_text(field: FieldInfo | None, unit: str) -> str:
+    """Describe the allowed range of a numeric field, e.g. 'must be between 7 and 12'."""
+    low = high = None
+    low_open = high_open = False
+    for meta in field.metadata if field is not None else ():
+        if getattr(meta, "ge", None) is not None:
+            low, low_open = meta.ge, False
+        if getattr(meta, "gt", None) is not None:
+            low, low_open = meta.gt, True
+        if getattr(meta, "le", None) is not None:
+            high, high_open = meta.le, False
+        if getattr(meta, "lt", None) is not None:
+            high, high_open = meta.lt, True
+    if low is not None and high is not None and not low_open and not high_open:
+        return f"must be between {_num(low)} and {_num(high)}{unit}"
+    parts = []
+    if low is not None:
+        parts.append(f"{'above' if low_open else 'at least'} {_num(low)}{unit}")
+    if high is not None:
+        parts.append(f"{'below' if high_open else 'at most'} {_num(high)}{unit}")
+    return "must be " + " and ".join(parts) if parts else "is out of range"
+
+
+def _issues_from_error(err: Mapping[str, Any], root: object, source: str) -> list[ConfigIssue]:
+    loc: Loc = tuple(err["loc"])
+    ctx = err.get("ctx") or {}
+    error = ctx.get("error")
+    if err["type"] == "value_error" and isinstance(error, _Problems):
+        return [_issue_at(root, source, (*loc, *p.subloc), p.message, p.hint) for p in error.problems]
+    message, hint = _describe(err, loc)
+    return [_issue_at(root, source, loc, message, hint)]
+
+
+def _describe(err: Mapping[str, Any], loc: Loc) -> tuple[str, str | None]:
+    """Turn one pydantic error into a plain-English message and hint."""
+    err_type: str = err["type"]
+    ctx: Mapping[str, Any] = err.get("ctx") or {}
+    value = err.get("input")
+    name = next((p for p in reversed(loc) if isinstance(p, str)), "")
+    _, field = _walk_schema(loc)
+    description = field.description if field is not None else None
+    secret = name in _SECRET_KEYS
+    got = "" if secret else f" (got {_show(value)})"
+    unit = _unit(loc)
+
+    if err_type == "missing":
+        return f"required key '{name}' is missing", description
+    if err_type == "extra_forbidden":
+        model = _model_for(loc[:-1])
+        valid = list(model.model_fields) if model is not None else []
+        return f"unknown key '{name}'", _choices_hint(name, valid, "valid keys here") if valid else None
+    if err_type == "literal_error":
+        expected = str(ctx.get("expected", ""))
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",") if c.strip()]
+        shown = "this value" if secret else _show(value)
+        hint = _choices_hint(str(value), choices, "use one of") if isinstance(value, str) else f"use one of: {expected}"
+        return f"{shown} is not allowed here", hint
+    if err_type in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        shown = "the value" if secret else f"{_show(value)}{unit}"
+        return f"{shown} is out of range: {name} {_range_text(field, unit)}", description
+    if err_type in ("int_parsing", "int_type", "int_from_float"):
+        return f"{name} must be a whole number{unit and f' (in{unit})'}{got}", description
+    if err_type in ("float_parsing", "float_type", "finite_number"):
+        return f"{name} must be a number{unit and f' (in{unit})'}{got}", description
+    if err_type in ("bool_parsing", "bool_type"):
+        return f"{name} must be true or false{got}", description
+    if err_type in ("string_type", "string_sub_type"):
+        return f"{name} must be text{got}", "put the value in quotes"
+    if err_type in ("model_type", "model_attributes_type", "dict_type"):
+        if value is None:
+            return f"section '{name}' is empty", f"add its keys indented below '{name}:', or remove the line"
+        return f"'{name}' must be a section of keys, not {_show(value)}", "put its keys on the lines below, indented"
+    if err_type == "list_type":
+        return f"'{name}' must be a list, not {_show(value)}", "write each item on its own line starting with '- '"
+    if err_type == "too_short":
+        return f"'{name}' needs at least {ctx.get('min_length', 1)} item(s)", description
+    if err_type == "string_too_short":
+        return f"{name} must not be empty", description
+    if err_type == "string_too_long":
+        return f"{name} is too long: at most {ctx.get('max_length')} characters", description
+    if err_type == "string_pattern_mismatch":
+        return f"{name}{'' if secret else ' ' + _show(value)} contains characters that are not allowed", description
+    # Fallback: pydantic's own message (it does not include the input value).
+    return str(err.get("msg", "invalid value")), description
+
+
+def _warning_issues(config: Config, root: object, source: str) -> list[ConfigIssue]:
+    """Valid settings that are probably a mistake."""
+    found: list[ConfigIssue] = []
+    for i, radio in enumerate(config.radios):
+        es = radio.es920
+        if es is not None and es.format == "ascii" and es.payload_encoding == "raw":
+            found.append(
+                _issue_at(root, source, ("radios", i, "es920", "payload_encoding"),
+                          "raw payloads in ascii format break when a payload contains CR LF",
+                          "use format: binary, or payload_encoding: hex")
+            )
+    tls = config.mqtt.tls
+    if tls is not None and tls.insecure:
+        found.append(
+            _issue_at(root, source, ("mqtt", "tls", "insecure"), "TLS host name checking is off",
+                      "anyone on the path can impersonate the broker; set insecure: false in the field")
+        )
+    secret_files: list[tuple[Loc, str]] = [(("nodes", j, "key_file"), n.key_file)
+                                          for j, n in enumerate(config.nodes) if n.key_file is not None]
+    if config.mqtt.password_file is not None:
+        secret_files.append((("mqtt", "password_file"), config.mqtt.password_file))
+    for loc, path in secret_files:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            found.append(
+                _issue_at(root, source, loc,
+                          f"secret file {path} is open to its group or other users (mode {mode & 0o777:o})",
+                          f"chmod 600 {path}, owned by the agent's user")
+            )
+    if not config.nodes and config.unknown_nodes == "quarantine":
+        found.append(
+            _issue_at(root, source, ("unknown_nodes",), "no nodes are listed and unknown_nodes is quarantine, so "
+                      "every frame will be set aside", "list the nodes under nodes:, or set unknown_nodes: accept")
+        )
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON Schema and the key reference
+
+
+def config_json_schema() -> dict[str, Any]:
+    """Return the JSON Schema of the config file (with titles and descriptions), for editor completion."""
+    return Config.model_json_schema(mode="validation")
+
+
+def write_json_schema(path: str | os.PathLike[str]) -> None:
+    """Write :func:`config_json_schema` as pretty-printed UTF-8 JSON (``denen config schema``)."""
+    text = json.dumps(config_json_schema(), indent=2, ensure_ascii=False) + "\n"
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def _type_text(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _type_text(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        parts = [_type_text(a) for a in typing.get_args(annotation) if a is not type(None)]
+        text = " or ".join(parts)
+        return f"{text}, or null" if type(None) in typing.get_args(annotation) else text
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(annotation))
+    if origin is list:
+        return f"list of {_type_text(typing.get_args(annotation)[0])}"
+    if annotation is SecretStr:
+        return "secret text"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    return {int: "integer", float: "number", str: "text", bool: "true/false"}.get(annotation, str(annotation))
+
+
+def _default_text(field: FieldInfo) -> str:
+    if field.default_factory is not None:
+        made = field.default_factory()  # type: ignore[call-arg]
+        return "`[]`" if made == [] else "(all defaults)"
+    if field.default is PydanticUndefined:
+        return "**required**"
+    if field.default is None:
+        return "`null`"
+    if isinstance(field.default, bool):
+        return f"`{str(field.default).lower()}`"
+    return f"`{field.default}`"
+
+
+def _reference_lines(model: type[BaseModel], prefix: str) -> list[str]:
+    lines: list[str] = []
+    for name, field in model.model_fields.items():
+        path = prefix + name
+        inner, is_list = _unwrap(field.annotation)
+        type_text = _type_text(field.annotation)
+        lines.append(f"- `{path}` ({type_text}; default {_default_text(field)}): {field.description}")
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            lines.extend(_reference_lines(inner, path + ("[]." if is_list else ".")))
+    return lines
+
+
+_REFERENCE_INTRO = """\
+# denen configuration reference
+
+<!-- Generated by agent.config.config_reference(); do not edit by hand. Regenerate with:
+     .venv/bin/python -c "from agent.config import write_reference; write_reference('config/README.md')" -->
+
+One YAML file configures the agent. Check a file with `denen config validate FILE`; every problem is reported at
+once as `file:line:column: key: message (hint: ...)`. `denen config schema` writes `config/denen.schema.json`
+for editor completion (e.g. the YAML extension of VS Code: `# yaml-language-server: $schema=denen.schema.json`).
+
+Examples, each loaded by the test suite:
+
+| file | use |
+|---|---|
+| `forest-sos.yaml` | forest emergency call: SOS buttons on a RAK3172 gateway |
+| `trap-field.yaml` | wildlife traps with a daily heartbeat |
+| `river-station.yaml` | river level, rain and slope tilt sensors on an ES920LR |
+| `demo.yaml` | everything simulated (`denen demo`) |
+
+Rules worth knowing:
+
+- **Unknown keys are errors**, with a "did you mean" hint, so a misspelt key never silently falls back to a default.
+- **Quote hex values** (`id: "00a1b2c3"`, `key: "..."`, `pan_id: "0001"`). An unquoted `00000101` is a decimal
+  number to YAML; the loader turns such all-digit values of these keys back into the text written, but an id
+  like `1E000001` becomes a float and is refused. Node ids may also be written as YAML hex numbers (`0x00A1B2C3`).
+- **Relative paths** (`journal.path`, `mqtt.password_file`, `mqtt.tls.*_file`, `nodes[].key_file`) are resolved
+  against the directory of the config file. Files named by `password_file`, `tls.*_file` and `key_file` must
+  exist and be readable when the config is loaded; key files are checked for a valid key.
+- **Secrets** (`mqtt.password`, `nodes[].key`) are never printed, logged or shown in error messages. Prefer
+  `password_file` and `key_file` (mode 600, owned by the agent's user) over inline values; the loader warns
+  about secret files other users can read.
+- `radios[].port` is passed to pyserial's `serial_for_url`: a device path, a udev symlink, `socket://host:port`
+  or `loop://`. It is not opened at load time.
+- Radio drivers: `rak3172` and `es920lr`, plus any other name in the driver registry `drivers.radio.DRIVERS`.
+  The `p2p:` section belongs to `rak3172`, `es920:` to `es920lr`; the driver's own section gets its defaults
+  when absent, and the other section is an error.
+
+## Keys
+"""
+
+
+def config_reference() -> str:
+    """Return the Markdown reference of every config key (the content of config/README.md)."""
+    sections: list[str] = [_REFERENCE_INTRO]
+    for name, field in Config.model_fields.items():
+        inner, is_list = _unwrap(field.annotation)
+        sections.append(f"\n### `{name}`\n\n{field.description}\n\n")
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            sections.append("\n".join(_reference_lines(inner, name + ("[]." if is_list else "."))) + "\n")
+        else:
+            sections.append(f"- `{name}` ({_type_text(field.annotation)}; default {_default_text(field)})\n")
+    return "".join(sections)
+
+
+def write_reference(path: str | os.PathLike[str]) -> None:
+    """Write :func:`config_reference` to a file (config/README.md)."""
+    Path(path).write_text(config_reference(), encoding="utf-8")
+

@@ -1,0 +1,74 @@
+"""Errors raised by the denen agent.
+
+Tree::
+
+    AgentError
+     ├── ConfigError (ValueError)   the configuration is invalid; carries every ConfigIssue found
+     ├── JournalError               the durable journal (SQLite) failed
+     └── PublishError               publishing to the MQTT broker failed
+
+Driver and codec errors live in :mod:`drivers.errors`; they are not ``AgentError`` subclasses because the
+drivers package does not depend on the agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["AgentError", "ConfigError", "ConfigIssue", "JournalError", "PublishError"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem found in a configuration file.
+
+    Attributes:
+        file: The config file path as given to the loader (or ``"<string>"``).
+        line: 1-based line number of the offending key or list item, or ``None`` when the problem has no single
+            place in the file (a required top-level key that is missing, an unreadable file).
+        column: 1-based column of the offending key or list item, or ``None``.
+        key: Dotted path of the key, e.g. ``radios[0].driver``; empty for problems of the file as a whole
+            (YAML syntax, empty file).
+        message: What is wrong, in plain English. Never contains key or password material.
+        hint: How to fix it, or ``None``.
+    """
+
+    file: str
+    line: int | None
+    column: int | None
+    key: str
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        # Same shape as compiler diagnostics (path:line:col: ...) so editors and terminals can jump to the line.
+        place = self.file
+        if self.line is not None:
+            place += f":{self.line}"
+            if self.column is not None:
+                place += f":{self.column}"
+        text = f"{place}: {self.key}: {self.message}" if self.key else f"{place}: {self.message}"
+        if self.hint:
+            text += f" (hint: {self.hint})"
+        return text
+
+
+class AgentError(Exception):
+    """Base class of every error raised by ``agent``."""
+
+
+class ConfigError(AgentError, ValueError):
+    """The configuration is invalid; ``issues`` lists every problem found, one line each."""
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        self.issues: tuple[ConfigIssue, ...] = tuple(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues) or "invalid configuration")
+
+
+class JournalError(AgentError):
+    """The durable journal could not store, read or delete readings."""
+
+
+class PublishError(AgentError):
+    """A batch could not be published to the MQTT broker."""

@@ -1,0 +1,730 @@
+"""Tests of agent.config: the example configs, and that each kind of mistake is reported at the right place.
+
+Broken configs are made from copies of the real examples with one edit, and the expected line is found by
+searching the edited text, so the tests keep working when the examples' comments change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import cmac
+from cryptography.hazmat.primitives.ciphers import algorithms
+from pydantic import ValidationError
+
+from agent.config import (
+    Config,
+    config_json_schema,
+    config_reference,
+    driver_names,
+    load_config,
+    parse_config,
+    write_json_schema,
+)
+from agent.errors import AgentError, ConfigError, ConfigIssue
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO / "config"
+EXAMPLES = ["forest-sos.yaml", "trap-field.yaml", "river-station.yaml", "demo.yaml"]
+
+# A small valid config for tests that do not need a whole example.
+MINIMAL = """\
+gateway:
+  id: gw-test
+  site: test
+radios:
+  - name: lora0
+    driver: rak3172
+    port: loop://
+nodes:
+  - id: "00000001"
+    name: node-1
+    kind: trap
+    unauthenticated: flag
+"""
+
+
+def edited(tmp_path: Path, example: str, old: str, new: str, *, count: int = 1) -> Path:
+    """Copy an example into tmp_path with ``old`` replaced by ``new`` (``old`` must occur ``count`` times)."""
+    text = (CONFIG_DIR / example).read_text(encoding="utf-8")
+    assert text.count(old) == count, f"{old!r} occurs {text.count(old)} times in {example}"
+    path = tmp_path / example
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    return path
+
+
+def line_of(path: Path, needle: str, *, occurrence: int = 1) -> int:
+    """1-based number of the line holding the n-th occurrence of ``needle``."""
+    hits = [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if needle in line]
+    assert len(hits) >= occurrence, f"{needle!r} found on lines {hits}"
+    return hits[occurrence - 1]
+
+
+def problems(path: Path) -> list[ConfigIssue]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.issues, "a ConfigError must carry at least one issue"
+    return list(info.value.issues)
+
+
+def only(issues: list[ConfigIssue], key: str) -> ConfigIssue:
+    matching = [i for i in issues if i.key == key]
+    assert len(matching) == 1, f"expected one issue for {key}, got: {[str(i) for i in issues]}"
+    return matching[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The examples
+
+
+def test_all_examples_present() -> None:
+    assert sorted(p.name for p in CONFIG_DIR.glob("*.yaml")) == sorted(EXAMPLES)
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_loads_cleanly(example: str) -> None:
+    cfg = load_config(CONFIG_DIR / example)
+    assert cfg.radios and cfg.nodes
+    assert cfg.warnings == ()
+    assert set(cfg.node_by_id) == {int(n.id, 16) for n in cfg.nodes}
+    for radio in cfg.radios:
+        # The driver's own settings section is always filled in, the other one never.
+        assert (radio.p2p is not None) == (radio.driver == "rak3172")
+        assert (radio.es920 is not None) == (radio.driver == "es920lr")
+    for node in cfg.nodes:
+        key = node.key_bytes()
+        assert key is None or len(key) == 16
+        assert key is not None or node.unauthenticated == "flag"
+
+
+def test_demo_matches_the_demo_scenario() -> None:
+    cfg = load_config(CONFIG_DIR / "demo.yaml")
+    assert [r.port for r in cfg.radios] == ["/tmp/denen-sim/lora0", "/tmp/denen-sim/lora1"]
+    assert cfg.journal.path == "/tmp/denen-demo/journal.db"
+    assert (cfg.mqtt.host, cfg.mqtt.port) == ("127.0.0.1", 1883)
+    expected = {
+        0x101: "sos", 0x201: "trap", 0x202: "trap", 0x301: "water_level", 0x401: "rain", 0x501: "tilt",
+        0x601: "weather",
+    }
+    assert {nid: n.kind for nid, n in cfg.node_by_id.items()} == expected
+    for nid, node in cfg.node_by_id.items():
+        assert node.key_bytes() == bytes.fromhex(f"{nid:08x}" * 4)
+        assert node.unauthenticated == "reject"
+    assert {n.kind for n in cfg.nodes} | {"heartbeat"} >= {"sos", "trap", "water_level", "rain", "tilt", "weather"}
+
+
+def test_field_examples_fit_their_use() -> None:
+    forest = load_config(CONFIG_DIR / "forest-sos.yaml")
+    assert [(r.driver, r.port) for r in forest.radios] == [("rak3172", "/dev/lora0")]
+    assert [n for n in forest.nodes if n.kind == "sos"] and all(n.key is not None for n in forest.nodes)
+
+    traps = load_config(CONFIG_DIR / "trap-field.yaml")
+    trap_nodes = [n for n in traps.nodes if n.kind == "trap"]
+    assert len(trap_nodes) >= 8 and all(n.interval_s == 86400 for n in trap_nodes)
+
+    river = load_config(CONFIG_DIR / "river-station.yaml")
+    assert [r.driver for r in river.radios] == ["es920lr"]
+    assert {"water_level", "rain", "tilt"} <= {n.kind for n in river.nodes}
+
+
+def test_trap_field_carries_the_protocol_worked_example_key() -> None:
+    # PROTOCOLS.md §9: this frame's MIC under this node's key is F0CE538F. Proves the key survives loading intact.
+    node = load_config(CONFIG_DIR / "trap-field.yaml").node_by_id[0x00A1B2C3]
+    key = node.key_bytes()
+    assert key is not None
+    mac = cmac.CMAC(algorithms.AES(key))
+    mac.update(bytes.fromhex("1100A1B2C30000002A020100010374014A"))
+    assert mac.finalize()[:4] == bytes.fromhex("F0CE538F")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# File-level problems
+
+
+def test_yaml_syntax_error_points_at_the_line(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", "  site: okutama\n", "  site: okutama: north\n")
+    [issue] = problems(path)
+    assert issue.file == str(path)
+    assert issue.line == line_of(path, "site: okutama: north")
+    assert issue.column == len("  site: okutama") + 1
+    assert "YAML syntax error" in issue.message and "mapping values" in issue.message
+    assert issue.hint and "quotes" in issue.hint
+
+
+def test_tab_indentation_reports_every_tab_line(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", "  site: okutama\n", "\tsite: okutama\n")
+    text = path.read_text(encoding="utf-8").replace("  port: 8883\n", "  \tport: 8883\n")
+    path.write_text(text, encoding="utf-8")
+    issues = problems(path)
+    assert [(i.line, i.column) for i in issues] == [
+        (line_of(path, "\tsite: okutama"), 1),
+        (line_of(path, "\tport: 8883"), 3),
+    ]
+    assert all("tab" in i.message and i.hint and "spaces" in i.hint for i in issues)
+
+
+def test_tab_after_a_colon_is_reported_by_the_parser(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", "  site: okutama\n", "  site:\tokutama\n")
+    [issue] = problems(path)
+    assert issue.line == line_of(path, "site:\tokutama")
+    assert issue.hint and "spaces" in issue.hint
+
+
+def test_duplicate_key(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", "  port: 8883\n", "  port: 8883\n  keepalive_s: 20\n")
+    issue = only(problems(path), "mqtt.keepalive_s")
+    assert issue.line == line_of(path, "keepalive_s:", occurrence=2)
+    assert issue.column == 3
+    assert "duplicate key 'keepalive_s'" in issue.message
+    assert f"line {line_of(path, 'keepalive_s: 20')}" in issue.message
+
+
+def test_duplicate_key_in_a_list_item(tmp_path: Path) -> None:
+    path = edited(tmp_path, "demo.yaml", "    name: trap-demo-2\n", "    name: trap-demo-2\n    kind: sos\n")
+    issue = only(problems(path), "nodes[2].kind")
+    # The second occurrence is the one reported; the message names the first.
+    assert issue.line == line_of(path, "kind: trap", occurrence=2)
+    assert f"first on line {line_of(path, 'kind: sos', occurrence=2)}" in issue.message
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing yet\n\n", encoding="utf-8")
+    [issue] = problems(path)
+    assert (issue.line, issue.column) == (1, 1) and "empty" in issue.message
+
+
+def test_top_level_not_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("# a list by mistake\n- gateway: x\n", encoding="utf-8")
+    [issue] = problems(path)
+    assert issue.line == 2 and "must be a mapping" in issue.message and "a list" in issue.message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    [issue] = problems(tmp_path / "nope.yaml")
+    assert issue.file.endswith("nope.yaml") and "not found" in issue.message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keys and values
+
+
+def test_unknown_top_level_key_suggests_the_right_one(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", "\nhealth:\n", "\nhelth:\n")
+    issue = only(problems(path), "helth")
+    assert (issue.line, issue.column) == (line_of(path, "helth:"), 1)
+    assert issue.message == "unknown key 'helth'"
+    assert issue.hint is not None and issue.hint.startswith("did you mean 'health'?")
+    for key in Config.model_fields:
+        assert key in issue.hint
+
+
+def test_unknown_nested_key(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", "      spreading_factor: 10\n", "      spreading_factr: 10\n")
+    issue = only(problems(path), "radios[0].p2p.spreading_factr")
+    assert (issue.line, issue.column) == (line_of(path, "spreading_factr"), 7)
+    assert issue.hint and "did you mean 'spreading_factor'?" in issue.hint
+
+
+def test_unknown_driver_lists_the_valid_names(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", "driver: rak3172", "driver: rak3127")
+    issue = only(problems(path), "radios[0].driver")
+    assert issue.line == line_of(path, "driver: rak3127")
+    assert "unknown radio driver 'rak3127'" in issue.message
+    names = driver_names()
+    assert "rak3172" in names
+    assert issue.hint and all(name in issue.hint for name in names)
+    assert "did you mean 'rak3172'" in issue.hint
+
+
+def test_bad_hex_node_id(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", 'id: "5e000002"', 'id: "5e00000g"')
+    issue = only(problems(path), "nodes[1].id")
+    assert issue.line == line_of(path, "5e00000g")
+    assert "8 hex digits" in issue.message and "not hex" in issue.message
+    assert issue.hint and "quotes" in issue.hint
+
+
+def test_key_of_wrong_length_does_not_reveal_the_key(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", '"5e0000025e0000025e0000025e000002"', '"5e0000025e0000025e0000025e0000"')
+    issue = only(problems(path), "nodes[1].key")
+    assert issue.line == line_of(path, "5e0000025e0000025e0000025e0000")
+    assert "32 hex digits" in issue.message and "30" in issue.message
+    assert "5e000002" not in str(issue)
+
+
+def test_out_of_range_values_with_units(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", "      spreading_factor: 10\n", "      spreading_factor: 13\n")
+    text = path.read_text(encoding="utf-8")
+    text = text.replace("frequency_hz: 920600000", "frequency_hz: 915000000").replace("port: 8883", "port: 70000")
+    path.write_text(text, encoding="utf-8")
+    issues = problems(path)
+
+    sf = only(issues, "radios[0].p2p.spreading_factor")
+    assert sf.line == line_of(path, "spreading_factor: 13")
+    assert "13" in sf.message and "between 7 and 12" in sf.message
+
+    freq = only(issues, "radios[0].p2p.frequency_hz")
+    assert freq.line == line_of(path, "frequency_hz: 915000000")
+    assert "MHz" in freq.message and freq.hint and "ARIB STD-T108" in freq.hint
+
+    port = only(issues, "mqtt.port")
+    assert port.line == line_of(path, "port: 70000")
+    assert "between 1 and 65535" in port.message
+
+
+def test_frequency_off_the_channel_grid_names_the_nearest_channel(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", "frequency_hz: 920600000", "frequency_hz: 920650000")
+    issue = only(problems(path), "radios[0].p2p.frequency_hz")
+    assert "200 kHz" in issue.message and "920600000" in issue.message
+
+
+def test_range_message_states_the_unit(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", "  keepalive_s: 30\n", "  keepalive_s: 2\n")
+    issue = only(problems(path), "mqtt.keepalive_s")
+    assert issue.message == "2 s is out of range: keepalive_s must be between 5 and 3600 s"
+
+
+def test_duplicate_node_id(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", 'id: "5e000003"', 'id: "5E000001"')
+    issue = only(problems(path), "nodes[2].id")
+    assert issue.line == line_of(path, 'id: "5E000001"')
+    assert "5e000001" in issue.message and "twice" in issue.message and "nodes[0]" in issue.message
+
+
+def test_duplicate_node_and_radio_names(tmp_path: Path) -> None:
+    path = edited(tmp_path, "demo.yaml", "name: trap-demo-2", "name: trap-demo-1")
+    path.write_text(path.read_text(encoding="utf-8").replace("name: lora1", "name: lora0"), encoding="utf-8")
+    issues = problems(path)
+    assert only(issues, "nodes[2].name").line == line_of(path, "name: trap-demo-1", occurrence=2)
+    assert only(issues, "radios[1].name").line == line_of(path, "name: lora0", occurrence=2)
+
+
+def test_node_radio_pointing_nowhere(tmp_path: Path) -> None:
+    path = edited(tmp_path, "river-station.yaml", "    radio: es0\n  - id: \"3c000101\"",
+                  "    radio: es1\n  - id: \"3c000101\"")
+    issue = only(problems(path), "nodes[0].radio")
+    assert issue.line == line_of(path, "radio: es1")
+    assert "'es1' is not defined" in issue.message
+    assert issue.hint and "did you mean 'es0'" in issue.hint
+
+
+def test_p2p_section_on_an_es920lr_radio(tmp_path: Path) -> None:
+    path = edited(tmp_path, "river-station.yaml", "    es920:\n", "    p2p:\n      spreading_factor: 10\n    es920:\n")
+    issue = only(problems(path), "radios[0].p2p")
+    assert issue.line == line_of(path, "    p2p:")
+    assert "only for driver rak3172" in issue.message and "es920lr" in issue.message
+    assert issue.hint and "remove 'p2p:'" in issue.hint
+
+
+def test_wrong_section_is_reported_even_when_the_radio_has_other_errors(tmp_path: Path) -> None:
+    path = edited(tmp_path, "river-station.yaml", "    es920:\n", "    p2p: {}\n    es920:\n")
+    path.write_text(path.read_text(encoding="utf-8").replace("channel: 5", "channel: 99"), encoding="utf-8")
+    issues = problems(path)
+    assert only(issues, "radios[0].p2p")
+    assert only(issues, "radios[0].es920.channel")
+
+
+def test_no_key_with_reject_could_never_be_heard(tmp_path: Path) -> None:
+    path = edited(tmp_path, "demo.yaml", '    key: "00000401000004010000040100000401"\n', "")
+    issue = only(problems(path), "nodes[4].unauthenticated")
+    assert issue.line == line_of(path, "unauthenticated: reject", occurrence=5)
+    assert "rain-demo-1" in issue.message and "never be heard" in issue.message
+    assert issue.hint and "unauthenticated: flag" in issue.hint and "key" in issue.hint
+
+
+def test_no_key_with_default_reject_points_at_the_node(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL.replace("    unauthenticated: flag\n", ""), encoding="utf-8")
+    issue = only(problems(path), "nodes[0].unauthenticated")
+    assert issue.line == line_of(path, 'id: "00000001"')  # the key is absent, so the node item itself
+
+
+def test_es920_channel_must_fit_the_bandwidth(tmp_path: Path) -> None:
+    path = edited(tmp_path, "river-station.yaml", "      bandwidth_khz: 125\n", "      bandwidth_khz: 500\n")
+    assert load_config(path).radios[0].es920.channel == 5  # type: ignore[union-attr]  # the last one at 500 kHz
+    path.write_text(path.read_text(encoding="utf-8").replace("channel: 5", "channel: 6"), encoding="utf-8")
+    issue = only(problems(path), "radios[0].es920.channel")
+    assert issue.line == line_of(path, "      channel: 6")
+    assert "500 kHz" in issue.message and "1..5" in issue.message
+
+
+def test_reconnect_bounds(tmp_path: Path) -> None:
+    path = edited(tmp_path, "forest-sos.yaml", "  reconnect_max_s: 60.0\n", "  reconnect_max_s: 0.5\n")
+    issue = only(problems(path), "mqtt.reconnect_max_s")
+    assert issue.line == line_of(path, "reconnect_max_s: 0.5")
+    assert "0.5 s" in issue.message and "1 s" in issue.message
+
+
+def test_missing_required_keys(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL.replace("  site: test\n", "").replace("    driver: rak3172\n", ""), encoding="utf-8")
+    issues = problems(path)
+    site = only(issues, "gateway.site")
+    assert site.line == line_of(path, "gateway:") and "required key 'site' is missing" in site.message
+    assert only(issues, "radios[0].driver").line == line_of(path, "- name: lora0")
+
+
+def test_all_problems_are_reported_at_once_in_line_order(tmp_path: Path) -> None:
+    path = edited(tmp_path, "demo.yaml", "  id: gw-demo-01\n", "  id: gw/demo\n")
+    text = path.read_text(encoding="utf-8")
+    for old, new in [
+        ("  port: 1883\n", "  port: 0\n"),
+        ("driver: es920lr", "driver: es920"),
+        ('id: "00000202"', 'id: "00000201"'),
+        ('id: "00000601"', 'id: "0000060"'),
+        ("unknown_nodes: quarantine", "unknown_nodes: drop"),
+        ("  level: info", "  level: loud"),
+    ]:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+    issues = problems(path)
+    assert [i.key for i in issues] == [
+        "gateway.id", "mqtt.port", "radios[1].driver", "nodes[2].id", "nodes[6].id", "unknown_nodes", "log.level",
+    ]
+    assert [i.line for i in issues] == sorted(i.line for i in issues if i.line is not None)
+    # The error text is one compiler-style line per issue.
+    assert str(ConfigError(issues)).splitlines() == [str(i) for i in issues]
+
+
+def test_unquoted_digit_ids_and_keys_keep_their_hex_digits() -> None:
+    text = MINIMAL.replace('id: "00000001"', "id: 00000101").replace(
+        "    unauthenticated: flag\n", "    key: 00000101000001010000010100000101\n"
+    )
+    node = parse_config(text).nodes[0]
+    assert node.id == "00000101" and node.node_id == 0x101
+    assert node.key_bytes() == bytes.fromhex("00000101" * 4)
+
+
+def test_node_id_as_yaml_hex_number_and_lowercase_normalisation() -> None:
+    cfg = parse_config(MINIMAL.replace('id: "00000001"', "id: 0x00A1B2C3"))
+    assert cfg.nodes[0].id == "00a1b2c3" and set(cfg.node_by_id) == {0x00A1B2C3}
+    assert parse_config(MINIMAL.replace('id: "00000001"', 'id: "00A1B2C3"')).nodes[0].id == "00a1b2c3"
+
+
+def test_node_id_read_as_a_float_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(MINIMAL.replace('id: "00000001"', "id: 1E000001"))
+    assert only(list(info.value.issues), "nodes[0].id").hint
+
+
+def test_es920_ids_are_normalised() -> None:
+    text = MINIMAL.replace("driver: rak3172", "driver: es920lr").replace(
+        "    port: loop://\n", "    port: loop://\n    es920:\n      pan_id: 00a1\n      own_id: 0010\n"
+    )
+    es = parse_config(text).radios[0].es920
+    assert es is not None and (es.pan_id, es.own_id) == ("00A1", "0010")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files referred to by the config
+
+
+def write_minimal_with(tmp_path: Path, node_extra: str, *, mqtt: str = "") -> Path:
+    path = tmp_path / "gw.yaml"
+    text = MINIMAL.replace("    unauthenticated: flag\n", node_extra) + mqtt
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_key_file_relative_to_the_config_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "keys").mkdir()
+    key_path = tmp_path / "keys" / "node-1.key"
+    key_path.write_text("# node-1, made with openssl rand -hex 16\nA0A1A2A3A4A5A6A7A8A9AAABACADAEAF\n")
+    key_path.chmod(0o600)
+    path = write_minimal_with(tmp_path, "    key_file: keys/node-1.key\n")
+    monkeypatch.chdir("/")  # the path must not depend on the current directory
+    cfg = load_config(path)
+    assert cfg.nodes[0].key_file == str(key_path)
+    assert cfg.nodes[0].key_bytes() == bytes.fromhex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf")
+    assert cfg.warnings == ()
+
+
+def test_missing_key_file_is_an_error_at_load_time(tmp_path: Path) -> None:
+    path = write_minimal_with(tmp_path, "    key_file: keys/nope.key\n")
+    issue = only(problems(path), "nodes[0].key_file")
+    assert issue.line == line_of(path, "key_file:")
+    assert "does not exist" in issue.message and str(tmp_path / "keys" / "nope.key") in issue.message
+    assert issue.hint and "directory of the config file" in issue.hint
+
+
+def test_bad_key_file_content_is_an_error_and_stays_secret(tmp_path: Path) -> None:
+    secret = "c0ffee00c0ffee00c0ffee00c0ffee"  # 30 digits: one byte short
+    (tmp_path / "short.key").write_text(secret + "\n")
+    path = write_minimal_with(tmp_path, "    key_file: short.key\n")
+    issue = only(problems(path), "nodes[0].key_file")
+    assert "32 hex digits" in issue.message and secret not in str(issue)
+
+
+def test_key_file_readable_by_others_is_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "open.key").write_text("a0" * 16 + "\n")
+    (tmp_path / "open.key").chmod(0o644)
+    cfg = load_config(write_minimal_with(tmp_path, "    key_file: open.key\n"))
+    [warning] = cfg.warnings
+    assert warning.key == "nodes[0].key_file" and "chmod 600" in (warning.hint or "")
+
+
+def test_key_and_key_file_are_exclusive(tmp_path: Path) -> None:
+    (tmp_path / "k.key").write_text("a0" * 16)
+    path = write_minimal_with(tmp_path, f'    key: "{"b1" * 16}"\n    key_file: k.key\n')
+    issue = only(problems(path), "nodes[0].key_file")
+    assert "either key or key_file" in issue.message
+
+
+def test_key_bytes_reports_a_key_file_that_disappeared(tmp_path: Path) -> None:
+    (tmp_path / "k.key").write_text("a0" * 16)
+    cfg = load_config(write_minimal_with(tmp_path, "    key_file: k.key\n"))
+    (tmp_path / "k.key").unlink()
+    with pytest.raises(ConfigError, match="does not exist"):
+        cfg.nodes[0].key_bytes()
+
+
+def test_tls_files_must_exist(tmp_path: Path) -> None:
+    mqtt = "mqtt:\n  port: 8883\n  tls:\n    ca_file: certs/ca.pem\n"
+    path = write_minimal_with(tmp_path, "    unauthenticated: flag\n", mqtt=mqtt)
+    issue = only(problems(path), "mqtt.tls.ca_file")
+    assert issue.line == line_of(path, "ca_file:") and "does not exist" in issue.message
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    tls = load_config(path).mqtt.tls
+    assert tls is not None and tls.ca_file == str(tmp_path / "certs" / "ca.pem")
+
+
+def test_tls_client_certificate_needs_its_key(tmp_path: Path) -> None:
+    (tmp_path / "gw.pem").write_text("cert")
+    mqtt = "mqtt:\n  tls:\n    cert_file: gw.pem\n"
+    issue = only(problems(write_minimal_with(tmp_path, "    unauthenticated: flag\n", mqtt=mqtt)), "mqtt.tls.cert_file")
+    assert "key_file" in issue.message
+
+
+def test_password_file_and_password_value(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cret-pw\n")
+    (tmp_path / "pw").chmod(0o600)
+    mqtt = "mqtt:\n  username: gw-test\n  password_file: pw\n"
+    cfg = load_config(write_minimal_with(tmp_path, "    unauthenticated: flag\n", mqtt=mqtt))
+    assert cfg.mqtt.password_value() == "s3cret-pw"
+    assert cfg.mqtt.effective_client_id("gw-test") == "denen-gw-test"
+
+
+def test_password_rules(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("x\n")
+    mqtt = "mqtt:\n  password: \"hunter2-secret\"\n  password_file: pw\n"
+    issues = problems(write_minimal_with(tmp_path, "    unauthenticated: flag\n", mqtt=mqtt))
+    assert "not both" in only(issues, "mqtt.password_file").message
+    assert "username" in only(issues, "mqtt.password").message
+    assert all("hunter2" not in str(i) for i in issues)
+
+
+def test_client_id_when_set() -> None:
+    cfg = parse_config(MINIMAL + "mqtt:\n  client_id: my-gw\n")
+    assert cfg.mqtt.effective_client_id("gw-test") == "my-gw"
+    assert cfg.mqtt.password_value() is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Secrets
+
+
+def test_secrets_absent_from_repr_and_str() -> None:
+    node_key = "0123456789abcdef0123456789abcdef"
+    text = MINIMAL.replace("    unauthenticated: flag\n", f'    key: "{node_key}"\n') + (
+        'mqtt:\n  username: gw\n  password: "correct-horse-battery"\n'
+    )
+    cfg = parse_config(text)
+    assert cfg.mqtt.password_value() == "correct-horse-battery"
+    assert cfg.nodes[0].key_bytes() == bytes.fromhex(node_key)
+    for obj in (cfg, cfg.mqtt, cfg.nodes[0], cfg.node_by_id):
+        for rendered in (repr(obj), str(obj)):
+            assert node_key not in rendered and node_key.upper() not in rendered
+            assert "correct-horse-battery" not in rendered
+    assert "correct-horse-battery" not in cfg.model_dump_json() and node_key not in cfg.model_dump_json()
+
+
+def test_secrets_absent_from_errors_and_tracebacks() -> None:
+    bad_key = "0123456789abcdef0123456789abcdeg"  # 32 characters, one not hex
+    text = MINIMAL.replace("    unauthenticated: flag\n", f'    key: "{bad_key}"\n') + (
+        'mqtt:\n  password: "correct-horse-battery"\n'  # no username: an error next to the secret
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    rendered = "".join(traceback.format_exception(info.value))
+    assert "not hex digits" in rendered and "username" in rendered
+    assert bad_key not in rendered and "correct-horse-battery" not in rendered
+    # Python-side validation hides input values too.
+    with pytest.raises(ValidationError) as direct:
+        Config.model_validate({"gateway": {"id": "g", "site": "s"}, "radios": [{"name": "r", "driver": "rak3172",
+                               "port": "loop://"}], "mqtt": {"password": 12345678901}})
+    assert "12345678901" not in str(direct.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# API details
+
+
+def test_config_error_is_an_agent_error_and_a_value_error() -> None:
+    assert issubclass(ConfigError, AgentError) and issubclass(ConfigError, ValueError)
+
+
+def test_issue_formatting() -> None:
+    full = ConfigIssue("gw.yaml", 12, 5, "radios[0].driver", "unknown radio driver 'x'", "valid drivers: a, b")
+    assert str(full) == "gw.yaml:12:5: radios[0].driver: unknown radio driver 'x' (hint: valid drivers: a, b)"
+    bare = ConfigIssue("gw.yaml", None, None, "gateway", "required key 'gateway' is missing", None)
+    assert str(bare) == "gw.yaml: gateway: required key 'gateway' is missing"
+    whole_file = ConfigIssue("gw.yaml", 3, 1, "", "YAML syntax error: x", "y")
+    assert str(whole_file) == "gw.yaml:3:1: YAML syntax error: x (hint: y)"
+
+
+def test_parse_config_uses_source_in_messages() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("gateway: {id: g, site: s}\n", source="<stdin>")
+    issue = only(list(info.value.issues), "radios")
+    assert issue.file == "<stdin>" and issue.line is None
+
+
+def test_python_built_config_runs_the_cross_checks() -> None:
+    radio = {"name": "r", "driver": "rak3172", "port": "loop://"}
+    with pytest.raises(ValidationError, match="used twice"):
+        Config.model_validate({"gateway": {"id": "g", "site": "s"}, "radios": [radio, radio]})
+    with pytest.raises(ValidationError, match="only for driver es920lr"):
+        Config.model_validate({"gateway": {"id": "g", "site": "s"}, "radios": [{**radio, "es920": {}}]})
+
+
+def test_config_is_read_only() -> None:
+    cfg = parse_config(MINIMAL)
+    with pytest.raises(ValidationError):
+        cfg.mqtt.port = 1  # type: ignore[misc]
+
+
+def test_ascii_raw_es920_is_a_warning() -> None:
+    text = MINIMAL.replace("driver: rak3172", "driver: es920lr").replace(
+        "    port: loop://\n", "    port: loop://\n    es920: {format: ascii, payload_encoding: raw}\n"
+    )
+    [warning] = parse_config(text).warnings
+    assert warning.key == "radios[0].es920.payload_encoding" and warning.line == 8
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON Schema and the README
+
+
+def schema_key_paths(schema: dict, node: dict | None = None, prefix: str = "") -> set[str]:
+    """Every key path in the JSON Schema, e.g. ``radios[].p2p.frequency_hz`` (independent of the generator)."""
+    defs = schema.get("$defs", {})
+
+    def resolve(n: dict) -> tuple[dict, bool]:
+        is_list = False
+        while True:
+            if "$ref" in n:
+                n = defs[n["$ref"].rsplit("/", 1)[1]]
+            elif "anyOf" in n and any("$ref" in a or a.get("type") == "array" for a in n["anyOf"]):
+                n = next(a for a in n["anyOf"] if "$ref" in a or a.get("type") == "array")
+            elif n.get("type") == "array" and "items" in n:
+                n, is_list = n["items"], True
+            else:
+                return n, is_list
+
+    paths: set[str] = set()
+    current, _ = resolve(node if node is not None else schema)
+    for key, sub in current.get("properties", {}).items():
+        path = prefix + key
+        paths.add(path)
+        inner, is_list = resolve(sub)
+        if "properties" in inner:
+            paths |= schema_key_paths(schema, inner, path + ("[]." if is_list else "."))
+    return paths
+
+
+def test_json_schema_has_every_top_level_key_and_descriptions(tmp_path: Path) -> None:
+    schema = config_json_schema()
+    assert set(schema["properties"]) == set(Config.model_fields) == {
+        "gateway", "journal", "mqtt", "radios", "nodes", "unknown_nodes", "health", "log",
+    }
+    assert set(schema["required"]) == {"gateway", "radios"}
+    assert schema["additionalProperties"] is False
+    for model in schema["$defs"].values():
+        assert model["additionalProperties"] is False
+        for key, prop in model["properties"].items():
+            assert prop.get("description"), f"{model['title']}.{key} has no description"
+    assert "radios[].p2p.frequency_hz" in schema_key_paths(schema)
+    assert schema["$defs"]["RadioConfig"]["properties"]["driver"]["enum"] == list(driver_names())
+
+    out = tmp_path / "denen.schema.json"
+    write_json_schema(out)
+    assert json.loads(out.read_text(encoding="utf-8")) == schema
+
+
+def test_readme_lists_every_key_and_is_up_to_date() -> None:
+    readme = (CONFIG_DIR / "README.md").read_text(encoding="utf-8")
+    missing = [p for p in sorted(schema_key_paths(config_json_schema())) if f"`{p}`" not in readme]
+    assert not missing, f"config/README.md does not list: {missing}"
+    assert readme == config_reference(), (
+        "config/README.md is stale; regenerate it with: .venv/bin/python -c "
+        "\"from agent.config import write_reference; write_reference('config/README.md')\""
+    )
+
+
+def test_every_example_key_is_documented_in_the_readme() -> None:
+    # A cheap guard against examples drifting from the schema: every key the examples use is in the reference.
+    readme = (CONFIG_DIR / "README.md").read_text(encoding="utf-8")
+    for example in EXAMPLES:
+        text = (CONFIG_DIR / example).read_text(encoding="utf-8")
+        for line in text.splitlines():
+            stripped = line.strip().lstrip("- ")
+            if stripped and not stripped.startswith("#") and ":" in stripped and not stripped.startswith("{"):
+                key = stripped.split(":", 1)[0]
+                assert f".{key}`" in readme or f"`{key}`" in readme, f"{example}: key {key!r} not documented"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_unreadable_key_file(tmp_path: Path) -> None:
+    (tmp_path / "locked.key").write_text("a0" * 16)
+    (tmp_path / "locked.key").chmod(0)
+    issue = only(problems(write_minimal_with(tmp_path, "    key_file: locked.key\n")), "nodes[0].key_file")
+    assert "cannot be read" in issue.message
+
+
+def test_yaml_anchors_and_merge_keys_keep_line_numbers() -> None:
+    text = MINIMAL.replace(
+        "  - name: lora0\n    driver: rak3172\n    port: loop://\n",
+        "  - &base\n    name: lora0\n    driver: rak3172\n    port: loop://\n    p2p: {spreading_factor: 13}\n"
+        "  - <<: *base\n    name: lora1\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    issues = list(info.value.issues)
+    assert only(issues, "radios[0].p2p.spreading_factor").line == 9
+    # The merged copy has no position of its own: it is reported at its list item.
+    assert only(issues, "radios[1].p2p.spreading_factor").line == 10
+
+
+def test_a_section_with_everything_commented_out_means_defaults() -> None:
+    cfg = parse_config(MINIMAL.replace("nodes:\n", "mqtt:\n  # host: mqtt.example.jp\nhealth:\nnodes:\n"))
+    assert (cfg.mqtt.host, cfg.health.interval_s) == ("127.0.0.1", 60)
+    assert cfg.nodes[0].name == "node-1"
+    only_radios = MINIMAL.split("nodes:")[0] + "nodes:\n  # none yet\n"
+    cfg = parse_config(only_radios)
+    assert cfg.nodes == []
+    [warning] = cfg.warnings  # every frame would be quarantined
+    assert warning.key == "unknown_nodes"
+
+
+def test_drivers_from_the_registry_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    fake = types.ModuleType("drivers.radio")
+    fake.DRIVERS = {"rak3172": object, "meshtastic": object}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "drivers.radio", fake)
+    assert driver_names() == ("es920lr", "meshtastic", "rak3172")
+    cfg = parse_config(MINIMAL.replace("driver: rak3172", "driver: meshtastic"))
+    assert cfg.radios[0].p2p is None and cfg.radios[0].es920 is None
+    with pytest.raises(ConfigError) as info:
+        parse_config(MINIMAL.replace("driver: rak3172", "driver: meshtastik"))
+    hint = only(list(info.value.issues), "radios[0].driver").hint or ""
+    assert "did you mean 'meshtastic'?" in hint and "es920lr" in hint and "rak3172" in hint

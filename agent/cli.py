@@ -1,0 +1,183 @@
+"""The ``denen`` command.
+
+    denen run -c CONFIG                 run the gateway agent
+    denen config validate CONFIG...     check config files; problems with file, line, key and a hint
+    denen config schema [-o PATH]       write the JSON Schema of the config (editor completion)
+    denen sim SCENARIO                  start simulated radio modules and nodes; prints their pty paths
+    denen status -c CONFIG | -j JOURNAL journal depth, oldest unsent reading, nodes, bad frames, reopens
+    denen demo                          simulated forest and river -> agent -> broker -> live view
+
+Errors are one clear line and a hint, never a traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.errors import AgentError, ConfigError
+
+log = logging.getLogger("denen")
+
+DEFAULT_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "denen.schema.json"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="denen", description="denen edge monitoring agent")
+    p.add_argument("--version", action="version", version=f"denen {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the gateway agent")
+    run.add_argument("-c", "--config", required=True, help="config file (YAML)")
+
+    cfg = sub.add_parser("config", help="validate a config or export its JSON Schema")
+    cfg_sub = cfg.add_subparsers(dest="config_cmd", required=True, metavar="ACTION")
+    val = cfg_sub.add_parser("validate", help="check config files")
+    val.add_argument("files", nargs="+")
+    sch = cfg_sub.add_parser("schema", help="write the JSON Schema for editor completion")
+    sch.add_argument("-o", "--output", default=str(DEFAULT_SCHEMA_PATH), help="where to write it ('-' for stdout)")
+
+    sim = sub.add_parser("sim", help="run simulated radio modules and sensor nodes on ptys")
+    sim.add_argument("scenario", help="scenario file (YAML)")
+    sim.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+
+    st = sub.add_parser("status", help="show the gateway's journal and node state")
+    src = st.add_mutually_exclusive_group(required=True)
+    src.add_argument("-c", "--config", help="config file (its journal.path is read)")
+    src.add_argument("-j", "--journal", help="journal file")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    demo = sub.add_parser("demo", help="simulated forest and river -> agent -> MQTT broker -> live view")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--workdir", default=None, help="folder for the demo's journal and broker (default: a temp dir)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except AgentError as exc:
+        if args.debug:
+            raise
+        print(f"denen: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "run":
+        return _run(args.config)
+    if args.cmd == "config":
+        from agent.config import load_config, write_json_schema  # noqa: PLC0415
+
+        if args.config_cmd == "validate":
+            failed = 0
+            for f in args.files:
+                try:
+                    cfg = load_config(f)
+                except ConfigError as exc:
+                    print(str(exc), file=sys.stderr)
+                    failed += 1
+                else:
+                    print(f"{f}: ok (gateway {cfg.gateway.id}, {len(cfg.radios)} radios, {len(cfg.nodes)} nodes)")
+            return 2 if failed else 0
+        if args.output == "-":
+            from agent.config import config_json_schema  # noqa: PLC0415
+
+            print(json.dumps(config_json_schema(), indent=2, ensure_ascii=False))
+        else:
+            write_json_schema(args.output)
+            print(f"wrote {args.output}")
+        return 0
+    if args.cmd == "status":
+        return _status(args)
+    if args.cmd == "sim":
+        return _sim(args.scenario, args.duration)
+    if args.cmd == "demo":
+        from agent.demo import run_demo  # noqa: PLC0415
+
+        return run_demo(duration=args.duration, workdir=args.workdir)
+    raise AssertionError(args.cmd)
+
+
+def _run(config_path: str) -> int:
+    from agent.config import load_config  # noqa: PLC0415
+    from agent.gateway import Gateway  # noqa: PLC0415
+
+    cfg = load_config(config_path)
+    logging.getLogger().setLevel(getattr(logging, cfg.log.level.upper()))
+    gw = Gateway(cfg)
+    _stop_on_signals(gw.stop)
+    log.info("denen %s: config %s, gateway %s", __version__, config_path, cfg.gateway.id)
+    gw.run()
+    return 0
+
+
+def _stop_on_signals(stop: Any) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        # stop() joins the core thread; the core runs in the main thread here, so only set the flag.
+        threading.Thread(target=stop, kwargs={"timeout": 0}, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from rich.console import Console  # noqa: PLC0415
+
+    from agent import status  # noqa: PLC0415
+
+    journal = args.journal
+    if journal is None:
+        from agent.config import load_config  # noqa: PLC0415
+
+        journal = load_config(args.config).journal.path
+    data = status.collect(journal)
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        status.render(data, Console())
+    return 0
+
+
+def _sim(scenario_path: str, duration: float | None) -> int:
+    from drivers.sim.scenario import Scenario  # noqa: PLC0415
+
+    try:
+        scenario = Scenario.from_file(scenario_path)
+    except (ValueError, OSError) as exc:
+        raise AgentError(str(exc)) from exc
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    scenario.start()
+    try:
+        for name, module in scenario.modules.items():
+            print(f"{name}: {module.path} -> {module.port.slave_path}", flush=True)
+        print(f"{len(scenario.nodes)} nodes sending; Ctrl-C stops", flush=True)
+        done.wait(duration)
+    finally:
+        scenario.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

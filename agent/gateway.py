@@ -1,0 +1,316 @@
+"""The gateway core: radios -> decode -> durable journal -> MQTT, in one owner thread.
+
+Threads:
+    one per radio (drivers.radio.RadioWorker)   reads the port, posts ``("up", [Uplink, ...])`` per chunk
+    mqtt-link (agent.publisher.MqttLink)        the broker connection, posts ``mqtt_up`` / ``ack`` / ``mqtt_down``
+    core (this module, ``Gateway.run``)         owns the journal; nothing else touches SQLite
+
+The core blocks on its inbox. Each wake-up drains whatever is waiting and writes it in ONE transaction (group
+commit: one fsync for everything that arrived meanwhile), then publishes. An SOS is published right after its
+commit, ahead of anything else; the backlog drains in batches through a bounded window of messages awaiting
+PUBACK, so a new SOS never queues behind more than that window. A reading leaves the journal only when its
+PUBACK arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import __version__, clock
+from agent.config import Config
+from agent.journal import DIAGNOSTICS, LANES, SOS, Entry, Journal, Quarantined
+from agent.publisher import MqttLink
+from agent.readings import READING_SCHEMA, FrameDecoder
+from drivers.types import Uplink
+
+log = logging.getLogger(__name__)
+
+_DRAIN_MAX = 2000  # inbox items handled per transaction, so one wake-up never grows without bound
+
+
+@dataclass(slots=True)
+class _Inflight:
+    lane: int
+    seqs: list[int]
+    sent: float  # monotonic seconds
+
+
+@dataclass
+class GatewayStats:
+    """Live figures the core keeps in memory (persisted as counters at each commit)."""
+
+    counters: Counter[str] = field(default_factory=Counter)
+    started_us: int = field(default_factory=lambda: time.time_ns() // 1000)
+
+
+class Gateway:
+    """One gateway: its radios, its journal and its MQTT link.
+
+    Args:
+        config: a validated config.
+        radios: radio workers to start; None builds them from ``config.radios`` (tests may pass their own).
+    """
+
+    def __init__(self, config: Config, *, radios: list[Any] | None = None) -> None:
+        self.config = config
+        self.gateway_id = config.gateway.id
+        self.inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self.journal = Journal(config.journal.path, quota_bytes=int(config.journal.quota_mb * 1024 * 1024))
+        self.stats = GatewayStats()
+        self.stats.counters.update(self.journal.counters())
+        self._dirty_counters: set[str] = set()
+        self.decoder = FrameDecoder(config, self.journal.nodes())
+        self.link = MqttLink(config.mqtt, self.gateway_id, self.inbox.put, version=__version__)
+        self.radios = radios if radios is not None else self._build_radios()
+        self._stop = threading.Event()
+        self._session: int | None = None
+        self._inflight: dict[int, _Inflight] = {}
+        self._sent_upto = [0] * len(LANES)  # highest seq handed to the current session, per lane
+        self._acked: list[int] = []
+        self._health_seq = int(self.journal.meta().get("health_seq", "0"))
+        self._next_health = time.monotonic() + config.health.interval_s
+        self._next_quota = 0.0
+        self._thread: threading.Thread | None = None
+
+    def _build_radios(self) -> list[Any]:
+        from drivers.radio import RadioWorker  # noqa: PLC0415 - hardware layer loaded only when a gateway runs
+
+        return [RadioWorker(rc, self) for rc in self.config.radios]
+
+    # -- RadioEvents (called from radio threads) ---------------------------------------------------------
+    def on_uplinks(self, uplinks: list[Uplink]) -> None:
+        self.inbox.put(("up", uplinks))
+
+    def on_incident(self, radio: str, kind: str, detail: str) -> None:
+        self.inbox.put(("incident", radio, kind, detail))
+
+    # -- life cycle ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start radios, the MQTT link and the core thread; returns at once."""
+        self._thread = threading.Thread(target=self.run, name="core", daemon=True)
+        self._thread.start()
+
+    def run(self) -> None:
+        """The core loop; returns after :meth:`stop`."""
+        # A short GIL switch interval lets the MQTT thread send an SOS promptly while the core is busy.
+        sys.setswitchinterval(0.001)
+        self.journal.commit(meta={"agent_pid": str(os.getpid()), "agent_started_us": str(self.stats.started_us),
+                                  "agent_version": __version__, "gateway": self.gateway_id})
+        for r in self.radios:
+            r.start()
+        self.link.start()
+        log.info("gateway %s running: %d radios, journal %s", self.gateway_id, len(self.radios), self.journal.path)
+        try:
+            while not self._stop.is_set():
+                self._step(self._timeout())
+        finally:
+            self._shutdown()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.inbox.put(("wake",))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _shutdown(self) -> None:
+        for r in self.radios:
+            try:
+                r.stop()
+            except Exception:  # noqa: BLE001 - stopping must go on for the others
+                log.exception("stopping radio failed")
+        self.link.stop()
+        # Handle what is still waiting, so nothing the radios delivered is left only in memory.
+        self._step(0)
+        self.journal.commit(meta={"agent_pid": ""})
+        self.journal.close()
+
+    def _timeout(self) -> float:
+        """Seconds the core may sleep: until the next timer, never below 1 s when idle (no busy polling)."""
+        now = time.monotonic()
+        return max(0.0, min(self._next_health, self._next_quota if self._next_quota else now + 3600) - now)
+
+    # -- one wake-up -----------------------------------------------------------------------------------------
+    def _step(self, timeout: float) -> None:
+        items: list[tuple] = []
+        try:
+            items.append(self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        while len(items) < _DRAIN_MAX:
+            try:
+                items.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+
+        entries: list[Entry] = []
+        quarantined: list[Quarantined] = []
+        urgent = False
+        for item in items:
+            tag = item[0]
+            if tag == "up":
+                for up in item[1]:
+                    out = self.decoder.decode(up)
+                    if out.entry is not None:
+                        entries.append(out.entry)
+                        urgent |= out.entry.lane == SOS
+                        self._count("frames.ok")
+                    else:
+                        q = out.quarantined
+                        assert q is not None
+                        quarantined.append(q)
+                        self._count(f"frames.{q.reason}")
+                        log.warning("frame quarantined from %s via %s: %s: %s (rssi %s)",
+                                    q.node or "?", q.radio, q.reason, q.detail, q.rssi)
+            elif tag == "ack":
+                self._on_ack(item[1], item[2], item[3], item[4])
+            elif tag == "incident":
+                _, radio, kind, detail = item
+                self._count(f"{radio}.{kind}")
+                level = logging.INFO if kind in ("configured",) else logging.WARNING
+                log.log(level, "%s: %s: %s", radio, kind, detail)
+            elif tag == "mqtt_up":
+                self._session = item[1]
+                self._sent_upto = [0] * len(LANES)
+                self._inflight.clear()
+                self._count("mqtt.connects")
+            elif tag == "mqtt_down":
+                if self._session == item[1]:
+                    self._session = None
+                    self._inflight.clear()
+                    self._count("mqtt.disconnects")
+                    log.warning("MQTT session %s ended: %s; readings stay in the journal", item[1], item[2])
+
+        now = time.monotonic()
+        if now >= self._next_health:
+            entries.append(self._health_entry())
+            self._next_health = now + self.config.health.interval_s
+
+        if entries or quarantined or self._acked or self.decoder.dirty or self._dirty_counters:
+            if entries:
+                self._count("readings.journaled", len(entries))
+            self.journal.commit(
+                entries=entries,
+                acked=self._acked,
+                nodes=[self.decoder.nodes[n] for n in self.decoder.dirty],
+                quarantined=quarantined,
+                counters={k: self.stats.counters[k] for k in self._dirty_counters},
+                meta={"health_seq": str(self._health_seq)} if entries and entries[-1].lane == DIAGNOSTICS else None,
+            )
+            self._acked = []
+            self.decoder.dirty.clear()
+            self._dirty_counters.clear()
+            if entries and (self._next_quota == 0.0 or now >= self._next_quota):
+                self._check_quota()
+        self._publish(urgent=urgent)
+
+    # -- publishing --------------------------------------------------------------------------------------------
+    def _publish(self, *, urgent: bool) -> None:
+        if self._session is None:
+            return
+        window = self.config.mqtt.inflight_window
+        batch = self.config.mqtt.batch_max_readings
+        for lane in range(len(LANES)):
+            # SOS goes out whatever the window holds: it must not wait behind a draining backlog.
+            while lane == SOS or len(self._inflight) < window:
+                rows = self.journal.pending(lane, after_seq=self._sent_upto[lane], limit=batch)
+                if not rows:
+                    break
+                if not self._send(lane, rows):
+                    return
+                if lane != SOS and urgent:
+                    break
+
+    def _send(self, lane: int, rows: list[tuple[int, str]]) -> bool:
+        payload = (
+            f'{{"schema":"{READING_SCHEMA}","gateway":"{self.gateway_id}","lane":"{LANES[lane]}",'
+            f'"sent_us":{time.time_ns() // 1000},"readings":[' + ",".join(body for _, body in rows) + "]}"
+        ).encode()
+        sent = self.link.publish(self.link.topics.readings[LANES[lane]], payload)
+        if sent is None:
+            return False
+        session, mid = sent
+        self._inflight[mid] = _Inflight(lane, [seq for seq, _ in rows], time.monotonic())
+        self._sent_upto[lane] = rows[-1][0]
+        return True
+
+    def _on_ack(self, session: int, mid: int, ok: bool, reason: str) -> None:
+        if session != self._session:
+            return
+        flight = self._inflight.pop(mid, None)
+        if flight is None:
+            return  # the retained status message, or a session already forgotten
+        if not ok:
+            # The broker refused the message (v5 PUBACK failure, e.g. not authorised by its ACL). The readings
+            # stay journaled; they are offered again on the next session.
+            self._count("mqtt.publish_refused")
+            log.error("broker refused a %s batch of %d readings: %s", LANES[flight.lane], len(flight.seqs), reason)
+            return
+        self._acked.extend(flight.seqs)
+        self._count("readings.acked", len(flight.seqs))
+
+    # -- housekeeping ---------------------------------------------------------------------------------------
+    def _check_quota(self) -> None:
+        protect = [s for f in self._inflight.values() for s in f.seqs]
+        evicted = self.journal.enforce_quota(protect=protect)
+        for lane, n in evicted.items():
+            self._count(f"journal.evicted.{lane}", n)
+        # The size check reads a few pragmas; under load once a second is plenty.
+        self._next_quota = time.monotonic() + 1.0
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.stats.counters[name] += n
+        self._dirty_counters.add(name)
+
+    def _health_entry(self) -> Entry:
+        now_us = time.time_ns() // 1000
+        depth = self.journal.depth()
+        oldest = self.journal.oldest_ts_us()
+        c = self.stats.counters
+        values: dict[str, float] = {f"depth_{k}": float(v) for k, v in depth.items()}
+        values.update(
+            uptime_s=round((now_us - self.stats.started_us) / 1e6, 1),
+            oldest_unsent_s=round((now_us - oldest) / 1e6, 1) if oldest else 0.0,
+            journal_mb=round(self.journal.size_bytes() / 1048576, 3),
+            frames_ok=float(c["frames.ok"]),
+            frames_bad=float(sum(v for k, v in c.items() if k.startswith("frames.") and k != "frames.ok")),
+            reopens=float(sum(v for k, v in c.items() if k.endswith(".reopen"))),
+            nodes_heard=float(sum(1 for n in self.decoder.nodes.values() if n.last_seen_us)),
+        )
+        try:
+            values["disk_free_mb"] = round(shutil.disk_usage(os.path.dirname(os.path.abspath(self.journal.path))).free / 1048576, 1)
+        except OSError:
+            pass
+        temp = _cpu_temp_c()
+        if temp is not None:
+            values["cpu_temp_c"] = temp
+        self._health_seq += 1
+        body = {
+            "id": f"{self.gateway_id}/gateway/{self._health_seq}",
+            "node": "gateway",
+            "name": self.gateway_id,
+            "fcnt": self._health_seq,
+            "kind": "gateway_health",
+            "lane": "diagnostics",
+            "ts_us": now_us,
+            "clock": clock.quality(now_us),
+            "values": values,
+        }
+        return Entry(DIAGNOSTICS, "gateway", self._health_seq, now_us, json.dumps(body, separators=(",", ":")))
+
+
+def _cpu_temp_c() -> float | None:
+    try:
+        with open("/sys/class/thermal/thermal_zone0/temp") as f:
+            return round(int(f.read().strip()) / 1000, 1)
+    except (OSError, ValueError):
+        return None

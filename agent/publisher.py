@@ -1,0 +1,241 @@
+"""MQTT link to the broker: QoS 1 publishing, PUBACK reporting, reconnect with backoff, online status with Last Will.
+
+Each connection is a fresh paho ``Client`` (one *session*). paho re-sends its own queued messages after a
+reconnect, in the order they were first published; that would put a telemetry backlog in front of an SOS that
+arrived during the outage. So when a session ends its client is thrown away with whatever it had queued, and the
+journal, which still holds every unacknowledged reading, decides what goes first on the next session.
+
+Everything the link learns is posted to the gateway's inbox as a tuple, in order:
+
+    ("mqtt_up", session)                    CONNACK accepted
+    ("ack", session, mid, ok)               PUBACK for message ``mid`` (``ok`` False for a v5 failure code)
+    ("mqtt_down", session, reason)          the session ended (reason is a human sentence)
+    ("incident", "mqtt", kind, detail)      connect failures and refusals, counted by the gateway
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+STATUS_SCHEMA = "denen.status/1"
+
+
+def status_payload(gateway_id: str, state: str, *, version: str, ts_us: int | None = None) -> bytes:
+    """The retained status document: ``state`` is ``online`` or ``offline``."""
+    doc: dict[str, Any] = {"schema": STATUS_SCHEMA, "gateway": gateway_id, "state": state, "agent": version}
+    if ts_us is not None:
+        doc["ts_us"] = ts_us
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+class Topics:
+    """The topic scheme (README "MQTT topics"): everything of a gateway lives under ``<prefix>/<gateway>/``."""
+
+    def __init__(self, prefix: str, gateway_id: str) -> None:
+        self.base = f"{prefix}/{gateway_id}"
+        self.status = f"{self.base}/status"
+        self.readings = {lane: f"{self.base}/readings/{lane}" for lane in ("sos", "alarm", "telemetry", "diagnostics")}
+        self.commands = f"{self.base}/cmd/#"
+
+
+class MqttLink:
+    """Owns the connection to the broker in its own thread.
+
+    Args:
+        config: the ``mqtt`` section of the gateway config.
+        gateway_id: the gateway's id, used in topics and the default client id.
+        post: puts one event tuple into the gateway's inbox (thread-safe).
+        version: agent version string for the status document.
+    """
+
+    def __init__(self, config: MqttConfig, gateway_id: str, post: Callable[[tuple], None], *, version: str) -> None:
+        self.config = config
+        self.gateway_id = gateway_id
+        self.topics = Topics(config.topic_prefix, gateway_id)
+        self._post = post
+        self._version = version
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: mqtt.Client | None = None
+        self._session = 0
+        self._connected = False
+        self._lock = threading.Lock()
+
+    # -- life cycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish the offline status (best effort), disconnect cleanly and stop the thread."""
+        self._stop.set()
+        client = self._client
+        if client is not None and self._connected:
+            try:
+                info = client.publish(
+                    self.topics.status, status_payload(self.gateway_id, "offline", version=self._version),
+                    qos=1, retain=True,
+                )
+                info.wait_for_publish(timeout=min(2.0, timeout))
+            except (RuntimeError, ValueError, OSError):
+                pass
+            client.disconnect()
+        if self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # -- publishing (any thread) ------------------------------------------------------------------------------
+    def publish(self, topic: str, payload: bytes) -> tuple[int, int] | None:
+        """Publish with QoS 1.
+
+        Returns:
+            ``(session, mid)`` to match the PUBACK later, or None when there is no connection (the caller keeps
+            the readings in the journal and tries again after ``mqtt_up``).
+        """
+        with self._lock:
+            client, session = self._client, self._session
+            if client is None or not self._connected:
+                return None
+            info = client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        return session, info.mid
+
+    # -- the connection thread ------------------------------------------------------------------------------
+    def _new_client(self) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=cfg.effective_client_id(self.gateway_id),
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        # Our own window bounds what is in flight; paho must never hold messages back in its own queue.
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
+        client.will_set(
+            self.topics.status, status_payload(self.gateway_id, "offline", version=self._version), qos=1, retain=True
+        )
+        password = cfg.password_value()
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls is not None:
+            client.tls_set(
+                ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(cfg.tls.insecure)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def _run(self) -> None:
+        cfg = self.config
+        delay = cfg.reconnect_min_s
+        # The loop wakes at least this often to send keepalive pings; publishing wakes it at once.
+        loop_timeout = max(1.0, cfg.keepalive_s / 4)
+        while not self._stop.is_set():
+            client = self._new_client()
+            with self._lock:
+                self._session += 1
+                self._client = client
+            session = self._session
+            self._connack_ok = False
+            try:
+                client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._post(("incident", "mqtt", "connect_failed", f"{cfg.host}:{cfg.port}: {_describe(exc)}"))
+            else:
+                try:
+                    sock = client.socket()
+                    if sock is not None:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+                while not self._stop.is_set():
+                    rc = client.loop(timeout=loop_timeout)
+                    if rc != mqtt.MQTT_ERR_SUCCESS:
+                        break
+            was_up = self._connected
+            with self._lock:
+                self._connected = False
+                self._client = None
+            try:
+                client.socket() and client.socket().close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+            if was_up:
+                self._post(("mqtt_down", session, "connection lost"))
+            if self._stop.is_set():
+                break
+            if self._connack_ok:
+                delay = cfg.reconnect_min_s
+            # Jitter keeps a town's gateways from reconnecting in lockstep after a broker restart.
+            wait = delay * random.uniform(0.8, 1.2)
+            log.info("MQTT: reconnecting to %s:%d in %.1f s", cfg.host, cfg.port, wait)
+            self._stop.wait(wait)
+            delay = min(cfg.reconnect_max_s, delay * 2)
+
+    # paho callbacks run in this link's thread.
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                    properties: Properties | None) -> None:
+        if reason.is_failure:
+            hint = ""
+            if reason.value in (134, 135):
+                hint = " (check mqtt.username and mqtt.password / password_file for this gateway)"
+            self._post(("incident", "mqtt", "connect_refused", f"broker refused the connection: {reason}{hint}"))
+            client.disconnect()
+            return
+        self._connack_ok = True
+        client.publish(
+            self.topics.status,
+            status_payload(self.gateway_id, "online", version=self._version, ts_us=time.time_ns() // 1000),
+            qos=1, retain=True,
+        )
+        with self._lock:
+            self._connected = True
+        log.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
+        self._post(("mqtt_up", self._session))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                       properties: Properties | None) -> None:
+        with self._lock:
+            self._connected = False
+        if not self._stop.is_set():
+            log.warning("MQTT: disconnected from %s:%d: %s", self.config.host, self.config.port, reason)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
+                    properties: Properties | None) -> None:
+        self._post(("ack", self._session, mid, not reason.is_failure, str(reason)))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running and listening on this port?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host name ({exc.strerror})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message} (check mqtt.tls.ca_file)"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"

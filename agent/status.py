@@ -1,0 +1,125 @@
+"""``denen status``: what the gateway's journal says, read without disturbing the running agent.
+
+The journal is opened read-only beside the agent (WAL lets readers and the one writer work at once).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from agent.errors import AgentError
+from agent.journal import LANES
+
+
+def collect(journal_path: str) -> dict[str, Any]:
+    """Everything ``denen status`` shows, as plain data (the ``--json`` output).
+
+    Raises:
+        AgentError: the journal does not exist or cannot be read.
+    """
+    if not os.path.exists(journal_path):
+        raise AgentError(f"no journal at {journal_path} (has the agent run with this config? see journal.path)")
+    try:
+        db = sqlite3.connect(f"file:{journal_path}?mode=ro", uri=True, timeout=5)
+        try:
+            return _collect(db)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise AgentError(f"cannot read the journal {journal_path}: {exc}") from exc
+
+
+def _collect(db: sqlite3.Connection) -> dict[str, Any]:
+    now_us = time.time_ns() // 1000
+    depth = dict.fromkeys(LANES, 0)
+    for lane, n in db.execute("SELECT lane, COUNT(*) FROM reading GROUP BY lane"):
+        depth[LANES[lane]] = n
+    oldest = db.execute("SELECT MIN(ts_us) FROM reading").fetchone()[0]
+    meta = dict(db.execute("SELECT key, value FROM meta"))
+    counters = dict(db.execute("SELECT name, value FROM counter ORDER BY name"))
+    nodes = []
+    for row in db.execute(
+        "SELECT node, name, last_fcnt, last_seen_us, radio, rssi, snr, battery_v, frames_ok, frames_bad"
+        " FROM node ORDER BY node"
+    ):
+        node, name, fcnt, seen, radio, rssi, snr, batt, ok, bad = row
+        nodes.append({
+            "node": node, "name": name, "last_fcnt": fcnt, "last_seen_us": seen,
+            "last_seen_age_s": round((now_us - seen) / 1e6, 1) if seen else None,
+            "radio": radio, "rssi": rssi, "snr": snr, "battery_v": batt, "frames_ok": ok, "frames_bad": bad,
+        })
+    recent = [
+        {"ts_us": ts, "radio": radio, "node": node, "reason": reason, "detail": detail}
+        for ts, radio, node, reason, detail in db.execute(
+            "SELECT ts_us, radio, node, reason, detail FROM quarantine ORDER BY id DESC LIMIT 10"
+        )
+    ]
+    pid = meta.get("agent_pid") or ""
+    running = bool(pid) and _alive(int(pid))
+    return {
+        "gateway": meta.get("gateway"),
+        "agent": {"running": running, "pid": int(pid) if running else None, "version": meta.get("agent_version"),
+                  "started_us": int(meta["agent_started_us"]) if meta.get("agent_started_us") else None},
+        "journal": {"depth": depth, "unsent": sum(depth.values()),
+                    "oldest_unsent_age_s": round((now_us - oldest) / 1e6, 1) if oldest else None},
+        "bad_frames": {k.removeprefix("frames."): v for k, v in counters.items()
+                       if k.startswith("frames.") and k != "frames.ok"},
+        "reopens": {k.split(".")[0]: v for k, v in counters.items() if k.endswith(".reopen")},
+        "counters": counters,
+        "nodes": nodes,
+        "quarantine_recent": recent,
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def render(status: dict[str, Any], console: Console) -> None:
+    """Print the status as a few tables an installer can read on one screen."""
+    agent = status["agent"]
+    state = f"[green]running[/] (pid {agent['pid']})" if agent["running"] else "[red]not running[/]"
+    console.print(f"[bold]gateway[/] {status['gateway']}   agent {state}   version {agent['version']}")
+    j = status["journal"]
+    age = j["oldest_unsent_age_s"]
+    console.print(
+        "journal: " + "  ".join(f"{lane} {n}" for lane, n in j["depth"].items())
+        + f"   oldest unsent: {'-' if age is None else f'{age:.0f} s'}"
+    )
+    t = Table(title="nodes", show_lines=False)
+    for col in ("node", "name", "last seen", "RSSI dBm", "SNR dB", "battery V", "frames ok", "bad", "fcnt"):
+        t.add_column(col)
+    for n in status["nodes"]:
+        seen = "never" if n["last_seen_age_s"] is None else f"{n['last_seen_age_s']:.0f} s ago"
+        t.add_row(n["node"], n["name"] or "?", seen, _fmt(n["rssi"]), _fmt(n["snr"]), _fmt(n["battery_v"], 2),
+                  str(n["frames_ok"]), str(n["frames_bad"]), _fmt(n["last_fcnt"]))
+    console.print(t)
+    if status["bad_frames"]:
+        console.print("bad frames: " + ", ".join(f"{k} {v}" for k, v in sorted(status["bad_frames"].items())))
+    else:
+        console.print("bad frames: none")
+    if status["reopens"]:
+        console.print("port reopens: " + ", ".join(f"{k} {v}" for k, v in status["reopens"].items()))
+    other = {k: v for k, v in status["counters"].items() if not k.startswith("frames.") and not k.startswith("readings.")}
+    if other:
+        console.print("events: " + ", ".join(f"{k} {v}" for k, v in other.items()))
+
+
+def _fmt(v: float | int | None, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.{digits}f}"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Developer entry point, the README's two set-up commands:
+#   bash deploy/dev.sh demo [--duration S]   simulated field -> agent -> MQTT broker -> live view
+#   bash deploy/dev.sh test [pytest args]    the test suite
+# It installs what is missing (apt: mosquitto, python3-venv when run as root or with sudo; pip: the project into
+# .venv), so it works on a fresh Debian/Ubuntu machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cmd="${1:-}"
+case "$cmd" in
+  demo|test) shift ;;
+  *) echo "usage: bash deploy/dev.sh demo|test [args...]" >&2; exit 64 ;;
+esac
+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "denen needs Python >= 3.11 (found: $("$PY" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
+}
+
+apt_missing=()
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || apt_missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null || apt_missing+=(mosquitto-clients)
+"$PY" -c 'import ensurepip, venv' 2>/dev/null || apt_missing+=(python3-venv)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  echo "installing ${apt_missing[*]} (apt)..." >&2
+  if ! { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null; }; then
+    echo "could not install ${apt_missing[*]}: run as root or install them yourself" >&2
+    [ "$cmd" = test ] && exit 1
+  fi
+fi
+# Debian starts the packaged broker on port 1883; the tests and the demo start their own on free ports.
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.denen-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[test]'
+  touch "$stamp"
+fi
+
+case "$cmd" in
+  demo) exec .venv/bin/denen demo "$@" ;;
+  test) exec .venv/bin/python -m pytest "$@" ;;
+esac

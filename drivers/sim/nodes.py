@@ -347,8 +347,8 @@ class SimNode:
 
     def _tilt_values(self) -> dict[str, float]:
         x, y = self._tilt_now()
-        return {"tilt_x_deg": round(x + self.rng.gauss(0, 0.03), 2), "tilt_y_deg": round(y + self.rng.gauss(0, 0.03), 2),
-                "battery_v": self._drain()}
+        return {"tilt_x_deg": round(x + self.rng.gauss(0, 0.03), 2),
+                "tilt_y_deg": round(y + self.rng.gauss(0, 0.03), 2), "battery_v": self._drain()}
 
     def _weather_values(self) -> dict[str, float]:
         hour = (self._start_hour + (self.clock() - self._clock0) / 3600.0) % 24

@@ -338,7 +338,8 @@ class SimRak3172:
             evt = "RXFSK" if self.nwm == 2 else "RXP2P"
             snr_i = int(round(snr))
             if self.legacy_rx:
-                lines = [f"+EVT:{evt}, RSSI {rssi}, SNR {snr_i}\r\n".encode(), f"+EVT:{payload.hex().upper()}\r\n".encode()]
+                lines = [f"+EVT:{evt}, RSSI {rssi}, SNR {snr_i}\r\n".encode(),
+                         f"+EVT:{payload.hex().upper()}\r\n".encode()]
             else:
                 lines = [f"+EVT:{evt}:{rssi}:{snr_i}:{payload.hex().upper()}\r\n".encode()]
             self._after_rx_event()

@@ -31,6 +31,26 @@ Scenario files are YAML, loaded with ruamel.yaml and validated with pydantic; a 
     events:
       - {at_s: 30, action: fire_trap, node: "00A1B2C3"}
       - {at_s: 60, action: unplug, module: lora0, duration_s: 5}
+
+Node keys besides those above (all optional): ``battery_v``, ``receipt`` (SOS asks for a receipt, default true),
+``lat_deg``/``lon_deg``, ``level_cm`` (water_level start), ``rain_mm_per_h`` (rain start), ``first_at_s`` (time of
+the first periodic frame; default random within one interval). Module ``profile`` keys are the simulator's
+keyword arguments (rak3172: legacy_rx, legacy_unknown, bw_as_khz, baudrate, initial_nwm).
+
+Event actions (``at_s`` = scenario seconds from start)::
+
+    sos          node, pressed (default true)       press (or cancel) an SOS button
+    fire_trap    node                               a trap fires
+    arm_trap     node                               a trap is re-armed
+    river_level  node, level_cm, over_s (0)         move a river gauge's level, at once or as a ramp
+    rain         node, mm_per_h                     set a rain gauge's rain rate
+    tilt         node, x_deg, y_deg, over_s (0)     move a slope sensor
+    send         node                               send the node's periodic frame now
+    reboot       module, noise (default true)       power-cycle a module
+    unplug       module, duration_s                 the module's port vanishes, then comes back
+    garbage      module, count (1), hex (optional)  garbage bursts on the module's line
+    faults       module, <fault>_probability ...    change a module's line faults
+    crc_error    module                             a packet with a bad CRC (RAK3172 only)
 """
 
 from __future__ import annotations

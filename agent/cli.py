@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("sim", help="run simulated radio modules and sensor nodes on ptys")
     sim.add_argument("scenario", help="scenario file (YAML)")
+    sim.add_argument("--link-dir", default="/tmp/denen-sim",
+                     help="folder for the modules' stable device links (config/demo.yaml expects /tmp/denen-sim)")
     sim.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
 
     st = sub.add_parser("status", help="show the gateway's journal and node state")
@@ -109,7 +111,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "status":
         return _status(args)
     if args.cmd == "sim":
-        return _sim(args.scenario, args.duration)
+        return _sim(args.scenario, args.link_dir, args.duration)
     if args.cmd == "demo":
         from agent.demo import run_demo  # noqa: PLC0415
 
@@ -158,11 +160,11 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sim(scenario_path: str, duration: float | None) -> int:
+def _sim(scenario_path: str, link_dir: str, duration: float | None) -> int:
     from drivers.sim.scenario import Scenario  # noqa: PLC0415
 
     try:
-        scenario = Scenario.from_file(scenario_path)
+        scenario = Scenario.from_file(scenario_path, link_dir=link_dir)
     except (ValueError, OSError) as exc:
         raise AgentError(str(exc)) from exc
     done = threading.Event()

@@ -1,0 +1,88 @@
+"""The `denen` command as an installer or developer runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def denen(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "160"})
+
+
+def test_config_validate_accepts_every_example() -> None:
+    files = sorted(str(p) for p in (REPO / "config").glob("*.yaml") if p.name != "demo-scenario.yaml")
+    assert len(files) >= 4
+    out = denen("config", "validate", *files)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count(": ok") == len(files)
+
+
+def test_a_bad_config_is_one_line_per_problem_with_file_line_key_and_hint(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    text = (REPO / "config" / "demo.yaml").read_text().replace("driver: rak3172", "driver: rak3127", 1)
+    bad.write_text(text)
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if "rak3127" in s)
+    out = denen("config", "validate", str(bad))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    [msg] = [s for s in out.stderr.splitlines() if "rak3127" in s]
+    assert msg.startswith(f"{bad}:{line}:")
+    assert "radios[0].driver" in msg and "es920lr" in msg and "rak3172" in msg
+
+
+def test_run_with_a_bad_config_refuses_to_start(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gateway:\n  id: Bad/Id\n")
+    out = denen("run", "-c", str(bad))
+    assert out.returncode == 2 and "gateway.id" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_status_without_a_journal_is_one_clear_line(tmp_path: Path) -> None:
+    out = denen("status", "-j", str(tmp_path / "nope.db"))
+    assert out.returncode == 1
+    assert out.stderr.strip().startswith("denen: error: no journal at") and "Traceback" not in out.stderr
+
+
+def test_config_schema_is_written(tmp_path: Path) -> None:
+    target = tmp_path / "schema.json"
+    out = denen("config", "schema", "-o", str(target))
+    assert out.returncode == 0, out.stderr
+    schema = json.loads(target.read_text())
+    assert {"gateway", "journal", "mqtt", "radios", "nodes"} <= set(schema["properties"])
+
+
+def test_committed_schema_is_current() -> None:
+    from agent.config import config_json_schema
+
+    committed = json.loads((REPO / "config" / "denen.schema.json").read_text())
+    assert committed == json.loads(json.dumps(config_json_schema())), "run: denen config schema"
+
+
+def test_sim_prints_the_pty_paths_to_open(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "sim", str(REPO / "config" / "demo-scenario.yaml"),
+         "--link-dir", str(tmp_path), "--duration", "3"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert f"lora0: {tmp_path / 'lora0'} -> /dev/pts/" in out
+    assert f"lora1: {tmp_path / 'lora1'} -> /dev/pts/" in out
+
+
+@pytest.mark.broker
+def test_demo_runs_and_shows_readings_and_the_sos_alert(tmp_path: Path) -> None:
+    out = denen("demo", "--duration", "14", "--workdir", str(tmp_path), timeout=120)
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert "gw-demo-01: online" in out.stdout
+    assert "SOS 救助要請 sos-hiker-1" in out.stdout
+    assert "trap fired" in out.stdout

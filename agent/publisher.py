@@ -164,6 +164,7 @@ class MqttLink:
             try:
                 client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True)
             except (OSError, ssl.SSLError, ValueError) as exc:
+                _close_sockets_left_in(exc)
                 self._post(("incident", "mqtt", "connect_failed", f"{cfg.host}:{cfg.port}: {_describe(exc)}"))
             else:
                 try:
@@ -227,6 +228,24 @@ class MqttLink:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                     properties: Properties | None) -> None:
         self._post(("ack", self._session, mid, not reason.is_failure, str(reason)))
+
+
+def _close_sockets_left_in(exc: BaseException) -> None:
+    """Close sockets paho opened but did not close before raising.
+
+    paho 2.2 ``Client._ssl_wrap_socket`` does not close the socket when the TLS handshake fails; it would be closed
+    only by the garbage collector, and a gateway retrying every few seconds against a misconfigured broker should
+    not depend on that.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, socket.socket):
+                try:
+                    value.close()
+                except OSError:
+                    pass
+        tb = tb.tb_next
 
 
 def _describe(exc: BaseException) -> str:

@@ -218,13 +218,21 @@ class Es920lr(ModuleDriver):
         buf += data
         n = len(buf)
         pos = 0
-        max_len = _HEADER + self.max_payload
         while pos < n:
             length = buf[pos]
-            if length == 2 or length == 6 or _HEADER < length <= max_len:
+            if self._valid_length(length):
                 end = pos + 1 + length
                 if end > n and not (stale and pos < old):
-                    break  # wait for the rest of the frame
+                    ahead = self._complete_frame_after(buf, pos, n)
+                    if ahead < 0:
+                        break  # wait for the rest of the frame
+                    # The "length" was a noise byte: a whole, valid frame already sits behind it. Without this
+                    # look-ahead that frame (maybe the last SOS for hours) would wait for the next byte to arrive.
+                    if not self._in_noise:
+                        self._in_noise = True
+                        self._garbled(bytes(buf[pos:ahead]), "binary stream out of step")
+                    pos = ahead
+                    continue
                 if end <= n and self._frame(bytes(buf[pos + 1:end]), uplinks, received_us):
                     pos = end
                     self._in_noise = False
@@ -248,22 +256,37 @@ class Es920lr(ModuleDriver):
         if pos:
             self._buf_since_us = received_us
 
+    def _valid_length(self, length: int) -> bool:
+        return length == 2 or length == 6 or _HEADER < length <= _HEADER + self.max_payload
+
+    @staticmethod
+    def _plausible(body: bytes) -> bool:
+        """Whether ``body`` (what a length byte announced) is a reply or a received frame."""
+        if len(body) == 2:
+            return body == b"OK"
+        if len(body) == 6:
+            return _NG.fullmatch(body) is not None
+        return _HEX12.fullmatch(body[:_HEADER]) is not None
+
+    def _complete_frame_after(self, buf: bytearray, pos: int, n: int) -> int:
+        """Start of a complete, plausible frame after ``pos`` that ends the buffer or is followed by a plausible
+        length byte; -1 if there is none."""
+        for q in range(pos + 1, n):
+            length = buf[q]
+            end = q + 1 + length
+            if (self._valid_length(length) and end <= n and self._plausible(bytes(buf[q + 1:end]))
+                    and (end == n or self._valid_length(buf[end]))):
+                return q
+        return -1
+
     def _frame(self, body: bytes, uplinks: list[Uplink], received_us: int) -> bool:
         """One length-prefixed frame; False if it does not look like one (then the length byte was noise)."""
-        if len(body) == 2:
-            if body == b"OK":
-                self._status("OK")
-                return True
+        if not self._plausible(body):
             return False
-        if len(body) == 6:
-            if _NG.fullmatch(body):
-                self._status(body.decode())
-                return True
-            return False
-        try:
-            rssi, _pan, src = parse_rx_header(body[:_HEADER])
-        except ValueError:
-            return False
+        if len(body) == 2 or len(body) == 6:
+            self._status(body.decode())
+            return True
+        rssi, _pan, src = parse_rx_header(body[:_HEADER])
         uplinks.append(Uplink(self._radio, body[_HEADER:], rssi, None, src, received_us))
         return True
 
@@ -297,6 +320,11 @@ class Es920lr(ModuleDriver):
             self._framing = "binary"
 
     def _garbled(self, data: bytes, why: str) -> None:
+        if self._phase == "boot" and self._configuring:
+            # Waiting for the prompt or probing: leftovers of what the module printed before we listened, and
+            # reset noise, are expected here.
+            log.debug("%s: while booting: %s: %r", self._radio, why, bytes(data[:60]))
+            return
         self.link.incident("garbled_line", f"{why}: {bytes(data[:60])!r}")
 
     def _on_overflow(self, nbytes: int) -> None:

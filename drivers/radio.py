@@ -229,6 +229,10 @@ class _TxRequest:
 Opener = Callable[..., Any]
 
 
+class _Stopping(Exception):
+    """Raised by pump() once stop() was asked, to unwind a driver that is waiting for its module."""
+
+
 class RadioWorker:
     """One radio module on one serial port, served by its own thread until :meth:`stop`.
 
@@ -356,6 +360,8 @@ class RadioWorker:
             raise PortError(self.config.port, f"write failed: {exc}") from exc
 
     def pump(self, timeout: float) -> bool:
+        if self._stop.is_set():
+            raise _Stopping
         port = self._port
         timeout = max(0.0, timeout)
         try:
@@ -429,8 +435,11 @@ class RadioWorker:
         try:
             self._session()
         except PortError as exc:
+            self.state = "lost"
             self.incident("port_lost", str(exc))
             return True
+        except _Stopping:
+            pass
         finally:
             self._close_port()
         return False
@@ -452,7 +461,7 @@ class RadioWorker:
                     log.debug("radio %s: configure failed: %s", self.radio, exc)
                     self._failures += 1
                     self._interruptible_pause(
-                        driver, backoff_delay(self._failures, self._reopen_min_s, self._reopen_max_s, self._rng))
+                        backoff_delay(self._failures, self._reopen_min_s, self._reopen_max_s, self._rng))
                     continue
                 self.module_info = dict(driver.module_info)
                 self.incident("configured", ", ".join(f"{k}={v}" for k, v in self.module_info.items()))
@@ -479,7 +488,7 @@ class RadioWorker:
                 return
             self.pump(idle)
 
-    def _interruptible_pause(self, driver: ModuleDriver, seconds: float) -> None:
+    def _interruptible_pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self._stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
             self.pump(min(remaining, IDLE_TIMEOUT_POLLING_S))
@@ -503,6 +512,10 @@ class RadioWorker:
                 continue
             except PortError as exc:
                 req.error = ModuleError("transmit", f"port lost: {exc}")
+                req.done.set()
+                raise
+            except _Stopping:
+                req.error = ModuleError("transmit", f"radio {self.radio} stopped")
                 req.done.set()
                 raise
             req.done.set()

@@ -46,9 +46,11 @@ BW_CODES_KHZ = {0: 125.0, 1: 250.0, 2: 500.0, 3: 7.8, 4: 10.4, 5: 15.63, 6: 20.8
 
 _RX = b"+EVT:RXP2P:"
 _EVT = b"+EVT:"
-# Boot output. "Current Work Mode: LoRa P2P." is documented; RUI3 builds also print a "RAKwireless ..." banner
-# [U]; either marks a boot.
+# Boot output. "Current Work Mode: LoRa P2P." is documented and ends the boot output; RUI3 builds print a
+# "RAKwireless ..." banner before it (public logs show a dashed rule and a version line in between) [U]. Either
+# marker starts a boot; lines between the two belong to the same banner.
 _BOOT_MARKERS = (b"Current Work Mode", b"RAKwireless")
+_BOOT_END = b"Current Work Mode"
 # Bytes that cannot start a RUI3 line: controls and non-ASCII (UART noise such as 00, FF, FC FC FC at a reset).
 _NOISE = bytes(range(0x00, 0x20)) + bytes(range(0x7F, 0x100))
 _LEGACY_HEADER = re.compile(rb"RSSI\s*(-?\d+)\s*,\s*SNR\s*(-?\d+(?:\.\d+)?)")
@@ -128,6 +130,8 @@ class Rak3172(ModuleDriver):
         self._expect_boot = False  # a boot now is one we caused (NWM) or are waiting out (sync)
         self._boot_seen = False
         self._unexpected_boot = False
+        self._in_banner = False  # between "RAKwireless ..." and "Current Work Mode: ..."
+        self._boot_noise = 0  # unparseable lines while syncing, for the diagnosis of a failed sync
         self._rearm = False
         self._tx_done = False
 
@@ -226,6 +230,7 @@ class Rak3172(ModuleDriver):
     def _reply(self, line: bytes) -> None:
         p = self._pending
         if line in _STATUS_BYTES:
+            self._in_banner = False
             if p is not None and p.status is None:
                 p.status = line.decode()
             else:
@@ -245,6 +250,9 @@ class Rak3172(ModuleDriver):
             if marker in line:
                 self._boot(line)
                 return
+        if self._in_banner:
+            log.debug("%s: boot banner: %r", self._radio, line)  # "-----...", "Version: RUI_4.0.6_RAK3172-E"
+            return
         if line.startswith(b"P2P_RX_ON already"):
             if p is not None and p.status is None:
                 p.rx_on = True
@@ -270,6 +278,10 @@ class Rak3172(ModuleDriver):
 
     def _boot(self, line: bytes) -> None:
         self._legacy = None
+        same_banner = self._in_banner
+        self._in_banner = _BOOT_END not in line
+        if same_banner:
+            return  # the rest of a boot already handled
         if self._expect_boot:
             self._boot_seen = True
             return
@@ -289,6 +301,12 @@ class Rak3172(ModuleDriver):
             self._garbled(b"+EVT:RXP2P, ...", "legacy RX header without payload line")
 
     def _garbled(self, data: bytes, why: str) -> None:
+        if self._expect_boot:
+            # Syncing, or waiting out a reboot we caused: the rest of whatever the module printed before we
+            # listened (the OS flushes input on open, but not always all of it) and reset noise are expected.
+            self._boot_noise += 1
+            log.debug("%s: while (re)booting: %s: %r", self._radio, why, bytes(data[:60]))
+            return
         self.link.incident("garbled_line", f"{why}: {bytes(data[:60])!r}")
 
     def _on_overflow(self, nbytes: int) -> None:
@@ -301,6 +319,7 @@ class Rak3172(ModuleDriver):
             raise _Rebooted(command, "module rebooted")
         name = command.split("=", 1)[0].upper().encode()
         p = _Pending(command, name, command.upper().encode())
+        self._in_banner = False  # the module talks to us again: any banner is over
         self._pending = p
         try:
             self.link.write(command.encode("ascii") + b"\r\n")
@@ -392,6 +411,7 @@ class Rak3172(ModuleDriver):
     def _sync(self) -> None:
         """Send AT until OK, riding out a boot in progress and noise on the line."""
         self._expect_boot = True
+        self._boot_noise = 0
         try:
             for _ in range(self.sync_attempts):
                 try:
@@ -402,6 +422,8 @@ class Rak3172(ModuleDriver):
                     return
                 self.pause(self.busy_backoff_s)
             msg = f"no OK to AT after {self.sync_attempts} tries"
+            if self._boot_noise:
+                msg += f" ({self._boot_noise} unparseable lines meanwhile: wrong baud rate?)"
             self.link.incident("module_timeout", msg)
             raise ModuleTimeout(f"{self._radio}: {msg}")
         finally:

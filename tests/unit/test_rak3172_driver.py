@@ -893,3 +893,24 @@ def test_unknown_driver_name_lists_known_ones():
     with pytest.raises(ValueError, match="es920lr, rak3172"):
         RadioWorker(RadioConfig(driver="sx1262"), Events())
     assert {"rak3172", "es920lr"} <= set(DRIVERS)
+
+
+def test_full_boot_banner_is_one_reboot_and_not_garbled():
+    d, link = parser()
+    d.feed(b"\xfc\xfcRAKwireless RAK3172-E Example\r\n" + b"-" * 54 + b"\r\nVersion: RUI_4.0.6_RAK3172-E\r\n"
+           b"Current Work Mode: LoRa P2P.\r\n", 1)
+    assert link.kinds() == ["garbled_line", "module_reboot"]  # the noise, then one reboot
+    assert d.reboot_detected
+
+
+def test_stop_interrupts_a_configuration_waiting_for_a_silent_module(monkeypatch):
+    monkeypatch.setattr(Rak3172, "sync_timeout_s", 5.0)  # one AT would wait 5 s
+    opener, events = Opener(), Events()
+    opener.module.deaf = 1000
+    w = start_worker(opener, events)
+    wait_for(lambda: opener.module.commands)
+    t0 = time.monotonic()
+    w.stop()
+    assert time.monotonic() - t0 < 1.0
+    assert w.state == "stopped"
+    assert events.count("internal_error") == 0

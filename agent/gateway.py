@@ -232,7 +232,8 @@ class Gateway:
 
     def _send(self, lane: int, rows: list[tuple[int, str]]) -> bool:
         payload = (
-            f'{{"schema":"{READING_SCHEMA}","gateway":"{self.gateway_id}","lane":"{LANES[lane]}",'
+            f'{{"schema":"{READING_SCHEMA}","gateway":"{self.gateway_id}","site":"{self.config.gateway.site}",'
+            f'"lane":"{LANES[lane]}",'
             f'"sent_us":{time.time_ns() // 1000},"readings":[' + ",".join(body for _, body in rows) + "]}"
         ).encode()
         sent = self.link.publish(self.link.topics.readings[LANES[lane]], payload)

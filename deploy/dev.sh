@@ -26,6 +26,13 @@ as_root() {
 apt_missing=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || apt_missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null || apt_missing+=(mosquitto-clients)
+if [ "$cmd" = test ]; then
+  # The backend tests run a real InfluxDB 1.x (v1 API, InfluxQL), VictoriaMetrics (v2 write API) and check the
+  # compose file with docker-compose (which validates without a Docker engine).
+  command -v influxd >/dev/null || apt_missing+=(influxdb)
+  command -v victoria-metrics >/dev/null || apt_missing+=(victoria-metrics)
+  command -v docker-compose >/dev/null || apt_missing+=(docker-compose)
+fi
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || apt_missing+=(python3-venv)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing ${apt_missing[*]} (apt)..." >&2

@@ -6,12 +6,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from agent.config import parse_config
 from agent.devbroker import Mosquitto
 from agent.gateway import Gateway
 from tests.support.broker import Collector
+from tests.support.contract import readings_schema
 from tests.support.field import NODES, FieldNode, config_text, default_values, journal_unsent, readings_of, start_sim, wait_until
 
 pytestmark = pytest.mark.broker
@@ -63,6 +65,10 @@ def test_every_reading_arrives_exactly_once_in_order_per_node(field: dict) -> No
     expected = 4 * per_node
     assert col.wait_for(lambda m: len(readings_of(m)) >= expected, 20), len(readings_of(col.messages))
     got = readings_of(col.messages)
+    schema = readings_schema()
+    for topic, payload, _ in col.messages:
+        if "/readings/" in topic:
+            jsonschema.validate(json.loads(payload), schema)  # as written in the README
     ids = [r["id"] for r in got]
     assert len(ids) == len(set(ids)) == expected
     for kind in ("trap", "water_level", "rain", "weather"):

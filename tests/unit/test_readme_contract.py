@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import jsonschema
@@ -15,23 +14,8 @@ from agent.publisher import Topics, status_payload
 from agent.readings import FrameDecoder
 from drivers.codec import kinds
 from drivers.types import Uplink
+from tests.support.contract import section, readings_schema
 from tests.support.field import NODES, FieldNode, config_text, default_values
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def _section(title: str) -> str:
-    text = README.read_text(encoding="utf-8")
-    start = text.index(title)
-    nxt = re.search(r"\n#{2,3} ", text[start + len(title):])
-    return text[start: start + len(title) + (nxt.start() if nxt else len(text))]
-
-
-def readings_schema() -> dict:
-    block = re.search(r"```json\n(.*?)```", _section("### Reading batch schema"), re.S)
-    assert block, "README has no JSON Schema block under 'Reading batch schema'"
-    return json.loads(block.group(1))
-
 
 def test_readme_schema_is_valid_json_schema() -> None:
     schema = readings_schema()
@@ -40,7 +24,7 @@ def test_readme_schema_is_valid_json_schema() -> None:
 
 
 def test_topic_table_matches_the_code() -> None:
-    table = _section("## MQTT topics")
+    table = section("## MQTT topics")
     topics = Topics("denen/v1", "<gateway>")
     for lane, topic in topics.readings.items():
         assert f"`{topic}`" in table, lane
@@ -49,7 +33,7 @@ def test_topic_table_matches_the_code() -> None:
 
 
 def test_status_document_matches_readme() -> None:
-    text = _section("### Status schema")
+    text = section("### Status schema")
     doc = json.loads(status_payload("gw-a", "online", version="0.1.0", ts_us=1))
     assert set(doc) == {"schema", "gateway", "state", "agent", "ts_us"}
     for key in doc:
@@ -58,7 +42,7 @@ def test_status_document_matches_readme() -> None:
 
 
 def test_every_kind_value_key_is_documented() -> None:
-    table = _section("### Values by kind")
+    table = section("### Values by kind")
     for kind in ("sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat"):
         row = next(line for line in table.splitlines() if line.startswith(f"| `{kind}`"))
         body = kinds.encode_values(kind, default_values(kind, 1))
@@ -76,7 +60,7 @@ def test_readings_built_by_the_agent_validate_against_the_readme_schema(kind: st
     node = next(n for n in nodes if n.kind == kind)
     out = decoder.decode(Uplink("lora0", node.frame(default_values(kind, 3)), -97, 6.5, None, 1_764_000_000_000_000))
     assert out.entry is not None, out.quarantined
-    batch = ('{"schema":"denen.readings/1","gateway":"gw-test-01","lane":"' + json.loads(out.entry.body)["lane"]
+    batch = ('{"schema":"denen.readings/1","gateway":"gw-test-01","site":"testville","lane":"' + json.loads(out.entry.body)["lane"]
              + '","sent_us":1764000000000001,"readings":[' + out.entry.body + "]}")
     jsonschema.validate(json.loads(batch), readings_schema())
 
@@ -87,10 +71,10 @@ def test_gateway_health_reading_validates(tmp_path: Path) -> None:
     cfg = parse_config(config_text(port="loop://", mqtt_port=1883, journal=tmp_path / "j.db", nodes=[]))
     gw = Gateway(cfg, radios=[])
     entry = gw._health_entry()
-    batch = json.loads('{"schema":"denen.readings/1","gateway":"gw-test-01","lane":"diagnostics","sent_us":1,'
+    batch = json.loads('{"schema":"denen.readings/1","gateway":"gw-test-01","site":"testville","lane":"diagnostics","sent_us":1,'
                        '"readings":[' + entry.body + "]}")
     jsonschema.validate(batch, readings_schema())
-    table = _section("### Values by kind")
+    table = section("### Values by kind")
     row = next(line for line in table.splitlines() if line.startswith("| `gateway_health`"))
     for key in batch["readings"][0]["values"]:
         assert f"`{key}`" in row, key

@@ -1,6 +1,6 @@
 """``denen demo``: a simulated forest and river -> the agent -> a real MQTT broker -> a live terminal view.
 
-Everything runs on this machine: the radio modules are simulators on real ptys (config/demo-scenario.yaml), the
+Everything runs on this machine: the radio modules are simulators on real ptys (config/scenarios/demo.yaml), the
 agent runs config/demo.yaml with its ports, journal and broker port pointed at a scratch folder, and the broker
 is the system's Mosquitto started on a free loopback port.
 """
@@ -45,7 +45,7 @@ def run_demo(*, duration: float | None = None, workdir: str | None = None) -> in
 
     broker = Mosquitto(work / "broker")
     broker.start()
-    scenario = Scenario.from_file(CONFIG_DIR / "demo-scenario.yaml", link_dir=work / "sim")
+    scenario = Scenario.from_file(CONFIG_DIR / "scenarios" / "demo.yaml", link_dir=work / "sim")
     cfg = load_config(CONFIG_DIR / "demo.yaml")
     cfg = cfg.model_copy(update={
         "mqtt": cfg.mqtt.model_copy(update={"port": broker.port}),

@@ -19,7 +19,7 @@ def denen(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def test_config_validate_accepts_every_example() -> None:
-    files = sorted(str(p) for p in (REPO / "config").glob("*.yaml") if p.name != "demo-scenario.yaml")
+    files = sorted(str(p) for p in (REPO / "config").glob("*.yaml") )
     assert len(files) >= 4
     out = denen("config", "validate", *files)
     assert out.returncode == 0, out.stderr
@@ -69,7 +69,7 @@ def test_committed_schema_is_current() -> None:
 
 def test_sim_prints_the_pty_paths_to_open(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "sim", str(REPO / "config" / "demo-scenario.yaml"),
+        [sys.executable, "-m", "agent.cli", "sim", str(REPO / "config" / "scenarios" / "demo.yaml"),
          "--link-dir", str(tmp_path), "--duration", "3"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

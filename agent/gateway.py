@@ -28,9 +28,10 @@ from typing import Any
 
 from agent import __version__, clock
 from agent.config import Config
+from agent.errors import JournalError
 from agent.journal import DIAGNOSTICS, LANES, SOS, Entry, Journal, Quarantined
 from agent.publisher import MqttLink
-from agent.readings import READING_SCHEMA, FrameDecoder
+from agent.readings import READING_SCHEMA, Decoded, FrameDecoder
 from drivers.types import Uplink
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class Gateway:
         self._health_seq = int(self.journal.meta().get("health_seq", "0"))
         self._next_health = time.monotonic() + config.health.interval_s
         self._next_quota = 0.0
+        self._uncommitted: tuple[list[Entry], list[Quarantined]] | None = None
+        self._retry_commit_at = 0.0
         self._thread: threading.Thread | None = None
 
     def _build_radios(self) -> list[Any]:
@@ -112,7 +115,12 @@ class Gateway:
         log.info("gateway %s running: %d radios, journal %s", self.gateway_id, len(self.radios), self.journal.path)
         try:
             while not self._stop.is_set():
-                self._step(self._timeout())
+                try:
+                    self._step(self._timeout())
+                except Exception:  # noqa: BLE001 - the core must outlive its own bugs; nothing is acked on failure
+                    self._count("core.internal_error")
+                    log.exception("core: unexpected error; carrying on")
+                    self._stop.wait(1.0)
         finally:
             self._shutdown()
 
@@ -137,7 +145,10 @@ class Gateway:
     def _timeout(self) -> float:
         """Seconds the core may sleep: until the next timer, never below 1 s when idle (no busy polling)."""
         now = time.monotonic()
-        return max(0.0, min(self._next_health, self._next_quota if self._next_quota else now + 3600) - now)
+        deadlines = [self._next_health]
+        if self._retry_commit_at:
+            deadlines.append(self._retry_commit_at)
+        return max(0.0, min(deadlines) - now)
 
     # -- one wake-up -----------------------------------------------------------------------------------------
     def _step(self, timeout: float) -> None:
@@ -159,7 +170,13 @@ class Gateway:
             tag = item[0]
             if tag == "up":
                 for up in item[1]:
-                    out = self.decoder.decode(up)
+                    try:
+                        out = self.decoder.decode(up)
+                    except Exception as exc:  # noqa: BLE001 - a decoder bug must not lose the frame or stop the core
+                        log.exception("decoding a frame from %s failed", up.radio)
+                        out = Decoded(quarantined=Quarantined(up.received_us, up.radio, None, "internal_error",
+                                                              f"decoder raised {type(exc).__name__}: {exc}",
+                                                              up.payload, up.rssi, up.snr))
                     if out.entry is not None:
                         entries.append(out.entry)
                         urgent |= out.entry.lane == SOS
@@ -195,17 +212,33 @@ class Gateway:
             entries.append(self._health_entry())
             self._next_health = now + self.config.health.interval_s
 
+        # A batch that could not be committed last time (disk full, I/O error) goes first, in order.
+        if self._uncommitted:
+            entries = self._uncommitted[0] + entries
+            quarantined = self._uncommitted[1] + quarantined
+            self._uncommitted = None
         if entries or quarantined or self._acked or self.decoder.dirty or self._dirty_counters:
+            try:
+                self.journal.commit(
+                    entries=entries,
+                    acked=self._acked,
+                    nodes=[self.decoder.nodes[n] for n in self.decoder.dirty],
+                    quarantined=quarantined,
+                    counters={k: self.stats.counters[k] for k in self._dirty_counters},
+                    meta={"health_seq": str(self._health_seq)} if any(e.lane == DIAGNOSTICS for e in entries) else None,
+                )
+            except JournalError as exc:
+                # Nothing of this batch is durable, so nothing of it is published; it stays in memory and is
+                # tried again (the radios keep delivering meanwhile).
+                self._uncommitted = (entries, quarantined)
+                self.stats.counters["journal.commit_failed"] += 1
+                log.error("journal commit failed (%d readings kept in memory, retrying): %s", len(entries), exc)
+                self._retry_commit_at = time.monotonic() + 1.0
+                return
+            self._retry_commit_at = 0.0
             if entries:
+                # Counted after the commit; the counter itself becomes durable with the next commit.
                 self._count("readings.journaled", len(entries))
-            self.journal.commit(
-                entries=entries,
-                acked=self._acked,
-                nodes=[self.decoder.nodes[n] for n in self.decoder.dirty],
-                quarantined=quarantined,
-                counters={k: self.stats.counters[k] for k in self._dirty_counters},
-                meta={"health_seq": str(self._health_seq)} if entries and entries[-1].lane == DIAGNOSTICS else None,
-            )
             self._acked = []
             self.decoder.dirty.clear()
             self._dirty_counters.clear()

@@ -1,0 +1,81 @@
+"""The gateway core without radios or broker: decoding outcomes, journal failures, bugs in a decoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import parse_config
+from agent.errors import JournalError
+from agent.gateway import Gateway
+from drivers.types import Uplink
+from tests.support.field import NODES, FieldNode, config_text, default_values
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Gateway:
+    nodes = [FieldNode(n.node_id, n.kind) for n in NODES]
+    # Port 9 (discard) on loopback: nothing listens, the link never connects; the core does not need it here.
+    g = Gateway(parse_config(config_text(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=nodes)),
+                radios=[])
+    g.test_nodes = {n.kind: n for n in nodes}  # type: ignore[attr-defined]
+    yield g
+    g.journal.close()
+
+
+def up(payload: bytes) -> Uplink:
+    return Uplink("lora0", payload, -90, 5.0, None, 1_764_000_000_000_000)
+
+
+def test_a_failed_commit_keeps_the_batch_and_a_later_commit_stores_it(gw: Gateway, monkeypatch) -> None:
+    trap = gw.test_nodes["trap"]  # type: ignore[attr-defined]
+    real_commit = gw.journal.commit
+    calls = {"n": 0}
+
+    def failing_once(**kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise JournalError("disk I/O error")
+        return real_commit(**kw)
+
+    monkeypatch.setattr(gw.journal, "commit", failing_once)
+    gw.on_uplinks([up(trap.frame(default_values("trap", 1)))])
+    gw._step(0)
+    assert gw.journal.depth()["alarm"] == 0 and gw.stats.counters["journal.commit_failed"] == 1
+    assert gw._timeout() <= 1.0  # a retry is scheduled, the core does not sleep until the next health report
+    gw.on_uplinks([up(trap.frame(default_values("trap", 2)))])
+    gw._step(0)
+    assert gw.journal.depth()["alarm"] == 2
+    assert gw.stats.counters["readings.journaled"] == 2
+
+
+def test_a_decoder_bug_quarantines_the_frame_and_the_core_goes_on(gw: Gateway, monkeypatch) -> None:
+    trap = gw.test_nodes["trap"]  # type: ignore[attr-defined]
+
+    def boom(u: Uplink):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(gw.decoder, "decode", boom)
+    gw.on_uplinks([up(trap.frame(default_values("trap", 1)))])
+    gw._step(0)
+    assert gw.stats.counters["frames.internal_error"] == 1
+    [q] = gw.journal.quarantine()
+    assert q.reason == "internal_error" and "RuntimeError: bug" in q.detail and q.raw
+
+
+def test_sos_is_published_before_a_full_window_of_backlog(gw: Gateway) -> None:
+    """With the window full of telemetry, a new SOS still goes out in the same wake-up."""
+    published: list[str] = []
+    gw._session = 1
+    gw.link.publish = lambda topic, payload: (published.append(topic), (1, len(published)))[1]  # type: ignore[method-assign]
+    rain = gw.test_nodes["rain"]  # type: ignore[attr-defined]
+    gw.on_uplinks([up(rain.frame(default_values("rain", i))) for i in range(2000)])
+    gw._step(0)
+    window = gw.config.mqtt.inflight_window
+    assert len(published) == window and all(t.endswith("/telemetry") for t in published)
+    sos = gw.test_nodes["sos"]  # type: ignore[attr-defined]
+    gw.on_uplinks([up(sos.frame(default_values("sos", 0)))])
+    gw._step(0)
+    assert published[window].endswith("/readings/sos")
+    assert len(gw._inflight) == window + 1

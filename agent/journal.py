@@ -37,7 +37,7 @@ QUARANTINE_KEEP = 10_000  # rows kept for inspection; older ones are dropped (th
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS reading (
-    seq   INTEGER PRIMARY KEY,
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
     lane  INTEGER NOT NULL,
     node  TEXT NOT NULL,
     fcnt  INTEGER NOT NULL,
@@ -148,6 +148,13 @@ class Journal:
             elif int(row[0]) != SCHEMA_VERSION:
                 raise JournalError(f"{self.path}: journal schema {row[0]}, this agent reads {SCHEMA_VERSION}")
             self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+            # seq never goes back, even when every reading has been acknowledged and deleted: the publisher
+            # remembers how far it has sent by seq. AUTOINCREMENT keeps the high-water mark in sqlite_sequence.
+            row = self._db.execute(
+                "SELECT MAX(v) FROM (SELECT seq AS v FROM sqlite_sequence WHERE name='reading'"
+                " UNION ALL SELECT MAX(seq) FROM reading)"
+            ).fetchone()
+            self._last_seq = row[0] or 0
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
         self._in_txn = False
@@ -184,8 +191,7 @@ class Journal:
             db.execute("BEGIN IMMEDIATE")
             seqs: list[int] = []
             if entries:
-                row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM reading").fetchone()
-                first = row[0] + 1
+                first = self._last_seq + 1
                 db.executemany(
                     "INSERT INTO reading(seq, lane, node, fcnt, ts_us, body) VALUES (?,?,?,?,?,?)",
                     [(first + i, e.lane, e.node, e.fcnt, e.ts_us, e.body) for i, e in enumerate(entries)],
@@ -216,6 +222,8 @@ class Journal:
             if meta:
                 db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", list(meta.items()))
             db.execute("COMMIT")
+            if seqs:
+                self._last_seq = seqs[-1]
             return seqs
         except sqlite3.Error as exc:
             if db.in_transaction:

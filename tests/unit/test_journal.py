@@ -40,6 +40,20 @@ def test_acked_readings_are_deleted_and_the_rest_survive_a_reopen(tmp_path: Path
     assert s6 > seqs[-1]
 
 
+def test_seqs_keep_increasing_after_everything_was_acked_and_after_a_reopen(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    first = j.commit(entries=[entry(TELEMETRY, "w", i) for i in range(1, 4)])
+    j.commit(acked=first)
+    assert j.depth()["telemetry"] == 0
+    second = j.commit(entries=[entry(TELEMETRY, "w", 4)])
+    assert second[0] > first[-1]
+    j.commit(acked=second)
+    j.close()
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    [third] = j.commit(entries=[entry(TELEMETRY, "w", 5)])
+    assert third > second[0]
+
+
 def test_node_state_and_quarantine_persist(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
     j.commit(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import math
 import random
 import termios
 import threading
@@ -31,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from drivers.airtime import time_on_air_ms  # re-exported: the sim's TX timing is the real formula
 from drivers.sim._pty import PtyPort
 from drivers.sim.faults import ModuleFaults, baud_garble, bauds_match, noise_bytes
 
@@ -41,9 +41,6 @@ __all__ = ["BW_CODES_KHZ", "SimRak3172", "time_on_air_ms"]
 #: RUI3 bandwidth codes (AT+P2P / AT+PBW) -> nominal kHz, as printed in the RUI3 help text.
 BW_CODES_KHZ: dict[int, float] = {0: 125, 1: 250, 2: 500, 3: 7.8, 4: 10.4, 5: 15.63, 6: 20.83, 7: 31.25,
                                   8: 41.67, 9: 62.5}
-# Exact SX126x bandwidths (Hz) behind the nominal values, used for airtime.
-_BW_HZ = {0: 125_000, 1: 250_000, 2: 500_000, 3: 7_812.5, 4: 10_416.7, 5: 15_625, 6: 20_833.3, 7: 31_250,
-          8: 41_666.7, 9: 62_500}
 _KHZ_TO_CODE = {125: 0, 250: 1, 500: 2}
 
 _STATUS_OK = "OK"
@@ -62,61 +59,6 @@ _RX_ONESHOT = "oneshot"  # 65535, isContinue
 _RX_CONT_LOCKED = "continuous"  # 65534, isContinue_no_exit: PSEND busy
 _RX_CONT_TX = "continuous_tx"  # 65533, isContinue_compatible_tx: TX allowed, back to RX after TX
 _CONTINUOUS = (_RX_ONESHOT, _RX_CONT_LOCKED, _RX_CONT_TX)
-
-
-def time_on_air_ms(payload_len: int, sf: int, bw_khz: float, cr: int = 0, preamble: int = 8, *,
-                   crc: bool = True, explicit_header: bool = True) -> float:
-    """LoRa time on air of one packet, as LoRaMac-node ``sx126x/radio.c`` computes it.
-
-    This is ``RadioGetLoRaTimeOnAirNumerator`` divided by the bandwidth, without its final rounding up to whole
-    milliseconds, so that it matches the PROTOCOLS.md §8 table. Low data rate optimisation is switched on when a
-    symbol lasts 16.38 ms or more, which is exactly the driver's rule (BW125 at SF11/12, BW250 at SF12) and
-    extends it to the narrow bandwidths.
-
-    Args:
-        payload_len: PHY payload length in bytes (0–255).
-        sf: spreading factor, 5–12.
-        bw_khz: bandwidth in kHz (125, 250, 500, or a narrow one such as 62.5 or 7.8).
-        cr: coding rate as RUI3 numbers it, 0–3 for 4/5…4/8 (not LoRaMac-node's 1–4).
-        preamble: preamble length in symbols (raised to 12 at SF5/6, as the radio does).
-        crc: whether the payload CRC is on (RUI3 P2P: on).
-        explicit_header: whether the LoRa header is sent (RUI3 P2P: yes).
-
-    Returns:
-        The time on air in milliseconds.
-
-    Raises:
-        ValueError: a parameter is out of range.
-    """
-    if not 5 <= sf <= 12:
-        raise ValueError(f"sf must be 5..12, got {sf}")
-    if not 0 <= cr <= 3:
-        raise ValueError(f"cr must be the RUI3 code 0..3 (4/5..4/8), got {cr}")
-    if not 0 <= payload_len <= 255:
-        raise ValueError(f"payload_len must be 0..255, got {payload_len}")
-    if bw_khz <= 0:
-        raise ValueError(f"bw_khz must be positive, got {bw_khz}")
-    bw_hz = bw_khz * 1000.0
-    # Nominal narrow bandwidths (7.8, 10.4 ...) stand for 7.8125, 10.4167 ... kHz.
-    for code, nominal in BW_CODES_KHZ.items():
-        if math.isclose(bw_khz, nominal, rel_tol=1e-3):
-            bw_hz = _BW_HZ[code]
-    cr_denom = cr + 5  # LoRaMac-node: coderate (1..4) + 4
-    if sf in (5, 6) and preamble < 12:
-        preamble = 12
-    ldro = (2**sf) / bw_hz >= 0.01638
-    numerator = payload_len * 8 + (16 if crc else 0) - 4 * sf + (20 if explicit_header else 0)
-    if sf <= 6:
-        denominator = 4 * sf
-    else:
-        numerator += 8
-        denominator = 4 * (sf - 2) if ldro else 4 * sf
-    numerator = max(numerator, 0)
-    symbols = -(-numerator // denominator) * cr_denom + preamble + 12
-    if sf <= 6:
-        symbols += 2
-    toa_numerator = (4 * symbols + 1) * (1 << (sf - 2))
-    return toa_numerator / bw_hz * 1000.0
 
 
 @dataclass

@@ -1,0 +1,613 @@
+"""Field I/O on the gateway's GPIO header, through gpiozero only: status lamp, siren, test button, rain gauge.
+
+Public API::
+
+    GpioConfig                      the ``gpio:`` config section (every device optional)
+    FieldIO(config, *, pin_factory=None, on_test_button=None)
+        .set_lamp(state)            "ok" | "no_backhaul" | "alarm" | "off"
+        .set_siren(on)              siren/relay pattern on or off; purely local, works with no network
+        .take_rain() -> (tips since last take, cumulative tips)
+        .self_test()                lamp and siren chirp briefly (the test button, ``denen doctor``)
+        .close()
+
+Every device is built with ``pin_factory=`` passed explicitly; the factory is chosen in this order: the
+``pin_factory`` argument (tests pass a ``MockFactory``), then ``gpio.pin_factory`` from the config (``mock`` for
+the demo, or a gpiozero factory name such as ``lgpio``), then gpiozero's own default (``Device.pin_factory``, the
+``GPIOZERO_PIN_FACTORY`` variable, then lgpio, RPi.GPIO, pigpio, native). No hardware library is imported here.
+A config with no device section builds nothing and needs no factory, so a gateway without GPIO runs anywhere.
+
+Two gpiozero behaviours are deliberately avoided, both for the solar-powered idle budget (DESIGN.md: no timers
+under 1 s at idle):
+
+* ``Button`` starts a hold thread that wakes every 0.1 s forever (``mixins.HoldThread``), so the test button is
+  a plain ``DigitalInputDevice``;
+* pin-level bounce filtering differs between factories and ``MockPin`` ignores it ("XXX Need to implement
+  this"), so debouncing is done here, identically everywhere: an activation counts only when the line was quiet
+  for ``bounce_s`` before it, which rejects contact bounce both when the switch closes and when it opens.
+
+A steady lamp and a silent siren leave no thread running; blinking uses gpiozero's blink thread, which exists
+only while a pattern is showing.
+
+Errors::
+
+    AgentError
+     └── GpioError                      GPIO could not be set up; ``hint`` says what to do
+          ├── GpioUnavailable           no usable pin factory (not a Pi, library missing, no permission)
+          └── GpioPinError (ValueError) a configured pin is invalid or already in use
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import warnings
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, Final
+
+from gpiozero import Device, DigitalInputDevice, DigitalOutputDevice, LED
+from gpiozero.exc import GPIOZeroError
+from gpiozero.pins.mock import MockFactory
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agent.errors import AgentError
+
+__all__ = [
+    "LAMP_STATES",
+    "FieldIO",
+    "GpioConfig",
+    "GpioError",
+    "GpioPinError",
+    "GpioUnavailable",
+    "InputPin",
+    "OutputPin",
+    "RainGauge",
+    "SirenOutput",
+    "StatusLamp",
+]
+
+log = logging.getLogger(__name__)
+
+#: The status lamp's states: steady on, slow blink, fast blink, dark.
+LAMP_STATES: Final[tuple[str, ...]] = ("ok", "no_backhaul", "alarm", "off")
+
+_SELF_TEST_S: Final = 0.6  # how long the lamp flickers during a self test, in seconds
+_SELF_TEST_LAMP_S: Final = 0.1  # lamp on/off time during the self test, in seconds
+_SELF_TEST_CHIRP_S: Final = 0.2  # siren on-time of the self-test chirp, in seconds
+_CLOSE_JOIN_S: Final = 2.0  # how long close() waits for a running self test, in seconds
+
+# Pin names gpiozero accepts (pins/data.py): GPIO17, BCM17, BOARD11, J8:11, WPI0; or a bare BCM number.
+_PIN_NAME = re.compile(r"^(?:(?:GPIO|BCM|BOARD|WPI)\d{1,2}|J8:\d{1,2})$", re.IGNORECASE)
+
+
+class GpioError(AgentError):
+    """GPIO could not be set up; ``hint`` says what the installer can do about it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message + (f" (hint: {hint})" if hint else ""))
+        self.hint = hint
+
+
+class GpioUnavailable(GpioError):
+    """No usable GPIO pin factory: not a Raspberry Pi, the GPIO library is missing, or no permission."""
+
+
+class GpioPinError(GpioError, ValueError):
+    """A configured pin does not exist on this board or is already used by another device."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config
+
+
+def _check_pin(value: object) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError("pin must be a BCM number or a pin name, not true/false")
+    if isinstance(value, int):
+        if not 0 <= value <= 53:
+            raise ValueError(f"BCM pin number must be 0..53, got {value}")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return _check_pin(int(text))
+        if _PIN_NAME.match(text):
+            return text.upper()
+        raise ValueError(
+            f"pin {value!r} is not a pin name gpiozero knows; write a BCM number (17) or a name such as "
+            "GPIO17, BCM17, BOARD11 or J8:11"
+        )
+    raise ValueError("pin must be a BCM number (17) or a pin name such as GPIO17 or BOARD11")
+
+
+def _pin_key(pin: int | str) -> str:
+    """A canonical spelling for spotting the same pin configured twice (BCM and BOARD numbers are not mapped)."""
+    if isinstance(pin, int):
+        return f"GPIO{pin}"
+    text = pin.upper()
+    for prefix, canon in (("BCM", "GPIO"), ("J8:", "BOARD")):
+        if text.startswith(prefix):
+            return canon + str(int(text[len(prefix):]))
+    return re.sub(r"\d+$", lambda m: str(int(m.group())), text)
+
+
+class _GpioSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class OutputPin(_GpioSection):
+    """A GPIO output driving a lamp or relay."""
+
+    pin: int | str = Field(
+        description="The output pin: a BCM GPIO number (17) or a name gpiozero accepts (GPIO17, BOARD11, J8:11)."
+    )
+    active_high: bool = Field(
+        default=True,
+        description="true: the pin is driven high (3.3 V) to switch on; false for active-low relay boards.",
+    )
+
+    @field_validator("pin", mode="before")
+    @classmethod
+    def _pin(cls, value: object) -> int | str:
+        return _check_pin(value)
+
+
+class StatusLamp(OutputPin):
+    """The status lamp: steady when all is well, slow blink without backhaul, fast blink on alarm."""
+
+    slow_blink_s: float = Field(
+        default=1.0, ge=0.1, le=10.0,
+        description="On-time and off-time of the slow blink (no backhaul), in seconds.",
+    )
+    fast_blink_s: float = Field(
+        default=0.25, ge=0.05, le=5.0, description="On-time and off-time of the fast blink (alarm), in seconds."
+    )
+
+
+class SirenOutput(OutputPin):
+    """The siren or relay output, sounded for SOS and flood stages even while the backhaul is down."""
+
+    on_s: float = Field(default=1.0, gt=0, le=60.0, description="Sounding time of each pulse, in seconds.")
+    off_s: float = Field(
+        default=1.0, ge=0, le=60.0,
+        description="Silence between pulses, in seconds; 0 sounds steadily (for sirens with their own pattern).",
+    )
+
+
+class InputPin(_GpioSection):
+    """A GPIO input wired to a switch (to ground with the pull-up on, or to 3.3 V with it off)."""
+
+    pin: int | str = Field(
+        description="The input pin: a BCM GPIO number (27) or a name gpiozero accepts (GPIO27, BOARD13)."
+    )
+    pull_up: bool = Field(
+        default=True,
+        description="true: internal pull-up, the switch connects the pin to ground (closed = low). false: "
+        "pull-down, the switch connects the pin to 3.3 V.",
+    )
+    bounce_s: float = Field(
+        default=0.05, ge=0.001, le=5.0,
+        description="Debounce time in seconds: a closing counts only after the line was quiet this long.",
+    )
+
+    @field_validator("pin", mode="before")
+    @classmethod
+    def _pin(cls, value: object) -> int | str:
+        return _check_pin(value)
+
+
+class RainGauge(InputPin):
+    """A tipping-bucket rain gauge's reed switch: one debounced closing per bucket tip."""
+
+    bounce_s: float = Field(
+        default=0.1, ge=0.001, le=5.0,
+        description="Debounce time in seconds: a tip counts only after the line was quiet this long (reed "
+        "switches bounce for a few ms; buckets tip at most a few times a second).",
+    )
+    mm_per_tip: float = Field(
+        default=0.2, gt=0, le=10.0, description="Rainfall per bucket tip, in millimetres (mm)."
+    )
+    node_id: str = Field(
+        description="Node id the gauge's readings carry (uint32), as 8 hex digits in quotes, e.g. \"0000a001\". "
+        "Must not clash with a radio node's id.",
+    )
+    report_interval_s: float = Field(
+        default=600.0, ge=10.0, le=86_400.0,
+        description="How often the rainfall since the previous report is journaled, in seconds.",
+    )
+
+    @field_validator("node_id", mode="before")
+    @classmethod
+    def _node_id(cls, value: object) -> str:
+        if isinstance(value, bool):
+            raise ValueError("node_id must be 8 hex digits in quotes, not true/false")
+        if isinstance(value, int):
+            if not 0 <= value <= 0xFFFF_FFFF:
+                raise ValueError("node_id must fit in 32 bits (8 hex digits)")
+            return f"{value:08x}"
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{8}", value.strip()):
+            raise ValueError(f"node_id must be 8 hex digits in quotes, e.g. \"0000a001\"; got {value!r}")
+        return value.strip().lower()
+
+    @property
+    def node_uint(self) -> int:
+        """The node id as a uint32."""
+        return int(self.node_id, 16)
+
+    def tips_to_mm(self, tips: int) -> float:
+        """Rainfall of ``tips`` bucket tips, in millimetres (rounded to 0.0001 mm against float noise)."""
+        return round(tips * self.mm_per_tip, 4)
+
+
+class GpioConfig(_GpioSection):
+    """The ``gpio:`` section. Every device is optional; without any, no GPIO is touched at all."""
+
+    pin_factory: str | None = Field(
+        default=None,
+        description="gpiozero pin factory: null for gpiozero's default (lgpio on current Raspberry Pi OS), "
+        "'mock' for simulated pins (demo and tests), or a factory name: lgpio, rpigpio, pigpio, native.",
+    )
+    status_lamp: StatusLamp | None = Field(default=None, description="Status lamp output. Optional.")
+    siren: SirenOutput | None = Field(default=None, description="Siren or relay output. Optional.")
+    test_button: InputPin | None = Field(
+        default=None, description="Installer test button: a press makes the lamp and siren chirp. Optional."
+    )
+    rain_gauge: RainGauge | None = Field(default=None, description="Tipping-bucket rain gauge input. Optional.")
+
+    @field_validator("pin_factory")
+    @classmethod
+    def _factory_name(cls, value: str | None) -> str | None:
+        if value is None or value == "mock":
+            return value
+        names = _factory_names()
+        if value not in names and value.lower() not in names:
+            raise ValueError(
+                f"unknown gpiozero pin factory {value!r}; installed: {', '.join(sorted(names)) or 'none'}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_pins(self) -> GpioConfig:
+        seen: dict[str, str] = {}
+        for key in ("status_lamp", "siren", "test_button", "rain_gauge"):
+            section = getattr(self, key)
+            if section is None:
+                continue
+            canon = _pin_key(section.pin)
+            if canon in seen:
+                raise ValueError(f"{key}.pin {section.pin!r} is the same pin as {seen[canon]}.pin; give each "
+                                 "device its own pin")
+            seen[canon] = key
+        return self
+
+    @property
+    def any_device(self) -> bool:
+        """True when at least one device is configured."""
+        return any(getattr(self, k) is not None for k in ("status_lamp", "siren", "test_button", "rain_gauge"))
+
+
+def _factory_names() -> set[str]:
+    return {ep.name for ep in entry_points(group="gpiozero_pin_factories")}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Devices
+
+
+class _EdgeFilter:
+    """Software debounce: an activation counts only when no edge at all came in the ``bounce_s`` before it.
+
+    Edges are stamped with the pin factory's ``ticks()`` when gpiozero calls back, and compared with its
+    ``ticks_diff()`` (the factory's clock may wrap, so ticks are never subtracted directly).
+    """
+
+    def __init__(self, factory: Any, bounce_s: float) -> None:
+        self._factory = factory
+        self._bounce_s = bounce_s
+        self._last_edge: Any = None
+
+    def edge(self, *, active: bool) -> bool:
+        """Note one edge; return True when it is an activation that counts."""
+        now = self._factory.ticks()
+        quiet = self._last_edge is None or self._factory.ticks_diff(now, self._last_edge) >= self._bounce_s
+        self._last_edge = now
+        return active and quiet
+
+
+class FieldIO:
+    """The gateway's field devices on GPIO, built from the ``gpio:`` section.
+
+    Args:
+        config: the ``gpio:`` section.
+        pin_factory: a gpiozero pin factory to use instead of the config's (tests pass a ``MockFactory``). Not
+            closed by :meth:`close`; a factory created here from the config is.
+        on_test_button: called (on gpiozero's callback thread) after each debounced press of the test button,
+            besides the self test the press starts.
+
+    Raises:
+        GpioUnavailable: devices are configured but no pin factory can be loaded (not a Pi, lgpio missing, the
+            user not in the gpio group).
+        GpioPinError: a pin does not exist on this board or is used twice.
+
+    Attributes:
+        pin_factory: the factory in use, or None when no device is configured.
+        lamp_state: the lamp state last asked for.
+        siren_on: whether the siren was last asked to sound.
+    """
+
+    def __init__(self, config: GpioConfig, *, pin_factory: Any = None,
+                 on_test_button: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.pin_factory: Any = None
+        self.lamp_state: str = "off"
+        self.siren_on = False
+        self._on_test_button = on_test_button
+        self._owns_factory = False
+        self._lock = threading.Lock()  # device writes, states, counters
+        self._test_lock = threading.Lock()  # one self test at a time
+        self._closing = threading.Event()
+        self._testing = False
+        self._test_thread: threading.Thread | None = None
+        self._tips_total = 0
+        self._tips_taken = 0
+        self._lamp: LED | None = None
+        self._siren: DigitalOutputDevice | None = None
+        self._button: DigitalInputDevice | None = None
+        self._gauge: DigitalInputDevice | None = None
+        if not config.any_device:
+            log.debug("gpio: no devices configured")
+            return
+        self.pin_factory, self._owns_factory = _resolve_factory(config.pin_factory, pin_factory)
+        try:
+            self._build()
+        except BaseException:
+            self._release()
+            raise
+        log.info("gpio: %s on %s", ", ".join(self._device_names()), type(self.pin_factory).__name__)
+
+    # -- public API ----------------------------------------------------------------------------------------------
+    def set_lamp(self, state: str) -> None:
+        """Show a state on the status lamp (a no-op without a lamp; it is remembered for a self test).
+
+        Args:
+            state: ``ok`` (steady on), ``no_backhaul`` (slow blink, ``slow_blink_s`` on and off), ``alarm``
+                (fast blink, ``fast_blink_s`` on and off) or ``off``.
+
+        Raises:
+            ValueError: an unknown state.
+        """
+        if state not in LAMP_STATES:
+            raise ValueError(f"lamp state must be one of {', '.join(LAMP_STATES)}; got {state!r}")
+        with self._lock:
+            if state == self.lamp_state:
+                return  # re-starting a blink would restart its phase and its thread for nothing
+            self.lamp_state = state
+            if not self._testing and not self._closing.is_set():
+                self._apply_lamp()
+
+    def set_siren(self, on: bool) -> None:
+        """Sound the siren in its pattern (``on_s`` on, ``off_s`` off), or silence it. Needs no network."""
+        with self._lock:
+            if on == self.siren_on:
+                return
+            self.siren_on = on
+            if not self._testing and not self._closing.is_set():
+                self._apply_siren()
+
+    def take_rain(self) -> tuple[int, int]:
+        """Bucket tips counted since the previous call, and since start.
+
+        Returns:
+            ``(tips since the last take, cumulative tips)``; ``(0, 0)`` without a rain gauge. Multiply by
+            ``config.rain_gauge.mm_per_tip`` (or use ``RainGauge.tips_to_mm``) for millimetres.
+        """
+        with self._lock:
+            since = self._tips_total - self._tips_taken
+            self._tips_taken = self._tips_total
+            return since, self._tips_total
+
+    def self_test(self) -> None:
+        """Flicker the lamp and chirp the siren briefly, then show the current states again.
+
+        Blocks for about 0.6 s (less if :meth:`close` is called meanwhile). A second call waits for the first.
+        """
+        with self._test_lock:
+            with self._lock:
+                if self._closing.is_set() or (self._lamp is None and self._siren is None):
+                    return
+                self._testing = True
+                if self._lamp is not None:
+                    self._lamp.blink(on_time=_SELF_TEST_LAMP_S, off_time=_SELF_TEST_LAMP_S)
+                if self._siren is not None:
+                    self._siren.blink(on_time=_SELF_TEST_CHIRP_S, off_time=_SELF_TEST_CHIRP_S, n=1)
+            log.info("gpio: self test")
+            try:
+                self._closing.wait(_SELF_TEST_S)
+            finally:
+                with self._lock:
+                    self._testing = False
+                    if not self._closing.is_set():
+                        self._apply_lamp()
+                        self._apply_siren()
+
+    def close(self) -> None:
+        """Stop patterns and release the pins (and the pin factory if it was created here). Idempotent.
+
+        After close the setters do nothing. Released output pins go back to inputs, so what a relay does then
+        depends on its wiring (an active-high relay with a pull-down falls off).
+        """
+        self._closing.set()
+        thread = self._test_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_CLOSE_JOIN_S)
+        self._release()
+
+    def __enter__(self) -> FieldIO:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg = self.config
+        f = self.pin_factory
+        if cfg.status_lamp is not None:
+            lamp = cfg.status_lamp
+            self._lamp = _device("status_lamp", lamp.pin, lambda: LED(
+                lamp.pin, active_high=lamp.active_high, initial_value=False, pin_factory=f))
+        if cfg.siren is not None:
+            siren = cfg.siren
+            self._siren = _device("siren", siren.pin, lambda: DigitalOutputDevice(
+                siren.pin, active_high=siren.active_high, initial_value=False, pin_factory=f))
+        if cfg.test_button is not None:
+            button = cfg.test_button
+            self._button = _device("test_button", button.pin, lambda: DigitalInputDevice(
+                button.pin, pull_up=button.pull_up, bounce_time=None, pin_factory=f))
+            press = _EdgeFilter(f, button.bounce_s)
+            self._button.when_activated = lambda: self._button_edge(press, active=True)
+            self._button.when_deactivated = lambda: self._button_edge(press, active=False)
+        if cfg.rain_gauge is not None:
+            gauge = cfg.rain_gauge
+            self._gauge = _device("rain_gauge", gauge.pin, lambda: DigitalInputDevice(
+                gauge.pin, pull_up=gauge.pull_up, bounce_time=None, pin_factory=f))
+            tips = _EdgeFilter(f, gauge.bounce_s)
+            self._gauge.when_activated = lambda: self._gauge_edge(tips, active=True)
+            self._gauge.when_deactivated = lambda: self._gauge_edge(tips, active=False)
+
+    def _device_names(self) -> list[str]:
+        devices = (("status_lamp", self._lamp), ("siren", self._siren), ("test_button", self._button),
+                   ("rain_gauge", self._gauge))
+        return [name for name, dev in devices if dev is not None]
+
+    def _apply_lamp(self) -> None:
+        """Drive the lamp for ``lamp_state``. Caller holds ``_lock``."""
+        lamp, cfg = self._lamp, self.config.status_lamp
+        if lamp is None or cfg is None:
+            return
+        if self.lamp_state == "ok":
+            lamp.on()  # also stops any blink thread: steady means idle
+        elif self.lamp_state == "no_backhaul":
+            lamp.blink(on_time=cfg.slow_blink_s, off_time=cfg.slow_blink_s)
+        elif self.lamp_state == "alarm":
+            lamp.blink(on_time=cfg.fast_blink_s, off_time=cfg.fast_blink_s)
+        else:
+            lamp.off()
+
+    def _apply_siren(self) -> None:
+        """Drive the siren for ``siren_on``. Caller holds ``_lock``."""
+        siren, cfg = self._siren, self.config.siren
+        if siren is None or cfg is None:
+            return
+        if not self.siren_on:
+            siren.off()
+        elif cfg.off_s == 0:
+            siren.on()
+        else:
+            siren.blink(on_time=cfg.on_s, off_time=cfg.off_s)
+
+    def _gauge_edge(self, tips: _EdgeFilter, *, active: bool) -> None:
+        # gpiozero's callback thread. The filter and the counters share the lock with take_rain().
+        with self._lock:
+            if tips.edge(active=active):
+                self._tips_total += 1
+
+    def _button_edge(self, press: _EdgeFilter, *, active: bool) -> None:
+        # gpiozero's callback thread: never block it (rain tips arrive on it too), so the self test runs on its
+        # own short-lived thread.
+        with self._lock:
+            if not press.edge(active=active) or self._closing.is_set():
+                return
+            running = self._test_thread is not None and self._test_thread.is_alive()
+            if not running:
+                self._test_thread = threading.Thread(target=self._button_self_test, name="gpio-self-test",
+                                                     daemon=True)
+                self._test_thread.start()
+        log.info("gpio: test button pressed")
+        if self._on_test_button is not None:
+            try:
+                self._on_test_button()
+            except Exception:  # top level of a callback on gpiozero's thread: log, keep the button working
+                log.exception("gpio: on_test_button callback failed")
+
+    def _button_self_test(self) -> None:
+        try:
+            self.self_test()
+        except Exception:  # thread top level: a failed chirp must not go unnoticed, nor take anything down
+            log.exception("gpio: self test failed")
+
+    def _release(self) -> None:
+        """Close every device and an owned factory; safe to call twice."""
+        # Take the devices under the lock, close them outside it: closing an input may wait for gpiozero's
+        # callback thread, which may be waiting for this lock in _gauge_edge().
+        with self._lock:
+            devices = (self._gauge, self._button, self._siren, self._lamp)
+            self._lamp = self._siren = self._button = self._gauge = None
+            factory, owned = self.pin_factory, self._owns_factory
+            self._owns_factory = False
+        for dev in devices:
+            if dev is not None:
+                try:
+                    dev.close()
+                except GPIOZeroError as exc:
+                    log.warning("gpio: closing %r failed: %s", dev, exc)
+        if owned and factory is not None:
+            try:
+                factory.close()
+            except GPIOZeroError as exc:
+                log.warning("gpio: closing the pin factory failed: %s", exc)
+
+
+def _device(key: str, pin: int | str, make: Callable[[], Any]) -> Any:
+    """Build one gpiozero device, translating its errors into ours."""
+    try:
+        return make()
+    except GPIOZeroError as exc:
+        raise GpioPinError(
+            f"gpio.{key}: pin {pin!r}: {exc}",
+            "check the pin number against the board's header (BCM numbering unless written BOARDn), and that no "
+            "other device or program uses it",
+        ) from exc
+    except Exception as exc:  # a backend's own error type (lgpio.error ...) cannot be named without importing it
+        raise GpioUnavailable(
+            f"gpio.{key}: pin {pin!r} cannot be opened: {type(exc).__name__}: {exc}",
+            "run as a user in the 'gpio' group, and check that no other program holds the pin",
+        ) from exc
+
+
+def _resolve_factory(name: str | None, explicit: Any) -> tuple[Any, bool]:
+    """Pick the pin factory. Returns ``(factory, owned)``; an owned factory is closed by FieldIO.close()."""
+    if explicit is not None:
+        return explicit, False
+    if name == "mock":
+        return MockFactory(), True
+    hint = ("on a Raspberry Pi install python3-lgpio (Raspberry Pi OS) and add the service user to the 'gpio' "
+            "group; elsewhere set gpio.pin_factory: mock, or remove the gpio devices from the config")
+    if name is not None:
+        eps = {ep.name: ep for ep in entry_points(group="gpiozero_pin_factories")}
+        ep = eps.get(name) or eps.get(name.lower())
+        if ep is None:
+            raise GpioUnavailable(f"gpio: pin factory {name!r} is not installed; installed: "
+                                  f"{', '.join(sorted(eps)) or 'none'}", hint)
+        try:
+            return ep.load()(), True
+        except Exception as exc:  # backends raise their own types (ImportError, lgpio.error, OSError, ...)
+            raise GpioUnavailable(f"gpio: pin factory {name!r} cannot be used: {type(exc).__name__}: {exc}",
+                                  hint) from exc
+    # gpiozero's default: Device.pin_factory, GPIOZERO_PIN_FACTORY, then its fallback chain. Its fallbacks are
+    # warnings; collect them so they end up in our error (or in the log) instead of escaping as warnings.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            Device.ensure_pin_factory()
+        except Exception as exc:  # same reason as above: whatever the backends raise means "no GPIO here"
+            tried = "; ".join(str(w.message) for w in caught)
+            raise GpioUnavailable(
+                f"gpio: no GPIO pin factory could be loaded ({type(exc).__name__}: {exc})"
+                + (f"; tried: {tried}" if tried else ""),
+                hint,
+            ) from exc
+    for w in caught:
+        log.warning("gpio: %s", w.message)
+    return Device.pin_factory, False

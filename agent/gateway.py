@@ -28,6 +28,7 @@ from typing import Any
 
 from agent import __version__, clock
 from agent.config import Config
+from agent.edge import Edge
 from agent.errors import JournalError
 from agent.journal import DIAGNOSTICS, LANES, SOS, Entry, Journal, Quarantined
 from agent.publisher import MqttLink
@@ -44,6 +45,7 @@ class _Inflight:
     lane: int
     seqs: list[int]
     sent: float  # monotonic seconds
+    bodies: list[str] | None = None  # SOS lane only
 
 
 @dataclass
@@ -73,12 +75,18 @@ class Gateway:
         self.decoder = FrameDecoder(config, self.journal.nodes())
         self.link = MqttLink(config.mqtt, self.gateway_id, self.inbox.put, version=__version__)
         self.radios = radios if radios is not None else self._build_radios()
+        meta = self.journal.meta()
+        # One sequence for every reading the gateway itself makes (health reports, alerts): their identity.
+        self._gateway_seq = int(meta.get("gateway_seq", meta.get("health_seq", "0")))
+        self.edge = Edge(config, self.decoder, next_seq=self._next_gateway_seq, count=self._count,
+                         post=self.inbox.put, meta=meta)
+        self.edge.attach_radios(self.radios)
+        self._carry: list[Entry] = []  # entries made after a commit (quota alerts), committed at the next wake-up
         self._stop = threading.Event()
         self._session: int | None = None
         self._inflight: dict[int, _Inflight] = {}
         self._sent_upto = [0] * len(LANES)  # highest seq handed to the current session, per lane
         self._acked: list[int] = []
-        self._health_seq = int(self.journal.meta().get("health_seq", "0"))
         self._next_health = time.monotonic() + config.health.interval_s
         self._next_quota = 0.0
         self._uncommitted: tuple[list[Entry], list[Quarantined]] | None = None
@@ -96,6 +104,10 @@ class Gateway:
 
     def on_incident(self, radio: str, kind: str, detail: str) -> None:
         self.inbox.put(("incident", radio, kind, detail))
+
+    def _next_gateway_seq(self) -> int:
+        self._gateway_seq += 1
+        return self._gateway_seq
 
     # -- life cycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -137,6 +149,7 @@ class Gateway:
             except Exception:  # noqa: BLE001 - stopping must go on for the others
                 log.exception("stopping radio failed")
         self.link.stop()
+        self.edge.close()
         # Handle what is still waiting, so nothing the radios delivered is left only in memory.
         self._step(0)
         self.journal.commit(meta={"agent_pid": ""})
@@ -145,9 +158,14 @@ class Gateway:
     def _timeout(self) -> float:
         """Seconds the core may sleep: until the next timer, never below 1 s when idle (no busy polling)."""
         now = time.monotonic()
+        if self._carry:
+            return 0.0
         deadlines = [self._next_health]
         if self._retry_commit_at:
             deadlines.append(self._retry_commit_at)
+        edge = self.edge.next_deadline()
+        if edge is not None:
+            deadlines.append(edge)
         return max(0.0, min(deadlines) - now)
 
     # -- one wake-up -----------------------------------------------------------------------------------------
@@ -163,7 +181,8 @@ class Gateway:
             except queue.Empty:
                 break
 
-        entries: list[Entry] = []
+        entries: list[Entry] = self._carry
+        self._carry = []
         quarantined: list[Quarantined] = []
         urgent = False
         for item in items:
@@ -181,6 +200,7 @@ class Gateway:
                         entries.append(out.entry)
                         urgent |= out.entry.lane == SOS
                         self._count("frames.ok")
+                        entries.extend(self._edge_call(self.edge.on_reading, out.body))
                     else:
                         q = out.quarantined
                         assert q is not None
@@ -195,6 +215,15 @@ class Gateway:
                 self._count(f"{radio}.{kind}")
                 level = logging.INFO if kind in ("configured",) else logging.WARNING
                 log.log(level, "%s: %s: %s", radio, kind, detail)
+                entries.extend(self._edge_call(self.edge.on_incident, radio, kind))
+            elif tag == "cmd":
+                self._edge_call(self.edge.on_command, item[1], item[2])
+            elif tag == "test_button":
+                # The installer's button: lamp and siren chirp, and a health report goes out at once, so the
+                # installer sees the whole path work (it shows in the backend within seconds).
+                self._count("gateway.test_button")
+                self._edge_call(self.edge.test_button)
+                entries.append(self._health_entry())
             elif tag == "mqtt_up":
                 self._session = item[1]
                 self._sent_upto = [0] * len(LANES)
@@ -211,6 +240,8 @@ class Gateway:
         if now >= self._next_health:
             entries.append(self._health_entry())
             self._next_health = now + self.config.health.interval_s
+        entries.extend(self._edge_call(self.edge.due, connected=self._session is not None))
+        meta = self.edge.snapshot_meta() or {}
 
         # A batch that could not be committed last time (disk full, I/O error) goes first, in order.
         if self._uncommitted:
@@ -225,7 +256,8 @@ class Gateway:
                     nodes=[self.decoder.nodes[n] for n in self.decoder.dirty],
                     quarantined=quarantined,
                     counters={k: self.stats.counters[k] for k in self._dirty_counters},
-                    meta={"health_seq": str(self._health_seq)} if any(e.lane == DIAGNOSTICS for e in entries) else None,
+                    meta={**meta, "gateway_seq": str(self._gateway_seq)} if (meta or any(
+                        e.node == "gateway" for e in entries)) else None,
                 )
             except JournalError as exc:
                 # Nothing of this batch is durable, so nothing of it is published; it stays in memory and is
@@ -245,6 +277,17 @@ class Gateway:
             if entries and (self._next_quota == 0.0 or now >= self._next_quota):
                 self._check_quota()
         self._publish(urgent=urgent)
+        self._edge_call(self.edge.update_outputs, connected=self._session is not None)
+
+    def _edge_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call into the edge logic; a bug there is counted and logged, and never stops forwarding."""
+        try:
+            out = fn(*args, **kwargs)
+        except Exception:  # noqa: BLE001
+            self._count("edge.internal_error")
+            log.exception("edge logic failed in %s", getattr(fn, "__name__", fn))
+            return []
+        return out if out is not None else []
 
     # -- publishing --------------------------------------------------------------------------------------------
     def _publish(self, *, urgent: bool) -> None:
@@ -273,7 +316,9 @@ class Gateway:
         if sent is None:
             return False
         session, mid = sent
-        self._inflight[mid] = _Inflight(lane, [seq for seq, _ in rows], time.monotonic())
+        # SOS bodies are kept until their PUBACK, which triggers the receipts the callers asked for.
+        bodies = [body for _, body in rows] if lane == SOS else None
+        self._inflight[mid] = _Inflight(lane, [seq for seq, _ in rows], time.monotonic(), bodies)
         self._sent_upto[lane] = rows[-1][0]
         return True
 
@@ -291,6 +336,9 @@ class Gateway:
             return
         self._acked.extend(flight.seqs)
         self._count("readings.acked", len(flight.seqs))
+        if flight.bodies:
+            readings = [json.loads(b) for b in flight.bodies]
+            self._edge_call(self.edge.on_sos_acked, [r for r in readings if r.get("kind") == "sos"])
 
     # -- housekeeping ---------------------------------------------------------------------------------------
     def _check_quota(self) -> None:
@@ -298,6 +346,8 @@ class Gateway:
         evicted = self.journal.enforce_quota(protect=protect)
         for lane, n in evicted.items():
             self._count(f"journal.evicted.{lane}", n)
+        pct = 100.0 * self.journal.size_bytes() / max(1, self.journal.quota_bytes)
+        self._carry.extend(self._edge_call(self.edge.on_journal_usage, pct))
         # The size check reads a few pragmas; under load once a second is plenty.
         self._next_quota = time.monotonic() + 1.0
 
@@ -327,19 +377,19 @@ class Gateway:
         temp = _cpu_temp_c()
         if temp is not None:
             values["cpu_temp_c"] = temp
-        self._health_seq += 1
+        seq = self._next_gateway_seq()
         body = {
-            "id": f"{self.gateway_id}/gateway/{self._health_seq}",
+            "id": f"{self.gateway_id}/gateway/{seq}",
             "node": "gateway",
             "name": self.gateway_id,
-            "fcnt": self._health_seq,
+            "fcnt": seq,
             "kind": "gateway_health",
             "lane": "diagnostics",
             "ts_us": now_us,
             "clock": clock.quality(now_us),
             "values": values,
         }
-        return Entry(DIAGNOSTICS, "gateway", self._health_seq, now_us, json.dumps(body, separators=(",", ":")))
+        return Entry(DIAGNOSTICS, "gateway", seq, now_us, json.dumps(body, separators=(",", ":")))
 
 
 def _cpu_temp_c() -> float | None:

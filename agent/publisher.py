@@ -11,6 +11,7 @@ Everything the link learns is posted to the gateway's inbox as a tuple, in order
     ("ack", session, mid, ok)               PUBACK for message ``mid`` (``ok`` False for a v5 failure code)
     ("mqtt_down", session, reason)          the session ended (reason is a human sentence)
     ("incident", "mqtt", kind, detail)      connect failures and refusals, counted by the gateway
+    ("cmd", topic, payload)                 a command from the backend on <prefix>/<gateway>/cmd/...
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     def _run(self) -> None:
@@ -213,6 +215,8 @@ class MqttLink:
             status_payload(self.gateway_id, "online", version=self._version, ts_us=time.time_ns() // 1000),
             qos=1, retain=True,
         )
+        # Commands from the backend (alert confirmations ...). The session is clean, so subscribe on every connect.
+        client.subscribe(self.topics.commands, qos=1)
         with self._lock:
             self._connected = True
         log.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
@@ -224,6 +228,9 @@ class MqttLink:
             self._connected = False
         if not self._stop.is_set():
             log.warning("MQTT: disconnected from %s:%d: %s", self.config.host, self.config.port, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._post(("cmd", msg.topic, bytes(msg.payload)))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                     properties: Properties | None) -> None:

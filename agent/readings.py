@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from agent import clock
 from agent.config import Config, NodeConfig
@@ -43,6 +44,7 @@ class Decoded:
     entry: Entry | None = None
     quarantined: Quarantined | None = None
     kind: str | None = None
+    body: dict[str, Any] | None = None  # the reading object of ``entry`` (for the edge rules)
 
 
 class FrameDecoder:
@@ -62,6 +64,10 @@ class FrameDecoder:
         for node in config.node_by_id.values():
             st = self.nodes.setdefault(node.id, NodeState(node=node.id))
             st.name = node.name
+
+    def key_for(self, node_id: int) -> bytes | None:
+        """The node's AES key (from the config), or None."""
+        return self._keys.get(node_id)
 
     def decode(self, up: Uplink) -> Decoded:
         """Decode one uplink. Never raises for bad input: every failure becomes a quarantine record."""
@@ -137,7 +143,31 @@ class FrameDecoder:
             "values": values,
         }
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-        return Decoded(entry=Entry(lane, node_hex, frame.counter, up.received_us, text), kind=kind)
+        return Decoded(entry=Entry(lane, node_hex, frame.counter, up.received_us, text), kind=kind, body=body)
+
+    def local_reading(self, node_hex: str, kind: str, values: dict[str, float], *, ts_us: int,
+                      source: str) -> tuple[Entry, dict[str, Any]]:
+        """A reading measured by the gateway itself (e.g. a rain gauge on GPIO) for node ``node_hex``.
+
+        It gets the node's next frame counter, so its identity is as stable as a radio node's.
+        """
+        st = self.nodes.get(node_hex)
+        if st is None:
+            st = self.nodes[node_hex] = NodeState(node=node_hex)
+        st.last_fcnt = (st.last_fcnt or 0) + 1
+        st.last_seen_us = ts_us
+        st.radio = source
+        st.frames_ok += 1
+        self.dirty.add(node_hex)
+        node = self.config.node_by_id.get(int(node_hex, 16))
+        lane = KIND_LANES[kind]
+        body = {
+            "id": f"{self.gateway_id}/{node_hex}/{st.last_fcnt}", "node": node_hex,
+            "name": node.name if node is not None else None, "fcnt": st.last_fcnt, "kind": kind,
+            "lane": LANES[lane], "ts_us": ts_us, "clock": clock.quality(ts_us), "radio": source, "rssi": None,
+            "snr": None, "auth": "local", "receipt": False, "values": values,
+        }
+        return Entry(lane, node_hex, st.last_fcnt, ts_us, json.dumps(body, separators=(",", ":"))), body
 
     def _authenticate(self, up: Uplink, frame: nodeframe.NodeFrame, node: NodeConfig | None) -> str | Decoded:
         """Returns ``"mic"`` or ``"none"`` (accepted, flagged), or a quarantine outcome."""

@@ -106,12 +106,15 @@ def start_sim(tmp: Path, *, rng_seed: int = 7) -> SimRak3172:
     return sim
 
 
-def readings_of(messages: list[tuple[str, bytes, bool]]) -> list[dict[str, Any]]:
-    """All reading objects in the order they arrived, from batch messages on .../readings/<lane>."""
+def readings_of(messages: list[tuple[str, bytes, bool]], *, alerts: bool = False) -> list[dict[str, Any]]:
+    """Reading objects in the order they arrived, from batch messages on .../readings/<lane>.
+
+    Alerts (kind ``alert``, made by the gateway's rules) are left out unless ``alerts`` is true.
+    """
     out: list[dict[str, Any]] = []
     for topic, payload, _ in messages:
         if "/readings/" in topic:
-            out.extend(json.loads(payload)["readings"])
+            out.extend(r for r in json.loads(payload)["readings"] if alerts or r["kind"] != "alert")
     return out
 
 

@@ -1,11 +1,12 @@
 """The ``denen`` command.
 
     denen run -c CONFIG                 run the gateway agent
-    denen config validate CONFIG...     check config files; problems with file, line, key and a hint
+    denen config validate CONFIG...     check config files (gateway or bridge); file, line, key and a hint
     denen config schema [-o PATH]       write the JSON Schema of the config (editor completion)
     denen sim SCENARIO                  start simulated radio modules and nodes; prints their pty paths
     denen status -c CONFIG | -j JOURNAL journal depth, oldest unsent reading, nodes, bad frames, reopens
     denen demo                          simulated forest and river -> agent -> broker -> live view
+    denen bridge -c BRIDGE_CONFIG       MQTT -> InfluxDB bridge, on the backend (config/bridge/bridge.yaml)
 
 Errors are one clear line and a hint, never a traceback (``--debug`` shows it).
 """
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="simulated forest and river -> agent -> MQTT broker -> live view")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--workdir", default=None, help="folder for the demo's journal and broker (default: a temp dir)")
+
+    br = sub.add_parser("bridge", help="MQTT -> InfluxDB bridge (runs on the backend, not on a gateway)")
+    br.add_argument("-c", "--config", required=True,
+                    help="bridge config file (YAML), e.g. config/bridge/bridge.yaml")
     return p
 
 
@@ -93,6 +98,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             failed = 0
             for f in args.files:
                 try:
+                    if _is_bridge_config(f):
+                        from agent.bridge.config import load_bridge_config  # noqa: PLC0415
+
+                        bcfg = load_bridge_config(f)
+                        print(f"{f}: ok (bridge {bcfg.mqtt.effective_client_id()}, group {bcfg.mqtt.group} -> "
+                              f"{bcfg.sink.target()})")
+                        continue
                     cfg = load_config(f)
                 except ConfigError as exc:
                     print(str(exc), file=sys.stderr)
@@ -116,6 +128,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from agent.demo import run_demo  # noqa: PLC0415
 
         return run_demo(duration=args.duration, workdir=args.workdir)
+    if args.cmd == "bridge":
+        return _bridge(args.config)
     raise AssertionError(args.cmd)
 
 
@@ -129,6 +143,35 @@ def _run(config_path: str) -> int:
     _stop_on_signals(gw.stop)
     log.info("denen %s: config %s, gateway %s", __version__, config_path, cfg.gateway.id)
     gw.run()
+    return 0
+
+
+def _is_bridge_config(path: str) -> bool:
+    """A bridge config (``sink:``, no ``gateway:``) is validated as one; anything else as a gateway config."""
+    from agent.bridge.config import looks_like_bridge_config  # noqa: PLC0415
+    from agent.config import read_config_text  # noqa: PLC0415
+
+    try:
+        return looks_like_bridge_config(read_config_text(path))
+    except ConfigError:
+        return False  # unreadable: load_config reports it
+
+
+def _bridge(config_path: str) -> int:
+    from agent.bridge import Bridge, load_bridge_config  # noqa: PLC0415
+
+    cfg = load_bridge_config(config_path)
+    logging.getLogger().setLevel(getattr(logging, cfg.log.level.upper()))
+    bridge = Bridge(cfg)
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("signal %d: stopping the bridge", signum)
+        threading.Thread(target=bridge.request_stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    log.info("denen %s bridge: config %s", __version__, config_path)
+    bridge.run()
     return 0
 
 

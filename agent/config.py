@@ -9,6 +9,13 @@ Public API::
     config_reference() -> str                    the Markdown key reference kept in config/README.md
     driver_names() -> tuple[str, ...]            radio driver names accepted in ``radios[].driver``
 
+The generic loader, shared with other config files (``agent.bridge.config``)::
+
+    read_config_text(path) -> str                               read a file (errors as ConfigError)
+    parse_yaml_model(text, model, *, source, base_dir, checks, warnings, ...) -> (model, warnings)
+    ConfigSection, config_problem(), config_problems()          base class and validator errors
+    resolve_config_path(), check_readable_file()                path helpers for validators
+
 Every problem found is collected, then raised together as one :class:`~agent.errors.ConfigError` whose issues
 each carry the file, the 1-based line and column of the offending key or list item, the dotted key
 (``radios[0].p2p.spreading_factor``), a plain-English message with units, and a hint.
@@ -43,10 +50,10 @@ import os
 import stat
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -83,13 +90,22 @@ __all__ = [
     "NodeConfig",
     "P2pConfig",
     "RadioConfig",
+    "ConfigSection",
     "TlsConfig",
+    "check_readable_file",
     "config_json_schema",
+    "config_problem",
+    "config_problems",
     "config_reference",
     "driver_names",
     "load_config",
     "normalise_node_id",
+    "open_secret_file_warnings",
     "parse_config",
+    "parse_yaml_model",
+    "read_config_text",
+    "resolve_config_path",
+    "tls_insecure_warning",
     "write_json_schema",
     "write_reference",
 ]
@@ -97,6 +113,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Loc = tuple[str | int, ...]
+_M = TypeVar("_M", bound=BaseModel)
 
 #: Driver names always accepted, whether or not the registry ``drivers.radio.DRIVERS`` can be imported.
 BUILTIN_DRIVERS: tuple[str, ...] = ("rak3172", "es920lr")
@@ -309,6 +326,32 @@ class _Section(BaseModel):
     # frozen: the config is shared read-only by every thread of the agent.
     # hide_input_in_errors: pydantic's own error text would otherwise echo secret values.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True)
+
+
+#: Base class for the sections of other config files loaded with :func:`parse_yaml_model` (the bridge's): unknown
+#: keys are errors, the model is frozen, and pydantic never echoes input values (secrets) in its errors.
+ConfigSection = _Section
+
+
+def config_problem(message: str, hint: str | None = None, subloc: Loc = ()) -> ValueError:
+    """The exception a field or model validator raises for one problem, reported at the validator's key (or at
+    ``subloc`` below it) with ``hint``. Never put secret values in ``message``."""
+    return _problem(message, hint, subloc)
+
+
+def config_problems(problems: Iterable[tuple[Loc, str, str | None]]) -> ValueError:
+    """Like :func:`config_problem` for several problems at once: (subloc, message, hint) each."""
+    return _Problems(_Problem(subloc, message, hint) for subloc, message, hint in problems)
+
+
+def resolve_config_path(value: str, info: ValidationInfo) -> str:
+    """Resolve a relative path against the loaded config file's directory (for field validators)."""
+    return _resolve_path(value, info)
+
+
+def check_readable_file(path: str, what: str) -> None:
+    """Raise a config problem unless ``path`` is a regular file this user can read (``what`` names it)."""
+    _check_readable_file(path, what)
 
 
 class GatewayConfig(_Section):
@@ -1038,24 +1081,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         ConfigError: listing every problem found, each with file, line, column, key and hint.
     """
     source = os.fspath(path)
-    p = Path(source)
-    try:
-        # utf-8-sig: editors on Windows laptops often save a BOM.
-        text = p.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(
-            [ConfigIssue(source, None, None, "", "config file not found", "check the path")]
-        ) from None
-    except UnicodeDecodeError as exc:
-        line = p.read_bytes()[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            [ConfigIssue(source, line, None, "", "the file is not valid UTF-8 text", "save the file as UTF-8")]
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            [ConfigIssue(source, None, None, "", f"cannot read the config file: {exc.strerror}", None)]
-        ) from None
-    return parse_config(text, source=source, base_dir=p.absolute().parent)
+    text = read_config_text(source)
+    return parse_config(text, source=source, base_dir=Path(source).absolute().parent)
 
 
 def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.PathLike[str] | None = None) -> Config:
@@ -1069,6 +1096,90 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.Path
 
     Raises:
         ConfigError: listing every problem found.
+    """
+    config, found = parse_yaml_model(
+        text, Config, source=source, base_dir=base_dir,
+        checks=lambda plain: _collection_problems(plain.get("radios"), plain.get("nodes")),
+        warnings=_warning_problems, hex_text_keys=_HEX_TEXT_KEYS, example="config/demo.yaml",
+        sections=("gateway", "radios"),
+    )
+    config._warnings = found
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The generic loader: any pydantic model from YAML, with file:line:column, key and hint for every problem
+
+
+#: A problem found by a check outside pydantic: (location of the key, message, hint).
+Found = tuple[Loc, str, str | None]
+
+
+def read_config_text(path: str | os.PathLike[str]) -> str:
+    """Read a YAML config file as text (a UTF-8 byte order mark is ignored).
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not UTF-8, as one issue naming the file (and the line of
+            the first byte that is not UTF-8).
+    """
+    source = os.fspath(path)
+    p = Path(source)
+    try:
+        # utf-8-sig: editors on Windows laptops often save a BOM.
+        return p.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(
+            [ConfigIssue(source, None, None, "", "config file not found", "check the path")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            [ConfigIssue(source, line, None, "", "the file is not valid UTF-8 text", "save the file as UTF-8")]
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue(source, None, None, "", f"cannot read the config file: {exc.strerror}", None)]
+        ) from None
+
+
+def parse_yaml_model(
+    text: str,
+    model: type[_M],
+    *,
+    source: str = "<string>",
+    base_dir: str | os.PathLike[str] | None = None,
+    checks: Callable[[dict[str, Any]], Iterable[Found]] | None = None,
+    warnings: Callable[[_M], Iterable[Found]] | None = None,
+    hex_text_keys: Sequence[tuple[object, ...]] = (),
+    example: str = "config/demo.yaml",
+    sections: Sequence[str] | None = None,
+) -> tuple[_M, tuple[ConfigIssue, ...]]:
+    """Parse YAML text and validate it as ``model``, reporting every problem with its file position.
+
+    The agent's config and the bridge's config both load through here, so both report problems the same way:
+    ``file:line:column: key: message (hint: ...)``.
+
+    Args:
+        text: The YAML document.
+        model: The pydantic model of the whole file; its sections should derive from :class:`ConfigSection`.
+        source: Name used as the file in error messages.
+        base_dir: Directory that relative paths are resolved against (validators read it with
+            :func:`resolve_config_path`); default: the directory of ``source`` when it names a file (not
+            ``<...>``), otherwise the current directory.
+        checks: Rules across sections or list items, run on the plain data even when other keys failed, so that
+            one run reports everything; each problem is placed at its key's line.
+        warnings: Valid settings that are probably a mistake, found on the validated model; returned and logged.
+        hex_text_keys: Key paths whose unquoted all-digit values are turned back into the digits written (see
+            ``_HEX_TEXT_KEYS``); ``int`` in a path matches any list index.
+        example: The example file named in the hints for an empty file or a top level that is not a mapping.
+        sections: Top-level keys named in the message for a top level that is not a mapping; default: the
+            model's first two fields.
+
+    Returns:
+        The validated model and the warnings found.
+
+    Raises:
+        ConfigError: listing every problem found, sorted by line.
     """
     if base_dir is None:
         base_dir = Path(source).absolute().parent if not source.startswith("<") else Path.cwd()
@@ -1092,37 +1203,38 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.Path
     if data is None:
         raise ConfigError(
             [ConfigIssue(source, 1, 1, "", "the file is empty (or holds only comments)",
-                         "start from one of the examples in config/, e.g. config/demo.yaml")]
+                         f"start from one of the examples in config/, e.g. {example}")]
         )
     if not isinstance(data, CommentedMap):
         what = "a list" if isinstance(data, CommentedSeq) else "a single value"
         line, col = (root_node.start_mark.line + 1, root_node.start_mark.column + 1) if root_node else (1, 1)
+        named = ", ".join(f"{name}:" for name in (sections or list(model.model_fields)[:2]))
         raise ConfigError(
-            [ConfigIssue(source, line, col, "", f"the top level must be a mapping of sections (gateway:, radios:, "
+            [ConfigIssue(source, line, col, "", f"the top level must be a mapping of sections ({named}, "
                          f"...), but this file holds {what}",
-                         "each top-level key starts at column 1 and ends with ':'; see config/demo.yaml")]
+                         f"each top-level key starts at column 1 and ends with ':'; see {example}")]
         )
 
     issues: list[ConfigIssue] = _duplicate_key_issues(root_node, source) if root_node is not None else []
-    plain = _to_plain(data, ())
+    plain = _to_plain(data, (), hex_text_keys)
     context = {_CTX_BASE_DIR: Path(base_dir), _CTX_LOADER: True}
-    config: Config | None = None
+    result: _M | None = None
     try:
-        config = Config.model_validate(plain, context=context)
+        result = model.model_validate(plain, context=context)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
-            issues.extend(_issues_from_error(err, data, source))
-    for loc, message, hint in _collection_problems(plain.get("radios"), plain.get("nodes")):
+            issues.extend(_issues_from_error(err, data, source, model))
+    for loc, message, hint in checks(plain) if checks is not None else ():
         issues.append(_issue_at(data, source, loc, message, hint))
-    if issues or config is None:
+    if issues or result is None:
         # from None: the chained ValidationError's text would include input values, which may be secrets.
         raise ConfigError(_sorted(issues)) from None
 
-    found = _sorted(_warning_issues(config, data, source))
-    config._warnings = tuple(found)
+    found = tuple(_sorted(_issue_at(data, source, loc, message, hint)
+                          for loc, message, hint in (warnings(result) if warnings is not None else ())))
     for issue in found:
         log.warning("config warning: %s", issue)
-    return config
+    return result, found
 
 
 def _sorted(issues: Iterable[ConfigIssue]) -> list[ConfigIssue]:
@@ -1211,8 +1323,8 @@ _HEX_TEXT_KEYS: tuple[tuple[object, ...], ...] = (
 )
 
 
-def _is_hex_text_key(path: Loc) -> bool:
-    for pattern in _HEX_TEXT_KEYS:
+def _is_hex_text_key(path: Loc, patterns: Sequence[tuple[object, ...]]) -> bool:
+    for pattern in patterns:
         if len(pattern) == len(path) and all(
             (p is int and isinstance(part, int)) or p == part for p, part in zip(pattern, path, strict=True)
         ):
@@ -1220,16 +1332,16 @@ def _is_hex_text_key(path: Loc) -> bool:
     return False
 
 
-def _to_plain(value: object, path: Loc) -> Any:
+def _to_plain(value: object, path: Loc, hex_text_keys: Sequence[tuple[object, ...]] = ()) -> Any:
     """Convert a ruamel round-trip tree to plain dicts, lists and scalars for pydantic."""
     if isinstance(value, CommentedMap):
-        return {str(k): _to_plain(v, (*path, str(k))) for k, v in value.items()}
+        return {str(k): _to_plain(v, (*path, str(k)), hex_text_keys) for k, v in value.items()}
     if isinstance(value, CommentedSeq):
-        return [_to_plain(v, (*path, i)) for i, v in enumerate(value)]
+        return [_to_plain(v, (*path, i), hex_text_keys) for i, v in enumerate(value)]
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
-        if _is_hex_text_key(path) and not isinstance(value, HexInt | HexCapsInt | OctalInt | BinaryInt):
+        if _is_hex_text_key(path, hex_text_keys) and not isinstance(value, HexInt | HexCapsInt | OctalInt | BinaryInt):
             width = getattr(value, "_width", None) or 0
             return format(int(value), f"0{width}d")
         return int(value)
@@ -1296,9 +1408,10 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
             return annotation, False
 
 
-def _walk_schema(loc: Loc) -> tuple[type[BaseModel] | None, FieldInfo | None]:
-    """Find the model that holds the last key of ``loc`` and that key's FieldInfo (None where unknown)."""
-    model: type[BaseModel] | None = Config
+def _walk_schema(loc: Loc, root: type[BaseModel]) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    """Find the model that holds the last key of ``loc`` below ``root`` and that key's FieldInfo (None where
+    unknown)."""
+    model: type[BaseModel] | None = root
     field: FieldInfo | None = None
     pending_list = False
     for part in loc:
@@ -1315,11 +1428,11 @@ def _walk_schema(loc: Loc) -> tuple[type[BaseModel] | None, FieldInfo | None]:
     return model, field
 
 
-def _model_for(loc: Loc) -> type[BaseModel] | None:
-    """The model whose keys live at ``loc`` (e.g. ``("radios", 0)`` -> RadioConfig)."""
+def _model_for(loc: Loc, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The model whose keys live at ``loc`` below ``root`` (e.g. ``("radios", 0)`` -> RadioConfig)."""
     if not loc:
-        return Config
-    model, field = _walk_schema(loc)
+        return root
+    model, field = _walk_schema(loc, root)
     if field is None:
         return None
     return model
@@ -1371,23 +1484,24 @@ def _range_text(field: FieldInfo | None, unit: str) -> str:
     return "must be " + " and ".join(parts) if parts else "is out of range"
 
 
-def _issues_from_error(err: Mapping[str, Any], root: object, source: str) -> list[ConfigIssue]:
+def _issues_from_error(err: Mapping[str, Any], root: object, source: str,
+                       model: type[BaseModel]) -> list[ConfigIssue]:
     loc: Loc = tuple(err["loc"])
     ctx = err.get("ctx") or {}
     error = ctx.get("error")
     if err["type"] == "value_error" and isinstance(error, _Problems):
         return [_issue_at(root, source, (*loc, *p.subloc), p.message, p.hint) for p in error.problems]
-    message, hint = _describe(err, loc)
+    message, hint = _describe(err, loc, model)
     return [_issue_at(root, source, loc, message, hint)]
 
 
-def _describe(err: Mapping[str, Any], loc: Loc) -> tuple[str, str | None]:
+def _describe(err: Mapping[str, Any], loc: Loc, model: type[BaseModel]) -> tuple[str, str | None]:
     """Turn one pydantic error into a plain-English message and hint."""
     err_type: str = err["type"]
     ctx: Mapping[str, Any] = err.get("ctx") or {}
     value = err.get("input")
     name = next((p for p in reversed(loc) if isinstance(p, str)), "")
-    _, field = _walk_schema(loc)
+    _, field = _walk_schema(loc, model)
     description = field.description if field is not None else None
     secret = name in _SECRET_KEYS
     got = "" if secret else f" (got {_show(value)})"
@@ -1396,8 +1510,8 @@ def _describe(err: Mapping[str, Any], loc: Loc) -> tuple[str, str | None]:
     if err_type == "missing":
         return f"required key '{name}' is missing", description
     if err_type == "extra_forbidden":
-        model = _model_for(loc[:-1])
-        valid = list(model.model_fields) if model is not None else []
+        holder = _model_for(loc[:-1], model)
+        valid = list(holder.model_fields) if holder is not None else []
         return f"unknown key '{name}'", _choices_hint(name, valid, "valid keys here") if valid else None
     if err_type == "literal_error":
         expected = str(ctx.get("expected", ""))
@@ -1434,43 +1548,51 @@ def _describe(err: Mapping[str, Any], loc: Loc) -> tuple[str, str | None]:
     return str(err.get("msg", "invalid value")), description
 
 
-def _warning_issues(config: Config, root: object, source: str) -> list[ConfigIssue]:
+def _warning_problems(config: Config) -> list[Found]:
     """Valid settings that are probably a mistake."""
-    found: list[ConfigIssue] = []
+    found: list[Found] = []
     for i, radio in enumerate(config.radios):
         es = radio.es920
         if es is not None and es.format == "ascii" and es.payload_encoding == "raw":
-            found.append(
-                _issue_at(root, source, ("radios", i, "es920", "payload_encoding"),
+            found.append((("radios", i, "es920", "payload_encoding"),
                           "raw payloads in ascii format break when a payload contains CR LF",
-                          "use format: binary, or payload_encoding: hex")
-            )
+                          "use format: binary, or payload_encoding: hex"))
     tls = config.mqtt.tls
     if tls is not None and tls.insecure:
-        found.append(
-            _issue_at(root, source, ("mqtt", "tls", "insecure"), "TLS host name checking is off",
-                      "anyone on the path can impersonate the broker; set insecure: false in the field")
-        )
+        found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
     secret_files: list[tuple[Loc, str]] = [(("nodes", j, "key_file"), n.key_file)
                                           for j, n in enumerate(config.nodes) if n.key_file is not None]
     if config.mqtt.password_file is not None:
         secret_files.append((("mqtt", "password_file"), config.mqtt.password_file))
-    for loc, path in secret_files:
+    found.extend(open_secret_file_warnings(secret_files, owner="the agent's user"))
+    if not config.nodes and config.unknown_nodes == "quarantine":
+        found.append((("unknown_nodes",), "no nodes are listed and unknown_nodes is quarantine, so every frame "
+                      "will be set aside", "list the nodes under nodes:, or set unknown_nodes: accept"))
+    return found
+
+
+def tls_insecure_warning(loc: Loc) -> Found:
+    """The warning for ``tls.insecure: true`` at ``loc``."""
+    return (loc, "TLS host name checking is off",
+            "anyone on the path can impersonate the broker; set insecure: false in the field")
+
+
+def open_secret_file_warnings(files: Iterable[tuple[Loc, str]], *, owner: str) -> list[Found]:
+    """Warnings for secret files (passwords, keys, tokens) that the group or other users may read.
+
+    Args:
+        files: (key location, path) of each secret file named in a config; unreadable paths are skipped.
+        owner: Who should own the file, for the hint (e.g. "the agent's user").
+    """
+    found: list[Found] = []
+    for loc, path in files:
         try:
             mode = os.stat(path).st_mode
         except OSError:
             continue
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            found.append(
-                _issue_at(root, source, loc,
-                          f"secret file {path} is open to its group or other users (mode {mode & 0o777:o})",
-                          f"chmod 600 {path}, owned by the agent's user")
-            )
-    if not config.nodes and config.unknown_nodes == "quarantine":
-        found.append(
-            _issue_at(root, source, ("unknown_nodes",), "no nodes are listed and unknown_nodes is quarantine, so "
-                      "every frame will be set aside", "list the nodes under nodes:, or set unknown_nodes: accept")
-        )
+            found.append((loc, f"secret file {path} is open to its group or other users (mode {mode & 0o777:o})",
+                          f"chmod 600 {path}, owned by {owner}"))
     return found
 
 

@@ -1,0 +1,394 @@
+"""The bridge process: MQTT shared subscription in, InfluxDB writes out, acknowledgements only after the write.
+
+Threads and hand-offs::
+
+    paho network thread                          writer thread
+    ───────────────────                          ─────────────
+    on_message: convert to lines ──inbox──▶  batch (max_lines / max_messages / max_wait_ms)
+                                              → WritePolicy.write (retries, dead-letters refused lines)
+                                              → DeadLetterStore.add (one transaction)
+                                              → client.ack(mid) for every message of the batch, in order
+
+Converting in the network thread lets it run while the writer thread waits for the database's answer (the HTTP
+wait releases the GIL), so both halves of the work overlap on two cores.
+
+Why nothing is lost:
+
+* The session is persistent (MQTT v5 ``clean_start=False`` and a session expiry), QoS 1, and paho's automatic
+  acknowledgement is off (``manual_ack_set(True)``). A message is acknowledged only after the database accepted its
+  lines, or after what can never be written sits in the dead-letter store. Whatever the bridge holds when it dies
+  (SIGKILL, power cut) or the database fails is still unacknowledged, and the broker sends it again.
+* An acknowledgement goes only to the connection that delivered the message: message ids are per connection, so a
+  message of an earlier connection is written (harmless) but not acknowledged; the broker sends it again on the new
+  connection, and the second write overwrites the first.
+* The broker stops sending when ``2 * batch.max_messages`` messages are unacknowledged (Receive Maximum, sent in
+  CONNECT), which bounds memory while the database is down.
+
+Several bridge processes with the same ``mqtt.group`` share the subscription; each message goes to one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+import traceback
+from bisect import bisect_right
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from agent.bridge.config import BridgeConfig
+from agent.bridge.deadletter import DeadLetter, DeadLetterStore
+from agent.bridge.errors import BridgeError
+from agent.bridge.lineproto import Converted, Reject, Serializer
+from agent.bridge.policy import Abandoned, WritePolicy
+from agent.bridge.sinks import Sink, make_sink
+
+__all__ = ["Bridge"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between the summary log lines (only when something happened).
+SUMMARY_INTERVAL_S = 60.0
+
+_CONNECT_HINTS = {
+    133: "mqtt.client_id was refused by the broker",
+    134: "check mqtt.username and mqtt.password / password_file of the bridge",
+    135: "the broker does not allow this user to connect: check its ACL and password file",
+    136: "the broker is not available",
+}
+_SUBSCRIBE_HINTS = {
+    0x87: "the broker's ACL must let the bridge's user read {topic}",
+    0x8F: "the broker rejects this topic filter; check mqtt.group and mqtt.topic_prefix",
+    0x9E: "this broker does not support shared subscriptions ($share/...)",
+}
+
+
+@dataclass(slots=True)
+class _Message:
+    session: int
+    mid: int
+    qos: int
+    topic: str
+    converted: Converted
+    dup: bool = False
+
+
+class Bridge:
+    """Runs the bridge: ``start()`` / ``stop()``, or ``run()`` until ``request_stop()``.
+
+    Args:
+        config: the bridge configuration.
+        sink: where lines go; default: the sink ``config.sink`` describes (tests may pass their own).
+
+    Raises:
+        BridgeError: the dead-letter store cannot be opened.
+    """
+
+    def __init__(self, config: BridgeConfig, *, sink: Sink | None = None) -> None:
+        self.config = config
+        self.stats: Counter[str] = Counter()
+        self._rx: Counter[str] = Counter()  # touched only by the network thread
+        self._stop = threading.Event()
+        self._inbox: queue.SimpleQueue[_Message | None] = queue.SimpleQueue()
+        self._serializer = Serializer(config.mqtt.topic_prefix)
+        self._dead = DeadLetterStore(config.dead_letter.path)
+        self._sink = sink if sink is not None else make_sink(config.sink)
+        self._policy = WritePolicy(self._sink, stop=self._stop, retry_min_s=config.sink.retry_min_s,
+                                   retry_max_s=config.sink.retry_max_s, stats=self.stats)
+        self._client: mqtt.Client | None = None
+        # Bumped on every disconnect; a message is acknowledged only if it arrived in the current session.
+        self._session = 0
+        self._ack_lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self._logged_reasons: set[str] = set()
+        self._last_summary: dict[str, int] = {}
+        self._broker_unreachable_logged = False
+        self._closed = False
+
+    # -- life cycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect (retrying in the background until the broker answers) and start writing."""
+        self._writer = threading.Thread(target=self._writer_main, name="bridge-writer", daemon=True)
+        self._writer.start()
+        self._client = self._new_client()
+        cfg = self.config.mqtt
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = cfg.session_expiry_s
+        props.ReceiveMaximum = self.config.batch.receive_maximum
+        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False,
+                                   properties=props)
+        self._client.loop_start()
+        log.info("bridge: %s:%d as %s, group %s, prefix %s -> %s (%s); receive maximum %d", cfg.host, cfg.port,
+                 cfg.effective_client_id(), cfg.group, cfg.topic_prefix, self._sink.target, self.config.sink.type,
+                 self.config.batch.receive_maximum)
+
+    def request_stop(self) -> None:
+        """Ask the bridge to stop (safe from a signal handler's thread); ``run()`` then returns."""
+        self._stop.set()
+        self._inbox.put(None)
+
+    def run(self) -> None:
+        """Start, then block until :meth:`request_stop`; then stop cleanly.
+
+        Raises:
+            BridgeError: the writer failed (e.g. the dead-letter store cannot be written); nothing unwritten was
+                acknowledged.
+        """
+        self.start()
+        assert self._writer is not None
+        self._writer.join()
+        self.stop()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop: the batch being written is finished if the database takes it at once, or abandoned without
+        acknowledgement; then disconnect (the broker keeps the session and everything unacknowledged).
+
+        Raises:
+            BridgeError: the writer had failed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.request_stop()
+        if self._writer is not None:
+            self._writer.join(timeout)
+        client = self._client
+        if client is not None:
+            client.disconnect()  # queued after the last acknowledgements, so they reach the broker first
+            client.loop_stop()
+        self._sink.close()
+        self._dead.close()
+        self._log_summary(final=True)
+        if self._failure is not None:
+            raise BridgeError(f"the bridge stopped after an error: {self._failure}") from self._failure
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Wait until the broker confirmed the subscriptions of the current connection."""
+        return self._subscribed.wait(timeout)
+
+    def counters(self) -> dict[str, int]:
+        """A snapshot of every counter (network and writer side)."""
+        merged = Counter(self.stats)
+        merged.update(self._rx)
+        return dict(merged)
+
+    # -- MQTT -------------------------------------------------------------------------------------------------
+    def _new_client(self) -> mqtt.Client:
+        cfg = self.config.mqtt
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=cfg.effective_client_id(),
+                             protocol=MQTTProtocolVersion.MQTTv5)
+        client.manual_ack_set(True)
+        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password_value())
+        if cfg.tls is not None:
+            client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file,
+                           cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_insecure_set(cfg.tls.insecure)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                    properties: Properties | None) -> None:
+        cfg = self.config.mqtt
+        if reason.is_failure:
+            hint = _CONNECT_HINTS.get(reason.value, "")
+            log.error("MQTT: %s:%d refused the bridge: %s%s", cfg.host, cfg.port, reason,
+                      f" ({hint})" if hint else "")
+            return
+        self._broker_unreachable_logged = False
+        log.info("MQTT: connected to %s:%d (session present: %s)", cfg.host, cfg.port,
+                 bool(getattr(flags, "session_present", False)))
+        # Subscribing again on a present session is harmless and covers a broker that lost its session store.
+        options = SubscribeOptions(qos=1)
+        client.subscribe([(topic, options) for topic in cfg.subscriptions()])
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._broker_unreachable_logged:
+            # Once per outage; paho keeps retrying with backoff (mqtt.reconnect_min_s .. reconnect_max_s).
+            self._broker_unreachable_logged = True
+            log.warning("MQTT: cannot reach the broker at %s:%d; retrying (check mqtt.host, mqtt.port, mqtt.tls)",
+                        self.config.mqtt.host, self.config.mqtt.port)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                      properties: Properties | None) -> None:
+        failed = False
+        for topic, rc in zip(self.config.mqtt.subscriptions(), reason_codes, strict=False):
+            if rc.is_failure:
+                failed = True
+                hint = _SUBSCRIBE_HINTS.get(rc.value, "").format(topic=topic)
+                log.error("MQTT: subscription to %s refused: %s%s", topic, rc, f" ({hint})" if hint else "")
+        if not failed:
+            log.info("MQTT: subscribed to %s", ", ".join(self.config.mqtt.subscriptions()))
+            self._subscribed.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                       properties: Properties | None) -> None:
+        with self._ack_lock:
+            self._session += 1
+        self._subscribed.clear()
+        if not self._stop.is_set():
+            log.warning("MQTT: disconnected from %s:%d (%s); reconnecting, unacknowledged messages will come again",
+                        self.config.mqtt.host, self.config.mqtt.port, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        rx = self._rx
+        rx["messages"] += 1
+        if msg.dup:
+            rx["messages_redelivered"] += 1
+        if self._stop.is_set():
+            return  # not acknowledged: the broker sends it again to the next bridge run
+        try:
+            converted = self._serializer.convert(msg.topic, msg.payload)
+        except Exception:  # noqa: BLE001 - a bug in our converter must not kill paho's thread; keep the payload
+            log.exception("bridge: converting a message on %s failed; it goes to the dead-letter store", msg.topic)
+            converted = Converted(rejects=[Reject("internal_error", traceback.format_exc(limit=5), msg.payload)])
+        self._inbox.put(_Message(self._session, msg.mid, msg.qos, msg.topic, converted, bool(msg.dup)))
+
+    # -- writing ----------------------------------------------------------------------------------------------
+    def _writer_main(self) -> None:
+        try:
+            self._write_loop()
+        except Exception as exc:  # noqa: BLE001 - thread top level: log, and make run()/stop() report it
+            log.exception("bridge: the writer failed; stopping without acknowledging what was not written")
+            self._failure = exc
+            self._stop.set()
+
+    def _write_loop(self) -> None:
+        batch_cfg = self.config.batch
+        max_wait = batch_cfg.max_wait_ms / 1000
+        batch: list[_Message] = []
+        lines = 0
+        deadline = 0.0
+        next_summary = time.monotonic() + SUMMARY_INTERVAL_S
+        while True:
+            now = time.monotonic()
+            timeout = (deadline - now) if batch else (next_summary - now)
+            try:
+                item = self._inbox.get(timeout=max(0.0, timeout))
+            except queue.Empty:
+                item = False
+            if item is None:  # stop requested: one last try for what is here, no retries
+                self._flush(batch)
+                return
+            if item is not False:
+                if not batch:
+                    deadline = time.monotonic() + max_wait
+                batch.append(item)
+                lines += len(item.converted.lines)
+                if (lines < batch_cfg.max_lines and len(batch) < batch_cfg.max_messages
+                        and time.monotonic() < deadline):
+                    continue
+            if batch and (item is not False or time.monotonic() >= deadline):
+                self._flush(batch)
+                batch, lines = [], 0
+            if time.monotonic() >= next_summary:
+                self._log_summary()
+                next_summary = time.monotonic() + SUMMARY_INTERVAL_S
+            if self._stop.is_set() and not batch:
+                # A stop while idle: the None sentinel is in the inbox, but do not wait for it behind new messages.
+                return
+
+    def _flush(self, batch: list[_Message]) -> None:
+        if not batch:
+            return
+        all_lines: list[str] = []
+        sources: list[str] = []
+        bounds: list[int] = []
+        dead: list[DeadLetter] = []
+        for m in batch:
+            conv = m.converted
+            all_lines.extend(conv.lines)
+            sources.extend(conv.sources)
+            bounds.append(len(all_lines))
+            for rej in conv.rejects:
+                dead.append(DeadLetter(rej.reason, rej.detail, rej.kind, rej.content, m.topic, rej.reading_id))
+                self._note_reject(rej.reason, rej.detail, m.topic, rej.reading_id)
+        started = time.monotonic()
+        try:
+            refused = self._policy.write(all_lines)
+        except Abandoned as exc:
+            log.warning("bridge: stopping while the database fails (%s); %d messages are left unacknowledged and "
+                        "will come again", exc, len(batch))
+            self.stats["messages_abandoned"] += len(batch)
+            return
+        for r in refused:
+            owner = batch[bisect_right(bounds, r.index)]
+            rid = sources[r.index]
+            dead.append(DeadLetter("rejected_by_server", r.error, "line", all_lines[r.index].encode(), owner.topic,
+                                   None if rid.startswith("status:") else rid))
+            self._note_reject("rejected_by_server", r.error, owner.topic, rid)
+        # Durable before the acknowledgement: a rejected line is acknowledged only once it is kept here.
+        self._dead.add(dead)
+        stats = self.stats
+        stats["batches"] += 1
+        stats["lines_written"] += len(all_lines) - len(refused)
+        stats["lines_refused"] += len(refused)
+        stats["readings_written"] += sum(m.converted.readings for m in batch)
+        stats["dead_letters"] += len(dead)
+        self._ack(batch)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("bridge: batch of %d messages (%d redelivered), %d lines written, %d refused, in %.1f ms",
+                      len(batch), sum(m.dup for m in batch), len(all_lines) - len(refused), len(refused),
+                      (time.monotonic() - started) * 1000)
+
+    def _ack(self, batch: list[_Message]) -> None:
+        client = self._client
+        acked = stale = 0
+        with self._ack_lock:
+            session = self._session
+            for m in batch:
+                if m.session != session or client is None:
+                    stale += 1
+                    continue
+                if m.qos > 0:
+                    client.ack(m.mid, m.qos)
+                acked += 1
+        self.stats["messages_acked"] += acked
+        if stale:
+            # Message ids belong to the connection that delivered them; the broker sends these again.
+            self.stats["messages_not_acked_stale"] += stale
+            log.debug("bridge: %d messages of an earlier connection written but not acknowledged", stale)
+
+    def _note_reject(self, reason: str, detail: str, topic: str, reading_id: str | None) -> None:
+        self.stats[f"dead_letters.{reason}"] += 1
+        if reason not in self._logged_reasons:
+            # Once per reason with full context; the summary line counts the rest.
+            self._logged_reasons.add(reason)
+            log.warning("bridge: %s on %s%s: %s (kept in the dead-letter store %s; later ones are counted)",
+                        reason, topic, f" reading {reading_id}" if reading_id else "", detail[:500],
+                        self.config.dead_letter.path)
+        else:
+            log.debug("bridge: %s on %s: %s", reason, topic, detail[:200])
+
+    def _log_summary(self, *, final: bool = False) -> None:
+        c = self.counters()
+        if c == self._last_summary and not final:
+            return  # nothing happened since the last line
+        self._last_summary = c
+        dead = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(c.items()) if k.startswith("dead_letters."))
+        log.info(
+            "bridge%s: %d messages (%d redelivered), %d readings, %d lines in %d writes, %d acknowledged, "
+            "%d dead letters%s, %d failed write attempts",
+            " stopped" if final else "", c.get("messages", 0), c.get("messages_redelivered", 0),
+            c.get("readings_written", 0), c.get("lines_written", 0), c.get("batches", 0), c.get("messages_acked", 0),
+            c.get("dead_letters", 0), f" ({dead})" if dead else "",
+            c.get("write_failures.unavailable", 0) + c.get("write_failures.refused", 0),
+        )

@@ -1,0 +1,424 @@
+"""The bridge's configuration: one YAML file (``denen bridge -c config/bridge/bridge.yaml``).
+
+It loads through the agent's generic loader (:func:`agent.config.parse_yaml_model`), so a problem is reported the
+same way as in a gateway config: ``file:line:column: key: message (hint: ...)``, every problem at once.
+
+Relative paths (``mqtt.password_file``, ``mqtt.tls.*_file``, ``sink.password_file``, ``sink.token_file``,
+``dead_letter.path``) are resolved against the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+
+from agent.config import (
+    ConfigSection,
+    Found,
+    LogConfig,
+    TlsConfig,
+    check_readable_file,
+    config_problem,
+    config_problems,
+    open_secret_file_warnings,
+    parse_yaml_model,
+    read_config_text,
+    resolve_config_path,
+    tls_insecure_warning,
+)
+from agent.errors import ConfigError, ConfigIssue
+
+__all__ = [
+    "BatchConfig",
+    "BridgeConfig",
+    "BridgeMqttConfig",
+    "DeadLetterConfig",
+    "SinkConfig",
+    "load_bridge_config",
+    "looks_like_bridge_config",
+    "parse_bridge_config",
+]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+#: MQTT caps Receive Maximum at 65535 (a two-byte property).
+RECEIVE_MAXIMUM_CAP = 65535
+
+
+def _read_secret_file(path: str, key: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue(path, None, None, key, f"cannot read the file: {exc.strerror}",
+                         "check the file's path and mode")]
+        ) from None
+
+
+def _secret_text(value: object, what: str) -> object:
+    if value is not None and not isinstance(value, str | SecretStr):
+        raise config_problem(f"{what} must be text", f"put the {what} in quotes, or better use {what}_file")
+    return value
+
+
+class BridgeMqttConfig(ConfigSection):
+    """Connection to the MQTT broker the gateways publish to, and the shared subscription."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="Host name or IP address of the MQTT broker.")
+    port: int = Field(
+        default=1883, ge=1, le=65535, description="TCP port of the MQTT broker (1883 plain, 8883 with TLS)."
+    )
+    username: str | None = Field(default=None, min_length=1, description="MQTT user name of the bridge. Optional.")
+    password: SecretStr | None = Field(
+        default=None, description="MQTT password (secret: never printed or logged). Prefer password_file."
+    )
+    password_file: str | None = Field(
+        default=None,
+        description="Path of a file holding the MQTT password (trailing newline ignored). Mutually exclusive "
+        "with password.",
+    )
+    tls: TlsConfig | None = Field(
+        default=None, description="TLS settings; null means a plain TCP connection (only on a trusted network)."
+    )
+    client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="MQTT client id of this bridge process; null means 'denen-bridge-<host name>'. Each bridge "
+        "process needs its own, and must keep it across restarts: the broker keeps the persistent session "
+        "(with the messages not yet acknowledged) under this id.",
+    )
+    group: str = Field(
+        default="denen-bridge",
+        pattern=_NAME,
+        description="Shared subscription group: bridges with the same group share the messages "
+        "($share/<group>/...), each message goes to one of them. Letters, digits, '_', '.', '-'.",
+    )
+    topic_prefix: str = Field(
+        default="denen/v1",
+        description="Topic prefix the gateways publish under (their mqtt.topic_prefix), e.g. denen/v1.",
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds (5..3600).")
+    session_expiry_s: int = Field(
+        default=7 * 86400,
+        ge=60,
+        le=0xFFFFFFFF,
+        description="How long the broker keeps this bridge's session, and the messages it has not acknowledged, "
+        "while the bridge is away, in seconds (default 7 days). Longer than any outage you plan to survive.",
+    )
+    reconnect_min_s: float = Field(
+        default=1.0, gt=0, le=3600, description="First wait before reconnecting to the broker, in seconds."
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, gt=0, le=86400, description="Longest wait between reconnect attempts, in seconds."
+    )
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _password_text(cls, value: object) -> object:
+        return _secret_text(value, "password")
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = resolve_config_path(value, info)
+        check_readable_file(path, "password file")
+        return path
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        hint = "use plain topic levels separated by '/', e.g. denen/v1 (the gateways' mqtt.topic_prefix)"
+        if not value or "+" in value or "#" in value or value.startswith(("/", "$")) or value.endswith("/") \
+                or "//" in value or any(ch.isspace() or ch == "\x00" for ch in value):
+            raise config_problem(f"topic_prefix '{value}' is not a plain topic prefix", hint)
+        return value
+
+    @model_validator(mode="after")
+    def _cross(self) -> BridgeMqttConfig:
+        problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
+        if self.password is not None and self.password_file is not None:
+            problems.append((("password_file",), "give either password or password_file, not both",
+                             "keep password_file"))
+        if (self.password is not None or self.password_file is not None) and self.username is None:
+            which = "password" if self.password is not None else "password_file"
+            problems.append(((which,), "a password is set but username is not",
+                             "MQTT sends a password only with a user name: set mqtt.username"))
+        if self.reconnect_max_s < self.reconnect_min_s:
+            problems.append((("reconnect_max_s",), "reconnect_max_s is shorter than reconnect_min_s",
+                             "reconnect_max_s must be at least reconnect_min_s"))
+        if problems:
+            raise config_problems(problems)
+        return self
+
+    def password_value(self) -> str | None:
+        """The MQTT password from ``password`` or ``password_file`` (read on every call), or None."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is None:
+            return None
+        return _read_secret_file(self.password_file, "mqtt.password_file")
+
+    def effective_client_id(self) -> str:
+        """``client_id``, or ``denen-bridge-<host name>`` when it is not set."""
+        return self.client_id if self.client_id is not None else f"denen-bridge-{socket.gethostname()}"
+
+    def subscriptions(self) -> tuple[str, str]:
+        """The two shared subscriptions: reading batches and gateway status documents."""
+        share = f"$share/{self.group}/{self.topic_prefix}"
+        return f"{share}/+/readings/#", f"{share}/+/status"
+
+
+_V1_ONLY = ("database", "rp", "user", "password", "password_file")
+_V2_ONLY = ("org", "bucket", "token", "token_file")
+
+
+class SinkConfig(ConfigSection):
+    """Where the readings go: InfluxDB's v1 ``/write`` API, or the v2 write API through influxdb-client."""
+
+    type: Literal["v1", "v2"] = Field(
+        description="v1: the InfluxDB 1.x /write API (database, rp, user, password). v2: the v2 write API "
+        "through influxdb-client (org, bucket, token), for InfluxDB 2.x, 3.x, the 1.8+ compatibility API and "
+        "VictoriaMetrics.",
+    )
+    url: str = Field(
+        default="http://127.0.0.1:8086",
+        description="Base URL of the database, e.g. http://influxdb:8086 (https:// for TLS).",
+    )
+    timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="Timeout of one write request (connect and read), in seconds."
+    )
+    # v1
+    database: str | None = Field(default=None, min_length=1, description="v1: database name (required for v1).")
+    rp: str | None = Field(
+        default=None, min_length=1, description="v1: retention policy; null writes to the database's default."
+    )
+    user: str | None = Field(default=None, min_length=1, description="v1: user name, when auth is enabled.")
+    password: SecretStr | None = Field(
+        default=None, description="v1: password (secret: never printed or logged). Prefer password_file."
+    )
+    password_file: str | None = Field(default=None, description="v1: path of a file holding the password.")
+    # v2
+    org: str | None = Field(default=None, min_length=1, description="v2: organisation (required for v2).")
+    bucket: str | None = Field(
+        default=None, min_length=1, description="v2: bucket (required for v2); on the 1.8+ API 'database/rp'."
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="v2: API token (secret: never printed or logged); on the 1.8+ API 'user:password'. Prefer "
+        "token_file.",
+    )
+    token_file: str | None = Field(default=None, description="v2: path of a file holding the token.")
+    gzip: bool = Field(default=False, description="Compress request bodies (worth it over slow links).")
+    retry_min_s: float = Field(
+        default=0.5, gt=0, le=600, description="First wait before retrying a failed write, in seconds; doubled "
+        "after each failure."
+    )
+    retry_max_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Longest wait between write retries, in seconds."
+    )
+
+    @field_validator("password", "token", mode="before")
+    @classmethod
+    def _secret_texts(cls, value: object, info: ValidationInfo) -> object:
+        return _secret_text(value, str(info.field_name))
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise config_problem(f"url '{value}' is not an http:// or https:// URL",
+                                 "e.g. http://127.0.0.1:8086 (the database's HTTP API, without /write)")
+        if parts.query or parts.fragment:
+            raise config_problem("url must not carry a query (?...) or fragment",
+                                 "give database/rp/bucket/org as their own keys")
+        return value.rstrip("/")
+
+    @field_validator("password_file", "token_file")
+    @classmethod
+    def _secret_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = resolve_config_path(value, info)
+        check_readable_file(path, f"{info.field_name.removesuffix('_file')} file")  # type: ignore[union-attr]
+        return path
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> SinkConfig:
+        problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
+        own, other = (_V1_ONLY, _V2_ONLY) if self.type == "v1" else (_V2_ONLY, _V1_ONLY)
+        for key in other:
+            if getattr(self, key) is not None:
+                problems.append(((key,), f"'{key}' is not used by a {self.type} sink",
+                                 f"a {self.type} sink takes: url, timeout_s, {', '.join(own)}; remove '{key}' or "
+                                 f"change type"))
+        required = ("database",) if self.type == "v1" else ("org", "bucket")
+        for key in required:
+            if getattr(self, key) is None:
+                problems.append(((key,), f"a {self.type} sink needs '{key}'", None))
+        if self.type == "v2" and self.token is None and self.token_file is None:
+            problems.append((("token",), "a v2 sink needs token or token_file",
+                             "an InfluxDB API token with write access to the bucket ('user:password' for the 1.8 "
+                             "compatibility API)"))
+        for value_key, file_key in (("password", "password_file"), ("token", "token_file")):
+            if getattr(self, value_key) is not None and getattr(self, file_key) is not None:
+                problems.append(((file_key,), f"give either {value_key} or {file_key}, not both", f"keep {file_key}"))
+        if self.type == "v1" and (self.password is not None or self.password_file is not None) and self.user is None:
+            problems.append((("user",), "a password is set but user is not", "set sink.user"))
+        if self.retry_max_s < self.retry_min_s:
+            problems.append((("retry_max_s",), "retry_max_s is shorter than retry_min_s",
+                             "retry_max_s must be at least retry_min_s"))
+        if problems:
+            raise config_problems(problems)
+        return self
+
+    def password_value(self) -> str | None:
+        """v1 password from ``password`` or ``password_file`` (read on every call), or None."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        return _read_secret_file(self.password_file, "sink.password_file") if self.password_file else None
+
+    def token_value(self) -> str | None:
+        """v2 token from ``token`` or ``token_file`` (read on every call), or None."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        return _read_secret_file(self.token_file, "sink.token_file") if self.token_file else None
+
+    def target(self) -> str:
+        """Where writes go, for log lines (never a secret)."""
+        if self.type == "v1":
+            return f"{self.url} database {self.database}" + (f" rp {self.rp}" if self.rp else "")
+        return f"{self.url} org {self.org} bucket {self.bucket}"
+
+
+class BatchConfig(ConfigSection):
+    """How readings are grouped into writes."""
+
+    max_lines: int = Field(
+        default=5000,
+        ge=1,
+        le=1_000_000,
+        description="A write is sent when it holds this many lines (points; a reading makes 2 or 3)...",
+    )
+    max_messages: int = Field(
+        default=500,
+        ge=1,
+        le=RECEIVE_MAXIMUM_CAP // 2,
+        description="...or this many MQTT messages (1..32767). The bridge asks the broker for at most twice this "
+        "many unacknowledged messages at once (MQTT Receive Maximum): one batch being written and the next one "
+        "filling. It bounds the bridge's memory while the database is down (each message holds up to the "
+        "gateways' mqtt.batch_max_readings readings).",
+    )
+    max_wait_ms: int = Field(
+        default=200,
+        ge=1,
+        le=60000,
+        description="...or when its first message has waited this long, in milliseconds (1..60000). This is the "
+        "most an SOS waits in the bridge when the database is healthy.",
+    )
+
+    @property
+    def receive_maximum(self) -> int:
+        """MQTT Receive Maximum sent in CONNECT: one batch being written plus one being filled."""
+        return min(RECEIVE_MAXIMUM_CAP, 2 * self.max_messages)
+
+
+class DeadLetterConfig(ConfigSection):
+    """The dead-letter store: what can never be written, kept with the reason."""
+
+    path: str = Field(
+        default="/var/lib/denen/bridge-dead-letter.db",
+        min_length=1,
+        description="SQLite file for payloads, readings and lines that can never be written (not JSON, not our "
+        "schema, timestamp before 2020, refused by the database), each with the reason and the server's error. "
+        "Its directory is created if missing.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_config_path(value, info)
+
+
+class BridgeConfig(ConfigSection):
+    """The whole bridge configuration (one YAML file)."""
+
+    mqtt: BridgeMqttConfig = Field(default_factory=BridgeMqttConfig, description="The MQTT broker and subscription.")
+    sink: SinkConfig = Field(description="The database the readings are written to (required).")
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="Batching of writes.")
+    dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig, description="The dead-letter store.")
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: object) -> object:
+        # A section left with nothing under it (every line commented out) means "all defaults".
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (v is None and k in ("mqtt", "batch", "dead_letter", "log"))}
+        return data
+
+
+def _warnings(config: BridgeConfig) -> list[Found]:
+    found: list[Found] = []
+    if config.mqtt.tls is not None and config.mqtt.tls.insecure:
+        found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
+    files: list[tuple[tuple[str | int, ...], str]] = []
+    for loc, path in ((("mqtt", "password_file"), config.mqtt.password_file),
+                      (("sink", "password_file"), config.sink.password_file),
+                      (("sink", "token_file"), config.sink.token_file)):
+        if path is not None:
+            files.append((loc, path))
+    found.extend(open_secret_file_warnings(files, owner="the bridge's user"))
+    if config.mqtt.client_id is None:
+        found.append((("mqtt",), "mqtt.client_id is not set, so it is taken from the host name",
+                      "set a stable, unique client_id per bridge process: the broker keeps unacknowledged "
+                      "messages in the session of that id"))
+    sink = config.sink
+    has_secret = any(v is not None for v in (sink.password, sink.password_file, sink.token, sink.token_file))
+    if urlsplit(sink.url).scheme == "http" and has_secret:
+        host = urlsplit(sink.url).hostname or ""
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            found.append((("sink", "url"), "credentials are sent over plain http to another host",
+                          "use https:// unless the database is on a private network"))
+    return found
+
+
+_TOP_KEY_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*:", re.M)
+
+
+def looks_like_bridge_config(text: str) -> bool:
+    """Whether YAML text is a bridge config rather than a gateway config: a top-level ``sink:`` and no
+    ``gateway:`` (so ``denen config validate config/*.yaml`` checks each file with the right schema)."""
+    keys = set(_TOP_KEY_RE.findall(text))
+    return "sink" in keys and "gateway" not in keys
+
+
+def parse_bridge_config(text: str, *, source: str = "<string>",
+                        base_dir: str | os.PathLike[str] | None = None) -> BridgeConfig:
+    """Parse and validate bridge config text.
+
+    Raises:
+        ConfigError: listing every problem found, each with file, line, column, key and hint.
+    """
+    config, _ = parse_yaml_model(text, BridgeConfig, source=source, base_dir=base_dir, warnings=_warnings,
+                                 example="config/bridge/bridge.yaml", sections=("mqtt", "sink"))
+    return config
+
+
+def load_bridge_config(path: str | os.PathLike[str]) -> BridgeConfig:
+    """Read, parse and validate a bridge config file (relative paths are resolved against its directory).
+
+    Raises:
+        ConfigError: listing every problem found, each with file, line, column, key and hint.
+    """
+    source = os.fspath(path)
+    return parse_bridge_config(read_config_text(source), source=source, base_dir=Path(source).absolute().parent)

@@ -1,0 +1,910 @@
+"""``denen doctor``: one screen that says whether this gateway can work, and how to fix what cannot.
+
+Checks, in order (each gets a status and, unless it is ok, a fix hint)::
+
+    config        the config loads; which one is active (path, SHA-256, flashed or not)
+    radio <name>  the serial port is present, free and the module answers, with its firmware and mode
+    broker        the MQTT broker is reachable with the config's TLS settings and credentials (CONNACK reason)
+    clock         the wall clock is plausible and synchronised (kernel NTP state)
+    journal       the journal folder is writable; free disk space against journal.quota_mb; current size
+    gpio          gpiozero imports and a pin factory works (skipped when the config has no gpio section)
+    permissions   the current user may use the serial ports and GPIO (groups dialout and gpio)
+
+Statuses: ``ok``, ``warn`` (works, but look at it), ``fail`` (will not work), ``skip`` (not applicable, or not
+probed on purpose). Exit code: **0** all ok (or skipped), **1** warnings, **2** failures. ``--json`` prints the
+same as one JSON document (``"schema": "denen.doctor/1"``).
+
+Doctor never disturbs a running agent: when the agent of this config is running (its pid is in the journal), its
+radios are not probed; a port another program holds open is reported as busy, not opened. The probes are short
+and only ask: RAK3172 ``AT``, ``AT+VER=?``, ``AT+NWM=?``, ``AT+P2P=?``; ES920LR ``version`` (and ``2``, processor
+mode, when it sits at its mode prompt, which is not saved and is what the agent selects anyway). The broker
+connection uses its own client id (``<client id>-doctor-<pid>``) and no Last Will, so the gateway's own session
+and its online/offline status are left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import grp
+import json
+import logging
+import os
+import pwd
+import re
+import shutil
+import socket
+import ssl
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import clock
+from agent.config import Config, RadioConfig, load_config
+from agent.errors import AgentError, ConfigError
+
+__all__ = [
+    "Check",
+    "Host",
+    "add_arguments",
+    "exit_code",
+    "main",
+    "port_holders",
+    "render",
+    "run_checks",
+    "to_json",
+]
+
+log = logging.getLogger(__name__)
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+_EXIT = {OK: 0, SKIP: 0, WARN: 1, FAIL: 2}
+DOCTOR_SCHEMA = "denen.doctor/1"
+_MIB = 1024 * 1024
+#: Below this much free space the journal cannot grow even for an SOS; a hard failure.
+_MIN_FREE_BYTES = 64 * _MIB
+_SERIAL_GLOBS = ("/dev/lora*", "/dev/ttyUSB*", "/dev/ttyACM*", "/dev/ttyAMA*", "/dev/serial/by-id/*")
+_RAK_STATUSES = frozenset({
+    "OK", "AT_ERROR", "AT_PARAM_ERROR", "AT_BUSY_ERROR", "AT_TEST_PARAM_OVERFLOW", "AT_NO_CLASSB_ENABLE",
+    "AT_NO_NETWORK_JOINED", "AT_RX_ERROR", "AT_MODE_NO_SUPPORT", "AT_COMMAND_NOT_FOUND", "AT_UNSUPPORTED_BAND",
+})
+_RAK_MODES = {"0": "LoRa P2P", "1": "LoRaWAN", "2": "FSK"}
+_OTHER_BAUDS = (115200, 9600, 57600, 38400, 19200, 230400)
+_RX_HEADER = re.compile(rb"[0-9A-Fa-f]{12}")
+
+
+@dataclass
+class Check:
+    """The result of one check.
+
+    Attributes:
+        name: short name shown in the first column (``radio lora0``).
+        status: ``ok``, ``warn``, ``fail`` or ``skip``.
+        summary: what was found, one line.
+        hint: how to fix it (None when ok).
+        details: machine-readable facts (firmware, mode, sizes in bytes ...), for ``--json``.
+    """
+
+    name: str
+    status: str
+    summary: str
+    hint: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _kernel_clock_synced() -> bool | None:
+    # agent.clock keeps this helper private; doctor needs the three-way answer (None: cannot tell).
+    return clock._kernel_synced()
+
+
+def _group_names() -> set[str]:
+    names = set()
+    for gid in {os.getegid(), *os.getgroups()}:
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            pass
+    return names
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+@dataclass
+class Host:
+    """What doctor asks the operating system; tests replace single answers.
+
+    Attributes:
+        euid: effective user id.
+        user: the current user's name.
+        groups: names of the groups the current process has.
+        clock_synced: the kernel's NTP state: True, False, or None when it cannot be asked.
+        now_us: the wall clock, µs since the epoch.
+        holders: pids of other processes holding a device open (see :func:`port_holders`).
+    """
+
+    euid: Callable[[], int] = os.geteuid
+    user: Callable[[], str] = _user_name
+    groups: Callable[[], set[str]] = _group_names
+    clock_synced: Callable[[], bool | None] = _kernel_clock_synced
+    now_us: Callable[[], int] = lambda: time.time_ns() // 1000  # noqa: E731
+    holders: Callable[[str], list[int]] = field(default_factory=lambda: port_holders)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Who holds a serial port
+
+
+def _pty_index(path: str) -> int | None:
+    """N for /dev/pts/N, else None."""
+    head, _, tail = path.rpartition("/")
+    return int(tail) if head == "/dev/pts" and tail.isdigit() else None
+
+
+def _holds_master_of(pid: str, index: int) -> bool:
+    """Whether a process holds the master side of pty ``index`` (it *is* the device: a simulator)."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"{fd_dir}/{fd}") not in ("/dev/ptmx", "/dev/pts/ptmx"):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("tty-index:") and int(line.split(":", 1)[1]) == index:
+                        return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def port_holders(device: str) -> list[int]:
+    """Pids of other processes that have ``device`` open, from ``/proc/*/fd``.
+
+    Only processes this user may inspect are seen (all of them as root). A process holding the *master* side of
+    a pty whose slave is ``device`` is the device itself (a simulator such as ``denen sim``), not a competitor,
+    and is left out, as is this process.
+
+    Args:
+        device: the device path (symlinks are resolved).
+    """
+    real = os.path.realpath(device)
+    me = str(os.getpid())
+    found: list[int] = []
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit() and p != me]
+    except OSError:
+        return found
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if target == real:
+                found.append(int(pid))
+                break
+    index = _pty_index(real)
+    if index is not None:
+        found = [p for p in found if not _holds_master_of(str(p), index)]
+    return found
+
+
+def _process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Radio probes
+
+
+class _Lines:
+    """Reads lines from a port until a deadline, with pyserial's short read timeout."""
+
+    def __init__(self, port: Any, terminators: tuple[bytes, ...]) -> None:
+        from drivers.transport import LineSplitter  # noqa: PLC0415  # keeps `denen doctor --help` light
+
+        self.port = port
+        self.splitter = LineSplitter(terminators, skip_empty=True)
+        self.raw = bytearray()  # everything read, for telling noise from silence
+
+    def until(self, done: Callable[[bytes], bool], timeout_s: float) -> list[bytes]:
+        """Lines read until ``done(line)`` is true for one of them, or ``timeout_s`` passes."""
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            chunk = self.port.read(self.port.in_waiting or 1)
+            if not chunk:
+                continue
+            self.raw += chunk
+            for line in self.splitter.feed(chunk):
+                out.append(line)
+                if done(line):
+                    return out
+        return out
+
+
+def _printable(data: bytes) -> bool:
+    return all(32 <= b < 127 or b in (9, 10, 13) for b in data)
+
+
+def _noise_hint(lines: _Lines, radio: RadioConfig) -> str:
+    if lines.raw and not _printable(bytes(lines.raw)):
+        return (f"bytes arrived but made no sense: wrong baud rate? radios[].baudrate is {radio.baudrate} "
+                f"(RAK3172 and ES920LR default to 115200)")
+    return ("check that the module has power, that the cable is a data cable, and that this is the module's "
+            "port (`ls -l /dev/lora* /dev/serial/by-id/`)")
+
+
+def _rak_command(lines: _Lines, command: str, timeout_s: float) -> tuple[str | None, list[str]]:
+    """Send one AT command; return (status or None on timeout, values of ``AT+X=`` lines)."""
+    lines.port.write(command.encode("ascii") + b"\r\n")
+    name = command.split("=", 1)[0].upper().encode()
+    got = lines.until(lambda ln: ln.decode("ascii", "replace") in _RAK_STATUSES, timeout_s)
+    values = [ln[len(name) + 1:].decode("ascii", "replace").strip() for ln in got
+              if ln.upper().startswith(name + b"=")]
+    status = next((ln.decode() for ln in got if ln.decode("ascii", "replace") in _RAK_STATUSES), None)
+    return status, values
+
+
+def _p2p_matches(value: str, radio: RadioConfig) -> bool:
+    """Whether the module's ``AT+P2P=?`` value already has the config's frequency, SF, bandwidth and coding rate."""
+    from drivers.rak3172 import parse_p2p  # noqa: PLC0415
+
+    p2p = radio.p2p
+    if p2p is None:
+        return True
+    try:
+        freq, sf, bw, cr, _pre, _txp = parse_p2p(value)
+    except ValueError:
+        return False
+    return (freq, sf, bw, cr) == (p2p.frequency_hz, p2p.spreading_factor, float(p2p.bandwidth_khz), p2p.coding_rate)
+
+
+def _probe_rak3172(port: Any, radio: RadioConfig, timeout_s: float) -> Check:
+    name = f"radio {radio.name}"
+    lines = _Lines(port, (b"\r", b"\n"))
+    status = None
+    # A module that is booting or has noise on the line needs a few tries, as the driver's sync does.
+    for _ in range(3):
+        status, _ = _rak_command(lines, "AT", min(timeout_s, 0.7))
+        if status == "OK":
+            break
+    if status != "OK":
+        if b"NG 00" in lines.raw:
+            return Check(name, FAIL, f"{radio.port}: the module answers like an ES920LR, not a RAK3172",
+                         "set radios[].driver: es920lr for this port")
+        # A module at another speed reads our bytes as garbage and stays silent: try the usual speeds once
+        # (pre-RUI3 firmware runs at 9600), since "set baudrate: 9600" is a far better hint than "no answer".
+        for baud in _OTHER_BAUDS:
+            if baud == radio.baudrate:
+                continue
+            port.baudrate = baud
+            port.reset_input_buffer()
+            other = _Lines(port, (b"\r", b"\n"))
+            # Twice: the garbage received at the wrong speed may still sit in the module's line buffer, and
+            # spoils the first AT (AT_ERROR); that reply already proves the speed, but the second is cleaner.
+            replies = [_rak_command(other, "AT", min(timeout_s, 0.3))[0] for _ in range(2)]
+            if "OK" in replies:
+                return Check(name, FAIL, f"{radio.port}: the module answers at {baud} baud, not at "
+                             f"{radio.baudrate}", f"set radios[].baudrate: {baud}", {"answers_at_baud": baud})
+        return Check(name, FAIL, f"{radio.port}: no answer to AT" + (f" (got {status})" if status else ""),
+                     _noise_hint(lines, radio), {"received": bytes(lines.raw[:64]).hex()})
+    _, ver = _rak_command(lines, "AT+VER=?", timeout_s)
+    nwm_status, nwm = _rak_command(lines, "AT+NWM=?", timeout_s)
+    firmware = ver[-1] if ver else "unknown"
+    mode_code = nwm[-1] if nwm else None
+    mode = _RAK_MODES.get(mode_code or "", f"unknown ({nwm_status})")
+    details: dict[str, Any] = {"module": "RAK3172", "firmware": firmware, "mode": mode}
+    if mode_code == "0":
+        _, p2p = _rak_command(lines, "AT+P2P=?", timeout_s)
+        if p2p:
+            details["p2p"] = p2p[-1]
+    summary = f"{radio.port}: RAK3172 answers, firmware {firmware}, mode {mode}"
+    if "p2p" in details:
+        summary += f" ({details['p2p']})"
+        if not _p2p_matches(details["p2p"], radio):
+            summary += "; the agent applies the config's P2P settings on start"
+    if mode_code not in ("0", None):
+        # The driver switches the work mode itself (AT+NWM=0 and one reboot) when the agent starts.
+        return Check(name, OK, summary + "; the agent switches it to LoRa P2P on start", None, details)
+    if mode_code is None:
+        return Check(name, WARN, summary, "the module did not report its work mode (AT+NWM=?); update RUI3", details)
+    return Check(name, OK, summary, None, details)
+
+
+def _probe_es920lr(port: Any, radio: RadioConfig, timeout_s: float) -> Check:
+    name = f"radio {radio.name}"
+    lines = _Lines(port, (b"\r\n",))
+
+    def prompt(line: bytes) -> bool:
+        return line.startswith(b"Select Mode")
+
+    def answer(line: bytes) -> bool:
+        return line.startswith(b"VER") or line == b"OK" or line.startswith(b"NG ") or prompt(line)
+
+    # The boot prompt only shows if the module was reset just now; usually it went by long ago.
+    heard = lines.until(prompt, min(timeout_s, 0.3))
+    at_prompt = any(prompt(ln) for ln in heard)
+    if not at_prompt:
+        port.write(b"version\r\n")
+        heard = lines.until(answer, timeout_s)
+        at_prompt = any(prompt(ln) or ln == b"NG 002" for ln in heard)
+        if not at_prompt and any(ln.startswith(b"VER") for ln in heard):
+            firmware = next(ln for ln in heard if ln.startswith(b"VER")).decode("ascii", "replace")
+            return Check(name, OK, f"{radio.port}: ES920LR answers, firmware {firmware}, configuration mode "
+                         f"(processor)", None, {"module": "ES920LR", "firmware": firmware, "mode": "configuration"})
+        if not at_prompt and any(ln == b"OK" or ln.startswith(b"NG 1") for ln in heard):
+            # Operation mode, ASCII format: the word went out over the air, as the agent's own probe does.
+            return Check(name, OK, f"{radio.port}: ES920LR answers in operation mode (ascii); firmware not shown "
+                         f"in this mode", None, {"module": "ES920LR", "firmware": "unknown", "mode": "operation"})
+        if b"\x02OK" in lines.raw or b"\x06NG 1" in lines.raw:
+            return Check(name, OK, f"{radio.port}: ES920LR answers in operation mode (binary)", None,
+                         {"module": "ES920LR", "firmware": "unknown", "mode": "operation (binary)"})
+    if at_prompt:
+        # Processor mode is what the agent selects on start; the choice is not saved, so this changes nothing.
+        port.write(b"2\r\n")
+        lines.until(lambda ln: ln == b"OK" or ln.startswith(b"NG"), timeout_s)
+        port.write(b"version\r\n")
+        got = lines.until(lambda ln: ln.startswith(b"VER") or ln.startswith(b"NG"), timeout_s)
+        ver = next((ln.decode("ascii", "replace") for ln in got if ln.startswith(b"VER")), None)
+        if ver is not None:
+            return Check(name, OK, f"{radio.port}: ES920LR answers, firmware {ver}, was at its mode prompt "
+                         f"(processor mode selected)", None,
+                         {"module": "ES920LR", "firmware": ver, "mode": "configuration"})
+        return Check(name, WARN, f"{radio.port}: ES920LR shows its mode prompt but did not report a version",
+                     "reset the module and run doctor again", {"module": "ES920LR", "mode": "prompt"})
+    if _RX_HEADER.search(bytes(lines.raw)):
+        # RSSI, PAN and source id as 12 hex digits: frames received in operation mode (either format).
+        return Check(name, OK, f"{radio.port}: ES920LR is in operation mode and receiving frames; firmware not "
+                     f"shown in this mode", None, {"module": "ES920LR", "firmware": "unknown", "mode": "operation"})
+    if lines.raw and not _printable(bytes(lines.raw)):
+        return Check(name, FAIL, f"{radio.port}: no sensible answer to `version`", _noise_hint(lines, radio),
+                     {"received": bytes(lines.raw[:64]).hex()})
+    return Check(name, WARN, f"{radio.port}: no answer to `version`",
+                 "a module in operation mode with the binary format ignores text: power-cycle it (it then shows "
+                 "its mode prompt) and run doctor again; otherwise " + _noise_hint(lines, radio),
+                 {"module": "ES920LR"})
+
+
+_PROBES: dict[str, Callable[[Any, RadioConfig, float], Check]] = {
+    "rak3172": _probe_rak3172,
+    "es920lr": _probe_es920lr,
+}
+
+
+def _present_ports() -> list[str]:
+    found: list[str] = []
+    for pattern in _SERIAL_GLOBS:
+        found.extend(sorted(glob.glob(pattern)))
+    return found
+
+
+def _check_radio(radio: RadioConfig, timeout_s: float, host: Host, agent_pid: int | None) -> Check:
+    import serial  # noqa: PLC0415
+
+    name = f"radio {radio.name}"
+    url = radio.port
+    is_device = "://" not in url
+    if not is_device and url.startswith("loop://"):
+        return Check(name, SKIP, f"{url} is a loopback test port; there is no module to ask")
+    if agent_pid is not None:
+        return Check(name, SKIP, f"{url}: in use by the running agent (pid {agent_pid}); not probed",
+                     "to probe the module, stop the agent first: sudo systemctl stop denen", {"agent_pid": agent_pid})
+    if is_device:
+        if not os.path.exists(url):
+            present = _present_ports()
+            listing = ", ".join(present) if present else "none"
+            return Check(name, FAIL, f"{url} is not present",
+                         f"plug in the module and check the cable; serial ports present: {listing}; "
+                         f"deploy/edge/99-denen-lora.rules names modules /dev/lora0, /dev/lora1...",
+                         {"present": present})
+        holders = host.holders(url)
+        if holders:
+            who = ", ".join(f"{pid} ({_process_name(pid)})" for pid in holders)
+            return Check(name, WARN, f"{url} is busy: held open by pid {who}; not probed",
+                         "close the other program (a terminal such as screen or minicom, another denen, "
+                         "ModemManager) and run doctor again", {"holders": holders})
+        if not os.access(os.path.realpath(url), os.R_OK | os.W_OK):
+            return Check(name, FAIL, f"{url}: permission denied",
+                         f"add the user to the serial port's group: sudo usermod -aG dialout {host.user()} "
+                         f"(then log out and in)")
+    try:
+        # exclusive: a flock, so a second program that also locks (another doctor) cannot interleave.
+        port = serial.serial_for_url(url, baudrate=radio.baudrate, timeout=0.05, write_timeout=1.0,
+                                     exclusive=True if is_device else None)
+    except (serial.SerialException, OSError, ValueError) as exc:
+        text = str(exc)
+        if "exclusively lock" in text:
+            return Check(name, WARN, f"{url} is busy: locked by another program; not probed",
+                         "close the other program and run doctor again")
+        return Check(name, FAIL, f"{url}: cannot open: {text}", "check radios[].port")
+    try:
+        port.reset_input_buffer()
+        probe = _PROBES.get(radio.driver)
+        if probe is None:
+            return Check(name, SKIP, f"{url} opens; no probe for driver {radio.driver}")
+        return probe(port, radio, timeout_s)
+    except (serial.SerialException, OSError) as exc:
+        return Check(name, FAIL, f"{url}: failed while probing: {exc}",
+                     "the port vanished or errored: check the cable and `dmesg | tail`")
+    finally:
+        port.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Broker
+
+
+def _close_sockets_left_in(exc: BaseException) -> None:
+    """Close sockets paho opened but did not close before raising (paho 2.2 leaks one on a failed TLS handshake)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, socket.socket):
+                try:
+                    value.close()
+                except OSError:
+                    pass
+        tb = tb.tb_next
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _check_broker(config: Config, timeout_s: float) -> Check:
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: PLC0415
+
+    cfg = config.mqtt
+    where = f"{cfg.host}:{cfg.port}"
+    details: dict[str, Any] = {"host": cfg.host, "port": cfg.port, "tls": cfg.tls is not None,
+                               "username": cfg.username}
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        # Never the gateway's own id: the broker would drop the running agent's session for ours.
+        client_id=f"{cfg.effective_client_id(config.gateway.id)}-doctor-{os.getpid()}",
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    client.connect_timeout = timeout_s
+    try:
+        password = cfg.password_value()
+    except ConfigError as exc:
+        return Check("broker", FAIL, f"cannot read the MQTT password: {exc}", "check mqtt.password_file", details)
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, password)
+    if cfg.tls is not None:
+        try:
+            client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            return Check("broker", FAIL, f"the TLS files cannot be used: {exc}",
+                         "mqtt.tls.ca_file must be a PEM CA certificate; cert_file/key_file a matching client pair",
+                         details)
+        client.tls_insecure_set(cfg.tls.insecure)
+    result: dict[str, Any] = {}
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        result["reason"] = reason
+
+    client.on_connect = on_connect
+    try:
+        client.connect(cfg.host, cfg.port, keepalive=max(5, int(timeout_s) + 5), clean_start=True)
+    except ssl.SSLCertVerificationError as exc:
+        _close_sockets_left_in(exc)
+        return Check("broker", FAIL, f"{where}: the broker's TLS certificate is not trusted: {exc.verify_message}",
+                     "mqtt.tls.ca_file must be the CA that signed the broker's certificate, and mqtt.host must be "
+                     "a name (or IP) the certificate lists", details)
+    except ssl.SSLError as exc:
+        _close_sockets_left_in(exc)
+        return Check("broker", FAIL, f"{where}: TLS handshake failed: {exc.reason or exc}",
+                     "is this the broker's TLS port (usually 8883)? does it require a client certificate "
+                     "(mqtt.tls.cert_file/key_file)?", details)
+    except ConnectionRefusedError as exc:
+        _close_sockets_left_in(exc)
+        return Check("broker", FAIL, f"{where}: connection refused",
+                     "no broker listens there: check mqtt.host and mqtt.port, and that the broker runs", details)
+    except socket.gaierror as exc:
+        return Check("broker", FAIL, f"{where}: cannot resolve host name ({exc.strerror})",
+                     "check mqtt.host, the network and DNS (`getent hosts HOST`)", details)
+    except TimeoutError as exc:
+        _close_sockets_left_in(exc)
+        return Check("broker", FAIL, f"{where}: no answer within {timeout_s:g} s",
+                     "check the network path (mobile router, firewall) and mqtt.host/mqtt.port", details)
+    except OSError as exc:
+        _close_sockets_left_in(exc)
+        return Check("broker", FAIL, f"{where}: cannot connect: {exc.strerror or exc}",
+                     "check the network (`ip route`, `ping`) and mqtt.host", details)
+    try:
+        deadline = time.monotonic() + timeout_s
+        rc = mqtt.MQTT_ERR_SUCCESS
+        while "reason" not in result and time.monotonic() < deadline and rc == mqtt.MQTT_ERR_SUCCESS:
+            rc = client.loop(timeout=0.1)
+        reason = result.get("reason")
+        if reason is None:
+            closed = rc != mqtt.MQTT_ERR_SUCCESS
+            hint = ("the port may expect TLS: set mqtt.tls (and the TLS port, usually 8883)" if cfg.tls is None
+                    else "is this an MQTT port? check mqtt.port")
+            return Check("broker", FAIL, f"{where}: " + ("the connection was closed before the broker answered"
+                         if closed else f"no CONNACK within {timeout_s:g} s"), hint, details)
+        details["connack"] = {"value": reason.value, "reason": str(reason)}
+        if reason.is_failure:
+            hint = "check the broker's log"
+            if reason.value in (134, 135):
+                hint = (f"check mqtt.username ({cfg.username}) and the password (mqtt.password_file) for this "
+                        f"gateway; the broker must have this user with this password")
+            elif reason.value == 133:
+                hint = "the broker does not accept this client id; check mqtt.client_id"
+            return Check("broker", FAIL, f"{where}: the broker refused the connection: {reason} "
+                         f"(CONNACK {reason.value})", hint, details)
+        sock = client.socket()
+        tls_version = sock.version() if isinstance(sock, ssl.SSLSocket) else None
+        details["tls_version"] = tls_version
+        how = f"TLS ({tls_version}, certificate verified)" if tls_version else "plain TCP"
+        if tls_version and cfg.tls is not None and cfg.tls.insecure:
+            how = f"TLS ({tls_version}, host name NOT checked)"
+        user = f", user {cfg.username}" if cfg.username else ", anonymous"
+        summary = f"{where}: connected with {how}{user}"
+        if cfg.tls is None and not _is_loopback(cfg.host):
+            return Check("broker", WARN, summary,
+                         "readings and the password cross the network unencrypted: use TLS (mqtt.tls, port 8883)",
+                         details)
+        if cfg.tls is not None and cfg.tls.insecure:
+            return Check("broker", WARN, summary, "set mqtt.tls.insecure: false in the field", details)
+        return Check("broker", OK, summary, None, details)
+    finally:
+        try:
+            client.disconnect()
+            client.loop(timeout=0.05)
+        except (OSError, ValueError):
+            pass
+        sock = client.socket()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clock, journal, GPIO, permissions
+
+
+def _check_clock(host: Host) -> Check:
+    now_us = host.now_us()
+    stamp = datetime.datetime.fromtimestamp(now_us / 1e6, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if now_us < clock.EPOCH_FLOOR_US:
+        return Check("clock", FAIL, f"the clock says {stamp}, before 2020: it was never set",
+                     "connect the gateway to a network with NTP (UDP 123) or fit an RTC; readings are marked "
+                     "'unsynced' until the clock is set", {"now": stamp, "synced": False})
+    synced = host.clock_synced()
+    if synced is None:
+        return Check("clock", WARN, f"{stamp}; whether it is synchronised cannot be asked here",
+                     "check `timedatectl` (System clock synchronized: yes)", {"now": stamp, "synced": None})
+    if not synced:
+        return Check("clock", WARN, f"{stamp}, not synchronised",
+                     "enable network time (`sudo timedatectl set-ntp true`) and check the gateway reaches an NTP "
+                     "server; readings are marked 'unsynced' until it syncs", {"now": stamp, "synced": False})
+    return Check("clock", OK, f"{stamp}, synchronised", None, {"now": stamp, "synced": True})
+
+
+def _journal_bytes(path: str) -> int:
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += os.path.getsize(path + suffix)
+        except OSError:
+            pass
+    return total
+
+
+def _check_journal(config: Config) -> Check:
+    path = config.journal.path
+    folder = Path(path).parent
+    quota = int(config.journal.quota_mb * _MIB)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    details: dict[str, Any] = {"path": path, "quota_bytes": quota}
+    if not existing.is_dir():
+        return Check("journal", FAIL, f"{existing} is a file, so the journal folder {folder} cannot be made",
+                     "set journal.path to a file in a folder, e.g. /var/lib/denen/journal.db", details)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = folder if existing == folder else f"{existing} (to create {folder})"
+        return Check("journal", FAIL, f"cannot write to {what}",
+                     f"the agent's user must own the journal folder: sudo install -d -o denen -g denen {folder} "
+                     f"(the systemd unit's StateDirectory= does this for /var/lib/denen)", details)
+    if existing == folder:
+        # os.access trusts mode bits only; a read-only mount or a full inode table shows up only on a real write.
+        probe = folder / f".denen-doctor-{os.getpid()}"
+        try:
+            probe.write_bytes(b"x")
+        except OSError as exc:
+            return Check("journal", FAIL, f"cannot write to {folder}: {exc.strerror}",
+                         "is the file system mounted read-only, or full? (`mount`, `df -h`)", details)
+        finally:
+            try:
+                probe.unlink()
+            except OSError:
+                pass
+    usage = shutil.disk_usage(existing)
+    size = _journal_bytes(path)
+    details.update(journal_bytes=size, free_bytes=usage.free, disk_bytes=usage.total)
+    mb = _MIB
+    summary = (f"{path}: {size / mb:.1f} MB of {quota / mb:.0f} MB quota; {usage.free / mb:.0f} MB free on disk"
+               + ("" if existing == folder else f" ({folder} will be created)"))
+    if usage.free < _MIN_FREE_BYTES:
+        return Check("journal", FAIL, summary, "the disk is almost full: free space (`sudo journalctl --vacuum-"
+                     "size=50M`, remove old files) or use a larger SD card", details)
+    if size >= 0.9 * quota:
+        return Check("journal", WARN, summary, "the journal is near its quota and evicts telemetry soon: is the "
+                     "broker reachable? (`denen status`); or raise journal.quota_mb", details)
+    if usage.free + size < quota:
+        room = (usage.free + size - _MIN_FREE_BYTES) / mb
+        return Check("journal", WARN, summary, f"the disk fills up before the journal reaches its quota: lower "
+                     f"journal.quota_mb to at most {max(room, 1):.0f} or free space", details)
+    return Check("journal", OK, summary, None, details)
+
+
+_GPIO_DEVICES = ("status_lamp", "siren", "test_button", "rain_gauge")
+
+
+def _gpio_configured(config: Any) -> Any | None:
+    """The config's gpio section when it configures at least one device, else None."""
+    # Read with getattr: the section is optional, and a config without it (or with no device in it) means
+    # the agent touches no GPIO at all.
+    section = getattr(config, "gpio", None)
+    if section is None or getattr(section, "any_device", True) is False:
+        return None
+    return section
+
+
+def _named_factory(name: str) -> Any:
+    """A gpiozero pin factory by its entry-point name (``lgpio``, ``rpigpio``...); ``mock`` is MockFactory."""
+    from importlib.metadata import entry_points  # noqa: PLC0415
+
+    if name == "mock":
+        from gpiozero.pins.mock import MockFactory  # noqa: PLC0415
+
+        return MockFactory()
+    eps = {ep.name: ep for ep in entry_points(group="gpiozero_pin_factories")}
+    ep = eps.get(name) or eps.get(name.lower())
+    if ep is None:
+        raise ImportError(f"pin factory {name!r} is not installed (installed: {', '.join(sorted(eps)) or 'none'})")
+    return ep.load()()
+
+
+def _check_gpio(config: Any) -> Check:
+    section = _gpio_configured(config)
+    if section is None:
+        return Check("gpio", SKIP, "not configured (no gpio devices in the config)")
+    devices = {k: str(getattr(getattr(section, k, None), "pin", "")) for k in _GPIO_DEVICES
+               if getattr(section, k, None) is not None}
+    wanted = getattr(section, "pin_factory", None)
+    try:
+        from gpiozero import Device  # noqa: PLC0415
+    except ImportError as exc:
+        return Check("gpio", FAIL, f"gpiozero cannot be imported: {exc}",
+                     "reinstall the agent: /opt/denen/venv/bin/pip install gpiozero")
+    hint = ("on a Raspberry Pi: sudo apt install python3-lgpio, and a venv made with --system-site-packages "
+            "(deploy/edge/install.sh does both); elsewhere set gpio.pin_factory: mock")
+    saved = Device.pin_factory
+    made = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                # Backends raise their own types when the hardware or library is missing (ImportError, OSError,
+                # lgpio.error, gpiozero's BadPinFactory ...): every one of them means "no GPIO here".
+                made = _named_factory(wanted) if wanted else (saved or Device._default_pin_factory())
+            except Exception as exc:  # noqa: BLE001 - see above; reported, never raised
+                tried = "; ".join(str(w.message) for w in caught)
+                return Check("gpio", FAIL, f"no GPIO pin factory works: {type(exc).__name__}: {exc}", hint,
+                             {"tried": tried, "devices": devices})
+        kind = type(made).__name__
+        details: dict[str, Any] = {"pin_factory": kind, "devices": devices}
+        pins = ", ".join(f"{k} {v}" for k, v in devices.items())
+        if kind == "MockFactory":
+            asked = "as the config asks (gpio.pin_factory: mock)" if wanted == "mock" else "GPIOZERO_PIN_FACTORY"
+            return Check("gpio", WARN, f"simulated pins (MockFactory, {asked}): {pins} reach no real hardware",
+                         "on a gateway remove gpio.pin_factory: mock (and GPIOZERO_PIN_FACTORY)", details)
+        chips = sorted(glob.glob("/dev/gpiochip*"))
+        blocked = [c for c in chips if not os.access(c, os.R_OK | os.W_OK)]
+        details["chips"] = chips
+        if blocked:
+            return Check("gpio", FAIL, f"pin factory {kind}, but {', '.join(blocked)} cannot be opened",
+                         "add the user to the gpio group: sudo usermod -aG gpio $USER (then log out and in)", details)
+        try:
+            board = str(made.board_info.model)
+        except (AttributeError, OSError, RuntimeError, ValueError):
+            board = "unknown board"
+        return Check("gpio", OK, f"pin factory {kind} on {board}: {pins}", None, details)
+    finally:
+        if made is not None and made is not saved:
+            made.close()
+        Device.pin_factory = saved
+
+
+def _check_permissions(config: Config, host: Host) -> Check:
+    if host.euid() == 0:
+        return Check("permissions", OK, "running as root (the service runs as user denen with the dialout and gpio "
+                     "groups its unit gives it)")
+    user = host.user()
+    groups = host.groups()
+    devices = [r.port for r in config.radios if "://" not in r.port and os.path.exists(r.port)]
+    needs = ["dialout"] if any("://" not in r.port for r in config.radios) else []
+    if _gpio_configured(config) is not None and getattr(config.gpio, "pin_factory", None) != "mock":
+        needs.append("gpio")
+    missing = [g for g in needs if g not in groups]
+    blocked = [d for d in devices if not os.access(os.path.realpath(d), os.R_OK | os.W_OK)]
+    details = {"user": user, "groups": sorted(groups), "missing_groups": missing, "blocked_devices": blocked}
+    fix = f"sudo usermod -aG {','.join(missing or ['dialout'])} {user} (then log out and in)"
+    if blocked:
+        return Check("permissions", FAIL, f"user {user} cannot open {', '.join(blocked)}", fix, details)
+    if missing:
+        return Check("permissions", WARN, f"user {user} is not in group(s) {', '.join(missing)}", fix, details)
+    have = ", ".join(needs) if needs else "no device groups needed"
+    return Check("permissions", OK, f"user {user}: {have}", None, details)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Putting it together
+
+
+def _running_agent(config: Config) -> int | None:
+    """Pid of the running agent of this config, from its journal; None if not running (or no journal)."""
+    from agent import status  # noqa: PLC0415
+
+    if not os.path.exists(config.journal.path):
+        return None
+    try:
+        agent = status.collect(config.journal.path)["agent"]
+    except AgentError:
+        return None
+    return agent["pid"] if agent.get("running") and agent["pid"] != os.getpid() else None
+
+
+def run_checks(config_path: str | None, *, timeout_s: float = 3.0, host: Host | None = None,
+               search: Sequence[str] | None = None, state_dir: str | None = None) -> list[Check]:
+    """Run every check and return the results in display order.
+
+    Args:
+        config_path: the config to check; None checks the config the agent would run (flashed or default).
+        timeout_s: longest wait for each module reply and for the broker, in seconds.
+        host: operating-system answers (tests replace some).
+        search: flashed-bundle search paths when ``config_path`` is None.
+        state_dir: the agent's state folder when ``config_path`` is None.
+    """
+    from agent.flash import resolve_active_config  # noqa: PLC0415
+
+    host = host or Host()
+    try:
+        active = resolve_active_config(config_path, search, state_dir=state_dir, install=False)
+    except AgentError as exc:
+        return [Check("config", FAIL, str(exc).split(" (hint: ")[0],
+                      str(exc).split(" (hint: ", 1)[1].rstrip(")") if " (hint: " in str(exc) else None)]
+    try:
+        config = load_config(active.path)
+    except ConfigError as exc:
+        return [Check("config", FAIL, f"{active.path} is invalid ({len(exc.issues)} problem(s))",
+                      "fix these lines (denen config validate shows the same): " + "; ".join(map(str, exc.issues)),
+                      {"issues": [str(i) for i in exc.issues]})]
+    details = asdict(active)
+    summary = f"{active.path} ({active.source}), gateway {config.gateway.id}, sha256 {active.sha256[:12]}"
+    warns = [str(w) for w in getattr(config, "warnings", ())]
+    if warns:
+        checks = [Check("config", WARN, summary, "; ".join(warns), details)]
+    elif active.problems:
+        checks = [Check("config", WARN, summary + "; " + "; ".join(active.problems),
+                        "flash the config again (denen flash CONFIG TARGET); until then the config above runs",
+                        details)]
+    else:
+        checks = [Check("config", OK, summary, None, details)]
+
+    agent_pid = _running_agent(config)
+    for radio in config.radios:
+        checks.append(_check_radio(radio, timeout_s, host, agent_pid))
+    checks.append(_check_broker(config, timeout_s))
+    checks.append(_check_clock(host))
+    checks.append(_check_journal(config))
+    checks.append(_check_gpio(config))
+    checks.append(_check_permissions(config, host))
+    return checks
+
+
+def exit_code(checks: Sequence[Check]) -> int:
+    """0 when every check is ok or skipped, 1 with warnings, 2 with failures."""
+    return max((_EXIT[c.status] for c in checks), default=0)
+
+
+def to_json(checks: Sequence[Check]) -> dict[str, Any]:
+    """The ``--json`` document."""
+    code = exit_code(checks)
+    return {"schema": DOCTOR_SCHEMA, "status": {0: OK, 1: WARN, 2: FAIL}[code], "exit_code": code,
+            "checks": [asdict(c) for c in checks]}
+
+
+_STYLE = {OK: ("ok", "green"), WARN: ("warn", "yellow"), FAIL: ("FAIL", "bold red"), SKIP: ("skip", "dim")}
+
+
+def render(checks: Sequence[Check], console: Any) -> None:
+    """Print the checks as one table: status, check, what was found, and how to fix it."""
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    table = Table(title="denen doctor", show_lines=True, expand=True)
+    table.add_column("", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", ratio=3)
+    table.add_column("fix", ratio=2)
+    for c in checks:
+        label, style = _STYLE[c.status]
+        table.add_row(Text(label, style=style), c.name, Text(c.summary), Text(c.hint or "", style="italic"))
+    console.print(table)
+    code = exit_code(checks)
+    fails = sum(c.status == FAIL for c in checks)
+    warns = sum(c.status == WARN for c in checks)
+    if code == 0:
+        console.print("[green]all checks passed[/]")
+    else:
+        console.print(f"[bold]{fails} failure(s), {warns} warning(s)[/] (exit code {code})")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``denen doctor``."""
+    parser.add_argument("-c", "--config", default=None,
+                        help="config file (default: the config the agent would run: flashed, installed or "
+                             "/etc/denen/config.yaml)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--timeout", type=float, default=3.0, metavar="S",
+                        help="longest wait for a module reply and for the broker, in seconds (default 3)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``denen doctor``: prints the checks and returns 0 (all ok), 1 (warnings) or 2 (failures)."""
+    if args.timeout <= 0:
+        raise AgentError("--timeout must be positive (hint: e.g. --timeout 3)")
+    checks = run_checks(args.config, timeout_s=args.timeout)
+    if args.json:
+        print(json.dumps(to_json(checks), indent=2, ensure_ascii=False))
+    else:
+        from rich.console import Console  # noqa: PLC0415
+
+        render(checks, Console())
+    return exit_code(checks)
+
+
+def _standalone() -> int:
+    parser = argparse.ArgumentParser(prog="denen doctor", description="check that this gateway can work")
+    add_arguments(parser)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return main(parser.parse_args())
+    except AgentError as exc:
+        print(f"denen: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_standalone())

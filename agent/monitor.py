@@ -1,0 +1,380 @@
+"""``denen monitor``: a live per-node view for placing sensors on site.
+
+For every node the gateway knows (from the config, and any other node the journal has heard): when it was last
+heard, RSSI, SNR, battery, frames good and bad, and a **link margin** with a rating. The installer walks a node to
+its spot, presses its test button, and watches the rating settle before fixing it to the tree.
+
+The figures come from the journal the running agent keeps (``agent.status.collect``, read-only), so the monitor
+works beside the agent without disturbing it, and is refreshed every ``--interval`` seconds (default 2).
+
+Link margin, in dB, is how far the last frame was above what the radio can still decode:
+
+* **SNR margin** = SNR − the LoRa demodulation floor of the spreading factor: SF7 −7.5 dB, SF8 −10, SF9 −12.5,
+  SF10 −15, SF11 −17.5, SF12 −20 (Semtech SX126x/SX127x datasheets).
+* **RSSI margin** = RSSI − the receiver sensitivity, −174 dBm/Hz + 10·log10(bandwidth in Hz) + 6 dB noise figure +
+  the SNR floor; at 125 kHz: SF7 −124.5 dBm, SF10 −132 dBm, SF12 −137 dBm.
+
+The margin is the smaller of the two that are known (the ES920LR reports no SNR, so only RSSI counts there).
+Ratings (:data:`RATINGS`): **excellent** ≥ 10 dB, **good** ≥ 5 dB, **marginal** ≥ 0 dB, **poor** < 0 dB. Why
+these lines: wet foliage, snow and seasonal growth in a forest take 5–10 dB off a path, so a node placed at
+"excellent" keeps working all year, "good" usually does, and "marginal" will drop frames after the first rain.
+Separately, RSSI within 6 dB of the sensitivity is flagged (``rssi_near_limit``): the frame was barely above the
+noise whatever its SNR said. One frame is one sample; watch a few before deciding.
+
+A node is **late** when it has been silent for more than twice its ``interval_s``.
+
+Output: a rich table (Ctrl-C stops); ``--once`` prints it once; ``--json`` prints the same data as JSON
+(``"schema": "denen.monitor/1"``), once with ``--once``, else one document per line per refresh. Exit code 0; 1 when
+the journal cannot be read (with ``--once`` or ``--json``; the live view waits for it instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.errors import AgentError
+
+__all__ = [
+    "RATINGS",
+    "SNR_FLOOR_DB",
+    "LinkMargin",
+    "add_arguments",
+    "collect",
+    "link_margin",
+    "main",
+    "render",
+    "sensitivity_dbm",
+]
+
+log = logging.getLogger(__name__)
+
+MONITOR_SCHEMA = "denen.monitor/1"
+
+#: LoRa demodulation floor (lowest SNR still decoded), in dB, by spreading factor.
+SNR_FLOOR_DB: dict[int, float] = {7: -7.5, 8: -10.0, 9: -12.5, 10: -15.0, 11: -17.5, 12: -20.0}
+#: Receiver noise figure assumed for the sensitivity, in dB (SX126x/SX127x with a plain front end).
+NOISE_FIGURE_DB = 6.0
+#: Thermal noise density, dBm/Hz.
+_THERMAL_DBM_HZ = -174.0
+#: Rating by link margin: the first whose lower bound (dB) the margin reaches.
+RATINGS: tuple[tuple[str, float], ...] = (("excellent", 10.0), ("good", 5.0), ("marginal", 0.0))
+POOR = "poor"
+#: RSSI closer than this to the sensitivity is flagged, in dB.
+RSSI_NEAR_LIMIT_DB = 6.0
+#: A node silent for longer than this many of its interval_s is late.
+LATE_FACTOR = 2.0
+_DEFAULT_SF = 10
+_DEFAULT_BW_KHZ = 125.0
+
+
+def sensitivity_dbm(spreading_factor: int, bandwidth_khz: float = 125.0) -> float:
+    """Receiver sensitivity in dBm: thermal noise in the bandwidth, plus noise figure, plus the SNR floor.
+
+    Args:
+        spreading_factor: 7..12.
+        bandwidth_khz: LoRa bandwidth in kHz.
+
+    Raises:
+        ValueError: an SF outside 7..12 or a bandwidth that is not positive.
+    """
+    if spreading_factor not in SNR_FLOOR_DB:
+        raise ValueError(f"spreading factor must be 7..12, got {spreading_factor}")
+    if bandwidth_khz <= 0:
+        raise ValueError(f"bandwidth must be positive, got {bandwidth_khz} kHz")
+    noise = _THERMAL_DBM_HZ + 10 * math.log10(bandwidth_khz * 1000)
+    return noise + NOISE_FIGURE_DB + SNR_FLOOR_DB[spreading_factor]
+
+
+@dataclass(frozen=True)
+class LinkMargin:
+    """How well one frame was heard.
+
+    Attributes:
+        margin_db: the smaller of the SNR and RSSI margins that are known, in dB; None with neither.
+        snr_margin_db: SNR minus the demodulation floor, in dB.
+        rssi_margin_db: RSSI minus the sensitivity, in dB.
+        rating: ``excellent``, ``good``, ``marginal``, ``poor``, or ``unknown`` (no RSSI or SNR).
+        rssi_near_limit: RSSI within :data:`RSSI_NEAR_LIMIT_DB` of the sensitivity.
+    """
+
+    margin_db: float | None
+    snr_margin_db: float | None
+    rssi_margin_db: float | None
+    rating: str
+    rssi_near_limit: bool
+
+
+def rate(margin_db: float | None) -> str:
+    """The rating of a link margin in dB (``unknown`` for None)."""
+    if margin_db is None:
+        return "unknown"
+    for name, low in RATINGS:
+        if margin_db >= low:
+            return name
+    return POOR
+
+
+def link_margin(rssi_dbm: float | None, snr_db: float | None, spreading_factor: int,
+                bandwidth_khz: float = 125.0) -> LinkMargin:
+    """Link margin and rating of a frame heard with ``rssi_dbm`` and ``snr_db`` at this SF and bandwidth."""
+    snr_margin = None if snr_db is None else snr_db - SNR_FLOOR_DB[spreading_factor]
+    rssi_margin = None if rssi_dbm is None else rssi_dbm - sensitivity_dbm(spreading_factor, bandwidth_khz)
+    known = [m for m in (snr_margin, rssi_margin) if m is not None]
+    margin = min(known) if known else None
+    near = rssi_margin is not None and rssi_margin < RSSI_NEAR_LIMIT_DB
+    return LinkMargin(
+        None if margin is None else round(margin, 1),
+        None if snr_margin is None else round(snr_margin, 1),
+        None if rssi_margin is None else round(rssi_margin, 1),
+        rate(margin),
+        near,
+    )
+
+
+def _radio_settings(config: Any) -> dict[str, tuple[int, float]]:
+    """Spreading factor and bandwidth (kHz) of each configured radio, by name."""
+    out: dict[str, tuple[int, float]] = {}
+    for radio in config.radios:
+        section = radio.p2p if radio.p2p is not None else radio.es920
+        if section is not None:
+            out[radio.name] = (int(section.spreading_factor), float(section.bandwidth_khz))
+    return out
+
+
+def collect(journal_path: str, config: Any | None = None, *, now_us: int | None = None) -> dict[str, Any]:
+    """Everything the monitor shows, as plain data (the ``--json`` document).
+
+    Args:
+        journal_path: the agent's journal (read-only).
+        config: the gateway config, for node names, kinds, expected intervals and each radio's SF and bandwidth;
+            None shows only what the journal knows, rated at SF10/125 kHz.
+        now_us: the time to compute ages from, µs since the epoch (default: now).
+
+    Raises:
+        AgentError: the journal does not exist or cannot be read.
+    """
+    from agent import status  # noqa: PLC0415
+
+    data = status.collect(journal_path)
+    now_us = time.time_ns() // 1000 if now_us is None else now_us
+    radios = _radio_settings(config) if config is not None else {}
+    only_radio = next(iter(radios.values())) if len(radios) == 1 else None
+    configured = {n.id: n for n in config.nodes} if config is not None else {}
+    heard = {n["node"]: n for n in data["nodes"]}
+
+    rows: list[dict[str, Any]] = []
+    for node_id in [*configured, *sorted(set(heard) - set(configured))]:
+        n = heard.get(node_id, {})
+        cfg_node = configured.get(node_id)
+        seen = n.get("last_seen_us")
+        age = None if not seen else round((now_us - seen) / 1e6, 1)
+        interval = cfg_node.interval_s if cfg_node is not None else None
+        radio = n.get("radio") or (cfg_node.radio if cfg_node is not None else None)
+        sf, bw = radios.get(radio or "", only_radio or (_DEFAULT_SF, _DEFAULT_BW_KHZ))
+        ok = int(n.get("frames_ok") or 0)
+        bad = int(n.get("frames_bad") or 0)
+        margin = link_margin(n.get("rssi"), n.get("snr"), sf, bw)
+        if not seen:
+            state = "never heard"
+        elif interval is not None and age is not None and age > LATE_FACTOR * interval:
+            state = "late"
+        else:
+            state = "ok"
+        rows.append({
+            "node": node_id,
+            "name": cfg_node.name if cfg_node is not None else n.get("name"),
+            "kind": cfg_node.kind if cfg_node is not None else None,
+            "configured": cfg_node is not None,
+            "state": state,
+            "radio": radio,
+            "last_seen_us": seen,
+            "last_seen_age_s": age,
+            "interval_s": interval,
+            "rssi_dbm": n.get("rssi"),
+            "snr_db": n.get("snr"),
+            "battery_v": n.get("battery_v"),
+            "frames_ok": ok,
+            "frames_bad": bad,
+            "bad_pct": round(100.0 * bad / (ok + bad), 1) if ok + bad else None,
+            "spreading_factor": sf,
+            "bandwidth_khz": bw,
+            "snr_floor_db": SNR_FLOOR_DB[sf],
+            "sensitivity_dbm": round(sensitivity_dbm(sf, bw), 1),
+            "link_margin_db": margin.margin_db,
+            "snr_margin_db": margin.snr_margin_db,
+            "rssi_margin_db": margin.rssi_margin_db,
+            "rating": margin.rating,
+            "rssi_near_limit": margin.rssi_near_limit,
+        })
+    return {
+        "schema": MONITOR_SCHEMA,
+        "gateway": data.get("gateway") or (config.gateway.id if config is not None else None),
+        "ts_us": now_us,
+        "journal": journal_path,
+        "agent_running": data["agent"]["running"],
+        "bad_frames": data["bad_frames"],
+        "thresholds": {"ratings_db": dict(RATINGS), "rssi_near_limit_db": RSSI_NEAR_LIMIT_DB,
+                       "late_factor": LATE_FACTOR},
+        "nodes": rows,
+    }
+
+
+_RATING_STYLE = {"excellent": "bold green", "good": "green", "marginal": "yellow", "poor": "bold red",
+                 "unknown": "dim"}
+_STATE_STYLE = {"ok": "", "late": "yellow", "never heard": "dim"}
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} d ago"
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render(data: dict[str, Any]) -> Any:
+    """The monitor's view of ``data`` (from :func:`collect`) as a rich renderable."""
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    stamp = time.strftime("%H:%M:%S", time.localtime(data["ts_us"] / 1e6))
+    running = "agent running" if data["agent_running"] else "agent NOT running"
+    table = Table(title=f"denen monitor  {data['gateway'] or ''}  {stamp}  ({running})", expand=False)
+    for column, justify in (("node", "left"), ("name", "left"), ("kind", "left"), ("last seen", "right"),
+                            ("RSSI dBm", "right"), ("SNR dB", "right"), ("SF", "right"), ("margin dB", "right"),
+                            ("link", "left"), ("battery V", "right"), ("ok", "right"), ("bad", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for n in data["nodes"]:
+        rssi = Text(_num(n["rssi_dbm"]), style="bold red" if n["rssi_near_limit"] else "")
+        link = Text(n["rating"] + (" (RSSI near limit)" if n["rssi_near_limit"] else ""),
+                    style=_RATING_STYLE.get(n["rating"], ""))
+        seen = Text(_age(n["last_seen_age_s"]) + (" LATE" if n["state"] == "late" else ""),
+                    style=_STATE_STYLE.get(n["state"], ""))
+        bad = Text(str(n["frames_bad"]), style="yellow" if n["frames_bad"] else "")
+        table.add_row(n["node"], n["name"] or "?", n["kind"] or "?", seen, rssi, _num(n["snr_db"], 1),
+                      str(n["spreading_factor"]), _num(n["link_margin_db"], 1), link, _num(n["battery_v"], 2),
+                      str(n["frames_ok"]), bad)
+    lines = ", ".join(f"{name} >= {low:g} dB" for name, low in RATINGS)
+    table.caption = (f"link margin = min(SNR - floor of the SF, RSSI - sensitivity): {lines}, poor below; "
+                     f"late = silent > {LATE_FACTOR:g} x interval")
+    return table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``denen monitor``."""
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("-c", "--config", default=None,
+                     help="config file (default: the config the agent runs: flashed, installed or /etc/denen)")
+    src.add_argument("-j", "--journal", default=None, help="journal file, when there is no config at hand")
+    parser.add_argument("--json", action="store_true", help="print the data as JSON (one document per refresh)")
+    parser.add_argument("--once", action="store_true", help="print once and exit")
+    parser.add_argument("--interval", type=float, default=2.0, metavar="S",
+                        help="seconds between refreshes (default 2, at least 0.5)")
+    parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N refreshes")
+
+
+def _sources(args: argparse.Namespace) -> tuple[str, Any | None]:
+    """The journal path and the config (None when only a journal was given)."""
+    from agent.config import load_config  # noqa: PLC0415
+
+    if args.journal is not None:
+        return args.journal, None
+    path = args.config
+    if path is None:
+        from agent.flash import resolve_active_config  # noqa: PLC0415
+
+        path = resolve_active_config(None, install=False).path
+    config = load_config(path)
+    return config.journal.path, config
+
+
+def main(args: argparse.Namespace) -> int:
+    """``denen monitor``: returns 0; raises AgentError (exit 1) when the journal cannot be read once."""
+    if args.interval < 0.5:
+        raise AgentError(f"--interval {args.interval:g} is too short (hint: 0.5 s or more; the agent's journal "
+                         f"changes at most a few times a second)")
+    if args.count is not None and args.count < 1:
+        raise AgentError("--count must be at least 1")
+    journal, config = _sources(args)
+    count = 1 if args.once else args.count
+    if args.json:
+        done = 0
+        try:
+            while True:
+                print(json.dumps(collect(journal, config), ensure_ascii=False,
+                                 indent=2 if args.once else None), flush=True)
+                done += 1
+                if count is not None and done >= count:
+                    return 0
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+    from rich.console import Console  # noqa: PLC0415
+
+    console = Console()
+    if args.once:
+        console.print(render(collect(journal, config)))
+        return 0
+    return _live(console, journal, config, args.interval, count)
+
+
+def _view(journal: str, config: Any | None) -> Any:
+    from rich.text import Text  # noqa: PLC0415
+
+    try:
+        return render(collect(journal, config))
+    except AgentError as exc:
+        # On site the agent may not have written its journal yet: keep watching instead of quitting.
+        return Text(f"waiting: {exc}", style="yellow")
+
+
+def _live(console: Any, journal: str, config: Any | None, interval: float, count: int | None) -> int:
+    from rich.live import Live  # noqa: PLC0415
+
+    done = 0
+    try:
+        with Live(_view(journal, config), console=console, auto_refresh=False) as live:
+            done = 1
+            while count is None or done < count:
+                time.sleep(interval)
+                live.update(_view(journal, config), refresh=True)
+                done += 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _standalone(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="denen monitor", description="live per-node link view")
+    add_arguments(parser)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from agent.errors import ConfigError  # noqa: PLC0415
+
+    try:
+        return main(parser.parse_args(argv))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except AgentError as exc:
+        print(f"denen: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(_standalone())

@@ -1,0 +1,422 @@
+"""``denen flash`` and the boot-time pick-up of a flashed config, on real folders standing in for an SD card."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent import flash as fl
+from agent.config import load_config
+from agent.errors import AgentError, ConfigError
+
+KEY_A = "00a1b2c300a1b2c300a1b2c300a1b2c3"
+KEY_B = "00000201000002010000020100000201"
+
+
+def _config(tmp: Path, *, journal: str | None = None, gateway: str = "gw-forest-01", extra_node: str = "") -> Path:
+    """A laptop-side config with every kind of credential file, in a folder of its own."""
+    src = tmp / "laptop"
+    (src / "keys").mkdir(parents=True, exist_ok=True)
+    (src / "keys" / "sos-1.key").write_text(f"# node 00a1b2c3\n{KEY_A}\n")
+    (src / "keys" / "trap-1.key").write_text(KEY_B + "\n")
+    (src / "mqtt-password").write_text("s3cret-pass\n")
+    (src / "tls").mkdir(exist_ok=True)
+    (src / "tls" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    for p in [src / "keys" / "sos-1.key", src / "keys" / "trap-1.key", src / "mqtt-password"]:
+        p.chmod(0o600)
+    cfg = src / "gateway.yaml"
+    cfg.write_text(f"""# Forest gateway: a comment that must survive the flash.
+gateway:
+  id: {gateway}
+  site: okutama
+journal:
+  path: {journal or tmp / "var" / "journal.db"}
+mqtt:
+  host: mqtt.example.jp
+  port: 8883
+  username: {gateway}
+  password_file: mqtt-password      # relative to this file
+  tls:
+    ca_file: tls/ca.pem
+radios:
+  - name: lora0
+    driver: rak3172
+    port: /dev/lora0
+nodes:
+  - id: "00a1b2c3"                  # quoted hex must stay quoted
+    name: sos-1
+    kind: sos
+    key_file: keys/sos-1.key
+  - id: "00000201"
+    name: trap-1
+    kind: trap
+    key_file: {src / "keys" / "trap-1.key"}
+{extra_node}""")
+    return cfg
+
+
+@pytest.fixture
+def card(tmp_path: Path) -> Path:
+    """The mounted boot partition."""
+    p = tmp_path / "bootfs"
+    p.mkdir()
+    return p
+
+
+def test_flash_writes_a_self_contained_bundle_with_checksums(tmp_path: Path, card: Path) -> None:
+    cfg = _config(tmp_path)
+    before = cfg.read_bytes()
+    result = fl.flash(cfg, card)
+
+    bundle = card / "denen"
+    assert result.bundle == bundle and result.backup is None
+    assert sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()) == [
+        "MANIFEST.json", "config.yaml", "secrets/mqtt-ca.pem", "secrets/mqtt-password", "secrets/node-sos-1.key",
+        "secrets/node-trap-1.key"]
+    for f in (bundle / "secrets").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert stat.S_IMODE((bundle / "config.yaml").stat().st_mode) == 0o600
+    assert (bundle / "secrets" / "mqtt-password").read_text() == "s3cret-pass\n"
+    assert (bundle / "secrets" / "node-sos-1.key").read_text().endswith(KEY_A + "\n")
+
+    manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    assert manifest["schema"] == "denen.flash/1"
+    assert manifest["source"] == str(cfg.absolute())
+    assert manifest["gateway"] == "gw-forest-01"
+    assert manifest["denen_version"]
+    assert manifest["flashed_at"].endswith("Z")
+    import hashlib
+
+    for name, entry in manifest["files"].items():
+        data = (bundle / name).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+    # The flashed copy names its credentials relative to itself, keeps comments and quoting, and loads the same.
+    text = (bundle / "config.yaml").read_text()
+    assert "password_file: secrets/mqtt-password" in text
+    assert "key_file: secrets/node-trap-1.key" in text and str(tmp_path) not in text.split("journal")[0]
+    assert "# Forest gateway: a comment that must survive the flash." in text
+    assert 'id: "00a1b2c3"' in text
+    flashed = load_config(bundle / "config.yaml")
+    original = load_config(cfg)
+    assert flashed.mqtt.password_file == str(bundle / "secrets" / "mqtt-password")
+    assert flashed.nodes[0].key_bytes() == original.nodes[0].key_bytes()
+    assert flashed.nodes[1].key_bytes() == bytes.fromhex(KEY_B)
+    assert flashed.journal.path == original.journal.path
+    assert cfg.read_bytes() == before  # the laptop's file is never touched
+
+    checked = fl.verify(bundle)
+    assert checked.sha256 == manifest["files"]["config.yaml"]["sha256"]
+    assert checked.digest == manifest["digest"]
+
+
+def test_a_config_without_credential_files_is_copied_byte_for_byte(tmp_path: Path, card: Path) -> None:
+    cfg = tmp_path / "plain.yaml"
+    cfg.write_text(f"# plain\ngateway: {{id: gw-a, site: s}}\njournal: {{path: {tmp_path / 'j.db'}}}\n"
+                   "radios: [{name: r, driver: rak3172, port: loop://}]\nunknown_nodes: accept\n")
+    fl.flash(cfg, card)
+    assert (card / "denen" / "config.yaml").read_bytes() == cfg.read_bytes()
+    assert not (card / "denen" / "secrets").exists()
+
+
+def test_an_invalid_config_is_refused_with_its_issues_and_nothing_is_written(tmp_path: Path, card: Path) -> None:
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("driver: rak3172", "driver: rak3127"))
+    with pytest.raises(ConfigError) as err:
+        fl.flash(cfg, card)
+    assert "radios[0].driver" in str(err.value) and "rak3172" in str(err.value)
+    assert list(card.iterdir()) == []
+
+
+def test_a_relative_journal_path_is_refused(tmp_path: Path, card: Path) -> None:
+    cfg = _config(tmp_path, journal="journal.db")
+    with pytest.raises(fl.FlashError, match="journal.path 'journal.db' is relative"):
+        fl.flash(cfg, card)
+    assert list(card.iterdir()) == []
+
+
+@pytest.mark.parametrize("problem", ["missing", "file"])
+def test_a_target_that_is_not_a_mounted_folder_is_refused(tmp_path: Path, problem: str) -> None:
+    target = tmp_path / "nowhere"
+    if problem == "file":
+        target.write_text("x")
+    with pytest.raises(fl.FlashError, match="mount"):
+        fl.flash(_config(tmp_path), target)
+
+
+def test_reflashing_keeps_the_previous_bundle(tmp_path: Path, card: Path) -> None:
+    cfg = _config(tmp_path)
+    first = fl.flash(cfg, card)
+    cfg.write_text(cfg.read_text().replace("port: 8883", "port: 8884"))
+    second = fl.flash(cfg, card)
+    assert second.backup == card / "denen.prev"
+    assert fl.verify(card / "denen.prev").digest == first.manifest["digest"]
+    assert fl.verify(card / "denen").digest == second.manifest["digest"] != first.manifest["digest"]
+    assert "port: 8884" in (card / "denen" / "config.yaml").read_text()
+    # A third flash replaces the backup with the second bundle; only one backup is kept.
+    fl.flash(cfg, card)
+    assert fl.verify(card / "denen.prev").digest == second.manifest["digest"]
+    assert sorted(p.name for p in card.iterdir()) == ["denen", "denen.prev"]
+
+
+def test_a_crash_while_writing_leaves_the_previous_bundle_intact(tmp_path: Path, card: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _config(tmp_path)
+    first = fl.flash(cfg, card)
+    cfg.write_text(cfg.read_text().replace("port: 8883", "port: 8884"))
+
+    real = fl._write_durable
+
+    def dies_at_the_manifest(path: Path, data: bytes, mode: int = 0o600) -> bool:
+        if path.name == "MANIFEST.json":
+            raise OSError(28, "No space left on device")
+        return real(path, data, mode)
+
+    monkeypatch.setattr(fl, "_write_durable", dies_at_the_manifest)
+    with pytest.raises(fl.FlashError, match="previous bundle is unchanged"):
+        fl.flash(cfg, card)
+    assert fl.verify(card / "denen").digest == first.manifest["digest"]
+    assert fl.find_flashed([str(card / "denen")]).digest == first.manifest["digest"]  # type: ignore[union-attr]
+    # The half-written staging folder has no manifest, so it can never pass as a bundle; the next flash clears it.
+    assert not (card / ".denen-new" / "MANIFEST.json").exists()
+    monkeypatch.setattr(fl, "_write_durable", real)
+    fl.flash(cfg, card)
+    assert not (card / ".denen-new").exists()
+    assert "port: 8884" in (card / "denen" / "config.yaml").read_text()
+
+
+def test_a_crash_between_the_two_renames_falls_back_to_the_previous_bundle(
+        tmp_path: Path, card: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _config(tmp_path)
+    first = fl.flash(cfg, card)
+    real_rename = os.rename
+    calls: list[tuple[str, str]] = []
+
+    def power_cut_after_first_rename(a: os.PathLike[str], b: os.PathLike[str]) -> None:
+        calls.append((os.fspath(a), os.fspath(b)))
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        real_rename(a, b)
+
+    monkeypatch.setattr(fl.os, "rename", power_cut_after_first_rename)
+    with pytest.raises(fl.FlashError):
+        fl.flash(cfg, card)
+    monkeypatch.setattr(fl.os, "rename", real_rename)
+    assert not (card / "denen").exists()
+    active = fl.resolve_active_config(None, [str(card / "denen")], state_dir=tmp_path / "state",
+                                      default_config=str(tmp_path / "none.yaml"))
+    assert active.source == "flashed-previous"
+    assert active.sha256 == first.manifest["files"]["config.yaml"]["sha256"]
+    assert load_config(active.path).gateway.id == "gw-forest-01"
+
+
+def _corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_verify_refuses_corrupt_and_incomplete_bundles(tmp_path: Path, card: Path) -> None:
+    fl.flash(_config(tmp_path), card)
+    bundle = card / "denen"
+    # Files desktops drop on FAT are ignored; other extras are only logged.
+    (bundle / "._config.yaml").write_bytes(b"\0\5\x16\7")
+    (bundle / "notes.txt").write_text("hello")
+    fl.verify(bundle)
+
+    key = bundle / "secrets" / "node-sos-1.key"
+    original = key.read_bytes()
+    _corrupt(key)
+    with pytest.raises(fl.FlashError, match=r"secrets/node-sos-1.key is corrupt"):
+        fl.verify(bundle)
+    key.write_bytes(original)
+    key.unlink()
+    with pytest.raises(fl.FlashError, match=r"secrets/node-sos-1.key is missing"):
+        fl.verify(bundle)
+    key.write_bytes(original)
+
+    manifest = bundle / "MANIFEST.json"
+    good = manifest.read_text()
+    manifest.write_text(good[: len(good) // 2])
+    with pytest.raises(fl.FlashError, match="damaged"):
+        fl.verify(bundle)
+    doc = json.loads(good)
+    doc["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "bytes": 1}
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(fl.FlashError, match="invalid entry"):
+        fl.verify(bundle)
+    doc = json.loads(good)
+    doc["digest"] = "0" * 64
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(fl.FlashError, match="digest"):
+        fl.verify(bundle)
+    manifest.unlink()
+    with pytest.raises(fl.FlashError, match="did not finish"):
+        fl.verify(bundle)
+
+
+def test_boot_installs_the_flashed_config_and_reports_it(tmp_path: Path, card: Path) -> None:
+    result = fl.flash(_config(tmp_path), card)
+    state = tmp_path / "state"
+    active = fl.resolve_active_config(None, [str(tmp_path / "other" / "denen"), str(card / "denen")],
+                                      state_dir=state, default_config=str(tmp_path / "none.yaml"))
+    installed = state / "flashed"
+    assert active.source == "flashed"
+    assert active.path == str(installed / "config.yaml")
+    assert active.sha256 == result.manifest["files"]["config.yaml"]["sha256"]
+    assert active.bundle == str(card / "denen")
+    assert active.flashed_at == result.manifest["flashed_at"]
+    assert any("installed" in n for n in active.notes)
+    assert active.sha256[:12] in active.describe() and "flashed" in active.describe()
+    # The installed copy holds the credentials with mode 600 and loads from where it is.
+    for f in (installed / "secrets").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert stat.S_IMODE(installed.stat().st_mode) == 0o700
+    cfg = load_config(active.path)
+    assert cfg.mqtt.password_file == str(installed / "secrets" / "mqtt-password")
+
+    # Next boot, same card: nothing is reinstalled.
+    mtime = (installed / "MANIFEST.json").stat().st_mtime_ns
+    again = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state)
+    assert again.path == active.path and again.sha256 == active.sha256 and again.source == "flashed"
+    assert not again.notes and not again.problems
+    assert (installed / "MANIFEST.json").stat().st_mtime_ns == mtime
+
+    # The USB stick is pulled out: the installed copy stays active.
+    gone = fl.resolve_active_config(None, [str(tmp_path / "pulled" / "denen")], state_dir=state)
+    assert gone.source == "installed" and gone.sha256 == active.sha256
+
+
+def test_a_corrupt_flash_is_refused_and_the_installed_config_stays_active(tmp_path: Path, card: Path) -> None:
+    cfg = _config(tmp_path)
+    fl.flash(cfg, card)
+    state = tmp_path / "state"
+    first = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state)
+    cfg.write_text(cfg.read_text().replace("port: 8883", "port: 8884"))
+    fl.flash(cfg, card)
+    _corrupt(card / "denen" / "config.yaml")
+
+    active = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state)
+    assert active.source == "installed"
+    assert active.sha256 == first.sha256
+    assert any("refused flashed config" in n and "config.yaml is corrupt" in n for n in active.problems)
+    assert load_config(active.path).mqtt.port == 8883
+
+
+def test_a_new_flash_replaces_the_installed_copy_and_keeps_one_backup(tmp_path: Path, card: Path) -> None:
+    cfg = _config(tmp_path)
+    fl.flash(cfg, card)
+    state = tmp_path / "state"
+    first = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state)
+    cfg.write_text(cfg.read_text().replace("port: 8883", "port: 8884"))
+    fl.flash(cfg, card)
+    second = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state)
+    assert second.source == "flashed" and second.sha256 != first.sha256
+    assert load_config(second.path).mqtt.port == 8884
+    assert fl.verify(state / "flashed.prev").sha256 == first.sha256
+
+
+def test_a_flash_this_agent_cannot_load_is_refused(tmp_path: Path, card: Path) -> None:
+    """A bundle from a newer denen whose config this agent rejects: checksums fine, still refused."""
+    cfg = _config(tmp_path)
+    fl.flash(cfg, card)
+    state = tmp_path / "state"
+    first = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state)
+    bundle = card / "denen"
+    text = (bundle / "config.yaml").read_text() + "sirens:\n  - pin: 17\n"
+    (bundle / "config.yaml").write_text(text)
+    manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    import hashlib
+
+    manifest["files"]["config.yaml"] = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "bytes": len(text)}
+    manifest["digest"] = fl._bundle_digest(manifest["files"])
+    (bundle / "MANIFEST.json").write_text(json.dumps(manifest))
+    fl.verify(bundle)  # the checksums are right
+
+    active = fl.resolve_active_config(None, [str(bundle)], state_dir=state)
+    assert active.source == "installed" and active.sha256 == first.sha256
+    assert any("does not load" in n and "sirens" in n for n in active.problems)
+    assert not (state / ".flashed-new").exists()
+
+
+def test_resolution_order_explicit_then_default_then_error(tmp_path: Path, card: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    fl.flash(_config(tmp_path), card)
+    explicit = tmp_path / "mine.yaml"
+    explicit.write_text("gateway: {id: x, site: y}\n")
+    # -c FILE wins over a flashed card, and nothing is installed.
+    active = fl.resolve_active_config(str(explicit), [str(card / "denen")], state_dir=tmp_path / "state")
+    assert active.source == "explicit" and active.path == str(explicit)
+    assert not (tmp_path / "state").exists()
+    with pytest.raises(AgentError, match="does not exist"):
+        fl.resolve_active_config(str(tmp_path / "missing.yaml"))
+
+    default = tmp_path / "etc" / "config.yaml"
+    default.parent.mkdir()
+    default.write_text("gateway: {id: x, site: y}\n")
+    active = fl.resolve_active_config(None, [str(tmp_path / "nothing" / "denen")], state_dir=tmp_path / "state",
+                                      default_config=str(default))
+    assert active.source == "default" and active.path == str(default)
+    with pytest.raises(AgentError, match="no config.*denen flash"):
+        fl.resolve_active_config(None, [str(tmp_path / "nothing" / "denen")], state_dir=tmp_path / "state",
+                                 default_config=str(tmp_path / "none.yaml"))
+
+    # The search can come from the environment, with globs (USB sticks under /media/<user>/<label>).
+    monkeypatch.setenv("DENEN_FLASH_SEARCH", f"{tmp_path / 'media'}/*/*/denen:/nonexistent/denen")
+    stick = tmp_path / "media" / "pi" / "STICK"
+    stick.mkdir(parents=True)
+    fl.flash(_config(tmp_path, gateway="gw-stick"), stick)
+    found = fl.find_flashed()
+    assert found is not None and found.bundle == stick / "denen"
+    assert found.manifest["gateway"] == "gw-stick"
+
+
+def test_report_only_resolution_writes_nothing(tmp_path: Path, card: Path) -> None:
+    fl.flash(_config(tmp_path), card)
+    state = tmp_path / "state"
+    active = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state, install=False)
+    assert active.source == "flashed" and active.path == str(card / "denen" / "config.yaml")
+    assert any("not installed yet" in n for n in active.notes)
+    assert not state.exists()
+
+
+def test_state_directory_from_systemd(tmp_path: Path, card: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fl.flash(_config(tmp_path), card)
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "sd-state"))
+    active = fl.resolve_active_config(None, [str(card / "denen")])
+    assert active.path == str(tmp_path / "sd-state" / "flashed" / "config.yaml")
+
+
+def test_command_line(tmp_path: Path, card: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    fl.add_arguments(parser)
+    cfg = _config(tmp_path)
+    assert fl.main(parser.parse_args([str(cfg), str(card)])) == 0
+    out = capsys.readouterr().out
+    sha = json.loads((card / "denen" / "MANIFEST.json").read_text())["files"]["config.yaml"]["sha256"]
+    assert f"flashed gateway gw-forest-01 to {card / 'denen'}" in out
+    assert sha in out and "secrets/mqtt-password" in out
+    assert "s3cret-pass" not in out and KEY_A not in out  # secrets are never printed
+
+
+def test_module_runs_standalone_with_exit_codes(tmp_path: Path, card: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = _config(tmp_path)
+    ok = subprocess.run([sys.executable, "-m", "agent.flash", str(cfg), str(card)], cwd=root,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    cfg.write_text(cfg.read_text().replace("kind: sos", "kind: sox"))
+    bad = subprocess.run([sys.executable, "-m", "agent.flash", str(cfg), str(card)], cwd=root,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "nodes[0].kind" in bad.stderr and "Traceback" not in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "agent.flash", str(_config(tmp_path)), str(tmp_path / "no")],
+                             cwd=root, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr

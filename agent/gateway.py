@@ -38,6 +38,7 @@ from drivers.types import Uplink
 log = logging.getLogger(__name__)
 
 _DRAIN_MAX = 2000  # inbox items handled per transaction, so one wake-up never grows without bound
+_BATCHES_PER_STEP = 2  # backlog messages published per wake-up
 
 
 @dataclass(slots=True)
@@ -243,6 +244,18 @@ class Gateway:
         entries.extend(self._edge_call(self.edge.due, connected=self._session is not None))
         meta = self.edge.snapshot_meta() or {}
 
+        if urgent and self._session is not None and not self._uncommitted:
+            # An SOS does not wait for the rest of this wake-up's work (acks to delete, backlog to read): it
+            # gets a commit of its own and goes out first. One extra fsync, only when an SOS arrives.
+            sos = [e for e in entries if e.lane == SOS]
+            try:
+                self.journal.commit(entries=sos)
+            except JournalError:
+                pass  # the normal commit below keeps them and handles the failure
+            else:
+                entries = [e for e in entries if e.lane != SOS]
+                self._count("readings.journaled", len(sos))
+                self._publish_lane(SOS)
         # A batch that could not be committed last time (disk full, I/O error) goes first, in order.
         if self._uncommitted:
             entries = self._uncommitted[0] + entries
@@ -295,16 +308,29 @@ class Gateway:
             return
         window = self.config.mqtt.inflight_window
         batch = self.config.mqtt.batch_max_readings
-        for lane in range(len(LANES)):
-            # SOS goes out whatever the window holds: it must not wait behind a draining backlog.
-            while lane == SOS or len(self._inflight) < window:
+        if not self._publish_lane(SOS):
+            return
+        # Backlog batches per wake-up are capped, so a wake-up stays short and an SOS arriving meanwhile waits
+        # for little; the next PUBACK wakes the core to send more.
+        budget = 1 if urgent else _BATCHES_PER_STEP
+        for lane in range(SOS + 1, len(LANES)):
+            while budget and len(self._inflight) < window:
                 rows = self.journal.pending(lane, after_seq=self._sent_upto[lane], limit=batch)
                 if not rows:
                     break
                 if not self._send(lane, rows):
                     return
-                if lane != SOS and urgent:
-                    break
+                budget -= 1
+
+    def _publish_lane(self, lane: int) -> bool:
+        """Send everything pending in ``lane``, whatever the window holds (used for SOS). False if offline."""
+        batch = self.config.mqtt.batch_max_readings
+        while True:
+            rows = self.journal.pending(lane, after_seq=self._sent_upto[lane], limit=batch)
+            if not rows:
+                return True
+            if not self._send(lane, rows):
+                return False
 
     def _send(self, lane: int, rows: list[tuple[int, str]]) -> bool:
         payload = (

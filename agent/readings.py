@@ -60,7 +60,10 @@ class FrameDecoder:
         self.gateway_id = config.gateway.id
         self.nodes = nodes
         self.dirty: set[str] = set()
-        self._keys: dict[int, bytes | None] = {nid: n.key_bytes() for nid, n in config.node_by_id.items()}
+        # Plain dicts read once: attribute access on the pydantic config costs more than the lookup itself.
+        self._node_by_id: dict[int, NodeConfig] = dict(config.node_by_id)
+        self._accept_unknown = config.unknown_nodes == "accept"
+        self._keys: dict[int, bytes | None] = {nid: n.key_bytes() for nid, n in self._node_by_id.items()}
         for node in config.node_by_id.values():
             st = self.nodes.setdefault(node.id, NodeState(node=node.id))
             st.name = node.name
@@ -78,8 +81,8 @@ class FrameDecoder:
         node_hex = frame.node_hex
         if frame.downlink:
             return self._reject(up, node_hex, "frame_downlink", "downlink flag set on a frame heard as an uplink")
-        node = self.config.node_by_id.get(frame.node_id)
-        if node is None and self.config.unknown_nodes == "quarantine":
+        node = self._node_by_id.get(frame.node_id)
+        if node is None and not self._accept_unknown:
             return self._reject(
                 up, node_hex, "unknown_node",
                 f"node {node_hex} is not in the config (add it under nodes: or set unknown_nodes: accept)",

@@ -1,6 +1,9 @@
 """The ``denen`` command.
 
-    denen run -c CONFIG                 run the gateway agent
+    denen run [-c CONFIG]               run the gateway agent (without -c: the flashed or installed config)
+    denen flash CONFIG TARGET           validate a config and write it, with its credentials, onto an SD card / USB
+    denen doctor [-c CONFIG]            one-screen health check of a gateway, each problem with a fix hint
+    denen monitor [-c CONFIG]           live per-node view for placing sensors (RSSI, SNR, link margin)
     denen config validate CONFIG...     check config files (gateway or bridge); file, line, key and a hint
     denen config schema [-o PATH]       write the JSON Schema of the config (editor completion)
     denen sim SCENARIO                  start simulated radio modules and nodes; prints their pty paths
@@ -37,7 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the gateway agent")
-    run.add_argument("-c", "--config", required=True, help="config file (YAML)")
+    run.add_argument("-c", "--config", default=None,
+                     help="config file (YAML); default: a flashed bundle (SD card / USB), else the installed copy, "
+                          "else /etc/denen/config.yaml")
+
+    from agent import doctor, flash, monitor  # noqa: PLC0415 - light modules; heavy imports stay inside main()
+
+    for name, module, text in (("flash", flash, "write a validated config onto an SD card or USB stick"),
+                               ("doctor", doctor, "check a gateway: ports, module, broker, clock, disk, GPIO"),
+                               ("monitor", monitor, "live per-node link view for placing sensors")):
+        sp = sub.add_parser(name, help=text)
+        module.add_arguments(sp)
+        sp.set_defaults(command_main=module.main)
 
     cfg = sub.add_parser("config", help="validate a config or export its JSON Schema")
     cfg_sub = cfg.add_subparsers(dest="config_cmd", required=True, metavar="ACTION")
@@ -89,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "command_main", None) is not None:
+        return int(args.command_main(args))
     if args.cmd == "run":
         return _run(args.config)
     if args.cmd == "config":
@@ -133,15 +149,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.cmd)
 
 
-def _run(config_path: str) -> int:
+def _run(config_path: str | None) -> int:
     from agent.config import load_config  # noqa: PLC0415
+    from agent.flash import resolve_active_config  # noqa: PLC0415
     from agent.gateway import Gateway  # noqa: PLC0415
 
-    cfg = load_config(config_path)
+    active = resolve_active_config(config_path)
+    for problem in active.problems:
+        log.error("%s", problem)
+    for note in active.notes:
+        log.info("%s", note)
+    cfg = load_config(active.path)
     logging.getLogger().setLevel(getattr(logging, cfg.log.level.upper()))
-    gw = Gateway(cfg)
+    gw = Gateway(cfg, active_config=active.describe())
     _stop_on_signals(gw.stop)
-    log.info("denen %s: config %s, gateway %s", __version__, config_path, cfg.gateway.id)
+    log.info("denen %s: %s, gateway %s", __version__, active.describe(), cfg.gateway.id)
     gw.run()
     return 0
 

@@ -76,6 +76,9 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.scalarint import BinaryInt, HexCapsInt, HexInt, OctalInt
 
 from agent.errors import ConfigError, ConfigIssue
+from agent.fieldio import GpioConfig
+from agent.receipts import ReceiptsConfig
+from agent.rules import RulesConfig
 
 __all__ = [
     "NODE_KINDS",
@@ -947,6 +950,17 @@ class Config(_Section):
         description="Frames from nodes not listed in nodes: quarantine (keep aside for inspection) or accept.",
     )
     health: HealthConfig = Field(default_factory=HealthConfig, description="Gateway health publishing.")
+    rules: RulesConfig = Field(
+        default_factory=RulesConfig,
+        description="Edge alert rules, evaluated on the gateway even while the backhaul is down (agent/rules.py).",
+    )
+    gpio: GpioConfig | None = Field(
+        default=None, description="Status lamp, siren, installer test button and rain gauge on GPIO; none when absent.",
+    )
+    receipts: ReceiptsConfig = Field(
+        default_factory=ReceiptsConfig,
+        description="SOS receipts sent back to the caller's node, within ARIB STD-T108 airtime rules.",
+    )
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
 
     _node_by_id: dict[int, NodeConfig] = PrivateAttr(default_factory=dict)
@@ -960,7 +974,8 @@ class Config(_Section):
         if isinstance(data, Mapping):
             return {
                 k: v for k, v in data.items()
-                if not (v is None and k in ("journal", "mqtt", "nodes", "health", "log", "unknown_nodes"))
+                if not (v is None and k in ("journal", "mqtt", "nodes", "health", "log", "unknown_nodes", "rules", "gpio",
+                                          "receipts"))
             }
         return data
 
@@ -1320,6 +1335,9 @@ _HEX_TEXT_KEYS: tuple[tuple[object, ...], ...] = (
     ("nodes", int, "key"),
     ("radios", int, "es920", "pan_id"),
     ("radios", int, "es920", "own_id"),
+    ("rules", "rivers", int, "node"),
+    ("rules", "slopes", int, "node"),
+    ("gpio", "rain_gauge", "node_id"),
 )
 
 

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import __version__, clock
+from agent import __version__, clock, systemd
 from agent.config import Config
 from agent.edge import Edge
 from agent.errors import JournalError
@@ -65,8 +65,9 @@ class Gateway:
         radios: radio workers to start; None builds them from ``config.radios`` (tests may pass their own).
     """
 
-    def __init__(self, config: Config, *, radios: list[Any] | None = None) -> None:
+    def __init__(self, config: Config, *, radios: list[Any] | None = None, active_config: str = "") -> None:
         self.config = config
+        self.active_config = active_config
         self.gateway_id = config.gateway.id
         self.inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self.journal = Journal(config.journal.path, quota_bytes=int(config.journal.quota_mb * 1024 * 1024))
@@ -92,6 +93,7 @@ class Gateway:
         self._next_quota = 0.0
         self._uncommitted: tuple[list[Entry], list[Quarantined]] | None = None
         self._retry_commit_at = 0.0
+        self._watchdog_s = systemd.watchdog_interval_s()
         self._thread: threading.Thread | None = None
 
     def _build_radios(self) -> list[Any]:
@@ -121,11 +123,14 @@ class Gateway:
         # A short GIL switch interval lets the MQTT thread send an SOS promptly while the core is busy.
         sys.setswitchinterval(0.001)
         self.journal.commit(meta={"agent_pid": str(os.getpid()), "agent_started_us": str(self.stats.started_us),
-                                  "agent_version": __version__, "gateway": self.gateway_id})
+                                  "agent_version": __version__, "gateway": self.gateway_id,
+                                  "active_config": self.active_config})
         for r in self.radios:
             r.start()
         self.link.start()
         log.info("gateway %s running: %d radios, journal %s", self.gateway_id, len(self.radios), self.journal.path)
+        systemd.ready()
+        systemd.status(f"gateway {self.gateway_id}: running")
         try:
             while not self._stop.is_set():
                 try:
@@ -144,6 +149,7 @@ class Gateway:
             self._thread.join(timeout)
 
     def _shutdown(self) -> None:
+        systemd.stopping()
         for r in self.radios:
             try:
                 r.stop()
@@ -162,6 +168,9 @@ class Gateway:
         if self._carry:
             return 0.0
         deadlines = [self._next_health]
+        if self._watchdog_s:
+            # The watchdog is fed from this loop, so a core that hangs is restarted by systemd.
+            deadlines.append(now + self._watchdog_s / 2)
         if self._retry_commit_at:
             deadlines.append(self._retry_commit_at)
         edge = self.edge.next_deadline()
@@ -171,6 +180,8 @@ class Gateway:
 
     # -- one wake-up -----------------------------------------------------------------------------------------
     def _step(self, timeout: float) -> None:
+        if self._watchdog_s:
+            systemd.ping()
         items: list[tuple] = []
         try:
             items.append(self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait())

@@ -67,7 +67,8 @@ class LiveView:
                 return
             for r in doc.get("readings", []):
                 st.readings += 1
-                st.latest[r["node"]] = r
+                if r.get("kind") != "alert":
+                    st.latest[r["node"]] = r
                 alert = _alert_text(r)
                 if alert:
                     st.alerts.appendleft(alert)
@@ -94,15 +95,14 @@ class LiveView:
 
 
 def _alert_text(r: dict[str, Any]) -> str | None:
-    v = r.get("values", {})
-    when = _hms(r["ts_us"])
-    who = r.get("name") or r["node"]
-    if r["kind"] == "sos" and v.get("pressed") == 1.0:
-        pos = f" at {v['lat_deg']:.5f}N {v['lon_deg']:.5f}E" if "lat_deg" in v else " (no GPS fix)"
-        return f"[bold red]{when} SOS 救助要請[/] {who}{pos}"
-    if r["kind"] == "trap" and v.get("fired") == 1.0:
-        return f"[yellow]{when} trap fired わな作動[/] {who}"
-    return None
+    """The gateway's own alerts (kind ``alert``), one line each, newest first."""
+    a = r.get("alert")
+    if r.get("kind") != "alert" or not isinstance(a, dict):
+        return None
+    colour = {"emergency": "bold red", "warning": "yellow"}.get(a.get("severity", ""), "cyan")
+    state = "解除 cleared" if a.get("state") == "cleared" else "発報 raised"
+    who = a.get("name") or a.get("node") or r.get("name") or ""
+    return f"[{colour}]{_hms(r['ts_us'])} {who}: {a.get('message', a.get('type'))}[/] ({state})"
 
 
 def _opt(v: object) -> str:

@@ -65,6 +65,7 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
     return {
         "gateway": meta.get("gateway"),
         "agent": {"running": running, "pid": int(pid) if running else None, "version": meta.get("agent_version"),
+                  "config": meta.get("active_config") or None,
                   "started_us": int(meta["agent_started_us"]) if meta.get("agent_started_us") else None},
         "journal": {"depth": depth, "unsent": sum(depth.values()),
                     "oldest_unsent_age_s": round((now_us - oldest) / 1e6, 1) if oldest else None},
@@ -92,6 +93,8 @@ def render(status: dict[str, Any], console: Console) -> None:
     agent = status["agent"]
     state = f"[green]running[/] (pid {agent['pid']})" if agent["running"] else "[red]not running[/]"
     console.print(f"[bold]gateway[/] {status['gateway']}   agent {state}   version {agent['version']}")
+    if agent.get("config"):
+        console.print(f"active {agent['config']}")
     j = status["journal"]
     age = j["oldest_unsent_age_s"]
     console.print(

@@ -84,5 +84,5 @@ def test_demo_runs_and_shows_readings_and_the_sos_alert(tmp_path: Path) -> None:
     out = denen("demo", "--duration", "14", "--workdir", str(tmp_path), timeout=120)
     assert out.returncode == 0, out.stderr + out.stdout
     assert "gw-demo-01: online" in out.stdout
-    assert "SOS 救助要請 sos-hiker-1" in out.stdout
-    assert "trap fired" in out.stdout
+    assert "sos-hiker-1: SOS発信 / SOS pressed at" in out.stdout
+    assert "trap-demo-1: わなが作動 / trap fired" in out.stdout

@@ -643,7 +643,7 @@ def schema_key_paths(schema: dict, node: dict | None = None, prefix: str = "") -
 def test_json_schema_has_every_top_level_key_and_descriptions(tmp_path: Path) -> None:
     schema = config_json_schema()
     assert set(schema["properties"]) == set(Config.model_fields) == {
-        "gateway", "journal", "mqtt", "radios", "nodes", "unknown_nodes", "health", "log",
+        "gateway", "journal", "mqtt", "radios", "nodes", "unknown_nodes", "health", "rules", "gpio", "receipts", "log",
     }
     assert set(schema["required"]) == {"gateway", "radios"}
     assert schema["additionalProperties"] is False

@@ -188,6 +188,13 @@ class Edge:
                 self._count("receipts.refused")
                 log.error("receipt for %s/%s not sent: %s", r["node"], r["fcnt"], exc)
 
+    def gateway_alert(self, type_: str, severity: str, message: str) -> list[Entry]:
+        """An alert about the gateway itself that no rule raises (e.g. its journal was damaged)."""
+        now_us = time.time_ns() // 1000
+        alert = Alert(id=f"{type_}#{now_us}", key=type_, type=type_, state="raised", severity=severity, node=None,
+                      name=self.gateway_id, level=None, value=None, threshold=None, message=message, ts_us=now_us)
+        return self._journal_alerts([alert])
+
     def test_button(self) -> None:
         if self.io is not None:
             self.io.self_test()

@@ -30,7 +30,7 @@ from agent import __version__, clock, systemd
 from agent.config import Config
 from agent.edge import Edge
 from agent.errors import JournalError
-from agent.journal import DIAGNOSTICS, LANES, SOS, Entry, Journal, Quarantined
+from agent.journal import DIAGNOSTICS, LANES, SOS, Entry, JournalCorrupt, Quarantined, open_or_recover
 from agent.publisher import MqttLink
 from agent.readings import READING_SCHEMA, Decoded, FrameDecoder
 from drivers.types import Uplink
@@ -70,7 +70,8 @@ class Gateway:
         self.active_config = active_config
         self.gateway_id = config.gateway.id
         self.inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
-        self.journal = Journal(config.journal.path, quota_bytes=int(config.journal.quota_mb * 1024 * 1024))
+        self.journal, damaged, rescued = open_or_recover(
+            config.journal.path, quota_bytes=int(config.journal.quota_mb * 1024 * 1024))
         self.stats = GatewayStats()
         self.stats.counters.update(self.journal.counters())
         self._dirty_counters: set[str] = set()
@@ -84,6 +85,8 @@ class Gateway:
                          post=self.inbox.put, meta=meta)
         self.edge.attach_radios(self.radios)
         self._carry: list[Entry] = []  # entries made after a commit (quota alerts), committed at the next wake-up
+        if damaged:
+            self._journal_damaged(damaged, rescued)
         self._stop = threading.Event()
         self._session: int | None = None
         self._inflight: dict[int, _Inflight] = {}
@@ -283,6 +286,17 @@ class Gateway:
                     meta={**meta, "gateway_seq": str(self._gateway_seq)} if (meta or any(
                         e.node == "gateway" for e in entries)) else None,
                 )
+            except JournalCorrupt as exc:
+                # The file went bad under us: keep this batch, move the damaged file aside, carry on in a new one.
+                self._uncommitted = (entries, quarantined)
+                log.error("%s", exc)
+                self.journal.close()
+                self.journal, damaged, rescued = open_or_recover(self.journal.path, quota_bytes=self.journal.quota_bytes,
+                                                                 force=True)
+                self._session_reset()
+                self._journal_damaged(damaged, rescued)
+                self._retry_commit_at = time.monotonic()
+                return
             except JournalError as exc:
                 # Nothing of this batch is durable, so nothing of it is published; it stays in memory and is
                 # tried again (the radios keep delivering meanwhile).
@@ -302,6 +316,20 @@ class Gateway:
                 self._check_quota()
         self._publish(urgent=urgent)
         self._edge_call(self.edge.update_outputs, connected=self._session is not None)
+
+    def _journal_damaged(self, aside: str | None, rescued: int) -> None:
+        """Count, log and alert: the journal was found damaged and set aside."""
+        self._count("journal.damaged")
+        self._count("journal.salvaged", rescued)
+        self._carry.extend(self._edge_call(
+            self.edge.gateway_alert, "journal_damaged", "warning",
+            f"ジャーナル破損、新規作成 / journal damaged, set aside as {aside}; {rescued} unsent readings salvaged"))
+
+    def _session_reset(self) -> None:
+        """Forget what is in flight: seqs of a new journal file mean nothing to the current session."""
+        self._inflight.clear()
+        self._sent_upto = [0] * len(LANES)
+        self._acked = []
 
     def _edge_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Call into the edge logic; a bug there is counted and logged, and never stops forwarding."""

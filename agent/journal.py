@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -122,6 +123,93 @@ class Quarantined:
     snr: float | None = None
 
 
+class JournalCorrupt(JournalError):
+    """The journal file is damaged (not a database, malformed, failed its integrity check)."""
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc).lower()
+    return any(t in text for t in ("malformed", "not a database", "corrupt", "file is encrypted"))
+
+
+def set_aside(path: str, *, now_us: int) -> str:
+    """Move a damaged journal (and its WAL and shared-memory files) aside; returns the new name of the main file.
+
+    The damaged file is kept, never deleted: someone may want to recover more from it by hand.
+    """
+    aside = f"{path}.damaged-{now_us}"
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.replace(path + suffix, aside + suffix)
+        except FileNotFoundError:
+            pass
+    return aside
+
+
+def salvage(path: str) -> list[Entry]:
+    """Read whatever unsent readings can still be read from a damaged journal, oldest first.
+
+    Rows are read by seq ranges through the primary key; a range that hits a damaged page is read again row by
+    row, so one bad page costs only the rows on it.
+    """
+    out: list[Entry] = []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return out
+    sql = "SELECT lane, node, fcnt, ts_us, body FROM reading WHERE seq BETWEEN ? AND ? ORDER BY seq"
+    try:
+        top = 0
+        for query in ("SELECT seq FROM sqlite_sequence WHERE name='reading'", "SELECT MAX(seq) FROM reading"):
+            try:
+                row = db.execute(query).fetchone()
+            except sqlite3.Error:
+                continue
+            top = max(top, (row[0] or 0) if row else 0)
+        for start in range(1, top + 1, 256):
+            stop = min(top, start + 255)
+            try:
+                rows = db.execute(sql, (start, stop)).fetchall()
+            except sqlite3.Error:
+                rows = []
+                for seq in range(start, stop + 1):
+                    try:
+                        rows += db.execute(sql, (seq, seq)).fetchall()
+                    except sqlite3.Error:
+                        continue  # this row sits on a damaged page
+            for lane, node, fcnt, ts_us, body in rows:
+                if isinstance(body, str) and lane in range(len(LANES)):
+                    out.append(Entry(lane, node, fcnt, ts_us, body))
+    except sqlite3.Error:
+        pass
+    finally:
+        db.close()
+    return out
+
+
+def open_or_recover(path: str, *, quota_bytes: int, force: bool = False) -> tuple[Journal, str | None, int]:
+    """Open the journal; if it is damaged, set it aside, start a fresh one and carry over what can be read.
+
+    Args:
+        force: set the file aside without trying to open it (it was found damaged while in use).
+
+    Returns:
+        (journal, path the damaged file was moved to or None, readings salvaged from it)
+    """
+    if not force:
+        try:
+            return Journal(path, quota_bytes=quota_bytes), None, 0
+        except JournalCorrupt as exc:
+            log.error("%s; setting it aside and starting a fresh journal", exc)
+    aside = set_aside(path, now_us=time.time_ns() // 1000)
+    journal = Journal(path, quota_bytes=quota_bytes)
+    rescued = salvage(aside)
+    if rescued:
+        journal.commit(entries=rescued)
+    log.error("damaged journal kept at %s; %d unsent readings salvaged from it", aside, len(rescued))
+    return journal, aside, len(rescued)
+
+
 def _runs(seqs: list[int]) -> list[tuple[int, int]]:
     """Sorted seqs -> [(first, last), ...] of consecutive runs."""
     runs: list[tuple[int, int]] = []
@@ -157,6 +245,9 @@ class Journal:
             # A small page cache: the journal is written once and read once, in order; RAM is scarce on a Pi.
             self._db.execute("PRAGMA cache_size=-1024")
             self._db.executescript(_DDL)
+            check = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if check != "ok":
+                raise JournalCorrupt(f"{self.path}: integrity check failed: {check}")
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -170,7 +261,14 @@ class Journal:
                 " UNION ALL SELECT MAX(seq) FROM reading)"
             ).fetchone()
             self._last_seq = row[0] or 0
-        except sqlite3.Error as exc:
+        except JournalCorrupt:
+            self._db.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            if hasattr(self, "_db"):
+                self._db.close()
+            if _is_corruption(exc):
+                raise JournalCorrupt(f"{self.path}: the journal is damaged: {exc}") from exc
             raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
         self._in_txn = False
 
@@ -243,8 +341,13 @@ class Journal:
                 self._last_seq = seqs[-1]
             return seqs
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
+                raise JournalCorrupt(f"{self.path}: the journal is damaged: {exc}") from exc
             raise JournalError(f"{self.path}: commit failed: {exc}") from exc
 
     # -- reads ---------------------------------------------------------------------------------------

@@ -90,3 +90,18 @@ def test_sos_is_published_before_a_full_window_of_backlog(gw: Gateway) -> None:
     assert len(gw._inflight) == window + 1
     # The SOS had its own commit: it was durable before it was published.
     assert [json.loads(b)["kind"] for _, b in gw.journal.pending(0, after_seq=0, limit=10)] == ["sos"]
+
+
+def test_a_damaged_journal_at_start_is_set_aside_and_alerted(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    path.write_bytes(b"\x00garbage, not a database" * 200)
+    g = Gateway(parse_config(config_text(port="loop://", mqtt_port=9, journal=path, nodes=[])), radios=[])
+    try:
+        assert g.stats.counters["journal.damaged"] == 1
+        assert list(tmp_path.glob("j.db.damaged-*"))
+        g._step(0)
+        alerts = [json.loads(b) for _, b in g.journal.pending(1, after_seq=0, limit=10)]
+        assert [a["alert"]["type"] for a in alerts] == ["journal_damaged"]
+        assert "journal damaged" in alerts[0]["alert"]["message"]
+    finally:
+        g.journal.close()

@@ -131,3 +131,34 @@ def test_a_failed_commit_rolls_back_everything(tmp_path: Path) -> None:
     assert j.depth()["telemetry"] == 1 and j.counters() == {}
     j.commit(entries=[entry(TELEMETRY, "w", 4)])  # still usable
     assert j.depth()["telemetry"] == 2
+
+
+def test_a_damaged_journal_is_set_aside_salvaged_and_replaced(tmp_path: Path) -> None:
+    from agent.journal import open_or_recover
+
+    path = tmp_path / "j.db"
+    j = Journal(path, quota_bytes=1 << 30)
+    j.commit(entries=[entry(SOS, "s", i, 300) for i in range(1, 201)])
+    j.close()
+    # Scribble over pages in the middle of the file, as a failing SD card would.
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid: mid + 8192] = b"\xde\xad\xbe\xef" * 2048
+    path.write_bytes(bytes(data))
+    journal, aside, rescued = open_or_recover(str(path), quota_bytes=1 << 30)
+    assert aside is not None and Path(aside).exists() and aside.startswith(str(path) + ".damaged-")
+    assert 0 < rescued < 200  # what could be read was carried over; the rest is in the file set aside
+    assert journal.depth()["sos"] == rescued
+    journal.commit(entries=[entry(SOS, "s", 999)])  # the new journal works
+    journal.close()
+
+
+def test_a_file_that_is_not_a_database_is_set_aside(tmp_path: Path) -> None:
+    from agent.journal import open_or_recover
+
+    path = tmp_path / "j.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    journal, aside, rescued = open_or_recover(str(path), quota_bytes=1 << 30)
+    assert aside and rescued == 0 and Path(aside).read_bytes().startswith(b"this is not sqlite")
+    assert journal.depth() == {"sos": 0, "alarm": 0, "telemetry": 0, "diagnostics": 0}
+    journal.close()

@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     br = sub.add_parser("bridge", help="MQTT -> InfluxDB bridge (runs on the backend, not on a gateway)")
     br.add_argument("-c", "--config", required=True,
                     help="bridge config file (YAML), e.g. config/bridge/bridge.yaml")
+    br.add_argument("--retire", action="store_true",
+                    help="take this bridge's client_id out of service: write what its broker session still holds, "
+                         "then remove the session (otherwise the broker keeps giving it a share of the messages)")
     return p
 
 
@@ -145,7 +148,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_demo(duration=args.duration, workdir=args.workdir)
     if args.cmd == "bridge":
-        return _bridge(args.config)
+        return _bridge(args.config, retire=args.retire)
     raise AssertionError(args.cmd)
 
 
@@ -179,7 +182,7 @@ def _is_bridge_config(path: str) -> bool:
         return False  # unreadable: load_config reports it
 
 
-def _bridge(config_path: str) -> int:
+def _bridge(config_path: str, *, retire: bool = False) -> int:
     from agent.bridge import Bridge, load_bridge_config  # noqa: PLC0415
 
     cfg = load_bridge_config(config_path)
@@ -193,6 +196,12 @@ def _bridge(config_path: str) -> int:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     log.info("denen %s bridge: config %s", __version__, config_path)
+    if retire:
+        if not bridge.retire():
+            print("denen: the bridge stopped before its session was drained; the session stays on the broker "
+                  "(run --retire again to finish)", file=sys.stderr)
+            return 1
+        return 0
     bridge.run()
     return 0
 

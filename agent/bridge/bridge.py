@@ -25,6 +25,9 @@ Why nothing is lost:
   CONNECT), which bounds memory while the database is down.
 
 Several bridge processes with the same ``mqtt.group`` share the subscription; each message goes to one of them.
+Mosquitto hands each member session its share also while that member is away, and keeps it there until the
+session expires. So a ``client_id`` is taken out of service with :meth:`Bridge.retire` (``denen bridge --retire``):
+it drains what its session holds, stops taking a share and removes the session.
 """
 
 from __future__ import annotations
@@ -117,6 +120,12 @@ class Bridge:
         self._last_summary: dict[str, int] = {}
         self._broker_unreachable_logged = False
         self._closed = False
+        # Retiring (see retire()): unsubscribe instead of subscribing, remove the session when drained.
+        self._retiring = False
+        self._unsubscribed = threading.Event()
+        self._remove_session = False
+        self._last_rx = time.monotonic()
+        self._unacked = 0  # messages of the current connection not acknowledged yet (under _ack_lock)
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -167,13 +176,54 @@ class Bridge:
             self._writer.join(timeout)
         client = self._client
         if client is not None:
-            client.disconnect()  # queued after the last acknowledgements, so they reach the broker first
+            props = None
+            if self._remove_session:
+                props = Properties(PacketTypes.DISCONNECT)
+                props.SessionExpiryInterval = 0  # the broker deletes the session now
+            # Queued after the last acknowledgements, so they reach the broker first.
+            client.disconnect(properties=props)
             client.loop_stop()
         self._sink.close()
         self._dead.close()
         self._log_summary(final=True)
         if self._failure is not None:
             raise BridgeError(f"the bridge stopped after an error: {self._failure}") from self._failure
+
+    def retire(self, *, idle_s: float = 2.0, timeout: float | None = None) -> bool:
+        """Take this bridge's ``client_id`` out of service without losing what its session holds.
+
+        Connect to the persistent session, unsubscribe (the broker stops giving it a share), write and acknowledge
+        everything that arrives until nothing has come for ``idle_s`` seconds, then disconnect with session
+        expiry 0, which removes the session from the broker.
+
+        Args:
+            idle_s: quiet time, in seconds, after which the session counts as drained.
+            timeout: give up after this many seconds (None: until drained or :meth:`request_stop`).
+
+        Returns:
+            True when the session was drained and removed; False when stopped or timed out first (the session
+            stays, with whatever it still holds: nothing is lost).
+
+        Raises:
+            BridgeError: the writer failed.
+        """
+        self._retiring = True
+        self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stop.wait(0.1):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            with self._ack_lock:
+                unacked = self._unacked
+            if self._unsubscribed.is_set() and unacked == 0 and time.monotonic() - self._last_rx >= idle_s:
+                self._remove_session = True
+                break
+        removed = self._remove_session
+        self.stop()
+        if removed:
+            log.info("bridge: session of %s drained and removed from the broker; this client id is retired",
+                     self.config.mqtt.effective_client_id())
+        return removed
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Wait until the broker confirmed the subscriptions of the current connection."""
@@ -202,6 +252,7 @@ class Bridge:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message
         return client
 
@@ -216,6 +267,9 @@ class Bridge:
         self._broker_unreachable_logged = False
         log.info("MQTT: connected to %s:%d (session present: %s)", cfg.host, cfg.port,
                  bool(getattr(flags, "session_present", False)))
+        if self._retiring:
+            client.unsubscribe(list(cfg.subscriptions()))
+            return
         # Subscribing again on a present session is harmless and covers a broker that lost its session store.
         options = SubscribeOptions(qos=1)
         client.subscribe([(topic, options) for topic in cfg.subscriptions()])
@@ -239,11 +293,18 @@ class Bridge:
             log.info("MQTT: subscribed to %s", ", ".join(self.config.mqtt.subscriptions()))
             self._subscribed.set()
 
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                        properties: Properties | None) -> None:
+        log.info("MQTT: unsubscribed (retiring): %s", ", ".join(str(rc) for rc in reason_codes))
+        self._unsubscribed.set()
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                        properties: Properties | None) -> None:
         with self._ack_lock:
             self._session += 1
+            self._unacked = 0  # what was not acknowledged comes again on the next connection
         self._subscribed.clear()
+        self._unsubscribed.clear()
         if not self._stop.is_set():
             log.warning("MQTT: disconnected from %s:%d (%s); reconnecting, unacknowledged messages will come again",
                         self.config.mqtt.host, self.config.mqtt.port, reason)
@@ -251,6 +312,7 @@ class Bridge:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         rx = self._rx
         rx["messages"] += 1
+        self._last_rx = time.monotonic()
         if msg.dup:
             rx["messages_redelivered"] += 1
         if self._stop.is_set():
@@ -260,7 +322,10 @@ class Bridge:
         except Exception:  # noqa: BLE001 - a bug in our converter must not kill paho's thread; keep the payload
             log.exception("bridge: converting a message on %s failed; it goes to the dead-letter store", msg.topic)
             converted = Converted(rejects=[Reject("internal_error", traceback.format_exc(limit=5), msg.payload)])
-        self._inbox.put(_Message(self._session, msg.mid, msg.qos, msg.topic, converted, bool(msg.dup)))
+        with self._ack_lock:
+            self._unacked += 1
+            session = self._session
+        self._inbox.put(_Message(session, msg.mid, msg.qos, msg.topic, converted, bool(msg.dup)))
 
     # -- writing ----------------------------------------------------------------------------------------------
     def _writer_main(self) -> None:
@@ -361,6 +426,7 @@ class Bridge:
                 if m.qos > 0:
                     client.ack(m.mid, m.qos)
                 acked += 1
+            self._unacked -= acked
         self.stats["messages_acked"] += acked
         if stale:
             # Message ids belong to the connection that delivered them; the broker sends these again.

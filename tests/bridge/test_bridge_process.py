@@ -233,3 +233,37 @@ def test_a_runtime_error_is_one_line_without_a_traceback(tmp_path: Path) -> None
     assert out.returncode == 1 and "Traceback" not in out.stderr
     [line] = [ln for ln in out.stderr.splitlines() if ln.startswith("denen: error:")]
     assert "dead-letter store" in line and "dead_letter.path" in line
+
+
+def test_retiring_a_bridge_drains_its_share_and_removes_its_session(tmp_path: Path, broker: Mosquitto,
+                                                                    influx: InfluxDB1) -> None:
+    """Mosquitto gives a shared subscription's members their share also while they are away. A bridge taken out
+    of service for good must take what its session holds, or it stays there until the session expires."""
+    stays = BridgeProcess(write_config(tmp_path, broker, influx, "bridge-stays"), tmp_path / "stays.log")
+    leaves = BridgeProcess(write_config(tmp_path, broker, influx, "bridge-leaves"), tmp_path / "leaves.log")
+    stays.start()
+    leaves.start()
+    assert leaves.terminate() == 0  # away: its session keeps receiving a share
+    pub = Publisher(broker)
+    try:
+        readings = telemetry_readings("gw-r", 400, nodes=4)
+        pub.publish((topic("gw-r"), batch("gw-r", readings[i:i + 10])) for i in range(0, 200, 10))
+        assert wait_until(lambda: influx.count("water_level", "level_cm", DB) > 0, 10)
+        time.sleep(0.5)
+        held = 200 - influx.count("water_level", "level_cm", DB)
+        assert held > 0, "the away bridge's session got no share; the test proved nothing"
+        out = subprocess.run([sys.executable, "-m", "agent.cli", "bridge", "-c", str(leaves.config), "--retire"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "drained and removed" in out.stderr
+        assert influx.count("water_level", "level_cm", DB) == 200
+        # The session is gone: everything published from now on goes to the bridge that stays.
+        pub.publish((topic("gw-r"), batch("gw-r", readings[i:i + 10])) for i in range(200, 400, 10))
+        assert wait_until(lambda: influx.count("water_level", "level_cm", DB) == 400, 10)
+        assert stays.terminate() == 0
+        # Its share of the first 20 messages, and all 20 later ones.
+        assert stays.summary()["messages"] == (200 - held) // 10 + 20
+    finally:
+        pub.close()
+        stays.stop()
+        leaves.stop()

@@ -51,10 +51,13 @@ class Edge:
         self.rules = RuleEngine(self.rules_config, node_infos(config.nodes), start_us=now_us)
         self.tracker = AlertTracker(repeat_s=self.rules_config.repeat_s, deadline_s=self.rules_config.deadline_s)
         self._restored: list[Alert] = []
-        self._alert_seq: dict[str, int] = {}
+        # alert id -> (journal seq, ts_us) it was first journaled with: a repeat is the identical reading.
+        self._alert_seq: dict[str, tuple[int, int]] = {}
+        self._last_alert_ts = 0
         try:
             if meta.get("alert_seqs"):
-                self._alert_seq = {str(k): int(v) for k, v in json.loads(meta["alert_seqs"]).items()}
+                self._alert_seq = {str(k): (int(v[0]), int(v[1]))
+                                   for k, v in json.loads(meta["alert_seqs"]).items()}
             if meta.get("rules_snapshot"):
                 self._restored = self.rules.restore(json.loads(meta["rules_snapshot"]))
             if meta.get("alerts_snapshot"):
@@ -280,9 +283,14 @@ class Edge:
     def _alert_entry(self, alert: Alert) -> Entry:
         """An alert as a reading of kind ``alert`` (README "Alerts"); repeats reuse the identical body."""
         # A repeat must be the same reading (same identity), so each alert event keeps the sequence it got first.
-        seq = self._alert_seq.get(alert.id)
-        if seq is None:
-            seq = self._alert_seq[alert.id] = self._next_seq()
+        first = self._alert_seq.get(alert.id)
+        if first is None:
+            # Alerts decided by one reading share its time; InfluxDB keys points by tags and time, so each alert
+            # point gets its own microsecond (two stages crossed at once must stay two points).
+            ts = max(alert.ts_us, self._last_alert_ts + 1)
+            self._last_alert_ts = ts
+            first = self._alert_seq[alert.id] = (self._next_seq(), ts)
+        seq, ts_us = first
         values: dict[str, float] = {"raised": 1.0 if alert.state == "raised" else 0.0}
         for key in ("value", "threshold", "level", "lat_deg", "lon_deg"):
             v = getattr(alert, key)
@@ -295,8 +303,8 @@ class Edge:
             "fcnt": seq,
             "kind": "alert",
             "lane": "alarm",
-            "ts_us": alert.ts_us,
-            "clock": clock.quality(alert.ts_us),
+            "ts_us": ts_us,
+            "clock": clock.quality(ts_us),
             "alert": {
                 "id": f"{self.gateway_id}:{alert.id}", "key": alert.key, "type": alert.type, "state": alert.state,
                 "severity": alert.severity, "node": alert.node, "name": alert.name, "message": alert.message,
@@ -304,7 +312,7 @@ class Edge:
             },
             "values": values,
         }
-        return Entry(ALARM, "gateway", seq, alert.ts_us, json.dumps(body, separators=(",", ":"), ensure_ascii=False))
+        return Entry(ALARM, "gateway", seq, ts_us, json.dumps(body, separators=(",", ":"), ensure_ascii=False))
 
     def _rain_entries(self, now_us: int) -> list[Entry]:
         gauge = self._rain_gauge

@@ -118,8 +118,15 @@ class FrameDecoder:
             log.warning("node %s (%s) is configured as %s but sent %s; kept", node_hex, node.name, node.kind, kind)
 
         # Accepted: the replay window moves only now, after authentication and decoding succeeded.
+        # Frames read in one chunk share a receive time; a node's readings get strictly increasing timestamps,
+        # because the backend keys a point by node and time. (Only for ties within a second: after the clock
+        # is stepped back, readings take the new time rather than creeping on from the old one.)
+        ts_us = up.received_us
+        last = st.last_seen_us
+        if last is not None and last - 1_000_000 < ts_us <= last:
+            ts_us = last + 1
         st.last_fcnt = frame.counter
-        st.last_seen_us = up.received_us
+        st.last_seen_us = ts_us
         st.radio = up.radio
         st.rssi = up.rssi
         st.snr = up.snr
@@ -136,8 +143,8 @@ class FrameDecoder:
             "fcnt": frame.counter,
             "kind": kind,
             "lane": LANES[lane],
-            "ts_us": up.received_us,
-            "clock": clock.quality(up.received_us),
+            "ts_us": ts_us,
+            "clock": clock.quality(ts_us),
             "radio": up.radio,
             "rssi": up.rssi,
             "snr": up.snr,
@@ -146,7 +153,7 @@ class FrameDecoder:
             "values": values,
         }
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-        return Decoded(entry=Entry(lane, node_hex, frame.counter, up.received_us, text), kind=kind, body=body)
+        return Decoded(entry=Entry(lane, node_hex, frame.counter, ts_us, text), kind=kind, body=body)
 
     def local_reading(self, node_hex: str, kind: str, values: dict[str, float], *, ts_us: int,
                       source: str) -> tuple[Entry, dict[str, Any]]:

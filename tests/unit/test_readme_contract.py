@@ -96,3 +96,17 @@ def test_a_reading_keeps_its_identity_and_timestamp_across_restarts(tmp_path: Pa
     assert json.loads(body)["ts_us"] == 42 * 10**15
     assert j2.nodes()[out.entry.node].last_fcnt == 1
     j2.close()
+
+
+def test_node_frame_examples_in_the_readme_are_what_the_codec_builds() -> None:
+    from drivers.codec import frame as nodeframe
+
+    text = section("## The denen node frame")
+    body = kinds.encode_values("trap", {"fired": 1.0, "battery_v": 3.30})
+    plain = nodeframe.build(0x00A1B2C3, 42, kinds.KIND_CODES["trap"], body).hex().upper()
+    signed = nodeframe.build(0x00A1B2C3, 42, kinds.KIND_CODES["trap"], body,
+                             key=bytes.fromhex("000102030405060708090a0b0c0d0e0f")).hex().upper()
+    assert f"`{plain}`" in text and f"`{signed}`" in text
+    assert plain == "1000A1B2C30000002A020100010374014A"
+    for name, code in kinds.KIND_CODES.items():
+        assert f"| {name} | 0x{code:02X} |" in text, name

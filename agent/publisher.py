@@ -86,9 +86,9 @@ class MqttLink:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish the offline status (best effort), disconnect cleanly and stop the thread."""
-        self._stop.set()
         client = self._client
         if client is not None and self._connected:
+            # The link thread is still looping here, so the PUBACK of the offline status is read.
             try:
                 info = client.publish(
                     self.topics.status, status_payload(self.gateway_id, "offline", version=self._version),
@@ -97,6 +97,9 @@ class MqttLink:
                 info.wait_for_publish(timeout=min(2.0, timeout))
             except (RuntimeError, ValueError, OSError):
                 pass
+        self._stop.set()
+        if client is not None:
+            # A clean DISCONNECT: the broker discards the Last Will, so "offline" is published once.
             client.disconnect()
         if self._thread:
             self._thread.join(timeout)
@@ -179,7 +182,9 @@ class MqttLink:
                     rc = client.loop(timeout=loop_timeout)
                     if rc != mqtt.MQTT_ERR_SUCCESS:
                         break
-            was_up = self._connected
+            # paho's on_disconnect has already cleared _connected inside loop(); whether this session was up is
+            # whether its CONNACK was accepted.
+            was_up = self._connack_ok
             with self._lock:
                 self._connected = False
                 self._client = None

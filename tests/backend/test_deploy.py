@@ -1,0 +1,443 @@
+"""deploy/backend: the compose file, make-credentials.sh and the broker's TLS + password + ACL set-up.
+
+* ``docker-compose config -q`` (Debian's docker-compose 1.29, which checks the file against the Compose schema
+  without a Docker engine) accepts the compose file with the .env that make-credentials.sh writes, and refuses it
+  without one.
+* make-credentials.sh makes a CA, a broker certificate that verifies against it (openssl verify) for the given
+  names, hashed logins, and prints each gateway's config lines; a second run changes nothing, -R rotates.
+* The real Mosquitto, run with deploy/backend/mosquitto/mosquitto.conf and acl (paths and port adapted to a temp
+  folder), speaks TLS with that certificate, takes the logins, and applies the ACL: gateway A may publish under
+  denen/v1/gw-a/, a publish into gateway B's tree gets PUBACK reason code 135, and the bridge reads everything.
+
+A missing docker-compose, openssl, mosquitto or mosquitto_passwd fails the test with the install command.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from ruamel.yaml import YAML
+
+from agent.devbroker import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKEND = ROOT / "deploy" / "backend"
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)),
+                                      None)
+    if path is None:
+        pytest.fail(f"{name} is not installed; the deploy tests need it. Install it with: apt-get install -y "
+                    f"{package} (bash deploy/dev.sh test does this when run as root)")
+    return path
+
+
+def _copy_backend(dest: Path) -> Path:
+    """A copy of deploy/backend at <dest>/deploy/backend, without secrets or .env of a developer's own run."""
+    target = dest / "deploy" / "backend"
+    shutil.copytree(BACKEND, target, ignore=shutil.ignore_patterns("secrets", ".env", "__pycache__"))
+    return target
+
+
+def _make_credentials(backend: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    _tool("openssl", "openssl")
+    _tool("mosquitto_passwd", "mosquitto")
+    env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin"}
+    return subprocess.run(["sh", str(backend / "make-credentials.sh"), *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+@pytest.fixture(scope="module")
+def credentials(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """deploy/backend copied to a temp dir, with make-credentials.sh run once for two gateways."""
+    backend = _copy_backend(tmp_path_factory.mktemp("deploy"))
+    proc = _make_credentials(backend, "-n", "localhost", "-n", "127.0.0.1", "-n", "mqtt.example.jp", "gw-a", "gw-b")
+    assert proc.returncode == 0, proc.stderr
+    return backend, proc
+
+
+# ---- docker-compose -------------------------------------------------------------------------------------------
+
+
+def test_compose_file_validates_with_the_generated_env(credentials: tuple[Path, Any]) -> None:
+    compose = _tool("docker-compose", "docker-compose")
+    backend, _ = credentials
+    proc = subprocess.run([compose, "config", "-q"], cwd=backend, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    # The resolved file: the five services, the bridge built from the repository with the Dockerfile here, and
+    # every file the services mount exists in deploy/backend after make-credentials.sh.
+    proc = subprocess.run([compose, "config"], cwd=backend, capture_output=True, text=True, timeout=60)
+    resolved = YAML(typ="safe").load(proc.stdout)
+    assert set(resolved["services"]) == {"mosquitto", "influxdb", "influxdb-setup", "bridge", "grafana"}
+    build = resolved["services"]["bridge"]["build"]
+    assert (Path(build["context"]) / build["dockerfile"]).resolve() == (backend / "Dockerfile").resolve()
+    for name, service in resolved["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume["source"]
+            if source.startswith("/"):
+                assert Path(source).exists(), f"{name} mounts {source}, which does not exist"
+    assert resolved["services"]["bridge"]["depends_on"]["influxdb-setup"]["condition"] == (
+        "service_completed_successfully")
+
+
+def test_compose_file_refuses_to_start_without_secrets(tmp_path: Path) -> None:
+    """Without .env the required secrets are missing: docker-compose stops with the hint, never runs blank."""
+    compose = _tool("docker-compose", "docker-compose")
+    backend = _copy_backend(tmp_path)
+    proc = subprocess.run([compose, "config", "-q"], cwd=backend, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "make-credentials.sh" in proc.stderr
+    # docker-compose really checks the schema (a typo in a key is refused), so the pass above means something.
+    text = (backend / "docker-compose.yml").read_text(encoding="utf-8").replace("    image: influxdb:2.7",
+                                                                                 "    imagee: influxdb:2.7", 1)
+    (backend / "docker-compose.yml").write_text(text, encoding="utf-8")
+    (backend / ".env").write_text((BACKEND / ".env.example").read_text(encoding="utf-8"), encoding="utf-8")
+    proc = subprocess.run([compose, "config", "-q"], cwd=backend, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "imagee" in proc.stderr
+
+
+def test_bridge_config_and_dockerfile_fit_the_stack() -> None:
+    """bridge.yaml uses the v2 sink with the write-only token influxdb/setup.sh makes, via the broker's TLS name,
+    and the secrets the image's entrypoint copies from the mounted secrets/bridge."""
+    yaml = YAML(typ="safe")
+    bridge = yaml.load((BACKEND / "bridge.yaml").read_text(encoding="utf-8"))
+    compose = yaml.load((BACKEND / "docker-compose.yml").read_text(encoding="utf-8"))
+    service = compose["services"]["bridge"]
+    assert bridge["sink"]["type"] == "v2" and bridge["sink"]["bucket"] == "denen" and bridge["sink"]["org"] == "denen"
+    assert bridge["sink"]["url"] == "http://influxdb:8086"
+    assert bridge["mqtt"]["host"] == "mosquitto" and bridge["mqtt"]["port"] == 8883 and bridge["mqtt"]["tls"]
+    assert bridge["mqtt"]["username"] == "denen-bridge"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+    assert mounts["/etc/denen/bridge.yaml"] == "./bridge.yaml"
+    assert mounts["/etc/denen/secrets"] == "./secrets/bridge"
+    assert Path(bridge["sink"]["token_file"]).parent == Path("/run/denen/influx")
+    assert mounts["/run/denen/influx"] == "bridge-token"
+    # The entrypoint copies /etc/denen/secrets/* to /run/denen/secrets (a tmpfs), where bridge.yaml reads them.
+    assert "/run/denen/secrets" in service["tmpfs"]
+    for key in (bridge["mqtt"]["password_file"], bridge["mqtt"]["tls"]["ca_file"]):
+        assert Path(key).parent == Path("/run/denen/secrets")
+        assert Path(key).name in ("mqtt-password", "ca.pem")  # the names make-credentials.sh uses
+    entrypoint = (BACKEND / "bridge-entrypoint.sh").read_text(encoding="utf-8")
+    assert "/etc/denen/secrets/*" in entrypoint and "/run/denen/secrets" in entrypoint and "setpriv" in entrypoint
+    dockerfile = (BACKEND / "Dockerfile").read_text(encoding="utf-8")
+    assert '".[bridge]"' in dockerfile
+    assert 'CMD ["denen", "bridge", "-c", "/etc/denen/bridge.yaml"]' in dockerfile
+    assert "COPY deploy/backend/bridge-entrypoint.sh" in dockerfile
+    assert "!deploy/backend/bridge-entrypoint.sh" in (BACKEND / "Dockerfile.dockerignore").read_text()
+    setup = (BACKEND / "influxdb" / "setup.sh").read_text(encoding="utf-8")
+    assert "influx v1 dbrp create" in setup and f"TOKEN_FILE={bridge['sink']['token_file']}" in setup
+    assert "chown 10001:10001" in setup and "--uid 10001" in dockerfile
+
+
+def test_bridge_config_loads_with_the_bridges_own_validator(tmp_path: Path) -> None:
+    """deploy/backend/bridge.yaml is a valid `denen bridge` config (the container paths mapped to temp files)."""
+    from agent.bridge.config import load_bridge_config
+
+    text = (BACKEND / "bridge.yaml").read_text(encoding="utf-8")
+    for container_path in ("/run/denen/secrets/mqtt-password", "/run/denen/secrets/ca.pem", "/run/denen/influx/token"):
+        assert container_path in text
+        local = tmp_path / Path(container_path).name
+        local.write_text("secret\n" if not local.name.endswith(".pem") else (BACKEND / "README.md").read_text())
+        local.chmod(0o600)
+        text = text.replace(container_path, str(local))
+    text = text.replace("/var/lib/denen/", f"{tmp_path}/")
+    (tmp_path / "bridge.yaml").write_text(text, encoding="utf-8")
+    config = load_bridge_config(tmp_path / "bridge.yaml")
+    assert config.sink.type == "v2" and config.sink.token_value() == "secret"
+    assert config.mqtt.client_id == "denen-bridge-1" and config.mqtt.tls is not None
+
+
+# ---- make-credentials.sh ---------------------------------------------------------------------------------------
+
+
+def _gateway_block(stdout: str, gateway: str) -> dict[str, Any]:
+    block = stdout.split(f"# ---- gateway {gateway} ----", 1)[1].split("# ---- gateway", 1)[0]
+    return YAML(typ="safe").load(block)
+
+
+def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials: tuple[Path, Any]) -> None:
+    backend, proc = credentials
+    secrets = backend / "secrets"
+    ca = secrets / "ca" / "ca.crt"
+    server = secrets / "mosquitto" / "server.crt"
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(ca), str(server)], capture_output=True, text=True)
+    assert verify.returncode == 0 and ": OK" in verify.stdout, verify.stdout + verify.stderr
+    text = subprocess.run(["openssl", "x509", "-in", str(server), "-noout", "-text"], capture_output=True,
+                          text=True, check=True).stdout
+    for name in ("DNS:localhost", "DNS:mqtt.example.jp", "DNS:mosquitto", "IP Address:127.0.0.1"):
+        assert name in text
+    assert "TLS Web Server Authentication" in text and "CA:FALSE" in text
+    ca_text = subprocess.run(["openssl", "x509", "-in", str(ca), "-noout", "-text"], capture_output=True,
+                             text=True, check=True).stdout
+    assert "CA:TRUE" in ca_text
+    # Hashed logins only, one per user; the plain passwords are in the per-user files.
+    entries = dict(line.split(":", 1) for line in (secrets / "mosquitto" / "passwd").read_text().splitlines())
+    assert set(entries) == {"denen-bridge", "gw-a", "gw-b"}
+    assert all(h.startswith("$7$") for h in entries.values())
+    for user_file in (secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "bridge" / "mqtt-password"):
+        assert user_file.read_text().strip() not in (secrets / "mosquitto" / "passwd").read_text()
+    # Secrets stay private: the folder is owner-only, private keys and gateway passwords are mode 600.
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    for private in (secrets / "ca" / "ca.key", secrets / "mosquitto" / "server.key",
+                    secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "mosquitto" / "passwd"):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+    # .env: every placeholder replaced by a distinct random secret.
+    env = dict(line.split("=", 1) for line in (backend / ".env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    assert "change-me" not in env.values()
+    randoms = [env[k] for k in ("INFLUXDB_ADMIN_PASSWORD", "INFLUXDB_ADMIN_TOKEN", "GRAFANA_ADMIN_PASSWORD",
+                                "GRAFANA_INFLUX_PASSWORD")]
+    assert len(set(randoms)) == 4 and all(re.fullmatch(r"[0-9a-f]{48}", r) for r in randoms)
+    # The lines a gateway's config needs.
+    block = _gateway_block(proc.stdout, "gw-a")["mqtt"]
+    assert block == {"host": "localhost", "port": 8883, "username": "gw-a",
+                     "password_file": "/etc/denen/mqtt-password", "tls": {"ca_file": "/etc/denen/ca.pem"},
+                     "topic_prefix": "denen/v1"}
+    assert (secrets / "gateways" / "gw-a" / "ca.pem").read_bytes() == ca.read_bytes()
+
+
+def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_path: Path) -> None:
+    backend = _copy_backend(tmp_path)
+    first = _make_credentials(backend, "-n", "localhost", "gw-a", "gw-b")
+    assert first.returncode == 0, first.stderr
+    secrets = backend / "secrets"
+    snapshot = {p: p.read_bytes() for p in secrets.rglob("*") if p.is_file()} | {
+        backend / ".env": (backend / ".env").read_bytes()}
+    again = _make_credentials(backend, "gw-a", "gw-b")
+    assert again.returncode == 0, again.stderr
+    assert {p: p.read_bytes() for p in snapshot} == snapshot  # nothing re-issued
+    assert _gateway_block(again.stdout, "gw-b")["mqtt"]["host"] == "localhost"
+    old_a = (secrets / "gateways" / "gw-a" / "mqtt-password").read_text()
+    old_hash_b = [line for line in (secrets / "mosquitto" / "passwd").read_text().splitlines()
+                  if line.startswith("gw-b:")]
+    rotated = _make_credentials(backend, "-R", "gw-a")
+    assert rotated.returncode == 0, rotated.stderr
+    assert (secrets / "gateways" / "gw-a" / "mqtt-password").read_text() != old_a
+    lines = (secrets / "mosquitto" / "passwd").read_text().splitlines()
+    assert sum(line.startswith("gw-a:") for line in lines) == 1
+    assert [line for line in lines if line.startswith("gw-b:")] == old_hash_b
+    for bad in ("GW-Upper", "-dash-first", "denen-bridge", "a" * 64, "gw/slash"):
+        proc = _make_credentials(backend, bad)
+        assert proc.returncode != 0 and "make-credentials.sh:" in proc.stderr, bad
+    fresh = _copy_backend(tmp_path / "fresh")
+    proc = _make_credentials(fresh, "gw-a")  # no -n: the broker certificate needs a name
+    assert proc.returncode != 0 and "-n" in proc.stderr
+
+
+# ---- the real broker with the deploy config ----------------------------------------------------------------------
+
+
+def _adapt_conf(backend: Path, workdir: Path, port: int) -> Path:
+    """mosquitto.conf with the container paths mapped into ``backend`` and ``workdir`` and a loopback port."""
+    text = (backend / "mosquitto" / "mosquitto.conf").read_text(encoding="utf-8")
+    secrets = backend / "secrets" / "mosquitto"
+    replacements = [
+        (r"^listener 8883$", f"listener {port} 127.0.0.1"),
+        (r"/mosquitto/secrets/", f"{secrets}/"),
+        (r"/mosquitto/config/acl", str(backend / "mosquitto" / "acl")),
+        (r"^persistence_location .*$", f"persistence_location {workdir}/"),
+        (r"^log_dest stdout$", f"log_dest file {workdir / 'mosquitto.log'}"),
+    ]
+    for pattern, new in replacements:
+        text, n = re.subn(pattern, new, text, flags=re.M)
+        assert n, f"mosquitto.conf no longer has {pattern!r}; update this test's mapping"
+    if os.geteuid() == 0:
+        text = "user root\n" + text  # as root, mosquitto would drop to user 'mosquitto', who cannot read tmp files
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(text, encoding="utf-8")
+    return conf
+
+
+@pytest.fixture(scope="module")
+def deploy_broker(credentials: tuple[Path, Any],
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    binary = _tool("mosquitto", "mosquitto")
+    backend, _ = credentials
+    workdir = tmp_path_factory.mktemp("mosquitto")
+    port = free_port()
+    conf = _adapt_conf(backend, workdir, port)
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                log_file = workdir / "mosquitto.log"
+                log = log_file.read_text(errors="replace") if log_file.exists() else ""
+                pytest.fail(f"mosquitto refused deploy/backend/mosquitto/mosquitto.conf: {err}{log}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("mosquitto did not listen within 10 s")
+                time.sleep(0.02)
+        yield port, backend
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+class Probe:
+    """A paho 2 MQTT v5 client over TLS that records CONNACK, SUBACK and PUBACK reason codes and messages."""
+
+    def __init__(self, port: int, ca: Path, username: str | None, password: str | None, client_id: str) -> None:
+        self.cond = threading.Condition()
+        self.connack: int | None = None
+        self.pubacks: dict[int, int] = {}
+        self.subacks: list[int] | None = None
+        self.messages: list[tuple[str, bytes]] = []
+        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                        protocol=MQTTProtocolVersion.MQTTv5, reconnect_on_failure=False)
+        # The broker must prove it holds the certificate make-credentials.sh issued for "localhost".
+        c.tls_set(ca_certs=str(ca), cert_reqs=ssl.CERT_REQUIRED)
+        if username is not None:
+            c.username_pw_set(username, password)
+        c.on_connect = self._on_connect
+        c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        self.client = c
+        c.connect("localhost", port, keepalive=30)
+        c.loop_start()
+
+    def _note(self, fn: Any) -> None:
+        with self.cond:
+            fn()
+            self.cond.notify_all()
+
+    def _on_connect(self, c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._note(lambda: setattr(self, "connack", rc.value))
+
+    def _on_publish(self, c: Any, u: Any, mid: int, rc: Any, props: Any) -> None:
+        self._note(lambda: self.pubacks.__setitem__(mid, rc.value))
+
+    def _on_subscribe(self, c: Any, u: Any, mid: int, rcs: Any, props: Any) -> None:
+        self._note(lambda: setattr(self, "subacks", [r.value for r in rcs]))
+
+    def _on_message(self, c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._note(lambda: self.messages.append((msg.topic, msg.payload)))
+
+    def wait(self, predicate: Any, what: str, timeout: float = 10.0) -> None:
+        with self.cond:
+            if not self.cond.wait_for(predicate, timeout):
+                raise AssertionError(f"timed out waiting for {what}")
+
+    def connected(self) -> int:
+        self.wait(lambda: self.connack is not None, "CONNACK")
+        assert self.connack is not None
+        return self.connack
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        info = self.client.publish(topic, payload, qos=1)
+        self.wait(lambda: info.mid in self.pubacks, f"PUBACK for {topic}")
+        return self.pubacks[info.mid]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _login(backend: Path, user: str) -> str:
+    path = (backend / "secrets" / "bridge" / "mqtt-password" if user == "denen-bridge"
+            else backend / "secrets" / "gateways" / user / "mqtt-password")
+    return path.read_text().strip()
+
+
+def test_broker_acl_confines_each_gateway_to_its_own_tree(deploy_broker: tuple[int, Path]) -> None:
+    port, backend = deploy_broker
+    ca = backend / "secrets" / "gateways" / "gw-a" / "ca.pem"
+    bridge = Probe(port, backend / "secrets" / "bridge" / "ca.pem", "denen-bridge", _login(backend, "denen-bridge"),
+                   "denen-bridge-1")
+    gw_a = Probe(port, ca, "gw-a", _login(backend, "gw-a"), "denen-gw-a")
+    try:
+        assert bridge.connected() == 0 and gw_a.connected() == 0
+        # The bridge reads every gateway's tree through its shared subscription.
+        bridge.client.subscribe("$share/denen-bridge/denen/v1/+/readings/#", qos=1)
+        bridge.wait(lambda: bridge.subacks is not None, "SUBACK")
+        assert bridge.subacks == [1], f"bridge subscription refused: {bridge.subacks}"
+
+        assert gw_a.publish("denen/v1/gw-a/readings/sos", b'{"own": true}') == 0  # Success
+        assert gw_a.publish("denen/v1/gw-b/readings/sos", b'{"forged": true}') == 135  # Not authorized
+        # (Mosquitto 2.0.11 also closes the connection after refusing a QoS 1 publish, so go on with a new one.)
+        gw_a2 = Probe(port, ca, "gw-a", _login(backend, "gw-a"), "denen-gw-a-2")
+        try:
+            assert gw_a2.connected() == 0
+            assert gw_a2.publish("denen/v1/gw-a/readings/telemetry", b'{"own": 2}') == 0
+        finally:
+            gw_a2.close()
+        # The refused message was dropped before the last publish began, so once that one is in, it cannot come.
+        bridge.wait(lambda: any(t.endswith("/telemetry") for t, _ in bridge.messages), "the bridge's messages")
+        assert sorted(bridge.messages) == [("denen/v1/gw-a/readings/sos", b'{"own": true}'),
+                                           ("denen/v1/gw-a/readings/telemetry", b'{"own": 2}')]
+        # Gateway B itself may publish in its own tree but not in A's; the bridge may not publish readings at all.
+        gw_b = Probe(port, ca, "gw-b", _login(backend, "gw-b"), "denen-gw-b")
+        try:
+            assert gw_b.connected() == 0
+            assert gw_b.publish("denen/v1/gw-b/readings/sos", b"{}") == 0
+            assert gw_b.publish("denen/v1/gw-a/status", b"{}") == 135
+        finally:
+            gw_b.close()
+        assert bridge.publish("denen/v1/gw-a/readings/sos", b"{}") == 135
+    finally:
+        bridge.close()
+        gw_a.close()
+
+
+@pytest.mark.parametrize(("user", "password"), [("gw-a", "wrong-password"), ("gw-z", "whatever"), (None, None)],
+                         ids=["wrong-password", "unknown-user", "anonymous"])
+def test_broker_refuses_bad_logins(deploy_broker: tuple[int, Path], user: str | None, password: str | None) -> None:
+    port, backend = deploy_broker
+    probe = Probe(port, backend / "secrets" / "bridge" / "ca.pem", user, password, f"probe-{user}")
+    try:
+        assert probe.connected() >= 0x80  # a CONNACK failure reason code (134 bad login / 135 not authorized)
+    finally:
+        probe.close()
+
+
+def test_broker_certificate_is_checked_by_clients(deploy_broker: tuple[int, Path], tmp_path: Path) -> None:
+    """A client with another CA refuses the broker: TLS is verified, not merely encrypted."""
+    port, backend = deploy_broker
+    other = tmp_path / "other"
+    proc = _make_credentials(_copy_backend(other), "-n", "localhost")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        probe = Probe(port, other / "deploy" / "backend" / "secrets" / "ca" / "ca.crt", "gw-a",
+                      _login(backend, "gw-a"), "probe-other-ca")
+    except ssl.SSLCertVerificationError as exc:
+        _close_sockets_left_in(exc)
+        assert "certificate verify failed" in str(exc)
+    else:
+        probe.close()
+        pytest.fail("a client trusting another CA connected to the broker")
+
+
+def _close_sockets_left_in(exc: BaseException) -> None:
+    """paho 2.2 leaves the socket of a failed TLS handshake open (agent/publisher.py does the same clean-up)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, socket.socket):
+                value.close()
+        tb = tb.tb_next

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
+_STALL_S = 2.0  # how long a write waits for a host that does not read before its bytes are lost, in seconds
+
 # termios speed constants -> bits per second, for the baud rates the modules support.
 _SPEEDS = {getattr(termios, f"B{b}"): b for b in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)}
 
@@ -62,6 +64,7 @@ class PtyPort:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._plugged = threading.Event()
+        self.lost_bytes = 0  # bytes dropped because the host stopped reading
 
     # -- life cycle -------------------------------------------------------------------------------------
     @property
@@ -111,6 +114,8 @@ class PtyPort:
         master, slave = os.openpty()
         # Raw mode, so nothing the module "sends" is translated before the host sets its own termios.
         tty.setraw(slave)
+        # Non-blocking master: a write to a host that stopped reading must not block the simulator forever.
+        os.set_blocking(master, False)
         self._master, self._slave = master, slave
         self._slave_path = os.ttyname(slave)
         if self.link:
@@ -170,11 +175,18 @@ class PtyPort:
                 if self._master is None:
                     return
                 view = memoryview(piece)
+                deadline = time.monotonic() + _STALL_S
                 while view:
                     try:
                         n = os.write(self._master, view)
                     except BlockingIOError:
-                        select.select([], [self._master], [], 1.0)
+                        # The host is not reading and the pty buffer is full. A UART does not wait for its
+                        # host: after a short grace the bytes are lost, and the simulator never hangs.
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            self.lost_bytes += len(view)
+                            return
+                        select.select([], [self._master], [], min(left, 0.1))
                         continue
                     except OSError:
                         return
@@ -194,6 +206,8 @@ class PtyPort:
                 continue
             try:
                 data = os.read(master, 65536)  # type: ignore[arg-type]
+            except BlockingIOError:
+                continue
             except OSError:
                 # EIO until the host opens the slave; we keep our own slave fd open, so this is rare.
                 time.sleep(0.01)

@@ -167,8 +167,9 @@ def _in_repo(filename: str) -> str:
 
 
 def signature_of(kind: str, exc: BaseException) -> str:
-    """What identifies a bug: for a violation, the oracle's check (file:line in the fuzz harness) and its first
-    words; otherwise the exception type and the innermost frame in the project's code (agent/, drivers/)."""
+    """What identifies a bug: for a violation, the oracle's check that failed (file:line in the fuzz harness); for a
+    hang, the function of the project's code (agent/, drivers/) it was stuck in; otherwise the exception type and
+    the innermost frame in the project's code."""
     frames = traceback.extract_tb(exc.__traceback__)
     if kind == "violation":
         # The oracle's check that failed (its message carries input data, so it is not part of the signature).
@@ -193,7 +194,10 @@ def _failure(kind: str, target: Target, index: int, data: Any, exc: BaseExceptio
     failure = Failure(kind, target.name, index, signature_of(kind, exc), type(exc).__name__, str(exc)[:500],
                       tb[-4000:], elapsed, shown, len(shown))
     if kind in ("crash", "violation", "hang"):
-        failure.known = known_issue(target.name, data, exc)
+        try:
+            failure.known = known_issue(target.name, data, exc)
+        except Exception:  # noqa: BLE001 - an input the matchers do not expect is simply not a known one
+            failure.known = None
     return failure
 
 
@@ -227,7 +231,8 @@ def run_unit(name: str, start: int, end: int, seed: int, hang_s: float, state: A
     """Generate and run inputs ``start .. end-1`` of target ``name``.
 
     Args:
-        state: shared array of the worker (current index, start time in ns) for the parent's watchdog, or None.
+        state: the worker's shared array for the parent's watchdog (target code, unit start, unit end, current
+            index, monotonic start of the current input in ns or 0 between inputs), or None.
     """
     target = TARGETS[name]
     stats = TargetStats(name)
@@ -419,6 +424,8 @@ def run(names: Sequence[str], inputs: int, *, seed: int = 1, jobs: int = 2, seco
         pending.extendleft(reversed(requeue + list(w.assigned)))
         w.assigned.clear()
 
+    for target in targets:
+        target.prepare()
     workers = [spawn() for _ in range(max(1, jobs))]
     for w in workers:
         top_up(w)
@@ -634,8 +641,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--replay", metavar="TARGET:INDEX", help="re-run one input of a run with --seed")
     parser.add_argument("--no-minimize", action="store_true", help="do not shrink failing inputs after the run")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--explain", action="store_true",
+                        help="print each target's documented error and what a specific rejection is, then exit")
     args = parser.parse_args(argv)
     logging.disable(logging.CRITICAL)
+    if args.explain:
+        for name, target in TARGETS.items():
+            print(f"{name} ({target.error}):\n    {target.specific}")
+        return 0
     if args.replay:
         return replay(args.seed, args.replay, args.hang_seconds)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]

@@ -72,6 +72,7 @@ from pydantic_core import PydanticUndefined
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.scalarint import BinaryInt, HexCapsInt, HexInt, OctalInt
 
@@ -310,6 +311,12 @@ def _resolve_path(value: str, info: ValidationInfo) -> str:
 
 def _check_readable_file(path: str, what: str) -> None:
     p = Path(path)
+    try:
+        p.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a name too long, a loop of links ...
+        raise _problem(f"{what} {path[:80]} cannot be used: {exc.strerror}", _path_hint()) from None
     if not p.exists():
         raise _problem(f"{what} {path} does not exist", _path_hint() + "; fix the path or create the file")
     if not p.is_file():
@@ -614,7 +621,7 @@ class P2pConfig(_Section):
         )
         if not JP_FREQ_MIN_HZ <= value <= JP_FREQ_MAX_HZ:
             raise _problem(
-                f"{value} Hz ({value / 1e6:g} MHz) is outside Japan's 920 MHz LoRa band "
+                f"{value} Hz ({(f'{value / 1e6:g} MHz' if abs(value) < 10**15 else 'not a radio frequency')}) is outside Japan's 920 MHz LoRa band "
                 f"(920.6..923.4 MHz)",
                 hint,
             )
@@ -752,7 +759,8 @@ class RadioConfig(_Section):
         # Fill the driver's own section with its defaults when it is absent (or written as an empty key), so the
         # drivers always get complete settings. Done before validation so the filled section is itself validated.
         if isinstance(data, Mapping):
-            section = SECTION_FOR_DRIVER.get(data.get("driver"))  # type: ignore[arg-type]
+            driver = data.get("driver")
+            section = SECTION_FOR_DRIVER.get(driver) if isinstance(driver, str) else None
             if section is not None and data.get(section) is None:
                 return {**data, section: {}}
         return data
@@ -1212,8 +1220,30 @@ def parse_yaml_model(
         data = yaml.load(text)
     except MarkedYAMLError as exc:
         raise ConfigError([_yaml_error_issue(exc, source)]) from None
+    except ReaderError as exc:
+        # A control character (NUL, DEL ...): the reader knows only its offset; turn it into line and column.
+        pos = exc.position if isinstance(exc.position, int) else 0
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+        key = _key_at_line(text, line)
+        raise ConfigError([ConfigIssue(
+            source, line, column, key, f"the file holds a control character (code {char:#04x}) YAML does not allow",
+            "delete it; editors show it as a box or ^? (a copy from a PDF or a terminal can bring one along)",
+        )]) from None
     except YAMLError as exc:
         raise ConfigError([ConfigIssue(source, None, None, "", f"YAML error: {exc}", None)]) from None
+    except Exception as exc:  # noqa: BLE001 - ruamel's constructors raise plain TypeError/ValueError on odd tags
+        lines = text.splitlines()
+        # ruamel gives no position here: point at the first construct that triggers this (an explicit tag, a merge,
+        # a complex key), else at the first line with content.
+        line = next((i for i, t in enumerate(lines, 1) if "!!" in t or "<<" in t or t.lstrip().startswith("?")),
+                    next((i for i, t in enumerate(lines, 1) if t.strip() and not t.lstrip().startswith("#")), 1))
+        raise ConfigError([ConfigIssue(
+            source, line, None, _key_at_line(text, line) if line else "",
+            f"YAML the loader cannot read ({type(exc).__name__}: {str(exc)[:120]})",
+            "write plain keys and values; explicit tags (!!set, !!int ...), '?' complex keys and '<<' merges are not needed",
+        )]) from None
 
     if data is None:
         raise ConfigError(
@@ -1231,7 +1261,13 @@ def parse_yaml_model(
         )
 
     issues: list[ConfigIssue] = _duplicate_key_issues(root_node, source) if root_node is not None else []
-    plain = _to_plain(data, (), hex_text_keys)
+    try:
+        plain = _to_plain(data, (), hex_text_keys, _Budget())
+    except _TooBig:
+        raise ConfigError([ConfigIssue(
+            source, None, None, "", f"the file expands to more than {_Budget.LIMIT} values (YAML aliases)",
+            "a gateway config is small: write values out instead of nesting aliases (*name)",
+        )]) from None
     context = {_CTX_BASE_DIR: Path(base_dir), _CTX_LOADER: True}
     result: _M | None = None
     try:
@@ -1239,6 +1275,10 @@ def parse_yaml_model(
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             issues.extend(_issues_from_error(err, data, source, model))
+    except (TypeError, OverflowError, OSError, ArithmeticError) as exc:
+        # A validator met input of a shape nothing expected; still one clear line, never a traceback.
+        issues.append(ConfigIssue(source, None, None, "", f"a value has an unexpected shape ({type(exc).__name__}: "
+                                  f"{str(exc)[:120]})", "compare the file with the examples in config/"))
     for loc, message, hint in checks(plain) if checks is not None else ():
         issues.append(_issue_at(data, source, loc, message, hint))
     if issues or result is None:
@@ -1282,6 +1322,15 @@ _YAML_HINTS: tuple[tuple[str, str], ...] = (
     ("expected ',' or", "a bracket or brace is not closed"),
     ("found undefined alias", "an alias (*name) refers to an anchor (&name) that is not defined above it"),
 )
+
+
+def _key_at_line(text: str, line: int) -> str:
+    """The mapping key written on ``line`` (1-based), or ``""``: enough to point at the place in the file."""
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        return ""
+    head = lines[line - 1].split(":", 1)[0].strip().lstrip("- ").strip()
+    return head if head and ":" in lines[line - 1] else ""
 
 
 def _yaml_error_issue(exc: MarkedYAMLError, source: str) -> ConfigIssue:
@@ -1350,12 +1399,33 @@ def _is_hex_text_key(path: Loc, patterns: Sequence[tuple[object, ...]]) -> bool:
     return False
 
 
-def _to_plain(value: object, path: Loc, hex_text_keys: Sequence[tuple[object, ...]] = ()) -> Any:
+class _TooBig(Exception):
+    """The document expands beyond :attr:`_Budget.LIMIT` values (an alias bomb)."""
+
+
+class _Budget:
+    """Counts values while a tree is copied: YAML aliases share nodes, a copy expands them."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self.left = self.LIMIT
+
+    def take(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise _TooBig
+
+
+def _to_plain(value: object, path: Loc, hex_text_keys: Sequence[tuple[object, ...]] = (),
+              budget: _Budget | None = None) -> Any:
     """Convert a ruamel round-trip tree to plain dicts, lists and scalars for pydantic."""
+    if budget is not None:
+        budget.take()
     if isinstance(value, CommentedMap):
-        return {str(k): _to_plain(v, (*path, str(k)), hex_text_keys) for k, v in value.items()}
+        return {str(k): _to_plain(v, (*path, str(k)), hex_text_keys, budget) for k, v in value.items()}
     if isinstance(value, CommentedSeq):
-        return [_to_plain(v, (*path, i), hex_text_keys) for i, v in enumerate(value)]
+        return [_to_plain(v, (*path, i), hex_text_keys, budget) for i, v in enumerate(value)]
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
@@ -1399,6 +1469,8 @@ def _position(root: object, loc: Loc) -> tuple[int | None, int | None]:
                 break
         except (KeyError, IndexError, TypeError):
             break
+        if not (isinstance(found, (list, tuple)) and len(found) >= 2 and isinstance(found[0], int)):
+            break  # a key pulled in by a merge (<<:) has no position of its own
         line, column = found[0] + 1, found[1] + 1
         current = current[part]
     return line, column

@@ -156,6 +156,9 @@ class Rak3172(ModuleDriver):
         try:
             rssi = int(parts[2])
             snr = float(parts[3])
+            # float() takes "nan" and "inf"; RUI3 prints an int8. Anything else is line noise, not a measurement.
+            if not -128.0 <= snr <= 127.0 or not -200 <= rssi <= 50:
+                raise ValueError("out of range")
         except ValueError:
             self._garbled(line, "RX event with bad rssi/snr")
             return

@@ -121,16 +121,27 @@ class LineSplitter:
         # Only a chunk longer than the limit can hold an over-long line, so the common case skips the scan.
         if len(data) > self.max_line:
             parts = self._drop_long(parts)
+        # The start of a terminator split across reads (the CR of a CR LF) is not line content: it is neither
+        # counted against max_line nor thrown away with a discarded line, or the LF that follows would not end it.
+        split = self._split_terminator(tail)
         if self._discarding:
-            tail = b""  # still inside a line already reported: keep nothing of it, report nothing again
-        elif len(tail) > self.max_line:
-            self._overflow(len(tail))
+            tail = tail[len(tail) - split:] if split else b""  # still inside a reported line: keep only that
+        elif len(tail) - split > self.max_line:
+            self._overflow(len(tail) - split)
             self._discarding = True
-            tail = b""
+            tail = tail[len(tail) - split:] if split else b""
         # A split terminator (a lone CR of a CR LF, with CR LF as the terminator) stays in the tail, so the next
         # chunk completes it.
         self._tail = tail
         return parts
+
+    def _split_terminator(self, tail: bytes) -> int:
+        """Length of the longest proper prefix of the terminator that ``tail`` ends with (0 for one-byte ones)."""
+        norm = self._norm
+        for k in range(len(norm) - 1, 0, -1):
+            if tail.endswith(norm[:k]):
+                return k
+        return 0
 
     def take_tail(self) -> bytes:
         """Remove and return the unfinished tail, for a caller that switches to another framing mid-stream."""

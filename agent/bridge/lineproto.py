@@ -127,7 +127,12 @@ def escape_tag_value(value: str) -> str:
 
 
 def escape_string_field(value: str) -> str:
-    """Quote a string field value: backslashes and double quotes are escaped."""
+    """Quote a string field value: backslashes and double quotes are escaped.
+
+    Line protocol cannot carry a line break even inside a quoted string (InfluxDB 1.x refuses it), so CR and LF
+    become spaces: a message stays readable and the line stays one line.
+    """
+    value = value.replace("\r", " ").replace("\n", " ")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -235,10 +240,13 @@ class Serializer:
             out.rejects.append(Reject("invalid_json", f"payload is not UTF-8 JSON: {exc}", payload))
             return out
         try:
-            if kind == "readings":
-                self._readings(doc, gateway, topic, out)
-            else:
-                self._status(doc, gateway, out)
+            try:
+                if kind == "readings":
+                    self._readings(doc, gateway, topic, out)
+                else:
+                    self._status(doc, gateway, out)
+            except (TypeError, OverflowError, ValueError) as exc:
+                raise _Invalid("invalid_schema", f"{type(exc).__name__}: {exc}") from None
         except _Invalid as exc:
             out.lines.clear()
             out.sources.clear()
@@ -275,7 +283,12 @@ class Serializer:
         site = doc["site"]
         for reading in readings:
             try:
-                self._reading(reading, site, gateway, out)
+                try:
+                    self._reading(reading, site, gateway, out)
+                except (TypeError, OverflowError, ValueError) as exc:
+                    # JSON can hold what no check above expects (a list where a name goes, an integer beyond
+                    # the float range): that reading is malformed, the others of the batch are not.
+                    raise _Invalid("invalid_reading", f"{type(exc).__name__}: {exc}") from None
             except _Invalid as exc:
                 rid = reading.get("id") if isinstance(reading, dict) and isinstance(reading.get("id"), str) else None
                 content = json.dumps(reading, ensure_ascii=False, separators=(",", ":")).encode()

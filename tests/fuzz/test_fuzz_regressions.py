@@ -1,8 +1,9 @@
 """Minimal reproducers of the bugs the fuzzer found, one per bug, written against the public API.
 
-Each is marked ``xfail(strict=True)`` until the code is fixed: the fix makes it pass, strict turns that into a
-failure, and then the mark comes off (with the matching entry in :mod:`tests.fuzz.known`). The reason of each mark
-says where the bug is and what the fuzzer fed it.
+A new bug gets a test here marked ``xfail(strict=True)`` (the reason says where the bug is and what the fuzzer fed
+it) and an entry in :mod:`tests.fuzz.known`; the fix makes it pass, strict turns that into a failure, and then the
+mark and the entry come off and the test stays as a regression test. The comment above each test keeps what was
+found.
 """
 
 from __future__ import annotations
@@ -33,11 +34,10 @@ def _known(test: str) -> str:
 # -- drivers/transport.py: LineSplitter -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "drivers/transport.py LineSplitter.feed: with terminators (b'\\r\\n',) a tail ending in the CR of a CR LF is "
-    "measured with that CR and thrown away when it overflows, so the LF that follows in the next read no longer "
-    "ends the line: a line of exactly max_line bytes is reported as overflowing, and the line after an overflowing "
-    "one is discarded with it (fuzz target 'splitter')"))
+# Found by the fuzzer, fixed in 1096db2: drivers/transport.py LineSplitter.feed: with terminators (b'\r\n',) a tail
+# ending in the CR of a CR LF is measured with that CR and thrown away when it overflows, so the LF that follows in
+# the next read no longer ends the line: a line of exactly max_line bytes is reported as overflowing, and the line
+# after an overflowing one is discarded with it (fuzz target 'splitter')
 @pytest.mark.parametrize(("reads", "lines"), [
     ((b"ABCD\r", b"\n"), [b"ABCD"]),  # a line of exactly max_line bytes
     ((b"TOOLONG\r", b"\nOK\r\n"), [b"OK"]),  # the line after an overflowing one
@@ -49,9 +49,9 @@ def test_line_splitter_keeps_lines_when_cr_lf_is_split_after_a_full_line(reads: 
     assert got == lines
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "drivers/transport.py LineSplitter.feed (max_line 1024 in drivers/es920lr.py): 1100 noise bytes ending in CR, "
-    "then LF and a received frame in the next read: the frame is discarded as the end of the noise line"))
+# Found by the fuzzer, fixed in 1096db2: drivers/transport.py LineSplitter.feed (max_line 1024 in drivers/es920lr.py):
+# 1100 noise bytes ending in CR, then LF and a received frame in the next read: the frame is discarded as the end of
+# the noise line
 def test_es920lr_keeps_the_frame_after_overlong_noise_whose_cr_lf_is_split() -> None:
     link = FakeLink("lora1")
     driver = Es920lr(_RadioConfig("lora1", "es920lr", es920=_Es920(format="ascii", payload_encoding="hex")), link)
@@ -64,10 +64,9 @@ def test_es920lr_keeps_the_frame_after_overlong_noise_whose_cr_lf_is_split() -> 
 # -- drivers/rak3172.py ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "drivers/rak3172.py Rak3172._rx_event: snr = float(parts[3]) accepts 'nan', 'inf' and '1e999'; the uplink "
-    "carries a non-finite SNR, the gateway's reading JSON then holds NaN (not JSON) and the bridge dead-letters the "
-    "reading as not_finite (fuzz target 'rak3172', input '+EVT:RXP2P:-60:nan:<hex>')"))
+# Found by the fuzzer, fixed in 1096db2: drivers/rak3172.py Rak3172._rx_event: snr = float(parts[3]) accepts 'nan',
+# 'inf' and '1e999'; the uplink carries a non-finite SNR, the gateway's reading JSON then holds NaN (not JSON) and the
+# bridge dead-letters the reading as not_finite (fuzz target 'rak3172', input '+EVT:RXP2P:-60:nan:<hex>')
 @pytest.mark.parametrize("snr", [b"nan", b"inf", b"-inf", b"1e999"])
 def test_rak3172_never_delivers_a_non_finite_snr(snr: bytes) -> None:
     link = FakeLink("lora0")
@@ -96,10 +95,9 @@ def _batch(*readings: dict[str, object], **changes: object) -> bytes:
     return json.dumps(doc).encode()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/bridge/lineproto.py Serializer._reading: math.isfinite(rssi/snr) (line ~326) and float(value) (line "
-    "~344) raise OverflowError for a JSON integer beyond the float range; convert() promises never to raise, and "
-    "the bridge then dead-letters the whole batch as internal_error instead of only the bad reading"))
+# Found by the fuzzer, fixed in 1096db2: agent/bridge/lineproto.py Serializer._reading: math.isfinite(rssi/snr) (line
+# ~326) and float(value) (line ~344) raise OverflowError for a JSON integer beyond the float range; convert() promises
+# never to raise, and the bridge then dead-letters the whole batch as internal_error instead of only the bad reading
 @pytest.mark.parametrize("change", [{"rssi": 10**400}, {"snr": -(10**400)}, {"values": {"pressed": 10**400}}])
 def test_serializer_refuses_integers_beyond_the_float_range(change: dict[str, object]) -> None:
     conv = Serializer().convert(f"denen/v1/{GW}/readings/sos", _batch(_reading(1), _reading(2, **change)))
@@ -108,9 +106,9 @@ def test_serializer_refuses_integers_beyond_the_float_range(change: dict[str, ob
     assert conv.rejects[0].reason in ("invalid_reading", "not_finite")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/bridge/lineproto.py: 'x not in LANES' / 'kind not in KINDS' (frozensets, lines ~268, ~299, ~308) raise "
-    "TypeError: unhashable type when the JSON value is a list or an object; convert() promises never to raise"))
+# Found by the fuzzer, fixed in 1096db2: agent/bridge/lineproto.py: 'x not in LANES' / 'kind not in KINDS'
+# (frozensets, lines ~268, ~299, ~308) raise TypeError: unhashable type when the JSON value is a list or an object;
+# convert() promises never to raise
 @pytest.mark.parametrize(("payload", "kind"), [
     (_batch(_reading(1), lane=["sos"]), "payload"),
     (_batch(_reading(1, kind={"sos": 1})), "reading"),
@@ -122,10 +120,9 @@ def test_serializer_refuses_unhashable_lane_or_kind(payload: bytes, kind: str) -
     assert conv.rejects[0].reason in ("invalid_schema", "invalid_reading")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/bridge/lineproto.py escape_string_field keeps CR and LF: a status 'agent' or an alert 'message' with a "
-    "line break splits the line protocol line (InfluxDB: 'line protocol does not support the newline character "
-    "in tag or field values'); Converted.lines are documented as 'without newlines'"))
+# Found by the fuzzer, fixed in 1096db2: agent/bridge/lineproto.py escape_string_field keeps CR and LF: a status
+# 'agent' or an alert 'message' with a line break splits the line protocol line (InfluxDB: 'line protocol does not
+# support the newline character in tag or field values'); Converted.lines are documented as 'without newlines'
 @pytest.mark.parametrize("agent", ["0.1\n0", "0.1\r"])
 def test_serializer_lines_never_hold_a_line_break(agent: str) -> None:
     doc = {"schema": "denen.status/1", "gateway": GW, "state": "online", "agent": agent, "ts_us": T0_US}
@@ -137,9 +134,9 @@ def test_serializer_lines_never_hold_a_line_break(agent: str) -> None:
 # -- agent/config.py: parse_yaml_model (both config loaders) ---------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/config.py parse_yaml_model: ruamel's ReaderError for a control character (DEL, NUL ...) is a YAMLError "
-    "without a mark, so the ConfigIssue has no line, no column and no key (only 'position N' in its text)"))
+# Found by the fuzzer, fixed in 1096db2: agent/config.py parse_yaml_model: ruamel's ReaderError for a control
+# character (DEL, NUL ...) is a YAMLError without a mark, so the ConfigIssue has no line, no column and no key (only
+# 'position N' in its text)
 @pytest.mark.parametrize("parse", [parse_config, parse_bridge_config])
 def test_config_error_for_a_control_character_gives_its_line(parse: object) -> None:
     with pytest.raises(ConfigError) as err:
@@ -147,12 +144,11 @@ def test_config_error_for_a_control_character_gives_its_line(parse: object) -> N
     assert [i.line for i in err.value.issues] == [2]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/config.py parse_yaml_model: yaml.compose/yaml.load (line ~1212) let ruamel's own exceptions escape "
-    "instead of a ConfigError: AttributeError ('ScalarNode' object has no attribute 'flow_style') for '!!set' on a "
-    "scalar, TypeError (unhashable CommentedMap) for a complex key '?\\n- :', IndexError for an empty '!!float' or "
-    "'!!int', KeyError '' for an empty '!!bool', ValueError for '!!int r', AssertionError (in the scanner's "
-    "comment handling) for '#\\n| #'; denen config validate shows a traceback"))
+# Found by the fuzzer, fixed in 1096db2: agent/config.py parse_yaml_model: yaml.compose/yaml.load (line ~1212) let
+# ruamel's own exceptions escape instead of a ConfigError: AttributeError ('ScalarNode' object has no attribute
+# 'flow_style') for '!!set' on a scalar, TypeError (unhashable CommentedMap) for a complex key '?\n- :', IndexError
+# for an empty '!!float' or '!!int', KeyError '' for an empty '!!bool', ValueError for '!!int r', AssertionError (in
+# the scanner's comment handling) for '#\n| #'; denen config validate shows a traceback
 @pytest.mark.parametrize("text", ["!!set", "?\n- :", "gateway: !!set x\n", "!!float", "a: !!int\n", "a: !!bool\n",
                                   "!!int r", "#\n| #"])
 @pytest.mark.parametrize("parse", [parse_config, parse_bridge_config])
@@ -162,10 +158,9 @@ def test_odd_yaml_is_a_config_error_not_a_crash(parse: object, text: str) -> Non
     assert any(i.line is not None for i in err.value.issues)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/config.py RadioConfig._default_section (line ~755): SECTION_FOR_DRIVER.get(data.get('driver')) raises "
-    "TypeError: unhashable type for 'driver: [rak3172]' or a mapping; pydantic turns only ValueError and "
-    "AssertionError into validation errors, so parse_config crashes"))
+# Found by the fuzzer, fixed in 1096db2: agent/config.py RadioConfig._default_section (line ~755):
+# SECTION_FOR_DRIVER.get(data.get('driver')) raises TypeError: unhashable type for 'driver: [rak3172]' or a mapping;
+# pydantic turns only ValueError and AssertionError into validation errors, so parse_config crashes
 @pytest.mark.parametrize("driver", ["[rak3172]", "{rak3172: 1}"])
 def test_radio_driver_that_is_a_list_is_a_config_error(driver: str) -> None:
     text = f"gateway:\n  id: gw-1\n  site: s\nradios:\n  - name: lora0\n    driver: {driver}\n    port: /dev/x\n"
@@ -174,10 +169,9 @@ def test_radio_driver_that_is_a_list_is_a_config_error(driver: str) -> None:
     assert any(i.key == "radios[0].driver" and i.line == 6 for i in err.value.issues), err.value.issues
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/config.py _position (line ~1402): for a key pulled in by a YAML merge ('<<: {x: 1}') ruamel's "
-    "lc.key(part) returns None instead of raising, and found[0] raises TypeError; the docstring promises the issue "
-    "is placed at the closest ancestor instead"))
+# Found by the fuzzer, fixed in 1096db2: agent/config.py _position (line ~1402): for a key pulled in by a YAML merge
+# ('<<: {x: 1}') ruamel's lc.key(part) returns None instead of raising, and found[0] raises TypeError; the docstring
+# promises the issue is placed at the closest ancestor instead
 @pytest.mark.parametrize(("parse", "text", "key"), [
     (parse_config, "gateway:\n  <<: {x: 1}\n", "gateway.x"),
     (parse_config, "<<: {x: 1}\n", "x"),
@@ -189,10 +183,9 @@ def test_problem_in_a_merged_key_is_a_config_error_not_a_crash(parse: object, te
     assert any(i.key == key for i in err.value.issues), err.value.issues
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/config.py _check_readable_file (line ~313): Path(path).exists() raises OSError [Errno 36] File name too "
-    "long for a file name over 255 bytes (mqtt.tls.ca_file, password_file ...); parse_config crashes instead of "
-    "saying the file cannot be found"))
+# Found by the fuzzer, fixed in 1096db2: agent/config.py _check_readable_file (line ~313): Path(path).exists() raises
+# OSError [Errno 36] File name too long for a file name over 255 bytes (mqtt.tls.ca_file, password_file ...);
+# parse_config crashes instead of saying the file cannot be found
 @pytest.mark.parametrize(("parse", "text", "key"), [
     (parse_config, "gateway:\n  id: gw-1\n  site: s\nmqtt:\n  password_file: {}\n", "mqtt.password_file"),
     (parse_bridge_config, "mqtt:\n  tls:\n    ca_file: {}\nsink:\n  type: v1\n  database: d\n", "mqtt.tls.ca_file"),
@@ -203,10 +196,9 @@ def test_a_file_name_too_long_is_a_config_error(parse: object, text: str, key: s
     assert any(i.key == key and i.line is not None for i in err.value.issues), err.value.issues
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/config.py P2pConfig._japan_band (line ~617): the message formats value / 1e6, which raises "
-    "OverflowError for an integer beyond the float range (a frequency_hz of 310+ digits) instead of the "
-    "'outside Japan's 920 MHz band' ConfigError"))
+# Found by the fuzzer, fixed in 1096db2: agent/config.py P2pConfig._japan_band (line ~617): the message formats value
+# / 1e6, which raises OverflowError for an integer beyond the float range (a frequency_hz of 310+ digits) instead of
+# the 'outside Japan's 920 MHz band' ConfigError
 def test_a_frequency_beyond_the_float_range_is_a_config_error() -> None:
     text = ("gateway:\n  id: gw-1\n  site: s\nradios:\n  - name: lora0\n    driver: rak3172\n    port: /dev/x\n"
             "    p2p:\n      frequency_hz: 1" + "0" * 400 + "\n")
@@ -223,10 +215,9 @@ def _too_slow(signum: int, frame: object) -> None:
     raise _TooSlow("parse_config ran for 2 s")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/config.py _to_plain copies the value of every alias (ruamel shares it), so nested aliases expand "
-    "exponentially: this 400-byte config (6 levels of 10 aliases = 10^6 items) takes about 8 s, one more level "
-    "80 s and gigabytes, before the loader reports it; found as hangs by fuzz target 'config_aliases'"))
+# Found by the fuzzer, fixed in 1096db2: agent/config.py _to_plain copies the value of every alias (ruamel shares it),
+# so nested aliases expand exponentially: this 400-byte config (6 levels of 10 aliases = 10^6 items) takes about 8 s,
+# one more level 80 s and gigabytes, before the loader reports it; found as hangs by fuzz target 'config_aliases'
 def test_yaml_aliases_do_not_expand_without_bound() -> None:
     anchors = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     anchors += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 7)]
@@ -239,6 +230,20 @@ def test_yaml_aliases_do_not_expand_without_bound() -> None:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "agent/config.py parse_yaml_model (the alias limit added in 1096db2): the ConfigError for a document that "
+    "expands beyond 100000 values has neither line nor key ('fuzz.yaml: the file expands to more than 100000 values "
+    "(YAML aliases)'); every other loader error points at a line, and the fuzz oracle requires a line or a key "
+    "(fuzz target 'config_aliases', 20 of 200000 inputs)"))
+def test_alias_limit_error_points_at_a_line_or_key() -> None:
+    anchors = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    anchors += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 7)]
+    text = "gateway:\n  id: gw-1\n  site: s\nradios: []\nextra:\n" + "".join(f"  {a}\n" for a in anchors)
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, source="c.yaml")
+    assert all(i.line is not None or i.key for i in err.value.issues), [str(i) for i in err.value.issues]
 
 
 def test_every_known_bug_has_a_reproducer_here() -> None:

@@ -1264,8 +1264,11 @@ def parse_yaml_model(
     try:
         plain = _to_plain(data, (), hex_text_keys, _Budget())
     except _TooBig:
+        lines = text.splitlines()
+        line = next((i for i, t in enumerate(lines, 1) if "*" in t.split("#", 1)[0]), None)
         raise ConfigError([ConfigIssue(
-            source, None, None, "", f"the file expands to more than {_Budget.LIMIT} values (YAML aliases)",
+            source, line, None, _key_at_line(text, line) if line else "",
+            f"the file expands to more than {_Budget.LIMIT} values (YAML aliases)",
             "a gateway config is small: write values out instead of nesting aliases (*name)",
         )]) from None
     context = {_CTX_BASE_DIR: Path(base_dir), _CTX_LOADER: True}

@@ -19,10 +19,7 @@ _REGRESSIONS = "tests/fuzz/test_fuzz_regressions.py"
 
 #: Short description of each known bug, by its reproducer. The first thirteen bugs the fuzzer found were fixed in
 #: 1096db2; their reproducers stay in test_fuzz_regressions.py as regression tests.
-KNOWN = {
-    f"{_REGRESSIONS}::test_alias_limit_error_points_at_a_line_or_key":
-        "the config loader's alias limit raises a ConfigError whose issue has neither line nor key",
-}
+KNOWN: dict[str, str] = {}  # every bug found so far is fixed (the last one, the alias-limit position, in 766b24b)
 
 
 def _test(name: str) -> str:
@@ -39,11 +36,6 @@ def known_issue(target: str, data: Any, exc: BaseException) -> str | None:
         data: the input that failed.
         exc: what it raised (a Violation of the target's contract, or the crash).
     """
-    message = str(exc)
-    violation = isinstance(exc, Violation)
-    if (target in ("config", "bridge_config", "config_aliases") and violation and "no issue says where" in message
-            and "expands to more than" in message):
-        return _test("test_alias_limit_error_points_at_a_line_or_key")
     return None
 
 

@@ -1,0 +1,256 @@
+"""Disk full: the journal's filesystem fills up (ENOSPC) while the broker is away; the agent keeps running, keeps
+the readings it cannot commit in memory, and when space returns commits and publishes them all, nothing lost,
+nothing journaled twice. (The quota case of the disk is test_long_outage.py.)
+
+The run, once per module (the first two tests check different things of it), on a 16 MB tmpfs:
+
+1. the agent journals and publishes normally;
+2. the broker goes away, so readings stay in the journal and it has to grow; a filler file takes every free block
+   of the filesystem; frames keep coming until the agent logs that a commit failed, then 1000 more;
+3. the broker returns while the disk is still full and an SOS is pressed (what is published then is reported:
+   the core publishes nothing before it is durable, so nothing is expected);
+4. the filler is deleted; the agent commits what it held in memory and publishes everything.
+
+Accounting is by (node, frame counter): every frame the module wrote into the pty (:class:`WireRecorder`) must
+reach the subscriber, with one edge timestamp (MQTT may deliver a message twice across a broker restart; the same
+reading with the same timestamp is an overwrite, README "Payload schema"). Filesystems are tmpfs mounts
+(``mount -t tmpfs -o size=...``; the suite runs as root), unmounted at the end.
+
+Why 16 MB and not 2: SQLite checkpoints its write-ahead log only once it holds ``wal_autocheckpoint`` pages (1000
+by default, about 4 MB), and every commit appends at least one page to it, so on a filesystem with less room than
+that the WAL fills it whatever the quota and the data, and then even a checkpoint fails for want of space. The
+last test shows it on a 2 MB filesystem without any filler (xfail: a bug of agent/journal.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.devbroker import Mosquitto
+from drivers.sim.rak3172 import SimRak3172
+from tests.faults._rig import (
+    AgentProcess,
+    WireRecorder,
+    denen_status_json,
+    gateway_config,
+    journal_status,
+    journaled_once,
+    readings_in,
+    wait_until,
+)
+from tests.support.broker import Collector
+from tests.support.field import FieldNode, default_values, wait_configured
+
+pytestmark = [pytest.mark.faults, pytest.mark.broker]
+
+DISK = "16m"
+SMALL_DISK = "2m"
+FRAMES_WHILE_FULL = 1000  # frames sent while the disk is full, kept in the agent's memory
+
+
+def _fill(path: Path) -> int:
+    """Write zeros into ``path`` until the filesystem is full; returns the bytes written."""
+    chunk = bytes(65536)
+    written = 0
+    with path.open("wb", buffering=0) as f:
+        while True:
+            try:
+                written += f.write(chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if len(chunk) == 1:
+                    return written
+                chunk = chunk[: len(chunk) // 2]  # take the last blocks too
+
+
+@contextmanager
+def _tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where``, unmounted afterwards."""
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs at {where} (the disk-full tests need root): {out.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+        if os.path.ismount(where):
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with _tmpfs(tmp_path_factory.mktemp("disk"), DISK) as where:
+        yield where
+
+
+@pytest.fixture(scope="module")
+def run(disk: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Drive the disk-full run once; the tests check its outcome."""
+    tmp = tmp_path_factory.mktemp("diskfull")
+    seed = int(os.environ.get("DENEN_FAULTS_SEED", "0")) or random.SystemRandom().randrange(1, 2**31)
+    broker = Mosquitto(tmp / "broker")
+    broker.start()
+    kinds = ["sos", "trap", "water_level", "rain", "weather"]
+    nodes = [FieldNode(0x0E000000 + i, k) for i, k in enumerate(kinds)]
+    sim = SimRak3172(name="lora0", link=str(tmp / "lora0"), boot_delay_s=0.05, rng=random.Random(seed))
+    sim.start()
+    wire = WireRecorder(sim)
+    journal = disk / "journal.db"
+    cfg = tmp / "gateway.yaml"
+    cfg.write_text(gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes, health_s=10))
+    col = Collector(broker, "denen/v1/+/readings/#", client_id="disk-collector", persistent=True)
+    agent = AgentProcess(cfg, tmp / "agent.log")
+    filler = disk / "filler"
+    i = 0
+
+    def send(count: int) -> None:
+        nonlocal i
+        for _ in range(count):
+            i += 1
+            n = nodes[i % len(nodes)]
+            assert sim.inject_uplink(n.frame(default_values(n.kind, i)))
+
+    def send_sos() -> None:
+        assert sim.inject_uplink(nodes[0].frame(default_values("sos", 0)))
+
+    def journaled() -> int:
+        return journal_status(journal)["counters"].get("frames.ok", 0)
+
+    out: dict[str, Any] = {"seed": seed}
+    try:
+        agent.start()
+        assert wait_configured(sim, 0, 20), agent.run_log()
+        send(50)
+        assert col.wait_for(lambda m: len(readings_in(m)) >= 50, 20)
+
+        broker.stop()
+        out["filler_bytes"] = _fill(filler)
+        # Frames until the agent reports a failed commit, then as many again while the disk stays full.
+        sent_before_full = len(wire)
+        deadline = time.monotonic() + 60
+        while "journal commit failed" not in agent.run_log():
+            assert time.monotonic() < deadline, "the journal never hit the full disk"
+            send(20)
+            time.sleep(0.05)
+        out["frames_until_first_failure"] = len(wire) - sent_before_full
+        out["journaled_when_full"] = journaled()
+        for _ in range(FRAMES_WHILE_FULL // 25):
+            send(25)
+            time.sleep(0.05)
+        time.sleep(3)  # a few retries (one a second) with the disk still full
+        # The broker returns while the disk is still full, and an SOS is pressed: the core publishes nothing that
+        # is not durable, so it is expected to wait for the disk too (an observation reported in the figures).
+        arrived_before = len(readings_in(col.messages))
+        broker.start()
+        time.sleep(2)
+        send_sos()
+        time.sleep(3)
+        out["published_while_full"] = len(readings_in(col.messages)) - arrived_before
+        out["alive_while_full"] = agent.alive
+        out["failures_logged"] = agent.run_log().count("journal commit failed")
+        out["frames_while_full"] = len(wire) - sent_before_full
+        out["journaled_while_full"] = journaled()
+
+        filler.unlink()
+        n = len(wire)
+        out["recommitted"] = wait_until(lambda: journaled() >= n, 30)
+        out["unsent_zero"] = wait_until(lambda: journal_status(journal)["journal"]["unsent"] == 0, 60)
+        want = set(wire.snapshot())
+        col.wait_for(lambda m: want <= {(r["node"], r["fcnt"]) for _, r in readings_in(m)}, 30)
+        time.sleep(0.5)  # a duplicate, if any, would arrive now
+        out["alive_at_end"] = agent.alive
+        out["wire"] = wire.snapshot()
+        out["readings"] = [r for _, r in readings_in(col.messages)]
+        out["got"] = [(r["node"], r["fcnt"]) for r in out["readings"] if r["node"] != "gateway"]
+        out["status"] = denen_status_json(cfg)
+        out["log"] = agent.full_log()
+        yield out
+    finally:
+        agent.stop()
+        col.close()
+        sim.stop()
+        broker.stop()
+        if filler.exists():
+            filler.unlink()
+
+
+def test_a_full_disk_stops_commits_but_not_the_agent_and_nothing_is_lost_when_space_returns(
+        run: dict[str, Any], figures: dict[str, Any]) -> None:
+    assert run["alive_while_full"] and run["alive_at_end"], run["log"][-3000:]
+    assert run["failures_logged"] >= 2, "the core should retry the commit (once a second)"
+    # While the disk was full nothing more became durable; the frames were kept in memory.
+    assert run["journaled_while_full"] == run["journaled_when_full"], run["log"][-3000:]
+    assert run["recommitted"], "the readings held in memory were not committed when space returned"
+    assert run["unsent_zero"]
+    got, wire = run["got"], run["wire"]
+    twice = journaled_once(run["readings"])
+    assert not twice, f"readings journaled twice (two timestamps): {twice[:10]}"
+    missing = sorted(set(wire) - set(got))
+    assert not missing, f"{len(missing)} readings lost, e.g. {missing[:10]}"
+    assert set(got) == set(wire)
+    figures.update({k: run[k] for k in ("seed", "filler_bytes", "frames_until_first_failure", "failures_logged",
+                                        "frames_while_full", "published_while_full")},
+                   frames=len(wire), arrived=len(set(got)), redelivered_messages=len(got) - len(set(got)),
+                   disk=DISK)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "agent/gateway.py Gateway._step increments stats.counters['journal.commit_failed'] directly instead of "
+    "through _count(), so the counter is never marked dirty, never committed, and `denen status` does not show it"))
+def test_failed_commits_are_counted_in_denen_status(run: dict[str, Any]) -> None:
+    counters = run["status"]["counters"]
+    assert counters.get("journal.commit_failed", 0) >= 1, counters
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "agent/journal.py keeps SQLite's default wal_autocheckpoint (1000 pages, about 4 MB) and never checkpoints "
+    "on its own: on a filesystem with less free room the WAL fills it (each commit appends pages), every commit "
+    "then fails with 'database or disk is full', and a checkpoint cannot run either; the journal stays wedged"))
+def test_the_journal_keeps_committing_on_a_filesystem_smaller_than_its_wal(
+        tmp_path: Path, broker: Mosquitto, figures: dict[str, Any]) -> None:
+    nodes = [FieldNode(0x0E100000 + i, k) for i, k in enumerate(["water_level", "rain"])]
+    sim = SimRak3172(name="lora0", link=str(tmp_path / "lora0"), boot_delay_s=0.05, rng=random.Random(3))
+    sim.start()
+    wire = WireRecorder(sim)
+    (tmp_path / "small").mkdir()
+    col = Collector(broker, "denen/v1/+/readings/#", client_id="small-disk-collector", persistent=True)
+    agent: AgentProcess | None = None
+    try:
+        with _tmpfs(tmp_path / "small", SMALL_DISK) as small:
+            journal = small / "journal.db"
+            cfg = tmp_path / "gateway.yaml"
+            cfg.write_text(gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes))
+            agent = AgentProcess(cfg, tmp_path / "agent.log")
+            agent.start()
+            assert wait_configured(sim, 0, 20), agent.run_log()
+            # One frame at a time, each committed on its own and acknowledged: a quiet gateway's normal life. The
+            # live data stays a few kB; 600 frames make over a thousand commits.
+            for k in range(600):
+                n = nodes[k % 2]
+                assert sim.inject_uplink(n.frame(default_values(n.kind, k)))
+                time.sleep(0.01)
+            want = set(wire.snapshot())
+            arrived = col.wait_for(lambda m: want <= {(r["node"], r["fcnt"]) for _, r in readings_in(m)}, 10)
+            failures = agent.run_log().count("journal commit failed")
+            wal = os.path.getsize(f"{journal}-wal") if os.path.exists(f"{journal}-wal") else 0
+            figures.update(frames=len(want), commit_failures_logged=failures, wal_bytes=wal, disk=SMALL_DISK)
+            agent.stop()
+    finally:
+        if agent is not None:
+            agent.stop()
+        col.close()
+        sim.stop()
+    assert failures == 0, f"{failures} commits failed on a {SMALL_DISK} filesystem (WAL {wal} bytes)"
+    assert arrived

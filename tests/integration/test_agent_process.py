@@ -60,7 +60,7 @@ def rig(tmp_path: Path, broker: Mosquitto) -> Iterator[dict]:
     sim = start_sim(tmp_path)
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(config_text(port=sim.path, mqtt_port=broker.port, journal=tmp_path / "journal.db", nodes=nodes,
-                               extra_mqtt="  batch_max_readings: 2\n  inflight_window: 1"))
+                               extra_mqtt="  batch_max_readings: 1\n  inflight_window: 1"))
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     agent.start()
     assert wait_configured(sim), (tmp_path / "agent.log").read_text()
@@ -75,7 +75,12 @@ def test_sigkill_while_publishing_loses_nothing(rig: dict) -> None:
     col = Collector(broker, "denen/v1/+/readings/#", client_id="kill-collector", persistent=True)
     try:
         total = 0
-        for round_ in range(3):
+        proved = attempts = 0
+        # Three kills must land mid-drain. A kill that lands after the drain proves nothing about the journal, so
+        # that round is repeated (a loaded machine may be slow to kill); six rounds without three proofs fail.
+        while proved < 3:
+            attempts += 1
+            assert attempts <= 6, f"only {proved} of {attempts - 1} kills landed while the journal held readings"
             # Journal a backlog while the broker is away, so the agent is mid-drain when it is killed.
             broker.stop()
             for i in range(800):
@@ -86,10 +91,9 @@ def test_sigkill_while_publishing_loses_nothing(rig: dict) -> None:
             assert wait_until(lambda: denen_status(cfg)["counters"].get("frames.ok", 0) >= total, 60)
             broker.start()
             have = len(readings_of(col.messages))
-            assert col.wait_for(lambda m, h=have: len(readings_of(m)) >= h + 20, 60)
+            assert col.wait_for(lambda m, h=have: len(readings_of(m)) > h, 60)  # publishing has begun
             agent.kill9()
-            in_journal = denen_status(cfg)["journal"]["unsent"]
-            assert in_journal > 0, f"round {round_}: the drain finished before the kill; the test proved nothing"
+            proved += denen_status(cfg)["journal"]["unsent"] > 0
             since = len(sim.commands)
             agent.start()
             assert wait_configured(sim, since)

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 _DRAIN_MAX = 2000  # inbox items handled per transaction, so one wake-up never grows without bound
 _BATCHES_PER_STEP = 2  # backlog messages published per wake-up
+_NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT v5 PUBACK reason code
+_REWIND_S = 2.0  # wait before offering again readings the broker had no subscriber for, in seconds
 
 
 @dataclass(slots=True)
@@ -96,6 +98,8 @@ class Gateway:
         self._next_quota = 0.0
         self._uncommitted: tuple[list[Entry], list[Quarantined]] | None = None
         self._retry_commit_at = 0.0
+        self._rewind: dict[int, int] = {}  # lane -> first seq to offer again (PUBACK "no matching subscribers")
+        self._rewind_at = 0.0
         self._watchdog_s = systemd.watchdog_interval_s()
         self._thread: threading.Thread | None = None
 
@@ -176,6 +180,8 @@ class Gateway:
             deadlines.append(now + self._watchdog_s / 2)
         if self._retry_commit_at:
             deadlines.append(self._retry_commit_at)
+        if self._rewind_at:
+            deadlines.append(self._rewind_at)
         edge = self.edge.next_deadline()
         if edge is not None:
             deadlines.append(edge)
@@ -224,7 +230,7 @@ class Gateway:
                         log.warning("frame quarantined from %s via %s: %s: %s (rssi %s)",
                                     q.node or "?", q.radio, q.reason, q.detail, q.rssi)
             elif tag == "ack":
-                self._on_ack(item[1], item[2], item[3], item[4])
+                self._on_ack(item[1], item[2], item[3], item[4], item[5] if len(item) > 5 else 0)
             elif tag == "incident":
                 _, radio, kind, detail = item
                 self._count(f"{radio}.{kind}")
@@ -241,6 +247,8 @@ class Gateway:
                 entries.append(self._health_entry())
             elif tag == "mqtt_up":
                 self._session = item[1]
+                self._rewind.clear()
+                self._rewind_at = 0.0
                 self._sent_upto = [0] * len(LANES)
                 self._inflight.clear()
                 self._count("mqtt.connects")
@@ -301,7 +309,7 @@ class Gateway:
                 # Nothing of this batch is durable, so nothing of it is published; it stays in memory and is
                 # tried again (the radios keep delivering meanwhile).
                 self._uncommitted = (entries, quarantined)
-                self.stats.counters["journal.commit_failed"] += 1
+                self._count("journal.commit_failed")
                 log.error("journal commit failed (%d readings kept in memory, retrying): %s", len(entries), exc)
                 self._retry_commit_at = time.monotonic() + 1.0
                 return
@@ -345,6 +353,15 @@ class Gateway:
     def _publish(self, *, urgent: bool) -> None:
         if self._session is None:
             return
+        if self._rewind_at and time.monotonic() >= self._rewind_at:
+            for lane, first in self._rewind.items():
+                # Messages of this lane still in flight are forgotten: their rows are offered again with the rest
+                # (a late PUBACK for them is ignored; at worst a reading arrives twice, with the same identity).
+                for mid in [m for m, f in self._inflight.items() if f.lane == lane and max(f.seqs) >= first]:
+                    del self._inflight[mid]
+                self._sent_upto[lane] = min(self._sent_upto[lane], first - 1)
+            self._rewind.clear()
+            self._rewind_at = 0.0
         window = self.config.mqtt.inflight_window
         batch = self.config.mqtt.batch_max_readings
         if not self._publish_lane(SOS):
@@ -387,12 +404,23 @@ class Gateway:
         self._sent_upto[lane] = rows[-1][0]
         return True
 
-    def _on_ack(self, session: int, mid: int, ok: bool, reason: str) -> None:
+    def _on_ack(self, session: int, mid: int, ok: bool, reason: str, code: int = 0) -> None:
         if session != self._session:
             return
         flight = self._inflight.pop(mid, None)
         if flight is None:
             return  # the retained status message, or a session already forgotten
+        if code == _NO_MATCHING_SUBSCRIBERS:
+            # The broker took the message but nobody was subscribed (the bridge not back yet after a broker
+            # restart): nobody has the readings, so they stay journaled and are offered again shortly.
+            self._count("mqtt.no_subscribers")
+            lane_first = min(flight.seqs)
+            self._rewind[flight.lane] = min(self._rewind.get(flight.lane, lane_first), lane_first)
+            if not self._rewind_at:
+                self._rewind_at = time.monotonic() + _REWIND_S
+                log.warning("broker has no subscriber for %s readings; keeping them, retrying in %.0f s",
+                            LANES[flight.lane], _REWIND_S)
+            return
         if not ok:
             # The broker refused the message (v5 PUBACK failure, e.g. not authorised by its ACL). The readings
             # stay journaled; they are offered again on the next session.

@@ -8,7 +8,7 @@ journal, which still holds every unacknowledged reading, decides what goes first
 Everything the link learns is posted to the gateway's inbox as a tuple, in order:
 
     ("mqtt_up", session)                    CONNACK accepted
-    ("ack", session, mid, ok)               PUBACK for message ``mid`` (``ok`` False for a v5 failure code)
+    ("ack", session, mid, ok, text, code)   PUBACK for message ``mid`` (``ok`` False for a v5 failure code)
     ("mqtt_down", session, reason)          the session ended (reason is a human sentence)
     ("incident", "mqtt", kind, detail)      connect failures and refusals, counted by the gateway
     ("cmd", topic, payload)                 a command from the backend on <prefix>/<gateway>/cmd/...
@@ -239,7 +239,7 @@ class MqttLink:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                     properties: Properties | None) -> None:
-        self._post(("ack", self._session, mid, not reason.is_failure, str(reason)))
+        self._post(("ack", self._session, mid, not reason.is_failure, str(reason), int(reason.value)))
 
 
 def _close_sockets_left_in(exc: BaseException) -> None:

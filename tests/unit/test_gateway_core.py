@@ -105,3 +105,27 @@ def test_a_damaged_journal_at_start_is_set_aside_and_alerted(tmp_path: Path) -> 
         assert "journal damaged" in alerts[0]["alert"]["message"]
     finally:
         g.journal.close()
+
+
+def test_puback_no_matching_subscribers_keeps_the_readings_and_offers_them_again(gw: Gateway, monkeypatch) -> None:
+    import agent.gateway as gateway_module
+
+    published: list[tuple[str, bytes]] = []
+    gw._session = 1
+    gw.link.publish = lambda topic, payload: (published.append((topic, payload)), (1, len(published)))[1]  # type: ignore[method-assign]
+    trap = gw.test_nodes["trap"]  # type: ignore[attr-defined]
+    gw.on_uplinks([up(trap.frame(default_values("trap", 2)))])  # the reading and its battery_low alert
+    gw._step(0)
+    first = [p for t, p in published if t.endswith("/alarm")]
+    assert len(first) == 1
+    gw.inbox.put(("ack", 1, len(published), True, "No matching subscribers", 0x10))
+    monkeypatch.setattr(gateway_module, "_REWIND_S", 0.0)
+    gw._step(0)
+    assert sorted(kinds_pending(gw, 1)) == ["alert", "trap"]  # not deleted: nobody received them
+    assert gw.stats.counters["mqtt.no_subscribers"] == 1
+    gw._step(0)
+    again = [p for t, p in published if t.endswith("/alarm")]
+    assert len(again) == 2 and json.loads(again[1])["readings"] == json.loads(first[0])["readings"]
+    gw.inbox.put(("ack", 1, len(published), True, "Success", 0))
+    gw._step(0)
+    assert kinds_pending(gw, 1) == []

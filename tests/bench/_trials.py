@@ -30,6 +30,40 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # -- anchors ----------------------------------------------------------------------------------------------
+
+class _SubscribedMosquitto:
+    """A Mosquitto with one subscriber to everything (a stand-in for the bridge).
+
+    The agent keeps readings that the broker acknowledges with "no matching subscribers" (0x10) and offers them
+    again, because nobody received them; a benchmark broker therefore needs a subscriber, as a real one has the
+    bridge. The subscriber is the C client ``mosquitto_sub``, so it costs the Python processes nothing, and (a) and
+    (b) both carry it.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        from agent.devbroker import Mosquitto
+
+        self._broker = Mosquitto(workdir)
+        self._sub: subprocess.Popen[bytes] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+    def start(self) -> None:
+        self._broker.start()
+        self._sub = subprocess.Popen(
+            ["mosquitto_sub", "-h", self._broker.host, "-p", str(self._broker.port), "-t", "denen/#", "-t", "bench/#",
+             "-q", "1", "-i", f"bench-sink-{self._broker.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2)  # let it subscribe before anything is published
+
+    def stop(self) -> None:
+        if self._sub is not None:
+            self._sub.terminate()
+            self._sub.wait(5)
+            self._sub = None
+        self._broker.stop()
+
 def disk(p: dict[str, Any]) -> dict[str, Any]:
     """Raw fsync latency and SQLite WAL (synchronous=FULL) commit rates, on the folder the journals use."""
     work = Path(p["workdir"])
@@ -126,7 +160,7 @@ def naive(p: dict[str, Any]) -> dict[str, Any]:
     payloads = [e.body.encode() for e in entries]
     del entries
 
-    broker = Mosquitto(work / "broker")
+    broker = _SubscribedMosquitto(work / "broker")
     broker.start()
     try:
         proto = MQTTProtocolVersion.MQTTv5 if p["protocol"] == "v5" else MQTTProtocolVersion.MQTTv311
@@ -292,7 +326,7 @@ def _start_field(work: Path, nodes: list[Any], *, batch: int | None, window: int
     from agent.devbroker import Mosquitto
     from drivers.sim.rak3172 import SimRak3172
 
-    broker = Mosquitto(work / "broker")
+    broker = _SubscribedMosquitto(work / "broker")
     if broker_running:
         broker.start()
     sim = SimRak3172(name=c.RADIO, link=str(work / "lora0"), boot_delay_s=0.02, rng=random.Random(7))

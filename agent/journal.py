@@ -244,6 +244,9 @@ class Journal:
             self._db.execute("PRAGMA journal_size_limit=67108864")
             # A small page cache: the journal is written once and read once, in order; RAM is scarce on a Pi.
             self._db.execute("PRAGMA cache_size=-1024")
+            # Checkpoint the WAL every ~1 MB instead of SQLite's ~4 MB, so a small or nearly full card can still
+            # hold it; a failed commit for lack of space also forces a checkpoint (see commit()).
+            self._db.execute("PRAGMA wal_autocheckpoint=256")
             self._db.executescript(_DDL)
             check = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":
@@ -348,6 +351,13 @@ class Journal:
                 pass
             if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
                 raise JournalCorrupt(f"{self.path}: the journal is damaged: {exc}") from exc
+            if "full" in str(exc).lower():
+                # The WAL may be what fills the disk: moving its pages into the database and truncating it frees
+                # the room for the next try.
+                try:
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
             raise JournalError(f"{self.path}: commit failed: {exc}") from exc
 
     # -- reads ---------------------------------------------------------------------------------------

@@ -206,18 +206,11 @@ def test_a_full_disk_stops_commits_but_not_the_agent_and_nothing_is_lost_when_sp
                    disk=DISK)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "agent/gateway.py Gateway._step increments stats.counters['journal.commit_failed'] directly instead of "
-    "through _count(), so the counter is never marked dirty, never committed, and `denen status` does not show it"))
 def test_failed_commits_are_counted_in_denen_status(run: dict[str, Any]) -> None:
     counters = run["status"]["counters"]
     assert counters.get("journal.commit_failed", 0) >= 1, counters
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "agent/journal.py keeps SQLite's default wal_autocheckpoint (1000 pages, about 4 MB) and never checkpoints "
-    "on its own: on a filesystem with less free room the WAL fills it (each commit appends pages), every commit "
-    "then fails with 'database or disk is full', and a checkpoint cannot run either; the journal stays wedged"))
 def test_the_journal_keeps_committing_on_a_filesystem_smaller_than_its_wal(
         tmp_path: Path, broker: Mosquitto, figures: dict[str, Any]) -> None:
     nodes = [FieldNode(0x0E100000 + i, k) for i, k in enumerate(["water_level", "rain"])]

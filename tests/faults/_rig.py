@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,6 +161,24 @@ class _Process:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def diagnose(self) -> str:
+        """For a failure message: is it alive, its kernel state, and its threads' stacks (if py-spy is installed)."""
+        if self.proc is None:
+            return "never started"
+        if self.proc.poll() is not None:
+            return f"exited with {self.proc.returncode}; log tail:\n{self.run_log()[-2000:]}"
+        try:
+            state = next(ln for ln in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+                         if ln.startswith("State:"))
+        except (OSError, StopIteration):
+            state = "State: ?"
+        dump = ""
+        if shutil.which("py-spy"):
+            out = subprocess.run(["py-spy", "dump", "--pid", str(self.proc.pid)], capture_output=True, text=True,
+                                 timeout=30)
+            dump = out.stdout or out.stderr
+        return f"pid {self.proc.pid} {state}\n{dump}\nlog tail:\n{self.run_log()[-2000:]}"
 
     def run_log(self) -> str:
         """Output of the current run only."""

@@ -98,8 +98,8 @@ class Check:
 
 
 def _kernel_clock_synced() -> bool | None:
-    # agent.clock keeps this helper private; doctor needs the three-way answer (None: cannot tell).
-    return clock._kernel_synced()
+    # The three-way answer (None: cannot tell), not the agent's trust decision.
+    return clock.kernel_synced()
 
 
 def _group_names() -> set[str]:

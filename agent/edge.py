@@ -46,7 +46,7 @@ class Edge:
         self._next_seq = next_seq
         self._count = count
         self._post = post
-        now_us = time.time_ns() // 1000
+        now_us = clock.wall_us()
         self.rules_config: RulesConfig = getattr(config, "rules", None) or RulesConfig()
         self.rules = RuleEngine(self.rules_config, node_infos(config.nodes), start_us=now_us)
         self.tracker = AlertTracker(repeat_s=self.rules_config.repeat_s, deadline_s=self.rules_config.deadline_s)
@@ -139,15 +139,19 @@ class Edge:
         return self._journal_alerts(self.rules.on_reading(body))
 
     def on_incident(self, radio: str, kind: str) -> list[Entry]:
-        now_us = time.time_ns() // 1000
+        now_us = clock.wall_us()
         if kind == "port_lost":
             return self._journal_alerts(self.rules.on_gateway_event("module_lost", now_us=now_us, radio=radio))
         if kind in ("configured", "reopen"):
             return self._journal_alerts(self.rules.on_gateway_event("module_back", now_us=now_us, radio=radio))
         return []
 
+    def on_clock_step(self, delta_us: int) -> None:
+        """The wall clock was stepped by ``delta_us`` µs (positive: forward): the rules move their stored times."""
+        self.rules.on_gateway_event("clock_step", now_us=clock.wall_us(), delta_us=delta_us)
+
     def on_journal_usage(self, pct: float) -> list[Entry]:
-        now_us = time.time_ns() // 1000
+        now_us = clock.wall_us()
         return self._journal_alerts(self.rules.on_gateway_event("journal_usage", now_us=now_us, pct=pct))
 
     def on_command(self, topic: str, payload: bytes) -> None:
@@ -193,7 +197,7 @@ class Edge:
 
     def gateway_alert(self, type_: str, severity: str, message: str) -> list[Entry]:
         """An alert about the gateway itself that no rule raises (e.g. its journal was damaged)."""
-        now_us = time.time_ns() // 1000
+        now_us = clock.wall_us()
         alert = Alert(id=f"{type_}#{now_us}", key=type_, type=type_, state="raised", severity=severity, node=None,
                       name=self.gateway_id, level=None, value=None, threshold=None, message=message, ts_us=now_us)
         return self._journal_alerts([alert])
@@ -205,7 +209,7 @@ class Edge:
     # -- timers ----------------------------------------------------------------------------------------------
     def due(self, *, connected: bool) -> list[Entry]:
         """Everything time-based that is due now: silence checks, alert repeats, rain gauge reports."""
-        now_us = time.time_ns() // 1000
+        now_us = clock.wall_us()
         entries: list[Entry] = []
         if self._restored:
             entries += self._journal_alerts(self._restored)
@@ -230,7 +234,7 @@ class Edge:
 
     def next_deadline(self) -> float | None:
         """Monotonic time (s) of the next timer here, or None."""
-        now_us, now = time.time_ns() // 1000, time.monotonic()
+        now_us, now = clock.wall_us(), time.monotonic()
         cands = [self._next_rain] if self._next_rain is not None else []
         for us in (self.rules.next_tick_us(), self.tracker.next_due_us()):
             if us is not None:
@@ -270,7 +274,7 @@ class Edge:
     def _journal_alerts(self, alerts: list[Alert]) -> list[Entry]:
         if not alerts:
             return []
-        now_us = time.time_ns() // 1000
+        now_us = clock.wall_us()
         out = []
         for alert in alerts:
             log.warning("alert %s %s: %s", alert.type, alert.state, alert.message)

@@ -30,7 +30,7 @@ from agent import __version__, clock, systemd
 from agent.config import Config
 from agent.edge import Edge
 from agent.errors import JournalError
-from agent.journal import DIAGNOSTICS, LANES, SOS, Entry, JournalCorrupt, Quarantined, open_or_recover
+from agent.journal import DIAGNOSTICS, LANES, SOS, TELEMETRY, Entry, JournalCorrupt, Quarantined, open_or_recover
 from agent.publisher import MqttLink
 from agent.readings import READING_SCHEMA, Decoded, FrameDecoder
 from drivers.types import Uplink
@@ -41,6 +41,13 @@ _DRAIN_MAX = 2000  # inbox items handled per transaction, so one wake-up never g
 _BATCHES_PER_STEP = 2  # backlog messages published per wake-up
 _NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT v5 PUBACK reason code
 _REWIND_S = 2.0  # wait before offering again readings the broker had no subscriber for, in seconds
+#: How long telemetry and diagnostics stamped on an unsynchronised clock wait for the clock to sync before they go
+#: out flagged ``unsynced`` anyway, in seconds from the agent's start. (SOS and alarms never wait.)
+CLOCK_HOLD_S = 900.0
+_CLOCK_STEP_US = 1_000_000  # a change of wall - boottime above this is a step, not drift
+_CLOCK_CHECK_S = 10.0  # while the clock is unsynchronised, the core looks at least this often, in seconds
+_CORRECT_PER_STEP = 2000  # readings corrected per wake-up, so an SOS never waits behind a long correction
+_UNSYNCED_MARK = '"clock":"unsynced"'
 
 
 @dataclass(slots=True)
@@ -56,7 +63,7 @@ class GatewayStats:
     """Live figures the core keeps in memory (persisted as counters at each commit)."""
 
     counters: Counter[str] = field(default_factory=Counter)
-    started_us: int = field(default_factory=lambda: time.time_ns() // 1000)
+    started_us: int = field(default_factory=clock.wall_us)
 
 
 class Gateway:
@@ -102,6 +109,17 @@ class Gateway:
         self._rewind_at = 0.0
         self._watchdog_s = systemd.watchdog_interval_s()
         self._thread: threading.Thread | None = None
+        # Clock: readings stamped before NTP sync are held (telemetry, diagnostics) and corrected once it syncs.
+        self._clock_synced = clock.synced()
+        self._clock_offset = clock.offset_us()
+        self._clock_boot = clock.boot_us()
+        self._clock_hold_until = time.monotonic() + CLOCK_HOLD_S
+        given_up = self.journal.adopt_boot(clock.boot_id())
+        if given_up:
+            self._count("clock.uncorrectable", given_up)
+            log.warning("%d readings were stamped before the clock synced in an earlier boot; they cannot be "
+                        "corrected and go out flagged unsynced", given_up)
+        self._to_correct = self.journal.unsynced_count() > 0
 
     def _build_radios(self) -> list[Any]:
         from drivers.radio import RadioWorker  # noqa: PLC0415 - hardware layer loaded only when a gateway runs
@@ -172,9 +190,13 @@ class Gateway:
     def _timeout(self) -> float:
         """Seconds the core may sleep: until the next timer, never below 1 s when idle (no busy polling)."""
         now = time.monotonic()
-        if self._carry:
+        if self._carry or (self._to_correct and self._clock_synced):
             return 0.0
         deadlines = [self._next_health]
+        if not self._clock_synced:
+            deadlines.append(now + _CLOCK_CHECK_S)  # to notice the sync soon after it happens
+            if self._to_correct and now < self._clock_hold_until:
+                deadlines.append(self._clock_hold_until)
         if self._watchdog_s:
             # The watchdog is fed from this loop, so a core that hangs is restarted by systemd.
             deadlines.append(now + self._watchdog_s / 2)
@@ -265,6 +287,7 @@ class Gateway:
             self._next_health = now + self.config.health.interval_s
         entries.extend(self._edge_call(self.edge.due, connected=self._session is not None))
         meta = self.edge.snapshot_meta() or {}
+        self._watch_clock(entries)
 
         if urgent and self._session is not None and not self._uncommitted:
             # An SOS does not wait for the rest of this wake-up's work (acks to delete, backlog to read): it
@@ -322,8 +345,56 @@ class Gateway:
             self._dirty_counters.clear()
             if entries and (self._next_quota == 0.0 or now >= self._next_quota):
                 self._check_quota()
+        if self._to_correct and self._clock_synced:
+            self._correct_clock()
         self._publish(urgent=urgent)
         self._edge_call(self.edge.update_outputs, connected=self._session is not None)
+
+    # -- clock -------------------------------------------------------------------------------------------------
+    def _watch_clock(self, entries: list[Entry]) -> None:
+        """Notice clock steps and the sync; give entries stamped on an unsynchronised clock their boot-time stamp."""
+        synced = clock.synced()
+        boot = clock.boot_us()
+        offset = clock.wall_us() - boot
+        old_offset, prev_boot = self._clock_offset, self._clock_boot
+        stepped = abs(offset - old_offset) > _CLOCK_STEP_US
+        if stepped:
+            self._count("clock.steps")
+            log.warning("the wall clock was stepped by %+.3f s%s", (offset - old_offset) / 1e6,
+                        " (synchronised now)" if synced and not self._clock_synced else "")
+            self._edge_call(self.edge.on_clock_step, offset - old_offset)
+        if not synced or not self._clock_synced or stepped:
+            for e in entries:
+                if e.boot_us is None and _UNSYNCED_MARK in e.body:
+                    # Stamped at ts_us on the wall clock of the time: if the clock was stepped since the last
+                    # wake-up, the entry was made under the old offset or the new one, and only one of the two
+                    # puts it between the last wake-up and now on the boot-time clock.
+                    made = e.ts_us - offset
+                    if stepped and not prev_boot - _CLOCK_STEP_US <= made <= boot:
+                        made = e.ts_us - old_offset
+                    e.boot_us = made
+                    self._to_correct = True
+        if synced and not self._clock_synced:
+            log.info("clock synchronised; readings stamped before are corrected and then published")
+        self._clock_synced, self._clock_offset, self._clock_boot = synced, offset, boot
+
+    def _correct_clock(self) -> None:
+        """Rewrite a slice of the readings stamped before the sync with their true time."""
+        try:
+            n = self.journal.correct_clock(self._clock_offset, limit=_CORRECT_PER_STEP)
+        except JournalError as exc:
+            self._count("clock.correction_failed")
+            log.error("%s; trying again at the next wake-up", exc)
+            return
+        if n:
+            self._count("clock.corrected", n)
+            log.info("clock: %d readings stamped before the sync got their true time", n)
+        if n < _CORRECT_PER_STEP:
+            self._to_correct = False
+
+    def _holding(self) -> bool:
+        """Whether telemetry and diagnostics stamped on an unsynchronised clock wait (for the sync or a correction)."""
+        return self._to_correct and (self._clock_synced or time.monotonic() < self._clock_hold_until)
 
     def _journal_damaged(self, aside: str | None, rescued: int) -> None:
         """Count, log and alert: the journal was found damaged and set aside."""
@@ -369,9 +440,11 @@ class Gateway:
         # Backlog batches per wake-up are capped, so a wake-up stays short and an SOS arriving meanwhile waits
         # for little; the next PUBACK wakes the core to send more.
         budget = 1 if urgent else _BATCHES_PER_STEP
+        hold = self._holding()
         for lane in range(SOS + 1, len(LANES)):
             while budget and len(self._inflight) < window:
-                rows = self.journal.pending(lane, after_seq=self._sent_upto[lane], limit=batch)
+                rows = self.journal.pending(lane, after_seq=self._sent_upto[lane], limit=batch,
+                                            hold_unsynced=hold and lane >= TELEMETRY)
                 if not rows:
                     break
                 if not self._send(lane, rows):
@@ -392,7 +465,7 @@ class Gateway:
         payload = (
             f'{{"schema":"{READING_SCHEMA}","gateway":"{self.gateway_id}","site":"{self.config.gateway.site}",'
             f'"lane":"{LANES[lane]}",'
-            f'"sent_us":{time.time_ns() // 1000},"readings":[' + ",".join(body for _, body in rows) + "]}"
+            f'"sent_us":{clock.wall_us()},"readings":[' + ",".join(body for _, body in rows) + "]}"
         ).encode()
         sent = self.link.publish(self.link.topics.readings[LANES[lane]], payload)
         if sent is None:
@@ -449,7 +522,7 @@ class Gateway:
         self._dirty_counters.add(name)
 
     def _health_entry(self) -> Entry:
-        now_us = time.time_ns() // 1000
+        now_us = clock.wall_us()
         depth = self.journal.depth()
         oldest = self.journal.oldest_ts_us()
         c = self.stats.counters

@@ -6,7 +6,9 @@ lone SOS still gets its own commit at once. Readers (``denen status``) open the 
 
 Tables:
     reading     unsent readings; ``body`` is the reading's JSON object exactly as it will be published, so its
-                identity (gateway, node, frame counter) and edge timestamp never change on a retry.
+                identity (gateway, node, frame counter) and edge timestamp never change on a retry. The one
+                exception: a reading stamped before the clock synced carries ``boot_us`` (when it was made on the
+                boot-time clock) and is rewritten once, with its true time, when the clock syncs.
     node        per-node state: last accepted frame counter (the replay window), last seen, RSSI, SNR, battery.
     counter     monotonically increasing event counters (bad frames by reason, reopens, evictions ...).
     quarantine  frames that failed to decode or authenticate, with the reason, kept for inspection (bounded).
@@ -15,6 +17,7 @@ Tables:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -26,7 +29,7 @@ from agent.errors import JournalError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: reading.boot_us (clock correction); a version 1 journal is migrated on open
 
 #: Priority lanes, highest first. The index is what is stored.
 LANES: tuple[str, ...] = ("sos", "alarm", "telemetry", "diagnostics")
@@ -43,7 +46,8 @@ CREATE TABLE IF NOT EXISTS reading (
     node  TEXT NOT NULL,
     fcnt  INTEGER NOT NULL,
     ts_us INTEGER NOT NULL,
-    body  TEXT NOT NULL
+    body  TEXT NOT NULL,
+    boot_us INTEGER
 );
 CREATE INDEX IF NOT EXISTS reading_lane ON reading(lane, seq);
 CREATE TABLE IF NOT EXISTS node (
@@ -84,6 +88,9 @@ class Entry:
         fcnt: frame counter; with ``node`` and the gateway id it is the reading's identity.
         ts_us: edge timestamp, microseconds since the Unix epoch.
         body: the reading as a JSON object text, published verbatim.
+        boot_us: for a reading stamped while the wall clock was not synchronised: when it was made, in µs on the
+            boot-time clock (``agent.clock.boot_us``), so its true time can be worked out once the clock syncs.
+            None for a reading stamped on a synchronised clock.
     """
 
     lane: int
@@ -91,6 +98,7 @@ class Entry:
     fcnt: int
     ts_us: int
     body: str
+    boot_us: int | None = None
 
 
 @dataclass(slots=True)
@@ -254,8 +262,17 @@ class Journal:
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) == 1:
+                # Version 1 lacks boot_us; its readings were all published as stamped, so NULL is right for them.
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ALTER TABLE reading ADD COLUMN boot_us INTEGER")
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+                self._db.execute("COMMIT")
+                log.info("%s: journal schema 1 migrated to %d", self.path, SCHEMA_VERSION)
             elif int(row[0]) != SCHEMA_VERSION:
                 raise JournalError(f"{self.path}: journal schema {row[0]}, this agent reads {SCHEMA_VERSION}")
+            # Readings awaiting clock correction are few and found through this partial index.
+            self._db.execute("CREATE INDEX IF NOT EXISTS reading_unsynced ON reading(seq) WHERE boot_us IS NOT NULL")
             self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
             # seq never goes back, even when every reading has been acknowledged and deleted: the publisher
             # remembers how far it has sent by seq. AUTOINCREMENT keeps the high-water mark in sqlite_sequence.
@@ -309,8 +326,8 @@ class Journal:
             if entries:
                 first = self._last_seq + 1
                 db.executemany(
-                    "INSERT INTO reading(seq, lane, node, fcnt, ts_us, body) VALUES (?,?,?,?,?,?)",
-                    [(first + i, e.lane, e.node, e.fcnt, e.ts_us, e.body) for i, e in enumerate(entries)],
+                    "INSERT INTO reading(seq, lane, node, fcnt, ts_us, body, boot_us) VALUES (?,?,?,?,?,?,?)",
+                    [(first + i, e.lane, e.node, e.fcnt, e.ts_us, e.body, e.boot_us) for i, e in enumerate(entries)],
                 )
                 seqs = list(range(first, first + len(entries)))
             acked = sorted(acked)
@@ -361,11 +378,88 @@ class Journal:
             raise JournalError(f"{self.path}: commit failed: {exc}") from exc
 
     # -- reads ---------------------------------------------------------------------------------------
-    def pending(self, lane: int, *, after_seq: int, limit: int) -> list[tuple[int, str]]:
-        """Unacknowledged readings of one lane with ``seq > after_seq``, oldest first: ``[(seq, body), ...]``."""
-        return self._db.execute(
-            "SELECT seq, body FROM reading WHERE lane=? AND seq>? ORDER BY seq LIMIT ?", (lane, after_seq, limit)
+    def pending(self, lane: int, *, after_seq: int, limit: int, hold_unsynced: bool = False) -> list[tuple[int, str]]:
+        """Unacknowledged readings of one lane with ``seq > after_seq``, oldest first: ``[(seq, body), ...]``.
+
+        Args:
+            hold_unsynced: stop before the first reading that awaits clock correction, so the lane goes out in
+                order once it is corrected.
+        """
+        if not hold_unsynced:
+            return self._db.execute(
+                "SELECT seq, body FROM reading WHERE lane=? AND seq>? ORDER BY seq LIMIT ?", (lane, after_seq, limit)
+            ).fetchall()
+        rows = self._db.execute(
+            "SELECT seq, body, boot_us FROM reading WHERE lane=? AND seq>? ORDER BY seq LIMIT ?", (lane, after_seq, limit)
         ).fetchall()
+        out: list[tuple[int, str]] = []
+        for seq, body, boot in rows:
+            if boot is not None:
+                break
+            out.append((seq, body))
+        return out
+
+    # -- clock correction -----------------------------------------------------------------------------
+    def unsynced_count(self) -> int:
+        """Readings stamped on an unsynchronised clock that still await correction."""
+        return self._db.execute("SELECT COUNT(*) FROM reading WHERE boot_us IS NOT NULL").fetchone()[0]
+
+    def adopt_boot(self, boot_id: str) -> int:
+        """Record the current boot; readings awaiting correction from an earlier boot can never be corrected.
+
+        Their boot-time stamps count from a boot that has ended, so they keep their edge timestamp and their
+        ``"clock": "unsynced"`` flag and are published as they are.
+
+        Returns:
+            How many readings of an earlier boot were given up on.
+        """
+        if self.meta().get("boot_id") == boot_id:
+            return 0
+        self._db.execute("BEGIN IMMEDIATE")
+        n = self._db.execute("UPDATE reading SET boot_us=NULL WHERE boot_us IS NOT NULL").rowcount
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('boot_id', ?)", (boot_id,))
+        self._db.execute("COMMIT")
+        return max(0, n)
+
+    def correct_clock(self, offset_us: int, *, limit: int = 1000) -> int:
+        """Give readings stamped before the clock synced their true time: ``boot_us + offset_us``.
+
+        The body's ``ts_us`` becomes the true time and its ``clock`` becomes ``"corrected"``; key order and
+        everything else stay as they were. At most ``limit`` readings per call (one transaction), so a long
+        unsynced spell is corrected in slices and an SOS never waits for all of it.
+
+        Args:
+            offset_us: ``wall - boottime`` on the synchronised clock, µs (``agent.clock.offset_us()``).
+
+        Returns:
+            How many readings were corrected (fewer than ``limit``: none are left).
+        """
+        rows = self._db.execute(
+            "SELECT seq, boot_us, body FROM reading WHERE boot_us IS NOT NULL ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        if not rows:
+            return 0
+        updates = []
+        for seq, boot, body in rows:
+            ts = boot + offset_us
+            try:
+                doc = json.loads(body)
+                doc["ts_us"] = ts
+                doc["clock"] = "corrected"
+                body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+            except (ValueError, TypeError):
+                pass  # not ours to judge here; it is published as it is and the bridge says what is wrong
+            updates.append((ts, body, seq))
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("UPDATE reading SET ts_us=?, body=?, boot_us=NULL WHERE seq=?", updates)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise JournalError(f"{self.path}: clock correction failed: {exc}") from exc
+        return len(rows)
 
     def has_pending(self, lane: int, *, after_seq: int) -> bool:
         return self._db.execute(

@@ -21,7 +21,11 @@ version as a string), at the document's ``ts_us`` or, for the broker-published L
 time the bridge received it.
 
 Every point carries the reading's edge timestamp ``ts_us`` (precision ``u``), so a redelivered reading produces
-byte-identical lines and overwrites itself. Every number is written as a float (``3.0``, never ``3i``: an integer
+byte-identical lines and overwrites itself. One exception: a reading stamped before 2020 by a gateway whose clock
+was never set (``"clock": "unsynced"``; an SOS pressed on a board that booted in 1970 goes out at once, before
+NTP) is written at the time the bridge received it, with ``clock_ok=0``, so it is seen where people look; a
+redelivery of such a reading may make a second point. ``"clock": "corrected"`` (stamped before the sync, given
+its true time by the gateway) counts as a good clock: ``clock_ok=1``. Every number is written as a float (``3.0``, never ``3i``: an integer
 would fix the field's type and every later float would conflict); booleans become ``1.0``/``0.0``.
 
 Rejected, with a reason code (the dead-letter store keeps the content):
@@ -33,7 +37,8 @@ Rejected, with a reason code (the dead-letter store keeps the content):
 ``wrong_gateway``          the document names another gateway than its topic (the whole message): the
                            broker's ACL vouches for the topic, so the topic wins
 ``invalid_reading``        one reading does not follow the schema (only that reading)
-``timestamp_before_2020``  ``ts_us`` before 2020-01-01: never a real reading of this product
+``timestamp_before_2020``  ``ts_us`` before 2020-01-01 on a clock the gateway calls synced or corrected: never a
+                           real reading of this product
 ``not_finite``             a value is NaN or infinite, which line protocol cannot carry
 =========================  ===========================================================================
 """
@@ -322,13 +327,16 @@ class Serializer:
             raise _Invalid("invalid_reading", f"lane {r['lane']!r} is unknown")
         if not _is_int(ts):
             raise _Invalid("invalid_reading", f"ts_us {ts!r} is not an integer")
-        if ts < EPOCH_FLOOR_US:
-            # A board that booted without a clock and stamped in 1970 (or a bad counter): writing it would put a
-            # point decades back where nobody looks. The dead-letter store keeps it for a manual fix.
-            raise _Invalid("timestamp_before_2020", f"ts_us {ts} is before 2020-01-01 (clock {r['clock']})")
         clock = r["clock"]
-        if clock not in ("synced", "unsynced"):
-            raise _Invalid("invalid_reading", f"clock {clock!r} is not synced or unsynced")
+        if clock not in ("synced", "unsynced", "corrected"):
+            raise _Invalid("invalid_reading", f"clock {clock!r} is not synced, unsynced or corrected")
+        if ts < EPOCH_FLOOR_US:
+            if clock != "unsynced":
+                # A clock that claims to be right yet says 1970: a bug, not a time. The dead-letter store keeps it.
+                raise _Invalid("timestamp_before_2020", f"ts_us {ts} is before 2020-01-01 (clock {clock})")
+            # A board that booted without a clock: writing its stamp would put the point decades back where nobody
+            # looks (an SOS among them). The bridge's own clock is the best time there is for it.
+            ts = self._now_us()
         name = r.get("name")
         if name is not None and not isinstance(name, str):
             raise _Invalid("invalid_reading", "name is not text")
@@ -398,7 +406,7 @@ class Serializer:
             # local: measured by the gateway itself (GPIO); there is no radio frame to authenticate, so the field
             # is absent rather than 0, which dashboards show as "unauthenticated".
             extra.append("auth_ok=1.0" if auth == "mic" else "auth_ok=0.0")
-        extra.append("clock_ok=1.0" if clock == "synced" else "clock_ok=0.0")
+        extra.append("clock_ok=0.0" if clock == "unsynced" else "clock_ok=1.0")
         fields.extend(extra)
 
         tags = self._node_tags(kind, site, gateway, node, name)

@@ -208,6 +208,28 @@ def test_unsynced_clock_keeps_its_timestamp_with_clock_ok_zero_and_flagged_auth(
     assert fields["clock_ok"] == "0.0" and fields["auth_ok"] == "0.0"
 
 
+def test_a_reading_a_clockless_board_stamped_before_2020_is_written_at_the_bridges_time() -> None:
+    # An SOS pressed before NTP on a board that booted in 1970: dead-lettering it would hide it from the dashboards.
+    r = reading(GW, 0x101, 3, "sos", {"pressed": 1.0}, clock="unsynced", ts_us=86_400_000_000)
+    conv = Serializer(now_us=lambda: EPOCH_FLOOR_US + 5_000).convert(topic(GW), batch(GW, [r]))
+    assert conv.rejects == [] and conv.readings == 1
+    _, _, fields, ts = parse_line(conv.lines[0])
+    assert ts == EPOCH_FLOOR_US + 5_000 and fields["clock_ok"] == "0.0"
+
+
+@pytest.mark.parametrize("clock", ["synced", "corrected"])
+def test_a_reading_before_2020_on_a_clock_the_gateway_trusts_is_dead_lettered(clock: str) -> None:
+    r = reading(GW, 0x101, 3, "sos", {"pressed": 1.0}, clock=clock, ts_us=86_400_000_000)
+    [rej] = Serializer(now_us=lambda: EPOCH_FLOOR_US + 5_000).convert(topic(GW), batch(GW, [r])).rejects
+    assert rej.reason == "timestamp_before_2020" and f"clock {clock}" in rej.detail
+
+
+def test_a_corrected_clock_keeps_its_timestamp_and_counts_as_good() -> None:
+    r = reading(GW, 0x301, 5, "water_level", {"level_cm": 1.5}, clock="corrected", ts_us=EPOCH_FLOOR_US + 99)
+    _, _, fields, ts = parse_line(convert([r])[0])
+    assert ts == EPOCH_FLOOR_US + 99 and fields["clock_ok"] == "1.0"
+
+
 def test_a_redelivered_reading_gives_byte_identical_lines() -> None:
     r = reading(GW, 0x301, 5, "water_level", {"level_cm": 1.5})
     a = Serializer().convert(topic(GW), batch(GW, [r]))

@@ -49,6 +49,7 @@ from drivers.radio import INCIDENT_KINDS
 from drivers.transport import DEFAULT_MAX_LINE, LineSplitter
 from drivers.types import Uplink
 from tests.fuzz.mutate import chunk, mutate_bytes, mutate_text, random_bytes, small
+from tests.support.field import example_keys_env
 
 __all__ = ["TARGETS", "Outcome", "Target", "Violation", "ACCEPTED", "IGNORED", "rejected"]
 
@@ -392,7 +393,8 @@ class ReadingsTarget(Target):
         demo = _config_text("demo.yaml")
         river = _config_text("river-station.yaml")
         texts = [demo, river, river.replace("unknown_nodes: quarantine", "unknown_nodes: accept")]
-        return [parse_config(t, source=f"<fuzz {i}>", base_dir=REPO / "config") for i, t in enumerate(texts)]
+        with example_keys_env():  # the examples name their node keys by environment variable (key_env:)
+            return [parse_config(t, source=f"<fuzz {i}>", base_dir=REPO / "config") for i, t in enumerate(texts)]
 
     @cached_property
     def serializer(self) -> lineproto.Serializer:
@@ -927,7 +929,7 @@ def _reading(rng: random.Random, gateway: str) -> dict[str, Any]:
     fcnt = rng.getrandbits(32)
     return {"id": f"{gateway}/{node}/{fcnt}", "node": node, "name": rng.choice((f"{kind}-1", None, "ノード 1")),
             "fcnt": fcnt, "kind": kind, "lane": {"sos": "sos", "trap": "alarm"}.get(kind, "telemetry"), "ts_us": ts,
-            "clock": rng.choice(("synced", "unsynced")), "radio": "lora0", "rssi": rng.randint(-140, 0),
+            "clock": rng.choice(("synced", "unsynced", "corrected")), "radio": "lora0", "rssi": rng.randint(-140, 0),
             "snr": round(rng.uniform(-20, 15), 1), "auth": rng.choice(("mic", "none", "local")),
             "receipt": rng.random() < 0.2, "values": _reading_values(rng, kind)}
 
@@ -1274,7 +1276,8 @@ class ConfigTarget(_ConfigTargetBase):
     seeds = ("demo.yaml", "forest-sos.yaml", "river-station.yaml", "trap-field.yaml")
 
     def parse(self, text: str) -> Any:
-        return parse_config(text, source=self.source, base_dir=self.sandbox)
+        with example_keys_env():  # the examples name their node keys by environment variable (key_env:)
+            return parse_config(text, source=self.source, base_dir=self.sandbox)
 
 
 class BridgeConfigTarget(_ConfigTargetBase):

@@ -52,9 +52,9 @@ def test_convert_accepts_what_gateways_publish(rng: random.Random) -> None:
     assert run_one(lp, lp.valid(rng)) == ACCEPTED
 
 
-def test_a_reading_before_2020_is_rejected_with_its_reason() -> None:
+def test_a_reading_before_2020_on_a_clock_called_synced_is_rejected_with_its_reason() -> None:
     reading = {"id": "gw-fuzz-01/00000101/1", "node": "00000101", "fcnt": 1, "kind": "sos", "lane": "sos",
-               "ts_us": 1_000_000, "clock": "unsynced", "values": {"pressed": 1.0}}
+               "ts_us": 1_000_000, "clock": "synced", "values": {"pressed": 1.0}}
     doc = {"schema": "denen.readings/1", "gateway": "gw-fuzz-01", "site": "s", "lane": "sos", "sent_us": T0_US,
            "readings": [reading]}
     assert run_one(lp, (TOPIC, json.dumps(doc).encode())) == rejected("timestamp_before_2020")

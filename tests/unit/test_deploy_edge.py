@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent import flash
+from tests.support.field import example_key_env
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGE = ROOT / "deploy" / "edge"
@@ -118,7 +119,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from agent import clock, cli, gateway, config, journal, status, flash, doctor, monitor, systemd
 c = cmac.CMAC(algorithms.AES(bytes(16))); c.update(b"denen"); c.finalize()
 ssl.create_default_context()
-clock._kernel_synced()
+clock.kernel_synced()
 cb = ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 7)   # a libffi closure: needs W^X-free trampolines
 assert cb() == 7
 d = tempfile.mkdtemp()
@@ -132,7 +133,8 @@ print("ok")
 def test_memory_deny_write_execute_does_not_break_the_agent() -> None:
     """MemoryDenyWriteExecute=yes in the unit: the same kernel rule (PR_SET_MDWE) applied to the agent's stack."""
     proc = subprocess.run([sys.executable, "-c", _MDWE_PROBE, str(ROOT / "config" / "demo.yaml")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **example_key_env()})  # demo.yaml's key_env variables
     if proc.returncode in (3, 4):
         pytest.skip(f"kernel without PR_SET_MDWE (Linux >= 6.3 needed): {proc.stdout.strip()}")
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

@@ -89,7 +89,7 @@ def test_everything_ok_against_a_simulated_rak3172_and_a_real_broker(tmp_path: P
 def test_json_output_and_exit_code_from_main(tmp_path: Path, rak: SimRak3172, broker: Mosquitto,
                                              monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(clock, "_kernel_synced", lambda: True)
+    monkeypatch.setattr(clock, "kernel_synced", lambda: True)
     parser = argparse.ArgumentParser()
     doctor.add_arguments(parser)
     cfg = _config(tmp_path, port=rak.path, mqtt_port=broker.port)
@@ -98,7 +98,7 @@ def test_json_output_and_exit_code_from_main(tmp_path: Path, rak: SimRak3172, br
     assert doc["schema"] == "denen.doctor/1" and doc["status"] == "ok" and doc["exit_code"] == 0
     assert [c["name"] for c in doc["checks"]][:3] == ["config", "radio lora0", "broker"]
     # The clock is not synchronised: a warning, exit code 1, shown on the one-screen table.
-    monkeypatch.setattr(clock, "_kernel_synced", lambda: False)
+    monkeypatch.setattr(clock, "kernel_synced", lambda: False)
     assert doctor.main(parser.parse_args(["-c", str(cfg), "--timeout", "2"])) == 1
     assert "timedatectl" in capsys.readouterr().out
 

@@ -1,0 +1,243 @@
+"""Readings stamped before the clock synced: flagged, held (telemetry) or sent at once (SOS), corrected at the sync.
+
+A board without RTC boots in the past. The wall clock here is a fake that runs ``offset`` µs behind the real one
+until :meth:`FakeClock.sync` steps it; the boot-time clock is the real one, as it is never stepped.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+import agent.gateway as gateway_module
+from agent import clock
+from agent.config import parse_config
+from agent.gateway import Gateway
+from agent.journal import SOS, TELEMETRY, Entry, Journal
+from drivers.types import Uplink
+from tests.support.field import NODES, FieldNode, config_text, default_values
+
+FIVE_YEARS_US = 5 * 365 * 86_400 * 1_000_000
+
+
+class FakeClock:
+    """A wall clock ``behind_us`` behind the real one, with the kernel saying "not synchronised" until sync()."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, behind_us: int = FIVE_YEARS_US) -> None:
+        self.behind_us = behind_us
+        self.kernel_synced = False
+        monkeypatch.setattr(clock, "wall_us", lambda: time.time_ns() // 1000 - self.behind_us)
+        monkeypatch.setattr(clock, "kernel_synced", lambda: self.kernel_synced)
+        monkeypatch.setattr(clock, "_CHECK_EVERY_S", -1.0)  # ask the (fake) kernel every time
+        monkeypatch.setattr(clock._state, "assume_synced", False)
+
+    def sync(self) -> None:
+        """NTP arrives: the wall clock is stepped to the true time and the kernel says synchronised."""
+        self.behind_us = 0
+        self.kernel_synced = True
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    return FakeClock(monkeypatch)
+
+
+def make_gateway(tmp_path: Path) -> Gateway:
+    nodes = [FieldNode(n.node_id, n.kind) for n in NODES]
+    g = Gateway(parse_config(config_text(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=nodes)),
+                radios=[])
+    g.test_nodes = {n.kind: n for n in nodes}  # type: ignore[attr-defined]
+    return g
+
+
+def capture(gw: Gateway) -> list[tuple[str, dict]]:
+    """Replace the MQTT link's publish: every message is kept as (lane, document) and 'sent' at once."""
+    published: list[tuple[str, dict]] = []
+    gw._session = 1
+
+    def publish(topic: str, payload: bytes) -> tuple[int, int]:
+        published.append((topic.rsplit("/", 1)[1], json.loads(payload)))
+        return 1, len(published)
+
+    gw.link.publish = publish  # type: ignore[method-assign]
+    return published
+
+
+def uplink(payload: bytes) -> Uplink:
+    """An uplink stamped the way the radio thread stamps it: on the wall clock of the moment."""
+    return Uplink("lora0", payload, -90, 5.0, None, clock.wall_us())
+
+
+def readings(published: list[tuple[str, dict]], lane: str) -> list[dict]:
+    return [r for ln, doc in published if ln == lane for r in doc["readings"]]
+
+
+def test_before_sync_sos_goes_at_once_telemetry_waits_and_after_sync_it_goes_with_its_true_time(
+        tmp_path: Path, fake_clock: FakeClock) -> None:
+    gw = make_gateway(tmp_path)
+    try:
+        published = capture(gw)
+        rain, sos = gw.test_nodes["rain"], gw.test_nodes["sos"]  # type: ignore[attr-defined]
+        true_times = []
+        for i in range(5):
+            true_times.append(time.time_ns() // 1000)
+            gw.on_uplinks([uplink(rain.frame(default_values("rain", i)))])
+            gw._step(0)
+        gw.on_uplinks([uplink(sos.frame(default_values("sos", 0)))])
+        gw._step(0)
+        [sos_reading] = readings(published, "sos")
+        assert sos_reading["clock"] == "unsynced"
+        assert sos_reading["ts_us"] < time.time_ns() // 1000 - FIVE_YEARS_US + 60_000_000  # the clock of the time
+        assert readings(published, "telemetry") == []  # held: its timestamp is known to be wrong
+        assert gw._timeout() <= gateway_module._CLOCK_CHECK_S  # the core looks again soon, for the sync
+
+        fake_clock.sync()
+        gw._step(0)
+        rain_out = [r for r in readings(published, "telemetry") if r["kind"] == "rain"]
+        assert [r["fcnt"] for r in rain_out] == sorted(r["fcnt"] for r in rain_out) and len(rain_out) == 5
+        assert {r["clock"] for r in rain_out} == {"corrected"}
+        for r, true in zip(rain_out, true_times):
+            assert abs(r["ts_us"] - true) < 50_000, (r["ts_us"], true)  # true time, to within the test's pace
+        assert gw.stats.counters["clock.corrected"] >= 6  # the 5 rain readings and the SOS still in the journal
+        assert gw.stats.counters["clock.steps"] == 1
+        # Readings made after the sync are stamped on the synchronised clock and need nothing.
+        gw.on_uplinks([uplink(rain.frame(default_values("rain", 9)))])
+        gw._step(0)
+        assert readings(published, "telemetry")[-1]["clock"] == "synced"
+    finally:
+        gw.journal.close()
+
+
+def test_a_reading_stamped_just_before_the_step_is_corrected_with_the_offset_it_was_stamped_under(
+        tmp_path: Path, fake_clock: FakeClock) -> None:
+    gw = make_gateway(tmp_path)
+    try:
+        published = capture(gw)
+        rain = gw.test_nodes["rain"]  # type: ignore[attr-defined]
+        gw._step(0)
+        true = time.time_ns() // 1000
+        gw.on_uplinks([uplink(rain.frame(default_values("rain", 1)))])  # stamped in the past ...
+        fake_clock.sync()  # ... and the clock steps before the core has looked at it
+        gw._step(0)
+        [r] = [r for r in readings(published, "telemetry") if r["kind"] == "rain"]
+        assert r["clock"] == "corrected" and abs(r["ts_us"] - true) < 50_000
+    finally:
+        gw.journal.close()
+
+
+def test_without_a_sync_telemetry_waits_only_until_the_hold_ends_and_goes_flagged(
+        tmp_path: Path, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = make_gateway(tmp_path)
+    try:
+        published = capture(gw)
+        rain = gw.test_nodes["rain"]  # type: ignore[attr-defined]
+        gw.on_uplinks([uplink(rain.frame(default_values("rain", 1)))])
+        gw._step(0)
+        assert readings(published, "telemetry") == []
+        monkeypatch.setattr(gw, "_clock_hold_until", time.monotonic() - 1)  # the hold (CLOCK_HOLD_S) is over
+        gw._step(0)
+        [r] = [r for r in readings(published, "telemetry") if r["kind"] == "rain"]
+        assert r["clock"] == "unsynced"
+    finally:
+        gw.journal.close()
+
+
+def test_readings_of_an_earlier_boot_cannot_be_corrected_and_go_out_flagged(
+        tmp_path: Path, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = make_gateway(tmp_path)
+    rain = gw.test_nodes["rain"]  # type: ignore[attr-defined]
+    gw.on_uplinks([uplink(rain.frame(default_values("rain", 1)))])
+    gw._step(0)
+    gw.journal.close()
+    assert Journal(tmp_path / "j.db", quota_bytes=1 << 20).unsynced_count() == 1
+    monkeypatch.setattr(clock, "boot_id", lambda: "another-boot")  # power cut, reboot, still no NTP
+    fake_clock.sync()
+    gw = make_gateway(tmp_path)
+    try:
+        assert gw.stats.counters["clock.uncorrectable"] == 1
+        published = capture(gw)
+        gw._step(0)
+        [r] = [r for r in readings(published, "telemetry") if r["kind"] == "rain"]
+        assert r["clock"] == "unsynced"  # its boot-time stamp counts from a boot that has ended
+    finally:
+        gw.journal.close()
+
+
+# -- the journal's part -------------------------------------------------------------------------------------------
+
+def body(fcnt: int, ts_us: int, quality: str) -> str:
+    return json.dumps({"id": f"gw/00000101/{fcnt}", "node": "00000101", "name": "ノード", "fcnt": fcnt,
+                       "kind": "rain", "lane": "telemetry", "ts_us": ts_us, "clock": quality,
+                       "values": {"rain_mm": 0.5}}, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_correct_clock_rewrites_time_and_flag_only_in_slices(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 20)
+    try:
+        entries = [Entry(TELEMETRY, "00000101", i, 1_000 + i, body(i, 1_000 + i, "unsynced"), boot_us=50_000 + i)
+                   for i in range(5)]
+        entries.append(Entry(TELEMETRY, "00000101", 9, 2_000_000_000_000_000, body(9, 2_000_000_000_000_000, "synced")))
+        j.commit(entries=entries)
+        assert j.unsynced_count() == 5
+        assert j.correct_clock(1_700_000_000_000_000, limit=3) == 3
+        assert j.correct_clock(1_700_000_000_000_000, limit=3) == 2
+        assert j.correct_clock(1_700_000_000_000_000, limit=3) == 0 and j.unsynced_count() == 0
+        rows = j.pending(TELEMETRY, after_seq=0, limit=10)
+        for i, (_, text) in enumerate(rows[:5]):
+            doc = json.loads(text)
+            assert doc["ts_us"] == 1_700_000_000_000_000 + 50_000 + i and doc["clock"] == "corrected"
+            # Only the time and the flag change: key order, names in Japanese, values stay as they were.
+            assert text == body(i, 1_700_000_000_000_000 + 50_000 + i, "corrected")
+        assert rows[5][1] == body(9, 2_000_000_000_000_000, "synced")
+    finally:
+        j.close()
+
+
+def test_pending_with_hold_stops_before_the_first_reading_awaiting_correction(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 20)
+    try:
+        j.commit(entries=[Entry(TELEMETRY, "00000101", 1, 1, body(1, 1, "synced")),
+                          Entry(TELEMETRY, "00000101", 2, 2, body(2, 2, "unsynced"), boot_us=7),
+                          Entry(TELEMETRY, "00000101", 3, 3, body(3, 3, "synced")),
+                          Entry(SOS, "00000102", 1, 4, body(1, 4, "unsynced"), boot_us=8)])
+        assert [s for s, _ in j.pending(TELEMETRY, after_seq=0, limit=10, hold_unsynced=True)] == [1]
+        assert [s for s, _ in j.pending(TELEMETRY, after_seq=0, limit=10)] == [1, 2, 3]
+    finally:
+        j.close()
+
+
+def test_a_schema_1_journal_is_migrated_and_keeps_its_readings(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE reading (seq INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL, node TEXT NOT NULL,
+                              fcnt INTEGER NOT NULL, ts_us INTEGER NOT NULL, body TEXT NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+        INSERT INTO meta VALUES ('schema', '1');
+    """)
+    db.execute("INSERT INTO reading(lane, node, fcnt, ts_us, body) VALUES (2, '00000101', 1, 5, ?)",
+               (body(1, 5, "synced"),))
+    db.commit()
+    db.close()
+    j = Journal(path, quota_bytes=1 << 20)
+    try:
+        assert j.meta()["schema"] == "2" and j.unsynced_count() == 0
+        assert [s for s, _ in j.pending(TELEMETRY, after_seq=0, limit=10, hold_unsynced=True)] == [1]
+    finally:
+        j.close()
+
+
+def test_the_trusted_setting_trusts_a_plausible_clock_but_never_one_before_2020(monkeypatch) -> None:
+    monkeypatch.setenv(clock.CLOCK_ENV, "trusted")
+    state = clock.ClockState()
+    monkeypatch.setattr(clock, "kernel_synced", lambda: False)
+    assert state.synced()
+    monkeypatch.setattr(clock, "wall_us", lambda: 86_400_000_000)  # 1970-01-02
+    assert not state.synced()
+    monkeypatch.setenv(clock.CLOCK_ENV, "kernel")
+    monkeypatch.setattr(clock, "wall_us", lambda: time.time_ns() // 1000)
+    assert not clock.ClockState().synced()

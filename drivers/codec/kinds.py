@@ -33,17 +33,30 @@ All values are floats; booleans are 1.0/0.0.
 
 from __future__ import annotations
 
+import json
+import operator
 import re
-from collections.abc import Mapping
+import struct
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from drivers.codec import lpp
 from drivers.codec.lpp import LppRecord
 from drivers.errors import CodecError
 
-__all__ = ["KINDS", "KIND_CODES", "VENDOR_CODES", "decode_values", "encode_values", "kind_name"]
+__all__ = [
+    "KINDS",
+    "KIND_CODES",
+    "VENDOR_CODES",
+    "decode_body",
+    "decode_body_json",
+    "decode_values",
+    "encode_values",
+    "kind_name",
+]
 
 KINDS: Final[Mapping[int, str]] = MappingProxyType(
     {
@@ -139,6 +152,7 @@ _TABLE: Final[Mapping[str, _Kind]] = MappingProxyType(
 )
 
 # Keys of the extra channels: ch<N>_<lpp name> or ch<N>_<lpp name>_<0..2>.
+_PLAIN_KEY = re.compile(r"[a-z0-9_]+").fullmatch
 _EXTRA_KEY = re.compile(r"ch(\d{1,3})_([a-z_]+?)(?:_([012]))?")
 
 
@@ -246,6 +260,169 @@ def decode_values(kind: str, records: list[LppRecord]) -> dict[str, float]:
         wanted = ", ".join(_describe(by_channel[ch]) for ch in table.any_of)
         raise CodecError("kind_missing_channel", f"{kind}: needs at least one of {wanted}; none present")
     return out
+
+
+def decode_body(kind: str, body: bytes | bytearray | memoryview) -> dict[str, float]:
+    """Decode a frame body straight into named values: ``decode_values(kind, lpp.decode(body))`` in one step.
+
+    Same values (same floats, same key order), same errors in the same order; faster for the bodies a field sends
+    all day (see :func:`decode_body_json`).
+
+    Args:
+        kind: kind name, e.g. ``'trap'`` (from :func:`kind_name`).
+        body: the frame body (Cayenne LPP bytes).
+
+    Raises:
+        LppError: as :func:`drivers.codec.lpp.decode`.
+        CodecError: as :func:`decode_values`.
+    """
+    return decode_body_json(kind, body)[0]
+
+
+def decode_body_json(kind: str, body: bytes | bytearray | memoryview) -> tuple[dict[str, float], str]:
+    """:func:`decode_body`, and the values as a JSON object text, for a caller that stores them as JSON.
+
+    The text is ``json.dumps(values, separators=(",", ":"), ensure_ascii=False)``, byte for byte: decoded values
+    are finite floats, whose JSON is their repr, under plain ``[a-z0-9_]`` keys.
+
+    It is fast for the bodies a field sends all day: a node's firmware sends the same channels with the same types
+    in the same order, frame after frame. The first body of each such layout goes through
+    :func:`drivers.codec.lpp.decode` and :func:`decode_values`; when it decodes, a reader for the layout is compiled
+    (one struct call, one dict literal and one format string), and later bodies of the same kind, length and
+    record headers take it. Any other body, valid or not, takes the general path, so errors are always those of
+    the general path.
+
+    Args:
+        kind: kind name, e.g. ``'trap'`` (from :func:`kind_name`).
+        body: the frame body (Cayenne LPP bytes).
+
+    Returns:
+        ``(values, json_text)``.
+
+    Raises:
+        LppError: as :func:`drivers.codec.lpp.decode`.
+        CodecError: as :func:`decode_values`.
+    """
+    layouts = _LAYOUTS.get((kind, len(body)))
+    if layouts is not None:
+        for layout in layouts:
+            if layout.headers(body) == layout.expected:
+                return layout.read(body)
+    records = lpp.decode(body)
+    values = decode_values(kind, records)
+    if records and _layout_count < _MAX_LAYOUTS:
+        _learn(kind, len(body), records)
+    return values, json.dumps(values, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A compiled reader for the bodies of one kind with one sequence of record headers.
+
+    Attributes:
+        headers: returns the channel and type bytes of every record of a body of this layout's length.
+        expected: what ``headers`` returns for this layout.
+        read: body -> (values, JSON text), exactly as :func:`decode_body_json` gives them on the general path.
+        source: the Python source of ``read`` (for tests and debugging).
+    """
+
+    headers: Callable[[bytes | bytearray | memoryview], tuple[int, ...]]
+    expected: tuple[int, ...]
+    read: Callable[[bytes | bytearray | memoryview], tuple[dict[str, float], str]]
+    source: str
+
+
+#: Compiled layouts by (kind, body length). A field has a handful of layouts; the bound keeps memory flat when a
+#: source keeps sending new ones (an accepted unknown node, a firmware sending varied extras): beyond it, new
+#: layouts simply take the general path.
+_LAYOUTS: dict[tuple[str, int], tuple[_Layout, ...]] = {}
+_MAX_LAYOUTS: Final = 128
+_MAX_PER_LENGTH: Final = 4
+_layout_count = 0
+_learn_lock = threading.Lock()
+
+
+def _learn(kind: str, length: int, records: list[LppRecord]) -> None:
+    """Compile a reader for the layout of ``records`` (a body of ``kind`` that decoded without error)."""
+    global _layout_count
+    layout = _compile(kind, records)
+    if layout is None:
+        return
+    with _learn_lock:  # the cache is shared by every decoder; learning is rare, so one lock is enough
+        known = _LAYOUTS.get((kind, length), ())
+        if (_layout_count < _MAX_LAYOUTS and len(known) < _MAX_PER_LENGTH
+                and all(k.expected != layout.expected for k in known)):
+            _LAYOUTS[(kind, length)] = (*known, layout)
+            _layout_count += 1
+
+
+def _forget_layouts() -> None:
+    """Drop every compiled reader (tests)."""
+    global _layout_count
+    with _learn_lock:
+        _LAYOUTS.clear()
+        _layout_count = 0
+
+
+def _float(expr: str, is_float: bool) -> str:
+    """``float(expr)`` as decode_values applies it; float() of a float is that float, so it is left out then."""
+    return expr if is_float else f"float({expr})"
+
+
+def _compile(kind: str, records: list[LppRecord]) -> _Layout | None:
+    """Build the reader of one layout as Python source mirroring :func:`decode_values`, line for line."""
+    by_channel = {spec.channel: spec for spec in _TABLE[kind].channels}
+    positions: list[int] = []
+    expected: list[int] = []
+    fmt = ">"
+    names: list[str] = []
+    items: list[tuple[str, str]] = []  # (key, expression), in wire order as decode_values inserts them
+    pos = 0
+    for record in records:
+        spec_type = lpp.LPP_TYPES[record.type]
+        positions += (pos, pos + 1)
+        expected += (record.channel, record.type)
+        fmt += "xx" + spec_type.codec.format.lstrip("<>!=@")  # the header bytes are checked, not read
+        raw = [f"r{len(names) + i}" for i in range(len(spec_type.codec.unpack(bytes(spec_type.size))))]
+        names += raw
+        exprs = lpp._value_source(record.type, raw)
+        value = [_float(expr, is_float) for expr, is_float in exprs]  # float(record.value), float(item)
+        pos += 2 + spec_type.size
+        spec = by_channel.get(record.channel)
+        if spec is not None:
+            if spec.boolean:
+                items.append((spec.keys[0], f"(1.0 if {exprs[0][0]} else 0.0)"))
+            elif spec_type.is_tuple:
+                items += zip(spec.keys, value, strict=True)
+            else:
+                # float(value) * factor; x * 1 is x for every float, so a factor of 1 is left out.
+                scaled = value[0] if spec.factor == 1 else f"{value[0]} * {spec.factor}"
+                if spec.ndigits is not None:
+                    scaled = f"round({scaled}, {spec.ndigits})"
+                items.append((spec.keys[0], scaled))
+        elif record.type == _DEVICE_ID_TYPE:
+            items.append((_DEVICE_ID, value[0]))
+        elif spec_type.is_tuple:
+            items += ((f"ch{record.channel}_{record.name}_{i}", item) for i, item in enumerate(value))
+        else:
+            items.append((f"ch{record.channel}_{record.name}", value[0]))
+    # Each value is computed once, into v0, v1 ...; the JSON text formats those same floats with repr (their JSON
+    # spelling: the values are finite, from integers) under keys that need no escaping. Every key of the tables is
+    # plain; should one ever not be, its layout stays on the general path.
+    if not all(_PLAIN_KEY(key) for key, _ in items):
+        return None
+    values = [f"v{i}" for i in range(len(items))]
+    source = (
+        "def read(body):\n"
+        f"    {', '.join(names)}, = unpack(body)\n"
+        + "".join(f"    {value} = {expr}\n" for value, (_, expr) in zip(values, items, strict=True))
+        + "    return {" + ", ".join(f"{key!r}: {value}" for value, (key, _) in zip(values, items, strict=True)) + "}, "
+        + repr("{" + ",".join(f'"{key}":%r' for key, _ in items) + "}") + f" % ({', '.join(values)},)\n"
+    )
+    namespace: dict[str, Any] = {"unpack": struct.Struct(fmt).unpack}
+    # The source is built above from the module's own tables and integers; no input byte reaches it.
+    exec(compile(source, f"<layout {kind} {bytes(expected).hex()}>", "exec"), namespace)  # noqa: S102
+    return _Layout(operator.itemgetter(*positions), tuple(expected), namespace["read"], source)
 
 
 def encode_values(kind: str, values: Mapping[str, float]) -> bytes:

@@ -265,6 +265,34 @@ def decode(data: bytes | bytearray | memoryview) -> list[LppRecord]:
     return records
 
 
+def _value_source(type_id: int, raw: Sequence[str]) -> list[tuple[str, bool]]:
+    """The arithmetic of :func:`decode` for one record, as Python source, for compiled readers of whole bodies.
+
+    ``drivers.codec.kinds`` compiles a reader for each body layout it sees; it takes the value formulas from here
+    so that they stay next to the loop above, which they must match exactly (the tests compare both on random
+    bodies).
+
+    Args:
+        type_id: a known LPP type id.
+        raw: the names of the type's raw struct fields (one per field of its :attr:`LppType.codec`), in order.
+
+    Returns:
+        ``(expression, is_float)`` once for a scalar type, three times (x, y, z or lat, lon, alt) for vector and
+        gps types; each expression evaluates to exactly the value (or tuple item) :func:`decode` gives, and
+        ``is_float`` says that it is a float already (an int otherwise).
+    """
+    _, _, _, divisor, shape = _DECODE[type_id]
+    if shape == _SCALAR:
+        return [(raw[0], False) if divisor == 1 else (f"({raw[0]} / {divisor})", True)]
+    if shape == _VECTOR:
+        return [(f"({name} / {divisor})", True) for name in raw]
+    return [
+        (f"(({raw[0]} * 65536 + {raw[1]}) / 10_000)", True),
+        (f"(({raw[2]} * 65536 + {raw[3]}) / 10_000)", True),
+        (f"(({raw[4]} * 65536 + {raw[5]}) / 100)", True),
+    ]
+
+
 def _to_raw(spec: LppType, field: LppField, value: object, what: str) -> int:
     """Scale one value to its raw integer, rounding to the nearest step and checking the range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -265,3 +265,55 @@ def test_random_bytes_raise_only_frame_error(data: bytes) -> None:
         assert isinstance(parsed, NodeFrame)
         assert parsed.signed + (parsed.mic or b"") == data
         assert parsed.signed[10:] == parsed.body
+
+
+# --- split and mic_checker: the gateway's hot path gives what parse and verify give ---------------------------------
+
+
+def _parse_outcome(data: bytes) -> tuple:
+    try:
+        f = frame.parse(data)
+    except FrameError as exc:
+        return ("error", exc.reason, str(exc))
+    return ("frame", f.flags, f.node_id, f.counter, f.kind, f.body, f.mic, f.signed)
+
+
+def _split_outcome(data: bytes) -> tuple:
+    try:
+        return ("frame", *frame.split(data))
+    except FrameError as exc:
+        return ("error", exc.reason, str(exc))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=40),
+    st.binary(min_size=10, max_size=40).map(lambda b: bytes([0x10 | b[0] & 0x0F]) + b[1:]),  # version 1, any flags
+))
+def test_split_gives_the_fields_and_errors_of_parse(data: bytes) -> None:
+    assert _split_outcome(data) == _parse_outcome(data)
+    assert _split_outcome(bytearray(data)) == _parse_outcome(data)
+    assert _split_outcome(memoryview(data)) == _parse_outcome(data)
+
+
+@FAST
+@given(key=st.binary(min_size=16, max_size=16), other=st.binary(min_size=16, max_size=16),
+       body=st.binary(max_size=40), flip=st.integers(0, 400))
+def test_mic_checker_agrees_with_verify(key: bytes, other: bytes, body: bytes, flip: int) -> None:
+    signed = frame.build(7, 1, 2, body, key=key)
+    check = frame.mic_checker(key)
+    for data in (signed, signed[:-4] + bytes(4), frame.build(7, 1, 2, body, key=other),
+                 bytes(b ^ (1 if i == flip % len(signed) else 0) for i, b in enumerate(signed))):
+        f = frame.parse(data)
+        assert check(f.signed, f.mic) is frame.verify(f, key)
+        assert check(f.signed, f.mic) is frame.verify(f, key)  # the prepared context is copied, never used up
+    assert check(signed, None) is False  # a frame without MIC does not verify
+
+
+@pytest.mark.parametrize("bad_key", [b"", b"\x00" * 15, b"\x00" * 17, "0" * 16, None, 1234])
+def test_mic_checker_rejects_a_bad_key_without_leaking_it(bad_key: object) -> None:
+    with pytest.raises(FrameError) as exc_info:
+        frame.mic_checker(bad_key)  # type: ignore[arg-type]
+    assert exc_info.value.reason == "frame_bad_key"
+    if isinstance(bad_key, bytes) and bad_key:
+        assert bad_key.hex() not in str(exc_info.value)

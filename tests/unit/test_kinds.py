@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.codec import frame, lpp
-from drivers.codec.kinds import KIND_CODES, KINDS, decode_values, encode_values, kind_name
+from drivers.codec import kinds as kinds_mod
+from drivers.codec.kinds import KIND_CODES, KINDS, decode_body, decode_values, encode_values, kind_name
 from drivers.codec.lpp import LppRecord
 from drivers.errors import CodecError, LppError
 
@@ -348,3 +349,115 @@ def test_random_records_raise_only_codec_errors(kind: str, records: list[LppReco
         decode_values(kind, records)
     except CodecError as exc:
         assert exc.reason in {"kind_missing_channel", "kind_bad_type", "kind_duplicate_channel"}
+
+
+# --- decode_body: the compiled readers give exactly what the general path gives ------------------------------------
+
+
+def _record_bytes(channel: int, type_id: int, raw: bytes) -> bytes:
+    return bytes([channel, type_id]) + raw[: lpp.LPP_TYPES[type_id].size]
+
+
+def _outcome(fn: object, *args: object) -> tuple[str, object]:
+    try:
+        values = fn(*args)  # type: ignore[operator]
+    except CodecError as exc:
+        return ("error", (type(exc), exc.reason, str(exc)))
+    # Same keys in the same order, and the same floats bit for bit (repr tells 0.1 from 0.1000000001, -0.0 from 0.0).
+    return ("values", [(key, type(value), repr(value)) for key, value in values.items()])
+
+
+# Bodies near the kinds' own layouts: records mostly on the kind's channels with the type the kind expects there,
+# some extras and device ids, some wrong types, duplicates and truncations, so that both valid and invalid bodies
+# are common.
+@st.composite
+def _bodies(draw: st.DrawFn) -> tuple[str, bytes]:
+    kind = draw(st.sampled_from([*sorted(KIND_CODES), "vendor"]))
+    table = kinds_mod._TABLE.get(kind)
+    expected = {spec.channel: spec.type_id for spec in table.channels} if table is not None else {}
+    body = b""
+    for _ in range(draw(st.integers(0, 5))):
+        if expected and draw(st.integers(0, 9)) < 7:
+            channel = draw(st.sampled_from(sorted(expected)))
+        else:
+            channel = draw(st.integers(0, 9))
+        if channel in expected and draw(st.integers(0, 9)) < 8:
+            type_id = expected[channel]
+        else:
+            type_id = draw(st.sampled_from(sorted(lpp.LPP_TYPES)))
+        body += _record_bytes(channel, type_id, draw(st.binary(min_size=9, max_size=9)))
+    if draw(st.integers(0, 9)) == 0:
+        body = body[: draw(st.integers(0, len(body)))]  # truncated
+    return kind, body
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=_bodies(), other_raw=st.binary(min_size=60, max_size=60))
+def test_decode_body_equals_the_general_path(case: tuple[str, bytes], other_raw: bytes) -> None:
+    kind, body = case
+    kinds_mod._forget_layouts()
+    general = _outcome(lambda k, b: decode_values(k, lpp.decode(b)), kind, body)
+    assert _outcome(decode_body, kind, body) == general  # first time: general path, learns the layout
+    assert _outcome(decode_body, kind, body) == general  # second time: the compiled reader if it learned one
+    if general[0] == "values" and body:
+        assert kinds_mod._LAYOUTS, "a decodable body teaches its layout"
+        # Same layout, other values: only the record headers are kept, every data byte comes from other_raw.
+        same_layout = bytearray(body)
+        layout = kinds_mod._LAYOUTS[(kind, len(body))][0]
+        header_at = set(layout.headers(range(len(body))))  # type: ignore[arg-type]
+        data_at = [i for i in range(len(body)) if i not in header_at]
+        for i, value in zip(data_at, other_raw, strict=False):
+            same_layout[i] = value
+        assert _outcome(decode_body, kind, bytes(same_layout)) == _outcome(
+            lambda k, b: decode_values(k, lpp.decode(b)), kind, bytes(same_layout))
+
+
+def test_decode_body_compiles_one_reader_per_layout_and_checks_every_header() -> None:
+    kinds_mod._forget_layouts()
+    trap = encode_values("trap", {"fired": 1.0, "battery_v": 3.6})
+    assert decode_body("trap", trap) == {"fired": 1.0, "battery_v": 3.6}
+    [layout] = kinds_mod._LAYOUTS[("trap", len(trap))]
+    assert layout.expected == (1, 0x00, 3, 0x74)
+    # A body of the same length whose second record is on another channel is not read by that reader: the
+    # general path decides, and here it keeps ch4 as an extra value.
+    moved = bytearray(trap)
+    moved[3] = 4
+    assert decode_body("trap", bytes(moved)) == {"fired": 1.0, "ch4_voltage": 3.6}
+    # The same layout as another kind is another reader (the kind decides what a channel means).
+    assert decode_body("sos", trap) == {"pressed": 1.0, "battery_v": 3.6}
+    assert ("sos", len(trap)) in kinds_mod._LAYOUTS
+
+
+def test_decode_body_errors_are_those_of_the_general_path() -> None:
+    kinds_mod._forget_layouts()
+    trap = encode_values("trap", {"fired": 0.0, "battery_v": 3.3})
+    decode_body("trap", trap)  # learned
+    with pytest.raises(LppError) as truncated:
+        decode_body("trap", trap[:-1])
+    assert truncated.value.reason == "lpp_truncated"
+    wrong_type = bytearray(trap)
+    wrong_type[1] = 0x01  # digital_output on ch1: same size, so the same length as the learned layout
+    with pytest.raises(CodecError) as bad_type:
+        decode_body("trap", bytes(wrong_type))
+    assert bad_type.value.reason == "kind_bad_type"
+    with pytest.raises(CodecError) as vendor:
+        decode_body("vendor", trap)
+    assert vendor.value.reason == "kind_vendor_codec"
+
+
+def test_decode_body_learns_a_bounded_number_of_layouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    kinds_mod._forget_layouts()
+    monkeypatch.setattr(kinds_mod, "_MAX_LAYOUTS", 3)
+    body = encode_values("heartbeat", {"battery_v": 3.6})
+    for channel in range(10, 20):  # ten valid layouts of ever more extras, so of ten lengths
+        body += _record_bytes(channel, 0x67, b"\x00\x10")
+        assert decode_body("heartbeat", body)[f"ch{channel}_temperature"] == 1.6
+        assert decode_body("heartbeat", body)[f"ch{channel}_temperature"] == 1.6  # compiled or not, same
+    assert sum(map(len, kinds_mod._LAYOUTS.values())) == 3
+    # Four layouts of one length at most, whatever the total bound.
+    monkeypatch.setattr(kinds_mod, "_MAX_LAYOUTS", 100)
+    kinds_mod._forget_layouts()
+    for channel in range(10, 20):
+        body = encode_values("heartbeat", {"battery_v": 3.6}) + _record_bytes(channel, 0x67, b"\x00\x10")
+        assert decode_body("heartbeat", body)[f"ch{channel}_temperature"] == 1.6
+    assert sum(map(len, kinds_mod._LAYOUTS.values())) == kinds_mod._MAX_PER_LENGTH

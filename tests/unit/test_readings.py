@@ -1,0 +1,198 @@
+"""FrameDecoder: the reading JSON is json.dumps of the reading object, byte for byte, and every check keeps its
+reason, its order and its count.
+
+The decoder writes the reading's JSON text field by field instead of calling json.dumps (it is the hot path of the
+gateway); these tests hold it to json.dumps on ordinary and on awkward input (escapes, non-ASCII, NaN, None, a
+radio name that is not a string), for configured and for accepted unknown nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import parse_config
+from agent.journal import NodeState
+from agent.readings import FrameDecoder
+from drivers.codec import frame as nodeframe
+from drivers.codec import kinds
+from drivers.types import Uplink
+from tests.support.field import NODES, FieldNode, config_text, default_values, node_key
+
+T0_US = 1_764_000_000_000_000
+COMPACT: dict[str, Any] = {"separators": (",", ":"), "ensure_ascii": False}
+
+
+def _node(node_id: int, kind: str, *, name: str, key: bytes | None, radio: str | None = None,
+          unauthenticated: str = "reject") -> SimpleNamespace:
+    """A stand-in NodeConfig: what FrameDecoder reads of one (the real one restricts names to a safe alphabet)."""
+    return SimpleNamespace(id=f"{node_id:08x}", node_id=node_id, name=name, kind=kind, radio=radio,
+                           unauthenticated=unauthenticated, key_bytes=lambda: key)
+
+
+def _config(gateway: str, nodes: list[SimpleNamespace], *, unknown: str = "quarantine") -> Any:
+    return SimpleNamespace(gateway=SimpleNamespace(id=gateway), unknown_nodes=unknown,
+                           node_by_id={n.node_id: n for n in nodes})
+
+
+def _frame(node_id: int, counter: int, kind: str, *, key: bytes | None, receipt: bool = False, i: int = 0) -> bytes:
+    body = kinds.encode_values(kind, default_values(kind, i))
+    return nodeframe.build(node_id, counter, kinds.KIND_CODES[kind], body, key=key, receipt=receipt)
+
+
+def _assert_json_of_body(out: Any) -> None:
+    assert out.entry is not None, out.quarantined
+    assert out.entry.body == json.dumps(out.body, **COMPACT)
+
+
+def test_the_text_is_json_dumps_of_the_reading_for_every_kind(tmp_path: Path) -> None:
+    nodes = [FieldNode(n.node_id, n.kind) for n in NODES]
+    cfg = parse_config(config_text(port="loop://", mqtt_port=1883, journal=tmp_path / "j.db", nodes=nodes))
+    decoder = FrameDecoder(cfg, {})
+    for i in range(3):
+        for n in nodes:
+            for receipt in (False, True):
+                payload = n.frame(default_values(n.kind, i), receipt=receipt)
+                out = decoder.decode(Uplink("lora0", payload, -97 - i, 6.5 - i, None, T0_US + i))
+                _assert_json_of_body(out)
+                body = json.loads(out.entry.body)
+                assert body["receipt"] is receipt and body["auth"] == "mic" and body["node"] == n.hex
+                assert list(body) == ["id", "node", "name", "fcnt", "kind", "lane", "ts_us", "clock", "radio",
+                                      "rssi", "snr", "auth", "receipt", "values"]
+
+
+AWKWARD_STRINGS = ['gw"quoted"', "gw\\back", "gw/ünï/コード", "gw\ttab\n", "gw\u2028sep", "gw\x7f\x01"]
+
+
+@pytest.mark.parametrize("text", AWKWARD_STRINGS)
+def test_escapes_and_non_ascii_are_written_as_json_dumps_writes_them(text: str) -> None:
+    key = node_key(0x0A)
+    cfg = _config(text, [_node(0x0A, "weather", name=text + "-name", key=key, radio=None)])
+    decoder = FrameDecoder(cfg, {})
+    out = decoder.decode(Uplink(text + "-radio", _frame(0x0A, 1, "weather", key=key), -80, 7.25, None, T0_US))
+    _assert_json_of_body(out)
+    assert json.loads(out.entry.body)["id"] == f"{text}/0000000a/1"
+
+
+@pytest.mark.parametrize(
+    ("rssi", "snr"),
+    [(None, None), (-80, float("nan")), (-80, float("inf")), (-80, float("-inf")), (-80, -0.0), (-80.5, 3),
+     (True, 1e-7), (-128, 1e22), (0, -12.75)],
+)
+def test_numbers_are_written_as_json_dumps_writes_them(rssi: Any, snr: Any) -> None:
+    key = node_key(0x0B)
+    decoder = FrameDecoder(_config("gw-a", [_node(0x0B, "trap", name="trap-1", key=key)]), {})
+    out = decoder.decode(Uplink("lora0", _frame(0x0B, 7, "trap", key=key), rssi, snr, None, T0_US))
+    _assert_json_of_body(out)
+
+
+def test_a_radio_name_that_is_not_a_string_is_still_json_dumps() -> None:
+    key = node_key(0x0C)
+    decoder = FrameDecoder(_config("gw-a", [_node(0x0C, "trap", name="trap-1", key=key)]), {})
+    for counter, radio in enumerate([None, 5, "lora0", "lora0"], start=1):
+        payload = _frame(0x0C, counter, "trap", key=key)
+        out = decoder.decode(Uplink(radio, payload, -80, 1.5, None, T0_US + counter * 10**7))  # type: ignore[arg-type]
+        _assert_json_of_body(out)
+
+
+def test_unknown_nodes_accepted_get_a_null_name_and_the_same_json() -> None:
+    decoder = FrameDecoder(_config("gw-a", [], unknown="accept"), {})
+    out = decoder.decode(Uplink("lora0", _frame(0xDEADBEEF, 3, "rain", key=None), -90, 2.0, None, T0_US))
+    _assert_json_of_body(out)
+    body = json.loads(out.entry.body)
+    assert (body["name"], body["auth"], body["node"]) == (None, "none", "deadbeef")
+    # A MIC from a node without a key is still refused, and counted against the node now that it is known.
+    out = decoder.decode(Uplink("lora0", _frame(0xDEADBEEF, 4, "rain", key=node_key(1)), -90, 2.0, None, T0_US))
+    assert out.quarantined is not None and out.quarantined.reason == "no_key"
+    assert decoder.nodes["deadbeef"].frames_bad == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    gateway=st.text(min_size=1, max_size=12),
+    name=st.text(max_size=12),
+    radio=st.text(max_size=8),
+    rssi=st.one_of(st.none(), st.integers(-200, 50), st.floats(allow_nan=True, allow_infinity=True)),
+    snr=st.one_of(st.none(), st.integers(-128, 127), st.floats(allow_nan=True, allow_infinity=True)),
+    kind=st.sampled_from(sorted(k for k in kinds.KIND_CODES if k != "receipt")),
+    ts_us=st.integers(0, 2**63),
+    receipt=st.booleans(),
+)
+def test_any_text_and_numbers_give_json_dumps(gateway: str, name: str, radio: str, rssi: Any, snr: Any, kind: str,
+                                              ts_us: int, receipt: bool) -> None:
+    key = node_key(0x0D)
+    decoder = FrameDecoder(_config(gateway, [_node(0x0D, kind, name=name, key=key)]), {})
+    out = decoder.decode(Uplink(radio, _frame(0x0D, 1, kind, key=key, receipt=receipt), rssi, snr, None, ts_us))
+    _assert_json_of_body(out)
+
+
+# --- checks: order, reasons and counting -----------------------------------------------------------------------------
+
+
+def test_each_check_gives_its_reason_in_order_and_failures_after_authentication_are_counted() -> None:
+    key = node_key(0x21)
+    nodes = [
+        _node(0x21, "trap", name="trap-1", key=key, radio="lora0"),
+        _node(0x22, "trap", name="trap-2", key=None, unauthenticated="reject"),
+        _node(0x23, "trap", name="trap-3", key=None, unauthenticated="flag"),
+    ]
+    decoder = FrameDecoder(_config("gw-a", nodes), {})
+
+    def reason(payload: bytes, radio: str = "lora0") -> str | None:
+        out = decoder.decode(Uplink(radio, payload, -80, 5.0, None, T0_US))
+        return out.quarantined.reason if out.quarantined is not None else None
+
+    good = _frame(0x21, 10, "trap", key=key)
+    assert reason(good[:9]) == "frame_short"
+    assert reason(bytes([0x21]) + good[1:]) == "frame_version"
+    assert reason(bytes([0x19]) + good[1:]) == "frame_reserved_flag"
+    assert reason(nodeframe.build(0x21, 10, 2, b"", key=key, downlink=True)) == "frame_downlink"
+    assert reason(_frame(0x99, 1, "trap", key=key)) == "unknown_node"
+    assert reason(good, radio="lora1") == "wrong_radio"
+    assert decoder.nodes["00000021"].frames_bad == 0  # nothing so far is the node's fault
+    assert reason(_frame(0x21, 10, "trap", key=node_key(0x99))) == "bad_mic"
+    assert reason(_frame(0x21, 10, "trap", key=None)) == "mic_missing"
+    assert reason(_frame(0x22, 1, "trap", key=key)) == "no_key"
+    assert reason(_frame(0x22, 1, "trap", key=None)) == "mic_missing"
+    assert reason(good) is None
+    assert reason(good) == "duplicate"
+    assert reason(_frame(0x21, 9, "trap", key=key)) == "replay"
+    assert reason(nodeframe.build(0x21, 11, 0x7F, b"", key=key)) == "kind_unexpected"
+    assert reason(nodeframe.build(0x21, 12, 0x80, b"", key=key)) == "kind_vendor_codec"
+    assert reason(nodeframe.build(0x21, 13, 0x70, b"", key=key)) == "kind_unknown"
+    assert reason(nodeframe.build(0x21, 14, 2, b"\x01\x00", key=key)) == "lpp_truncated"
+    assert reason(nodeframe.build(0x21, 15, 2, b"\x01\x00\x01\x01\x00\x01", key=key)) == "kind_duplicate_channel"
+    assert reason(nodeframe.build(0x21, 16, 2, b"\x03\x74\x01\x68", key=key)) == "kind_missing_channel"
+    assert reason(nodeframe.build(0x21, 17, 2, b"\x01\x01\x01", key=key)) == "kind_bad_type"
+    assert decoder.nodes["00000021"].frames_bad == 11
+    assert decoder.nodes["00000022"].frames_bad == 2
+    # The flag policy takes a frame without MIC, marked so.
+    out = decoder.decode(Uplink("lora0", _frame(0x23, 1, "trap", key=None), -80, 5.0, None, T0_US))
+    assert out.entry is not None and json.loads(out.entry.body)["auth"] == "none"
+    # The replay window moved only with the accepted frame.
+    assert decoder.nodes["00000021"].last_fcnt == 10
+
+
+def test_the_body_is_taken_by_the_same_reader_frame_after_frame(tmp_path: Path) -> None:
+    """Frames of one layout with ever new values: each reading holds its own values (no reader state leaks)."""
+    nodes = [FieldNode(0x00000301, "water_level")]
+    cfg = parse_config(config_text(port="loop://", mqtt_port=1883, journal=tmp_path / "j.db", nodes=nodes))
+    decoder = FrameDecoder(cfg, {"00000301": NodeState(node="00000301")})
+    rng = random.Random(3)
+    for i in range(50):
+        level = round(rng.uniform(0, 5000), 1)
+        battery = round(rng.uniform(2.5, 4.2), 2)
+        out = decoder.decode(Uplink("lora0", nodes[0].frame({"level_cm": level, "battery_v": battery}), -80, 5.0,
+                                    None, T0_US + i * 10**7))
+        _assert_json_of_body(out)
+        values = json.loads(out.entry.body)["values"]
+        assert math.isclose(values["level_cm"], level, abs_tol=0.05) and values["battery_v"] == battery
+        assert decoder.nodes["00000301"].battery_v == battery

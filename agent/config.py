@@ -2,7 +2,7 @@
 
 Public API::
 
-    load_config(path) -> Config                  read, parse and validate a file
+    load_config(path, *, check_modes=True) -> Config   read, parse and validate a file
     parse_config(text, *, source=...) -> Config  the same for text already in memory
     config_json_schema() -> dict                 JSON Schema for editor completion
     write_json_schema(path)                      writes it (``denen config schema``)
@@ -11,10 +11,13 @@ Public API::
 
 The generic loader, shared with other config files (``agent.bridge.config``)::
 
-    read_config_text(path) -> str                               read a file (errors as ConfigError)
-    parse_yaml_model(text, model, *, source, base_dir, checks, warnings, ...) -> (model, warnings)
+    read_config_file(path) -> (str, int)                        read a file and its mode (errors as ConfigError)
+    read_config_text(path) -> str                               the same, text only
+    parse_yaml_model(text, model, *, source, base_dir, checks, warnings, file_mode, ...) -> (model, warnings)
     ConfigSection, config_problem(), config_problems()          base class and validator errors
     resolve_config_path(), check_readable_file()                path helpers for validators
+    SECRET_FILE, env_secret_name(), read_env_secret(),          the three ways to give a secret (inline, file,
+    secret_source_problems()                                    environment variable) and their checks
 
 Every problem found is collected, then raised together as one :class:`~agent.errors.ConfigError` whose issues
 each carry the file, the 1-based line and column of the offending key or list item, the dotted key
@@ -39,6 +42,16 @@ Relative paths (``journal.path``, ``mqtt.password_file``, ``mqtt.tls.*_file``, `
 resolved against the directory of the config file (as given, without following symlinks), so a config and its
 key files can be copied together onto a gateway's SD card. ``radios[].port`` is not a path but a pyserial URL
 and is passed through untouched.
+
+Secrets (``mqtt.password``, ``nodes[].key``; the bridge's passwords and token) can be given three ways: inline
+(``key:``), in a file (``key_file:``) or in an environment variable (``key_env:``, the variable's *name*; its
+value is read and checked when the config is loaded, never logged). At most one of the three per secret. Who may
+read them is checked by the loader (:func:`_secret_mode_problems`), from the fields' types, so every config
+loaded through :func:`parse_yaml_model` gets the same rule: a secret field of type ``SecretStr`` written inline in
+a config *file* that other users can read (``S_IROTH``), or a file named by a field marked :data:`SECRET_FILE`
+that other users can read, is an error at that key's line; readable by the group only is a warning (a ``denen``
+group is a legitimate setup). Text that does not come from a file (:func:`parse_config`) has no mode to check;
+the secret files it names still are.
 """
 
 from __future__ import annotations
@@ -47,6 +60,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import stat
 import types
 import typing
@@ -83,6 +97,7 @@ from agent.rules import RulesConfig
 
 __all__ = [
     "NODE_KINDS",
+    "SECRET_FILE",
     "Config",
     "Es920Config",
     "GatewayConfig",
@@ -96,19 +111,23 @@ __all__ = [
     "RadioConfig",
     "ConfigSection",
     "TlsConfig",
+    "SecretFile",
     "check_readable_file",
     "config_json_schema",
     "config_problem",
     "config_problems",
     "config_reference",
     "driver_names",
+    "env_secret_name",
     "load_config",
     "normalise_node_id",
-    "open_secret_file_warnings",
     "parse_config",
     "parse_yaml_model",
+    "read_config_file",
     "read_config_text",
+    "read_env_secret",
     "resolve_config_path",
+    "secret_source_problems",
     "tls_insecure_warning",
     "write_json_schema",
     "write_reference",
@@ -153,7 +172,26 @@ _UNIT_BY_SUFFIX: tuple[tuple[str, str], ...] = (
     ("baudrate", " baud"),
 )
 
-_SECRET_KEYS = frozenset({"key", "password"})
+# Keys whose values are never shown in messages: the secrets, and the *_env keys, in case a secret was written
+# where its variable's name belongs.
+_SECRET_KEYS = frozenset({"key", "password", "token", "key_env", "password_env", "token_env"})
+
+# Names accepted in key_env / password_env / token_env. Upper case only: the convention for environment variables,
+# and a guard against a secret pasted where a name belongs, which would then be echoed as "variable ... not set".
+_ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+_ENV_EXAMPLES = {"key": "DENEN_KEY_TRAP_NORTH_3", "password": "DENEN_MQTT_PASSWORD", "token": "DENEN_INFLUX_TOKEN"}
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """Marks a config field whose value names a file holding a secret (``Annotated[str | None, SECRET_FILE]``).
+
+    The loader refuses such a file when other users can read it, and warns when its group can.
+    """
+
+
+#: The marker instance put in the ``Annotated`` metadata of secret-file fields.
+SECRET_FILE = SecretFile()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -364,6 +402,57 @@ def check_readable_file(path: str, what: str) -> None:
     _check_readable_file(path, what)
 
 
+def env_secret_name(value: str, key: str) -> str:
+    """Check the value of a ``*_env`` key (``key_env``, ``password_env``, ``token_env``): the name of an
+    environment variable, in upper case. Returns it; the value is never put in the message, since a secret pasted
+    here by mistake must not be shown.
+
+    Raises:
+        ValueError: a config problem (from a field validator it is reported at the key's line).
+    """
+    if not _ENV_NAME_RE.fullmatch(value):
+        secret = key.removesuffix("_env")
+        example = _ENV_EXAMPLES.get(secret, f"DENEN_{secret.upper()}")
+        raise _problem(
+            f"{key} must be the name of an environment variable: upper-case letters A-Z, digits and '_', not "
+            "starting with a digit",
+            f"e.g. {key}: {example}; the {secret} itself goes into that variable, not into this file",
+        )
+    return value
+
+
+def read_env_secret(name: str) -> str:
+    """Return the value of environment variable ``name``, which must be set and not blank.
+
+    The value is a secret: it is never logged or put in a message. Only the variable's name is.
+
+    Raises:
+        ValueError: a config problem naming the variable, with a hint on how to set it.
+    """
+    value = os.environ.get(name)
+    hint = (f"set {name} in the service's environment (systemd: EnvironmentFile=/etc/denen/secrets.env, mode "
+            f"600); to check the file with denen config validate, export it in your shell too")
+    if value is None:
+        raise _problem(f"environment variable {name} is not set", hint)
+    if not value.strip():
+        raise _problem(f"environment variable {name} is empty", hint)
+    return value
+
+
+def secret_source_problems(section: object, *names: str) -> list[tuple[Loc, str, str | None]]:
+    """Problems for each secret ``name`` of ``section`` given more than one way (``name``, ``name_file``,
+    ``name_env``), as (key, message, hint) below the section, for :func:`config_problems`."""
+    found: list[tuple[Loc, str, str | None]] = []
+    for name in names:
+        ways = (name, f"{name}_file", f"{name}_env")
+        given = [w for w in ways if getattr(section, w, None) is not None]
+        if len(given) > 1:
+            found.append(((given[-1],), f"give only one of {', '.join(ways[:-1])} and {ways[-1]}, not "
+                          f"{' and '.join(given)}",
+                          f"keep {name}_file or {name}_env, which keep the {name} out of this file"))
+    return found
+
+
 class GatewayConfig(_Section):
     """Identity of this gateway."""
 
@@ -419,8 +508,10 @@ class TlsConfig(_Section):
     cert_file: str | None = Field(
         default=None, description="PEM client certificate of this gateway (needs key_file). Optional."
     )
-    key_file: str | None = Field(
-        default=None, description="PEM private key of the client certificate (needs cert_file). Optional."
+    key_file: Annotated[str | None, SECRET_FILE] = Field(
+        default=None,
+        description="PEM private key of the client certificate (needs cert_file). Optional. A secret: refused when "
+        "other users can read it (chmod 600).",
     )
     insecure: bool = Field(
         default=False,
@@ -465,12 +556,20 @@ class MqttConfig(_Section):
     username: str | None = Field(default=None, min_length=1, description="MQTT user name. Optional.")
     password: SecretStr | None = Field(
         default=None,
-        description="MQTT password (secret: never printed or logged). Prefer password_file. Needs username.",
+        description="MQTT password (secret: never printed or logged). Prefer password_file or password_env; a "
+        "config file holding it must not be readable by other users (chmod 600). Needs username.",
     )
-    password_file: str | None = Field(
+    password_file: Annotated[str | None, SECRET_FILE] = Field(
         default=None,
-        description="Path of a file holding the MQTT password (trailing newline ignored). Mutually exclusive "
-        "with password. Relative paths are resolved against the config file's directory.",
+        description="Path of a file holding the MQTT password (trailing newline ignored), read at every connect. "
+        "Refused when other users can read it (chmod 600). Relative paths are resolved against the config file's "
+        "directory.",
+    )
+    password_env: str | None = Field(
+        default=None,
+        description="Name of an environment variable holding the MQTT password, e.g. DENEN_MQTT_PASSWORD; read "
+        "when the config is loaded and must be set then (systemd: EnvironmentFile=). Only one of password, "
+        "password_file and password_env.",
     )
     tls: TlsConfig | None = Field(
         default=None, description="TLS settings; null means a plain TCP connection (only on a trusted network)."
@@ -506,6 +605,9 @@ class MqttConfig(_Section):
         description="Longest wait between reconnect attempts, in seconds; at least reconnect_min_s.",
     )
 
+    # The password read from password_env when the config was loaded (not a field: never dumped or shown).
+    _env_password: SecretStr | None = PrivateAttr(default=None)
+
     @field_validator("password", mode="before")
     @classmethod
     def _password_text(cls, value: object) -> object:
@@ -521,6 +623,15 @@ class MqttConfig(_Section):
         path = _resolve_path(value, info)
         _check_readable_file(path, "password file")
         return path
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = env_secret_name(value, "password_env")
+        read_env_secret(name)  # must be set now: fail at load time, not at the first connect
+        return name
 
     @field_validator("topic_prefix")
     @classmethod
@@ -540,15 +651,11 @@ class MqttConfig(_Section):
 
     @model_validator(mode="after")
     def _cross(self) -> MqttConfig:
-        problems: list[_Problem] = []
-        if self.password is not None and self.password_file is not None:
+        problems = [_Problem(loc, msg, hint) for loc, msg, hint in secret_source_problems(self, "password")]
+        given = [k for k in ("password", "password_file", "password_env") if getattr(self, k) is not None]
+        if given and self.username is None:
             problems.append(
-                _Problem(("password_file",), "give either password or password_file, not both", "keep password_file")
-            )
-        if (self.password is not None or self.password_file is not None) and self.username is None:
-            which = "password" if self.password is not None else "password_file"
-            problems.append(
-                _Problem((which,), "a password is set but username is not", "MQTT sends a password only with a "
+                _Problem((given[0],), "a password is set but username is not", "MQTT sends a password only with a "
                          "user name: set mqtt.username")
             )
         if self.reconnect_max_s < self.reconnect_min_s:
@@ -562,18 +669,24 @@ class MqttConfig(_Section):
             )
         if problems:
             raise _Problems(problems)
+        if self.password_env is not None:
+            self._env_password = SecretStr(read_env_secret(self.password_env))
         return self
 
     def password_value(self) -> str | None:
-        """Return the MQTT password from ``password`` or ``password_file``, or None when neither is set.
+        """Return the MQTT password from ``password``, ``password_env`` or ``password_file``, or None when none is
+        set.
 
-        The file is read on every call, so a rotated password is picked up on the next reconnect.
+        The variable was read when the config was loaded; the file is read on every call, so a rotated password
+        is picked up on the next reconnect.
 
         Raises:
             ConfigError: the password file can no longer be read.
         """
         if self.password is not None:
             return self.password.get_secret_value()
+        if self._env_password is not None:
+            return self._env_password.get_secret_value()
         if self.password_file is None:
             return None
         try:
@@ -828,12 +941,20 @@ class NodeConfig(_Section):
     key: Annotated[SecretStr | None, _KEY_SCHEMA] = Field(
         default=None,
         description="AES-128 key of the node's frame MIC as 32 hex digits, in quotes (secret: never printed or "
-        "logged). Prefer key_file. Mutually exclusive with key_file.",
+        "logged). Prefer key_file or key_env; a config file holding it must not be readable by other users "
+        "(chmod 600). Only one of key, key_file and key_env.",
     )
-    key_file: str | None = Field(
+    key_file: Annotated[str | None, SECRET_FILE] = Field(
         default=None,
         description="Path of a file holding the node key as one line of 32 hex digits (# comment lines allowed). "
-        "Read and checked at load time. Relative paths are resolved against the config file's directory.",
+        "Read and checked at load time; refused when other users can read it (chmod 600). Relative paths are "
+        "resolved against the config file's directory.",
+    )
+    key_env: str | None = Field(
+        default=None,
+        description="Name of an environment variable holding the node key as 32 hex digits, e.g. "
+        "DENEN_KEY_TRAP_NORTH_3; read and checked when the config is loaded, so it must be set then (systemd: "
+        "EnvironmentFile=).",
     )
     unauthenticated: Literal["reject", "flag"] = Field(
         default="reject",
@@ -852,6 +973,9 @@ class NodeConfig(_Section):
         description="Only accept this node through the radio of this name (must be listed in radios). Optional: "
         "null accepts it through any radio.",
     )
+
+    # The key read from key_env when the config was loaded (not a field: never dumped or shown).
+    _env_key: bytes | None = PrivateAttr(default=None)
 
     @field_validator("id", mode="before")
     @classmethod
@@ -881,17 +1005,30 @@ class NodeConfig(_Section):
         _read_key_file(path)  # fail at load time, not when the first frame arrives
         return path
 
+    @field_validator("key_env")
+    @classmethod
+    def _key_env(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = env_secret_name(value, "key_env")
+        _parse_hex_key(read_env_secret(name), what=f"the key in environment variable {name}")
+        return name
+
     @model_validator(mode="after")
     def _authentication(self) -> NodeConfig:
-        if self.key is not None and self.key_file is not None:
-            raise _problem("give either key or key_file, not both", "keep key_file", subloc=("key_file",))
-        if self.key is None and self.key_file is None and self.unauthenticated == "reject":
+        both = secret_source_problems(self, "key")
+        if both:
+            raise _Problems(_Problem(loc, msg, hint) for loc, msg, hint in both)
+        if self.key is None and self.key_file is None and self.key_env is None and self.unauthenticated == "reject":
             raise _problem(
                 f"node '{self.name}' has no key, and unauthenticated: reject drops every frame without a MIC, so "
                 "this node could never be heard",
-                "add a key (key_file: or key:), or set unauthenticated: flag",
+                "add a key (key_file:, key_env: or key:), or set unauthenticated: flag",
                 subloc=("unauthenticated",),
             )
+        if self.key_env is not None:
+            # Checked by the field validator already; read once more to keep it, as bytes, for key_bytes().
+            self._env_key = bytes.fromhex(_parse_hex_key(read_env_secret(self.key_env), what="the key"))
         return self
 
     @property
@@ -900,15 +1037,18 @@ class NodeConfig(_Section):
         return int(self.id, 16)
 
     def key_bytes(self) -> bytes | None:
-        """Return the node's 16-byte AES key from ``key`` or ``key_file``, or None when the node has no key.
+        """Return the node's 16-byte AES key from ``key``, ``key_env`` or ``key_file``, or None when the node has
+        no key.
 
-        The key file is read again on every call.
+        The variable was read when the config was loaded; the key file is read again on every call.
 
         Raises:
             ConfigError: the key file has become unreadable or invalid since the config was loaded.
         """
         if self.key is not None:
             return bytes.fromhex(self.key.get_secret_value())
+        if self._env_key is not None:
+            return self._env_key
         if self.key_file is None:
             return None
         try:
@@ -1089,13 +1229,17 @@ def _collection_problems(radios: object, nodes: object) -> list[tuple[Loc, str, 
 # Loading
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], *, check_modes: bool = True) -> Config:
     """Read, parse and validate a config file.
 
     Relative paths inside the file are resolved against the file's directory.
 
     Args:
         path: The YAML file.
+        check_modes: Refuse secrets that other users can read: inline secrets in a config file they can read, and
+            secret files (key_file, password_file, tls.key_file) they can read. False only to check a copy on a
+            medium whose file system has no modes (a FAT card written by ``denen flash``, where every file looks
+            readable by all); the gateway runs a mode-600 copy of it, which is checked.
 
     Returns:
         The validated configuration; ``Config.warnings`` lists things that are valid but suspicious.
@@ -1104,12 +1248,16 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         ConfigError: listing every problem found, each with file, line, column, key and hint.
     """
     source = os.fspath(path)
-    text = read_config_text(source)
-    return parse_config(text, source=source, base_dir=Path(source).absolute().parent)
+    text, mode = read_config_file(source)
+    return _parse_config(text, source=source, base_dir=Path(source).absolute().parent,
+                         file_mode=mode if check_modes else None, secret_file_modes=check_modes)
 
 
 def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.PathLike[str] | None = None) -> Config:
     """Parse and validate config text.
+
+    The text comes from no file, so there is no file mode to check for inline secrets (see :func:`load_config`);
+    secret files it names are checked.
 
     Args:
         text: The YAML document.
@@ -1120,11 +1268,17 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.Path
     Raises:
         ConfigError: listing every problem found.
     """
+    return _parse_config(text, source=source, base_dir=base_dir, file_mode=None, secret_file_modes=True)
+
+
+def _parse_config(text: str, *, source: str, base_dir: str | os.PathLike[str] | None, file_mode: int | None,
+                  secret_file_modes: bool) -> Config:
     config, found = parse_yaml_model(
         text, Config, source=source, base_dir=base_dir,
         checks=lambda plain: _collection_problems(plain.get("radios"), plain.get("nodes")),
         warnings=_warning_problems, hex_text_keys=_HEX_TEXT_KEYS, example="config/demo.yaml",
-        sections=("gateway", "radios"),
+        sections=("gateway", "radios"), file_mode=file_mode, secret_file_modes=secret_file_modes,
+        service_user="the agent's user",
     )
     config._warnings = found
     return config
@@ -1138,31 +1292,42 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.Path
 Found = tuple[Loc, str, str | None]
 
 
-def read_config_text(path: str | os.PathLike[str]) -> str:
-    """Read a YAML config file as text (a UTF-8 byte order mark is ignored).
+def read_config_file(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """Read a YAML config file as text (a UTF-8 byte order mark is ignored), with the file's ``st_mode``.
+
+    The mode is taken from the open file that was read (``fstat``), so it belongs to those bytes even if the
+    file is replaced meanwhile. Pass it to :func:`parse_yaml_model` as ``file_mode``.
 
     Raises:
         ConfigError: the file is missing, unreadable or not UTF-8, as one issue naming the file (and the line of
             the first byte that is not UTF-8).
     """
     source = os.fspath(path)
-    p = Path(source)
     try:
-        # utf-8-sig: editors on Windows laptops often save a BOM.
-        return p.read_bytes().decode("utf-8-sig")
+        with open(source, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read()
     except FileNotFoundError:
         raise ConfigError(
             [ConfigIssue(source, None, None, "", "config file not found", "check the path")]
-        ) from None
-    except UnicodeDecodeError as exc:
-        line = p.read_bytes()[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            [ConfigIssue(source, line, None, "", "the file is not valid UTF-8 text", "save the file as UTF-8")]
         ) from None
     except OSError as exc:
         raise ConfigError(
             [ConfigIssue(source, None, None, "", f"cannot read the config file: {exc.strerror}", None)]
         ) from None
+    try:
+        # utf-8-sig: editors on Windows laptops often save a BOM.
+        return data.decode("utf-8-sig"), mode
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            [ConfigIssue(source, line, None, "", "the file is not valid UTF-8 text", "save the file as UTF-8")]
+        ) from None
+
+
+def read_config_text(path: str | os.PathLike[str]) -> str:
+    """Read a YAML config file as text, like :func:`read_config_file` without the mode."""
+    return read_config_file(path)[0]
 
 
 def parse_yaml_model(
@@ -1176,6 +1341,9 @@ def parse_yaml_model(
     hex_text_keys: Sequence[tuple[object, ...]] = (),
     example: str = "config/demo.yaml",
     sections: Sequence[str] | None = None,
+    file_mode: int | None = None,
+    secret_file_modes: bool = True,
+    service_user: str = "the agent's user",
 ) -> tuple[_M, tuple[ConfigIssue, ...]]:
     """Parse YAML text and validate it as ``model``, reporting every problem with its file position.
 
@@ -1197,6 +1365,12 @@ def parse_yaml_model(
         example: The example file named in the hints for an empty file or a top level that is not a mapping.
         sections: Top-level keys named in the message for a top level that is not a mapping; default: the
             model's first two fields.
+        file_mode: ``st_mode`` of the file the text was read from (:func:`read_config_file`), or None for text
+            that comes from no file. A secret written inline (a ``SecretStr`` field) in a file other users can read
+            is an error; readable by its group, a warning.
+        secret_file_modes: Check who can read the files named by :data:`SECRET_FILE` fields: other users is an
+            error, the group a warning. False only for a copy on a file system without modes (see load_config).
+        service_user: Who should own secret files, for the hints (e.g. "the agent's user").
 
     Returns:
         The validated model and the warnings found.
@@ -1284,15 +1458,103 @@ def parse_yaml_model(
                                   f"{str(exc)[:120]})", "compare the file with the examples in config/"))
     for loc, message, hint in checks(plain) if checks is not None else ():
         issues.append(_issue_at(data, source, loc, message, hint))
+    # On the plain data, so that it is reported with every other problem, even when validation failed.
+    mode_errors, mode_warnings = _secret_mode_problems(
+        plain, model, source=source, base_dir=Path(base_dir), file_mode=file_mode,
+        secret_file_modes=secret_file_modes, service_user=service_user)
+    issues.extend(_issue_at(data, source, loc, message, hint) for loc, message, hint in mode_errors)
     if issues or result is None:
         # from None: the chained ValidationError's text would include input values, which may be secrets.
         raise ConfigError(_sorted(issues)) from None
 
+    more = list(warnings(result)) if warnings is not None else []
     found = tuple(_sorted(_issue_at(data, source, loc, message, hint)
-                          for loc, message, hint in (warnings(result) if warnings is not None else ())))
+                          for loc, message, hint in [*mode_warnings, *more]))
     for issue in found:
         log.warning("config warning: %s", issue)
     return result, found
+
+
+def _secret_fields(data: object, model: type[BaseModel], loc: Loc = ()
+                   ) -> Iterable[tuple[str, Loc, type[BaseModel], object]]:
+    """Walk plain config data along its model and yield the secrets written in it: ("inline", key location, the
+    section's model, value) for every ``SecretStr`` field, ("file", ...) for every :data:`SECRET_FILE` field.
+
+    Keys the model does not know, and values of the wrong shape, are skipped: validation reports them.
+    """
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None or value is None:
+            continue
+        inner, is_list = _unwrap(field.annotation)
+        here = (*loc, key)
+        if inner is SecretStr and value != "":
+            yield "inline", here, model, value
+        elif any(isinstance(m, SecretFile) for m in field.metadata) and isinstance(value, str):
+            yield "file", here, model, value
+        elif isinstance(inner, type) and issubclass(inner, BaseModel):
+            if is_list and isinstance(value, list):
+                for i, item in enumerate(value):
+                    yield from _secret_fields(item, inner, (*here, i))
+            elif not is_list:
+                yield from _secret_fields(value, inner, here)
+
+
+def _who_can_read(perms: int) -> str | None:
+    """'every user' when other users may read a file of these permission bits, 'group' when its group may."""
+    if perms & stat.S_IROTH:
+        return "every user"
+    if perms & stat.S_IRGRP:
+        return "group"
+    return None
+
+
+def _secret_mode_problems(plain: dict[str, Any], model: type[BaseModel], *, source: str, base_dir: Path,
+                          file_mode: int | None, secret_file_modes: bool, service_user: str
+                          ) -> tuple[list[Found], list[Found]]:
+    """(errors, warnings) for secrets that other users, or the group, can read.
+
+    Other users: a secret in a file they can read is theirs, so the config is refused. The group: a service's
+    own group (``denen``) reading its config is a legitimate setup, so only a warning.
+    """
+    errors: list[Found] = []
+    warnings: list[Found] = []
+    perms = stat.S_IMODE(file_mode) if file_mode is not None else 0
+    config_readers = _who_can_read(perms)
+    for what, loc, holder, value in _secret_fields(plain, model):
+        name = str(loc[-1])
+        if what == "inline":
+            if config_readers is None:
+                continue
+            others = [k for k in (f"{name}_file", f"{name}_env") if k in holder.model_fields]
+            move = " / ".join(others) if others else "a file of its own"
+            if config_readers == "every user":
+                errors.append((loc, f"this file holds a secret ({_dotted(loc)}) and every user on this machine can "
+                               f"read it (mode {perms:03o})", f"chmod 600 {source}, or move the secret to {move}"))
+            else:
+                warnings.append((loc, f"this file holds a secret ({_dotted(loc)}) and its group can read it (mode "
+                                 f"{perms:03o})", f"fine when the group is the service's own (e.g. denen); "
+                                 f"otherwise chmod 600 {source}, or move the secret to {move}"))
+            continue
+        if not secret_file_modes or not isinstance(value, str):
+            continue
+        path = Path(value)
+        if not path.is_absolute():
+            path = base_dir / path  # as the field validators resolve it
+        try:
+            file_perms = stat.S_IMODE(path.stat().st_mode)
+        except (OSError, ValueError):
+            continue  # missing, unreadable, a bad name: the field's own validator reports it
+        readers = _who_can_read(file_perms)
+        if readers == "every user":
+            errors.append((loc, f"secret file {path} can be read by every user on this machine (mode "
+                           f"{file_perms:03o})", f"chmod 600 {path}, owned by {service_user}"))
+        elif readers == "group":
+            warnings.append((loc, f"secret file {path} can be read by its group (mode {file_perms:03o})",
+                             f"fine when the group is the service's own (e.g. denen); otherwise chmod 600 {path}"))
+    return errors, warnings
 
 
 def _sorted(issues: Iterable[ConfigIssue]) -> list[ConfigIssue]:
@@ -1653,11 +1915,7 @@ def _warning_problems(config: Config) -> list[Found]:
     tls = config.mqtt.tls
     if tls is not None and tls.insecure:
         found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
-    secret_files: list[tuple[Loc, str]] = [(("nodes", j, "key_file"), n.key_file)
-                                          for j, n in enumerate(config.nodes) if n.key_file is not None]
-    if config.mqtt.password_file is not None:
-        secret_files.append((("mqtt", "password_file"), config.mqtt.password_file))
-    found.extend(open_secret_file_warnings(secret_files, owner="the agent's user"))
+    # Who can read secrets is checked by the loader itself (_secret_mode_problems), for every config file.
     if not config.nodes and config.unknown_nodes == "quarantine":
         found.append((("unknown_nodes",), "no nodes are listed and unknown_nodes is quarantine, so every frame "
                       "will be set aside", "list the nodes under nodes:, or set unknown_nodes: accept"))
@@ -1668,25 +1926,6 @@ def tls_insecure_warning(loc: Loc) -> Found:
     """The warning for ``tls.insecure: true`` at ``loc``."""
     return (loc, "TLS host name checking is off",
             "anyone on the path can impersonate the broker; set insecure: false in the field")
-
-
-def open_secret_file_warnings(files: Iterable[tuple[Loc, str]], *, owner: str) -> list[Found]:
-    """Warnings for secret files (passwords, keys, tokens) that the group or other users may read.
-
-    Args:
-        files: (key location, path) of each secret file named in a config; unreadable paths are skipped.
-        owner: Who should own the file, for the hint (e.g. "the agent's user").
-    """
-    found: list[Found] = []
-    for loc, path in files:
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            continue
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            found.append((loc, f"secret file {path} is open to its group or other users (mode {mode & 0o777:o})",
-                          f"chmod 600 {path}, owned by {owner}"))
-    return found
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1767,6 +2006,10 @@ Examples, each loaded by the test suite:
 | `river-station.yaml` | river level, rain and slope tilt sensors on an ES920LR |
 | `demo.yaml` | everything simulated (`denen demo`) |
 
+The examples' node keys are not in the files: each node names an environment variable (`key_env:`), set from
+`example-keys.env` (public example keys, never for real nodes). To check them by hand:
+`set -a; . config/example-keys.env; set +a; denen config validate config/*.yaml`.
+
 Rules worth knowing:
 
 - **Unknown keys are errors**, with a "did you mean" hint, so a misspelt key never silently falls back to a default.
@@ -1776,9 +2019,21 @@ Rules worth knowing:
 - **Relative paths** (`journal.path`, `mqtt.password_file`, `mqtt.tls.*_file`, `nodes[].key_file`) are resolved
   against the directory of the config file. Files named by `password_file`, `tls.*_file` and `key_file` must
   exist and be readable when the config is loaded; key files are checked for a valid key.
-- **Secrets** (`mqtt.password`, `nodes[].key`) are never printed, logged or shown in error messages. Prefer
-  `password_file` and `key_file` (mode 600, owned by the agent's user) over inline values; the loader warns
-  about secret files other users can read.
+- **Secrets** (`mqtt.password`, `nodes[].key`) are never printed, logged or shown in error messages. Each can be
+  given one of three ways, only one at a time:
+  - in a file: `key_file: keys/trap-north-3.key`, `password_file: /etc/denen/mqtt-password` (mode 600, owned by
+    the agent's user; read when the config is loaded, the password again at every connect);
+  - in an environment variable: `key_env: DENEN_KEY_TRAP_NORTH_3`, `password_env: DENEN_MQTT_PASSWORD` (the
+    variable's name, upper case; it must be set, and a key valid, when the config is loaded). With systemd, set
+    them in `/etc/denen/secrets.env` (mode 600) and name it with `EnvironmentFile=` in `denen.service`;
+    `denen config validate` needs them in your shell too;
+  - inline: `key: "..."`, `password: "..."`, only in a config file that other users cannot read.
+
+  **Who can read them is checked.** A config file holding an inline secret that every user on the machine can
+  read (mode 644, 604 ...) is refused, at the secret's line, with the hint `chmod 600 FILE, or move the secret to
+  key_file / key_env`; so is a `key_file`, `password_file` or `tls.key_file` that every user can read. Readable by
+  the file's group only (640) is a warning: fine when the group is the service's own (`denen`). The examples here
+  name their keys with `key_env:`; their public example keys are in `example-keys.env`.
 - `radios[].port` is passed to pyserial's `serial_for_url`: a device path, a udev symlink, `socket://host:port`
   or `loop://`. It is not opened at load time.
 - Radio drivers: `rak3172` and `es920lr`, plus any other name in the driver registry `drivers.radio.DRIVERS`.

@@ -3,11 +3,17 @@
 Everything runs on this machine: the radio modules are simulators on real ptys (config/scenarios/demo.yaml), the
 agent runs config/demo.yaml with its ports, journal and broker port pointed at a scratch folder, and the broker
 is the system's Mosquitto started on a free loopback port.
+
+config/demo.yaml keeps its node keys out of the file, as a real gateway config should: each node names an
+environment variable (``key_env:``). The demo sets those variables in its own process, where the agent runs, from
+config/example-keys.env (public example keys, in the format of systemd's EnvironmentFile=).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import signal
 import tempfile
 import threading
@@ -24,6 +30,41 @@ from agent.gateway import Gateway
 from agent.liveview import LiveView
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+#: The public example keys of the example configs, as NAME=value lines (systemd EnvironmentFile= format).
+EXAMPLE_KEYS = CONFIG_DIR / "example-keys.env"
+
+_ENV_LINE = re.compile(r"^([A-Z_][A-Z0-9_]*)=(.*)$")
+
+
+def read_env_file(path: str | os.PathLike[str] = EXAMPLE_KEYS) -> dict[str, str]:
+    """Read ``NAME=value`` lines (blank lines and ``#`` comments skipped; a value may be in quotes).
+
+    Args:
+        path: The file, by default config/example-keys.env.
+
+    Returns:
+        The variables, in file order. The values are secrets in general: never log them.
+
+    Raises:
+        AgentError: the file cannot be read, or a line is not ``NAME=value`` (its number is given, not its text).
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise AgentError(f"cannot read {path}: {exc.strerror}") from None
+    found: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        m = _ENV_LINE.match(text)
+        if m is None:
+            raise AgentError(f"{path}:{number}: not a NAME=value line (NAME in upper case)")
+        value = m.group(2).strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[m.group(1)] = value
+    return found
 
 
 def run_demo(*, duration: float | None = None, workdir: str | None = None) -> int:
@@ -46,6 +87,9 @@ def run_demo(*, duration: float | None = None, workdir: str | None = None) -> in
     broker = Mosquitto(work / "broker")
     broker.start()
     scenario = Scenario.from_file(CONFIG_DIR / "scenarios" / "demo.yaml", link_dir=work / "sim")
+    # The agent runs in this process: its key_env variables are this process's environment. The file's values
+    # win over any already set, since they must match the simulated nodes' keys.
+    os.environ.update(read_env_file(EXAMPLE_KEYS))
     cfg = load_config(CONFIG_DIR / "demo.yaml")
     cfg = cfg.model_copy(update={
         "mqtt": cfg.mqtt.model_copy(update={"port": broker.port}),

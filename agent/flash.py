@@ -9,6 +9,8 @@ writes this bundle onto the mounted boot partition (or any mounted folder)::
     <TARGET>/denen/config.yaml          the config; credential paths rewritten to secrets/...
     <TARGET>/denen/secrets/<file>       copies of the files the config names (node key_file, mqtt.password_file,
                                         mqtt.tls ca/cert/key), mode 0600 where the file system keeps modes
+                                        (secrets given by key_env / password_env are not copied: they are set in
+                                        the gateway's environment, e.g. /etc/denen/secrets.env)
     <TARGET>/denen/MANIFEST.json        SHA-256 and size of every file, the bundle digest, the source path,
                                         the flashing time (UTC) and the denen version ("denen.flash/1")
     <TARGET>/denen.prev/                the bundle flashed before this one (one backup is kept)
@@ -33,6 +35,11 @@ On the gateway, at every start, :func:`resolve_active_config` decides which conf
    USB stick is pulled out.
 3. A bundle that fails its checksums (corrupt card, half-written flash) or that this agent cannot load is refused
    with a clear note; the installed copy from an earlier boot stays active.
+
+Who may read the secrets: the config on the laptop is loaded with the usual rule (an inline secret in a file
+other users can read, or a secret file they can read, is refused). Copies on the card are checked without it
+(``load_config(..., check_modes=False)``): FAT has no modes and shows every file as readable by all, which is why
+the gateway installs a mode-0600 copy; that copy is checked with the rule before it becomes active.
 4. With no usable bundle: the installed copy; then a ``denen.prev/`` bundle; then ``/etc/denen/config.yaml``.
 
 :class:`ActiveConfig` tells which config is active: path, SHA-256 of the file, and where it came from.
@@ -481,7 +488,9 @@ def flash(config_path: str | os.PathLike[str], target: str | os.PathLike[str], *
     try:
         verify(staging)  # read back: a card that does not keep what it was given is caught here
         with _config_warnings_quiet():
-            load_config(staging / CONFIG_NAME)  # the rewritten copy must load exactly like the original
+            # The rewritten copy must load exactly like the original. Not its modes: on FAT every file looks
+            # readable by all (the laptop's files were checked above, the gateway checks its own copy).
+            load_config(staging / CONFIG_NAME, check_modes=False)
     except (FlashError, ConfigError) as exc:
         _remove_tree(staging)
         raise FlashError(f"the written bundle does not check out, nothing was replaced: {exc}") from None
@@ -651,11 +660,15 @@ def _state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
     return Path(env.split(":")[0]) if env else Path(DEFAULT_STATE_DIR)
 
 
-def _loads(flashed: FlashedConfig, where: Path) -> str | None:
-    """None if the bundle's config loads with this agent, else the reason (one line per problem)."""
+def _loads(flashed: FlashedConfig, where: Path, *, on_card: bool) -> str | None:
+    """None if the bundle's config loads with this agent, else the reason (one line per problem).
+
+    ``on_card``: ``where`` is the bundle on the card or stick, whose file system may have no modes (FAT), so who
+    may read the secrets is not checked there; it is for the installed copy (``on_card=False``).
+    """
     try:
         with _config_warnings_quiet():
-            load_config(where / CONFIG_NAME)
+            load_config(where / CONFIG_NAME, check_modes=not on_card)
     except ConfigError as exc:
         return f"bundle {flashed.bundle} does not load with denen {__version__}: {exc}"
     return None
@@ -691,7 +704,7 @@ def _install(flashed: FlashedConfig, state: Path) -> FlashedConfig:
     except FlashError as exc:
         _remove_tree(staging)
         raise FlashError(f"the copy of {flashed.bundle} in {state} does not check out: {exc}") from None
-    problem = _loads(flashed, staging)
+    problem = _loads(flashed, staging, on_card=False)
     if problem is not None:
         _remove_tree(staging)
         raise FlashError(problem)
@@ -769,7 +782,7 @@ def resolve_active_config(explicit: str | os.PathLike[str] | None, search: Seque
         if installed is not None and installed.digest == flashed.digest:
             return active(installed, "flashed", str(flashed.bundle))
         if not install:
-            problem = _loads(flashed, flashed.bundle)
+            problem = _loads(flashed, flashed.bundle, on_card=True)
             if problem is None:
                 notes.append(f"new flashed config at {flashed.bundle} (not installed yet: the agent installs it "
                              f"into {state / INSTALLED_NAME} when it starts)")
@@ -798,7 +811,7 @@ def resolve_active_config(explicit: str | os.PathLike[str] | None, search: Seque
         except FlashError as exc:
             problems.append(f"refused flashed config: {exc}")
             continue
-        problem = _loads(older, older.bundle)
+        problem = _loads(older, older.bundle, on_card=True)
         if problem is not None:
             problems.append(f"refused flashed config: {problem}")
             continue

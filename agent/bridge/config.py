@@ -5,6 +5,11 @@ same way as in a gateway config: ``file:line:column: key: message (hint: ...)``,
 
 Relative paths (``mqtt.password_file``, ``mqtt.tls.*_file``, ``sink.password_file``, ``sink.token_file``,
 ``dead_letter.path``) are resolved against the directory of the config file.
+
+Each secret (``mqtt.password``, ``sink.password``, ``sink.token``) is given inline, in a file (``*_file``) or in
+an environment variable (``*_env``, read when the config is loaded), at most one of them. The loader refuses a
+config file holding an inline secret, or a secret file, that other users can read, as it does for a gateway
+config (``agent.config``).
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 
 from agent.config import (
+    SECRET_FILE,
     ConfigSection,
     Found,
     LogConfig,
@@ -26,10 +32,12 @@ from agent.config import (
     check_readable_file,
     config_problem,
     config_problems,
-    open_secret_file_warnings,
+    env_secret_name,
     parse_yaml_model,
-    read_config_text,
+    read_config_file,
+    read_env_secret,
     resolve_config_path,
+    secret_source_problems,
     tls_insecure_warning,
 )
 from agent.errors import ConfigError, ConfigIssue
@@ -63,8 +71,22 @@ def _read_secret_file(path: str, key: str) -> str:
 
 def _secret_text(value: object, what: str) -> object:
     if value is not None and not isinstance(value, str | SecretStr):
-        raise config_problem(f"{what} must be text", f"put the {what} in quotes, or better use {what}_file")
+        raise config_problem(f"{what} must be text", f"put the {what} in quotes, or better use {what}_file or "
+                             f"{what}_env")
     return value
+
+
+def _env_secret(value: str | None, key: str) -> str | None:
+    """Check a ``*_env`` key: a variable name, set and not blank now (its value is kept by the model validator)."""
+    if value is None:
+        return None
+    name = env_secret_name(value, key)
+    read_env_secret(name)
+    return name
+
+
+def _from_env(name: str | None) -> SecretStr | None:
+    return SecretStr(read_env_secret(name)) if name is not None else None
 
 
 class BridgeMqttConfig(ConfigSection):
@@ -76,12 +98,19 @@ class BridgeMqttConfig(ConfigSection):
     )
     username: str | None = Field(default=None, min_length=1, description="MQTT user name of the bridge. Optional.")
     password: SecretStr | None = Field(
-        default=None, description="MQTT password (secret: never printed or logged). Prefer password_file."
-    )
-    password_file: str | None = Field(
         default=None,
-        description="Path of a file holding the MQTT password (trailing newline ignored). Mutually exclusive "
-        "with password.",
+        description="MQTT password (secret: never printed or logged). Prefer password_file or password_env; a "
+        "config file holding it must not be readable by other users (chmod 600).",
+    )
+    password_file: Annotated[str | None, SECRET_FILE] = Field(
+        default=None,
+        description="Path of a file holding the MQTT password (trailing newline ignored); refused when other "
+        "users can read it (chmod 600).",
+    )
+    password_env: str | None = Field(
+        default=None,
+        description="Name of an environment variable holding the MQTT password (e.g. DENEN_BRIDGE_MQTT_PASSWORD), "
+        "read when the config is loaded. Only one of password, password_file and password_env.",
     )
     tls: TlsConfig | None = Field(
         default=None, description="TLS settings; null means a plain TCP connection (only on a trusted network)."
@@ -119,6 +148,9 @@ class BridgeMqttConfig(ConfigSection):
         default=30.0, gt=0, le=86400, description="Longest wait between reconnect attempts, in seconds."
     )
 
+    # Read from password_env when the config was loaded (not a field: never dumped or shown).
+    _env_password: SecretStr | None = PrivateAttr(default=None)
+
     @field_validator("password", mode="before")
     @classmethod
     def _password_text(cls, value: object) -> object:
@@ -133,6 +165,11 @@ class BridgeMqttConfig(ConfigSection):
         check_readable_file(path, "password file")
         return path
 
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, value: str | None) -> str | None:
+        return _env_secret(value, "password_env")
+
     @field_validator("topic_prefix")
     @classmethod
     def _topic_prefix(cls, value: str) -> str:
@@ -144,25 +181,26 @@ class BridgeMqttConfig(ConfigSection):
 
     @model_validator(mode="after")
     def _cross(self) -> BridgeMqttConfig:
-        problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
-        if self.password is not None and self.password_file is not None:
-            problems.append((("password_file",), "give either password or password_file, not both",
-                             "keep password_file"))
-        if (self.password is not None or self.password_file is not None) and self.username is None:
-            which = "password" if self.password is not None else "password_file"
-            problems.append(((which,), "a password is set but username is not",
+        problems = secret_source_problems(self, "password")
+        given = [k for k in ("password", "password_file", "password_env") if getattr(self, k) is not None]
+        if given and self.username is None:
+            problems.append(((given[0],), "a password is set but username is not",
                              "MQTT sends a password only with a user name: set mqtt.username"))
         if self.reconnect_max_s < self.reconnect_min_s:
             problems.append((("reconnect_max_s",), "reconnect_max_s is shorter than reconnect_min_s",
                              "reconnect_max_s must be at least reconnect_min_s"))
         if problems:
             raise config_problems(problems)
+        self._env_password = _from_env(self.password_env)
         return self
 
     def password_value(self) -> str | None:
-        """The MQTT password from ``password`` or ``password_file`` (read on every call), or None."""
+        """The MQTT password from ``password``, ``password_env`` (read at load time) or ``password_file`` (read on
+        every call), or None."""
         if self.password is not None:
             return self.password.get_secret_value()
+        if self._env_password is not None:
+            return self._env_password.get_secret_value()
         if self.password_file is None:
             return None
         return _read_secret_file(self.password_file, "mqtt.password_file")
@@ -177,8 +215,8 @@ class BridgeMqttConfig(ConfigSection):
         return f"{share}/+/readings/#", f"{share}/+/status"
 
 
-_V1_ONLY = ("database", "rp", "user", "password", "password_file")
-_V2_ONLY = ("org", "bucket", "token", "token_file")
+_V1_ONLY = ("database", "rp", "user", "password", "password_file", "password_env")
+_V2_ONLY = ("org", "bucket", "token", "token_file", "token_env")
 
 
 class SinkConfig(ConfigSection):
@@ -203,9 +241,18 @@ class SinkConfig(ConfigSection):
     )
     user: str | None = Field(default=None, min_length=1, description="v1: user name, when auth is enabled.")
     password: SecretStr | None = Field(
-        default=None, description="v1: password (secret: never printed or logged). Prefer password_file."
+        default=None,
+        description="v1: password (secret: never printed or logged). Prefer password_file or password_env; a "
+        "config file holding it must not be readable by other users (chmod 600).",
     )
-    password_file: str | None = Field(default=None, description="v1: path of a file holding the password.")
+    password_file: Annotated[str | None, SECRET_FILE] = Field(
+        default=None, description="v1: path of a file holding the password; refused when other users can read it."
+    )
+    password_env: str | None = Field(
+        default=None,
+        description="v1: name of an environment variable holding the password (e.g. DENEN_INFLUX_PASSWORD), read "
+        "when the config is loaded.",
+    )
     # v2
     org: str | None = Field(default=None, min_length=1, description="v2: organisation (required for v2).")
     bucket: str | None = Field(
@@ -214,9 +261,16 @@ class SinkConfig(ConfigSection):
     token: SecretStr | None = Field(
         default=None,
         description="v2: API token (secret: never printed or logged); on the 1.8+ API 'user:password'. Prefer "
-        "token_file.",
+        "token_file or token_env; a config file holding it must not be readable by other users (chmod 600).",
     )
-    token_file: str | None = Field(default=None, description="v2: path of a file holding the token.")
+    token_file: Annotated[str | None, SECRET_FILE] = Field(
+        default=None, description="v2: path of a file holding the token; refused when other users can read it."
+    )
+    token_env: str | None = Field(
+        default=None,
+        description="v2: name of an environment variable holding the token (e.g. DENEN_INFLUX_TOKEN), read when "
+        "the config is loaded.",
+    )
     gzip: bool = Field(default=False, description="Compress request bodies (worth it over slow links).")
     retry_min_s: float = Field(
         default=0.5, gt=0, le=600, description="First wait before retrying a failed write, in seconds; doubled "
@@ -225,6 +279,10 @@ class SinkConfig(ConfigSection):
     retry_max_s: float = Field(
         default=30.0, gt=0, le=3600, description="Longest wait between write retries, in seconds."
     )
+
+    # Read from password_env / token_env when the config was loaded (not fields: never dumped or shown).
+    _env_password: SecretStr | None = PrivateAttr(default=None)
+    _env_token: SecretStr | None = PrivateAttr(default=None)
 
     @field_validator("password", "token", mode="before")
     @classmethod
@@ -252,6 +310,11 @@ class SinkConfig(ConfigSection):
         check_readable_file(path, f"{info.field_name.removesuffix('_file')} file")  # type: ignore[union-attr]
         return path
 
+    @field_validator("password_env", "token_env")
+    @classmethod
+    def _secret_env(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _env_secret(value, str(info.field_name))
+
     @model_validator(mode="after")
     def _fits_type(self) -> SinkConfig:
         problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
@@ -265,32 +328,39 @@ class SinkConfig(ConfigSection):
         for key in required:
             if getattr(self, key) is None:
                 problems.append(((key,), f"a {self.type} sink needs '{key}'", None))
-        if self.type == "v2" and self.token is None and self.token_file is None:
-            problems.append((("token",), "a v2 sink needs token or token_file",
+        if self.type == "v2" and self.token is None and self.token_file is None and self.token_env is None:
+            problems.append((("token",), "a v2 sink needs token, token_file or token_env",
                              "an InfluxDB API token with write access to the bucket ('user:password' for the 1.8 "
                              "compatibility API)"))
-        for value_key, file_key in (("password", "password_file"), ("token", "token_file")):
-            if getattr(self, value_key) is not None and getattr(self, file_key) is not None:
-                problems.append(((file_key,), f"give either {value_key} or {file_key}, not both", f"keep {file_key}"))
-        if self.type == "v1" and (self.password is not None or self.password_file is not None) and self.user is None:
+        problems.extend(secret_source_problems(self, "password", "token"))
+        has_password = any(getattr(self, k) is not None for k in ("password", "password_file", "password_env"))
+        if self.type == "v1" and has_password and self.user is None:
             problems.append((("user",), "a password is set but user is not", "set sink.user"))
         if self.retry_max_s < self.retry_min_s:
             problems.append((("retry_max_s",), "retry_max_s is shorter than retry_min_s",
                              "retry_max_s must be at least retry_min_s"))
         if problems:
             raise config_problems(problems)
+        self._env_password = _from_env(self.password_env)
+        self._env_token = _from_env(self.token_env)
         return self
 
     def password_value(self) -> str | None:
-        """v1 password from ``password`` or ``password_file`` (read on every call), or None."""
+        """v1 password from ``password``, ``password_env`` (read at load time) or ``password_file`` (read on every
+        call), or None."""
         if self.password is not None:
             return self.password.get_secret_value()
+        if self._env_password is not None:
+            return self._env_password.get_secret_value()
         return _read_secret_file(self.password_file, "sink.password_file") if self.password_file else None
 
     def token_value(self) -> str | None:
-        """v2 token from ``token`` or ``token_file`` (read on every call), or None."""
+        """v2 token from ``token``, ``token_env`` (read at load time) or ``token_file`` (read on every call), or
+        None."""
         if self.token is not None:
             return self.token.get_secret_value()
+        if self._env_token is not None:
+            return self._env_token.get_secret_value()
         return _read_secret_file(self.token_file, "sink.token_file") if self.token_file else None
 
     def target(self) -> str:
@@ -371,19 +441,14 @@ def _warnings(config: BridgeConfig) -> list[Found]:
     found: list[Found] = []
     if config.mqtt.tls is not None and config.mqtt.tls.insecure:
         found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
-    files: list[tuple[tuple[str | int, ...], str]] = []
-    for loc, path in ((("mqtt", "password_file"), config.mqtt.password_file),
-                      (("sink", "password_file"), config.sink.password_file),
-                      (("sink", "token_file"), config.sink.token_file)):
-        if path is not None:
-            files.append((loc, path))
-    found.extend(open_secret_file_warnings(files, owner="the bridge's user"))
+    # Who can read the secrets is checked by the loader (agent.config), as for a gateway config.
     if config.mqtt.client_id is None:
         found.append((("mqtt",), "mqtt.client_id is not set, so it is taken from the host name",
                       "set a stable, unique client_id per bridge process: the broker keeps unacknowledged "
                       "messages in the session of that id"))
     sink = config.sink
-    has_secret = any(v is not None for v in (sink.password, sink.password_file, sink.token, sink.token_file))
+    has_secret = any(getattr(sink, k) is not None for k in ("password", "password_file", "password_env", "token",
+                                                            "token_file", "token_env"))
     if urlsplit(sink.url).scheme == "http" and has_secret:
         host = urlsplit(sink.url).hostname or ""
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -404,21 +469,31 @@ def looks_like_bridge_config(text: str) -> bool:
 
 def parse_bridge_config(text: str, *, source: str = "<string>",
                         base_dir: str | os.PathLike[str] | None = None) -> BridgeConfig:
-    """Parse and validate bridge config text.
+    """Parse and validate bridge config text (from no file, so there is no file mode to check for inline secrets;
+    secret files it names are checked).
 
     Raises:
         ConfigError: listing every problem found, each with file, line, column, key and hint.
     """
+    return _parse(text, source=source, base_dir=base_dir, file_mode=None)
+
+
+def _parse(text: str, *, source: str, base_dir: str | os.PathLike[str] | None, file_mode: int | None
+           ) -> BridgeConfig:
     config, _ = parse_yaml_model(text, BridgeConfig, source=source, base_dir=base_dir, warnings=_warnings,
-                                 example="config/bridge/bridge.yaml", sections=("mqtt", "sink"))
+                                 example="config/bridge/bridge.yaml", sections=("mqtt", "sink"),
+                                 file_mode=file_mode, service_user="the bridge's user")
     return config
 
 
 def load_bridge_config(path: str | os.PathLike[str]) -> BridgeConfig:
     """Read, parse and validate a bridge config file (relative paths are resolved against its directory).
 
+    An inline secret in a file other users can read, or a secret file they can read, is refused.
+
     Raises:
         ConfigError: listing every problem found, each with file, line, column, key and hint.
     """
     source = os.fspath(path)
-    return parse_bridge_config(read_config_text(source), source=source, base_dir=Path(source).absolute().parent)
+    text, mode = read_config_file(source)
+    return _parse(text, source=source, base_dir=Path(source).absolute().parent, file_mode=mode)

@@ -69,6 +69,7 @@ def rig(tmp_path: Path, broker: Mosquitto) -> Iterator[dict]:
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(config_text(port=sim.path, mqtt_port=broker.port, journal=tmp_path / "journal.db", nodes=nodes,
                                extra_mqtt="  batch_max_readings: 1\n  inflight_window: 1"))
+    cfg.chmod(0o600)  # it holds node keys: a config every user can read is refused
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     agent.start()
     assert wait_configured(sim), (tmp_path / "agent.log").read_text()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.field import example_key_env
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -18,9 +20,11 @@ def denen(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
                           timeout=timeout, env={**os.environ, "COLUMNS": "160"})
 
 
-def test_config_validate_accepts_every_example() -> None:
+def test_config_validate_accepts_every_example(monkeypatch: pytest.MonkeyPatch) -> None:
     files = sorted(str(p) for p in (REPO / "config").glob("*.yaml") )
     assert len(files) >= 4
+    for name, value in example_key_env().items():  # the examples name their keys by environment variable
+        monkeypatch.setenv(name, value)
     out = denen("config", "validate", *files)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count(": ok") == len(files)

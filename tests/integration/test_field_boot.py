@@ -26,6 +26,7 @@ def test_boot_from_a_flashed_card_with_systemd_notify_and_watchdog(tmp_path: Pat
     nodes = [FieldNode(n.node_id, n.kind) for n in NODES]
     laptop.write_text(config_text(port=sim.path, mqtt_port=broker.port, journal=tmp_path / "var" / "journal.db",
                                   nodes=nodes))
+    laptop.chmod(0o600)  # it holds node keys: a config every user can read is refused
     card = tmp_path / "boot"
     card.mkdir()
     out = subprocess.run([sys.executable, "-m", "agent.cli", "flash", str(laptop), str(card)], cwd=REPO,

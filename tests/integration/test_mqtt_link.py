@@ -76,6 +76,7 @@ def test_username_password_connects_and_a_wrong_password_is_refused_clearly(tmp_
     b.start()
     try:
         (tmp_path / "pw").write_text("s3cret-pass\n")
+        (tmp_path / "pw").chmod(0o600)  # a password file every user can read is refused
         good = parse_config(config_text(
             port="loop://", mqtt_port=b.port, journal=tmp_path / "a.db", nodes=[],
             extra_mqtt=f"  username: gw-test-01\n  password_file: {tmp_path / 'pw'}"))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,11 @@ NODES = [
 
 def config_text(*, port: str, mqtt_port: int, journal: Path, nodes: list[FieldNode], gateway: str = "gw-test-01",
                 extra_mqtt: str = "", quota_mb: float = 64, health_s: int = 3600) -> str:
+    """A gateway config with the nodes' keys written inline.
+
+    Parsed as text (parse_config) it loads as it is. Written to a file, the file must be mode 600 (or 640): the
+    loader refuses a config holding keys that every user can read. Use :func:`write_config`.
+    """
     node_yaml = "\n".join(
         f"""  - id: "{n.hex}"
     name: {n.kind.replace('_', '-')}-{n.node_id & 0xFF}
@@ -98,6 +107,42 @@ nodes:
 health:
   interval_s: {health_s}
 """
+
+
+def write_config(path: Path, text: str) -> Path:
+    """Write a config that may hold secrets as a gateway keeps it: readable by its owner only (mode 600)."""
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+@functools.cache
+def _example_keys() -> tuple[tuple[str, str], ...]:
+    from agent.demo import EXAMPLE_KEYS, read_env_file
+
+    return tuple(read_env_file(EXAMPLE_KEYS).items())
+
+
+def example_key_env() -> dict[str, str]:
+    """The public example keys of config/example-keys.env, which the example configs name with ``key_env:``."""
+    return dict(_example_keys())
+
+
+@contextmanager
+def example_keys_env() -> Iterator[dict[str, str]]:
+    """Set the example keys in ``os.environ`` for the block, as a gateway's systemd unit (EnvironmentFile=) sets
+    its own, and restore the environment after. A config loaded inside keeps the keys it read."""
+    keys = example_key_env()
+    saved = {name: os.environ.get(name) for name in keys}
+    os.environ.update(keys)
+    try:
+        yield keys
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def start_sim(tmp: Path, *, rng_seed: int = 7) -> SimRak3172:

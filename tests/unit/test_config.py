@@ -2,6 +2,10 @@
 
 Broken configs are made from copies of the real examples with one edit, and the expected line is found by
 searching the edited text, so the tests keep working when the examples' comments change.
+
+The examples name their node keys by environment variable (key_env:); every test here runs with the public
+example keys of config/example-keys.env set, as a gateway's systemd unit sets its own. Who may read secrets is
+tested in test_secrets.py.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from agent.config import (
     parse_config,
     write_json_schema,
 )
+from agent.demo import EXAMPLE_KEYS, read_env_file
 from agent.errors import AgentError, ConfigError, ConfigIssue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,6 +51,15 @@ nodes:
     kind: trap
     unauthenticated: flag
 """
+
+
+@pytest.fixture(autouse=True)
+def example_keys(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The examples' key_env variables, set for every test (and restored after)."""
+    keys = read_env_file(EXAMPLE_KEYS)
+    for name, value in keys.items():
+        monkeypatch.setenv(name, value)
+    return keys
 
 
 def edited(tmp_path: Path, example: str, old: str, new: str, *, count: int = 1) -> Path:
@@ -114,13 +128,21 @@ def test_demo_matches_the_demo_scenario() -> None:
     for nid, node in cfg.node_by_id.items():
         assert node.key_bytes() == bytes.fromhex(f"{nid:08x}" * 4)
         assert node.unauthenticated == "reject"
+    # The simulated nodes sign with the keys the agent gets from config/example-keys.env.
+    from ruamel.yaml import YAML
+
+    scenario = YAML(typ="safe").load((CONFIG_DIR / "scenarios" / "demo.yaml").read_text(encoding="utf-8"))
+    assert {int(n["id"], 16): bytes.fromhex(n["key"]) for n in scenario["nodes"]} == {
+        nid: n.key_bytes() for nid, n in cfg.node_by_id.items()}
     assert {n.kind for n in cfg.nodes} | {"heartbeat"} >= {"sos", "trap", "water_level", "rain", "tilt", "weather"}
 
 
 def test_field_examples_fit_their_use() -> None:
     forest = load_config(CONFIG_DIR / "forest-sos.yaml")
     assert [(r.driver, r.port) for r in forest.radios] == [("rak3172", "/dev/lora0")]
-    assert [n for n in forest.nodes if n.kind == "sos"] and all(n.key is not None for n in forest.nodes)
+    assert [n for n in forest.nodes if n.kind == "sos"] and all(n.key_bytes() is not None for n in forest.nodes)
+    # Best practice shown: no example holds a key itself.
+    assert all(n.key is None and n.key_env is not None for n in forest.nodes)
 
     traps = load_config(CONFIG_DIR / "trap-field.yaml")
     trap_nodes = [n for n in traps.nodes if n.kind == "trap"]
@@ -250,12 +272,22 @@ def test_bad_hex_node_id(tmp_path: Path) -> None:
     assert issue.hint and "quotes" in issue.hint
 
 
-def test_key_of_wrong_length_does_not_reveal_the_key(tmp_path: Path) -> None:
-    path = edited(tmp_path, "forest-sos.yaml", '"5e0000025e0000025e0000025e000002"', '"5e0000025e0000025e0000025e0000"')
-    issue = only(problems(path), "nodes[1].key")
-    assert issue.line == line_of(path, "5e0000025e0000025e0000025e0000")
-    assert "32 hex digits" in issue.message and "30" in issue.message
+def test_key_of_wrong_length_does_not_reveal_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DENEN_KEY_SOS_FORESTER_02", "5e0000025e0000025e0000025e0000")
+    path = tmp_path / "forest-sos.yaml"
+    path.write_text((CONFIG_DIR / "forest-sos.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    issue = only(problems(path), "nodes[1].key_env")
+    assert issue.line == line_of(path, "key_env: DENEN_KEY_SOS_FORESTER_02")
+    assert "32 hex digits" in issue.message and "30" in issue.message and "DENEN_KEY_SOS_FORESTER_02" in issue.message
     assert "5e000002" not in str(issue)
+    # The same for a key written inline (in a file only its owner can read).
+    path = edited(tmp_path, "forest-sos.yaml", "key_env: DENEN_KEY_SOS_FORESTER_01",
+                  'key: "5e0000015e0000015e0000015e0000"')
+    path.chmod(0o600)
+    issue = only(problems(path), "nodes[0].key")
+    assert issue.line == line_of(path, "5e0000015e0000015e0000015e0000")
+    assert "32 hex digits" in issue.message and "30" in issue.message
+    assert "5e000001" not in str(issue)
 
 
 def test_out_of_range_values_with_units(tmp_path: Path) -> None:
@@ -331,7 +363,7 @@ def test_wrong_section_is_reported_even_when_the_radio_has_other_errors(tmp_path
 
 
 def test_no_key_with_reject_could_never_be_heard(tmp_path: Path) -> None:
-    path = edited(tmp_path, "demo.yaml", '    key: "00000401000004010000040100000401"\n', "")
+    path = edited(tmp_path, "demo.yaml", "    key_env: DENEN_KEY_RAIN_DEMO_1\n", "")
     issue = only(problems(path), "nodes[4].unauthenticated")
     assert issue.line == line_of(path, "unauthenticated: reject", occurrence=5)
     assert "rain-demo-1" in issue.message and "never be heard" in issue.message
@@ -427,9 +459,18 @@ def test_es920_ids_are_normalised() -> None:
 
 
 def write_minimal_with(tmp_path: Path, node_extra: str, *, mqtt: str = "") -> Path:
+    """MINIMAL with the node's last line replaced, in a file only its owner can read (it may hold secrets)."""
     path = tmp_path / "gw.yaml"
     text = MINIMAL.replace("    unauthenticated: flag\n", node_extra) + mqtt
     path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def write_secret(path: Path, text: str) -> Path:
+    """A secret file as it should be: mode 600."""
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
     return path
 
 
@@ -456,29 +497,21 @@ def test_missing_key_file_is_an_error_at_load_time(tmp_path: Path) -> None:
 
 def test_bad_key_file_content_is_an_error_and_stays_secret(tmp_path: Path) -> None:
     secret = "c0ffee00c0ffee00c0ffee00c0ffee"  # 30 digits: one byte short
-    (tmp_path / "short.key").write_text(secret + "\n")
+    write_secret(tmp_path / "short.key", secret + "\n")
     path = write_minimal_with(tmp_path, "    key_file: short.key\n")
     issue = only(problems(path), "nodes[0].key_file")
     assert "32 hex digits" in issue.message and secret not in str(issue)
 
 
-def test_key_file_readable_by_others_is_a_warning(tmp_path: Path) -> None:
-    (tmp_path / "open.key").write_text("a0" * 16 + "\n")
-    (tmp_path / "open.key").chmod(0o644)
-    cfg = load_config(write_minimal_with(tmp_path, "    key_file: open.key\n"))
-    [warning] = cfg.warnings
-    assert warning.key == "nodes[0].key_file" and "chmod 600" in (warning.hint or "")
-
-
 def test_key_and_key_file_are_exclusive(tmp_path: Path) -> None:
-    (tmp_path / "k.key").write_text("a0" * 16)
+    write_secret(tmp_path / "k.key", "a0" * 16)
     path = write_minimal_with(tmp_path, f'    key: "{"b1" * 16}"\n    key_file: k.key\n')
     issue = only(problems(path), "nodes[0].key_file")
-    assert "either key or key_file" in issue.message
+    assert "give only one of key, key_file and key_env, not key and key_file" in issue.message
 
 
 def test_key_bytes_reports_a_key_file_that_disappeared(tmp_path: Path) -> None:
-    (tmp_path / "k.key").write_text("a0" * 16)
+    write_secret(tmp_path / "k.key", "a0" * 16)
     cfg = load_config(write_minimal_with(tmp_path, "    key_file: k.key\n"))
     (tmp_path / "k.key").unlink()
     with pytest.raises(ConfigError, match="does not exist"):
@@ -513,10 +546,10 @@ def test_password_file_and_password_value(tmp_path: Path) -> None:
 
 
 def test_password_rules(tmp_path: Path) -> None:
-    (tmp_path / "pw").write_text("x\n")
+    write_secret(tmp_path / "pw", "x\n")
     mqtt = "mqtt:\n  password: \"hunter2-secret\"\n  password_file: pw\n"
     issues = problems(write_minimal_with(tmp_path, "    unauthenticated: flag\n", mqtt=mqtt))
-    assert "not both" in only(issues, "mqtt.password_file").message
+    assert "give only one of" in only(issues, "mqtt.password_file").message
     assert "username" in only(issues, "mqtt.password").message
     assert all("hunter2" not in str(i) for i in issues)
 

@@ -420,3 +420,88 @@ def test_module_runs_standalone_with_exit_codes(tmp_path: Path, card: Path) -> N
     missing = subprocess.run([sys.executable, "-m", "agent.flash", str(_config(tmp_path)), str(tmp_path / "no")],
                              cwd=root, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Who may read the secrets
+
+
+def _config_with_inline_key(tmp: Path) -> Path:
+    """The laptop config with one more node whose key is written inline, in a file only its owner can read."""
+    cfg = _config(tmp, extra_node=f'  - id: "00000301"\n    name: river-1\n    kind: water_level\n    key: "{KEY_B}"\n')
+    cfg.chmod(0o600)
+    return cfg
+
+
+def test_a_laptop_config_that_every_user_can_read_and_holds_a_key_is_not_flashed(tmp_path: Path,
+                                                                                 card: Path) -> None:
+    cfg = _config_with_inline_key(tmp_path)
+    cfg.chmod(0o644)
+    with pytest.raises(ConfigError) as err:
+        fl.flash(cfg, card)
+    [issue] = err.value.issues
+    assert issue.key == "nodes[2].key" and "every user on this machine can read it (mode 644)" in issue.message
+    assert KEY_B not in str(err.value)
+    assert list(card.iterdir()) == []
+
+
+def test_a_card_without_file_modes_is_flashed_and_the_gateway_runs_a_private_copy(
+        tmp_path: Path, card: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAT (the boot partition) has no modes: every file on it shows as readable by all (here 0755, as with the
+    usual fmask=0022). The copy on the card is still checked for content; the installed copy also for modes."""
+    cfg = _config_with_inline_key(tmp_path)
+    real = fl._write_durable
+
+    def like_fat(path: Path, data: bytes, mode: int = 0o600) -> bool:
+        real(path, data, mode)
+        os.chmod(path, 0o755)
+        return False
+
+    monkeypatch.setattr(fl, "_write_durable", like_fat)
+    result = fl.flash(cfg, card)
+    monkeypatch.setattr(fl, "_write_durable", real)
+    assert not result.modes_kept
+    bundle = card / "denen"
+    assert stat.S_IMODE((bundle / "config.yaml").stat().st_mode) == 0o755
+    assert stat.S_IMODE((bundle / "secrets" / "node-sos-1.key").stat().st_mode) == 0o755
+
+    # `denen doctor` (report only) looks at the card itself: its modes are not held against it.
+    state = tmp_path / "state"
+    seen = fl.resolve_active_config(None, [str(bundle)], state_dir=state, install=False)
+    assert seen.source == "flashed" and not seen.problems
+    # On boot the agent installs a copy with mode 600 and checks it, modes included.
+    active = fl.resolve_active_config(None, [str(bundle)], state_dir=state)
+    assert active.source == "flashed" and not active.problems
+    for f in [state / "flashed" / "config.yaml", *(state / "flashed" / "secrets").iterdir()]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    loaded = load_config(active.path)
+    assert loaded.nodes[2].key_bytes() == bytes.fromhex(KEY_B) and loaded.warnings == ()
+    # The card's own copy, checked with modes, would be refused: that is why the gateway never runs it.
+    with pytest.raises(ConfigError, match="every user on this machine"):
+        load_config(bundle / "config.yaml")
+
+
+def test_a_key_from_the_environment_is_not_copied_and_the_gateway_needs_the_variable(
+        tmp_path: Path, card: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key_c = "3c0000013c0000013c0000013c000001"
+    monkeypatch.setenv("DENEN_TEST_KEY_RIVER_1", key_c)
+    cfg = _config(tmp_path, extra_node='  - id: "00000301"\n    name: river-1\n    kind: water_level\n'
+                                       "    key_env: DENEN_TEST_KEY_RIVER_1\n")
+    result = fl.flash(cfg, card)  # the laptop has the variable: the config is checked with it
+    bundle = card / "denen"
+    assert "key_env: DENEN_TEST_KEY_RIVER_1" in (bundle / "config.yaml").read_text()
+    assert not any("river" in s for s in result.secrets)
+    assert all(key_c.encode() not in p.read_bytes() for p in bundle.rglob("*") if p.is_file())
+
+    # A gateway without the variable refuses the flash, says which variable is missing, and runs its default.
+    monkeypatch.delenv("DENEN_TEST_KEY_RIVER_1")
+    fallback = tmp_path / "etc-denen-config.yaml"
+    fallback.write_text("# the config written by hand\n")
+    refused = fl.resolve_active_config(None, [str(bundle)], state_dir=tmp_path / "state",
+                                       default_config=str(fallback))
+    assert refused.source == "default"
+    assert any("environment variable DENEN_TEST_KEY_RIVER_1 is not set" in p for p in refused.problems)
+    # With it (systemd: EnvironmentFile=), the same bundle is installed and runs.
+    monkeypatch.setenv("DENEN_TEST_KEY_RIVER_1", key_c)
+    active = fl.resolve_active_config(None, [str(bundle)], state_dir=tmp_path / "state")
+    assert active.source == "flashed" and load_config(active.path).nodes[2].key_bytes() == bytes.fromhex(key_c)

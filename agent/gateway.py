@@ -30,7 +30,7 @@ from agent import __version__, clock, systemd
 from agent.config import Config
 from agent.edge import Edge
 from agent.errors import JournalError
-from agent.journal import DIAGNOSTICS, LANES, SOS, TELEMETRY, Entry, JournalCorrupt, Quarantined, open_or_recover
+from agent.journal import DIAGNOSTICS, EVICTABLE, LANES, QUARANTINE_KEEP, SOS, TELEMETRY, Entry, JournalCorrupt, Quarantined, open_or_recover
 from agent.publisher import MqttLink
 from agent.readings import READING_SCHEMA, Decoded, FrameDecoder
 from drivers.types import Uplink
@@ -48,6 +48,10 @@ _CLOCK_STEP_US = 1_000_000  # a change of wall - boottime above this is a step, 
 _CLOCK_CHECK_S = 10.0  # while the clock is unsynchronised, the core looks at least this often, in seconds
 _CORRECT_PER_STEP = 2000  # readings corrected per wake-up, so an SOS never waits behind a long correction
 _UNSYNCED_MARK = '"clock":"unsynced"'
+#: Readings kept in memory while the journal cannot commit (disk full, I/O errors). Above this, telemetry and
+#: diagnostics are dropped oldest first, as the quota would; SOS and alarms are always kept.
+UNJOURNALED_MAX = 20_000
+_COMMIT_RETRY_S = 1.0  # while commits fail, they are tried again this often (at once for an SOS), in seconds
 
 
 @dataclass(slots=True)
@@ -104,6 +108,7 @@ class Gateway:
         self._next_health = time.monotonic() + config.health.interval_s
         self._next_quota = 0.0
         self._uncommitted: tuple[list[Entry], list[Quarantined]] | None = None
+        self._sos_from_memory: set[tuple[str, int]] = set()  # SOS published before they could be journaled
         self._retry_commit_at = 0.0
         self._rewind: dict[int, int] = {}  # lane -> first seq to offer again (PUBACK "no matching subscribers")
         self._rewind_at = 0.0
@@ -306,6 +311,11 @@ class Gateway:
             entries = self._uncommitted[0] + entries
             quarantined = self._uncommitted[1] + quarantined
             self._uncommitted = None
+            if not urgent and now < self._retry_commit_at:
+                # Commits are failing: do not hammer the disk on every wake-up; keep gathering in memory.
+                self._keep_unjournaled(entries, quarantined)
+                self._publish(urgent=False)
+                return
         if entries or quarantined or self._acked or self.decoder.dirty or self._dirty_counters:
             try:
                 self.journal.commit(
@@ -329,14 +339,20 @@ class Gateway:
                 self._retry_commit_at = time.monotonic()
                 return
             except JournalError as exc:
-                # Nothing of this batch is durable, so nothing of it is published; it stays in memory and is
-                # tried again (the radios keep delivering meanwhile).
-                self._uncommitted = (entries, quarantined)
+                # Nothing of this batch is durable; it stays in memory and is tried again (the radios keep
+                # delivering meanwhile). The journaled backlog still goes out: its PUBACKs free room.
                 self._count("journal.commit_failed")
-                log.error("journal commit failed (%d readings kept in memory, retrying): %s", len(entries), exc)
-                self._retry_commit_at = time.monotonic() + 1.0
+                if not self._retry_commit_at:
+                    log.error("journal commit failed (%d readings kept in memory, retrying every %.0f s): %s",
+                              len(entries), _COMMIT_RETRY_S, exc)
+                self._keep_unjournaled(entries, quarantined)
+                self._retry_commit_at = time.monotonic() + _COMMIT_RETRY_S
+                self._publish(urgent=False)
                 return
+            if self._retry_commit_at:
+                log.warning("journal commits again; the readings kept in memory are journaled")
             self._retry_commit_at = 0.0
+            self._sos_from_memory.clear()
             if entries:
                 # Counted after the commit; the counter itself becomes durable with the next commit.
                 self._count("readings.journaled", len(entries))
@@ -349,6 +365,37 @@ class Gateway:
             self._correct_clock()
         self._publish(urgent=urgent)
         self._edge_call(self.edge.update_outputs, connected=self._session is not None)
+
+    def _keep_unjournaled(self, entries: list[Entry], quarantined: list[Quarantined]) -> None:
+        """Hold what could not be committed, within UNJOURNALED_MAX; an SOS goes out from memory meanwhile.
+
+        An SOS must not wait for a disk to be cleared: it is published as it is (counted as
+        ``sos.published_unjournaled``) and published again, same identity, once it is journaled.
+        """
+        excess = len(entries) - UNJOURNALED_MAX
+        if excess > 0:
+            drop: set[int] = set()
+            for lane in EVICTABLE:
+                for i, e in enumerate(entries):
+                    if len(drop) >= excess:
+                        break
+                    if e.lane == lane:
+                        drop.add(i)
+            if drop:
+                for i in drop:
+                    self._count(f"journal.dropped_unjournaled.{LANES[entries[i].lane]}")
+                log.error("journal cannot commit and %d readings wait in memory: dropped the %d oldest "
+                          "telemetry/diagnostics readings", len(entries), len(drop))
+                entries = [e for i, e in enumerate(entries) if i not in drop]
+        quarantined = quarantined[-QUARANTINE_KEEP:]
+        self._uncommitted = (entries, quarantined)
+        if self._session is None:
+            return
+        unsent = [e for e in entries if e.lane == SOS and (e.node, e.fcnt) not in self._sos_from_memory]
+        if unsent and self._send_bodies(SOS, [e.body for e in unsent]):
+            self._sos_from_memory.update((e.node, e.fcnt) for e in unsent)
+            self._count("sos.published_unjournaled", len(unsent))
+            log.error("journal cannot commit: %d SOS published from memory", len(unsent))
 
     # -- clock -------------------------------------------------------------------------------------------------
     def _watch_clock(self, entries: list[Entry]) -> None:
@@ -461,13 +508,26 @@ class Gateway:
             if not self._send(lane, rows):
                 return False
 
-    def _send(self, lane: int, rows: list[tuple[int, str]]) -> bool:
+    def _send_bodies(self, lane: int, bodies: list[str]) -> tuple[int, int] | None:
+        """Publish one batch message of reading bodies; (session, mid), or None when offline."""
         payload = (
             f'{{"schema":"{READING_SCHEMA}","gateway":"{self.gateway_id}","site":"{self.config.gateway.site}",'
             f'"lane":"{LANES[lane]}",'
-            f'"sent_us":{clock.wall_us()},"readings":[' + ",".join(body for _, body in rows) + "]}"
+            f'"sent_us":{clock.wall_us()},"readings":[' + ",".join(bodies) + "]}"
         ).encode()
-        sent = self.link.publish(self.link.topics.readings[LANES[lane]], payload)
+        return self.link.publish(self.link.topics.readings[LANES[lane]], payload)
+
+    def _send(self, lane: int, rows: list[tuple[int, str]]) -> bool:
+        if self._acked:
+            # Acknowledged but not yet deleted (the delete commits with the next batch, or the disk is full):
+            # the broker has them, so a new session does not send them again.
+            acked = set(self._acked)
+            kept = [r for r in rows if r[0] not in acked]
+            if not kept:
+                self._sent_upto[lane] = rows[-1][0]
+                return True
+            rows = kept
+        sent = self._send_bodies(lane, [body for _, body in rows])
         if sent is None:
             return False
         session, mid = sent

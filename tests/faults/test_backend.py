@@ -26,6 +26,7 @@ import pytest
 from agent.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
 from tests.faults._rig import (
+    write_private,
     AgentProcess,
     BridgeProcess,
     Feeder,
@@ -60,10 +61,10 @@ class Pipeline:
         self.wire = WireRecorder(self.sim)
         self.journal = tmp / "journal.db"
         cfg = tmp / "gateway.yaml"
-        cfg.write_text(gateway_config(port=self.sim.path, mqtt_port=broker.port, journal=self.journal,
-                                      nodes=self.nodes, batch=50, window=4))
+        write_private(cfg, gateway_config(port=self.sim.path, mqtt_port=broker.port, journal=self.journal,
+                                          nodes=self.nodes, batch=50, window=4))
         bcfg = tmp / "bridge.yaml"
-        bcfg.write_text(bridge_config(broker=broker, influx=influx, dead_letter=tmp / "dead.db"))
+        write_private(bcfg, bridge_config(broker=broker, influx=influx, dead_letter=tmp / "dead.db"))
         self.bridge = BridgeProcess(bcfg, tmp / "bridge.log")
         self.agent = AgentProcess(cfg, tmp / "agent.log")
         self.feeder = Feeder(self.sim, self._make, RATE_HZ)

@@ -52,6 +52,9 @@ def test_a_failed_commit_keeps_the_batch_and_a_later_commit_stores_it(gw: Gatewa
     assert gw._timeout() <= 1.0  # a retry is scheduled, the core does not sleep until the next health report
     gw.on_uplinks([up(trap.frame(default_values("trap", 2)))])
     gw._step(0)
+    assert calls["n"] == 1 and kinds_pending(gw, 1) == []  # not retried on every wake-up: kept in memory
+    gw._retry_commit_at = time.monotonic() - 0.001  # the retry is due
+    gw._step(0)
     assert kinds_pending(gw, 1).count("trap") == 2
     # The trap fired (an alert) and was re-armed (its clear); battery 3.2 V is low (another alert).
     assert kinds_pending(gw, 1).count("alert") == 3
@@ -129,3 +132,56 @@ def test_puback_no_matching_subscribers_keeps_the_readings_and_offers_them_again
     gw.inbox.put(("ack", 1, len(published), True, "Success", 0))
     gw._step(0)
     assert kinds_pending(gw, 1) == []
+
+
+def test_while_the_disk_is_full_an_sos_goes_out_from_memory_once_and_again_once_journaled(
+        gw: Gateway, monkeypatch) -> None:
+    published: list[tuple[str, dict]] = []
+    gw._session = 1
+    gw.link.publish = lambda topic, payload: (published.append((topic, json.loads(payload))), (1, len(published)))[1]  # type: ignore[method-assign]
+    real_commit = gw.journal.commit
+    full = {"on": True}
+
+    def commit(**kw):
+        if full["on"]:
+            raise JournalError("database or disk is full")
+        return real_commit(**kw)
+
+    monkeypatch.setattr(gw.journal, "commit", commit)
+    sos, rain = gw.test_nodes["sos"], gw.test_nodes["rain"]  # type: ignore[attr-defined]
+    gw.on_uplinks([up(sos.frame(default_values("sos", 0))), up(rain.frame(default_values("rain", 1)))])
+    gw._step(0)
+    sos_out = [d for t, d in published if t.endswith("/sos")]
+    assert len(sos_out) == 1 and sos_out[0]["readings"][0]["kind"] == "sos"
+    assert gw.stats.counters["sos.published_unjournaled"] == 1
+    for i in range(3):  # more traffic while the disk stays full: the SOS is not sent again and again
+        gw.on_uplinks([up(rain.frame(default_values("rain", 2 + i)))])
+        gw._retry_commit_at = 0.0
+        gw._step(0)
+    assert len([t for t, _ in published if t.endswith("/sos")]) == 1
+    full["on"] = False
+    gw._retry_commit_at = 0.0
+    gw._step(0)
+    sos_out = [d for t, d in published if t.endswith("/sos")]
+    # Journaled now, and published from the journal (same identity: the backend keeps one point).
+    assert len(sos_out) == 2 and sos_out[1]["readings"][0]["id"] == sos_out[0]["readings"][0]["id"]
+    rain_out = [r for t, d in published if t.endswith("/telemetry") for r in d["readings"] if r["kind"] == "rain"]
+    assert sorted(r["fcnt"] for r in rain_out) == [1, 2, 3, 4]
+
+
+def test_memory_held_while_commits_fail_is_bounded_and_drops_only_the_oldest_telemetry(
+        gw: Gateway, monkeypatch) -> None:
+    import agent.gateway as gateway_module
+
+    monkeypatch.setattr(gateway_module, "UNJOURNALED_MAX", 6)
+    monkeypatch.setattr(gw.journal, "commit", lambda **kw: (_ for _ in ()).throw(JournalError("disk I/O error")))
+    rain, trap = gw.test_nodes["rain"], gw.test_nodes["trap"]  # type: ignore[attr-defined]
+    gw.on_uplinks([up(rain.frame(default_values("rain", i))) for i in range(8)]
+                  + [up(trap.frame(default_values("trap", 1)))])
+    gw._step(0)
+    kept = gw._uncommitted[0]  # type: ignore[index]
+    assert len(kept) == 6 and any(e.lane == 1 for e in kept)  # the trap (an alarm) is kept
+    kept_rain = [e.fcnt for e in kept if e.lane == 2]
+    assert kept_rain == sorted(kept_rain) and kept_rain[-1] == 8  # the newest telemetry survives
+    # Every rain reading is either still held or counted as dropped: none vanishes unaccounted.
+    assert gw.stats.counters["journal.dropped_unjournaled.telemetry"] + len(kept_rain) == 8

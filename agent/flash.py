@@ -164,6 +164,9 @@ class ActiveConfig:
         flashed_at: when that bundle was flashed, if known.
         problems: bundles refused on the way (corrupt, unloadable), one line each; the caller logs them as errors.
         notes: what else happened (a new bundle installed), one line each; the caller logs them as info.
+        on_card: ``path`` is in a bundle on the card or stick itself (only when resolving without installing):
+            load it with ``load_config(path, check_modes=False)``, since a FAT file system shows every file as
+            readable by all; the agent never runs such a copy, it installs a mode-0600 one first.
     """
 
     path: str
@@ -173,6 +176,7 @@ class ActiveConfig:
     flashed_at: str | None = None
     problems: tuple[str, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())
+    on_card: bool = False
 
     def describe(self) -> str:
         """One line for the log: ``config /var/lib/denen/flashed/config.yaml sha256 1a2b3c4d5e6f (flashed ...)``."""
@@ -776,7 +780,7 @@ def resolve_active_config(explicit: str | os.PathLike[str] | None, search: Seque
 
     def active(config: FlashedConfig, source: str, origin: str | None) -> ActiveConfig:
         return ActiveConfig(str(config.config_path), config.sha256, source, origin, config.flashed_at,
-                            tuple(problems), tuple(notes))
+                            tuple(problems), tuple(notes), on_card=config.bundle != state / INSTALLED_NAME)
 
     if flashed is not None:
         if installed is not None and installed.digest == flashed.digest:

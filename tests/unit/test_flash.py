@@ -469,9 +469,11 @@ def test_a_card_without_file_modes_is_flashed_and_the_gateway_runs_a_private_cop
     state = tmp_path / "state"
     seen = fl.resolve_active_config(None, [str(bundle)], state_dir=state, install=False)
     assert seen.source == "flashed" and not seen.problems
+    assert seen.on_card and seen.path == str(bundle / "config.yaml")
+    assert load_config(seen.path, check_modes=not seen.on_card).nodes[2].key_bytes() == bytes.fromhex(KEY_B)
     # On boot the agent installs a copy with mode 600 and checks it, modes included.
     active = fl.resolve_active_config(None, [str(bundle)], state_dir=state)
-    assert active.source == "flashed" and not active.problems
+    assert active.source == "flashed" and not active.problems and not active.on_card
     for f in [state / "flashed" / "config.yaml", *(state / "flashed" / "secrets").iterdir()]:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
     loaded = load_config(active.path)

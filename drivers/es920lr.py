@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.errors import ModuleError, ModuleTimeout
-from drivers.radio import Link, ModuleDriver, register
+from drivers.radio import Link, ModuleDriver, ModuleRebooted, register
 from drivers.transport import LineSplitter
 from drivers.types import Uplink
 
@@ -68,10 +68,6 @@ class _Pending:
     values: list[str] = field(default_factory=list)  # "VER 1.12"
     empty_line: bool = False  # the "\r\n" that ends `start`
     rebooted: bool = False
-
-
-class _Rebooted(ModuleError):
-    """The module printed its boot prompt while we were configuring it; start over."""
 
 
 def parse_rx_header(header: bytes) -> tuple[int, str, str]:
@@ -112,7 +108,6 @@ class Es920lr(ModuleDriver):
     probe_timeout_s = 8.0
     #: Wait for a reply that may or may not follow (the OK after VER, a late answer to the probe).
     grace_s = 0.3
-    configure_attempts = 3
     #: Payload limit in Payload mode (VER 1.12), bytes; also bounds a valid binary length byte.
     max_payload = 50
     #: A partial binary frame older than this, in seconds, started with a noise byte, not a length.
@@ -132,8 +127,6 @@ class Es920lr(ModuleDriver):
         self._phase = "boot"  # boot | config | operation
         self._prompt_seen = False
         self._pending: _Pending | None = None
-        self._configuring = False
-        self._unexpected_boot = False
 
     # -- parsing -------------------------------------------------------------------------------------------
     def feed(self, chunk: bytes, received_us: int) -> None:
@@ -309,10 +302,7 @@ class Es920lr(ModuleDriver):
         if p is not None and p.status is None:
             p.rebooted = True
             p.status = "module rebooted"
-        if self._configuring:
-            self._unexpected_boot = True
-        else:
-            self.reboot_detected = True
+        self.module_rebooted()
 
     def _enter_operation(self) -> None:
         self._phase = "operation"
@@ -320,7 +310,7 @@ class Es920lr(ModuleDriver):
             self._framing = "binary"
 
     def _garbled(self, data: bytes, why: str) -> None:
-        if self._phase == "boot" and self._configuring:
+        if self._phase == "boot" and self.configuring:
             # Waiting for the prompt or probing: leftovers of what the module printed before we listened, and
             # reset noise, are expected here.
             log.debug("%s: while booting: %s: %r", self._radio, why, bytes(data[:60]))
@@ -332,8 +322,7 @@ class Es920lr(ModuleDriver):
 
     # -- commands ------------------------------------------------------------------------------------------
     def _send(self, command: str, data: bytes | None = None) -> _Pending:
-        if self._unexpected_boot:
-            raise _Rebooted(command, "module rebooted")
+        self.check_not_rebooted(command)
         p = _Pending(command)
         self._pending = p
         self.link.write(data if data is not None else command.encode("ascii") + b"\r\n")
@@ -349,7 +338,7 @@ class Es920lr(ModuleDriver):
             raise
         if p.rebooted:
             self._pending = None
-            raise _Rebooted(p.command, "module rebooted")
+            raise ModuleRebooted(p.command, "module rebooted")
 
     def _set(self, command: str) -> None:
         p = self._send(command)
@@ -361,24 +350,14 @@ class Es920lr(ModuleDriver):
 
     # -- configuration -------------------------------------------------------------------------------------
     def configure(self) -> None:
-        self.reboot_detected = False
-        self._configuring = True
+        # The shared mechanism (ModuleDriver.configure) runs configure_once and starts over after a reboot; no
+        # command of this driver stays pending once it is over, whatever happened.
         try:
-            for attempt in range(1, self.configure_attempts + 1):
-                self._unexpected_boot = False
-                try:
-                    self._configure_once()
-                    return
-                except _Rebooted:
-                    log.debug("%s: module rebooted during configuration (attempt %d)", self._radio, attempt)
-            self.link.incident("module_error", "module kept rebooting during configuration")
-            raise ModuleError("configure", "module kept rebooting")
+            super().configure()
         finally:
-            self._configuring = False
-            self._unexpected_boot = False
             self._pending = None
 
-    def _configure_once(self) -> None:
+    def configure_once(self) -> None:
         es = self.config.es920
         if self._phase != "boot":
             self._phase = "boot"
@@ -480,7 +459,7 @@ class Es920lr(ModuleDriver):
             log.debug("%s: start answered OK without the empty line", self._radio)
         self._pending = None
         if p.rebooted:
-            raise _Rebooted("start", "module rebooted")
+            raise ModuleRebooted("start", "module rebooted")
         if p.status is not None and p.status != "OK":
             self.link.incident("module_error", f"start -> {p.status}")
             raise ModuleError("start", p.status)
@@ -515,7 +494,7 @@ class Es920lr(ModuleDriver):
         p = self._send("transmit", wire)
         try:
             self._await(p, lambda: p.status is not None, max(timeout, 0.05))
-        except _Rebooted:
+        except ModuleRebooted:
             self.link.incident("module_error", "transmit -> module rebooted")
             raise ModuleError("transmit", "module rebooted") from None
         finally:

@@ -41,6 +41,7 @@ __all__ = [
     "INCIDENT_KINDS",
     "Link",
     "ModuleDriver",
+    "ModuleRebooted",
     "RadioEvents",
     "RadioWorker",
     "backoff_delay",
@@ -94,11 +95,24 @@ class Link(Protocol):
         """Report an incident (one of :data:`INCIDENT_KINDS`)."""
 
 
+class ModuleRebooted(ModuleError):
+    """The module rebooted by itself while it was being configured: :meth:`ModuleDriver.configure` starts over.
+
+    Drivers raise it from their configuration steps (see :meth:`ModuleDriver.check_not_rebooted`); it never
+    leaves :meth:`ModuleDriver.configure`.
+    """
+
+
 class ModuleDriver:
     """Base class of module drivers: speaks one module's serial protocol over a :class:`Link`.
 
     A driver instance lives for one open port. All its methods run on the worker's thread. Subclasses *must*
-    implement :meth:`configure`, :meth:`feed` and :meth:`transmit`; they *may* override :meth:`service`.
+    implement :meth:`configure_once`, :meth:`feed` and :meth:`transmit`; they *may* override :meth:`service`, and
+    :meth:`configure` to reset state of their own around ``super().configure()``.
+
+    Configuration is one mechanism for every driver: :meth:`configure` runs :meth:`configure_once` and, when the
+    module reboots by itself in the middle of it (``feed`` saw its boot output and called :meth:`module_rebooted`),
+    starts over, at most :attr:`configure_attempts` times.
 
     Attributes:
         config: the radio's config section (``name``, ``driver``, ``port``, ``baudrate`` and the driver's own
@@ -107,25 +121,79 @@ class ModuleDriver:
         module_info: facts read from the module during configure (``firmware``, ``mode`` ...).
         reboot_detected: set by :meth:`feed` when the module rebooted without being asked; the worker then reports
             nothing more (the driver already reported ``module_reboot``) and calls :meth:`configure` again.
+        configuring: True while :meth:`configure` runs.
     """
 
     name: ClassVar[str] = ""
+    #: Attempts at a full configuration when the module keeps rebooting in the middle of it.
+    configure_attempts: ClassVar[int] = 3
 
     def __init__(self, config: Any, link: Link) -> None:
         self.config = config
         self.link = link
         self.module_info: dict[str, str] = {}
         self.reboot_detected = False
+        self.configuring = False
+        self._rebooted_while_configuring = False
 
     def configure(self) -> None:
         """Bring the module from whatever state it is in to "configured and receiving".
 
+        Runs :meth:`configure_once` until it completes; a :class:`ModuleRebooted` from it starts it over, up to
+        :attr:`configure_attempts` attempts in all.
+
         Raises:
-            ModuleError: the module refused a command (already reported as ``module_error``).
+            ModuleError: the module refused a command (already reported as ``module_error``), or kept rebooting
+                (reported here).
             ModuleTimeout: the module did not answer (already reported as ``module_timeout``).
             PortError: the port failed.
         """
+        self.reboot_detected = False
+        self.configuring = True
+        try:
+            for attempt in range(1, self.configure_attempts + 1):
+                self._rebooted_while_configuring = False
+                try:
+                    self.configure_once()
+                    return
+                except ModuleRebooted:
+                    log.debug("%s: module rebooted during configuration (attempt %d)", self.link.radio, attempt)
+            self.link.incident("module_error", "module kept rebooting during configuration")
+            raise ModuleError("configure", "module kept rebooting")
+        finally:
+            self.configuring = False
+            self._rebooted_while_configuring = False
+
+    def configure_once(self) -> None:
+        """One attempt at the configuration, from whatever state the module is in.
+
+        Raises:
+            ModuleRebooted: the module rebooted by itself meanwhile (configure() starts over).
+            ModuleError, ModuleTimeout, PortError: as :meth:`configure`.
+        """
         raise NotImplementedError
+
+    def module_rebooted(self) -> None:
+        """Called by :meth:`feed` when the module rebooted without being asked (after reporting ``module_reboot``).
+
+        During :meth:`configure` the current attempt is abandoned (:meth:`check_not_rebooted` raises from then
+        on); otherwise :attr:`reboot_detected` tells the worker to configure the module again.
+        """
+        if self.configuring:
+            self._rebooted_while_configuring = True
+        else:
+            self.reboot_detected = True
+
+    def check_not_rebooted(self, command: str) -> None:
+        """Raise :class:`ModuleRebooted` if the module rebooted during this configuration attempt.
+
+        Drivers call it before each command they send, so an attempt stops at the first command after a reboot.
+
+        Args:
+            command: the command about to be sent, for the exception message.
+        """
+        if self._rebooted_while_configuring:
+            raise ModuleRebooted(command, "module rebooted")
 
     def feed(self, chunk: bytes, received_us: int) -> None:
         """Parse bytes read from the port.

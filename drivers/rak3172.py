@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.errors import ModuleError, ModuleTimeout
-from drivers.radio import Link, ModuleDriver, register
+from drivers.radio import Link, ModuleDriver, ModuleRebooted, register
 from drivers.transport import LineSplitter
 from drivers.types import Uplink
 
@@ -68,10 +68,6 @@ class _Pending:
     status: str | None = None
     rx_on: bool = False  # "P2P_RX_ON already ..." came before the status
     rebooted: bool = False
-
-
-class _Rebooted(ModuleError):
-    """The module rebooted by itself while we were configuring it; start over."""
 
 
 def parse_p2p(value: str) -> tuple[int, int, float, int, int, int]:
@@ -117,8 +113,6 @@ class Rak3172(ModuleDriver):
     sync_timeout_s = 0.5
     busy_retries = 3
     busy_backoff_s = 0.2
-    #: Attempts at a full configuration when the module keeps rebooting in the middle of it.
-    configure_attempts = 3
 
     def __init__(self, config: Any, link: Link) -> None:
         super().__init__(config, link)
@@ -126,10 +120,8 @@ class Rak3172(ModuleDriver):
         self._splitter = LineSplitter((b"\r", b"\n"), on_overflow=self._on_overflow)
         self._pending: _Pending | None = None
         self._legacy: tuple[int, float] | None = None  # header of a pre-RUI3 two-line RX event
-        self._configuring = False
         self._expect_boot = False  # a boot now is one we caused (NWM) or are waiting out (sync)
         self._boot_seen = False
-        self._unexpected_boot = False
         self._in_banner = False  # between "RAKwireless ..." and "Current Work Mode: ..."
         self._boot_noise = 0  # unparseable lines while syncing, for the diagnosis of a failed sync
         self._rearm = False
@@ -197,7 +189,7 @@ class Rak3172(ModuleDriver):
             # Only a timed RX window ends like this; with PRECV=65533 it means this firmware treats 65533 as a
             # window (older RUI3, [U]), so switch RX back on.
             self._drop_legacy()
-            if not self._configuring:
+            if not self.configuring:
                 self._rearm = True
         elif line.startswith(b"+EVT:RXP2P RECEIVE ERROR"):
             self._drop_legacy()
@@ -293,10 +285,7 @@ class Rak3172(ModuleDriver):
         if p is not None and p.status is None:
             p.rebooted = True
             p.status = "module rebooted"
-        if self._configuring:
-            self._unexpected_boot = True
-        else:
-            self.reboot_detected = True
+        self.module_rebooted()
 
     def _drop_legacy(self) -> None:
         if self._legacy is not None:
@@ -317,9 +306,8 @@ class Rak3172(ModuleDriver):
 
     # -- commands ------------------------------------------------------------------------------------------
     def _exchange(self, command: str, timeout: float | None = None) -> _Pending:
-        """Send one command and pump until its status arrives. Raises ModuleTimeout (unreported), _Rebooted."""
-        if self._unexpected_boot:
-            raise _Rebooted(command, "module rebooted")
+        """Send one command and pump until its status arrives. Raises ModuleTimeout (unreported), ModuleRebooted."""
+        self.check_not_rebooted(command)
         name = command.split("=", 1)[0].upper().encode()
         p = _Pending(command, name, command.upper().encode())
         self._in_banner = False  # the module talks to us again: any banner is over
@@ -330,7 +318,7 @@ class Rak3172(ModuleDriver):
         finally:
             self._pending = None
         if p.rebooted:
-            raise _Rebooted(command, "module rebooted")
+            raise ModuleRebooted(command, "module rebooted")
         return p
 
     def _run(self, command: str, timeout: float | None = None) -> list[str]:
@@ -369,25 +357,15 @@ class Rak3172(ModuleDriver):
 
     # -- configuration -------------------------------------------------------------------------------------
     def configure(self) -> None:
-        self.reboot_detected = False
+        # The shared mechanism (ModuleDriver.configure) runs configure_once and starts over after a reboot; this
+        # driver adds its own state: a pending RX re-arm is moot, and no boot is expected once it is over.
         self._rearm = False
-        self._configuring = True
         try:
-            for attempt in range(1, self.configure_attempts + 1):
-                self._unexpected_boot = False
-                try:
-                    self._configure_once()
-                    return
-                except _Rebooted:
-                    log.debug("%s: module rebooted during configuration (attempt %d)", self._radio, attempt)
-            self.link.incident("module_error", "module kept rebooting during configuration")
-            raise ModuleError("configure", "module kept rebooting")
+            super().configure()
         finally:
-            self._configuring = False
             self._expect_boot = False
-            self._unexpected_boot = False
 
-    def _configure_once(self) -> None:
+    def configure_once(self) -> None:
         p2p = self.config.p2p
         self._sync()
         info = {"firmware": self._query("AT+VER")}

@@ -265,6 +265,25 @@ def test_reboot_during_configuration_starts_over_from_the_prompt():
     assert module.state == "operation"
 
 
+def test_module_that_keeps_rebooting_during_configuration_is_a_module_error():
+    module = FakeEs920()
+    for _ in range(3):
+        module.overrides[b"rcvid 1"].append([PROMPT])
+    d, link = make(module)
+
+    def reboot_state(line: bytes, orig=module.handle) -> list[bytes]:
+        if line == b"rcvid 1" and module.overrides.get(line):
+            module.state = "prompt"
+        return orig(line)
+
+    module.handle = reboot_state  # type: ignore[method-assign]
+    with pytest.raises(ModuleError, match="kept rebooting"):
+        d.configure()
+    assert link.kinds() == ["module_reboot"] * 3 + ["module_error"]
+    assert module.commands.count(b"2") == 3
+    assert not d.configuring and not d.reboot_detected
+
+
 # -- ASCII reception -----------------------------------------------------------------------------------------------
 
 

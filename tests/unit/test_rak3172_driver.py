@@ -20,7 +20,7 @@ import pytest
 import serial
 
 from drivers.errors import ModuleError, ModuleTimeout
-from drivers.radio import DRIVERS, ModuleDriver, RadioWorker, backoff_delay, register
+from drivers.radio import DRIVERS, ModuleDriver, ModuleRebooted, RadioWorker, backoff_delay, register
 from drivers.rak3172 import STATUSES, Rak3172, parse_p2p
 from drivers.transport import PortError
 from drivers.types import Uplink
@@ -497,6 +497,74 @@ def test_reboot_during_configuration_restarts_it():
     assert link.kinds() == ["module_reboot"]
     assert module.commands.count("AT+VER=?") == 2  # started over from sync
     assert module.rx
+
+
+def test_module_that_keeps_rebooting_during_configuration_is_a_module_error_after_three_attempts():
+    module = FakeRak()
+    for _ in range(5):
+        module.overrides["AT+P2P=?"].append([b"Current Work Mode: LoRa P2P.\r\n"])
+    d, link = make(module)
+    with pytest.raises(ModuleError, match="kept rebooting"):
+        d.configure()
+    assert d.configure_attempts == 3
+    assert module.commands.count("AT+VER=?") == 3
+    assert link.kinds() == ["module_reboot"] * 3 + ["module_error"]
+    assert not d.configuring and not d.reboot_detected
+    # The mechanism is reset: the next configuration starts clean and succeeds once the module behaves.
+    module.overrides["AT+P2P=?"].clear()
+    before = len(link.incidents)
+    d.configure()
+    assert module.rx and len(link.incidents) == before
+
+
+class _Flaky(ModuleDriver):
+    """A driver whose module reboots during the first ``reboots`` configuration attempts."""
+
+    def __init__(self, reboots: int) -> None:
+        super().__init__(RadioConfig(), RecordingLink())
+        self.reboots = reboots
+        self.attempts = 0
+        self.commands: list[str] = []
+
+    def configure_once(self) -> None:
+        self.attempts += 1
+        self.check_not_rebooted("first")
+        self.commands.append("first")
+        if self.attempts <= self.reboots:
+            self.module_rebooted()  # as feed() does when it sees the boot output
+        self.check_not_rebooted("second")
+        self.commands.append("second")
+
+    def feed(self, chunk: bytes, received_us: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize("reboots", [0, 1, 2])
+def test_shared_configure_starts_over_after_a_reboot(reboots: int):
+    d = _Flaky(reboots)
+    d.configure()
+    assert d.attempts == reboots + 1
+    assert d.commands == ["first"] * reboots + ["first", "second"]
+    assert not d.configuring and not d.reboot_detected
+    assert d.link.kinds() == []  # the driver reports module_reboot itself; configure adds nothing when it succeeds
+
+
+def test_shared_configure_gives_up_after_configure_attempts():
+    d = _Flaky(10)
+    d.configure_attempts = 2  # type: ignore[misc]
+    with pytest.raises(ModuleError, match="kept rebooting") as info:
+        d.configure()
+    assert not isinstance(info.value, ModuleRebooted)  # never leaves configure()
+    assert d.attempts == 2 and d.link.kinds() == ["module_error"]
+
+
+def test_a_reboot_outside_configuration_asks_the_worker_to_configure_again():
+    d = _Flaky(0)
+    d.module_rebooted()
+    assert d.reboot_detected
+    d.check_not_rebooted("AT")  # only a reboot during a configuration attempt stops commands
+    d.configure()
+    assert not d.reboot_detected
 
 
 def test_echo_is_ignored():

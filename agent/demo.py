@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
+from agent import clock
 from agent.config import load_config
 from agent.devbroker import Mosquitto
 from agent.errors import AgentError
@@ -90,6 +91,9 @@ def run_demo(*, duration: float | None = None, workdir: str | None = None) -> in
     # The agent runs in this process: its key_env variables are this process's environment. The file's values
     # win over any already set, since they must match the simulated nodes' keys.
     os.environ.update(read_env_file(EXAMPLE_KEYS))
+    # Simulated hardware on the host's clock: trust it (a container or CI host runs no NTP, and the agent would
+    # otherwise hold telemetry waiting for a sync that never comes).
+    clock.trust_wall_clock()
     cfg = load_config(CONFIG_DIR / "demo.yaml")
     cfg = cfg.model_copy(update={
         "mqtt": cfg.mqtt.model_copy(update={"port": broker.port}),

@@ -805,7 +805,8 @@ def run_checks(config_path: str | None, *, timeout_s: float = 3.0, host: Host | 
         return [Check("config", FAIL, str(exc).split(" (hint: ")[0],
                       str(exc).split(" (hint: ", 1)[1].rstrip(")") if " (hint: " in str(exc) else None)]
     try:
-        config = load_config(active.path)
+        # A card's own copy shows every file as readable by all (FAT): its modes say nothing.
+        config = load_config(active.path, check_modes=not active.on_card)
     except ConfigError as exc:
         return [Check("config", FAIL, f"{active.path} is invalid ({len(exc.issues)} problem(s))",
                       "fix these lines (denen config validate shows the same): " + "; ".join(map(str, exc.issues)),

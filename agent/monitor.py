@@ -295,12 +295,14 @@ def _sources(args: argparse.Namespace) -> tuple[str, Any | None]:
 
     if args.journal is not None:
         return args.journal, None
-    path = args.config
+    path, on_card = args.config, False
     if path is None:
         from agent.flash import resolve_active_config  # noqa: PLC0415
 
-        path = resolve_active_config(None, install=False).path
-    config = load_config(path)
+        active = resolve_active_config(None, install=False)
+        path, on_card = active.path, active.on_card
+    # A card's own copy shows every file as readable by all (FAT): its modes say nothing.
+    config = load_config(path, check_modes=not on_card)
     return config.journal.path, config
 
 

@@ -181,7 +181,7 @@ SystemMaxUse=64M
 EOF
 put 0644 "$journald_conf" /etc/systemd/journald.conf.d/denen.conf
 put 0644 "$HERE/README.md" "$PREFIX/share/README.md"
-for example in forest-sos.yaml trap-field.yaml river-station.yaml demo.yaml; do
+for example in forest-sos.yaml trap-field.yaml river-station.yaml demo.yaml example-keys.env; do
   [ -f "$SRC_TREE/config/$example" ] || continue
   put 0644 "$SRC_TREE/config/$example" "$PREFIX/share/config-examples/$example"
 done

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from agent import clock as agent_clock
 from agent.config import parse_config
 from agent.devbroker import Mosquitto
 from agent.gateway import Gateway
@@ -184,16 +185,20 @@ def gateway_yaml(*, port: str, mqtt_port: int, journal: Path, nodes: list[Scenar
 
 
 class WallClock:
-    """The process's wall clock, moved forward on demand (``time.time_ns`` only; ``time.monotonic`` runs true).
+    """Time passing faster: the wall clock (``time.time_ns``) and the boot-time clock moved forward on demand.
 
     The gateway stamps readings and evaluates its rules on ``time.time_ns``; moving it forward between frames is
-    what a gauge reporting every 10 minutes looks like to the gateway, without waiting 10 minutes.
+    what a gauge reporting every 10 minutes looks like to the gateway, without waiting 10 minutes. The boot-time
+    clock (``agent.clock.boot_us``) moves with it, so the gateway sees time pass rather than its clock stepped
+    (which would shift the rules' windows). ``time.monotonic`` runs true: timeouts stay real.
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self._real = time.time_ns
+        real_boot_us = agent_clock.boot_us
         self.offset_ns = 0
         monkeypatch.setattr(time, "time_ns", self.time_ns)
+        monkeypatch.setattr(agent_clock, "boot_us", lambda: real_boot_us() + self.offset_ns // 1000)
 
     def time_ns(self) -> int:
         return self._real() + self.offset_ns

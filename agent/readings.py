@@ -69,6 +69,18 @@ def _json_number(value: object) -> str:
 
 _LANE_JSON: tuple[str, ...] = tuple(_json_str(name) for name in LANES)
 
+# Per kind code of a sensor reading: (kind name, lane, lane name, the reading's JSON from "kind" to "ts_us").
+# One lookup in decode() instead of kind_name(), KIND_LANES and two lane tables; other codes take kind_name() for
+# their error.
+_READING_CODES: dict[int, tuple[str, int, str, str]] = {
+    code: (name, KIND_LANES[name], LANES[KIND_LANES[name]],
+           f',"kind":{_json_str(name)},"lane":{_LANE_JSON[KIND_LANES[name]]},"ts_us":')
+    for code, name in kinds.KINDS.items() if name in KIND_LANES
+}
+_FLAG_DOWNLINK = nodeframe.FLAG_DOWNLINK
+_FLAG_MIC = nodeframe.FLAG_MIC
+_FLAG_RECEIPT = nodeframe.FLAG_RECEIPT
+
 
 @dataclass(slots=True)
 class _KnownNode:
@@ -135,7 +147,7 @@ class FrameDecoder:
             return self._reject(up, None, exc.reason, str(exc))
         known = self._known.get(node_id)
         node_hex = known.hex if known is not None else f"{node_id:08x}"
-        if flags & nodeframe.FLAG_DOWNLINK:
+        if flags & _FLAG_DOWNLINK:
             return self._reject(up, node_hex, "frame_downlink", "downlink flag set on a frame heard as an uplink")
         if known is None and not self._accept_unknown:
             return self._reject(
@@ -145,7 +157,7 @@ class FrameDecoder:
         if known is not None and known.radio is not None and known.radio != up.radio:
             return self._reject(up, node_hex, "wrong_radio", f"node {node_hex} is configured on radio {known.radio}")
 
-        if flags & nodeframe.FLAG_MIC:
+        if flags & _FLAG_MIC:
             if known is None or known.key is None:
                 return self._count_bad(
                     self._reject(up, node_hex, "no_key", "frame carries a MIC but no key is configured for the node"),
@@ -177,12 +189,14 @@ class FrameDecoder:
                 node_hex,
             )
         try:
-            kind = kinds.kind_name(kind_code)
-            if kind not in KIND_LANES:
+            reading_kind = _READING_CODES.get(kind_code)
+            if reading_kind is None:
+                kind = kinds.kind_name(kind_code)
                 raise CodecError(
                     "kind_vendor_codec" if kind == "vendor" else "kind_unexpected",
                     f"kind 0x{kind_code:02X} ({kind}) is not a sensor reading this gateway decodes",
                 )
+            kind, lane, lane_name, kind_json = reading_kind
             values, values_json = kinds.decode_body_json(kind, body)
         except CodecError as exc:
             return self._count_bad(self._reject(up, node_hex, exc.reason, str(exc)), node_hex)
@@ -211,16 +225,15 @@ class FrameDecoder:
         st.frames_ok += 1
         self.dirty.add(node_hex)
 
-        lane = KIND_LANES[kind]
         quality = clock.quality(ts_us)
-        receipt = bool(flags & nodeframe.FLAG_RECEIPT)
+        receipt = bool(flags & _FLAG_RECEIPT)
         body_obj = {
             "id": f"{self.gateway_id}/{node_hex}/{counter}",
             "node": node_hex,
             "name": known.name if known is not None else None,
             "fcnt": counter,
             "kind": kind,
-            "lane": LANES[lane],
+            "lane": lane_name,
             "ts_us": ts_us,
             "clock": quality,
             "radio": radio,
@@ -248,7 +261,7 @@ class FrameDecoder:
         if quality_json is None:
             quality_json = self._remember_json(quality)
         text = (
-            f'{head}{counter}{node_part}{counter},"kind":"{kind}","lane":{_LANE_JSON[lane]},"ts_us":'
+            f'{head}{counter}{node_part}{counter}{kind_json}'
             f'{ts_us if type(ts_us) is int else _json_number(ts_us)},"clock":{quality_json},"radio":{radio_json},'
             f'"rssi":{rssi if type(rssi) is int else _json_number(rssi)},"snr":'
             f'{snr if type(snr) is float and snr - snr == 0.0 else _json_number(snr)},"auth":"{auth}",'

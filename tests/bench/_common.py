@@ -19,6 +19,7 @@ from tests.support.field import FieldNode, default_values, node_key
 
 GATEWAY_ID = "gw-bench-01"
 RADIO = "lora0"
+RADIO_ES920 = "lora1"
 
 #: Telemetry kinds the field cycles through (all in the telemetry lane, as a river/rain station field would be).
 TELEMETRY_KINDS = ("water_level", "rain", "weather", "tilt")
@@ -38,12 +39,16 @@ def sos_nodes(count: int) -> list[FieldNode]:
 
 
 def config_text(*, port: str, mqtt_port: int, journal: Path, nodes: Sequence[FieldNode],
-                batch: int | None = None, window: int | None = None, quota_mb: float = 2048) -> str:
+                batch: int | None = None, window: int | None = None, quota_mb: float = 2048,
+                health_interval_s: int | None = 3600, es920_port: str | None = None,
+                reconnect: bool = True) -> str:
     """A gateway config for the bench: one RAK3172 radio, every node keyed (``unauthenticated: reject``).
 
     ``batch`` / ``window`` set ``mqtt.batch_max_readings`` / ``mqtt.inflight_window``; None keeps the config
-    default. The health interval is an hour so no diagnostics reading lands in the middle of a measurement, and the
-    quota is far above what a run journals so eviction never runs.
+    default. The health interval is an hour by default so no diagnostics reading lands in the middle of a
+    measurement (None keeps the config default, as the idle trial wants), and the quota is far above what a run
+    journals so eviction never runs. ``es920_port`` adds a second radio, an ES920LR named ``lora1`` with the demo
+    config's settings. ``reconnect`` False keeps the config's reconnect backoff instead of the bench's short one.
     """
     names: dict[str, int] = {}
     node_lines = []
@@ -62,13 +67,23 @@ def config_text(*, port: str, mqtt_port: int, journal: Path, nodes: Sequence[Fie
         mqtt_extra += f"  batch_max_readings: {batch}\n"
     if window is not None:
         mqtt_extra += f"  inflight_window: {window}\n"
+    if reconnect:
+        mqtt_extra = "  reconnect_min_s: 0.1\n  reconnect_max_s: 0.5\n" + mqtt_extra
+    radios = f"radios:\n  - name: {RADIO}\n    driver: rak3172\n    port: {port}\n"
+    if es920_port is not None:
+        radios += (
+            f"  - name: {RADIO_ES920}\n    driver: es920lr\n    port: {es920_port}\n    es920:\n"
+            "      bandwidth_khz: 125\n      spreading_factor: 10\n      channel: 3\n      pan_id: \"0001\"\n"
+            "      own_id: \"0000\"\n      format: binary\n      payload_encoding: hex\n      power_dbm: 13\n"
+            "      node: coordinator\n"
+        )
     return (
         f"gateway:\n  id: {GATEWAY_ID}\n  site: bench\n"
         f"journal:\n  path: {journal}\n  quota_mb: {quota_mb}\n"
-        f"mqtt:\n  host: 127.0.0.1\n  port: {mqtt_port}\n  reconnect_min_s: 0.1\n  reconnect_max_s: 0.5\n{mqtt_extra}"
-        f"radios:\n  - name: {RADIO}\n    driver: rak3172\n    port: {port}\n"
-        f"nodes:\n" + "\n".join(node_lines) + "\n"
-        "health:\n  interval_s: 3600\n"
+        f"mqtt:\n  host: 127.0.0.1\n  port: {mqtt_port}\n{mqtt_extra}"
+        + radios
+        + "nodes:\n" + "\n".join(node_lines) + "\n"
+        + (f"health:\n  interval_s: {health_interval_s}\n" if health_interval_s is not None else "")
     )
 
 
@@ -136,6 +151,8 @@ def spread(values: Sequence[float]) -> str:
 def fmt(v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
     a = abs(v)
     if a >= 1000:
         return f"{v:,.0f}"
@@ -172,3 +189,85 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     with open(tmp, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
+
+
+def journal_counter(journal: Path, name: str) -> int:
+    """A counter the agent persisted in its journal (0 while the journal or the counter does not exist yet).
+
+    Read-only, so it can be polled while the agent runs (WAL lets a reader in beside the writer).
+    """
+    import sqlite3  # noqa: PLC0415 - only the trials that watch a running agent need it
+
+    try:
+        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM counter WHERE name=?", (name,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+    return row[0] if row else 0
+
+
+def thread_stats(pid: int) -> dict[int, dict[str, Any]]:
+    """Per thread of ``pid``: name (``comm``), voluntary and involuntary context switches, CPU ticks (user+system).
+
+    A voluntary switch is the thread blocking (a sleep, a read, a lock); each one is followed by a wakeup, so the
+    sum of both counters over a window is the number of times the thread was put back on a CPU. Threads that end
+    while the folder is read are skipped.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    for tid_s in os.listdir(f"/proc/{pid}/task"):
+        base = f"/proc/{pid}/task/{tid_s}"
+        try:
+            with open(f"{base}/comm") as f:
+                comm = f.read().strip()
+            vol = nonvol = 0
+            with open(f"{base}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol = int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        nonvol = int(line.split()[1])
+            with open(f"{base}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out[int(tid_s)] = {"comm": comm, "voluntary": vol, "nonvoluntary": nonvol,
+                           "ticks": int(fields[11]) + int(fields[12])}
+    return out
+
+
+def write_config(path: Path, text: str) -> None:
+    """Write a gateway config owner-only (mode 600): it holds node keys, and the agent refuses a config with
+    secrets that other users can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
+
+
+# -- the table ----------------------------------------------------------------------------------------------
+class Table:
+    """The printed result: one row per figure, with its same-run anchor, the ratio, the target and a verdict."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, section: str, what: str, value: float | None, unit: str, *, spread: str = "",
+            anchor: str = "", ratio: float | None = None, target: str = "", ok: bool | None = None,
+            note: str = "") -> None:
+        self.rows.append({"section": section, "what": what, "value": value, "unit": unit, "spread": spread,
+                          "anchor": anchor, "ratio": ratio, "target": target,
+                          "verdict": None if ok is None else ("met" if ok else "MISSED"), "note": note})
+
+    def markdown(self) -> str:
+        head = "| | measurement | value | spread of repeats | anchor (same run) | ratio | target | verdict |"
+        lines = [head, "|---|---|---:|---|---|---:|---|---|"]
+        for r in self.rows:
+            value = f"{fmt(r['value'])} {r['unit']}".strip()
+            what = r["what"] + (f" ({r['note']})" if r["note"] else "")
+            ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+            lines.append(f"| {r['section']} | {what} | {value} | {r['spread']} | {r['anchor']} | {ratio} | "
+                         f"{r['target']} | {r['verdict'] or ''} |")
+        return "\n".join(lines)

@@ -582,7 +582,8 @@ def rss(p: dict[str, Any]) -> dict[str, Any]:
     sos_lines = [c.rx_line(b.frame(default_values("sos", i), receipt=True)) for i, b in enumerate(buttons)]
     broker, sim, cfg, journal = _start_field(work, tele + buttons, batch=None, window=None)
     cfg_path = work / "gateway.yaml"
-    cfg_path.write_text(c.config_text(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=tele + buttons))
+    c.write_config(cfg_path, c.config_text(port=sim.path, mqtt_port=broker.port, journal=journal,
+                                           nodes=tele + buttons))
     log_path = work / "agent.log"
     out: dict[str, Any] = {"nodes": len(cfg.nodes), "traffic": p["traffic"], "paced": p["paced"],
                            "paced_per_s": p["paced_per_s"]}
@@ -716,8 +717,315 @@ def rss_floor(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# -- C anchor: mosquitto_pub ---------------------------------------------------------------------------------
+#: Lines per mosquitto_pub process (below its 65,535 message-id wrap, see c_anchor).
+C_CHUNK = 50_000
+
+
+def c_anchor(p: dict[str, Any]) -> dict[str, Any]:
+    """``mosquitto_pub -q 1 -l``: the C client publishes one QoS 1 message per stdin line, ``window`` in flight.
+
+    The lines are the same reading bodies (a) publishes, to the same topic on the same kind of broker (with the
+    same C subscriber, which here also counts: ``mosquitto_sub -C`` exits once every message arrived). The file
+    is on disk before the clock starts; the time runs from starting ``mosquitto_pub`` to its exit, which comes
+    after the last PUBACK. Its fixed cost (process start, connect, disconnect, and two 100 ms sleeps of its line
+    mode: after the CONNACK and before exiting) is measured with a 1-line run and subtracted; both figures are
+    kept.
+
+    ``mosquitto_pub -l`` 2.0.11 disconnects at the first PUBACK whose message id equals the id of its last
+    message, and ids wrap at 65,535: with more lines it stops early (100,000 lines: after 34,465) and still exits
+    0. So the lines go to one process per :data:`C_CHUNK` lines, back to back, each one's fixed cost subtracted.
+    """
+    import shutil  # noqa: PLC0415
+
+    from agent.devbroker import Mosquitto  # noqa: PLC0415
+
+    exe = shutil.which("mosquitto_pub")
+    if exe is None:
+        raise RuntimeError("mosquitto_pub is not installed (apt-get install mosquitto-clients)")
+    work = Path(p["workdir"])
+    work.mkdir(parents=True, exist_ok=True)
+    n, window = p["n"], p["window"]
+    nodes = c.telemetry_nodes(p["nodes"])
+    cfg = c.parse(c.config_text(port="/dev/null", mqtt_port=1883, journal=work / "unused.db", nodes=nodes))
+    entries, _ = c.decoded_entries(cfg, c.telemetry_frames(nodes, n))
+    payloads = [e.body.encode() for e in entries]
+    del entries
+    if any(b"\n" in x for x in payloads):
+        raise RuntimeError("a reading body holds a newline; mosquitto_pub -l would split it")
+    chunks = []
+    for k, off in enumerate(range(0, n, C_CHUNK)):
+        chunks.append(work / f"lines{k}.txt")
+        chunks[-1].write_bytes(b"\n".join(payloads[off:off + C_CHUNK]) + b"\n")
+    one = work / "one.txt"
+    one.write_bytes(payloads[0] + b"\n")
+    topic = f"denen/v1/{c.GATEWAY_ID}/readings/telemetry"
+
+    broker = Mosquitto(work / "broker")
+    broker.start()
+    sub = subprocess.Popen(["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", "denen/#", "-q", "1",
+                            "-i", f"bench-sink-{broker.port}", "-C", str(n + 1)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.2)  # let it subscribe before anything is published
+        cmd = [exe, "-h", broker.host, "-p", str(broker.port), "-q", "1", "-l", "-t", topic, "-V", "mqttv5",
+               "-M", str(window), "--nodelay", "-i", "bench-c-anchor"]
+
+        def timed(path: Path) -> float:
+            with path.open("rb") as f:
+                t = time.perf_counter()
+                rc = subprocess.run(cmd, stdin=f, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    timeout=p["timeout_s"]).returncode
+                dt = time.perf_counter() - t
+            if rc != 0:
+                raise RuntimeError(f"mosquitto_pub exited {rc}")
+            return dt
+
+        fixed_s = timed(one)
+        total_s = sum(timed(f) for f in chunks)
+        fixed_total_s = fixed_s * len(chunks)
+        try:
+            sub_rc = sub.wait(30)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"the subscriber did not receive all {n + 1} messages within 30 s") from None
+        if sub_rc != 0:
+            raise RuntimeError(f"mosquitto_sub exited {sub_rc}")
+    finally:
+        if sub.poll() is None:
+            sub.terminate()
+            sub.wait(5)
+        broker.stop()
+    return {"n": n, "seconds": total_s - fixed_total_s, "per_s": n / (total_s - fixed_total_s),
+            "raw_seconds": total_s, "raw_per_s": n / total_s, "fixed_s": fixed_s, "processes": len(chunks),
+            "window": window,
+            "payload_bytes": sum(map(len, payloads)) / n}
+
+
+# -- idle wakeups ---------------------------------------------------------------------------------------------
+def idle(p: dict[str, Any]) -> dict[str, Any]:
+    """Wakeups per second and CPU of an idle ``python -m agent.cli run``, per thread.
+
+    The agent runs with two simulated radios (a RAK3172 and an ES920LR on ptys, like the demo config),
+    ``nodes`` keyed nodes, the config's default health interval and MQTT keepalive, and a connected broker. After
+    both radios are configured, MQTT is up and ``settle_s`` passed, the context switches and CPU ticks of every
+    thread are read from /proc at the start and the end of ``window_s`` seconds in which nothing is sent. Then one
+    ``py-spy dump`` (after the window, so it does not disturb it) maps the OS threads to Python thread names and
+    says where each one waits.
+    """
+    from drivers.sim.es920lr import SimEs920lr  # noqa: PLC0415
+    from drivers.sim.rak3172 import SimRak3172  # noqa: PLC0415
+
+    work = Path(p["workdir"])
+    nodes = c.telemetry_nodes(p["nodes"] - 4) + c.sos_nodes(4)
+    broker = _SubscribedMosquitto(work / "broker")
+    broker.start()
+    rak = SimRak3172(name=c.RADIO, link=str(work / "lora0"), boot_delay_s=0.02, rng=random.Random(7))
+    es = SimEs920lr(name=c.RADIO_ES920, link=str(work / "lora1"), boot_delay_s=0.02, rng=random.Random(8))
+    rak.start()
+    es.start()
+    journal = work / "journal.db"
+    cfg_path = work / "gateway.yaml"
+    c.write_config(cfg_path, c.config_text(port=rak.path, es920_port=es.path, mqtt_port=broker.port,
+                                           journal=journal, nodes=nodes, health_interval_s=None, reconnect=False))
+    cfg = c.parse(cfg_path.read_text())
+    log_path = work / "agent.log"
+    proc = None
+    out: dict[str, Any] = {"nodes": len(cfg.nodes), "radios": [r.driver for r in cfg.radios],
+                           "health_interval_s": cfg.health.interval_s, "keepalive_s": cfg.mqtt.keepalive_s,
+                           "window_s": p["window_s"]}
+    try:
+        with log_path.open("ab") as logf:
+            proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(cfg_path)], cwd=REPO,
+                                    stdout=logf, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+            return all(c.journal_counter(journal, k) >= 1 for k in
+                       (f"{c.RADIO}.configured", f"{c.RADIO_ES920}.configured", "mqtt.connects"))
+
+        if not c.wait_for(up, 60, 0.1):
+            raise RuntimeError(f"agent did not come up (radios configured, MQTT connected): "
+                               f"{log_path.read_text()[-2000:]}")
+        time.sleep(p["settle_s"])
+        before = c.thread_stats(proc.pid)
+        t0 = time.monotonic()
+        time.sleep(p["window_s"])
+        after = c.thread_stats(proc.pid)
+        dt = time.monotonic() - t0
+        if proc.poll() is not None:
+            raise RuntimeError(f"agent exited during the window: {log_path.read_text()[-2000:]}")
+        names, stacks = _py_spy_threads(proc.pid)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        es.stop()
+        rak.stop()
+        broker.stop()
+    tck = os.sysconf("SC_CLK_TCK")
+    threads = []
+    for tid, a in after.items():
+        b = before.get(tid, {"voluntary": 0, "nonvoluntary": 0, "ticks": 0})
+        vol = a["voluntary"] - b["voluntary"]
+        nonvol = a["nonvoluntary"] - b["nonvoluntary"]
+        threads.append({
+            "tid": tid, "comm": a["comm"], "name": names.get(tid, ""), "waits_in": stacks.get(tid, ""),
+            "wakeups_per_s": (vol + nonvol) / dt, "voluntary": vol, "nonvoluntary": nonvol,
+            "cpu_pct": (a["ticks"] - b["ticks"]) / tck / dt * 100, "new": tid not in before,
+        })
+    threads.sort(key=lambda t: -t["wakeups_per_s"])
+    out.update(seconds=dt, threads=threads, ended=[before[t]["comm"] for t in before if t not in after],
+               wakeups_per_s=sum(t["wakeups_per_s"] for t in threads),
+               cpu_pct=sum(t["cpu_pct"] for t in threads))
+    return out
+
+
+def _py_spy_threads(pid: int) -> tuple[dict[int, str], dict[int, str]]:
+    """OS thread id -> Python thread name, and -> the innermost frames it waits in (``py-spy dump``).
+
+    Empty when py-spy is missing or cannot attach; the caller then has only the OS names (``comm``, which
+    Python 3.11 leaves as the process name for every thread).
+    """
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        log.warning("py-spy is not installed in the venv (pip install py-spy); threads are not named")
+        return {}, {}
+    try:
+        text = subprocess.run([str(exe), "dump", "--pid", str(pid), "--json"], capture_output=True, text=True,
+                              timeout=60).stdout
+        dump = json.loads(text)
+    except (OSError, subprocess.SubprocessError, json.JSONDecodeError) as exc:
+        log.warning("py-spy dump failed: %s", exc)
+        return {}, {}
+    names: dict[int, str] = {}
+    stacks: dict[int, str] = {}
+    for th in dump:
+        tid = th.get("os_thread_id")
+        if tid is None:
+            continue
+        names[tid] = th.get("thread_name") or ""
+        frames = [f"{f['name']} ({f['short_filename']}:{f['line']})" for f in th.get("frames", [])[:3]]
+        stacks[tid] = " < ".join(frames)
+    return names, stacks
+
+
+# -- drain of a journaled backlog ---------------------------------------------------------------------------------
+def drain(p: dict[str, Any]) -> dict[str, Any]:
+    """Time from broker-up to the last PUBACK for a backlog of ``backlog`` readings already in the journal.
+
+    The journal is filled once through the real decode path (AES-CMAC, replay window, LPP, JSON: the bodies are
+    the agent's own) and copied for each of ``rounds`` rounds. Each round starts the gateway (in this process,
+    with the :class:`Probe`) with the broker down, waits until the radio is configured, then starts the broker:
+    the clock runs from the broker listening to the commit that deletes the last backlog reading after its
+    PUBACK. The reconnect backoff of the bench config (0.1..0.5 s) is inside that time; from the first message
+    published is given too.
+    """
+    import shutil  # noqa: PLC0415
+
+    from agent.gateway import Gateway  # noqa: PLC0415
+    from agent.journal import Journal  # noqa: PLC0415
+    from agent.readings import FrameDecoder  # noqa: PLC0415
+    from drivers.types import Uplink  # noqa: PLC0415
+    from tests.support.field import wait_configured  # noqa: PLC0415
+
+    base = Path(p["workdir"])
+    backlog = p["backlog"]
+    nodes = c.telemetry_nodes(p["nodes"])
+    cfg0 = c.parse(c.config_text(port="/dev/null", mqtt_port=1883, journal=base / "unused.db", nodes=nodes))
+    template = base / "template" / "journal.db"
+    template.parent.mkdir(parents=True)
+    t = time.perf_counter()
+    decoder = FrameDecoder(cfg0, {})
+    j = Journal(template, quota_bytes=int(cfg0.journal.quota_mb * 1048576))
+    body_bytes = 0
+    now_us = time.time_ns() // 1000
+    done = 0
+    while done < backlog:
+        count = min(50_000, backlog - done)
+        entries = []
+        for i, f in enumerate(c.telemetry_frames(nodes, count)):
+            k = done + i
+            out = decoder.decode(Uplink(c.RADIO, f, -80 - (k % 40), float(8 - (k % 15)), None, now_us + k))
+            if out.entry is None:
+                raise RuntimeError(f"bench frame {k} did not decode: {out.quarantined}")
+            entries.append(out.entry)
+            body_bytes += len(out.entry.body)
+        for off in range(0, count, 5000):
+            j.commit(entries=entries[off:off + 5000])
+        done += count
+    j.commit(nodes=list(decoder.nodes.values()))
+    j.close()
+    prefill_s = time.perf_counter() - t
+    journal_mib = sum(os.path.getsize(f) for f in template.parent.iterdir()) / 1048576
+
+    rounds = []
+    for rnd in range(p["rounds"]):
+        work = base / f"round{rnd}"
+        work.mkdir()
+        for f in template.parent.iterdir():
+            shutil.copyfile(f, work / f.name)
+        broker, sim, cfg, journal = _start_field(work, nodes, batch=p.get("batch"), window=p.get("window"),
+                                                 broker_running=False)
+        assert journal == work / "journal.db"
+        gw = Gateway(cfg)
+        probe = Probe(gw, watch_upto=backlog)
+        try:
+            gw.start()
+            if not wait_configured(sim, timeout=30):
+                raise RuntimeError("radio not configured")
+            time.sleep(0.3)
+            broker.start()
+            t_up = time.perf_counter()
+            if not probe.drained.wait(p["timeout_s"]):
+                raise RuntimeError(f"backlog not drained within {p['timeout_s']} s: {probe.prefill_deleted} of "
+                                   f"{backlog} acknowledged")
+            counters = dict(gw.stats.counters)
+        finally:
+            gw.stop()
+            sim.stop()
+            broker.stop()
+        assert probe.t_drained is not None and probe.t_first_send is not None
+        left = _unsent(journal)
+        if left:
+            raise RuntimeError(f"{left} readings still in the journal after the drain")
+        rounds.append({"broker_up_to_last_ack_s": probe.t_drained - t_up,
+                       "first_send_to_last_ack_s": probe.t_drained - probe.t_first_send,
+                       "broker_up_to_first_send_s": probe.t_first_send - t_up,
+                       "commits": probe.commits, "messages": probe.messages,
+                       "acked": counters.get("readings.acked", 0)})
+        shutil.rmtree(work, ignore_errors=True)
+    secs = [r["broker_up_to_last_ack_s"] for r in rounds]
+    return {"backlog": backlog, "rounds": rounds, "prefill_s": prefill_s, "journal_mib": journal_mib,
+            "body_bytes": body_bytes / backlog, "batch": cfg.mqtt.batch_max_readings,
+            "window": cfg.mqtt.inflight_window, "seconds": c.median(secs),
+            "per_s": backlog / c.median(secs),
+            "first_send_per_s": backlog / c.median([r["first_send_to_last_ack_s"] for r in rounds]),
+            "commits_per_reading": c.median([r["commits"] / backlog for r in rounds])}
+
+
+# -- the bridge and fleet benches, as trials of the main run ---------------------------------------------------------
+def bridge(p: dict[str, Any]) -> dict[str, Any]:
+    """``tests.bench.bench_bridge``: the bridge against raw writes, and 1 against 2 bridge processes."""
+    from tests.bench import bench_bridge  # noqa: PLC0415
+
+    return bench_bridge.run_all(p)
+
+
+def fleet(p: dict[str, Any]) -> dict[str, Any]:
+    """``tests.bench.bench_fleet``: 1,000 gateways against one Mosquitto and one bridge."""
+    from tests.bench import bench_fleet  # noqa: PLC0415
+
+    return bench_fleet.run(p)
+
+
 TRIALS = {"disk": disk, "decode": decode, "naive": naive, "agent": agent, "sos": sos, "rss": rss,
-          "rss_floor": rss_floor}
+          "rss_floor": rss_floor, "c_anchor": c_anchor, "idle": idle, "drain": drain, "bridge": bridge,
+          "fleet": fleet}
 
 
 def run_trial(name: str, params: dict[str, Any], out_path: str) -> int:

@@ -1,45 +1,62 @@
-"""Benchmark of ``denen bridge`` into a real InfluxDB 1.6.7, against a raw line-protocol HTTP write of the same points.
+"""Benchmark of ``denen bridge`` into a real InfluxDB 1.6.7: against a raw line-protocol HTTP write of the same
+points, and one bridge process against two sharing the subscription.
 
 Usage::
 
-    python -m tests.bench.bench_bridge [--readings N] [--repeat R] [--json PATH] [--quick]
+    python -m tests.bench.bench_bridge [--readings N] [--repeat R] [--only raw,scaling] [--json PATH] [--quick]
 
-What is measured, in one run, on one InfluxDB:
+What is measured, in one run, on one InfluxDB and one Mosquitto:
 
-``raw``     the lines the bridge would write for N readings (each reading makes its kind's point and a
-            ``node_health`` point), POSTed to ``/write?precision=u`` in batches of ``batch.max_lines`` over one
-            keep-alive connection from one Python thread. No MQTT, no JSON, no acknowledgements: the ceiling.
-``bridge``  the bridge (in this process, v1 sink, default batching) draining a backlog of the same N readings
-            that waits for it in its persistent MQTT session on Mosquitto: JSON decode, schema checks, line
-            protocol, the same writes, and a PUBACK for every message after its write. Timed from ``start()`` to
-            the last acknowledgement.
+``raw``      the lines the bridge would write for N readings (each reading makes its kind's point and a
+             ``node_health`` point), POSTed to ``/write?precision=u`` in batches of ``batch.max_lines`` over one
+             keep-alive connection from one Python thread. No MQTT, no JSON, no acknowledgements: the ceiling.
+``bridge``   the bridge (in this process, v1 sink, default batching) draining a backlog of the same N readings
+             that waits for it in its persistent MQTT session on Mosquitto: JSON decode, schema checks, line
+             protocol, the same writes, and a PUBACK for every message after its write. Timed from ``start()`` to
+             the last acknowledgement. Raw and bridge trials alternate (raw, bridge, raw, bridge, ...) so machine
+             noise hits both; the ratio is taken per pair and its median reported. Target: bridge >= 0.5 x raw.
+``scaling``  ``denen bridge`` *processes* (``python -m agent.cli bridge -c ...``, as deployed), first one and then
+             two with the same ``mqtt.group``, alternating (1, 2, 1, 2, ...). Each trial starts the processes, waits
+             until they subscribed, freezes them (SIGSTOP), publishes the backlog (Mosquitto deals the shared
+             subscription's messages round-robin to the members), and resumes them all at once (SIGCONT): the
+             clock runs from there to the last ``batch ... written`` line (logged at debug level right after that
+             batch's acknowledgements) of any of them; the points are counted in InfluxDB afterwards. Readings/s
+             each way, and 2-process / 1-process per pair (median).
 
-Two message shapes: batches of 100 readings per MQTT message (what a gateway sends while it drains a backlog), and
-one reading per message (live traffic, the most MQTT overhead per reading). Raw and bridge trials alternate
-(raw, bridge, raw, bridge, ...) so machine noise hits both; each trial writes into a fresh database; the ratio is
-taken per pair and its median reported. After each bridge trial the stored point count is checked.
+Two message shapes each: batches of 100 readings per MQTT message (what a gateway sends while it drains a backlog),
+and one reading per message (live traffic, the most MQTT overhead per reading). Every trial writes into a fresh
+database, and its MQTT sessions are removed afterwards so they do not collect copies of later trials' messages.
 
-Readings/s are readings (not lines) per second. Target: bridge >= 0.5 x raw.
+Readings/s are readings (not lines) per second.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import http.client
 import json
 import logging
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
 from agent.bridge import Bridge, Serializer, parse_bridge_config
 from agent.devbroker import Mosquitto
+from tests.bench import _common as c
 from tests.bridge._helpers import Publisher, batch, reading, topic
+
+REPO = Path(__file__).resolve().parents[2]
 
 KINDS = (
     ("water_level", lambda i: {"level_cm": 120.0 + (i % 500) * 0.5, "battery_v": 3.6}),
@@ -47,6 +64,13 @@ KINDS = (
     ("weather", lambda i: {"temperature_c": 12.3, "humidity_pct": 81.5, "pressure_hpa": 1003.2, "battery_v": 3.6}),
     ("tilt", lambda i: {"tilt_x_deg": 0.25, "tilt_y_deg": -0.5, "battery_v": 3.6}),
 )
+TARGET_RATIO = 0.5
+SECTIONS = ("raw", "scaling")
+#: Sizes: readings per trial for (raw vs bridge), per message shape for the scaling trials, and repeats.
+PLANS: dict[str, dict[str, Any]] = {
+    "full": {"readings": 50_000, "repeat": 3, "scaling_readings": {100: 200_000, 1: 50_000}, "scaling_repeat": 3},
+    "quick": {"readings": 10_000, "repeat": 2, "scaling_readings": {100: 50_000, 1: 10_000}, "scaling_repeat": 1},
+}
 
 
 def make_payloads(n: int, per_message: int, *, gateways: int = 4, nodes: int = 300) -> list[tuple[str, bytes]]:
@@ -102,34 +126,58 @@ class Influx:
         return elapsed
 
 
-def bridge_config(broker: Mosquitto, influx_url: str, db: str, client_id: str, dead: Path) -> Any:
-    # A group per trial: Mosquitto hands a shared subscription's messages round-robin to every member session,
-    # offline ones included, so an earlier trial's session must not take a share.
-    return parse_bridge_config(f"""
+def bridge_config_text(broker: Mosquitto, influx_url: str, db: str, client_id: str, group: str, dead: Path, *,
+                       level: str = "warning") -> str:
+    return f"""
 mqtt:
   host: {broker.host}
   port: {broker.port}
   client_id: {client_id}
-  group: {client_id}
+  group: {group}
+  reconnect_min_s: 0.1
+  reconnect_max_s: 0.5
 sink:
   type: v1
   url: {influx_url}
   database: {db}
 dead_letter:
   path: {dead}
-""")
+log:
+  level: {level}
+"""
+
+
+def bridge_config(broker: Mosquitto, influx_url: str, db: str, client_id: str, dead: Path) -> Any:
+    # A group per trial: Mosquitto hands a shared subscription's messages round-robin to every member session,
+    # offline ones included, so an earlier trial's session must not take a share.
+    return parse_bridge_config(bridge_config_text(broker, influx_url, db, client_id, client_id, dead))
+
+
+def create_session(cfg: Any) -> None:
+    """Create the bridge's persistent session and shared subscriptions on the broker, and leave it offline."""
+    first = Bridge(cfg)
+    first.start()
+    if not first.wait_subscribed(10):
+        raise RuntimeError("the bridge did not subscribe")
+    first.stop()
+
+
+def drop_session(broker: Mosquitto, client_id: str) -> None:
+    """Remove a persistent session: connect with clean start (which discards it) and no session expiry."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    client.connect(broker.host, broker.port, clean_start=True)
+    client.loop_start()
+    c.wait_for(client.is_connected, 10, 0.01)
+    client.disconnect()
+    client.loop_stop()
 
 
 def bridge_trial(broker: Mosquitto, influx: Influx, payloads: list[tuple[str, bytes]], db: str, tag: str,
                  work: Path) -> float:
     """Seconds for a bridge to drain ``payloads`` waiting in its persistent session (start to last ack)."""
     cfg = bridge_config(broker, influx.server.url, db, f"bench-{tag}", work / f"dead-{tag}.db")
-    # First run: only to create the persistent session and its shared subscription on the broker.
-    first = Bridge(cfg)
-    first.start()
-    if not first.wait_subscribed(10):
-        raise RuntimeError("the bridge did not subscribe")
-    first.stop()
+    create_session(cfg)
     pub = Publisher(broker, client_id=f"bench-pub-{tag}")
     pub.publish(payloads, timeout=300)
     pub.close()
@@ -144,6 +192,7 @@ def bridge_trial(broker: Mosquitto, influx: Influx, payloads: list[tuple[str, by
     elapsed = time.perf_counter() - started
     counters = bridge.counters()
     bridge.stop()
+    drop_session(broker, f"bench-{tag}")
     if counters.get("dead_letters", 0) or counters.get("messages_redelivered", 0):
         raise RuntimeError(f"unexpected bridge counters: {counters}")
     return elapsed
@@ -153,75 +202,304 @@ def stored(influx: Influx, db: str) -> int:
     return influx.server.count("node_health", "fcnt", db)
 
 
-def run(n: int, repeat: int, shapes: list[int]) -> dict[str, Any]:
+def run(n: int, repeat: int, shapes: list[int], *, work: Path, broker: Mosquitto, influx: Influx) -> dict[str, Any]:
+    """Raw writes against the in-process bridge, alternating, per message shape."""
+    results: dict[str, Any] = {"readings": n, "repeat": repeat, "shapes": {}}
+    max_lines = bridge_config(broker, influx.server.url, "x", "x", work / "x.db").batch.max_lines
+    for per_message in shapes:
+        payloads = make_payloads(n, per_message)
+        lines = lines_of(payloads)
+        raw_s, bridge_s = [], []
+        for r in range(repeat):
+            db_raw, db_bridge = f"raw_{per_message}_{r}", f"bridge_{per_message}_{r}"
+            influx.server.create_database(db_raw)
+            influx.server.create_database(db_bridge)
+            raw_s.append(influx.raw_write(lines, db_raw, max_lines))
+            bridge_s.append(bridge_trial(broker, influx, payloads, db_bridge, f"{per_message}-{r}", work))
+            for db in (db_raw, db_bridge):
+                if stored(influx, db) != n:
+                    raise RuntimeError(f"{db}: {stored(influx, db)} node_health points, expected {n}")
+            _say(f"  {per_message:>3} readings/message, trial {r + 1}: raw {n / raw_s[-1]:,.0f}/s, "
+                 f"bridge {n / bridge_s[-1]:,.0f}/s")
+        ratios = [rs / bs for rs, bs in zip(raw_s, bridge_s, strict=True)]
+        results["shapes"][str(per_message)] = {
+            "messages": len(payloads), "lines": len(lines), "max_lines": max_lines,
+            "raw_readings_per_s": [n / s for s in raw_s],
+            "bridge_readings_per_s": [n / s for s in bridge_s],
+            "ratio": ratios,
+        }
+    return results
+
+
+# -- 1 against 2 bridge processes ---------------------------------------------------------------------------------
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+_BATCH = re.compile(r"bridge: batch of (\d+) messages \((\d+) redelivered\), (\d+) lines written, (\d+) refused")
+
+
+def _log_time(line: str) -> float | None:
+    m = _LOG_TIME.match(line)
+    if m is None:
+        return None
+    # logging's asctime is local time with milliseconds; the same on both processes, so differences are exact.
+    return dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def parse_bridge_log(path: Path) -> dict[str, Any]:
+    """From a ``denen bridge`` log at debug level: when it connected, when its last batch was acknowledged, and
+    how many messages and lines it wrote, refused or got twice."""
+    out: dict[str, Any] = {"connected": None, "last_batch": None, "messages": 0, "lines": 0, "refused": 0,
+                           "redelivered": 0, "batches": 0, "errors": []}
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        t = _log_time(line)
+        if " ERROR " in line or " CRITICAL " in line:
+            out["errors"].append(line[:300])
+        if "MQTT: connected to" in line and out["connected"] is None:
+            out["connected"] = t
+            continue
+        m = _BATCH.search(line)
+        if m:
+            out["last_batch"] = t
+            out["batches"] += 1
+            out["messages"] += int(m.group(1))
+            out["redelivered"] += int(m.group(2))
+            out["lines"] += int(m.group(3))
+            out["refused"] += int(m.group(4))
+    return out
+
+
+def _ticks(pid: int) -> int:
+    """CPU ticks (user + system) of a process, 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def scaling_trial(broker: Mosquitto, influx: Influx, payloads: list[tuple[str, bytes]], n: int, procs: int,
+                  tag: str, work: Path, timeout: float = 600) -> dict[str, Any]:
+    """``procs`` ``denen bridge`` processes draining ``payloads`` (``n`` readings) that wait for them together.
+
+    The processes start, connect and subscribe (each creates its persistent session in the shared group), and are
+    then frozen with SIGSTOP; the backlog is published meanwhile (the broker holds it for the connected, silent
+    sessions, dealing it round-robin); then all are resumed with SIGCONT at the same instant, which starts the
+    clock. So no process gets a head start from starting faster, and no start-up or import time is counted. The
+    clock stops at the last ``batch ... written`` debug line (logged right after that batch's acknowledgements).
+    """
+    import signal  # noqa: PLC0415
+
+    group = f"scale-{tag}"
+    db = f"scale_{tag.replace('-', '_')}"
+    influx.server.create_database(db)
+    trial_dir = work / group
+    trial_dir.mkdir()
+    cfg_paths, ids = [], []
+    for i in range(procs):
+        cid = f"{group}-{i + 1}"
+        ids.append(cid)
+        path = trial_dir / f"bridge-{i + 1}.yaml"
+        path.write_text(bridge_config_text(broker, influx.server.url, db, cid, group, trial_dir / f"dead-{i + 1}.db",
+                                           level="debug"))
+        cfg_paths.append(path)
+    expected_lines = len(lines_of(payloads))
+    logs = [trial_dir / f"bridge-{i + 1}.log" for i in range(procs)]
+    running: list[subprocess.Popen[bytes]] = []
+    tck = os.sysconf("SC_CLK_TCK")
+    influx_pid = influx.server.proc.pid if influx.server.proc else 0
+    broker_pid = broker.proc.pid if broker.proc else 0
+    try:
+        for path, log_path in zip(cfg_paths, logs, strict=True):
+            with log_path.open("ab") as lf:
+                running.append(subprocess.Popen([sys.executable, "-m", "agent.cli", "bridge", "-c", str(path)],
+                                                cwd=REPO, stdout=lf, stderr=subprocess.STDOUT))
+
+        def check_alive() -> None:
+            for proc, log_path in zip(running, logs, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"a bridge exited with {proc.returncode}: "
+                                       f"{log_path.read_text(errors='replace')[-2000:]}")
+
+        def subscribed() -> bool:
+            check_alive()
+            return all("MQTT: subscribed" in p.read_text(errors="replace") for p in logs if p.exists()) and all(
+                p.exists() for p in logs)
+
+        if not c.wait_for(subscribed, 60, 0.05):
+            raise RuntimeError("the bridges did not subscribe within 60 s")
+        for proc in running:
+            proc.send_signal(signal.SIGSTOP)
+        pub = Publisher(broker, client_id=f"bench-pub-{group}")
+        pub.publish(payloads, timeout=600)
+        pub.close()
+        ticks0 = [_ticks(p.pid) for p in running]
+        server0 = (_ticks(influx_pid), _ticks(broker_pid))
+        t0 = time.time()
+        for proc in running:
+            proc.send_signal(signal.SIGCONT)
+        m0 = time.monotonic()
+        deadline = m0 + timeout
+        while True:
+            parsed = [parse_bridge_log(p) for p in logs]
+            if sum(x["lines"] for x in parsed) >= expected_lines:
+                break
+            check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bridges did not write all {expected_lines} lines within {timeout} s: "
+                                   f"{[x['lines'] for x in parsed]}")
+            time.sleep(0.05)
+        wall = time.monotonic() - m0
+        bridge_ticks = [_ticks(p.pid) - t for p, t in zip(running, ticks0, strict=True)]
+        influx_ticks = _ticks(influx_pid) - server0[0]
+        broker_ticks = _ticks(broker_pid) - server0[1]
+    finally:
+        for proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a stopped process would not handle SIGTERM
+                proc.terminate()
+        for proc in running:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for cid in ids:
+            drop_session(broker, cid)
+    parsed = [parse_bridge_log(p) for p in logs]
+    points = stored(influx, db)
+    if points != n:
+        raise RuntimeError(f"{db}: {points} node_health points, expected {n}")
+    errors = [e for x in parsed for e in x["errors"]]
+    if errors or any(x["refused"] for x in parsed):
+        raise RuntimeError(f"bridge errors or refused lines: {errors[:3]}")
+    if any(x["last_batch"] is None for x in parsed):
+        raise RuntimeError("a bridge log has no batch line (one process got no share?)")
+    t1 = max(x["last_batch"] for x in parsed)
+    return {
+        "processes": procs, "readings": n, "seconds": t1 - t0, "per_s": n / (t1 - t0),
+        "per_process": [{"messages": x["messages"], "lines": x["lines"], "redelivered": x["redelivered"],
+                         "seconds": x["last_batch"] - t0, "batches": x["batches"]} for x in parsed],
+        # CPU from the resume to the end (polled, so within ~50 ms), in % of one core.
+        "bridge_cpu_pct": sum(bridge_ticks) / tck / wall * 100, "influx_cpu_pct": influx_ticks / tck / wall * 100,
+        "broker_cpu_pct": broker_ticks / tck / wall * 100,
+    }
+
+
+def run_scaling(readings: dict[int, int], repeat: int, *, work: Path, broker: Mosquitto,
+                influx: Influx) -> dict[str, Any]:
+    """1 and 2 bridge processes, alternating, per message shape."""
+    results: dict[str, Any] = {"repeat": repeat, "shapes": {}}
+    for per_message, n in readings.items():
+        payloads = make_payloads(n, per_message)
+        one, two = [], []
+        for r in range(repeat):
+            one.append(scaling_trial(broker, influx, payloads, n, 1, f"{per_message}-{r}-1", work))
+            two.append(scaling_trial(broker, influx, payloads, n, 2, f"{per_message}-{r}-2", work))
+            shares = "/".join(str(x["messages"]) for x in two[-1]["per_process"])
+            _say(f"  scaling, {per_message:>3} readings/message, trial {r + 1}: 1 bridge {one[-1]['per_s']:,.0f}/s, "
+                 f"2 bridges {two[-1]['per_s']:,.0f}/s (messages per bridge {shares})")
+        results["shapes"][str(per_message)] = {
+            "readings": n, "messages": len(payloads), "one": one, "two": two,
+            "ratio": [b["per_s"] / a["per_s"] for a, b in zip(one, two, strict=True)],
+        }
+    return results
+
+
+# -- entry points -------------------------------------------------------------------------------------------------
+def run_all(p: dict[str, Any]) -> dict[str, Any]:
+    """Every section asked for in ``p`` (``sections``, ``readings``, ``repeat``, ``scaling_readings``,
+    ``scaling_repeat``), on one Mosquitto and one InfluxDB under ``p["workdir"]`` (a temporary folder if none)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    results: dict[str, Any] = {"readings": n, "repeat": repeat, "machine": {
-        "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}, "shapes": {}}
-    with tempfile.TemporaryDirectory(prefix="denen-bench-bridge-") as tmp:
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                           "platform": platform.platform()}}
+    with tempfile.TemporaryDirectory(prefix="denen-bench-bridge-", dir=p.get("workdir")) as tmp:
         work = Path(tmp)
         broker = Mosquitto(work / "broker")
         broker.start()
         influx = Influx(work / "influx")
         try:
-            max_lines = bridge_config(broker, influx.server.url, "x", "x", work / "x.db").batch.max_lines
-            for per_message in shapes:
-                payloads = make_payloads(n, per_message)
-                lines = lines_of(payloads)
-                raw_s, bridge_s = [], []
-                for r in range(repeat):
-                    db_raw, db_bridge = f"raw_{per_message}_{r}", f"bridge_{per_message}_{r}"
-                    influx.server.create_database(db_raw)
-                    influx.server.create_database(db_bridge)
-                    raw_s.append(influx.raw_write(lines, db_raw, max_lines))
-                    bridge_s.append(bridge_trial(broker, influx, payloads, db_bridge, f"{per_message}-{r}", work))
-                    for db in (db_raw, db_bridge):
-                        if stored(influx, db) != n:
-                            raise RuntimeError(f"{db}: {stored(influx, db)} node_health points, expected {n}")
-                    print(f"  {per_message:>3} readings/message, trial {r + 1}: raw {n / raw_s[-1]:,.0f}/s, "
-                          f"bridge {n / bridge_s[-1]:,.0f}/s", file=sys.stderr, flush=True)
-                ratios = [rs / bs for rs, bs in zip(raw_s, bridge_s, strict=True)]
-                results["shapes"][str(per_message)] = {
-                    "messages": len(payloads), "lines": len(lines),
-                    "raw_readings_per_s": [n / s for s in raw_s],
-                    "bridge_readings_per_s": [n / s for s in bridge_s],
-                    "ratio": ratios,
-                }
+            if "raw" in p["sections"]:
+                results["raw"] = run(p["readings"], p["repeat"], [100, 1], work=work, broker=broker, influx=influx)
+            if "scaling" in p["sections"]:
+                results["scaling"] = run_scaling({int(k): v for k, v in p["scaling_readings"].items()},
+                                                 p["scaling_repeat"], work=work, broker=broker, influx=influx)
         finally:
             influx.server.stop()
             broker.stop()
     return results
 
 
-def table(results: dict[str, Any]) -> str:
-    rows = ["| message shape | raw line protocol (readings/s) | bridge (readings/s) | bridge / raw |",
-            "|---|---|---|---|"]
-    for shape, r in results["shapes"].items():
+def add_rows(table: c.Table, results: dict[str, Any]) -> None:
+    """The figures of :func:`run_all` as rows of the bench table."""
+    for shape, r in results.get("raw", {}).get("shapes", {}).items():
         raw = statistics.median(r["raw_readings_per_s"])
         br = statistics.median(r["bridge_readings_per_s"])
         ratio = statistics.median(r["ratio"])
-        spread = f" ({min(r['ratio']):.2f}..{max(r['ratio']):.2f})" if len(r["ratio"]) > 1 else ""
-        label = "1 reading per message (live)" if shape == "1" else f"{shape} readings per message (backlog)"
-        rows.append(f"| {label} | {raw:,.0f} | {br:,.0f} | {ratio:.2f}x{spread} |")
-    m = results["machine"]
-    rows.append("")
-    rows.append(f"{results['readings']:,} readings per trial (2 points each), median of {results['repeat']} "
-                f"alternating pairs; InfluxDB 1.6.7 and Mosquitto on loopback; {m['cpus']} CPUs, Python "
-                f"{m['python']}.")
-    return "\n".join(rows)
+        what = ("bridge → InfluxDB 1.6.7, 1 reading per message (live traffic)" if shape == "1" else
+                f"bridge → InfluxDB 1.6.7, {shape} readings per message (a gateway's backlog batches)")
+        table.add("bridge", what, br, "readings/s", spread=c.spread(r["bridge_readings_per_s"]),
+                  anchor=f"raw line-protocol write {c.fmt(raw)}/s", ratio=ratio,
+                  target=f"≥ {TARGET_RATIO:g}× raw", ok=ratio >= TARGET_RATIO,
+                  note=f"{results['raw']['readings']:,} readings, {len(r['ratio'])} alternating pairs, in-process "
+                  f"bridge, writes of {r['max_lines']} lines")
+    for shape, r in results.get("scaling", {}).get("shapes", {}).items():
+        one = [x["per_s"] for x in r["one"]]
+        two = [x["per_s"] for x in r["two"]]
+        label = "1 reading per message" if shape == "1" else f"{shape} readings per message"
+        cpu1 = c.median([x["bridge_cpu_pct"] for x in r["one"]])
+        infl1 = c.median([x["influx_cpu_pct"] for x in r["one"]])
+        mosq1 = c.median([x["broker_cpu_pct"] for x in r["one"]])
+        table.add("bridge", f"1 `denen bridge` process, {label}", c.median(one), "readings/s", spread=c.spread(one),
+                  note=f"{r['readings']:,} readings waiting at the broker; CPU in % of a core: bridge {c.fmt(cpu1)}, "
+                  f"influxd {c.fmt(infl1)}, mosquitto {c.fmt(mosq1)}")
+        cpu2 = c.median([x["bridge_cpu_pct"] for x in r["two"]])
+        infl2 = c.median([x["influx_cpu_pct"] for x in r["two"]])
+        mosq2 = c.median([x["broker_cpu_pct"] for x in r["two"]])
+        shares = "/".join(str(x["messages"]) for x in r["two"][0]["per_process"])
+        table.add("bridge", f"2 `denen bridge` processes sharing the subscription, {label}", c.median(two),
+                  "readings/s", spread=c.spread(two), anchor=f"1 process {c.fmt(c.median(one))}/s",
+                  ratio=c.median(r["ratio"]),
+                  note=f"CPU in % of a core: both bridges {c.fmt(cpu2)}, influxd {c.fmt(infl2)}, mosquitto "
+                  f"{c.fmt(mosq2)}; messages per process {shares}; ratio = median of per-pair ratios; 2 cores")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.bench.bench_bridge", description=__doc__.split("\n")[0])
-    p.add_argument("--readings", type=int, default=50_000, help="readings per trial (default 50000)")
-    p.add_argument("--repeat", type=int, default=3, help="alternating raw/bridge pairs per shape (default 3)")
-    p.add_argument("--quick", action="store_true", help="10000 readings, 2 pairs")
-    p.add_argument("--json", help="also write the raw figures as JSON to this path")
-    args = p.parse_args(argv)
-    n, repeat = (10_000, 2) if args.quick else (args.readings, args.repeat)
-    results = run(n, repeat, [100, 1])
-    print(table(results))
+    ap = argparse.ArgumentParser(prog="python -m tests.bench.bench_bridge", description=__doc__.split("\n")[0])
+    ap.add_argument("--readings", type=int, default=None, help="readings per raw/bridge trial (default 50000)")
+    ap.add_argument("--repeat", type=int, default=None, help="alternating pairs per shape (default 3)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes: 10,000 readings, fewer pairs")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections: {','.join(SECTIONS)}")
+    ap.add_argument("--json", help="also write the raw figures as JSON to this path")
+    args = ap.parse_args(argv)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    if set(sections) - set(SECTIONS):
+        ap.error(f"unknown section(s): {', '.join(sorted(set(sections) - set(SECTIONS)))}")
+    plan = dict(PLANS["quick" if args.quick else "full"])
+    if args.readings:
+        plan["readings"] = args.readings
+    if args.repeat:
+        plan["repeat"] = plan["scaling_repeat"] = args.repeat
+    started = time.monotonic()
+    results = run_all({**plan, "sections": sections})
+    table = c.Table()
+    add_rows(table, results)
+    m = results["machine"]
+    given = argv if argv is not None else sys.argv[1:]
+    print(f"Command: `python -m tests.bench.bench_bridge {' '.join(given)}` ({time.monotonic() - started:.0f} s; "
+          f"{m['cpus']} CPUs, Python {m['python']}; InfluxDB 1.6.7 and Mosquitto on loopback; load average at end "
+          f"{os.getloadavg()[0]:.2f})")
+    print()
+    print(table.markdown())
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({**results, "plan": plan, "rows": table.rows}, indent=2))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of the agent against naive paho publishing, with same-run anchors.
+"""Benchmark of the agent (and the backend) against same-run anchors: naive paho, a C client, raw disk and InfluxDB.
 
 Usage::
 
@@ -8,14 +8,24 @@ Sections (``--only`` takes a comma-separated list; default all):
 
 ``anchors``   raw fsync latency, SQLite WAL + synchronous=FULL commit rates (one row per commit and 1000 rows
               per commit), and the agent's decode path alone on one thread (a CPU anchor).
-``ab``        (a) naive paho, one reading per QoS 1 message, at most 100 unacknowledged, no journal; and (b) the
-              agent from pty line to PUBACK with the durable journal; interleaved a, b, a, b ... so machine noise
-              hits both alike; the ratio is taken per pair and its median reported. Also naive variants.
+``ab``        (a) naive paho, one reading per QoS 1 message, at most 100 unacknowledged, no journal; (b) the agent
+              from pty line to PUBACK with the durable journal; and (a') the C anchor, ``mosquitto_pub -q 1 -l``
+              publishing the same readings one per line, at most 100 in flight; interleaved a, b, a', a, b, a' ...
+              so machine noise hits all alike; ratios are taken per round and their median reported. Also naive
+              variants.
 ``settings``  (b) again with other ``batch_max_readings`` / ``inflight_window`` settings.
 ``sos``       (c) SOS latency from pty line to PUBACK while a 100,000-reading backlog drains, and idle; with the
               default settings and (full run) a few other batch / window settings.
-``rss``       (d) RSS of ``python -m agent.cli run`` with 200 keyed nodes after start-up, after paced traffic and
-              after a burst; its idle CPU; and bare-interpreter floors, with what each import step adds.
+``rss``       (d) RSS of ``python -m agent.cli run`` with 200 and with 2,000 keyed nodes after start-up, after paced
+              traffic and after a burst; its idle CPU; and bare-interpreter floors, with what each import step adds.
+``idle``      (e) wakeups per second and CPU of an idle ``python -m agent.cli run`` (two simulated radios configured,
+              broker connected, config defaults) over 60 s, in total and per thread, with where each thread waits.
+``drain``     (f) time from broker-up to the last PUBACK for 1,000,000 readings already journaled (``--quick``:
+              200,000, and it says so).
+``bridge``    (g) ``tests.bench.bench_bridge``: the bridge against a raw InfluxDB 1.6.7 write, and 1 against 2
+              ``denen bridge`` processes sharing the subscription.
+``fleet``     (h) ``tests.bench.bench_fleet``: 1,000 gateways (own logins, production ACL) against one Mosquitto and
+              one ``denen bridge``: lag per phase, rates, backlog drain, loss.
 
 Every trial runs in a fresh Python process, so no trial inherits threads, memory or interpreter settings (the
 gateway shortens the GIL switch interval) from another. Results are printed as a Markdown table and, with
@@ -56,6 +66,8 @@ PLANS: dict[str, dict[str, Any]] = {
         "rss_traffic": 20_000, "rss_paced": 5_000, "settings_repeat": 3,
         "settings": [(50, 8), (1000, 8), (200, 1), (200, 32), (1000, 32)],
         "sos_settings": [(50, 8), (1000, 8), (200, 2)], "sos_settings_samples": 100,
+        "rss_nodes_large": 2000, "idle_window_s": 60, "idle_settle_s": 5, "drain_backlog": 1_000_000,
+        "drain_rounds": 3,
     },
     "quick": {
         "n": 20_000, "repeat": 3, "nodes": 300, "fsyncs": 300, "row_commits": 300, "group_commits": 10,
@@ -63,14 +75,21 @@ PLANS: dict[str, dict[str, Any]] = {
         "rss_traffic": 5_000, "rss_paced": 1_000, "settings_repeat": 1,
         "settings": [(1000, 8)],
         "sos_settings": [], "sos_settings_samples": 0,
+        "rss_nodes_large": 2000, "idle_window_s": 20, "idle_settle_s": 3, "drain_backlog": 200_000,
+        "drain_rounds": 1,
     },
 }
-SECTIONS = ("anchors", "ab", "settings", "sos", "rss")
+SECTIONS = ("anchors", "ab", "settings", "sos", "rss", "idle", "drain", "bridge", "fleet")
 NAIVE_WINDOW = 100
 SOS_INTERVAL_S = 0.020
 TARGET_RATIO = 3.0
 TARGET_SOS_P99_MS = 5.0
 TARGET_RSS_MIB = 45.0
+TARGET_FSYNCS_PER_READING = 0.05
+TARGET_WAKEUPS_PER_S = 2.0
+TARGET_DRAIN_S = 60.0
+#: Readings of the drain the target is stated for.
+DRAIN_TARGET_READINGS = 1_000_000
 
 
 class Runner:
@@ -187,27 +206,7 @@ def _short(frame: str) -> str:
 
 
 # -- the table -------------------------------------------------------------------------------------------
-class Table:
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def add(self, section: str, what: str, value: float | None, unit: str, *, spread: str = "",
-            anchor: str = "", ratio: float | None = None, target: str = "", ok: bool | None = None,
-            note: str = "") -> None:
-        self.rows.append({"section": section, "what": what, "value": value, "unit": unit, "spread": spread,
-                          "anchor": anchor, "ratio": ratio, "target": target,
-                          "verdict": None if ok is None else ("met" if ok else "MISSED"), "note": note})
-
-    def markdown(self) -> str:
-        head = "| | measurement | value | spread of repeats | anchor (same run) | ratio | target | verdict |"
-        lines = [head, "|---|---|---:|---|---|---:|---|---|"]
-        for r in self.rows:
-            value = f"{c.fmt(r['value'])} {r['unit']}".strip()
-            what = r["what"] + (f" ({r['note']})" if r["note"] else "")
-            ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}×"
-            lines.append(f"| {r['section']} | {what} | {value} | {r['spread']} | {r['anchor']} | {ratio} | "
-                         f"{r['target']} | {r['verdict'] or ''} |")
-        return "\n".join(lines)
+Table = c.Table
 
 
 def _nan(x: float | None) -> bool:
@@ -216,7 +215,7 @@ def _nan(x: float | None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run in under 2 minutes")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run of about 5 minutes")
     ap.add_argument("--json", metavar="PATH", help="also write the table and every raw figure as JSON")
     ap.add_argument("--repeat", type=int, default=None, help="repeats of (a) and (b) (default 5, quick 3)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections: {','.join(SECTIONS)}")
@@ -321,13 +320,21 @@ def _run_sections(runner: Runner, table: Table, plan: dict[str, Any], sections: 
     agent_p = {"nodes": nodes, "n": n, "chunk": 65536, "timeout_s": 600}
     a_rate = None
     if "ab" in sections:
-        print("(a) naive paho / (b) agent, interleaved", file=sys.stderr)
+        print("(a) naive paho / (b) agent / (a') mosquitto_pub, interleaved", file=sys.stderr)
         ratios = []
+        c_ratios = []  # (b) / (a')
+        ca_ratios = []  # (a') / (a)
         for _ in range(repeat):
             a = runner.trial("naive", "a-naive-v5", {**naive_p, "protocol": "v5", "nodelay": True})
             b = runner.trial("agent", "b-agent-default", agent_p)
+            ca = runner.trial("c_anchor", "a-c-mosquitto-pub", {"nodes": nodes, "n": n, "window": NAIVE_WINDOW,
+                                                                 "timeout_s": 600})
             if a and b:
                 ratios.append(b["per_s"] / a["per_s"])
+            if b and ca:
+                c_ratios.append(b["per_s"] / ca["per_s"])
+            if a and ca:
+                ca_ratios.append(ca["per_s"] / a["per_s"])
         for _ in range(max(1, repeat // 2)):
             runner.trial("naive", "a-naive-v311", {**naive_p, "protocol": "v311", "nodelay": True})
             runner.trial("naive", "a-naive-v5-nagle", {**naive_p, "protocol": "v5", "nodelay": False})
@@ -342,6 +349,16 @@ def _run_sections(runner: Runner, table: Table, plan: dict[str, Any], sections: 
             vals = runner.values(label, "per_s")
             table.add("(a)", what, c.median(vals), "readings/s", spread=c.spread(vals),
                       anchor=f"(a) {c.fmt(a_rate)}/s", ratio=c.median(vals) / a_rate if a_rate else None)
+        c_vals = runner.values("a-c-mosquitto-pub", "per_s")
+        c_rate = c.median(c_vals)
+        c0 = (runner.raw.get("a-c-mosquitto-pub") or [{}])[0]
+        table.add("(a')", f"C anchor: mosquitto_pub -q 1 -l -V mqttv5 --nodelay -M {NAIVE_WINDOW}, one reading per "
+                  "line", c_rate, "readings/s", spread=c.spread(c_vals), anchor=f"(a) {c.fmt(a_rate)}/s",
+                  ratio=c.median(ca_ratios),
+                  note=f"N={n:,}, {len(c_vals)} runs, same readings, topic and broker; "
+                  f"{c0.get('processes', '?')} processes of ≤ {_trials.C_CHUNK:,} lines (message ids wrap), "
+                  f"fixed cost {c.fmt((c0.get('fixed_s') or math.nan) * 1e3)} ms each (start, connect, and the two 100 ms "
+                  "sleeps of its line mode, measured with 1 line) subtracted")
         b0 = runner.raw.get("b-agent-default", [{}])
         batch, window = (b0[0].get("batch"), b0[0].get("window")) if b0 else (None, None)
         table.add("(b)", f"agent pty line → journal (fsync) → PUBACK → deleted, batch {batch}, window {window} "
@@ -354,8 +371,11 @@ def _run_sections(runner: Runner, table: Table, plan: dict[str, Any], sections: 
                   spread=c.spread(ingest), anchor=f"(b) {c.fmt(b_rate)}/s",
                   ratio=c.median(ingest) / b_rate if b_rate else None)
         cpr = c.median(runner.values("b-agent-default", "commits_per_reading"))
+        table.add("(b)", "agent vs the C anchor", b_rate, "readings/s", anchor=f"(a') {c.fmt(c_rate)}/s",
+                  ratio=c.median(c_ratios), note="ratio = median of per-round ratios")
         table.add("(b)", "commits (fsyncs) per reading", cpr, "", spread=c.spread(
             runner.values("b-agent-default", "commits_per_reading")),
+            target=f"≤ {TARGET_FSYNCS_PER_READING:g}", ok=None if _nan(cpr) else cpr <= TARGET_FSYNCS_PER_READING,
             note=f"{c.fmt(1 / cpr if cpr else math.nan)} readings per commit")
         share = c.median(runner.values("b-agent-default", "commit_share"))
         table.add("(b)", "share of (b) wall time inside journal.commit", share * 100 if not _nan(share) else None, "%")
@@ -455,8 +475,11 @@ def _run_sections(runner: Runner, table: Table, plan: dict[str, Any], sections: 
         print("(d) RSS", file=sys.stderr)
         for _ in range(3):
             runner.trial("rss_floor", "d-floor", {})
-        runner.trial("rss", "d-rss", {"nodes": 200, "traffic": plan["rss_traffic"], "paced": plan["rss_paced"],
-                                      "paced_per_s": 500, "settle_s": 1.0, "idle_window_s": 2.0, "timeout_s": 300})
+        rss_p = {"traffic": plan["rss_traffic"], "paced": plan["rss_paced"], "paced_per_s": 500, "settle_s": 1.0,
+                 "idle_window_s": 2.0, "timeout_s": 300}
+        runner.trial("rss", "d-rss", {**rss_p, "nodes": 200})
+        big = plan["rss_nodes_large"]
+        runner.trial("rss", "d-rss-large", {**rss_p, "nodes": big})
         floor = c.median(runner.values("d-floor", "libs_mib"))
         mods = c.median(runner.values("d-floor", "agent_modules_mib"))
         table.add("(d)", "floor: bare python importing paho, pydantic, serial, cryptography", floor, "MiB",
@@ -484,6 +507,78 @@ def _run_sections(runner: Runner, table: Table, plan: dict[str, Any], sections: 
             table.add("(d)", "agent CPU while idle, after start-up / after traffic", r["idle_cpu_pct_startup"],
                       "% of a core", note=f"after traffic {c.fmt(r['idle_cpu_pct_after_traffic'])} %; "
                       "an idle agent should be near 0")
+        rl = runner.raw.get("d-rss-large")
+        if rl:
+            r, small = rl[0], (rr[0] if rr else {})
+            for key, what in (("startup_mib", "after start-up"), ("after_paced_mib", "after paced traffic"),
+                              ("after_traffic_mib", "after the burst, drained"), ("peak_mib", "peak (VmHWM)")):
+                split = r.get(key.replace("_mib", "_split_mib"))
+                base = small.get(key)
+                table.add("(d)", f"agent RSS, {r['nodes']:,} keyed nodes, {what}", r[key], "MiB",
+                          anchor=f"200 nodes {c.fmt(base)} MiB" if base else "",
+                          ratio=r[key] / base if base else None, target="(no target; 200 nodes: ≤ 45 MiB)",
+                          note=f"anon {c.fmt(split['RssAnon'])} + file {c.fmt(split['RssFile'])} MiB" if split else "")
+
+    if "idle" in sections:
+        print("(e) idle wakeups", file=sys.stderr)
+        r = runner.trial("idle", "e-idle", {"nodes": 200, "window_s": plan["idle_window_s"],
+                                            "settle_s": plan["idle_settle_s"]})
+        if r is not None:
+            secs = r["seconds"]
+            table.add("(e)", f"idle agent (`agent.cli run`, {r['nodes']} nodes, radios {' + '.join(r['radios'])} on "
+                      f"simulated modules, broker connected): wakeups, all threads", r["wakeups_per_s"], "wakeups/s",
+                      target=f"≤ {TARGET_WAKEUPS_PER_S:g}/s", ok=r["wakeups_per_s"] <= TARGET_WAKEUPS_PER_S,
+                      note=f"voluntary + involuntary context switches over {secs:.0f} s"
+                      + (" (--quick: shorter than the 60 s of the target)" if secs < 59 else "")
+                      + f"; health every {r['health_interval_s']} s, keepalive {r['keepalive_s']} s")
+            busiest = max((t["wakeups_per_s"] for t in r["threads"]), default=0.0)
+            table.add("(e)", "idle agent CPU", r["cpu_pct"], "% of a core", target="no busy polling",
+                      ok=r["cpu_pct"] < 0.5 and busiest <= TARGET_WAKEUPS_PER_S,
+                      note=f"busiest thread {c.fmt(busiest)} wakeups/s")
+            for t in r["threads"]:
+                name = t["name"] or t["comm"]
+                table.add("(e)", f"thread {name}", t["wakeups_per_s"], "wakeups/s",
+                          note=f"{t['voluntary']} voluntary + {t['nonvoluntary']} involuntary in {secs:.0f} s, CPU "
+                          f"{c.fmt(t['cpu_pct'])} %" + (f"; waits in {t['waits_in']}" if t["waits_in"] else ""))
+
+    if "drain" in sections:
+        print("(f) drain of a journaled backlog", file=sys.stderr)
+        backlog = plan["drain_backlog"]
+        r = runner.trial("drain", "f-drain", {"nodes": nodes, "backlog": backlog, "rounds": plan["drain_rounds"],
+                                              "timeout_s": 600}, timeout=1800)
+        if r is not None:
+            secs = [x["broker_up_to_last_ack_s"] for x in r["rounds"]]
+            full = backlog >= DRAIN_TARGET_READINGS
+            sos_rate = c.median([x["drain_per_s"] for x in runner.raw.get("c-sos", [])])
+            table.add("(f)", f"drain of {backlog:,} journaled readings: broker up → last PUBACK (deleted)",
+                      r["seconds"], "s", spread=c.spread(secs),
+                      anchor=f"(c) drain {c.fmt(sos_rate)}/s with SOS pings" if not _nan(sos_rate) else "",
+                      target=f"≤ {TARGET_DRAIN_S:g} s for 1,000,000", ok=r["seconds"] <= TARGET_DRAIN_S if full else None,
+                      note=f"{c.fmt(r['per_s'])} readings/s; {len(secs)} rounds, journal {c.fmt(r['journal_mib'])} MiB; "
+                      f"batch {r['batch']}, window {r['window']}; reconnect backoff 0.1..0.5 s included"
+                      + ("" if full else f"; --quick: {backlog:,} readings, not 1,000,000, so no verdict"))
+            first = [x["first_send_to_last_ack_s"] for x in r["rounds"]]
+            table.add("(f)", "of which first message published → last PUBACK", c.median(first), "s",
+                      spread=c.spread(first), note=f"{c.fmt(r['first_send_per_s'])} readings/s")
+            table.add("(f)", "commits (fsyncs) per reading during the drain", r["commits_per_reading"], "",
+                      target=f"≤ {TARGET_FSYNCS_PER_READING:g}", ok=r["commits_per_reading"] <= TARGET_FSYNCS_PER_READING)
+
+    if "bridge" in sections:
+        print("(g) bridge (tests.bench.bench_bridge)", file=sys.stderr)
+        from tests.bench import bench_bridge  # noqa: PLC0415
+
+        bp = {**bench_bridge.PLANS["quick" if args.quick else "full"], "sections": list(bench_bridge.SECTIONS)}
+        r = runner.trial("bridge", "g-bridge", bp, timeout=1800)
+        if r is not None:
+            bench_bridge.add_rows(table, r)
+
+    if "fleet" in sections:
+        print("(h) fleet of gateways (tests.bench.bench_fleet)", file=sys.stderr)
+        from tests.bench import bench_fleet  # noqa: PLC0415
+
+        r = runner.trial("fleet", "h-fleet", dict(bench_fleet.PLANS["quick" if args.quick else "full"]), timeout=1800)
+        if r is not None:
+            bench_fleet.add_rows(table, r)
 
 
 def _git_state() -> str:

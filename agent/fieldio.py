@@ -43,15 +43,24 @@ import re
 import threading
 import warnings
 from collections.abc import Callable
-from importlib.metadata import entry_points
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from gpiozero import Device, DigitalInputDevice, DigitalOutputDevice, LED
-from gpiozero.exc import GPIOZeroError
-from gpiozero.pins.mock import MockFactory
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from gpiozero import LED, DigitalInputDevice, DigitalOutputDevice
+
+# gpiozero (with colorzero, importlib.metadata, ...) costs about 3 MiB of RAM: it is imported only when a gateway
+# actually has GPIO devices, not by every `denen run` that loads these config models.
+
+
+def _gpio_error() -> type[Exception]:
+    """gpiozero's base error class, imported on first use (evaluated only when an exception is being matched)."""
+    from gpiozero.exc import GPIOZeroError  # noqa: PLC0415
+
+    return GPIOZeroError
 
 __all__ = [
     "LAMP_STATES",
@@ -287,6 +296,13 @@ class GpioConfig(_GpioSection):
         return any(getattr(self, k) is not None for k in ("status_lamp", "siren", "test_button", "rain_gauge"))
 
 
+def entry_points(*, group: str) -> Any:
+    """``importlib.metadata.entry_points``, imported on first use (see _gpio_error)."""
+    from importlib.metadata import entry_points as installed  # noqa: PLC0415
+
+    return installed(group=group)
+
+
 def _factory_names() -> set[str]:
     return {ep.name for ep in entry_points(group="gpiozero_pin_factories")}
 
@@ -451,6 +467,7 @@ class FieldIO:
 
     # -- internals -----------------------------------------------------------------------------------------------
     def _build(self) -> None:
+        from gpiozero import LED, DigitalInputDevice, DigitalOutputDevice  # noqa: PLC0415 - see _gpio_error
         cfg = self.config
         f = self.pin_factory
         if cfg.status_lamp is not None:
@@ -550,12 +567,12 @@ class FieldIO:
             if dev is not None:
                 try:
                     dev.close()
-                except GPIOZeroError as exc:
+                except _gpio_error() as exc:
                     log.warning("gpio: closing %r failed: %s", dev, exc)
         if owned and factory is not None:
             try:
                 factory.close()
-            except GPIOZeroError as exc:
+            except _gpio_error() as exc:
                 log.warning("gpio: closing the pin factory failed: %s", exc)
 
 
@@ -563,7 +580,7 @@ def _device(key: str, pin: int | str, make: Callable[[], Any]) -> Any:
     """Build one gpiozero device, translating its errors into ours."""
     try:
         return make()
-    except GPIOZeroError as exc:
+    except _gpio_error() as exc:
         raise GpioPinError(
             f"gpio.{key}: pin {pin!r}: {exc}",
             "check the pin number against the board's header (BCM numbering unless written BOARDn), and that no "
@@ -578,6 +595,9 @@ def _device(key: str, pin: int | str, make: Callable[[], Any]) -> Any:
 
 def _resolve_factory(name: str | None, explicit: Any) -> tuple[Any, bool]:
     """Pick the pin factory. Returns ``(factory, owned)``; an owned factory is closed by FieldIO.close()."""
+    from gpiozero import Device  # noqa: PLC0415
+    from gpiozero.pins.mock import MockFactory  # noqa: PLC0415
+
     if explicit is not None:
         return explicit, False
     if name == "mock":

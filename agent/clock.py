@@ -80,6 +80,7 @@ class ClockState:
         # Wall time from which stamps are trusted: the moment the sync was noticed (0: trusted from the start).
         self._since_us = 0
         self._asked = False  # whether synced() was ever answered (a sync needs a "no" before it)
+        self._wall = 0  # the wall clock when synced() last looked, µs
         # Set by tests, and by DENEN_CLOCK=trusted (an RTC or GPS sets the clock; or no time service exists).
         self.assume_synced = os.environ.get(CLOCK_ENV, "").strip().lower() == "trusted"
 
@@ -97,6 +98,7 @@ class ClockState:
             self._since_us = wall
         self._trusted = trusted
         self._asked = True
+        self._wall = wall
         return trusted
 
     def trusts(self, ts_us: int) -> bool:
@@ -106,7 +108,7 @@ class ClockState:
         """
         if not self.synced() or ts_us < EPOCH_FLOOR_US:
             return False
-        return self._since_us <= ts_us <= wall_us() + 1_000_000
+        return self._since_us <= ts_us <= self._wall + 1_000_000  # _wall: read by synced() just now
 
 
 _state = ClockState()

@@ -239,19 +239,30 @@ class Gateway:
         for item in items:
             tag = item[0]
             if tag == "up":
+                # The per-frame path: names bound once per chunk, frames.ok counted once per chunk.
+                decode, on_reading, ok = self.decoder.decode, self.edge.on_reading, 0
                 for up in item[1]:
                     try:
-                        out = self.decoder.decode(up)
+                        out = decode(up)
                     except Exception as exc:  # noqa: BLE001 - a decoder bug must not lose the frame or stop the core
                         log.exception("decoding a frame from %s failed", up.radio)
                         out = Decoded(quarantined=Quarantined(up.received_us, up.radio, None, "internal_error",
                                                               f"decoder raised {type(exc).__name__}: {exc}",
                                                               up.payload, up.rssi, up.snr))
-                    if out.entry is not None:
-                        entries.append(out.entry)
-                        urgent |= out.entry.lane == SOS
-                        self._count("frames.ok")
-                        entries.extend(self._edge_call(self.edge.on_reading, out.body))
+                    entry = out.entry
+                    if entry is not None:
+                        entries.append(entry)
+                        if entry.lane == SOS:
+                            urgent = True
+                        ok += 1
+                        try:
+                            alerts = on_reading(out.body)
+                        except Exception:  # noqa: BLE001 - as in _edge_call: a rules bug never stops forwarding
+                            self._count("edge.internal_error")
+                            log.exception("edge logic failed in on_reading")
+                        else:
+                            if alerts:
+                                entries.extend(alerts)
                     else:
                         q = out.quarantined
                         assert q is not None
@@ -259,6 +270,8 @@ class Gateway:
                         self._count(f"frames.{q.reason}")
                         log.warning("frame quarantined from %s via %s: %s: %s (rssi %s)",
                                     q.node or "?", q.radio, q.reason, q.detail, q.rssi)
+                if ok:
+                    self._count("frames.ok", ok)
             elif tag == "ack":
                 self._on_ack(item[1], item[2], item[3], item[4], item[5] if len(item) > 5 else 0)
             elif tag == "incident":

@@ -497,6 +497,8 @@ def _is_int(value: object) -> bool:
 
 def _number(value: object) -> float | None:
     """A finite float from a reading value, else None (bad values are ignored, never alerted on)."""
+    if type(value) is float:  # nearly every value: one check instead of three (this runs per value per reading)
+        return value if value - value == 0.0 else None  # NaN and ±inf fail x - x == 0
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     out = float(value)

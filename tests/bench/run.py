@@ -10,7 +10,8 @@ Sections (``--only`` takes a comma-separated list; default all):
               per commit), and the agent's decode path alone on one thread (a CPU anchor).
 ``ab``        (a) naive paho, one reading per QoS 1 message, at most 100 unacknowledged, no journal; (b) the agent
               from pty line to PUBACK with the durable journal; and (a') the C anchor, ``mosquitto_pub -q 1 -l``
-              publishing the same readings one per line, at most 100 in flight; interleaved a, b, a', a, b, a' ...
+              publishing the same readings one per line, at most 100 in flight (timed by a C subscriber from the
+              first to the last arrival, see ``_trials.c_anchor``); interleaved a, b, a', a, b, a' ...
               so machine noise hits all alike; ratios are taken per round and their median reported. Also naive
               variants.
 ``settings``  (b) again with other ``batch_max_readings`` / ``inflight_window`` settings.
@@ -355,10 +356,10 @@ def _run_sections(runner: Runner, table: Table, plan: dict[str, Any], sections: 
         table.add("(a')", f"C anchor: mosquitto_pub -q 1 -l -V mqttv5 --nodelay -M {NAIVE_WINDOW}, one reading per "
                   "line", c_rate, "readings/s", spread=c.spread(c_vals), anchor=f"(a) {c.fmt(a_rate)}/s",
                   ratio=c.median(ca_ratios),
-                  note=f"N={n:,}, {len(c_vals)} runs, same readings, topic and broker; "
-                  f"{c0.get('processes', '?')} processes of ≤ {_trials.C_CHUNK:,} lines (message ids wrap), "
-                  f"fixed cost {c.fmt((c0.get('fixed_s') or math.nan) * 1e3)} ms each (start, connect, and the two 100 ms "
-                  "sleeps of its line mode, measured with 1 line) subtracted")
+                  note=f"N={n:,}, {len(c_vals)} runs, same readings, topic and broker; timed by the C subscriber "
+                  f"from first to last arrival, per process ({c0.get('processes', '?')} of ≤ {_trials.C_CHUNK:,} "
+                  f"lines, message ids wrap); wall time of the processes: "
+                  f"{c.fmt(c.median(runner.values('a-c-mosquitto-pub', 'raw_per_s')))}/s")
         b0 = runner.raw.get("b-agent-default", [{}])
         batch, window = (b0[0].get("batch"), b0[0].get("window")) if b0 else (None, None)
         table.add("(b)", f"agent pty line → journal (fsync) → PUBACK → deleted, batch {batch}, window {window} "

@@ -39,7 +39,7 @@ from drivers.types import Uplink
 log = logging.getLogger(__name__)
 
 _DRAIN_MAX = 2000  # inbox items handled per transaction, so one wake-up never grows without bound
-_BATCHES_PER_STEP = 2  # backlog messages published per wake-up
+_BATCHES_PER_STEP = 1  # backlog messages published per wake-up
 _NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT v5 PUBACK reason code
 _REWIND_S = 2.0  # wait before offering again readings the broker had no subscriber for, in seconds
 #: How long telemetry and diagnostics stamped on an unsynchronised clock wait for the clock to sync before they go

@@ -72,6 +72,12 @@ def uplink(payload: bytes) -> Uplink:
     return Uplink("lora0", payload, -90, 5.0, None, clock.wall_us())
 
 
+def settle(gw: Gateway, steps: int = 5) -> None:
+    """Wake the core a few times: the backlog goes out one batch per wake-up, lanes in priority order."""
+    for _ in range(steps):
+        gw._step(0)
+
+
 def readings(published: list[tuple[str, dict]], lane: str) -> list[dict]:
     return [r for ln, doc in published if ln == lane for r in doc["readings"]]
 
@@ -96,7 +102,7 @@ def test_before_sync_sos_goes_at_once_telemetry_waits_and_after_sync_it_goes_wit
         assert gw._timeout() <= gateway_module._CLOCK_CHECK_S  # the core looks again soon, for the sync
 
         fake_clock.sync()
-        gw._step(0)
+        settle(gw)
         rain_out = [r for r in readings(published, "telemetry") if r["kind"] == "rain"]
         assert [r["fcnt"] for r in rain_out] == sorted(r["fcnt"] for r in rain_out) and len(rain_out) == 5
         assert {r["clock"] for r in rain_out} == {"corrected"}
@@ -106,7 +112,7 @@ def test_before_sync_sos_goes_at_once_telemetry_waits_and_after_sync_it_goes_wit
         assert gw.stats.counters["clock.steps"] == 1
         # Readings made after the sync are stamped on the synchronised clock and need nothing.
         gw.on_uplinks([uplink(rain.frame(default_values("rain", 9)))])
-        gw._step(0)
+        settle(gw)
         assert readings(published, "telemetry")[-1]["clock"] == "synced"
     finally:
         gw.journal.close()
@@ -122,7 +128,7 @@ def test_a_reading_stamped_just_before_the_step_is_corrected_with_the_offset_it_
         true = time.time_ns() // 1000
         gw.on_uplinks([uplink(rain.frame(default_values("rain", 1)))])  # stamped in the past ...
         fake_clock.sync()  # ... and the clock steps before the core has looked at it
-        gw._step(0)
+        settle(gw)
         [r] = [r for r in readings(published, "telemetry") if r["kind"] == "rain"]
         assert r["clock"] == "corrected" and abs(r["ts_us"] - true) < 50_000
     finally:
@@ -139,7 +145,7 @@ def test_without_a_sync_telemetry_waits_only_until_the_hold_ends_and_goes_flagge
         gw._step(0)
         assert readings(published, "telemetry") == []
         monkeypatch.setattr(gw, "_clock_hold_until", time.monotonic() - 1)  # the hold (CLOCK_HOLD_S) is over
-        gw._step(0)
+        settle(gw)
         [r] = [r for r in readings(published, "telemetry") if r["kind"] == "rain"]
         assert r["clock"] == "unsynced"
     finally:
@@ -160,7 +166,7 @@ def test_readings_of_an_earlier_boot_cannot_be_corrected_and_go_out_flagged(
     try:
         assert gw.stats.counters["clock.uncorrectable"] == 1
         published = capture(gw)
-        gw._step(0)
+        settle(gw)
         [r] = [r for r in readings(published, "telemetry") if r["kind"] == "rain"]
         assert r["clock"] == "unsynced"  # its boot-time stamp counts from a boot that has ended
     finally:

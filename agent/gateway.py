@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import shutil
+import sqlite3
 import sys
 import threading
 import time
@@ -168,6 +169,9 @@ class Gateway:
             while not self._stop.is_set():
                 try:
                     self._step(self._timeout())
+                except JournalCorrupt as exc:
+                    # Found by a read (publishing, quota, clock correction): what was committed is salvaged.
+                    self._replace_journal(exc)
                 except Exception:  # noqa: BLE001 - the core must outlive its own bugs; nothing is acked on failure
                     self._count("core.internal_error")
                     log.exception("core: unexpected error; carrying on")
@@ -321,7 +325,10 @@ class Gateway:
             else:
                 entries = [e for e in entries if e.lane != SOS]
                 self._count("readings.journaled", len(sos))
-                self._publish_lane(SOS)
+                try:
+                    self._publish_lane(SOS)
+                except JournalCorrupt:
+                    pass  # this wake-up's other entries are committed first; the damage is met again below
         # A batch that could not be committed last time (disk full, I/O error) goes first, in order.
         if self._uncommitted:
             entries = self._uncommitted[0] + entries
@@ -349,12 +356,7 @@ class Gateway:
             except JournalCorrupt as exc:
                 # The file went bad under us: keep this batch, move the damaged file aside, carry on in a new one.
                 self._uncommitted = (entries, quarantined)
-                log.error("%s", exc)
-                self.journal.close()
-                self.journal, damaged, rescued = open_or_recover(self.journal.path, quota_bytes=self.journal.quota_bytes,
-                                                                 force=True)
-                self._session_reset()
-                self._journal_damaged(damaged, rescued)
+                self._replace_journal(exc)
                 self._retry_commit_at = time.monotonic()
                 return
             except JournalError as exc:
@@ -461,6 +463,18 @@ class Gateway:
     def _holding(self) -> bool:
         """Whether telemetry and diagnostics stamped on an unsynchronised clock wait (for the sync or a correction)."""
         return self._to_correct and (self._clock_synced or time.monotonic() < self._clock_hold_until)
+
+    def _replace_journal(self, exc: JournalCorrupt) -> None:
+        """Set the damaged journal aside, start a fresh one with what can be salvaged, and alert."""
+        log.error("%s", exc)
+        try:
+            self.journal.close()
+        except sqlite3.Error:
+            pass
+        self.journal, damaged, rescued = open_or_recover(self.journal.path, quota_bytes=self.journal.quota_bytes,
+                                                         force=True)
+        self._session_reset()
+        self._journal_damaged(damaged, rescued)
 
     def _journal_damaged(self, aside: str | None, rescued: int) -> None:
         """Count, log and alert: the journal was found damaged and set aside."""

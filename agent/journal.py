@@ -17,13 +17,15 @@ Tables:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from agent.errors import JournalError
 
@@ -133,6 +135,35 @@ class Quarantined:
 
 class JournalCorrupt(JournalError):
     """The journal file is damaged (not a database, malformed, failed its integrity check)."""
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(method: _F) -> _F:
+    """SQLite errors of a journal method become JournalCorrupt (damaged file) or JournalError (anything else).
+
+    Damage is usually found by whatever first reads a bad page (a publish, a quota check), not by a commit; the
+    core replaces the journal whichever call it was.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Journal, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except JournalError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if _is_corruption(exc):
+                raise JournalCorrupt(f"{self.path}: the journal is damaged: {exc}") from exc
+            raise JournalError(f"{self.path}: {method.__name__} failed: {exc}") from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
@@ -378,6 +409,7 @@ class Journal:
             raise JournalError(f"{self.path}: commit failed: {exc}") from exc
 
     # -- reads ---------------------------------------------------------------------------------------
+    @_guarded
     def pending(self, lane: int, *, after_seq: int, limit: int, hold_unsynced: bool = False) -> list[tuple[int, str]]:
         """Unacknowledged readings of one lane with ``seq > after_seq``, oldest first: ``[(seq, body), ...]``.
 
@@ -400,10 +432,12 @@ class Journal:
         return out
 
     # -- clock correction -----------------------------------------------------------------------------
+    @_guarded
     def unsynced_count(self) -> int:
         """Readings stamped on an unsynchronised clock that still await correction."""
         return self._db.execute("SELECT COUNT(*) FROM reading WHERE boot_us IS NOT NULL").fetchone()[0]
 
+    @_guarded
     def adopt_boot(self, boot_id: str) -> int:
         """Record the current boot; readings awaiting correction from an earlier boot can never be corrected.
 
@@ -421,6 +455,7 @@ class Journal:
         self._db.execute("COMMIT")
         return max(0, n)
 
+    @_guarded
     def correct_clock(self, offset_us: int, *, limit: int = 1000) -> int:
         """Give readings stamped before the clock synced their true time: ``boot_us + offset_us``.
 
@@ -451,21 +486,18 @@ class Journal:
                 pass  # not ours to judge here; it is published as it is and the bridge says what is wrong
             updates.append((ts, body, seq))
         db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("UPDATE reading SET ts_us=?, body=?, boot_us=NULL WHERE seq=?", updates)
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise JournalError(f"{self.path}: clock correction failed: {exc}") from exc
+        db.execute("BEGIN IMMEDIATE")  # a failure rolls back in _guarded
+        db.executemany("UPDATE reading SET ts_us=?, body=?, boot_us=NULL WHERE seq=?", updates)
+        db.execute("COMMIT")
         return len(rows)
 
+    @_guarded
     def has_pending(self, lane: int, *, after_seq: int) -> bool:
         return self._db.execute(
             "SELECT 1 FROM reading WHERE lane=? AND seq>? LIMIT 1", (lane, after_seq)
         ).fetchone() is not None
 
+    @_guarded
     def depth(self) -> dict[str, int]:
         """Unsent readings per lane name."""
         out = dict.fromkeys(LANES, 0)
@@ -473,23 +505,28 @@ class Journal:
             out[LANES[lane]] = n
         return out
 
+    @_guarded
     def oldest_ts_us(self) -> int | None:
         """Edge timestamp of the oldest unsent reading, in µs since the epoch, or None when empty."""
         row = self._db.execute("SELECT MIN(ts_us) FROM reading").fetchone()
         return row[0]
 
+    @_guarded
     def nodes(self) -> dict[str, NodeState]:
         rows = self._db.execute(
             "SELECT node, name, last_fcnt, last_seen_us, radio, rssi, snr, battery_v, frames_ok, frames_bad FROM node"
         )
         return {r[0]: NodeState(*r) for r in rows}
 
+    @_guarded
     def counters(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT name, value FROM counter"))
 
+    @_guarded
     def meta(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT key, value FROM meta"))
 
+    @_guarded
     def quarantine(self, limit: int = 20) -> list[Quarantined]:
         rows = self._db.execute(
             "SELECT ts_us, radio, node, reason, detail, raw, rssi, snr FROM quarantine ORDER BY id DESC LIMIT ?",
@@ -498,6 +535,7 @@ class Journal:
         return [Quarantined(*r) for r in rows]
 
     # -- quota ---------------------------------------------------------------------------------------
+    @_guarded
     def size_bytes(self) -> int:
         """Bytes the journal occupies: live pages of the database plus the WAL file."""
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
@@ -508,6 +546,7 @@ class Journal:
             wal = 0
         return (pages - free) * self._page_size + wal
 
+    @_guarded
     def enforce_quota(self, *, protect: Iterable[int] = ()) -> dict[str, int]:
         """Evict the lowest lanes, oldest first, until the live data fits the quota.
 

@@ -1,0 +1,178 @@
+"""Disk fault: the journal file is damaged (a bad SD card sector, a torn write the card's controller lied about).
+
+Two ways, each with the agent as a real process, a simulated RAK3172 on a pty and a real Mosquitto:
+
+1. **Damaged between runs.** Readings pile up in the journal during a broker outage; the agent is killed; pages in
+   the middle of the file are overwritten with garbage. At the next start the agent must set the damaged file
+   aside (never delete it), start a fresh journal, salvage what can still be read, raise a ``journal_damaged``
+   alert, and then forward the salvaged readings and new traffic.
+2. **Damaged under a running agent.** The same garbage is written into the file while the agent runs with a
+   backlog; the next time the core touches a damaged page it must do the same, without stopping.
+
+Accounting by (node, frame counter): every reading that reaches the subscriber is one the nodes sent, none twice
+with two timestamps; what was on the damaged pages is reported (salvaged / lost), since no software can read it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.devbroker import Mosquitto
+from drivers.sim.rak3172 import SimRak3172
+from tests.faults._rig import (
+    AgentProcess,
+    WireRecorder,
+    gateway_config,
+    journal_status,
+    journaled_once,
+    readings_in,
+    sized,
+    wait_until,
+    write_private,
+)
+from tests.support.broker import Collector
+from tests.support.field import FieldNode, default_values, wait_configured
+
+pytestmark = [pytest.mark.faults, pytest.mark.broker]
+
+BACKLOG = sized(3000, 20000)  # readings journaled during the outage, before the damage
+PAGE = 4096
+
+
+def _damage(path: Path, rng: random.Random, pages: int = 3) -> list[int]:
+    """Overwrite ``pages`` whole pages in the middle of the file (never page 1, the header) with random bytes."""
+    size = path.stat().st_size
+    total = size // PAGE
+    assert total > 10, f"journal too small to damage ({size} bytes)"
+    hit = sorted(rng.sample(range(total // 4, total - 2), pages))
+    with path.open("r+b") as f:
+        for p in hit:
+            f.seek(p * PAGE)
+            f.write(rng.randbytes(PAGE))
+    return hit
+
+
+class Field:
+    """Nodes on a simulated module, the agent, a persistent subscriber."""
+
+    def __init__(self, tmp: Path, broker: Mosquitto, seed: int) -> None:
+        self.tmp, self.broker = tmp, broker
+        kinds = ["water_level", "rain", "tilt", "weather", "sos"]
+        self.nodes = [FieldNode(0x0E200000 + i, k) for i, k in enumerate(kinds)]
+        self.sim = SimRak3172(name="lora0", link=str(tmp / "lora0"), boot_delay_s=0.05, rng=random.Random(seed))
+        self.sim.start()
+        self.wire = WireRecorder(self.sim)
+        self.journal = tmp / "journal.db"
+        self.cfg = tmp / "gateway.yaml"
+        write_private(self.cfg, gateway_config(port=self.sim.path, mqtt_port=broker.port, journal=self.journal,
+                                               nodes=self.nodes, health_s=3600))
+        self.agent = AgentProcess(self.cfg, tmp / "agent.log")
+        self.col = Collector(broker, "denen/v1/+/readings/#", client_id="damage-collector", persistent=True)
+        self.i = 0
+
+    def send(self, n: int, *, rate_hz: float = 400.0) -> None:
+        for _ in range(n):
+            node = self.nodes[self.i % 4]  # telemetry only; the SOS node is pressed on purpose
+            assert self.sim.inject_uplink(node.frame(default_values(node.kind, self.i)))
+            self.i += 1
+            time.sleep(1.0 / rate_hz)
+
+    def journaled(self) -> int:
+        return journal_status(self.journal)["counters"].get("frames.ok", 0)
+
+    def damaged_alerts(self) -> list[dict[str, Any]]:
+        return [r for _, r in readings_in(self.col.messages)
+                if r["kind"] == "alert" and r["alert"]["type"] == "journal_damaged"]
+
+    def check_delivery(self) -> dict[str, Any]:
+        """Nothing invented, nothing twice; how many of the readings on the wire arrived."""
+        got = [(r["node"], r["fcnt"]) for _, r in readings_in(self.col.messages) if r["node"] != "gateway"]
+        wire = set(self.wire.snapshot())
+        invented = set(got) - wire
+        assert not invented, f"readings no node sent: {sorted(invented)[:5]}"
+        twice = journaled_once([r for _, r in readings_in(self.col.messages)])
+        assert not twice, f"readings with two timestamps: {twice[:5]}"
+        return {"on_wire": len(wire), "arrived": len(set(got))}
+
+    def close(self) -> None:
+        self.agent.stop()
+        self.col.close()
+        self.sim.stop()
+
+
+def test_a_journal_damaged_between_runs_is_set_aside_salvaged_and_alerted(
+        tmp_path: Path, broker: Mosquitto, rng: random.Random, figures: dict[str, Any]) -> None:
+    f = Field(tmp_path, broker, rng.randrange(2**31))
+    try:
+        broker.stop()  # an outage: the readings stay in the journal
+        f.agent.start()
+        assert wait_configured(f.sim, 0, 20), f.agent.run_log()
+        f.send(BACKLOG)
+        assert wait_until(lambda: f.journaled() >= BACKLOG, 60), f.agent.run_log()[-2000:]
+        f.agent.kill9()
+        hit = _damage(f.journal, rng)
+
+        broker.start()
+        f.agent.start()
+        assert wait_configured(f.sim, 0, 20), f.agent.run_log()
+        assert wait_until(lambda: f.damaged_alerts(), 30), f.agent.run_log()[-3000:]
+        aside = list(tmp_path.glob("journal.db.damaged-*"))
+        assert any(p.name.endswith(tuple("0123456789")) for p in aside), aside  # the main file kept, not deleted
+        counters = journal_status(f.journal)["counters"]
+        assert counters.get("journal.damaged") == 1
+        salvaged = counters.get("journal.salvaged", 0)
+        # After the damage the agent forwards: new readings and an SOS arrive.
+        before = f.i
+        f.send(200)
+        assert f.sim.inject_uplink(f.nodes[4].frame(default_values("sos", 0)))
+        new_keys = {(n.hex, n.counter) for n in f.nodes}  # each node's latest frame
+        assert f.col.wait_for(lambda m: new_keys <= {(r["node"], r["fcnt"]) for _, r in readings_in(m)}, 30), \
+            f.agent.run_log()[-3000:]
+        assert wait_until(lambda: journal_status(f.journal)["journal"]["unsent"] == 0, 60)
+        assert f.agent.alive, f.agent.run_log()[-3000:]
+        out = f.check_delivery()
+        backlog_arrived = out["arrived"] - (f.i - before) - 1
+        # Only readings on the damaged pages may be missing: a handful per 4 KiB page.
+        assert salvaged >= BACKLOG - len(hit) * 40, (salvaged, len(hit))
+        assert backlog_arrived >= salvaged - 5, (backlog_arrived, salvaged)
+        figures.update(backlog=BACKLOG, damaged_pages=len(hit), salvaged=salvaged, lost=BACKLOG - salvaged,
+                       alert=f.damaged_alerts()[0]["alert"]["message"], **out)
+    finally:
+        f.close()
+
+
+def test_a_journal_damaged_under_the_running_agent_is_replaced_and_forwarding_goes_on(
+        tmp_path: Path, broker: Mosquitto, rng: random.Random, figures: dict[str, Any]) -> None:
+    f = Field(tmp_path, broker, rng.randrange(2**31))
+    try:
+        broker.stop()
+        f.agent.start()
+        assert wait_configured(f.sim, 0, 20), f.agent.run_log()
+        f.send(BACKLOG)
+        assert wait_until(lambda: f.journaled() >= BACKLOG, 60), f.agent.run_log()[-2000:]
+        time.sleep(1.5)  # the WAL is checkpointed into the main file, where the damage goes
+        hit = _damage(f.journal, rng)
+        broker.start()  # the drain reads the damaged pages
+        f.send(100)
+        assert wait_until(lambda: f.damaged_alerts(), 30), f.agent.run_log()[-3000:]
+        assert f.agent.alive, f.agent.run_log()[-3000:]
+        before = f.i
+        f.send(200)
+        assert f.sim.inject_uplink(f.nodes[4].frame(default_values("sos", 0)))
+        new_keys = {(n.hex, n.counter) for n in f.nodes}
+        assert f.col.wait_for(lambda m: new_keys <= {(r["node"], r["fcnt"]) for _, r in readings_in(m)}, 30), \
+            f.agent.run_log()[-3000:]
+        assert f.agent.alive and f.agent.starts == 1, f.agent.run_log()[-3000:]  # never restarted
+        counters = journal_status(f.journal)["counters"]
+        assert counters.get("journal.damaged", 0) >= 1, counters
+        assert "core: unexpected error" not in f.agent.run_log(), f.agent.run_log()[-3000:]  # handled, not a bug
+        out = f.check_delivery()
+        figures.update(backlog=BACKLOG, damaged_pages=len(hit), salvaged=counters.get("journal.salvaged", 0),
+                       new_after_damage=f.i - before + 1, **out)
+    finally:
+        f.close()

@@ -1463,6 +1463,10 @@ def parse_yaml_model(
         plain, model, source=source, base_dir=Path(base_dir), file_mode=file_mode,
         secret_file_modes=secret_file_modes, service_user=service_user)
     issues.extend(_issue_at(data, source, loc, message, hint) for loc, message, hint in mode_errors)
+    if file_mode is not None and stat.S_IMODE(file_mode) & stat.S_IWOTH:
+        # Whoever can change the config can point the gateway at their own broker or add a node key.
+        issues.append(ConfigIssue(source, None, None, "", f"every user on this machine can change this file (mode "
+                                  f"{stat.S_IMODE(file_mode):03o})", f"chmod o-w {source}"))
     if issues or result is None:
         # from None: the chained ValidationError's text would include input values, which may be secrets.
         raise ConfigError(_sorted(issues)) from None
@@ -2032,8 +2036,10 @@ Rules worth knowing:
   **Who can read them is checked.** A config file holding an inline secret that every user on the machine can
   read (mode 644, 604 ...) is refused, at the secret's line, with the hint `chmod 600 FILE, or move the secret to
   key_file / key_env`; so is a `key_file`, `password_file` or `tls.key_file` that every user can read. Readable by
-  the file's group only (640) is a warning: fine when the group is the service's own (`denen`). The examples here
-  name their keys with `key_env:`; their public example keys are in `example-keys.env`.
+  the file's group only (640) is a warning: fine when the group is the service's own (`denen`). A config file
+  every user can *change* (mode 646, 666 ...) is refused whatever it holds (`chmod o-w FILE`): whoever can write
+  it can point the gateway at another broker. The examples here name their keys with `key_env:`; their public
+  example keys are in `example-keys.env`.
 - `radios[].port` is passed to pyserial's `serial_for_url`: a device path, a udev symlink, `socket://host:port`
   or `loop://`. It is not opened at load time.
 - Radio drivers: `rak3172` and `es920lr`, plus any other name in the driver registry `drivers.radio.DRIVERS`.

@@ -346,3 +346,15 @@ def test_a_python_built_config_reads_the_environment_too(no_test_env: pytest.Mon
         "nodes": [{"id": "00000001", "name": "n", "kind": "trap", "key_env": ENV_KEY}],
     })
     assert cfg.nodes[0].key_bytes() == bytes.fromhex(KEY)
+
+
+@pytest.mark.parametrize("mode", [0o646, 0o602, 0o666])
+def test_a_config_every_user_can_change_is_refused_secrets_or_not(tmp_path: Path, mode: int) -> None:
+    # Whoever can write the config can point the gateway at another broker or add a node key.
+    path = write(tmp_path / "gw.yaml", gateway_text("    unauthenticated: flag\n"), mode)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [issue] = [i for i in info.value.issues if "can change this file" in i.message]
+    assert issue.file == str(path) and f"(mode {mode:03o})" in issue.message
+    assert issue.hint == f"chmod o-w {path}"
+    load_config(write(tmp_path / "ok.yaml", gateway_text("    unauthenticated: flag\n"), 0o664))  # group: fine

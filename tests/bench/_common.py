@@ -15,7 +15,7 @@ from agent.config import Config, parse_config
 from agent.journal import Entry
 from agent.readings import FrameDecoder
 from drivers.types import Uplink
-from tests.support.field import FieldNode, default_values, node_key
+from tests.support.field import FieldNode, default_values, node_key, write_config  # noqa: F401 - c.write_config for the trials
 
 GATEWAY_ID = "gw-bench-01"
 RADIO = "lora0"
@@ -236,15 +236,6 @@ def thread_stats(pid: int) -> dict[int, dict[str, Any]]:
         out[int(tid_s)] = {"comm": comm, "voluntary": vol, "nonvoluntary": nonvol,
                            "ticks": int(fields[11]) + int(fields[12])}
     return out
-
-
-def write_config(path: Path, text: str) -> None:
-    """Write a gateway config owner-only (mode 600): it holds node keys, and the agent refuses a config with
-    secrets that other users can read."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
 
 
 # -- the table ----------------------------------------------------------------------------------------------

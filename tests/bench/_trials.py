@@ -150,8 +150,6 @@ def naive(p: dict[str, Any]) -> dict[str, Any]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-    from agent.devbroker import Mosquitto
-
     work = Path(p["workdir"])
     n, window = p["n"], p["window"]
     nodes = c.telemetry_nodes(p["nodes"])
@@ -323,7 +321,6 @@ class Probe:
 def _start_field(work: Path, nodes: list[Any], *, batch: int | None, window: int | None,
                  broker_running: bool = True) -> tuple[Any, Any, Any, Path]:
     """A Mosquitto, a simulated RAK3172 on a pty and the config for a gateway listening to it."""
-    from agent.devbroker import Mosquitto
     from drivers.sim.rak3172 import SimRak3172
 
     broker = _SubscribedMosquitto(work / "broker")

@@ -55,14 +55,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 
 # -- configs ------------------------------------------------------------------------------------------------------
-def write_private(path: Path, text: str) -> None:
-    """Write a config that holds secrets (node keys, passwords) readable by its owner only, as the agent demands."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
 def gateway_config(*, port: str, mqtt_port: int, journal: Path, nodes: Iterable[FieldNode], quota_mb: float = 64,
                    health_s: int = 3600, batch: int = 200, window: int = 8, interval_s: int = 600,
                    rules: str = "") -> str:

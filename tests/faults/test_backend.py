@@ -26,7 +26,6 @@ import pytest
 from agent.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
 from tests.faults._rig import (
-    write_private,
     AgentProcess,
     BridgeProcess,
     Feeder,
@@ -39,7 +38,7 @@ from tests.faults._rig import (
     sized,
     wait_until,
 )
-from tests.support.field import FieldNode, default_values, wait_configured
+from tests.support.field import FieldNode, default_values, wait_configured, write_config
 from tests.support.influx import InfluxDB1
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
@@ -61,10 +60,10 @@ class Pipeline:
         self.wire = WireRecorder(self.sim)
         self.journal = tmp / "journal.db"
         cfg = tmp / "gateway.yaml"
-        write_private(cfg, gateway_config(port=self.sim.path, mqtt_port=broker.port, journal=self.journal,
+        write_config(cfg, gateway_config(port=self.sim.path, mqtt_port=broker.port, journal=self.journal,
                                           nodes=self.nodes, batch=50, window=4))
         bcfg = tmp / "bridge.yaml"
-        write_private(bcfg, bridge_config(broker=broker, influx=influx, dead_letter=tmp / "dead.db"))
+        write_config(bcfg, bridge_config(broker=broker, influx=influx, dead_letter=tmp / "dead.db"))
         self.bridge = BridgeProcess(bcfg, tmp / "bridge.log")
         self.agent = AgentProcess(cfg, tmp / "agent.log")
         self.feeder = Feeder(self.sim, self._make, RATE_HZ)

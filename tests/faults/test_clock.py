@@ -27,7 +27,6 @@ import pytest
 from agent.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
 from tests.faults._rig import (
-    write_private,
     DB,
     GATEWAY,
     REPO,
@@ -40,7 +39,7 @@ from tests.faults._rig import (
     journal_status,
     wait_until,
 )
-from tests.support.field import FieldNode, default_values, wait_configured
+from tests.support.field import FieldNode, default_values, wait_configured, write_config
 from tests.support.influx import InfluxDB1
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
@@ -109,10 +108,10 @@ def test_readings_before_ntp_sync_are_held_corrected_and_nothing_before_2020_rea
     sim.start()
     sent = SendTimes(sim)
     cfg = tmp_path / "gateway.yaml"
-    write_private(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=tmp_path / "journal.db",
+    write_config(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=tmp_path / "journal.db",
                                       nodes=[sos, *telemetry], batch=50, window=4))
     bcfg = tmp_path / "bridge.yaml"
-    write_private(bcfg, bridge_config(broker=broker, influx=influx, dead_letter=tmp_path / "dead.db"))
+    write_config(bcfg, bridge_config(broker=broker, influx=influx, dead_letter=tmp_path / "dead.db"))
     bridge = BridgeProcess(bcfg, tmp_path / "bridge.log")
     agent = ClockAgent(cfg, tmp_path / "agent.log", tmp_path / "clock.json")
     agent.set_clock(BOOT_WALL_S - time.time(), synced=False)

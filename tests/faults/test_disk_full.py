@@ -39,7 +39,6 @@ import pytest
 from agent.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
 from tests.faults._rig import (
-    write_private,
     AgentProcess,
     WireRecorder,
     denen_status_json,
@@ -50,7 +49,7 @@ from tests.faults._rig import (
     wait_until,
 )
 from tests.support.broker import Collector
-from tests.support.field import FieldNode, default_values, wait_configured
+from tests.support.field import FieldNode, default_values, wait_configured, write_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
@@ -110,7 +109,7 @@ def run(disk: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
     wire = WireRecorder(sim)
     journal = disk / "journal.db"
     cfg = tmp / "gateway.yaml"
-    write_private(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes, health_s=10))
+    write_config(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes, health_s=10))
     col = Collector(broker, "denen/v1/+/readings/#", client_id="disk-collector", persistent=True)
     agent = AgentProcess(cfg, tmp / "agent.log")
     filler = disk / "filler"
@@ -229,7 +228,7 @@ def test_the_journal_keeps_committing_on_a_filesystem_smaller_than_its_wal(
         with _tmpfs(tmp_path / "small", SMALL_DISK) as small:
             journal = small / "journal.db"
             cfg = tmp_path / "gateway.yaml"
-            write_private(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes))
+            write_config(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes))
             agent = AgentProcess(cfg, tmp_path / "agent.log")
             agent.start()
             assert wait_configured(sim, 0, 20), agent.run_log()

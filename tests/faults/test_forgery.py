@@ -69,10 +69,9 @@ from tests.faults._rig import (
     readings_in,
     sized,
     wait_until,
-    write_private,
 )
 from tests.support.broker import Collector
-from tests.support.field import FieldNode, default_values, node_key, wait_configured
+from tests.support.field import FieldNode, default_values, node_key, wait_configured, write_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
@@ -322,7 +321,7 @@ def test_forged_replayed_and_rolled_back_frames_are_rejected_and_counted_and_the
     wire = PayloadRecorder(sim)
     journal = tmp_path / "journal.db"
     cfg = tmp_path / "gateway.yaml"
-    write_private(cfg, _config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes))
+    write_config(cfg, _config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes))
     col = Collector(broker, "denen/v1/+/readings/#", client_id="forgery-collector", persistent=True)
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     sent: list[Sent] = []

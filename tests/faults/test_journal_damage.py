@@ -33,10 +33,9 @@ from tests.faults._rig import (
     readings_in,
     sized,
     wait_until,
-    write_private,
 )
 from tests.support.broker import Collector
-from tests.support.field import FieldNode, default_values, wait_configured
+from tests.support.field import FieldNode, default_values, wait_configured, write_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
@@ -69,7 +68,7 @@ class Field:
         self.wire = WireRecorder(self.sim)
         self.journal = tmp / "journal.db"
         self.cfg = tmp / "gateway.yaml"
-        write_private(self.cfg, gateway_config(port=self.sim.path, mqtt_port=broker.port, journal=self.journal,
+        write_config(self.cfg, gateway_config(port=self.sim.path, mqtt_port=broker.port, journal=self.journal,
                                                nodes=self.nodes, health_s=3600))
         self.agent = AgentProcess(self.cfg, tmp / "agent.log")
         self.col = Collector(broker, "denen/v1/+/readings/#", client_id="damage-collector", persistent=True)

@@ -36,7 +36,6 @@ from agent.devbroker import Mosquitto
 from agent.journal import LANES
 from drivers.sim.rak3172 import SimRak3172
 from tests.faults._rig import (
-    write_private,
     GATEWAY,
     AgentProcess,
     Key,
@@ -50,7 +49,7 @@ from tests.faults._rig import (
     wait_until,
 )
 from tests.support.broker import Collector
-from tests.support.field import FieldNode, default_values, wait_configured
+from tests.support.field import FieldNode, default_values, wait_configured, write_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
@@ -79,7 +78,7 @@ def test_72_hour_outage_evicts_only_the_oldest_telemetry_and_diagnostics_and_sos
     wire = WireRecorder(sim)
     journal = tmp_path / "journal.db"
     cfg = tmp_path / "gateway.yaml"
-    write_private(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal,
+    write_config(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal,
                                       nodes=[*telemetry, *traps, *buttons], quota_mb=QUOTA_MB, health_s=10))
     col = Collector(broker, "denen/v1/+/readings/#", client_id="outage-collector", persistent=True)
     agent = AgentProcess(cfg, tmp_path / "agent.log")

@@ -53,7 +53,6 @@ import pytest
 from agent.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
 from tests.faults._rig import (
-    write_private,
     AgentProcess,
     BridgeProcess,
     Feeder,
@@ -68,7 +67,7 @@ from tests.faults._rig import (
     sized,
     wait_until,
 )
-from tests.support.field import FieldNode, default_values, wait_configured
+from tests.support.field import FieldNode, default_values, wait_configured, write_config
 from tests.support.influx import InfluxDB1
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
@@ -99,10 +98,10 @@ def test_sigkill_at_random_moments_loses_no_committed_reading_and_duplicates_non
     journal = tmp_path / "journal.db"
     cfg = tmp_path / "gateway.yaml"
     # Small batches and window: many messages in flight at every moment, so kills land between publish and PUBACK.
-    write_private(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes, batch=20,
+    write_config(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes, batch=20,
                                       window=2))
     bridge_cfg = tmp_path / "bridge.yaml"
-    write_private(bridge_cfg, bridge_config(broker=broker, influx=influx, dead_letter=tmp_path / "dead.db"))
+    write_config(bridge_cfg, bridge_config(broker=broker, influx=influx, dead_letter=tmp_path / "dead.db"))
     bridge = BridgeProcess(bridge_cfg, tmp_path / "bridge.log")
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     feeder = Feeder(sim, make, RATE_HZ)

@@ -22,7 +22,6 @@ import pytest
 from agent.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
 from tests.faults._rig import (
-    write_private,
     AgentProcess,
     Key,
     LineRecorder,
@@ -35,7 +34,7 @@ from tests.faults._rig import (
     wait_until,
 )
 from tests.support.broker import Collector
-from tests.support.field import FieldNode, default_values, wait_configured
+from tests.support.field import FieldNode, default_values, wait_configured, write_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
@@ -52,7 +51,7 @@ def test_port_loss_reboots_wrong_baud_and_split_merged_cut_lines_are_counted_and
     lines = LineRecorder(sim)
     journal = tmp_path / "journal.db"
     cfg = tmp_path / "gateway.yaml"
-    write_private(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes))
+    write_config(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes))
     col = Collector(broker, "denen/v1/+/readings/#", client_id="serial-collector", persistent=True)
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     lost: set[Key] = set()  # frames taken by the module during a broken moment (wrong baud)

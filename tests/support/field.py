@@ -110,9 +110,14 @@ health:
 
 
 def write_config(path: Path, text: str) -> Path:
-    """Write a config that may hold secrets as a gateway keeps it: readable by its owner only (mode 600)."""
-    path.write_text(text, encoding="utf-8")
-    path.chmod(0o600)
+    """Write a config that may hold secrets as a gateway keeps it: readable by its owner only (mode 600).
+
+    The file is created owner-only, so it is never readable by others even for a moment.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
     return path
 
 

@@ -534,7 +534,7 @@ class TlsConfig(_Section):
             given, missing = ("cert_file", "key_file") if self.key_file is None else ("key_file", "cert_file")
             raise _problem(
                 f"{given} is set but {missing} is not: a client certificate needs its private key",
-                f"set both cert_file and key_file, or neither",
+                "set both cert_file and key_file, or neither",
                 subloc=(given,),
             )
         return self

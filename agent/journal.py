@@ -153,7 +153,7 @@ def _guarded(method: _F) -> _F:
             return method(self, *args, **kwargs)
         except JournalError:
             raise
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             if self._db.in_transaction:
                 try:
                     self._db.execute("ROLLBACK")
@@ -327,6 +327,7 @@ class Journal:
         self._db.close()
 
     # -- the one write path ------------------------------------------------------------------------
+    @_guarded
     def commit(
         self,
         *,
@@ -392,21 +393,16 @@ class Journal:
                 self._last_seq = seqs[-1]
             return seqs
         except sqlite3.Error as exc:
-            try:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
-                raise JournalCorrupt(f"{self.path}: the journal is damaged: {exc}") from exc
             if "full" in str(exc).lower():
                 # The WAL may be what fills the disk: moving its pages into the database and truncating it frees
-                # the room for the next try.
+                # the room for the next try (outside the failed transaction). _guarded reports the error.
                 try:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
                     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 except sqlite3.Error:
                     pass
-            raise JournalError(f"{self.path}: commit failed: {exc}") from exc
+            raise
 
     # -- reads ---------------------------------------------------------------------------------------
     @_guarded

@@ -1,4 +1,4 @@
-"""Fixtures of the bridge tests: a real InfluxDB 1.6.7 and a real VictoriaMetrics on free loopback ports.
+"""Fixtures of the bridge tests: a real VictoriaMetrics on a free loopback port (InfluxDB: tests/conftest.py).
 
 A missing server binary fails the test with the command that installs it; it is never a skip.
 """
@@ -10,23 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.influx import InfluxDB1, ServerMissing, VictoriaMetrics
-
-DB = "denen"
-
-
-@pytest.fixture
-def influx(tmp_path: Path) -> Iterator[InfluxDB1]:
-    """A running InfluxDB 1.x with the database ``denen`` created."""
-    try:
-        server = InfluxDB1(tmp_path / "influx")
-    except ServerMissing as exc:
-        pytest.fail(str(exc))
-    server.start()
-    server.create_database(DB)
-    yield server
-    server.stop()
-
+from tests.support.influx import ServerMissing, VictoriaMetrics
 
 @pytest.fixture
 def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:

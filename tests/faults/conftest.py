@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults._rig import DB, FULL
-from tests.support.influx import InfluxDB1, ServerMissing
+from tests.faults._rig import FULL
 
 ENV = "DENEN_FAULTS"
 _FIGURES: dict[str, dict[str, Any]] = {}
@@ -52,19 +51,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("faults") is not None:
             item.add_marker(skip)
-
-
-@pytest.fixture
-def influx(tmp_path: Path) -> Iterator[InfluxDB1]:
-    """A running InfluxDB 1.6.7 with the database ``denen``; a missing binary fails the test."""
-    try:
-        server = InfluxDB1(tmp_path / "influx")
-    except ServerMissing as exc:
-        pytest.fail(str(exc))
-    server.start()
-    server.create_database(DB)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

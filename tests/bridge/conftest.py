@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.influx import ServerMissing, VictoriaMetrics
 
+
 @pytest.fixture
 def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     try:

@@ -1,4 +1,7 @@
-"""Shared fixtures: a real Mosquitto broker and a real InfluxDB 1.6.7 per test, on free loopback ports."""
+"""Shared fixtures: a real Mosquitto broker, InfluxDB 1.6.7 and VictoriaMetrics per test, on free loopback ports.
+
+A missing server binary fails the test with the command that installs it; it is never a skip.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import pytest
 
 from agent.devbroker import Mosquitto
 from agent.errors import AgentError
-from tests.support.influx import InfluxDB1, ServerMissing
+from tests.support.influx import InfluxDB1, ServerMissing, VictoriaMetrics
 
 DB = "denen"  # the database the influx fixture creates
 
@@ -35,5 +38,17 @@ def influx(tmp_path: Path) -> Iterator[InfluxDB1]:
         pytest.fail(str(exc))
     server.start()
     server.create_database(DB)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    """A running VictoriaMetrics single node (it accepts InfluxDB line protocol on /write and /api/v2/write)."""
+    try:
+        server = VictoriaMetrics(tmp_path / "vm")
+    except ServerMissing as exc:
+        pytest.fail(str(exc))
+    server.start()
     yield server
     server.stop()

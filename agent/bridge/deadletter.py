@@ -15,6 +15,12 @@ An SQLite file (WAL, ``synchronous=FULL``), one row per rejected item:
 ==============  ================================================================================================
 
 Inspect it with ``sqlite3 <path> 'SELECT reason, detail, reading_id FROM dead_letter'``.
+
+Bounded: a hostile gateway can send bad messages as fast as the broker lets it, so the store holds at most
+``max_bytes`` of content (default 256 MiB); past that the oldest items go first, counted in :attr:`evicted`.
+One item keeps at most ``max_item_bytes`` of its content (the rest is cut, and the detail says how much there
+was). Every text column is stored as valid UTF-8 whatever the input (a lone surrogate becomes ``\\udXXX``). The
+file is created owner-only and never opened through a symlink (:mod:`agent.securefile`).
 """
 
 from __future__ import annotations
@@ -27,8 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.bridge.errors import BridgeError
+from agent.securefile import PrivateFileError, prepare_private_file
 
-__all__ = ["DeadLetter", "DeadLetterStore"]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ITEM_BYTES", "DeadLetter", "DeadLetterStore"]
+
+#: Default cap on the content the store holds, in bytes.
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+#: Default cap on one item's content, in bytes.
+DEFAULT_MAX_ITEM_BYTES = 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dead_letter (
@@ -43,6 +55,22 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 );
 CREATE INDEX IF NOT EXISTS dead_letter_reason ON dead_letter (reason);
 """
+
+#: Rows removed per eviction statement: big enough that a flood costs few statements, small enough to stay quick.
+_EVICT_CHUNK = 500
+
+
+def _text(value: str | None, limit: int = 4096) -> str | None:
+    """Valid UTF-8 text for a column, whatever the input: lone surrogates escaped, cut at ``limit`` characters."""
+    if value is None:
+        return None
+    if len(value) > limit:
+        value = value[:limit] + f"... ({len(value) - limit} more characters)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,46 +88,103 @@ class DeadLetter:
 class DeadLetterStore:
     """Owned by one thread (the bridge's writer); open, add in one transaction per batch, close.
 
+    Args:
+        path: the SQLite file.
+        max_bytes: content held at most, in bytes; the oldest items are evicted past it.
+        max_item_bytes: content kept of one item at most, in bytes.
+
     Raises:
-        BridgeError: the file cannot be created or written (the bridge must not acknowledge then).
+        BridgeError: the file cannot be created or opened.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> None:
         self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.max_item_bytes = max_item_bytes
+        self.evicted = 0  # items removed to stay under max_bytes, since open
+        self._db: sqlite3.Connection | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            prepare_private_file(self.path, what="dead-letter store")
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._bytes = self._db.execute("SELECT coalesce(sum(length(content)), 0) FROM dead_letter").fetchone()[0]
         except (sqlite3.Error, OSError) as exc:
-            raise BridgeError(f"cannot open the dead-letter store {self.path}: {exc} (check dead_letter.path and "
-                              "that the bridge's user may write there)") from exc
+            if self._db is not None:
+                self._db.close()
+            hint = "" if isinstance(exc, PrivateFileError) else (
+                " (check dead_letter.path and that the bridge's user may write there)")
+            raise BridgeError(f"cannot open the dead-letter store {self.path}: {exc}{hint}") from exc
+
+    @property
+    def bytes_held(self) -> int:
+        """Content bytes in the store."""
+        return self._bytes
 
     def add(self, items: Iterable[DeadLetter]) -> int:
-        """Store items durably, in one transaction; returns how many."""
+        """Store items durably, in one transaction, evicting the oldest past ``max_bytes``; returns how many.
+
+        Raises:
+            BridgeError: the store cannot be written (disk full, file removed): nothing of this call was stored.
+        """
         now = time.time_ns() // 1000
-        rows = [(now, d.reason, d.detail, d.topic, d.reading_id, d.kind, d.content) for d in items]
+        cap = self.max_item_bytes
+        rows = []
+        for d in items:
+            content, detail = bytes(d.content), d.detail
+            if len(content) > cap:
+                detail = f"{detail} [content cut to its first {cap} of {len(content)} bytes]"
+                content = content[:cap]
+            rows.append((now, _text(d.reason, 64), _text(detail), _text(d.topic, 1024), _text(d.reading_id, 256),
+                         d.kind, content))
         if not rows:
             return 0
+        added = sum(len(r[6]) for r in rows)
+        db = self._db
+        assert db is not None
         try:
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.executemany(
+            with db:
+                db.execute("BEGIN")
+                db.executemany(
                     "INSERT INTO dead_letter (stored_us, reason, detail, topic, reading_id, kind, content) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                evicted, freed = self._evict(db, self._bytes + added - self.max_bytes)
         except sqlite3.Error as exc:
             raise BridgeError(f"cannot write to the dead-letter store {self.path}: {exc}") from exc
+        self._bytes += added - freed
+        self.evicted += evicted
         return len(rows)
+
+    def _evict(self, db: sqlite3.Connection, excess: int) -> tuple[int, int]:
+        """Delete the oldest rows until ``excess`` bytes are freed; returns (rows, bytes) removed."""
+        rows = freed = 0
+        while excess > freed:
+            chunk = db.execute("SELECT id, length(content) FROM dead_letter ORDER BY id LIMIT ?",
+                               (_EVICT_CHUNK,)).fetchall()
+            if not chunk:
+                break
+            last = None
+            for rid, size in chunk:
+                last = rid
+                rows += 1
+                freed += size
+                if freed >= excess:
+                    break
+            db.execute("DELETE FROM dead_letter WHERE id <= ?", (last,))
+        return rows, freed
 
     def count(self, reason: str | None = None) -> int:
         """Items stored (of one reason, or all)."""
+        assert self._db is not None
         if reason is None:
             return self._db.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
         return self._db.execute("SELECT count(*) FROM dead_letter WHERE reason = ?", (reason,)).fetchone()[0]
 
     def items(self, reason: str | None = None, limit: int = 1000) -> list[DeadLetter]:
         """Stored items, oldest first."""
+        assert self._db is not None
         where, args = ("WHERE reason = ?", (reason, limit)) if reason else ("", (limit,))
         rows = self._db.execute(
             f"SELECT reason, detail, kind, content, topic, reading_id FROM dead_letter {where} ORDER BY id LIMIT ?",
@@ -107,4 +192,6 @@ class DeadLetterStore:
         return [DeadLetter(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -1,4 +1,5 @@
-"""The serializer against the README's written schema, and its escaping against a real InfluxDB 1.6.7."""
+"""The serializer against the README's written schema, its trust boundary (site from the registry, timestamps, hostile
+text), and its escaping against a real InfluxDB 1.6.7 (both servers: tests/security/test_escaping.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,20 @@ import re
 import pytest
 
 from agent.bridge.lineproto import Serializer, escape_key, escape_string_field, escape_tag_value
+from agent.bridge.registry import GatewayInfo, GatewayRegistry
 from agent.clock import EPOCH_FLOOR_US
 from tests.bridge._helpers import T0_US, batch, reading, topic
 from tests.support.contract import section
 from tests.support.influx import InfluxDB1
 
 GW = "gw-test-01"
+#: The sites the batches of these tests claim are the registry's, except where a test says otherwise.
+REGISTRY = GatewayRegistry({GW: GatewayInfo("testville"),
+                            "gw-okutama-01": GatewayInfo("okutama", "奥多摩 日原林道", "奥多摩町")})
+
+
+def serializer(**kwargs: object) -> Serializer:
+    return Serializer(registry=REGISTRY, **kwargs)  # type: ignore[arg-type]
 
 
 def _cells(row: str) -> list[str]:
@@ -57,7 +66,7 @@ def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, str], int]:
 
 
 def convert(readings: list[dict], *, gateway: str = GW) -> list[str]:
-    conv = Serializer().convert(topic(gateway, readings[0]["lane"]), batch(gateway, readings))
+    conv = serializer().convert(topic(gateway, readings[0]["lane"]), batch(gateway, readings))
     assert not conv.rejects, conv.rejects
     return conv.lines
 
@@ -73,7 +82,7 @@ def test_the_readme_example_line_is_exactly_what_the_serializer_writes() -> None
     [example] = re.findall(r"```\n(water_level,.*?)\n```", text, re.S)
     r = reading("gw-okutama-01", 0x301, 1042, "water_level", {"level_cm": 182.5, "battery_v": 3.6},
                 ts_us=1764130037123456, name="river-1", rssi=-95, snr=4.0)
-    lines = Serializer().convert(topic("gw-okutama-01"), batch("gw-okutama-01", [r], site="okutama")).lines
+    lines = serializer().convert(topic("gw-okutama-01"), batch("gw-okutama-01", [r], site="okutama")).lines
     assert lines[0] == example
 
 
@@ -175,7 +184,7 @@ def test_a_malformed_alert_reading_is_rejected(change: dict) -> None:
         r["alert"]["colour"] = "red"
     else:
         r.update(change)
-    conv = Serializer().convert(topic(GW, "alarm"), batch(GW, [r]))
+    conv = serializer().convert(topic(GW, "alarm"), batch(GW, [r]))
     assert conv.lines == [] and [j.reason for j in conv.rejects] == ["invalid_reading"]
 
 
@@ -211,7 +220,7 @@ def test_unsynced_clock_keeps_its_timestamp_with_clock_ok_zero_and_flagged_auth(
 def test_a_reading_a_clockless_board_stamped_before_2020_is_written_at_the_bridges_time() -> None:
     # An SOS pressed before NTP on a board that booted in 1970: dead-lettering it would hide it from the dashboards.
     r = reading(GW, 0x101, 3, "sos", {"pressed": 1.0}, clock="unsynced", ts_us=86_400_000_000)
-    conv = Serializer(now_us=lambda: EPOCH_FLOOR_US + 5_000).convert(topic(GW), batch(GW, [r]))
+    conv = serializer(now_us=lambda: EPOCH_FLOOR_US + 5_000).convert(topic(GW), batch(GW, [r]))
     assert conv.rejects == [] and conv.readings == 1
     _, _, fields, ts = parse_line(conv.lines[0])
     assert ts == EPOCH_FLOOR_US + 5_000 and fields["clock_ok"] == "0.0"
@@ -220,7 +229,7 @@ def test_a_reading_a_clockless_board_stamped_before_2020_is_written_at_the_bridg
 @pytest.mark.parametrize("clock", ["synced", "corrected"])
 def test_a_reading_before_2020_on_a_clock_the_gateway_trusts_is_dead_lettered(clock: str) -> None:
     r = reading(GW, 0x101, 3, "sos", {"pressed": 1.0}, clock=clock, ts_us=86_400_000_000)
-    [rej] = Serializer(now_us=lambda: EPOCH_FLOOR_US + 5_000).convert(topic(GW), batch(GW, [r])).rejects
+    [rej] = serializer(now_us=lambda: EPOCH_FLOOR_US + 5_000).convert(topic(GW), batch(GW, [r])).rejects
     assert rej.reason == "timestamp_before_2020" and f"clock {clock}" in rej.detail
 
 
@@ -232,22 +241,30 @@ def test_a_corrected_clock_keeps_its_timestamp_and_counts_as_good() -> None:
 
 def test_a_redelivered_reading_gives_byte_identical_lines() -> None:
     r = reading(GW, 0x301, 5, "water_level", {"level_cm": 1.5})
-    a = Serializer().convert(topic(GW), batch(GW, [r]))
+    a = serializer().convert(topic(GW), batch(GW, [r]))
     doc = json.loads(batch(GW, [r]))
     doc["sent_us"] += 5_000_000  # a retry is sent later; only sent_us changes
-    b = Serializer().convert(topic(GW), json.dumps(doc).encode())
+    b = serializer().convert(topic(GW), json.dumps(doc).encode())
     assert a.lines == b.lines and len(a.lines) == 2
 
 
 def test_status_documents_become_gateway_status_points() -> None:
-    s = Serializer(now_us=lambda: T0_US + 99)
+    s = serializer(now_us=lambda: T0_US + 99)
     online = json.dumps({"schema": "denen.status/1", "gateway": GW, "state": "online", "agent": "0.1.0",
                          "ts_us": T0_US}).encode()
     will = json.dumps({"schema": "denen.status/1", "gateway": GW, "state": "offline", "agent": "0.1.0"}).encode()
     assert s.convert(f"denen/v1/{GW}/status", online).lines == [
-        f'gateway_status,gateway={GW} online=1.0,agent="0.1.0" {T0_US}']
+        f'gateway_status,gateway={GW},site=testville online=1.0,agent="0.1.0" {T0_US}']
     assert s.convert(f"denen/v1/{GW}/status", will).lines == [
-        f'gateway_status,gateway={GW} online=0.0,agent="0.1.0" {T0_US + 99}']
+        f'gateway_status,gateway={GW},site=testville online=0.0,agent="0.1.0" {T0_US + 99}']
+
+
+def test_a_status_point_carries_the_registrys_site_name_and_municipality() -> None:
+    doc = {"schema": "denen.status/1", "gateway": "gw-okutama-01", "state": "online", "agent": "0.1.0",
+           "ts_us": T0_US}
+    conv = serializer().convert("denen/v1/gw-okutama-01/status", json.dumps(doc).encode())
+    assert conv.lines == ['gateway_status,gateway=gw-okutama-01,site=okutama online=1.0,agent="0.1.0",'
+                          f'name="奥多摩 日原林道",municipality="奥多摩町" {T0_US}'] and conv.notes == []
 
 
 # -- what can never be written -------------------------------------------------------------------------------------
@@ -269,7 +286,7 @@ def _doc(**changes: object) -> bytes:
     (_doc(lane="urgent"), "invalid_schema"),
 ])
 def test_a_message_that_is_not_our_schema_is_rejected_whole_with_its_payload(payload: bytes, reason: str) -> None:
-    conv = Serializer().convert(topic(GW), payload)
+    conv = serializer().convert(topic(GW), payload)
     assert conv.lines == [] and conv.readings == 0
     [rej] = conv.rejects
     assert rej.reason == reason and rej.kind == "payload" and rej.content == payload and rej.detail
@@ -296,7 +313,7 @@ def test_a_bad_reading_is_rejected_alone_and_its_neighbours_are_written(change: 
     bad.update(change)
     good2 = reading(GW, 0x303, 7, "water_level", {"level_cm": 3.5})
     payload = json.dumps(json.loads(batch(GW, [good1, good2])) | {"readings": [good1, bad, good2]}).encode()
-    conv = Serializer().convert(topic(GW), payload)
+    conv = serializer().convert(topic(GW), payload)
     assert conv.readings == 2 and len(conv.lines) == 4
     assert {parse_line(ln)[1]["node"] for ln in conv.lines} == {"00000301", "00000303"}
     [rej] = conv.rejects
@@ -310,18 +327,19 @@ def test_escaping_round_trips_through_influxdb(influx: InfluxDB1) -> None:
     assert escape_tag_value("x,y=z w") == "x\\,y\\=z\\ w"
     assert escape_string_field('say "hi" \\o/') == '"say \\"hi\\" \\\\o/"'
     names = {0x501: "river 1, upper=left", 0x502: "川上 ゲージ", 0x503: "tab\there\nnewline", 0x504: "ends\\",
-             0x505: "=,  "}
+             0x505: "=,  ", 0x506: "a\\,gateway\\=victim"}
     readings = [reading(GW, node, 1, "water_level", {"level cm,x=y": 1.5, "ch7_temperature": 21.25}, name=name)
                 for node, name in names.items()]
     lines = convert(readings)
-    status = Serializer().convert(f"denen/v1/{GW}/status", json.dumps(
+    status = serializer().convert(f"denen/v1/{GW}/status", json.dumps(
         {"schema": "denen.status/1", "gateway": GW, "state": "online", "agent": 'v"1\\2', "ts_us": T0_US}).encode())
     assert influx.write(lines + status.lines, "denen") == (204, b"")
     rows = influx.rows('SELECT "level cm,x=y", ch7_temperature, fcnt FROM water_level GROUP BY "name", node',
                        "denen")
     stored = {r["node"]: r["name"] for r in rows}
     assert stored == {"00000501": "river 1, upper=left", "00000502": "川上 ゲージ",
-                      "00000503": "tab here newline", "00000504": "ends", "00000505": "=,  "}
+                      "00000503": "tab here newline", "00000504": "ends＼", "00000505": "=,  ",
+                      "00000506": "a＼,gateway＼=victim"}
     assert all(r["level cm,x=y"] == 1.5 and r["ch7_temperature"] == 21.25 and r["fcnt"] == 1 for r in rows)
     [st] = influx.rows("SELECT agent, online FROM gateway_status", "denen")
     assert st["agent"] == 'v"1\\2' and st["online"] == 1 and st["time"] == T0_US

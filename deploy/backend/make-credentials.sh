@@ -8,11 +8,13 @@
 #   secrets/ca/ca.key, ca.crt            the MQTT certificate authority (EC P-256, 20 years)
 #   secrets/mosquitto/server.key, .crt   the broker's certificate, for the names given with -n plus
 #                                        "mosquitto" and "localhost" (10 years)
-#   secrets/mosquitto/ca.crt, passwd     the CA and the broker's password file (hashed; mosquitto_passwd -U)
-#   secrets/bridge/mqtt-password, ca.pem the bridge's MQTT login (user denen-bridge)
+#   secrets/mosquitto/ca.crt, passwd     the CA and every MQTT login, hashed (mosquitto_passwd -U)
+#   secrets/bridge-<n>/mqtt-password, ca.pem      one login per bridge process: user denen-bridge-<n> (-b)
 #   secrets/gateways/<id>/mqtt-password, ca.pem   one login per gateway: user name = gateway id
-# and prints, for every gateway named, the lines its config needs. Run it again to add gateways; -R rotates the
-# passwords of the gateways named. Restart the broker afterwards: docker compose restart mosquitto
+# and writes, on every run, secrets/mosquitto/dynamic-security.json: the broker's logins and ACLs (Mosquitto's
+# dynamic-security plugin), made from the passwd file and the rules in mosquitto/acl. It prints, for every gateway
+# named, the lines its config needs. Run it again to add gateways or bridges; -R rotates the passwords of the
+# gateways named, -X revokes them. Restart the broker afterwards: docker compose restart mosquitto
 #
 # Needs: POSIX sh, openssl (1.1.1 or later), mosquitto_passwd (Debian/Ubuntu: apt-get install mosquitto).
 # Passwords never appear on a command line (mosquitto_passwd hashes a temporary file in place).
@@ -20,15 +22,19 @@ set -eu
 
 usage() {
   cat >&2 <<'EOF'
-usage: make-credentials.sh [-d DIR] [-n BROKER_NAME]... [-p PORT] [-R] [GATEWAY_ID...]
+usage: make-credentials.sh [-d DIR] [-n BROKER_NAME]... [-p PORT] [-b BRIDGES] [-R | -X] [GATEWAY_ID...]
   -d DIR          deployment directory holding .env.example (default: the directory of this script)
   -n BROKER_NAME  DNS name or IP address the gateways use to reach the broker; repeat for several.
                   Needed the first time (when the broker certificate is made); later runs keep the certificate.
   -p PORT         broker port printed in the gateway config lines (default 8883)
+  -b BRIDGES      number of bridge processes, each with its own login denen-bridge-1 .. denen-bridge-BRIDGES
+                  (default 1; existing bridge logins are kept)
   -R              rotate: new passwords for the gateways named (the old ones stop working after the broker
                   restarts)
+  -X              revoke: remove the logins of the gateways named (a stolen or retired gateway; locked out once
+                  the broker restarts)
   GATEWAY_ID      gateway ids (gateway.id in each gateway's config): a-z, 0-9, '_' and '-', first a letter or digit,
-                  at most 63 characters
+                  at most 63 characters; names starting with "denen-" are reserved for backend services
 EOF
   exit 64
 }
@@ -40,12 +46,16 @@ DIR=$(cd "$(dirname "$0")" && pwd)
 NAMES=""
 PORT=8883
 ROTATE=0
-while getopts d:n:p:Rh opt; do
+REVOKE=0
+BRIDGES=""
+while getopts d:n:p:b:RXh opt; do
   case $opt in
     d) DIR=$OPTARG ;;
     n) NAMES="$NAMES $OPTARG" ;;
     p) PORT=$OPTARG ;;
+    b) BRIDGES=$OPTARG ;;
     R) ROTATE=1 ;;
+    X) REVOKE=1 ;;
     *) usage ;;
   esac
 done
@@ -56,18 +66,22 @@ command -v mosquitto_passwd >/dev/null 2>&1 \
   || die "mosquitto_passwd is not installed (Debian/Ubuntu: apt-get install mosquitto; it comes with the broker)"
 [ -d "$DIR" ] || die "no such directory: $DIR"
 case $PORT in ''|*[!0-9]*) die "-p needs a port number, got '$PORT'" ;; esac
+case $BRIDGES in ''|[1-9]|[1-9][0-9]) ;; *) die "-b needs a number of bridges from 1 to 99, got '$BRIDGES'" ;; esac
+[ "$ROTATE$REVOKE" != 11 ] || die "-R (rotate) and -X (revoke) exclude each other"
+[ "$REVOKE" = 0 ] || [ $# -gt 0 ] || die "-X needs the ids of the gateways to revoke"
+ACL="$DIR/mosquitto/acl"
+[ -f "$ACL" ] || die "$ACL is missing (the broker's access rules)"
 
 # Everything below is secret: files are created owner-only unless said otherwise.
 umask 077
 SECRETS="$DIR/secrets"
 CA_DIR="$SECRETS/ca"
 BROKER_DIR="$SECRETS/mosquitto"
-BRIDGE_DIR="$SECRETS/bridge"
 GW_DIR="$SECRETS/gateways"
 PASSWD="$BROKER_DIR/passwd"
-BRIDGE_USER=denen-bridge
+DYNSEC="$BROKER_DIR/dynamic-security.json"
 TMP="$SECRETS/.tmp.$$"
-mkdir -p "$CA_DIR" "$BROKER_DIR" "$BRIDGE_DIR" "$GW_DIR"
+mkdir -p "$CA_DIR" "$BROKER_DIR" "$GW_DIR"
 chmod 700 "$SECRETS"
 trap 'rm -f "$TMP" "$TMP".*' EXIT INT TERM
 
@@ -170,13 +184,49 @@ ensure_login() {
   fi
 }
 
-ensure_login "$BRIDGE_USER" "$BRIDGE_DIR/mqtt-password" 0
-cp "$CA_DIR/ca.crt" "$BRIDGE_DIR/ca.pem"
+# remove_login USER: take USER's entry out of the broker's password file.
+remove_login() {
+  [ -f "$PASSWD" ] || return 0
+  grep -v "^$1:" "$PASSWD" > "$TMP.passwd" || true
+  mv "$TMP.passwd" "$PASSWD"
+}
 
 for gw in "$@"; do
   valid_id "$gw" \
     || die "'$gw' is not a valid gateway id (a-z, 0-9, '_', '-'; starts with a letter or digit; at most 63)"
-  [ "$gw" != "$BRIDGE_USER" ] || die "'$BRIDGE_USER' is the bridge's user name, not a gateway id"
+  case $gw in denen-*) die "'$gw': gateway ids starting with 'denen-' are reserved for the backend's own logins" ;; esac
+done
+
+# The single login "denen-bridge" of earlier versions: every bridge process now has its own (below).
+if grep -q '^denen-bridge:' "$PASSWD" 2>/dev/null; then
+  remove_login denen-bridge
+  note "removed the old shared bridge login denen-bridge (replaced by denen-bridge-1 ...); delete $SECRETS/bridge"
+fi
+
+# Bridge logins denen-bridge-1 .. denen-bridge-N: by default as many as exist already, at least one.
+if [ -z "$BRIDGES" ]; then
+  BRIDGES=1
+  while [ -d "$SECRETS/bridge-$((BRIDGES + 1))" ]; do BRIDGES=$((BRIDGES + 1)); done
+fi
+n=1
+while [ "$n" -le "$BRIDGES" ]; do
+  mkdir -p "$SECRETS/bridge-$n"
+  ensure_login "denen-bridge-$n" "$SECRETS/bridge-$n/mqtt-password" 0
+  cp "$CA_DIR/ca.crt" "$SECRETS/bridge-$n/ca.pem"
+  n=$((n + 1))
+done
+
+for gw in "$@"; do
+  if [ "$REVOKE" = 1 ]; then
+    if grep -q "^$gw:" "$PASSWD" 2>/dev/null || [ -d "$GW_DIR/$gw" ]; then
+      remove_login "$gw"
+      rm -rf "${GW_DIR:?}/$gw"
+      note "revoked gateway $gw: locked out once the broker restarts (docker compose restart mosquitto)"
+    else
+      note "gateway $gw has no login; nothing to revoke"
+    fi
+    continue
+  fi
   mkdir -p "$GW_DIR/$gw"
   ensure_login "$gw" "$GW_DIR/$gw/mqtt-password" "$ROTATE"
   cp "$CA_DIR/ca.crt" "$GW_DIR/$gw/ca.pem"
@@ -198,4 +248,86 @@ mqtt:
 EOF
 done
 chmod 600 "$PASSWD"
-note "done. Load new logins into the broker with: docker compose restart mosquitto"
+
+# ---- the broker's logins and ACLs (dynamic-security plugin) ---------------------------------------------------
+# Mosquitto's acl_file checks no SUBSCRIBE, only each delivery, and a shared subscription picks its member before
+# that check: a gateway login joining $share/denen-bridge/... swallowed a share of every gateway's messages. The
+# dynamic-security plugin checks every SUBSCRIBE against the whole filter, $share/<group>/ included, so the broker
+# loads the file made here, on every run, from the passwd file and the rules in mosquitto/acl.
+
+# Check mosquitto/acl first, so that a bad rule is reported with its line.
+line_no=0
+while IFS= read -r line || [ -n "$line" ]; do
+  line_no=$((line_no + 1))
+  set -f
+  # shellcheck disable=SC2086 # split the rule into its words
+  set -- $line
+  set +f
+  case ${1:-#} in '#'*) continue ;; esac
+  [ $# -eq 3 ] || die "$ACL:$line_no: expected '<who> <access> <topic>', got: $line"
+  case $1 in gateway|bridge|console) ;; *) die "$ACL:$line_no: '$1' is not gateway, bridge or console" ;; esac
+  case $2 in
+    publishClientSend|publishClientReceive|subscribeLiteral|subscribePattern|unsubscribeLiteral|unsubscribePattern) ;;
+    *) die "$ACL:$line_no: '$2' is not an access type of the dynamic-security plugin" ;;
+  esac
+  case $3 in *'"'*|*\\*) die "$ACL:$line_no: a topic must not contain '\"' or '\\'" ;; esac
+done < "$ACL"
+
+# acl_json WHO NAME: the rules of mosquitto/acl for WHO as JSON acl objects, %u replaced by NAME (a-z0-9_-).
+acl_json() {
+  acl_who=$1
+  acl_name=$2
+  sep=""
+  while IFS= read -r line || [ -n "$line" ]; do
+    set -f
+    # shellcheck disable=SC2086 # split the rule into its words
+    set -- $line
+    set +f
+    [ $# -eq 3 ] && [ "$1" = "$acl_who" ] || continue
+    printf '%s\n        {"acltype": "%s", "topic": "%s", "allow": true}' "$sep" "$2" \
+      "$(printf '%s' "$3" | sed "s/%u/$acl_name/g")"
+    sep=","
+  done < "$ACL"
+}
+
+{
+  printf '{\n  "defaultACLAccess": {"publishClientSend": false, "publishClientReceive": false, "subscribe": false,'
+  printf ' "unsubscribe": true},\n  "groups": [],\n  "clients": ['
+  sep=""
+  roles=""
+  while IFS=: read -r user hash || [ -n "$user" ]; do
+    [ -n "$user" ] || continue
+    case $hash in '$7$'*) ;; *) die "the passwd entry of $user is not a mosquitto_passwd -U hash (\$7\$...)" ;; esac
+    case $user in
+      denen-bridge-*) role=denen-bridge ;;
+      denen-console) role=denen-console ;;
+      *) role="gateway-$user" ;;
+    esac
+    case " $roles " in *" $role "*) ;; *) roles="$roles $role" ;; esac
+    # mosquitto_passwd's $7$ is the plugin's hash (PBKDF2-SHA512): $7$<iterations>$<salt>$<hash>, both base64.
+    iterations=$(printf '%s' "$hash" | cut -d'$' -f3)
+    salt=$(printf '%s' "$hash" | cut -d'$' -f4)
+    pwhash=$(printf '%s' "$hash" | cut -d'$' -f5)
+    # clientid: this login may connect with no other client id (use_username_as_clientid sets it so anyway).
+    printf '%s\n    {"username": "%s", "clientid": "%s", "password": "%s", "salt": "%s", "iterations": %s,' \
+      "$sep" "$user" "$user" "$pwhash" "$salt" "$iterations"
+    printf ' "roles": [{"rolename": "%s"}]}' "$role"
+    sep=","
+  done < "$PASSWD"
+  printf '\n  ],\n  "roles": ['
+  sep=""
+  for role in $roles; do
+    case $role in
+      denen-bridge) rules=bridge; name="" ;;
+      denen-console) rules=console; name="" ;;
+      *) rules=gateway; name=${role#gateway-} ;;
+    esac
+    printf '%s\n    {"rolename": "%s", "acls": [' "$sep" "$role"
+    acl_json "$rules" "$name"
+    printf '\n    ]}'
+    sep=","
+  done
+  printf '\n  ]\n}\n'
+} > "$TMP.json"
+mv "$TMP.json" "$DYNSEC"
+note "done. Load the logins into the broker with: docker compose restart mosquitto"

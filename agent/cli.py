@@ -8,6 +8,8 @@
     denen config schema [-o PATH]       write the JSON Schema of the config (editor completion)
     denen sim SCENARIO                  start simulated radio modules and nodes; prints their pty paths
     denen status -c CONFIG | -j JOURNAL journal depth, oldest unsent reading, nodes, bad frames, reopens
+    denen node reset-counter NODE [-c CONFIG]
+                                        reset a node's replay windows (its firmware was re-flashed); audited
     denen demo                          simulated forest and river -> agent -> broker -> live view
     denen bridge -c BRIDGE_CONFIG       MQTT -> InfluxDB bridge, on the backend (config/bridge/bridge.yaml)
 
@@ -19,9 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import pwd
 import signal
+import sqlite3
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +77,20 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("-c", "--config", help="config file (its journal.path is read)")
     src.add_argument("-j", "--journal", help="journal file")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    node = sub.add_parser("node", help="operator actions on one node's state in the gateway's journal")
+    node_sub = node.add_subparsers(dest="node_cmd", required=True, metavar="ACTION")
+    rc = node_sub.add_parser(
+        "reset-counter", help="reset a node's replay windows, for a node whose firmware was re-flashed",
+        description="Reset both replay windows of one node (frames with and without MIC), so its next frame is "
+                    "accepted whatever its counter: for a node whose firmware was re-flashed and counts from 0 "
+                    "again. The running agent carries it out and writes an audit line to its log and journal. "
+                    "Run it as the agent's user: sudo -u denen denen node reset-counter NODE")
+    rc.add_argument("node", help="node id (8 hex digits, or 0x...) or node name")
+    rc.add_argument("-c", "--config", default=None,
+                    help="config file whose journal.path is used; default: the one `denen run` uses")
+    rc.add_argument("--wait", type=float, default=30.0,
+                    help="seconds to wait for the running agent to carry it out (default 30)")
 
     demo = sub.add_parser("demo", help="simulated forest and river -> agent -> MQTT broker -> live view")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -141,6 +161,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "status":
         return _status(args)
+    if args.cmd == "node":
+        return _node_reset_counter(args.node, args.config, wait_s=args.wait)
     if args.cmd == "sim":
         return _sim(args.scenario, args.link_dir, args.duration)
     if args.cmd == "demo":
@@ -166,6 +188,9 @@ def _run(config_path: str | None) -> int:
     logging.getLogger().setLevel(getattr(logging, cfg.log.level.upper()))
     gw = Gateway(cfg, active_config=active.describe())
     _stop_on_signals(gw.stop)
+    # `denen node reset-counter` wakes the core this way, so a request is carried out at once (SimpleQueue.put
+    # may be called from a signal handler).
+    signal.signal(signal.SIGUSR1, lambda signum, frame: gw.inbox.put(("wake",)))
     log.info("denen %s: %s, gateway %s", __version__, active.describe(), cfg.gateway.id)
     gw.run()
     return 0
@@ -232,6 +257,121 @@ def _status(args: argparse.Namespace) -> int:
     else:
         status.render(data, Console())
     return 0
+
+
+def _node_reset_counter(node_arg: str, config_path: str | None, *, wait_s: float) -> int:
+    """``denen node reset-counter``: leave a request in the journal for the agent, which owns the node state.
+
+    The agent carries it out at its next wake-up (at once: this command wakes it with SIGUSR1), or when it starts
+    if it is not running; it logs and journals the audit line. Exit code 0 when done (or queued for an agent that
+    is not running), 1 when refused or not done within ``wait_s``.
+    """
+    from agent.config import load_config, normalise_node_id  # noqa: PLC0415
+    from agent.flash import resolve_active_config  # noqa: PLC0415
+    from agent.journal import Journal, check_files  # noqa: PLC0415
+
+    active = resolve_active_config(config_path)
+    cfg = load_config(active.path)
+    by_name = {n.name: n.id for n in cfg.nodes}
+    if node_arg in by_name:
+        node = by_name[node_arg]
+    else:
+        value: object = node_arg
+        if node_arg.lower().startswith("0x"):
+            try:
+                value = int(node_arg, 16)
+            except ValueError:
+                pass
+        try:
+            node = normalise_node_id(value)
+        except ValueError as exc:
+            raise AgentError(f"{node_arg!r} is neither a node name in {active.path} nor a node id (8 hex digits): "
+                             f"{exc}") from None
+    path = cfg.journal.path
+    check_files(path)
+    if not os.path.exists(path):
+        raise AgentError(f"no journal at {path} (has the agent run with this config? see journal.path)")
+    user = _os_user()
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=10, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise AgentError(f"cannot open the journal {path}: {exc} (run as the agent's user: sudo -u denen ...)") \
+            from None
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        pid = _agent_pid(db)
+        if "request" not in tables:
+            if pid is not None:
+                raise AgentError(f"the running agent (pid {pid}) is older than this command; stop it "
+                                 "(sudo systemctl stop denen), run this again, then start it")
+            Journal(path, quota_bytes=int(cfg.journal.quota_mb * 1048576)).close()  # brings the schema up to date
+        known = db.execute("SELECT 1 FROM node WHERE node=?", (node,)).fetchone() is not None
+        if not known and int(node, 16) not in cfg.node_by_id:
+            raise AgentError(f"node {node} is not in the config and the journal keeps no state for it: nothing to "
+                             "reset")
+        cur = db.execute("INSERT INTO request(ts_us, user, action, node) VALUES (?,?,?,?)",
+                         (time.time_ns() // 1000, user, "reset_counter", node))
+        rid = cur.lastrowid
+        if pid is None:
+            print(f"request {rid} queued: the agent is not running; it resets node {node}'s windows when it starts "
+                  "and logs the audit line then")
+            return 0
+        _wake(pid)
+        deadline = time.monotonic() + wait_s
+        while True:
+            row = db.execute("SELECT done_us, result FROM request WHERE id=?", (rid,)).fetchone()
+            if row is not None and row[0] is not None:
+                print(f"request {rid} by {user}: {row[1]}")
+                return 1 if row[1].startswith("refused") else 0
+            if time.monotonic() >= deadline:
+                print(f"request {rid} queued, but the agent (pid {pid}) has not carried it out within {wait_s:g} s; "
+                      "it will at its next wake-up (see `denen status`)", file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+    except sqlite3.Error as exc:
+        raise AgentError(f"cannot write the request into the journal {path}: {exc}") from None
+    finally:
+        db.close()
+
+
+def _os_user() -> str:
+    """Who runs this command, for the audit trail: the OS user, and who became it through sudo."""
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = f"uid {os.getuid()}"
+    sudo = os.environ.get("SUDO_USER")
+    return f"{name} (sudo from {sudo})" if sudo and sudo != name else name
+
+
+def _agent_pid(db: sqlite3.Connection) -> int | None:
+    """Pid of the agent running on this journal (from its meta row), or None."""
+    row = db.execute("SELECT value FROM meta WHERE key='agent_pid'").fetchone()
+    if row is None or not row[0]:
+        return None
+    pid = int(row[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def _wake(pid: int) -> None:
+    """SIGUSR1 to the agent, only after checking that the pid is a `denen run` (a stale pid may be reused by a
+    process SIGUSR1 would kill); without it the request waits for the core's next wake-up."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return
+    if b"run" in args and any(a.endswith((b"denen", b"agent.cli")) for a in args):
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except OSError:
+            pass
 
 
 def _sim(scenario_path: str, link_dir: str, duration: float | None) -> int:

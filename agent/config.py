@@ -57,6 +57,7 @@ the secret files it names still are.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import logging
 import os
@@ -118,6 +119,7 @@ __all__ = [
     "config_problems",
     "config_reference",
     "driver_names",
+    "is_loopback_host",
     "env_secret_name",
     "load_config",
     "normalise_node_id",
@@ -571,8 +573,11 @@ class MqttConfig(_Section):
         "when the config is loaded and must be set then (systemd: EnvironmentFile=). Only one of password, "
         "password_file and password_env.",
     )
-    tls: TlsConfig | None = Field(
-        default=None, description="TLS settings; null means a plain TCP connection (only on a trusted network)."
+    tls: TlsConfig | Literal[False] | None = Field(
+        default=None,
+        description="TLS settings. Required when host is not a loopback address (127.0.0.0/8, ::1, localhost); "
+        "'false' says plain TCP on purpose (only on a trusted private network, e.g. a VPN), and the agent warns "
+        "about it at every start.",
     )
     keepalive_s: int = Field(
         default=30,
@@ -667,11 +672,26 @@ class MqttConfig(_Section):
                     "reconnect_max_s must be at least reconnect_min_s",
                 )
             )
+        if self.tls is None and not is_loopback_host(self.host):
+            problems.append(
+                _Problem(
+                    ("host",),
+                    f"the broker {self.host} is not on this machine and tls is not set: the MQTT login and every "
+                    "reading would cross the network in clear",
+                    "add tls: {ca_file: <the CA of the broker's certificate>} and port: 8883, or, only on a "
+                    "trusted private network, tls: false",
+                )
+            )
         if problems:
             raise _Problems(problems)
         if self.password_env is not None:
             self._env_password = SecretStr(read_env_secret(self.password_env))
         return self
+
+    def tls_settings(self) -> TlsConfig | None:
+        """The TLS settings, or None for plain TCP (``tls`` absent, which only a loopback host may have, or
+        ``false``)."""
+        return self.tls or None
 
     def password_value(self) -> str | None:
         """Return the MQTT password from ``password``, ``password_env`` or ``password_file``, or None when none is
@@ -1097,6 +1117,21 @@ class Config(_Section):
         default="quarantine",
         description="Frames from nodes not listed in nodes: quarantine (keep aside for inspection) or accept.",
     )
+    unknown_nodes_max: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="With unknown_nodes: accept, the most nodes not listed in nodes: whose state (replay window, "
+        "last seen) is kept (1..100000); the least recently heard is dropped to make room for a new one. Listed "
+        "nodes are never dropped.",
+    )
+    unknown_nodes_forget_after_s: int = Field(
+        default=7 * 86400,
+        ge=60,
+        le=10 * 366 * 86400,
+        description="The state of a node not listed in nodes: is dropped when it has not been heard for this "
+        "long, in seconds (default 604800, 7 days). Listed nodes are never dropped.",
+    )
     health: HealthConfig = Field(default_factory=HealthConfig, description="Gateway health publishing.")
     rules: RulesConfig = Field(
         default_factory=RulesConfig,
@@ -1450,7 +1485,7 @@ def parse_yaml_model(
     try:
         result = model.model_validate(plain, context=context)
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
+        for err in _union_errors(exc.errors(include_url=False), plain):
             issues.extend(_issues_from_error(err, data, source, model))
     except (TypeError, OverflowError, OSError, ArithmeticError) as exc:
         # A validator met input of a shape nothing expected; still one clear line, never a traceback.
@@ -1759,6 +1794,10 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
         elif origin in (typing.Union, types.UnionType):
             args = [a for a in typing.get_args(annotation) if a is not type(None)]
             if len(args) != 1:
+                # A section or a constant (tls: {...} | false): the section is what has keys below it.
+                sections = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+                if len(sections) == 1 and all(typing.get_origin(a) is Literal for a in args if a is not sections[0]):
+                    return sections[0], False
                 return annotation, False
             annotation = args[0]
         elif origin is list:
@@ -1843,6 +1882,58 @@ def _range_text(field: FieldInfo | None, unit: str) -> str:
     return "must be " + " and ".join(parts) if parts else "is out of range"
 
 
+_SIMPLE_TAGS = frozenset({"none", "bool", "int", "float", "str", "list", "dict"})
+
+
+def _union_tag(part: object) -> bool:
+    """Whether a pydantic loc segment names a member of a union (``literal[False]``, ``function-after[...,
+    TlsConfig]``, ``TlsConfig``, ``none``) rather than a key: keys here are lowercase words, no brackets."""
+    return isinstance(part, str) and ("[" in part or part in _SIMPLE_TAGS or any(c.isupper() for c in part))
+
+
+def _union_errors(errors: Iterable[Mapping[str, Any]], plain: object) -> list[Mapping[str, Any]]:
+    """Keep, of the errors pydantic reports for each member of a union (``tls: TlsConfig | false | null``), those
+    of the member the value was meant for, with the member's name taken out of the location.
+
+    A mapping was meant for the section (model) member: its errors are kept. Any other value that no member
+    takes gets one answer naming every choice.
+    """
+    out: list[Mapping[str, Any]] = []
+    dropped: dict[tuple[object, ...], list[Mapping[str, Any]]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        value: object = plain
+        for i, part in enumerate(loc):
+            if isinstance(value, Mapping) and part in value:
+                value = value[part]
+            elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+                value = value[part]
+            elif _union_tag(part):
+                model_member = not part.startswith("literal[") and part not in _SIMPLE_TAGS  # type: ignore[union-attr]
+                err = {**err, "loc": loc[:i] + loc[i + 1:]}
+                if not (model_member and isinstance(value, Mapping)):
+                    dropped.setdefault(loc[:i], []).append(err)
+                    err = None  # type: ignore[assignment]
+                break
+            else:
+                break
+        if err is not None:
+            out.append(err)
+    kept = {tuple(e["loc"][:len(prefix)]) for e in out for prefix in dropped}
+    for prefix, errs in dropped.items():
+        if prefix in kept:
+            continue
+        # A value no member takes: one answer that names every choice, not one answer per member.
+        choices = [str(e["ctx"]["expected"]).lower() for e in errs
+                   if e["type"] == "literal_error" and e.get("ctx", {}).get("expected")]
+        name = prefix[-1] if prefix else "value"
+        problem = _problem(f"{name} must be a section of keys" + "".join(f" or {c}" for c in choices),
+                           "put the section's keys on the lines below, indented" +
+                           "".join(f", or write {c}" for c in choices))
+        out.append({"type": "value_error", "loc": prefix, "msg": "", "ctx": {"error": problem}})
+    return out
+
+
 def _issues_from_error(err: Mapping[str, Any], root: object, source: str,
                        model: type[BaseModel]) -> list[ConfigIssue]:
     loc: Loc = tuple(err["loc"])
@@ -1917,13 +2008,27 @@ def _warning_problems(config: Config) -> list[Found]:
                           "raw payloads in ascii format break when a payload contains CR LF",
                           "use format: binary, or payload_encoding: hex"))
     tls = config.mqtt.tls
-    if tls is not None and tls.insecure:
+    if tls and tls.insecure:
         found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
+    if tls is False and not is_loopback_host(config.mqtt.host):
+        found.append((("mqtt", "tls"), f"plain TCP to the broker {config.mqtt.host}: the gateway's MQTT login and "
+                      "every reading cross the network in clear",
+                      "use tls: {ca_file: ...} unless the path to the broker is a trusted private network"))
     # Who can read secrets is checked by the loader itself (_secret_mode_problems), for every config file.
     if not config.nodes and config.unknown_nodes == "quarantine":
         found.append((("unknown_nodes",), "no nodes are listed and unknown_nodes is quarantine, so every frame "
                       "will be set aside", "list the nodes under nodes:, or set unknown_nodes: accept"))
     return found
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost``, 127.0.0.0/8 or ::1 (no name lookup)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def tls_insecure_warning(loc: Loc) -> Found:
@@ -1956,7 +2061,7 @@ def _type_text(annotation: Any) -> str:
         text = " or ".join(parts)
         return f"{text}, or null" if type(None) in typing.get_args(annotation) else text
     if origin is Literal:
-        return " | ".join(str(a) for a in typing.get_args(annotation))
+        return " | ".join(json.dumps(a) if isinstance(a, bool) else str(a) for a in typing.get_args(annotation))
     if origin is list:
         return f"list of {_type_text(typing.get_args(annotation)[0])}"
     if annotation is SecretStr:
@@ -2045,6 +2150,24 @@ Rules worth knowing:
 - Radio drivers: `rak3172` and `es920lr`, plus any other name in the driver registry `drivers.radio.DRIVERS`.
   The `p2p:` section belongs to `rak3172`, `es920:` to `es920lr`; the driver's own section gets its defaults
   when absent, and the other section is an error.
+- **TLS to any broker not on this machine.** When `mqtt.host` is not a loopback address (`127.0.0.0/8`, `::1`,
+  `localhost`), `mqtt.tls` is required: `tls: {ca_file: /etc/denen/ca.pem}` (or `tls: {}` for the system's
+  trusted CAs) and port 8883. Without it the config is refused at the `mqtt.host` line. Only on a trusted private
+  network (a VPN) write `tls: false`: the config loads, the agent logs a warning at every start, and
+  `denen doctor` reports the broker check as failed (plain TCP to a remote broker).
+- **Replay windows.** Each node has two: frames with a verified MIC must carry a counter above the last one
+  accepted with a MIC; frames without MIC (`unauthenticated: flag`, or unknown nodes under `unknown_nodes:
+  accept`) must be above both windows and move only their own. So a forged frame without MIC can never lock out a
+  node's signed frames. A node whose firmware was re-flashed (its counter starts again from 0) needs its windows
+  reset: `sudo -u denen denen node reset-counter NODE` (NODE: id or name; `-c FILE` for another config). It works
+  with the agent running: the agent carries it out within a second, logs an `audit:` line (who, when, old and new
+  windows) and keeps it in the journal; `denen status` shows the windows and the audit trail.
+- **Unknown nodes are bounded.** With `unknown_nodes: accept`, at most `unknown_nodes_max` nodes that are not in
+  `nodes:` are tracked (least recently heard dropped first, counted `nodes.unknown_evicted`); one not heard for
+  `unknown_nodes_forget_after_s` is dropped (`nodes.unknown_aged_out`). Nodes in `nodes:` are never dropped.
+- **The journal is private**: created mode 0600 whatever the umask (its -wal and -shm files too), and a
+  symbolic link at `journal.path` (or its -wal/-shm) is refused. Read it as the agent's user
+  (`sudo -u denen denen status`).
 
 ## Keys
 """

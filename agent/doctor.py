@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import clock
-from agent.config import Config, RadioConfig, load_config
+from agent.config import Config, RadioConfig, is_loopback_host, load_config
 from agent.errors import AgentError, ConfigError
 
 __all__ = [
@@ -469,17 +469,14 @@ def _close_sockets_left_in(exc: BaseException) -> None:
         tb = tb.tb_next
 
 
-def _is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
 def _check_broker(config: Config, timeout_s: float) -> Check:
     import paho.mqtt.client as mqtt  # noqa: PLC0415
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: PLC0415
 
     cfg = config.mqtt
     where = f"{cfg.host}:{cfg.port}"
-    details: dict[str, Any] = {"host": cfg.host, "port": cfg.port, "tls": cfg.tls is not None,
+    tls = cfg.tls_settings()
+    details: dict[str, Any] = {"host": cfg.host, "port": cfg.port, "tls": tls is not None,
                                "username": cfg.username}
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
@@ -494,15 +491,15 @@ def _check_broker(config: Config, timeout_s: float) -> Check:
         return Check("broker", FAIL, f"cannot read the MQTT password: {exc}", "check mqtt.password_file", details)
     if cfg.username is not None:
         client.username_pw_set(cfg.username, password)
-    if cfg.tls is not None:
+    if tls is not None:
         try:
-            client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file,
+            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
                            cert_reqs=ssl.CERT_REQUIRED)
         except (ssl.SSLError, OSError, ValueError) as exc:
             return Check("broker", FAIL, f"the TLS files cannot be used: {exc}",
                          "mqtt.tls.ca_file must be a PEM CA certificate; cert_file/key_file a matching client pair",
                          details)
-        client.tls_insecure_set(cfg.tls.insecure)
+        client.tls_insecure_set(tls.insecure)
     result: dict[str, Any] = {}
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -544,7 +541,7 @@ def _check_broker(config: Config, timeout_s: float) -> Check:
         reason = result.get("reason")
         if reason is None:
             closed = rc != mqtt.MQTT_ERR_SUCCESS
-            hint = ("the port may expect TLS: set mqtt.tls (and the TLS port, usually 8883)" if cfg.tls is None
+            hint = ("the port may expect TLS: set mqtt.tls (and the TLS port, usually 8883)" if tls is None
                     else "is this an MQTT port? check mqtt.port")
             return Check("broker", FAIL, f"{where}: " + ("the connection was closed before the broker answered"
                          if closed else f"no CONNACK within {timeout_s:g} s"), hint, details)
@@ -562,15 +559,17 @@ def _check_broker(config: Config, timeout_s: float) -> Check:
         tls_version = sock.version() if isinstance(sock, ssl.SSLSocket) else None
         details["tls_version"] = tls_version
         how = f"TLS ({tls_version}, certificate verified)" if tls_version else "plain TCP"
-        if tls_version and cfg.tls is not None and cfg.tls.insecure:
+        if tls_version and tls is not None and tls.insecure:
             how = f"TLS ({tls_version}, host name NOT checked)"
         user = f", user {cfg.username}" if cfg.username else ", anonymous"
         summary = f"{where}: connected with {how}{user}"
-        if cfg.tls is None and not _is_loopback(cfg.host):
-            return Check("broker", WARN, summary,
-                         "readings and the password cross the network unencrypted: use TLS (mqtt.tls, port 8883)",
-                         details)
-        if cfg.tls is not None and cfg.tls.insecure:
+        if tls is None and not is_loopback_host(cfg.host):
+            # Allowed only with an explicit tls: false; still a problem to fix, not a state to call ok.
+            return Check("broker", FAIL, f"{where}: plain TCP to a broker on another machine (tls: false): the MQTT "
+                         f"login{' and password' if cfg.username else ''} and every reading cross the network in "
+                         "clear", "use TLS: mqtt.tls: {ca_file: /etc/denen/ca.pem} and port 8883; plain TCP only "
+                         "inside a trusted private network (VPN)", details)
+        if tls is not None and tls.insecure:
             return Check("broker", WARN, summary, "set mqtt.tls.insecure: false in the field", details)
         return Check("broker", OK, summary, None, details)
     finally:

@@ -14,6 +14,7 @@ PUBACK arrives.
 
 from __future__ import annotations
 
+import datetime
 import gc
 import json
 import logging
@@ -32,8 +33,9 @@ from agent import __version__, clock, systemd
 from agent.config import Config
 from agent.edge import Edge
 from agent.errors import JournalError
-from agent.journal import DIAGNOSTICS, EVICTABLE, LANES, QUARANTINE_KEEP, SOS, TELEMETRY, Entry, JournalCorrupt, Quarantined, open_or_recover
+from agent.journal import DIAGNOSTICS, EVICTABLE, LANES, QUARANTINE_KEEP, SOS, TELEMETRY, Audit, Entry, JournalCorrupt, Quarantined, open_or_recover
 from agent.publisher import MqttLink
+from agent.ratelog import RateLimitedLog
 from agent.readings import READING_SCHEMA, Decoded, FrameDecoder
 from drivers.types import Uplink
 
@@ -90,7 +92,14 @@ class Gateway:
         self.stats = GatewayStats()
         self.stats.counters.update(self.journal.counters())
         self._dirty_counters: set[str] = set()
-        self.decoder = FrameDecoder(config, self.journal.nodes())
+        # Warnings a hostile node or a garbled module can cause at any rate: the first per (reason, sender) and
+        # minute in full, then one summary line.
+        self._warn = RateLimitedLog(log)
+        self.decoder = FrameDecoder(config, self.journal.nodes(), count=self._count, warn=self._warn)
+        self.decoder.age_out(clock.wall_us())
+        # Operator requests carried out but not yet committed: audit lines and (request id, result).
+        self._audit: list[Audit] = []
+        self._done: list[tuple[int, str]] = []
         self.link = MqttLink(config.mqtt, self.gateway_id, self.inbox.put, version=__version__)
         self.radios = radios if radios is not None else self._build_radios()
         meta = self.journal.meta()
@@ -111,7 +120,9 @@ class Gateway:
         self._next_health = time.monotonic() + config.health.interval_s
         self._next_quota = 0.0
         self._uncommitted: tuple[list[Entry], list[Quarantined]] | None = None
-        self._sos_from_memory: set[tuple[str, int]] = set()  # SOS published before they could be journaled
+        # SOS published before they could be journaled, by (node, fcnt, ts_us): a signed and an unsigned frame
+        # may share a counter, never a timestamp (agent.readings).
+        self._sos_from_memory: set[tuple[str, int, int]] = set()
         self._retry_commit_at = 0.0
         self._rewind: dict[int, int] = {}  # lane -> first seq to offer again (PUBACK "no matching subscribers")
         self._rewind_at = 0.0
@@ -162,6 +173,8 @@ class Gateway:
             r.start()
         self.link.start()
         log.info("gateway %s running: %d radios, journal %s", self.gateway_id, len(self.radios), self.journal.path)
+        for issue in self.config.warnings:
+            log.warning("config: %s", issue)
         _return_free_memory()
         systemd.ready()
         systemd.status(f"gateway {self.gateway_id}: running")
@@ -196,6 +209,7 @@ class Gateway:
         self.edge.close()
         # Handle what is still waiting, so nothing the radios delivered is left only in memory.
         self._step(0)
+        self._warn.flush()
         self.journal.commit(meta={"agent_pid": ""})
         self.journal.close()
 
@@ -240,6 +254,10 @@ class Gateway:
         self._carry = []
         quarantined: list[Quarantined] = []
         urgent = False
+        self._warn.tick()
+        if self.journal.changed_elsewhere():
+            # Before this wake-up's frames: a frame heard after the request is judged by the new window.
+            self._take_requests()
         for item in items:
             tag = item[0]
             if tag == "up":
@@ -272,8 +290,9 @@ class Gateway:
                         assert q is not None
                         quarantined.append(q)
                         self._count(f"frames.{q.reason}")
-                        log.warning("frame quarantined from %s via %s: %s: %s (rssi %s)",
-                                    q.node or "?", q.radio, q.reason, q.detail, q.rssi)
+                        self._warn.warning(q.reason, f"node {q.node or '?'}", "frames",
+                                           "frame quarantined from %s via %s: %s: %s (rssi %s)",
+                                           q.node or "?", q.radio, q.reason, q.detail, q.rssi)
                 if ok:
                     self._count("frames.ok", ok)
             elif tag == "ack":
@@ -281,8 +300,11 @@ class Gateway:
             elif tag == "incident":
                 _, radio, kind, detail = item
                 self._count(f"{radio}.{kind}")
-                level = logging.INFO if kind in ("configured",) else logging.WARNING
-                log.log(level, "%s: %s: %s", radio, kind, detail)
+                if kind == "configured":
+                    log.info("%s: %s: %s", radio, kind, detail)
+                else:
+                    # Garbled lines, CRC errors and bad hex come at the rate of the noise or of a hostile sender.
+                    self._warn.warning(kind, f"radio {radio}", "incidents", "%s: %s: %s", radio, kind, detail)
                 entries.extend(self._edge_call(self.edge.on_incident, radio, kind))
             elif tag == "cmd":
                 self._edge_call(self.edge.on_command, item[1], item[2])
@@ -310,6 +332,7 @@ class Gateway:
         if now >= self._next_health:
             entries.append(self._health_entry())
             self._next_health = now + self.config.health.interval_s
+            self.decoder.age_out(clock.wall_us())
         entries.extend(self._edge_call(self.edge.due, connected=self._session is not None))
         meta = self.edge.snapshot_meta() or {}
         self._watch_clock(entries)
@@ -342,16 +365,21 @@ class Gateway:
         # Acknowledged readings are deleted at every wake-up, in small commits: deferring them to share commits
         # was measured (tests/bench sos) to make one commit of tens of thousands of deletions that a new SOS then
         # waits behind (p99 85 ms against 4.7 ms).
-        if entries or quarantined or self._acked or self.decoder.dirty or self._dirty_counters:
+        decoder = self.decoder
+        if entries or quarantined or self._acked or decoder.dirty or decoder.forgotten or self._dirty_counters \
+                or self._done:
             try:
                 self.journal.commit(
                     entries=entries,
                     acked=self._acked,
-                    nodes=[self.decoder.nodes[n] for n in self.decoder.dirty],
+                    nodes=[decoder.nodes[n] for n in decoder.dirty],
                     quarantined=quarantined,
                     counters={k: self.stats.counters[k] for k in self._dirty_counters},
                     meta={**meta, "gateway_seq": str(self._gateway_seq)} if (meta or any(
                         e.node == "gateway" for e in entries)) else None,
+                    forget=decoder.forgotten,
+                    audit=self._audit,
+                    done=self._done,
                 )
             except JournalCorrupt as exc:
                 # The file went bad under us: keep this batch, move the damaged file aside, carry on in a new one.
@@ -378,7 +406,10 @@ class Gateway:
                 # Counted after the commit; the counter itself becomes durable with the next commit.
                 self._count("readings.journaled", len(entries))
             self._acked = []
-            self.decoder.dirty.clear()
+            decoder.dirty.clear()
+            decoder.forgotten.clear()
+            self._audit = []
+            self._done = []
             self._dirty_counters.clear()
             if entries and (self._next_quota == 0.0 or now >= self._next_quota):
                 self._check_quota()
@@ -412,11 +443,39 @@ class Gateway:
         self._uncommitted = (entries, quarantined)
         if self._session is None:
             return
-        unsent = [e for e in entries if e.lane == SOS and (e.node, e.fcnt) not in self._sos_from_memory]
+        unsent = [e for e in entries if e.lane == SOS and (e.node, e.fcnt, e.ts_us) not in self._sos_from_memory]
         if unsent and self._send_bodies(SOS, [e.body for e in unsent]):
-            self._sos_from_memory.update((e.node, e.fcnt) for e in unsent)
+            self._sos_from_memory.update((e.node, e.fcnt, e.ts_us) for e in unsent)
             self._count("sos.published_unjournaled", len(unsent))
             log.error("journal cannot commit: %d SOS published from memory", len(unsent))
+
+    # -- operator requests ---------------------------------------------------------------------------------------
+    def _take_requests(self) -> None:
+        """Carry out the requests ``denen node reset-counter`` left in the journal; the audit line and the
+        request's result commit with this wake-up's transaction (until then they are not taken again)."""
+        taken = {rid for rid, _ in self._done}
+        for req in self.journal.pending_requests():
+            if req.id in taken:
+                continue
+            when = _iso(req.ts_us)
+            if req.action != "reset_counter":
+                self._done.append((req.id, f"refused: unknown action {req.action!r}"))
+                log.error("request %d from %s: unknown action %r; ignored", req.id, req.user, req.action)
+                continue
+            old = self.decoder.reset_windows(req.node)
+            if old is None:
+                result = f"refused: the gateway keeps no state for node {req.node}"
+                log.error("request %d from %s (%s): reset-counter of node %s refused: no such node", req.id,
+                          req.user, when, req.node)
+            else:
+                name = self.decoder.nodes[req.node].name
+                result = (f"node {req.node}{f' ({name})' if name else ''}: windows reset: with MIC "
+                          f"{_window(old[0])} -> none, without MIC {_window(old[1])} -> none")
+                # Audit: who asked, when, what it was and what it is now (the journal's audit table keeps it too).
+                log.warning("audit: reset-counter by user %s (asked %s): %s", req.user, when, result)
+                self._audit.append(Audit(clock.wall_us(), req.user, "reset_counter", req.node, result))
+                self._count("nodes.window_resets")
+            self._done.append((req.id, result))
 
     # -- clock -------------------------------------------------------------------------------------------------
     def _watch_clock(self, entries: list[Entry]) -> None:
@@ -650,6 +709,15 @@ class Gateway:
             "values": values,
         }
         return Entry(DIAGNOSTICS, "gateway", seq, now_us, json.dumps(body, separators=(",", ":")))
+
+
+def _window(fcnt: int | None) -> str:
+    return "none" if fcnt is None else str(fcnt)
+
+
+def _iso(ts_us: int) -> str:
+    """µs since the epoch as an ISO 8601 UTC time, to the second."""
+    return datetime.datetime.fromtimestamp(ts_us / 1e6, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _return_free_memory() -> None:

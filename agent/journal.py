@@ -9,10 +9,19 @@ Tables:
                 identity (gateway, node, frame counter) and edge timestamp never change on a retry. The one
                 exception: a reading stamped before the clock synced carries ``boot_us`` (when it was made on the
                 boot-time clock) and is rewritten once, with its true time, when the clock syncs.
-    node        per-node state: last accepted frame counter (the replay window), last seen, RSSI, SNR, battery.
+    node        per-node state: the two replay windows (``last_fcnt``: last counter accepted with a verified MIC or
+                measured by the gateway itself; ``unsigned_fcnt``: last counter accepted without MIC, see
+                agent.readings), last seen, RSSI, SNR, battery.
     counter     monotonically increasing event counters (bad frames by reason, reopens, evictions ...).
     quarantine  frames that failed to decode or authenticate, with the reason, kept for inspection (bounded).
+    request     operator requests for the running agent (``denen node reset-counter``): written by the command,
+                carried out and marked done by the core, which owns the node state.
+    audit       what was done on an operator's request: who, when, what, before and after (bounded).
     meta        schema version and small facts about the running agent.
+
+Files: the journal is created mode 0600 whatever the umask (SQLite gives its -wal and -shm files the mode of the
+database), and a symbolic link, or anything but a regular file, at the journal's path or its -wal/-shm path is
+refused: the journal holds node windows and readings nobody else should read or redirect.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -31,7 +41,9 @@ from agent.errors import JournalError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: reading.boot_us (clock correction); a version 1 journal is migrated on open
+#: 2: reading.boot_us (clock correction). 3: node.unsigned_fcnt (a separate replay window for frames without MIC),
+#: tables request and audit. Older journals are migrated on open.
+SCHEMA_VERSION = 3
 
 #: Priority lanes, highest first. The index is what is stored.
 LANES: tuple[str, ...] = ("sos", "alarm", "telemetry", "diagnostics")
@@ -40,6 +52,8 @@ SOS, ALARM, TELEMETRY, DIAGNOSTICS = range(4)
 EVICTABLE: tuple[int, ...] = (DIAGNOSTICS, TELEMETRY)
 
 QUARANTINE_KEEP = 10_000  # rows kept for inspection; older ones are dropped (their counts stay in `counter`)
+AUDIT_KEEP = 10_000  # audit rows kept; older ones are dropped (the log has them too)
+REQUEST_KEEP = 1_000  # done requests kept; pending ones are never dropped
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS reading (
@@ -62,7 +76,8 @@ CREATE TABLE IF NOT EXISTS node (
     snr          REAL,
     battery_v    REAL,
     frames_ok    INTEGER NOT NULL DEFAULT 0,
-    frames_bad   INTEGER NOT NULL DEFAULT 0
+    frames_bad   INTEGER NOT NULL DEFAULT 0,
+    unsigned_fcnt INTEGER
 );
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -77,7 +92,26 @@ CREATE TABLE IF NOT EXISTS quarantine (
     snr    REAL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS request (
+    id      INTEGER PRIMARY KEY,
+    ts_us   INTEGER NOT NULL,
+    user    TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    node    TEXT NOT NULL,
+    done_us INTEGER,
+    result  TEXT
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id     INTEGER PRIMARY KEY,
+    ts_us  INTEGER NOT NULL,
+    user   TEXT NOT NULL,
+    action TEXT NOT NULL,
+    node   TEXT,
+    detail TEXT NOT NULL
+);
 """
+_NODE_COLUMNS = ("node, name, last_fcnt, last_seen_us, radio, rssi, snr, battery_v, frames_ok, frames_bad, "
+                 "unsigned_fcnt")
 
 
 @dataclass(slots=True)
@@ -105,7 +139,15 @@ class Entry:
 
 @dataclass(slots=True)
 class NodeState:
-    """What the gateway remembers about one node; ``last_fcnt`` is the persisted replay window."""
+    """What the gateway remembers about one node.
+
+    Attributes:
+        last_fcnt: the signed window: last counter accepted with a verified MIC (or given to a reading the gateway
+            measured itself); None: none yet, any counter is accepted.
+        unsigned_fcnt: the unsigned window: last counter accepted without MIC (policy ``flag``, or an unknown node
+            under ``unknown_nodes: accept``); None: none yet.
+        last_seen_us: edge timestamp of the node's newest reading, µs since the epoch (both windows share it).
+    """
 
     node: str
     name: str | None = None
@@ -117,6 +159,37 @@ class NodeState:
     battery_v: float | None = None
     frames_ok: int = 0
     frames_bad: int = 0
+    unsigned_fcnt: int | None = None
+
+
+@dataclass(slots=True)
+class Request:
+    """An operator's request to the running agent (a row of table ``request``).
+
+    Attributes:
+        id: row id.
+        ts_us: when it was made, µs since the epoch.
+        user: who made it (the OS user of the command).
+        action: what to do (``reset_counter``).
+        node: the node concerned, 8 lowercase hex digits.
+    """
+
+    id: int
+    ts_us: int
+    user: str
+    action: str
+    node: str
+
+
+@dataclass(slots=True)
+class Audit:
+    """One line of the audit trail: what was done on whose request."""
+
+    ts_us: int
+    user: str
+    action: str
+    node: str | None
+    detail: str
 
 
 @dataclass(slots=True)
@@ -169,6 +242,57 @@ def _guarded(method: _F) -> _F:
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     text = str(exc).lower()
     return any(t in text for t in ("malformed", "not a database", "corrupt", "file is encrypted"))
+
+
+def check_files(path: str) -> None:
+    """Refuse a journal path (or its -wal/-shm) that is a symbolic link or not a regular file.
+
+    Checked with ``lstat`` before SQLite opens anything: SQLite follows links, so a link planted at the path (a
+    dangling one included) would make the agent create or write its journal wherever it points.
+
+    Raises:
+        JournalError: with the path and what is wrong.
+    """
+    for suffix in ("", "-wal", "-shm"):
+        p = path + suffix
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise JournalError(f"{p}: cannot check the journal file: {exc.strerror}") from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise JournalError(
+                f"{p} is a symbolic link (to {os.readlink(p)!r}); refusing to open the journal through it: remove "
+                "the link, or set journal.path to the real file")
+        if not stat.S_ISREG(st.st_mode):
+            raise JournalError(f"{p} is not a regular file; refusing to use it as the journal")
+
+
+def _create_private(path: str) -> None:
+    """Create the journal file empty with mode 0600 (whatever the umask), unless it exists; never through a link.
+
+    SQLite gives the -wal and -shm files it creates the mode of the database file, so they are 0600 too. Existing
+    files other users can read (made by an older agent, or by hand, under a permissive umask) lose those bits.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.fchmod(fd, 0o600)  # the umask may have taken bits from 0600 (e.g. 0277): set exactly
+        finally:
+            os.close(fd)
+        return
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            mode = stat.S_IMODE(os.lstat(path + suffix).st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o007:
+            os.chmod(path + suffix, mode & ~0o007)
+            log.warning("%s: other users could read it (mode %04o); now %04o", path + suffix, mode, mode & ~0o007)
 
 
 def set_aside(path: str, *, now_us: int) -> str:
@@ -275,7 +399,15 @@ class Journal:
         self.quota_bytes = quota_bytes
         folder = os.path.dirname(os.path.abspath(self.path))
         try:
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot create the journal's folder: {exc.strerror}") from exc
+        check_files(self.path)
+        try:
+            _create_private(self.path)
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot create the journal: {exc.strerror}") from exc
+        try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -293,14 +425,9 @@ class Journal:
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) == 1:
-                # Version 1 lacks boot_us; its readings were all published as stamped, so NULL is right for them.
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute("ALTER TABLE reading ADD COLUMN boot_us INTEGER")
-                self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
-                self._db.execute("COMMIT")
-                log.info("%s: journal schema 1 migrated to %d", self.path, SCHEMA_VERSION)
-            elif int(row[0]) != SCHEMA_VERSION:
+            elif row[0] in ("1", "2"):
+                self._migrate(int(row[0]))
+            elif row[0] != str(SCHEMA_VERSION):
                 raise JournalError(f"{self.path}: journal schema {row[0]}, this agent reads {SCHEMA_VERSION}")
             # Readings awaiting clock correction are few and found through this partial index.
             self._db.execute("CREATE INDEX IF NOT EXISTS reading_unsynced ON reading(seq) WHERE boot_us IS NOT NULL")
@@ -322,6 +449,27 @@ class Journal:
                 raise JournalCorrupt(f"{self.path}: the journal is damaged: {exc}") from exc
             raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
         self._in_txn = False
+        self._data_version: int | None = None
+
+    def _migrate(self, version: int) -> None:
+        """Bring a journal of schema ``version`` (1 or 2) to SCHEMA_VERSION, in one transaction."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if version < 2:
+                # Version 1 lacks boot_us; its readings were all published as stamped, so NULL is right for them.
+                db.execute("ALTER TABLE reading ADD COLUMN boot_us INTEGER")
+            # Up to version 2 one window served frames with and without MIC. It becomes both windows: nothing
+            # refused before is accepted after the upgrade. (A window an unsigned frame pushed up stays up until
+            # `denen node reset-counter`.)
+            db.execute("ALTER TABLE node ADD COLUMN unsigned_fcnt INTEGER")
+            db.execute("UPDATE node SET unsigned_fcnt = last_fcnt")
+            db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("%s: journal schema %d migrated to %d", self.path, version, SCHEMA_VERSION)
 
     def close(self) -> None:
         self._db.close()
@@ -337,6 +485,9 @@ class Journal:
         quarantined: list[Quarantined] = (),  # type: ignore[assignment]
         counters: Mapping[str, int] | None = None,
         meta: Mapping[str, str] | None = None,
+        forget: Iterable[str] = (),
+        audit: Iterable[Audit] = (),
+        done: Iterable[tuple[int, str]] = (),
     ) -> list[int]:
         """Write everything in one transaction and commit it (one fsync).
 
@@ -347,6 +498,9 @@ class Journal:
             quarantined: frames set aside.
             counters: counter name -> new absolute value.
             meta: small facts to store (agent start time, MQTT state ...).
+            forget: nodes whose state is dropped (unknown nodes evicted or aged out).
+            audit: lines for the audit trail.
+            done: requests carried out: (request id, result text).
 
         Returns:
             The ``seq`` assigned to each entry, in order.
@@ -367,13 +521,27 @@ class Journal:
                 # Acknowledged readings come in runs of consecutive seqs (a batch per message): one range
                 # delete per run costs a fraction of one delete per row.
                 db.executemany("DELETE FROM reading WHERE seq BETWEEN ? AND ?", _runs(acked))
+            forget = list(forget)
+            if forget:
+                db.executemany("DELETE FROM node WHERE node=?", [(n,) for n in forget])
             for n in nodes:
                 db.execute(
-                    "INSERT OR REPLACE INTO node(node, name, last_fcnt, last_seen_us, radio, rssi, snr, battery_v,"
-                    " frames_ok, frames_bad) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT OR REPLACE INTO node({_NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (n.node, n.name, n.last_fcnt, n.last_seen_us, n.radio, n.rssi, n.snr, n.battery_v,
-                     n.frames_ok, n.frames_bad),
+                     n.frames_ok, n.frames_bad, n.unsigned_fcnt),
                 )
+            audit = list(audit)
+            if audit:
+                db.executemany("INSERT INTO audit(ts_us, user, action, node, detail) VALUES (?,?,?,?,?)",
+                               [(a.ts_us, a.user, a.action, a.node, a.detail) for a in audit])
+                db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (AUDIT_KEEP,))
+            done = list(done)
+            if done:
+                now_us = time.time_ns() // 1000
+                db.executemany("UPDATE request SET done_us=?, result=? WHERE id=?",
+                               [(now_us, result, rid) for rid, result in done])
+                db.execute("DELETE FROM request WHERE done_us IS NOT NULL AND id <= (SELECT MAX(id) FROM request) - ?",
+                           (REQUEST_KEEP,))
             if quarantined:
                 db.executemany(
                     "INSERT INTO quarantine(ts_us, radio, node, reason, detail, raw, rssi, snr) VALUES (?,?,?,?,?,?,?,?)",
@@ -509,10 +677,34 @@ class Journal:
 
     @_guarded
     def nodes(self) -> dict[str, NodeState]:
-        rows = self._db.execute(
-            "SELECT node, name, last_fcnt, last_seen_us, radio, rssi, snr, battery_v, frames_ok, frames_bad FROM node"
-        )
+        rows = self._db.execute(f"SELECT {_NODE_COLUMNS} FROM node")
         return {r[0]: NodeState(*r) for r in rows}
+
+    # -- operator requests ---------------------------------------------------------------------------------
+    @_guarded
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection (``denen node reset-counter``) committed since the last call.
+
+        ``PRAGMA data_version`` costs no table read, so the core asks at every wake-up.
+        """
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
+
+    @_guarded
+    def pending_requests(self) -> list[Request]:
+        """Requests not yet carried out, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, ts_us, user, action, node FROM request WHERE done_us IS NULL ORDER BY id").fetchall()
+        return [Request(*r) for r in rows]
+
+    @_guarded
+    def audit(self, limit: int = 20) -> list[Audit]:
+        """The newest lines of the audit trail, newest first."""
+        rows = self._db.execute(
+            "SELECT ts_us, user, action, node, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [Audit(*r) for r in rows]
 
     @_guarded
     def counters(self) -> dict[str, int]:

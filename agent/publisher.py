@@ -142,12 +142,12 @@ class MqttLink:
         password = cfg.password_value()
         if cfg.username is not None:
             client.username_pw_set(cfg.username, password)
-        if cfg.tls is not None:
+        tls = cfg.tls_settings()
+        if tls is not None:
             client.tls_set(
-                ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
+                ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, cert_reqs=ssl.CERT_REQUIRED,
             )
-            client.tls_insecure_set(cfg.tls.insecure)
+            client.tls_insecure_set(tls.insecure)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

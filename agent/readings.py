@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from agent import clock
 from agent.config import Config
 from agent.journal import ALARM, LANES, SOS, TELEMETRY, Entry, NodeState, Quarantined
+from agent.ratelog import RateLimitedLog
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from drivers.errors import CodecError
@@ -101,17 +103,58 @@ class _KnownNode:
 class FrameDecoder:
     """Turns uplinks into journal entries or quarantine records, and keeps per-node state.
 
+    Replay windows. Each node has two, persisted in the journal's ``node`` table:
+
+    * the signed window (``NodeState.last_fcnt``): the last counter accepted with a verified MIC (and the counters
+      the gateway gives its own GPIO readings). A signed frame is accepted only above it, and only a signed frame
+      moves it. Nothing without the node's key can move it, so no forged frame can lock a keyed node out.
+    * the unsigned window (``NodeState.unsigned_fcnt``): the last counter accepted without MIC (``unauthenticated:
+      flag``, or an unknown node under ``unknown_nodes: accept``). A frame without MIC is accepted only above
+      **both** windows, and moves only this one. An unsigned frame with counter 0xFFFFFFFF therefore silences
+      unsigned frames of that node (anyone can send those anyway), never its signed ones.
+
+    A frame at or below its window is quarantined as ``duplicate`` when its counter equals the last one accepted
+    in its own window (the radio heard the same frame twice), else as ``replay``.
+
+    Reading identity. A reading's ``id`` is ``<gateway>/<node>/<fcnt>`` with the frame's own counter (the bridge
+    checks exactly that), and two windows mean a signed and an unsigned frame can carry the same counter. Where
+    that could matter:
+
+    * the journal keys readings by ``seq`` alone (no constraint on node and counter), so both rows are kept and
+      neither replaces the other;
+    * InfluxDB keys a point by measurement, tags and ``ts_us``: every reading of a node gets a strictly larger
+      ``ts_us`` than the one before, whichever window it passed (``last_seen_us`` is shared), so two readings of
+      a node never share a point;
+    * a consumer that stores by ``id`` (README "Payload schema"): an unsigned frame must be above the signed
+      window too, so it never takes the id of a genuine reading already accepted; a genuine signed frame may
+      arrive after an unsigned one took its counter, and then replaces it there. A forged reading can be
+      replaced by a genuine one, never the other way round.
+
+    Unknown nodes (not in the config, with no signed window): at most ``unknown_nodes_max`` are tracked, the
+    least recently heard is dropped to make room (counted ``nodes.unknown_evicted``), and :meth:`age_out` drops
+    those not heard for ``unknown_nodes_forget_after_s`` (``nodes.unknown_aged_out``). Dropped nodes are listed
+    in ``forgotten`` until the core has deleted their journal rows. Configured nodes, and any node with a signed
+    window, are never dropped.
+
     Args:
         config: the gateway config (nodes, keys, policies).
-        nodes: node state loaded from the journal; updated in place. ``last_fcnt`` is the replay window.
+        nodes: node state loaded from the journal; updated in place.
+        count: adds to one of the core's counters (name, amount).
+        warn: where per-frame warnings go, rate-limited; None makes one of its own.
     """
 
-    def __init__(self, config: Config, nodes: dict[str, NodeState]) -> None:
+    def __init__(self, config: Config, nodes: dict[str, NodeState], *,
+                 count: Callable[[str, int], None] | None = None, warn: RateLimitedLog | None = None) -> None:
         self.config = config
         self.gateway_id = config.gateway.id
         self.nodes = nodes
         self.dirty: set[str] = set()
+        self.forgotten: set[str] = set()
+        self._count = count if count is not None else (lambda name, n=1: None)
+        self._warn = warn if warn is not None else RateLimitedLog(log)
         self._accept_unknown = config.unknown_nodes == "accept"
+        self._unknown_max = config.unknown_nodes_max
+        self._unknown_age_us = config.unknown_nodes_forget_after_s * 1_000_000
         self._keys: dict[int, bytes | None] = {nid: n.key_bytes() for nid, n in config.node_by_id.items()}
         # The reading's text up to the node: '{"id":"<gateway>/', escaped as json.dumps does it (escaping works
         # character by character, so the escaped parts of a string, joined, are the escaped string).
@@ -126,6 +169,12 @@ class FrameDecoder:
                 self._id_prefix + node_hex + "/",
                 f'","node":"{node_hex}","name":{json.dumps(node.name, **_JSON)},"fcnt":',
             )
+        # Unknown nodes tracked, least recently heard first.
+        configured = {k.hex for k in self._known.values()}
+        strangers = [st for hex_, st in nodes.items() if hex_ not in configured and st.last_fcnt is None]
+        strangers.sort(key=lambda st: st.last_seen_us or 0)
+        self._unknown: OrderedDict[str, None] = OrderedDict((st.node, None) for st in strangers)
+        self._make_room(0)
         # JSON string literals of the radio names and clock states seen (a handful), so each is escaped once.
         self._str_json: dict[str, str] = {}
 
@@ -177,17 +226,23 @@ class FrameDecoder:
         else:
             auth = "none"
 
-        nodes = self.nodes
-        st = nodes.get(node_hex)
-        if st is None:
-            st = nodes[node_hex] = NodeState(node=node_hex)
-        last = st.last_fcnt
-        if last is not None and counter <= last:
-            reason = "duplicate" if counter == last else "replay"
-            return self._count_bad(
-                self._reject(up, node_hex, reason, f"counter {counter} not above last accepted {last}"),
-                node_hex,
-            )
+        st = self.nodes.get(node_hex)
+        if st is not None:
+            signed_last = st.last_fcnt
+            if auth == "mic":
+                if signed_last is not None and counter <= signed_last:
+                    return self._count_bad(self._reject(
+                        up, node_hex, "duplicate" if counter == signed_last else "replay",
+                        f"counter {counter} not above the last accepted with a MIC ({signed_last})"), node_hex)
+            else:
+                unsigned_last = st.unsigned_fcnt
+                floor = unsigned_last if signed_last is None or (
+                    unsigned_last is not None and unsigned_last > signed_last) else signed_last
+                if floor is not None and counter <= floor:
+                    return self._count_bad(self._reject(
+                        up, node_hex, "duplicate" if counter == unsigned_last else "replay",
+                        f"counter {counter} without MIC not above the last accepted ({floor}; without MIC "
+                        f"{unsigned_last}, with MIC {signed_last})"), node_hex)
         try:
             reading_kind = _READING_CODES.get(kind_code)
             if reading_kind is None:
@@ -201,9 +256,15 @@ class FrameDecoder:
         except CodecError as exc:
             return self._count_bad(self._reject(up, node_hex, exc.reason, str(exc)), node_hex)
         if known is not None and kind not in (known.kind, "heartbeat"):
-            log.warning("node %s (%s) is configured as %s but sent %s; kept", node_hex, known.name, known.kind, kind)
+            self._warn.warning("kind_mismatch", f"node {node_hex}", "frames",
+                               "node %s (%s) is configured as %s but sent %s; kept", node_hex, known.name,
+                               known.kind, kind)
 
         # Accepted: the replay window moves only now, after authentication and decoding succeeded.
+        if st is None:
+            st = self._track(node_hex)
+        elif known is None and node_hex in self._unknown:
+            self._unknown.move_to_end(node_hex)
         # Frames read in one chunk share a receive time; a node's readings get strictly increasing timestamps,
         # because the backend keys a point by node and time. (Only for ties within a second: after the clock
         # is stepped back, readings take the new time rather than creeping on from the old one.)
@@ -214,7 +275,10 @@ class FrameDecoder:
         radio = up.radio
         rssi = up.rssi
         snr = up.snr
-        st.last_fcnt = counter
+        if auth == "mic":
+            st.last_fcnt = counter
+        else:
+            st.unsigned_fcnt = counter
         st.last_seen_us = ts_us
         st.radio = radio
         st.rssi = rssi
@@ -299,6 +363,68 @@ class FrameDecoder:
             "snr": None, "auth": "local", "receipt": False, "values": values,
         }
         return Entry(lane, node_hex, st.last_fcnt, ts_us, json.dumps(body, separators=(",", ":"))), body
+
+    # -- node state ---------------------------------------------------------------------------------------------
+    def _track(self, node_hex: str) -> NodeState:
+        """State for a node heard for the first time (configured nodes have theirs from the start)."""
+        st = self.nodes[node_hex] = NodeState(node=node_hex)
+        self.forgotten.discard(node_hex)
+        if int(node_hex, 16) not in self._known:
+            self._make_room(1)
+            self._unknown[node_hex] = None
+        return st
+
+    def _make_room(self, room: int) -> None:
+        """Drop the least recently heard unknown nodes until ``room`` more fit under unknown_nodes_max."""
+        while self._unknown and len(self._unknown) + room > self._unknown_max:
+            node_hex, _ = self._unknown.popitem(last=False)
+            self._forget(node_hex)
+            self._count("nodes.unknown_evicted", 1)
+
+    def _forget(self, node_hex: str) -> None:
+        del self.nodes[node_hex]
+        self.dirty.discard(node_hex)
+        self.forgotten.add(node_hex)
+
+    def age_out(self, now_us: int) -> int:
+        """Drop unknown nodes not heard for unknown_nodes_forget_after_s before ``now_us`` (µs since the epoch).
+
+        Returns:
+            How many were dropped.
+        """
+        cutoff = now_us - self._unknown_age_us
+        dropped = 0
+        # Least recently heard first: stop at the first one heard since the cutoff.
+        while self._unknown:
+            node_hex = next(iter(self._unknown))
+            seen = self.nodes[node_hex].last_seen_us
+            if seen is not None and seen >= cutoff:
+                break
+            del self._unknown[node_hex]
+            self._forget(node_hex)
+            dropped += 1
+        if dropped:
+            self._count("nodes.unknown_aged_out", dropped)
+        return dropped
+
+    @property
+    def unknown_tracked(self) -> int:
+        """Unknown nodes whose state is kept now."""
+        return len(self._unknown)
+
+    def reset_windows(self, node_hex: str) -> tuple[int | None, int | None] | None:
+        """Forget both replay windows of a node (its firmware was re-flashed and counts from 0 again).
+
+        Returns:
+            The old (signed, unsigned) windows, or None when the gateway keeps no state for the node.
+        """
+        st = self.nodes.get(node_hex)
+        if st is None:
+            return None
+        old = (st.last_fcnt, st.unsigned_fcnt)
+        st.last_fcnt = st.unsigned_fcnt = None
+        self.dirty.add(node_hex)
+        return old
 
     def _count_bad(self, outcome: Decoded, node_hex: str) -> Decoded:
         st = self.nodes.get(node_hex)

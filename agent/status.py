@@ -44,16 +44,33 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
     meta = dict(db.execute("SELECT key, value FROM meta"))
     counters = dict(db.execute("SELECT name, value FROM counter ORDER BY name"))
     nodes = []
+    columns = {r[1] for r in db.execute("PRAGMA table_info(node)")}
+    # A journal of schema 2 or older (a card's copy, an agent not yet upgraded) has one shared window.
+    unsigned = "unsigned_fcnt" if "unsigned_fcnt" in columns else "last_fcnt"
     for row in db.execute(
-        "SELECT node, name, last_fcnt, last_seen_us, radio, rssi, snr, battery_v, frames_ok, frames_bad"
+        f"SELECT node, name, last_fcnt, {unsigned}, last_seen_us, radio, rssi, snr, battery_v, frames_ok, frames_bad"
         " FROM node ORDER BY node"
     ):
-        node, name, fcnt, seen, radio, rssi, snr, batt, ok, bad = row
+        node, name, fcnt_mic, fcnt_none, seen, radio, rssi, snr, batt, ok, bad = row
         nodes.append({
-            "node": node, "name": name, "last_fcnt": fcnt, "last_seen_us": seen,
+            "node": node, "name": name,
+            # The highest counter accepted either way; the two windows beside it (agent.readings).
+            "last_fcnt": max((f for f in (fcnt_mic, fcnt_none) if f is not None), default=None),
+            "fcnt_mic": fcnt_mic, "fcnt_unsigned": fcnt_none, "last_seen_us": seen,
             "last_seen_age_s": round((now_us - seen) / 1e6, 1) if seen else None,
             "radio": radio, "rssi": rssi, "snr": snr, "battery_v": batt, "frames_ok": ok, "frames_bad": bad,
         })
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    audit = [
+        {"ts_us": ts, "user": user, "action": action, "node": node, "detail": detail}
+        for ts, user, action, node, detail in db.execute(
+            "SELECT ts_us, user, action, node, detail FROM audit ORDER BY id DESC LIMIT 10")
+    ] if "audit" in tables else []
+    pending = [
+        {"id": rid, "ts_us": ts, "user": user, "action": action, "node": node}
+        for rid, ts, user, action, node in db.execute(
+            "SELECT id, ts_us, user, action, node FROM request WHERE done_us IS NULL ORDER BY id")
+    ] if "request" in tables else []
     recent = [
         {"ts_us": ts, "radio": radio, "node": node, "reason": reason, "detail": detail}
         for ts, radio, node, reason, detail in db.execute(
@@ -75,6 +92,8 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
         "counters": counters,
         "nodes": nodes,
         "quarantine_recent": recent,
+        "audit_recent": audit,
+        "requests_pending": pending,
     }
 
 
@@ -102,12 +121,13 @@ def render(status: dict[str, Any], console: Console) -> None:
         + f"   oldest unsent: {'-' if age is None else f'{age:.0f} s'}"
     )
     t = Table(title="nodes", show_lines=False)
-    for col in ("node", "name", "last seen", "RSSI dBm", "SNR dB", "battery V", "frames ok", "bad", "fcnt"):
+    for col in ("node", "name", "last seen", "RSSI dBm", "SNR dB", "battery V", "frames ok", "bad", "fcnt MIC",
+                "fcnt no MIC"):
         t.add_column(col)
     for n in status["nodes"]:
         seen = "never" if n["last_seen_age_s"] is None else f"{n['last_seen_age_s']:.0f} s ago"
         t.add_row(n["node"], n["name"] or "?", seen, _fmt(n["rssi"]), _fmt(n["snr"]), _fmt(n["battery_v"], 2),
-                  str(n["frames_ok"]), str(n["frames_bad"]), _fmt(n["last_fcnt"]))
+                  str(n["frames_ok"]), str(n["frames_bad"]), _fmt(n["fcnt_mic"]), _fmt(n["fcnt_unsigned"]))
     console.print(t)
     if status["bad_frames"]:
         console.print("bad frames: " + ", ".join(f"{k} {v}" for k, v in sorted(status["bad_frames"].items())))
@@ -118,6 +138,11 @@ def render(status: dict[str, Any], console: Console) -> None:
     other = {k: v for k, v in status["counters"].items() if not k.startswith("frames.") and not k.startswith("readings.")}
     if other:
         console.print("events: " + ", ".join(f"{k} {v}" for k, v in other.items()))
+    for r in status.get("requests_pending", []):
+        console.print(f"pending request {r['id']}: {r['action']} node {r['node']} by {r['user']}")
+    for a in status.get("audit_recent", []):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a["ts_us"] / 1e6))
+        console.print(f"audit {when} UTC {a['user']}: {a['detail']}", markup=False)
 
 
 def _fmt(v: float | int | None, digits: int = 1) -> str:

@@ -676,7 +676,8 @@ def schema_key_paths(schema: dict, node: dict | None = None, prefix: str = "") -
 def test_json_schema_has_every_top_level_key_and_descriptions(tmp_path: Path) -> None:
     schema = config_json_schema()
     assert set(schema["properties"]) == set(Config.model_fields) == {
-        "gateway", "journal", "mqtt", "radios", "nodes", "unknown_nodes", "health", "rules", "gpio", "receipts", "log",
+        "gateway", "journal", "mqtt", "radios", "nodes", "unknown_nodes", "unknown_nodes_max",
+        "unknown_nodes_forget_after_s", "health", "rules", "gpio", "receipts", "log",
     }
     assert set(schema["required"]) == {"gateway", "radios"}
     assert schema["additionalProperties"] is False
@@ -761,3 +762,72 @@ def test_drivers_from_the_registry_are_accepted(monkeypatch: pytest.MonkeyPatch)
         parse_config(MINIMAL.replace("driver: rak3172", "driver: meshtastik"))
     hint = only(list(info.value.issues), "radios[0].driver").hint or ""
     assert "did you mean 'meshtastic'?" in hint and "es920lr" in hint and "rak3172" in hint
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TLS to a broker on another machine (issue 10, item 6)
+
+FLAG = "    unauthenticated: flag\n"
+
+
+@pytest.mark.parametrize("host", ["mqtt.example.jp", "10.0.0.5", "192.168.1.10", "::ffff:127.0.0.1", "localhost.example"])
+def test_a_remote_broker_without_tls_is_refused_at_the_host_line(tmp_path: Path, host: str) -> None:
+    mqtt = f"mqtt:\n  host: \"{host}\"\n  username: gw-test\n  password: \"s3cret\"\n"
+    path = write_minimal_with(tmp_path, FLAG, mqtt=mqtt)
+    issue = only(problems(path), "mqtt.host")
+    assert issue.line == line_of(path, "host:") and issue.file == str(path)
+    assert "not on this machine and tls is not set" in issue.message and "in clear" in issue.message
+    assert issue.hint is not None and "tls: {ca_file:" in issue.hint and "tls: false" in issue.hint
+    assert "s3cret" not in str(issue)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LOCALHOST."])
+def test_a_loopback_broker_needs_no_tls(tmp_path: Path, host: str) -> None:
+    cfg = load_config(write_minimal_with(tmp_path, FLAG, mqtt=f"mqtt:\n  host: \"{host}\"\n"))
+    assert cfg.mqtt.tls is None and cfg.mqtt.tls_settings() is None
+    assert not [w for w in cfg.warnings if w.key.startswith("mqtt")]
+
+
+def test_tls_false_says_plain_tcp_on_purpose_and_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_minimal_with(tmp_path, FLAG, mqtt="mqtt:\n  host: 10.0.0.5\n  tls: false\n")
+    cfg = load_config(path)
+    assert cfg.mqtt.tls is False and cfg.mqtt.tls_settings() is None
+    [warning] = [w for w in cfg.warnings if w.key == "mqtt.tls"]
+    assert warning.line == line_of(path, "tls: false") and "plain TCP to the broker 10.0.0.5" in warning.message
+    # The loader logs it, so every start of the agent (which loads its config) says it again.
+    assert "config warning" in caplog.text and "plain TCP to the broker 10.0.0.5" in caplog.text
+    # tls: {} is TLS with the system's CAs: no warning.
+    cfg = load_config(write_minimal_with(tmp_path, FLAG, mqtt="mqtt:\n  host: 10.0.0.5\n  tls: {}\n"))
+    assert cfg.mqtt.tls_settings() is not None and not [w for w in cfg.warnings if w.key.startswith("mqtt")]
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "\"off\"", "[ca.pem]"])
+def test_a_tls_value_that_is_neither_a_section_nor_false_gets_one_answer(tmp_path: Path, value: str) -> None:
+    path = write_minimal_with(tmp_path, FLAG, mqtt=f"mqtt:\n  host: 10.0.0.5\n  tls: {value}\n")
+    issue = only(problems(path), "mqtt.tls")
+    assert issue.line == line_of(path, "tls:")
+    assert issue.message == "tls must be a section of keys or false", issue
+    assert issue.hint is not None and "or write false" in issue.hint
+
+
+def test_a_tls_section_reports_its_own_keys_without_the_union_noise(tmp_path: Path) -> None:
+    path = write_minimal_with(tmp_path, FLAG, mqtt="mqtt:\n  host: 10.0.0.5\n  tls:\n    ca_fil: ca.pem\n")
+    [issue] = problems(path)
+    assert issue.key == "mqtt.tls.ca_fil" and "ca_file" in (issue.hint or "") + issue.message
+
+
+def test_a_tls_key_file_others_can_read_is_still_refused_under_the_union(tmp_path: Path) -> None:
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("-----BEGIN X-----\n")
+    (tmp_path / "k.pem").chmod(0o644)
+    mqtt = "mqtt:\n  host: 10.0.0.5\n  tls:\n    cert_file: c.pem\n    key_file: k.pem\n"
+    issue = only(problems(write_minimal_with(tmp_path, FLAG, mqtt=mqtt)), "mqtt.tls.key_file")
+    assert "chmod" in (issue.hint or "") + issue.message
+
+
+def test_unknown_node_limits_have_sane_defaults_and_bounds(tmp_path: Path) -> None:
+    cfg = load_config(write_minimal_with(tmp_path, FLAG))
+    assert (cfg.unknown_nodes_max, cfg.unknown_nodes_forget_after_s) == (1000, 604800)
+    path = write_minimal_with(tmp_path, FLAG, mqtt="unknown_nodes_max: 0\nunknown_nodes_forget_after_s: 5\n")
+    found = problems(path)
+    assert {i.key for i in found} == {"unknown_nodes_max", "unknown_nodes_forget_after_s"}

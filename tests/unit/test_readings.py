@@ -38,9 +38,10 @@ def _node(node_id: int, kind: str, *, name: str, key: bytes | None, radio: str |
                            unauthenticated=unauthenticated, key_bytes=lambda: key)
 
 
-def _config(gateway: str, nodes: list[SimpleNamespace], *, unknown: str = "quarantine") -> Any:
-    return SimpleNamespace(gateway=SimpleNamespace(id=gateway), unknown_nodes=unknown,
-                           node_by_id={n.node_id: n for n in nodes})
+def _config(gateway: str, nodes: list[SimpleNamespace], *, unknown: str = "quarantine", unknown_max: int = 1000,
+            forget_after_s: int = 7 * 86400) -> Any:
+    return SimpleNamespace(gateway=SimpleNamespace(id=gateway), unknown_nodes=unknown, unknown_nodes_max=unknown_max,
+                           unknown_nodes_forget_after_s=forget_after_s, node_by_id={n.node_id: n for n in nodes})
 
 
 def _frame(node_id: int, counter: int, kind: str, *, key: bytes | None, receipt: bool = False, i: int = 0) -> bytes:
@@ -196,3 +197,118 @@ def test_the_body_is_taken_by_the_same_reader_frame_after_frame(tmp_path: Path) 
         values = json.loads(out.entry.body)["values"]
         assert math.isclose(values["level_cm"], level, abs_tol=0.05) and values["battery_v"] == battery
         assert decoder.nodes["00000301"].battery_v == battery
+
+
+# -- replay windows (issue 10, attack 4) -------------------------------------------------------------------------------
+
+
+def _keyed_flag_decoder(nodes: dict[str, NodeState] | None = None) -> tuple[FrameDecoder, bytes]:
+    key = node_key(0x31)
+    cfg = _config("gw-a", [_node(0x31, "trap", name="trap-1", key=key, unauthenticated="flag")])
+    return FrameDecoder(cfg, nodes if nodes is not None else {}), key
+
+
+def _outcome(decoder: FrameDecoder, payload: bytes, i: int = 0) -> str:
+    out = decoder.decode(Uplink("lora0", payload, -80, 5.0, None, T0_US + i))
+    return out.quarantined.reason if out.quarantined is not None else json.loads(out.entry.body)["auth"]
+
+
+def test_an_unsigned_frame_never_moves_the_signed_window() -> None:
+    decoder, key = _keyed_flag_decoder()
+    assert _outcome(decoder, _frame(0x31, 5, "trap", key=key), 1) == "mic"
+    # The attack: one frame without MIC at the top of the counter space.
+    assert _outcome(decoder, _frame(0x31, 0xFFFF_FFFF, "trap", key=None), 2) == "none"
+    st = decoder.nodes["00000031"]
+    assert (st.last_fcnt, st.unsigned_fcnt) == (5, 0xFFFF_FFFF)
+    # The node's genuine signed frames go on being accepted.
+    for i, fcnt in enumerate((6, 7, 100), start=3):
+        assert _outcome(decoder, _frame(0x31, fcnt, "trap", key=key), i) == "mic"
+    assert st.last_fcnt == 100 and st.unsigned_fcnt == 0xFFFF_FFFF
+    # Unsigned frames are what the attacker locked out, and only them.
+    assert _outcome(decoder, _frame(0x31, 101, "trap", key=None), 10) == "replay"
+    assert _outcome(decoder, _frame(0x31, 0xFFFF_FFFF, "trap", key=None), 11) == "duplicate"
+
+
+def test_an_unsigned_frame_must_be_above_both_windows_so_it_never_takes_a_genuine_readings_id() -> None:
+    decoder, key = _keyed_flag_decoder()
+    assert _outcome(decoder, _frame(0x31, 50, "trap", key=key), 1) == "mic"
+    # At or below the signed window: the id <gw>/<node>/<fcnt> may belong to a genuine reading.
+    assert _outcome(decoder, _frame(0x31, 50, "trap", key=None), 2) == "replay"
+    assert _outcome(decoder, _frame(0x31, 10, "trap", key=None), 3) == "replay"
+    assert _outcome(decoder, _frame(0x31, 51, "trap", key=None), 4) == "none"
+    assert _outcome(decoder, _frame(0x31, 51, "trap", key=None), 5) == "duplicate"  # the radio heard it twice
+    # A signed frame is judged by the signed window alone: 51 is free there, so the genuine one gets in.
+    assert _outcome(decoder, _frame(0x31, 51, "trap", key=key), 6) == "mic"
+    assert _outcome(decoder, _frame(0x31, 51, "trap", key=key), 7) == "duplicate"
+    assert _outcome(decoder, _frame(0x31, 49, "trap", key=key), 8) == "replay"
+
+
+def test_readings_of_a_node_get_strictly_increasing_timestamps_across_both_windows() -> None:
+    """InfluxDB keys a point by measurement, tags and ts_us: a signed and an unsigned reading sharing a counter
+    must never share a point."""
+    decoder, key = _keyed_flag_decoder()
+    stamps = []
+    for fcnt, k in ((7, None), (7, key), (8, key), (9, None)):
+        out = decoder.decode(Uplink("lora0", _frame(0x31, fcnt, "trap", key=k), -80, 5.0, None, T0_US))
+        assert out.entry is not None, out.quarantined
+        stamps.append(out.entry.ts_us)
+    assert stamps == sorted(set(stamps)) and len(stamps) == 4
+
+
+def test_reset_windows_forgets_both_and_returns_the_old_ones() -> None:
+    decoder, key = _keyed_flag_decoder({"00000031": NodeState(node="00000031", last_fcnt=900, unsigned_fcnt=901)})
+    assert _outcome(decoder, _frame(0x31, 3, "trap", key=key)) == "replay"
+    decoder.dirty.clear()
+    assert decoder.reset_windows("00000031") == (900, 901)
+    assert "00000031" in decoder.dirty
+    assert _outcome(decoder, _frame(0x31, 3, "trap", key=key), 1) == "mic"  # the re-flashed node counts from 0
+    assert _outcome(decoder, _frame(0x31, 1, "trap", key=None), 2) == "replay"  # below the signed window
+    assert decoder.reset_windows("0000ffff") is None
+
+
+def test_unknown_nodes_are_bounded_least_recently_heard_dropped_and_configured_ones_kept() -> None:
+    key = node_key(0x41)
+    counted: dict[str, int] = {}
+    cfg = _config("gw-a", [_node(0x41, "trap", name="trap-1", key=key)], unknown="accept", unknown_max=3)
+    decoder = FrameDecoder(cfg, {}, count=lambda name, n=1: counted.__setitem__(name, counted.get(name, 0) + n))
+    for i, nid in enumerate((0x1001, 0x1002, 0x1003)):
+        assert _outcome(decoder, _frame(nid, 1, "trap", key=None), i) == "none"
+    assert _outcome(decoder, _frame(0x1001, 2, "trap", key=None), 10) == "none"  # 0x1001 heard again: not the oldest
+    for i, nid in enumerate(range(0x2000, 0x2000 + 500), start=20):  # forged ids at volume
+        assert _outcome(decoder, _frame(nid, 1, "trap", key=None), i) == "none"
+        assert decoder.unknown_tracked <= 3
+    assert set(decoder.nodes) == {"00000041", "000021f1", "000021f2", "000021f3"}
+    assert counted == {"nodes.unknown_evicted": 500}
+    assert {"00001001", "00001002", "00001003"} <= decoder.forgotten
+    assert not decoder.forgotten & decoder.dirty
+    # A rejected frame from a new unknown id makes no state.
+    assert _outcome(decoder, nodeframe.build(0x3000, 1, 0x70, b""), 900) == "kind_unknown"
+    assert "00003000" not in decoder.nodes
+
+
+def test_unknown_nodes_not_heard_for_the_configured_time_are_aged_out_and_loaded_ones_too() -> None:
+    day_us = 86400 * 10**6
+    loaded = {
+        "00005001": NodeState(node="00005001", unsigned_fcnt=4, last_seen_us=T0_US - 9 * day_us),
+        "00005002": NodeState(node="00005002", unsigned_fcnt=4, last_seen_us=T0_US - 1 * day_us),
+        # Once configured with a key: a signed window is never dropped (an attacker cannot make such state).
+        "00005003": NodeState(node="00005003", last_fcnt=7, last_seen_us=T0_US - 90 * day_us),
+        "00000041": NodeState(node="00000041", last_fcnt=2, last_seen_us=T0_US - 90 * day_us),
+    }
+    cfg = _config("gw-a", [_node(0x41, "trap", name="trap-1", key=node_key(0x41))], unknown="accept",
+                  forget_after_s=7 * 86400)
+    decoder = FrameDecoder(cfg, loaded)
+    assert decoder.unknown_tracked == 2
+    assert decoder.age_out(T0_US) == 1
+    assert set(decoder.nodes) == {"00005002", "00005003", "00000041"} and decoder.forgotten == {"00005001"}
+    assert decoder.age_out(T0_US + 7 * day_us) == 1
+    assert set(decoder.nodes) == {"00005003", "00000041"}
+
+
+def test_a_kind_mismatch_is_logged_once_per_node_and_minute(caplog: pytest.LogCaptureFixture) -> None:
+    key = node_key(0x51)
+    decoder = FrameDecoder(_config("gw-a", [_node(0x51, "trap", name="trap-1", key=key)]), {})
+    for fcnt in range(1, 201):
+        assert _outcome(decoder, _frame(0x51, fcnt, "rain", key=key), fcnt) == "mic"
+    lines = [r for r in caplog.records if "configured as trap but sent rain" in r.getMessage()]
+    assert len(lines) == 1

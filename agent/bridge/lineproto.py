@@ -230,14 +230,16 @@ def _needs(text: str, chars: str) -> bool:
 
 
 def _printable(text: str, limit: int = DETAIL_MAX) -> str:
-    """``text`` safe for a log line and any UTF-8 store: cut to ``limit`` characters, control characters and lone
-    surrogates written as ``\\xNN`` / ``\\uNNNN``."""
-    if len(text) > limit:
-        text = text[:limit] + "…"
+    """``text`` safe for a log line and any UTF-8 store: control characters and lone surrogates written as
+    ``\\xNN`` / ``\\uNNNN``, and cut to ``limit`` characters (then an ellipsis marks the cut)."""
+    cut = len(text) > limit
+    text = text[:limit]
     if _UNPRINTABLE_RE.search(text):
         text = _UNPRINTABLE_RE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}",
                                    text)
-    return text
+        if len(text) > limit:
+            text, cut = text[:limit], True
+    return text + "…" if cut else text
 
 
 def _lone_surrogate(obj: Any) -> str | None:
@@ -400,7 +402,8 @@ class Serializer:
         except RecursionError:
             out.rejects.append(Reject("invalid_json", "payload is nested too deeply", payload))
             return
-        check_text = _SURROGATE_ESCAPE_RE.search(payload) is not None
+        # One byte scan first: most payloads hold no backslash at all.
+        check_text = b"\\" in payload and _SURROGATE_ESCAPE_RE.search(payload) is not None
         latest = self._now_us() + self.max_future_us
         try:
             try:
@@ -592,8 +595,11 @@ class Serializer:
         fields.extend(extra)
 
         tags = self._node_tags(kind, site, gateway, node, name)
+        field_set = ",".join(fields)
+        if len(field_set) > FIELDS_MAX:
+            _field_set(fields)  # raises
         lines, sources = out.lines, out.sources
-        lines.append(f"{kind},{tags} {_field_set(fields)} {ts}")
+        lines.append(f"{kind},{tags} {field_set} {ts}")
         lines.append(f"node_health,{tags} {','.join(health)} {ts}")
         sources.append(rid)
         sources.append(rid)

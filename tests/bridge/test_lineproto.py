@@ -3,12 +3,16 @@ text), and its escaping against a real InfluxDB 1.6.7 (both servers: tests/secur
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agent.bridge.lineproto import Serializer, escape_key, escape_string_field, escape_tag_value
+from agent.bridge.lineproto import Converted, Serializer, escape_key, escape_string_field, escape_tag_value
 from agent.bridge.registry import GatewayInfo, GatewayRegistry
 from agent.clock import EPOCH_FLOOR_US
 from tests.bridge._helpers import T0_US, batch, reading, topic
@@ -343,3 +347,339 @@ def test_escaping_round_trips_through_influxdb(influx: InfluxDB1) -> None:
     assert all(r["level cm,x=y"] == 1.5 and r["ch7_temperature"] == 21.25 and r["fcnt"] == 1 for r in rows)
     [st] = influx.rows("SELECT agent, online FROM gateway_status", "denen")
     assert st["agent"] == 'v"1\\2' and st["online"] == 1 and st["time"] == T0_US
+
+
+# -- site: from the registry, never from the payload ---------------------------------------------------------------
+def _sites(lines: list[str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for line in lines:
+        head = line.split(" ", 1)[0]
+        measurement, *tags = head.split(",")
+        out.setdefault(measurement, set()).update(t.split("=", 1)[1] for t in tags if t.startswith("site="))
+    return out
+
+
+def _every_kind(gateway: str) -> list[dict]:
+    """One node reading, one gateway_health and one alert reading of ``gateway``."""
+    health = reading(gateway, 0, 3, "gateway_health", {"uptime_s": 5.0}, name=gateway, rssi=None, snr=None)
+    health.update(node="gateway", id=f"{gateway}/gateway/3", lane="telemetry")
+    alert = alert_reading("sos", "raised", "emergency", "00000101", {"raised": 1.0}, seq=4)
+    alert.update(id=f"{gateway}/gateway/4", lane="telemetry")
+    return [reading(gateway, 0x101, 2, "sos", {"pressed": 1.0}), health, alert]
+
+
+def test_every_point_has_the_registrys_site_and_a_differing_claim_is_noted_and_ignored() -> None:
+    conv = serializer().convert(topic(GW), batch(GW, _every_kind(GW), site="victim-town"))
+    assert not conv.rejects and conv.readings == 3
+    assert _sites(conv.lines) == {"sos": {"testville"}, "node_health": {"testville"},
+                                  "gateway_health": {"testville"}, "alert": {"testville"}}
+    [(code, detail)] = conv.notes
+    assert code == "site_mismatch" and "'victim-town'" in detail and "'testville'" in detail and GW in detail
+    # A batch that claims the right site is not noted.
+    assert serializer().convert(topic(GW), batch(GW, _every_kind(GW))).notes == []
+
+
+@pytest.mark.parametrize("unknown", ["accept", "refuse"])
+def test_a_gateway_the_registry_does_not_list_follows_the_policy(unknown: str) -> None:
+    s = Serializer(registry=GatewayRegistry({GW: GatewayInfo("testville")}, unknown=unknown))  # type: ignore[arg-type]
+    other = "gw-stranger-07"
+    status = json.dumps({"schema": "denen.status/1", "gateway": other, "state": "online", "ts_us": T0_US}).encode()
+    for conv in (s.convert(topic(other), batch(other, _every_kind(other), site="testville")),
+                 s.convert(f"denen/v1/{other}/status", status)):
+        if unknown == "accept":
+            assert conv.lines and not conv.rejects
+            assert set().union(*_sites(conv.lines).values()) == {"unknown"}
+            assert [code for code, _ in conv.notes] == ["unknown_gateway"] and other in conv.notes[0][1]
+        else:
+            assert conv.lines == [] and conv.notes == []
+            [rej] = conv.rejects
+            assert rej.reason == "unknown_gateway" and rej.kind == "payload" and other in rej.detail
+
+
+def test_without_a_registry_every_gateway_is_unknown_and_accepted() -> None:
+    conv = Serializer().convert(topic(GW), batch(GW, [reading(GW, 0x101, 2, "sos", {"pressed": 1.0})]))
+    assert _sites(conv.lines) == {"sos": {"unknown"}, "node_health": {"unknown"}}
+    assert [code for code, _ in conv.notes] == ["unknown_gateway"]
+
+
+def test_a_registry_that_changes_changes_the_site_of_the_next_message() -> None:
+    # The tag cache is keyed by site, so a gateway moved to another site is written there at once.
+    s = Serializer(registry=GatewayRegistry({GW: GatewayInfo("testville")}))
+    r = reading(GW, 0x101, 2, "sos", {"pressed": 1.0})
+    assert _sites(s.convert(topic(GW), batch(GW, [r])).lines)["sos"] == {"testville"}
+    s.registry = GatewayRegistry({GW: GatewayInfo("otherville")})
+    assert _sites(s.convert(topic(GW), batch(GW, [r])).lines)["sos"] == {"otherville"}
+
+
+def test_a_message_rejected_whole_carries_no_notes() -> None:
+    conv = serializer().convert(topic(GW), _doc(site="victim-town", readings=[]))
+    assert [r.reason for r in conv.rejects] == ["invalid_schema"] and conv.notes == []
+
+
+# -- timestamps in the future --------------------------------------------------------------------------------------
+NOW = T0_US + 3_600_000_000
+
+
+@pytest.mark.parametrize("clock", ["synced", "corrected"])
+@pytest.mark.parametrize(("ahead_us", "written"), [(0, True), (300_000_000, True), (300_000_001, False),
+                                                    (5_806_281_600_000_000, False)])  # ~ year 2200
+def test_a_reading_stamped_too_far_ahead_of_the_bridges_clock_is_dead_lettered(clock: str, ahead_us: int,
+                                                                               written: bool) -> None:
+    r = reading(GW, 0x101, 3, "sos", {"pressed": 1.0}, clock=clock, ts_us=NOW + ahead_us)
+    conv = serializer(now_us=lambda: NOW).convert(topic(GW), batch(GW, [r]))
+    if written:
+        assert conv.readings == 1 and not conv.rejects and parse_line(conv.lines[0])[3] == NOW + ahead_us
+    else:
+        [rej] = conv.rejects
+        assert conv.lines == [] and rej.reason == "timestamp_in_future" and rej.kind == "reading"
+        assert f"clock {clock}" in rej.detail and "300 s" in rej.detail
+
+
+def test_the_allowed_skew_is_configurable() -> None:
+    r = reading(GW, 0x101, 3, "sos", {"pressed": 1.0}, ts_us=NOW + 10_000_000)
+    assert serializer(now_us=lambda: NOW, max_future_s=5).convert(topic(GW), batch(GW, [r])).rejects[0].reason \
+        == "timestamp_in_future"
+    assert serializer(now_us=lambda: NOW, max_future_s=60).convert(topic(GW), batch(GW, [r])).readings == 1
+
+
+def test_an_unsynced_clocks_reading_from_the_future_is_written_at_the_bridges_time() -> None:
+    # Its stamp is no time at all (the board's clock was never set); an SOS among them must still be seen.
+    r = reading(GW, 0x101, 3, "sos", {"pressed": 1.0}, clock="unsynced", ts_us=NOW + 10**15)
+    conv = serializer(now_us=lambda: NOW).convert(topic(GW), batch(GW, [r]))
+    assert conv.readings == 1 and not conv.rejects
+    _, _, fields, ts = parse_line(conv.lines[0])
+    assert ts == NOW and fields["clock_ok"] == "0.0"
+
+
+def test_a_status_document_from_the_future_is_dead_lettered() -> None:
+    doc = {"schema": "denen.status/1", "gateway": GW, "state": "online", "ts_us": NOW + 301_000_000}
+    conv = serializer(now_us=lambda: NOW).convert(f"denen/v1/{GW}/status", json.dumps(doc).encode())
+    assert conv.lines == [] and [r.reason for r in conv.rejects] == ["timestamp_in_future"]
+
+
+# -- hostile text ----------------------------------------------------------------------------------------------------
+def _assert_storable(conv: Converted) -> None:
+    """What the bridge does next with a conversion cannot fail on its text: encode, store, log."""
+    "\n".join(conv.lines).encode("utf-8")
+    for line in conv.lines:
+        assert "\n" not in line and "\r" not in line
+    for rej in conv.rejects:
+        assert isinstance(rej.content, bytes)
+        for text in (rej.detail, rej.reading_id or ""):
+            text.encode("utf-8")
+            assert not UNPRINTABLE.search(text), text
+    for _, detail in conv.notes:
+        detail.encode("utf-8")
+        assert not UNPRINTABLE.search(detail), detail
+
+
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+LONE = "0.1.0\ud800"  # valid JSON ("\ud800" escape), valid UTF-8 bytes; no UTF-8 encoder takes the string
+
+
+def _status(agent: object) -> bytes:
+    return json.dumps({"schema": "denen.status/1", "gateway": GW, "state": "online", "agent": agent,
+                       "ts_us": T0_US}).encode()
+
+
+def _with(r: dict, **changes: object) -> dict:
+    return r | changes
+
+
+GOOD = reading(GW, 0x101, 2, "sos", {"pressed": 1.0})
+ALERT = alert_reading("sos", "raised", "emergency", "00000101", {"raised": 1.0}, seq=4)
+
+
+@pytest.mark.parametrize(("where", "t", "payload", "reason", "kind"), [
+    ("status agent", "status", _status(LONE), "invalid_text", "payload"),
+    ("reading name", "alarm", batch(GW, [_with(ALERT, name=LONE), GOOD]), "invalid_text", "reading"),
+    ("values key", "alarm", batch(GW, [_with(GOOD, values={LONE: 1.0}), ALERT]), "invalid_text", "reading"),
+    ("alert message", "alarm", batch(GW, [_with(ALERT, alert=ALERT["alert"] | {"message": LONE}), GOOD]),
+     "invalid_text", "reading"),
+    ("alert name", "alarm", batch(GW, [_with(ALERT, alert=ALERT["alert"] | {"name": LONE}), GOOD]),
+     "invalid_text", "reading"),
+    ("a field never written", "alarm", batch(GW, [_with(GOOD, radio=LONE), ALERT]), "invalid_text", "reading"),
+    ("unknown batch key", "sos", json.dumps(json.loads(batch(GW, [GOOD])) | {LONE: 1}).encode(),
+     "invalid_schema", "payload"),
+    ("unknown reading key", "alarm", batch(GW, [_with(GOOD, **{LONE: 1}), ALERT]), "invalid_text", "reading"),
+])
+def test_a_lone_surrogate_is_refused_where_it_is_and_nothing_else_is_lost(where: str, t: str, payload: bytes,
+                                                                           reason: str, kind: str) -> None:
+    # The attack of issue 10 (1): each of these stopped the bridge for good at "\n".join(lines).encode() or at
+    # the dead-letter store's insert.
+    assert b"\\ud800" in payload  # json.dumps writes the escape: the bytes are plain ASCII
+    conv = serializer().convert(f"denen/v1/{GW}/status" if t == "status" else topic(GW, t), payload)
+    _assert_storable(conv)
+    [rej] = conv.rejects
+    assert (rej.reason, rej.kind) == (reason, kind), where
+    assert "\\ud800" in rej.detail  # said, not carried
+    if kind == "reading":
+        assert conv.readings == 1  # its neighbour is written
+        assert json.loads(rej.content) is not None and b"\\ud800" in rej.content
+    else:
+        assert rej.content == payload and conv.lines == []
+
+
+def test_surrogates_as_raw_bytes_and_utf16_are_not_utf8_json() -> None:
+    # json.loads(bytes) would take both (it decodes with surrogatepass, and guesses UTF-16/32).
+    raw = json.dumps(json.loads(_status(LONE)), ensure_ascii=False).encode("utf-8", "surrogatepass")
+    assert b"0.1.0\xed\xa0\x80" in raw
+    for payload in (raw, _status("0.1.0").decode().encode("utf-16")):
+        conv = serializer().convert(f"denen/v1/{GW}/status", payload)
+        assert [r.reason for r in conv.rejects] == ["invalid_json"]
+        _assert_storable(conv)
+
+
+def test_a_valid_surrogate_pair_is_text_like_any_other() -> None:
+    # A gateway that writes JSON with ensure_ascii spells an emoji as two escapes: that is not a lone surrogate.
+    payload = json.dumps(json.loads(batch(GW, [_with(GOOD, name="川🌊-1")])), ensure_ascii=True).encode()
+    assert b"\\ud83c\\udf0a" in payload
+    conv = serializer().convert(topic(GW, "sos"), payload)
+    assert not conv.rejects and "name=川🌊-1," in conv.lines[0]
+
+
+def test_control_characters_in_free_text_become_spaces_and_in_a_key_refuse_the_reading() -> None:
+    named = _with(GOOD, name="a\tb\nc\x00d\x85e\x7f")
+    msg = _with(ALERT, alert=ALERT["alert"] | {"message": "x\ny\r\x00z\x1b[2J"})
+    conv = serializer().convert(topic(GW, "alarm"), batch(GW, [named, msg, _with(GOOD, fcnt=9, id=f"{GW}/00000101/9",
+                                                                                values={"a\x00": 1.0})]))
+    _assert_storable(conv)
+    assert "name=a\\ b\\ c\\ d\\ e\\ ," in conv.lines[0]
+    assert conv.lines[2].endswith(f',message="x y  z [2J" {ALERT["ts_us"]}')
+    [rej] = conv.rejects
+    assert rej.reason == "invalid_text" and "\\x00" in rej.detail
+    status = serializer().convert(f"denen/v1/{GW}/status", _status("0.1\n\x1b[31m"))
+    assert status.lines[0].split(" ")[1] == 'online=1.0,agent="0.1' and '\x1b' not in status.lines[0]
+
+
+@pytest.mark.parametrize("name", ["a\\,gateway\\=victim", "ends\\", "\\", "a\\\\b", "x\\ y"])
+def test_a_backslash_in_a_name_becomes_a_fullwidth_one(name: str) -> None:
+    [line, _] = serializer().convert(topic(GW, "sos"), batch(GW, [_with(GOOD, name=name)])).lines
+    tags = re.split(r"(?<!\\) ", line)[0]
+    assert "\\\\" not in tags and not re.search(r"\\[^,= ]", tags)  # every backslash left escapes , = or space
+    expected = escape_tag_value(name.replace("\\", "＼"))
+    assert f",name={expected}," in tags
+
+
+@pytest.mark.parametrize(("key", "reason"), [
+    ("a\\b", "invalid_reading"), ('a"b', "invalid_reading"), ("time", "invalid_reading"),
+    ("message", "invalid_reading"), ("k" * 201, "invalid_reading"), ("", "invalid_reading"),
+    ("a\nb", "invalid_text"), ("\x7f", "invalid_text"),
+])
+def test_a_values_key_the_servers_would_read_differently_refuses_the_reading(key: str, reason: str) -> None:
+    conv = serializer().convert(topic(GW, "sos"), batch(GW, [_with(GOOD, values={key: 1.0})]))
+    assert conv.lines == [] and [r.reason for r in conv.rejects] == [reason]
+    _assert_storable(conv)
+
+
+def test_keys_names_and_messages_are_bounded() -> None:
+    ok = serializer().convert(topic(GW, "sos"), batch(GW, [_with(GOOD, name="n" * 5000, values={"k" * 200: 1.0})]))
+    assert f",name={'n' * 200}," in ok.lines[0] and f" {'k' * 200}=1.0," in ok.lines[0]
+    long_msg = serializer().convert(topic(GW, "alarm"), batch(GW, [
+        _with(ALERT, alert=ALERT["alert"] | {"message": "あ" * 5000})]))
+    assert f'message="{"あ" * 1000}" ' in long_msg.lines[0]
+    many = {f"v{i:05d}_{'x' * 150}": float(i) for i in range(300)}  # ~48,000 characters of fields
+    conv = serializer().convert(topic(GW, "sos"), batch(GW, [_with(GOOD, values=many), ALERT]))
+    [rej] = conv.rejects
+    assert rej.reason == "invalid_reading" and "32768" in rej.detail and conv.readings == 1
+
+
+def test_a_topic_whose_gateway_is_not_an_id_is_outside_the_scheme() -> None:
+    # The status document names the same gateway as the topic; without the id check the topic's text went into
+    # the gateway tag unescaped: one more tag for every comma.
+    gw = "x,site=victim-town"
+    doc = json.dumps({"schema": "denen.status/1", "gateway": gw, "state": "online", "ts_us": T0_US}).encode()
+    conv = serializer().convert(f"denen/v1/{gw}/status", doc)
+    assert conv.lines == [] and [r.reason for r in conv.rejects] == ["invalid_schema"] and conv.gateway is None
+
+
+def test_details_and_reading_ids_are_printable_and_bounded() -> None:
+    hostile = "\x1b[2J\nFAKE LOG LINE\ud800" + "z" * 5000
+    bad = _with(GOOD, id=hostile, **{hostile: 1})
+    conv = serializer().convert(topic(GW, "sos"), batch(GW, [bad]))
+    [rej] = conv.rejects
+    _assert_storable(conv)
+    assert len(rej.detail) <= 1001 and len(rej.reading_id or "") <= 201 and rej.reading_id.endswith("z…")
+    assert "\\x1b[2J\\nFAKE LOG LINE\\ud800" in rej.detail  # shown, not carried
+    assert rej.reading_id.startswith("\\x1b[2J\\x0aFAKE LOG LINE\\ud800")
+
+
+@pytest.mark.parametrize("payload", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000])
+def test_json_nested_too_deeply_is_invalid_json(payload: bytes) -> None:
+    conv = serializer().convert(topic(GW), payload)
+    assert [r.reason for r in conv.rejects] == ["invalid_json"]
+
+
+def test_a_reading_nested_almost_too_deeply_is_refused_alone() -> None:
+    # Deep enough that json.loads barely takes it: details, checks and the dead letter's JSON must still not raise.
+    depth = sys.getrecursionlimit() - 60
+    deep = "[" * depth + "]" * depth
+    payload = batch(GW, [GOOD, _with(GOOD, fcnt=3, id=f"{GW}/00000101/3", values={"v": 0.0})]).replace(
+        b'"v":0.0', b'"v":' + deep.encode())
+    conv = serializer().convert(topic(GW, "sos"), payload)
+    _assert_storable(conv)
+    assert conv.readings == 1 and [r.reason for r in conv.rejects] == ["invalid_reading"]
+
+
+# -- the property: whatever the topic and the bytes, convert() returns, and everything it returns can be stored ------
+_ANY_CHAR = st.characters(codec=None, exclude_categories=())  # every code point, lone surrogates included
+_TEXT = st.one_of(st.text(_ANY_CHAR, max_size=12), st.sampled_from(
+    [LONE, "\udfff", "a\\,gateway\\=victim", "ends\\", "\n", "\x00", "\u200b", "🌊", "time", "message", ""]))
+
+
+@st.composite
+def _hostile_message(draw: st.DrawFn) -> tuple[str, bytes]:
+    # Mostly well-formed around the hostile strings, so that they get past the schema checks to the lines.
+    gw = draw(st.sampled_from([GW, GW, "gw-stranger-07"])) if draw(st.integers(0, 4)) else draw(_TEXT)
+    if draw(st.booleans()):
+        doc: dict = {"schema": "denen.status/1", "gateway": gw, "state": draw(st.sampled_from(["online", "offline", "x"])),
+                     "agent": draw(_TEXT), "ts_us": draw(st.sampled_from([T0_US, NOW + 10**15])
+                                                         | st.integers())}
+        t = f"denen/v1/{gw}/status"
+    else:
+        readings = []
+        for i in range(draw(st.integers(1, 3))):
+            base = copy.deepcopy(draw(st.sampled_from([GOOD, ALERT])))
+            base.update(fcnt=i, id=f"{gw}/{base['node']}/{i}", name=draw(_TEXT),
+                        values=base["values"] | draw(st.dictionaries(_TEXT, st.floats() | st.integers(), max_size=2)))
+            if "alert" in base:
+                base["alert"].update(message=draw(_TEXT), name=draw(_TEXT))
+            if draw(st.integers(0, 3)) == 0:
+                base[draw(_TEXT)] = draw(_TEXT)
+            readings.append(base)
+        site = "testville" if draw(st.integers(0, 3)) else draw(_TEXT)
+        doc = json.loads(batch(GW, [GOOD])) | {"gateway": gw, "site": site,
+                                               "lane": readings[0]["lane"], "readings": readings}
+        t = topic(gw, doc["lane"])
+    if draw(st.integers(0, 3)) == 0:
+        doc[draw(_TEXT)] = draw(_TEXT)
+    ascii_only = draw(st.booleans())
+    # ensure_ascii: lone surrogates as \ud800 escapes; otherwise as raw (CESU-8) bytes.
+    payload = json.dumps(doc, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    if draw(st.integers(0, 9)) == 0:
+        cut = draw(st.integers(0, len(payload)))
+        payload = payload[:cut] + draw(st.binary(max_size=8)) + payload[cut:]
+    return (t if draw(st.integers(0, 9)) else draw(_TEXT)), payload
+
+
+@pytest.mark.parametrize("unknown", ["accept", "refuse"])
+@settings(max_examples=400, deadline=None, database=None)
+@given(message=_hostile_message() | st.tuples(_TEXT, st.binary(max_size=64)))
+def test_convert_never_raises_and_everything_it_returns_can_be_stored(unknown: str,
+                                                                      message: tuple[str, bytes]) -> None:
+    s = Serializer(registry=GatewayRegistry({GW: GatewayInfo("testville")}, unknown=unknown),  # type: ignore[arg-type]
+                   now_us=lambda: NOW)
+    conv = s.convert(*message)
+    _assert_storable(conv)
+    assert len(conv.lines) == len(conv.sources)
+    for line in conv.lines:  # and no hostile string made a tag or a measurement of its own
+        head = re.split(r"(?<!\\) ", line, maxsplit=1)[0]
+        measurement, *tags = re.split(r"(?<!\\),", head)
+        keys = [re.split(r"(?<!\\)=", tag, maxsplit=1)[0] for tag in tags]
+        assert measurement in MEASUREMENTS and set(keys) <= TAG_KEYS and len(keys) == len(set(keys)), line
+        assert "\\\\" not in head
+
+
+MEASUREMENTS = {"sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat", "node_health", "gateway_health",
+                "alert", "gateway_status"}
+TAG_KEYS = {"site", "gateway", "node", "name", "kind", "type", "severity"}

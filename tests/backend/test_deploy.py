@@ -4,16 +4,21 @@
   without a Docker engine) accepts the compose file with the .env that make-credentials.sh writes, and refuses it
   without one.
 * make-credentials.sh makes a CA, a broker certificate that verifies against it (openssl verify) for the given
-  names, hashed logins, and prints each gateway's config lines; a second run changes nothing, -R rotates.
-* The real Mosquitto, run with deploy/backend/mosquitto/mosquitto.conf and acl (paths and port adapted to a temp
-  folder), speaks TLS with that certificate, takes the logins, and applies the ACL: gateway A may publish under
-  denen/v1/gw-a/, a publish into gateway B's tree gets PUBACK reason code 135, and the bridge reads everything.
+  names, hashed logins (one per gateway and per bridge process), the broker's dynamic-security file from them and
+  mosquitto/acl, and prints each gateway's config lines; a second run changes nothing, -R rotates, -b adds bridge
+  logins, -X revokes a gateway.
+* The real Mosquitto, run with deploy/backend/mosquitto/mosquitto.conf (paths and port adapted to a temp folder:
+  tests/security/shipped_broker.py), speaks TLS with that certificate, takes the logins, and applies the rules:
+  gateway A may publish under denen/v1/gw-a/, a publish into gateway B's tree gets PUBACK reason code 135, and the
+  bridge reads everything through its shared subscription. The attacks of a stolen gateway login are in
+  tests/security/test_broker_identity.py.
 
 A missing docker-compose, openssl, mosquitto or mosquitto_passwd fails the test with the install command.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,7 +27,6 @@ import ssl
 import stat
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from ruamel.yaml import YAML
 
-from agent.devbroker import free_port
+from tests.security.shipped_broker import ShippedBroker
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND = ROOT / "deploy" / "backend"
@@ -113,7 +117,7 @@ def test_compose_file_refuses_to_start_without_secrets(tmp_path: Path) -> None:
 
 def test_bridge_config_and_dockerfile_fit_the_stack() -> None:
     """bridge.yaml uses the v2 sink with the write-only token influxdb/setup.sh makes, via the broker's TLS name,
-    and the secrets the image's entrypoint copies from the mounted secrets/bridge."""
+    and the secrets the image's entrypoint copies from the mounted secrets/bridge-1."""
     yaml = YAML(typ="safe")
     bridge = yaml.load((BACKEND / "bridge.yaml").read_text(encoding="utf-8"))
     compose = yaml.load((BACKEND / "docker-compose.yml").read_text(encoding="utf-8"))
@@ -121,10 +125,12 @@ def test_bridge_config_and_dockerfile_fit_the_stack() -> None:
     assert bridge["sink"]["type"] == "v2" and bridge["sink"]["bucket"] == "denen" and bridge["sink"]["org"] == "denen"
     assert bridge["sink"]["url"] == "http://influxdb:8086"
     assert bridge["mqtt"]["host"] == "mosquitto" and bridge["mqtt"]["port"] == 8883 and bridge["mqtt"]["tls"]
-    assert bridge["mqtt"]["username"] == "denen-bridge"
+    # Bridge process 1's own login; the broker makes the client id the login, so both are the same.
+    assert bridge["mqtt"]["username"] == bridge["mqtt"]["client_id"] == "denen-bridge-1"
+    assert bridge["mqtt"]["group"] == "denen-bridge"  # the group mosquitto/acl lets the bridges share
     mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
     assert mounts["/etc/denen/bridge.yaml"] == "./bridge.yaml"
-    assert mounts["/etc/denen/secrets"] == "./secrets/bridge"
+    assert mounts["/etc/denen/secrets"] == "./secrets/bridge-1"
     assert Path(bridge["sink"]["token_file"]).parent == Path("/run/denen/influx")
     assert mounts["/run/denen/influx"] == "bridge-token"
     # The entrypoint copies /etc/denen/secrets/* to /run/denen/secrets (a tmpfs), where bridge.yaml reads them.
@@ -187,14 +193,35 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
     assert "CA:TRUE" in ca_text
     # Hashed logins only, one per user; the plain passwords are in the per-user files.
     entries = dict(line.split(":", 1) for line in (secrets / "mosquitto" / "passwd").read_text().splitlines())
-    assert set(entries) == {"denen-bridge", "gw-a", "gw-b"}
+    assert set(entries) == {"denen-bridge-1", "gw-a", "gw-b"}
     assert all(h.startswith("$7$") for h in entries.values())
-    for user_file in (secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "bridge" / "mqtt-password"):
+    for user_file in (secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "bridge-1" / "mqtt-password"):
         assert user_file.read_text().strip() not in (secrets / "mosquitto" / "passwd").read_text()
+    # What the broker loads: the same hashes, each login bound to its client id, a role per gateway with its own
+    # topics, one role for the bridges, everything else denied.
+    dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
+    assert dynsec["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False,
+                                          "subscribe": False, "unsubscribe": True}
+    clients = {c["username"]: c for c in dynsec["clients"]}
+    assert set(clients) == set(entries)
+    for user, c in clients.items():
+        assert c["clientid"] == user
+        assert entries[user] == f"$7${c['iterations']}${c['salt']}${c['password']}"
+    assert {u: [r["rolename"] for r in c["roles"]] for u, c in clients.items()} == {
+        "denen-bridge-1": ["denen-bridge"], "gw-a": ["gateway-gw-a"], "gw-b": ["gateway-gw-b"]}
+    roles = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"]} for r in dynsec["roles"]}
+    assert roles["gateway-gw-a"] == {("publishClientSend", f"denen/v1/gw-a/{t}") for t in (
+        "status", "readings/sos", "readings/alarm", "readings/telemetry", "readings/diagnostics")} | {
+        ("subscribeLiteral", "denen/v1/gw-a/cmd/#"), ("publishClientReceive", "denen/v1/gw-a/cmd/#")}
+    assert roles["denen-bridge"] == {
+        ("subscribeLiteral", "$share/denen-bridge/denen/v1/+/readings/#"),
+        ("subscribeLiteral", "$share/denen-bridge/denen/v1/+/status"),
+        ("publishClientReceive", "denen/v1/+/readings/#"), ("publishClientReceive", "denen/v1/+/status")}
     # Secrets stay private: the folder is owner-only, private keys and gateway passwords are mode 600.
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
     for private in (secrets / "ca" / "ca.key", secrets / "mosquitto" / "server.key",
-                    secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "mosquitto" / "passwd"):
+                    secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "mosquitto" / "passwd",
+                    secrets / "mosquitto" / "dynamic-security.json", secrets / "bridge-1" / "mqtt-password"):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
     # .env: every placeholder replaced by a distinct random secret.
     env = dict(line.split("=", 1) for line in (backend / ".env").read_text().splitlines()
@@ -231,9 +258,30 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     lines = (secrets / "mosquitto" / "passwd").read_text().splitlines()
     assert sum(line.startswith("gw-a:") for line in lines) == 1
     assert [line for line in lines if line.startswith("gw-b:")] == old_hash_b
-    for bad in ("GW-Upper", "-dash-first", "denen-bridge", "a" * 64, "gw/slash"):
+    for bad in ("GW-Upper", "-dash-first", "denen-bridge", "denen-bridge-2", "denen-console", "a" * 64, "gw/slash"):
         proc = _make_credentials(backend, bad)
         assert proc.returncode != 0 and "make-credentials.sh:" in proc.stderr, bad
+    # -b: more bridge logins, the existing one kept; later runs keep them all.
+    bridge_1 = (secrets / "bridge-1" / "mqtt-password").read_bytes()
+    assert _make_credentials(backend, "-b", "2").returncode == 0
+    assert (secrets / "bridge-1" / "mqtt-password").read_bytes() == bridge_1
+    assert _make_credentials(backend).returncode == 0
+    users = [line.split(":")[0] for line in (secrets / "mosquitto" / "passwd").read_text().splitlines()]
+    assert sorted(users) == ["denen-bridge-1", "denen-bridge-2", "gw-a", "gw-b"]
+    dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
+    assert [c["username"] for c in dynsec["clients"]] == users
+    # -X: a revoked gateway's login, password and rules are gone; the others are untouched.
+    revoked = _make_credentials(backend, "-X", "gw-b")
+    assert revoked.returncode == 0, revoked.stderr
+    assert not (secrets / "gateways" / "gw-b").exists()
+    dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
+    assert [c["username"] for c in dynsec["clients"]] == ["denen-bridge-1", "gw-a", "denen-bridge-2"]
+    assert "gateway-gw-b" not in {r["rolename"] for r in dynsec["roles"]}
+    # A broken rule in mosquitto/acl is refused with its line.
+    acl = backend / "mosquitto" / "acl"
+    acl.write_text(acl.read_text() + "gateway publish denen/v1/%u/x\n")
+    proc = _make_credentials(backend)
+    assert proc.returncode != 0 and "acl:" in proc.stderr and "publish" in proc.stderr
     fresh = _copy_backend(tmp_path / "fresh")
     proc = _make_credentials(fresh, "gw-a")  # no -n: the broker certificate needs a name
     assert proc.returncode != 0 and "-n" in proc.stderr
@@ -242,61 +290,16 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
 # ---- the real broker with the deploy config ----------------------------------------------------------------------
 
 
-def _adapt_conf(backend: Path, workdir: Path, port: int) -> Path:
-    """mosquitto.conf with the container paths mapped into ``backend`` and ``workdir`` and a loopback port."""
-    text = (backend / "mosquitto" / "mosquitto.conf").read_text(encoding="utf-8")
-    secrets = backend / "secrets" / "mosquitto"
-    replacements = [
-        (r"^listener 8883$", f"listener {port} 127.0.0.1"),
-        (r"/mosquitto/secrets/", f"{secrets}/"),
-        (r"/mosquitto/config/acl", str(backend / "mosquitto" / "acl")),
-        (r"^persistence_location .*$", f"persistence_location {workdir}/"),
-        (r"^log_dest stdout$", f"log_dest file {workdir / 'mosquitto.log'}"),
-    ]
-    for pattern, new in replacements:
-        text, n = re.subn(pattern, new, text, flags=re.M)
-        assert n, f"mosquitto.conf no longer has {pattern!r}; update this test's mapping"
-    if os.geteuid() == 0:
-        text = "user root\n" + text  # as root, mosquitto would drop to user 'mosquitto', who cannot read tmp files
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(text, encoding="utf-8")
-    return conf
-
-
 @pytest.fixture(scope="module")
 def deploy_broker(credentials: tuple[Path, Any],
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
-    binary = _tool("mosquitto", "mosquitto")
     backend, _ = credentials
-    workdir = tmp_path_factory.mktemp("mosquitto")
-    port = free_port()
-    conf = _adapt_conf(backend, workdir, port)
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    broker = ShippedBroker(backend, tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                log_file = workdir / "mosquitto.log"
-                log = log_file.read_text(errors="replace") if log_file.exists() else ""
-                pytest.fail(f"mosquitto refused deploy/backend/mosquitto/mosquitto.conf: {err}{log}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("mosquitto did not listen within 10 s")
-                time.sleep(0.02)
-        yield port, backend
+        yield broker.port, backend
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        broker.stop()
 
 
 class Probe:
@@ -360,7 +363,7 @@ class Probe:
 
 
 def _login(backend: Path, user: str) -> str:
-    path = (backend / "secrets" / "bridge" / "mqtt-password" if user == "denen-bridge"
+    path = (backend / "secrets" / "bridge-1" / "mqtt-password" if user == "denen-bridge-1"
             else backend / "secrets" / "gateways" / user / "mqtt-password")
     return path.read_text().strip()
 
@@ -368,8 +371,8 @@ def _login(backend: Path, user: str) -> str:
 def test_broker_acl_confines_each_gateway_to_its_own_tree(deploy_broker: tuple[int, Path]) -> None:
     port, backend = deploy_broker
     ca = backend / "secrets" / "gateways" / "gw-a" / "ca.pem"
-    bridge = Probe(port, backend / "secrets" / "bridge" / "ca.pem", "denen-bridge", _login(backend, "denen-bridge"),
-                   "denen-bridge-1")
+    bridge = Probe(port, backend / "secrets" / "bridge-1" / "ca.pem", "denen-bridge-1",
+                   _login(backend, "denen-bridge-1"), "denen-bridge-1")
     gw_a = Probe(port, ca, "gw-a", _login(backend, "gw-a"), "denen-gw-a")
     try:
         assert bridge.connected() == 0 and gw_a.connected() == 0
@@ -409,7 +412,7 @@ def test_broker_acl_confines_each_gateway_to_its_own_tree(deploy_broker: tuple[i
                          ids=["wrong-password", "unknown-user", "anonymous"])
 def test_broker_refuses_bad_logins(deploy_broker: tuple[int, Path], user: str | None, password: str | None) -> None:
     port, backend = deploy_broker
-    probe = Probe(port, backend / "secrets" / "bridge" / "ca.pem", user, password, f"probe-{user}")
+    probe = Probe(port, backend / "secrets" / "bridge-1" / "ca.pem", user, password, f"probe-{user}")
     try:
         assert probe.connected() >= 0x80  # a CONNACK failure reason code (134 bad login / 135 not authorized)
     finally:

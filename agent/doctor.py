@@ -47,6 +47,7 @@ from typing import Any
 from agent import clock
 from agent.config import Config, RadioConfig, is_loopback_host, load_config
 from agent.errors import AgentError, ConfigError
+from agent.journal import check_files
 
 __all__ = [
     "Check",
@@ -626,6 +627,11 @@ def _check_journal(config: Config) -> Check:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     details: dict[str, Any] = {"path": path, "quota_bytes": quota}
+    try:
+        check_files(path)
+    except AgentError as exc:
+        return Check("journal", FAIL, str(exc), "journal.path must name the journal file itself; the agent will not "
+                     "start on a link", details)
     if not existing.is_dir():
         return Check("journal", FAIL, f"{existing} is a file, so the journal folder {folder} cannot be made",
                      "set journal.path to a file in a folder, e.g. /var/lib/denen/journal.db", details)

@@ -173,8 +173,6 @@ class Gateway:
             r.start()
         self.link.start()
         log.info("gateway %s running: %d radios, journal %s", self.gateway_id, len(self.radios), self.journal.path)
-        for issue in self.config.warnings:
-            log.warning("config: %s", issue)
         _return_free_memory()
         systemd.ready()
         systemd.status(f"gateway {self.gateway_id}: running")

@@ -5,6 +5,8 @@ Usage::
     python -m tests.fuzz.run --inputs 1000000 [--seconds N] [--json PATH] [--seed S] [--jobs J]
                              [--targets lpp,frame,...] [--hang-seconds 2.0]
     python -m tests.fuzz.run --seed S --replay TARGET:INDEX      # re-run one input, with its traceback
+    python -m tests.fuzz.run --bridge-path N [--bridge-db influx|victoria|both] [--bridge-driver mqtt|direct]
+                             [--seed S] [--json PATH]           # N hostile messages through the whole bridge path
 
 The inputs are shared among the targets by weight (``Target.weight``; the config loaders, at a few milliseconds
 an input, get fewer) and cut into work units of about a second, handed round-robin to ``--jobs`` worker processes.
@@ -15,6 +17,12 @@ Per target the run counts inputs, accepted, ignored, rejected by reason, crashes
 target's documented error), violations (the documented error without a specific reason, or wrong output; see
 ``Target.specific``) and hangs, and keeps the slowest inputs. It prints a table and exits with 1 on any crash,
 violation or hang, 3 when ``--seconds`` ran out before ``--inputs`` were generated, 0 otherwise.
+
+``--bridge-path N`` is a different run (:mod:`tests.fuzz.bridge_path`): it starts its own Mosquitto and database,
+sends N hostile MQTT messages with a valid sentinel SOS from another gateway after every few, through a real
+bridge (convert, encode, sink, dead-letter store), and checks that the bridge never stops, acknowledges everything,
+stores every sentinel in time and writes or dead-letters every hostile message. It prints a summary and one JSON
+line and exits with 1 on any problem.
 
 Hangs are caught twice: a worker arms ``SIGALRM`` for ``--hang-seconds`` around each input, which interrupts
 Python code and reports where it was; an input stuck in C code (a regular expression, a huge allocation) does
@@ -643,7 +651,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--explain", action="store_true",
                         help="print each target's documented error and what a specific rejection is, then exit")
+    bridge = parser.add_argument_group("the whole bridge path (real Mosquitto, bridge and database)")
+    bridge.add_argument("--bridge-path", type=int, metavar="N", help="send N hostile messages through a real bridge "
+                        "instead of the targets above")
+    bridge.add_argument("--bridge-db", choices=("influx", "victoria", "both"), default="influx",
+                        help="database behind the bridge (both: N messages to each)")
+    bridge.add_argument("--bridge-driver", choices=("mqtt", "direct"), default="mqtt",
+                        help="mqtt: published through Mosquitto; direct: handed to the bridge's MQTT callback")
+    bridge.add_argument("--sentinel-every", type=int, default=50, help="hostile messages between two sentinels")
+    bridge.add_argument("--stall-seconds", type=float, default=30.0,
+                        help="no progress for this long is a stall; also the bound from last publish to last "
+                        "sentinel stored")
+    bridge.add_argument("--large", type=float, default=0.003, help="share of payloads of 64 KiB to 1.2 MB")
+    bridge.add_argument("--workdir", help="keep servers' data and dead-letter stores here (default: removed)")
     args = parser.parse_args(argv)
+    if args.bridge_path is not None:
+        return _bridge_path(args)
     logging.disable(logging.CRITICAL)
     if args.explain:
         for name, target in TARGETS.items():
@@ -666,6 +689,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(report.to_json(), fh, indent=2, ensure_ascii=False)
     return report.exit_code
+
+
+def _bridge_path(args: argparse.Namespace) -> int:
+    """``--bridge-path N``: the run of :mod:`tests.fuzz.bridge_path` on its own servers; summary, JSON line."""
+    from tests.fuzz.bridge_path import run_bridge_path  # noqa: PLC0415 - needs paho and the servers only here
+
+    logging.disable(logging.NOTSET)  # the run checks the bridge's ERROR lines (and keeps them off the console)
+    progress = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    dbs = ("influx", "victoria") if args.bridge_db == "both" else (args.bridge_db,)
+    results = []
+    for db in dbs:
+        workdir = os.path.join(args.workdir, db) if args.workdir else None
+        report = run_bridge_path(args.bridge_path, seed=args.seed, db=db, driver=args.bridge_driver, workdir=workdir,
+                                 sentinel_every=args.sentinel_every, stall_s=args.stall_seconds, large=args.large,
+                                 progress=progress, quiet=True)
+        print(report.summary(), flush=True)
+        data = report.to_json()
+        print(json.dumps({k: data[k] for k in (
+            "driver", "db", "seed", "inputs", "published", "rate_per_s", "elapsed_s", "drain_s",
+            "dead_letters_by_reason", "sentinels", "sentinels_missing", "sentinels_blocked", "crashes", "stalls",
+            "server_refused", "redelivered", "ok")} | {"problems": len(data["findings"])}, ensure_ascii=False),
+            flush=True)
+        results.append(data)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(results if len(results) > 1 else results[0], fh, indent=2, ensure_ascii=False)
+    return 0 if all(r["ok"] for r in results) else 1
 
 
 if __name__ == "__main__":

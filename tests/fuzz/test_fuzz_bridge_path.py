@@ -1,0 +1,248 @@
+"""Hostile messages through the whole bridge path on real servers (tests.fuzz.bridge_path): a CI-sized run through
+Mosquitto into InfluxDB 1.6.7, a smaller one into VictoriaMetrics, one through the direct driver, and one test per
+poison the run found, each sending that one message and a sentinel SOS of another gateway behind it.
+
+The big run is ``python -m tests.fuzz.run --bridge-path 100000`` (CI) or ``--bridge-path 1000000`` (by hand).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.bridge import DeadLetterStore
+from agent.bridge.deadletter import DeadLetter
+from agent.devbroker import Mosquitto
+from agent.errors import AgentError
+from tests.fuzz.bridge_path import (
+    PREFIX,
+    T0_US,
+    Message,
+    Segment,
+    Servers,
+    captured_errors,
+    message,
+    publishable,
+    run_bridge_path,
+    sentinel,
+)
+from tests.support.influx import InfluxDB1, ServerMissing, VictoriaMetrics
+
+pytestmark = pytest.mark.broker
+
+# -- the runs --------------------------------------------------------------------------------------------------------
+
+
+def test_20000_hostile_messages_through_mosquitto_bridge_and_influxdb(tmp_path: Path, broker: Mosquitto,
+                                                                      influx: InfluxDB1) -> None:
+    servers = Servers(tmp_path, "influx", broker=broker, server=influx)
+    report = run_bridge_path(20_000, seed=10, servers=servers, workdir=tmp_path / "run", minimize_s=10,
+                             max_findings_probed=3)
+    assert report.ok, report.summary()
+    assert report.published > 19_000 and report.sentinels >= 20_000 // 50
+    assert report.sentinels_missing == 0 and report.drain_s < 30
+    # The run really went through every step: lines written, dead letters of many reasons, valid ones among them.
+    assert report.written_lines > 1000
+    assert len(report.dead_letters_by_reason) >= 5, report.dead_letters_by_reason
+
+
+def test_3000_hostile_messages_through_the_bridge_into_victoriametrics(tmp_path: Path, broker: Mosquitto,
+                                                                       victoria: VictoriaMetrics) -> None:
+    servers = Servers(tmp_path, "victoria", broker=broker, server=victoria)
+    report = run_bridge_path(3000, seed=11, servers=servers, workdir=tmp_path / "run", minimize_s=10,
+                             max_findings_probed=3)
+    assert report.ok, report.summary()
+    assert report.sentinels_missing == 0 and report.written_lines > 100
+
+
+def test_the_direct_driver_runs_the_same_path_without_a_broker(tmp_path: Path, broker: Mosquitto,
+                                                               influx: InfluxDB1) -> None:
+    servers = Servers(tmp_path, "influx", broker=broker, server=influx)
+    report = run_bridge_path(3000, seed=12, driver="direct", servers=servers, workdir=tmp_path / "run",
+                             minimize_s=10, max_findings_probed=3)
+    assert report.ok, report.summary()
+    assert report.sentinels_missing == 0 and report.written_lines > 100
+
+
+def test_messages_are_a_pure_function_of_seed_and_index() -> None:
+    # The report names a message by (seed, index); regenerating it must give the same bytes (apart from the
+    # "in the future" timestamps, which follow the clock, none of which are in these).
+    first = [message(3, i) for i in range(300)]
+    again = [message(3, i) for i in reversed(range(300))][::-1]
+    same = [a == b for a, b in zip(first, again, strict=True)]
+    assert sum(same) >= 295
+    labels = {m.label.split("+")[0] for m in first}
+    assert {"string", "tree", "number", "timestamp", "bytes", "bad_utf8", "valid"} <= labels
+    assert any(not publishable(m.topic) for m in first)  # topics Mosquitto refuses are generated (and skipped)
+
+
+# -- one poison each -------------------------------------------------------------------------------------------------
+
+_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """One Mosquitto and one InfluxDB 1.6.7 for the poison tests (each has its own bridge and sentinel)."""
+    work = tmp_path_factory.mktemp("poisons")
+    try:
+        broker = Mosquitto(work / "broker")
+        influx = InfluxDB1(work / "influx")
+    except (AgentError, ServerMissing) as exc:
+        pytest.fail(str(exc))
+    broker.start()
+    influx.start()
+    influx.create_database("denen")
+    yield Servers(work, "influx", broker=broker, server=influx)
+    influx.stop()
+    broker.stop()
+
+
+@dataclass
+class Answer:
+    """What the bridge did with one poison followed by one sentinel."""
+
+    failure: BaseException | None
+    counters: dict[str, int]
+    dead: list[DeadLetter]
+    errors: list[str]
+    sentinel_stored: bool
+
+
+def _send(servers: Servers, tmp_path: Path, poison: Message) -> Answer:
+    n = next(_numbers)
+    k = 1000 + n  # each test its own sentinel
+    with captured_errors() as errors:
+        seg = Segment(servers, tmp_path, n, "mqtt")
+        try:
+            seg.send(poison)
+            seg.send(sentinel(k))
+            assert seg.sync(), "the broker did not take the messages"
+            deadline = time.monotonic() + 15
+            while seg.acked() < 2 and seg.failure() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            stored = False
+            while seg.failure() is None and time.monotonic() < deadline:
+                if k + 1 in servers.sentinels():
+                    stored = True
+                    break
+                time.sleep(0.05)
+            failure = seg.failure()
+            counters = seg.counters()
+        finally:
+            closed = seg.close(drop_session=True)
+    store = DeadLetterStore(seg.dead_path)
+    try:
+        dead = store.items()
+    finally:
+        store.close()
+    return Answer(failure or closed, counters, dead, [r.getMessage()[:300] for r in errors.records], stored)
+
+
+def _assert_answered(a: Answer, *, written: bool | None = None) -> None:
+    """The bridge kept running, acknowledged both messages, stored the sentinel, and gave the poison a specific
+    answer: written, or dead-lettered with a reason other than ``internal_error`` (which means a step raised)."""
+    assert a.failure is None, f"the bridge's writer died on the poison: {a.failure!r}"
+    assert a.counters.get("messages_acked", 0) == 2, a.counters
+    assert a.sentinel_stored, "the sentinel SOS behind the poison never reached the database"
+    assert not a.errors, a.errors
+    reasons = [d.reason for d in a.dead]
+    assert "internal_error" not in reasons, [(d.reason, d.detail) for d in a.dead]
+    for d in a.dead:
+        assert isinstance(d.detail, str) and d.detail.strip()
+        d.detail.encode()
+        (d.topic or "").encode()
+        if d.reason != "rejected_by_server":  # the database's own words may name anything
+            assert not re.search(r"\b\w+(Error|Exception)\b", d.detail), f"a Python exception, not an answer: {d}"
+    poison_lines = a.counters.get("lines_written", 0) - 2  # the sentinel makes two
+    if written is True:
+        assert poison_lines > 0 and not a.dead, (poison_lines, reasons)
+    elif written is False:
+        assert poison_lines == 0 and a.dead, (poison_lines, reasons)
+    else:
+        assert poison_lines > 0 or a.dead, "the poison was neither written nor dead-lettered"
+
+
+def _batch(reading: dict, **doc: object) -> bytes:
+    body = {"schema": "denen.readings/1", "gateway": "gw-fuzz-01", "site": "testville", "lane": reading["lane"],
+            "sent_us": T0_US, "readings": [reading], **doc}
+    return json.dumps(body, separators=(",", ":")).encode()  # ASCII: a lone surrogate travels as a \u escape
+
+
+def _reading(**changes: object) -> dict:
+    r = {"id": "gw-fuzz-01/0a000101/7", "node": "0a000101", "name": "river-1", "fcnt": 7, "kind": "water_level",
+         "lane": "telemetry", "ts_us": T0_US + 7_000, "clock": "synced", "values": {"level_cm": 182.5}}
+    r.update(changes)
+    return r
+
+
+def _alert(**changes: object) -> dict:
+    alert = {"id": "gw-fuzz-01:river#1", "key": "river", "type": "river_stage", "state": "raised",
+             "severity": "warning", "node": "0a000101", "name": "river-1", "message": "level 182.5 cm"}
+    alert.update(changes)
+    return {"id": "gw-fuzz-01/gateway/9", "node": "gateway", "name": "gw", "fcnt": 9, "kind": "alert",
+            "lane": "alarm", "ts_us": T0_US + 9_000, "clock": "synced", "values": {"raised": 1.0}, "alert": alert}
+
+
+TELEMETRY = f"{PREFIX}/gw-fuzz-01/readings/telemetry"
+ALARM = f"{PREFIX}/gw-fuzz-01/readings/alarm"
+STATUS = f"{PREFIX}/gw-fuzz-01/status"
+
+
+def test_poison_lone_surrogate_in_status_agent(servers: Servers, tmp_path: Path) -> None:
+    doc = {"schema": "denen.status/1", "gateway": "gw-fuzz-01", "state": "online", "agent": "0.1.0\ud800",
+           "ts_us": T0_US}
+    _assert_answered(_send(servers, tmp_path, Message(STATUS, json.dumps(doc).encode())))
+
+
+def test_poison_lone_surrogate_in_reading_name(servers: Servers, tmp_path: Path) -> None:
+    _assert_answered(_send(servers, tmp_path, Message(TELEMETRY, _batch(_reading(name="\ud800")))))
+
+
+def test_poison_lone_surrogate_in_values_key(servers: Servers, tmp_path: Path) -> None:
+    _assert_answered(_send(servers, tmp_path, Message(TELEMETRY, _batch(_reading(values={"\udfff": 0.5})))))
+
+
+def test_poison_lone_surrogate_in_alert_message(servers: Servers, tmp_path: Path) -> None:
+    _assert_answered(_send(servers, tmp_path, Message(ALARM, _batch(_alert(message="level \ud800")))))
+
+
+def test_poison_lone_surrogate_in_unknown_batch_key(servers: Servers, tmp_path: Path) -> None:
+    # The key ends up in the dead letter's detail, which SQLite must store.
+    _assert_answered(_send(servers, tmp_path, Message(TELEMETRY, _batch(_reading(), **{"\ud800x": 1}))),
+                     written=False)
+
+
+def test_poison_lone_surrogate_in_unknown_reading_key(servers: Servers, tmp_path: Path) -> None:
+    _assert_answered(_send(servers, tmp_path, Message(TELEMETRY, _batch(_reading(**{"\udc80": 1})))), written=False)
+
+
+def test_poison_json_nested_deeper_than_the_parser_recurses(servers: Servers, tmp_path: Path) -> None:
+    # json.loads raises RecursionError (not ValueError): a specific answer is invalid_json, not internal_error.
+    payload = b'{"schema":"denen.readings/1","readings":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    _assert_answered(_send(servers, tmp_path, Message(TELEMETRY, payload)), written=False)
+
+
+def test_poison_status_topic_gateway_that_injects_a_site_tag(servers: Servers, tmp_path: Path) -> None:
+    # The status document names the topic's gateway, so only a check of the topic's id can refuse it; written as
+    # it is, it gives gateway_status a tag "site=victim" (and a line break or space in it breaks the line).
+    gateway = "gw,site=victim"
+    doc = {"schema": "denen.status/1", "gateway": gateway, "state": "online", "agent": "0.1.0", "ts_us": T0_US}
+    _assert_answered(_send(servers, tmp_path, Message(f"{PREFIX}/{gateway}/status", json.dumps(doc).encode())),
+                     written=False)
+    assert not servers.schema_problems()
+
+
+def test_poison_timestamp_past_the_end_of_influxdb_time(servers: Servers, tmp_path: Path) -> None:
+    # 2**63 - 1 µs is far past 2262, where InfluxDB's (and VictoriaMetrics') time ends; VictoriaMetrics takes such
+    # a line with 204 and stores nothing, so the bridge must refuse it itself (timestamp in the future).
+    a = _send(servers, tmp_path, Message(TELEMETRY, _batch(_reading(ts_us=2**63 - 1))))
+    _assert_answered(a, written=False)
+    assert "rejected_by_server" not in [d.reason for d in a.dead], "left to the database to refuse"

@@ -632,9 +632,9 @@ def _hostile_message(draw: st.DrawFn) -> tuple[str, bytes]:
     # Mostly well-formed around the hostile strings, so that they get past the schema checks to the lines.
     gw = draw(st.sampled_from([GW, GW, "gw-stranger-07"])) if draw(st.integers(0, 4)) else draw(_TEXT)
     if draw(st.booleans()):
-        doc: dict = {"schema": "denen.status/1", "gateway": gw, "state": draw(st.sampled_from(["online", "offline", "x"])),
-                     "agent": draw(_TEXT), "ts_us": draw(st.sampled_from([T0_US, NOW + 10**15])
-                                                         | st.integers())}
+        state = draw(st.sampled_from(["online", "offline", "x"]))
+        ts = draw(st.sampled_from([T0_US, NOW + 10**15]) | st.integers())
+        doc: dict = {"schema": "denen.status/1", "gateway": gw, "state": state, "agent": draw(_TEXT), "ts_us": ts}
         t = f"denen/v1/{gw}/status"
     else:
         readings = []

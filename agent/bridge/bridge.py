@@ -24,6 +24,20 @@ Why nothing is lost:
 * The broker stops sending when ``2 * batch.max_messages`` messages are unacknowledged (Receive Maximum, sent in
   CONNECT), which bounds memory while the database is down.
 
+Why no gateway can stop it (every gateway login is assumed to be in hostile hands):
+
+* A message larger than ``limits.max_message_kb`` is not converted: it is dead-lettered (content cut) and
+  acknowledged; the broker is asked not to send such packets at all (MQTT v5 Maximum Packet Size). So memory is
+  bounded per message, and in total by Receive Maximum times that size (the config refuses a product above
+  ``limits.max_inflight_mb``).
+* Every step one message passes (convert, encode, write, dead-letter) fails for that message alone: a message whose
+  lines cannot be encoded, or whose write raises something unforeseen, is retried alone and then dead-lettered with
+  the traceback; a dead-letter store that cannot be written (disk full) does not stop ingestion: its items wait in a
+  bounded memory buffer and the loss beyond it is counted and logged. The writer thread never dies on data.
+* Site (and the gateway's name) come from the server-side registry (``gateways.file``), never from the payload.
+* Warnings caused by input are rate-limited per (reason, gateway): the first in full, then one summary line a
+  minute (:class:`agent.ratelog.RateLimitedLog`).
+
 Several bridge processes with the same ``mqtt.group`` share the subscription; each message goes to one of them.
 Mosquitto hands each member session its share also while that member is away, and keeps it there until the
 session expires. So a ``client_id`` is taken out of service with :meth:`Bridge.retire` (``denen bridge --retire``):
@@ -55,7 +69,9 @@ from agent.bridge.deadletter import DeadLetter, DeadLetterStore
 from agent.bridge.errors import BridgeError
 from agent.bridge.lineproto import Converted, Reject, Serializer
 from agent.bridge.policy import Abandoned, WritePolicy
+from agent.bridge.registry import GatewayRegistry
 from agent.bridge.sinks import Sink, make_sink
+from agent.ratelog import RateLimitedLog
 
 __all__ = ["Bridge"]
 
@@ -63,6 +79,14 @@ log = logging.getLogger(__name__)
 
 #: Seconds between the summary log lines (only when something happened).
 SUMMARY_INTERVAL_S = 60.0
+#: Seconds between checks whether the gateway registry file changed.
+REGISTRY_CHECK_S = 10.0
+#: Dead letters held in memory while the store cannot be written (disk full); beyond that they are counted lost.
+DEAD_LETTER_BACKLOG_MAX = 10_000
+#: The largest packet MQTT can express (a four-byte variable length), in bytes.
+_MQTT_PACKET_MAX = 268_435_455
+#: Bytes of an oversized payload kept in its dead letter (enough to see what it was).
+TOO_LARGE_KEEP = 64 * 1024
 
 _CONNECT_HINTS = {
     133: "mqtt.client_id was refused by the broker",
@@ -85,6 +109,7 @@ class _Message:
     topic: str
     converted: Converted
     dup: bool = False
+    body: bytes = b""  # the converted lines, encoded and joined by newlines
 
 
 class Bridge:
@@ -104,8 +129,16 @@ class Bridge:
         self._rx: Counter[str] = Counter()  # touched only by the network thread
         self._stop = threading.Event()
         self._inbox: queue.SimpleQueue[_Message | None] = queue.SimpleQueue()
-        self._serializer = Serializer(config.mqtt.topic_prefix)
-        self._dead = DeadLetterStore(config.dead_letter.path)
+        if config.gateways is not None:
+            self.registry = GatewayRegistry.load(config.gateways.file, unknown=config.gateways.unknown)
+        else:
+            self.registry = GatewayRegistry()
+        self._serializer = Serializer(config.mqtt.topic_prefix, registry=self.registry,
+                                      max_future_s=config.limits.max_future_s)
+        self._dead = DeadLetterStore(config.dead_letter.path, max_bytes=config.dead_letter.max_bytes,
+                                     max_item_bytes=config.dead_letter.max_item_bytes)
+        self._dead_backlog: list[DeadLetter] = []  # waiting for a store that failed to write
+        self._input_log = RateLimitedLog(log, interval_s=SUMMARY_INTERVAL_S)
         self._sink = sink if sink is not None else make_sink(config.sink)
         self._policy = WritePolicy(self._sink, stop=self._stop, retry_min_s=config.sink.retry_min_s,
                                    retry_max_s=config.sink.retry_max_s, stats=self.stats)
@@ -116,7 +149,6 @@ class Bridge:
         self._subscribed = threading.Event()
         self._writer: threading.Thread | None = None
         self._failure: BaseException | None = None
-        self._logged_reasons: set[str] = set()
         self._last_summary: dict[str, int] = {}
         self._broker_unreachable_logged = False
         self._closed = False
@@ -137,12 +169,28 @@ class Bridge:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = cfg.session_expiry_s
         props.ReceiveMaximum = self.config.batch.receive_maximum
+        # Messages a little over the limit still arrive, so they are dead-lettered and counted here; absurd ones
+        # the broker drops for this session (and the shipped broker's max_packet_size refuses at ingress). paho
+        # holds one packet at a time while reading it, so the margin costs memory only transiently.
+        props.MaximumPacketSize = min(_MQTT_PACKET_MAX, 4 * self.config.limits.max_message_bytes + 64 * 1024)
         self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False,
                                    properties=props)
         self._client.loop_start()
-        log.info("bridge: %s:%d as %s, group %s, prefix %s -> %s (%s); receive maximum %d", cfg.host, cfg.port,
-                 cfg.effective_client_id(), cfg.group, cfg.topic_prefix, self._sink.target, self.config.sink.type,
-                 self.config.batch.receive_maximum)
+        log.info("bridge: %s:%d as %s, group %s, prefix %s -> %s (%s); receive maximum %d; %s", cfg.host,
+                 cfg.port, cfg.effective_client_id(), cfg.group, cfg.topic_prefix, self._sink.target,
+                 self.config.sink.type, self.config.batch.receive_maximum, self._registry_text())
+        if self.registry.path is None:
+            log.warning("bridge: no gateway registry (gateways.file): every gateway's readings are written with site "
+                        "'unknown'; see deploy/backend/gateways.yaml")
+        if cfg.tls is False:
+            log.warning("MQTT: plain TCP to %s:%d (mqtt.tls: false): the bridge's login and every reading travel "
+                        "in clear", cfg.host, cfg.port)
+
+    def _registry_text(self) -> str:
+        reg = self.registry
+        if reg.path is None:
+            return "no gateway registry: every site is 'unknown'"
+        return f"{len(reg)} gateways registered in {reg.path} (unknown gateways: {reg.unknown})"
 
     def request_stop(self) -> None:
         """Ask the bridge to stop (safe from a signal handler's thread); ``run()`` then returns."""
@@ -244,10 +292,11 @@ class Bridge:
         client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password_value())
-        if cfg.tls is not None:
-            client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file,
+        tls = cfg.tls_settings()
+        if tls is not None:
+            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
                            cert_reqs=ssl.CERT_REQUIRED)
-            client.tls_insecure_set(cfg.tls.insecure)
+            client.tls_insecure_set(tls.insecure)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -317,15 +366,36 @@ class Bridge:
             rx["messages_redelivered"] += 1
         if self._stop.is_set():
             return  # not acknowledged: the broker sends it again to the next bridge run
-        try:
-            converted = self._serializer.convert(msg.topic, msg.payload)
-        except Exception:  # noqa: BLE001 - a bug in our converter must not kill paho's thread; keep the payload
-            log.exception("bridge: converting a message on %s failed; it goes to the dead-letter store", msg.topic)
-            converted = Converted(rejects=[Reject("internal_error", traceback.format_exc(limit=5), msg.payload)])
+        topic = msg.topic
+        converted, body = self._convert(topic, msg.payload)
         with self._ack_lock:
             self._unacked += 1
             session = self._session
-        self._inbox.put(_Message(session, msg.mid, msg.qos, msg.topic, converted, bool(msg.dup)))
+        self._inbox.put(_Message(session, msg.mid, msg.qos, topic, converted, bool(msg.dup), body))
+
+    def _convert(self, topic: str, payload: bytes) -> tuple[Converted, bytes]:
+        """One message to lines and their encoded body; never raises, whatever the bytes."""
+        limit = self.config.limits.max_message_bytes
+        if len(payload) > limit:
+            self._rx["messages_too_large"] += 1
+            return Converted(rejects=[Reject(
+                "too_large", f"the message has {len(payload)} bytes, more than limits.max_message_kb "
+                f"({limit} bytes); its first {min(len(payload), TOO_LARGE_KEEP)} bytes are kept",
+                payload[:TOO_LARGE_KEEP])]), b""
+        try:
+            converted = self._serializer.convert(topic, payload)
+        except Exception:  # noqa: BLE001 - a bug in our converter must not kill paho's thread; keep the payload
+            self._rx["convert_errors"] += 1
+            converted = Converted(rejects=[Reject("internal_error", traceback.format_exc(limit=5), payload)])
+            return converted, b""
+        try:
+            body = "\n".join(converted.lines).encode()
+        except UnicodeEncodeError as exc:
+            # The converter lets no such text through; if one ever does, the message is kept, not the bridge.
+            self._rx["encode_errors"] += 1
+            return Converted(rejects=[Reject("invalid_text", f"a line cannot be encoded as UTF-8: {exc!r}",
+                                             payload)], gateway=converted.gateway), b""
+        return converted, body
 
     # -- writing ----------------------------------------------------------------------------------------------
     def _writer_main(self) -> None:
@@ -343,6 +413,7 @@ class Bridge:
         lines = 0
         deadline = 0.0
         next_summary = time.monotonic() + SUMMARY_INTERVAL_S
+        next_registry = time.monotonic() + REGISTRY_CHECK_S
         while True:
             now = time.monotonic()
             timeout = (deadline - now) if batch else (next_summary - now)
@@ -364,44 +435,120 @@ class Bridge:
             if batch and (item is not False or time.monotonic() >= deadline):
                 self._flush(batch)
                 batch, lines = [], 0
-            if time.monotonic() >= next_summary:
+            now = time.monotonic()
+            if now >= next_registry:
+                self._refresh_registry()
+                next_registry = now + REGISTRY_CHECK_S
+            if now >= next_summary:
+                self._input_log.flush()
                 self._log_summary()
                 next_summary = time.monotonic() + SUMMARY_INTERVAL_S
             if self._stop.is_set() and not batch:
                 # A stop while idle: the None sentinel is in the inbox, but do not wait for it behind new messages.
                 return
 
+    def _refresh_registry(self) -> None:
+        try:
+            if self.registry.refresh():
+                log.info("bridge: gateway registry reloaded: %s", self._registry_text())
+        except Exception:  # noqa: BLE001 - a registry bug keeps the registry it had, never the writer
+            log.exception("bridge: checking the gateway registry %s failed; keeping the one loaded",
+                          self.registry.path)
+
     def _flush(self, batch: list[_Message]) -> None:
+        """Write a batch; a failure that is not the database's is isolated to the message that causes it."""
         if not batch:
             return
+        try:
+            self._flush_batch(batch)
+        except Abandoned as exc:
+            log.warning("bridge: stopping while the database fails (%s); %d messages are left unacknowledged and "
+                        "will come again", exc, len(batch))
+            self.stats["messages_abandoned"] += len(batch)
+        except Exception:  # noqa: BLE001 - data must never stop the writer: find the message, keep it, go on
+            log.exception("bridge: writing a batch of %d messages failed unexpectedly; writing them one by one",
+                          len(batch))
+            self.stats["batches_isolated"] += 1
+            for m in batch:
+                try:
+                    self._flush_batch([m])
+                except Abandoned:
+                    self.stats["messages_abandoned"] += 1
+                except Exception:  # noqa: BLE001 - this message is the cause: dead-letter what it became
+                    self._dead_letter_failed(m, traceback.format_exc(limit=5))
+
+    def _dead_letter_failed(self, m: _Message, trace: str) -> None:
+        """Keep a message whose write raised an unforeseen error (its lines and rejects) and acknowledge it."""
+        self.stats["messages_failed"] += 1
+        items = [DeadLetter("internal_error", f"writing this message raised: {trace}", "line", line.encode(
+            "utf-8", "backslashreplace"), m.topic, sid if not sid.startswith("status:") else None)
+            for line, sid in zip(m.converted.lines, m.converted.sources, strict=False)]
+        items += [DeadLetter(r.reason, r.detail, r.kind, r.content, m.topic, r.reading_id)
+                  for r in m.converted.rejects]
+        if not items:
+            items = [DeadLetter("internal_error", f"writing this message raised: {trace}", "payload", b"", m.topic)]
+        self._note_reject("internal_error", trace.strip().splitlines()[-1], m.topic, None)
+        self._store_dead(items)
+        self._ack([m])
+
+    def _store_dead(self, dead: list[DeadLetter]) -> None:
+        """Durable before the acknowledgement when the store works; when it cannot be written (disk full), the items
+        wait in memory (bounded) and ingestion goes on: a broken store must not stop every gateway's readings."""
+        if self._dead_backlog:
+            dead = self._dead_backlog + dead
+            self._dead_backlog = []
+        if not dead:
+            return
+        try:
+            self._dead.add(dead)
+        except BridgeError as exc:
+            self.stats["dead_letter_write_failures"] += 1
+            keep = dead[-DEAD_LETTER_BACKLOG_MAX:]
+            lost = len(dead) - len(keep)
+            self._dead_backlog = keep
+            if lost:
+                self.stats["dead_letters_lost"] += lost
+            self._input_log.warning("dead_letter_write_failed", str(self._dead.path), "failures",
+                                    "bridge: %s; %d dead letters wait in memory (at most %d), %d lost so far; "
+                                    "readings are still written", exc, len(keep), DEAD_LETTER_BACKLOG_MAX,
+                                    self.stats["dead_letters_lost"], level=logging.ERROR)
+        else:
+            evicted = self._dead.evicted - self.stats["dead_letters_evicted"]
+            if evicted > 0:
+                self.stats["dead_letters_evicted"] += evicted
+                self._input_log.warning("store_full", str(self._dead.path), "evictions",
+                                        "bridge: the dead-letter store %s is full (dead_letter.max_mb); its oldest "
+                                        "items are removed (%d so far)", self._dead.path, self._dead.evicted)
+
+    def _flush_batch(self, batch: list[_Message]) -> None:
         all_lines: list[str] = []
         sources: list[str] = []
         bounds: list[int] = []
+        bodies: list[bytes] = []
         dead: list[DeadLetter] = []
         for m in batch:
             conv = m.converted
             all_lines.extend(conv.lines)
             sources.extend(conv.sources)
             bounds.append(len(all_lines))
+            if m.body:
+                bodies.append(m.body)
             for rej in conv.rejects:
                 dead.append(DeadLetter(rej.reason, rej.detail, rej.kind, rej.content, m.topic, rej.reading_id))
                 self._note_reject(rej.reason, rej.detail, m.topic, rej.reading_id)
+            for code, detail in conv.notes:
+                self.stats[f"notes.{code}"] += 1
+                self._input_log.warning(code, f"gateway {conv.gateway}", "messages", "bridge: %s on %s: %s",
+                                        code, m.topic, detail[:500])
         started = time.monotonic()
-        try:
-            refused = self._policy.write(all_lines)
-        except Abandoned as exc:
-            log.warning("bridge: stopping while the database fails (%s); %d messages are left unacknowledged and "
-                        "will come again", exc, len(batch))
-            self.stats["messages_abandoned"] += len(batch)
-            return
+        refused = self._policy.write(all_lines, b"\n".join(bodies)) if all_lines else []
         for r in refused:
             owner = batch[bisect_right(bounds, r.index)]
             rid = sources[r.index]
             dead.append(DeadLetter("rejected_by_server", r.error, "line", all_lines[r.index].encode(), owner.topic,
                                    None if rid.startswith("status:") else rid))
             self._note_reject("rejected_by_server", r.error, owner.topic, rid)
-        # Durable before the acknowledgement: a rejected line is acknowledged only once it is kept here.
-        self._dead.add(dead)
+        self._store_dead(dead)
         stats = self.stats
         stats["batches"] += 1
         stats["lines_written"] += len(all_lines) - len(refused)
@@ -435,26 +582,44 @@ class Bridge:
 
     def _note_reject(self, reason: str, detail: str, topic: str, reading_id: str | None) -> None:
         self.stats[f"dead_letters.{reason}"] += 1
-        if reason not in self._logged_reasons:
-            # Once per reason with full context; the summary line counts the rest.
-            self._logged_reasons.add(reason)
-            log.warning("bridge: %s on %s%s: %s (kept in the dead-letter store %s; later ones are counted)",
-                        reason, topic, f" reading {reading_id}" if reading_id else "", detail[:500],
-                        self.config.dead_letter.path)
-        else:
-            log.debug("bridge: %s on %s: %s", reason, topic, detail[:200])
+        # The first per reason and sender a minute in full; the rest in one summary line (the store has them all).
+        self._input_log.warning(reason, self._sender(topic), "dead letters",
+                                "bridge: %s on %s%s: %s (kept in the dead-letter store %s)", reason,
+                                _printable(topic), f" reading {_printable(reading_id)}" if reading_id else "",
+                                _printable(detail[:500]), self.config.dead_letter.path)
+
+    def _sender(self, topic: str) -> str:
+        prefix = self._serializer.prefix
+        if topic.startswith(prefix):
+            gateway = topic[len(prefix):].split("/", 1)[0]
+            return f"gateway {_printable(gateway[:64])}"
+        return "a topic outside the scheme"
 
     def _log_summary(self, *, final: bool = False) -> None:
+        if final:
+            self._input_log.flush()
         c = self.counters()
         if c == self._last_summary and not final:
             return  # nothing happened since the last line
         self._last_summary = c
         dead = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(c.items()) if k.startswith("dead_letters."))
+        notes = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(c.items()) if k.startswith("notes."))
         log.info(
             "bridge%s: %d messages (%d redelivered), %d readings, %d lines in %d writes, %d acknowledged, "
-            "%d dead letters%s, %d failed write attempts",
+            "%d dead letters%s, %d failed write attempts%s%s",
             " stopped" if final else "", c.get("messages", 0), c.get("messages_redelivered", 0),
             c.get("readings_written", 0), c.get("lines_written", 0), c.get("batches", 0), c.get("messages_acked", 0),
             c.get("dead_letters", 0), f" ({dead})" if dead else "",
             c.get("write_failures.unavailable", 0) + c.get("write_failures.refused", 0),
+            f"; noted: {notes}" if notes else "",
+            f"; dead-letter store: {c.get('dead_letters_evicted', 0)} evicted, {c.get('dead_letters_lost', 0)} lost"
+            if c.get("dead_letters_evicted") or c.get("dead_letters_lost") else "",
         )
+
+
+def _printable(text: str) -> str:
+    """Text safe for a log line: control characters, line breaks and lone surrogates escaped (a hostile gateway
+    chooses these strings). Japanese and other printable text is kept as it is."""
+    if text.isprintable():  # lone surrogates and control characters are not printable
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)

@@ -14,6 +14,7 @@ config (``agent.config``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -40,6 +41,7 @@ from agent.config import (
     secret_source_problems,
     tls_insecure_warning,
 )
+from agent.bridge.deadletter import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEM_BYTES
 from agent.errors import ConfigError, ConfigIssue
 
 __all__ = [
@@ -47,7 +49,10 @@ __all__ = [
     "BridgeConfig",
     "BridgeMqttConfig",
     "DeadLetterConfig",
+    "GatewaysConfig",
+    "LimitsConfig",
     "SinkConfig",
+    "is_loopback_host",
     "load_bridge_config",
     "looks_like_bridge_config",
     "parse_bridge_config",
@@ -112,8 +117,10 @@ class BridgeMqttConfig(ConfigSection):
         description="Name of an environment variable holding the MQTT password (e.g. DENEN_BRIDGE_MQTT_PASSWORD), "
         "read when the config is loaded. Only one of password, password_file and password_env.",
     )
-    tls: TlsConfig | None = Field(
-        default=None, description="TLS settings; null means a plain TCP connection (only on a trusted network)."
+    tls: TlsConfig | Literal[False] | None = Field(
+        default=None,
+        description="TLS settings. Required when host is not a loopback address; 'false' says plain TCP on "
+        "purpose (a trusted private network), and the bridge warns about it at every start.",
     )
     client_id: str | None = Field(
         default=None,
@@ -189,10 +196,18 @@ class BridgeMqttConfig(ConfigSection):
         if self.reconnect_max_s < self.reconnect_min_s:
             problems.append((("reconnect_max_s",), "reconnect_max_s is shorter than reconnect_min_s",
                              "reconnect_max_s must be at least reconnect_min_s"))
+        if self.tls is None and not is_loopback_host(self.host):
+            problems.append((("host",), f"the broker {self.host} is not on this machine and tls is not set",
+                             "add tls: {ca_file: <the CA of the broker's certificate>} (port 8883), or, only on a "
+                             "trusted private network, tls: false to send logins and readings in clear"))
         if problems:
             raise config_problems(problems)
         self._env_password = _from_env(self.password_env)
         return self
+
+    def tls_settings(self) -> TlsConfig | None:
+        """The TLS settings, or None for plain TCP (``tls`` absent or ``false``)."""
+        return self.tls or None
 
     def password_value(self) -> str | None:
         """The MQTT password from ``password``, ``password_env`` (read at load time) or ``password_file`` (read on
@@ -213,6 +228,16 @@ class BridgeMqttConfig(ConfigSection):
         """The two shared subscriptions: reading batches and gateway status documents."""
         share = f"$share/{self.group}/{self.topic_prefix}"
         return f"{share}/+/readings/#", f"{share}/+/status"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost``, 127.0.0.0/8 or ::1 (no name lookup)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 _V1_ONLY = ("database", "rp", "user", "password", "password_file", "password_env")
@@ -413,10 +438,89 @@ class DeadLetterConfig(ConfigSection):
         "Its directory is created if missing.",
     )
 
+    max_mb: float = Field(
+        default=DEFAULT_MAX_BYTES / 2**20,
+        gt=0,
+        le=1024 * 1024,
+        description="Content the store holds at most, in MiB (default 256); past it the oldest items are removed, "
+        "counted and logged. A hostile gateway cannot fill the disk through it.",
+    )
+    max_item_kb: float = Field(
+        default=DEFAULT_MAX_ITEM_BYTES / 1024,
+        gt=0,
+        le=1024 * 1024,
+        description="Content kept of one item at most, in KiB (default 1024); the rest is cut and the item's "
+        "detail says how large it was.",
+    )
+
     @field_validator("path")
     @classmethod
     def _resolve(cls, value: str, info: ValidationInfo) -> str:
         return resolve_config_path(value, info)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * 2**20)
+
+    @property
+    def max_item_bytes(self) -> int:
+        return int(self.max_item_kb * 1024)
+
+
+class GatewaysConfig(ConfigSection):
+    """The gateway registry: which site each gateway belongs to, kept on the backend (never taken from a payload)."""
+
+    file: str = Field(
+        min_length=1,
+        description="YAML file mapping each gateway id to its site (and optional name and municipality), e.g. "
+        "deploy/backend/gateways.yaml. Read at start and again when it changes.",
+    )
+    unknown: Literal["accept", "refuse"] = Field(
+        default="accept",
+        description="A gateway not in the file: accept writes its readings with site 'unknown' (counted and "
+        "logged, so a new gateway is seen before it is registered); refuse puts them in the dead-letter store "
+        "(reason unknown_gateway).",
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        path = resolve_config_path(value, info)
+        check_readable_file(path, "gateway registry")
+        return path
+
+
+class LimitsConfig(ConfigSection):
+    """Bounds on what one gateway's message can make the bridge do."""
+
+    max_message_kb: float = Field(
+        default=1024,
+        gt=0,
+        le=256 * 1024,
+        description="Largest MQTT message taken, in KiB (default 1024; a gateway's largest batch is far smaller). "
+        "Larger messages are dead-lettered (reason too_large, content cut) and the broker is asked not to send "
+        "them (MQTT v5 Maximum Packet Size).",
+    )
+    max_future_s: float = Field(
+        default=300,
+        gt=0,
+        le=366 * 86400,
+        description="A reading or status stamped more than this many seconds after the bridge's clock is "
+        "dead-lettered (reason timestamp_in_future), so a wrong clock cannot pin a dashboard's last value.",
+    )
+
+    max_inflight_mb: float = Field(
+        default=1024,
+        gt=0,
+        le=1024 * 1024,
+        description="Memory the messages in flight may take at most, in MiB: Receive Maximum (2 x "
+        "batch.max_messages) times max_message_kb must fit (checked at load). Reached only while the database is "
+        "down and gateways send messages of the largest size.",
+    )
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_kb * 1024)
 
 
 class BridgeConfig(ConfigSection):
@@ -426,21 +530,42 @@ class BridgeConfig(ConfigSection):
     sink: SinkConfig = Field(description="The database the readings are written to (required).")
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Batching of writes.")
     dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig, description="The dead-letter store.")
+    gateways: GatewaysConfig | None = Field(
+        default=None,
+        description="The gateway registry (site of each gateway). Without it every gateway's site is 'unknown'.",
+    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Bounds on hostile input.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+
+    @model_validator(mode="after")
+    def _memory_bound(self) -> BridgeConfig:
+        worst = self.batch.receive_maximum * self.limits.max_message_bytes
+        if worst > self.limits.max_inflight_mb * 2**20:
+            raise config_problems([(("limits", "max_inflight_mb"),
+                                    f"{self.batch.receive_maximum} messages in flight (2 x batch.max_messages) of up "
+                                    f"to {self.limits.max_message_kb:g} KiB can take {worst / 2**20:.0f} MiB, more "
+                                    f"than limits.max_inflight_mb ({self.limits.max_inflight_mb:g})",
+                                    "lower batch.max_messages or limits.max_message_kb, or raise "
+                                    "limits.max_inflight_mb")])
+        return self
 
     @model_validator(mode="before")
     @classmethod
     def _empty_sections(cls, data: object) -> object:
         # A section left with nothing under it (every line commented out) means "all defaults".
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if not (v is None and k in ("mqtt", "batch", "dead_letter", "log"))}
+            return {k: v for k, v in data.items() if not (v is None and k in ("mqtt", "batch", "dead_letter", "limits", "log"))}
         return data
 
 
 def _warnings(config: BridgeConfig) -> list[Found]:
     found: list[Found] = []
-    if config.mqtt.tls is not None and config.mqtt.tls.insecure:
+    if config.mqtt.tls and config.mqtt.tls.insecure:
         found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
+    if config.mqtt.tls is False and not is_loopback_host(config.mqtt.host):
+        found.append((("mqtt", "tls"), f"plain TCP to the broker {config.mqtt.host}: the bridge's login and every "
+                      "reading travel in clear", "use tls: {ca_file: ...} unless this is a trusted private network"))
+
     # Who can read the secrets is checked by the loader (agent.config), as for a gateway config.
     if config.mqtt.client_id is None:
         found.append((("mqtt",), "mqtt.client_id is not set, so it is taken from the host name",

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.bridge.errors import BridgeError
-from agent.securefile import PrivateFileError, prepare_private_file
+from agent.securefile import prepare_private_file
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ITEM_BYTES", "DeadLetter", "DeadLetterStore"]
 
@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 CREATE INDEX IF NOT EXISTS dead_letter_reason ON dead_letter (reason);
 """
 
+#: Bytes the WAL file is truncated to after a checkpoint.
+_WAL_LIMIT = 4 * 1024 * 1024
 #: Rows removed per eviction statement: big enough that a flood costs few statements, small enough to stay quick.
 _EVICT_CHUNK = 500
 
@@ -109,14 +111,16 @@ class DeadLetterStore:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            # After a checkpoint the WAL file is cut back to this size instead of staying at its largest, so the
+            # files on disk stay near max_bytes (pages freed by eviction are reused by later items).
+            self._db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
             self._db.executescript(_SCHEMA)
             self._bytes = self._db.execute("SELECT coalesce(sum(length(content)), 0) FROM dead_letter").fetchone()[0]
         except (sqlite3.Error, OSError) as exc:
             if self._db is not None:
                 self._db.close()
-            hint = "" if isinstance(exc, PrivateFileError) else (
-                " (check dead_letter.path and that the bridge's user may write there)")
-            raise BridgeError(f"cannot open the dead-letter store {self.path}: {exc}{hint}") from exc
+            raise BridgeError(f"cannot open the dead-letter store {self.path}: {exc} (check dead_letter.path and "
+                              "that the bridge's user may write there)") from exc
 
     @property
     def bytes_held(self) -> int:
@@ -141,21 +145,29 @@ class DeadLetterStore:
                          d.kind, content))
         if not rows:
             return 0
+        stored = len(rows)
         added = sum(len(r[6]) for r in rows)
+        dropped = 0
+        while added > self.max_bytes and len(rows) > 1:
+            # One batch larger than the whole store: its oldest items are the first to go, never written.
+            added -= len(rows[0][6])
+            rows = rows[1:]
+            dropped += 1
         db = self._db
         assert db is not None
         try:
             with db:
                 db.execute("BEGIN")
+                # Room first, then the new items: the file never holds more than max_bytes plus one item.
+                evicted, freed = self._evict(db, self._bytes + added - self.max_bytes)
                 db.executemany(
                     "INSERT INTO dead_letter (stored_us, reason, detail, topic, reading_id, kind, content) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                evicted, freed = self._evict(db, self._bytes + added - self.max_bytes)
         except sqlite3.Error as exc:
             raise BridgeError(f"cannot write to the dead-letter store {self.path}: {exc}") from exc
         self._bytes += added - freed
-        self.evicted += evicted
-        return len(rows)
+        self.evicted += evicted + dropped
+        return stored
 
     def _evict(self, db: sqlite3.Connection, excess: int) -> tuple[int, int]:
         """Delete the oldest rows until ``excess`` bytes are freed; returns (rows, bytes) removed."""

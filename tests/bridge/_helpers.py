@@ -13,6 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.bridge import BridgeConfig, parse_bridge_config
 from agent.devbroker import Mosquitto
+from tests.support.registry import write_registry
 
 PREFIX = "denen/v1"
 #: 2026-01-01T00:00:00Z in µs: test timestamps are fixed, so expected values never depend on the clock.
@@ -84,6 +85,9 @@ class Publisher:
 def bridge_config_text(*, broker: Mosquitto, sink: str, dead_letter: Path, client_id: str = "bridge-test-1",
                        max_lines: int = 5000, max_messages: int = 500, max_wait_ms: int = 50,
                        group: str = "denen-bridge") -> str:
+    """A bridge config for the test broker; its gateway registry (beside the dead-letter store) lists the test
+    gateways with site "testville" (tests.support.registry)."""
+    registry = write_registry(Path(dead_letter).parent / "gateways.yaml")
     return f"""
 mqtt:
   host: {broker.host}
@@ -101,6 +105,8 @@ batch:
   max_wait_ms: {max_wait_ms}
 dead_letter:
   path: {dead_letter}
+gateways:
+  file: {registry}
 log:
   level: debug
 """

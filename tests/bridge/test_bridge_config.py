@@ -160,3 +160,39 @@ def test_secret_files_every_user_can_read_are_refused(tmp_path: Path, caplog: py
     [warning] = _warnings_logged(path, caplog)
     assert f"mqtt.password_file: secret file {password} can be read by its group (mode 640)" in warning
     assert load_bridge_config(path).sink.token_value() == TOKEN
+
+
+def test_a_remote_broker_needs_tls_or_an_explicit_false(caplog: pytest.LogCaptureFixture) -> None:
+    found = issues("mqtt:\n  host: mqtt.example.jp\n  client_id: b1\nsink:\n  type: v1\n  database: d\n")
+    assert any(i.startswith("b.yaml:2:3: mqtt.host:") and "tls" in i and "tls: false" in i for i in found), found
+    for host in ("127.0.0.1", "127.8.9.1", "localhost", "::1"):
+        parse_bridge_config(f"mqtt:\n  host: '{host}'\n  client_id: b1\nsink:\n  type: v1\n  database: d\n")
+    with caplog.at_level(logging.WARNING):
+        cfg = parse_bridge_config("mqtt:\n  host: 10.0.0.5\n  tls: false\n  client_id: b1\nsink:\n  type: v1\n"
+                                  "  database: d\n", source="b.yaml")
+    assert cfg.mqtt.tls is False and cfg.mqtt.tls_settings() is None
+    assert any("plain TCP to the broker 10.0.0.5" in r.getMessage() for r in caplog.records)
+
+
+def test_memory_in_flight_is_bounded_by_the_config() -> None:
+    found = issues("mqtt:\n  client_id: b1\nsink:\n  type: v1\n  database: d\nbatch:\n  max_messages: 5000\n"
+                   "limits:\n  max_message_kb: 1024\n  max_inflight_mb: 1024\n")
+    assert any("limits.max_inflight_mb" in i and "10000 messages in flight" in i for i in found), found
+    cfg = parse_bridge_config("mqtt:\n  client_id: b1\nsink:\n  type: v1\n  database: d\nbatch:\n"
+                              "  max_messages: 5000\nlimits:\n  max_message_kb: 64\n")
+    assert cfg.limits.max_message_bytes == 65536
+    assert cfg.batch.receive_maximum * cfg.limits.max_message_bytes <= cfg.limits.max_inflight_mb * 2**20
+
+
+def test_gateway_registry_file_is_relative_and_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "gateways.yaml").write_text("gateways:\n  gw-a:\n    site: town-a\n")
+    cfg_path = tmp_path / "bridge.yaml"
+    cfg_path.write_text("mqtt:\n  client_id: b1\nsink:\n  type: v1\n  database: d\ngateways:\n"
+                        "  file: gateways.yaml\n  unknown: refuse\n")
+    cfg_path.chmod(0o600)
+    cfg = load_bridge_config(cfg_path)
+    assert cfg.gateways is not None and cfg.gateways.file == str(tmp_path / "gateways.yaml")
+    assert cfg.gateways.unknown == "refuse"
+    found = issues("mqtt:\n  client_id: b1\nsink:\n  type: v1\n  database: d\ngateways:\n  file: /nonexistent.yaml\n"
+                   "  unknown: maybe\n")
+    assert any("gateways.file" in i for i in found) and any("gateways.unknown" in i for i in found), found

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,6 +230,7 @@ def test_a_runtime_error_is_one_line_without_a_traceback(tmp_path: Path) -> None
     cfg = tmp_path / "bridge.yaml"
     cfg.write_text((REPO / "config" / "bridge" / "bridge.yaml").read_text().replace(
         "/var/lib/denen/bridge-dead-letter.db", str(blocker / "dead.db")))
+    shutil.copy(REPO / "config" / "bridge" / "gateways.yaml", tmp_path / "gateways.yaml")
     out = denen("bridge", "-c", str(cfg))
     assert out.returncode == 1 and "Traceback" not in out.stderr
     [line] = [ln for ln in out.stderr.splitlines() if ln.startswith("denen: error:")]

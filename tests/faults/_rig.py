@@ -28,6 +28,7 @@ from agent.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
 from tests.support.field import FieldNode, node_key
 from tests.support.influx import InfluxDB1
+from tests.support.registry import write_registry
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY = "gw-fault-01"
@@ -93,7 +94,9 @@ health:
 
 def bridge_config(*, broker: Mosquitto, influx: InfluxDB1, dead_letter: Path, client_id: str = "fault-bridge-1"
                   ) -> str:
-    """A ``denen bridge`` config: persistent shared subscription on ``broker``, v1 sink into ``influx``."""
+    """A ``denen bridge`` config: persistent shared subscription on ``broker``, v1 sink into ``influx``; the test
+    gateways registered with their site (tests.support.registry)."""
+    registry = write_registry(Path(dead_letter).parent / "gateways.yaml", {GATEWAY: "faultville"})
     return f"""mqtt:
   host: {broker.host}
   port: {broker.port}
@@ -115,6 +118,8 @@ batch:
   max_wait_ms: 100
 dead_letter:
   path: {dead_letter}
+gateways:
+  file: {registry}
 log:
   level: info
 """

@@ -95,7 +95,8 @@ _CONNECT_HINTS = {
     136: "the broker is not available",
 }
 _SUBSCRIBE_HINTS = {
-    0x87: "the broker's ACL must let the bridge's user read {topic}",
+    0x87: "the broker's ACL must let the bridge's login subscribe to {topic}; the shipped one allows the group "
+          "denen-bridge only (deploy/backend/mosquitto/acl)",
     0x8F: "the broker rejects this topic filter; check mqtt.group and mqtt.topic_prefix",
     0x9E: "this broker does not support shared subscriptions ($share/...)",
 }

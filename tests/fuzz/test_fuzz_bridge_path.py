@@ -23,6 +23,7 @@ from agent.devbroker import Mosquitto
 from agent.errors import AgentError
 from tests.fuzz.bridge_path import (
     PREFIX,
+    SENTINEL_GATEWAY,
     T0_US,
     Message,
     Segment,
@@ -238,6 +239,17 @@ def test_poison_status_topic_gateway_that_injects_a_site_tag(servers: Servers, t
     _assert_answered(_send(servers, tmp_path, Message(f"{PREFIX}/{gateway}/status", json.dumps(doc).encode())),
                      written=False)
     assert not servers.schema_problems()
+
+
+def test_poison_values_key_named_like_a_tag(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1) -> None:
+    # A field "gateway" on sos makes InfluxQL's WHERE "gateway" = '...' compare the field: every other gateway's
+    # SOS drops out of the dashboards' queries. Its own database: the field would stay for the other tests.
+    servers = Servers(tmp_path, "influx", broker=broker, server=influx)
+    poison = _reading(kind="sos", lane="sos", values={"pressed": 1.0, "gateway": 1.0})
+    _assert_answered(_send(servers, tmp_path, Message(f"{PREFIX}/gw-fuzz-01/readings/sos", _batch(poison))))
+    assert not servers.schema_problems()
+    rows = influx.rows(f"SELECT \"fcnt\" FROM \"sos\" WHERE \"gateway\" = '{SENTINEL_GATEWAY}'", "denen")
+    assert rows, "the sentinel SOS is hidden from a query by gateway"
 
 
 def test_poison_timestamp_past_the_end_of_influxdb_time(servers: Servers, tmp_path: Path) -> None:

@@ -131,6 +131,9 @@ def test_bridge_config_and_dockerfile_fit_the_stack() -> None:
     mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
     assert mounts["/etc/denen/bridge.yaml"] == "./bridge.yaml"
     assert mounts["/etc/denen/secrets"] == "./secrets/bridge-1"
+    # The gateway registry sits beside bridge.yaml in the container, where its relative file: points.
+    assert bridge["gateways"]["file"] == "gateways.yaml" and mounts["/etc/denen/gateways.yaml"] == "./gateways.yaml"
+    assert (BACKEND / "gateways.yaml").is_file()
     assert Path(bridge["sink"]["token_file"]).parent == Path("/run/denen/influx")
     assert mounts["/run/denen/influx"] == "bridge-token"
     # The entrypoint copies /etc/denen/secrets/* to /run/denen/secrets (a tmpfs), where bridge.yaml reads them.
@@ -163,8 +166,10 @@ def test_bridge_config_loads_with_the_bridges_own_validator(tmp_path: Path) -> N
         text = text.replace(container_path, str(local))
     text = text.replace("/var/lib/denen/", f"{tmp_path}/")
     (tmp_path / "bridge.yaml").write_text(text, encoding="utf-8")
+    (tmp_path / "gateways.yaml").write_text((BACKEND / "gateways.yaml").read_text(encoding="utf-8"))
     config = load_bridge_config(tmp_path / "bridge.yaml")
     assert config.sink.type == "v2" and config.sink.token_value() == "secret"
+    assert config.gateways is not None and config.gateways.file == str(tmp_path / "gateways.yaml")
     assert config.mqtt.client_id == "denen-bridge-1" and config.mqtt.tls is not None
 
 

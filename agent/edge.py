@@ -189,8 +189,15 @@ class Edge:
                 self._count("receipts.no_sender")
                 continue
             node_id = int(r["node"], 16)
+            key = self.decoder.key_for(node_id)
+            if key is not None and r.get("auth") != "mic":
+                # An unsigned frame claiming a keyed node (accepted under unauthenticated: flag) must not get a
+                # receipt signed with the node's key: a forger could pick the counter of the real caller's SOS and
+                # make the caller's device stop resending it.
+                self._count("receipts.unauthenticated")
+                continue
             try:
-                sender.request(node_id, int(r["fcnt"]), self.decoder.key_for(node_id))
+                sender.request(node_id, int(r["fcnt"]), key)
             except (ReceiptError, FrameError) as exc:
                 self._count("receipts.refused")
                 log.error("receipt for %s/%s not sent: %s", r["node"], r["fcnt"], exc)

@@ -333,7 +333,7 @@ def _secrets_of(config: Config) -> list[_Secret]:
     mqtt = config.mqtt
     if mqtt.password_file is not None:
         found.append((("mqtt", "password_file"), mqtt.password_file, "mqtt-password"))
-    if mqtt.tls is not None:
+    if mqtt.tls:
         tls_files = (("ca_file", "mqtt-ca.pem"), ("cert_file", "mqtt-client.crt"), ("key_file", "mqtt-client.key"))
         for key, name in tls_files:
             value = getattr(mqtt.tls, key)

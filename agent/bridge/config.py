@@ -14,7 +14,6 @@ config (``agent.config``).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket
@@ -34,6 +33,7 @@ from agent.config import (
     config_problem,
     config_problems,
     env_secret_name,
+    is_loopback_host,
     parse_yaml_model,
     read_config_file,
     read_env_secret,
@@ -52,7 +52,6 @@ __all__ = [
     "GatewaysConfig",
     "LimitsConfig",
     "SinkConfig",
-    "is_loopback_host",
     "load_bridge_config",
     "looks_like_bridge_config",
     "parse_bridge_config",
@@ -228,16 +227,6 @@ class BridgeMqttConfig(ConfigSection):
         """The two shared subscriptions: reading batches and gateway status documents."""
         share = f"$share/{self.group}/{self.topic_prefix}"
         return f"{share}/+/readings/#", f"{share}/+/status"
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` names this machine: ``localhost``, 127.0.0.0/8 or ::1 (no name lookup)."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 _V1_ONLY = ("database", "rp", "user", "password", "password_file", "password_env")

@@ -507,3 +507,13 @@ def test_a_key_from_the_environment_is_not_copied_and_the_gateway_needs_the_vari
     monkeypatch.setenv("DENEN_TEST_KEY_RIVER_1", key_c)
     active = fl.resolve_active_config(None, [str(bundle)], state_dir=tmp_path / "state")
     assert active.source == "flashed" and load_config(active.path).nodes[2].key_bytes() == bytes.fromhex(key_c)
+
+
+def test_a_config_with_tls_false_names_no_tls_files(tmp_path: Path) -> None:
+    """``tls: false`` (plain TCP on a trusted network, said on purpose) is not a TLS section to bundle."""
+    from agent.config import parse_config
+
+    cfg = parse_config("gateway:\n  id: gw-a\n  site: s\njournal:\n  path: /tmp/j.db\nmqtt:\n  host: 10.1.2.3\n"
+                       "  tls: false\nradios:\n  - name: lora0\n    driver: rak3172\n    port: loop://\n")
+    assert cfg.mqtt.tls is False
+    assert fl._secrets_of(cfg) == []

@@ -856,6 +856,10 @@ def signature_of(exc: BaseException) -> str:
     return f"{type(exc).__name__} at {_innermost(text)}"
 
 
+def _text(value: str) -> str:
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class Finding:
     """One distinct problem (by ``signature``) with how often it happened and the smallest message known to cause
@@ -917,6 +921,8 @@ class PathReport:
 
     def add(self, kind: str, signature: str, *, detail: str = "", index: int = -1, example: str = "",
             count: int = 1) -> Finding:
+        # Report text must itself be writable as UTF-8 whatever the messages held (a lone surrogate in a traceback).
+        signature, detail, example = (_text(t) for t in (signature, detail, example))
         f = self.findings.get(signature)
         if f is None:
             f = self.findings[signature] = Finding(kind, signature, 0, detail[:2000], index, example)

@@ -258,3 +258,42 @@ def test_poison_timestamp_past_the_end_of_influxdb_time(servers: Servers, tmp_pa
     a = _send(servers, tmp_path, Message(TELEMETRY, _batch(_reading(ts_us=2**63 - 1))))
     _assert_answered(a, written=False)
     assert "rejected_by_server" not in [d.reason for d in a.dead], "left to the database to refuse"
+
+
+# -- the harness itself ----------------------------------------------------------------------------------------------
+
+
+def test_the_run_reports_a_step_that_raises_on_one_message(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A sink that raises on the lines of one node name stands in for a poison the bridge does not survive.
+    from agent.bridge.sinks import V1Sink
+
+    real_write = V1Sink.write
+
+    def write(self: V1Sink, body: bytes) -> None:
+        if "sos-7".encode() in body:
+            raise ValueError("poisoned by the test")
+        real_write(self, body)
+
+    monkeypatch.setattr(V1Sink, "write", write)
+    servers = Servers(tmp_path, "influx", broker=broker, server=influx)
+    report = run_bridge_path(400, seed=13, driver="direct", servers=servers, workdir=tmp_path / "run", stall_s=10,
+                             minimize_s=3, max_findings_probed=1)
+    assert not report.ok
+    kinds = {f.kind for f in report.findings.values()}
+    assert kinds & {"writer_died", "step_error", "internal_error"}, report.summary()
+
+
+def test_run_py_bridge_path_starts_its_own_servers_and_prints_a_json_line(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.fuzz import run as fuzz
+
+    out = tmp_path / "report.json"
+    code = fuzz.main(["--bridge-path", "300", "--seed", "14", "--json", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    line = json.loads(printed.strip().splitlines()[-1])
+    data = json.loads(out.read_text())
+    assert code == (0 if data["ok"] else 1)
+    assert line["inputs"] == data["inputs"] == 300 and line["sentinels"] == data["sentinels"] >= 300 // 50
+    assert {"rate_per_s", "dead_letters_by_reason", "sentinels_missing", "crashes", "stalls"} <= set(line)
+    assert "bridge path (mqtt, influx, seed 14)" in printed

@@ -163,8 +163,10 @@ def _config(*, port: str, mqtt_port: int, journal: Path, nodes: list[Node]) -> s
 class Traffic:
     """Makes frames and knows, for each, what the agent must do with it.
 
-    The model of the replay window is the contract's (PROTOCOLS.md §9): a frame is accepted only when its counter
-    is above the node's last accepted one, and only accepted frames move the window. Authentication is checked
+    The model of the replay windows is the decoder's (agent.readings.FrameDecoder): a node has a window for frames
+    with a verified MIC and one for frames without; a signed frame is accepted only above the signed window, an
+    unsigned one only above both, and each accepted frame moves only its own window. A frame at or below is a
+    ``duplicate`` when its counter equals its own window's last, else a ``replay``. Authentication is checked
     first, so a frame that fails it is rejected for that whatever its counter.
     """
 
@@ -172,7 +174,9 @@ class Traffic:
         self.nodes = nodes
         self.rng = rng
         self.by_hex = {n.hex: n for n in nodes}
-        self.last: dict[str, int] = {n.hex: 0 for n in nodes}  # the window: last accepted counter per node
+        self.last: dict[str, int] = {n.hex: 0 for n in nodes}  # last accepted counter per node, either window
+        self.last_signed: dict[str, int] = {n.hex: 0 for n in nodes}  # the signed window
+        self.last_unsigned: dict[str, int] = {n.hex: 0 for n in nodes}  # the unsigned window
         self.history: dict[str, list[Sent]] = {n.hex: [] for n in nodes}  # accepted frames per node, in order
         self.i = 0  # frames made so far (varies the genuine values)
         configured = {n.node_id for n in nodes}
@@ -195,6 +199,7 @@ class Traffic:
         fcnt = self.last[node.hex] + 1
         sent = Sent(kind, node.hex, fcnt, _build(node, fcnt, values, key), None, "mic" if key else "none", values)
         self.last[node.hex] = fcnt
+        (self.last_signed if key else self.last_unsigned)[node.hex] = fcnt
         self.history[node.hex].append(sent)
         return sent
 
@@ -209,8 +214,10 @@ class Traffic:
         return getattr(self, f"_{kind}")()
 
     def replay_of(self, earlier: Sent, kind: str = "replay") -> Sent:
-        """``earlier`` byte for byte: a duplicate when it is the node's latest accepted frame, else a replay."""
-        reason = "duplicate" if earlier.fcnt == self.last[earlier.node] else "replay"
+        """``earlier`` byte for byte: a duplicate when it is the latest accepted frame of its window, else a
+        replay."""
+        window = self.last_signed if earlier.auth == "mic" else self.last_unsigned
+        reason = "duplicate" if earlier.fcnt == window[earlier.node] else "replay"
         return Sent(kind, earlier.node, earlier.fcnt, earlier.payload, reason, None, earlier.values)
 
     def _random_mic(self) -> Sent:
@@ -235,12 +242,18 @@ class Traffic:
 
     def _rolled_back_counter(self) -> Sent:
         node = self._pick(lambda n: self.last[n.hex] >= 2)
-        fcnt = self.rng.randint(1, self.last[node.hex] - 1)
         values = self._forged_values(node.kind)
         # What a device reset to an old counter sends: signed with its (stolen) key; a node whose policy accepts
         # frames without MIC can be attacked without the key, so those go either way.
         key = node.key if node.policy == "reject" or (node.key is not None and self.rng.random() < 0.5) else None
-        return Sent("rolled_back_counter", node.hex, fcnt, _build(node, fcnt, values, key), "replay", None, values)
+        if key is not None and self.last_signed[node.hex] < 2:
+            key = None  # a flag node whose accepted frames were unsigned: roll back without the key
+        if key is not None:
+            fcnt, reason = self.rng.randint(1, self.last_signed[node.hex] - 1), "replay"
+        else:  # checked against both windows; a duplicate when it hits the unsigned window's last counter
+            fcnt = self.rng.randint(1, self.last[node.hex] - 1)
+            reason = "duplicate" if fcnt == self.last_unsigned[node.hex] else "replay"
+        return Sent("rolled_back_counter", node.hex, fcnt, _build(node, fcnt, values, key), reason, None, values)
 
     def _no_mic_reject_policy(self) -> Sent:
         node = self._pick(lambda n: n.policy == "reject")

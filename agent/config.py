@@ -594,6 +594,14 @@ class MqttConfig(_Section):
     batch_max_readings: int = Field(
         default=200, ge=1, le=5000, description="Most readings put in one MQTT message (1..5000)."
     )
+    batch_max_kb: int = Field(
+        default=256,
+        ge=4,
+        le=1024,
+        description="Largest MQTT message of readings, in KiB (4..1024): a batch closes when the next reading would "
+        "make it larger (one reading always goes). The backend's broker (max_packet_size) and bridge "
+        "(limits.max_message_kb) refuse larger messages, so this keeps every batch deliverable.",
+    )
     inflight_window: int = Field(
         default=8, ge=1, le=100, description="Most MQTT messages awaiting the broker's PUBACK at once (1..100)."
     )

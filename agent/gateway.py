@@ -66,6 +66,24 @@ class _Inflight:
     bodies: list[str] | None = None  # SOS lane only
 
 
+def batch_room(config: Config) -> int:
+    """Bytes of reading bodies one message may carry: ``mqtt.batch_max_kb`` less the envelope
+    :meth:`Gateway._send_bodies` writes around them (schema, lane, sent_us, brackets: at most 150 bytes besides
+    the gateway id and site)."""
+    return config.mqtt.batch_max_kb * 1024 - 150 - len(config.gateway.id.encode()) - len(config.gateway.site.encode())
+
+
+def fit_batch(rows: list[tuple[int, str]], room: int) -> list[tuple[int, str]]:
+    """The first rows whose bodies, comma-separated, fit in ``room`` bytes (at least one row); the rest go in the
+    next message."""
+    for i, (_, body) in enumerate(rows):
+        # A body is ASCII unless a name holds other text; only then is its UTF-8 length computed.
+        room -= (len(body) if body.isascii() else len(body.encode())) + 1
+        if room < 0:
+            return rows[:max(1, i)]
+    return rows
+
+
 @dataclass
 class GatewayStats:
     """Live figures the core keeps in memory (persisted as counters at each commit)."""
@@ -86,6 +104,7 @@ class Gateway:
         self.config = config
         self.active_config = active_config
         self.gateway_id = config.gateway.id
+        self._batch_room = batch_room(config)
         self.inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self.journal, damaged, rescued = open_or_recover(
             config.journal.path, quota_bytes=int(config.journal.quota_mb * 1024 * 1024))
@@ -617,6 +636,7 @@ class Gateway:
                 self._sent_upto[lane] = rows[-1][0]
                 return True
             rows = kept
+        rows = fit_batch(rows, self._batch_room)
         sent = self._send_bodies(lane, [body for _, body in rows])
         if sent is None:
             return False

@@ -318,7 +318,8 @@ def largest_batch() -> tuple[str, bytes]:
 
     The reading is made by the agent's own FrameDecoder from the longest frame a LoRa module delivers (255 bytes,
     no MIC, so a 245-byte body) filled with the LPP record that makes the most JSON per byte; every name is at its
-    longest; 5000 of them (mqtt.batch_max_readings' upper bound) go into the envelope the gateway writes.
+    longest; as many as the agent's own batching (fit_batch under mqtt.batch_max_kb at its upper bound, 1024)
+    puts into one message go into the envelope the gateway writes.
     """
     from agent.config import parse_config  # noqa: PLC0415 - only this helper needs the agent's decoder
     from agent.readings import READING_SCHEMA, FrameDecoder  # noqa: PLC0415
@@ -329,7 +330,7 @@ def largest_batch() -> tuple[str, bytes]:
     config = parse_config(f"""
 gateway: {{id: {gateway}, site: {site}}}
 journal: {{path: /nonexistent/journal.db}}
-mqtt: {{batch_max_readings: 5000}}
+mqtt: {{batch_max_readings: 5000, batch_max_kb: 1024}}
 radios: [{{name: {radio}, driver: rak3172, port: /dev/null}}]
 nodes: [{{id: "ffffffff", name: {name}, kind: heartbeat, unauthenticated: flag}}]
 """)
@@ -342,10 +343,13 @@ nodes: [{{id: "ffffffff", name: {name}, kind: heartbeat, unauthenticated: flag}}
     # The longer clock state, as a gateway writes it before NTP sync (this machine's clock may be synced).
     reading = decoded.entry.body.replace('"clock":"synced"', '"clock":"unsynced"')
     assert len(reading.encode()) == 3292, reading
-    limit = config.mqtt.batch_max_readings
-    # As agent/gateway.py Gateway._send_bodies writes it.
+    from agent.gateway import batch_room, fit_batch  # noqa: PLC0415
+
+    # As agent/gateway.py cuts a backlog (fit_batch) and wraps it (Gateway._send_bodies).
+    rows = fit_batch([(i, reading) for i in range(config.mqtt.batch_max_readings)], batch_room(config))
     payload = (
         f'{{"schema":"{READING_SCHEMA}","gateway":"{gateway}","site":"{site}","lane":"telemetry",'
-        f'"sent_us":{ts_us},"readings":[' + ",".join([reading] * limit) + "]}"
+        f'"sent_us":{ts_us},"readings":[' + ",".join(body for _, body in rows) + "]}"
     ).encode()
+    assert len(payload) <= config.mqtt.batch_max_kb * 1024
     return f"denen/v1/{gateway}/readings/telemetry", payload

@@ -424,6 +424,8 @@ class Gateway:
                 self._count("readings.journaled", len(entries))
             self._acked = []
             decoder.dirty.clear()
+            for node in decoder.forgotten:
+                self._edge_call(self.edge.rules.forget, node)
             decoder.forgotten.clear()
             self._audit = []
             self._done = []

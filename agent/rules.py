@@ -1055,6 +1055,12 @@ class RuleEngine:
         self._scheduled[node] = when
         heapq.heappush(self._heap, (when, node))
 
+    def forget(self, node: str) -> None:
+        """Drop what the rules remember of a node that is not configured (the decoder aged it out or evicted it:
+        ``unknown_nodes: accept``), so forged node ids cannot grow this state. Configured nodes are kept."""
+        if node not in self._nodes:
+            self._state.pop(node, None)
+
     def _rebuild_deadlines(self) -> None:
         self._deadline = {}
         self._scheduled = {}

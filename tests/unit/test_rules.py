@@ -695,3 +695,17 @@ def test_alerts_round_trip_through_dicts() -> None:
         Alert.from_dict({**a.to_dict(), "colour": "red"})
     with pytest.raises(ValueError, match="state"):
         Alert.from_dict({**a.to_dict(), "state": "maybe"})
+
+
+def test_forget_drops_an_unknown_nodes_state_and_keeps_configured_ones() -> None:
+    """Forged node ids under unknown_nodes: accept must not grow the rules' state once the decoder drops them."""
+    engine, feed = engine_with()
+    for i in range(500):
+        feed(f"7{i:07x}", "trap", T0 + i, fired=0.0, battery_v=3.3)
+    feed.level(T0 + 1000, 100.0)
+    assert len(engine._state) >= 500
+    for i in range(500):
+        engine.forget(f"7{i:07x}")
+    engine.forget(RIVER)
+    assert set(engine._state) == set(NODES)  # only the configured nodes remain
+    assert engine._state[RIVER].last_ts_us == T0 + 1000

@@ -488,7 +488,13 @@ class Bridge:
                   for r in m.converted.rejects]
         if not items:
             items = [DeadLetter("internal_error", f"writing this message raised: {trace}", "payload", b"", m.topic)]
-        self._note_reject("internal_error", trace.strip().splitlines()[-1], m.topic, None)
+        for d in items:  # every stored row counted, as _flush_batch counts its rows
+            self.stats[f"dead_letters.{d.reason}"] += 1
+        self.stats["dead_letters"] += len(items)
+        self._input_log.warning("internal_error", self._sender(m.topic), "messages",
+                                "bridge: writing a message on %s raised %s; its %d items are kept in the dead-letter "
+                                "store %s", _printable(m.topic), _printable(trace.strip().splitlines()[-1]),
+                                len(items), self.config.dead_letter.path)
         self._store_dead(items)
         self._ack([m])
 

@@ -127,9 +127,13 @@ KINDS = NODE_KINDS | {"gateway_health", "alert"}
 #: Kinds the gateway makes itself (node ``gateway``).
 GATEWAY_KINDS = frozenset({"gateway_health", "alert"})
 LANES = frozenset({"sos", "alarm", "telemetry", "diagnostics"})
-#: Field names a value cannot have: the fields the bridge adds to a reading's point (``message`` on alerts), and
-#: ``time``, which InfluxDB refuses as a field key.
-RESERVED_FIELDS = frozenset({"fcnt", "rssi", "snr", "auth_ok", "clock_ok", "message", "time"})
+#: Field names a value cannot have: the fields the bridge adds to a reading's point (``message`` on alerts);
+#: ``time``, which InfluxDB refuses as a field key; every tag key the bridge writes (a field named ``gateway``
+#: would make InfluxQL's ``WHERE "gateway" = 'x'`` compare the field, so every other point drops out of the
+#: dashboards' queries); and the column names Flux gives every record (InfluxDB 2/3).
+RESERVED_FIELDS = frozenset({"fcnt", "rssi", "snr", "auth_ok", "clock_ok", "message", "time",
+                             "gateway", "site", "node", "name", "kind", "type", "severity",
+                             "_field", "_measurement", "_value", "_time", "_start", "_stop", "result", "table"})
 #: Longest tag value (a name), in characters; longer ones are cut (module docstring).
 TAG_VALUE_MAX = 200
 #: Longest field key (a values key), in characters; longer ones reject the reading.
@@ -613,7 +617,7 @@ class Serializer:
         if key in RESERVED_FIELDS or not valid_key(key):
             raise _Invalid("invalid_reading", f"values key {_show.repr(key)} collides with a field the bridge adds, "
                            f"or cannot be a field key (1-{FIELD_KEY_MAX} characters, no backslash, no '\"', not "
-                           "'time')")
+                           "'time', not a tag key such as 'gateway')")
         return escape_key(key)
 
     def _alert(self, alert: Any, fields: list[str], site: str, gateway: str, name: str | None, ts: int) -> str:

@@ -47,7 +47,7 @@ def test_20000_hostile_messages_through_mosquitto_bridge_and_influxdb(tmp_path: 
     report = run_bridge_path(20_000, seed=10, servers=servers, workdir=tmp_path / "run", minimize_s=10,
                              max_findings_probed=3)
     assert report.ok, report.summary()
-    assert report.published > 19_000 and report.sentinels >= 20_000 // 50
+    assert report.published > 19_000 and report.sentinels >= report.published // 50  # one after every 50th
     assert report.sentinels_missing == 0 and report.drain_s < 30
     # The run really went through every step: lines written, dead letters of many reasons, valid ones among them.
     assert report.written_lines > 1000

@@ -462,7 +462,9 @@ class Journal:
             # Up to version 2 one window served frames with and without MIC. It becomes both windows: nothing
             # refused before is accepted after the upgrade. (A window an unsigned frame pushed up stays up until
             # `denen node reset-counter`.)
-            db.execute("ALTER TABLE node ADD COLUMN unsigned_fcnt INTEGER")
+            # A journal made before the node table existed gets it from the current DDL, column included.
+            if "unsigned_fcnt" not in {r[1] for r in db.execute("PRAGMA table_info(node)")}:
+                db.execute("ALTER TABLE node ADD COLUMN unsigned_fcnt INTEGER")
             db.execute("UPDATE node SET unsigned_fcnt = last_fcnt")
             db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")

@@ -636,6 +636,15 @@ def format_report(report: Report) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; logging is silenced while it runs and restored after (tests call it in-process)."""
+    disabled = logging.root.manager.disable
+    try:
+        return _main(argv)
+    finally:
+        logging.disable(disabled)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fuzz.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=100_000, help="inputs to generate across the targets")
     parser.add_argument("--seconds", type=float, default=None, help="stop handing out work after this long")

@@ -1176,7 +1176,8 @@ def _sandbox() -> Path:
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     files = {"keys/node.key": "00000101000001010000010100000101\n", "keys/bad.key": "xyz\n", "keys/empty.key": "",
              "secrets/bridge-mqtt.password": "pw\n", "secrets/influx.password": "pw\n",
-             "secrets/influx.token": "tok\n", "certs/ca.crt": "-----BEGIN CERTIFICATE-----\n"}
+             "secrets/influx.token": "tok\n", "certs/ca.crt": "-----BEGIN CERTIFICATE-----\n",
+             "gateways.yaml": (REPO / "config" / "bridge" / "gateways.yaml").read_text(encoding="utf-8")}
     for rel, text in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -41,9 +41,10 @@ HOSTILE_NAMES = [
     "zw\u200djoiner", "line\u2028sep", "nb\u00a0sp", "tab\there\nnewline\r", "\x00nul", "nel\x85", "\x1b[31mred",
     "n" * 300, "あ" * 300, "\\" * 250,
 ]
-GOOD_KEYS = ["level cm,x=y", "a=b", "a,b", " lead", "trail ", "川", "🌊", "zero\u200bw", "#", "a.b/c", "_field",
+GOOD_KEYS = ["level cm,x=y", "a=b", "a,b", " lead", "trail ", "川", "🌊", "zero\u200bw", "#", "a.b/c", "_fieldx",
              "__name__", "it's", "k" * 200]
-REFUSED_KEYS = ["a\\b", 'a"b', "time", "message", "x\\", "\\", "k" * 201]
+# A key named like a tag or a Flux column is refused too: InfluxQL's WHERE "gateway" = 'x' would compare the field.
+REFUSED_KEYS = ["a\\b", 'a"b', "time", "message", "x\\", "\\", "k" * 201, "gateway", "_field"]
 MESSAGES = ['say "hi" \\o/', "ends\\", "\\", '"', 'a\\"b', "tab\tnl\n", "避難判断水位に到達 / reached \"evacuation\" level",
             "x" * 2000, "🌊 \u200b", "a,b=c d", "\\\\,x"]
 AGENTS = ['v"1\\2\\', "0.1\n0"]

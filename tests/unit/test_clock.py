@@ -17,7 +17,7 @@ import agent.gateway as gateway_module
 from agent import clock
 from agent.config import parse_config
 from agent.gateway import Gateway
-from agent.journal import SOS, TELEMETRY, Entry, Journal
+from agent.journal import SCHEMA_VERSION, SOS, TELEMETRY, Entry, Journal
 from drivers.types import Uplink
 from tests.support.field import NODES, FieldNode, config_text, default_values
 
@@ -231,7 +231,7 @@ def test_a_schema_1_journal_is_migrated_and_keeps_its_readings(tmp_path: Path) -
     db.close()
     j = Journal(path, quota_bytes=1 << 20)
     try:
-        assert j.meta()["schema"] == "2" and j.unsynced_count() == 0
+        assert j.meta()["schema"] == str(SCHEMA_VERSION) and j.unsynced_count() == 0
         assert [s for s, _ in j.pending(TELEMETRY, after_seq=0, limit=10, hold_unsynced=True)] == [1]
     finally:
         j.close()

@@ -77,7 +77,9 @@ class MqttLink:
         self._client: mqtt.Client | None = None
         self._session = 0
         self._connected = False
-        self._lock = threading.Lock()
+        # Re-entrant: paho's publish() may write at once, meet a dead socket and call _on_disconnect in the same
+        # thread while publish() holds this lock; a plain Lock deadlocked the core there for good.
+        self._lock = threading.RLock()
 
     # -- life cycle -----------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -170,3 +170,36 @@ def test_es920lr_radio_on_the_full_path(tmp_path: Path, broker: Mosquitto) -> No
         gw.stop()
         col.close()
         sim.stop()
+
+
+def test_publish_survives_paho_reporting_a_disconnect_inside_publish(tmp_path: Path, broker: Mosquitto) -> None:
+    """paho's publish() writes at once when it can; on a dead socket it calls on_disconnect in the caller's thread,
+    while MqttLink.publish holds its lock. That must not deadlock the core (seen: an agent hung for good after a
+    broker kicked it mid-publish)."""
+    import threading
+
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from agent.publisher import MqttLink
+
+    cfg = parse_config(config_text(port="loop://", mqtt_port=broker.port, journal=tmp_path / "j.db", nodes=[]))
+    link = MqttLink(cfg.mqtt, "gw-test-01", lambda item: None, version="test")
+    link.start()
+    try:
+        assert wait_until(lambda: link.connected, 10)
+        client = link._client
+        real_publish = client.publish
+
+        def publish_then_drop(*args, **kwargs):  # what paho does when the inline write fails
+            info = real_publish(*args, **kwargs)
+            link._on_disconnect(client, None, None, ReasonCode(2, identifier=0x80), None)
+            return info
+
+        client.publish = publish_then_drop
+        done = threading.Event()
+        threading.Thread(target=lambda: (link.publish("denen/v1/gw-test-01/readings/telemetry", b"{}"),
+                                         done.set()), daemon=True).start()
+        assert done.wait(5), "MqttLink.publish deadlocked on its own lock"
+        assert not link.connected
+    finally:
+        link.stop()

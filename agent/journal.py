@@ -31,13 +31,13 @@ import json
 import logging
 import os
 import sqlite3
-import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.errors import JournalError
+from agent.securefile import PrivateFileError, check_no_links, prepare_private_file
 
 log = logging.getLogger(__name__)
 
@@ -245,54 +245,22 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
 
 
 def check_files(path: str) -> None:
-    """Refuse a journal path (or its -wal/-shm) that is a symbolic link or not a regular file.
-
-    Checked with ``lstat`` before SQLite opens anything: SQLite follows links, so a link planted at the path (a
-    dangling one included) would make the agent create or write its journal wherever it points.
+    """Refuse a journal path (or its -wal/-shm) that is a symbolic link or not a regular file
+    (:func:`agent.securefile.check_no_links`): SQLite follows links.
 
     Raises:
         JournalError: with the path and what is wrong.
     """
-    for suffix in ("", "-wal", "-shm"):
-        p = path + suffix
-        try:
-            st = os.lstat(p)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise JournalError(f"{p}: cannot check the journal file: {exc.strerror}") from exc
-        if stat.S_ISLNK(st.st_mode):
-            raise JournalError(
-                f"{p} is a symbolic link (to {os.readlink(p)!r}); refusing to open the journal through it: remove "
-                "the link, or set journal.path to the real file")
-        if not stat.S_ISREG(st.st_mode):
-            raise JournalError(f"{p} is not a regular file; refusing to use it as the journal")
+    try:
+        check_no_links(path, what="journal", fix="set journal.path to the real file")
+    except PrivateFileError as exc:
+        raise JournalError(str(exc)) from None
 
 
 def _create_private(path: str) -> None:
     """Create the journal file empty with mode 0600 (whatever the umask), unless it exists; never through a link.
-
-    SQLite gives the -wal and -shm files it creates the mode of the database file, so they are 0600 too. Existing
-    files other users can read (made by an older agent, or by hand, under a permissive umask) lose those bits.
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        try:
-            os.fchmod(fd, 0o600)  # the umask may have taken bits from 0600 (e.g. 0277): set exactly
-        finally:
-            os.close(fd)
-        return
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            mode = stat.S_IMODE(os.lstat(path + suffix).st_mode)
-        except FileNotFoundError:
-            continue
-        if mode & 0o007:
-            os.chmod(path + suffix, mode & ~0o007)
-            log.warning("%s: other users could read it (mode %04o); now %04o", path + suffix, mode, mode & ~0o007)
+    An existing journal keeps its group's read bit (the service's group) and loses other users'."""
+    prepare_private_file(path, what="journal", group_readable=True, fix="set journal.path to the real file")
 
 
 def set_aside(path: str, *, now_us: int) -> str:
@@ -405,8 +373,8 @@ class Journal:
         check_files(self.path)
         try:
             _create_private(self.path)
-        except OSError as exc:
-            raise JournalError(f"{self.path}: cannot create the journal: {exc.strerror}") from exc
+        except PrivateFileError as exc:
+            raise JournalError(f"{self.path}: cannot create the journal: {exc}") from exc
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")

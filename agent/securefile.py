@@ -1,34 +1,68 @@
 """Private data files (the gateway's journal, the bridge's dead-letter store): owner-only, never through a symlink.
 
-A journal or dead-letter store holds readings, node keys' effects and hostile payloads kept for inspection. Created
-by a process started outside systemd (umask 022) it would be world-readable, and a symlink planted at its path
-(a dangling one included) would make SQLite create or write the file wherever the link points. So before SQLite
-opens the path, :func:`prepare_private_file` refuses a symlink at the path or at its ``-wal``/``-shm``/``-journal``
-companions, creates the file owner-only with ``O_NOFOLLOW`` if it is missing, and narrows an existing file to
-0600. SQLite creates the companions with the main file's mode.
+A journal or dead-letter store holds readings and hostile payloads kept for inspection. Created by a process started
+outside systemd (umask 022) it would be world-readable, and a symlink planted at its path (a dangling one included)
+would make SQLite create or write the file wherever the link points: SQLite follows links. So before SQLite opens
+the path, :func:`check_no_links` refuses a symlink, or anything but a regular file, at the path or at its
+``-wal``/``-shm``/``-journal`` companions (checked with ``lstat``), and :func:`prepare_private_file` creates the
+file with mode 0600 and ``O_NOFOLLOW`` if it is missing, or takes the read bits of other users (and, unless allowed,
+of the group) from an existing one. SQLite creates the companions with the main file's mode.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
 
-__all__ = ["PrivateFileError", "prepare_private_file"]
+__all__ = ["PrivateFileError", "check_no_links", "prepare_private_file"]
 
-_COMPANIONS = ("-wal", "-shm", "-journal")
+log = logging.getLogger(__name__)
+
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
 
 
 class PrivateFileError(OSError):
     """The path cannot be used for a private file; the message says why and what to do."""
 
 
-def prepare_private_file(path: str | os.PathLike[str], *, what: str = "file") -> Path:
-    """Make sure ``path`` is a regular file of mode 0600 that is not a symlink, creating it empty if missing.
+def check_no_links(path: str | os.PathLike[str], *, what: str = "file",
+                   fix: str = "point the config at the real file") -> None:
+    """Refuse a symbolic link, or anything but a regular file, at ``path`` or its SQLite companions.
+
+    Args:
+        what: what the file is, for messages ("journal", "dead-letter store").
+        fix: what to do instead of the link, for the message.
+
+    Raises:
+        PrivateFileError: naming the path and what is wrong.
+    """
+    for suffix in _COMPANIONS:
+        p = f"{os.fspath(path)}{suffix}"
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise PrivateFileError(f"{p}: cannot check the {what} file: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise PrivateFileError(f"{p} is a symbolic link (to {os.readlink(p)!r}); refusing to open the {what} "
+                                   f"through it: remove the link, or {fix}")
+        if not stat.S_ISREG(st.st_mode):
+            raise PrivateFileError(f"{p} is not a regular file; refusing to use it as the {what}")
+
+
+def prepare_private_file(path: str | os.PathLike[str], *, what: str = "file", group_readable: bool = False,
+                         fix: str = "point the config at the real file") -> Path:
+    """Make sure ``path`` is a regular, private file that is not a symbolic link, creating it empty if missing.
 
     Args:
         path: the file (its directory is created, mode 0700, if missing).
-        what: what the file is, for messages ("journal", "dead-letter store").
+        what: what the file is, for messages.
+        group_readable: an existing file keeps its group's read bit (a service group that reads the journal);
+            a new file is 0600 either way.
+        fix: what to do instead of a link, for the message.
 
     Returns:
         the path.
@@ -38,30 +72,33 @@ def prepare_private_file(path: str | os.PathLike[str], *, what: str = "file") ->
             file cannot be created or its mode changed.
     """
     p = Path(path)
-    for candidate in (p, *(Path(f"{p}{suffix}") for suffix in _COMPANIONS)):
-        try:
-            st = os.lstat(candidate)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise PrivateFileError(f"cannot check the {what} {candidate}: {exc.strerror}") from None
-        if stat.S_ISLNK(st.st_mode):
-            raise PrivateFileError(
-                f"the {what} path {candidate} is a symbolic link (to {os.readlink(candidate)!r}); refusing to follow "
-                f"it: remove the link, or point the config at the real file")
-        if not stat.S_ISREG(st.st_mode):
-            raise PrivateFileError(f"the {what} path {candidate} exists but is not a regular file")
+    check_no_links(p, what=what, fix=fix)
     try:
         p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        _narrow(p, 0o007 if group_readable else 0o077)
+        return p
     except OSError as exc:
         raise PrivateFileError(f"cannot create the {what} {p}: {exc.strerror} (check that the service's user may "
                                "write to its directory)") from None
     try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
-            os.fchmod(fd, 0o600)
-    except OSError as exc:
-        raise PrivateFileError(f"cannot make the {what} {p} owner-only (chmod 600): {exc.strerror}") from None
+        os.fchmod(fd, 0o600)  # the umask may have taken bits from 0600 (e.g. 0277): set exactly
     finally:
         os.close(fd)
     return p
+
+
+def _narrow(path: Path, mask: int) -> None:
+    """Take the ``mask`` bits from the file and its companions, with a warning for each file changed."""
+    for suffix in _COMPANIONS:
+        p = f"{path}{suffix}"
+        try:
+            mode = stat.S_IMODE(os.lstat(p).st_mode)
+            if mode & mask:
+                os.chmod(p, mode & ~mask)
+                log.warning("%s: other users could read it (mode %04o); now %04o", p, mode, mode & ~mask)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise PrivateFileError(f"cannot make {p} private (chmod): {exc.strerror}") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,39 +12,13 @@ from pathlib import Path
 import pytest
 
 from agent.devbroker import Mosquitto
+from tests.support.agentproc import AgentProcess
 from tests.support.broker import Collector
 from tests.support.field import NODES, FieldNode, config_text, default_values, readings_of, start_sim, wait_configured, wait_until
 
 pytestmark = pytest.mark.broker
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class AgentProcess:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config = config
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(self.config)],
-                                         cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 def frames_ok(rig: dict) -> int:

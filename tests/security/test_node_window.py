@@ -24,6 +24,7 @@ from agent import status as agent_status
 from agent.devbroker import Mosquitto
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
+from tests.support.agentproc import AgentProcess
 from tests.support.broker import Collector
 from tests.support.field import FieldNode, config_text, default_values, readings_of, start_sim, wait_configured, \
     wait_until, write_config
@@ -33,32 +34,6 @@ pytestmark = pytest.mark.broker
 REPO = Path(__file__).resolve().parents[2]
 TOP = 0xFFFF_FFFF
 FORGED_BATTERY_V = 9.99  # only the attacker's frame carries it
-
-
-class Agent:
-    """``denen run -c CONFIG`` in its own process, its output appended to one log."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config, self.log = config, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(self.config)],
-                                         cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 def _unsigned(node: FieldNode, counter: int, values: dict[str, float]) -> bytes:
@@ -80,7 +55,7 @@ def field(tmp_path: Path, broker: Mosquitto) -> Iterator[dict[str, Any]]:
     text = text.replace("    interval_s: 60", "    unauthenticated: flag\n    interval_s: 60", 1)
     cfg = write_config(tmp_path / "gateway.yaml", text)
     col = Collector(broker, "denen/v1/+/readings/#", client_id="window-collector", persistent=True)
-    agent = Agent(cfg, tmp_path / "agent.log")
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
     try:
         yield {"node": node, "sim": sim, "cfg": cfg, "journal": journal, "col": col, "agent": agent}
     finally:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import random
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,36 +21,16 @@ from agent import status as agent_status
 from agent.devbroker import Mosquitto
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
+from tests.support.agentproc import AgentProcess
 from tests.support.field import FieldNode, config_text, default_values, start_sim, wait_configured, wait_until, \
     write_config
 
 pytestmark = pytest.mark.broker
 
-REPO = Path(__file__).resolve().parents[2]
 BAD_MIC = 3000
 FORGED_IDS = 2000
 UNKNOWN_MAX = 50
 RATE_HZ = 400  # frames a second offered to the module (a UART at 115200 baud carries about this many)
-
-
-class Agent:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config, self.log = config, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "-c", str(self.config)],
-                                         cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.terminate()
-        return self.proc.wait(30)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 @pytest.fixture
@@ -63,7 +41,7 @@ def rig(tmp_path: Path, broker: Mosquitto) -> Iterator[dict[str, Any]]:
     text = config_text(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=[node])
     text += f"unknown_nodes: accept\nunknown_nodes_max: {UNKNOWN_MAX}\n"
     cfg = write_config(tmp_path / "gateway.yaml", text)
-    agent = Agent(cfg, tmp_path / "agent.log")
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
     agent.start()
     try:
         assert wait_configured(sim), agent.text()

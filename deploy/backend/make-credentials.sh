@@ -10,6 +10,8 @@
 #                                        "mosquitto" and "localhost" (10 years)
 #   secrets/mosquitto/ca.crt, passwd     the CA and every MQTT login, hashed (mosquitto_passwd -U)
 #   secrets/bridge-<n>/mqtt-password, ca.pem      one login per bridge process: user denen-bridge-<n> (-b)
+#   secrets/console/mqtt-password, ca.pem         the console's login (acknowledgement page, denen ack):
+#                                                 user denen-console
 #   secrets/gateways/<id>/mqtt-password, ca.pem   one login per gateway: user name = gateway id
 # and writes, on every run, secrets/mosquitto/dynamic-security.json: the broker's logins and ACLs (Mosquitto's
 # dynamic-security plugin), made from the passwd file and the rules in mosquitto/acl. It prints, for every gateway
@@ -215,6 +217,11 @@ while [ "$n" -le "$BRIDGES" ]; do
   cp "$CA_DIR/ca.crt" "$SECRETS/bridge-$n/ca.pem"
   n=$((n + 1))
 done
+
+# The console's login: staff commands to the gateways, their state and command results (mosquitto/acl).
+mkdir -p "$SECRETS/console"
+ensure_login denen-console "$SECRETS/console/mqtt-password" 0
+cp "$CA_DIR/ca.crt" "$SECRETS/console/ca.pem"
 
 for gw in "$@"; do
   if [ "$REVOKE" = 1 ]; then

@@ -4,9 +4,9 @@
   without a Docker engine) accepts the compose file with the .env that make-credentials.sh writes, and refuses it
   without one.
 * make-credentials.sh makes a CA, a broker certificate that verifies against it (openssl verify) for the given
-  names, hashed logins (one per gateway and per bridge process), the broker's dynamic-security file from them and
-  mosquitto/acl, and prints each gateway's config lines; a second run changes nothing, -R rotates, -b adds bridge
-  logins, -X revokes a gateway.
+  names, hashed logins (one per gateway and per bridge process, and the console's), the broker's dynamic-security
+  file from them and mosquitto/acl, and prints each gateway's config lines; a second run changes nothing, -R
+  rotates, -b adds bridge logins, -X revokes a gateway.
 * The real Mosquitto, run with deploy/backend/mosquitto/mosquitto.conf (paths and port adapted to a temp folder:
   tests/security/shipped_broker.py), speaks TLS with that certificate, takes the logins, and applies the rules:
   gateway A may publish under denen/v1/gw-a/, a publish into gateway B's tree gets PUBACK reason code 135, and the
@@ -198,12 +198,13 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
     assert "CA:TRUE" in ca_text
     # Hashed logins only, one per user; the plain passwords are in the per-user files.
     entries = dict(line.split(":", 1) for line in (secrets / "mosquitto" / "passwd").read_text().splitlines())
-    assert set(entries) == {"denen-bridge-1", "gw-a", "gw-b"}
+    assert set(entries) == {"denen-bridge-1", "denen-console", "gw-a", "gw-b"}
     assert all(h.startswith("$7$") for h in entries.values())
-    for user_file in (secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "bridge-1" / "mqtt-password"):
+    for user_file in (secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "bridge-1" / "mqtt-password",
+                      secrets / "console" / "mqtt-password"):
         assert user_file.read_text().strip() not in (secrets / "mosquitto" / "passwd").read_text()
     # What the broker loads: the same hashes, each login bound to its client id, a role per gateway with its own
-    # topics, one role for the bridges, everything else denied.
+    # topics, one role for the bridges, one for the console, everything else denied.
     dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
     assert dynsec["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False,
                                           "subscribe": False, "unsubscribe": True}
@@ -213,20 +214,28 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
         assert c["clientid"] == user
         assert entries[user] == f"$7${c['iterations']}${c['salt']}${c['password']}"
     assert {u: [r["rolename"] for r in c["roles"]] for u, c in clients.items()} == {
-        "denen-bridge-1": ["denen-bridge"], "gw-a": ["gateway-gw-a"], "gw-b": ["gateway-gw-b"]}
+        "denen-bridge-1": ["denen-bridge"], "denen-console": ["denen-console"], "gw-a": ["gateway-gw-a"],
+        "gw-b": ["gateway-gw-b"]}
     roles = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"]} for r in dynsec["roles"]}
     assert roles["gateway-gw-a"] == {("publishClientSend", f"denen/v1/gw-a/{t}") for t in (
-        "status", "readings/sos", "readings/alarm", "readings/telemetry", "readings/diagnostics")} | {
+        "status", "state", "results", "readings/sos", "readings/alarm", "readings/telemetry", "readings/diagnostics")} | {
         ("subscribeLiteral", "denen/v1/gw-a/cmd/#"), ("publishClientReceive", "denen/v1/gw-a/cmd/#")}
     assert roles["denen-bridge"] == {
         ("subscribeLiteral", "$share/denen-bridge/denen/v1/+/readings/#"),
         ("subscribeLiteral", "$share/denen-bridge/denen/v1/+/status"),
-        ("publishClientReceive", "denen/v1/+/readings/#"), ("publishClientReceive", "denen/v1/+/status")}
+        ("subscribeLiteral", "$share/denen-bridge/denen/v1/+/state"),
+        ("subscribeLiteral", "$share/denen-bridge/denen/v1/+/results"),
+        ("publishClientReceive", "denen/v1/+/readings/#"), ("publishClientReceive", "denen/v1/+/status"),
+        ("publishClientReceive", "denen/v1/+/state"), ("publishClientReceive", "denen/v1/+/results")}
+    assert roles["denen-console"] == {("publishClientSend", f"denen/v1/+/cmd/{c}") for c in (
+        "alert-ack", "siren-silence", "test-chirp")} | {(a, f"denen/v1/+/{t}") for a in (
+        "subscribeLiteral", "publishClientReceive") for t in ("state", "results")}
     # Secrets stay private: the folder is owner-only, private keys and gateway passwords are mode 600.
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
     for private in (secrets / "ca" / "ca.key", secrets / "mosquitto" / "server.key",
                     secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "mosquitto" / "passwd",
-                    secrets / "mosquitto" / "dynamic-security.json", secrets / "bridge-1" / "mqtt-password"):
+                    secrets / "mosquitto" / "dynamic-security.json", secrets / "bridge-1" / "mqtt-password",
+                    secrets / "console" / "mqtt-password"):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
     # .env: every placeholder replaced by a distinct random secret.
     env = dict(line.split("=", 1) for line in (backend / ".env").read_text().splitlines()
@@ -241,6 +250,7 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
                      "password_file": "/etc/denen/mqtt-password", "tls": {"ca_file": "/etc/denen/ca.pem"},
                      "topic_prefix": "denen/v1"}
     assert (secrets / "gateways" / "gw-a" / "ca.pem").read_bytes() == ca.read_bytes()
+    assert (secrets / "console" / "ca.pem").read_bytes() == ca.read_bytes()
 
 
 def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_path: Path) -> None:
@@ -272,7 +282,7 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     assert (secrets / "bridge-1" / "mqtt-password").read_bytes() == bridge_1
     assert _make_credentials(backend).returncode == 0
     users = [line.split(":")[0] for line in (secrets / "mosquitto" / "passwd").read_text().splitlines()]
-    assert sorted(users) == ["denen-bridge-1", "denen-bridge-2", "gw-a", "gw-b"]
+    assert sorted(users) == ["denen-bridge-1", "denen-bridge-2", "denen-console", "gw-a", "gw-b"]
     dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
     assert [c["username"] for c in dynsec["clients"]] == users
     # -X: a revoked gateway's login, password and rules are gone; the others are untouched.
@@ -280,7 +290,8 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     assert revoked.returncode == 0, revoked.stderr
     assert not (secrets / "gateways" / "gw-b").exists()
     dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
-    assert [c["username"] for c in dynsec["clients"]] == ["denen-bridge-1", "gw-a", "denen-bridge-2"]
+    assert [c["username"] for c in dynsec["clients"]] == ["denen-bridge-1", "denen-console", "gw-a",
+                                                          "denen-bridge-2"]
     assert "gateway-gw-b" not in {r["rolename"] for r in dynsec["roles"]}
     # A broken rule in mosquitto/acl is refused with its line.
     acl = backend / "mosquitto" / "acl"

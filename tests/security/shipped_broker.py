@@ -67,9 +67,11 @@ def make_credentials(backend: Path, *args: str) -> subprocess.CompletedProcess[s
 
 
 def password(backend: Path, user: str) -> str:
-    """The plain password make-credentials.sh made for a gateway or bridge login."""
+    """The plain password make-credentials.sh made for a gateway, bridge or console login."""
     if user.startswith("denen-bridge-"):
         path = backend / "secrets" / f"bridge-{user.removeprefix('denen-bridge-')}" / "mqtt-password"
+    elif user == "denen-console":
+        path = backend / "secrets" / "console" / "mqtt-password"
     else:
         path = backend / "secrets" / "gateways" / user / "mqtt-password"
     return path.read_text().strip()

@@ -16,7 +16,9 @@
 #   5. reload udev and systemd, enable the service, and (re)start it when a config exists
 #      (a flashed bundle on the boot partition, or /etc/denen/config.yaml)
 #   6. the user who ran sudo (or --operator USER) joins groups denen, dialout and gpio, so that
-#      `denen doctor` and `denen monitor` work without sudo after the next login
+#      `denen doctor` and `denen monitor` work without sudo after the next login. The journal itself is the
+#      service's alone (mode 0600): read it, and reset a node's counter, as the service's user:
+#      sudo -u denen denen status / sudo -u denen denen node reset-counter NODE
 #
 # Options:
 #   --dry-run          print the commands instead of running them (needs no root)

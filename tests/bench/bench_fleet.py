@@ -7,12 +7,14 @@ Usage::
 The backend is set up as deploy/backend sets it up, on loopback and without TLS:
 
 * Mosquitto 2 with ``allow_anonymous false``, a password file hashed by ``mosquitto_passwd -U`` holding one login
-  per gateway (user name = gateway id, as make-credentials.sh makes them) and the bridge's ``denen-bridge`` login,
-  and deploy/backend/mosquitto/acl itself as the ACL (``pattern write denen/v1/%u/#``: each gateway may publish
-  only under its own tree). Persistence, queue and keepalive settings as in deploy/backend/mosquitto/mosquitto.conf.
+  per gateway (user name = gateway id, as make-credentials.sh makes them) and the bridge's ``denen-bridge-1`` login,
+  client id bound to the login, and the rules of deploy/backend/mosquitto/acl in Mosquitto's acl_file form
+  (:func:`acl_file_of_policy`; the shipped broker enforces them with the dynamic-security plugin, which also refuses
+  foreign subscriptions; the bench measures load, not the rule engine): each gateway may publish only its own
+  status and readings. Persistence, queue and keepalive settings as in deploy/backend/mosquitto/mosquitto.conf.
   Before the load starts, two checks show the ACL and the passwords are in force: a gateway publishing under
   another gateway's tree gets PUBACK 135 (not authorized), and a wrong password gets CONNACK 134/135.
-* one ``python -m agent.cli bridge`` process (user ``denen-bridge``, default batching, persistent session, the
+* one ``python -m agent.cli bridge`` process (user ``denen-bridge-1``, default batching, persistent session, the
   shared subscription) writing to a real InfluxDB 1.6.7 through a small HTTP relay in this process. The relay notes
   when InfluxDB answered each write (204) and keeps the bodies; afterwards every ``node_health`` point is matched
   to the reading it came from, so the lag of every reading is known: reading ``ts_us`` (when the gateway heard
@@ -79,7 +81,25 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 PRODUCTION_ACL = REPO / "deploy" / "backend" / "mosquitto" / "acl"
 PREFIX = "denen/v1"
-BRIDGE_USER = "denen-bridge"
+BRIDGE_USER = "denen-bridge-1"
+
+
+def acl_file_of_policy(policy: str) -> str:
+    """deploy/backend/mosquitto/acl (role, rule type, topic per line) as a Mosquitto acl_file: gateway rules become
+    ``pattern`` lines (%u = the login), the bridge's become rules of the bench's bridge login."""
+    gateway, bridge = [], []
+    for line in policy.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or line.lstrip().startswith("#"):
+            continue
+        role, rule, topic = parts
+        access = "write" if rule == "publishClientSend" else "read"
+        topic = topic.split("/", 2)[2] if topic.startswith("$share/") else topic  # acl_file checks the plain filter
+        if role == "gateway":
+            gateway.append(f"pattern {access} {topic}")
+        elif role == "bridge":
+            bridge.append(f"topic {access} {topic}")
+    return "\n".join(gateway + ["", f"user {BRIDGE_USER}"] + sorted(set(bridge))) + "\n"
 SITE = "fleet"
 NODES_PER_GATEWAY = 10
 WINDOW = 8  # the agent's mqtt.inflight_window default
@@ -130,7 +150,7 @@ class FleetBroker:
         # As make-credentials.sh does: a plain-text file hashed in place.
         subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True, timeout=120)
         acl = workdir / "acl"
-        shutil.copyfile(PRODUCTION_ACL, acl)
+        acl.write_text(acl_file_of_policy(PRODUCTION_ACL.read_text(encoding="utf-8")), encoding="utf-8")
         self.conf = workdir / "mosquitto.conf"
         lines = [
             "per_listener_settings false",
@@ -138,6 +158,7 @@ class FleetBroker:
             f"password_file {passwd}",
             f"acl_file {acl}",
             f"listener {self.port} 127.0.0.1",
+            "use_username_as_clientid true",  # as shipped: the client id is the login
             "max_queued_messages 0",
             "persistent_client_expiration 30d",
             "persistence true",
@@ -214,8 +235,8 @@ def check_security(broker: FleetBroker, gateways: list[str]) -> dict[str, Any]:
     try:
         if not c.wait_for(client.is_connected, 10, 0.01):
             raise RuntimeError(f"{a} could not log in with its own password")
-        # Own tree first (a topic nobody subscribes to, so "no matching subscribers" 16 is the expected success).
-        client.publish(f"{PREFIX}/{a}/acl-check", b"{}", qos=1).wait_for_publish(10)
+        # Own tree first (a topic of its own the rules allow; "no matching subscribers" 16 is a success too).
+        client.publish(f"{PREFIX}/{a}/results", b"{}", qos=1).wait_for_publish(10)
         client.publish(f"{PREFIX}/{b}/readings/telemetry", b"{}", qos=1).wait_for_publish(10)
         done.wait(10)
     finally:

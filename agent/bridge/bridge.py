@@ -482,7 +482,7 @@ class Bridge:
         """Keep a message whose write raised an unforeseen error (its lines and rejects) and acknowledge it."""
         self.stats["messages_failed"] += 1
         items = [DeadLetter("internal_error", f"writing this message raised: {trace}", "line", line.encode(
-            "utf-8", "backslashreplace"), m.topic, sid if not sid.startswith("status:") else None)
+            "utf-8", "backslashreplace"), m.topic, _reading_id(sid))
             for line, sid in zip(m.converted.lines, m.converted.sources, strict=False)]
         items += [DeadLetter(r.reason, r.detail, r.kind, r.content, m.topic, r.reading_id)
                   for r in m.converted.rejects]
@@ -553,8 +553,8 @@ class Bridge:
             owner = batch[bisect_right(bounds, r.index)]
             rid = sources[r.index]
             dead.append(DeadLetter("rejected_by_server", r.error, "line", all_lines[r.index].encode(), owner.topic,
-                                   None if rid.startswith("status:") else rid))
-            self._note_reject("rejected_by_server", r.error, owner.topic, rid)
+                                   _reading_id(rid)))
+            self._note_reject("rejected_by_server", r.error, owner.topic, _reading_id(rid))
         self._store_dead(dead)
         stats = self.stats
         stats["batches"] += 1
@@ -622,6 +622,11 @@ class Bridge:
             f"; dead-letter store: {c.get('dead_letters_evicted', 0)} evicted, {c.get('dead_letters_lost', 0)} lost"
             if c.get("dead_letters_evicted") or c.get("dead_letters_lost") else "",
         )
+
+
+def _reading_id(source: str) -> str | None:
+    """The reading id of a line's source, or None for the points of a document (``status:<gateway>``, ...)."""
+    return None if ":" in source else source
 
 
 def _printable(text: str) -> str:

@@ -223,10 +223,11 @@ class BridgeMqttConfig(ConfigSection):
         """``client_id``, or ``denen-bridge-<host name>`` when it is not set."""
         return self.client_id if self.client_id is not None else f"denen-bridge-{socket.gethostname()}"
 
-    def subscriptions(self) -> tuple[str, str]:
-        """The two shared subscriptions: reading batches and gateway status documents."""
+    def subscriptions(self) -> tuple[str, ...]:
+        """The shared subscriptions: reading batches, and the gateways' status, state and command result
+        documents."""
         share = f"$share/{self.group}/{self.topic_prefix}"
-        return f"{share}/+/readings/#", f"{share}/+/status"
+        return f"{share}/+/readings/#", f"{share}/+/status", f"{share}/+/state", f"{share}/+/results"
 
 
 _V1_ONLY = ("database", "rp", "user", "password", "password_file", "password_env")

@@ -22,6 +22,23 @@ and per ``denen.status/1`` document a ``gateway_status`` point (tags ``gateway, 
 has them), at the document's ``ts_us`` or, for the broker-published Last Will which has none, at the time the
 bridge received it.
 
+The gateway's local outputs and the commands it answered (the alert loop, README "Alerts"):
+
+* per ``denen.state/1`` document (``<gateway>/state``, retained) a ``gateway_state`` point: tags ``gateway, site``;
+  fields ``siren_on`` 1/0, ``siren_why`` (``alert``, ``offline``, ``test`` or ``""``), ``siren_alert`` (the key of
+  the alert it sounds for, or ``""``), ``lamp`` (the lamp's state), ``held_active`` 1/0, ``held_count`` (readings
+  held back), ``alerts_open`` (active alerts) and ``alerts_unacknowledged`` (of those, not acknowledged), at the
+  document's ``ts_us``. Every field is in every point, so ``last()`` of each comes from the same document;
+* per ``denen.result/1`` document (``<gateway>/results``) one ``command_result`` point per entry of ``results``:
+  tags ``command, gateway, outcome, site``; string fields ``target`` (alert key or id, ``""`` for a test chirp),
+  ``by``, ``request_id``, ``via`` (``""`` where null), at ``ts_us`` plus the entry's index in µs.
+
+``command`` and ``outcome`` are tags, so only the known ones are taken (:data:`COMMANDS`, :data:`OUTCOMES`); a lamp
+state must be a state name (``[a-z][a-z0-9_]*``, at most 40), ``request_id`` 1-64 of ``A-Za-z0-9_-``; ``by``,
+``target`` and ``siren_alert`` are free text. A document's ``ts_us`` must lie in the window of a synced reading;
+a state document that says its readings are held because the clock was never set (``held.reason``
+``clock_unsynced``) is written at the bridge's time instead, as an unsynced reading would be.
+
 ``site`` comes from the bridge's gateway registry (:mod:`agent.bridge.registry`), never from the payload: the
 broker's ACL vouches for the gateway id in the topic, nothing vouches for what the gateway writes. A batch's own
 ``site`` is still required by the schema, and ignored; where it differs from the registry's, the message is noted
@@ -46,7 +63,7 @@ tested with hostile names, keys and messages: ``tests/security/test_escaping.py`
 
 * The payload must be UTF-8 (a leading byte order mark is ignored). JSON can still spell a lone surrogate
   (``"\ud800"``), which no UTF-8 encoder takes: a reading holding one in any string, key or value, is rejected
-  ``invalid_text`` (a status document: the whole document).
+  ``invalid_text`` (a status, state or result document: the whole document).
 * Control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) in free text (a reading's or an alert's
   ``name``, an alert's ``message``, a status document's ``agent``) become spaces: a line break would end the line,
   and a name with a tab is still the node's name. A values key holding one is rejected ``invalid_text``.
@@ -72,20 +89,22 @@ Rejected, with a reason code (the dead-letter store keeps the content):
 
 =========================  ===========================================================================
 ``invalid_json``           the payload is not UTF-8 JSON, or is nested too deeply (the whole message)
-``invalid_schema``         not a ``denen.readings/1`` / ``denen.status/1`` document, or a topic outside
-                           the topic scheme (the whole message)
+``invalid_schema``         not a ``denen.readings/1`` / ``denen.status/1`` / ``denen.state/1`` /
+                           ``denen.result/1`` document, or a topic outside the topic scheme (the whole
+                           message)
 ``unknown_schema``         a schema or major version this bridge does not know (the whole message)
 ``wrong_gateway``          the document names another gateway than its topic (the whole message): the
                            broker's ACL vouches for the topic, so the topic wins
 ``unknown_gateway``        the registry does not list the gateway and its policy is ``refuse`` (the
                            whole message)
 ``invalid_reading``        one reading does not follow the schema (only that reading)
-``invalid_text``           a lone surrogate anywhere in a reading or status document, or a control
-                           character in a values key (that reading; a status document whole)
+``invalid_text``           a lone surrogate anywhere in a reading or a document, or a control character
+                           in a values key (that reading; a document whole)
 ``timestamp_before_2020``  ``ts_us`` before 2020-01-01 on a clock the gateway calls synced or corrected: never a
                            real reading of this product
 ``timestamp_in_future``    ``ts_us`` more than ``max_future_s`` ahead of the bridge's clock, on a clock the
-                           gateway calls synced or corrected (a reading), or in a status document
+                           gateway calls synced or corrected (a reading), or in a status, state or result
+                           document
 ``not_finite``             a value is NaN or infinite, which line protocol cannot carry
 =========================  ===========================================================================
 
@@ -106,7 +125,11 @@ from agent.bridge.registry import UNKNOWN_SITE, GatewayRegistry
 from agent.clock import EPOCH_FLOOR_US
 
 __all__ = [
+    "COMMANDS",
+    "OUTCOMES",
     "READINGS_SCHEMA",
+    "RESULT_SCHEMA",
+    "STATE_SCHEMA",
     "STATUS_SCHEMA",
     "Converted",
     "Reject",
@@ -121,6 +144,19 @@ __all__ = [
 
 READINGS_SCHEMA = "denen.readings/1"
 STATUS_SCHEMA = "denen.status/1"
+STATE_SCHEMA = "denen.state/1"
+RESULT_SCHEMA = "denen.result/1"
+#: The commands a gateway answers (``<prefix>/<gateway>/cmd/<name>``) and every outcome it may report; both are
+#: tags of ``command_result``, so they stay these few.
+COMMANDS = frozenset({"alert-ack", "siren-silence", "test-chirp"})
+OUTCOMES = frozenset({"stopped", "already_acknowledged", "not_active", "silenced", "not_sounding", "no_siren",
+                      "chirped", "no_outputs", "invalid"})
+#: Why a siren sounds (``siren.why`` of a state document); None: it does not.
+SIREN_WHY = frozenset({"alert", "offline", "test", None})
+#: Why readings are held (``held.reason``).
+HELD_REASONS = frozenset({"clock_unsynced", None})
+#: Who sent a command (``via``).
+VIAS = frozenset({"console", "cli", None})
 
 NODE_KINDS = frozenset({"sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat"})
 KINDS = NODE_KINDS | {"gateway_health", "alert"}
@@ -157,6 +193,19 @@ _ALERT_KEYS = frozenset(_ALERT_REQUIRED) | {"unit", "reading"}
 _ALERT_TYPE_RE = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")
 _NODE_HEX_RE = re.compile(r"[0-9a-f]{8}\Z")
 _STATUS_KEYS = frozenset({"schema", "gateway", "state", "agent", "ts_us"})
+#: Topics of one gateway document each (``<prefix>/<gateway>/<topic>``).
+_DOCUMENT_TOPICS = frozenset({"status", "state", "results"})
+_STATE_REQUIRED = ("ts_us", "siren", "lamp", "held", "alerts")
+_STATE_KEYS = frozenset(_STATE_REQUIRED) | {"schema", "gateway", "relays"}
+_SIREN_KEYS = frozenset({"configured", "on", "why", "alert", "silenced"})
+_LAMP_KEYS = frozenset({"configured", "state"})
+_HELD_KEYS = frozenset({"active", "reason", "count", "until_us"})
+#: A lamp state (``ok``, ``no_backhaul``, ``alarm``, ``off``; a newer gateway's own still fits).
+_STATE_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")
+_RESULT_REQUIRED = ("ts_us", "command", "results")
+_RESULT_KEYS = frozenset(_RESULT_REQUIRED) | {"schema", "gateway", "request_id", "by", "via"}
+_RESULT_ENTRY_KEYS = frozenset({"target", "outcome"})
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _FCNT_MAX = 0xFFFFFFFF
 #: Control characters (Unicode category Cc): a newline would end the line, and none belongs in a name.
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -303,7 +352,8 @@ class Converted:
 
     Attributes:
         lines: line protocol lines, without newlines.
-        sources: for each line, the id of the reading it comes from (``status:<gateway>`` for status points).
+        sources: for each line, the id of the reading it comes from, or ``<topic>:<gateway>`` for the points of a
+            document (``status:``, ``state:``, ``results:``); a reading id never holds a colon.
         rejects: parts of the message that can never be written.
         notes: (code, detail) of what was written but is worth counting: ``site_mismatch`` (the payload's site
             differs from the registry's, and was ignored), ``unknown_gateway`` (not in the registry: written with
@@ -347,7 +397,8 @@ class Serializer:
 
     Args:
         topic_prefix: the gateways' ``mqtt.topic_prefix`` (``denen/v1``); topics are
-            ``<prefix>/<gateway>/readings/<lane>`` and ``<prefix>/<gateway>/status``.
+            ``<prefix>/<gateway>/readings/<lane>`` and ``<prefix>/<gateway>/status``, ``.../state``,
+            ``.../results``.
         now_us: the bridge's clock, µs since the epoch: the time of status documents without ``ts_us`` (the Last
             Will) and of unsynced readings stamped outside the plausible window, and the reference for
             ``max_future_s``.
@@ -388,12 +439,12 @@ class Serializer:
         parts = rest.split("/") if rest else []
         if len(parts) == 3 and parts[1] == "readings" and _ID_RE.match(parts[0]):
             kind, gateway = "readings", parts[0]
-        elif len(parts) == 2 and parts[1] == "status" and _ID_RE.match(parts[0]):
-            kind, gateway = "status", parts[0]
+        elif len(parts) == 2 and parts[1] in _DOCUMENT_TOPICS and _ID_RE.match(parts[0]):
+            kind, gateway = parts[1], parts[0]
         else:
             out.rejects.append(Reject("invalid_schema", f"topic {topic} is not part of the topic scheme "
-                                      f"{self.prefix}<gateway>/readings/<lane> or .../status (gateway: an id)",
-                                      payload))
+                                      f"{self.prefix}<gateway>/readings/<lane>, .../status, .../state or "
+                                      ".../results (gateway: an id)", payload))
             return
         out.gateway = gateway
         try:
@@ -413,8 +464,12 @@ class Serializer:
             try:
                 if kind == "readings":
                     self._readings(doc, gateway, topic, out, check_text, latest)
-                else:
+                elif kind == "status":
                     self._status(doc, gateway, out, check_text, latest)
+                elif kind == "state":
+                    self._state(doc, gateway, out, check_text, latest)
+                else:
+                    self._results(doc, gateway, out, check_text, latest)
             except _SHAPE_ERRORS as exc:
                 raise _Invalid("invalid_schema", f"{type(exc).__name__}: {exc}") from None
         except _Invalid as exc:
@@ -689,25 +744,46 @@ class Serializer:
         self._tags[key] = text
         return text
 
-    # -- status documents --------------------------------------------------------------------------------------
-    def _status(self, doc: Any, gateway: str, out: Converted, check_text: bool, latest: int) -> None:
+    # -- status, state and result documents -------------------------------------------------------------------
+    @staticmethod
+    def _document(doc: Any, schema: str, keys: frozenset[str], what: str, gateway: str, check_text: bool) -> None:
+        """The checks every gateway document passes: an object of ``schema``, text only, known keys, the topic's
+        gateway."""
         if not isinstance(doc, dict):
             raise _Invalid("invalid_schema", "payload is not a JSON object")
-        schema = doc.get("schema")
-        if schema != STATUS_SCHEMA:
-            raise _Invalid("unknown_schema" if isinstance(schema, str) else "invalid_schema",
-                           f"schema {_show.repr(schema)} is not {STATUS_SCHEMA!r}")
+        found = doc.get("schema")
+        if found != schema:
+            raise _Invalid("unknown_schema" if isinstance(found, str) else "invalid_schema",
+                           f"schema {_show.repr(found)} is not {schema!r}")
         if check_text:
             bad = _lone_surrogate(doc)
             if bad is not None:
-                raise _Invalid("invalid_text", f"the status holds a lone surrogate, which is not text: "
+                raise _Invalid("invalid_text", f"the {what} holds a lone surrogate, which is not text: "
                                f"{_show.repr(bad)}")
-        extra = doc.keys() - _STATUS_KEYS
+        extra = doc.keys() - keys
         if extra:
-            raise _Invalid("invalid_schema", f"unknown keys in the status: {', '.join(map(repr, sorted(extra)))}")
+            raise _Invalid("invalid_schema", f"unknown keys in the {what}: {', '.join(map(repr, sorted(extra)))}")
         if doc.get("gateway") != gateway:
-            raise _Invalid("wrong_gateway", f"the status names gateway {_show.repr(doc.get('gateway'))}, its topic "
+            raise _Invalid("wrong_gateway", f"the {what} names gateway {_show.repr(doc.get('gateway'))}, its topic "
                            f"{gateway!r}")
+
+    def _document_time(self, ts: Any, latest: int, *, unsynced: bool = False) -> int:
+        """A document's ``ts_us``, checked like a reading's: between 2020 and ``max_future_s`` ahead, or, from a
+        gateway that says its clock is not set (``unsynced``), the bridge's time instead."""
+        if not _is_int(ts):
+            raise _Invalid("invalid_schema", f"ts_us {_show.repr(ts)} is not an integer")
+        if EPOCH_FLOOR_US <= ts <= latest:
+            return ts
+        if unsynced:
+            return self._now_us()
+        if ts < EPOCH_FLOOR_US:
+            raise _Invalid("timestamp_before_2020", f"ts_us {ts} is before 2020-01-01")
+        ahead_s = (ts - latest + self.max_future_us) / 1e6
+        raise _Invalid("timestamp_in_future", f"ts_us {ts} is {ahead_s:.0f} s ahead of the bridge's clock (at "
+                       f"most {self.max_future_us / 1e6:.0f} s)")
+
+    def _status(self, doc: Any, gateway: str, out: Converted, check_text: bool, latest: int) -> None:
+        self._document(doc, STATUS_SCHEMA, _STATUS_KEYS, "status", gateway, check_text)
         state = doc.get("state")
         if state not in ("online", "offline"):
             raise _Invalid("invalid_schema", f"state {_show.repr(state)} is not online or offline")
@@ -715,16 +791,8 @@ class Serializer:
         if agent is not None and not isinstance(agent, str):
             raise _Invalid("invalid_schema", "agent is not text")
         ts = doc.get("ts_us")
-        if ts is None:
-            ts = self._now_us()  # the Last Will carries no time: the broker sent it when the gateway vanished
-        elif not _is_int(ts):
-            raise _Invalid("invalid_schema", f"ts_us {_show.repr(ts)} is not an integer")
-        elif ts < EPOCH_FLOOR_US:
-            raise _Invalid("timestamp_before_2020", f"ts_us {ts} is before 2020-01-01")
-        elif ts > latest:
-            ahead_s = (ts - latest + self.max_future_us) / 1e6
-            raise _Invalid("timestamp_in_future", f"ts_us {ts} is {ahead_s:.0f} s ahead of the bridge's clock (at "
-                           f"most {self.max_future_us / 1e6:.0f} s)")
+        # The Last Will carries no time: the broker sent it when the gateway vanished.
+        ts = self._now_us() if ts is None else self._document_time(ts, latest)
         site = self._site(gateway, None, out)
         fields = ["online=1.0" if state == "online" else "online=0.0"]
         if agent is not None:
@@ -736,6 +804,122 @@ class Serializer:
             fields.append(f"municipality={escape_string_field(info.municipality)}")
         out.lines.append(f"gateway_status,gateway={gateway},site={site} {','.join(fields)} {ts}")
         out.sources.append(f"status:{gateway}")
+
+    def _state(self, doc: Any, gateway: str, out: Converted, check_text: bool, latest: int) -> None:
+        self._document(doc, STATE_SCHEMA, _STATE_KEYS, "state", gateway, check_text)
+        missing = [k for k in _STATE_REQUIRED if k not in doc]
+        if missing:
+            raise _Invalid("invalid_schema", f"the state lacks {', '.join(missing)}")
+        siren = _part(doc, "siren", _SIREN_KEYS, ("configured", "on"))
+        lamp = _part(doc, "lamp", _LAMP_KEYS, ("configured", "state"))
+        held = _part(doc, "held", _HELD_KEYS, ("active", "count"))
+        for name, part, key in (("siren", siren, "configured"), ("siren", siren, "on"),
+                                ("lamp", lamp, "configured"), ("held", held, "active")):
+            if type(part[key]) is not bool:
+                raise _Invalid("invalid_schema", f"{name}.{key} {_show.repr(part[key])} is not true or false")
+        why = siren.get("why")
+        if why not in SIREN_WHY:
+            raise _Invalid("invalid_schema", f"siren.why {_show.repr(why)} is not alert, offline, test or null")
+        alert = siren.get("alert")
+        if alert is not None and not isinstance(alert, str):
+            raise _Invalid("invalid_schema", "siren.alert is not text")
+        silenced = siren.get("silenced", [])
+        if not isinstance(silenced, list) or not all(isinstance(k, str) for k in silenced):
+            raise _Invalid("invalid_schema", "siren.silenced is not a list of alert keys")
+        lamp_state = lamp["state"]
+        if not isinstance(lamp_state, str) or not _STATE_NAME_RE.match(lamp_state):
+            raise _Invalid("invalid_schema", f"lamp.state {_show.repr(lamp_state)} is not a state name")
+        count, reason, until = held["count"], held.get("reason"), held.get("until_us")
+        if not _is_int(count) or count < 0:
+            raise _Invalid("invalid_schema", f"held.count {_show.repr(count)} is not a count")
+        if reason not in HELD_REASONS:
+            raise _Invalid("invalid_schema", f"held.reason {_show.repr(reason)} is not clock_unsynced or null")
+        if until is not None and not _is_int(until):
+            raise _Invalid("invalid_schema", f"held.until_us {_show.repr(until)} is not an integer")
+        relays = doc.get("relays", [])
+        if not isinstance(relays, list):
+            raise _Invalid("invalid_schema", "relays is not a list")
+        alerts = doc["alerts"]
+        if not isinstance(alerts, list):
+            raise _Invalid("invalid_schema", "alerts is not a list")
+        unacknowledged = 0
+        for a in alerts:
+            if not isinstance(a, dict):
+                raise _Invalid("invalid_schema", "an entry of alerts is not an object")
+            by = a.get("acknowledged_by")
+            if by is None:
+                unacknowledged += 1
+            elif not isinstance(by, str):
+                raise _Invalid("invalid_schema", f"alerts[].acknowledged_by {_show.repr(by)} is not text or null")
+        # A gateway that says its clock was never set stamps its state like its unsynced readings: decades off.
+        ts = self._document_time(doc["ts_us"], latest, unsynced=reason == "clock_unsynced")
+        site = self._site(gateway, None, out)
+        # Every field in every point (null as ""), so that last() of each comes from the same document.
+        fields = ",".join((
+            "siren_on=1.0" if siren["on"] else "siren_on=0.0", f"siren_why={escape_string_field(why or '')}",
+            f"siren_alert={escape_string_field(alert or '')}", f"lamp={escape_string_field(lamp_state)}",
+            "held_active=1.0" if held["active"] else "held_active=0.0", f"held_count={float(count)!r}",
+            f"alerts_open={float(len(alerts))!r}", f"alerts_unacknowledged={float(unacknowledged)!r}"))
+        out.lines.append(f"gateway_state,gateway={gateway},site={site} {fields} {ts}")
+        out.sources.append(f"state:{gateway}")
+
+    def _results(self, doc: Any, gateway: str, out: Converted, check_text: bool, latest: int) -> None:
+        self._document(doc, RESULT_SCHEMA, _RESULT_KEYS, "result", gateway, check_text)
+        missing = [k for k in _RESULT_REQUIRED if k not in doc]
+        if missing:
+            raise _Invalid("invalid_schema", f"the result lacks {', '.join(missing)}")
+        command = doc["command"]
+        if command not in COMMANDS:
+            raise _Invalid("invalid_schema", f"command {_show.repr(command)} is not one of "
+                           f"{', '.join(sorted(COMMANDS))}")
+        request_id, by, via = doc.get("request_id"), doc.get("by"), doc.get("via")
+        if request_id is not None and (not isinstance(request_id, str) or not _REQUEST_ID_RE.match(request_id)):
+            raise _Invalid("invalid_schema", f"request_id {_show.repr(request_id)} is not 1-64 of A-Z a-z 0-9 _ -")
+        if by is not None and not isinstance(by, str):
+            raise _Invalid("invalid_schema", "by is not text")
+        if via not in VIAS:
+            raise _Invalid("invalid_schema", f"via {_show.repr(via)} is not console, cli or null")
+        results = doc["results"]
+        if not isinstance(results, list) or not results:
+            raise _Invalid("invalid_schema", "results is not a list, or empty")
+        entries: list[tuple[str, str]] = []
+        for r in results:
+            if not isinstance(r, dict):
+                raise _Invalid("invalid_schema", "an entry of results is not an object")
+            extra = r.keys() - _RESULT_ENTRY_KEYS
+            if extra:
+                raise _Invalid("invalid_schema", f"unknown keys in a result: {', '.join(map(repr, sorted(extra)))}")
+            target, outcome = r.get("target"), r.get("outcome")
+            if outcome not in OUTCOMES:
+                raise _Invalid("invalid_schema", f"outcome {_show.repr(outcome)} is not one of "
+                               f"{', '.join(sorted(OUTCOMES))}")
+            if target is not None and not isinstance(target, str):
+                raise _Invalid("invalid_schema", "a result's target is not text")
+            entries.append((outcome, target or ""))
+        ts = self._document_time(doc["ts_us"], latest)
+        site = self._site(gateway, None, out)
+        # Who asked, and which request: the same for every entry of the document.
+        common = (f"by={escape_string_field(by or '')},request_id={escape_string_field(request_id or '')},"
+                  f"via={escape_string_field(via or '')}")
+        for i, (outcome, target) in enumerate(entries):
+            # One point per target, a microsecond apart, so that none overwrites another.
+            out.lines.append(f"command_result,command={command},gateway={gateway},outcome={outcome},site={site} "
+                             f"target={escape_string_field(target)},{common} {ts + i}")
+            out.sources.append(f"results:{gateway}")
+
+
+def _part(doc: dict[str, Any], name: str, keys: frozenset[str], required: tuple[str, ...]) -> dict[str, Any]:
+    """The object ``doc[name]`` with its required keys and no unknown ones, or :class:`_Invalid`."""
+    part = doc[name]
+    if not isinstance(part, dict):
+        raise _Invalid("invalid_schema", f"{name} is not an object")
+    missing = [k for k in required if k not in part]
+    if missing:
+        raise _Invalid("invalid_schema", f"{name} lacks {', '.join(missing)}")
+    extra = part.keys() - keys
+    if extra:
+        raise _Invalid("invalid_schema", f"unknown keys in {name}: {', '.join(map(repr, sorted(extra)))}")
+    return part
 
 
 def _field_set(fields: list[str]) -> str:

@@ -12,7 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.bridge.lineproto import Converted, Serializer, escape_key, escape_string_field, escape_tag_value
+from agent.bridge.lineproto import (
+    COMMANDS,
+    OUTCOMES,
+    Converted,
+    Serializer,
+    escape_key,
+    escape_string_field,
+    escape_tag_value,
+)
 from agent.bridge.registry import GatewayInfo, GatewayRegistry
 from agent.clock import EPOCH_FLOOR_US
 from tests.bridge._helpers import T0_US, batch, reading, topic
@@ -621,21 +629,253 @@ def test_a_reading_nested_almost_too_deeply_is_refused_alone() -> None:
     assert conv.readings == 1 and [r.reason for r in conv.rejects] == ["invalid_reading"]
 
 
+# -- the alert loop: the gateway's state and the results of the commands it was sent -----------------------------------
+def state_doc(*, gateway: str = GW, ts_us: int = T0_US, on: bool = True, why: str | None = "alert",
+              alert: str | None = "sos:00a1b2c3", lamp: str = "alarm", held: dict | None = None,
+              acknowledged: tuple[str | None, ...] = (None, "山田 太郎")) -> dict:
+    """A ``denen.state/1`` document as the contract writes it (issue 11)."""
+    return {"schema": "denen.state/1", "gateway": gateway, "ts_us": ts_us,
+            "siren": {"configured": True, "on": on, "why": why, "alert": alert, "silenced": ["river_stage:00000301"]},
+            "lamp": {"configured": True, "state": lamp}, "relays": [],
+            "held": held or {"active": False, "reason": None, "count": 0, "until_us": None},
+            "alerts": [{"key": f"sos:0000010{i}", "id": f"{GW}:sos:0000010{i}#4", "type": "sos", "node": f"0000010{i}",
+                        "name": "sos-1", "severity": "emergency", "since_us": T0_US - 60_000_000,
+                        "message": "SOS", "value": None, "lat_deg": 35.8, "lon_deg": 139.0, "repeating": by is None,
+                        "acknowledged_by": by} for i, by in enumerate(acknowledged)]}
+
+
+def result_doc(*, gateway: str = GW, ts_us: int = T0_US, command: str = "alert-ack",
+               results: list | None = None, **changes: object) -> dict:
+    """A ``denen.result/1`` document as the contract writes it (issue 11)."""
+    doc = {"schema": "denen.result/1", "gateway": gateway, "ts_us": ts_us, "command": command,
+           "request_id": "req-7f3a_01", "by": "山田 太郎", "via": "console",
+           "results": results if results is not None else [{"target": "sos:00a1b2c3", "outcome": "stopped"},
+                                                           {"target": "trap_fired:7a000001", "outcome": "not_active"}]}
+    return doc | changes
+
+
+def _state(doc: dict | bytes, **kwargs: object) -> Converted:
+    payload = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    gateway = GW if isinstance(doc, bytes) else doc.get("gateway", GW)
+    return serializer(**kwargs).convert(f"denen/v1/{gateway if isinstance(gateway, str) else GW}/state", payload)
+
+
+def _results(doc: dict | bytes, **kwargs: object) -> Converted:
+    payload = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return serializer(**kwargs).convert(f"denen/v1/{GW}/results", payload)
+
+
+def test_a_state_document_is_one_gateway_state_point() -> None:
+    conv = _state(state_doc())
+    assert not conv.rejects and conv.notes == [] and conv.gateway == GW and conv.readings == 0
+    assert conv.lines == [
+        f'gateway_state,gateway={GW},site=testville siren_on=1.0,siren_why="alert",siren_alert="sos:00a1b2c3",'
+        f'lamp="alarm",held_active=0.0,held_count=0.0,alerts_open=2.0,alerts_unacknowledged=1.0 {T0_US}']
+    assert conv.sources == [f"state:{GW}"]
+
+
+def test_a_silent_siren_and_held_readings_are_written_with_every_field() -> None:
+    held = {"active": True, "reason": "clock_unsynced", "count": 37, "until_us": T0_US + 600_000_000}
+    conv = _state(state_doc(on=False, why=None, alert=None, lamp="no_backhaul", held=held, acknowledged=()))
+    assert conv.lines == [
+        f'gateway_state,gateway={GW},site=testville siren_on=0.0,siren_why="",siren_alert="",lamp="no_backhaul",'
+        f'held_active=1.0,held_count=37.0,alerts_open=0.0,alerts_unacknowledged=0.0 {T0_US}']
+
+
+def test_command_results_are_one_point_per_target_a_microsecond_apart() -> None:
+    conv = _results(result_doc())
+    assert not conv.rejects and conv.gateway == GW and conv.sources == [f"results:{GW}"] * 2
+    common = 'by="山田 太郎",request_id="req-7f3a_01",via="console"'
+    assert conv.lines == [
+        f'command_result,command=alert-ack,gateway={GW},outcome=stopped,site=testville '
+        f'target="sos:00a1b2c3",{common} {T0_US}',
+        f'command_result,command=alert-ack,gateway={GW},outcome=not_active,site=testville '
+        f'target="trap_fired:7a000001",{common} {T0_US + 1}']
+    chirp = _results(result_doc(command="test-chirp", request_id=None, by=None, via=None,
+                                results=[{"target": None, "outcome": "chirped"}]))
+    assert chirp.lines == [f'command_result,command=test-chirp,gateway={GW},outcome=chirped,site=testville '
+                           f'target="",by="",request_id="",via="" {T0_US}']
+    # A document without the optional keys is the same as one with nulls.
+    bare = {k: v for k, v in result_doc(command="test-chirp", results=[{"target": None, "outcome": "chirped"}]).items()
+            if k not in ("request_id", "by", "via")}
+    assert _results(bare).lines == chirp.lines
+
+
+def _state_with(**changes: object) -> dict:
+    """A state document with ``part.key`` (or a top-level key) changed; the value None under "DELETE" removes."""
+    doc = state_doc()
+    for path, value in changes.items():
+        holder, key = doc, path
+        if "__" in path:
+            part, key = path.split("__", 1)
+            holder = doc[part]
+        if value == "DELETE":
+            del holder[key]
+        else:
+            holder[key] = value
+    return doc
+
+
+@pytest.mark.parametrize(("doc", "reason"), [
+    (b"{not json", "invalid_json"),
+    (b"[]", "invalid_schema"),
+    (json.dumps(_state_with(schema="denen.state/2")).encode(), "unknown_schema"),
+    (json.dumps(_state_with(schema=None)).encode(), "invalid_schema"),
+    (json.dumps(_state_with(gateway="gw-other")).encode(), "wrong_gateway"),
+    (json.dumps(_state_with(extra=1)).encode(), "invalid_schema"),
+    (json.dumps(_state_with(siren="DELETE")).encode(), "invalid_schema"),
+    (json.dumps(_state_with(siren__on="yes")).encode(), "invalid_schema"),
+    (json.dumps(_state_with(siren__on=1)).encode(), "invalid_schema"),
+    (json.dumps(_state_with(siren__why="angry")).encode(), "invalid_schema"),
+    (json.dumps(_state_with(siren__why=["alert"])).encode(), "invalid_schema"),
+    (json.dumps(_state_with(siren__alert=5)).encode(), "invalid_schema"),
+    (json.dumps(_state_with(siren__silenced="sos:1")).encode(), "invalid_schema"),
+    (json.dumps(_state_with(siren__volume=11)).encode(), "invalid_schema"),
+    (json.dumps(_state_with(lamp__state="ok,site=victim")).encode(), "invalid_schema"),
+    (json.dumps(_state_with(lamp__state="")).encode(), "invalid_schema"),
+    (json.dumps(_state_with(lamp__state="x" * 41)).encode(), "invalid_schema"),
+    (json.dumps(_state_with(held__count=-1)).encode(), "invalid_schema"),
+    (json.dumps(_state_with(held__count=1.5)).encode(), "invalid_schema"),
+    (json.dumps(_state_with(held__reason="bored")).encode(), "invalid_schema"),
+    (json.dumps(_state_with(held__until_us="soon")).encode(), "invalid_schema"),
+    (json.dumps(_state_with(alerts={})).encode(), "invalid_schema"),
+    (json.dumps(_state_with(alerts=[1])).encode(), "invalid_schema"),
+    (json.dumps(_state_with(alerts=[{"acknowledged_by": 7}])).encode(), "invalid_schema"),
+    (json.dumps(_state_with(relays={})).encode(), "invalid_schema"),
+    (json.dumps(_state_with(ts_us="now")).encode(), "invalid_schema"),
+    (json.dumps(_state_with(ts_us=EPOCH_FLOOR_US - 1)).encode(), "timestamp_before_2020"),
+    (json.dumps(_state_with(ts_us=T0_US + 10**15)).encode(), "timestamp_in_future"),
+    (json.dumps(_state_with(siren__alert=LONE)).encode(), "invalid_text"),
+    (json.dumps(_state_with(alerts=[{"message": LONE, "acknowledged_by": None}])).encode(), "invalid_text"),
+])
+def test_a_state_document_that_is_not_the_schema_is_dead_lettered_whole(doc: bytes, reason: str) -> None:
+    conv = _state(doc, now_us=lambda: T0_US)
+    _assert_storable(conv)
+    assert conv.lines == [] and conv.sources == []
+    [rej] = conv.rejects
+    assert (rej.reason, rej.kind, rej.content) == (reason, "payload", doc) and rej.detail
+
+
+@pytest.mark.parametrize(("doc", "reason"), [
+    (json.dumps(result_doc(schema="denen.result/9")).encode(), "unknown_schema"),
+    (json.dumps(result_doc(gateway="gw-other")).encode(), "wrong_gateway"),
+    (json.dumps(result_doc(extra=1)).encode(), "invalid_schema"),
+    (json.dumps(result_doc(command="reboot")).encode(), "invalid_schema"),
+    (json.dumps(result_doc(command="alert-ack,site=victim")).encode(), "invalid_schema"),
+    (json.dumps(result_doc(command=["alert-ack"])).encode(), "invalid_schema"),
+    (json.dumps(result_doc(results=[])).encode(), "invalid_schema"),
+    (json.dumps(result_doc(results={"target": "x", "outcome": "stopped"})).encode(), "invalid_schema"),
+    (json.dumps(result_doc(results=[{"target": "x", "outcome": "exploded"}])).encode(), "invalid_schema"),
+    (json.dumps(result_doc(results=[{"target": "x", "outcome": "stopped", "extra": 1}])).encode(),
+     "invalid_schema"),
+    (json.dumps(result_doc(results=[{"target": 5, "outcome": "stopped"}])).encode(), "invalid_schema"),
+    (json.dumps(result_doc(request_id="has space")).encode(), "invalid_schema"),
+    (json.dumps(result_doc(request_id="r" * 65)).encode(), "invalid_schema"),
+    (json.dumps(result_doc(request_id="")).encode(), "invalid_schema"),
+    (json.dumps(result_doc(by=["x"])).encode(), "invalid_schema"),
+    (json.dumps(result_doc(via="telepathy")).encode(), "invalid_schema"),
+    (json.dumps({k: v for k, v in result_doc().items() if k != "command"}).encode(), "invalid_schema"),
+    (json.dumps(result_doc(ts_us=5)).encode(), "timestamp_before_2020"),
+    (json.dumps(result_doc(ts_us=T0_US + 301_000_000)).encode(), "timestamp_in_future"),
+    (json.dumps(result_doc(by=LONE)).encode(), "invalid_text"),
+    (json.dumps(result_doc(results=[{"target": LONE, "outcome": "stopped"}])).encode(), "invalid_text"),
+])
+def test_a_result_document_that_is_not_the_schema_is_dead_lettered_whole(doc: bytes, reason: str) -> None:
+    conv = _results(doc, now_us=lambda: T0_US)
+    _assert_storable(conv)
+    assert conv.lines == [] and conv.sources == []
+    [rej] = conv.rejects
+    assert (rej.reason, rej.kind, rej.content) == (reason, "payload", doc) and rej.detail
+
+
+def test_free_text_of_state_and_results_is_one_string_field_each() -> None:
+    hostile = 'a"b\\c\n,d=e f\x00g' + "＼ " + "z" * 2000
+    assert "\n" in hostile and "\x00" in hostile and '"' in hostile and "\\" in hostile
+    state = _state(state_doc(alert=hostile))
+    result = _results(result_doc(by=hostile, results=[{"target": hostile, "outcome": "stopped"}]))
+    for conv in (state, result):
+        _assert_storable(conv)
+        [line] = conv.lines
+        assert "\x00" not in line and "\n" not in line
+        # The tags are the ones the bridge writes (a comma or an equals sign in the text made none).
+        head = re.split(r"(?<!\\) ", line, maxsplit=1)[0]
+        assert head == (f"gateway_state,gateway={GW},site=testville" if conv is state else
+                        f"command_result,command=alert-ack,gateway={GW},outcome=stopped,site=testville")
+    cut = escape_string_field(hostile)
+    assert f"siren_alert={cut}," in state.lines[0]
+    assert f"target={cut},by={cut}," in result.lines[0]
+
+
+def test_state_and_results_take_the_registrys_site_and_follow_its_policy() -> None:
+    for unknown in ("accept", "refuse"):
+        s = Serializer(registry=GatewayRegistry({GW: GatewayInfo("testville")},
+                                                unknown=unknown))  # type: ignore[arg-type]
+        other = "gw-stranger-07"
+        for t, doc in (("state", state_doc(gateway=other)), ("results", result_doc(gateway=other))):
+            conv = s.convert(f"denen/v1/{other}/{t}", json.dumps(doc).encode())
+            if unknown == "accept":
+                assert conv.lines and all(",site=unknown " in ln for ln in conv.lines)
+                assert [code for code, _ in conv.notes] == ["unknown_gateway"]
+            else:
+                assert conv.lines == [] and [r.reason for r in conv.rejects] == ["unknown_gateway"]
+
+
+def test_a_state_from_a_gateway_whose_clock_was_never_set_is_written_at_the_bridges_time() -> None:
+    # The gateway holds its readings because its clock is unsynced: its state is the one thing that says so.
+    held = {"active": True, "reason": "clock_unsynced", "count": 12, "until_us": None}
+    for stamp in (5_000_000, NOW + 10**15):
+        conv = _state(state_doc(ts_us=stamp, held=held), now_us=lambda: NOW)
+        assert not conv.rejects and parse_line(conv.lines[0])[3] == NOW
+    # The same stamps from a gateway that does not say so are dead-lettered, as a synced reading's.
+    for stamp, reason in ((5_000_000, "timestamp_before_2020"), (NOW + 10**15, "timestamp_in_future")):
+        assert [r.reason for r in _state(state_doc(ts_us=stamp), now_us=lambda: NOW).rejects] == [reason]
+    # A result carries no clock state: dead-lettered.
+    assert [r.reason for r in _results(result_doc(ts_us=5_000_000), now_us=lambda: NOW).rejects] == [
+        "timestamp_before_2020"]
+
+
+def test_other_topics_of_a_gateway_are_outside_the_scheme() -> None:
+    for t in ("state/x", "result", "cmd/alert-ack", "results/", "State"):
+        conv = serializer().convert(f"denen/v1/{GW}/{t}", json.dumps(state_doc()).encode())
+        assert conv.lines == [] and [r.reason for r in conv.rejects] == ["invalid_schema"] and conv.gateway is None
+
+
 # -- the property: whatever the topic and the bytes, convert() returns, and everything it returns can be stored ------
 _ANY_CHAR = st.characters(codec=None, exclude_categories=())  # every code point, lone surrogates included
 _TEXT = st.one_of(st.text(_ANY_CHAR, max_size=12), st.sampled_from(
     [LONE, "\udfff", "a\\,gateway\\=victim", "ends\\", "\n", "\x00", "\u200b", "🌊", "time", "message", ""]))
 
 
+def _mostly(good: st.SearchStrategy, bad: st.SearchStrategy = _TEXT) -> st.SearchStrategy:
+    """``good`` seven times in eight, else ``bad``: enough documents pass the schema for their text to be written."""
+    return st.integers(0, 7).flatmap(lambda i: good if i else bad)
+
+
 @st.composite
 def _hostile_message(draw: st.DrawFn) -> tuple[str, bytes]:
     # Mostly well-formed around the hostile strings, so that they get past the schema checks to the lines.
     gw = draw(st.sampled_from([GW, GW, "gw-stranger-07"])) if draw(st.integers(0, 4)) else draw(_TEXT)
-    if draw(st.booleans()):
+    which = draw(st.sampled_from(["status", "readings", "state", "results"]))
+    ts = draw(_mostly(st.just(T0_US), st.sampled_from([NOW + 10**15, 5_000_000]) | st.integers()))
+    if which == "status":
         state = draw(st.sampled_from(["online", "offline", "x"]))
-        ts = draw(st.sampled_from([T0_US, NOW + 10**15]) | st.integers())
         doc: dict = {"schema": "denen.status/1", "gateway": gw, "state": state, "agent": draw(_TEXT), "ts_us": ts}
         t = f"denen/v1/{gw}/status"
+    elif which == "state":
+        held = {"active": draw(st.booleans()), "reason": draw(_mostly(st.sampled_from(["clock_unsynced", None]))),
+                "count": draw(_mostly(st.integers(0, 10**20), st.integers())), "until_us": None}
+        doc = state_doc(gateway=gw, ts_us=ts, why=draw(_mostly(st.sampled_from(["alert", "offline", "test", None]))),
+                        alert=draw(_TEXT | st.none()), lamp=draw(_mostly(st.sampled_from(["ok", "no_backhaul"]))),
+                        held=held, acknowledged=tuple(draw(st.lists(_mostly(st.none()), max_size=3))))
+        doc["siren"]["silenced"] = draw(st.lists(_TEXT, max_size=2))
+        t = f"denen/v1/{gw}/state"
+    elif which == "results":
+        entries = [{"target": draw(_TEXT | st.none()), "outcome": draw(_mostly(st.sampled_from(sorted(OUTCOMES))))}
+                   for _ in range(draw(_mostly(st.integers(1, 3), st.just(0))))]
+        doc = result_doc(gateway=gw, ts_us=ts, command=draw(_mostly(st.sampled_from(sorted(COMMANDS)))),
+                         request_id=draw(_mostly(st.sampled_from(["req-1", None]))), by=draw(_TEXT | st.none()),
+                         via=draw(_mostly(st.sampled_from(["console", "cli", None]))), results=entries)
+        t = f"denen/v1/{gw}/results"
     else:
         readings = []
         for i in range(draw(st.integers(1, 3))):
@@ -678,8 +918,11 @@ def test_convert_never_raises_and_everything_it_returns_can_be_stored(unknown: s
         keys = [re.split(r"(?<!\\)=", tag, maxsplit=1)[0] for tag in tags]
         assert measurement in MEASUREMENTS and set(keys) <= TAG_KEYS and len(keys) == len(set(keys)), line
         assert "\\\\" not in head
+        if measurement == "command_result":  # tags, so only the few known values
+            values = dict(tag.split("=", 1) for tag in tags)
+            assert values["command"] in COMMANDS and values["outcome"] in OUTCOMES, line
 
 
 MEASUREMENTS = {"sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat", "node_health", "gateway_health",
-                "alert", "gateway_status"}
-TAG_KEYS = {"site", "gateway", "node", "name", "kind", "type", "severity"}
+                "alert", "gateway_status", "gateway_state", "command_result"}
+TAG_KEYS = {"site", "gateway", "node", "name", "kind", "type", "severity", "command", "outcome"}

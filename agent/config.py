@@ -993,7 +993,8 @@ class NodeConfig(_Section):
         default=600,
         ge=1,
         description="Expected reporting interval in seconds (e.g. 600 for 10 minutes, 86400 for a daily "
-        "heartbeat); a node silent for much longer raises an alert.",
+        "heartbeat). A node silent for rules.silence_factor x interval_s (default 3 x) raises node_silent, and "
+        "denen monitor marks it LATE at the same threshold.",
     )
     location: LocationConfig | None = Field(default=None, description="Installed position {lat, lon}. Optional.")
     radio: str | None = Field(
@@ -2023,6 +2024,14 @@ def _warning_problems(config: Config) -> list[Found]:
                       "every reading cross the network in clear",
                       "use tls: {ca_file: ...} unless the path to the broker is a trusted private network"))
     # Who can read secrets is checked by the loader itself (_secret_mode_problems), for every config file.
+    rivers = {r.node for r in config.rules.rivers}
+    for i, node in enumerate(config.nodes):
+        if node.kind == "water_level" and node.id.lower() not in rivers:
+            found.append((("nodes", i, "kind"), f"water_level node {node.id} ({node.name}) has no river stage "
+                          "rule, so no level it reports raises an alert (only its silence does)",
+                          f"add it under rules.rivers: - node: \"{node.id}\" with stages_cm: standby (水防団待機水位), "
+                          "caution (はん濫注意水位), evacuation (避難判断水位), danger (はん濫危険水位) in cm on the "
+                          "gauge's datum, as in config/river-station.yaml"))
     if not config.nodes and config.unknown_nodes == "quarantine":
         found.append((("unknown_nodes",), "no nodes are listed and unknown_nodes is quarantine, so every frame "
                       "will be set aside", "list the nodes under nodes:, or set unknown_nodes: accept"))
@@ -2173,6 +2182,16 @@ Rules worth knowing:
 - **Unknown nodes are bounded.** With `unknown_nodes: accept`, at most `unknown_nodes_max` nodes that are not in
   `nodes:` are tracked (least recently heard dropped first, counted `nodes.unknown_evicted`); one not heard for
   `unknown_nodes_forget_after_s` is dropped (`nodes.unknown_aged_out`). Nodes in `nodes:` are never dropped.
+- **River stages.** A `water_level` node alerts on its level only through a rule under `rules.rivers` with the
+  gauge's four MLIT levels (水防団待機水位 `standby`, はん濫注意水位 `caution`, 避難判断水位 `evacuation`,
+  はん濫危険水位 `danger`, in cm on the gauge's datum; `config/river-station.yaml` shows one). `denen config
+  validate` warns, at the node's `kind:` line, about a `water_level` node without one.
+- **Silent nodes.** A node is silent after `rules.silence_factor` x its `interval_s` without a frame (default 3 x):
+  the `node_silent` alert is raised (for kinds in `rules.silence_kinds`), and `denen monitor` marks it **LATE** at
+  the same threshold. They can still differ in two ways, both shown in the monitor's legend: the alert does not
+  count time the agent was stopped (and counts a node never heard from the agent's start), while the monitor
+  counts wall-clock time since the node's last frame in the journal, so after an outage a node can be LATE before
+  its alert; and nodes of kinds the alert does not watch are shown `LATE (no alert)`.
 - **The journal is private**: created mode 0600 whatever the umask (its -wal and -shm files too), and a
   symbolic link at `journal.path` (or its -wal/-shm) is refused. Read it as the agent's user
   (`sudo -u denen denen status`).

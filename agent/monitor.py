@@ -21,7 +21,12 @@ these lines: wet foliage, snow and seasonal growth in a forest take 5–10 dB of
 Separately, RSSI within 6 dB of the sensitivity is flagged (``rssi_near_limit``): the frame was barely above the
 noise whatever its SNR said. One frame is one sample; watch a few before deciding.
 
-A node is **late** when it has been silent for more than twice its ``interval_s``.
+A node is **late** once it has been silent for ``rules.silence_factor`` × its ``interval_s`` (default 3 ×): the
+threshold of the ``node_silent`` alert (agent/rules.py), so LATE and the alert mean the same silence. They can still
+differ in two ways, said in the legend: the alert does not count time the agent was stopped (and counts a node never
+heard from the agent's start), while the monitor counts wall-clock time since the node's last frame in the journal,
+so after an outage a node can show LATE before its alert is raised; and a node of a kind not in
+``rules.silence_kinds`` raises no alert, so it shows ``LATE (no alert)``. Without a config the rules' defaults apply.
 
 Output: a rich table (Ctrl-C stops); ``--once`` prints it once; ``--json`` prints the same data as JSON
 (``"schema": "denen.monitor/1"``), once with ``--once``, else one document per line per refresh. Exit code 0; 1 when
@@ -69,8 +74,6 @@ RATINGS: tuple[tuple[str, float], ...] = (("excellent", 10.0), ("good", 5.0), ("
 POOR = "poor"
 #: RSSI closer than this to the sensitivity is flagged, in dB.
 RSSI_NEAR_LIMIT_DB = 6.0
-#: A node silent for longer than this many of its interval_s is late.
-LATE_FACTOR = 2.0
 _DEFAULT_SF = 10
 _DEFAULT_BW_KHZ = 125.0
 
@@ -163,8 +166,14 @@ def collect(journal_path: str, config: Any | None = None, *, now_us: int | None 
     """
     from agent import status  # noqa: PLC0415
 
+    from agent.rules import RulesConfig  # noqa: PLC0415
+
     data = status.collect(journal_path)
     now_us = time.time_ns() // 1000 if now_us is None else now_us
+    # The node_silent alert's own threshold, so that LATE and the alert agree.
+    rules = getattr(config, "rules", None) or RulesConfig()
+    late_factor = float(rules.silence_factor)
+    watched = set(rules.silence_kinds)
     radios = _radio_settings(config) if config is not None else {}
     only_radio = next(iter(radios.values())) if len(radios) == 1 else None
     configured = {n.id: n for n in config.nodes} if config is not None else {}
@@ -182,9 +191,11 @@ def collect(journal_path: str, config: Any | None = None, *, now_us: int | None 
         ok = int(n.get("frames_ok") or 0)
         bad = int(n.get("frames_bad") or 0)
         margin = link_margin(n.get("rssi"), n.get("snr"), sf, bw)
+        # As the rule: silent once now >= last heard + ceil(factor x interval) µs.
+        late_after_us = None if interval is None else math.ceil(late_factor * interval * 1_000_000)
         if not seen:
             state = "never heard"
-        elif interval is not None and age is not None and age > LATE_FACTOR * interval:
+        elif late_after_us is not None and now_us - seen >= late_after_us:
             state = "late"
         else:
             state = "ok"
@@ -198,6 +209,8 @@ def collect(journal_path: str, config: Any | None = None, *, now_us: int | None 
             "last_seen_us": seen,
             "last_seen_age_s": age,
             "interval_s": interval,
+            "late_after_s": None if late_after_us is None else late_after_us / 1e6,
+            "silence_alert": cfg_node is not None and cfg_node.kind in watched,
             "rssi_dbm": n.get("rssi"),
             "snr_db": n.get("snr"),
             "battery_v": n.get("battery_v"),
@@ -222,7 +235,7 @@ def collect(journal_path: str, config: Any | None = None, *, now_us: int | None 
         "agent_running": data["agent"]["running"],
         "bad_frames": data["bad_frames"],
         "thresholds": {"ratings_db": dict(RATINGS), "rssi_near_limit_db": RSSI_NEAR_LIMIT_DB,
-                       "late_factor": LATE_FACTOR},
+                       "late_factor": late_factor, "silence_kinds": sorted(watched)},
         "nodes": rows,
     }
 
@@ -264,20 +277,28 @@ def render(data: dict[str, Any]) -> Any:
         rssi = Text(_num(n["rssi_dbm"]), style="bold red" if n["rssi_near_limit"] else "")
         link = Text(n["rating"] + (" (RSSI near limit)" if n["rssi_near_limit"] else ""),
                     style=_RATING_STYLE.get(n["rating"], ""))
-        seen = Text(_age(n["last_seen_age_s"]) + (" LATE" if n["state"] == "late" else ""),
-                    style=_STATE_STYLE.get(n["state"], ""))
+        late = "" if n["state"] != "late" else " LATE" if n["silence_alert"] else " LATE (no alert)"
+        seen = Text(_age(n["last_seen_age_s"]) + late, style=_STATE_STYLE.get(n["state"], ""))
         bad = Text(str(n["frames_bad"]), style="yellow" if n["frames_bad"] else "")
         table.add_row(n["node"], n["name"] or "?", n["kind"] or "?", seen, rssi, _num(n["snr_db"], 1),
                       str(n["spreading_factor"]), _num(n["link_margin_db"], 1), link, _num(n["battery_v"], 2),
                       str(n["frames_ok"]), bad)
     lines = ", ".join(f"{name} >= {low:g} dB" for name, low in RATINGS)
-    table.caption = (f"link margin = min(SNR - floor of the SF, RSSI - sensitivity): {lines}, poor below; "
-                     f"late = silent > {LATE_FACTOR:g} x interval")
+    factor = data["thresholds"]["late_factor"]
+    table.caption = (f"link margin = min(SNR - floor of the SF, RSSI - sensitivity): {lines}, poor below.\n"
+                     f"LATE = silent >= {factor:g} x interval (rules.silence_factor), the threshold of the "
+                     "node_silent alert; the alert does not count time the agent was stopped, so after an outage "
+                     "LATE can show first; (no alert): kind not in rules.silence_kinds")
     return table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``denen monitor``."""
+    """Arguments of ``denen monitor``, and the legend of its LATE mark as the help's epilog."""
+    parser.epilog = (
+        "LATE: silent for rules.silence_factor x the node's interval_s (default 3 x), the threshold of the "
+        "node_silent alert. The alert does not count time the agent was stopped, so after an outage a node can be "
+        "LATE before its alert; a node of a kind not in rules.silence_kinds is LATE (no alert). With -j and no "
+        "config, the rules' defaults apply.")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("-c", "--config", default=None,
                      help="config file (default: the config the agent runs: flashed, installed or /etc/denen)")

@@ -153,6 +153,86 @@ def test_field_examples_fit_their_use() -> None:
     assert {"water_level", "rain", "tilt"} <= {n.kind for n in river.nodes}
 
 
+def test_river_station_alerts_at_each_mlit_stage_of_its_gauge() -> None:
+    """The river example is one that alerts: its gauge has the four MLIT levels, and each raises its stage."""
+    from agent.rules import STAGE_NAMES, RuleEngine, node_infos
+
+    path = CONFIG_DIR / "river-station.yaml"
+    river = load_config(path)
+    gauges = [n for n in river.nodes if n.kind == "water_level"]
+    assert gauges and {r.node for r in river.rules.rivers} == {n.id for n in gauges}
+    text = path.read_text(encoding="utf-8")
+    [rule] = river.rules.rivers
+    for key, name in (("standby", "水防団待機水位"), ("caution", "はん濫注意水位"), ("evacuation", "避難判断水位"),
+                      ("danger", "はん濫危険水位")):
+        # Each level is written with its MLIT name beside it.
+        assert f"{key}: {getattr(rule.stages_cm, key):g}" in text and name in text.split(f"{key}: ")[1].splitlines()[0]
+    assert [n[1] for _, n in sorted(STAGE_NAMES.items()) if _ > 0] == ["水防団待機水位", "はん濫注意水位", "避難判断水位",
+                                                                       "はん濫危険水位"]
+    # Readings of a rising river through the rule engine built from this file: each line raises its stage once.
+    gauge = gauges[0]
+    engine = RuleEngine(river.rules, node_infos(river.nodes), start_us=1_764_000_000_000_000)
+    raised = []
+    for i, level in enumerate((100.0, *(v + 1 for v in rule.stages_cm.as_tuple()))):
+        reading = {"node": gauge.id, "name": gauge.name, "kind": "water_level", "fcnt": i + 1,
+                   "ts_us": 1_764_000_000_000_000 + (i + 1) * 600_000_000, "values": {"level_cm": level}}
+        raised += [(a.type, a.level, a.severity) for a in engine.on_reading(reading) if a.type == "river_stage"]
+    assert raised == [("river_stage", 1, "info"), ("river_stage", 2, "warning"), ("river_stage", 3, "emergency"),
+                      ("river_stage", 4, "emergency")]
+    assert engine.siren_wanted()  # 避難判断水位 and above sound the siren (rules.siren)
+
+
+def test_a_water_level_node_without_a_stage_rule_is_warned_about(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    text = (CONFIG_DIR / "river-station.yaml").read_text(encoding="utf-8")
+    start, end = text.index("  rivers:\n"), text.index("  # Slope tilt")
+    path = tmp_path / "river-station.yaml"
+    path.write_text(text[:start] + text[end:], encoding="utf-8")
+    cfg = load_config(path)
+    [warning] = cfg.warnings
+    assert warning.key == "nodes[0].kind" and warning.line == line_of(path, "kind: water_level")
+    assert warning.message.startswith("water_level node 3c000001 (river-kiso-bridge) has no river stage rule")
+    assert warning.hint is not None and "rules.rivers" in warning.hint
+    for name in ("水防団待機水位", "はん濫注意水位", "避難判断水位", "はん濫危険水位"):
+        assert name in warning.hint
+    assert f"{path}:{warning.line}:" in str(warning) and "(hint: add it under rules.rivers" in str(warning)
+    assert "config warning" in caplog.text
+    # A rule for another node does not count; one for this node, in any spelling of its id, does.
+    other = tmp_path / "other.yaml"
+    other.write_text(text.replace('- node: "3c000001"', '- node: "3c000009"'), encoding="utf-8")
+    assert [w.key for w in load_config(other).warnings] == ["nodes[0].kind"]
+    upper = tmp_path / "upper.yaml"
+    upper.write_text(text.replace('- node: "3c000001"', "- node: 0x3C000001"), encoding="utf-8")
+    assert load_config(upper).warnings == ()
+
+
+def test_config_validate_prints_the_stage_warning_and_succeeds(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    text = (CONFIG_DIR / "river-station.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "river.yaml"
+    path.write_text(text[:text.index("rules:\n")] + text[text.index("health:\n"):], encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "config", "validate", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    line = line_of(path, "kind: water_level")
+    assert f"{path}:{line}:5: nodes[0].kind: water_level node 3c000001 (river-kiso-bridge) has no river stage " \
+           "rule" in proc.stderr
+    assert proc.stdout.startswith(f"{path}: ok")
+
+
+def test_interval_s_and_the_reference_say_when_a_node_is_silent_and_late() -> None:
+    from agent.config import NodeConfig
+
+    description = NodeConfig.model_fields["interval_s"].description or ""
+    assert "rules.silence_factor x interval_s" in description and "LATE at the same threshold" in description
+    text = " ".join(config_reference().split())
+    assert "`denen monitor` marks it **LATE** at the same threshold" in text
+    assert "the alert does not count time the agent was stopped" in text and "`LATE (no alert)`" in text
+    assert "warns, at the node's `kind:` line, about a `water_level` node without one" in text
+
+
 def test_trap_field_carries_the_protocol_worked_example_key() -> None:
     # PROTOCOLS.md §9: this frame's MIC under this node's key is F0CE538F. Proves the key survives loading intact.
     node = load_config(CONFIG_DIR / "trap-field.yaml").node_by_id[0x00A1B2C3]

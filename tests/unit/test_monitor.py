@@ -207,3 +207,72 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "agent.monitor", "-j", str(tmp_path / "none.db"), "--once"],
                           cwd=root, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "no journal at" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _silence_config(tmp: Path, journal: Path, rules: str) -> Path:
+    cfg = tmp / "silence.yaml"
+    cfg.write_text(f"""
+gateway: {{id: gw-mon-02, site: testville}}
+journal: {{path: {journal}}}
+radios:
+  - name: lora0
+    driver: rak3172
+    port: loop://
+nodes:
+  - {{id: "00000101", name: sos-hiker-1, kind: sos, unauthenticated: flag, interval_s: 3600}}
+  - {{id: "00000201", name: trap-1, kind: trap, unauthenticated: flag, interval_s: 600}}
+{rules}""")
+    return cfg
+
+
+@pytest.mark.parametrize("rules", ["", "rules:\n  silence_factor: 2.5\n  silence_kinds: [trap]\n"])
+def test_late_and_the_node_silent_alert_agree_to_the_microsecond(tmp_path: Path, rules: str) -> None:
+    from agent.rules import RuleEngine, node_infos
+
+    journal = tmp_path / "journal.db"
+    heard_us = NOW_US - 10 * 86_400_000_000
+    j = Journal(journal, quota_bytes=1 << 20)
+    j.commit(nodes=[NodeState("00000201", "trap-1", 3, heard_us, "lora0", -90.0, 5.0, 3.0, 5, 0),
+                    NodeState("00000101", "sos-hiker-1", 3, heard_us, "lora0", -90.0, 5.0, 3.0, 5, 0)])
+    j.close()
+    config = load_config(_silence_config(tmp_path, journal, rules))
+    factor = config.rules.silence_factor
+    # The rule engine started when the trap was last heard: its silence counts from there, as the monitor's.
+    engine = RuleEngine(config.rules, node_infos(config.nodes), start_us=heard_us)
+    limit_us = int(factor * 600 * 1_000_000)
+    before = monitor.collect(str(journal), config, now_us=heard_us + limit_us - 1)
+    trap = {r["node"]: r for r in before["nodes"]}["00000201"]
+    assert trap["state"] == "ok" and trap["late_after_s"] == factor * 600 and trap["silence_alert"]
+    assert not [a for a in engine.tick(heard_us + limit_us - 1) if a.node == "00000201"]
+    at = monitor.collect(str(journal), config, now_us=heard_us + limit_us)
+    assert {r["node"]: r for r in at["nodes"]}["00000201"]["state"] == "late"
+    assert [a.type for a in engine.tick(heard_us + limit_us) if a.node == "00000201"] == ["node_silent"]
+    assert at["thresholds"]["late_factor"] == factor
+    # The SOS button: LATE at the same factor; raises an alert only when sos is a watched kind.
+    sos_late_us = heard_us + int(factor * 3600 * 1_000_000)
+    sos = {r["node"]: r for r in monitor.collect(str(journal), config, now_us=sos_late_us)["nodes"]}["00000101"]
+    alerts = [a.type for a in engine.tick(sos_late_us) if a.node == "00000101"]
+    assert sos["state"] == "late"
+    assert sos["silence_alert"] == ("sos" in config.rules.silence_kinds) == (alerts == ["node_silent"])
+    console = Console(record=True, width=250, file=io.StringIO())
+    console.print(monitor.render(monitor.collect(str(journal), config, now_us=sos_late_us)))
+    text = " ".join(console.export_text().split())  # the caption wraps at the table's width
+    assert f"LATE = silent >= {factor:g} x interval (rules.silence_factor)" in text
+    assert "node_silent alert" in text and "does not count time the agent was stopped" in text
+    assert ("LATE (no alert)" in text) == (not sos["silence_alert"])
+
+
+def test_the_help_explains_late(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    monitor.add_arguments(parser)
+    text = parser.format_help()
+    assert "rules.silence_factor" in text and "node_silent" in text and "LATE (no alert)" in text
+
+
+def test_without_a_config_late_uses_the_rules_default(tmp_path: Path) -> None:
+    from agent.rules import RulesConfig
+
+    journal = tmp_path / "journal.db"
+    _journal(journal)
+    data = monitor.collect(str(journal), None, now_us=NOW_US)
+    assert data["thresholds"]["late_factor"] == RulesConfig().silence_factor == 3.0

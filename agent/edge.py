@@ -5,25 +5,72 @@ The core (agent/gateway.py) owns the journal and calls :class:`Edge` from its ow
 journal entries for the core to commit, so alerts go through the same durable path as readings. Receipts are
 sent from one small thread of their own, because a transmit waits for the module (up to seconds) and the core must
 never block on a radio.
+
+Commands from the backend (README "Commands": ``cmd/alert-ack``, ``cmd/siren-silence``, ``cmd/test-chirp``) are
+carried out by :meth:`Edge.on_command`, which returns the result document the core publishes on
+``<prefix>/<gateway>/results``; :meth:`Edge.state` is the body of the retained ``<prefix>/<gateway>/state``
+document (siren, lamp, held readings, open alerts).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from agent import clock
 from agent.journal import ALARM, Entry
+from agent.ratelog import RateLimitedLog
 from agent.readings import FrameDecoder
 from agent.rules import Alert, AlertTracker, RuleEngine, RulesConfig, node_infos
 
 log = logging.getLogger(__name__)
 
 _US = 1_000_000
+
+RESULT_SCHEMA = "denen.result/1"
+STATE_SCHEMA = "denen.state/1"
+#: Largest command payload read, in bytes; a larger one is counted (``cmd.bad``) and not parsed.
+CMD_MAX_BYTES = 4096
+#: Most targets (keys and alert ids together) one ``cmd/alert-ack`` may name.
+CMD_MAX_TARGETS = 64
+COMMANDS = ("alert-ack", "siren-silence", "test-chirp")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Alert keys and ids are made of gateway, radio and node names ([a-z0-9_-]) and the rules' ':' and '#'.
+_ALERT_KEY = re.compile(r"[a-z0-9_][a-z0-9_:-]{0,127}")
+_ALERT_ID = re.compile(r"[a-z0-9_][a-z0-9_:#-]{0,199}")
+_BY_MAX = 100
+# Unicode categories refused in ``by``: controls, format characters (bidi overrides), surrogates, line breaks.
+_BY_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_VIA = ("console", "cli")
+# How long after a self test starts the state shows the siren and lamp as they are again, in seconds (the test
+# takes 0.6 s: agent.fieldio).
+_SELF_TEST_STATE_S = 0.8
+_SEVERITY_ORDER = {"info": 0, "warning": 1, "emergency": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """Who sent a command and how (the fields every command document may carry)."""
+
+    command: str
+    request_id: str | None = None
+    by: str | None = None
+    via: str | None = None
+
+
+class _Invalid(ValueError):
+    """A command document that cannot be carried out; the message says why."""
+
+
+def _text_ok(text: str) -> bool:
+    return not any(unicodedata.category(c) in _BY_BAD_CATEGORIES for c in text)
 
 
 class Edge:
@@ -66,11 +113,36 @@ class Edge:
             # A damaged snapshot costs the rule history, never the agent: start the rules afresh.
             log.error("could not restore the edge rules' state (%s); starting them afresh", exc)
             count("edge.restore_failed")
+        # Alert ids silenced by cmd/siren-silence and alert ids acknowledged by cmd/alert-ack, each with who did it
+        # (None when the command named nobody); both only for active alerts.
+        self._silenced: dict[str, str | None] = {}
+        self._acked_by: dict[str, str | None] = {}
+        try:
+            if meta.get("edge_outputs"):
+                self._restore_outputs(json.loads(meta["edge_outputs"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("could not restore which alerts were silenced and acknowledged (%s); starting afresh", exc)
+            count("edge.restore_failed")
+            self._silenced, self._acked_by = {}, {}
         self._snapshot_dirty = False
         self._expired_seen = self.tracker.expired
+        self._cmd_prefix = f"{config.mqtt.topic_prefix}/{self.gateway_id}/cmd/"
+        # Bad commands come at the rate of whoever holds a backend login: the first per reason and minute in full.
+        self._warn = RateLimitedLog(log)
+        #: Set when something an SOS or a person did changed the state document: the core publishes it at once.
+        self.state_urgent = False
         self.io = self._build_io()
         self._lamp: str | None = None
         self._siren: bool | None = None
+        self._siren_alert: Alert | None = None  # the alert the siren sounds for
+        self._connected = False
+        # Monotonic end of a self test (button or remote): the core looks at the state document again then.
+        self._test_until: float | None = None
+        # Receipt senders' state (airtime used in the sliding hour, receipts waiting): restored in attach_radios,
+        # saved whenever the receipts thread has worked.
+        self._receipts_meta = meta.get("receipts_snapshot") or None
+        self._receipts_saved: str | None = self._receipts_meta
+        self._receipts_dirty = False
         gauge = getattr(getattr(config, "gpio", None), "rain_gauge", None)
         self._rain_gauge = gauge if self.io is not None else None
         self._next_rain = time.monotonic() + gauge.report_interval_s if self._rain_gauge else None
@@ -121,6 +193,7 @@ class Edge:
                 continue
             if sender is not None:
                 self._senders[rc.name] = sender
+        self._restore_receipts()
         if self._senders:
             self._receipt_thread = threading.Thread(target=self._receipts_loop, name="receipts", daemon=True)
             self._receipt_thread.start()
@@ -154,27 +227,150 @@ class Edge:
         now_us = clock.wall_us()
         return self._journal_alerts(self.rules.on_gateway_event("journal_usage", now_us=now_us, pct=pct))
 
-    def on_command(self, topic: str, payload: bytes) -> None:
-        """Commands from the backend on ``<prefix>/<gateway>/cmd/...`` (README "Commands")."""
-        name = topic.rsplit("/", 1)[-1]
+    def on_command(self, topic: str, payload: bytes) -> dict[str, Any] | None:
+        """Carry out a command from the backend on ``<prefix>/<gateway>/cmd/<name>`` (README "Commands").
+
+        Never raises, whatever the payload: a bad one is counted (``cmd.bad``, ``cmd.unknown``) and logged
+        (rate-limited), and changes nothing.
+
+        Returns:
+            The result document (``denen.result/1``) for ``<prefix>/<gateway>/results``, or None when there is no
+            one to answer: an unknown command, or a payload that is too large, not a JSON object, or whose
+            ``request_id`` is unusable.
+        """
+        name = topic[len(self._cmd_prefix):] if topic.startswith(self._cmd_prefix) else ""
+        if name not in COMMANDS:
+            self._count("cmd.unknown")
+            self._warn.warning("unknown", "command", "commands", "unknown command on %r ignored (known: %s)",
+                               topic[:200], ", ".join(COMMANDS))
+            return None
+        req = _Request(name)
         try:
-            doc = json.loads(payload)
-        except ValueError:
-            self._count("cmd.bad_json")
-            log.warning("command %s: payload is not JSON: %r", topic, payload[:80])
-            return
-        if name == "alert-ack" and isinstance(doc, dict):
-            ids = doc.get("alert_ids", [doc.get("alert_id")])
-            confirmed = 0
-            for full in ids if isinstance(ids, list) else []:
-                if isinstance(full, str):
-                    # Published ids carry the gateway (<gateway>:<alert id>); the tracker knows the local part.
-                    confirmed += self.tracker.confirm(full.split(":", 1)[1] if ":" in full else full)
-            self._count("alerts.confirmed", confirmed)
-            self._snapshot_dirty = True
-            return
-        self._count("cmd.unknown")
-        log.warning("unknown command %s (known: alert-ack)", topic)
+            if len(payload) > CMD_MAX_BYTES:
+                raise _Invalid(f"{len(payload)} bytes, over the {CMD_MAX_BYTES}-byte limit")
+            try:
+                doc = json.loads(payload.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise _Invalid(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+            except RecursionError:
+                raise _Invalid("not JSON (nested too deeply)") from None
+            except ValueError as exc:
+                raise _Invalid(f"not JSON ({exc})") from None
+            if not isinstance(doc, dict):
+                raise _Invalid(f"not a JSON object but {type(doc).__name__}")
+            rid = doc.get("request_id")
+            if rid is not None and not (isinstance(rid, str) and _REQUEST_ID.fullmatch(rid)):
+                raise _Invalid("request_id must be 1-64 characters of A-Z a-z 0-9 _ -")
+            req = _Request(name, rid)
+            by, via = doc.get("by"), doc.get("via")
+            if by is not None and not (isinstance(by, str) and 0 < len(by) <= _BY_MAX and _text_ok(by)):
+                raise _Invalid(f"by must be text of 1-{_BY_MAX} characters without control characters")
+            if via is not None and via not in _VIA:
+                raise _Invalid(f"via must be one of {', '.join(_VIA)}")
+            req = _Request(name, rid, by, via)
+            if name == "alert-ack":
+                results = self._alert_ack(req, doc)
+            elif name == "siren-silence":
+                results = self._siren_silence(req, doc)
+            else:
+                results = self._test_chirp(req)
+        except _Invalid as exc:
+            self._count("cmd.bad")
+            self._warn.warning(f"bad {name}", "command", "commands",
+                               "command %s refused (request %s): %s; payload starts %r", name,
+                               req.request_id or "-", exc, payload[:80])
+            if req.request_id is None:
+                return None
+            results = [{"target": None, "outcome": "invalid", "detail": str(exc)}]
+        else:
+            self._count(f"cmd.{name.replace('-', '_')}")
+        return {"schema": RESULT_SCHEMA, "gateway": self.gateway_id, "ts_us": clock.wall_us(), "command": name,
+                "request_id": req.request_id, "by": req.by, "via": req.via, "results": results}
+
+    def _alert_ack(self, req: _Request, doc: dict[str, Any]) -> list[dict[str, Any]]:
+        """``cmd/alert-ack``: stop the repeats of active alerts named by key (``<type>:<node>``) or by id."""
+        targets: list[tuple[str, str]] = []
+        for field, pattern, what in (("keys", _ALERT_KEY, "alert keys (<type>:<node>)"),
+                                     ("alert_ids", _ALERT_ID, "alert ids")):
+            items = doc.get(field)
+            if items is None:
+                continue
+            if not isinstance(items, list) or len(items) > CMD_MAX_TARGETS:
+                raise _Invalid(f"{field} must be a list of at most {CMD_MAX_TARGETS} {what}")
+            for item in items:
+                if not (isinstance(item, str) and pattern.fullmatch(item)):
+                    raise _Invalid(f"{field} must be a list of {what}; one is not")
+                targets.append((field, item))
+        one = doc.get("alert_id")
+        if one is not None:
+            if not (isinstance(one, str) and _ALERT_ID.fullmatch(one)):
+                raise _Invalid("alert_id must be an alert id")
+            targets.append(("alert_ids", one))
+        if not targets:
+            raise _Invalid("no target: give keys, alert_ids or alert_id")
+        if len(targets) > CMD_MAX_TARGETS:
+            raise _Invalid(f"{len(targets)} targets; at most {CMD_MAX_TARGETS} per command")
+        results = []
+        for field, target in targets:
+            active = self.rules.active()
+            if field == "keys":
+                hits = [a for a in active if target in (a.ack_key, a.key)]
+                repeating = [a.id for a in hits if a.id in self.tracker]
+            else:
+                # Published ids carry the gateway (<gateway>:<alert id>); the tracker knows the local part. An id
+                # may name a clear too: its repeats stop the same way.
+                local = target.removeprefix(f"{self.gateway_id}:")
+                hits = [a for a in active if a.id == local]
+                repeating = [local] if local in self.tracker else []
+            for alert_id in repeating:
+                self.tracker.confirm(alert_id)
+            for a in hits:
+                if self._acked_by.get(a.id) is None:
+                    self._acked_by[a.id] = req.by
+            outcome = "stopped" if repeating else "already_acknowledged" if hits else "not_active"
+            if repeating or hits:
+                self._snapshot_dirty = True
+                self.state_urgent = True
+            self._count("alerts.confirmed", len(repeating))
+            results.append({"target": target, "outcome": outcome})
+        log.info("alert-ack by %r via %s (request %s): %s", req.by, req.via, req.request_id,
+                 ", ".join(f"{r['target']} {r['outcome']}" for r in results))
+        return results
+
+    def _siren_silence(self, req: _Request, doc: dict[str, Any]) -> list[dict[str, Any]]:
+        """``cmd/siren-silence``: silence the siren for the alerts of one key, until another alert wants it."""
+        key = doc.get("key")
+        if not (isinstance(key, str) and _ALERT_KEY.fullmatch(key)):
+            raise _Invalid("key must be an alert key (<type>:<node>)")
+        if self.io is None or not self.io.has_siren:
+            outcome = "no_siren"
+        else:
+            sounding = [a for a in self.rules.siren_alerts()
+                        if a.id not in self._silenced and key in (a.ack_key, a.key)]
+            if not sounding or not self._siren:
+                outcome = "not_sounding"
+            else:
+                for a in sounding:
+                    self._silenced[a.id] = req.by
+                self._apply_siren()
+                self._count("siren.silenced")
+                self._snapshot_dirty = True
+                self.state_urgent = True
+                outcome = "silenced"
+        log.info("siren-silence for %s by %r via %s (request %s): %s", key, req.by, req.via, req.request_id,
+                 outcome)
+        return [{"target": key, "outcome": outcome}]
+
+    def _test_chirp(self, req: _Request) -> list[dict[str, Any]]:
+        """``cmd/test-chirp``: the installer's self test (lamp flicker, siren chirp), started remotely."""
+        if self.io is None or not self.io.start_self_test():
+            outcome = "no_outputs"
+        else:
+            self._test_until = time.monotonic() + _SELF_TEST_STATE_S
+            self.state_urgent = True
+            outcome = "chirped"
+        log.info("test-chirp by %r via %s (request %s): %s", req.by, req.via, req.request_id, outcome)
+        return [{"target": None, "outcome": outcome}]
 
     def on_sos_acked(self, readings: list[dict[str, Any]]) -> None:
         """The broker acknowledged these SOS readings: send the receipts their nodes asked for."""
@@ -201,6 +397,7 @@ class Edge:
             except (ReceiptError, FrameError) as exc:
                 self._count("receipts.refused")
                 log.error("receipt for %s/%s not sent: %s", r["node"], r["fcnt"], exc)
+            self._receipts_dirty = True
 
     def gateway_alert(self, type_: str, severity: str, message: str) -> list[Entry]:
         """An alert about the gateway itself that no rule raises (e.g. its journal was damaged)."""
@@ -210,8 +407,9 @@ class Edge:
         return self._journal_alerts([alert])
 
     def test_button(self) -> None:
+        """The test button was pressed: FieldIO runs the chirp itself; the state document shows it."""
         if self.io is not None:
-            self.io.self_test()
+            self._test_until = time.monotonic() + _SELF_TEST_STATE_S
 
     # -- timers ----------------------------------------------------------------------------------------------
     def due(self, *, connected: bool) -> list[Entry]:
@@ -237,12 +435,14 @@ class Edge:
         if self._next_rain is not None and time.monotonic() >= self._next_rain:
             entries += self._rain_entries(now_us)
             self._next_rain = time.monotonic() + self._rain_gauge.report_interval_s
+        if self._test_until is not None and time.monotonic() >= self._test_until:
+            self._test_until = None
         return entries
 
     def next_deadline(self) -> float | None:
         """Monotonic time (s) of the next timer here, or None."""
         now_us, now = clock.wall_us(), time.monotonic()
-        cands = [self._next_rain] if self._next_rain is not None else []
+        cands = [t for t in (self._next_rain, self._test_until) if t is not None]
         for us in (self.rules.next_tick_us(), self.tracker.next_due_us()):
             if us is not None:
                 cands.append(now + max(0, us - now_us) / _US)
@@ -253,29 +453,165 @@ class Edge:
     # -- outputs ---------------------------------------------------------------------------------------------
     def update_outputs(self, *, connected: bool) -> None:
         """Lamp and siren follow the active alerts and the backhaul; both work with no network at all."""
+        self._connected = connected
         if self.io is None:
             return
-        lamp = self.rules.lamp_state()
-        if lamp == "ok" and not connected:
-            lamp = "no_backhaul"
+        lamp = self._lamp_wanted()
         if lamp != self._lamp:
             self.io.set_lamp(lamp)
             self._lamp = lamp
-        siren = self.rules.siren_wanted()
-        if siren != self._siren:
-            self.io.set_siren(siren)
-            self._siren = siren
+        self._apply_siren()
+
+    @property
+    def siren_sounding(self) -> bool:
+        """Whether the siren sounds for an alert now (a configured siren only; a test chirp is not counted)."""
+        return bool(self._siren) and self.io is not None and self.io.has_siren
+
+    def state(self, *, held: dict[str, Any]) -> dict[str, Any]:
+        """The state document (``denen.state/1``, README "State") without its ``ts_us``.
+
+        Args:
+            held: the ``held`` object, from the core (which owns the journal and the clock hold).
+        """
+        io = self.io
+        has_siren = io is not None and io.has_siren
+        wanting = self.rules.siren_alerts() if has_siren else []
+        live = [a for a in wanting if a.id not in self._silenced]
+        sounding = has_siren and bool(self._siren)
+        # From the command until the core looks again after the test: the test thread may not have begun yet.
+        testing = has_siren and io is not None and (io.testing or self._test_until is not None)
+        silenced = sorted({a.ack_key for a in wanting if a.id in self._silenced} - {a.ack_key for a in live})
+        groups: dict[str, list[Alert]] = {}
+        for a in self.rules.active():
+            groups.setdefault(a.ack_key, []).append(a)
+        alerts = []
+        for key, group in groups.items():
+            # One entry per key: the most severe alert of it, at its highest river stage, newest.
+            a = max(group, key=lambda x: (_SEVERITY_ORDER.get(x.severity, 0), x.level or 0, x.ts_us))
+            alerts.append({
+                "key": key, "id": f"{self.gateway_id}:{a.id}", "type": a.type, "node": a.node, "name": a.name,
+                "severity": a.severity, "since_us": a.ts_us, "message": a.message, "value": a.value,
+                "lat_deg": a.lat_deg, "lon_deg": a.lon_deg,
+                "repeating": any(x.id in self.tracker for x in group),
+                "acknowledged_by": self._acked_by.get(a.id),
+            })
+        return {
+            "schema": STATE_SCHEMA,
+            "gateway": self.gateway_id,
+            "siren": {"configured": has_siren, "on": sounding or testing,
+                      "why": "alert" if sounding else "test" if testing else None,
+                      "alert": live[0].ack_key if sounding and live else None, "silenced": silenced},
+            "lamp": {"configured": io is not None and io.has_lamp, "state": self._lamp_wanted()},
+            "relays": [],
+            "held": held,
+            "alerts": alerts,
+        }
 
     def snapshot_meta(self) -> dict[str, str] | None:
-        """Rule and tracker state to store with the next commit, when it changed."""
-        if not self._snapshot_dirty:
+        """Rule, tracker, silence and receipt state to store with the next commit, when it changed."""
+        out: dict[str, str] = {}
+        if self._snapshot_dirty:
+            self._snapshot_dirty = False
+            pending = {a.id for a in self.tracker.pending()}
+            self._alert_seq = {k: v for k, v in self._alert_seq.items() if k in pending}
+            out.update({"rules_snapshot": json.dumps(self.rules.snapshot(), separators=(",", ":")),
+                        "alerts_snapshot": json.dumps(self.tracker.snapshot(), separators=(",", ":")),
+                        "alert_seqs": json.dumps(self._alert_seq, separators=(",", ":")),
+                        "edge_outputs": json.dumps({"silenced": self._silenced, "acked_by": self._acked_by},
+                                                   separators=(",", ":"), ensure_ascii=False)})
+        if self._receipts_dirty:
+            self._receipts_dirty = False
+            text = self._receipts_snapshot()
+            if text is not None and text != self._receipts_saved:
+                out["receipts_snapshot"] = self._receipts_saved = text
+        return out or None
+
+    def _lamp_wanted(self) -> str:
+        lamp = self.rules.lamp_state()
+        return "no_backhaul" if lamp == "ok" and not self._connected else lamp
+
+    def _apply_siren(self) -> None:
+        """Sound the siren while an active alert that wants it is not silenced; log when it starts and stops."""
+        if self.io is None:
+            return
+        live = [a for a in self.rules.siren_alerts() if a.id not in self._silenced]
+        on = bool(live)
+        if on == self._siren:
+            if on:
+                self._siren_alert = live[0]
+            return
+        self.io.set_siren(on)
+        self._siren = on
+        before, self._siren_alert = self._siren_alert, live[0] if live else None
+        if not self.io.has_siren:
+            return
+        if on:
+            a = live[0]
+            log.info("siren on: alert %s (%s, %s): %s", a.ack_key, a.severity, a.id, a.message)
+        elif before is not None:
+            if before.id in self._silenced:
+                why = f"silenced for alert {before.ack_key} by {self._silenced[before.id]!r}"
+            elif before.id not in {a.id for a in self.rules.active()}:
+                why = f"alert {before.ack_key} cleared"
+            else:
+                why = f"alert {before.ack_key} no longer wants it"
+            log.info("siren off: %s", why)
+
+    def _restore_outputs(self, snap: Any) -> None:
+        silenced, acked = snap["silenced"], snap["acked_by"]
+        if not (isinstance(silenced, dict) and isinstance(acked, dict)) or not all(
+                isinstance(k, str) and (v is None or isinstance(v, str))
+                for d in (silenced, acked) for k, v in d.items()):
+            raise ValueError("edge_outputs: silenced and acked_by must map alert ids to who (text or null)")
+        active = {a.id for a in self.rules.active()}
+        self._silenced = {k: v for k, v in silenced.items() if k in active}
+        self._acked_by = {k: v for k, v in acked.items() if k in active}
+
+    def _restore_receipts(self) -> None:
+        """Give each receipt sender back its state from before the restart; a bad snapshot costs only it."""
+        text, self._receipts_meta = self._receipts_meta, None
+        if not text or not self._senders:
+            return
+        try:
+            snaps = json.loads(text)
+            if not isinstance(snaps, dict):
+                raise ValueError("not an object of snapshots by radio")
+        except ValueError as exc:
+            self._count("receipts.restore_failed")
+            log.error("could not restore the SOS receipts' airtime and queue (%s); starting afresh", exc)
+            return
+        for name, sender in self._senders.items():
+            snap = snaps.get(name)
+            restore = getattr(sender, "restore", None)
+            if snap is None or restore is None:
+                continue
+            try:
+                restore(snap)
+            except Exception as exc:  # noqa: BLE001 - a damaged snapshot must cost the budget history, never the agent
+                self._count("receipts.restore_failed")
+                log.error("receipts on %s: could not restore the airtime used and the receipts waiting (%s: %s); "
+                          "starting afresh", name, type(exc).__name__, exc)
+
+    def _receipts_snapshot(self) -> str | None:
+        """Every receipt sender's state as one JSON text (by radio), or None when no sender can snapshot."""
+        snaps: dict[str, Any] = {}
+        for name, sender in self._senders.items():
+            take = getattr(sender, "snapshot", None)
+            if take is None:
+                continue
+            try:
+                snaps[name] = take()
+            except Exception as exc:  # noqa: BLE001 - as in _restore_receipts
+                self._count("receipts.snapshot_failed")
+                log.error("receipts on %s: snapshot failed: %s: %s", name, type(exc).__name__, exc)
+        if not snaps:
             return None
-        self._snapshot_dirty = False
-        pending = {a.id for a in self.tracker.pending()}
-        self._alert_seq = {k: v for k, v in self._alert_seq.items() if k in pending}
-        return {"rules_snapshot": json.dumps(self.rules.snapshot(), separators=(",", ":")),
-                "alerts_snapshot": json.dumps(self.tracker.snapshot(), separators=(",", ":")),
-                "alert_seqs": json.dumps(self._alert_seq, separators=(",", ":"))}
+        try:
+            return json.dumps(snaps, separators=(",", ":"), sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            self._count("receipts.snapshot_failed")
+            log.error("receipts: snapshot is not JSON-able: %s", exc)
+            return None
 
     # -- internals -------------------------------------------------------------------------------------------
     def _journal_alerts(self, alerts: list[Alert]) -> list[Entry]:
@@ -288,6 +624,12 @@ class Edge:
             self._count(f"alerts.{alert.type}.{alert.state}")
             self.tracker.add(alert, now_us)
             out.append(self._alert_entry(alert))
+            if alert.type == "sos":
+                self.state_urgent = True
+        if self._silenced or self._acked_by:
+            active = {a.id for a in self.rules.active()}
+            self._silenced = {k: v for k, v in self._silenced.items() if k in active}
+            self._acked_by = {k: v for k, v in self._acked_by.items() if k in active}
         self._snapshot_dirty = True
         return out
 
@@ -344,5 +686,8 @@ class Edge:
                     w = 5.0
                 if w is not None:
                     waits.append(w)
+            # The airtime used and the queue may have changed: the core saves them with its next commit.
+            self._receipts_dirty = True
+            self._post(("receipts",))
             self._receipt_wake.wait(min(waits) if waits else None)
             self._receipt_wake.clear()

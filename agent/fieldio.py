@@ -7,7 +7,9 @@ Public API::
         .set_lamp(state)            "ok" | "no_backhaul" | "alarm" | "off"
         .set_siren(on)              siren/relay pattern on or off; purely local, works with no network
         .take_rain() -> (tips since last take, cumulative tips)
-        .self_test()                lamp and siren chirp briefly (the test button, ``denen doctor``)
+        .self_test()                lamp and siren chirp briefly (``denen doctor``); blocks about 0.6 s
+        .start_self_test() -> bool  the same on a thread of its own (the test button, ``cmd/test-chirp``)
+        .has_siren, .has_lamp, .testing
         .close()
 
 Every device is built with ``pin_factory=`` passed explicitly; the factory is chosen in this order: the
@@ -383,6 +385,21 @@ class FieldIO:
         log.info("gpio: %s on %s", ", ".join(self._device_names()), type(self.pin_factory).__name__)
 
     # -- public API ----------------------------------------------------------------------------------------------
+    @property
+    def has_siren(self) -> bool:
+        """Whether a siren output is configured and open."""
+        return self._siren is not None
+
+    @property
+    def has_lamp(self) -> bool:
+        """Whether a status lamp is configured and open."""
+        return self._lamp is not None
+
+    @property
+    def testing(self) -> bool:
+        """Whether a self test is running now (the lamp flickers and the siren chirps instead of their states)."""
+        return self._testing
+
     def set_lamp(self, state: str) -> None:
         """Show a state on the status lamp (a no-op without a lamp; it is remembered for a self test).
 
@@ -446,6 +463,23 @@ class FieldIO:
                     if not self._closing.is_set():
                         self._apply_lamp()
                         self._apply_siren()
+
+    def start_self_test(self) -> bool:
+        """Start :meth:`self_test` on a short-lived thread of its own and return at once.
+
+        Returns:
+            False when there is nothing to chirp (no lamp and no siren) or FieldIO is closing; True when a self
+            test was started or one is running already (a second one would only repeat it).
+        """
+        with self._lock:
+            if self._closing.is_set() or (self._lamp is None and self._siren is None):
+                return False
+            running = self._test_thread is not None and self._test_thread.is_alive()
+            if not running:
+                self._test_thread = threading.Thread(target=self._thread_self_test, name="gpio-self-test",
+                                                     daemon=True)
+                self._test_thread.start()
+        return True
 
     def close(self) -> None:
         """Stop patterns and release the pins (and the pin factory if it was created here). Idempotent.
@@ -536,11 +570,7 @@ class FieldIO:
         with self._lock:
             if not press.edge(active=active) or self._closing.is_set():
                 return
-            running = self._test_thread is not None and self._test_thread.is_alive()
-            if not running:
-                self._test_thread = threading.Thread(target=self._button_self_test, name="gpio-self-test",
-                                                     daemon=True)
-                self._test_thread.start()
+        self.start_self_test()
         log.info("gpio: test button pressed")
         if self._on_test_button is not None:
             try:
@@ -548,7 +578,7 @@ class FieldIO:
             except Exception:  # top level of a callback on gpiozero's thread: log, keep the button working
                 log.exception("gpio: on_test_button callback failed")
 
-    def _button_self_test(self) -> None:
+    def _thread_self_test(self) -> None:
         try:
             self.self_test()
         except Exception:  # thread top level: a failed chirp must not go unnoticed, nor take anything down

@@ -52,6 +52,7 @@ _CLOCK_STEP_US = 1_000_000  # a change of wall - boottime above this is a step, 
 _CLOCK_CHECK_S = 10.0  # while the clock is unsynchronised, the core looks at least this often, in seconds
 _CORRECT_PER_STEP = 2000  # readings corrected per wake-up, so an SOS never waits behind a long correction
 _UNSYNCED_MARK = '"clock":"unsynced"'
+_STATE_MIN_S = 1.0  # the state document is published at most this often, unless an SOS or a person changed it, in s
 #: Readings kept in memory while the journal cannot commit (disk full, I/O errors). Above this, telemetry and
 #: diagnostics are dropped oldest first, as the quota would; SOS and alarms are always kept.
 UNJOURNALED_MAX = 20_000
@@ -128,6 +129,18 @@ class Gateway:
                          post=self.inbox.put, meta=meta)
         self.edge.attach_radios(self.radios)
         self._carry: list[Entry] = []  # entries made after a commit (quota alerts), committed at the next wake-up
+        # Meta rows (edge snapshots, the state document) waiting for a commit that succeeds.
+        self._meta: dict[str, str] = {}
+        # Result documents of commands carried out in this wake-up, published at its end.
+        self._results: list[dict[str, Any]] = []
+        # The state document: the last one recorded (without ts_us), when it may go out next, and whether it must
+        # go out whatever the limit (a new session).
+        self._state_doc: dict[str, Any] | None = None
+        self._state_next = 0.0
+        self._state_recheck = False
+        self._state_force = False
+        self._held_count = 0
+        self._held_fresh = 0  # readings of this wake-up that will be held, not committed yet
         if damaged:
             self._journal_damaged(damaged, rescued)
         self._stop = threading.Event()
@@ -152,6 +165,8 @@ class Gateway:
         self._clock_offset = clock.offset_us()
         self._clock_boot = clock.boot_us()
         self._clock_hold_until = time.monotonic() + CLOCK_HOLD_S
+        self._clock_hold_until_us = clock.wall_us() + int(CLOCK_HOLD_S * 1e6)  # the same, for people
+        self._held_was = False  # whether readings were held at the last wake-up (for the log lines)
         given_up = self.journal.adopt_boot(clock.boot_id())
         if given_up:
             self._count("clock.uncorrectable", given_up)
@@ -247,6 +262,8 @@ class Gateway:
             deadlines.append(self._retry_commit_at)
         if self._rewind_at:
             deadlines.append(self._rewind_at)
+        if self._state_recheck:
+            deadlines.append(self._state_next)
         edge = self.edge.next_deadline()
         if edge is not None:
             deadlines.append(edge)
@@ -324,7 +341,9 @@ class Gateway:
                     self._warn.warning(kind, f"radio {radio}", "incidents", "%s: %s: %s", radio, kind, detail)
                 entries.extend(self._edge_call(self.edge.on_incident, radio, kind))
             elif tag == "cmd":
-                self._edge_call(self.edge.on_command, item[1], item[2])
+                result = self._edge_call(self.edge.on_command, item[1], item[2])
+                if result:
+                    self._results.append(result)
             elif tag == "test_button":
                 # The installer's button: lamp and siren chirp, and a health report goes out at once, so the
                 # installer sees the whole path work (it shows in the backend within seconds).
@@ -338,6 +357,7 @@ class Gateway:
                 self._sent_upto = [0] * len(LANES)
                 self._inflight.clear()
                 self._count("mqtt.connects")
+                self._state_force = True  # retained, but the broker may have lost it: every session gets it
             elif tag == "mqtt_down":
                 if self._session == item[1]:
                     self._session = None
@@ -351,8 +371,9 @@ class Gateway:
             self._next_health = now + self.config.health.interval_s
             self.decoder.age_out(clock.wall_us())
         entries.extend(self._edge_call(self.edge.due, connected=self._session is not None))
-        meta = self.edge.snapshot_meta() or {}
         self._watch_clock(entries)
+        self._held_fresh = sum(1 for e in entries if e.boot_us is not None and e.lane >= TELEMETRY)
+        self._watch_hold()
 
         if urgent and self._session is not None and not self._uncommitted:
             # An SOS does not wait for the rest of this wake-up's work (acks to delete, backlog to read): it
@@ -369,6 +390,12 @@ class Gateway:
                     self._publish_lane(SOS)
                 except JournalCorrupt:
                     pass  # this wake-up's other entries are committed first; the damage is met again below
+        # Siren and lamp before the commit (they need no disk), then what they show, then the commands' results.
+        self._edge_call(self.edge.update_outputs, connected=self._session is not None)
+        self._update_state()
+        self._publish_results()
+        self._meta.update(self.edge.snapshot_meta() or {})
+        meta = self._meta
         # A batch that could not be committed last time (disk full, I/O error) goes first, in order.
         if self._uncommitted:
             entries = self._uncommitted[0] + entries
@@ -384,7 +411,7 @@ class Gateway:
         # waits behind (p99 85 ms against 4.7 ms).
         decoder = self.decoder
         if entries or quarantined or self._acked or decoder.dirty or decoder.forgotten or self._dirty_counters \
-                or self._done:
+                or self._done or meta:
             try:
                 self.journal.commit(
                     entries=entries,
@@ -429,13 +456,14 @@ class Gateway:
             decoder.forgotten.clear()
             self._audit = []
             self._done = []
+            self._meta = {}
+            self._held_fresh = 0
             self._dirty_counters.clear()
             if entries and (self._next_quota == 0.0 or now >= self._next_quota):
                 self._check_quota()
         if self._to_correct and self._clock_synced:
             self._correct_clock()
         self._publish(urgent=urgent)
-        self._edge_call(self.edge.update_outputs, connected=self._session is not None)
 
     def _keep_unjournaled(self, entries: list[Entry], quarantined: list[Quarantined]) -> None:
         """Hold what could not be committed, within UNJOURNALED_MAX; an SOS goes out from memory meanwhile.
@@ -509,6 +537,7 @@ class Gateway:
             log.warning("the wall clock was stepped by %+.3f s%s", (offset - old_offset) / 1e6,
                         " (synchronised now)" if synced and not self._clock_synced else "")
             self._edge_call(self.edge.on_clock_step, offset - old_offset)
+            self._clock_hold_until_us += offset - old_offset
         if not synced or not self._clock_synced or stepped:
             for e in entries:
                 if e.boot_us is None and _UNSYNCED_MARK in e.body:
@@ -541,6 +570,81 @@ class Gateway:
     def _holding(self) -> bool:
         """Whether telemetry and diagnostics stamped on an unsynchronised clock wait (for the sync or a correction)."""
         return self._to_correct and (self._clock_synced or time.monotonic() < self._clock_hold_until)
+
+    def _held(self) -> dict[str, Any]:
+        """The ``held`` object of the state document: readings held back because the clock is unsynchronised."""
+        if not self._holding():
+            return {"active": False, "reason": None, "count": 0, "until_us": None}
+        try:
+            self._held_count = self.journal.unsynced_count() + self._held_fresh
+        except JournalError as exc:
+            log.error("counting the held readings failed: %s", exc)  # the last count stands meanwhile
+        # Synchronised, they wait only for their correction, which takes a few wake-ups.
+        until = None if self._clock_synced else self._clock_hold_until_us
+        return {"active": True, "reason": "clock_unsynced", "count": self._held_count, "until_us": until}
+
+    def _watch_hold(self) -> None:
+        """Log when readings start and stop being held (the state document shows it too)."""
+        holding = self._holding()
+        if holding == self._held_was:
+            return
+        self._held_was = holding
+        if holding:
+            held = self._held()
+            log.info("readings held: %d stamped before the clock synchronised wait for the sync, until %s at the "
+                     "latest; SOS and alarms go out at once", held["count"], _local(self._clock_hold_until_us))
+        elif self._clock_synced:
+            log.info("readings no longer held: the clock synchronised and their timestamps are corrected")
+        else:
+            log.info("readings no longer held: the clock did not synchronise within %.0f s; they go out flagged "
+                     "unsynced", CLOCK_HOLD_S)
+
+    # -- state and results --------------------------------------------------------------------------------------
+    def _update_state(self) -> None:
+        """Record the state document when it changed (journal meta, for ``denen status``) and publish it retained:
+        at every connect, and on change at most every _STATE_MIN_S, at once when an SOS or a person changed it."""
+        now = time.monotonic()
+        urgent = self.edge.state_urgent or self._state_force
+        if not urgent and now < self._state_next:
+            self._state_recheck = True  # _timeout wakes the core then, so a change is never left unpublished
+            return
+        self._state_recheck = False
+        self.edge.state_urgent = False
+        # Looked at no more often than published: a busy core does not build the document at every wake-up.
+        self._state_next = now + _STATE_MIN_S
+        doc = self._edge_call(self.edge.state, held=self._held())
+        if not doc:
+            return
+        changed = doc != self._state_doc
+        if not changed and not self._state_force:
+            return
+        full = {"schema": doc["schema"], "gateway": doc["gateway"], "ts_us": clock.wall_us(), **doc}
+        payload = json.dumps(full, separators=(",", ":"), ensure_ascii=False)
+        if changed:
+            self._state_doc = doc
+            self._meta["gateway_state"] = payload
+            self._count("state.changes")
+        if self._session is None:
+            return  # the next session publishes it
+        if not self.link.publish_best_effort(self.link.topics.state, payload.encode(), retain=True):
+            self._count("state.unpublished")
+            return
+        self._state_force = False
+        self._count("state.published")
+
+    def _publish_results(self) -> None:
+        """Publish the results of the commands carried out in this wake-up; offline, they are dropped (the
+        sender retries a command until it sees its result)."""
+        for doc in self._results:
+            payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+            if self._session is None or not self.link.publish_best_effort(self.link.topics.results, payload):
+                self._count("cmd.results_dropped")
+                self._warn.warning("result_dropped", "mqtt", "results",
+                                   "result of %s (request %s) dropped: not connected; the sender retries",
+                                   doc["command"], doc["request_id"] or "-")
+            else:
+                self._count("cmd.results_sent")
+        self._results.clear()
 
     def _replace_journal(self, exc: JournalCorrupt) -> None:
         """Set the damaged journal aside, start a fresh one with what can be salvaged, and alert."""
@@ -708,6 +812,8 @@ class Gateway:
             frames_bad=float(sum(v for k, v in c.items() if k.startswith("frames.") and k != "frames.ok")),
             reopens=float(sum(v for k, v in c.items() if k.endswith(".reopen"))),
             nodes_heard=float(sum(1 for n in self.decoder.nodes.values() if n.last_seen_us)),
+            siren_on=1.0 if self.edge.siren_sounding else 0.0,
+            held_readings=float(self._held()["count"]),
         )
         try:
             values["disk_free_mb"] = round(shutil.disk_usage(os.path.dirname(os.path.abspath(self.journal.path))).free / 1048576, 1)
@@ -733,6 +839,11 @@ class Gateway:
 
 def _window(fcnt: int | None) -> str:
     return "none" if fcnt is None else str(fcnt)
+
+
+def _local(ts_us: int) -> str:
+    """µs since the epoch as local time with its zone, to the second (for people reading the log)."""
+    return datetime.datetime.fromtimestamp(ts_us / 1e6).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _iso(ts_us: int) -> str:

@@ -52,6 +52,8 @@ class Topics:
     def __init__(self, prefix: str, gateway_id: str) -> None:
         self.base = f"{prefix}/{gateway_id}"
         self.status = f"{self.base}/status"
+        self.state = f"{self.base}/state"  # retained state document (siren, lamp, held readings, open alerts)
+        self.results = f"{self.base}/results"  # one result document per command received
         self.readings = {lane: f"{self.base}/readings/{lane}" for lane in ("sos", "alarm", "telemetry", "diagnostics")}
         self.commands = f"{self.base}/cmd/#"
 
@@ -118,11 +120,25 @@ class MqttLink:
             ``(session, mid)`` to match the PUBACK later, or None when there is no connection (the caller keeps
             the readings in the journal and tries again after ``mqtt_up``).
         """
+        return self._publish(topic, payload, retain=False)
+
+    def publish_best_effort(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Publish a document that is not journaled (the state, command results) with QoS 1.
+
+        Nothing waits for its PUBACK (the core ignores a PUBACK it does not know): within the session the broker
+        gets it; a session that ends first loses it, and the next session publishes the state again.
+
+        Returns:
+            False when there is no connection (the document is dropped).
+        """
+        return self._publish(topic, payload, retain=retain) is not None
+
+    def _publish(self, topic: str, payload: bytes, *, retain: bool) -> tuple[int, int] | None:
         with self._lock:
             client, session = self._client, self._session
             if client is None or not self._connected:
                 return None
-            info = client.publish(topic, payload, qos=1)
+            info = client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return None
         return session, info.mid

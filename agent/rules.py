@@ -460,6 +460,12 @@ class Alert:
     lon_deg: float | None = None
     reading: str | None = None
 
+    @property
+    def ack_key(self) -> str:
+        """The key staff acknowledge and silence it by: ``<type>:<node>`` for a node's alert (what a Grafana
+        notification carries; every river stage of one gauge shares it), else :attr:`key`."""
+        return f"{self.type}:{self.node}" if self.node is not None else self.key
+
     def to_dict(self) -> dict[str, Any]:
         """The alert as a JSON-able dict (every field)."""
         return dataclasses.asdict(self)
@@ -525,8 +531,9 @@ def _siren_names_of(alert: Alert) -> set[str]:
     names = {alert.type}
     if alert.type == "river_stage" and alert.level in STAGE_NAMES:
         # A raised stage alert's level is its stage. A stage's siren name is wanted while the river is at that
-        # stage or higher; every lower stage is active too then, so naming the stage of this condition is enough.
-        names.add(STAGE_NAMES[alert.level][0])
+        # stage or higher, so stage k's alert carries the names of stages 1..k: it wants the siren by itself (a
+        # higher stage sounds a siren silenced for the lower ones again).
+        names.update(STAGE_NAMES[k][0] for k in range(1, alert.level + 1))
     elif alert.type in ("slope_tilt", "slope_rate"):
         names.add("slope")
     return names
@@ -797,6 +804,11 @@ class RuleEngine:
     def siren_wanted(self) -> bool:
         """Whether the local siren should sound now (offline too): see :func:`siren_for` and ``config.siren``."""
         return siren_for(self._active.values(), self.config.siren)
+
+    def siren_alerts(self) -> list[Alert]:
+        """The active alerts that want the siren (``config.siren``), most severe first, then oldest first."""
+        wanted = set(self.config.siren)
+        return [a for a in self.active() if _siren_names_of(a) & wanted]
 
     def lamp_state(self) -> str:
         """``"alarm"`` or ``"ok"``: see :func:`lamp_for`."""
@@ -1195,6 +1207,10 @@ class AlertTracker:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, alert_id: object) -> bool:
+        """Whether ``alert_id`` is still being repeated (neither confirmed nor expired)."""
+        return alert_id in self._entries
 
     def pending(self) -> list[Alert]:
         """Alerts awaiting confirmation, oldest first."""

@@ -12,6 +12,9 @@
                                         reset a node's replay windows (its firmware was re-flashed); audited
     denen demo                          simulated forest and river -> agent -> broker -> live view
     denen bridge -c BRIDGE_CONFIG       MQTT -> InfluxDB bridge, on the backend (config/bridge/bridge.yaml)
+    denen console -c CONSOLE_CONFIG     alert acknowledgement pages for staff, on the backend
+    denen ack link|ack|silence|test-chirp GATEWAY [KEY] [--by NAME]
+                                        signed link to an alert's page; acknowledge, silence, test chirp
 
 Errors are one clear line and a hint, never a traceback (``--debug`` shows it).
 """
@@ -102,6 +105,18 @@ def _parser() -> argparse.ArgumentParser:
     br.add_argument("--retire", action="store_true",
                     help="take this bridge's client_id out of service: write what its broker session still holds, "
                          "then remove the session (otherwise the broker keeps giving it a share of the messages)")
+
+    from agent.console import main as console_main  # noqa: PLC0415 - argparse only at import
+
+    con = sub.add_parser("console", help="alert acknowledgement pages for staff (runs on the backend)")
+    console_main.add_console_arguments(con)
+    con.set_defaults(command_main=console_main.console_main)
+    ack = sub.add_parser("ack", help="signed link to an alert's page; acknowledge, silence the siren, test chirp",
+                         description="Operator commands to gateways through the console's MQTT login (config "
+                                     "console.yaml). Exit 0: done; 1: the gateway answered that nothing changed; "
+                                     "2: no answer, or a config error.")
+    console_main.add_ack_arguments(ack)
+    ack.set_defaults(command_main=console_main.ack_main)
     return p
 
 

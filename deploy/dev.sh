@@ -41,6 +41,21 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
     [ "$cmd" = test ] && exit 1
   fi
 fi
+if [ "$cmd" = test ]; then
+  # The console's acknowledgement page is tested in a real headless browser (selenium drives chromium-driver).
+  # --no-install-recommends: chromium would otherwise bring a desktop's worth of fonts and helpers.
+  browser_missing=()
+  command -v chromium >/dev/null || browser_missing+=(chromium)
+  command -v chromedriver >/dev/null || browser_missing+=(chromium-driver)
+  if [ ${#browser_missing[@]} -gt 0 ]; then
+    echo "installing ${browser_missing[*]} (apt)..." >&2
+    if ! { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+             --no-install-recommends "${browser_missing[@]}" >/dev/null; }; then
+      echo "could not install ${browser_missing[*]}: run as root or install them yourself" >&2
+      exit 1
+    fi
+  fi
+fi
 # Debian starts the packaged broker on port 1883; the tests and the demo start their own on free ports.
 
 if [ ! -x .venv/bin/python ]; then

@@ -1,0 +1,337 @@
+"""The console's configuration: one YAML file (``denen console -c config/console/console.yaml``).
+
+It loads through the agent's generic loader (:func:`agent.config.parse_yaml_model`), so a problem is reported the
+same way as in a gateway or bridge config: ``file:line:column: key: message (hint: ...)``, every problem at once.
+The ``sink:`` and ``gateways:`` sections are the bridge's own (:class:`agent.bridge.config.SinkConfig`,
+:class:`agent.bridge.config.GatewaysConfig`).
+
+Relative paths are resolved against the directory of the config file. Each secret (``links.secret``,
+``mqtt.password``, the sink's password or token) is given in a file (``*_file``) or an environment variable
+(``*_env``); the MQTT and sink secrets may also be inline, in a file only its owner can read. The link secret is
+read once, when the config is loaded, and must be at least 32 bytes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
+
+from agent.bridge.config import GatewaysConfig, SinkConfig, _env_secret, _from_env, _read_secret_file, _secret_text
+from agent.config import (
+    SECRET_FILE,
+    ConfigSection,
+    Found,
+    LogConfig,
+    TlsConfig,
+    check_readable_file,
+    config_problem,
+    config_problems,
+    is_loopback_host,
+    parse_yaml_model,
+    read_config_file,
+    resolve_config_path,
+    secret_source_problems,
+    tls_insecure_warning,
+)
+from agent.errors import ConfigError
+
+__all__ = ["ConsoleConfig", "LINK_SECRET_MIN_BYTES", "load_console_config", "parse_console_config"]
+
+#: A link secret shorter than this is refused: HMAC-SHA256 is only as strong as its key.
+LINK_SECRET_MIN_BYTES = 32
+
+
+class HttpConfig(ConfigSection):
+    """Where the acknowledgement pages are served, and the address their links carry."""
+
+    listen_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the HTTP server binds to: 127.0.0.1 behind a reverse proxy on the same host, 0.0.0.0 "
+        "inside a container behind the compose stack's TLS proxy. The server speaks plain HTTP; never expose it "
+        "to the internet without the proxy.",
+    )
+    listen_port: int = Field(default=8380, ge=1, le=65535, description="TCP port of the HTTP server.")
+    public_url: str = Field(
+        description="Base URL people open, as the TLS proxy publishes it, e.g. https://ack.example.jp (links are "
+        "<public_url>/a/<token>).",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="IP addresses of reverse proxies whose X-Forwarded-For is believed (its last address is taken "
+        "as the person's address in the audit). Empty: the peer address is recorded.",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise config_problem(f"public_url '{value}' is not an http:// or https:// URL",
+                                 "e.g. https://ack.example.jp (what the TLS reverse proxy publishes)")
+        if parts.query or parts.fragment:
+            raise config_problem("public_url must not carry a query (?...) or fragment", None)
+        return value.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise config_problem(f"'{item}' is not an IP address", "list the proxies' addresses, e.g. "
+                                     "127.0.0.1") from None
+        return value
+
+
+class LinksConfig(ConfigSection):
+    """Signed links: the secret they are signed with and how long they are valid."""
+
+    secret_file: Annotated[str | None, SECRET_FILE] = Field(
+        default=None,
+        description="Path of a file holding the link secret (at least 32 bytes, e.g. `openssl rand -base64 48`); "
+        "refused when other users can read it. Changing it invalidates every link sent.",
+    )
+    secret_env: str | None = Field(
+        default=None,
+        description="Name of an environment variable holding the link secret (e.g. DENEN_CONSOLE_LINK_SECRET). "
+        "Only one of secret_file and secret_env.",
+    )
+    ttl_s: int = Field(
+        default=86400, ge=60, le=30 * 86400,
+        description="How long a link is valid, in seconds (default 24 h; 60 s .. 30 days).",
+    )
+
+    _secret: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("secret_file")
+    @classmethod
+    def _secret_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = resolve_config_path(value, info)
+        check_readable_file(path, "link secret file")
+        return path
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env(cls, value: str | None) -> str | None:
+        return _env_secret(value, "secret_env")
+
+    @model_validator(mode="after")
+    def _read(self) -> LinksConfig:
+        given = [k for k in ("secret_file", "secret_env") if getattr(self, k) is not None]
+        if not given:
+            raise config_problem("links needs the link secret: secret_file or secret_env",
+                                 "e.g. secret_file: secrets/link-secret (openssl rand -base64 48 > it; chmod 600)")
+        if len(given) > 1:
+            raise config_problem("the link secret is given twice", "keep secret_file or secret_env, not both",
+                                 subloc=("secret_env",))
+        if self.secret_file is not None:
+            try:
+                text = _read_secret_file(self.secret_file, "links.secret_file")
+            except ConfigError as exc:
+                raise config_problem(exc.issues[0].message, exc.issues[0].hint, subloc=("secret_file",)) from None
+        else:
+            secret = _from_env(self.secret_env)
+            text = secret.get_secret_value() if secret is not None else ""
+        if len(text.encode()) < LINK_SECRET_MIN_BYTES:
+            raise config_problem(f"the link secret is shorter than {LINK_SECRET_MIN_BYTES} bytes",
+                                 "make one with: openssl rand -base64 48", subloc=(given[0],))
+        self._secret = SecretStr(text)
+        return self
+
+    def secret(self) -> bytes:
+        """The link secret's bytes (read when the config was loaded)."""
+        assert self._secret is not None
+        return self._secret.get_secret_value().encode()
+
+
+class ConsoleMqttConfig(ConfigSection):
+    """The console's connection to the broker, with its own login (``denen-console`` in the shipped ACL)."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="Host name or IP address of the MQTT broker.")
+    port: int = Field(default=1883, ge=1, le=65535, description="TCP port of the broker (1883 plain, 8883 TLS).")
+    username: str | None = Field(
+        default=None, min_length=1,
+        description="MQTT user name: denen-console for the service. Run `denen ack` with a config naming another "
+        "login of the console role: the shipped broker binds the client id to the login, so a second connection "
+        "with the same login disconnects the running service.",
+    )
+    password: SecretStr | None = Field(
+        default=None, description="MQTT password (secret). Prefer password_file or password_env.",
+    )
+    password_file: Annotated[str | None, SECRET_FILE] = Field(
+        default=None, description="Path of a file holding the MQTT password; refused when other users can read it.",
+    )
+    password_env: str | None = Field(
+        default=None, description="Name of an environment variable holding the MQTT password.",
+    )
+    tls: TlsConfig | Literal[False] | None = Field(
+        default=None,
+        description="TLS settings. Required when host is not a loopback address; 'false' says plain TCP on purpose.",
+    )
+    client_id: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="MQTT client id; null means the user name (the shipped broker uses the login as client id "
+        "anyway), or 'denen-console-<host name>' without one.",
+    )
+    topic_prefix: str = Field(default="denen/v1", description="Topic prefix of the gateways (mqtt.topic_prefix).")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds.")
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=3600, description="First reconnect wait, in seconds.")
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=86400, description="Longest reconnect wait, in seconds.")
+
+    _env_password: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _password_text(cls, value: object) -> object:
+        return _secret_text(value, "password")
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = resolve_config_path(value, info)
+        check_readable_file(path, "password file")
+        return path
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, value: str | None) -> str | None:
+        return _env_secret(value, "password_env")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        if not value or "+" in value or "#" in value or value.startswith(("/", "$")) or value.endswith("/") \
+                or "//" in value or any(ch.isspace() or ch == "\x00" for ch in value):
+            raise config_problem(f"topic_prefix '{value}' is not a plain topic prefix",
+                                 "use plain topic levels separated by '/', e.g. denen/v1")
+        return value
+
+    @model_validator(mode="after")
+    def _cross(self) -> ConsoleMqttConfig:
+        problems = secret_source_problems(self, "password")
+        given = [k for k in ("password", "password_file", "password_env") if getattr(self, k) is not None]
+        if given and self.username is None:
+            problems.append(((given[0],), "a password is set but username is not", "set mqtt.username"))
+        if self.reconnect_max_s < self.reconnect_min_s:
+            problems.append((("reconnect_max_s",), "reconnect_max_s is shorter than reconnect_min_s", None))
+        if self.tls is None and not is_loopback_host(self.host):
+            problems.append((("host",), f"the broker {self.host} is not on this machine and tls is not set",
+                             "add tls: {ca_file: <the broker's CA>} (port 8883), or, only on a trusted private "
+                             "network, tls: false"))
+        if problems:
+            raise config_problems(problems)
+        self._env_password = _from_env(self.password_env)
+        return self
+
+    def tls_settings(self) -> TlsConfig | None:
+        """The TLS settings, or None for plain TCP."""
+        return self.tls or None
+
+    def password_value(self) -> str | None:
+        """The MQTT password (``password_file`` read on every call), or None."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self._env_password is not None:
+            return self._env_password.get_secret_value()
+        return _read_secret_file(self.password_file, "mqtt.password_file") if self.password_file else None
+
+    def effective_client_id(self) -> str:
+        """``client_id``, else the user name, else ``denen-console-<host name>``."""
+        return self.client_id or self.username or f"denen-console-{socket.gethostname()}"
+
+
+class CommandsConfig(ConfigSection):
+    """How commands are sent to a gateway until it answers."""
+
+    retry_s: float = Field(
+        default=10.0, gt=0, le=600,
+        description="Seconds between sends of a command the gateway has not answered yet (its session is clean, "
+        "so a command sent while it was offline is lost).",
+    )
+    give_up_s: float = Field(
+        default=600.0, gt=0, le=86400,
+        description="Seconds after which an unanswered command is given up (result 'timeout' in the audit).",
+    )
+
+
+class ConsoleConfig(ConfigSection):
+    """The whole console configuration (one YAML file)."""
+
+    http: HttpConfig = Field(description="The HTTP server and the public base URL (required).")
+    links: LinksConfig = Field(description="The link secret and lifetime (required).")
+    mqtt: ConsoleMqttConfig = Field(default_factory=ConsoleMqttConfig, description="The MQTT broker and login.")
+    commands: CommandsConfig = Field(default_factory=CommandsConfig, description="Command retries.")
+    sink: SinkConfig | None = Field(
+        default=None,
+        description="Where the audit (alert_ack) is written: the bridge's sink section. Without it the audit goes "
+        "to the log only.",
+    )
+    gateways: GatewaysConfig | None = Field(
+        default=None, description="The gateway registry (site and name of each gateway), as the bridge's.",
+    )
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: object) -> object:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (v is None and k in ("mqtt", "commands", "log"))}
+        return data
+
+
+def _warnings(config: ConsoleConfig) -> list[Found]:
+    found: list[Found] = []
+    if config.mqtt.tls and config.mqtt.tls.insecure:
+        found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
+    if config.mqtt.tls is False and not is_loopback_host(config.mqtt.host):
+        found.append((("mqtt", "tls"), f"plain TCP to the broker {config.mqtt.host}: the console's login travels "
+                      "in clear", "use tls: {ca_file: ...} unless this is a trusted private network"))
+    if urlsplit(config.http.public_url).scheme == "http" and not is_loopback_host(
+            urlsplit(config.http.public_url).hostname or ""):
+        found.append((("http", "public_url"), "links are plain http://: anyone on the path can read and use them",
+                      "publish the console through the TLS reverse proxy (https://)"))
+    if config.sink is None:
+        found.append((("sink",), "no sink: acknowledgements are audited in the log only",
+                      "add the bridge's sink section so alert_ack points reach the dashboards"))
+    return found
+
+
+def parse_console_config(text: str, *, source: str = "<string>",
+                         base_dir: str | os.PathLike[str] | None = None) -> ConsoleConfig:
+    """Parse and validate console config text (secret files it names are checked).
+
+    Raises:
+        ConfigError: listing every problem found, each with file, line, column, key and hint.
+    """
+    return _parse(text, source=source, base_dir=base_dir, file_mode=None)
+
+
+def _parse(text: str, *, source: str, base_dir: str | os.PathLike[str] | None, file_mode: int | None
+           ) -> ConsoleConfig:
+    config, _ = parse_yaml_model(text, ConsoleConfig, source=source, base_dir=base_dir, warnings=_warnings,
+                                 example="config/console/console.yaml", sections=("http", "links"),
+                                 file_mode=file_mode, service_user="the console's user")
+    return config
+
+
+def load_console_config(path: str | os.PathLike[str]) -> ConsoleConfig:
+    """Read, parse and validate a console config file (relative paths against its directory).
+
+    Raises:
+        ConfigError: listing every problem found, each with file, line, column, key and hint.
+    """
+    source = os.fspath(path)
+    text, mode = read_config_file(source)
+    return _parse(text, source=source, base_dir=Path(source).absolute().parent, file_mode=mode)

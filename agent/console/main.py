@@ -1,0 +1,194 @@
+"""``denen console`` and ``denen ack``: the argument parsers and what they run.
+
+Kept light at import (argparse only): ``agent.cli`` builds every parser at start-up.
+
+``denen ack`` exit codes: 0 the gateway carried the command out (``stopped``, ``already_acknowledged``,
+``silenced``, ``chirped``); 1 the gateway answered that nothing changed (``not_active``, ``not_sounding``,
+``no_siren``, ``no_outputs``, ``invalid``); 2 no answer (broker unreachable or refused, or ``--wait`` passed) or a
+config error. ``denen ack link`` prints the URL and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import re
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+__all__ = ["ack_main", "add_ack_arguments", "add_console_arguments", "console_main", "parse_duration"]
+
+log = logging.getLogger("denen.console")
+
+DEFAULT_CONFIG = "/etc/denen/console.yaml"
+#: Outcomes that mean the gateway did what was asked.
+DONE_OUTCOMES = frozenset({"stopped", "already_acknowledged", "silenced", "chirped"})
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``24h``, ``2d`` -> seconds (argparse type)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 90s, 15m, 24h or 2d")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def add_console_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                   help=f"console config file (YAML), e.g. config/console/console.yaml; default {DEFAULT_CONFIG}")
+
+
+def add_ack_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="ack_cmd", required=True, metavar="ACTION")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                        help=f"console config file (its mqtt login, link secret and sink); default {DEFAULT_CONFIG}")
+
+    def wait(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--wait", type=parse_duration, default=60.0,
+                        help="how long to keep sending until the gateway answers (default 60s)")
+
+    link = sub.add_parser("link", help="print a signed link to an alert's acknowledgement page")
+    link.add_argument("gateway", help="gateway id, e.g. gw-okutama-01")
+    link.add_argument("key", help="alert key <type>:<node>, e.g. sos:00a1b2c3")
+    link.add_argument("--ttl", type=parse_duration, default=None,
+                      help="how long the link is valid, e.g. 24h (default: links.ttl_s of the config)")
+    link.add_argument("--to", default=None, help="who the link is for (the page's default name)")
+    common(link)
+
+    ack = sub.add_parser("ack", help="acknowledge an alert: the gateway stops repeating it")
+    ack.add_argument("gateway")
+    ack.add_argument("key", help="alert key <type>:<node>, e.g. sos:00a1b2c3")
+    ack.add_argument("--by", required=True, help="who acknowledges (written to the audit and the gateway's log)")
+    common(ack)
+    wait(ack)
+
+    sil = sub.add_parser("silence", help="silence the siren for one alert (a new alert sounds it again)")
+    sil.add_argument("gateway")
+    sil.add_argument("key", help="alert key the siren sounds for, e.g. river_stage:00000301")
+    sil.add_argument("--by", required=True, help="who silences it")
+    common(sil)
+    wait(sil)
+
+    chirp = sub.add_parser("test-chirp", help="run the gateway's installer self-test chirp")
+    chirp.add_argument("gateway")
+    chirp.add_argument("--by", required=True, help="who runs it")
+    common(chirp)
+    wait(chirp)
+
+
+def console_main(args: argparse.Namespace) -> int:
+    from agent import __version__  # noqa: PLC0415
+    from agent.console.config import load_console_config  # noqa: PLC0415
+    from agent.console.service import ConsoleService  # noqa: PLC0415
+
+    cfg = load_console_config(args.config)
+    logging.getLogger().setLevel(getattr(logging, cfg.log.level.upper()))
+    service = ConsoleService(cfg)
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("signal %d: stopping the console", signum)
+        service.request_stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    log.info("denen %s console: config %s", __version__, args.config)
+    service.run()
+    return 0
+
+
+def ack_main(args: argparse.Namespace) -> int:
+    from agent.console.config import load_console_config  # noqa: PLC0415
+    from agent.console.links import GATEWAY_RE, KEY_RE, LinkSigner, clean_by  # noqa: PLC0415
+
+    cfg = load_console_config(args.config)
+    if not GATEWAY_RE.match(args.gateway):
+        print(f"denen: error: '{args.gateway}' is not a gateway id (lower-case letters, digits, '_' and '-')",
+              file=sys.stderr)
+        return 2
+    key = getattr(args, "key", None)
+    if key is not None and not KEY_RE.match(key):
+        print(f"denen: error: '{key}' is not an alert key (<type>:<node>, e.g. sos:00a1b2c3)", file=sys.stderr)
+        return 2
+    if args.ack_cmd == "link":
+        signer = LinkSigner(cfg.links.secret())
+        try:
+            token = signer.sign(args.gateway, key, args.ttl or cfg.links.ttl_s, recipient=args.to)
+        except ValueError as exc:
+            print(f"denen: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{cfg.http.public_url}/a/{token}")
+        return 0
+    by = clean_by(args.by)
+    if by is None:
+        print("denen: error: --by is 1..100 characters without control characters", file=sys.stderr)
+        return 2
+    action = {"ack": "ack", "silence": "silence", "test-chirp": "test"}[args.ack_cmd]
+    return _command(cfg, action, args.gateway, key, by, args.wait)
+
+
+def _command(cfg: Any, action: str, gateway: str, key: str | None, by: str, wait_s: float) -> int:
+    import os  # noqa: PLC0415
+
+    from agent.bridge.registry import GatewayRegistry  # noqa: PLC0415
+    from agent.console.audit import Action, Audit, now_us  # noqa: PLC0415
+    from agent.console.commands import CommandLink, new_request_id  # noqa: PLC0415
+    from agent.console.config import CommandsConfig  # noqa: PLC0415
+    from agent.console.service import ACTION_COMMANDS, command_doc  # noqa: PLC0415
+    from agent.console.state import StateBook  # noqa: PLC0415
+
+    registry = (GatewayRegistry.load(cfg.gateways.file, unknown=cfg.gateways.unknown)
+                if cfg.gateways is not None else GatewayRegistry())
+    audit = Audit(cfg.sink, registry)
+    states = StateBook()
+    commands = CommandsConfig(retry_s=min(cfg.commands.retry_s, wait_s), give_up_s=wait_s)
+    finished = threading.Event()
+    link = CommandLink(cfg.mqtt, commands, states=states, on_done=lambda item: finished.set(),
+                       client_id=f"{cfg.mqtt.effective_client_id()}-cli-{os.getpid()}")
+    audit.start()
+    link.start()
+    try:
+        if not link.wait_ready(min(wait_s, 15.0)):
+            print(f"denen: error: could not connect to the broker {cfg.mqtt.host}:{cfg.mqtt.port} as "
+                  f"{cfg.mqtt.username or '(anonymous)'} and subscribe (see the log above); nothing was sent",
+                  file=sys.stderr)
+            return 2
+        # The retained state says which raise this is, for the audit; a command is sent without it too.
+        state = states.wait_for(gateway, 2.0)
+        alert = state.alerts.get(key) if state is not None and key is not None else None
+        kind: str | None = None
+        node: str | None = None
+        if alert is not None:
+            kind, node = alert.type, alert.node or gateway
+        elif key is not None:
+            kind, _, node = key.partition(":")
+            node = node or gateway
+        request_id = new_request_id()
+        record = Action(action=action, gateway=gateway, by=by,
+                        from_ip=f"cli:{getpass.getuser()}@{socket.gethostname()}", request_id=request_id,
+                        ts_us=now_us(), type=kind, node=node, alert_id=alert.id if alert else None,
+                        since_us=alert.since_us if alert else None)
+        audit.record(record)
+        item = link.submit(gateway, ACTION_COMMANDS[action], command_doc(action, key, by, "cli"),
+                           request_id=request_id)
+        print(f"sent {item.command} to {gateway} (request {request_id}); waiting up to {wait_s:g} s for the answer")
+        finished.wait(wait_s + 5)
+        if item.result is None:
+            audit.record_result(record, "timeout")
+            print(f"no answer from {gateway} after {item.sends} sends in {wait_s:g} s: the gateway is offline or "
+                  f"does not get its commands; nothing is known to have changed", file=sys.stderr)
+            return 2
+        outcomes = [o for _, o in item.result.results]
+        audit.record_result(record, ",".join(outcomes))
+        for target, outcome in item.result.results:
+            print(f"{gateway}: {target + ': ' if target else ''}{outcome}")
+        return 0 if outcomes and all(o in DONE_OUTCOMES for o in outcomes) else 1
+    finally:
+        link.stop()
+        audit.stop()

@@ -372,7 +372,8 @@ class Gateway:
             self.decoder.age_out(clock.wall_us())
         entries.extend(self._edge_call(self.edge.due, connected=self._session is not None))
         self._watch_clock(entries)
-        self._held_fresh = sum(1 for e in entries if e.boot_us is not None and e.lane >= TELEMETRY)
+        # Counted as the journal counts them (every lane; an SOS or alarm leaves as soon as the broker has it).
+        self._held_fresh = sum(1 for e in entries if e.boot_us is not None)
         self._watch_hold()
 
         if urgent and self._session is not None and not self._uncommitted:

@@ -1,10 +1,13 @@
 """``denen status``: what the gateway's journal says, read without disturbing the running agent.
 
-The journal is opened read-only beside the agent (WAL lets readers and the one writer work at once).
+The journal is opened read-only beside the agent (WAL lets readers and the one writer work at once). What the
+gateway last published on its retained state topic (siren, lamp, held readings, open alerts) is read from the copy
+the agent keeps in the journal, so it shows without the broker.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -94,7 +97,21 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
         "quarantine_recent": recent,
         "audit_recent": audit,
         "requests_pending": pending,
+        "gateway_state": _gateway_state(meta.get("gateway_state"), now_us),
     }
+
+
+def _gateway_state(text: str | None, now_us: int) -> dict[str, Any] | None:
+    """The last state document the agent recorded (README "State"), with ``age_s``; None before the first one."""
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or not isinstance(doc.get("ts_us"), int):
+            raise ValueError("not a state document")
+    except ValueError as exc:
+        return {"error": f"the recorded state cannot be read: {exc}"}
+    return {**doc, "age_s": round((now_us - doc["ts_us"]) / 1e6, 1)}
 
 
 def _alive(pid: int) -> bool:
@@ -138,11 +155,61 @@ def render(status: dict[str, Any], console: Console) -> None:
     other = {k: v for k, v in status["counters"].items() if not k.startswith("frames.") and not k.startswith("readings.")}
     if other:
         console.print("events: " + ", ".join(f"{k} {v}" for k, v in other.items()))
+    _render_state(status.get("gateway_state"), agent["running"], console)
     for r in status.get("requests_pending", []):
         console.print(f"pending request {r['id']}: {r['action']} node {r['node']} by {r['user']}")
     for a in status.get("audit_recent", []):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a["ts_us"] / 1e6))
         console.print(f"audit {when} UTC {a['user']}: {a['detail']}", markup=False)
+
+
+def _local(ts_us: Any) -> str:
+    if not isinstance(ts_us, int):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts_us / 1e6))
+
+
+def _render_state(state: dict[str, Any] | None, running: bool, console: Console) -> None:
+    """Siren, lamp, held readings and open alerts as the gateway last published them."""
+    def say(text: str) -> None:
+        # The document holds names and messages from the config and the backend: printed as text, never markup.
+        console.print(text, markup=False, highlight=False)
+
+    if state is None:
+        say("outputs: no state recorded yet")
+        return
+    if "error" in state:
+        say(f"outputs: {state['error']}")
+        return
+    when = f"state as of {_local(state['ts_us'])} ({state['age_s']:.0f} s ago)"
+    say(when if running else f"{when}; the agent is not running, so this is its last state")
+    siren = state.get("siren") or {}
+    if not siren.get("configured"):
+        line = "siren: none configured"
+    elif siren.get("on"):
+        why = siren.get("why")
+        line = f"siren: SOUNDING for alert {siren.get('alert')}" if why == "alert" else f"siren: sounding ({why})"
+    else:
+        line = "siren: off"
+    if siren.get("silenced"):
+        line += f"   silenced for: {', '.join(siren['silenced'])}"
+    say(line)
+    lamp = state.get("lamp") or {}
+    say(f"lamp: {lamp.get('state')}" + ("" if lamp.get("configured") else " (no lamp configured)"))
+    held = state.get("held") or {}
+    if held.get("active"):
+        until = f", until {_local(held['until_us'])} at the latest" if held.get("until_us") else ""
+        say(f"held readings: {held.get('count')} (clock not synchronised{until})")
+    else:
+        say("held readings: none")
+    alerts = state.get("alerts") or []
+    say(f"open alerts: {len(alerts)}" if alerts else "open alerts: none")
+    for a in alerts:
+        if a.get("acknowledged_by"):
+            ack = f"acknowledged by {a['acknowledged_by']}"
+        else:
+            ack = "repeating until acknowledged" if a.get("repeating") else "not repeating"
+        say(f"  {a.get('key')}  {a.get('severity')}  since {_local(a.get('since_us'))}  {ack}: {a.get('message')}")
 
 
 def _fmt(v: float | int | None, digits: int = 1) -> str:

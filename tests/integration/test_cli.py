@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,67 @@ def test_status_without_a_journal_is_one_clear_line(tmp_path: Path) -> None:
     out = denen("status", "-j", str(tmp_path / "nope.db"))
     assert out.returncode == 1
     assert out.stderr.strip().startswith("denen: error: no journal at") and "Traceback" not in out.stderr
+
+
+def test_status_shows_the_siren_lamp_held_readings_and_alerts_the_gateway_last_published(tmp_path: Path) -> None:
+    """A gateway whose siren sounds for an SOS and was silenced for a river stage, stopped: `denen status` reads
+    what it last published from the journal, without a broker."""
+    from agent.config import parse_config
+    from agent.gateway import Gateway
+    from drivers.types import Uplink
+    from tests.support.scenario_rig import LAMP_PIN, SIREN_PIN, ScenarioNode, gateway_yaml
+
+    river, sos = ScenarioNode(0x301, "water_level", "river-kawa"), ScenarioNode(0x101, "sos", "sos-1")
+    rules = ('  rivers:\n    - node: "00000301"\n      stages_cm: {standby: 100, caution: 150, evacuation: 250, '
+             'danger: 300}\n')
+    gpio = f"  pin_factory: mock\n  status_lamp:\n    pin: {LAMP_PIN}\n  siren:\n    pin: {SIREN_PIN}\n"
+    journal = tmp_path / "j.db"
+    gw = Gateway(parse_config(gateway_yaml(port="loop://", mqtt_port=9, journal=journal, nodes=[river, sos],
+                                           rules=rules, gpio=gpio)), radios=[])
+    try:
+        gw.on_uplinks([Uplink("lora0", river.frame({"level_cm": 260, "battery_v": 3.9}), -90, 5.0, None,
+                              time.time_ns() // 1000)])
+        gw._step(0)
+        gw.inbox.put(("cmd", "denen/v1/gw-scenario-01/cmd/siren-silence",
+                      json.dumps({"key": "river_stage:00000301", "by": "山田 [b]x[/b]"}).encode()))
+        gw.inbox.put(("cmd", "denen/v1/gw-scenario-01/cmd/alert-ack",
+                      json.dumps({"keys": ["river_stage:00000301"], "by": "山田 [b]x[/b]"}).encode()))
+        gw._step(0)
+        gw.on_uplinks([Uplink("lora0", sos.frame({"pressed": 1, "battery_v": 3.9}), -90, 5.0, None,
+                              time.time_ns() // 1000)])
+        gw._step(0)
+    finally:
+        gw.edge.close()
+        gw.journal.close()
+
+    out = denen("status", "-j", str(journal), "--json")
+    assert out.returncode == 0, out.stderr
+    state = json.loads(out.stdout)["gateway_state"]
+    assert state["schema"] == "denen.state/1" and state["age_s"] >= 0
+    assert state["siren"] == {"configured": True, "on": True, "why": "alert", "alert": "sos:00000101",
+                              "silenced": ["river_stage:00000301"]}
+    assert state["lamp"] == {"configured": True, "state": "alarm"}
+    assert state["held"] == {"active": False, "reason": None, "count": 0, "until_us": None}
+    assert [(a["key"], a["repeating"], a["acknowledged_by"]) for a in state["alerts"]] == [
+        ("river_stage:00000301", False, "山田 [b]x[/b]"), ("sos:00000101", True, None)]  # most severe, oldest
+
+    text = denen("status", "-j", str(journal))
+    assert text.returncode == 0, text.stderr
+    assert "the agent is not running, so this is its last state" in text.stdout
+    assert "siren: SOUNDING for alert sos:00000101   silenced for: river_stage:00000301" in text.stdout
+    assert "lamp: alarm" in text.stdout and "held readings: none" in text.stdout
+    assert "acknowledged by 山田 [b]x[/b]" in text.stdout  # names are text, never rich markup
+    assert "sos:00000101  emergency" in text.stdout and "repeating until acknowledged" in text.stdout
+
+
+def test_status_without_a_recorded_state_says_so(tmp_path: Path) -> None:
+    from agent.journal import Journal
+
+    Journal(tmp_path / "j.db", quota_bytes=1 << 20).close()
+    out = denen("status", "-j", str(tmp_path / "j.db"))
+    assert out.returncode == 0, out.stderr
+    assert "outputs: no state recorded yet" in out.stdout
+    assert json.loads(denen("status", "-j", str(tmp_path / "j.db"), "--json").stdout)["gateway_state"] is None
 
 
 def test_config_schema_is_written(tmp_path: Path) -> None:

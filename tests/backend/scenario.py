@@ -14,11 +14,19 @@ edge rules (agent/rules.py) would raise and clear for it:
   for one reading) to はん濫注意水位, two rain gauges in a downpour, two slope tilt sensors; a backhaul outage
   10 h ago fills the journal (journal_near_quota raised, then cleared).
 
+The alert loop (issue 11) runs through it too: each gateway's ``gateway_state`` (siren, lamp, held readings, open
+and unacknowledged alerts) as the bridge writes it from the retained state topic, the ``command_result`` points of
+the commands staff sent, and the console's ``alert_ack`` audit (a point when a person confirms, and its result a
+microsecond later). At the end the okutama siren sounds for the active SOS, the kiso siren has been silenced after
+its river alert was acknowledged, the tanba trap fired 15 minutes ago has been acknowledged, and
+``gw-tanba-traps-02`` went offline holding readings (its clock was not synchronised after a reboot).
+
 Node ids and names follow the example gateway configs in ``config/``. :attr:`Scenario.firing` says which series
 each provisioned alert rule must fire for, so the rules are checked against known answers, not just for "some data".
 
-Every numeric field is a float written with a decimal point or an exponent (the alert's ``message`` is the one
-string field), tags are sorted (as the README's example line), timestamps are µs since the epoch.
+Every numeric field is a float written with a decimal point or an exponent (string fields: the alert's
+``message``, the status's ``agent``, and the text fields of ``gateway_state``, ``command_result`` and
+``alert_ack``), tags are sorted (as the README's example line), timestamps are µs since the epoch.
 """
 
 from __future__ import annotations
@@ -98,6 +106,14 @@ class Scenario:
     firing: dict[str, set[str]] = field(default_factory=dict)
     #: gauge name -> the river stage (0-4) its gateway reports at the end.
     stages: dict[str, int] = field(default_factory=dict)
+    #: gateway -> its last state: (siren_on, siren_alert, alerts_open, alerts_unacknowledged, held_count).
+    states: dict[str, tuple[bool, str, int, int, int]] = field(default_factory=dict)
+    #: acknowledgements (action ack) in the last 24 h: (gateway, node, type, by, ack_delay_s).
+    acks: list[tuple[str, str, str, str, float]] = field(default_factory=list)
+    #: command results: (ts_us, gateway, command, outcome, target, by).
+    commands: list[tuple[int, str, str, str, str, str]] = field(default_factory=list)
+    #: alerts raised and not cleared at the end: (gateway, node, type).
+    open_alerts: set[tuple[str, str, str]] = field(default_factory=set)
     _fcnt: dict[str, int] = field(default_factory=dict)
     _last_alert_us: dict[str, int] = field(default_factory=dict)
 
@@ -136,6 +152,11 @@ class Scenario:
         """
         ts_us = max(ts_us, self._last_alert_us.get(gateway, 0) + 1)
         self._last_alert_us[gateway] = ts_us
+        key = (gateway, n.node if n else gateway, type_)
+        if raised:
+            self.open_alerts.add(key)
+        else:
+            self.open_alerts.discard(key)
         tags = {"site": self.gateways[gateway], "gateway": gateway, "node": n.node if n else gateway,
                 "name": n.name if n else self.gateway_names[gateway], "type": type_, "severity": severity}
         fields: dict[str, float | str] = {"raised": 1.0 if raised else 0.0, **values, "message": message}
@@ -145,6 +166,41 @@ class Scenario:
         """A gateway_status point: the retained status document (online) or the broker's Last Will (offline)."""
         self.lines.append(line("gateway_status", {"gateway": gateway},
                                {"online": 1.0 if online else 0.0, "agent": "0.1.0"}, ts_us))
+
+    def gateway_state(self, gateway: str, ts_us: int, *, siren: str | None = None, lamp: str = "ok", held: int = 0,
+                      open_: int = 0, unacknowledged: int = 0) -> None:
+        """A gateway_state point, from the gateway's retained state document; ``siren``: the key of the alert the
+        siren sounds for, None when it is silent."""
+        self.lines.append(line("gateway_state", {"site": self.gateways[gateway], "gateway": gateway}, {
+            "siren_on": 1.0 if siren else 0.0, "siren_why": "alert" if siren else "", "siren_alert": siren or "",
+            "lamp": lamp, "held_active": 1.0 if held else 0.0, "held_count": float(held),
+            "alerts_open": float(open_), "alerts_unacknowledged": float(unacknowledged)}, ts_us))
+        self.states[gateway] = (siren is not None, siren or "", open_, unacknowledged, held)
+
+    def command(self, gateway: str, ts_us: int, command: str, outcome: str, target: str | None, by: str,
+                via: str, request_id: str) -> None:
+        """A command_result point: what the gateway answered to one command for one target."""
+        self.lines.append(line("command_result", {"site": self.gateways[gateway], "gateway": gateway,
+                                                  "command": command, "outcome": outcome},
+                               {"target": target or "", "by": by, "request_id": request_id, "via": via}, ts_us))
+        self.commands.append((ts_us, gateway, command, outcome, target or "", by))
+
+    def alert_ack(self, gateway: str, ts_us: int, action: str, n: Node | None, type_: str | None, by: str,
+                  request_id: str, result: str, *, since_us: int | None = None, alert_id: str | None = None) -> None:
+        """The console's audit of one staff action (``action``: ack, silence, test): the confirm, then the
+        gateway's outcome (or ``timeout``) a microsecond later, with the same tags."""
+        tags = {"site": self.gateways[gateway], "gateway": gateway, "node": n.node if n else "",
+                "type": type_ or "", "action": action}
+        fields: dict[str, float | str] = {"by": by, "from_ip": "203.0.113.24", "request_id": request_id}
+        if alert_id is not None:
+            fields["alert_id"] = alert_id
+        if since_us is not None:
+            fields["since_us"] = float(since_us)
+            fields["ack_delay_s"] = (ts_us - since_us) / US
+        self.lines.append(line("alert_ack", tags, fields, ts_us))
+        self.lines.append(line("alert_ack", tags, {"result": result}, ts_us + 1))
+        if action == "ack" and n is not None and type_ is not None and ts_us > self.end_us - 24 * HOUR_US:
+            self.acks.append((gateway, n.node, type_, by, (ts_us - (since_us or ts_us)) / US))
 
     def gateway_health(self, gateway: str, ts_us: int, values: dict[str, float]) -> None:
         """A gateway_health point (tags site and gateway only)."""
@@ -224,6 +280,7 @@ def build(end_us: int, *, seed: int = 20240607) -> Scenario:
     t_w2 = Node("tanba", gw2, "7a000011", "trap-west-2")
     shed = Node("tanba", gw, "7a00f001", "shed-weather")
     sc.nodes += [t_n3, t_n1, t_n2, t_e1, t_e2, t_w2, shed]
+    battery_low_at = 0
     for k, n in enumerate((t_n3, t_n1, t_n2, t_e1, t_e2, t_w2)):
         # Installed (armed) four days ago, then a heartbeat once a day.
         sc.reading(n, "trap", start + (30 + k) * MIN_US, {"fired": 0.0, "battery_v": 3.6}, rssi=radio()[0],
@@ -236,6 +293,7 @@ def build(end_us: int, *, seed: int = 20240607) -> Scenario:
                        rssi=radio()[0], snr=radio()[1])
             if v < 3.3 and not low:  # the edge's default battery_low_v
                 low = True
+                battery_low_at = t
                 sc.alert(n, n.gateway, t, "battery_low", "info", True,
                          f"電池残量低下 / battery low: {v:.2f} V < 3.30 V", value=v, threshold=3.3)
         if n is t_w2:  # its last heartbeat comes shortly before its gateway drops off
@@ -274,12 +332,14 @@ def build(end_us: int, *, seed: int = 20240607) -> Scenario:
     stage_names = ("水防団待機水位 / flood-fighting standby level", "はん濫注意水位 / flood caution level",
                    "避難判断水位 / evacuation judgement level", "はん濫危険水位 / flood danger level")
     reached = reached2 = 0
+    stage_at: dict[tuple[str, int], int] = {}  # (node, stage) -> when the gateway raised it
     for t in _times(start, E, 10 * MIN_US, offset_us=3 * MIN_US):
         frac = max(0.0, (t - rise_start) / (E - rise_start))
         level = round(120.0 + 165.0 * frac**1.5 + rnd.uniform(-1.5, 1.5), 1)
         sc.reading(gauge, "water_level", t, {"level_cm": level, "battery_v": 12.6}, rssi=-93.0, snr=5.5)
         while reached < 4 and level >= stages[reached]:
             reached += 1  # the edge raises one river_stage alert per stage crossed
+            stage_at[(gauge.node, reached)] = t
             sc.alert(gauge, gw, t, "river_stage", ("info", "warning", "emergency", "emergency")[reached - 1], True,
                      f"{stage_names[reached - 1]}: {level} cm ≥ {stages[reached - 1]} cm", level=float(reached),
                      value=level, threshold=stages[reached - 1])
@@ -289,6 +349,7 @@ def build(end_us: int, *, seed: int = 20240607) -> Scenario:
         sc.reading(gauge2, "water_level", t, {"level_cm": level2, "battery_v": 12.4}, rssi=-108.0, snr=-1.0)
         while reached2 < 4 and level2 >= stages[reached2]:
             reached2 += 1
+            stage_at[(gauge2.node, reached2)] = t
             sc.alert(gauge2, gw, t, "river_stage", ("info", "warning", "emergency", "emergency")[reached2 - 1], True,
                      f"{stage_names[reached2 - 1]}: {level2} cm ≥ {stages[reached2 - 1]} cm", level=float(reached2),
                      value=level2, threshold=stages[reached2 - 1])
@@ -339,4 +400,63 @@ def build(end_us: int, *, seed: int = 20240607) -> Scenario:
         sc.gateway_status(g, start + interval * US // 2, True)  # connected (retained status, online)
     sc.gateway_status("gw-tanba-traps-02", E - 38 * MIN_US, False)  # the broker's Last Will
     sc.firing["denen-gateway-offline"] = {"gw-tanba-traps-02"}
+
+    # ---- the alert loop: each gateway's state, the commands staff sent, the console's audit -------------------
+    S = US
+    for g in sc.gateways:  # connected four days ago: nothing sounds, nothing is held
+        sc.gateway_state(g, start + MIN_US)
+    # okutama: the first SOS is acknowledged after 5 minutes (repeats stop, the siren sounds until the caller
+    # cancels); an acknowledgement after the cancel changes nothing; the second SOS sounds now, unacknowledged.
+    gw, t1 = "gw-okutama-01", E - 90 * MIN_US
+    sc.gateway_state(gw, t1 + 1, siren="sos:5e000001", lamp="alarm", open_=1, unacknowledged=1)
+    sc.alert_ack(gw, t1 + 300 * S, "ack", sos1, "sos", "山田 太郎", "ack-3f2a01", "stopped", since_us=t1,
+                 alert_id="gw-okutama-01:sos:5e000001#1")
+    sc.command(gw, t1 + 300 * S + 200_000, "alert-ack", "stopped", "sos:5e000001", "山田 太郎", "console",
+               "ack-3f2a01")
+    sc.gateway_state(gw, t1 + 300 * S + 300_000, siren="sos:5e000001", lamp="alarm", open_=1)
+    sc.gateway_state(gw, E - 60 * MIN_US + 1)
+    sc.command(gw, E - 55 * MIN_US, "alert-ack", "not_active", "sos:5e000001", "山田 太郎", "cli", "cli-77b1")
+    sc.gateway_state(gw, E - 20 * MIN_US + 1, siren="sos:5e000002", lamp="alarm", open_=1, unacknowledged=1)
+    # tanba: no siren. The installer's remote test chirp yesterday; the trap fired 15 minutes ago is acknowledged
+    # after 3 minutes; the battery and the silent trap are not.
+    gw = "gw-tanba-traps-01"
+    sc.alert_ack(gw, E - 30 * HOUR_US, "test", None, None, "設置業者 田中", "chirp-0c9e", "chirped")
+    sc.command(gw, E - 30 * HOUR_US + 150_000, "test-chirp", "chirped", None, "設置業者 田中", "console",
+               "chirp-0c9e")
+    sc.gateway_state(gw, battery_low_at + 1, open_=1, unacknowledged=1)
+    sc.gateway_state(gw, E - 8 * HOUR_US + 1, lamp="alarm", open_=2, unacknowledged=2)
+    sc.gateway_state(gw, E - 2 * HOUR_US + 1, lamp="alarm", open_=3, unacknowledged=3)
+    sc.gateway_state(gw, E - 1 * HOUR_US + 1, lamp="alarm", open_=2, unacknowledged=2)
+    sc.gateway_state(gw, E - 15 * MIN_US + 1, lamp="alarm", open_=3, unacknowledged=3)
+    sc.alert_ack(gw, E - 12 * MIN_US, "ack", t_n1, "trap_fired", "鈴木 花子", "ack-9d04c7", "stopped",
+                 since_us=E - 15 * MIN_US, alert_id="gw-tanba-traps-01:trap_fired:7a000001#3")
+    sc.command(gw, E - 12 * MIN_US + 250_000, "alert-ack", "stopped", "trap_fired:7a000001", "鈴木 花子", "console",
+               "ack-9d04c7")
+    sc.gateway_state(gw, E - 12 * MIN_US + 300_000, lamp="alarm", open_=3, unacknowledged=2)
+    # The second trap gateway rebooted without a time source before it went offline: its readings are held.
+    sc.gateway_state("gw-tanba-traps-02", E - 50 * MIN_US, held=5)
+    # kiso: the journal alert of the outage (readings held after the reboot that ended it), then the river: the
+    # siren sounds at 避難判断水位, staff acknowledge after 7 minutes and silence it 3 minutes later.
+    gw = "gw-kiso-river-02"
+    sc.gateway_state(gw, E - 10 * HOUR_US, lamp="no_backhaul")
+    sc.gateway_state(gw, E - 9 * HOUR_US, lamp="alarm", held=37, open_=1, unacknowledged=1)
+    sc.gateway_state(gw, E - 9 * HOUR_US + 5 * MIN_US + 1, held=37)
+    sc.gateway_state(gw, E - 9 * HOUR_US + 10 * MIN_US)
+    river, upper = "river_stage:" + gauge.node, "river_stage:" + gauge2.node
+    t_river, t_upper, t3 = stage_at[(gauge.node, 1)], stage_at[(gauge2.node, 1)], stage_at[(gauge.node, 3)]
+    assert t_river < t_upper < t3, "the scenario's river events are out of order"
+    sc.gateway_state(gw, t_river + 1, open_=1, unacknowledged=1)
+    sc.gateway_state(gw, t_upper + 1, lamp="alarm", open_=2, unacknowledged=2)
+    sc.gateway_state(gw, t3 + 1, siren=river, lamp="alarm", open_=2, unacknowledged=2)
+    sc.alert_ack(gw, t3 + 420 * S, "ack", gauge, "river_stage", "河川課 佐藤", "ack-51e8aa", "stopped", since_us=t3,
+                 alert_id="gw-kiso-river-02:river_stage:3c000001#3")
+    sc.command(gw, t3 + 420 * S + 180_000, "alert-ack", "stopped", river, "河川課 佐藤", "console", "ack-51e8aa")
+    sc.gateway_state(gw, t3 + 420 * S + 200_000, siren=river, lamp="alarm", open_=2, unacknowledged=1)
+    sc.alert_ack(gw, t3 + 600 * S, "silence", gauge, "river_stage", "河川課 佐藤", "sil-0b77e2", "silenced",
+                 since_us=t3, alert_id="gw-kiso-river-02:river_stage:3c000001#3")
+    sc.command(gw, t3 + 600 * S + 150_000, "siren-silence", "silenced", river, "河川課 佐藤", "console",
+               "sil-0b77e2")
+    sc.gateway_state(gw, t3 + 600 * S + 200_000, lamp="alarm", open_=2, unacknowledged=1)
+    for g, (_, _, open_, _, _) in sc.states.items():
+        assert open_ == sum(1 for a in sc.open_alerts if a[0] == g), f"{g}: open alerts and its state disagree"
     return sc

@@ -3,8 +3,10 @@
 * The datasource is InfluxQL, and every dashboard is valid JSON whose datasource references all resolve to it.
 * Every panel query, expanded the way Grafana expands it (tests/backend/grafana_expand.py), returns data from
   the scenario of tests/backend/scenario.py, written as line protocol exactly as the README's InfluxDB schema
-  says; the stat panels that count SOS calls, fired traps, gauges above 避難判断水位 and offline gateways give
-  the scenario's numbers.
+  says (and, for the alert loop's gateway_state, command_result and alert_ack, as the bridge and the console write
+  them); the stat panels that count SOS calls, fired traps, gauges above 避難判断水位, offline gateways, sounding
+  sirens, unacknowledged alerts and held readings give the scenario's numbers, and the fleet dashboard's tables
+  show which siren sounds for which alert, the open alerts, and who acknowledged which alert after how long.
 * Every alert rule runs its queries and expressions and fires for exactly the series the scenario says.
 """
 
@@ -135,6 +137,20 @@ def test_datasource_is_influxql() -> None:
     assert DS["user"] and DS["secureJsonData"]["password"].startswith("${")  # credentials from the environment
 
 
+#: The alert loop's measurements (tag keys; field -> InfluxDB type), as the bridge writes gateway_state and
+#: command_result (agent/bridge/lineproto.py) and the console writes alert_ack.
+ALERT_LOOP_SCHEMA: dict[str, tuple[set[str], dict[str, str]]] = {
+    "gateway_state": ({"gateway", "site"}, {
+        "siren_on": "float", "siren_why": "string", "siren_alert": "string", "lamp": "string", "held_active": "float",
+        "held_count": "float", "alerts_open": "float", "alerts_unacknowledged": "float"}),
+    "command_result": ({"gateway", "site", "command", "outcome"}, {
+        "target": "string", "by": "string", "request_id": "string", "via": "string"}),
+    "alert_ack": ({"gateway", "site", "type", "node", "action"}, {
+        "by": "string", "from_ip": "string", "request_id": "string", "alert_id": "string", "since_us": "float",
+        "ack_delay_s": "float", "result": "string"}),
+}
+
+
 def test_scenario_follows_the_readme_schema(loaded: Loaded) -> None:
     """The generator writes what the README documents: measurements, tags, float fields, µs timestamps."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -144,8 +160,12 @@ def test_scenario_follows_the_readme_schema(loaded: Loaded) -> None:
                                                                readme.index("### Status schema")]))
     measurements = {r["name"] for r in loaded.db.rows("SHOW MEASUREMENTS", DB)}
     assert measurements == {"sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat", "node_health",
-                            "gateway_health", "alert", "gateway_status"}
-    for m in measurements:
+                            "gateway_health", "alert", "gateway_status"} | set(ALERT_LOOP_SCHEMA)
+    for m, (tags, fields) in ALERT_LOOP_SCHEMA.items():
+        assert {r["tagKey"] for r in loaded.db.rows(f'SHOW TAG KEYS FROM "{m}"', DB)} == tags, m
+        found = {r["fieldKey"]: r["fieldType"] for r in loaded.db.rows(f'SHOW FIELD KEYS FROM "{m}"', DB)}
+        assert found == fields, m
+    for m in measurements - set(ALERT_LOOP_SCHEMA):
         assert f"`{m}`" in section, f"measurement {m} is not in the README's schema"
         tag_keys = {r["tagKey"] for r in loaded.db.rows(f'SHOW TAG KEYS FROM "{m}"', DB)}
         expected = ({"site", "gateway"} if m == "gateway_health"
@@ -293,6 +313,64 @@ def test_stat_panels_count_what_the_scenario_holds(loaded: Loaded) -> None:
     gateways = len(loaded.scenario.gateways)
     assert _single(loaded, "fleet-health.json", "オンライン") == gateways - 1
     assert _single(loaded, "fleet-health.json", "オフライン") == 1
+    states = loaded.scenario.states.values()
+    assert _single(loaded, "fleet-health.json", "サイレン鳴動中") == sum(s[0] for s in states) == 1
+    assert _single(loaded, "fleet-health.json", "未確認の警報") == sum(s[3] for s in states) == 4
+    assert _single(loaded, "fleet-health.json", "保留中の読み取り") == sum(s[4] for s in states) == 5
+    longest = max(delay for *_, delay in loaded.scenario.acks)
+    assert _single(loaded, "fleet-health.json", "確認までの時間") == longest == 420.0
+
+
+def _table(loaded: Loaded, dashboard: str, title_start: str) -> list[dict[str, Any]]:
+    """The rows of a table panel's query A: its columns and the series' tags."""
+    dash = _dashboard(GRAFANA / "dashboards" / dashboard)
+    panel = next(p for p in iter_panels(dash) if p["title"].startswith(title_start))
+    series = loaded.run(_expanded(loaded, PanelQuery(dashboard, panel["id"], panel["title"], "A")))
+    return [dict(zip(s["columns"], v, strict=True)) | s.get("tags", {}) for s in series for v in s["values"]]
+
+
+def test_the_fleet_dashboard_shows_which_siren_sounds_for_which_alert(loaded: Loaded) -> None:
+    rows = _table(loaded, "fleet-health.json", "現地の出力")
+    got = {r["gateway"]: (r["siren_on"] == 1.0, r["siren_alert"], int(r["alerts_open"]),
+                          int(r["alerts_unacknowledged"]), int(r["held_count"])) for r in rows}
+    assert got == loaded.scenario.states
+    assert {g for g, s in got.items() if s[0]} == {"gw-okutama-01"}
+    assert next(r for r in rows if r["gateway"] == "gw-okutama-01")["siren_why"] == "alert"
+    # The kiso siren sounded for the river until staff silenced it: the history shows both.
+    dash = _dashboard(GRAFANA / "dashboards" / "fleet-health.json")
+    panel = next(p for p in iter_panels(dash) if p["title"].startswith("サイレン履歴"))
+    series = loaded.run(_expanded(loaded, PanelQuery("fleet-health.json", panel["id"], panel["title"], "A")))
+    kiso = next(s for s in series if s["tags"]["gateway"] == "gw-kiso-river-02")
+    assert [v for _, v in kiso["values"] if v is not None][-1] == 0.0 and 1.0 in {v for _, v in kiso["values"]}
+
+
+def test_the_open_alerts_are_the_alerts_raised_and_not_cleared(loaded: Loaded) -> None:
+    rows = _table(loaded, "fleet-health.json", "発生中の警報 Open")
+    assert {(r["gateway"], r["node"], r["type"]) for r in rows} == loaded.scenario.open_alerts
+    assert len(rows) == len(loaded.scenario.open_alerts) == 6 and all(r["message"] for r in rows)
+
+
+def test_acknowledged_alerts_show_who_and_how_long(loaded: Loaded) -> None:
+    rows = _table(loaded, "fleet-health.json", "確認済みの警報")
+    got = sorted((r["gateway"], r["node"], r["type"], r["by"], r["ack_delay_s"]) for r in rows)
+    assert got == sorted(loaded.scenario.acks) and len(got) == 3
+    assert all(r["from_ip"] and r["alert_id"] for r in rows)
+
+
+def test_command_results_and_the_staff_audit_cover_the_time_range(loaded: Loaded) -> None:
+    start = loaded.now_ms * 1000 - 24 * 3600 * 1_000_000
+    expected = sorted((g, c, o, t, b) for ts, g, c, o, t, b in loaded.scenario.commands if ts > start)
+    rows = _table(loaded, "fleet-health.json", "コマンドの結果")
+    assert sorted((r["gateway"], r["command"], r["outcome"], r["target"], r["by"]) for r in rows) == expected
+    assert {r["outcome"] for r in rows} == {"stopped", "not_active", "silenced"}  # the test chirp was 30 h ago
+    audit = _table(loaded, "fleet-health.json", "操作の記録")
+    confirms = [r for r in audit if r["by"] is not None]
+    results = [r for r in audit if r["result"] is not None]
+    assert len(confirms) == len(results) == 4  # three acknowledgements and a silence, each with its outcome
+    assert sorted(r["result"] for r in results) == ["silenced", "stopped", "stopped", "stopped"]
+    for c in confirms:  # each result a microsecond after its confirm, with the same tags
+        assert any(r["time"] == c["time"] + 1 and (r["gateway"], r["node"], r["action"]) ==
+                   (c["gateway"], c["node"], c["action"]) for r in results), c
 
 
 def test_river_stage_is_what_the_gateway_reports(loaded: Loaded) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -205,6 +206,114 @@ def test_a_damaged_snapshot_in_the_journal_costs_only_itself(sim, tmp_path: Path
     assert out["stats"]["restore_failed"] == 1 and out["stats"]["sent"] == 1
     assert "receipts: snapshot not restored (airtime[0] airtime_us must be a whole number" in out["log"]
     assert on_air.frames() == [build_receipt(NODE, 1, KEY)]
+
+
+# -- end to end: `denen run`, restarted between receipts -------------------------------------------------------
+
+
+def _journal_receipts(journal: Path) -> dict | None:
+    """The receipt senders' snapshot the agent last committed (journal meta ``receipts_snapshot``), read-only."""
+    import sqlite3
+
+    if not journal.exists():
+        return None
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key='receipts_snapshot'").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        db.close()
+    return json.loads(row[0]) if row else None
+
+
+def _inject(sim, payload: bytes) -> None:
+    deadline = time.monotonic() + 10.0
+    while not sim.inject_uplink(payload, rssi=-90, snr=5.0):
+        assert time.monotonic() < deadline, "module never got ready to receive"
+        time.sleep(0.02)
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_denen_run_restarted_between_receipts_keeps_the_sliding_hour(tmp_path: Path, broker, stop: str) -> None:
+    """A real agent process, a real Mosquitto, the simulated RAK3172 on a pty: SOS presses before and after a
+    restart (a clean stop, or a power cut), and the 0.7 s per hour of receipts holds over both lives."""
+    from tests.support.agentproc import AgentProcess
+    from tests.support.broker import Collector
+    from tests.support.field import FieldNode, config_text, default_values, start_sim, wait_configured, write_config
+
+    sim = start_sim(tmp_path)
+    on_air = OnAir(sim)
+    sos = FieldNode(0x00000101, "sos")
+    journal = tmp_path / "journal.db"
+    text = config_text(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=[sos])
+    text = text.replace(f"    port: {sim.path}\n",
+                        f"    port: {sim.path}\n    p2p: {{frequency_hz: {FREQUENCY_HZ}, spreading_factor: 9}}\n")
+    text += f"receipts:\n  max_per_hour_s: {BUDGET_S}\n"
+    cfg = write_config(tmp_path / "gateway.yaml", text)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    col = Collector(broker, "denen/v1/+/readings/sos", client_id="receipts-collector")
+    try:
+        agent.start()
+        assert wait_configured(sim), agent.text()
+        # First life: five presses (five SOS frames, each asking for a receipt). Four receipts fit in 0.7 s.
+        for i in range(5):
+            _inject(sim, sos.frame(default_values("sos", i), receipt=True))
+        assert col.wait_for(lambda m: sum(len(json.loads(p)["readings"]) for _, p, _ in m) >= 5, 15)
+        assert wait_until_true(lambda: len(on_air.frames()) >= 4, 15), agent.text()[-3000:]
+        # The agent keeps the airtime and the waiting receipt in its journal with its next commit.
+        assert wait_until_true(lambda: (s := _journal_receipts(journal)) is not None and
+                               sum(u for _, u in s["lora0"]["airtime"]) >= 4 * round(KEYED_S * 1e6)
+                               and len(s["lora0"]["pending"]) == 1, 15), _journal_receipts(journal)
+        commands = len(sim.commands)
+        if stop == "sigkill":
+            agent.kill9()
+        else:
+            assert agent.stop() == 0
+        down_at = time.monotonic()
+
+        # Second life: the same journal. Two more presses; their receipts (and the one left waiting) must wait
+        # for the hour, however often the agent pumps.
+        agent.start()
+        assert wait_configured(sim, since=commands), agent.text()[-3000:]
+        for i in range(5, 7):
+            _inject(sim, sos.frame(default_values("sos", i), receipt=True))
+        assert col.wait_for(lambda m: sum(len(json.loads(p)["readings"]) for _, p, _ in m) >= 7, 15)
+        assert wait_until_true(lambda: (s := _journal_receipts(journal)) is not None
+                               and len(s["lora0"]["pending"]) == 3, 15), _journal_receipts(journal)
+        time.sleep(3.0)  # real time passes in the second life; the module gets nothing more
+        assert on_air.frames() == [build_receipt(0x101, c, _node_key()) for c in (1, 2, 3, 4)]
+        assert on_air.max_airtime_in_any_hour_s() == pytest.approx(4 * KEYED_S)
+        snap = _journal_receipts(journal)["lora0"]
+        kept_s = sum(u for _, u in snap["airtime"]) / 1e6
+        assert kept_s == pytest.approx(4 * KEYED_S, abs=1e-5)
+        assert [bytes.fromhex(p["frame"]) for p in snap["pending"]] == [
+            build_receipt(0x101, c, _node_key()) for c in (5, 6, 7)]
+        log_text = agent.text()
+        [restored] = re.findall(r"receipts: restored 1 waiting receipt\(s\) and ([0-9.]+) s of airtime in the "
+                                r"sliding hour \(([0-9.]+) s since the snapshot\)", log_text)
+        assert float(restored[0]) == pytest.approx(4 * KEYED_S, abs=1e-3) and float(restored[1]) < 60
+        assert "taken as zero" not in log_text  # same boot: the time between the lives is known
+        print(f"\n{stop}: airtime kept across the restart {kept_s:.4f} s of {BUDGET_S} s (restored "
+              f"{restored[0]} s, {restored[1]} s after the snapshot); {time.monotonic() - down_at:.1f} s after the "
+              "stop, 3 receipts wait, none sent")
+    finally:
+        agent.stop()
+        col.close()
+        sim.stop()
+
+
+def _node_key() -> bytes:
+    from tests.support.field import node_key
+
+    return node_key(0x101)
+
+
+def wait_until_true(predicate, timeout: float) -> bool:
+    from tests.support.field import wait_until
+
+    return wait_until(predicate, timeout)
 
 
 if __name__ == "__main__":

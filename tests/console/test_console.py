@@ -23,27 +23,10 @@ from agent.console.config import load_console_config
 from agent.console.links import LinkSigner
 from agent.console.service import ConsoleService
 from agent.devbroker import Mosquitto, free_port
-from agent.errors import AgentError
 from tests.console._rig import SECRET, FakeGateway, chromium, console_yaml, sos_alert
-from tests.support.influx import InfluxDB1, ServerMissing
+from tests.support.influx import InfluxDB1
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosquitto, InfluxDB1]]:
-    tmp = tmp_path_factory.mktemp("servers")
-    try:
-        broker = Mosquitto(tmp / "broker")
-        influx = InfluxDB1(tmp / "influx")
-    except (AgentError, ServerMissing) as exc:
-        pytest.fail(str(exc))
-    broker.start()
-    influx.start()
-    influx.create_database("denen")
-    yield broker, influx
-    influx.stop()
-    broker.stop()
 
 
 @pytest.fixture(scope="module")

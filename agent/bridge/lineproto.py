@@ -204,7 +204,8 @@ _HELD_KEYS = frozenset({"active", "reason", "count", "until_us"})
 _STATE_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")
 _RESULT_REQUIRED = ("ts_us", "command", "results")
 _RESULT_KEYS = frozenset(_RESULT_REQUIRED) | {"schema", "gateway", "request_id", "by", "via"}
-_RESULT_ENTRY_KEYS = frozenset({"target", "outcome"})
+#: ``detail``: why a command was invalid, in the gateway's words (checked as text, not written).
+_RESULT_ENTRY_KEYS = frozenset({"target", "outcome", "detail"})
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _FCNT_MAX = 0xFFFFFFFF
 #: Control characters (Unicode category Cc): a newline would end the line, and none belongs in a name.
@@ -895,6 +896,8 @@ class Serializer:
                                f"{', '.join(sorted(OUTCOMES))}")
             if target is not None and not isinstance(target, str):
                 raise _Invalid("invalid_schema", "a result's target is not text")
+            if r.get("detail") is not None and not isinstance(r["detail"], str):
+                raise _Invalid("invalid_schema", "a result's detail is not text")
             entries.append((outcome, target or ""))
         ts = self._document_time(doc["ts_us"], latest)
         site = self._site(gateway, None, out)

@@ -695,6 +695,11 @@ def test_command_results_are_one_point_per_target_a_microsecond_apart() -> None:
                                 results=[{"target": None, "outcome": "chirped"}]))
     assert chirp.lines == [f'command_result,command=test-chirp,gateway={GW},outcome=chirped,site=testville '
                            f'target="",by="",request_id="",via="" {T0_US}']
+    # The gateway says why a command was invalid; that is not written, the outcome is.
+    invalid = _results(result_doc(request_id="req-9", results=[
+        {"target": None, "outcome": "invalid", "detail": "by must be text of 1-100 characters"}]))
+    [line] = invalid.lines
+    assert ",outcome=invalid," in line and "detail" not in line and not invalid.rejects
     # A document without the optional keys is the same as one with nulls.
     bare = {k: v for k, v in result_doc(command="test-chirp", results=[{"target": None, "outcome": "chirped"}]).items()
             if k not in ("request_id", "by", "via")}
@@ -769,6 +774,8 @@ def test_a_state_document_that_is_not_the_schema_is_dead_lettered_whole(doc: byt
     (json.dumps(result_doc(results=[{"target": "x", "outcome": "stopped", "extra": 1}])).encode(),
      "invalid_schema"),
     (json.dumps(result_doc(results=[{"target": 5, "outcome": "stopped"}])).encode(), "invalid_schema"),
+    (json.dumps(result_doc(results=[{"target": None, "outcome": "invalid", "detail": 5}])).encode(),
+     "invalid_schema"),
     (json.dumps(result_doc(request_id="has space")).encode(), "invalid_schema"),
     (json.dumps(result_doc(request_id="r" * 65)).encode(), "invalid_schema"),
     (json.dumps(result_doc(request_id="")).encode(), "invalid_schema"),

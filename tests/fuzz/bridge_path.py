@@ -56,7 +56,7 @@ from paho.mqtt.properties import Properties
 
 from agent.bridge import Bridge, DeadLetterStore, parse_bridge_config
 from agent.bridge.errors import BridgeError
-from agent.bridge.lineproto import Serializer
+from agent.bridge.lineproto import COMMANDS, OUTCOMES, Serializer
 from agent.devbroker import Mosquitto
 from tests.fuzz.mutate import mutate_bytes, small
 from tests.fuzz.targets import MEASUREMENTS, mutate_tree
@@ -127,18 +127,25 @@ JSON_TOKENS = (b'"', b",", b"{", b"}", b"[", b"]", b":", b"NaN", b"1e999", b"\\"
 ODD_PAYLOADS = (b"", b" ", b"\n", b"null", b"[]", b"{}", b'""', b"1", b"true", b"[{}]", b"\xef\xbb\xbf{}",
                 b'{"schema":"denen.readings/1"}', b'{"schema":"denen.status/1"}', b"\x00" * 16)
 
+#: Every measurement the bridge writes: the readings', and the alert loop's gateway state and command results.
+SCHEMA_MEASUREMENTS = frozenset(MEASUREMENTS) | {"gateway_state", "command_result"}
 #: Tag keys each measurement may carry (README "InfluxDB schema"); anything else was injected.
 NODE_TAGS = frozenset({"gateway", "kind", "name", "node", "site"})
 TAG_KEYS = {**{m: NODE_TAGS for m in (*NODE_KINDS, "node_health")},
             "gateway_health": frozenset({"gateway", "site"}),
             "alert": frozenset({"gateway", "name", "node", "severity", "site", "type"}),
-            "gateway_status": frozenset({"gateway", "site"})}
+            "gateway_status": frozenset({"gateway", "site"}),
+            "gateway_state": frozenset({"gateway", "site"}),
+            "command_result": frozenset({"command", "gateway", "outcome", "site"})}
 #: What each tag's values look like (ids, fixed words); any other value was injected or slipped through a check.
 _ID = r"[a-z0-9][a-z0-9_-]{0,62}"
 TAG_VALUES = {"gateway": re.compile(_ID), "site": re.compile(_ID), "node": re.compile(f"[0-9a-f]{{8}}|{_ID}"),
               "kind": re.compile("|".join((*NODE_KINDS, "gateway_health", "alert"))),
-              "severity": re.compile("emergency|warning|info"), "type": re.compile(r"[a-z][a-z0-9_]{0,39}")}
-STRING_FIELDS = {"alert": frozenset({"message"}), "gateway_status": frozenset({"agent"})}
+              "severity": re.compile("emergency|warning|info"), "type": re.compile(r"[a-z][a-z0-9_]{0,39}"),
+              "command": re.compile("|".join(COMMANDS)), "outcome": re.compile("|".join(OUTCOMES))}
+STRING_FIELDS = {"alert": frozenset({"message"}), "gateway_status": frozenset({"agent"}),
+                 "gateway_state": frozenset({"siren_why", "siren_alert", "lamp"}),
+                 "command_result": frozenset({"target", "by", "request_id", "via"})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,11 +199,41 @@ def _reading(rng: random.Random, gateway: str, kind: str | None = None) -> dict[
     return r
 
 
+def _state(rng: random.Random, gateway: str) -> dict[str, Any]:
+    on = rng.random() < 0.5
+    held = rng.choice((0, 0, 12))
+    return {"schema": "denen.state/1", "gateway": gateway, "ts_us": T0_US + rng.randrange(86_400_000_000),
+            "siren": {"configured": True, "on": on, "why": "alert" if on else None,
+                      "alert": f"sos:{rng.choice(NODES)}" if on else None, "silenced": []},
+            "lamp": {"configured": True, "state": rng.choice(("ok", "alarm", "no_backhaul", "off"))}, "relays": [],
+            "held": {"active": held > 0, "reason": "clock_unsynced" if held else None, "count": held,
+                     "until_us": None},
+            "alerts": [{"key": f"sos:{node}", "id": f"{gateway}:sos:{node}#1", "type": "sos", "node": node,
+                        "name": rng.choice(NAMES), "severity": "emergency", "since_us": T0_US, "message": "SOS",
+                        "value": None, "lat_deg": 35.8, "lon_deg": 139.0, "repeating": True,
+                        "acknowledged_by": rng.choice((None, "山田 太郎"))} for node in NODES[:rng.randrange(3)]]}
+
+
+def _result(rng: random.Random, gateway: str) -> dict[str, Any]:
+    command = rng.choice(sorted(COMMANDS))
+    targets = [None] if command == "test-chirp" else [f"sos:{rng.choice(NODES)}" for _ in range(rng.randint(1, 3))]
+    return {"schema": "denen.result/1", "gateway": gateway, "ts_us": T0_US + rng.randrange(86_400_000_000),
+            "command": command, "request_id": rng.choice(("req-01", None)), "by": rng.choice(("山田 太郎", None)),
+            "via": rng.choice(("console", "cli", None)),
+            "results": [{"target": t, "outcome": rng.choice(sorted(OUTCOMES))} for t in targets]}
+
+
 def seed_document(rng: random.Random, gateway: str | None = None) -> tuple[str, dict[str, Any]]:
-    """A valid message as gateways publish it: a ``denen.readings/1`` batch (one lane) or a ``denen.status/1``
-    document (sometimes the Last Will, without ``ts_us`` and ``agent``)."""
+    """A valid message as gateways publish it: a ``denen.readings/1`` batch (one lane), a ``denen.status/1``
+    document (sometimes the Last Will, without ``ts_us`` and ``agent``), a ``denen.state/1`` or a
+    ``denen.result/1`` document."""
     gateway = gateway or rng.choice(HOSTILE_GATEWAYS)
-    if rng.random() < 0.15:
+    which = rng.random()
+    if which < 0.06:
+        return f"{PREFIX}/{gateway}/state", _state(rng, gateway)
+    if which < 0.12:
+        return f"{PREFIX}/{gateway}/results", _result(rng, gateway)
+    if which < 0.27:
         doc: dict[str, Any] = {"schema": "denen.status/1", "gateway": gateway,
                                "state": rng.choice(("online", "offline")), "agent": "0.1.0",
                                "ts_us": T0_US + rng.randrange(86_400_000_000)}
@@ -303,7 +340,8 @@ def hostile(rng: random.Random, *, large: float = 0.003, max_large: int = 1_200_
     """
     topic, doc = seed_document(rng)
     gateway = doc["gateway"]
-    is_status = topic.endswith("/status")
+    # One document (status, state, result) rather than a batch of readings.
+    is_status = topic.endswith(("/status", "/state", "/results"))
     raw: list[str] = []
     labels: list[str] = []
     ops = ["string"] * 26 + ["tree"] * 12 + ["number"] * 8 + ["timestamp"] * 8 + ["unknown_key"] * 4 + \
@@ -375,8 +413,11 @@ def hostile(rng: random.Random, *, large: float = 0.003, max_large: int = 1_200_
                 target = min(max_large, int(target * rng.uniform(0.9, 1.1)))
                 how = rng.random()
                 if is_status or how < 0.4:
-                    holder = doc if is_status else rng.choice(doc["readings"])
-                    key = "agent" if is_status else rng.choice(("name", "radio"))
+                    # A document's free text: the status's agent, the siren's alert key, a result's target.
+                    holder, key = (doc, "agent") if topic.endswith("/status") else \
+                        (doc["siren"], "alert") if topic.endswith("/state") else \
+                        (doc["results"][0], "target") if is_status else (rng.choice(doc["readings"]),
+                                                                         rng.choice(("name", "radio")))
                     ch = rng.choice(("x", "木", "\\", "\ud800", "a,b"))
                     holder[key] = ch * (target // (len(json.dumps(ch)) - 2))
                 elif how < 0.7:
@@ -395,7 +436,9 @@ def hostile(rng: random.Random, *, large: float = 0.003, max_large: int = 1_200_
                     f"{PREFIX}/{gateway}\u2028/status", f"{PREFIX}/\ufeff{gateway}/status",
                     f"{PREFIX}/{'g' * 300}/status", f"{PREFIX}/{gateway}/readings/\ud800",
                     f"{PREFIX}/{gateway}\x00/status", f"{PREFIX}/{gateway}\x1b/status", f"{PREFIX}/+/status",
-                    f"{PREFIX}/{gateway}/readings/#", topic.upper(), f"{PREFIX}/{gateway}/Readings/sos"))
+                    f"{PREFIX}/{gateway}/readings/#", topic.upper(), f"{PREFIX}/{gateway}/Readings/sos",
+                    f"{PREFIX}/{gateway}/state/x", f"{PREFIX}/{gateway}/result", f"{PREFIX}//state",
+                    f"{PREFIX}/{gateway},site=victim/results", f"{PREFIX}/{gateway}/cmd/alert-ack"))
                 if rng.random() < 0.5 and "/" in topic[len(PREFIX) + 1:]:
                     # the document names the topic's gateway, so only the topic's own check can refuse it
                     doc["gateway"] = topic[len(PREFIX) + 1:].split("/", 1)[0]
@@ -463,11 +506,13 @@ def publishable(topic: str) -> bool:
 
 
 def delivered(topic: str, prefix: str = PREFIX) -> bool:
-    """Whether the bridge's subscriptions (``<prefix>/+/readings/#``, ``<prefix>/+/status``) match ``topic``."""
+    """Whether the bridge's subscriptions (``<prefix>/+/readings/#``, ``<prefix>/+/status``, ``.../state``,
+    ``.../results``) match ``topic``."""
     if not topic.startswith(prefix + "/"):
         return False
     levels = topic[len(prefix) + 1:].split("/")
-    return (len(levels) >= 2 and levels[1] == "readings") or (len(levels) == 2 and levels[1] == "status")
+    return (len(levels) >= 2 and levels[1] == "readings") or (
+        len(levels) == 2 and levels[1] in ("status", "state", "results"))
 
 
 # =====================================================================================================================
@@ -597,7 +642,7 @@ class Servers:
         problems: list[str] = []
         if self.db == "influx":
             names = {r["name"] for r in self.server.rows("SHOW MEASUREMENTS", DB)}
-            for m in sorted(names - set(MEASUREMENTS)):
+            for m in sorted(names - SCHEMA_MEASUREMENTS):
                 problems.append(f"measurement {m!r} is not one of the schema's")
             for s in self.server.query("SHOW TAG KEYS", DB):
                 extra = {v[0] for v in s["values"]} - TAG_KEYS.get(s["name"], frozenset())
@@ -626,7 +671,7 @@ class Servers:
             problems.append(f"label names {sorted(labels - allowed)!r} are not tags of the schema")
         names = json.loads(self._vm_get("/api/v1/label/__name__/values", [("start", "0")]))["data"]
         for name in names:
-            if not any(name.startswith(m + "_") for m in MEASUREMENTS):
+            if not any(name.startswith(m + "_") for m in SCHEMA_MEASUREMENTS):
                 problems.append(f"metric {name!r} is not <measurement>_<field> of the schema")
         for m, tags in TAG_KEYS.items():
             body = self._vm_get("/api/v1/labels", [("match[]", f'{{__name__=~"{m}_.+"}}'), ("start", "0")])

@@ -416,6 +416,7 @@ class Edge:
         """Everything time-based that is due now: silence checks, alert repeats, rain gauge reports."""
         now_us = clock.wall_us()
         entries: list[Entry] = []
+        self._warn.tick()  # the summary of bad commands held back, once their minute has passed
         if self._restored:
             entries += self._journal_alerts(self._restored)
             self._restored = []

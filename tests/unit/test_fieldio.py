@@ -323,6 +323,30 @@ def test_self_test_keeps_states_asked_for_meanwhile(make_io, mock_factory: MockF
     assert mock_factory.pin(SIREN).state is True
 
 
+def test_start_self_test_chirps_in_the_background_once_at_a_time(make_io, mock_factory: MockFactory) -> None:
+    io = make_io(status_lamp={"pin": LAMP}, siren={"pin": SIREN})
+    assert io.has_siren and io.has_lamp and not io.testing
+    siren = mock_factory.pin(SIREN)
+    siren.clear_states()
+    started = time.monotonic()
+    assert io.start_self_test() is True
+    assert time.monotonic() - started < 0.1  # the caller (the gateway's core) does not wait for the chirp
+    wait_until(lambda: io.testing)
+    assert io.start_self_test() is True  # one running already: not a second one
+    wait_until(lambda: not io.testing)
+    assert states(siren).count(True) == 1  # one chirp
+    assert siren.state is False and io.siren_on is False
+
+
+def test_start_self_test_without_lamp_or_siren_or_after_close_does_nothing(make_io) -> None:
+    io = make_io(test_button={"pin": BUTTON})
+    assert not io.has_siren and not io.has_lamp
+    assert io.start_self_test() is False
+    chirper = make_io(siren={"pin": SIREN})
+    chirper.close()
+    assert chirper.start_self_test() is False and not chirper.has_siren
+
+
 def test_close_interrupts_a_running_self_test(mock_factory: MockFactory) -> None:
     io = FieldIO(GpioConfig(status_lamp={"pin": LAMP}, test_button={"pin": BUTTON}), pin_factory=mock_factory)
     mock_factory.pin(BUTTON).drive_low()

@@ -548,6 +548,39 @@ def test_siren_and_lamp_are_pure_functions_of_the_active_alerts() -> None:
     assert not engine.siren_wanted()
 
 
+def test_siren_alerts_are_the_active_alerts_that_want_it_most_severe_first() -> None:
+    engine, feed = engine_with(siren=["sos", "river_caution"])
+    feed.level(T0, 120)  # standby only
+    assert engine.siren_alerts() == []
+    feed.level(T0 + 10 * MIN, 210)  # caution
+    assert [a.key for a in engine.siren_alerts()] == [f"river_stage:{RIVER}:2"]
+    feed(SOS, "sos", T0 + 11 * MIN, pressed=1)
+    assert [a.key for a in engine.siren_alerts()] == [f"sos:{SOS}", f"river_stage:{RIVER}:2"]
+    assert engine.siren_wanted() == bool(engine.siren_alerts())
+
+
+def test_a_higher_stage_wants_the_siren_by_itself_when_a_lower_stage_is_named() -> None:
+    """Silencing is per alert: the danger stage must sound the siren on its own when only evacuation is named,
+    or a siren silenced for the evacuation stage would stay silent at danger."""
+    engine, feed = engine_with(siren=["river_evacuation"])
+    feed.level(T0, 360)  # up to evacuation
+    feed.level(T0 + 10 * MIN, 420)  # danger
+    assert [a.level for a in engine.siren_alerts()] == [3, 4]
+    danger = max(engine.active(), key=lambda a: a.level or 0)
+    assert danger.level == 4 and siren_for([danger], ["river_evacuation"]) and not siren_for([danger], ["sos"])
+
+
+def test_the_ack_key_is_type_and_node_so_every_stage_of_one_gauge_shares_it() -> None:
+    engine, feed = engine_with()
+    feed.level(T0, 360)
+    assert {a.ack_key for a in engine.active()} == {f"river_stage:{RIVER}"}
+    assert {a.key for a in engine.active()} == {f"river_stage:{RIVER}:{k}" for k in (1, 2, 3)}
+    [lost] = engine.on_gateway_event("module_lost", now_us=T0, radio="lora0")
+    assert lost.node is None and lost.ack_key == lost.key == "module_lost:lora0"
+    [sos] = feed(SOS, "sos", T0 + 1, pressed=1)
+    assert sos.ack_key == sos.key == f"sos:{SOS}"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Snapshot and restore
 
@@ -647,7 +680,9 @@ def test_tracker_repeats_until_confirmed(tracker: AlertTracker) -> None:
     assert tracker.due(T0 + 300 * S - 1) == []
     assert tracker.due(T0 + 300 * S) == [alert(1)]
     assert tracker.next_due_us() == T0 + 600 * S
+    assert "k1#1" in tracker and "nope" not in tracker
     assert tracker.confirm("k1#1") is True
+    assert "k1#1" not in tracker
     assert tracker.confirm("k1#1") is False and tracker.confirm("nope") is False
     assert tracker.due(T0 + 600 * S) == [] and tracker.next_due_us() is None and tracker.expired == 0
 

@@ -64,8 +64,9 @@ class HttpConfig(ConfigSection):
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
-        description="IP addresses of reverse proxies whose X-Forwarded-For is believed (its last address is taken "
-        "as the person's address in the audit). Empty: the peer address is recorded.",
+        description="Addresses or networks (CIDR, e.g. 172.16.0.0/12 for a proxy reaching a container) of reverse "
+        "proxies whose X-Forwarded-For is believed (its last address is taken as the person's address in the "
+        "audit). Empty: the peer address is recorded.",
     )
 
     @field_validator("public_url")
@@ -84,11 +85,19 @@ class HttpConfig(ConfigSection):
     def _proxies(cls, value: list[str]) -> list[str]:
         for item in value:
             try:
-                ipaddress.ip_address(item)
+                ipaddress.ip_network(item, strict=False)
             except ValueError:
-                raise config_problem(f"'{item}' is not an IP address", "list the proxies' addresses, e.g. "
-                                     "127.0.0.1") from None
+                raise config_problem(f"'{item}' is not an IP address or network", "list the proxies' addresses, "
+                                     "e.g. 127.0.0.1 or 172.16.0.0/12") from None
         return value
+
+    def is_trusted_proxy(self, peer: str) -> bool:
+        """Whether ``peer`` (an IP address) is one of ``trusted_proxies``."""
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
 
 
 class LinksConfig(ConfigSection):

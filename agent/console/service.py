@@ -259,7 +259,7 @@ class _ConsoleHandler(BaseHTTPRequestHandler):
 
     def client_ip(self) -> str:
         peer = self.client_address[0] if self.client_address else "-"
-        if peer in self.console.config.http.trusted_proxies:
+        if self.console.config.http.is_trusted_proxy(peer):
             forwarded = self.headers.get("X-Forwarded-For", "")
             last = forwarded.split(",")[-1].strip()
             if last and len(last) <= 64 and re.match(r"^[0-9A-Fa-f:.]+$", last):

@@ -119,3 +119,17 @@ def test_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
     out = denen("ack", "link", "gw-a", "sos:1", "-c", str(loose))
     assert out.returncode == 2 and f"{loose}:4:" in out.stderr and "links.secret_file" in out.stderr
     assert "can be read by every user" in out.stderr
+
+
+def test_trusted_proxies_are_addresses_or_networks(tmp_path: Path) -> None:
+    from agent.console.config import load_console_config
+
+    write_config(tmp_path / "secret", "x" * 40 + "\n")
+    path = write_config(tmp_path / "c.yaml", "http:\n  public_url: https://ack.example.jp\n  trusted_proxies: "
+                                             "[127.0.0.1, 172.16.0.0/12]\nlinks:\n  secret_file: secret\n")
+    http_cfg = load_console_config(path).http
+    assert http_cfg.is_trusted_proxy("172.18.0.1") and http_cfg.is_trusted_proxy("127.0.0.1")
+    assert not http_cfg.is_trusted_proxy("203.0.113.9") and not http_cfg.is_trusted_proxy("not-an-ip")
+    write_config(path, path.read_text().replace("172.16.0.0/12", "proxy.local"))
+    out = denen("ack", "link", "gw-a", "sos:1", "-c", str(path))
+    assert out.returncode == 2 and f"{path}:3:" in out.stderr and "is not an IP address or network" in out.stderr

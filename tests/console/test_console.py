@@ -67,7 +67,8 @@ def start_gateway(console: ConsoleService, gateways: list[FakeGateway], gateway:
     return gw
 
 
-def http(url: str, form: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
+def http(url: str, form: dict[str, str] | None = None, headers: dict[str, str] | None = None
+         ) -> tuple[int, str, dict[str, str]]:
     """GET (or POST ``form``) without following redirects: status, body, headers."""
     data = urllib.parse.urlencode(form).encode() if form is not None else None
 
@@ -77,7 +78,7 @@ def http(url: str, form: dict[str, str] | None = None) -> tuple[int, str, dict[s
 
     opener = urllib.request.build_opener(NoRedirect)
     try:
-        with opener.open(urllib.request.Request(url, data=data), timeout=10) as resp:
+        with opener.open(urllib.request.Request(url, data=data, headers=headers or {}), timeout=10) as resp:
             return resp.status, resp.read().decode(), dict(resp.headers)
     except urllib.error.HTTPError as exc:
         with exc:
@@ -275,7 +276,9 @@ def test_silence_and_test_chirp_from_the_page(console: ConsoleService, gateways:
     token = url.rsplit("/", 1)[1]
     outcomes = []
     for action in ("silence", "silence", "test"):
-        status, _, headers = http(url, {"csrf": console.signer.csrf(token), "action": action, "by": ""})
+        # X-Forwarded-For from a peer that is not a trusted proxy is not believed.
+        status, _, headers = http(url, {"csrf": console.signer.csrf(token), "action": action, "by": ""},
+                                  {"X-Forwarded-For": "203.0.113.9"})
         assert status == 303
         result_url = headers["Location"]
         deadline = time.monotonic() + 5
@@ -289,6 +292,7 @@ def test_silence_and_test_chirp_from_the_page(console: ConsoleService, gateways:
     rows = audit_rows(influx, "gw-d", 6)
     results = sorted((r["action"], r["result"]) for r in rows if r["result"])
     assert results == [("silence", "not_sounding"), ("silence", "silenced"), ("test", "chirped")]
+    assert {r["from_ip"] for r in rows if r["by"]} == {"127.0.0.1"}
 
 
 def test_command_sent_again_until_the_gateway_answers_or_given_up(console: ConsoleService,

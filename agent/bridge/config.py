@@ -495,8 +495,9 @@ class LimitsConfig(ConfigSection):
         default=300,
         gt=0,
         le=366 * 86400,
-        description="A reading or status stamped more than this many seconds after the bridge's clock is "
-        "dead-lettered (reason timestamp_in_future), so a wrong clock cannot pin a dashboard's last value.",
+        description="A reading or a gateway document (status, state, command result) stamped more than this many "
+        "seconds after the bridge's clock is dead-lettered (reason timestamp_in_future), so a wrong clock cannot "
+        "pin a dashboard's last value.",
     )
 
     max_inflight_mb: float = Field(

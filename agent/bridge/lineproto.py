@@ -65,8 +65,9 @@ tested with hostile names, keys and messages: ``tests/security/test_escaping.py`
   (``"\ud800"``), which no UTF-8 encoder takes: a reading holding one in any string, key or value, is rejected
   ``invalid_text`` (a status, state or result document: the whole document).
 * Control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) in free text (a reading's or an alert's
-  ``name``, an alert's ``message``, a status document's ``agent``) become spaces: a line break would end the line,
-  and a name with a tab is still the node's name. A values key holding one is rejected ``invalid_text``.
+  ``name``, an alert's ``message``, a status document's ``agent``, a state's ``siren.alert``, a result's
+  ``target`` and ``by``) become spaces: a line break would end the line, and a name with a tab is still the node's
+  name. A values key holding one is rejected ``invalid_text``.
 * Tag values (names): a backslash becomes U+FF3C (``＼``, how Japanese fonts draw it anyway). The two servers read a
   backslash before ``,``, ``=``, a space or another backslash differently (the name ``a\,gateway\=x``, written
   ``a\\,gateway\\=x``, is one tag value to InfluxDB and an extra label to VictoriaMetrics), and InfluxDB refuses

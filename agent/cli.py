@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import signal
 import sqlite3
 import sys
@@ -152,7 +153,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             failed = 0
             for f in args.files:
                 try:
-                    if _is_bridge_config(f):
+                    kind = _config_kind(f)
+                    if kind == "console":
+                        from agent.console.config import load_console_config  # noqa: PLC0415
+
+                        ccfg = load_console_config(f)
+                        print(f"{f}: ok (console {ccfg.http.public_url}, MQTT {ccfg.mqtt.host}:{ccfg.mqtt.port})")
+                        continue
+                    if kind == "bridge":
                         from agent.bridge.config import load_bridge_config  # noqa: PLC0415
 
                         bcfg = load_bridge_config(f)
@@ -211,15 +219,20 @@ def _run(config_path: str | None) -> int:
     return 0
 
 
-def _is_bridge_config(path: str) -> bool:
-    """A bridge config (``sink:``, no ``gateway:``) is validated as one; anything else as a gateway config."""
+def _config_kind(path: str) -> str:
+    """Which schema validates a file: ``console`` (top-level ``http:`` and ``links:``), ``bridge`` (``sink:``, no
+    ``gateway:``), else ``gateway``."""
     from agent.bridge.config import looks_like_bridge_config  # noqa: PLC0415
     from agent.config import read_config_text  # noqa: PLC0415
 
     try:
-        return looks_like_bridge_config(read_config_text(path))
+        text = read_config_text(path)
     except ConfigError:
-        return False  # unreadable: load_config reports it
+        return "gateway"  # unreadable: load_config reports it
+    keys = set(re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)\s*:", text, re.M))
+    if {"http", "links"} <= keys and "gateway" not in keys:
+        return "console"
+    return "bridge" if looks_like_bridge_config(text) else "gateway"
 
 
 def _bridge(config_path: str, *, retire: bool = False) -> int:

@@ -133,3 +133,14 @@ def test_trusted_proxies_are_addresses_or_networks(tmp_path: Path) -> None:
     write_config(path, path.read_text().replace("172.16.0.0/12", "proxy.local"))
     out = denen("ack", "link", "gw-a", "sos:1", "-c", str(path))
     assert out.returncode == 2 and f"{path}:3:" in out.stderr and "is not an IP address or network" in out.stderr
+
+
+def test_config_validate_checks_a_console_config_with_the_console_schema(tmp_path: Path) -> None:
+    write_config(tmp_path / "secret", "s" * 40 + "\n")
+    good = write_config(tmp_path / "console.yaml", "http:\n  public_url: https://ack.example.jp\nlinks:\n"
+                                                   "  secret_file: secret\n")
+    out = denen("config", "validate", str(good))
+    assert out.returncode == 0 and f"{good}: ok (console https://ack.example.jp" in out.stdout, out.stderr
+    bad = write_config(tmp_path / "bad.yaml", "http:\n  public_url: ftp://x\nlinks:\n  secret_file: secret\n")
+    out = denen("config", "validate", str(bad))
+    assert out.returncode == 2 and f"{bad}:2:" in out.stderr and "http.public_url" in out.stderr, out.stderr

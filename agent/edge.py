@@ -311,8 +311,8 @@ class Edge:
         if len(targets) > CMD_MAX_TARGETS:
             raise _Invalid(f"{len(targets)} targets; at most {CMD_MAX_TARGETS} per command")
         results = []
+        active = self.rules.active()  # an acknowledgement changes the repeats, never what is active
         for field, target in targets:
-            active = self.rules.active()
             if field == "keys":
                 hits = [a for a in active if target in (a.ack_key, a.key)]
                 repeating = [a.id for a in hits if a.id in self.tracker]

@@ -131,7 +131,7 @@ class Gateway:
         self._carry: list[Entry] = []  # entries made after a commit (quota alerts), committed at the next wake-up
         # Meta rows (edge snapshots, the state document) waiting for a commit that succeeds.
         self._meta: dict[str, str] = {}
-        # Result documents of commands carried out in this wake-up, published at its end.
+        # Result documents of the commands carried out in this wake-up, published after the state document.
         self._results: list[dict[str, Any]] = []
         # The state document: the last one recorded (without ts_us), when it may go out next, and whether it must
         # go out whatever the limit (a new session).

@@ -373,7 +373,7 @@ class Gateway:
         entries.extend(self._edge_call(self.edge.due, connected=self._session is not None))
         self._watch_clock(entries)
         # Counted as the journal counts them (every lane; an SOS or alarm leaves as soon as the broker has it).
-        self._held_fresh = sum(1 for e in entries if e.boot_us is not None)
+        self._held_fresh = sum(1 for e in entries if e.boot_us is not None and e.lane >= TELEMETRY)
         self._watch_hold()
 
         if urgent and self._session is not None and not self._uncommitted:
@@ -577,7 +577,7 @@ class Gateway:
         if not self._holding():
             return {"active": False, "reason": None, "count": 0, "until_us": None}
         try:
-            self._held_count = self.journal.unsynced_count() + self._held_fresh
+            self._held_count = self.journal.unsynced_count(TELEMETRY) + self._held_fresh
         except JournalError as exc:
             log.error("counting the held readings failed: %s", exc)  # the last count stands meanwhile
         # Synchronised, they wait only for their correction, which takes a few wake-ups.

@@ -567,9 +567,11 @@ class Journal:
 
     # -- clock correction -----------------------------------------------------------------------------
     @_guarded
-    def unsynced_count(self) -> int:
-        """Readings stamped on an unsynchronised clock that still await correction."""
-        return self._db.execute("SELECT COUNT(*) FROM reading WHERE boot_us IS NOT NULL").fetchone()[0]
+    def unsynced_count(self, min_lane: int = SOS) -> int:
+        """Readings stamped on an unsynchronised clock that still await correction, in ``min_lane`` and below in
+        priority (``TELEMETRY``: the ones held back; SOS and alarms go out at once, flagged)."""
+        return self._db.execute("SELECT COUNT(*) FROM reading WHERE boot_us IS NOT NULL AND lane >= ?",
+                                (min_lane,)).fetchone()[0]
 
     @_guarded
     def adopt_boot(self, boot_id: str) -> int:

@@ -10,8 +10,10 @@
 #                                        "mosquitto" and "localhost" (10 years)
 #   secrets/mosquitto/ca.crt, passwd     the CA and every MQTT login, hashed (mosquitto_passwd -U)
 #   secrets/bridge-<n>/mqtt-password, ca.pem      one login per bridge process: user denen-bridge-<n> (-b)
-#   secrets/console/mqtt-password, ca.pem         the console's login (acknowledgement page, denen ack):
-#                                                 user denen-console
+#   secrets/console/mqtt-password, ca.pem         the console's login (acknowledgement page): user denen-console
+#   secrets/console-cli/mqtt-password, ca.pem     the operators' login for denen ack, with the console's rights:
+#                                                 user denen-console-cli (a login is its client id, so the command
+#                                                 line cannot share the running console's)
 #   secrets/gateways/<id>/mqtt-password, ca.pem   one login per gateway: user name = gateway id
 # and writes, on every run, secrets/mosquitto/dynamic-security.json: the broker's logins and ACLs (Mosquitto's
 # dynamic-security plugin), made from the passwd file and the rules in mosquitto/acl. It prints, for every gateway
@@ -218,10 +220,13 @@ while [ "$n" -le "$BRIDGES" ]; do
   n=$((n + 1))
 done
 
-# The console's login: staff commands to the gateways, their state and command results (mosquitto/acl).
-mkdir -p "$SECRETS/console"
-ensure_login denen-console "$SECRETS/console/mqtt-password" 0
-cp "$CA_DIR/ca.crt" "$SECRETS/console/ca.pem"
+# The console's logins: staff commands to the gateways, their state and command results (mosquitto/acl); one for
+# the console service, one for denen ack on the command line beside it.
+for login in console console-cli; do
+  mkdir -p "$SECRETS/$login"
+  ensure_login "denen-$login" "$SECRETS/$login/mqtt-password" 0
+  cp "$CA_DIR/ca.crt" "$SECRETS/$login/ca.pem"
+done
 
 for gw in "$@"; do
   if [ "$REVOKE" = 1 ]; then
@@ -307,7 +312,7 @@ acl_json() {
     case $hash in '$7$'*) ;; *) die "the passwd entry of $user is not a mosquitto_passwd -U hash (\$7\$...)" ;; esac
     case $user in
       denen-bridge-*) role=denen-bridge ;;
-      denen-console) role=denen-console ;;
+      denen-console|denen-console-cli) role=denen-console ;;
       *) role="gateway-$user" ;;
     esac
     case " $roles " in *" $role "*) ;; *) roles="$roles $role" ;; esac

@@ -198,10 +198,10 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
     assert "CA:TRUE" in ca_text
     # Hashed logins only, one per user; the plain passwords are in the per-user files.
     entries = dict(line.split(":", 1) for line in (secrets / "mosquitto" / "passwd").read_text().splitlines())
-    assert set(entries) == {"denen-bridge-1", "denen-console", "gw-a", "gw-b"}
+    assert set(entries) == {"denen-bridge-1", "denen-console", "denen-console-cli", "gw-a", "gw-b"}
     assert all(h.startswith("$7$") for h in entries.values())
     for user_file in (secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "bridge-1" / "mqtt-password",
-                      secrets / "console" / "mqtt-password"):
+                      secrets / "console" / "mqtt-password", secrets / "console-cli" / "mqtt-password"):
         assert user_file.read_text().strip() not in (secrets / "mosquitto" / "passwd").read_text()
     # What the broker loads: the same hashes, each login bound to its client id, a role per gateway with its own
     # topics, one role for the bridges, one for the console, everything else denied.
@@ -214,11 +214,12 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
         assert c["clientid"] == user
         assert entries[user] == f"$7${c['iterations']}${c['salt']}${c['password']}"
     assert {u: [r["rolename"] for r in c["roles"]] for u, c in clients.items()} == {
-        "denen-bridge-1": ["denen-bridge"], "denen-console": ["denen-console"], "gw-a": ["gateway-gw-a"],
-        "gw-b": ["gateway-gw-b"]}
+        "denen-bridge-1": ["denen-bridge"], "denen-console": ["denen-console"],
+        "denen-console-cli": ["denen-console"], "gw-a": ["gateway-gw-a"], "gw-b": ["gateway-gw-b"]}
     roles = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"]} for r in dynsec["roles"]}
     assert roles["gateway-gw-a"] == {("publishClientSend", f"denen/v1/gw-a/{t}") for t in (
-        "status", "state", "results", "readings/sos", "readings/alarm", "readings/telemetry", "readings/diagnostics")} | {
+        "status", "state", "results", "readings/sos", "readings/alarm", "readings/telemetry",
+        "readings/diagnostics")} | {
         ("subscribeLiteral", "denen/v1/gw-a/cmd/#"), ("publishClientReceive", "denen/v1/gw-a/cmd/#")}
     assert roles["denen-bridge"] == {
         ("subscribeLiteral", "$share/denen-bridge/denen/v1/+/readings/#"),
@@ -235,7 +236,7 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
     for private in (secrets / "ca" / "ca.key", secrets / "mosquitto" / "server.key",
                     secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "mosquitto" / "passwd",
                     secrets / "mosquitto" / "dynamic-security.json", secrets / "bridge-1" / "mqtt-password",
-                    secrets / "console" / "mqtt-password"):
+                    secrets / "console" / "mqtt-password", secrets / "console-cli" / "mqtt-password"):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
     # .env: every placeholder replaced by a distinct random secret.
     env = dict(line.split("=", 1) for line in (backend / ".env").read_text().splitlines()
@@ -250,7 +251,8 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
                      "password_file": "/etc/denen/mqtt-password", "tls": {"ca_file": "/etc/denen/ca.pem"},
                      "topic_prefix": "denen/v1"}
     assert (secrets / "gateways" / "gw-a" / "ca.pem").read_bytes() == ca.read_bytes()
-    assert (secrets / "console" / "ca.pem").read_bytes() == ca.read_bytes()
+    assert (secrets / "console" / "ca.pem").read_bytes() == (secrets / "console-cli" / "ca.pem").read_bytes() \
+        == ca.read_bytes()
 
 
 def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_path: Path) -> None:
@@ -273,7 +275,8 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     lines = (secrets / "mosquitto" / "passwd").read_text().splitlines()
     assert sum(line.startswith("gw-a:") for line in lines) == 1
     assert [line for line in lines if line.startswith("gw-b:")] == old_hash_b
-    for bad in ("GW-Upper", "-dash-first", "denen-bridge", "denen-bridge-2", "denen-console", "a" * 64, "gw/slash"):
+    for bad in ("GW-Upper", "-dash-first", "denen-bridge", "denen-bridge-2", "denen-console", "denen-console-cli",
+                "a" * 64, "gw/slash"):
         proc = _make_credentials(backend, bad)
         assert proc.returncode != 0 and "make-credentials.sh:" in proc.stderr, bad
     # -b: more bridge logins, the existing one kept; later runs keep them all.
@@ -282,7 +285,7 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     assert (secrets / "bridge-1" / "mqtt-password").read_bytes() == bridge_1
     assert _make_credentials(backend).returncode == 0
     users = [line.split(":")[0] for line in (secrets / "mosquitto" / "passwd").read_text().splitlines()]
-    assert sorted(users) == ["denen-bridge-1", "denen-bridge-2", "denen-console", "gw-a", "gw-b"]
+    assert sorted(users) == ["denen-bridge-1", "denen-bridge-2", "denen-console", "denen-console-cli", "gw-a", "gw-b"]
     dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
     assert [c["username"] for c in dynsec["clients"]] == users
     # -X: a revoked gateway's login, password and rules are gone; the others are untouched.
@@ -290,8 +293,8 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     assert revoked.returncode == 0, revoked.stderr
     assert not (secrets / "gateways" / "gw-b").exists()
     dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
-    assert [c["username"] for c in dynsec["clients"]] == ["denen-bridge-1", "denen-console", "gw-a",
-                                                          "denen-bridge-2"]
+    assert [c["username"] for c in dynsec["clients"]] == ["denen-bridge-1", "denen-console", "denen-console-cli",
+                                                          "gw-a", "denen-bridge-2"]
     assert "gateway-gw-b" not in {r["rolename"] for r in dynsec["roles"]}
     # A broken rule in mosquitto/acl is refused with its line.
     acl = backend / "mosquitto" / "acl"

@@ -70,8 +70,8 @@ def password(backend: Path, user: str) -> str:
     """The plain password make-credentials.sh made for a gateway, bridge or console login."""
     if user.startswith("denen-bridge-"):
         path = backend / "secrets" / f"bridge-{user.removeprefix('denen-bridge-')}" / "mqtt-password"
-    elif user == "denen-console":
-        path = backend / "secrets" / "console" / "mqtt-password"
+    elif user in ("denen-console", "denen-console-cli"):
+        path = backend / "secrets" / user.removeprefix("denen-") / "mqtt-password"
     else:
         path = backend / "secrets" / "gateways" / user / "mqtt-password"
     return path.read_text().strip()

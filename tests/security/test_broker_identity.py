@@ -423,7 +423,8 @@ def test_f_revoking_a_stolen_gateway_locks_it_out_while_another_loses_nothing(
         assert proc.returncode == 0, proc.stderr
         assert "gw-a:" not in (backend / "secrets" / "mosquitto" / "passwd").read_text()
         dynsec = json.loads((backend / "secrets" / "mosquitto" / "dynamic-security.json").read_text())
-        assert [c["username"] for c in dynsec["clients"]] == ["denen-bridge-1", "denen-console", "gw-b"]
+        assert [c["username"] for c in dynsec["clients"]] == ["denen-bridge-1", "denen-console", "denen-console-cli",
+                                                              "gw-b"]
         assert not (backend / "secrets" / "gateways" / "gw-a").exists()
 
         # A reload (SIGHUP) is not enough: Mosquitto 2.0.11's dynamic-security plugin does not re-read its file,

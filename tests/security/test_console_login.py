@@ -1,4 +1,5 @@
-"""The console's MQTT login (denen-console) against the broker as deploy/backend ships it.
+"""The console's MQTT logins (denen-console, and denen-console-cli for ``denen ack``) against the broker as
+deploy/backend ships it.
 
 The console (acknowledgement page, ``denen ack``) may publish exactly ``denen/v1/+/cmd/alert-ack``,
 ``.../cmd/siren-silence`` and ``.../cmd/test-chirp``, and subscribe to exactly ``denen/v1/+/state`` and
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.broker
 
 SUCCESS, GRANTED_QOS1, NOT_AUTHORIZED = 0, 1, 135
 CONSOLE = "denen-console"
+#: The operators' login for ``denen ack``: the console's rights under a client id of its own.
+CLI = "denen-console-cli"
 COMMANDS = ("alert-ack", "siren-silence", "test-chirp")
 #: Filters the console may not subscribe to: readings, status, one gateway's state (only the + filter is granted),
 #: commands, every wildcard, the bridges' shared subscriptions, the broker's own trees.
@@ -51,13 +54,14 @@ ACK = json.dumps({"keys": ["sos:00a1b2c3"], "request_id": "req-1", "by": "山田
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """deploy/backend copied to a temp dir, make-credentials.sh run for three gateways (and so one console login)."""
+    """deploy/backend copied to a temp dir, make-credentials.sh run for three gateways (and so the console logins)."""
     backend = copy_backend(tmp_path_factory.mktemp("deploy"))
     proc = make_credentials(backend, "-n", "localhost", "gw-a", "gw-b", "gw-c")
     assert proc.returncode == 0, proc.stderr
-    console = backend / "secrets" / "console"
-    assert (console / "mqtt-password").stat().st_mode & 0o077 == 0
-    assert (console / "ca.pem").read_bytes() == (backend / "secrets" / "ca" / "ca.crt").read_bytes()
+    for login in ("console", "console-cli"):
+        folder = backend / "secrets" / login
+        assert (folder / "mqtt-password").stat().st_mode & 0o077 == 0
+        assert (folder / "ca.pem").read_bytes() == (backend / "secrets" / "ca" / "ca.crt").read_bytes()
     return backend
 
 
@@ -187,6 +191,21 @@ def test_a_gateway_publishes_its_own_state_and_results_and_commands_nobody(clien
     assert console.publish("denen/v1/gw-a/cmd/alert-ack", ACK) == SUCCESS
     gw_a.wait(lambda: bool(gw_a.messages), "the console's command")
     assert gw_a.messages == [("denen/v1/gw-a/cmd/alert-ack", ACK)]
+
+
+def test_denen_ack_has_its_own_login_with_the_consoles_rights_beside_the_running_console(clients: Clients) -> None:
+    gw_a = _listener(clients, "gw-a")
+    console = clients(CONSOLE)
+    assert console.subscribe("denen/v1/+/results") == GRANTED_QOS1
+    cli = clients(CLI)
+    assert cli.subscribe("denen/v1/+/results") == GRANTED_QOS1 and cli.subscribe("denen/v1/+/state") == GRANTED_QOS1
+    assert cli.publish("denen/v1/gw-a/cmd/siren-silence", ACK) == SUCCESS
+    gw_a.wait(lambda: bool(gw_a.messages), "the command line's silence")
+    assert gw_a.messages == [("denen/v1/gw-a/cmd/siren-silence", ACK)]
+    assert console.disconnects == [] and cli.disconnects == []  # two client ids: neither takes the other's place
+    assert {f: cli.subscribe(f) for f in REFUSED_FILTERS} == dict.fromkeys(REFUSED_FILTERS, NOT_AUTHORIZED)
+    cli.close()
+    assert _refused_publishes(clients, CLI, REFUSED_TOPICS) == dict.fromkeys(REFUSED_TOPICS, NOT_AUTHORIZED)
 
 
 # ---- control: a console role with wider rules ---------------------------------------------------------------------

@@ -165,6 +165,9 @@ def test_scenario_follows_the_readme_schema(loaded: Loaded) -> None:
         assert {r["tagKey"] for r in loaded.db.rows(f'SHOW TAG KEYS FROM "{m}"', DB)} == tags, m
         found = {r["fieldKey"]: r["fieldType"] for r in loaded.db.rows(f'SHOW FIELD KEYS FROM "{m}"', DB)}
         assert found == fields, m
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{m}`"))
+        missing = [k for k in (*tags, *fields) if f"`{k}`" not in row]
+        assert not missing, f"the README's row of {m} does not name {missing}"
     for m in measurements - set(ALERT_LOOP_SCHEMA):
         assert f"`{m}`" in section, f"measurement {m} is not in the README's schema"
         tag_keys = {r["tagKey"] for r in loaded.db.rows(f'SHOW TAG KEYS FROM "{m}"', DB)}

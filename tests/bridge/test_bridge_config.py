@@ -23,7 +23,9 @@ def test_the_documented_example_loads_cleanly() -> None:
     cfg = load_bridge_config(EXAMPLE)
     assert cfg.sink.type == "v1" and cfg.sink.database == "denen" and cfg.mqtt.client_id == "denen-bridge-1"
     assert cfg.mqtt.subscriptions() == ("$share/denen-bridge/denen/v1/+/readings/#",
-                                        "$share/denen-bridge/denen/v1/+/status")
+                                        "$share/denen-bridge/denen/v1/+/status",
+                                        "$share/denen-bridge/denen/v1/+/state",
+                                        "$share/denen-bridge/denen/v1/+/results")
     assert cfg.batch.receive_maximum == 2 * cfg.batch.max_messages
     assert looks_like_bridge_config(EXAMPLE.read_text())
     assert not looks_like_bridge_config((EXAMPLE.parent.parent / "demo.yaml").read_text())

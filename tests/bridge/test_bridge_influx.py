@@ -151,7 +151,7 @@ def test_full_path_every_reading_once_with_exact_values_and_timestamps(field: di
     # Everything the gateway published went through the bridge (acknowledged), and the only dead letters are the
     # readings the README's schema does not hold.
     bridge = field["bridge"]
-    mine_topics = ("/readings/", "/status")
+    mine_topics = ("/readings/", "/status", "/state", "/results")
     assert wait_until(lambda: bridge.counters().get("messages_acked", 0)
                       == len([t for t, _, _ in col.messages if any(x in t for x in mine_topics)]), 10)
     outside = [r for r in readings_of(col.messages, alerts=True) if list(README_READING.iter_errors(r))]

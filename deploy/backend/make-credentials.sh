@@ -11,6 +11,7 @@
 #   secrets/mosquitto/ca.crt, passwd     the CA and every MQTT login, hashed (mosquitto_passwd -U)
 #   secrets/bridge-<n>/mqtt-password, ca.pem      one login per bridge process: user denen-bridge-<n> (-b)
 #   secrets/console/mqtt-password, ca.pem         the console's login (acknowledgement page): user denen-console
+#   secrets/console/link-secret                   the key that signs the acknowledgement links (made once)
 #   secrets/console-cli/mqtt-password, ca.pem     the operators' login for denen ack, with the console's rights:
 #                                                 user denen-console-cli (a login is its client id, so the command
 #                                                 line cannot share the running console's)
@@ -227,6 +228,11 @@ for login in console console-cli; do
   ensure_login "denen-$login" "$SECRETS/$login/mqtt-password" 0
   cp "$CA_DIR/ca.crt" "$SECRETS/$login/ca.pem"
 done
+# The key that signs the acknowledgement links (HMAC-SHA256); made once: a new one invalidates every link sent.
+if [ ! -s "$SECRETS/console/link-secret" ]; then
+  openssl rand -base64 48 > "$TMP" && mv "$TMP" "$SECRETS/console/link-secret"
+  note "made secrets/console/link-secret (the console's link-signing key)"
+fi
 
 for gw in "$@"; do
   if [ "$REVOKE" = 1 ]; then

@@ -83,11 +83,15 @@ def test_compose_file_validates_with_the_generated_env(credentials: tuple[Path, 
     backend, _ = credentials
     proc = subprocess.run([compose, "config", "-q"], cwd=backend, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    # The resolved file: the five services, the bridge built from the repository with the Dockerfile here, and
-    # every file the services mount exists in deploy/backend after make-credentials.sh.
+    # The resolved file: the six services, the bridge built from the repository with the Dockerfile here (the
+    # console runs the same image), and every file the services mount exists in deploy/backend after
+    # make-credentials.sh (the console's link secret among them).
     proc = subprocess.run([compose, "config"], cwd=backend, capture_output=True, text=True, timeout=60)
     resolved = YAML(typ="safe").load(proc.stdout)
-    assert set(resolved["services"]) == {"mosquitto", "influxdb", "influxdb-setup", "bridge", "grafana"}
+    assert set(resolved["services"]) == {"mosquitto", "influxdb", "influxdb-setup", "bridge", "console", "grafana"}
+    assert resolved["services"]["console"]["image"] == resolved["services"]["bridge"]["image"]
+    assert (backend / "secrets" / "console" / "link-secret").stat().st_size >= 48
+    assert str(resolved["services"]["console"]["ports"][0]).startswith("127.0.0.1:")
     build = resolved["services"]["bridge"]["build"]
     assert (Path(build["context"]) / build["dockerfile"]).resolve() == (backend / "Dockerfile").resolve()
     for name, service in resolved["services"].items():
@@ -463,3 +467,25 @@ def _close_sockets_left_in(exc: BaseException) -> None:
             if isinstance(value, socket.socket):
                 value.close()
         tb = tb.tb_next
+
+
+def test_console_config_loads_with_the_consoles_own_validator(tmp_path: Path) -> None:
+    """deploy/backend/console.yaml is a valid `denen console` config (the container paths mapped to temp files)."""
+    from agent.console.config import load_console_config
+
+    text = (BACKEND / "console.yaml").read_text(encoding="utf-8")
+    for container_path in ("/run/denen/secrets/mqtt-password", "/run/denen/secrets/ca.pem",
+                           "/run/denen/secrets/link-secret", "/run/denen/influx/token"):
+        assert container_path in text
+        local = tmp_path / Path(container_path).name
+        local.write_text("s" * 64 + "\n" if not local.name.endswith(".pem") else (BACKEND / "README.md").read_text())
+        local.chmod(0o600)
+        text = text.replace(container_path, str(local))
+    (tmp_path / "console.yaml").write_text(text, encoding="utf-8")
+    (tmp_path / "gateways.yaml").write_text((BACKEND / "gateways.yaml").read_text(encoding="utf-8"))
+    config = load_console_config(tmp_path / "console.yaml")
+    assert config.mqtt.username == "denen-console" and config.mqtt.host == "mosquitto"
+    compose = YAML(typ="safe").load((BACKEND / "docker-compose.yml").read_text(encoding="utf-8"))
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["services"]["console"]["volumes"]}
+    assert mounts["/etc/denen/console.yaml"] == "./console.yaml" and mounts["/etc/denen/secrets"] == "./secrets/console"
+    assert mounts["/etc/denen/gateways.yaml"] == "./gateways.yaml"

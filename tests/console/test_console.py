@@ -95,7 +95,7 @@ def audit_rows(influx: InfluxDB1, gateway: str, expect: int, timeout: float = 10
 
 
 def wait_text(browser: Any, css: str, predicate: Any, timeout: float = 10.0) -> str:
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
 
     deadline = time.monotonic() + timeout
@@ -103,7 +103,7 @@ def wait_text(browser: Any, css: str, predicate: Any, timeout: float = 10.0) -> 
         try:
             found = browser.find_elements(By.CSS_SELECTOR, css)
             text = found[0].get_attribute("data-outcome") if found else None
-        except StaleElementReferenceException:  # the waiting page refreshed itself meanwhile
+        except WebDriverException:  # the waiting page refreshed itself meanwhile (stale or detached node)
             text = None
         if text is not None and predicate(text):
             return text

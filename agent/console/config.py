@@ -9,6 +9,10 @@ Relative paths are resolved against the directory of the config file. Each secre
 ``mqtt.password``, the sink's password or token) is given in a file (``*_file``) or an environment variable
 (``*_env``); the MQTT and sink secrets may also be inline, in a file only its owner can read. The link secret is
 read once, when the config is loaded, and must be at least 32 bytes.
+
+``hooks:`` (optional) turns on ``POST /hooks/grafana``: Grafana's webhook contact point, authenticated by a bearer
+token (``grafana_token_file`` / ``grafana_token_env``, read once at load, at least 32 bytes), which the console
+answers by mailing a signed link per firing alert through ``mail:`` (required with ``hooks:``).
 """
 
 from __future__ import annotations
@@ -41,10 +45,13 @@ from agent.config import (
 )
 from agent.errors import ConfigError
 
-__all__ = ["ConsoleConfig", "LINK_SECRET_MIN_BYTES", "load_console_config", "parse_console_config"]
+__all__ = ["ConsoleConfig", "HOOK_TOKEN_MIN_BYTES", "HooksConfig", "LINK_SECRET_MIN_BYTES", "MailConfig",
+           "load_console_config", "parse_console_config"]
 
 #: A link secret shorter than this is refused: HMAC-SHA256 is only as strong as its key.
 LINK_SECRET_MIN_BYTES = 32
+#: A webhook token shorter than this is refused: it is all that stands between the internet and the mail out.
+HOOK_TOKEN_MIN_BYTES = 32
 
 
 class HttpConfig(ConfigSection):
@@ -275,6 +282,156 @@ class CommandsConfig(ConfigSection):
     )
 
 
+class HooksConfig(ConfigSection):
+    """Webhooks that ask the console to mail signed links: Grafana's webhook contact point."""
+
+    grafana_token_file: Annotated[str | None, SECRET_FILE] = Field(
+        default=None,
+        description="Path of a file holding the bearer token Grafana sends (Authorization: Bearer <token>; at least "
+        "32 bytes, e.g. `openssl rand -hex 32`); refused when other users can read it.",
+    )
+    grafana_token_env: str | None = Field(
+        default=None,
+        description="Name of an environment variable holding that token (e.g. DENEN_CONSOLE_HOOK_TOKEN). Only one "
+        "of grafana_token_file and grafana_token_env.",
+    )
+    max_body_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=16 * 1024 * 1024,
+        description="Largest webhook body accepted, in bytes (default 256 KiB); a larger one is answered 413 unread.",
+    )
+
+    _token: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("grafana_token_file")
+    @classmethod
+    def _token_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = resolve_config_path(value, info)
+        check_readable_file(path, "webhook token file")
+        return path
+
+    @field_validator("grafana_token_env")
+    @classmethod
+    def _token_env(cls, value: str | None) -> str | None:
+        return _env_secret(value, "grafana_token_env")
+
+    @model_validator(mode="after")
+    def _read(self) -> HooksConfig:
+        given = [k for k in ("grafana_token_file", "grafana_token_env") if getattr(self, k) is not None]
+        if not given:
+            raise config_problem("hooks needs Grafana's token: grafana_token_file or grafana_token_env",
+                                 "e.g. grafana_token_file: secrets/grafana-hook-token (openssl rand -hex 32 > it; "
+                                 "chmod 600)")
+        if len(given) > 1:
+            raise config_problem("the webhook token is given twice",
+                                 "keep grafana_token_file or grafana_token_env, not both", subloc=("grafana_token_env",))
+        if self.grafana_token_file is not None:
+            try:
+                text = _read_secret_file(self.grafana_token_file, "hooks.grafana_token_file")
+            except ConfigError as exc:
+                raise config_problem(exc.issues[0].message, exc.issues[0].hint,
+                                     subloc=("grafana_token_file",)) from None
+        else:
+            secret = _from_env(self.grafana_token_env)
+            text = secret.get_secret_value() if secret is not None else ""
+        if len(text.encode()) < HOOK_TOKEN_MIN_BYTES:
+            raise config_problem(f"the webhook token is shorter than {HOOK_TOKEN_MIN_BYTES} bytes",
+                                 "make one with: openssl rand -hex 32", subloc=(given[0],))
+        if any(ch.isspace() or not ch.isprintable() for ch in text):
+            raise config_problem("the webhook token holds spaces or control characters",
+                                 "make one with: openssl rand -hex 32", subloc=(given[0],))
+        self._token = SecretStr(text)
+        return self
+
+    def grafana_token(self) -> bytes:
+        """Grafana's bearer token (read when the config was loaded)."""
+        assert self._token is not None
+        return self._token.get_secret_value().encode()
+
+
+class MailConfig(ConfigSection):
+    """The SMTP server the console mails the links of Grafana's alerts through."""
+
+    host: str = Field(min_length=1, description="Host name or IP address of the SMTP server (relay).")
+    port: int = Field(default=587, ge=1, le=65535, description="TCP port: 587 with starttls, 465 with ssl, 25 none.")
+    tls: Literal["starttls", "ssl", "none"] = Field(
+        default="starttls",
+        description="starttls (upgrade after connecting, port 587), ssl (TLS from the start, port 465) or none "
+        "(plain, only to a relay on this machine or a trusted private network). The server's certificate is "
+        "checked against the system's CAs.",
+    )
+    sender: str = Field(alias="from", min_length=3, max_length=254,
+                        description="The From address, e.g. denen@example.jp.")
+    to: list[str] = Field(min_length=1, max_length=100, description="Recipients, e.g. [bousai@example.jp].")
+    username: str | None = Field(default=None, min_length=1, description="SMTP login, if the server wants one.")
+    password_file: Annotated[str | None, SECRET_FILE] = Field(
+        default=None, description="Path of a file holding the SMTP password; refused when other users can read it.",
+    )
+    password_env: str | None = Field(
+        default=None, description="Name of an environment variable holding the SMTP password.",
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=120,
+                             description="Seconds to wait for the SMTP server at each step.")
+
+    _env_password: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        return _address(value)
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, value: list[str]) -> list[str]:
+        return [_address(v) for v in value]
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = resolve_config_path(value, info)
+        check_readable_file(path, "SMTP password file")
+        return path
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, value: str | None) -> str | None:
+        return _env_secret(value, "password_env")
+
+    @model_validator(mode="after")
+    def _cross(self) -> MailConfig:
+        problems: list[tuple[tuple[str, ...], str, str | None]] = []
+        given = [k for k in ("password_file", "password_env") if getattr(self, k) is not None]
+        if len(given) > 1:
+            problems.append((("password_env",), "give only one of password_file and password_env", None))
+        if given and self.username is None:
+            problems.append(((given[0],), "a password is set but username is not", "set mail.username"))
+        if self.username is not None and not given:
+            problems.append((("username",), "username is set but no password",
+                             "add password_file (or password_env)"))
+        if problems:
+            raise config_problems(problems)
+        self._env_password = _from_env(self.password_env)
+        return self
+
+    def password_value(self) -> str | None:
+        """The SMTP password (``password_file`` read on every call), or None."""
+        if self._env_password is not None:
+            return self._env_password.get_secret_value()
+        return _read_secret_file(self.password_file, "mail.password_file") if self.password_file else None
+
+
+def _address(value: str) -> str:
+    value = value.strip()
+    local, at, domain = value.rpartition("@")
+    if not at or not local or not domain or "." not in domain or any(
+            ch.isspace() or not ch.isprintable() or ch in "<>,;\"" for ch in value):
+        raise config_problem(f"'{value}' is not a plain e-mail address", "e.g. bousai@example.jp")
+    return value
+
+
 class ConsoleConfig(ConfigSection):
     """The whole console configuration (one YAML file)."""
 
@@ -291,6 +448,12 @@ class ConsoleConfig(ConfigSection):
         default=None, description="The gateway registry (site and name of each gateway), as the bridge's.",
     )
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+    hooks: HooksConfig | None = Field(
+        default=None,
+        description="Webhooks (POST /hooks/grafana): Grafana's alerts mailed with a signed link. Needs mail. "
+        "Without it the route answers 404.",
+    )
+    mail: MailConfig | None = Field(default=None, description="The SMTP server for the hooks' mails.")
 
     @model_validator(mode="before")
     @classmethod
@@ -298,6 +461,13 @@ class ConsoleConfig(ConfigSection):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if not (v is None and k in ("mqtt", "commands", "log"))}
         return data
+
+    @model_validator(mode="after")
+    def _hooks_need_mail(self) -> ConsoleConfig:
+        if self.hooks is not None and self.mail is None:
+            raise config_problem("hooks needs a mail section: the links are mailed",
+                                 "add mail: {host: ..., from: ..., to: [...]}", subloc=("hooks",))
+        return self
 
 
 def _warnings(config: ConsoleConfig) -> list[Found]:
@@ -311,6 +481,9 @@ def _warnings(config: ConsoleConfig) -> list[Found]:
             urlsplit(config.http.public_url).hostname or ""):
         found.append((("http", "public_url"), "links are plain http://: anyone on the path can read and use them",
                       "publish the console through the TLS reverse proxy (https://)"))
+    if config.mail is not None and config.mail.tls == "none" and not is_loopback_host(config.mail.host):
+        found.append((("mail", "tls"), f"plain SMTP to {config.mail.host}: the links (and any login) travel in "
+                      "clear", "use tls: starttls or ssl unless this is a trusted private network"))
     if config.sink is None:
         found.append((("sink",), "no sink: acknowledgements are audited in the log only",
                       "add the bridge's sink section so alert_ack points reach the dashboards"))

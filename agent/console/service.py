@@ -6,6 +6,8 @@ Routes (every answer is a whole HTML page, never a traceback; security headers o
     POST /a/<token>        the form: csrf, action (ack | silence | test), by; re-verifies the link
     GET  /r/<request_id>   one command's progress and the gateway's answer (refreshes itself while waiting)
     GET  /healthz          200 "ok" when connected to the broker, else 503
+    POST /hooks/grafana    Grafana's webhook contact point: mails a signed link per firing alert
+                           (:mod:`agent.console.hooks`, which lists its answers); 404 without ``hooks:``
 
 Answers to the POST:
 
@@ -31,6 +33,7 @@ restart the gateway's state (``acknowledged_by``) still answers a replay.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -45,6 +48,7 @@ from agent.bridge.registry import GatewayRegistry
 from agent.console.audit import Action, Audit, now_us
 from agent.console.commands import CommandLink, Pending, new_request_id
 from agent.console.config import ConsoleConfig
+from agent.console.hooks import GrafanaHook, Mailer
 from agent.console.links import Link, LinkError, LinkSigner, clean_by
 from agent.console.pages import alert_page, jst, message_page, result_page
 from agent.console.state import AlertView, StateBook
@@ -125,6 +129,13 @@ class ConsoleService:
         self._badlog = RateLimitedLog(log)
         self._badlog_lock = threading.Lock()
         self._stop = threading.Event()
+        self.grafana: GrafanaHook | None = None
+        if config.hooks is not None and config.mail is not None:
+            self.grafana = GrafanaHook(
+                config.hooks.grafana_token(), url_for=lambda g, k: self.url_for(g, k),
+                gateway_name=lambda g: (info.name if (info := self.registry.lookup(g)) else None),
+                mailer=Mailer(config.mail), sender=config.mail.sender, to=config.mail.to,
+                valid_h=config.links.ttl_s / 3600, bad=self.bad)
         self.http = ThreadingHTTPServer((config.http.listen_host, config.http.listen_port), _handler(self))
         self.http.daemon_threads = True
         self._http_thread: threading.Thread | None = None
@@ -363,8 +374,47 @@ class _ConsoleHandler(BaseHTTPRequestHandler):
         self._send(200, result_page(item.command, item.gateway, outcome=item.outcome, result=item.result,
                                     sends=item.sends, by=item.context.get("by")))
 
+    def _json(self, status: int, doc: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self._send(status, json.dumps(doc, separators=(",", ":")).encode() + b"\n",
+                   content_type="application/json", headers=headers)
+
+    def _grafana(self) -> None:
+        hook = self.console.grafana
+        if hook is None:
+            self._json(404, {"error": "not_found", "detail": "no hooks section in the console's config"})
+            return
+        peer = self.client_ip()
+        if not hook.authorized(self.headers.get("Authorization")):
+            hook.count("unauthorized")
+            self.console.bad("hook_unauthorized", peer, "console: grafana hook from %s: token missing or wrong",
+                             peer)
+            self.close_connection = True  # the body is not read
+            self._json(401, {"error": "unauthorized", "detail": "Authorization: Bearer <token> missing or wrong"},
+                       headers=(("WWW-Authenticate", 'Bearer realm="denen-console"'),))
+            return
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            hook.count("no_length")
+            self.close_connection = True
+            self._json(411, {"error": "no_length", "detail": "Content-Length is missing"})
+            return
+        limit = self.console.config.hooks.max_body_bytes if self.console.config.hooks else 0
+        if int(length) > limit:
+            hook.count("too_large")
+            self.console.bad("hook_too_large", peer, "console: grafana hook from %s: body of %s bytes refused "
+                             "(limit %d)", peer, length[:20], limit)
+            self.close_connection = True
+            self._json(413, {"error": "too_large", "detail": f"the body is larger than {limit} bytes"})
+            return
+        body = self.rfile.read(int(length))
+        status, answer = hook.handle(body, peer)
+        self._json(status, answer, headers=(("Retry-After", "60"),) if status == 503 else ())
+
     def _post(self) -> None:
         path = urlsplit(self.path).path
+        if path == "/hooks/grafana":
+            self._grafana()
+            return
         if not path.startswith("/a/"):
             self._not_found()
             return

@@ -182,3 +182,52 @@ def chromium(profile: Path, *, width: int = 390, height: int = 844) -> Any:
     options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": width, "height": height,
                                                                           "pixelRatio": 3.0, "touch": True}})
     return webdriver.Chrome(service=Service(driver), options=options)
+
+
+HOOK_TOKEN = "grafana-hook-token-" + "t" * 32
+
+
+def add_hooks(config: Path, *, smtp_port: int, token: str = HOOK_TOKEN, max_body_bytes: int = 256 * 1024) -> Path:
+    """Append ``hooks:`` (token file mode 600) and ``mail:`` (plain SMTP on 127.0.0.1:``smtp_port``) to ``config``."""
+    write_config(config.parent / "grafana-hook-token", token + "\n")
+    text = config.read_text(encoding="utf-8") + (
+        f"hooks:\n  grafana_token_file: grafana-hook-token\n  max_body_bytes: {max_body_bytes}\n"
+        f"mail:\n  host: 127.0.0.1\n  port: {smtp_port}\n  tls: none\n  from: denen@example.jp\n"
+        f"  to: [bousai@example.jp, ranger@example.jp]\n  timeout_s: 5\n")
+    return write_config(config, text)
+
+
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 that keeps every message it receives."""
+
+    def __init__(self, port: int) -> None:
+        try:
+            from aiosmtpd.controller import Controller
+        except ImportError:
+            pytest.fail("aiosmtpd is not installed: pip install -e '.[test]'")
+        self.messages: list[Any] = []
+        self._cond = threading.Condition()
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+                import email
+                from email import policy
+
+                with sink._cond:
+                    sink.messages.append((list(envelope.rcpt_tos),
+                                          email.message_from_bytes(envelope.content, policy=policy.default)))
+                    sink._cond.notify_all()
+                return "250 OK"
+
+        self.port = port
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+        self.controller.start()
+
+    def wait(self, n: int, timeout: float = 10.0) -> list[Any]:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.messages) >= n, timeout)
+            return list(self.messages)
+
+    def stop(self) -> None:
+        self.controller.stop()

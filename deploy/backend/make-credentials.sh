@@ -108,6 +108,19 @@ if [ ! -f "$DIR/.env" ]; then
   done < "$DIR/.env.example"
   mv "$TMP.env" "$DIR/.env"
   note "wrote $DIR/.env with new random secrets (review GRAFANA_ROOT_URL, the mail settings and DENEN_ALERT_EMAIL)"
+else
+  # An .env made by an older version: secrets that .env.example has gained since are added, nothing is changed.
+  while IFS= read -r line || [ -n "$line" ]; do
+    case $line in
+      *=change-me)
+        key=${line%%=*}
+        if ! grep -q "^$key=" "$DIR/.env"; then
+          printf '%s=%s
+' "$key" "$(random_secret)" >> "$DIR/.env"
+          note "added $key to $DIR/.env"
+        fi ;;
+    esac
+  done < "$DIR/.env.example"
 fi
 
 # ---- CA -----------------------------------------------------------------------------------------------------

@@ -489,3 +489,20 @@ def test_console_config_loads_with_the_consoles_own_validator(tmp_path: Path) ->
     mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["services"]["console"]["volumes"]}
     assert mounts["/etc/denen/console.yaml"] == "./console.yaml" and mounts["/etc/denen/secrets"] == "./secrets/console"
     assert mounts["/etc/denen/gateways.yaml"] == "./gateways.yaml"
+
+
+def test_an_older_env_gains_the_secrets_added_since_and_keeps_its_own(tmp_path: Path) -> None:
+    backend = _copy_backend(tmp_path)
+    assert _make_credentials(backend, "-n", "localhost", "gw-a").returncode == 0
+    env = backend / ".env"
+    before = env.read_text()
+    assert "DENEN_CONSOLE_HOOK_TOKEN=" in before and "=change-me" not in before
+    older = "".join(line for line in before.splitlines(keepends=True) if "DENEN_CONSOLE_HOOK_TOKEN" not in line)
+    env.write_text(older)
+    proc = _make_credentials(backend, "gw-a")
+    assert proc.returncode == 0 and "added DENEN_CONSOLE_HOOK_TOKEN" in proc.stderr, proc.stderr
+    after = env.read_text()
+    assert after.startswith(older)  # nothing it had is changed
+    [token] = [line.split("=", 1)[1] for line in after.splitlines() if line.startswith("DENEN_CONSOLE_HOOK_TOKEN=")]
+    assert len(token) >= 32
+    assert _make_credentials(backend, "gw-a").returncode == 0 and env.read_text() == after  # added once

@@ -1970,7 +1970,7 @@ def _describe(err: Mapping[str, Any], loc: Loc, model: type[BaseModel]) -> tuple
         return f"required key '{name}' is missing", description
     if err_type == "extra_forbidden":
         holder = _model_for(loc[:-1], model)
-        valid = list(holder.model_fields) if holder is not None else []
+        valid = [f.alias or n for n, f in holder.model_fields.items()] if holder is not None else []
         return f"unknown key '{name}'", _choices_hint(name, valid, "valid keys here") if valid else None
     if err_type == "literal_error":
         expected = str(ctx.get("expected", ""))

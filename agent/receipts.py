@@ -652,22 +652,27 @@ class ReceiptSender:
             return
         boot_id, boottime_us = self._boot_clock()
         if snap.boot_id is not None and snap.boot_id == boot_id and boottime_us >= snap.boottime_us:
-            gap_us = boottime_us - snap.boottime_us
+            gap_us: int | None = boottime_us - snap.boottime_us
         else:
-            gap_us = 0
+            gap_us = None
             if snap.sends or snap.pending:
                 with self._lock:
                     self.restore_unknown_gap += 1
-                why = ("the machine rebooted" if snap.boot_id != boot_id or boot_id is None
-                       else "the boot clock went back")
-                log.warning("receipts: %s since the snapshot, so the time in between is unknown and taken as "
+                if snap.boot_id is None or boot_id is None:
+                    why = "no boot id to compare"
+                elif snap.boot_id != boot_id:
+                    why = "the machine rebooted since the snapshot"
+                else:
+                    why = "the boot clock went back since the snapshot"
+                log.warning("receipts: %s, so the time in between is unknown and taken as "
                             "zero: %.3f s of airtime counts as if it had ended when the snapshot says", why,
                             sum(u for _, u in snap.sends) / 1e6)
         if snap.frequency_hz != self.rules.frequency_hz and snap.sends:
             # The hourly limit is per channel, but keeping the airtime can only make a receipt wait longer.
             log.info("receipts: the snapshot's airtime was spent on %.1f MHz, now %.1f MHz; it still counts",
                      snap.frequency_hz / 1e6, self.rules.frequency_hz / 1e6)
-        sends = [(ago + gap_us, used) for ago, used in snap.sends]
+        gap = gap_us or 0
+        sends = [(ago + gap, used) for ago, used in snap.sends]
         restored_airtime = self.budget.restore(sends)
         now = self._clock()
         old: list[tuple[int, int, float]] = []
@@ -682,7 +687,7 @@ class ReceiptSender:
                 if (node_id, counter) in idents:
                     self.duplicates += 1
                     continue
-                age_s = (age_us + gap_us) / 1e6
+                age_s = (age_us + gap) / 1e6
                 if self._max_age_s is not None and age_s > self._max_age_s:
                     self.expired += 1
                     old.append((node_id, counter, age_s))
@@ -714,7 +719,8 @@ class ReceiptSender:
                            "longer be sent with these radio settings: %s", node_id, counter, why)
         log.info("receipts: restored %d waiting receipt(s) and %s s of airtime in the sliding hour (%s)", queued,
                  f"{self.budget.used_last_hour_s:.3f}" if restored_airtime else "the shared budget's",
-                 f"{gap_us / 1e6:.1f} s since the snapshot" if gap_us else "time since the snapshot taken as 0")
+                 "time since the snapshot unknown, taken as 0" if gap_us is None
+                 else f"{gap_us / 1e6:.1f} s since the snapshot")
         if queued and self._wake is not None:
             self._wake()
 

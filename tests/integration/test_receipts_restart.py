@@ -1,10 +1,12 @@
 """The hourly receipt budget holds across a restart, on real parts and real clocks.
 
-Each "agent" here is a separate Python process that opens the simulated RAK3172 (a real pty, driven by the real
-RAK3172 driver through a RadioWorker), sends SOS receipts with a ReceiptSender under a 0.7 s per sliding hour
-budget (the field report's figure), and hands its snapshot on as the journal would (JSON text in a file). The next
-process restores it. What went on air is what the simulated module saw, timed in this process. Nothing is faked:
-the monotonic clock, CLOCK_BOOTTIME and the boot id are the machine's own.
+Two levels. First, each "agent" is a separate Python process that opens the simulated RAK3172 (a real pty, driven
+by the real RAK3172 driver through a RadioWorker), sends SOS receipts with a ReceiptSender under a 0.7 s per sliding
+hour budget (the field report's figure), and hands its snapshot on as the journal would (JSON text in a file); the
+next process restores it. Then end to end: ``denen run`` with a real Mosquitto (and mosquitto_sub standing in for
+the bridge), SOS frames on the simulated module, the agent stopped (SIGTERM, or SIGKILL as a power cut) between
+receipts and started again on the same journal. What went on air is what the simulated module saw, timed in this
+process. Nothing is faked: the monotonic clock, CLOCK_BOOTTIME and the boot id are the machine's own.
 
 Run as a module, this file is that agent process: ``python -m tests.integration.test_receipts_restart ARGS``.
 """
@@ -20,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +30,17 @@ import pytest
 
 from drivers.airtime import time_on_air_ms
 from drivers.codec.frame import build_receipt
+from tests.support.agentproc import AgentProcess
+from tests.support.field import (
+    FieldNode,
+    config_text,
+    default_values,
+    node_key,
+    start_sim,
+    wait_configured,
+    wait_until,
+    write_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
@@ -227,6 +241,34 @@ def _journal_receipts(journal: Path) -> dict | None:
     return json.loads(row[0]) if row else None
 
 
+@contextmanager
+def _subscriber(broker) -> Iterator[subprocess.Popen]:
+    """A mosquitto_sub on the readings, standing in for the bridge: an SOS is acknowledged (and its receipt
+    requested) only when the broker has a subscriber for it."""
+    # Line-buffered: its debug lines (the SUBACK) must reach the pipe as they happen.
+    proc = subprocess.Popen(["stdbuf", "-oL", "mosquitto_sub", "-h", broker.host, "-p", str(broker.port),
+                             "-V", "mqttv5", "-q", "1", "-i", "receipts-bridge", "-t", "denen/v1/+/readings/#", "-d"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    subscribed = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr] - drained to the end, so it never blocks on a full pipe
+            if "SUBACK" in line:
+                subscribed.set()
+
+    reader = threading.Thread(target=read, name="mosquitto_sub", daemon=True)
+    reader.start()
+    try:
+        assert subscribed.wait(10), "mosquitto_sub never subscribed"
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def _inject(sim, payload: bytes) -> None:
     deadline = time.monotonic() + 10.0
     while not sim.inject_uplink(payload, rssi=-90, snr=5.0):
@@ -239,10 +281,6 @@ def _inject(sim, payload: bytes) -> None:
 def test_denen_run_restarted_between_receipts_keeps_the_sliding_hour(tmp_path: Path, broker, stop: str) -> None:
     """A real agent process, a real Mosquitto, the simulated RAK3172 on a pty: SOS presses before and after a
     restart (a clean stop, or a power cut), and the 0.7 s per hour of receipts holds over both lives."""
-    from tests.support.agentproc import AgentProcess
-    from tests.support.broker import Collector
-    from tests.support.field import FieldNode, config_text, default_values, start_sim, wait_configured, write_config
-
     sim = start_sim(tmp_path)
     on_air = OnAir(sim)
     sos = FieldNode(0x00000101, "sos")
@@ -253,67 +291,58 @@ def test_denen_run_restarted_between_receipts_keeps_the_sliding_hour(tmp_path: P
     text += f"receipts:\n  max_per_hour_s: {BUDGET_S}\n"
     cfg = write_config(tmp_path / "gateway.yaml", text)
     agent = AgentProcess(cfg, tmp_path / "agent.log")
-    col = Collector(broker, "denen/v1/+/readings/sos", client_id="receipts-collector")
-    try:
-        agent.start()
-        assert wait_configured(sim), agent.text()
-        # First life: five presses (five SOS frames, each asking for a receipt). Four receipts fit in 0.7 s.
-        for i in range(5):
-            _inject(sim, sos.frame(default_values("sos", i), receipt=True))
-        assert col.wait_for(lambda m: sum(len(json.loads(p)["readings"]) for _, p, _ in m) >= 5, 15)
-        assert wait_until_true(lambda: len(on_air.frames()) >= 4, 15), agent.text()[-3000:]
-        # The agent keeps the airtime and the waiting receipt in its journal with its next commit.
-        assert wait_until_true(lambda: (s := _journal_receipts(journal)) is not None and
-                               sum(u for _, u in s["lora0"]["airtime"]) >= 4 * round(KEYED_S * 1e6)
-                               and len(s["lora0"]["pending"]) == 1, 15), _journal_receipts(journal)
-        commands = len(sim.commands)
-        if stop == "sigkill":
-            agent.kill9()
-        else:
-            assert agent.stop() == 0
-        down_at = time.monotonic()
-
-        # Second life: the same journal. Two more presses; their receipts (and the one left waiting) must wait
-        # for the hour, however often the agent pumps.
-        agent.start()
-        assert wait_configured(sim, since=commands), agent.text()[-3000:]
-        for i in range(5, 7):
-            _inject(sim, sos.frame(default_values("sos", i), receipt=True))
-        assert col.wait_for(lambda m: sum(len(json.loads(p)["readings"]) for _, p, _ in m) >= 7, 15)
-        assert wait_until_true(lambda: (s := _journal_receipts(journal)) is not None
-                               and len(s["lora0"]["pending"]) == 3, 15), _journal_receipts(journal)
-        time.sleep(3.0)  # real time passes in the second life; the module gets nothing more
-        assert on_air.frames() == [build_receipt(0x101, c, _node_key()) for c in (1, 2, 3, 4)]
-        assert on_air.max_airtime_in_any_hour_s() == pytest.approx(4 * KEYED_S)
-        snap = _journal_receipts(journal)["lora0"]
-        kept_s = sum(u for _, u in snap["airtime"]) / 1e6
-        assert kept_s == pytest.approx(4 * KEYED_S, abs=1e-5)
-        assert [bytes.fromhex(p["frame"]) for p in snap["pending"]] == [
-            build_receipt(0x101, c, _node_key()) for c in (5, 6, 7)]
-        log_text = agent.text()
-        [restored] = re.findall(r"receipts: restored 1 waiting receipt\(s\) and ([0-9.]+) s of airtime in the "
-                                r"sliding hour \(([0-9.]+) s since the snapshot\)", log_text)
-        assert float(restored[0]) == pytest.approx(4 * KEYED_S, abs=1e-3) and float(restored[1]) < 60
-        assert "taken as zero" not in log_text  # same boot: the time between the lives is known
-        print(f"\n{stop}: airtime kept across the restart {kept_s:.4f} s of {BUDGET_S} s (restored "
-              f"{restored[0]} s, {restored[1]} s after the snapshot); {time.monotonic() - down_at:.1f} s after the "
-              "stop, 3 receipts wait, none sent")
-    finally:
-        agent.stop()
-        col.close()
-        sim.stop()
+    with _subscriber(broker):
+        try:
+            _two_lives(agent, sim, on_air, sos, journal, stop)
+        finally:
+            agent.stop()
+            sim.stop()
 
 
-def _node_key() -> bytes:
-    from tests.support.field import node_key
+def _two_lives(agent: AgentProcess, sim, on_air: OnAir, sos: FieldNode, journal: Path, stop: str) -> None:
+    key = node_key(sos.node_id)
+    agent.start()
+    assert wait_configured(sim), agent.text()
+    # First life: five presses (five SOS frames, each asking for a receipt). Four receipts fit in 0.7 s.
+    for i in range(5):
+        _inject(sim, sos.frame(default_values("sos", i), receipt=True))
+    # Each receipt is requested once the broker has acknowledged its SOS (PUBACK).
+    assert wait_until(lambda: len(on_air.frames()) >= 4, 15), agent.text()[-3000:]
+    # The agent keeps the airtime and the waiting receipt in its journal with its next commit.
+    assert wait_until(lambda: (s := _journal_receipts(journal)) is not None and
+                           sum(u for _, u in s["lora0"]["airtime"]) >= 4 * round(KEYED_S * 1e6)
+                           and len(s["lora0"]["pending"]) == 1, 15), _journal_receipts(journal)
+    commands = len(sim.commands)
+    if stop == "sigkill":
+        agent.kill9()
+    else:
+        assert agent.stop() == 0
+    down_at = time.monotonic()
 
-    return node_key(0x101)
-
-
-def wait_until_true(predicate, timeout: float) -> bool:
-    from tests.support.field import wait_until
-
-    return wait_until(predicate, timeout)
+    # Second life: the same journal. Two more presses; their receipts (and the one left waiting) must wait
+    # for the hour, however often the agent pumps.
+    agent.start()
+    assert wait_configured(sim, since=commands), agent.text()[-3000:]
+    for i in range(5, 7):
+        _inject(sim, sos.frame(default_values("sos", i), receipt=True))
+    assert wait_until(lambda: (s := _journal_receipts(journal)) is not None
+                           and len(s["lora0"]["pending"]) == 3, 15), _journal_receipts(journal)
+    time.sleep(3.0)  # real time passes in the second life; the module gets nothing more
+    assert on_air.frames() == [build_receipt(sos.node_id, c, key) for c in (1, 2, 3, 4)]
+    assert on_air.max_airtime_in_any_hour_s() == pytest.approx(4 * KEYED_S)
+    snap = _journal_receipts(journal)["lora0"]
+    kept_s = sum(u for _, u in snap["airtime"]) / 1e6
+    assert kept_s == pytest.approx(4 * KEYED_S, abs=1e-5)
+    assert [bytes.fromhex(p["frame"]) for p in snap["pending"]] == [
+        build_receipt(sos.node_id, c, key) for c in (5, 6, 7)]
+    log_text = agent.text()
+    [restored] = re.findall(r"receipts: restored 1 waiting receipt\(s\) and ([0-9.]+) s of airtime in the "
+                            r"sliding hour \(([0-9.]+) s since the snapshot\)", log_text)
+    assert float(restored[0]) == pytest.approx(4 * KEYED_S, abs=1e-3) and float(restored[1]) < 60
+    assert "taken as zero" not in log_text  # same boot: the time between the lives is known
+    print(f"\n{stop}: airtime kept across the restart {kept_s:.4f} s of {BUDGET_S} s (restored "
+          f"{restored[0]} s, {restored[1]} s after the snapshot); {time.monotonic() - down_at:.1f} s after the "
+          "stop, 3 receipts wait, none sent")
 
 
 if __name__ == "__main__":

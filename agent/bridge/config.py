@@ -51,6 +51,7 @@ __all__ = [
     "DeadLetterConfig",
     "GatewaysConfig",
     "LimitsConfig",
+    "MqttLoginConfig",
     "SinkConfig",
     "load_bridge_config",
     "looks_like_bridge_config",
@@ -93,8 +94,9 @@ def _from_env(name: str | None) -> SecretStr | None:
     return SecretStr(read_env_secret(name)) if name is not None else None
 
 
-class BridgeMqttConfig(ConfigSection):
-    """Connection to the MQTT broker the gateways publish to, and the shared subscription."""
+class MqttLoginConfig(ConfigSection):
+    """A backend service's connection to the MQTT broker with its own login (the bridge, the console): host, TLS
+    (required off this machine), the password given one of three ways, the topic prefix, reconnect timing."""
 
     host: str = Field(default="127.0.0.1", min_length=1, description="Host name or IP address of the MQTT broker.")
     port: int = Field(
@@ -122,31 +124,14 @@ class BridgeMqttConfig(ConfigSection):
         "purpose (a trusted private network), and the bridge warns about it at every start.",
     )
     client_id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=128,
-        description="MQTT client id of this bridge process; null means 'denen-bridge-<host name>'. Each bridge "
-        "process needs its own, and must keep it across restarts: the broker keeps the persistent session "
-        "(with the messages not yet acknowledged) under this id.",
-    )
-    group: str = Field(
-        default="denen-bridge",
-        pattern=_NAME,
-        description="Shared subscription group: bridges with the same group share the messages "
-        "($share/<group>/...), each message goes to one of them. Letters, digits, '_', '.', '-'.",
+        default=None, min_length=1, max_length=128,
+        description="MQTT client id; the shipped broker makes the login the client id whatever is sent.",
     )
     topic_prefix: str = Field(
         default="denen/v1",
         description="Topic prefix the gateways publish under (their mqtt.topic_prefix), e.g. denen/v1.",
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds (5..3600).")
-    session_expiry_s: int = Field(
-        default=7 * 86400,
-        ge=60,
-        le=0xFFFFFFFF,
-        description="How long the broker keeps this bridge's session, and the messages it has not acknowledged, "
-        "while the bridge is away, in seconds (default 7 days). Longer than any outage you plan to survive.",
-    )
     reconnect_min_s: float = Field(
         default=1.0, gt=0, le=3600, description="First wait before reconnecting to the broker, in seconds."
     )
@@ -186,7 +171,7 @@ class BridgeMqttConfig(ConfigSection):
         return value
 
     @model_validator(mode="after")
-    def _cross(self) -> BridgeMqttConfig:
+    def _cross(self) -> MqttLoginConfig:
         problems = secret_source_problems(self, "password")
         given = [k for k in ("password", "password_file", "password_env") if getattr(self, k) is not None]
         if given and self.username is None:
@@ -218,6 +203,31 @@ class BridgeMqttConfig(ConfigSection):
         if self.password_file is None:
             return None
         return _read_secret_file(self.password_file, "mqtt.password_file")
+
+class BridgeMqttConfig(MqttLoginConfig):
+    """Connection to the MQTT broker the gateways publish to, and the shared subscription."""
+
+    client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="MQTT client id of this bridge process; null means 'denen-bridge-<host name>'. Each bridge "
+        "process needs its own, and must keep it across restarts: the broker keeps the persistent session "
+        "(with the messages not yet acknowledged) under this id.",
+    )
+    group: str = Field(
+        default="denen-bridge",
+        pattern=_NAME,
+        description="Shared subscription group: bridges with the same group share the messages "
+        "($share/<group>/...), each message goes to one of them. Letters, digits, '_', '.', '-'.",
+    )
+    session_expiry_s: int = Field(
+        default=7 * 86400,
+        ge=60,
+        le=0xFFFFFFFF,
+        description="How long the broker keeps this bridge's session, and the messages it has not acknowledged, "
+        "while the bridge is away, in seconds (default 7 days). Longer than any outage you plan to survive.",
+    )
 
     def effective_client_id(self) -> str:
         """``client_id``, or ``denen-bridge-<host name>`` when it is not set."""

@@ -26,13 +26,19 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 
-from agent.bridge.config import GatewaysConfig, SinkConfig, _env_secret, _from_env, _read_secret_file, _secret_text
+from agent.bridge.config import (
+    GatewaysConfig,
+    MqttLoginConfig,
+    SinkConfig,
+    _env_secret,
+    _from_env,
+    _read_secret_file,
+)
 from agent.config import (
     SECRET_FILE,
     ConfigSection,
     Found,
     LogConfig,
-    TlsConfig,
     check_readable_file,
     config_problem,
     config_problems,
@@ -40,7 +46,6 @@ from agent.config import (
     parse_yaml_model,
     read_config_file,
     resolve_config_path,
-    secret_source_problems,
     tls_insecure_warning,
 )
 from agent.errors import ConfigError
@@ -170,98 +175,20 @@ class LinksConfig(ConfigSection):
         return self._secret.get_secret_value().encode()
 
 
-class ConsoleMqttConfig(ConfigSection):
+class ConsoleMqttConfig(MqttLoginConfig):
     """The console's connection to the broker, with its own login (``denen-console`` in the shipped ACL)."""
 
-    host: str = Field(default="127.0.0.1", min_length=1, description="Host name or IP address of the MQTT broker.")
-    port: int = Field(default=1883, ge=1, le=65535, description="TCP port of the broker (1883 plain, 8883 TLS).")
     username: str | None = Field(
         default=None, min_length=1,
         description="MQTT user name: denen-console for the service. Run `denen ack` with a config naming another "
         "login of the console role: the shipped broker binds the client id to the login, so a second connection "
         "with the same login disconnects the running service.",
     )
-    password: SecretStr | None = Field(
-        default=None, description="MQTT password (secret). Prefer password_file or password_env.",
-    )
-    password_file: Annotated[str | None, SECRET_FILE] = Field(
-        default=None, description="Path of a file holding the MQTT password; refused when other users can read it.",
-    )
-    password_env: str | None = Field(
-        default=None, description="Name of an environment variable holding the MQTT password.",
-    )
-    tls: TlsConfig | Literal[False] | None = Field(
-        default=None,
-        description="TLS settings. Required when host is not a loopback address; 'false' says plain TCP on purpose.",
-    )
     client_id: str | None = Field(
         default=None, min_length=1, max_length=128,
         description="MQTT client id; null means the user name (the shipped broker uses the login as client id "
         "anyway), or 'denen-console-<host name>' without one.",
     )
-    topic_prefix: str = Field(default="denen/v1", description="Topic prefix of the gateways (mqtt.topic_prefix).")
-    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds.")
-    reconnect_min_s: float = Field(default=1.0, gt=0, le=3600, description="First reconnect wait, in seconds.")
-    reconnect_max_s: float = Field(default=30.0, gt=0, le=86400, description="Longest reconnect wait, in seconds.")
-
-    _env_password: SecretStr | None = PrivateAttr(default=None)
-
-    @field_validator("password", mode="before")
-    @classmethod
-    def _password_text(cls, value: object) -> object:
-        return _secret_text(value, "password")
-
-    @field_validator("password_file")
-    @classmethod
-    def _password_file(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        path = resolve_config_path(value, info)
-        check_readable_file(path, "password file")
-        return path
-
-    @field_validator("password_env")
-    @classmethod
-    def _password_env(cls, value: str | None) -> str | None:
-        return _env_secret(value, "password_env")
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _topic_prefix(cls, value: str) -> str:
-        if not value or "+" in value or "#" in value or value.startswith(("/", "$")) or value.endswith("/") \
-                or "//" in value or any(ch.isspace() or ch == "\x00" for ch in value):
-            raise config_problem(f"topic_prefix '{value}' is not a plain topic prefix",
-                                 "use plain topic levels separated by '/', e.g. denen/v1")
-        return value
-
-    @model_validator(mode="after")
-    def _cross(self) -> ConsoleMqttConfig:
-        problems = secret_source_problems(self, "password")
-        given = [k for k in ("password", "password_file", "password_env") if getattr(self, k) is not None]
-        if given and self.username is None:
-            problems.append(((given[0],), "a password is set but username is not", "set mqtt.username"))
-        if self.reconnect_max_s < self.reconnect_min_s:
-            problems.append((("reconnect_max_s",), "reconnect_max_s is shorter than reconnect_min_s", None))
-        if self.tls is None and not is_loopback_host(self.host):
-            problems.append((("host",), f"the broker {self.host} is not on this machine and tls is not set",
-                             "add tls: {ca_file: <the broker's CA>} (port 8883), or, only on a trusted private "
-                             "network, tls: false"))
-        if problems:
-            raise config_problems(problems)
-        self._env_password = _from_env(self.password_env)
-        return self
-
-    def tls_settings(self) -> TlsConfig | None:
-        """The TLS settings, or None for plain TCP."""
-        return self.tls or None
-
-    def password_value(self) -> str | None:
-        """The MQTT password (``password_file`` read on every call), or None."""
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self._env_password is not None:
-            return self._env_password.get_secret_value()
-        return _read_secret_file(self.password_file, "mqtt.password_file") if self.password_file else None
 
     def effective_client_id(self) -> str:
         """``client_id``, else the user name, else ``denen-console-<host name>``."""

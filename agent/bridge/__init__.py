@@ -8,40 +8,56 @@ Modules:
 * :mod:`agent.bridge.sinks` -- the InfluxDB v1 ``/write`` sink (urllib3) and the v2 sink (influxdb-client);
 * :mod:`agent.bridge.policy` -- the one error policy of both sinks (retry, or dead-letter refused lines);
 * :mod:`agent.bridge.deadletter` -- the SQLite dead-letter store;
+* :mod:`agent.bridge.deadletter_cli` -- ``denen bridge dead-letters list|show|replay|purge``;
+* :mod:`agent.bridge.health` -- the bridge's own ``bridge_health`` points and its systemd ``STATUS=``;
 * :mod:`agent.bridge.bridge` -- the MQTT consumer and writer that tie them together;
 * :mod:`agent.bridge.errors` -- the error tree.
 
-influxdb-client is needed only by the v2 sink (``pip install denen-agent[bridge]``) and imported only there.
+The names below are re-exported lazily (module ``__getattr__``): importing ``agent.bridge`` (as the CLI does to
+reach ``agent.bridge.deadletter_cli``) loads neither paho, urllib3, pydantic nor influxdb-client; the bridge's
+optional dependencies (the ``bridge`` extra) are loaded only by the code that uses them.
 """
 
-from agent.bridge.bridge import Bridge
-from agent.bridge.config import BridgeConfig, load_bridge_config, parse_bridge_config
-from agent.bridge.deadletter import DeadLetter, DeadLetterStore
-from agent.bridge.errors import BridgeError, SinkError, SinkRefused, SinkRejected, SinkUnavailable
-from agent.bridge.lineproto import Converted, Reject, Serializer
-from agent.bridge.policy import Abandoned, RejectedLine, WritePolicy
-from agent.bridge.sinks import Sink, V1Sink, V2Sink, make_sink
+from __future__ import annotations
 
-__all__ = [
-    "Abandoned",
-    "Bridge",
-    "BridgeConfig",
-    "BridgeError",
-    "Converted",
-    "DeadLetter",
-    "DeadLetterStore",
-    "Reject",
-    "RejectedLine",
-    "Serializer",
-    "Sink",
-    "SinkError",
-    "SinkRefused",
-    "SinkRejected",
-    "SinkUnavailable",
-    "V1Sink",
-    "V2Sink",
-    "WritePolicy",
-    "load_bridge_config",
-    "make_sink",
-    "parse_bridge_config",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Abandoned": "policy",
+    "Bridge": "bridge",
+    "BridgeConfig": "config",
+    "BridgeError": "errors",
+    "Converted": "lineproto",
+    "DeadLetter": "deadletter",
+    "DeadLetterStore": "deadletter",
+    "Reject": "lineproto",
+    "RejectedLine": "policy",
+    "Serializer": "lineproto",
+    "Sink": "sinks",
+    "SinkError": "errors",
+    "SinkRefused": "errors",
+    "SinkRejected": "errors",
+    "SinkUnavailable": "errors",
+    "V1Sink": "sinks",
+    "V2Sink": "sinks",
+    "WritePolicy": "policy",
+    "load_bridge_config": "config",
+    "make_sink": "sinks",
+    "parse_bridge_config": "config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,136 @@
+"""Log output for a terminal or for journald, chosen by where the output really goes.
+
+Under systemd with ``StandardError=journal`` the agent's stderr is a stream socket into journald, and systemd
+names that socket in ``$JOURNAL_STREAM`` as ``DEVICE:INODE`` (decimal). journald stamps every line with its own
+time, and reads a ``<N>`` syslog priority at the start of a line (sd-daemon(3)): without it every line lands at
+priority info and ``journalctl -p warning`` shows nothing. So there each line is written as::
+
+    <4>WARNING denen.gateway: broker has no subscriber ...
+
+and everywhere else (a terminal, a file, a pipe) as before::
+
+    2026-12-06 03:58:29,123 WARNING denen.gateway: broker has no subscriber ...
+
+The variable alone is not enough: it is inherited by children whose stderr was redirected (``denen status
+2>file`` from a service's ExecStartPost, a shell started from one), so the stream's own device and inode must
+match it, as systemd.exec(5) asks.
+
+A multi-line message (a traceback) is written with the prefix on every line. journald's stream protocol takes
+each newline-terminated line as an entry of its own; a line without the prefix would be an entry at the unit's
+default priority (info), so ``journalctl -p err`` would show a traceback's first line and hide the rest. With
+the prefix on every line the whole traceback is at the message's priority and its lines stay adjacent and in
+order. Replacing the newlines instead would keep one entry, but a long traceback on one line is hard to read
+and ``journalctl`` shows it truncated.
+
+Stdlib only: imported by the CLI before it parses its arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from types import TracebackType
+from typing import IO, Any
+
+__all__ = ["PLAIN_FORMAT", "JournalFormatter", "configure_logging", "syslog_priority", "under_journald"]
+
+#: Format of a log line outside journald (the timestamp is the local time, as ``logging`` gives it).
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Format of a log line under journald, after the ``<N>`` prefix: journald adds the time and the identifier.
+JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+# syslog priorities (sd-daemon(3), syslog(3)): the Python level at or above each threshold gets its priority.
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+_DEBUG_PRIORITY = 7
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority (2 critical, 3 error, 4 warning, 6 info, 7 debug) of a Python log level."""
+    for threshold, priority in _PRIORITIES:
+        if levelno >= threshold:
+            return priority
+    return _DEBUG_PRIORITY
+
+
+def under_journald(stream: IO[Any] | None = None) -> bool:
+    """Whether ``stream`` (default: ``sys.stderr``) is the journald stream named in ``$JOURNAL_STREAM``.
+
+    False when the variable is unset or malformed, or when the stream has no file descriptor (a test's capture)
+    or is another file than the one systemd connected.
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, sep, ino = value.partition(":")
+    if not sep:
+        return False
+    try:
+        want = (int(dev), int(ino))
+    except ValueError:
+        return False
+    target = sys.stderr if stream is None else stream
+    try:
+        st = os.fstat(target.fileno())
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both OSError and ValueError
+        return False
+    return (st.st_dev, st.st_ino) == want
+
+
+class JournalFormatter(logging.Formatter):
+    """Formats a record as lines each starting with ``<N>``, its syslog priority, and no timestamp."""
+
+    def __init__(self, fmt: str = JOURNAL_FORMAT) -> None:
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        # splitlines also splits at \r, \v, \x1c... that a hostile node name could carry: journald would split at
+        # none of them, but a terminal running `journalctl -f` would act on \r; each becomes a line of its own.
+        return "\n".join(prefix + line for line in text.splitlines() or [""])
+
+
+_MARK = "_denen_logsetup"  # set on the handler this module installs, so a second call replaces only it
+
+
+def configure_logging(*, debug: bool = False, stream: IO[Any] | None = None) -> None:
+    """Send log records to ``stream`` (default: ``sys.stderr``), formatted for journald when it is journald's.
+
+    Args:
+        debug: log DEBUG and up (else INFO and up); the config's ``log.level`` may change the level later.
+        stream: where the lines go; its file descriptor decides the format (see :func:`under_journald`).
+
+    Calling it again replaces the handler an earlier call installed; other handlers (a test's log capture) stay.
+    Under journald an uncaught exception's traceback is written with the ``<2>`` (critical) prefix on every
+    line too, so it is not filed at priority info.
+    """
+    target = sys.stderr if stream is None else stream
+    journald = under_journald(target)
+    handler = logging.StreamHandler(target)
+    handler.setFormatter(JournalFormatter() if journald else logging.Formatter(PLAIN_FORMAT))
+    setattr(handler, _MARK, True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if journald:
+        sys.excepthook = _journal_excepthook(target)
+    elif getattr(sys.excepthook, _MARK, False):
+        sys.excepthook = sys.__excepthook__
+
+
+def _journal_excepthook(stream: IO[Any]) -> Any:
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(exc_type, KeyboardInterrupt):
+            sys.__excepthook__(exc_type, exc, tb)
+            return
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        try:
+            stream.write("".join(f"<2>{line}\n" for line in text.splitlines()))
+            stream.flush()
+        except (OSError, ValueError):
+            sys.__excepthook__(exc_type, exc, tb)
+
+    setattr(hook, _MARK, True)
+    return hook

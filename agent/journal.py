@@ -407,17 +407,23 @@ class Journal:
                 " UNION ALL SELECT MAX(seq) FROM reading)"
             ).fetchone()
             self._last_seq = row[0] or 0
-        except JournalCorrupt:
-            self._db.close()
-            raise
         except sqlite3.DatabaseError as exc:
-            if hasattr(self, "_db"):
-                self._db.close()
+            self._close_after_failed_open()
             if _is_corruption(exc):
                 raise JournalCorrupt(f"{self.path}: the journal is damaged: {exc}") from exc
             raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
+        except BaseException:
+            # A damaged file, a schema from a newer agent, a failed migration, an interrupt: the caller gets no
+            # Journal to close, so the connection (its file descriptors and WAL lock) is closed here.
+            self._close_after_failed_open()
+            raise
         self._in_txn = False
         self._data_version: int | None = None
+
+    def _close_after_failed_open(self) -> None:
+        db = getattr(self, "_db", None)  # absent when sqlite3.connect itself failed
+        if db is not None:
+            db.close()
 
     def _migrate(self, version: int) -> None:
         """Bring a journal of schema ``version`` (1 or 2) to SCHEMA_VERSION, in one transaction."""

@@ -118,8 +118,16 @@ def test_a_journal_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     db.execute("UPDATE meta SET value='99' WHERE key='schema'")
     db.commit()
     db.close()
-    with pytest.raises(JournalError, match="schema 99"):
+    with pytest.raises(JournalError, match="schema 99") as refused:
         Journal(tmp_path / "j.db", quota_bytes=1)
+    # The refused journal's connection is closed, not left to the garbage collector (the traceback still holds
+    # the half-made Journal): a WAL file leaves WAL mode only when no other connection has it open.
+    assert refused.value.__traceback__ is not None
+    db = sqlite3.connect(tmp_path / "j.db", timeout=0)
+    try:
+        assert db.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    finally:
+        db.close()
 
 
 def test_a_failed_commit_rolls_back_everything(tmp_path: Path) -> None:

@@ -95,6 +95,7 @@ from agent.errors import ConfigError, ConfigIssue
 from agent.fieldio import GpioConfig
 from agent.receipts import ReceiptsConfig
 from agent.rules import RulesConfig
+from agent.status import DEFAULT_JOURNAL_PATH
 
 __all__ = [
     "NODE_KINDS",
@@ -481,7 +482,7 @@ class JournalConfig(_Section):
     """The durable on-disk journal (SQLite) that keeps every reading until the broker has it."""
 
     path: str = Field(
-        default="/var/lib/denen/journal.db",
+        default=DEFAULT_JOURNAL_PATH,
         min_length=1,
         description="Path of the SQLite journal file; its directory is created if missing. Relative paths are "
         "resolved against the config file's directory.",

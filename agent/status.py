@@ -3,6 +3,9 @@
 The journal is opened read-only beside the agent (WAL lets readers and the one writer work at once). What the
 gateway last published on its retained state topic (siren, lamp, held readings, open alerts) is read from the copy
 the agent keeps in the journal, so it shows without the broker.
+
+Only the standard library is imported at the top: ``denen status --json`` finds the journal through
+:func:`journal_path` without the pydantic models of :mod:`agent.config`, and rich is loaded only to render.
 """
 
 from __future__ import annotations
@@ -11,13 +14,78 @@ import json
 import os
 import sqlite3
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+from agent.errors import AgentError, ConfigError, ConfigIssue
 
-from agent.errors import AgentError
-from agent.journal import LANES
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: Where the journal lives when the config has no ``journal.path``; :class:`agent.config.JournalConfig` uses it too.
+DEFAULT_JOURNAL_PATH = "/var/lib/denen/journal.db"
+
+
+def journal_path(config_path: str) -> str:
+    """The ``journal.path`` of a gateway config (its default when absent), read without validating the config.
+
+    A relative path is resolved against the config file's directory, as :func:`agent.config.load_config` does.
+    Only the YAML is parsed; the rest of the file is not checked (``denen config validate`` does that).
+
+    Raises:
+        ConfigError: one issue naming the file: unreadable, not UTF-8, not YAML, not a mapping, or a ``journal``
+            section or ``journal.path`` of the wrong shape.
+    """
+    def fail(message: str, hint: str | None = None, line: int | None = None, column: int | None = None,
+             key: str = "") -> ConfigError:
+        return ConfigError([ConfigIssue(config_path, line, column, key, message, hint)])
+
+    try:
+        with open(config_path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise fail("config file not found", "check the path, or give the journal with -j") from None
+    except OSError as exc:
+        raise fail(f"cannot read the config file: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # editors on Windows laptops often save a BOM
+    except UnicodeDecodeError as exc:
+        raise fail("the file is not valid UTF-8 text", "save the file as UTF-8",
+                   line=raw[: exc.start].count(b"\n") + 1) from None
+
+    from ruamel.yaml import YAML  # noqa: PLC0415 - only this command needs YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError  # noqa: PLC0415
+
+    hint = "run `denen config validate` on it for every problem"
+    try:
+        data = YAML(typ="safe").load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(str(exc.problem or exc.context or "cannot parse the file").split())
+        raise fail(f"YAML syntax error: {problem}", hint, line=mark.line + 1 if mark else None,
+                   column=mark.column + 1 if mark else None) from None
+    except YAMLError as exc:
+        raise fail(f"YAML error: {' '.join(str(exc).split())[:160]}", hint) from None
+    except Exception as exc:  # noqa: BLE001 - ruamel's constructors raise plain TypeError/ValueError on odd tags
+        raise fail(f"YAML the loader cannot read ({type(exc).__name__})", hint) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise fail("the top level must be a mapping of sections (gateway:, journal:, ...)", hint)
+    journal = data.get("journal")
+    if journal is None:  # absent, or an empty section
+        journal = {}
+    if not isinstance(journal, dict):
+        raise fail("must be a mapping (path:, quota_mb:)", hint, key="journal")
+    path = journal.get("path", DEFAULT_JOURNAL_PATH)
+    if not isinstance(path, str) or not path:
+        raise fail("must be a file path (text)", hint, key="journal.path")
+    if "\0" in path:
+        raise fail("holds a NUL character", hint, key="journal.path")
+    resolved = Path(path)
+    if not resolved.is_absolute():
+        resolved = Path(config_path).absolute().parent / resolved
+    return str(resolved)
 
 
 def collect(journal_path: str) -> dict[str, Any]:
@@ -39,6 +107,8 @@ def collect(journal_path: str) -> dict[str, Any]:
 
 
 def _collect(db: sqlite3.Connection) -> dict[str, Any]:
+    from agent.journal import LANES  # noqa: PLC0415 - keeps this module's import cheap for journal_path
+
     now_us = time.time_ns() // 1000
     depth = dict.fromkeys(LANES, 0)
     for lane, n in db.execute("SELECT lane, COUNT(*) FROM reading GROUP BY lane"):
@@ -126,6 +196,8 @@ def _alive(pid: int) -> bool:
 
 def render(status: dict[str, Any], console: Console) -> None:
     """Print the status as a few tables an installer can read on one screen."""
+    from rich.table import Table  # noqa: PLC0415 - rich only for the tables, not for --json
+
     agent = status["agent"]
     state = f"[green]running[/] (pid {agent['pid']})" if agent["running"] else "[red]not running[/]"
     console.print(f"[bold]gateway[/] {status['gateway']}   agent {state}   version {agent['version']}")

@@ -1,0 +1,163 @@
+"""Tests of agent.status.journal_path: the journal a config names, found without the pydantic models.
+
+Each answer is compared with what the full loader (agent.config.load_config) says for the same file where the
+file is valid, so the two cannot drift apart (default value, relative paths).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ConfigError
+from agent.status import DEFAULT_JOURNAL_PATH, journal_path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Enough for the full loader to accept; no journal section.
+GATEWAY = """\
+gateway:
+  id: gw-test
+  site: test
+radios:
+  - name: lora0
+    driver: rak3172
+    port: loop://
+nodes:
+  - id: "00000001"
+    name: node-1
+    kind: trap
+    unauthenticated: flag
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "config.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+    return str(path)
+
+
+def _one_line(exc: ConfigError) -> str:
+    text = str(exc)
+    assert len(exc.issues) == 1
+    assert "\n" not in text, text
+    return text
+
+
+def test_default_when_absent_matches_the_model(tmp_path: Path) -> None:
+    from agent.config import load_config
+
+    path = _write(tmp_path, GATEWAY)
+    assert journal_path(path) == DEFAULT_JOURNAL_PATH == "/var/lib/denen/journal.db"
+    assert load_config(path).journal.path == DEFAULT_JOURNAL_PATH
+
+
+@pytest.mark.parametrize("section", ["journal:\n", "journal: {}\n", "journal:\n  quota_mb: 10\n"])
+def test_default_when_the_section_has_no_path(tmp_path: Path, section: str) -> None:
+    assert journal_path(_write(tmp_path, GATEWAY + section)) == DEFAULT_JOURNAL_PATH
+
+
+def test_given_absolute_path(tmp_path: Path) -> None:
+    path = _write(tmp_path, GATEWAY + "journal:\n  path: /srv/denen/j.db\n")
+    assert journal_path(path) == "/srv/denen/j.db"
+
+
+def test_relative_path_is_resolved_like_the_loader(tmp_path: Path) -> None:
+    from agent.config import load_config
+
+    (tmp_path / "etc").mkdir()
+    path = _write(tmp_path / "etc", GATEWAY + "journal:\n  path: data/journal.db\n")
+    assert journal_path(path) == str(tmp_path / "etc" / "data" / "journal.db")
+    assert journal_path(path) == load_config(path).journal.path
+
+
+def test_byte_order_mark_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + (GATEWAY + "journal:\n  path: /x/j.db\n").encode())
+    assert journal_path(str(path)) == "/x/j.db"
+
+
+def test_invalid_yaml_is_one_line_with_the_place(tmp_path: Path) -> None:
+    path = _write(tmp_path, "gateway:\n  id: gw\njournal:\n  path: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        journal_path(path)
+    text = _one_line(info.value)
+    assert text.startswith(f"{path}:")
+    assert "YAML" in text
+    assert info.value.issues[0].line is not None
+
+
+def test_duplicate_journal_key_is_an_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, "journal:\n  path: /a.db\njournal:\n  path: /b.db\n")
+    with pytest.raises(ConfigError) as info:
+        journal_path(path)
+    assert "journal" in _one_line(info.value)
+
+
+@pytest.mark.parametrize("text", ["- gateway\n- journal\n", "just text\n", "42\n"])
+def test_top_level_not_a_mapping(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        journal_path(_write(tmp_path, text))
+    assert "top level must be a mapping" in _one_line(info.value)
+
+
+@pytest.mark.parametrize("value", ["/var/lib/denen/journal.db", "[a, b]", "42"])
+def test_journal_not_a_mapping(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        journal_path(_write(tmp_path, GATEWAY + f"journal: {value}\n"))
+    assert info.value.issues[0].key == "journal"
+    assert "must be a mapping" in _one_line(info.value)
+
+
+@pytest.mark.parametrize("value", ["42", "''", "[a]", "{x: 1}", "null"])
+def test_path_not_text(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        journal_path(_write(tmp_path, GATEWAY + f"journal:\n  path: {value}\n"))
+    assert info.value.issues[0].key == "journal.path"
+    _one_line(info.value)
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        journal_path(str(tmp_path / "nope.yaml"))
+    assert "not found" in _one_line(info.value)
+    with pytest.raises(ConfigError) as info:
+        journal_path(str(tmp_path))  # a directory
+    assert "cannot read" in _one_line(info.value)
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"gateway:\n  name: caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        journal_path(str(path))
+    assert info.value.issues[0].line == 2
+    assert "UTF-8" in _one_line(info.value)
+
+
+def test_odd_tag_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        journal_path(_write(tmp_path, "journal: !!python/object:os.system {}\n"))
+    _one_line(info.value)
+
+
+def test_example_configs_agree_with_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.config import load_config
+    from agent.demo import EXAMPLE_KEYS, read_env_file
+
+    for name, value in read_env_file(EXAMPLE_KEYS).items():
+        monkeypatch.setenv(name, value)
+    for example in ("forest-sos.yaml", "trap-field.yaml", "river-station.yaml", "demo.yaml"):
+        path = str(REPO / "config" / example)
+        assert journal_path(path) == load_config(path, check_modes=False).journal.path, example
+
+
+def test_status_module_imports_no_pydantic_nor_rich() -> None:
+    code = ("import sys, agent.status; "
+            "print(sorted(m for m in ('pydantic', 'rich', 'agent.config', 'ruamel.yaml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

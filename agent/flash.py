@@ -64,13 +64,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-from ruamel.yaml import YAML
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.config import Config, load_config
 from agent.errors import AgentError, ConfigError
+
+if TYPE_CHECKING:
+    # `denen --help` imports this module to build its parser: the config models (pydantic) and the YAML
+    # round-tripper are imported inside the functions that need them.
+    from ruamel.yaml import YAML
+
+    from agent.config import Config
 
 __all__ = [
     "BUNDLE_NAME",
@@ -353,6 +357,8 @@ def _secrets_of(config: Config) -> list[_Secret]:
 
 
 def _yaml() -> YAML:
+    from ruamel.yaml import YAML  # noqa: PLC0415 - see the imports at the top
+
     y = YAML(typ="rt")
     y.preserve_quotes = True  # "00000101" must stay a quoted string
     y.width = 4096  # never re-wrap long lines or comments
@@ -418,6 +424,8 @@ def flash(config_path: str | os.PathLike[str], target: str | os.PathLike[str], *
         FlashError: the target is missing or not writable, a credential file cannot be read, the config uses a
             relative journal path, or the write failed (the previous bundle is left as it was).
     """
+    from agent.config import load_config  # noqa: PLC0415 - see the imports at the top
+
     source = Path(config_path)
     config = load_config(source)  # ConfigError: refused before anything is written
     target = Path(target)
@@ -670,6 +678,8 @@ def _loads(flashed: FlashedConfig, where: Path, *, on_card: bool) -> str | None:
     ``on_card``: ``where`` is the bundle on the card or stick, whose file system may have no modes (FAT), so who
     may read the secrets is not checked there; it is for the installed copy (``on_card=False``).
     """
+    from agent.config import load_config  # noqa: PLC0415 - see the imports at the top
+
     try:
         with _config_warnings_quiet():
             load_config(where / CONFIG_NAME, check_modes=not on_card)
@@ -843,8 +853,30 @@ def resolve_active_config(explicit: str | os.PathLike[str] | None, search: Seque
 # Command line
 
 
+FLASH_EXAMPLES = """\
+examples:
+  denen config validate gw-okutama-01/config.yaml
+      check first: every problem with file, line, key and a hint
+  denen flash gw-okutama-01/config.yaml /media/$USER/bootfs
+      the Pi's SD card in the laptop: writes bootfs/denen/ (the config, the files it names such as
+      mqtt-password, ca.pem and node keys, and MANIFEST.json); the gateway installs it at the next start
+  denen flash gw-okutama-01/config.yaml /media/$USER/STICK
+      the same onto a USB stick, for a gateway that is already running: plug it in, then
+      sudo systemctl restart denen
+
+  On the gateway, `journalctl -u denen -b | grep config` shows the active config and its sha256, to compare
+  with the sha256 printed here. Exit codes: 0 flashed, 1 target or file problem, 2 invalid config.
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``denen flash CONFIG TARGET``."""
+    """Arguments of ``denen flash CONFIG TARGET``, and the examples shown by ``--help``."""
+    # The examples are laid out by hand; the default formatter would re-wrap them into one paragraph.
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = FLASH_EXAMPLES
+    if parser.description is None:
+        parser.description = ("Validate a gateway config and write it, with its credential files and a manifest\n"
+                              "of their SHA-256, onto a mounted SD card or USB stick, atomically.")
     parser.add_argument("config", metavar="CONFIG", help="config file (YAML) to validate and flash")
     parser.add_argument("target", metavar="TARGET",
                         help="mounted SD-card boot partition or USB stick (a folder), e.g. /media/$USER/bootfs")

@@ -404,6 +404,33 @@ def test_command_line(tmp_path: Path, card: Path, capsys: pytest.CaptureFixture[
     assert "s3cret-pass" not in out and KEY_A not in out  # secrets are never printed
 
 
+def test_help_shows_the_examples_as_laid_out(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="denen flash")
+    fl.add_arguments(parser)
+    with pytest.raises(SystemExit) as done:
+        parser.parse_args(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    # One example per line, each followed by its indented explanation: not re-wrapped into a paragraph.
+    assert "\n  denen flash gw-okutama-01/config.yaml /media/$USER/bootfs\n      the Pi's SD card" in out
+    assert "\n  denen config validate gw-okutama-01/config.yaml\n" in out
+    assert out.index("examples:") > out.index("positional arguments:")
+
+
+def test_importing_the_module_loads_no_config_models_or_yaml() -> None:
+    """`denen --help` imports this module to build its parser; pydantic and ruamel.yaml cost a quarter second."""
+    import subprocess
+    import sys
+
+    heavy = ("agent.config", "pydantic", "ruamel.yaml", "rich", "cryptography", "paho")
+    code = ("import sys, agent.flash; "
+            f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"imported at the top of agent.flash: {proc.stdout.strip()}"
+
+
 def test_module_runs_standalone_with_exit_codes(tmp_path: Path, card: Path) -> None:
     import subprocess
     import sys

@@ -16,9 +16,11 @@
 #                                                 user denen-console-cli (a login is its client id, so the command
 #                                                 line cannot share the running console's)
 #   secrets/gateways/<id>/mqtt-password, ca.pem   one login per gateway: user name = gateway id
-# and writes, on every run, secrets/mosquitto/dynamic-security.json: the broker's logins and ACLs (Mosquitto's
-# dynamic-security plugin), made from the passwd file and the rules in mosquitto/acl. It prints, for every gateway
-# named, the lines its config needs. Run it again to add gateways or bridges; -R rotates the passwords of the
+# and writes, on every run, secrets/gateways/<id>/mqtt.yaml for every gateway named: the mqtt: section of its
+# config, with paths relative to that folder, so the folder is what the installer needs as it is (config.yaml goes
+# beside the files; deploy/edge/README.md), and secrets/mosquitto/dynamic-security.json: the broker's logins and
+# ACLs (Mosquitto's dynamic-security plugin), made from the passwd file and the rules in mosquitto/acl. It prints
+# each gateway's mqtt.yaml (no password: that stays in its file). Run it again to add gateways or bridges; -R rotates the passwords of the
 # gateways named, -X revokes them. Restart the broker afterwards: docker compose restart mosquitto
 #
 # Needs: POSIX sh, openssl (1.1.1 or later), mosquitto_passwd (Debian/Ubuntu: apt-get install mosquitto).
@@ -261,22 +263,27 @@ for gw in "$@"; do
   mkdir -p "$GW_DIR/$gw"
   ensure_login "$gw" "$GW_DIR/$gw/mqtt-password" "$ROTATE"
   cp "$CA_DIR/ca.crt" "$GW_DIR/$gw/ca.pem"
-  cat <<EOF
-# ---- gateway $gw ----
-# Copy to the gateway (owner: the agent's user, mode 600):
-#   $GW_DIR/$gw/mqtt-password  ->  /etc/denen/mqtt-password
-#   $GW_DIR/$gw/ca.pem         ->  /etc/denen/ca.pem
-# and put this in its config (gateway.id must be $gw):
+  # The folder is the hand-off to the installer, used as it is: config.yaml goes beside these files, so the
+  # paths in mqtt.yaml are relative to it (denen resolves them against the config's folder, on the laptop, in a
+  # flashed bundle and in /etc/denen alike). Written on every run: -n and -p may have changed.
+  cat > "$TMP.mqtt" <<EOF
+# The mqtt: section of gateway $gw's config.yaml, made by make-credentials.sh. gateway.id must be $gw.
+# Keep config.yaml in this folder, beside mqtt-password and ca.pem: the paths below are relative to it.
 mqtt:
   host: $BROKER_HOST
   port: $PORT
   username: $gw
-  password_file: /etc/denen/mqtt-password
+  password_file: mqtt-password
   tls:
-    ca_file: /etc/denen/ca.pem
+    ca_file: ca.pem
   topic_prefix: denen/v1
-
 EOF
+  mv "$TMP.mqtt" "$GW_DIR/$gw/mqtt.yaml"
+  printf '# ---- gateway %s ----\n' "$gw"
+  printf '# for the installer, as it is: %s/ (mqtt-password, ca.pem, mqtt.yaml)\n' "$GW_DIR/$gw"
+  [ "$ROTATE" = 0 ] || printf '# a new password: flash the gateway again with this folder\n'
+  cat "$GW_DIR/$gw/mqtt.yaml"
+  printf '\n'
 done
 chmod 600 "$PASSWD"
 

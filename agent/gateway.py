@@ -18,6 +18,7 @@ import datetime
 import gc
 import json
 import logging
+import math
 import os
 import queue
 import shutil
@@ -57,6 +58,9 @@ _STATE_MIN_S = 1.0  # the state document is published at most this often, unless
 #: diagnostics are dropped oldest first, as the quota would; SOS and alarms are always kept.
 UNJOURNALED_MAX = 20_000
 _COMMIT_RETRY_S = 1.0  # while commits fail, they are tried again this often (at once for an SOS), in seconds
+#: systemd's STATUS= line is sent at most this often, in seconds, unless the broker connection or an SOS changed it
+#: (one datagram each; the text is built from figures the core already keeps, with no journal read).
+STATUS_MIN_S = 5.0
 
 
 @dataclass(slots=True)
@@ -173,6 +177,19 @@ class Gateway:
             log.warning("%d readings were stamped before the clock synced in an earlier boot; they cannot be "
                         "corrected and go out flagged unsynced", given_up)
         self._to_correct = self.journal.unsynced_count() > 0
+        # systemd STATUS=: the last text sent, when the next may go, whether a change waits for that time.
+        self._status_text = ""
+        self._status_next = 0.0
+        self._status_recheck = False
+        self._status_force = False  # the broker connection changed or an SOS came: sent without waiting
+        self._broker_since = time.monotonic()  # when the broker connection last came up or went down
+        self._broker_ever = False
+        # Backlog without a COUNT(*) per status (160 ms at 1 M rows): the last depth() the health report read,
+        # moved on by the counters the core keeps anyway. (total, journaled, acked, evicted) at that read.
+        self._backlog_base: tuple[int, int, int, int] | None = None
+        factor = config.rules.silence_factor
+        # A configured node counts as heard while it is not late: the node_silent alert's threshold, in µs.
+        self._late_after_us = {n.id: math.ceil(factor * n.interval_s * 1_000_000) for n in config.nodes}
 
     def _build_radios(self) -> list[Any]:
         from drivers.radio import RadioWorker  # noqa: PLC0415 - hardware layer loaded only when a gateway runs
@@ -209,11 +226,13 @@ class Gateway:
         log.info("gateway %s running: %d radios, journal %s", self.gateway_id, len(self.radios), self.journal.path)
         _return_free_memory()
         systemd.ready()
-        systemd.status(f"gateway {self.gateway_id}: running")
+        self._update_status(time.monotonic(), force=True)
         try:
             while not self._stop.is_set():
                 try:
                     self._step(self._timeout())
+                    # After the wake-up's commit, so the line counts what this wake-up journaled.
+                    self._update_status(time.monotonic())
                 except JournalCorrupt as exc:
                     # Found by a read (publishing, quota, clock correction): what was committed is salvaged.
                     self._replace_journal(exc)
@@ -264,6 +283,8 @@ class Gateway:
             deadlines.append(self._rewind_at)
         if self._state_recheck:
             deadlines.append(self._state_next)
+        if self._status_recheck:
+            deadlines.append(self._status_next)
         edge = self.edge.next_deadline()
         if edge is not None:
             deadlines.append(edge)
@@ -358,12 +379,16 @@ class Gateway:
                 self._inflight.clear()
                 self._count("mqtt.connects")
                 self._state_force = True  # retained, but the broker may have lost it: every session gets it
+                self._broker_since, self._broker_ever = time.monotonic(), True
+                self._status_force = True
             elif tag == "mqtt_down":
                 if self._session == item[1]:
                     self._session = None
                     self._inflight.clear()
                     self._count("mqtt.disconnects")
                     log.warning("MQTT session %s ended: %s; readings stay in the journal", item[1], item[2])
+                    self._broker_since = time.monotonic()
+                    self._status_force = True
 
         now = time.monotonic()
         if now >= self._next_health:
@@ -394,6 +419,8 @@ class Gateway:
         # Siren and lamp before the commit (they need no disk), then what they show, then the commands' results.
         self._edge_call(self.edge.update_outputs, connected=self._session is not None)
         self._update_state()
+        if urgent:
+            self._status_force = True
         self._publish_results()
         self._meta.update(self.edge.snapshot_meta() or {})
         meta = self._meta
@@ -647,6 +674,111 @@ class Gateway:
                 self._count("cmd.results_sent")
         self._results.clear()
 
+    # -- systemd status ---------------------------------------------------------------------------------------
+    def _update_status(self, now: float, *, force: bool = False) -> None:
+        """Send systemd the status line when it changed: at most every STATUS_MIN_S, at once when ``force`` or
+        when the wake-up saw the broker connection change or an SOS.
+
+        Called once per wake-up (never per reading); a change held back by the limit wakes the core later
+        (see :meth:`_timeout`), so the line never stays stale.
+        """
+        if not (force or self._status_force) and now < self._status_next:
+            self._status_recheck = True
+            return
+        self._status_recheck = self._status_force = False
+        self._status_next = now + STATUS_MIN_S
+        try:
+            text = self.status_text(now)
+        except Exception:  # noqa: BLE001 - a status line is never worth stopping the core for
+            self._count("status.internal_error")
+            log.exception("building the systemd status line failed")
+            return
+        if text != self._status_text:
+            self._status_text = text
+            systemd.status(text)
+
+    def status_text(self, now: float | None = None) -> str:
+        """The line ``systemctl status denen`` shows, most urgent first, e.g. ``12/15 nodes heard, backlog 0,
+        broker ok 3 h`` or ``SOS 1 unacknowledged, offline 2 h, 3,120 readings held, 12/15 nodes heard``.
+
+        Built from what the core keeps in memory (the state document, counters, node states): no journal read,
+        except one ``depth()`` after start or a journal replacement.
+
+        Args:
+            now: ``time.monotonic()`` seconds (default: now).
+        """
+        now = time.monotonic() if now is None else now
+        doc = self._state_doc or {}
+        parts: list[str] = []
+        waiting = [a for a in doc.get("alerts", ()) if not a.get("acknowledged_by")]
+        sos = sum(1 for a in waiting if a.get("type") == "sos")
+        if sos:
+            parts.append(f"SOS {sos} unacknowledged")
+        if len(waiting) > sos:
+            n = len(waiting) - sos
+            parts.append(f"{n} alert{'' if n == 1 else 's'} unacknowledged")
+        if (doc.get("siren") or {}).get("on"):
+            parts.append("siren on")
+        if self._retry_commit_at:
+            kept = len(self._uncommitted[0]) if self._uncommitted else 0
+            parts.append(f"journal failing, {kept:,} readings in memory")
+        backlog = self._backlog()
+        count = "?" if backlog is None else f"{backlog:,}"
+        since = _duration(now - self._broker_since)
+        if self._session is None:
+            parts.append(f"offline {since}" if self._broker_ever else f"broker not reached yet ({since})")
+            parts.append(f"{count} readings held")
+            parts.append(self._nodes_heard())
+        else:
+            parts += [self._nodes_heard(), f"backlog {count}", f"broker ok {since}"]
+        held = doc.get("held") or {}
+        if not self._clock_synced:
+            parts.append("clock unsynced" + (f", {held.get('count', 0):,} readings wait for it"
+                                             if held.get("active") else ""))
+        elif held.get("active"):
+            parts.append(f"clock synced, correcting {held.get('count', 0):,} readings")
+        return ", ".join(parts)
+
+    def _nodes_heard(self) -> str:
+        """``12/15 nodes heard``: configured nodes not late (the node_silent threshold); without configured
+        nodes, every node heard at least once."""
+        nodes = self.decoder.nodes
+        if not self._late_after_us:
+            return f"{sum(1 for st in nodes.values() if st.last_seen_us)} nodes heard"
+        now_us = clock.wall_us()
+        heard = 0
+        for node, late_us in self._late_after_us.items():
+            st = nodes.get(node)
+            if st is not None and st.last_seen_us and now_us < st.last_seen_us + late_us:
+                heard += 1
+        return f"{heard}/{len(self._late_after_us)} nodes heard"
+
+    def _backlog(self) -> int | None:
+        """Readings in the journal not yet acknowledged by the broker, or None when the journal cannot say.
+
+        The last ``depth()`` read (at each health report) moved on by the counters of readings journaled,
+        acknowledged and evicted since; so it costs no SQL per status, and any drift lasts one health interval.
+        """
+        c = self.stats.counters
+        evicted = sum(v for k, v in c.items() if k.startswith("journal.evicted."))
+        if self._backlog_base is None:
+            try:
+                total = sum(self.journal.depth().values())
+            except JournalError:
+                return None
+            self._set_backlog_base(total)
+            assert self._backlog_base is not None
+        total, journaled, acked, evicted0 = self._backlog_base
+        return max(0, total + (c["readings.journaled"] - journaled) - (c["readings.acked"] - acked)
+                   - (evicted - evicted0))
+
+    def _set_backlog_base(self, depth_total: int) -> None:
+        """Anchor :meth:`_backlog` on a journal count just read (``depth_total`` readings)."""
+        c = self.stats.counters
+        # Acknowledged readings are deleted with the next commit: still counted by depth(), already in acked.
+        self._backlog_base = (depth_total - len(self._acked), c["readings.journaled"], c["readings.acked"],
+                              sum(v for k, v in c.items() if k.startswith("journal.evicted.")))
+
     def _replace_journal(self, exc: JournalCorrupt) -> None:
         """Set the damaged journal aside, start a fresh one with what can be salvaged, and alert."""
         log.error("%s", exc)
@@ -657,6 +789,7 @@ class Gateway:
         self.journal, damaged, rescued = open_or_recover(self.journal.path, quota_bytes=self.journal.quota_bytes,
                                                          force=True)
         self._session_reset()
+        self._backlog_base = None  # counted again in the new file
         self._journal_damaged(damaged, rescued)
 
     def _journal_damaged(self, aside: str | None, rescued: int) -> None:
@@ -802,6 +935,7 @@ class Gateway:
     def _health_entry(self) -> Entry:
         now_us = clock.wall_us()
         depth = self.journal.depth()
+        self._set_backlog_base(sum(depth.values()))
         oldest = self.journal.oldest_ts_us()
         c = self.stats.counters
         values: dict[str, float] = {f"depth_{k}": float(v) for k, v in depth.items()}
@@ -840,6 +974,17 @@ class Gateway:
 
 def _window(fcnt: int | None) -> str:
     return "none" if fcnt is None else str(fcnt)
+
+
+def _duration(seconds: float) -> str:
+    """A span for people, in its largest sensible unit: ``45 s``, ``12 min``, ``3 h``, ``4 d``."""
+    if seconds < 90:
+        return f"{max(0.0, seconds):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} d"
 
 
 def _local(ts_us: int) -> str:

@@ -7,6 +7,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,140 @@ def test_ping_sends_watchdog_and_throttles_to_a_quarter_interval(listener: socke
     sent += len(_pending(listener))
     # About 50 ms / 1 ms: more than one, and far fewer than the calls.
     assert 2 <= sent <= 60 < calls
+
+
+# -- the gateway's STATUS= line ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Any]:
+    from agent.config import parse_config
+    from agent.gateway import Gateway
+    from tests.support.field import NODES, FieldNode, config_text
+
+    nodes = [FieldNode(n.node_id, n.kind) for n in NODES]
+    # Port 9 (discard) on loopback: nothing listens; the tests post the link's events themselves.
+    g = Gateway(parse_config(config_text(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=nodes)),
+                radios=[])
+    g.test_nodes = {n.kind: n for n in nodes}
+    published: list[str] = []
+    g.link.publish = lambda topic, payload: (published.append(topic), (1, len(published)))[1]
+    g.link.publish_best_effort = lambda topic, payload, retain=False: True
+    g.test_published = published
+    yield g
+    g.journal.close()
+
+
+def _uplinks(gw: Any, kind: str, first: int, n: int) -> list[Any]:
+    from drivers.types import Uplink
+    from tests.support.field import default_values
+
+    node = gw.test_nodes[kind]
+    return [Uplink("lora0", node.frame(default_values(kind, i)), -90, 5.0, None, time.time_ns() // 1000)
+            for i in range(first, first + n)]
+
+
+def _wake(gw: Any) -> None:
+    """One pass of the core loop (Gateway.run): the wake-up, then the status line."""
+    gw._step(0)
+    gw._update_status(time.monotonic())
+
+
+def _statuses(sock: socket.socket) -> list[str]:
+    return [d.decode() for d in _pending(sock) if d.startswith(b"STATUS=")]
+
+
+def test_gateway_status_tells_nodes_backlog_broker_and_sos(gw: Any, listener: socket.socket) -> None:
+    import agent.gateway as gateway_module
+
+    gw._update_status(time.monotonic(), force=True)
+    assert _statuses(listener) == ["STATUS=broker not reached yet (0 s), 0 readings held, 0/5 nodes heard"]
+
+    # Offline: readings are journaled and held.
+    gw.on_uplinks(_uplinks(gw, "rain", 0, 30))
+    _wake(gw)
+    text = gw.status_text()
+    assert text.startswith("broker not reached yet") and "30 readings held" in text and "1/5 nodes heard" in text
+
+    # The broker comes up: sent at once, not after STATUS_MIN_S; the backlog is what is not yet acknowledged.
+    gw.inbox.put(("mqtt_up", 1))
+    _wake(gw)
+    [line] = _statuses(listener)
+    assert line.startswith("STATUS=1/5 nodes heard, backlog ") and line.endswith(", broker ok 0 s"), line
+    for mid in range(1, len(gw.test_published) + 1):
+        gw.inbox.put(("ack", 1, mid, True, "Success", 0))
+    for _ in range(40):
+        _wake(gw)
+        for mid in range(1, len(gw.test_published) + 1):
+            gw.inbox.put(("ack", 1, mid, True, "Success", 0))
+    _wake(gw)
+    assert gw.status_text() == "1/5 nodes heard, backlog 0, broker ok 0 s"
+    assert gw._backlog() == sum(gw.journal.depth().values()) == 0
+
+    # An SOS: sent at once (it never waits for the rate limit), and first in the line.
+    gw._status_next = time.monotonic() + 3600
+    gw.on_uplinks(_uplinks(gw, "sos", 0, 1))
+    _wake(gw)
+    [line] = _statuses(listener)
+    assert line.startswith("STATUS=SOS 1 unacknowledged, "), line
+    assert "2/5 nodes heard" in line
+
+    # The broker goes away: at once again, offline with the readings held.
+    gw.inbox.put(("mqtt_down", 1, "connection lost"))
+    gw.on_uplinks(_uplinks(gw, "rain", 30, 7))
+    _wake(gw)
+    [line] = _statuses(listener)
+    assert line.startswith("STATUS=SOS 1 unacknowledged, offline 0 s, ") and "readings held" in line, line
+    held = int(line.split("offline 0 s, ")[1].split(" readings held")[0].replace(",", ""))
+    assert held == sum(gw.journal.depth().values()) >= 7
+    assert gateway_module._duration(2 * 3600 + 60) == "2 h" and gateway_module._duration(600) == "10 min"
+    assert gateway_module._duration(3 * 86400) == "3 d" and gateway_module._duration(-1) == "0 s"
+
+
+def test_gateway_status_is_rate_limited_and_never_left_stale(gw: Any, listener: socket.socket,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy core (a wake-up per chunk of frames) sends at most one STATUS= per STATUS_MIN_S and builds the line
+    no more often; a change held back by the limit is sent when the limit allows, without another frame."""
+    import agent.gateway as gateway_module
+
+    built = []
+    real = gw.status_text
+    monkeypatch.setattr(gw, "status_text", lambda now=None: (built.append(now), real(now))[1])
+    gw._update_status(time.monotonic(), force=True)
+    _pending(listener)
+    t0 = time.monotonic()
+    for i in range(50):  # 50 wake-ups, 20 frames each
+        gw.on_uplinks(_uplinks(gw, "rain", i * 20, 20))
+        _wake(gw)
+    elapsed = time.monotonic() - t0
+    assert len(built) <= 1 + 1 + elapsed / gateway_module.STATUS_MIN_S, (len(built), elapsed)
+    sent = _statuses(listener)
+    assert len(sent) <= len(built) - 1 + 1
+    # The last change waits for the limit; the core's timeout wakes it then.
+    assert gw._status_recheck
+    assert gw._timeout() <= gateway_module.STATUS_MIN_S
+    gw._status_next = time.monotonic()  # the limit has passed
+    _wake(gw)
+    [line] = _statuses(listener)
+    assert "1,000 readings held" in line, line
+    assert not gw._status_recheck
+
+
+def test_gateway_status_shows_a_failing_journal_and_the_backlog_survives_a_health_report(
+        gw: Any, listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.errors import JournalError
+
+    gw.on_uplinks(_uplinks(gw, "rain", 0, 5))
+    _wake(gw)
+    gw._health_entry()  # re-anchors the backlog on a real count
+    assert "5 readings held" in gw.status_text()
+
+    def failing(**kw: Any) -> None:
+        raise JournalError("disk I/O error")
+
+    monkeypatch.setattr(gw.journal, "commit", failing)
+    gw.on_uplinks(_uplinks(gw, "rain", 5, 3))
+    _wake(gw)
+    text = gw.status_text()
+    assert text.startswith("journal failing, 3 readings in memory, broker not reached yet"), text
+    assert "5 readings held" in text  # only what is journaled

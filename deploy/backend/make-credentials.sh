@@ -20,8 +20,9 @@
 # config, with paths relative to that folder, so the folder is what the installer needs as it is (config.yaml goes
 # beside the files; deploy/edge/README.md), and secrets/mosquitto/dynamic-security.json: the broker's logins and
 # ACLs (Mosquitto's dynamic-security plugin), made from the passwd file and the rules in mosquitto/acl. It prints
-# each gateway's mqtt.yaml (no password: that stays in its file). Run it again to add gateways or bridges; -R rotates the passwords of the
-# gateways named, -X revokes them. Restart the broker afterwards: docker compose restart mosquitto
+# each gateway's mqtt.yaml (no password: that stays in its file). Run it again to add gateways or bridges; -R
+# rotates the passwords of the gateways named, -X revokes them. Restart the broker afterwards:
+# docker compose restart mosquitto
 #
 # Needs: POSIX sh, openssl (1.1.1 or later), mosquitto_passwd (Debian/Ubuntu: apt-get install mosquitto).
 # Passwords never appear on a command line (mosquitto_passwd hashes a temporary file in place).

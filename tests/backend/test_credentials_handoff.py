@@ -133,11 +133,16 @@ def test_the_gateway_folder_from_the_backend_is_flashed_as_it_is(tmp_path: Path)
         broker.stop()
 
 
-def test_the_printed_lines_validate_only_beside_their_files(tmp_path: Path) -> None:
+def test_the_printed_lines_are_the_guides_and_validate_only_beside_their_files(tmp_path: Path) -> None:
     """mqtt.yaml names files relative to its folder: a config elsewhere is refused at that key, with the path."""
     backend = copy_backend(tmp_path / "server")
     made = make_credentials(backend, "-n", "mqtt.example.jp", GATEWAY)
     assert made.returncode == 0, made.stderr
+    # The backend guide shows this gateway's lines: they are what the script writes.
+    guide = (ROOT / "deploy" / "backend" / "README.md").read_text(encoding="utf-8")
+    shown = guide.split("prints each gateway's `mqtt.yaml`", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    written = backend / "secrets" / "gateways" / GATEWAY / "mqtt.yaml"
+    assert YAML(typ="safe").load(shown) == YAML(typ="safe").load(written.read_text())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     config = elsewhere / "config.yaml"

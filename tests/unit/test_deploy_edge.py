@@ -335,3 +335,49 @@ def test_a_pinned_module_keeps_its_name_and_skips_the_generic_rule() -> None:
     assert got["SYMLINK"] == ["lora0"]  # the pinned name, not lora3
     other = dict(dev, **{"ATTRS{serial}": "somethingelse"})
     assert _apply(pinned, other)["SYMLINK"] == ["lora3"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The installer's guide
+
+GUIDE = EDGE / "README.md"
+
+
+def _sections(text: str) -> list[tuple[str, str]]:
+    """The guide's '## ' sections in order: (title, body)."""
+    parts = re.split(r"^## (.+)$", text, flags=re.M)
+    return list(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_the_installer_guide_starts_with_denen_on_the_laptop() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wheel = project["name"].replace("-", "_") + "-<version>-py3-none-any.whl"  # the wheel's file name (PEP 427)
+    title, body = _sections(GUIDE.read_text())[0]
+    assert "laptop" in title and title.startswith("1.")
+    assert f"pipx install ./{wheel}" in body
+    assert f"pip install --user ./{wheel}" in body
+    assert "pip wheel --no-deps ." in body
+    assert project["requires-python"] == ">=3.11" and "Python 3.11 or later" in GUIDE.read_text().split("## ")[0]
+    # Every later step refers to a step that exists, by its number.
+    numbers = [t.split(".", 1)[0] for t, _ in _sections(GUIDE.read_text()) if t[:1].isdigit()]
+    assert numbers == [str(n) for n in range(1, len(numbers) + 1)]
+    for ref in re.findall(r"\(steps? (\d+)", GUIDE.read_text()):
+        assert ref in numbers, ref
+
+
+def test_one_path_for_the_gateway_config() -> None:
+    """/etc/denen/config.yaml, where flash and run look, is the only gateway config file named anywhere."""
+    allowed = {flash.DEFAULT_CONFIG, "/etc/denen/bridge.yaml", "/etc/denen/console.yaml", "/etc/denen/gateways.yaml"}
+    found: dict[str, set[str]] = {}
+    for pattern in ("README.md", "config/**/*", "deploy/**/*", "agent/**/*.py", "drivers/**/*.py"):
+        for path in ROOT.glob(pattern):
+            if not path.is_file() or "secrets" in path.parts or path.suffix in (".json", ".db"):
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for name in re.findall(r"/etc/denen/[\w.-]+\.ya?ml\b", text):
+                found.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    assert flash.DEFAULT_CONFIG == "/etc/denen/config.yaml"
+    assert {name: files for name, files in found.items() if name not in allowed} == {}
+    assert "deploy/edge/README.md" in found[flash.DEFAULT_CONFIG]

@@ -5,6 +5,11 @@ reconnect, in the order they were first published; that would put a telemetry ba
 arrived during the outage. So when a session ends its client is thrown away with whatever it had queued, and the
 journal, which still holds every unacknowledged reading, decides what goes first on the next session.
 
+Two gateways with one client id (a copy-pasted ``gateway.id``, or one login where the broker uses the user name as
+client id) take the session from each other on every connect. The link recognises that (:class:`TakeoverBackoff`),
+says so in one line naming the cause and the fix, and waits longer after each takeover instead of reconnecting at
+once, so the pair does not flap.
+
 Everything the link learns is posted to the gateway's inbox as a tuple, in order:
 
     ("mqtt_up", session)                    CONNACK accepted
@@ -28,14 +33,21 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
+from agent.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
 STATUS_SCHEMA = "denen.status/1"
+
+#: MQTT v5 DISCONNECT reason: another client connected with this client id and took the session over.
+SESSION_TAKEN_OVER = 0x8E
+#: Reason paho reports when the connection closed without a DISCONNECT (EOF or reset), "Unspecified error".
+_CONNECTION_LOST = 0x80
 
 
 def status_payload(gateway_id: str, state: str, *, version: str, ts_us: int | None = None) -> bytes:
@@ -56,6 +68,83 @@ class Topics:
         self.results = f"{self.base}/results"  # one result document per command received
         self.readings = {lane: f"{self.base}/readings/{lane}" for lane in ("sos", "alarm", "telemetry", "diagnostics")}
         self.commands = f"{self.base}/cmd/#"
+
+
+class TakeoverBackoff:
+    """How long to wait before reconnecting after a session was taken over by a client with the same client id.
+
+    Two gateways sharing ``gateway.id`` (or one login, where the broker uses the user name as client id) kick each
+    other off the broker: each connect ends the other's session. Reconnecting at once makes the pair flap about once
+    a second, with the retained status flapping as fast. Waiting longer after each takeover lets one of the two hold
+    the session for a while (its messages get through) until someone fixes the config.
+
+    A takeover is certain when the broker says so: an MQTT v5 DISCONNECT with reason 0x8E. Mosquitto 2.0.11 (Debian
+    12's) sends none: it closes the old connection, exactly as when it shuts down. So ``suspect_after`` sessions in
+    a row that ended without a DISCONNECT within ``short_s`` of their CONNACK are taken as a takeover too, unless
+    a connect failed in between (a restarting broker refuses connects for a moment; a broker that hands the session
+    to another client never does). One ordinary drop of a working session never starts the backoff: the ordinary
+    reconnect delay (``mqtt.reconnect_min_s``) applies, so an SOS waits no longer than before.
+
+    Args:
+        first_s: the first wait after a takeover, in seconds; doubled after each further takeover.
+        max_s: the longest wait, in seconds.
+        stable_s: a session that lasted this long (seconds) ends the takeover backoff.
+        short_s: a session closed by the broker sooner than this (seconds) after its CONNACK counts as suspect.
+        suspect_after: suspect sessions in a row that count as a takeover.
+
+    Not thread-safe: the link thread owns it.
+    """
+
+    def __init__(self, *, first_s: float = 5.0, max_s: float = 300.0, stable_s: float = 180.0,
+                 short_s: float = 10.0, suspect_after: int = 2) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self.stable_s = stable_s
+        self.short_s = short_s
+        self.suspect_after = suspect_after
+        self.level = 0  # takeovers in a row; 0 when the link is not backing off
+        self.short_streak = 0  # sessions in a row closed by the broker within short_s
+
+    def session_ended(self, *, lived_s: float, taken_over: bool, lost: bool) -> float | None:
+        """Record how an accepted session ended.
+
+        Args:
+            lived_s: seconds from CONNACK to the end of the session.
+            taken_over: the broker sent DISCONNECT with reason 0x8E.
+            lost: the connection closed without a DISCONNECT (not a keepalive timeout, not our own stop).
+
+        Returns:
+            Seconds to wait before reconnecting (before jitter) when the session counts as taken over; None when
+            the ordinary reconnect delay applies.
+        """
+        if lived_s >= self.stable_s:
+            self.level = 0
+            self.short_streak = 0
+        if taken_over:
+            return self._next()
+        if not lost:
+            self.short_streak = 0
+            return None
+        if self.level > 0:
+            # Already backing off and no stable session since: the same pair is at it again.
+            return self._next()
+        if lived_s < self.short_s:
+            self.short_streak += 1
+            if self.short_streak >= self.suspect_after:
+                return self._next()
+        else:
+            self.short_streak = 0
+        return None
+
+    def connect_failed(self) -> None:
+        """A connect was refused or failed: the broker is away or restarting, which explains the sessions it closed
+        (a takeover never stops the next connect), so they no longer count as suspect."""
+        self.short_streak = 0
+
+    def _next(self) -> float:
+        self.level += 1
+        self.short_streak = 0
+        return min(self.max_s, self.first_s * 2 ** (self.level - 1))
 
 
 class MqttLink:
@@ -82,6 +171,13 @@ class MqttLink:
         # Re-entrant: paho's publish() may write at once, meet a dead socket and call _on_disconnect in the same
         # thread while publish() holds this lock; a plain Lock deadlocked the core there for good.
         self._lock = threading.RLock()
+        self.takeover = TakeoverBackoff()
+        # A takeover repeats for as long as both gateways run: one full line per 10 min, the rest counted.
+        self._takeover_log = RateLimitedLog(log, interval_s=600.0, max_keys=4)
+        # How the current session ended, set by _on_disconnect: (DISCONNECT from the broker, reason code,
+        # the broker's reason string).
+        self._ended: tuple[bool, int, str | None] | None = None
+        self._up_at = 0.0  # time.monotonic() of the current session's CONNACK
 
     # -- life cycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -188,6 +284,7 @@ class MqttLink:
                 client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 _close_sockets_left_in(exc)
+                self.takeover.connect_failed()
                 self._post(("incident", "mqtt", "connect_failed", f"{cfg.host}:{cfg.port}: {_describe(exc)}"))
             else:
                 try:
@@ -210,17 +307,81 @@ class MqttLink:
                 client.socket() and client.socket().close()  # type: ignore[union-attr]
             except OSError:
                 pass
-            if was_up:
-                self._post(("mqtt_down", session, "connection lost"))
             if self._stop.is_set():
+                if was_up:
+                    self._post(("mqtt_down", session, "connection lost"))
                 break
+            takeover_wait = None
+            if was_up:
+                from_broker, code, broker_says = self._ended or (False, _CONNECTION_LOST, None)
+                taken_over = from_broker and code == SESSION_TAKEN_OVER
+                takeover_wait = self.takeover.session_ended(
+                    lived_s=time.monotonic() - self._up_at, taken_over=taken_over,
+                    lost=not from_broker and code == _CONNECTION_LOST,
+                )
+                if takeover_wait is None:
+                    self._post(("mqtt_down", session, "connection lost"))
+                elif taken_over:
+                    self._post(("mqtt_down", session, "session taken over by another client with this client id"))
+                else:
+                    self._post(("mqtt_down", session, "closed by the broker right after connecting, again: most "
+                                "likely another client with this client id"))
             if self._connack_ok:
                 delay = cfg.reconnect_min_s
-            # Jitter keeps a town's gateways from reconnecting in lockstep after a broker restart.
-            wait = delay * random.uniform(0.8, 1.2)
-            log.info("MQTT: reconnecting to %s:%d in %.1f s", cfg.host, cfg.port, wait)
+            if takeover_wait is not None:
+                # Jitter too, so that the two gateways drift apart instead of taking turns in lockstep.
+                wait = takeover_wait * random.uniform(0.9, 1.1)
+                self._report_takeover(certain=taken_over, broker_says=broker_says, wait_s=wait)
+            else:
+                if was_up:
+                    self._report_disconnect()
+                # Jitter keeps a town's gateways from reconnecting in lockstep after a broker restart.
+                wait = delay * random.uniform(0.8, 1.2)
+                log.info("MQTT: reconnecting to %s:%d in %.1f s", cfg.host, cfg.port, wait)
             self._stop.wait(wait)
             delay = min(cfg.reconnect_max_s, delay * 2)
+
+    def _who(self) -> str:
+        """How the broker knows this gateway: its login (the shipped broker uses it as client id) and client id."""
+        cfg = self.config
+        client_id = cfg.effective_client_id(self.gateway_id)
+        if cfg.username is not None and cfg.username != client_id:
+            return f"login {cfg.username!r} / client id {client_id!r}"
+        return f"client id {client_id!r}"
+
+    def _report_disconnect(self) -> None:
+        from_broker, code, broker_says = self._ended or (False, _CONNECTION_LOST, None)
+        if not from_broker and code == _CONNECTION_LOST:
+            what = "connection lost"
+        else:
+            try:
+                what = ReasonCode(PacketTypes.DISCONNECT, identifier=code).getName()
+            except (KeyError, ValueError):
+                what = f"reason 0x{code:02X}"
+            if from_broker:
+                what = f"the broker sent DISCONNECT: {what}"
+        said = f" ({broker_says})" if broker_says else ""
+        log.warning("MQTT: disconnected from %s:%d: %s%s", self.config.host, self.config.port, what, said)
+
+    def _report_takeover(self, *, certain: bool, broker_says: str | None, wait_s: float) -> None:
+        """One line naming the cause and the fix, at most once per window; the rest are counted."""
+        cfg = self.config
+        who = self._who()
+        said = f" (broker: {broker_says})" if broker_says else ""
+        if certain:
+            cause = (f"another client connected to {cfg.host}:{cfg.port} with this gateway's {who} and the broker "
+                     f"gave it the session (reason 0x8E, session taken over){said}")
+        else:
+            cause = (f"the broker at {cfg.host}:{cfg.port} closed this gateway's connection "
+                     f"{self.takeover.suspect_after} times in a row within {self.takeover.short_s:g} s of accepting "
+                     f"it: most likely another client connected with this gateway's {who} (Mosquitto logs "
+                     f"'Client ... already connected, closing old connection')")
+        self._takeover_log.warning(
+            "session_taken_over", who, "session takeovers",
+            "MQTT: %s: two gateways share gateway.id or MQTT credentials; give each gateway its own gateway.id and "
+            "login. The agent waits %s s before reconnecting (doubling up to %s s while it goes on)",
+            cause, f"{wait_s:.1f}" if wait_s < 10 else f"{wait_s:.0f}", f"{self.takeover.max_s:g}",
+        )
 
     # paho callbacks run in this link's thread.
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
@@ -229,10 +390,13 @@ class MqttLink:
             hint = ""
             if reason.value in (134, 135):
                 hint = " (check mqtt.username and mqtt.password / password_file for this gateway)"
+            self.takeover.connect_failed()
             self._post(("incident", "mqtt", "connect_refused", f"broker refused the connection: {reason}{hint}"))
             client.disconnect()
             return
         self._connack_ok = True
+        self._up_at = time.monotonic()
+        self._ended = None
         client.publish(
             self.topics.status,
             status_payload(self.gateway_id, "online", version=self._version, ts_us=time.time_ns() // 1000),
@@ -249,8 +413,10 @@ class MqttLink:
                        properties: Properties | None) -> None:
         with self._lock:
             self._connected = False
-        if not self._stop.is_set():
-            log.warning("MQTT: disconnected from %s:%d: %s", self.config.host, self.config.port, reason)
+        # Logged by the link thread once the session is over, when it knows whether this was a takeover.
+        said = getattr(properties, "ReasonString", None) if properties is not None else None
+        from_broker = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+        self._ended = (from_broker, int(reason.value), str(said)[:200] if said else None)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._post(("cmd", msg.topic, bytes(msg.payload)))

@@ -1435,8 +1435,10 @@ def parse_yaml_model(
     # Duplicates are found on the node tree below, all of them and with both lines, so let the loader accept them.
     yaml.allow_duplicate_keys = True
     try:
+        # One parse: the node tree (positions, duplicate keys) and the data built from that same tree. Parsing is
+        # most of the time on a large config; load() would parse the text a second time.
         root_node = yaml.compose(text)
-        data = yaml.load(text)
+        data = yaml.constructor.construct_document(root_node) if root_node is not None else None
     except MarkedYAMLError as exc:
         raise ConfigError([_yaml_error_issue(exc, source)]) from None
     except ReaderError as exc:

@@ -911,3 +911,48 @@ def test_unknown_node_limits_have_sane_defaults_and_bounds(tmp_path: Path) -> No
     path = write_minimal_with(tmp_path, FLAG, mqtt="unknown_nodes_max: 0\nunknown_nodes_forget_after_s: 5\n")
     found = problems(path)
     assert {i.key for i in found} == {"unknown_nodes_max", "unknown_nodes_forget_after_s"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One parse of the YAML text per load: positions and data come from the same node tree
+
+
+@pytest.fixture
+def compositions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the YAML documents the loader composes (the parse that dominates loading a large config)."""
+    from ruamel.yaml.composer import Composer
+
+    calls: list[int] = []
+    compose = Composer.compose_document
+
+    def counting(self: Composer) -> object:
+        calls.append(1)
+        return compose(self)
+
+    monkeypatch.setattr(Composer, "compose_document", counting)
+    return calls
+
+
+def test_a_valid_config_is_parsed_once(compositions: list[int]) -> None:
+    text = MINIMAL.replace('id: "00000001"', "id: 00000101")
+    cfg = parse_config(text)
+    assert compositions == [1]
+    # The data built from the node tree keeps what the loader relies on: the digits of an unquoted hex id.
+    assert cfg.nodes[0].id == "00000101"
+
+
+def test_an_invalid_config_is_parsed_once_and_still_placed(compositions: list[int], tmp_path: Path) -> None:
+    path = write_minimal_with(tmp_path, "    unauthenticated: flag\n    kind: trap\n    colour: red\n")
+    found = problems(path)
+    assert compositions == [1]
+    dup = only(found, "nodes[0].kind")
+    assert dup.line == line_of(path, "kind: trap", occurrence=2) and "duplicate" in dup.message
+    extra = only(found, "nodes[0].colour")
+    assert (extra.line, extra.column) == (line_of(path, "colour:"), 5)
+
+
+def test_aliases_are_built_from_the_one_parse(compositions: list[int]) -> None:
+    text = MINIMAL.replace("  site: test\n", "  site: &site test\n  name: *site\n")
+    cfg = parse_config(text)
+    assert compositions == [1]
+    assert cfg.gateway.name == "test"

@@ -102,7 +102,7 @@ def configure_logging(*, debug: bool = False, stream: IO[Any] | None = None) -> 
 
     Calling it again replaces the handler an earlier call installed; other handlers (a test's log capture) stay.
     Under journald an uncaught exception's traceback is written with the ``<2>`` (critical) prefix on every
-    line too, so it is not filed at priority info.
+    line too, and Python warnings go through logging (``<4>``), so neither lands at the unit's default level.
     """
     target = sys.stderr if stream is None else stream
     journald = under_journald(target)
@@ -114,6 +114,7 @@ def configure_logging(*, debug: bool = False, stream: IO[Any] | None = None) -> 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.captureWarnings(journald)
     if journald:
         sys.excepthook = _journal_excepthook(target)
     elif getattr(sys.excepthook, _MARK, False):

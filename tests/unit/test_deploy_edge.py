@@ -69,6 +69,16 @@ def test_unit_has_the_required_settings() -> None:
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
+def test_unit_logs_to_journald_with_priorities() -> None:
+    """The agent's <N> prefixes are read (not stored as text), lines without one are filed as errors, and
+    nothing the agent logs is filtered away."""
+    service = {k: v[-1] for k, v in _unit()["Service"].items()}
+    assert service["SyslogIdentifier"] == "denen"
+    assert service.get("SyslogLevelPrefix", "yes") == "yes"
+    assert service["SyslogLevel"] == "err"
+    assert "LogLevelMax" not in service
+
+
 def test_unit_lets_the_agent_read_the_clock_sync_state() -> None:
     """agent/clock.py asks adjtimex() whether NTP synced; a filter that forbids it would mark every reading synced."""
     service = _unit()["Service"]

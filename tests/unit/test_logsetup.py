@@ -30,6 +30,7 @@ def _restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             root.removeHandler(h)
     root.setLevel(level)
     sys.excepthook = hook
+    logging.captureWarnings(False)
 
 
 @pytest.fixture
@@ -128,6 +129,22 @@ def test_uncaught_exception_under_journald_is_critical_on_every_line(
     assert lines[0] == "<2>Traceback (most recent call last):"
     assert lines[-1] == "<2>RuntimeError: boom"
     assert all(line.startswith("<2>") for line in lines)
+
+
+def test_python_warnings_under_journald_are_warnings(
+        stream_socket: tuple[io.TextIOBase, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    f, journald = stream_socket
+    monkeypatch.setenv("JOURNAL_STREAM", _stream_id(f.fileno()))
+    logsetup.configure_logging(stream=f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # not "error", as the suite's filter would have it
+        warnings.warn("old API", DeprecationWarning, stacklevel=1)
+    f.flush()
+    lines = _received(journald).splitlines()
+    assert lines[0].startswith("<4>WARNING py.warnings: ") and "DeprecationWarning: old API" in lines[0], lines
+    assert all(line.startswith("<4>") for line in lines), lines
 
 
 @pytest.mark.parametrize("value", ["", "garbage", "1:", ":2", "x:y", "1:2:3"])

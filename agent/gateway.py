@@ -177,10 +177,7 @@ class Gateway:
             log.warning("%d readings were stamped before the clock synced in an earlier boot; they cannot be "
                         "corrected and go out flagged unsynced", given_up)
         self._to_correct = self.journal.unsynced_count() > 0
-        # systemd STATUS=: the last text sent, when the next may go, whether a change waits for that time.
-        self._status_text = ""
-        self._status_next = 0.0
-        self._status_recheck = False
+        self._status = systemd.StatusLine(STATUS_MIN_S)
         self._status_force = False  # the broker connection changed or an SOS came: sent without waiting
         self._broker_since = time.monotonic()  # when the broker connection last came up or went down
         self._broker_ever = False
@@ -283,8 +280,8 @@ class Gateway:
             deadlines.append(self._rewind_at)
         if self._state_recheck:
             deadlines.append(self._state_next)
-        if self._status_recheck:
-            deadlines.append(self._status_next)
+        if self._status.pending:
+            deadlines.append(self._status.next_at)
         edge = self.edge.next_deadline()
         if edge is not None:
             deadlines.append(edge)
@@ -682,20 +679,12 @@ class Gateway:
         Called once per wake-up (never per reading); a change held back by the limit wakes the core later
         (see :meth:`_timeout`), so the line never stays stale.
         """
-        if not (force or self._status_force) and now < self._status_next:
-            self._status_recheck = True
-            return
-        self._status_recheck = self._status_force = False
-        self._status_next = now + STATUS_MIN_S
+        force, self._status_force = force or self._status_force, False
         try:
-            text = self.status_text(now)
+            self._status.update(lambda: self.status_text(now), force=force, now=now)
         except Exception:  # noqa: BLE001 - a status line is never worth stopping the core for
             self._count("status.internal_error")
             log.exception("building the systemd status line failed")
-            return
-        if text != self._status_text:
-            self._status_text = text
-            systemd.status(text)
 
     def status_text(self, now: float | None = None) -> str:
         """The line ``systemctl status denen`` shows, most urgent first, e.g. ``12/15 nodes heard, backlog 0,

@@ -14,6 +14,7 @@ Public API::
     ready() -> bool                  READY=1 (once the agent's journal is open and the core runs)
     stopping() -> bool               STOPPING=1 (on a clean shutdown)
     status(text) -> bool             STATUS=<one line>, shown by ``systemctl status denen``
+    StatusLine(min_interval_s)       a STATUS= line sent on change, at most every min_interval_s unless forced
     watchdog_interval_s() -> float | None   the WatchdogSec systemd expects pings within, or None
     ping() -> bool                   WATCHDOG=1, at most every quarter of the watchdog interval
 
@@ -27,12 +28,13 @@ restarts the service: that is the point, so never ping from a separate timer thr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 import os
 import socket
 import threading
 import time
 
-__all__ = ["notify", "ping", "ready", "status", "stopping", "watchdog_interval_s"]
+__all__ = ["StatusLine", "notify", "ping", "ready", "status", "stopping", "watchdog_interval_s"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,46 @@ def stopping() -> bool:
 def status(text: str) -> bool:
     """Set the one-line status shown by ``systemctl status`` (``STATUS=...``); newlines become spaces."""
     return notify("STATUS=" + " ".join(text.splitlines()))
+
+
+class StatusLine:
+    """The service's ``STATUS=`` line, sent when its text changed and at most every ``min_interval_s`` seconds.
+
+    A status is one datagram to systemd; a service that updates it from a busy loop would send one per event.
+    Call :meth:`update` from the loop: the text is built (when given as a callable) and sent only when due, or at
+    once with ``force=True`` (a connection lost or regained, an SOS). A change held back leaves :attr:`pending`
+    set: the loop should wake by :attr:`next_at` and call :meth:`update` again, so the line is never left stale.
+    Not thread-safe: one owner thread calls it.
+    """
+
+    def __init__(self, min_interval_s: float = 5.0) -> None:
+        self.min_interval_s = min_interval_s
+        self.text = ""  # the last text sent
+        self.next_at = 0.0  # monotonic seconds from which the next update is built
+        self.pending = False  # an update was asked for before next_at
+
+    def update(self, text: str | Callable[[], str], *, force: bool = False, now: float | None = None) -> bool:
+        """Send ``text`` (or what the callable returns) if due and changed.
+
+        Args:
+            text: the status, or a function building it (called only when due).
+            force: send now whatever the interval (still only if the text changed).
+            now: ``time.monotonic()`` seconds (default: now).
+
+        Returns:
+            True if a datagram was sent.
+        """
+        now = time.monotonic() if now is None else now
+        if not force and now < self.next_at:
+            self.pending = True
+            return False
+        self.pending = False
+        self.next_at = now + self.min_interval_s
+        line = " ".join((text() if callable(text) else text).splitlines())
+        if line == self.text:
+            return False
+        self.text = line
+        return status(line)
 
 
 def watchdog_interval_s() -> float | None:

@@ -142,6 +142,31 @@ def test_ping_sends_watchdog_and_throttles_to_a_quarter_interval(listener: socke
     assert 2 <= sent <= 60 < calls
 
 
+def test_status_line_sends_changes_at_most_every_interval(listener: socket.socket) -> None:
+    line = systemd.StatusLine(min_interval_s=5.0)
+    built = []
+
+    def text() -> str:
+        built.append(1)
+        return f"{len(built)} built"
+
+    assert line.update("a\nb", now=100.0)
+    assert _pending(listener) == [b"STATUS=a b"]
+    assert not line.update(text, now=101.0)  # within the interval: not even built
+    assert built == [] and line.pending and line.next_at == 105.0
+    assert line.update(text, now=105.0) and not line.pending
+    assert _pending(listener) == [b"STATUS=1 built"]
+    assert not line.update("1 built", now=111.0)  # unchanged: no datagram
+    assert line.update("down", force=True, now=111.5)  # forced: at once
+    assert not line.update("down", force=True, now=111.6)  # ...but never the same text twice
+    assert _pending(listener) == [b"STATUS=down"]
+
+
+def test_status_line_without_systemd_builds_but_sends_nothing() -> None:
+    line = systemd.StatusLine()
+    assert line.update("x") is False and line.text == "x"
+
+
 # -- the gateway's STATUS= line ------------------------------------------------------------------------------
 
 
@@ -211,7 +236,7 @@ def test_gateway_status_tells_nodes_backlog_broker_and_sos(gw: Any, listener: so
     assert gw._backlog() == sum(gw.journal.depth().values()) == 0
 
     # An SOS: sent at once (it never waits for the rate limit), and first in the line.
-    gw._status_next = time.monotonic() + 3600
+    gw._status.next_at = time.monotonic() + 3600
     gw.on_uplinks(_uplinks(gw, "sos", 0, 1))
     _wake(gw)
     [line] = _statuses(listener)
@@ -250,13 +275,13 @@ def test_gateway_status_is_rate_limited_and_never_left_stale(gw: Any, listener: 
     sent = _statuses(listener)
     assert len(sent) <= len(built) - 1 + 1
     # The last change waits for the limit; the core's timeout wakes it then.
-    assert gw._status_recheck
+    assert gw._status.pending
     assert gw._timeout() <= gateway_module.STATUS_MIN_S
-    gw._status_next = time.monotonic()  # the limit has passed
+    gw._status.next_at = time.monotonic()  # the limit has passed
     _wake(gw)
     [line] = _statuses(listener)
     assert "1,000 readings held" in line, line
-    assert not gw._status_recheck
+    assert not gw._status.pending
 
 
 def test_gateway_status_shows_a_failing_journal_and_the_backlog_survives_a_health_report(

@@ -252,7 +252,7 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
     # The lines a gateway's config needs.
     block = _gateway_block(proc.stdout, "gw-a")["mqtt"]
     assert block == {"host": "localhost", "port": 8883, "username": "gw-a",
-                     "password_file": "/etc/denen/mqtt-password", "tls": {"ca_file": "/etc/denen/ca.pem"},
+                     "password_file": "mqtt-password", "tls": {"ca_file": "ca.pem"},
                      "topic_prefix": "denen/v1"}
     assert (secrets / "gateways" / "gw-a" / "ca.pem").read_bytes() == ca.read_bytes()
     assert (secrets / "console" / "ca.pem").read_bytes() == (secrets / "console-cli" / "ca.pem").read_bytes() \

@@ -167,16 +167,97 @@ def test_json_stream_prints_one_document_per_refresh(tmp_path: Path, capsys: pyt
     assert len(lines) == 2 and all(json.loads(line)["schema"] == "denen.monitor/1" for line in lines)
 
 
+def _render(data: dict, width: int, *, wide: bool = False) -> str:
+    console = Console(record=True, width=width, file=io.StringIO())
+    console.print(monitor.render(data, wide=wide))
+    return console.export_text()
+
+
 def test_table_view(tmp_path: Path) -> None:
     journal = tmp_path / "journal.db"
     _journal(journal)
     data = monitor.collect(str(journal), load_config(_config(tmp_path, journal)), now_us=NOW_US)
-    console = Console(record=True, width=200, file=io.StringIO())
-    console.print(monitor.render(data))
-    text = console.export_text()
-    assert "sos-hiker-1" in text and "good" in text and "poor" in text and "LATE" in text
-    assert "RSSI near limit" in text and "never" in text and "30 s ago" in text and "30 min ago" in text
-    assert "excellent >= 10 dB" in text
+    text = _render(data, 160, wide=True)
+    _lines_fit(text, 160)
+    assert "sos-hiker-1" in text and "good" in text and "poor!" in text and "LATE" in text
+    assert "never" in text and "30s" in text and "30m LATE" in text
+    caption = " ".join(text.split())  # the caption wraps at the table's width
+    assert "excellent >= 10 dB" in caption and "! = RSSI within 6 dB of the sensitivity" in caption
+    # The last frame's columns: RSSI/SNR, SF, both margins; the gateway's time of the last frame; ok/bad.
+    heard = time.strftime("%H:%M:%S", time.localtime((NOW_US - 30_000_000) / 1e6))
+    sos = next(line for line in text.splitlines() if line.startswith("00000101"))
+    assert heard in sos and "-118/-14.0" in sos and " 12 " in sos and "6.0/19.0" in sos and "40/2" in sos
+    assert "3.71" in sos
+    narrow = _render(data, 80)
+    _lines_fit(narrow, 80)
+    assert "30s" in narrow and "30m LATE" in narrow and "good 5.5!" in narrow  # river-1: near the limit
+    assert "6.0/19.0" not in narrow and "--wide" in narrow
+
+
+def _lines_fit(text: str, width: int) -> None:
+    from rich.cells import cell_len
+
+    wide = [line for line in text.splitlines() if cell_len(line) > width]
+    assert not wide, wide
+
+
+# Config node names are a-z0-9_-; a journal (a card's copy, an older agent, another tool) may hold any name, and the
+# gateway's display name is free text: both are shown, and must not break the layout.
+JP_NAMES = {
+    "00000101": "北の沢トラップ３号（杉林の奥）",   # 15 wide characters: 30 cells
+    "00000201": "水位計・上流",                     # 12 cells
+    "00000301": "rain-1",
+}
+
+
+def _jp_journal(path: Path) -> None:
+    j = Journal(path, quota_bytes=1 << 20)
+    j.commit(nodes=[
+        NodeState(node, name, 3, NOW_US - 40_000_000, "lora0", -121.5, -13.25, 3.3, 12, 1)
+        for node, name in JP_NAMES.items()
+    ] + [NodeState("0000ffff", None, 1, NOW_US - 1_000_000, "lora0", -80.0, 9.5, None, 1, 0)])
+    j.close()
+
+
+def test_80_columns_with_japanese_names_keeps_ids_whole_and_cuts_names_with_an_ellipsis(tmp_path: Path) -> None:
+    from rich.cells import cell_len
+
+    journal = tmp_path / "journal.db"
+    _jp_journal(journal)
+    data = monitor.collect(str(journal), None, now_us=NOW_US)
+    text = _render(data, 80)
+    _lines_fit(text, 80)
+    rows = [line.strip() for line in text.splitlines() if line.strip().startswith("0000")]
+    assert [r.split()[0] for r in rows] == [*JP_NAMES, "0000ffff"]  # every id whole, in order
+    long_row = rows[0]
+    # The long name is cut to NAME_CELLS cells ending in an ellipsis, never through a character.
+    shown = long_row.split()[1]
+    assert shown.endswith("…") and "北の沢トラップ３号（杉林の奥）".startswith(shown[:-1])
+    assert cell_len(shown) <= monitor.NAME_CELLS and len(shown) >= 6
+    assert "水位計・上流" in rows[1]  # 12 cells: whole
+    # The history columns fit at 80: min/median RSSI and SNR, frames in 5/15 min, worst link (SF10 default:
+    # SNR -13.25 is 1.75 dB above the -15 dB floor).
+    assert "-122/-122" in long_row and "-13/-13" in long_row and "1/1" in long_row and "marginal 1.8" in long_row
+    _lines_fit(_render(data, 100), 100)
+    wide = _render(data, 160, wide=True)
+    _lines_fit(wide, 160)
+    wide_name = next(line for line in wide.splitlines() if line.startswith("00000101")).split()[1]
+    assert wide_name.endswith("…") and cell_len(wide_name) <= monitor.NAME_CELLS_WIDE
+    assert len(wide_name) > len(shown)
+
+
+def test_the_gateway_display_name_is_in_the_title(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.db"
+    _journal(journal)
+    cfg = _config(tmp_path, journal)
+    cfg.write_text(cfg.read_text().replace("gateway: {id: gw-mon-01, site: testville}",
+                                           "gateway: {id: gw-mon-01, site: testville, name: 奥多摩 林道ゲートウェイ}"),
+                   encoding="utf-8")
+    data = monitor.collect(str(journal), load_config(cfg), now_us=NOW_US)
+    assert data["gateway_name"] == "奥多摩 林道ゲートウェイ"
+    text = _render(data, 80)
+    _lines_fit(text, 80)
+    assert "gw-mon-01" in text and "奥多摩" in text
 
 
 def test_live_view_refreshes_and_waits_for_a_missing_journal(tmp_path: Path) -> None:
@@ -254,19 +335,100 @@ def test_late_and_the_node_silent_alert_agree_to_the_microsecond(tmp_path: Path,
     alerts = [a.type for a in engine.tick(sos_late_us) if a.node == "00000101"]
     assert sos["state"] == "late"
     assert sos["silence_alert"] == ("sos" in config.rules.silence_kinds) == (alerts == ["node_silent"])
-    console = Console(record=True, width=250, file=io.StringIO())
-    console.print(monitor.render(monitor.collect(str(journal), config, now_us=sos_late_us)))
-    text = " ".join(console.export_text().split())  # the caption wraps at the table's width
-    assert f"LATE = silent >= {factor:g} x interval (rules.silence_factor)" in text
-    assert "node_silent alert" in text and "does not count time the agent was stopped" in text
-    assert ("LATE (no alert)" in text) == (not sos["silence_alert"])
+    for wide in (False, True):
+        console = Console(record=True, width=160 if wide else 80, file=io.StringIO())
+        console.print(monitor.render(monitor.collect(str(journal), config, now_us=sos_late_us), wide=wide))
+        text = " ".join(console.export_text().split())  # the caption wraps at the table's width
+        assert f"LATE = silent >= {factor:g} x interval (rules.silence_factor)" in text
+        assert "node_silent alert" in text and "does not count time the agent was stopped" in text
+        assert "LATE* = no alert for this kind" in text
+        assert ("LATE* " in text.split("history:")[0]) == (not sos["silence_alert"])
 
 
 def test_the_help_explains_late(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     monitor.add_arguments(parser)
     text = parser.format_help()
-    assert "rules.silence_factor" in text and "node_silent" in text and "LATE (no alert)" in text
+    assert "rules.silence_factor" in text and "node_silent" in text and "LATE* (LATE, no alert)" in text
+
+
+def test_the_help_has_examples_laid_out_by_hand() -> None:
+    parser = argparse.ArgumentParser(prog="denen monitor")
+    monitor.add_arguments(parser)
+    text = parser.format_help()
+    assert "\nExamples:\n  denen monitor  " in text
+    assert "\n  denen monitor --wide  " in text and "\n  denen monitor --once --json  " in text
+    assert "--wide" in text.split("Examples:")[0]  # the option itself
+
+
+def test_importing_the_module_stays_light() -> None:
+    # `denen --help` imports agent.monitor to build its parser: no rich, no pydantic models, no sqlite.
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys, agent.monitor; heavy = [m for m in ('rich', 'agent.config', 'pydantic', 'sqlite3', "
+            "'agent.status') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _frames(node: str, frames: list[tuple[int, float, float, int]]) -> list[tuple[int, NodeState]]:
+    """(seconds before NOW, rssi, snr, frames since the previous one) -> node rows as the agent writes them."""
+    rows, ok = [], 0
+    for ago_s, rssi, snr, count in frames:
+        ok += count
+        rows.append((NOW_US - ago_s * 1_000_000,
+                     NodeState(node, "sos-hiker-1", ok, NOW_US - ago_s * 1_000_000, "lora0", rssi, snr, 3.7, ok, 0)))
+    return rows
+
+
+def test_history_min_median_and_frame_counts_from_known_frames(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.db"
+    config = load_config(_config(tmp_path, journal))  # lora0 at SF12: SNR floor -20 dB, sensitivity -137 dBm
+    j = Journal(journal, quota_bytes=1 << 20)
+    history = monitor.History()
+    # The monitor refreshes after each journal write. At -4 min, three frames arrived within one refresh: counted
+    # as three, with the last one's RSSI and SNR.
+    known = [(20 * 60, -100.0, 5.0, 1),      # 20 min ago: out of the 15 min window by the end
+             (14 * 60, -110.0, -3.0, 1),
+             (10 * 60, -120.0, -12.0, 1),    # the worst RSSI and SNR
+             (4 * 60, -105.0, 2.0, 3),
+             (60, -108.0, 0.0, 1)]
+    try:
+        for at_us, state in _frames("00000101", known):
+            j.commit(nodes=[state])
+            monitor.collect(str(journal), config, now_us=at_us + 500_000, history=history)
+            # A refresh with nothing new counts nothing.
+            monitor.collect(str(journal), config, now_us=at_us + 2_500_000, history=history)
+    finally:
+        j.close()
+    data = monitor.collect(str(journal), config, now_us=NOW_US, history=history)
+    h = {r["node"]: r for r in data["nodes"]}["00000101"]["history"]
+    assert h["samples"] == 4
+    assert (h["rssi_min_dbm"], h["rssi_median_dbm"]) == (-120.0, -109.0)   # of -110, -120, -105, -108
+    assert (h["snr_min_db"], h["snr_median_db"]) == (-12.0, -1.5)          # of -3, -12, 2, 0
+    assert (h["frames_5min"], h["frames_15min"]) == (4, 6)
+    # Worst case from the lowest SNR (-12 at SF12: 8 dB) and RSSI (-120: 17 dB): good, while the last frame
+    # alone (SNR 0: 20 dB) says excellent.
+    assert h["link_margin_min_db"] == pytest.approx(8.0) and h["rating_worst"] == "good"
+    assert {r["node"]: r for r in data["nodes"]}["00000101"]["rating"] == "excellent"
+    assert data["history_s"] == 900 and data["history_since_us"] == NOW_US - 20 * 60 * 1_000_000 + 500_000
+    # Nodes without frames in the window have no statistics.
+    rain = {r["node"]: r for r in data["nodes"]}["00000401"]["history"]
+    assert rain["samples"] == 0 and rain["rssi_min_dbm"] is None and rain["rating_worst"] == "unknown"
+    narrow = _render(data, 80)
+    row = next(line for line in narrow.splitlines() if line.startswith("00000101"))
+    assert "-120/-109" in row and "-12/-2" in row and "4/6" in row and "good 8.0" in row
+    assert "history: the last 15 min" in narrow
+
+
+def test_history_is_bounded() -> None:
+    h = monitor.History(max_frames=8, max_nodes=3)
+    for i in range(100):
+        h.observe([{"node": f"{n:08x}", "last_seen_us": NOW_US + i, "frames_ok": i, "rssi": -90.0 - i, "snr": 1.0}
+                   for n in range(10)], NOW_US + i)
+    assert len(h._last) == 3 and len(h._frames) == 3
+    assert all(len(f) == 8 for f in h._frames.values())
+    assert h.stats("00000009", NOW_US + 100)["samples"] == 0
+    assert h.stats("00000000", NOW_US + 100)["rssi_min_dbm"] == -189.0  # the newest eight: -182 .. -189
 
 
 def test_without_a_config_late_uses_the_rules_default(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ it drains what its session holds, stops taking a share and removes the session.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import ssl
@@ -64,10 +65,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent import systemd
 from agent.bridge.config import BridgeConfig
 from agent.bridge.deadletter import DeadLetter, DeadLetterStore
-from agent.bridge.errors import BridgeError
-from agent.bridge.lineproto import Converted, Reject, Serializer
+from agent.bridge.errors import BridgeError, SinkError
+from agent.bridge.health import HealthMonitor
+from agent.bridge.lineproto import LANES, READINGS_SCHEMA, Converted, Reject, Serializer
 from agent.bridge.policy import Abandoned, WritePolicy
 from agent.bridge.registry import GatewayRegistry
 from agent.bridge.sinks import Sink, make_sink
@@ -140,7 +143,26 @@ class Bridge:
                                      max_item_bytes=config.dead_letter.max_item_bytes)
         self._dead_backlog: list[DeadLetter] = []  # waiting for a store that failed to write
         self._input_log = RateLimitedLog(log, interval_s=SUMMARY_INTERVAL_S)
-        self._sink = sink if sink is not None else make_sink(config.sink)
+        try:
+            self._sink = sink if sink is not None else make_sink(config.sink)
+        except BaseException:
+            self._dead.close()
+            raise
+        # Health points go through a sink of their own, from their own thread, so a batch being retried does not
+        # hold them up (an injected sink is shared: both of ours are safe to call from two threads).
+        self._health_sink: Sink | None = None
+        if config.health.enabled:
+            try:
+                self._health_sink = sink if sink is not None else make_sink(config.sink)
+            except BaseException:
+                self._sink.close()
+                self._dead.close()
+                raise
+        self.health = HealthMonitor(config.mqtt.effective_client_id(), max_gateways=config.health.max_gateways)
+        self._health_thread: threading.Thread | None = None
+        self._health_write_ok = True
+        self._health_wake = threading.Event()  # set: update the status line now (connection change, stop)
+        self._ready_sent = False
         self._policy = WritePolicy(self._sink, stop=self._stop, retry_min_s=config.sink.retry_min_s,
                                    retry_max_s=config.sink.retry_max_s, stats=self.stats)
         self._client: mqtt.Client | None = None
@@ -165,6 +187,8 @@ class Bridge:
         """Connect (retrying in the background until the broker answers) and start writing."""
         self._writer = threading.Thread(target=self._writer_main, name="bridge-writer", daemon=True)
         self._writer.start()
+        self._health_thread = threading.Thread(target=self._health_main, name="bridge-health", daemon=True)
+        self._health_thread.start()
         self._client = self._new_client()
         cfg = self.config.mqtt
         props = Properties(PacketTypes.CONNECT)
@@ -196,6 +220,7 @@ class Bridge:
     def request_stop(self) -> None:
         """Ask the bridge to stop (safe from a signal handler's thread); ``run()`` then returns."""
         self._stop.set()
+        self._health_wake.set()
         self._inbox.put(None)
 
     def run(self) -> None:
@@ -221,8 +246,11 @@ class Bridge:
             return
         self._closed = True
         self.request_stop()
+        systemd.stopping()
         if self._writer is not None:
             self._writer.join(timeout)
+        if self._health_thread is not None:
+            self._health_thread.join(timeout)
         client = self._client
         if client is not None:
             props = None
@@ -233,10 +261,23 @@ class Bridge:
             client.disconnect(properties=props)
             client.loop_stop()
         self._sink.close()
+        if self._health_sink is not None and self._health_sink is not self._sink:
+            self._health_sink.close()
         self._dead.close()
         self._log_summary(final=True)
         if self._failure is not None:
             raise BridgeError(f"the bridge stopped after an error: {self._failure}") from self._failure
+
+    def close(self) -> None:
+        """Release the sinks and the dead-letter store of a bridge that was never started (one used for
+        :meth:`replay`); a started bridge is ended with :meth:`stop`."""
+        if self._closed or self._writer is not None:
+            return
+        self._closed = True
+        self._sink.close()
+        if self._health_sink is not None and self._health_sink is not self._sink:
+            self._health_sink.close()
+        self._dead.close()
 
     def retire(self, *, idle_s: float = 2.0, timeout: float | None = None) -> bool:
         """Take this bridge's ``client_id`` out of service without losing what its session holds.
@@ -280,9 +321,134 @@ class Bridge:
 
     def counters(self) -> dict[str, int]:
         """A snapshot of every counter (network and writer side)."""
-        merged = Counter(self.stats)
-        merged.update(self._rx)
-        return dict(merged)
+        for _ in range(10):
+            try:
+                merged = Counter(self.stats)
+                merged.update(self._rx)
+                return dict(merged)
+            except RuntimeError:  # read from the health thread while another thread added a key: read again
+                continue
+        return dict(self.stats)
+
+    # -- replaying dead letters -------------------------------------------------------------------------------
+    def replay(self, items: list[DeadLetter], *, timeout_s: float = 60.0) -> list[list[DeadLetter]]:
+        """Write stored dead letters again through the live write path (converter, sink, write policy, dead-letter
+        rules); nothing is acknowledged and nothing is stored here: the caller updates the store.
+
+        A ``payload`` goes through the converter as if it had just arrived on its topic; a ``reading`` goes
+        through it inside a batch of one (its topic names gateway and lane); a ``line`` is written as it is.
+
+        Args:
+            items: the stored items.
+            timeout_s: give up after this many seconds while the database cannot be written (:class:`Abandoned`).
+
+        Returns:
+            For each item, what can still never be written (empty: it is in the database now).
+
+        Raises:
+            Abandoned: the database stayed unreachable or refusing for ``timeout_s``; nothing is known written.
+        """
+        self._stop.clear()
+        batch = [_Message(-1, 0, 0, d.topic or "", *self._replayed(d)) for d in items]
+        timer = threading.Timer(timeout_s, self._stop.set)
+        timer.daemon = True
+        timer.start()
+        try:
+            out: list[list[DeadLetter]] = []
+            size = self.config.batch.max_messages
+            for i in range(0, len(batch), size):
+                out.extend(self._write(batch[i:i + size]))
+            return out
+        finally:
+            timer.cancel()
+
+    def _replayed(self, d: DeadLetter) -> tuple[Converted, bool, bytes]:
+        """What a stored item converts to now: (converted, dup, encoded lines)."""
+        topic = d.topic or ""
+        if d.kind == "line":
+            try:
+                line = d.content.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return Converted(rejects=[Reject("invalid_text", f"the stored line is not UTF-8: {exc}", d.content,
+                                                 "line", d.reading_id)]), False, b""
+            source = d.reading_id if d.reading_id else "line:replay"
+            return Converted(lines=[line], sources=[source], readings=1 if d.reading_id else 0), False, d.content
+        if d.kind == "reading":
+            converted, body = self._convert(topic, self._batch_of_one(topic, d.content))
+        else:
+            converted, body = self._convert(topic, d.content)
+        return converted, False, body
+
+    def _batch_of_one(self, topic: str, reading: bytes) -> bytes:
+        """A readings batch holding one stored reading, as its gateway would have sent it on ``topic``."""
+        prefix = self._serializer.prefix
+        parts = topic[len(prefix):].split("/") if topic.startswith(prefix) else []
+        gateway = parts[0] if parts else ""
+        lane = parts[2] if len(parts) == 3 and parts[2] in LANES else "telemetry"
+        info = self.registry.lookup(gateway) if gateway else None
+        head = json.dumps({"schema": READINGS_SCHEMA, "gateway": gateway, "site": info.site if info else "unknown",
+                           "lane": lane, "sent_us": time.time_ns() // 1000})
+        # The reading's own bytes go in unchanged: the converter judges them as it did the first time.
+        return head[:-1].encode() + b', "readings": [' + reading + b"]}"
+
+    # -- health -----------------------------------------------------------------------------------------------
+    def _db_ok(self) -> bool:
+        return not self._policy.failing and self._health_write_ok
+
+    def status_text(self) -> str:
+        """The systemd status line: broker and database state, readings/min, lag p99, dead letters."""
+        return self.health.status_line(self.counters(), db_ok=self._db_ok(),
+                                       db_name="influx" if self.config.sink.type == "v1" else "database")
+
+    def _health_main(self) -> None:
+        """The status line (every ``health.status_interval_s`` when it changed, at once on a connection change)
+        and, when enabled, the health points every ``health.interval_s``."""
+        cfg = self.config.health
+        line = systemd.StatusLine(cfg.status_interval_s)
+        next_point = time.monotonic() + cfg.interval_s
+        while True:
+            now = time.monotonic()
+            self._health_wake.wait(max(0.0, min(next_point, now + cfg.status_interval_s) - now))
+            forced = self._health_wake.is_set()
+            self._health_wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                if time.monotonic() >= next_point:
+                    next_point += cfg.interval_s
+                    if next_point <= time.monotonic():  # a stall (suspend, a slow database): count from now
+                        next_point = time.monotonic() + cfg.interval_s
+                    if cfg.enabled:
+                        self._write_health()
+                if self._ready_sent:
+                    line.update(self.status_text, force=forced)
+            except Exception:  # noqa: BLE001 - the report must never stop the bridge
+                log.exception("bridge: the health report failed")
+
+    def _write_health(self) -> None:
+        """One interval's points, written once: a failing database drops them (counted), nothing is queued."""
+        try:
+            report = self.health.report(self.counters(), db_write_ok=not self._policy.failing)
+        except Exception:  # noqa: BLE001 - a bug here must not stop the readings
+            log.exception("bridge: building the health points failed")
+            return
+        if self._health_sink is None:
+            return
+        try:
+            self._health_sink.write("\n".join(report.lines).encode())
+        except SinkError as exc:
+            self.health.dropped += len(report.lines)
+            if self._health_write_ok:
+                log.warning("bridge: health points not written (%s); they are dropped until the database works",
+                            exc)
+            self._health_write_ok = False
+            return
+        except Exception:  # noqa: BLE001 - same: count it and go on
+            self.health.dropped += len(report.lines)
+            self._health_write_ok = False
+            log.exception("bridge: writing the health points failed")
+            return
+        self._health_write_ok = True
 
     # -- MQTT -------------------------------------------------------------------------------------------------
     def _new_client(self) -> mqtt.Client:
@@ -315,6 +481,7 @@ class Bridge:
                       f" ({hint})" if hint else "")
             return
         self._broker_unreachable_logged = False
+        self.health.broker_connected = True
         log.info("MQTT: connected to %s:%d (session present: %s)", cfg.host, cfg.port,
                  bool(getattr(flags, "session_present", False)))
         if self._retiring:
@@ -342,6 +509,11 @@ class Bridge:
         if not failed:
             log.info("MQTT: subscribed to %s", ", ".join(self.config.mqtt.subscriptions()))
             self._subscribed.set()
+            if not self._ready_sent:
+                # systemd (Type=notify) counts the bridge started once it takes messages.
+                self._ready_sent = True
+                systemd.ready()
+            self._health_wake.set()
 
     def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
                         properties: Properties | None) -> None:
@@ -355,6 +527,8 @@ class Bridge:
             self._unacked = 0  # what was not acknowledged comes again on the next connection
         self._subscribed.clear()
         self._unsubscribed.clear()
+        self.health.broker_connected = False
+        self._health_wake.set()
         if not self._stop.is_set():
             log.warning("MQTT: disconnected from %s:%d (%s); reconnecting, unacknowledged messages will come again",
                         self.config.mqtt.host, self.config.mqtt.port, reason)
@@ -369,6 +543,7 @@ class Bridge:
             return  # not acknowledged: the broker sends it again to the next bridge run
         topic = msg.topic
         converted, body = self._convert(topic, msg.payload)
+        self.health.note_message(converted.gateway, converted.readings)
         with self._ack_lock:
             self._unacked += 1
             session = self._session
@@ -528,13 +703,24 @@ class Bridge:
                                         "items are removed (%d so far)", self._dead.path, self._dead.evicted)
 
     def _flush_batch(self, batch: list[_Message]) -> None:
+        dead = self._write(batch)
+        self._store_dead([d for items in dead for d in items])
+        self._ack(batch)
+
+    def _write(self, batch: list[_Message]) -> list[list[DeadLetter]]:
+        """Write a batch's lines; returns, per message, what can never be written (its dead letters).
+
+        Raises:
+            Abandoned: the bridge is stopping while the database fails; nothing of the batch is known written.
+        """
+        per_message: list[list[DeadLetter]] = [[] for _ in batch]
         all_lines: list[str] = []
         sources: list[str] = []
         bounds: list[int] = []
         bodies: list[bytes] = []
-        dead: list[DeadLetter] = []
-        for m in batch:
+        for k, m in enumerate(batch):
             conv = m.converted
+            dead = per_message[k]
             all_lines.extend(conv.lines)
             sources.extend(conv.sources)
             bounds.append(len(all_lines))
@@ -550,23 +736,25 @@ class Bridge:
         started = time.monotonic()
         refused = self._policy.write(all_lines, b"\n".join(bodies)) if all_lines else []
         for r in refused:
-            owner = batch[bisect_right(bounds, r.index)]
+            k = bisect_right(bounds, r.index)
+            owner, dead = batch[k], per_message[k]
             rid = sources[r.index]
             dead.append(DeadLetter("rejected_by_server", r.error, "line", all_lines[r.index].encode(), owner.topic,
                                    _reading_id(rid)))
             self._note_reject("rejected_by_server", r.error, owner.topic, _reading_id(rid))
-        self._store_dead(dead)
+        if all_lines:
+            self.health.note_written(all_lines, sources, {r.index for r in refused})
         stats = self.stats
         stats["batches"] += 1
         stats["lines_written"] += len(all_lines) - len(refused)
         stats["lines_refused"] += len(refused)
         stats["readings_written"] += sum(m.converted.readings for m in batch)
-        stats["dead_letters"] += len(dead)
-        self._ack(batch)
+        stats["dead_letters"] += sum(len(d) for d in per_message)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("bridge: batch of %d messages (%d redelivered), %d lines written, %d refused, in %.1f ms",
                       len(batch), sum(m.dup for m in batch), len(all_lines) - len(refused), len(refused),
                       (time.monotonic() - started) * 1000)
+        return per_message
 
     def _ack(self, batch: list[_Message]) -> None:
         client = self._client

@@ -50,6 +50,7 @@ __all__ = [
     "BridgeMqttConfig",
     "DeadLetterConfig",
     "GatewaysConfig",
+    "HealthConfig",
     "LimitsConfig",
     "MqttLoginConfig",
     "SinkConfig",
@@ -524,6 +525,30 @@ class LimitsConfig(ConfigSection):
         return int(self.max_message_kb * 1024)
 
 
+class HealthConfig(ConfigSection):
+    """The bridge's report on itself: ``bridge_health`` points in its database and the systemd status line."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Write bridge_health points (readings written, dead letters by reason, lag, gateways heard, "
+        "broker and database state) to the sink every interval_s; the fleet dashboard's bridge row shows them.",
+    )
+    interval_s: float = Field(
+        default=60.0, ge=1, le=3600,
+        description="Seconds between bridge_health points (1..3600). A point that cannot be written (database "
+        "failing) is dropped and counted, never queued.",
+    )
+    status_interval_s: float = Field(
+        default=5.0, ge=1, le=600,
+        description="Seconds between updates of the systemd status line (STATUS=, shown by systemctl status).",
+    )
+    max_gateways: int = Field(
+        default=1000, ge=1, le=100_000,
+        description="Gateways reported per interval at most (one point each, only gateways heard in the "
+        "interval); more are counted in the field gateways_over_limit.",
+    )
+
+
 class BridgeConfig(ConfigSection):
     """The whole bridge configuration (one YAML file)."""
 
@@ -536,6 +561,7 @@ class BridgeConfig(ConfigSection):
         description="The gateway registry (site of each gateway). Without it every gateway's site is 'unknown'.",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Bounds on hostile input.")
+    health: HealthConfig = Field(default_factory=HealthConfig, description="The bridge's own health points.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
 
     @model_validator(mode="after")
@@ -555,7 +581,7 @@ class BridgeConfig(ConfigSection):
     def _empty_sections(cls, data: object) -> object:
         # A section left with nothing under it (every line commented out) means "all defaults".
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if not (v is None and k in ("mqtt", "batch", "dead_letter", "limits", "log"))}
+            return {k: v for k, v in data.items() if not (v is None and k in ("mqtt", "batch", "dead_letter", "limits", "health", "log"))}
         return data
 
 

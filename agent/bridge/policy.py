@@ -140,6 +140,11 @@ class WritePolicy:
             return []
         return self._put(list(range(len(lines))), lines, body)
 
+    @property
+    def failing(self) -> bool:
+        """Whether the last write attempt failed for the database's sake (down, refusing); False once one works."""
+        return self._failing_since is not None
+
     # -- one group of lines -----------------------------------------------------------------------------------
     def _put(self, idx: list[int], lines: Sequence[str], body: bytes | None = None) -> list[RejectedLine]:
         if body is None:

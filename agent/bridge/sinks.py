@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import urllib3
 
 from agent.bridge.config import SinkConfig
-from agent.bridge.errors import SinkError, SinkUnavailable, classify_response
+from agent.bridge.errors import BridgeError, SinkError, SinkUnavailable, classify_response
 
 __all__ = ["Sink", "V1Sink", "V2Sink", "make_sink"]
 
@@ -116,9 +116,13 @@ class V2Sink:
 
     def __init__(self, config: SinkConfig) -> None:
         # Imported here: only the bridge needs influxdb-client (the "bridge" extra); the gateway never loads it.
-        from influxdb_client import InfluxDBClient, WritePrecision  # noqa: PLC0415
-        from influxdb_client.client.write_api import SYNCHRONOUS  # noqa: PLC0415
-        from influxdb_client.rest import ApiException  # noqa: PLC0415
+        try:
+            from influxdb_client import InfluxDBClient, WritePrecision  # noqa: PLC0415
+            from influxdb_client.client.write_api import SYNCHRONOUS  # noqa: PLC0415
+            from influxdb_client.rest import ApiException  # noqa: PLC0415
+        except ImportError as exc:
+            raise BridgeError(f"sink.type v2 needs influxdb-client, which is not installed ({exc.msg}): pip install "
+                              "'denen-agent[bridge]' (or use sink.type v1 for InfluxDB 1.x)") from exc
 
         self.config = config
         self.target = config.target()

@@ -459,4 +459,37 @@ def build(end_us: int, *, seed: int = 20240607) -> Scenario:
     sc.gateway_state(gw, t3 + 600 * S + 200_000, lamp="alarm", open_=2, unacknowledged=1)
     for g, (_, _, open_, _, _) in sc.states.items():
         assert open_ == sum(1 for a in sc.open_alerts if a[0] == g), f"{g}: open alerts and its state disagree"
+    bridge_health(sc, rnd)
     return sc
+
+
+def bridge_health(sc: Scenario, rnd: random.Random, *, interval_us: int = 5 * MIN_US) -> None:
+    """The bridge's own ``bridge_health`` points over the scenario, made by the bridge's code
+    (:class:`agent.bridge.health.HealthMonitor`) from what it would have seen: each gateway's messages until it
+    went quiet, readings written with their edge timestamps, a few dead letters, and a broker outage 20 h ago."""
+    from agent.bridge.health import HealthMonitor  # noqa: PLC0415 - only this scenario needs the bridge
+
+    now = [sc.start_us]
+    monitor = HealthMonitor("denen-bridge-backend-1", clock_us=lambda: now[0], monotonic=lambda: now[0] / US)
+    counters = {"readings_written": 0, "lines_written": 0, "messages": 0, "dead_letters": 0}
+    quiet_after = {"gw-tanba-traps-02": sc.end_us - 40 * MIN_US}
+    monitor.report(counters, db_write_ok=True)
+    for t in _times(sc.start_us + interval_us, sc.end_us, interval_us):
+        for gateway in sc.gateways:
+            if t <= quiet_after.get(gateway, sc.end_us + 1):
+                readings = rnd.randint(3, 30)
+                now[0] = t - rnd.randint(1, interval_us // US - 1) * US
+                monitor.note_message(gateway, readings)
+                edge = [now[0] - rnd.randint(200_000, 2_000_000) for _ in range(readings)]
+                monitor.note_written([f"heartbeat battery_v=3.5 {ts}" for ts in edge],
+                                     [f"{gateway}/5e000001/{i}" for i in range(readings)], set())
+                counters["readings_written"] += readings
+                counters["lines_written"] += 2 * readings
+                counters["messages"] += 1
+        if rnd.random() < 0.05:
+            reason = rnd.choice(["invalid_json", "rejected_by_server", "timestamp_in_future"])
+            counters[f"dead_letters.{reason}"] = counters.get(f"dead_letters.{reason}", 0) + 1
+            counters["dead_letters"] += 1
+        monitor.broker_connected = not sc.end_us - 20 * HOUR_US <= t < sc.end_us - 20 * HOUR_US + 15 * MIN_US
+        now[0] = t
+        sc.lines.extend(monitor.report(counters, db_write_ok=True).lines)

@@ -148,6 +148,12 @@ ALERT_LOOP_SCHEMA: dict[str, tuple[set[str], dict[str, str]]] = {
     "alert_ack": ({"gateway", "site", "type", "node", "action"}, {
         "by": "string", "from_ip": "string", "request_id": "string", "alert_id": "string", "since_us": "float",
         "ack_delay_s": "float", "result": "string"}),
+    # The bridge's report on itself (agent/bridge/health.py): one measurement, a tag per kind of point.
+    "bridge_health": ({"client_id", "reason", "gateway"}, {
+        "readings": "float", "lines": "float", "messages": "float", "dead_letters": "float",
+        "readings_per_min": "float", "broker_connected": "float", "db_write_ok": "float", "interval_s": "float",
+        "health_dropped": "float", "lag_p50_ms": "float", "lag_p99_ms": "float", "lag_max_ms": "float",
+        "reason_dead_letters": "float", "gateway_messages": "float", "gateway_readings": "float"}),
 }
 
 

@@ -34,20 +34,20 @@ import os
 import pwd
 import re
 import shutil
-import socket
-import ssl
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent import clock
-from agent.config import Config, RadioConfig, is_loopback_host, load_config
 from agent.errors import AgentError, ConfigError
-from agent.journal import check_files
+
+# The CLI imports this module to build its parser: config models (pydantic), the journal, ctypes (clock), socket
+# and ssl load inside the checks that use them.
+if TYPE_CHECKING:
+    from agent.config import Config, RadioConfig
 
 __all__ = [
     "Check",
@@ -100,6 +100,8 @@ class Check:
 
 def _kernel_clock_synced() -> bool | None:
     # The three-way answer (None: cannot tell), not the agent's trust decision.
+    from agent import clock  # noqa: PLC0415
+
     return clock.kernel_synced()
 
 
@@ -459,6 +461,8 @@ def _check_radio(radio: RadioConfig, timeout_s: float, host: Host, agent_pid: in
 
 def _close_sockets_left_in(exc: BaseException) -> None:
     """Close sockets paho opened but did not close before raising (paho 2.2 leaks one on a failed TLS handshake)."""
+    import socket  # noqa: PLC0415
+
     tb = exc.__traceback__
     while tb is not None:
         for value in tb.tb_frame.f_locals.values():
@@ -471,6 +475,9 @@ def _close_sockets_left_in(exc: BaseException) -> None:
 
 
 def _check_broker(config: Config, timeout_s: float) -> Check:
+    import socket  # noqa: PLC0415
+    import ssl  # noqa: PLC0415
+
     import paho.mqtt.client as mqtt  # noqa: PLC0415
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: PLC0415
 
@@ -564,6 +571,8 @@ def _check_broker(config: Config, timeout_s: float) -> Check:
             how = f"TLS ({tls_version}, host name NOT checked)"
         user = f", user {cfg.username}" if cfg.username else ", anonymous"
         summary = f"{where}: connected with {how}{user}"
+        from agent.config import is_loopback_host  # noqa: PLC0415
+
         if tls is None and not is_loopback_host(cfg.host):
             # Allowed only with an explicit tls: false; still a problem to fix, not a state to call ok.
             return Check("broker", FAIL, f"{where}: plain TCP to a broker on another machine (tls: false): the MQTT "
@@ -592,6 +601,8 @@ def _check_broker(config: Config, timeout_s: float) -> Check:
 
 
 def _check_clock(host: Host) -> Check:
+    from agent import clock  # noqa: PLC0415
+
     now_us = host.now_us()
     stamp = datetime.datetime.fromtimestamp(now_us / 1e6, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     if now_us < clock.EPOCH_FLOOR_US:
@@ -620,6 +631,8 @@ def _journal_bytes(path: str) -> int:
 
 
 def _check_journal(config: Config) -> Check:
+    from agent.journal import check_files  # noqa: PLC0415
+
     path = config.journal.path
     folder = Path(path).parent
     quota = int(config.journal.quota_mb * _MIB)
@@ -801,6 +814,7 @@ def run_checks(config_path: str | None, *, timeout_s: float = 3.0, host: Host | 
         search: flashed-bundle search paths when ``config_path`` is None.
         state_dir: the agent's state folder when ``config_path`` is None.
     """
+    from agent.config import load_config  # noqa: PLC0415
     from agent.flash import resolve_active_config  # noqa: PLC0415
 
     host = host or Host()

@@ -14,7 +14,9 @@ An SQLite file (WAL, ``synchronous=FULL``), one row per rejected item:
 ``content``     the bytes themselves, so nothing is lost and an operator can fix and replay them
 ==============  ================================================================================================
 
-Inspect it with ``sqlite3 <path> 'SELECT reason, detail, reading_id FROM dead_letter'``.
+Read, replay and purge it with ``denen bridge dead-letters list|show|replay|purge`` (:mod:`agent.bridge.
+deadletter_cli`), also while the bridge runs: every connection waits up to :data:`BUSY_TIMEOUT_MS` for another's
+transaction, and the bridge notices rows removed by another process (``PRAGMA data_version``) before it evicts.
 
 Bounded: a hostile gateway can send bad messages as fast as the broker lets it, so the store holds at most
 ``max_bytes`` of content (default 256 MiB); past that the oldest items go first, counted in :attr:`evicted`.
@@ -35,7 +37,8 @@ from pathlib import Path
 from agent.bridge.errors import BridgeError
 from agent.securefile import prepare_private_file
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ITEM_BYTES", "DeadLetter", "DeadLetterStore"]
+__all__ = ["BUSY_TIMEOUT_MS", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_ITEM_BYTES", "DeadLetter", "DeadLetterStore",
+           "StoredItem"]
 
 #: Default cap on the content the store holds, in bytes.
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -55,6 +58,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 );
 CREATE INDEX IF NOT EXISTS dead_letter_reason ON dead_letter (reason);
 """
+
+#: How long a connection waits for another's write transaction (the bridge's, or a dead-letters command's), in ms.
+BUSY_TIMEOUT_MS = 10_000
 
 #: Bytes the WAL file is truncated to after a checkpoint.
 _WAL_LIMIT = 4 * 1024 * 1024
@@ -87,6 +93,17 @@ class DeadLetter:
     reading_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    """One row of the store: its id, when it was stored (µs since the epoch), its size in bytes, and the item
+    (``content`` is empty when the row was listed without it)."""
+
+    id: int
+    stored_us: int
+    size: int
+    item: DeadLetter
+
+
 class DeadLetterStore:
     """Owned by one thread (the bridge's writer); open, add in one transaction per batch, close.
 
@@ -109,18 +126,33 @@ class DeadLetterStore:
         try:
             prepare_private_file(self.path, what="dead-letter store")
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # Set first: the journal_mode change below takes a lock a concurrent command may hold.
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             # After a checkpoint the WAL file is cut back to this size instead of staying at its largest, so the
             # files on disk stay near max_bytes (pages freed by eviction are reused by later items).
             self._db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
             self._db.executescript(_SCHEMA)
-            self._bytes = self._db.execute("SELECT coalesce(sum(length(content)), 0) FROM dead_letter").fetchone()[0]
+            self._bytes = self._content_bytes()
+            self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
         except (sqlite3.Error, OSError) as exc:
             if self._db is not None:
                 self._db.close()
             raise BridgeError(f"cannot open the dead-letter store {self.path}: {exc} (check dead_letter.path and "
                               "that the bridge's user may write there)") from exc
+
+    def _content_bytes(self) -> int:
+        assert self._db is not None
+        return self._db.execute("SELECT coalesce(sum(length(content)), 0) FROM dead_letter").fetchone()[0]
+
+    def _sync(self) -> None:
+        """Recount the content held when another connection changed the file (a purge or replay command)."""
+        assert self._db is not None
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._version = version
+            self._bytes = self._content_bytes()
 
     @property
     def bytes_held(self) -> int:
@@ -157,7 +189,8 @@ class DeadLetterStore:
         assert db is not None
         try:
             with db:
-                db.execute("BEGIN")
+                db.execute("BEGIN IMMEDIATE")
+                self._sync()
                 # Room first, then the new items: the file never holds more than max_bytes plus one item.
                 evicted, freed = self._evict(db, self._bytes + added - self.max_bytes)
                 db.executemany(
@@ -202,6 +235,124 @@ class DeadLetterStore:
             f"SELECT reason, detail, kind, content, topic, reading_id FROM dead_letter {where} ORDER BY id LIMIT ?",
             args).fetchall()
         return [DeadLetter(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+
+    # -- reading and changing single rows (denen bridge dead-letters) ------------------------------------------
+    def rows(self, *, ids: Iterable[int] | None = None, reason: str | None = None, since_us: int | None = None,
+             before_us: int | None = None, limit: int | None = None) -> list[StoredItem]:
+        """Rows matching every filter given, oldest first, without their content (``size`` says how large).
+
+        Args:
+            ids: only these ids.
+            reason: only this reason.
+            since_us, before_us: only rows stored at or after / before this time, µs since the epoch.
+            limit: the newest ``limit`` rows of those (still listed oldest first).
+        """
+        where, args = self._where(ids, reason, since_us, before_us)
+        sql = (f"SELECT id, stored_us, length(content), reason, detail, kind, topic, reading_id FROM dead_letter"
+               f"{where} ORDER BY id DESC")
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        assert self._db is not None
+        rows = self._db.execute(sql, args).fetchall()
+        return [StoredItem(r[0], r[1], r[2], DeadLetter(r[3], r[4], r[5], b"", r[6], r[7])) for r in reversed(rows)]
+
+    def get(self, item_id: int) -> StoredItem | None:
+        """One row with its content, or None when there is no such id."""
+        assert self._db is not None
+        r = self._db.execute("SELECT id, stored_us, length(content), reason, detail, kind, topic, reading_id, "
+                             "content FROM dead_letter WHERE id = ?", (item_id,)).fetchone()
+        if r is None:
+            return None
+        return StoredItem(r[0], r[1], r[2], DeadLetter(r[3], r[4], r[5], bytes(r[8]), r[6], r[7]))
+
+    @staticmethod
+    def _where(ids: Iterable[int] | None, reason: str | None, since_us: int | None,
+               before_us: int | None) -> tuple[str, list[object]]:
+        clauses: list[str] = []
+        args: list[object] = []
+        if ids is not None:
+            id_list = sorted(set(ids))
+            clauses.append(f"id IN ({','.join('?' * len(id_list))})" if id_list else "0")
+            args.extend(id_list)
+        if reason is not None:
+            clauses.append("reason = ?")
+            args.append(reason)
+        if since_us is not None:
+            clauses.append("stored_us >= ?")
+            args.append(since_us)
+        if before_us is not None:
+            clauses.append("stored_us < ?")
+            args.append(before_us)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+    def delete(self, *, ids: Iterable[int] | None = None, reason: str | None = None, before_us: int | None = None,
+               everything: bool = False) -> int:
+        """Delete the rows matching every filter given (at least one filter, or ``everything``); returns how many.
+
+        Raises:
+            ValueError: no filter and not ``everything``.
+            BridgeError: the store cannot be written.
+        """
+        if ids is None and reason is None and before_us is None and not everything:
+            raise ValueError("delete needs ids, a reason, a time or everything=True")
+        where, args = self._where(ids, reason, None, before_us)
+        assert self._db is not None
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                freed = self._db.execute(f"SELECT coalesce(sum(length(content)), 0) FROM dead_letter{where}",
+                                         args).fetchone()[0]
+                count = self._db.execute(f"DELETE FROM dead_letter{where}", args).rowcount
+            self._bytes -= freed
+        except sqlite3.Error as exc:
+            raise BridgeError(f"cannot change the dead-letter store {self.path}: {exc}") from exc
+        return count
+
+    def settle(self, item_id: int, remaining: list[DeadLetter]) -> str:
+        """Record the outcome of replaying row ``item_id``, in one transaction.
+
+        Nothing remaining: the row is removed (``"removed"``). One item of the row's kind: the row stays, with that
+        item's reason, detail and content (``"kept"``). Otherwise the row is replaced by the remaining items
+        (``"split"``: part of a payload was written, the rest is stored as new rows).
+
+        Raises:
+            BridgeError: the store cannot be written.
+        """
+        assert self._db is not None
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute("SELECT kind, length(content) FROM dead_letter WHERE id = ?",
+                                       (item_id,)).fetchone()
+                change = 0
+                if row is None:
+                    outcome = "gone"  # purged meanwhile
+                elif not remaining:
+                    self._db.execute("DELETE FROM dead_letter WHERE id = ?", (item_id,))
+                    change = -row[1]
+                    outcome = "removed"
+                elif len(remaining) == 1 and remaining[0].kind == row[0]:
+                    d = remaining[0]
+                    content = bytes(d.content)[:self.max_item_bytes]
+                    self._db.execute("UPDATE dead_letter SET reason = ?, detail = ?, content = ? WHERE id = ?",
+                                     (_text(d.reason, 64), _text(d.detail), content, item_id))
+                    change = len(content) - row[1]
+                    outcome = "kept"
+                else:
+                    self._db.execute("DELETE FROM dead_letter WHERE id = ?", (item_id,))
+                    now = time.time_ns() // 1000
+                    rows = [(now, _text(d.reason, 64), _text(d.detail), _text(d.topic, 1024), _text(d.reading_id, 256),
+                             d.kind, bytes(d.content)[:self.max_item_bytes]) for d in remaining]
+                    self._db.executemany(
+                        "INSERT INTO dead_letter (stored_us, reason, detail, topic, reading_id, kind, content) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                    change = sum(len(r[6]) for r in rows) - row[1]
+                    outcome = "split"
+            self._bytes += change
+        except sqlite3.Error as exc:
+            raise BridgeError(f"cannot change the dead-letter store {self.path}: {exc}") from exc
+        return outcome
 
     def close(self) -> None:
         if self._db is not None:

@@ -22,10 +22,9 @@ import logging
 import re
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["DEFAULT_CONFIG", "add_arguments", "main", "parse_time"]
+__all__ = ["DEFAULT_CONFIG", "add_arguments", "escape", "main", "parse_time", "show_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +44,8 @@ def parse_time(text: str, *, now: float | None = None) -> float:
     Raises:
         ValueError: neither form, with a message naming both.
     """
+    from datetime import datetime  # noqa: PLC0415 - kept off the CLI's start-up
+
     value = text.strip()
     match = _RELATIVE_RE.match(value)
     if match:
@@ -134,18 +135,239 @@ def main(args: argparse.Namespace) -> int:
     return handler(args)
 
 
+class _Refused(Exception):
+    """A command that cannot go on: its message is printed as one line."""
+
+
+def _open(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(config, store) of ``args.config``; the store must exist (a missing one is not created here)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from agent.bridge.config import load_bridge_config  # noqa: PLC0415
+    from agent.bridge.deadletter import DeadLetterStore  # noqa: PLC0415
+
+    config = load_bridge_config(args.config)
+    path = Path(config.dead_letter.path)
+    if not path.exists():
+        raise _Refused(f"no dead-letter store at {path} (nothing was dead-lettered yet, or dead_letter.path in "
+                       f"{args.config} differs from the running bridge's)")
+    store = DeadLetterStore(path, max_bytes=config.dead_letter.max_bytes,
+                            max_item_bytes=config.dead_letter.max_item_bytes)
+    return config, store
+
+
+def _gateway(topic: str | None, reading_id: str | None, prefix: str) -> str:
+    """The gateway an item came from: the topic's gateway level, else the reading id's first part, else ''."""
+    head = prefix.rstrip("/") + "/"
+    if topic and topic.startswith(head):
+        return topic[len(head):].split("/", 1)[0]
+    if reading_id and "/" in reading_id:
+        return reading_id.split("/", 1)[0]
+    return ""
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def escape(text: str) -> str:
+    """Text safe for a terminal: control characters (C0, DEL, C1: the start of every terminal escape sequence),
+    line and paragraph separators and other unprintable characters become ``\\n``, ``\\xNN``, ``\\uNNNN``; a
+    backslash is doubled so an escape cannot be faked. Printable text (Japanese among it) is kept.
+
+    A character U+DC80..U+DCFF (how :func:`show_bytes` carries a byte that is not UTF-8) becomes ``\\xNN`` of
+    that byte."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for c in text:
+        o = ord(c)
+        if c in _NAMED:
+            out.append(_NAMED[c])
+        elif c.isprintable():
+            out.append(c)
+        elif 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o < 0x100:
+            out.append(f"\\x{o:02x}")
+        else:
+            out.append(f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return "".join(out)
+
+
+def show_bytes(content: bytes) -> str:
+    """Stored bytes for the terminal, on one line: UTF-8 text as :func:`escape` shows it, each byte that is not
+    UTF-8 as ``\\xNN``."""
+    return escape(content.decode("utf-8", "surrogateescape"))
+
+
+def _when(us: int) -> str:
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    return datetime.fromtimestamp(us / 1e6, UTC).astimezone().isoformat(timespec="seconds")
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _run(args: argparse.Namespace, body: Any) -> int:
+    """Open the store, run ``body(config, store)``, close it. A refusal is one line on stderr and exit code 1;
+    a config or store error (:class:`agent.errors.AgentError`) goes to the CLI, which prints it as one line."""
+    try:
+        config, store = _open(args)
+    except _Refused as exc:
+        print(f"denen: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return int(body(config, store))
+    except _Refused as exc:
+        print(f"denen: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+
+
 def _list(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    def body(config: Any, store: Any) -> int:
+        since = int(args.since * 1e6) if args.since is not None else None
+        prefix = config.mqtt.topic_prefix
+        # The gateway is read from the topic, so its filter applies after the query; without it the limit does.
+        limit = None if args.gateway else max(1, args.limit)
+        rows = store.rows(reason=args.reason, since_us=since, limit=limit)
+        shown = [(r, _gateway(r.item.topic, r.item.reading_id, prefix)) for r in rows]
+        if args.gateway:
+            shown = [(r, g) for r, g in shown if g == args.gateway][-max(1, args.limit):]
+        if args.json:
+            for r, g in shown:
+                print(json.dumps({"id": r.id, "stored": _when(r.stored_us), "stored_us": r.stored_us, "gateway": g,
+                                  "reason": r.item.reason, "kind": r.item.kind, "size": r.size,
+                                  "topic": r.item.topic, "reading_id": r.item.reading_id}, ensure_ascii=False))
+            return 0
+        if not shown:
+            print("no dead letters" + (" matching the filters" if args.reason or args.gateway or since else ""))
+            return 0
+        print(f"{'ID':>7}  {'STORED':<25}  {'GATEWAY':<20}  {'REASON':<22}  {'KIND':<7}  SIZE")
+        for r, g in shown:
+            print(f"{r.id:>7}  {_when(r.stored_us):<25}  {escape(g)[:20]:<20}  {escape(r.item.reason)[:22]:<22}  "
+                  f"{r.item.kind:<7}  {_size(r.size)}")
+        total = store.count()
+        if total > len(shown):
+            print(f"({len(shown)} shown of {total} in the store)")
+        return 0
+
+    return _run(args, body)
 
 
 def _show(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    def body(config: Any, store: Any) -> int:
+        r = store.get(args.id)
+        if r is None:
+            raise _Refused(f"no dead letter with id {args.id} in {store.path} (see 'denen bridge dead-letters list')")
+        d = r.item
+        gateway = _gateway(d.topic, d.reading_id, config.mqtt.topic_prefix)
+        if args.json:
+            try:
+                content: Any = d.content.decode("utf-8")
+                encoding = "utf-8"
+            except UnicodeDecodeError:
+                import base64  # noqa: PLC0415
+
+                content, encoding = base64.b64encode(d.content).decode(), "base64"
+            print(json.dumps({"id": r.id, "stored": _when(r.stored_us), "stored_us": r.stored_us, "gateway": gateway,
+                              "reason": d.reason, "detail": d.detail, "kind": d.kind, "topic": d.topic,
+                              "reading_id": d.reading_id, "size": r.size, "content": content,
+                              "content_encoding": encoding}, ensure_ascii=True))
+            return 0
+        print(f"id:         {r.id}")
+        print(f"stored:     {_when(r.stored_us)}")
+        print(f"reason:     {escape(d.reason)}")
+        print(f"gateway:    {escape(gateway) or '-'}")
+        print(f"topic:      {escape(d.topic) if d.topic is not None else '-'}")
+        print(f"reading id: {escape(d.reading_id) if d.reading_id else '-'}")
+        print(f"kind:       {d.kind} ({_size(r.size)})")
+        print("detail:")
+        for line in d.detail.splitlines() or [""]:  # a stored traceback keeps its lines, each escaped
+            print(f"  {escape(line)}")
+        print("content (control characters and bytes that are not UTF-8 escaped):")
+        print(f"  {show_bytes(d.content)}")
+        return 0
+
+    return _run(args, body)
+
+
+def _selection(args: argparse.Namespace, verb: str, extra: bool = False) -> None:
+    given = bool(args.ids) + (args.reason is not None) + bool(args.all) + extra
+    if given == 0:
+        raise _Refused(f"say what to {verb}: item ids, --reason R" + (", --before T" if verb == "purge" else "")
+                       + " or --all")
+    if args.all and given > 1:
+        raise _Refused("--all cannot be combined with ids or other filters")
 
 
 def _replay(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    def body(config: Any, store: Any) -> int:
+        from agent.bridge.bridge import Bridge  # noqa: PLC0415
+        from agent.bridge.policy import Abandoned  # noqa: PLC0415
+
+        _selection(args, "replay")
+        rows = store.rows(ids=args.ids or None, reason=args.reason)
+        if args.ids:
+            missing = sorted(set(args.ids) - {r.id for r in rows})
+            if missing:
+                raise _Refused(f"no dead letter with id {', '.join(map(str, missing))} in {store.path}")
+        if not rows:
+            print("nothing to replay")
+            return 0
+        # The bridge's own write path, with its health points and MQTT left out: nothing is subscribed to.
+        bridge = Bridge(config.model_copy(update={"health": config.health.model_copy(update={"enabled": False})}))
+        counts = {"removed": 0, "kept": 0, "split": 0, "gone": 0}
+        reasons: dict[str, int] = {}
+        try:
+            chunk = config.batch.max_messages
+            for i in range(0, len(rows), chunk):
+                part = rows[i:i + chunk]
+                items = [store.get(r.id) for r in part]
+                present = [it for it in items if it is not None]
+                try:
+                    outcomes = bridge.replay([it.item for it in present], timeout_s=args.timeout)
+                except Abandoned as exc:
+                    raise _Refused(f"the database could not be written for {args.timeout:g} s ({exc}); "
+                                   f"{counts['removed']} items replayed so far, the rest stay in the store") from None
+                for it, remaining in zip(present, outcomes, strict=True):
+                    outcome = store.settle(it.id, remaining)
+                    counts[outcome] += 1
+                    for d in remaining:
+                        reasons[d.reason] = reasons.get(d.reason, 0) + 1
+        finally:
+            bridge.close()
+        failed = counts["kept"] + counts["split"]
+        print(f"replayed {len(rows)} items: {counts['removed']} written and removed from the store, {failed} "
+              f"failed again and stay" + (f" ({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))})"
+                                          if reasons else "")
+              + (f"; {counts['split']} of them were written in part (the rest stored as new items)"
+                 if counts["split"] else "")
+              + (f"; {counts['gone']} were purged meanwhile" if counts["gone"] else ""))
+        return 0 if failed == 0 else 1
+
+    return _run(args, body)
 
 
 def _purge(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    def body(config: Any, store: Any) -> int:
+        _selection(args, "purge", extra=args.before is not None)
+        before = int(args.before * 1e6) if args.before is not None else None
+        ids = args.ids or None
+        if not args.yes:
+            n = len(store.rows(ids=ids, reason=args.reason, before_us=before))
+            print(f"would delete {n} dead letters from {store.path}; they are the only copy of what the bridge could "
+                  "not write: add --yes to delete them")
+            return 1
+        n = store.delete(ids=ids, reason=args.reason, before_us=before, everything=bool(args.all))
+        print(f"deleted {n} dead letters from {store.path}")
+        return 0
 
+    return _run(args, body)

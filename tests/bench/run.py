@@ -27,6 +27,9 @@ Sections (``--only`` takes a comma-separated list; default all):
               ``denen bridge`` processes sharing the subscription.
 ``fleet``     (h) ``tests.bench.bench_fleet``: 1,000 gateways (own logins, production ACL) against one Mosquitto and
               one ``denen bridge``: lag per phase, rates, backlog drain, loss.
+``startup``   ``tests.bench.bench_startup``: wall time of ``denen --help``, ``--version``, ``status -j J --json`` and
+              ``config validate`` of a 2,000-node config beside ``python -c pass`` in the same run, and the heavy
+              modules each one imports.
 
 Every trial runs in a fresh Python process, so no trial inherits threads, memory or interpreter settings (the
 gateway shortens the GIL switch interval) from another. Results are printed as a Markdown table and, with
@@ -80,7 +83,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "drain_rounds": 1,
     },
 }
-SECTIONS = ("anchors", "ab", "settings", "sos", "rss", "idle", "drain", "bridge", "fleet")
+SECTIONS = ("anchors", "ab", "settings", "sos", "rss", "idle", "drain", "bridge", "fleet", "startup")
 NAIVE_WINDOW = 100
 SOS_INTERVAL_S = 0.020
 TARGET_RATIO = 3.0
@@ -580,6 +583,22 @@ def _run_sections(runner: Runner, table: Table, plan: dict[str, Any], sections: 
         r = runner.trial("fleet", "h-fleet", dict(bench_fleet.PLANS["quick" if args.quick else "full"]), timeout=1800)
         if r is not None:
             bench_fleet.add_rows(table, r)
+
+    if "startup" in sections:
+        print("startup (tests.bench.bench_startup)", file=sys.stderr)
+        from tests.bench import bench_startup  # noqa: PLC0415
+
+        # Every figure is a fresh `denen` process already, so this runs here rather than in a trial process.
+        t = time.monotonic()
+        try:
+            r = bench_startup.run({**bench_startup.PLANS["quick" if args.quick else "full"],
+                                   "workdir": str(runner.workdir)})
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            runner.errors.append(f"startup: {type(exc).__name__}: {exc}")
+        else:
+            r["_wall_s"] = time.monotonic() - t
+            runner.raw["startup"].append(r)
+            bench_startup.add_rows(table, r)
 
 
 def _git_state() -> str:

@@ -21,7 +21,7 @@ import pytest
 
 from agent import systemd
 from agent.bridge import Bridge, BridgeError, parse_bridge_config
-from agent.bridge.health import LAG_SAMPLE_MAX, HealthMonitor
+from agent.bridge.health import LAG_LINES_PER_WRITE, LAG_SAMPLE_MAX, HealthMonitor
 from agent.bridge.sinks import make_sink
 from agent.devbroker import Mosquitto
 from tests.backend.grafana_expand import TimeRange, expand_influxql, iter_panels, panel_interval_ms
@@ -112,16 +112,21 @@ def test_gateway_points_are_bounded_and_lag_is_a_bounded_sample() -> None:
     mon = HealthMonitor("b", max_gateways=3, clock_us=lambda: clock.us, monotonic=lambda: clock.mono)
     for i in range(50):
         mon.note_message(f"gw-{i}", 1)
-    lines = [f"m f=1 {clock.us - (i % 1000) * 1000}" for i in range(3 * LAG_SAMPLE_MAX)]
-    mon.note_written(lines, ["gw-0/00000001/1"] * len(lines), set())
+    for w in range(3 * LAG_SAMPLE_MAX // LAG_LINES_PER_WRITE):
+        lines = [f"m f=1 {clock.us - (i % 1000) * 1000}" for i in range(LAG_LINES_PER_WRITE * w,
+                                                                      LAG_LINES_PER_WRITE * (w + 1))]
+        mon.note_written(lines, [f"gw-0/00000001/{i}" for i in range(len(lines))], set())
     assert len(mon._lags) == LAG_SAMPLE_MAX  # the reservoir holds no more, whatever the traffic
+    # A larger write is sampled: its lines are not all parsed, its oldest sampled one still counts.
+    big = [f"m f=1 {clock.us - 5_000_000}"] + [f"m f=1 {clock.us}" for _ in range(100 * LAG_LINES_PER_WRITE)]
+    mon.note_written(big, [f"gw-0/00000002/{i}" for i in range(len(big))], set())
     clock.advance(10)
     report = mon.report({}, db_write_ok=True).lines
     gateway_lines = [line for line in report if ",gateway=" in line]
     assert len(gateway_lines) == 3
     main = _fields(report[0])[1]
     assert main["gateways_over_limit"] == 47
-    assert main["lag_max_ms"] == pytest.approx(999.0)
+    assert main["lag_max_ms"] == pytest.approx(5000.0)
     assert 400 < main["lag_p50_ms"] < 600  # sampled, so near the true 499.5
 
 

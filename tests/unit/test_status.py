@@ -6,6 +6,7 @@ file is valid, so the two cannot drift apart (default value, relative paths).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,22 @@ def test_status_module_imports_no_pydantic_nor_rich() -> None:
             "print(sorted(m for m in ('pydantic', 'rich', 'agent.config', 'ruamel.yaml') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _imported(stderr: str) -> set[str]:
+    """Module names from ``-X importtime`` output."""
+    return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_status_json_loads_no_config_models_nor_rich(tmp_path: Path) -> None:
+    from agent.journal import Journal
+
+    Journal(tmp_path / "j.db", quota_bytes=1 << 20).close()
+    config = _write(tmp_path, GATEWAY + "journal:\n  path: j.db\n")
+    for where in (["-j", str(tmp_path / "j.db")], ["-c", config]):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "agent.cli", "status", *where, "--json"],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout)["journal"]["unsent"] == 0
+        loaded = _imported(proc.stderr)
+        assert {"pydantic", "agent.config", "rich"} & loaded == set(), where

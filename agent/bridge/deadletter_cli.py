@@ -229,6 +229,28 @@ def _run(args: argparse.Namespace, body: Any) -> int:
         return 1
     finally:
         store.close()
+        _keep_owner(store.path)
+
+
+def _keep_owner(path: Any) -> None:
+    """Run as root (``sudo``, ``docker compose exec``) beside a bridge that runs as its own user, SQLite may have
+    created the store's ``-wal``/``-shm`` files owned by root, which the bridge could then not open: give them back
+    to the store's owner."""
+    import os  # noqa: PLC0415
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    try:
+        owner = os.stat(path)
+    except OSError:
+        return
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            st = os.lstat(f"{path}{suffix}")
+            if st.st_uid != owner.st_uid or st.st_gid != owner.st_gid:
+                os.lchown(f"{path}{suffix}", owner.st_uid, owner.st_gid)
+        except OSError:
+            continue
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -324,3 +324,27 @@ def test_commands_beside_a_bridge_that_dead_letters_a_flood(tmp_path: Path, brok
         stop.set()
         pub.close()
         bridge.stop()
+
+
+def test_a_command_run_as_root_leaves_the_store_files_to_their_owner(store_config: Path, tmp_path: Path) -> None:
+    """sudo or docker compose exec beside a bridge that runs as its own user: SQLite's -wal and -shm files must not
+    stay root's, or the bridge could not open its store afterwards."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (it checks what a command run as root leaves behind)")
+    db = tmp_path / "dead.db"
+    os.chown(db, 10001, 10001)
+    # A connection that stays open keeps the WAL files (as a running bridge does).
+    holder = sqlite3.connect(db)
+    try:
+        holder.execute("SELECT count(*) FROM dead_letter").fetchone()
+        for suffix in ("-wal", "-shm"):
+            if Path(f"{db}{suffix}").exists():
+                os.chown(f"{db}{suffix}", 0, 0)
+        assert run("purge", "--reason", "invalid_json", "--yes", "-c", str(store_config)) == 0
+        for suffix in ("-wal", "-shm"):
+            st = os.stat(f"{db}{suffix}")
+            assert (st.st_uid, st.st_gid) == (10001, 10001), suffix
+    finally:
+        holder.close()

@@ -4,125 +4,363 @@
     denen flash CONFIG TARGET           validate a config and write it, with its credentials, onto an SD card / USB
     denen doctor [-c CONFIG]            one-screen health check of a gateway, each problem with a fix hint
     denen monitor [-c CONFIG]           live per-node view for placing sensors (RSSI, SNR, link margin)
-    denen config validate CONFIG...     check config files (gateway or bridge); file, line, key and a hint
-    denen config schema [-o PATH]       write the JSON Schema of the config (editor completion)
+    denen config validate CONFIG...     check config files (gateway, bridge or console); file, line, key and a hint
+    denen config example [NAME]         print a commented example config (without NAME: list them)
+    denen config schema [KIND] [-o P]   the JSON Schema of a config kind (editor completion), to stdout or P
     denen sim SCENARIO                  start simulated radio modules and nodes; prints their pty paths
-    denen status -c CONFIG | -j JOURNAL journal depth, oldest unsent reading, nodes, bad frames, reopens
+    denen status [-c CONFIG | -j JOURNAL]
+                                        journal depth, oldest unsent reading, nodes, bad frames, reopens
     denen node reset-counter NODE [-c CONFIG]
                                         reset a node's replay windows (its firmware was re-flashed); audited
     denen demo                          simulated forest and river -> agent -> broker -> live view
-    denen bridge -c BRIDGE_CONFIG       MQTT -> InfluxDB bridge, on the backend (config/bridge/bridge.yaml)
+    denen bridge -c BRIDGE_CONFIG       MQTT -> InfluxDB bridge, on the backend (denen config example bridge)
+    denen bridge dead-letters list|show|replay|purge
+                                        what the bridge could not write: read it, write it again, remove it
     denen console -c CONSOLE_CONFIG     alert acknowledgement pages for staff, on the backend
     denen ack link|ack|silence|test-chirp GATEWAY [KEY] [--by NAME]
                                         signed link to an alert's page; acknowledge, silence, test chirp
 
-Errors are one clear line and a hint, never a traceback (``--debug`` shows it).
+Errors are one clear line and a hint, never a traceback (``--debug`` shows it). Output cut short by a closed pipe
+(``denen status --json | head -1``) ends quietly with exit code 141, as a command killed by SIGPIPE does.
+
+Building the parser imports the standard library and the light argument modules only (doctor, flash, monitor,
+console.main, bridge.deadletter_cli, assets): pydantic, rich, paho, pyserial, cryptography and ruamel.yaml load
+inside the command that needs them, so ``denen --help`` starts at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
 import os
-import pwd
 import re
-import signal
-import sqlite3
 import sys
-import threading
-import time
-from pathlib import Path
-from typing import Any
+import textwrap
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.errors import AgentError, ConfigError
 
+if TYPE_CHECKING:
+    import sqlite3
+
 log = logging.getLogger("denen")
 
-DEFAULT_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "denen.schema.json"
+#: Python modules that come only with an extra of the package: a missing one is named with the extra to install.
+_EXTRA_OF_MODULE = {"influxdb_client": "bridge"}
+
+#: Exit code of output cut short by a closed pipe: what a shell reports for a command killed by SIGPIPE (13).
+EXIT_BROKEN_PIPE = 141
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+_MAIN_EPILOG = """\
+Examples:
+  denen demo                                   simulated field -> agent -> MQTT -> live view (needs mosquitto)
+  denen config example                         list the example configs
+  denen config example forest-sos > config.yaml
+  denen config validate config.yaml
+  denen flash config.yaml /media/$USER/bootfs  onto the gateway's SD card
+  denen COMMAND --help                         each command's options and examples
+"""
+
+_EPILOGS = {
+    "run": """\
+Examples:
+  denen run                               the config the agent would run: a flashed bundle (SD card / USB),
+                                          else the installed copy, else /etc/denen/config.yaml
+  denen run -c config.yaml                this file
+  sudo systemctl start denen              on a gateway: the service runs `denen run` (denen.service)
+""",
+    "doctor": """\
+Examples:
+  denen doctor                            check the gateway of the config the agent would run
+  denen doctor -c /etc/denen/config.yaml --json
+Exit codes: 0 all ok, 1 warnings, 2 failures.
+""",
+    "monitor": """\
+Examples:
+  denen monitor                           live view of the active config's nodes; Ctrl-C stops
+  denen monitor --once --json             one snapshot, as JSON
+  sudo -u denen denen monitor -j /var/lib/denen/journal.db
+""",
+    "config": """\
+Examples:
+  denen config example                    list the example configs
+  denen config example river-station > config.yaml
+  denen config validate config.yaml       every problem: file, line, key and a hint
+  denen config schema -o denen.schema.json
+                                          for editor completion beside config.yaml
+""",
+    "sim": """\
+Examples:
+  denen sim demo                          the demo's scenario: modules at /tmp/denen-sim/lora0, lora1
+  denen sim scenario.yaml --link-dir /tmp/sim --duration 60
+""",
+    "status": """\
+Examples:
+  denen status                            the journal of the config the agent would run
+  denen status -c /etc/denen/config.yaml --json
+  sudo -u denen denen status -j /var/lib/denen/journal.db
+""",
+    "node": """\
+Examples:
+  sudo -u denen denen node reset-counter trap-north-3
+  sudo -u denen denen node reset-counter 0x00a1b2c3 -c /etc/denen/config.yaml
+""",
+    "demo": """\
+Examples:
+  denen demo                              until Ctrl-C
+  denen demo --duration 60 --workdir /tmp/denen-demo
+                                          keep the journal, broker and agent logs in /tmp/denen-demo
+Needs Mosquitto (sudo apt-get install mosquitto); the demo starts its own on a free loopback port.
+""",
+    "bridge": """\
+Examples:
+  denen config example bridge > bridge.yaml        then set mqtt and sink
+  denen bridge -c bridge.yaml
+  denen bridge -c bridge.yaml --retire             take this bridge's client_id out of service
+  denen bridge dead-letters list -c bridge.yaml    what could not be written, and why
+The v2 sink (InfluxDB 2.x/3.x, VictoriaMetrics) needs the bridge extra: pipx install 'denen_agent-*.whl[bridge]'.
+""",
+    "console": """\
+Examples:
+  denen config example console > console.yaml      then set http, links and mqtt
+  denen console -c console.yaml
+""",
+    "ack": """\
+Examples:
+  denen ack link gw-okutama-01 sos:00a1b2c3 --ttl 24h
+  denen ack ack gw-okutama-01 sos:00a1b2c3 --by "山田"
+  denen ack silence gw-kiso-river-02 river_stage:00000301 --by "山田"
+  denen ack test-chirp gw-kiso-river-02 --by "山田"
+""",
+    "config validate": """\
+Examples:
+  denen config validate config.yaml
+  set -a; . secrets.env; set +a; denen config validate gw-*/config.yaml bridge.yaml
+""",
+    "config example": """\
+Examples:
+  denen config example                    the list, one line each
+  denen config example trap-field > config.yaml
+""",
+    "config schema": """\
+Examples:
+  denen config schema -o denen.schema.json                 the gateway config's schema
+  denen config schema bridge -o bridge.schema.json
+  denen config schema console | jq .properties.http
+""",
+    "dead-letters": """\
+Examples:
+  denen bridge dead-letters list -c /etc/denen/bridge.yaml
+  denen bridge dead-letters show 42 -c /etc/denen/bridge.yaml
+  denen bridge dead-letters replay --reason rejected_by_server -c /etc/denen/bridge.yaml
+""",
+}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="denen", description="denen edge monitoring agent")
+def _with_examples(parser: argparse.ArgumentParser, key: str) -> None:
+    """Put the examples of ``key`` after a module's own epilog (kept, re-wrapped to the terminal's width: the
+    examples are laid out by hand, so the raw formatter would leave a long legend on one line)."""
+    own = parser.epilog
+    if own and "example" in own.lower():
+        return  # the module lays out its own examples
+    parts = []
+    if own:
+        width = max(40, min(100, _terminal_columns() - 2))
+        parts.append(textwrap.fill(own, width))
+    parts.append(_EPILOGS[key])
+    parser.epilog = "\n\n".join(parts)
+    parser.formatter_class = _RAW
+
+
+def _terminal_columns() -> int:
+    try:
+        return int(os.environ.get("COLUMNS", "")) or os.get_terminal_size().columns
+    except (ValueError, OSError):
+        return 80
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command word of a ``denen`` command line: its first argument that is not an option (the top-level
+    options take no value)."""
+    for arg in argv:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``denen`` argument parser.
+
+    Args:
+        argv: the arguments about to be parsed. Only the command they name gets its full arguments, so only its
+            module is imported (``denen --help`` imports none of them); the others get their name and help line.
+            None builds every command in full.
+    """
+    chosen = None if argv is None else _command_in(argv)
+
+    def full(name: str) -> bool:
+        return argv is None or chosen == name
+
+    p = argparse.ArgumentParser(prog="denen", description="denen edge monitoring agent: LoRa sensor nodes -> "
+                                "gateway journal -> MQTT -> InfluxDB/Grafana", epilog=_MAIN_EPILOG,
+                                formatter_class=_RAW)
     p.add_argument("--version", action="version", version=f"denen {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", title="commands")
 
-    run = sub.add_parser("run", help="run the gateway agent")
+    def verb(name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, epilog=_EPILOGS.get(name), formatter_class=_RAW, **kwargs)
+
+    run = verb("run", "run the gateway agent")
     run.add_argument("-c", "--config", default=None,
                      help="config file (YAML); default: a flashed bundle (SD card / USB), else the installed copy, "
                           "else /etc/denen/config.yaml")
 
-    from agent import doctor, flash, monitor  # noqa: PLC0415 - light modules; heavy imports stay inside main()
+    fl = sub.add_parser("flash", help="write a validated config onto an SD card or USB stick")
+    if full("flash"):
+        from agent import flash  # noqa: PLC0415 - stdlib-only at top; heavy imports inside its main()
 
-    for name, module, text in (("flash", flash, "write a validated config onto an SD card or USB stick"),
-                               ("doctor", doctor, "check a gateway: ports, module, broker, clock, disk, GPIO"),
-                               ("monitor", monitor, "live per-node link view for placing sensors")):
+        flash.add_arguments(fl)  # lays out its own examples
+        fl.set_defaults(command_main=flash.main)
+    for name, text in (("doctor", "check a gateway: ports, module, broker, clock, disk, GPIO"),
+                       ("monitor", "live per-node link view for placing sensors")):
         sp = sub.add_parser(name, help=text)
-        module.add_arguments(sp)
-        sp.set_defaults(command_main=module.main)
+        if full(name):
+            module = importlib.import_module(f"agent.{name}")
+            module.add_arguments(sp)
+            _with_examples(sp, name)
+            sp.set_defaults(command_main=module.main)
 
-    cfg = sub.add_parser("config", help="validate a config or export its JSON Schema")
-    cfg_sub = cfg.add_subparsers(dest="config_cmd", required=True, metavar="ACTION")
-    val = cfg_sub.add_parser("validate", help="check config files")
-    val.add_argument("files", nargs="+")
-    sch = cfg_sub.add_parser("schema", help="write the JSON Schema for editor completion")
-    sch.add_argument("-o", "--output", default=str(DEFAULT_SCHEMA_PATH), help="where to write it ('-' for stdout)")
+    cfg = verb("config", "validate a config, print an example, export its JSON Schema")
+    if full("config"):
+        _add_config_actions(cfg)
 
-    sim = sub.add_parser("sim", help="run simulated radio modules and sensor nodes on ptys")
-    sim.add_argument("scenario", help="scenario file (YAML)")
+    sim = verb("sim", "run simulated radio modules and sensor nodes on ptys")
+    sim.add_argument("scenario", help="scenario file (YAML), or 'demo' for the demo's own scenario")
     sim.add_argument("--link-dir", default="/tmp/denen-sim",
-                     help="folder for the modules' stable device links (config/demo.yaml expects /tmp/denen-sim)")
+                     help="folder for the modules' stable device links (the demo config expects /tmp/denen-sim)")
     sim.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
 
-    st = sub.add_parser("status", help="show the gateway's journal and node state")
-    src = st.add_mutually_exclusive_group(required=True)
-    src.add_argument("-c", "--config", help="config file (its journal.path is read)")
+    st = verb("status", "show the gateway's journal and node state")
+    src = st.add_mutually_exclusive_group()
+    src.add_argument("-c", "--config", help="config file (its journal.path is read); default: the config the "
+                     "agent would run (flashed, installed or /etc/denen/config.yaml)")
     src.add_argument("-j", "--journal", help="journal file")
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
-    node = sub.add_parser("node", help="operator actions on one node's state in the gateway's journal")
+    node = verb("node", "operator actions on one node's state in the gateway's journal")
     node_sub = node.add_subparsers(dest="node_cmd", required=True, metavar="ACTION")
     rc = node_sub.add_parser(
         "reset-counter", help="reset a node's replay windows, for a node whose firmware was re-flashed",
         description="Reset both replay windows of one node (frames with and without MIC), so its next frame is "
                     "accepted whatever its counter: for a node whose firmware was re-flashed and counts from 0 "
                     "again. The running agent carries it out and writes an audit line to its log and journal. "
-                    "Run it as the agent's user: sudo -u denen denen node reset-counter NODE")
+                    "Run it as the agent's user: sudo -u denen denen node reset-counter NODE",
+        epilog=_EPILOGS["node"], formatter_class=_RAW)
     rc.add_argument("node", help="node id (8 hex digits, or 0x...) or node name")
     rc.add_argument("-c", "--config", default=None,
                     help="config file whose journal.path is used; default: the one `denen run` uses")
     rc.add_argument("--wait", type=float, default=30.0,
                     help="seconds to wait for the running agent to carry it out (default 30)")
 
-    demo = sub.add_parser("demo", help="simulated forest and river -> agent -> MQTT broker -> live view")
+    demo = verb("demo", "simulated forest and river -> agent -> MQTT broker -> live view")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--workdir", default=None, help="folder for the demo's journal and broker (default: a temp dir)")
 
-    br = sub.add_parser("bridge", help="MQTT -> InfluxDB bridge (runs on the backend, not on a gateway)")
-    br.add_argument("-c", "--config", required=True,
-                    help="bridge config file (YAML), e.g. config/bridge/bridge.yaml")
+    br = verb("bridge", "MQTT -> InfluxDB bridge (runs on the backend, not on a gateway)")
+    br.add_argument("-c", "--config", dest="bridge_config", default=None, metavar="BRIDGE_CONFIG",
+                    help="bridge config file (YAML); `denen config example bridge` prints a commented one")
     br.add_argument("--retire", action="store_true",
                     help="take this bridge's client_id out of service: write what its broker session still holds, "
                          "then remove the session (otherwise the broker keeps giving it a share of the messages)")
+    if full("bridge"):
+        from agent.bridge import deadletter_cli  # noqa: PLC0415 - argparse only at import
 
-    from agent.console import main as console_main  # noqa: PLC0415 - argparse only at import
+        br_sub = br.add_subparsers(dest="bridge_cmd", metavar="ACTION",
+                                   title="actions (without one: run the bridge)")
+        dl = br_sub.add_parser("dead-letters", help="list, show, replay or purge what the bridge could not write",
+                               description="The bridge's dead-letter store: what it could not write, and why.",
+                               epilog=_EPILOGS["dead-letters"], formatter_class=_RAW)
+        deadletter_cli.add_arguments(dl)
+        dl.set_defaults(command_main=deadletter_cli.main)
 
-    con = sub.add_parser("console", help="alert acknowledgement pages for staff (runs on the backend)")
-    console_main.add_console_arguments(con)
-    con.set_defaults(command_main=console_main.console_main)
-    ack = sub.add_parser("ack", help="signed link to an alert's page; acknowledge, silence the siren, test chirp",
-                         description="Operator commands to gateways through the console's MQTT login (config "
-                                     "console.yaml). Exit 0: done; 1: the gateway answered that nothing changed; "
-                                     "2: no answer, or a config error.")
-    console_main.add_ack_arguments(ack)
-    ack.set_defaults(command_main=console_main.ack_main)
+    con = verb("console", "alert acknowledgement pages for staff (runs on the backend)")
+    ack = verb("ack", "signed link to an alert's page; acknowledge, silence the siren, test chirp",
+               description="Operator commands to gateways through the console's MQTT login (config "
+                           "console.yaml). Exit 0: done; 1: the gateway answered that nothing changed; "
+                           "2: no answer, or a config error.")
+    if full("console") or full("ack"):
+        from agent.console import main as console_main  # noqa: PLC0415 - argparse only at import
+
+        console_main.add_console_arguments(con)
+        con.set_defaults(command_main=console_main.console_main)
+        console_main.add_ack_arguments(ack)
+        ack.set_defaults(command_main=console_main.ack_main)
     return p
 
 
+def _add_config_actions(cfg: argparse.ArgumentParser) -> None:
+    """``denen config validate|example|schema``."""
+    from agent import assets  # noqa: PLC0415 - the example and schema names
+
+    cfg_sub = cfg.add_subparsers(dest="config_cmd", required=True, metavar="ACTION")
+    val = cfg_sub.add_parser("validate", help="check config files (gateway, bridge or console: told apart by "
+                             "their sections)", epilog=_EPILOGS["config validate"], formatter_class=_RAW)
+    val.add_argument("files", nargs="+", metavar="FILE")
+    example_list = "\n".join(f"  {e.name:<15} {e.summary}" for e in assets.EXAMPLES.values())
+    ex = cfg_sub.add_parser("example", help="print a commented example config (without NAME: list them)",
+                            description=f"Print a commented example config to stdout.\n\n{example_list}",
+                            epilog=_EPILOGS["config example"], formatter_class=_RAW)
+    ex.add_argument("name", nargs="?", choices=list(assets.EXAMPLES), metavar="NAME",
+                    help="one of: " + ", ".join(assets.EXAMPLES))
+    sch = cfg_sub.add_parser("schema", help="the JSON Schema of a config, for editor completion",
+                             epilog=_EPILOGS["config schema"], formatter_class=_RAW)
+    sch.add_argument("kind", nargs="?", default="gateway", choices=list(assets.SCHEMAS), metavar="KIND",
+                     help="gateway (default), bridge or console")
+    sch.add_argument("-o", "--output", default="-", metavar="PATH",
+                     help="write it to this file (default: stdout)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one ``denen`` command; returns its exit code."""
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit:  # --help, --version, a usage error: argparse has written what it had to say
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit (where it prints a warning)
+        return code
+    except BrokenPipeError:
+        return _broken_pipe()
+
+
+def _broken_pipe() -> int:
+    """The reader went away (``| head``): say nothing, and point stdout at /dev/null so the interpreter's final
+    flush of what is still buffered cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser(argv)
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        parser.print_help(sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -130,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
+        if args.debug:
+            raise
         print(str(exc), file=sys.stderr)
         return 2
     except AgentError as exc:
@@ -137,51 +377,39 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"denen: error: {exc}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:
+        if args.debug or not exc.name:
+            raise
+        print(_missing_module(exc.name), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
 
+def _missing_module(name: str) -> str:
+    """One line for a Python module this install lacks: the extra that brings it, else a broken install."""
+    top = name.split(".")[0]
+    extra = _EXTRA_OF_MODULE.get(top)
+    if extra is not None:
+        return (f"denen: error: this needs the Python module {top}, which comes with the [{extra}] extra "
+                f"(hint: pipx install --force 'denen_agent-*.whl[{extra}]', or pip install 'denen-agent[{extra}]')")
+    return (f"denen: error: the Python module {top} is missing: this install of denen is incomplete "
+            "(hint: reinstall it: pipx install --force denen_agent-*.whl)")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "command_main", None) is not None:
+        if args.cmd == "bridge":
+            _bridge_config_for_action(args)
         return int(args.command_main(args))
     if args.cmd == "run":
         return _run(args.config)
     if args.cmd == "config":
-        from agent.config import load_config, write_json_schema  # noqa: PLC0415
-
         if args.config_cmd == "validate":
-            failed = 0
-            for f in args.files:
-                try:
-                    kind = _config_kind(f)
-                    if kind == "console":
-                        from agent.console.config import load_console_config  # noqa: PLC0415
-
-                        ccfg = load_console_config(f)
-                        print(f"{f}: ok (console {ccfg.http.public_url}, MQTT {ccfg.mqtt.host}:{ccfg.mqtt.port})")
-                        continue
-                    if kind == "bridge":
-                        from agent.bridge.config import load_bridge_config  # noqa: PLC0415
-
-                        bcfg = load_bridge_config(f)
-                        print(f"{f}: ok (bridge {bcfg.mqtt.effective_client_id()}, group {bcfg.mqtt.group} -> "
-                              f"{bcfg.sink.target()})")
-                        continue
-                    cfg = load_config(f)
-                except ConfigError as exc:
-                    print(str(exc), file=sys.stderr)
-                    failed += 1
-                else:
-                    print(f"{f}: ok (gateway {cfg.gateway.id}, {len(cfg.radios)} radios, {len(cfg.nodes)} nodes)")
-            return 2 if failed else 0
-        if args.output == "-":
-            from agent.config import config_json_schema  # noqa: PLC0415
-
-            print(json.dumps(config_json_schema(), indent=2, ensure_ascii=False))
-        else:
-            write_json_schema(args.output)
-            print(f"wrote {args.output}")
-        return 0
+            return _config_validate(args.files)
+        if args.config_cmd == "example":
+            return _config_example(args.name)
+        return _config_schema(args.kind, args.output)
     if args.cmd == "status":
         return _status(args)
     if args.cmd == "node":
@@ -193,11 +421,112 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_demo(duration=args.duration, workdir=args.workdir)
     if args.cmd == "bridge":
-        return _bridge(args.config, retire=args.retire)
+        if args.bridge_config is None:
+            raise AgentError("denen bridge needs its config: denen bridge -c BRIDGE_CONFIG (hint: `denen config "
+                             "example bridge > bridge.yaml` prints a commented one)")
+        return _bridge(args.bridge_config, retire=args.retire)
     raise AssertionError(args.cmd)
 
 
+def _bridge_config_for_action(args: argparse.Namespace) -> None:
+    """``denen bridge -c X dead-letters list``: the -c before the action names the config too (the action's own
+    -c has a default, which argparse would otherwise put over X)."""
+    from agent.bridge import deadletter_cli  # noqa: PLC0415
+
+    given = getattr(args, "bridge_config", None)
+    if given is None:
+        return
+    if args.config not in (deadletter_cli.DEFAULT_CONFIG, given):
+        raise AgentError(f"two bridge configs given ({given} and {args.config}): give -c once")
+    args.config = given
+
+
+def _config_validate(files: list[str]) -> int:
+    from agent.config import load_config  # noqa: PLC0415
+
+    failed = 0
+    for f in files:
+        try:
+            kind = _config_kind(f)
+            if kind == "console":
+                from agent.console.config import load_console_config  # noqa: PLC0415
+
+                ccfg = load_console_config(f)
+                print(f"{f}: ok (console {ccfg.http.public_url}, MQTT {ccfg.mqtt.host}:{ccfg.mqtt.port})")
+                continue
+            if kind == "bridge":
+                from agent.bridge.config import load_bridge_config  # noqa: PLC0415
+
+                bcfg = load_bridge_config(f)
+                print(f"{f}: ok (bridge {bcfg.mqtt.effective_client_id()}, group {bcfg.mqtt.group} -> "
+                      f"{bcfg.sink.target()})")
+                continue
+            cfg = load_config(f)
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            failed += 1
+        else:
+            print(f"{f}: ok (gateway {cfg.gateway.id}, {len(cfg.radios)} radios, {len(cfg.nodes)} nodes)")
+    return 2 if failed else 0
+
+
+def _config_example(name: str | None) -> int:
+    """``denen config example [NAME]``: the commented example on stdout, or the list of them."""
+    from agent import assets  # noqa: PLC0415
+
+    if name is None:
+        for e in assets.EXAMPLES.values():
+            print(f"{e.name:<15} {e.summary}")
+        print("\nPrint one with: denen config example NAME > config.yaml")
+        return 0
+    sys.stdout.write(assets.read_text(assets.EXAMPLES[name].asset))
+    return 0
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of a config kind (``gateway``, ``bridge``, ``console``), as ``denen config schema`` writes
+    it and as shipped in the files :data:`agent.assets.SCHEMAS` names."""
+    if kind == "gateway":
+        from agent.config import config_json_schema  # noqa: PLC0415
+
+        return config_json_schema()
+    if kind == "bridge":
+        from agent.bridge.config import BridgeConfig as model  # noqa: PLC0415
+        title = "denen bridge configuration"
+    elif kind == "console":
+        from agent.console.config import ConsoleConfig as model  # noqa: PLC0415
+        title = "denen console configuration"
+    else:
+        raise ValueError(f"no config kind {kind!r}")
+    schema = model.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": title}
+
+
+def schema_text(kind: str) -> str:
+    """:func:`json_schema` as the pretty-printed UTF-8 JSON text written to files and stdout."""
+    import json  # noqa: PLC0415
+
+    return json.dumps(json_schema(kind), indent=2, ensure_ascii=False) + "\n"
+
+
+def _config_schema(kind: str, output: str) -> int:
+    text = schema_text(kind)
+    if output == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise AgentError(f"cannot write {output}: {exc.strerror} (hint: a folder you may write, e.g. "
+                         "-o ./denen.schema.json)") from None
+    print(f"wrote {output} ({kind} config schema)", file=sys.stderr)
+    return 0
+
+
 def _run(config_path: str | None) -> int:
+    import signal  # noqa: PLC0415
+
     from agent.config import load_config  # noqa: PLC0415
     from agent.flash import resolve_active_config  # noqa: PLC0415
     from agent.gateway import Gateway  # noqa: PLC0415
@@ -236,6 +565,9 @@ def _config_kind(path: str) -> str:
 
 
 def _bridge(config_path: str, *, retire: bool = False) -> int:
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
     from agent.bridge import Bridge, load_bridge_config  # noqa: PLC0415
 
     cfg = load_bridge_config(config_path)
@@ -260,6 +592,9 @@ def _bridge(config_path: str, *, retire: bool = False) -> int:
 
 
 def _stop_on_signals(stop: Any) -> None:
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
     def handler(signum: int, frame: Any) -> None:
         log.info("signal %d: stopping", signum)
         # stop() joins the core thread; the core runs in the main thread here, so only set the flag.
@@ -270,19 +605,26 @@ def _stop_on_signals(stop: Any) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from rich.console import Console  # noqa: PLC0415
+    """``denen status``: the journal given with -j, or the journal.path of the config given with -c, else of the
+    config the agent would run (found as ``denen run`` finds it, installing nothing). No config models load."""
+    import json  # noqa: PLC0415
 
     from agent import status  # noqa: PLC0415
 
     journal = args.journal
     if journal is None:
-        from agent.config import load_config  # noqa: PLC0415
+        config_path = args.config
+        if config_path is None:
+            from agent.flash import resolve_active_config  # noqa: PLC0415
 
-        journal = load_config(args.config).journal.path
+            config_path = resolve_active_config(None, install=False).path
+        journal = status.journal_path(config_path)
     data = status.collect(journal)
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
+        from rich.console import Console  # noqa: PLC0415
+
         status.render(data, Console())
     return 0
 
@@ -294,6 +636,9 @@ def _node_reset_counter(node_arg: str, config_path: str | None, *, wait_s: float
     if it is not running; it logs and journals the audit line. Exit code 0 when done (or queued for an agent that
     is not running), 1 when refused or not done within ``wait_s``.
     """
+    import sqlite3  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
     from agent.config import load_config, normalise_node_id  # noqa: PLC0415
     from agent.flash import resolve_active_config  # noqa: PLC0415
     from agent.journal import Journal, check_files  # noqa: PLC0415
@@ -364,6 +709,8 @@ def _node_reset_counter(node_arg: str, config_path: str | None, *, wait_s: float
 
 def _os_user() -> str:
     """Who runs this command, for the audit trail: the OS user, and who became it through sudo."""
+    import pwd  # noqa: PLC0415
+
     try:
         name = pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
@@ -390,6 +737,8 @@ def _agent_pid(db: sqlite3.Connection) -> int | None:
 def _wake(pid: int) -> None:
     """SIGUSR1 to the agent, only after checking that the pid is a `denen run` (a stale pid may be reused by a
     process SIGUSR1 would kill); without it the request waits for the core's next wake-up."""
+    import signal  # noqa: PLC0415
+
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             args = f.read().split(b"\0")
@@ -403,10 +752,19 @@ def _wake(pid: int) -> None:
 
 
 def _sim(scenario_path: str, link_dir: str, duration: float | None) -> int:
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
     from drivers.sim.scenario import Scenario  # noqa: PLC0415
 
+    from agent import assets  # noqa: PLC0415
+
     try:
-        scenario = Scenario.from_file(scenario_path, link_dir=link_dir)
+        if scenario_path == "demo" and not os.path.exists(scenario_path):
+            with assets.as_file(assets.DEMO_SCENARIO) as packaged:
+                scenario = Scenario.from_file(packaged, link_dir=link_dir)
+        else:
+            scenario = Scenario.from_file(scenario_path, link_dir=link_dir)
     except (ValueError, OSError) as exc:
         raise AgentError(str(exc)) from exc
     done = threading.Event()

@@ -54,7 +54,12 @@ def add_ack_arguments(p: argparse.ArgumentParser) -> None:
         sp.add_argument("--wait", type=parse_duration, default=60.0,
                         help="how long to keep sending until the gateway answers (default 60s)")
 
-    link = sub.add_parser("link", help="print a signed link to an alert's acknowledgement page")
+    def action(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=f"Example:\n  {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    link = action("link", "print a signed link to an alert's acknowledgement page",
+                  "denen ack link gw-okutama-01 sos:00a1b2c3 --ttl 24h --to 山田 -c /etc/denen/console.yaml")
     link.add_argument("gateway", help="gateway id, e.g. gw-okutama-01")
     link.add_argument("key", help="alert key <type>:<node>, e.g. sos:00a1b2c3")
     link.add_argument("--ttl", type=parse_duration, default=None,
@@ -62,21 +67,24 @@ def add_ack_arguments(p: argparse.ArgumentParser) -> None:
     link.add_argument("--to", default=None, help="who the link is for (the page's default name)")
     common(link)
 
-    ack = sub.add_parser("ack", help="acknowledge an alert: the gateway stops repeating it")
+    ack = action("ack", "acknowledge an alert: the gateway stops repeating it",
+                 'denen ack ack gw-okutama-01 sos:00a1b2c3 --by "山田" -c /etc/denen/console.yaml')
     ack.add_argument("gateway")
     ack.add_argument("key", help="alert key <type>:<node>, e.g. sos:00a1b2c3")
     ack.add_argument("--by", required=True, help="who acknowledges (written to the audit and the gateway's log)")
     common(ack)
     wait(ack)
 
-    sil = sub.add_parser("silence", help="silence the siren for one alert (a new alert sounds it again)")
+    sil = action("silence", "silence the siren for one alert (a new alert sounds it again)",
+                 'denen ack silence gw-kiso-river-02 river_stage:00000301 --by "山田" -c /etc/denen/console.yaml')
     sil.add_argument("gateway")
     sil.add_argument("key", help="alert key the siren sounds for, e.g. river_stage:00000301")
     sil.add_argument("--by", required=True, help="who silences it")
     common(sil)
     wait(sil)
 
-    chirp = sub.add_parser("test-chirp", help="run the gateway's installer self-test chirp")
+    chirp = action("test-chirp", "run the gateway's installer self-test chirp",
+                   'denen ack test-chirp gw-kiso-river-02 --by "山田" -c /etc/denen/console.yaml')
     chirp.add_argument("gateway")
     chirp.add_argument("--by", required=True, help="who runs it")
     common(chirp)

@@ -361,10 +361,10 @@ def _main(argv: list[str] | None) -> int:
     if args.cmd is None:
         parser.print_help(sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from agent.logsetup import configure_logging  # noqa: PLC0415 - stdlib only
+
+    # Under systemd: <N> priority prefixes for journald and no timestamp of our own; elsewhere plain timestamped lines.
+    configure_logging(debug=args.debug)
     try:
         return _dispatch(args)
     except ConfigError as exc:

@@ -2123,10 +2123,10 @@ _REFERENCE_INTRO = """\
      .venv/bin/python -c "from agent.config import write_reference; write_reference('config/README.md')" -->
 
 One YAML file configures the agent. Check a file with `denen config validate FILE`; every problem is reported at
-once as `file:line:column: key: message (hint: ...)`. `denen config schema` writes `config/denen.schema.json`
-for editor completion (e.g. the YAML extension of VS Code: `# yaml-language-server: $schema=denen.schema.json`).
+once as `file:line:column: key: message (hint: ...)`. `denen config schema -o denen.schema.json` writes
+the JSON Schema for editor completion (e.g. the YAML extension of VS Code: `# yaml-language-server: $schema=denen.schema.json`).
 
-Examples, each loaded by the test suite:
+Examples, each loaded by the test suite (also in the installed package: `denen config example NAME` prints one):
 
 | file | use |
 |---|---|
@@ -2150,8 +2150,9 @@ Rules worth knowing:
   exist and be readable when the config is loaded; key files are checked for a valid key.
 - **Secrets** (`mqtt.password`, `nodes[].key`) are never printed, logged or shown in error messages. Each can be
   given one of three ways, only one at a time:
-  - in a file: `key_file: keys/trap-north-3.key`, `password_file: /etc/denen/mqtt-password` (mode 600, owned by
-    the agent's user; read when the config is loaded, the password again at every connect);
+  - in a file: `key_file: keys/trap-north-3.key`, `password_file: mqtt-password` (mode 600, owned by
+    the agent's user; a relative path is beside the config file; read when the config is loaded, the password again
+    at every connect);
   - in an environment variable: `key_env: DENEN_KEY_TRAP_NORTH_3`, `password_env: DENEN_MQTT_PASSWORD` (the
     variable's name, upper case; it must be set, and a key valid, when the config is loaded). With systemd, set
     them in `/etc/denen/secrets.env` (mode 600) and name it with `EnvironmentFile=` in `denen.service`;
@@ -2171,7 +2172,7 @@ Rules worth knowing:
   The `p2p:` section belongs to `rak3172`, `es920:` to `es920lr`; the driver's own section gets its defaults
   when absent, and the other section is an error.
 - **TLS to any broker not on this machine.** When `mqtt.host` is not a loopback address (`127.0.0.0/8`, `::1`,
-  `localhost`), `mqtt.tls` is required: `tls: {ca_file: /etc/denen/ca.pem}` (or `tls: {}` for the system's
+  `localhost`), `mqtt.tls` is required: `tls: {ca_file: ca.pem}` (or `tls: {}` for the system's
   trusted CAs) and port 8883. Without it the config is refused at the `mqtt.host` line. Only on a trusted private
   network (a VPN) write `tls: false`: the config loads, the agent logs a warning at every start, and
   `denen doctor` reports the broker check as failed (plain TCP to a remote broker).
@@ -2194,7 +2195,7 @@ Rules worth knowing:
   the same threshold. They can still differ in two ways, both shown in the monitor's legend: the alert does not
   count time the agent was stopped (and counts a node never heard from the agent's start), while the monitor
   counts wall-clock time since the node's last frame in the journal, so after an outage a node can be LATE before
-  its alert; and nodes of kinds the alert does not watch are shown `LATE (no alert)`.
+  its alert; and nodes of kinds the alert does not watch are shown `LATE*` (late, no alert).
 - **The journal is private**: created mode 0600 whatever the umask (its -wal and -shm files too), and a
   symbolic link at `journal.path` (or its -wal/-shm) is refused. Read it as the agent's user
   (`sudo -u denen denen status`).

@@ -577,7 +577,7 @@ def _check_broker(config: Config, timeout_s: float) -> Check:
             # Allowed only with an explicit tls: false; still a problem to fix, not a state to call ok.
             return Check("broker", FAIL, f"{where}: plain TCP to a broker on another machine (tls: false): the MQTT "
                          f"login{' and password' if cfg.username else ''} and every reading cross the network in "
-                         "clear", "use TLS: mqtt.tls: {ca_file: /etc/denen/ca.pem} and port 8883; plain TCP only "
+                         "clear", "use TLS: mqtt.tls: {ca_file: ca.pem} and port 8883; plain TCP only "
                          "inside a trusted private network (VPN)", details)
         if tls is not None and tls.insecure:
             return Check("broker", WARN, summary, "set mqtt.tls.insecure: false in the field", details)

@@ -26,7 +26,7 @@ threshold of the ``node_silent`` alert (agent/rules.py), so LATE and the alert m
 differ in two ways, said in the legend: the alert does not count time the agent was stopped (and counts a node never
 heard from the agent's start), while the monitor counts wall-clock time since the node's last frame in the journal,
 so after an outage a node can show LATE before its alert is raised; and a node of a kind not in
-``rules.silence_kinds`` raises no alert, so it shows ``LATE (no alert)``. Without a config the rules' defaults apply.
+``rules.silence_kinds`` raises no alert, so it shows ``LATE*``. Without a config the rules' defaults apply.
 
 **History.** One frame says little about a spot in a forest: the monitor keeps, per node, the frames it has seen
 over the last 15 minutes (:data:`HISTORY_S`) and shows the minimum and median RSSI and SNR, the frames heard in the

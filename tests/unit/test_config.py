@@ -229,7 +229,7 @@ def test_interval_s_and_the_reference_say_when_a_node_is_silent_and_late() -> No
     assert "rules.silence_factor x interval_s" in description and "LATE at the same threshold" in description
     text = " ".join(config_reference().split())
     assert "`denen monitor` marks it **LATE** at the same threshold" in text
-    assert "the alert does not count time the agent was stopped" in text and "`LATE (no alert)`" in text
+    assert "the alert does not count time the agent was stopped" in text and "`LATE*` (late, no alert)" in text
     assert "warns, at the node's `kind:` line, about a `water_level` node without one" in text
 
 

@@ -32,6 +32,8 @@ if [ "$cmd" = test ]; then
   command -v influxd >/dev/null || apt_missing+=(influxdb)
   command -v victoria-metrics >/dev/null || apt_missing+=(victoria-metrics)
   command -v docker-compose >/dev/null || apt_missing+=(docker-compose)
+  # The bridge's systemd unit is checked with systemd's own parser (systemd-analyze verify).
+  command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
 fi
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || apt_missing+=(python3-venv)
 if [ ${#apt_missing[@]} -gt 0 ]; then

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,25 @@ def entry(lane: int, node: str, fcnt: int, pad: int = 0) -> Entry:
     return Entry(lane, node, fcnt, 1_764_000_000_000_000 + fcnt, body)
 
 
-def test_commit_assigns_increasing_seqs_and_pending_is_per_lane_oldest_first(tmp_path: Path) -> None:
-    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+@pytest.fixture
+def open_journal(tmp_path: Path) -> Iterator[Callable[..., Journal]]:
+    """Opens tmp_path/j.db (or the path given), quota 1 GiB; every journal opened is closed when the test ends,
+    also when it fails half-way (an unclosed SQLite connection is a ResourceWarning)."""
+    opened: list[Journal] = []
+
+    def open_(path: Path | None = None) -> Journal:
+        opened.append(Journal(path or tmp_path / "j.db", quota_bytes=1 << 30))
+        return opened[-1]
+
+    yield open_
+    for journal in opened:
+        journal.close()  # closing twice is harmless
+
+
+def test_commit_assigns_increasing_seqs_and_pending_is_per_lane_oldest_first(
+    open_journal: Callable[..., Journal]
+) -> None:
+    j = open_journal()
     seqs = j.commit(entries=[entry(TELEMETRY, "a", 1), entry(SOS, "b", 1), entry(TELEMETRY, "a", 2)])
     assert seqs == sorted(seqs) and len(set(seqs)) == 3
     assert [json.loads(b)["id"] for _, b in j.pending(TELEMETRY, after_seq=0, limit=10)] == ["gw/a/1", "gw/a/2"]
@@ -27,12 +45,12 @@ def test_commit_assigns_increasing_seqs_and_pending_is_per_lane_oldest_first(tmp
     assert j.oldest_ts_us() == 1_764_000_000_000_001
 
 
-def test_acked_readings_are_deleted_and_the_rest_survive_a_reopen(tmp_path: Path) -> None:
-    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+def test_acked_readings_are_deleted_and_the_rest_survive_a_reopen(open_journal: Callable[..., Journal]) -> None:
+    j = open_journal()
     seqs = j.commit(entries=[entry(ALARM, "t", i) for i in range(1, 6)])
     j.commit(acked=seqs[:3], counters={"readings.acked": 3})
     j.close()
-    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    j = open_journal()
     assert [s for s, _ in j.pending(ALARM, after_seq=0, limit=10)] == seqs[3:]
     assert j.counters() == {"readings.acked": 3}
     # New seqs never reuse acknowledged ones while rows remain.
@@ -40,8 +58,10 @@ def test_acked_readings_are_deleted_and_the_rest_survive_a_reopen(tmp_path: Path
     assert s6 > seqs[-1]
 
 
-def test_seqs_keep_increasing_after_everything_was_acked_and_after_a_reopen(tmp_path: Path) -> None:
-    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+def test_seqs_keep_increasing_after_everything_was_acked_and_after_a_reopen(
+    open_journal: Callable[..., Journal]
+) -> None:
+    j = open_journal()
     first = j.commit(entries=[entry(TELEMETRY, "w", i) for i in range(1, 4)])
     j.commit(acked=first)
     assert j.depth()["telemetry"] == 0
@@ -49,34 +69,36 @@ def test_seqs_keep_increasing_after_everything_was_acked_and_after_a_reopen(tmp_
     assert second[0] > first[-1]
     j.commit(acked=second)
     j.close()
-    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    j = open_journal()
     [third] = j.commit(entries=[entry(TELEMETRY, "w", 5)])
     assert third > second[0]
 
 
-def test_node_state_and_quarantine_persist(tmp_path: Path) -> None:
-    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+def test_node_state_and_quarantine_persist(open_journal: Callable[..., Journal]) -> None:
+    j = open_journal()
     j.commit(
         nodes=[NodeState(node="00000101", name="sos-1", last_fcnt=41, last_seen_us=5, radio="lora0", rssi=-100.0,
                          snr=-3.5, battery_v=3.7, frames_ok=41, frames_bad=2)],
         quarantined=[Quarantined(7, "lora0", "00000101", "bad_mic", "MIC does not match", b"\x11\x00", -99.0, 2.0)],
     )
     j.close()
-    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    j = open_journal()
     st = j.nodes()["00000101"]
     assert (st.last_fcnt, st.frames_bad, st.battery_v) == (41, 2, 3.7)
     [q] = j.quarantine()
     assert (q.reason, q.raw, q.node) == ("bad_mic", b"\x11\x00", "00000101")
 
 
-def test_wal_and_full_sync_are_on(tmp_path: Path) -> None:
-    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+def test_wal_and_full_sync_are_on(open_journal: Callable[..., Journal]) -> None:
+    j = open_journal()
     assert j._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert j._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-def test_quota_evicts_diagnostics_then_telemetry_oldest_first_never_sos_or_alarm(tmp_path: Path) -> None:
-    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+def test_quota_evicts_diagnostics_then_telemetry_oldest_first_never_sos_or_alarm(
+    open_journal: Callable[..., Journal]
+) -> None:
+    j = open_journal()
     j.commit(entries=[entry(SOS, "s", i, 500) for i in range(1, 51)])
     j.commit(entries=[entry(ALARM, "t", i, 500) for i in range(1, 51)])
     j.commit(entries=[entry(DIAGNOSTICS, "g", i, 500) for i in range(1, 101)])
@@ -93,8 +115,8 @@ def test_quota_evicts_diagnostics_then_telemetry_oldest_first_never_sos_or_alarm
     assert remaining == [f"gw/w/{i}" for i in range(kept_from, 401)]  # the newest are kept, contiguous
 
 
-def test_quota_never_evicts_sos_or_alarms_even_when_they_alone_exceed_it(tmp_path: Path) -> None:
-    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+def test_quota_never_evicts_sos_or_alarms_even_when_they_alone_exceed_it(open_journal: Callable[..., Journal]) -> None:
+    j = open_journal()
     j.commit(entries=[entry(SOS, "s", i, 2000) for i in range(1, 101)])
     j.commit(entries=[entry(TELEMETRY, "w", i, 2000) for i in range(1, 11)])
     j.quota_bytes = 4096
@@ -103,8 +125,8 @@ def test_quota_never_evicts_sos_or_alarms_even_when_they_alone_exceed_it(tmp_pat
     assert j.depth()["sos"] == 100
 
 
-def test_quota_spares_readings_in_flight(tmp_path: Path) -> None:
-    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+def test_quota_spares_readings_in_flight(open_journal: Callable[..., Journal]) -> None:
+    j = open_journal()
     seqs = j.commit(entries=[entry(TELEMETRY, "w", i, 1000) for i in range(1, 201)])
     j.quota_bytes = j._live_bytes() // 4
     j.enforce_quota(protect=seqs[:5])
@@ -130,8 +152,8 @@ def test_a_journal_of_another_schema_version_is_refused(tmp_path: Path) -> None:
         db.close()
 
 
-def test_a_failed_commit_rolls_back_everything(tmp_path: Path) -> None:
-    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+def test_a_failed_commit_rolls_back_everything(open_journal: Callable[..., Journal]) -> None:
+    j = open_journal()
     j.commit(entries=[entry(TELEMETRY, "w", 1)])
     bad = Entry(TELEMETRY, "w", 2, 1, None)  # type: ignore[arg-type]  # NOT NULL body violates the schema
     with pytest.raises(JournalError, match="commit failed"):
@@ -141,11 +163,13 @@ def test_a_failed_commit_rolls_back_everything(tmp_path: Path) -> None:
     assert j.depth()["telemetry"] == 2
 
 
-def test_a_damaged_journal_is_set_aside_salvaged_and_replaced(tmp_path: Path) -> None:
+def test_a_damaged_journal_is_set_aside_salvaged_and_replaced(
+    tmp_path: Path, open_journal: Callable[..., Journal]
+) -> None:
     from agent.journal import open_or_recover
 
     path = tmp_path / "j.db"
-    j = Journal(path, quota_bytes=1 << 30)
+    j = open_journal(path)
     j.commit(entries=[entry(SOS, "s", i, 300) for i in range(1, 201)])
     j.close()
     # Scribble over pages in the middle of the file, as a failing SD card would.

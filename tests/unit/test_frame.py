@@ -317,3 +317,26 @@ def test_mic_checker_rejects_a_bad_key_without_leaking_it(bad_key: object) -> No
     assert exc_info.value.reason == "frame_bad_key"
     if isinstance(bad_key, bytes) and bad_key:
         assert bad_key.hex() not in str(exc_info.value)
+
+
+# --- the per-key CMAC cache ---------------------------------------------------------------------------------------
+
+
+def test_a_checker_outlives_its_key_leaving_the_cache() -> None:
+    # The cache holds 1024 keyed contexts; a checker made before its key is evicted keeps its own context alive.
+    check = frame.mic_checker(EXAMPLE_KEY)
+    parsed = frame.parse(TRAP_SIGNED)
+    for i in range(1100):
+        frame.compute_mic(i.to_bytes(16, "big"), b"evict")
+    assert check(parsed.signed, parsed.mic)
+    assert not check(parsed.signed, bytes(4))
+    assert frame.compute_mic(EXAMPLE_KEY, parsed.signed) == bytes.fromhex("F0CE538F")  # rebuilt after eviction
+
+
+def test_mic_checker_takes_the_split_output_of_every_frame_size() -> None:
+    # split() hands the checker `signed` as bytes at every body length a module can carry (up to 255 bytes).
+    check = frame.mic_checker(EXAMPLE_KEY)
+    for size in range(0, 242):
+        data = frame.build(0xA1B2C3, size, 2, bytes(range(size)), key=EXAMPLE_KEY)
+        *_, mic, signed = frame.split(data)
+        assert check(signed, mic) and frame.compute_mic(EXAMPLE_KEY, signed) == mic

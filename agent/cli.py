@@ -24,7 +24,7 @@ Errors are one clear line and a hint, never a traceback (``--debug`` shows it). 
 (``denen status --json | head -1``) ends quietly with exit code 141, as a command killed by SIGPIPE does.
 
 Building the parser imports the standard library and the light argument modules only (doctor, flash, monitor,
-console.main, bridge.deadletter_cli, assets): pydantic, rich, paho, pyserial, cryptography and ruamel.yaml load
+console.main, bridge.deadletter_cli, assets): pydantic, rich, paho, pyserial and ruamel.yaml load
 inside the command that needs them, so ``denen --help`` starts at once.
 """
 
@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.errors import AgentError, ConfigError
+from drivers.errors import DriverError
 
 if TYPE_CHECKING:
     import sqlite3
@@ -372,7 +373,7 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(str(exc), file=sys.stderr)
         return 2
-    except AgentError as exc:
+    except (AgentError, DriverError) as exc:  # DriverError: e.g. no usable libcrypto for the frame MIC
         if args.debug:
             raise
         print(f"denen: error: {exc}", file=sys.stderr)

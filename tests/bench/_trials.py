@@ -677,7 +677,7 @@ IMPORT_STEPS: tuple[tuple[str, str], ...] = (
     ("ssl (OpenSSL)", "ssl"),
     ("paho.mqtt", "paho.mqtt.client"),
     ("pyserial", "serial"),
-    ("cryptography (CMAC)", "cryptography.hazmat.primitives.cmac"),
+    ("frame MIC (libcrypto through ctypes)", "drivers.codec.cmac"),
     ("pydantic", "pydantic"),
     ("ruamel.yaml", "ruamel.yaml"),
     ("agent.config (the config models)", "agent.config"),
@@ -689,7 +689,7 @@ def rss_floor(p: dict[str, Any]) -> dict[str, Any]:
     """RSS of bare interpreters: importing the agent's third-party libraries (the floor anchor), importing the
     agent's own modules, and what each import step adds (one interpreter, steps in order)."""
     out: dict[str, Any] = {}
-    for name, imports in (("libs", "import paho.mqtt.client, pydantic, serial, cryptography"),
+    for name, imports in (("libs", "import paho.mqtt.client, pydantic, serial, ssl"),
                           ("agent_modules", "import agent.gateway, agent.cli, drivers.radio")):
         code = f"{imports}\nprint(open('/proc/self/status').read())"
         text = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,

@@ -159,7 +159,11 @@ def test_readings_of_an_earlier_boot_cannot_be_corrected_and_go_out_flagged(
     gw.on_uplinks([uplink(rain.frame(default_values("rain", 1)))])
     gw._step(0)
     gw.journal.close()
-    assert Journal(tmp_path / "j.db", quota_bytes=1 << 20).unsynced_count() == 1
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 20)
+    try:
+        assert j.unsynced_count() == 1
+    finally:
+        j.close()
     monkeypatch.setattr(clock, "boot_id", lambda: "another-boot")  # power cut, reboot, still no NTP
     fake_clock.sync()
     gw = make_gateway(tmp_path)

@@ -30,6 +30,9 @@ Sections (``--only`` takes a comma-separated list; default all):
 ``startup``   ``tests.bench.bench_startup``: wall time of ``denen --help``, ``--version``, ``status -j J --json`` and
               ``config validate`` of a 2,000-node config beside ``python -c pass`` in the same run, and the heavy
               modules each one imports.
+``field``     ``tests.bench.bench_field``: what a real ``denen run`` pays per reading at 2, 20 and 200 telemetry
+              frames/s (``--quick``: 2 and 20, 10 s each) and per SOS at one a minute, on the journal's real disk:
+              bytes written (write_bytes, wchar), CPU, commits, context switches, MQTT messages, SD-card life.
 
 Every trial runs in a fresh Python process, so no trial inherits threads, memory or interpreter settings (the
 gateway shortens the GIL switch interval) from another. Results are printed as a Markdown table and, with
@@ -83,7 +86,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "drain_rounds": 1,
     },
 }
-SECTIONS = ("anchors", "ab", "settings", "sos", "rss", "idle", "drain", "bridge", "fleet", "startup")
+SECTIONS = ("anchors", "ab", "settings", "sos", "rss", "idle", "drain", "bridge", "fleet", "startup", "field")
 NAIVE_WINDOW = 100
 SOS_INTERVAL_S = 0.020
 TARGET_RATIO = 3.0
@@ -600,6 +603,33 @@ def _run_sections(runner: Runner, table: Table, plan: dict[str, Any], sections: 
             runner.raw["startup"].append(r)
             bench_startup.add_rows(table, r)
 
+    if "field" in sections:
+        print("field rates (tests.bench.bench_field)", file=sys.stderr)
+        from tests.bench import bench_field  # noqa: PLC0415
+
+        # Its own process (it starts `denen run`, a broker and a simulated radio itself), journals in the work
+        # folder: the same disk as the other sections' journals, which bench_field checks is not tmpfs.
+        out = runner.workdir / "field.json"
+        argv = [sys.executable, "-m", "tests.bench.bench_field", "--json", str(out), "--dir", str(runner.workdir)]
+        if args.quick:
+            argv.append("--quick")
+        t = time.monotonic()
+        try:
+            proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=1800)
+        except subprocess.TimeoutExpired:
+            runner.errors.append("field: timed out after 1800 s")
+        else:
+            sys.stderr.write(proc.stderr)
+            if out.exists():
+                data = json.loads(out.read_text())
+                r = data["result"]
+                r["_wall_s"] = time.monotonic() - t
+                r["_notes"] = data["notes"]
+                runner.raw["field"].append(r)
+                bench_field.add_rows(table, r)
+            else:
+                runner.errors.append(f"field: exited {proc.returncode}: {proc.stderr.strip()[-1000:]}")
+
 
 def _git_state() -> str:
     """HEAD, and which files of the measured code differ from it (other work in progress is measured too)."""
@@ -616,6 +646,9 @@ def _git_state() -> str:
 
 def _notes(runner: Runner) -> list[str]:
     notes = []
+    field = runner.raw.get("field")
+    if field:
+        notes.extend(f"field: {n}" for n in field[0].get("_notes", []))
     prof = runner.raw.get("profile")
     if prof:
         p = prof[0]

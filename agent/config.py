@@ -2046,9 +2046,11 @@ def is_loopback_host(host: str) -> bool:
     if host.lower().rstrip(".") == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    # Python >= 3.13 calls ::ffff:127.0.0.1 loopback; the rule is 127.0.0.0/8 and ::1 on every version.
+    return address.is_loopback and getattr(address, "ipv4_mapped", None) is None
 
 
 def tls_insecure_warning(loc: Loc) -> Found:

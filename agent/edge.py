@@ -38,6 +38,9 @@ RESULT_SCHEMA = "denen.result/1"
 STATE_SCHEMA = "denen.state/1"
 #: Largest command payload read, in bytes; a larger one is counted (``cmd.bad``) and not parsed.
 CMD_MAX_BYTES = 4096
+#: Deepest nesting of arrays/objects a command may have (a command needs 1). Checked before parsing: Python 3.13's
+#: json parses any depth without a RecursionError, so the limit must be ours.
+CMD_MAX_NESTING = 32
 #: Most targets (keys and alert ids together) one ``cmd/alert-ack`` may name.
 CMD_MAX_TARGETS = 64
 COMMANDS = ("alert-ack", "siren-silence", "test-chirp")
@@ -67,6 +70,28 @@ class _Request:
 
 class _Invalid(ValueError):
     """A command document that cannot be carried out; the message says why."""
+
+
+def _nesting(text: str) -> int:
+    """Deepest nesting of JSON arrays and objects in ``text``, brackets inside strings not counted."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def _text_ok(text: str) -> bool:
@@ -249,9 +274,13 @@ class Edge:
             if len(payload) > CMD_MAX_BYTES:
                 raise _Invalid(f"{len(payload)} bytes, over the {CMD_MAX_BYTES}-byte limit")
             try:
-                doc = json.loads(payload.decode("utf-8"))
+                text = payload.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise _Invalid(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+            if text.count("[") + text.count("{") > CMD_MAX_NESTING and _nesting(text) > CMD_MAX_NESTING:
+                raise _Invalid("not JSON (nested too deeply)")
+            try:
+                doc = json.loads(text)
             except RecursionError:
                 raise _Invalid("not JSON (nested too deeply)") from None
             except ValueError as exc:

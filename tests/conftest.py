@@ -5,6 +5,8 @@ A missing server binary fails the test with the command that installs it; it is 
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,22 @@ import pytest
 from agent.devbroker import Mosquitto
 from agent.errors import AgentError
 from tests.support.influx import InfluxDB1, ServerMissing, VictoriaMetrics
+
+
+@pytest.fixture(autouse=True)
+def _process_logging_restored() -> Iterator[None]:
+    """A test that runs ``denen`` in-process (cli.main) configures the root logger, its level from the config and
+    sys.excepthook; later tests must not inherit that (caplog would see INFO records it never asked for)."""
+    root = logging.getLogger()
+    handlers, level, hook = list(root.handlers), root.level, sys.excepthook
+    yield
+    for handler in list(root.handlers):
+        # pytest's own capture handlers come and go with each test phase; leave them to pytest.
+        if handler not in handlers and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+    root.setLevel(level)
+    sys.excepthook = hook
+    logging.captureWarnings(False)
 
 DB = "denen"  # the database the influx fixture creates
 

@@ -660,11 +660,15 @@ def _commits(trace: dict[str, Any] | None) -> dict[str, float] | None:
     files = trace["files"]
     wal, db = files.get("wal", {}), files.get("db", {})
     wal_syncs = wal.get("syncs", 0)
+    # A checkpoint syncs the WAL before copying it into the database: a WAL sync with no page written since the
+    # last one. Every other WAL sync ends a commit.
+    empty = trace.get("commit_pages", {}).get("0", trace.get("commit_pages", {}).get(0, 0))
+    commits = wal_syncs - empty
     return {
-        "syncs": (wal_syncs + db.get("syncs", 0)) / n, "commits": wal_syncs / n, "checkpoints": db.get("syncs", 0) / n,
+        "syncs": (wal_syncs + db.get("syncs", 0)) / n, "commits": commits / n, "checkpoints": db.get("syncs", 0) / n,
         "wal_pages": wal.get("page_writes", 0) / n, "wal_bytes": wal.get("bytes", 0) / n,
         "db_pages": db.get("page_writes", 0) / n, "log_bytes": files.get("log", {}).get("bytes", 0) / n,
-        "pages_per_commit": wal.get("page_writes", 0) / wal_syncs if wal_syncs else float("nan"),
+        "pages_per_commit": wal.get("page_writes", 0) / commits if commits else float("nan"),
         "seconds": trace["seconds"], "readings": n,
         "commit_pages": trace.get("commit_pages", {}), "execs": trace.get("execs", {}),
     }
@@ -672,7 +676,7 @@ def _commits(trace: dict[str, Any] | None) -> dict[str, float] | None:
 
 def _commit_sizes(cm: dict[str, Any]) -> str:
     """``"5 pages ×40, 6 pages ×50"``: WAL pages per commit, the commonest sizes first (JSON keys are text)."""
-    sizes = sorted(((int(k), v) for k, v in cm["commit_pages"].items()), key=lambda kv: (-kv[1], kv[0]))
+    sizes = sorted(((int(k), v) for k, v in cm["commit_pages"].items() if int(k)), key=lambda kv: (-kv[1], kv[0]))
     return ", ".join(f"{k} pages ×{v}" for k, v in sizes[:4]) + (", ..." if len(sizes) > 4 else "")
 
 
@@ -731,14 +735,15 @@ def add_rows(table: Any, r: dict[str, Any]) -> None:
                   f"{x['threads']} threads")
         cm = _commits(x["trace"])
         if cm is not None:
-            table.add(sec, f"{head}: commits (WAL fdatasync) per reading", cm["commits"], "",
-                      note=f"strace, {cm['readings']:,} readings in {cm['seconds']:.0f} s after the window; WAL "
+            table.add(sec, f"{head}: commits (WAL fdatasync after page writes) per reading", cm["commits"], "",
+                      note=f"strace, {cm['readings']:,} readings in {cm['seconds']:.0f} s after the window; all "
+                      f"fdatasync {c.fmt(cm['syncs'])} per reading; WAL "
                       f"{c.fmt(cm['wal_pages'])} pages ({c.fmt(cm['wal_bytes'] / kib)} KiB) per reading, "
                       f"{c.fmt(cm['pages_per_commit'])} pages per commit; checkpoints (db fdatasync) "
                       f"{c.fmt(cm['checkpoints'])} and {c.fmt(cm['db_pages'])} db pages per reading; log "
                       f"{c.fmt(cm['log_bytes'])} B per reading; commits: {_commit_sizes(cm)}; {_execs(cm)}")
         else:
-            table.add(sec, f"{head}: commits per reading", None, "", note=x["trace_note"] or "not measured")
+            table.add(sec, f"{head}: commits per reading", None, "", note=x["trace_note"] or "not measured (--no-strace)")
         rpm = x["readings_in_messages"] / x["messages"] if x["messages"] else None
         table.add(sec, f"{head}: readings per MQTT message (at the subscriber)", rpm, "",
                   target="0 missing, 0 duplicated", ok=x["missing"] == 0 and x["duplicated"] == 0
@@ -765,7 +770,7 @@ def add_rows(table: Any, r: dict[str, Any]) -> None:
               f"{c.fmt(ps['ctx'])} with idle")
     cm = _commits(sos["trace"])
     if cm is not None:
-        table.add(sec, "SOS alone: commits (WAL fdatasync) per SOS", cm["commits"], "",
+        table.add(sec, "SOS alone: commits (WAL fdatasync after page writes) per SOS", cm["commits"], "",
                   note=f"strace, {cm['readings']} more SOS 3 s apart; WAL {c.fmt(cm['wal_pages'])} pages per SOS, "
                   f"checkpoints {c.fmt(cm['checkpoints'])} per SOS; commits: {_commit_sizes(cm)}; {_execs(cm)}")
     lat = sos["latency_ms"]
@@ -847,17 +852,20 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python -m tests.bench.bench_field " + " ".join(argv if argv is not None else sys.argv[1:])
     t = time.monotonic()
+    git_start = _git_state()
     try:
         r = run(plan)
     except (BenchError, OSError, sqlite3.Error, subprocess.SubprocessError) as exc:
         print(f"bench_field: {exc}", file=sys.stderr)
         return 2
     r["command"] = command.strip()
+    r["git_start"] = git_start
     r["git"] = _git_state()
     r["elapsed_s"] = time.monotonic() - t
     table = c.Table()
     add_rows(table, r)
-    print(f"`{r['command']}` ({r['elapsed_s']:.0f} s; code {r['git']}; Python {r['python']}, {r['cpus']} CPUs, "
+    code = r["git"] if r["git"] == git_start else f"{git_start} at start, {r['git']} at end"
+    print(f"`{r['command']}` ({r['elapsed_s']:.0f} s; code {code}; Python {r['python']}, {r['cpus']} CPUs, "
           f"kernel {r['kernel']})")
     print()
     print(table.markdown())

@@ -598,9 +598,9 @@ def card_years(bytes_per_day: float) -> list[dict[str, Any]]:
     out = []
     for label, cap, pe, wa, source in CARDS:
         budget = cap * pe / wa
-        out.append({"card": label, "host_bytes": budget, "years": budget / bytes_per_day / 365.25
-                    if bytes_per_day > 0 else float("inf"), "assumption": f"{cap / 1e9:.0f} GB x {pe:,} P/E / WA {wa:g}",
-                    "source": source})
+        years = budget / bytes_per_day / 365.25 if bytes_per_day > 0 else float("inf")
+        out.append({"card": label, "host_bytes": budget, "years": years,
+                    "assumption": f"{cap / 1e9:.0f} GB x {pe:,} P/E / WA {wa:g}", "source": source})
     return out
 
 
@@ -743,7 +743,8 @@ def add_rows(table: Any, r: dict[str, Any]) -> None:
                       f"{c.fmt(cm['checkpoints'])} and {c.fmt(cm['db_pages'])} db pages per reading; log "
                       f"{c.fmt(cm['log_bytes'])} B per reading; commits: {_commit_sizes(cm)}; {_execs(cm)}")
         else:
-            table.add(sec, f"{head}: commits per reading", None, "", note=x["trace_note"] or "not measured (--no-strace)")
+            table.add(sec, f"{head}: commits per reading", None, "",
+                      note=x["trace_note"] or "not measured (--no-strace)")
         rpm = x["readings_in_messages"] / x["messages"] if x["messages"] else None
         table.add(sec, f"{head}: readings per MQTT message (at the subscriber)", rpm, "",
                   target="0 missing, 0 duplicated", ok=x["missing"] == 0 and x["duplicated"] == 0
@@ -764,7 +765,8 @@ def add_rows(table: Any, r: dict[str, Any]) -> None:
               note=f"with the idle {sos['interval_s']:g} s around it {c.fmt(ps['write_bytes'] / kib)} KiB; wchar "
               f"{c.fmt(net['wchar'] / kib)} KiB net; load {sos['load_before'][0]:.2f}→{sos['load_after'][0]:.2f}")
     table.add(sec, "SOS alone: CPU per SOS, net of idle", net["cpu_us"], "µs",
-              anchor=f"bare commit {c.fmt(a['cpu_us'])} µs", ratio=net["cpu_us"] / a["cpu_us"] if a["cpu_us"] else None,
+              anchor=f"bare commit {c.fmt(a['cpu_us'])} µs",
+              ratio=net["cpu_us"] / a["cpu_us"] if a["cpu_us"] else None,
               note=f"with idle {c.fmt(ps['cpu_us'])} µs; schedstat {c.fmt(net['run_us'])} µs net; child processes "
               f"{c.fmt(net['children_cpu_us'])} µs; context switches {c.fmt(net['ctx'])} net, "
               f"{c.fmt(ps['ctx'])} with idle")

@@ -14,7 +14,7 @@ battery-backed RTC), set ``DENEN_CLOCK=trusted`` in the agent's environment to t
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import time
 
@@ -33,10 +33,17 @@ class _Timex(ctypes.Structure):
     _fields_ = [("modes", ctypes.c_uint), ("_pad", ctypes.c_byte * 512)]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library the process already has mapped (dlopen of the program itself): no file search, and no
+    ``ldconfig -p`` child, which ``ctypes.util.find_library`` forks from the agent at every call."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def kernel_synced() -> bool | None:
     """True/False from the kernel's NTP state (adjtimex), None where it cannot be asked."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = _libc()
         tx = _Timex()
         state = libc.adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):

@@ -251,3 +251,18 @@ def test_the_trusted_setting_trusts_a_plausible_clock_but_never_one_before_2020(
     monkeypatch.setenv(clock.CLOCK_ENV, "kernel")
     monkeypatch.setattr(clock, "wall_us", lambda: time.time_ns() // 1000)
     assert not clock.ClockState().synced()
+
+
+def test_the_sync_check_does_not_search_for_libc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """find_library forks `ldconfig -p` from the ~50 MB agent every time; the check runs every 10 s."""
+    import ctypes.util
+
+    from agent import clock
+
+    def forbidden(name: str) -> None:
+        raise AssertionError(f"find_library({name!r}) called")
+
+    monkeypatch.setattr(ctypes.util, "find_library", forbidden)
+    clock._libc.cache_clear()
+    assert clock.kernel_synced() in (True, False)  # adjtimex answered (None: it could not be asked)
+    assert clock.kernel_synced() in (True, False)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError, ConfigError
+from agent.i18n import N_, _, local_time
 
 # The CLI imports this module to build its parser: config models (pydantic), the journal, ctypes (clock), socket
 # and ssl load inside the checks that use them.
@@ -410,28 +411,31 @@ def _check_radio(radio: RadioConfig, timeout_s: float, host: Host, agent_pid: in
     url = radio.port
     is_device = "://" not in url
     if not is_device and url.startswith("loop://"):
-        return Check(name, SKIP, f"{url} is a loopback test port; there is no module to ask")
+        return Check(name, SKIP, _("{port} is a loopback test port; there is no module to ask").format(port=url))
     if agent_pid is not None:
-        return Check(name, SKIP, f"{url}: in use by the running agent (pid {agent_pid}); not probed",
-                     "to probe the module, stop the agent first: sudo systemctl stop denen", {"agent_pid": agent_pid})
+        return Check(name, SKIP, _("{port}: in use by the running agent (pid {pid}); not probed").format(
+                         port=url, pid=agent_pid),
+                     _("to probe the module, stop the agent first: sudo systemctl stop denen"), {"agent_pid": agent_pid})
     if is_device:
         if not os.path.exists(url):
             present = _present_ports()
-            listing = ", ".join(present) if present else "none"
-            return Check(name, FAIL, f"{url} is not present",
-                         f"plug in the module and check the cable; serial ports present: {listing}; "
-                         f"deploy/edge/99-denen-lora.rules names modules /dev/lora0, /dev/lora1...",
+            listing = ", ".join(present) if present else _("none")
+            return Check(name, FAIL, _("{port} is not present").format(port=url),
+                         _("plug in the module and check the cable; serial ports present: {ports}; "
+                           "deploy/edge/99-denen-lora.rules names modules /dev/lora0, /dev/lora1...").format(
+                             ports=listing),
                          {"present": present})
         holders = host.holders(url)
         if holders:
             who = ", ".join(f"{pid} ({_process_name(pid)})" for pid in holders)
-            return Check(name, WARN, f"{url} is busy: held open by pid {who}; not probed",
-                         "close the other program (a terminal such as screen or minicom, another denen, "
-                         "ModemManager) and run doctor again", {"holders": holders})
+            return Check(name, WARN, _("{port} is busy: held open by pid {holders}; not probed").format(
+                             port=url, holders=who),
+                         _("close the other program (a terminal such as screen or minicom, another denen, "
+                           "ModemManager) and run doctor again"), {"holders": holders})
         if not os.access(os.path.realpath(url), os.R_OK | os.W_OK):
-            return Check(name, FAIL, f"{url}: permission denied",
-                         f"add the user to the serial port's group: sudo usermod -aG dialout {host.user()} "
-                         f"(then log out and in)")
+            return Check(name, FAIL, _("{port}: permission denied").format(port=url),
+                         _("add the user to the serial port's group: sudo usermod -aG dialout {user} "
+                           "(then log out and in)").format(user=host.user()))
     try:
         # exclusive: a flock, so a second program that also locks (another doctor) cannot interleave.
         port = serial.serial_for_url(url, baudrate=radio.baudrate, timeout=0.05, write_timeout=1.0,
@@ -439,18 +443,20 @@ def _check_radio(radio: RadioConfig, timeout_s: float, host: Host, agent_pid: in
     except (serial.SerialException, OSError, ValueError) as exc:
         text = str(exc)
         if "exclusively lock" in text:
-            return Check(name, WARN, f"{url} is busy: locked by another program; not probed",
-                         "close the other program and run doctor again")
-        return Check(name, FAIL, f"{url}: cannot open: {text}", "check radios[].port")
+            return Check(name, WARN, _("{port} is busy: locked by another program; not probed").format(port=url),
+                         _("close the other program and run doctor again"))
+        return Check(name, FAIL, _("{port}: cannot open: {error}").format(port=url, error=text),
+                     _("check radios[].port"))
     try:
         port.reset_input_buffer()
         probe = _PROBES.get(radio.driver)
         if probe is None:
-            return Check(name, SKIP, f"{url} opens; no probe for driver {radio.driver}")
+            return Check(name, SKIP, _("{port} opens; no probe for driver {driver}").format(
+                port=url, driver=radio.driver))
         return probe(port, radio, timeout_s)
     except (serial.SerialException, OSError) as exc:
-        return Check(name, FAIL, f"{url}: failed while probing: {exc}",
-                     "the port vanished or errored: check the cable and `dmesg | tail`")
+        return Check(name, FAIL, _("{port}: failed while probing: {error}").format(port=url, error=exc),
+                     _("the port vanished or errored: check the cable and `dmesg | tail`"))
     finally:
         port.close()
 
@@ -496,7 +502,8 @@ def _check_broker(config: Config, timeout_s: float) -> Check:
     try:
         password = cfg.password_value()
     except ConfigError as exc:
-        return Check("broker", FAIL, f"cannot read the MQTT password: {exc}", "check mqtt.password_file", details)
+        return Check("broker", FAIL, _("cannot read the MQTT password: {error}").format(error=exc),
+                     _("check mqtt.password_file"), details)
     if cfg.username is not None:
         client.username_pw_set(cfg.username, password)
     if tls is not None:
@@ -504,9 +511,9 @@ def _check_broker(config: Config, timeout_s: float) -> Check:
             client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
                            cert_reqs=ssl.CERT_REQUIRED)
         except (ssl.SSLError, OSError, ValueError) as exc:
-            return Check("broker", FAIL, f"the TLS files cannot be used: {exc}",
-                         "mqtt.tls.ca_file must be a PEM CA certificate; cert_file/key_file a matching client pair",
-                         details)
+            return Check("broker", FAIL, _("the TLS files cannot be used: {error}").format(error=exc),
+                         _("mqtt.tls.ca_file must be a PEM CA certificate; cert_file/key_file a matching client "
+                           "pair"), details)
         client.tls_insecure_set(tls.insecure)
     result: dict[str, Any] = {}
 
@@ -518,29 +525,34 @@ def _check_broker(config: Config, timeout_s: float) -> Check:
         client.connect(cfg.host, cfg.port, keepalive=max(5, int(timeout_s) + 5), clean_start=True)
     except ssl.SSLCertVerificationError as exc:
         _close_sockets_left_in(exc)
-        return Check("broker", FAIL, f"{where}: the broker's TLS certificate is not trusted: {exc.verify_message}",
-                     "mqtt.tls.ca_file must be the CA that signed the broker's certificate, and mqtt.host must be "
-                     "a name (or IP) the certificate lists", details)
+        return Check("broker", FAIL, _("{broker}: the broker's TLS certificate is not trusted: {error}").format(
+                         broker=where, error=exc.verify_message),
+                     _("mqtt.tls.ca_file must be the CA that signed the broker's certificate, and mqtt.host must be "
+                       "a name (or IP) the certificate lists"), details)
     except ssl.SSLError as exc:
         _close_sockets_left_in(exc)
-        return Check("broker", FAIL, f"{where}: TLS handshake failed: {exc.reason or exc}",
-                     "is this the broker's TLS port (usually 8883)? does it require a client certificate "
-                     "(mqtt.tls.cert_file/key_file)?", details)
+        return Check("broker", FAIL, _("{broker}: TLS handshake failed: {error}").format(
+                         broker=where, error=exc.reason or exc),
+                     _("is this the broker's TLS port (usually 8883)? does it require a client certificate "
+                       "(mqtt.tls.cert_file/key_file)?"), details)
     except ConnectionRefusedError as exc:
         _close_sockets_left_in(exc)
-        return Check("broker", FAIL, f"{where}: connection refused",
-                     "no broker listens there: check mqtt.host and mqtt.port, and that the broker runs", details)
+        return Check("broker", FAIL, _("{broker}: connection refused").format(broker=where),
+                     _("no broker listens there: check mqtt.host and mqtt.port, and that the broker runs"), details)
     except socket.gaierror as exc:
-        return Check("broker", FAIL, f"{where}: cannot resolve host name ({exc.strerror})",
-                     "check mqtt.host, the network and DNS (`getent hosts HOST`)", details)
+        return Check("broker", FAIL, _("{broker}: cannot resolve host name ({error})").format(
+                         broker=where, error=exc.strerror),
+                     _("check mqtt.host, the network and DNS (`getent hosts HOST`)"), details)
     except TimeoutError as exc:
         _close_sockets_left_in(exc)
-        return Check("broker", FAIL, f"{where}: no answer within {timeout_s:g} s",
-                     "check the network path (mobile router, firewall) and mqtt.host/mqtt.port", details)
+        return Check("broker", FAIL, _("{broker}: no answer within {seconds} s").format(
+                         broker=where, seconds=f"{timeout_s:g}"),
+                     _("check the network path (mobile router, firewall) and mqtt.host/mqtt.port"), details)
     except OSError as exc:
         _close_sockets_left_in(exc)
-        return Check("broker", FAIL, f"{where}: cannot connect: {exc.strerror or exc}",
-                     "check the network (`ip route`, `ping`) and mqtt.host", details)
+        return Check("broker", FAIL, _("{broker}: cannot connect: {error}").format(
+                         broker=where, error=exc.strerror or exc),
+                     _("check the network (`ip route`, `ping`) and mqtt.host"), details)
     try:
         deadline = time.monotonic() + timeout_s
         rc = mqtt.MQTT_ERR_SUCCESS
@@ -549,38 +561,44 @@ def _check_broker(config: Config, timeout_s: float) -> Check:
         reason = result.get("reason")
         if reason is None:
             closed = rc != mqtt.MQTT_ERR_SUCCESS
-            hint = ("the port may expect TLS: set mqtt.tls (and the TLS port, usually 8883)" if tls is None
-                    else "is this an MQTT port? check mqtt.port")
-            return Check("broker", FAIL, f"{where}: " + ("the connection was closed before the broker answered"
-                         if closed else f"no CONNACK within {timeout_s:g} s"), hint, details)
+            hint = (_("the port may expect TLS: set mqtt.tls (and the TLS port, usually 8883)") if tls is None
+                    else _("is this an MQTT port? check mqtt.port"))
+            what = (_("{broker}: the connection was closed before the broker answered") if closed
+                    else _("{broker}: no CONNACK within {seconds} s"))
+            return Check("broker", FAIL, what.format(broker=where, seconds=f"{timeout_s:g}"), hint, details)
         details["connack"] = {"value": reason.value, "reason": str(reason)}
         if reason.is_failure:
-            hint = "check the broker's log"
+            hint = _("check the broker's log")
             if reason.value in (134, 135):
-                hint = (f"check mqtt.username ({cfg.username}) and the password (mqtt.password_file) for this "
-                        f"gateway; the broker must have this user with this password")
+                hint = _("check mqtt.username ({username}) and the password (mqtt.password_file) for this "
+                         "gateway; the broker must have this user with this password").format(username=cfg.username)
             elif reason.value == 133:
-                hint = "the broker does not accept this client id; check mqtt.client_id"
-            return Check("broker", FAIL, f"{where}: the broker refused the connection: {reason} "
-                         f"(CONNACK {reason.value})", hint, details)
+                hint = _("the broker does not accept this client id; check mqtt.client_id")
+            return Check("broker", FAIL, _("{broker}: the broker refused the connection: {reason} "
+                                           "(CONNACK {code})").format(broker=where, reason=reason, code=reason.value),
+                         hint, details)
         sock = client.socket()
         tls_version = sock.version() if isinstance(sock, ssl.SSLSocket) else None
         details["tls_version"] = tls_version
-        how = f"TLS ({tls_version}, certificate verified)" if tls_version else "plain TCP"
+        how = (_("TLS ({version}, certificate verified)") if tls_version else _("plain TCP")).format(
+            version=tls_version)
         if tls_version and tls is not None and tls.insecure:
-            how = f"TLS ({tls_version}, host name NOT checked)"
-        user = f", user {cfg.username}" if cfg.username else ", anonymous"
-        summary = f"{where}: connected with {how}{user}"
+            how = _("TLS ({version}, host name NOT checked)").format(version=tls_version)
+        user = (_("user {username}").format(username=cfg.username) if cfg.username else _("anonymous"))
+        summary = _("{broker}: connected with {how}, {user}").format(broker=where, how=how, user=user)
         from agent.config import is_loopback_host  # noqa: PLC0415
 
         if tls is None and not is_loopback_host(cfg.host):
             # Allowed only with an explicit tls: false; still a problem to fix, not a state to call ok.
-            return Check("broker", FAIL, f"{where}: plain TCP to a broker on another machine (tls: false): the MQTT "
-                         f"login{' and password' if cfg.username else ''} and every reading cross the network in "
-                         "clear", "use TLS: mqtt.tls: {ca_file: ca.pem} and port 8883; plain TCP only "
-                         "inside a trusted private network (VPN)", details)
+            clear = (_("{broker}: plain TCP to a broker on another machine (tls: false): the MQTT login and password "
+                       "and every reading cross the network in clear") if cfg.username else
+                     _("{broker}: plain TCP to a broker on another machine (tls: false): the MQTT login and every "
+                       "reading cross the network in clear"))
+            return Check("broker", FAIL, clear.format(broker=where),
+                         _("use TLS: mqtt.tls: {{ca_file: ca.pem}} and port 8883; plain TCP only inside a trusted "
+                           "private network (VPN)").format(), details)
         if tls is not None and tls.insecure:
-            return Check("broker", WARN, summary, "set mqtt.tls.insecure: false in the field", details)
+            return Check("broker", WARN, summary, _("set mqtt.tls.insecure: false in the field"), details)
         return Check("broker", OK, summary, None, details)
     finally:
         try:
@@ -604,20 +622,22 @@ def _check_clock(host: Host) -> Check:
     from agent import clock  # noqa: PLC0415
 
     now_us = host.now_us()
+    # details["now"] is for machines (UTC); the summary is for the person at the gateway (local zone).
     stamp = datetime.datetime.fromtimestamp(now_us / 1e6, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    shown = local_time(now_us)
     if now_us < clock.EPOCH_FLOOR_US:
-        return Check("clock", FAIL, f"the clock says {stamp}, before 2020: it was never set",
-                     "connect the gateway to a network with NTP (UDP 123) or fit an RTC; readings are marked "
-                     "'unsynced' until the clock is set", {"now": stamp, "synced": False})
+        return Check("clock", FAIL, _("the clock says {time}, before 2020: it was never set").format(time=shown),
+                     _("connect the gateway to a network with NTP (UDP 123) or fit an RTC; readings are marked "
+                       "'unsynced' until the clock is set"), {"now": stamp, "synced": False})
     synced = host.clock_synced()
     if synced is None:
-        return Check("clock", WARN, f"{stamp}; whether it is synchronised cannot be asked here",
-                     "check `timedatectl` (System clock synchronized: yes)", {"now": stamp, "synced": None})
+        return Check("clock", WARN, _("{time}; whether it is synchronised cannot be asked here").format(time=shown),
+                     _("check `timedatectl` (System clock synchronized: yes)"), {"now": stamp, "synced": None})
     if not synced:
-        return Check("clock", WARN, f"{stamp}, not synchronised",
-                     "enable network time (`sudo timedatectl set-ntp true`) and check the gateway reaches an NTP "
-                     "server; readings are marked 'unsynced' until it syncs", {"now": stamp, "synced": False})
-    return Check("clock", OK, f"{stamp}, synchronised", None, {"now": stamp, "synced": True})
+        return Check("clock", WARN, _("{time}, not synchronised").format(time=shown),
+                     _("enable network time (`sudo timedatectl set-ntp true`) and check the gateway reaches an NTP "
+                       "server; readings are marked 'unsynced' until it syncs"), {"now": stamp, "synced": False})
+    return Check("clock", OK, _("{time}, synchronised").format(time=shown), None, {"now": stamp, "synced": True})
 
 
 def _journal_bytes(path: str) -> int:
@@ -643,24 +663,28 @@ def _check_journal(config: Config) -> Check:
     try:
         check_files(path)
     except AgentError as exc:
-        return Check("journal", FAIL, str(exc), "journal.path must name the journal file itself; the agent will not "
-                     "start on a link", details)
+        return Check("journal", FAIL, str(exc), _("journal.path must name the journal file itself; the agent will "
+                                                  "not start on a link"), details)
     if not existing.is_dir():
-        return Check("journal", FAIL, f"{existing} is a file, so the journal folder {folder} cannot be made",
-                     "set journal.path to a file in a folder, e.g. /var/lib/denen/journal.db", details)
+        return Check("journal", FAIL, _("{path} is a file, so the journal folder {folder} cannot be made").format(
+                         path=existing, folder=folder),
+                     _("set journal.path to a file in a folder, e.g. /var/lib/denen/journal.db"), details)
     if not os.access(existing, os.W_OK | os.X_OK):
-        what = folder if existing == folder else f"{existing} (to create {folder})"
-        return Check("journal", FAIL, f"cannot write to {what}",
-                     f"the agent's user must own the journal folder: sudo install -d -o denen -g denen {folder} "
-                     f"(the systemd unit's StateDirectory= does this for /var/lib/denen)", details)
+        what = (_("cannot write to {folder}") if existing == folder
+                else _("cannot write to {path} (to create {folder})")).format(path=existing, folder=folder)
+        return Check("journal", FAIL, what,
+                     _("the agent's user must own the journal folder: sudo install -d -o denen -g denen {folder} "
+                       "(the systemd unit's StateDirectory= does this for /var/lib/denen)").format(folder=folder),
+                     details)
     if existing == folder:
         # os.access trusts mode bits only; a read-only mount or a full inode table shows up only on a real write.
         probe = folder / f".denen-doctor-{os.getpid()}"
         try:
             probe.write_bytes(b"x")
         except OSError as exc:
-            return Check("journal", FAIL, f"cannot write to {folder}: {exc.strerror}",
-                         "is the file system mounted read-only, or full? (`mount`, `df -h`)", details)
+            return Check("journal", FAIL, _("cannot write to {folder}: {error}").format(folder=folder,
+                                                                                      error=exc.strerror),
+                         _("is the file system mounted read-only, or full? (`mount`, `df -h`)"), details)
         finally:
             try:
                 probe.unlink()
@@ -670,18 +694,21 @@ def _check_journal(config: Config) -> Check:
     size = _journal_bytes(path)
     details.update(journal_bytes=size, free_bytes=usage.free, disk_bytes=usage.total)
     mb = _MIB
-    summary = (f"{path}: {size / mb:.1f} MB of {quota / mb:.0f} MB quota; {usage.free / mb:.0f} MB free on disk"
-               + ("" if existing == folder else f" ({folder} will be created)"))
+    summary = _("{path}: {size} MB of {quota} MB quota; {free} MB free on disk").format(
+        path=path, size=f"{size / mb:.1f}", quota=f"{quota / mb:.0f}", free=f"{usage.free / mb:.0f}")
+    if existing != folder:
+        summary += " " + _("({folder} will be created)").format(folder=folder)
     if usage.free < _MIN_FREE_BYTES:
-        return Check("journal", FAIL, summary, "the disk is almost full: free space (`sudo journalctl --vacuum-"
-                     "size=50M`, remove old files) or use a larger SD card", details)
+        return Check("journal", FAIL, summary, _("the disk is almost full: free space (`sudo journalctl --vacuum-"
+                     "size=50M`, remove old files) or use a larger SD card"), details)
     if size >= 0.9 * quota:
-        return Check("journal", WARN, summary, "the journal is near its quota and evicts telemetry soon: is the "
-                     "broker reachable? (`denen status`); or raise journal.quota_mb", details)
+        return Check("journal", WARN, summary, _("the journal is near its quota and evicts telemetry soon: is the "
+                     "broker reachable? (`denen status`); or raise journal.quota_mb"), details)
     if usage.free + size < quota:
         room = (usage.free + size - _MIN_FREE_BYTES) / mb
-        return Check("journal", WARN, summary, f"the disk fills up before the journal reaches its quota: lower "
-                     f"journal.quota_mb to at most {max(room, 1):.0f} or free space", details)
+        return Check("journal", WARN, summary, _("the disk fills up before the journal reaches its quota: lower "
+                     "journal.quota_mb to at most {megabytes} or free space").format(megabytes=f"{max(room, 1):.0f}"),
+                     details)
     return Check("journal", OK, summary, None, details)
 
 
@@ -716,7 +743,7 @@ def _named_factory(name: str) -> Any:
 def _check_gpio(config: Any) -> Check:
     section = _gpio_configured(config)
     if section is None:
-        return Check("gpio", SKIP, "not configured (no gpio devices in the config)")
+        return Check("gpio", SKIP, _("not configured (no gpio devices in the config)"))
     devices = {k: str(getattr(getattr(section, k, None), "pin", "")) for k in _GPIO_DEVICES
                if getattr(section, k, None) is not None}
     wanted = getattr(section, "pin_factory", None)
@@ -738,26 +765,31 @@ def _check_gpio(config: Any) -> Check:
                 made = _named_factory(wanted) if wanted else (saved or Device._default_pin_factory())
             except Exception as exc:  # noqa: BLE001 - see above; reported, never raised
                 tried = "; ".join(str(w.message) for w in caught)
-                return Check("gpio", FAIL, f"no GPIO pin factory works: {type(exc).__name__}: {exc}", hint,
+                return Check("gpio", FAIL, _("no GPIO pin factory works: {error}").format(
+                                 error=f"{type(exc).__name__}: {exc}"), hint,
                              {"tried": tried, "devices": devices})
         kind = type(made).__name__
         details: dict[str, Any] = {"pin_factory": kind, "devices": devices}
         pins = ", ".join(f"{k} {v}" for k, v in devices.items())
         if kind == "MockFactory":
-            asked = "as the config asks (gpio.pin_factory: mock)" if wanted == "mock" else "GPIOZERO_PIN_FACTORY"
-            return Check("gpio", WARN, f"simulated pins (MockFactory, {asked}): {pins} reach no real hardware",
-                         "on a gateway remove gpio.pin_factory: mock (and GPIOZERO_PIN_FACTORY)", details)
+            asked = _("as the config asks (gpio.pin_factory: mock)") if wanted == "mock" else "GPIOZERO_PIN_FACTORY"
+            return Check("gpio", WARN, _("simulated pins (MockFactory, {why}): {pins} reach no real hardware").format(
+                             why=asked, pins=pins),
+                         _("on a gateway remove gpio.pin_factory: mock (and GPIOZERO_PIN_FACTORY)"), details)
         chips = sorted(glob.glob("/dev/gpiochip*"))
         blocked = [c for c in chips if not os.access(c, os.R_OK | os.W_OK)]
         details["chips"] = chips
         if blocked:
-            return Check("gpio", FAIL, f"pin factory {kind}, but {', '.join(blocked)} cannot be opened",
-                         "add the user to the gpio group: sudo usermod -aG gpio $USER (then log out and in)", details)
+            return Check("gpio", FAIL, _("pin factory {factory}, but {devices} cannot be opened").format(
+                             factory=kind, devices=", ".join(blocked)),
+                         _("add the user to the gpio group: sudo usermod -aG gpio $USER (then log out and in)"),
+                         details)
         try:
             board = str(made.board_info.model)
         except (AttributeError, OSError, RuntimeError, ValueError):
-            board = "unknown board"
-        return Check("gpio", OK, f"pin factory {kind} on {board}: {pins}", None, details)
+            board = _("unknown board")
+        return Check("gpio", OK, _("pin factory {factory} on {board}: {pins}").format(factory=kind, board=board,
+                                                                                      pins=pins), None, details)
     finally:
         if made is not None and made is not saved:
             made.close()
@@ -766,8 +798,8 @@ def _check_gpio(config: Any) -> Check:
 
 def _check_permissions(config: Config, host: Host) -> Check:
     if host.euid() == 0:
-        return Check("permissions", OK, "running as root (the service runs as user denen with the dialout and gpio "
-                     "groups its unit gives it)")
+        return Check("permissions", OK, _("running as root (the service runs as user denen with the dialout and "
+                                          "gpio groups its unit gives it)"))
     user = host.user()
     groups = host.groups()
     devices = [r.port for r in config.radios if "://" not in r.port and os.path.exists(r.port)]
@@ -777,13 +809,16 @@ def _check_permissions(config: Config, host: Host) -> Check:
     missing = [g for g in needs if g not in groups]
     blocked = [d for d in devices if not os.access(os.path.realpath(d), os.R_OK | os.W_OK)]
     details = {"user": user, "groups": sorted(groups), "missing_groups": missing, "blocked_devices": blocked}
-    fix = f"sudo usermod -aG {','.join(missing or ['dialout'])} {user} (then log out and in)"
+    fix = _("sudo usermod -aG {groups} {user} (then log out and in)").format(
+        groups=",".join(missing or ["dialout"]), user=user)
     if blocked:
-        return Check("permissions", FAIL, f"user {user} cannot open {', '.join(blocked)}", fix, details)
+        return Check("permissions", FAIL, _("user {user} cannot open {devices}").format(
+            user=user, devices=", ".join(blocked)), fix, details)
     if missing:
-        return Check("permissions", WARN, f"user {user} is not in group(s) {', '.join(missing)}", fix, details)
-    have = ", ".join(needs) if needs else "no device groups needed"
-    return Check("permissions", OK, f"user {user}: {have}", None, details)
+        return Check("permissions", WARN, _("user {user} is not in group(s) {groups}").format(
+            user=user, groups=", ".join(missing)), fix, details)
+    have = ", ".join(needs) if needs else _("no device groups needed")
+    return Check("permissions", OK, _("user {user}: {groups}").format(user=user, groups=have), None, details)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -821,23 +856,26 @@ def run_checks(config_path: str | None, *, timeout_s: float = 3.0, host: Host | 
     try:
         active = resolve_active_config(config_path, search, state_dir=state_dir, install=False)
     except AgentError as exc:
-        return [Check("config", FAIL, str(exc).split(" (hint: ")[0],
-                      str(exc).split(" (hint: ", 1)[1].rstrip(")") if " (hint: " in str(exc) else None)]
+        message, hint = _split_hint(str(exc))
+        return [Check("config", FAIL, message, hint)]
     try:
         # A card's own copy shows every file as readable by all (FAT): its modes say nothing.
         config = load_config(active.path, check_modes=not active.on_card)
     except ConfigError as exc:
-        return [Check("config", FAIL, f"{active.path} is invalid ({len(exc.issues)} problem(s))",
-                      "fix these lines (denen config validate shows the same): " + "; ".join(map(str, exc.issues)),
+        return [Check("config", FAIL, _("{path} is invalid ({count} problem(s))").format(
+                          path=active.path, count=len(exc.issues)),
+                      _("fix these lines (denen config validate shows the same): {issues}").format(
+                          issues="; ".join(map(str, exc.issues))),
                       {"issues": [str(i) for i in exc.issues]})]
     details = asdict(active)
-    summary = f"{active.path} ({active.source}), gateway {config.gateway.id}, sha256 {active.sha256[:12]}"
+    summary = _("{path} ({source}), gateway {gateway}, sha256 {digest}").format(
+        path=active.path, source=active.source, gateway=config.gateway.id, digest=active.sha256[:12])
     warns = [str(w) for w in getattr(config, "warnings", ())]
     if warns:
         checks = [Check("config", WARN, summary, "; ".join(warns), details)]
     elif active.problems:
         checks = [Check("config", WARN, summary + "; " + "; ".join(active.problems),
-                        "flash the config again (denen flash CONFIG TARGET); until then the config above runs",
+                        _("flash the config again (denen flash CONFIG TARGET); until then the config above runs"),
                         details)]
     else:
         checks = [Check("config", OK, summary, None, details)]
@@ -853,6 +891,15 @@ def run_checks(config_path: str | None, *, timeout_s: float = 3.0, host: Host | 
     return checks
 
 
+def _split_hint(text: str) -> tuple[str, str | None]:
+    """An error's message and its ``(hint: ...)`` tail, in English or in the language in use."""
+    for marker in {" (hint: ", _(" (hint: ")}:
+        if marker in text:
+            message, hint = text.split(marker, 1)
+            return message, hint.rstrip(")）")
+    return text, None
+
+
 def exit_code(checks: Sequence[Check]) -> int:
     """0 when every check is ok or skipped, 1 with warnings, 2 with failures."""
     return max((_EXIT[c.status] for c in checks), default=0)
@@ -865,7 +912,17 @@ def to_json(checks: Sequence[Check]) -> dict[str, Any]:
             "checks": [asdict(c) for c in checks]}
 
 
-_STYLE = {OK: ("ok", "green"), WARN: ("warn", "yellow"), FAIL: ("FAIL", "bold red"), SKIP: ("skip", "dim")}
+_STYLE = {OK: (N_("ok"), "green"), WARN: (N_("warn"), "yellow"), FAIL: (N_("FAIL"), "bold red"),
+          SKIP: (N_("skip"), "dim")}
+#: The checks' names (machine-readable in ``--json``) as the table shows them.
+_CHECK_NAMES = {"config": N_("config"), "broker": N_("broker"), "clock": N_("clock"), "journal": N_("journal"),
+                "gpio": N_("gpio"), "permissions": N_("permissions")}
+
+
+def _check_label(name: str) -> str:
+    if name.startswith("radio "):
+        return _("radio {name}").format(name=name.removeprefix("radio "))
+    return _(_CHECK_NAMES[name]) if name in _CHECK_NAMES else name
 
 
 def render(checks: Sequence[Check], console: Any) -> None:
@@ -875,36 +932,40 @@ def render(checks: Sequence[Check], console: Any) -> None:
 
     table = Table(title="denen doctor", show_lines=True, expand=True)
     table.add_column("", no_wrap=True)
-    table.add_column("check", no_wrap=True)
-    table.add_column("result", ratio=3)
-    table.add_column("fix", ratio=2)
+    table.add_column(_("check"), no_wrap=True)
+    table.add_column(_("result"), ratio=3)
+    table.add_column(_("fix"), ratio=2)
     for c in checks:
         label, style = _STYLE[c.status]
-        table.add_row(Text(label, style=style), c.name, Text(c.summary), Text(c.hint or "", style="italic"))
+        table.add_row(Text(_(label), style=style), Text(_check_label(c.name)), Text(c.summary),
+                      Text(c.hint or "", style="italic"))
     console.print(table)
     code = exit_code(checks)
     fails = sum(c.status == FAIL for c in checks)
     warns = sum(c.status == WARN for c in checks)
     if code == 0:
-        console.print("[green]all checks passed[/]")
+        console.print(Text(_("all checks passed"), style="green"))
     else:
-        console.print(f"[bold]{fails} failure(s), {warns} warning(s)[/] (exit code {code})")
+        console.print(Text(_("{failures} failure(s), {warnings} warning(s)").format(failures=fails, warnings=warns),
+                           style="bold"),
+                      Text(_("(exit code {code})").format(code=code)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``denen doctor``."""
     parser.add_argument("-c", "--config", default=None,
-                        help="config file (default: the config the agent would run: flashed, installed or "
-                             "/etc/denen/config.yaml)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+                        help=_("config file (default: the config the agent would run: flashed, installed or "
+                               "/etc/denen/config.yaml)"))
+    parser.add_argument("--json", action="store_true",
+                        help=_("print the results as JSON (English, times in UTC)"))
     parser.add_argument("--timeout", type=float, default=3.0, metavar="S",
-                        help="longest wait for a module reply and for the broker, in seconds (default 3)")
+                        help=_("longest wait for a module reply and for the broker, in seconds (default 3)"))
 
 
 def main(args: argparse.Namespace) -> int:
     """``denen doctor``: prints the checks and returns 0 (all ok), 1 (warnings) or 2 (failures)."""
     if args.timeout <= 0:
-        raise AgentError("--timeout must be positive (hint: e.g. --timeout 3)")
+        raise AgentError(_("--timeout must be positive (hint: e.g. --timeout 3)"))
     checks = run_checks(args.config, timeout_s=args.timeout)
     if args.json:
         print(json.dumps(to_json(checks), indent=2, ensure_ascii=False))
@@ -916,13 +977,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _standalone() -> int:
-    parser = argparse.ArgumentParser(prog="denen doctor", description="check that this gateway can work")
+    parser = argparse.ArgumentParser(prog="denen doctor", description=_("check that this gateway can work"))
     add_arguments(parser)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return main(parser.parse_args())
     except AgentError as exc:
-        print(f"denen: error: {exc}", file=sys.stderr)
+        print(_("denen: error: {message}").format(message=exc), file=sys.stderr)
         return 2
 
 

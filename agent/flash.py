@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.errors import AgentError, ConfigError
+from agent.i18n import N_, _
 
 if TYPE_CHECKING:
     # `denen --help` imports this module to build its parser: the config models (pydantic) and the YAML
@@ -391,19 +392,21 @@ def _raw_journal_path(text: str) -> object:
 def _check_target(target: Path) -> None:
     if not target.exists():
         raise FlashError(
-            f"target {target} does not exist (hint: insert the SD card or USB stick and give the folder it is "
-            f"mounted at, e.g. /media/$USER/bootfs; `lsblk -o NAME,MOUNTPOINT` lists them)"
+            _("target {target} does not exist (hint: insert the SD card or USB stick and give the folder it is "
+              "mounted at, e.g. /media/$USER/bootfs; `lsblk -o NAME,MOUNTPOINT` lists them)").format(target=target)
         )
     if not target.is_dir():
-        raise FlashError(f"target {target} is not a folder (hint: give the mount point of the SD card or USB stick)")
+        raise FlashError(_("target {target} is not a folder (hint: give the mount point of the SD card or USB "
+                           "stick)").format(target=target))
     if target.name == BUNDLE_NAME and (target / MANIFEST_NAME).exists():
         raise FlashError(
-            f"target {target} is itself a flashed bundle (hint: give the folder that contains it, {target.parent})"
+            _("target {target} is itself a flashed bundle (hint: give the folder that contains it, "
+              "{parent})").format(target=target, parent=target.parent)
         )
     if not os.access(target, os.W_OK | os.X_OK):
         raise FlashError(
-            f"cannot write to {target} (hint: the card may be mounted read-only, or owned by another user; "
-            f"check `mount | grep {target}`)"
+            _("cannot write to {target} (hint: the card may be mounted read-only, or owned by another user; "
+              "check `mount | grep {target}`)").format(target=target)
         )
 
 
@@ -433,13 +436,14 @@ def flash(config_path: str | os.PathLike[str], target: str | os.PathLike[str], *
     try:
         source_bytes = source.read_bytes()
     except OSError as exc:
-        raise FlashError(f"cannot read {source}: {exc.strerror}") from None
+        raise FlashError(_("cannot read {path}: {error}").format(path=source, error=exc.strerror)) from None
     text = source_bytes.decode("utf-8-sig")
     raw_journal = _raw_journal_path(text)
     if isinstance(raw_journal, str) and not os.path.isabs(raw_journal):
         raise FlashError(
-            f"{source}: journal.path '{raw_journal}' is relative; on the gateway it would point into the config "
-            f"folder, which is replaced at every flash (hint: use an absolute path such as /var/lib/denen/journal.db)"
+            _("{path}: journal.path '{journal}' is relative; on the gateway it would point into the config "
+              "folder, which is replaced at every flash (hint: use an absolute path such as "
+              "/var/lib/denen/journal.db)").format(path=source, journal=raw_journal)
         )
 
     secrets = _secrets_of(config)
@@ -451,15 +455,16 @@ def flash(config_path: str | os.PathLike[str], target: str | os.PathLike[str], *
             contents[s.name] = s.source.read_bytes()
         except OSError as exc:
             raise FlashError(
-                f"cannot read credential file {s.source} ({'.'.join(str(p) for p in s.loc)}): {exc.strerror} "
-                f"(hint: run denen flash as a user who can read it)"
+                _("cannot read credential file {path} ({key}): {error} (hint: run denen flash as a user who can "
+                  "read it)").format(path=s.source, key=".".join(str(p) for p in s.loc), error=exc.strerror)
             ) from None
     contents[CONFIG_NAME] = _rewrite_config(text, secrets).encode("utf-8")
 
     needed = sum(len(b) for b in contents.values()) + 64 * 1024
     free = shutil.disk_usage(target).free
     if free < needed:
-        raise FlashError(f"{target} has {free} bytes free, the bundle needs {needed} (hint: free some space)")
+        raise FlashError(_("{target} has {free} bytes free, the bundle needs {needed} (hint: free some "
+                           "space)").format(target=target, free=free, needed=needed))
 
     stamp = (now or datetime.datetime.now(datetime.timezone.utc)).astimezone(datetime.timezone.utc)
     files = {name: {"sha256": _sha256_bytes(data), "bytes": len(data)} for name, data in sorted(contents.items())}
@@ -494,8 +499,8 @@ def flash(config_path: str | os.PathLike[str], target: str | os.PathLike[str], *
         _fsync_dir(staging)
         _fsync_dir(target)
     except OSError as exc:
-        raise FlashError(f"writing to {target} failed: {exc.strerror or exc} (the previous bundle is unchanged)"
-                         ) from None
+        raise FlashError(_("writing to {target} failed: {error} (the previous bundle is unchanged)").format(
+            target=target, error=exc.strerror or exc)) from None
 
     try:
         verify(staging)  # read back: a card that does not keep what it was given is caught here
@@ -505,13 +510,15 @@ def flash(config_path: str | os.PathLike[str], target: str | os.PathLike[str], *
             load_config(staging / CONFIG_NAME, check_modes=False)
     except (FlashError, ConfigError) as exc:
         _remove_tree(staging)
-        raise FlashError(f"the written bundle does not check out, nothing was replaced: {exc}") from None
+        raise FlashError(_("the written bundle does not check out, nothing was replaced: {error}").format(
+            error=exc)) from None
 
     backup: Path | None = None
     try:
         if bundle.exists() or bundle.is_symlink():
             if not bundle.is_dir():
-                raise FlashError(f"{bundle} exists and is not a folder (hint: move it away and flash again)")
+                raise FlashError(_("{path} exists and is not a folder (hint: move it away and flash again)").format(
+                    path=bundle))
             _remove_tree(prev)
             os.rename(bundle, prev)
             _fsync_dir(target)
@@ -519,7 +526,8 @@ def flash(config_path: str | os.PathLike[str], target: str | os.PathLike[str], *
         os.rename(staging, bundle)
         _fsync_dir(target)
     except OSError as exc:
-        raise FlashError(f"switching to the new bundle on {target} failed: {exc.strerror or exc}") from None
+        raise FlashError(_("switching to the new bundle on {target} failed: {error}").format(
+            target=target, error=exc.strerror or exc)) from None
     log.info("flashed %s to %s (digest %s)", source, bundle, manifest["digest"][:12])
     warnings = tuple(str(w) for w in getattr(config, "warnings", ()))
     return FlashResult(bundle, backup, manifest, tuple(sorted({s.name for s in secrets})), warnings, modes_kept)
@@ -777,9 +785,11 @@ def resolve_active_config(explicit: str | os.PathLike[str] | None, search: Seque
         try:
             digest = _sha256_file(path)
         except FileNotFoundError:
-            raise AgentError(f"config file {path} does not exist (hint: check the path given with -c)") from None
+            raise AgentError(_("config file {path} does not exist (hint: check the path given with -c)").format(
+                path=path)) from None
         except OSError as exc:
-            raise AgentError(f"cannot read config file {path}: {exc.strerror}") from None
+            raise AgentError(_("cannot read config file {path}: {error}").format(path=path, error=exc.strerror)
+                             ) from None
         return ActiveConfig(str(path), digest, "explicit")
 
     search = default_search_paths() if search is None else tuple(search)
@@ -853,7 +863,7 @@ def resolve_active_config(explicit: str | os.PathLike[str] | None, search: Seque
 # Command line
 
 
-FLASH_EXAMPLES = """\
+FLASH_EXAMPLES = N_("""\
 examples:
   denen config validate gw-okutama-01/config.yaml
       check first: every problem with file, line, key and a hint
@@ -866,20 +876,20 @@ examples:
 
   On the gateway, `journalctl -u denen -b | grep config` shows the active config and its sha256, to compare
   with the sha256 printed here. Exit codes: 0 flashed, 1 target or file problem, 2 invalid config.
-"""
+""")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``denen flash CONFIG TARGET``, and the examples shown by ``--help``."""
     # The examples are laid out by hand; the default formatter would re-wrap them into one paragraph.
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = FLASH_EXAMPLES
+    parser.epilog = _(FLASH_EXAMPLES)
     if parser.description is None:
-        parser.description = ("Validate a gateway config and write it, with its credential files and a manifest\n"
-                              "of their SHA-256, onto a mounted SD card or USB stick, atomically.")
-    parser.add_argument("config", metavar="CONFIG", help="config file (YAML) to validate and flash")
+        parser.description = _("Validate a gateway config and write it, with its credential files and a manifest\n"
+                               "of their SHA-256, onto a mounted SD card or USB stick, atomically.")
+    parser.add_argument("config", metavar="CONFIG", help=_("config file (YAML) to validate and flash"))
     parser.add_argument("target", metavar="TARGET",
-                        help="mounted SD-card boot partition or USB stick (a folder), e.g. /media/$USER/bootfs")
+                        help=_("mounted SD-card boot partition or USB stick (a folder), e.g. /media/$USER/bootfs"))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -888,18 +898,19 @@ def main(args: argparse.Namespace) -> int:
     m = result.manifest
     out = sys.stdout
     for w in result.warnings:
-        print(f"warning: {w}", file=out)
-    print(f"flashed gateway {m['gateway']} to {result.bundle}", file=out)
+        print(_("warning: {warning}").format(warning=w), file=out)
+    print(_("flashed gateway {gateway} to {bundle}").format(gateway=m["gateway"], bundle=result.bundle), file=out)
+    # The digests keep their English labels in both languages: installers compare them with the gateway's log.
     print(f"  config.yaml sha256 {m['files'][CONFIG_NAME]['sha256']}", file=out)
     print(f"  bundle digest      {m['digest']}", file=out)
     if result.secrets:
-        print(f"  credentials        {', '.join(result.secrets)}", file=out)
+        print("  " + _("credentials: {files}").format(files=", ".join(result.secrets)), file=out)
     if result.backup is not None:
-        print(f"  previous bundle kept in {result.backup}", file=out)
+        print("  " + _("previous bundle kept in {path}").format(path=result.backup), file=out)
     if result.secrets and not result.modes_kept:
-        print("  note: this card's file system does not keep file modes, so anyone holding the card can read the "
-              "credentials; the gateway copies them to /var/lib/denen (mode 600) on boot", file=out)
-    print("unmount the card before removing it (e.g. `udisksctl unmount -b /dev/sdX1` or eject it)", file=out)
+        print("  " + _("note: this card's file system does not keep file modes, so anyone holding the card can read "
+                       "the credentials; the gateway copies them to /var/lib/denen (mode 600) on boot"), file=out)
+    print(_("unmount the card before removing it (e.g. `udisksctl unmount -b /dev/sdX1` or eject it)"), file=out)
     return 0
 
 
@@ -913,7 +924,7 @@ def _standalone() -> int:
         print(str(exc), file=sys.stderr)
         return 2
     except AgentError as exc:
-        print(f"denen: error: {exc}", file=sys.stderr)
+        print(_("denen: error: {message}").format(message=exc), file=sys.stderr)
         return 1
 
 

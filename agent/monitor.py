@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import AgentError
+from agent.i18n import N_, _, local_time
 
 __all__ = [
     "HISTORY_S",
@@ -354,19 +355,22 @@ def collect(journal_path: str, config: Any | None = None, *, now_us: int | None 
 _RATING_STYLE = {"excellent": "bold green", "good": "green", "marginal": "yellow", "poor": "bold red",
                  "unknown": "dim"}
 _STATE_STYLE = {"ok": "", "late": "yellow", "never heard": "dim"}
+#: The ratings (machine-readable in ``--json``) as the table and its caption show them.
+_RATING_NAMES = {"excellent": N_("excellent"), "good": N_("good"), "marginal": N_("marginal"), "poor": N_("poor"),
+                 "unknown": N_("unknown")}
 
 
 def _age_short(seconds: float | None) -> str:
     """``30s``, ``12m``, ``1.5h``, ``2.0d`` ago; ``never``."""
     if seconds is None:
-        return "never"
+        return _("never")
     if seconds < 120:
-        return f"{seconds:.0f}s"
+        return _("{n}s").format(n=f"{seconds:.0f}")
     if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
+        return _("{n}m").format(n=f"{seconds / 60:.0f}")
     if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
+        return _("{n}h").format(n=f"{seconds / 3600:.1f}")
+    return _("{n}d").format(n=f"{seconds / 86400:.1f}")
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -405,7 +409,8 @@ def _rating_text(rating: str, margin_db: float | None, near_limit: bool) -> Any:
     """``good 6.0`` in the rating's colour, with a red ``!`` when the RSSI was near the sensitivity."""
     from rich.text import Text  # noqa: PLC0415
 
-    text = Text(rating if margin_db is None else f"{rating} {margin_db:.1f}", style=_RATING_STYLE.get(rating, ""))
+    shown = _(_RATING_NAMES[rating]) if rating in _RATING_NAMES else rating
+    text = Text(shown if margin_db is None else f"{shown} {margin_db:.1f}", style=_RATING_STYLE.get(rating, ""))
     if near_limit:
         text.append("!", style="bold red")
     return text
@@ -424,32 +429,32 @@ def render(data: dict[str, Any], *, wide: bool = False) -> Any:
     from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415
 
-    stamp = time.strftime("%H:%M:%S", time.localtime(data["ts_us"] / 1e6))
-    running = "agent running" if data["agent_running"] else "agent NOT running"
+    stamp = local_time(data["ts_us"], date=False)
+    running = _("agent running") if data["agent_running"] else _("agent NOT running")
     gateway = " ".join(x for x in (data.get("gateway"), data.get("gateway_name")) if x)
     table = Table(title=f"denen monitor  {gateway}  {stamp}  ({running})", expand=False,
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, padding=(0, 1))
     # Node ids are never cut: the column is as wide as the longest.
     id_cells = max([cell_len(n["node"]) for n in data["nodes"]] + [4])
-    table.add_column("node", no_wrap=True, min_width=id_cells)
-    table.add_column("name", no_wrap=True, overflow="ellipsis")
+    table.add_column(_("node"), no_wrap=True, min_width=id_cells)
+    table.add_column(_("name"), no_wrap=True, overflow="ellipsis")
     if wide:
-        table.add_column("kind", no_wrap=True, overflow="ellipsis", max_width=12)
-        table.add_column("heard at", no_wrap=True)
-    table.add_column("seen", justify="right", no_wrap=True)
+        table.add_column(_("kind"), no_wrap=True, overflow="ellipsis", max_width=12)
+        table.add_column(_("heard at"), no_wrap=True)
+    table.add_column(_("seen"), justify="right", no_wrap=True)
     if wide:
-        table.add_column("last\nRSSI/SNR", justify="right", no_wrap=True)
+        table.add_column(_("last\nRSSI/SNR"), justify="right", no_wrap=True)
         table.add_column("SF", justify="right", no_wrap=True)
-        table.add_column("last margin\nSNR/RSSI", justify="right", no_wrap=True)
-        table.add_column("last\nlink", no_wrap=True)
+        table.add_column(_("last margin\nSNR/RSSI"), justify="right", no_wrap=True)
+        table.add_column(_("last\nlink"), no_wrap=True)
     # Two-line headers: the figures are narrower than their names.
-    table.add_column("RSSI dBm\nmin/med", justify="right", no_wrap=True)
-    table.add_column("SNR dB\nmin/med", justify="right", no_wrap=True)
-    table.add_column("frames\n5m/15m", justify="right", no_wrap=True)
-    table.add_column("worst\nlink dB", no_wrap=True)
+    table.add_column(_("RSSI dBm\nmin/med"), justify="right", no_wrap=True)
+    table.add_column(_("SNR dB\nmin/med"), justify="right", no_wrap=True)
+    table.add_column(_("frames\n5m/15m"), justify="right", no_wrap=True)
+    table.add_column(_("worst\nlink dB"), no_wrap=True)
     if wide:
-        table.add_column("batt\nV", justify="right", no_wrap=True)
-        table.add_column("frames\nok/bad", justify="right", no_wrap=True)
+        table.add_column(_("batt\nV"), justify="right", no_wrap=True)
+        table.add_column(_("frames\nok/bad"), justify="right", no_wrap=True)
 
     day = time.strftime("%Y-%m-%d", time.localtime(data["ts_us"] / 1e6))
     for n in data["nodes"]:
@@ -457,7 +462,7 @@ def render(data: dict[str, Any], *, wide: bool = False) -> Any:
         if n["state"] != "late":
             late = ""
         else:
-            late = " LATE" if n["silence_alert"] else " LATE*"
+            late = " " + (_("LATE") if n["silence_alert"] else _("LATE*"))
         seen = Text(_age_short(n["last_seen_age_s"]) + late, style=_STATE_STYLE.get(n["state"], ""))
         row: list[Any] = [n["node"], _fit_cells(n["name"] or "?", NAME_CELLS_WIDE if wide else NAME_CELLS)]
         if wide:
@@ -483,28 +488,29 @@ def render(data: dict[str, Any], *, wide: bool = False) -> Any:
             row += [_num(n["battery_v"], 2), Text.assemble(str(n["frames_ok"]), "/", bad)]
         table.add_row(*row)
 
-    lines = ", ".join(f"{name} >= {low:g} dB" for name, low in RATINGS)
+    lines = ", ".join(f"{_(_RATING_NAMES[name])} >= {low:g} dB" for name, low in RATINGS)
     factor = data["thresholds"]["late_factor"]
     window_min = data.get("history_s", HISTORY_S) / 60
     since_us = data.get("history_since_us")
     watched_s = None if since_us is None else (data["ts_us"] - since_us) / 1e6
     if watched_s is not None and watched_s < data.get("history_s", HISTORY_S):
-        since = time.strftime("%H:%M:%S", time.localtime(since_us / 1e6))
-        span = f"history: frames seen since {since} (the monitor's start; one frame per node until it has watched)"
+        span = _("history: frames seen since {time} (the monitor's start; one frame per node until it has "
+                 "watched)").format(time=local_time(since_us, date=False))
     else:
-        span = f"history: the last {window_min:g} min"
-    late_legend = (f"LATE = silent >= {factor:g} x interval (rules.silence_factor), the threshold of the node_silent "
-                   "alert (which does not count time the agent was stopped, so after an outage LATE can show first); "
-                   "LATE* = no alert for this kind (rules.silence_kinds).")
+        span = _("history: the last {minutes} min").format(minutes=f"{window_min:g}")
+    late_legend = _("LATE = silent >= {factor} x interval (rules.silence_factor), the threshold of the node_silent "
+                    "alert (which does not count time the agent was stopped, so after an outage LATE can show "
+                    "first); LATE* = no alert for this kind (rules.silence_kinds).").format(factor=f"{factor:g}")
     table.caption = (
-        f"{span}; frames 5m/15m = frames heard in the last 5/15 min. worst link = margin (dB) from the lowest RSSI "
-        f"and the lowest SNR: {lines}, poor below; ! = RSSI within {RSSI_NEAR_LIMIT_DB:g} dB of the sensitivity. "
-        + ("link margin = min(SNR - floor of the SF, RSSI - sensitivity). " if wide else "")
-        + late_legend + ("" if wide else " --wide: more columns."))
+        _("{history}; frames 5m/15m = frames heard in the last 5/15 min. worst link = margin (dB) from the lowest "
+          "RSSI and the lowest SNR: {ratings}, {poor} below; ! = RSSI within {near} dB of the sensitivity.").format(
+            history=span, ratings=lines, poor=_("poor"), near=f"{RSSI_NEAR_LIMIT_DB:g}")
+        + " " + (_("link margin = min(SNR - floor of the SF, RSSI - sensitivity).") + " " if wide else "")
+        + late_legend + ("" if wide else " " + _("--wide: more columns.")))
     return table
 
 
-MONITOR_EPILOG = """\
+MONITOR_EPILOG = N_("""\
 Examples:
   denen monitor                   live view of the active config's nodes
   denen monitor --wide            also the last frame's RSSI/SNR, SF, margins,
@@ -524,26 +530,27 @@ the threshold of the node_silent alert. The alert does not count time the
 agent was stopped, so after an outage a node can be LATE before its alert; a
 node of a kind not in rules.silence_kinds shows LATE* (LATE, no alert). With
 -j and no config, the rules' defaults apply.
-"""
+""")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``denen monitor``; its examples and the legend of its LATE mark as the help's epilog."""
     # The epilog is laid out by hand (examples in columns): the raw formatter keeps its lines.
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = MONITOR_EPILOG
+    parser.epilog = _(MONITOR_EPILOG)
     src = parser.add_mutually_exclusive_group()
     src.add_argument("-c", "--config", default=None,
-                     help="config file (default: the config the agent runs: flashed, installed or /etc/denen)")
-    src.add_argument("-j", "--journal", default=None, help="journal file, when there is no config at hand")
-    parser.add_argument("--json", action="store_true", help="print the data as JSON (one document per refresh)")
-    parser.add_argument("--once", action="store_true", help="print once and exit")
+                     help=_("config file (default: the config the agent runs: flashed, installed or /etc/denen)"))
+    src.add_argument("-j", "--journal", default=None, help=_("journal file, when there is no config at hand"))
+    parser.add_argument("--json", action="store_true",
+                        help=_("print the data as JSON (one document per refresh; English, times in UTC/epoch)"))
+    parser.add_argument("--once", action="store_true", help=_("print once and exit"))
     parser.add_argument("--interval", type=float, default=2.0, metavar="S",
-                        help="seconds between refreshes (default 2, at least 0.5)")
-    parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N refreshes")
+                        help=_("seconds between refreshes (default 2, at least 0.5)"))
+    parser.add_argument("--count", type=int, default=None, metavar="N", help=_("stop after N refreshes"))
     parser.add_argument("--wide", action="store_true",
-                        help="more columns: the last frame's RSSI, SNR, SF and margins, battery, frame counts, "
-                             "the gateway's time of the last frame (about 160 columns)")
+                        help=_("more columns: the last frame's RSSI, SNR, SF and margins, battery, frame counts, "
+                               "the gateway's time of the last frame (about 160 columns)"))
 
 
 def _sources(args: argparse.Namespace) -> tuple[str, Any | None]:
@@ -566,10 +573,10 @@ def _sources(args: argparse.Namespace) -> tuple[str, Any | None]:
 def main(args: argparse.Namespace) -> int:
     """``denen monitor``: returns 0; raises AgentError (exit 1) when the journal cannot be read once."""
     if args.interval < 0.5:
-        raise AgentError(f"--interval {args.interval:g} is too short (hint: 0.5 s or more; the agent's journal "
-                         f"changes at most a few times a second)")
+        raise AgentError(_("--interval {seconds} is too short (hint: 0.5 s or more; the agent's journal "
+                           "changes at most a few times a second)").format(seconds=f"{args.interval:g}"))
     if args.count is not None and args.count < 1:
-        raise AgentError("--count must be at least 1")
+        raise AgentError(_("--count must be at least 1"))
     journal, config = _sources(args)
     count = 1 if args.once else args.count
     history = History()
@@ -602,7 +609,7 @@ def _view(journal: str, config: Any | None, *, wide: bool = False, history: Hist
         return render(collect(journal, config, history=history), wide=wide)
     except AgentError as exc:
         # On site the agent may not have written its journal yet: keep watching instead of quitting.
-        return Text(f"waiting: {exc}", style="yellow")
+        return Text(_("waiting: {error}").format(error=exc), style="yellow")
 
 
 def _live(console: Any, journal: str, config: Any | None, interval: float, count: int | None, *,
@@ -624,7 +631,7 @@ def _live(console: Any, journal: str, config: Any | None, interval: float, count
 
 
 def _standalone(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="denen monitor", description="live per-node link view")
+    parser = argparse.ArgumentParser(prog="denen monitor", description=_("live per-node link view"))
     add_arguments(parser)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from agent.errors import ConfigError  # noqa: PLC0415
@@ -635,7 +642,7 @@ def _standalone(argv: Sequence[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     except AgentError as exc:
-        print(f"denen: error: {exc}", file=sys.stderr)
+        print(_("denen: error: {message}").format(message=exc), file=sys.stderr)
         return 1
 
 

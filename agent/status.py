@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError, ConfigError, ConfigIssue
+from agent.i18n import _, local_time
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -44,19 +45,19 @@ def journal_path(config_path: str) -> str:
         with open(config_path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise fail("config file not found", "check the path, or give the journal with -j") from None
+        raise fail(_("config file not found"), _("check the path, or give the journal with -j")) from None
     except OSError as exc:
-        raise fail(f"cannot read the config file: {exc.strerror}") from None
+        raise fail(_("cannot read the config file: {error}").format(error=exc.strerror)) from None
     try:
         text = raw.decode("utf-8-sig")  # editors on Windows laptops often save a BOM
     except UnicodeDecodeError as exc:
-        raise fail("the file is not valid UTF-8 text", "save the file as UTF-8",
+        raise fail(_("the file is not valid UTF-8 text"), _("save the file as UTF-8"),
                    line=raw[: exc.start].count(b"\n") + 1) from None
 
     from ruamel.yaml import YAML  # noqa: PLC0415 - only this command needs YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError  # noqa: PLC0415
 
-    hint = "run `denen config validate` on it for every problem"
+    hint = _("run `denen config validate` on it for every problem")
     try:
         data = YAML(typ="safe").load(text)
     except MarkedYAMLError as exc:
@@ -71,17 +72,17 @@ def journal_path(config_path: str) -> str:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise fail("the top level must be a mapping of sections (gateway:, journal:, ...)", hint)
+        raise fail(_("the top level must be a mapping of sections (gateway:, journal:, ...)"), hint)
     journal = data.get("journal")
     if journal is None:  # absent, or an empty section
         journal = {}
     if not isinstance(journal, dict):
-        raise fail("must be a mapping (path:, quota_mb:)", hint, key="journal")
+        raise fail(_("must be a mapping (path:, quota_mb:)"), hint, key="journal")
     path = journal.get("path", DEFAULT_JOURNAL_PATH)
     if not isinstance(path, str) or not path:
-        raise fail("must be a file path (text)", hint, key="journal.path")
+        raise fail(_("must be a file path (text)"), hint, key="journal.path")
     if "\0" in path:
-        raise fail("holds a NUL character", hint, key="journal.path")
+        raise fail(_("holds a NUL character"), hint, key="journal.path")
     resolved = Path(path)
     if not resolved.is_absolute():
         resolved = Path(config_path).absolute().parent / resolved
@@ -95,7 +96,8 @@ def collect(journal_path: str) -> dict[str, Any]:
         AgentError: the journal does not exist or cannot be read.
     """
     if not os.path.exists(journal_path):
-        raise AgentError(f"no journal at {journal_path} (has the agent run with this config? see journal.path)")
+        raise AgentError(_("no journal at {path} (has the agent run with this config? see journal.path)")
+                         .format(path=journal_path))
     try:
         db = sqlite3.connect(f"file:{journal_path}?mode=ro", uri=True, timeout=5)
         try:
@@ -103,7 +105,7 @@ def collect(journal_path: str) -> dict[str, Any]:
         finally:
             db.close()
     except sqlite3.Error as exc:
-        raise AgentError(f"cannot read the journal {journal_path}: {exc}") from exc
+        raise AgentError(_("cannot read the journal {path}: {error}").format(path=journal_path, error=exc)) from exc
 
 
 def _collect(db: sqlite3.Connection) -> dict[str, Any]:
@@ -195,50 +197,65 @@ def _alive(pid: int) -> bool:
 
 
 def render(status: dict[str, Any], console: Console) -> None:
-    """Print the status as a few tables an installer can read on one screen."""
-    from rich.table import Table  # noqa: PLC0415 - rich only for the tables, not for --json
+    """Print the status as a few tables an installer can read on one screen, in the user's language; times in the
+    local zone (:func:`agent.i18n.local_time`)."""
+    from rich import box  # noqa: PLC0415 - rich only for the tables, not for --json
+    from rich.cells import cell_len  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from agent.monitor import NAME_CELLS, _fit_cells  # noqa: PLC0415 - the monitor's cut of wide names
+
+    def say(text: str) -> None:
+        # Names, users and details come from the config and the journal: printed as text, never markup.
+        console.print(text, markup=False, highlight=False)
 
     agent = status["agent"]
-    state = f"[green]running[/] (pid {agent['pid']})" if agent["running"] else "[red]not running[/]"
-    console.print(f"[bold]gateway[/] {status['gateway']}   agent {state}   version {agent['version']}")
+    state = (_("running (pid {pid})").format(pid=agent["pid"]) if agent["running"] else _("not running"))
+    say(_("gateway {gateway}   agent {state}   version {version}").format(
+        gateway=status["gateway"], state=state, version=agent["version"]))
     if agent.get("config"):
-        console.print(f"active {agent['config']}")
+        say(_("active {config}").format(config=agent["config"]))
     j = status["journal"]
     age = j["oldest_unsent_age_s"]
-    console.print(
-        "journal: " + "  ".join(f"{lane} {n}" for lane, n in j["depth"].items())
-        + f"   oldest unsent: {'-' if age is None else f'{age:.0f} s'}"
-    )
-    t = Table(title="nodes", show_lines=False)
-    for col in ("node", "name", "last seen", "RSSI dBm", "SNR dB", "battery V", "frames ok", "bad", "fcnt MIC",
-                "fcnt no MIC"):
-        t.add_column(col)
+    say(_("journal: {depths}   oldest unsent: {age}").format(
+        depths="  ".join(f"{lane} {n}" for lane, n in j["depth"].items()),
+        age="-" if age is None else _("{seconds} s").format(seconds=f"{age:.0f}")))
+    # Fits 80 terminal cells with Japanese headers and names (a wide character takes two cells): names are cut
+    # to NAME_CELLS cells, figures share two-line columns, node ids are never cut.
+    t = Table(title=_("nodes"), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+              padding=(0, 1))
+    id_cells = max([cell_len(n["node"]) for n in status["nodes"]] + [8])
+    t.add_column(_("node"), no_wrap=True, min_width=id_cells)
+    t.add_column(_("name"), no_wrap=True)
+    t.add_column(_("last seen"), justify="right", no_wrap=True)
+    t.add_column(_("RSSI dBm\n/SNR dB"), justify="right", no_wrap=True)
+    t.add_column(_("battery\nV"), justify="right", no_wrap=True)
+    t.add_column(_("frames\nok/bad"), justify="right", no_wrap=True)
+    t.add_column(_("fcnt\nMIC/none"), justify="right", no_wrap=True)
     for n in status["nodes"]:
-        seen = "never" if n["last_seen_age_s"] is None else f"{n['last_seen_age_s']:.0f} s ago"
-        t.add_row(n["node"], n["name"] or "?", seen, _fmt(n["rssi"]), _fmt(n["snr"]), _fmt(n["battery_v"], 2),
-                  str(n["frames_ok"]), str(n["frames_bad"]), _fmt(n["fcnt_mic"]), _fmt(n["fcnt_unsigned"]))
+        seen = (_("never") if n["last_seen_age_s"] is None
+                else _("{seconds} s ago").format(seconds=f"{n['last_seen_age_s']:.0f}"))
+        t.add_row(n["node"], _fit_cells(n["name"] or "?", NAME_CELLS), seen,
+                  f"{_fmt(n['rssi'], 0)}/{_fmt(n['snr'])}", _fmt(n["battery_v"], 2),
+                  f"{n['frames_ok']}/{n['frames_bad']}", f"{_fmt(n['fcnt_mic'])}/{_fmt(n['fcnt_unsigned'])}")
     console.print(t)
     if status["bad_frames"]:
-        console.print("bad frames: " + ", ".join(f"{k} {v}" for k, v in sorted(status["bad_frames"].items())))
+        say(_("bad frames: {counts}").format(
+            counts=", ".join(f"{k} {v}" for k, v in sorted(status["bad_frames"].items()))))
     else:
-        console.print("bad frames: none")
+        say(_("bad frames: none"))
     if status["reopens"]:
-        console.print("port reopens: " + ", ".join(f"{k} {v}" for k, v in status["reopens"].items()))
+        say(_("port reopens: {counts}").format(counts=", ".join(f"{k} {v}" for k, v in status["reopens"].items())))
     other = {k: v for k, v in status["counters"].items() if not k.startswith("frames.") and not k.startswith("readings.")}
     if other:
-        console.print("events: " + ", ".join(f"{k} {v}" for k, v in other.items()))
+        say(_("events: {counts}").format(counts=", ".join(f"{k} {v}" for k, v in other.items())))
     _render_state(status.get("gateway_state"), agent["running"], console)
     for r in status.get("requests_pending", []):
-        console.print(f"pending request {r['id']}: {r['action']} node {r['node']} by {r['user']}")
+        say(_("pending request {id}: {action} node {node} by {user}").format(
+            id=r["id"], action=r["action"], node=r["node"], user=r["user"]))
     for a in status.get("audit_recent", []):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a["ts_us"] / 1e6))
-        console.print(f"audit {when} UTC {a['user']}: {a['detail']}", markup=False)
-
-
-def _local(ts_us: Any) -> str:
-    if not isinstance(ts_us, int):
-        return "?"
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts_us / 1e6))
+        say(_("audit {time} {user}: {detail}").format(time=local_time(a["ts_us"]), user=a["user"],
+                                                      detail=a["detail"]))
 
 
 def _render_state(state: dict[str, Any] | None, running: bool, console: Console) -> None:
@@ -248,40 +265,48 @@ def _render_state(state: dict[str, Any] | None, running: bool, console: Console)
         console.print(text, markup=False, highlight=False)
 
     if state is None:
-        say("outputs: no state recorded yet")
+        say(_("outputs: no state recorded yet"))
         return
     if "error" in state:
-        say(f"outputs: {state['error']}")
+        say(_("outputs: {error}").format(error=state["error"]))
         return
-    when = f"state as of {_local(state['ts_us'])} ({state['age_s']:.0f} s ago)"
-    say(when if running else f"{when}; the agent is not running, so this is its last state")
+    when = _("state as of {time} ({seconds} s ago)").format(time=local_time(state["ts_us"]),
+                                                           seconds=f"{state['age_s']:.0f}")
+    say(when if running else _("{state}; the agent is not running, so this is its last state").format(state=when))
     siren = state.get("siren") or {}
     if not siren.get("configured"):
-        line = "siren: none configured"
+        line = _("siren: none configured")
     elif siren.get("on"):
         why = siren.get("why")
-        line = f"siren: SOUNDING for alert {siren.get('alert')}" if why == "alert" else f"siren: sounding ({why})"
+        line = (_("siren: SOUNDING for alert {alert}").format(alert=siren.get("alert")) if why == "alert"
+                else _("siren: sounding ({reason})").format(reason=why))
     else:
-        line = "siren: off"
+        line = _("siren: off")
     if siren.get("silenced"):
-        line += f"   silenced for: {', '.join(siren['silenced'])}"
+        line += "   " + _("silenced for: {keys}").format(keys=", ".join(siren["silenced"]))
     say(line)
     lamp = state.get("lamp") or {}
-    say(f"lamp: {lamp.get('state')}" + ("" if lamp.get("configured") else " (no lamp configured)"))
+    say(_("lamp: {state}").format(state=lamp.get("state"))
+        + ("" if lamp.get("configured") else " " + _("(no lamp configured)")))
     held = state.get("held") or {}
     if held.get("active"):
-        until = f", until {_local(held['until_us'])} at the latest" if held.get("until_us") else ""
-        say(f"held readings: {held.get('count')} (clock not synchronised{until})")
+        if held.get("until_us"):
+            say(_("held readings: {count} (clock not synchronised, until {time} at the latest)").format(
+                count=held.get("count"), time=local_time(held["until_us"])))
+        else:
+            say(_("held readings: {count} (clock not synchronised)").format(count=held.get("count")))
     else:
-        say("held readings: none")
+        say(_("held readings: none"))
     alerts = state.get("alerts") or []
-    say(f"open alerts: {len(alerts)}" if alerts else "open alerts: none")
+    say(_("open alerts: {count}").format(count=len(alerts)) if alerts else _("open alerts: none"))
     for a in alerts:
         if a.get("acknowledged_by"):
-            ack = f"acknowledged by {a['acknowledged_by']}"
+            ack = _("acknowledged by {name}").format(name=a["acknowledged_by"])
         else:
-            ack = "repeating until acknowledged" if a.get("repeating") else "not repeating"
-        say(f"  {a.get('key')}  {a.get('severity')}  since {_local(a.get('since_us'))}  {ack}: {a.get('message')}")
+            ack = _("repeating until acknowledged") if a.get("repeating") else _("not repeating")
+        say("  " + _("{key}  {severity}  since {time}  {ack}: {message}").format(
+            key=a.get("key"), severity=a.get("severity"), time=local_time(a.get("since_us")), ack=ack,
+            message=a.get("message")))
 
 
 def _fmt(v: float | int | None, digits: int = 1) -> str:

@@ -1,0 +1,157 @@
+"""The language of what denen says to a person, and how it shows a time.
+
+The language is chosen once per command: ``--lang ja|en`` (:func:`set_language`), else the first of ``LC_ALL``,
+``LC_MESSAGES`` and ``LANG`` that is set (``ja*`` -> Japanese), else English. Messages are looked up with stdlib
+:mod:`gettext` in the package's own catalog (``agent/locale/ja/LC_MESSAGES/denen.mo``, read through
+:mod:`importlib.resources`), and only when a message is first translated: English never reads the catalog.
+
+Message ids are the English texts with named placeholders, formatted after the lookup::
+
+    _("{count} nodes heard").format(count=n)
+
+Machine-readable output (``--json``, the ``file:line:col: key:`` prefix of validation errors, exit codes) is never
+translated; the CLI switches to English for ``--json``.
+
+Times shown to a person (:func:`local_time`) are in the system's local zone (``TZ``, else ``/etc/localtime``) with
+its abbreviation, or its UTC offset when the zone has no letters for it: ``2026-12-05 14:03:12 JST``.
+
+Only the standard library is imported, and :mod:`gettext` is already loaded by :mod:`argparse`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+__all__ = ["DOMAIN", "LANGUAGES", "N_", "_", "gettext", "language", "local_time", "ngettext", "set_language"]
+
+DOMAIN = "denen"
+LANGUAGES = ("en", "ja")
+
+_language: str | None = None
+_catalog: Any = None  # gettext.NullTranslations once loaded for _language
+
+
+def _from_environment() -> str:
+    """``ja`` when the first set of LC_ALL, LC_MESSAGES, LANG names Japanese, else ``en`` (POSIX precedence)."""
+    for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(var)
+        if value:
+            return "ja" if value.lower().startswith("ja") else "en"
+    return "en"
+
+
+def language() -> str:
+    """The language in use: ``en`` or ``ja``."""
+    global _language
+    if _language is None:
+        _language = _from_environment()
+    return _language
+
+
+def set_language(lang: str | None) -> None:
+    """Use ``lang`` (``en``, ``ja``) from now on; None goes back to the environment's choice.
+
+    Raises:
+        ValueError: a language denen has no catalog for.
+    """
+    global _language, _catalog
+    if lang is not None and lang not in LANGUAGES:
+        raise ValueError(f"no messages in language {lang!r} (one of: {', '.join(LANGUAGES)})")
+    _language = lang
+    _catalog = None
+    if lang is None:
+        language()
+    _hook_argparse()
+
+
+def _translations() -> Any:
+    global _catalog
+    if _catalog is None:
+        import gettext as _gettext  # noqa: PLC0415 - already imported by argparse; the .mo is read here only
+        import io  # noqa: PLC0415
+        from importlib import resources  # noqa: PLC0415
+
+        lang = language()
+        catalog: Any = _gettext.NullTranslations()
+        if lang != "en":
+            try:
+                data = resources.files("agent").joinpath(f"locale/{lang}/LC_MESSAGES/{DOMAIN}.mo").read_bytes()
+                catalog = _gettext.GNUTranslations(io.BytesIO(data))
+            except (OSError, ValueError):
+                pass  # a broken install speaks English rather than failing
+        _catalog = catalog
+    return _catalog
+
+
+def gettext(message: str) -> str:
+    """``message`` in the language in use (itself in English, or when the catalog has no translation)."""
+    if language() == "en":
+        return message
+    return _translations().gettext(message)
+
+
+def ngettext(singular: str, plural: str, n: int) -> str:
+    """The singular or plural form for ``n``, in the language in use."""
+    if language() == "en":
+        return singular if n == 1 else plural
+    return _translations().ngettext(singular, plural, n)
+
+
+_ = gettext
+
+
+def N_(message: str) -> str:  # noqa: N802 - the conventional name of gettext's no-op marker
+    """Mark a text for the catalog where it is defined; :func:`gettext` translates it where it is shown."""
+    return message
+
+
+#: argparse's own texts, so that the catalog keeps them (argparse formats them with %-placeholders after lookup).
+ARGPARSE_MESSAGES = (
+    N_("usage: "), N_("options"), N_("positional arguments"), N_("show this help message and exit"),
+    N_("show program's version number and exit"), N_("%(prog)s: error: %(message)s\n"),
+    N_("the following arguments are required: %s"), N_("unrecognized arguments: %s"),
+    N_("invalid choice: %(value)r (choose from %(choices)s)"), N_("argument %(argument_name)s: %(message)s"),
+    N_("expected one argument"), N_("invalid %(type)s value: %(value)r"), N_("not allowed with argument %s"),
+    N_("one of the arguments %s is required"), N_("ignored explicit argument %r"),
+    N_("ambiguous option: %(option)s could match %(matches)s"), N_("expected at least one argument"),
+    N_("unknown parser %(parser_name)r (choices: %(choices)s)"),
+)
+
+
+def _hook_argparse() -> None:
+    """argparse's own texts (``usage:``, ``options``, ``error:``) through this catalog: argparse looks them up with
+    the module-level ``_`` and ``ngettext`` it imported from gettext."""
+    import argparse  # noqa: PLC0415 - imported by the CLI already
+
+    if language() == "en":
+        import gettext as _gettext  # noqa: PLC0415
+
+        argparse._ = _gettext.gettext  # type: ignore[attr-defined]
+        argparse.ngettext = _gettext.ngettext  # type: ignore[attr-defined]
+    else:
+        argparse._ = gettext  # type: ignore[attr-defined]
+        argparse.ngettext = ngettext  # type: ignore[attr-defined]
+
+
+def local_time(ts: float | int | None, *, us: bool = True, date: bool = True) -> str:
+    """A time for a person: ``2026-12-05 14:03:12 JST`` in the system's local zone; ``?`` for a non-number.
+
+    Args:
+        ts: the time since the epoch, in µs (``us=True``) or in seconds.
+        us: whether ``ts`` is in microseconds.
+        date: False for the time of day and zone alone (``14:03:12 JST``).
+    """
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return "?"
+    try:
+        at = time.localtime(ts / 1e6 if us else ts)
+    except (OverflowError, OSError, ValueError):
+        return "?"
+    zone = at.tm_zone or ""
+    if not zone or not zone.isalpha():  # a zone with no abbreviation ("+09"): its offset says it exactly
+        offset = at.tm_gmtoff or 0
+        sign = "+" if offset >= 0 else "-"
+        zone = f"{sign}{abs(offset) // 3600:02d}{abs(offset) % 3600 // 60:02d}"
+    return time.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S", at) + " " + zone

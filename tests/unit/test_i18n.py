@@ -1,0 +1,395 @@
+"""Japanese for the installer-facing commands: the catalog against the code, the committed .mo against its .po,
+and `denen doctor`, `status`, `monitor`, `flash` run in Japanese against a journal and config made here: Japanese
+text, the same exit codes, the same --json, tables aligned by terminal cell width at 80 columns, and golden lines
+for one error of each kind in both languages."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import io
+import json
+import os
+import re
+import socket
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from babel.messages.extract import extract_from_file
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from rich.cells import cell_len
+
+from agent import i18n
+from agent.journal import Journal, NodeState
+
+REPO = Path(__file__).resolve().parents[2]
+LOCALE = REPO / "agent" / "locale"
+PO = LOCALE / "ja" / "LC_MESSAGES" / "denen.po"
+MO = LOCALE / "ja" / "LC_MESSAGES" / "denen.mo"
+KEYWORDS = {"_": None, "N_": None, "gettext": None, "ngettext": (1, 2)}
+JA = {"LANG": "ja_JP.UTF-8", "LC_ALL": "", "LC_MESSAGES": "", "LANGUAGE": ""}
+EN = {"LANG": "C.UTF-8", "LC_ALL": "", "LC_MESSAGES": "", "LANGUAGE": ""}
+
+
+def _sources() -> list[Path]:
+    """The files agent/locale/babel.cfg extracts from."""
+    cfg = configparser.ConfigParser()
+    cfg.read(LOCALE / "babel.cfg")
+    files = [REPO / s.split(":", 1)[1].strip() for s in cfg.sections() if s.startswith("python:")]
+    assert files and all(f.is_file() for f in files), files
+    return files
+
+
+def _catalog() -> Any:
+    with PO.open("rb") as f:
+        return read_po(f, locale="ja")
+
+
+@pytest.fixture(autouse=True)
+def _language_from_environment() -> Any:
+    yield
+    i18n.set_language(None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The catalog
+
+
+def test_every_message_in_the_code_has_a_japanese_translation() -> None:
+    used: set[str] = set()
+    for path in _sources():
+        for _lineno, message, _comments, _context in extract_from_file("python", str(path), keywords=KEYWORDS):
+            used.add(message if isinstance(message, str) else message[0])
+    catalog = _catalog()
+    translated = {m.id: m.string for m in catalog if m.id}
+    assert len(used) > 250
+    assert sorted(used - set(translated)) == [], "run the commands in agent/locale/README.md"
+    assert sorted(m for m in used if not translated[m].strip()) == []
+    assert sorted(set(translated) - used) == [], "the .po holds messages no code uses: pybabel update"
+    assert not any("fuzzy" in m.flags for m in catalog if m.id)
+
+
+def _lookups(tree: ast.AST) -> list[ast.Call]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id in KEYWORDS]
+
+
+def test_no_message_is_formatted_before_its_lookup() -> None:
+    bad = []
+    count = 0
+    for path in _sources():
+        for call in _lookups(ast.parse(path.read_text(encoding="utf-8"))):
+            count += 1
+            for arg in call.args[:2 if call.func.id == "ngettext" else 1]:
+                formatted = (isinstance(arg, ast.JoinedStr | ast.BinOp)
+                             or (isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute)
+                                 and arg.func.attr == "format"))
+                if formatted:
+                    bad.append(f"{path.relative_to(REPO)}:{call.lineno}")
+    assert count > 250
+    assert bad == []
+
+
+def test_the_checker_finds_a_formatted_lookup() -> None:
+    source = 'a = _(f"{n} nodes")\nb = _("%d nodes" % n)\nc = _("{n} nodes".format(n=n))\nd = _("{n} nodes")\n'
+    flagged = [c.lineno for c in _lookups(ast.parse(source))
+               if isinstance(c.args[0], ast.JoinedStr | ast.BinOp)
+               or (isinstance(c.args[0], ast.Call) and getattr(c.args[0].func, "attr", "") == "format")]
+    assert flagged == [1, 2, 3]
+
+
+def _placeholders(text: str, percent: bool) -> list[str]:
+    if percent:  # argparse's own texts
+        return sorted(re.findall(r"%\(\w+\)[a-z]|%[a-z]", text))
+    return sorted(name for _, name, _, _ in string.Formatter().parse(text) if name is not None)
+
+
+def test_placeholders_are_the_same_in_both_languages() -> None:
+    percent = set(i18n.ARGPARSE_MESSAGES)
+    wrong = [(m.id, m.string) for m in _catalog() if m.id
+             and _placeholders(m.id, m.id in percent) != _placeholders(m.string, m.id in percent)]
+    assert wrong == []
+
+
+def test_the_committed_mo_is_what_the_po_compiles_to() -> None:
+    out = io.BytesIO()
+    write_mo(out, _catalog())
+    assert MO.read_bytes() == out.getvalue(), "run pybabel compile (agent/locale/README.md)"
+
+
+def test_language_from_the_environment_and_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        monkeypatch.delenv(var, raising=False)
+    cases = [({}, "en"), ({"LANG": "ja_JP.UTF-8"}, "ja"), ({"LANG": "ja_JP.UTF-8", "LC_MESSAGES": "C"}, "en"),
+             ({"LANG": "C", "LC_MESSAGES": "ja_JP.UTF-8"}, "ja"), ({"LC_ALL": "ja_JP.eucJP", "LANG": "C"}, "ja"),
+             ({"LANG": "de_DE.UTF-8"}, "en")]
+    for env, want in cases:
+        for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
+            monkeypatch.delenv(var, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        i18n.set_language(None)
+        assert i18n.language() == want, env
+    i18n.set_language("ja")
+    assert i18n._("nodes") == "ノード"
+    assert i18n._("a text with no translation") == "a text with no translation"
+    i18n.set_language("en")
+    assert i18n._("nodes") == "nodes"
+    with pytest.raises(ValueError, match="no messages in language 'fr'"):
+        i18n.set_language("fr")
+
+
+def test_local_time_names_the_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    ts_us = 1796446992 * 1_000_000  # 2026-12-05 05:03:12 UTC
+    for zone, want in (("Asia/Tokyo", "2026-12-05 14:03:12 JST"), ("UTC", "2026-12-05 05:03:12 UTC"),
+                       ("Asia/Kolkata", "2026-12-05 10:33:12 IST"),
+                       ("America/Sao_Paulo", "2026-12-05 02:03:12 -0300")):
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        assert i18n.local_time(ts_us) == want, zone
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    assert i18n.local_time(1796446992, us=False, date=False) == "14:03:12 JST"
+    assert i18n.local_time(None) == "?" and i18n.local_time("soon") == "?"  # type: ignore[arg-type]
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The commands, in a fresh interpreter each
+
+
+def denen(*args: str, lang: dict[str, str], tz: str = "Asia/Tokyo") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "80", "TZ": tz, **lang})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> dict[str, Path]:
+    """A gateway config and its journal: a configured node heard now, one late, one never heard, and two nodes the
+    config does not know whose names in the journal are Japanese (config node names are a-z, 0-9, _ and -); the
+    broker's port is closed and the radio's device absent, so doctor fails the same way every time."""
+    journal = tmp_path / "journal.db"
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"""
+gateway: {{id: gw-okutama-01, site: okutama}}
+journal: {{path: {journal}}}
+mqtt: {{host: 127.0.0.1, port: {_free_port()}}}
+radios:
+  - name: lora0
+    driver: rak3172
+    port: {tmp_path / "no-such-lora0"}
+    p2p: {{spreading_factor: 10}}
+nodes:
+  - {{id: "00000101", name: sos-trailhead, kind: sos, unauthenticated: flag, interval_s: 3600}}
+  - {{id: "00000201", name: trap-north-3, kind: trap, unauthenticated: flag, interval_s: 600}}
+  - {{id: "00000301", name: rain-tama, kind: rain, unauthenticated: flag, interval_s: 600}}
+unknown_nodes: accept
+""", encoding="utf-8")
+    now = time.time_ns() // 1000
+    j = Journal(journal, quota_bytes=1 << 20)
+    j.commit(nodes=[
+        NodeState("00000101", "sos-trailhead", 7, now - 30_000_000, "lora0", -118.0, -9.0, 3.71, 40, 2),
+        NodeState("00000201", "trap-north-3", 3, now - 3_600_000_000, "lora0", -131.0, -16.0, 2.9, 5, 9),
+        NodeState("0000a001", "登山口SOS", 4, now - 20_000_000, "lora0", -121.0, -12.5, 3.3, 8, 0),
+        NodeState("0000a002", "わな北3号多摩川水位計の長い名前", 2, now - 40_000_000, "lora0", -100.0, 2.0, 3.5, 3, 1),
+        NodeState("0000ffff", None, 1, now - 1_000_000, "lora0", -80.0, 9.5, None, 1, 0),
+    ])
+    j.close()
+    return {"config": cfg, "journal": journal}
+
+
+def _table_rows(out: str) -> list[str]:
+    """The lines of rich tables: bordered (│, ┃) or the monitor's simple head (a ━/─ rule below the header)."""
+    return [line for line in out.splitlines() if "│" in line or "┃" in line]
+
+
+def _assert_aligned(out: str) -> None:
+    rows = _table_rows(out)
+    assert rows, out
+    widths = {cell_len(r) for r in rows}
+    assert len(widths) == 1 and max(widths) <= 80, [(cell_len(r), r) for r in rows]
+    # Column borders at the same cells in every row: a wide character counted as one would shift them.
+    def borders(row: str) -> list[int]:
+        cells, at = [], 0
+        for ch in row:
+            if ch in "│┃":
+                cells.append(at)
+            at += cell_len(ch)
+        return cells
+    assert len({tuple(borders(r)) for r in rows}) == 1, rows
+
+
+def test_status_in_japanese(site: dict[str, Path]) -> None:
+    ja = denen("status", "-j", str(site["journal"]), lang=JA)
+    en = denen("status", "-j", str(site["journal"]), lang=EN)
+    assert ja.returncode == en.returncode == 0, ja.stderr
+    for word in ("ゲートウェイ", "エージェント", "ノード", "最終受信", "秒前", "登山口SOS", "わな北3号多摩…",
+                 "不正フレーム"):
+        assert word in ja.stdout, word
+    assert "last seen" in en.stdout and "最終受信" not in en.stdout
+    for out, ago in ((ja.stdout, "秒前"), (en.stdout, "s ago")):
+        rows = [line for line in out.splitlines() if re.match(r"[0-9a-f]{8}  ", line)]
+        assert len(rows) == 5, out
+        # Right-aligned figures end at the same cell in every row, whatever the width of the name before them.
+        assert len({cell_len(r) for r in rows}) == 1 and cell_len(rows[0]) <= 80, rows
+        assert len({cell_len(r[:r.index(ago) + len(ago)]) for r in rows}) == 1, rows
+        assert all(cell_len(line) <= 80 for line in out.splitlines())
+
+
+def _without_ages(doc: Any) -> Any:
+    """A JSON document without what changes between two runs a moment apart (ages, now)."""
+    if isinstance(doc, dict):
+        return {k: _without_ages(v) for k, v in doc.items() if not k.endswith(("age_s", "since_us")) and k != "ts_us"}
+    if isinstance(doc, list):
+        return [_without_ages(v) for v in doc]
+    return doc
+
+
+def test_status_json_is_the_same_in_both_languages(site: dict[str, Path]) -> None:
+    ja = denen("status", "--json", "-j", str(site["journal"]), lang=JA)
+    en = denen("status", "--json", "-j", str(site["journal"]), lang=EN)
+    assert ja.returncode == en.returncode == 0
+    assert _without_ages(json.loads(ja.stdout)) == _without_ages(json.loads(en.stdout))
+    assert not re.search(r"[\u3040-\u30ff]", ja.stdout.replace("わな北3号多摩川水位計の長い名前", "")
+                         .replace("登山口SOS", ""))
+
+
+def test_monitor_once_in_japanese(site: dict[str, Path]) -> None:
+    ja = denen("monitor", "--once", "-c", str(site["config"]), lang=JA)
+    en = denen("monitor", "--once", "-c", str(site["config"]), lang=EN)
+    assert ja.returncode == en.returncode == 0, ja.stderr
+    for word in ("ノード", "名前", "受信数", "最悪リンク", "遅延", "登山口SOS", "わな北3号", "履歴", "JST"):
+        assert word in ja.stdout, word
+    assert "worst" in en.stdout and "JST" in en.stdout
+    for out in (ja.stdout, en.stdout):
+        lines = out.splitlines()
+        # The simple-head table: every row as wide as the rule under the header, within 80 cells.
+        rule = next(i for i, line in enumerate(lines) if set(line.strip()) <= set("━─ ") and line.strip())
+        body = [line for line in lines[rule - 2:rule + 5] if line.strip()]
+        assert all(cell_len(line) <= 80 for line in lines), [(cell_len(x), x) for x in lines]
+        assert all(cell_len(line) <= cell_len(lines[rule]) for line in body), body
+        # Each node's name starts at the same cell in every row (the name column is aligned by cell width).
+        starts = {cell_len(line[:line.index(name)]) for line in lines
+                  for name in ("sos-trailhead", "trap-north-3", "登山口SOS", "わな北3号") if name in line}
+        assert len(starts) == 1, lines
+
+
+def test_monitor_json_is_the_same_in_both_languages(site: dict[str, Path]) -> None:
+    ja = denen("monitor", "--once", "--json", "-c", str(site["config"]), lang=JA)
+    en = denen("monitor", "--once", "--json", "-c", str(site["config"]), lang=EN)
+    assert ja.returncode == en.returncode == 0
+    assert _without_ages(json.loads(ja.stdout)) == _without_ages(json.loads(en.stdout))
+
+
+def test_doctor_in_japanese_fails_with_the_same_exit_code(site: dict[str, Path]) -> None:
+    ja = denen("doctor", "-c", str(site["config"]), "--timeout", "1", lang=JA)
+    en = denen("doctor", "-c", str(site["config"]), "--timeout", "1", lang=EN)
+    assert ja.returncode == en.returncode == 2, ja.stdout + ja.stderr
+    flat = " ".join(ja.stdout.split())
+    for words in ("点検項目", "結果", "対処", "失敗", "ブローカー", "接続を拒否されました", "がありません", "JST"):
+        assert words in flat, words
+    assert "refused" in en.stdout and "not present" in " ".join(en.stdout.split())
+    _assert_aligned(ja.stdout)
+    _assert_aligned(en.stdout)
+
+
+def test_doctor_json_is_the_same_in_both_languages(site: dict[str, Path]) -> None:
+    ja = denen("doctor", "--json", "-c", str(site["config"]), "--timeout", "1", lang=JA)
+    en = denen("doctor", "--json", "-c", str(site["config"]), "--timeout", "1", lang=EN)
+    assert ja.returncode == en.returncode == 2
+
+    def steady(doc: dict[str, Any]) -> dict[str, Any]:
+        for check in doc["checks"]:
+            if check["name"] == "clock":
+                check.pop("summary")
+                check["details"].pop("now")
+            if check["name"] == "journal":  # free disk space moves
+                check.pop("summary")
+                check["details"].pop("free_bytes")
+        return doc
+
+    assert steady(json.loads(ja.stdout)) == steady(json.loads(en.stdout))
+
+
+def test_help_in_japanese_starts_without_heavy_modules() -> None:
+    probe = ("import sys\nfrom agent.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('rich', 'pydantic', 'babel') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **JA})
+    assert out.stdout.startswith("使い方: denen")
+    assert "コマンド:" in out.stdout and "オプション:" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    forced = denen("--lang", "ja", "status", "--help", lang=EN)
+    assert forced.returncode == 0 and "機械可読な出力" in forced.stdout
+    english = denen("--lang", "en", "status", "--help", lang=JA)
+    assert english.returncode == 0 and "machine-readable output" in english.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Golden lines: one error of each kind, in both languages
+
+
+def test_golden_usage_error() -> None:
+    ja = denen("status", "--bogus", lang=JA)
+    en = denen("status", "--bogus", lang=EN)
+    assert ja.returncode == en.returncode == 2
+    assert ja.stderr.splitlines() == ["使い方: denen [-h] [--version] [--debug] [--lang {ja,en}] COMMAND ...",
+                                      "denen: エラー: 認識できない引数: --bogus"]
+    assert en.stderr.splitlines() == ["usage: denen [-h] [--version] [--debug] [--lang {ja,en}] COMMAND ...",
+                                      "denen: error: unrecognized arguments: --bogus"]
+
+
+def test_golden_agent_error(tmp_path: Path) -> None:
+    missing = tmp_path / "none.db"
+    ja = denen("status", "-j", str(missing), lang=JA)
+    en = denen("status", "-j", str(missing), lang=EN)
+    assert ja.returncode == en.returncode == 1
+    assert ja.stderr == (f"denen: エラー: {missing} にジャーナルがありません（この設定でエージェントを実行しましたか？ "
+                         "journal.path を確認してください）\n")
+    assert en.stderr == f"denen: error: no journal at {missing} (has the agent run with this config? see journal.path)\n"
+
+
+def test_golden_config_error_keeps_its_machine_readable_prefix(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("journal:\n  path: [1, 2]\n", encoding="utf-8")
+    ja = denen("status", "-c", str(cfg), lang=JA)
+    en = denen("status", "-c", str(cfg), lang=EN)
+    assert ja.returncode == en.returncode == 2
+    assert ja.stderr.startswith(f"{cfg}: journal.path: ファイルのパス（テキスト）にしてください")
+    assert en.stderr.startswith(f"{cfg}: journal.path: must be a file path (text)")
+
+
+def test_golden_flash_error(tmp_path: Path, site: dict[str, Path]) -> None:
+    target = tmp_path / "no-card"
+    ja = denen("flash", str(site["config"]), str(target), lang=JA)
+    en = denen("flash", str(site["config"]), str(target), lang=EN)
+    assert ja.returncode == en.returncode == 1
+    assert ja.stderr == (f"denen: エラー: 書き込み先 {target} がありません（ヒント: SD カードか USB メモリーを挿し、"
+                         "マウント先のフォルダーを指定してください。例 /media/$USER/bootfs。`lsblk -o NAME,MOUNTPOINT` "
+                         "で一覧できます）\n")
+    assert en.stderr == (f"denen: error: target {target} does not exist (hint: insert the SD card or USB stick and "
+                         "give the folder it is mounted at, e.g. /media/$USER/bootfs; `lsblk -o NAME,MOUNTPOINT` "
+                         "lists them)\n")
+
+
+def test_golden_doctor_check(site: dict[str, Path]) -> None:
+    from agent import doctor  # noqa: PLC0415
+
+    for lang, want in (("ja", f"{site['config'].parent / 'no-such-lora0'} がありません"),
+                       ("en", f"{site['config'].parent / 'no-such-lora0'} is not present")):
+        i18n.set_language(lang)
+        [radio] = [c for c in doctor.run_checks(str(site["config"]), timeout_s=0.5) if c.name == "radio lora0"]
+        assert (radio.status, radio.summary) == ("fail", want)

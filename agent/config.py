@@ -493,6 +493,17 @@ class JournalConfig(_Section):
         description="Disk quota of the journal in megabytes (MB, 1 MB = 1048576 bytes). When full, the lowest "
         "priority readings are evicted first, oldest first; SOS and alarms never are.",
     )
+    commit_window_ms: int = Field(
+        default=250,
+        ge=0,
+        le=1000,
+        description="Milliseconds telemetry and diagnostics readings (and the deletion of readings the broker "
+        "acknowledged) may wait in memory to share one commit (one fsync) with the next ones: at field rates "
+        "this divides the bytes written to the SD card and the CPU per reading. A power cut loses at most the "
+        "frames read in the last commit_window_ms; after one, readings acknowledged in the last commit_window_ms "
+        "may be sent once more (same id, an overwrite at the backend). SOS and alarms never wait: each commits "
+        "at once, together with everything waiting. 0 commits at every wake-up.",
+    )
 
     @field_validator("path")
     @classmethod

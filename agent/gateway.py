@@ -58,6 +58,9 @@ _STATE_MIN_S = 1.0  # the state document is published at most this often, unless
 #: diagnostics are dropped oldest first, as the quota would; SOS and alarms are always kept.
 UNJOURNALED_MAX = 20_000
 _COMMIT_RETRY_S = 1.0  # while commits fail, they are tried again this often (at once for an SOS), in seconds
+#: Acknowledged readings waiting for their deletion that make a commit due at once, whatever the commit window: a
+#: drain's deletions go in commits of about this size, so a new SOS never waits behind a large one.
+ACK_FOLD_MAX = 1000
 #: systemd's STATUS= line is sent at most this often, in seconds, unless the broker connection or an SOS changed it
 #: (one datagram each; the text is built from figures the core already keeps, with no journal read).
 STATUS_MIN_S = 5.0
@@ -156,6 +159,11 @@ class Gateway:
         self._next_health = time.monotonic() + config.health.interval_s
         self._next_quota = 0.0
         self._uncommitted: tuple[list[Entry], list[Quarantined]] | None = None
+        # The commit window: telemetry and diagnostics (and acknowledgements to delete) gathered over several
+        # wake-ups, committed together when the window closes or at once with an SOS or alarm.
+        self._window_s = config.journal.commit_window_ms / 1000
+        self._deferred: tuple[list[Entry], list[Quarantined]] = ([], [])
+        self._commit_due = 0.0  # monotonic s when what waits must be committed; 0: nothing waits
         # SOS published before they could be journaled, by (node, fcnt, ts_us): a signed and an unsigned frame
         # may share a counter, never a timestamp (agent.readings).
         self._sos_from_memory: set[tuple[str, int, int]] = set()
@@ -276,6 +284,8 @@ class Gateway:
             deadlines.append(now + self._watchdog_s / 2)
         if self._retry_commit_at:
             deadlines.append(self._retry_commit_at)
+        if self._commit_due:
+            deadlines.append(self._commit_due)
         if self._rewind_at:
             deadlines.append(self._rewind_at)
         if self._state_recheck:
@@ -395,7 +405,7 @@ class Gateway:
         entries.extend(self._edge_call(self.edge.due, connected=self._session is not None))
         self._watch_clock(entries)
         # Counted as the journal counts them (every lane; an SOS or alarm leaves as soon as the broker has it).
-        self._held_fresh = sum(1 for e in entries if e.boot_us is not None and e.lane >= TELEMETRY)
+        self._held_fresh = sum(1 for e in (*self._deferred[0], *entries) if e.boot_us is not None and e.lane >= TELEMETRY)
         self._watch_hold()
 
         if urgent and self._session is not None and not self._uncommitted:
@@ -431,12 +441,28 @@ class Gateway:
                 self._keep_unjournaled(entries, quarantined)
                 self._publish(urgent=False)
                 return
-        # Acknowledged readings are deleted at every wake-up, in small commits: deferring them to share commits
-        # was measured (tests/bench sos) to make one commit of tens of thousands of deletions that a new SOS then
-        # waits behind (p99 85 ms against 4.7 ms).
+        # Acknowledged readings are deleted with the next commit, at most a commit window later and in commits of
+        # at most about ACK_FOLD_MAX deletions: deferring them without bound was measured (tests/bench sos) to
+        # make one commit of tens of thousands of deletions that a new SOS then waits behind (p99 85 ms against
+        # 4.7 ms).
         decoder = self.decoder
+        if self._deferred[0] or self._deferred[1]:
+            entries = self._deferred[0] + entries
+            quarantined = self._deferred[1] + quarantined
+            self._deferred = ([], [])
         if entries or quarantined or self._acked or decoder.dirty or decoder.forgotten or self._dirty_counters \
                 or self._done or meta:
+            if self._may_wait(entries, urgent, now):
+                # Within the commit window: kept in memory (a power cut loses at most this window's frames);
+                # the node states, counters and acknowledgements wait with them for the same transaction.
+                self._deferred = (entries, quarantined)
+                if not self._commit_due:
+                    self._commit_due = now + self._window_s
+                if self._to_correct and self._clock_synced:
+                    self._correct_clock()
+                self._publish(urgent=urgent)
+                return
+            self._commit_due = 0.0
             try:
                 self.journal.commit(
                     entries=entries,
@@ -489,6 +515,20 @@ class Gateway:
         if self._to_correct and self._clock_synced:
             self._correct_clock()
         self._publish(urgent=urgent)
+
+    def _may_wait(self, entries: list[Entry], urgent: bool, now: float) -> bool:
+        """Whether this wake-up's work may wait for the commit window to close instead of committing now.
+
+        Never for an SOS or alarm (nor anything waiting beside one: they commit together at once), an operator's
+        request, a core that is stopping, a window already due, or more than ACK_FOLD_MAX acknowledgements.
+        """
+        if not self._window_s or urgent or self._stop.is_set() or self._done or self._audit:
+            return False
+        if self._commit_due and now >= self._commit_due:
+            return False
+        if len(self._acked) >= ACK_FOLD_MAX or len(entries) >= _DRAIN_MAX:
+            return False
+        return all(e.lane >= TELEMETRY for e in entries)
 
     def _keep_unjournaled(self, entries: list[Entry], quarantined: list[Quarantined]) -> None:
         """Hold what could not be committed, within UNJOURNALED_MAX; an SOS goes out from memory meanwhile.
@@ -827,7 +867,7 @@ class Gateway:
         budget = 1 if urgent else _BATCHES_PER_STEP
         hold = self._holding()
         for lane in range(SOS + 1, len(LANES)):
-            while budget and len(self._inflight) < window:
+            while budget and len(self._inflight) < window and self.journal.lane_top[lane] > self._sent_upto[lane]:
                 rows = self.journal.pending(lane, after_seq=self._sent_upto[lane], limit=batch,
                                             hold_unsynced=hold and lane >= TELEMETRY)
                 if not rows:
@@ -840,6 +880,8 @@ class Gateway:
         """Send everything pending in ``lane``, whatever the window holds (used for SOS). False if offline."""
         batch = self.config.mqtt.batch_max_readings
         while True:
+            if self.journal.lane_top[lane] <= self._sent_upto[lane]:
+                return True  # nothing committed to the lane since it was last sent: no query
             rows = self.journal.pending(lane, after_seq=self._sent_upto[lane], limit=batch)
             if not rows:
                 return True

@@ -357,6 +357,10 @@ def _runs(seqs: list[int]) -> list[tuple[int, int]]:
 class Journal:
     """The gateway's durable store. Not thread-safe: one owner thread writes.
 
+    Attributes:
+        lane_top: per lane, the highest ``seq`` ever committed to it by this connection or found at open (0: none):
+            no unsent reading of the lane lies above it, so a publisher that has sent up to it need not query.
+
     Args:
         path: the SQLite file; its folder is created.
         quota_bytes: disk quota for the journal, in bytes; above it the lowest lanes are evicted, oldest first.
@@ -407,6 +411,10 @@ class Journal:
                 " UNION ALL SELECT MAX(seq) FROM reading)"
             ).fetchone()
             self._last_seq = row[0] or 0
+            self.lane_top = [0] * len(LANES)
+            for lane, top in self._db.execute("SELECT lane, MAX(seq) FROM reading GROUP BY lane"):
+                if lane in range(len(LANES)):
+                    self.lane_top[lane] = top
         except sqlite3.DatabaseError as exc:
             self._close_after_failed_open()
             if _is_corruption(exc):
@@ -535,6 +543,9 @@ class Journal:
             db.execute("COMMIT")
             if seqs:
                 self._last_seq = seqs[-1]
+                top = self.lane_top
+                for e, seq in zip(entries, seqs):
+                    top[e.lane] = seq
             return seqs
         except sqlite3.Error as exc:
             if "full" in str(exc).lower():

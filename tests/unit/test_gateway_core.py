@@ -15,13 +15,29 @@ from drivers.types import Uplink
 from tests.support.field import NODES, FieldNode, config_text, default_values
 
 
-@pytest.fixture
-def gw(tmp_path: Path) -> Gateway:
+def _gateway(tmp_path: Path, window_ms: int) -> Gateway:
     nodes = [FieldNode(n.node_id, n.kind) for n in NODES]
     # Port 9 (discard) on loopback: nothing listens, the link never connects; the core does not need it here.
-    g = Gateway(parse_config(config_text(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=nodes)),
-                radios=[])
+    text = config_text(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=nodes)
+    text = text.replace("\n  quota_mb:", f"\n  commit_window_ms: {window_ms}\n  quota_mb:", 1)
+    g = Gateway(parse_config(text), radios=[])
+    assert g.config.journal.commit_window_ms == window_ms
     g.test_nodes = {n.kind: n for n in nodes}  # type: ignore[attr-defined]
+    return g
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Gateway:
+    """A core that commits at every wake-up (no commit window)."""
+    g = _gateway(tmp_path, 0)
+    yield g
+    g.journal.close()
+
+
+@pytest.fixture
+def gww(tmp_path: Path) -> Gateway:
+    """A core with a 200 ms commit window."""
+    g = _gateway(tmp_path, 200)
     yield g
     g.journal.close()
 
@@ -186,3 +202,116 @@ def test_memory_held_while_commits_fail_is_bounded_and_drops_only_the_oldest_tel
     assert kept_rain == sorted(kept_rain) and kept_rain[-1] == 8  # the newest telemetry survives
     # Every rain reading is either still held or counted as dropped: none vanishes unaccounted.
     assert gw.stats.counters["journal.dropped_unjournaled.telemetry"] + len(kept_rain) == 8
+
+
+# -- the commit window -------------------------------------------------------------------------------------------
+def _counting_commits(gw: Gateway, monkeypatch) -> list[dict]:
+    calls: list[dict] = []
+    real_commit = gw.journal.commit
+
+    def commit(**kw):
+        calls.append(kw)
+        return real_commit(**kw)
+
+    monkeypatch.setattr(gw.journal, "commit", commit)
+    return calls
+
+
+def _capture(gw: Gateway) -> list[tuple[str, dict, float]]:
+    published: list[tuple[str, dict, float]] = []
+    gw._session = 1
+    gw.link.publish = lambda topic, payload: (  # type: ignore[method-assign]
+        published.append((topic, json.loads(payload), time.perf_counter())), (1, len(published)))[1]
+    return published
+
+
+def test_telemetry_waits_for_the_window_and_commits_once_with_its_node_states(gww: Gateway, monkeypatch) -> None:
+    calls = _counting_commits(gww, monkeypatch)
+    rain = gww.test_nodes["rain"]  # type: ignore[attr-defined]
+    t0 = time.monotonic()
+    for i in range(1, 6):  # five wake-ups, one frame each, as at field rates
+        gww.on_uplinks([up(rain.frame(default_values("rain", i)))])
+        gww._step(0)
+    assert calls == [] and kinds_pending(gww, 2) == []
+    assert 0 < gww._timeout() <= 0.2  # the core wakes when the window closes
+    time.sleep(max(0.0, t0 + 0.2 - time.monotonic()) + 0.01)
+    gww._step(0)
+    assert len(calls) == 1 and [e.fcnt for e in calls[0]["entries"]] == [1, 2, 3, 4, 5]
+    # The replay window advanced by these frames commits in the same transaction as the readings.
+    assert gww.journal.nodes()[rain.hex].last_fcnt == 5
+    assert gww.stats.counters["readings.journaled"] == 5 and gww._commit_due == 0.0
+
+
+def test_an_sos_inside_an_open_window_is_committed_and_published_at_once_with_everything_waiting(
+        gww: Gateway, monkeypatch) -> None:
+    published = _capture(gww)
+    calls = _counting_commits(gww, monkeypatch)
+    rain, sos = gww.test_nodes["rain"], gww.test_nodes["sos"]  # type: ignore[attr-defined]
+    for i in range(1, 4):
+        gww.on_uplinks([up(rain.frame(default_values("rain", i)))])
+        gww._step(0)
+    assert calls == [] and gww._commit_due > time.monotonic()
+    t = time.perf_counter()
+    gww.on_uplinks([up(sos.frame(default_values("sos", 0)))])
+    gww._step(0)
+    sos_out = [(d, at) for topic, d, at in published if topic.endswith("/readings/sos")]
+    assert len(sos_out) == 1 and sos_out[0][0]["readings"][0]["kind"] == "sos"
+    latency_ms = (sos_out[0][1] - t) * 1e3
+    assert latency_ms < 250  # same wake-up, not the window's end (typically ~1-3 ms on a dev machine)
+    # The SOS had a commit of its own before it was published; the telemetry waiting committed right after it.
+    assert [e.lane for e in calls[0]["entries"]] == [0]
+    assert sorted(e.fcnt for e in calls[1]["entries"] if e.node == rain.hex) == [1, 2, 3]
+    assert kinds_pending(gww, 0) == ["sos"] and kinds_pending(gww, 2) == ["rain"] * 3
+    assert gww._commit_due == 0.0
+    print(f"SOS inside an open window: step to publish {latency_ms:.2f} ms")
+
+
+def test_an_alarm_commits_at_once_with_everything_waiting(gww: Gateway, monkeypatch) -> None:
+    calls = _counting_commits(gww, monkeypatch)
+    rain, trap = gww.test_nodes["rain"], gww.test_nodes["trap"]  # type: ignore[attr-defined]
+    gww.on_uplinks([up(rain.frame(default_values("rain", 1)))])
+    gww._step(0)
+    assert calls == []
+    gww.on_uplinks([up(trap.frame(default_values("trap", 1)))])
+    gww._step(0)
+    assert len(calls) == 1
+    assert kinds_pending(gww, 2) == ["rain"] and "trap" in kinds_pending(gww, 1)
+
+
+def test_acknowledgements_fold_into_the_next_commit_within_the_window(gww: Gateway, monkeypatch) -> None:
+    import agent.gateway as gateway_module
+
+    published = _capture(gww)
+    rain = gww.test_nodes["rain"]  # type: ignore[attr-defined]
+    gww.on_uplinks([up(rain.frame(default_values("rain", 1)))])
+    gww._step(0)
+    gww._commit_due = time.monotonic() - 0.001  # the window closes
+    gww._step(0)
+    assert len(published) == 1 and kinds_pending(gww, 2) == ["rain"]
+    calls = _counting_commits(gww, monkeypatch)
+    gww.inbox.put(("ack", 1, 1, True, "Success", 0))
+    gww._step(0)
+    # No commit of its own: the deletion waits, bounded by the window; the reading is not offered again meanwhile.
+    assert calls == [] and kinds_pending(gww, 2) == ["rain"] and gww._commit_due
+    assert gww.stats.counters["readings.acked"] == 1
+    gww._session, gww._sent_upto = 2, [0] * 4  # a new session starts from the journal
+    gww._step(0)
+    assert len(published) == 1
+    gww._commit_due = time.monotonic() - 0.001
+    gww._step(0)
+    assert len(calls) == 1 and kinds_pending(gww, 2) == []
+    # Many acknowledgements at once (a drain) commit at once, whatever the window.
+    monkeypatch.setattr(gateway_module, "ACK_FOLD_MAX", 3)
+    gww._acked = [10_001, 10_002, 10_003]
+    gww._step(0)
+    assert len(calls) == 2 and gww._acked == []
+
+
+def test_a_stopping_core_commits_what_waits_in_the_window(gww: Gateway) -> None:
+    rain = gww.test_nodes["rain"]  # type: ignore[attr-defined]
+    gww.on_uplinks([up(rain.frame(default_values("rain", 1)))])
+    gww._step(0)
+    assert kinds_pending(gww, 2) == []
+    gww._stop.set()
+    gww._step(0)
+    assert kinds_pending(gww, 2) == ["rain"]

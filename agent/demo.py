@@ -29,6 +29,7 @@ from typing import Any
 
 from agent import assets
 from agent.errors import AgentError
+from agent.i18n import _
 
 #: The public example keys of the example configs, as NAME=value lines (systemd EnvironmentFile= format).
 EXAMPLE_KEYS: Traversable = assets.find(assets.EXAMPLE_KEYS)
@@ -80,8 +81,8 @@ def run_demo(*, duration: float | None = None, workdir: str | None = None) -> in
             log says why).
     """
     if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):
-        raise AgentError("denen demo needs Mosquitto, the MQTT broker, which is not installed "
-                         "(hint: sudo apt-get install mosquitto; the demo starts its own on a free port)")
+        raise AgentError(_("denen demo needs Mosquitto, the MQTT broker, which is not installed "
+                           "(hint: sudo apt-get install mosquitto; the demo starts its own on a free port)"))
     done = threading.Event()
     phase = {"starting": True}
 
@@ -98,8 +99,9 @@ def run_demo(*, duration: float | None = None, workdir: str | None = None) -> in
         return 130
     except OSError as exc:  # a work folder it cannot use, no pty left, ...: one line, after the clean-up
         where = f" ({exc.filename})" if exc.filename else ""
-        raise AgentError(f"the demo could not run: {exc.strerror or exc}{where} (hint: --workdir a folder you "
-                         "may write, or leave it out for a new temporary one)") from None
+        raise AgentError(_("the demo could not run: {error}{where} (hint: --workdir a folder you may write, or "
+                           "leave it out for a new temporary one)").format(error=exc.strerror or exc, where=where)
+                         ) from None
     finally:
         # Signals now only set `done`: a second Ctrl-C must not cut the clean-up short and leave the broker.
         phase["starting"] = False
@@ -166,9 +168,10 @@ def _run(work: Path, duration: float | None, done: threading.Event, started: lis
     started.append(("agent", gw.stop))
     gw.start()
     phase["starting"] = False
-    console.print(f"[bold]denen demo[/]: broker 127.0.0.1:{broker.port}, modules "
-                  + ", ".join(f"{n} at {m.path}" for n, m in scenario.modules.items())
-                  + f"; agent log {log_file}. Ctrl-C stops.")
+    console.print("[bold]denen demo[/]: " + _("broker {broker}, modules {modules}; agent log {log}. Ctrl-C stops.")
+                  .format(broker=f"127.0.0.1:{broker.port}", log=log_file,
+                          modules=", ".join(_("{name} at {path}").format(name=n, path=m.path)
+                                            for n, m in scenario.modules.items())), markup=True, highlight=False)
     deadline = None if duration is None else time.monotonic() + duration
     with Live(view.render(), console=console, refresh_per_second=2, transient=False) as live:
         while not done.is_set():
@@ -176,7 +179,8 @@ def _run(work: Path, duration: float | None, done: threading.Event, started: lis
                 break
             done.wait(0.5)
             live.update(view.render())
-    console.print(f"journal {cfg.journal.path}: inspect with  denen status -j {work / 'journal.db'}")
+    console.print(_("journal {path}: inspect with  denen status -j {journal}").format(
+        path=cfg.journal.path, journal=work / "journal.db"))
     if view.state.readings == 0:
-        raise AgentError(f"no reading reached the broker; see {log_file}")
+        raise AgentError(_("no reading reached the broker; see {log}").format(log=log_file))
     return 0

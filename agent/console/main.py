@@ -20,6 +20,8 @@ import sys
 import threading
 from typing import Any
 
+from agent.i18n import _
+
 __all__ = ["ack_main", "add_ack_arguments", "add_console_arguments", "console_main", "parse_duration"]
 
 log = logging.getLogger("denen.console")
@@ -48,45 +50,47 @@ def add_ack_arguments(p: argparse.ArgumentParser) -> None:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                        help=f"console config file (its mqtt login, link secret and sink); default {DEFAULT_CONFIG}")
+                        help=_("console config file (its mqtt login, link secret and sink); default {path}").format(
+                            path=DEFAULT_CONFIG))
 
     def wait(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--wait", type=parse_duration, default=60.0,
-                        help="how long to keep sending until the gateway answers (default 60s)")
+                        help=_("how long to keep sending until the gateway answers (default 60s)"))
 
     def action(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, epilog=f"Example:\n  {example}",
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=_("Example:") + f"\n  {example}",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    link = action("link", "print a signed link to an alert's acknowledgement page",
+    link = action("link", _("print a signed link to an alert's acknowledgement page"),
                   "denen ack link gw-okutama-01 sos:00a1b2c3 --ttl 24h --to 山田 -c /etc/denen/console.yaml")
-    link.add_argument("gateway", help="gateway id, e.g. gw-okutama-01")
-    link.add_argument("key", help="alert key <type>:<node>, e.g. sos:00a1b2c3")
+    link.add_argument("gateway", help=_("gateway id, e.g. gw-okutama-01"))
+    link.add_argument("key", help=_("alert key <type>:<node>, e.g. sos:00a1b2c3"))
     link.add_argument("--ttl", type=parse_duration, default=None,
-                      help="how long the link is valid, e.g. 24h (default: links.ttl_s of the config)")
-    link.add_argument("--to", default=None, help="who the link is for (the page's default name)")
+                      help=_("how long the link is valid, e.g. 24h (default: links.ttl_s of the config)"))
+    link.add_argument("--to", default=None, help=_("who the link is for (the page's default name)"))
     common(link)
 
-    ack = action("ack", "acknowledge an alert: the gateway stops repeating it",
+    ack = action("ack", _("acknowledge an alert: the gateway stops repeating it"),
                  'denen ack ack gw-okutama-01 sos:00a1b2c3 --by "山田" -c /etc/denen/console.yaml')
     ack.add_argument("gateway")
-    ack.add_argument("key", help="alert key <type>:<node>, e.g. sos:00a1b2c3")
-    ack.add_argument("--by", required=True, help="who acknowledges (written to the audit and the gateway's log)")
+    ack.add_argument("key", help=_("alert key <type>:<node>, e.g. sos:00a1b2c3"))
+    ack.add_argument("--by", required=True,
+                     help=_("who acknowledges (written to the audit and the gateway's log)"))
     common(ack)
     wait(ack)
 
-    sil = action("silence", "silence the siren for one alert (a new alert sounds it again)",
+    sil = action("silence", _("silence the siren for one alert (a new alert sounds it again)"),
                  'denen ack silence gw-kiso-river-02 river_stage:00000301 --by "山田" -c /etc/denen/console.yaml')
     sil.add_argument("gateway")
-    sil.add_argument("key", help="alert key the siren sounds for, e.g. river_stage:00000301")
-    sil.add_argument("--by", required=True, help="who silences it")
+    sil.add_argument("key", help=_("alert key the siren sounds for, e.g. river_stage:00000301"))
+    sil.add_argument("--by", required=True, help=_("who silences it"))
     common(sil)
     wait(sil)
 
-    chirp = action("test-chirp", "run the gateway's installer self-test chirp",
+    chirp = action("test-chirp", _("run the gateway's installer self-test chirp"),
                    'denen ack test-chirp gw-kiso-river-02 --by "山田" -c /etc/denen/console.yaml')
     chirp.add_argument("gateway")
-    chirp.add_argument("--by", required=True, help="who runs it")
+    chirp.add_argument("--by", required=True, help=_("who runs it"))
     common(chirp)
     wait(chirp)
 
@@ -117,25 +121,26 @@ def ack_main(args: argparse.Namespace) -> int:
 
     cfg = load_console_config(args.config)
     if not GATEWAY_RE.match(args.gateway):
-        print(f"denen: error: '{args.gateway}' is not a gateway id (lower-case letters, digits, '_' and '-')",
-              file=sys.stderr)
+        print(_("denen: error: '{gateway}' is not a gateway id (lower-case letters, digits, '_' and '-')").format(
+            gateway=args.gateway), file=sys.stderr)
         return 2
     key = getattr(args, "key", None)
     if key is not None and not KEY_RE.match(key):
-        print(f"denen: error: '{key}' is not an alert key (<type>:<node>, e.g. sos:00a1b2c3)", file=sys.stderr)
+        print(_("denen: error: '{key}' is not an alert key (<type>:<node>, e.g. sos:00a1b2c3)").format(key=key),
+              file=sys.stderr)
         return 2
     if args.ack_cmd == "link":
         signer = LinkSigner(cfg.links.secret())
         try:
             token = signer.sign(args.gateway, key, args.ttl or cfg.links.ttl_s, recipient=args.to)
         except ValueError as exc:
-            print(f"denen: error: {exc}", file=sys.stderr)
+            print(_("denen: error: {message}").format(message=exc), file=sys.stderr)
             return 2
         print(f"{cfg.http.public_url}/a/{token}")
         return 0
     by = clean_by(args.by)
     if by is None:
-        print("denen: error: --by is 1..100 characters without control characters", file=sys.stderr)
+        print(_("denen: error: --by is 1..100 characters without control characters"), file=sys.stderr)
         return 2
     action = {"ack": "ack", "silence": "silence", "test-chirp": "test"}[args.ack_cmd]
     return _command(cfg, action, args.gateway, key, by, args.wait)
@@ -163,8 +168,9 @@ def _command(cfg: Any, action: str, gateway: str, key: str | None, by: str, wait
     link.start()
     try:
         if not link.wait_ready(min(wait_s, 15.0)):
-            print(f"denen: error: could not connect to the broker {cfg.mqtt.host}:{cfg.mqtt.port} as "
-                  f"{cfg.mqtt.username or '(anonymous)'} and subscribe (see the log above); nothing was sent",
+            print(_("denen: error: could not connect to the broker {broker} as {user} and subscribe (see the log "
+                    "above); nothing was sent").format(broker=f"{cfg.mqtt.host}:{cfg.mqtt.port}",
+                                                       user=cfg.mqtt.username or _("(anonymous)")),
                   file=sys.stderr)
             return 2
         # The retained state says which raise this is, for the audit; a command is sent without it too.
@@ -175,7 +181,7 @@ def _command(cfg: Any, action: str, gateway: str, key: str | None, by: str, wait
         if alert is not None:
             kind, node = alert.type, alert.node or gateway
         elif key is not None:
-            kind, _, node = key.partition(":")
+            kind, _sep, node = key.partition(":")
             node = node or gateway
         request_id = new_request_id()
         record = Action(action=action, gateway=gateway, by=by,
@@ -185,14 +191,16 @@ def _command(cfg: Any, action: str, gateway: str, key: str | None, by: str, wait
         audit.record(record)
         item = link.submit(gateway, ACTION_COMMANDS[action], command_doc(action, key, by, "cli"),
                            request_id=request_id)
-        print(f"sent {item.command} to {gateway} (request {request_id}); waiting up to {wait_s:g} s for the answer")
+        print(_("sent {command} to {gateway} (request {request}); waiting up to {seconds} s for the answer").format(
+            command=item.command, gateway=gateway, request=request_id, seconds=f"{wait_s:g}"))
         finished.wait(wait_s + 5)
         if item.result is None:
             audit.record_result(record, "timeout")
-            print(f"no answer from {gateway} after {item.sends} sends in {wait_s:g} s: the gateway is offline or "
-                  f"does not get its commands; nothing is known to have changed", file=sys.stderr)
+            print(_("no answer from {gateway} after {sends} sends in {seconds} s: the gateway is offline or does not "
+                    "get its commands; nothing is known to have changed").format(
+                      gateway=gateway, sends=item.sends, seconds=f"{wait_s:g}"), file=sys.stderr)
             return 2
-        outcomes = [o for _, o in item.result.results]
+        outcomes = [o for _target, o in item.result.results]
         audit.record_result(record, ",".join(outcomes))
         for target, outcome in item.result.results:
             print(f"{gateway}: {target + ': ' if target else ''}{outcome}")

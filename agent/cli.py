@@ -41,8 +41,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.i18n import _, N_
 from agent.errors import AgentError, ConfigError
+from agent.i18n import N_, _
 from drivers.errors import DriverError
 
 if TYPE_CHECKING:
@@ -809,8 +809,8 @@ def _sim(scenario_path: str, link_dir: str, duration: float | None) -> int:
     except (ValueError, OSError) as exc:
         raise AgentError(str(exc)) from exc
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
+    signal.signal(signal.SIGTERM, lambda *_args: done.set())
+    signal.signal(signal.SIGINT, lambda *_args: done.set())
     scenario.start()
     try:
         for name, module in scenario.modules.items():

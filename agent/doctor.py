@@ -150,7 +150,7 @@ class Host:
 
 def _pty_index(path: str) -> int | None:
     """N for /dev/pts/N, else None."""
-    head, _, tail = path.rpartition("/")
+    head, _sep, tail = path.rpartition("/")
     return int(tail) if head == "/dev/pts" and tail.isdigit() else None
 
 
@@ -254,10 +254,10 @@ def _printable(data: bytes) -> bool:
 
 def _noise_hint(lines: _Lines, radio: RadioConfig) -> str:
     if lines.raw and not _printable(bytes(lines.raw)):
-        return (f"bytes arrived but made no sense: wrong baud rate? radios[].baudrate is {radio.baudrate} "
-                f"(RAK3172 and ES920LR default to 115200)")
-    return ("check that the module has power, that the cable is a data cable, and that this is the module's "
-            "port (`ls -l /dev/lora* /dev/serial/by-id/`)")
+        return _("bytes arrived but made no sense: wrong baud rate? radios[].baudrate is {baud} "
+                 "(RAK3172 and ES920LR default to 115200)").format(baud=radio.baudrate)
+    return _("check that the module has power, that the cable is a data cable, and that this is the module's "
+             "port (`ls -l /dev/lora* /dev/serial/by-id/`)")
 
 
 def _rak_command(lines: _Lines, command: str, timeout_s: float) -> tuple[str | None, list[str]]:
@@ -290,14 +290,14 @@ def _probe_rak3172(port: Any, radio: RadioConfig, timeout_s: float) -> Check:
     lines = _Lines(port, (b"\r", b"\n"))
     status = None
     # A module that is booting or has noise on the line needs a few tries, as the driver's sync does.
-    for _ in range(3):
-        status, _ = _rak_command(lines, "AT", min(timeout_s, 0.7))
+    for _attempt in range(3):
+        status, _values = _rak_command(lines, "AT", min(timeout_s, 0.7))
         if status == "OK":
             break
     if status != "OK":
         if b"NG 00" in lines.raw:
-            return Check(name, FAIL, f"{radio.port}: the module answers like an ES920LR, not a RAK3172",
-                         "set radios[].driver: es920lr for this port")
+            return Check(name, FAIL, _("{port}: the module answers like an ES920LR, not a RAK3172").format(
+                             port=radio.port), _("set radios[].driver: es920lr for this port"))
         # A module at another speed reads our bytes as garbage and stays silent: try the usual speeds once
         # (pre-RUI3 firmware runs at 9600), since "set baudrate: 9600" is a far better hint than "no answer".
         for baud in _OTHER_BAUDS:
@@ -308,32 +308,36 @@ def _probe_rak3172(port: Any, radio: RadioConfig, timeout_s: float) -> Check:
             other = _Lines(port, (b"\r", b"\n"))
             # Twice: the garbage received at the wrong speed may still sit in the module's line buffer, and
             # spoils the first AT (AT_ERROR); that reply already proves the speed, but the second is cleaner.
-            replies = [_rak_command(other, "AT", min(timeout_s, 0.3))[0] for _ in range(2)]
+            replies = [_rak_command(other, "AT", min(timeout_s, 0.3))[0] for _attempt in range(2)]
             if "OK" in replies:
-                return Check(name, FAIL, f"{radio.port}: the module answers at {baud} baud, not at "
-                             f"{radio.baudrate}", f"set radios[].baudrate: {baud}", {"answers_at_baud": baud})
-        return Check(name, FAIL, f"{radio.port}: no answer to AT" + (f" (got {status})" if status else ""),
+                return Check(name, FAIL, _("{port}: the module answers at {baud} baud, not at {configured}").format(
+                                 port=radio.port, baud=baud, configured=radio.baudrate),
+                             _("set radios[].baudrate: {baud}").format(baud=baud), {"answers_at_baud": baud})
+        return Check(name, FAIL, (_("{port}: no answer to AT (got {status})") if status
+                                  else _("{port}: no answer to AT")).format(port=radio.port, status=status),
                      _noise_hint(lines, radio), {"received": bytes(lines.raw[:64]).hex()})
-    _, ver = _rak_command(lines, "AT+VER=?", timeout_s)
+    _status, ver = _rak_command(lines, "AT+VER=?", timeout_s)
     nwm_status, nwm = _rak_command(lines, "AT+NWM=?", timeout_s)
     firmware = ver[-1] if ver else "unknown"
     mode_code = nwm[-1] if nwm else None
     mode = _RAK_MODES.get(mode_code or "", f"unknown ({nwm_status})")
     details: dict[str, Any] = {"module": "RAK3172", "firmware": firmware, "mode": mode}
     if mode_code == "0":
-        _, p2p = _rak_command(lines, "AT+P2P=?", timeout_s)
+        _status, p2p = _rak_command(lines, "AT+P2P=?", timeout_s)
         if p2p:
             details["p2p"] = p2p[-1]
-    summary = f"{radio.port}: RAK3172 answers, firmware {firmware}, mode {mode}"
+    summary = _("{port}: RAK3172 answers, firmware {firmware}, mode {mode}").format(
+        port=radio.port, firmware=firmware, mode=mode)
     if "p2p" in details:
         summary += f" ({details['p2p']})"
         if not _p2p_matches(details["p2p"], radio):
-            summary += "; the agent applies the config's P2P settings on start"
+            summary += _("; the agent applies the config's P2P settings on start")
     if mode_code not in ("0", None):
         # The driver switches the work mode itself (AT+NWM=0 and one reboot) when the agent starts.
-        return Check(name, OK, summary + "; the agent switches it to LoRa P2P on start", None, details)
+        return Check(name, OK, summary + _("; the agent switches it to LoRa P2P on start"), None, details)
     if mode_code is None:
-        return Check(name, WARN, summary, "the module did not report its work mode (AT+NWM=?); update RUI3", details)
+        return Check(name, WARN, summary, _("the module did not report its work mode (AT+NWM=?); update RUI3"),
+                     details)
     return Check(name, OK, summary, None, details)
 
 
@@ -356,14 +360,15 @@ def _probe_es920lr(port: Any, radio: RadioConfig, timeout_s: float) -> Check:
         at_prompt = any(prompt(ln) or ln == b"NG 002" for ln in heard)
         if not at_prompt and any(ln.startswith(b"VER") for ln in heard):
             firmware = next(ln for ln in heard if ln.startswith(b"VER")).decode("ascii", "replace")
-            return Check(name, OK, f"{radio.port}: ES920LR answers, firmware {firmware}, configuration mode "
-                         f"(processor)", None, {"module": "ES920LR", "firmware": firmware, "mode": "configuration"})
+            return Check(name, OK, _("{port}: ES920LR answers, firmware {firmware}, configuration mode "
+                                     "(processor)").format(port=radio.port, firmware=firmware), None, {"module": "ES920LR", "firmware": firmware, "mode": "configuration"})
         if not at_prompt and any(ln == b"OK" or ln.startswith(b"NG 1") for ln in heard):
             # Operation mode, ASCII format: the word went out over the air, as the agent's own probe does.
-            return Check(name, OK, f"{radio.port}: ES920LR answers in operation mode (ascii); firmware not shown "
-                         f"in this mode", None, {"module": "ES920LR", "firmware": "unknown", "mode": "operation"})
+            return Check(name, OK, _("{port}: ES920LR answers in operation mode (ascii); firmware not shown "
+                                     "in this mode").format(port=radio.port), None, {"module": "ES920LR", "firmware": "unknown", "mode": "operation"})
         if b"\x02OK" in lines.raw or b"\x06NG 1" in lines.raw:
-            return Check(name, OK, f"{radio.port}: ES920LR answers in operation mode (binary)", None,
+            return Check(name, OK, _("{port}: ES920LR answers in operation mode (binary)").format(port=radio.port),
+                         None,
                          {"module": "ES920LR", "firmware": "unknown", "mode": "operation (binary)"})
     if at_prompt:
         # Processor mode is what the agent selects on start; the choice is not saved, so this changes nothing.
@@ -373,21 +378,23 @@ def _probe_es920lr(port: Any, radio: RadioConfig, timeout_s: float) -> Check:
         got = lines.until(lambda ln: ln.startswith(b"VER") or ln.startswith(b"NG"), timeout_s)
         ver = next((ln.decode("ascii", "replace") for ln in got if ln.startswith(b"VER")), None)
         if ver is not None:
-            return Check(name, OK, f"{radio.port}: ES920LR answers, firmware {ver}, was at its mode prompt "
-                         f"(processor mode selected)", None,
+            return Check(name, OK, _("{port}: ES920LR answers, firmware {firmware}, was at its mode prompt "
+                                     "(processor mode selected)").format(port=radio.port, firmware=ver), None,
                          {"module": "ES920LR", "firmware": ver, "mode": "configuration"})
-        return Check(name, WARN, f"{radio.port}: ES920LR shows its mode prompt but did not report a version",
-                     "reset the module and run doctor again", {"module": "ES920LR", "mode": "prompt"})
+        return Check(name, WARN, _("{port}: ES920LR shows its mode prompt but did not report a version").format(
+                         port=radio.port),
+                     _("reset the module and run doctor again"), {"module": "ES920LR", "mode": "prompt"})
     if _RX_HEADER.search(bytes(lines.raw)):
         # RSSI, PAN and source id as 12 hex digits: frames received in operation mode (either format).
-        return Check(name, OK, f"{radio.port}: ES920LR is in operation mode and receiving frames; firmware not "
-                     f"shown in this mode", None, {"module": "ES920LR", "firmware": "unknown", "mode": "operation"})
+        return Check(name, OK, _("{port}: ES920LR is in operation mode and receiving frames; firmware not "
+                                 "shown in this mode").format(port=radio.port), None, {"module": "ES920LR", "firmware": "unknown", "mode": "operation"})
     if lines.raw and not _printable(bytes(lines.raw)):
-        return Check(name, FAIL, f"{radio.port}: no sensible answer to `version`", _noise_hint(lines, radio),
+        return Check(name, FAIL, _("{port}: no sensible answer to `version`").format(port=radio.port),
+                     _noise_hint(lines, radio),
                      {"received": bytes(lines.raw[:64]).hex()})
-    return Check(name, WARN, f"{radio.port}: no answer to `version`",
-                 "a module in operation mode with the binary format ignores text: power-cycle it (it then shows "
-                 "its mode prompt) and run doctor again; otherwise " + _noise_hint(lines, radio),
+    return Check(name, WARN, _("{port}: no answer to `version`").format(port=radio.port),
+                 _("a module in operation mode with the binary format ignores text: power-cycle it (it then shows "
+                   "its mode prompt) and run doctor again; otherwise {hint}").format(hint=_noise_hint(lines, radio)),
                  {"module": "ES920LR"})
 
 

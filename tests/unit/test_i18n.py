@@ -96,6 +96,22 @@ def test_no_message_is_formatted_before_its_lookup() -> None:
     assert bad == []
 
 
+def _binds_underscore(tree: ast.AST) -> list[int]:
+    """Lines where ``_`` is bound (a throwaway ``for _ in``, ``a, _ = ...``, ``lambda *_``): inside a function it
+    hides the lookup for the whole function."""
+    found = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "_"
+             and isinstance(n.ctx, ast.Store)]
+    found += [n.lineno for n in ast.walk(tree) if isinstance(n, ast.arg) and n.arg == "_"]
+    return found
+
+
+def test_no_module_hides_the_lookup_behind_a_throwaway_underscore() -> None:
+    bound = {str(p.relative_to(REPO)): _binds_underscore(ast.parse(p.read_text(encoding="utf-8")))
+             for p in _sources() if p.name != "i18n.py"}  # where _ is defined
+    assert {k: v for k, v in bound.items() if v} == {}
+    assert _binds_underscore(ast.parse("def f():\n    for _ in x:\n        pass\n    a, _ = b\n")) == [2, 4]
+
+
 def test_the_checker_finds_a_formatted_lookup() -> None:
     source = 'a = _(f"{n} nodes")\nb = _("%d nodes" % n)\nc = _("{n} nodes".format(n=n))\nd = _("{n} nodes")\n'
     flagged = [c.lineno for c in _lookups(ast.parse(source))

@@ -463,8 +463,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_demo(duration=args.duration, workdir=args.workdir)
     if args.cmd == "bridge":
         if args.bridge_config is None:
-            raise AgentError("denen bridge needs its config: denen bridge -c BRIDGE_CONFIG (hint: `denen config "
-                             "example bridge > bridge.yaml` prints a commented one)")
+            raise AgentError(_("denen bridge needs its config: denen bridge -c BRIDGE_CONFIG (hint: `denen config "
+                               "example bridge > bridge.yaml` prints a commented one)"))
         return _bridge(args.bridge_config, retire=args.retire)
     raise AssertionError(args.cmd)
 
@@ -478,7 +478,8 @@ def _bridge_config_for_action(args: argparse.Namespace) -> None:
     if given is None:
         return
     if args.config not in (deadletter_cli.DEFAULT_CONFIG, given):
-        raise AgentError(f"two bridge configs given ({given} and {args.config}): give -c once")
+        raise AgentError(_("two bridge configs given ({first} and {second}): give -c once").format(
+            first=given, second=args.config))
     args.config = given
 
 
@@ -493,21 +494,23 @@ def _config_validate(files: list[str]) -> int:
                 from agent.console.config import load_console_config  # noqa: PLC0415
 
                 ccfg = load_console_config(f)
-                print(f"{f}: ok (console {ccfg.http.public_url}, MQTT {ccfg.mqtt.host}:{ccfg.mqtt.port})")
+                print(_("{file}: ok (console {url}, MQTT {broker})").format(
+                    file=f, url=ccfg.http.public_url, broker=f"{ccfg.mqtt.host}:{ccfg.mqtt.port}"))
                 continue
             if kind == "bridge":
                 from agent.bridge.config import load_bridge_config  # noqa: PLC0415
 
                 bcfg = load_bridge_config(f)
-                print(f"{f}: ok (bridge {bcfg.mqtt.effective_client_id()}, group {bcfg.mqtt.group} -> "
-                      f"{bcfg.sink.target()})")
+                print(_("{file}: ok (bridge {client}, group {group} -> {sink})").format(
+                    file=f, client=bcfg.mqtt.effective_client_id(), group=bcfg.mqtt.group, sink=bcfg.sink.target()))
                 continue
             cfg = load_config(f)
         except ConfigError as exc:
             print(str(exc), file=sys.stderr)
             failed += 1
         else:
-            print(f"{f}: ok (gateway {cfg.gateway.id}, {len(cfg.radios)} radios, {len(cfg.nodes)} nodes)")
+            print(_("{file}: ok (gateway {gateway}, {radios} radios, {nodes} nodes)").format(
+                file=f, gateway=cfg.gateway.id, radios=len(cfg.radios), nodes=len(cfg.nodes)))
     return 2 if failed else 0
 
 
@@ -559,9 +562,9 @@ def _config_schema(kind: str, output: str) -> int:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as exc:
-        raise AgentError(f"cannot write {output}: {exc.strerror} (hint: a folder you may write, e.g. "
-                         "-o ./denen.schema.json)") from None
-    print(f"wrote {output} ({kind} config schema)", file=sys.stderr)
+        raise AgentError(_("cannot write {path}: {error} (hint: a folder you may write, e.g. "
+                           "-o ./denen.schema.json)").format(path=output, error=exc.strerror)) from None
+    print(_("wrote {path} ({kind} config schema)").format(path=output, kind=kind), file=sys.stderr)
     return 0
 
 
@@ -624,8 +627,8 @@ def _bridge(config_path: str, *, retire: bool = False) -> int:
     log.info("denen %s bridge: config %s", __version__, config_path)
     if retire:
         if not bridge.retire():
-            print("denen: the bridge stopped before its session was drained; the session stays on the broker "
-                  "(run --retire again to finish)", file=sys.stderr)
+            print(_("denen: the bridge stopped before its session was drained; the session stays on the broker "
+                    "(run --retire again to finish)"), file=sys.stderr)
             return 1
         return 0
     bridge.run()
@@ -699,51 +702,55 @@ def _node_reset_counter(node_arg: str, config_path: str | None, *, wait_s: float
         try:
             node = normalise_node_id(value)
         except ValueError as exc:
-            raise AgentError(f"{node_arg!r} is neither a node name in {active.path} nor a node id (8 hex digits): "
-                             f"{exc}") from None
+            raise AgentError(_("{node!r} is neither a node name in {path} nor a node id (8 hex digits): "
+                               "{error}").format(node=node_arg, path=active.path, error=exc)) from None
     path = cfg.journal.path
     check_files(path)
     if not os.path.exists(path):
-        raise AgentError(f"no journal at {path} (has the agent run with this config? see journal.path)")
+        raise AgentError(_("no journal at {path} (has the agent run with this config? see journal.path)").format(
+            path=path))
     user = _os_user()
     try:
         db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=10, isolation_level=None)
     except sqlite3.Error as exc:
-        raise AgentError(f"cannot open the journal {path}: {exc} (run as the agent's user: sudo -u denen ...)") \
-            from None
+        raise AgentError(_("cannot open the journal {path}: {error} (run as the agent's user: sudo -u denen ...)")
+                         .format(path=path, error=exc)) from None
     try:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         pid = _agent_pid(db)
         if "request" not in tables:
             if pid is not None:
-                raise AgentError(f"the running agent (pid {pid}) is older than this command; stop it "
-                                 "(sudo systemctl stop denen), run this again, then start it")
+                raise AgentError(_("the running agent (pid {pid}) is older than this command; stop it "
+                                   "(sudo systemctl stop denen), run this again, then start it").format(pid=pid))
             Journal(path, quota_bytes=int(cfg.journal.quota_mb * 1048576)).close()  # brings the schema up to date
         known = db.execute("SELECT 1 FROM node WHERE node=?", (node,)).fetchone() is not None
         if not known and int(node, 16) not in cfg.node_by_id:
-            raise AgentError(f"node {node} is not in the config and the journal keeps no state for it: nothing to "
-                             "reset")
+            raise AgentError(_("node {node} is not in the config and the journal keeps no state for it: nothing to "
+                               "reset").format(node=node))
         cur = db.execute("INSERT INTO request(ts_us, user, action, node) VALUES (?,?,?,?)",
                          (time.time_ns() // 1000, user, "reset_counter", node))
         rid = cur.lastrowid
         if pid is None:
-            print(f"request {rid} queued: the agent is not running; it resets node {node}'s windows when it starts "
-                  "and logs the audit line then")
+            print(_("request {id} queued: the agent is not running; it resets node {node}'s windows when it "
+                    "starts and logs the audit line then").format(id=rid, node=node))
             return 0
         _wake(pid)
         deadline = time.monotonic() + wait_s
         while True:
             row = db.execute("SELECT done_us, result FROM request WHERE id=?", (rid,)).fetchone()
             if row is not None and row[0] is not None:
-                print(f"request {rid} by {user}: {row[1]}")
+                print(_("request {id} by {user}: {result}").format(id=rid, user=user, result=row[1]))
                 return 1 if row[1].startswith("refused") else 0
             if time.monotonic() >= deadline:
-                print(f"request {rid} queued, but the agent (pid {pid}) has not carried it out within {wait_s:g} s; "
-                      "it will at its next wake-up (see `denen status`)", file=sys.stderr)
+                print(_("request {id} queued, but the agent (pid {pid}) has not carried it out within {seconds} s; "
+                        "it will at its next wake-up (see `denen status`)").format(id=rid, pid=pid,
+                                                                                   seconds=f"{wait_s:g}"),
+                      file=sys.stderr)
                 return 1
             time.sleep(0.1)
     except sqlite3.Error as exc:
-        raise AgentError(f"cannot write the request into the journal {path}: {exc}") from None
+        raise AgentError(_("cannot write the request into the journal {path}: {error}").format(path=path, error=exc)
+                         ) from None
     finally:
         db.close()
 
@@ -815,7 +822,7 @@ def _sim(scenario_path: str, link_dir: str, duration: float | None) -> int:
     try:
         for name, module in scenario.modules.items():
             print(f"{name}: {module.path} -> {module.port.slave_path}", flush=True)
-        print(f"{len(scenario.nodes)} nodes sending; Ctrl-C stops", flush=True)
+        print(_("{count} nodes sending; Ctrl-C stops").format(count=len(scenario.nodes)), flush=True)
         done.wait(duration)
     finally:
         scenario.stop()

@@ -940,8 +940,9 @@ def render(checks: Sequence[Check], console: Any) -> None:
     table = Table(title="denen doctor", show_lines=True, expand=True)
     table.add_column("", no_wrap=True)
     table.add_column(_("check"), no_wrap=True)
-    table.add_column(_("result"), ratio=3)
-    table.add_column(_("fix"), ratio=2)
+    # Japanese has no spaces to wrap at: a long run folds at the cell edge instead of being cut with "…".
+    table.add_column(_("result"), ratio=3, overflow="fold")
+    table.add_column(_("fix"), ratio=2, overflow="fold")
     for c in checks:
         label, style = _STYLE[c.status]
         table.add_row(Text(_(label), style=style), Text(_check_label(c.name)), Text(c.summary),

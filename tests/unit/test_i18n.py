@@ -318,6 +318,8 @@ def test_doctor_in_japanese_fails_with_the_same_exit_code(site: dict[str, Path])
     for words in ("点検項目", "結果", "対処", "失敗", "ブローカー", "接続を拒否されました", "がありません", "JST"):
         assert words in flat, words
     assert "refused" in en.stdout and "not present" in " ".join(en.stdout.split())
+    # Japanese runs have no spaces to wrap at: they fold at the cell's edge, never cut short with "…".
+    assert "…" not in ja.stdout and "…" not in en.stdout
     _assert_aligned(ja.stdout)
     _assert_aligned(en.stdout)
 

@@ -168,7 +168,7 @@ def _with_examples(parser: argparse.ArgumentParser, key: str) -> None:
     """Put the examples of ``key`` after a module's own epilog (kept, re-wrapped to the terminal's width: the
     examples are laid out by hand, so the raw formatter would leave a long legend on one line)."""
     own = parser.epilog
-    if own and "example" in own.lower():
+    if own and ("example" in own.lower() or _("Examples:") in own):
         return  # the module lays out its own examples
     parts = []
     if own:

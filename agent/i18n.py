@@ -120,19 +120,62 @@ ARGPARSE_MESSAGES = (
 )
 
 
+_ARGPARSE_ORIGINAL: dict[str, Any] = {}
+
+
 def _hook_argparse() -> None:
     """argparse's own texts (``usage:``, ``options``, ``error:``) through this catalog: argparse looks them up with
-    the module-level ``_`` and ``ngettext`` it imported from gettext."""
+    the module-level ``_`` and ``ngettext`` it imported from gettext. In Japanese its help is also wrapped by
+    terminal cells (a wide character takes two) and between any two wide characters, as Japanese has no spaces."""
     import argparse  # noqa: PLC0415 - imported by the CLI already
 
+    if not _ARGPARSE_ORIGINAL:
+        _ARGPARSE_ORIGINAL.update(gettext=argparse._, ngettext=argparse.ngettext,  # type: ignore[attr-defined]
+                                  split_lines=argparse.HelpFormatter._split_lines)
     if language() == "en":
-        import gettext as _gettext  # noqa: PLC0415
-
-        argparse._ = _gettext.gettext  # type: ignore[attr-defined]
-        argparse.ngettext = _gettext.ngettext  # type: ignore[attr-defined]
+        argparse._ = _ARGPARSE_ORIGINAL["gettext"]  # type: ignore[attr-defined]
+        argparse.ngettext = _ARGPARSE_ORIGINAL["ngettext"]  # type: ignore[attr-defined]
+        argparse.HelpFormatter._split_lines = _ARGPARSE_ORIGINAL["split_lines"]  # type: ignore[method-assign]
     else:
         argparse._ = gettext  # type: ignore[attr-defined]
         argparse.ngettext = ngettext  # type: ignore[attr-defined]
+        argparse.HelpFormatter._split_lines = _split_help_lines  # type: ignore[method-assign,assignment]
+
+
+def cell_width(text: str) -> int:
+    """Terminal cells of ``text``: two for each East Asian wide or fullwidth character, else one."""
+    import unicodedata  # noqa: PLC0415
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def wrap_cells(text: str, width: int) -> list[str]:
+    """``text`` (whitespace collapsed) in lines of at most ``width`` terminal cells: broken at spaces, and between
+    wide characters; a run of narrow characters longer than a line (a path) stays whole."""
+    import re  # noqa: PLC0415
+
+    # Tokens: a run of narrow non-space characters, one wide character, or a space.
+    tokens = re.findall(r"[^\s\u1100-\uffef]+|[\u1100-\uffef]|\s+", text.strip())
+    lines: list[str] = []
+    line, used = "", 0
+    for token in tokens:
+        if token.isspace():
+            token = " "
+        w = cell_width(token)
+        if used + w > width and line.strip():
+            lines.append(line.rstrip())
+            line, used = "", 0
+            if token == " ":
+                continue
+        line += token
+        used += w
+    if line.strip():
+        lines.append(line.rstrip())
+    return lines
+
+
+def _split_help_lines(self: Any, text: str, width: int) -> list[str]:
+    return wrap_cells(text, width)
 
 
 def local_time(ts: float | int | None, *, us: bool = True, date: bool = True) -> str:

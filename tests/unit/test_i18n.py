@@ -177,6 +177,14 @@ def test_local_time_names_the_zone(monkeypatch: pytest.MonkeyPatch) -> None:
     time.tzset()
 
 
+def test_help_wraps_by_terminal_cells() -> None:
+    lines = i18n.wrap_cells("設定ファイル（既定: /etc/denen/config.yaml）を  読む", 20)
+    assert lines == ["設定ファイル（既定:", "/etc/denen/config.yaml", "）を 読む"]
+    assert all(i18n.cell_width(line) <= 20 for line in lines if "/" not in line)
+    assert i18n.wrap_cells("plain words wrap at spaces", 11) == ["plain words", "wrap at", "spaces"]
+    assert i18n.cell_width("ノードabc") == 9
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The commands, in a fresh interpreter each
 
@@ -350,6 +358,13 @@ def test_help_in_japanese_starts_without_heavy_modules() -> None:
     assert out.stdout.startswith("使い方: denen")
     assert "コマンド:" in out.stdout and "オプション:" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "[]"
+    for command in ("doctor", "monitor", "status", "flash", "config"):
+        shown = denen(command, "--help", lang=JA)
+        assert shown.returncode == 0 and "\n例:\n  denen " in shown.stdout, shown.stdout
+        # Wrapped by terminal cells, as the terminal shows them (the examples keep their own layout).
+        options = shown.stdout.split("\n例:")[0]
+        assert max(cell_len(line) for line in options.splitlines()) <= 80, options
+    assert "\n  denen monitor --wide " in denen("monitor", "--help", lang=JA).stdout
     forced = denen("--lang", "ja", "status", "--help", lang=EN)
     assert forced.returncode == 0 and "機械可読な出力" in forced.stdout
     english = denen("--lang", "en", "status", "--help", lang=JA)

@@ -163,6 +163,7 @@ class Gateway:
         # wake-ups, committed together when the window closes or at once with an SOS or alarm.
         self._window_s = config.journal.commit_window_ms / 1000
         self._deferred: tuple[list[Entry], list[Quarantined]] = ([], [])
+        self._deferred_held = 0  # readings among the deferred ones that will be held (see _held_fresh)
         self._commit_due = 0.0  # monotonic s when what waits must be committed; 0: nothing waits
         # SOS published before they could be journaled, by (node, fcnt, ts_us): a signed and an unsigned frame
         # may share a counter, never a timestamp (agent.readings).
@@ -405,7 +406,8 @@ class Gateway:
         entries.extend(self._edge_call(self.edge.due, connected=self._session is not None))
         self._watch_clock(entries)
         # Counted as the journal counts them (every lane; an SOS or alarm leaves as soon as the broker has it).
-        self._held_fresh = sum(1 for e in (*self._deferred[0], *entries) if e.boot_us is not None and e.lane >= TELEMETRY)
+        self._held_fresh = self._deferred_held + sum(
+            1 for e in entries if e.boot_us is not None and e.lane >= TELEMETRY)
         self._watch_hold()
 
         if urgent and self._session is not None and not self._uncommitted:
@@ -446,22 +448,25 @@ class Gateway:
         # make one commit of tens of thousands of deletions that a new SOS then waits behind (p99 85 ms against
         # 4.7 ms).
         decoder = self.decoder
-        if self._deferred[0] or self._deferred[1]:
-            entries = self._deferred[0] + entries
-            quarantined = self._deferred[1] + quarantined
-            self._deferred = ([], [])
-        if entries or quarantined or self._acked or decoder.dirty or decoder.forgotten or self._dirty_counters \
-                or self._done or meta:
-            if self._may_wait(entries, urgent, now):
+        waiting, waiting_q = self._deferred
+        if entries or quarantined or waiting or waiting_q or self._acked or decoder.dirty or decoder.forgotten \
+                or self._dirty_counters or self._done or meta:
+            if self._may_wait(entries, len(waiting) + len(entries), urgent, now):
                 # Within the commit window: kept in memory (a power cut loses at most this window's frames);
                 # the node states, counters and acknowledgements wait with them for the same transaction.
-                self._deferred = (entries, quarantined)
+                waiting.extend(entries)
+                waiting_q.extend(quarantined)
+                self._deferred_held = self._held_fresh
                 if not self._commit_due:
                     self._commit_due = now + self._window_s
                 if self._to_correct and self._clock_synced:
                     self._correct_clock()
                 self._publish(urgent=urgent)
                 return
+            if waiting or waiting_q:
+                entries = waiting + entries
+                quarantined = waiting_q + quarantined
+                self._deferred, self._deferred_held = ([], []), 0
             self._commit_due = 0.0
             try:
                 self.journal.commit(
@@ -516,8 +521,9 @@ class Gateway:
             self._correct_clock()
         self._publish(urgent=urgent)
 
-    def _may_wait(self, entries: list[Entry], urgent: bool, now: float) -> bool:
-        """Whether this wake-up's work may wait for the commit window to close instead of committing now.
+    def _may_wait(self, entries: list[Entry], total: int, urgent: bool, now: float) -> bool:
+        """Whether this wake-up's work (its new ``entries``; ``total`` with those already waiting) may wait for the
+        commit window to close instead of committing now.
 
         Never for an SOS or alarm (nor anything waiting beside one: they commit together at once), an operator's
         request, a core that is stopping, a window already due, or more than ACK_FOLD_MAX acknowledgements.
@@ -526,7 +532,7 @@ class Gateway:
             return False
         if self._commit_due and now >= self._commit_due:
             return False
-        if len(self._acked) >= ACK_FOLD_MAX or len(entries) >= _DRAIN_MAX:
+        if len(self._acked) >= ACK_FOLD_MAX or total >= _DRAIN_MAX:
             return False
         return all(e.lane >= TELEMETRY for e in entries)
 

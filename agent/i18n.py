@@ -71,18 +71,29 @@ def _translations() -> Any:
     if _catalog is None:
         import gettext as _gettext  # noqa: PLC0415 - already imported by argparse; the .mo is read here only
         import io  # noqa: PLC0415
-        from importlib import resources  # noqa: PLC0415
 
         lang = language()
         catalog: Any = _gettext.NullTranslations()
         if lang != "en":
             try:
-                data = resources.files("agent").joinpath(f"locale/{lang}/LC_MESSAGES/{DOMAIN}.mo").read_bytes()
-                catalog = _gettext.GNUTranslations(io.BytesIO(data))
+                catalog = _gettext.GNUTranslations(io.BytesIO(_catalog_bytes(lang)))
             except (OSError, ValueError):
                 pass  # a broken install speaks English rather than failing
         _catalog = catalog
     return _catalog
+
+
+def _catalog_bytes(lang: str) -> bytes:
+    """The compiled catalog of ``lang``: the package file beside this module, else (a zipped install) through
+    importlib.resources, which costs the start-up of every command some milliseconds to import."""
+    relative = f"locale/{lang}/LC_MESSAGES/{DOMAIN}.mo"
+    try:
+        with open(os.path.join(os.path.dirname(__file__), relative), "rb") as f:
+            return f.read()
+    except OSError:
+        from importlib import resources  # noqa: PLC0415
+
+        return resources.files("agent").joinpath(relative).read_bytes()
 
 
 def gettext(message: str) -> str:

@@ -355,6 +355,9 @@ def collect(journal_path: str, config: Any | None = None, *, now_us: int | None 
 _RATING_STYLE = {"excellent": "bold green", "good": "green", "marginal": "yellow", "poor": "bold red",
                  "unknown": "dim"}
 _STATE_STYLE = {"ok": "", "late": "yellow", "never heard": "dim"}
+#: Node kinds (machine-readable in ``--json``) in the words of the dashboards and docs/glossary.md.
+_KIND_NAMES = {"sos": N_("SOS"), "trap": N_("trap"), "water_level": N_("water level"), "rain": N_("rain"),
+               "tilt": N_("slope tilt"), "weather": N_("weather"), "heartbeat": N_("heartbeat")}
 #: The ratings (machine-readable in ``--json``) as the table and its caption show them.
 _RATING_NAMES = {"excellent": N_("excellent"), "good": N_("good"), "marginal": N_("marginal"), "poor": N_("poor"),
                  "unknown": N_("unknown")}
@@ -471,7 +474,8 @@ def render(data: dict[str, Any], *, wide: bool = False) -> Any:
                 at = time.localtime(n["last_seen_us"] / 1e6)
                 # The gateway's clock: the time alone today, with the date otherwise.
                 heard = time.strftime("%H:%M:%S" if time.strftime("%Y-%m-%d", at) == day else "%m-%d %H:%M", at)
-            row += [n["kind"] or "?", heard]
+            kind = n["kind"]
+            row += [_(_KIND_NAMES[kind]) if kind in _KIND_NAMES else (kind or "?"), heard]
         row.append(seen)
         if wide:
             last = _rating_text(n["rating"], None, n["rssi_near_limit"])

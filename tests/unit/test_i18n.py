@@ -311,6 +311,15 @@ def test_monitor_once_in_japanese(site: dict[str, Path]) -> None:
         assert len(starts) == 1, lines
 
 
+def test_monitor_wide_names_kinds_in_the_glossary_words(site: dict[str, Path]) -> None:
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "monitor", "--once", "--wide", "-c", str(site["config"])],
+                         cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COLUMNS": "160", "TZ": "Asia/Tokyo", **JA})
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line for line in out.stdout.splitlines() if re.match(r"[0-9a-f]{8} ", line)}
+    assert " SOS " in rows["00000101"] and " わな " in rows["00000201"], out.stdout
+
+
 def test_monitor_json_is_the_same_in_both_languages(site: dict[str, Path]) -> None:
     ja = denen("monitor", "--once", "--json", "-c", str(site["config"]), lang=JA)
     en = denen("monitor", "--once", "--json", "-c", str(site["config"]), lang=EN)

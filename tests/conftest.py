@@ -6,6 +6,7 @@ A missing server binary fails the test with the command that installs it; it is 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,13 @@ import pytest
 from agent.devbroker import Mosquitto
 from agent.errors import AgentError
 from tests.support.influx import InfluxDB1, ServerMissing, VictoriaMetrics
+
+
+# The suite checks English output unless a test asks for Japanese (LANG=ja_JP.UTF-8 in a subprocess's env): a
+# developer's or CI machine set to Japanese must not change what the other tests read.
+for _name in ("LC_ALL", "LC_MESSAGES", "LANGUAGE"):
+    os.environ.pop(_name, None)
+os.environ["LANG"] = "C.UTF-8"
 
 
 @pytest.fixture(autouse=True)

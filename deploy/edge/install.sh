@@ -27,6 +27,8 @@
 #   --source PATH      what to pip-install (default: the source tree this script is in)
 #   --operator USER    add USER to the denen, dialout and gpio groups (default: $SUDO_USER); --no-operator: nobody
 #   --no-start         enable the service but do not start it
+#   --timezone ZONE    the gateway's time zone, for times shown to people (default Asia/Tokyo; 'keep' leaves it);
+#                      machine output (--json, MQTT, InfluxDB) is UTC whatever the zone
 #
 # Exit codes: 0 done; 1 a step failed (the failing command is shown); 64 bad usage.
 set -euo pipefail
@@ -41,6 +43,7 @@ FILES_ONLY=0
 SOURCE=""
 OPERATOR="${SUDO_USER:-}"
 START=1
+TIMEZONE=Asia/Tokyo
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
@@ -56,11 +59,19 @@ while [ $# -gt 0 ]; do
     --operator=*) OPERATOR="${1#--operator=}" ;;
     --no-operator) OPERATOR="" ;;
     --no-start) START=0 ;;
+    --timezone) [ $# -ge 2 ] || { echo "install.sh: --timezone needs a zone, e.g. Asia/Tokyo" >&2; exit 64; }; TIMEZONE="$2"; shift ;;
+    --timezone=*) TIMEZONE="${1#--timezone=}" ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown option '$1' (see --help)" >&2; exit 64 ;;
   esac
   shift
 done
+
+if [ "$TIMEZONE" != keep ] && { case "$TIMEZONE" in *..*|/*|"") true ;; *) false ;; esac \
+     || [ ! -f "/usr/share/zoneinfo/$TIMEZONE" ]; }; then
+  echo "install.sh: unknown time zone '$TIMEZONE' (a name under /usr/share/zoneinfo, e.g. Asia/Tokyo; or keep)" >&2
+  exit 64
+fi
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 SRC_TREE="$(cd "$HERE/../.." && pwd)"
@@ -114,6 +125,16 @@ if [ "$FILES_ONLY" = 0 ]; then
       raspbian:*|debian:*|*:*debian*) say "system: ${PRETTY_NAME:-$ID}" ;;
       *) say "system: ${PRETTY_NAME:-unknown}: not Debian-based; continuing, but apt steps may fail" ;;
     esac
+  fi
+  # Times shown to the installer and staff (doctor, status, monitor) are in the system's zone.
+  if [ "$TIMEZONE" != keep ]; then
+    current="$(readlink /etc/localtime 2>/dev/null | sed 's#.*/zoneinfo/##')"
+    if [ "$current" = "$TIMEZONE" ]; then
+      note "time zone $TIMEZONE already set"
+    else
+      say "time zone: ${current:-unset} -> $TIMEZONE"
+      run timedatectl set-timezone "$TIMEZONE"
+    fi
   fi
 fi
 

@@ -390,3 +390,20 @@ def test_one_path_for_the_gateway_config() -> None:
     assert flash.DEFAULT_CONFIG == "/etc/denen/config.yaml"
     assert {name: files for name, files in found.items() if name not in allowed} == {}
     assert "deploy/edge/README.md" in found[flash.DEFAULT_CONFIG]
+
+
+def test_install_sets_the_gateways_time_zone_and_refuses_an_unknown_one(tmp_path: Path) -> None:
+    """Times shown to people are in the system's zone (2026-12-05 14:03:12 JST); install.sh sets Asia/Tokyo."""
+    current = os.path.realpath("/etc/localtime").split("/zoneinfo/")[-1]
+    for zone in ("Asia/Tokyo", "America/Sao_Paulo"):
+        out = _install("--dry-run", "--no-operator", "--timezone", zone).stdout
+        if current == zone:
+            assert f"time zone {zone} already set" in out
+        else:
+            assert f"+ timedatectl set-timezone {zone}" in out, out
+    assert "timedatectl set-timezone Asia/Tokyo" in _install("--dry-run", "--no-operator").stdout \
+        or current == "Asia/Tokyo"
+    assert "timedatectl" not in _install("--dry-run", "--no-operator", "--timezone", "keep").stdout
+    for bad in ("Nowhere/City", "../../etc/passwd", "/etc/passwd"):
+        proc = _install("--dry-run", "--timezone", bad)
+        assert proc.returncode == 64 and "unknown time zone" in proc.stderr, proc.stderr

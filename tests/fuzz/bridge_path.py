@@ -128,7 +128,7 @@ ODD_PAYLOADS = (b"", b" ", b"\n", b"null", b"[]", b"{}", b'""', b"1", b"true", b
                 b'{"schema":"denen.readings/1"}', b'{"schema":"denen.status/1"}', b"\x00" * 16)
 
 #: Every measurement the bridge writes: the readings', and the alert loop's gateway state and command results.
-SCHEMA_MEASUREMENTS = frozenset(MEASUREMENTS) | {"gateway_state", "command_result"}
+SCHEMA_MEASUREMENTS = frozenset(MEASUREMENTS) | {"gateway_state", "command_result", "bridge_health"}
 #: Tag keys each measurement may carry (README "InfluxDB schema"); anything else was injected.
 NODE_TAGS = frozenset({"gateway", "kind", "name", "node", "site"})
 TAG_KEYS = {**{m: NODE_TAGS for m in (*NODE_KINDS, "node_health")},
@@ -136,13 +136,16 @@ TAG_KEYS = {**{m: NODE_TAGS for m in (*NODE_KINDS, "node_health")},
             "alert": frozenset({"gateway", "name", "node", "severity", "site", "type"}),
             "gateway_status": frozenset({"gateway", "site"}),
             "gateway_state": frozenset({"gateway", "site"}),
-            "command_result": frozenset({"command", "gateway", "outcome", "site"})}
+            "command_result": frozenset({"command", "gateway", "outcome", "site"}),
+            # The bridge's own report: its client id, and one point per dead-letter reason or per gateway heard.
+            "bridge_health": frozenset({"client_id", "gateway", "reason"})}
 #: What each tag's values look like (ids, fixed words); any other value was injected or slipped through a check.
 _ID = r"[a-z0-9][a-z0-9_-]{0,62}"
 TAG_VALUES = {"gateway": re.compile(_ID), "site": re.compile(_ID), "node": re.compile(f"[0-9a-f]{{8}}|{_ID}"),
               "kind": re.compile("|".join((*NODE_KINDS, "gateway_health", "alert"))),
               "severity": re.compile("emergency|warning|info"), "type": re.compile(r"[a-z][a-z0-9_]{0,39}"),
-              "command": re.compile("|".join(COMMANDS)), "outcome": re.compile("|".join(OUTCOMES))}
+              "command": re.compile("|".join(COMMANDS)), "outcome": re.compile("|".join(OUTCOMES)),
+              "client_id": re.compile(_ID), "reason": re.compile(r"[a-z][a-z0-9_]{0,39}")}
 STRING_FIELDS = {"alert": frozenset({"message"}), "gateway_status": frozenset({"agent"}),
                  "gateway_state": frozenset({"siren_why", "siren_alert", "lamp"}),
                  "command_result": frozenset({"target", "by", "request_id", "via"})}
@@ -707,6 +710,8 @@ batch:
   max_wait_ms: {max_wait_ms}
 dead_letter:
   path: {dead_letter.name}
+health:
+  interval_s: 1     # bridge_health points every second, so the hostile gateways' ids pass through them too
 """
 
 

@@ -96,8 +96,10 @@ if [ ! -f "$installed" ] || [ pyproject.toml -nt "$installed" ]; then
   touch "$installed"
 fi
 
-# The unit suite and the bridge's pure parts (line protocol, routing policy, config), which start no server.
+# The unit suite, the bridge's pure parts (line protocol, routing policy, config), which start no server, and the
+# wheel installed into a fresh 3.13 venv outside the checkout, running every verb (the demo, with its Mosquitto).
 if [ $# -eq 0 ]; then
-  set -- -q tests/unit tests/bridge/test_lineproto.py tests/bridge/test_policy.py tests/bridge/test_bridge_config.py
+  set -- -q tests/unit tests/bridge/test_lineproto.py tests/bridge/test_policy.py tests/bridge/test_bridge_config.py \
+    tests/package
 fi
 exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -526,9 +526,10 @@ class Gateway:
         commit window to close instead of committing now.
 
         Never for an SOS or alarm (nor anything waiting beside one: they commit together at once), an operator's
-        request, a core that is stopping, a window already due, or more than ACK_FOLD_MAX acknowledgements.
+        request, a core that is stopping, a window already due, more than ACK_FOLD_MAX acknowledgements, or while
+        commits are failing (what was kept in memory is committed as soon as the disk takes it).
         """
-        if not self._window_s or urgent or self._stop.is_set() or self._done or self._audit:
+        if not self._window_s or urgent or self._stop.is_set() or self._done or self._audit or self._retry_commit_at:
             return False
         if self._commit_due and now >= self._commit_due:
             return False

@@ -315,3 +315,27 @@ def test_a_stopping_core_commits_what_waits_in_the_window(gww: Gateway) -> None:
     gww._stop.set()
     gww._step(0)
     assert kinds_pending(gww, 2) == ["rain"]
+
+
+def test_after_a_failed_commit_the_readings_kept_commit_at_the_retry_not_a_window_later(
+        gww: Gateway, monkeypatch) -> None:
+    real_commit = gww.journal.commit
+    calls = {"n": 0}
+
+    def failing_once(**kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise JournalError("disk I/O error")
+        return real_commit(**kw)
+
+    monkeypatch.setattr(gww.journal, "commit", failing_once)
+    rain = gww.test_nodes["rain"]  # type: ignore[attr-defined]
+    gww.on_uplinks([up(rain.frame(default_values("rain", 1)))])
+    gww._step(0)
+    gww._commit_due = time.monotonic() - 0.001
+    gww._step(0)
+    assert calls["n"] == 1 and gww._uncommitted
+    gww._retry_commit_at = time.monotonic() - 0.001  # the retry is due
+    gww._step(0)
+    assert calls["n"] == 2 and kinds_pending(gww, 2) == ["rain"]
+    assert gww._retry_commit_at == 0.0 and gww._commit_due == 0.0 and gww._timeout() > 0.5  # no busy loop

@@ -68,12 +68,16 @@ def gateway_config(*, port: str, mqtt_port: int, journal: Path, nodes: Iterable[
     interval_s: {interval_s}"""
         for n in nodes
     )
+    # DENEN_FAULTS_COMMIT_WINDOW_MS sets journal.commit_window_ms (else the agent's default), to measure what
+    # a power cut loses with and without the commit window.
+    window_ms = os.environ.get("DENEN_FAULTS_COMMIT_WINDOW_MS", "")
+    window_yaml = f"\n  commit_window_ms: {int(window_ms)}" if window_ms else ""
     return f"""gateway:
   id: {GATEWAY}
   site: faultville
 journal:
   path: {journal}
-  quota_mb: {quota_mb}
+  quota_mb: {quota_mb}{window_yaml}
 mqtt:
   host: 127.0.0.1
   port: {mqtt_port}

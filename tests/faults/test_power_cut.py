@@ -43,6 +43,7 @@ that ``fsync`` reaches the disk (SQLite's ``synchronous=FULL`` is trusted for th
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -195,6 +196,9 @@ def test_sigkill_at_random_moments_loses_no_committed_reading_and_duplicates_non
         possibly_lost=len(maybe), possibly_lost_arrived=len(maybe & set(found)), influx_points=sum(found.values()),
         duplicates=0, missing=0, dropped_by_module_host_not_reading=feeder.offered - len(keys),
         offered=feeder.offered, seconds=round(time.monotonic() - started, 1),
+        commit_window_ms=os.environ.get("DENEN_FAULTS_COMMIT_WINDOW_MS") or "default",
+        possibly_lost_per_kill=round(len(maybe) / KILLS, 2),
+        possibly_lost_per_traffic_kill=round(len(maybe) / max(1, moments["traffic"] + moments["draining"]), 2),
     )
     # The test proved something only if the kills really hit traffic, the outage backlog and its drain.
     assert moments["traffic"] + moments["draining"] >= KILLS // 2, figures

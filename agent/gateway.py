@@ -61,6 +61,11 @@ _COMMIT_RETRY_S = 1.0  # while commits fail, they are tried again this often (at
 #: Acknowledged readings waiting for their deletion that make a commit due at once, whatever the commit window: a
 #: drain's deletions go in commits of about this size, so a new SOS never waits behind a large one.
 ACK_FOLD_MAX = 1000
+#: How long the deletion of acknowledged readings (and counters) may wait for a commit when nothing else waits, in
+#: seconds (at least the commit window): at a few frames per second it folds into the next frame's commit instead
+#: of taking a commit of its own. After a power cut, readings acknowledged this long before it may be sent again
+#: (same id and timestamp: an overwrite at the backend).
+ACK_FOLD_S = 1.0
 #: systemd's STATUS= line is sent at most this often, in seconds, unless the broker connection or an SOS changed it
 #: (one datagram each; the text is built from figures the core already keeps, with no journal read).
 STATUS_MIN_S = 5.0
@@ -457,8 +462,9 @@ class Gateway:
                 waiting.extend(entries)
                 waiting_q.extend(quarantined)
                 self._deferred_held = self._held_fresh
-                if not self._commit_due:
-                    self._commit_due = now + self._window_s
+                readings_wait = waiting or waiting_q or decoder.dirty or decoder.forgotten or meta
+                due = now + (self._window_s if readings_wait else max(self._window_s, ACK_FOLD_S))
+                self._commit_due = min(self._commit_due, due) if self._commit_due else due
                 if self._to_correct and self._clock_synced:
                     self._correct_clock()
                 self._publish(urgent=urgent)

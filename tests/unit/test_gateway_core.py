@@ -294,12 +294,17 @@ def test_acknowledgements_fold_into_the_next_commit_within_the_window(gww: Gatew
     # No commit of its own: the deletion waits, bounded by the window; the reading is not offered again meanwhile.
     assert calls == [] and kinds_pending(gww, 2) == ["rain"] and gww._commit_due
     assert gww.stats.counters["readings.acked"] == 1
+    # Alone, a deletion waits up to ACK_FOLD_S, to fold into the next frame's commit; a frame brings it to the window.
+    assert 0.5 < gww._commit_due - time.monotonic() <= gateway_module.ACK_FOLD_S
+    gww.on_uplinks([up(rain.frame(default_values("rain", 2)))])
+    gww._step(0)
+    assert calls == [] and gww._commit_due - time.monotonic() <= 0.2
     gww._session, gww._sent_upto = 2, [0] * 4  # a new session starts from the journal
     gww._step(0)
     assert len(published) == 1
     gww._commit_due = time.monotonic() - 0.001
     gww._step(0)
-    assert len(calls) == 1 and kinds_pending(gww, 2) == []
+    assert len(calls) == 1 and kinds_pending(gww, 2) == ["rain"]  # the first deleted, the second committed
     # Many acknowledgements at once (a drain) commit at once, whatever the window.
     monkeypatch.setattr(gateway_module, "ACK_FOLD_MAX", 3)
     gww._acked = [10_001, 10_002, 10_003]

@@ -465,8 +465,6 @@ class Gateway:
                 readings_wait = waiting or waiting_q or decoder.dirty or decoder.forgotten or meta
                 due = now + (self._window_s if readings_wait else max(self._window_s, ACK_FOLD_S))
                 self._commit_due = min(self._commit_due, due) if self._commit_due else due
-                if self._to_correct and self._clock_synced:
-                    self._correct_clock()
                 self._publish(urgent=urgent)
                 return
             if waiting or waiting_q:
@@ -532,10 +530,14 @@ class Gateway:
         commit window to close instead of committing now.
 
         Never for an SOS or alarm (nor anything waiting beside one: they commit together at once), an operator's
-        request, a core that is stopping, a window already due, more than ACK_FOLD_MAX acknowledgements, or while
-        commits are failing (what was kept in memory is committed as soon as the disk takes it).
+        request, a core that is stopping, a window already due, more than ACK_FOLD_MAX acknowledgements, while
+        commits are failing (what was kept in memory is committed as soon as the disk takes it), or while readings
+        stamped before the clock's sync wait for their correction: the correction rewrites journaled rows only, so
+        what waits in memory must be committed first, or it would leave later with its unsynchronised stamp.
         """
         if not self._window_s or urgent or self._stop.is_set() or self._done or self._audit or self._retry_commit_at:
+            return False
+        if self._to_correct and self._clock_synced:
             return False
         if self._commit_due and now >= self._commit_due:
             return False

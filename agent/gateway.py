@@ -798,7 +798,8 @@ class Gateway:
         return f"{heard}/{len(self._late_after_us)} nodes heard"
 
     def _backlog(self) -> int | None:
-        """Readings in the journal not yet acknowledged by the broker, or None when the journal cannot say.
+        """Readings not yet acknowledged by the broker: in the journal, and waiting in memory for the commit window
+        (journal.commit_window_ms); None when the journal cannot say.
 
         The last ``depth()`` read (at each health report) moved on by the counters of readings journaled,
         acknowledged and evicted since; so it costs no SQL per status, and any drift lasts one health interval.
@@ -814,7 +815,7 @@ class Gateway:
             assert self._backlog_base is not None
         total, journaled, acked, evicted0 = self._backlog_base
         return max(0, total + (c["readings.journaled"] - journaled) - (c["readings.acked"] - acked)
-                   - (evicted - evicted0))
+                   - (evicted - evicted0)) + len(self._deferred[0])
 
     def _set_backlog_base(self, depth_total: int) -> None:
         """Anchor :meth:`_backlog` on a journal count just read (``depth_total`` readings)."""

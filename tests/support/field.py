@@ -71,8 +71,10 @@ NODES = [
 
 
 def config_text(*, port: str, mqtt_port: int, journal: Path, nodes: list[FieldNode], gateway: str = "gw-test-01",
-                extra_mqtt: str = "", quota_mb: float = 64, health_s: int = 3600) -> str:
-    """A gateway config with the nodes' keys written inline.
+                extra_mqtt: str = "", quota_mb: float = 64, health_s: int = 3600,
+                commit_window_ms: int | None = None) -> str:
+    """A gateway config with the nodes' keys written inline (``commit_window_ms``: ``journal.commit_window_ms``,
+    default the agent's; 0 for a test that steps the core by hand and expects each wake-up committed at once).
 
     Parsed as text (parse_config) it loads as it is. Written to a file, the file must be mode 600 (or 640): the
     loader refuses a config holding keys that every user can read. Use :func:`write_config`.
@@ -92,6 +94,7 @@ gateway:
 journal:
   path: {journal}
   quota_mb: {quota_mb}
+{"" if commit_window_ms is None else f"  commit_window_ms: {commit_window_ms}"}
 mqtt:
   host: 127.0.0.1
   port: {mqtt_port}

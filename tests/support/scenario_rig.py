@@ -165,14 +165,17 @@ class ScenarioNode:
 
 
 def gateway_yaml(*, port: str, mqtt_port: int, journal: Path, nodes: list[ScenarioNode], rules: str,
-                 gpio: str, receipts: str = "") -> str:
+                 gpio: str, receipts: str = "", commit_window_ms: int | None = None) -> str:
     """A gateway config with the scenario's nodes and its ``rules:``, ``gpio:`` and ``receipts:`` sections.
 
     ``rules``, ``gpio`` and ``receipts`` are YAML blocks indented by two spaces (the section keys' bodies).
+    ``commit_window_ms``: ``journal.commit_window_ms`` (default: the agent's); 0 for a test that steps the core by
+    hand and expects each wake-up's readings committed at once.
     """
+    window = "" if commit_window_ms is None else f"  commit_window_ms: {commit_window_ms}\n"
     return (
         f"gateway:\n  id: {GATEWAY}\n  site: scenario\n"
-        f"journal:\n  path: {journal}\n  quota_mb: 64\n"
+        f"journal:\n  path: {journal}\n  quota_mb: 64\n{window}"
         f"mqtt:\n  host: 127.0.0.1\n  port: {mqtt_port}\n  topic_prefix: {PREFIX}\n"
         "  reconnect_min_s: 0.2\n  reconnect_max_s: 0.5\n"
         f"radios:\n  - name: lora0\n    driver: rak3172\n    port: {port}\n"

@@ -73,8 +73,11 @@ def uplink(payload: bytes) -> Uplink:
 
 
 def settle(gw: Gateway, steps: int = 5) -> None:
-    """Wake the core a few times: the backlog goes out one batch per wake-up, lanes in priority order."""
+    """Wake the core a few times, each time as if the commit window had run out (journal.commit_window_ms):
+    what waited in memory is committed, and the backlog goes out one batch per wake-up, lanes in priority order."""
     for _ in range(steps):
+        if gw._commit_due:
+            gw._commit_due = time.monotonic()
         gw._step(0)
 
 
@@ -157,7 +160,7 @@ def test_readings_of_an_earlier_boot_cannot_be_corrected_and_go_out_flagged(
     gw = make_gateway(tmp_path)
     rain = gw.test_nodes["rain"]  # type: ignore[attr-defined]
     gw.on_uplinks([uplink(rain.frame(default_values("rain", 1)))])
-    gw._step(0)
+    settle(gw, 2)  # the frame is read, then committed when its window ends
     gw.journal.close()
     j = Journal(tmp_path / "j.db", quota_bytes=1 << 20)
     try:

@@ -569,7 +569,7 @@ class FakeLink:
 @pytest.fixture
 def core(tmp_path: Path) -> Iterator[tuple[Gateway, FakeLink]]:
     text = gateway_yaml(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=[RIVER, SOS], rules=RULES,
-                        gpio=GPIO)
+                        gpio=GPIO, commit_window_ms=0)
     gw = Gateway(parse_config(text), radios=[])
     link = FakeLink(gw)
     gw._session = 1

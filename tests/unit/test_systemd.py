@@ -178,7 +178,8 @@ def gw(tmp_path: Path) -> Iterator[Any]:
 
     nodes = [FieldNode(n.node_id, n.kind) for n in NODES]
     # Port 9 (discard) on loopback: nothing listens; the tests post the link's events themselves.
-    g = Gateway(parse_config(config_text(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=nodes)),
+    g = Gateway(parse_config(config_text(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=nodes,
+                                      commit_window_ms=0)),
                 radios=[])
     g.test_nodes = {n.kind: n for n in nodes}
     published: list[str] = []

@@ -356,7 +356,7 @@ class Strace:
 
     def summary(self, t0_wall: float, t1_wall: float, journal: Path) -> dict[str, Any]:
         """Calls between the wall times ``t0_wall`` and ``t1_wall``: per file (db, wal, log, other), syncs, writes
-        and bytes (4 KiB page writes counted apart: a WAL frame is a 24-byte header then the page); the WAL pages
+        and bytes (page writes counted apart: a WAL frame is a 24-byte header then the page); the WAL pages
         of each commit (page writes between two WAL syncs); the programs the agent started (execve)."""
         per: dict[str, dict[str, int]] = {}
         real = os.path.realpath(journal)  # strace -y prints the descriptor's resolved path
@@ -392,7 +392,7 @@ class Strace:
                 size = int(w.group(1)) if w else 0
                 d["writes"] += 1
                 d["bytes"] += size
-                if size >= 4096:
+                if size >= 512:  # a page (SQLite's pages are 512 B to 64 KiB); WAL and frame headers are 32/24 B
                     d["page_writes"] += 1
                     if where == "wal":
                         pages += 1

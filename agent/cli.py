@@ -257,7 +257,7 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     fl = sub.add_parser("flash", help=_("write a validated config onto an SD card or USB stick"))
     if full("flash"):
-        from agent import flash  # noqa: PLC0415 - stdlib-only at top; heavy imports inside its main()
+        from agent.tools import flash  # noqa: PLC0415 - stdlib-only at top; heavy imports inside its main()
 
         flash.add_arguments(fl)  # lays out its own examples
         fl.set_defaults(command_main=flash.main)
@@ -265,7 +265,7 @@ def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                        ("monitor", _("live per-node link view for placing sensors"))):
         sp = sub.add_parser(name, help=text)
         if full(name):
-            module = importlib.import_module(f"agent.{name}")
+            module = importlib.import_module(f"agent.tools.{name}")
             module.add_arguments(sp)
             _with_examples(sp, name)
             sp.set_defaults(command_main=module.main)
@@ -458,7 +458,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "sim":
         return _sim(args.scenario, args.link_dir, args.duration)
     if args.cmd == "demo":
-        from agent.demo import run_demo  # noqa: PLC0415
+        from agent.dev.demo import run_demo  # noqa: PLC0415
 
         return run_demo(duration=args.duration, workdir=args.workdir)
     if args.cmd == "bridge":
@@ -572,8 +572,8 @@ def _run(config_path: str | None) -> int:
     import signal  # noqa: PLC0415
 
     from agent.config import load_config  # noqa: PLC0415
-    from agent.flash import resolve_active_config  # noqa: PLC0415
-    from agent.gateway import Gateway  # noqa: PLC0415
+    from agent.tools.flash import resolve_active_config  # noqa: PLC0415
+    from agent.gateway.core import Gateway  # noqa: PLC0415
 
     active = resolve_active_config(config_path)
     for problem in active.problems:
@@ -653,13 +653,13 @@ def _status(args: argparse.Namespace) -> int:
     config the agent would run (found as ``denen run`` finds it, installing nothing). No config models load."""
     import json  # noqa: PLC0415
 
-    from agent import status  # noqa: PLC0415
+    from agent.tools import status  # noqa: PLC0415
 
     journal = args.journal
     if journal is None:
         config_path = args.config
         if config_path is None:
-            from agent.flash import resolve_active_config  # noqa: PLC0415
+            from agent.tools.flash import resolve_active_config  # noqa: PLC0415
 
             config_path = resolve_active_config(None, install=False).path
         journal = status.journal_path(config_path)
@@ -684,8 +684,8 @@ def _node_reset_counter(node_arg: str, config_path: str | None, *, wait_s: float
     import time  # noqa: PLC0415
 
     from agent.config import load_config, normalise_node_id  # noqa: PLC0415
-    from agent.flash import resolve_active_config  # noqa: PLC0415
-    from agent.journal import Journal, check_files  # noqa: PLC0415
+    from agent.tools.flash import resolve_active_config  # noqa: PLC0415
+    from agent.gateway.journal import Journal, check_files  # noqa: PLC0415
 
     active = resolve_active_config(config_path)
     cfg = load_config(active.path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from agent.errors import AgentError
 from tests.support.influx import InfluxDB1, ServerMissing, VictoriaMetrics
 

@@ -123,7 +123,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.bridge.registry import UNKNOWN_SITE, GatewayRegistry
-from agent.clock import EPOCH_FLOOR_US
+from agent.gateway.clock import EPOCH_FLOOR_US
 
 __all__ = [
     "COMMANDS",

@@ -2,7 +2,7 @@
 
 Four days of data for four gateways on three sites, ending at a chosen moment (normally "now", so that the
 dashboards' ``now() - ...`` queries and the alert rules see it as live). The ``alert`` points are what the gateways'
-edge rules (agent/rules.py) would raise and clear for it:
+edge rules (agent/rules/) would raise and clear for it:
 
 * ``okutama`` (forest SOS, gateway ``gw-okutama-01``): one SOS pressed and cancelled, one SOS still active, idle
   buttons with an hourly heartbeat, a ridge beacon.

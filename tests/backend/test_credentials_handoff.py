@@ -9,7 +9,7 @@ it:
 
 * the folder keeps its files private (0600) through the tar file, and make-credentials.sh prints no password;
 * ``denen config validate`` and ``denen flash`` accept the config as it is;
-* the gateway's boot-time pick-up (:func:`agent.flash.resolve_active_config`) installs the flashed bundle, and the
+* the gateway's boot-time pick-up (:func:`agent.tools.flash.resolve_active_config`) installs the flashed bundle, and the
   config it loads from there, as ``denen run`` does, names the same password and CA, and they log in to the
   shipped broker over TLS as that gateway.
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from agent import flash
+from agent.tools import flash
 from agent.config import load_config
 from tests.security.shipped_broker import Mqtt, ShippedBroker, copy_backend, make_credentials, tool
 from tests.support.field import example_key_env, example_keys_env

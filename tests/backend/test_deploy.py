@@ -461,7 +461,7 @@ def test_broker_certificate_is_checked_by_clients(deploy_broker: tuple[int, Path
 
 
 def _close_sockets_left_in(exc: BaseException) -> None:
-    """paho 2.2 leaves the socket of a failed TLS handshake open (agent/publisher.py does the same clean-up)."""
+    """paho 2.2 leaves the socket of a failed TLS handshake open (agent/gateway/publisher.py does the same clean-up)."""
     tb = exc.__traceback__
     while tb is not None:
         for value in tb.tb_frame.f_locals.values():

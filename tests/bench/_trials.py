@@ -41,7 +41,7 @@ class _SubscribedMosquitto:
     """
 
     def __init__(self, workdir: Path) -> None:
-        from agent.devbroker import Mosquitto
+        from agent.dev.devbroker import Mosquitto
 
         self._broker = Mosquitto(workdir)
         self._sub: subprocess.Popen[bytes] | None = None
@@ -227,7 +227,7 @@ class Probe:
     """
 
     def __init__(self, gw: Any, *, watch_upto: int = 0, target_deleted: int = 0) -> None:
-        from agent.journal import SOS
+        from agent.gateway.journal import SOS
 
         self.gw = gw
         self.commits = 0
@@ -249,7 +249,7 @@ class Probe:
         self.sos_seq: dict[int, tuple[str, int]] = {}
         self.sos: dict[tuple[str, int], dict[str, float]] = {}
 
-        # These are internals of agent.gateway; a rename must fail the trial here, loudly, rather than later as
+        # These are internals of agent.gateway.core; a rename must fail the trial here, loudly, rather than later as
         # a time-out.
         for name in ("_send", "_on_ack", "_inflight", "_session"):
             if not hasattr(gw, name):
@@ -356,7 +356,7 @@ def _py_spy(pid: int, out: str, duration_s: float) -> subprocess.Popen[bytes] | 
 
 def agent(p: dict[str, Any]) -> dict[str, Any]:
     """(b) pty line -> RadioWorker -> decode -> durable journal -> MQTT -> PUBACK -> deleted, N readings."""
-    from agent.gateway import Gateway
+    from agent.gateway.core import Gateway
     from tests.support.field import wait_configured
 
     work = Path(p["workdir"])
@@ -419,8 +419,8 @@ def sos(p: dict[str, Any]) -> dict[str, Any]:
     until ``min_samples`` SOS were written while the backlog was draining. The first round goes on pinging
     after the drain for the idle figure.
     """
-    from agent.gateway import Gateway
-    from agent.journal import Journal
+    from agent.gateway.core import Gateway
+    from agent.gateway.journal import Journal
     from tests.support.field import default_values, wait_configured
 
     base = Path(p["workdir"])
@@ -681,7 +681,7 @@ IMPORT_STEPS: tuple[tuple[str, str], ...] = (
     ("pydantic", "pydantic"),
     ("ruamel.yaml", "ruamel.yaml"),
     ("agent.config (the config models)", "agent.config"),
-    ("rest of agent + drivers", "agent.gateway, agent.cli, drivers.radio"),
+    ("rest of agent + drivers", "agent.gateway.core, agent.cli, drivers.radio"),
 )
 
 
@@ -690,7 +690,7 @@ def rss_floor(p: dict[str, Any]) -> dict[str, Any]:
     agent's own modules, and what each import step adds (one interpreter, steps in order)."""
     out: dict[str, Any] = {}
     for name, imports in (("libs", "import paho.mqtt.client, pydantic, serial, ssl"),
-                          ("agent_modules", "import agent.gateway, agent.cli, drivers.radio")):
+                          ("agent_modules", "import agent.gateway.core, agent.cli, drivers.radio")):
         code = f"{imports}\nprint(open('/proc/self/status').read())"
         text = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                               timeout=60).stdout
@@ -735,7 +735,7 @@ def c_anchor(p: dict[str, Any]) -> dict[str, Any]:
     """
     import shutil  # noqa: PLC0415
 
-    from agent.devbroker import Mosquitto  # noqa: PLC0415
+    from agent.dev.devbroker import Mosquitto  # noqa: PLC0415
 
     exe = shutil.which("mosquitto_pub")
     if exe is None:
@@ -930,9 +930,9 @@ def drain(p: dict[str, Any]) -> dict[str, Any]:
     """
     import shutil  # noqa: PLC0415
 
-    from agent.gateway import Gateway  # noqa: PLC0415
-    from agent.journal import Journal  # noqa: PLC0415
-    from agent.readings import FrameDecoder  # noqa: PLC0415
+    from agent.gateway.core import Gateway  # noqa: PLC0415
+    from agent.gateway.journal import Journal  # noqa: PLC0415
+    from agent.gateway.readings import FrameDecoder  # noqa: PLC0415
     from drivers.types import Uplink  # noqa: PLC0415
     from tests.support.field import wait_configured  # noqa: PLC0415
 

@@ -52,7 +52,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.bridge import Bridge, Serializer, parse_bridge_config
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.bench import _common as c
 from tests.bridge._helpers import Publisher, batch, reading, topic
 

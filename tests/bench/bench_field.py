@@ -236,7 +236,7 @@ class Field:
     def __enter__(self) -> Field:
         import random  # noqa: PLC0415
 
-        from agent.devbroker import Mosquitto  # noqa: PLC0415
+        from agent.dev.devbroker import Mosquitto  # noqa: PLC0415
         from drivers.sim.rak3172 import SimRak3172  # noqa: PLC0415
         from tests.bench import _common as c  # noqa: PLC0415
         from tests.bench.bench_startup import denen_command  # noqa: PLC0415

@@ -131,7 +131,7 @@ class FleetBroker:
     """Mosquitto with logins for every gateway and the bridge, and the production ACL, on a free loopback port."""
 
     def __init__(self, workdir: Path, gateways: list[str]) -> None:
-        from agent.devbroker import free_port  # noqa: PLC0415
+        from agent.dev.devbroker import free_port  # noqa: PLC0415
 
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.access(exe, os.X_OK) or shutil.which("mosquitto_passwd") is None:
@@ -281,7 +281,7 @@ class Relay:
     """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        from agent.devbroker import free_port  # noqa: PLC0415
+        from agent.dev.devbroker import free_port  # noqa: PLC0415
 
         self.host = "127.0.0.1"
         self.port = free_port()
@@ -408,8 +408,8 @@ def _worker(conn: Any, spec: dict[str, Any]) -> None:
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: PLC0415
 
     from agent import __version__  # noqa: PLC0415
-    from agent.publisher import status_payload  # noqa: PLC0415
-    from agent.readings import READING_SCHEMA  # noqa: PLC0415
+    from agent.gateway.publisher import status_payload  # noqa: PLC0415
+    from agent.gateway.readings import READING_SCHEMA  # noqa: PLC0415
 
     tpl: dict[str, list[dict[str, Any]]] = spec["templates"]
     kinds = list(c.TELEMETRY_KINDS)

@@ -92,7 +92,7 @@ def make_config(path: Path, nodes: int) -> Path:
 
 def make_journal(path: Path, nodes: int, readings: int) -> Path:
     """A journal as a gateway leaves it: ``nodes`` known nodes and ``readings`` unsent readings."""
-    from agent.journal import Journal  # noqa: PLC0415
+    from agent.gateway.journal import Journal  # noqa: PLC0415
     from tests.bench import _common as c  # noqa: PLC0415
     from tests.support.field import FieldNode  # noqa: PLC0415
 

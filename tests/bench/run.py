@@ -491,7 +491,7 @@ def _run_sections(runner: Runner, table: Table, plan: dict[str, Any], sections: 
         mods = c.median(runner.values("d-floor", "agent_modules_mib"))
         table.add("(d)", "floor: bare python importing paho, pydantic, serial, cryptography", floor, "MiB",
                   spread=c.spread(runner.values("d-floor", "libs_mib")))
-        table.add("(d)", "floor: bare python importing agent.gateway, agent.cli, drivers.radio", mods, "MiB",
+        table.add("(d)", "floor: bare python importing agent.gateway.core, agent.cli, drivers.radio", mods, "MiB",
                   anchor=f"libs floor {c.fmt(floor)} MiB", ratio=mods / floor if floor else None)
         rr = runner.raw.get("d-rss")
         if rr:

@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.bridge import BridgeConfig, parse_bridge_config
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.support.registry import write_registry
 
 PREFIX = "denen/v1"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agent.bridge import Bridge, DeadLetterStore
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.backend.grafana_expand import TimeRange, expand_influxql, iter_panels
 from tests.bridge._helpers import Publisher, batch, bridge_config, reading, topic, v1_sink, wait_until
 from tests.support.influx import InfluxDB1

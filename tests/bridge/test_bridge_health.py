@@ -23,7 +23,7 @@ from agent import systemd
 from agent.bridge import Bridge, BridgeError, parse_bridge_config
 from agent.bridge.health import LAG_LINES_PER_WRITE, LAG_SAMPLE_MAX, HealthMonitor
 from agent.bridge.sinks import make_sink
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.backend.grafana_expand import TimeRange, expand_influxql, iter_panels, panel_interval_ms
 from tests.bridge._helpers import (
     Publisher,

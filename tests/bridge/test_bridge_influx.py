@@ -19,8 +19,8 @@ import pytest
 
 from agent.bridge import Bridge, DeadLetterStore
 from agent.config import parse_config
-from agent.devbroker import Mosquitto
-from agent.gateway import Gateway
+from agent.dev.devbroker import Mosquitto
+from agent.gateway.core import Gateway
 from tests.bridge._helpers import (
     T0_US,
     Publisher,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.bridge._helpers import Publisher, batch, bridge_config_text, telemetry_readings, topic, v1_sink, wait_until
 from tests.support.influx import InfluxDB1
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent.bridge import Bridge
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.bridge._helpers import Publisher, batch, bridge_config, reading, topic, v2_sink, wait_until
 from tests.support.influx import VictoriaMetrics
 

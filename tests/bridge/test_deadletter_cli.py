@@ -24,7 +24,7 @@ import pytest
 from agent.bridge import Bridge, DeadLetterStore, parse_bridge_config
 from agent.bridge import deadletter_cli as cli
 from agent.bridge.deadletter import DeadLetter
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.bridge._helpers import (
     T0_US,
     Publisher,

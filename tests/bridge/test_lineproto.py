@@ -22,7 +22,7 @@ from agent.bridge.lineproto import (
     escape_tag_value,
 )
 from agent.bridge.registry import GatewayInfo, GatewayRegistry
-from agent.clock import EPOCH_FLOOR_US
+from agent.gateway.clock import EPOCH_FLOOR_US
 from tests.bridge._helpers import T0_US, batch, reading, topic
 from tests.support.contract import section
 from tests.support.influx import InfluxDB1

@@ -17,7 +17,7 @@ import pytest
 from agent.bridge import Abandoned, V1Sink, V2Sink, WritePolicy
 from agent.bridge.config import SinkConfig, parse_bridge_config
 from agent.bridge.errors import SinkRefused, SinkRejected, SinkUnavailable
-from agent.devbroker import free_port
+from agent.dev.devbroker import free_port
 from tests.bridge._helpers import T0_US
 from tests.support.influx import InfluxDB1
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from agent.errors import AgentError
 from tests.support.influx import InfluxDB1, ServerMissing
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.console.links import LinkSigner
-from agent.devbroker import Mosquitto, free_port
+from agent.dev.devbroker import Mosquitto, free_port
 from tests.console._rig import SECRET, FakeGateway, console_yaml, sos_alert
 from tests.support.field import write_config
 from tests.support.influx import InfluxDB1

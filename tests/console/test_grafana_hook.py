@@ -20,7 +20,7 @@ import pytest
 
 from agent.console.config import load_console_config
 from agent.console.service import ConsoleService
-from agent.devbroker import Mosquitto, free_port
+from agent.dev.devbroker import Mosquitto, free_port
 from tests.console._rig import HOOK_TOKEN, FakeGateway, SmtpSink, add_hooks, console_yaml, sos_alert
 from tests.support.influx import InfluxDB1
 

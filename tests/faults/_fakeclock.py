@@ -54,7 +54,7 @@ def main() -> None:
     time.time_ns = time_ns  # type: ignore[assignment]
     time.time = time_s  # type: ignore[assignment]
 
-    from agent import clock  # noqa: PLC0415 - imported after the clock is replaced
+    from agent.gateway import clock  # noqa: PLC0415 - imported after the clock is replaced
 
     def kernel_synced() -> bool:
         control.refresh()

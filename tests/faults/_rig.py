@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent import status as agent_status
-from agent.devbroker import Mosquitto
+from agent.tools import status as agent_status
+from agent.dev.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
 from tests.support.field import FieldNode, node_key
 from tests.support.influx import InfluxDB1

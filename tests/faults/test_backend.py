@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
 from tests.faults._rig import (
     AgentProcess,

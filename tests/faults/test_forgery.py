@@ -56,7 +56,7 @@ from typing import Any
 
 import pytest
 
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from drivers.sim.rak3172 import SimRak3172
@@ -163,7 +163,7 @@ def _config(*, port: str, mqtt_port: int, journal: Path, nodes: list[Node]) -> s
 class Traffic:
     """Makes frames and knows, for each, what the agent must do with it.
 
-    The model of the replay windows is the decoder's (agent.readings.FrameDecoder): a node has a window for frames
+    The model of the replay windows is the decoder's (agent.gateway.readings.FrameDecoder): a node has a window for frames
     with a verified MIC and one for frames without; a signed frame is accepted only above the signed window, an
     unsigned one only above both, and each accepted frame moves only its own window. A frame at or below is a
     ``duplicate`` when its counter equals its own window's last, else a ``replay``. Authentication is checked

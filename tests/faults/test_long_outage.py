@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from agent.devbroker import Mosquitto
-from agent.journal import LANES
+from agent.dev.devbroker import Mosquitto
+from agent.gateway.journal import LANES
 from drivers.sim.rak3172 import SimRak3172
 from tests.faults._rig import (
     GATEWAY,

@@ -57,7 +57,7 @@ from paho.mqtt.properties import Properties
 from agent.bridge import Bridge, DeadLetterStore, parse_bridge_config
 from agent.bridge.errors import BridgeError
 from agent.bridge.lineproto import COMMANDS, OUTCOMES, Serializer
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.fuzz.mutate import mutate_bytes, small
 from tests.fuzz.targets import MEASUREMENTS, mutate_tree
 from tests.support.influx import InfluxDB1, VictoriaMetrics

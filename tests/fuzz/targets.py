@@ -37,10 +37,10 @@ from typing import Any
 
 from agent.bridge import lineproto
 from agent.bridge.config import parse_bridge_config
-from agent.clock import EPOCH_FLOOR_US
+from agent.gateway.clock import EPOCH_FLOOR_US
 from agent.config import Config, parse_config
 from agent.errors import ConfigError, ConfigIssue
-from agent.readings import FrameDecoder
+from agent.gateway.readings import FrameDecoder
 from drivers import es920lr, rak3172
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds, lpp

@@ -19,7 +19,7 @@ import pytest
 
 from agent.bridge import DeadLetterStore
 from agent.bridge.deadletter import DeadLetter
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from agent.errors import AgentError
 from tests.fuzz.bridge_path import (
     PREFIX,

@@ -131,10 +131,10 @@ def test_serializer_lines_never_hold_a_line_break(agent: str) -> None:
     assert conv.lines or conv.rejects
 
 
-# -- agent/config.py: parse_yaml_model (both config loaders) ---------------------------------------------------------
+# -- agent/config/: parse_yaml_model (both config loaders) ---------------------------------------------------------
 
 
-# Found by the fuzzer, fixed in 1096db2: agent/config.py parse_yaml_model: ruamel's ReaderError for a control
+# Found by the fuzzer, fixed in 1096db2: agent/config/ parse_yaml_model: ruamel's ReaderError for a control
 # character (DEL, NUL ...) is a YAMLError without a mark, so the ConfigIssue has no line, no column and no key (only
 # 'position N' in its text)
 @pytest.mark.parametrize("parse", [parse_config, parse_bridge_config])
@@ -144,7 +144,7 @@ def test_config_error_for_a_control_character_gives_its_line(parse: object) -> N
     assert [i.line for i in err.value.issues] == [2]
 
 
-# Found by the fuzzer, fixed in 1096db2: agent/config.py parse_yaml_model: yaml.compose/yaml.load (line ~1212) let
+# Found by the fuzzer, fixed in 1096db2: agent/config/ parse_yaml_model: yaml.compose/yaml.load (line ~1212) let
 # ruamel's own exceptions escape instead of a ConfigError: AttributeError ('ScalarNode' object has no attribute
 # 'flow_style') for '!!set' on a scalar, TypeError (unhashable CommentedMap) for a complex key '?\n- :', IndexError
 # for an empty '!!float' or '!!int', KeyError '' for an empty '!!bool', ValueError for '!!int r', AssertionError (in
@@ -158,7 +158,7 @@ def test_odd_yaml_is_a_config_error_not_a_crash(parse: object, text: str) -> Non
     assert any(i.line is not None for i in err.value.issues)
 
 
-# Found by the fuzzer, fixed in 1096db2: agent/config.py RadioConfig._default_section (line ~755):
+# Found by the fuzzer, fixed in 1096db2: agent/config/ RadioConfig._default_section (line ~755):
 # SECTION_FOR_DRIVER.get(data.get('driver')) raises TypeError: unhashable type for 'driver: [rak3172]' or a mapping;
 # pydantic turns only ValueError and AssertionError into validation errors, so parse_config crashes
 @pytest.mark.parametrize("driver", ["[rak3172]", "{rak3172: 1}"])
@@ -169,7 +169,7 @@ def test_radio_driver_that_is_a_list_is_a_config_error(driver: str) -> None:
     assert any(i.key == "radios[0].driver" and i.line == 6 for i in err.value.issues), err.value.issues
 
 
-# Found by the fuzzer, fixed in 1096db2: agent/config.py _position (line ~1402): for a key pulled in by a YAML merge
+# Found by the fuzzer, fixed in 1096db2: agent/config/ _position (line ~1402): for a key pulled in by a YAML merge
 # ('<<: {x: 1}') ruamel's lc.key(part) returns None instead of raising, and found[0] raises TypeError; the docstring
 # promises the issue is placed at the closest ancestor instead
 @pytest.mark.parametrize(("parse", "text", "key"), [
@@ -183,7 +183,7 @@ def test_problem_in_a_merged_key_is_a_config_error_not_a_crash(parse: object, te
     assert any(i.key == key for i in err.value.issues), err.value.issues
 
 
-# Found by the fuzzer, fixed in 1096db2: agent/config.py _check_readable_file (line ~313): Path(path).exists() raises
+# Found by the fuzzer, fixed in 1096db2: agent/config/ _check_readable_file (line ~313): Path(path).exists() raises
 # OSError [Errno 36] File name too long for a file name over 255 bytes (mqtt.tls.ca_file, password_file ...);
 # parse_config crashes instead of saying the file cannot be found
 @pytest.mark.parametrize(("parse", "text", "key"), [
@@ -196,7 +196,7 @@ def test_a_file_name_too_long_is_a_config_error(parse: object, text: str, key: s
     assert any(i.key == key and i.line is not None for i in err.value.issues), err.value.issues
 
 
-# Found by the fuzzer, fixed in 1096db2: agent/config.py P2pConfig._japan_band (line ~617): the message formats value
+# Found by the fuzzer, fixed in 1096db2: agent/config/ P2pConfig._japan_band (line ~617): the message formats value
 # / 1e6, which raises OverflowError for an integer beyond the float range (a frequency_hz of 310+ digits) instead of
 # the 'outside Japan's 920 MHz band' ConfigError
 def test_a_frequency_beyond_the_float_range_is_a_config_error() -> None:
@@ -215,7 +215,7 @@ def _too_slow(signum: int, frame: object) -> None:
     raise _TooSlow("parse_config ran for 2 s")
 
 
-# Found by the fuzzer, fixed in 1096db2: agent/config.py _to_plain copies the value of every alias (ruamel shares it),
+# Found by the fuzzer, fixed in 1096db2: agent/config/ _to_plain copies the value of every alias (ruamel shares it),
 # so nested aliases expand exponentially: this 400-byte config (6 levels of 10 aliases = 10^6 items) takes about 8 s,
 # one more level 80 s and gigabytes, before the loader reports it; found as hangs by fuzz target 'config_aliases'
 def test_yaml_aliases_do_not_expand_without_bound() -> None:

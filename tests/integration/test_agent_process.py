@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.support.agentproc import AgentProcess
 from tests.support.broker import Collector
 from tests.support.field import NODES, FieldNode, config_text, default_values, readings_of, start_sim, wait_configured, wait_until
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def frames_ok(rig: dict) -> int:
     """Frames the agent has journaled, read in-process through a read-only connection (cheaper than the CLI)."""
-    from agent import status
+    from agent.tools import status
 
     path = rig["cfg"].parent / "journal.db"
     return status.collect(str(path))["counters"].get("frames.ok", 0) if path.exists() else 0

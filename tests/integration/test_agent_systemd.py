@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.support.field import NODES, FieldNode, config_text, default_values, start_sim, wait_configured, wait_until, write_config
 
 pytestmark = pytest.mark.broker

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.support.broker import Collector
 from tests.support.field import wait_until
 from tests.support.scenario_rig import (

@@ -61,7 +61,7 @@ def test_status_shows_the_siren_lamp_held_readings_and_alerts_the_gateway_last_p
     """A gateway whose siren sounds for an SOS and was silenced for a river stage, stopped: `denen status` reads
     what it last published from the journal, without a broker."""
     from agent.config import parse_config
-    from agent.gateway import Gateway
+    from agent.gateway.core import Gateway
     from drivers.types import Uplink
     from tests.support.scenario_rig import LAMP_PIN, SIREN_PIN, ScenarioNode, gateway_yaml
 
@@ -109,7 +109,7 @@ def test_status_shows_the_siren_lamp_held_readings_and_alerts_the_gateway_last_p
 
 
 def test_status_without_a_recorded_state_says_so(tmp_path: Path) -> None:
-    from agent.journal import Journal
+    from agent.gateway.journal import Journal
 
     Journal(tmp_path / "j.db", quota_bytes=1 << 20).close()
     out = denen("status", "-j", str(tmp_path / "j.db"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.support.agentproc import AgentProcess
 from tests.support.broker import Collector
 from tests.support.field import FieldNode, config_text, default_values, readings_of, start_sim, wait_configured, \

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.support.field import NODES, FieldNode, config_text, start_sim, wait_configured, wait_until
 
 pytestmark = pytest.mark.broker

@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 
 from agent.config import parse_config
-from agent.devbroker import Mosquitto
-from agent.gateway import Gateway
+from agent.dev.devbroker import Mosquitto
+from agent.gateway.core import Gateway
 from tests.support.broker import Collector
 from tests.support.contract import readings_schema
 from tests.support.field import NODES, FieldNode, config_text, default_values, journal_unsent, readings_of, start_sim, wait_until

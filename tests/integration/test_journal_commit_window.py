@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.support.agentproc import AgentProcess
 from tests.support.broker import Collector
 from tests.support.field import (

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.config import parse_config
-from agent.devbroker import Mosquitto
-from agent.gateway import Gateway
+from agent.dev.devbroker import Mosquitto
+from agent.gateway.core import Gateway
 from drivers.sim.es920lr import SimEs920lr
 from tests.support.broker import Collector
 from tests.support.field import NODES, FieldNode, config_text, default_values, readings_of, wait_until
@@ -180,7 +180,7 @@ def test_publish_survives_paho_reporting_a_disconnect_inside_publish(tmp_path: P
 
     from paho.mqtt.reasoncodes import ReasonCode
 
-    from agent.publisher import MqttLink
+    from agent.gateway.publisher import MqttLink
 
     cfg = parse_config(config_text(port="loop://", mqtt_port=broker.port, journal=tmp_path / "j.db", nodes=[]))
     link = MqttLink(cfg.mqtt, "gw-test-01", lambda item: None, version="test")

@@ -82,7 +82,7 @@ class _Events:
 
 def agent_main(argv: list[str]) -> int:
     """One agent life: restore (optional), request receipts, pump for a while, print the outcome as JSON."""
-    from agent.receipts import ReceiptsConfig, build_receipt_sender
+    from agent.gateway.receipts import ReceiptsConfig, build_receipt_sender
     from drivers.radio import RadioWorker
 
     parser = argparse.ArgumentParser()

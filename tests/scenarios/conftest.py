@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.support.scenario_rig import ScenarioRig, rig_fixture
 
 

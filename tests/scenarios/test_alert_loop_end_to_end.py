@@ -23,7 +23,7 @@ from agent.bridge import Bridge
 from agent.bridge.config import parse_bridge_config
 from agent.console.config import load_console_config
 from agent.console.service import ConsoleService
-from agent.devbroker import Mosquitto, free_port
+from agent.dev.devbroker import Mosquitto, free_port
 from tests.bridge._helpers import bridge_config_text, v1_sink
 from tests.console._rig import chromium, console_yaml
 from tests.support.field import wait_until

@@ -182,11 +182,11 @@ def test_while_offline_the_lamp_shows_no_backhaul_and_alerts_are_not_repeated_in
     assert wait_until(lambda: rig.lamp_state() == "ok", 5)
     rig.broker.stop()
     assert wait_until(lambda: not gw.link.connected, 10)
-    # The installer sees the backhaul is down: the lamp blinks slowly (README / agent/edge.py update_outputs).
+    # The installer sees the backhaul is down: the lamp blinks slowly (README / agent/gateway/edge.py update_outputs).
     assert wait_until(lambda: rig.lamp_state() == "no_backhaul", 3), (
         f"lamp {rig.lamp_state()!r}, mqtt.disconnects={gw.stats.counters['mqtt.disconnects']}")
     # Offline the first copy of an alert waits in the journal; repeats are for an unconfirmed *delivered* alert
-    # (agent/edge.py due(): "Repeats only while the link is up").
+    # (agent/gateway/edge.py due(): "Repeats only while the link is up").
     rig.send(caller, {"pressed": 1.0, **POSITION, "battery_v": 3.7}, receipt=True)
     assert wait_until(rig.siren_sounding, PROMPT_S)
     deadline = time.monotonic() + 2.5 * REPEAT_S

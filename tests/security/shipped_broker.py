@@ -32,7 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.devbroker import free_port
+from agent.dev.devbroker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND = ROOT / "deploy" / "backend"
@@ -324,7 +324,7 @@ def largest_batch() -> tuple[str, bytes]:
     puts into one message go into the envelope the gateway writes.
     """
     from agent.config import parse_config  # noqa: PLC0415 - only this helper needs the agent's decoder
-    from agent.readings import READING_SCHEMA, FrameDecoder  # noqa: PLC0415
+    from agent.gateway.readings import READING_SCHEMA, FrameDecoder  # noqa: PLC0415
     from drivers.codec import frame, lpp  # noqa: PLC0415
     from drivers.types import Uplink  # noqa: PLC0415
 
@@ -345,9 +345,9 @@ nodes: [{{id: "ffffffff", name: {name}, kind: heartbeat, unauthenticated: flag}}
     # The longer clock state, as a gateway writes it before NTP sync (this machine's clock may be synced).
     reading = decoded.entry.body.replace('"clock":"synced"', '"clock":"unsynced"')
     assert len(reading.encode()) == 3292, reading
-    from agent.gateway import batch_room, fit_batch  # noqa: PLC0415
+    from agent.gateway.core import batch_room, fit_batch  # noqa: PLC0415
 
-    # As agent/gateway.py cuts a backlog (fit_batch) and wraps it (Gateway._send_bodies).
+    # As agent/gateway/core.py cuts a backlog (fit_batch) and wraps it (Gateway._send_bodies).
     rows = fit_batch([(i, reading) for i in range(config.mqtt.batch_max_readings)], batch_room(config))
     payload = (
         f'{{"schema":"{READING_SCHEMA}","gateway":"{gateway}","site":"{site}","lane":"telemetry",'

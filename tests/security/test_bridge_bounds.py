@@ -20,7 +20,7 @@ import pytest
 
 from agent.bridge import Bridge
 from agent.bridge.config import parse_bridge_config
-from agent.devbroker import Mosquitto
+from agent.dev.devbroker import Mosquitto
 from tests.bridge._helpers import (
     Publisher,
     batch,

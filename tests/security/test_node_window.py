@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from agent import status as agent_status
-from agent.devbroker import Mosquitto
+from agent.tools import status as agent_status
+from agent.dev.devbroker import Mosquitto
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from tests.support.agentproc import AgentProcess

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import doctor
-from agent.devbroker import Mosquitto, free_port
+from agent.tools import doctor
+from agent.dev.devbroker import Mosquitto, free_port
 from tests.support.field import FieldNode, config_text, start_sim, wait_configured, wait_until, write_config
 
 pytestmark = pytest.mark.broker

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import serial
 
-from agent.receipts import ReceiptSender, ReceiptsConfig, build_receipt_sender
+from agent.gateway.receipts import ReceiptSender, ReceiptsConfig, build_receipt_sender
 from drivers.airtime import time_on_air_ms
 from drivers.codec.frame import build_receipt
 from drivers.radio import RadioWorker

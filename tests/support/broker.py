@@ -1,4 +1,4 @@
-"""Test-side MQTT helpers: the broker launcher lives in agent.devbroker (the demo uses it too)."""
+"""Test-side MQTT helpers: the broker launcher lives in agent.dev.devbroker (the demo uses it too)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.devbroker import Mosquitto, free_port
+from agent.dev.devbroker import Mosquitto, free_port
 
 __all__ = ["Collector", "Mosquitto", "free_port"]
 

@@ -126,7 +126,7 @@ def write_config(path: Path, text: str) -> Path:
 
 @functools.cache
 def _example_keys() -> tuple[tuple[str, str], ...]:
-    from agent.demo import EXAMPLE_KEYS, read_env_file
+    from agent.dev.demo import EXAMPLE_KEYS, read_env_file
 
     return tuple(read_env_file(EXAMPLE_KEYS).items())
 
@@ -183,7 +183,7 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
 
 def journal_unsent(path: Path) -> int:
     """Unsent readings in a journal, read through a separate read-only connection (as `denen status` does)."""
-    from agent import status
+    from agent.tools import status
 
     return status.collect(str(path))["journal"]["unsent"]
 

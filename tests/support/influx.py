@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.devbroker import free_port
+from agent.dev.devbroker import free_port
 
 __all__ = ["InfluxDB1", "ServerMissing", "VictoriaMetrics"]
 

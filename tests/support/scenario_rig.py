@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from agent import clock as agent_clock
+from agent.gateway import clock as agent_clock
 from agent.config import parse_config
-from agent.devbroker import Mosquitto
-from agent.gateway import Gateway
+from agent.dev.devbroker import Mosquitto
+from agent.gateway.core import Gateway
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from drivers.sim.rak3172 import SimRak3172
@@ -192,7 +192,7 @@ class WallClock:
 
     The gateway stamps readings and evaluates its rules on ``time.time_ns``; moving it forward between frames is
     what a gauge reporting every 10 minutes looks like to the gateway, without waiting 10 minutes. The boot-time
-    clock (``agent.clock.boot_us``) moves with it, so the gateway sees time pass rather than its clock stepped
+    clock (``agent.gateway.clock.boot_us``) moves with it, so the gateway sees time pass rather than its clock stepped
     (which would shift the rules' windows). ``time.monotonic`` runs true: timeouts stay real.
     """
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent import assets, cli
-from agent import flash as fl
-from agent.journal import Journal, NodeState
+from agent.tools import flash as fl
+from agent.gateway.journal import Journal, NodeState
 
 REPO = Path(__file__).resolve().parents[2]
 

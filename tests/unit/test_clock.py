@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-import agent.gateway as gateway_module
-from agent import clock
+import agent.gateway.core as gateway_module
+from agent.gateway import clock
 from agent.config import parse_config
-from agent.gateway import Gateway
-from agent.journal import SCHEMA_VERSION, SOS, TELEMETRY, Entry, Journal
+from agent.gateway.core import Gateway
+from agent.gateway.journal import SCHEMA_VERSION, SOS, TELEMETRY, Entry, Journal
 from drivers.types import Uplink
 from tests.support.field import NODES, FieldNode, config_text, default_values
 
@@ -260,7 +260,7 @@ def test_the_sync_check_does_not_search_for_libc(monkeypatch: pytest.MonkeyPatch
     """find_library forks `ldconfig -p` from the ~50 MB agent every time; the check runs every 10 s."""
     import ctypes.util
 
-    from agent import clock
+    from agent.gateway import clock
 
     def forbidden(name: str) -> None:
         raise AssertionError(f"find_library({name!r}) called")

@@ -263,8 +263,11 @@ def test_100k_frames_and_5k_keys_do_not_grow_rss() -> None:
 
 _RUN_PATH = r"""
 import sys
-from agent.gateway import Gateway
-from agent import cli, config, readings, publisher, journal
+from agent.gateway.core import Gateway
+from agent import cli, config
+from agent.gateway import readings
+from agent.gateway import publisher
+from agent.gateway import journal
 from drivers.codec import frame
 key = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
 parsed = frame.parse(bytes.fromhex("1100A1B2C30000002A020100010374014AF0CE538F"))

@@ -29,7 +29,7 @@ from agent.config import (
     parse_config,
     write_json_schema,
 )
-from agent.demo import EXAMPLE_KEYS, read_env_file
+from agent.dev.demo import EXAMPLE_KEYS, read_env_file
 from agent.errors import AgentError, ConfigError, ConfigIssue
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import flash
+from agent.tools import flash
 from tests.support.field import example_key_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def test_unit_logs_to_journald_with_priorities() -> None:
 
 
 def test_unit_lets_the_agent_read_the_clock_sync_state() -> None:
-    """agent/clock.py asks adjtimex() whether NTP synced; a filter that forbids it would mark every reading synced."""
+    """agent/gateway/clock.py asks adjtimex() whether NTP synced; a filter that forbids it would mark every reading synced."""
     service = _unit()["Service"]
     assert service.get("ProtectClock", ["no"])[-1] != "yes"
     filters = " ".join(service.get("SystemCallFilter", []))
@@ -125,7 +125,14 @@ import serial, paho.mqtt.client, pydantic, ruamel.yaml, rich, gpiozero
 from gpiozero.pins.mock import MockFactory
 from gpiozero import LED
 from drivers.codec import frame
-from agent import clock, cli, gateway, config, journal, status, flash, doctor, monitor, systemd
+from agent import cli, config, systemd
+from agent.gateway import clock
+from agent.gateway import core as gateway
+from agent.gateway import journal
+from agent.tools import status
+from agent.tools import flash
+from agent.tools import doctor
+from agent.tools import monitor
 assert len(frame.compute_mic(bytes(16), b"denen")) == 4   # AES-CMAC through libcrypto (ctypes calls)
 ssl.create_default_context()
 clock.kernel_synced()

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agent import clock, doctor
-from agent.devbroker import Mosquitto
-from agent.doctor import Host
-from agent.journal import Journal
+from agent.gateway import clock
+from agent.tools import doctor
+from agent.dev.devbroker import Mosquitto
+from agent.tools.doctor import Host
+from agent.gateway.journal import Journal
 from drivers.sim.es920lr import SimEs920lr
 from drivers.sim.rak3172 import SimRak3172
 
@@ -149,7 +150,7 @@ def test_a_wrong_password_fails_with_the_brokers_reason(tmp_path: Path, rak: Sim
 
 
 def test_broker_not_listening(tmp_path: Path, rak: SimRak3172) -> None:
-    from agent.devbroker import free_port
+    from agent.dev.devbroker import free_port
 
     cfg = _config(tmp_path, port=rak.path, mqtt_port=free_port())
     check = _by_name(doctor.run_checks(str(cfg), timeout_s=1.0, host=SYNCED))["broker"]
@@ -301,7 +302,7 @@ def test_journal_space_checks(tmp_path: Path) -> None:
 def test_gpio_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     from gpiozero import Device
 
-    from agent.fieldio import GpioConfig
+    from agent.gateway.fieldio import GpioConfig
 
     before = Device.pin_factory
     assert doctor._check_gpio(types.SimpleNamespace(gpio=None)).status == "skip"
@@ -340,7 +341,7 @@ def test_permission_checks_for_a_normal_user(tmp_path: Path, rak: SimRak3172) ->
 
 
 def test_doctor_without_config_checks_the_flashed_one(tmp_path: Path, rak: SimRak3172, broker: Mosquitto) -> None:
-    from agent import flash
+    from agent.tools import flash
 
     card = tmp_path / "card"
     card.mkdir()
@@ -358,7 +359,7 @@ def test_standalone_module_exit_code(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     cfg = _config(tmp_path, port=str(tmp_path / "nothing"), mqtt_port=1, driver="rak3172")
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "agent.doctor", "-c", str(cfg), "--json", "--timeout", "1"],
+    proc = subprocess.run([sys.executable, "-m", "agent.tools.doctor", "-c", str(cfg), "--json", "--timeout", "1"],
                           cwd=root, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     doc = json.loads(proc.stdout)
@@ -368,7 +369,7 @@ def test_standalone_module_exit_code(tmp_path: Path) -> None:
 
 def test_a_refused_flash_is_a_warning_naming_the_config_still_running(tmp_path: Path, rak: SimRak3172,
                                                                      broker: Mosquitto) -> None:
-    from agent import flash
+    from agent.tools import flash
 
     card = tmp_path / "card"
     card.mkdir()

@@ -19,11 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import clock
+from agent.gateway import clock
 from agent.config import parse_config
-from agent.edge import CMD_MAX_BYTES, CMD_MAX_TARGETS, Edge
-from agent.gateway import Gateway
-from agent.readings import FrameDecoder
+from agent.gateway.edge import CMD_MAX_BYTES, CMD_MAX_TARGETS, Edge
+from agent.gateway.core import Gateway
+from agent.gateway.readings import FrameDecoder
 from tests.support.scenario_rig import GATEWAY, LAMP_PIN, PREFIX, SIREN_PIN, ScenarioNode, gateway_yaml
 
 T0 = 1_764_000_000_000_000  # µs since the epoch
@@ -59,7 +59,7 @@ OUTCOMES = {
 
 
 class Now:
-    """The wall clock the edge reads (``agent.clock.wall_us``), moved by the test."""
+    """The wall clock the edge reads (``agent.gateway.clock.wall_us``), moved by the test."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.us = T0
@@ -215,7 +215,7 @@ def test_a_new_stage_after_an_ack_repeats_until_it_is_acknowledged_too(rig: Rig)
 
 
 def test_silence_stops_the_siren_for_that_alert_and_a_higher_stage_sounds_it_again(rig: Rig, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="agent.edge")
+    caplog.set_level(logging.INFO, logger="agent.gateway.edge")
     rig.level(260)  # evacuation: the siren sounds
     assert rig.siren_pin()
     siren = rig.state()["siren"]
@@ -417,7 +417,7 @@ def test_unknown_commands_are_counted_and_ignored(rig: Rig, topic: str) -> None:
 
 
 def test_bad_commands_are_logged_rate_limited(rig: Rig, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="agent.edge")
+    caplog.set_level(logging.WARNING, logger="agent.gateway.edge")
     for _ in range(500):
         rig.command("alert-ack", b"{")
     assert rig.counts["cmd.bad"] == 500
@@ -480,7 +480,7 @@ def test_any_topic_never_raises(rig: Rig, topic: str, payload: bytes) -> None:
 
 
 class _Sender:
-    """A receipt sender with the snapshot/restore pair (agent.receipts), or without it."""
+    """A receipt sender with the snapshot/restore pair (agent.gateway.receipts), or without it."""
 
     def __init__(self, snap: Any = None, *, fail: bool = False) -> None:
         self.snap = snap
@@ -652,7 +652,7 @@ def test_results_are_dropped_and_counted_while_offline(core) -> None:
 
 
 def test_held_readings_show_in_the_state_health_and_log(tmp_path: Path, monkeypatch, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="agent.gateway")
+    caplog.set_level(logging.INFO, logger="agent.gateway.core")
     behind = 5 * 365 * 86_400 * S
     monkeypatch.setattr(clock, "wall_us", lambda: time.time_ns() // 1000 - behind)
     monkeypatch.setattr(clock, "kernel_synced", lambda: False)

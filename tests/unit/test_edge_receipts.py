@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import parse_config
-from agent.edge import Edge
-from agent.readings import FrameDecoder
+from agent.gateway.edge import Edge
+from agent.gateway.readings import FrameDecoder
 from tests.support.field import FieldNode, config_text, node_key
 
 

@@ -1,4 +1,4 @@
-"""agent.fieldio on gpiozero's MockFactory: lamp patterns over time, siren, test button, debounced rain gauge."""
+"""agent.gateway.fieldio on gpiozero's MockFactory: lamp patterns over time, siren, test button, debounced rain gauge."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from gpiozero.threads import GPIOThread
 from pydantic import BaseModel, ValidationError
 
-import agent.fieldio as fieldio
+import agent.gateway.fieldio as fieldio
 from agent.errors import AgentError
-from agent.fieldio import FieldIO, GpioConfig, GpioError, GpioPinError, GpioUnavailable, RainGauge
+from agent.gateway.fieldio import FieldIO, GpioConfig, GpioError, GpioPinError, GpioUnavailable, RainGauge
 
 LAMP, SIREN, BUTTON, GAUGE = 17, 22, 27, 5
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import flash as fl
+from agent.tools import flash as fl
 from agent.config import load_config
 from agent.errors import AgentError, ConfigError
 
@@ -423,12 +423,12 @@ def test_importing_the_module_loads_no_config_models_or_yaml() -> None:
     import sys
 
     heavy = ("agent.config", "pydantic", "ruamel.yaml", "rich", "cryptography", "paho")
-    code = ("import sys, agent.flash; "
+    code = ("import sys, agent.tools.flash; "
             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "", f"imported at the top of agent.flash: {proc.stdout.strip()}"
+    assert proc.stdout.strip() == "", f"imported at the top of agent.tools.flash: {proc.stdout.strip()}"
 
 
 def test_module_runs_standalone_with_exit_codes(tmp_path: Path, card: Path) -> None:
@@ -437,14 +437,14 @@ def test_module_runs_standalone_with_exit_codes(tmp_path: Path, card: Path) -> N
 
     root = Path(__file__).resolve().parents[2]
     cfg = _config(tmp_path)
-    ok = subprocess.run([sys.executable, "-m", "agent.flash", str(cfg), str(card)], cwd=root,
+    ok = subprocess.run([sys.executable, "-m", "agent.tools.flash", str(cfg), str(card)], cwd=root,
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     cfg.write_text(cfg.read_text().replace("kind: sos", "kind: sox"))
-    bad = subprocess.run([sys.executable, "-m", "agent.flash", str(cfg), str(card)], cwd=root,
+    bad = subprocess.run([sys.executable, "-m", "agent.tools.flash", str(cfg), str(card)], cwd=root,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "nodes[0].kind" in bad.stderr and "Traceback" not in bad.stderr
-    missing = subprocess.run([sys.executable, "-m", "agent.flash", str(_config(tmp_path)), str(tmp_path / "no")],
+    missing = subprocess.run([sys.executable, "-m", "agent.tools.flash", str(_config(tmp_path)), str(tmp_path / "no")],
                              cwd=root, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 

@@ -10,7 +10,7 @@ import pytest
 
 from agent.config import parse_config
 from agent.errors import JournalError
-from agent.gateway import Gateway
+from agent.gateway.core import Gateway
 from drivers.types import Uplink
 from tests.support.field import NODES, FieldNode, config_text, default_values
 
@@ -127,7 +127,7 @@ def test_a_damaged_journal_at_start_is_set_aside_and_alerted(tmp_path: Path) -> 
 
 
 def test_puback_no_matching_subscribers_keeps_the_readings_and_offers_them_again(gw: Gateway, monkeypatch) -> None:
-    import agent.gateway as gateway_module
+    import agent.gateway.core as gateway_module
 
     published: list[tuple[str, bytes]] = []
     gw._session = 1
@@ -188,7 +188,7 @@ def test_while_the_disk_is_full_an_sos_goes_out_from_memory_once_and_again_once_
 
 def test_memory_held_while_commits_fail_is_bounded_and_drops_only_the_oldest_telemetry(
         gw: Gateway, monkeypatch) -> None:
-    import agent.gateway as gateway_module
+    import agent.gateway.core as gateway_module
 
     monkeypatch.setattr(gateway_module, "UNJOURNALED_MAX", 6)
     monkeypatch.setattr(gw.journal, "commit", lambda **kw: (_ for _ in ()).throw(JournalError("disk I/O error")))
@@ -279,7 +279,7 @@ def test_an_alarm_commits_at_once_with_everything_waiting(gww: Gateway, monkeypa
 
 
 def test_acknowledgements_fold_into_the_next_commit_within_the_window(gww: Gateway, monkeypatch) -> None:
-    import agent.gateway as gateway_module
+    import agent.gateway.core as gateway_module
 
     published = _capture(gww)
     rain = gww.test_nodes["rain"]  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ from babel.messages.pofile import read_po
 from rich.cells import cell_len
 
 from agent import i18n
-from agent.journal import Journal, NodeState
+from agent.gateway.journal import Journal, NodeState
 
 REPO = Path(__file__).resolve().parents[2]
 LOCALE = REPO / "agent" / "locale"
@@ -428,7 +428,7 @@ def test_golden_flash_error(tmp_path: Path, site: dict[str, Path]) -> None:
 
 
 def test_golden_doctor_check(site: dict[str, Path]) -> None:
-    from agent import doctor  # noqa: PLC0415
+    from agent.tools import doctor  # noqa: PLC0415
 
     for lang, want in (("ja", f"{site['config'].parent / 'no-such-lora0'} がありません"),
                        ("en", f"{site['config'].parent / 'no-such-lora0'} is not present")):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import JournalError
-from agent.journal import ALARM, DIAGNOSTICS, SOS, TELEMETRY, Entry, Journal, NodeState, Quarantined
+from agent.gateway.journal import ALARM, DIAGNOSTICS, SOS, TELEMETRY, Entry, Journal, NodeState, Quarantined
 
 
 def entry(lane: int, node: str, fcnt: int, pad: int = 0) -> Entry:
@@ -166,7 +166,7 @@ def test_a_failed_commit_rolls_back_everything(open_journal: Callable[..., Journ
 def test_a_damaged_journal_is_set_aside_salvaged_and_replaced(
     tmp_path: Path, open_journal: Callable[..., Journal]
 ) -> None:
-    from agent.journal import open_or_recover
+    from agent.gateway.journal import open_or_recover
 
     path = tmp_path / "j.db"
     j = open_journal(path)
@@ -186,7 +186,7 @@ def test_a_damaged_journal_is_set_aside_salvaged_and_replaced(
 
 
 def test_a_file_that_is_not_a_database_is_set_aside(tmp_path: Path) -> None:
-    from agent.journal import open_or_recover
+    from agent.gateway.journal import open_or_recover
 
     path = tmp_path / "j.db"
     path.write_bytes(b"this is not sqlite" * 100)

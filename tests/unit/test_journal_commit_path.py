@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import ALARM, PAGE_SIZE, SOS, TELEMETRY, Entry, Journal, NodeState
+from agent.gateway.journal import ALARM, PAGE_SIZE, SOS, TELEMETRY, Entry, Journal, NodeState
 
 
 def entry(lane: int, node: str, fcnt: int) -> Entry:

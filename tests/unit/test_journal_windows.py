@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from agent.errors import JournalError
-from agent.journal import SCHEMA_VERSION, TELEMETRY, Audit, Entry, Journal, NodeState, open_or_recover
+from agent.gateway.journal import SCHEMA_VERSION, TELEMETRY, Audit, Entry, Journal, NodeState, open_or_recover
 
-# The journal as schema 2 agents made it (agent/journal.py before schema 3), and schema 1 (no boot_us).
+# The journal as schema 2 agents made it (agent/gateway/journal.py before schema 3), and schema 1 (no boot_us).
 _V2_DDL = """
 CREATE TABLE reading (seq INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL, node TEXT NOT NULL,
     fcnt INTEGER NOT NULL, ts_us INTEGER NOT NULL, body TEXT NOT NULL, boot_us INTEGER);

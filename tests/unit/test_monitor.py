@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agent import monitor
+from agent.tools import monitor
 from agent.config import load_config
 from agent.errors import AgentError
-from agent.journal import Journal, NodeState
+from agent.gateway.journal import Journal, NodeState
 
 NOW_US = 1_764_000_000_000_000
 
@@ -285,7 +285,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(AgentError, match="too short"):
         monitor.main(parser.parse_args(["-j", str(tmp_path / "none.db"), "--interval", "0.1"]))
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-m", "agent.monitor", "-j", str(tmp_path / "none.db"), "--once"],
+    proc = subprocess.run([sys.executable, "-m", "agent.tools.monitor", "-j", str(tmp_path / "none.db"), "--once"],
                           cwd=root, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "no journal at" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -362,10 +362,10 @@ def test_the_help_has_examples_laid_out_by_hand() -> None:
 
 
 def test_importing_the_module_stays_light() -> None:
-    # `denen --help` imports agent.monitor to build its parser: no rich, no pydantic models, no sqlite.
+    # `denen --help` imports agent.tools.monitor to build its parser: no rich, no pydantic models, no sqlite.
     root = Path(__file__).resolve().parents[2]
-    code = ("import sys, agent.monitor; heavy = [m for m in ('rich', 'agent.config', 'pydantic', 'sqlite3', "
-            "'agent.status') if m in sys.modules]; print(heavy)")
+    code = ("import sys, agent.tools.monitor; heavy = [m for m in ('rich', 'agent.config', 'pydantic', 'sqlite3', "
+            "'agent.tools.status') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 

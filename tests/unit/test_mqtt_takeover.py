@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import parse_config
-from agent.publisher import SESSION_TAKEN_OVER, MqttLink, TakeoverBackoff
+from agent.gateway.publisher import SESSION_TAKEN_OVER, MqttLink, TakeoverBackoff
 
 
 def test_takeovers_double_the_wait_up_to_five_minutes() -> None:
@@ -126,7 +126,7 @@ radios: [{{name: lora0, driver: rak3172, port: "loop://"}}]
     link = MqttLink(cfg.mqtt, "gw-dup", events.append, version="test")
     # Short waits so that the test sees three sessions soon: 0.5 s, then 1 s.
     link.takeover = TakeoverBackoff(first_s=0.5, max_s=2.0)
-    caplog.set_level(logging.INFO, logger="agent.publisher")
+    caplog.set_level(logging.INFO, logger="agent.gateway.publisher")
     link.start()
     try:
         deadline = time.monotonic() + 15

@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import parse_config
-from agent.journal import NodeState
-from agent.readings import FrameDecoder
+from agent.gateway.journal import NodeState
+from agent.gateway.readings import FrameDecoder
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from drivers.types import Uplink

@@ -9,9 +9,9 @@ import jsonschema
 import pytest
 
 from agent.config import parse_config
-from agent.journal import Journal, NodeState
-from agent.publisher import Topics, status_payload
-from agent.readings import FrameDecoder
+from agent.gateway.journal import Journal, NodeState
+from agent.gateway.publisher import Topics, status_payload
+from agent.gateway.readings import FrameDecoder
 from drivers.codec import kinds
 from drivers.types import Uplink
 from tests.support.contract import section, readings_schema
@@ -66,7 +66,7 @@ def test_readings_built_by_the_agent_validate_against_the_readme_schema(kind: st
 
 
 def test_gateway_health_reading_validates(tmp_path: Path) -> None:
-    from agent.gateway import Gateway
+    from agent.gateway.core import Gateway
 
     cfg = parse_config(config_text(port="loop://", mqtt_port=1883, journal=tmp_path / "j.db", nodes=[]))
     gw = Gateway(cfg, radios=[])

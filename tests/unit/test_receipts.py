@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 import drivers.sim.rak3172 as sim_rak3172
 from agent.errors import AgentError
-from agent.receipts import (
+from agent.gateway.receipts import (
     HOUR_S,
     SNAPSHOT_SCHEMA,
     AirtimeBudget,
@@ -539,7 +539,7 @@ def test_after_a_reboot_or_an_unknown_gap_the_airtime_stays_in_the_hour(how: str
     clock2 = FakeClock(7.0)
     radio2 = FakeRadio(clock2, airtime_s=KEYED_S)
     sender = make_sender(radio2, clock2, frequency_hz=F_SHORT, budget=tight_budget(clock2), boot=boot)
-    with caplog.at_level(logging.WARNING, logger="agent.receipts"):
+    with caplog.at_level(logging.WARNING, logger="agent.gateway.receipts"):
         sender.restore(snap)
     assert sender.restore_unknown_gap == 1 and sender.restore_failed == 0
     assert "taken as zero" in caplog.text
@@ -570,7 +570,7 @@ def test_waiting_receipts_keep_their_failed_attempts_across_a_restart(caplog: py
     sender2.request(1, 11, None)
     assert sender2.duplicates == 1 and sender2.pending == 2
     radio2.fail_with = [ModuleError("AT+PSEND", "AT_BUSY_ERROR")]
-    with caplog.at_level(logging.ERROR, logger="agent.receipts"):
+    with caplog.at_level(logging.ERROR, logger="agent.gateway.receipts"):
         pump_until_blocked(sender2, clock2)
     # The third failed send in all gives the receipt up (max_attempts 3 over both processes); the next one goes.
     assert sender2.failed == 1 and [p for _, p in radio2.sent] == [build_receipt(1, 11, None)]
@@ -591,7 +591,7 @@ def test_restored_receipts_go_before_new_ones_and_respect_max_pending(caplog: py
     radio2 = FakeRadio(clock2)
     sender2 = make_sender(radio2, clock2, boot=boot, max_pending=3)  # moved to ch24: no hourly budget there
     sender2.request(2, 99, None)  # queued before the restore: restored ones are older and go first
-    with caplog.at_level(logging.ERROR, logger="agent.receipts"):
+    with caplog.at_level(logging.ERROR, logger="agent.gateway.receipts"):
         sender2.restore(snap)
     assert sender2.pending == 3 and sender2.dropped == 2
     assert "counter 4 dropped at restore: 3 receipts already waiting (receipts.max_pending)" in caplog.text
@@ -620,7 +620,7 @@ def test_receipts_too_old_are_dropped_counted_and_logged_rate_limited(caplog: py
     sender = make_sender(radio, clock, frequency_hz=F_SHORT, budget=budget, boot=boot, max_age_s=600.0)
     for counter in range(1, 41):
         sender.request(3, counter, None)
-    with caplog.at_level(logging.WARNING, logger="agent.receipts"):  # the summary line is a warning
+    with caplog.at_level(logging.WARNING, logger="agent.gateway.receipts"):  # the summary line is a warning
         assert pump_until_blocked(sender, clock) > 600
         clock.advance(601.0)
         wait = sender.pump()  # 39 waited longer than max_age_s: dropped before anything else
@@ -648,7 +648,7 @@ def test_too_old_at_restore_after_a_long_stop() -> None:
 def test_queue_full_drops_are_logged_once_per_node_and_window(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     sender = make_sender(FakeRadio(clock), clock, max_pending=1)
-    with caplog.at_level(logging.ERROR, logger="agent.receipts"):
+    with caplog.at_level(logging.ERROR, logger="agent.gateway.receipts"):
         for counter in range(100):
             sender.request(7, counter, None)
         sender.request(8, 1, None)
@@ -763,7 +763,7 @@ def test_a_damaged_snapshot_never_raises_and_starts_empty(what: str, damage: Cal
     clock = FakeClock()
     radio = FakeRadio(clock)
     sender = make_sender(radio, clock, frequency_hz=F_SHORT, budget=tight_budget(clock))
-    with caplog.at_level(logging.ERROR, logger="agent.receipts"):
+    with caplog.at_level(logging.ERROR, logger="agent.gateway.receipts"):
         sender.restore(damage(snap))
     assert sender.restore_failed == 1 and sender.stats()["restore_failed"] == 1
     assert sender.pending == 0 and sender.budget.used_last_hour_s == 0.0

@@ -1,4 +1,4 @@
-"""Tests of agent.status.journal_path: the journal a config names, found without the pydantic models.
+"""Tests of agent.tools.status.journal_path: the journal a config names, found without the pydantic models.
 
 Each answer is compared with what the full loader (agent.config.load_config) says for the same file where the
 file is valid, so the two cannot drift apart (default value, relative paths).
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
-from agent.status import DEFAULT_JOURNAL_PATH, journal_path
+from agent.tools.status import DEFAULT_JOURNAL_PATH, journal_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ def test_odd_tag_is_one_line(tmp_path: Path) -> None:
 
 def test_example_configs_agree_with_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.config import load_config
-    from agent.demo import EXAMPLE_KEYS, read_env_file
+    from agent.dev.demo import EXAMPLE_KEYS, read_env_file
 
     for name, value in read_env_file(EXAMPLE_KEYS).items():
         monkeypatch.setenv(name, value)
@@ -158,7 +158,7 @@ def test_example_configs_agree_with_the_loader(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_status_module_imports_no_pydantic_nor_rich() -> None:
-    code = ("import sys, agent.status; "
+    code = ("import sys, agent.tools.status; "
             "print(sorted(m for m in ('pydantic', 'rich', 'agent.config', 'ruamel.yaml') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -170,7 +170,7 @@ def _imported(stderr: str) -> set[str]:
 
 
 def test_status_json_loads_no_config_models_nor_rich(tmp_path: Path) -> None:
-    from agent.journal import Journal
+    from agent.gateway.journal import Journal
 
     Journal(tmp_path / "j.db", quota_bytes=1 << 20).close()
     config = _write(tmp_path, GATEWAY + "journal:\n  path: j.db\n")

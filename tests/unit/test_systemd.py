@@ -173,7 +173,7 @@ def test_status_line_without_systemd_builds_but_sends_nothing() -> None:
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Any]:
     from agent.config import parse_config
-    from agent.gateway import Gateway
+    from agent.gateway.core import Gateway
     from tests.support.field import NODES, FieldNode, config_text
 
     nodes = [FieldNode(n.node_id, n.kind) for n in NODES]
@@ -210,7 +210,7 @@ def _statuses(sock: socket.socket) -> list[str]:
 
 
 def test_gateway_status_tells_nodes_backlog_broker_and_sos(gw: Any, listener: socket.socket) -> None:
-    import agent.gateway as gateway_module
+    import agent.gateway.core as gateway_module
 
     gw._update_status(time.monotonic(), force=True)
     assert _statuses(listener) == ["STATUS=broker not reached yet (0 s), 0 readings held, 0/5 nodes heard"]
@@ -260,7 +260,7 @@ def test_gateway_status_is_rate_limited_and_never_left_stale(gw: Any, listener: 
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A busy core (a wake-up per chunk of frames) sends at most one STATUS= per STATUS_MIN_S and builds the line
     no more often; a change held back by the limit is sent when the limit allows, without another frame."""
-    import agent.gateway as gateway_module
+    import agent.gateway.core as gateway_module
 
     built = []
     real = gw.status_text

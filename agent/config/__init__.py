@@ -92,10 +92,10 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.scalarint import BinaryInt, HexCapsInt, HexInt, OctalInt
 
 from agent.errors import ConfigError, ConfigIssue
-from agent.fieldio import GpioConfig
-from agent.receipts import ReceiptsConfig
+from agent.gateway.fieldio import GpioConfig
+from agent.gateway.receipts import ReceiptsConfig
 from agent.rules import RulesConfig
-from agent.status import DEFAULT_JOURNAL_PATH
+from agent.tools.status import DEFAULT_JOURNAL_PATH
 
 __all__ = [
     "NODE_KINDS",
@@ -1156,7 +1156,7 @@ class Config(_Section):
     health: HealthConfig = Field(default_factory=HealthConfig, description="Gateway health publishing.")
     rules: RulesConfig = Field(
         default_factory=RulesConfig,
-        description="Edge alert rules, evaluated on the gateway even while the backhaul is down (agent/rules.py).",
+        description="Edge alert rules, evaluated on the gateway even while the backhaul is down (agent/rules/).",
     )
     gpio: GpioConfig | None = Field(
         default=None, description="Status lamp, siren, installer test button and rain gauge on GPIO; none when absent.",

@@ -109,7 +109,7 @@ def collect(journal_path: str) -> dict[str, Any]:
 
 
 def _collect(db: sqlite3.Connection) -> dict[str, Any]:
-    from agent.journal import LANES  # noqa: PLC0415 - keeps this module's import cheap for journal_path
+    from agent.gateway.journal import LANES  # noqa: PLC0415 - keeps this module's import cheap for journal_path
 
     now_us = time.time_ns() // 1000
     depth = dict.fromkeys(LANES, 0)
@@ -129,7 +129,7 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
         node, name, fcnt_mic, fcnt_none, seen, radio, rssi, snr, batt, ok, bad = row
         nodes.append({
             "node": node, "name": name,
-            # The highest counter accepted either way; the two windows beside it (agent.readings).
+            # The highest counter accepted either way; the two windows beside it (agent.gateway.readings).
             "last_fcnt": max((f for f in (fcnt_mic, fcnt_none) if f is not None), default=None),
             "fcnt_mic": fcnt_mic, "fcnt_unsigned": fcnt_none, "last_seen_us": seen,
             "last_seen_age_s": round((now_us - seen) / 1e6, 1) if seen else None,
@@ -203,7 +203,7 @@ def render(status: dict[str, Any], console: Console) -> None:
     from rich.cells import cell_len  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    from agent.monitor import NAME_CELLS, _fit_cells  # noqa: PLC0415 - the monitor's cut of wide names
+    from agent.tools.monitor import NAME_CELLS, _fit_cells  # noqa: PLC0415 - the monitor's cut of wide names
 
     def say(text: str) -> None:
         # Names, users and details come from the config and the journal: printed as text, never markup.

@@ -11,7 +11,7 @@ Tables:
                 boot-time clock) and is rewritten once, with its true time, when the clock syncs.
     node        per-node state: the two replay windows (``last_fcnt``: last counter accepted with a verified MIC or
                 measured by the gateway itself; ``unsigned_fcnt``: last counter accepted without MIC, see
-                agent.readings), last seen, RSSI, SNR, battery.
+                agent.gateway.readings), last seen, RSSI, SNR, battery.
     counter     monotonically increasing event counters (bad frames by reason, reopens, evictions ...).
     quarantine  frames that failed to decode or authenticate, with the reason, kept for inspection (bounded).
     request     operator requests for the running agent (``denen node reset-counter``): written by the command,
@@ -131,7 +131,7 @@ class Entry:
         ts_us: edge timestamp, microseconds since the Unix epoch.
         body: the reading as a JSON object text, published verbatim.
         boot_us: for a reading stamped while the wall clock was not synchronised: when it was made, in µs on the
-            boot-time clock (``agent.clock.boot_us``), so its true time can be worked out once the clock syncs.
+            boot-time clock (``agent.gateway.clock.boot_us``), so its true time can be worked out once the clock syncs.
             None for a reading stamped on a synchronised clock.
     """
 
@@ -632,7 +632,7 @@ class Journal:
         unsynced spell is corrected in slices and an SOS never waits for all of it.
 
         Args:
-            offset_us: ``wall - boottime`` on the synchronised clock, µs (``agent.clock.offset_us()``).
+            offset_us: ``wall - boottime`` on the synchronised clock, µs (``agent.gateway.clock.offset_us()``).
 
         Returns:
             How many readings were corrected (fewer than ``limit``: none are left).

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent import clock
+from agent.gateway import clock
 from agent.config import Config
-from agent.journal import ALARM, LANES, SOS, TELEMETRY, Entry, NodeState, Quarantined
+from agent.gateway.journal import ALARM, LANES, SOS, TELEMETRY, Entry, NodeState, Quarantined
 from agent.ratelog import RateLimitedLog
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds

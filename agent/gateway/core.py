@@ -2,7 +2,7 @@
 
 Threads:
     one per radio (drivers.radio.RadioWorker)   reads the port, posts ``("up", [Uplink, ...])`` per chunk
-    mqtt-link (agent.publisher.MqttLink)        the broker connection, posts ``mqtt_up`` / ``ack`` / ``mqtt_down``
+    mqtt-link (agent.gateway.publisher.MqttLink)        the broker connection, posts ``mqtt_up`` / ``ack`` / ``mqtt_down``
     core (this module, ``Gateway.run``)         owns the journal; nothing else touches SQLite
 
 The core blocks on its inbox. Each wake-up drains whatever is waiting and writes it in ONE transaction (group
@@ -30,14 +30,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import __version__, clock, systemd
+from agent import __version__, systemd
+from agent.gateway import clock
 from agent.config import Config
-from agent.edge import Edge
+from agent.gateway.edge import Edge
 from agent.errors import JournalError
-from agent.journal import DIAGNOSTICS, EVICTABLE, LANES, QUARANTINE_KEEP, SOS, TELEMETRY, Audit, Entry, JournalCorrupt, Quarantined, open_or_recover
-from agent.publisher import MqttLink
+from agent.gateway.journal import DIAGNOSTICS, EVICTABLE, LANES, QUARANTINE_KEEP, SOS, TELEMETRY, Audit, Entry, JournalCorrupt, Quarantined, open_or_recover
+from agent.gateway.publisher import MqttLink
 from agent.ratelog import RateLimitedLog
-from agent.readings import READING_SCHEMA, Decoded, FrameDecoder
+from agent.gateway.readings import READING_SCHEMA, Decoded, FrameDecoder
 from drivers.types import Uplink
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class Gateway:
         self._deferred_held = 0  # readings among the deferred ones that will be held (see _held_fresh)
         self._commit_due = 0.0  # monotonic s when what waits must be committed; 0: nothing waits
         # SOS published before they could be journaled, by (node, fcnt, ts_us): a signed and an unsigned frame
-        # may share a counter, never a timestamp (agent.readings).
+        # may share a counter, never a timestamp (agent.gateway.readings).
         self._sos_from_memory: set[tuple[str, int, int]] = set()
         self._retry_commit_at = 0.0
         self._rewind: dict[int, int] = {}  # lane -> first seq to offer again (PUBACK "no matching subscribers")

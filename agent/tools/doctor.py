@@ -101,7 +101,7 @@ class Check:
 
 def _kernel_clock_synced() -> bool | None:
     # The three-way answer (None: cannot tell), not the agent's trust decision.
-    from agent import clock  # noqa: PLC0415
+    from agent.gateway import clock  # noqa: PLC0415
 
     return clock.kernel_synced()
 
@@ -626,7 +626,7 @@ def _check_broker(config: Config, timeout_s: float) -> Check:
 
 
 def _check_clock(host: Host) -> Check:
-    from agent import clock  # noqa: PLC0415
+    from agent.gateway import clock  # noqa: PLC0415
 
     now_us = host.now_us()
     # details["now"] is for machines (UTC); the summary is for the person at the gateway (local zone).
@@ -658,7 +658,7 @@ def _journal_bytes(path: str) -> int:
 
 
 def _check_journal(config: Config) -> Check:
-    from agent.journal import check_files  # noqa: PLC0415
+    from agent.gateway.journal import check_files  # noqa: PLC0415
 
     path = config.journal.path
     folder = Path(path).parent
@@ -834,7 +834,7 @@ def _check_permissions(config: Config, host: Host) -> Check:
 
 def _running_agent(config: Config) -> int | None:
     """Pid of the running agent of this config, from its journal; None if not running (or no journal)."""
-    from agent import status  # noqa: PLC0415
+    from agent.tools import status  # noqa: PLC0415
 
     if not os.path.exists(config.journal.path):
         return None
@@ -857,7 +857,7 @@ def run_checks(config_path: str | None, *, timeout_s: float = 3.0, host: Host | 
         state_dir: the agent's state folder when ``config_path`` is None.
     """
     from agent.config import load_config  # noqa: PLC0415
-    from agent.flash import resolve_active_config  # noqa: PLC0415
+    from agent.tools.flash import resolve_active_config  # noqa: PLC0415
 
     host = host or Host()
     try:

@@ -4,7 +4,7 @@ For every node the gateway knows (from the config, and any other node the journa
 heard, RSSI, SNR, battery, frames good and bad, and a **link margin** with a rating. The installer walks a node to
 its spot, presses its test button, and watches the rating settle before fixing it to the tree.
 
-The figures come from the journal the running agent keeps (``agent.status.collect``, read-only), so the monitor
+The figures come from the journal the running agent keeps (``agent.tools.status.collect``, read-only), so the monitor
 works beside the agent without disturbing it, and is refreshed every ``--interval`` seconds (default 2).
 
 Link margin, in dB, is how far the last frame was above what the radio can still decode:
@@ -22,7 +22,7 @@ Separately, RSSI within 6 dB of the sensitivity is flagged (``rssi_near_limit``)
 noise whatever its SNR said. One frame is one sample; watch a few before deciding.
 
 A node is **late** once it has been silent for ``rules.silence_factor`` × its ``interval_s`` (default 3 ×): the
-threshold of the ``node_silent`` alert (agent/rules.py), so LATE and the alert mean the same silence. They can still
+threshold of the ``node_silent`` alert (agent/rules/), so LATE and the alert mean the same silence. They can still
 differ in two ways, said in the legend: the alert does not count time the agent was stopped (and counts a node never
 heard from the agent's start), while the monitor counts wall-clock time since the node's last frame in the journal,
 so after an outage a node can show LATE before its alert is raised; and a node of a kind not in
@@ -100,7 +100,7 @@ HISTORY_MAX_NODES = 4096
 class History:
     """Frames seen per node across refreshes of the journal's node table, for the last :data:`HISTORY_S` seconds.
 
-    Each refresh passes the node rows (:func:`agent.status.collect`); a row whose ``last_seen_us`` changed is a new
+    Each refresh passes the node rows (:func:`agent.tools.status.collect`); a row whose ``last_seen_us`` changed is a new
     frame, and the growth of ``frames_ok`` says how many frames arrived since the previous refresh (all stamped with
     the last one's time, RSSI and SNR). Memory is bounded by :data:`HISTORY_MAX_FRAMES` per node and
     :data:`HISTORY_MAX_NODES` nodes (further nodes get no history).
@@ -265,7 +265,7 @@ def collect(journal_path: str, config: Any | None = None, *, now_us: int | None 
     Raises:
         AgentError: the journal does not exist or cannot be read.
     """
-    from agent import status  # noqa: PLC0415
+    from agent.tools import status  # noqa: PLC0415
 
     from agent.rules import RulesConfig  # noqa: PLC0415
 
@@ -565,7 +565,7 @@ def _sources(args: argparse.Namespace) -> tuple[str, Any | None]:
         return args.journal, None
     path, on_card = args.config, False
     if path is None:
-        from agent.flash import resolve_active_config  # noqa: PLC0415
+        from agent.tools.flash import resolve_active_config  # noqa: PLC0415
 
         active = resolve_active_config(None, install=False)
         path, on_card = active.path, active.on_card

@@ -1,7 +1,7 @@
 """What the gateway does on site, besides forwarding: edge alert rules, local siren and lamp, the GPIO rain gauge,
 the installer test button, and SOS receipts back to the caller's node.
 
-The core (agent/gateway.py) owns the journal and calls :class:`Edge` from its own thread; everything here returns
+The core (agent/gateway/core.py) owns the journal and calls :class:`Edge` from its own thread; everything here returns
 journal entries for the core to commit, so alerts go through the same durable path as readings. Receipts are
 sent from one small thread of their own, because a transmit waits for the module (up to seconds) and the core must
 never block on a radio.
@@ -24,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent import clock
-from agent.journal import ALARM, Entry
+from agent.gateway import clock
+from agent.gateway.journal import ALARM, Entry
 from agent.ratelog import RateLimitedLog
-from agent.readings import FrameDecoder
+from agent.gateway.readings import FrameDecoder
 from agent.rules import Alert, AlertTracker, RuleEngine, RulesConfig, node_infos
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ _BY_MAX = 100
 _BY_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _VIA = ("console", "cli")
 # How long after a self test starts the state shows the siren and lamp as they are again, in seconds (the test
-# takes 0.6 s: agent.fieldio).
+# takes 0.6 s: agent.gateway.fieldio).
 _SELF_TEST_STATE_S = 0.8
 _SEVERITY_ORDER = {"info": 0, "warning": 1, "emergency": 2}
 
@@ -181,7 +181,7 @@ class Edge:
         gpio = getattr(self.config, "gpio", None)
         if gpio is None:
             return None
-        from agent.fieldio import FieldIO, GpioError  # noqa: PLC0415 - gpiozero only when GPIO is configured
+        from agent.gateway.fieldio import FieldIO, GpioError  # noqa: PLC0415 - gpiozero only when GPIO is configured
 
         try:
             return FieldIO(gpio, on_test_button=lambda: self._post(("test_button",)))
@@ -196,7 +196,7 @@ class Edge:
         receipts = getattr(self.config, "receipts", None)
         if receipts is None or not receipts.enabled:
             return
-        from agent.receipts import AirtimeBudget, ReceiptError, build_receipt_sender  # noqa: PLC0415
+        from agent.gateway.receipts import AirtimeBudget, ReceiptError, build_receipt_sender  # noqa: PLC0415
 
         budgets: dict[int, AirtimeBudget] = {}
         for radio in radios:
@@ -403,7 +403,7 @@ class Edge:
 
     def on_sos_acked(self, readings: list[dict[str, Any]]) -> None:
         """The broker acknowledged these SOS readings: send the receipts their nodes asked for."""
-        from agent.receipts import ReceiptError  # noqa: PLC0415
+        from agent.gateway.receipts import ReceiptError  # noqa: PLC0415
         from drivers.errors import FrameError  # noqa: PLC0415
 
         for r in readings:

@@ -122,11 +122,11 @@ def _run(work: Path, duration: float | None, done: threading.Event, started: lis
     from rich.console import Console  # noqa: PLC0415
     from rich.live import Live  # noqa: PLC0415
 
-    from agent import clock  # noqa: PLC0415
+    from agent.gateway import clock  # noqa: PLC0415
     from agent.config import load_config  # noqa: PLC0415
-    from agent.devbroker import Mosquitto  # noqa: PLC0415
-    from agent.gateway import Gateway  # noqa: PLC0415
-    from agent.liveview import LiveView  # noqa: PLC0415
+    from agent.dev.devbroker import Mosquitto  # noqa: PLC0415
+    from agent.gateway.core import Gateway  # noqa: PLC0415
+    from agent.dev.liveview import LiveView  # noqa: PLC0415
     from drivers.sim.scenario import Scenario  # noqa: PLC0415 - simulators only load for the demo
 
     work.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,8 @@ from agent.gateway import clock
 from agent.config import Config
 from agent.gateway.edge import Edge
 from agent.errors import JournalError
-from agent.gateway.journal import DIAGNOSTICS, EVICTABLE, LANES, QUARANTINE_KEEP, SOS, TELEMETRY, Audit, Entry, JournalCorrupt, Quarantined, open_or_recover
+from agent.gateway.journal import QUARANTINE_KEEP, Audit, JournalCorrupt, open_or_recover
+from agent.gateway.reading import DIAGNOSTICS, EVICTABLE, LANES, SOS, TELEMETRY, Entry, Quarantined
 from agent.gateway.publisher import MqttLink
 from agent.ratelog import RateLimitedLog
 from agent.gateway.readings import READING_SCHEMA, Decoded, FrameDecoder

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.gateway import clock
-from agent.gateway.journal import ALARM, Entry
+from agent.gateway.reading import ALARM, Entry
 from agent.ratelog import RateLimitedLog
 from agent.gateway.readings import FrameDecoder
 from agent.rules import Alert, AlertTracker, RuleEngine, RulesConfig, node_infos

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.errors import JournalError
+from agent.gateway.reading import EVICTABLE, LANES, SOS, Entry, NodeState, Quarantined
 from agent.securefile import PrivateFileError, check_no_links, prepare_private_file
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,6 @@ log = logging.getLogger(__name__)
 #: 2: reading.boot_us (clock correction). 3: node.unsigned_fcnt (a separate replay window for frames without MIC),
 #: tables request and audit. Older journals are migrated on open.
 SCHEMA_VERSION = 3
-
-#: Priority lanes, highest first. The index is what is stored.
-LANES: tuple[str, ...] = ("sos", "alarm", "telemetry", "diagnostics")
-SOS, ALARM, TELEMETRY, DIAGNOSTICS = range(4)
-#: Lanes the quota may evict from, lowest priority first. SOS and alarms are never evicted.
-EVICTABLE: tuple[int, ...] = (DIAGNOSTICS, TELEMETRY)
 
 PAGE_SIZE = 1024  # bytes per database page of a new journal
 WAL_CHECKPOINT_BYTES = 1 << 20  # the WAL is checkpointed into the database once it holds about this many bytes
@@ -121,54 +116,6 @@ _NODE_UPSERT = (
 
 
 @dataclass(slots=True)
-class Entry:
-    """A reading on its way into the journal.
-
-    Attributes:
-        lane: priority lane index (``SOS`` .. ``DIAGNOSTICS``).
-        node: node id, 8 lowercase hex digits (or the gateway id for the gateway's own readings).
-        fcnt: frame counter; with ``node`` and the gateway id it is the reading's identity.
-        ts_us: edge timestamp, microseconds since the Unix epoch.
-        body: the reading as a JSON object text, published verbatim.
-        boot_us: for a reading stamped while the wall clock was not synchronised: when it was made, in µs on the
-            boot-time clock (``agent.gateway.clock.boot_us``), so its true time can be worked out once the clock syncs.
-            None for a reading stamped on a synchronised clock.
-    """
-
-    lane: int
-    node: str
-    fcnt: int
-    ts_us: int
-    body: str
-    boot_us: int | None = None
-
-
-@dataclass(slots=True)
-class NodeState:
-    """What the gateway remembers about one node.
-
-    Attributes:
-        last_fcnt: the signed window: last counter accepted with a verified MIC (or given to a reading the gateway
-            measured itself); None: none yet, any counter is accepted.
-        unsigned_fcnt: the unsigned window: last counter accepted without MIC (policy ``flag``, or an unknown node
-            under ``unknown_nodes: accept``); None: none yet.
-        last_seen_us: edge timestamp of the node's newest reading, µs since the epoch (both windows share it).
-    """
-
-    node: str
-    name: str | None = None
-    last_fcnt: int | None = None
-    last_seen_us: int | None = None
-    radio: str | None = None
-    rssi: float | None = None
-    snr: float | None = None
-    battery_v: float | None = None
-    frames_ok: int = 0
-    frames_bad: int = 0
-    unsigned_fcnt: int | None = None
-
-
-@dataclass(slots=True)
 class Request:
     """An operator's request to the running agent (a row of table ``request``).
 
@@ -196,20 +143,6 @@ class Audit:
     action: str
     node: str | None
     detail: str
-
-
-@dataclass(slots=True)
-class Quarantined:
-    """A frame set aside: it failed to decode or authenticate. ``reason`` is a short stable key."""
-
-    ts_us: int
-    radio: str | None
-    node: str | None
-    reason: str
-    detail: str
-    raw: bytes | None
-    rssi: float | None = None
-    snr: float | None = None
 
 
 class JournalCorrupt(JournalError):

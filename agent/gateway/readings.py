@@ -16,7 +16,7 @@ from typing import Any
 
 from agent.gateway import clock
 from agent.config import Config
-from agent.gateway.journal import ALARM, LANES, SOS, TELEMETRY, Entry, NodeState, Quarantined
+from agent.gateway.reading import ALARM, LANES, SOS, TELEMETRY, Entry, NodeState, Quarantined
 from agent.ratelog import RateLimitedLog
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds

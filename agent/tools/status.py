@@ -109,7 +109,7 @@ def collect(journal_path: str) -> dict[str, Any]:
 
 
 def _collect(db: sqlite3.Connection) -> dict[str, Any]:
-    from agent.gateway.journal import LANES  # noqa: PLC0415 - keeps this module's import cheap for journal_path
+    from agent.gateway.reading import LANES  # noqa: PLC0415 - keeps this module's import cheap for journal_path
 
     now_us = time.time_ns() // 1000
     depth = dict.fromkeys(LANES, 0)

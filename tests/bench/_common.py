@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config, parse_config
-from agent.gateway.journal import Entry
+from agent.gateway.reading import Entry
 from agent.gateway.readings import FrameDecoder
 from drivers.types import Uplink
 from tests.support.field import FieldNode, default_values, node_key, write_config  # noqa: F401 - c.write_config for the trials

@@ -227,7 +227,7 @@ class Probe:
     """
 
     def __init__(self, gw: Any, *, watch_upto: int = 0, target_deleted: int = 0) -> None:
-        from agent.gateway.journal import SOS
+        from agent.gateway.reading import SOS
 
         self.gw = gw
         self.commits = 0

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from agent.dev.devbroker import Mosquitto
-from agent.gateway.journal import LANES
+from agent.gateway.reading import LANES
 from drivers.sim.rak3172 import SimRak3172
 from tests.faults._rig import (
     GATEWAY,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.gateway.journal import NodeState
+from agent.gateway.reading import NodeState
 from drivers.codec import frame as nodeframe
 from drivers.types import Uplink
 from tests.fuzz.known import run_or_known

@@ -14,7 +14,8 @@ import pytest
 
 from agent import assets, cli
 from agent.tools import flash as fl
-from agent.gateway.journal import Journal, NodeState
+from agent.gateway.journal import Journal
+from agent.gateway.reading import NodeState
 
 REPO = Path(__file__).resolve().parents[2]
 

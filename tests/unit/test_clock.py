@@ -17,7 +17,8 @@ import agent.gateway.core as gateway_module
 from agent.gateway import clock
 from agent.config import parse_config
 from agent.gateway.core import Gateway
-from agent.gateway.journal import SCHEMA_VERSION, SOS, TELEMETRY, Entry, Journal
+from agent.gateway.journal import SCHEMA_VERSION, Journal
+from agent.gateway.reading import SOS, TELEMETRY, Entry
 from drivers.types import Uplink
 from tests.support.field import NODES, FieldNode, config_text, default_values
 

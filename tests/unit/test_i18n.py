@@ -26,7 +26,8 @@ from babel.messages.pofile import read_po
 from rich.cells import cell_len
 
 from agent import i18n
-from agent.gateway.journal import Journal, NodeState
+from agent.gateway.journal import Journal
+from agent.gateway.reading import NodeState
 
 REPO = Path(__file__).resolve().parents[2]
 LOCALE = REPO / "agent" / "locale"

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.gateway.journal import ALARM, PAGE_SIZE, SOS, TELEMETRY, Entry, Journal, NodeState
+from agent.gateway.journal import PAGE_SIZE, Journal
+
+from agent.gateway.reading import ALARM, SOS, TELEMETRY, Entry, NodeState
 
 
 def entry(lane: int, node: str, fcnt: int) -> Entry:

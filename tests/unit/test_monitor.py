@@ -16,7 +16,8 @@ from rich.console import Console
 from agent.tools import monitor
 from agent.config import load_config
 from agent.errors import AgentError
-from agent.gateway.journal import Journal, NodeState
+from agent.gateway.journal import Journal
+from agent.gateway.reading import NodeState
 
 NOW_US = 1_764_000_000_000_000
 

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import parse_config
-from agent.gateway.journal import NodeState
+from agent.gateway.reading import NodeState
 from agent.gateway.readings import FrameDecoder
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds

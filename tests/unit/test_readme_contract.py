@@ -9,7 +9,8 @@ import jsonschema
 import pytest
 
 from agent.config import parse_config
-from agent.gateway.journal import Journal, NodeState
+from agent.gateway.journal import Journal
+from agent.gateway.reading import NodeState
 from agent.gateway.publisher import Topics, status_payload
 from agent.gateway.readings import FrameDecoder
 from drivers.codec import kinds

@@ -56,7 +56,6 @@ the secret files it names still are.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import logging
@@ -92,6 +91,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.scalarint import BinaryInt, HexCapsInt, HexInt, OctalInt
 
 from agent.errors import ConfigError, ConfigIssue
+from drivers.settings import Loc, Problem, Problems, Section, choices_hint, did_you_mean, problem
 from agent.gateway.fieldio import GpioConfig
 from agent.gateway.receipts import ReceiptsConfig
 from agent.rules import RulesConfig
@@ -138,7 +138,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Loc = tuple[str | int, ...]
 _M = TypeVar("_M", bound=BaseModel)
 
 #: Driver names always accepted, whether or not the registry ``drivers.radio.DRIVERS`` can be imported.
@@ -201,44 +200,11 @@ SECRET_FILE = SecretFile()
 # Problems raised from validators
 
 
-@dataclass(frozen=True)
-class _Problem:
-    subloc: Loc
-    message: str
-    hint: str | None
-
-
-class _Problems(ValueError):
-    """One or more problems found by a validator, each at a key below the validator's own location.
-
-    pydantic wraps it in a ``value_error`` whose ``ctx["error"]`` is this object, so the loader can recover the
-    sub-keys and hints. The text never contains secret values.
-    """
-
-    def __init__(self, problems: Iterable[_Problem]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("; ".join(p.message + (f" (hint: {p.hint})" if p.hint else "") for p in self.problems))
-
-
-def _problem(message: str, hint: str | None = None, subloc: Loc = ()) -> _Problems:
-    return _Problems([_Problem(subloc, message, hint)])
-
-
-def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """Return the closest valid choice for a misspelt word, or None."""
-    options = list(choices)
-    folded = {c.lower().replace("-", "_"): c for c in options}
-    probe = word.lower().replace("-", "_")
-    if probe in folded:
-        return folded[probe]
-    close = difflib.get_close_matches(probe, list(folded), n=1, cutoff=0.6)
-    return folded[close[0]] if close else None
-
-
-def _choices_hint(word: str, choices: Sequence[str], what: str) -> str:
-    near = _did_you_mean(word, choices)
-    listing = f"{what}: {', '.join(choices)}"
-    return f"did you mean '{near}'? {listing}" if near else listing
+_Problem = Problem
+_Problems = Problems
+_problem = problem
+_did_you_mean = did_you_mean
+_choices_hint = choices_hint
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -373,10 +339,7 @@ def _check_readable_file(path: str, what: str) -> None:
 # Models
 
 
-class _Section(BaseModel):
-    # frozen: the config is shared read-only by every thread of the agent.
-    # hide_input_in_errors: pydantic's own error text would otherwise echo secret values.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True)
+_Section = Section
 
 
 #: Base class for the sections of other config files loaded with :func:`parse_yaml_model` (the bridge's): unknown

@@ -1,0 +1,81 @@
+"""Validation primitives shared by every config model: the gateway's (agent.config) and the drivers' own settings.
+
+::
+
+    Section                      strict, frozen base of every config section (unknown keys are errors)
+    problem(message, hint, subloc) -> Problems     what a validator raises for one problem
+    Problems([Problem(subloc, message, hint), ...]) several at once
+    did_you_mean(word, choices)  the closest valid choice for a misspelt word
+    choices_hint(word, choices, what)              "did you mean 'x'? <what>: a, b, c"
+
+A validator raises :class:`Problems`; pydantic wraps it in a ``value_error`` whose ``ctx["error"]`` is that
+object, and the YAML loader (``agent.config.loader``) turns each problem into ``file:line:column: key: message
+(hint: ...)`` at the validator's key, or at ``subloc`` below it. pydantic only: no agent imports, so a driver
+module can define its settings model without importing the agent.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Loc", "Problem", "Problems", "Section", "choices_hint", "did_you_mean", "problem"]
+
+#: A location below a model: keys and list indexes, e.g. ("radios", 0, "p2p").
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: where below the validator's key (``subloc``), what is wrong, and how to fix it."""
+
+    subloc: Loc
+    message: str
+    hint: str | None
+
+
+class Problems(ValueError):
+    """One or more problems found by a validator, each at a key below the validator's own location.
+
+    pydantic wraps it in a ``value_error`` whose ``ctx["error"]`` is this object, so the loader can recover the
+    sub-keys and hints. The text never contains secret values.
+    """
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(p.message + (f" (hint: {p.hint})" if p.hint else "") for p in self.problems))
+
+
+def problem(message: str, hint: str | None = None, subloc: Loc = ()) -> Problems:
+    """The exception a validator raises for one problem. Never put secret values in ``message``."""
+    return Problems([Problem(subloc, message, hint)])
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """Return the closest valid choice for a misspelt word, or None."""
+    options = list(choices)
+    folded = {c.lower().replace("-", "_"): c for c in options}
+    probe = word.lower().replace("-", "_")
+    if probe in folded:
+        return folded[probe]
+    close = difflib.get_close_matches(probe, list(folded), n=1, cutoff=0.6)
+    return folded[close[0]] if close else None
+
+
+def choices_hint(word: str, choices: Sequence[str], what: str) -> str:
+    """A hint listing the valid ``choices`` (``what`` names them), led by the closest one to ``word`` if any."""
+    near = did_you_mean(word, choices)
+    listing = f"{what}: {', '.join(choices)}"
+    return f"did you mean '{near}'? {listing}" if near else listing
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, the model is frozen, and pydantic never echoes
+    input values (secrets) in its errors."""
+
+    # frozen: the config is shared read-only by every thread of the agent.
+    # hide_input_in_errors: pydantic's own error text would otherwise echo secret values.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True)

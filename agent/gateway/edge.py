@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.gateway import clock
-from agent.gateway.reading import ALARM, Entry
+from agent.gateway.reading import ALARM, Entry, own_reading
 from agent.ratelog import RateLimitedLog
 from agent.gateway.readings import FrameDecoder
 from agent.rules import Alert, AlertTracker, RuleEngine, RulesConfig, node_infos
@@ -679,23 +679,11 @@ class Edge:
             v = getattr(alert, key)
             if v is not None:
                 values[key] = float(v)
-        body = {
-            "id": f"{self.gateway_id}/gateway/{seq}",
-            "node": "gateway",
-            "name": self.gateway_id,
-            "fcnt": seq,
-            "kind": "alert",
-            "lane": "alarm",
-            "ts_us": ts_us,
-            "clock": clock.quality(ts_us),
-            "alert": {
-                "id": f"{self.gateway_id}:{alert.id}", "key": alert.key, "type": alert.type, "state": alert.state,
-                "severity": alert.severity, "node": alert.node, "name": alert.name, "message": alert.message,
-                "unit": alert.unit, "reading": alert.reading,
-            },
-            "values": values,
-        }
-        return Entry(ALARM, "gateway", seq, ts_us, json.dumps(body, separators=(",", ":"), ensure_ascii=False))
+        return own_reading(self.gateway_id, seq, "alert", ALARM, ts_us, values, alert={
+            "id": f"{self.gateway_id}:{alert.id}", "key": alert.key, "type": alert.type, "state": alert.state,
+            "severity": alert.severity, "node": alert.node, "name": alert.name, "message": alert.message,
+            "unit": alert.unit, "reading": alert.reading,
+        })
 
     def _rain_entries(self, now_us: int) -> list[Entry]:
         gauge = self._rain_gauge

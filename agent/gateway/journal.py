@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.errors import JournalError
-from agent.gateway.reading import EVICTABLE, LANES, SOS, Entry, NodeState, Quarantined
+from agent.gateway.reading import EVICTABLE, LANES, READING_JSON, SOS, Entry, NodeState, Quarantined
 from agent.securefile import PrivateFileError, check_no_links, prepare_private_file
 
 log = logging.getLogger(__name__)
@@ -582,7 +582,7 @@ class Journal:
                 doc = json.loads(body)
                 doc["ts_us"] = ts
                 doc["clock"] = "corrected"
-                body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+                body = json.dumps(doc, **READING_JSON)
             except (ValueError, TypeError):
                 pass  # not ours to judge here; it is published as it is and the bridge says what is wrong
             updates.append((ts, body, seq))

@@ -5,13 +5,22 @@ import these types from here, so none of them depends on another for its vocabul
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from agent.gateway import clock
 
 #: Priority lanes, highest first. The index is what is stored.
 LANES: tuple[str, ...] = ("sos", "alarm", "telemetry", "diagnostics")
 SOS, ALARM, TELEMETRY, DIAGNOSTICS = range(4)
 #: Lanes the quota may evict from, lowest priority first. SOS and alarms are never evicted.
 EVICTABLE: tuple[int, ...] = (DIAGNOSTICS, TELEMETRY)
+#: How a reading's JSON text is written: compact, non-ASCII text kept as UTF-8 (README "Payload schema").
+READING_JSON: dict[str, Any] = {"separators": (",", ":"), "ensure_ascii": False}
+#: The node of the readings the gateway makes about itself (health, alerts); their name is the gateway id.
+GATEWAY_NODE = "gateway"
 
 
 @dataclass(slots=True)
@@ -74,3 +83,29 @@ class Quarantined:
     raw: bytes | None
     rssi: float | None = None
     snr: float | None = None
+
+
+def reading_body(gateway_id: str, node: str, name: str | None, fcnt: int, kind: str, lane: int, ts_us: int,
+                 values: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    """The reading object (README "Payload schema"), keys in their published order.
+
+    Identity (``<gateway_id>/<node>/<fcnt>``), kind, lane name, the edge time ``ts_us`` (µs since the epoch) with
+    the clock's state at that time, then ``fields`` in the order given (radio, rssi, snr, auth, receipt for a
+    node's reading; ``alert`` for an alert), then ``values``. The frame decoder writes the same object and its
+    text inline for speed (FrameDecoder.decode); a test holds the two to the same bytes.
+    """
+    return {"id": f"{gateway_id}/{node}/{fcnt}", "node": node, "name": name, "fcnt": fcnt, "kind": kind,
+            "lane": LANES[lane], "ts_us": ts_us, "clock": clock.quality(ts_us), **fields, "values": values}
+
+
+def reading_entry(lane: int, body: Mapping[str, Any]) -> Entry:
+    """The journal entry of a reading object built by :func:`reading_body`: its identity and its JSON text."""
+    return Entry(lane, body["node"], body["fcnt"], body["ts_us"], json.dumps(body, **READING_JSON))
+
+
+def own_reading(gateway_id: str, seq: int, kind: str, lane: int, ts_us: int, values: Mapping[str, float],
+                **fields: Any) -> Entry:
+    """A reading the gateway makes about itself (``gateway_health``, ``alert``): node ``gateway``, named by the
+    gateway id, numbered ``seq`` in the gateway's own sequence, stamped ``ts_us`` (µs since the epoch)."""
+    return reading_entry(lane, reading_body(gateway_id, GATEWAY_NODE, gateway_id, seq, kind, lane, ts_us, values,
+                                            **fields))

@@ -16,7 +16,9 @@ from typing import Any
 
 from agent.gateway import clock
 from agent.config import Config
-from agent.gateway.reading import ALARM, LANES, SOS, TELEMETRY, Entry, NodeState, Quarantined
+from agent.gateway.reading import (
+    ALARM, LANES, READING_JSON, SOS, TELEMETRY, Entry, NodeState, Quarantined, reading_body, reading_entry,
+)
 from agent.ratelog import RateLimitedLog
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
@@ -51,7 +53,7 @@ class Decoded:
 
 
 #: The JSON text of a reading is ``json.dumps(body, **_JSON)``, byte for byte (see FrameDecoder.decode).
-_JSON: dict[str, Any] = {"separators": (",", ":"), "ensure_ascii": False}
+_JSON = READING_JSON
 
 
 def _json_str(text: str) -> str:
@@ -356,13 +358,9 @@ class FrameDecoder:
         self.dirty.add(node_hex)
         node = self.config.node_by_id.get(int(node_hex, 16))
         lane = KIND_LANES[kind]
-        body = {
-            "id": f"{self.gateway_id}/{node_hex}/{st.last_fcnt}", "node": node_hex,
-            "name": node.name if node is not None else None, "fcnt": st.last_fcnt, "kind": kind,
-            "lane": LANES[lane], "ts_us": ts_us, "clock": clock.quality(ts_us), "radio": source, "rssi": None,
-            "snr": None, "auth": "local", "receipt": False, "values": values,
-        }
-        return Entry(lane, node_hex, st.last_fcnt, ts_us, json.dumps(body, separators=(",", ":"))), body
+        body = reading_body(self.gateway_id, node_hex, node.name if node is not None else None, st.last_fcnt, kind,
+                            lane, ts_us, values, radio=source, rssi=None, snr=None, auth="local", receipt=False)
+        return reading_entry(lane, body), body
 
     # -- node state ---------------------------------------------------------------------------------------------
     def _track(self, node_hex: str) -> NodeState:

@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import parse_config
-from agent.gateway.reading import NodeState
+from agent.gateway import clock
+from agent.gateway.reading import ALARM, DIAGNOSTICS, TELEMETRY, NodeState, own_reading, reading_body
 from agent.gateway.readings import FrameDecoder
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
@@ -133,6 +134,45 @@ def test_any_text_and_numbers_give_json_dumps(gateway: str, name: str, radio: st
     decoder = FrameDecoder(_config(gateway, [_node(0x0D, kind, name=name, key=key)]), {})
     out = decoder.decode(Uplink(radio, _frame(0x0D, 1, kind, key=key, receipt=receipt), rssi, snr, None, ts_us))
     _assert_json_of_body(out)
+
+
+def test_the_decoder_writes_the_same_reading_object_as_reading_body() -> None:
+    key = node_key(0x0E)
+    decoder = FrameDecoder(_config("gw-a", [_node(0x0E, "rain", name="rain-1", key=key)]), {})
+    out = decoder.decode(Uplink("lora0", _frame(0x0E, 7, "rain", key=key, receipt=True), -91, 3.5, None, T0_US))
+    _assert_json_of_body(out)
+    expected = reading_body("gw-a", "0000000e", "rain-1", 7, "rain", TELEMETRY, T0_US, out.body["values"],
+                            radio="lora0", rssi=-91, snr=3.5, auth="mic", receipt=True)
+    assert out.body == expected and list(out.body) == list(expected)
+
+
+def test_a_local_reading_is_the_same_envelope_with_auth_local() -> None:
+    decoder = FrameDecoder(_config("gw-a", [_node(0x0F, "rain", name="rain-2", key=None)]), {})
+    entry, body = decoder.local_reading("0000000f", "rain", {"rain_mm": 0.5, "tips": 2.0}, ts_us=T0_US, source="gpio")
+    assert (entry.lane, entry.node, entry.fcnt, entry.ts_us) == (TELEMETRY, "0000000f", 1, T0_US)
+    assert entry.body == (
+        '{"id":"gw-a/0000000f/1","node":"0000000f","name":"rain-2","fcnt":1,"kind":"rain","lane":"telemetry",'
+        f'"ts_us":{T0_US},"clock":"{clock.quality(T0_US)}","radio":"gpio","rssi":null,"snr":null,"auth":"local",'
+        '"receipt":false,"values":{"rain_mm":0.5,"tips":2.0}}'
+    )
+    assert json.loads(entry.body) == body
+
+
+def test_the_gateways_own_readings_are_named_by_the_gateway_and_keep_non_ascii_text() -> None:
+    health = own_reading("gw-a", 12, "gateway_health", DIAGNOSTICS, T0_US, {"depth_sos": 0.0, "uptime_s": 3.5})
+    quality = clock.quality(T0_US)
+    assert (health.lane, health.node, health.fcnt, health.ts_us) == (DIAGNOSTICS, "gateway", 12, T0_US)
+    assert health.body == (
+        '{"id":"gw-a/gateway/12","node":"gateway","name":"gw-a","fcnt":12,"kind":"gateway_health",'
+        f'"lane":"diagnostics","ts_us":{T0_US},"clock":"{quality}","values":{{"depth_sos":0.0,"uptime_s":3.5}}}}'
+    )
+    alert = own_reading("gw-a", 13, "alert", ALARM, T0_US + 1, {"raised": 1.0}, alert={"id": "gw-a:k#1",
+                                                                                         "message": "水位 警戒"})
+    assert alert.body == (
+        '{"id":"gw-a/gateway/13","node":"gateway","name":"gw-a","fcnt":13,"kind":"alert","lane":"alarm",'
+        f'"ts_us":{T0_US + 1},"clock":"{clock.quality(T0_US + 1)}","alert":{{"id":"gw-a:k#1","message":"水位 警戒"}},'
+        '"values":{"raised":1.0}}'
+    )
 
 
 # --- checks: order, reasons and counting -----------------------------------------------------------------------------

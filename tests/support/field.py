@@ -16,11 +16,11 @@ from typing import Any
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from drivers.sim.rak3172 import SimRak3172
+from tests.support.gateway_config import gateway_yaml, node_key
 
-
-def node_key(node_id: int) -> bytes:
-    """Test key of a node: its id repeated to 16 bytes (as in config/demo.yaml)."""
-    return node_id.to_bytes(4, "big") * 4
+__all__ = ["NODES", "FieldNode", "config_text", "default_values", "example_key_env", "example_keys_env",
+           "journal_unsent", "node_key", "readings_of", "start_sim", "wait_configured", "wait_until",
+           "write_config"]
 
 
 @dataclass
@@ -70,46 +70,8 @@ NODES = [
 ]
 
 
-def config_text(*, port: str, mqtt_port: int, journal: Path, nodes: list[FieldNode], gateway: str = "gw-test-01",
-                extra_mqtt: str = "", quota_mb: float = 64, health_s: int = 3600,
-                commit_window_ms: int | None = None) -> str:
-    """A gateway config with the nodes' keys written inline (``commit_window_ms``: ``journal.commit_window_ms``,
-    default the agent's; 0 for a test that steps the core by hand and expects each wake-up committed at once).
-
-    Parsed as text (parse_config) it loads as it is. Written to a file, the file must be mode 600 (or 640): the
-    loader refuses a config holding keys that every user can read. Use :func:`write_config`.
-    """
-    node_yaml = "\n".join(
-        f"""  - id: "{n.hex}"
-    name: {n.kind.replace('_', '-')}-{n.node_id & 0xFF}
-    kind: {n.kind}
-    key: "{node_key(n.node_id).hex()}"
-    interval_s: 60"""
-        for n in nodes
-    )
-    return f"""
-gateway:
-  id: {gateway}
-  site: testville
-journal:
-  path: {journal}
-  quota_mb: {quota_mb}
-{"" if commit_window_ms is None else f"  commit_window_ms: {commit_window_ms}"}
-mqtt:
-  host: 127.0.0.1
-  port: {mqtt_port}
-  reconnect_min_s: 0.2
-  reconnect_max_s: 1.0
-{extra_mqtt}
-radios:
-  - name: lora0
-    driver: rak3172
-    port: {port}
-nodes:
-{node_yaml}
-health:
-  interval_s: {health_s}
-"""
+#: The gateway config builder under the name the integration tests import it by.
+config_text = gateway_yaml
 
 
 def write_config(path: Path, text: str) -> Path:

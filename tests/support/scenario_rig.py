@@ -31,6 +31,7 @@ from agent.gateway.core import Gateway
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from drivers.sim.rak3172 import SimRak3172
+from tests.support import gateway_config
 from tests.support.broker import Collector
 from tests.support.field import node_key, start_sim, wait_until
 
@@ -159,32 +160,13 @@ class ScenarioNode:
         """The identity the gateway gives this node's reading of counter ``fcnt`` (default: the last one)."""
         return f"{GATEWAY}/{self.hex}/{self.counter if fcnt is None else fcnt}"
 
-    def yaml(self) -> str:
-        return (f'  - id: "{self.hex}"\n    name: {self.name}\n    kind: {self.kind}\n'
-                f'    key: "{self.key.hex()}"\n    interval_s: {self.interval_s}\n')
 
-
-def gateway_yaml(*, port: str, mqtt_port: int, journal: Path, nodes: list[ScenarioNode], rules: str,
-                 gpio: str, receipts: str = "", commit_window_ms: int | None = None) -> str:
-    """A gateway config with the scenario's nodes and its ``rules:``, ``gpio:`` and ``receipts:`` sections.
-
-    ``rules``, ``gpio`` and ``receipts`` are YAML blocks indented by two spaces (the section keys' bodies).
-    ``commit_window_ms``: ``journal.commit_window_ms`` (default: the agent's); 0 for a test that steps the core by
-    hand and expects each wake-up's readings committed at once.
-    """
-    window = "" if commit_window_ms is None else f"  commit_window_ms: {commit_window_ms}\n"
-    return (
-        f"gateway:\n  id: {GATEWAY}\n  site: scenario\n"
-        f"journal:\n  path: {journal}\n  quota_mb: 64\n{window}"
-        f"mqtt:\n  host: 127.0.0.1\n  port: {mqtt_port}\n  topic_prefix: {PREFIX}\n"
-        "  reconnect_min_s: 0.2\n  reconnect_max_s: 0.5\n"
-        f"radios:\n  - name: lora0\n    driver: rak3172\n    port: {port}\n"
-        "nodes:\n" + "".join(n.yaml() for n in nodes)
-        + "health:\n  interval_s: 3600\n"
-        + f"rules:\n{rules}"
-        + f"gpio:\n{gpio}"
-        + (f"receipts:\n{receipts}" if receipts else "")
-    )
+def gateway_yaml(**kw: Any) -> str:
+    """A gateway config for a scenario (:func:`tests.support.gateway_config.gateway_yaml` with the scenario's
+    gateway id, site, topic prefix and a short reconnect backoff); ``rules``, ``gpio`` and ``receipts`` are the
+    sections' bodies, indented two spaces."""
+    return gateway_config.gateway_yaml(**{"gateway": GATEWAY, "site": "scenario", "topic_prefix": PREFIX,
+                                          "reconnect_s": (0.2, 0.5), **kw})
 
 
 class WallClock:

@@ -1,0 +1,119 @@
+"""The one builder of gateway config text for tests: keyword arguments for what tests vary, defaults for the rest.
+
+Parsed as text (``parse_config``) the result loads as it is. Written to a file it holds node keys, so the file must be
+owner-only: write it with :func:`tests.support.field.write_config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["NodeEntry", "gateway_yaml", "node_key", "numbered_names", "short_name"]
+
+
+def node_key(node_id: int) -> bytes:
+    """Test key of a node: its id repeated to 16 bytes (as in config/demo.yaml)."""
+    return node_id.to_bytes(4, "big") * 4
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEntry:
+    """One ``nodes:`` entry written as given, for a node a test configures unlike its default (no key, a policy)."""
+
+    node_id: int
+    kind: str
+    name: str
+    key: bytes | None
+    interval_s: int = 60
+    unauthenticated: str | None = None  # ``reject`` (the config's default), ``flag`` or ``accept``
+
+
+def short_name(node: Any) -> str:
+    """``<kind>-<low byte of the id, decimal>``: ``water-level-1`` for node 00000301."""
+    return f"{node.kind.replace('_', '-')}-{node.node_id & 0xFF}"
+
+
+def numbered_names() -> Callable[[Any], str]:
+    """A namer giving each node ``<kind>-<n>``, n counting the nodes of that kind from 1 (for many nodes per kind)."""
+    counts: dict[str, int] = {}
+
+    def name(node: Any) -> str:
+        base = node.kind.replace("_", "-")
+        counts[base] = counts.get(base, 0) + 1
+        return f"{base}-{counts[base]}"
+
+    return name
+
+
+def _entry(node: Any, name: Callable[[Any], str], interval_s: int) -> NodeEntry:
+    """A node of any test model (FieldNode, ScenarioNode, NodeEntry ...) as its config entry.
+
+    A node's own ``name`` / ``interval_s`` / ``key`` attributes win over the builder's namer, interval and the test
+    key; a node without a ``key`` attribute gets :func:`node_key`.
+    """
+    if isinstance(node, NodeEntry):
+        return node
+    key = node.key if hasattr(node, "key") else node_key(node.node_id)
+    return NodeEntry(node.node_id, node.kind, getattr(node, "name", None) or name(node), key,
+                     getattr(node, "interval_s", interval_s), getattr(node, "unauthenticated", None))
+
+
+def _node_yaml(e: NodeEntry) -> str:
+    key = f'    key: "{e.key.hex()}"\n' if e.key is not None else ""
+    policy = f"    unauthenticated: {e.unauthenticated}\n" if e.unauthenticated else ""
+    return (f'  - id: "{e.node_id:08x}"\n    name: {e.name}\n    kind: {e.kind}\n{key}{policy}'
+            f"    interval_s: {e.interval_s}\n")
+
+
+def _block(text: str) -> str:
+    """A caller's YAML lines, ending with one newline (callers pass them with or without)."""
+    return text if not text or text.endswith("\n") else text + "\n"
+
+
+def gateway_yaml(*, port: str, mqtt_port: int, journal: Path | str, nodes: Iterable[Any] = (),
+                 gateway: str = "gw-test-01", site: str = "testville",
+                 quota_mb: float = 64, commit_window_ms: int | None = None,
+                 topic_prefix: str | None = None, reconnect_s: tuple[float, float] | None = (0.2, 1.0),
+                 batch: int | None = None, window: int | None = None, extra_mqtt: str = "",
+                 radio: str = "lora0", driver: str = "rak3172", extra_radios: str = "",
+                 name: Callable[[Any], str] = short_name, interval_s: int = 60, health_s: int | None = 3600,
+                 rules: str = "", gpio: str = "", receipts: str = "", extra: str = "") -> str:
+    """A gateway config: one radio on ``port``, a broker on 127.0.0.1:``mqtt_port``, ``nodes`` keyed inline.
+
+    journal: ``journal.path``; ``quota_mb`` its quota in MiB; ``commit_window_ms`` ``journal.commit_window_ms`` in
+        ms (None: the agent's default; 0 for a test that steps the core by hand and expects each wake-up committed).
+    mqtt: ``topic_prefix`` (None: the default ``denen/v1``); ``reconnect_s`` (min, max) backoff in s (None: the
+        config's default); ``batch`` / ``window``: ``batch_max_readings`` / ``inflight_window`` (None: default);
+        ``extra_mqtt``: more lines of the section, indented two spaces.
+    radios: ``radio`` named ``radio`` with ``driver``; ``extra_radios``: more list items, indented two spaces.
+    nodes: FieldNode, ScenarioNode or :class:`NodeEntry`; named by ``name`` unless a node has its own name;
+        ``interval_s`` (s) unless a node has its own.
+    health_s: ``health.interval_s`` in s (None: no ``health:`` section, the default interval).
+    rules / gpio / receipts: the sections' bodies, indented two spaces (empty: section left out).
+    extra: raw top-level YAML appended at the end.
+    """
+    window_ms = "" if commit_window_ms is None else f"  commit_window_ms: {commit_window_ms}\n"
+    mqtt = f"  host: 127.0.0.1\n  port: {mqtt_port}\n"
+    if topic_prefix is not None:
+        mqtt += f"  topic_prefix: {topic_prefix}\n"
+    if reconnect_s is not None:
+        mqtt += f"  reconnect_min_s: {reconnect_s[0]}\n  reconnect_max_s: {reconnect_s[1]}\n"
+    if batch is not None:
+        mqtt += f"  batch_max_readings: {batch}\n"
+    if window is not None:
+        mqtt += f"  inflight_window: {window}\n"
+    entries = [_entry(n, name, interval_s) for n in nodes]
+    sections = [("rules", rules), ("gpio", gpio), ("receipts", receipts)]
+    return (
+        f"gateway:\n  id: {gateway}\n  site: {site}\n"
+        f"journal:\n  path: {journal}\n  quota_mb: {quota_mb}\n{window_ms}"
+        f"mqtt:\n{mqtt}{_block(extra_mqtt)}"
+        f"radios:\n  - name: {radio}\n    driver: {driver}\n    port: {port}\n{_block(extra_radios)}"
+        + ("nodes:\n" + "".join(_node_yaml(e) for e in entries) if entries else "nodes: []\n")
+        + (f"health:\n  interval_s: {health_s}\n" if health_s is not None else "")
+        + "".join(f"{key}:\n{_block(body)}" for key, body in sections if body)
+        + _block(extra)
+    )

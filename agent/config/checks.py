@@ -1,0 +1,104 @@
+"""Checks across list items and sections of the gateway config, and the warnings of a valid config."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.config.mqtt import is_loopback_host, tls_insecure_warning
+from agent.config.nodes import normalise_node_id
+from agent.config.radio import _section_problems
+from agent.config.values import Found, Loc, _get
+from drivers.settings import Problems, choices_hint
+
+if TYPE_CHECKING:
+    from agent.config.models import Config
+
+
+def _collection_problems(radios: object, nodes: object) -> list[tuple[Loc, str, str | None]]:
+    """Find duplicate radio names, p2p/es920 sections given for the wrong driver, duplicate node ids/names and
+    node.radio references to missing radios.
+
+    Works on raw data (dicts, lists, anything) as well as on validated models; values that are themselves invalid
+    are skipped, since their own error is reported elsewhere.
+    """
+    found: list[tuple[Loc, str, str | None]] = []
+    radio_list = list(radios) if isinstance(radios, list | tuple) else []
+    node_list = list(nodes) if isinstance(nodes, list | tuple) else []
+
+    radio_names: dict[str, int] = {}
+    for i, radio in enumerate(radio_list):
+        found.extend((("radios", i, *p.subloc), p.message, p.hint) for p in _section_problems(radio))
+        name = _get(radio, "name")
+        if not isinstance(name, str):
+            continue
+        if name in radio_names:
+            found.append(
+                (("radios", i, "name"), f"radio name '{name}' is used twice (also radios[{radio_names[name]}])",
+                 "give each radio a unique name")
+            )
+        else:
+            radio_names[name] = i
+
+    ids: dict[str, int] = {}
+    names: dict[str, int] = {}
+    for j, node in enumerate(node_list):
+        try:
+            node_id = normalise_node_id(_get(node, "id"))
+        except Problems:
+            node_id = None
+        if node_id is not None:
+            if node_id in ids:
+                found.append(
+                    (("nodes", j, "id"), f"node id {node_id} is used twice (also nodes[{ids[node_id]}])",
+                     "each node needs its own id; check the label on the node")
+                )
+            else:
+                ids[node_id] = j
+        name = _get(node, "name")
+        if isinstance(name, str):
+            if name in names:
+                found.append(
+                    (("nodes", j, "name"), f"node name '{name}' is used twice (also nodes[{names[name]}])",
+                     "give each node a unique name")
+                )
+            else:
+                names[name] = j
+        radio = _get(node, "radio")
+        if isinstance(radio, str) and radio not in radio_names:
+            defined = list(radio_names)
+            found.append(
+                (("nodes", j, "radio"), f"radio '{radio}' is not defined in radios",
+                 choices_hint(radio, defined, "radios defined") if defined else "define the radio under radios:")
+            )
+    return found
+
+
+def _warning_problems(config: Config) -> list[Found]:
+    """Valid settings that are probably a mistake."""
+    found: list[Found] = []
+    for i, radio in enumerate(config.radios):
+        es = radio.es920
+        if es is not None and es.format == "ascii" and es.payload_encoding == "raw":
+            found.append((("radios", i, "es920", "payload_encoding"),
+                          "raw payloads in ascii format break when a payload contains CR LF",
+                          "use format: binary, or payload_encoding: hex"))
+    tls = config.mqtt.tls
+    if tls and tls.insecure:
+        found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
+    if tls is False and not is_loopback_host(config.mqtt.host):
+        found.append((("mqtt", "tls"), f"plain TCP to the broker {config.mqtt.host}: the gateway's MQTT login and "
+                      "every reading cross the network in clear",
+                      "use tls: {ca_file: ...} unless the path to the broker is a trusted private network"))
+    # Who can read secrets is checked by the loader itself (_secret_mode_problems), for every config file.
+    rivers = {r.node for r in config.rules.rivers}
+    for i, node in enumerate(config.nodes):
+        if node.kind == "water_level" and node.id.lower() not in rivers:
+            found.append((("nodes", i, "kind"), f"water_level node {node.id} ({node.name}) has no river stage "
+                          "rule, so no level it reports raises an alert (only its silence does)",
+                          f"add it under rules.rivers: - node: \"{node.id}\" with stages_cm: standby (水防団待機水位), "
+                          "caution (はん濫注意水位), evacuation (避難判断水位), danger (はん濫危険水位) in cm on the "
+                          "gauge's datum, as in config/river-station.yaml"))
+    if not config.nodes and config.unknown_nodes == "quarantine":
+        found.append((("unknown_nodes",), "no nodes are listed and unknown_nodes is quarantine, so every frame "
+                      "will be set aside", "list the nodes under nodes:, or set unknown_nodes: accept"))
+    return found

@@ -1,0 +1,400 @@
+"""The generic loader: any pydantic model from YAML, with file:line:column, key and hint for every problem.
+
+The gateway's, the bridge's and the console's config files load through :func:`parse_yaml_model`; it imports
+nothing of the gateway, so any YAML file with a pydantic model (scenario files too) can use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.scalarint import BinaryInt, HexCapsInt, HexInt, OctalInt
+
+from agent.config.messages import _describe, _union_errors
+from agent.config.secrets import _secret_mode_problems
+from agent.config.values import _CTX_BASE_DIR, _CTX_LOADER, Found, Loc, _dotted
+from agent.errors import ConfigError, ConfigIssue
+from drivers.settings import Problems
+
+__all__ = ["Found", "parse_yaml_model", "read_config_file", "read_config_text"]
+
+# The package's name: warnings are logged, and looked for, under it.
+log = logging.getLogger("agent.config")
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def read_config_file(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """Read a YAML config file as text (a UTF-8 byte order mark is ignored), with the file's ``st_mode``.
+
+    The mode is taken from the open file that was read (``fstat``), so it belongs to those bytes even if the
+    file is replaced meanwhile. Pass it to :func:`parse_yaml_model` as ``file_mode``.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not UTF-8, as one issue naming the file (and the line of
+            the first byte that is not UTF-8).
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigError(
+            [ConfigIssue(source, None, None, "", "config file not found", "check the path")]
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue(source, None, None, "", f"cannot read the config file: {exc.strerror}", None)]
+        ) from None
+    try:
+        # utf-8-sig: editors on Windows laptops often save a BOM.
+        return data.decode("utf-8-sig"), mode
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            [ConfigIssue(source, line, None, "", "the file is not valid UTF-8 text", "save the file as UTF-8")]
+        ) from None
+
+
+def read_config_text(path: str | os.PathLike[str]) -> str:
+    """Read a YAML config file as text, like :func:`read_config_file` without the mode."""
+    return read_config_file(path)[0]
+
+
+def parse_yaml_model(
+    text: str,
+    model: type[_M],
+    *,
+    source: str = "<string>",
+    base_dir: str | os.PathLike[str] | None = None,
+    checks: Callable[[dict[str, Any]], Iterable[Found]] | None = None,
+    warnings: Callable[[_M], Iterable[Found]] | None = None,
+    hex_text_keys: Sequence[tuple[object, ...]] = (),
+    example: str = "config/demo.yaml",
+    sections: Sequence[str] | None = None,
+    file_mode: int | None = None,
+    secret_file_modes: bool = True,
+    service_user: str = "the agent's user",
+) -> tuple[_M, tuple[ConfigIssue, ...]]:
+    """Parse YAML text and validate it as ``model``, reporting every problem with its file position.
+
+    The agent's config and the bridge's config both load through here, so both report problems the same way:
+    ``file:line:column: key: message (hint: ...)``.
+
+    Args:
+        text: The YAML document.
+        model: The pydantic model of the whole file; its sections should derive from :class:`ConfigSection`.
+        source: Name used as the file in error messages.
+        base_dir: Directory that relative paths are resolved against (validators read it with
+            :func:`resolve_config_path`); default: the directory of ``source`` when it names a file (not
+            ``<...>``), otherwise the current directory.
+        checks: Rules across sections or list items, run on the plain data even when other keys failed, so that
+            one run reports everything; each problem is placed at its key's line.
+        warnings: Valid settings that are probably a mistake, found on the validated model; returned and logged.
+        hex_text_keys: Key paths whose unquoted all-digit values are turned back into the digits written (see
+            ``_HEX_TEXT_KEYS``); ``int`` in a path matches any list index.
+        example: The example file named in the hints for an empty file or a top level that is not a mapping.
+        sections: Top-level keys named in the message for a top level that is not a mapping; default: the
+            model's first two fields.
+        file_mode: ``st_mode`` of the file the text was read from (:func:`read_config_file`), or None for text
+            that comes from no file. A secret written inline (a ``SecretStr`` field) in a file other users can read
+            is an error; readable by its group, a warning.
+        secret_file_modes: Check who can read the files named by :data:`SECRET_FILE` fields: other users is an
+            error, the group a warning. False only for a copy on a file system without modes (see load_config).
+        service_user: Who should own secret files, for the hints (e.g. "the agent's user").
+
+    Returns:
+        The validated model and the warnings found.
+
+    Raises:
+        ConfigError: listing every problem found, sorted by line.
+    """
+    if base_dir is None:
+        base_dir = Path(source).absolute().parent if not source.startswith("<") else Path.cwd()
+
+    tab_issues = _tab_issues(text, source)
+    if tab_issues:
+        # The YAML parser would stop at the first tab with a less helpful message; report every tab line instead.
+        raise ConfigError(tab_issues)
+
+    yaml = YAML(typ="rt")
+    # Duplicates are found on the node tree below, all of them and with both lines, so let the loader accept them.
+    yaml.allow_duplicate_keys = True
+    try:
+        # One parse: the node tree (positions, duplicate keys) and the data built from that same tree. Parsing is
+        # most of the time on a large config; load() would parse the text a second time.
+        root_node = yaml.compose(text)
+        data = yaml.constructor.construct_document(root_node) if root_node is not None else None
+    except MarkedYAMLError as exc:
+        raise ConfigError([_yaml_error_issue(exc, source)]) from None
+    except ReaderError as exc:
+        # A control character (NUL, DEL ...): the reader knows only its offset; turn it into line and column.
+        pos = exc.position if isinstance(exc.position, int) else 0
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+        key = _key_at_line(text, line)
+        raise ConfigError([ConfigIssue(
+            source, line, column, key, f"the file holds a control character (code {char:#04x}) YAML does not allow",
+            "delete it; editors show it as a box or ^? (a copy from a PDF or a terminal can bring one along)",
+        )]) from None
+    except YAMLError as exc:
+        raise ConfigError([ConfigIssue(source, None, None, "", f"YAML error: {exc}", None)]) from None
+    except Exception as exc:  # noqa: BLE001 - ruamel's constructors raise plain TypeError/ValueError on odd tags
+        lines = text.splitlines()
+        # ruamel gives no position here: point at the first construct that triggers this (an explicit tag, a merge,
+        # a complex key), else at the first line with content.
+        line = next((i for i, t in enumerate(lines, 1) if "!!" in t or "<<" in t or t.lstrip().startswith("?")),
+                    next((i for i, t in enumerate(lines, 1) if t.strip() and not t.lstrip().startswith("#")), 1))
+        raise ConfigError([ConfigIssue(
+            source, line, None, _key_at_line(text, line) if line else "",
+            f"YAML the loader cannot read ({type(exc).__name__}: {str(exc)[:120]})",
+            "write plain keys and values; explicit tags (!!set, !!int ...), '?' complex keys and '<<' merges are not needed",
+        )]) from None
+
+    if data is None:
+        raise ConfigError(
+            [ConfigIssue(source, 1, 1, "", "the file is empty (or holds only comments)",
+                         f"start from one of the examples in config/, e.g. {example}")]
+        )
+    if not isinstance(data, CommentedMap):
+        what = "a list" if isinstance(data, CommentedSeq) else "a single value"
+        line, col = (root_node.start_mark.line + 1, root_node.start_mark.column + 1) if root_node else (1, 1)
+        named = ", ".join(f"{name}:" for name in (sections or list(model.model_fields)[:2]))
+        raise ConfigError(
+            [ConfigIssue(source, line, col, "", f"the top level must be a mapping of sections ({named}, "
+                         f"...), but this file holds {what}",
+                         f"each top-level key starts at column 1 and ends with ':'; see {example}")]
+        )
+
+    issues: list[ConfigIssue] = _duplicate_key_issues(root_node, source) if root_node is not None else []
+    try:
+        plain = _to_plain(data, (), hex_text_keys, _Budget())
+    except _TooBig:
+        lines = text.splitlines()
+        line = next((i for i, t in enumerate(lines, 1) if "*" in t.split("#", 1)[0]), None)
+        raise ConfigError([ConfigIssue(
+            source, line, None, _key_at_line(text, line) if line else "",
+            f"the file expands to more than {_Budget.LIMIT} values (YAML aliases)",
+            "a gateway config is small: write values out instead of nesting aliases (*name)",
+        )]) from None
+    context = {_CTX_BASE_DIR: Path(base_dir), _CTX_LOADER: True}
+    result: _M | None = None
+    try:
+        result = model.model_validate(plain, context=context)
+    except ValidationError as exc:
+        for err in _union_errors(exc.errors(include_url=False), plain):
+            issues.extend(_issues_from_error(err, data, source, model))
+    except (TypeError, OverflowError, OSError, ArithmeticError) as exc:
+        # A validator met input of a shape nothing expected; still one clear line, never a traceback.
+        issues.append(ConfigIssue(source, None, None, "", f"a value has an unexpected shape ({type(exc).__name__}: "
+                                  f"{str(exc)[:120]})", "compare the file with the examples in config/"))
+    for loc, message, hint in checks(plain) if checks is not None else ():
+        issues.append(_issue_at(data, source, loc, message, hint))
+    # On the plain data, so that it is reported with every other problem, even when validation failed.
+    mode_errors, mode_warnings = _secret_mode_problems(
+        plain, model, source=source, base_dir=Path(base_dir), file_mode=file_mode,
+        secret_file_modes=secret_file_modes, service_user=service_user)
+    issues.extend(_issue_at(data, source, loc, message, hint) for loc, message, hint in mode_errors)
+    if file_mode is not None and stat.S_IMODE(file_mode) & stat.S_IWOTH:
+        # Whoever can change the config can point the gateway at their own broker or add a node key.
+        issues.append(ConfigIssue(source, None, None, "", f"every user on this machine can change this file (mode "
+                                  f"{stat.S_IMODE(file_mode):03o})", f"chmod o-w {source}"))
+    if issues or result is None:
+        # from None: the chained ValidationError's text would include input values, which may be secrets.
+        raise ConfigError(_sorted(issues)) from None
+
+    more = list(warnings(result)) if warnings is not None else []
+    found = tuple(_sorted(_issue_at(data, source, loc, message, hint)
+                          for loc, message, hint in [*mode_warnings, *more]))
+    for issue in found:
+        log.warning("config warning: %s", issue)
+    return result, found
+
+
+def _sorted(issues: Iterable[ConfigIssue]) -> list[ConfigIssue]:
+    unique = list(dict.fromkeys(issues))
+    return sorted(unique, key=lambda i: (i.line is None, i.line or 0, i.column or 0))
+
+
+def _tab_issues(text: str, source: str) -> list[ConfigIssue]:
+    issues = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        indent = line[: len(line) - len(line.lstrip(" \t"))]
+        rest = line[len(indent):]
+        if "\t" in indent and rest and not rest.startswith("#"):
+            issues.append(
+                ConfigIssue(source, number, indent.index("\t") + 1, "", "a tab character is used for indentation",
+                            "YAML indentation must use spaces; replace the tab with spaces")
+            )
+    return issues
+
+
+_YAML_HINTS: tuple[tuple[str, str], ...] = (
+    ("'\\t'", "YAML does not allow tab characters here; use spaces"),
+    ("mapping values are not allowed", "a value containing ': ' must be put in quotes, or this line is indented "
+     "wrongly"),
+    ("could not find expected ':'", "each key must end with ':'; check this line and the one above"),
+    ("expected <block end>", "the indentation is inconsistent: keys of one section must start in the same column"),
+    ("did not find expected key", "the indentation is inconsistent, or a list item is missing its '- '"),
+    ("did not find expected '-'", "the items of a list must all start with '- ' in the same column"),
+    ("end of stream", "a quote or bracket is not closed"),
+    ("expected ',' or", "a bracket or brace is not closed"),
+    ("found undefined alias", "an alias (*name) refers to an anchor (&name) that is not defined above it"),
+)
+
+
+def _key_at_line(text: str, line: int) -> str:
+    """The mapping key written on ``line`` (1-based), or ``""``: enough to point at the place in the file."""
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        return ""
+    head = lines[line - 1].split(":", 1)[0].strip().lstrip("- ").strip()
+    return head if head and ":" in lines[line - 1] else ""
+
+
+def _yaml_error_issue(exc: MarkedYAMLError, source: str) -> ConfigIssue:
+    mark = exc.problem_mark or exc.context_mark
+    problem = str(exc.problem or exc.context or "cannot parse the file")
+    hint = next((h for needle, h in _YAML_HINTS if needle in problem), "YAML errors often start on the line above")
+    message = f"YAML syntax error: {problem}"
+    if exc.context and exc.problem:
+        message += f" ({exc.context})"
+    line = mark.line + 1 if mark is not None else None
+    column = mark.column + 1 if mark is not None else None
+    return ConfigIssue(source, line, column, "", message, hint)
+
+
+def _duplicate_key_issues(node: Node, source: str) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    seen_nodes: set[int] = set()
+
+    def walk(n: Node, path: Loc) -> None:
+        if id(n) in seen_nodes:  # aliases share nodes
+            return
+        seen_nodes.add(id(n))
+        if isinstance(n, MappingNode):
+            first: dict[str, int] = {}
+            for key_node, value_node in n.value:
+                if isinstance(key_node, ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = str(key_node.value)
+                    line = key_node.start_mark.line + 1
+                    if key in first:
+                        issues.append(
+                            ConfigIssue(source, line, key_node.start_mark.column + 1, _dotted((*path, key)),
+                                        f"duplicate key '{key}' (first on line {first[key]})",
+                                        "YAML keeps only one of the two; delete or merge them")
+                        )
+                    else:
+                        first[key] = line
+                    walk(value_node, (*path, key))
+        elif isinstance(n, SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, (*path, i))
+
+    walk(node, ())
+    return issues
+
+
+def _is_hex_text_key(path: Loc, patterns: Sequence[tuple[object, ...]]) -> bool:
+    for pattern in patterns:
+        if len(pattern) == len(path) and all(
+            (p is int and isinstance(part, int)) or p == part for p, part in zip(pattern, path, strict=True)
+        ):
+            return True
+    return False
+
+
+class _TooBig(Exception):
+    """The document expands beyond :attr:`_Budget.LIMIT` values (an alias bomb)."""
+
+
+class _Budget:
+    """Counts values while a tree is copied: YAML aliases share nodes, a copy expands them."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self.left = self.LIMIT
+
+    def take(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise _TooBig
+
+
+def _to_plain(value: object, path: Loc, hex_text_keys: Sequence[tuple[object, ...]] = (),
+              budget: _Budget | None = None) -> Any:
+    """Convert a ruamel round-trip tree to plain dicts, lists and scalars for pydantic."""
+    if budget is not None:
+        budget.take()
+    if isinstance(value, CommentedMap):
+        return {str(k): _to_plain(v, (*path, str(k)), hex_text_keys, budget) for k, v in value.items()}
+    if isinstance(value, CommentedSeq):
+        return [_to_plain(v, (*path, i), hex_text_keys, budget) for i, v in enumerate(value)]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        if _is_hex_text_key(path, hex_text_keys) and not isinstance(value, HexInt | HexCapsInt | OctalInt | BinaryInt):
+            width = getattr(value, "_width", None) or 0
+            return format(int(value), f"0{width}d")
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _position(root: object, loc: Loc) -> tuple[int | None, int | None]:
+    """1-based (line, column) of the deepest key or item of ``loc`` present in the ruamel tree.
+
+    A key that is missing (a required key not written) or has no position of its own (a key pulled in by a YAML
+    merge ``<<: *anchor``) is placed at its closest ancestor that has one.
+    """
+    line: int | None = None
+    column: int | None = None
+    current = root
+    for part in loc:
+        try:
+            if isinstance(current, CommentedMap) and isinstance(part, str) and part in current:
+                found = current.lc.key(part)
+            elif isinstance(current, CommentedSeq) and isinstance(part, int) and 0 <= part < len(current):
+                found = current.lc.item(part)
+            else:
+                break
+        except (KeyError, IndexError, TypeError):
+            break
+        if not (isinstance(found, (list, tuple)) and len(found) >= 2 and isinstance(found[0], int)):
+            break  # a key pulled in by a merge (<<:) has no position of its own
+        line, column = found[0] + 1, found[1] + 1
+        current = current[part]
+    return line, column
+
+
+def _issue_at(root: object, source: str, loc: Loc, message: str, hint: str | None) -> ConfigIssue:
+    line, column = _position(root, loc)
+    return ConfigIssue(source, line, column, _dotted(loc), message, hint)
+
+
+def _issues_from_error(err: Mapping[str, Any], root: object, source: str,
+                       model: type[BaseModel]) -> list[ConfigIssue]:
+    loc: Loc = tuple(err["loc"])
+    ctx = err.get("ctx") or {}
+    error = ctx.get("error")
+    if err["type"] == "value_error" and isinstance(error, Problems):
+        return [_issue_at(root, source, (*loc, *p.subloc), p.message, p.hint) for p in error.problems]
+    message, hint = _describe(err, loc, model)
+    return [_issue_at(root, source, loc, message, hint)]

@@ -1,0 +1,261 @@
+"""The gateway's config file: the whole :class:`Config`, its small sections, and :func:`load_config`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from agent.config.checks import _collection_problems, _warning_problems
+from agent.config.loader import parse_yaml_model, read_config_file
+from agent.config.mqtt import MqttConfig
+from agent.config.nodes import NodeConfig
+from agent.config.radio import RadioConfig
+from agent.config.values import _CTX_LOADER, _resolve_path
+from agent.errors import ConfigIssue
+from agent.gateway.fieldio import GpioConfig
+from agent.gateway.receipts import ReceiptsConfig
+from agent.rules import RulesConfig
+from agent.tools.status import DEFAULT_JOURNAL_PATH
+from drivers.settings import Problem, Problems, Section
+
+
+_NAME_ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class GatewayConfig(Section):
+    """Identity of this gateway."""
+
+    id: str = Field(
+        pattern=_NAME_ID,
+        description="Gateway id, unique across the deployment; used in MQTT topics. 1-63 characters: lowercase "
+        "letters a-z, digits, '_' and '-', starting with a letter or digit (so never '/', '+' or '#').",
+        examples=["gw-okutama-01"],
+    )
+    site: str = Field(
+        pattern=_NAME_ID,
+        description="Municipality or site tag, used to group gateways; same characters as gateway.id.",
+        examples=["okutama"],
+    )
+    name: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Free-text display name (Japanese allowed), e.g. for dashboards. Optional.",
+        examples=["奥多摩 林道ゲートウェイ"],
+    )
+
+
+class JournalConfig(Section):
+    """The durable on-disk journal (SQLite) that keeps every reading until the broker has it."""
+
+    path: str = Field(
+        default=DEFAULT_JOURNAL_PATH,
+        min_length=1,
+        description="Path of the SQLite journal file; its directory is created if missing. Relative paths are "
+        "resolved against the config file's directory.",
+    )
+    quota_mb: float = Field(
+        default=256,
+        gt=0,
+        description="Disk quota of the journal in megabytes (MB, 1 MB = 1048576 bytes). When full, the lowest "
+        "priority readings are evicted first, oldest first; SOS and alarms never are.",
+    )
+    commit_window_ms: int = Field(
+        default=250,
+        ge=0,
+        le=1000,
+        description="Milliseconds telemetry and diagnostics readings (and the deletion of readings the broker "
+        "acknowledged) may wait in memory to share one commit (one fsync) with the next ones: at field rates "
+        "this divides the bytes written to the SD card and the CPU per reading. A power cut loses at most the "
+        "frames read in the last commit_window_ms; after one, readings acknowledged in the last commit_window_ms "
+        "may be sent once more (same id, an overwrite at the backend). SOS and alarms never wait: each commits "
+        "at once, together with everything waiting. 0 commits at every wake-up.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve_path(value, info)
+
+
+class HealthConfig(Section):
+    """The gateway's own health reports."""
+
+    interval_s: int = Field(
+        default=60, ge=10, le=86400, description="Seconds between health publications (10..86400)."
+    )
+
+
+class LogConfig(Section):
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level: debug, info, warning or error."
+    )
+
+
+class Config(Section):
+    """The whole agent configuration (one YAML file)."""
+
+    model_config = ConfigDict(
+        title="denen agent configuration",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    gateway: GatewayConfig = Field(description="Identity of this gateway (required).")
+    journal: JournalConfig = Field(default_factory=JournalConfig, description="The durable reading journal.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The MQTT broker connection.")
+    radios: list[RadioConfig] = Field(
+        min_length=1, description="Radio modules on serial ports; at least one, names unique."
+    )
+    nodes: list[NodeConfig] = Field(
+        default_factory=list, description="Sensor nodes this gateway expects; ids and names unique."
+    )
+    unknown_nodes: Literal["quarantine", "accept"] = Field(
+        default="quarantine",
+        description="Frames from nodes not listed in nodes: quarantine (keep aside for inspection) or accept.",
+    )
+    unknown_nodes_max: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="With unknown_nodes: accept, the most nodes not listed in nodes: whose state (replay window, "
+        "last seen) is kept (1..100000); the least recently heard is dropped to make room for a new one. Listed "
+        "nodes are never dropped.",
+    )
+    unknown_nodes_forget_after_s: int = Field(
+        default=7 * 86400,
+        ge=60,
+        le=10 * 366 * 86400,
+        description="The state of a node not listed in nodes: is dropped when it has not been heard for this "
+        "long, in seconds (default 604800, 7 days). Listed nodes are never dropped.",
+    )
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Gateway health publishing.")
+    rules: RulesConfig = Field(
+        default_factory=RulesConfig,
+        description="Edge alert rules, evaluated on the gateway even while the backhaul is down (agent/rules/).",
+    )
+    gpio: GpioConfig | None = Field(
+        default=None, description="Status lamp, siren, installer test button and rain gauge on GPIO; none when absent.",
+    )
+    receipts: ReceiptsConfig = Field(
+        default_factory=ReceiptsConfig,
+        description="SOS receipts sent back to the caller's node, within ARIB STD-T108 airtime rules.",
+    )
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+
+    _node_by_id: dict[int, NodeConfig] = PrivateAttr(default_factory=dict)
+    _radio_by_name: dict[str, RadioConfig] = PrivateAttr(default_factory=dict)
+    _warnings: tuple[ConfigIssue, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: object) -> object:
+        # A section key left with nothing under it (every line commented out) means "all defaults", not an error.
+        if isinstance(data, Mapping):
+            return {
+                k: v for k, v in data.items()
+                if not (v is None and k in ("journal", "mqtt", "nodes", "health", "log", "unknown_nodes", "rules", "gpio",
+                                          "receipts"))
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _collections(self, info: ValidationInfo) -> Config:
+        # The loader runs these checks itself on the raw data (so they are reported even when other keys fail).
+        if not (info.context or {}).get(_CTX_LOADER):
+            found = _collection_problems(self.radios, self.nodes)
+            if found:
+                raise Problems(Problem(loc, msg, hint) for loc, msg, hint in found)
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:  # noqa: D102 - pydantic hook
+        self._node_by_id = {node.node_id: node for node in self.nodes}
+        self._radio_by_name = {radio.name: radio for radio in self.radios}
+
+    @property
+    def node_by_id(self) -> dict[int, NodeConfig]:
+        """Configured nodes keyed by their uint32 node id (built once; do not modify)."""
+        return self._node_by_id
+
+    @property
+    def radio_by_name(self) -> dict[str, RadioConfig]:
+        """Configured radios keyed by name (built once; do not modify)."""
+        return self._radio_by_name
+
+    @property
+    def warnings(self) -> tuple[ConfigIssue, ...]:
+        """Things that are valid but probably not intended, found by the loader (also logged as warnings)."""
+        return self._warnings
+
+
+# Keys whose values are hex text. YAML reads an unquoted all-digit value such as 00000101 as the decimal number
+# 101, which would silently become a different node id or key. ruamel keeps the digit count of such numbers, so
+# they are turned back into the text the installer wrote. Numbers written in YAML hex (0x...) stay numbers.
+_HEX_TEXT_KEYS: tuple[tuple[object, ...], ...] = (
+    ("nodes", int, "id"),
+    ("nodes", int, "key"),
+    ("radios", int, "es920", "pan_id"),
+    ("radios", int, "es920", "own_id"),
+    ("rules", "rivers", int, "node"),
+    ("rules", "slopes", int, "node"),
+    ("gpio", "rain_gauge", "node_id"),
+)
+
+
+def load_config(path: str | os.PathLike[str], *, check_modes: bool = True) -> Config:
+    """Read, parse and validate a config file.
+
+    Relative paths inside the file are resolved against the file's directory.
+
+    Args:
+        path: The YAML file.
+        check_modes: Refuse secrets that other users can read: inline secrets in a config file they can read, and
+            secret files (key_file, password_file, tls.key_file) they can read. False only to check a copy on a
+            medium whose file system has no modes (a FAT card written by ``denen flash``, where every file looks
+            readable by all); the gateway runs a mode-600 copy of it, which is checked.
+
+    Returns:
+        The validated configuration; ``Config.warnings`` lists things that are valid but suspicious.
+
+    Raises:
+        ConfigError: listing every problem found, each with file, line, column, key and hint.
+    """
+    source = os.fspath(path)
+    text, mode = read_config_file(source)
+    return _parse_config(text, source=source, base_dir=Path(source).absolute().parent,
+                         file_mode=mode if check_modes else None, secret_file_modes=check_modes)
+
+
+def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.PathLike[str] | None = None) -> Config:
+    """Parse and validate config text.
+
+    The text comes from no file, so there is no file mode to check for inline secrets (see :func:`load_config`);
+    secret files it names are checked.
+
+    Args:
+        text: The YAML document.
+        source: Name used as the file in error messages.
+        base_dir: Directory that relative paths are resolved against; default: the directory of ``source`` when
+            it names a file (not ``<...>``), otherwise the current directory.
+
+    Raises:
+        ConfigError: listing every problem found.
+    """
+    return _parse_config(text, source=source, base_dir=base_dir, file_mode=None, secret_file_modes=True)
+
+
+def _parse_config(text: str, *, source: str, base_dir: str | os.PathLike[str] | None, file_mode: int | None,
+                  secret_file_modes: bool) -> Config:
+    config, found = parse_yaml_model(
+        text, Config, source=source, base_dir=base_dir,
+        checks=lambda plain: _collection_problems(plain.get("radios"), plain.get("nodes")),
+        warnings=_warning_problems, hex_text_keys=_HEX_TEXT_KEYS, example="config/demo.yaml",
+        sections=("gateway", "radios"), file_mode=file_mode, secret_file_modes=secret_file_modes,
+        service_user="the agent's user",
+    )
+    config._warnings = found
+    return config

@@ -1,0 +1,263 @@
+"""The MQTT connection of the gateway: broker, login, TLS and publishing limits."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
+
+from agent.config.secrets import SECRET_FILE, env_secret_name, read_env_secret, secret_source_problems
+from agent.config.values import Found, _check_readable_file, _resolve_path
+from agent.errors import ConfigError, ConfigIssue
+from drivers.settings import Loc, Problem, Problems, Section, problem
+
+
+class TlsConfig(Section):
+    """TLS settings for the MQTT connection. Every file named here must exist when the config is loaded."""
+
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CA certificate(s) that signed the broker's certificate; null uses the "
+        "system's trusted CAs.",
+    )
+    cert_file: str | None = Field(
+        default=None, description="PEM client certificate of this gateway (needs key_file). Optional."
+    )
+    key_file: Annotated[str | None, SECRET_FILE] = Field(
+        default=None,
+        description="PEM private key of the client certificate (needs cert_file). Optional. A secret: refused when "
+        "other users can read it (chmod 600).",
+    )
+    insecure: bool = Field(
+        default=False,
+        description="Skip checking the broker's host name against its certificate. Only for tests; never in the "
+        "field.",
+    )
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _file_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = _resolve_path(value, info)
+        _check_readable_file(path, "TLS file")
+        return path
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            given, missing = ("cert_file", "key_file") if self.key_file is None else ("key_file", "cert_file")
+            raise problem(
+                f"{given} is set but {missing} is not: a client certificate needs its private key",
+                "set both cert_file and key_file, or neither",
+                subloc=(given,),
+            )
+        return self
+
+
+class MqttConfig(Section):
+    """Connection to the MQTT broker and publishing limits."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="Host name or IP address of the MQTT broker.")
+    port: int = Field(
+        default=1883, ge=1, le=65535, description="TCP port of the MQTT broker (1883 plain, 8883 with TLS)."
+    )
+    client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="MQTT client id; null means 'denen-<gateway.id>'. Must be unique on the broker.",
+    )
+    username: str | None = Field(default=None, min_length=1, description="MQTT user name. Optional.")
+    password: SecretStr | None = Field(
+        default=None,
+        description="MQTT password (secret: never printed or logged). Prefer password_file or password_env; a "
+        "config file holding it must not be readable by other users (chmod 600). Needs username.",
+    )
+    password_file: Annotated[str | None, SECRET_FILE] = Field(
+        default=None,
+        description="Path of a file holding the MQTT password (trailing newline ignored), read at every connect. "
+        "Refused when other users can read it (chmod 600). Relative paths are resolved against the config file's "
+        "directory.",
+    )
+    password_env: str | None = Field(
+        default=None,
+        description="Name of an environment variable holding the MQTT password, e.g. DENEN_MQTT_PASSWORD; read "
+        "when the config is loaded and must be set then (systemd: EnvironmentFile=). Only one of password, "
+        "password_file and password_env.",
+    )
+    tls: TlsConfig | Literal[False] | None = Field(
+        default=None,
+        description="TLS settings. Required when host is not a loopback address (127.0.0.0/8, ::1, localhost); "
+        "'false' says plain TCP on purpose (only on a trusted private network, e.g. a VPN), and the agent warns "
+        "about it at every start.",
+    )
+    keepalive_s: int = Field(
+        default=30,
+        ge=5,
+        le=3600,
+        description="MQTT keepalive in seconds (5..3600); the broker publishes the Last Will (offline status) "
+        "after about 1.5 times this without contact.",
+    )
+    topic_prefix: str = Field(
+        default="denen/v1",
+        description="First topic levels of everything this gateway publishes, e.g. denen/v1; no '+' or '#', no "
+        "leading or trailing '/'.",
+    )
+    batch_max_readings: int = Field(
+        default=200, ge=1, le=5000, description="Most readings put in one MQTT message (1..5000)."
+    )
+    batch_max_kb: int = Field(
+        default=256,
+        ge=4,
+        le=1024,
+        description="Largest MQTT message of readings, in KiB (4..1024): a batch closes when the next reading would "
+        "make it larger (one reading always goes). The backend's broker (max_packet_size) and bridge "
+        "(limits.max_message_kb) refuse larger messages, so this keeps every batch deliverable.",
+    )
+    inflight_window: int = Field(
+        default=8, ge=1, le=100, description="Most MQTT messages awaiting the broker's PUBACK at once (1..100)."
+    )
+    reconnect_min_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="First wait before reconnecting to the broker, in seconds; doubled after each failure.",
+    )
+    reconnect_max_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="Longest wait between reconnect attempts, in seconds; at least reconnect_min_s.",
+    )
+
+    # The password read from password_env when the config was loaded (not a field: never dumped or shown).
+    _env_password: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _password_text(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str | SecretStr):
+            raise problem("password must be text", "put the password in quotes, or better use password_file")
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = _resolve_path(value, info)
+        _check_readable_file(path, "password file")
+        return path
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = env_secret_name(value, "password_env")
+        read_env_secret(name)  # must be set now: fail at load time, not at the first connect
+        return name
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        hint = "use plain topic levels separated by '/', e.g. denen/v1"
+        if not value:
+            raise problem("topic_prefix must not be empty", hint)
+        if "+" in value or "#" in value:
+            raise problem(f"topic_prefix '{value}' contains the MQTT wildcard '+' or '#'", hint)
+        if value.startswith("/") or value.endswith("/"):
+            raise problem(f"topic_prefix '{value}' must not start or end with '/'", hint)
+        if "//" in value:
+            raise problem(f"topic_prefix '{value}' has an empty topic level ('//')", hint)
+        if "\x00" in value or any(ch.isspace() for ch in value):
+            raise problem("topic_prefix must not contain spaces or control characters", hint)
+        return value
+
+    @model_validator(mode="after")
+    def _cross(self) -> MqttConfig:
+        problems = [Problem(loc, msg, hint) for loc, msg, hint in secret_source_problems(self, "password")]
+        given = [k for k in ("password", "password_file", "password_env") if getattr(self, k) is not None]
+        if given and self.username is None:
+            problems.append(
+                Problem((given[0],), "a password is set but username is not", "MQTT sends a password only with a "
+                         "user name: set mqtt.username")
+            )
+        if self.reconnect_max_s < self.reconnect_min_s:
+            problems.append(
+                Problem(
+                    ("reconnect_max_s",),
+                    f"reconnect_max_s ({self.reconnect_max_s:g} s) is shorter than reconnect_min_s "
+                    f"({self.reconnect_min_s:g} s)",
+                    "reconnect_max_s must be at least reconnect_min_s",
+                )
+            )
+        if self.tls is None and not is_loopback_host(self.host):
+            problems.append(
+                Problem(
+                    ("host",),
+                    f"the broker {self.host} is not on this machine and tls is not set: the MQTT login and every "
+                    "reading would cross the network in clear",
+                    "add tls: {ca_file: <the CA of the broker's certificate>} and port: 8883, or, only on a "
+                    "trusted private network, tls: false",
+                )
+            )
+        if problems:
+            raise Problems(problems)
+        if self.password_env is not None:
+            self._env_password = SecretStr(read_env_secret(self.password_env))
+        return self
+
+    def tls_settings(self) -> TlsConfig | None:
+        """The TLS settings, or None for plain TCP (``tls`` absent, which only a loopback host may have, or
+        ``false``)."""
+        return self.tls or None
+
+    def password_value(self) -> str | None:
+        """Return the MQTT password from ``password``, ``password_env`` or ``password_file``, or None when none is
+        set.
+
+        The variable was read when the config was loaded; the file is read on every call, so a rotated password
+        is picked up on the next reconnect.
+
+        Raises:
+            ConfigError: the password file can no longer be read.
+        """
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self._env_password is not None:
+            return self._env_password.get_secret_value()
+        if self.password_file is None:
+            return None
+        try:
+            return Path(self.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                [ConfigIssue(self.password_file, None, None, "mqtt.password_file",
+                             f"cannot read the password file: {exc.strerror}", "check the file's path and mode")]
+            ) from None
+
+    def effective_client_id(self, gateway_id: str) -> str:
+        """Return ``client_id``, or ``denen-<gateway_id>`` when it is not set."""
+        return self.client_id if self.client_id is not None else f"denen-{gateway_id}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost``, 127.0.0.0/8 or ::1 (no name lookup)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    # Python >= 3.13 calls ::ffff:127.0.0.1 loopback; the rule is 127.0.0.0/8 and ::1 on every version.
+    return address.is_loopback and getattr(address, "ipv4_mapped", None) is None
+
+
+def tls_insecure_warning(loc: Loc) -> Found:
+    """The warning for ``tls.insecure: true`` at ``loc``."""
+    return (loc, "TLS host name checking is off",
+            "anyone on the path can impersonate the broker; set insecure: false in the field")

@@ -1,14 +1,8 @@
-"""Errors raised by the denen agent.
+"""Errors raised by the denen agent: the base :class:`AgentError` and the errors of the configuration and journal.
 
-Tree::
-
-    AgentError
-     ├── ConfigError (ValueError)   the configuration is invalid; carries every ConfigIssue found
-     ├── JournalError               the durable journal (SQLite) failed
-     └── PublishError               publishing to the MQTT broker failed
-
-Driver and codec errors live in :mod:`drivers.errors`; they are not ``AgentError`` subclasses because the
-drivers package does not depend on the agent.
+The whole error tree, drivers and agent, is drawn once, in :mod:`drivers.errors`. :class:`AgentError` derives
+from :class:`drivers.errors.DenenError`, the root both packages share (it lives in ``drivers`` because the drivers
+package does not depend on the agent).
 """
 
 from __future__ import annotations
@@ -16,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["AgentError", "ConfigError", "ConfigIssue", "JournalError", "PublishError"]
+from drivers.errors import DenenError
+
+__all__ = ["AgentError", "ConfigError", "ConfigIssue", "DenenError", "JournalError"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +50,8 @@ class ConfigIssue:
         return text
 
 
-class AgentError(Exception):
-    """Base class of every error raised by ``agent``."""
+class AgentError(DenenError):
+    """Base class of every error raised by ``agent`` (the tree: :mod:`drivers.errors`)."""
 
 
 class ConfigError(AgentError, ValueError):
@@ -69,6 +65,3 @@ class ConfigError(AgentError, ValueError):
 class JournalError(AgentError):
     """The durable journal could not store, read or delete readings."""
 
-
-class PublishError(AgentError):
-    """A batch could not be published to the MQTT broker."""

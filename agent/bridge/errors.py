@@ -1,16 +1,14 @@
 """Errors of the bridge. Each sink maps its library's exceptions onto these, so one policy handles both sinks.
 
-Tree::
+Which failure becomes which error (their place in the error tree is drawn in :mod:`drivers.errors`):
 
-    AgentError
-     └── BridgeError
-          └── SinkError              a write did not go through; nothing of it may be acknowledged yet
-               ├── SinkUnavailable   connection refused or reset, timeout, HTTP 5xx or 429: retry with backoff
-               ├── SinkRefused       HTTP 401/403/404 and other 4xx about the request, not its lines (bad
-               │                     credentials, missing database or bucket): retry with backoff, log what to fix
-               └── SinkRejected      HTTP 400/413/422: the server refused some or all lines (unparsable line,
-                                     field type conflict, partial write, body too large); retrying the same
-                                     lines can never succeed
+- :class:`SinkUnavailable`: connection refused or reset, timeout, HTTP 5xx or 429: retry with backoff.
+- :class:`SinkRefused`: HTTP 401/403/404 and other 4xx about the request, not its lines (bad credentials, missing
+  database or bucket): retry with backoff, log what to fix.
+- :class:`SinkRejected`: HTTP 400/413/422: the server refused some or all lines (unparsable line, field type
+  conflict, partial write, body too large); retrying the same lines can never succeed.
+
+All three are a :class:`SinkError`: the write did not go through, and nothing of it may be acknowledged yet.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 * The datasource is InfluxQL, and every dashboard is valid JSON whose datasource references all resolve to it.
 * Every panel query, expanded the way Grafana expands it (tests/backend/grafana_expand.py), returns data from
-  the scenario of tests/backend/scenario.py, written as line protocol exactly as the README's InfluxDB schema
+  the scenario of tests/support/backend_scenario.py, written as line protocol exactly as the README's InfluxDB schema
   says (and, for the alert loop's gateway_state, command_result and alert_ack, as the bridge and the console write
   them); the stat panels that count SOS calls, fired traps, gauges above 避難判断水位, offline gateways, sounding
   sirens, unacknowledged alerts and held readings give the scenario's numbers, and the fleet dashboard's tables
@@ -33,7 +33,7 @@ from tests.backend.grafana_expand import (
     panel_interval_ms,
     resolve_variables,
 )
-from tests.backend.scenario import STAGES_CM, Scenario, build
+from tests.support.backend_scenario import STAGES_CM, Scenario, build
 from tests.support.influx import InfluxDB1, ServerMissing
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults._rig import FULL
+from tests.support.fault_rig import FULL
 
 ENV = "DENEN_FAULTS"
 _FIGURES: dict[str, dict[str, Any]] = {}

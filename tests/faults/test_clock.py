@@ -1,7 +1,7 @@
 """Clock fault: a gateway without RTC boots in 1970 and gets NTP only later.
 
 The whole path is real (simulated RAK3172 on a pty, ``denen run``, Mosquitto, ``denen bridge``, InfluxDB 1.6.7);
-only the agent's wall clock is set back, through :mod:`tests.faults._fakeclock`, and stepped to the true time at
+only the agent's wall clock is set back, through :mod:`tests.support.fakeclock`, and stepped to the true time at
 the "sync". What must hold:
 
 * an SOS pressed before the sync reaches InfluxDB at once, at the bridge's time and with ``clock_ok=0``;
@@ -26,7 +26,7 @@ import pytest
 
 from agent.dev.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
-from tests.faults._rig import (
+from tests.support.fault_rig import (
     DB,
     GATEWAY,
     REPO,
@@ -50,7 +50,7 @@ TELEMETRY = ("water_level", "rain", "tilt")
 
 
 class ClockAgent(AgentProcess):
-    """``denen run`` with its wall clock under the test's control (see tests.faults._fakeclock)."""
+    """``denen run`` with its wall clock under the test's control (see tests.support.fakeclock)."""
 
     def __init__(self, config: Path, log: Path, control: Path) -> None:
         super().__init__(config, log)
@@ -66,7 +66,7 @@ class ClockAgent(AgentProcess):
         env = {**os.environ, "DENEN_CLOCK": "kernel"}  # ask the (fake) kernel, as on a real board
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.faults._fakeclock", str(self.control), "run", "-c", str(self.config)],
+                [sys.executable, "-m", "tests.support.fakeclock", str(self.control), "run", "-c", str(self.config)],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.starts += 1
 

@@ -60,7 +60,7 @@ from agent.dev.devbroker import Mosquitto
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from drivers.sim.rak3172 import SimRak3172
-from tests.faults._rig import (
+from tests.support.fault_rig import (
     AgentProcess,
     denen_status_json,
     gateway_config,
@@ -71,7 +71,8 @@ from tests.faults._rig import (
     wait_until,
 )
 from tests.support.broker import Collector
-from tests.support.field import FieldNode, default_values, node_key, wait_configured, write_config
+from tests.support.field import default_values, node_key, wait_configured, write_config
+from tests.support.gateway_config import NodeEntry
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
@@ -142,22 +143,12 @@ def _nodes() -> list[Node]:
 
 
 def _config(*, port: str, mqtt_port: int, journal: Path, nodes: list[Node]) -> str:
-    """The fault rig's gateway config for the keyed reject-policy nodes, plus the flag-policy nodes.
-
-    ``gateway_config`` writes every node with a key and the default policy; the flag-policy nodes are added to its
-    ``nodes:`` list here (a local helper, so the shared rig stays as it is).
-    """
-    reject = [FieldNode(n.node_id, n.kind) for n in nodes if n.policy == "reject"]
-    text = gateway_config(port=port, mqtt_port=mqtt_port, journal=journal, nodes=reject)
-    extra = ""
-    for n in nodes:
-        if n.policy == "reject":
-            continue
-        key = f'    key: "{n.key.hex()}"\n' if n.key is not None else ""
-        extra += (f'  - id: "{n.hex}"\n    name: {n.kind.replace("_", "-")}-flag-{n.node_id & 0xFFFF:x}\n'
-                  f"    kind: {n.kind}\n{key}    unauthenticated: flag\n    interval_s: 600\n")
-    assert text.count("\nnodes:\n") == 1
-    return text.replace("\nnodes:\n", "\nnodes:\n" + extra, 1)
+    """The fault rig's gateway config: the flag-policy nodes (``<kind>-flag-<id>``), then the keyed reject-policy
+    ones (the config's default policy, so no ``unauthenticated:`` line)."""
+    flag = [NodeEntry(n.node_id, n.kind, f"{n.kind.replace('_', '-')}-flag-{n.node_id & 0xFFFF:x}", n.key, 600, "flag")
+            for n in nodes if n.policy != "reject"]
+    return gateway_config(port=port, mqtt_port=mqtt_port, journal=journal,
+                          nodes=[*flag, *(n for n in nodes if n.policy == "reject")])
 
 
 class Traffic:
@@ -296,7 +287,7 @@ def _build(node: Node, fcnt: int, values: dict[str, float], key: bytes | None) -
 
 
 class PayloadRecorder:
-    """Every frame the simulated module really wrote into the pty, in order (as ``_rig.WireRecorder``, but the
+    """Every frame the simulated module really wrote into the pty, in order (as ``fault_rig.WireRecorder``, but the
     whole payload: forged and genuine frames share (node, fcnt))."""
 
     def __init__(self, sim: SimRak3172) -> None:

@@ -24,7 +24,7 @@ import pytest
 
 from agent.dev.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
-from tests.faults._rig import (
+from tests.support.fault_rig import (
     AgentProcess,
     WireRecorder,
     gateway_config,

@@ -35,7 +35,7 @@ import pytest
 from agent.dev.devbroker import Mosquitto
 from agent.gateway.reading import LANES
 from drivers.sim.rak3172 import SimRak3172
-from tests.faults._rig import (
+from tests.support.fault_rig import (
     GATEWAY,
     AgentProcess,
     Key,

@@ -442,7 +442,7 @@ def build(end_us: int, *, seed: int = 20240607) -> Scenario:
     sc.gateway_state(gw, E - 9 * HOUR_US, lamp="alarm", held=37, open_=1, unacknowledged=1)
     sc.gateway_state(gw, E - 9 * HOUR_US + 5 * MIN_US + 1, held=37)
     sc.gateway_state(gw, E - 9 * HOUR_US + 10 * MIN_US)
-    river, upper = "river_stage:" + gauge.node, "river_stage:" + gauge2.node
+    river = "river_stage:" + gauge.node
     t_river, t_upper, t3 = stage_at[(gauge.node, 1)], stage_at[(gauge2.node, 1)], stage_at[(gauge.node, 3)]
     assert t_river < t_upper < t3, "the scenario's river events are out of order"
     sc.gateway_state(gw, t_river + 1, open_=1, unacknowledged=1)

@@ -26,7 +26,7 @@ from typing import Any
 from agent.tools import status as agent_status
 from agent.dev.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
-from tests.support.field import FieldNode, node_key
+from tests.support.gateway_config import gateway_yaml
 from tests.support.influx import InfluxDB1
 from tests.support.registry import write_registry
 
@@ -56,44 +56,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 
 # -- configs ------------------------------------------------------------------------------------------------------
-def gateway_config(*, port: str, mqtt_port: int, journal: Path, nodes: Iterable[FieldNode], quota_mb: float = 64,
-                   health_s: int = 3600, batch: int = 200, window: int = 8, interval_s: int = 600,
-                   rules: str = "") -> str:
-    """A gateway config for one simulated RAK3172 and keyed nodes (keys as in tests.support.field)."""
-    node_yaml = "\n".join(
-        f"""  - id: "{n.hex}"
-    name: {n.kind.replace('_', '-')}-{n.node_id & 0xFFFF:x}
-    kind: {n.kind}
-    key: "{node_key(n.node_id).hex()}"
-    interval_s: {interval_s}"""
-        for n in nodes
-    )
-    # DENEN_FAULTS_COMMIT_WINDOW_MS sets journal.commit_window_ms (else the agent's default), to measure what
-    # a power cut loses with and without the commit window.
+def fault_name(node: Any) -> str:
+    """``<kind>-<low 16 bits of the id, hex>``: node names of the fault rig."""
+    return f"{node.kind.replace('_', '-')}-{node.node_id & 0xFFFF:x}"
+
+
+def gateway_config(*, batch: int = 200, window: int = 8, interval_s: int = 600, **kw: Any) -> str:
+    """A gateway config for one simulated RAK3172 and keyed nodes (keys as in tests.support.field): the fault rig's
+    gateway, site and names on :func:`tests.support.gateway_config.gateway_yaml`, which takes the other arguments.
+
+    DENEN_FAULTS_COMMIT_WINDOW_MS sets journal.commit_window_ms (else the agent's default), to measure what a power
+    cut loses with and without the commit window.
+    """
     window_ms = os.environ.get("DENEN_FAULTS_COMMIT_WINDOW_MS", "")
-    window_yaml = f"\n  commit_window_ms: {int(window_ms)}" if window_ms else ""
-    return f"""gateway:
-  id: {GATEWAY}
-  site: faultville
-journal:
-  path: {journal}
-  quota_mb: {quota_mb}{window_yaml}
-mqtt:
-  host: 127.0.0.1
-  port: {mqtt_port}
-  reconnect_min_s: 0.2
-  reconnect_max_s: 1.0
-  batch_max_readings: {batch}
-  inflight_window: {window}
-radios:
-  - name: lora0
-    driver: rak3172
-    port: {port}
-nodes:
-{node_yaml}
-health:
-  interval_s: {health_s}
-{rules}"""
+    return gateway_yaml(**{"gateway": GATEWAY, "site": "faultville", "name": fault_name, "batch": batch,
+                           "window": window, "interval_s": interval_s,
+                           "commit_window_ms": int(window_ms) if window_ms else None, **kw})
 
 
 def bridge_config(*, broker: Mosquitto, influx: InfluxDB1, dead_letter: Path, client_id: str = "fault-bridge-1"

@@ -1,4 +1,4 @@
-"""Run ``denen`` on a board without RTC: ``python -m tests.faults._fakeclock CONTROL denen-args...``.
+"""Run ``denen`` on a board without RTC: ``python -m tests.support.fakeclock CONTROL denen-args...``.
 
 The agent process gets a wall clock that is ``offset_s`` seconds off the real one, and a kernel that reports the
 clock as synchronised or not, both read from the JSON file CONTROL (``{"offset_s": -1.7e9, "synced": false}``),

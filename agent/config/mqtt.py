@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from agent.config.secrets import SECRET_FILE, env_secret_name, read_env_secret, secret_source_problems
+from agent.config.secrets import (
+    SECRET_FILE,
+    SecretEnv,
+    WithSecrets,
+    read_secret_file,
+    secret_file,
+    secret_source_problems,
+    secret_text,
+)
 from agent.config.values import Found, _check_readable_file, _resolve_path
-from agent.errors import ConfigError, ConfigIssue
 from drivers.settings import Loc, Problem, Problems, Section, problem
 
 
@@ -57,7 +63,11 @@ class TlsConfig(Section):
         return self
 
 
-class MqttConfig(Section):
+_Password = secret_text(hint="put the {name} in quotes, or better use {name}_file")
+_PasswordFile = secret_file("password file")
+
+
+class MqttConfig(WithSecrets):
     """Connection to the MQTT broker and publishing limits."""
 
     host: str = Field(default="127.0.0.1", min_length=1, description="Host name or IP address of the MQTT broker.")
@@ -71,18 +81,18 @@ class MqttConfig(Section):
         description="MQTT client id; null means 'denen-<gateway.id>'. Must be unique on the broker.",
     )
     username: str | None = Field(default=None, min_length=1, description="MQTT user name. Optional.")
-    password: SecretStr | None = Field(
+    password: _Password = Field(
         default=None,
         description="MQTT password (secret: never printed or logged). Prefer password_file or password_env; a "
         "config file holding it must not be readable by other users (chmod 600). Needs username.",
     )
-    password_file: Annotated[str | None, SECRET_FILE] = Field(
+    password_file: _PasswordFile = Field(
         default=None,
         description="Path of a file holding the MQTT password (trailing newline ignored), read at every connect. "
         "Refused when other users can read it (chmod 600). Relative paths are resolved against the config file's "
         "directory.",
     )
-    password_env: str | None = Field(
+    password_env: SecretEnv = Field(
         default=None,
         description="Name of an environment variable holding the MQTT password, e.g. DENEN_MQTT_PASSWORD; read "
         "when the config is loaded and must be set then (systemd: EnvironmentFile=). Only one of password, "
@@ -133,34 +143,6 @@ class MqttConfig(Section):
         description="Longest wait between reconnect attempts, in seconds; at least reconnect_min_s.",
     )
 
-    # The password read from password_env when the config was loaded (not a field: never dumped or shown).
-    _env_password: SecretStr | None = PrivateAttr(default=None)
-
-    @field_validator("password", mode="before")
-    @classmethod
-    def _password_text(cls, value: object) -> object:
-        if value is not None and not isinstance(value, str | SecretStr):
-            raise problem("password must be text", "put the password in quotes, or better use password_file")
-        return value
-
-    @field_validator("password_file")
-    @classmethod
-    def _password_file(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        path = _resolve_path(value, info)
-        _check_readable_file(path, "password file")
-        return path
-
-    @field_validator("password_env")
-    @classmethod
-    def _password_env(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        name = env_secret_name(value, "password_env")
-        read_env_secret(name)  # must be set now: fail at load time, not at the first connect
-        return name
-
     @field_validator("topic_prefix")
     @classmethod
     def _topic_prefix(cls, value: str) -> str:
@@ -207,8 +189,7 @@ class MqttConfig(Section):
             )
         if problems:
             raise Problems(problems)
-        if self.password_env is not None:
-            self._env_password = SecretStr(read_env_secret(self.password_env))
+        self.keep_env_secrets("password")
         return self
 
     def tls_settings(self) -> TlsConfig | None:
@@ -226,19 +207,11 @@ class MqttConfig(Section):
         Raises:
             ConfigError: the password file can no longer be read.
         """
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self._env_password is not None:
-            return self._env_password.get_secret_value()
-        if self.password_file is None:
-            return None
-        try:
-            return Path(self.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(
-                [ConfigIssue(self.password_file, None, None, "mqtt.password_file",
-                             f"cannot read the password file: {exc.strerror}", "check the file's path and mode")]
-            ) from None
+        return self.secret_text("password", self._read_password_file)
+
+    @staticmethod
+    def _read_password_file(path: str) -> str:
+        return read_secret_file(path, "mqtt.password_file", "the password file")
 
     def effective_client_id(self, gateway_id: str) -> str:
         """Return ``client_id``, or ``denen-<gateway_id>`` when it is not set."""

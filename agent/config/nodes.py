@@ -6,10 +6,10 @@ import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, WithJsonSchema, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
-from agent.config.secrets import SECRET_FILE, env_secret_name, read_env_secret, secret_source_problems
-from agent.config.values import _HEX, _path_hint, _resolve_path
+from agent.config.secrets import WithSecrets, secret_env, secret_file, secret_source_problems, secret_text
+from agent.config.values import _HEX, _path_hint
 from agent.errors import ConfigError, ConfigIssue
 from drivers.settings import Problem, Problems, Section, problem
 
@@ -115,7 +115,14 @@ _KEY_SCHEMA = WithJsonSchema(
 )
 
 
-class NodeConfig(Section):
+_Key = secret_text("{name} was not read as text (YAML took it for a number)",
+                   "write the key as 32 hex digits in quotes, e.g. key: \"...\"",
+                   parse=lambda text: _parse_hex_key(text, what="key"))
+_KeyFile = secret_file("key file", read=_read_key_file)
+_KeyEnv = secret_env(check=lambda text, name: _parse_hex_key(text, what=f"the key in environment variable {name}"))
+
+
+class NodeConfig(WithSecrets):
     """One sensor node this gateway expects to hear."""
 
     id: Annotated[str, _NODE_ID_SCHEMA] = Field(
@@ -131,19 +138,19 @@ class NodeConfig(Section):
         description="What the node is expected to send: sos, trap, water_level, rain, tilt, weather or heartbeat. "
         "Heartbeat frames are accepted from any node.",
     )
-    key: Annotated[SecretStr | None, _KEY_SCHEMA] = Field(
+    key: Annotated[_Key, _KEY_SCHEMA] = Field(
         default=None,
         description="AES-128 key of the node's frame MIC as 32 hex digits, in quotes (secret: never printed or "
         "logged). Prefer key_file or key_env; a config file holding it must not be readable by other users "
         "(chmod 600). Only one of key, key_file and key_env.",
     )
-    key_file: Annotated[str | None, SECRET_FILE] = Field(
+    key_file: _KeyFile = Field(
         default=None,
         description="Path of a file holding the node key as one line of 32 hex digits (# comment lines allowed). "
         "Read and checked at load time; refused when other users can read it (chmod 600). Relative paths are "
         "resolved against the config file's directory.",
     )
-    key_env: str | None = Field(
+    key_env: _KeyEnv = Field(
         default=None,
         description="Name of an environment variable holding the node key as 32 hex digits, e.g. "
         "DENEN_KEY_TRAP_NORTH_3; read and checked when the config is loaded, so it must be set then (systemd: "
@@ -168,45 +175,10 @@ class NodeConfig(Section):
         "null accepts it through any radio.",
     )
 
-    # The key read from key_env when the config was loaded (not a field: never dumped or shown).
-    _env_key: bytes | None = PrivateAttr(default=None)
-
     @field_validator("id", mode="before")
     @classmethod
     def _node_id(cls, value: object) -> str:
         return normalise_node_id(value)
-
-    @field_validator("key", mode="before")
-    @classmethod
-    def _key(cls, value: object) -> object:
-        if value is None:
-            return None
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        if not isinstance(value, str):
-            raise problem(
-                "key was not read as text (YAML took it for a number)",
-                "write the key as 32 hex digits in quotes, e.g. key: \"...\"",
-            )
-        return SecretStr(_parse_hex_key(value, what="key"))
-
-    @field_validator("key_file")
-    @classmethod
-    def _key_file(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        path = _resolve_path(value, info)
-        _read_key_file(path)  # fail at load time, not when the first frame arrives
-        return path
-
-    @field_validator("key_env")
-    @classmethod
-    def _key_env(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        name = env_secret_name(value, "key_env")
-        _parse_hex_key(read_env_secret(name), what=f"the key in environment variable {name}")
-        return name
 
     @model_validator(mode="after")
     def _authentication(self) -> NodeConfig:
@@ -220,9 +192,7 @@ class NodeConfig(Section):
                 "add a key (key_file:, key_env: or key:), or set unauthenticated: flag",
                 subloc=("unauthenticated",),
             )
-        if self.key_env is not None:
-            # Checked by the field validator already; read once more to keep it, as bytes, for key_bytes().
-            self._env_key = bytes.fromhex(_parse_hex_key(read_env_secret(self.key_env), what="the key"))
+        self.keep_env_secrets("key")
         return self
 
     @property
@@ -239,10 +209,9 @@ class NodeConfig(Section):
         Raises:
             ConfigError: the key file has become unreadable or invalid since the config was loaded.
         """
-        if self.key is not None:
-            return bytes.fromhex(self.key.get_secret_value())
-        if self._env_key is not None:
-            return self._env_key
+        text = self.key.get_secret_value() if self.key is not None else self.env_secret("key")
+        if text is not None:
+            return bytes.fromhex(_parse_hex_key(text, what="the key"))
         if self.key_file is None:
             return None
         try:

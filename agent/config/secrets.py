@@ -1,19 +1,33 @@
-"""Secrets in config files: the three ways to give one (inline, ``*_file``, ``*_env``), and who may read them."""
+"""Secrets in config files: the three ways to give one (inline, ``*_file``, ``*_env``), and who may read them.
+
+One set of field types serves every secret of every config file (the gateway's MQTT password and node keys, the
+bridge's passwords and token, the console's link secret, webhook token and SMTP password)::
+
+    password: SecretText = Field(...)                         inline: text only, kept as SecretStr (redacted)
+    password_file: secret_file("password file") = Field(...)  a readable file, path resolved beside the config,
+                                                              marked SECRET_FILE so the loader checks its mode
+    password_env: SecretEnv = Field(...)                      a variable name, set and not blank at load time
+
+and a section holding secrets derives from :class:`WithSecrets`, which keeps what ``*_env`` variables held when
+the config was loaded (never a field: never dumped or shown) and answers :meth:`WithSecrets.secret_text`
+(inline, else the variable, else the file read on every call, so a rotated file is picked up).
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, SecretStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, PrivateAttr, SecretStr, ValidationInfo
 
-from agent.config.values import Found, _dotted, _unwrap
-from drivers.settings import Loc, problem
+from agent.config.values import Found, _check_readable_file, _dotted, _resolve_path, _unwrap
+from agent.errors import ConfigError, ConfigIssue
+from drivers.settings import Loc, Section, problem
 
 
 # Names accepted in key_env / password_env / token_env. Upper case only: the convention for environment variables,
@@ -83,6 +97,125 @@ def secret_source_problems(section: object, *names: str) -> list[tuple[Loc, str,
                           f"{' and '.join(given)}",
                           f"keep {name}_file or {name}_env, which keep the {name} out of this file"))
     return found
+
+
+def secret_text(not_text: str = "{name} must be text",
+                hint: str = "put the {name} in quotes, or better use {name}_file or {name}_env",
+                *, parse: Callable[[str], str] | None = None) -> Any:
+    """The type of an inline secret key (``password:``): ``SecretStr | None``, which is never printed.
+
+    Args:
+        not_text: Message for a value YAML did not read as text; ``{name}`` is replaced by the key.
+        hint: Its hint, the same way.
+        parse: Checks the text and returns it normalised (raising a config problem that never shows it).
+    """
+
+    def text_only(value: object, info: ValidationInfo) -> object:
+        if value is None:
+            return None
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            name = str(info.field_name)
+            raise problem(not_text.replace("{name}", name), hint.replace("{name}", name))
+        return SecretStr(parse(value)) if parse is not None else value
+
+    return Annotated[SecretStr | None, BeforeValidator(text_only)]
+
+
+def secret_file(what: str, *, read: Callable[[str], object] | None = None) -> Any:
+    """The type of a ``*_file`` key: the path of a file holding a secret, resolved against the config file's
+    directory and checked when the config is loaded, and marked :data:`SECRET_FILE` so that the loader refuses
+    it when other users can read it.
+
+    Args:
+        what: Names the file in messages ("password file"); ``{name}`` is replaced by the key without ``_file``.
+        read: Reads and checks the file instead of only checking that it is readable (node key files).
+    """
+
+    def check(value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = _resolve_path(value, info)
+        if read is not None:
+            read(path)  # fail at load time, not at first use
+        else:
+            _check_readable_file(path, what.replace("{name}", str(info.field_name).removesuffix("_file")))
+        return path
+
+    return Annotated[str | None, SECRET_FILE, AfterValidator(check)]
+
+
+def secret_env(*, check: Callable[[str, str], object] | None = None) -> Any:
+    """The type of a ``*_env`` key: the name of an environment variable that must be set, and not blank, when the
+    config is loaded (so a missing one fails then, not at the first connect).
+
+    Args:
+        check: Also checks the variable's value: ``check(value, variable name)`` raising a config problem.
+    """
+
+    def read(value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        name = env_secret_name(value, str(info.field_name))
+        text = read_env_secret(name)
+        if check is not None:
+            check(text, name)
+        return name
+
+    return Annotated[str | None, AfterValidator(read)]
+
+
+#: An inline secret: text, never printed (messages name the key, hint at ``*_file`` and ``*_env``).
+SecretText = secret_text()
+#: The name of an environment variable holding a secret, read when the config is loaded.
+SecretEnv = secret_env()
+
+
+def read_secret_file(path: str, key: str, what: str = "the file") -> str:
+    """The text of a secret file without its trailing newline.
+
+    Raises:
+        ConfigError: the file cannot be read (``key`` and ``what`` name it in the message).
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue(path, None, None, key, f"cannot read {what}: {exc.strerror}", "check the file's path and mode")]
+        ) from None
+
+
+class WithSecrets(Section):
+    """A config section holding secrets given by :func:`secret_text`, :func:`secret_file` and
+    :func:`secret_env` keys named ``<name>``, ``<name>_file`` and ``<name>_env``."""
+
+    # What the *_env variables held when the config was loaded (not fields: never dumped or shown).
+    _env_secrets: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
+    def keep_env_secrets(self, *names: str) -> None:
+        """Read the variable of each ``<name>_env`` key that is set, once, now (from the model's validator)."""
+        for name in names:
+            variable = getattr(self, f"{name}_env", None)
+            if variable is not None:
+                self._env_secrets[name] = SecretStr(read_env_secret(variable))
+
+    def env_secret(self, name: str) -> str | None:
+        """What the variable of ``<name>_env`` held when the config was loaded, or None."""
+        kept = self._env_secrets.get(name)
+        return kept.get_secret_value() if kept is not None else None
+
+    def secret_text(self, name: str, read_file: Callable[[str], str]) -> str | None:
+        """Secret ``name`` from the inline key, the variable (read at load time) or the file (``read_file(path)``,
+        on every call), or None when none is given."""
+        inline = getattr(self, name, None)
+        if inline is not None:
+            return inline.get_secret_value()
+        kept = self.env_secret(name)
+        if kept is not None:
+            return kept
+        path = getattr(self, f"{name}_file", None)
+        return read_file(path) if path is not None else None
 
 
 def _secret_fields(data: object, model: type[BaseModel], loc: Loc = ()

@@ -565,7 +565,7 @@ def _sources(args: argparse.Namespace) -> tuple[str, Any | None]:
         return args.journal, None
     path, on_card = args.config, False
     if path is None:
-        from agent.tools.flash import resolve_active_config  # noqa: PLC0415
+        from agent.gateway.boot import resolve_active_config  # noqa: PLC0415
 
         active = resolve_active_config(None, install=False)
         path, on_card = active.path, active.on_card

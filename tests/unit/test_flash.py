@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.tools import flash as fl
 from agent.config import load_config
 from agent.errors import AgentError, ConfigError
+from agent.gateway import boot
+from agent.gateway.bundle import bundle_digest
+from agent.tools import flash as fl
 
 KEY_A = "00a1b2c300a1b2c300a1b2c300a1b2c3"
 KEY_B = "00000201000002010000020100000201"
@@ -170,21 +172,21 @@ def test_a_crash_while_writing_leaves_the_previous_bundle_intact(tmp_path: Path,
     first = fl.flash(cfg, card)
     cfg.write_text(cfg.read_text().replace("port: 8883", "port: 8884"))
 
-    real = fl._write_durable
+    real = fl.write_durable
 
     def dies_at_the_manifest(path: Path, data: bytes, mode: int = 0o600) -> bool:
         if path.name == "MANIFEST.json":
             raise OSError(28, "No space left on device")
         return real(path, data, mode)
 
-    monkeypatch.setattr(fl, "_write_durable", dies_at_the_manifest)
+    monkeypatch.setattr(fl, "write_durable", dies_at_the_manifest)
     with pytest.raises(fl.FlashError, match="previous bundle is unchanged"):
         fl.flash(cfg, card)
     assert fl.verify(card / "denen").digest == first.manifest["digest"]
-    assert fl.find_flashed([str(card / "denen")]).digest == first.manifest["digest"]  # type: ignore[union-attr]
+    assert boot.find_flashed([str(card / "denen")]).digest == first.manifest["digest"]  # type: ignore[union-attr]
     # The half-written staging folder has no manifest, so it can never pass as a bundle; the next flash clears it.
     assert not (card / ".denen-new" / "MANIFEST.json").exists()
-    monkeypatch.setattr(fl, "_write_durable", real)
+    monkeypatch.setattr(fl, "write_durable", real)
     fl.flash(cfg, card)
     assert not (card / ".denen-new").exists()
     assert "port: 8884" in (card / "denen" / "config.yaml").read_text()
@@ -208,8 +210,8 @@ def test_a_crash_between_the_two_renames_falls_back_to_the_previous_bundle(
         fl.flash(cfg, card)
     monkeypatch.setattr(fl.os, "rename", real_rename)
     assert not (card / "denen").exists()
-    active = fl.resolve_active_config(None, [str(card / "denen")], state_dir=tmp_path / "state",
-                                      default_config=str(tmp_path / "none.yaml"))
+    active = boot.resolve_active_config(None, [str(card / "denen")], state_dir=tmp_path / "state",
+                                        default_config=str(tmp_path / "none.yaml"))
     assert active.source == "flashed-previous"
     assert active.sha256 == first.manifest["files"]["config.yaml"]["sha256"]
     assert load_config(active.path).gateway.id == "gw-forest-01"
@@ -263,8 +265,8 @@ def test_verify_refuses_corrupt_and_incomplete_bundles(tmp_path: Path, card: Pat
 def test_boot_installs_the_flashed_config_and_reports_it(tmp_path: Path, card: Path) -> None:
     result = fl.flash(_config(tmp_path), card)
     state = tmp_path / "state"
-    active = fl.resolve_active_config(None, [str(tmp_path / "other" / "denen"), str(card / "denen")],
-                                      state_dir=state, default_config=str(tmp_path / "none.yaml"))
+    active = boot.resolve_active_config(None, [str(tmp_path / "other" / "denen"), str(card / "denen")],
+                                        state_dir=state, default_config=str(tmp_path / "none.yaml"))
     installed = state / "flashed"
     assert active.source == "flashed"
     assert active.path == str(installed / "config.yaml")
@@ -282,13 +284,13 @@ def test_boot_installs_the_flashed_config_and_reports_it(tmp_path: Path, card: P
 
     # Next boot, same card: nothing is reinstalled.
     mtime = (installed / "MANIFEST.json").stat().st_mtime_ns
-    again = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state)
+    again = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state)
     assert again.path == active.path and again.sha256 == active.sha256 and again.source == "flashed"
     assert not again.notes and not again.problems
     assert (installed / "MANIFEST.json").stat().st_mtime_ns == mtime
 
     # The USB stick is pulled out: the installed copy stays active.
-    gone = fl.resolve_active_config(None, [str(tmp_path / "pulled" / "denen")], state_dir=state)
+    gone = boot.resolve_active_config(None, [str(tmp_path / "pulled" / "denen")], state_dir=state)
     assert gone.source == "installed" and gone.sha256 == active.sha256
 
 
@@ -296,12 +298,12 @@ def test_a_corrupt_flash_is_refused_and_the_installed_config_stays_active(tmp_pa
     cfg = _config(tmp_path)
     fl.flash(cfg, card)
     state = tmp_path / "state"
-    first = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state)
+    first = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state)
     cfg.write_text(cfg.read_text().replace("port: 8883", "port: 8884"))
     fl.flash(cfg, card)
     _corrupt(card / "denen" / "config.yaml")
 
-    active = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state)
+    active = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state)
     assert active.source == "installed"
     assert active.sha256 == first.sha256
     assert any("refused flashed config" in n and "config.yaml is corrupt" in n for n in active.problems)
@@ -312,10 +314,10 @@ def test_a_new_flash_replaces_the_installed_copy_and_keeps_one_backup(tmp_path: 
     cfg = _config(tmp_path)
     fl.flash(cfg, card)
     state = tmp_path / "state"
-    first = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state)
+    first = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state)
     cfg.write_text(cfg.read_text().replace("port: 8883", "port: 8884"))
     fl.flash(cfg, card)
-    second = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state)
+    second = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state)
     assert second.source == "flashed" and second.sha256 != first.sha256
     assert load_config(second.path).mqtt.port == 8884
     assert fl.verify(state / "flashed.prev").sha256 == first.sha256
@@ -326,7 +328,7 @@ def test_a_flash_this_agent_cannot_load_is_refused(tmp_path: Path, card: Path) -
     cfg = _config(tmp_path)
     fl.flash(cfg, card)
     state = tmp_path / "state"
-    first = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state)
+    first = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state)
     bundle = card / "denen"
     text = (bundle / "config.yaml").read_text() + "sirens:\n  - pin: 17\n"
     (bundle / "config.yaml").write_text(text)
@@ -334,11 +336,11 @@ def test_a_flash_this_agent_cannot_load_is_refused(tmp_path: Path, card: Path) -
     import hashlib
 
     manifest["files"]["config.yaml"] = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "bytes": len(text)}
-    manifest["digest"] = fl._bundle_digest(manifest["files"])
+    manifest["digest"] = bundle_digest(manifest["files"])
     (bundle / "MANIFEST.json").write_text(json.dumps(manifest))
     fl.verify(bundle)  # the checksums are right
 
-    active = fl.resolve_active_config(None, [str(bundle)], state_dir=state)
+    active = boot.resolve_active_config(None, [str(bundle)], state_dir=state)
     assert active.source == "installed" and active.sha256 == first.sha256
     assert any("does not load" in n and "sirens" in n for n in active.problems)
     assert not (state / ".flashed-new").exists()
@@ -350,28 +352,28 @@ def test_resolution_order_explicit_then_default_then_error(tmp_path: Path, card:
     explicit = tmp_path / "mine.yaml"
     explicit.write_text("gateway: {id: x, site: y}\n")
     # -c FILE wins over a flashed card, and nothing is installed.
-    active = fl.resolve_active_config(str(explicit), [str(card / "denen")], state_dir=tmp_path / "state")
+    active = boot.resolve_active_config(str(explicit), [str(card / "denen")], state_dir=tmp_path / "state")
     assert active.source == "explicit" and active.path == str(explicit)
     assert not (tmp_path / "state").exists()
     with pytest.raises(AgentError, match="does not exist"):
-        fl.resolve_active_config(str(tmp_path / "missing.yaml"))
+        boot.resolve_active_config(str(tmp_path / "missing.yaml"))
 
     default = tmp_path / "etc" / "config.yaml"
     default.parent.mkdir()
     default.write_text("gateway: {id: x, site: y}\n")
-    active = fl.resolve_active_config(None, [str(tmp_path / "nothing" / "denen")], state_dir=tmp_path / "state",
-                                      default_config=str(default))
+    active = boot.resolve_active_config(None, [str(tmp_path / "nothing" / "denen")], state_dir=tmp_path / "state",
+                                        default_config=str(default))
     assert active.source == "default" and active.path == str(default)
     with pytest.raises(AgentError, match="no config.*denen flash"):
-        fl.resolve_active_config(None, [str(tmp_path / "nothing" / "denen")], state_dir=tmp_path / "state",
-                                 default_config=str(tmp_path / "none.yaml"))
+        boot.resolve_active_config(None, [str(tmp_path / "nothing" / "denen")], state_dir=tmp_path / "state",
+                                   default_config=str(tmp_path / "none.yaml"))
 
     # The search can come from the environment, with globs (USB sticks under /media/<user>/<label>).
     monkeypatch.setenv("DENEN_FLASH_SEARCH", f"{tmp_path / 'media'}/*/*/denen:/nonexistent/denen")
     stick = tmp_path / "media" / "pi" / "STICK"
     stick.mkdir(parents=True)
     fl.flash(_config(tmp_path, gateway="gw-stick"), stick)
-    found = fl.find_flashed()
+    found = boot.find_flashed()
     assert found is not None and found.bundle == stick / "denen"
     assert found.manifest["gateway"] == "gw-stick"
 
@@ -379,7 +381,7 @@ def test_resolution_order_explicit_then_default_then_error(tmp_path: Path, card:
 def test_report_only_resolution_writes_nothing(tmp_path: Path, card: Path) -> None:
     fl.flash(_config(tmp_path), card)
     state = tmp_path / "state"
-    active = fl.resolve_active_config(None, [str(card / "denen")], state_dir=state, install=False)
+    active = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state, install=False)
     assert active.source == "flashed" and active.path == str(card / "denen" / "config.yaml")
     assert any("not installed yet" in n for n in active.notes)
     assert not state.exists()
@@ -388,7 +390,7 @@ def test_report_only_resolution_writes_nothing(tmp_path: Path, card: Path) -> No
 def test_state_directory_from_systemd(tmp_path: Path, card: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fl.flash(_config(tmp_path), card)
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "sd-state"))
-    active = fl.resolve_active_config(None, [str(card / "denen")])
+    active = boot.resolve_active_config(None, [str(card / "denen")])
     assert active.path == str(tmp_path / "sd-state" / "flashed" / "config.yaml")
 
 
@@ -477,16 +479,16 @@ def test_a_card_without_file_modes_is_flashed_and_the_gateway_runs_a_private_cop
     """FAT (the boot partition) has no modes: every file on it shows as readable by all (here 0755, as with the
     usual fmask=0022). The copy on the card is still checked for content; the installed copy also for modes."""
     cfg = _config_with_inline_key(tmp_path)
-    real = fl._write_durable
+    real = fl.write_durable
 
     def like_fat(path: Path, data: bytes, mode: int = 0o600) -> bool:
         real(path, data, mode)
         os.chmod(path, 0o755)
         return False
 
-    monkeypatch.setattr(fl, "_write_durable", like_fat)
+    monkeypatch.setattr(fl, "write_durable", like_fat)
     result = fl.flash(cfg, card)
-    monkeypatch.setattr(fl, "_write_durable", real)
+    monkeypatch.setattr(fl, "write_durable", real)
     assert not result.modes_kept
     bundle = card / "denen"
     assert stat.S_IMODE((bundle / "config.yaml").stat().st_mode) == 0o755
@@ -494,12 +496,12 @@ def test_a_card_without_file_modes_is_flashed_and_the_gateway_runs_a_private_cop
 
     # `denen doctor` (report only) looks at the card itself: its modes are not held against it.
     state = tmp_path / "state"
-    seen = fl.resolve_active_config(None, [str(bundle)], state_dir=state, install=False)
+    seen = boot.resolve_active_config(None, [str(bundle)], state_dir=state, install=False)
     assert seen.source == "flashed" and not seen.problems
     assert seen.on_card and seen.path == str(bundle / "config.yaml")
     assert load_config(seen.path, check_modes=not seen.on_card).nodes[2].key_bytes() == bytes.fromhex(KEY_B)
     # On boot the agent installs a copy with mode 600 and checks it, modes included.
-    active = fl.resolve_active_config(None, [str(bundle)], state_dir=state)
+    active = boot.resolve_active_config(None, [str(bundle)], state_dir=state)
     assert active.source == "flashed" and not active.problems and not active.on_card
     for f in [state / "flashed" / "config.yaml", *(state / "flashed" / "secrets").iterdir()]:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
@@ -528,13 +530,13 @@ def test_a_key_from_the_environment_is_not_copied_and_the_gateway_needs_the_vari
     monkeypatch.delenv("DENEN_TEST_KEY_RIVER_1")
     fallback = tmp_path / "etc-denen-config.yaml"
     fallback.write_text("# the config written by hand\n")
-    refused = fl.resolve_active_config(None, [str(bundle)], state_dir=tmp_path / "state",
-                                       default_config=str(fallback))
+    refused = boot.resolve_active_config(None, [str(bundle)], state_dir=tmp_path / "state",
+                                         default_config=str(fallback))
     assert refused.source == "default"
     assert any("environment variable DENEN_TEST_KEY_RIVER_1 is not set" in p for p in refused.problems)
     # With it (systemd: EnvironmentFile=), the same bundle is installed and runs.
     monkeypatch.setenv("DENEN_TEST_KEY_RIVER_1", key_c)
-    active = fl.resolve_active_config(None, [str(bundle)], state_dir=tmp_path / "state")
+    active = boot.resolve_active_config(None, [str(bundle)], state_dir=tmp_path / "state")
     assert active.source == "flashed" and load_config(active.path).nodes[2].key_bytes() == bytes.fromhex(key_c)
 
 

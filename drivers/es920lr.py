@@ -40,14 +40,19 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from drivers import registry
 from drivers.errors import ModuleError, ModuleTimeout
-from drivers.radio import Link, ModuleDriver, ModuleRebooted, register
+from drivers.probe import FAIL, N_, OK, WARN, Finding, PortLines, Say, noise_hint, printable
+from drivers.radio import Link, ModuleDriver, ModuleRebooted
+from drivers.settings import Section, problem
 from drivers.transport import LineSplitter
 from drivers.types import Uplink
 
-__all__ = ["BW_CODES", "Es920lr", "parse_rx_header"]
+__all__ = ["BW_CODES", "Es920Config", "Es920lr", "parse_rx_header", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,77 @@ _HEX12 = re.compile(rb"[0-9A-Fa-f]{12}")
 _NG = re.compile(rb"NG \d{3}")
 _NOISE = bytes(range(0x00, 0x20)) + bytes(range(0x7F, 0x100))
 _HEADER = 12  # RSSI (4) + PAN (4) + SRC (4) characters
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_MAX_CHANNEL = {62.5: 15, 125: 15, 250: 7, 500: 5}
+
+
+class Es920Config(Section):
+    """EASEL ES920LR (Private LoRa) module settings; bandwidth, SF, channel and PAN id must match the nodes."""
+
+    bandwidth_khz: Literal[62.5, 125, 250, 500] = Field(
+        default=125, description="LoRa bandwidth in kHz: 62.5, 125, 250 or 500."
+    )
+    spreading_factor: int = Field(default=10, ge=7, le=12, description="LoRa spreading factor 7..12.")
+    channel: int = Field(
+        default=1,
+        ge=1,
+        le=15,
+        description="Channel number: 1..15 at 62.5/125 kHz, 1..7 at 250 kHz, 1..5 at 500 kHz (channel 1 is "
+        "920.6 MHz, 200 kHz steps).",
+    )
+    pan_id: str = Field(
+        default="0001",
+        description="PAN (network) id, 4 hex digits 0001..FFFE; all nodes of this network use the same one. "
+        "Write it in quotes.",
+    )
+    own_id: str = Field(
+        default="0000", description="This module's own id, 4 hex digits 0000..FFFE. Write it in quotes."
+    )
+    format: Literal["ascii", "binary"] = Field(
+        default="binary",
+        description="Module output format: binary (length-prefixed frames, safe for any payload) or ascii "
+        "(CR LF terminated lines).",
+    )
+    payload_encoding: Literal["hex", "raw"] = Field(
+        default="hex",
+        description="How nodes put the denen frame into the LoRa payload: hex (as hex text, safe everywhere) or "
+        "raw (bytes). With format ascii, raw breaks on payloads containing CR LF.",
+    )
+    power_dbm: int = Field(default=13, ge=-4, le=13, description="Transmit power in dBm, -4..13 (13 dBm = 20 mW).")
+    node: Literal["coordinator", "end_device"] = Field(
+        default="coordinator", description="Module role: coordinator (the gateway) or end_device."
+    )
+
+    @field_validator("pan_id", "own_id", mode="before")
+    @classmethod
+    def _hex4(cls, value: object, info: ValidationInfo) -> str:
+        low, high = (0x0001, 0xFFFE) if info.field_name == "pan_id" else (0x0000, 0xFFFE)
+        hint = f"write it as 4 hex digits in quotes, e.g. {info.field_name}: \"{low:04X}\""
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise problem(f"{info.field_name} must be 4 hex digits", hint)
+        if isinstance(value, int):
+            number = value
+        else:
+            text = value.strip()
+            if len(text) != 4 or not set(text) <= _HEX_DIGITS:
+                raise problem(f"{info.field_name} '{text}' is not 4 hex digits", hint)
+            number = int(text, 16)
+        if not low <= number <= high:
+            raise problem(f"{info.field_name} {number:04X} is out of range {low:04X}..{high:04X}", hint)
+        return f"{number:04X}"
+
+    @model_validator(mode="after")
+    def _channel_fits_bandwidth(self) -> Es920Config:
+        top = _MAX_CHANNEL[self.bandwidth_khz]
+        if self.channel > top:
+            raise problem(
+                f"channel {self.channel} does not exist at {self.bandwidth_khz:g} kHz bandwidth: channels 1..{top} "
+                f"only",
+                "wider bandwidths bundle several 200 kHz channels: use channel 1..7 at 250 kHz and 1..5 at 500 kHz, "
+                "or a narrower bandwidth_khz",
+                subloc=("channel",),
+            )
+        return self
 
 
 @dataclass
@@ -90,7 +166,6 @@ def parse_rx_header(header: bytes) -> tuple[int, str, str]:
     return rssi, header[4:8].decode().upper(), header[8:12].decode().upper()
 
 
-@register("es920lr")
 class Es920lr(ModuleDriver):
     """EASEL ES920LR as a receiver (and occasional sender) in processor mode.
 
@@ -502,3 +577,78 @@ class Es920lr(ModuleDriver):
         if p.status != "OK":
             self.link.incident("module_error", f"transmit -> {p.status}")
             raise ModuleError("transmit", p.status or "?")
+
+
+# -- doctor's probe --------------------------------------------------------------------------------------------
+def _is_prompt(line: bytes) -> bool:
+    return line.startswith(_PROMPT)
+
+
+def _is_answer(line: bytes) -> bool:
+    return line.startswith(b"VER") or line == b"OK" or line.startswith(b"NG ") or _is_prompt(line)
+
+
+def probe(port: Any, radio: Any, timeout_s: float, say: Say) -> Finding:
+    """Ask ``version`` (and select processor mode, ``2``, at the mode prompt); see :mod:`drivers.probe`.
+
+    Selecting processor mode is not saved, and is what the agent does on start anyway.
+    """
+    lines = PortLines(port, (b"\r\n",))
+    # The boot prompt only shows if the module was reset just now; usually it went by long ago.
+    at_prompt = any(_is_prompt(ln) for ln in lines.until(_is_prompt, min(timeout_s, 0.3)))
+    if not at_prompt:
+        port.write(b"version\r\n")
+        heard = lines.until(_is_answer, timeout_s)
+        at_prompt = any(_is_prompt(ln) or ln == b"NG 002" for ln in heard)
+        if not at_prompt:
+            found = _answer_in_operation(heard, bytes(lines.raw), radio.port, say)
+            if found is not None:
+                return found
+    if at_prompt:
+        port.write(b"2\r\n")
+        lines.until(lambda ln: ln == b"OK" or ln.startswith(b"NG"), timeout_s)
+        port.write(b"version\r\n")
+        got = lines.until(lambda ln: ln.startswith(b"VER") or ln.startswith(b"NG"), timeout_s)
+        ver = next((ln.decode("ascii", "replace") for ln in got if ln.startswith(b"VER")), None)
+        if ver is not None:
+            return Finding(OK, say(N_("{port}: ES920LR answers, firmware {firmware}, was at its mode prompt "
+                                      "(processor mode selected)")).format(port=radio.port, firmware=ver), None,
+                           {"module": "ES920LR", "firmware": ver, "mode": "configuration"})
+        return Finding(WARN, say(N_("{port}: ES920LR shows its mode prompt but did not report a version")).format(
+            port=radio.port), say(N_("reset the module and run doctor again")), {"module": "ES920LR", "mode": "prompt"})
+    raw = bytes(lines.raw)
+    if _HEX12.search(raw):
+        # RSSI, PAN and source id as 12 hex digits: frames received in operation mode (either format).
+        return Finding(OK, say(N_("{port}: ES920LR is in operation mode and receiving frames; firmware not "
+                                  "shown in this mode")).format(port=radio.port), None,
+                       {"module": "ES920LR", "firmware": "unknown", "mode": "operation"})
+    if raw and not printable(raw):
+        return Finding(FAIL, say(N_("{port}: no sensible answer to `version`")).format(port=radio.port),
+                       noise_hint(raw, radio.baudrate, say), {"received": raw[:64].hex()})
+    return Finding(WARN, say(N_("{port}: no answer to `version`")).format(port=radio.port),
+                   say(N_("a module in operation mode with the binary format ignores text: power-cycle it (it then "
+                          "shows its mode prompt) and run doctor again; otherwise {hint}")).format(
+                       hint=noise_hint(raw, radio.baudrate, say)), {"module": "ES920LR"})
+
+
+def _answer_in_operation(heard: list[bytes], raw: bytes, port: str, say: Say) -> Finding | None:
+    """What the answer to ``version`` says when the module is not at its mode prompt, if it says anything."""
+    if any(ln.startswith(b"VER") for ln in heard):
+        firmware = next(ln for ln in heard if ln.startswith(b"VER")).decode("ascii", "replace")
+        return Finding(OK, say(N_("{port}: ES920LR answers, firmware {firmware}, configuration mode "
+                                  "(processor)")).format(port=port, firmware=firmware), None,
+                       {"module": "ES920LR", "firmware": firmware, "mode": "configuration"})
+    if any(ln == b"OK" or ln.startswith(b"NG 1") for ln in heard):
+        # Operation mode, ASCII format: the word went out over the air, as the agent's own probe does.
+        return Finding(OK, say(N_("{port}: ES920LR answers in operation mode (ascii); firmware not shown "
+                                  "in this mode")).format(port=port), None,
+                       {"module": "ES920LR", "firmware": "unknown", "mode": "operation"})
+    if b"\x02OK" in raw or b"\x06NG 1" in raw:
+        return Finding(OK, say(N_("{port}: ES920LR answers in operation mode (binary)")).format(port=port), None,
+                       {"module": "ES920LR", "firmware": "unknown", "mode": "operation (binary)"})
+    return None
+
+
+registry.register(registry.DriverSpec(
+    name="es920lr", driver=Es920lr, section="es920", settings=Es920Config, probe=probe, twin="es920lr",
+    summary="EASEL ES920LR, private LoRa"))

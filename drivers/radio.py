@@ -37,7 +37,6 @@ from drivers.transport import PortError, open_serial
 from drivers.types import Uplink
 
 __all__ = [
-    "DRIVERS",
     "INCIDENT_KINDS",
     "Link",
     "ModuleDriver",
@@ -45,7 +44,6 @@ __all__ = [
     "RadioEvents",
     "RadioWorker",
     "backoff_delay",
-    "register",
 ]
 
 log = logging.getLogger(__name__)
@@ -248,23 +246,6 @@ class ModuleDriver:
             self.link.pump(remaining)
 
 
-#: Registry of module drivers by config name (``rak3172``, ``es920lr``); the config validator lists these keys.
-DRIVERS: dict[str, type[ModuleDriver]] = {}
-
-
-def register(name: str) -> Callable[[type[ModuleDriver]], type[ModuleDriver]]:
-    """Class decorator: make a driver available under ``name`` in :data:`DRIVERS`."""
-
-    def deco(cls: type[ModuleDriver]) -> type[ModuleDriver]:
-        if name in DRIVERS and DRIVERS[name] is not cls:
-            raise ValueError(f"driver name {name!r} registered twice")
-        cls.name = name
-        DRIVERS[name] = cls
-        return cls
-
-    return deco
-
-
 def backoff_delay(failures: int, min_s: float, max_s: float, rng: random.Random) -> float:
     """Delay before the next attempt: exponential from ``min_s`` to ``max_s``, with "equal jitter".
 
@@ -330,10 +311,9 @@ class RadioWorker:
     def __init__(self, config: Any, events: RadioEvents, *, reopen_min_s: float = 0.5, reopen_max_s: float = 30.0,
                  opener: Opener = open_serial, rng: random.Random | None = None,
                  wait: Callable[[float], bool] | None = None, idle_timeout_s: float | None = None) -> None:
-        try:
-            self._driver_cls = DRIVERS[config.driver]
-        except KeyError:
-            raise ValueError(f"unknown radio driver {config.driver!r}; known: {', '.join(sorted(DRIVERS))}") from None
+        from drivers import registry  # noqa: PLC0415  # the registry imports the drivers, which import this module
+
+        self._driver_cls = registry.spec(config.driver).driver  # UnknownDriver (a ValueError) lists the known names
         if not 0 < reopen_min_s <= reopen_max_s:
             raise ValueError("need 0 < reopen_min_s <= reopen_max_s")
         self.config = config
@@ -615,8 +595,3 @@ class RadioWorker:
             except (serial.SerialException, OSError) as exc:
                 log.debug("radio %s: close failed: %s", self.radio, exc)
 
-
-# Built-in drivers register themselves on import; import them here so DRIVERS is complete for every user of this
-# module. They import ModuleDriver and register from above, hence the position at the end.
-from drivers import es920lr as _es920lr  # noqa: E402,F401  (registration)
-from drivers import rak3172 as _rak3172  # noqa: E402,F401  (registration)

@@ -23,14 +23,20 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, field_validator
+
+from drivers import registry
+from drivers.airtime import JP_LORA_MAX_HZ, JP_LORA_MIN_HZ
 from drivers.errors import ModuleError, ModuleTimeout
-from drivers.radio import Link, ModuleDriver, ModuleRebooted, register
+from drivers.probe import FAIL, N_, OK, OTHER_BAUDS, WARN, Finding, ProbeLink, Say, noise_hint
+from drivers.radio import Link, ModuleDriver, ModuleRebooted
+from drivers.settings import Section, problem
 from drivers.transport import LineSplitter
 from drivers.types import Uplink
 
-__all__ = ["BW_CODES_KHZ", "STATUSES", "Rak3172", "parse_p2p"]
+__all__ = ["BW_CODES_KHZ", "STATUSES", "P2pConfig", "Rak3172", "parse_p2p", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,51 @@ _BOOT_END = b"Current Work Mode"
 _NOISE = bytes(range(0x00, 0x20)) + bytes(range(0x7F, 0x100))
 _LEGACY_HEADER = re.compile(rb"RSSI\s*(-?\d+)\s*,\s*SNR\s*(-?\d+(?:\.\d+)?)")
 _MAX_PSEND = 239  # bytes, RUI 5.0.0 (older firmware documents up to 256) [PROTOCOLS.md §1]
+_JP_STEP_HZ = 200_000  # the channel grid of Japan's 920 MHz band (PROTOCOLS.md §6)
+#: AT+NWM work modes.
+MODES = {"0": "LoRa P2P", "1": "LoRaWAN", "2": "FSK"}
+
+
+class P2pConfig(Section):
+    """RAK3172 (RUI3) LoRa P2P radio settings; they must match the nodes' settings exactly."""
+
+    frequency_hz: int = Field(
+        default=920_600_000,
+        description="Centre frequency in Hz: Japan's 920 MHz band for LoRa, 920600000..923400000 in 200 kHz "
+        "steps (ARIB STD-T108 channels 24..38).",
+    )
+    spreading_factor: int = Field(
+        default=10, ge=7, le=12, description="LoRa spreading factor 7..12; higher reaches further but each frame "
+        "takes longer on air (SF10: ~0.37 s for 20 bytes; SF12: ~1.3 s)."
+    )
+    bandwidth_khz: Literal[125, 250, 500] = Field(default=125, description="LoRa bandwidth in kHz: 125, 250 or 500.")
+    coding_rate: int = Field(default=0, ge=0, le=3, description="LoRa coding rate: 0..3 meaning 4/5..4/8.")
+    preamble: int = Field(default=8, ge=5, le=65535, description="Preamble length in symbols (5..65535).")
+    tx_power_dbm: int = Field(
+        default=13,
+        ge=5,
+        le=13,
+        description="Transmit power in dBm, 5..13: 13 dBm (20 mW) is the limit for specified low-power radio "
+        "stations in Japan's 920 MHz band.",
+    )
+
+    @field_validator("frequency_hz")
+    @classmethod
+    def _japan_band(cls, value: int) -> int:
+        hint = (
+            "ARIB STD-T108 allows LoRa at 920600000..923400000 Hz in 200 kHz steps "
+            "(920600000, 920800000, ... 923400000)"
+        )
+        if not JP_LORA_MIN_HZ <= value <= JP_LORA_MAX_HZ:
+            mhz = f"{value / 1e6:g} MHz" if abs(value) < 10**15 else "not a radio frequency"
+            raise problem(f"{value} Hz ({mhz}) is outside Japan's 920 MHz LoRa band (920.6..923.4 MHz)", hint)
+        offset = (value - JP_LORA_MIN_HZ) % _JP_STEP_HZ
+        if offset:
+            below = value - offset
+            above = below + _JP_STEP_HZ
+            nearest = below if offset < _JP_STEP_HZ // 2 or above > JP_LORA_MAX_HZ else above
+            raise problem(f"{value} Hz is not on the 200 kHz channel grid; nearest channel: {nearest} Hz", hint)
+        return value
 
 
 @dataclass
@@ -96,7 +147,6 @@ def parse_p2p(value: str) -> tuple[int, int, float, int, int, int]:
     return freq, sf, bw_khz, cr, pre, txp
 
 
-@register("rak3172")
 class Rak3172(ModuleDriver):
     """RAK3172 with RUI3 firmware as a LoRa P2P receiver (and occasional sender).
 
@@ -321,6 +371,19 @@ class Rak3172(ModuleDriver):
             raise ModuleRebooted(command, "module rebooted")
         return p
 
+    def ask(self, command: str, timeout: float) -> tuple[str | None, list[str]]:
+        """Send one command and return what came back, reporting and retrying nothing (doctor's probe).
+
+        Returns:
+            (the status, or None when none came within ``timeout`` seconds or the module rebooted; the values of
+            ``AT+X=<value>`` lines).
+        """
+        try:
+            p = self._exchange(command, timeout)
+        except (ModuleTimeout, ModuleRebooted):
+            return None, []
+        return p.status, p.values
+
     def _run(self, command: str, timeout: float | None = None) -> list[str]:
         """Send a command until OK; handles AT_BUSY_ERROR; reports and raises every other outcome.
 
@@ -394,7 +457,7 @@ class Rak3172(ModuleDriver):
         self._expect_boot = True
         self._boot_noise = 0
         try:
-            for _ in range(self.sync_attempts):
+            for _attempt in range(self.sync_attempts):
                 try:
                     p = self._exchange("AT", self.sync_timeout_s)
                 except ModuleTimeout:
@@ -463,3 +526,95 @@ class Rak3172(ModuleDriver):
         except ModuleTimeout as exc:
             self.link.incident("module_timeout", str(exc))
             raise
+
+
+# -- doctor's probe --------------------------------------------------------------------------------------------
+def _asker(port: Any, radio: Any) -> tuple[Rak3172, ProbeLink]:
+    """A driver on the port that only asks, through the same AT parser the agent uses."""
+    link = ProbeLink(port, radio.name)
+    driver = Rak3172(radio, link)
+    link.feed = driver.feed
+    return driver, link
+
+
+def _answers_at(port: Any, radio: Any, timeout_s: float) -> int | None:
+    """The usual speed other than the configured one at which the module answers AT, if any."""
+    for baud in OTHER_BAUDS:
+        if baud == radio.baudrate:
+            continue
+        port.baudrate = baud
+        port.reset_input_buffer()
+        driver, _link = _asker(port, radio)
+        # Twice: the garbage received at the wrong speed may still sit in the module's line buffer, and spoils
+        # the first AT (AT_ERROR); that reply already proves the speed, but the second is cleaner.
+        if "OK" in [driver.ask("AT", min(timeout_s, 0.3))[0] for _attempt in range(2)]:
+            return baud
+    return None
+
+
+def _p2p_matches(value: str, p2p: Any) -> bool:
+    """Whether the module's ``AT+P2P=?`` value already has the config's frequency, SF, bandwidth and coding rate."""
+    if p2p is None:
+        return True
+    try:
+        freq, sf, bw, cr, _pre, _txp = parse_p2p(value)
+    except ValueError:
+        return False
+    return (freq, sf, bw, cr) == (p2p.frequency_hz, p2p.spreading_factor, float(p2p.bandwidth_khz), p2p.coding_rate)
+
+
+def probe(port: Any, radio: Any, timeout_s: float, say: Say) -> Finding:
+    """Ask ``AT``, ``AT+VER=?``, ``AT+NWM=?`` and (in P2P mode) ``AT+P2P=?``; see :mod:`drivers.probe`."""
+    driver, link = _asker(port, radio)
+    status = None
+    # A module that is booting or has noise on the line needs a few tries, as the driver's sync does.
+    for _attempt in range(3):
+        status, _values = driver.ask("AT", min(timeout_s, 0.7))
+        if status == "OK":
+            break
+    if status != "OK":
+        return _no_answer(port, radio, timeout_s, say, status, bytes(link.raw))
+    _status, ver = driver.ask("AT+VER=?", timeout_s)
+    nwm_status, nwm = driver.ask("AT+NWM=?", timeout_s)
+    firmware = ver[-1].strip() if ver else "unknown"
+    mode_code = nwm[-1].strip() if nwm else None
+    mode = MODES.get(mode_code or "", f"unknown ({nwm_status})")
+    details: dict[str, Any] = {"module": "RAK3172", "firmware": firmware, "mode": mode}
+    if mode_code == "0":
+        _status, p2p = driver.ask("AT+P2P=?", timeout_s)
+        if p2p:
+            details["p2p"] = p2p[-1].strip()
+    summary = say(N_("{port}: RAK3172 answers, firmware {firmware}, mode {mode}")).format(
+        port=radio.port, firmware=firmware, mode=mode)
+    if "p2p" in details:
+        summary += f" ({details['p2p']})"
+        if not _p2p_matches(details["p2p"], getattr(radio, "p2p", None)):
+            summary += say(N_("; the agent applies the config's P2P settings on start"))
+    if mode_code not in ("0", None):
+        # The driver switches the work mode itself (AT+NWM=0 and one reboot) when the agent starts.
+        return Finding(OK, summary + say(N_("; the agent switches it to LoRa P2P on start")), None, details)
+    if mode_code is None:
+        return Finding(WARN, summary, say(N_("the module did not report its work mode (AT+NWM=?); update RUI3")),
+                       details)
+    return Finding(OK, summary, None, details)
+
+
+def _no_answer(port: Any, radio: Any, timeout_s: float, say: Say, status: str | None, raw: bytes) -> Finding:
+    if b"NG 00" in raw:
+        return Finding(FAIL, say(N_("{port}: the module answers like an ES920LR, not a RAK3172")).format(
+            port=radio.port), say(N_("set radios[].driver: es920lr for this port")))
+    # A module at another speed reads our bytes as garbage and stays silent: try the usual speeds once, since
+    # "set baudrate: 9600" is a far better hint than "no answer".
+    baud = _answers_at(port, radio, timeout_s)
+    if baud is not None:
+        return Finding(FAIL, say(N_("{port}: the module answers at {baud} baud, not at {configured}")).format(
+            port=radio.port, baud=baud, configured=radio.baudrate),
+            say(N_("set radios[].baudrate: {baud}")).format(baud=baud), {"answers_at_baud": baud})
+    text = say(N_("{port}: no answer to AT (got {status})")) if status else say(N_("{port}: no answer to AT"))
+    return Finding(FAIL, text.format(port=radio.port, status=status), noise_hint(raw, radio.baudrate, say),
+                   {"received": raw[:64].hex()})
+
+
+registry.register(registry.DriverSpec(
+    name="rak3172", driver=Rak3172, section="p2p", settings=P2pConfig, probe=probe, twin="rak3172",
+    summary="RAK3172, RUI3 LoRa P2P"))

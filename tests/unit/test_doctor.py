@@ -17,7 +17,7 @@ import pytest
 from rich.console import Console
 
 from agent.gateway import clock
-from agent.tools import doctor
+from agent.tools import doctor, doctor_checks
 from agent.dev.devbroker import Mosquitto
 from agent.tools.doctor import Host
 from agent.gateway.journal import Journal
@@ -266,37 +266,37 @@ def test_an_invalid_config_is_one_failing_check(tmp_path: Path) -> None:
 
 
 def test_clock_checks() -> None:
-    assert doctor._check_clock(Host(now_us=lambda: 0, clock_synced=lambda: True)).status == "fail"
-    unsynced = doctor._check_clock(Host(clock_synced=lambda: False))
+    assert doctor_checks.check_clock(Host(now_us=lambda: 0, clock_synced=lambda: True)).status == "fail"
+    unsynced = doctor_checks.check_clock(Host(clock_synced=lambda: False))
     assert unsynced.status == "warn" and "set-ntp" in (unsynced.hint or "")
-    assert doctor._check_clock(Host(clock_synced=lambda: None)).status == "warn"
-    assert doctor._check_clock(Host(clock_synced=lambda: True)).status == "ok"
+    assert doctor_checks.check_clock(Host(clock_synced=lambda: None)).status == "warn"
+    assert doctor_checks.check_clock(Host(clock_synced=lambda: True)).status == "ok"
 
 
 def test_journal_space_checks(tmp_path: Path) -> None:
     from agent.config import load_config
 
     cfg = load_config(_config(tmp_path, port="loop://", mqtt_port=1883))
-    ok = doctor._check_journal(cfg)
+    ok = doctor_checks.check_journal(cfg)
     assert ok.status == "ok" and "will be created" in ok.summary
 
     j = Journal(cfg.journal.path, quota_bytes=1 << 20)
     j.close()
-    size = doctor._journal_bytes(cfg.journal.path)
+    size = doctor_checks.journal_bytes(cfg.journal.path)
     assert size > 0
     # A quota just above the current size: near the quota.
     near = load_config(_config(tmp_path, port="loop://", mqtt_port=1883, quota_mb=size / (1024 * 1024) * 1.05))
-    check = doctor._check_journal(near)
+    check = doctor_checks.check_journal(near)
     assert check.status == "warn" and "near its quota" in (check.hint or "")
     assert check.details["journal_bytes"] == size
     # A quota the disk cannot hold.
     huge = load_config(_config(tmp_path, port="loop://", mqtt_port=1883, quota_mb=1e9))
-    check = doctor._check_journal(huge)
+    check = doctor_checks.check_journal(huge)
     assert check.status == "warn" and "lower journal.quota_mb" in (check.hint or "")
     # A journal folder that cannot be made.
     (tmp_path / "afile").write_text("x")
     bad = load_config(_config(tmp_path, port="loop://", mqtt_port=1883, journal=tmp_path / "afile" / "j.db"))
-    assert doctor._check_journal(bad).status == "fail"
+    assert doctor_checks.check_journal(bad).status == "fail"
 
 
 def test_gpio_checks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -305,11 +305,11 @@ def test_gpio_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.gateway.fieldio import GpioConfig
 
     before = Device.pin_factory
-    assert doctor._check_gpio(types.SimpleNamespace(gpio=None)).status == "skip"
-    assert doctor._check_gpio(types.SimpleNamespace()).status == "skip"  # a config without the section at all
-    assert doctor._check_gpio(types.SimpleNamespace(gpio=GpioConfig())).status == "skip"  # section, no devices
+    assert doctor_checks.check_gpio(types.SimpleNamespace(gpio=None)).status == "skip"
+    assert doctor_checks.check_gpio(types.SimpleNamespace()).status == "skip"  # a config without the section at all
+    assert doctor_checks.check_gpio(types.SimpleNamespace(gpio=GpioConfig())).status == "skip"  # section, no devices
 
-    mock = doctor._check_gpio(types.SimpleNamespace(
+    mock = doctor_checks.check_gpio(types.SimpleNamespace(
         gpio=GpioConfig.model_validate({"pin_factory": "mock", "siren": {"pin": 17}, "status_lamp": {"pin": 22}})))
     assert mock.status == "warn" and mock.details["pin_factory"] == "MockFactory"
     assert mock.details["devices"] == {"status_lamp": "22", "siren": "17"}
@@ -317,12 +317,12 @@ def test_gpio_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Device.pin_factory is before  # no global left behind
 
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
-    env = doctor._check_gpio(types.SimpleNamespace(gpio=GpioConfig.model_validate({"siren": {"pin": 17}})))
+    env = doctor_checks.check_gpio(types.SimpleNamespace(gpio=GpioConfig.model_validate({"siren": {"pin": 17}})))
     assert env.status == "warn" and "GPIOZERO_PIN_FACTORY" in env.summary
     assert Device.pin_factory is before
     if not os.path.exists("/proc/device-tree/model"):  # not a Raspberry Pi: no real pin factory can work
         monkeypatch.delenv("GPIOZERO_PIN_FACTORY")
-        none = doctor._check_gpio(types.SimpleNamespace(gpio=GpioConfig.model_validate({"siren": {"pin": 17}})))
+        none = doctor_checks.check_gpio(types.SimpleNamespace(gpio=GpioConfig.model_validate({"siren": {"pin": 17}})))
         assert none.status == "fail" and "python3-lgpio" in (none.hint or "")
         assert Device.pin_factory is before
 
@@ -332,12 +332,12 @@ def test_permission_checks_for_a_normal_user(tmp_path: Path, rak: SimRak3172) ->
 
     cfg = load_config(_config(tmp_path, port=rak.path, mqtt_port=1883))
     outsider = Host(euid=lambda: 1000, user=lambda: "installer", groups=lambda: {"installer"})
-    check = doctor._check_permissions(cfg, outsider)
+    check = doctor_checks.check_permissions(cfg, outsider)
     assert check.status == "warn" and "dialout" in check.summary
     assert check.hint == "sudo usermod -aG dialout installer (then log out and in)"
     member = Host(euid=lambda: 1000, user=lambda: "installer", groups=lambda: {"installer", "dialout"})
-    assert doctor._check_permissions(cfg, member).status == "ok"
-    assert doctor._check_permissions(cfg, Host(euid=lambda: 0)).status == "ok"
+    assert doctor_checks.check_permissions(cfg, member).status == "ok"
+    assert doctor_checks.check_permissions(cfg, Host(euid=lambda: 0)).status == "ok"
 
 
 def test_doctor_without_config_checks_the_flashed_one(tmp_path: Path, rak: SimRak3172, broker: Mosquitto) -> None:

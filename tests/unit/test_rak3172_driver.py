@@ -20,7 +20,8 @@ import pytest
 import serial
 
 from drivers.errors import ModuleError, ModuleTimeout
-from drivers.radio import DRIVERS, ModuleDriver, ModuleRebooted, RadioWorker, backoff_delay, register
+from drivers import registry
+from drivers.radio import ModuleDriver, ModuleRebooted, RadioWorker, backoff_delay
 from drivers.rak3172 import STATUSES, Rak3172, parse_p2p
 from drivers.transport import PortError
 from drivers.types import Uplink
@@ -928,7 +929,6 @@ def test_failing_uplink_handler_is_reported_and_radio_keeps_listening(fast_rak):
 
 @pytest.fixture
 def broken_driver():
-    @register("test_broken")
     class Broken(ModuleDriver):
         calls = 0
 
@@ -940,8 +940,10 @@ def broken_driver():
         def feed(self, chunk: bytes, received_us: int) -> None:
             pass
 
+    registry.register(registry.DriverSpec(name="test_broken", driver=Broken, section=None, settings=None, probe=None,
+                                          twin="test_broken", summary="a driver whose configure fails once"))
     yield Broken
-    del DRIVERS["test_broken"]
+    registry.unregister("test_broken")
 
 
 def test_unexpected_exception_is_reported_and_the_thread_carries_on(broken_driver):
@@ -960,7 +962,7 @@ def test_unexpected_exception_is_reported_and_the_thread_carries_on(broken_drive
 def test_unknown_driver_name_lists_known_ones():
     with pytest.raises(ValueError, match="es920lr, rak3172"):
         RadioWorker(RadioConfig(driver="sx1262"), Events())
-    assert {"rak3172", "es920lr"} <= set(DRIVERS)
+    assert {"rak3172", "es920lr"} <= set(registry.names())
 
 
 def test_full_boot_banner_is_one_reboot_and_not_garbled():

@@ -25,6 +25,7 @@ import pytest
 
 from tests.support.contract import readings_schema
 from tests.support.field import wait_until
+from tests.support.gateway_config import mock_gpio, river, rules_yaml
 from tests.support.scenario_rig import (
     GATEWAY,
     LAMP_PIN,
@@ -43,23 +44,11 @@ STANDBY, CAUTION, EVACUATION, DANGER = 100.0, 150.0, 250.0, 300.0
 HYSTERESIS_CM = 5.0
 RISE_CM_PER_H = 120.0  # 20 cm per 10-minute report
 
-RULES = f"""\
-  rivers:
-    - node: "00000301"
-      stages_cm: {{standby: {STANDBY}, caution: {CAUTION}, evacuation: {EVACUATION}, danger: {DANGER}}}
-      hysteresis_cm: {HYSTERESIS_CM}
-      rise_cm_per_h: {RISE_CM_PER_H}
-      rise_window_s: {REPORT_S}
-  repeat_s: 43200
-"""
-GPIO = f"""\
-  pin_factory: mock
-  status_lamp:
-    pin: {LAMP_PIN}
-  siren:
-    pin: {SIREN_PIN}
-    off_s: 0
-"""
+RULES = rules_yaml(river("00000301", {"standby": STANDBY, "caution": CAUTION, "evacuation": EVACUATION,
+                                     "danger": DANGER},
+                         hysteresis_cm=HYSTERESIS_CM, rise_cm_per_h=RISE_CM_PER_H, rise_window_s=REPORT_S),
+                   repeat_s=43200)
+GPIO = mock_gpio()
 
 # (level cm, rain mm in the last 10 minutes, alerts the gauge's frame must raise or clear: (type, state, level)).
 # The rise rate is measured over the 10 minutes before each report: (level - previous level) x 6 per hour.

@@ -24,7 +24,8 @@ import pytest
 from drivers.codec.frame import build_receipt
 from tests.support.contract import readings_schema
 from tests.support.field import wait_until
-from tests.support.scenario_rig import GATEWAY, LAMP_PIN, SIREN_PIN, Published, ScenarioNode, ScenarioRig
+from tests.support.gateway_config import mock_gpio, rules_yaml
+from tests.support.scenario_rig import GATEWAY, LAMP_PIN, Published, ScenarioNode, ScenarioRig
 
 pytestmark = pytest.mark.broker
 
@@ -32,18 +33,8 @@ pytestmark = pytest.mark.broker
 PROMPT_S = 2.0
 REPEAT_S = 1  # rules.repeat_s: the smallest the config allows, so a repeat shows within the test
 
-RULES = f"""\
-  repeat_s: {REPEAT_S}
-  deadline_s: 3600
-"""
-GPIO = f"""\
-  pin_factory: mock
-  status_lamp:
-    pin: {LAMP_PIN}
-  siren:
-    pin: {SIREN_PIN}
-    off_s: 0
-"""
+RULES = rules_yaml(repeat_s=REPEAT_S, deadline_s=3600)
+GPIO = mock_gpio()
 POSITION = {"lat_deg": 35.7861, "lon_deg": 139.0402, "alt_m": 642.0}
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from tests.support.contract import readings_schema
 from tests.support.field import wait_until
+from tests.support.gateway_config import mock_gpio, rules_yaml
 from tests.support.scenario_rig import GATEWAY, LAMP_PIN, SIREN_PIN, Published, ScenarioNode, ScenarioRig
 
 pytestmark = pytest.mark.broker
@@ -33,17 +34,8 @@ SILENCE_FACTOR = 3
 WEST_INTERVAL_S = 1
 SILENT_AFTER_S = SILENCE_FACTOR * WEST_INTERVAL_S
 
-RULES = f"""\
-  silence_factor: {SILENCE_FACTOR}
-  battery_low_v_by_kind: {{trap: 2.2}}
-"""
-GPIO = f"""\
-  pin_factory: mock
-  status_lamp:
-    pin: {LAMP_PIN}
-  siren:
-    pin: {SIREN_PIN}
-"""
+RULES = rules_yaml(silence_factor=SILENCE_FACTOR, battery_low_v_by_kind={"trap": 2.2})
+GPIO = mock_gpio(siren_off_s=None)
 
 
 def alert_of(type_: str, state: str, node: ScenarioNode) -> Callable[[Published], bool]:

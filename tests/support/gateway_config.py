@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NodeEntry", "gateway_yaml", "node_key", "numbered_names", "short_name"]
+__all__ = ["LAMP_PIN", "SIREN_PIN", "STAGES_CM", "NodeEntry", "gateway_yaml", "mock_gpio", "node_key", "numbered_names",
+           "river", "rules_yaml", "short_name"]
+
+SIREN_PIN = 17  # BCM pin of the siren in the tests' mock GPIO
+LAMP_PIN = 27  # BCM pin of the status lamp
+#: A river gauge's four stages in cm (standby, caution, evacuation, danger), as the tests' gauge 00000301 has them.
+STAGES_CM = {"standby": 100, "caution": 150, "evacuation": 250, "danger": 300}
 
 
 def node_key(node_id: int) -> bytes:
@@ -117,3 +123,35 @@ def gateway_yaml(*, port: str, mqtt_port: int, journal: Path | str, nodes: Itera
         + "".join(f"{key}:\n{_block(body)}" for key, body in sections if body)
         + _block(extra)
     )
+
+
+def _flow(value: Any) -> str:
+    """A YAML flow scalar, list or mapping (``[]``, ``{trap: 2.2}``) of a plain Python value."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    return str(value)
+
+
+def river(node: str = "00000301", stages_cm: dict[str, float] | None = None, **settings: Any) -> str:
+    """One ``rules.rivers`` item for :func:`rules_yaml`: the gauge ``node`` (8 hex digits), its stages in cm
+    (default :data:`STAGES_CM`) and more of the item's keys (``hysteresis_cm=5``)."""
+    item = f'    - node: "{node}"\n      stages_cm: {_flow(stages_cm or STAGES_CM)}\n'
+    return item + "".join(f"      {k}: {_flow(v)}\n" for k, v in settings.items())
+
+
+def rules_yaml(*rivers: str, **settings: Any) -> str:
+    """The body of ``rules:``: the :func:`river` items given, then ``settings`` as keys (``repeat_s=2``,
+    ``silence_kinds=[]``, ``battery_low_v_by_kind={"trap": 2.2}``)."""
+    body = "  rivers:\n" + "".join(rivers) if rivers else ""
+    return body + "".join(f"  {k}: {_flow(v)}\n" for k, v in settings.items())
+
+
+def mock_gpio(*, siren: bool = True, siren_off_s: float | None = 0) -> str:
+    """The body of ``gpio:`` on gpiozero's MockFactory: the status lamp on :data:`LAMP_PIN` and, when ``siren``, the
+    siren on :data:`SIREN_PIN` (``siren_off_s``: its ``off_s`` in s, None for the config's default)."""
+    body = f"  pin_factory: mock\n  status_lamp:\n    pin: {LAMP_PIN}\n"
+    if siren:
+        body += f"  siren:\n    pin: {SIREN_PIN}\n" + ("" if siren_off_s is None else f"    off_s: {siren_off_s}\n")
+    return body

@@ -32,6 +32,7 @@ from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from drivers.sim.rak3172 import SimRak3172
 from tests.support import gateway_config
+from tests.support.gateway_config import LAMP_PIN, SIREN_PIN
 from tests.support.broker import Collector
 from tests.support.field import node_key, start_sim, wait_until
 
@@ -50,8 +51,6 @@ __all__ = [
 
 GATEWAY = "gw-scenario-01"
 PREFIX = "denen/v1"
-SIREN_PIN = 17
-LAMP_PIN = 27
 
 #: What a test may wait for at most, in seconds: generous against a loaded 2-core machine, never relied upon.
 WAIT_S = 10.0

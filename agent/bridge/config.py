@@ -18,13 +18,12 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from agent.config import (
-    SECRET_FILE,
     ConfigSection,
     Found,
     LogConfig,
@@ -32,17 +31,15 @@ from agent.config import (
     check_readable_file,
     config_problem,
     config_problems,
-    env_secret_name,
     is_loopback_host,
     parse_yaml_model,
     read_config_file,
-    read_env_secret,
     resolve_config_path,
     secret_source_problems,
     tls_insecure_warning,
 )
+from agent.config.secrets import SecretEnv, SecretText, WithSecrets, read_secret_file, secret_file
 from agent.bridge.deadletter import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEM_BYTES
-from agent.errors import ConfigError, ConfigIssue
 
 __all__ = [
     "BatchConfig",
@@ -65,37 +62,12 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 RECEIVE_MAXIMUM_CAP = 65535
 
 
-def _read_secret_file(path: str, key: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ConfigError(
-            [ConfigIssue(path, None, None, key, f"cannot read the file: {exc.strerror}",
-                         "check the file's path and mode")]
-        ) from None
+_PasswordFile = secret_file("password file")
+#: ``password_file`` or ``token_file`` of a sink.
+_SinkSecretFile = secret_file("{name} file")
 
 
-def _secret_text(value: object, what: str) -> object:
-    if value is not None and not isinstance(value, str | SecretStr):
-        raise config_problem(f"{what} must be text", f"put the {what} in quotes, or better use {what}_file or "
-                             f"{what}_env")
-    return value
-
-
-def _env_secret(value: str | None, key: str) -> str | None:
-    """Check a ``*_env`` key: a variable name, set and not blank now (its value is kept by the model validator)."""
-    if value is None:
-        return None
-    name = env_secret_name(value, key)
-    read_env_secret(name)
-    return name
-
-
-def _from_env(name: str | None) -> SecretStr | None:
-    return SecretStr(read_env_secret(name)) if name is not None else None
-
-
-class MqttLoginConfig(ConfigSection):
+class MqttLoginConfig(WithSecrets):
     """A backend service's connection to the MQTT broker with its own login (the bridge, the console): host, TLS
     (required off this machine), the password given one of three ways, the topic prefix, reconnect timing."""
 
@@ -104,17 +76,17 @@ class MqttLoginConfig(ConfigSection):
         default=1883, ge=1, le=65535, description="TCP port of the MQTT broker (1883 plain, 8883 with TLS)."
     )
     username: str | None = Field(default=None, min_length=1, description="MQTT user name of the bridge. Optional.")
-    password: SecretStr | None = Field(
+    password: SecretText = Field(
         default=None,
         description="MQTT password (secret: never printed or logged). Prefer password_file or password_env; a "
         "config file holding it must not be readable by other users (chmod 600).",
     )
-    password_file: Annotated[str | None, SECRET_FILE] = Field(
+    password_file: _PasswordFile = Field(
         default=None,
         description="Path of a file holding the MQTT password (trailing newline ignored); refused when other "
         "users can read it (chmod 600).",
     )
-    password_env: str | None = Field(
+    password_env: SecretEnv = Field(
         default=None,
         description="Name of an environment variable holding the MQTT password (e.g. DENEN_BRIDGE_MQTT_PASSWORD), "
         "read when the config is loaded. Only one of password, password_file and password_env.",
@@ -139,28 +111,6 @@ class MqttLoginConfig(ConfigSection):
     reconnect_max_s: float = Field(
         default=30.0, gt=0, le=86400, description="Longest wait between reconnect attempts, in seconds."
     )
-
-    # Read from password_env when the config was loaded (not a field: never dumped or shown).
-    _env_password: SecretStr | None = PrivateAttr(default=None)
-
-    @field_validator("password", mode="before")
-    @classmethod
-    def _password_text(cls, value: object) -> object:
-        return _secret_text(value, "password")
-
-    @field_validator("password_file")
-    @classmethod
-    def _password_file(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        path = resolve_config_path(value, info)
-        check_readable_file(path, "password file")
-        return path
-
-    @field_validator("password_env")
-    @classmethod
-    def _password_env(cls, value: str | None) -> str | None:
-        return _env_secret(value, "password_env")
 
     @field_validator("topic_prefix")
     @classmethod
@@ -187,7 +137,7 @@ class MqttLoginConfig(ConfigSection):
                              "trusted private network, tls: false to send logins and readings in clear"))
         if problems:
             raise config_problems(problems)
-        self._env_password = _from_env(self.password_env)
+        self.keep_env_secrets("password")
         return self
 
     def tls_settings(self) -> TlsConfig | None:
@@ -197,13 +147,8 @@ class MqttLoginConfig(ConfigSection):
     def password_value(self) -> str | None:
         """The MQTT password from ``password``, ``password_env`` (read at load time) or ``password_file`` (read on
         every call), or None."""
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self._env_password is not None:
-            return self._env_password.get_secret_value()
-        if self.password_file is None:
-            return None
-        return _read_secret_file(self.password_file, "mqtt.password_file")
+        return self.secret_text("password", lambda path: read_secret_file(path, "mqtt.password_file"))
+
 
 class BridgeMqttConfig(MqttLoginConfig):
     """Connection to the MQTT broker the gateways publish to, and the shared subscription."""
@@ -245,7 +190,7 @@ _V1_ONLY = ("database", "rp", "user", "password", "password_file", "password_env
 _V2_ONLY = ("org", "bucket", "token", "token_file", "token_env")
 
 
-class SinkConfig(ConfigSection):
+class SinkConfig(WithSecrets):
     """Where the readings go: InfluxDB's v1 ``/write`` API, or the v2 write API through influxdb-client."""
 
     type: Literal["v1", "v2"] = Field(
@@ -266,15 +211,15 @@ class SinkConfig(ConfigSection):
         default=None, min_length=1, description="v1: retention policy; null writes to the database's default."
     )
     user: str | None = Field(default=None, min_length=1, description="v1: user name, when auth is enabled.")
-    password: SecretStr | None = Field(
+    password: SecretText = Field(
         default=None,
         description="v1: password (secret: never printed or logged). Prefer password_file or password_env; a "
         "config file holding it must not be readable by other users (chmod 600).",
     )
-    password_file: Annotated[str | None, SECRET_FILE] = Field(
+    password_file: _SinkSecretFile = Field(
         default=None, description="v1: path of a file holding the password; refused when other users can read it."
     )
-    password_env: str | None = Field(
+    password_env: SecretEnv = Field(
         default=None,
         description="v1: name of an environment variable holding the password (e.g. DENEN_INFLUX_PASSWORD), read "
         "when the config is loaded.",
@@ -284,15 +229,15 @@ class SinkConfig(ConfigSection):
     bucket: str | None = Field(
         default=None, min_length=1, description="v2: bucket (required for v2); on the 1.8+ API 'database/rp'."
     )
-    token: SecretStr | None = Field(
+    token: SecretText = Field(
         default=None,
         description="v2: API token (secret: never printed or logged); on the 1.8+ API 'user:password'. Prefer "
         "token_file or token_env; a config file holding it must not be readable by other users (chmod 600).",
     )
-    token_file: Annotated[str | None, SECRET_FILE] = Field(
+    token_file: _SinkSecretFile = Field(
         default=None, description="v2: path of a file holding the token; refused when other users can read it."
     )
-    token_env: str | None = Field(
+    token_env: SecretEnv = Field(
         default=None,
         description="v2: name of an environment variable holding the token (e.g. DENEN_INFLUX_TOKEN), read when "
         "the config is loaded.",
@@ -306,15 +251,6 @@ class SinkConfig(ConfigSection):
         default=30.0, gt=0, le=3600, description="Longest wait between write retries, in seconds."
     )
 
-    # Read from password_env / token_env when the config was loaded (not fields: never dumped or shown).
-    _env_password: SecretStr | None = PrivateAttr(default=None)
-    _env_token: SecretStr | None = PrivateAttr(default=None)
-
-    @field_validator("password", "token", mode="before")
-    @classmethod
-    def _secret_texts(cls, value: object, info: ValidationInfo) -> object:
-        return _secret_text(value, str(info.field_name))
-
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -326,20 +262,6 @@ class SinkConfig(ConfigSection):
             raise config_problem("url must not carry a query (?...) or fragment",
                                  "give database/rp/bucket/org as their own keys")
         return value.rstrip("/")
-
-    @field_validator("password_file", "token_file")
-    @classmethod
-    def _secret_file(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        path = resolve_config_path(value, info)
-        check_readable_file(path, f"{info.field_name.removesuffix('_file')} file")  # type: ignore[union-attr]
-        return path
-
-    @field_validator("password_env", "token_env")
-    @classmethod
-    def _secret_env(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return _env_secret(value, str(info.field_name))
 
     @model_validator(mode="after")
     def _fits_type(self) -> SinkConfig:
@@ -367,27 +289,18 @@ class SinkConfig(ConfigSection):
                              "retry_max_s must be at least retry_min_s"))
         if problems:
             raise config_problems(problems)
-        self._env_password = _from_env(self.password_env)
-        self._env_token = _from_env(self.token_env)
+        self.keep_env_secrets("password", "token")
         return self
 
     def password_value(self) -> str | None:
         """v1 password from ``password``, ``password_env`` (read at load time) or ``password_file`` (read on every
         call), or None."""
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self._env_password is not None:
-            return self._env_password.get_secret_value()
-        return _read_secret_file(self.password_file, "sink.password_file") if self.password_file else None
+        return self.secret_text("password", lambda path: read_secret_file(path, "sink.password_file"))
 
     def token_value(self) -> str | None:
         """v2 token from ``token``, ``token_env`` (read at load time) or ``token_file`` (read on every call), or
         None."""
-        if self.token is not None:
-            return self.token.get_secret_value()
-        if self._env_token is not None:
-            return self._env_token.get_secret_value()
-        return _read_secret_file(self.token_file, "sink.token_file") if self.token_file else None
+        return self.secret_text("token", lambda path: read_secret_file(path, "sink.token_file"))
 
     def target(self) -> str:
         """Where writes go, for log lines (never a secret)."""

@@ -186,6 +186,33 @@ def read_secret_file(path: str, key: str, what: str = "the file") -> str:
         ) from None
 
 
+def read_once(section: object, name: str, key: str, *, missing: tuple[str, str], twice: tuple[str, str]
+              ) -> tuple[str, str]:
+    """A secret given only by ``<name>_file`` or ``<name>_env`` (never inline) and read once, when the config is
+    loaded (from the section's model validator): (its text, the key that gave it).
+
+    Args:
+        key: The dotted key of the file, for its read error.
+        missing: (message, hint) when neither key is given; ``twice``: when both are.
+
+    Raises:
+        ValueError: a config problem, at the key that gave the secret.
+    """
+    file_key, env_key = f"{name}_file", f"{name}_env"
+    given = [k for k in (file_key, env_key) if getattr(section, k) is not None]
+    if not given:
+        raise problem(*missing)
+    if len(given) > 1:
+        raise problem(*twice, subloc=(env_key,))
+    path = getattr(section, file_key)
+    if path is None:
+        return read_env_secret(getattr(section, env_key)), env_key
+    try:
+        return read_secret_file(path, key), file_key
+    except ConfigError as exc:
+        raise problem(exc.issues[0].message, exc.issues[0].hint, subloc=(file_key,)) from None
+
+
 class WithSecrets(Section):
     """A config section holding secrets given by :func:`secret_text`, :func:`secret_file` and
     :func:`secret_env` keys named ``<name>``, ``<name>_file`` and ``<name>_env``."""

@@ -21,34 +21,24 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from agent.bridge.config import (
-    GatewaysConfig,
-    MqttLoginConfig,
-    SinkConfig,
-    _env_secret,
-    _from_env,
-    _read_secret_file,
-)
+from agent.bridge.config import GatewaysConfig, MqttLoginConfig, SinkConfig
 from agent.config import (
-    SECRET_FILE,
     ConfigSection,
     Found,
     LogConfig,
-    check_readable_file,
     config_problem,
     config_problems,
     is_loopback_host,
     parse_yaml_model,
     read_config_file,
-    resolve_config_path,
     tls_insecure_warning,
 )
-from agent.errors import ConfigError
+from agent.config.secrets import SecretEnv, WithSecrets, read_once, read_secret_file, secret_file
 
 __all__ = ["ConsoleConfig", "HOOK_TOKEN_MIN_BYTES", "HooksConfig", "LINK_SECRET_MIN_BYTES", "MailConfig",
            "load_console_config", "parse_console_config"]
@@ -57,6 +47,11 @@ __all__ = ["ConsoleConfig", "HOOK_TOKEN_MIN_BYTES", "HooksConfig", "LINK_SECRET_
 LINK_SECRET_MIN_BYTES = 32
 #: A webhook token shorter than this is refused: it is all that stands between the internet and the mail out.
 HOOK_TOKEN_MIN_BYTES = 32
+
+
+_LinkSecretFile = secret_file("link secret file")
+_HookTokenFile = secret_file("webhook token file")
+_SmtpPasswordFile = secret_file("SMTP password file")
 
 
 class HttpConfig(ConfigSection):
@@ -115,12 +110,12 @@ class HttpConfig(ConfigSection):
 class LinksConfig(ConfigSection):
     """Signed links: the secret they are signed with and how long they are valid."""
 
-    secret_file: Annotated[str | None, SECRET_FILE] = Field(
+    secret_file: _LinkSecretFile = Field(
         default=None,
         description="Path of a file holding the link secret (at least 32 bytes, e.g. `openssl rand -base64 48`); "
         "refused when other users can read it. Changing it invalidates every link sent.",
     )
-    secret_env: str | None = Field(
+    secret_env: SecretEnv = Field(
         default=None,
         description="Name of an environment variable holding the link secret (e.g. DENEN_CONSOLE_LINK_SECRET). "
         "Only one of secret_file and secret_env.",
@@ -132,40 +127,16 @@ class LinksConfig(ConfigSection):
 
     _secret: SecretStr | None = PrivateAttr(default=None)
 
-    @field_validator("secret_file")
-    @classmethod
-    def _secret_file(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        path = resolve_config_path(value, info)
-        check_readable_file(path, "link secret file")
-        return path
-
-    @field_validator("secret_env")
-    @classmethod
-    def _secret_env(cls, value: str | None) -> str | None:
-        return _env_secret(value, "secret_env")
-
     @model_validator(mode="after")
     def _read(self) -> LinksConfig:
-        given = [k for k in ("secret_file", "secret_env") if getattr(self, k) is not None]
-        if not given:
-            raise config_problem("links needs the link secret: secret_file or secret_env",
-                                 "e.g. secret_file: secrets/link-secret (openssl rand -base64 48 > it; chmod 600)")
-        if len(given) > 1:
-            raise config_problem("the link secret is given twice", "keep secret_file or secret_env, not both",
-                                 subloc=("secret_env",))
-        if self.secret_file is not None:
-            try:
-                text = _read_secret_file(self.secret_file, "links.secret_file")
-            except ConfigError as exc:
-                raise config_problem(exc.issues[0].message, exc.issues[0].hint, subloc=("secret_file",)) from None
-        else:
-            secret = _from_env(self.secret_env)
-            text = secret.get_secret_value() if secret is not None else ""
+        text, given = read_once(
+            self, "secret", "links.secret_file",
+            missing=("links needs the link secret: secret_file or secret_env",
+                     "e.g. secret_file: secrets/link-secret (openssl rand -base64 48 > it; chmod 600)"),
+            twice=("the link secret is given twice", "keep secret_file or secret_env, not both"))
         if len(text.encode()) < LINK_SECRET_MIN_BYTES:
             raise config_problem(f"the link secret is shorter than {LINK_SECRET_MIN_BYTES} bytes",
-                                 "make one with: openssl rand -base64 48", subloc=(given[0],))
+                                 "make one with: openssl rand -base64 48", subloc=(given,))
         self._secret = SecretStr(text)
         return self
 
@@ -212,12 +183,12 @@ class CommandsConfig(ConfigSection):
 class HooksConfig(ConfigSection):
     """Webhooks that ask the console to mail signed links: Grafana's webhook contact point."""
 
-    grafana_token_file: Annotated[str | None, SECRET_FILE] = Field(
+    grafana_token_file: _HookTokenFile = Field(
         default=None,
         description="Path of a file holding the bearer token Grafana sends (Authorization: Bearer <token>; at least "
         "32 bytes, e.g. `openssl rand -hex 32`); refused when other users can read it.",
     )
-    grafana_token_env: str | None = Field(
+    grafana_token_env: SecretEnv = Field(
         default=None,
         description="Name of an environment variable holding that token (e.g. DENEN_CONSOLE_HOOK_TOKEN). Only one "
         "of grafana_token_file and grafana_token_env.",
@@ -229,45 +200,19 @@ class HooksConfig(ConfigSection):
 
     _token: SecretStr | None = PrivateAttr(default=None)
 
-    @field_validator("grafana_token_file")
-    @classmethod
-    def _token_file(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        path = resolve_config_path(value, info)
-        check_readable_file(path, "webhook token file")
-        return path
-
-    @field_validator("grafana_token_env")
-    @classmethod
-    def _token_env(cls, value: str | None) -> str | None:
-        return _env_secret(value, "grafana_token_env")
-
     @model_validator(mode="after")
     def _read(self) -> HooksConfig:
-        given = [k for k in ("grafana_token_file", "grafana_token_env") if getattr(self, k) is not None]
-        if not given:
-            raise config_problem("hooks needs Grafana's token: grafana_token_file or grafana_token_env",
-                                 "e.g. grafana_token_file: secrets/grafana-hook-token (openssl rand -hex 32 > it; "
-                                 "chmod 600)")
-        if len(given) > 1:
-            raise config_problem("the webhook token is given twice",
-                                 "keep grafana_token_file or grafana_token_env, not both", subloc=("grafana_token_env",))
-        if self.grafana_token_file is not None:
-            try:
-                text = _read_secret_file(self.grafana_token_file, "hooks.grafana_token_file")
-            except ConfigError as exc:
-                raise config_problem(exc.issues[0].message, exc.issues[0].hint,
-                                     subloc=("grafana_token_file",)) from None
-        else:
-            secret = _from_env(self.grafana_token_env)
-            text = secret.get_secret_value() if secret is not None else ""
+        text, given = read_once(
+            self, "grafana_token", "hooks.grafana_token_file",
+            missing=("hooks needs Grafana's token: grafana_token_file or grafana_token_env",
+                     "e.g. grafana_token_file: secrets/grafana-hook-token (openssl rand -hex 32 > it; chmod 600)"),
+            twice=("the webhook token is given twice", "keep grafana_token_file or grafana_token_env, not both"))
         if len(text.encode()) < HOOK_TOKEN_MIN_BYTES:
             raise config_problem(f"the webhook token is shorter than {HOOK_TOKEN_MIN_BYTES} bytes",
-                                 "make one with: openssl rand -hex 32", subloc=(given[0],))
+                                 "make one with: openssl rand -hex 32", subloc=(given,))
         if any(ch.isspace() or not ch.isprintable() for ch in text):
             raise config_problem("the webhook token holds spaces or control characters",
-                                 "make one with: openssl rand -hex 32", subloc=(given[0],))
+                                 "make one with: openssl rand -hex 32", subloc=(given,))
         self._token = SecretStr(text)
         return self
 
@@ -277,7 +222,7 @@ class HooksConfig(ConfigSection):
         return self._token.get_secret_value().encode()
 
 
-class MailConfig(ConfigSection):
+class MailConfig(WithSecrets):
     """The SMTP server the console mails the links of Grafana's alerts through."""
 
     host: str = Field(min_length=1, description="Host name or IP address of the SMTP server (relay).")
@@ -292,16 +237,14 @@ class MailConfig(ConfigSection):
                         description="The From address, e.g. denen@example.jp.")
     to: list[str] = Field(min_length=1, max_length=100, description="Recipients, e.g. [bousai@example.jp].")
     username: str | None = Field(default=None, min_length=1, description="SMTP login, if the server wants one.")
-    password_file: Annotated[str | None, SECRET_FILE] = Field(
+    password_file: _SmtpPasswordFile = Field(
         default=None, description="Path of a file holding the SMTP password; refused when other users can read it.",
     )
-    password_env: str | None = Field(
+    password_env: SecretEnv = Field(
         default=None, description="Name of an environment variable holding the SMTP password.",
     )
     timeout_s: float = Field(default=10.0, gt=0, le=120,
                              description="Seconds to wait for the SMTP server at each step.")
-
-    _env_password: SecretStr | None = PrivateAttr(default=None)
 
     @field_validator("sender")
     @classmethod
@@ -312,20 +255,6 @@ class MailConfig(ConfigSection):
     @classmethod
     def _to(cls, value: list[str]) -> list[str]:
         return [_address(v) for v in value]
-
-    @field_validator("password_file")
-    @classmethod
-    def _password_file(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        path = resolve_config_path(value, info)
-        check_readable_file(path, "SMTP password file")
-        return path
-
-    @field_validator("password_env")
-    @classmethod
-    def _password_env(cls, value: str | None) -> str | None:
-        return _env_secret(value, "password_env")
 
     @model_validator(mode="after")
     def _cross(self) -> MailConfig:
@@ -340,14 +269,12 @@ class MailConfig(ConfigSection):
                              "add password_file (or password_env)"))
         if problems:
             raise config_problems(problems)
-        self._env_password = _from_env(self.password_env)
+        self.keep_env_secrets("password")
         return self
 
     def password_value(self) -> str | None:
         """The SMTP password (``password_file`` read on every call), or None."""
-        if self._env_password is not None:
-            return self._env_password.get_secret_value()
-        return _read_secret_file(self.password_file, "mail.password_file") if self.password_file else None
+        return self.secret_text("password", lambda path: read_secret_file(path, "mail.password_file"))
 
 
 def _address(value: str) -> str:

@@ -37,76 +37,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.errors import JournalError
+from agent.gateway.journal_recovery import salvage, set_aside
+from agent.gateway.journal_schema import PAGE_SIZE, SCHEMA_VERSION, configure, upgrade  # noqa: F401 - public here
 from agent.gateway.reading import EVICTABLE, LANES, READING_JSON, SOS, Entry, NodeState, Quarantined
 from agent.securefile import PrivateFileError, check_no_links, prepare_private_file
 
 log = logging.getLogger(__name__)
 
-#: 2: reading.boot_us (clock correction). 3: node.unsigned_fcnt (a separate replay window for frames without MIC),
-#: tables request and audit. Older journals are migrated on open.
-SCHEMA_VERSION = 3
-
-PAGE_SIZE = 1024  # bytes per database page of a new journal
-WAL_CHECKPOINT_BYTES = 1 << 20  # the WAL is checkpointed into the database once it holds about this many bytes
 QUARANTINE_KEEP = 10_000  # rows kept for inspection; older ones are dropped (their counts stay in `counter`)
 AUDIT_KEEP = 10_000  # audit rows kept; older ones are dropped (the log has them too)
 REQUEST_KEEP = 1_000  # done requests kept; pending ones are never dropped
 
-_DDL = """
-CREATE TABLE IF NOT EXISTS reading (
-    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
-    lane  INTEGER NOT NULL,
-    node  TEXT NOT NULL,
-    fcnt  INTEGER NOT NULL,
-    ts_us INTEGER NOT NULL,
-    body  TEXT NOT NULL,
-    boot_us INTEGER
-);
-CREATE INDEX IF NOT EXISTS reading_lane ON reading(lane, seq);
-CREATE TABLE IF NOT EXISTS node (
-    node         TEXT PRIMARY KEY,
-    name         TEXT,
-    last_fcnt    INTEGER,
-    last_seen_us INTEGER,
-    radio        TEXT,
-    rssi         REAL,
-    snr          REAL,
-    battery_v    REAL,
-    frames_ok    INTEGER NOT NULL DEFAULT 0,
-    frames_bad   INTEGER NOT NULL DEFAULT 0,
-    unsigned_fcnt INTEGER
-);
-CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id     INTEGER PRIMARY KEY,
-    ts_us  INTEGER NOT NULL,
-    radio  TEXT,
-    node   TEXT,
-    reason TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    raw    BLOB,
-    rssi   REAL,
-    snr    REAL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS request (
-    id      INTEGER PRIMARY KEY,
-    ts_us   INTEGER NOT NULL,
-    user    TEXT NOT NULL,
-    action  TEXT NOT NULL,
-    node    TEXT NOT NULL,
-    done_us INTEGER,
-    result  TEXT
-);
-CREATE TABLE IF NOT EXISTS audit (
-    id     INTEGER PRIMARY KEY,
-    ts_us  INTEGER NOT NULL,
-    user   TEXT NOT NULL,
-    action TEXT NOT NULL,
-    node   TEXT,
-    detail TEXT NOT NULL
-);
-"""
 _NODE_COLUMNS = ("node, name, last_fcnt, last_seen_us, radio, rssi, snr, battery_v, frames_ok, frames_bad, "
                  "unsigned_fcnt")
 _NODE_UPSERT = (
@@ -202,61 +143,6 @@ def _create_private(path: str) -> None:
     prepare_private_file(path, what="journal", group_readable=True, fix="set journal.path to the real file")
 
 
-def set_aside(path: str, *, now_us: int) -> str:
-    """Move a damaged journal (and its WAL and shared-memory files) aside; returns the new name of the main file.
-
-    The damaged file is kept, never deleted: someone may want to recover more from it by hand.
-    """
-    aside = f"{path}.damaged-{now_us}"
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            os.replace(path + suffix, aside + suffix)
-        except FileNotFoundError:
-            pass
-    return aside
-
-
-def salvage(path: str) -> list[Entry]:
-    """Read whatever unsent readings can still be read from a damaged journal, oldest first.
-
-    Rows are read by seq ranges through the primary key; a range that hits a damaged page is read again row by
-    row, so one bad page costs only the rows on it.
-    """
-    out: list[Entry] = []
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return out
-    sql = "SELECT lane, node, fcnt, ts_us, body FROM reading WHERE seq BETWEEN ? AND ? ORDER BY seq"
-    try:
-        top = 0
-        for query in ("SELECT seq FROM sqlite_sequence WHERE name='reading'", "SELECT MAX(seq) FROM reading"):
-            try:
-                row = db.execute(query).fetchone()
-            except sqlite3.Error:
-                continue
-            top = max(top, (row[0] or 0) if row else 0)
-        for start in range(1, top + 1, 256):
-            stop = min(top, start + 255)
-            try:
-                rows = db.execute(sql, (start, stop)).fetchall()
-            except sqlite3.Error:
-                rows = []
-                for seq in range(start, stop + 1):
-                    try:
-                        rows += db.execute(sql, (seq, seq)).fetchall()
-                    except sqlite3.Error:
-                        continue  # this row sits on a damaged page
-            for lane, node, fcnt, ts_us, body in rows:
-                if isinstance(body, str) and lane in range(len(LANES)):
-                    out.append(Entry(lane, node, fcnt, ts_us, body))
-    except sqlite3.Error:
-        pass
-    finally:
-        db.close()
-    return out
-
-
 def open_or_recover(path: str, *, quota_bytes: int, force: bool = False) -> tuple[Journal, str | None, int]:
     """Open the journal; if it is damaged, set it aside, start a fresh one and carry over what can be read.
 
@@ -293,6 +179,60 @@ def _runs(seqs: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
+def _write_records(db: sqlite3.Connection, *, nodes: Iterable[NodeState], forget: Iterable[str],
+                   quarantined: list[Quarantined], counters: Mapping[str, int] | None, meta: Mapping[str, str] | None,
+                   audit: Iterable[Audit], done: Iterable[tuple[int, str]]) -> None:
+    """Everything of a commit but the readings, inside its transaction: node states, set-aside frames, counters,
+    meta, audit lines and done requests, each table trimmed to its bound. Arguments as in Journal.commit."""
+    forget = list(forget)
+    if forget:
+        db.executemany("DELETE FROM node WHERE node=?", [(n,) for n in forget])
+    nodes = [(n.node, n.name, n.last_fcnt, n.last_seen_us, n.radio, n.rssi, n.snr, n.battery_v, n.frames_ok,
+              n.frames_bad, n.unsigned_fcnt) for n in nodes]
+    if nodes:
+        # An upsert rewrites the row where it is; INSERT OR REPLACE would delete it and insert it anew
+        # under a new rowid, writing its old page, the table's last page and the key's index page.
+        db.executemany(_NODE_UPSERT, nodes)
+    audit = list(audit)
+    if audit:
+        db.executemany("INSERT INTO audit(ts_us, user, action, node, detail) VALUES (?,?,?,?,?)",
+                       [(a.ts_us, a.user, a.action, a.node, a.detail) for a in audit])
+        db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (AUDIT_KEEP,))
+    done = list(done)
+    if done:
+        now_us = time.time_ns() // 1000
+        db.executemany("UPDATE request SET done_us=?, result=? WHERE id=?",
+                       [(now_us, result, rid) for rid, result in done])
+        db.execute("DELETE FROM request WHERE done_us IS NOT NULL AND id <= (SELECT MAX(id) FROM request) - ?",
+                   (REQUEST_KEEP,))
+    if quarantined:
+        db.executemany(
+            "INSERT INTO quarantine(ts_us, radio, node, reason, detail, raw, rssi, snr) VALUES (?,?,?,?,?,?,?,?)",
+            [(q.ts_us, q.radio, q.node, q.reason, q.detail, q.raw, q.rssi, q.snr) for q in quarantined],
+        )
+        db.execute(
+            "DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - ?", (QUARANTINE_KEEP,)
+        )
+    if counters:
+        db.executemany(
+            "INSERT INTO counter(name, value) VALUES (?,?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+            list(counters.items()),
+        )
+    if meta:
+        db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", list(meta.items()))
+
+
+def _free_wal(db: sqlite3.Connection) -> None:
+    """After a commit failed for a full disk: the WAL may be what fills it, so its pages are moved into the
+    database and it is truncated, which frees the room for the next try (outside the failed transaction)."""
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error:
+        pass  # the commit's own error is what _guarded reports
+
+
 class Journal:
     """The gateway's durable store. Not thread-safe: one owner thread writes.
 
@@ -320,36 +260,11 @@ class Journal:
             raise JournalError(f"{self.path}: cannot create the journal: {exc}") from exc
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            # 1 KiB pages for a new journal (an existing one keeps its size): a commit at field rates changes a few
-            # rows scattered over the node, reading and counter tables, and SQLite writes each changed page whole
-            # to the WAL; measured at 20 frames/s (tests/bench/bench_field.py), 3.6 KiB written per reading
-            # instead of 5.4 KiB with 4 KiB pages.
-            self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            # Keep the WAL from growing without bound during a long outage with a busy reader.
-            self._db.execute("PRAGMA journal_size_limit=67108864")
-            # A small page cache: the journal is written once and read once, in order; RAM is scarce on a Pi.
-            self._db.execute("PRAGMA cache_size=-1024")
-            # Checkpoint the WAL every ~1 MiB instead of SQLite's ~4 MB, so a small or nearly full card can still
-            # hold it; a failed commit for lack of space also forces a checkpoint (see commit()). Counted in pages
-            # of this file's size (1,024 of 1 KiB; 256 of 4 KiB in a journal made before): measured at 20 frames/s,
-            # checkpointing every 256 KiB wrote 3.6 KiB per reading, every 1 MiB 3.4 KiB, every 4 MiB 3.2 KiB.
-            page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
-            self._db.executescript(_DDL)
+            configure(self._db)
             check = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":
                 raise JournalCorrupt(f"{self.path}: integrity check failed: {check}")
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif row[0] in ("1", "2"):
-                self._migrate(int(row[0]))
-            elif row[0] != str(SCHEMA_VERSION):
-                raise JournalError(f"{self.path}: journal schema {row[0]}, this agent reads {SCHEMA_VERSION}")
-            # Readings awaiting clock correction are few and found through this partial index.
-            self._db.execute("CREATE INDEX IF NOT EXISTS reading_unsynced ON reading(seq) WHERE boot_us IS NOT NULL")
+            upgrade(self._db, self.path)
             self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
             # seq never goes back, even when every reading has been acknowledged and deleted: the publisher
             # remembers how far it has sent by seq. AUTOINCREMENT keeps the high-water mark in sqlite_sequence.
@@ -379,28 +294,6 @@ class Journal:
         db = getattr(self, "_db", None)  # absent when sqlite3.connect itself failed
         if db is not None:
             db.close()
-
-    def _migrate(self, version: int) -> None:
-        """Bring a journal of schema ``version`` (1 or 2) to SCHEMA_VERSION, in one transaction."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if version < 2:
-                # Version 1 lacks boot_us; its readings were all published as stamped, so NULL is right for them.
-                db.execute("ALTER TABLE reading ADD COLUMN boot_us INTEGER")
-            # Up to version 2 one window served frames with and without MIC. It becomes both windows: nothing
-            # refused before is accepted after the upgrade. (A window an unsigned frame pushed up stays up until
-            # `denen node reset-counter`.)
-            # A journal made before the node table existed gets it from the current DDL, column included.
-            if "unsigned_fcnt" not in {r[1] for r in db.execute("PRAGMA table_info(node)")}:
-                db.execute("ALTER TABLE node ADD COLUMN unsigned_fcnt INTEGER")
-            db.execute("UPDATE node SET unsigned_fcnt = last_fcnt")
-            db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        log.info("%s: journal schema %d migrated to %d", self.path, version, SCHEMA_VERSION)
 
     def close(self) -> None:
         self._db.close()
@@ -452,42 +345,8 @@ class Journal:
                 # Acknowledged readings come in runs of consecutive seqs (a batch per message): one range
                 # delete per run costs a fraction of one delete per row.
                 db.executemany("DELETE FROM reading WHERE seq BETWEEN ? AND ?", _runs(acked))
-            forget = list(forget)
-            if forget:
-                db.executemany("DELETE FROM node WHERE node=?", [(n,) for n in forget])
-            nodes = [(n.node, n.name, n.last_fcnt, n.last_seen_us, n.radio, n.rssi, n.snr, n.battery_v, n.frames_ok,
-                      n.frames_bad, n.unsigned_fcnt) for n in nodes]
-            if nodes:
-                # An upsert rewrites the row where it is; INSERT OR REPLACE would delete it and insert it anew
-                # under a new rowid, writing its old page, the table's last page and the key's index page.
-                db.executemany(_NODE_UPSERT, nodes)
-            audit = list(audit)
-            if audit:
-                db.executemany("INSERT INTO audit(ts_us, user, action, node, detail) VALUES (?,?,?,?,?)",
-                               [(a.ts_us, a.user, a.action, a.node, a.detail) for a in audit])
-                db.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (AUDIT_KEEP,))
-            done = list(done)
-            if done:
-                now_us = time.time_ns() // 1000
-                db.executemany("UPDATE request SET done_us=?, result=? WHERE id=?",
-                               [(now_us, result, rid) for rid, result in done])
-                db.execute("DELETE FROM request WHERE done_us IS NOT NULL AND id <= (SELECT MAX(id) FROM request) - ?",
-                           (REQUEST_KEEP,))
-            if quarantined:
-                db.executemany(
-                    "INSERT INTO quarantine(ts_us, radio, node, reason, detail, raw, rssi, snr) VALUES (?,?,?,?,?,?,?,?)",
-                    [(q.ts_us, q.radio, q.node, q.reason, q.detail, q.raw, q.rssi, q.snr) for q in quarantined],
-                )
-                db.execute(
-                    "DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - ?", (QUARANTINE_KEEP,)
-                )
-            if counters:
-                db.executemany(
-                    "INSERT INTO counter(name, value) VALUES (?,?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
-                    list(counters.items()),
-                )
-            if meta:
-                db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", list(meta.items()))
+            _write_records(db, nodes=nodes, forget=forget, quarantined=quarantined, counters=counters, meta=meta,
+                           audit=audit, done=done)
             db.execute("COMMIT")
             if seqs:
                 self._last_seq = seqs[-1]
@@ -497,14 +356,7 @@ class Journal:
             return seqs
         except sqlite3.Error as exc:
             if "full" in str(exc).lower():
-                # The WAL may be what fills the disk: moving its pages into the database and truncating it frees
-                # the room for the next try (outside the failed transaction). _guarded reports the error.
-                try:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                except sqlite3.Error:
-                    pass
+                _free_wal(db)
             raise
 
     # -- reads ---------------------------------------------------------------------------------------

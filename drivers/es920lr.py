@@ -44,15 +44,15 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from drivers import registry
 from drivers.errors import ModuleError, ModuleTimeout
 from drivers.probe import FAIL, N_, OK, WARN, Finding, PortLines, Say, noise_hint, printable
 from drivers.radio import Link, ModuleDriver, ModuleRebooted
+from drivers.registry import DriverSpec
 from drivers.settings import Section, problem
 from drivers.transport import LineSplitter
 from drivers.types import Uplink
 
-__all__ = ["BW_CODES", "Es920Config", "Es920lr", "parse_rx_header", "probe"]
+__all__ = ["BW_CODES", "Es920Config", "Es920lr", "SPEC", "parse_rx_header", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -649,6 +649,7 @@ def _answer_in_operation(heard: list[bytes], raw: bytes, port: str, say: Say) ->
     return None
 
 
-registry.register(registry.DriverSpec(
+#: This driver in the registry (drivers/all.py registers it).
+SPEC = DriverSpec(
     name="es920lr", driver=Es920lr, section="es920", settings=Es920Config, probe=probe, twin="es920lr",
-    summary="EASEL ES920LR, private LoRa"))
+    summary="EASEL ES920LR, private LoRa")

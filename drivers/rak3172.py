@@ -27,16 +27,16 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from drivers import registry
 from drivers.airtime import JP_LORA_MAX_HZ, JP_LORA_MIN_HZ
 from drivers.errors import ModuleError, ModuleTimeout
 from drivers.probe import FAIL, N_, OK, OTHER_BAUDS, WARN, Finding, ProbeLink, Say, noise_hint
 from drivers.radio import Link, ModuleDriver, ModuleRebooted
+from drivers.registry import DriverSpec
 from drivers.settings import Section, problem
 from drivers.transport import LineSplitter
 from drivers.types import Uplink
 
-__all__ = ["BW_CODES_KHZ", "STATUSES", "P2pConfig", "Rak3172", "parse_p2p", "probe"]
+__all__ = ["BW_CODES_KHZ", "STATUSES", "P2pConfig", "Rak3172", "SPEC", "parse_p2p", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -615,6 +615,7 @@ def _no_answer(port: Any, radio: Any, timeout_s: float, say: Say, status: str | 
                    {"received": raw[:64].hex()})
 
 
-registry.register(registry.DriverSpec(
+#: This driver in the registry (drivers/all.py registers it).
+SPEC = DriverSpec(
     name="rak3172", driver=Rak3172, section="p2p", settings=P2pConfig, probe=probe, twin="rak3172",
-    summary="RAK3172, RUI3 LoRa P2P"))
+    summary="RAK3172, RUI3 LoRa P2P")

@@ -1,13 +1,14 @@
 """The radio drivers by name: what each one is called in ``radios[].driver``, and everything that belongs to it.
 
-Each driver module registers one :class:`DriverSpec` when it is imported; :mod:`drivers.all` imports every driver
-module, and the look-ups here import it on first use, so a reader never needs to know which modules exist::
+Each driver module defines one :class:`DriverSpec` (``SPEC``); :mod:`drivers.all` imports every driver module and
+registers them in a fixed order, and the look-ups here import it on first use, so a reader never needs to know
+which modules exist::
 
     from drivers import registry
     registry.names()                 # ('es920lr', 'rak3172')
     registry.spec("rak3172").driver  # the ModuleDriver class
 
-This module imports nothing of the drivers itself (no import cycle): a driver module imports it to register.
+This module imports no driver at its top (no import cycle): driver modules import it for :class:`DriverSpec`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ _loaded = False
 
 
 def register(driver_spec: DriverSpec) -> DriverSpec:
-    """Make a driver available under ``driver_spec.name`` (called once by each driver module on import).
+    """Make a driver available under ``driver_spec.name`` (drivers/all.py; tests register drivers of their own).
 
     Also sets the driver class's ``name``. Registering the same spec again is harmless (a module reloaded).
 

@@ -107,6 +107,7 @@ __all__ = [
     "SendFaults",
     "SentFrame",
     "SimEs920lr",
+    "Simulator",
     "show_text",
     "time_on_air_s",
 ]
@@ -566,8 +567,17 @@ class SimEs920lr:
         with self._lock:
             return self._out_pending
 
-    def start(self) -> None:
-        """Create the pty and power the module on (it boots after ``boot_delay_s``)."""
+    @property
+    def booted(self) -> bool:
+        """True once booted (at its mode prompt or past it); False while off or booting."""
+        return self.mode not in ("boot", "off")
+
+    def start(self, *, wait: bool = False) -> None:
+        """Create the pty and power the module on (it boots after ``boot_delay_s``).
+
+        Args:
+            wait: block until it has booted (at most ``boot_delay_s`` + 5 s).
+        """
         with self._lock:
             if self._started:
                 return
@@ -578,6 +588,8 @@ class SimEs920lr:
         self._timer_thread.start()
         self._writer_thread.start()
         self._power_on(noise=False)
+        if wait:
+            self.wait_for(lambda: self.booted, timeout=self.boot_delay_s + 5.0)
 
     def stop(self) -> None:
         """Power off, stop the threads and remove the pty."""
@@ -1164,3 +1176,7 @@ class SimEs920lr:
                 except Exception:  # thread top level: log, keep the clock running
                     log.exception("%s: timer action failed", self.name)
                 self._cond.notify_all()
+
+
+#: The twin of drivers.es920lr (scenario files: ``model: es920lr``); its ``profile:`` keys are its keyword arguments.
+Simulator = SimEs920lr

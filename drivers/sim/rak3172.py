@@ -28,7 +28,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from drivers.airtime import time_on_air_ms  # re-exported: the sim's TX timing is the real formula
 from drivers.sim._pty import PtyPort
@@ -36,7 +38,7 @@ from drivers.sim.faults import ModuleFaults, baud_garble, bauds_match, noise_byt
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BW_CODES_KHZ", "SimRak3172", "time_on_air_ms"]
+__all__ = ["BW_CODES_KHZ", "Profile", "SimRak3172", "Simulator", "time_on_air_ms"]
 
 #: RUI3 bandwidth codes (AT+P2P / AT+PBW) -> nominal kHz, as printed in the RUI3 help text.
 BW_CODES_KHZ: dict[int, float] = {0: 125, 1: 250, 2: 500, 3: 7.8, 4: 10.4, 5: 15.63, 6: 20.83, 7: 31.25,
@@ -174,6 +176,11 @@ class SimRak3172:
         return self._awake
 
     @property
+    def booted(self) -> bool:
+        """True once booted and serving commands (what every simulator twin tells a scenario)."""
+        return self._awake
+
+    @property
     def nwm(self) -> int:
         """Network work mode: 0 LoRa P2P, 1 LoRaWAN, 2 FSK."""
         return int(self._nvm["nwm"])
@@ -258,7 +265,7 @@ class SimRak3172:
             return self._cond.wait_for(predicate, timeout)
 
     # -- test verbs: radio side ----------------------------------------------------------------------------
-    def inject_uplink(self, payload: bytes, *, rssi: int = -80, snr: float = 7.0) -> bool:
+    def inject_uplink(self, payload: bytes, *, rssi: int = -80, snr: float = 7.0, src: int | None = None) -> bool:
         """A frame heard over the air.
 
         It is reported as ``+EVT:RXP2P:<rssi>:<snr>:<HEX>`` only while the radio listens (see :attr:`rx_on`);
@@ -268,6 +275,7 @@ class SimRak3172:
             payload: the frame bytes (what the module prints, i.e. after any AT+ENCRY decryption).
             rssi: received signal strength, in dBm.
             snr: signal-to-noise ratio, in dB; printed as an integer, as RUI3 does (its radio reports int8).
+            src: ignored: LoRa P2P has no module addresses (the argument every twin takes).
 
         Returns:
             Whether the module delivered (or, with ``event_between_command_and_status``, queued) the event.
@@ -853,3 +861,19 @@ def _bw_code(text: str) -> int | None:
 
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+class Profile(BaseModel):
+    """The knobs a scenario file may set under a module's ``profile:`` (keyword arguments of the simulator)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    legacy_rx: bool = False
+    legacy_unknown: bool = False
+    bw_as_khz: bool = False
+    baudrate: int = 115200
+    initial_nwm: Literal[0, 1, 2] = 0
+
+
+#: The twin of drivers.rak3172 (scenario files: ``model: rak3172``).
+Simulator = SimRak3172

@@ -1,20 +1,20 @@
 """Scenarios: simulated sensor nodes talking to simulated radio modules in real time, with scripted events.
 
-A :class:`Scenario` owns modules (:class:`~drivers.sim.rak3172.SimRak3172`, ``SimEs920lr``) and nodes
+A :class:`Scenario` owns modules (the simulator twins of the registered drivers) and nodes
 (:class:`~drivers.sim.nodes.SimNode`). One scheduler thread sends each node's periodic frames and runs scripted
 events (press SOS, fire a trap, raise the river, reboot or unplug a module, garbage bursts, switch faults on) at
 their time. Nothing polls: the thread sleeps on a condition until the next due time. ``speed`` compresses time:
 at ``speed=60`` one scenario minute passes per real second (node intervals and event times are scenario seconds;
 module timings such as airtime and boot delay stay real).
 
-Scenario files are YAML, loaded with ruamel.yaml and validated with pydantic; a bad file raises
-:class:`ScenarioError` naming the file, the line, the key and a hint. Example::
+Scenario files are YAML, loaded with ruamel.yaml and validated with pydantic (:mod:`drivers.sim.scenario_spec`);
+a bad file raises :class:`ScenarioError` naming the file, the line, the key and a hint. Example::
 
     speed: 1.0
     seed: 7
     modules:
       - name: lora0
-        model: rak3172            # or es920lr
+        model: rak3172            # a driver's simulator twin (DriverSpec.twin)
         link: lora0               # relative: under link_dir (or next to this file)
         boot_delay_s: 1.0
         profile: {legacy_rx: false, bw_as_khz: false}
@@ -35,7 +35,8 @@ Scenario files are YAML, loaded with ruamel.yaml and validated with pydantic; a 
 Node keys besides those above (all optional): ``battery_v``, ``receipt`` (SOS asks for a receipt, default true),
 ``lat_deg``/``lon_deg``, ``level_cm`` (water_level start), ``rain_mm_per_h`` (rain start), ``first_at_s`` (time of
 the first periodic frame; default random within one interval). Module ``profile`` keys are the simulator's
-keyword arguments (rak3172: legacy_rx, legacy_unknown, bw_as_khz, baudrate, initial_nwm).
+keyword arguments, checked by the twin module's ``Profile`` model where it has one. The twin of a driver is the
+module ``drivers.sim.<twin>``, whose ``Simulator`` is the class built here.
 
 Event actions (``at_s`` = scenario seconds from start)::
 
@@ -50,233 +51,74 @@ Event actions (``at_s`` = scenario seconds from start)::
     unplug       module, duration_s                 the module's port vanishes, then comes back
     garbage      module, count (1), hex (optional)  garbage bursts on the module's line
     faults       module, <fault>_probability ...    change a module's line faults
-    crc_error    module                             a packet with a bad CRC (RAK3172 only)
+    crc_error    module                             a packet with a bad CRC (twins that model one)
 """
 
 from __future__ import annotations
 
 import heapq
+import importlib
 import itertools
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol, Union
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
+from pydantic import ValidationError
 
 from drivers.sim.faults import ModuleFaults
 from drivers.sim.nodes import SentFrame, SimNode
-from drivers.sim.rak3172 import SimRak3172
+from drivers.sim.scenario_spec import (
+    FAULT_FIELDS,
+    CrcErrorEvent,
+    FaultsEvent,
+    GarbageEvent,
+    LevelEvent,
+    ModuleSpec,
+    NodeEvent,
+    NodeSpec,
+    RainEvent,
+    RebootEvent,
+    ScenarioError,
+    SendEvent,
+    SosEvent,
+    TiltEvent,
+    TrapEvent,
+    UnplugEvent,
+    format_errors,
+    line_of,
+    read_scenario_file,
+    validate_scenario,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Scenario", "ScenarioError", "SimModule", "run_scenario_forever"]
+__all__ = ["NodeSpec", "Scenario", "ScenarioError", "SimModule", "run_scenario_forever"]
 
 
 class SimModule(Protocol):
-    """What a scenario needs from a simulated module (both SimRak3172 and SimEs920lr provide it)."""
+    """What a scenario needs from a simulated module: every simulator twin provides it."""
 
     name: str
     faults: ModuleFaults
 
     @property
     def path(self) -> str: ...
-    def start(self) -> None: ...
+    @property
+    def booted(self) -> bool: ...
+    def start(self, *, wait: bool = ...) -> None: ...
     def stop(self) -> None: ...
     def reboot(self, *, noise: bool = True) -> None: ...
     def unplug(self) -> None: ...
     def replug(self) -> None: ...
+    def inject_uplink(self, payload: bytes, *, rssi: int = ..., snr: float = ..., src: int | None = ...) -> bool: ...
     def inject_garbage(self, data: bytes | None = None) -> None: ...
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool: ...
 
-
-class ScenarioError(ValueError):
-    """A scenario file or definition is invalid; the message names the file, the key and a hint."""
-
-
-# -- file schema ---------------------------------------------------------------------------------------------------
-_FAULT_FIELDS = ("split_probability", "garbage_probability", "truncate_probability", "duplicate_probability",
-                 "drop_probability")
-_Prob = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FaultsSpec(_Strict):
-    split_probability: _Prob = 0.0
-    garbage_probability: _Prob = 0.0
-    truncate_probability: _Prob = 0.0
-    duplicate_probability: _Prob = 0.0
-    drop_probability: _Prob = 0.0
-
-
-class RakProfile(_Strict):
-    legacy_rx: bool = False
-    legacy_unknown: bool = False
-    bw_as_khz: bool = False
-    baudrate: int = 115200
-    initial_nwm: Literal[0, 1, 2] = 0
-
-
-class ModuleSpec(_Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
-    model: Literal["rak3172", "es920lr"]
-    link: str | None = None
-    boot_delay_s: Annotated[float, Field(ge=0.0, le=30.0)] | None = None
-    profile: dict[str, Any] = Field(default_factory=dict)
-    faults: FaultsSpec = FaultsSpec()
-
-
-def _hex_id(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError("must be 8 hex digits in quotes (YAML reads unquoted digits as a number)")
-    if len(value) != 8 or any(c not in "0123456789abcdefABCDEF" for c in value):
-        raise ValueError("must be exactly 8 hex digits, e.g. \"00A1B2C3\"")
-    return value.upper()
-
-
-class NodeSpec(_Strict):
-    # kind mirrors drivers.sim.nodes.NODE_KINDS (a test keeps them equal).
-    id: str
-    kind: Literal["sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat"]
-    module: str
-    key: str | None = None
-    interval_s: Annotated[float, Field(gt=0.0)] | None = None
-    rssi: Annotated[float, Field(ge=-140.0, le=-20.0)] = -85.0
-    snr: Annotated[float, Field(ge=-20.0, le=15.0)] = 6.0
-    counter_start: Annotated[int, Field(ge=0, le=0xFFFF_FFFF)] = 1
-    battery_v: Annotated[float, Field(ge=2.5, le=4.3)] = 3.6
-    receipt: bool = True
-    lat_deg: Annotated[float, Field(ge=-90.0, le=90.0)] | None = None
-    lon_deg: Annotated[float, Field(ge=-180.0, le=180.0)] | None = None
-    level_cm: Annotated[float, Field(ge=0.0)] = 60.0
-    rain_mm_per_h: Annotated[float, Field(ge=0.0)] = 0.0
-    first_at_s: Annotated[float, Field(ge=0.0)] | None = None
-
-    @field_validator("id", mode="before")
-    @classmethod
-    def _check_id(cls, value: object) -> str:
-        return _hex_id(value)
-
-    @field_validator("key", mode="before")
-    @classmethod
-    def _check_key(cls, value: object) -> object:
-        if value is None:
-            return None
-        if not isinstance(value, str) or len(value) != 32 or any(c not in "0123456789abcdefABCDEF" for c in value):
-            raise ValueError("must be 32 hex digits (a 16-byte AES-128 key) in quotes")
-        return value
-
-
-class _EventBase(_Strict):
-    at_s: Annotated[float, Field(ge=0.0)]
-
-
-class _NodeEvent(_EventBase):
-    node: str
-
-    @field_validator("node", mode="before")
-    @classmethod
-    def _check_node(cls, value: object) -> str:
-        return _hex_id(value)
-
-
-class _ModuleEvent(_EventBase):
-    module: str
-
-
-class SosEvent(_NodeEvent):
-    action: Literal["sos"]
-    pressed: bool = True
-
-
-class TrapEvent(_NodeEvent):
-    action: Literal["fire_trap", "arm_trap"]
-
-
-class LevelEvent(_NodeEvent):
-    action: Literal["river_level"]
-    level_cm: Annotated[float, Field(ge=0.0)]
-    over_s: Annotated[float, Field(ge=0.0)] = 0.0
-
-
-class RainEvent(_NodeEvent):
-    action: Literal["rain"]
-    mm_per_h: Annotated[float, Field(ge=0.0)]
-
-
-class TiltEvent(_NodeEvent):
-    action: Literal["tilt"]
-    x_deg: Annotated[float, Field(ge=-90.0, le=90.0)]
-    y_deg: Annotated[float, Field(ge=-90.0, le=90.0)]
-    over_s: Annotated[float, Field(ge=0.0)] = 0.0
-
-
-class SendEvent(_NodeEvent):
-    action: Literal["send"]
-
-
-class RebootEvent(_ModuleEvent):
-    action: Literal["reboot"]
-    noise: bool = True
-
-
-class UnplugEvent(_ModuleEvent):
-    action: Literal["unplug"]
-    duration_s: Annotated[float, Field(gt=0.0)]
-
-
-class GarbageEvent(_ModuleEvent):
-    action: Literal["garbage"]
-    count: Annotated[int, Field(ge=1, le=10_000)] = 1
-    hex: str | None = None
-
-
-class FaultsEvent(_ModuleEvent):
-    action: Literal["faults"]
-    split_probability: _Prob | None = None
-    garbage_probability: _Prob | None = None
-    truncate_probability: _Prob | None = None
-    duplicate_probability: _Prob | None = None
-    drop_probability: _Prob | None = None
-
-
-class CrcErrorEvent(_ModuleEvent):
-    action: Literal["crc_error"]
-
-
-EventSpec = Annotated[
-    Union[SosEvent, TrapEvent, LevelEvent, RainEvent, TiltEvent, SendEvent, RebootEvent, UnplugEvent, GarbageEvent,
-          FaultsEvent, CrcErrorEvent],
-    Field(discriminator="action"),
-]
-_ACTIONS = ("sos", "fire_trap", "arm_trap", "river_level", "rain", "tilt", "send", "reboot", "unplug", "garbage",
-            "faults", "crc_error")
-
-
-class ScenarioSpec(_Strict):
-    speed: Annotated[float, Field(gt=0.0, le=100_000.0)] = 1.0
-    seed: int | None = None
-    modules: Annotated[list[ModuleSpec], Field(min_length=1)]
-    nodes: list[NodeSpec] = Field(default_factory=list)
-    events: list[EventSpec] = Field(default_factory=list)
-
-
-_HINTS = {
-    "extra_forbidden": "unknown key; check its spelling",
-    "union_tag_invalid": "check the spelling of the action",
-    "union_tag_not_found": f"every event needs an 'action' ({', '.join(_ACTIONS)})",
-    "literal_error": "use one of the listed values",
-    "missing": "this key is required",
-}
 
 
 # -- the scenario ----------------------------------------------------------------------------------------------
@@ -375,15 +217,11 @@ class Scenario:
             wait_boot: wait until every module has booted (at most its boot delay + 5 s).
         """
         for module in self.modules.values():
-            if isinstance(module, SimRak3172):
-                module.start(wait=False)
-            else:
-                module.start()
+            module.start(wait=False)
         if wait_boot:
             for name, module in self.modules.items():
-                awake = (lambda m=module: m.awake) if isinstance(module, SimRak3172) else \
-                    (lambda m=module: getattr(m, "mode", "boot") not in ("boot", "off"))
-                if not module.wait_for(awake, timeout=float(getattr(module, "boot_delay_s", 1.0)) + 5.0):
+                booted = (lambda m=module: m.booted)
+                if not module.wait_for(booted, timeout=float(getattr(module, "boot_delay_s", 1.0)) + 5.0):
                     log.warning("scenario: module %s did not finish booting", name)
         with self._cond:
             self._t0 = time.monotonic()
@@ -472,12 +310,8 @@ class Scenario:
         name = self.node_module[node.node_id]
         module = self.modules[name]
         rssi, snr = node.link_quality()
-        if isinstance(module, SimRak3172):
-            delivered = module.inject_uplink(sent.payload, rssi=rssi, snr=snr)
-        else:
-            # ES920LR addressing is 16-bit: the node's low 16 bits act as its module-level source id.
-            delivered = bool(module.inject_uplink(sent.payload, rssi=rssi, snr=snr,  # type: ignore[attr-defined]
-                                                  src=node.node_id & 0xFFFF))
+        # Module addresses (where a module has them) are 16-bit: the node's low 16 bits act as its source id.
+        delivered = bool(module.inject_uplink(sent.payload, rssi=rssi, snr=snr, src=node.node_id & 0xFFFF))
         sent.module, sent.delivered, sent.rssi, sent.snr = name, delivered, rssi, snr
         self._note(f"{sent.kind} #{sent.counter} from {node.node_id:08X} -> {name}"
                    f"{'' if delivered else ' (not heard: radio not listening)'}")
@@ -491,7 +325,7 @@ class Scenario:
     def apply(self, event: Any) -> None:
         """Carry out one event from a scenario file (one of the ``*Event`` models)."""
         action = event.action
-        if isinstance(event, _NodeEvent):
+        if isinstance(event, NodeEvent):
             node = self.nodes[int(event.node, 16)]
             if isinstance(event, SosEvent):
                 self.transmit(node, node.press_sos(pressed=event.pressed))
@@ -523,7 +357,7 @@ class Scenario:
                 module.inject_garbage(data)
             self._note(f"{event.module}: {event.count} garbage burst(s)")
         elif isinstance(event, FaultsEvent):
-            for name in _FAULT_FIELDS:
+            for name in FAULT_FIELDS:
                 value = getattr(event, name)
                 if value is not None:
                     setattr(module.faults, name, value)
@@ -557,14 +391,7 @@ class Scenario:
                 names the file, the line, the key and a hint.
         """
         source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ScenarioError(f"{source}: cannot read scenario file: {exc.strerror or exc}") from exc
-        try:
-            data = YAML(typ="rt").load(text)
-        except YAMLError as exc:
-            raise ScenarioError(f"{source}: not valid YAML: {exc}") from exc
+        data = read_scenario_file(path)
         base = Path(link_dir) if link_dir is not None else Path(path).resolve().parent
         return cls.from_dict(data, source=source, link_base=base, default_links=link_dir is not None, speed=speed,
                              boot_delay_s=boot_delay_s)
@@ -586,13 +413,7 @@ class Scenario:
         Raises:
             ScenarioError: the data does not match the schema or refers to unknown names.
         """
-        if not isinstance(data, Mapping):
-            raise ScenarioError(f"{source}: a scenario must be a mapping with 'modules', 'nodes' and 'events'")
-        try:
-            spec = ScenarioSpec.model_validate(_plain(data))
-        except ValidationError as exc:
-            raise ScenarioError(_format_errors(source, data, exc)) from None
-        _check_references(source, data, spec)
+        spec = validate_scenario(data, source)
         rng = random.Random(spec.seed)
         scenario = cls(speed=speed if speed is not None else spec.speed, rng=rng, name=Path(source).stem)
         base = Path(link_base) if link_base is not None else Path.cwd()
@@ -605,7 +426,7 @@ class Scenario:
             delay = boot_delay_s if boot_delay_s is not None else m.boot_delay_s
             module_rng = random.Random(rng.getrandbits(64))
             module = _make_module(source, data, i, m, link=link, boot_delay_s=delay, rng=module_rng)
-            for name in _FAULT_FIELDS:
+            for name in FAULT_FIELDS:
                 setattr(module.faults, name, getattr(m.faults, name))
             scenario.add_module(m.name, module)
         for n in spec.nodes:
@@ -623,112 +444,29 @@ class Scenario:
 
 def _make_module(source: str, data: Mapping[str, Any], index: int, m: ModuleSpec, *, link: str | None,
                  boot_delay_s: float | None, rng: random.Random) -> SimModule:
-    """Build one module from its spec, turning bad profile knobs into a ScenarioError."""
-    where = f"modules.{index}.profile"
-    line = _line_of(data, ("modules", index, "profile"))
+    """Build one module, the twin ``drivers.sim.<model>``, from its spec, turning bad profile knobs into a
+    ScenarioError. The model was checked against the registry's twin names, and a twin module is imported only
+    when a scenario uses it."""
+    twin = importlib.import_module(f"drivers.sim.{m.model}")
+    simulator = twin.Simulator
+    profile: Mapping[str, Any] = m.profile
+    checker = getattr(twin, "Profile", None)
+    if checker is not None:
+        try:
+            profile = checker.model_validate(m.profile).model_dump()
+        except ValidationError as exc:
+            raise ScenarioError(format_errors(source, data, exc, prefix=("modules", index, "profile"))) from None
     kwargs: dict[str, Any] = {"name": m.name, "link": link, "rng": rng}
     if boot_delay_s is not None:
         kwargs["boot_delay_s"] = boot_delay_s
-    if m.model == "rak3172":
-        try:
-            profile = RakProfile.model_validate(m.profile)
-        except ValidationError as exc:
-            raise ScenarioError(_format_errors(source, data, exc, prefix=("modules", index, "profile"))) from None
-        return SimRak3172(**kwargs, **profile.model_dump())
-    from drivers.sim.es920lr import SimEs920lr  # lazily: only scenarios with an ES920LR need it
-
     try:
-        return SimEs920lr(**kwargs, **m.profile)  # type: ignore[return-value]
+        return simulator(**kwargs, **profile)  # type: ignore[no-any-return]
     except (TypeError, ValueError) as exc:
-        raise ScenarioError(f"{source}{line}: {where}: {exc} (hint: see SimEs920lr's keyword arguments)") from None
+        where = f"modules.{index}.profile"
+        line = line_of(data, ("modules", index, "profile"))
+        raise ScenarioError(f"{source}{line}: {where}: {exc} (hint: see {simulator.__name__}'s keyword "
+                            f"arguments)") from None
 
-
-def _check_references(source: str, data: Mapping[str, Any], spec: ScenarioSpec) -> None:
-    names = [m.name for m in spec.modules]
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        if name in seen:
-            raise ScenarioError(f"{source}{_line_of(data, ('modules', i, 'name'))}: modules.{i}.name: "
-                                f"duplicate module name {name!r} (hint: each module needs its own name)")
-        seen.add(name)
-    ids: set[str] = set()
-    for i, n in enumerate(spec.nodes):
-        if n.id in ids:
-            raise ScenarioError(f"{source}{_line_of(data, ('nodes', i, 'id'))}: nodes.{i}.id: duplicate node id "
-                                f"{n.id} (hint: node ids are unique per gateway)")
-        ids.add(n.id)
-        if n.module not in seen:
-            raise ScenarioError(f"{source}{_line_of(data, ('nodes', i, 'module'))}: nodes.{i}.module: unknown "
-                                f"module {n.module!r} (hint: one of {', '.join(names)})")
-    for i, e in enumerate(spec.events):
-        if isinstance(e, _NodeEvent) and e.node not in ids:
-            raise ScenarioError(f"{source}{_line_of(data, ('events', i, 'node'))}: events.{i}.node: unknown node "
-                                f"{e.node} (hint: one of {', '.join(sorted(ids)) or 'none defined'})")
-        if isinstance(e, _ModuleEvent) and e.module not in seen:
-            raise ScenarioError(f"{source}{_line_of(data, ('events', i, 'module'))}: events.{i}.module: unknown "
-                                f"module {e.module!r} (hint: one of {', '.join(names)})")
-        if isinstance(e, GarbageEvent) and e.hex is not None:
-            try:
-                bytes.fromhex(e.hex)
-            except ValueError:
-                raise ScenarioError(f"{source}{_line_of(data, ('events', i, 'hex'))}: events.{i}.hex: not hex "
-                                    f"(hint: e.g. \"FCFCFC\")") from None
-        if isinstance(e, (SosEvent, TrapEvent, LevelEvent, RainEvent, TiltEvent)):
-            kind = next(n.kind for n in spec.nodes if n.id == e.node)
-            wanted = {SosEvent: ("sos",), TrapEvent: ("trap",), LevelEvent: ("water_level",), RainEvent: ("rain",),
-                      TiltEvent: ("tilt",)}[type(e)]
-            if kind not in wanted:
-                raise ScenarioError(f"{source}{_line_of(data, ('events', i, 'action'))}: events.{i}.action: "
-                                    f"{e.action!r} does not apply to node {e.node}, a {kind} node "
-                                    f"(hint: it needs a {' or '.join(wanted)} node)")
-
-
-def _plain(data: object) -> object:
-    """ruamel's round-trip containers as plain dicts and lists (pydantic wants plain types)."""
-    if isinstance(data, Mapping):
-        return {str(k): _plain(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_plain(v) for v in data]
-    return data
-
-
-def _line_of(data: object, loc: Iterable[object]) -> str:
-    """``:<line>`` of the deepest YAML node on ``loc`` that ruamel recorded a position for ('' if none)."""
-    line: int | None = None
-    node = data
-    for key in loc:
-        lc = getattr(node, "lc", None)
-        try:
-            if lc is not None:
-                if isinstance(node, Mapping) and key in node:
-                    line = lc.key(key)[0]
-                elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
-                    line = lc.item(key)[0]
-        except (KeyError, IndexError, TypeError):
-            pass
-        if isinstance(node, Mapping) and key in node:
-            node = node[key]
-        elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
-            node = node[key]
-        else:
-            break
-    return "" if line is None else f":{line + 1}"
-
-
-def _format_errors(source: str, data: object, exc: ValidationError, prefix: tuple[object, ...] = ()) -> str:
-    lines = []
-    for err in exc.errors():
-        # Discriminated unions put the tag name in the path ("events.0.sos.node"); drop it for the reader.
-        raw = err["loc"]
-        loc = [*prefix, *(p for j, p in enumerate(raw)
-                          if not (j == 2 and raw[0] == "events" and isinstance(p, str) and p in _ACTIONS))]
-        where = ".".join(str(p) for p in loc) or "(top level)"
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        hint = _HINTS.get(err["type"])
-        lines.append(f"{source}{_line_of(data, loc)}: {where}: {msg}" + (f" (hint: {hint})" if hint else ""))
-    return "invalid scenario:\n  " + "\n  ".join(lines)
 
 
 def run_scenario_forever(path: str | os.PathLike[str], link_dir: str | os.PathLike[str], *,

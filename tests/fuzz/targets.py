@@ -30,7 +30,7 @@ import struct
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from drivers.transport import DEFAULT_MAX_LINE, LineSplitter
 from drivers.types import Uplink
 from tests.fuzz.mutate import chunk, mutate_bytes, mutate_text, random_bytes, small
 from tests.support.field import example_keys_env
+from tests.support.radio import ES920, P2P, radio_config
 
 __all__ = ["TARGETS", "Outcome", "Target", "Violation", "ACCEPTED", "IGNORED", "rejected"]
 
@@ -520,39 +521,6 @@ class FakeLink:
         self.incidents.append((kind, detail))
 
 
-@dataclass
-class _P2P:
-    frequency_hz: int = 920_600_000
-    spreading_factor: int = 10
-    bandwidth_khz: int = 125
-    coding_rate: int = 0
-    preamble: int = 8
-    tx_power_dbm: int = 13
-
-
-@dataclass
-class _Es920:
-    bandwidth_khz: float = 125
-    spreading_factor: int = 10
-    channel: int = 3
-    pan_id: str = "beef"
-    own_id: str = "0001"
-    format: str = "ascii"
-    payload_encoding: str = "hex"
-    power_dbm: int = 13
-    node: str = "coordinator"
-
-
-@dataclass
-class _RadioConfig:
-    name: str
-    driver: str
-    port: str = "fake://"
-    baudrate: int = 115200
-    p2p: _P2P = field(default_factory=_P2P)
-    es920: _Es920 = field(default_factory=_Es920)
-
-
 def _check_uplinks(link: FakeLink, stream: bytes, stamps: range, *, hex_text: bool) -> None:
     upper = stream.upper()
     for u in link.uplinks:
@@ -666,7 +634,7 @@ class Rak3172Target(Target):
     @staticmethod
     def _driver(variant: str) -> tuple[rak3172.Rak3172, FakeLink]:
         link = FakeLink("lora0")
-        d = rak3172.Rak3172(_RadioConfig("lora0", "rak3172"), link)
+        d = rak3172.Rak3172(radio_config("lora0", "rak3172", p2p=P2P), link)
         # The two non-default variants poke the parser's private state: the same code parses replies and boot
         # output during configure(), which needs a scripted module to reach otherwise.
         if variant == "pending":
@@ -790,7 +758,8 @@ class Es920lrTarget(Target):
         link = FakeLink("lora1")
         fmt = "binary" if variant == "binary" else "ascii"
         enc = "raw" if variant == "ascii_raw" else "hex"
-        d = es920lr.Es920lr(_RadioConfig("lora1", "es920lr", es920=_Es920(format=fmt, payload_encoding=enc)), link)
+        d = es920lr.Es920lr(radio_config("lora1", "es920lr", es920={**ES920, "format": fmt, "payload_encoding": enc}),
+                            link)
         # Reaching operation or configuration mode takes a scripted module; the states are set directly instead
         # (they are what configure() leaves behind).
         if variant in ("ascii_hex", "ascii_raw", "binary"):

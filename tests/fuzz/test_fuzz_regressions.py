@@ -22,7 +22,8 @@ from drivers.es920lr import Es920lr
 from drivers.rak3172 import Rak3172
 from drivers.transport import LineSplitter
 from tests.fuzz.known import KNOWN
-from tests.fuzz.targets import T0_US, FakeLink, _Es920, _RadioConfig
+from tests.fuzz.targets import T0_US, FakeLink
+from tests.support.radio import ES920, P2P, radio_config
 
 GW = "gw-fuzz-01"
 
@@ -54,7 +55,7 @@ def test_line_splitter_keeps_lines_when_cr_lf_is_split_after_a_full_line(reads: 
 # the noise line
 def test_es920lr_keeps_the_frame_after_overlong_noise_whose_cr_lf_is_split() -> None:
     link = FakeLink("lora1")
-    driver = Es920lr(_RadioConfig("lora1", "es920lr", es920=_Es920(format="ascii", payload_encoding="hex")), link)
+    driver = Es920lr(radio_config("lora1", "es920lr", es920=ES920), link)
     driver._enter_operation()  # what configure() leaves behind
     driver.feed(b"\xaa" * 1100 + b"\r", T0_US)
     driver.feed(b"\nFFB5BEEF00020A0B\r\n", T0_US + 1)
@@ -70,7 +71,7 @@ def test_es920lr_keeps_the_frame_after_overlong_noise_whose_cr_lf_is_split() -> 
 @pytest.mark.parametrize("snr", [b"nan", b"inf", b"-inf", b"1e999"])
 def test_rak3172_never_delivers_a_non_finite_snr(snr: bytes) -> None:
     link = FakeLink("lora0")
-    Rak3172(_RadioConfig("lora0", "rak3172"), link).feed(b"+EVT:RXP2P:-60:" + snr + b":0A0B\r\n", T0_US)
+    Rak3172(radio_config("lora0", "rak3172", p2p=P2P), link).feed(b"+EVT:RXP2P:-60:" + snr + b":0A0B\r\n", T0_US)
     assert all(u.snr is None or math.isfinite(u.snr) for u in link.uplinks)
     assert link.uplinks or link.incidents  # delivered without the SNR, or reported as garbled: never silence
 

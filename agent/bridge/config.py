@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -32,12 +31,11 @@ from agent.config import (
     config_problem,
     config_problems,
     is_loopback_host,
-    parse_yaml_model,
-    read_config_file,
     resolve_config_path,
     secret_source_problems,
     tls_insecure_warning,
 )
+from agent.config.loader import ModelFile
 from agent.config.secrets import SecretEnv, SecretText, WithSecrets, read_secret_file, secret_file
 from agent.bridge.deadletter import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEM_BYTES
 
@@ -522,6 +520,12 @@ def _warnings(config: BridgeConfig) -> list[Found]:
     return found
 
 
+#: The bridge's config file, for the generic loader.
+BRIDGE_FILE: ModelFile[BridgeConfig] = ModelFile(
+    BridgeConfig, warnings=_warnings, example="config/bridge/bridge.yaml", sections=("mqtt", "sink"),
+    service_user="the bridge's user")
+
+
 _TOP_KEY_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*:", re.M)
 
 
@@ -540,15 +544,7 @@ def parse_bridge_config(text: str, *, source: str = "<string>",
     Raises:
         ConfigError: listing every problem found, each with file, line, column, key and hint.
     """
-    return _parse(text, source=source, base_dir=base_dir, file_mode=None)
-
-
-def _parse(text: str, *, source: str, base_dir: str | os.PathLike[str] | None, file_mode: int | None
-           ) -> BridgeConfig:
-    config, _ = parse_yaml_model(text, BridgeConfig, source=source, base_dir=base_dir, warnings=_warnings,
-                                 example="config/bridge/bridge.yaml", sections=("mqtt", "sink"),
-                                 file_mode=file_mode, service_user="the bridge's user")
-    return config
+    return BRIDGE_FILE.parse(text, source=source, base_dir=base_dir)[0]
 
 
 def load_bridge_config(path: str | os.PathLike[str]) -> BridgeConfig:
@@ -559,6 +555,4 @@ def load_bridge_config(path: str | os.PathLike[str]) -> BridgeConfig:
     Raises:
         ConfigError: listing every problem found, each with file, line, column, key and hint.
     """
-    source = os.fspath(path)
-    text, mode = read_config_file(source)
-    return _parse(text, source=source, base_dir=Path(source).absolute().parent, file_mode=mode)
+    return BRIDGE_FILE.load(path)[0]

@@ -10,8 +10,9 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
@@ -27,7 +28,7 @@ from agent.config.values import _CTX_BASE_DIR, _CTX_LOADER, Found, Loc, _dotted
 from agent.errors import ConfigError, ConfigIssue
 from drivers.settings import Problems
 
-__all__ = ["Found", "parse_yaml_model", "read_config_file", "read_config_text"]
+__all__ = ["Found", "ModelFile", "parse_yaml_model", "read_config_file", "read_config_text"]
 
 # The package's name: warnings are logged, and looked for, under it.
 log = logging.getLogger("agent.config")
@@ -73,6 +74,95 @@ def read_config_text(path: str | os.PathLike[str]) -> str:
     return read_config_file(path)[0]
 
 
+@dataclass(frozen=True)
+class ModelFile(Generic[_M]):
+    """One kind of YAML file read into a pydantic model, and how the loader reports on it.
+
+    The gateway's, the bridge's and the console's config files each have one, so they all report problems the
+    same way: ``file:line:column: key: message (hint: ...)``, every problem at once, sorted by line.
+
+    Attributes:
+        model: The pydantic model of the whole file; its sections should derive from :class:`ConfigSection`.
+        checks: Rules across sections or list items, run on the plain data even when other keys failed, so that
+            one run reports everything; each problem is placed at its key's line.
+        warnings: Valid settings that are probably a mistake, found on the validated model; returned and logged.
+        hex_text_keys: Key paths whose unquoted all-digit values are turned back into the digits written (see
+            ``agent.config.models._HEX_TEXT_KEYS``); ``int`` in a path matches any list index.
+        example: The example file named in the hints for an empty file or a top level that is not a mapping.
+        sections: Top-level keys named in the message for a top level that is not a mapping; default: the
+            model's first two fields.
+        service_user: Who should own secret files, for the hints (e.g. "the agent's user").
+    """
+
+    model: type[_M]
+    checks: Callable[[dict[str, Any]], Iterable[Found]] | None = None
+    warnings: Callable[[_M], Iterable[Found]] | None = None
+    hex_text_keys: Sequence[tuple[object, ...]] = ()
+    example: str = "config/demo.yaml"
+    sections: Sequence[str] | None = None
+    service_user: str = "the agent's user"
+
+    def load(self, path: str | os.PathLike[str], *, check_modes: bool = True) -> tuple[_M, tuple[ConfigIssue, ...]]:
+        """Read and parse a file; relative paths in it are resolved against its directory.
+
+        Args:
+            check_modes: Refuse secrets other users can read (see :meth:`parse`). False only for a copy on a file
+                system without modes (a FAT card, where every file looks readable by all).
+        """
+        source = os.fspath(path)
+        text, mode = read_config_file(source)
+        return self.parse(text, source=source, base_dir=Path(source).absolute().parent,
+                          file_mode=mode if check_modes else None, secret_file_modes=check_modes)
+
+    def parse(self, text: str, *, source: str = "<string>", base_dir: str | os.PathLike[str] | None = None,
+              file_mode: int | None = None, secret_file_modes: bool = True) -> tuple[_M, tuple[ConfigIssue, ...]]:
+        """Parse YAML text and validate it, reporting every problem with its file position.
+
+        Args:
+            source: Name used as the file in error messages.
+            base_dir: Directory that relative paths are resolved against (validators read it with
+                :func:`resolve_config_path`); default: the directory of ``source`` when it names a file (not
+                ``<...>``), otherwise the current directory.
+            file_mode: ``st_mode`` of the file the text was read from (:func:`read_config_file`), or None for
+                text that comes from no file. A secret written inline (a ``SecretStr`` field) in a file other
+                users can read is an error; readable by its group, a warning.
+            secret_file_modes: Check who can read the files named by :data:`SECRET_FILE` fields: other users is
+                an error, the group a warning.
+
+        Returns:
+            The validated model and the warnings found.
+
+        Raises:
+            ConfigError: listing every problem found, sorted by line.
+        """
+        base = Path(base_dir) if base_dir is not None else (
+            Path(source).absolute().parent if not source.startswith("<") else Path.cwd())
+        root_node, data = _compose(text, source)
+        _check_top_level(root_node, data, source, self.model, self.example, self.sections)
+        issues: list[ConfigIssue] = _duplicate_key_issues(root_node, source) if root_node is not None else []
+        plain = _plain_data(text, data, source, self.hex_text_keys)
+        result = _validate(plain, self.model, data, source, base, issues)
+        found = list(self.checks(plain)) if self.checks is not None else []
+        # On the plain data, so that it is reported with every other problem, even when validation failed.
+        mode_errors, mode_warnings = _secret_mode_problems(
+            plain, self.model, source=source, base_dir=base, file_mode=file_mode,
+            secret_file_modes=secret_file_modes, service_user=self.service_user)
+        issues.extend(_issue_at(data, source, loc, message, hint) for loc, message, hint in [*found, *mode_errors])
+        if file_mode is not None and stat.S_IMODE(file_mode) & stat.S_IWOTH:
+            # Whoever can change the config can point the gateway at their own broker or add a node key.
+            issues.append(ConfigIssue(source, None, None, "", f"every user on this machine can change this file "
+                                      f"(mode {stat.S_IMODE(file_mode):03o})", f"chmod o-w {source}"))
+        if issues or result is None:
+            # from None: the chained ValidationError's text would include input values, which may be secrets.
+            raise ConfigError(_sorted(issues)) from None
+        more = list(self.warnings(result)) if self.warnings is not None else []
+        warned = tuple(_sorted(_issue_at(data, source, loc, message, hint)
+                               for loc, message, hint in [*mode_warnings, *more]))
+        for issue in warned:
+            log.warning("config warning: %s", issue)
+        return result, warned
+
+
 def parse_yaml_model(
     text: str,
     model: type[_M],
@@ -88,32 +178,8 @@ def parse_yaml_model(
     secret_file_modes: bool = True,
     service_user: str = "the agent's user",
 ) -> tuple[_M, tuple[ConfigIssue, ...]]:
-    """Parse YAML text and validate it as ``model``, reporting every problem with its file position.
-
-    The agent's config and the bridge's config both load through here, so both report problems the same way:
-    ``file:line:column: key: message (hint: ...)``.
-
-    Args:
-        text: The YAML document.
-        model: The pydantic model of the whole file; its sections should derive from :class:`ConfigSection`.
-        source: Name used as the file in error messages.
-        base_dir: Directory that relative paths are resolved against (validators read it with
-            :func:`resolve_config_path`); default: the directory of ``source`` when it names a file (not
-            ``<...>``), otherwise the current directory.
-        checks: Rules across sections or list items, run on the plain data even when other keys failed, so that
-            one run reports everything; each problem is placed at its key's line.
-        warnings: Valid settings that are probably a mistake, found on the validated model; returned and logged.
-        hex_text_keys: Key paths whose unquoted all-digit values are turned back into the digits written (see
-            ``_HEX_TEXT_KEYS``); ``int`` in a path matches any list index.
-        example: The example file named in the hints for an empty file or a top level that is not a mapping.
-        sections: Top-level keys named in the message for a top level that is not a mapping; default: the
-            model's first two fields.
-        file_mode: ``st_mode`` of the file the text was read from (:func:`read_config_file`), or None for text
-            that comes from no file. A secret written inline (a ``SecretStr`` field) in a file other users can read
-            is an error; readable by its group, a warning.
-        secret_file_modes: Check who can read the files named by :data:`SECRET_FILE` fields: other users is an
-            error, the group a warning. False only for a copy on a file system without modes (see load_config).
-        service_user: Who should own secret files, for the hints (e.g. "the agent's user").
+    """Parse YAML text and validate it as ``model``: ``ModelFile(model, ...).parse(text, ...)`` in one call (see
+    :class:`ModelFile` for the arguments).
 
     Returns:
         The validated model and the warnings found.
@@ -121,35 +187,34 @@ def parse_yaml_model(
     Raises:
         ConfigError: listing every problem found, sorted by line.
     """
-    if base_dir is None:
-        base_dir = Path(source).absolute().parent if not source.startswith("<") else Path.cwd()
+    spec = ModelFile(model, checks=checks, warnings=warnings, hex_text_keys=hex_text_keys, example=example,
+                     sections=sections, service_user=service_user)
+    return spec.parse(text, source=source, base_dir=base_dir, file_mode=file_mode,
+                      secret_file_modes=secret_file_modes)
 
+
+def _compose(text: str, source: str) -> tuple[Node | None, Any]:
+    """Parse YAML text once: the node tree (positions, duplicate keys) and the data built from that same tree.
+
+    Raises:
+        ConfigError: tabs in the indentation (every such line), a syntax error, a control character, or YAML
+            the loader cannot read, each at its line.
+    """
     tab_issues = _tab_issues(text, source)
     if tab_issues:
         # The YAML parser would stop at the first tab with a less helpful message; report every tab line instead.
         raise ConfigError(tab_issues)
-
     yaml = YAML(typ="rt")
     # Duplicates are found on the node tree below, all of them and with both lines, so let the loader accept them.
     yaml.allow_duplicate_keys = True
     try:
-        # One parse: the node tree (positions, duplicate keys) and the data built from that same tree. Parsing is
-        # most of the time on a large config; load() would parse the text a second time.
+        # Parsing is most of the time on a large config; load() would parse the text a second time.
         root_node = yaml.compose(text)
-        data = yaml.constructor.construct_document(root_node) if root_node is not None else None
+        return root_node, yaml.constructor.construct_document(root_node) if root_node is not None else None
     except MarkedYAMLError as exc:
         raise ConfigError([_yaml_error_issue(exc, source)]) from None
     except ReaderError as exc:
-        # A control character (NUL, DEL ...): the reader knows only its offset; turn it into line and column.
-        pos = exc.position if isinstance(exc.position, int) else 0
-        line = text.count("\n", 0, pos) + 1
-        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
-        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
-        key = _key_at_line(text, line)
-        raise ConfigError([ConfigIssue(
-            source, line, column, key, f"the file holds a control character (code {char:#04x}) YAML does not allow",
-            "delete it; editors show it as a box or ^? (a copy from a PDF or a terminal can bring one along)",
-        )]) from None
+        raise ConfigError([_control_character_issue(exc, text, source)]) from None
     except YAMLError as exc:
         raise ConfigError([ConfigIssue(source, None, None, "", f"YAML error: {exc}", None)]) from None
     except Exception as exc:  # noqa: BLE001 - ruamel's constructors raise plain TypeError/ValueError on odd tags
@@ -164,6 +229,23 @@ def parse_yaml_model(
             "write plain keys and values; explicit tags (!!set, !!int ...), '?' complex keys and '<<' merges are not needed",
         )]) from None
 
+
+def _control_character_issue(exc: ReaderError, text: str, source: str) -> ConfigIssue:
+    """A control character (NUL, DEL ...): the reader knows only its offset; turn it into line and column."""
+    pos = exc.position if isinstance(exc.position, int) else 0
+    line = text.count("\n", 0, pos) + 1
+    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
+    return ConfigIssue(
+        source, line, column, _key_at_line(text, line),
+        f"the file holds a control character (code {char:#04x}) YAML does not allow",
+        "delete it; editors show it as a box or ^? (a copy from a PDF or a terminal can bring one along)",
+    )
+
+
+def _check_top_level(root_node: Node | None, data: object, source: str, model: type[BaseModel], example: str,
+                     sections: Sequence[str] | None) -> None:
+    """Refuse an empty document, or one whose top level is not a mapping of sections."""
     if data is None:
         raise ConfigError(
             [ConfigIssue(source, 1, 1, "", "the file is empty (or holds only comments)",
@@ -179,9 +261,12 @@ def parse_yaml_model(
                          f"each top-level key starts at column 1 and ends with ':'; see {example}")]
         )
 
-    issues: list[ConfigIssue] = _duplicate_key_issues(root_node, source) if root_node is not None else []
+
+def _plain_data(text: str, data: object, source: str, hex_text_keys: Sequence[tuple[object, ...]]) -> Any:
+    """The ruamel tree as plain data for pydantic; refused when YAML aliases expand it beyond
+    :attr:`_Budget.LIMIT` values."""
     try:
-        plain = _to_plain(data, (), hex_text_keys, _Budget())
+        return _to_plain(data, (), hex_text_keys, _Budget())
     except _TooBig:
         lines = text.splitlines()
         line = next((i for i, t in enumerate(lines, 1) if "*" in t.split("#", 1)[0]), None)
@@ -190,10 +275,14 @@ def parse_yaml_model(
             f"the file expands to more than {_Budget.LIMIT} values (YAML aliases)",
             "a gateway config is small: write values out instead of nesting aliases (*name)",
         )]) from None
-    context = {_CTX_BASE_DIR: Path(base_dir), _CTX_LOADER: True}
-    result: _M | None = None
+
+
+def _validate(plain: Any, model: type[_M], data: object, source: str, base_dir: Path,
+              issues: list[ConfigIssue]) -> _M | None:
+    """Validate plain data as ``model``; each problem is appended to ``issues`` at its key's line (None then)."""
+    context = {_CTX_BASE_DIR: base_dir, _CTX_LOADER: True}
     try:
-        result = model.model_validate(plain, context=context)
+        return model.model_validate(plain, context=context)
     except ValidationError as exc:
         for err in _union_errors(exc.errors(include_url=False), plain):
             issues.extend(_issues_from_error(err, data, source, model))
@@ -201,27 +290,7 @@ def parse_yaml_model(
         # A validator met input of a shape nothing expected; still one clear line, never a traceback.
         issues.append(ConfigIssue(source, None, None, "", f"a value has an unexpected shape ({type(exc).__name__}: "
                                   f"{str(exc)[:120]})", "compare the file with the examples in config/"))
-    for loc, message, hint in checks(plain) if checks is not None else ():
-        issues.append(_issue_at(data, source, loc, message, hint))
-    # On the plain data, so that it is reported with every other problem, even when validation failed.
-    mode_errors, mode_warnings = _secret_mode_problems(
-        plain, model, source=source, base_dir=Path(base_dir), file_mode=file_mode,
-        secret_file_modes=secret_file_modes, service_user=service_user)
-    issues.extend(_issue_at(data, source, loc, message, hint) for loc, message, hint in mode_errors)
-    if file_mode is not None and stat.S_IMODE(file_mode) & stat.S_IWOTH:
-        # Whoever can change the config can point the gateway at their own broker or add a node key.
-        issues.append(ConfigIssue(source, None, None, "", f"every user on this machine can change this file (mode "
-                                  f"{stat.S_IMODE(file_mode):03o})", f"chmod o-w {source}"))
-    if issues or result is None:
-        # from None: the chained ValidationError's text would include input values, which may be secrets.
-        raise ConfigError(_sorted(issues)) from None
-
-    more = list(warnings(result)) if warnings is not None else []
-    found = tuple(_sorted(_issue_at(data, source, loc, message, hint)
-                          for loc, message, hint in [*mode_warnings, *more]))
-    for issue in found:
-        log.warning("config warning: %s", issue)
-    return result, found
+    return None
 
 
 def _sorted(issues: Iterable[ConfigIssue]) -> list[ConfigIssue]:

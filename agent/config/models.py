@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from agent.config.checks import _collection_problems, _warning_problems
-from agent.config.loader import parse_yaml_model, read_config_file
+from agent.config.loader import ModelFile
 from agent.config.mqtt import MqttConfig
 from agent.config.nodes import NodeConfig
 from agent.config.radio import RadioConfig
@@ -224,10 +223,7 @@ def load_config(path: str | os.PathLike[str], *, check_modes: bool = True) -> Co
     Raises:
         ConfigError: listing every problem found, each with file, line, column, key and hint.
     """
-    source = os.fspath(path)
-    text, mode = read_config_file(source)
-    return _parse_config(text, source=source, base_dir=Path(source).absolute().parent,
-                         file_mode=mode if check_modes else None, secret_file_modes=check_modes)
+    return _with_warnings(*CONFIG_FILE.load(path, check_modes=check_modes))
 
 
 def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.PathLike[str] | None = None) -> Config:
@@ -245,17 +241,18 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.Path
     Raises:
         ConfigError: listing every problem found.
     """
-    return _parse_config(text, source=source, base_dir=base_dir, file_mode=None, secret_file_modes=True)
+    return _with_warnings(*CONFIG_FILE.parse(text, source=source, base_dir=base_dir))
 
 
-def _parse_config(text: str, *, source: str, base_dir: str | os.PathLike[str] | None, file_mode: int | None,
-                  secret_file_modes: bool) -> Config:
-    config, found = parse_yaml_model(
-        text, Config, source=source, base_dir=base_dir,
-        checks=lambda plain: _collection_problems(plain.get("radios"), plain.get("nodes")),
-        warnings=_warning_problems, hex_text_keys=_HEX_TEXT_KEYS, example="config/demo.yaml",
-        sections=("gateway", "radios"), file_mode=file_mode, secret_file_modes=secret_file_modes,
-        service_user="the agent's user",
-    )
+#: The gateway's config file, for the generic loader.
+CONFIG_FILE: ModelFile[Config] = ModelFile(
+    Config,
+    checks=lambda plain: _collection_problems(plain.get("radios"), plain.get("nodes")),
+    warnings=_warning_problems, hex_text_keys=_HEX_TEXT_KEYS, example="config/demo.yaml",
+    sections=("gateway", "radios"), service_user="the agent's user",
+)
+
+
+def _with_warnings(config: Config, found: tuple[ConfigIssue, ...]) -> Config:
     config._warnings = found
     return config

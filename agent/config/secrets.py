@@ -182,7 +182,8 @@ def read_secret_file(path: str, key: str, what: str = "the file") -> str:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise ConfigError(
-            [ConfigIssue(path, None, None, key, f"cannot read {what}: {exc.strerror}", "check the file's path and mode")]
+            [ConfigIssue(path, None, None, key, f"cannot read {what}: {exc.strerror}",
+                         "check the file's path and mode")]
         ) from None
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -34,10 +33,9 @@ from agent.config import (
     config_problem,
     config_problems,
     is_loopback_host,
-    parse_yaml_model,
-    read_config_file,
     tls_insecure_warning,
 )
+from agent.config.loader import ModelFile
 from agent.config.secrets import SecretEnv, WithSecrets, read_once, read_secret_file, secret_file
 
 __all__ = ["ConsoleConfig", "HOOK_TOKEN_MIN_BYTES", "HooksConfig", "LINK_SECRET_MIN_BYTES", "MailConfig",
@@ -344,6 +342,12 @@ def _warnings(config: ConsoleConfig) -> list[Found]:
     return found
 
 
+#: The console's config file, for the generic loader.
+CONSOLE_FILE: ModelFile[ConsoleConfig] = ModelFile(
+    ConsoleConfig, warnings=_warnings, example="config/console/console.yaml", sections=("http", "links"),
+    service_user="the console's user")
+
+
 def parse_console_config(text: str, *, source: str = "<string>",
                          base_dir: str | os.PathLike[str] | None = None) -> ConsoleConfig:
     """Parse and validate console config text (secret files it names are checked).
@@ -351,15 +355,7 @@ def parse_console_config(text: str, *, source: str = "<string>",
     Raises:
         ConfigError: listing every problem found, each with file, line, column, key and hint.
     """
-    return _parse(text, source=source, base_dir=base_dir, file_mode=None)
-
-
-def _parse(text: str, *, source: str, base_dir: str | os.PathLike[str] | None, file_mode: int | None
-           ) -> ConsoleConfig:
-    config, _ = parse_yaml_model(text, ConsoleConfig, source=source, base_dir=base_dir, warnings=_warnings,
-                                 example="config/console/console.yaml", sections=("http", "links"),
-                                 file_mode=file_mode, service_user="the console's user")
-    return config
+    return CONSOLE_FILE.parse(text, source=source, base_dir=base_dir)[0]
 
 
 def load_console_config(path: str | os.PathLike[str]) -> ConsoleConfig:
@@ -368,6 +364,4 @@ def load_console_config(path: str | os.PathLike[str]) -> ConsoleConfig:
     Raises:
         ConfigError: listing every problem found, each with file, line, column, key and hint.
     """
-    source = os.fspath(path)
-    text, mode = read_config_file(source)
-    return _parse(text, source=source, base_dir=Path(source).absolute().parent, file_mode=mode)
+    return CONSOLE_FILE.load(path)[0]

@@ -7,14 +7,10 @@ its spot, presses its test button, and watches the rating settle before fixing i
 The figures come from the journal the running agent keeps (``agent.tools.status.collect``, read-only), so the monitor
 works beside the agent without disturbing it, and is refreshed every ``--interval`` seconds (default 2).
 
-Link margin, in dB, is how far the last frame was above what the radio can still decode:
-
-* **SNR margin** = SNR − the LoRa demodulation floor of the spreading factor: SF7 −7.5 dB, SF8 −10, SF9 −12.5,
-  SF10 −15, SF11 −17.5, SF12 −20 (Semtech SX126x/SX127x datasheets).
-* **RSSI margin** = RSSI − the receiver sensitivity, −174 dBm/Hz + 10·log10(bandwidth in Hz) + 6 dB noise figure +
-  the SNR floor; at 125 kHz: SF7 −124.5 dBm, SF10 −132 dBm, SF12 −137 dBm.
-
-The margin is the smaller of the two that are known (the ES920LR reports no SNR, so only RSSI counts there).
+Link margin, in dB, is how far the last frame was above what the radio can still decode (agent/tools/linkmargin.py):
+the SNR over the LoRa demodulation floor of the spreading factor (SF7 −7.5 dB ... SF12 −20), the RSSI over the
+receiver sensitivity (at 125 kHz: SF7 −124.5 dBm, SF10 −132 dBm, SF12 −137 dBm), whichever is smaller of the two
+that are known (the ES920LR reports no SNR, so only RSSI counts there).
 Ratings (:data:`RATINGS`): **excellent** ≥ 10 dB, **good** ≥ 5 dB, **marginal** ≥ 0 dB, **poor** < 0 dB. Why
 these lines: wet foliage, snow and seasonal growth in a forest take 5–10 dB off a path, so a node placed at
 "excellent" keeps working all year, "good" usually does, and "marginal" will drop frames after the first rain.
@@ -52,11 +48,11 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import AgentError
 from agent.i18n import N_, _, local_time
+from agent.tools.linkmargin import RATINGS, RSSI_NEAR_LIMIT_DB, SNR_FLOOR_DB, LinkMargin, link_margin, sensitivity_dbm
 
 __all__ = [
     "HISTORY_S",
@@ -76,17 +72,6 @@ log = logging.getLogger(__name__)
 
 MONITOR_SCHEMA = "denen.monitor/1"
 
-#: LoRa demodulation floor (lowest SNR still decoded), in dB, by spreading factor.
-SNR_FLOOR_DB: dict[int, float] = {7: -7.5, 8: -10.0, 9: -12.5, 10: -15.0, 11: -17.5, 12: -20.0}
-#: Receiver noise figure assumed for the sensitivity, in dB (SX126x/SX127x with a plain front end).
-NOISE_FIGURE_DB = 6.0
-#: Thermal noise density, dBm/Hz.
-_THERMAL_DBM_HZ = -174.0
-#: Rating by link margin: the first whose lower bound (dB) the margin reaches.
-RATINGS: tuple[tuple[str, float], ...] = (("excellent", 10.0), ("good", 5.0), ("marginal", 0.0))
-POOR = "poor"
-#: RSSI closer than this to the sensitivity is flagged, in dB.
-RSSI_NEAR_LIMIT_DB = 6.0
 _DEFAULT_SF = 10
 _DEFAULT_BW_KHZ = 125.0
 #: Span of the per-node history, in seconds, and the shorter count beside it.
@@ -100,9 +85,9 @@ HISTORY_MAX_NODES = 4096
 class History:
     """Frames seen per node across refreshes of the journal's node table, for the last :data:`HISTORY_S` seconds.
 
-    Each refresh passes the node rows (:func:`agent.tools.status.collect`); a row whose ``last_seen_us`` changed is a new
-    frame, and the growth of ``frames_ok`` says how many frames arrived since the previous refresh (all stamped with
-    the last one's time, RSSI and SNR). Memory is bounded by :data:`HISTORY_MAX_FRAMES` per node and
+    Each refresh passes the node rows (:func:`agent.tools.status.collect`); a row whose ``last_seen_us`` changed is a
+    new frame, and the growth of ``frames_ok`` says how many frames arrived since the previous refresh (all stamped
+    with the last one's time, RSSI and SNR). Memory is bounded by :data:`HISTORY_MAX_FRAMES` per node and
     :data:`HISTORY_MAX_NODES` nodes (further nodes get no history).
 
     Args:
@@ -177,70 +162,6 @@ def _median(values: list[float]) -> float | None:
     return float(s[mid]) if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
 
 
-def sensitivity_dbm(spreading_factor: int, bandwidth_khz: float = 125.0) -> float:
-    """Receiver sensitivity in dBm: thermal noise in the bandwidth, plus noise figure, plus the SNR floor.
-
-    Args:
-        spreading_factor: 7..12.
-        bandwidth_khz: LoRa bandwidth in kHz.
-
-    Raises:
-        ValueError: an SF outside 7..12 or a bandwidth that is not positive.
-    """
-    if spreading_factor not in SNR_FLOOR_DB:
-        raise ValueError(f"spreading factor must be 7..12, got {spreading_factor}")
-    if bandwidth_khz <= 0:
-        raise ValueError(f"bandwidth must be positive, got {bandwidth_khz} kHz")
-    noise = _THERMAL_DBM_HZ + 10 * math.log10(bandwidth_khz * 1000)
-    return noise + NOISE_FIGURE_DB + SNR_FLOOR_DB[spreading_factor]
-
-
-@dataclass(frozen=True)
-class LinkMargin:
-    """How well one frame was heard.
-
-    Attributes:
-        margin_db: the smaller of the SNR and RSSI margins that are known, in dB; None with neither.
-        snr_margin_db: SNR minus the demodulation floor, in dB.
-        rssi_margin_db: RSSI minus the sensitivity, in dB.
-        rating: ``excellent``, ``good``, ``marginal``, ``poor``, or ``unknown`` (no RSSI or SNR).
-        rssi_near_limit: RSSI within :data:`RSSI_NEAR_LIMIT_DB` of the sensitivity.
-    """
-
-    margin_db: float | None
-    snr_margin_db: float | None
-    rssi_margin_db: float | None
-    rating: str
-    rssi_near_limit: bool
-
-
-def rate(margin_db: float | None) -> str:
-    """The rating of a link margin in dB (``unknown`` for None)."""
-    if margin_db is None:
-        return "unknown"
-    for name, low in RATINGS:
-        if margin_db >= low:
-            return name
-    return POOR
-
-
-def link_margin(rssi_dbm: float | None, snr_db: float | None, spreading_factor: int,
-                bandwidth_khz: float = 125.0) -> LinkMargin:
-    """Link margin and rating of a frame heard with ``rssi_dbm`` and ``snr_db`` at this SF and bandwidth."""
-    snr_margin = None if snr_db is None else snr_db - SNR_FLOOR_DB[spreading_factor]
-    rssi_margin = None if rssi_dbm is None else rssi_dbm - sensitivity_dbm(spreading_factor, bandwidth_khz)
-    known = [m for m in (snr_margin, rssi_margin) if m is not None]
-    margin = min(known) if known else None
-    near = rssi_margin is not None and rssi_margin < RSSI_NEAR_LIMIT_DB
-    return LinkMargin(
-        None if margin is None else round(margin, 1),
-        None if snr_margin is None else round(snr_margin, 1),
-        None if rssi_margin is None else round(rssi_margin, 1),
-        rate(margin),
-        near,
-    )
-
-
 def _radio_settings(config: Any) -> dict[str, tuple[int, float]]:
     """Spreading factor and bandwidth (kHz) of each configured radio, by name."""
     out: dict[str, tuple[int, float]] = {}
@@ -283,59 +204,12 @@ def collect(journal_path: str, config: Any | None = None, *, now_us: int | None 
         history = History()
     history.observe(data["nodes"], now_us)
 
-    rows: list[dict[str, Any]] = []
-    for node_id in [*configured, *sorted(set(heard) - set(configured))]:
-        n = heard.get(node_id, {})
-        cfg_node = configured.get(node_id)
-        seen = n.get("last_seen_us")
-        age = None if not seen else round((now_us - seen) / 1e6, 1)
-        interval = cfg_node.interval_s if cfg_node is not None else None
-        radio = n.get("radio") or (cfg_node.radio if cfg_node is not None else None)
-        sf, bw = radios.get(radio or "", only_radio or (_DEFAULT_SF, _DEFAULT_BW_KHZ))
-        ok = int(n.get("frames_ok") or 0)
-        bad = int(n.get("frames_bad") or 0)
-        margin = link_margin(n.get("rssi"), n.get("snr"), sf, bw)
-        hist = history.stats(node_id, now_us)
-        # The worst case: the weakest RSSI and the lowest SNR of the window, even if no one frame had both.
-        worst = link_margin(hist["rssi_min_dbm"], hist["snr_min_db"], sf, bw)
-        # As the rule: silent once now >= last heard + ceil(factor x interval) µs.
-        late_after_us = None if interval is None else math.ceil(late_factor * interval * 1_000_000)
-        if not seen:
-            state = "never heard"
-        elif late_after_us is not None and now_us - seen >= late_after_us:
-            state = "late"
-        else:
-            state = "ok"
-        rows.append({
-            "node": node_id,
-            "name": cfg_node.name if cfg_node is not None else n.get("name"),
-            "kind": cfg_node.kind if cfg_node is not None else None,
-            "configured": cfg_node is not None,
-            "state": state,
-            "radio": radio,
-            "last_seen_us": seen,
-            "last_seen_age_s": age,
-            "interval_s": interval,
-            "late_after_s": None if late_after_us is None else late_after_us / 1e6,
-            "silence_alert": cfg_node is not None and cfg_node.kind in watched,
-            "rssi_dbm": n.get("rssi"),
-            "snr_db": n.get("snr"),
-            "battery_v": n.get("battery_v"),
-            "frames_ok": ok,
-            "frames_bad": bad,
-            "bad_pct": round(100.0 * bad / (ok + bad), 1) if ok + bad else None,
-            "spreading_factor": sf,
-            "bandwidth_khz": bw,
-            "snr_floor_db": SNR_FLOOR_DB[sf],
-            "sensitivity_dbm": round(sensitivity_dbm(sf, bw), 1),
-            "link_margin_db": margin.margin_db,
-            "snr_margin_db": margin.snr_margin_db,
-            "rssi_margin_db": margin.rssi_margin_db,
-            "rating": margin.rating,
-            "rssi_near_limit": margin.rssi_near_limit,
-            "history": {**hist, "link_margin_min_db": worst.margin_db, "rating_worst": worst.rating,
-                        "rssi_near_limit": worst.rssi_near_limit},
-        })
+    rows = [
+        _node_row(node_id, heard.get(node_id, {}), configured.get(node_id), now_us=now_us, history=history,
+                  radios=radios, fallback_radio=only_radio or (_DEFAULT_SF, _DEFAULT_BW_KHZ),
+                  late_factor=late_factor, watched=watched)
+        for node_id in [*configured, *sorted(set(heard) - set(configured))]
+    ]
     return {
         "schema": MONITOR_SCHEMA,
         "gateway": data.get("gateway") or (config.gateway.id if config is not None else None),
@@ -349,6 +223,61 @@ def collect(journal_path: str, config: Any | None = None, *, now_us: int | None 
         "history_s": history.window_us / 1e6,
         "history_since_us": history.since_us,
         "nodes": rows,
+    }
+
+
+def _node_row(node_id: str, n: dict[str, Any], cfg_node: Any | None, *, now_us: int, history: History,
+              radios: dict[str, tuple[int, float]], fallback_radio: tuple[int, float], late_factor: float,
+              watched: set[str]) -> dict[str, Any]:
+    """One node of the ``--json`` document: ``n`` is its row of the journal's node table (empty if never heard),
+    ``cfg_node`` its config entry (None if not configured)."""
+    seen = n.get("last_seen_us")
+    interval = cfg_node.interval_s if cfg_node is not None else None
+    radio = n.get("radio") or (cfg_node.radio if cfg_node is not None else None)
+    sf, bw = radios.get(radio or "", fallback_radio)
+    ok = int(n.get("frames_ok") or 0)
+    bad = int(n.get("frames_bad") or 0)
+    margin = link_margin(n.get("rssi"), n.get("snr"), sf, bw)
+    hist = history.stats(node_id, now_us)
+    # The worst case: the weakest RSSI and the lowest SNR of the window, even if no one frame had both.
+    worst = link_margin(hist["rssi_min_dbm"], hist["snr_min_db"], sf, bw)
+    # As the rule: silent once now >= last heard + ceil(factor x interval) µs.
+    late_after_us = None if interval is None else math.ceil(late_factor * interval * 1_000_000)
+    if not seen:
+        state = "never heard"
+    elif late_after_us is not None and now_us - seen >= late_after_us:
+        state = "late"
+    else:
+        state = "ok"
+    return {
+        "node": node_id,
+        "name": cfg_node.name if cfg_node is not None else n.get("name"),
+        "kind": cfg_node.kind if cfg_node is not None else None,
+        "configured": cfg_node is not None,
+        "state": state,
+        "radio": radio,
+        "last_seen_us": seen,
+        "last_seen_age_s": None if not seen else round((now_us - seen) / 1e6, 1),
+        "interval_s": interval,
+        "late_after_s": None if late_after_us is None else late_after_us / 1e6,
+        "silence_alert": cfg_node is not None and cfg_node.kind in watched,
+        "rssi_dbm": n.get("rssi"),
+        "snr_db": n.get("snr"),
+        "battery_v": n.get("battery_v"),
+        "frames_ok": ok,
+        "frames_bad": bad,
+        "bad_pct": round(100.0 * bad / (ok + bad), 1) if ok + bad else None,
+        "spreading_factor": sf,
+        "bandwidth_khz": bw,
+        "snr_floor_db": SNR_FLOOR_DB[sf],
+        "sensitivity_dbm": round(sensitivity_dbm(sf, bw), 1),
+        "link_margin_db": margin.margin_db,
+        "snr_margin_db": margin.snr_margin_db,
+        "rssi_margin_db": margin.rssi_margin_db,
+        "rating": margin.rating,
+        "rssi_near_limit": margin.rssi_near_limit,
+        "history": {**hist, "link_margin_min_db": worst.margin_db, "rating_worst": worst.rating,
+                    "rssi_near_limit": worst.rssi_near_limit},
     }
 
 
@@ -427,10 +356,19 @@ def render(data: dict[str, Any], *, wide: bool = False) -> Any:
     the kind, the last frame's RSSI, SNR, SF, SNR and RSSI margins and rating, battery, frame counts, and the
     gateway's time of the last frame.
     """
+    table = _table(data, wide=wide)
+    day = time.strftime("%Y-%m-%d", time.localtime(data["ts_us"] / 1e6))
+    for n in data["nodes"]:
+        table.add_row(*_row_cells(n, wide=wide, day=day))
+    table.caption = _caption(data, wide=wide)
+    return table
+
+
+def _table(data: dict[str, Any], *, wide: bool) -> Any:
+    """The empty table: its title and columns."""
     from rich import box  # noqa: PLC0415
     from rich.cells import cell_len  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
-    from rich.text import Text  # noqa: PLC0415
 
     stamp = local_time(data["ts_us"], date=False)
     running = _("agent running") if data["agent_running"] else _("agent NOT running")
@@ -458,40 +396,47 @@ def render(data: dict[str, Any], *, wide: bool = False) -> Any:
     if wide:
         table.add_column(_("batt\nV"), justify="right", no_wrap=True)
         table.add_column(_("frames\nok/bad"), justify="right", no_wrap=True)
+    return table
 
-    day = time.strftime("%Y-%m-%d", time.localtime(data["ts_us"] / 1e6))
-    for n in data["nodes"]:
-        h = n["history"]
-        if n["state"] != "late":
-            late = ""
-        else:
-            late = " " + (_("LATE") if n["silence_alert"] else _("LATE*"))
-        seen = Text(_age_short(n["last_seen_age_s"]) + late, style=_STATE_STYLE.get(n["state"], ""))
-        row: list[Any] = [n["node"], _fit_cells(n["name"] or "?", NAME_CELLS_WIDE if wide else NAME_CELLS)]
-        if wide:
-            heard = "-"
-            if n["last_seen_us"]:
-                at = time.localtime(n["last_seen_us"] / 1e6)
-                # The gateway's clock: the time alone today, with the date otherwise.
-                heard = time.strftime("%H:%M:%S" if time.strftime("%Y-%m-%d", at) == day else "%m-%d %H:%M", at)
-            kind = n["kind"]
-            row += [_(_KIND_NAMES[kind]) if kind in _KIND_NAMES else (kind or "?"), heard]
-        row.append(seen)
-        if wide:
-            last = _rating_text(n["rating"], None, n["rssi_near_limit"])
-            last_rssi_snr = "-" if n["rssi_dbm"] is None and n["snr_db"] is None else \
-                f"{_num(n['rssi_dbm'])}/{_num(n['snr_db'], 1)}"
-            row += [last_rssi_snr, str(n["spreading_factor"]), _pair(n["snr_margin_db"], n["rssi_margin_db"], 1), last]
-        digits = 1 if wide else 0
-        frames = "-" if not h["samples"] else f"{h['frames_5min']}/{h['frames_15min']}"
-        row += [_pair(h["rssi_min_dbm"], h["rssi_median_dbm"]), _pair(h["snr_min_db"], h["snr_median_db"], digits),
-                frames, _rating_text(h["rating_worst"], h["link_margin_min_db"], h["rssi_near_limit"])
-                if h["samples"] else "-"]
-        if wide:
-            bad = Text(str(n["frames_bad"]), style="yellow" if n["frames_bad"] else "")
-            row += [_num(n["battery_v"], 2), Text.assemble(str(n["frames_ok"]), "/", bad)]
-        table.add_row(*row)
 
+def _row_cells(n: dict[str, Any], *, wide: bool, day: str) -> list[Any]:
+    """One node's cells; ``day`` is the date of the view (``%Y-%m-%d``, local time)."""
+    from rich.text import Text  # noqa: PLC0415
+
+    h = n["history"]
+    if n["state"] != "late":
+        late = ""
+    else:
+        late = " " + (_("LATE") if n["silence_alert"] else _("LATE*"))
+    seen = Text(_age_short(n["last_seen_age_s"]) + late, style=_STATE_STYLE.get(n["state"], ""))
+    row: list[Any] = [n["node"], _fit_cells(n["name"] or "?", NAME_CELLS_WIDE if wide else NAME_CELLS)]
+    if wide:
+        heard = "-"
+        if n["last_seen_us"]:
+            at = time.localtime(n["last_seen_us"] / 1e6)
+            # The gateway's clock: the time alone today, with the date otherwise.
+            heard = time.strftime("%H:%M:%S" if time.strftime("%Y-%m-%d", at) == day else "%m-%d %H:%M", at)
+        kind = n["kind"]
+        row += [_(_KIND_NAMES[kind]) if kind in _KIND_NAMES else (kind or "?"), heard]
+    row.append(seen)
+    if wide:
+        last = _rating_text(n["rating"], None, n["rssi_near_limit"])
+        last_rssi_snr = "-" if n["rssi_dbm"] is None and n["snr_db"] is None else \
+            f"{_num(n['rssi_dbm'])}/{_num(n['snr_db'], 1)}"
+        row += [last_rssi_snr, str(n["spreading_factor"]), _pair(n["snr_margin_db"], n["rssi_margin_db"], 1), last]
+    digits = 1 if wide else 0
+    frames = "-" if not h["samples"] else f"{h['frames_5min']}/{h['frames_15min']}"
+    row += [_pair(h["rssi_min_dbm"], h["rssi_median_dbm"]), _pair(h["snr_min_db"], h["snr_median_db"], digits),
+            frames, _rating_text(h["rating_worst"], h["link_margin_min_db"], h["rssi_near_limit"])
+            if h["samples"] else "-"]
+    if wide:
+        bad = Text(str(n["frames_bad"]), style="yellow" if n["frames_bad"] else "")
+        row += [_num(n["battery_v"], 2), Text.assemble(str(n["frames_ok"]), "/", bad)]
+    return row
+
+
+def _caption(data: dict[str, Any], *, wide: bool) -> str:
+    """The legend under the table: the history's span, the ratings, and what LATE means."""
     lines = ", ".join(f"{_(_RATING_NAMES[name])} >= {low:g} dB" for name, low in RATINGS)
     factor = data["thresholds"]["late_factor"]
     window_min = data.get("history_s", HISTORY_S) / 60
@@ -505,13 +450,12 @@ def render(data: dict[str, Any], *, wide: bool = False) -> Any:
     late_legend = _("LATE = silent >= {factor} x interval (rules.silence_factor), the threshold of the node_silent "
                     "alert (which does not count time the agent was stopped, so after an outage LATE can show "
                     "first); LATE* = no alert for this kind (rules.silence_kinds).").format(factor=f"{factor:g}")
-    table.caption = (
+    return (
         _("{history}; frames 5m/15m = frames heard in the last 5/15 min. worst link = margin (dB) from the lowest "
           "RSSI and the lowest SNR: {ratings}, {poor} below; ! = RSSI within {near} dB of the sensitivity.").format(
             history=span, ratings=lines, poor=_("poor"), near=f"{RSSI_NEAR_LIMIT_DB:g}")
         + " " + (_("link margin = min(SNR - floor of the SF, RSSI - sensitivity).") + " " if wide else "")
         + late_legend + ("" if wide else " " + _("--wide: more columns.")))
-    return table
 
 
 MONITOR_EPILOG = N_("""\

@@ -118,23 +118,7 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
     oldest = db.execute("SELECT MIN(ts_us) FROM reading").fetchone()[0]
     meta = dict(db.execute("SELECT key, value FROM meta"))
     counters = dict(db.execute("SELECT name, value FROM counter ORDER BY name"))
-    nodes = []
-    columns = {r[1] for r in db.execute("PRAGMA table_info(node)")}
-    # A journal of schema 2 or older (a card's copy, an agent not yet upgraded) has one shared window.
-    unsigned = "unsigned_fcnt" if "unsigned_fcnt" in columns else "last_fcnt"
-    for row in db.execute(
-        f"SELECT node, name, last_fcnt, {unsigned}, last_seen_us, radio, rssi, snr, battery_v, frames_ok, frames_bad"
-        " FROM node ORDER BY node"
-    ):
-        node, name, fcnt_mic, fcnt_none, seen, radio, rssi, snr, batt, ok, bad = row
-        nodes.append({
-            "node": node, "name": name,
-            # The highest counter accepted either way; the two windows beside it (agent.gateway.readings).
-            "last_fcnt": max((f for f in (fcnt_mic, fcnt_none) if f is not None), default=None),
-            "fcnt_mic": fcnt_mic, "fcnt_unsigned": fcnt_none, "last_seen_us": seen,
-            "last_seen_age_s": round((now_us - seen) / 1e6, 1) if seen else None,
-            "radio": radio, "rssi": rssi, "snr": snr, "battery_v": batt, "frames_ok": ok, "frames_bad": bad,
-        })
+    nodes = _nodes(db, now_us)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     audit = [
         {"ts_us": ts, "user": user, "action": action, "node": node, "detail": detail}
@@ -171,6 +155,28 @@ def _collect(db: sqlite3.Connection) -> dict[str, Any]:
         "requests_pending": pending,
         "gateway_state": _gateway_state(meta.get("gateway_state"), now_us),
     }
+
+
+def _nodes(db: sqlite3.Connection, now_us: int) -> list[dict[str, Any]]:
+    """The journal's node table: each node's last frame, counters and frame counts, by node id."""
+    nodes = []
+    columns = {r[1] for r in db.execute("PRAGMA table_info(node)")}
+    # A journal of schema 2 or older (a card's copy, an agent not yet upgraded) has one shared window.
+    unsigned = "unsigned_fcnt" if "unsigned_fcnt" in columns else "last_fcnt"
+    for row in db.execute(
+        f"SELECT node, name, last_fcnt, {unsigned}, last_seen_us, radio, rssi, snr, battery_v, frames_ok, frames_bad"
+        " FROM node ORDER BY node"
+    ):
+        node, name, fcnt_mic, fcnt_none, seen, radio, rssi, snr, batt, ok, bad = row
+        nodes.append({
+            "node": node, "name": name,
+            # The highest counter accepted either way; the two windows beside it (agent.gateway.readings).
+            "last_fcnt": max((f for f in (fcnt_mic, fcnt_none) if f is not None), default=None),
+            "fcnt_mic": fcnt_mic, "fcnt_unsigned": fcnt_none, "last_seen_us": seen,
+            "last_seen_age_s": round((now_us - seen) / 1e6, 1) if seen else None,
+            "radio": radio, "rssi": rssi, "snr": snr, "battery_v": batt, "frames_ok": ok, "frames_bad": bad,
+        })
+    return nodes
 
 
 def _gateway_state(text: str | None, now_us: int) -> dict[str, Any] | None:
@@ -246,7 +252,8 @@ def render(status: dict[str, Any], console: Console) -> None:
         say(_("bad frames: none"))
     if status["reopens"]:
         say(_("port reopens: {counts}").format(counts=", ".join(f"{k} {v}" for k, v in status["reopens"].items())))
-    other = {k: v for k, v in status["counters"].items() if not k.startswith("frames.") and not k.startswith("readings.")}
+    other = {k: v for k, v in status["counters"].items()
+             if not k.startswith("frames.") and not k.startswith("readings.")}
     if other:
         say(_("events: {counts}").format(counts=", ".join(f"{k} {v}" for k, v in other.items())))
     _render_state(status.get("gateway_state"), agent["running"], console)

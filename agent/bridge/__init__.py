@@ -4,7 +4,10 @@ Modules:
 
 * :mod:`agent.bridge.config` -- the bridge's YAML config (``config/bridge/bridge.yaml``), loaded like the
   gateway's;
-* :mod:`agent.bridge.lineproto` -- the serializer: payload schema -> README "InfluxDB schema" lines;
+* :mod:`agent.bridge.lineproto` -- the serializer: payload schema -> README "InfluxDB schema" lines, built from
+  :mod:`agent.bridge.schema` (the documents' vocabularies, the outcome types, text checks),
+  :mod:`agent.bridge.reading_points` (reading batches), :mod:`agent.bridge.document_points` (status, state and
+  result documents) and :mod:`agent.bridge.encoding` (line protocol escaping);
 * :mod:`agent.bridge.sinks` -- the InfluxDB v1 ``/write`` sink (urllib3) and the v2 sink (influxdb-client);
 * :mod:`agent.bridge.policy` -- the one error policy of both sinks (retry, or dead-letter refused lines);
 * :mod:`agent.bridge.deadletter` -- the SQLite dead-letter store;

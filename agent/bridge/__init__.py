@@ -13,7 +13,9 @@ Modules:
 * :mod:`agent.bridge.deadletter` -- the SQLite dead-letter store;
 * :mod:`agent.bridge.deadletter_cli` -- ``denen bridge dead-letters list|show|replay|purge``;
 * :mod:`agent.bridge.health` -- the bridge's own ``bridge_health`` points and its systemd ``STATUS=``;
-* :mod:`agent.bridge.bridge` -- the MQTT consumer and writer that tie them together;
+* :mod:`agent.bridge.bridge` -- the MQTT consumer and writer that tie them together: its network-thread half in
+  :mod:`agent.bridge.receiving`, its writer-thread half in :mod:`agent.bridge.writing`;
+* :mod:`agent.bridge.mqttclient` -- the MQTT v5 client of the bridge and the console (login, TLS, backoff);
 * :mod:`agent.bridge.errors` -- the error tree.
 
 The names below are re-exported lazily (module ``__getattr__``): importing ``agent.bridge`` (as the CLI does to

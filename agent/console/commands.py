@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import ssl
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -26,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.bridge.mqttclient import new_client
 from agent.console.config import CommandsConfig, ConsoleMqttConfig
 from agent.console.state import BadMessage, Result, StateBook, gateway_of, parse_result, parse_state
 from agent.ratelog import RateLimitedLog
@@ -100,17 +99,7 @@ class CommandLink:
         self.subscriptions = (f"{prefix}/+/state", f"{prefix}/+/results")
 
     def _new_client(self, client_id: str) -> mqtt.Client:
-        cfg = self.cfg
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=MQTTProtocolVersion.MQTTv5)
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password_value())
-        tls = cfg.tls_settings()
-        if tls is not None:
-            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
-                           cert_reqs=ssl.CERT_REQUIRED)
-            client.tls_insecure_set(tls.insecure)
+        client = new_client(self.cfg, client_id)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

@@ -10,13 +10,15 @@ client id) take the session from each other on every connect. The link recognise
 says so in one line naming the cause and the fix, and waits longer after each takeover instead of reconnecting at
 once, so the pair does not flap.
 
-Everything the link learns is posted to the gateway's inbox as a tuple, in order:
+Everything the link learns is posted to the gateway's inbox as an event (agent.gateway.events), in order:
 
-    ("mqtt_up", session)                    CONNACK accepted
-    ("ack", session, mid, ok, text, code)   PUBACK for message ``mid`` (``ok`` False for a v5 failure code)
-    ("mqtt_down", session, reason)          the session ended (reason is a human sentence)
-    ("incident", "mqtt", kind, detail)      connect failures and refusals, counted by the gateway
-    ("cmd", topic, payload)                 a command from the backend on <prefix>/<gateway>/cmd/...
+    Connected(session)                          CONNACK accepted
+    Ack(session, mid, ok, reason, code)         PUBACK for message ``mid`` (``ok`` False for a v5 failure code)
+    Disconnected(session, reason)               the session ended (reason is a human sentence)
+    Incident("mqtt", kind, detail)              connect failures and refusals, counted by the gateway
+    Command(topic, payload)                     a command from the backend on <prefix>/<gateway>/cmd/...
+
+:class:`MqttLink` is the gateway's :class:`~agent.gateway.events.Publisher`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -38,6 +39,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
+from agent.gateway.events import Ack, Command, Connected, Disconnected, Incident, Post
 from agent.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -153,15 +155,16 @@ class MqttLink:
     Args:
         config: the ``mqtt`` section of the gateway config.
         gateway_id: the gateway's id, used in topics and the default client id.
-        post: puts one event tuple into the gateway's inbox (thread-safe).
+        post: puts one event into the gateway's inbox (thread-safe); or given later with :meth:`bind`, before
+            :meth:`start`.
         version: agent version string for the status document.
     """
 
-    def __init__(self, config: MqttConfig, gateway_id: str, post: Callable[[tuple], None], *, version: str) -> None:
+    def __init__(self, config: MqttConfig, gateway_id: str, post: Post | None = None, *, version: str) -> None:
         self.config = config
         self.gateway_id = gateway_id
         self.topics = Topics(config.topic_prefix, gateway_id)
-        self._post = post
+        self._post: Post = post if post is not None else _unbound
         self._version = version
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -180,7 +183,13 @@ class MqttLink:
         self._up_at = 0.0  # time.monotonic() of the current session's CONNACK
 
     # -- life cycle -----------------------------------------------------------------------------------------
+    def bind(self, post: Post) -> None:
+        """Post events to ``post`` from now on (the gateway's ``inbox.put``); called before :meth:`start`."""
+        self._post = post
+
     def start(self) -> None:
+        if self._post is _unbound:
+            raise RuntimeError("MqttLink.start: no inbox to post to (call bind(post) first)")
         self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
         self._thread.start()
 
@@ -285,7 +294,7 @@ class MqttLink:
             except (OSError, ssl.SSLError, ValueError) as exc:
                 _close_sockets_left_in(exc)
                 self.takeover.connect_failed()
-                self._post(("incident", "mqtt", "connect_failed", f"{cfg.host}:{cfg.port}: {_describe(exc)}"))
+                self._post(Incident("mqtt", "connect_failed", f"{cfg.host}:{cfg.port}: {_describe(exc)}"))
             else:
                 try:
                     sock = client.socket()
@@ -309,7 +318,7 @@ class MqttLink:
                 pass
             if self._stop.is_set():
                 if was_up:
-                    self._post(("mqtt_down", session, "connection lost"))
+                    self._post(Disconnected(session, "connection lost"))
                 break
             takeover_wait = None
             if was_up:
@@ -320,12 +329,12 @@ class MqttLink:
                     lost=not from_broker and code == _CONNECTION_LOST,
                 )
                 if takeover_wait is None:
-                    self._post(("mqtt_down", session, "connection lost"))
+                    self._post(Disconnected(session, "connection lost"))
                 elif taken_over:
-                    self._post(("mqtt_down", session, "session taken over by another client with this client id"))
+                    self._post(Disconnected(session, "session taken over by another client with this client id"))
                 else:
-                    self._post(("mqtt_down", session, "closed by the broker right after connecting, again: most "
-                                "likely another client with this client id"))
+                    self._post(Disconnected(session, "closed by the broker right after connecting, again: most "
+                                            "likely another client with this client id"))
             if self._connack_ok:
                 delay = cfg.reconnect_min_s
             if takeover_wait is not None:
@@ -391,7 +400,7 @@ class MqttLink:
             if reason.value in (134, 135):
                 hint = " (check mqtt.username and mqtt.password / password_file for this gateway)"
             self.takeover.connect_failed()
-            self._post(("incident", "mqtt", "connect_refused", f"broker refused the connection: {reason}{hint}"))
+            self._post(Incident("mqtt", "connect_refused", f"broker refused the connection: {reason}{hint}"))
             client.disconnect()
             return
         self._connack_ok = True
@@ -407,7 +416,7 @@ class MqttLink:
         with self._lock:
             self._connected = True
         log.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
-        self._post(("mqtt_up", self._session))
+        self._post(Connected(self._session))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                        properties: Properties | None) -> None:
@@ -419,11 +428,15 @@ class MqttLink:
         self._ended = (from_broker, int(reason.value), str(said)[:200] if said else None)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._post(("cmd", msg.topic, bytes(msg.payload)))
+        self._post(Command(msg.topic, bytes(msg.payload)))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                     properties: Properties | None) -> None:
-        self._post(("ack", self._session, mid, not reason.is_failure, str(reason), int(reason.value)))
+        self._post(Ack(self._session, mid, not reason.is_failure, str(reason), int(reason.value)))
+
+
+def _unbound(event: object) -> None:
+    """Where events would go before :meth:`MqttLink.bind` (:meth:`MqttLink.start` refuses to start with it)."""
 
 
 def _close_sockets_left_in(exc: BaseException) -> None:

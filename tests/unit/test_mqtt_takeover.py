@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import parse_config
+from agent.gateway.events import Disconnected, Event
 from agent.gateway.publisher import SESSION_TAKEN_OVER, MqttLink, TakeoverBackoff
 
 
@@ -122,7 +123,7 @@ journal: {{path: {tmp_path / 'j.db'}}}
 mqtt: {{host: 127.0.0.1, port: {server.port}, reconnect_min_s: 0.2, reconnect_max_s: 1.0}}
 radios: [{{name: lora0, driver: rak3172, port: "loop://"}}]
 """)
-    events: list[tuple] = []
+    events: list[Event] = []
     link = MqttLink(cfg.mqtt, "gw-dup", events.append, version="test")
     # Short waits so that the test sees three sessions soon: 0.5 s, then 1 s.
     link.takeover = TakeoverBackoff(first_s=0.5, max_s=2.0)
@@ -147,6 +148,6 @@ radios: [{{name: lora0, driver: rak3172, port: "loop://"}}]
     assert "192.0.2.7" in line  # what the broker said, where it says it
     assert re.search(r"waits 0\.[4-6] s before reconnecting", line), line  # 0.5 s ± 10 % jitter
     assert not [r for r in caplog.records if "MQTT: disconnected" in r.getMessage()]
-    downs = [e for e in events if e[0] == "mqtt_down"]
-    assert downs and all("taken over" in e[2] for e in downs)
+    downs = [e for e in events if isinstance(e, Disconnected)]
+    assert downs and all("taken over" in e.reason for e in downs)
     assert link.takeover.level >= 2

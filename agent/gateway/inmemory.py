@@ -1,0 +1,91 @@
+"""Readings the core holds in memory before the journal has them: the commit window, and what failed commits left.
+
+Both are bounded: the window by time (``journal.commit_window_ms``, a power cut loses at most its frames) and by
+the core's drain size; the readings of failed commits by UNJOURNALED_MAX, dropping the oldest telemetry and
+diagnostics first as the quota would, never an SOS or an alarm.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from agent.gateway.reading import EVICTABLE, LANES, Entry, Quarantined
+
+log = logging.getLogger(__name__)
+
+#: Readings kept in memory while the journal cannot commit (disk full, I/O errors). Above this, telemetry and
+#: diagnostics are dropped oldest first, as the quota would; SOS and alarms are always kept.
+UNJOURNALED_MAX = 20_000
+#: How long the deletion of acknowledged readings (and counters) may wait for a commit when nothing else waits, in
+#: seconds (at least the commit window): at a few frames per second it folds into the next frame's commit instead
+#: of taking a commit of its own. After a power cut, readings acknowledged this long before it may be sent again
+#: (same id and timestamp: an overwrite at the backend).
+ACK_FOLD_S = 1.0
+
+
+class CommitWindow:
+    """Telemetry and diagnostics (and acknowledgements to delete) gathered over several wake-ups, committed together
+    when the window closes, or at once with an SOS or alarm.
+
+    Args:
+        window_s: the window, in seconds (0: every wake-up commits).
+    """
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.entries: list[Entry] = []
+        self.quarantined: list[Quarantined] = []
+        self.held = 0  # readings among the waiting ones that will be held for the clock's sync
+        self.due = 0.0  # monotonic s when what waits must be committed; 0: nothing waits
+
+    def closed(self, now: float) -> bool:
+        """Whether what waits must be committed now (``now``: monotonic s)."""
+        return bool(self.due) and now >= self.due
+
+    def wait(self, entries: list[Entry], quarantined: list[Quarantined], *, held: int, more_waits: bool,
+             now: float) -> None:
+        """Keep this wake-up's work for the window's commit.
+
+        Args:
+            held: readings waiting (these and those before) that will be held for the clock's sync.
+            more_waits: node states or meta rows wait too; if neither they nor readings wait, only
+                acknowledgements do, and they may wait up to ACK_FOLD_S.
+        """
+        self.entries.extend(entries)
+        self.quarantined.extend(quarantined)
+        self.held = held
+        readings_wait = self.entries or self.quarantined or more_waits
+        due = now + (self.window_s if readings_wait else max(self.window_s, ACK_FOLD_S))
+        self.due = min(self.due, due) if self.due else due
+
+    def take(self, entries: list[Entry], quarantined: list[Quarantined]) -> tuple[list[Entry], list[Quarantined]]:
+        """What waits, then ``entries`` and ``quarantined``, for a commit now; the window is empty after."""
+        if self.entries or self.quarantined:
+            entries = self.entries + entries
+            quarantined = self.quarantined + quarantined
+            self.entries, self.quarantined, self.held = [], [], 0
+        self.due = 0.0
+        return entries, quarantined
+
+
+def bounded(entries: list[Entry], count: Callable[..., None]) -> list[Entry]:
+    """``entries`` within UNJOURNALED_MAX: the oldest telemetry, then diagnostics, dropped and counted as
+    ``journal.dropped_unjournaled.<lane>``."""
+    excess = len(entries) - UNJOURNALED_MAX
+    if excess <= 0:
+        return entries
+    drop: set[int] = set()
+    for lane in EVICTABLE:
+        for i, e in enumerate(entries):
+            if len(drop) >= excess:
+                break
+            if e.lane == lane:
+                drop.add(i)
+    if not drop:
+        return entries
+    for i in drop:
+        count(f"journal.dropped_unjournaled.{LANES[entries[i].lane]}")
+    log.error("journal cannot commit and %d readings wait in memory: dropped the %d oldest "
+              "telemetry/diagnostics readings", len(entries), len(drop))
+    return [e for i, e in enumerate(entries) if i not in drop]

@@ -1,0 +1,58 @@
+"""Frames into readings: one chunk of uplinks decoded into journal entries (with the alerts they raise) or
+quarantined frames. The per-frame path of the core; it runs in the core's thread."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from agent.gateway.reading import SOS, Entry, Quarantined
+from agent.gateway.readings import Decoded, FrameDecoder
+from agent.ratelog import RateLimitedLog
+from drivers.types import Uplink
+
+log = logging.getLogger(__name__)
+
+
+def decode_chunk(uplinks: list[Uplink], decoder: FrameDecoder, on_reading: Callable[[dict[str, Any]], Any], *,
+                 entries: list[Entry], quarantined: list[Quarantined], count: Callable[..., None],
+                 warn: RateLimitedLog) -> bool:
+    """Decode one chunk of frames into ``entries`` (and the alerts ``on_reading`` raises for each reading) or
+    ``quarantined``; True if one is an SOS.
+
+    A decoder bug quarantines the frame (``internal_error``) and a rules bug loses only the alerts: neither loses
+    a frame nor stops the core. Names are bound once per chunk, and frames.ok counted once per chunk.
+    """
+    decode, ok, sos = decoder.decode, 0, False
+    for up in uplinks:
+        try:
+            out = decode(up)
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must not lose the frame or stop the core
+            log.exception("decoding a frame from %s failed", up.radio)
+            out = Decoded(quarantined=Quarantined(up.received_us, up.radio, None, "internal_error",
+                                                  f"decoder raised {type(exc).__name__}: {exc}",
+                                                  up.payload, up.rssi, up.snr))
+        entry = out.entry
+        if entry is None:
+            q = out.quarantined
+            assert q is not None
+            quarantined.append(q)
+            count(f"frames.{q.reason}")
+            warn.warning(q.reason, f"node {q.node or '?'}", "frames", "frame quarantined from %s via %s: %s: %s "
+                         "(rssi %s)", q.node or "?", q.radio, q.reason, q.detail, q.rssi)
+            continue
+        entries.append(entry)
+        sos = sos or entry.lane == SOS
+        ok += 1
+        try:
+            alerts = on_reading(out.body)
+        except Exception:  # noqa: BLE001 - a rules bug never stops forwarding
+            count("edge.internal_error")
+            log.exception("edge logic failed in on_reading")
+        else:
+            if alerts:
+                entries.extend(alerts)
+    if ok:
+        count("frames.ok", ok)
+    return sos

@@ -1,0 +1,247 @@
+"""The publish/ack path: journaled readings out to the broker in batches, and their PUBACKs back.
+
+The core owns one :class:`Outbox` and calls it from its own thread only. Within an MQTT session the outbox knows
+what it handed to the publisher (``sent_upto`` per lane) and what is in flight (``inflight``, by message id, at
+most ``mqtt.inflight_window`` messages besides SOS); a PUBACK moves a message's sequence numbers to ``acked``, and
+the core deletes those rows with its next commit. A new session starts again from the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.config import Config
+from agent.gateway import clock
+from agent.gateway.events import Ack, Publisher
+from agent.gateway.journal import Journal
+from agent.gateway.reading import LANES, SOS, TELEMETRY, Entry
+from agent.gateway.readings import READING_SCHEMA
+
+log = logging.getLogger(__name__)
+
+_BATCHES_PER_STEP = 1  # backlog messages published per wake-up
+_NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT v5 PUBACK reason code
+REWIND_S = 2.0  # wait before offering again readings the broker had no subscriber for, in seconds
+
+
+@dataclass(slots=True)
+class Inflight:
+    """One batch message awaiting its PUBACK."""
+
+    lane: int
+    seqs: list[int]
+    sent: float  # monotonic seconds
+    bodies: list[str] | None = None  # SOS lane only
+
+
+def batch_room(config: Config) -> int:
+    """Bytes of reading bodies one message may carry: ``mqtt.batch_max_kb`` less the envelope
+    :meth:`Outbox.send_bodies` writes around them (schema, lane, sent_us, brackets: at most 150 bytes besides
+    the gateway id and site)."""
+    return config.mqtt.batch_max_kb * 1024 - 150 - len(config.gateway.id.encode()) - len(config.gateway.site.encode())
+
+
+def fit_batch(rows: list[tuple[int, str]], room: int) -> list[tuple[int, str]]:
+    """The first rows whose bodies, comma-separated, fit in ``room`` bytes (at least one row); the rest go in the
+    next message."""
+    for i, (_, body) in enumerate(rows):
+        # A body is ASCII unless a name holds other text; only then is its UTF-8 length computed.
+        room -= (len(body) if body.isascii() else len(body.encode())) + 1
+        if room < 0:
+            return rows[:max(1, i)]
+    return rows
+
+
+class Outbox:
+    """What the current MQTT session has in flight and what the broker acknowledged.
+
+    Args:
+        config: the gateway config (``mqtt`` batch and window sizes, gateway id and site for the envelope).
+        publisher: where messages go.
+        journal: where pending readings are read from; the core sets :attr:`journal` again when it replaces a
+            damaged journal (and calls :meth:`forget`).
+        count: adds to one of the core's counters.
+        on_sos_acked: called with the SOS readings (parsed bodies) of each acknowledged SOS message.
+    """
+
+    def __init__(self, config: Config, publisher: Publisher, journal: Journal, *,
+                 count: Callable[..., None], on_sos_acked: Callable[[list[dict[str, Any]]], Any]) -> None:
+        self.config = config
+        self.publisher = publisher
+        self.journal = journal
+        self._count = count
+        self._on_sos_acked = on_sos_acked
+        self._room = batch_room(config)
+        self._head = (f'{{"schema":"{READING_SCHEMA}","gateway":"{config.gateway.id}",'
+                      f'"site":"{config.gateway.site}",')
+        self.session: int | None = None  # the MQTT session up now, None while offline
+        self.inflight: dict[int, Inflight] = {}
+        self.sent_upto = [0] * len(LANES)  # highest seq handed to the current session, per lane
+        self.acked: list[int] = []  # acknowledged, deleted with the core's next commit
+        self._acked_hi = 0  # highest seq in acked: rows above it cannot be among them
+        self._rewind: dict[int, int] = {}  # lane -> first seq to offer again (PUBACK "no matching subscribers")
+        self.rewind_at = 0.0  # monotonic s when readings without a subscriber are offered again; 0: none
+        # SOS published before they could be journaled, by (node, fcnt, ts_us): a signed and an unsigned frame
+        # may share a counter, never a timestamp (agent.gateway.readings).
+        self._sos_from_memory: set[tuple[str, int, int]] = set()
+
+    # -- sessions ----------------------------------------------------------------------------------------------
+    def session_up(self, session: int) -> None:
+        """A new session: everything journaled is offered again, SOS first."""
+        self.session = session
+        self._rewind.clear()
+        self.rewind_at = 0.0
+        self.sent_upto = [0] * len(LANES)
+        self.inflight.clear()
+
+    def session_down(self, session: int) -> bool:
+        """Session ``session`` ended; False if it was not the current one (already replaced)."""
+        if self.session != session:
+            return False
+        self.session = None
+        self.inflight.clear()
+        return True
+
+    def forget(self) -> None:
+        """Forget what is in flight: seqs of a new journal file mean nothing to the current session."""
+        self.inflight.clear()
+        self.sent_upto = [0] * len(LANES)
+        self.acked = []
+
+    def deleted(self) -> None:
+        """The acknowledged readings were deleted (the core's commit succeeded); SOS kept in memory are journaled."""
+        self.acked = []
+        self._sos_from_memory.clear()
+
+    def protected(self) -> list[int]:
+        """Seqs in flight: the quota must not evict them before their PUBACK."""
+        return [s for f in self.inflight.values() for s in f.seqs]
+
+    # -- publishing --------------------------------------------------------------------------------------------
+    def publish(self, *, urgent: bool, hold: bool) -> None:
+        """SOS first, whatever the window holds; then backlog batches within the window.
+
+        Args:
+            urgent: this wake-up brought an SOS: one backlog batch at most, so the wake-up ends soon.
+            hold: telemetry and diagnostics stamped on an unsynchronised clock wait (see agent.gateway.clockwatch).
+        """
+        if self.session is None:
+            return
+        if self.rewind_at and time.monotonic() >= self.rewind_at:
+            self._do_rewind()
+        window = self.config.mqtt.inflight_window
+        batch = self.config.mqtt.batch_max_readings
+        if not self.publish_lane(SOS):
+            return
+        # Backlog batches per wake-up are capped, so a wake-up stays short and an SOS arriving meanwhile waits
+        # for little; the next PUBACK wakes the core to send more.
+        budget = 1 if urgent else _BATCHES_PER_STEP
+        for lane in range(SOS + 1, len(LANES)):
+            while budget and len(self.inflight) < window and self.journal.lane_top[lane] > self.sent_upto[lane]:
+                rows = self.journal.pending(lane, after_seq=self.sent_upto[lane], limit=batch,
+                                            hold_unsynced=hold and lane >= TELEMETRY)
+                if not rows:
+                    break
+                if not self._send(lane, rows):
+                    return
+                budget -= 1
+
+    def _do_rewind(self) -> None:
+        for lane, first in self._rewind.items():
+            # Messages of this lane still in flight are forgotten: their rows are offered again with the rest
+            # (a late PUBACK for them is ignored; at worst a reading arrives twice, with the same identity).
+            for mid in [m for m, f in self.inflight.items() if f.lane == lane and max(f.seqs) >= first]:
+                del self.inflight[mid]
+            self.sent_upto[lane] = min(self.sent_upto[lane], first - 1)
+        self._rewind.clear()
+        self.rewind_at = 0.0
+
+    def publish_lane(self, lane: int) -> bool:
+        """Send everything pending in ``lane``, whatever the window holds (used for SOS). False if offline."""
+        batch = self.config.mqtt.batch_max_readings
+        while True:
+            if self.journal.lane_top[lane] <= self.sent_upto[lane]:
+                return True  # nothing committed to the lane since it was last sent: no query
+            rows = self.journal.pending(lane, after_seq=self.sent_upto[lane], limit=batch)
+            if not rows:
+                return True
+            if not self._send(lane, rows):
+                return False
+
+    def publish_unjournaled_sos(self, entries: list[Entry]) -> None:
+        """Publish the SOS among ``entries`` (which the journal could not take) not yet published from memory.
+
+        An SOS must not wait for a disk to be cleared: it goes out as it is (counted as
+        ``sos.published_unjournaled``) and again, same identity, once it is journaled.
+        """
+        if self.session is None:
+            return
+        unsent = [e for e in entries if e.lane == SOS and (e.node, e.fcnt, e.ts_us) not in self._sos_from_memory]
+        if unsent and self.send_bodies(SOS, [e.body for e in unsent]):
+            self._sos_from_memory.update((e.node, e.fcnt, e.ts_us) for e in unsent)
+            self._count("sos.published_unjournaled", len(unsent))
+            log.error("journal cannot commit: %d SOS published from memory", len(unsent))
+
+    def send_bodies(self, lane: int, bodies: list[str]) -> tuple[int, int] | None:
+        """Publish one batch message of reading bodies; (session, mid), or None when offline."""
+        payload = (self._head + f'"lane":"{LANES[lane]}","sent_us":{clock.wall_us()},"readings":['
+                   + ",".join(bodies) + "]}").encode()
+        return self.publisher.publish(self.publisher.topics.readings[LANES[lane]], payload)
+
+    def _send(self, lane: int, rows: list[tuple[int, str]]) -> bool:
+        if self.acked and rows[0][0] <= self._acked_hi:
+            # Acknowledged but not yet deleted (the delete commits with the next batch, or the disk is full):
+            # the broker has them, so a new session does not send them again.
+            acked = set(self.acked)
+            kept = [r for r in rows if r[0] not in acked]
+            if not kept:
+                self.sent_upto[lane] = rows[-1][0]
+                return True
+            rows = kept
+        rows = fit_batch(rows, self._room)
+        sent = self.send_bodies(lane, [body for _, body in rows])
+        if sent is None:
+            return False
+        session, mid = sent
+        # SOS bodies are kept until their PUBACK, which triggers the receipts the callers asked for.
+        bodies = [body for _, body in rows] if lane == SOS else None
+        self.inflight[mid] = Inflight(lane, [seq for seq, _ in rows], time.monotonic(), bodies)
+        self.sent_upto[lane] = rows[-1][0]
+        return True
+
+    # -- acknowledgements ----------------------------------------------------------------------------------------
+    def on_ack(self, ack: Ack) -> None:
+        if ack.session != self.session:
+            return
+        flight = self.inflight.pop(ack.mid, None)
+        if flight is None:
+            return  # the retained status message, or a session already forgotten
+        if ack.code == _NO_MATCHING_SUBSCRIBERS:
+            # The broker took the message but nobody was subscribed (the bridge not back yet after a broker
+            # restart): nobody has the readings, so they stay journaled and are offered again shortly.
+            self._count("mqtt.no_subscribers")
+            lane_first = min(flight.seqs)
+            self._rewind[flight.lane] = min(self._rewind.get(flight.lane, lane_first), lane_first)
+            if not self.rewind_at:
+                self.rewind_at = time.monotonic() + REWIND_S
+                log.warning("broker has no subscriber for %s readings; keeping them, retrying in %.0f s",
+                            LANES[flight.lane], REWIND_S)
+            return
+        if not ack.ok:
+            # The broker refused the message (v5 PUBACK failure, e.g. not authorised by its ACL). The readings
+            # stay journaled; they are offered again on the next session.
+            self._count("mqtt.publish_refused")
+            log.error("broker refused a %s batch of %d readings: %s", LANES[flight.lane], len(flight.seqs),
+                      ack.reason)
+            return
+        self.acked.extend(flight.seqs)
+        self._acked_hi = max(self._acked_hi, flight.seqs[-1])
+        self._count("readings.acked", len(flight.seqs))
+        if flight.bodies:
+            readings = [json.loads(b) for b in flight.bodies]
+            self._on_sos_acked([r for r in readings if r.get("kind") == "sos"])

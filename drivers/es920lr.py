@@ -40,7 +40,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -70,6 +70,9 @@ _MAX_CHANNEL = {62.5: 15, 125: 15, 250: 7, 500: 5}
 
 class Es920Config(Section):
     """EASEL ES920LR (Private LoRa) module settings; bandwidth, SF, channel and PAN id must match the nodes."""
+
+    #: What the radio's ``es920:`` key holds, for the config reference.
+    section_doc: ClassVar[str] = "Module settings"
 
     bandwidth_khz: Literal[62.5, 125, 250, 500] = Field(
         default=125, description="LoRa bandwidth in kHz: 62.5, 125, 250 or 500."
@@ -652,4 +655,4 @@ def _answer_in_operation(heard: list[bytes], raw: bytes, port: str, say: Say) ->
 #: This driver in the registry (drivers/all.py registers it).
 SPEC = DriverSpec(
     name="es920lr", driver=Es920lr, section="es920", settings=Es920Config, probe=probe, twin="es920lr",
-    summary="EASEL ES920LR, private LoRa")
+    summary="EASEL ES920LR")

@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -68,6 +68,9 @@ MODES = {"0": "LoRa P2P", "1": "LoRaWAN", "2": "FSK"}
 
 class P2pConfig(Section):
     """RAK3172 (RUI3) LoRa P2P radio settings; they must match the nodes' settings exactly."""
+
+    #: What the radio's ``p2p:`` key holds, for the config reference.
+    section_doc: ClassVar[str] = "LoRa settings"
 
     frequency_hz: int = Field(
         default=920_600_000,

@@ -63,7 +63,16 @@ class RiverStages(_RulesSection):
         return (self.standby, self.caution, self.evacuation, self.danger)
 
 
-class RiverRule(_RulesSection):
+class _NodeRule(_RulesSection):
+    # Every rule names its node by the id written as in nodes[].id; each subclass declares the field itself.
+
+    @field_validator("node", mode="before", check_fields=False)
+    @classmethod
+    def _node(cls, value: object) -> str:
+        return _node_id(value)
+
+
+class RiverRule(_NodeRule):
     """Stage and rate-of-rise alerts for one water_level node."""
 
     node: str = Field(description="Node id of the water_level gauge: 8 hex digits in quotes, as in nodes[].id.")
@@ -92,13 +101,8 @@ class RiverRule(_RulesSection):
         description="river_rise clears when the rate falls below this fraction of rise_cm_per_h (0-1, ratio).",
     )
 
-    @field_validator("node", mode="before")
-    @classmethod
-    def _node(cls, value: object) -> str:
-        return _node_id(value)
 
-
-class SlopeRule(_RulesSection):
+class SlopeRule(_NodeRule):
     """Tilt and tilt-rate alerts for one tilt node."""
 
     node: str = Field(description="Node id of the tilt sensor: 8 hex digits in quotes, as in nodes[].id.")
@@ -128,11 +132,6 @@ class SlopeRule(_RulesSection):
         le=1,
         description="slope_rate clears when the rate falls below this fraction of rate_deg_per_h (0-1, ratio).",
     )
-
-    @field_validator("node", mode="before")
-    @classmethod
-    def _node(cls, value: object) -> str:
-        return _node_id(value)
 
     @model_validator(mode="after")
     def _something(self) -> SlopeRule:

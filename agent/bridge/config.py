@@ -33,9 +33,10 @@ from agent.config import (
     is_loopback_host,
     resolve_config_path,
     secret_source_problems,
-    tls_insecure_warning,
 )
 from agent.config.loader import ModelFile
+from agent.config.mqtt import mqtt_tls_warnings
+from agent.config.values import TopLevel
 from agent.config.secrets import SecretEnv, SecretText, WithSecrets, read_secret_file, secret_file
 from agent.bridge.deadletter import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEM_BYTES
 
@@ -460,8 +461,10 @@ class HealthConfig(ConfigSection):
     )
 
 
-class BridgeConfig(ConfigSection):
+class BridgeConfig(TopLevel):
     """The whole bridge configuration (one YAML file)."""
+
+    EMPTY_MEANS_DEFAULTS = ("mqtt", "batch", "dead_letter", "limits", "health", "log")
 
     mqtt: BridgeMqttConfig = Field(default_factory=BridgeMqttConfig, description="The MQTT broker and subscription.")
     sink: SinkConfig = Field(description="The database the readings are written to (required).")
@@ -487,22 +490,11 @@ class BridgeConfig(ConfigSection):
                                     "limits.max_inflight_mb")])
         return self
 
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_sections(cls, data: object) -> object:
-        # A section left with nothing under it (every line commented out) means "all defaults".
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if not (v is None and k in ("mqtt", "batch", "dead_letter", "limits", "health", "log"))}
-        return data
 
 
 def _warnings(config: BridgeConfig) -> list[Found]:
     found: list[Found] = []
-    if config.mqtt.tls and config.mqtt.tls.insecure:
-        found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
-    if config.mqtt.tls is False and not is_loopback_host(config.mqtt.host):
-        found.append((("mqtt", "tls"), f"plain TCP to the broker {config.mqtt.host}: the bridge's login and every "
-                      "reading travel in clear", "use tls: {ca_file: ...} unless this is a trusted private network"))
+    found.extend(mqtt_tls_warnings(config.mqtt, "the bridge's login and every reading travel in clear"))
 
     # Who can read the secrets is checked by the loader (agent.config), as for a gateway config.
     if config.mqtt.client_id is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.config.mqtt import is_loopback_host, tls_insecure_warning
+from agent.config.mqtt import mqtt_tls_warnings
 from agent.config.nodes import normalise_node_id
 from agent.config.radio import _section_problems
 from agent.config.values import Found, Loc, _get
@@ -82,13 +82,9 @@ def _warning_problems(config: Config) -> list[Found]:
             found.append((("radios", i, "es920", "payload_encoding"),
                           "raw payloads in ascii format break when a payload contains CR LF",
                           "use format: binary, or payload_encoding: hex"))
-    tls = config.mqtt.tls
-    if tls and tls.insecure:
-        found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
-    if tls is False and not is_loopback_host(config.mqtt.host):
-        found.append((("mqtt", "tls"), f"plain TCP to the broker {config.mqtt.host}: the gateway's MQTT login and "
-                      "every reading cross the network in clear",
-                      "use tls: {ca_file: ...} unless the path to the broker is a trusted private network"))
+    found.extend(mqtt_tls_warnings(config.mqtt, "the gateway's MQTT login and every reading cross the network in "
+                                   "clear", "use tls: {ca_file: ...} unless the path to the broker is a trusted "
+                                   "private network"))
     # Who can read secrets is checked by the loader itself (_secret_mode_problems), for every config file.
     rivers = {r.node for r in config.rules.rivers}
     for i, node in enumerate(config.nodes):

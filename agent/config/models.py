@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
@@ -13,7 +12,7 @@ from agent.config.loader import ModelFile
 from agent.config.mqtt import MqttConfig
 from agent.config.nodes import NodeConfig
 from agent.config.radio import RadioConfig
-from agent.config.values import _CTX_LOADER, _resolve_path
+from agent.config.values import _CTX_LOADER, TopLevel, _resolve_path
 from agent.errors import ConfigIssue
 from agent.gateway.fieldio import GpioConfig
 from agent.gateway.receipts import ReceiptsConfig
@@ -96,7 +95,7 @@ class LogConfig(Section):
     )
 
 
-class Config(Section):
+class Config(TopLevel):
     """The whole agent configuration (one YAML file)."""
 
     model_config = ConfigDict(
@@ -146,21 +145,11 @@ class Config(Section):
     )
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
 
+    EMPTY_MEANS_DEFAULTS = ("journal", "mqtt", "nodes", "health", "log", "unknown_nodes", "rules", "gpio", "receipts")
+
     _node_by_id: dict[int, NodeConfig] = PrivateAttr(default_factory=dict)
     _radio_by_name: dict[str, RadioConfig] = PrivateAttr(default_factory=dict)
     _warnings: tuple[ConfigIssue, ...] = PrivateAttr(default=())
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_sections(cls, data: object) -> object:
-        # A section key left with nothing under it (every line commented out) means "all defaults", not an error.
-        if isinstance(data, Mapping):
-            return {
-                k: v for k, v in data.items()
-                if not (v is None and k in ("journal", "mqtt", "nodes", "health", "log", "unknown_nodes", "rules", "gpio",
-                                          "receipts"))
-            }
-        return data
 
     @model_validator(mode="after")
     def _collections(self, info: ValidationInfo) -> Config:

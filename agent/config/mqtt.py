@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -228,6 +228,25 @@ def is_loopback_host(host: str) -> bool:
         return False
     # Python >= 3.13 calls ::ffff:127.0.0.1 loopback; the rule is 127.0.0.0/8 and ::1 on every version.
     return address.is_loopback and getattr(address, "ipv4_mapped", None) is None
+
+
+class BrokerSettings(Protocol):
+    """What :func:`mqtt_tls_warnings` reads of an MQTT section (the gateway's, the bridge's, the console's)."""
+
+    host: str
+    tls: TlsConfig | Literal[False] | None
+
+
+def mqtt_tls_warnings(mqtt: BrokerSettings, in_clear: str,
+                      hint: str = "use tls: {ca_file: ...} unless this is a trusted private network") -> list[Found]:
+    """Warnings for an MQTT section (at ``mqtt``) that checks no host name, or sends in clear to another host
+    (``in_clear`` says what crosses the network)."""
+    found: list[Found] = []
+    if mqtt.tls and mqtt.tls.insecure:
+        found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
+    if mqtt.tls is False and not is_loopback_host(mqtt.host):
+        found.append((("mqtt", "tls"), f"plain TCP to the broker {mqtt.host}: {in_clear}", hint))
+    return found
 
 
 def tls_insecure_warning(loc: Loc) -> Found:

@@ -9,9 +9,9 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ValidationInfo
+from pydantic import BaseModel, ValidationInfo, model_validator
 
 from drivers.settings import Loc, Problem, Problems, Section, problem
 
@@ -59,6 +59,20 @@ def _check_readable_file(path: str, what: str) -> None:
 #: Base class for the sections of other config files loaded with :func:`parse_yaml_model` (the bridge's): unknown
 #: keys are errors, the model is frozen, and pydantic never echoes input values (secrets) in its errors.
 ConfigSection = Section
+
+
+class TopLevel(Section):
+    """Base of the model of a whole config file: a section key in :attr:`EMPTY_MEANS_DEFAULTS` left with nothing
+    under it (every line below it commented out) means "all defaults", not an error."""
+
+    EMPTY_MEANS_DEFAULTS: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: object) -> object:
+        if isinstance(data, Mapping):
+            return {k: v for k, v in data.items() if not (v is None and k in cls.EMPTY_MEANS_DEFAULTS)}
+        return data
 
 
 def config_problem(message: str, hint: str | None = None, subloc: Loc = ()) -> ValueError:

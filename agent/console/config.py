@@ -33,9 +33,10 @@ from agent.config import (
     config_problem,
     config_problems,
     is_loopback_host,
-    tls_insecure_warning,
 )
 from agent.config.loader import ModelFile
+from agent.config.mqtt import mqtt_tls_warnings
+from agent.config.values import TopLevel
 from agent.config.secrets import SecretEnv, WithSecrets, read_once, read_secret_file, secret_file
 
 __all__ = ["ConsoleConfig", "HOOK_TOKEN_MIN_BYTES", "HooksConfig", "LINK_SECRET_MIN_BYTES", "MailConfig",
@@ -284,8 +285,10 @@ def _address(value: str) -> str:
     return value
 
 
-class ConsoleConfig(ConfigSection):
+class ConsoleConfig(TopLevel):
     """The whole console configuration (one YAML file)."""
+
+    EMPTY_MEANS_DEFAULTS = ("mqtt", "commands", "log")
 
     http: HttpConfig = Field(description="The HTTP server and the public base URL (required).")
     links: LinksConfig = Field(description="The link secret and lifetime (required).")
@@ -307,13 +310,6 @@ class ConsoleConfig(ConfigSection):
     )
     mail: MailConfig | None = Field(default=None, description="The SMTP server for the hooks' mails.")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_sections(cls, data: object) -> object:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if not (v is None and k in ("mqtt", "commands", "log"))}
-        return data
-
     @model_validator(mode="after")
     def _hooks_need_mail(self) -> ConsoleConfig:
         if self.hooks is not None and self.mail is None:
@@ -324,11 +320,7 @@ class ConsoleConfig(ConfigSection):
 
 def _warnings(config: ConsoleConfig) -> list[Found]:
     found: list[Found] = []
-    if config.mqtt.tls and config.mqtt.tls.insecure:
-        found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
-    if config.mqtt.tls is False and not is_loopback_host(config.mqtt.host):
-        found.append((("mqtt", "tls"), f"plain TCP to the broker {config.mqtt.host}: the console's login travels "
-                      "in clear", "use tls: {ca_file: ...} unless this is a trusted private network"))
+    found.extend(mqtt_tls_warnings(config.mqtt, "the console's login travels in clear"))
     if urlsplit(config.http.public_url).scheme == "http" and not is_loopback_host(
             urlsplit(config.http.public_url).hostname or ""):
         found.append((("http", "public_url"), "links are plain http://: anyone on the path can read and use them",

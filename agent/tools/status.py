@@ -205,12 +205,6 @@ def _alive(pid: int) -> bool:
 def render(status: dict[str, Any], console: Console) -> None:
     """Print the status as a few tables an installer can read on one screen, in the user's language; times in the
     local zone (:func:`agent.i18n.local_time`)."""
-    from rich import box  # noqa: PLC0415 - rich only for the tables, not for --json
-    from rich.cells import cell_len  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
-
-    from agent.tools.monitor import NAME_CELLS, _fit_cells  # noqa: PLC0415 - the monitor's cut of wide names
-
     def say(text: str) -> None:
         # Names, users and details come from the config and the journal: printed as text, never markup.
         console.print(text, markup=False, highlight=False)
@@ -226,25 +220,7 @@ def render(status: dict[str, Any], console: Console) -> None:
     say(_("journal: {depths}   oldest unsent: {age}").format(
         depths="  ".join(f"{lane} {n}" for lane, n in j["depth"].items()),
         age="-" if age is None else _("{seconds} s").format(seconds=f"{age:.0f}")))
-    # Fits 80 terminal cells with Japanese headers and names (a wide character takes two cells): names are cut
-    # to NAME_CELLS cells, figures share two-line columns, node ids are never cut.
-    t = Table(title=_("nodes"), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
-              padding=(0, 1))
-    id_cells = max([cell_len(n["node"]) for n in status["nodes"]] + [8])
-    t.add_column(_("node"), no_wrap=True, min_width=id_cells)
-    t.add_column(_("name"), no_wrap=True)
-    t.add_column(_("last seen"), justify="right", no_wrap=True)
-    t.add_column(_("RSSI dBm\n/SNR dB"), justify="right", no_wrap=True)
-    t.add_column(_("battery\nV"), justify="right", no_wrap=True)
-    t.add_column(_("frames\nok/bad"), justify="right", no_wrap=True)
-    t.add_column(_("fcnt\nMIC/none"), justify="right", no_wrap=True)
-    for n in status["nodes"]:
-        seen = (_("never") if n["last_seen_age_s"] is None
-                else _("{seconds} s ago").format(seconds=f"{n['last_seen_age_s']:.0f}"))
-        t.add_row(n["node"], _fit_cells(n["name"] or "?", NAME_CELLS), seen,
-                  f"{_fmt(n['rssi'], 0)}/{_fmt(n['snr'])}", _fmt(n["battery_v"], 2),
-                  f"{n['frames_ok']}/{n['frames_bad']}", f"{_fmt(n['fcnt_mic'])}/{_fmt(n['fcnt_unsigned'])}")
-    console.print(t)
+    console.print(_nodes_table(status["nodes"]))
     if status["bad_frames"]:
         say(_("bad frames: {counts}").format(
             counts=", ".join(f"{k} {v}" for k, v in sorted(status["bad_frames"].items()))))
@@ -263,6 +239,35 @@ def render(status: dict[str, Any], console: Console) -> None:
     for a in status.get("audit_recent", []):
         say(_("audit {time} {user}: {detail}").format(time=local_time(a["ts_us"]), user=a["user"],
                                                       detail=a["detail"]))
+
+
+def _nodes_table(nodes: list[dict[str, Any]]) -> Any:
+    """The node table of :func:`render` (a rich Table)."""
+    from rich import box  # noqa: PLC0415 - rich only for the tables, not for --json
+    from rich.cells import cell_len  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from agent.tools.monitor import NAME_CELLS, _fit_cells  # noqa: PLC0415 - the monitor's cut of wide names
+
+    # Fits 80 terminal cells with Japanese headers and names (a wide character takes two cells): names are cut
+    # to NAME_CELLS cells, figures share two-line columns, node ids are never cut.
+    t = Table(title=_("nodes"), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+              padding=(0, 1))
+    id_cells = max([cell_len(n["node"]) for n in nodes] + [8])
+    t.add_column(_("node"), no_wrap=True, min_width=id_cells)
+    t.add_column(_("name"), no_wrap=True)
+    t.add_column(_("last seen"), justify="right", no_wrap=True)
+    t.add_column(_("RSSI dBm\n/SNR dB"), justify="right", no_wrap=True)
+    t.add_column(_("battery\nV"), justify="right", no_wrap=True)
+    t.add_column(_("frames\nok/bad"), justify="right", no_wrap=True)
+    t.add_column(_("fcnt\nMIC/none"), justify="right", no_wrap=True)
+    for n in nodes:
+        seen = (_("never") if n["last_seen_age_s"] is None
+                else _("{seconds} s ago").format(seconds=f"{n['last_seen_age_s']:.0f}"))
+        t.add_row(n["node"], _fit_cells(n["name"] or "?", NAME_CELLS), seen,
+                  f"{_fmt(n['rssi'], 0)}/{_fmt(n['snr'])}", _fmt(n["battery_v"], 2),
+                  f"{n['frames_ok']}/{n['frames_bad']}", f"{_fmt(n['fcnt_mic'])}/{_fmt(n['fcnt_unsigned'])}")
+    return t
 
 
 def _render_state(state: dict[str, Any] | None, running: bool, console: Console) -> None:

@@ -86,6 +86,15 @@ _FLAG_MIC = nodeframe.FLAG_MIC
 _FLAG_RECEIPT = nodeframe.FLAG_RECEIPT
 
 
+def _not_a_reading(kind_code: int) -> tuple[str, int, str, str]:
+    """Raise the CodecError for a kind code that is no sensor reading (decode() reaches here only for those)."""
+    kind = kinds.kind_name(kind_code)
+    raise CodecError(
+        "kind_vendor_codec" if kind == "vendor" else "kind_unexpected",
+        f"kind 0x{kind_code:02X} ({kind}) is not a sensor reading this gateway decodes",
+    )
+
+
 @dataclass(slots=True)
 class _KnownNode:
     """What decode() needs of a configured node, read once from the config (attribute access on the pydantic
@@ -198,28 +207,15 @@ class FrameDecoder:
             return self._reject(up, None, exc.reason, str(exc))
         known = self._known.get(node_id)
         node_hex = known.hex if known is not None else f"{node_id:08x}"
-        if flags & _FLAG_DOWNLINK:
-            return self._reject(up, node_hex, "frame_downlink", "downlink flag set on a frame heard as an uplink")
-        if known is None and not self._accept_unknown:
-            return self._reject(
-                up, node_hex, "unknown_node",
-                f"node {node_hex} is not in the config (add it under nodes: or set unknown_nodes: accept)",
-            )
-        if known is not None and known.radio is not None and known.radio != up.radio:
-            return self._reject(up, node_hex, "wrong_radio", f"node {node_hex} is configured on radio {known.radio}")
-
+        if flags & _FLAG_DOWNLINK or (known is None and not self._accept_unknown) or (
+                known is not None and known.radio is not None and known.radio != up.radio):
+            return self._misrouted(up, known, node_hex, flags)
         if flags & _FLAG_MIC:
-            if known is None or known.key is None:
-                return self._count_bad(
-                    self._reject(up, node_hex, "no_key", "frame carries a MIC but no key is configured for the node"),
-                    node_hex)
-            check_mic = known.check_mic
-            if check_mic is None:
-                check_mic = known.check_mic = nodeframe.mic_checker(known.key)
-            if not check_mic(signed, mic):
-                return self._count_bad(
-                    self._reject(up, node_hex, "bad_mic", "MIC does not match the node key (forged or corrupted)"),
-                    node_hex)
+            check_mic = known.check_mic if known is not None else None
+            if check_mic is None or not check_mic(signed, mic):
+                refused = self._mic_refused(up, known, node_hex, signed, mic)
+                if refused is not None:
+                    return refused
             auth = "mic"
         elif known is not None and known.reject_unauthenticated:
             return self._count_bad(
@@ -227,41 +223,21 @@ class FrameDecoder:
                 node_hex)
         else:
             auth = "none"
-
         st = self.nodes.get(node_hex)
         if st is not None:
-            signed_last = st.last_fcnt
-            if auth == "mic":
-                if signed_last is not None and counter <= signed_last:
-                    return self._count_bad(self._reject(
-                        up, node_hex, "duplicate" if counter == signed_last else "replay",
-                        f"counter {counter} not above the last accepted with a MIC ({signed_last})"), node_hex)
-            else:
-                unsigned_last = st.unsigned_fcnt
-                floor = unsigned_last if signed_last is None or (
-                    unsigned_last is not None and unsigned_last > signed_last) else signed_last
-                if floor is not None and counter <= floor:
-                    return self._count_bad(self._reject(
-                        up, node_hex, "duplicate" if counter == unsigned_last else "replay",
-                        f"counter {counter} without MIC not above the last accepted ({floor}; without MIC "
-                        f"{unsigned_last}, with MIC {signed_last})"), node_hex)
+            # A signed frame must be above the signed window; an unsigned one above both (class docstring).
+            floor = st.last_fcnt
+            if auth != "mic" and st.unsigned_fcnt is not None and (floor is None or st.unsigned_fcnt > floor):
+                floor = st.unsigned_fcnt
+            if floor is not None and counter <= floor:
+                return self._replayed(up, st, counter, auth)
         try:
-            reading_kind = _READING_CODES.get(kind_code)
-            if reading_kind is None:
-                kind = kinds.kind_name(kind_code)
-                raise CodecError(
-                    "kind_vendor_codec" if kind == "vendor" else "kind_unexpected",
-                    f"kind 0x{kind_code:02X} ({kind}) is not a sensor reading this gateway decodes",
-                )
-            kind, lane, lane_name, kind_json = reading_kind
+            kind, lane, lane_name, kind_json = _READING_CODES.get(kind_code) or _not_a_reading(kind_code)
             values, values_json = kinds.decode_body_json(kind, body)
         except CodecError as exc:
             return self._count_bad(self._reject(up, node_hex, exc.reason, str(exc)), node_hex)
         if known is not None and kind not in (known.kind, "heartbeat"):
-            self._warn.warning("kind_mismatch", f"node {node_hex}", "frames",
-                               "node %s (%s) is configured as %s but sent %s; kept", node_hex, known.name,
-                               known.kind, kind)
-
+            self._kind_mismatch(known, kind)
         # Accepted: the replay window moves only now, after authentication and decoding succeeded.
         if st is None:
             st = self._track(node_hex)
@@ -274,40 +250,26 @@ class FrameDecoder:
         last = st.last_seen_us
         if last is not None and last - 1_000_000 < ts_us <= last:
             ts_us = last + 1
-        radio = up.radio
-        rssi = up.rssi
-        snr = up.snr
         if auth == "mic":
             st.last_fcnt = counter
         else:
             st.unsigned_fcnt = counter
         st.last_seen_us = ts_us
-        st.radio = radio
-        st.rssi = rssi
-        st.snr = snr
+        st.radio = radio = up.radio
+        st.rssi = rssi = up.rssi
+        st.snr = snr = up.snr
         battery_v = values.get("battery_v")
         if battery_v is not None:
             st.battery_v = battery_v
         st.frames_ok += 1
         self.dirty.add(node_hex)
-
         quality = clock.quality(ts_us)
         receipt = bool(flags & _FLAG_RECEIPT)
-        body_obj = {
-            "id": f"{self.gateway_id}/{node_hex}/{counter}",
-            "node": node_hex,
-            "name": known.name if known is not None else None,
-            "fcnt": counter,
-            "kind": kind,
-            "lane": lane_name,
-            "ts_us": ts_us,
-            "clock": quality,
-            "radio": radio,
-            "rssi": rssi,
-            "snr": snr,
-            "auth": auth,
-            "receipt": receipt,
-            "values": values,
+        body_obj = {  # agent.gateway.reading.reading_body, key for key (a test holds them together)
+            "id": f"{self.gateway_id}/{node_hex}/{counter}", "node": node_hex,
+            "name": known.name if known is not None else None, "fcnt": counter, "kind": kind, "lane": lane_name,
+            "ts_us": ts_us, "clock": quality, "radio": radio, "rssi": rssi, "snr": snr, "auth": auth,
+            "receipt": receipt, "values": values,
         }
         # The reading's text is json.dumps(body_obj, **_JSON), byte for byte, written out field by field (the
         # generic encoder cost about 3 µs a reading, a third of the decode path). Kind and auth are plain
@@ -433,4 +395,53 @@ class FrameDecoder:
 
     def _reject(self, up: Uplink, node_hex: str | None, reason: str, detail: str) -> Decoded:
         return Decoded(quarantined=Quarantined(up.received_us, up.radio, node_hex, reason, detail, up.payload))
+
+    # -- why a frame is refused (off the accepted path, so decode() stays one straight run for good frames) --------
+    def _misrouted(self, up: Uplink, known: _KnownNode | None, node_hex: str, flags: int) -> Decoded:
+        """A downlink heard as an uplink, a node not in the config, or a node heard on another radio."""
+        if flags & _FLAG_DOWNLINK:
+            return self._reject(up, node_hex, "frame_downlink", "downlink flag set on a frame heard as an uplink")
+        if known is None:
+            return self._reject(
+                up, node_hex, "unknown_node",
+                f"node {node_hex} is not in the config (add it under nodes: or set unknown_nodes: accept)",
+            )
+        return self._reject(up, node_hex, "wrong_radio", f"node {node_hex} is configured on radio {known.radio}")
+
+    def _kind_mismatch(self, known: _KnownNode, kind: str) -> None:
+        """Warn (rate-limited) that a configured node sent another kind than its own; the reading is kept."""
+        self._warn.warning("kind_mismatch", f"node {known.hex}", "frames",
+                           "node %s (%s) is configured as %s but sent %s; kept", known.hex, known.name,
+                           known.kind, kind)
+
+    def _mic_refused(self, up: Uplink, known: _KnownNode | None, node_hex: str, signed: bytes,
+                     mic: bytes | None) -> Decoded | None:
+        """A frame with MIC that decode() could not verify at once: no key for the node, the node's first MIC (its
+        checker is built now; None when it matches), or a MIC that does not match."""
+        if known is None or known.key is None:
+            return self._count_bad(
+                self._reject(up, node_hex, "no_key", "frame carries a MIC but no key is configured for the node"),
+                node_hex)
+        if known.check_mic is None:
+            known.check_mic = nodeframe.mic_checker(known.key)
+            if known.check_mic(signed, mic):
+                return None
+        return self._count_bad(
+            self._reject(up, node_hex, "bad_mic", "MIC does not match the node key (forged or corrupted)"), node_hex)
+
+    def _replayed(self, up: Uplink, st: NodeState, counter: int, auth: str) -> Decoded:
+        """A frame at or below its replay window: ``duplicate`` when it repeats the last counter of its own
+        window (heard twice), else ``replay``."""
+        node_hex = st.node
+        signed_last, unsigned_last = st.last_fcnt, st.unsigned_fcnt
+        if auth == "mic":
+            return self._count_bad(self._reject(
+                up, node_hex, "duplicate" if counter == signed_last else "replay",
+                f"counter {counter} not above the last accepted with a MIC ({signed_last})"), node_hex)
+        floor = unsigned_last if signed_last is None or (
+            unsigned_last is not None and unsigned_last > signed_last) else signed_last
+        return self._count_bad(self._reject(
+            up, node_hex, "duplicate" if counter == unsigned_last else "replay",
+            f"counter {counter} without MIC not above the last accepted ({floor}; without MIC "
+            f"{unsigned_last}, with MIC {signed_last})"), node_hex)
 

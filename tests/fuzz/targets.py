@@ -99,6 +99,7 @@ class Target:
         specific: what a specific rejection is for this target, in one sentence.
         weight: share of the inputs of the dedicated run (relative to the other targets).
         unit: inputs per work unit of the dedicated run (about a second of work).
+        pool_seed: seed of :attr:`pool`, the valid inputs mutations splice from.
     """
 
     name = ""
@@ -106,6 +107,7 @@ class Target:
     specific = ""
     weight = 1.0
     unit = 2000
+    pool_seed = 0
 
     def generate(self, rng: random.Random) -> Any:
         """One fuzz input: mostly mutated valid inputs, some valid ones, some random."""
@@ -118,6 +120,13 @@ class Target:
     def execute(self, data: Any) -> Outcome:
         """Run the target on ``data`` and check its contract. Raises :class:`Violation` or crashes."""
         raise NotImplementedError
+
+    @cached_property
+    def pool(self) -> list[Any]:
+        """Valid inputs that mutations splice from: 200 of :meth:`valid` from the seed ``pool_seed`` (the same corpus
+        on every run)."""
+        rng = random.Random(self.pool_seed)
+        return [self.valid(rng) for _ in range(200)]
 
     def describe(self, data: Any) -> str:
         """A short printable form of an input (for reports)."""
@@ -220,10 +229,7 @@ class LppTarget(Target):
     unit = 4000
     REASONS = frozenset({"lpp_truncated", "lpp_unknown_type"})
 
-    @cached_property
-    def pool(self) -> list[bytes]:
-        rng = random.Random(1)
-        return [lpp_body(rng) for _ in range(200)]
+    pool_seed = 1
 
     def valid(self, rng: random.Random) -> bytes:
         return lpp_body(rng)
@@ -261,10 +267,7 @@ class FrameTarget(Target):
     unit = 4000
     REASONS = frozenset({"frame_short", "frame_version", "frame_reserved_flag"})
 
-    @cached_property
-    def pool(self) -> list[bytes]:
-        rng = random.Random(2)
-        return [valid_frame(rng) for _ in range(200)]
+    pool_seed = 2
 
     def valid(self, rng: random.Random) -> bytes:
         return valid_frame(rng)

@@ -4,26 +4,23 @@ status documents and arbitrary bytes; every line it writes must be line protocol
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz.known import run_or_known
-from tests.fuzz.targets import ACCEPTED, T0_US, TARGETS, Violation, parse_line_protocol, rejected, run_one
+from tests.fuzz.quick import examples, mutated_inputs_test, valid_inputs_test
+from tests.fuzz.targets import T0_US, TARGETS, Violation, parse_line_protocol, rejected, run_one
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SOME = settings(max_examples=100, deadline=None)
+FAST = examples(300)
+SOME = 100  # valid inputs per target
 
 lp = TARGETS["lineproto"]
 TOPIC = "denen/v1/gw-fuzz-01/readings/sos"
 
-
-@FAST
-@given(st.randoms(use_true_random=False))
-def test_convert_mutated_messages(rng: random.Random) -> None:
-    run_or_known(lp, lp.generate(rng))
+test_convert_mutated_messages = mutated_inputs_test("lineproto", count=FAST.max_examples)
+test_convert_accepts_what_gateways_publish = valid_inputs_test("lineproto", count=SOME)
 
 
 @FAST
@@ -44,12 +41,6 @@ json_values = st.recursive(
                        json_values, max_size=6))
 def test_convert_arbitrary_json_documents(doc: dict) -> None:
     run_or_known(lp, (TOPIC, json.dumps(doc).encode()))
-
-
-@SOME
-@given(st.randoms(use_true_random=False))
-def test_convert_accepts_what_gateways_publish(rng: random.Random) -> None:
-    assert run_one(lp, lp.valid(rng)) == ACCEPTED
 
 
 def test_a_reading_before_2020_on_a_clock_called_synced_is_rejected_with_its_reason() -> None:

@@ -6,44 +6,34 @@ random choices, so a failure is shrunk and replayed from hypothesis' database.
 
 from __future__ import annotations
 
-import random
-
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.codec import frame as nodeframe
 from drivers.codec import lpp
 from tests.fuzz.known import run_or_known
-from tests.fuzz.targets import ACCEPTED, FRAME_KEYS, TARGETS, Violation, rejected, run_one
+from tests.fuzz.quick import examples, mutated_inputs_test, valid_inputs_test
+from tests.fuzz.targets import FRAME_KEYS, TARGETS, Violation, rejected, run_one
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SOME = settings(max_examples=100, deadline=None)
+FAST = examples(300)
+SOME = 100  # valid inputs per target
 
 lpp_target = TARGETS["lpp"]
 frame_target = TARGETS["frame"]
 kinds_target = TARGETS["kinds"]
+
+test_mutated_inputs = mutated_inputs_test("lpp", "frame", "kinds", count=FAST.max_examples)
+test_valid_inputs_are_accepted = valid_inputs_test("lpp", "frame", "kinds", count=SOME)
 
 
 # -- Cayenne LPP -----------------------------------------------------------------------------------------------------
 
 
 @FAST
-@given(st.randoms(use_true_random=False))
-def test_lpp_mutated_bodies(rng: random.Random) -> None:
-    run_or_known(lpp_target, lpp_target.generate(rng))
-
-
-@FAST
 @given(st.binary(max_size=64))
 def test_lpp_arbitrary_bytes(data: bytes) -> None:
     run_or_known(lpp_target, data)
-
-
-@SOME
-@given(st.randoms(use_true_random=False))
-def test_lpp_valid_bodies_are_accepted(rng: random.Random) -> None:
-    assert run_one(lpp_target, lpp_target.valid(rng)) == ACCEPTED
 
 
 @pytest.mark.parametrize(("data", "reason"), [
@@ -66,21 +56,9 @@ def test_lpp_oracle_catches_a_decoder_that_loses_a_record(monkeypatch: pytest.Mo
 
 
 @FAST
-@given(st.randoms(use_true_random=False))
-def test_frame_mutated_frames(rng: random.Random) -> None:
-    run_or_known(frame_target, frame_target.generate(rng))
-
-
-@FAST
 @given(st.binary(max_size=40))
 def test_frame_arbitrary_bytes(data: bytes) -> None:
     run_or_known(frame_target, data)
-
-
-@SOME
-@given(st.randoms(use_true_random=False))
-def test_frame_valid_frames_are_accepted(rng: random.Random) -> None:
-    assert run_one(frame_target, frame_target.valid(rng)) == ACCEPTED
 
 
 def test_frame_with_a_flipped_mic_bit_is_not_accepted() -> None:
@@ -105,21 +83,9 @@ def test_frame_oracle_catches_a_misread_counter(monkeypatch: pytest.MonkeyPatch)
 
 
 @FAST
-@given(st.randoms(use_true_random=False))
-def test_kinds_mutated_bodies(rng: random.Random) -> None:
-    run_or_known(kinds_target, kinds_target.generate(rng))
-
-
-@FAST
 @given(st.integers(0, 255), st.binary(max_size=48))
 def test_kinds_arbitrary_code_and_body(code: int, body: bytes) -> None:
     run_or_known(kinds_target, (code, body))
-
-
-@SOME
-@given(st.randoms(use_true_random=False))
-def test_kinds_valid_bodies_are_accepted(rng: random.Random) -> None:
-    assert run_one(kinds_target, kinds_target.valid(rng)) == ACCEPTED
 
 
 @pytest.mark.parametrize(("data", "reason"), [

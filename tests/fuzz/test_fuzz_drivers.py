@@ -3,22 +3,26 @@ the LineSplitter under them."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers import rak3172
 from tests.fuzz.known import run_or_known
+from tests.fuzz.quick import examples, mutated_inputs_test, valid_inputs_test
 from tests.fuzz.targets import ACCEPTED, IGNORED, TARGETS, Violation, rejected, run_one
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SOME = settings(max_examples=100, deadline=None)
+FAST = examples(300)
+SOME = 100  # valid inputs per target
 
 rak = TARGETS["rak3172"]
 es = TARGETS["es920lr"]
 splitter = TARGETS["splitter"]
+
+#: The splitter's oracle is a reference model of line splitting; the drivers' that every RX line or frame is
+#: delivered once, with its RSSI, SNR and payload, or reported.
+test_mutated_inputs = mutated_inputs_test("rak3172", "es920lr", "splitter", count=FAST.max_examples)
+test_valid_inputs_are_delivered = valid_inputs_test("rak3172", "es920lr", count=SOME)
 
 chunks = st.lists(st.binary(max_size=48), min_size=1, max_size=6).map(tuple)
 
@@ -27,21 +31,9 @@ chunks = st.lists(st.binary(max_size=48), min_size=1, max_size=6).map(tuple)
 
 
 @FAST
-@given(st.randoms(use_true_random=False))
-def test_rak3172_mutated_streams(rng: random.Random) -> None:
-    run_or_known(rak, rak.generate(rng))
-
-
-@FAST
 @given(st.sampled_from(("running", "pending", "syncing")), chunks)
 def test_rak3172_arbitrary_bytes(variant: str, data: tuple[bytes, ...]) -> None:
     run_or_known(rak, (variant, data))
-
-
-@SOME
-@given(st.randoms(use_true_random=False))
-def test_rak3172_valid_rx_events_are_delivered(rng: random.Random) -> None:
-    assert run_one(rak, rak.valid(rng)) == ACCEPTED
 
 
 @pytest.mark.parametrize(("line", "outcome"), [
@@ -65,21 +57,9 @@ def test_rak3172_oracle_catches_a_silently_dropped_rx_line(monkeypatch: pytest.M
 
 
 @FAST
-@given(st.randoms(use_true_random=False))
-def test_es920lr_mutated_streams(rng: random.Random) -> None:
-    run_or_known(es, es.generate(rng))
-
-
-@FAST
 @given(st.sampled_from(("boot", "ascii_hex", "ascii_raw", "binary", "config")), chunks)
 def test_es920lr_arbitrary_bytes(variant: str, data: tuple[bytes, ...]) -> None:
     run_or_known(es, (variant, data))
-
-
-@SOME
-@given(st.randoms(use_true_random=False))
-def test_es920lr_valid_frames_are_delivered(rng: random.Random) -> None:
-    assert run_one(es, es.valid(rng)) == ACCEPTED
 
 
 @pytest.mark.parametrize(("variant", "stream", "outcome"), [
@@ -95,12 +75,6 @@ def test_es920lr_outcomes(variant: str, stream: bytes, outcome: object) -> None:
 
 
 # -- LineSplitter ----------------------------------------------------------------------------------------------------
-
-
-@FAST
-@given(st.randoms(use_true_random=False))
-def test_splitter_against_the_reference_model(rng: random.Random) -> None:
-    run_or_known(splitter, splitter.generate(rng))
 
 
 @FAST

@@ -6,25 +6,23 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.gateway.reading import NodeState
 from drivers.codec import frame as nodeframe
 from drivers.types import Uplink
 from tests.fuzz.known import run_or_known
+from tests.fuzz.quick import examples, mutated_inputs_test, valid_inputs_test
 from tests.fuzz.targets import ACCEPTED, T0_US, TARGETS, Violation, rejected, run_one, valid_frame
 
-FAST = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SOME = settings(max_examples=80, deadline=None)
+FAST = examples(250)
+SOME = 80  # valid inputs per target
 
 readings = TARGETS["readings"]
 
-
-@FAST
-@given(st.randoms(use_true_random=False))
-def test_decode_mutated_uplinks(rng: random.Random) -> None:
-    run_or_known(readings, readings.generate(rng))
+test_decode_mutated_uplinks = mutated_inputs_test("readings", count=FAST.max_examples)
+test_decode_accepts_frames_the_configured_nodes_send = valid_inputs_test("readings", count=SOME)
 
 
 @FAST
@@ -33,12 +31,6 @@ def test_decode_mutated_uplinks(rng: random.Random) -> None:
 def test_decode_arbitrary_payloads(config: int, ups: list[tuple[str, bytes]]) -> None:
     run_or_known(readings, (config, tuple(Uplink(radio, payload, -80, 3.5, None, T0_US + i)
                                           for i, (radio, payload) in enumerate(ups))))
-
-
-@SOME
-@given(st.randoms(use_true_random=False))
-def test_decode_accepts_frames_the_configured_nodes_send(rng: random.Random) -> None:
-    assert run_one(readings, readings.valid(rng)) == ACCEPTED
 
 
 def _sos_uplink(counter: int) -> Uplink:

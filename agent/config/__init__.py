@@ -9,15 +9,27 @@ Public API::
     config_reference() -> str                    the Markdown key reference kept in config/README.md
     driver_names() -> tuple[str, ...]            radio driver names accepted in ``radios[].driver``
 
-The generic loader, shared with other config files (``agent.bridge.config``)::
+The package, one module per concept::
 
+    models     Config and its small sections, load_config, parse_config (CONFIG_FILE)
+    mqtt       MqttConfig, TlsConfig, the TLS warnings     nodes    NodeConfig, node ids and keys
+    radio      RadioConfig and the drivers' sections        checks   rules across list items, warnings
+    secrets    the secret field types, who may read them    values   context keys, paths, problem helpers
+    loader     the generic YAML loader                      messages pydantic errors in plain English
+    reference  JSON Schema and the key reference
+
+The generic loader (:mod:`agent.config.loader`; it imports nothing of the gateway), shared by the bridge's and
+the console's config files and any YAML file with a pydantic model::
+
+    ModelFile(model, checks=, warnings=, example=, ...).load(path) / .parse(text) -> (model, warnings)
     read_config_file(path) -> (str, int)                        read a file and its mode (errors as ConfigError)
     read_config_text(path) -> str                               the same, text only
     parse_yaml_model(text, model, *, source, base_dir, checks, warnings, file_mode, ...) -> (model, warnings)
     ConfigSection, config_problem(), config_problems()          base class and validator errors
+                                                                (drivers.settings: Section, problem(), Problems)
     resolve_config_path(), check_readable_file()                path helpers for validators
-    SECRET_FILE, env_secret_name(), read_env_secret(),          the three ways to give a secret (inline, file,
-    secret_source_problems()                                    environment variable) and their checks
+    secret_text(), secret_file(), secret_env(), WithSecrets     the three ways to give a secret (inline, file,
+    (agent.config.secrets), SECRET_FILE, secret_source_problems() environment variable) and their checks
 
 Every problem found is collected, then raised together as one :class:`~agent.errors.ConfigError` whose issues
 each carry the file, the 1-based line and column of the offending key or list item, the dotted key
@@ -29,14 +41,14 @@ plain dicts and lists for pydantic, and each error's ``loc`` tuple is walked bac
 the line. Problems pydantic cannot see (YAML syntax, tabs, duplicate keys, an empty file, a top level that is not
 a mapping) are found before validation, also with line numbers.
 
-Rules that span several keys are checked where their data lives, and raise :class:`_Problems` carrying the exact
-sub-key, so that they too point at the right line:
+Rules that span several keys are checked where their data lives, and raise :class:`drivers.settings.Problems`
+carrying the exact sub-key, so that they too point at the right line:
 
 * inside one section (key vs key_file, p2p section vs driver, channel vs bandwidth, reconnect bounds) by a
   ``model_validator`` of that section, which pydantic runs for every section whose own keys are valid;
 * across list items (unique radio names, unique node ids and names, ``nodes[].radio`` naming a radio) by
-  :func:`_collection_problems`. The loader runs it on the raw data even when other keys failed, so that one run
-  reports everything; a :class:`Config` built in Python runs it from its own validator.
+  :func:`agent.config.checks._collection_problems`. The loader runs it on the raw data even when other keys
+  failed, so that one run reports everything; a :class:`Config` built in Python runs it from its own validator.
 
 Relative paths (``journal.path``, ``mqtt.password_file``, ``mqtt.tls.*_file``, ``nodes[].key_file``) are
 resolved against the directory of the config file (as given, without following symlinks), so a config and its
@@ -46,12 +58,12 @@ and is passed through untouched.
 Secrets (``mqtt.password``, ``nodes[].key``; the bridge's passwords and token) can be given three ways: inline
 (``key:``), in a file (``key_file:``) or in an environment variable (``key_env:``, the variable's *name*; its
 value is read and checked when the config is loaded, never logged). At most one of the three per secret. Who may
-read them is checked by the loader (:func:`_secret_mode_problems`), from the fields' types, so every config
-loaded through :func:`parse_yaml_model` gets the same rule: a secret field of type ``SecretStr`` written inline in
-a config *file* that other users can read (``S_IROTH``), or a file named by a field marked :data:`SECRET_FILE`
-that other users can read, is an error at that key's line; readable by the group only is a warning (a ``denen``
-group is a legitimate setup). Text that does not come from a file (:func:`parse_config`) has no mode to check;
-the secret files it names still are.
+read them is checked by the loader (:func:`agent.config.secrets._secret_mode_problems`), from the fields' types,
+so every config loaded through :func:`parse_yaml_model` gets the same rule: a secret field of type ``SecretStr``
+written inline in a config *file* that other users can read (``S_IROTH``), or a file named by a field marked
+:data:`SECRET_FILE` that other users can read, is an error at that key's line; readable by the group only is a
+warning (a ``denen`` group is a legitimate setup). Text that does not come from a file (:func:`parse_config`)
+has no mode to check; the secret files it names still are.
 """
 
 from __future__ import annotations

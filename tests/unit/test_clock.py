@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-import agent.gateway.core as gateway_module
-from agent.gateway import clock
+from agent.gateway import clock, clockwatch
 from agent.config import parse_config
 from agent.gateway.core import Gateway
 from agent.gateway.journal import SCHEMA_VERSION, Journal
 from agent.gateway.reading import SOS, TELEMETRY, Entry
 from drivers.types import Uplink
 from tests.support.field import NODES, FieldNode, config_text, default_values
+from tests.support.publisher import FakePublisher
 
 FIVE_YEARS_US = 5 * 365 * 86_400 * 1_000_000
 
@@ -50,21 +50,18 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 def make_gateway(tmp_path: Path) -> Gateway:
     nodes = [FieldNode(n.node_id, n.kind) for n in NODES]
     g = Gateway(parse_config(config_text(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=nodes)),
-                radios=[])
+                publisher=FakePublisher(), radios=[])
     g.test_nodes = {n.kind: n for n in nodes}  # type: ignore[attr-defined]
     return g
 
 
 def capture(gw: Gateway) -> list[tuple[str, dict]]:
-    """Replace the MQTT link's publish: every message is kept as (lane, document) and 'sent' at once."""
+    """Connect the (fake) broker: every reading message is kept as (lane, document) and 'sent' at once."""
     published: list[tuple[str, dict]] = []
-    gw._session = 1
-
-    def publish(topic: str, payload: bytes) -> tuple[int, int]:
-        published.append((topic.rsplit("/", 1)[1], json.loads(payload)))
-        return 1, len(published)
-
-    gw.link.publish = publish  # type: ignore[method-assign]
+    fake = gw.link
+    assert isinstance(fake, FakePublisher)
+    fake.on_publish = lambda m: published.append((m.kind, m.json()))
+    fake.connect()
     return published
 
 
@@ -77,9 +74,9 @@ def settle(gw: Gateway, steps: int = 5) -> None:
     """Wake the core a few times, each time as if the commit window had run out (journal.commit_window_ms):
     what waited in memory is committed, and the backlog goes out one batch per wake-up, lanes in priority order."""
     for _ in range(steps):
-        if gw._commit_due:
-            gw._commit_due = time.monotonic()
-        gw._step(0)
+        if gw.window.due:
+            time.sleep(max(0.0, gw.window.due - time.monotonic()))
+        gw.step()
 
 
 def readings(published: list[tuple[str, dict]], lane: str) -> list[dict]:
@@ -96,14 +93,14 @@ def test_before_sync_sos_goes_at_once_telemetry_waits_and_after_sync_it_goes_wit
         for i in range(5):
             true_times.append(time.time_ns() // 1000)
             gw.on_uplinks([uplink(rain.frame(default_values("rain", i)))])
-            gw._step(0)
+            gw.step()
         gw.on_uplinks([uplink(sos.frame(default_values("sos", 0)))])
-        gw._step(0)
+        gw.step()
         [sos_reading] = readings(published, "sos")
         assert sos_reading["clock"] == "unsynced"
         assert sos_reading["ts_us"] < time.time_ns() // 1000 - FIVE_YEARS_US + 60_000_000  # the clock of the time
         assert readings(published, "telemetry") == []  # held: its timestamp is known to be wrong
-        assert gw._timeout() <= gateway_module._CLOCK_CHECK_S  # the core looks again soon, for the sync
+        assert gw.wait_s() <= clockwatch.CLOCK_CHECK_S  # the core looks again soon, for the sync
 
         fake_clock.sync()
         settle(gw)
@@ -128,7 +125,7 @@ def test_a_reading_stamped_just_before_the_step_is_corrected_with_the_offset_it_
     try:
         published = capture(gw)
         rain = gw.test_nodes["rain"]  # type: ignore[attr-defined]
-        gw._step(0)
+        gw.step()
         true = time.time_ns() // 1000
         gw.on_uplinks([uplink(rain.frame(default_values("rain", 1)))])  # stamped in the past ...
         fake_clock.sync()  # ... and the clock steps before the core has looked at it
@@ -146,9 +143,9 @@ def test_without_a_sync_telemetry_waits_only_until_the_hold_ends_and_goes_flagge
         published = capture(gw)
         rain = gw.test_nodes["rain"]  # type: ignore[attr-defined]
         gw.on_uplinks([uplink(rain.frame(default_values("rain", 1)))])
-        gw._step(0)
+        gw.step()
         assert readings(published, "telemetry") == []
-        monkeypatch.setattr(gw, "_clock_hold_until", time.monotonic() - 1)  # the hold (CLOCK_HOLD_S) is over
+        monkeypatch.setattr(gw.clockwatch, "hold_until", time.monotonic() - 1)  # the hold (CLOCK_HOLD_S) is over
         settle(gw)
         [r] = [r for r in readings(published, "telemetry") if r["kind"] == "rain"]
         assert r["clock"] == "unsynced"

@@ -22,8 +22,11 @@ from hypothesis import strategies as st
 from agent.gateway import clock
 from agent.config import parse_config
 from agent.gateway.edge import CMD_MAX_BYTES, CMD_MAX_TARGETS, Edge
+from agent.gateway import statedoc
 from agent.gateway.core import Gateway
+from agent.gateway.events import Command
 from agent.gateway.readings import FrameDecoder
+from tests.support.publisher import FakePublisher
 from tests.support.scenario_rig import GATEWAY, LAMP_PIN, PREFIX, SIREN_PIN, ScenarioNode, gateway_yaml
 
 T0 = 1_764_000_000_000_000  # µs since the epoch
@@ -548,32 +551,18 @@ def test_receipt_senders_without_snapshot_or_with_a_bad_one_are_logged_and_ignor
 # -- the gateway core: state and results over the link -----------------------------------------------------------
 
 
-class FakeLink:
-    """What the core publishes without the journal, by topic; ``up`` says whether the link is connected."""
-
-    def __init__(self, gw: Gateway) -> None:
-        self.up = True
-        self.sent: list[tuple[str, dict[str, Any], bool]] = []
-        gw.link.publish_best_effort = self.publish  # type: ignore[method-assign]
-        gw.link.publish = lambda topic, payload: (1, 1)  # type: ignore[method-assign]
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
-        if self.up:
-            self.sent.append((topic.rsplit("/", 1)[1], json.loads(payload), retain))
-        return self.up
-
-    def of(self, what: str) -> list[dict[str, Any]]:
-        return [doc for topic, doc, _ in self.sent if topic == what]
+def _documents(link: FakePublisher) -> list[tuple[str, bool]]:
+    """(last topic level, retained) of each document published best effort (the state, results), in order."""
+    return [(m.kind, m.retain) for m in link.messages if m.mid is None]
 
 
 @pytest.fixture
-def core(tmp_path: Path) -> Iterator[tuple[Gateway, FakeLink]]:
+def core(tmp_path: Path) -> Iterator[tuple[Gateway, FakePublisher]]:
     text = gateway_yaml(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=[RIVER, SOS], rules=RULES,
                         gpio=GPIO, commit_window_ms=0)
-    gw = Gateway(parse_config(text), radios=[])
-    link = FakeLink(gw)
-    gw._session = 1
-    gw.inbox.put(("mqtt_up", 1))
+    link = FakePublisher(gateway=GATEWAY, prefix=PREFIX)
+    gw = Gateway(parse_config(text), publisher=link, radios=[])
+    link.connect()
     try:
         yield gw, link
     finally:
@@ -587,72 +576,74 @@ def _uplink(node: ScenarioNode, values: dict[str, float]) -> Any:
     return Uplink("lora0", node.frame(values), -90, 5.0, None, clock.wall_us())
 
 
-def test_state_is_published_retained_at_connect_and_on_change_at_most_once_a_second(core) -> None:
+def test_state_is_published_retained_at_connect_and_on_change_at_most_once_a_second(core, monkeypatch) -> None:
     gw, link = core
-    gw._step(0)
+    monkeypatch.setattr(statedoc, "STATE_MIN_S", 0.2)  # the limit, shortened for the test
+    gw.step()
     [first] = link.of("state")
-    assert link.sent[0][2] is True  # retained
+    assert _documents(link)[0] == ("state", True)  # retained
     assert first["schema"] == "denen.state/1" and first["gateway"] == GATEWAY and first["alerts"] == []
     assert first["siren"]["on"] is False and first["lamp"] == {"configured": True, "state": "ok"}
     assert first["held"] == {"active": False, "reason": None, "count": 0, "until_us": None}
     gw.on_uplinks([_uplink(RIVER, {"level_cm": 160, "battery_v": 3.9})])
-    gw._step(0)
-    assert len(link.of("state")) == 1  # within the second: not yet ...
-    assert gw._timeout() <= 1.0  # ... but the core wakes for it
-    gw._state_next = 0.0
-    gw._step(0)
+    gw.step()
+    assert len(link.of("state")) == 1  # within the limit: not yet ...
+    assert gw.wait_s() <= 0.2  # ... but the core wakes for it
+    time.sleep(0.2)
+    gw.step()
     [_, second] = link.of("state")
     assert [a["key"] for a in second["alerts"]] == [RIVER_KEY] and second["lamp"]["state"] == "alarm"
-    gw._state_next = 0.0
-    gw._step(0)
+    time.sleep(0.2)
+    gw.step()
     assert len(link.of("state")) == 2  # unchanged: not published again
     # The copy in the journal is what `denen status` shows.
     assert json.loads(gw.journal.meta()["gateway_state"])["alerts"] == second["alerts"]
-    gw.inbox.put(("mqtt_up", 2))  # a new session gets the state whatever the limit
-    gw._step(0)
+    link.connect()  # a new session gets the state whatever the limit
+    gw.step()
     assert len(link.of("state")) == 3
 
 
 def test_an_sos_change_is_published_at_once(core) -> None:
     gw, link = core
-    gw._step(0)
+    gw.step()
     gw.on_uplinks([_uplink(SOS, {"pressed": 1, "battery_v": 3.9})])
-    gw._step(0)
+    gw.step()
     last = link.of("state")[-1]
     assert last["siren"] == {"configured": True, "on": True, "why": "alert", "alert": "sos:00000101",
                              "silenced": []}
-    assert gw.edge.siren_sounding and gw._health_entry().body.count('"siren_on":1.0') == 1
+    assert gw.edge.siren_sounding and gw.health_reading().body.count('"siren_on":1.0') == 1
 
 
 def test_a_command_result_follows_the_state_it_changed(core) -> None:
     gw, link = core
     gw.on_uplinks([_uplink(SOS, {"pressed": 1, "battery_v": 3.9})])
-    gw._step(0)
-    gw.inbox.put(("cmd", f"{PREFIX}/{GATEWAY}/cmd/siren-silence",
+    gw.step()
+    gw.inbox.put(Command(f"{PREFIX}/{GATEWAY}/cmd/siren-silence",
                   json.dumps({"key": "sos:00000101", "request_id": "q1", "by": "duty officer"}).encode()))
-    gw._step(0)
-    topics = [t for t, _, _ in link.sent]
+    gw.step()
+    topics = [t for t, _ in _documents(link)]
     assert topics[-2:] == ["state", "results"]
     assert link.of("state")[-1]["siren"]["silenced"] == ["sos:00000101"]
     [result] = link.of("results")
     assert result["request_id"] == "q1" and result["results"] == [{"target": "sos:00000101",
                                                                    "outcome": "silenced"}]
-    assert [r for t, _, r in link.sent if t == "results"] == [False]  # results are not retained
+    assert [r for t, r in _documents(link) if t == "results"] == [False]  # results are not retained
     assert gw.stats.counters["cmd.results_sent"] == 1
 
 
 def test_results_are_dropped_and_counted_while_offline(core) -> None:
     gw, link = core
-    gw._step(0)
-    link.up = False
-    gw.inbox.put(("cmd", f"{PREFIX}/{GATEWAY}/cmd/test-chirp", b'{"request_id":"t"}'))
-    gw._step(0)
+    gw.step()
+    link.disconnect(tell=False)  # the link is down; the core learns it later
+    gw.inbox.put(Command(f"{PREFIX}/{GATEWAY}/cmd/test-chirp", b'{"request_id":"t"}'))
+    gw.step()
     assert link.of("results") == [] and gw.stats.counters["cmd.results_dropped"] == 1
-    assert gw._results == []
+    assert gw.state.results == []
 
 
 def test_held_readings_show_in_the_state_health_and_log(tmp_path: Path, monkeypatch, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="agent.gateway.core")
+    caplog.set_level(logging.INFO, logger="agent.gateway.clockwatch")
+    monkeypatch.setattr(statedoc, "STATE_MIN_S", 0.0)  # the state document is looked at on every wake-up
     behind = 5 * 365 * 86_400 * S
     monkeypatch.setattr(clock, "wall_us", lambda: time.time_ns() // 1000 - behind)
     monkeypatch.setattr(clock, "kernel_synced", lambda: False)
@@ -660,24 +651,22 @@ def test_held_readings_show_in_the_state_health_and_log(tmp_path: Path, monkeypa
     monkeypatch.setattr(clock._state, "assume_synced", False)
     text = gateway_yaml(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=[RIVER, SOS], rules=RULES,
                         gpio=GPIO)
-    gw = Gateway(parse_config(text), radios=[])
+    link = FakePublisher(gateway=GATEWAY, prefix=PREFIX)
+    gw = Gateway(parse_config(text), publisher=link, radios=[])
     try:
-        link = FakeLink(gw)
-        gw._session = 1
+        link.connect()
         for level in (40, 41, 42):
             gw.on_uplinks([_uplink(RIVER, {"level_cm": level, "battery_v": 3.9})])
-            gw._state_next = 0.0
-            gw._step(0)
+            gw.step()
         held = link.of("state")[-1]["held"]
         assert held["active"] is True and held["reason"] == "clock_unsynced" and held["count"] == 3
-        assert held["until_us"] == gw._clock_hold_until_us
-        assert json.loads(gw._health_entry().body)["values"]["held_readings"] == 3.0
+        assert held["until_us"] == gw.clockwatch.hold_until_us
+        assert json.loads(gw.health_reading().body)["values"]["held_readings"] == 3.0
         assert "readings held: 1 stamped before the clock synchronised" in caplog.text
         monkeypatch.setattr(clock, "wall_us", lambda: time.time_ns() // 1000)
         monkeypatch.setattr(clock, "kernel_synced", lambda: True)
         for _ in range(3):
-            gw._state_next = 0.0
-            gw._step(0)
+            gw.step()
         assert link.of("state")[-1]["held"] == {"active": False, "reason": None, "count": 0, "until_us": None}
         assert "readings no longer held: the clock synchronised" in caplog.text
     finally:

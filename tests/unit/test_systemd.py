@@ -175,17 +175,14 @@ def gw(tmp_path: Path) -> Iterator[Any]:
     from agent.config import parse_config
     from agent.gateway.core import Gateway
     from tests.support.field import NODES, FieldNode, config_text
+    from tests.support.publisher import FakePublisher
 
     nodes = [FieldNode(n.node_id, n.kind) for n in NODES]
-    # Port 9 (discard) on loopback: nothing listens; the tests post the link's events themselves.
+    # The broker is a fake: the tests connect it and give the PUBACKs themselves.
     g = Gateway(parse_config(config_text(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=nodes,
                                       commit_window_ms=0)),
-                radios=[])
+                publisher=FakePublisher(), radios=[])
     g.test_nodes = {n.kind: n for n in nodes}
-    published: list[str] = []
-    g.link.publish = lambda topic, payload: (published.append(topic), (1, len(published)))[1]
-    g.link.publish_best_effort = lambda topic, payload, retain=False: True
-    g.test_published = published
     yield g
     g.journal.close()
 
@@ -201,8 +198,7 @@ def _uplinks(gw: Any, kind: str, first: int, n: int) -> list[Any]:
 
 def _wake(gw: Any) -> None:
     """One pass of the core loop (Gateway.run): the wake-up, then the status line."""
-    gw._step(0)
-    gw._update_status(time.monotonic())
+    gw.step()
 
 
 def _statuses(sock: socket.socket) -> list[str]:
@@ -210,9 +206,9 @@ def _statuses(sock: socket.socket) -> list[str]:
 
 
 def test_gateway_status_tells_nodes_backlog_broker_and_sos(gw: Any, listener: socket.socket) -> None:
-    import agent.gateway.core as gateway_module
+    from agent.gateway import health
 
-    gw._update_status(time.monotonic(), force=True)
+    gw.update_status(force=True)
     assert _statuses(listener) == ["STATUS=broker not reached yet (0 s), 0 readings held, 0/5 nodes heard"]
 
     # Offline: readings are journaled and held.
@@ -222,22 +218,20 @@ def test_gateway_status_tells_nodes_backlog_broker_and_sos(gw: Any, listener: so
     assert text.startswith("broker not reached yet") and "30 readings held" in text and "1/5 nodes heard" in text
 
     # The broker comes up: sent at once, not after STATUS_MIN_S; the backlog is what is not yet acknowledged.
-    gw.inbox.put(("mqtt_up", 1))
+    gw.link.connect()
     _wake(gw)
     [line] = _statuses(listener)
     assert line.startswith("STATUS=1/5 nodes heard, backlog ") and line.endswith(", broker ok 0 s"), line
-    for mid in range(1, len(gw.test_published) + 1):
-        gw.inbox.put(("ack", 1, mid, True, "Success", 0))
+    gw.link.ack_all()
     for _ in range(40):
         _wake(gw)
-        for mid in range(1, len(gw.test_published) + 1):
-            gw.inbox.put(("ack", 1, mid, True, "Success", 0))
+        gw.link.ack_all()
     _wake(gw)
     assert gw.status_text() == "1/5 nodes heard, backlog 0, broker ok 0 s"
-    assert gw._backlog() == sum(gw.journal.depth().values()) == 0
+    assert gw.backlog() == sum(gw.journal.depth().values()) == 0
 
     # An SOS: sent at once (it never waits for the rate limit), and first in the line.
-    gw._status.next_at = time.monotonic() + 3600
+    gw.status.line.next_at = time.monotonic() + 3600
     gw.on_uplinks(_uplinks(gw, "sos", 0, 1))
     _wake(gw)
     [line] = _statuses(listener)
@@ -245,44 +239,44 @@ def test_gateway_status_tells_nodes_backlog_broker_and_sos(gw: Any, listener: so
     assert "2/5 nodes heard" in line
 
     # The broker goes away: at once again, offline with the readings held.
-    gw.inbox.put(("mqtt_down", 1, "connection lost"))
+    gw.link.disconnect("connection lost")
     gw.on_uplinks(_uplinks(gw, "rain", 30, 7))
     _wake(gw)
     [line] = _statuses(listener)
     assert line.startswith("STATUS=SOS 1 unacknowledged, offline 0 s, ") and "readings held" in line, line
     held = int(line.split("offline 0 s, ")[1].split(" readings held")[0].replace(",", ""))
     assert held == sum(gw.journal.depth().values()) >= 7
-    assert gateway_module._duration(2 * 3600 + 60) == "2 h" and gateway_module._duration(600) == "10 min"
-    assert gateway_module._duration(3 * 86400) == "3 d" and gateway_module._duration(-1) == "0 s"
+    assert health.duration(2 * 3600 + 60) == "2 h" and health.duration(600) == "10 min"
+    assert health.duration(3 * 86400) == "3 d" and health.duration(-1) == "0 s"
 
 
 def test_gateway_status_is_rate_limited_and_never_left_stale(gw: Any, listener: socket.socket,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A busy core (a wake-up per chunk of frames) sends at most one STATUS= per STATUS_MIN_S and builds the line
     no more often; a change held back by the limit is sent when the limit allows, without another frame."""
-    import agent.gateway.core as gateway_module
+    from agent.gateway import health
 
     built = []
     real = gw.status_text
     monkeypatch.setattr(gw, "status_text", lambda now=None: (built.append(now), real(now))[1])
-    gw._update_status(time.monotonic(), force=True)
+    gw.update_status(force=True)
     _pending(listener)
     t0 = time.monotonic()
     for i in range(50):  # 50 wake-ups, 20 frames each
         gw.on_uplinks(_uplinks(gw, "rain", i * 20, 20))
         _wake(gw)
     elapsed = time.monotonic() - t0
-    assert len(built) <= 1 + 1 + elapsed / gateway_module.STATUS_MIN_S, (len(built), elapsed)
+    assert len(built) <= 1 + 1 + elapsed / health.STATUS_MIN_S, (len(built), elapsed)
     sent = _statuses(listener)
     assert len(sent) <= len(built) - 1 + 1
     # The last change waits for the limit; the core's timeout wakes it then.
-    assert gw._status.pending
-    assert gw._timeout() <= gateway_module.STATUS_MIN_S
-    gw._status.next_at = time.monotonic()  # the limit has passed
+    assert gw.status.line.pending
+    assert gw.wait_s() <= health.STATUS_MIN_S
+    gw.status.line.next_at = time.monotonic()  # the limit has passed
     _wake(gw)
     [line] = _statuses(listener)
     assert "1,000 readings held" in line, line
-    assert not gw._status.pending
+    assert not gw.status.line.pending
 
 
 def test_gateway_status_shows_a_failing_journal_and_the_backlog_survives_a_health_report(
@@ -291,7 +285,7 @@ def test_gateway_status_shows_a_failing_journal_and_the_backlog_survives_a_healt
 
     gw.on_uplinks(_uplinks(gw, "rain", 0, 5))
     _wake(gw)
-    gw._health_entry()  # re-anchors the backlog on a real count
+    gw.health_reading()  # re-anchors the backlog on a real count
     assert "5 readings held" in gw.status_text()
 
     def failing(**kw: Any) -> None:

@@ -24,21 +24,9 @@ from typing import Any
 import pytest
 
 from agent.dev.devbroker import Mosquitto
-from drivers.sim.rak3172 import SimRak3172
-from tests.support.fault_rig import (
-    AgentProcess,
-    BridgeProcess,
-    Feeder,
-    WireRecorder,
-    bridge_config,
-    gateway_config,
-    influx_keys,
-    influx_total,
-    journal_status,
-    sized,
-    wait_until,
-)
-from tests.support.field import FieldNode, default_values, wait_configured, write_config
+from tests.support.fault_rig import (AgentProcess, BridgeProcess, Feeder, WireRecorder, influx_keys, influx_total,
+                                     journal_status, sized, wait_until, write_bridge, write_gateway)
+from tests.support.field import FieldNode, default_values, start_sim, wait_configured
 from tests.support.influx import InfluxDB1
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
@@ -54,16 +42,12 @@ class Pipeline:
         kinds = ["sos", "trap", "water_level", "water_level", "rain", "rain", "weather", "tilt", "heartbeat"]
         self.nodes = [FieldNode(0x0C000000 + i, k) for i, k in enumerate(kinds)]
         self.broker, self.influx = broker, influx
-        self.sim = SimRak3172(name="lora0", link=str(tmp / "lora0"), boot_delay_s=0.05,
-                              rng=random.Random(rng.random()))
-        self.sim.start()
+        self.sim = start_sim(tmp, rng_seed=rng.random())
         self.wire = WireRecorder(self.sim)
         self.journal = tmp / "journal.db"
-        cfg = tmp / "gateway.yaml"
-        write_config(cfg, gateway_config(port=self.sim.path, mqtt_port=broker.port, journal=self.journal,
-                                          nodes=self.nodes, batch=50, window=4))
-        bcfg = tmp / "bridge.yaml"
-        write_config(bcfg, bridge_config(broker=broker, influx=influx, dead_letter=tmp / "dead.db"))
+        cfg = write_gateway(tmp, sim=self.sim, broker=broker, journal=self.journal,
+                            nodes=self.nodes, batch=50, window=4)
+        bcfg = write_bridge(tmp, broker=broker, influx=influx)
         self.bridge = BridgeProcess(bcfg, tmp / "bridge.log")
         self.agent = AgentProcess(cfg, tmp / "agent.log")
         self.feeder = Feeder(self.sim, self._make, RATE_HZ)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -26,20 +25,9 @@ import pytest
 
 from agent.dev.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
-from tests.support.fault_rig import (
-    DB,
-    GATEWAY,
-    REPO,
-    AgentProcess,
-    BridgeProcess,
-    Key,
-    bridge_config,
-    frame_key,
-    gateway_config,
-    journal_status,
-    wait_until,
-)
-from tests.support.field import FieldNode, default_values, wait_configured, write_config
+from tests.support.fault_rig import (DB, GATEWAY, REPO, AgentProcess, BridgeProcess, Key, frame_key, journal_status,
+                                     wait_until, write_bridge, write_gateway)
+from tests.support.field import FieldNode, default_values, start_sim, wait_configured
 from tests.support.influx import InfluxDB1
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
@@ -104,14 +92,11 @@ def test_readings_before_ntp_sync_are_held_corrected_and_nothing_before_2020_rea
         tmp_path: Path, broker: Mosquitto, influx: InfluxDB1, figures: dict[str, Any]) -> None:
     sos = FieldNode(0x0D000001, "sos")
     telemetry = [FieldNode(0x0D000002 + i, k) for i, k in enumerate(TELEMETRY)]
-    sim = SimRak3172(name="lora0", link=str(tmp_path / "lora0"), boot_delay_s=0.05, rng=random.Random(7))
-    sim.start()
+    sim = start_sim(tmp_path, rng_seed=7)
     sent = SendTimes(sim)
-    cfg = tmp_path / "gateway.yaml"
-    write_config(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=tmp_path / "journal.db",
-                                      nodes=[sos, *telemetry], batch=50, window=4))
-    bcfg = tmp_path / "bridge.yaml"
-    write_config(bcfg, bridge_config(broker=broker, influx=influx, dead_letter=tmp_path / "dead.db"))
+    cfg = write_gateway(tmp_path, sim=sim, broker=broker, journal=tmp_path / "journal.db",
+                        nodes=[sos, *telemetry], batch=50, window=4)
+    bcfg = write_bridge(tmp_path, broker=broker, influx=influx)
     bridge = BridgeProcess(bcfg, tmp_path / "bridge.log")
     agent = ClockAgent(cfg, tmp_path / "agent.log", tmp_path / "clock.json")
     agent.set_clock(BOOT_WALL_S - time.time(), synced=False)

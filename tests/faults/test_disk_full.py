@@ -37,19 +37,9 @@ from typing import Any
 import pytest
 
 from agent.dev.devbroker import Mosquitto
-from drivers.sim.rak3172 import SimRak3172
-from tests.support.fault_rig import (
-    AgentProcess,
-    WireRecorder,
-    denen_status_json,
-    gateway_config,
-    journal_status,
-    journaled_once,
-    readings_in,
-    wait_until,
-)
-from tests.support.broker import Collector
-from tests.support.field import FieldNode, default_values, wait_configured, write_config
+from tests.support.fault_rig import (AgentProcess, WireRecorder, denen_status_json, journal_status, journaled_once,
+                                     readings_collector, readings_in, wait_until, write_gateway)
+from tests.support.field import FieldNode, default_values, start_sim, wait_configured
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
@@ -104,13 +94,11 @@ def run(disk: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
     broker.start()
     kinds = ["sos", "trap", "water_level", "rain", "weather"]
     nodes = [FieldNode(0x0E000000 + i, k) for i, k in enumerate(kinds)]
-    sim = SimRak3172(name="lora0", link=str(tmp / "lora0"), boot_delay_s=0.05, rng=random.Random(seed))
-    sim.start()
+    sim = start_sim(tmp, rng_seed=seed)
     wire = WireRecorder(sim)
     journal = disk / "journal.db"
-    cfg = tmp / "gateway.yaml"
-    write_config(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes, health_s=10))
-    col = Collector(broker, "denen/v1/+/readings/#", client_id="disk-collector", persistent=True)
+    cfg = write_gateway(tmp, sim=sim, broker=broker, journal=journal, nodes=nodes, health_s=10)
+    col = readings_collector(broker, "disk-collector")
     agent = AgentProcess(cfg, tmp / "agent.log")
     filler = disk / "filler"
     i = 0
@@ -218,17 +206,15 @@ def test_failed_commits_are_counted_in_denen_status(run: dict[str, Any]) -> None
 def test_the_journal_keeps_committing_on_a_filesystem_smaller_than_its_wal(
         tmp_path: Path, broker: Mosquitto, figures: dict[str, Any]) -> None:
     nodes = [FieldNode(0x0E100000 + i, k) for i, k in enumerate(["water_level", "rain"])]
-    sim = SimRak3172(name="lora0", link=str(tmp_path / "lora0"), boot_delay_s=0.05, rng=random.Random(3))
-    sim.start()
+    sim = start_sim(tmp_path, rng_seed=3)
     wire = WireRecorder(sim)
     (tmp_path / "small").mkdir()
-    col = Collector(broker, "denen/v1/+/readings/#", client_id="small-disk-collector", persistent=True)
+    col = readings_collector(broker, "small-disk-collector")
     agent: AgentProcess | None = None
     try:
         with _tmpfs(tmp_path / "small", SMALL_DISK) as small:
             journal = small / "journal.db"
-            cfg = tmp_path / "gateway.yaml"
-            write_config(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes))
+            cfg = write_gateway(tmp_path, sim=sim, broker=broker, journal=journal, nodes=nodes)
             agent = AgentProcess(cfg, tmp_path / "agent.log")
             agent.start()
             assert wait_configured(sim, 0, 20), agent.run_log()

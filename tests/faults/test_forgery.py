@@ -60,18 +60,9 @@ from agent.dev.devbroker import Mosquitto
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from drivers.sim.rak3172 import SimRak3172
-from tests.support.fault_rig import (
-    AgentProcess,
-    denen_status_json,
-    gateway_config,
-    journal_status,
-    last_fcnt,
-    readings_in,
-    sized,
-    wait_until,
-)
-from tests.support.broker import Collector
-from tests.support.field import default_values, node_key, wait_configured, write_config
+from tests.support.fault_rig import (AgentProcess, denen_status_json, gateway_config, journal_status, last_fcnt,
+                                     readings_collector, readings_in, sized, wait_until, write_gateway)
+from tests.support.field import default_values, node_key, start_sim, wait_configured
 from tests.support.gateway_config import NodeEntry
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
@@ -145,8 +136,8 @@ def _nodes() -> list[Node]:
 def _config(*, port: str, mqtt_port: int, journal: Path, nodes: list[Node]) -> str:
     """The fault rig's gateway config: the flag-policy nodes (``<kind>-flag-<id>``), then the keyed reject-policy
     ones (the config's default policy, so no ``unauthenticated:`` line)."""
-    flag = [NodeEntry(n.node_id, n.kind, f"{n.kind.replace('_', '-')}-flag-{n.node_id & 0xFFFF:x}", n.key, 600, "flag")
-            for n in nodes if n.policy != "reject"]
+    flag = [NodeEntry(n.node_id, n.kind, f"{n.kind.replace('_', '-')}-flag-{n.node_id & 0xFFFF:x}", n.key, 600,
+                      "flag") for n in nodes if n.policy != "reject"]
     return gateway_config(port=port, mqtt_port=mqtt_port, journal=journal,
                           nodes=[*flag, *(n for n in nodes if n.policy == "reject")])
 
@@ -320,13 +311,11 @@ def test_forged_replayed_and_rolled_back_frames_are_rejected_and_counted_and_the
         tmp_path: Path, broker: Mosquitto, rng: random.Random, figures: dict[str, Any]) -> None:
     nodes = _nodes()
     traffic = Traffic(nodes, random.Random(rng.random()))
-    sim = SimRak3172(name="lora0", link=str(tmp_path / "lora0"), boot_delay_s=0.05, rng=random.Random(rng.random()))
-    sim.start()
+    sim = start_sim(tmp_path, rng_seed=rng.random())
     wire = PayloadRecorder(sim)
     journal = tmp_path / "journal.db"
-    cfg = tmp_path / "gateway.yaml"
-    write_config(cfg, _config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes))
-    col = Collector(broker, "denen/v1/+/readings/#", client_id="forgery-collector", persistent=True)
+    cfg = write_gateway(tmp_path, sim=sim, broker=broker, journal=journal, config=_config, nodes=nodes)
+    col = readings_collector(broker, "forgery-collector")
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     sent: list[Sent] = []
 

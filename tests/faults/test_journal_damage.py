@@ -23,19 +23,9 @@ from typing import Any
 import pytest
 
 from agent.dev.devbroker import Mosquitto
-from drivers.sim.rak3172 import SimRak3172
-from tests.support.fault_rig import (
-    AgentProcess,
-    WireRecorder,
-    gateway_config,
-    journal_status,
-    journaled_once,
-    readings_in,
-    sized,
-    wait_until,
-)
-from tests.support.broker import Collector
-from tests.support.field import FieldNode, default_values, wait_configured, write_config
+from tests.support.fault_rig import (AgentProcess, WireRecorder, journal_status, journaled_once, readings_collector,
+                                     readings_in, sized, wait_until, write_gateway)
+from tests.support.field import FieldNode, default_values, start_sim, wait_configured
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
@@ -63,15 +53,13 @@ class Field:
         self.tmp, self.broker = tmp, broker
         kinds = ["water_level", "rain", "tilt", "weather", "sos"]
         self.nodes = [FieldNode(0x0E200000 + i, k) for i, k in enumerate(kinds)]
-        self.sim = SimRak3172(name="lora0", link=str(tmp / "lora0"), boot_delay_s=0.05, rng=random.Random(seed))
-        self.sim.start()
+        self.sim = start_sim(tmp, rng_seed=seed)
         self.wire = WireRecorder(self.sim)
         self.journal = tmp / "journal.db"
-        self.cfg = tmp / "gateway.yaml"
-        write_config(self.cfg, gateway_config(port=self.sim.path, mqtt_port=broker.port, journal=self.journal,
-                                               nodes=self.nodes, health_s=3600))
+        self.cfg = write_gateway(tmp, sim=self.sim, broker=broker, journal=self.journal,
+                                 nodes=self.nodes, health_s=3600)
         self.agent = AgentProcess(self.cfg, tmp / "agent.log")
-        self.col = Collector(broker, "denen/v1/+/readings/#", client_id="damage-collector", persistent=True)
+        self.col = readings_collector(broker, "damage-collector")
         self.i = 0
 
     def send(self, n: int, *, rate_hz: float = 400.0) -> None:

@@ -34,22 +34,9 @@ import pytest
 
 from agent.dev.devbroker import Mosquitto
 from agent.gateway.reading import LANES
-from drivers.sim.rak3172 import SimRak3172
-from tests.support.fault_rig import (
-    GATEWAY,
-    AgentProcess,
-    Key,
-    WireRecorder,
-    denen_status_json,
-    gateway_config,
-    journal_status,
-    journaled_once,
-    readings_in,
-    sized,
-    wait_until,
-)
-from tests.support.broker import Collector
-from tests.support.field import FieldNode, default_values, wait_configured, write_config
+from tests.support.fault_rig import (GATEWAY, AgentProcess, Key, WireRecorder, denen_status_json, journal_status,
+                                     journaled_once, readings_collector, readings_in, sized, wait_until, write_gateway)
+from tests.support.field import FieldNode, default_values, start_sim, wait_configured
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
@@ -73,14 +60,12 @@ def test_72_hour_outage_evicts_only_the_oldest_telemetry_and_diagnostics_and_sos
                   ROUNDS - 2: buttons[2]}
     trap_rounds = {r: traps[r % len(traps)] for r in sorted(rng.sample(range(ROUNDS), 40))}
 
-    sim = SimRak3172(name="lora0", link=str(tmp_path / "lora0"), boot_delay_s=0.05, rng=random.Random(rng.random()))
-    sim.start()
+    sim = start_sim(tmp_path, rng_seed=rng.random())
     wire = WireRecorder(sim)
     journal = tmp_path / "journal.db"
-    cfg = tmp_path / "gateway.yaml"
-    write_config(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal,
-                                      nodes=[*telemetry, *traps, *buttons], quota_mb=QUOTA_MB, health_s=10))
-    col = Collector(broker, "denen/v1/+/readings/#", client_id="outage-collector", persistent=True)
+    cfg = write_gateway(tmp_path, sim=sim, broker=broker, journal=journal,
+                        nodes=[*telemetry, *traps, *buttons], quota_mb=QUOTA_MB, health_s=10)
+    col = readings_collector(broker, "outage-collector")
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     injected: list[tuple[str, Key]] = []  # (lane, key) in injection order
     started = time.monotonic()

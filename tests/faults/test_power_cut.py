@@ -52,23 +52,9 @@ from typing import Any
 import pytest
 
 from agent.dev.devbroker import Mosquitto
-from drivers.sim.rak3172 import SimRak3172
-from tests.support.fault_rig import (
-    AgentProcess,
-    BridgeProcess,
-    Feeder,
-    Key,
-    WireRecorder,
-    bridge_config,
-    gateway_config,
-    influx_keys,
-    influx_total,
-    journal_status,
-    last_fcnt,
-    sized,
-    wait_until,
-)
-from tests.support.field import FieldNode, default_values, wait_configured, write_config
+from tests.support.fault_rig import (AgentProcess, BridgeProcess, Feeder, Key, WireRecorder, influx_keys, influx_total,
+                                     journal_status, last_fcnt, sized, wait_until, write_bridge, write_gateway)
+from tests.support.field import FieldNode, default_values, start_sim, wait_configured
 from tests.support.influx import InfluxDB1
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
@@ -93,16 +79,12 @@ def test_sigkill_at_random_moments_loses_no_committed_reading_and_duplicates_non
         n = sos if r == 0 else traps[r % 2] if r in (17, 53, 89) else rest[i % len(rest)]
         return n.frame(default_values(n.kind, i))
 
-    sim = SimRak3172(name="lora0", link=str(tmp_path / "lora0"), boot_delay_s=0.05, rng=random.Random(rng.random()))
-    sim.start()
+    sim = start_sim(tmp_path, rng_seed=rng.random())
     wire = WireRecorder(sim)
     journal = tmp_path / "journal.db"
-    cfg = tmp_path / "gateway.yaml"
     # Small batches and window: many messages in flight at every moment, so kills land between publish and PUBACK.
-    write_config(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes, batch=20,
-                                      window=2))
-    bridge_cfg = tmp_path / "bridge.yaml"
-    write_config(bridge_cfg, bridge_config(broker=broker, influx=influx, dead_letter=tmp_path / "dead.db"))
+    cfg = write_gateway(tmp_path, sim=sim, broker=broker, journal=journal, nodes=nodes, batch=20, window=2)
+    bridge_cfg = write_bridge(tmp_path, broker=broker, influx=influx)
     bridge = BridgeProcess(bridge_cfg, tmp_path / "bridge.log")
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     feeder = Feeder(sim, make, RATE_HZ)

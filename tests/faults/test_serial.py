@@ -20,21 +20,9 @@ from typing import Any
 import pytest
 
 from agent.dev.devbroker import Mosquitto
-from drivers.sim.rak3172 import SimRak3172
-from tests.support.fault_rig import (
-    AgentProcess,
-    Key,
-    LineRecorder,
-    denen_status_json,
-    gateway_config,
-    journal_status,
-    journaled_once,
-    readings_in,
-    sized,
-    wait_until,
-)
-from tests.support.broker import Collector
-from tests.support.field import FieldNode, default_values, wait_configured, write_config
+from tests.support.fault_rig import (AgentProcess, Key, LineRecorder, denen_status_json, journal_status, journaled_once,
+                                     readings_collector, readings_in, sized, wait_until, write_gateway)
+from tests.support.field import FieldNode, default_values, start_sim, wait_configured
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
@@ -46,13 +34,11 @@ def test_port_loss_reboots_wrong_baud_and_split_merged_cut_lines_are_counted_and
         tmp_path: Path, broker: Mosquitto, rng: random.Random, figures: dict[str, Any]) -> None:
     kinds = ["sos", "trap", "water_level", "rain", "weather", "tilt"]
     nodes = [FieldNode(0x0D000000 + i, k) for i, k in enumerate(kinds)]
-    sim = SimRak3172(name="lora0", link=str(tmp_path / "lora0"), boot_delay_s=0.05, rng=random.Random(rng.random()))
-    sim.start()
+    sim = start_sim(tmp_path, rng_seed=rng.random())
     lines = LineRecorder(sim)
     journal = tmp_path / "journal.db"
-    cfg = tmp_path / "gateway.yaml"
-    write_config(cfg, gateway_config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes))
-    col = Collector(broker, "denen/v1/+/readings/#", client_id="serial-collector", persistent=True)
+    cfg = write_gateway(tmp_path, sim=sim, broker=broker, journal=journal, nodes=nodes)
+    col = readings_collector(broker, "serial-collector")
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     lost: set[Key] = set()  # frames taken by the module during a broken moment (wrong baud)
     merged: set[Key] = set()  # frames sent as several complete lines in one write

@@ -26,6 +26,9 @@ from typing import Any
 from agent.tools import status as agent_status
 from agent.dev.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
+from tests.support.broker import Collector
+from tests.support.field import FieldNode, write_config
+from tests.support.field import wait_until as wait_until  # the fault tests import it from the rig
 from tests.support.gateway_config import gateway_yaml
 from tests.support.influx import InfluxDB1
 from tests.support.registry import write_registry
@@ -43,16 +46,6 @@ Key = tuple[str, int]  # (node id as 8 lowercase hex digits, frame counter): a r
 def sized(ci: int, full: int) -> int:
     """A figure of the CI variant, or of the full variant when ``DENEN_FAULTS_FULL=1``."""
     return full if FULL else ci
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll a condition no event signals (a process, a file, rows in a database), bounded by ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 # -- configs ------------------------------------------------------------------------------------------------------
@@ -105,6 +98,24 @@ gateways:
 log:
   level: info
 """
+
+
+def write_gateway(tmp: Path, *, sim: SimRak3172, broker: Mosquitto, journal: Path, nodes: Iterable[FieldNode],
+                  config: Callable[..., str] = gateway_config, **kw: Any) -> Path:
+    """``tmp/gateway.yaml`` for ``nodes`` on the simulated module and ``broker``, owner-only (it holds node keys);
+    ``config`` builds the text (default :func:`gateway_config`, which takes ``kw``)."""
+    text = config(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=nodes, **kw)
+    return write_config(tmp / "gateway.yaml", text)
+
+
+def write_bridge(tmp: Path, *, broker: Mosquitto, influx: InfluxDB1) -> Path:
+    """``tmp/bridge.yaml``: :func:`bridge_config` with its dead-letter store at ``tmp/dead.db``."""
+    return write_config(tmp / "bridge.yaml", bridge_config(broker=broker, influx=influx, dead_letter=tmp / "dead.db"))
+
+
+def readings_collector(broker: Mosquitto, client_id: str) -> Collector:
+    """A persistent subscriber to every gateway's readings: it misses nothing published while it is away."""
+    return Collector(broker, "denen/v1/+/readings/#", client_id=client_id, persistent=True)
 
 
 # -- processes ------------------------------------------------------------------------------------------------

@@ -115,7 +115,8 @@ def example_keys_env() -> Iterator[dict[str, str]]:
                 os.environ[name] = value
 
 
-def start_sim(tmp: Path, *, rng_seed: int = 7) -> SimRak3172:
+def start_sim(tmp: Path, *, rng_seed: float = 7) -> SimRak3172:
+    """The simulated RAK3172 ``lora0`` on a pty in ``tmp``, started; ``rng_seed`` seeds its random behaviour."""
     sim = SimRak3172(name="lora0", link=str(tmp / "lora0"), boot_delay_s=0.05, rng=random.Random(rng_seed))
     sim.start()
     return sim

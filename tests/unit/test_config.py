@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -828,13 +829,22 @@ def test_a_section_with_everything_commented_out_means_defaults() -> None:
     assert warning.key == "unknown_nodes"
 
 
-def test_drivers_from_the_registry_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
+@pytest.fixture
+def meshtastic() -> Iterator[None]:
+    """A driver registered by name only (no settings section), as a plugin registers itself; forgotten after."""
+    from drivers import registry
 
-    fake = types.ModuleType("drivers.radio")
-    fake.DRIVERS = {"rak3172": object, "meshtastic": object}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "drivers.radio", fake)
+    class Meshtastic:
+        name = ""
+
+    registry.register(registry.DriverSpec(name="meshtastic", driver=Meshtastic, section=None,  # type: ignore[arg-type]
+                                          settings=None, probe=None, twin="meshtastic-sim", summary="test driver"))
+    yield
+    registry.unregister("meshtastic")
+
+
+@pytest.mark.usefixtures("meshtastic")
+def test_drivers_from_the_registry_are_accepted() -> None:
     assert driver_names() == ("es920lr", "meshtastic", "rak3172")
     cfg = parse_config(MINIMAL.replace("driver: rak3172", "driver: meshtastic"))
     assert cfg.radios[0].p2p is None and cfg.radios[0].es920 is None

@@ -27,6 +27,9 @@ keep airtime in the window longer than needed, never shorter. A damaged or hosti
 (counted in ``restore_failed``, logged) and the sender starts empty. A receipt that is dropped (queue full, given up,
 refused by the radio, older than ``max_age_s``) is counted and logged, rate-limited.
 
+The channel's rules, the ``receipts:`` section and the airtime budget are in agent.gateway.receipt_airtime; the
+snapshot's check and the boot clock in agent.gateway.receipt_state. Every public name is imported from here.
+
 Errors::
 
     AgentError
@@ -37,23 +40,20 @@ Errors::
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import math
 import random
-import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from agent.errors import AgentError
+from agent.gateway.receipt_airtime import HOUR_S, AirtimeBudget, ReceiptError, ReceiptRefused, ReceiptsConfig
+from agent.gateway.receipt_state import SNAPSHOT_SCHEMA, Snapshot, boot_clock, parse_snapshot
 from agent.ratelog import RateLimitedLog
-from drivers.airtime import ChannelRules, channel_rules, time_on_air_ms
+from drivers.airtime import channel_rules, time_on_air_ms
 from drivers.codec.frame import build_receipt
 from drivers.errors import DriverError, ModuleError
 from drivers.radio import backoff_delay
@@ -72,11 +72,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Length of the sliding window of the hourly airtime budget, in seconds.
-HOUR_S = 3600.0
-#: ``schema`` of :meth:`ReceiptSender.snapshot`.
-SNAPSHOT_SCHEMA = "denen.receipts/1"
-
 # Module status lines that mean "refused, nothing went on air" (RUI3 §1, ES920LR §2: wrong length, carrier sense
 # failed). Any other failure of a send (a timeout, a lost port, an ACK timeout) may have happened after the
 # module started transmitting, so its airtime is counted: over-counting only delays the next receipt, while
@@ -86,295 +81,6 @@ _NOT_ON_AIR_STATUSES = frozenset({
     "AT_TEST_PARAM_OVERFLOW", "AT_UNSUPPORTED_BAND", "NG 100", "NG 102",
 })
 _RECENTLY_SENT = 256  # (node, counter) pairs remembered to ignore a repeated request (at-least-once acks)
-_HOUR_US = round(HOUR_S * 1e6)
-# A snapshot merges the transmissions that ended within one bin into one entry stamped with the latest end, so it
-# stays small (at most about 61 entries per hour) and errs on the safe side by at most this long.
-_SNAPSHOT_BIN_US = 60_000_000
-_SNAPSHOT_MAX_SENDS = 4096  # entries a snapshot may hold; more is damage
-_SNAPSHOT_MAX_PENDING = 10_000  # the largest max_pending
-_BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-_BOOT_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-class ReceiptError(AgentError):
-    """A receipt could not be set up or queued."""
-
-
-class ReceiptRefused(ReceiptError, ValueError):
-    """A receipt can never be sent within the channel's rules (longer than one transmission or the hourly budget)."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Config
-
-
-class ReceiptsConfig(BaseModel):
-    """The ``receipts:`` section: SOS receipts sent back to the caller's node."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-    enabled: bool = Field(
-        default=True,
-        description="Send a receipt to an SOS node that asked for one (frame flag bit1), once the broker has "
-        "acknowledged its SOS.",
-    )
-    max_per_hour_s: float | None = Field(
-        default=None,
-        gt=0,
-        le=HOUR_S,
-        description="Airtime budget of the gateway's transmissions per channel, in seconds of transmission per "
-        "sliding hour. null: the ARIB STD-T108 limit of the channel (360 s on 922.4-923.4 MHz, none on "
-        "920.6-922.2 MHz). A value may only be stricter than the channel's limit.",
-    )
-    carrier_sense: bool = Field(
-        default=True,
-        description="Whether the radio module does carrier sense (listen before talk, >= 5 ms) before each "
-        "send. RUI3 AT+PSEND only runs CAD (when AT+CAD=1), not energy-based LBT, so true relies on the "
-        "module's certification for Japan. false applies the no-LBT limits instead: at most 100 ms per "
-        "transmission and 3.6 s per hour.",
-    )
-    retry_min_s: float = Field(
-        default=2.0, gt=0, description="First wait after a failed send (module busy, timeout), in seconds."
-    )
-    retry_max_s: float = Field(
-        default=300.0, gt=0, description="Longest wait between retries of a failing send, in seconds."
-    )
-    max_attempts: int = Field(
-        default=10, ge=1, le=1000, description="Failed sends of one receipt after which it is given up (count)."
-    )
-    max_pending: int = Field(
-        default=64,
-        ge=1,
-        le=10_000,
-        description="Most receipts waiting to be sent (count); a request beyond this is dropped and counted.",
-    )
-    max_age_s: float = Field(
-        default=7200.0,
-        ge=60,
-        description="A receipt not sent this many seconds after its request is dropped and counted: by then the "
-        "node has sent its SOS again (a new counter, with a receipt of its own). Longer than the hourly window, "
-        "so that waiting for the hourly budget alone does not drop a receipt.",
-    )
-
-    @model_validator(mode="after")
-    def _retry_bounds(self) -> ReceiptsConfig:
-        if self.retry_min_s > self.retry_max_s:
-            raise ValueError(
-                f"retry_min_s ({self.retry_min_s:g} s) is larger than retry_max_s ({self.retry_max_s:g} s); "
-                "set retry_min_s <= retry_max_s"
-            )
-        return self
-
-    def rules_for(self, frequency_hz: int, *, bw_khz: float = 125.0) -> ChannelRules:
-        """The channel rules for the radio's frequency, with this section's own budget applied.
-
-        Args:
-            frequency_hz: the radio's channel centre, in Hz.
-            bw_khz: the radio's LoRa bandwidth, in kHz.
-
-        Raises:
-            ReceiptError: the frequency is outside the Japanese LoRa channels, or ``max_per_hour_s`` is more than
-                the channel allows.
-        """
-        try:
-            rules = channel_rules(frequency_hz, bw_khz=bw_khz, carrier_sense=self.carrier_sense)
-        except ValueError as exc:
-            raise ReceiptError(f"receipts: {exc}") from exc
-        if self.max_per_hour_s is None:
-            return rules
-        if rules.max_per_hour_s is not None and self.max_per_hour_s > rules.max_per_hour_s:
-            raise ReceiptError(
-                f"receipts.max_per_hour_s is {self.max_per_hour_s:g} s, but {rules.frequency_hz / 1e6:.1f} MHz "
-                f"allows at most {rules.max_per_hour_s:g} s of transmission per hour (ARIB STD-T108); lower it "
-                "or leave it out"
-            )
-        return replace(rules, max_per_hour_s=self.max_per_hour_s)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Time that survives a restart
-
-
-@functools.cache
-def _boot_id() -> str | None:
-    try:
-        with open(_BOOT_ID_PATH, encoding="ascii") as f:
-            text = f.read(64).strip()
-    except (OSError, ValueError):
-        return None
-    return text if _BOOT_ID_RE.fullmatch(text) else None
-
-
-def boot_clock() -> tuple[str | None, int]:
-    """This boot's id and ``CLOCK_BOOTTIME``, in µs: a time that runs on across process restarts (and suspend).
-
-    Returns:
-        ``(boot_id, boottime_us)``; the boot id (``/proc/sys/kernel/random/boot_id``, read once) is None where the
-        kernel offers none, and then no time can be carried across a restart.
-    """
-    boottime = getattr(time, "CLOCK_BOOTTIME", None)
-    if boottime is None:
-        return None, time.monotonic_ns() // 1000
-    return _boot_id(), time.clock_gettime_ns(boottime) // 1000
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Airtime budget
-
-
-def _us(seconds: float) -> int:
-    """Airtime in whole microseconds, rounded up: sums are exact, and never under-count."""
-    return math.ceil(round(seconds * 1e6, 3))
-
-
-class AirtimeBudget:
-    """Tracks one channel's transmissions: the pause after each, and the hourly budget over a sliding window.
-
-    Share one budget between every sender that transmits on the same channel. Thread-safe.
-
-    A transmission is recorded when it has ended (``record`` is called after the module reported it sent); its
-    airtime then counts until one hour after that moment. Counting it from its end rather than its start keeps it
-    in the window slightly longer than it was on air, which errs on the safe side.
-
-    Args:
-        rules: the channel's limits (:func:`drivers.airtime.channel_rules`).
-        clock: monotonic time source, in seconds (tests pass a fake).
-    """
-
-    def __init__(self, rules: ChannelRules, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rules = rules
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._sends: collections.deque[tuple[float, int]] = collections.deque()  # (end time s, airtime µs)
-        self._used_us = 0
-        self._last_end: float | None = None
-        self._budget_us = None if rules.max_per_hour_s is None else math.floor(round(rules.max_per_hour_s * 1e6, 3))
-        self._restored = False
-
-    @property
-    def used_last_hour_s(self) -> float:
-        """Transmission time recorded in the last hour, in seconds."""
-        with self._lock:
-            self._expire(self._clock())
-            return self._used_us / 1e6
-
-    def check(self, airtime_s: float) -> None:
-        """Refuse a transmission that could never be allowed.
-
-        Raises:
-            ValueError: ``airtime_s`` is negative, longer than one transmission may last, or longer than the
-                whole hourly budget.
-        """
-        if airtime_s < 0:
-            raise ValueError(f"airtime must be >= 0 s, got {airtime_s}")
-        if airtime_s > self.rules.max_tx_s:
-            raise ValueError(
-                f"{airtime_s * 1000:.1f} ms on air exceeds the {self.rules.max_tx_s * 1000:g} ms per-transmission "
-                f"limit at {self.rules.frequency_hz / 1e6:.1f} MHz (ARIB STD-T108)"
-            )
-        if self._budget_us is not None and _us(airtime_s) > self._budget_us:
-            raise ValueError(
-                f"{airtime_s * 1000:.1f} ms on air exceeds the whole hourly budget of "
-                f"{self._budget_us / 1e6:g} s at {self.rules.frequency_hz / 1e6:.1f} MHz"
-            )
-
-    def wait_s(self, airtime_s: float) -> float:
-        """How long a transmission of ``airtime_s`` seconds must wait before it may start.
-
-        Returns:
-            0.0 when it may start now; otherwise the seconds until both the pause after the previous
-            transmission has passed and the hourly window has room for it.
-
-        Raises:
-            ValueError: the transmission could never be allowed (see :meth:`check`).
-        """
-        self.check(airtime_s)
-        with self._lock:
-            now = self._clock()
-            self._expire(now)
-            wait = 0.0
-            if self._last_end is not None:
-                wait = max(wait, self._last_end + self.rules.min_pause_s - now)
-            if self._budget_us is not None:
-                excess = self._used_us + _us(airtime_s) - self._budget_us
-                if excess > 0:
-                    # Oldest first: the send whose expiry frees enough room decides the wait. check() made sure
-                    # the airtime alone fits, so freeing everything is always enough.
-                    freed = 0
-                    for end, used_us in self._sends:
-                        freed += used_us
-                        if freed >= excess:
-                            wait = max(wait, end + HOUR_S - now)
-                            break
-            return max(wait, 0.0)
-
-    def record(self, airtime_s: float) -> None:
-        """Record a transmission of ``airtime_s`` seconds that has just ended (or may have happened).
-
-        Raises:
-            ValueError: ``airtime_s`` is negative.
-        """
-        if airtime_s < 0:
-            raise ValueError(f"airtime must be >= 0 s, got {airtime_s}")
-        with self._lock:
-            now = self._clock()
-            self._expire(now)
-            used_us = _us(airtime_s)
-            self._sends.append((now, used_us))
-            self._used_us += used_us
-            self._last_end = now
-
-    def snapshot(self) -> list[list[int]]:
-        """The transmissions in the window as ``[[ago_us, airtime_us], ...]``, oldest first.
-
-        ``ago_us`` is how long before now a transmission ended, in µs, rounded down. Transmissions that ended within
-        one 60 s bin are merged into one entry with the bin's latest end: the snapshot stays small, and merging only
-        keeps airtime in the window longer. No I/O.
-        """
-        with self._lock:
-            now = self._clock()
-            self._expire(now)
-            bins: dict[int, list[int]] = {}
-            for end, used_us in self._sends:
-                ago_us = max(0, math.floor((now - end) * 1e6))
-                entry = bins.setdefault(ago_us // _SNAPSHOT_BIN_US, [ago_us, 0])
-                entry[0] = min(entry[0], ago_us)
-                entry[1] += used_us
-        return [bins[k] for k in sorted(bins, reverse=True)]
-
-    def restore(self, sends: list[tuple[int, int]]) -> bool:
-        """Count transmissions from before a restart: ``(ago_us, airtime_us)`` pairs, ``ago_us`` from now.
-
-        Pairs an hour old or older are left out. A budget shared by several senders takes the first restore only
-        (their snapshots hold the same transmissions); later calls change nothing.
-
-        Returns:
-            Whether the transmissions were added (False: this budget was restored before).
-        """
-        with self._lock:
-            if self._restored:
-                return False
-            self._restored = True
-            now = self._clock()
-            merged = list(self._sends)
-            for ago_us, used_us in sends:
-                if 0 <= ago_us < _HOUR_US and used_us > 0:
-                    merged.append((now - ago_us / 1e6, used_us))
-            merged.sort(key=lambda s: s[0])
-            self._sends = collections.deque(merged)
-            self._used_us = sum(u for _, u in merged)
-            if merged:
-                self._last_end = max(merged[-1][0], self._last_end if self._last_end is not None else -math.inf)
-            self._expire(now)
-            return True
-
-    def _expire(self, now: float) -> None:
-        # A send that ended exactly one hour ago no longer counts: the window is (now - 1 h, now].
-        while self._sends and now - self._sends[0][0] >= HOUR_S:
-            _, used_us = self._sends.popleft()
-            self._used_us -= used_us
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Sender
 
@@ -388,15 +94,6 @@ class _Receipt:
     requested_at: float
     attempts: int = 0
     deferred: bool = False
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    boot_id: str | None
-    boottime_us: int
-    frequency_hz: int
-    sends: list[tuple[int, int]]  # (µs before the snapshot the transmission ended, µs on air)
-    pending: list[tuple[bytes, int, int]]  # (frame, µs since its request, failed attempts)
 
 
 class ReceiptSender:
@@ -643,30 +340,14 @@ class ReceiptSender:
         Receipts older than ``max_age_s`` or beyond ``max_pending`` are dropped and counted.
         """
         try:
-            snap = _parse_snapshot(snapshot)
+            snap = parse_snapshot(snapshot)
         except Exception as exc:  # noqa: BLE001 - a damaged snapshot must cost its content, never the agent
             with self._lock:
                 self.restore_failed += 1
             log.error("receipts: snapshot not restored (%s); the airtime of the last hour and the waiting receipts "
                       "start empty", exc)
             return
-        boot_id, boottime_us = self._boot_clock()
-        if snap.boot_id is not None and snap.boot_id == boot_id and boottime_us >= snap.boottime_us:
-            gap_us: int | None = boottime_us - snap.boottime_us
-        else:
-            gap_us = None
-            if snap.sends or snap.pending:
-                with self._lock:
-                    self.restore_unknown_gap += 1
-                if snap.boot_id is None or boot_id is None:
-                    why = "no boot id to compare"
-                elif snap.boot_id != boot_id:
-                    why = "the machine rebooted since the snapshot"
-                else:
-                    why = "the boot clock went back since the snapshot"
-                log.warning("receipts: %s, so the time in between is unknown and taken as "
-                            "zero: %.3f s of airtime counts as if it had ended when the snapshot says", why,
-                            sum(u for _, u in snap.sends) / 1e6)
+        gap_us = self._time_since(snap)
         if snap.frequency_hz != self.rules.frequency_hz and snap.sends:
             # The hourly limit is per channel, but keeping the airtime can only make a receipt wait longer.
             log.info("receipts: the snapshot's airtime was spent on %.1f MHz, now %.1f MHz; it still counts",
@@ -674,20 +355,52 @@ class ReceiptSender:
         gap = gap_us or 0
         sends = [(ago + gap, used) for ago, used in snap.sends]
         restored_airtime = self.budget.restore(sends)
+        queued = self._requeue(snap.pending, gap)
+        log.info("receipts: restored %d waiting receipt(s) and %s s of airtime in the sliding hour (%s)", queued,
+                 f"{self.budget.used_last_hour_s:.3f}" if restored_airtime else "the shared budget's",
+                 "time since the snapshot unknown, taken as 0" if gap_us is None
+                 else f"{gap_us / 1e6:.1f} s since the snapshot")
+        if queued and self._wake is not None:
+            self._wake()
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _time_since(self, snap: Snapshot) -> int | None:
+        """µs on CLOCK_BOOTTIME since ``snap`` was taken, or None when that cannot be known (a reboot, no boot id, a
+        boot clock that went back); the unknown case is logged and counted in ``restore_unknown_gap``."""
+        boot_id, boottime_us = self._boot_clock()
+        if snap.boot_id is not None and snap.boot_id == boot_id and boottime_us >= snap.boottime_us:
+            return boottime_us - snap.boottime_us
+        if snap.sends or snap.pending:
+            with self._lock:
+                self.restore_unknown_gap += 1
+            if snap.boot_id is None or boot_id is None:
+                why = "no boot id to compare"
+            elif snap.boot_id != boot_id:
+                why = "the machine rebooted since the snapshot"
+            else:
+                why = "the boot clock went back since the snapshot"
+            log.warning("receipts: %s, so the time in between is unknown and taken as "
+                        "zero: %.3f s of airtime counts as if it had ended when the snapshot says", why,
+                        sum(u for _, u in snap.sends) / 1e6)
+        return None
+
+    def _requeue(self, pending: list[tuple[bytes, int, int]], gap_us: int) -> int:
+        """Put a snapshot's waiting receipts back ahead of any new ones, ``gap_us`` older than the snapshot says;
+        drop (and count) repeats, those too old, those the radio settings can no longer send and those beyond
+        ``max_pending``. Returns how many were queued."""
         now = self._clock()
         old: list[tuple[int, int, float]] = []
         full: list[tuple[int, int]] = []
         refused: list[tuple[int, int, str]] = []
-        queued = 0
         with self._lock:
             idents = {(r.node_id, r.counter) for r in self._queue} | set(self._recent)
             items: list[_Receipt] = []
-            for frame, age_us, attempts in snap.pending:
+            for frame, age_us, attempts in pending:
                 node_id, counter = struct.unpack_from(">II", frame, 1)
                 if (node_id, counter) in idents:
                     self.duplicates += 1
                     continue
-                age_s = (age_us + gap) / 1e6
+                age_s = (age_us + gap_us) / 1e6
                 if self._max_age_s is not None and age_s > self._max_age_s:
                     self.expired += 1
                     old.append((node_id, counter, age_s))
@@ -706,7 +419,6 @@ class ReceiptSender:
                 idents.add((node_id, counter))
                 items.append(_Receipt(node_id, counter, frame, airtime, now - age_s, attempts=attempts))
             self._queue.extendleft(reversed(items))
-            queued = len(items)
             self.revision += 1
         for node_id, counter, age_s in old:
             self._log_drop("too_old", node_id, "receipt for node %08x counter %d dropped at restore: not sent %.0f s "
@@ -717,14 +429,8 @@ class ReceiptSender:
         for node_id, counter, why in refused:
             self._log_drop("refused", node_id, "receipt for node %08x counter %d dropped at restore: it can no "
                            "longer be sent with these radio settings: %s", node_id, counter, why)
-        log.info("receipts: restored %d waiting receipt(s) and %s s of airtime in the sliding hour (%s)", queued,
-                 f"{self.budget.used_last_hour_s:.3f}" if restored_airtime else "the shared budget's",
-                 "time since the snapshot unknown, taken as 0" if gap_us is None
-                 else f"{gap_us / 1e6:.1f} s since the snapshot")
-        if queued and self._wake is not None:
-            self._wake()
+        return len(items)
 
-    # -- internals -------------------------------------------------------------------------------------------
     def _airtime_of(self, frame_len: int) -> float:
         return time_on_air_ms(self._on_air_len(frame_len), self._sf, self._bw_khz, self._cr, self._preamble) / 1e3
 
@@ -795,61 +501,6 @@ class ReceiptSender:
             else:
                 self.sent += 1
                 self._recent.append((item.node_id, item.counter))
-
-
-def _int(value: object, what: str, low: int, high: int) -> int:
-    if type(value) is not int or not low <= value <= high:
-        raise ValueError(f"{what} must be a whole number {low}..{high}, got {str(value)[:40]!r}")
-    return value
-
-
-def _parse_snapshot(snap: object) -> _Snapshot:
-    """Check a snapshot field by field; ValueError naming the first problem. Unknown keys are ignored."""
-    if not isinstance(snap, Mapping):
-        raise ValueError(f"not an object but {type(snap).__name__}")
-    if snap.get("schema") != SNAPSHOT_SCHEMA:
-        raise ValueError(f"schema is {str(snap.get('schema'))[:40]!r}, expected {SNAPSHOT_SCHEMA!r}")
-    boot_id = snap.get("boot_id")
-    if boot_id is not None and not (isinstance(boot_id, str) and _BOOT_ID_RE.fullmatch(boot_id)):
-        raise ValueError(f"boot_id {str(boot_id)[:40]!r} is not a boot id")
-    boottime_us = _int(snap.get("boottime_us"), "boottime_us", 0, 2**63 - 1)
-    frequency_hz = _int(snap.get("frequency_hz"), "frequency_hz", 1, 10**10)
-    sends_in = snap.get("airtime")
-    if not isinstance(sends_in, list) or len(sends_in) > _SNAPSHOT_MAX_SENDS:
-        raise ValueError(f"airtime must be a list of at most {_SNAPSHOT_MAX_SENDS} entries")
-    sends: list[tuple[int, int]] = []
-    for i, entry in enumerate(sends_in):
-        if not isinstance(entry, list) or len(entry) != 2:
-            raise ValueError(f"airtime[{i}] must be [ago_us, airtime_us]")
-        sends.append((_int(entry[0], f"airtime[{i}] ago_us", 0, 2**63 - 1),
-                      _int(entry[1], f"airtime[{i}] airtime_us", 1, _HOUR_US)))
-    if sum(u for _, u in sends) > _HOUR_US:
-        raise ValueError("airtime adds up to more than an hour of transmission in one hour")
-    pending_in = snap.get("pending")
-    if not isinstance(pending_in, list) or len(pending_in) > _SNAPSHOT_MAX_PENDING:
-        raise ValueError(f"pending must be a list of at most {_SNAPSHOT_MAX_PENDING} entries")
-    pending: list[tuple[bytes, int, int]] = []
-    for i, entry in enumerate(pending_in):
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"pending[{i}] must be an object")
-        text = entry.get("frame")
-        if not isinstance(text, str) or len(text) > 64:
-            raise ValueError(f"pending[{i}].frame must be hex text")
-        try:
-            frame = bytes.fromhex(text)
-        except ValueError:
-            raise ValueError(f"pending[{i}].frame is not hex: {text[:40]!r}") from None
-        # Only a receipt can come back: the header must be exactly the one build_receipt makes for its node and
-        # counter; the MIC (when the flag says there is one) cannot be checked without the key.
-        if len(frame) not in (10, 14):
-            raise ValueError(f"pending[{i}].frame is {len(frame)} bytes, a receipt is 10 or 14")
-        node_id, counter = struct.unpack_from(">II", frame, 1)
-        expected = build_receipt(node_id, counter, bytes(16) if len(frame) == 14 else None)
-        if frame[:10] != expected[:10] or len(frame) != len(expected):
-            raise ValueError(f"pending[{i}].frame {text[:40]} is not a receipt frame")
-        pending.append((frame, _int(entry.get("age_us"), f"pending[{i}].age_us", 0, 2**63 - 1),
-                        _int(entry.get("attempts"), f"pending[{i}].attempts", 0, 1000)))
-    return _Snapshot(boot_id, boottime_us, frequency_hz, sends, pending)
 
 
 def build_receipt_sender(config: ReceiptsConfig, transmit: Callable[[bytes], None], *, frequency_hz: int, sf: int,

@@ -94,7 +94,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from drivers.sim._pty import PtyPort
 from drivers.sim.faults import ModuleFaults, baud_garble, bauds_match, noise_bytes
@@ -108,6 +108,7 @@ __all__ = [
     "SentFrame",
     "SimEs920lr",
     "Simulator",
+    "air_payload",
     "show_text",
     "time_on_air_s",
 ]
@@ -1176,6 +1177,14 @@ class SimEs920lr:
                 except Exception:  # thread top level: log, keep the clock running
                     log.exception("%s: timer action failed", self.name)
                 self._cond.notify_all()
+
+
+def air_payload(frame: bytes, settings: Any) -> bytes:
+    """What a node puts on the air to deliver ``frame`` to a gateway with these settings (its ``es920`` section):
+    upper-case hex text with ``format: ascii`` and ``payload_encoding: hex``, else the bytes themselves (the binary
+    format carries any byte); also what :attr:`SimEs920lr.transmitted` records for a frame the gateway sends."""
+    as_hex = getattr(settings, "format", "binary") == "ascii" and getattr(settings, "payload_encoding", "hex") == "hex"
+    return frame.hex().upper().encode() if as_hex else frame
 
 
 #: The twin of drivers.es920lr (scenario files: ``model: es920lr``); its ``profile:`` keys are its keyword arguments.

@@ -38,7 +38,7 @@ from drivers.sim.faults import ModuleFaults, baud_garble, bauds_match, noise_byt
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BW_CODES_KHZ", "Profile", "SimRak3172", "Simulator", "time_on_air_ms"]
+__all__ = ["BW_CODES_KHZ", "Profile", "SimRak3172", "Simulator", "air_payload", "time_on_air_ms"]
 
 #: RUI3 bandwidth codes (AT+P2P / AT+PBW) -> nominal kHz, as printed in the RUI3 help text.
 BW_CODES_KHZ: dict[int, float] = {0: 125, 1: 250, 2: 500, 3: 7.8, 4: 10.4, 5: 15.63, 6: 20.83, 7: 31.25,
@@ -873,6 +873,12 @@ class Profile(BaseModel):
     bw_as_khz: bool = False
     baudrate: int = 115200
     initial_nwm: Literal[0, 1, 2] = 0
+
+
+def air_payload(frame: bytes, settings: Any) -> bytes:
+    """What a node puts on the air to deliver ``frame`` to a gateway with these settings: the frame itself (LoRa
+    P2P carries bytes), and what :attr:`SimRak3172.transmitted` records for a frame the gateway sends."""
+    return frame
 
 
 #: The twin of drivers.rak3172 (scenario files: ``model: rak3172``).

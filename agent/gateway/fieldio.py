@@ -12,6 +12,9 @@ Public API::
         .has_siren, .has_lamp, .testing
         .close()
 
+The ``gpio:`` section's models (GpioConfig and its devices) are in agent.gateway.fieldio_config and imported from
+here too.
+
 Every device is built with ``pin_factory=`` passed explicitly; the factory is chosen in this order: the
 ``pin_factory`` argument (tests pass a ``MockFactory``), then ``gpio.pin_factory`` from the config (``mock`` for
 the demo, or a gpiozero factory name such as ``lgpio``), then gpiozero's own default (``Device.pin_factory``, the
@@ -41,15 +44,16 @@ Errors::
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from agent.errors import AgentError
+from agent.gateway import fieldio_config
+from agent.gateway.fieldio_config import (
+    GpioConfig, InputPin, OutputPin, RainGauge, SirenOutput, StatusLamp,
+)
 
 if TYPE_CHECKING:
     from gpiozero import LED, DigitalInputDevice, DigitalOutputDevice
@@ -88,10 +92,6 @@ _SELF_TEST_LAMP_S: Final = 0.1  # lamp on/off time during the self test, in seco
 _SELF_TEST_CHIRP_S: Final = 0.2  # siren on-time of the self-test chirp, in seconds
 _CLOSE_JOIN_S: Final = 2.0  # how long close() waits for a running self test, in seconds
 
-# Pin names gpiozero accepts (pins/data.py): GPIO17, BCM17, BOARD11, J8:11, WPI0; or a bare BCM number.
-_PIN_NAME = re.compile(r"^(?:(?:GPIO|BCM|BOARD|WPI)\d{1,2}|J8:\d{1,2})$", re.IGNORECASE)
-
-
 class GpioError(AgentError):
     """GPIO could not be set up; ``hint`` says what the installer can do about it."""
 
@@ -106,207 +106,6 @@ class GpioUnavailable(GpioError):
 
 class GpioPinError(GpioError, ValueError):
     """A configured pin does not exist on this board or is already used by another device."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Config
-
-
-def _check_pin(value: object) -> int | str:
-    if isinstance(value, bool):
-        raise ValueError("pin must be a BCM number or a pin name, not true/false")
-    if isinstance(value, int):
-        if not 0 <= value <= 53:
-            raise ValueError(f"BCM pin number must be 0..53, got {value}")
-        return value
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return _check_pin(int(text))
-        if _PIN_NAME.match(text):
-            return text.upper()
-        raise ValueError(
-            f"pin {value!r} is not a pin name gpiozero knows; write a BCM number (17) or a name such as "
-            "GPIO17, BCM17, BOARD11 or J8:11"
-        )
-    raise ValueError("pin must be a BCM number (17) or a pin name such as GPIO17 or BOARD11")
-
-
-def _pin_key(pin: int | str) -> str:
-    """A canonical spelling for spotting the same pin configured twice (BCM and BOARD numbers are not mapped)."""
-    if isinstance(pin, int):
-        return f"GPIO{pin}"
-    text = pin.upper()
-    for prefix, canon in (("BCM", "GPIO"), ("J8:", "BOARD")):
-        if text.startswith(prefix):
-            return canon + str(int(text[len(prefix):]))
-    return re.sub(r"\d+$", lambda m: str(int(m.group())), text)
-
-
-class _GpioSection(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class OutputPin(_GpioSection):
-    """A GPIO output driving a lamp or relay."""
-
-    pin: int | str = Field(
-        description="The output pin: a BCM GPIO number (17) or a name gpiozero accepts (GPIO17, BOARD11, J8:11)."
-    )
-    active_high: bool = Field(
-        default=True,
-        description="true: the pin is driven high (3.3 V) to switch on; false for active-low relay boards.",
-    )
-
-    @field_validator("pin", mode="before")
-    @classmethod
-    def _pin(cls, value: object) -> int | str:
-        return _check_pin(value)
-
-
-class StatusLamp(OutputPin):
-    """The status lamp: steady when all is well, slow blink without backhaul, fast blink on alarm."""
-
-    slow_blink_s: float = Field(
-        default=1.0, ge=0.1, le=10.0,
-        description="On-time and off-time of the slow blink (no backhaul), in seconds.",
-    )
-    fast_blink_s: float = Field(
-        default=0.25, ge=0.05, le=5.0, description="On-time and off-time of the fast blink (alarm), in seconds."
-    )
-
-
-class SirenOutput(OutputPin):
-    """The siren or relay output, sounded for SOS and flood stages even while the backhaul is down."""
-
-    on_s: float = Field(default=1.0, gt=0, le=60.0, description="Sounding time of each pulse, in seconds.")
-    off_s: float = Field(
-        default=1.0, ge=0, le=60.0,
-        description="Silence between pulses, in seconds; 0 sounds steadily (for sirens with their own pattern).",
-    )
-
-
-class InputPin(_GpioSection):
-    """A GPIO input wired to a switch (to ground with the pull-up on, or to 3.3 V with it off)."""
-
-    pin: int | str = Field(
-        description="The input pin: a BCM GPIO number (27) or a name gpiozero accepts (GPIO27, BOARD13)."
-    )
-    pull_up: bool = Field(
-        default=True,
-        description="true: internal pull-up, the switch connects the pin to ground (closed = low). false: "
-        "pull-down, the switch connects the pin to 3.3 V.",
-    )
-    bounce_s: float = Field(
-        default=0.05, ge=0.001, le=5.0,
-        description="Debounce time in seconds: a closing counts only after the line was quiet this long.",
-    )
-
-    @field_validator("pin", mode="before")
-    @classmethod
-    def _pin(cls, value: object) -> int | str:
-        return _check_pin(value)
-
-
-class RainGauge(InputPin):
-    """A tipping-bucket rain gauge's reed switch: one debounced closing per bucket tip."""
-
-    bounce_s: float = Field(
-        default=0.1, ge=0.001, le=5.0,
-        description="Debounce time in seconds: a tip counts only after the line was quiet this long (reed "
-        "switches bounce for a few ms; buckets tip at most a few times a second).",
-    )
-    mm_per_tip: float = Field(
-        default=0.2, gt=0, le=10.0, description="Rainfall per bucket tip, in millimetres (mm)."
-    )
-    node_id: str = Field(
-        description="Node id the gauge's readings carry (uint32), as 8 hex digits in quotes, e.g. \"0000a001\". "
-        "Must not clash with a radio node's id.",
-    )
-    report_interval_s: float = Field(
-        default=600.0, ge=10.0, le=86_400.0,
-        description="How often the rainfall since the previous report is journaled, in seconds.",
-    )
-
-    @field_validator("node_id", mode="before")
-    @classmethod
-    def _node_id(cls, value: object) -> str:
-        if isinstance(value, bool):
-            raise ValueError("node_id must be 8 hex digits in quotes, not true/false")
-        if isinstance(value, int):
-            if not 0 <= value <= 0xFFFF_FFFF:
-                raise ValueError("node_id must fit in 32 bits (8 hex digits)")
-            return f"{value:08x}"
-        if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{8}", value.strip()):
-            raise ValueError(f"node_id must be 8 hex digits in quotes, e.g. \"0000a001\"; got {value!r}")
-        return value.strip().lower()
-
-    @property
-    def node_uint(self) -> int:
-        """The node id as a uint32."""
-        return int(self.node_id, 16)
-
-    def tips_to_mm(self, tips: int) -> float:
-        """Rainfall of ``tips`` bucket tips, in millimetres (rounded to 0.0001 mm against float noise)."""
-        return round(tips * self.mm_per_tip, 4)
-
-
-class GpioConfig(_GpioSection):
-    """The ``gpio:`` section. Every device is optional; without any, no GPIO is touched at all."""
-
-    pin_factory: str | None = Field(
-        default=None,
-        description="gpiozero pin factory: null for gpiozero's default (lgpio on current Raspberry Pi OS), "
-        "'mock' for simulated pins (demo and tests), or a factory name: lgpio, rpigpio, pigpio, native.",
-    )
-    status_lamp: StatusLamp | None = Field(default=None, description="Status lamp output. Optional.")
-    siren: SirenOutput | None = Field(default=None, description="Siren or relay output. Optional.")
-    test_button: InputPin | None = Field(
-        default=None, description="Installer test button: a press makes the lamp and siren chirp. Optional."
-    )
-    rain_gauge: RainGauge | None = Field(default=None, description="Tipping-bucket rain gauge input. Optional.")
-
-    @field_validator("pin_factory")
-    @classmethod
-    def _factory_name(cls, value: str | None) -> str | None:
-        if value is None or value == "mock":
-            return value
-        names = _factory_names()
-        if value not in names and value.lower() not in names:
-            raise ValueError(
-                f"unknown gpiozero pin factory {value!r}; installed: {', '.join(sorted(names)) or 'none'}"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _distinct_pins(self) -> GpioConfig:
-        seen: dict[str, str] = {}
-        for key in ("status_lamp", "siren", "test_button", "rain_gauge"):
-            section = getattr(self, key)
-            if section is None:
-                continue
-            canon = _pin_key(section.pin)
-            if canon in seen:
-                raise ValueError(f"{key}.pin {section.pin!r} is the same pin as {seen[canon]}.pin; give each "
-                                 "device its own pin")
-            seen[canon] = key
-        return self
-
-    @property
-    def any_device(self) -> bool:
-        """True when at least one device is configured."""
-        return any(getattr(self, k) is not None for k in ("status_lamp", "siren", "test_button", "rain_gauge"))
-
-
-def entry_points(*, group: str) -> Any:
-    """``importlib.metadata.entry_points``, imported on first use (see _gpio_error)."""
-    from importlib.metadata import entry_points as installed  # noqa: PLC0415
-
-    return installed(group=group)
-
-
-def _factory_names() -> set[str]:
-    return {ep.name for ep in entry_points(group="gpiozero_pin_factories")}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -635,7 +434,7 @@ def _resolve_factory(name: str | None, explicit: Any) -> tuple[Any, bool]:
     hint = ("on a Raspberry Pi install python3-lgpio (Raspberry Pi OS) and add the service user to the 'gpio' "
             "group; elsewhere set gpio.pin_factory: mock, or remove the gpio devices from the config")
     if name is not None:
-        eps = {ep.name: ep for ep in entry_points(group="gpiozero_pin_factories")}
+        eps = {ep.name: ep for ep in fieldio_config.entry_points(group="gpiozero_pin_factories")}
         ep = eps.get(name) or eps.get(name.lower())
         if ep is None:
             raise GpioUnavailable(f"gpio: pin factory {name!r} is not installed; installed: "

@@ -14,7 +14,7 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from gpiozero.threads import GPIOThread
 from pydantic import BaseModel, ValidationError
 
-import agent.gateway.fieldio as fieldio
+import agent.gateway.fieldio_config as fieldio_config
 from agent.errors import AgentError
 from agent.gateway.fieldio import FieldIO, GpioConfig, GpioError, GpioPinError, GpioUnavailable, RainGauge
 
@@ -158,7 +158,7 @@ def test_backend_errors_become_gpio_unavailable(monkeypatch: pytest.MonkeyPatch)
         raise BackendError("can not open gpiochip")
 
     fake_ep = SimpleNamespace(name="lgpio", load=lambda: failing_factory)
-    monkeypatch.setattr(fieldio, "entry_points", lambda group: [fake_ep])
+    monkeypatch.setattr(fieldio_config, "entry_points", lambda group: [fake_ep])
     with pytest.raises(GpioUnavailable, match="'lgpio' cannot be used: BackendError: can not open gpiochip") as info:
         FieldIO(GpioConfig(pin_factory="lgpio", siren={"pin": 22}))
     assert isinstance(info.value.__cause__, BackendError)

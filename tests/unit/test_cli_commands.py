@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import assets, cli
+from agent import __version__, assets, cli, cli_config, cli_parser
 from agent.tools import flash as fl
 from agent.gateway.journal import Journal
 from agent.gateway.reading import NodeState
@@ -54,7 +54,7 @@ def _verbs() -> dict[str, argparse.ArgumentParser]:
                     found[f"{prefix}{name}"] = sub
                     walk(sub, f"{prefix}{name} ")
 
-    walk(cli._parser(), "")
+    walk(cli_parser.build_parser(), "")
     return found
 
 
@@ -100,7 +100,7 @@ def test_help_examples_keep_their_layout(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_version() -> None:
     out = denen("--version")
-    assert out.returncode == 0 and out.stdout.strip() == f"denen {cli.__version__}"
+    assert out.returncode == 0 and out.stdout.strip() == f"denen {__version__}"
 
 
 def test_config_example_lists_each_example_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,7 +127,7 @@ def test_an_unknown_example_names_the_ones_there_are() -> None:
 @pytest.mark.parametrize("kind", list(assets.SCHEMAS))
 def test_shipped_schema_is_what_the_code_generates(kind: str) -> None:
     shipped = (REPO / assets.SCHEMAS[kind]).read_text(encoding="utf-8")
-    assert shipped == cli.schema_text(kind), f"run: denen config schema {kind} -o {assets.SCHEMAS[kind]}"
+    assert shipped == cli_config.schema_text(kind), f"run: denen config schema {kind} -o {assets.SCHEMAS[kind]}"
 
 
 @pytest.mark.parametrize("kind", list(assets.SCHEMAS))
@@ -234,7 +234,7 @@ def test_bridge_without_a_config_says_how_to_get_one() -> None:
 
 
 def test_bridge_dead_letters_is_wired(tmp_path: Path) -> None:
-    args = cli._parser(["bridge", "dead-letters", "list", "-c", "b.yaml"]).parse_args(
+    args = cli_parser.build_parser(["bridge", "dead-letters", "list", "-c", "b.yaml"]).parse_args(
         ["bridge", "dead-letters", "list", "-c", "b.yaml"])
     from agent.bridge import deadletter_cli
 
@@ -242,7 +242,7 @@ def test_bridge_dead_letters_is_wired(tmp_path: Path) -> None:
     assert args.dead_letter_action == "list"
     # -c before the action names the config as well
     before = ["bridge", "-c", "b.yaml", "dead-letters", "list"]
-    args = cli._parser(before).parse_args(before)
+    args = cli_parser.build_parser(before).parse_args(before)
     cli._bridge_config_for_action(args)
     assert args.config == "b.yaml"
     out = denen("bridge", "dead-letters", "list", "-c", str(tmp_path / "missing.yaml"))

@@ -249,14 +249,15 @@ class Probe:
         self.sos_seq: dict[int, tuple[str, int]] = {}
         self.sos: dict[tuple[str, int], dict[str, float]] = {}
 
-        # These are internals of agent.gateway.core; a rename must fail the trial here, loudly, rather than later as
-        # a time-out.
-        for name in ("_send", "_on_ack", "_inflight", "_session"):
-            if not hasattr(gw, name):
-                raise RuntimeError(f"Gateway has no {name}: the bench probe needs updating to the new core")
+        # The probe wraps the publish/ack path (agent.gateway.outbox); a rename must fail the trial here, loudly,
+        # rather than later as a time-out.
+        outbox = gw.outbox
+        for name in ("send_bodies", "on_ack", "inflight", "session"):
+            if not hasattr(outbox, name):
+                raise RuntimeError(f"Outbox has no {name}: the bench probe needs updating to the new core")
         journal_commit = gw.journal.commit
-        send = gw._send
-        on_ack = gw._on_ack
+        send_bodies = outbox.send_bodies
+        on_ack = outbox.on_ack
 
         def commit(*args: Any, **kw: Any) -> list[int]:
             t = time.perf_counter()
@@ -286,27 +287,26 @@ class Probe:
                     self.all_deleted.set()
             return seqs
 
-        def send_(*args: Any, **kw: Any) -> bool:
-            ok = send(*args, **kw)
+        def send_bodies_(lane: int, bodies: list[str]) -> tuple[int, int] | None:
+            sent = send_bodies(lane, bodies)
             t = time.perf_counter()
-            lane, rows = args[0], args[1]  # _send(lane, rows)
-            if ok:
+            if sent is not None:
                 self.messages += 1
-                self.sent_readings += len(rows)
+                self.sent_readings += len(bodies)
                 if self.t_first_send is None and lane != SOS:
                     self.t_first_send = t
                 if lane == SOS:
-                    for seq, _ in rows:
-                        key = self.sos_seq.get(seq)
-                        if key is not None:
-                            self.sos[key]["sent"] = t
-            return ok
+                    for body in bodies:  # an SOS message is small and rare: parsed for its identity
+                        reading = json.loads(body)
+                        stages = self.sos.get((reading["node"], reading["fcnt"]))
+                        if stages is not None:
+                            stages["sent"] = t
+            return sent
 
-        def on_ack_(*args: Any, **kw: Any) -> None:
-            session, mid, ok = args[0], args[1], args[2]  # _on_ack(session, mid, ok, reason)
-            flight = gw._inflight.get(mid) if session == gw._session else None
-            on_ack(*args, **kw)
-            if flight is not None and ok and flight.lane == SOS:
+        def on_ack_(ack: Any) -> None:
+            flight = outbox.inflight.get(ack.mid) if ack.session == outbox.session else None
+            on_ack(ack)
+            if flight is not None and ack.ok and flight.lane == SOS:
                 t = time.perf_counter()
                 for seq in flight.seqs:
                     key = self.sos_seq.get(seq)
@@ -314,8 +314,8 @@ class Probe:
                         self.sos[key]["acked"] = t
 
         gw.journal.commit = commit
-        gw._send = send_
-        gw._on_ack = on_ack_
+        outbox.send_bodies = send_bodies_
+        outbox.on_ack = on_ack_
 
 
 def _start_field(work: Path, nodes: list[Any], *, batch: int | None, window: int | None,

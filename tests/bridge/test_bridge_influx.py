@@ -21,6 +21,7 @@ from agent.bridge import Bridge, DeadLetterStore
 from agent.config import parse_config
 from agent.dev.devbroker import Mosquitto
 from agent.gateway.core import Gateway
+from agent.gateway.events import ButtonPressed
 from tests.bridge._helpers import (
     T0_US,
     Publisher,
@@ -85,8 +86,9 @@ def field(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1) -> Iterator[dict
 
 def test_full_path_every_reading_once_with_exact_values_and_timestamps(field: dict[str, Any]) -> None:
     sim, gw, col, influx, nodes = field["sim"], field["gw"], field["collector"], field["influx"], field["nodes"]
-    # One gateway health reading in the stream too (the gateway's own timer is an hour in this config).
-    gw._next_health = 0.0  # noqa: SLF001 - test hook: the core emits health on its next wake-up
+    # One gateway health reading in the stream too (the gateway's own timer is an hour in this config): the
+    # installer's test button sends one at once.
+    gw.inbox.put(ButtonPressed())
     per_kind = 12
     for i in range(per_kind):
         for kind in ("sos", "trap", "water_level", "rain", "weather"):

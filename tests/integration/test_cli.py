@@ -62,6 +62,7 @@ def test_status_shows_the_siren_lamp_held_readings_and_alerts_the_gateway_last_p
     what it last published from the journal, without a broker."""
     from agent.config import parse_config
     from agent.gateway.core import Gateway
+    from agent.gateway.events import Command
     from drivers.types import Uplink
     from tests.support.scenario_rig import LAMP_PIN, SIREN_PIN, ScenarioNode, gateway_yaml
 
@@ -75,15 +76,15 @@ def test_status_shows_the_siren_lamp_held_readings_and_alerts_the_gateway_last_p
     try:
         gw.on_uplinks([Uplink("lora0", river.frame({"level_cm": 260, "battery_v": 3.9}), -90, 5.0, None,
                               time.time_ns() // 1000)])
-        gw._step(0)
-        gw.inbox.put(("cmd", "denen/v1/gw-scenario-01/cmd/siren-silence",
+        gw.step()
+        gw.inbox.put(Command("denen/v1/gw-scenario-01/cmd/siren-silence",
                       json.dumps({"key": "river_stage:00000301", "by": "山田 [b]x[/b]"}).encode()))
-        gw.inbox.put(("cmd", "denen/v1/gw-scenario-01/cmd/alert-ack",
+        gw.inbox.put(Command("denen/v1/gw-scenario-01/cmd/alert-ack",
                       json.dumps({"keys": ["river_stage:00000301"], "by": "山田 [b]x[/b]"}).encode()))
-        gw._step(0)
+        gw.step()
         gw.on_uplinks([Uplink("lora0", sos.frame({"pressed": 1, "battery_v": 3.9}), -90, 5.0, None,
                               time.time_ns() // 1000)])
-        gw._step(0)
+        gw.step()
     finally:
         gw.edge.close()
         gw.journal.close()

@@ -85,7 +85,7 @@ def test_broker_outage_loses_nothing_and_sos_goes_first(field: dict) -> None:
     broker.stop()
     assert wait_until(lambda: not gw.link.connected, 10)
     # The core learns that the session ended (it stops counting on it, the lamp shows no backhaul).
-    assert wait_until(lambda: gw.stats.counters["mqtt.disconnects"] == 1 and gw._session is None, 10)
+    assert wait_until(lambda: gw.stats.counters["mqtt.disconnects"] == 1 and gw.outbox.session is None, 10)
     before = len(readings_of(col.messages))
     for i in range(300):
         assert sim.inject_uplink(nodes["water_level"].frame(default_values("water_level", i)))

@@ -71,7 +71,7 @@ def test_gateway_health_reading_validates(tmp_path: Path) -> None:
 
     cfg = parse_config(config_text(port="loop://", mqtt_port=1883, journal=tmp_path / "j.db", nodes=[]))
     gw = Gateway(cfg, radios=[])
-    entry = gw._health_entry()
+    entry = gw.health_reading()
     batch = json.loads('{"schema":"denen.readings/1","gateway":"gw-test-01","site":"testville","lane":"diagnostics","sent_us":1,'
                        '"readings":[' + entry.body + "]}")
     jsonschema.validate(batch, readings_schema())

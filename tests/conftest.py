@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,41 +41,37 @@ def _process_logging_restored() -> Iterator[None]:
     sys.excepthook = hook
     logging.captureWarnings(False)
 
+
 DB = "denen"  # the database the influx fixture creates
+
+
+def _serving(make: Callable[[], Any], missing: type[Exception], *, then: Callable[[Any], object] = lambda _: None
+             ) -> Iterator[Any]:
+    """A server made by ``make``, started (and ``then`` done to it) for one test, stopped after it. ``missing``, which
+    ``make`` raises for a server that is not installed, fails the test with its install hint: never a skip."""
+    try:
+        server = make()
+    except missing as exc:
+        pytest.fail(str(exc))
+    server.start()
+    then(server)
+    yield server
+    server.stop()
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A running Mosquitto. A missing mosquitto binary fails the test (never a silent skip)."""
-    try:
-        b = Mosquitto(tmp_path / "broker")
-    except AgentError as exc:
-        pytest.fail(str(exc))
-    b.start()
-    yield b
-    b.stop()
+    """A running Mosquitto."""
+    yield from _serving(lambda: Mosquitto(tmp_path / "broker"), AgentError)
 
 
 @pytest.fixture
 def influx(tmp_path: Path) -> Iterator[InfluxDB1]:
     """A running InfluxDB 1.6.7 with the database ``denen`` created."""
-    try:
-        server = InfluxDB1(tmp_path / "influx")
-    except ServerMissing as exc:
-        pytest.fail(str(exc))
-    server.start()
-    server.create_database(DB)
-    yield server
-    server.stop()
+    yield from _serving(lambda: InfluxDB1(tmp_path / "influx"), ServerMissing, then=lambda s: s.create_database(DB))
 
 
 @pytest.fixture
 def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     """A running VictoriaMetrics single node (it accepts InfluxDB line protocol on /write and /api/v2/write)."""
-    try:
-        server = VictoriaMetrics(tmp_path / "vm")
-    except ServerMissing as exc:
-        pytest.fail(str(exc))
-    server.start()
-    yield server
-    server.stop()
+    yield from _serving(lambda: VictoriaMetrics(tmp_path / "vm"), ServerMissing)

@@ -28,7 +28,7 @@ from ruamel.yaml import YAML
 
 from agent.tools import flash
 from agent.config import load_config
-from tests.security.shipped_broker import Mqtt, ShippedBroker, copy_backend, make_credentials, tool
+from tests.support.shipped_broker import Mqtt, ShippedBroker, copy_backend, make_credentials, tool
 from tests.support.field import example_key_env, example_keys_env
 
 ROOT = Path(__file__).resolve().parents[2]

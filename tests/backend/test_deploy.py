@@ -19,9 +19,7 @@ A missing docker-compose, openssl, mosquitto or mosquitto_passwd fails the test 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import socket
 import ssl
 import stat
@@ -37,41 +35,17 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from ruamel.yaml import YAML
 
-from tests.security.shipped_broker import ShippedBroker
+from tests.support.shipped_broker import ShippedBroker, copy_backend, make_credentials, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND = ROOT / "deploy" / "backend"
 
 
-def _tool(name: str, package: str) -> str:
-    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)),
-                                      None)
-    if path is None:
-        pytest.fail(f"{name} is not installed; the deploy tests need it. Install it with: apt-get install -y "
-                    f"{package} (bash deploy/dev.sh test does this when run as root)")
-    return path
-
-
-def _copy_backend(dest: Path) -> Path:
-    """A copy of deploy/backend at <dest>/deploy/backend, without secrets or .env of a developer's own run."""
-    target = dest / "deploy" / "backend"
-    shutil.copytree(BACKEND, target, ignore=shutil.ignore_patterns("secrets", ".env", "__pycache__"))
-    return target
-
-
-def _make_credentials(backend: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    _tool("openssl", "openssl")
-    _tool("mosquitto_passwd", "mosquitto")
-    env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin"}
-    return subprocess.run(["sh", str(backend / "make-credentials.sh"), *args], capture_output=True, text=True,
-                          timeout=60, env=env)
-
-
 @pytest.fixture(scope="module")
 def credentials(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """deploy/backend copied to a temp dir, with make-credentials.sh run once for two gateways."""
-    backend = _copy_backend(tmp_path_factory.mktemp("deploy"))
-    proc = _make_credentials(backend, "-n", "localhost", "-n", "127.0.0.1", "-n", "mqtt.example.jp", "gw-a", "gw-b")
+    backend = copy_backend(tmp_path_factory.mktemp("deploy"))
+    proc = make_credentials(backend, "-n", "localhost", "-n", "127.0.0.1", "-n", "mqtt.example.jp", "gw-a", "gw-b")
     assert proc.returncode == 0, proc.stderr
     return backend, proc
 
@@ -80,7 +54,7 @@ def credentials(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproc
 
 
 def test_compose_file_validates_with_the_generated_env(credentials: tuple[Path, Any]) -> None:
-    compose = _tool("docker-compose", "docker-compose")
+    compose = tool("docker-compose", "docker-compose")
     backend, _ = credentials
     proc = subprocess.run([compose, "config", "-q"], cwd=backend, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -106,8 +80,8 @@ def test_compose_file_validates_with_the_generated_env(credentials: tuple[Path, 
 
 def test_compose_file_refuses_to_start_without_secrets(tmp_path: Path) -> None:
     """Without .env the required secrets are missing: docker-compose stops with the hint, never runs blank."""
-    compose = _tool("docker-compose", "docker-compose")
-    backend = _copy_backend(tmp_path)
+    compose = tool("docker-compose", "docker-compose")
+    backend = copy_backend(tmp_path)
     proc = subprocess.run([compose, "config", "-q"], cwd=backend, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "make-credentials.sh" in proc.stderr
@@ -261,20 +235,20 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
 
 
 def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_path: Path) -> None:
-    backend = _copy_backend(tmp_path)
-    first = _make_credentials(backend, "-n", "localhost", "gw-a", "gw-b")
+    backend = copy_backend(tmp_path)
+    first = make_credentials(backend, "-n", "localhost", "gw-a", "gw-b")
     assert first.returncode == 0, first.stderr
     secrets = backend / "secrets"
     snapshot = {p: p.read_bytes() for p in secrets.rglob("*") if p.is_file()} | {
         backend / ".env": (backend / ".env").read_bytes()}
-    again = _make_credentials(backend, "gw-a", "gw-b")
+    again = make_credentials(backend, "gw-a", "gw-b")
     assert again.returncode == 0, again.stderr
     assert {p: p.read_bytes() for p in snapshot} == snapshot  # nothing re-issued
     assert _gateway_block(again.stdout, "gw-b")["mqtt"]["host"] == "localhost"
     old_a = (secrets / "gateways" / "gw-a" / "mqtt-password").read_text()
     old_hash_b = [line for line in (secrets / "mosquitto" / "passwd").read_text().splitlines()
                   if line.startswith("gw-b:")]
-    rotated = _make_credentials(backend, "-R", "gw-a")
+    rotated = make_credentials(backend, "-R", "gw-a")
     assert rotated.returncode == 0, rotated.stderr
     assert (secrets / "gateways" / "gw-a" / "mqtt-password").read_text() != old_a
     lines = (secrets / "mosquitto" / "passwd").read_text().splitlines()
@@ -282,19 +256,19 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     assert [line for line in lines if line.startswith("gw-b:")] == old_hash_b
     for bad in ("GW-Upper", "-dash-first", "denen-bridge", "denen-bridge-2", "denen-console", "denen-console-cli",
                 "a" * 64, "gw/slash"):
-        proc = _make_credentials(backend, bad)
+        proc = make_credentials(backend, bad)
         assert proc.returncode != 0 and "make-credentials.sh:" in proc.stderr, bad
     # -b: more bridge logins, the existing one kept; later runs keep them all.
     bridge_1 = (secrets / "bridge-1" / "mqtt-password").read_bytes()
-    assert _make_credentials(backend, "-b", "2").returncode == 0
+    assert make_credentials(backend, "-b", "2").returncode == 0
     assert (secrets / "bridge-1" / "mqtt-password").read_bytes() == bridge_1
-    assert _make_credentials(backend).returncode == 0
+    assert make_credentials(backend).returncode == 0
     users = [line.split(":")[0] for line in (secrets / "mosquitto" / "passwd").read_text().splitlines()]
     assert sorted(users) == ["denen-bridge-1", "denen-bridge-2", "denen-console", "denen-console-cli", "gw-a", "gw-b"]
     dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
     assert [c["username"] for c in dynsec["clients"]] == users
     # -X: a revoked gateway's login, password and rules are gone; the others are untouched.
-    revoked = _make_credentials(backend, "-X", "gw-b")
+    revoked = make_credentials(backend, "-X", "gw-b")
     assert revoked.returncode == 0, revoked.stderr
     assert not (secrets / "gateways" / "gw-b").exists()
     dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
@@ -304,10 +278,10 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     # A broken rule in mosquitto/acl is refused with its line.
     acl = backend / "mosquitto" / "acl"
     acl.write_text(acl.read_text() + "gateway publish denen/v1/%u/x\n")
-    proc = _make_credentials(backend)
+    proc = make_credentials(backend)
     assert proc.returncode != 0 and "acl:" in proc.stderr and "publish" in proc.stderr
-    fresh = _copy_backend(tmp_path / "fresh")
-    proc = _make_credentials(fresh, "gw-a")  # no -n: the broker certificate needs a name
+    fresh = copy_backend(tmp_path / "fresh")
+    proc = make_credentials(fresh, "gw-a")  # no -n: the broker certificate needs a name
     assert proc.returncode != 0 and "-n" in proc.stderr
 
 
@@ -447,7 +421,7 @@ def test_broker_certificate_is_checked_by_clients(deploy_broker: tuple[int, Path
     """A client with another CA refuses the broker: TLS is verified, not merely encrypted."""
     port, backend = deploy_broker
     other = tmp_path / "other"
-    proc = _make_credentials(_copy_backend(other), "-n", "localhost")
+    proc = make_credentials(copy_backend(other), "-n", "localhost")
     assert proc.returncode == 0, proc.stderr
     try:
         probe = Probe(port, other / "deploy" / "backend" / "secrets" / "ca" / "ca.crt", "gw-a",
@@ -493,20 +467,20 @@ def test_console_config_loads_with_the_consoles_own_validator(tmp_path: Path) ->
 
 
 def test_an_older_env_gains_the_secrets_added_since_and_keeps_its_own(tmp_path: Path) -> None:
-    backend = _copy_backend(tmp_path)
-    assert _make_credentials(backend, "-n", "localhost", "gw-a").returncode == 0
+    backend = copy_backend(tmp_path)
+    assert make_credentials(backend, "-n", "localhost", "gw-a").returncode == 0
     env = backend / ".env"
     before = env.read_text()
     assert "DENEN_CONSOLE_HOOK_TOKEN=" in before and "=change-me" not in before
     older = "".join(line for line in before.splitlines(keepends=True) if "DENEN_CONSOLE_HOOK_TOKEN" not in line)
     env.write_text(older)
-    proc = _make_credentials(backend, "gw-a")
+    proc = make_credentials(backend, "gw-a")
     assert proc.returncode == 0 and "added DENEN_CONSOLE_HOOK_TOKEN" in proc.stderr, proc.stderr
     after = env.read_text()
     assert after.startswith(older)  # nothing it had is changed
     [token] = [line.split("=", 1)[1] for line in after.splitlines() if line.startswith("DENEN_CONSOLE_HOOK_TOKEN=")]
     assert len(token) >= 32
-    assert _make_credentials(backend, "gw-a").returncode == 0 and env.read_text() == after  # added once
+    assert make_credentials(backend, "gw-a").returncode == 0 and env.read_text() == after  # added once
 
 
 # ---------------------------------------------------------------------------------------------------------------

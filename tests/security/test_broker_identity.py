@@ -26,7 +26,7 @@ import pytest
 
 from agent.bridge import Bridge, parse_bridge_config
 from tests.bridge._helpers import batch, reading, v1_sink, wait_until
-from tests.security.shipped_broker import (
+from tests.support.shipped_broker import (
     Mqtt,
     ShippedBroker,
     copy_backend,

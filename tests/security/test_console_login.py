@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.shipped_broker import Mqtt, ShippedBroker, copy_backend, make_credentials
+from tests.support.shipped_broker import Mqtt, ShippedBroker, copy_backend, make_credentials
 
 pytestmark = pytest.mark.broker
 

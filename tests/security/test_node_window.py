@@ -51,9 +51,8 @@ def field(tmp_path: Path, broker: Mosquitto) -> Iterator[dict[str, Any]]:
     node = FieldNode(0x00000201, "trap")
     sim = start_sim(tmp_path)
     journal = tmp_path / "journal.db"
-    text = config_text(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=[node])
-    text = text.replace("    interval_s: 60", "    unauthenticated: flag\n    interval_s: 60", 1)
-    cfg = write_config(tmp_path / "gateway.yaml", text)
+    cfg = write_config(tmp_path / "gateway.yaml", config_text(port=sim.path, mqtt_port=broker.port, journal=journal,
+                                                              nodes=[node], unauthenticated="flag"))
     col = Collector(broker, "denen/v1/+/readings/#", client_id="window-collector", persistent=True)
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     try:

@@ -38,9 +38,9 @@ def rig(tmp_path: Path, broker: Mosquitto) -> Iterator[dict[str, Any]]:
     node = FieldNode(0x00000201, "trap")
     sim = start_sim(tmp_path)
     journal = tmp_path / "journal.db"
-    text = config_text(port=sim.path, mqtt_port=broker.port, journal=journal, nodes=[node])
-    text += f"unknown_nodes: accept\nunknown_nodes_max: {UNKNOWN_MAX}\n"
-    cfg = write_config(tmp_path / "gateway.yaml", text)
+    unknown = f"unknown_nodes: accept\nunknown_nodes_max: {UNKNOWN_MAX}"
+    cfg = write_config(tmp_path / "gateway.yaml", config_text(port=sim.path, mqtt_port=broker.port, journal=journal,
+                                                              nodes=[node], extra=unknown))
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     agent.start()
     try:

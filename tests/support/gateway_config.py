@@ -54,17 +54,17 @@ def numbered_names() -> Callable[[Any], str]:
     return name
 
 
-def _entry(node: Any, name: Callable[[Any], str], interval_s: int) -> NodeEntry:
+def _entry(node: Any, name: Callable[[Any], str], interval_s: int, unauthenticated: str | None) -> NodeEntry:
     """A node of any test model (FieldNode, ScenarioNode, NodeEntry ...) as its config entry.
 
-    A node's own ``name`` / ``interval_s`` / ``key`` attributes win over the builder's namer, interval and the test
-    key; a node without a ``key`` attribute gets :func:`node_key`.
+    A node's own ``name`` / ``interval_s`` / ``key`` / ``unauthenticated`` attributes win over the builder's namer,
+    interval, the test key and policy; a node without a ``key`` attribute gets :func:`node_key`.
     """
     if isinstance(node, NodeEntry):
         return node
     key = node.key if hasattr(node, "key") else node_key(node.node_id)
     return NodeEntry(node.node_id, node.kind, getattr(node, "name", None) or name(node), key,
-                     getattr(node, "interval_s", interval_s), getattr(node, "unauthenticated", None))
+                     getattr(node, "interval_s", interval_s), getattr(node, "unauthenticated", unauthenticated))
 
 
 def _node_yaml(e: NodeEntry) -> str:
@@ -85,7 +85,8 @@ def gateway_yaml(*, port: str, mqtt_port: int, journal: Path | str, nodes: Itera
                  topic_prefix: str | None = None, reconnect_s: tuple[float, float] | None = (0.2, 1.0),
                  batch: int | None = None, window: int | None = None, extra_mqtt: str = "",
                  radio: str = "lora0", driver: str = "rak3172", extra_radios: str = "",
-                 name: Callable[[Any], str] = short_name, interval_s: int = 60, health_s: int | None = 3600,
+                 name: Callable[[Any], str] = short_name, interval_s: int = 60, unauthenticated: str | None = None,
+                 health_s: int | None = 3600,
                  rules: str = "", gpio: str = "", receipts: str = "", extra: str = "") -> str:
     """A gateway config: one radio on ``port``, a broker on 127.0.0.1:``mqtt_port``, ``nodes`` keyed inline.
 
@@ -96,7 +97,8 @@ def gateway_yaml(*, port: str, mqtt_port: int, journal: Path | str, nodes: Itera
         ``extra_mqtt``: more lines of the section, indented two spaces.
     radios: ``radio`` named ``radio`` with ``driver``; ``extra_radios``: more list items, indented two spaces.
     nodes: FieldNode, ScenarioNode or :class:`NodeEntry`; named by ``name`` unless a node has its own name;
-        ``interval_s`` (s) unless a node has its own.
+        ``interval_s`` (s) and ``unauthenticated`` (policy for frames without MIC; None: the config's default,
+        ``reject``) unless a node has its own.
     health_s: ``health.interval_s`` in s (None: no ``health:`` section, the default interval).
     rules / gpio / receipts: the sections' bodies, indented two spaces (empty: section left out).
     extra: raw top-level YAML appended at the end.
@@ -111,7 +113,7 @@ def gateway_yaml(*, port: str, mqtt_port: int, journal: Path | str, nodes: Itera
         mqtt += f"  batch_max_readings: {batch}\n"
     if window is not None:
         mqtt += f"  inflight_window: {window}\n"
-    entries = [_entry(n, name, interval_s) for n in nodes]
+    entries = [_entry(n, name, interval_s, unauthenticated) for n in nodes]
     sections = [("rules", rules), ("gpio", gpio), ("receipts", receipts)]
     return (
         f"gateway:\n  id: {gateway}\n  site: {site}\n"

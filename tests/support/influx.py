@@ -48,6 +48,9 @@ class _Server:
     """A server process with a log file and an HTTP readiness probe."""
 
     name = "server"
+    #: The readiness probe: a GET of this path answered with this status means the server takes requests.
+    ready_path = "/"
+    ready_status = 200
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
@@ -65,7 +68,11 @@ class _Server:
         raise NotImplementedError
 
     def _ready(self) -> bool:
-        raise NotImplementedError
+        try:
+            status, _ = self._get(self.ready_path, timeout=0.5)
+        except OSError:
+            return False
+        return status == self.ready_status
 
     def start(self, timeout: float = 15.0) -> None:
         with open(self.log_path, "ab") as log:
@@ -127,6 +134,7 @@ class InfluxDB1(_Server):
     """
 
     name = "influxd"
+    ready_path, ready_status = "/ping", 204
 
     def __init__(self, workdir: Path, *, auth: bool = False) -> None:
         self.binary = _binary("influxd", "/usr/bin/influxd")
@@ -168,13 +176,6 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 
     def _command(self) -> list[str]:
         return [self.binary, "-config", str(self.conf)]
-
-    def _ready(self) -> bool:
-        try:
-            status, _ = self._get("/ping", timeout=0.5)
-        except OSError:
-            return False
-        return status == 204
 
     # -- helpers for tests ------------------------------------------------------------------------------------
     def _auth_params(self) -> dict[str, str]:
@@ -254,6 +255,7 @@ class VictoriaMetrics(_Server):
     """
 
     name = "victoria-metrics"
+    ready_path = "/health"
 
     def __init__(self, workdir: Path) -> None:
         self.binary = _binary("victoria-metrics", "/usr/bin/victoria-metrics")
@@ -268,13 +270,6 @@ class VictoriaMetrics(_Server):
             "-search.disableCache",
             "-loggerLevel=ERROR",
         ]
-
-    def _ready(self) -> bool:
-        try:
-            status, _ = self._get("/health", timeout=0.5)
-        except OSError:
-            return False
-        return status == 200
 
     def export(self, match: str) -> list[dict[str, Any]]:
         """All raw samples of the series matching the selector ``match`` (one dict per series from

@@ -33,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.dev.devbroker import free_port
+from tests.support.process import end
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND = ROOT / "deploy" / "backend"
@@ -46,7 +47,8 @@ def tool(name: str, package: str) -> str:
     path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)),
                                       None)
     if path is None:
-        pytest.fail(f"{name} is not installed; the broker tests need it. Install it with: apt-get install -y {package}")
+        pytest.fail(f"{name} is not installed; the tests need it. Install it with: apt-get install -y {package} "
+                    "(bash deploy/dev.sh test does this when run as root)")
     return path
 
 
@@ -120,7 +122,7 @@ class ShippedBroker:
         ]
         for pattern, new in replacements:
             text, n = re.subn(pattern, new, text, flags=re.M)
-            assert n, f"mosquitto.conf no longer has {pattern!r}; update tests/security/shipped_broker.py"
+            assert n, f"mosquitto.conf no longer has {pattern!r}; update tests/support/shipped_broker.py"
         if os.geteuid() == 0:
             text = "user root\n" + text  # as root, mosquitto would drop to user 'mosquitto', who cannot read tmp files
         return text
@@ -155,15 +157,7 @@ class ShippedBroker:
         self.start()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
+        end(self.proc, 10.0)
         self.proc = None
 
     def read_log(self) -> str:

@@ -289,23 +289,7 @@ class MqttLink:
                 self._client = client
             session = self._session
             self._connack_ok = False
-            try:
-                client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                _close_sockets_left_in(exc)
-                self.takeover.connect_failed()
-                self._post(Incident("mqtt", "connect_failed", f"{cfg.host}:{cfg.port}: {_describe(exc)}"))
-            else:
-                try:
-                    sock = client.socket()
-                    if sock is not None:
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError:
-                    pass
-                while not self._stop.is_set():
-                    rc = client.loop(timeout=loop_timeout)
-                    if rc != mqtt.MQTT_ERR_SUCCESS:
-                        break
+            self._connect_and_loop(client, loop_timeout)
             # paho's on_disconnect has already cleared _connected inside loop(); whether this session was up is
             # whether its CONNACK was accepted.
             was_up = self._connack_ok
@@ -320,35 +304,62 @@ class MqttLink:
                 if was_up:
                     self._post(Disconnected(session, "connection lost"))
                 break
-            takeover_wait = None
-            if was_up:
-                from_broker, code, broker_says = self._ended or (False, _CONNECTION_LOST, None)
-                taken_over = from_broker and code == SESSION_TAKEN_OVER
-                takeover_wait = self.takeover.session_ended(
-                    lived_s=time.monotonic() - self._up_at, taken_over=taken_over,
-                    lost=not from_broker and code == _CONNECTION_LOST,
-                )
-                if takeover_wait is None:
-                    self._post(Disconnected(session, "connection lost"))
-                elif taken_over:
-                    self._post(Disconnected(session, "session taken over by another client with this client id"))
-                else:
-                    self._post(Disconnected(session, "closed by the broker right after connecting, again: most "
-                                            "likely another client with this client id"))
             if self._connack_ok:
                 delay = cfg.reconnect_min_s
-            if takeover_wait is not None:
-                # Jitter too, so that the two gateways drift apart instead of taking turns in lockstep.
-                wait = takeover_wait * random.uniform(0.9, 1.1)
-                self._report_takeover(certain=taken_over, broker_says=broker_says, wait_s=wait)
-            else:
-                if was_up:
-                    self._report_disconnect()
-                # Jitter keeps a town's gateways from reconnecting in lockstep after a broker restart.
-                wait = delay * random.uniform(0.8, 1.2)
-                log.info("MQTT: reconnecting to %s:%d in %.1f s", cfg.host, cfg.port, wait)
-            self._stop.wait(wait)
+            self._stop.wait(self._session_over(session, was_up, delay))
             delay = min(cfg.reconnect_max_s, delay * 2)
+
+    def _connect_and_loop(self, client: mqtt.Client, loop_timeout: float) -> None:
+        """One connection: connect, then run paho's loop until the connection ends or the link stops."""
+        cfg = self.config
+        try:
+            client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            _close_sockets_left_in(exc)
+            self.takeover.connect_failed()
+            self._post(Incident("mqtt", "connect_failed", f"{cfg.host}:{cfg.port}: {_describe(exc)}"))
+            return
+        try:
+            sock = client.socket()
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        while not self._stop.is_set():
+            rc = client.loop(timeout=loop_timeout)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                break
+
+    def _session_over(self, session: int, was_up: bool, delay: float) -> float:
+        """Tell the core how session ``session`` ended (if it was up) and log it; seconds to wait before the next
+        connect (``delay``, the ordinary reconnect delay, or the takeover backoff), with jitter."""
+        cfg = self.config
+        takeover_wait = None
+        if was_up:
+            from_broker, code, broker_says = self._ended or (False, _CONNECTION_LOST, None)
+            taken_over = from_broker and code == SESSION_TAKEN_OVER
+            takeover_wait = self.takeover.session_ended(
+                lived_s=time.monotonic() - self._up_at, taken_over=taken_over,
+                lost=not from_broker and code == _CONNECTION_LOST,
+            )
+            if takeover_wait is None:
+                self._post(Disconnected(session, "connection lost"))
+            elif taken_over:
+                self._post(Disconnected(session, "session taken over by another client with this client id"))
+            else:
+                self._post(Disconnected(session, "closed by the broker right after connecting, again: most "
+                                        "likely another client with this client id"))
+        if takeover_wait is not None:
+            # Jitter too, so that the two gateways drift apart instead of taking turns in lockstep.
+            wait = takeover_wait * random.uniform(0.9, 1.1)
+            self._report_takeover(certain=taken_over, broker_says=broker_says, wait_s=wait)
+            return wait
+        if was_up:
+            self._report_disconnect()
+        # Jitter keeps a town's gateways from reconnecting in lockstep after a broker restart.
+        wait = delay * random.uniform(0.8, 1.2)
+        log.info("MQTT: reconnecting to %s:%d in %.1f s", cfg.host, cfg.port, wait)
+        return wait
 
     def _who(self) -> str:
         """How the broker knows this gateway: its login (the shipped broker uses it as client id) and client id."""

@@ -74,39 +74,22 @@ class Es920Config(Section):
     #: What the radio's ``es920:`` key holds, for the config reference.
     section_doc: ClassVar[str] = "Module settings"
 
-    bandwidth_khz: Literal[62.5, 125, 250, 500] = Field(
-        default=125, description="LoRa bandwidth in kHz: 62.5, 125, 250 or 500."
-    )
+    bandwidth_khz: Literal[62.5, 125, 250, 500] = Field(125, description="LoRa bandwidth in kHz: 62.5, 125, 250 or "
+                                                        "500.")
     spreading_factor: int = Field(default=10, ge=7, le=12, description="LoRa spreading factor 7..12.")
-    channel: int = Field(
-        default=1,
-        ge=1,
-        le=15,
-        description="Channel number: 1..15 at 62.5/125 kHz, 1..7 at 250 kHz, 1..5 at 500 kHz (channel 1 is "
-        "920.6 MHz, 200 kHz steps).",
-    )
-    pan_id: str = Field(
-        default="0001",
-        description="PAN (network) id, 4 hex digits 0001..FFFE; all nodes of this network use the same one. "
-        "Write it in quotes.",
-    )
-    own_id: str = Field(
-        default="0000", description="This module's own id, 4 hex digits 0000..FFFE. Write it in quotes."
-    )
-    format: Literal["ascii", "binary"] = Field(
-        default="binary",
-        description="Module output format: binary (length-prefixed frames, safe for any payload) or ascii "
-        "(CR LF terminated lines).",
-    )
-    payload_encoding: Literal["hex", "raw"] = Field(
-        default="hex",
-        description="How nodes put the denen frame into the LoRa payload: hex (as hex text, safe everywhere) or "
-        "raw (bytes). With format ascii, raw breaks on payloads containing CR LF.",
-    )
+    channel: int = Field(1, ge=1, le=15, description="Channel number: 1..15 at 62.5/125 kHz, 1..7 at 250 kHz, 1..5 "
+                         "at 500 kHz (channel 1 is 920.6 MHz, 200 kHz steps).")
+    pan_id: str = Field("0001", description="PAN (network) id, 4 hex digits 0001..FFFE; all nodes of this network use "
+                        "the same one. Write it in quotes.")
+    own_id: str = Field("0000", description="This module's own id, 4 hex digits 0000..FFFE. Write it in quotes.")
+    format: Literal["ascii", "binary"] = Field("binary", description="Module output format: binary (length-prefixed "
+                                               "frames, safe for any payload) or ascii (CR LF terminated lines).")
+    payload_encoding: Literal["hex", "raw"] = Field("hex", description="How nodes put the denen frame into the LoRa "
+                                                    "payload: hex (as hex text, safe everywhere) or raw (bytes). With "
+                                                    "format ascii, raw breaks on payloads containing CR LF.")
     power_dbm: int = Field(default=13, ge=-4, le=13, description="Transmit power in dBm, -4..13 (13 dBm = 20 mW).")
-    node: Literal["coordinator", "end_device"] = Field(
-        default="coordinator", description="Module role: coordinator (the gateway) or end_device."
-    )
+    node: Literal["coordinator", "end_device"] = Field("coordinator", description="Module role: coordinator (the "
+                                                      "gateway) or end_device.")
 
     @field_validator("pan_id", "own_id", mode="before")
     @classmethod

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import importlib
 import random
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -23,41 +21,9 @@ import pytest
 
 from drivers import registry
 from drivers.radio import RadioWorker
-from drivers.types import Uplink
+from tests.drivers.recorder import Events
 
 WAIT_S = 20.0  # generous: the machine running the suite may be loaded
-
-
-class Events:
-    """Thread-safe recorder of what the worker reports, with waits on conditions."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.uplinks: list[Uplink] = []
-        self.incidents: list[tuple[str, str]] = []
-
-    def on_uplinks(self, uplinks: list[Uplink]) -> None:
-        with self._cond:
-            self.uplinks.extend(uplinks)
-            self._cond.notify_all()
-
-    def on_incident(self, radio: str, kind: str, detail: str) -> None:
-        with self._cond:
-            self.incidents.append((kind, detail))
-            self._cond.notify_all()
-
-    def count(self, kind: str) -> int:
-        with self._cond:
-            return sum(1 for k, _detail in self.incidents if k == kind)
-
-    def payloads(self) -> list[bytes]:
-        with self._cond:
-            return [u.payload for u in self.uplinks]
-
-    def wait(self, predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-        with self._cond:
-            if not self._cond.wait_for(predicate, timeout):
-                raise AssertionError(f"timed out; incidents so far: {Counter(k for k, _d in self.incidents)}")
 
 
 class Rig:
@@ -72,7 +38,7 @@ class Rig:
         sections = {spec.section: self.settings} if spec.section is not None else {}
         self.config = SimpleNamespace(name="lora0", driver=spec.name, port=self.sim.path, baudrate=115200,
                                       **sections)
-        self.events = Events()
+        self.events = Events(wait_s=WAIT_S)
         self.worker = RadioWorker(self.config, self.events, reopen_min_s=0.05, reopen_max_s=0.3,
                                   rng=random.Random(3))
 

@@ -7,9 +7,7 @@ where the two readings meet. Each test opens the simulator's stable link exactly
 from __future__ import annotations
 
 import random
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,36 +15,21 @@ from pathlib import Path
 import pytest
 
 from drivers.errors import ModuleError
-from drivers.es920lr import Es920lr
+from drivers.es920lr import Es920Config, Es920lr
 from drivers.radio import RadioWorker
+from drivers.rak3172 import P2pConfig
 from drivers.sim.es920lr import SimEs920lr
 from drivers.sim.rak3172 import SimRak3172
-from drivers.types import Uplink
+from tests.drivers.recorder import Events
 
-# -- config stand-ins ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class P2P:
-    frequency_hz: int = 922_400_000
-    spreading_factor: int = 9
-    bandwidth_khz: int = 125
-    coding_rate: int = 1
-    preamble: int = 12
-    tx_power_dbm: int = 13
+# -- config: the drivers' own settings models ---------------------------------------------------------------------
 
 
-@dataclass
-class Es920:
-    bandwidth_khz: float = 125
-    spreading_factor: int = 9
-    channel: int = 5
-    pan_id: str = "1234"
-    own_id: str = "0001"
-    format: str = "ascii"
-    payload_encoding: str = "hex"
-    power_dbm: int = 13
-    node: str = "coordinator"
+def _p2p() -> P2pConfig:
+    return P2pConfig(frequency_hz=922_400_000, spreading_factor=9, coding_rate=1, preamble=12)
+
+
+_ES920 = {"spreading_factor": 9, "channel": 5, "pan_id": "1234", "own_id": "0001", "format": "ascii"}
 
 
 @dataclass
@@ -55,40 +38,8 @@ class RadioConfig:
     driver: str
     port: str
     baudrate: int = 115200
-    p2p: P2P = field(default_factory=P2P)
-    es920: Es920 = field(default_factory=Es920)
-
-
-class Events:
-    """Thread-safe recorder of what the worker reports, with waits on conditions."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.uplinks: list[Uplink] = []
-        self.incidents: list[tuple[str, str]] = []
-
-    def on_uplinks(self, uplinks: list[Uplink]) -> None:
-        with self._cond:
-            self.uplinks.extend(uplinks)
-            self._cond.notify_all()
-
-    def on_incident(self, radio: str, kind: str, detail: str) -> None:
-        with self._cond:
-            self.incidents.append((kind, detail))
-            self._cond.notify_all()
-
-    def count(self, kind: str) -> int:
-        with self._cond:
-            return sum(1 for k, _ in self.incidents if k == kind)
-
-    def payloads(self) -> list[bytes]:
-        with self._cond:
-            return [u.payload for u in self.uplinks]
-
-    def wait(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        with self._cond:
-            if not self._cond.wait_for(predicate, timeout):
-                raise AssertionError(f"timed out; incidents so far: {Counter(k for k, _ in self.incidents)}")
+    p2p: P2pConfig = field(default_factory=_p2p)
+    es920: Es920Config = field(default_factory=lambda: Es920Config(**_ES920))
 
 
 def running(worker: RadioWorker, timeout: float = 10.0) -> None:
@@ -292,7 +243,7 @@ def es_factory(tmp_path: Path, monkeypatch) -> Iterator[Callable[..., SimEs920lr
 
 
 def es_config(sim: SimEs920lr, **kw) -> RadioConfig:
-    return RadioConfig(name="lora1", driver="es920lr", port=sim.path, es920=Es920(**kw))
+    return RadioConfig(name="lora1", driver="es920lr", port=sim.path, es920=Es920Config(**{**_ES920, **kw}))
 
 
 @pytest.mark.parametrize("start_reply_ok", [True, False])

@@ -7,7 +7,6 @@ the pause and the hourly budget must hold, and a busy channel (CAD) must be retr
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,21 +19,12 @@ from agent.gateway.receipts import ReceiptSender, ReceiptsConfig, build_receipt_
 from drivers.airtime import time_on_air_ms
 from drivers.codec.frame import build_receipt
 from drivers.radio import RadioWorker
+from drivers.rak3172 import P2pConfig
 from drivers.sim.rak3172 import SimRak3172
-from drivers.types import Uplink
+from tests.drivers.recorder import Events
 
 KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
 NODE, COUNTER = 0x00A1B2C3, 42
-
-
-@dataclass
-class P2P:
-    frequency_hz: int = 922_400_000  # ch33: the strict rules (TX <= 400 ms, 360 s/h)
-    spreading_factor: int = 9
-    bandwidth_khz: int = 125
-    coding_rate: int = 0
-    preamble: int = 8
-    tx_power_dbm: int = 13
 
 
 @dataclass
@@ -43,25 +33,8 @@ class RadioConfig:
     driver: str
     port: str
     baudrate: int = 115200
-    p2p: P2P = field(default_factory=P2P)
-
-
-class Events:
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.uplinks: list[Uplink] = []
-
-    def on_uplinks(self, uplinks: list[Uplink]) -> None:
-        with self._cond:
-            self.uplinks.extend(uplinks)
-            self._cond.notify_all()
-
-    def on_incident(self, radio: str, kind: str, detail: str) -> None:
-        pass
-
-    def wait_uplinks(self, n: int, timeout: float = 5.0) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.uplinks) >= n, timeout), "uplink never arrived"
+    # ch33: the strict rules (TX <= 400 ms, 360 s/h)
+    p2p: P2pConfig = field(default_factory=lambda: P2pConfig(frequency_hz=922_400_000, spreading_factor=9))
 
 
 class FakeClock:
@@ -132,7 +105,7 @@ def test_receipt_arrives_at_the_module_and_rx_stays_on(sim, radio) -> None:
     # Receive is still on after the send: the module listens (65533) and the next uplink reaches the agent.
     assert sim.rx_mode == "continuous_tx"
     inject_when_listening(sim, b"\x10after")
-    events.wait_uplinks(1)
+    events.wait(lambda: len(events.uplinks) >= 1, 5.0)
     assert events.uplinks[-1].payload == b"\x10after"
     assert sender.budget.used_last_hour_s == pytest.approx(time_on_air_ms(len(receipt), 9, 125) / 1000, abs=1e-5)
 

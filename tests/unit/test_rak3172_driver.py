@@ -22,21 +22,11 @@ import serial
 from drivers.errors import ModuleError, ModuleTimeout
 from drivers import registry
 from drivers.radio import ModuleDriver, ModuleRebooted, RadioWorker, backoff_delay
-from drivers.rak3172 import STATUSES, Rak3172, parse_p2p
+from drivers.rak3172 import STATUSES, P2pConfig, Rak3172, parse_p2p
 from drivers.transport import PortError
 from drivers.types import Uplink
 
-# -- config stand-ins ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class P2P:
-    frequency_hz: int = 920_600_000
-    spreading_factor: int = 10
-    bandwidth_khz: int = 125
-    coding_rate: int = 0
-    preamble: int = 8
-    tx_power_dbm: int = 13
+# -- config: the driver's own settings model, in a stand-in for the rest of the radio -----------------------------
 
 
 @dataclass
@@ -45,7 +35,7 @@ class RadioConfig:
     driver: str = "rak3172"
     port: str = "fake://lora0"
     baudrate: int = 115200
-    p2p: P2P = field(default_factory=P2P)
+    p2p: P2pConfig = field(default_factory=P2pConfig)
 
 
 BW_CODE = {125: 0, 250: 1, 500: 2}
@@ -363,7 +353,7 @@ def test_configure_sends_the_documented_sequence_and_verifies():
 
 
 def test_configure_accepts_bw_reported_in_khz():
-    d, link = make(FakeRak(bw_as_khz=True), RadioConfig(p2p=P2P(bandwidth_khz=250, spreading_factor=7)))
+    d, link = make(FakeRak(bw_as_khz=True), RadioConfig(p2p=P2pConfig(bandwidth_khz=250, spreading_factor=7)))
     d.configure()
     assert link.module.p2p == "920600000:7:250:0:8:13"
 

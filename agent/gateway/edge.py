@@ -7,7 +7,8 @@ sent from one small thread of their own, because a transmit waits for the module
 never block on a radio.
 
 Commands from the backend (README "Commands": ``cmd/alert-ack``, ``cmd/siren-silence``, ``cmd/test-chirp``) are
-carried out by :meth:`Edge.on_command`, which returns the result document the core publishes on
+carried out by :meth:`Edge.on_command` (a command document is read and checked in agent.gateway.edge_commands),
+which returns the result document the core publishes on
 ``<prefix>/<gateway>/results``; :meth:`Edge.state` is the body of the retained ``<prefix>/<gateway>/state``
 document (siren, lamp, held readings, open alerts).
 """
@@ -16,86 +17,32 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
-import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from agent.gateway import clock
+from agent.gateway.edge_commands import (
+    CMD_MAX_BYTES, CMD_MAX_NESTING, CMD_MAX_TARGETS, COMMANDS, RESULT_SCHEMA, CommandRequest, InvalidCommand,
+    alert_targets, read_command, silence_key,
+)
 from agent.gateway.reading import ALARM, Entry, own_reading
 from agent.ratelog import RateLimitedLog
 from agent.gateway.readings import FrameDecoder
 from agent.rules import Alert, AlertTracker, RuleEngine, RulesConfig, node_infos
 
+__all__ = ["CMD_MAX_BYTES", "CMD_MAX_NESTING", "CMD_MAX_TARGETS", "COMMANDS", "RESULT_SCHEMA", "STATE_SCHEMA", "Edge"]
+
 log = logging.getLogger(__name__)
 
 _US = 1_000_000
 
-RESULT_SCHEMA = "denen.result/1"
 STATE_SCHEMA = "denen.state/1"
-#: Largest command payload read, in bytes; a larger one is counted (``cmd.bad``) and not parsed.
-CMD_MAX_BYTES = 4096
-#: Deepest nesting of arrays/objects a command may have (a command needs 1). Checked before parsing: Python 3.13's
-#: json parses any depth without a RecursionError, so the limit must be ours.
-CMD_MAX_NESTING = 32
-#: Most targets (keys and alert ids together) one ``cmd/alert-ack`` may name.
-CMD_MAX_TARGETS = 64
-COMMANDS = ("alert-ack", "siren-silence", "test-chirp")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# Alert keys and ids are made of gateway, radio and node names ([a-z0-9_-]) and the rules' ':' and '#'.
-_ALERT_KEY = re.compile(r"[a-z0-9_][a-z0-9_:-]{0,127}")
-_ALERT_ID = re.compile(r"[a-z0-9_][a-z0-9_:#-]{0,199}")
-_BY_MAX = 100
-# Unicode categories refused in ``by``: controls, format characters (bidi overrides), surrogates, line breaks.
-_BY_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-_VIA = ("console", "cli")
 # How long after a self test starts the state shows the siren and lamp as they are again, in seconds (the test
 # takes 0.6 s: agent.gateway.fieldio).
 _SELF_TEST_STATE_S = 0.8
 _SEVERITY_ORDER = {"info": 0, "warning": 1, "emergency": 2}
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    """Who sent a command and how (the fields every command document may carry)."""
-
-    command: str
-    request_id: str | None = None
-    by: str | None = None
-    via: str | None = None
-
-
-class _Invalid(ValueError):
-    """A command document that cannot be carried out; the message says why."""
-
-
-def _nesting(text: str) -> int:
-    """Deepest nesting of JSON arrays and objects in ``text``, brackets inside strings not counted."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
-
-
-def _text_ok(text: str) -> bool:
-    return not any(unicodedata.category(c) in _BY_BAD_CATEGORIES for c in text)
 
 
 class Edge:
@@ -126,29 +73,11 @@ class Edge:
         # alert id -> (journal seq, ts_us) it was first journaled with: a repeat is the identical reading.
         self._alert_seq: dict[str, tuple[int, int]] = {}
         self._last_alert_ts = 0
-        try:
-            if meta.get("alert_seqs"):
-                self._alert_seq = {str(k): (int(v[0]), int(v[1]))
-                                   for k, v in json.loads(meta["alert_seqs"]).items()}
-            if meta.get("rules_snapshot"):
-                self._restored = self.rules.restore(json.loads(meta["rules_snapshot"]))
-            if meta.get("alerts_snapshot"):
-                self.tracker.restore(json.loads(meta["alerts_snapshot"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            # A damaged snapshot costs the rule history, never the agent: start the rules afresh.
-            log.error("could not restore the edge rules' state (%s); starting them afresh", exc)
-            count("edge.restore_failed")
         # Alert ids silenced by cmd/siren-silence and alert ids acknowledged by cmd/alert-ack, each with who did it
         # (None when the command named nobody); both only for active alerts.
         self._silenced: dict[str, str | None] = {}
         self._acked_by: dict[str, str | None] = {}
-        try:
-            if meta.get("edge_outputs"):
-                self._restore_outputs(json.loads(meta["edge_outputs"]))
-        except (ValueError, TypeError, KeyError) as exc:
-            log.error("could not restore which alerts were silenced and acknowledged (%s); starting afresh", exc)
-            count("edge.restore_failed")
-            self._silenced, self._acked_by = {}, {}
+        self._restore_state(meta)
         self._snapshot_dirty = False
         self._expired_seen = self.tracker.expired
         self._cmd_prefix = f"{config.mqtt.topic_prefix}/{self.gateway_id}/cmd/"
@@ -196,28 +125,9 @@ class Edge:
         receipts = getattr(self.config, "receipts", None)
         if receipts is None or not receipts.enabled:
             return
-        from agent.gateway.receipts import AirtimeBudget, ReceiptError, build_receipt_sender  # noqa: PLC0415
+        from agent.gateway.receipt_senders import build_senders  # noqa: PLC0415 - only with receipts enabled
 
-        budgets: dict[int, AirtimeBudget] = {}
-        for radio in radios:
-            rc = getattr(radio, "config", None)
-            p2p = getattr(rc, "p2p", None)
-            if rc is None or p2p is None:
-                continue  # ES920LR receipts would need the node's module address; not wired yet
-            try:
-                budget = budgets.get(p2p.frequency_hz)
-                if budget is None:
-                    budget = budgets[p2p.frequency_hz] = AirtimeBudget(
-                        receipts.rules_for(p2p.frequency_hz, bw_khz=p2p.bandwidth_khz))
-                sender = build_receipt_sender(
-                    receipts, radio.transmit, frequency_hz=p2p.frequency_hz, sf=p2p.spreading_factor,
-                    bw_khz=p2p.bandwidth_khz, cr=p2p.coding_rate, preamble=p2p.preamble, budget=budget,
-                    wake=self._receipt_wake.set)
-            except ReceiptError as exc:
-                log.error("receipts disabled on %s: %s", rc.name, exc)
-                continue
-            if sender is not None:
-                self._senders[rc.name] = sender
+        self._senders.update(build_senders(receipts, radios, wake=self._receipt_wake.set))
         self._restore_receipts()
         if self._senders:
             self._receipt_thread = threading.Thread(target=self._receipts_loop, name="receipts", daemon=True)
@@ -269,41 +179,17 @@ class Edge:
             self._warn.warning("unknown", "command", "commands", "unknown command on %r ignored (known: %s)",
                                topic[:200], ", ".join(COMMANDS))
             return None
-        req = _Request(name)
+        req = CommandRequest(name)
         try:
-            if len(payload) > CMD_MAX_BYTES:
-                raise _Invalid(f"{len(payload)} bytes, over the {CMD_MAX_BYTES}-byte limit")
-            try:
-                text = payload.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _Invalid(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
-            if text.count("[") + text.count("{") > CMD_MAX_NESTING and _nesting(text) > CMD_MAX_NESTING:
-                raise _Invalid("not JSON (nested too deeply)")
-            try:
-                doc = json.loads(text)
-            except RecursionError:
-                raise _Invalid("not JSON (nested too deeply)") from None
-            except ValueError as exc:
-                raise _Invalid(f"not JSON ({exc})") from None
-            if not isinstance(doc, dict):
-                raise _Invalid(f"not a JSON object but {type(doc).__name__}")
-            rid = doc.get("request_id")
-            if rid is not None and not (isinstance(rid, str) and _REQUEST_ID.fullmatch(rid)):
-                raise _Invalid("request_id must be 1-64 characters of A-Z a-z 0-9 _ -")
-            req = _Request(name, rid)
-            by, via = doc.get("by"), doc.get("via")
-            if by is not None and not (isinstance(by, str) and 0 < len(by) <= _BY_MAX and _text_ok(by)):
-                raise _Invalid(f"by must be text of 1-{_BY_MAX} characters without control characters")
-            if via is not None and via not in _VIA:
-                raise _Invalid(f"via must be one of {', '.join(_VIA)}")
-            req = _Request(name, rid, by, via)
+            req, doc = read_command(name, payload)
             if name == "alert-ack":
-                results = self._alert_ack(req, doc)
+                results = self._alert_ack(req, alert_targets(doc))
             elif name == "siren-silence":
-                results = self._siren_silence(req, doc)
+                results = self._siren_silence(req, silence_key(doc))
             else:
                 results = self._test_chirp(req)
-        except _Invalid as exc:
+        except InvalidCommand as exc:
+            req = exc.request or req
             self._count("cmd.bad")
             self._warn.warning(f"bad {name}", "command", "commands",
                                "command %s refused (request %s): %s; payload starts %r", name,
@@ -316,29 +202,8 @@ class Edge:
         return {"schema": RESULT_SCHEMA, "gateway": self.gateway_id, "ts_us": clock.wall_us(), "command": name,
                 "request_id": req.request_id, "by": req.by, "via": req.via, "results": results}
 
-    def _alert_ack(self, req: _Request, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    def _alert_ack(self, req: CommandRequest, targets: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """``cmd/alert-ack``: stop the repeats of active alerts named by key (``<type>:<node>``) or by id."""
-        targets: list[tuple[str, str]] = []
-        for field, pattern, what in (("keys", _ALERT_KEY, "alert keys (<type>:<node>)"),
-                                     ("alert_ids", _ALERT_ID, "alert ids")):
-            items = doc.get(field)
-            if items is None:
-                continue
-            if not isinstance(items, list) or len(items) > CMD_MAX_TARGETS:
-                raise _Invalid(f"{field} must be a list of at most {CMD_MAX_TARGETS} {what}")
-            for item in items:
-                if not (isinstance(item, str) and pattern.fullmatch(item)):
-                    raise _Invalid(f"{field} must be a list of {what}; one is not")
-                targets.append((field, item))
-        one = doc.get("alert_id")
-        if one is not None:
-            if not (isinstance(one, str) and _ALERT_ID.fullmatch(one)):
-                raise _Invalid("alert_id must be an alert id")
-            targets.append(("alert_ids", one))
-        if not targets:
-            raise _Invalid("no target: give keys, alert_ids or alert_id")
-        if len(targets) > CMD_MAX_TARGETS:
-            raise _Invalid(f"{len(targets)} targets; at most {CMD_MAX_TARGETS} per command")
         results = []
         active = self.rules.active()  # an acknowledgement changes the repeats, never what is active
         for field, target in targets:
@@ -366,11 +231,8 @@ class Edge:
                  ", ".join(f"{r['target']} {r['outcome']}" for r in results))
         return results
 
-    def _siren_silence(self, req: _Request, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    def _siren_silence(self, req: CommandRequest, key: str) -> list[dict[str, Any]]:
         """``cmd/siren-silence``: silence the siren for the alerts of one key, until another alert wants it."""
-        key = doc.get("key")
-        if not (isinstance(key, str) and _ALERT_KEY.fullmatch(key)):
-            raise _Invalid("key must be an alert key (<type>:<node>)")
         if self.io is None or not self.io.has_siren:
             outcome = "no_siren"
         else:
@@ -390,7 +252,7 @@ class Edge:
                  outcome)
         return [{"target": key, "outcome": outcome}]
 
-    def _test_chirp(self, req: _Request) -> list[dict[str, Any]]:
+    def _test_chirp(self, req: CommandRequest) -> list[dict[str, Any]]:
         """``cmd/test-chirp``: the installer's self test (lamp flicker, siren chirp), started remotely."""
         if self.io is None or not self.io.start_self_test():
             outcome = "no_outputs"
@@ -587,6 +449,28 @@ class Edge:
                 why = f"alert {before.ack_key} no longer wants it"
             log.info("siren off: %s", why)
 
+    def _restore_state(self, meta: dict[str, str]) -> None:
+        """Rules, tracker, alert sequences, silences and acknowledgements from the journal's meta at start; a
+        damaged snapshot costs its part of the history (counted ``edge.restore_failed``), never the agent."""
+        try:
+            if meta.get("alert_seqs"):
+                self._alert_seq = {str(k): (int(v[0]), int(v[1]))
+                                   for k, v in json.loads(meta["alert_seqs"]).items()}
+            if meta.get("rules_snapshot"):
+                self._restored = self.rules.restore(json.loads(meta["rules_snapshot"]))
+            if meta.get("alerts_snapshot"):
+                self.tracker.restore(json.loads(meta["alerts_snapshot"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("could not restore the edge rules' state (%s); starting them afresh", exc)
+            self._count("edge.restore_failed")
+        try:
+            if meta.get("edge_outputs"):
+                self._restore_outputs(json.loads(meta["edge_outputs"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("could not restore which alerts were silenced and acknowledged (%s); starting afresh", exc)
+            self._count("edge.restore_failed")
+            self._silenced, self._acked_by = {}, {}
+
     def _restore_outputs(self, snap: Any) -> None:
         silenced, acked = snap["silenced"], snap["acked_by"]
         if not (isinstance(silenced, dict) and isinstance(acked, dict)) or not all(
@@ -600,48 +484,16 @@ class Edge:
     def _restore_receipts(self) -> None:
         """Give each receipt sender back its state from before the restart; a bad snapshot costs only it."""
         text, self._receipts_meta = self._receipts_meta, None
-        if not text or not self._senders:
-            return
-        try:
-            snaps = json.loads(text)
-            if not isinstance(snaps, dict):
-                raise ValueError("not an object of snapshots by radio")
-        except ValueError as exc:
-            self._count("receipts.restore_failed")
-            log.error("could not restore the SOS receipts' airtime and queue (%s); starting afresh", exc)
-            return
-        for name, sender in self._senders.items():
-            snap = snaps.get(name)
-            restore = getattr(sender, "restore", None)
-            if snap is None or restore is None:
-                continue
-            try:
-                restore(snap)
-            except Exception as exc:  # noqa: BLE001 - a damaged snapshot must cost the budget history, never the agent
-                self._count("receipts.restore_failed")
-                log.error("receipts on %s: could not restore the airtime used and the receipts waiting (%s: %s); "
-                          "starting afresh", name, type(exc).__name__, exc)
+        if text and self._senders:
+            from agent.gateway.receipt_senders import restore_senders  # noqa: PLC0415
+
+            restore_senders(self._senders, text, self._count)
 
     def _receipts_snapshot(self) -> str | None:
         """Every receipt sender's state as one JSON text (by radio), or None when no sender can snapshot."""
-        snaps: dict[str, Any] = {}
-        for name, sender in self._senders.items():
-            take = getattr(sender, "snapshot", None)
-            if take is None:
-                continue
-            try:
-                snaps[name] = take()
-            except Exception as exc:  # noqa: BLE001 - as in _restore_receipts
-                self._count("receipts.snapshot_failed")
-                log.error("receipts on %s: snapshot failed: %s: %s", name, type(exc).__name__, exc)
-        if not snaps:
-            return None
-        try:
-            return json.dumps(snaps, separators=(",", ":"), sort_keys=True)
-        except (TypeError, ValueError) as exc:
-            self._count("receipts.snapshot_failed")
-            log.error("receipts: snapshot is not JSON-able: %s", exc)
-            return None
+        from agent.gateway.receipt_senders import senders_snapshot  # noqa: PLC0415
+
+        return senders_snapshot(self._senders, self._count)
 
     # -- internals -------------------------------------------------------------------------------------------
     def _journal_alerts(self, alerts: list[Alert]) -> list[Entry]:

@@ -8,15 +8,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from agent.dev.devbroker import Mosquitto
 from agent.errors import AgentError
 from tests.support.influx import InfluxDB1, ServerMissing, VictoriaMetrics
+from tests.support.servers import DB, serving
 
 
 # The suite checks English output unless a test asks for Japanese (LANG=ja_JP.UTF-8 in a subprocess's env): a
@@ -42,36 +42,19 @@ def _process_logging_restored() -> Iterator[None]:
     logging.captureWarnings(False)
 
 
-DB = "denen"  # the database the influx fixture creates
-
-
-def _serving(make: Callable[[], Any], missing: type[Exception], *, then: Callable[[Any], object] = lambda _: None
-             ) -> Iterator[Any]:
-    """A server made by ``make``, started (and ``then`` done to it) for one test, stopped after it. ``missing``, which
-    ``make`` raises for a server that is not installed, fails the test with its install hint: never a skip."""
-    try:
-        server = make()
-    except missing as exc:
-        pytest.fail(str(exc))
-    server.start()
-    then(server)
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     """A running Mosquitto."""
-    yield from _serving(lambda: Mosquitto(tmp_path / "broker"), AgentError)
+    yield from serving(lambda: Mosquitto(tmp_path / "broker"), AgentError)
 
 
 @pytest.fixture
 def influx(tmp_path: Path) -> Iterator[InfluxDB1]:
     """A running InfluxDB 1.6.7 with the database ``denen`` created."""
-    yield from _serving(lambda: InfluxDB1(tmp_path / "influx"), ServerMissing, then=lambda s: s.create_database(DB))
+    yield from serving(lambda: InfluxDB1(tmp_path / "influx"), ServerMissing, then=lambda s: s.create_database(DB))
 
 
 @pytest.fixture
 def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     """A running VictoriaMetrics single node (it accepts InfluxDB line protocol on /write and /api/v2/write)."""
-    yield from _serving(lambda: VictoriaMetrics(tmp_path / "vm"), ServerMissing)
+    yield from serving(lambda: VictoriaMetrics(tmp_path / "vm"), ServerMissing)

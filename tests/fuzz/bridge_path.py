@@ -1349,6 +1349,17 @@ def run_bridge_path(inputs: int, *, seed: int = 1, db: str = "influx", driver: s
                     report.add("accounting", "lines written + refused differ from the reference conversion",
                                detail=f"bridge {lines}, reference {seg_expected_lines}")
 
+            def send_sentinel() -> None:
+                """The next sentinel into the current segment: two lines the bridge must write."""
+                nonlocal k, seg_expected_lines
+                s_msg = sentinel(k)
+                seg.send(s_msg)
+                ring.append(_Sent(-1 - k, s_msg))
+                sentinels_sent.add(k + 1)
+                seg_sentinels.append(k + 1)
+                seg_expected_lines += 2
+                k += 1
+
             seg = new_segment()
             while next_index < inputs or k == 0 or seg.sent == 0:
                 batch_end = min(inputs, next_index + window)
@@ -1381,21 +1392,9 @@ def run_bridge_path(inputs: int, *, seed: int = 1, db: str = "influx", driver: s
                     seg_expected_lines += exp.lines
                     seg_too_large += exp.too_large
                     if report.published % sentinel_every == 0:
-                        s_msg = sentinel(k)
-                        seg.send(s_msg)
-                        ring.append(_Sent(-1 - k, s_msg))
-                        sentinels_sent.add(k + 1)
-                        seg_sentinels.append(k + 1)
-                        seg_expected_lines += 2
-                        k += 1
+                        send_sentinel()
                 if next_index >= inputs:
-                    s_msg = sentinel(k)  # the last one: its arrival bounds the drain time
-                    seg.send(s_msg)
-                    ring.append(_Sent(-1 - k, s_msg))
-                    sentinels_sent.add(k + 1)
-                    seg_sentinels.append(k + 1)
-                    seg_expected_lines += 2
-                    k += 1
+                    send_sentinel()  # the last one: its arrival bounds the drain time
                 if not seg.sync():
                     report.add("stall", "the broker did not acknowledge the publishes within 60 s")
                 last_publish = time.monotonic()

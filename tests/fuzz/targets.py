@@ -128,6 +128,17 @@ class Target:
         rng = random.Random(self.pool_seed)
         return [self.valid(rng) for _ in range(200)]
 
+    def _bytes_input(self, rng: random.Random, r: float, *, random_below: float, valid_below: float, random_len: int,
+                     tokens: Sequence[bytes], max_len: int) -> bytes:
+        """For a target of bytes, by the draw ``r`` in [0, 1): random bytes (up to ``random_len``) below
+        ``random_below``, a valid input below ``valid_below``, else a valid input mutated (``tokens`` spliced in, at
+        most ``max_len`` bytes)."""
+        if r < random_below:
+            return random_bytes(rng, random_len)
+        if r < valid_below:
+            return self.valid(rng)
+        return mutate_bytes(rng, self.valid(rng), tokens=tokens, pool=self.pool, max_len=max_len)
+
     def describe(self, data: Any) -> str:
         """A short printable form of an input (for reports)."""
         return _short(data)
@@ -228,19 +239,14 @@ class LppTarget(Target):
     weight = 14.0
     unit = 4000
     REASONS = frozenset({"lpp_truncated", "lpp_unknown_type"})
-
     pool_seed = 1
 
     def valid(self, rng: random.Random) -> bytes:
         return lpp_body(rng)
 
     def generate(self, rng: random.Random) -> bytes:
-        r = rng.random()
-        if r < 0.1:
-            return random_bytes(rng, 48)
-        if r < 0.2:
-            return lpp_body(rng)
-        return mutate_bytes(rng, lpp_body(rng), tokens=LPP_TOKENS, pool=self.pool, max_len=512)
+        return self._bytes_input(rng, rng.random(), random_below=0.1, valid_below=0.2, random_len=48,
+                                 tokens=LPP_TOKENS, max_len=512)
 
     def execute(self, data: bytes) -> Outcome:
         try:
@@ -266,7 +272,6 @@ class FrameTarget(Target):
     weight = 12.0
     unit = 4000
     REASONS = frozenset({"frame_short", "frame_version", "frame_reserved_flag"})
-
     pool_seed = 2
 
     def valid(self, rng: random.Random) -> bytes:
@@ -274,15 +279,12 @@ class FrameTarget(Target):
 
     def generate(self, rng: random.Random) -> bytes:
         r = rng.random()
-        if r < 0.08:
-            return random_bytes(rng, 40)
-        if r < 0.18:
-            return valid_frame(rng)
-        if r < 0.3:  # header-only edits: every version/flag nibble, short frames
+        if 0.18 <= r < 0.3:  # header-only edits: every version/flag nibble, short frames
             frame = bytearray(valid_frame(rng))
             frame[0] = rng.randrange(256)
             return bytes(frame[: rng.choice((len(frame), rng.randrange(len(frame) + 1)))])
-        return mutate_bytes(rng, valid_frame(rng), tokens=FRAME_TOKENS, pool=self.pool, max_len=300)
+        return self._bytes_input(rng, r, random_below=0.08, valid_below=0.18, random_len=40, tokens=FRAME_TOKENS,
+                                 max_len=300)
 
     def execute(self, data: bytes) -> Outcome:
         try:

@@ -20,7 +20,6 @@ import pytest
 from agent.bridge import DeadLetterStore
 from agent.bridge.deadletter import DeadLetter
 from agent.dev.devbroker import Mosquitto
-from agent.errors import AgentError
 from tests.fuzz.bridge_path import (
     PREFIX,
     SENTINEL_GATEWAY,
@@ -34,7 +33,8 @@ from tests.fuzz.bridge_path import (
     run_bridge_path,
     sentinel,
 )
-from tests.support.influx import InfluxDB1, ServerMissing, VictoriaMetrics
+from tests.support.influx import InfluxDB1, VictoriaMetrics
+from tests.support.servers import broker_and_influx
 
 pytestmark = pytest.mark.broker
 
@@ -93,17 +93,8 @@ _numbers = itertools.count(1)
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     """One Mosquitto and one InfluxDB 1.6.7 for the poison tests (each has its own bridge and sentinel)."""
     work = tmp_path_factory.mktemp("poisons")
-    try:
-        broker = Mosquitto(work / "broker")
-        influx = InfluxDB1(work / "influx")
-    except (AgentError, ServerMissing) as exc:
-        pytest.fail(str(exc))
-    broker.start()
-    influx.start()
-    influx.create_database("denen")
-    yield Servers(work, "influx", broker=broker, server=influx)
-    influx.stop()
-    broker.stop()
+    with broker_and_influx(work) as (broker, influx):
+        yield Servers(work, "influx", broker=broker, server=influx)
 
 
 @dataclass

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.process import processes_mentioning
+
 REPO = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 
@@ -55,22 +57,6 @@ class Install:
                               text=True, timeout=120, env=self.env())
 
 
-def _processes_mentioning(*texts: str) -> list[str]:
-    """Command lines of live processes other than this one that contain one of ``texts``."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if any(t in cmdline for t in texts):
-            found.append(f"{pid}: {cmdline}")
-    return found
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Install:
     root = tmp_path_factory.mktemp("wheel")
@@ -102,7 +88,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Install:
 @pytest.fixture(autouse=True)
 def nothing_left_running(installed: Install) -> None:
     yield
-    assert _processes_mentioning(str(installed.venv), str(installed.work)) == []
+    assert processes_mentioning(str(installed.venv), str(installed.work)) == []
 
 
 def test_the_installed_package_is_the_one_in_the_venv(installed: Install) -> None:
@@ -200,7 +186,7 @@ def test_demo_shows_readings_flowing_and_leaves_nothing_running(installed: Insta
     assert readings and max(readings) > 0, out.stdout
     assert "Traceback" not in out.stderr
     assert (work / "broker" / "mosquitto.conf").exists()  # its broker ran from the work folder...
-    assert _processes_mentioning(str(work)) == []  # ...and is gone, with the simulators
+    assert processes_mentioning(str(work)) == []  # ...and is gone, with the simulators
 
 
 def test_status_of_the_demo_journal(installed: Install) -> None:

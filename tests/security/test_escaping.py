@@ -28,7 +28,7 @@ from agent.bridge.lineproto import Converted, Serializer
 from agent.bridge.registry import GatewayInfo, GatewayRegistry
 from agent.bridge.sinks import make_sink
 from tests.bridge._helpers import T0_US, batch, reading, topic
-from tests.conftest import DB
+from tests.support.servers import DB
 from tests.support.influx import InfluxDB1, VictoriaMetrics
 
 GW = "gw-hostile-01"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
-__all__ = ["end"]
+__all__ = ["end", "processes_mentioning"]
 
 
 def end(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
@@ -21,3 +22,20 @@ def end(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
             proc.wait()
     if proc.stderr is not None:
         proc.stderr.close()
+
+
+def processes_mentioning(*texts: str) -> list[str]:
+    """``pid: command line`` of each live process other than this one whose command line contains one of ``texts``
+    (what a command that must leave nothing running left running)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(t in cmdline for t in texts):
+            found.append(f"{pid}: {cmdline}")
+    return found

@@ -113,13 +113,9 @@ class Es920Config(Section):
     def _channel_fits_bandwidth(self) -> Es920Config:
         top = _MAX_CHANNEL[self.bandwidth_khz]
         if self.channel > top:
-            raise problem(
-                f"channel {self.channel} does not exist at {self.bandwidth_khz:g} kHz bandwidth: channels 1..{top} "
-                f"only",
-                "wider bandwidths bundle several 200 kHz channels: use channel 1..7 at 250 kHz and 1..5 at 500 kHz, "
-                "or a narrower bandwidth_khz",
-                subloc=("channel",),
-            )
+            raise problem(f"channel {self.channel} does not exist at {self.bandwidth_khz:g} kHz bandwidth: channels "
+                          f"1..{top} only", "wider bandwidths bundle several 200 kHz channels: use channel 1..7 at "
+                          "250 kHz and 1..5 at 500 kHz, or a narrower bandwidth_khz", subloc=("channel",))
         return self
 
 
@@ -570,8 +566,8 @@ def _is_prompt(line: bytes) -> bool:
     return line.startswith(_PROMPT)
 
 
-def _is_answer(line: bytes) -> bool:
-    return line.startswith(b"VER") or line == b"OK" or line.startswith(b"NG ") or _is_prompt(line)
+def _is_answer(line: bytes) -> bool:  # to `version`, wherever the module is
+    return line.startswith((b"VER", b"NG ", _PROMPT)) or line == b"OK"
 
 
 def probe(port: Any, radio: Any, timeout_s: float, say: Say) -> Finding:

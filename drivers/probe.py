@@ -101,6 +101,14 @@ class ProbeLink:
         self.incidents: list[tuple[str, str]] = []
         self.feed: Callable[[bytes, int], None] | None = None
 
+    @classmethod
+    def driver(cls, driver_cls: Callable[[Any, Any], Any], port: Any, radio: Any) -> tuple[Any, ProbeLink]:
+        """A driver of ``driver_cls`` on the port, fed by a new link: the probe asks through the driver's parser."""
+        link = cls(port, radio.name)
+        driver = driver_cls(radio, link)
+        link.feed = driver.feed
+        return driver, link
+
     def write(self, data: bytes) -> None:
         self.port.write(data)
 

@@ -72,33 +72,21 @@ class P2pConfig(Section):
     #: What the radio's ``p2p:`` key holds, for the config reference.
     section_doc: ClassVar[str] = "LoRa settings"
 
-    frequency_hz: int = Field(
-        default=920_600_000,
-        description="Centre frequency in Hz: Japan's 920 MHz band for LoRa, 920600000..923400000 in 200 kHz "
-        "steps (ARIB STD-T108 channels 24..38).",
-    )
-    spreading_factor: int = Field(
-        default=10, ge=7, le=12, description="LoRa spreading factor 7..12; higher reaches further but each frame "
-        "takes longer on air (SF10: ~0.37 s for 20 bytes; SF12: ~1.3 s)."
-    )
+    frequency_hz: int = Field(920_600_000, description="Centre frequency in Hz: Japan's 920 MHz band for LoRa, "
+                              "920600000..923400000 in 200 kHz steps (ARIB STD-T108 channels 24..38).")
+    spreading_factor: int = Field(10, ge=7, le=12, description="LoRa spreading factor 7..12; higher reaches further "
+                                  "but each frame takes longer on air (SF10: ~0.37 s for 20 bytes; SF12: ~1.3 s).")
     bandwidth_khz: Literal[125, 250, 500] = Field(default=125, description="LoRa bandwidth in kHz: 125, 250 or 500.")
     coding_rate: int = Field(default=0, ge=0, le=3, description="LoRa coding rate: 0..3 meaning 4/5..4/8.")
     preamble: int = Field(default=8, ge=5, le=65535, description="Preamble length in symbols (5..65535).")
-    tx_power_dbm: int = Field(
-        default=13,
-        ge=5,
-        le=13,
-        description="Transmit power in dBm, 5..13: 13 dBm (20 mW) is the limit for specified low-power radio "
-        "stations in Japan's 920 MHz band.",
-    )
+    tx_power_dbm: int = Field(13, ge=5, le=13, description="Transmit power in dBm, 5..13: 13 dBm (20 mW) is the "
+                              "limit for specified low-power radio stations in Japan's 920 MHz band.")
 
     @field_validator("frequency_hz")
     @classmethod
     def _japan_band(cls, value: int) -> int:
-        hint = (
-            "ARIB STD-T108 allows LoRa at 920600000..923400000 Hz in 200 kHz steps "
-            "(920600000, 920800000, ... 923400000)"
-        )
+        hint = ("ARIB STD-T108 allows LoRa at 920600000..923400000 Hz in 200 kHz steps "
+                "(920600000, 920800000, ... 923400000)")
         if not JP_LORA_MIN_HZ <= value <= JP_LORA_MAX_HZ:
             mhz = f"{value / 1e6:g} MHz" if abs(value) < 10**15 else "not a radio frequency"
             raise problem(f"{value} Hz ({mhz}) is outside Japan's 920 MHz LoRa band (920.6..923.4 MHz)", hint)
@@ -532,14 +520,6 @@ class Rak3172(ModuleDriver):
 
 
 # -- doctor's probe --------------------------------------------------------------------------------------------
-def _asker(port: Any, radio: Any) -> tuple[Rak3172, ProbeLink]:
-    """A driver on the port that only asks, through the same AT parser the agent uses."""
-    link = ProbeLink(port, radio.name)
-    driver = Rak3172(radio, link)
-    link.feed = driver.feed
-    return driver, link
-
-
 def _answers_at(port: Any, radio: Any, timeout_s: float) -> int | None:
     """The usual speed other than the configured one at which the module answers AT, if any."""
     for baud in OTHER_BAUDS:
@@ -547,7 +527,7 @@ def _answers_at(port: Any, radio: Any, timeout_s: float) -> int | None:
             continue
         port.baudrate = baud
         port.reset_input_buffer()
-        driver, _link = _asker(port, radio)
+        driver, _link = ProbeLink.driver(Rak3172, port, radio)
         # Twice: the garbage received at the wrong speed may still sit in the module's line buffer, and spoils
         # the first AT (AT_ERROR); that reply already proves the speed, but the second is cleaner.
         if "OK" in [driver.ask("AT", min(timeout_s, 0.3))[0] for _attempt in range(2)]:
@@ -568,7 +548,7 @@ def _p2p_matches(value: str, p2p: Any) -> bool:
 
 def probe(port: Any, radio: Any, timeout_s: float, say: Say) -> Finding:
     """Ask ``AT``, ``AT+VER=?``, ``AT+NWM=?`` and (in P2P mode) ``AT+P2P=?``; see :mod:`drivers.probe`."""
-    driver, link = _asker(port, radio)
+    driver, link = ProbeLink.driver(Rak3172, port, radio)  # the same AT parser the agent uses
     status = None
     # A module that is booting or has noise on the line needs a few tries, as the driver's sync does.
     for _attempt in range(3):

@@ -11,21 +11,8 @@ from typing import Any
 
 from agent.bridge.encoding import escape_string_field
 from agent.bridge.registry import GatewayRegistry
-from agent.bridge.schema import (
-    COMMANDS,
-    HELD_REASONS,
-    OUTCOMES,
-    RESULT_SCHEMA,
-    SIREN_WHY,
-    STATE_SCHEMA,
-    STATUS_SCHEMA,
-    VIAS,
-    Converted,
-    Invalid,
-    is_int,
-    lone_surrogate,
-    show,
-)
+from agent.bridge.schema import COMMANDS, HELD_REASONS, OUTCOMES, RESULT_SCHEMA, SIREN_WHY, STATE_SCHEMA, \
+    STATUS_SCHEMA, VIAS, Converted, Invalid, checked_object, is_int, lone_surrogate, show
 from agent.gateway.clock import EPOCH_FLOOR_US
 
 __all__ = ["DocumentPoints"]
@@ -52,11 +39,13 @@ class DocumentPoints:
     max_future_us: int
     _now_us: Callable[[], int]
     _site: Callable[[str, str | None, Converted], str]
+    _outside_window: Callable[..., int]
 
     @staticmethod
-    def _document(doc: Any, schema: str, keys: frozenset[str], what: str, gateway: str, check_text: bool) -> None:
+    def _document(doc: Any, schema: str, keys: frozenset[str], required: tuple[str, ...], what: str, gateway: str,
+                  check_text: bool) -> None:
         """The checks every gateway document passes: an object of ``schema``, text only, known keys, the topic's
-        gateway."""
+        gateway, the ``required`` keys."""
         if not isinstance(doc, dict):
             raise Invalid("invalid_schema", "payload is not a JSON object")
         found = doc.get("schema")
@@ -74,6 +63,9 @@ class DocumentPoints:
         if doc.get("gateway") != gateway:
             raise Invalid("wrong_gateway", f"the {what} names gateway {show.repr(doc.get('gateway'))}, its topic "
                           f"{gateway!r}")
+        missing = [k for k in required if k not in doc]
+        if missing:
+            raise Invalid("invalid_schema", f"the {what} lacks {', '.join(missing)}")
 
     def _document_time(self, ts: Any, latest: int, *, unsynced: bool = False) -> int:
         """A document's ``ts_us``, checked like a reading's: between 2020 and ``max_future_s`` ahead, or, from a
@@ -82,16 +74,10 @@ class DocumentPoints:
             raise Invalid("invalid_schema", f"ts_us {show.repr(ts)} is not an integer")
         if EPOCH_FLOOR_US <= ts <= latest:
             return ts
-        if unsynced:
-            return self._now_us()
-        if ts < EPOCH_FLOOR_US:
-            raise Invalid("timestamp_before_2020", f"ts_us {ts} is before 2020-01-01")
-        ahead_s = (ts - latest + self.max_future_us) / 1e6
-        raise Invalid("timestamp_in_future", f"ts_us {ts} is {ahead_s:.0f} s ahead of the bridge's clock (at "
-                      f"most {self.max_future_us / 1e6:.0f} s)")
+        return self._outside_window(ts, latest, unsynced=unsynced)
 
     def _status(self, doc: Any, gateway: str, out: Converted, check_text: bool, latest: int) -> None:
-        self._document(doc, STATUS_SCHEMA, _STATUS_KEYS, "status", gateway, check_text)
+        self._document(doc, STATUS_SCHEMA, _STATUS_KEYS, (), "status", gateway, check_text)
         state = doc.get("state")
         if state not in ("online", "offline"):
             raise Invalid("invalid_schema", f"state {show.repr(state)} is not online or offline")
@@ -114,10 +100,7 @@ class DocumentPoints:
         out.sources.append(f"status:{gateway}")
 
     def _state(self, doc: Any, gateway: str, out: Converted, check_text: bool, latest: int) -> None:
-        self._document(doc, STATE_SCHEMA, _STATE_KEYS, "state", gateway, check_text)
-        missing = [k for k in _STATE_REQUIRED if k not in doc]
-        if missing:
-            raise Invalid("invalid_schema", f"the state lacks {', '.join(missing)}")
+        self._document(doc, STATE_SCHEMA, _STATE_KEYS, _STATE_REQUIRED, "state", gateway, check_text)
         siren = _part(doc, "siren", _SIREN_KEYS, ("configured", "on"))
         lamp = _part(doc, "lamp", _LAMP_KEYS, ("configured", "state"))
         held = _part(doc, "held", _HELD_KEYS, ("active", "count"))
@@ -172,10 +155,7 @@ class DocumentPoints:
         out.sources.append(f"state:{gateway}")
 
     def _results(self, doc: Any, gateway: str, out: Converted, check_text: bool, latest: int) -> None:
-        self._document(doc, RESULT_SCHEMA, _RESULT_KEYS, "result", gateway, check_text)
-        missing = [k for k in _RESULT_REQUIRED if k not in doc]
-        if missing:
-            raise Invalid("invalid_schema", f"the result lacks {', '.join(missing)}")
+        self._document(doc, RESULT_SCHEMA, _RESULT_KEYS, _RESULT_REQUIRED, "result", gateway, check_text)
         command = doc["command"]
         if command not in COMMANDS:
             raise Invalid("invalid_schema", f"command {show.repr(command)} is not one of "
@@ -220,13 +200,4 @@ class DocumentPoints:
 
 def _part(doc: dict[str, Any], name: str, keys: frozenset[str], required: tuple[str, ...]) -> dict[str, Any]:
     """The object ``doc[name]`` with its required keys and no unknown ones, or :class:`Invalid`."""
-    part = doc[name]
-    if not isinstance(part, dict):
-        raise Invalid("invalid_schema", f"{name} is not an object")
-    missing = [k for k in required if k not in part]
-    if missing:
-        raise Invalid("invalid_schema", f"{name} lacks {', '.join(missing)}")
-    extra = part.keys() - keys
-    if extra:
-        raise Invalid("invalid_schema", f"unknown keys in {name}: {', '.join(map(repr, sorted(extra)))}")
-    return part
+    return checked_object(doc[name], name, keys, required, "invalid_schema")

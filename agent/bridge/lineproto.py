@@ -120,75 +120,22 @@ import time
 from typing import Any
 
 from agent.bridge.document_points import DocumentPoints
-from agent.bridge.encoding import (
-    FIELD_KEY_MAX,
-    FIELDS_MAX,
-    STRING_FIELD_MAX,
-    TAG_VALUE_MAX,
-    escape_key,
-    escape_measurement,
-    escape_string_field,
-    escape_tag_value,
-    format_float,
-    valid_key,
-)
+from agent.bridge.encoding import FIELD_KEY_MAX, FIELDS_MAX, STRING_FIELD_MAX, TAG_VALUE_MAX, escape_key, \
+    escape_measurement, escape_string_field, escape_tag_value, format_float, valid_key
 from agent.bridge.reading_points import ReadingPoints
 from agent.bridge.registry import UNKNOWN_SITE, GatewayRegistry
-from agent.bridge.schema import (
-    COMMANDS,
-    DETAIL_MAX,
-    DOCUMENT_TOPICS,
-    GATEWAY_KINDS,
-    HELD_REASONS,
-    ID_RE,
-    KINDS,
-    LANES,
-    NODE_KINDS,
-    OUTCOMES,
-    READINGS_SCHEMA,
-    RESERVED_FIELDS,
-    RESULT_SCHEMA,
-    SHAPE_ERRORS,
-    SIREN_WHY,
-    STATE_SCHEMA,
-    STATUS_SCHEMA,
-    VIAS,
-    Converted,
-    Invalid,
-    Reject,
-    printable,
-)
+from agent.bridge.schema import COMMANDS, DETAIL_MAX, DOCUMENT_TOPICS, GATEWAY_KINDS, HELD_REASONS, ID_RE, KINDS, \
+    LANES, NODE_KINDS, OUTCOMES, READINGS_SCHEMA, RESERVED_FIELDS, RESULT_SCHEMA, SHAPE_ERRORS, SIREN_WHY, \
+    STATE_SCHEMA, STATUS_SCHEMA, VIAS, Converted, Invalid, Reject, printable
+from agent.gateway.clock import EPOCH_FLOOR_US
 
-__all__ = [
-    "COMMANDS",
-    "DETAIL_MAX",
-    "FIELDS_MAX",
-    "FIELD_KEY_MAX",
-    "GATEWAY_KINDS",
-    "HELD_REASONS",
-    "KINDS",
-    "LANES",
-    "NODE_KINDS",
-    "OUTCOMES",
-    "READINGS_SCHEMA",
-    "RESERVED_FIELDS",
-    "RESULT_SCHEMA",
-    "SIREN_WHY",
-    "STATE_SCHEMA",
-    "STATUS_SCHEMA",
-    "STRING_FIELD_MAX",
-    "TAG_VALUE_MAX",
-    "VIAS",
-    "Converted",
-    "Reject",
-    "Serializer",
-    "escape_key",
-    "escape_measurement",
-    "escape_string_field",
-    "escape_tag_value",
-    "format_float",
-    "valid_key",
-]
+# The serializer and the names its users import from here (the checks and the encoding live in the modules they
+# come from).
+__all__ = ["COMMANDS", "DETAIL_MAX", "FIELDS_MAX", "FIELD_KEY_MAX", "GATEWAY_KINDS", "HELD_REASONS", "KINDS", "LANES",
+           "NODE_KINDS", "OUTCOMES", "READINGS_SCHEMA", "RESERVED_FIELDS", "RESULT_SCHEMA", "SIREN_WHY",
+           "STATE_SCHEMA", "STATUS_SCHEMA", "STRING_FIELD_MAX", "TAG_VALUE_MAX", "VIAS", "Converted", "Reject",
+           "Serializer", "escape_key", "escape_measurement", "escape_string_field", "escape_tag_value",
+           "format_float", "valid_key"]
 
 #: The only way a lone surrogate gets into valid UTF-8 JSON: a \uD800-\uDFFF escape. Payloads without one (nearly
 #: all) skip the walk through every string.
@@ -298,3 +245,20 @@ class Serializer(ReadingPoints, DocumentPoints):
             out.notes.append(("site_mismatch", f"gateway {gateway} sent site {claimed!r}; the registry's site "
                               f"{info.site!r} is written"))
         return info.site
+
+    def _outside_window(self, ts: int, latest: int, *, unsynced: bool, clock: str | None = None) -> int:
+        """The time to write a reading or document at whose ``ts_us`` lies before 2020 or beyond ``latest`` (µs):
+        the bridge's own time for a gateway whose clock was never set (``unsynced``), else :class:`Invalid`.
+        ``clock``: a reading's clock state, named in the detail."""
+        if unsynced:
+            # A board that booted without a clock: writing its stamp would put the point decades away from where
+            # anybody looks (an SOS among them). The bridge's own clock is the best time there is for it.
+            return self._now_us()
+        said = f"clock {clock}" if clock else ""
+        if ts < EPOCH_FLOOR_US:
+            # A clock that claims to be right yet says 1970: a bug, not a time. The dead-letter store keeps it.
+            raise Invalid("timestamp_before_2020", f"ts_us {ts} is before 2020-01-01" + (f" ({said})" if said else ""))
+        # Written, it would be every dashboard's last() value until that day comes.
+        ahead_s = (ts - latest + self.max_future_us) / 1e6
+        raise Invalid("timestamp_in_future", f"ts_us {ts} is {ahead_s:.0f} s ahead of the bridge's clock "
+                      f"({said + '; ' if said else ''}at most {self.max_future_us / 1e6:.0f} s)")

@@ -14,33 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.bridge.encoding import (
-    CONTROL_RE,
-    FIELD_KEY_MAX,
-    FIELDS_MAX,
-    escape_key,
-    escape_string_field,
-    escape_tag_value,
-    valid_key,
-)
+from agent.bridge.encoding import CONTROL_RE, FIELD_KEY_MAX, FIELDS_MAX, escape_key, escape_string_field, \
+    escape_tag_value, valid_key
 from agent.bridge.registry import GatewayRegistry
-from agent.bridge.schema import (
-    GATEWAY_KINDS,
-    ID_RE,
-    KINDS,
-    LANES,
-    READINGS_SCHEMA,
-    RESERVED_FIELDS,
-    SHAPE_ERRORS,
-    Converted,
-    Invalid,
-    Reject,
-    is_int,
-    is_number,
-    lone_surrogate,
-    reading_json,
-    show,
-)
+from agent.bridge.schema import GATEWAY_KINDS, ID_RE, KINDS, LANES, READINGS_SCHEMA, RESERVED_FIELDS, SHAPE_ERRORS, \
+    Converted, Invalid, Reject, checked_object, is_int, is_number, lone_surrogate, reading_json, show
 from agent.gateway.clock import EPOCH_FLOOR_US
 
 __all__ = ["ReadingPoints"]
@@ -69,6 +47,7 @@ class ReadingPoints:
     _field_keys: dict[str, str]
 
     _site: Callable[[str, str | None, Converted], str]
+    _outside_window: Callable[..., int]
 
     def batch_of_one(self, topic: str, reading: bytes) -> bytes:
         """A readings batch holding one reading (a stored dead letter), as its gateway would have sent it on
@@ -197,7 +176,7 @@ class ReadingPoints:
         if clock not in ("synced", "unsynced", "corrected"):
             raise Invalid("invalid_reading", f"clock {show.repr(clock)} is not synced, unsynced or corrected")
         if ts < EPOCH_FLOOR_US or ts > latest:
-            ts = self._outside_window(ts, clock, latest)
+            ts = self._outside_window(ts, latest, unsynced=clock == "unsynced", clock=clock)
         name = r.get("name")
         if name is not None and not isinstance(name, str):
             raise Invalid("invalid_reading", "name is not text")
@@ -217,20 +196,6 @@ class ReadingPoints:
         if not isinstance(r["values"], dict):
             raise Invalid("invalid_reading", "values is not an object")
         return ts
-
-    def _outside_window(self, ts: int, clock: str, latest: int) -> int:
-        """The time to write a reading stamped before 2020 or beyond ``latest`` at, or :class:`Invalid`."""
-        if clock == "unsynced":
-            # A board that booted without a clock: writing its stamp would put the point decades away from where
-            # anybody looks (an SOS among them). The bridge's own clock is the best time there is for it.
-            return self._now_us()
-        if ts < EPOCH_FLOOR_US:
-            # A clock that claims to be right yet says 1970: a bug, not a time. The dead-letter store keeps it.
-            raise Invalid("timestamp_before_2020", f"ts_us {ts} is before 2020-01-01 (clock {clock})")
-        # Written, it would be every dashboard's last() value until that day comes.
-        ahead_s = (ts - latest + self.max_future_us) / 1e6
-        raise Invalid("timestamp_in_future", f"ts_us {ts} is {ahead_s:.0f} s ahead of the bridge's clock "
-                      f"(clock {clock}; at most {self.max_future_us / 1e6:.0f} s)")
 
     @staticmethod
     def _node_points(r: dict[str, Any], fields: list[str], tags: str, ts: int, out: Converted) -> None:
@@ -278,14 +243,7 @@ class ReadingPoints:
         return escape_key(key)
 
     def _alert(self, alert: Any, fields: list[str], site: str, gateway: str, name: str | None, ts: int) -> str:
-        if not isinstance(alert, dict):
-            raise Invalid("invalid_reading", "alert is not an object")
-        missing = [k for k in _ALERT_REQUIRED if k not in alert]
-        if missing:
-            raise Invalid("invalid_reading", f"alert lacks {', '.join(missing)}")
-        extra = alert.keys() - _ALERT_KEYS
-        if extra:
-            raise Invalid("invalid_reading", f"unknown keys in the alert: {', '.join(map(repr, sorted(extra)))}")
+        alert = checked_object(alert, "alert", _ALERT_KEYS, _ALERT_REQUIRED, "invalid_reading", where="the alert")
         atype, state, severity, node = alert["type"], alert["state"], alert["severity"], alert["node"]
         if not isinstance(atype, str) or not _ALERT_TYPE_RE.match(atype):
             raise Invalid("invalid_reading", f"alert type {show.repr(atype)} is not a type name")

@@ -12,35 +12,10 @@ import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = [
-    "COMMANDS",
-    "DETAIL_MAX",
-    "DOCUMENT_TOPICS",
-    "GATEWAY_KINDS",
-    "HELD_REASONS",
-    "ID_RE",
-    "KINDS",
-    "LANES",
-    "NODE_KINDS",
-    "OUTCOMES",
-    "READINGS_SCHEMA",
-    "RESERVED_FIELDS",
-    "RESULT_SCHEMA",
-    "SHAPE_ERRORS",
-    "SIREN_WHY",
-    "STATE_SCHEMA",
-    "STATUS_SCHEMA",
-    "VIAS",
-    "Converted",
-    "Invalid",
-    "Reject",
-    "is_int",
-    "is_number",
-    "lone_surrogate",
-    "printable",
-    "reading_json",
-    "show",
-]
+__all__ = ["COMMANDS", "DETAIL_MAX", "DOCUMENT_TOPICS", "GATEWAY_KINDS", "HELD_REASONS", "ID_RE", "KINDS", "LANES",
+           "NODE_KINDS", "OUTCOMES", "READINGS_SCHEMA", "RESERVED_FIELDS", "RESULT_SCHEMA", "SHAPE_ERRORS",
+           "SIREN_WHY", "STATE_SCHEMA", "STATUS_SCHEMA", "VIAS", "Converted", "Invalid", "Reject", "checked_object",
+           "is_int", "is_number", "lone_surrogate", "printable", "reading_json", "show"]
 
 READINGS_SCHEMA = "denen.readings/1"
 STATUS_SCHEMA = "denen.status/1"
@@ -191,3 +166,18 @@ def is_int(v: object) -> bool:
 
 def is_number(v: object) -> bool:
     return (type(v) is float or type(v) is int) and not isinstance(v, bool)
+
+
+def checked_object(obj: Any, what: str, keys: frozenset[str], required: tuple[str, ...], reason: str, *,
+                   where: str | None = None) -> dict[str, Any]:
+    """``obj`` as a JSON object with its ``required`` keys and no others than ``keys``, or :class:`Invalid`
+    (``reason``). ``what`` names it in the details; ``where`` in the unknown-keys one (default ``what``)."""
+    if not isinstance(obj, dict):
+        raise Invalid(reason, f"{what} is not an object")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise Invalid(reason, f"{what} lacks {', '.join(missing)}")
+    extra = obj.keys() - keys
+    if extra:
+        raise Invalid(reason, f"unknown keys in {where or what}: {', '.join(map(repr, sorted(extra)))}")
+    return obj

@@ -25,16 +25,7 @@ from agent.bridge import Bridge, DeadLetterStore, parse_bridge_config
 from agent.bridge import deadletter_cli as cli
 from agent.bridge.deadletter import DeadLetter
 from agent.dev.devbroker import Mosquitto
-from tests.bridge._helpers import (
-    T0_US,
-    Publisher,
-    batch,
-    bridge_config_text,
-    reading,
-    topic,
-    v1_sink,
-    wait_until,
-)
+from tests.bridge._helpers import T0_US, Publisher, batch, bridge_config_text, reading, topic, v1_sink, wait_until
 from tests.support.influx import InfluxDB1
 
 DB = "denen"

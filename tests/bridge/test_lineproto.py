@@ -754,7 +754,11 @@ def _state_with(**changes: object) -> dict:
     (json.dumps(_state_with(alerts=[{"message": LONE, "acknowledged_by": None}])).encode(), "invalid_text"),
 ])
 def test_a_state_document_that_is_not_the_schema_is_dead_lettered_whole(doc: bytes, reason: str) -> None:
-    conv = _state(doc, now_us=lambda: T0_US)
+    _assert_dead_lettered_whole(_state(doc, now_us=lambda: T0_US), doc, reason)
+
+
+def _assert_dead_lettered_whole(conv: Converted, doc: bytes, reason: str) -> None:
+    """The whole document is one dead letter (``reason``, its payload as sent) and nothing is written."""
     _assert_storable(conv)
     assert conv.lines == [] and conv.sources == []
     [rej] = conv.rejects
@@ -788,11 +792,7 @@ def test_a_state_document_that_is_not_the_schema_is_dead_lettered_whole(doc: byt
     (json.dumps(result_doc(results=[{"target": LONE, "outcome": "stopped"}])).encode(), "invalid_text"),
 ])
 def test_a_result_document_that_is_not_the_schema_is_dead_lettered_whole(doc: bytes, reason: str) -> None:
-    conv = _results(doc, now_us=lambda: T0_US)
-    _assert_storable(conv)
-    assert conv.lines == [] and conv.sources == []
-    [rej] = conv.rejects
-    assert (rej.reason, rej.kind, rej.content) == (reason, "payload", doc) and rej.detail
+    _assert_dead_lettered_whole(_results(doc, now_us=lambda: T0_US), doc, reason)
 
 
 def test_free_text_of_state_and_results_is_one_string_field_each() -> None:

@@ -14,6 +14,8 @@ __all__ = ["config_kind", "example", "json_schema", "schema", "schema_text", "va
 
 
 def validate(files: list[str]) -> int:
+    """``denen config validate FILE...``: each file checked by the schema of its kind (:func:`config_kind`); every
+    problem printed. Exit code 2 when any file fails."""
     from agent.config import load_config  # noqa: PLC0415
 
     failed = 0
@@ -84,6 +86,7 @@ def schema_text(kind: str) -> str:
 
 
 def schema(kind: str, output: str) -> int:
+    """``denen config schema [KIND] [-o PATH]``: the schema to stdout (``-``) or into ``output``."""
     text = schema_text(kind)
     if output == "-":
         sys.stdout.write(text)

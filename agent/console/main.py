@@ -173,16 +173,7 @@ def _command(cfg: Any, action: str, gateway: str, key: str | None, by: str, wait
                                                        user=cfg.mqtt.username or _("(anonymous)")),
                   file=sys.stderr)
             return 2
-        # The retained state says which raise this is, for the audit; a command is sent without it too.
-        state = states.wait_for(gateway, 2.0)
-        alert = state.alerts.get(key) if state is not None and key is not None else None
-        kind: str | None = None
-        node: str | None = None
-        if alert is not None:
-            kind, node = alert.type, alert.node or gateway
-        elif key is not None:
-            kind, _sep, node = key.partition(":")
-            node = node or gateway
+        alert, kind, node = _concerned(states, gateway, key)
         request_id = new_request_id()
         record = Action(action=action, gateway=gateway, by=by,
                         from_ip=f"cli:{getpass.getuser()}@{socket.gethostname()}", request_id=request_id,
@@ -194,17 +185,35 @@ def _command(cfg: Any, action: str, gateway: str, key: str | None, by: str, wait
         print(_("sent {command} to {gateway} (request {request}); waiting up to {seconds} s for the answer").format(
             command=item.command, gateway=gateway, request=request_id, seconds=f"{wait_s:g}"))
         finished.wait(wait_s + 5)
-        if item.result is None:
-            audit.record_result(record, "timeout")
-            print(_("no answer from {gateway} after {sends} sends in {seconds} s: the gateway is offline or does not "
-                    "get its commands; nothing is known to have changed").format(
-                      gateway=gateway, sends=item.sends, seconds=f"{wait_s:g}"), file=sys.stderr)
-            return 2
-        outcomes = [o for _target, o in item.result.results]
-        audit.record_result(record, ",".join(outcomes))
-        for target, outcome in item.result.results:
-            print(f"{gateway}: {target + ': ' if target else ''}{outcome}")
-        return 0 if outcomes and all(o in DONE_OUTCOMES for o in outcomes) else 1
+        return _answer(item, record, audit, gateway, wait_s)
     finally:
         link.stop()
         audit.stop()
+
+
+def _concerned(states: Any, gateway: str, key: str | None) -> tuple[Any, str | None, str | None]:
+    """(alert, type, node) a command on ``key`` concerns, for the audit: the retained state says which raise
+    this is; a command is sent without it too (alert None, type and node read from the key)."""
+    state = states.wait_for(gateway, 2.0)
+    alert = state.alerts.get(key) if state is not None and key is not None else None
+    if alert is not None:
+        return alert, alert.type, alert.node or gateway
+    if key is not None:
+        kind, _sep, node = key.partition(":")
+        return None, kind, node or gateway
+    return None, None, None
+
+
+def _answer(item: Any, record: Any, audit: Any, gateway: str, wait_s: float) -> int:
+    """The gateway's answer to a sent command, printed and audited; the exit code."""
+    if item.result is None:
+        audit.record_result(record, "timeout")
+        print(_("no answer from {gateway} after {sends} sends in {seconds} s: the gateway is offline or does not "
+                "get its commands; nothing is known to have changed").format(
+                  gateway=gateway, sends=item.sends, seconds=f"{wait_s:g}"), file=sys.stderr)
+        return 2
+    outcomes = [o for _target, o in item.result.results]
+    audit.record_result(record, ",".join(outcomes))
+    for target, outcome in item.result.results:
+        print(f"{gateway}: {target + ': ' if target else ''}{outcome}")
+    return 0 if outcomes and all(o in DONE_OUTCOMES for o in outcomes) else 1

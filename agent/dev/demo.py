@@ -120,7 +120,6 @@ def _run(work: Path, duration: float | None, done: threading.Event, started: lis
     """Start the broker, the simulators, the live view and the agent (each put on ``started`` as it comes up),
     then show the view until ``done`` or ``duration`` seconds."""
     from rich.console import Console  # noqa: PLC0415
-    from rich.live import Live  # noqa: PLC0415
 
     from agent.gateway import clock  # noqa: PLC0415
     from agent.config import load_config  # noqa: PLC0415
@@ -131,17 +130,7 @@ def _run(work: Path, duration: float | None, done: threading.Event, started: lis
 
     work.mkdir(parents=True, exist_ok=True)
     console = Console()
-    # The live view owns the terminal; the agent's log goes to a file the user can read afterwards.
-    log_file = work / "agent.log"
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    handler = logging.FileHandler(log_file)
-    started.append(("agent log", lambda: (root.removeHandler(handler), handler.close())))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-
+    log_file = _log_to_file(work / "agent.log", started)
     broker = Mosquitto(work / "broker")
     started.append(("broker", broker.stop))  # stop() also ends a broker whose start timed out
     broker.start()
@@ -172,6 +161,32 @@ def _run(work: Path, duration: float | None, done: threading.Event, started: lis
                   .format(broker=f"127.0.0.1:{broker.port}", log=log_file,
                           modules=", ".join(_("{name} at {path}").format(name=n, path=m.path)
                                             for n, m in scenario.modules.items())), markup=True, highlight=False)
+    _show(view, console, done, duration)
+    console.print(_("journal {path}: inspect with  denen status -j {journal}").format(
+        path=cfg.journal.path, journal=work / "journal.db"))
+    if view.state.readings == 0:
+        raise AgentError(_("no reading reached the broker; see {log}").format(log=log_file))
+    return 0
+
+
+def _log_to_file(log_file: Path, started: list[tuple[str, Any]]) -> Path:
+    """The agent's log into ``log_file`` instead of the terminal, which the live view owns; the user can read it
+    afterwards."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.FileHandler(log_file)
+    started.append(("agent log", lambda: (root.removeHandler(handler), handler.close())))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return log_file
+
+
+def _show(view: Any, console: Any, done: threading.Event, duration: float | None) -> None:
+    """The live view, redrawn twice a second, until ``done`` or ``duration`` seconds."""
+    from rich.live import Live  # noqa: PLC0415
+
     deadline = None if duration is None else time.monotonic() + duration
     with Live(view.render(), console=console, refresh_per_second=2, transient=False) as live:
         while not done.is_set():
@@ -179,8 +194,3 @@ def _run(work: Path, duration: float | None, done: threading.Event, started: lis
                 break
             done.wait(0.5)
             live.update(view.render())
-    console.print(_("journal {path}: inspect with  denen status -j {journal}").format(
-        path=cfg.journal.path, journal=work / "journal.db"))
-    if view.state.readings == 0:
-        raise AgentError(_("no reading reached the broker; see {log}").format(log=log_file))
-    return 0

@@ -9,6 +9,7 @@ import pytest
 
 from agent.dev.devbroker import Mosquitto
 from agent.errors import AgentError
+from tests.console._rig import FakeGateway
 from tests.support.influx import InfluxDB1, ServerMissing
 
 
@@ -26,3 +27,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosquitt
     yield broker, influx
     influx.stop()
     broker.stop()
+
+
+@pytest.fixture
+def gateways(servers: tuple[Mosquitto, InfluxDB1]) -> Iterator[list[FakeGateway]]:
+    """Fake gateways a test starts (it appends them); closed after the test, before the servers stop."""
+    made: list[FakeGateway] = []
+    yield made
+    for gw in made:
+        gw.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,14 +31,6 @@ def config(servers: tuple[Mosquitto, InfluxDB1], tmp_path_factory: pytest.TempPa
                         influx_url=influx.url, retry_s=0.5)
 
 
-@pytest.fixture
-def gateway(servers: tuple[Mosquitto, InfluxDB1]) -> Iterator[list[FakeGateway]]:
-    made: list[FakeGateway] = []
-    yield made
-    for gw in made:
-        gw.close()
-
-
 def test_link_prints_a_signed_url(config: Path) -> None:
     out = denen("ack", "link", "gw-a", "sos:00a1b2c3", "--ttl", "2h", "--to", "山田", "-c", str(config))
     assert out.returncode == 0, out.stderr
@@ -55,11 +46,11 @@ def test_link_prints_a_signed_url(config: Path) -> None:
     assert bad.returncode == 2 and "is not a duration" in bad.stderr
 
 
-def test_ack_waits_for_the_gateway_and_exits_by_its_answer(config: Path, gateway: list[FakeGateway],
+def test_ack_waits_for_the_gateway_and_exits_by_its_answer(config: Path, gateways: list[FakeGateway],
                                                            servers: tuple[Mosquitto, InfluxDB1]) -> None:
     broker, influx = servers
     gw = FakeGateway(broker.port, "gw-h", [sos_alert("00a00001")])
-    gateway.append(gw)
+    gateways.append(gw)
     out = denen("ack", "ack", "gw-h", "sos:00a00001", "--by", "当直 鈴木", "-c", str(config))
     assert out.returncode == 0, out.stderr
     assert "gw-h: sos:00a00001: stopped" in out.stdout
@@ -79,11 +70,11 @@ def test_ack_waits_for_the_gateway_and_exits_by_its_answer(config: Path, gateway
     assert nosiren.returncode == 1 and "not_sounding" in nosiren.stdout
 
 
-def test_no_answer_and_no_broker_exit_2(config: Path, gateway: list[FakeGateway],
+def test_no_answer_and_no_broker_exit_2(config: Path, gateways: list[FakeGateway],
                                         servers: tuple[Mosquitto, InfluxDB1], tmp_path: Path) -> None:
     broker, influx = servers
     mute = FakeGateway(broker.port, "gw-i", [], answer=lambda name, doc: False)
-    gateway.append(mute)
+    gateways.append(mute)
     out = denen("ack", "test-chirp", "gw-i", "--by", "installer", "--wait", "1.5s", "-c", str(config))
     assert out.returncode == 2 and "no answer from gw-i" in out.stderr and "Traceback" not in out.stderr
     assert len(mute.commands) >= 2  # sent again within the wait

@@ -50,14 +50,6 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     driver.quit()
 
 
-@pytest.fixture
-def gateways(servers: tuple[Mosquitto, InfluxDB1]) -> Iterator[list[FakeGateway]]:
-    made: list[FakeGateway] = []
-    yield made
-    for gw in made:
-        gw.close()
-
-
 def start_gateway(console: ConsoleService, gateways: list[FakeGateway], gateway: str, alerts: list[dict[str, Any]],
                   **kw: Any) -> FakeGateway:
     broker_port = console.config.mqtt.port

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,18 @@ def start_demo(work: Path, *args: str) -> subprocess.Popen[str]:
                             env={**os.environ, "COLUMNS": "120"})
 
 
+@contextmanager
+def demo_running(work: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A started demo; killed on the way out if it has not ended by then (a failed test leaves nothing behind)."""
+    proc = start_demo(work, *args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def wait_for_broker(work: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
     """Until the demo's Mosquitto runs (its config in the work folder is on its command line)."""
     deadline = time.monotonic() + timeout
@@ -51,18 +65,13 @@ def wait_for_broker(work: Path, proc: subprocess.Popen[str], timeout: float = 60
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_while_running_stops_the_broker_and_simulators(tmp_path: Path, sig: signal.Signals) -> None:
     work = tmp_path / "demo"
-    proc = start_demo(work)
-    try:
+    with demo_running(work) as proc:
         wait_for_broker(work, proc)
         deadline = time.monotonic() + 60
         while "readings" not in (work / "agent.log").read_text(errors="replace") and time.monotonic() < deadline:
             time.sleep(0.2)  # until the agent runs and logs
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert "Traceback" not in err, err
     assert processes_mentioning(str(work)) == []
     assert not any(os.path.exists(work / "sim" / name) and os.path.islink(work / "sim" / name)
@@ -71,15 +80,10 @@ def test_a_signal_while_running_stops_the_broker_and_simulators(tmp_path: Path, 
 
 def test_a_signal_while_starting_stops_the_broker(tmp_path: Path) -> None:
     work = tmp_path / "demo"
-    proc = start_demo(work)
-    try:
+    with demo_running(work) as proc:
         wait_for_broker(work, proc)  # the broker is up; the simulators and the agent are still starting
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert "Traceback" not in err, err
     assert proc.returncode in (0, 130)
     assert processes_mentioning(str(work)) == []

@@ -46,7 +46,6 @@ else.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -59,9 +58,8 @@ import pytest
 from agent.dev.devbroker import Mosquitto
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
-from drivers.sim.rak3172 import SimRak3172
-from tests.support.fault_rig import (AgentProcess, denen_status_json, gateway_config, journal_status, last_fcnt,
-                                     readings_collector, readings_in, sized, wait_until, write_gateway)
+from tests.support.fault_rig import (AgentProcess, WireRecorder, denen_status_json, gateway_config, journal_status,
+                                     last_fcnt, readings_collector, readings_in, sized, wait_until, write_gateway)
 from tests.support.field import default_values, node_key, start_sim, wait_configured
 from tests.support.gateway_config import NodeEntry
 
@@ -277,30 +275,6 @@ def _build(node: Node, fcnt: int, values: dict[str, float], key: bytes | None) -
     return nodeframe.build(node.node_id, fcnt, kinds.KIND_CODES[node.kind], body, key=key)
 
 
-class PayloadRecorder:
-    """Every frame the simulated module really wrote into the pty, in order (as ``fault_rig.WireRecorder``, but the
-    whole payload: forged and genuine frames share (node, fcnt))."""
-
-    def __init__(self, sim: SimRak3172) -> None:
-        self.payloads: list[bytes] = []
-        self._lock = threading.Lock()
-        port = sim.port
-        original = port.write
-
-        def write(data: bytes) -> None:
-            original(data)
-            with self._lock:
-                for line in data.split(b"\r\n"):
-                    if line.startswith(b"+EVT:RXP2P:") and line.count(b":") == 4:
-                        self.payloads.append(bytes.fromhex(line.rsplit(b":", 1)[1].decode()))
-
-        port.write = write  # type: ignore[method-assign]
-
-    def snapshot(self) -> list[bytes]:
-        with self._lock:
-            return list(self.payloads)
-
-
 def _handled(journal: Path) -> int:
     """Frames the agent has journaled or quarantined (``frames.ok`` plus every ``frames.<reason>``)."""
     c = journal_status(journal)["counters"]
@@ -312,7 +286,7 @@ def test_forged_replayed_and_rolled_back_frames_are_rejected_and_counted_and_the
     nodes = _nodes()
     traffic = Traffic(nodes, random.Random(rng.random()))
     sim = start_sim(tmp_path, rng_seed=rng.random())
-    wire = PayloadRecorder(sim)
+    wire = WireRecorder(sim)
     journal = tmp_path / "journal.db"
     cfg = write_gateway(tmp_path, sim=sim, broker=broker, journal=journal, config=_config, nodes=nodes)
     col = readings_collector(broker, "forgery-collector")
@@ -390,7 +364,7 @@ def test_forged_replayed_and_rolled_back_frames_are_rejected_and_counted_and_the
                 else:
                     inject(traffic.forged(kind))
         settle()
-        assert wait_until(lambda: len(wire.snapshot()) >= len(sent), 5)
+        assert wait_until(lambda: len(wire) >= len(sent), 5)
         accepted = [s for s in sent if s.reason is None]
         expected_keys = {(s.node, s.fcnt) for s in accepted}
         assert col.wait_for(lambda m: expected_keys <= {(r["node"], r["fcnt"]) for _, r in readings_in(m)}, 30), \
@@ -406,7 +380,7 @@ def test_forged_replayed_and_rolled_back_frames_are_rejected_and_counted_and_the
 
     # Every frame made went out on the wire, in order: the expected reasons were fixed in the order the agent
     # handled the frames.
-    assert wire.snapshot() == [s.payload for s in sent], "the module did not write every frame, in order"
+    assert wire.payloads_snapshot() == [s.payload for s in sent], "the module did not write every frame, in order"
     assert "Traceback" not in agent.full_log(), agent.full_log()[-3000:]
 
     # The subscriber: each accepted frame exactly once, with its values and auth; nothing else from the nodes.

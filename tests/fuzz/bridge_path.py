@@ -58,7 +58,7 @@ from agent.bridge import Bridge, DeadLetterStore, parse_bridge_config
 from agent.bridge.errors import BridgeError
 from agent.bridge.lineproto import COMMANDS, OUTCOMES, Serializer
 from agent.dev.devbroker import Mosquitto
-from tests.fuzz.mutate import mutate_bytes, small
+from tests.fuzz.mutate import mutate_bytes, shrink, small
 from tests.fuzz.targets import MEASUREMENTS, mutate_tree
 from tests.support.influx import InfluxDB1, VictoriaMetrics
 
@@ -1144,16 +1144,11 @@ def minimize(msg: Message, fails: Callable[[Message], bool], *, budget_s: float 
         compact = Message(best.topic, json.dumps(doc, separators=(",", ":")).encode(), best.label)
         if len(compact.payload) <= len(best.payload) and fails(compact):
             best = compact
-        improved = True
-        while improved and time.monotonic() < deadline:
-            improved = False
-            for smaller in _shrink_tree(doc):
-                if time.monotonic() > deadline:
-                    break
-                cand = Message(best.topic, json.dumps(smaller, separators=(",", ":")).encode(), best.label)
-                if len(cand.payload) < len(best.payload) and fails(cand):
-                    best, doc, improved = cand, smaller, True
-                    break
+        def as_message(d: Any) -> Message:
+            return Message(best.topic, json.dumps(d, separators=(",", ":")).encode(), best.label)
+
+        _, best = shrink((doc, best), lambda cur: ((d, as_message(d)) for d in _shrink_tree(cur[0])),
+                         lambda cand, cur: len(cand[1].payload) < len(cur[1].payload) and fails(cand[1]), deadline)
         return best
     improved = True
     while improved and time.monotonic() < deadline:

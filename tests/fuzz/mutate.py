@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 __all__ = [
     "INTERESTING_BYTES",
@@ -17,8 +19,11 @@ __all__ = [
     "mutate_bytes",
     "mutate_text",
     "random_bytes",
+    "shrink",
     "small",
 ]
+
+T = TypeVar("T")
 
 #: Bytes that sit on boundaries: NUL, sign bits, all-ones, the terminators and separators of the AT protocols.
 INTERESTING_BYTES = (0x00, 0x01, 0x02, 0x06, 0x0A, 0x0D, 0x20, 0x2C, 0x3A, 0x7F, 0x80, 0xFE, 0xFF)
@@ -206,3 +211,21 @@ def chunk(rng: random.Random, data: bytes) -> list[bytes]:
         prev = c
     pieces.append(data[prev:])
     return [p for p in pieces if p] or [data]
+
+
+def shrink(start: T, smaller: Callable[[T], Iterable[T]], keeps: Callable[[T, T], bool], deadline: float) -> T:
+    """Greedy minimisation of a failing input: the first candidate of ``smaller(best)`` that ``keeps(candidate,
+    best)`` accepts becomes the best, and again, until no candidate is accepted or ``time.monotonic()`` passes
+    ``deadline``."""
+    best = start
+    improved = True
+    while improved and time.monotonic() < deadline:
+        improved = False
+        for candidate in smaller(best):
+            if time.monotonic() > deadline:
+                break
+            if keeps(candidate, best):
+                best = candidate
+                improved = True
+                break
+    return best

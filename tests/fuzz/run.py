@@ -52,6 +52,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from tests.fuzz.known import known_issue
+from tests.fuzz.mutate import shrink
 from tests.fuzz.targets import TARGETS, Target, Violation, regenerate, run_one, seeded
 
 __all__ = ["Failure", "Report", "TargetStats", "main", "run", "run_unit"]
@@ -533,22 +534,13 @@ def _size(value: Any) -> int:
 
 def minimize(target: Target, data: Any, signature: str, *, budget_s: float = 5.0, hang_s: float = 2.0) -> Any:
     """Greedily shrink ``data`` while the target still fails with ``signature``."""
-    deadline = time.monotonic() + budget_s
-    best = data
-    improved = True
-    while improved and time.monotonic() < deadline:
-        improved = False
-        for candidate in _smaller(best):
-            if time.monotonic() > deadline:
-                break
-            if _size(candidate) >= _size(best):
-                continue
-            kind, result, _ = execute_checked(target, candidate, hang_s)
-            if kind in ("crash", "violation") and signature_of(kind, result) == signature:
-                best = candidate
-                improved = True
-                break
-    return best
+    def still_fails(candidate: Any, best: Any) -> bool:
+        if _size(candidate) >= _size(best):
+            return False
+        kind, result, _ = execute_checked(target, candidate, hang_s)
+        return kind in ("crash", "violation") and signature_of(kind, result) == signature
+
+    return shrink(data, _smaller, still_fails, time.monotonic() + budget_s)
 
 
 def minimize_report(report: Report, *, budget_s: float = 5.0, limit: int = 40) -> None:

@@ -526,6 +526,25 @@ class FakeLink:
         self.incidents.append((kind, detail))
 
 
+def _fed_in_reads(driver: tuple[Any, FakeLink], chunks: Sequence[bytes], *, hex_text: bool) -> tuple[bytes, FakeLink]:
+    """``chunks`` fed to a fresh ``(driver, link)`` one read each (stamped ``T0_US + i`` µs), its uplinks checked
+    against the whole stream; the stream and the link."""
+    d, link = driver
+    for i, c in enumerate(chunks):
+        d.feed(c, T0_US + i)
+    stream = b"".join(chunks)
+    _check_uplinks(link, stream, range(T0_US, T0_US + len(chunks)), hex_text=hex_text)
+    return stream, link
+
+
+def _check_one_read_gives_the_same(driver: tuple[Any, FakeLink], stream: bytes, link: FakeLink) -> None:
+    """The whole ``stream`` in one read to a fresh ``(driver, link)`` gives what ``link`` got in several."""
+    whole, link2 = driver
+    whole.feed(stream, T0_US)
+    check(_signature(link) == _signature(link2),
+          f"uplinks depend on the read boundaries: {_signature(link)} vs {_signature(link2)} in one read")
+
+
 def _check_uplinks(link: FakeLink, stream: bytes, stamps: range, *, hex_text: bool) -> None:
     upper = stream.upper()
     for u in link.uplinks:
@@ -651,15 +670,8 @@ class Rak3172Target(Target):
 
     def execute(self, data: tuple[str, tuple[bytes, ...]]) -> Outcome:
         variant, chunks = data
-        d, link = self._driver(variant)
-        for i, c in enumerate(chunks):
-            d.feed(c, T0_US + i)
-        stream = b"".join(chunks)
-        _check_uplinks(link, stream, range(T0_US, T0_US + len(chunks)), hex_text=True)
-        whole, link2 = self._driver(variant)
-        whole.feed(stream, T0_US)
-        check(_signature(link) == _signature(link2),
-              f"uplinks depend on the read boundaries: {_signature(link)} vs {_signature(link2)} in one read")
+        stream, link = _fed_in_reads(self._driver(variant), chunks, hex_text=True)
+        _check_one_read_gives_the_same(self._driver(variant), stream, link)
         lines = [ln for ln in re.split(rb"[\r\n]", stream)[:-1] if len(ln) <= DEFAULT_MAX_LINE]
         rx_lines = [ln for ln in lines if ln.startswith(b"+EVT:RXP2P:")]
         if variant != "syncing":  # while syncing, garbage is boot noise and deliberately not reported
@@ -776,21 +788,14 @@ class Es920lrTarget(Target):
 
     def execute(self, data: tuple[str, tuple[bytes, ...]]) -> Outcome:
         variant, chunks = data
-        d, link = self._driver(variant)
-        for i, c in enumerate(chunks):
-            d.feed(c, T0_US + i)
-        stream = b"".join(chunks)
-        _check_uplinks(link, stream, range(T0_US, T0_US + len(chunks)), hex_text=variant != "ascii_raw")
+        stream, link = _fed_in_reads(self._driver(variant), chunks, hex_text=variant != "ascii_raw")
         if variant == "binary":
             # Not compared across read boundaries: after noise, the binary framing resynchronises heuristically
             # (a length byte whose frame has not fully arrived waits for more bytes unless a complete frame follows
             # it), so about 0.2 % of noisy streams deliver a frame at a different read, or hold it until the next
             # bytes arrive. Every payload delivered is still checked above to come from the input.
             return _outcome(link)
-        whole, link2 = self._driver(variant)
-        whole.feed(stream, T0_US)
-        check(_signature(link) == _signature(link2),
-              f"uplinks depend on the read boundaries: {_signature(link)} vs {_signature(link2)} in one read")
+        _check_one_read_gives_the_same(self._driver(variant), stream, link)
         data_lines = 0
         for line in stream.split(b"\r\n")[:-1]:
             stripped = line.lstrip(_ES_NOISE)

@@ -255,16 +255,18 @@ class WireRecorder:
 
     def __init__(self, sim: SimRak3172) -> None:
         self.keys: list[Key] = []
+        self.payloads: list[bytes] = []  # the whole frames, for tests whose frames share (node, fcnt): forgeries
         self._lock = threading.Lock()
         port = sim.port
         original = port.write
 
         def write(data: bytes) -> None:
             original(data)
-            found = _RX_LINE.findall(data)
+            found = [bytes.fromhex(h.decode()) for h in _RX_LINE.findall(data)]
             if found:
                 with self._lock:
-                    self.keys.extend(frame_key(bytes.fromhex(h.decode())) for h in found)
+                    self.payloads.extend(found)
+                    self.keys.extend(frame_key(p) for p in found)
 
         port.write = write  # type: ignore[method-assign]
 
@@ -275,6 +277,10 @@ class WireRecorder:
     def snapshot(self) -> list[Key]:
         with self._lock:
             return list(self.keys)
+
+    def payloads_snapshot(self) -> list[bytes]:
+        with self._lock:
+            return list(self.payloads)
 
 
 class LineRecorder:

@@ -24,12 +24,20 @@ from typing import Any
 
 from agent.gateway import clock
 from agent.gateway.edge_commands import (
-    CMD_MAX_BYTES, CMD_MAX_NESTING, CMD_MAX_TARGETS, COMMANDS, RESULT_SCHEMA, CommandRequest, InvalidCommand,
-    alert_targets, read_command, silence_key,
+    CMD_MAX_BYTES,
+    CMD_MAX_NESTING,
+    CMD_MAX_TARGETS,
+    COMMANDS,
+    RESULT_SCHEMA,
+    CommandRequest,
+    InvalidCommand,
+    alert_targets,
+    read_command,
+    silence_key,
 )
 from agent.gateway.reading import ALARM, Entry, own_reading
-from agent.ratelog import RateLimitedLog
 from agent.gateway.readings import FrameDecoder
+from agent.ratelog import RateLimitedLog
 from agent.rules import Alert, AlertTracker, RuleEngine, RulesConfig, node_infos
 
 __all__ = ["CMD_MAX_BYTES", "CMD_MAX_NESTING", "CMD_MAX_TARGETS", "COMMANDS", "RESULT_SCHEMA", "STATE_SCHEMA", "Edge"]

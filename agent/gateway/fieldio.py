@@ -52,7 +52,12 @@ from typing import TYPE_CHECKING, Any, Final
 from agent.errors import AgentError
 from agent.gateway import fieldio_config
 from agent.gateway.fieldio_config import (
-    GpioConfig, InputPin, OutputPin, RainGauge, SirenOutput, StatusLamp,
+    GpioConfig,
+    InputPin,
+    OutputPin,
+    RainGauge,
+    SirenOutput,
+    StatusLamp,
 )
 
 if TYPE_CHECKING:

@@ -39,7 +39,15 @@ from typing import Any, TypeVar
 from agent.errors import JournalError
 from agent.gateway.journal_recovery import salvage, set_aside
 from agent.gateway.journal_schema import PAGE_SIZE, SCHEMA_VERSION, configure, upgrade  # noqa: F401 - public here
-from agent.gateway.reading import EVICTABLE, LANES, READING_JSON, SOS, Entry, NodeState, Quarantined
+from agent.gateway.reading import (
+    EVICTABLE,
+    LANES,
+    READING_JSON,
+    SOS,
+    Entry,
+    NodeState,
+    Quarantined,
+)
 from agent.securefile import PrivateFileError, check_no_links, prepare_private_file
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.gateway import clock
 from agent.config import Config
+from agent.gateway import clock
 from agent.gateway.reading import (
-    ALARM, LANES, READING_JSON, SOS, TELEMETRY, Entry, NodeState, Quarantined, reading_body, reading_entry,
+    ALARM,
+    LANES,
+    READING_JSON,
+    SOS,
+    TELEMETRY,
+    Entry,
+    NodeState,
+    Quarantined,
+    reading_body,
+    reading_entry,
 )
 from agent.ratelog import RateLimitedLog
 from drivers.codec import frame as nodeframe

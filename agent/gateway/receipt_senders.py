@@ -10,7 +10,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from agent.gateway.receipts import AirtimeBudget, ReceiptError, ReceiptSender, ReceiptsConfig, build_receipt_sender
+from agent.gateway.receipts import (
+    AirtimeBudget,
+    ReceiptError,
+    ReceiptsConfig,
+    ReceiptSender,
+    build_receipt_sender,
+)
 
 log = logging.getLogger("agent.gateway.edge")  # the edge's log: these are its receipts
 

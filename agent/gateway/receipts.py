@@ -50,8 +50,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.gateway.receipt_airtime import HOUR_S, AirtimeBudget, ReceiptError, ReceiptRefused, ReceiptsConfig
-from agent.gateway.receipt_state import SNAPSHOT_SCHEMA, Snapshot, boot_clock, parse_snapshot
+from agent.gateway.receipt_airtime import (
+    HOUR_S,
+    AirtimeBudget,
+    ReceiptError,
+    ReceiptRefused,
+    ReceiptsConfig,
+)
+from agent.gateway.receipt_state import (
+    SNAPSHOT_SCHEMA,
+    Snapshot,
+    boot_clock,
+    parse_snapshot,
+)
 from agent.ratelog import RateLimitedLog
 from drivers.airtime import channel_rules, time_on_air_ms
 from drivers.codec.frame import build_receipt

@@ -14,9 +14,16 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from gpiozero.threads import GPIOThread
 from pydantic import BaseModel, ValidationError
 
-import agent.gateway.fieldio_config as fieldio_config
 from agent.errors import AgentError
-from agent.gateway.fieldio import FieldIO, GpioConfig, GpioError, GpioPinError, GpioUnavailable, RainGauge
+from agent.gateway import fieldio_config
+from agent.gateway.fieldio import (
+    FieldIO,
+    GpioConfig,
+    GpioError,
+    GpioPinError,
+    GpioUnavailable,
+    RainGauge,
+)
 
 LAMP, SIREN, BUTTON, GAUGE = 17, 22, 27, 5
 

@@ -21,7 +21,14 @@ from hypothesis import strategies as st
 
 from agent.config import parse_config
 from agent.gateway import clock
-from agent.gateway.reading import ALARM, DIAGNOSTICS, TELEMETRY, NodeState, own_reading, reading_body
+from agent.gateway.reading import (
+    ALARM,
+    DIAGNOSTICS,
+    TELEMETRY,
+    NodeState,
+    own_reading,
+    reading_body,
+)
 from agent.gateway.readings import FrameDecoder
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds

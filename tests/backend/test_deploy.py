@@ -8,7 +8,7 @@
   file from them and mosquitto/acl, and prints each gateway's config lines; a second run changes nothing, -R
   rotates, -b adds bridge logins, -X revokes a gateway.
 * The real Mosquitto, run with deploy/backend/mosquitto/mosquitto.conf (paths and port adapted to a temp folder:
-  tests/security/shipped_broker.py), speaks TLS with that certificate, takes the logins, and applies the rules:
+  tests/support/shipped_broker.py), speaks TLS with that certificate, takes the logins, and applies the rules:
   gateway A may publish under denen/v1/gw-a/, a publish into gateway B's tree gets PUBACK reason code 135, and the
   bridge reads everything through its shared subscription. The attacks of a stolen gateway login are in
   tests/security/test_broker_identity.py.

@@ -1,7 +1,7 @@
 """A stolen gateway login against the broker as deploy/backend ships it: identity bound to the login, ACLs, limits.
 
 Every test runs the shipped mosquitto.conf with the dynamic-security file and certificates that the shipped
-make-credentials.sh made (paths, port and ``user root`` rewritten only: tests/security/shipped_broker.py), over TLS,
+make-credentials.sh made (paths, port and ``user root`` rewritten only: tests/support/shipped_broker.py), over TLS,
 and plays one attack with one valid gateway login. Each also runs the same attack against a broker without the
 defence under test (its control) and checks that there the attack works: the test can tell the difference.
 

@@ -6,7 +6,7 @@ The console (acknowledgement page, ``denen ack``) may publish exactly ``denen/v1
 ``denen/v1/+/results``: nothing else. A gateway may publish its own state and results, and no command to anyone.
 
 Every test runs the shipped mosquitto.conf with the dynamic-security file, logins and certificates the shipped
-make-credentials.sh made (tests/security/shipped_broker.py), over TLS, and reads the MQTT v5 reason codes: 0 (granted,
+make-credentials.sh made (tests/support/shipped_broker.py), over TLS, and reads the MQTT v5 reason codes: 0 (granted,
 delivered), 1 (subscription granted at QoS 1), 135 (not authorized). Deliveries are checked at the receiving end: a
 command reaches the gateway it names, a state reaches the console and the bridges' group. The control runs the same
 probes against a console role with a wider rule, and there they pass: the probes can tell the difference.

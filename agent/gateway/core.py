@@ -33,15 +33,37 @@ from agent.errors import JournalError
 from agent.gateway import clock, health
 from agent.gateway.clockwatch import ClockWatch
 from agent.gateway.edge import Edge
-from agent.gateway.events import (Ack, ButtonPressed, Command, Connected, Disconnected, Event, Incident, Publisher,
-                                  Uplinks, Wake)
-from agent.gateway.intake import decode_chunk
+from agent.gateway.events import (
+    Ack,
+    ButtonPressed,
+    Command,
+    Connected,
+    Disconnected,
+    Event,
+    Incident,
+    Publisher,
+    Uplinks,
+    Wake,
+)
 from agent.gateway.inmemory import CommitWindow, bounded
-from agent.gateway.journal import QUARANTINE_KEEP, Audit, JournalCorrupt, open_or_recover
+from agent.gateway.intake import decode_chunk
+from agent.gateway.journal import (
+    QUARANTINE_KEEP,
+    Audit,
+    JournalCorrupt,
+    open_or_recover,
+)
 from agent.gateway.operator_requests import take_requests
 from agent.gateway.outbox import Outbox, batch_room, fit_batch  # noqa: F401 - tests/security imports the two here
 from agent.gateway.publisher import MqttLink
-from agent.gateway.reading import DIAGNOSTICS, SOS, TELEMETRY, Entry, Quarantined, own_reading
+from agent.gateway.reading import (
+    DIAGNOSTICS,
+    SOS,
+    TELEMETRY,
+    Entry,
+    Quarantined,
+    own_reading,
+)
 from agent.gateway.readings import FrameDecoder
 from agent.gateway.statedoc import StateDocument
 from agent.ratelog import RateLimitedLog
@@ -102,7 +124,7 @@ class Gateway:
         # One sequence for every reading the gateway itself makes (health reports, alerts): their identity.
         self._gateway_seq = int(meta.get("gateway_seq", meta.get("health_seq", "0")))
         self.edge = Edge(config, self.decoder, next_seq=self._next_gateway_seq, count=self._count,
-                         post=self._post_from_edge, meta=meta)
+                         post=self.inbox.put, meta=meta)
         self.edge.attach_radios(self.radios)
         self.outbox = Outbox(config, self.link, self.journal, count=self._count,
                              on_sos_acked=lambda sos: self._edge_call(self.edge.on_sos_acked, sos))
@@ -153,11 +175,6 @@ class Gateway:
     def wake(self) -> None:
         """Make the core look again at once (any thread; e.g. on SIGUSR1)."""
         self.inbox.put(Wake())
-
-    def _post_from_edge(self, event: Any) -> None:
-        """What the edge logic posts: the installer's button (``("test_button",)``), else a wake-up (receipts)."""
-        pressed = isinstance(event, ButtonPressed) or event == ("test_button",)
-        self.inbox.put(ButtonPressed() if pressed else Wake())
 
     def _next_gateway_seq(self) -> int:
         self._gateway_seq += 1

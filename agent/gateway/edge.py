@@ -35,6 +35,7 @@ from agent.gateway.edge_commands import (
     read_command,
     silence_key,
 )
+from agent.gateway.events import ButtonPressed, Event, Wake
 from agent.gateway.reading import ALARM, Entry, own_reading
 from agent.gateway.readings import FrameDecoder
 from agent.ratelog import RateLimitedLog
@@ -66,7 +67,7 @@ class Edge:
     """
 
     def __init__(self, config: Any, decoder: FrameDecoder, *, next_seq: Callable[[], int],
-                 count: Callable[..., None], post: Callable[[tuple], None], meta: dict[str, str]) -> None:
+                 count: Callable[..., None], post: Callable[[Event], None], meta: dict[str, str]) -> None:
         self.config = config
         self.gateway_id = config.gateway.id
         self.decoder = decoder
@@ -121,7 +122,7 @@ class Edge:
         from agent.gateway.fieldio import FieldIO, GpioError  # noqa: PLC0415 - gpiozero only when GPIO is configured
 
         try:
-            return FieldIO(gpio, on_test_button=lambda: self._post(("test_button",)))
+            return FieldIO(gpio, on_test_button=lambda: self._post(ButtonPressed()))
         except GpioError as exc:
             # The gateway still forwards readings without its lamp and siren; doctor explains the fix.
             self._count("gpio.unavailable")
@@ -566,6 +567,6 @@ class Edge:
                     waits.append(w)
             # The airtime used and the queue may have changed: the core saves them with its next commit.
             self._receipts_dirty = True
-            self._post(("receipts",))
+            self._post(Wake())
             self._receipt_wake.wait(min(waits) if waits else None)
             self._receipt_wake.clear()

@@ -20,11 +20,10 @@ import pytest
 from agent.dev.devbroker import Mosquitto
 from tests.support.broker import Collector
 from tests.support.field import wait_until
+from tests.support.gateway_config import mock_gpio, river, rules_yaml
 from tests.support.scenario_rig import (
     GATEWAY,
-    LAMP_PIN,
     PREFIX,
-    SIREN_PIN,
     WAIT_S,
     ScenarioNode,
     ScenarioRig,
@@ -35,21 +34,8 @@ pytestmark = pytest.mark.broker
 
 REPEAT_S = 2.0
 KEY = "river_stage:00000301"
-RULES = f"""\
-  rivers:
-    - node: "00000301"
-      stages_cm: {{standby: 100, caution: 150, evacuation: 250, danger: 300}}
-  repeat_s: {REPEAT_S}
-  silence_kinds: []
-"""
-GPIO = f"""\
-  pin_factory: mock
-  status_lamp:
-    pin: {LAMP_PIN}
-  siren:
-    pin: {SIREN_PIN}
-    off_s: 0
-"""
+RULES = rules_yaml(river("00000301"), repeat_s=REPEAT_S, silence_kinds=[])
+GPIO = mock_gpio()
 
 
 @pytest.fixture

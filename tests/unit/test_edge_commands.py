@@ -27,32 +27,16 @@ from agent.gateway.core import Gateway
 from agent.gateway.events import Command
 from agent.gateway.readings import FrameDecoder
 from tests.support.publisher import FakePublisher
-from tests.support.scenario_rig import GATEWAY, LAMP_PIN, PREFIX, SIREN_PIN, ScenarioNode, gateway_yaml
+from tests.support.gateway_config import SIREN_PIN, mock_gpio, river, rules_yaml
+from tests.support.scenario_rig import GATEWAY, PREFIX, ScenarioNode, gateway_yaml
 
 T0 = 1_764_000_000_000_000  # µs since the epoch
 S = 1_000_000
 RIVER = ScenarioNode(0x301, "water_level", "river-kawa")
 SOS = ScenarioNode(0x101, "sos", "sos-1")
-RULES = """\
-  rivers:
-    - node: "00000301"
-      stages_cm: {standby: 100, caution: 150, evacuation: 250, danger: 300}
-  repeat_s: 60
-  silence_kinds: []
-"""
-GPIO = f"""\
-  pin_factory: mock
-  status_lamp:
-    pin: {LAMP_PIN}
-  siren:
-    pin: {SIREN_PIN}
-    off_s: 0
-"""
-LAMP_ONLY = f"""\
-  pin_factory: mock
-  status_lamp:
-    pin: {LAMP_PIN}
-"""
+RULES = rules_yaml(river("00000301"), repeat_s=60, silence_kinds=[])
+GPIO = mock_gpio()
+LAMP_ONLY = mock_gpio(siren=False)
 RIVER_KEY = "river_stage:00000301"
 OUTCOMES = {
     "alert-ack": {"stopped", "already_acknowledged", "not_active", "invalid"},

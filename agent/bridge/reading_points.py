@@ -26,7 +26,8 @@ __all__ = ["ReadingPoints"]
 _NODE_RE = re.compile(r"(?:[0-9a-f]{8}|gateway)\Z")
 _BATCH_KEYS = frozenset({"schema", "gateway", "site", "lane", "sent_us", "readings"})
 _READING_REQUIRED = ("id", "node", "fcnt", "kind", "lane", "ts_us", "clock", "values")
-_READING_KEYS = frozenset(_READING_REQUIRED) | {"name", "radio", "rssi", "snr", "auth", "receipt", "alert"}
+_READING_REQUIRED_SET = frozenset(_READING_REQUIRED)
+_READING_KEYS = _READING_REQUIRED_SET | {"name", "radio", "rssi", "snr", "auth", "receipt", "alert"}
 _ALERT_REQUIRED = ("id", "key", "type", "state", "severity", "node", "name", "message")
 _ALERT_KEYS = frozenset(_ALERT_REQUIRED) | {"unit", "reading"}
 #: Alert types are tags, so they must stay few; a new type of a newer gateway still fits this pattern.
@@ -105,11 +106,11 @@ class ReadingPoints:
                 out.rejects.append(Reject(exc.reason, exc.detail, reading_json(reading), "reading", rid))
 
     def _reading(self, r: Any, site: str, gateway: str, out: Converted, latest: int) -> None:
-        ts = self._checked(r, gateway, latest)
-        node, kind, rid = r["node"], r["kind"], r["id"]
+        ts, node, kind, rid, name, clock, rssi, snr, auth = self._checked(r, gateway, latest)
+        values = r["values"]
         fields: list[str] = []
         keys = self._field_keys
-        for key, v in r["values"].items():
+        for key, v in values.items():
             if type(v) is not float:
                 if v is True or v is False:
                     v = 1.0 if v else 0.0
@@ -123,37 +124,56 @@ class ReadingPoints:
             if ek is None:
                 ek = keys[key] = self._field_key(key)
             fields.append(f"{ek}={v!r}")
-
+        lines, sources = out.lines, out.sources
         if kind == "gateway_health":
             if not fields:
                 raise Invalid("invalid_reading", "gateway_health reading without values")
-            prefix = self._tag_prefix(("gateway_health", site, gateway))
-            out.lines.append(f"{prefix} {_field_set(fields)} {ts}")
+            lines.append(f"{self._tag_prefix(('gateway_health', site, gateway))} {_field_set(fields)} {ts}")
         elif kind == "alert":
-            out.lines.append(self._alert(r["alert"], fields, site, gateway, r.get("name"), ts))
+            lines.append(self._alert(r["alert"], fields, site, gateway, name, ts))
         else:
-            name = r.get("name")
+            # A node reading: its own point (the values, then the radio's fields) and node_health.
+            fcnt_f = f"{float(r['fcnt'])!r}"
+            health = [f"rssi={float(rssi)!r}"] if rssi is not None else []
+            if snr is not None:
+                health.append(f"snr={float(snr)!r}")
+            fields.append(f"fcnt={fcnt_f}")
+            fields += health
+            battery = values.get("battery_v")
+            if battery is not None:
+                health.append(f"battery_v={float(battery)!r}")
+            health.append(f"fcnt={fcnt_f}")
+            if auth is not None and auth != "local":
+                # local: measured by the gateway itself (GPIO); there is no radio frame to authenticate, so the
+                # field is absent rather than 0, which dashboards show as "unauthenticated".
+                fields.append("auth_ok=1.0" if auth == "mic" else "auth_ok=0.0")
+            fields.append("clock_ok=0.0" if clock == "unsynced" else "clock_ok=1.0")
             # The cache looked up here, not in a call: this runs once a reading.
             tags = self._tags.get(("node", kind, site, gateway, node, name)) or self._node_tags(kind, site, gateway,
                                                                                                  node, name)
-            self._node_points(r, fields, tags, ts, out)
-            return
-        out.sources.append(rid)
+            field_set = ",".join(fields)
+            if len(field_set) > FIELDS_MAX:
+                _field_set(fields)  # raises
+            lines.append(f"{kind},{tags} {field_set} {ts}")
+            lines.append(f"node_health,{tags} {','.join(health)} {ts}")
+            sources.append(rid)
+        sources.append(rid)
         out.readings += 1
 
-    def _checked(self, r: Any, gateway: str, latest: int) -> int:
+    def _checked(self, r: Any, gateway: str, latest: int) -> tuple[int, str, str, str, Any, str, Any, Any, Any]:
         """The reading envelope: every check a reading passes before it maps to points, or :class:`Invalid`.
-        Returns the time to write it at, µs since the epoch."""
+        Returns what the mapping reads of it: (the time to write it at in µs since the epoch, node, kind, id, name,
+        clock, rssi, snr, auth)."""
         if not isinstance(r, dict):
             raise Invalid("invalid_reading", "a reading is not a JSON object")
-        missing = [k for k in _READING_REQUIRED if k not in r]
-        if missing:
+        keys = r.keys()
+        # Set comparisons run in C; the lists for the detail are made only for a reading that fails them.
+        if not keys >= _READING_REQUIRED_SET:
+            missing = [k for k in _READING_REQUIRED if k not in r]
             raise Invalid("invalid_reading", f"reading lacks {', '.join(missing)}")
-        if len(r) > len(_READING_REQUIRED):
-            extra = r.keys() - _READING_KEYS
-            if extra:
-                raise Invalid("invalid_reading", f"unknown keys in the reading: "
-                              f"{', '.join(map(repr, sorted(extra)))}")
+        if len(r) > len(_READING_REQUIRED) and not keys <= _READING_KEYS:
+            raise Invalid("invalid_reading", f"unknown keys in the reading: "
+                          f"{', '.join(map(repr, sorted(keys - _READING_KEYS)))}")
         node, fcnt, kind, ts = r["node"], r["fcnt"], r["kind"], r["ts_us"]
         if not isinstance(node, str) or not _NODE_RE.match(node):
             raise Invalid("invalid_reading", f"node {show.repr(node)} is not 8 lowercase hex digits or 'gateway'")
@@ -180,13 +200,12 @@ class ReadingPoints:
         name = r.get("name")
         if name is not None and not isinstance(name, str):
             raise Invalid("invalid_reading", "name is not text")
-        for key in ("rssi", "snr"):
-            v = r.get(key)
+        rssi, snr, auth = r.get("rssi"), r.get("snr"), r.get("auth")
+        for key, v in (("rssi", rssi), ("snr", snr)):
             if v is not None and not is_number(v):
                 raise Invalid("invalid_reading", f"{key} {show.repr(v)} is not a number")
             if v is not None and not math.isfinite(v):
                 raise Invalid("not_finite", f"{key} is {v}")
-        auth = r.get("auth")
         if auth is not None and auth not in ("mic", "none", "local"):
             raise Invalid("invalid_reading", f"auth {show.repr(auth)} is not mic, none or local")
         if "radio" in r and not isinstance(r["radio"], str):
@@ -195,41 +214,7 @@ class ReadingPoints:
             raise Invalid("invalid_reading", "receipt is not true or false")
         if not isinstance(r["values"], dict):
             raise Invalid("invalid_reading", "values is not an object")
-        return ts
-
-    @staticmethod
-    def _node_points(r: dict[str, Any], fields: list[str], tags: str, ts: int, out: Converted) -> None:
-        """A node reading's two points: its own (``fields`` plus the radio's) and ``node_health``."""
-        fcnt_f = f"{float(r['fcnt'])!r}"
-        rssi, snr, auth = r.get("rssi"), r.get("snr"), r.get("auth")
-        extra = [f"fcnt={fcnt_f}"]
-        health = []
-        if rssi is not None:
-            extra.append(f"rssi={float(rssi)!r}")
-            health.append(extra[-1])
-        if snr is not None:
-            extra.append(f"snr={float(snr)!r}")
-            health.append(extra[-1])
-        battery = r["values"].get("battery_v")
-        if battery is not None:
-            health.append(f"battery_v={float(battery)!r}")
-        health.append(f"fcnt={fcnt_f}")
-        if auth is not None and auth != "local":
-            # local: measured by the gateway itself (GPIO); there is no radio frame to authenticate, so the field
-            # is absent rather than 0, which dashboards show as "unauthenticated".
-            extra.append("auth_ok=1.0" if auth == "mic" else "auth_ok=0.0")
-        extra.append("clock_ok=0.0" if r["clock"] == "unsynced" else "clock_ok=1.0")
-        fields.extend(extra)
-        field_set = ",".join(fields)
-        if len(field_set) > FIELDS_MAX:
-            _field_set(fields)  # raises
-        rid, kind = r["id"], r["kind"]
-        lines, sources = out.lines, out.sources
-        lines.append(f"{kind},{tags} {field_set} {ts}")
-        lines.append(f"node_health,{tags} {','.join(health)} {ts}")
-        sources.append(rid)
-        sources.append(rid)
-        out.readings += 1
+        return ts, node, kind, rid, name, clock, rssi, snr, auth
 
     @staticmethod
     def _field_key(key: str) -> str:

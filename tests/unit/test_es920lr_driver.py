@@ -5,37 +5,22 @@ from __future__ import annotations
 
 import collections
 import time
-from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from drivers.errors import ModuleError, ModuleTimeout
 from drivers.es920lr import Es920lr, parse_rx_header
 from drivers.types import Uplink
+from tests.support.radio import ES920, radio_config
 
 PROMPT = b"\r\nSelect Mode [1.terminal or 2.processor]\r\n"
 
 
-@dataclass
-class Es920:
-    bandwidth_khz: float = 125
-    spreading_factor: int = 10
-    channel: int = 3
-    pan_id: str = "beef"
-    own_id: str = "0001"
-    format: str = "ascii"
-    payload_encoding: str = "hex"
-    power_dbm: int = 13
-    node: str = "coordinator"
-
-
-@dataclass
-class RadioConfig:
-    name: str = "lora1"
-    driver: str = "es920lr"
-    port: str = "fake://lora1"
-    baudrate: int = 115200
-    es920: Es920 = field(default_factory=Es920)
+def lora1(**settings: Any) -> Any:
+    """The radio ``lora1`` on an ES920LR (a RadioConfig): :data:`tests.support.radio.ES920`'s settings (channel 3,
+    PAN BEEF, this module 0001 as coordinator, ASCII lines of hex) with ``settings`` over them."""
+    return radio_config("lora1", "es920lr", port="fake://lora1", es920={**ES920, **settings})
 
 
 _SETTINGS = {"node", "bw", "sf", "channel", "panid", "ownid", "dstid", "rcvid", "rssi", "transmode", "format",
@@ -129,10 +114,10 @@ class ScriptLink:
         self.incidents.append((kind, detail))
 
 
-def make(module: FakeEs920 | None = None, es: Es920 | None = None, *, prompt: bool = True
+def make(module: FakeEs920 | None = None, config: Any = None, *, prompt: bool = True
          ) -> tuple[Es920lr, ScriptLink]:
     link = ScriptLink(module or FakeEs920(), initial=(PROMPT,) if prompt else ())
-    d = Es920lr(RadioConfig(es920=es or Es920()), link)
+    d = Es920lr(config or lora1(), link)
     d.command_timeout_s = 0.1
     d.prompt_timeout_s = 0.05
     d.probe_timeout_s = 0.2
@@ -168,7 +153,7 @@ def test_configure_selects_processor_mode_and_sends_settings_in_order():
 
 @pytest.mark.parametrize(("bw", "code"), [(62.5, b"bw 3"), (125, b"bw 4"), (250, b"bw 5"), (500, b"bw 6")])
 def test_bandwidth_codes(bw, code):
-    d, link = make(es=Es920(bandwidth_khz=bw, channel=1, node="end_device", format="binary"))
+    d, link = make(config=lora1(bandwidth_khz=bw, channel=1, node="end_device", format="binary"))
     d.configure()
     assert code in link.module.commands
     assert b"node 2" in link.module.commands and b"format 2" in link.module.commands
@@ -190,7 +175,9 @@ def test_start_answered_only_ok_is_accepted_after_the_timeout():
 
 
 def test_ng_002_on_a_setting_is_a_module_error_naming_the_command():
-    d, link = make(es=Es920(channel=20))
+    radio = lora1()
+    # Channel 20 is past what the config allows (1..15): set past the model's check, for the module to refuse.
+    d, link = make(config=radio.model_copy(update={"es920": radio.es920.model_copy(update={"channel": 20})}))
     with pytest.raises(ModuleError) as info:
         d.configure()
     assert (info.value.command, info.value.status) == ("channel 20", "NG 002")
@@ -287,8 +274,8 @@ def test_module_that_keeps_rebooting_during_configuration_is_a_module_error():
 # -- ASCII reception -----------------------------------------------------------------------------------------------
 
 
-def configured(module: FakeEs920 | None = None, es: Es920 | None = None) -> tuple[Es920lr, ScriptLink]:
-    d, link = make(module, es)
+def configured(module: FakeEs920 | None = None, config: Any = None) -> tuple[Es920lr, ScriptLink]:
+    d, link = make(module, config)
     d.configure()
     return d, link
 
@@ -317,13 +304,13 @@ def test_several_frames_in_one_chunk_are_one_delivery_and_split_frames_join():
 
 
 def test_raw_payload_encoding_keeps_bytes_and_lone_cr_or_lf():
-    d, link = configured(es=Es920(payload_encoding="raw"))
+    d, link = configured(config=lora1(payload_encoding="raw"))
     d.feed(rx(b"a\rb\nc\xff"), 1)
     assert [u.payload for u in link.uplinks] == [b"a\rb\nc\xff"]
 
 
 def test_raw_payload_with_crlf_is_cut_in_two_as_documented():
-    d, link = configured(es=Es920(payload_encoding="raw"))
+    d, link = configured(config=lora1(payload_encoding="raw"))
     d.feed(rx(b"ab\r\ncd"), 1)
     assert [u.payload for u in link.uplinks] == [b"ab"]
     assert link.kinds() == ["garbled_line"]
@@ -382,7 +369,7 @@ def test_boot_prompt_mid_stream_is_a_reboot_and_configure_uses_it():
 
 
 def binary() -> tuple[Es920lr, ScriptLink]:
-    return configured(es=Es920(format="binary"))
+    return configured(config=lora1(format="binary"))
 
 
 def test_binary_frames_split_anywhere_are_reassembled():
@@ -397,7 +384,7 @@ def test_binary_frames_split_anywhere_are_reassembled():
 
 def test_start_ack_and_first_binary_frame_in_one_chunk():
     module = FakeEs920(start_reply=(b"\r\n" + rx_bin(b"\x07\x08"),))
-    d, link = configured(module, Es920(format="binary"))
+    d, link = configured(module, lora1(format="binary"))
     assert [u.payload for u in link.uplinks] == [b"\x07\x08"]
     assert link.incidents == []
 
@@ -434,7 +421,7 @@ def test_binary_transmit_is_length_prefixed():
 def test_binary_ng_reply_is_a_module_error():
     module = FakeEs920()
     module.tx_reply = [b"\x06NG 103"]
-    d, link = configured(module, Es920(format="binary"))
+    d, link = configured(module, lora1(format="binary"))
     with pytest.raises(ModuleError) as info:
         d.transmit(b"\x01", timeout=0.5)
     assert info.value.status == "NG 103"
@@ -477,7 +464,7 @@ def test_transmit_limits():
         d.transmit(bytes(26), timeout=0.5)
     with pytest.raises(ValueError):
         d.transmit(b"", timeout=0.5)
-    raw, _ = configured(es=Es920(payload_encoding="raw"))
+    raw, _ = configured(config=lora1(payload_encoding="raw"))
     with pytest.raises(ValueError, match="CR LF"):
         raw.transmit(b"a\r\nb", timeout=0.5)
 

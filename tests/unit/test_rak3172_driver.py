@@ -14,7 +14,7 @@ import collections
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import serial
@@ -22,20 +22,17 @@ import serial
 from drivers.errors import ModuleError, ModuleTimeout
 from drivers import registry
 from drivers.radio import ModuleDriver, ModuleRebooted, RadioWorker, backoff_delay
-from drivers.rak3172 import STATUSES, P2pConfig, Rak3172, parse_p2p
+from drivers.rak3172 import STATUSES, Rak3172, parse_p2p
 from drivers.transport import PortError
 from drivers.types import Uplink
+from tests.support.radio import radio_config
 
-# -- config: the driver's own settings model, in a stand-in for the rest of the radio -----------------------------
+# -- config: the radio as the config loader makes it ---------------------------------------------------------------
 
 
-@dataclass
-class RadioConfig:
-    name: str = "lora0"
-    driver: str = "rak3172"
-    port: str = "fake://lora0"
-    baudrate: int = 115200
-    p2p: P2pConfig = field(default_factory=P2pConfig)
+def lora0(**p2p: Any) -> Any:
+    """The radio ``lora0`` on a RAK3172 (a RadioConfig); ``p2p``: its ``p2p:`` settings other than the defaults."""
+    return radio_config("lora0", "rak3172", port="fake://lora0", p2p=p2p)
 
 
 BW_CODE = {125: 0, 250: 1, 500: 2}
@@ -172,16 +169,16 @@ def fast(driver: Rak3172) -> Rak3172:
     return driver
 
 
-def make(module: FakeRak | None = None, config: RadioConfig | None = None) -> tuple[Rak3172, ScriptLink]:
+def make(module: FakeRak | None = None, config: Any = None) -> tuple[Rak3172, ScriptLink]:
     link = ScriptLink(module or FakeRak())
-    driver = fast(Rak3172(config or RadioConfig(), link))
+    driver = fast(Rak3172(config or lora0(), link))
     link.driver = driver
     return driver, link
 
 
 def parser() -> tuple[Rak3172, RecordingLink]:
     link = RecordingLink()
-    return Rak3172(RadioConfig(), link), link
+    return Rak3172(lora0(), link), link
 
 
 # -- parsing: RX events --------------------------------------------------------------------------------------
@@ -353,7 +350,7 @@ def test_configure_sends_the_documented_sequence_and_verifies():
 
 
 def test_configure_accepts_bw_reported_in_khz():
-    d, link = make(FakeRak(bw_as_khz=True), RadioConfig(p2p=P2pConfig(bandwidth_khz=250, spreading_factor=7)))
+    d, link = make(FakeRak(bw_as_khz=True), lora0(bandwidth_khz=250, spreading_factor=7))
     d.configure()
     assert link.module.p2p == "920600000:7:250:0:8:13"
 
@@ -512,7 +509,7 @@ class _Flaky(ModuleDriver):
     """A driver whose module reboots during the first ``reboots`` configuration attempts."""
 
     def __init__(self, reboots: int) -> None:
-        super().__init__(RadioConfig(), RecordingLink())
+        super().__init__(lora0(), RecordingLink())
         self.reboots = reboots
         self.attempts = 0
         self.commands: list[str] = []
@@ -741,7 +738,7 @@ def fast_rak(monkeypatch):
 def start_worker(opener: Opener, events: Events, **kw) -> RadioWorker:
     kw.setdefault("reopen_min_s", 0.01)
     kw.setdefault("reopen_max_s", 0.05)
-    w = RadioWorker(RadioConfig(), events, opener=opener, **kw)
+    w = RadioWorker(lora0(), events, opener=opener, **kw)
     w.start()
     return w
 
@@ -814,7 +811,7 @@ def test_port_lost_then_reopened_and_receiving_again(fast_rak):
 def test_open_failures_back_off_exponentially_and_are_not_reopens(fast_rak):
     delays: list[float] = []
     opener, events = Opener(failures=4), Events()
-    w = RadioWorker(RadioConfig(), events, opener=opener, reopen_min_s=1.0, reopen_max_s=4.0,
+    w = RadioWorker(lora0(), events, opener=opener, reopen_min_s=1.0, reopen_max_s=4.0,
                     rng=random.Random(1), wait=lambda s: delays.append(s) or False)
     w.start()
     try:
@@ -938,7 +935,7 @@ def broken_driver():
 
 def test_unexpected_exception_is_reported_and_the_thread_carries_on(broken_driver):
     opener, events = Opener(), Events()
-    w = RadioWorker(RadioConfig(driver="test_broken"), events, opener=opener, reopen_min_s=0.01, reopen_max_s=0.02)
+    w = RadioWorker(radio_config("lora0", "test_broken", port="fake://lora0"), events, opener=opener, reopen_min_s=0.01, reopen_max_s=0.02)
     w.start()
     try:
         wait_for(lambda: w.state == "running")
@@ -950,8 +947,9 @@ def test_unexpected_exception_is_reported_and_the_thread_carries_on(broken_drive
 
 
 def test_unknown_driver_name_lists_known_ones():
+    unknown = lora0().model_copy(update={"driver": "sx1262"})  # model_copy skips the check the loader would make
     with pytest.raises(ValueError, match="es920lr, rak3172"):
-        RadioWorker(RadioConfig(driver="sx1262"), Events())
+        RadioWorker(unknown, Events())
     assert {"rak3172", "es920lr"} <= set(registry.names())
 
 

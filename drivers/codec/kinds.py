@@ -27,7 +27,8 @@ Each kind maps LPP channels to named values whose key says the unit (``battery_v
     vendor       0x80-0xFE: decoded by a codec named in the node's config, not here
 
 Channels that a kind does not list are kept, never dropped: a scalar as ``ch<N>_<lpp name>`` (``ch7_temperature``),
-a 3-tuple as ``ch<N>_<lpp name>_0`` .. ``_2``. The RAK type-255 device id record becomes ``device_id``.
+a 3-tuple as ``ch<N>_<lpp name>_0`` .. ``_2`` (``ch6_colour_0`` .. ``_2`` are red, green, blue). The RAK type-255
+device id record becomes ``device_id``.
 All values are floats; booleans are 1.0/0.0.
 """
 
@@ -56,6 +57,7 @@ __all__ = [
     "decode_values",
     "encode_values",
     "kind_name",
+    "salvage_values",
 ]
 
 KINDS: Final[Mapping[int, str]] = MappingProxyType(
@@ -202,6 +204,29 @@ def _put(out: dict[str, float], key: str, value: float, kind: str, channel: int)
     out[key] = value
 
 
+def _table_values(spec: _Channel, value: lpp.LppValue) -> list[tuple[str, float]]:
+    """The named values of a record on a channel of the kind's table (of the table's type)."""
+    if spec.boolean:
+        # Any non-zero digital input counts as 1 (C's notion of true): firmware that sends 0xFF for "pressed" must
+        # still raise the alarm rather than have its SOS quarantined.
+        return [(spec.keys[0], 1.0 if value else 0.0)]
+    if isinstance(value, tuple):
+        return [(key, float(item)) for key, item in zip(spec.keys, value, strict=True)]
+    scaled = float(value) * spec.factor
+    if spec.ndigits is not None:
+        scaled = round(scaled, spec.ndigits)
+    return [(spec.keys[0], scaled)]
+
+
+def _extra_values(record: LppRecord) -> list[tuple[str, float]]:
+    """The named values of a record on a channel the kind's table does not list (or of the RAK device id)."""
+    if record.type == _DEVICE_ID_TYPE:
+        return [(_DEVICE_ID, float(record.value))]  # type: ignore[arg-type]
+    if isinstance(record.value, tuple):
+        return [(f"ch{record.channel}_{record.name}_{index}", float(item)) for index, item in enumerate(record.value)]
+    return [(f"ch{record.channel}_{record.name}", float(record.value))]
+
+
 def decode_values(kind: str, records: list[LppRecord]) -> dict[str, float]:
     """Turn the LPP records of a frame body into named values (see the module table).
 
@@ -233,32 +258,44 @@ def decode_values(kind: str, records: list[LppRecord]) -> dict[str, float]:
                     f"expected {_describe(spec)}",
                 )
             seen.add(record.channel)
-            value = record.value
-            if spec.boolean:
-                # Any non-zero digital input counts as 1 (C's notion of true): firmware that sends 0xFF for
-                # "pressed" must still raise the alarm rather than have its SOS quarantined.
-                _put(out, spec.keys[0], 1.0 if value else 0.0, kind, record.channel)
-            elif isinstance(value, tuple):
-                for key, item in zip(spec.keys, value, strict=True):
-                    _put(out, key, float(item), kind, record.channel)
-            else:
-                scaled = float(value) * spec.factor
-                if spec.ndigits is not None:
-                    scaled = round(scaled, spec.ndigits)
-                _put(out, spec.keys[0], scaled, kind, record.channel)
-        elif record.type == _DEVICE_ID_TYPE:
-            _put(out, _DEVICE_ID, float(record.value), kind, record.channel)  # type: ignore[arg-type]
-        elif isinstance(record.value, tuple):
-            for index, item in enumerate(record.value):
-                _put(out, f"ch{record.channel}_{record.name}_{index}", float(item), kind, record.channel)
+            named = _table_values(spec, record.value)
         else:
-            _put(out, f"ch{record.channel}_{record.name}", float(record.value), kind, record.channel)
+            named = _extra_values(record)
+        for key, value in named:
+            _put(out, key, value, kind, record.channel)
     for spec in table.channels:
         if spec.required and spec.channel not in seen:
             raise CodecError("kind_missing_channel", f"{kind}: required {_describe(spec)} is missing")
     if table.any_of and seen.isdisjoint(table.any_of):
         wanted = ", ".join(_describe(by_channel[ch]) for ch in table.any_of)
         raise CodecError("kind_missing_channel", f"{kind}: needs at least one of {wanted}; none present")
+    return out
+
+
+def salvage_values(kind: str, records: list[LppRecord]) -> dict[str, float]:
+    """Named values of records that could not all be decoded, for the record a frame is quarantined with.
+
+    When a body stops at an unknown LPP type (:class:`drivers.codec.lpp.LppUnknownType`), the records before it
+    still say something an operator needs (an SOS's position). They are named as :func:`decode_values` names
+    them, but nothing is refused: a table channel of another type is named as an extra channel, a value that
+    arrives twice keeps its first, and missing channels are not checked.
+
+    Args:
+        kind: kind name; a vendor or unknown kind names every record as an extra channel.
+        records: the records decoded before the failure.
+
+    Returns:
+        Values by key, all floats, in decode order.
+    """
+    table = _TABLE.get(kind)
+    by_channel = {spec.channel: spec for spec in table.channels} if table is not None else {}
+    out: dict[str, float] = {}
+    for record in records:
+        spec = by_channel.get(record.channel)
+        named = (_table_values(spec, record.value) if spec is not None and record.type == spec.type_id
+                 else _extra_values(record))
+        for key, value in named:
+            out.setdefault(key, value)
     return out
 
 

@@ -7,8 +7,12 @@ bytes are copied in order, so they are read here as one big-endian uint32).
 
 Values are scaled into the unit of the table: ``temperature`` in °C, ``humidity`` in %, ``barometer`` in hPa,
 ``voltage`` in V, ``distance`` in m, ``accelerometer`` in G, ``gyrometer`` in °/s, ``gps`` as
-``(latitude °, longitude °, altitude m)``. Types whose scale is 1 decode to ``int``, scaled types to ``float``
-(computed as ``raw / divisor`` so that ``0x0110`` gives exactly the float nearest 27.2, not ``272 * 0.1``).
+``(latitude °, longitude °, altitude m)``, ``colour`` as ``(red, green, blue)`` 0..255. Types whose scale is 1 decode
+to ``int``, scaled types to ``float`` (computed as ``raw / divisor`` so that ``0x0110`` gives exactly the float
+nearest 27.2, not ``272 * 0.1``).
+
+An unknown type ends the body (its length is unknown): :class:`LppUnknownType` carries the records read before it,
+so that a caller can keep them (an SOS's position before a type this table lacks).
 
 Decoding runs on every received frame, so it is table driven: one dict lookup per record and one precompiled
 :class:`struct.Struct` call.
@@ -32,6 +36,7 @@ __all__ = [
     "LppField",
     "LppRecord",
     "LppType",
+    "LppUnknownType",
     "LppValue",
     "decode",
     "encode",
@@ -39,12 +44,13 @@ __all__ = [
 ]
 
 LppValue: TypeAlias = float | int | tuple[float, ...]
-"""A decoded value: int for unscaled types, float for scaled ones, a 3-tuple for vector and gps types."""
+"""A decoded value: int for unscaled types, float for scaled ones, a 3-tuple for vector, colour and gps types."""
 
 # Value shapes of an LPP type.
 _SCALAR: Final = 0
 _VECTOR: Final = 1  # three fields of the same scale (accelerometer, gyrometer)
 _GPS: Final = 2  # three int24 fields, read as (int8 high, uint16 low) pairs because struct has no 24-bit code
+_TRIPLE: Final = 3  # three unscaled fields, read as they are (colour: red, green, blue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +93,7 @@ class LppType:
         id: the type byte (IPSO object id - 3200), e.g. 0x67 for temperature.
         name: stable snake_case name, e.g. ``temperature``.
         size: number of data bytes after the channel and type bytes.
-        fields: one field for scalar types, three for accelerometer, gyrometer and gps.
+        fields: one field for scalar types, three for accelerometer, gyrometer, colour and gps.
         codec: precompiled big-endian struct for the data bytes.
         shape: internal value shape (scalar, vector, gps).
     """
@@ -101,7 +107,7 @@ class LppType:
 
     @property
     def is_tuple(self) -> bool:
-        """True when the value is a 3-tuple (accelerometer, gyrometer, gps)."""
+        """True when the value is a 3-tuple (accelerometer, gyrometer, colour, gps)."""
         return self.shape != _SCALAR
 
 
@@ -113,13 +119,28 @@ class LppRecord:
         channel: LPP channel, 0..255.
         type: LPP type id, e.g. 0x67.
         name: type name, e.g. ``temperature``, ``gps``, ``device_id``.
-        value: scaled into the table's unit; ``gps`` -> (lat °, lon °, alt m); accelerometer/gyrometer -> (x, y, z).
+        value: scaled into the table's unit; ``gps`` -> (lat °, lon °, alt m); accelerometer/gyrometer -> (x, y, z);
+            ``colour`` -> (red, green, blue) ints.
     """
 
     channel: int
     type: int
     name: str
     value: LppValue
+
+
+class LppUnknownType(LppError):
+    """``lpp_unknown_type``: a record's type byte is in no table, so the body cannot be read past it.
+
+    Attributes:
+        offset: where the unknown record starts in the body (its channel byte).
+        records: the records before it, decoded (empty when the unknown record comes first).
+    """
+
+    def __init__(self, message: str, offset: int, records: list[LppRecord]) -> None:
+        super().__init__("lpp_unknown_type", message)
+        self.offset = offset
+        self.records = records
 
 
 _U8 = (0, 0xFF)
@@ -138,6 +159,10 @@ def _vector(type_id: int, name: str, divisor: int, unit: str) -> LppType:
     field = LppField(divisor, *_S16, unit)
     return LppType(type_id, name, 6, (field, field, field), struct.Struct(">hhh"), _VECTOR)
 
+
+_COLOUR_TYPE = LppType(
+    135, "colour", 3, (LppField(1, *_U8, ""),) * 3, struct.Struct(">BBB"), _TRIPLE
+)
 
 _GPS_TYPE = LppType(
     0x88,
@@ -175,6 +200,7 @@ _ALL_TYPES: tuple[LppType, ...] = (
     _scalar(131, "energy", "I", _U32, 1000, "kWh"),
     _scalar(132, "direction", "H", _U16, 1, "°"),
     _scalar(133, "unix_time", "I", _U32, 1, "s"),
+    _COLOUR_TYPE,
     # The table says "uint8 0/1"; any uint8 is accepted both ways so that decode and encode stay exact inverses.
     _scalar(142, "switch", "B", _U8, 1, ""),
     # RAKwireless WisBlock P2P device id (WB_DEV_ID = 255, 4 bytes).
@@ -221,7 +247,8 @@ def decode(data: bytes | bytearray | memoryview) -> list[LppRecord]:
     Raises:
         LppError: ``lpp_truncated`` when a record header or its data runs past the end (the message gives the
             offset, the type and how many bytes were needed and left); ``lpp_unknown_type`` for a type byte that no
-            table defines (the message gives the offset and the type id).
+            table defines (:class:`LppUnknownType`: the message gives the offset and the type id; the exception
+            carries the records before it).
     """
     records: list[LppRecord] = []
     end = len(data)
@@ -236,9 +263,9 @@ def decode(data: bytes | bytearray | memoryview) -> list[LppRecord]:
         type_id = data[pos + 1]
         spec = _DECODE.get(type_id)
         if spec is None:
-            raise LppError(
-                "lpp_unknown_type",
+            raise LppUnknownType(
                 f"LPP record at offset {pos}: unknown type 0x{type_id:02x} ({type_id}) on channel {channel}",
+                pos, records,
             )
         name, size, unpack, divisor, shape = spec
         start = pos + 2
@@ -255,6 +282,8 @@ def decode(data: bytes | bytearray | memoryview) -> list[LppRecord]:
             value = raw[0] if divisor == 1 else raw[0] / divisor
         elif shape == _VECTOR:
             value = (raw[0] / divisor, raw[1] / divisor, raw[2] / divisor)
+        elif shape == _TRIPLE:
+            value = raw
         else:  # _GPS: int24 = signed high byte * 65536 + unsigned low 16 bits
             value = (
                 (raw[0] * 65536 + raw[1]) / 10_000,
@@ -277,8 +306,8 @@ def _value_source(type_id: int, raw: Sequence[str]) -> list[tuple[str, bool]]:
         raw: the names of the type's raw struct fields (one per field of its :attr:`LppType.codec`), in order.
 
     Returns:
-        ``(expression, is_float)`` once for a scalar type, three times (x, y, z or lat, lon, alt) for vector and
-        gps types; each expression evaluates to exactly the value (or tuple item) :func:`decode` gives, and
+        ``(expression, is_float)`` once for a scalar type, three times (x, y, z; r, g, b; lat, lon, alt) for
+        vector, colour and gps types; each expression evaluates to exactly the value (or tuple item) :func:`decode` gives, and
         ``is_float`` says that it is a float already (an int otherwise).
     """
     _, _, _, divisor, shape = _DECODE[type_id]
@@ -286,6 +315,8 @@ def _value_source(type_id: int, raw: Sequence[str]) -> list[tuple[str, bool]]:
         return [(raw[0], False) if divisor == 1 else (f"({raw[0]} / {divisor})", True)]
     if shape == _VECTOR:
         return [(f"({name} / {divisor})", True) for name in raw]
+    if shape == _TRIPLE:
+        return [(name, False) for name in raw]
     return [
         (f"(({raw[0]} * 65536 + {raw[1]}) / 10_000)", True),
         (f"(({raw[2]} * 65536 + {raw[3]}) / 10_000)", True),
@@ -320,7 +351,7 @@ def encode(records: Iterable[tuple[int, str | int, LppValue]]) -> bytes:
 
     Args:
         records: ``(channel, type name or id, value)`` triples; values in the table's unit (see module doc),
-            3-tuples (or other length-3 sequences) for accelerometer, gyrometer and gps.
+            3-tuples (or other length-3 sequences) for accelerometer, gyrometer, colour and gps.
 
     Returns:
         The LPP bytes, records in the given order.

@@ -141,6 +141,33 @@ def test_extra_channels_are_kept() -> None:
     }
 
 
+def test_a_colour_is_kept_as_red_green_blue_on_its_channel() -> None:
+    values = _decode("weather", "01670110" + "0687FF8000")
+    assert values == {"temperature_c": 27.2, "ch6_colour_0": 255.0, "ch6_colour_1": 128.0, "ch6_colour_2": 0.0}
+    assert all(type(v) is float for v in values.values())
+    assert encode_values("weather", values) == bytes.fromhex("01670110" + "0687FF8000")
+    # The compiled reader of the layout gives the same values and text as the general path.
+    kinds_mod._forget_layouts()
+    first = kinds_mod.decode_body_json("weather", bytes.fromhex("016700FA" + "06870A141E"))
+    again = kinds_mod.decode_body_json("weather", bytes.fromhex("016700FA" + "06870A141E"))
+    assert first == again == ({"temperature_c": 25.0, "ch6_colour_0": 10.0, "ch6_colour_1": 20.0,
+                               "ch6_colour_2": 30.0},
+                              '{"temperature_c":25.0,"ch6_colour_0":10.0,"ch6_colour_1":20.0,"ch6_colour_2":30.0}')
+    assert ("weather", 9) in kinds_mod._LAYOUTS
+
+
+def test_salvaged_values_are_named_as_in_a_reading_and_refuse_nothing() -> None:
+    records = lpp.decode(bytes.fromhex("010001" + "028806765FF2960A0003E8"))
+    assert kinds_mod.salvage_values("sos", records) == {"pressed": 1.0, "lat_deg": 42.3519, "lon_deg": -87.9094,
+                                                        "alt_m": 10.0}
+    # No required channel, a table channel of another type, a value twice, a vendor kind: named, never refused.
+    odd = lpp.decode(bytes.fromhex("0374014A" + "02670110" + "0374014B" + "0687010203"))
+    assert kinds_mod.salvage_values("sos", odd) == {"battery_v": 3.3, "ch2_temperature": 27.2, "ch6_colour_0": 1.0,
+                                                    "ch6_colour_1": 2.0, "ch6_colour_2": 3.0}
+    assert kinds_mod.salvage_values("vendor", odd[:2]) == {"ch3_voltage": 3.3, "ch2_temperature": 27.2}
+    assert kinds_mod.salvage_values("sos", []) == {}
+
+
 @pytest.mark.parametrize(
     ("kind", "hex_body", "needle"),
     [

@@ -1,4 +1,5 @@
-"""Cayenne LPP codec: PROTOCOLS.md §3 vectors, every type both ways, and every malformed input."""
+"""Cayenne LPP codec: docs/protocols.md §3 vectors, every type of the ElectronicCats set both ways (vectors computed
+from that library's encoding rules, and the vectors of its own tests), and every malformed input."""
 
 from __future__ import annotations
 
@@ -108,6 +109,7 @@ TYPE_EXAMPLES = [
     ("gyrometer", "0064FF9C0000", (1.0, -1.0, 0.0)),
     ("gps", "7FFFFF800000FFFFFF", (838.8607, -838.8608, -0.01)),
     ("switch", "01", 1),
+    ("colour", "FF8000", (255, 128, 0)),  # red, green, blue, unscaled
     ("device_id", "00A1B2C3", 0x00A1B2C3),
 ]
 
@@ -173,6 +175,20 @@ def test_unknown_type_names_offset_and_id() -> None:
         lpp.decode(bytes.fromhex("016700FF" + "0299AABB"))
     assert info.value.reason == "lpp_unknown_type"
     assert "offset 4" in str(info.value) and "0x99" in str(info.value)
+
+
+def test_unknown_type_carries_the_records_before_it() -> None:
+    """The position of an SOS survives a type this table lacks after it (the frame is still refused)."""
+    body = bytes.fromhex("010001" + "018806765FF2960A0003E8" + "05F0" + "0102")
+    with pytest.raises(lpp.LppUnknownType) as info:
+        lpp.decode(body)
+    assert info.value.reason == "lpp_unknown_type" and isinstance(info.value, LppError)
+    assert info.value.offset == 14 and "offset 14" in str(info.value) and "0xf0" in str(info.value)
+    assert info.value.records == lpp.decode(body[:14])
+    assert [r.name for r in info.value.records] == ["digital_input", "gps"]
+    with pytest.raises(lpp.LppUnknownType) as first:
+        lpp.decode(bytes.fromhex("01F0"))
+    assert first.value.records == [] and first.value.offset == 0
 
 
 @FAST
@@ -245,7 +261,8 @@ def test_encode_accepts_exact_limits() -> None:
         ((256, "temperature", 1.0), "lpp_bad_channel"),
         ((-1, "temperature", 1.0), "lpp_bad_channel"),
         (("1", "temperature", 1.0), "lpp_bad_channel"),
-        ((1, "colour", 1.0), "lpp_unknown_type"),
+        ((1, "polyline", 1.0), "lpp_unknown_type"),
+        ((1, "colour", 1.0), "lpp_bad_value"),  # red, green, blue: a 3-tuple
         ((1, 0x99, 1.0), "lpp_unknown_type"),
         ((1, "temperature"), "lpp_bad_value"),
     ],
@@ -300,3 +317,131 @@ def test_well_formed_bytes_survive_decode_encode(headers: list[tuple[int, int]],
     records = lpp.decode(body)
     assert len(records) == len(headers)
     assert lpp.encode((r.channel, r.name, r.value) for r in records) == body
+
+
+# --- the ElectronicCats CayenneLPP set (src/CayenneLPP.h, 1.6.0) ----------------------------------------------------
+# Written out from the library's header (LPP_*, LPP_*_SIZE, LPP_*_MULT, getTypeSigned) and its decoders/decoder.js,
+# not from lpp.py: type id -> (library name, data bytes, multiplier per field, signed). Voltage (116) and current
+# (117) are unsigned as in decoder.js, the header comments and the other decoders; the library's C++ getTypeSigned
+# lists them as signed since 1.6.0 (docs/protocols.md §3 says which denen follows and why).
+# Polyline (240) is variable-length, only in non-Arduino builds, and its delta bytes are C bit-fields whose order
+# the compiler chooses; denen does not decode it (§3).
+EC_TYPES: dict[int, tuple[str, int, tuple[int, ...], bool]] = {
+    0: ("digital_in", 1, (1,), False),
+    1: ("digital_out", 1, (1,), False),
+    2: ("analog_in", 2, (100,), True),
+    3: ("analog_out", 2, (100,), True),
+    100: ("generic", 4, (1,), False),
+    101: ("luminosity", 2, (1,), False),
+    102: ("presence", 1, (1,), False),
+    103: ("temperature", 2, (10,), True),
+    104: ("humidity", 1, (2,), False),
+    113: ("accelerometer", 6, (1000, 1000, 1000), True),
+    115: ("pressure", 2, (10,), False),
+    116: ("voltage", 2, (100,), False),
+    117: ("current", 2, (1000,), False),
+    118: ("frequency", 4, (1,), False),
+    120: ("percentage", 1, (1,), False),
+    121: ("altitude", 2, (1,), True),
+    125: ("concentration", 2, (1,), False),
+    128: ("power", 2, (1,), False),
+    130: ("distance", 4, (1000,), False),
+    131: ("energy", 4, (1000,), False),
+    132: ("direction", 2, (1,), False),
+    133: ("time", 4, (1,), False),
+    134: ("gyrometer", 6, (100, 100, 100), True),
+    135: ("colour", 3, (1, 1, 1), False),
+    136: ("gps", 9, (10000, 10000, 100), True),
+    142: ("switch", 1, (1,), False),
+}
+
+
+def _reference_value(type_id: int, data: bytes) -> object:
+    """The library's getValue for each field: big-endian, two's complement when signed, / multiplier."""
+    _, size, mults, signed = EC_TYPES[type_id]
+    width = size // len(mults)
+    values = []
+    for i, mult in enumerate(mults):
+        raw = int.from_bytes(data[i * width:(i + 1) * width], "big", signed=signed)
+        values.append(raw if mult == 1 else raw / mult)
+    return tuple(values) if len(mults) > 1 else values[0]
+
+
+def _edge_data(size: int, fields: int) -> list[bytes]:
+    """Raw data that walks each field through zero, one, the sign boundary and all ones."""
+    width = size // fields
+    patterns = [b"\x00" * width, b"\x00" * (width - 1) + b"\x01", b"\x7f" + b"\xff" * (width - 1),
+                b"\x80" + b"\x00" * (width - 1), b"\xff" * width, bytes(range(0x21, 0x21 + width))]
+    return [b"".join(patterns[(k + i) % len(patterns)] for i in range(fields)) for k in range(len(patterns))]
+
+
+def test_every_type_of_the_electroniccats_set_is_known_with_its_size_and_scale() -> None:
+    assert set(EC_TYPES) <= set(LPP_TYPES)
+    assert set(LPP_TYPES) - set(EC_TYPES) == {255}  # RAK's device id, not an ElectronicCats type
+    for type_id, (_, size, mults, signed) in EC_TYPES.items():
+        spec = LPP_TYPES[type_id]
+        assert spec.size == size, spec.name
+        assert tuple(f.divisor for f in spec.fields) == mults, spec.name
+        assert all((f.raw_min < 0) == signed for f in spec.fields), spec.name
+
+
+@pytest.mark.parametrize("type_id", sorted(EC_TYPES))
+def test_every_type_decodes_as_the_library_reads_it(type_id: int) -> None:
+    _, size, mults, _ = EC_TYPES[type_id]
+    for data in _edge_data(size, len(mults)):
+        body = bytes([7, type_id]) + data
+        (record,) = lpp.decode(body)
+        expected = _reference_value(type_id, data)
+        assert (record.channel, record.type) == (7, type_id)
+        assert record.value == expected, (type_id, data.hex())
+        assert type(record.value) is type(expected)  # ints stay ints, scaled values are floats
+        assert lpp.encode([(7, type_id, record.value)]) == body
+
+
+# Vectors from the library's own tests (test/aunit/main.cpp: what its encoder wrote for the given call) and from the
+# myDevices documentation; every type of the set appears at least once. Two of the library's expectations are
+# not what its encoder writes, and are given here as the encoder writes them: addColour(7, 24, 239, 15) writes
+# r, g, b in that order (its test expects 0F EF 18), and addConcentration(4, 4079) writes channel 4 (its test
+# expects 05). addGPS(1, 42.3519, ...) writes 0x06765E, because 42.3519f * 10000 truncates to 423518.
+LIBRARY_VECTORS: list[tuple[str, list[tuple[int, str, object]]]] = [
+    ("0367011002686C", [(3, "temperature", 27.2), (2, "humidity", 54.0)]),
+    ("056700FF", [(5, "temperature", 25.5)]),
+    ("0567FFD1", [(5, "temperature", -4.7)]),
+    ("0180FFFF", [(1, "power", 65535)]),
+    ("0164000003E6", [(1, "generic_sensor", 998)]),
+    ("067104D2FB2E0000", [(6, "accelerometer", (1.234, -1.234, 0.0))]),
+    ("037457B8", [(3, "voltage", 224.56)]),
+    ("017500ED", [(1, "current", 0.237)]),
+    ("017633BE27A0", [(1, "frequency", 868100000)]),
+    ("0579FFEF", [(5, "altitude", -17)]),
+    ("047D0FEF", [(4, "concentration", 4079)]),
+    ("078718EF0F", [(7, "colour", (24, 239, 15))]),
+    ("05800D7A", [(5, "power", 3450)]),
+    ("018200000022", [(1, "distance", 0.034)]),
+    ("018300795B30", [(1, "energy", 7953.2)]),
+    ("01840100", [(1, "direction", 256)]),
+    ("018806765EF2960A0003E8", [(1, "gps", (42.3518, -87.9094, 10.0))]),
+    ("058E01", [(5, "switch", 1)]),
+    ("03670110056700FF", [(3, "temperature", 27.2), (5, "temperature", 25.5)]),
+    ("0167FFD7", [(1, "temperature", -4.1)]),
+    ("018806765FF2960A0003E8", [(1, "gps", (42.3519, -87.9094, 10.0))]),
+    (("010001" "0201FF" "0302FF38" "040304D2" "0565FFFF" "066601" "077327BC" "087864" "098565A0BC00"
+      "0A860064FF9C0000"), [(1, "digital_input", 1), (2, "digital_output", 255), (3, "analog_input", -2.0),
+                          (4, "analog_output", 12.34), (5, "illuminance", 65535), (6, "presence", 1),
+                          (7, "barometer", 1017.2), (8, "percentage", 100), (9, "unix_time", 1705032704),
+                          (10, "gyrometer", (1.0, -1.0, 0.0))]),
+]
+
+
+def test_library_vectors_cover_every_type_of_the_set() -> None:
+    names = {name for _, records in LIBRARY_VECTORS for _, name, _ in records}
+    assert {TYPE_IDS[name] for name in names} == set(EC_TYPES)
+
+
+@pytest.mark.parametrize(("hex_body", "expected"), LIBRARY_VECTORS)
+def test_library_vectors_decode_and_reencode(hex_body: str, expected: list[tuple[int, str, object]]) -> None:
+    records = lpp.decode(bytes.fromhex(hex_body))
+    assert [(r.channel, r.name) for r in records] == [(ch, name) for ch, name, _ in expected]
+    for record, (_, name, value) in zip(records, expected, strict=True):
+        assert record.value == value, name
+    assert lpp.encode((r.channel, r.type, r.value) for r in records) == bytes.fromhex(hex_body)

@@ -31,6 +31,7 @@ from agent.gateway.reading import (
 from agent.ratelog import RateLimitedLog
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
+from drivers.codec.lpp import LppUnknownType
 from drivers.errors import CodecError
 from drivers.types import Uplink
 
@@ -244,7 +245,7 @@ class FrameDecoder:
             kind, lane, lane_name, kind_json = _READING_CODES.get(kind_code) or _not_a_reading(kind_code)
             values, values_json = kinds.decode_body_json(kind, body)
         except CodecError as exc:
-            return self._count_bad(self._reject(up, node_hex, exc.reason, str(exc)), node_hex)
+            return self._count_bad(self._undecodable(up, node_hex, kind_code, exc), node_hex)
         if known is not None and kind not in (known.kind, "heartbeat"):
             self._kind_mismatch(known, kind)
         # Accepted: the replay window moves only now, after authentication and decoding succeeded.
@@ -252,6 +253,15 @@ class FrameDecoder:
             st = self._track(node_hex)
         elif known is None and node_hex in self._unknown:
             self._unknown.move_to_end(node_hex)
+        return self._reading(up, known, st, node_hex, counter, bool(flags & _FLAG_RECEIPT), auth, kind, lane,
+                             lane_name, kind_json, values, values_json)
+
+    def _reading(self, up: Uplink, known: _KnownNode | None, st: NodeState, node_hex: str, counter: int,
+                 receipt: bool, auth: str, kind: str, lane: int, lane_name: str, kind_json: str,
+                 values: dict[str, float], values_json: str) -> Decoded:
+        """An accepted frame: the node's state moves (replay window, last heard), and the reading is written, its
+        object and its JSON text, ``json.dumps(body_obj, **_JSON)`` byte for byte, field by field (the generic
+        encoder cost about 3 µs a reading, a third of the decode path)."""
         # Frames read in one chunk share a receive time; a node's readings get strictly increasing timestamps,
         # because the backend keys a point by node and time. (Only for ties within a second: after the clock
         # is stepped back, readings take the new time rather than creeping on from the old one.)
@@ -264,26 +274,20 @@ class FrameDecoder:
         else:
             st.unsigned_fcnt = counter
         st.last_seen_us = ts_us
-        st.radio = radio = up.radio
-        st.rssi = rssi = up.rssi
-        st.snr = snr = up.snr
+        radio, rssi, snr = up.radio, up.rssi, up.snr
+        st.radio, st.rssi, st.snr = radio, rssi, snr
         battery_v = values.get("battery_v")
         if battery_v is not None:
             st.battery_v = battery_v
         st.frames_ok += 1
         self.dirty.add(node_hex)
         quality = clock.quality(ts_us)
-        receipt = bool(flags & _FLAG_RECEIPT)
         body_obj = {  # agent.gateway.reading.reading_body, key for key (a test holds them together)
             "id": f"{self.gateway_id}/{node_hex}/{counter}", "node": node_hex,
             "name": known.name if known is not None else None, "fcnt": counter, "kind": kind, "lane": lane_name,
             "ts_us": ts_us, "clock": quality, "radio": radio, "rssi": rssi, "snr": snr, "auth": auth,
             "receipt": receipt, "values": values,
         }
-        # The reading's text is json.dumps(body_obj, **_JSON), byte for byte, written out field by field (the
-        # generic encoder cost about 3 µs a reading, a third of the decode path). Kind and auth are plain
-        # constants; an int, and a finite float, format as their JSON (str() of a float is its repr); any other
-        # value goes through _json_number.
         if known is not None:
             head = known.json_head
             node_part = known.json_node
@@ -297,6 +301,8 @@ class FrameDecoder:
         quality_json = str_json.get(quality)
         if quality_json is None:
             quality_json = self._remember_json(quality)
+        # Kind and auth are plain constants; an int, and a finite float, format as their JSON (str() of a float is
+        # its repr); any other value goes through _json_number.
         text = (
             f'{head}{counter}{node_part}{counter}{kind_json}'
             f'{ts_us if type(ts_us) is int else _json_number(ts_us)},"clock":{quality_json},"radio":{radio_json},'
@@ -404,6 +410,20 @@ class FrameDecoder:
 
     def _reject(self, up: Uplink, node_hex: str | None, reason: str, detail: str) -> Decoded:
         return Decoded(quarantined=Quarantined(up.received_us, up.radio, node_hex, reason, detail, up.payload))
+
+    def _undecodable(self, up: Uplink, node_hex: str, kind_code: int, exc: CodecError) -> Decoded:
+        """A frame whose kind or body does not decode (``kind_*``, ``lpp_*``).
+
+        A body that stops at an unknown LPP type keeps the values before it: they end the detail as a JSON object
+        after ``values before it: `` (named as in a reading, see kinds.salvage_values), so an operator can still
+        read an SOS's position from the quarantine record (``denen status --json``, the gateway's log).
+        """
+        detail = str(exc)
+        if isinstance(exc, LppUnknownType) and exc.records:
+            # Only a body raises LppUnknownType, and a body is decoded only once its kind code is a reading's.
+            values = kinds.salvage_values(_READING_CODES[kind_code][0], exc.records)
+            detail = f"{detail}; values before it: {json.dumps(values, **_JSON)}"
+        return self._reject(up, node_hex, exc.reason, detail)
 
     # -- why a frame is refused (off the accepted path, so decode() stays one straight run for good frames) --------
     def _misrouted(self, up: Uplink, known: _KnownNode | None, node_hex: str, flags: int) -> Decoded:

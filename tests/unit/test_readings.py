@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from agent.config import parse_config
 from agent.gateway import clock
+from agent.gateway.journal import Journal
 from agent.gateway.reading import (
     ALARM,
     DIAGNOSTICS,
@@ -244,6 +245,47 @@ def test_the_body_is_taken_by_the_same_reader_frame_after_frame(tmp_path: Path) 
         values = json.loads(out.entry.body)["values"]
         assert math.isclose(values["level_cm"], level, abs_tol=0.05) and values["battery_v"] == battery
         assert decoder.nodes["00000301"].battery_v == battery
+
+
+def test_an_sos_cut_short_by_an_unknown_lpp_type_keeps_its_position_in_the_quarantine_record(tmp_path: Path) -> None:
+    """The frame is refused as before (lpp_unknown_type, counted bad, the replay window stays), and the values
+    before the unknown type end the detail as JSON, in the journal's quarantine row as it is."""
+    key = node_key(0x41)
+    decoder = FrameDecoder(_config("gw-a", [_node(0x41, "sos", name="hiker-1", key=key)]), {})
+
+    def up(payload: bytes, i: int) -> Uplink:
+        return Uplink("lora0", payload, -80, 5.0, None, T0_US + i * 10**7)
+
+    assert decoder.decode(up(_frame(0x41, 5, "sos", key=key), 0)).entry is not None
+    body = bytes.fromhex("010001" + "028806765FF2960A0003E8" + "03F0" + "0102")  # pressed, a fix, then type 0xF0
+    cut = nodeframe.build(0x41, 6, kinds.KIND_CODES["sos"], body, key=key)
+    out = decoder.decode(up(cut, 1))
+    q = out.quarantined
+    assert out.entry is None and q is not None
+    assert (q.reason, q.node, q.raw) == ("lpp_unknown_type", "00000041", cut)
+    message, marker, values = q.detail.partition("; values before it: ")
+    assert marker and "offset 14" in message and "0xf0" in message
+    assert json.loads(values) == {"pressed": 1.0, "lat_deg": 42.3519, "lon_deg": -87.9094, "alt_m": 10.0}
+    st = decoder.nodes["00000041"]
+    assert (st.last_fcnt, st.unsigned_fcnt, st.frames_ok, st.frames_bad) == (5, None, 1, 1)
+    # Its counter was not taken: the node's next frame may carry it; below the window is still a replay.
+    assert decoder.decode(up(_frame(0x41, 4, "sos", key=key), 2)).quarantined.reason == "replay"
+    assert decoder.decode(up(_frame(0x41, 6, "sos", key=key), 3)).entry is not None
+    assert st.last_fcnt == 6
+    # An unknown type first, or another body error, has no values to keep: the detail is the error alone.
+    first = decoder.decode(up(nodeframe.build(0x41, 7, kinds.KIND_CODES["sos"], bytes.fromhex("03F00102"), key=key),
+                              4)).quarantined
+    assert first.reason == "lpp_unknown_type" and "values before it" not in first.detail
+    cut_short = decoder.decode(up(nodeframe.build(0x41, 8, kinds.KIND_CODES["sos"], body[:5], key=key), 5)).quarantined
+    assert cut_short.reason == "lpp_truncated" and "values before it" not in cut_short.detail
+    # The journal keeps the detail as it is (no schema change): the row holds the position.
+    journal = Journal(tmp_path / "j.db", quota_bytes=1 << 20)
+    try:
+        journal.commit(quarantined=[q])
+        [row] = journal.quarantine()
+    finally:
+        journal.close()
+    assert row.detail == q.detail and row.reason == "lpp_unknown_type"
 
 
 # -- replay windows (issue 10, attack 4) -------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -41,6 +40,7 @@ from tests.support.field import (
     wait_until,
     write_config,
 )
+from tests.support.radio import radio_config
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
@@ -51,25 +51,6 @@ KEYED_S = time_on_air_ms(14, 9, 125) / 1000  # one keyed receipt at SF9/125 kHz:
 
 
 # -- the agent process ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _P2P:
-    frequency_hz: int = FREQUENCY_HZ
-    spreading_factor: int = 9
-    bandwidth_khz: int = 125
-    coding_rate: int = 0
-    preamble: int = 8
-    tx_power_dbm: int = 13
-
-
-@dataclass
-class _RadioConfig:
-    name: str
-    driver: str
-    port: str
-    baudrate: int = 115200
-    p2p: _P2P = field(default_factory=_P2P)
 
 
 class _Events:
@@ -91,7 +72,8 @@ def agent_main(argv: list[str]) -> int:
     parser.add_argument("--counters", default="", help="SOS counters to send receipts for, comma separated")
     parser.add_argument("--pump-s", type=float, default=3.0, help="how long to keep pumping")
     args = parser.parse_args(argv)
-    config = _RadioConfig(name="lora0", driver="rak3172", port=args.port)
+    config = radio_config("lora0", "rak3172", port=args.port,
+                          p2p={"frequency_hz": FREQUENCY_HZ, "spreading_factor": 9})
     worker = RadioWorker(config, _Events(), reopen_min_s=0.05, reopen_max_s=0.3, rng=random.Random(3))
     worker.start()
     try:

@@ -9,37 +9,24 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from drivers.errors import ModuleError
-from drivers.es920lr import Es920Config, Es920lr
+from drivers.es920lr import Es920lr
 from drivers.radio import RadioWorker
-from drivers.rak3172 import P2pConfig
 from drivers.sim.es920lr import SimEs920lr
 from drivers.sim.rak3172 import SimRak3172
 from tests.drivers.recorder import Events
+from tests.support.radio import radio_config
 
-# -- config: the drivers' own settings models ---------------------------------------------------------------------
+# -- config: each radio as the config loader makes it -------------------------------------------------------------
 
-
-def _p2p() -> P2pConfig:
-    return P2pConfig(frequency_hz=922_400_000, spreading_factor=9, coding_rate=1, preamble=12)
-
-
+#: Settings unlike the defaults, so that a setting the driver forgets to send shows.
+_P2P = {"frequency_hz": 922_400_000, "spreading_factor": 9, "coding_rate": 1, "preamble": 12}
 _ES920 = {"spreading_factor": 9, "channel": 5, "pan_id": "1234", "own_id": "0001", "format": "ascii"}
-
-
-@dataclass
-class RadioConfig:
-    name: str
-    driver: str
-    port: str
-    baudrate: int = 115200
-    p2p: P2pConfig = field(default_factory=_p2p)
-    es920: Es920Config = field(default_factory=lambda: Es920Config(**_ES920))
 
 
 def running(worker: RadioWorker, timeout: float = 10.0) -> None:
@@ -63,7 +50,7 @@ def inject_when_listening(sim, payload: bytes, **kw) -> None:
 def make_worker() -> Iterator[Callable[..., tuple[RadioWorker, Events]]]:
     workers: list[RadioWorker] = []
 
-    def make(config: RadioConfig) -> tuple[RadioWorker, Events]:
+    def make(config: Any) -> tuple[RadioWorker, Events]:
         events = Events()
         w = RadioWorker(config, events, reopen_min_s=0.05, reopen_max_s=0.3, rng=random.Random(3))
         workers.append(w)
@@ -95,8 +82,8 @@ def rak_factory(tmp_path: Path) -> Iterator[Callable[..., SimRak3172]]:
         sim.stop()
 
 
-def rak_config(sim: SimRak3172) -> RadioConfig:
-    return RadioConfig(name="lora0", driver="rak3172", port=sim.path)
+def rak_config(sim: SimRak3172) -> Any:
+    return radio_config("lora0", "rak3172", port=sim.path, p2p=_P2P)
 
 
 @pytest.mark.parametrize("profile", [
@@ -242,8 +229,8 @@ def es_factory(tmp_path: Path, monkeypatch) -> Iterator[Callable[..., SimEs920lr
         sim.stop()
 
 
-def es_config(sim: SimEs920lr, **kw) -> RadioConfig:
-    return RadioConfig(name="lora1", driver="es920lr", port=sim.path, es920=Es920Config(**{**_ES920, **kw}))
+def es_config(sim: SimEs920lr, **kw) -> Any:
+    return radio_config("lora1", "es920lr", port=sim.path, es920={**_ES920, **kw})
 
 
 @pytest.mark.parametrize("start_reply_ok", [True, False])

@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import serial
@@ -19,22 +19,16 @@ from agent.gateway.receipts import ReceiptSender, ReceiptsConfig, build_receipt_
 from drivers.airtime import time_on_air_ms
 from drivers.codec.frame import build_receipt
 from drivers.radio import RadioWorker
-from drivers.rak3172 import P2pConfig
 from drivers.sim.rak3172 import SimRak3172
 from tests.drivers.recorder import Events
+from tests.support.radio import radio_config
 
 KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
 NODE, COUNTER = 0x00A1B2C3, 42
 
 
-@dataclass
-class RadioConfig:
-    name: str
-    driver: str
-    port: str
-    baudrate: int = 115200
-    # ch33: the strict rules (TX <= 400 ms, 360 s/h)
-    p2p: P2pConfig = field(default_factory=lambda: P2pConfig(frequency_hz=922_400_000, spreading_factor=9))
+#: ch33, where the strict rules hold (TX <= 400 ms, 360 s/h).
+P2P = {"frequency_hz": 922_400_000, "spreading_factor": 9}
 
 
 class FakeClock:
@@ -54,8 +48,8 @@ def sim(tmp_path: Path) -> Iterator[SimRak3172]:
 
 
 @pytest.fixture
-def radio(sim: SimRak3172) -> Iterator[tuple[RadioWorker, Events, RadioConfig]]:
-    config = RadioConfig(name="lora0", driver="rak3172", port=sim.path)
+def radio(sim: SimRak3172) -> Iterator[tuple[RadioWorker, Events, Any]]:
+    config = radio_config("lora0", "rak3172", port=sim.path, p2p=P2P)
     events = Events()
     worker = RadioWorker(config, events, reopen_min_s=0.05, reopen_max_s=0.3, rng=random.Random(3))
     worker.start()
@@ -68,7 +62,7 @@ def radio(sim: SimRak3172) -> Iterator[tuple[RadioWorker, Events, RadioConfig]]:
     assert not worker.alive
 
 
-def sender_for(worker: RadioWorker, config: RadioConfig, **kw) -> ReceiptSender:
+def sender_for(worker: RadioWorker, config: Any, **kw) -> ReceiptSender:
     p = config.p2p
     return ReceiptSender(worker.transmit, sf=p.spreading_factor, bw_khz=p.bandwidth_khz, cr=p.coding_rate,
                          preamble=p.preamble, frequency_hz=p.frequency_hz, **kw)

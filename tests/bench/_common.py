@@ -7,7 +7,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,8 @@ from agent.config import Config, parse_config
 from agent.gateway.reading import Entry
 from agent.gateway.readings import FrameDecoder
 from drivers.types import Uplink
-from tests.support.field import FieldNode, default_values, node_key, write_config  # noqa: F401 - c.write_config for the trials
+from tests.support.field import FieldNode, default_values, wait_until, write_config  # noqa: F401 - c.write_config, c.wait_until
+from tests.support.gateway_config import gateway_yaml, numbered_names
 
 GATEWAY_ID = "gw-bench-01"
 RADIO = "lora0"
@@ -38,53 +39,26 @@ def sos_nodes(count: int) -> list[FieldNode]:
     return [FieldNode(SOS_BASE + i, "sos") for i in range(count)]
 
 
-def config_text(*, port: str, mqtt_port: int, journal: Path, nodes: Sequence[FieldNode],
-                batch: int | None = None, window: int | None = None, quota_mb: float = 2048,
-                health_interval_s: int | None = 3600, es920_port: str | None = None,
-                reconnect: bool = True) -> str:
-    """A gateway config for the bench: one RAK3172 radio, every node keyed (``unauthenticated: reject``).
+#: The second radio of the two-radio trial: an ES920LR named :data:`RADIO_ES920` with the demo config's settings.
+ES920_RADIO = (
+    f"  - name: {RADIO_ES920}\n    driver: es920lr\n    port: {{port}}\n    es920:\n"
+    "      bandwidth_khz: 125\n      spreading_factor: 10\n      channel: 3\n      pan_id: \"0001\"\n"
+    "      own_id: \"0000\"\n      format: binary\n      payload_encoding: hex\n      power_dbm: 13\n"
+    "      node: coordinator\n"
+)
 
-    ``batch`` / ``window`` set ``mqtt.batch_max_readings`` / ``mqtt.inflight_window``; None keeps the config
-    default. The health interval is an hour by default so no diagnostics reading lands in the middle of a
-    measurement (None keeps the config default, as the idle trial wants), and the quota is far above what a run
-    journals so eviction never runs. ``es920_port`` adds a second radio, an ES920LR named ``lora1`` with the demo
-    config's settings. ``reconnect`` False keeps the config's reconnect backoff instead of the bench's short one.
+
+def config_text(**kw: Any) -> str:
+    """A gateway config for the bench (:func:`tests.support.gateway_config.gateway_yaml` with the bench's
+    defaults): one RAK3172 radio, every node keyed and named ``<kind>-<n>``, reporting every 600 s.
+
+    The health interval is an hour (``health_s``) so no diagnostics reading lands in the middle of a measurement
+    (None keeps the config default, as the idle trial wants); the quota (2 GiB) is far above what a run journals so
+    eviction never runs; the reconnect backoff is short (0.1..0.5 s; ``reconnect_s=None`` keeps the config's).
+    ``extra_radios=ES920_RADIO.format(port=...)`` adds the ES920LR.
     """
-    names: dict[str, int] = {}
-    node_lines = []
-    for n in nodes:
-        base = n.kind.replace("_", "-")
-        names[base] = names.get(base, 0) + 1
-        node_lines.append(
-            f'  - id: "{n.hex}"\n'
-            f"    name: {base}-{names[base]}\n"
-            f"    kind: {n.kind}\n"
-            f'    key: "{node_key(n.node_id).hex()}"\n'
-            f"    interval_s: 600"
-        )
-    mqtt_extra = ""
-    if batch is not None:
-        mqtt_extra += f"  batch_max_readings: {batch}\n"
-    if window is not None:
-        mqtt_extra += f"  inflight_window: {window}\n"
-    if reconnect:
-        mqtt_extra = "  reconnect_min_s: 0.1\n  reconnect_max_s: 0.5\n" + mqtt_extra
-    radios = f"radios:\n  - name: {RADIO}\n    driver: rak3172\n    port: {port}\n"
-    if es920_port is not None:
-        radios += (
-            f"  - name: {RADIO_ES920}\n    driver: es920lr\n    port: {es920_port}\n    es920:\n"
-            "      bandwidth_khz: 125\n      spreading_factor: 10\n      channel: 3\n      pan_id: \"0001\"\n"
-            "      own_id: \"0000\"\n      format: binary\n      payload_encoding: hex\n      power_dbm: 13\n"
-            "      node: coordinator\n"
-        )
-    return (
-        f"gateway:\n  id: {GATEWAY_ID}\n  site: bench\n"
-        f"journal:\n  path: {journal}\n  quota_mb: {quota_mb}\n"
-        f"mqtt:\n  host: 127.0.0.1\n  port: {mqtt_port}\n{mqtt_extra}"
-        + radios
-        + "nodes:\n" + "\n".join(node_lines) + "\n"
-        + (f"health:\n  interval_s: {health_interval_s}\n" if health_interval_s is not None else "")
-    )
+    return gateway_yaml(**{"gateway": GATEWAY_ID, "site": "bench", "quota_mb": 2048, "reconnect_s": (0.1, 0.5),
+                           "name": numbered_names(), "interval_s": 600, **kw})
 
 
 def rx_line(payload: bytes, *, rssi: int = -97, snr: int = 6) -> bytes:
@@ -163,16 +137,6 @@ def fmt(v: float | None) -> str:
     if a >= 1:
         return f"{v:.2f}"
     return f"{v:.3f}"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.005) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds passed (for states no event signals)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def proc_status_kib(pid: int | str, field: str) -> int:

@@ -368,7 +368,7 @@ def agent(p: dict[str, Any]) -> dict[str, Any]:
     probe = Probe(gw, target_deleted=n)
     try:
         gw.start()
-        if not wait_configured(sim, timeout=20) or not c.wait_for(lambda: gw.link.connected, 20):
+        if not wait_configured(sim, timeout=20) or not c.wait_until(lambda: gw.link.connected, 20, 0.005):
             raise RuntimeError("gateway did not come up (radio configured and MQTT connected)")
         # Let the start-up commits and the retained status message settle before the clock starts.
         time.sleep(0.3)
@@ -497,7 +497,7 @@ def sos(p: dict[str, Any]) -> dict[str, Any]:
             time.sleep(0.2)
             spy = _py_spy(os.getpid(), f"{p['profile']}.round{rnd}", 120) if p.get("profile") else None
             broker.start()
-            if not c.wait_for(lambda: gw.link.connected, 20):
+            if not c.wait_until(lambda: gw.link.connected, 20, 0.005):
                 raise RuntimeError("gateway did not connect to the broker")
             ping.start()
             if not probe.drained.wait(p["max_round_s"] * 3):
@@ -510,7 +510,7 @@ def sos(p: dict[str, Any]) -> dict[str, Any]:
             ping.join(5)
             # Give the last SOS time to be journaled and, once published, acknowledged. One journaled but never
             # published is not waited for: it stays in the journal until the next session (counted as stuck).
-            c.wait_for(lambda: all("committed" in probe.sos.get(k, {}) for k in writes)
+            c.wait_until(lambda: all("committed" in probe.sos.get(k, {}) for k in writes)
                        and all("acked" in st for st in probe.sos.values() if "sent" in st), 5, 0.02)
         finally:
             stop_pinging.set()
@@ -602,12 +602,12 @@ def rss(p: dict[str, Any]) -> dict[str, Any]:
             return row[0] if row else 0
 
         def drained(total: int) -> None:
-            if not c.wait_for(lambda: counter("readings.acked") >= total and _unsent(journal) == 0,
+            if not c.wait_until(lambda: counter("readings.acked") >= total and _unsent(journal) == 0,
                               p["timeout_s"], 0.1):
                 raise RuntimeError(f"traffic not drained: acked {counter('readings.acked')} of {total}")
             time.sleep(p["settle_s"])
 
-        if not wait_configured(sim, timeout=30) or not c.wait_for(lambda: counter("mqtt.connects") >= 1, 30, 0.05):
+        if not wait_configured(sim, timeout=30) or not c.wait_until(lambda: counter("mqtt.connects") >= 1, 30, 0.05):
             raise RuntimeError(f"agent did not come up: {log_path.read_text()[-2000:]}")
         time.sleep(p["settle_s"])
         out["startup_mib"] = c.proc_status_kib(proc.pid, "VmRSS") / 1024
@@ -828,8 +828,9 @@ def idle(p: dict[str, Any]) -> dict[str, Any]:
     es.start()
     journal = work / "journal.db"
     cfg_path = work / "gateway.yaml"
-    c.write_config(cfg_path, c.config_text(port=rak.path, es920_port=es.path, mqtt_port=broker.port,
-                                           journal=journal, nodes=nodes, health_interval_s=None, reconnect=False))
+    c.write_config(cfg_path, c.config_text(port=rak.path, extra_radios=c.ES920_RADIO.format(port=es.path),
+                                           mqtt_port=broker.port, journal=journal, nodes=nodes, health_s=None,
+                                           reconnect_s=None))
     cfg = c.parse(cfg_path.read_text())
     log_path = work / "agent.log"
     proc = None
@@ -847,7 +848,7 @@ def idle(p: dict[str, Any]) -> dict[str, Any]:
             return all(c.journal_counter(journal, k) >= 1 for k in
                        (f"{c.RADIO}.configured", f"{c.RADIO_ES920}.configured", "mqtt.connects"))
 
-        if not c.wait_for(up, 60, 0.1):
+        if not c.wait_until(up, 60, 0.1):
             raise RuntimeError(f"agent did not come up (radios configured, MQTT connected): "
                                f"{log_path.read_text()[-2000:]}")
         time.sleep(p["settle_s"])

@@ -168,7 +168,7 @@ def drop_session(broker: Mosquitto, client_id: str) -> None:
                          protocol=MQTTProtocolVersion.MQTTv5)
     client.connect(broker.host, broker.port, clean_start=True)
     client.loop_start()
-    c.wait_for(client.is_connected, 10, 0.01)
+    c.wait_until(client.is_connected, 10, 0.01)
     client.disconnect()
     client.loop_stop()
 
@@ -329,7 +329,7 @@ def scaling_trial(broker: Mosquitto, influx: Influx, payloads: list[tuple[str, b
             return all("MQTT: subscribed" in p.read_text(errors="replace") for p in logs if p.exists()) and all(
                 p.exists() for p in logs)
 
-        if not c.wait_for(subscribed, 60, 0.05):
+        if not c.wait_until(subscribed, 60, 0.05):
             raise RuntimeError("the bridges did not subscribe within 60 s")
         for proc in running:
             proc.send_signal(signal.SIGSTOP)

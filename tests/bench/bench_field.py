@@ -255,7 +255,7 @@ class Field:
             with self.log.open("ab") as logf:
                 self.proc = subprocess.Popen([*denen_command(), "run", "-c", str(cfg)], cwd=REPO,
                                              stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
-            if not wait_configured(self.sim, timeout=30) or not c.wait_for(
+            if not wait_configured(self.sim, timeout=30) or not c.wait_until(
                     lambda: c.journal_counter(self.journal, "mqtt.connects") >= 1 or self.proc.poll() is not None,
                     30, 0.05) or self.proc.poll() is not None:
                 raise BenchError(f"denen run did not come up (radio configured, MQTT connected): {self.log_tail()}")
@@ -463,7 +463,7 @@ def run_rate(work: Path, rate: int, p: dict[str, Any], use_strace: bool) -> dict
         # Every reading sent must reach the subscriber, once.
         assert field.sub is not None
         sub = field.sub
-        c.wait_for(lambda: sent <= set(sub.received()), 60, 0.1)
+        c.wait_until(lambda: sent <= set(sub.received()), 60, 0.1)
         field.alive()
         got = sub.received()
         msgs = sub.snapshot()
@@ -529,7 +529,7 @@ def run_sos(work: Path, p: dict[str, Any], use_strace: bool) -> dict[str, Any]:
             note = "strace not installed: commits not counted"
         assert field.sub is not None
         sub = field.sub
-        c.wait_for(lambda: set(written) <= set(sub.received()), 30, 0.05)
+        c.wait_until(lambda: set(written) <= set(sub.received()), 30, 0.05)
         field.alive()
         got = sub.received()
     idle = delta(i0, i1)

@@ -75,6 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import _common as c
+from tests.support.process import end
 
 log = logging.getLogger(__name__)
 
@@ -195,19 +196,11 @@ class FleetBroker:
             except OSError:
                 return False
 
-        if not c.wait_for(listening, 15, 0.02):
+        if not c.wait_until(listening, 15, 0.02):
             raise RuntimeError(f"mosquitto did not listen on {self.port}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
+        end(self.proc, 15)
         self.proc = None
 
 
@@ -233,7 +226,7 @@ def check_security(broker: FleetBroker, gateways: list[str]) -> dict[str, Any]:
     client.connect(broker.host, broker.port)
     client.loop_start()
     try:
-        if not c.wait_for(client.is_connected, 10, 0.01):
+        if not c.wait_until(client.is_connected, 10, 0.01):
             raise RuntimeError(f"{a} could not log in with its own password")
         # Own tree first (a topic of its own the rules allow; "no matching subscribers" 16 is a success too).
         client.publish(f"{PREFIX}/{a}/results", b"{}", qos=1).wait_for_publish(10)
@@ -689,7 +682,7 @@ log:
         with bridge_log.open("ab") as lf:
             bridge = subprocess.Popen([sys.executable, "-m", "agent.cli", "bridge", "-c", str(bridge_cfg)], cwd=REPO,
                                       stdout=lf, stderr=subprocess.STDOUT)
-        if not c.wait_for(lambda: "MQTT: subscribed" in bridge_log.read_text(errors="replace")
+        if not c.wait_until(lambda: "MQTT: subscribed" in bridge_log.read_text(errors="replace")
                           or bridge.poll() is not None, 60, 0.05) or bridge.poll() is not None:
             raise RuntimeError(f"the bridge did not subscribe: {bridge_log.read_text(errors='replace')[-2000:]}")
 
@@ -762,7 +755,7 @@ log:
         t_gen_done = time.time()
         acked = sum(1 for rec in records for code in rec[7] if code == 0)
         # Wait for the bridge to write what the broker acknowledged (node_health lines counted by the relay).
-        c.wait_for(lambda: relay.node_health_lines >= acked, p["drain_timeout_s"], 0.1)
+        c.wait_until(lambda: relay.node_health_lines >= acked, p["drain_timeout_s"], 0.1)
         cpu["end (queues drained)"] = {k: (v - prev[k]) / tck / max(1e-9, time.time() - prev_t) * 100
                                        for k, v in sample().items()}
         out["tail_s"] = time.time() - phases[-1]["end"]

@@ -25,7 +25,6 @@ of them is named in the notes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil

@@ -1,0 +1,501 @@
+"""Meshtastic devices on USB serial: a hiker's radio pressing SOS becomes a denen SOS reading with its position.
+
+Design
+------
+The gateway's Meshtastic radio (any device with the serial API: T-Echo, RAK4631, Heltec ...) is plugged in by
+USB and runs its normal firmware on the hikers' channel. denen is one more client of that device's serial API,
+as the Meshtastic app or ``meshtastic --port`` is::
+
+    RadioWorker (drivers/radio.py)        Meshtastic driver (this module)          device (firmware)
+      open port ──────────────────────>   configure_once: 32 x 0xC3 (wake),
+                                          ToRadio{want_config_id = random}  ──>   my_info, metadata, node_info...,
+                                                                              <── config_complete_id (= ours)
+      pump -> feed(chunk) ─────────────>  FromRadio frames (drivers/meshtastic_stream.py: 0x94 0xC3, 2-byte
+                                          big-endian length, protobuf); packet -> Uplink(s); rebooted ->
+                                          module_reboot and configure again
+      service() ───────────────────────>  ToRadio{heartbeat} every heartbeat_s (the firmware drops an idle
+                                          serial API client after 15 minutes)
+      transmit(frame) ─────────────────>  ToRadio{packet: broadcast, portnum frame_port, payload frame};
+                                      <── queueStatus{mesh_packet_id, res}
+
+Framing and handshake as in meshtastic/python ``stream_interface.py`` (START1 0x94, START2 0xC3, HEADER_LEN 4,
+MAX_TO_FROM_RADIO_SIZE 512, the 32-byte 0xC3 wake) and ``mesh_interface.py`` (``_startConfig``: a random
+``want_config_id``, never 69420/69421, the firmware's "config only" and "nodes only" nonces; ``rebooted`` ->
+start the config again), and meshtastic/protobufs ``mesh.proto`` (FromRadio, ToRadio, MeshPacket, QueueStatus).
+
+What a packet becomes. Each Meshtastic device that may call for help is listed in the radio's ``meshtastic:``
+section (``devices: [{device: "!a1b2c3d4", node: "0000a001"}]``), mapped to a denen node id that is configured
+under ``nodes:`` with ``unauthenticated: flag`` (and usually ``kind: sos``). Its packets become denen node frames
+(docs/protocols.md §9, built with drivers/codec/frame.py and LPP), so they take exactly the path of a LoRa
+node's frames: FrameDecoder, journal, edge rules, MQTT, dashboards:
+
+* POSITION_APP: remembered as the device's last position; sent on as a ``heartbeat`` reading (``battery_v`` from
+  its last telemetry, position as ``ch2_gps_0..2``) once a battery voltage is known.
+* TELEMETRY_APP device metrics: ``heartbeat`` (``battery_v``, ``battery_pct``, last position as ``ch2_gps``);
+  environment metrics: ``weather`` (``temperature_c``, ``humidity_pct``, ``pressure_hpa``), for devices with
+  ``environment: true`` only (a hiker's node is ``kind: sos``; weather from it would be a kind mismatch).
+* TEXT_MESSAGE_APP with the alert bell (BEL, 0x07: what Meshtastic's canned "alert bell" messages carry) or one
+  of ``alert_texts`` (default ``SOS``; width and case folded, so ``ＳＯＳ`` counts), and ALERT_APP: an ``sos``
+  reading, ``pressed`` 1 with the device's last known position (``lat_deg``, ``lon_deg``, ``alt_m`` 0 when the
+  device never sent one) and battery. A Meshtastic device has no "cancel": the operator clears the alert.
+* ``frame_port`` (default 256, PRIVATE_APP): the payload is a denen node frame already, passed on unchanged
+  from any device: a denen node that uses the mesh as its transport, with its own MIC. denen receipts go out
+  the same way (:meth:`Meshtastic.transmit`).
+* Anything else, and every packet of a device not in ``devices``: counted in :attr:`Meshtastic.stats`, logged
+  once per device, and dropped. Packets the device could not decrypt (another channel) likewise, and a packet
+  heard again (same sender and packet id, of the last 256).
+
+Authenticity, honestly: a Meshtastic channel is protected by its pre-shared key only, so anyone who knows the
+channel key (for the default channel: everyone) can send a packet claiming any node number. These frames carry
+no MIC; the gateway accepts them only for nodes whose policy is ``unauthenticated: flag``, marks each reading
+``"auth": "none"``, and dashboards show it as unauthenticated, like any unsigned LoRa frame. Nothing here
+bypasses the node policy: a node with ``unauthenticated: reject`` gets its Meshtastic frames quarantined.
+
+Frame counters. The gateway accepts an unsigned frame only above the node's last counter, which it keeps in its
+journal across restarts. A Meshtastic packet has no such counter (packet ids are random), so the driver makes
+one from the time the packet was read: quarter seconds since 2024-01-01 UTC (uint32 lasts until 2058), at
+least one above the last it gave that node in this process. Consequence: if the gateway's clock steps back
+(a Pi without a real-time clock booting before NTP), that node's frames are quarantined as ``replay`` until the
+clock has caught up (``denen node reset-counter`` clears the window at once).
+
+What denen does not do: no mesh routing, relaying or store-and-forward (the device does that); no change to the
+device's configuration (channels, keys, region, roles: set them with the Meshtastic app); no text replies to the
+hiker; no decoding of PKI direct messages or channels the device does not have. It asks the device only for its
+config download, which receiving needs.
+
+The protobufs come from the ``meshtastic`` package, imported when a driver is made (not when this module is
+imported: config validation and ``denen --help`` stay light).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import random
+import time
+from collections import Counter, OrderedDict
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator, model_validator
+
+from drivers.codec import frame as nodeframe
+from drivers.codec import kinds
+from drivers.errors import CodecError, ModuleError, ModuleTimeout
+from drivers.meshtastic_packets import (
+    Fix,
+    alert_matcher,
+    battery_values,
+    environment_values,
+    position_fix,
+)
+from drivers.meshtastic_stream import WAKE, StreamParser, frame
+from drivers.probe import FAIL, N_, OK, Finding, ProbeLink, Say, noise_hint
+from drivers.radio import Link, ModuleDriver
+from drivers.registry import DriverSpec
+from drivers.settings import Section, problem
+from drivers.types import Uplink
+
+__all__ = ["SPEC", "Meshtastic", "MeshtasticConfig", "MeshtasticDevice", "counter_floor", "probe"]
+
+log = logging.getLogger(__name__)
+
+#: want_config_id values the firmware reads as "send the config only" / "send the node database only".
+_SPECIAL_CONFIG_IDS = frozenset({69420, 69421})
+_BROADCAST = 0xFFFF_FFFF
+#: Frame counters count quarter seconds from 2024-01-01T00:00:00Z (uint32: until 2058).
+COUNTER_EPOCH_US = 1_704_067_200_000_000
+COUNTER_STEP_US = 250_000
+_UNKNOWN_LOGGED_MAX = 64  # distinct unknown devices logged by name; more are only counted
+_RECENT_PACKETS = 256  # (sender, packet id) pairs remembered to drop a packet heard twice
+
+
+def counter_floor(received_us: int) -> int:
+    """The smallest frame counter for a packet read at ``received_us`` (µs since the Unix epoch)."""
+    return max(0, (received_us - COUNTER_EPOCH_US) // COUNTER_STEP_US)
+
+
+def _protobufs() -> SimpleNamespace:
+    """The meshtastic package's protobuf modules (importing it costs ~0.25 s and ~24 MiB: done once, lazily)."""
+    from google.protobuf.message import DecodeError
+    from meshtastic.protobuf import mesh_pb2, portnums_pb2, telemetry_pb2
+
+    return SimpleNamespace(mesh=mesh_pb2, ports=portnums_pb2.PortNum, telemetry=telemetry_pb2, DecodeError=DecodeError)
+
+
+class MeshtasticDevice(Section):
+    """One Meshtastic device whose packets become readings of a denen node."""
+
+    device: str = Field(description="The device's node id as Meshtastic shows it (`!a1b2c3d4`), or its node "
+                        "number in decimal.")
+    node: str = Field(description="The denen node id (8 hex digits) its readings get; configure that node under "
+                      "`nodes:` with `unauthenticated: flag`.")
+    environment: bool = Field(False, description="Also turn its environment telemetry into `weather` readings.")
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_id(cls, value: object) -> str:
+        hint = "write the id the Meshtastic app shows, e.g. \"!a1b2c3d4\", or the node number, e.g. 2712847316"
+        if isinstance(value, int) and not isinstance(value, bool):
+            num = value
+        elif isinstance(value, str) and value.startswith("!") and len(value) == 9:
+            try:
+                num = int(value[1:], 16)
+            except ValueError:
+                raise problem(f"{value!r} is not a Meshtastic node id", hint) from None
+        elif isinstance(value, str) and value.isdigit() and len(value) <= 10:
+            num = int(value)
+        else:
+            raise problem(f"{value!r} is not a Meshtastic node id", hint)
+        if not 1 <= num < _BROADCAST:
+            raise problem(f"node number {num} is outside 1..4294967294", hint)
+        return f"!{num:08x}"
+
+    @field_validator("node", mode="before")
+    @classmethod
+    def _node_id(cls, value: object) -> str:
+        if not isinstance(value, str) or len(value) != 8 or any(c not in "0123456789abcdefABCDEF" for c in value):
+            raise problem(f"{value!r} is not a denen node id", "8 hex digits, as under nodes: (\"0000a001\")")
+        return value.lower()
+
+    @property
+    def num(self) -> int:
+        """The Meshtastic node number."""
+        return int(self.device[1:], 16)
+
+
+class MeshtasticConfig(Section):
+    """Meshtastic devices heard through a Meshtastic radio on USB serial, and how their packets are read."""
+
+    #: What the radio's ``meshtastic:`` key holds, for the config reference.
+    section_doc: ClassVar[str] = "Meshtastic devices"
+
+    devices: tuple[MeshtasticDevice, ...] = Field((), max_length=1000, description="The devices whose packets "
+                                                  "become readings; packets of any other device are counted and "
+                                                  "dropped.")
+    alert_texts: tuple[str, ...] = Field(("SOS",), max_length=16, description="A text message containing one of "
+                                         "these as a word (any case or width) is an SOS; so is the alert bell.")
+    frame_port: int = Field(256, ge=256, le=511, description="Meshtastic port number whose payloads are denen node "
+                            "frames (256 = PRIVATE_APP).")
+    heartbeat_s: int = Field(300, ge=30, le=840, description="Seconds between heartbeats to the device (its serial "
+                             "API drops a silent client after 15 minutes).")
+    config_timeout_s: float = Field(15.0, gt=0, le=120, description="Seconds to wait for the device's config "
+                                    "download.")
+
+    @field_validator("alert_texts")
+    @classmethod
+    def _texts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for i, text in enumerate(value):
+            if not text.strip() or len(text) > 40:
+                raise problem(f"alert text {text!r} must be 1..40 characters, not only spaces", subloc=(i,))
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> MeshtasticConfig:
+        seen: dict[str, int] = {}
+        nodes: dict[str, int] = {}
+        for i, d in enumerate(self.devices):
+            if d.device in seen:
+                raise problem(f"device {d.device} is listed twice (entries {seen[d.device]} and {i})",
+                              subloc=("devices", i, "device"))
+            if d.node in nodes:
+                raise problem(f"node {d.node} is given to two devices (entries {nodes[d.node]} and {i})",
+                              "one denen node per device", subloc=("devices", i, "node"))
+            seen[d.device], nodes[d.node] = i, i
+        if importlib.util.find_spec("meshtastic") is None:
+            raise problem("the meshtastic package is not installed", "pip install 'denen-agent[meshtastic]'")
+        return self
+
+
+class Meshtastic(ModuleDriver):
+    """A Meshtastic device's serial API (module docstring).
+
+    Attributes:
+        stats: what was dropped and why: ``unknown_device``, ``undecryptable``, ``duplicate``, ``ignored_port``,
+            ``ignored_text``, ``ignored_telemetry``, ``bad_payload``, ``no_fix``, ``position_held``,
+            ``unencodable``, ``counter_exhausted``; ``alerts`` counts SOS readings.
+    """
+
+    # The last counter given to each (radio, denen node): survives the driver instances of one process, so a
+    # reopened port never repeats a counter for packets read in the same quarter second.
+    _counters: ClassVar[dict[tuple[str, int], int]] = {}
+
+    def __init__(self, config: Any, link: Link) -> None:
+        super().__init__(config, link)
+        settings = getattr(config, "meshtastic", None)
+        self.settings: MeshtasticConfig = settings if settings is not None else MeshtasticConfig()
+        self.pb = _protobufs()
+        self._devices = {d.num: d for d in self.settings.devices}
+        self._is_alert = alert_matcher(self.settings.alert_texts)
+        self._parser: StreamParser[Any] = StreamParser(self._from_radio, self._stream_problem)
+        self._config_id = 0
+        self._config_done = False
+        self._last_heartbeat = time.monotonic()
+        self._queue_status: dict[int, int] = {}  # mesh packet id -> res, for transmit()
+        self._fixes: dict[int, Fix] = {}  # device number -> last position
+        self._battery: dict[int, dict[str, float]] = {}  # device number -> battery_v/battery_pct
+        self._unknown_logged: set[int] = set()
+        self._recent: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._known_in_db = 0  # configured devices in the radio's node database (config download)
+        self._received_us = 0
+        self._rng = random.SystemRandom()
+        self.stats: Counter[str] = Counter()
+
+    # -- configure and keep alive ------------------------------------------------------------------------
+    def configure(self) -> None:
+        self._config_done = False
+        super().configure()
+
+    def configure_once(self) -> None:
+        self.check_not_rebooted("want_config")
+        self._config_done = False
+        self._config_id = self._new_id(_SPECIAL_CONFIG_IDS)
+        self.link.write(WAKE)
+        self.pause(0.1)  # meshtastic python waits 100 ms for a sleeping device to wake
+        self.check_not_rebooted("want_config")
+        self._send(self.pb.mesh.ToRadio(want_config_id=self._config_id))
+        timeout = self.settings.config_timeout_s
+        try:
+            self.wait_until(lambda: self._config_done or self._rebooted_while_configuring, timeout, "want_config")
+        except ModuleTimeout as exc:
+            self.link.incident("module_timeout", f"no config download from the device within {timeout:g} s")
+            raise ModuleTimeout(str(exc)) from None
+        self.check_not_rebooted("want_config")
+        self.module_info.setdefault("firmware", "unknown")
+        self.module_info["devices_in_radio_db"] = f"{self._known_in_db}/{len(self._devices)}"
+        self._last_heartbeat = time.monotonic()
+
+    def service(self) -> None:
+        if time.monotonic() - self._last_heartbeat >= self.settings.heartbeat_s:
+            self._send(self.pb.mesh.ToRadio(heartbeat=self.pb.mesh.Heartbeat()))
+            self._last_heartbeat = time.monotonic()
+
+    def transmit(self, payload: bytes, timeout: float) -> None:
+        """Broadcast a denen frame on the primary channel at ``frame_port``; waits for the device's queue status."""
+        limit = self.pb.mesh.Constants.DATA_PAYLOAD_LEN
+        if not payload or len(payload) > limit:
+            raise ValueError(f"a Meshtastic payload holds 1..{limit} bytes, got {len(payload)}")
+        packet_id = self._new_id(frozenset())
+        data = self.pb.mesh.Data(portnum=self.settings.frame_port, payload=bytes(payload))
+        self._queue_status.clear()
+        self._send(self.pb.mesh.ToRadio(packet=self.pb.mesh.MeshPacket(to=_BROADCAST, id=packet_id, decoded=data)))
+        try:
+            self.wait_until(lambda: packet_id in self._queue_status, timeout, "transmit")
+        except ModuleTimeout:
+            self.link.incident("module_timeout", f"no queue status for packet {packet_id:08x}")
+            raise
+        res = self._queue_status.pop(packet_id)
+        if res != 0:
+            self.link.incident("module_error", f"device refused the packet (queue status {res})")
+            raise ModuleError("transmit", f"device refused the packet (queue status {res})")
+
+    def _new_id(self, avoid: frozenset[int]) -> int:
+        while True:
+            value = self._rng.randrange(1, _BROADCAST)
+            if value not in avoid:
+                return value
+
+    def _send(self, message: Any) -> None:
+        self.link.write(frame(message.SerializeToString()))
+
+    # -- bytes in -------------------------------------------------------------------------------------------
+    def feed(self, chunk: bytes, received_us: int) -> None:
+        self._received_us = received_us
+        uplinks: list[Uplink] = []
+        for message in self._parser.feed(chunk, received_us):
+            self._handle(message, uplinks)
+        count, sample = self._parser.take_outside()
+        # Console text is expected until the device has sent its config (its boot log); after that the device
+        # speaks frames only, so stray bytes are noise on the line.
+        if count and self._config_done:
+            self.link.incident("garbled_line", f"{count} bytes outside frames: {sample[-32:]!r}")
+        if uplinks:
+            self.link.deliver(uplinks)
+
+    def _from_radio(self, payload: bytes) -> Any:
+        try:
+            return self.pb.mesh.FromRadio.FromString(payload)
+        except (self.pb.DecodeError, ValueError):
+            return None
+
+    def _stream_problem(self, kind: str, detail: str) -> None:
+        self.link.incident("line_overflow" if kind == "oversize" else "garbled_line", detail)
+
+    def _handle(self, message: Any, uplinks: list[Uplink]) -> None:
+        which = message.WhichOneof("payload_variant")
+        if which == "packet":
+            self._packet(message.packet, uplinks)
+        elif which == "config_complete_id":
+            if message.config_complete_id == self._config_id and self._config_id:
+                self._config_done = True
+        elif which == "rebooted":
+            self._config_done = False
+            self.link.incident("module_reboot", "the device says it rebooted")
+            self.module_rebooted()
+        elif which == "my_info":
+            self.module_info["node"] = f"!{message.my_info.my_node_num:08x}"
+            self._known_in_db = 0
+        elif which == "metadata":
+            self.module_info["firmware"] = message.metadata.firmware_version or "unknown"
+        elif which == "node_info":
+            self._node_info(message.node_info)
+        elif which == "queueStatus" and len(self._queue_status) < 64:
+            self._queue_status[message.queueStatus.mesh_packet_id] = message.queueStatus.res
+
+    def _node_info(self, info: Any) -> None:
+        """A device from the radio's node database: seeds the last position and battery of a known device."""
+        if info.num not in self._devices:
+            return
+        self._known_in_db += 1
+        heard_us = info.last_heard * 1_000_000 if info.last_heard else 0
+        if info.HasField("position"):
+            fix = position_fix(info.position, heard_us)
+            old = self._fixes.get(info.num)
+            if fix is not None and (old is None or old.heard_us < fix.heard_us):
+                self._fixes[info.num] = fix
+        if info.HasField("device_metrics") and info.num not in self._battery:
+            battery = battery_values(info.device_metrics)
+            if battery:
+                self._battery[info.num] = battery
+
+    # -- packets --------------------------------------------------------------------------------------------
+    def _packet(self, packet: Any, uplinks: list[Uplink]) -> None:
+        if packet.WhichOneof("payload_variant") != "decoded":
+            self.stats["undecryptable"] += 1
+            return
+        sender = getattr(packet, "from")  # a Python keyword, so not packet.from
+        if packet.id:
+            # The same packet twice (a frame repeated on the line, a second copy via another relay): one reading.
+            seen = (sender, packet.id)
+            if seen in self._recent:
+                self.stats["duplicate"] += 1
+                return
+            self._recent[seen] = None
+            if len(self._recent) > _RECENT_PACKETS:
+                self._recent.popitem(last=False)
+        port, payload = packet.decoded.portnum, packet.decoded.payload
+        heard = (packet.rx_rssi or None, float(packet.rx_snr) if packet.rx_rssi or packet.rx_snr else None,
+                 f"!{sender:08x}")
+        if port == self.settings.frame_port:
+            if payload:
+                uplinks.append(Uplink(self.link.radio, bytes(payload), *heard, self._received_us))
+            return
+        device = self._devices.get(sender)
+        if device is None:
+            self._unknown(sender)
+            return
+        ports = self.pb.ports
+        try:
+            if port == ports.POSITION_APP:
+                self._position(device, self.pb.mesh.Position.FromString(payload), heard, uplinks)
+            elif port == ports.TELEMETRY_APP:
+                self._telemetry(device, self.pb.telemetry.Telemetry.FromString(payload), heard, uplinks)
+            elif port in (ports.TEXT_MESSAGE_APP, ports.ALERT_APP):
+                text = payload.decode("utf-8", "replace")
+                if port == ports.ALERT_APP or self._is_alert(text):
+                    self._sos(device, text, heard, uplinks)
+                else:
+                    self.stats["ignored_text"] += 1
+            else:
+                self.stats["ignored_port"] += 1
+        except (self.pb.DecodeError, ValueError):
+            self.stats["bad_payload"] += 1
+
+    def _unknown(self, sender: int) -> None:
+        self.stats["unknown_device"] += 1
+        if sender not in self._unknown_logged and len(self._unknown_logged) < _UNKNOWN_LOGGED_MAX:
+            self._unknown_logged.add(sender)
+            log.info("radio %s: Meshtastic device !%08x is not in meshtastic.devices; its packets are dropped",
+                     self.link.radio, sender)
+
+    def _gps(self, num: int) -> dict[str, float]:
+        fix = self._fixes.get(num)
+        if fix is None:
+            return {}
+        v = fix.values()
+        return {"ch2_gps_0": v["lat_deg"], "ch2_gps_1": v["lon_deg"], "ch2_gps_2": v["alt_m"]}
+
+    def _position(self, device: MeshtasticDevice, position: Any, heard: tuple, uplinks: list[Uplink]) -> None:
+        fix = position_fix(position, self._received_us)
+        if fix is None:
+            self.stats["no_fix"] += 1
+            return
+        self._fixes[device.num] = fix
+        battery = self._battery.get(device.num, {})
+        if "battery_v" not in battery:
+            self.stats["position_held"] += 1  # a heartbeat needs a voltage; the fix waits for the next one
+            return
+        self._emit(device, "heartbeat", {**battery, **self._gps(device.num)}, heard, uplinks)
+
+    def _telemetry(self, device: MeshtasticDevice, telemetry: Any, heard: tuple, uplinks: list[Uplink]) -> None:
+        which = telemetry.WhichOneof("variant")
+        if which == "device_metrics":
+            battery = battery_values(telemetry.device_metrics)
+            if battery:
+                self._battery[device.num] = battery
+            if "battery_v" in battery:
+                self._emit(device, "heartbeat", {**battery, **self._gps(device.num)}, heard, uplinks)
+                return
+        elif which == "environment_metrics" and device.environment:
+            weather = environment_values(telemetry.environment_metrics)
+            if weather:
+                battery_v = self._battery.get(device.num, {}).get("battery_v")
+                self._emit(device, "weather", weather | ({"battery_v": battery_v} if battery_v else {}), heard,
+                           uplinks)
+                return
+        self.stats["ignored_telemetry"] += 1
+
+    def _sos(self, device: MeshtasticDevice, text: str, heard: tuple, uplinks: list[Uplink]) -> None:
+        fix = self._fixes.get(device.num)
+        values = {"pressed": 1.0, **(fix.values() if fix is not None else {})}
+        battery_v = self._battery.get(device.num, {}).get("battery_v")
+        if battery_v is not None:
+            values["battery_v"] = battery_v
+        age = f", position {(self._received_us - fix.heard_us) / 1e6:.0f} s old" if fix is not None else ", no position"
+        log.warning("radio %s: SOS from Meshtastic device %s (node %s)%s: %r", self.link.radio, device.device,
+                    device.node, age, text[:80])
+        self.stats["alerts"] += 1
+        self._emit(device, "sos", values, heard, uplinks, fallback={"pressed": 1.0})
+
+    def _emit(self, device: MeshtasticDevice, kind: str, values: dict[str, float], heard: tuple,
+              uplinks: list[Uplink], fallback: dict[str, float] | None = None) -> None:
+        """One denen node frame for ``device``: no MIC (module docstring, "Authenticity")."""
+        try:
+            body = kinds.encode_values(kind, values)
+        except CodecError:  # LppError is a CodecError; packets_values keeps values in range, so this is rare
+            if fallback is None:
+                self.stats["unencodable"] += 1
+                return
+            body = kinds.encode_values(kind, fallback)
+        node_id = int(device.node, 16)
+        key = (self.link.radio, node_id)
+        counter = max(self._counters.get(key, -1) + 1, counter_floor(self._received_us))
+        if counter > 0xFFFF_FFFF:
+            self.stats["counter_exhausted"] += 1
+            return
+        self._counters[key] = counter
+        payload = nodeframe.build(node_id, counter, kinds.KIND_CODES[kind], body)
+        uplinks.append(Uplink(self.link.radio, payload, *heard, self._received_us))
+
+
+def probe(port: Any, radio: Any, timeout_s: float, say: Say) -> Finding:
+    """Ask for the device's config download (it changes nothing on the device); see :mod:`drivers.probe`."""
+    driver, link = ProbeLink.driver(Meshtastic, port, radio)
+    try:
+        driver.configure_once()
+    except (ModuleError, ModuleTimeout):
+        text = say(N_("{port}: no Meshtastic config download (is it a Meshtastic device with the serial API on?)"))
+        return Finding(FAIL, text.format(port=radio.port), noise_hint(bytes(link.raw), radio.baudrate, say),
+                       {"received": bytes(link.raw)[:64].hex()})
+    info = driver.module_info
+    summary = say(N_("{port}: Meshtastic device {node} answers, firmware {firmware}; configured devices in its "
+                     "node database: {devices}")).format(port=radio.port, node=info.get("node", "?"),
+                                                         firmware=info.get("firmware"),
+                                                         devices=info.get("devices_in_radio_db"))
+    return Finding(OK, summary, None, {"module": "Meshtastic", **info})
+
+
+#: This driver in the registry (drivers/all.py registers it).
+SPEC = DriverSpec(
+    name="meshtastic", driver=Meshtastic, section="meshtastic", settings=MeshtasticConfig, probe=probe,
+    twin="meshtastic", summary="Meshtastic device, serial API (protobuf stream)")

@@ -231,6 +231,17 @@ def valid_frame(rng: random.Random, *, node_id: int | None = None, counter: int 
     )
 
 
+def check_unknown_type(exc: LppError, data: bytes) -> list[lpp.LppRecord]:
+    """An unknown type stops the body where its record starts and carries exactly the records before it."""
+    check(isinstance(exc, lpp.LppUnknownType), "lpp_unknown_type raised without the records before it")
+    assert isinstance(exc, lpp.LppUnknownType)
+    offset = exc.offset
+    check(0 <= offset < len(data) - 1 and data[offset + 1] not in lpp.LPP_TYPES,
+          f"unknown type reported at offset {offset}, where a known record (or nothing) starts")
+    check(exc.records == lpp.decode(data[:offset]), "the records kept before an unknown type are not the body before it")
+    return exc.records
+
+
 class LppTarget(Target):
     name = "lpp"
     error = "LppError"
@@ -252,7 +263,10 @@ class LppTarget(Target):
         try:
             records = lpp.decode(data)
         except LppError as exc:
-            return rejected(_check_codec_error(exc, LppError, self.REASONS, "lpp.decode"))
+            reason = _check_codec_error(exc, LppError, self.REASONS, "lpp.decode")
+            if reason == "lpp_unknown_type":
+                check_unknown_type(exc, data)
+            return rejected(reason)
         check(records == lpp.decode(bytearray(data)) == lpp.decode(memoryview(data)),
               "bytes, bytearray and memoryview decode differently")
         for r in records:
@@ -352,6 +366,11 @@ class KindsTarget(Target):
         except CodecError as exc:
             reason = _check_codec_error(exc, CodecError, self.REASONS, "decode_values")
             check(reason != "kind_vendor_codec" or name == "vendor", "kind_vendor_codec for a table kind")
+            if reason == "lpp_unknown_type":
+                kept = kinds.salvage_values(name, check_unknown_type(exc, body))
+                check(all(isinstance(k, str) and k and type(v) is float and math.isfinite(v) for k, v in kept.items())
+                      and (bool(kept) == bool(exc.records)),  # type: ignore[attr-defined]
+                      f"values kept before an unknown type: {kept!r}")
             return rejected(reason)
         check(name != "vendor", "a vendor kind was decoded without its codec")
         for key, value in values.items():
@@ -462,6 +481,8 @@ class ReadingsTarget(Target):
                 check(q.reason in READINGS_REASONS, f"quarantine reason {q.reason!r} is not documented")
                 check(isinstance(q.detail, str) and q.detail.strip(), f"quarantine {q.reason} without a detail")
                 check(q.raw == up.payload and q.ts_us == up.received_us, "quarantine lost the payload or time")
+                if q.reason == "lpp_unknown_type":
+                    self._check_kept_values(q.detail)
                 first_reason = first_reason or q.reason
                 continue
             entry, body = d.entry, d.body
@@ -470,6 +491,17 @@ class ReadingsTarget(Target):
             check((entry.node, entry.fcnt, entry.ts_us) == (body["node"], body["fcnt"], up.received_us)
                   and entry.lane in range(4), f"entry {entry.node}/{entry.fcnt} does not match its reading")
         return rejected(first_reason) if first_reason else ACCEPTED
+
+    @staticmethod
+    def _check_kept_values(detail: str) -> None:
+        """The values before an unknown LPP type end the detail as a JSON object, unless that type came first."""
+        message, marker, kept = detail.partition("; values before it: ")
+        check(bool(marker) != ("offset 0:" in message), f"values kept (or not) against the offset: {detail!r}")
+        if marker:
+            values = json.loads(kept)
+            check(isinstance(values, dict) and values and all(
+                re.fullmatch(r"[a-z0-9_]+", k) and type(v) is float and math.isfinite(v) for k, v in values.items()),
+                f"values kept before an unknown type are not named finite floats: {kept!r}")
 
     def _check_entry(self, cfg: Config, up: Uplink, text: str, accepted: dict[str, int]) -> None:
         def no_constants(name: str) -> None:

@@ -52,6 +52,25 @@ def test_lpp_oracle_catches_a_decoder_that_loses_a_record(monkeypatch: pytest.Mo
         run_one(lpp_target, b"\x01\x67\x01\x10\x02\x68\x50")
 
 
+def test_lpp_oracle_checks_the_records_kept_before_an_unknown_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = b"\x01\x00\x01" + b"\x06\x87\x0a\x14\x1e" + b"\x02\xf0\x00"  # digital in, colour, then type 0xF0
+    assert run_one(lpp_target, body) == rejected("lpp_unknown_type")
+    real = lpp.decode
+
+    def forgetful(data: bytes) -> list[lpp.LppRecord]:
+        try:
+            return real(data)
+        except lpp.LppUnknownType as exc:
+            exc.records = exc.records[:-1]
+            raise
+
+    monkeypatch.setattr(lpp, "decode", forgetful)
+    with pytest.raises(Violation, match="records kept before an unknown type"):
+        run_one(lpp_target, body)
+    with pytest.raises(Violation, match="records kept before an unknown type"):
+        run_one(kinds_target, (0x01, body))
+
+
 # -- the denen frame -------------------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from agent.config import Config, parse_config
 from agent.gateway.reading import Entry
 from agent.gateway.readings import FrameDecoder
 from drivers.types import Uplink
-from tests.support.field import FieldNode, default_values, wait_until, write_config  # noqa: F401 - c.write_config, c.wait_until
+from tests.support.field import FieldNode, default_values, wait_until, write_config  # noqa: F401 - for the trials
 from tests.support.gateway_config import gateway_yaml, numbered_names
 
 GATEWAY_ID = "gw-bench-01"
@@ -137,6 +138,11 @@ def fmt(v: float | None) -> str:
     if a >= 1:
         return f"{v:.2f}"
     return f"{v:.3f}"
+
+
+def say(text: str) -> None:
+    """A progress line on stderr, at once (the table goes to stdout at the end)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def proc_status_kib(pid: int | str, field: str) -> int:

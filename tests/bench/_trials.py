@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import _common as c
+from tests.support.process import end
 
 log = logging.getLogger(__name__)
 
@@ -591,15 +592,7 @@ def rss(p: dict[str, Any]) -> dict[str, Any]:
                                     stdout=logf, stderr=subprocess.STDOUT)
 
         def counter(name: str) -> int:
-            try:
-                db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-                try:
-                    row = db.execute("SELECT value FROM counter WHERE name=?", (name,)).fetchone()
-                finally:
-                    db.close()
-            except sqlite3.Error:
-                return 0
-            return row[0] if row else 0
+            return c.journal_counter(journal, name)
 
         def drained(total: int) -> None:
             if not c.wait_until(lambda: counter("readings.acked") >= total and _unsent(journal) == 0,
@@ -640,13 +633,7 @@ def rss(p: dict[str, Any]) -> dict[str, Any]:
         out["peak_mib"] = c.proc_status_kib(proc.pid, "VmHWM") / 1024
         out["threads"] = c.proc_status_kib(proc.pid, "Threads")
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end(proc, 15)
         sim.stop()
         broker.stop()
     return out
@@ -861,13 +848,7 @@ def idle(p: dict[str, Any]) -> dict[str, Any]:
             raise RuntimeError(f"agent exited during the window: {log_path.read_text()[-2000:]}")
         names, stacks = _py_spy_threads(proc.pid)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end(proc, 15)
         es.stop()
         rak.stop()
         broker.stop()

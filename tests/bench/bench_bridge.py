@@ -219,7 +219,7 @@ def run(n: int, repeat: int, shapes: list[int], *, work: Path, broker: Mosquitto
             for db in (db_raw, db_bridge):
                 if stored(influx, db) != n:
                     raise RuntimeError(f"{db}: {stored(influx, db)} node_health points, expected {n}")
-            _say(f"  {per_message:>3} readings/message, trial {r + 1}: raw {n / raw_s[-1]:,.0f}/s, "
+            c.say(f"  {per_message:>3} readings/message, trial {r + 1}: raw {n / raw_s[-1]:,.0f}/s, "
                  f"bridge {n / bridge_s[-1]:,.0f}/s")
         ratios = [rs / bs for rs, bs in zip(raw_s, bridge_s, strict=True)]
         results["shapes"][str(per_message)] = {
@@ -400,7 +400,7 @@ def run_scaling(readings: dict[int, int], repeat: int, *, work: Path, broker: Mo
             one.append(scaling_trial(broker, influx, payloads, n, 1, f"{per_message}-{r}-1", work))
             two.append(scaling_trial(broker, influx, payloads, n, 2, f"{per_message}-{r}-2", work))
             shares = "/".join(str(x["messages"]) for x in two[-1]["per_process"])
-            _say(f"  scaling, {per_message:>3} readings/message, trial {r + 1}: 1 bridge {one[-1]['per_s']:,.0f}/s, "
+            c.say(f"  scaling, {per_message:>3} readings/message, trial {r + 1}: 1 bridge {one[-1]['per_s']:,.0f}/s, "
                  f"2 bridges {two[-1]['per_s']:,.0f}/s (messages per bridge {shares})")
         results["shapes"][str(per_message)] = {
             "readings": n, "messages": len(payloads), "one": one, "two": two,
@@ -465,10 +465,6 @@ def add_rows(table: c.Table, results: dict[str, Any]) -> None:
                   ratio=c.median(r["ratio"]),
                   note=f"CPU in % of a core: both bridges {c.fmt(cpu2)}, influxd {c.fmt(infl2)}, mosquitto "
                   f"{c.fmt(mosq2)}; messages per process {shares}; ratio = median of per-pair ratios; 2 cores")
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.process import end
+
 REPO = Path(__file__).resolve().parents[2]
 
 PLANS: dict[str, dict[str, Any]] = {
@@ -281,13 +283,7 @@ class Field:
             raise BenchError(f"denen run exited during the measurement: {self.log_tail()}")
 
     def __exit__(self, *exc: Any) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc, 30)
         if self.sub is not None:
             self.sub.close()
         if self.sim is not None:

@@ -643,7 +643,7 @@ def run(p: dict[str, Any]) -> dict[str, Any]:
                            "backlog_gateways": len(backlog_idx), "nodes_per_gateway": NODES_PER_GATEWAY,
                            "window": WINDOW, "batch": BATCH}
     t_setup = time.monotonic()
-    _say(f"fleet: {n_gw} gateways in {p['workers']} workers, work folder {work}")
+    c.say(f"fleet: {n_gw} gateways in {p['workers']} workers, work folder {work}")
     broker = FleetBroker(work / "broker", gids)
     influx = InfluxDB1(work / "influx")
     relay: Relay | None = None
@@ -721,7 +721,7 @@ log:
             pipe.send({"phases": phases})
         out["setup_s"] = time.monotonic() - t_setup
         out["connected_gateways"] = ready
-        _say(f"fleet: {ready} gateways connected and logged in; load starts in {start_at - time.time():.1f} s")
+        c.say(f"fleet: {ready} gateways connected and logged in; load starts in {start_at - time.time():.1f} s")
 
         # CPU per process per phase, sampled at the phase boundaries.
         pids = {"mosquitto": broker.proc.pid if broker.proc else 0, "bridge": bridge.pid,
@@ -739,7 +739,7 @@ log:
         prev, prev_t = sample(), time.time()
         for ph in phases:
             time.sleep(max(0.0, ph["end"] - time.time()))
-            _say(f"fleet: phase {ph['name']} done")
+            c.say(f"fleet: phase {ph['name']} done")
             now_s, now_t = sample(), time.time()
             cpu[ph["name"]] = {k: (now_s[k] - prev[k]) / tck / (now_t - prev_t) * 100 for k in now_s}
             prev, prev_t = now_s, now_t
@@ -763,12 +763,7 @@ log:
         out["rss_mib"] = {"mosquitto": _rss_mib(pids["mosquitto"]), "bridge": _rss_mib(bridge.pid),
                           "bridge_peak": _rss_mib(bridge.pid, "VmHWM"), "influxd": _rss_mib(pids["influxd"])}
         out["cpu_pct"] = cpu
-        bridge.terminate()
-        try:
-            bridge.wait(30)
-        except subprocess.TimeoutExpired:
-            bridge.kill()
-            bridge.wait()
+        end(bridge, 30)
         out["bridge_summary"] = [ln.split(": ", 1)[-1] for ln in bridge_log.read_text(errors="replace").splitlines()
                                  if "bridge stopped:" in ln][-1:]
         out["bridge_errors"] = [ln[:300] for ln in bridge_log.read_text(errors="replace").splitlines()
@@ -918,10 +913,6 @@ def add_rows(table: c.Table, r: dict[str, Any]) -> None:
     table.add(sec, "bridge RSS at the end / peak", rss.get("bridge"), "MiB",
               note=f"peak {c.fmt(rss.get('bridge_peak'))} MiB; mosquitto {c.fmt(rss.get('mosquitto'))} MiB with "
               f"{n} sessions; influxd {c.fmt(rss.get('influxd'))} MiB")
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

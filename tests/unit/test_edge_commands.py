@@ -19,15 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.gateway import clock
 from agent.config import parse_config
-from agent.gateway.edge import CMD_MAX_BYTES, CMD_MAX_TARGETS, Edge
-from agent.gateway import statedoc
+from agent.gateway import clock, statedoc
 from agent.gateway.core import Gateway
+from agent.gateway.edge import CMD_MAX_BYTES, CMD_MAX_TARGETS, Edge
 from agent.gateway.events import Command
 from agent.gateway.readings import FrameDecoder
-from tests.support.publisher import FakePublisher
 from tests.support.gateway_config import SIREN_PIN, mock_gpio, river, rules_yaml
+from tests.support.publisher import FakePublisher
 from tests.support.scenario_rig import GATEWAY, PREFIX, ScenarioNode, gateway_yaml
 
 T0 = 1_764_000_000_000_000  # µs since the epoch

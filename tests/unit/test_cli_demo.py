@@ -14,25 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.process import processes_mentioning
+
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes (other than this test's) that contain ``text``."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(f"{pid}: {cmdline}")
-    return found
 
 
 def start_demo(work: Path, *args: str) -> subprocess.Popen[str]:

@@ -24,7 +24,13 @@ if TYPE_CHECKING:
 
     from drivers.radio import ModuleDriver
 
-__all__ = ["DRIVERS", "DriverSpec", "UnknownDriver", "names", "register", "spec", "specs", "unregister"]
+__all__ = ["CAPABILITIES", "DRIVERS", "DriverSpec", "UnknownDriver", "names", "register", "spec", "specs", "unregister"]
+
+
+#: What a driver may do beyond receiving: ``transmit`` (send frames, e.g. SOS receipts), ``link_quality`` (its
+#: uplinks carry RSSI and SNR), ``reboot_notice`` (it notices the module restarting by itself and configures it
+#: again).
+CAPABILITIES = ("transmit", "link_quality", "reboot_notice")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,9 @@ class DriverSpec:
         twin: the simulator model name scenario files use (``model:``); the simulator lives in
             ``drivers.sim.<twin>`` and is that module's ``Simulator``.
         summary: one line for docs and help (``RAK3172, RUI3 LoRa P2P``).
+        capabilities: what of :data:`CAPABILITIES` the driver does; the driver contract suite
+            (tests/drivers/test_contract.py) checks exactly these. A Modbus line, for instance, polls gauges: it
+            sends no radio frames, reports no signal strength, and its slaves print nothing when they restart.
     """
 
     name: str
@@ -49,6 +58,12 @@ class DriverSpec:
     probe: Callable[..., Any] | None
     twin: str
     summary: str
+    capabilities: frozenset[str] = frozenset({"transmit", "link_quality", "reboot_notice"})
+
+    def __post_init__(self) -> None:
+        unknown = sorted(self.capabilities - set(CAPABILITIES))
+        if unknown:
+            raise ValueError(f"driver {self.name!r}: unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}")
 
 
 class UnknownDriver(ValueError):

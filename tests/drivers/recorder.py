@@ -38,6 +38,17 @@ class Events:
         with self._cond:
             return [u.payload for u in self.uplinks]
 
+    def distinct(self, translate: Callable[[Uplink], bytes | None]) -> list[bytes]:
+        """``translate`` of each uplink, None dropped and repeats in a row merged (a polled gauge repeats its
+        reading every interval)."""
+        with self._cond:
+            out: list[bytes] = []
+            for u in self.uplinks:
+                got = translate(u)
+                if got is not None and (not out or out[-1] != got):
+                    out.append(got)
+            return out
+
     def wait(self, predicate: Callable[[], bool], timeout: float | None = None) -> None:
         with self._cond:
             if not self._cond.wait_for(predicate, self.wait_s if timeout is None else timeout):

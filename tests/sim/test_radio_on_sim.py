@@ -63,16 +63,13 @@ def make_worker() -> Iterator[Callable[..., tuple[RadioWorker, Events]]]:
         assert not w.alive
 
 
-# == RAK3172 ==================================================================================================
+def started_sims(model: Callable[..., Any], link: Path, seed: int, **defaults: Any) -> Iterator[Callable[..., Any]]:
+    """A maker of started simulators of ``model`` named and linked as ``link``, seeded with ``seed``; its keywords go
+    over ``defaults``. Every simulator it made is stopped after the test."""
+    sims: list[Any] = []
 
-
-@pytest.fixture
-def rak_factory(tmp_path: Path) -> Iterator[Callable[..., SimRak3172]]:
-    sims: list[SimRak3172] = []
-
-    def make(**kw) -> SimRak3172:
-        kw.setdefault("boot_delay_s", 0.05)
-        sim = SimRak3172(name="lora0", link=str(tmp_path / "lora0"), rng=random.Random(11), **kw)
+    def make(**kw: Any) -> Any:
+        sim = model(name=link.name, link=str(link), rng=random.Random(seed), **{**defaults, **kw})
         sim.start()
         sims.append(sim)
         return sim
@@ -80,6 +77,14 @@ def rak_factory(tmp_path: Path) -> Iterator[Callable[..., SimRak3172]]:
     yield make
     for sim in sims:
         sim.stop()
+
+
+# == RAK3172 ==================================================================================================
+
+
+@pytest.fixture
+def rak_factory(tmp_path: Path) -> Iterator[Callable[..., SimRak3172]]:
+    yield from started_sims(SimRak3172, tmp_path / "lora0", 11, boot_delay_s=0.05)
 
 
 def rak_config(sim: SimRak3172) -> Any:
@@ -214,19 +219,7 @@ def es_factory(tmp_path: Path, monkeypatch) -> Iterator[Callable[..., SimEs920lr
     # The boot prompt usually goes by before the port is open (pyserial flushes input on open); do not wait long
     # for it before probing.
     monkeypatch.setattr(Es920lr, "prompt_timeout_s", 0.3)
-    sims: list[SimEs920lr] = []
-
-    def make(**kw) -> SimEs920lr:
-        kw.setdefault("boot_delay_s", 0.05)
-        kw.setdefault("airtime_scale", 0.01)
-        sim = SimEs920lr(name="lora1", link=str(tmp_path / "lora1"), rng=random.Random(5), **kw)
-        sim.start()
-        sims.append(sim)
-        return sim
-
-    yield make
-    for sim in sims:
-        sim.stop()
+    yield from started_sims(SimEs920lr, tmp_path / "lora1", 5, boot_delay_s=0.05, airtime_scale=0.01)
 
 
 def es_config(sim: SimEs920lr, **kw) -> Any:

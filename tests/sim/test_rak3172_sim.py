@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import serial
@@ -84,6 +85,18 @@ def host(sim: SimRak3172) -> Iterator[serial.Serial]:
 
 def open_host(sim: SimRak3172, baudrate: int = 115200) -> serial.Serial:
     return serial.serial_for_url(sim.path, baudrate=baudrate, timeout=0.5)
+
+
+@contextmanager
+def running(tmp_path: object, **kw: object) -> Iterator[tuple[SimRak3172, serial.Serial]]:
+    """A simulator made with ``kw`` (a firmware profile), started, and the host's end of its pty; stopped after."""
+    sim = make(tmp_path, **kw)
+    sim.start()
+    try:
+        with open_host(sim) as host:
+            yield sim, host
+    finally:
+        sim.stop()
 
 
 # -- airtime ---------------------------------------------------------------------------------------------------
@@ -222,16 +235,11 @@ def test_each_p2p_setting_round_trips(sim: SimRak3172, host: serial.Serial) -> N
 
 
 def test_bw_reported_in_khz_profile(tmp_path: object) -> None:
-    sim = make(tmp_path, bw_as_khz=True)
-    sim.start()
-    try:
-        with open_host(sim) as host:
-            xfer(host, b"AT+P2P=920600000:7:250:1:8:13\r\n", b"OK\r\n")
-            xfer(host, b"AT+P2P=?\r\n", b"AT+P2P=920600000:7:250:1:8:13\r\nOK\r\n")
-            xfer(host, b"AT+PBW=0\r\n", b"OK\r\n")
-            xfer(host, b"AT+PBW=?\r\n", b"AT+PBW=125\r\nOK\r\n")
-    finally:
-        sim.stop()
+    with running(tmp_path, bw_as_khz=True) as (sim, host):
+        xfer(host, b"AT+P2P=920600000:7:250:1:8:13\r\n", b"OK\r\n")
+        xfer(host, b"AT+P2P=?\r\n", b"AT+P2P=920600000:7:250:1:8:13\r\nOK\r\n")
+        xfer(host, b"AT+PBW=0\r\n", b"OK\r\n")
+        xfer(host, b"AT+PBW=?\r\n", b"AT+PBW=125\r\nOK\r\n")
 
 
 def test_busy_with_rx_on_line_for_settings(sim: SimRak3172, host: serial.Serial) -> None:
@@ -261,24 +269,14 @@ def test_mode_no_support_in_lorawan(sim: SimRak3172, host: serial.Serial) -> Non
 
 
 def test_factory_fresh_module_boots_in_lorawan(tmp_path: object) -> None:
-    sim = make(tmp_path, initial_nwm=1)
-    sim.start()
-    try:
-        with open_host(sim) as host:
-            xfer(host, b"AT+PRECV=65534\r\n", b"AT_MODE_NO_SUPPORT\r\n")
-    finally:
-        sim.stop()
+    with running(tmp_path, initial_nwm=1) as (sim, host):
+        xfer(host, b"AT+PRECV=65534\r\n", b"AT_MODE_NO_SUPPORT\r\n")
 
 
 def test_legacy_unknown_command(tmp_path: object) -> None:
-    sim = make(tmp_path, legacy_unknown=True)
-    sim.start()
-    try:
-        with open_host(sim) as host:
-            xfer(host, b"AT+foo=1\r\n", b"AT_ERROR\r\nAT+foo: Command not found!!\r\n")
-            xfer(host, b"AT\r\n", b"OK\r\n")
-    finally:
-        sim.stop()
+    with running(tmp_path, legacy_unknown=True) as (sim, host):
+        xfer(host, b"AT+foo=1\r\n", b"AT_ERROR\r\nAT+foo: Command not found!!\r\n")
+        xfer(host, b"AT\r\n", b"OK\r\n")
 
 
 # -- PRECV state machine ---------------------------------------------------------------------------------------
@@ -368,19 +366,14 @@ def test_cad_reports_busy_channel(sim: SimRak3172, host: serial.Serial) -> None:
 
 # -- events ----------------------------------------------------------------------------------------------------
 def test_crc_error_and_legacy_two_line_event(tmp_path: object) -> None:
-    sim = make(tmp_path, legacy_rx=True)
-    sim.start()
-    try:
-        with open_host(sim) as host:
-            assert not sim.inject_crc_error()
-            xfer(host, b"AT+PRECV=65534\r\n", b"OK\r\n")
-            assert sim.inject_crc_error()
-            assert read_until(host, b"\r\n") == b"+EVT:RXP2P RECEIVE ERROR\r\n"
-            assert sim.inject_uplink(b"\xAA\xBB\xCC\xDD", rssi=-60, snr=11)
-            expected = b"+EVT:RXP2P, RSSI -60, SNR 11\r\n+EVT:AABBCCDD\r\n"
-            assert read_exactly(host, len(expected)) == expected
-    finally:
-        sim.stop()
+    with running(tmp_path, legacy_rx=True) as (sim, host):
+        assert not sim.inject_crc_error()
+        xfer(host, b"AT+PRECV=65534\r\n", b"OK\r\n")
+        assert sim.inject_crc_error()
+        assert read_until(host, b"\r\n") == b"+EVT:RXP2P RECEIVE ERROR\r\n"
+        assert sim.inject_uplink(b"\xAA\xBB\xCC\xDD", rssi=-60, snr=11)
+        expected = b"+EVT:RXP2P, RSSI -60, SNR 11\r\n+EVT:AABBCCDD\r\n"
+        assert read_exactly(host, len(expected)) == expected
 
 
 def test_event_between_command_and_status(sim: SimRak3172, host: serial.Serial) -> None:
@@ -460,24 +453,19 @@ def test_runtime_only_p2p_setting_is_lost_on_reboot(sim: SimRak3172, host: seria
 
 
 def test_power_cycle_is_deaf_then_noisy_then_banner(tmp_path: object) -> None:
-    sim = make(tmp_path, boot_delay_s=0.3)
-    sim.start()
-    try:
-        with open_host(sim) as host:
-            xfer(host, b"AT+PRECV=65534\r\n", b"OK\r\n")
-            sim.reboot(noise=True)
-            assert not sim.inject_uplink(b"\x01")  # a rebooting module hears nothing
-            host.write(b"AT\r\n")  # lost: the UART is deaf while booting
-            assert quiet(host, 0.2) == b""
-            boot = read_until(host, BANNER_TAIL, timeout=3)
-            assert boot.endswith(BANNER_TAIL)
-            noise = boot[: boot.index(b"RAKwireless")]
-            assert noise and b"\r" not in noise and b"\n" not in noise
-            assert sim.commands == ["AT+PRECV=65534"]
-            xfer(host, b"AT\r\n", b"OK\r\n")
-            assert sim.boots == 2
-    finally:
-        sim.stop()
+    with running(tmp_path, boot_delay_s=0.3) as (sim, host):
+        xfer(host, b"AT+PRECV=65534\r\n", b"OK\r\n")
+        sim.reboot(noise=True)
+        assert not sim.inject_uplink(b"\x01")  # a rebooting module hears nothing
+        host.write(b"AT\r\n")  # lost: the UART is deaf while booting
+        assert quiet(host, 0.2) == b""
+        boot = read_until(host, BANNER_TAIL, timeout=3)
+        assert boot.endswith(BANNER_TAIL)
+        noise = boot[: boot.index(b"RAKwireless")]
+        assert noise and b"\r" not in noise and b"\n" not in noise
+        assert sim.commands == ["AT+PRECV=65534"]
+        xfer(host, b"AT\r\n", b"OK\r\n")
+        assert sim.boots == 2
 
 
 # -- unplug / replug -------------------------------------------------------------------------------------------

@@ -235,10 +235,11 @@ def test_silent_module_is_a_module_timeout():
     assert link.kinds() == ["module_timeout"]
 
 
-def test_reboot_during_configuration_starts_over_from_the_prompt():
+def rebooting_at_rcvid(times: int) -> FakeEs920:
+    """A module that reboots (back to its prompt) on each of the first ``times`` ``rcvid 1`` commands."""
     module = FakeEs920()
-    module.overrides[b"rcvid 1"].append([PROMPT])
-    d, link = make(module)
+    for _ in range(times):
+        module.overrides[b"rcvid 1"].append([PROMPT])
 
     def reboot_state(line: bytes, orig=module.handle) -> list[bytes]:
         if line == b"rcvid 1" and module.overrides.get(line):
@@ -246,6 +247,12 @@ def test_reboot_during_configuration_starts_over_from_the_prompt():
         return orig(line)
 
     module.handle = reboot_state  # type: ignore[method-assign]
+    return module
+
+
+def test_reboot_during_configuration_starts_over_from_the_prompt():
+    module = rebooting_at_rcvid(1)
+    d, link = make(module)
     d.configure()
     assert link.kinds() == ["module_reboot"]
     assert module.commands.count(b"2") == 2
@@ -253,17 +260,8 @@ def test_reboot_during_configuration_starts_over_from_the_prompt():
 
 
 def test_module_that_keeps_rebooting_during_configuration_is_a_module_error():
-    module = FakeEs920()
-    for _ in range(3):
-        module.overrides[b"rcvid 1"].append([PROMPT])
+    module = rebooting_at_rcvid(3)
     d, link = make(module)
-
-    def reboot_state(line: bytes, orig=module.handle) -> list[bytes]:
-        if line == b"rcvid 1" and module.overrides.get(line):
-            module.state = "prompt"
-        return orig(line)
-
-    module.handle = reboot_state  # type: ignore[method-assign]
     with pytest.raises(ModuleError, match="kept rebooting"):
         d.configure()
     assert link.kinds() == ["module_reboot"] * 3 + ["module_error"]

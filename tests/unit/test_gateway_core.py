@@ -67,8 +67,8 @@ def close_window(gw: Gateway) -> None:
     time.sleep(max(0.0, gw.window.due - time.monotonic()) + 0.001)
 
 
-def test_a_failed_commit_keeps_the_batch_and_a_later_commit_stores_it(gw: Gateway, monkeypatch) -> None:
-    trap = gw.test_nodes["trap"]  # type: ignore[attr-defined]
+def fail_first_commit(gw: Gateway, monkeypatch) -> dict[str, int]:
+    """Make the gateway's first journal commit fail as a disk I/O error does; ``["n"]`` counts the commits tried."""
     real_commit = gw.journal.commit
     calls = {"n": 0}
 
@@ -79,6 +79,12 @@ def test_a_failed_commit_keeps_the_batch_and_a_later_commit_stores_it(gw: Gatewa
         return real_commit(**kw)
 
     monkeypatch.setattr(gw.journal, "commit", failing_once)
+    return calls
+
+
+def test_a_failed_commit_keeps_the_batch_and_a_later_commit_stores_it(gw: Gateway, monkeypatch) -> None:
+    trap = gw.test_nodes["trap"]  # type: ignore[attr-defined]
+    calls = fail_first_commit(gw, monkeypatch)
     monkeypatch.setattr(gateway_module, "COMMIT_RETRY_S", 0.3)
     gw.on_uplinks([up(trap.frame(default_values("trap", 1)))])
     gw.step()
@@ -338,16 +344,7 @@ def test_a_stopping_core_commits_what_waits_in_the_window(gww: Gateway) -> None:
 
 def test_after_a_failed_commit_the_readings_kept_commit_at_the_retry_not_a_window_later(
         gww: Gateway, monkeypatch) -> None:
-    real_commit = gww.journal.commit
-    calls = {"n": 0}
-
-    def failing_once(**kw):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise JournalError("disk I/O error")
-        return real_commit(**kw)
-
-    monkeypatch.setattr(gww.journal, "commit", failing_once)
+    calls = fail_first_commit(gww, monkeypatch)
     monkeypatch.setattr(gateway_module, "COMMIT_RETRY_S", 0.05)
     rain = gww.test_nodes["rain"]  # type: ignore[attr-defined]
     gww.on_uplinks([up(rain.frame(default_values("rain", 1)))])

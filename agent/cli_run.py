@@ -23,6 +23,7 @@ def run(config_path: str | None) -> int:
     from agent.config import load_config  # noqa: PLC0415
     from agent.tools.flash import resolve_active_config  # noqa: PLC0415
     from agent.gateway.core import Gateway  # noqa: PLC0415
+    from agent.gateway.events import Wake  # noqa: PLC0415
 
     active = resolve_active_config(config_path)
     for problem in active.problems:
@@ -35,7 +36,7 @@ def run(config_path: str | None) -> int:
     _stop_on_signals(gw.stop)
     # `denen node reset-counter` wakes the core this way, so a request is carried out at once (SimpleQueue.put
     # may be called from a signal handler).
-    signal.signal(signal.SIGUSR1, lambda signum, frame: gw.inbox.put(("wake",)))
+    signal.signal(signal.SIGUSR1, lambda signum, frame: gw.inbox.put(Wake()))
     log.info("denen %s: %s, gateway %s", __version__, active.describe(), cfg.gateway.id)
     gw.run()
     return 0

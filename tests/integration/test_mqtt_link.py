@@ -22,9 +22,24 @@ from agent.dev.devbroker import Mosquitto
 from agent.gateway.core import Gateway
 from drivers.sim.es920lr import SimEs920lr
 from tests.support.broker import Collector
-from tests.support.field import NODES, FieldNode, config_text, default_values, readings_of, wait_until
+from tests.support.field import (
+    NODES,
+    FieldNode,
+    config_text,
+    default_values,
+    readings_of,
+    wait_until,
+)
 
 pytestmark = pytest.mark.broker
+
+
+def radioless(journal: Path, mqtt_port: int, extra_mqtt: str) -> Gateway:
+    """A started gateway without radios, its broker on ``mqtt_port`` with ``extra_mqtt`` (lines of ``mqtt:``)."""
+    gw = Gateway(parse_config(config_text(port="loop://", mqtt_port=mqtt_port, journal=journal, nodes=[],
+                                          extra_mqtt=extra_mqtt)), radios=[])
+    gw.start()
+    return gw
 
 
 def _status_docs(col: Collector) -> list[dict]:
@@ -77,19 +92,11 @@ def test_username_password_connects_and_a_wrong_password_is_refused_clearly(tmp_
     try:
         (tmp_path / "pw").write_text("s3cret-pass\n")
         (tmp_path / "pw").chmod(0o600)  # a password file every user can read is refused
-        good = parse_config(config_text(
-            port="loop://", mqtt_port=b.port, journal=tmp_path / "a.db", nodes=[],
-            extra_mqtt=f"  username: gw-test-01\n  password_file: {tmp_path / 'pw'}"))
-        gw = Gateway(good, radios=[])
-        gw.start()
+        gw = radioless(tmp_path / "a.db", b.port, f"  username: gw-test-01\n  password_file: {tmp_path / 'pw'}")
         assert wait_until(lambda: gw.link.connected, 10)
         gw.stop()
 
-        bad = parse_config(config_text(
-            port="loop://", mqtt_port=b.port, journal=tmp_path / "b.db", nodes=[],
-            extra_mqtt="  username: gw-test-01\n  password: wrong-pass"))
-        gw = Gateway(bad, radios=[])
-        gw.start()
+        gw = radioless(tmp_path / "b.db", b.port, "  username: gw-test-01\n  password: wrong-pass")
         assert wait_until(lambda: gw.stats.counters["mqtt.connect_refused"] >= 1, 10)
         assert not gw.link.connected
         gw.stop()
@@ -126,20 +133,14 @@ def test_tls_with_certificate_verification(tmp_path: Path) -> None:
     b = Mosquitto(tmp_path / "tlsbroker", extra=f"cafile {ca_file}\ncertfile {cert_file}\nkeyfile {key_file}\n")
     b.start()
     try:
-        cfg = parse_config(config_text(port="loop://", mqtt_port=b.port, journal=tmp_path / "t.db", nodes=[],
-                                       extra_mqtt=f"  tls:\n    ca_file: {ca_file}"))
-        gw = Gateway(cfg, radios=[])
-        gw.start()
+        gw = radioless(tmp_path / "t.db", b.port, f"  tls:\n    ca_file: {ca_file}")
         assert wait_until(lambda: gw.link.connected, 10)
         gw.stop()
         # A CA that did not sign the broker's certificate: refused, counted, never connected.
         other = tmp_path / "other"
         other.mkdir()
         other_ca, _, _ = _make_ca_and_server(other)
-        cfg = parse_config(config_text(port="loop://", mqtt_port=b.port, journal=tmp_path / "u.db", nodes=[],
-                                       extra_mqtt=f"  tls:\n    ca_file: {other_ca}"))
-        gw = Gateway(cfg, radios=[])
-        gw.start()
+        gw = radioless(tmp_path / "u.db", b.port, f"  tls:\n    ca_file: {other_ca}")
         assert wait_until(lambda: gw.stats.counters["mqtt.connect_failed"] >= 1, 10)
         assert not gw.link.connected
         gw.stop()

@@ -50,6 +50,16 @@ def _stream_id(fd: int) -> str:
     return f"{st.st_dev}:{st.st_ino}"
 
 
+@pytest.fixture
+def journald_logging(stream_socket: tuple[io.TextIOBase, socket.socket],
+                     monkeypatch: pytest.MonkeyPatch) -> tuple[io.TextIOBase, socket.socket]:
+    """Logging configured on a stderr that is journald's stream (JOURNAL_STREAM names it): ``stream_socket``."""
+    f, _ = stream_socket
+    monkeypatch.setenv("JOURNAL_STREAM", _stream_id(f.fileno()))
+    logsetup.configure_logging(stream=f)
+    return stream_socket
+
+
 def _received(sock: socket.socket) -> str:
     sock.setblocking(False)
     chunks = []
@@ -97,10 +107,8 @@ def test_matching_journal_stream_gives_prefixed_lines_without_timestamp(
 
 
 def test_a_traceback_keeps_the_prefix_on_every_line(
-        stream_socket: tuple[io.TextIOBase, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
-    f, journald = stream_socket
-    monkeypatch.setenv("JOURNAL_STREAM", _stream_id(f.fileno()))
-    logsetup.configure_logging(stream=f)
+        journald_logging: tuple[io.TextIOBase, socket.socket]) -> None:
+    f, journald = journald_logging
     try:
         raise ValueError("bad frame\nsecond line")
     except ValueError:
@@ -117,10 +125,8 @@ def test_a_traceback_keeps_the_prefix_on_every_line(
 
 
 def test_uncaught_exception_under_journald_is_critical_on_every_line(
-        stream_socket: tuple[io.TextIOBase, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
-    f, journald = stream_socket
-    monkeypatch.setenv("JOURNAL_STREAM", _stream_id(f.fileno()))
-    logsetup.configure_logging(stream=f)
+        journald_logging: tuple[io.TextIOBase, socket.socket]) -> None:
+    f, journald = journald_logging
     try:
         raise RuntimeError("boom")
     except RuntimeError as exc:
@@ -131,13 +137,10 @@ def test_uncaught_exception_under_journald_is_critical_on_every_line(
     assert all(line.startswith("<2>") for line in lines)
 
 
-def test_python_warnings_under_journald_are_warnings(
-        stream_socket: tuple[io.TextIOBase, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_python_warnings_under_journald_are_warnings(journald_logging: tuple[io.TextIOBase, socket.socket]) -> None:
     import warnings
 
-    f, journald = stream_socket
-    monkeypatch.setenv("JOURNAL_STREAM", _stream_id(f.fileno()))
-    logsetup.configure_logging(stream=f)
+    f, journald = journald_logging
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # not "error", as the suite's filter would have it
         warnings.warn("old API", DeprecationWarning, stacklevel=1)

@@ -192,7 +192,7 @@ def _status(args: argparse.Namespace) -> int:
     if journal is None:
         config_path = args.config
         if config_path is None:
-            from agent.tools.flash import resolve_active_config  # noqa: PLC0415
+            from agent.gateway.boot import resolve_active_config  # noqa: PLC0415
 
             config_path = resolve_active_config(None, install=False).path
         journal = status.journal_path(config_path)

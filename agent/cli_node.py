@@ -27,7 +27,7 @@ def reset_counter(node_arg: str, config_path: str | None, *, wait_s: float) -> i
 
     from agent.config import load_config  # noqa: PLC0415
     from agent.gateway.journal import check_files  # noqa: PLC0415
-    from agent.tools.flash import resolve_active_config  # noqa: PLC0415
+    from agent.gateway.boot import resolve_active_config  # noqa: PLC0415
 
     active = resolve_active_config(config_path)
     cfg = load_config(active.path)

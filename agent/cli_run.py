@@ -21,7 +21,7 @@ def run(config_path: str | None) -> int:
     import signal  # noqa: PLC0415
 
     from agent.config import load_config  # noqa: PLC0415
-    from agent.tools.flash import resolve_active_config  # noqa: PLC0415
+    from agent.gateway.boot import resolve_active_config  # noqa: PLC0415
     from agent.gateway.core import Gateway  # noqa: PLC0415
     from agent.gateway.events import Wake  # noqa: PLC0415
 

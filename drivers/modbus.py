@@ -66,7 +66,7 @@ from drivers.errors import CodecError, FrameError, LppError, ModuleError, Module
 from drivers.probe import FAIL, N_, OK, Finding, ProbeLink, Say, noise_hint
 from drivers.radio import Link, ModuleDriver
 from drivers.registry import DriverSpec
-from drivers.settings import Section, problem
+from drivers.settings import Section, choices_hint, problem
 from drivers.types import Uplink
 
 __all__ = ["KINDS", "REGISTER_TYPES", "SPEC", "Modbus", "ModbusConfig", "ModbusSensor", "ModbusValue", "probe",
@@ -86,6 +86,11 @@ _EXCEPTIONS = {1: "illegal function", 2: "illegal data address", 3: "illegal dat
                11: "gateway target failed to respond"}
 _MAX_REPLY = 256  # an RTU frame is at most 256 bytes; more without a frame is noise
 _NODE_ID = re.compile(r"^[0-9a-fA-F]{8}$")
+#: The value keys of each kind (docs/protocols.md §9), for a hint on a misspelt key; the codec has the last word.
+_KIND_KEYS = {"water_level": ("level_cm", "battery_v"), "rain": ("rain_mm", "tips", "battery_v"),
+              "tilt": ("tilt_x_deg", "tilt_y_deg", "battery_v"),
+              "weather": ("temperature_c", "humidity_pct", "pressure_hpa", "battery_v")}
+_EXTRA_KEY = re.compile(r"^ch\d{1,3}_[a-z_]+$")
 #: Counters of :attr:`Modbus.stats`, per node.
 STAT_KEYS = ("polls", "readings", "timeouts", "crc_errors", "exceptions", "failed_polls")
 
@@ -144,6 +149,10 @@ class ModbusSensor(Section):
         twice = sorted({k for k in keys if keys.count(k) > 1})
         if twice:
             raise problem(f"value {twice[0]!r} is read twice", subloc=("values",))
+        for i, key in enumerate(keys):
+            if key not in _KIND_KEYS[self.kind] and not _EXTRA_KEY.match(key):
+                hint = choices_hint(key, [*_KIND_KEYS[self.kind], "ch<N>_analog_input"], f"{self.kind} values")
+                raise problem(f"{key!r} is not a value of a {self.kind} reading", hint, subloc=("values", i, "key"))
         try:
             kinds.encode_values(self.kind, dict.fromkeys(keys, 0.0))
         except CodecError as exc:

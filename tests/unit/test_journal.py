@@ -4,34 +4,27 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent.errors import JournalError
 from agent.gateway.journal import Journal
-from agent.gateway.reading import ALARM, DIAGNOSTICS, SOS, TELEMETRY, Entry, NodeState, Quarantined
+from agent.gateway.reading import (
+    ALARM,
+    DIAGNOSTICS,
+    SOS,
+    TELEMETRY,
+    Entry,
+    NodeState,
+    Quarantined,
+)
 
 
 def entry(lane: int, node: str, fcnt: int, pad: int = 0) -> Entry:
     body = json.dumps({"id": f"gw/{node}/{fcnt}", "pad": "x" * pad})
     return Entry(lane, node, fcnt, 1_764_000_000_000_000 + fcnt, body)
-
-
-@pytest.fixture
-def open_journal(tmp_path: Path) -> Iterator[Callable[..., Journal]]:
-    """Opens tmp_path/j.db (or the path given), quota 1 GiB; every journal opened is closed when the test ends,
-    also when it fails half-way (an unclosed SQLite connection is a ResourceWarning)."""
-    opened: list[Journal] = []
-
-    def open_(path: Path | None = None) -> Journal:
-        opened.append(Journal(path or tmp_path / "j.db", quota_bytes=1 << 30))
-        return opened[-1]
-
-    yield open_
-    for journal in opened:
-        journal.close()  # closing twice is harmless
 
 
 def test_commit_assigns_increasing_seqs_and_pending_is_per_lane_oldest_first(

@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from agent.gateway.journal import PAGE_SIZE, Journal
-
 from agent.gateway.reading import ALARM, SOS, TELEMETRY, Entry, NodeState
 
 
 def entry(lane: int, node: str, fcnt: int) -> Entry:
     return Entry(lane, node, fcnt, 1_764_000_000_000_000 + fcnt, json.dumps({"id": f"gw/{node}/{fcnt}"}))
-
-
-@pytest.fixture
-def open_journal(tmp_path: Path) -> Iterator[Callable[..., Journal]]:
-    opened: list[Journal] = []
-
-    def open_(path: Path | None = None) -> Journal:
-        opened.append(Journal(path or tmp_path / "j.db", quota_bytes=1 << 30))
-        return opened[-1]
-
-    yield open_
-    for journal in opened:
-        journal.close()
 
 
 def test_a_new_journal_has_small_pages_and_an_existing_one_keeps_its_own(

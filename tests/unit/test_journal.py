@@ -11,15 +11,7 @@ import pytest
 
 from agent.errors import JournalError
 from agent.gateway.journal import Journal
-from agent.gateway.reading import (
-    ALARM,
-    DIAGNOSTICS,
-    SOS,
-    TELEMETRY,
-    Entry,
-    NodeState,
-    Quarantined,
-)
+from agent.gateway.reading import ALARM, DIAGNOSTICS, SOS, TELEMETRY, Entry, NodeState, Quarantined
 
 
 def entry(lane: int, node: str, fcnt: int, pad: int = 0) -> Entry:

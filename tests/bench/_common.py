@@ -145,6 +145,25 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def cpu_ticks(pid: int | str) -> int:
+    """CPU ticks (utime + stime, fields 14 and 15 of /proc/PID/stat) of a process, 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def reading_payloads(nodes: int, n: int) -> list[bytes]:
+    """``n`` reading bodies as the agent publishes them: the agent's own decoder over signed frames of ``nodes``
+    telemetry nodes (round-robin)."""
+    field = telemetry_nodes(nodes)
+    cfg = parse(config_text(port="/dev/null", mqtt_port=1883, journal=Path("/nonexistent/unused.db"), nodes=field))
+    entries, _ = decoded_entries(cfg, telemetry_frames(field, n))
+    return [e.body.encode() for e in entries]
+
+
 def proc_status_kib(pid: int | str, field: str) -> int:
     """A ``kB`` field (VmRSS, VmHWM ...) of /proc/PID/status, in KiB."""
     with open(f"/proc/{pid}/status") as f:

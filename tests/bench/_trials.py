@@ -153,11 +153,7 @@ def naive(p: dict[str, Any]) -> dict[str, Any]:
 
     work = Path(p["workdir"])
     n, window = p["n"], p["window"]
-    nodes = c.telemetry_nodes(p["nodes"])
-    cfg = c.parse(c.config_text(port="/dev/null", mqtt_port=1883, journal=work / "unused.db", nodes=nodes))
-    entries, _ = c.decoded_entries(cfg, c.telemetry_frames(nodes, n))
-    payloads = [e.body.encode() for e in entries]
-    del entries
+    payloads = c.reading_payloads(p["nodes"], n)
 
     broker = _SubscribedMosquitto(work / "broker")
     broker.start()
@@ -730,11 +726,7 @@ def c_anchor(p: dict[str, Any]) -> dict[str, Any]:
     work = Path(p["workdir"])
     work.mkdir(parents=True, exist_ok=True)
     n, window = p["n"], p["window"]
-    nodes = c.telemetry_nodes(p["nodes"])
-    cfg = c.parse(c.config_text(port="/dev/null", mqtt_port=1883, journal=work / "unused.db", nodes=nodes))
-    entries, _ = c.decoded_entries(cfg, c.telemetry_frames(nodes, n))
-    payloads = [e.body.encode() for e in entries]
-    del entries
+    payloads = c.reading_payloads(p["nodes"], n)
     if any(b"\n" in x for x in payloads):
         raise RuntimeError("a reading body holds a newline; mosquitto_pub -l would split it")
     chunk = p.get("chunk", C_CHUNK)

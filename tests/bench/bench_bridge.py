@@ -271,16 +271,6 @@ def parse_bridge_log(path: Path) -> dict[str, Any]:
     return out
 
 
-def _ticks(pid: int) -> int:
-    """CPU ticks (user + system) of a process, 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
-    return int(fields[11]) + int(fields[12])
-
-
 def scaling_trial(broker: Mosquitto, influx: Influx, payloads: list[tuple[str, bytes]], n: int, procs: int,
                   tag: str, work: Path, timeout: float = 600) -> dict[str, Any]:
     """``procs`` ``denen bridge`` processes draining ``payloads`` (``n`` readings) that wait for them together.
@@ -336,8 +326,8 @@ def scaling_trial(broker: Mosquitto, influx: Influx, payloads: list[tuple[str, b
         pub = Publisher(broker, client_id=f"bench-pub-{group}")
         pub.publish(payloads, timeout=600)
         pub.close()
-        ticks0 = [_ticks(p.pid) for p in running]
-        server0 = (_ticks(influx_pid), _ticks(broker_pid))
+        ticks0 = [c.cpu_ticks(p.pid) for p in running]
+        server0 = (c.cpu_ticks(influx_pid), c.cpu_ticks(broker_pid))
         t0 = time.time()
         for proc in running:
             proc.send_signal(signal.SIGCONT)
@@ -353,9 +343,9 @@ def scaling_trial(broker: Mosquitto, influx: Influx, payloads: list[tuple[str, b
                                    f"{[x['lines'] for x in parsed]}")
             time.sleep(0.05)
         wall = time.monotonic() - m0
-        bridge_ticks = [_ticks(p.pid) - t for p, t in zip(running, ticks0, strict=True)]
-        influx_ticks = _ticks(influx_pid) - server0[0]
-        broker_ticks = _ticks(broker_pid) - server0[1]
+        bridge_ticks = [c.cpu_ticks(p.pid) - t for p, t in zip(running, ticks0, strict=True)]
+        influx_ticks = c.cpu_ticks(influx_pid) - server0[0]
+        broker_ticks = c.cpu_ticks(broker_pid) - server0[1]
     finally:
         for proc in running:
             if proc.poll() is None:

@@ -593,15 +593,6 @@ def _worker(conn: Any, spec: dict[str, Any]) -> None:
 
 
 # -- the coordinator --------------------------------------------------------------------------------------------
-def _ticks(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
-    return int(fields[11]) + int(fields[12])
-
-
 def _rss_mib(pid: int, field: str = "VmRSS") -> float | None:
     try:
         return c.proc_status_kib(pid, field) / 1024
@@ -731,8 +722,8 @@ log:
         tck = os.sysconf("SC_CLK_TCK")
 
         def sample() -> dict[str, int]:
-            s = {k: _ticks(v) for k, v in pids.items()}
-            s["generator workers"] = sum(_ticks(x) for x in worker_pids)
+            s = {k: c.cpu_ticks(v) for k, v in pids.items()}
+            s["generator workers"] = sum(c.cpu_ticks(x) for x in worker_pids)
             return s
 
         time.sleep(max(0.0, start_at - time.time()))

@@ -644,6 +644,11 @@ def _git_state() -> str:
     return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
+def _shares(fractions: dict[str, float], k: int) -> str:
+    """The first ``k`` of ``name -> fraction`` as ``name 12 %, ...``."""
+    return ", ".join(f"{name} {v * 100:.0f} %" for name, v in list(fractions.items())[:k])
+
+
 def _notes(runner: Runner) -> list[str]:
     notes = []
     field = runner.raw.get("field")
@@ -652,19 +657,16 @@ def _notes(runner: Runner) -> list[str]:
     prof = runner.raw.get("profile")
     if prof:
         p = prof[0]
-        threads = ", ".join(f"{t} {v * 100:.0f} %" for t, v in list(p["threads"].items())[:6])
-        notes.append(f"py-spy, one (b) run ({p['samples']} samples), busy samples per thread: {threads}")
-        inc = ", ".join(f"{f} {v * 100:.0f} %" for f, v in list(p["core_inclusive"].items())[:16])
-        notes.append(f"core thread, inclusive: {inc}")
-        slf = ", ".join(f"{f} {v * 100:.0f} %" for f, v in list(p["core_self"].items())[:10])
-        notes.append(f"core thread, self: {slf}")
+        notes.append(f"py-spy, one (b) run ({p['samples']} samples), busy samples per thread: "
+                     f"{_shares(p['threads'], 6)}")
+        notes.append(f"core thread, inclusive: {_shares(p['core_inclusive'], 16)}")
+        notes.append(f"core thread, self: {_shares(p['core_self'], 10)}")
     prof = runner.raw.get("profile_sos_drain")
     if prof:
         p = prof[0]
-        threads = ", ".join(f"{t} {v * 100:.0f} %" for t, v in list(p["threads"].items())[:6])
-        notes.append(f"py-spy, (c) backlog drains with SOS pings ({p['samples']} samples), per thread: {threads}")
-        inc = ", ".join(f"{f} {v * 100:.0f} %" for f, v in list(p["core_inclusive"].items())[:14])
-        notes.append(f"core thread during the drains, inclusive: {inc}")
+        notes.append(f"py-spy, (c) backlog drains with SOS pings ({p['samples']} samples), per thread: "
+                     f"{_shares(p['threads'], 6)}")
+        notes.append(f"core thread during the drains, inclusive: {_shares(p['core_inclusive'], 14)}")
     floor = runner.raw.get("d-floor")
     if floor and floor[0].get("import_steps_mib"):
         steps = ", ".join(f"{label} +{c.fmt(add)}" for label, _, add in floor[0]["import_steps_mib"][1:])

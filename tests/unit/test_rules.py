@@ -230,41 +230,34 @@ def river_with_rise(**extra: Any) -> dict[str, Any]:
     return {"node": RIVER, "stages_cm": STAGES, "rise_cm_per_h": 30, "rise_window_s": 3600, **extra}
 
 
+def rising(feed: Any, t: int, level: float, step_cm: float) -> tuple[list[Alert], int, float]:
+    """Eight reports 10 min apart, the level rising ``step_cm`` each time: the ``river_rise`` alerts they gave and
+    the time and level after them."""
+    out: list[Alert] = []
+    for _ in range(8):
+        out += [a for a in feed.level(t, level) if a.type == "river_rise"]
+        t += 10 * MIN
+        level += step_cm
+    return out, t, level
+
+
 def test_rate_of_rise_raises_over_the_window_and_clears_below_the_clear_fraction() -> None:
     engine, feed = engine_with(rivers=[river_with_rise(rise_clear_fraction=0.5)])
-    out: list[Alert] = []
     # Rising 4 cm per 10 min = 24 cm/h: below 30 cm/h.
-    level = 20.0
-    t = T0
-    for _ in range(8):
-        out += feed.level(t, level)
-        t += 10 * MIN
-        level += 4
-    assert [a for a in out if a.type == "river_rise"] == []
+    slow, t, level = rising(feed, T0, 20.0, 4)
+    assert slow == []
     # Now 6 cm per 10 min = 36 cm/h: raised once the hour-long window holds the faster rise.
-    rise: list[Alert] = []
-    for _ in range(8):
-        rise += [a for a in feed.level(t, level) if a.type == "river_rise"]
-        t += 10 * MIN
-        level += 6
+    rise, t, level = rising(feed, t, level, 6)
     [raised] = rise
     assert raised.state == RAISED and raised.severity == WARNING and raised.unit == "cm/h"
     assert raised.value is not None and raised.value >= 30 and raised.threshold == 30
     assert "急上昇" in raised.message
     # 3 cm per 10 min = 18 cm/h: below 30 cm/h but above the clear line (0.5 x 30 = 15 cm/h): stays active.
-    hold: list[Alert] = []
-    for _ in range(8):
-        hold += [a for a in feed.level(t, level) if a.type == "river_rise"]
-        t += 10 * MIN
-        level += 3
+    hold, t, level = rising(feed, t, level, 3)
     assert hold == []
     assert f"river_rise:{RIVER}" in {a.key for a in engine.active()}
     # 1 cm per 10 min = 6 cm/h: below 15 cm/h, clears.
-    fall: list[Alert] = []
-    for _ in range(8):
-        fall += [a for a in feed.level(t, level) if a.type == "river_rise"]
-        t += 10 * MIN
-        level += 1
+    fall, t, level = rising(feed, t, level, 1)
     [cleared] = fall
     assert cleared.state == CLEARED and cleared.key == raised.key and cleared.value is not None
     assert cleared.value < 15

@@ -210,10 +210,15 @@ def make_sender(radio: FakeRadio, clock: FakeClock, *, frequency_hz: int = F_LON
                          budget=budget, clock=clock, boot_clock=boot or FakeBoot(), rng=random.Random(1), **kw)
 
 
-def test_receipt_bytes_are_build_receipt_byte_for_byte() -> None:
+def sending(**kw: Any) -> tuple[FakeClock, FakeRadio, ReceiptSender]:
+    """A fake clock, a fake radio on it and a sender (:func:`make_sender` with ``kw``) on both."""
     clock = FakeClock()
     radio = FakeRadio(clock)
-    sender = make_sender(radio, clock)
+    return clock, radio, make_sender(radio, clock, **kw)
+
+
+def test_receipt_bytes_are_build_receipt_byte_for_byte() -> None:
+    clock, radio, sender = sending()
     sender.request(0x00A1B2C3, 42, KEY)
     sender.request(0x00A1B2C4, 7, None)
     while (wait := sender.pump()) is not None:
@@ -228,9 +233,7 @@ def test_receipt_bytes_are_build_receipt_byte_for_byte() -> None:
 
 
 def test_sender_waits_for_the_pause_and_never_sends_early() -> None:
-    clock = FakeClock()
-    radio = FakeRadio(clock)
-    sender = make_sender(radio, clock)
+    clock, radio, sender = sending()
     assert sender.pump() is None  # nothing queued: nothing to wait for
     sender.request(1, 1, None)
     sender.request(1, 2, None)
@@ -276,9 +279,7 @@ def test_sender_queues_while_the_hourly_budget_is_spent() -> None:
 
 
 def test_receipt_too_long_for_one_transmission_is_refused() -> None:
-    clock = FakeClock()
-    radio = FakeRadio(clock)
-    sender = make_sender(radio, clock, frequency_hz=F_SHORT, sf=11)  # 577 ms > 400 ms
+    clock, radio, sender = sending(frequency_hz=F_SHORT, sf=11)  # 577 ms > 400 ms
     with pytest.raises(ReceiptRefused, match="400 ms per-transmission limit") as info:
         sender.request(1, 1, KEY)
     assert isinstance(info.value, ValueError) and isinstance(info.value, AgentError)
@@ -290,9 +291,7 @@ def test_receipt_too_long_for_one_transmission_is_refused() -> None:
 
 
 def test_busy_module_is_retried_with_backoff_and_no_airtime_is_counted() -> None:
-    clock = FakeClock()
-    radio = FakeRadio(clock)
-    sender = make_sender(radio, clock, retry_min_s=2.0, retry_max_s=8.0)
+    clock, radio, sender = sending(retry_min_s=2.0, retry_max_s=8.0)
     radio.fail_with = [ModuleError("AT+PSEND=...", "AT_BUSY_ERROR"), ModuleError("AT+PSEND=...", "AT_BUSY_ERROR")]
     sender.request(5, 9, None)
     wait1 = sender.pump()
@@ -311,9 +310,7 @@ def test_busy_module_is_retried_with_backoff_and_no_airtime_is_counted() -> None
 
 
 def test_timeout_counts_the_airtime_because_it_may_have_gone_out() -> None:
-    clock = FakeClock()
-    radio = FakeRadio(clock)
-    sender = make_sender(radio, clock)
+    clock, radio, sender = sending()
     radio.fail_with = [ModuleTimeout("no +EVT:TXP2P DONE")]
     sender.request(5, 9, None)
     assert sender.pump() is not None
@@ -321,9 +318,7 @@ def test_timeout_counts_the_airtime_because_it_may_have_gone_out() -> None:
 
 
 def test_receipt_given_up_after_max_attempts_then_the_next_goes() -> None:
-    clock = FakeClock()
-    radio = FakeRadio(clock)
-    sender = make_sender(radio, clock, max_attempts=2, retry_min_s=1.0, retry_max_s=1.0)
+    clock, radio, sender = sending(max_attempts=2, retry_min_s=1.0, retry_max_s=1.0)
     radio.fail_with = [ModuleError("AT+PSEND", "AT_BUSY_ERROR")] * 2
     sender.request(1, 1, None)
     sender.request(1, 2, None)
@@ -334,9 +329,7 @@ def test_receipt_given_up_after_max_attempts_then_the_next_goes() -> None:
 
 
 def test_payload_refused_by_the_module_is_not_retried() -> None:
-    clock = FakeClock()
-    radio = FakeRadio(clock)
-    sender = make_sender(radio, clock)
+    clock, radio, sender = sending()
     radio.fail_with = [ValueError("payload too long for this module")]
     sender.request(1, 1, None)
     assert sender.pump() is None

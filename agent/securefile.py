@@ -16,6 +16,8 @@ import os
 import stat
 from pathlib import Path
 
+from agent.errors import AgentError
+
 __all__ = ["PrivateFileError", "check_no_links", "prepare_private_file"]
 
 log = logging.getLogger(__name__)
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 _COMPANIONS = ("", "-wal", "-shm", "-journal")
 
 
-class PrivateFileError(OSError):
+class PrivateFileError(AgentError, OSError):
     """The path cannot be used for a private file; the message says why and what to do."""
 
 

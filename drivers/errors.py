@@ -8,44 +8,46 @@ on ``drivers`` and never the other way round. This is the one drawing of the who
 
 Tree (builtin mixins in parentheses; the module that defines each class; what it means)::
 
-    DenenError                                  drivers/errors.py             the root
-     ├── Problems (ValueError)                  drivers/settings.py           a config section's problems; the loader
-     │                                                                        makes them a ConfigError
-     ├── DriverError                            drivers/errors.py             drivers, codecs and simulators
-     │    ├── CodecError (ValueError)           drivers/errors.py             a payload that cannot be decoded;
-     │    │    │                                                              ``reason`` is a short counter key
-     │    │    ├── LppError                     drivers/errors.py             Cayenne LPP body (protocols §3)
-     │    │    └── FrameError                   drivers/errors.py             denen node frame (protocols §9)
-     │    ├── CmacUnavailable (RuntimeError)    drivers/codec/cmac.py         no usable AES-CMAC in libcrypto
-     │    ├── ModuleError                       drivers/errors.py             the module answered an error status
-     │    │    └── ModuleRebooted               drivers/radio.py              it rebooted while being configured
-     │    ├── ModuleTimeout (TimeoutError)      drivers/errors.py             the module did not answer in time
-     │    ├── PortError (OSError)               drivers/transport.py          the serial port failed or is gone
-     │    ├── UnknownDriver (ValueError)        drivers/registry.py           no driver registered under a name
-     │    └── ScenarioError (ValueError)        drivers/sim/scenario_spec.py  an invalid simulator scenario
-     └── AgentError                             agent/errors.py               gateway, tools, bridge, console
-          ├── ConfigError (ValueError)          agent/errors.py               invalid configuration, every issue
-          ├── PrivateFileError (OSError)        agent/securefile.py           a path unfit for a private file
-          ├── JournalError                      agent/errors.py               the journal (SQLite) failed
-          │    └── JournalCorrupt               agent/gateway/journal.py      the journal file is damaged
-          ├── ReceiptError                      agent/gateway/receipts.py     an SOS receipt cannot be queued
-          │    └── ReceiptRefused (ValueError)  agent/gateway/receipts.py     it can never be sent legally
-          ├── GpioError                         agent/gateway/fieldio.py      GPIO cannot be set up; ``hint``
-          │    ├── GpioUnavailable              agent/gateway/fieldio.py      no usable GPIO on this machine
-          │    └── GpioPinError (ValueError)    agent/gateway/fieldio.py      a pin that is missing or taken
-          ├── FlashError                        agent/gateway/bundle.py       a bundle unwritable or failing checks
-          ├── BridgeError                       agent/bridge/errors.py        the bridge's errors
-          │    ├── SinkError                    agent/bridge/errors.py        a database write did not go through
-          │    │    ├── SinkUnavailable         agent/bridge/errors.py        down or overloaded: retry later
-          │    │    ├── SinkRefused             agent/bridge/errors.py        refuses all writes until fixed
-          │    │    └── SinkRejected            agent/bridge/errors.py        refused lines: retrying cannot help
-          │    ├── Abandoned                    agent/bridge/policy.py        stopping while the database fails
-          │    └── Invalid                      agent/bridge/schema.py        a document breaks the schema (kept
-          │                                                                   inside the bridge, counted by reason)
-          ├── BadMessage (ValueError)           agent/console/state.py        a state/result message not taken
-          ├── LinkError                         agent/console/links.py        a malformed, forged or expired link
-          ├── HookError                         agent/console/hooks.py        a webhook request refused (4xx)
-          └── MailError                         agent/console/hooks.py        the SMTP server did not take the mail
+    DenenError                                  drivers/errors.py                 the root
+     ├── Problems (ValueError)                  drivers/settings.py               a config section's problems; the
+     │                                                                            loader makes them a ConfigError
+     ├── DriverError                            drivers/errors.py                 drivers, codecs and simulators
+     │    ├── CodecError (ValueError)           drivers/errors.py                 a payload that cannot be decoded;
+     │    │    │                                                                  ``reason`` is a short counter key
+     │    │    ├── LppError                     drivers/errors.py                 Cayenne LPP body (protocols §3)
+     │    │    │    └── LppUnknownType          drivers/codec/lpp.py              a record type in no table
+     │    │    └── FrameError                   drivers/errors.py                 denen node frame (protocols §9)
+     │    ├── CmacUnavailable (RuntimeError)    drivers/codec/cmac.py             no usable AES-CMAC in libcrypto
+     │    ├── ModuleError                       drivers/errors.py                 the module answered an error status
+     │    │    └── ModuleRebooted               drivers/radio.py                  it rebooted while being configured
+     │    ├── ModuleTimeout (TimeoutError)      drivers/errors.py                 the module did not answer in time
+     │    ├── PortError (OSError)               drivers/transport.py              the serial port failed or is gone
+     │    ├── UnknownDriver (ValueError)        drivers/registry.py               no driver registered under a name
+     │    └── ScenarioError (ValueError)        drivers/sim/scenario_spec.py      an invalid simulator scenario
+     └── AgentError                             agent/errors.py                   gateway, tools, bridge, console
+          ├── ConfigError (ValueError)          agent/errors.py                   invalid configuration, every issue
+          ├── PrivateFileError (OSError)        agent/securefile.py               a path unfit for a private file
+          ├── JournalError                      agent/errors.py                   the journal (SQLite) failed
+          │    └── JournalCorrupt               agent/gateway/journal.py          the journal file is damaged
+          ├── ReceiptError                      agent/gateway/receipt_airtime.py  an SOS receipt cannot be queued
+          │    └── ReceiptRefused (ValueError)  agent/gateway/receipt_airtime.py  it can never be sent legally
+          ├── GpioError                         agent/gateway/fieldio.py          GPIO cannot be set up; ``hint``
+          │    ├── GpioUnavailable              agent/gateway/fieldio.py          no usable GPIO on this machine
+          │    └── GpioPinError (ValueError)    agent/gateway/fieldio.py          a pin that is missing or taken
+          ├── FlashError                        agent/gateway/bundle.py           a bundle unwritable or failing checks
+          ├── InvalidCommand (ValueError)       agent/gateway/edge_commands.py    a command the edge cannot carry out
+          ├── BridgeError                       agent/bridge/errors.py            the bridge's errors
+          │    ├── SinkError                    agent/bridge/errors.py            a database write did not go through
+          │    │    ├── SinkUnavailable         agent/bridge/errors.py            down or overloaded: retry later
+          │    │    ├── SinkRefused             agent/bridge/errors.py            refuses all writes until fixed
+          │    │    └── SinkRejected            agent/bridge/errors.py            refused lines: retrying cannot help
+          │    ├── Abandoned                    agent/bridge/policy.py            stopping while the database fails
+          │    └── Invalid                      agent/bridge/schema.py            a document breaks the schema (kept
+          │                                                                       inside the bridge, counted by reason)
+          ├── BadMessage (ValueError)           agent/console/state.py            a state/result message not taken
+          ├── LinkError                         agent/console/links.py            a malformed, forged or expired link
+          ├── HookError                         agent/console/hooks.py            a webhook request refused (4xx)
+          └── MailError                         agent/console/hooks.py            the SMTP server did not take the mail
 
 Exceptions whose names start with ``_`` are private signals that never leave their module and are not drawn.
 """

@@ -11,6 +11,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from agent.errors import AgentError
+
 RESULT_SCHEMA = "denen.result/1"
 #: Largest command payload read, in bytes; a larger one is counted (``cmd.bad``) and not parsed.
 CMD_MAX_BYTES = 4096
@@ -40,7 +42,7 @@ class CommandRequest:
     via: str | None = None
 
 
-class InvalidCommand(ValueError):
+class InvalidCommand(AgentError, ValueError):
     """A command document that cannot be carried out; the message says why.
 
     Attributes:

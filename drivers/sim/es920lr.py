@@ -43,8 +43,8 @@ Configuration mode (processor)
     - ``version`` → ``VER 1.12\\r\\n`` (no OK). ``save`` → ``OK`` (``NG 003``/``NG 004`` on flash erase/write
       error). ``show`` prints the block in :func:`show_text` and no OK [V].
     - ``start`` and ``z`` print ``OK\\r\\n`` (DoConfiguration) and then DoOperation prints ``\\r\\n`` in
-      processor mode or ``\\r\\n ----- operation mode is ready ----- \\r\\n`` in terminal mode [V]. PROTOCOLS.md
-      says only ``\\r\\n``; ``start_reply_ok=False`` gives that reading.
+      processor mode or ``\\r\\n ----- operation mode is ready ----- \\r\\n`` in terminal mode [V]. hideakitai/ES920
+      documents only the ``\\r\\n`` (docs/protocols.md §2); ``start_reply_ok=False`` gives that reading.
     - Effective bitrate in ``show`` comes from a firmware table (``gDataRate``) that was not read [U]; the
       simulator prints ``floor(SF * BW / 2**SF * 4/5)`` bps. "UART baudrate" is printed as bps [U: the value of
       ``gUARTBaudRate115200_c`` was not read].
@@ -481,7 +481,7 @@ class SimEs920lr:
         rng: random source for faults; seed it for reproducible runs.
         airtime_scale: factor applied to the firmware's airtime estimate (tests use a tiny value).
         start_reply_ok: True (firmware VER 1.12): ``start`` answers ``OK\\r\\n`` before the operation-mode
-            ``\\r\\n``; False: only ``\\r\\n`` (PROTOCOLS.md reading).
+            ``\\r\\n``; False: only ``\\r\\n`` (hideakitai's reading).
         config_reply_ok: False (firmware): ``config`` in operation mode prints nothing; True: ``OK\\r\\n``.
         broadcast_any_pan: True (firmware application code): a broadcast from any PAN is delivered; False: a
             broadcast must carry our PAN.

@@ -19,6 +19,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from drivers import registry
+from drivers.errors import DriverError
 
 __all__ = [
     "FAULT_FIELDS",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-class ScenarioError(ValueError):
+class ScenarioError(DriverError, ValueError):
     """A scenario file or definition is invalid; the message names the file, the key and a hint."""
 
 

@@ -27,10 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Classes drawn in the tree whose modules, owned by other helpers, still give them their old base. The test is
 #: expected to fail for them (strict: once a base is fixed, the entry must go). Name -> who changes the base.
 PENDING: dict[str, str] = {
-    "Problems": "CONFIG: drivers/settings.py, class Problems(DenenError, ValueError)",
-    "PrivateFileError": "CONFIG: agent/securefile.py, class PrivateFileError(AgentError, OSError)",
-    "UnknownDriver": "REGISTRY: drivers/registry.py, class UnknownDriver(DriverError, ValueError)",
-    "ScenarioError": "REGISTRY: drivers/sim/scenario_spec.py, class ScenarioError(DriverError, ValueError)",
+    "UnknownDriver": "MODBUS: drivers/registry.py, class UnknownDriver(DriverError, ValueError)",
     "Abandoned": "BRIDGE+CLI: agent/bridge/policy.py, class Abandoned(BridgeError)",
     "Invalid": "BRIDGE+CLI: agent/bridge/schema.py, class Invalid(BridgeError)",
     "BadMessage": "BRIDGE+CLI: agent/console/state.py, class BadMessage(AgentError, ValueError)",

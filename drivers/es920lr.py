@@ -1,4 +1,4 @@
-"""EASEL ES920LR (private LoRa) in processor mode (PROTOCOLS.md §2).
+"""EASEL ES920LR (private LoRa) in processor mode (docs/protocols.md §2).
 
 Configuration on every start, reopen and module reboot::
 
@@ -40,83 +40,25 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
-
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from typing import Any
 
 from drivers.errors import ModuleError, ModuleTimeout
+from drivers.es920lr_settings import BW_CODES, Es920Config
 from drivers.probe import FAIL, N_, OK, WARN, Finding, PortLines, Say, noise_hint, printable
 from drivers.radio import Link, ModuleDriver, ModuleRebooted
 from drivers.registry import DriverSpec
-from drivers.settings import Section, problem
 from drivers.transport import LineSplitter
 from drivers.types import Uplink
 
-__all__ = ["BW_CODES", "Es920Config", "Es920lr", "SPEC", "parse_rx_header", "probe"]
+__all__ = ["Es920lr", "SPEC", "parse_rx_header", "probe"]
 
 log = logging.getLogger(__name__)
-
-#: ``bw`` command values by bandwidth in kHz.
-BW_CODES = {62.5: 3, 125.0: 4, 250.0: 5, 500.0: 6}
 
 _PROMPT = b"Select Mode"
 _HEX12 = re.compile(rb"[0-9A-Fa-f]{12}")
 _NG = re.compile(rb"NG \d{3}")
 _NOISE = bytes(range(0x00, 0x20)) + bytes(range(0x7F, 0x100))
 _HEADER = 12  # RSSI (4) + PAN (4) + SRC (4) characters
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
-_MAX_CHANNEL = {62.5: 15, 125: 15, 250: 7, 500: 5}
-
-
-class Es920Config(Section):
-    """EASEL ES920LR (Private LoRa) module settings; bandwidth, SF, channel and PAN id must match the nodes."""
-
-    #: What the radio's ``es920:`` key holds, for the config reference.
-    section_doc: ClassVar[str] = "Module settings"
-
-    bandwidth_khz: Literal[62.5, 125, 250, 500] = Field(125, description="LoRa bandwidth in kHz: 62.5, 125, 250 or "
-                                                        "500.")
-    spreading_factor: int = Field(default=10, ge=7, le=12, description="LoRa spreading factor 7..12.")
-    channel: int = Field(1, ge=1, le=15, description="Channel number: 1..15 at 62.5/125 kHz, 1..7 at 250 kHz, 1..5 "
-                         "at 500 kHz (channel 1 is 920.6 MHz, 200 kHz steps).")
-    pan_id: str = Field("0001", description="PAN (network) id, 4 hex digits 0001..FFFE; all nodes of this network use "
-                        "the same one. Write it in quotes.")
-    own_id: str = Field("0000", description="This module's own id, 4 hex digits 0000..FFFE. Write it in quotes.")
-    format: Literal["ascii", "binary"] = Field("binary", description="Module output format: binary (length-prefixed "
-                                               "frames, safe for any payload) or ascii (CR LF terminated lines).")
-    payload_encoding: Literal["hex", "raw"] = Field("hex", description="How nodes put the denen frame into the LoRa "
-                                                    "payload: hex (as hex text, safe everywhere) or raw (bytes). With "
-                                                    "format ascii, raw breaks on payloads containing CR LF.")
-    power_dbm: int = Field(default=13, ge=-4, le=13, description="Transmit power in dBm, -4..13 (13 dBm = 20 mW).")
-    node: Literal["coordinator", "end_device"] = Field("coordinator", description="Module role: coordinator (the "
-                                                      "gateway) or end_device.")
-
-    @field_validator("pan_id", "own_id", mode="before")
-    @classmethod
-    def _hex4(cls, value: object, info: ValidationInfo) -> str:
-        low, high = (0x0001, 0xFFFE) if info.field_name == "pan_id" else (0x0000, 0xFFFE)
-        hint = f"write it as 4 hex digits in quotes, e.g. {info.field_name}: \"{low:04X}\""
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise problem(f"{info.field_name} must be 4 hex digits", hint)
-        if isinstance(value, int):
-            number = value
-        else:
-            text = value.strip()
-            if len(text) != 4 or not set(text) <= _HEX_DIGITS:
-                raise problem(f"{info.field_name} '{text}' is not 4 hex digits", hint)
-            number = int(text, 16)
-        if not low <= number <= high:
-            raise problem(f"{info.field_name} {number:04X} is out of range {low:04X}..{high:04X}", hint)
-        return f"{number:04X}"
-
-    @model_validator(mode="after")
-    def _channel_fits_bandwidth(self) -> Es920Config:
-        top = _MAX_CHANNEL[self.bandwidth_khz]
-        if self.channel > top:
-            raise problem(f"channel {self.channel} does not exist at {self.bandwidth_khz:g} kHz bandwidth: channels "
-                          f"1..{top} only", "wider bandwidths bundle several 200 kHz channels: use channel 1..7 at "
-                          "250 kHz and 1..5 at 500 kHz, or a narrower bandwidth_khz", subloc=("channel",))
-        return self
 
 
 @dataclass

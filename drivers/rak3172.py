@@ -1,4 +1,4 @@
-"""RAK3172 (RUI3 firmware) in LoRa P2P mode, over AT commands (PROTOCOLS.md §1).
+"""RAK3172 (RUI3 firmware) in LoRa P2P mode, over AT commands (docs/protocols.md §1).
 
 Configuration on every start, reopen and unexpected reboot::
 
@@ -23,24 +23,21 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any
 
-from pydantic import Field, field_validator
-
-from drivers.airtime import JP_LORA_MAX_HZ, JP_LORA_MIN_HZ
 from drivers.errors import ModuleError, ModuleTimeout
 from drivers.probe import FAIL, N_, OK, OTHER_BAUDS, WARN, Finding, ProbeLink, Say, noise_hint
 from drivers.radio import Link, ModuleDriver, ModuleRebooted
+from drivers.rak3172_settings import P2pConfig
 from drivers.registry import DriverSpec
-from drivers.settings import Section, problem
 from drivers.transport import LineSplitter
 from drivers.types import Uplink
 
-__all__ = ["BW_CODES_KHZ", "STATUSES", "P2pConfig", "Rak3172", "SPEC", "parse_p2p", "probe"]
+__all__ = ["BW_CODES_KHZ", "STATUSES", "Rak3172", "SPEC", "parse_p2p", "probe"]
 
 log = logging.getLogger(__name__)
 
-#: Every status string RUI3 ends a command with (PROTOCOLS.md §1 "Response framing").
+#: Every status string RUI3 ends a command with (docs/protocols.md §1 "Response framing").
 STATUSES = frozenset({
     "OK", "AT_ERROR", "AT_PARAM_ERROR", "AT_BUSY_ERROR", "AT_TEST_PARAM_OVERFLOW", "AT_NO_CLASSB_ENABLE",
     "AT_NO_NETWORK_JOINED", "AT_RX_ERROR", "AT_MODE_NO_SUPPORT", "AT_COMMAND_NOT_FOUND", "AT_UNSUPPORTED_BAND",
@@ -60,43 +57,9 @@ _BOOT_END = b"Current Work Mode"
 # Bytes that cannot start a RUI3 line: controls and non-ASCII (UART noise such as 00, FF, FC FC FC at a reset).
 _NOISE = bytes(range(0x00, 0x20)) + bytes(range(0x7F, 0x100))
 _LEGACY_HEADER = re.compile(rb"RSSI\s*(-?\d+)\s*,\s*SNR\s*(-?\d+(?:\.\d+)?)")
-_MAX_PSEND = 239  # bytes, RUI 5.0.0 (older firmware documents up to 256) [PROTOCOLS.md §1]
-_JP_STEP_HZ = 200_000  # the channel grid of Japan's 920 MHz band (PROTOCOLS.md §6)
+_MAX_PSEND = 239  # bytes, RUI 5.0.0 (older firmware documents up to 256) [docs/protocols.md §1]
 #: AT+NWM work modes.
 MODES = {"0": "LoRa P2P", "1": "LoRaWAN", "2": "FSK"}
-
-
-class P2pConfig(Section):
-    """RAK3172 (RUI3) LoRa P2P radio settings; they must match the nodes' settings exactly."""
-
-    #: What the radio's ``p2p:`` key holds, for the config reference.
-    section_doc: ClassVar[str] = "LoRa settings"
-
-    frequency_hz: int = Field(920_600_000, description="Centre frequency in Hz: Japan's 920 MHz band for LoRa, "
-                              "920600000..923400000 in 200 kHz steps (ARIB STD-T108 channels 24..38).")
-    spreading_factor: int = Field(10, ge=7, le=12, description="LoRa spreading factor 7..12; higher reaches further "
-                                  "but each frame takes longer on air (SF10: ~0.37 s for 20 bytes; SF12: ~1.3 s).")
-    bandwidth_khz: Literal[125, 250, 500] = Field(default=125, description="LoRa bandwidth in kHz: 125, 250 or 500.")
-    coding_rate: int = Field(default=0, ge=0, le=3, description="LoRa coding rate: 0..3 meaning 4/5..4/8.")
-    preamble: int = Field(default=8, ge=5, le=65535, description="Preamble length in symbols (5..65535).")
-    tx_power_dbm: int = Field(13, ge=5, le=13, description="Transmit power in dBm, 5..13: 13 dBm (20 mW) is the "
-                              "limit for specified low-power radio stations in Japan's 920 MHz band.")
-
-    @field_validator("frequency_hz")
-    @classmethod
-    def _japan_band(cls, value: int) -> int:
-        hint = ("ARIB STD-T108 allows LoRa at 920600000..923400000 Hz in 200 kHz steps "
-                "(920600000, 920800000, ... 923400000)")
-        if not JP_LORA_MIN_HZ <= value <= JP_LORA_MAX_HZ:
-            mhz = f"{value / 1e6:g} MHz" if abs(value) < 10**15 else "not a radio frequency"
-            raise problem(f"{value} Hz ({mhz}) is outside Japan's 920 MHz LoRa band (920.6..923.4 MHz)", hint)
-        offset = (value - JP_LORA_MIN_HZ) % _JP_STEP_HZ
-        if offset:
-            below = value - offset
-            above = below + _JP_STEP_HZ
-            nearest = below if offset < _JP_STEP_HZ // 2 or above > JP_LORA_MAX_HZ else above
-            raise problem(f"{value} Hz is not on the 200 kHz channel grid; nearest channel: {nearest} Hz", hint)
-        return value
 
 
 @dataclass
@@ -181,7 +144,7 @@ class Rak3172(ModuleDriver):
             self.link.deliver(uplinks)
 
     def _rx_event(self, line: bytes, uplinks: list[Uplink], received_us: int) -> None:
-        # +EVT:RXP2P:<rssi>:<snr>:<HEX>; the payload is the LAST field (PROTOCOLS.md §1), rssi/snr are signed.
+        # +EVT:RXP2P:<rssi>:<snr>:<HEX>; the payload is the LAST field (docs/protocols.md §1), rssi/snr are signed.
         parts = line.split(b":")
         if len(parts) < 5:
             self._garbled(line, "short RX event")

@@ -2,7 +2,8 @@
 
 ::
 
-    Section                      strict, frozen base of every config section (unknown keys are errors)
+    Section                      strict, frozen base of every config section (unknown keys are errors);
+                                 its setting_warnings() lists valid but suspicious settings (none by default)
     problem(message, hint, subloc) -> Problems     what a validator raises for one problem
     Problems([Problem(subloc, message, hint), ...]) several at once
     did_you_mean(word, choices)  the closest valid choice for a misspelt word
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
+from drivers.errors import DenenError
+
 __all__ = ["Loc", "Problem", "Problems", "Section", "choices_hint", "did_you_mean", "problem"]
 
 #: A location below a model: keys and list indexes, e.g. ("radios", 0, "p2p").
@@ -37,7 +40,7 @@ class Problem:
     hint: str | None
 
 
-class Problems(ValueError):
+class Problems(DenenError, ValueError):
     """One or more problems found by a validator, each at a key below the validator's own location.
 
     pydantic wraps it in a ``value_error`` whose ``ctx["error"]`` is this object, so the loader can recover the
@@ -79,3 +82,11 @@ class Section(BaseModel):
     # frozen: the config is shared read-only by every thread of the agent.
     # hide_input_in_errors: pydantic's own error text would otherwise echo secret values.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True)
+
+    def setting_warnings(self) -> list[Problem]:
+        """Valid settings that are probably a mistake, each at a key below this section; none by default.
+
+        A driver's settings model overrides this; the gateway config reports each one as a warning at
+        ``radios[i].<section>.<subloc>`` (the config still loads).
+        """
+        return []

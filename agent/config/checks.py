@@ -6,16 +6,16 @@ from typing import TYPE_CHECKING
 
 from agent.config.mqtt import mqtt_tls_warnings
 from agent.config.nodes import normalise_node_id
-from agent.config.radio import _section_problems
-from agent.config.values import Found, Loc, _get
-from drivers.settings import Problems, choices_hint
+from agent.config.radio import _section_problems, section_warnings
+from agent.config.values import Found, _get
+from drivers.settings import Loc, Problems, choices_hint
 
 if TYPE_CHECKING:
     from agent.config.models import Config
 
 
 def _collection_problems(radios: object, nodes: object) -> list[tuple[Loc, str, str | None]]:
-    """Find duplicate radio names, p2p/es920 sections given for the wrong driver, duplicate node ids/names and
+    """Find duplicate radio names, drivers' settings sections given for the wrong driver, duplicate node ids/names and
     node.radio references to missing radios.
 
     Works on raw data (dicts, lists, anything) as well as on validated models; values that are themselves invalid
@@ -75,13 +75,7 @@ def _collection_problems(radios: object, nodes: object) -> list[tuple[Loc, str, 
 
 def _warning_problems(config: Config) -> list[Found]:
     """Valid settings that are probably a mistake."""
-    found: list[Found] = []
-    for i, radio in enumerate(config.radios):
-        es = radio.es920
-        if es is not None and es.format == "ascii" and es.payload_encoding == "raw":
-            found.append((("radios", i, "es920", "payload_encoding"),
-                          "raw payloads in ascii format break when a payload contains CR LF",
-                          "use format: binary, or payload_encoding: hex"))
+    found: list[Found] = section_warnings(config.radios)
     found.extend(mqtt_tls_warnings(config.mqtt, "the gateway's MQTT login and every reading cross the network in "
                                    "clear", "use tls: {ca_file: ...} unless the path to the broker is a trusted "
                                    "private network"))

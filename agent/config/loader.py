@@ -24,9 +24,9 @@ from ruamel.yaml.scalarint import BinaryInt, HexCapsInt, HexInt, OctalInt
 
 from agent.config.messages import _describe, _union_errors
 from agent.config.secrets import _secret_mode_problems
-from agent.config.values import _CTX_BASE_DIR, _CTX_LOADER, Found, Loc, _dotted
+from agent.config.values import _CTX_BASE_DIR, _CTX_LOADER, Found, _dotted
 from agent.errors import ConfigError, ConfigIssue
-from drivers.settings import Problems
+from drivers.settings import Loc, Problems
 
 __all__ = ["Found", "ModelFile", "parse_yaml_model", "read_config_file", "read_config_text"]
 

@@ -9,8 +9,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from agent.config.values import Loc, _unwrap
-from drivers.settings import choices_hint, problem
+from agent.config.values import _unwrap
+from drivers.settings import Loc, choices_hint, problem
 
 
 # Units shown in range errors, found from the key's suffix so each field states it once, in its name.

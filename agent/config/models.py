@@ -11,11 +11,11 @@ from agent.config.checks import _collection_problems, _warning_problems
 from agent.config.loader import ModelFile
 from agent.config.mqtt import MqttConfig
 from agent.config.nodes import NodeConfig
-from agent.config.radio import RadioConfig
+from agent.config.radio import RadioConfig, section_hex_text_keys
 from agent.config.values import _CTX_LOADER, TopLevel, _resolve_path
 from agent.errors import ConfigIssue
-from agent.gateway.fieldio import GpioConfig
-from agent.gateway.receipts import ReceiptsConfig
+from agent.gateway.fieldio_config import GpioConfig
+from agent.gateway.receipt_airtime import ReceiptsConfig
 from agent.rules import RulesConfig
 from agent.tools.status import DEFAULT_JOURNAL_PATH
 from drivers.settings import Problem, Problems, Section
@@ -186,8 +186,7 @@ class Config(TopLevel):
 _HEX_TEXT_KEYS: tuple[tuple[object, ...], ...] = (
     ("nodes", int, "id"),
     ("nodes", int, "key"),
-    ("radios", int, "es920", "pan_id"),
-    ("radios", int, "es920", "own_id"),
+    *section_hex_text_keys(),
     ("rules", "rivers", int, "node"),
     ("rules", "slopes", int, "node"),
     ("gpio", "rain_gauge", "node_id"),

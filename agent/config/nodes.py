@@ -15,7 +15,7 @@ from drivers.settings import Problem, Problems, Section, problem
 
 
 NodeKind = Literal["sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat"]
-#: The node kinds of ``nodes[].kind`` (PROTOCOLS.md §9 kinds; receipt and vendor kinds are not node kinds).
+#: The node kinds of ``nodes[].kind`` (docs/protocols.md §9 kinds; receipt and vendor kinds are not node kinds).
 NODE_KINDS: tuple[str, ...] = typing.get_args(NodeKind)
 
 

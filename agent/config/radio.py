@@ -7,12 +7,12 @@ here. A driver registered after this module was imported is accepted by name, bu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, create_model, field_validator, model_validator
 
-from agent.config.values import _CTX_LOADER, _get
+from agent.config.values import _CTX_LOADER, Found, _get
 from drivers import registry
 from drivers.settings import Problem, Problems, Section, choices_hint, problem
 
@@ -123,6 +123,23 @@ RadioConfig = create_model(  # type: ignore[call-overload]
     __module__=__name__,
     **{s.section: _section_field(s) for s in _SPECS if s.section is not None and s.settings is not None},
 )
+
+
+def section_hex_text_keys() -> tuple[tuple[object, ...], ...]:
+    """Where the drivers' sections hold hex text (``("radios", int, section, key)``), for the YAML loader."""
+    return tuple(("radios", int, s.section, key) for s in _SPECS if s.section is not None and s.settings is not None
+                 for key in getattr(s.settings, "hex_text_keys", ()))
+
+
+def section_warnings(radios: Sequence[Any]) -> list[Found]:
+    """Each radio's driver settings that are valid but probably a mistake (the section's ``setting_warnings()``)."""
+    found: list[Found] = []
+    for i, radio in enumerate(radios):
+        section = SECTION_FOR_DRIVER.get(radio.driver)
+        settings = getattr(radio, section, None) if section is not None else None
+        if settings is not None:
+            found.extend((("radios", i, section, *p.subloc), p.message, p.hint) for p in settings.setting_warnings())
+    return found
 
 
 def _section_problems(radio: object) -> list[Problem]:

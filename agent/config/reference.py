@@ -15,6 +15,7 @@ from pydantic_core import PydanticUndefined
 
 from agent.config.models import Config
 from agent.config.values import _unwrap
+from drivers import registry
 
 
 def config_json_schema() -> dict[str, Any]:
@@ -124,9 +125,9 @@ Rules worth knowing:
   example keys are in `example-keys.env`.
 - `radios[].port` is passed to pyserial's `serial_for_url`: a device path, a udev symlink, `socket://host:port`
   or `loop://`. It is not opened at load time.
-- Radio drivers: `rak3172` and `es920lr`, plus any other name in the driver registry `drivers.radio.DRIVERS`.
-  The `p2p:` section belongs to `rak3172`, `es920:` to `es920lr`; the driver's own section gets its defaults
-  when absent, and the other section is an error.
+- Radio drivers: the names in the driver registry (`drivers.registry`, filled by `drivers/all.py`), each with
+  its own settings section, which gets its defaults when absent (another driver's section is an error):
+  @DRIVERS@.
 - **TLS to any broker not on this machine.** When `mqtt.host` is not a loopback address (`127.0.0.0/8`, `::1`,
   `localhost`), `mqtt.tls` is required: `tls: {ca_file: ca.pem}` (or `tls: {}` for the system's
   trusted CAs) and port 8883. Without it the config is refused at the `mqtt.host` line. Only on a trusted private
@@ -160,9 +161,15 @@ Rules worth knowing:
 """
 
 
+def _drivers_text() -> str:
+    """```rak3172` (`p2p:`), `es920lr` (`es920:`) ...``: every registered driver and its section, in registry order."""
+    words = [f"`{s.name}`" + (f" (`{s.section}:`)" if s.section else "") for s in registry.specs()]
+    return ", ".join(words)
+
+
 def config_reference() -> str:
     """Return the Markdown reference of every config key (the content of config/README.md)."""
-    sections: list[str] = [_REFERENCE_INTRO]
+    sections: list[str] = [_REFERENCE_INTRO.replace("@DRIVERS@", _drivers_text())]
     for name, field in Config.model_fields.items():
         inner, is_list = _unwrap(field.annotation)
         sections.append(f"\n### `{name}`\n\n{field.description}\n\n")

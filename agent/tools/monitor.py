@@ -52,21 +52,9 @@ from typing import Any
 
 from agent.errors import AgentError
 from agent.i18n import N_, _, local_time
-from agent.tools.linkmargin import RATINGS, RSSI_NEAR_LIMIT_DB, SNR_FLOOR_DB, LinkMargin, link_margin, sensitivity_dbm
+from agent.tools.linkmargin import RATINGS, RSSI_NEAR_LIMIT_DB, SNR_FLOOR_DB, link_margin, sensitivity_dbm
 
-__all__ = [
-    "HISTORY_S",
-    "RATINGS",
-    "History",
-    "SNR_FLOOR_DB",
-    "LinkMargin",
-    "add_arguments",
-    "collect",
-    "link_margin",
-    "main",
-    "render",
-    "sensitivity_dbm",
-]
+__all__ = ["HISTORY_S", "History", "add_arguments", "collect", "main", "render"]
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +151,16 @@ def _median(values: list[float]) -> float | None:
 
 
 def _radio_settings(config: Any) -> dict[str, tuple[int, float]]:
-    """Spreading factor and bandwidth (kHz) of each configured radio, by name."""
+    """Spreading factor and bandwidth (kHz) of each configured LoRa radio, by name (from its driver's section)."""
+    from drivers import registry  # noqa: PLC0415 - loads the drivers; the config that names them is loaded already
+
     out: dict[str, tuple[int, float]] = {}
     for radio in config.radios:
-        section = radio.p2p if radio.p2p is not None else radio.es920
-        if section is not None:
-            out[radio.name] = (int(section.spreading_factor), float(section.bandwidth_khz))
+        section = registry.spec(radio.driver).section
+        settings = getattr(radio, section, None) if section is not None else None
+        sf, bw = getattr(settings, "spreading_factor", None), getattr(settings, "bandwidth_khz", None)
+        if sf is not None and bw is not None:
+            out[radio.name] = (int(sf), float(bw))
     return out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agent.tools import monitor
+from agent.tools import linkmargin, monitor
 from agent.config import load_config
 from agent.errors import AgentError
 from agent.gateway.journal import Journal
@@ -23,15 +23,15 @@ NOW_US = 1_764_000_000_000_000
 
 
 def test_snr_floor_and_sensitivity_follow_the_sf_table() -> None:
-    assert monitor.SNR_FLOOR_DB == {7: -7.5, 8: -10.0, 9: -12.5, 10: -15.0, 11: -17.5, 12: -20.0}
+    assert linkmargin.SNR_FLOOR_DB == {7: -7.5, 8: -10.0, 9: -12.5, 10: -15.0, 11: -17.5, 12: -20.0}
     # -174 + 10 log10(125 kHz) + 6 dB NF + floor: the figures in the module docstring.
-    assert monitor.sensitivity_dbm(7) == pytest.approx(-124.5, abs=0.05)
-    assert monitor.sensitivity_dbm(10) == pytest.approx(-132.0, abs=0.05)
-    assert monitor.sensitivity_dbm(12) == pytest.approx(-137.0, abs=0.05)
+    assert linkmargin.sensitivity_dbm(7) == pytest.approx(-124.5, abs=0.05)
+    assert linkmargin.sensitivity_dbm(10) == pytest.approx(-132.0, abs=0.05)
+    assert linkmargin.sensitivity_dbm(12) == pytest.approx(-137.0, abs=0.05)
     # Doubling the bandwidth costs 3 dB of sensitivity.
-    assert monitor.sensitivity_dbm(10, 250) - monitor.sensitivity_dbm(10, 125) == pytest.approx(3.01, abs=0.01)
+    assert linkmargin.sensitivity_dbm(10, 250) - linkmargin.sensitivity_dbm(10, 125) == pytest.approx(3.01, abs=0.01)
     with pytest.raises(ValueError):
-        monitor.sensitivity_dbm(6)
+        linkmargin.sensitivity_dbm(6)
 
 
 @pytest.mark.parametrize(("snr", "sf", "margin", "rating"), [
@@ -47,7 +47,7 @@ def test_snr_floor_and_sensitivity_follow_the_sf_table() -> None:
 ])
 def test_snr_margin_and_rating(snr: float, sf: int, margin: float, rating: str) -> None:
     # A strong RSSI so the SNR margin decides.
-    m = monitor.link_margin(-60, snr, sf)
+    m = linkmargin.link_margin(-60, snr, sf)
     assert m.snr_margin_db == pytest.approx(margin)
     assert m.margin_db == pytest.approx(margin)
     assert m.rating == rating
@@ -56,16 +56,16 @@ def test_snr_margin_and_rating(snr: float, sf: int, margin: float, rating: str) 
 
 def test_rssi_near_the_sensitivity_is_flagged_and_limits_the_margin() -> None:
     # SF10/125 kHz sensitivity -132 dBm: -128 dBm is 4 dB above it.
-    m = monitor.link_margin(-128, 8.0, 10)
+    m = linkmargin.link_margin(-128, 8.0, 10)
     assert m.rssi_margin_db == pytest.approx(4.0, abs=0.05)
     assert m.snr_margin_db == pytest.approx(23.0)
     assert m.margin_db == pytest.approx(4.0, abs=0.05) and m.rating == "marginal"
     assert m.rssi_near_limit
-    assert not monitor.link_margin(-125, 8.0, 10).rssi_near_limit  # 7 dB above
+    assert not linkmargin.link_margin(-125, 8.0, 10).rssi_near_limit  # 7 dB above
     # No SNR (ES920LR): RSSI alone.
-    es = monitor.link_margin(-110, None, 10)
+    es = linkmargin.link_margin(-110, None, 10)
     assert es.snr_margin_db is None and es.margin_db == pytest.approx(22.0, abs=0.05) and es.rating == "excellent"
-    assert monitor.link_margin(None, None, 10).rating == "unknown"
+    assert linkmargin.link_margin(None, None, 10).rating == "unknown"
 
 
 def _config(tmp: Path, journal: Path) -> Path:

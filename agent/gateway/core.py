@@ -23,8 +23,6 @@ import sqlite3
 import sys
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent import __version__, systemd
@@ -44,6 +42,7 @@ from agent.gateway.events import (
     Publisher,
     Uplinks,
     Wake,
+    drain,
 )
 from agent.gateway.inmemory import CommitWindow, bounded
 from agent.gateway.intake import decode_chunk
@@ -54,7 +53,7 @@ from agent.gateway.journal import (
     open_or_recover,
 )
 from agent.gateway.operator_requests import take_requests
-from agent.gateway.outbox import Outbox, batch_room, fit_batch  # noqa: F401 - tests/security imports the two here
+from agent.gateway.outbox import Outbox, batch_room, fit_batch  # noqa: F401 - two: tests/support/shipped_broker.py
 from agent.gateway.publisher import MqttLink
 from agent.gateway.reading import (
     DIAGNOSTICS,
@@ -76,14 +75,6 @@ COMMIT_RETRY_S = 1.0  # while commits fail, they are tried again this often (at 
 #: Acknowledged readings waiting for their deletion that make a commit due at once, whatever the commit window: a
 #: drain's deletions go in commits of about this size, so a new SOS never waits behind a large one.
 ACK_FOLD_MAX = 1000
-
-
-@dataclass
-class GatewayStats:
-    """Live figures the core keeps in memory (persisted as counters at each commit)."""
-
-    counters: Counter[str] = field(default_factory=Counter)
-    started_us: int = field(default_factory=clock.wall_us)
 
 
 class Gateway:
@@ -108,7 +99,7 @@ class Gateway:
         self.inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.journal, damaged, rescued = open_or_recover(
             config.journal.path, quota_bytes=int(config.journal.quota_mb * 1024 * 1024))
-        self.stats = GatewayStats()
+        self.stats = health.GatewayStats()
         self.stats.counters.update(self.journal.counters())
         self._dirty_counters: set[str] = set()
         # Warnings a hostile node or a garbled module can cause at any rate: the first per (reason, sender) and
@@ -270,23 +261,10 @@ class Gateway:
         # After the wake-up's commit, so the line counts what this wake-up journaled.
         self.update_status()
 
-    def _drain(self, timeout: float) -> list[Event]:
-        events: list[Event] = []
-        try:
-            events.append(self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait())
-        except queue.Empty:
-            pass
-        while len(events) < _DRAIN_MAX:
-            try:
-                events.append(self.inbox.get_nowait())
-            except queue.Empty:
-                break
-        return events
-
     def _step(self, timeout: float) -> None:
         if self._watchdog_s:
             systemd.ping()
-        events = self._drain(timeout)
+        events = drain(self.inbox, timeout, _DRAIN_MAX)
         entries: list[Entry] = self._carry
         self._carry = []
         quarantined: list[Quarantined] = []

@@ -1,7 +1,7 @@
 """What the gateway core's inbox carries, and the publisher the core sends through.
 
 Every thread talks to the core by putting one event into its inbox (``Gateway.inbox``, a
-``queue.SimpleQueue[Event]``); the core drains it at each wake-up and handles the events in order:
+``queue.SimpleQueue[Event]``); the core drains it at each wake-up (:func:`drain`) and handles the events in order:
 
     radio threads (drivers.radio.RadioWorker)   Uplinks, Incident
     the MQTT link (agent.gateway.publisher)      Connected, Ack, Disconnected, Command, Incident (radio "mqtt")
@@ -15,6 +15,7 @@ either way it calls ``bind(inbox.put)`` once, before ``start()``, so the publish
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias
@@ -90,6 +91,22 @@ class Wake:
 
 Event: TypeAlias = Uplinks | Incident | Connected | Disconnected | Ack | Command | ButtonPressed | Wake
 Post: TypeAlias = Callable[[Event], None]
+
+
+def drain(inbox: queue.SimpleQueue[Event], timeout: float, limit: int) -> list[Event]:
+    """The events waiting in ``inbox``, oldest first: waits up to ``timeout`` s for the first, takes at most
+    ``limit`` (the rest stays for the next wake-up)."""
+    events: list[Event] = []
+    try:
+        events.append(inbox.get(timeout=timeout) if timeout > 0 else inbox.get_nowait())
+    except queue.Empty:
+        pass
+    while len(events) < limit:
+        try:
+            events.append(inbox.get_nowait())
+        except queue.Empty:
+            break
+    return events
 
 
 class Publisher(Protocol):

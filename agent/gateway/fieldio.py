@@ -33,12 +33,8 @@ under 1 s at idle):
 A steady lamp and a silent siren leave no thread running; blinking uses gpiozero's blink thread, which exists
 only while a pattern is showing.
 
-Errors::
-
-    AgentError
-     └── GpioError                      GPIO could not be set up; ``hint`` says what to do
-          ├── GpioUnavailable           no usable pin factory (not a Pi, library missing, no permission)
-          └── GpioPinError (ValueError) a configured pin is invalid or already in use
+Its errors (``GpioError`` with a ``hint``, ``GpioUnavailable``, ``GpioPinError``) are drawn in the error tree in
+drivers/errors.py.
 """
 
 from __future__ import annotations
@@ -51,14 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from agent.errors import AgentError
 from agent.gateway import fieldio_config
-from agent.gateway.fieldio_config import (
-    GpioConfig,
-    InputPin,
-    OutputPin,
-    RainGauge,
-    SirenOutput,
-    StatusLamp,
-)
+from agent.gateway.fieldio_config import GpioConfig, RainGauge  # noqa: F401 - RainGauge: tests/unit/test_fieldio.py
 
 if TYPE_CHECKING:
     from gpiozero import LED, DigitalInputDevice, DigitalOutputDevice
@@ -73,19 +62,7 @@ def _gpio_error() -> type[Exception]:
 
     return GPIOZeroError
 
-__all__ = [
-    "LAMP_STATES",
-    "FieldIO",
-    "GpioConfig",
-    "GpioError",
-    "GpioPinError",
-    "GpioUnavailable",
-    "InputPin",
-    "OutputPin",
-    "RainGauge",
-    "SirenOutput",
-    "StatusLamp",
-]
+__all__ = ["LAMP_STATES", "FieldIO", "GpioError", "GpioPinError", "GpioUnavailable"]
 
 log = logging.getLogger(__name__)
 

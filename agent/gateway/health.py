@@ -1,6 +1,6 @@
 """What the gateway says about itself: the values of its ``gateway_health`` reading and the systemd status line.
 
-Both are built from figures the core already keeps (counters, node states, the state document); the health
+Both are built from figures the core already keeps (:class:`GatewayStats`, node states, the state document); the health
 reading also reads the journal's depth and size, once per ``health.interval_s``.
 """
 
@@ -13,11 +13,13 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent import systemd
 from agent.config import Config
 from agent.errors import JournalError
+from agent.gateway import clock
 from agent.gateway.journal import Journal
 from agent.gateway.reading import NodeState
 
@@ -26,6 +28,14 @@ log = logging.getLogger(__name__)
 #: systemd's STATUS= line is sent at most this often, in seconds, unless the broker connection or an SOS changed it
 #: (one datagram each; the text is built from figures the core already keeps, with no journal read).
 STATUS_MIN_S = 5.0
+
+
+@dataclass
+class GatewayStats:
+    """Live figures the core keeps in memory (persisted as counters at each commit)."""
+
+    counters: Counter[str] = field(default_factory=Counter)
+    started_us: int = field(default_factory=clock.wall_us)
 
 
 def health_values(journal: Journal, depth: Mapping[str, int], counters: Counter[str], nodes: Mapping[str, NodeState],

@@ -315,7 +315,7 @@ class MqttLink:
         try:
             client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            _close_sockets_left_in(exc)
+            close_sockets_left_in(exc)
             self.takeover.connect_failed()
             self._post(Incident("mqtt", "connect_failed", f"{cfg.host}:{cfg.port}: {_describe(exc)}"))
             return
@@ -450,7 +450,7 @@ def _unbound(event: object) -> None:
     """Where events would go before :meth:`MqttLink.bind` (:meth:`MqttLink.start` refuses to start with it)."""
 
 
-def _close_sockets_left_in(exc: BaseException) -> None:
+def close_sockets_left_in(exc: BaseException) -> None:
     """Close sockets paho opened but did not close before raising.
 
     paho 2.2 ``Client._ssl_wrap_socket`` does not close the socket when the TLS handshake fails; it would be closed

@@ -10,13 +10,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from agent.gateway.receipts import (
-    AirtimeBudget,
-    ReceiptError,
-    ReceiptsConfig,
-    ReceiptSender,
-    build_receipt_sender,
-)
+from agent.gateway.receipt_airtime import AirtimeBudget, ReceiptError, ReceiptsConfig
+from agent.gateway.receipts import ReceiptSender, build_receipt_sender
 
 log = logging.getLogger("agent.gateway.edge")  # the edge's log: these are its receipts
 

@@ -1,12 +1,12 @@
 """SOS receipts: the short downlink that tells a caller "your call got through", sent within ARIB STD-T108.
 
-Once the broker has acknowledged an SOS whose frame asked for a receipt (PROTOCOLS.md §9, flag bit1), the gateway
+Once the broker has acknowledged an SOS whose frame asked for a receipt (docs/protocols.md §9, flag bit1), the gateway
 core calls :meth:`ReceiptSender.request`. The sender queues a receipt frame (``build_receipt``: downlink flag, MIC
 when the node has a key, kind 0x7F, empty body) and sends it through the radio as soon as Japan's 920 MHz rules
-allow (PROTOCOLS.md §6, :func:`drivers.airtime.channel_rules`):
+allow (docs/protocols.md §6, :func:`drivers.airtime.channel_rules`):
 
 * each transmission is at most the channel's per-transmission limit (``max_tx_s``): a receipt whose time on air
-  (PROTOCOLS.md §8, at the radio's SF/BW/CR/preamble) is longer is refused with :class:`ReceiptRefused` and never
+  (docs/protocols.md §8, at the radio's SF/BW/CR/preamble) is longer is refused with :class:`ReceiptRefused` and never
   sent;
 * after each transmission the channel rests at least ``min_pause_s``;
 * on channels with an hourly budget, the transmission time in any sliding hour stays within it.
@@ -27,14 +27,9 @@ keep airtime in the window longer than needed, never shorter. A damaged or hosti
 (counted in ``restore_failed``, logged) and the sender starts empty. A receipt that is dropped (queue full, given up,
 refused by the radio, older than ``max_age_s``) is counted and logged, rate-limited.
 
-The channel's rules, the ``receipts:`` section and the airtime budget are in agent.gateway.receipt_airtime; the
-snapshot's check and the boot clock in agent.gateway.receipt_state. Every public name is imported from here.
-
-Errors::
-
-    AgentError
-     └── ReceiptError                   a receipt could not be set up or queued
-          └── ReceiptRefused (ValueError)  a receipt can never be sent within the rules (too long)
+The channel's rules, the ``receipts:`` section, the airtime budget and the receipt errors (``ReceiptError``,
+``ReceiptRefused``: drawn in the error tree in drivers/errors.py) are in agent.gateway.receipt_airtime; the
+snapshot's check and the boot clock in agent.gateway.receipt_state.
 """
 
 from __future__ import annotations
@@ -51,9 +46,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.gateway.receipt_airtime import (
-    HOUR_S,
+    HOUR_S,  # noqa: F401 - for tests/unit/test_receipts.py, which imports it here
     AirtimeBudget,
-    ReceiptError,
+    ReceiptError,  # noqa: F401 - for tests/unit/test_receipts.py, which imports it here
     ReceiptRefused,
     ReceiptsConfig,
 )
@@ -69,17 +64,7 @@ from drivers.codec.frame import build_receipt
 from drivers.errors import DriverError, ModuleError
 from drivers.radio import backoff_delay
 
-__all__ = [
-    "HOUR_S",
-    "SNAPSHOT_SCHEMA",
-    "AirtimeBudget",
-    "ReceiptError",
-    "ReceiptRefused",
-    "ReceiptSender",
-    "ReceiptsConfig",
-    "boot_clock",
-    "build_receipt_sender",
-]
+__all__ = ["ReceiptSender", "build_receipt_sender"]
 
 log = logging.getLogger(__name__)
 

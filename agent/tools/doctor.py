@@ -48,24 +48,14 @@ from agent.tools.doctor_checks import (
     check_permissions,
     check_radio,
 )
-from agent.tools.doctor_host import Host, port_holders
+from agent.tools.doctor_host import Host
 
 # The CLI imports this module to build its parser: config models (pydantic), the journal, ctypes (clock), socket,
 # ssl and the drivers load inside the checks that use them (agent/tools/doctor_checks.py, doctor_host.py).
 if TYPE_CHECKING:
     from agent.config import Config
 
-__all__ = [
-    "Check",
-    "Host",
-    "add_arguments",
-    "exit_code",
-    "main",
-    "port_holders",
-    "render",
-    "run_checks",
-    "to_json",
-]
+__all__ = ["add_arguments", "exit_code", "main", "render", "run_checks", "to_json"]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +92,7 @@ def run_checks(config_path: str | None, *, timeout_s: float = 3.0, host: Host | 
         state_dir: the agent's state folder when ``config_path`` is None.
     """
     from agent.config import load_config  # noqa: PLC0415
-    from agent.tools.flash import resolve_active_config  # noqa: PLC0415
+    from agent.gateway.boot import resolve_active_config  # noqa: PLC0415
 
     host = host or Host()
     try:

@@ -142,21 +142,6 @@ def _probe_module(radio: RadioConfig, timeout_s: float) -> Check:
 # Broker
 
 
-def _close_sockets_left_in(exc: BaseException) -> None:
-    """Close sockets paho opened but did not close before raising (paho 2.2 leaks one on a failed TLS handshake)."""
-    import socket  # noqa: PLC0415
-
-    tb = exc.__traceback__
-    while tb is not None:
-        for value in tb.tb_frame.f_locals.values():
-            if isinstance(value, socket.socket):
-                try:
-                    value.close()
-                except OSError:
-                    pass
-        tb = tb.tb_next
-
-
 def check_broker(config: Config, timeout_s: float) -> Check:
     """The broker is reachable with the config's TLS settings and credentials, and says yes (its CONNACK)."""
     cfg = config.mqtt
@@ -223,23 +208,25 @@ def _connect(client: Any, cfg: Any, where: str, timeout_s: float, details: dict[
     import socket  # noqa: PLC0415
     import ssl  # noqa: PLC0415
 
+    from agent.gateway.publisher import close_sockets_left_in  # noqa: PLC0415 - paho; the caller imported it already
+
     try:
         client.connect(cfg.host, cfg.port, keepalive=max(5, int(timeout_s) + 5), clean_start=True)
         return None
     except ssl.SSLCertVerificationError as exc:
-        _close_sockets_left_in(exc)
+        close_sockets_left_in(exc)
         return Check("broker", FAIL, _("{broker}: the broker's TLS certificate is not trusted: {error}").format(
                          broker=where, error=exc.verify_message),
                      _("mqtt.tls.ca_file must be the CA that signed the broker's certificate, and mqtt.host must be "
                        "a name (or IP) the certificate lists"), details)
     except ssl.SSLError as exc:
-        _close_sockets_left_in(exc)
+        close_sockets_left_in(exc)
         return Check("broker", FAIL, _("{broker}: TLS handshake failed: {error}").format(
                          broker=where, error=exc.reason or exc),
                      _("is this the broker's TLS port (usually 8883)? does it require a client certificate "
                        "(mqtt.tls.cert_file/key_file)?"), details)
     except ConnectionRefusedError as exc:
-        _close_sockets_left_in(exc)
+        close_sockets_left_in(exc)
         return Check("broker", FAIL, _("{broker}: connection refused").format(broker=where),
                      _("no broker listens there: check mqtt.host and mqtt.port, and that the broker runs"), details)
     except socket.gaierror as exc:
@@ -247,12 +234,12 @@ def _connect(client: Any, cfg: Any, where: str, timeout_s: float, details: dict[
                          broker=where, error=exc.strerror),
                      _("check mqtt.host, the network and DNS (`getent hosts HOST`)"), details)
     except TimeoutError as exc:
-        _close_sockets_left_in(exc)
+        close_sockets_left_in(exc)
         return Check("broker", FAIL, _("{broker}: no answer within {seconds} s").format(
                          broker=where, seconds=f"{timeout_s:g}"),
                      _("check the network path (mobile router, firewall) and mqtt.host/mqtt.port"), details)
     except OSError as exc:
-        _close_sockets_left_in(exc)
+        close_sockets_left_in(exc)
         return Check("broker", FAIL, _("{broker}: cannot connect: {error}").format(
                          broker=where, error=exc.strerror or exc),
                      _("check the network (`ip route`, `ping`) and mqtt.host"), details)

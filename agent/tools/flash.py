@@ -51,15 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.errors import AgentError, ConfigError
-from agent.gateway.boot import (  # noqa: F401 - moved there; kept importable here until importers use agent.gateway.boot
-    DEFAULT_CONFIG,
-    DEFAULT_SEARCH,
-    DEFAULT_STATE_DIR,
-    ActiveConfig,
-    default_search_paths,
-    find_flashed,
-    resolve_active_config,
-)
+from agent.gateway.boot import DEFAULT_CONFIG, resolve_active_config  # noqa: F401 - for agent/cli*.py and two tests
 from agent.gateway.bundle import (
     BUNDLE_NAME,
     CONFIG_NAME,
@@ -67,7 +59,6 @@ from agent.gateway.bundle import (
     MANIFEST_SCHEMA,
     PREV_SUFFIX,
     SECRETS_DIR,
-    FlashedConfig,
     FlashError,
     bundle_digest,
     config_warnings_quiet,
@@ -87,18 +78,7 @@ if TYPE_CHECKING:
 
     from agent.config import Config
 
-__all__ = [
-    "BUNDLE_NAME",
-    "MANIFEST_NAME",
-    "MANIFEST_SCHEMA",
-    "FlashError",
-    "FlashResult",
-    "FlashedConfig",
-    "add_arguments",
-    "flash",
-    "main",
-    "verify",
-]
+__all__ = ["FlashResult", "add_arguments", "flash", "main"]
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.tools import flash
+from agent.gateway import boot
 from tests.support.field import example_key_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,9 +91,9 @@ def test_unit_lets_the_agent_read_the_clock_sync_state() -> None:
 
 def test_unit_searches_where_the_agent_searches() -> None:
     env = dict(v.split("=", 1) for v in _unit()["Service"]["Environment"])
-    assert tuple(env["DENEN_FLASH_SEARCH"].split(":")) == flash.DEFAULT_SEARCH
+    assert tuple(env["DENEN_FLASH_SEARCH"].split(":")) == boot.DEFAULT_SEARCH
     # The state folder the agent installs flashed configs into is the unit's StateDirectory.
-    assert flash.DEFAULT_STATE_DIR == "/var/lib/" + _unit()["Service"]["StateDirectory"][-1]
+    assert boot.DEFAULT_STATE_DIR == "/var/lib/" + _unit()["Service"]["StateDirectory"][-1]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
@@ -385,7 +385,7 @@ def test_the_installer_guide_starts_with_denen_on_the_laptop() -> None:
 
 def test_one_path_for_the_gateway_config() -> None:
     """/etc/denen/config.yaml, where flash and run look, is the only gateway config file named anywhere."""
-    allowed = {flash.DEFAULT_CONFIG, "/etc/denen/bridge.yaml", "/etc/denen/console.yaml", "/etc/denen/gateways.yaml"}
+    allowed = {boot.DEFAULT_CONFIG, "/etc/denen/bridge.yaml", "/etc/denen/console.yaml", "/etc/denen/gateways.yaml"}
     found: dict[str, set[str]] = {}
     for pattern in ("README.md", "config/**/*", "deploy/**/*", "agent/**/*.py", "drivers/**/*.py"):
         for path in ROOT.glob(pattern):
@@ -394,9 +394,9 @@ def test_one_path_for_the_gateway_config() -> None:
             text = path.read_text(encoding="utf-8", errors="replace")
             for name in re.findall(r"/etc/denen/[\w.-]+\.ya?ml\b", text):
                 found.setdefault(name, set()).add(str(path.relative_to(ROOT)))
-    assert flash.DEFAULT_CONFIG == "/etc/denen/config.yaml"
+    assert boot.DEFAULT_CONFIG == "/etc/denen/config.yaml"
     assert {name: files for name, files in found.items() if name not in allowed} == {}
-    assert "deploy/edge/README.md" in found[flash.DEFAULT_CONFIG]
+    assert "deploy/edge/README.md" in found[boot.DEFAULT_CONFIG]
 
 
 def test_install_sets_the_gateways_time_zone_and_refuses_an_unknown_one(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ import pytest
 from rich.console import Console
 
 from agent.gateway import clock
-from agent.tools import doctor, doctor_checks
+from agent.tools import doctor, doctor_checks, doctor_host
 from agent.dev.devbroker import Mosquitto
-from agent.tools.doctor import Host
+from agent.tools.doctor_host import Host
 from agent.gateway.journal import Journal
 from drivers.sim.es920lr import SimEs920lr
 from drivers.sim.rak3172 import SimRak3172
@@ -58,7 +58,7 @@ def rak(tmp_path: Path) -> Iterator[SimRak3172]:
     sim.stop()
 
 
-def _by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:
+def _by_name(checks: list[doctor_checks.Check]) -> dict[str, doctor_checks.Check]:
     return {c.name: c for c in checks}
 
 
@@ -230,11 +230,11 @@ def test_a_simulator_in_another_process_is_the_device_not_a_competitor() -> None
     try:
         pts = [os.readlink(f"/proc/{sim.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{sim.pid}/fd")]
         slave = next(p for p in pts if p.startswith("/dev/pts/"))
-        assert doctor.port_holders(slave) == []
+        assert doctor_host.port_holders(slave) == []
         other = _sleeper(f"import time\nf = open({slave!r}, 'rb', buffering=0)\nprint('ready', flush=True)\n"
                          "time.sleep(60)")
         try:
-            assert doctor.port_holders(slave) == [other.pid]
+            assert doctor_host.port_holders(slave) == [other.pid]
         finally:
             _end(other)
     finally:
@@ -302,7 +302,7 @@ def test_journal_space_checks(tmp_path: Path) -> None:
 def test_gpio_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     from gpiozero import Device
 
-    from agent.gateway.fieldio import GpioConfig
+    from agent.gateway.fieldio_config import GpioConfig
 
     before = Device.pin_factory
     assert doctor_checks.check_gpio(types.SimpleNamespace(gpio=None)).status == "skip"
@@ -369,6 +369,7 @@ def test_standalone_module_exit_code(tmp_path: Path) -> None:
 
 def test_a_refused_flash_is_a_warning_naming_the_config_still_running(tmp_path: Path, rak: SimRak3172,
                                                                      broker: Mosquitto) -> None:
+    from agent.gateway import boot
     from agent.tools import flash
 
     card = tmp_path / "card"
@@ -376,7 +377,7 @@ def test_a_refused_flash_is_a_warning_naming_the_config_still_running(tmp_path: 
     cfg = _config(tmp_path, port=rak.path, mqtt_port=broker.port)
     flash.flash(cfg, card)
     state = tmp_path / "state-dir"
-    first = flash.resolve_active_config(None, [str(card / "denen")], state_dir=state)  # the agent's boot
+    first = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state)  # the agent's boot
     cfg.write_text(cfg.read_text().replace("site: testville", "site: otherville"))
     flash.flash(cfg, card)
     key = card / "denen" / "config.yaml"

@@ -13,7 +13,7 @@ import pytest
 from agent.config import load_config
 from agent.errors import AgentError, ConfigError
 from agent.gateway import boot
-from agent.gateway.bundle import bundle_digest
+from agent.gateway.bundle import FlashError, bundle_digest, verify, write_durable
 from agent.tools import flash as fl
 
 KEY_A = "00a1b2c300a1b2c300a1b2c300a1b2c3"
@@ -112,7 +112,7 @@ def test_flash_writes_a_self_contained_bundle_with_checksums(tmp_path: Path, car
     assert flashed.journal.path == original.journal.path
     assert cfg.read_bytes() == before  # the laptop's file is never touched
 
-    checked = fl.verify(bundle)
+    checked = verify(bundle)
     assert checked.sha256 == manifest["files"]["config.yaml"]["sha256"]
     assert checked.digest == manifest["digest"]
 
@@ -137,7 +137,7 @@ def test_an_invalid_config_is_refused_with_its_issues_and_nothing_is_written(tmp
 
 def test_a_relative_journal_path_is_refused(tmp_path: Path, card: Path) -> None:
     cfg = _config(tmp_path, journal="journal.db")
-    with pytest.raises(fl.FlashError, match="journal.path 'journal.db' is relative"):
+    with pytest.raises(FlashError, match="journal.path 'journal.db' is relative"):
         fl.flash(cfg, card)
     assert list(card.iterdir()) == []
 
@@ -147,7 +147,7 @@ def test_a_target_that_is_not_a_mounted_folder_is_refused(tmp_path: Path, proble
     target = tmp_path / "nowhere"
     if problem == "file":
         target.write_text("x")
-    with pytest.raises(fl.FlashError, match="mount"):
+    with pytest.raises(FlashError, match="mount"):
         fl.flash(_config(tmp_path), target)
 
 
@@ -157,12 +157,12 @@ def test_reflashing_keeps_the_previous_bundle(tmp_path: Path, card: Path) -> Non
     cfg.write_text(cfg.read_text().replace("port: 8883", "port: 8884"))
     second = fl.flash(cfg, card)
     assert second.backup == card / "denen.prev"
-    assert fl.verify(card / "denen.prev").digest == first.manifest["digest"]
-    assert fl.verify(card / "denen").digest == second.manifest["digest"] != first.manifest["digest"]
+    assert verify(card / "denen.prev").digest == first.manifest["digest"]
+    assert verify(card / "denen").digest == second.manifest["digest"] != first.manifest["digest"]
     assert "port: 8884" in (card / "denen" / "config.yaml").read_text()
     # A third flash replaces the backup with the second bundle; only one backup is kept.
     fl.flash(cfg, card)
-    assert fl.verify(card / "denen.prev").digest == second.manifest["digest"]
+    assert verify(card / "denen.prev").digest == second.manifest["digest"]
     assert sorted(p.name for p in card.iterdir()) == ["denen", "denen.prev"]
 
 
@@ -172,7 +172,7 @@ def test_a_crash_while_writing_leaves_the_previous_bundle_intact(tmp_path: Path,
     first = fl.flash(cfg, card)
     cfg.write_text(cfg.read_text().replace("port: 8883", "port: 8884"))
 
-    real = fl.write_durable
+    real = write_durable
 
     def dies_at_the_manifest(path: Path, data: bytes, mode: int = 0o600) -> bool:
         if path.name == "MANIFEST.json":
@@ -180,9 +180,9 @@ def test_a_crash_while_writing_leaves_the_previous_bundle_intact(tmp_path: Path,
         return real(path, data, mode)
 
     monkeypatch.setattr(fl, "write_durable", dies_at_the_manifest)
-    with pytest.raises(fl.FlashError, match="previous bundle is unchanged"):
+    with pytest.raises(FlashError, match="previous bundle is unchanged"):
         fl.flash(cfg, card)
-    assert fl.verify(card / "denen").digest == first.manifest["digest"]
+    assert verify(card / "denen").digest == first.manifest["digest"]
     assert boot.find_flashed([str(card / "denen")]).digest == first.manifest["digest"]  # type: ignore[union-attr]
     # The half-written staging folder has no manifest, so it can never pass as a bundle; the next flash clears it.
     assert not (card / ".denen-new" / "MANIFEST.json").exists()
@@ -206,7 +206,7 @@ def test_a_crash_between_the_two_renames_falls_back_to_the_previous_bundle(
         real_rename(a, b)
 
     monkeypatch.setattr(fl.os, "rename", power_cut_after_first_rename)
-    with pytest.raises(fl.FlashError):
+    with pytest.raises(FlashError):
         fl.flash(cfg, card)
     monkeypatch.setattr(fl.os, "rename", real_rename)
     assert not (card / "denen").exists()
@@ -229,37 +229,37 @@ def test_verify_refuses_corrupt_and_incomplete_bundles(tmp_path: Path, card: Pat
     # Files desktops drop on FAT are ignored; other extras are only logged.
     (bundle / "._config.yaml").write_bytes(b"\0\5\x16\7")
     (bundle / "notes.txt").write_text("hello")
-    fl.verify(bundle)
+    verify(bundle)
 
     key = bundle / "secrets" / "node-sos-1.key"
     original = key.read_bytes()
     _corrupt(key)
-    with pytest.raises(fl.FlashError, match=r"secrets/node-sos-1.key is corrupt"):
-        fl.verify(bundle)
+    with pytest.raises(FlashError, match=r"secrets/node-sos-1.key is corrupt"):
+        verify(bundle)
     key.write_bytes(original)
     key.unlink()
-    with pytest.raises(fl.FlashError, match=r"secrets/node-sos-1.key is missing"):
-        fl.verify(bundle)
+    with pytest.raises(FlashError, match=r"secrets/node-sos-1.key is missing"):
+        verify(bundle)
     key.write_bytes(original)
 
     manifest = bundle / "MANIFEST.json"
     good = manifest.read_text()
     manifest.write_text(good[: len(good) // 2])
-    with pytest.raises(fl.FlashError, match="damaged"):
-        fl.verify(bundle)
+    with pytest.raises(FlashError, match="damaged"):
+        verify(bundle)
     doc = json.loads(good)
     doc["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "bytes": 1}
     manifest.write_text(json.dumps(doc))
-    with pytest.raises(fl.FlashError, match="invalid entry"):
-        fl.verify(bundle)
+    with pytest.raises(FlashError, match="invalid entry"):
+        verify(bundle)
     doc = json.loads(good)
     doc["digest"] = "0" * 64
     manifest.write_text(json.dumps(doc))
-    with pytest.raises(fl.FlashError, match="digest"):
-        fl.verify(bundle)
+    with pytest.raises(FlashError, match="digest"):
+        verify(bundle)
     manifest.unlink()
-    with pytest.raises(fl.FlashError, match="did not finish"):
-        fl.verify(bundle)
+    with pytest.raises(FlashError, match="did not finish"):
+        verify(bundle)
 
 
 def test_boot_installs_the_flashed_config_and_reports_it(tmp_path: Path, card: Path) -> None:
@@ -320,7 +320,7 @@ def test_a_new_flash_replaces_the_installed_copy_and_keeps_one_backup(tmp_path: 
     second = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state)
     assert second.source == "flashed" and second.sha256 != first.sha256
     assert load_config(second.path).mqtt.port == 8884
-    assert fl.verify(state / "flashed.prev").sha256 == first.sha256
+    assert verify(state / "flashed.prev").sha256 == first.sha256
 
 
 def test_a_flash_this_agent_cannot_load_is_refused(tmp_path: Path, card: Path) -> None:
@@ -338,7 +338,7 @@ def test_a_flash_this_agent_cannot_load_is_refused(tmp_path: Path, card: Path) -
     manifest["files"]["config.yaml"] = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "bytes": len(text)}
     manifest["digest"] = bundle_digest(manifest["files"])
     (bundle / "MANIFEST.json").write_text(json.dumps(manifest))
-    fl.verify(bundle)  # the checksums are right
+    verify(bundle)  # the checksums are right
 
     active = boot.resolve_active_config(None, [str(bundle)], state_dir=state)
     assert active.source == "installed" and active.sha256 == first.sha256
@@ -479,7 +479,7 @@ def test_a_card_without_file_modes_is_flashed_and_the_gateway_runs_a_private_cop
     """FAT (the boot partition) has no modes: every file on it shows as readable by all (here 0755, as with the
     usual fmask=0022). The copy on the card is still checked for content; the installed copy also for modes."""
     cfg = _config_with_inline_key(tmp_path)
-    real = fl.write_durable
+    real = write_durable
 
     def like_fat(path: Path, data: bytes, mode: int = 0o600) -> bool:
         real(path, data, mode)

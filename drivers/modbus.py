@@ -228,8 +228,8 @@ class Modbus(ModuleDriver):
     def __init__(self, config: Any, link: Link) -> None:
         super().__init__(config, link)
         # pymodbus is imported here: the registry imports this module for every CLI command that reads it.
-        from pymodbus.framer import FramerRTU  # noqa: PLC0415
-        from pymodbus.pdu import DecodePDU  # noqa: PLC0415
+        from pymodbus.framer import FramerRTU
+        from pymodbus.pdu import DecodePDU
 
         self.settings: ModbusConfig = config.modbus
         self._framer = FramerRTU(DecodePDU(is_server=False))
@@ -296,7 +296,7 @@ class Modbus(ModuleDriver):
             self.link.incident("module_error", f"slave {sensor.slave} (node {sensor.node}): {exc}")
             return None
         stats["readings"] += 1
-        uplink = Uplink(self.link.radio, payload, None, None, f"{sensor.slave:02X}", now_us)
+        uplink = Uplink(self.link.radio, payload, None, None, f"{sensor.slave:04X}", now_us)
         self.link.deliver([uplink])
         return uplink
 
@@ -338,7 +338,7 @@ class Modbus(ModuleDriver):
 
     def _ask(self, sensor: ModbusSensor, function: int, address: int, count: int, where: str) -> list[int] | str:
         """One request and its reply: the registers, ``"retry"`` or ``"final"`` (a definite exception reply)."""
-        from pymodbus.pdu.register_message import (  # noqa: PLC0415  (see __init__)
+        from pymodbus.pdu.register_message import (
             ReadHoldingRegistersRequest,
             ReadInputRegistersRequest,
         )

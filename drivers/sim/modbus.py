@@ -154,8 +154,8 @@ class SimModbus:
 
     def start(self, *, wait: bool = True) -> None:
         """Open both ptys and start the pymodbus server; ``wait`` until it listens."""
-        from pymodbus.framer import FramerRTU  # noqa: PLC0415  (pymodbus only where a twin runs)
-        from pymodbus.pdu import DecodePDU  # noqa: PLC0415
+        from pymodbus.framer import FramerRTU
+        from pymodbus.pdu import DecodePDU
 
         self._framer = FramerRTU(DecodePDU(is_server=True))
         self._server_fd, self._server_tty = os.openpty()
@@ -242,7 +242,7 @@ class SimModbus:
             store[address:address + len(values)] = [v & 0xFFFF for v in values]
             self._changed.notify_all()
 
-    def set_value(self, slave: int, address: int, number: float, *, type: str = "u16",  # noqa: A002
+    def set_value(self, slave: int, address: int, number: float, *, type: str = "u16",
                   word_order: str = "big", table: str = "holding") -> None:
         """Put ``number`` as ``type`` into a slave's registers (see :func:`pack_value`)."""
         self.set_registers(slave, address, pack_value(number, type, word_order), table=table)
@@ -347,9 +347,9 @@ class SimModbus:
             loop.close()
 
     async def _serve(self) -> None:
-        from pymodbus.framer import FramerType  # noqa: PLC0415
-        from pymodbus.server import ModbusSerialServer  # noqa: PLC0415
-        from pymodbus.simulator import DataType, SimData, SimDevice  # noqa: PLC0415
+        from pymodbus.framer import FramerType
+        from pymodbus.server import ModbusSerialServer
+        from pymodbus.simulator import DataType, SimData, SimDevice
 
         devices = [SimDevice(id=slave, simdata=[SimData(0, count=self.size, datatype=DataType.REGISTERS)],
                              action=self._action(slave)) for slave in self.holding]
@@ -363,7 +363,7 @@ class SimModbus:
     def _action(self, slave: int) -> Callable[..., Any]:
         async def action(function_code: int, start_address: int, address: int, count: int,
                          current_registers: list[int], set_values: Any) -> Any:
-            from pymodbus.constants import ExcCodes  # noqa: PLC0415
+            from pymodbus.constants import ExcCodes
 
             with self._lock:
                 code = self.line.exceptions.get(slave)
@@ -381,7 +381,7 @@ class SimModbus:
 def contract_settings() -> Any:
     """The ``modbus:`` section the driver contract suite runs with: one water-level gauge on slave 1, its level
     in cm in input register 4, polled every second."""
-    from drivers.modbus import ModbusConfig  # noqa: PLC0415
+    from drivers.modbus import ModbusConfig
 
     return ModbusConfig.model_validate({"sensors": [{
         "node": CONTRACT_NODE, "kind": "water_level", "slave": CONTRACT_SLAVE, "interval_s": 1, "timeout_s": 0.3,

@@ -136,10 +136,7 @@ class OnAir:
 
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator:
-    from drivers.sim.rak3172 import SimRak3172
-
-    s = SimRak3172(name="lora0", link=str(tmp_path / "lora0"), boot_delay_s=0.05, rng=random.Random(5))
-    s.start()
+    s = start_sim(tmp_path, rng_seed=5)
     yield s
     s.stop()
 

@@ -21,6 +21,7 @@ from drivers.codec.frame import build_receipt
 from drivers.radio import RadioWorker
 from drivers.sim.rak3172 import SimRak3172
 from tests.drivers.recorder import Events
+from tests.support.field import start_sim
 from tests.support.radio import radio_config
 
 KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
@@ -41,8 +42,7 @@ class FakeClock:
 
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator[SimRak3172]:
-    s = SimRak3172(name="lora0", link=str(tmp_path / "lora0"), boot_delay_s=0.05, rng=random.Random(5))
-    s.start()
+    s = start_sim(tmp_path, rng_seed=5)
     yield s
     s.stop()
 

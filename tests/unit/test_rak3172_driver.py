@@ -242,17 +242,16 @@ def test_legacy_payload_without_header_is_still_delivered():
     assert link.uplinks == [Uplink("lora0", b"\x0a\x0b", None, None, None, 1)]
 
 
-def test_crc_error_event_is_reported():
+@pytest.mark.parametrize(("line", "kind"), [
+    (b"+EVT:RXP2P RECEIVE ERROR", "crc_error"),  # the module's CRC check failed: reported, nothing delivered
+    (b"+EVT:SOMETHING ELSE", "garbled_line"),  # an event this firmware does not send
+    (b"\xfc\xfc\xfc", "garbled_line"),  # noise only
+])
+def test_a_line_without_a_frame_is_one_incident_and_no_uplink(line, kind):
     d, link = parser()
-    d.feed(b"+EVT:RXP2P RECEIVE ERROR\r\n", 1)
-    assert link.kinds() == ["crc_error"]
+    d.feed(line + b"\r\n", 1)
+    assert link.kinds() == [kind]
     assert link.uplinks == []
-
-
-def test_unknown_event_is_garbled():
-    d, link = parser()
-    d.feed(b"+EVT:SOMETHING ELSE\r\n", 1)
-    assert link.kinds() == ["garbled_line"]
 
 
 # -- parsing: noise, truncation, overflow ----------------------------------------------------------------------
@@ -277,12 +276,6 @@ def test_unparseable_line_is_garbled_with_a_short_repr():
     d, link = parser()
     d.feed(b"hello there\r\n", 1)
     assert link.incidents == [("garbled_line", "unparseable line: b'hello there'")]
-
-
-def test_noise_only_line_is_garbled():
-    d, link = parser()
-    d.feed(b"\xfc\xfc\xfc\r\n", 1)
-    assert link.kinds() == ["garbled_line"]
 
 
 def test_overlong_line_reports_line_overflow():

@@ -44,7 +44,9 @@ Each counts once per try; :attr:`Modbus.stats` keeps them per node.
 
 Values. A register value is ``raw * scale + offset`` in the unit of its key (``level_cm``); with ``delta`` it is
 the change of the raw value since the previous poll times ``scale`` (a tipping bucket's tip count -> ``rain_mm``
-per frame; the first poll after a start reports 0, and a counter wrap is taken modulo the type's range).
+per frame; the first poll after the agent starts reports 0, a reopened port loses nothing, and a counter wrap is
+taken modulo the type's range). The cumulative count itself can be sent too (``tips``) for a consumer that
+wants to recompute.
 """
 
 from __future__ import annotations
@@ -91,6 +93,12 @@ _KIND_KEYS = {"water_level": ("level_cm", "battery_v"), "rain": ("rain_mm", "tip
               "tilt": ("tilt_x_deg", "tilt_y_deg", "battery_v"),
               "weather": ("temperature_c", "humidity_pct", "pressure_hpa", "battery_v")}
 _EXTRA_KEY = re.compile(r"^ch\d{1,3}_[a-z_]+$")
+# What must outlive one driver instance (one open port) for the agent's lifetime, per (radio, node[, key]): the
+# last frame counter sent, so a reopen within the same second cannot repeat it (the decoder would refuse the
+# reading as a duplicate), and the raw value of each delta register, so the rain that fell while the adapter was
+# unplugged is reported after it comes back instead of lost. Each radio's worker thread touches only its own keys.
+_LAST_COUNTER: dict[tuple[str, str], int] = {}
+_PREVIOUS_RAW: dict[tuple[str, str, str], int] = {}
 #: Counters of :attr:`Modbus.stats`, per node.
 STAT_KEYS = ("polls", "readings", "timeouts", "crc_errors", "exceptions", "failed_polls")
 
@@ -236,8 +244,6 @@ class Modbus(ModuleDriver):
         self._quiet_s = max(0.002, 3.5 * 11 / int(getattr(config, "baudrate", 9600) or 9600))
         self._pending: _Pending | None = None
         self._due: dict[str, float] = {}
-        self._previous: dict[tuple[str, str], int] = {}  # raw value of a delta register at the previous poll
-        self._counters: dict[str, int] = {}
         self.stats: dict[str, Counter[str]] = {s.node: Counter() for s in self.settings.sensors}
 
     # -- ModuleDriver ----------------------------------------------------------------------------------
@@ -305,16 +311,17 @@ class Modbus(ModuleDriver):
         for value in sensor.values:
             number = raw[value.key]
             if value.delta:
-                previous = self._previous.get((sensor.node, value.key))
-                self._previous[(sensor.node, value.key)] = int(number)
+                memory = (self.link.radio, sensor.node, value.key)
+                previous = _PREVIOUS_RAW.get(memory)
+                _PREVIOUS_RAW[memory] = int(number)
                 modulus = 1 << (16 * REGISTER_TYPES[value.type][0])
                 change = 0 if previous is None else (int(number) - previous) % modulus
                 values[value.key] = round(change * value.scale, 6)
             else:
                 values[value.key] = round(number * value.scale + value.offset, 6)
         body = kinds.encode_values(sensor.kind, values)
-        counter = max(self._counters.get(sensor.node, 0) + 1, now_us // 1_000_000) & 0xFFFFFFFF
-        self._counters[sensor.node] = counter
+        counter = max(_LAST_COUNTER.get((self.link.radio, sensor.node), 0) + 1, now_us // 1_000_000) & 0xFFFFFFFF
+        _LAST_COUNTER[(self.link.radio, sensor.node)] = counter
         return node_frame.build(sensor.node_id, counter, kinds.KIND_CODES[sensor.kind], body)
 
     def read(self, sensor: ModbusSensor, value: ModbusValue) -> int | float | None:

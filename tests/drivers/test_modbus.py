@@ -34,6 +34,15 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "river-modbus.yaml"
 WAIT_S = 20.0
 
 
+@pytest.fixture(autouse=True)
+def fresh_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test is a fresh agent process: no frame counter or tip count remembered from another test."""
+    from drivers import modbus
+
+    monkeypatch.setattr(modbus, "_LAST_COUNTER", {})
+    monkeypatch.setattr(modbus, "_PREVIOUS_RAW", {})
+
+
 def gauge(**sensor: Any) -> ModbusConfig:
     base: dict[str, Any] = {"node": "3c000001", "kind": "water_level", "slave": 1, "timeout_s": 0.05, "retries": 2,
                             "values": [{"key": "level_cm", "address": 4, "scale": 0.1}]}
@@ -232,6 +241,20 @@ def test_a_value_that_does_not_fit_its_reading_is_reported_not_sent() -> None:
     driver, line = scripted(config, [pack_value(float("inf"), "float32")])
     assert driver.poll(config.sensors[0]) is None
     assert line.uplinks == [] and line.incidents[0][0] == "module_error" and "inf" in line.incidents[0][1]
+
+
+def test_a_reopened_port_neither_repeats_a_counter_nor_loses_the_rain_meanwhile() -> None:
+    config = ModbusConfig.model_validate({"sensors": [{
+        "node": "3c000101", "kind": "rain", "slave": 192, "timeout_s": 0.05,
+        "values": [{"key": "rain_mm", "address": 10, "table": "input", "scale": 0.5, "delta": True}]}]})
+    driver, _line = scripted(config, [[100]])
+    first = driver.poll(config.sensors[0])
+    driver, _line = scripted(config, [[104]])  # the adapter was unplugged; a new driver on the reopened port
+    second = driver.poll(config.sensors[0])
+    assert first is not None and second is not None
+    a, b = node_frame.parse(first.payload), node_frame.parse(second.payload)
+    assert b.counter > a.counter
+    assert kinds.decode_body("rain", b.body)["rain_mm"] == 2.0
 
 
 def test_bytes_nobody_asked_for_are_noise_and_transmit_is_refused() -> None:

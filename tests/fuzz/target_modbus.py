@@ -17,7 +17,15 @@ from typing import Any
 
 from drivers import modbus
 from tests.fuzz.mutate import chunk, mutate_bytes, random_bytes
-from tests.fuzz.targets import ACCEPTED, IGNORED, FakeLink, Outcome, Target, check, rejected
+from tests.fuzz.targets import (
+    ACCEPTED,
+    IGNORED,
+    FakeLink,
+    Outcome,
+    Target,
+    check,
+    rejected,
+)
 
 __all__ = ["ModbusTarget", "reply_frame"]
 
@@ -32,7 +40,10 @@ def reply_frame(slave: int, function: int, registers: list[int] | None = None, e
     """A slave's RTU reply, built with pymodbus: the registers, or the exception ``exception``."""
     from pymodbus.framer import FramerRTU
     from pymodbus.pdu import DecodePDU, ExceptionResponse
-    from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
+    from pymodbus.pdu.register_message import (
+        ReadHoldingRegistersResponse,
+        ReadInputRegistersResponse,
+    )
 
     framer = FramerRTU(DecodePDU(is_server=True))
     if exception:

@@ -18,6 +18,7 @@ import pytest
 
 from drivers.codec import cmac
 from drivers.codec.cmac import AesCmac, CmacUnavailable
+from tests.support.mdwe import MDWE_PRELUDE
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERFACES = ["EVP_MAC", "CMAC_CTX"]  # OpenSSL 3 exports both; CMAC_CTX is what an OpenSSL 1.1 system gets
@@ -283,17 +284,7 @@ def test_the_agent_run_path_does_not_load_cryptography() -> None:
     assert proc.stdout.strip() == "[]"
 
 
-_MDWE = r"""
-import ctypes, mmap, sys
-libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
-if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
-    print("unsupported", ctypes.get_errno()); sys.exit(3)
-try:
-    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-    print("not enforced"); sys.exit(4)
-except OSError:
-    pass
+_MDWE = MDWE_PRELUDE + r"""
 from drivers.codec import cmac, frame
 parsed = frame.parse(bytes.fromhex("1100A1B2C30000002A020100010374014AF0CE538F"))
 assert frame.verify(parsed, bytes.fromhex("000102030405060708090a0b0c0d0e0f"))

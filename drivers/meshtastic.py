@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import random
 import time
 from collections import Counter, OrderedDict
@@ -374,8 +375,9 @@ class Meshtastic(ModuleDriver):
             if len(self._recent) > _RECENT_PACKETS:
                 self._recent.popitem(last=False)
         port, payload = packet.decoded.portnum, packet.decoded.payload
-        heard = (packet.rx_rssi or None, float(packet.rx_snr) if packet.rx_rssi or packet.rx_snr else None,
-                 f"!{sender:08x}")
+        # rx_snr is a float32 from the air side: 0 means "not reported", and NaN or inf cannot go into a reading.
+        snr = float(packet.rx_snr) if packet.rx_snr and math.isfinite(packet.rx_snr) else None
+        heard = (packet.rx_rssi or None, snr, f"!{sender:08x}")
         if port == self.settings.frame_port:
             if payload:
                 uplinks.append(Uplink(self.link.radio, bytes(payload), *heard, self._received_us))

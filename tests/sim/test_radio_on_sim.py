@@ -29,6 +29,15 @@ _P2P = {"frequency_hz": 922_400_000, "spreading_factor": 9, "coding_rate": 1, "p
 _ES920 = {"spreading_factor": 9, "channel": 5, "pan_id": "1234", "own_id": "0001", "format": "ascii"}
 
 
+def faulty_line(sim: Any) -> Any:
+    """A bad serial line from now on: a fifth of the lines split or with garbage, one in twenty truncated,
+    duplicated or dropped. Returns the simulator's faults (their ``counts`` say what happened)."""
+    f = sim.faults
+    f.split_probability = f.garbage_probability = 0.2
+    f.truncate_probability = f.duplicate_probability = f.drop_probability = 0.05
+    return f
+
+
 def running(worker: RadioWorker, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while worker.state != "running":
@@ -123,9 +132,7 @@ def test_rak_survives_line_faults_and_counts_them(rak_factory, make_worker):
     worker, events = make_worker(rak_config(sim))
     running(worker)
     sim.wait_for(lambda: sim.rx_on)
-    f = sim.faults
-    f.split_probability = f.garbage_probability = 0.2
-    f.truncate_probability = f.duplicate_probability = f.drop_probability = 0.05
+    f = faulty_line(sim)
     sent = [b"frame-%03d" % i for i in range(300)]
     for p in sent:
         assert sim.inject_uplink(p, rssi=-70, snr=5.0)
@@ -284,9 +291,7 @@ def test_es920_survives_line_faults(es_factory, make_worker):
     sim = es_factory()
     worker, events = make_worker(es_config(sim))
     running(worker)
-    f = sim.faults
-    f.split_probability = f.garbage_probability = 0.2
-    f.truncate_probability = f.duplicate_probability = f.drop_probability = 0.05
+    f = faulty_line(sim)
     sent = [b"%04X" % i for i in range(200)]
     for p in sent:
         assert sim.inject_uplink(p, rssi=-70, src=3)

@@ -15,6 +15,7 @@ import pytest
 
 from agent.gateway import boot
 from tests.support.field import example_key_env
+from tests.support.mdwe import MDWE_PRELUDE
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGE = ROOT / "deploy" / "edge"
@@ -108,17 +109,7 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     assert proc.returncode == 0 and problems == [], proc.stderr
 
 
-_MDWE_PROBE = r"""
-import ctypes, mmap, sys
-libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
-if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
-    print("unsupported", ctypes.get_errno()); sys.exit(3)
-try:
-    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-    print("not enforced"); sys.exit(4)
-except OSError:
-    pass
+_MDWE_PROBE = MDWE_PRELUDE + r"""
 # What the agent does at start and at work, under W^X.
 import ssl, sqlite3, tempfile, os
 import serial, paho.mqtt.client, pydantic, ruamel.yaml, rich, gpiozero

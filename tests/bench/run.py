@@ -654,19 +654,16 @@ def _notes(runner: Runner) -> list[str]:
     field = runner.raw.get("field")
     if field:
         notes.extend(f"field: {n}" for n in field[0].get("_notes", []))
-    prof = runner.raw.get("profile")
-    if prof:
-        p = prof[0]
-        notes.append(f"py-spy, one (b) run ({p['samples']} samples), busy samples per thread: "
-                     f"{_shares(p['threads'], 6)}")
-        notes.append(f"core thread, inclusive: {_shares(p['core_inclusive'], 16)}")
-        notes.append(f"core thread, self: {_shares(p['core_self'], 10)}")
-    prof = runner.raw.get("profile_sos_drain")
-    if prof:
-        p = prof[0]
-        notes.append(f"py-spy, (c) backlog drains with SOS pings ({p['samples']} samples), per thread: "
-                     f"{_shares(p['threads'], 6)}")
-        notes.append(f"core thread during the drains, inclusive: {_shares(p['core_inclusive'], 14)}")
+    # (raw key, the run, the core thread's label, functions listed inclusive / self (0: not listed))
+    for key, run, core, inclusive, own in (
+            ("profile", "one (b) run ({n} samples), busy samples per thread", "core thread", 16, 10),
+            ("profile_sos_drain", "(c) backlog drains with SOS pings ({n} samples), per thread",
+             "core thread during the drains", 14, 0)):
+        for p in runner.raw.get(key, [])[:1]:
+            notes.append(f"py-spy, {run.format(n=p['samples'])}: {_shares(p['threads'], 6)}")
+            notes.append(f"{core}, inclusive: {_shares(p['core_inclusive'], inclusive)}")
+            if own:
+                notes.append(f"{core}, self: {_shares(p['core_self'], own)}")
     floor = runner.raw.get("d-floor")
     if floor and floor[0].get("import_steps_mib"):
         steps = ", ".join(f"{label} +{c.fmt(add)}" for label, _, add in floor[0]["import_steps_mib"][1:])

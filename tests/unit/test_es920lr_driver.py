@@ -4,7 +4,6 @@ module can be found in, ASCII and binary framing, reboots and transmit."""
 from __future__ import annotations
 
 import collections
-import time
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from drivers.errors import ModuleError, ModuleTimeout
 from drivers.es920lr import Es920lr, parse_rx_header
 from drivers.types import Uplink
+from tests.support import driver_link
 from tests.support.radio import ES920, radio_config
 
 PROMPT = b"\r\nSelect Mode [1.terminal or 2.processor]\r\n"
@@ -71,47 +71,21 @@ class FakeEs920:
         return [b"\x02OK"] if self.binary else [b"OK\r\n"]
 
 
-class ScriptLink:
-    radio = "lora1"
+class ScriptLink(driver_link.ScriptLink):
+    """Link whose writes go to a FakeEs920 (whole chunks in binary operation, CR LF lines otherwise); pump()
+    feeds the module's answers to the driver, one chunk per call."""
 
     def __init__(self, module: FakeEs920, *, initial: tuple[bytes, ...] = ()) -> None:
+        super().__init__("lora1", initial=initial, received_us=42)
         self.module = module
-        self.inbox: collections.deque[bytes] = collections.deque(initial)
-        self.written: list[bytes] = []
-        self.deliveries: list[list[Uplink]] = []
-        self.incidents: list[tuple[str, str]] = []
-        self.driver: Es920lr | None = None
-        self._partial = b""
-
-    @property
-    def uplinks(self) -> list[Uplink]:
-        return [u for b in self.deliveries for u in b]
-
-    def kinds(self) -> list[str]:
-        return [k for k, _ in self.incidents]
 
     def write(self, data: bytes) -> None:
-        self.written.append(data)
+        super().write(data)
         if self.module.state == "operation" and self.module.binary:
             self.inbox.extend(self.module.handle(data))
             return
-        *lines, self._partial = (self._partial + data).split(b"\r\n")
-        for line in lines:
+        for line in self.lines(data):
             self.inbox.extend(self.module.handle(line))
-
-    def pump(self, timeout: float) -> bool:
-        if not self.inbox:
-            time.sleep(min(timeout, 0.005))
-            return False
-        assert self.driver is not None
-        self.driver.feed(self.inbox.popleft(), 42)
-        return True
-
-    def deliver(self, uplinks: list[Uplink]) -> None:
-        self.deliveries.append(list(uplinks))
-
-    def incident(self, kind: str, detail: str) -> None:
-        self.incidents.append((kind, detail))
 
 
 def make(module: FakeEs920 | None = None, config: Any = None, *, prompt: bool = True

@@ -25,6 +25,8 @@ from drivers.radio import ModuleDriver, ModuleRebooted, RadioWorker, backoff_del
 from drivers.rak3172 import STATUSES, Rak3172, parse_p2p
 from drivers.transport import PortError
 from drivers.types import Uplink
+from tests.support import driver_link
+from tests.support.driver_link import RecordingLink
 from tests.support.radio import radio_config
 
 # -- config: the radio as the config loader makes it ---------------------------------------------------------------
@@ -103,61 +105,17 @@ class FakeRak:
         return [b"AT_COMMAND_NOT_FOUND\r\n"]
 
 
-class RecordingLink:
-    """Link without a port: records what the driver reports."""
-
-    radio = "lora0"
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.deliveries: list[list[Uplink]] = []
-        self.incidents: list[tuple[str, str]] = []
-
-    @property
-    def uplinks(self) -> list[Uplink]:
-        return [u for batch in self.deliveries for u in batch]
-
-    def kinds(self) -> list[str]:
-        return [k for k, _ in self.incidents]
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def pump(self, timeout: float) -> bool:
-        time.sleep(min(timeout, 0.005))
-        return False
-
-    def deliver(self, uplinks: list[Uplink]) -> None:
-        self.deliveries.append(list(uplinks))
-
-    def incident(self, kind: str, detail: str) -> None:
-        self.incidents.append((kind, detail))
-
-
-class ScriptLink(RecordingLink):
+class ScriptLink(driver_link.ScriptLink):
     """Link whose writes go to a FakeRak; pump() feeds the module's answers to the driver, one chunk per call."""
 
     def __init__(self, module: FakeRak) -> None:
-        super().__init__()
+        super().__init__("lora0")
         self.module = module
-        self.inbox: collections.deque[bytes] = collections.deque()
-        self.driver: ModuleDriver | None = None
-        self._partial = b""
 
     def write(self, data: bytes) -> None:
         super().write(data)
-        buf = self._partial + data
-        *lines, self._partial = buf.split(b"\r\n")
-        for line in lines:
+        for line in self.lines(data):
             self.inbox.extend(self.module.handle(line.decode()))
-
-    def pump(self, timeout: float) -> bool:
-        if not self.inbox:
-            time.sleep(min(timeout, 0.005))
-            return False
-        assert self.driver is not None
-        self.driver.feed(self.inbox.popleft(), 1_000_000)
-        return True
 
 
 def fast(driver: Rak3172) -> Rak3172:

@@ -53,8 +53,8 @@ bypasses the node policy: a node with ``unauthenticated: reject`` gets its Mesht
 
 Frame counters. The gateway accepts an unsigned frame only above the node's last counter, which it keeps in its
 journal across restarts. A Meshtastic packet has no such counter (packet ids are random), so the driver makes
-one from the time the packet was read: quarter seconds since 2024-01-01 UTC (uint32 lasts until 2058), at
-least one above the last it gave that node in this process. Consequence: if the gateway's clock steps back
+one from the time the packet was read, as the Modbus driver does: the Unix time in seconds (uint32 until 2106), or
+one above the last it gave that node in this process when packets come faster. Consequence: if the clock steps back
 (a Pi without a real-time clock booting before NTP), that node's frames are quarantined as ``replay`` until the
 clock has caught up (``denen node reset-counter`` clears the window at once).
 
@@ -104,16 +104,13 @@ log = logging.getLogger(__name__)
 #: want_config_id values the firmware reads as "send the config only" / "send the node database only".
 _SPECIAL_CONFIG_IDS = frozenset({69420, 69421})
 _BROADCAST = 0xFFFF_FFFF
-#: Frame counters count quarter seconds from 2024-01-01T00:00:00Z (uint32: until 2058).
-COUNTER_EPOCH_US = 1_704_067_200_000_000
-COUNTER_STEP_US = 250_000
 _UNKNOWN_LOGGED_MAX = 64  # distinct unknown devices logged by name; more are only counted
 _RECENT_PACKETS = 256  # (sender, packet id) pairs remembered to drop a packet heard twice
 
 
 def counter_floor(received_us: int) -> int:
-    """The smallest frame counter for a packet read at ``received_us`` (µs since the Unix epoch)."""
-    return max(0, (received_us - COUNTER_EPOCH_US) // COUNTER_STEP_US)
+    """The smallest frame counter for a packet read at ``received_us`` (µs since the Unix epoch): Unix seconds."""
+    return max(0, received_us // 1_000_000)
 
 
 def _protobufs() -> SimpleNamespace:
@@ -218,7 +215,7 @@ class Meshtastic(ModuleDriver):
     """
 
     # The last counter given to each (radio, denen node): survives the driver instances of one process, so a
-    # reopened port never repeats a counter for packets read in the same quarter second.
+    # reopened port never repeats a counter for packets read in the same second.
     _counters: ClassVar[dict[tuple[str, int], int]] = {}
 
     def __init__(self, config: Any, link: Link) -> None:
@@ -482,7 +479,10 @@ class Meshtastic(ModuleDriver):
 
 def probe(port: Any, radio: Any, timeout_s: float, say: Say) -> Finding:
     """Ask for the device's config download (it changes nothing on the device); see :mod:`drivers.probe`."""
-    driver, link = ProbeLink.driver(Meshtastic, port, radio)
+    settings = getattr(radio, "meshtastic", None) or MeshtasticConfig()
+    asked = SimpleNamespace(name=radio.name, port=radio.port, baudrate=radio.baudrate,
+                            meshtastic=settings.model_copy(update={"config_timeout_s": timeout_s}))
+    driver, link = ProbeLink.driver(Meshtastic, port, asked)
     try:
         driver.configure_once()
     except (ModuleError, ModuleTimeout):

@@ -252,7 +252,7 @@ class SimMeshtastic:
             packet = mesh.MeshPacket(to=0xFFFFFFFF, id=self._packet_id, rx_rssi=rssi, rx_snr=snr,
                                      rx_time=int(time.time()), hop_limit=3,
                                      decoded=mesh.Data(portnum=portnum, payload=bytes(payload)))
-            setattr(packet, "from", sender)  # noqa: B010  ("from" is a Python keyword)
+            setattr(packet, "from", sender)
             self._emit(mesh.FromRadio(packet=packet))
             return True
 
@@ -291,7 +291,7 @@ class SimMeshtastic:
             if not self._api:
                 return False
             packet = mesh.MeshPacket(to=0xFFFFFFFF, id=self._packet_id + 1, encrypted=b"\x13\x37" * 8)
-            setattr(packet, "from", sender)  # noqa: B010
+            setattr(packet, "from", sender)
             self._emit(mesh.FromRadio(packet=packet))
             return True
 

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import serial
 
 from agent.config import parse_config
 from agent.gateway.reading import SOS, TELEMETRY
@@ -21,7 +22,7 @@ from agent.gateway.readings import FrameDecoder
 from drivers import registry
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
-from drivers.meshtastic import SPEC, MeshtasticConfig
+from drivers.meshtastic import SPEC, MeshtasticConfig, probe
 from drivers.radio import RadioWorker
 from drivers.sim.meshtastic import NodeEntry as DbEntry
 from drivers.sim.meshtastic import SimMeshtastic
@@ -133,3 +134,23 @@ def test_a_reboot_of_the_radio_is_noticed_and_alerts_flow_again(rig: Rig) -> Non
     assert rig.sim.send_text(HIKER, "SOS")
     [out] = rig.decoded(1)
     assert out.entry is not None and out.kind == "sos"
+
+
+@pytest.mark.parametrize("boots", [True, False])
+def test_doctor_probe_asks_for_the_config_download_only(tmp_path: Path, boots: bool) -> None:
+    sim = SimMeshtastic(name="mesh0", link=str(tmp_path / "mesh0"), boot_delay_s=0.05 if boots else 60.0,
+                        node_db=[DbEntry(HIKER)])
+    radio = SimpleNamespace(name="mesh0", driver="meshtastic", port=sim.path, baudrate=115200,
+                            meshtastic=MeshtasticConfig.model_validate({"devices": [{"device": HIKER, "node": "3e000001"}]}))
+    sim.start(wait=boots)
+    try:
+        with serial.Serial(sim.path, 115200, timeout=0.05) as port:
+            finding = probe(port, radio, 1.0, lambda text: text)
+    finally:
+        sim.stop()
+    if boots:
+        assert finding.status == "ok", finding
+        assert "!0a0b0c0d" in finding.summary and "2.6.11" in finding.summary and "1/1" in finding.summary
+        assert [m.WhichOneof("payload_variant") for m in sim.to_radio] == ["want_config_id"]
+    else:
+        assert finding.status == "fail" and finding.hint, finding

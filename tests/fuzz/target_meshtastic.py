@@ -20,7 +20,16 @@ from drivers.meshtastic import Meshtastic, MeshtasticConfig, _protobufs
 from drivers.meshtastic_stream import frame
 from drivers.types import Uplink
 from tests.fuzz.mutate import chunk, mutate_bytes, random_bytes
-from tests.fuzz.targets import ACCEPTED, IGNORED, T0_US, FakeLink, Outcome, Target, check, rejected
+from tests.fuzz.targets import (
+    ACCEPTED,
+    IGNORED,
+    T0_US,
+    FakeLink,
+    Outcome,
+    Target,
+    check,
+    rejected,
+)
 
 __all__ = ["MeshtasticTarget"]
 
@@ -40,7 +49,7 @@ def _packet(sender: int, portnum: int, payload: bytes, packet_id: int, rng: rand
     m = PB.mesh
     p = m.MeshPacket(to=0xFFFFFFFF, id=packet_id, rx_rssi=rng.randint(-140, 0), rx_snr=rng.uniform(-20, 12),
                      decoded=m.Data(portnum=portnum, payload=payload))
-    setattr(p, "from", sender)  # noqa: B010
+    setattr(p, "from", sender)
     return frame(m.FromRadio(packet=p).SerializeToString())
 
 

@@ -101,18 +101,13 @@ class Station:
 def inject(station: Station, fault: str) -> None:
     """One fault, held until the driver has met it, then cleared."""
     sim, events, rng = station.sim, station.events, station.rng
-    if fault == "no_answer":
+    if fault in ("no_answer", "crc"):  # n requests unanswered, or n replies with a bad CRC: n incidents
         n = rng.randint(1, 4)
-        before = events.count("module_timeout")
-        sim.line.no_answer += n
-        station.injected["no_answer"] += n
-        events.wait(lambda: events.count("module_timeout") >= before + n)
-    elif fault == "crc":
-        n = rng.randint(1, 4)
-        before = events.count("crc_error")
-        sim.line.crc_errors += n
-        station.injected["crc"] += n
-        events.wait(lambda: events.count("crc_error") >= before + n)
+        incident, field = ("module_timeout", "no_answer") if fault == "no_answer" else ("crc_error", "crc_errors")
+        before = events.count(incident)
+        setattr(sim.line, field, getattr(sim.line, field) + n)
+        station.injected[fault] += n
+        events.wait(lambda: events.count(incident) >= before + n)
     elif fault == "exception":
         before = sim.line.counts["exception"]
         sim.line.exceptions[rng.choice((1, 2))] = rng.choice((2, 4, 11))

@@ -296,10 +296,14 @@ def test_bad_hex_payload_is_reported(payload):
     assert link.kinds() == ["bad_hex"]
 
 
-def test_reset_noise_before_a_line_is_counted_and_the_line_kept():
-    d, link = configured()
-    d.feed(b"\xfc\xfc\xfc" + rx(b"0102"), 1)
-    assert [u.payload for u in link.uplinks] == [b"\x01\x02"]
+@pytest.mark.parametrize(("fmt", "stream", "payload"), [
+    ("ascii", b"\xfc\xfc\xfc" + rx(b"0102"), b"\x01\x02"),
+    ("binary", b"\xfc\xfc\xfc\x00" + rx_bin(b"\x42"), b"\x42"),
+])
+def test_reset_noise_before_a_frame_is_skipped_counted_once_and_the_frame_kept(fmt, stream, payload):
+    d, link = configured(config=lora1(format=fmt))
+    d.feed(stream, 1)
+    assert [u.payload for u in link.uplinks] == [payload]
     assert link.kinds() == ["garbled_line"]
 
 
@@ -359,13 +363,6 @@ def test_start_ack_and_first_binary_frame_in_one_chunk():
     d, link = configured(module, lora1(format="binary"))
     assert [u.payload for u in link.uplinks] == [b"\x07\x08"]
     assert link.incidents == []
-
-
-def test_binary_reset_noise_is_skipped_and_counted_once():
-    d, link = binary()
-    d.feed(b"\xfc\xfc\xfc\x00" + rx_bin(b"\x42"), 1)
-    assert [u.payload for u in link.uplinks] == [b"\x42"]
-    assert link.kinds() == ["garbled_line"]
 
 
 def test_binary_stale_partial_frame_is_dropped_on_resync():

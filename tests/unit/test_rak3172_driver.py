@@ -180,24 +180,22 @@ def test_rx_event_with_unparseable_rssi_is_garbled():
     assert link.kinds() == ["garbled_line", "garbled_line"]
 
 
-def test_legacy_two_line_rx_event():
+@pytest.mark.parametrize(("stream", "delivered", "kinds"), [
+    # Older firmware: the header (RSSI, SNR) and the payload on two event lines.
+    (b"+EVT:RXP2P, RSSI -60, SNR 11\r\n+EVT:AABBCCDD\r\n", (b"\xaa\xbb\xcc\xdd", -60, 11.0), []),
+    # A legacy header whose payload line never came is garbled, and not reused for the next frame.
+    (b"+EVT:RXP2P, RSSI -60, SNR 11\r\n+EVT:RXP2P:-50:3:0102\r\n", (b"\x01\x02", -50, 3.0), ["garbled_line"]),
+    # A legacy payload line without its header is still delivered, without RSSI and SNR.
+    (b"+EVT:0A0B\r\n", (b"\x0a\x0b", None, None), []),
+    # An event cut short and glued to the next one: only the complete one is kept.
+    (b"+EVT:RXP2P:-61:7:A1B2+EVT:RXP2P:-40:9:C3D4\r\n", (b"\xc3\xd4", -40, 9.0), ["garbled_line"]),
+])
+def test_one_frame_is_delivered_from_each_stream(stream, delivered, kinds):
     d, link = parser()
-    d.feed(b"+EVT:RXP2P, RSSI -60, SNR 11\r\n+EVT:AABBCCDD\r\n", 9)
-    assert link.uplinks == [Uplink("lora0", b"\xaa\xbb\xcc\xdd", -60, 11.0, None, 9)]
-    assert link.incidents == []
-
-
-def test_legacy_header_without_payload_line_is_garbled_and_not_reused():
-    d, link = parser()
-    d.feed(b"+EVT:RXP2P, RSSI -60, SNR 11\r\n+EVT:RXP2P:-50:3:0102\r\n", 1)
-    assert link.uplinks == [Uplink("lora0", b"\x01\x02", -50, 3.0, None, 1)]
-    assert link.kinds() == ["garbled_line"]
-
-
-def test_legacy_payload_without_header_is_still_delivered():
-    d, link = parser()
-    d.feed(b"+EVT:0A0B\r\n", 1)
-    assert link.uplinks == [Uplink("lora0", b"\x0a\x0b", None, None, None, 1)]
+    d.feed(stream, 9)
+    payload, rssi, snr = delivered
+    assert link.uplinks == [Uplink("lora0", payload, rssi, snr, None, 9)]
+    assert link.kinds() == kinds
 
 
 @pytest.mark.parametrize(("line", "kind"), [
@@ -221,13 +219,6 @@ def test_noise_before_an_event_is_counted_and_the_event_kept():
     assert [u.payload for u in link.uplinks] == [b"\x01\x02"]
     assert link.kinds() == ["garbled_line"]
     assert "bytes before +EVT" in link.incidents[0][1]
-
-
-def test_truncated_event_glued_to_the_next_one_keeps_only_the_complete_one():
-    d, link = parser()
-    d.feed(b"+EVT:RXP2P:-61:7:A1B2+EVT:RXP2P:-40:9:C3D4\r\n", 1)
-    assert link.uplinks == [Uplink("lora0", b"\xc3\xd4", -40, 9.0, None, 1)]
-    assert link.kinds() == ["garbled_line"]
 
 
 def test_unparseable_line_is_garbled_with_a_short_repr():

@@ -39,7 +39,7 @@ import sys
 from agent.cli_parser import build_parser, lang_in
 from agent.errors import AgentError, ConfigError
 from agent.i18n import _
-from drivers.errors import DriverError
+from drivers.errors import DenenError
 
 log = logging.getLogger("denen")
 
@@ -100,7 +100,7 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(str(exc), file=sys.stderr)
         return 2
-    except (AgentError, DriverError) as exc:  # DriverError: e.g. no usable libcrypto for the frame MIC
+    except DenenError as exc:  # every error of denen's own, e.g. no usable libcrypto for the frame MIC
         if args.debug:
             raise
         print(_("denen: error: {message}").format(message=exc), file=sys.stderr)

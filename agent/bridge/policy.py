@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.bridge.errors import SinkError, SinkRefused, SinkRejected
+from agent.bridge.errors import BridgeError, SinkError, SinkRefused, SinkRejected
 from agent.bridge.sinks import Sink
 
 __all__ = ["Abandoned", "RejectedLine", "WritePolicy"]
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 _CONFLICT_RE = re.compile(r'input field \\?"((?:[^"\\]|\\.)*)\\?" on measurement \\?"((?:[^"\\]|\\.)*)\\?"')
 
 
-class Abandoned(Exception):
+class Abandoned(BridgeError):
     """The bridge is stopping while the database is failing: the batch is given up unacknowledged (the broker
     keeps it for the next run)."""
 

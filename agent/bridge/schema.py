@@ -12,6 +12,8 @@ import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.bridge.errors import BridgeError
+
 __all__ = ["COMMANDS", "DETAIL_MAX", "DOCUMENT_TOPICS", "GATEWAY_KINDS", "HELD_REASONS", "ID_RE", "KINDS", "LANES",
            "NODE_KINDS", "OUTCOMES", "READINGS_SCHEMA", "RESERVED_FIELDS", "RESULT_SCHEMA", "SHAPE_ERRORS",
            "SIREN_WHY", "STATE_SCHEMA", "STATUS_SCHEMA", "VIAS", "Converted", "Invalid", "Reject", "checked_object",
@@ -146,7 +148,7 @@ class Converted:
     gateway: str | None = None
 
 
-class Invalid(Exception):
+class Invalid(BridgeError):
     """Internal: a document or reading breaks the schema (never leaves this module)."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -41,6 +41,7 @@ from typing import Any
 
 from agent.console.config import MailConfig
 from agent.console.links import GATEWAY_RE, KEY_RE
+from agent.errors import AgentError
 
 __all__ = ["GrafanaHook", "HookAlert", "HookError", "MailError", "Mailer", "compose_mail", "parse_grafana"]
 
@@ -55,7 +56,7 @@ TEXT_MAX = 1000
 _CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-class HookError(Exception):
+class HookError(AgentError):
     """A webhook request refused: ``status`` (4xx) and ``code`` (the counter's name)."""
 
     def __init__(self, status: int, code: str, detail: str) -> None:
@@ -65,7 +66,7 @@ class HookError(Exception):
         super().__init__(f"{code}: {detail}")
 
 
-class MailError(Exception):
+class MailError(AgentError):
     """The SMTP server could not take the mail (down, refusing, TLS or login failed)."""
 
 

@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.errors import AgentError
+
 __all__ = ["GATEWAY_RE", "KEY_RE", "Link", "LinkError", "LinkSigner", "TOKEN_MAX", "clean_by"]
 
 #: Gateway ids (the registry's and the broker's pattern).
@@ -67,7 +69,7 @@ def clean_by(value: str) -> str | None:
     return value
 
 
-class LinkError(Exception):
+class LinkError(AgentError):
     """A link that cannot be used.
 
     Attributes:

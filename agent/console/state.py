@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass
 
 from agent.console.links import GATEWAY_RE, KEY_RE
+from agent.errors import AgentError
 
 __all__ = ["ALERTS_MAX", "AlertView", "BadMessage", "GatewayState", "Result", "StateBook", "parse_result",
            "parse_state"]
@@ -34,7 +35,7 @@ _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _COMMANDS = frozenset({"alert-ack", "siren-silence", "test-chirp"})
 
 
-class BadMessage(ValueError):
+class BadMessage(AgentError, ValueError):
     """A state or result message that is not taken; ``reason`` is a short code for counters."""
 
     def __init__(self, reason: str, detail: str) -> None:

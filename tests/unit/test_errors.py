@@ -28,12 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 #: expected to fail for them (strict: once a base is fixed, the entry must go). Name -> who changes the base.
 PENDING: dict[str, str] = {
     "UnknownDriver": "MODBUS: drivers/registry.py, class UnknownDriver(DriverError, ValueError)",
-    "Abandoned": "BRIDGE+CLI: agent/bridge/policy.py, class Abandoned(BridgeError)",
-    "Invalid": "BRIDGE+CLI: agent/bridge/schema.py, class Invalid(BridgeError)",
-    "BadMessage": "BRIDGE+CLI: agent/console/state.py, class BadMessage(AgentError, ValueError)",
-    "LinkError": "BRIDGE+CLI: agent/console/links.py, class LinkError(AgentError)",
-    "HookError": "BRIDGE+CLI: agent/console/hooks.py, class HookError(AgentError)",
-    "MailError": "BRIDGE+CLI: agent/console/hooks.py, class MailError(AgentError)",
 }
 
 

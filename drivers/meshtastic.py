@@ -75,6 +75,7 @@ import math
 import random
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -94,10 +95,10 @@ from drivers.meshtastic_stream import WAKE, StreamParser, frame
 from drivers.probe import FAIL, N_, OK, Finding, ProbeLink, Say, noise_hint
 from drivers.radio import Link, ModuleDriver
 from drivers.registry import DriverSpec
-from drivers.settings import Section, problem
+from drivers.settings import Problem, Section, problem
 from drivers.types import Uplink
 
-__all__ = ["SPEC", "Meshtastic", "MeshtasticConfig", "MeshtasticDevice", "counter_floor", "probe"]
+__all__ = ["SPEC", "Meshtastic", "MeshtasticConfig", "MeshtasticDevice", "counter_floor", "node_problems", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,37 @@ class MeshtasticConfig(Section):
         if importlib.util.find_spec("meshtastic") is None:
             raise problem("the meshtastic package is not installed", "pip install 'denen-agent[meshtastic]'")
         return self
+
+
+def node_problems(settings: MeshtasticConfig, nodes: Iterable[object]) -> list[Problem]:
+    """The gateway's ``nodes:`` checked against the devices of one radio's ``meshtastic:`` section.
+
+    Each device's node must be configured, and not with ``unauthenticated: reject`` (the config's default): its
+    frames carry no MIC, so the gateway would quarantine every one, its SOS included. Works on raw data (dicts)
+    as well as on models; a node entry that is itself invalid is skipped (its own error is reported elsewhere).
+
+    Returns:
+        Problems located below the section (``("devices", i, "node")``), for the config loader.
+    """
+    policies: dict[str, object] = {}
+    for node in nodes:
+        get = node.get if isinstance(node, dict) else (lambda key, n=node: getattr(n, key, None))
+        node_id = get("id")
+        if isinstance(node_id, int) and not isinstance(node_id, bool):
+            node_id = f"{node_id:08x}"
+        if isinstance(node_id, str):
+            policies[node_id.lower()] = get("unauthenticated") or "reject"
+    found = []
+    for i, device in enumerate(settings.devices):
+        policy = policies.get(device.node)
+        if policy is None:
+            found.append(Problem(("devices", i, "node"), f"node {device.node} (device {device.device}) is not under "
+                                 "nodes:", f'add it: - {{id: "{device.node}", kind: sos, unauthenticated: flag, ...}}'))
+        elif policy == "reject":
+            found.append(Problem(("devices", i, "node"), f"node {device.node} has unauthenticated: reject, but "
+                                 "Meshtastic frames carry no MIC: every one, SOS included, would be quarantined",
+                                 "set unauthenticated: flag on that node (readings are then marked unauthenticated)"))
+    return found
 
 
 class Meshtastic(ModuleDriver):

@@ -22,6 +22,7 @@ from drivers.meshtastic import (
     MeshtasticConfig,
     _protobufs,
     counter_floor,
+    node_problems,
 )
 from drivers.meshtastic_stream import MAX_PAYLOAD, WAKE, StreamParser, frame
 from drivers.types import Uplink
@@ -365,3 +366,14 @@ def test_settings_problems_are_named(data: dict[str, Any], message: str) -> None
 def test_default_settings_are_valid() -> None:
     s = MeshtasticConfig.model_validate({})
     assert s.devices == () and s.alert_texts == ("SOS",) and s.frame_port == 256
+
+
+def test_node_problems_name_a_missing_node_and_a_node_that_would_refuse_every_frame() -> None:
+    s = settings(devices=[{"device": HIKER, "node": "3e000001"}, {"device": STRANGER, "node": "3e000002"},
+                          {"device": 7, "node": "3e000003"}])
+    nodes = [{"id": "3E000001", "unauthenticated": "flag"}, {"id": 0x3E000002}, {"id": ["bad"]}]
+    found = node_problems(s, nodes)
+    assert [(p.subloc, p.message.split(" ")[1]) for p in found] == [
+        (("devices", 1, "node"), "3e000002"), (("devices", 2, "node"), "3e000003")]
+    assert "quarantined" in found[0].message and "not under nodes" in found[1].message
+    assert node_problems(s, [{"id": f"3e00000{i}", "unauthenticated": "flag"} for i in (1, 2, 3)]) == []

@@ -62,10 +62,11 @@ from agent.bridge.config import BridgeConfig
 from agent.bridge.deadletter import DeadLetter, DeadLetterStore
 from agent.bridge.errors import BridgeError, SinkError
 from agent.bridge.health import HealthMonitor
-from agent.bridge.lineproto import Converted, Reject, Serializer
+from agent.bridge.lineproto import Serializer
 from agent.bridge.policy import WritePolicy
 from agent.bridge.receiving import InboxMessage, Receiving
 from agent.bridge.registry import GatewayRegistry
+from agent.bridge.schema import Converted, Reject
 from agent.bridge.sinks import Sink, make_sink
 from agent.bridge.writing import SUMMARY_INTERVAL_S, Writing
 from agent.ratelog import RateLimitedLog

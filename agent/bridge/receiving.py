@@ -22,8 +22,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from agent import systemd
 from agent.bridge.config import BridgeConfig
 from agent.bridge.health import HealthMonitor
-from agent.bridge.lineproto import Converted, Reject, Serializer
+from agent.bridge.lineproto import Serializer
 from agent.bridge.mqttclient import new_client
+from agent.bridge.schema import Converted, Reject
 
 __all__ = ["TOO_LARGE_KEEP", "InboxMessage", "Receiving"]
 

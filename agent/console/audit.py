@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from agent.bridge.config import SinkConfig
-from agent.bridge.lineproto import escape_string_field, escape_tag_value, format_float
+from agent.bridge.encoding import escape_string_field, escape_tag_value, format_float
 from agent.bridge.policy import Abandoned, WritePolicy
 from agent.bridge.registry import UNKNOWN_SITE, GatewayRegistry
 from agent.bridge.sinks import make_sink

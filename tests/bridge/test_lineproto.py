@@ -12,16 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.bridge.lineproto import (
-    COMMANDS,
-    OUTCOMES,
-    Converted,
-    Serializer,
-    escape_key,
-    escape_string_field,
-    escape_tag_value,
-)
+from agent.bridge.encoding import escape_key, escape_string_field, escape_tag_value
+from agent.bridge.lineproto import Serializer
 from agent.bridge.registry import GatewayInfo, GatewayRegistry
+from agent.bridge.schema import COMMANDS, OUTCOMES, Converted
 from agent.gateway.clock import EPOCH_FLOOR_US
 from tests.bridge._helpers import T0_US, batch, reading, topic
 from tests.support.contract import section

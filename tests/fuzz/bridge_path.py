@@ -56,7 +56,8 @@ from paho.mqtt.properties import Properties
 
 from agent.bridge import Bridge, DeadLetterStore, parse_bridge_config
 from agent.bridge.errors import BridgeError
-from agent.bridge.lineproto import COMMANDS, OUTCOMES, Serializer
+from agent.bridge.lineproto import Serializer
+from agent.bridge.schema import COMMANDS, OUTCOMES
 from agent.dev.devbroker import Mosquitto
 from tests.fuzz.mutate import mutate_bytes, shrink, small
 from tests.fuzz.targets import MEASUREMENTS, mutate_tree

@@ -21,7 +21,9 @@ as the Meshtastic app or ``meshtastic --port`` is::
 Framing and handshake as in meshtastic/python ``stream_interface.py`` (START1 0x94, START2 0xC3, HEADER_LEN 4,
 MAX_TO_FROM_RADIO_SIZE 512, the 32-byte 0xC3 wake) and ``mesh_interface.py`` (``_startConfig``: a random
 ``want_config_id``, never 69420/69421, the firmware's "config only" and "nodes only" nonces; ``rebooted`` ->
-start the config again), and meshtastic/protobufs ``mesh.proto`` (FromRadio, ToRadio, MeshPacket, QueueStatus).
+start the config again), the firmware's ``StreamAPI.cpp`` (the same reader; ``emitRebooted``, which
+``SerialConsole`` calls at every boot) and meshtastic/protobufs ``mesh.proto`` (FromRadio, ToRadio, MeshPacket,
+QueueStatus).
 
 What a packet becomes. Each Meshtastic device that may call for help is listed in the radio's ``meshtastic:``
 section (``devices: [{device: "!a1b2c3d4", node: "0000a001"}]``), mapped to a denen node id that is configured
@@ -359,8 +361,11 @@ class Meshtastic(ModuleDriver):
             if message.config_complete_id == self._config_id and self._config_id:
                 self._config_done = True
         elif which == "rebooted":
+            # The firmware's serial console sends this at every boot. While configuring it only means "ask
+            # again" (module_rebooted() restarts the attempt); after that, the device restarted under us.
             self._config_done = False
-            self.link.incident("module_reboot", "the device says it rebooted")
+            if not self.configuring:
+                self.link.incident("module_reboot", "the device says it rebooted")
             self.module_rebooted()
         elif which == "my_info":
             self.module_info["node"] = f"!{message.my_info.my_node_num:08x}"

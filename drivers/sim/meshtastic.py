@@ -2,8 +2,8 @@
 
 What it models (meshtastic firmware ``StreamAPI``/``PhoneAPI`` as a client sees it over USB serial):
 
-* boot: console log text (not framed) after ``boot_delay_s``; after an unexpected reboot also a framed
-  ``FromRadio{rebooted: true}``, and the API is off again until the client sends ``want_config_id``;
+* boot: console log text (not framed) after ``boot_delay_s``, then a framed ``FromRadio{rebooted: true}`` (the
+  firmware's ``SerialConsole`` sends it at every boot); the API is off until the client sends ``want_config_id``;
 * ``ToRadio{want_config_id}``: ``my_info``, ``metadata``, one ``node_info`` per node in its database (itself and
   :attr:`SimMeshtastic.node_db`), then ``config_complete_id`` with the client's id; packets flow from then on;
 * ``ToRadio{packet}``: recorded (:attr:`transmitted` for the payload), answered with ``queueStatus``;
@@ -131,7 +131,7 @@ class SimMeshtastic:
         """Create the pty, power on, and (by default) wait for the boot log."""
         self.port.start()
         with self._lock:
-            self._power_on(rebooted=False)
+            self._power_on()
         if wait:
             self.wait_for(lambda: self._booted, timeout=self.boot_delay_s + 5.0)
 
@@ -141,12 +141,12 @@ class SimMeshtastic:
         self.port.stop()
 
     def reboot(self, *, noise: bool = True) -> None:
-        """An unexpected reset: optional noise, boot log, ``rebooted``; the client must ask for the config again."""
+        """An unexpected reset: optional noise, then a boot; the client must ask for the config again."""
         with self._lock:
             self._power_off()
             if noise:
                 self._write(noise_bytes(self._rng))
-            self._power_on(rebooted=True)
+            self._power_on()
 
     def unplug(self) -> None:
         with self._lock:
@@ -157,7 +157,7 @@ class SimMeshtastic:
         self.port.replug()
         with self._lock:
             if not self._powered:
-                self._power_on(rebooted=False)
+                self._power_on()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         with self._cond:
@@ -169,7 +169,7 @@ class SimMeshtastic:
         self._parser.reset()
         self._cond.notify_all()
 
-    def _power_on(self, *, rebooted: bool) -> None:
+    def _power_on(self) -> None:
         self._powered = True
         epoch = self._epoch
 
@@ -178,8 +178,7 @@ class SimMeshtastic:
                 if self._epoch != epoch or not self._powered:
                     return
                 self._write(_BOOT_LOG)
-                if rebooted:
-                    self._emit(self.pb.mesh.FromRadio(rebooted=True))
+                self._emit(self.pb.mesh.FromRadio(rebooted=True))
                 self._booted = True
                 self.boots += 1
                 self._cond.notify_all()

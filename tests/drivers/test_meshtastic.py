@@ -39,8 +39,10 @@ class Radio:
 
     radio = "mesh0"
 
-    def __init__(self, *, answer: bool = True, node_db: tuple[Any, ...] = (), queue_res: int = 0) -> None:
+    def __init__(self, *, answer: bool = True, node_db: tuple[Any, ...] = (), queue_res: int = 0,
+                 reboots: int = 0) -> None:
         self.answer = answer
+        self.reboots = reboots  # want_config requests answered by a reboot instead
         self.node_db = node_db
         self.queue_res = queue_res
         self.written = bytearray()
@@ -61,7 +63,10 @@ class Radio:
     def _serve(self, message: Any) -> None:
         m = PB.mesh
         which = message.WhichOneof("payload_variant")
-        if which == "want_config_id":
+        if which == "want_config_id" and self.reboots:
+            self.reboots -= 1
+            self.send(m.FromRadio(rebooted=True))
+        elif which == "want_config_id":
             self.send(m.FromRadio(my_info=m.MyNodeInfo(my_node_num=0x0A0B0C0D)))
             self.send(m.FromRadio(metadata=m.DeviceMetadata(firmware_version="2.6.11")))
             for info in self.node_db:
@@ -192,6 +197,12 @@ def test_configure_wakes_the_device_and_asks_for_its_config_with_a_fresh_id() ->
     d.configure()
     again = [m.want_config_id for m in link.to_radio if m.WhichOneof("payload_variant") == "want_config_id"]
     assert len(again) == 2 and again[0] != again[1]
+
+
+def test_a_reboot_in_the_middle_of_the_config_download_means_asking_again_not_an_incident() -> None:
+    d, link = configured(Radio(reboots=2))
+    assert len([m for m in link.to_radio if m.HasField("want_config_id")]) == 3
+    assert link.incidents == [] and d.module_info["firmware"] == "2.6.11"
 
 
 def test_a_device_that_never_completes_its_config_is_a_timeout() -> None:

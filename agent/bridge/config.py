@@ -39,6 +39,7 @@ from agent.config.mqtt import mqtt_tls_warnings
 from agent.config.values import TopLevel
 from agent.config.secrets import SecretEnv, SecretText, WithSecrets, read_secret_file, secret_file
 from agent.bridge.deadletter import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEM_BYTES
+from agent.bridge.ngsi_config import NgsiConfig, ngsi_sink_problems
 
 __all__ = [
     "BatchConfig",
@@ -187,15 +188,21 @@ class BridgeMqttConfig(MqttLoginConfig):
 
 _V1_ONLY = ("database", "rp", "user", "password", "password_file", "password_env")
 _V2_ONLY = ("org", "bucket", "token", "token_file", "token_env")
+_NGSI_OWN = ("token", "token_file", "token_env", "ngsi")
+_NOT_NGSI = (*_V1_ONLY, "org", "bucket")
+#: Per sink type: the keys it takes, and the keys of the other types it does not.
+_SINK_KEYS = {"v1": (_V1_ONLY, _V2_ONLY), "v2": (_V2_ONLY, _V1_ONLY),
+              "ngsi-ld": (_NGSI_OWN, _NOT_NGSI), "ngsi-v2": (_NGSI_OWN, _NOT_NGSI)}
 
 
 class SinkConfig(WithSecrets):
     """Where the readings go: InfluxDB's v1 ``/write`` API, or the v2 write API through influxdb-client."""
 
-    type: Literal["v1", "v2"] = Field(
+    type: Literal["v1", "v2", "ngsi-ld", "ngsi-v2"] = Field(
         description="v1: the InfluxDB 1.x /write API (database, rp, user, password). v2: the v2 write API "
         "through influxdb-client (org, bucket, token), for InfluxDB 2.x, 3.x, the 1.8+ compatibility API and "
-        "VictoriaMetrics.",
+        "VictoriaMetrics. ngsi-ld / ngsi-v2: an NGSI-LD or NGSI v2 (Orion) context broker (sink.ngsi; bearer token in "
+        "token, token_file or token_env).",
     )
     url: str = Field(
         default="http://127.0.0.1:8086",
@@ -249,6 +256,9 @@ class SinkConfig(WithSecrets):
     retry_max_s: float = Field(
         default=30.0, gt=0, le=3600, description="Longest wait between write retries, in seconds."
     )
+    ngsi: NgsiConfig | None = Field(
+        default=None, description="ngsi-ld / ngsi-v2: the context broker's settings (defaults when absent)."
+    )
 
     @field_validator("url")
     @classmethod
@@ -265,13 +275,13 @@ class SinkConfig(WithSecrets):
     @model_validator(mode="after")
     def _fits_type(self) -> SinkConfig:
         problems: list[tuple[tuple[str | int, ...], str, str | None]] = []
-        own, other = (_V1_ONLY, _V2_ONLY) if self.type == "v1" else (_V2_ONLY, _V1_ONLY)
+        own, other = _SINK_KEYS[self.type]
         for key in other:
             if getattr(self, key) is not None:
                 problems.append(((key,), f"'{key}' is not used by a {self.type} sink",
                                  f"a {self.type} sink takes: url, timeout_s, {', '.join(own)}; remove '{key}' or "
                                  f"change type"))
-        required = ("database",) if self.type == "v1" else ("org", "bucket")
+        required = {"v1": ("database",), "v2": ("org", "bucket")}.get(self.type, ())
         for key in required:
             if getattr(self, key) is None:
                 problems.append(((key,), f"a {self.type} sink needs '{key}'", None))
@@ -279,6 +289,7 @@ class SinkConfig(WithSecrets):
             problems.append((("token",), "a v2 sink needs token, token_file or token_env",
                              "an InfluxDB API token with write access to the bucket ('user:password' for the 1.8 "
                              "compatibility API)"))
+        problems.extend(ngsi_sink_problems(self))
         problems.extend(secret_source_problems(self, "password", "token"))
         has_password = any(getattr(self, k) is not None for k in ("password", "password_file", "password_env"))
         if self.type == "v1" and has_password and self.user is None:
@@ -305,6 +316,8 @@ class SinkConfig(WithSecrets):
         """Where writes go, for log lines (never a secret)."""
         if self.type == "v1":
             return f"{self.url} database {self.database}" + (f" rp {self.rp}" if self.rp else "")
+        if self.type != "v2":
+            return f"{self.url} ({self.type})"
         return f"{self.url} org {self.org} bucket {self.bucket}"
 
 

@@ -163,4 +163,8 @@ def _body_bytes(body: object) -> bytes:
 
 def make_sink(config: SinkConfig) -> Sink:
     """The sink for ``config.type``."""
+    if config.type in ("ngsi-ld", "ngsi-v2"):
+        from agent.bridge.ngsi import NgsiSink  # noqa: PLC0415 - only an NGSI sink needs it
+
+        return NgsiSink(config)
     return V1Sink(config) if config.type == "v1" else V2Sink(config)

@@ -14,7 +14,8 @@ as the Meshtastic app or ``meshtastic --port`` is::
                                           big-endian length, protobuf); packet -> Uplink(s); rebooted ->
                                           module_reboot and configure again
       service() ───────────────────────>  ToRadio{heartbeat} every heartbeat_s (the firmware drops an idle
-                                          serial API client after 15 minutes)
+                                          serial API client after 15 minutes); want_config again after
+                                          silence_s without a frame, or on console text after the config
       transmit(frame) ─────────────────>  ToRadio{packet: broadcast, portnum frame_port, payload frame};
                                       <── queueStatus{mesh_packet_id, res}
 
@@ -75,6 +76,7 @@ import importlib.util
 import logging
 import math
 import random
+import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
@@ -108,6 +110,8 @@ log = logging.getLogger(__name__)
 _SPECIAL_CONFIG_IDS = frozenset({69420, 69421})
 _BROADCAST = 0xFFFF_FFFF
 _UNKNOWN_LOGGED_MAX = 64  # distinct unknown devices logged by name; more are only counted
+#: Console text: a run of printable ASCII that line noise hardly ever makes.
+_CONSOLE_TEXT = re.compile(rb"[ -~]{12,}")
 _RECENT_PACKETS = 256  # (sender, packet id) pairs remembered to drop a packet heard twice
 
 
@@ -182,6 +186,9 @@ class MeshtasticConfig(Section):
                              "API drops a silent client after 15 minutes).")
     config_timeout_s: float = Field(15.0, gt=0, le=120, description="Seconds to wait for the device's config "
                                     "download.")
+    silence_s: int = Field(3600, ge=300, le=86400, description="Seconds without any frame from the device after "
+                           "which its config is asked for again (a device that restarted without saying so sends "
+                           "nothing until asked; its own telemetry comes every 30 minutes by default).")
 
     @field_validator("alert_texts")
     @classmethod
@@ -262,7 +269,7 @@ class Meshtastic(ModuleDriver):
         self._parser: StreamParser[Any] = StreamParser(self._from_radio, self._stream_problem)
         self._config_id = 0
         self._config_done = False
-        self._last_heartbeat = time.monotonic()
+        self._last_heartbeat = self._last_frame = time.monotonic()
         self._queue_status: dict[int, int] = {}  # mesh packet id -> res, for transmit()
         self._fixes: dict[int, Fix] = {}  # device number -> last position
         self._battery: dict[int, dict[str, float]] = {}  # device number -> battery_v/battery_pct
@@ -295,12 +302,19 @@ class Meshtastic(ModuleDriver):
         self.check_not_rebooted("want_config")
         self.module_info.setdefault("firmware", "unknown")
         self.module_info["devices_in_radio_db"] = f"{self._known_in_db}/{len(self._devices)}"
-        self._last_heartbeat = time.monotonic()
+        self._last_heartbeat = self._last_frame = time.monotonic()
 
     def service(self) -> None:
-        if time.monotonic() - self._last_heartbeat >= self.settings.heartbeat_s:
+        now = time.monotonic()
+        if now - self._last_frame >= self.settings.silence_s:
+            self.link.incident("module_timeout", f"no frame from the device for {now - self._last_frame:.0f} s; "
+                               "asking for its config again")
+            self._last_frame = now
+            self.reboot_detected = True  # the worker configures it again
+            return
+        if now - self._last_heartbeat >= self.settings.heartbeat_s:
             self._send(self.pb.mesh.ToRadio(heartbeat=self.pb.mesh.Heartbeat()))
-            self._last_heartbeat = time.monotonic()
+            self._last_heartbeat = now
 
     def transmit(self, payload: bytes, timeout: float) -> None:
         """Broadcast a denen frame on the primary channel at ``frame_port``; waits for the device's queue status."""
@@ -334,13 +348,23 @@ class Meshtastic(ModuleDriver):
     def feed(self, chunk: bytes, received_us: int) -> None:
         self._received_us = received_us
         uplinks: list[Uplink] = []
-        for message in self._parser.feed(chunk, received_us):
+        messages = self._parser.feed(chunk, received_us)
+        if messages:
+            self._last_frame = time.monotonic()
+        for message in messages:
             self._handle(message, uplinks)
         count, sample = self._parser.take_outside()
-        # Console text is expected until the device has sent its config (its boot log); after that the device
-        # speaks frames only, so stray bytes are noise on the line.
+        # Console text is expected until the device has sent its config (its boot log). After that the firmware
+        # writes frames only (SerialConsole drops raw text once a client has talked to it) until it restarts,
+        # and a restarted device forwards nothing until asked again: text then means a reboot, even one that
+        # sent no "rebooted" frame. Anything else outside frames is noise on the line.
         if count and self._config_done:
-            self.link.incident("garbled_line", f"{count} bytes outside frames: {sample[-32:]!r}")
+            if _CONSOLE_TEXT.search(sample):
+                self.link.incident("module_reboot", f"console text from the device: {sample[-40:]!r}")
+                self._config_done = False
+                self.module_rebooted()
+            else:
+                self.link.incident("garbled_line", f"{count} bytes outside frames: {sample[-32:]!r}")
         if uplinks:
             self.link.deliver(uplinks)
 
@@ -360,12 +384,13 @@ class Meshtastic(ModuleDriver):
         elif which == "config_complete_id":
             if message.config_complete_id == self._config_id and self._config_id:
                 self._config_done = True
-        elif which == "rebooted":
+        elif which == "rebooted" and message.rebooted:
             # The firmware's serial console sends this at every boot. While configuring it only means "ask
-            # again" (module_rebooted() restarts the attempt); after that, the device restarted under us.
-            self._config_done = False
-            if not self.configuring:
+            # again" (module_rebooted() restarts the attempt); after that, the device restarted under us (told
+            # once: its console text may have told already).
+            if self._config_done and not self.configuring:
                 self.link.incident("module_reboot", "the device says it rebooted")
+            self._config_done = False
             self.module_rebooted()
         elif which == "my_info":
             self.module_info["node"] = f"!{message.my_info.my_node_num:08x}"

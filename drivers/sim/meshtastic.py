@@ -2,8 +2,9 @@
 
 What it models (meshtastic firmware ``StreamAPI``/``PhoneAPI`` as a client sees it over USB serial):
 
-* boot: console log text (not framed) after ``boot_delay_s``, then a framed ``FromRadio{rebooted: true}`` (the
-  firmware's ``SerialConsole`` sends it at every boot); the API is off until the client sends ``want_config_id``;
+* boot: console log text (not framed) after ``boot_delay_s``, then (``announce_reboot``) a framed
+  ``FromRadio{rebooted: true}`` (``SerialConsole`` emits it at every boot); the API is off, and packets are not
+  forwarded, until the client sends ``want_config_id``;
 * ``ToRadio{want_config_id}``: ``my_info``, ``metadata``, one ``node_info`` per node in its database (itself and
   :attr:`SimMeshtastic.node_db`), then ``config_complete_id`` with the client's id; packets flow from then on;
 * ``ToRadio{packet}``: recorded (:attr:`transmitted` for the payload), answered with ``queueStatus``;
@@ -77,6 +78,8 @@ class SimMeshtastic:
         node_num: the device's own node number.
         firmware: the firmware version it reports.
         node_db: other nodes in its database.
+        announce_reboot: send ``rebooted`` at boot (older firmware; current firmware's console keeps its frames
+            until a client has talked to it, so a host notices the restart only by its console text).
 
     Attributes:
         transmitted: payloads of the packets the host sent (on any port).
@@ -89,12 +92,13 @@ class SimMeshtastic:
 
     def __init__(self, *, name: str = "mesh0", link: str | None = None, boot_delay_s: float = 1.0,
                  rng: random.Random | None = None, node_num: int = 0x0A0B0C0D, firmware: str = "2.6.11.60ec05e",
-                 node_db: Iterable[NodeEntry] = ()) -> None:
+                 node_db: Iterable[NodeEntry] = (), announce_reboot: bool = True) -> None:
         self.name = name
         self.boot_delay_s = boot_delay_s
         self.node_num = node_num
         self.firmware = firmware
         self.node_db = list(node_db)
+        self.announce_reboot = announce_reboot
         self._rng = rng or random.Random()
         self.faults = ModuleFaults(rng=self._rng)
         self.pb = _protobufs()
@@ -178,7 +182,8 @@ class SimMeshtastic:
                 if self._epoch != epoch or not self._powered:
                     return
                 self._write(_BOOT_LOG)
-                self._emit(self.pb.mesh.FromRadio(rebooted=True))
+                if self.announce_reboot:
+                    self._emit(self.pb.mesh.FromRadio(rebooted=True))
                 self._booted = True
                 self.boots += 1
                 self._cond.notify_all()
@@ -310,7 +315,7 @@ class SimMeshtastic:
     def inject_oversize(self) -> None:
         """A header whose length (0xFFFF) no frame can have, with bytes after it."""
         with self._lock:
-            self._write(bytes((0x94, 0xC3, 0xFF, 0xFF)) + bytes(range(40)))
+            self._write(bytes((0x94, 0xC3, 0xFF, 0xFF)) + bytes(range(32)))
 
     # -- wire ----------------------------------------------------------------------------------------------
     def _emit(self, message: Any) -> None:
@@ -330,6 +335,7 @@ class Profile(BaseModel):
 
     node_num: int = 0x0A0B0C0D
     firmware: str = "2.6.11.60ec05e"
+    announce_reboot: bool = True
 
 
 def air_payload(frame_bytes: bytes, settings: Any) -> bytes:

@@ -219,6 +219,24 @@ def test_rebooted_means_configure_again() -> None:
     assert d.reboot_detected and link.kinds() == ["module_reboot"]
 
 
+def test_console_text_after_the_config_is_a_reboot_and_noise_is_not() -> None:
+    d, link = configured()
+    d.feed(b"\x00\xff\xfc\xfc" + frame(PB.mesh.FromRadio(rebooted=False).SerializeToString()), T0_US)
+    assert link.kinds() == ["garbled_line"] and not d.reboot_detected
+    d.feed(b"INFO  | 00:00:01 1 Booted, wake cause 0\r\n", T0_US)  # restarted without saying so
+    d.feed(frame(PB.mesh.FromRadio(rebooted=True).SerializeToString()), T0_US)  # and then said so: told once
+    assert link.kinds() == ["garbled_line", "module_reboot"] and d.reboot_detected
+
+
+def test_a_silent_device_is_asked_for_its_config_again() -> None:
+    d, link = configured(silence_s=300)
+    d.service()
+    assert not d.reboot_detected
+    d._last_frame -= 301
+    d.service()
+    assert d.reboot_detected and link.kinds() == ["module_timeout"]
+
+
 def test_a_heartbeat_goes_out_when_it_is_due() -> None:
     d, link = configured(heartbeat_s=30)
     d.service()

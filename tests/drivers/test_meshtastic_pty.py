@@ -127,7 +127,10 @@ def test_unknown_devices_are_dropped_and_a_signed_denen_frame_over_the_mesh_keep
     assert len(rig.events.uplinks) == 1
 
 
-def test_a_reboot_of_the_radio_is_noticed_and_alerts_flow_again(rig: Rig) -> None:
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_reboot_of_the_radio_is_noticed_and_alerts_flow_again(rig: Rig, announced: bool) -> None:
+    # Current firmware keeps its "rebooted" frame until a client talks to it: only the boot log tells.
+    rig.sim.announce_reboot = announced
     rig.sim.reboot(noise=True)
     rig.events.wait(lambda: rig.events.count("configured") == 2 and rig.sim.api_on)
     assert rig.events.count("module_reboot") == 1 and len(rig.sim.config_ids) == 2

@@ -9,7 +9,8 @@ checks what a broker checks of a batch upsert (ETSI GS CIM 009 §5.6.8 / §6.15:
 * the content type: ``application/ld+json`` with an ``@context`` in every entity and no JSON-LD ``Link`` header,
   or ``application/json`` with exactly one ``Link`` header ``rel="http://www.w3.org/ns/json-ld#context"``
   ``type="application/ld+json"`` and no ``@context`` in the body;
-* ``NGSILD-Tenant`` (``Fiware-Service``, ``Fiware-ServicePath`` for v2) and the bearer token;
+* ``NGSILD-Tenant`` (``Fiware-Service``, ``Fiware-ServicePath`` for v2); a missing or wrong bearer token is
+  answered 401;
 * the body: a non-empty JSON array of at most ``max_batch`` entities, each id an absolute URI named once in the
   request, a type, and attributes of type Property (``value``), Relationship (``object``, a URI) or GeoProperty
   (a GeoJSON geometry with WGS84 coordinates); ``observedAt`` ISO 8601 UTC; ``unitCode`` a UN/CEFACT code; no
@@ -150,6 +151,19 @@ class NgsiServer:
         with self.lock:
             self._faults.append(fault)
 
+    def refuse_requests(self, match: Callable[[dict[str, Any]], bool], status: int = 400) -> None:
+        """Refuse a whole request (``status``, nothing stored) whenever one of its entities ``match`` says yes to
+        (for ever): a broker that judges a batch as one."""
+
+        def fault(entities: list[dict[str, Any]]) -> tuple[int, Any] | None:
+            bad = next((e for e in entities if match(e)), None)
+            if bad is None:
+                return None
+            return status, self._error(status, "BadRequestData", f"refused by the test broker: {bad['id']}")
+
+        with self.lock:
+            self._faults.append(fault)
+
     def refuse_entities(self, match: Callable[[dict[str, Any]], bool], status: int = 400,
                         kind: str = "BadRequestData", detail: str = "refused by the test broker") -> None:
         """Refuse, in a 207 BatchOperationResult, every entity ``match`` says yes to (for ever)."""
@@ -172,6 +186,10 @@ class NgsiServer:
 
     # -- one request ------------------------------------------------------------------------------------------
     def _handle(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, Any, float]:
+        if self.token is not None and headers.get("Authorization") != f"Bearer {self.token}":
+            with self.lock:
+                self.answers[401] += 1
+            return 401, self._error(401, "Unauthorized", "no valid bearer token"), 0.0
         try:
             tenant, entities = self._checked(method, path, headers, body)
         except _Bad as exc:
@@ -241,8 +259,6 @@ class NgsiServer:
     def _checked(self, method: str, path: str, headers: Any, body: bytes) -> tuple[str | None, list[dict[str, Any]]]:
         if method != "POST":
             raise _Bad(f"method {method} is not POST")
-        if self.token is not None and headers.get("Authorization") != f"Bearer {self.token}":
-            raise _Bad(f"Authorization {headers.get('Authorization')!r} is not the bearer token")
         try:
             doc = json.loads(body)
         except ValueError as exc:

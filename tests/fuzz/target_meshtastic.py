@@ -72,8 +72,9 @@ class MeshtasticTarget(Target):
         rng = random.Random(17)
         return [self._stream(rng)[0] for _ in range(100)]
 
-    def _message(self, rng: random.Random, packet_id: int) -> tuple[bytes, bool]:
-        """One frame (or console text) the device may send; whether it is an alert from a known device."""
+    def _message(self, rng: random.Random, packet_id: int, *, valid: bool = False) -> tuple[bytes, bool]:
+        """One frame (or console text) the device may send; whether it is an alert from a known device. ``valid``:
+        only what a configured device sends while running (no console text, no reboot)."""
         m, ports, t = PB.mesh, PB.ports, PB.telemetry
         sender = rng.choice((*KNOWN, *KNOWN, STRANGER))
         r = rng.random()
@@ -96,9 +97,9 @@ class MeshtasticTarget(Target):
             return _packet(sender, ports.TELEMETRY_APP, tel.SerializeToString(), packet_id, rng), False
         if r < 0.7:
             return _packet(sender, FRAME_PORT, rng.randbytes(rng.randint(1, 40)), packet_id, rng), False
-        if r < 0.8:
+        if r < 0.8 and not valid:
             return rng.choice((b"INFO  | ??:??:?? 3 Booted\r\n", b"\x00\xff", b"\xc3" * 32)), False
-        other = rng.choice((
+        others = (
             m.FromRadio(my_info=m.MyNodeInfo(my_node_num=0x0A0B0C0D)),
             m.FromRadio(metadata=m.DeviceMetadata(firmware_version="2.6.11")),
             m.FromRadio(node_info=m.NodeInfo(num=sender, position=m.Position(latitude_i=35_0000000,
@@ -106,20 +107,22 @@ class MeshtasticTarget(Target):
             m.FromRadio(queueStatus=m.QueueStatus(res=0, mesh_packet_id=packet_id)),
             m.FromRadio(config_complete_id=rng.randrange(2**32)),
             m.FromRadio(rebooted=True),
-        ))
-        return frame(other.SerializeToString()), False
+        )
+        return frame(rng.choice(others[:-1] if valid else others).SerializeToString()), False
 
-    def _stream(self, rng: random.Random) -> tuple[bytes, int]:
+    def _stream(self, rng: random.Random, *, valid: bool = False) -> tuple[bytes, int]:
         parts, alerts = [], 0
         for i in range(rng.choice((1, 2, 3, 5, 8))):
-            data, alert = self._message(rng, 1000 + i)
+            data, alert = self._message(rng, 1000 + i, valid=valid)
             parts.append(data)
             alerts += alert
         return b"".join(parts), alerts
 
     def valid(self, rng: random.Random) -> tuple[str, tuple[bytes, ...], int]:
-        stream, alerts = self._stream(rng)
-        return "running", tuple(chunk(rng, stream)), alerts
+        """A running device's stream with at least one alert from a known device (so it must be accepted)."""
+        stream, alerts = self._stream(rng, valid=True)
+        sos = _packet(rng.choice(list(KNOWN)), PB.ports.TEXT_MESSAGE_APP, b"SOS", 999, rng)
+        return "running", tuple(chunk(rng, stream + sos)), alerts + 1
 
     def generate(self, rng: random.Random) -> tuple[str, tuple[bytes, ...], int]:
         r = rng.random()

@@ -1,7 +1,9 @@
 """Fuzz target: bytes from a Meshtastic device's serial port through ``Meshtastic.feed`` (stream framing,
 FromRadio protobufs, packet mapping), without a port.
 
-Register it in tests/fuzz/targets.py's ``TARGETS`` (``MeshtasticTarget()``, from this module).
+The module adds its target to :data:`tests.fuzz.targets.TARGETS` when it is imported; targets.py imports it at its
+end with a plain ``import`` (which, unlike ``from ... import``, also works while this module is still being
+imported), so the target is there whichever of the two modules is imported first.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tests.fuzz.targets import (
     ACCEPTED,
     IGNORED,
     T0_US,
+    TARGETS,
     FakeLink,
     Outcome,
     Target,
@@ -188,3 +191,6 @@ def _check(u: Uplink, stream: bytes) -> tuple[Any, ...]:
         return node_id, kind, sorted(values.items()), u.rssi, repr(u.snr), u.src
     check(u.payload in stream, f"uplink payload {u.payload.hex()} is neither a reading nor in the input")
     return u.payload, "frame", u.rssi, repr(u.snr), u.src
+
+
+TARGETS.setdefault(MeshtasticTarget.name, MeshtasticTarget())

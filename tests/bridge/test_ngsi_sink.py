@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent.bridge import parse_bridge_config
-from agent.bridge.errors import SinkRefused, SinkRejected, SinkUnavailable
+from agent.bridge.errors import SinkRefused, SinkUnavailable
 from agent.bridge.lineproto import Serializer
 from agent.bridge.ngsi import NgsiSink
 from agent.bridge.policy import WritePolicy

@@ -33,7 +33,7 @@ The gateway's local outputs and the commands it answered (the alert loop, README
   tags ``command, gateway, outcome, site``; string fields ``target`` (alert key or id, ``""`` for a test chirp),
   ``by``, ``request_id``, ``via`` (``""`` where null), at ``ts_us`` plus the entry's index in µs.
 
-``command`` and ``outcome`` are tags, so only the known ones are taken (:data:`COMMANDS`, :data:`OUTCOMES`); a lamp
+``command`` and ``outcome`` are tags, so only the known ones are taken (schema.py: ``COMMANDS``, ``OUTCOMES``); a lamp
 state must be a state name (``[a-z][a-z0-9_]*``, at most 40), ``request_id`` 1-64 of ``A-Za-z0-9_-``; ``by``,
 ``target`` and ``siren_alert`` are free text. A document's ``ts_us`` must lie in the window of a synced reading;
 a state document that says its readings are held because the clock was never set (``held.reason``
@@ -120,22 +120,22 @@ import time
 from typing import Any
 
 from agent.bridge.document_points import DocumentPoints
-from agent.bridge.encoding import FIELD_KEY_MAX, FIELDS_MAX, STRING_FIELD_MAX, TAG_VALUE_MAX, escape_key, \
-    escape_measurement, escape_string_field, escape_tag_value, format_float, valid_key
 from agent.bridge.reading_points import ReadingPoints
 from agent.bridge.registry import UNKNOWN_SITE, GatewayRegistry
-from agent.bridge.schema import COMMANDS, DETAIL_MAX, DOCUMENT_TOPICS, GATEWAY_KINDS, HELD_REASONS, ID_RE, KINDS, \
-    LANES, NODE_KINDS, OUTCOMES, READINGS_SCHEMA, RESERVED_FIELDS, RESULT_SCHEMA, SHAPE_ERRORS, SIREN_WHY, \
-    STATE_SCHEMA, STATUS_SCHEMA, VIAS, Converted, Invalid, Reject, printable
+from agent.bridge.schema import (
+    DOCUMENT_TOPICS,
+    ID_RE,
+    NODE_KINDS,  # noqa: F401 - tests/fuzz/targets.py reads lineproto.NODE_KINDS
+    SHAPE_ERRORS,
+    Converted,
+    Invalid,
+    Reject,
+    printable,
+)
 from agent.gateway.clock import EPOCH_FLOOR_US
 
-# The serializer and the names its users import from here (the checks and the encoding live in the modules they
-# come from).
-__all__ = ["COMMANDS", "DETAIL_MAX", "FIELDS_MAX", "FIELD_KEY_MAX", "GATEWAY_KINDS", "HELD_REASONS", "KINDS", "LANES",
-           "NODE_KINDS", "OUTCOMES", "READINGS_SCHEMA", "RESERVED_FIELDS", "RESULT_SCHEMA", "SIREN_WHY",
-           "STATE_SCHEMA", "STATUS_SCHEMA", "STRING_FIELD_MAX", "TAG_VALUE_MAX", "VIAS", "Converted", "Reject",
-           "Serializer", "escape_key", "escape_measurement", "escape_string_field", "escape_tag_value",
-           "format_float", "valid_key"]
+# The checks and the outcome types are in agent.bridge.schema, the text encoding in agent.bridge.encoding.
+__all__ = ["Serializer"]
 
 #: The only way a lone surrogate gets into valid UTF-8 JSON: a \uD800-\uDFFF escape. Payloads without one (nearly
 #: all) skip the walk through every string.

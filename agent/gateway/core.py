@@ -53,7 +53,7 @@ from agent.gateway.journal import (
     open_or_recover,
 )
 from agent.gateway.operator_requests import take_requests
-from agent.gateway.outbox import Outbox, batch_room, fit_batch  # noqa: F401 - two: tests/support/shipped_broker.py
+from agent.gateway.outbox import Outbox
 from agent.gateway.publisher import MqttLink
 from agent.gateway.reading import (
     DIAGNOSTICS,

@@ -23,9 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.gateway import clock
-from agent.gateway.edge_commands import (  # the two CMD_MAX_ names only for tests/unit/test_edge_commands.py
-    CMD_MAX_BYTES,  # noqa: F401
-    CMD_MAX_TARGETS,  # noqa: F401
+from agent.gateway.edge_commands import (
     COMMANDS,
     RESULT_SCHEMA,
     CommandRequest,

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from agent.errors import AgentError
 from agent.gateway import fieldio_config
-from agent.gateway.fieldio_config import GpioConfig, RainGauge  # noqa: F401 - RainGauge: tests/unit/test_fieldio.py
+from agent.gateway.fieldio_config import GpioConfig
 
 if TYPE_CHECKING:
     from gpiozero import LED, DigitalInputDevice, DigitalOutputDevice

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from agent.errors import JournalError
 from agent.gateway.journal_recovery import salvage, set_aside
-from agent.gateway.journal_schema import PAGE_SIZE, SCHEMA_VERSION, configure, upgrade  # noqa: F401 - the first two for tests that import them here
+from agent.gateway.journal_schema import configure, upgrade
 from agent.gateway.reading import (
     EVICTABLE,
     LANES,

@@ -45,13 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.gateway.receipt_airtime import (
-    HOUR_S,  # noqa: F401 - for tests/unit/test_receipts.py, which imports it here
-    AirtimeBudget,
-    ReceiptError,  # noqa: F401 - for tests/unit/test_receipts.py, which imports it here
-    ReceiptRefused,
-    ReceiptsConfig,
-)
+from agent.gateway.receipt_airtime import AirtimeBudget, ReceiptRefused, ReceiptsConfig
 from agent.gateway.receipt_state import (
     SNAPSHOT_SCHEMA,
     Snapshot,

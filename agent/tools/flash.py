@@ -51,7 +51,6 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.errors import AgentError, ConfigError
-from agent.gateway.boot import DEFAULT_CONFIG, resolve_active_config  # noqa: F401 - two tests import them here
 from agent.gateway.bundle import (
     BUNDLE_NAME,
     CONFIG_NAME,

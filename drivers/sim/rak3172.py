@@ -32,13 +32,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from drivers.airtime import time_on_air_ms  # re-exported: the sim's TX timing is the real formula
+from drivers.airtime import time_on_air_ms  # the sim's TX timing is the real formula
 from drivers.sim._pty import PtyPort
 from drivers.sim.faults import ModuleFaults, baud_garble, bauds_match, noise_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BW_CODES_KHZ", "Profile", "SimRak3172", "Simulator", "air_payload", "time_on_air_ms"]
+__all__ = ["BW_CODES_KHZ", "Profile", "SimRak3172", "Simulator", "air_payload"]
 
 #: RUI3 bandwidth codes (AT+P2P / AT+PBW) -> nominal kHz, as printed in the RUI3 help text.
 BW_CODES_KHZ: dict[int, float] = {0: 125, 1: 250, 2: 500, 3: 7.8, 4: 10.4, 5: 15.63, 6: 20.83, 7: 31.25,

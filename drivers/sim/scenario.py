@@ -80,7 +80,6 @@ from drivers.sim.scenario_spec import (
     LevelEvent,
     ModuleSpec,
     NodeEvent,
-    NodeSpec,
     RainEvent,
     RebootEvent,
     ScenarioError,
@@ -97,7 +96,7 @@ from drivers.sim.scenario_spec import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NodeSpec", "Scenario", "ScenarioError", "SimModule", "run_scenario_forever"]
+__all__ = ["Scenario", "SimModule", "run_scenario_forever"]
 
 
 class SimModule(Protocol):

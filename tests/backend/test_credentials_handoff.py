@@ -9,7 +9,7 @@ it:
 
 * the folder keeps its files private (0600) through the tar file, and make-credentials.sh prints no password;
 * ``denen config validate`` and ``denen flash`` accept the config as it is;
-* the gateway's boot-time pick-up (:func:`agent.tools.flash.resolve_active_config`) installs the flashed bundle, and the
+* the gateway's boot-time pick-up (:func:`agent.gateway.boot.resolve_active_config`) installs the flashed bundle, and the
   config it loads from there, as ``denen run`` does, names the same password and CA, and they log in to the
   shipped broker over TLS as that gateway.
 """
@@ -26,10 +26,10 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from agent.tools import flash
 from agent.config import load_config
-from tests.support.shipped_broker import Mqtt, ShippedBroker, copy_backend, make_credentials, tool
+from agent.gateway import boot
 from tests.support.field import example_key_env, example_keys_env
+from tests.support.shipped_broker import Mqtt, ShippedBroker, copy_backend, make_credentials, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "gw-okutama-01"  # gateway.id of config/forest-sos.yaml
@@ -101,8 +101,8 @@ def test_the_gateway_folder_from_the_backend_is_flashed_as_it_is(tmp_path: Path)
     # On the gateway at boot, as `denen run` does without -c: the bundle is verified and installed.
     state = tmp_path / "var-lib-denen"
     with example_keys_env():
-        active = flash.resolve_active_config(None, [str(card / "denen")], state_dir=state,
-                                             default_config=str(tmp_path / "etc-denen" / "config.yaml"))
+        active = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state,
+                                            default_config=str(tmp_path / "etc-denen" / "config.yaml"))
         assert active.problems == () and active.source == "flashed", active
         assert Path(active.path) == state / "flashed" / "config.yaml"
         gateway_config = load_config(active.path)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import ssl
 import stat
 import subprocess
@@ -35,6 +34,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from ruamel.yaml import YAML
 
+from agent.gateway.publisher import close_sockets_left_in
 from tests.support.shipped_broker import ShippedBroker, copy_backend, make_credentials, tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -427,21 +427,11 @@ def test_broker_certificate_is_checked_by_clients(deploy_broker: tuple[int, Path
         probe = Probe(port, other / "deploy" / "backend" / "secrets" / "ca" / "ca.crt", "gw-a",
                       _login(backend, "gw-a"), "probe-other-ca")
     except ssl.SSLCertVerificationError as exc:
-        _close_sockets_left_in(exc)
+        close_sockets_left_in(exc)  # paho 2.2 leaves the socket of a failed TLS handshake open
         assert "certificate verify failed" in str(exc)
     else:
         probe.close()
         pytest.fail("a client trusting another CA connected to the broker")
-
-
-def _close_sockets_left_in(exc: BaseException) -> None:
-    """paho 2.2 leaves the socket of a failed TLS handshake open (agent/gateway/publisher.py does the same clean-up)."""
-    tb = exc.__traceback__
-    while tb is not None:
-        for value in tb.tb_frame.f_locals.values():
-            if isinstance(value, socket.socket):
-                value.close()
-        tb = tb.tb_next
 
 
 def test_console_config_loads_with_the_consoles_own_validator(tmp_path: Path) -> None:

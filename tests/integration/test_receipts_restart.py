@@ -63,7 +63,8 @@ class _Events:
 
 def agent_main(argv: list[str]) -> int:
     """One agent life: restore (optional), request receipts, pump for a while, print the outcome as JSON."""
-    from agent.gateway.receipts import ReceiptsConfig, build_receipt_sender
+    from agent.gateway.receipt_airtime import ReceiptsConfig
+    from agent.gateway.receipts import build_receipt_sender
     from drivers.radio import RadioWorker
 
     parser = argparse.ArgumentParser()

@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 
 from agent.bridge.config import SinkConfig
-from agent.bridge.lineproto import Converted, Serializer
+from agent.bridge.lineproto import Serializer
 from agent.bridge.registry import GatewayInfo, GatewayRegistry
+from agent.bridge.schema import Converted
 from agent.bridge.sinks import make_sink
 from tests.bridge._helpers import T0_US, batch, reading, topic
-from tests.support.servers import DB
 from tests.support.influx import InfluxDB1, VictoriaMetrics
+from tests.support.servers import DB
 
 GW = "gw-hostile-01"
 SITE = "hostile-town"

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.tools import doctor
 from agent.dev.devbroker import Mosquitto, free_port
+from agent.tools import doctor
+from agent.tools.doctor_host import Host
 from tests.support.field import FieldNode, config_text, start_sim, wait_configured, wait_until, write_config
 
 pytestmark = pytest.mark.broker
@@ -112,7 +113,7 @@ def test_doctor_reports_plain_tcp_to_a_remote_broker_as_a_failure(tmp_path: Path
     addr, port = remote_broker
     cfg = _config(tmp_path, mqtt=f"  host: {addr}\n  port: {port}\n  tls: false\n")
     checks = {c.name: c for c in doctor.run_checks(str(cfg), timeout_s=3.0,
-                                                    host=doctor.Host(clock_synced=lambda: True))}
+                                                    host=Host(clock_synced=lambda: True))}
     broker = checks["broker"]
     assert broker.details.get("connack", {}).get("value") == 0, (broker.summary, broker.details)  # it connected
     assert broker.status == "fail", broker
@@ -125,7 +126,7 @@ def test_doctor_reports_plain_tcp_to_a_remote_broker_as_a_failure(tmp_path: Path
     try:
         cfg = _config(tmp_path, mqtt=f"  host: 127.0.0.1\n  port: {local.port}\n")
         checks = {c.name: c for c in doctor.run_checks(str(cfg), timeout_s=3.0,
-                                                        host=doctor.Host(clock_synced=lambda: True))}
+                                                        host=Host(clock_synced=lambda: True))}
         assert checks["broker"].status == "ok", checks["broker"]
     finally:
         local.stop()
@@ -178,5 +179,5 @@ def test_a_symbolic_link_at_the_journal_path_stops_the_agent_with_a_clear_messag
     assert sorted(p.name for p in journal.parent.iterdir()) == ["journal.db"] and journal.is_symlink()
     # denen doctor says the same.
     checks = {c.name: c for c in doctor.run_checks(str(cfg), timeout_s=2.0,
-                                                    host=doctor.Host(clock_synced=lambda: True))}
+                                                    host=Host(clock_synced=lambda: True))}
     assert checks["journal"].status == "fail" and "symbolic link" in checks["journal"].summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 import typing
@@ -12,15 +13,27 @@ from pathlib import Path
 import pytest
 import serial
 
+from drivers import registry
 from drivers.codec import frame as node_frame
 from drivers.codec import kinds as node_kinds
 from drivers.codec import lpp
 from drivers.errors import FrameError
 from drivers.sim.nodes import NODE_KINDS, TIP_MM, SimNode, plausibility_problems
 from drivers.sim.rak3172 import SimRak3172
-from drivers.sim.scenario import NodeSpec, Scenario, ScenarioError, run_scenario_forever
+from drivers.sim.scenario import Scenario, run_scenario_forever
+from drivers.sim.scenario_spec import NodeSpec, ScenarioError
 
 KEY = bytes(range(16))
+
+
+def _one_of(words: list[str]) -> str:
+    """A regex of pydantic's list of allowed literals: ``'a', 'b' or 'c'``."""
+    quoted = [re.escape(repr(w)) for w in words]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+#: Every registered driver's simulator twin: the scenario ``model:`` values.
+TWINS = [s.twin for s in registry.specs()]
 
 
 class FakeClock:
@@ -357,7 +370,7 @@ nodes:
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("modules: []\n", r"s\.yaml:1: modules: List should have at least 1 item"),
-    ("modules:\n  - {name: a, model: rak3173}\n", r"s\.yaml:2: modules\.0\.model: .*'rak3172' or 'es920lr'"),
+    ("modules:\n  - {name: a, model: rak3173}\n", r"s\.yaml:2: modules\.0\.model: .*" + _one_of(TWINS)),
     ("modules:\n  - {name: a, model: rak3172, profile: {legacy_rxx: true}}\n",
      r"s\.yaml:2: modules\.0\.profile\.legacy_rxx: Extra inputs.*hint: unknown key"),
     ("modules:\n  - {name: a, model: rak3172}\nnodes:\n  - {id: 12345678, kind: trap, module: a}\n",

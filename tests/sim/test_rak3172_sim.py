@@ -16,8 +16,9 @@ from contextlib import contextmanager
 import pytest
 import serial
 
+from drivers.airtime import time_on_air_ms
 from drivers.sim.faults import baud_garble
-from drivers.sim.rak3172 import SimRak3172, time_on_air_ms
+from drivers.sim.rak3172 import SimRak3172
 
 BOOT = 0.05  # boot delay used in these tests, in seconds
 BANNER_TAIL = b"Current Work Mode: LoRa P2P.\r\n"

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import serial
 
-from agent.gateway.receipts import ReceiptsConfig, ReceiptSender, build_receipt_sender
+from agent.gateway.receipt_airtime import ReceiptsConfig
+from agent.gateway.receipts import ReceiptSender, build_receipt_sender
 from drivers.airtime import time_on_air_ms
 from drivers.codec.frame import build_receipt
 from drivers.radio import RadioWorker

@@ -339,9 +339,9 @@ nodes: [{{id: "ffffffff", name: {name}, kind: heartbeat, unauthenticated: flag}}
     # The longer clock state, as a gateway writes it before NTP sync (this machine's clock may be synced).
     reading = decoded.entry.body.replace('"clock":"synced"', '"clock":"unsynced"')
     assert len(reading.encode()) == 3292, reading
-    from agent.gateway.core import batch_room, fit_batch  # noqa: PLC0415
+    from agent.gateway.outbox import batch_room, fit_batch  # noqa: PLC0415
 
-    # As agent/gateway/core.py cuts a backlog (fit_batch) and wraps it (Gateway._send_bodies).
+    # As agent/gateway/outbox.py cuts a backlog (fit_batch) and wraps it (Gateway._send_bodies).
     rows = fit_batch([(i, reading) for i in range(config.mqtt.batch_max_readings)], batch_room(config))
     payload = (
         f'{{"schema":"{READING_SCHEMA}","gateway":"{gateway}","site":"{site}","lane":"telemetry",'

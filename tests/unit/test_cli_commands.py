@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from agent import __version__, assets, cli, cli_config, cli_parser
-from agent.tools import flash as fl
+from agent.gateway.boot import DEFAULT_CONFIG
 from agent.gateway.journal import Journal
 from agent.gateway.reading import NodeState
+from agent.tools import flash as fl
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -221,8 +222,8 @@ def test_status_without_c_or_j_reads_the_journal_of_the_active_config(tmp_path: 
 def test_status_without_any_config_is_one_line(tmp_path: Path) -> None:
     env = {"DENEN_FLASH_SEARCH": str(tmp_path / "nocard"), "STATE_DIRECTORY": str(tmp_path / "state")}
     out = denen("status", env=env)
-    if Path(fl.DEFAULT_CONFIG).exists():
-        pytest.fail(f"{fl.DEFAULT_CONFIG} exists on this machine: the test cannot show the no-config case")
+    if Path(DEFAULT_CONFIG).exists():
+        pytest.fail(f"{DEFAULT_CONFIG} exists on this machine: the test cannot show the no-config case")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("denen: error: ") and len(out.stderr.strip().splitlines()) == 1
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.gateway import clock, clockwatch
 from agent.config import parse_config
+from agent.gateway import clock, clockwatch
 from agent.gateway.core import Gateway
-from agent.gateway.journal import SCHEMA_VERSION, Journal
+from agent.gateway.journal import Journal
+from agent.gateway.journal_schema import SCHEMA_VERSION
 from agent.gateway.reading import SOS, TELEMETRY, Entry
 from drivers.types import Uplink
 from tests.support.field import NODES, FieldNode, config_text, default_values

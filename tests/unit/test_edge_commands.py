@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from agent.config import parse_config
 from agent.gateway import clock, statedoc
 from agent.gateway.core import Gateway
-from agent.gateway.edge import CMD_MAX_BYTES, CMD_MAX_TARGETS, Edge
+from agent.gateway.edge import Edge
+from agent.gateway.edge_commands import CMD_MAX_BYTES, CMD_MAX_TARGETS
 from agent.gateway.events import Command
 from agent.gateway.readings import FrameDecoder
 from tests.support.gateway_config import SIREN_PIN, mock_gpio, river, rules_yaml

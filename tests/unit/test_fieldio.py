@@ -16,14 +16,8 @@ from pydantic import BaseModel, ValidationError
 
 from agent.errors import AgentError
 from agent.gateway import fieldio_config
-from agent.gateway.fieldio import (
-    FieldIO,
-    GpioConfig,
-    GpioError,
-    GpioPinError,
-    GpioUnavailable,
-    RainGauge,
-)
+from agent.gateway.fieldio import FieldIO, GpioError, GpioPinError, GpioUnavailable
+from agent.gateway.fieldio_config import GpioConfig, RainGauge
 
 LAMP, SIREN, BUTTON, GAUGE = 17, 22, 27, 5
 

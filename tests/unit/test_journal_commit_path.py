@@ -7,7 +7,8 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.gateway.journal import PAGE_SIZE, Journal
+from agent.gateway.journal import Journal
+from agent.gateway.journal_schema import PAGE_SIZE
 from agent.gateway.reading import ALARM, SOS, TELEMETRY, Entry, NodeState
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 from agent.errors import JournalError
-from agent.gateway.journal import SCHEMA_VERSION, Audit, Journal, open_or_recover
+from agent.gateway.journal import Audit, Journal, open_or_recover
+from agent.gateway.journal_schema import SCHEMA_VERSION
 
 # The journal as schema 2 agents made it (agent/gateway/journal.py before schema 3), and schema 1 (no boot_us).
 from agent.gateway.reading import TELEMETRY, Entry, NodeState
+
 _V2_DDL = """
 CREATE TABLE reading (seq INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL, node TEXT NOT NULL,
     fcnt INTEGER NOT NULL, ts_us INTEGER NOT NULL, body TEXT NOT NULL, boot_us INTEGER);

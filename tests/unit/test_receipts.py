@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import builtins
-import math
 import dataclasses
 import json
 import logging
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -18,17 +18,15 @@ from pydantic import ValidationError
 
 import drivers.sim.rak3172 as sim_rak3172
 from agent.errors import AgentError
-from agent.gateway.receipts import (
+from agent.gateway.receipt_airtime import (
     HOUR_S,
-    SNAPSHOT_SCHEMA,
     AirtimeBudget,
     ReceiptError,
     ReceiptRefused,
-    ReceiptSender,
     ReceiptsConfig,
-    boot_clock,
-    build_receipt_sender,
 )
+from agent.gateway.receipt_state import SNAPSHOT_SCHEMA, boot_clock
+from agent.gateway.receipts import ReceiptSender, build_receipt_sender
 from drivers.airtime import ChannelRules, channel_rules, time_on_air_ms
 from drivers.codec.frame import build_receipt, parse, verify
 from drivers.errors import FrameError, ModuleError, ModuleTimeout

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from agent.bridge import parse_bridge_config
+from agent.bridge import load_bridge_config, parse_bridge_config
 from agent.bridge.errors import SinkRefused, SinkUnavailable
 from agent.bridge.lineproto import Serializer
 from agent.bridge.ngsi import NgsiSink
+from agent.bridge.ngsi_config import DEFAULT_CONTEXTS
 from agent.bridge.policy import WritePolicy
 from agent.bridge.registry import GatewayInfo, GatewayRegistry
 from agent.bridge.sinks import make_sink
@@ -104,8 +105,8 @@ def test_link_header_mode_and_the_token_from_a_file(server: NgsiServer, tmp_path
         sink.close()
     headers = {k.lower(): v for k, v in server.requests[0]["headers"].items()}
     assert headers["content-type"] == "application/json"
-    assert headers["link"] == ('<https://example.org/denen-context.jsonld>; rel="http://www.w3.org/ns/json-ld#context"; '
-                               'type="application/ld+json"')
+    assert headers["link"] == ('<https://example.org/denen-context.jsonld>; '
+                               'rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"')
     assert "ngsild-tenant" not in headers and server.ids() and server.answers[201] == 1
 
 
@@ -230,3 +231,10 @@ def test_an_influx_key_on_an_ngsi_sink_and_ngsi_on_an_influx_sink_are_refused() 
         parse_bridge_config(sink_yaml("http://127.0.0.1:1026", secret="database: denen"))
     with pytest.raises(ConfigError, match="'ngsi' is not used by a v1 sink"):
         parse_bridge_config(sink_yaml("http://127.0.0.1:8086", kind="v1", secret="database: denen"))
+
+
+def test_the_shipped_example_validates_and_lists_the_default_contexts() -> None:
+    config = load_bridge_config(Path(__file__).resolve().parents[2] / "config" / "bridge" / "ngsi-ld.yaml")
+    assert config.sink.type == "ngsi-ld" and config.sink.ngsi is not None
+    assert tuple(config.sink.ngsi.context) == DEFAULT_CONTEXTS
+    assert config.sink.ngsi.positions["00000301"].lat_deg == 35.8094

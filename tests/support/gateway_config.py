@@ -11,13 +11,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LAMP_PIN", "SIREN_PIN", "STAGES_CM", "NodeEntry", "gateway_yaml", "mock_gpio", "node_key", "numbered_names",
-           "river", "rules_yaml", "short_name"]
+__all__ = ["LAMP_PIN", "MINIMAL_YAML", "ONE_TRAP_YAML", "SIREN_PIN", "STAGES_CM", "NodeEntry", "gateway_yaml",
+           "mock_gpio", "node_key", "numbered_names", "river", "rules_yaml", "short_name"]
 
 SIREN_PIN = 17  # BCM pin of the siren in the tests' mock GPIO
 LAMP_PIN = 27  # BCM pin of the status lamp
 #: A river gauge's four stages in cm (standby, caution, evacuation, danger), as the tests' gauge 00000301 has them.
 STAGES_CM = {"standby": 100, "caution": 150, "evacuation": 250, "danger": 300}
+
+#: The smallest config the loader takes, up to its one trap node's key line (the caller adds how the node is keyed).
+ONE_TRAP_YAML = """\
+gateway:
+  id: gw-test
+  site: test
+radios:
+  - name: lora0
+    driver: rak3172
+    port: loop://
+nodes:
+  - id: "00000001"
+    name: node-1
+    kind: trap
+"""
+#: A whole config for tests that do not need an example: ONE_TRAP_YAML with the node unauthenticated (flagged).
+MINIMAL_YAML = ONE_TRAP_YAML + "    unauthenticated: flag\n"
 
 
 def node_key(node_id: int) -> bytes:

@@ -32,26 +32,11 @@ from agent.config import (
 )
 from agent.dev.demo import EXAMPLE_KEYS, read_env_file
 from agent.errors import AgentError, ConfigError, ConfigIssue
+from tests.support.gateway_config import MINIMAL_YAML as MINIMAL
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "config"
 EXAMPLES = ["forest-sos.yaml", "trap-field.yaml", "river-station.yaml", "demo.yaml"]
-
-# A small valid config for tests that do not need a whole example.
-MINIMAL = """\
-gateway:
-  id: gw-test
-  site: test
-radios:
-  - name: lora0
-    driver: rak3172
-    port: loop://
-nodes:
-  - id: "00000001"
-    name: node-1
-    kind: trap
-    unauthenticated: flag
-"""
 
 
 @pytest.fixture(autouse=True)

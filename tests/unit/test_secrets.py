@@ -18,6 +18,7 @@ import pytest
 
 from agent.config import Config, load_config, parse_config
 from agent.errors import ConfigError, ConfigIssue
+from tests.support.gateway_config import ONE_TRAP_YAML
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,19 +27,7 @@ PASSWORD = "correct-horse-battery-staple"
 ENV_KEY = "DENEN_TEST_KEY_NODE_1"
 ENV_PASSWORD = "DENEN_TEST_MQTT_PASSWORD"
 
-BASE = """\
-gateway:
-  id: gw-test
-  site: test
-radios:
-  - name: lora0
-    driver: rak3172
-    port: loop://
-nodes:
-  - id: "00000001"
-    name: node-1
-    kind: trap
-{node}"""
+BASE = ONE_TRAP_YAML + "{node}"
 
 
 def gateway_text(node: str = f'    key: "{KEY}"\n', mqtt: str = "") -> str:

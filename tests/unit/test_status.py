@@ -15,24 +15,10 @@ import pytest
 
 from agent.errors import ConfigError
 from agent.tools.status import DEFAULT_JOURNAL_PATH, journal_path
+from tests.support.gateway_config import MINIMAL_YAML as GATEWAY  # no journal section
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Enough for the full loader to accept; no journal section.
-GATEWAY = """\
-gateway:
-  id: gw-test
-  site: test
-radios:
-  - name: lora0
-    driver: rak3172
-    port: loop://
-nodes:
-  - id: "00000001"
-    name: node-1
-    kind: trap
-    unauthenticated: flag
-"""
 
 
 def _write(tmp_path: Path, text: str, name: str = "config.yaml") -> str:

@@ -40,7 +40,13 @@ from typing import Any
 import urllib3
 
 from agent.bridge.config import SinkConfig
-from agent.bridge.errors import SinkRefused, SinkRejected, SinkUnavailable, _error_text, _retry_after
+from agent.bridge.errors import (
+    SinkRefused,
+    SinkRejected,
+    SinkUnavailable,
+    _error_text,
+    _retry_after,
+)
 from agent.bridge.ngsi_config import NgsiConfig
 from agent.bridge.ngsi_entities import Fragment, fragments, to_v2
 from agent.bridge.sinks import _connection_error

@@ -123,8 +123,8 @@ class NgsiConfig(ConfigSection):
     @model_validator(mode="after")
     def _link_header(self) -> NgsiConfig:
         if self.content_type == "json" and len(self.context) != 1:
-            raise config_problems([(("context",), "content_type json sends the @context in one Link header, so "
-                                    "context must be exactly one URL",
+            message = "content_type json sends the @context in one Link header, so context must be exactly one URL"
+            raise config_problems([(("context",), message,
                                     "host one context file listing the others, or use content_type ld+json")])
         return self
 

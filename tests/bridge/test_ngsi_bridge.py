@@ -16,8 +16,15 @@ from agent.bridge import Bridge, parse_bridge_config
 from agent.bridge.deadletter import DeadLetterStore
 from agent.bridge.ngsi_entities import iso_time
 from agent.dev.devbroker import Mosquitto
-from tests.bridge._helpers import Publisher, batch, bridge_config_text, reading, telemetry_readings, topic, \
-    wait_until
+from tests.bridge._helpers import (
+    Publisher,
+    batch,
+    bridge_config_text,
+    reading,
+    telemetry_readings,
+    topic,
+    wait_until,
+)
 from tests.bridge.test_bridge_process import BridgeProcess, PacedPublisher
 from tests.support.ngsi_server import NgsiServer
 

@@ -19,9 +19,16 @@ import pytest
 from pyld import jsonld
 from referencing import Registry, Resource
 
-from agent.bridge.ngsi_config import DEFAULT_CONTEXTS, Position
-from agent.bridge.ngsi_entities import ALERT_CATEGORY, DEVICE_PROPERTY, Fragment, fragments, parse_line, to_v2
 from agent.bridge.lineproto import Serializer
+from agent.bridge.ngsi_config import DEFAULT_CONTEXTS, Position
+from agent.bridge.ngsi_entities import (
+    ALERT_CATEGORY,
+    DEVICE_PROPERTY,
+    Fragment,
+    fragments,
+    parse_line,
+    to_v2,
+)
 from agent.bridge.registry import GatewayInfo, GatewayRegistry
 from agent.bridge.schema import NODE_KINDS
 from agent.rules.alert import ALERT_TYPES
@@ -253,5 +260,5 @@ def test_v2_form_carries_time_and_unit_as_metadata_and_no_character_orion_refuse
 def test_every_line_the_serializer_writes_parses_back() -> None:
     lines = lines_of([reading(GW, 0x301, 9, "weather", KIND_VALUES["weather"], name="a, b=c \"d\"")])
     for line in lines:
-        measurement, tags, fields, ts = parse_line(line)
+        measurement, tags, _fields, ts = parse_line(line)
         assert tags["name"] == "a, b=c \"d\"" and measurement in ("weather", "node_health") and ts > 0

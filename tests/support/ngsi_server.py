@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["NgsiServer"]
 
@@ -79,7 +79,7 @@ class NgsiServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 status, answer, delay = server._handle(self.command, self.path, self.headers, body)
@@ -96,9 +96,9 @@ class NgsiServer:
                 except OSError:
                     pass  # the client gave up (a stalled answer): what a broker sees too
 
-            do_GET = do_PUT = do_PATCH = do_DELETE = do_POST  # noqa: N815 - wrong methods are violations
+            do_GET = do_PUT = do_PATCH = do_DELETE = do_POST
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -106,7 +106,7 @@ class NgsiServer:
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="ngsi-server", daemon=True)
 
-    def start(self) -> NgsiServer:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -115,7 +115,7 @@ class NgsiServer:
         self._httpd.server_close()
         self._thread.join(5)
 
-    def __enter__(self) -> NgsiServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -381,7 +381,7 @@ def _no_null(obj: Any) -> None:
 def _iso(where: str, at: Any) -> None:
     if not isinstance(at, str) or not _ISO_UTC_RE.match(at):
         raise _Bad(f"{where}: observedAt {at!r} is not ISO 8601 UTC")
-    dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
+    dt.datetime.fromisoformat(at)
 
 
 def _geometry(where: str, value: Any) -> None:

@@ -7,7 +7,7 @@ import heapq
 import logging
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,14 +240,10 @@ class RuleEngine:
             key = "journal_near_quota"
             limit = self.config.journal_near_quota_pct
             clear_below = limit - self.config.journal_hysteresis_pct
-            if key not in self._active and pct >= limit:
-                out.append(self._raise(key, key, WARNING, ctx,
-                                       f"ジャーナル容量が上限に接近 / journal near quota: {_n(pct)} % ≥ {_n(limit)} %",
-                                       value=pct, threshold=limit, unit="%"))
-            elif key in self._active and pct < clear_below:
-                out.append(self._clear(key, ctx,
-                                       f"ジャーナル容量が回復 / journal usage down: {_n(pct)} % < {_n(clear_below)} %",
-                                       value=pct, threshold=clear_below))
+            self._hysteresis(
+                out, ctx, key, key, WARNING, pct, limit, clear_below, "%",
+                lambda: f"ジャーナル容量が上限に接近 / journal near quota: {_n(pct)} % ≥ {_n(limit)} %",
+                lambda: f"ジャーナル容量が回復 / journal usage down: {_n(pct)} % < {_n(clear_below)} %")
         elif kind in ("module_lost", "module_back"):
             radio = detail.get("radio")
             if not isinstance(radio, str) or not radio:
@@ -431,17 +427,10 @@ class RuleEngine:
         key = f"river_rise:{node}"
         over = f"over {_duration(span_us / _US_PER_S)}"
         clear_below = rule.rise_cm_per_h * rule.rise_clear_fraction
-        if key not in self._active and rate >= rule.rise_cm_per_h:
-            out.append(self._raise(
-                key, "river_rise", WARNING, ctx,
-                f"水位が急上昇 / water rising fast: {_n(rate)} cm/h ≥ {_n(rule.rise_cm_per_h)} cm/h ({over})",
-                value=rate, threshold=rule.rise_cm_per_h, unit="cm/h",
-            ))
-        elif key in self._active and rate < clear_below:
-            out.append(self._clear(
-                key, ctx, f"水位上昇が鈍化 / rise slowed: {_n(rate)} cm/h < {_n(clear_below)} cm/h ({over})",
-                value=rate, threshold=clear_below,
-            ))
+        self._hysteresis(
+            out, ctx, key, "river_rise", WARNING, rate, rule.rise_cm_per_h, clear_below, "cm/h",
+            lambda: f"水位が急上昇 / water rising fast: {_n(rate)} cm/h ≥ {_n(rule.rise_cm_per_h)} cm/h ({over})",
+            lambda: f"水位上昇が鈍化 / rise slowed: {_n(rate)} cm/h < {_n(clear_below)} cm/h ({over})")
 
     def _slope(self, ctx: _Ctx, rule: SlopeRule, x: float, y: float, out: list[Alert]) -> None:
         node = ctx.node or ""
@@ -449,17 +438,10 @@ class RuleEngine:
             axis, tilt = ("x", abs(x)) if abs(x) >= abs(y) else ("y", abs(y))
             key = f"slope_tilt:{node}"
             clear_below = rule.max_deg - rule.hysteresis_deg
-            if key not in self._active and tilt >= rule.max_deg:
-                out.append(self._raise(
-                    key, "slope_tilt", EMERGENCY, ctx,
-                    f"斜面の傾斜が限界を超過 / slope tilt beyond limit: {axis} {_n(tilt, 2)}° ≥ {_n(rule.max_deg, 2)}°",
-                    value=tilt, threshold=rule.max_deg, unit="deg",
-                ))
-            elif key in self._active and tilt < clear_below:
-                out.append(self._clear(
-                    key, ctx, f"傾斜が限界内に戻った / tilt back within limit: {_n(tilt, 2)}° < {_n(clear_below, 2)}°",
-                    value=tilt, threshold=clear_below,
-                ))
+            self._hysteresis(
+                out, ctx, key, "slope_tilt", EMERGENCY, tilt, rule.max_deg, clear_below, "deg",
+                lambda: f"斜面の傾斜が限界を超過 / slope tilt beyond limit: {axis} {_n(tilt, 2)}° ≥ {_n(rule.max_deg, 2)}°",
+                lambda: f"傾斜が限界内に戻った / tilt back within limit: {_n(tilt, 2)}° < {_n(clear_below, 2)}°")
         if rule.rate_deg_per_h is None:
             return
         window_us = round(rule.rate_window_s * _US_PER_S)
@@ -473,18 +455,11 @@ class RuleEngine:
         axis, rate = ("x", rate_x) if rate_x >= rate_y else ("y", rate_y)
         key = f"slope_rate:{node}"
         clear_below = rule.rate_deg_per_h * rule.rate_clear_fraction
-        if key not in self._active and rate >= rule.rate_deg_per_h:
-            out.append(self._raise(
-                key, "slope_rate", EMERGENCY, ctx,
-                f"斜面の傾斜が急変 / slope tilting fast: {axis} {_n(rate, 2)}°/h ≥ {_n(rule.rate_deg_per_h, 2)}°/h "
-                f"(over {_duration(span_h * 3600)})",
-                value=rate, threshold=rule.rate_deg_per_h, unit="deg/h",
-            ))
-        elif key in self._active and rate < clear_below:
-            out.append(self._clear(
-                key, ctx, f"傾斜変化が鈍化 / tilting slowed: {_n(rate, 2)}°/h < {_n(clear_below, 2)}°/h",
-                value=rate, threshold=clear_below,
-            ))
+        self._hysteresis(
+            out, ctx, key, "slope_rate", EMERGENCY, rate, rule.rate_deg_per_h, clear_below, "deg/h",
+            lambda: f"斜面の傾斜が急変 / slope tilting fast: {axis} {_n(rate, 2)}°/h ≥ {_n(rule.rate_deg_per_h, 2)}°/h "
+                    f"(over {_duration(span_h * 3600)})",
+            lambda: f"傾斜変化が鈍化 / tilting slowed: {_n(rate, 2)}°/h < {_n(clear_below, 2)}°/h")
 
     def _battery(self, ctx: _Ctx, threshold: float, volts: float, out: list[Alert]) -> None:
         key = f"battery_low:{ctx.node}"
@@ -514,6 +489,19 @@ class RuleEngine:
         self._active[key] = alert
         log.warning("alert raised: %s %s: %s", key, severity, message)
         return alert
+
+    def _hysteresis(self, out: list[Alert], ctx: _Ctx, key: str, type_: str, severity: str, value: float,
+                    limit: float, clear_below: float, unit: str, raised: Callable[[], str],
+                    cleared: Callable[[], str]) -> None:
+        """Raise ``key`` when ``value`` reaches ``limit``; clear it once ``value`` falls below ``clear_below``.
+
+        ``raised`` and ``cleared`` make the message text, called only when the alert changes state.
+        """
+        if key not in self._active:
+            if value >= limit:
+                out.append(self._raise(key, type_, severity, ctx, raised(), value=value, threshold=limit, unit=unit))
+        elif value < clear_below:
+            out.append(self._clear(key, ctx, cleared(), value=value, threshold=clear_below))
 
     def _clear(self, key: str, ctx: _Ctx, message: str, *, level: int | None = None, value: float | None = None,
                threshold: float | None = None) -> Alert:

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.errors import AgentError, ConfigError
+from agent.errors import ConfigError
 from agent.gateway.bundle import (
     BUNDLE_NAME,
     CONFIG_NAME,
@@ -69,6 +69,7 @@ from agent.gateway.bundle import (
     write_durable,
 )
 from agent.i18n import N_, _
+from agent.tools.standalone import run_standalone
 
 if TYPE_CHECKING:
     # `denen --help` imports this module to build its parser: the config models (pydantic) and the YAML
@@ -398,19 +399,5 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _standalone() -> int:
-    parser = argparse.ArgumentParser(prog="denen flash", description=__doc__.split("\n", 1)[0])
-    add_arguments(parser)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return main(parser.parse_args())
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    except AgentError as exc:
-        print(_("denen: error: {message}").format(message=exc), file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(_standalone())
+    sys.exit(run_standalone("denen flash", __doc__.split("\n", 1)[0], add_arguments, main))

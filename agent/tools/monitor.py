@@ -47,12 +47,18 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from agent.errors import AgentError
 from agent.i18n import N_, _, local_time
-from agent.tools.linkmargin import RATINGS, RSSI_NEAR_LIMIT_DB, SNR_FLOOR_DB, link_margin, sensitivity_dbm
+from agent.tools.linkmargin import (
+    RATINGS,
+    RSSI_NEAR_LIMIT_DB,
+    SNR_FLOOR_DB,
+    link_margin,
+    sensitivity_dbm,
+)
+from agent.tools.standalone import run_standalone
 
 __all__ = ["HISTORY_S", "History", "add_arguments", "collect", "main", "render"]
 
@@ -178,9 +184,8 @@ def collect(journal_path: str, config: Any | None = None, *, now_us: int | None 
     Raises:
         AgentError: the journal does not exist or cannot be read.
     """
-    from agent.tools import status  # noqa: PLC0415
-
     from agent.rules import RulesConfig  # noqa: PLC0415
+    from agent.tools import status  # noqa: PLC0415
 
     data = status.collect(journal_path)
     now_us = time.time_ns() // 1000 if now_us is None else now_us
@@ -570,21 +575,5 @@ def _live(console: Any, journal: str, config: Any | None, interval: float, count
     return 0
 
 
-def _standalone(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="denen monitor", description=_("live per-node link view"))
-    add_arguments(parser)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from agent.errors import ConfigError  # noqa: PLC0415
-
-    try:
-        return main(parser.parse_args(argv))
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    except AgentError as exc:
-        print(_("denen: error: {message}").format(message=exc), file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(_standalone())
+    sys.exit(run_standalone("denen monitor", _("live per-node link view"), add_arguments, main))

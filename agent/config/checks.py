@@ -31,13 +31,7 @@ def _collection_problems(radios: object, nodes: object) -> list[tuple[Loc, str, 
         name = _get(radio, "name")
         if not isinstance(name, str):
             continue
-        if name in radio_names:
-            found.append(
-                (("radios", i, "name"), f"radio name '{name}' is used twice (also radios[{radio_names[name]}])",
-                 "give each radio a unique name")
-            )
-        else:
-            radio_names[name] = i
+        _once(radio_names, name, ("radios", i, "name"), f"radio name '{name}'", "give each radio a unique name", found)
 
     ids: dict[str, int] = {}
     names: dict[str, int] = {}
@@ -47,22 +41,11 @@ def _collection_problems(radios: object, nodes: object) -> list[tuple[Loc, str, 
         except Problems:
             node_id = None
         if node_id is not None:
-            if node_id in ids:
-                found.append(
-                    (("nodes", j, "id"), f"node id {node_id} is used twice (also nodes[{ids[node_id]}])",
-                     "each node needs its own id; check the label on the node")
-                )
-            else:
-                ids[node_id] = j
+            _once(ids, node_id, ("nodes", j, "id"), f"node id {node_id}",
+                  "each node needs its own id; check the label on the node", found)
         name = _get(node, "name")
         if isinstance(name, str):
-            if name in names:
-                found.append(
-                    (("nodes", j, "name"), f"node name '{name}' is used twice (also nodes[{names[name]}])",
-                     "give each node a unique name")
-                )
-            else:
-                names[name] = j
+            _once(names, name, ("nodes", j, "name"), f"node name '{name}'", "give each node a unique name", found)
         radio = _get(node, "radio")
         if isinstance(radio, str) and radio not in radio_names:
             defined = list(radio_names)
@@ -71,6 +54,16 @@ def _collection_problems(radios: object, nodes: object) -> list[tuple[Loc, str, 
                  choices_hint(radio, defined, "radios defined") if defined else "define the radio under radios:")
             )
     return found
+
+
+def _once(seen: dict[str, int], value: str, loc: Loc, what: str, hint: str,
+          found: list[tuple[Loc, str, str | None]]) -> None:
+    """Remember that the list item at ``loc`` (``(list, index, key)``) has ``value``, or note that an earlier one
+    has it too."""
+    if value in seen:
+        found.append((loc, f"{what} is used twice (also {loc[0]}[{seen[value]}])", hint))
+    else:
+        seen[value] = int(loc[1])
 
 
 def _warning_problems(config: Config) -> list[Found]:

@@ -81,30 +81,15 @@ def iso_time(ts_us: int) -> str:
 
 def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, float | str], int]:
     """One line of our own output: (measurement, tags, fields, timestamp in µs). Raises ValueError otherwise."""
-    parts: list[str] = []
-    buf: list[str] = []
-    i, n, quoted = 0, len(line), False
-    while i < n:  # split on unescaped spaces outside string fields
-        c = line[i]
-        if c == "\\" and i + 1 < n:
-            buf.append(line[i:i + 2])
-            i += 2
-            continue
-        if c == '"':
-            quoted = not quoted
-        if c == " " and not quoted:
-            parts.append("".join(buf))
-            buf = []
-        else:
-            buf.append(c)
-        i += 1
-    parts.append("".join(buf))
+    # The measurement and tags hold no string fields, so a '"' there (in a name) is plain text.
+    head = _split(line, " ", quotes=False)[0]
+    parts = [head, *_split(line[len(head) + 1:], " ")]
     if len(parts) != 3:
         raise ValueError(f"not a line of three parts: {line[:200]!r}")
-    head, field_text, ts = parts
-    items = _split(head, ",")
+    _, field_text, ts = parts
+    items = _split(head, ",", quotes=False)
     measurement = _unescape(items[0])
-    tags = dict(_pair(t) for t in items[1:])
+    tags = dict(_pair(t, quotes=False) for t in items[1:])
     fields: dict[str, float | str] = {}
     for f in _split(field_text, ","):
         key, value = _pair(f, raw=True)
@@ -115,15 +100,19 @@ def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, float | str], 
     return measurement, tags, fields, int(ts)
 
 
-def _split(text: str, sep: str) -> list[str]:
-    out, buf, i, quoted = [], [], 0, False
+def _split(text: str, sep: str, quotes: bool = True) -> list[str]:
+    """``text`` cut at every ``sep`` that is neither escaped by a backslash nor (``quotes``) inside a string
+    field."""
+    out: list[str] = []
+    buf: list[str] = []
+    i, quoted = 0, False
     while i < len(text):
         c = text[i]
         if c == "\\" and i + 1 < len(text):
             buf.append(text[i:i + 2])
             i += 2
             continue
-        if c == '"':
+        if c == '"' and quotes:
             quoted = not quoted
         if c == sep and not quoted:
             out.append("".join(buf))
@@ -135,8 +124,8 @@ def _split(text: str, sep: str) -> list[str]:
     return out
 
 
-def _pair(text: str, raw: bool = False) -> tuple[str, str]:
-    parts = _split(text, "=")
+def _pair(text: str, raw: bool = False, quotes: bool = True) -> tuple[str, str]:
+    parts = _split(text, "=", quotes)
     key, value = parts[0], "=".join(parts[1:])
     return _unescape(key), value if raw else _unescape(value)
 

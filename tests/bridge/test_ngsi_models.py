@@ -258,7 +258,14 @@ def test_v2_form_carries_time_and_unit_as_metadata_and_no_character_orion_refuse
 
 
 def test_every_line_the_serializer_writes_parses_back() -> None:
-    lines = lines_of([reading(GW, 0x301, 9, "weather", KIND_VALUES["weather"], name="a, b=c \"d\"")])
+    name = 'a, b=c "d (3\' 5")'
+    lines = lines_of([reading(GW, 0x301, 9, "weather", KIND_VALUES["weather"], name=name)])
     for line in lines:
-        measurement, tags, _fields, ts = parse_line(line)
-        assert tags["name"] == "a, b=c \"d\"" and measurement in ("weather", "node_health") and ts > 0
+        measurement, tags, fields, ts = parse_line(line)
+        assert tags["name"] == name and measurement in ("weather", "node_health") and ts > 0
+        assert fields["battery_v"] == 3.6
+    alert = alert_reading("sos", "raised", "emergency", "00000301", {"raised": 1.0}, 40)
+    alert["alert"]["name"] = name
+    (line,) = lines_of([alert])
+    _, tags, fields, _ = parse_line(line)
+    assert tags["name"] == name and fields["message"] == alert["alert"]["message"]

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from agent.errors import AgentError
 from agent.gateway import fieldio_config
-from agent.gateway.fieldio_config import GpioConfig
+from agent.gateway.fieldio_config import GpioConfig, InputPin
 
 if TYPE_CHECKING:
     from gpiozero import LED, DigitalInputDevice, DigitalOutputDevice
@@ -282,7 +282,7 @@ class FieldIO:
 
     # -- internals -----------------------------------------------------------------------------------------------
     def _build(self) -> None:
-        from gpiozero import LED, DigitalInputDevice, DigitalOutputDevice  # noqa: PLC0415 - see _gpio_error
+        from gpiozero import LED, DigitalOutputDevice  # noqa: PLC0415 - see _gpio_error
         cfg = self.config
         f = self.pin_factory
         if cfg.status_lamp is not None:
@@ -294,19 +294,20 @@ class FieldIO:
             self._siren = _device("siren", siren.pin, lambda: DigitalOutputDevice(
                 siren.pin, active_high=siren.active_high, initial_value=False, pin_factory=f))
         if cfg.test_button is not None:
-            button = cfg.test_button
-            self._button = _device("test_button", button.pin, lambda: DigitalInputDevice(
-                button.pin, pull_up=button.pull_up, bounce_time=None, pin_factory=f))
-            press = _EdgeFilter(f, button.bounce_s)
-            self._button.when_activated = lambda: self._button_edge(press, active=True)
-            self._button.when_deactivated = lambda: self._button_edge(press, active=False)
+            self._button = self._input("test_button", cfg.test_button, self._button_edge)
         if cfg.rain_gauge is not None:
-            gauge = cfg.rain_gauge
-            self._gauge = _device("rain_gauge", gauge.pin, lambda: DigitalInputDevice(
-                gauge.pin, pull_up=gauge.pull_up, bounce_time=None, pin_factory=f))
-            tips = _EdgeFilter(f, gauge.bounce_s)
-            self._gauge.when_activated = lambda: self._gauge_edge(tips, active=True)
-            self._gauge.when_deactivated = lambda: self._gauge_edge(tips, active=False)
+            self._gauge = self._input("rain_gauge", cfg.rain_gauge, self._gauge_edge)
+
+    def _input(self, name: str, cfg: InputPin, on_edge: Callable[..., None]) -> Any:
+        """A contact input, its edges debounced (``cfg.bounce_s``) into ``on_edge(filter, active=...)``."""
+        from gpiozero import DigitalInputDevice  # noqa: PLC0415 - see _gpio_error
+        f = self.pin_factory
+        device = _device(name, cfg.pin, lambda: DigitalInputDevice(
+            cfg.pin, pull_up=cfg.pull_up, bounce_time=None, pin_factory=f))
+        edges = _EdgeFilter(f, cfg.bounce_s)
+        device.when_activated = lambda: on_edge(edges, active=True)
+        device.when_deactivated = lambda: on_edge(edges, active=False)
+        return device
 
     def _device_names(self) -> list[str]:
         devices = (("status_lamp", self._lamp), ("siren", self._siren), ("test_button", self._button),

@@ -787,7 +787,10 @@ class SimEs920lr:
             return
         head = line[:15].split(" ", 1)[0]  # tmpcmd: up to the first space, at most 15 characters
         name = next((n for n, alias in _COMMANDS.items() if head in (n, alias)), None)
-        if name is not None:
+        if name in ("show", "help"):
+            # The two interfaces print the same text for these.
+            self._emit_text(show_text(self.settings) if name == "show" else _MAIN_MENU)
+        elif name is not None:
             name_len = len(head)
             if terminal:
                 self._terminal_command(name)
@@ -822,10 +825,6 @@ class SimEs920lr:
         elif name == "load":
             self._emit(b"OK\r\n")  # queued at the old rate; the default 115200 applies right after
             self._load()
-        elif name == "show":
-            self._emit_text(show_text(self.settings))
-        elif name == "help":
-            self._emit_text(_MAIN_MENU)
         else:
             # baudrate switches the UART only after its reply is out, so the reply goes at the old rate.
             old_baud = self._module_baud()
@@ -842,10 +841,6 @@ class SimEs920lr:
             self._emit_text("\r\nsave parameter ..." + text)
         elif name == "load":
             self._load()
-        elif name == "show":
-            self._emit_text(show_text(self.settings))
-        elif name == "help":
-            self._emit_text(_MAIN_MENU)
         else:
             self._awaiting = name
             if name in _MENU_SETTINGS:

@@ -6,7 +6,7 @@ in ``drivers/sim/``, and its line here. Nothing else imports driver modules to r
 in where order shows (scenario ``model:`` errors).
 """
 
-from drivers import es920lr, modbus, rak3172
+from drivers import es920lr, meshtastic, modbus, rak3172
 from drivers.registry import register
 
 __all__: list[str] = []
@@ -14,3 +14,4 @@ __all__: list[str] = []
 register(rak3172.SPEC)
 register(es920lr.SPEC)
 register(modbus.SPEC)
+register(meshtastic.SPEC)

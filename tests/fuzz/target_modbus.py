@@ -5,7 +5,7 @@ Variants: ``pending`` (a read request is on the line and the bytes are its reply
 something else) and ``idle`` (nothing was asked: every read is noise). Inputs are replies built with pymodbus's
 server-side classes (registers or an exception), mutated, and cut into reads.
 
-Registered in :data:`tests.fuzz.targets.TARGETS` as ``ModbusTarget()``.
+Adds itself to :data:`tests.fuzz.targets.TARGETS` when imported (targets.py imports it after its own targets).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tests.fuzz.mutate import chunk, mutate_bytes, random_bytes
 from tests.fuzz.targets import (
     ACCEPTED,
     IGNORED,
+    TARGETS,
     FakeLink,
     Outcome,
     Target,
@@ -143,3 +144,6 @@ class ModbusTarget(Target):
                       f"exception {pending.exception_code} that no valid reply in the input carries")
             return rejected(pending.failure)
         return IGNORED
+
+
+TARGETS.setdefault(ModbusTarget.name, ModbusTarget())

@@ -1363,6 +1363,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
 )}
 """Every target, by name."""
 
+# The driver targets of their own modules add themselves to TARGETS (they import this module's base classes).
+import tests.fuzz.target_meshtastic  # noqa: E402,F401
+import tests.fuzz.target_modbus  # noqa: E402,F401
+
 
 def run_one(target: Target, data: Any) -> Outcome:
     """Execute one input and check the outcome's shape (for tests: a Violation or a crash propagates)."""

@@ -21,8 +21,9 @@ splitter = TARGETS["splitter"]
 
 #: The splitter's oracle is a reference model of line splitting; the drivers' that every RX line or frame is
 #: delivered once, with its RSSI, SNR and payload, or reported.
-test_mutated_inputs = mutated_inputs_test("rak3172", "es920lr", "splitter", count=FAST.max_examples)
-test_valid_inputs_are_delivered = valid_inputs_test("rak3172", "es920lr", count=SOME)
+test_mutated_inputs = mutated_inputs_test("rak3172", "es920lr", "modbus", "meshtastic", "splitter",
+                                          count=FAST.max_examples)
+test_valid_inputs_are_delivered = valid_inputs_test("rak3172", "es920lr", "modbus", "meshtastic", count=SOME)
 
 chunks = st.lists(st.binary(max_size=48), min_size=1, max_size=6).map(tuple)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +136,4 @@ def bridge_config(**kwargs: Any) -> BridgeConfig:
     return parse_bridge_config(bridge_config_text(**kwargs))
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05) -> bool:
-    """Poll a condition no event signals (rows in a database), bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 

@@ -20,8 +20,9 @@ import pytest
 from agent.bridge import Bridge, DeadLetterStore
 from agent.dev.devbroker import Mosquitto
 from tests.backend.grafana_expand import TimeRange, expand_influxql, iter_panels
-from tests.bridge._helpers import Publisher, batch, bridge_config, reading, topic, v1_sink, wait_until
+from tests.bridge._helpers import Publisher, batch, bridge_config, reading, topic, v1_sink
 from tests.support.influx import InfluxDB1
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 

@@ -25,8 +25,9 @@ from agent.bridge.health import LAG_LINES_PER_WRITE, LAG_SAMPLE_MAX, HealthMonit
 from agent.bridge.sinks import make_sink
 from agent.dev.devbroker import Mosquitto
 from tests.backend.grafana_expand import TimeRange, expand_influxql, iter_panels, panel_interval_ms
-from tests.bridge._helpers import Publisher, batch, bridge_config_text, reading, topic, v1_sink, v2_sink, wait_until
+from tests.bridge._helpers import Publisher, batch, bridge_config_text, reading, topic, v1_sink, v2_sink
 from tests.support.influx import InfluxDB1
+from tests.support.polling import wait_until
 
 DB = "denen"
 ROOT = Path(__file__).resolve().parents[2]

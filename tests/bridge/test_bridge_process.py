@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -16,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from agent.dev.devbroker import Mosquitto
-from tests.bridge._helpers import Publisher, batch, bridge_config_text, telemetry_readings, topic, v1_sink, wait_until
+from tests.bridge._helpers import Publisher, batch, bridge_config_text, telemetry_readings, topic, v1_sink
+from tests.support import fault_rig
 from tests.support.influx import InfluxDB1
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -28,37 +29,8 @@ SUMMARY_RE = re.compile(r"bridge stopped: (\d+) messages \((\d+) redelivered\), 
 BATCH_RE = re.compile(r"bridge: batch of (\d+) messages \((\d+) redelivered\)")
 
 
-class BridgeProcess:
-    """``python -m agent.cli bridge -c CONFIG`` with its output in a log file (kept across restarts)."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config = config
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._mark = 0
-
-    def start(self, timeout: float = 20.0) -> None:
-        self._mark = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "bridge", "-c", str(self.config)],
-                                         cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        assert wait_until(lambda: "MQTT: subscribed" in self.run_log() or self.proc.poll() is not None, timeout), \
-            self.run_log()
-        assert self.proc.poll() is None, self.run_log()
-
-    def run_log(self) -> str:
-        """The output of the current run only."""
-        return self.log.read_bytes()[self._mark:].decode(errors="replace") if self.log.exists() else ""
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self, timeout: float = 10.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+class BridgeProcess(fault_rig.BridgeProcess):
+    """``denen bridge -c CONFIG`` (tests.support.fault_rig), plus what its log says about the messages it wrote."""
 
     def summary(self) -> dict[str, int]:
         """Counters from the last line a cleanly stopped run logs."""
@@ -70,11 +42,6 @@ class BridgeProcess:
     def redelivered_in_batches(self) -> int:
         """Redelivered messages written in every run so far (from the debug line of each batch)."""
         return sum(int(r) for _, r in BATCH_RE.findall(self.log.read_text(errors="replace")))
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def write_config(tmp: Path, broker: Mosquitto, influx: InfluxDB1, client_id: str, **kwargs: object) -> Path:

@@ -16,8 +16,9 @@ import pytest
 
 from agent.bridge import Bridge
 from agent.dev.devbroker import Mosquitto
-from tests.bridge._helpers import Publisher, batch, bridge_config, reading, topic, v2_sink, wait_until
+from tests.bridge._helpers import Publisher, batch, bridge_config, reading, topic, v2_sink
 from tests.support.influx import VictoriaMetrics
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 

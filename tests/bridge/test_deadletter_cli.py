@@ -25,8 +25,9 @@ from agent.bridge import Bridge, DeadLetterStore, parse_bridge_config
 from agent.bridge import deadletter_cli as cli
 from agent.bridge.deadletter import DeadLetter
 from agent.dev.devbroker import Mosquitto
-from tests.bridge._helpers import T0_US, Publisher, batch, bridge_config_text, reading, topic, v1_sink, wait_until
+from tests.bridge._helpers import T0_US, Publisher, batch, bridge_config_text, reading, topic, v1_sink
 from tests.support.influx import InfluxDB1
+from tests.support.polling import wait_until
 
 DB = "denen"
 DAY_US = 86_400_000_000

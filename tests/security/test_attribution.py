@@ -19,7 +19,8 @@ import pytest
 
 from agent.bridge import Bridge, DeadLetterStore, parse_bridge_config
 from agent.dev.devbroker import Mosquitto
-from tests.bridge._helpers import T0_US, Publisher, batch, bridge_config_text, reading, topic, v1_sink, wait_until
+from tests.bridge._helpers import T0_US, Publisher, batch, bridge_config_text, reading, topic, v1_sink
+from tests.support.polling import wait_until
 from tests.support.servers import DB
 from tests.support.influx import InfluxDB1
 

@@ -21,8 +21,9 @@ import pytest
 from agent.bridge import Bridge
 from agent.bridge.config import parse_bridge_config
 from agent.dev.devbroker import Mosquitto
-from tests.bridge._helpers import Publisher, batch, bridge_config_text, reading, topic, v1_sink, wait_until
+from tests.bridge._helpers import Publisher, batch, bridge_config_text, reading, topic, v1_sink
 from tests.support.influx import InfluxDB1
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from agent.bridge import Bridge, parse_bridge_config
-from tests.bridge._helpers import batch, reading, v1_sink, wait_until
+from tests.bridge._helpers import batch, reading, v1_sink
+from tests.support.polling import wait_until
 from tests.support.shipped_broker import (
     Mqtt,
     ShippedBroker,

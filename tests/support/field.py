@@ -6,7 +6,6 @@ import functools
 import json
 import os
 import random
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from drivers.sim.rak3172 import SimRak3172
 from tests.support.gateway_config import gateway_yaml, node_key
+from tests.support.polling import wait_until
 
 __all__ = ["NODES", "FieldNode", "config_text", "default_values", "example_key_env", "example_keys_env",
            "journal_unsent", "node_key", "readings_of", "start_sim", "wait_configured", "wait_until",
@@ -132,16 +132,6 @@ def readings_of(messages: list[tuple[str, bytes, bool]], *, alerts: bool = False
         if "/readings/" in topic:
             out.extend(r for r in json.loads(payload)["readings"] if alerts or r["kind"] != "alert")
     return out
-
-
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    """For conditions that no event signals (a file, a process): poll with a short interval, bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def journal_unsent(path: Path) -> int:

@@ -23,6 +23,7 @@ from agent.tools.doctor_host import Host
 from agent.gateway.journal import Journal
 from drivers.sim.es920lr import SimEs920lr
 from drivers.sim.rak3172 import SimRak3172
+from tests.support.field import start_sim
 
 pytestmark = pytest.mark.broker
 
@@ -52,8 +53,7 @@ unknown_nodes: accept
 
 @pytest.fixture
 def rak(tmp_path: Path) -> Iterator[SimRak3172]:
-    sim = SimRak3172(name="lora0", link=str(tmp_path / "lora0"), boot_delay_s=0.05, rng=random.Random(1))
-    sim.start()
+    sim = start_sim(tmp_path, rng_seed=1)
     yield sim
     sim.stop()
 

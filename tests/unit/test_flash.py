@@ -294,13 +294,21 @@ def test_boot_installs_the_flashed_config_and_reports_it(tmp_path: Path, card: P
     assert gone.source == "installed" and gone.sha256 == active.sha256
 
 
-def test_a_corrupt_flash_is_refused_and_the_installed_config_stays_active(tmp_path: Path, card: Path) -> None:
-    cfg = _config(tmp_path)
+def _flashed_twice(tmp: Path, card: Path) -> tuple[Path, boot.ActiveConfig]:
+    """Flash the config (broker port 8883), boot once (it is installed), flash it again with port 8884.
+
+    Returns the state folder and the first boot's active config."""
+    cfg = _config(tmp)
     fl.flash(cfg, card)
-    state = tmp_path / "state"
+    state = tmp / "state"
     first = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state)
     cfg.write_text(cfg.read_text().replace("port: 8883", "port: 8884"))
     fl.flash(cfg, card)
+    return state, first
+
+
+def test_a_corrupt_flash_is_refused_and_the_installed_config_stays_active(tmp_path: Path, card: Path) -> None:
+    state, first = _flashed_twice(tmp_path, card)
     _corrupt(card / "denen" / "config.yaml")
 
     active = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state)
@@ -311,12 +319,7 @@ def test_a_corrupt_flash_is_refused_and_the_installed_config_stays_active(tmp_pa
 
 
 def test_a_new_flash_replaces_the_installed_copy_and_keeps_one_backup(tmp_path: Path, card: Path) -> None:
-    cfg = _config(tmp_path)
-    fl.flash(cfg, card)
-    state = tmp_path / "state"
-    first = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state)
-    cfg.write_text(cfg.read_text().replace("port: 8883", "port: 8884"))
-    fl.flash(cfg, card)
+    state, first = _flashed_twice(tmp_path, card)
     second = boot.resolve_active_config(None, [str(card / "denen")], state_dir=state)
     assert second.source == "flashed" and second.sha256 != first.sha256
     assert load_config(second.path).mqtt.port == 8884

@@ -9,9 +9,9 @@ it:
 
 * the folder keeps its files private (0600) through the tar file, and make-credentials.sh prints no password;
 * ``denen config validate`` and ``denen flash`` accept the config as it is;
-* the gateway's boot-time pick-up (:func:`agent.gateway.boot.resolve_active_config`) installs the flashed bundle, and the
-  config it loads from there, as ``denen run`` does, names the same password and CA, and they log in to the
-  shipped broker over TLS as that gateway.
+* the gateway's boot-time pick-up (:func:`agent.gateway.boot.resolve_active_config`) installs the flashed bundle,
+  and the config it loads from there, as ``denen run`` does, names the same password and CA, and they log in to
+  the shipped broker over TLS as that gateway.
 """
 
 from __future__ import annotations

@@ -189,10 +189,8 @@ def test_rak_reboot_mid_stream_is_reconfigured(rak_factory, make_worker):
     assert events.payloads() == [b"before", b"after"]
 
 
-def test_rak_unplug_and_replug(rak_factory, make_worker):
-    sim = rak_factory()
-    worker, events = make_worker(rak_config(sim))
-    running(worker)
+def unplug_and_replug(sim, worker: RadioWorker, events: Events) -> None:
+    """Pull the module's USB cable and put it back: the worker keeps trying, reopens once and configures again."""
     sim.unplug()
     events.wait(lambda: events.count("port_lost") == 1)
     assert worker.state in ("lost", "opening")
@@ -202,6 +200,13 @@ def test_rak_unplug_and_replug(rak_factory, make_worker):
     events.wait(lambda: events.count("reopen") == 1)
     events.wait(lambda: events.count("configured") == 2)
     assert worker.reopens == 1
+
+
+def test_rak_unplug_and_replug(rak_factory, make_worker):
+    sim = rak_factory()
+    worker, events = make_worker(rak_config(sim))
+    running(worker)
+    unplug_and_replug(sim, worker, events)
     inject_when_listening(sim, b"back", rssi=-80, snr=1.0)
     events.wait(lambda: events.payloads() == [b"back"])
 
@@ -349,12 +354,7 @@ def test_es920_unplug_and_replug(es_factory, make_worker):
     sim = es_factory()
     worker, events = make_worker(es_config(sim))
     running(worker)
-    sim.unplug()
-    events.wait(lambda: events.count("port_lost") == 1)
-    sim.replug()
-    events.wait(lambda: events.count("reopen") == 1)
-    events.wait(lambda: events.count("configured") == 2)
-    assert worker.reopens == 1
+    unplug_and_replug(sim, worker, events)
     assert sim.mode == "operation"
     inject_when_listening(sim, b"CAFE", rssi=-90, src=1)
     events.wait(lambda: events.payloads() == [b"\xca\xfe"])

@@ -330,12 +330,33 @@ def test_unknown_driver_lists_the_valid_names(tmp_path: Path) -> None:
     assert "did you mean 'rak3172'" in issue.hint
 
 
-def test_bad_hex_node_id(tmp_path: Path) -> None:
-    path = edited(tmp_path, "forest-sos.yaml", 'id: "5e000002"', 'id: "5e00000g"')
-    issue = only(problems(path), "nodes[1].id")
-    assert issue.line == line_of(path, "5e00000g")
-    assert "8 hex digits" in issue.message and "not hex" in issue.message
-    assert issue.hint and "quotes" in issue.hint
+@pytest.mark.parametrize(
+    ("example", "old", "new", "key", "at", "message", "hint"),
+    [
+        pytest.param("forest-sos.yaml", 'id: "5e000002"', 'id: "5e00000g"', "nodes[1].id", ("5e00000g", 1),
+                     ("8 hex digits", "not hex"), ("quotes",), id="bad hex node id"),
+        pytest.param("forest-sos.yaml", 'id: "5e000003"', 'id: "5E000001"', "nodes[2].id", ('id: "5E000001"', 1),
+                     ("5e000001", "twice", "nodes[0]"), (), id="duplicate node id"),
+        pytest.param("river-station.yaml", '    radio: es0\n  - id: "3c000101"', '    radio: es1\n  - id: "3c000101"',
+                     "nodes[0].radio", ("radio: es1", 1), ("'es1' is not defined",), ("did you mean 'es0'",),
+                     id="node radio pointing nowhere"),
+        pytest.param("river-station.yaml", "    es920:\n", "    p2p:\n      spreading_factor: 10\n    es920:\n",
+                     "radios[0].p2p", ("    p2p:", 1), ("only for driver rak3172", "es920lr"), ("remove 'p2p:'",),
+                     id="p2p section on an es920lr radio"),
+        pytest.param("demo.yaml", "    key_env: DENEN_KEY_RAIN_DEMO_1\n", "", "nodes[4].unauthenticated",
+                     ("unauthenticated: reject", 5), ("rain-demo-1", "never be heard"),
+                     ("unauthenticated: flag", "key"), id="no key with reject could never be heard"),
+    ],
+)
+def test_one_edit_one_problem(tmp_path: Path, example: str, old: str, new: str, key: str, at: tuple[str, int],
+                              message: tuple[str, ...], hint: tuple[str, ...]) -> None:
+    """One edit of an example makes exactly one problem at ``key``, on the line of the ``at`` text (its nth
+    occurrence), whose message and hint say the given parts."""
+    path = edited(tmp_path, example, old, new)
+    issue = only(problems(path), key)
+    assert issue.line == line_of(path, at[0], occurrence=at[1])
+    assert all(part in issue.message for part in message), issue.message
+    assert all(part in (issue.hint or "") for part in hint), issue.hint
 
 
 def test_key_of_wrong_length_does_not_reveal_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -388,13 +409,6 @@ def test_range_message_states_the_unit(tmp_path: Path) -> None:
     assert issue.message == "2 s is out of range: keepalive_s must be between 5 and 3600 s"
 
 
-def test_duplicate_node_id(tmp_path: Path) -> None:
-    path = edited(tmp_path, "forest-sos.yaml", 'id: "5e000003"', 'id: "5E000001"')
-    issue = only(problems(path), "nodes[2].id")
-    assert issue.line == line_of(path, 'id: "5E000001"')
-    assert "5e000001" in issue.message and "twice" in issue.message and "nodes[0]" in issue.message
-
-
 def test_duplicate_node_and_radio_names(tmp_path: Path) -> None:
     path = edited(tmp_path, "demo.yaml", "name: trap-demo-2", "name: trap-demo-1")
     path.write_text(path.read_text(encoding="utf-8").replace("name: lora1", "name: lora0"), encoding="utf-8")
@@ -403,37 +417,12 @@ def test_duplicate_node_and_radio_names(tmp_path: Path) -> None:
     assert only(issues, "radios[1].name").line == line_of(path, "name: lora0", occurrence=2)
 
 
-def test_node_radio_pointing_nowhere(tmp_path: Path) -> None:
-    path = edited(tmp_path, "river-station.yaml", "    radio: es0\n  - id: \"3c000101\"",
-                  "    radio: es1\n  - id: \"3c000101\"")
-    issue = only(problems(path), "nodes[0].radio")
-    assert issue.line == line_of(path, "radio: es1")
-    assert "'es1' is not defined" in issue.message
-    assert issue.hint and "did you mean 'es0'" in issue.hint
-
-
-def test_p2p_section_on_an_es920lr_radio(tmp_path: Path) -> None:
-    path = edited(tmp_path, "river-station.yaml", "    es920:\n", "    p2p:\n      spreading_factor: 10\n    es920:\n")
-    issue = only(problems(path), "radios[0].p2p")
-    assert issue.line == line_of(path, "    p2p:")
-    assert "only for driver rak3172" in issue.message and "es920lr" in issue.message
-    assert issue.hint and "remove 'p2p:'" in issue.hint
-
-
 def test_wrong_section_is_reported_even_when_the_radio_has_other_errors(tmp_path: Path) -> None:
     path = edited(tmp_path, "river-station.yaml", "    es920:\n", "    p2p: {}\n    es920:\n")
     path.write_text(path.read_text(encoding="utf-8").replace("channel: 5", "channel: 99"), encoding="utf-8")
     issues = problems(path)
     assert only(issues, "radios[0].p2p")
     assert only(issues, "radios[0].es920.channel")
-
-
-def test_no_key_with_reject_could_never_be_heard(tmp_path: Path) -> None:
-    path = edited(tmp_path, "demo.yaml", "    key_env: DENEN_KEY_RAIN_DEMO_1\n", "")
-    issue = only(problems(path), "nodes[4].unauthenticated")
-    assert issue.line == line_of(path, "unauthenticated: reject", occurrence=5)
-    assert "rain-demo-1" in issue.message and "never be heard" in issue.message
-    assert issue.hint and "unauthenticated: flag" in issue.hint and "key" in issue.hint
 
 
 def test_no_key_with_default_reject_points_at_the_node(tmp_path: Path) -> None:

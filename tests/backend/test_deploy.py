@@ -43,9 +43,11 @@ BACKEND = ROOT / "deploy" / "backend"
 
 @pytest.fixture(scope="module")
 def credentials(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """deploy/backend copied to a temp dir, with make-credentials.sh run once for two gateways."""
+    """deploy/backend copied to a temp dir, with make-credentials.sh run once for two gateways and two bridge logins
+    (the second one is the NGSI bridge of the fiware profile)."""
     backend = copy_backend(tmp_path_factory.mktemp("deploy"))
-    proc = make_credentials(backend, "-n", "localhost", "-n", "127.0.0.1", "-n", "mqtt.example.jp", "gw-a", "gw-b")
+    proc = make_credentials(backend, "-n", "localhost", "-n", "127.0.0.1", "-n", "mqtt.example.jp", "-b", "2", "gw-a",
+                            "gw-b")
     assert proc.returncode == 0, proc.stderr
     return backend, proc
 
@@ -63,7 +65,10 @@ def test_compose_file_validates_with_the_generated_env(credentials: tuple[Path, 
     # make-credentials.sh (the console's link secret among them).
     proc = subprocess.run([compose, "config"], cwd=backend, capture_output=True, text=True, timeout=60)
     resolved = YAML(typ="safe").load(proc.stdout)
-    assert set(resolved["services"]) == {"mosquitto", "influxdb", "influxdb-setup", "bridge", "console", "grafana"}
+    assert set(resolved["services"]) == {"mosquitto", "influxdb", "influxdb-setup", "bridge", "console", "grafana",
+                                         "mongo-orion", "orion-ld", "bridge-ngsi"}  # the last three: profile fiware
+    assert {name for name, service in resolved["services"].items() if "fiware" in service.get("profiles", ())} == {
+        "mongo-orion", "orion-ld", "bridge-ngsi"}
     assert resolved["services"]["console"]["image"] == resolved["services"]["bridge"]["image"]
     assert (backend / "secrets" / "console" / "link-secret").stat().st_size >= 48
     assert str(resolved["services"]["console"]["ports"][0]).startswith("127.0.0.1:")
@@ -177,7 +182,7 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
     assert "CA:TRUE" in ca_text
     # Hashed logins only, one per user; the plain passwords are in the per-user files.
     entries = dict(line.split(":", 1) for line in (secrets / "mosquitto" / "passwd").read_text().splitlines())
-    assert set(entries) == {"denen-bridge-1", "denen-console", "denen-console-cli", "gw-a", "gw-b"}
+    assert set(entries) == {"denen-bridge-1", "denen-bridge-2", "denen-console", "denen-console-cli", "gw-a", "gw-b"}
     assert all(h.startswith("$7$") for h in entries.values())
     for user_file in (secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "bridge-1" / "mqtt-password",
                       secrets / "console" / "mqtt-password", secrets / "console-cli" / "mqtt-password"):
@@ -193,7 +198,7 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
         assert c["clientid"] == user
         assert entries[user] == f"$7${c['iterations']}${c['salt']}${c['password']}"
     assert {u: [r["rolename"] for r in c["roles"]] for u, c in clients.items()} == {
-        "denen-bridge-1": ["denen-bridge"], "denen-console": ["denen-console"],
+        "denen-bridge-1": ["denen-bridge"], "denen-bridge-2": ["denen-bridge"], "denen-console": ["denen-console"],
         "denen-console-cli": ["denen-console"], "gw-a": ["gateway-gw-a"], "gw-b": ["gateway-gw-b"]}
     roles = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"]} for r in dynsec["roles"]}
     assert roles["gateway-gw-a"] == {("publishClientSend", f"denen/v1/gw-a/{t}") for t in (
@@ -201,10 +206,8 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
         "readings/diagnostics")} | {
         ("subscribeLiteral", "denen/v1/gw-a/cmd/#"), ("publishClientReceive", "denen/v1/gw-a/cmd/#")}
     assert roles["denen-bridge"] == {
-        ("subscribeLiteral", "$share/denen-bridge/denen/v1/+/readings/#"),
-        ("subscribeLiteral", "$share/denen-bridge/denen/v1/+/status"),
-        ("subscribeLiteral", "$share/denen-bridge/denen/v1/+/state"),
-        ("subscribeLiteral", "$share/denen-bridge/denen/v1/+/results"),
+        ("subscribeLiteral", f"$share/{group}/denen/v1/+/{t}") for group in ("denen-bridge", "denen-bridge-ngsi")
+        for t in ("readings/#", "status", "state", "results")} | {
         ("publishClientReceive", "denen/v1/+/readings/#"), ("publishClientReceive", "denen/v1/+/status"),
         ("publishClientReceive", "denen/v1/+/state"), ("publishClientReceive", "denen/v1/+/results")}
     assert roles["denen-console"] == {("publishClientSend", f"denen/v1/+/cmd/{c}") for c in (

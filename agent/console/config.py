@@ -106,6 +106,20 @@ class HttpConfig(ConfigSection):
         return any(address in ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
 
 
+def _read_long_secret(section: ConfigSection, name: str, where: str, what: str, min_bytes: int, make: str,
+                      example: str, *, missing: str | None = None) -> tuple[str, str]:
+    """The secret of ``section``'s ``<name>_file`` or ``<name>_env`` (exactly one given; ``where``: the section's
+    key), at least ``min_bytes`` long (``make``: the command that makes one). Returns the text and the key it came
+    from."""
+    needs = missing or f"{where} needs {what}"
+    text, given = read_once(
+        section, name, f"{where}.{name}_file", missing=(f"{needs}: {name}_file or {name}_env", example),
+        twice=(f"{what} is given twice", f"keep {name}_file or {name}_env, not both"))
+    if len(text.encode()) < min_bytes:
+        raise config_problem(f"{what} is shorter than {min_bytes} bytes", f"make one with: {make}", subloc=(given,))
+    return text, given
+
+
 class LinksConfig(ConfigSection):
     """Signed links: the secret they are signed with and how long they are valid."""
 
@@ -128,14 +142,9 @@ class LinksConfig(ConfigSection):
 
     @model_validator(mode="after")
     def _read(self) -> LinksConfig:
-        text, given = read_once(
-            self, "secret", "links.secret_file",
-            missing=("links needs the link secret: secret_file or secret_env",
-                     "e.g. secret_file: secrets/link-secret (openssl rand -base64 48 > it; chmod 600)"),
-            twice=("the link secret is given twice", "keep secret_file or secret_env, not both"))
-        if len(text.encode()) < LINK_SECRET_MIN_BYTES:
-            raise config_problem(f"the link secret is shorter than {LINK_SECRET_MIN_BYTES} bytes",
-                                 "make one with: openssl rand -base64 48", subloc=(given,))
+        text, _ = _read_long_secret(
+            self, "secret", "links", "the link secret", LINK_SECRET_MIN_BYTES, "openssl rand -base64 48",
+            "e.g. secret_file: secrets/link-secret (openssl rand -base64 48 > it; chmod 600)")
         self._secret = SecretStr(text)
         return self
 
@@ -201,14 +210,10 @@ class HooksConfig(ConfigSection):
 
     @model_validator(mode="after")
     def _read(self) -> HooksConfig:
-        text, given = read_once(
-            self, "grafana_token", "hooks.grafana_token_file",
-            missing=("hooks needs Grafana's token: grafana_token_file or grafana_token_env",
-                     "e.g. grafana_token_file: secrets/grafana-hook-token (openssl rand -hex 32 > it; chmod 600)"),
-            twice=("the webhook token is given twice", "keep grafana_token_file or grafana_token_env, not both"))
-        if len(text.encode()) < HOOK_TOKEN_MIN_BYTES:
-            raise config_problem(f"the webhook token is shorter than {HOOK_TOKEN_MIN_BYTES} bytes",
-                                 "make one with: openssl rand -hex 32", subloc=(given,))
+        text, given = _read_long_secret(
+            self, "grafana_token", "hooks", "the webhook token", HOOK_TOKEN_MIN_BYTES, "openssl rand -hex 32",
+            "e.g. grafana_token_file: secrets/grafana-hook-token (openssl rand -hex 32 > it; chmod 600)",
+            missing="hooks needs Grafana's token")
         if any(ch.isspace() or not ch.isprintable() for ch in text):
             raise config_problem("the webhook token holds spaces or control characters",
                                  "make one with: openssl rand -hex 32", subloc=(given,))

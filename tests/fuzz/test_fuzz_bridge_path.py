@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,7 @@ from tests.fuzz.bridge_path import (
     SENTINEL_GATEWAY,
     T0_US,
     Message,
+    PathReport,
     Segment,
     Servers,
     captured_errors,
@@ -41,12 +43,19 @@ pytestmark = pytest.mark.broker
 # -- the runs --------------------------------------------------------------------------------------------------------
 
 
+def _clean_run(tmp: Path, db: str, broker: Mosquitto, server: InfluxDB1 | VictoriaMetrics, inputs: int,
+               **kw: Any) -> PathReport:
+    """``inputs`` hostile messages through the bridge path into ``server`` (``db``: influx or victoria; ``kw``: seed,
+    driver); its report, which must have found nothing."""
+    servers = Servers(tmp, db, broker=broker, server=server)
+    report = run_bridge_path(inputs, servers=servers, workdir=tmp / "run", minimize_s=10, max_findings_probed=3, **kw)
+    assert report.ok, report.summary()
+    return report
+
+
 def test_20000_hostile_messages_through_mosquitto_bridge_and_influxdb(tmp_path: Path, broker: Mosquitto,
                                                                       influx: InfluxDB1) -> None:
-    servers = Servers(tmp_path, "influx", broker=broker, server=influx)
-    report = run_bridge_path(20_000, seed=10, servers=servers, workdir=tmp_path / "run", minimize_s=10,
-                             max_findings_probed=3)
-    assert report.ok, report.summary()
+    report = _clean_run(tmp_path, "influx", broker, influx, 20_000, seed=10)
     assert report.published > 19_000 and report.sentinels >= report.published // 50  # one after every 50th
     assert report.sentinels_missing == 0 and report.drain_s < 30
     # The run really went through every step: lines written, dead letters of many reasons, valid ones among them.
@@ -56,19 +65,13 @@ def test_20000_hostile_messages_through_mosquitto_bridge_and_influxdb(tmp_path: 
 
 def test_3000_hostile_messages_through_the_bridge_into_victoriametrics(tmp_path: Path, broker: Mosquitto,
                                                                        victoria: VictoriaMetrics) -> None:
-    servers = Servers(tmp_path, "victoria", broker=broker, server=victoria)
-    report = run_bridge_path(3000, seed=11, servers=servers, workdir=tmp_path / "run", minimize_s=10,
-                             max_findings_probed=3)
-    assert report.ok, report.summary()
+    report = _clean_run(tmp_path, "victoria", broker, victoria, 3000, seed=11)
     assert report.sentinels_missing == 0 and report.written_lines > 100
 
 
 def test_the_direct_driver_runs_the_same_path_without_a_broker(tmp_path: Path, broker: Mosquitto,
                                                                influx: InfluxDB1) -> None:
-    servers = Servers(tmp_path, "influx", broker=broker, server=influx)
-    report = run_bridge_path(3000, seed=12, driver="direct", servers=servers, workdir=tmp_path / "run",
-                             minimize_s=10, max_findings_probed=3)
-    assert report.ok, report.summary()
+    report = _clean_run(tmp_path, "influx", broker, influx, 3000, seed=12, driver="direct")
     assert report.sentinels_missing == 0 and report.written_lines > 100
 
 

@@ -7,9 +7,9 @@ pydantic only; gpiozero is never imported here (the config loads on every ``dene
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 # Pin names gpiozero accepts (pins/data.py): GPIO17, BCM17, BOARD11, J8:11, WPI0; or a bare BCM number.
 _PIN_NAME = re.compile(r"^(?:(?:GPIO|BCM|BOARD|WPI)\d{1,2}|J8:\d{1,2})$", re.IGNORECASE)
@@ -46,6 +46,10 @@ def _pin_key(pin: int | str) -> str:
     return re.sub(r"\d+$", lambda m: str(int(m.group())), text)
 
 
+#: A GPIO pin as the config gives it, checked and written the way gpiozero names it (:func:`_check_pin`).
+Pin = Annotated[int | str, BeforeValidator(_check_pin)]
+
+
 class _GpioSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
@@ -53,19 +57,13 @@ class _GpioSection(BaseModel):
 class OutputPin(_GpioSection):
     """A GPIO output driving a lamp or relay."""
 
-    pin: int | str = Field(
+    pin: Pin = Field(
         description="The output pin: a BCM GPIO number (17) or a name gpiozero accepts (GPIO17, BOARD11, J8:11)."
     )
     active_high: bool = Field(
         default=True,
         description="true: the pin is driven high (3.3 V) to switch on; false for active-low relay boards.",
     )
-
-    @field_validator("pin", mode="before")
-    @classmethod
-    def _pin(cls, value: object) -> int | str:
-        return _check_pin(value)
-
 
 class StatusLamp(OutputPin):
     """The status lamp: steady when all is well, slow blink without backhaul, fast blink on alarm."""
@@ -92,7 +90,7 @@ class SirenOutput(OutputPin):
 class InputPin(_GpioSection):
     """A GPIO input wired to a switch (to ground with the pull-up on, or to 3.3 V with it off)."""
 
-    pin: int | str = Field(
+    pin: Pin = Field(
         description="The input pin: a BCM GPIO number (27) or a name gpiozero accepts (GPIO27, BOARD13)."
     )
     pull_up: bool = Field(
@@ -104,12 +102,6 @@ class InputPin(_GpioSection):
         default=0.05, ge=0.001, le=5.0,
         description="Debounce time in seconds: a closing counts only after the line was quiet this long.",
     )
-
-    @field_validator("pin", mode="before")
-    @classmethod
-    def _pin(cls, value: object) -> int | str:
-        return _check_pin(value)
-
 
 class RainGauge(InputPin):
     """A tipping-bucket rain gauge's reed switch: one debounced closing per bucket tip."""

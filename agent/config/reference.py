@@ -90,6 +90,8 @@ Examples, each loaded by the test suite (also in the installed package: `denen c
 | `forest-sos.yaml` | forest emergency call: SOS buttons on a RAK3172 gateway |
 | `trap-field.yaml` | wildlife traps with a daily heartbeat |
 | `river-station.yaml` | river level, rain and slope tilt sensors on an ES920LR |
+| `river-modbus.yaml` | wired river, rain and tilt gauges on RS-485 Modbus RTU |
+| `hiker-meshtastic.yaml` | hikers' Meshtastic radios: alert texts become SOS with position |
 | `demo.yaml` | everything simulated (`denen demo`) |
 
 The examples' node keys are not in the files: each node names an environment variable (`key_env:`), set from

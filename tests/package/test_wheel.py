@@ -31,7 +31,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(1500)]
 BUILD_INPUTS = ("pyproject.toml", "README.md", "agent", "drivers", "config", "deploy")
 
 #: Example configs that `denen config validate` checks (gateways is the bridge's registry, read by the bridge's).
-CONFIG_EXAMPLES = ("forest-sos", "trap-field", "river-station", "demo", "bridge", "console")
+CONFIG_EXAMPLES = ("forest-sos", "trap-field", "river-station", "river-modbus", "demo", "bridge", "bridge-ngsi",
+                   "console")
+#: Examples that need an extra the plain install lacks: validating one names the extra to install.
+EXTRA_EXAMPLES = {"hiker-meshtastic": "denen-agent[meshtastic]"}
 
 
 @dataclass
@@ -141,9 +144,10 @@ def test_every_example_config_validates(installed: Install) -> None:
     out = installed.run("config", "example")
     assert out.returncode == 0, out.stderr
     listed = [line.split()[0] for line in out.stdout.splitlines() if line and not line.startswith("Print")]
-    assert set(CONFIG_EXAMPLES) | {"gateways"} == set(listed)
+    assert set(CONFIG_EXAMPLES) | set(EXTRA_EXAMPLES) | {"gateways"} == set(listed)
     folder = installed.work / "examples"
-    places = {"bridge": "bridge/bridge.yaml", "gateways": "bridge/gateways.yaml", "console": "console/console.yaml"}
+    places = {"bridge": "bridge/bridge.yaml", "bridge-ngsi": "bridge/ngsi-ld.yaml", "gateways": "bridge/gateways.yaml",
+              "console": "console/console.yaml"}
     files = []
     for name in listed:
         out = installed.run("config", "example", name)
@@ -163,6 +167,9 @@ def test_every_example_config_validates(installed: Install) -> None:
     out = installed.run("config", "validate", *files, **env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count(": ok (") == len(CONFIG_EXAMPLES) == len(files)
+    for name, extra in EXTRA_EXAMPLES.items():
+        out = installed.run("config", "validate", str(folder / f"{name}.yaml"), **env)
+        assert out.returncode == 2 and f"pip install '{extra}'" in out.stderr, (name, out.stdout, out.stderr)
 
 
 @pytest.mark.parametrize("kind", ["gateway", "bridge", "console"])

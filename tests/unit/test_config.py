@@ -36,7 +36,8 @@ from tests.support.gateway_config import MINIMAL_YAML as MINIMAL
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "config"
-EXAMPLES = ["forest-sos.yaml", "trap-field.yaml", "river-station.yaml", "demo.yaml"]
+EXAMPLES = ["forest-sos.yaml", "trap-field.yaml", "river-station.yaml", "river-modbus.yaml", "hiker-meshtastic.yaml",
+            "demo.yaml"]
 
 
 @pytest.fixture(autouse=True)

@@ -39,7 +39,7 @@ def _type_text(annotation: Any) -> str:
         return f"{text}, or null" if type(None) in typing.get_args(annotation) else text
     if origin is Literal:
         return " | ".join(json.dumps(a) if isinstance(a, bool) else str(a) for a in typing.get_args(annotation))
-    if origin is list:
+    if origin is list or (origin is tuple and typing.get_args(annotation)[1:] == (Ellipsis,)):
         return f"list of {_type_text(typing.get_args(annotation)[0])}"
     if annotation is SecretStr:
         return "secret text"
@@ -58,6 +58,8 @@ def _default_text(field: FieldInfo) -> str:
         return "`null`"
     if isinstance(field.default, bool):
         return f"`{str(field.default).lower()}`"
+    if isinstance(field.default, tuple):
+        return f"`{json.dumps(list(field.default), ensure_ascii=False)}`"
     return f"`{field.default}`"
 
 

@@ -133,5 +133,7 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
             annotation = args[0]
         elif origin is list:
             return typing.get_args(annotation)[0], True
+        elif origin is tuple and typing.get_args(annotation)[1:] == (Ellipsis,):
+            return typing.get_args(annotation)[0], True  # tuple[X, ...]: a YAML list, kept immutable
         else:
             return annotation, False

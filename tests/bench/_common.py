@@ -16,8 +16,9 @@ from agent.config import Config, parse_config
 from agent.gateway.reading import Entry
 from agent.gateway.readings import FrameDecoder
 from drivers.types import Uplink
-from tests.support.field import FieldNode, default_values, wait_until, write_config  # noqa: F401 - for the trials
+from tests.support.field import FieldNode, default_values, write_config  # noqa: F401 - for the trials
 from tests.support.gateway_config import gateway_yaml, numbered_names
+from tests.support.polling import wait_until  # noqa: F401 - for the trials
 
 GATEWAY_ID = "gw-bench-01"
 RADIO = "lora0"

@@ -31,12 +31,12 @@ from tests.bridge._helpers import (
     telemetry_readings,
     topic,
     v1_sink,
-    wait_until,
 )
 from tests.support.broker import Collector
 from tests.support.contract import readings_schema
 from tests.support.field import NODES, FieldNode, config_text, default_values, readings_of, start_sim
 from tests.support.influx import InfluxDB1
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 

@@ -25,9 +25,10 @@ import pytest
 
 from agent.dev.devbroker import Mosquitto
 from tests.support.fault_rig import (AgentProcess, BridgeProcess, Feeder, WireRecorder, influx_keys, influx_total,
-                                     journal_status, sized, wait_until, write_bridge, write_gateway)
+                                     journal_status, sized, write_bridge, write_gateway)
 from tests.support.field import FieldNode, default_values, start_sim, wait_configured
 from tests.support.influx import InfluxDB1
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 

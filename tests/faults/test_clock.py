@@ -26,9 +26,10 @@ import pytest
 from agent.dev.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
 from tests.support.fault_rig import (DB, GATEWAY, REPO, AgentProcess, BridgeProcess, Key, frame_key, journal_status,
-                                     wait_until, write_bridge, write_gateway)
+                                     write_bridge, write_gateway)
 from tests.support.field import FieldNode, default_values, start_sim, wait_configured
 from tests.support.influx import InfluxDB1
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 

@@ -59,9 +59,10 @@ from agent.dev.devbroker import Mosquitto
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from tests.support.fault_rig import (AgentProcess, WireRecorder, denen_status_json, gateway_config, journal_status,
-                                     last_fcnt, readings_collector, readings_in, sized, wait_until, write_gateway)
+                                     last_fcnt, readings_collector, readings_in, sized, write_gateway)
 from tests.support.field import default_values, node_key, start_sim, wait_configured
 from tests.support.gateway_config import NodeEntry
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 

@@ -35,8 +35,9 @@ import pytest
 from agent.dev.devbroker import Mosquitto
 from agent.gateway.reading import LANES
 from tests.support.fault_rig import (GATEWAY, AgentProcess, Key, WireRecorder, denen_status_json, journal_status,
-                                     journaled_once, readings_collector, readings_in, sized, wait_until, write_gateway)
+                                     journaled_once, readings_collector, readings_in, sized, write_gateway)
 from tests.support.field import FieldNode, default_values, start_sim, wait_configured
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 

@@ -53,9 +53,10 @@ import pytest
 
 from agent.dev.devbroker import Mosquitto
 from tests.support.fault_rig import (AgentProcess, BridgeProcess, Feeder, Key, WireRecorder, influx_keys, influx_total,
-                                     journal_status, last_fcnt, sized, wait_until, write_bridge, write_gateway)
+                                     journal_status, last_fcnt, sized, write_bridge, write_gateway)
 from tests.support.field import FieldNode, default_values, start_sim, wait_configured
 from tests.support.influx import InfluxDB1
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 

@@ -21,8 +21,9 @@ import pytest
 
 from agent.dev.devbroker import Mosquitto
 from tests.support.fault_rig import (AgentProcess, Key, LineRecorder, denen_status_json, journal_status, journaled_once,
-                                     readings_collector, readings_in, sized, wait_until, write_gateway)
+                                     readings_collector, readings_in, sized, write_gateway)
 from tests.support.field import FieldNode, default_values, start_sim, wait_configured
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 

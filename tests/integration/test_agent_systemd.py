@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from agent.dev.devbroker import Mosquitto
-from tests.support.field import NODES, FieldNode, config_text, default_values, start_sim, wait_configured, wait_until, write_config
+from tests.support.field import NODES, FieldNode, config_text, default_values, start_sim, wait_configured, write_config
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 

@@ -19,8 +19,8 @@ import pytest
 
 from agent.dev.devbroker import Mosquitto
 from tests.support.broker import Collector
-from tests.support.field import wait_until
 from tests.support.gateway_config import mock_gpio, river, rules_yaml
+from tests.support.polling import wait_until
 from tests.support.scenario_rig import (
     GATEWAY,
     PREFIX,

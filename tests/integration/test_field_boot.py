@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.dev.devbroker import Mosquitto
-from tests.support.field import NODES, FieldNode, config_text, start_sim, wait_configured, wait_until
+from tests.support.field import NODES, FieldNode, config_text, start_sim, wait_configured
 
 pytestmark = pytest.mark.broker
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,8 @@ from agent.dev.devbroker import Mosquitto
 from agent.gateway.core import Gateway
 from tests.support.broker import Collector
 from tests.support.contract import readings_schema
-from tests.support.field import NODES, FieldNode, config_text, default_values, journal_unsent, readings_of, start_sim, wait_until
+from tests.support.field import NODES, FieldNode, config_text, default_values, journal_unsent, readings_of, start_sim
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 

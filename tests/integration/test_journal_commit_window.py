@@ -19,16 +19,8 @@ import pytest
 from agent.dev.devbroker import Mosquitto
 from tests.support.agentproc import AgentProcess
 from tests.support.broker import Collector
-from tests.support.field import (
-    NODES,
-    FieldNode,
-    config_text,
-    default_values,
-    readings_of,
-    start_sim,
-    wait_configured,
-    wait_until,
-)
+from tests.support.field import NODES, FieldNode, config_text, default_values, readings_of, start_sim, wait_configured
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 

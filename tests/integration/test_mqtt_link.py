@@ -22,7 +22,8 @@ from agent.dev.devbroker import Mosquitto
 from agent.gateway.core import Gateway
 from drivers.sim.es920lr import SimEs920lr
 from tests.support.broker import Collector
-from tests.support.field import NODES, FieldNode, config_text, default_values, readings_of, wait_until
+from tests.support.field import NODES, FieldNode, config_text, default_values, readings_of
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 

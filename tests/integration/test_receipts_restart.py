@@ -30,16 +30,9 @@ import pytest
 from drivers.airtime import time_on_air_ms
 from drivers.codec.frame import build_receipt
 from tests.support.agentproc import AgentProcess
-from tests.support.field import (
-    FieldNode,
-    config_text,
-    default_values,
-    node_key,
-    start_sim,
-    wait_configured,
-    wait_until,
-    write_config,
-)
+from tests.support.field import (FieldNode, config_text, default_values, node_key, start_sim, wait_configured,
+                                 write_config)
+from tests.support.polling import wait_until
 from tests.support.radio import radio_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -26,8 +26,8 @@ from agent.console.service import ConsoleService
 from agent.dev.devbroker import Mosquitto, free_port
 from tests.bridge._helpers import bridge_config_text, v1_sink
 from tests.console._rig import chromium, console_yaml
-from tests.support.field import wait_until
 from tests.support.influx import InfluxDB1
+from tests.support.polling import wait_until
 from tests.support.registry import write_registry
 from tests.support.gateway_config import mock_gpio, river, rules_yaml
 from tests.support.scenario_rig import GATEWAY, PREFIX, WAIT_S, ScenarioNode, ScenarioRig

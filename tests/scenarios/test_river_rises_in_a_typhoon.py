@@ -24,8 +24,8 @@ import jsonschema
 import pytest
 
 from tests.support.contract import readings_schema
-from tests.support.field import wait_until
 from tests.support.gateway_config import mock_gpio, river, rules_yaml
+from tests.support.polling import wait_until
 from tests.support.scenario_rig import (
     GATEWAY,
     LAMP_PIN,

@@ -23,8 +23,8 @@ import pytest
 
 from drivers.codec.frame import build_receipt
 from tests.support.contract import readings_schema
-from tests.support.field import wait_until
 from tests.support.gateway_config import mock_gpio, rules_yaml
+from tests.support.polling import wait_until
 from tests.support.scenario_rig import GATEWAY, LAMP_PIN, Published, ScenarioNode, ScenarioRig
 
 pytestmark = pytest.mark.broker

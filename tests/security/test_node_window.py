@@ -26,8 +26,9 @@ from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from tests.support.agentproc import AgentProcess
 from tests.support.broker import Collector
-from tests.support.field import FieldNode, config_text, default_values, readings_of, start_sim, wait_configured, \
-    wait_until, write_config
+from tests.support.field import (FieldNode, config_text, default_values, readings_of, start_sim, wait_configured,
+                                 write_config)
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 

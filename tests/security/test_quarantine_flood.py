@@ -22,8 +22,8 @@ from agent.dev.devbroker import Mosquitto
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from tests.support.agentproc import AgentProcess
-from tests.support.field import FieldNode, config_text, default_values, start_sim, wait_configured, wait_until, \
-    write_config
+from tests.support.field import FieldNode, config_text, default_values, start_sim, wait_configured, write_config
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 

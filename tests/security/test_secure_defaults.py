@@ -25,7 +25,8 @@ import pytest
 from agent.dev.devbroker import Mosquitto, free_port
 from agent.tools import doctor
 from agent.tools.doctor_host import Host
-from tests.support.field import FieldNode, config_text, start_sim, wait_configured, wait_until, write_config
+from tests.support.field import FieldNode, config_text, start_sim, wait_configured, write_config
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 

@@ -28,9 +28,9 @@ from agent.dev.devbroker import Mosquitto
 from drivers.sim.rak3172 import SimRak3172
 from tests.support.broker import Collector
 from tests.support.field import FieldNode, write_config
-from tests.support.field import wait_until as wait_until  # the fault tests import it from the rig
 from tests.support.gateway_config import gateway_yaml
 from tests.support.influx import InfluxDB1
+from tests.support.polling import wait_until
 from tests.support.registry import write_registry
 
 REPO = Path(__file__).resolve().parents[2]

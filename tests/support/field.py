@@ -16,10 +16,9 @@ from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from drivers.sim.rak3172 import SimRak3172
 from tests.support.gateway_config import gateway_yaml, node_key
-from tests.support.polling import wait_until
 
 __all__ = ["NODES", "FieldNode", "config_text", "default_values", "example_key_env", "example_keys_env",
-           "journal_unsent", "node_key", "readings_of", "start_sim", "wait_configured", "wait_until",
+           "journal_unsent", "node_key", "readings_of", "start_sim", "wait_configured",
            "write_config"]
 
 

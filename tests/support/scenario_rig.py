@@ -34,7 +34,8 @@ from drivers.sim.rak3172 import SimRak3172
 from tests.support import gateway_config
 from tests.support.gateway_config import LAMP_PIN, SIREN_PIN
 from tests.support.broker import Collector
-from tests.support.field import node_key, start_sim, wait_until
+from tests.support.field import node_key, start_sim
+from tests.support.polling import wait_until
 
 __all__ = [
     "GATEWAY",

@@ -68,7 +68,7 @@ has no mode to check; the secret files it names still are.
 
 from __future__ import annotations
 
-from agent.config.loader import Found, parse_yaml_model, read_config_file, read_config_text
+from agent.config.loader import parse_yaml_model, read_config_file, read_config_text
 from agent.config.models import (
     Config,
     GatewayConfig,
@@ -98,6 +98,7 @@ from agent.config.secrets import (
 )
 from agent.config.values import (
     ConfigSection,
+    Found,
     check_readable_file,
     config_problem,
     config_problems,

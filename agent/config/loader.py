@@ -28,7 +28,7 @@ from agent.config.values import _CTX_BASE_DIR, _CTX_LOADER, Found, _dotted
 from agent.errors import ConfigError, ConfigIssue
 from drivers.settings import Loc, Problems
 
-__all__ = ["Found", "ModelFile", "parse_yaml_model", "read_config_file", "read_config_text"]
+__all__ = ["ModelFile", "parse_yaml_model", "read_config_file", "read_config_text"]
 
 # The package's name: warnings are logged, and looked for, under it.
 log = logging.getLogger("agent.config")

@@ -5,7 +5,7 @@ Public API::
     time_on_air_ms(payload_len, sf, bw_khz, cr=0, preamble=8, *, crc=True, explicit_header=True) -> float
     channel_rules(frequency_hz, *, bw_khz=125.0, carrier_sense=True) -> ChannelRules
 
-The airtime formula is LoRaMac-node's (PROTOCOLS.md §8). The rules are PROTOCOLS.md §6; where that text leaves
+The airtime formula is LoRaMac-node's (docs/protocols.md §8). The rules are docs/protocols.md §6; where that text leaves
 two readings open, :func:`channel_rules` applies the stricter value of each limit, so that a gateway following
 them is inside the rules under either reading. Each such choice is marked [U] below.
 """
@@ -25,7 +25,7 @@ __all__ = [
     "time_on_air_ms",
 ]
 
-#: Lowest and highest LoRa channel centre in Japan's 920 MHz band (unit channels 24..38; PROTOCOLS.md §6).
+#: Lowest and highest LoRa channel centre in Japan's 920 MHz band (unit channels 24..38; docs/protocols.md §6).
 JP_LORA_MIN_HZ: Final = 920_600_000
 JP_LORA_MAX_HZ: Final = 923_400_000
 #: Lowest centre of the 922.4–923.4 MHz group (ch33 and up), where the short-LBT regime and its hourly budget
@@ -40,7 +40,7 @@ _EXACT_BW_HZ: Final[dict[float, float]] = {
     20.83: 20_833.3, 31.25: 31_250.0, 41.67: 41_666.7, 62.5: 62_500.0,
 }
 
-# -- the limits of PROTOCOLS.md §6, in seconds ----------------------------------------------------------------
+# -- the limits of docs/protocols.md §6, in seconds ----------------------------------------------------------------
 _LBT_LONG_S: Final = 0.005  # carrier sense >= 5 ms
 _MAX_TX_LONG_S: Final = 4.0  # one transmission <= 4 s
 _PAUSE_LONG_S: Final = 0.050  # pause after a transmission >= 50 ms
@@ -55,7 +55,7 @@ def time_on_air_ms(payload_len: int, sf: int, bw_khz: float, cr: int = 0, preamb
     """LoRa time on air of one packet, as LoRaMac-node ``sx126x/radio.c`` computes it.
 
     This is ``RadioGetLoRaTimeOnAirNumerator`` divided by the bandwidth, without its final rounding up to whole
-    milliseconds, so that it matches the PROTOCOLS.md §8 table. Low data rate optimisation is switched on when a
+    milliseconds, so that it matches the docs/protocols.md §8 table. Low data rate optimisation is switched on when a
     symbol lasts 16.38 ms or more, which is exactly the driver's rule (BW125 at SF11/12, BW250 at SF12) and
     extends it to the narrow bandwidths.
 
@@ -116,7 +116,7 @@ class ChannelRules:
         regime: ``lbt`` (920.6–922.2 MHz), ``lbt_strictest`` (922.4–923.4 MHz, the stricter value of each limit
             of its two regimes), or ``no_lbt`` (no carrier sense is assumed).
         lbt_min_s: carrier sense the radio must do before each transmission, in seconds; None when no carrier
-            sense is assumed. The radio module does it, not this code (PROTOCOLS.md §6 [U]).
+            sense is assumed. The radio module does it, not this code (docs/protocols.md §6 [U]).
         max_tx_s: longest single transmission, in seconds.
         min_pause_s: shortest pause after the end of a transmission before the next may start, in seconds.
         max_per_hour_s: most transmission time in any sliding hour on this channel, in seconds; None when the
@@ -142,7 +142,7 @@ class ChannelRules:
 
 
 def channel_rules(frequency_hz: int, *, bw_khz: float = 125.0, carrier_sense: bool = True) -> ChannelRules:
-    """The ARIB STD-T108 limits (PROTOCOLS.md §6) for a 20 mW LoRa transmission on one channel.
+    """The ARIB STD-T108 limits (docs/protocols.md §6) for a 20 mW LoRa transmission on one channel.
 
     * 920.6–922.2 MHz (ch24–32): LBT >= 5 ms, TX <= 4 s, pause >= 50 ms, no hourly limit.
     * 922.4–923.4 MHz (ch33 and up): the same, *or* LBT >= 128 µs with TX <= 400 ms, pause >= 2 ms and at most

@@ -1,4 +1,4 @@
-"""The denen node frame, version 1 (PROTOCOLS.md §9): the wire contract for sensor firmware.
+"""The denen node frame, version 1 (docs/protocols.md §9): the wire contract for sensor firmware.
 
 Layout, all integers big-endian::
 
@@ -279,7 +279,7 @@ def build(
 
 
 def build_receipt(node_id: int, counter: int, key: bytes | None = None) -> bytes:
-    """Assemble the receipt downlink for an acknowledged uplink (PROTOCOLS.md §9, gateway rules).
+    """Assemble the receipt downlink for an acknowledged uplink (docs/protocols.md §9, gateway rules).
 
     Args:
         node_id: the node that sent the uplink.

@@ -1,4 +1,4 @@
-"""Sensor kinds of the denen node frame (PROTOCOLS.md §9): which LPP channel carries which value, in which unit.
+"""Sensor kinds of the denen node frame (docs/protocols.md §9): which LPP channel carries which value, in which unit.
 
 Each kind maps LPP channels to named values whose key says the unit (``battery_v``, ``level_cm``)::
 

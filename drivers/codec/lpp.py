@@ -1,4 +1,4 @@
-"""Cayenne LPP: decode and encode sensor records (PROTOCOLS.md §3).
+"""Cayenne LPP: decode and encode sensor records (docs/protocols.md §3).
 
 A body is a sequence of ``[channel][type][data]`` records, all integers big-endian. This module knows every type in
 both tables of §3 (the myDevices originals and the ElectronicCats/RAK extensions) plus RAKwireless' type 255, a
@@ -174,7 +174,7 @@ _GPS_TYPE = LppType(
 )
 
 _ALL_TYPES: tuple[LppType, ...] = (
-    # myDevices Cayenne LPP (PROTOCOLS.md §3, first table)
+    # myDevices Cayenne LPP (docs/protocols.md §3, first table)
     _scalar(0, "digital_input", "B", _U8, 1, ""),
     _scalar(1, "digital_output", "B", _U8, 1, ""),
     _scalar(2, "analog_input", "h", _S16, 100, ""),

@@ -18,7 +18,7 @@ Boot and line discipline
       operation mode without any prompt [V usr_tasks.c MessageTask].
     - The terminal/processor choice is stored in the same flash block as the settings [V usr_tasks.c].
     - A line ends only at CR immediately followed by LF [V CommRxCallBack]. The buffer is 256 bytes
-      (``MAX_COMM_SIZE`` [U: the value is from PROTOCOLS.md, the header was not read]). On overflow the firmware
+      (``MAX_COMM_SIZE`` [U: the value is from docs/protocols.md, the header was not read]). On overflow the firmware
       does **not** answer NG: the write index silently wraps to 0, so the *tail* of an over-long line is what
       gets processed (usually ``NG 001`` in configuration mode) [V]. ``\\b`` deletes the previous byte in
       configuration mode [V]. Bytes after a NUL are invisible to the C-string parsing (strcmp/strlen) [V].
@@ -64,7 +64,7 @@ Operation mode
       [U]; ``broadcast_any_pan=False`` gives that reading). Frames arriving while a send waits for its
       ACK are dropped [V ReceivePacketProcess].
     - ASCII RX line: ``[RSSI 4 hex][PAN 4 hex][SRC 4 hex]<raw payload>\\r\\n``; RSSI is the int16 printed
-      big-endian upper-case hex (``FFB5`` = −75 dBm) [V layout; U upper case, from PROTOCOLS.md].
+      big-endian upper-case hex (``FFB5`` = −75 dBm) [V layout; U upper case, from docs/protocols.md].
     - Binary format: host → module ``[len][len bytes]`` with a 500 ms inter-byte timeout; raw ``config``
       (6 bytes, no length) switches to Configuration [V]. Module → host ``[len][RSSI?][PAN SRC?][payload]``
       where ``len`` counts every byte after it, and **no CR LF** follows [V ReceiveData]. Replies are
@@ -117,7 +117,7 @@ VERSION = "VER 1.12"
 BOOT_PROMPT = b"\r\nSelect Mode [1.terminal or 2.processor]\r\n"
 OPERATION_BANNER = b"\r\n ----- operation mode is ready ----- \r\n"
 BROADCAST = 0xFFFF
-BUFFER_SIZE = 256  # MAX_COMM_SIZE [U: from PROTOCOLS.md]
+BUFFER_SIZE = 256  # MAX_COMM_SIZE [U: from docs/protocols.md]
 MAX_PAYLOAD = 50  # message.c MAX_DATA_LENGTH
 FRAME_HEAD = 8  # 4 hex PAN + 4 hex destination ID in Frame mode
 

@@ -30,7 +30,7 @@ __all__ = [
 #: The keys ``ModuleFaults.counts`` uses, one per injectable line fault.
 FAULT_KEYS = ("garbage", "truncate", "duplicate", "drop")
 
-# What a UART commonly produces around a reset or a glitch (PROTOCOLS.md "Suggested simulator scope";
+# What a UART commonly produces around a reset or a glitch (docs/protocols.md "Suggested simulator scope";
 # hideakitai/ES920 treats FC FC FC at 115200 as a reset artefact).
 _TYPICAL_GARBAGE = (b"\x00", b"\xff", b"\xfc\xfc\xfc", b"\x00\x00", b"\xff\xff")
 

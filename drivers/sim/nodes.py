@@ -1,4 +1,4 @@
-"""Simulated denen sensor nodes: they build real node frames (PROTOCOLS.md §9) with plausible readings.
+"""Simulated denen sensor nodes: they build real node frames (docs/protocols.md §9) with plausible readings.
 
 A :class:`SimNode` knows its id, kind, optional key and frame counter, and produces the frames a field device of
 that kind would send: SOS buttons (a press with a GPS fix in the hills west of Tokyo), wildlife traps (fired /

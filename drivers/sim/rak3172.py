@@ -1,7 +1,7 @@
 """A simulated RAK3172 running RUI3 firmware in LoRa P2P mode, on a real pseudo-terminal.
 
 The agent opens :attr:`SimRak3172.path` exactly as it would open ``/dev/ttyUSB0`` and talks AT commands to it.
-Behaviour follows PROTOCOLS.md §1 and its "Suggested simulator scope" (RAK3172/RUI3 profile), which were taken
+Behaviour follows docs/protocols.md §1 and its "Suggested simulator scope" (RAK3172/RUI3 profile), which were taken
 from RAKWireless/RAK-STM32-RUI (``service_mode_cli.c``, ``atcmd.c``, ``atcmd_p2p.c``, ``service_lora_p2p.c``):
 
 * the command line: CR *or* LF runs the buffered command (``\\r\\n`` -> the LF meets an empty buffer and is

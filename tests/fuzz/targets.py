@@ -160,7 +160,7 @@ def _check_codec_error(exc: CodecError, cls: type[CodecError], reasons: frozense
 # =====================================================================================================================
 # Codec: Cayenne LPP, the denen frame, kinds
 
-#: PROTOCOLS.md §9 kind table, written out again here (not imported from kinds.py) so that generated bodies are
+#: docs/protocols.md §9 kind table, written out again here (not imported from kinds.py) so that generated bodies are
 #: checked against the spec: (channel, LPP type name, presence) with presence True required, False optional, None
 #: "at least one of these".
 KIND_SPEC: dict[str, tuple[tuple[int, str, bool | None], ...]] = {

@@ -1,6 +1,6 @@
 """RadioWorker with each real driver against each simulated module on its pty.
 
-The drivers were written from PROTOCOLS.md and the simulators from the same text by someone else; these tests are
+The drivers were written from docs/protocols.md and the simulators from the same text by someone else; these tests are
 where the two readings meet. Each test opens the simulator's stable link exactly as the agent opens /dev/lora0.
 """
 

@@ -1,6 +1,6 @@
 """The simulated RAK3172 (RUI3, LoRa P2P), driven through a real pyserial port on its pty.
 
-Exact bytes come from PROTOCOLS.md §1 (the "Examples (echo off)" block and the error strings) and §8 (airtime).
+Exact bytes come from docs/protocols.md §1 (the "Examples (echo off)" block and the error strings) and §8 (airtime).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def running(tmp_path: object, **kw: object) -> Iterator[tuple[SimRak3172, serial
 
 
 # -- airtime ---------------------------------------------------------------------------------------------------
-TOA_TABLE = {  # PROTOCOLS.md §8: payload -> SF7..SF12, BW125, CR4/5, preamble 8
+TOA_TABLE = {  # docs/protocols.md §8: payload -> SF7..SF12, BW125, CR4/5, preamble 8
     20: (56.6, 102.9, 185.3, 370.7, 741.4, 1318.9),
     33: (71.9, 133.6, 246.8, 452.6, 987.1, 1810.4),
     51: (102.7, 184.8, 328.7, 616.4, 1314.8, 2465.8),
@@ -127,7 +127,7 @@ def test_time_on_air_follows_bandwidth_coding_rate_and_ldro() -> None:
         time_on_air_ms(20, 7, 125, cr=4)
 
 
-# -- the PROTOCOLS.md §1 examples ------------------------------------------------------------------------------
+# -- the docs/protocols.md §1 examples ------------------------------------------------------------------------------
 def test_protocols_examples_exact_bytes(sim: SimRak3172, host: serial.Serial) -> None:
     xfer(host, b"AT\r\n", b"OK\r\n")
     host.write(b"AT+NWM=0\r\n")

@@ -221,7 +221,7 @@ def test_interval_s_and_the_reference_say_when_a_node_is_silent_and_late() -> No
 
 
 def test_trap_field_carries_the_protocol_worked_example_key() -> None:
-    # PROTOCOLS.md §9: this frame's MIC under this node's key is F0CE538F. Proves the key survives loading intact.
+    # docs/protocols.md §9: this frame's MIC under this node's key is F0CE538F. Proves the key survives loading intact.
     node = load_config(CONFIG_DIR / "trap-field.yaml").node_by_id[0x00A1B2C3]
     key = node.key_bytes()
     assert key is not None

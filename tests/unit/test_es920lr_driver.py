@@ -1,4 +1,4 @@
-"""EASEL ES920LR driver against a scripted fake module (PROTOCOLS.md §2): configuration, the three states a
+"""EASEL ES920LR driver against a scripted fake module (docs/protocols.md §2): configuration, the three states a
 module can be found in, ASCII and binary framing, reboots and transmit."""
 
 from __future__ import annotations

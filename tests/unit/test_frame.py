@@ -1,4 +1,4 @@
-"""denen node frame v1 (PROTOCOLS.md §9): byte-for-byte examples, CMAC, structure errors, properties."""
+"""denen node frame v1 (docs/protocols.md §9): byte-for-byte examples, CMAC, structure errors, properties."""
 
 from __future__ import annotations
 

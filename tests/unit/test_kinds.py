@@ -1,4 +1,4 @@
-"""Sensor kinds (PROTOCOLS.md §9 table): names, channel mapping, units, errors and the encode/decode round trip."""
+"""Sensor kinds (docs/protocols.md §9 table): names, channel mapping, units, errors and the encode/decode round trip."""
 
 from __future__ import annotations
 

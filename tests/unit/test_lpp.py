@@ -31,7 +31,7 @@ def _close(actual: object, expected: object, type_name: str) -> None:
         assert abs(actual - expected) <= spec.fields[0].step / 2 + 1e-9 * max(1.0, abs(expected)), (actual, expected)  # type: ignore[operator, arg-type]
 
 
-# --- PROTOCOLS.md §3 test vectors -------------------------------------------------------------------------------
+# --- docs/protocols.md §3 test vectors -------------------------------------------------------------------------------
 
 
 def test_vector_two_temperatures() -> None:

@@ -3,7 +3,7 @@
 Three levels:
 - the parser alone: bytes in through ``feed``, uplinks and incidents out (``RecordingLink``);
 - configuration and transmit against ``FakeRak``, a scripted module answering each command line the way
-  PROTOCOLS.md §1 describes, behind ``ScriptLink`` (no threads, no port);
+  docs/protocols.md §1 describes, behind ``ScriptLink`` (no threads, no port);
 - the RadioWorker thread on ``FakePort`` (a thread-safe fake pyserial port carrying ``FakeRak``), for open/
   reopen/backoff/stop/transmit behaviour.
 """

@@ -91,7 +91,7 @@ def rules(frequency_hz: int = F_LONG, **changes: float | None) -> ChannelRules:
 
 def test_time_on_air_lives_in_drivers_airtime_and_the_sim_uses_it() -> None:
     assert sim_rak3172.time_on_air_ms is time_on_air_ms
-    # PROTOCOLS.md §8 table (BW125, CR4/5, preamble 8): 20 B at SF10 and SF12, 51 B at SF7.
+    # docs/protocols.md §8 table (BW125, CR4/5, preamble 8): 20 B at SF10 and SF12, 51 B at SF7.
     assert time_on_air_ms(20, 10, 125) == pytest.approx(370.7, abs=0.1)
     assert time_on_air_ms(20, 12, 125) == pytest.approx(1318.9, abs=0.1)
     assert time_on_air_ms(51, 7, 125) == pytest.approx(102.7, abs=0.1)

@@ -125,7 +125,6 @@ from agent.bridge.registry import UNKNOWN_SITE, GatewayRegistry
 from agent.bridge.schema import (
     DOCUMENT_TOPICS,
     ID_RE,
-    NODE_KINDS,  # noqa: F401 - tests/fuzz/targets.py reads lineproto.NODE_KINDS
     SHAPE_ERRORS,
     Converted,
     Invalid,

@@ -13,7 +13,6 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.bridge import BridgeConfig, parse_bridge_config
 from agent.dev.devbroker import Mosquitto
-from tests.support.polling import wait_until  # noqa: F401 - until tests/bridge/test_ngsi_bridge.py imports it from there
 from tests.support.registry import write_registry
 
 PREFIX = "denen/v1"

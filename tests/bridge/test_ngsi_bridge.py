@@ -23,10 +23,10 @@ from tests.bridge._helpers import (
     reading,
     telemetry_readings,
     topic,
-    wait_until,
 )
 from tests.bridge.test_bridge_process import BridgeProcess, PacedPublisher
 from tests.support.ngsi_server import NgsiServer
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 

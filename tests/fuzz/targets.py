@@ -35,11 +35,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from agent.bridge import lineproto
+from agent.bridge import lineproto, schema
 from agent.bridge.config import parse_bridge_config
-from agent.gateway.clock import EPOCH_FLOOR_US
 from agent.config import Config, parse_config
 from agent.errors import ConfigError, ConfigIssue
+from agent.gateway.clock import EPOCH_FLOOR_US
 from agent.gateway.readings import FrameDecoder
 from drivers import es920lr, rak3172
 from drivers.codec import frame as nodeframe
@@ -904,7 +904,7 @@ class LineSplitterTarget(Target):
 LINEPROTO_REASONS = frozenset({"invalid_json", "invalid_schema", "unknown_schema", "wrong_gateway",
                                "invalid_reading", "timestamp_before_2020", "timestamp_in_future", "not_finite",
                                "invalid_text", "unknown_gateway"})
-MEASUREMENTS = lineproto.NODE_KINDS | {"node_health", "gateway_health", "alert", "gateway_status"}
+MEASUREMENTS = schema.NODE_KINDS | {"node_health", "gateway_health", "alert", "gateway_status"}
 _FLOAT_LITERAL = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]\d+)?")
 GATEWAYS = ("gw-fuzz-01", "gw-okutama-01", "g")
 TRICKY_STRINGS = ("", " ", "a b", "a,b", "a=b", "a\\", "\\", "a\\ b", '"', "a\nb", "\r", "\t", "\x00", "\x7f",

@@ -26,7 +26,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from drivers.meshtastic import _protobufs
 from drivers.meshtastic_stream import StreamParser, frame
 from drivers.sim._pty import PtyPort
+from drivers.sim._twin import PluggedModule
 from drivers.sim.faults import ModuleFaults, noise_bytes
 
 __all__ = ["NodeEntry", "Profile", "SimMeshtastic", "Simulator", "air_payload"]
@@ -67,7 +68,7 @@ class NodeEntry:
     last_heard_s: int = 0
 
 
-class SimMeshtastic:
+class SimMeshtastic(PluggedModule):
     """A Meshtastic device with the serial API, on a pty (module docstring).
 
     Args:
@@ -152,20 +153,8 @@ class SimMeshtastic:
                 self._write(noise_bytes(self._rng))
             self._power_on()
 
-    def unplug(self) -> None:
-        with self._lock:
-            self._power_off()
-        self.port.unplug()
-
-    def replug(self) -> None:
-        self.port.replug()
-        with self._lock:
-            if not self._powered:
-                self._power_on()
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-        with self._cond:
-            return self._cond.wait_for(predicate, timeout)
+    def _boot_after_replug(self) -> None:
+        self._power_on()
 
     def _power_off(self) -> None:
         self._powered = self._booted = self._api = False

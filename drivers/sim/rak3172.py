@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from drivers.airtime import time_on_air_ms  # the sim's TX timing is the real formula
 from drivers.sim._pty import PtyPort
+from drivers.sim._twin import PluggedModule
 from drivers.sim.faults import ModuleFaults, baud_garble, bauds_match, noise_bytes
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class _Command:
     p2p: bool = False  # gets AT_MODE_NO_SUPPORT in LoRaWAN mode
 
 
-class SimRak3172:
+class SimRak3172(PluggedModule):
     """A RAK3172 (RUI3, LoRa P2P) on a pty.
 
     Args:
@@ -238,31 +239,8 @@ class SimRak3172:
             self._power_off()
             self._power_on(noise=noise)
 
-    def unplug(self) -> None:
-        """The device vanishes: host reads fail, the path disappears, and the module loses power."""
-        with self._lock:
-            self._power_off()
-        self.port.unplug()
-
-    def replug(self) -> None:
-        """The device comes back under the same path (a new pty) and boots again."""
-        self.port.replug()
-        with self._lock:
-            if not self._powered:
-                self._power_on(noise=True)
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-        """Wait until ``predicate()`` is true; it is re-checked whenever the simulator's state changes.
-
-        Args:
-            predicate: evaluated under the simulator's lock.
-            timeout: longest wait, in seconds.
-
-        Returns:
-            The predicate's last value (False on timeout).
-        """
-        with self._cond:
-            return self._cond.wait_for(predicate, timeout)
+    def _boot_after_replug(self) -> None:
+        self._power_on(noise=True)
 
     # -- test verbs: radio side ----------------------------------------------------------------------------
     def inject_uplink(self, payload: bytes, *, rssi: int = -80, snr: float = 7.0, src: int | None = None) -> bool:

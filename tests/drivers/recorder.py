@@ -1,14 +1,16 @@
-"""What a RadioWorker reports, recorded for tests that run real drivers (tests/drivers, tests/sim)."""
+"""What a RadioWorker reports, recorded for tests that run real drivers (tests/drivers, tests/sim), and the life of
+a rig (a twin on a pty and the worker driving it) in a fixture."""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from drivers.types import Uplink
 
-__all__ = ["Events"]
+__all__ = ["Events", "Rig", "running"]
 
 
 class Events:
@@ -53,3 +55,27 @@ class Events:
         with self._cond:
             if not self._cond.wait_for(predicate, self.wait_s if timeout is None else timeout):
                 raise AssertionError(f"timed out; incidents so far: {Counter(k for k, _d in self.incidents)}")
+
+
+class Rig(Protocol):
+    """A twin and the worker driving it, as a fixture runs them."""
+
+    worker: Any
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+R = TypeVar("R", bound=Rig)
+
+
+def running(rig: R) -> Iterator[R]:
+    """Start ``rig``, yield it to the test, stop it (whatever the test did) and check the worker's thread ended;
+    a fixture returns ``yield from running(Rig(...))``."""
+    rig.start()
+    try:
+        yield rig
+    finally:
+        rig.stop()
+    assert not rig.worker.alive

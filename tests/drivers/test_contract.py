@@ -29,7 +29,7 @@ import pytest
 from drivers import registry
 from drivers.errors import ModuleError, ModuleTimeout
 from drivers.radio import RadioWorker
-from tests.drivers.recorder import Events
+from tests.drivers.recorder import Events, running
 
 WAIT_S = 20.0  # generous: the machine running the suite may be loaded
 
@@ -90,13 +90,7 @@ class Rig:
 
 @pytest.fixture(params=registry.names())
 def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(registry.spec(request.param), tmp_path)
-    try:
-        r.start()
-        yield r
-    finally:
-        r.stop()
-    assert not r.worker.alive
+    yield from running(Rig(registry.spec(request.param), tmp_path))
 
 
 def test_every_driver_has_a_twin_that_the_suite_can_drive() -> None:

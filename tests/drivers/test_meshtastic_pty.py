@@ -26,7 +26,7 @@ from drivers.meshtastic import SPEC, MeshtasticConfig, probe
 from drivers.radio import RadioWorker
 from drivers.sim.meshtastic import NodeEntry as DbEntry
 from drivers.sim.meshtastic import SimMeshtastic
-from tests.drivers.recorder import Events
+from tests.drivers.recorder import Events, running
 from tests.support.gateway_config import NodeEntry, gateway_yaml, node_key
 
 WAIT_S = 20.0
@@ -80,13 +80,7 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path)
-    try:
-        r.start()
-        yield r
-    finally:
-        r.stop()
-    assert not r.worker.alive
+    yield from running(Rig(tmp_path))
 
 
 def test_an_sos_text_from_a_known_device_is_an_sos_reading_with_its_position_flagged_unauthenticated(rig: Rig) -> None:

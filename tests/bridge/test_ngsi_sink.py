@@ -52,6 +52,16 @@ def make(url: str, **kwargs: Any) -> NgsiSink:
     return sink
 
 
+def write_all(url: str, ls: list[str], **kwargs: Any) -> list[Any]:
+    """Write ``ls`` to a new sink (``make(url, **kwargs)``) through the bridge's WritePolicy with fast retries;
+    returns the refused lines."""
+    sink = make(url, **kwargs)
+    try:
+        return WritePolicy(sink, stop=threading.Event(), retry_min_s=0.01).write(ls)
+    finally:
+        sink.close()
+
+
 def lines(gateway: str, readings: list[dict[str, Any]]) -> list[str]:
     conv = Serializer(registry=REGISTRY, now_us=lambda: T0_US + 10**10).convert(
         topic(gateway, readings[0]["lane"]), batch(gateway, readings))
@@ -147,12 +157,8 @@ def test_per_entity_refusal_in_a_207_dead_letters_only_those_lines_with_the_serv
         server: NgsiServer) -> None:
     server.refuse_entities(lambda e: e["id"].endswith(":00000305") and e["type"] == "FloodMonitoring",
                            detail="currentLevel out of range for this station")
-    sink = make(server.url)
     ls = levels("gw-a", 20, 10)
-    try:
-        refused = WritePolicy(sink, stop=threading.Event(), retry_min_s=0.01).write(ls)
-    finally:
-        sink.close()
+    refused = write_all(server.url, ls)
     assert sorted(ls[r.index] for r in refused) == sorted(l for l in ls if l.startswith("water_level,")
                                                          and "node=00000305" in l)
     assert all("HTTP 400" in r.error and "currentLevel out of range for this station" in r.error for r in refused)
@@ -162,27 +168,19 @@ def test_per_entity_refusal_in_a_207_dead_letters_only_those_lines_with_the_serv
 
 def test_a_whole_request_refused_with_400_is_narrowed_to_the_bad_entity(server: NgsiServer) -> None:
     server.refuse_requests(lambda e: e["id"] == "urn:ngsi-ld:Device:okutama:00000302")
-    sink = make(server.url)
     ls = levels("gw-a", 8, 8)
-    try:
-        refused = WritePolicy(sink, stop=threading.Event(), retry_min_s=0.01).write(ls)
-    finally:
-        sink.close()
+    refused = write_all(server.url, ls)
     assert [ls[r.index] for r in refused] == [l for l in ls if l.startswith("water_level,") and "00000302" in l]
     assert "refused by the test broker: urn:ngsi-ld:Device:okutama:00000302" in refused[0].error
     assert len(server.ids("okutama", "FloodMonitoring")) == 7
 
 
 def test_409_is_a_creation_race_upserted_again(server: NgsiServer) -> None:
-    sink = make(server.url)
     server.fail(1, 409)
     refused_once = [True]
     server.refuse_entities(lambda e: refused_once.pop() if refused_once else False, status=409,
                            kind="AlreadyExists")
-    try:
-        assert WritePolicy(sink, stop=threading.Event(), retry_min_s=0.01).write(levels("gw-a", 4, 4)) == []
-    finally:
-        sink.close()
+    assert write_all(server.url, levels("gw-a", 4, 4)) == []
     assert server.answers[409] == 1 and server.answers[207] == 1
     assert len(server.ids("okutama")) == 8
 
@@ -200,12 +198,8 @@ def test_bad_credentials_are_refused_with_a_hint(server: NgsiServer) -> None:
 def test_ngsi_v2_append_with_fiware_headers_and_bisection_of_a_400() -> None:
     with NgsiServer("v2") as server:
         server.refuse_requests(lambda e: e["id"] == "urn:ngsi-ld:Device:okutama:00000303")
-        sink = make(server.url, kind="ngsi-v2", ngsi="    tenant: okutama\n    service_path: /denen/rivers")
         ls = levels("gw-a", 6, 6)
-        try:
-            refused = WritePolicy(sink, stop=threading.Event(), retry_min_s=0.01).write(ls)
-        finally:
-            sink.close()
+        refused = write_all(server.url, ls, kind="ngsi-v2", ngsi="    tenant: okutama\n    service_path: /denen/rivers")
         assert [ls[r.index] for r in refused] == [l for l in ls if l.startswith("water_level,") and "00000303" in l]
         headers = {k.lower(): v for k, v in server.requests[0]["headers"].items()}
         assert headers["fiware-service"] == "okutama" and headers["fiware-servicepath"] == "/denen/rivers"

@@ -8,6 +8,8 @@
     Problems([Problem(subloc, message, hint), ...]) several at once
     did_you_mean(word, choices)  the closest valid choice for a misspelt word
     choices_hint(word, choices, what)              "did you mean 'x'? <what>: a, b, c"
+    Seconds, Count               value types of the settings most sections have: a wait, timeout or interval
+                                 (seconds, more than zero) and how many of something (at least one)
 
 A validator raises :class:`Problems`; pydantic wraps it in a ``value_error`` whose ``ctx["error"]`` is that
 object, and the YAML loader (``agent.config.loader``) turns each problem into ``file:line:column: key: message
@@ -20,12 +22,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.errors import DenenError
 
-__all__ = ["Loc", "Problem", "Problems", "Section", "choices_hint", "did_you_mean", "problem"]
+__all__ = ["Count", "Loc", "Problem", "Problems", "Seconds", "Section", "choices_hint", "did_you_mean", "problem"]
 
 #: A location below a model: keys and list indexes, e.g. ("radios", 0, "p2p").
 Loc = tuple[str | int, ...]
@@ -73,6 +76,11 @@ def choices_hint(word: str, choices: Sequence[str], what: str) -> str:
     near = did_you_mean(word, choices)
     listing = f"{what}: {', '.join(choices)}"
     return f"did you mean '{near}'? {listing}" if near else listing
+
+#: A wait, timeout or interval, in seconds: more than zero (a field adds its own upper bound).
+Seconds = Annotated[float, Field(gt=0)]
+#: How many of something (readings, attempts, messages): at least one (a field adds its own upper bound).
+Count = Annotated[int, Field(ge=1)]
 
 
 class Section(BaseModel):

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from agent.bridge.deadletter import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEM_BYTES
+from agent.bridge.ngsi_config import NgsiConfig, ngsi_sink_problems
 from agent.config import (
     ConfigSection,
     Found,
@@ -36,10 +38,15 @@ from agent.config import (
 )
 from agent.config.loader import ModelFile
 from agent.config.mqtt import mqtt_tls_warnings
+from agent.config.secrets import (
+    SecretEnv,
+    SecretText,
+    WithSecrets,
+    read_secret_file,
+    secret_file,
+)
 from agent.config.values import TopLevel
-from agent.config.secrets import SecretEnv, SecretText, WithSecrets, read_secret_file, secret_file
-from agent.bridge.deadletter import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEM_BYTES
-from agent.bridge.ngsi_config import NgsiConfig, ngsi_sink_problems
+from drivers.settings import Count, Seconds
 
 __all__ = [
     "BatchConfig",
@@ -105,11 +112,11 @@ class MqttLoginConfig(WithSecrets):
         description="Topic prefix the gateways publish under (their mqtt.topic_prefix), e.g. denen/v1.",
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds (5..3600).")
-    reconnect_min_s: float = Field(
-        default=1.0, gt=0, le=3600, description="First wait before reconnecting to the broker, in seconds."
+    reconnect_min_s: Seconds = Field(
+        default=1.0, le=3600, description="First wait before reconnecting to the broker, in seconds."
     )
-    reconnect_max_s: float = Field(
-        default=30.0, gt=0, le=86400, description="Longest wait between reconnect attempts, in seconds."
+    reconnect_max_s: Seconds = Field(
+        default=30.0, le=86400, description="Longest wait between reconnect attempts, in seconds."
     )
 
     @field_validator("topic_prefix")
@@ -208,8 +215,8 @@ class SinkConfig(WithSecrets):
         default="http://127.0.0.1:8086",
         description="Base URL of the database, e.g. http://influxdb:8086 (https:// for TLS).",
     )
-    timeout_s: float = Field(
-        default=10.0, gt=0, le=600, description="Timeout of one write request (connect and read), in seconds."
+    timeout_s: Seconds = Field(
+        default=10.0, le=600, description="Timeout of one write request (connect and read), in seconds."
     )
     # v1
     database: str | None = Field(default=None, min_length=1, description="v1: database name (required for v1).")
@@ -249,12 +256,12 @@ class SinkConfig(WithSecrets):
         "the config is loaded.",
     )
     gzip: bool = Field(default=False, description="Compress request bodies (worth it over slow links).")
-    retry_min_s: float = Field(
-        default=0.5, gt=0, le=600, description="First wait before retrying a failed write, in seconds; doubled "
+    retry_min_s: Seconds = Field(
+        default=0.5, le=600, description="First wait before retrying a failed write, in seconds; doubled "
         "after each failure."
     )
-    retry_max_s: float = Field(
-        default=30.0, gt=0, le=3600, description="Longest wait between write retries, in seconds."
+    retry_max_s: Seconds = Field(
+        default=30.0, le=3600, description="Longest wait between write retries, in seconds."
     )
     ngsi: NgsiConfig | None = Field(
         default=None, description="ngsi-ld / ngsi-v2: the context broker's settings (defaults when absent)."
@@ -324,16 +331,12 @@ class SinkConfig(WithSecrets):
 class BatchConfig(ConfigSection):
     """How readings are grouped into writes."""
 
-    max_lines: int = Field(
-        default=5000,
-        ge=1,
-        le=1_000_000,
+    max_lines: Count = Field(
+        default=5000, le=1_000_000,
         description="A write is sent when it holds this many lines (points; a reading makes 2 or 3)...",
     )
-    max_messages: int = Field(
-        default=500,
-        ge=1,
-        le=RECEIVE_MAXIMUM_CAP // 2,
+    max_messages: Count = Field(
+        default=500, le=RECEIVE_MAXIMUM_CAP // 2,
         description="...or this many MQTT messages (1..32767). The bridge asks the broker for at most twice this "
         "many unacknowledged messages at once (MQTT Receive Maximum): one batch being written and the next one "
         "filling. It bounds the bridge's memory while the database is down (each message holds up to the "
@@ -427,10 +430,8 @@ class LimitsConfig(ConfigSection):
         "Larger messages are dead-lettered (reason too_large, content cut) and the broker is asked not to send "
         "them (MQTT v5 Maximum Packet Size).",
     )
-    max_future_s: float = Field(
-        default=300,
-        gt=0,
-        le=366 * 86400,
+    max_future_s: Seconds = Field(
+        default=300, le=366 * 86400,
         description="A reading or a gateway document (status, state, command result) stamped more than this many "
         "seconds after the bridge's clock is dead-lettered (reason timestamp_in_future), so a wrong clock cannot "
         "pin a dashboard's last value.",
@@ -467,8 +468,8 @@ class HealthConfig(ConfigSection):
         default=5.0, ge=1, le=600,
         description="Seconds between updates of the systemd status line (STATUS=, shown by systemctl status).",
     )
-    max_gateways: int = Field(
-        default=1000, ge=1, le=100_000,
+    max_gateways: Count = Field(
+        default=1000, le=100_000,
         description="Gateways reported per interval at most (one point each, only gateways heard in the "
         "interval); more are counted in the field gateways_over_limit.",
     )

@@ -17,7 +17,7 @@ from agent.config.secrets import (
     secret_text,
 )
 from agent.config.values import Found, _check_readable_file, _resolve_path
-from drivers.settings import Loc, Problem, Problems, Section, problem
+from drivers.settings import Count, Loc, Problem, Problems, Seconds, Section, problem
 
 
 class TlsConfig(Section):
@@ -116,8 +116,8 @@ class MqttConfig(WithSecrets):
         description="First topic levels of everything this gateway publishes, e.g. denen/v1; no '+' or '#', no "
         "leading or trailing '/'.",
     )
-    batch_max_readings: int = Field(
-        default=200, ge=1, le=5000, description="Most readings put in one MQTT message (1..5000)."
+    batch_max_readings: Count = Field(
+        default=200, le=5000, description="Most readings put in one MQTT message (1..5000)."
     )
     batch_max_kb: int = Field(
         default=256,
@@ -127,19 +127,15 @@ class MqttConfig(WithSecrets):
         "make it larger (one reading always goes). The backend's broker (max_packet_size) and bridge "
         "(limits.max_message_kb) refuse larger messages, so this keeps every batch deliverable.",
     )
-    inflight_window: int = Field(
-        default=8, ge=1, le=100, description="Most MQTT messages awaiting the broker's PUBACK at once (1..100)."
+    inflight_window: Count = Field(
+        default=8, le=100, description="Most MQTT messages awaiting the broker's PUBACK at once (1..100)."
     )
-    reconnect_min_s: float = Field(
-        default=1.0,
-        gt=0,
-        le=3600,
+    reconnect_min_s: Seconds = Field(
+        default=1.0, le=3600,
         description="First wait before reconnecting to the broker, in seconds; doubled after each failure.",
     )
-    reconnect_max_s: float = Field(
-        default=60.0,
-        gt=0,
-        le=86400,
+    reconnect_max_s: Seconds = Field(
+        default=60.0, le=86400,
         description="Longest wait between reconnect attempts, in seconds; at least reconnect_min_s.",
     )
 

@@ -36,8 +36,15 @@ from agent.config import (
 )
 from agent.config.loader import ModelFile
 from agent.config.mqtt import mqtt_tls_warnings
+from agent.config.secrets import (
+    SecretEnv,
+    WithSecrets,
+    read_once,
+    read_secret_file,
+    secret_file,
+)
 from agent.config.values import TopLevel
-from agent.config.secrets import SecretEnv, WithSecrets, read_once, read_secret_file, secret_file
+from drivers.settings import Seconds
 
 __all__ = ["ConsoleConfig", "HOOK_TOKEN_MIN_BYTES", "HooksConfig", "LINK_SECRET_MIN_BYTES", "MailConfig",
            "load_console_config", "parse_console_config"]
@@ -177,13 +184,13 @@ class ConsoleMqttConfig(MqttLoginConfig):
 class CommandsConfig(ConfigSection):
     """How commands are sent to a gateway until it answers."""
 
-    retry_s: float = Field(
-        default=10.0, gt=0, le=600,
+    retry_s: Seconds = Field(
+        default=10.0, le=600,
         description="Seconds between sends of a command the gateway has not answered yet (its session is clean, "
         "so a command sent while it was offline is lost).",
     )
-    give_up_s: float = Field(
-        default=600.0, gt=0, le=86400,
+    give_up_s: Seconds = Field(
+        default=600.0, le=86400,
         description="Seconds after which an unanswered command is given up (result 'timeout' in the audit).",
     )
 
@@ -247,7 +254,7 @@ class MailConfig(WithSecrets):
     password_env: SecretEnv = Field(
         default=None, description="Name of an environment variable holding the SMTP password.",
     )
-    timeout_s: float = Field(default=10.0, gt=0, le=120,
+    timeout_s: Seconds = Field(default=10.0, le=120,
                              description="Seconds to wait for the SMTP server at each step.")
 
     @field_validator("sender")

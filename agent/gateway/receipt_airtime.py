@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.errors import AgentError
 from drivers.airtime import ChannelRules, channel_rules
+from drivers.settings import Count, Seconds
 
 #: Length of the sliding window of the hourly airtime budget, in seconds.
 HOUR_S = 3600.0
@@ -58,19 +59,13 @@ class ReceiptsConfig(BaseModel):
         "module's certification for Japan. false applies the no-LBT limits instead: at most 100 ms per "
         "transmission and 3.6 s per hour.",
     )
-    retry_min_s: float = Field(
-        default=2.0, gt=0, description="First wait after a failed send (module busy, timeout), in seconds."
+    retry_min_s: Seconds = Field(
+        2.0, description="First wait after a failed send (module busy, timeout), in seconds."
     )
-    retry_max_s: float = Field(
-        default=300.0, gt=0, description="Longest wait between retries of a failing send, in seconds."
-    )
-    max_attempts: int = Field(
-        default=10, ge=1, le=1000, description="Failed sends of one receipt after which it is given up (count)."
-    )
-    max_pending: int = Field(
-        default=64,
-        ge=1,
-        le=10_000,
+    retry_max_s: Seconds = Field(300.0, description="Longest wait between retries of a failing send, in seconds.")
+    max_attempts: Count = Field(10, le=1000, description="Failed sends of one receipt after which it is given up (count).")
+    max_pending: Count = Field(
+        64, le=10_000,
         description="Most receipts waiting to be sent (count); a request beyond this is dropped and counted.",
     )
     max_age_s: float = Field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -29,6 +29,14 @@ def _node_id(value: object) -> str:
     if len(text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in text):
         raise ValueError(f"node id '{text}' is not 8 hex digits (write it in quotes, e.g. \"00000301\")")
     return text.lower()
+
+
+#: How far a value must fall back past a threshold before its alert clears, in the threshold's unit: 0 or more.
+Hysteresis = Annotated[float, Field(ge=0)]
+#: The window a rate of change is measured over, in seconds: at least a minute, so one reading is not a rate.
+RateWindow = Annotated[float, Field(ge=60)]
+#: The fraction of a rate threshold the rate must fall below before its alert clears (0-1, ratio).
+ClearFraction = Annotated[float, Field(gt=0, le=1)]
 
 
 class _RulesSection(BaseModel):
@@ -77,9 +85,8 @@ class RiverRule(_NodeRule):
 
     node: str = Field(description="Node id of the water_level gauge: 8 hex digits in quotes, as in nodes[].id.")
     stages_cm: RiverStages = Field(description="The four river levels in cm on the gauge datum, strictly increasing.")
-    hysteresis_cm: float = Field(
+    hysteresis_cm: Hysteresis = Field(
         default=5.0,
-        ge=0,
         description="cm the level must fall below a stage's threshold before that stage clears (stops alerts "
         "chattering while the water hovers at a line).",
     )
@@ -89,15 +96,11 @@ class RiverRule(_NodeRule):
         description="Rate of rise in cm per hour that raises river_rise, measured over rise_window_s. "
         "Optional: null turns the rate-of-rise alert off.",
     )
-    rise_window_s: float = Field(
-        default=3600.0,
-        ge=60,
-        description="Window in seconds over which the rate of rise is measured (at least 60 s).",
+    rise_window_s: RateWindow = Field(
+        default=3600.0, description="Window in seconds over which the rate of rise is measured (at least 60 s)."
     )
-    rise_clear_fraction: float = Field(
+    rise_clear_fraction: ClearFraction = Field(
         default=0.5,
-        gt=0,
-        le=1,
         description="river_rise clears when the rate falls below this fraction of rise_cm_per_h (0-1, ratio).",
     )
 
@@ -112,8 +115,8 @@ class SlopeRule(_NodeRule):
         description="Tilt in degrees from the installation zero, on either axis, that raises slope_tilt. "
         "Optional: null turns the tilt alert off.",
     )
-    hysteresis_deg: float = Field(
-        default=0.1, ge=0, description="Degrees the tilt must fall below max_deg before slope_tilt clears."
+    hysteresis_deg: Hysteresis = Field(
+        default=0.1, description="Degrees the tilt must fall below max_deg before slope_tilt clears."
     )
     zero_x_deg: float = Field(default=0.0, description="Installation zero of the x axis in degrees (subtracted).")
     zero_y_deg: float = Field(default=0.0, description="Installation zero of the y axis in degrees (subtracted).")
@@ -123,13 +126,11 @@ class SlopeRule(_NodeRule):
         description="Tilt change in degrees per hour, on either axis, over rate_window_s, that raises slope_rate. "
         "Optional: null turns the tilt-rate alert off.",
     )
-    rate_window_s: float = Field(
-        default=3600.0, ge=60, description="Window in seconds over which the tilt rate is measured (at least 60 s)."
+    rate_window_s: RateWindow = Field(
+        default=3600.0, description="Window in seconds over which the tilt rate is measured (at least 60 s)."
     )
-    rate_clear_fraction: float = Field(
+    rate_clear_fraction: ClearFraction = Field(
         default=0.5,
-        gt=0,
-        le=1,
         description="slope_rate clears when the rate falls below this fraction of rate_deg_per_h (0-1, ratio).",
     )
 
@@ -170,14 +171,14 @@ class RulesConfig(_RulesSection):
         description="Per node kind override of battery_low_v in V, e.g. {trap: 2.2} for 2 x AA cells "
         "(0 turns it off for that kind).",
     )
-    battery_hysteresis_v: float = Field(
-        default=0.1, ge=0, description="V above the threshold the battery must reach before battery_low clears."
+    battery_hysteresis_v: Hysteresis = Field(
+        default=0.1, description="V above the threshold the battery must reach before battery_low clears."
     )
     journal_near_quota_pct: float = Field(
         default=90.0, gt=0, le=100, description="Journal usage in % of its quota that raises journal_near_quota."
     )
-    journal_hysteresis_pct: float = Field(
-        default=5.0, ge=0, description="Percentage points below the threshold before journal_near_quota clears."
+    journal_hysteresis_pct: Hysteresis = Field(
+        default=5.0, description="Percentage points below the threshold before journal_near_quota clears."
     )
     repeat_s: float = Field(
         default=300.0,

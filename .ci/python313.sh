@@ -20,25 +20,18 @@ stamp="$prefix/.denen-built-$sha256"
 # The standard-library modules the agent, the bridge and the tests use that need a system library to build.
 needed_modules="ssl sqlite3 ctypes lzma bz2 zlib uuid venv ensurepip"
 
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
-}
+. .ci/apt.sh  # as_root, apt_install
 
 build_python() {
   # Headers for the modules above (CPython silently skips a module whose library is missing; the import check
-  # below catches that). --no-install-recommends: build-essential would otherwise bring a manual page toolchain.
+  # below catches that).
   local apt_missing=() p
   for p in build-essential pkg-config xz-utils curl libssl-dev libsqlite3-dev libffi-dev zlib1g-dev libbz2-dev \
            liblzma-dev uuid-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || apt_missing+=("$p")
   done
   if [ ${#apt_missing[@]} -gt 0 ]; then
-    echo "installing ${apt_missing[*]} (apt) to build Python $version..." >&2
-    if ! { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-             --no-install-recommends "${apt_missing[@]}" >/dev/null; }; then
-      echo "could not install ${apt_missing[*]}: run as root or install them yourself" >&2
-      exit 1
-    fi
+    apt_install " to build Python $version" "${apt_missing[@]}" || exit 1
   fi
 
   local tarball

@@ -19,9 +19,7 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; th
   exit 1
 fi
 
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
-}
+. .ci/apt.sh  # as_root, apt_install
 
 apt_missing=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || apt_missing+=(mosquitto)
@@ -36,26 +34,16 @@ if [ "$cmd" = test ]; then
   command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
 fi
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || apt_missing+=(python3-venv)
-if [ ${#apt_missing[@]} -gt 0 ]; then
-  echo "installing ${apt_missing[*]} (apt)..." >&2
-  if ! { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null; }; then
-    echo "could not install ${apt_missing[*]}: run as root or install them yourself" >&2
-    [ "$cmd" = test ] && exit 1
-  fi
+if [ ${#apt_missing[@]} -gt 0 ] && ! apt_install "" "${apt_missing[@]}"; then
+  [ "$cmd" = test ] && exit 1
 fi
 if [ "$cmd" = test ]; then
   # The console's acknowledgement page is tested in a real headless browser (selenium drives chromium-driver).
-  # --no-install-recommends: chromium would otherwise bring a desktop's worth of fonts and helpers.
   browser_missing=()
   command -v chromium >/dev/null || browser_missing+=(chromium)
   command -v chromedriver >/dev/null || browser_missing+=(chromium-driver)
   if [ ${#browser_missing[@]} -gt 0 ]; then
-    echo "installing ${browser_missing[*]} (apt)..." >&2
-    if ! { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-             --no-install-recommends "${browser_missing[@]}" >/dev/null; }; then
-      echo "could not install ${browser_missing[*]}: run as root or install them yourself" >&2
-      exit 1
-    fi
+    apt_install "" "${browser_missing[@]}" || exit 1
   fi
 fi
 # Debian starts the packaged broker on port 1883; the tests and the demo start their own on free ports.

@@ -55,6 +55,7 @@ from agent.bridge import Bridge, Serializer, parse_bridge_config
 from agent.dev.devbroker import Mosquitto
 from tests.bench import _common as c
 from tests.bridge._helpers import Publisher, batch, reading, topic
+from tests.bridge._helpers import bridge_config_text as test_bridge_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,23 +129,11 @@ class Influx:
 
 def bridge_config_text(broker: Mosquitto, influx_url: str, db: str, client_id: str, group: str, dead: Path, *,
                        level: str = "warning") -> str:
-    return f"""
-mqtt:
-  host: {broker.host}
-  port: {broker.port}
-  client_id: {client_id}
-  group: {group}
-  reconnect_min_s: 0.1
-  reconnect_max_s: 0.5
-sink:
-  type: v1
-  url: {influx_url}
-  database: {db}
-dead_letter:
-  path: {dead}
-log:
-  level: {level}
-"""
+    """The bench's bridge: the default batch limits, a v1 sink with the default timeout and retries, no gateway
+    registry."""
+    return test_bridge_config(broker=broker, sink=f"  type: v1\n  url: {influx_url}\n  database: {db}",
+                              dead_letter=dead, client_id=client_id, group=group, max_wait_ms=200,
+                              registry=False, level=level)
 
 
 def bridge_config(broker: Mosquitto, influx_url: str, db: str, client_id: str, dead: Path) -> Any:

@@ -84,10 +84,10 @@ class Publisher:
 
 def bridge_config_text(*, broker: Mosquitto, sink: str, dead_letter: Path, client_id: str = "bridge-test-1",
                        max_lines: int = 5000, max_messages: int = 500, max_wait_ms: int = 50,
-                       group: str = "denen-bridge") -> str:
-    """A bridge config for the test broker; its gateway registry (beside the dead-letter store) lists the test
-    gateways with site "testville" (tests.support.registry)."""
-    registry = write_registry(Path(dead_letter).parent / "gateways.yaml")
+                       group: str = "denen-bridge", registry: bool = True, level: str = "debug") -> str:
+    """A bridge config for the test broker; its gateway registry (beside the dead-letter store; none when
+    ``registry`` is false) lists the test gateways with site "testville" (tests.support.registry)."""
+    gateways = f"gateways:\n  file: {write_registry(Path(dead_letter).parent / 'gateways.yaml')}\n" if registry else ""
     return f"""
 mqtt:
   host: {broker.host}
@@ -105,10 +105,8 @@ batch:
   max_wait_ms: {max_wait_ms}
 dead_letter:
   path: {dead_letter}
-gateways:
-  file: {registry}
-log:
-  level: debug
+{gateways}log:
+  level: {level}
 """
 
 

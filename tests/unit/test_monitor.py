@@ -68,25 +68,31 @@ def test_rssi_near_the_sensitivity_is_flagged_and_limits_the_margin() -> None:
     assert linkmargin.link_margin(None, None, 10).rating == "unknown"
 
 
-def _config(tmp: Path, journal: Path) -> Path:
-    cfg = tmp / "gw.yaml"
-    cfg.write_text(f"""
-gateway: {{id: gw-mon-01, site: testville}}
+def _head(gateway_id: str, journal: Path) -> str:
+    """The start of a test config: the gateway, the journal, and radios: with the RAK3172 lora0 first."""
+    return f"""
+gateway: {{id: {gateway_id}, site: testville}}
 journal: {{path: {journal}}}
 radios:
   - name: lora0
     driver: rak3172
     port: loop://
-    p2p: {{spreading_factor: 12}}
+"""
+
+
+def _config(tmp: Path, journal: Path) -> Path:
+    cfg = tmp / "gw.yaml"
+    cfg.write_text(_head("gw-mon-01", journal) + """\
+    p2p: {spreading_factor: 12}
   - name: es0
     driver: es920lr
     port: loop://
-    es920: {{spreading_factor: 7, bandwidth_khz: 125}}
+    es920: {spreading_factor: 7, bandwidth_khz: 125}
 nodes:
-  - {{id: "00000101", name: sos-hiker-1, kind: sos, unauthenticated: flag, interval_s: 3600}}
-  - {{id: "00000201", name: trap-1, kind: trap, unauthenticated: flag, interval_s: 600}}
-  - {{id: "00000301", name: river-1, kind: water_level, unauthenticated: flag, interval_s: 600, radio: es0}}
-  - {{id: "00000401", name: rain-1, kind: rain, unauthenticated: flag, interval_s: 600}}
+  - {id: "00000101", name: sos-hiker-1, kind: sos, unauthenticated: flag, interval_s: 3600}
+  - {id: "00000201", name: trap-1, kind: trap, unauthenticated: flag, interval_s: 600}
+  - {id: "00000301", name: river-1, kind: water_level, unauthenticated: flag, interval_s: 600, radio: es0}
+  - {id: "00000401", name: rain-1, kind: rain, unauthenticated: flag, interval_s: 600}
 unknown_nodes: accept
 """)
     return cfg
@@ -293,13 +299,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
 
 def _silence_config(tmp: Path, journal: Path, rules: str) -> Path:
     cfg = tmp / "silence.yaml"
-    cfg.write_text(f"""
-gateway: {{id: gw-mon-02, site: testville}}
-journal: {{path: {journal}}}
-radios:
-  - name: lora0
-    driver: rak3172
-    port: loop://
+    cfg.write_text(_head("gw-mon-02", journal) + f"""\
 nodes:
   - {{id: "00000101", name: sos-hiker-1, kind: sos, unauthenticated: flag, interval_s: 3600}}
   - {{id: "00000201", name: trap-1, kind: trap, unauthenticated: flag, interval_s: 600}}

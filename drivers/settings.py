@@ -8,8 +8,9 @@
     Problems([Problem(subloc, message, hint), ...]) several at once
     did_you_mean(word, choices)  the closest valid choice for a misspelt word
     choices_hint(word, choices, what)              "did you mean 'x'? <what>: a, b, c"
-    Seconds, Count               value types of the settings most sections have: a wait, timeout or interval
-                                 (seconds, more than zero) and how many of something (at least one)
+    Seconds, Period, Count       value types of the settings most sections have: a wait, timeout or interval
+                                 (seconds, more than zero), a period a person sets (seconds, at least one) and
+                                 how many of something (at least one)
 
 A validator raises :class:`Problems`; pydantic wraps it in a ``value_error`` whose ``ctx["error"]`` is that
 object, and the YAML loader (``agent.config.loader``) turns each problem into ``file:line:column: key: message
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.errors import DenenError
 
-__all__ = ["Count", "Loc", "Problem", "Problems", "Seconds", "Section", "choices_hint", "did_you_mean", "problem"]
+__all__ = ["Count", "Loc", "Period", "Problem", "Problems", "Seconds", "Section", "choices_hint", "did_you_mean", "problem"]
 
 #: A location below a model: keys and list indexes, e.g. ("radios", 0, "p2p").
 Loc = tuple[str | int, ...]
@@ -79,6 +80,8 @@ def choices_hint(word: str, choices: Sequence[str], what: str) -> str:
 
 #: A wait, timeout or interval, in seconds: more than zero (a field adds its own upper bound).
 Seconds = Annotated[float, Field(gt=0)]
+#: A period a person sets (a report or re-send interval, a deadline), in seconds: at least one second.
+Period = Annotated[float, Field(ge=1)]
 #: How many of something (readings, attempts, messages): at least one (a field adds its own upper bound).
 Count = Annotated[int, Field(ge=1)]
 

@@ -46,7 +46,7 @@ from agent.config.secrets import (
     secret_file,
 )
 from agent.config.values import TopLevel
-from drivers.settings import Count, Seconds
+from drivers.settings import Count, Period, Seconds
 
 __all__ = [
     "BatchConfig",
@@ -459,13 +459,13 @@ class HealthConfig(ConfigSection):
         description="Write bridge_health points (readings written, dead letters by reason, lag, gateways heard, "
         "broker and database state) to the sink every interval_s; the fleet dashboard's bridge row shows them.",
     )
-    interval_s: float = Field(
-        default=60.0, ge=1, le=3600,
+    interval_s: Period = Field(
+        default=60.0, le=3600,
         description="Seconds between bridge_health points (1..3600). A point that cannot be written (database "
         "failing) is dropped and counted, never queued.",
     )
-    status_interval_s: float = Field(
-        default=5.0, ge=1, le=600,
+    status_interval_s: Period = Field(
+        default=5.0, le=600,
         description="Seconds between updates of the systemd status line (STATUS=, shown by systemctl status).",
     )
     max_gateways: Count = Field(

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.rules.alert import SIREN_NAMES
+from drivers.settings import Period
 
 _NODE_KINDS: tuple[str, ...] = ("sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat")
 NodeKind = Literal["sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat"]
@@ -180,14 +181,12 @@ class RulesConfig(_RulesSection):
     journal_hysteresis_pct: Hysteresis = Field(
         default=5.0, description="Percentage points below the threshold before journal_near_quota clears."
     )
-    repeat_s: float = Field(
+    repeat_s: Period = Field(
         default=300.0,
-        ge=1,
         description="Seconds between re-sends of an alert the backend has not confirmed (at least 1 s).",
     )
-    deadline_s: float = Field(
+    deadline_s: Period = Field(
         default=86400.0,
-        ge=1,
         description="Seconds after which an unconfirmed alert stops being re-sent (it is counted as expired).",
     )
     siren: list[str] = Field(

@@ -37,7 +37,7 @@ from agent.config import (
     secret_source_problems,
 )
 from agent.config.loader import ModelFile
-from agent.config.mqtt import mqtt_tls_warnings
+from agent.config.mqtt import BrokerAddress, mqtt_tls_warnings
 from agent.config.secrets import (
     SecretEnv,
     SecretText,
@@ -74,14 +74,10 @@ _PasswordFile = secret_file("password file")
 _SinkSecretFile = secret_file("{name} file")
 
 
-class MqttLoginConfig(WithSecrets):
+class MqttLoginConfig(BrokerAddress):
     """A backend service's connection to the MQTT broker with its own login (the bridge, the console): host, TLS
     (required off this machine), the password given one of three ways, the topic prefix, reconnect timing."""
 
-    host: str = Field(default="127.0.0.1", min_length=1, description="Host name or IP address of the MQTT broker.")
-    port: int = Field(
-        default=1883, ge=1, le=65535, description="TCP port of the MQTT broker (1883 plain, 8883 with TLS)."
-    )
     username: str | None = Field(default=None, min_length=1, description="MQTT user name of the bridge. Optional.")
     password: SecretText = Field(
         default=None,

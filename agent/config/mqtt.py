@@ -67,13 +67,19 @@ _Password = secret_text(hint="put the {name} in quotes, or better use {name}_fil
 _PasswordFile = secret_file("password file")
 
 
-class MqttConfig(WithSecrets):
-    """Connection to the MQTT broker and publishing limits."""
+class BrokerAddress(WithSecrets):
+    """Where the MQTT broker is: the first keys of the gateway's, the bridge's and the console's ``mqtt:`` section
+    (each adds its login, TLS and timing)."""
 
     host: str = Field(default="127.0.0.1", min_length=1, description="Host name or IP address of the MQTT broker.")
     port: int = Field(
         default=1883, ge=1, le=65535, description="TCP port of the MQTT broker (1883 plain, 8883 with TLS)."
     )
+
+
+class MqttConfig(BrokerAddress):
+    """Connection to the MQTT broker and publishing limits."""
+
     client_id: str | None = Field(
         default=None,
         min_length=1,

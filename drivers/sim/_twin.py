@@ -10,7 +10,7 @@ from drivers.sim._pty import PtyPort
 
 
 class PluggedModule:
-    """Unplug, replug and wait_for over a subclass's ``port``, ``_lock``, ``_cond``, ``_powered``, ``_power_off()``
+    """The pty's path, unplug, replug and wait_for over a subclass's ``port``, ``_lock``, ``_cond``, ``_powered``, ``_power_off()``
     (called under the lock) and ``_boot_after_replug()`` (called under the lock when the module is unpowered)."""
 
     port: PtyPort
@@ -23,6 +23,11 @@ class PluggedModule:
 
     def _boot_after_replug(self) -> None:
         raise NotImplementedError
+
+    @property
+    def path(self) -> str:
+        """The path the host opens."""
+        return self.port.path
 
     def unplug(self) -> None:
         """The device vanishes: host reads fail, the path disappears, and the module loses power."""

@@ -120,10 +120,6 @@ class SimMeshtastic(PluggedModule):
 
     # -- state and life cycle --------------------------------------------------------------------------
     @property
-    def path(self) -> str:
-        return self.port.path
-
-    @property
     def booted(self) -> bool:
         return self._booted
 

@@ -151,11 +151,6 @@ class SimRak3172(PluggedModule):
 
     # -- public state --------------------------------------------------------------------------------------
     @property
-    def path(self) -> str:
-        """The path the host opens."""
-        return self.port.path
-
-    @property
     def rx_on(self) -> bool:
         """True while the radio listens: awake, a PRECV mode active and no transmission under way."""
         with self._lock:
@@ -176,10 +171,7 @@ class SimRak3172(PluggedModule):
         """True once booted and serving commands (False while rebooting or unplugged)."""
         return self._awake
 
-    @property
-    def booted(self) -> bool:
-        """True once booted and serving commands (what every simulator twin tells a scenario)."""
-        return self._awake
+    booted = awake  # what every simulator twin tells a scenario
 
     @property
     def nwm(self) -> int:

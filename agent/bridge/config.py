@@ -37,7 +37,7 @@ from agent.config import (
     secret_source_problems,
 )
 from agent.config.loader import ModelFile
-from agent.config.mqtt import BrokerAddress, mqtt_tls_warnings
+from agent.config.mqtt import BrokerAddress, ClientId, mqtt_tls_warnings
 from agent.config.secrets import (
     SecretEnv,
     SecretText,
@@ -99,8 +99,8 @@ class MqttLoginConfig(BrokerAddress):
         description="TLS settings. Required when host is not a loopback address; 'false' says plain TCP on "
         "purpose (a trusted private network), and the bridge warns about it at every start.",
     )
-    client_id: str | None = Field(
-        default=None, min_length=1, max_length=128,
+    client_id: ClientId | None = Field(
+        default=None,
         description="MQTT client id; the shipped broker makes the login the client id whatever is sent.",
     )
     topic_prefix: str = Field(

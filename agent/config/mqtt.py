@@ -67,6 +67,10 @@ _Password = secret_text(hint="put the {name} in quotes, or better use {name}_fil
 _PasswordFile = secret_file("password file")
 
 
+#: An MQTT client id: 1 to 128 characters (MQTT 3.1.1 promises 23; Mosquitto takes far longer ones).
+ClientId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
 class BrokerAddress(WithSecrets):
     """Where the MQTT broker is: the first keys of the gateway's, the bridge's and the console's ``mqtt:`` section
     (each adds its login, TLS and timing)."""
@@ -80,11 +84,8 @@ class BrokerAddress(WithSecrets):
 class MqttConfig(BrokerAddress):
     """Connection to the MQTT broker and publishing limits."""
 
-    client_id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=128,
-        description="MQTT client id; null means 'denen-<gateway.id>'. Must be unique on the broker.",
+    client_id: ClientId | None = Field(
+        default=None, description="MQTT client id; null means 'denen-<gateway.id>'. Must be unique on the broker."
     )
     username: str | None = Field(default=None, min_length=1, description="MQTT user name. Optional.")
     password: _Password = Field(

@@ -35,7 +35,7 @@ from agent.config import (
     is_loopback_host,
 )
 from agent.config.loader import ModelFile
-from agent.config.mqtt import mqtt_tls_warnings
+from agent.config.mqtt import ClientId, mqtt_tls_warnings
 from agent.config.secrets import (
     SecretEnv,
     WithSecrets,
@@ -170,8 +170,8 @@ class ConsoleMqttConfig(MqttLoginConfig):
         "login of the console role: the shipped broker binds the client id to the login, so a second connection "
         "with the same login disconnects the running service.",
     )
-    client_id: str | None = Field(
-        default=None, min_length=1, max_length=128,
+    client_id: ClientId | None = Field(
+        default=None,
         description="MQTT client id; null means the user name (the shipped broker uses the login as client id "
         "anyway), or 'denen-console-<host name>' without one.",
     )

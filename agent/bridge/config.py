@@ -156,10 +156,8 @@ class MqttLoginConfig(BrokerAddress):
 class BridgeMqttConfig(MqttLoginConfig):
     """Connection to the MQTT broker the gateways publish to, and the shared subscription."""
 
-    client_id: str | None = Field(
+    client_id: ClientId | None = Field(
         default=None,
-        min_length=1,
-        max_length=128,
         description="MQTT client id of this bridge process; null means 'denen-bridge-<host name>'. Each bridge "
         "process needs its own, and must keep it across restarts: the broker keeps the persistent session "
         "(with the messages not yet acknowledged) under this id.",

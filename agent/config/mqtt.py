@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Literal, Protocol
+import ssl
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -256,3 +257,26 @@ def tls_insecure_warning(loc: Loc) -> Found:
     """The warning for ``tls.insecure: true`` at ``loc``."""
     return (loc, "TLS host name checking is off",
             "anyone on the path can impersonate the broker; set insecure: false in the field")
+
+
+class LoginSettings(Protocol):
+    """What :func:`apply_login` reads of an MQTT section (the gateway's, the bridge's, the console's)."""
+
+    username: str | None
+
+    def password_value(self) -> str | None: ...
+
+    def tls_settings(self) -> TlsConfig | None: ...
+
+
+def apply_login(client: Any, mqtt: LoginSettings) -> None:
+    """Set the login (user name and password, the password file read now) and the TLS settings (the broker's
+    certificate always checked against ``ca_file`` or the system's CAs) of an MQTT section on a paho client."""
+    password = mqtt.password_value()
+    if mqtt.username is not None:
+        client.username_pw_set(mqtt.username, password)
+    tls = mqtt.tls_settings()
+    if tls is not None:
+        client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
+                       cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_insecure_set(tls.insecure)

@@ -39,6 +39,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
+from agent.config.mqtt import apply_login
 from agent.gateway.events import Ack, Command, Connected, Disconnected, Incident, Post
 from agent.ratelog import RateLimitedLog
 
@@ -262,15 +263,7 @@ class MqttLink:
         client.will_set(
             self.topics.status, status_payload(self.gateway_id, "offline", version=self._version), qos=1, retain=True
         )
-        password = cfg.password_value()
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, password)
-        tls = cfg.tls_settings()
-        if tls is not None:
-            client.tls_set(
-                ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, cert_reqs=ssl.CERT_REQUIRED,
-            )
-            client.tls_insecure_set(tls.insecure)
+        apply_login(client, cfg)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

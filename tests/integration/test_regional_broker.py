@@ -23,7 +23,15 @@ import pytest
 
 from agent.dev.devbroker import Mosquitto
 from agent.errors import AgentError
-from tests.bridge._helpers import T0_US, Publisher, batch, bridge_config_text, reading, topic, v1_sink
+from tests.bridge._helpers import (
+    T0_US,
+    Publisher,
+    batch,
+    bridge_config_text,
+    reading,
+    topic,
+    v1_sink,
+)
 from tests.support.broker import Collector
 from tests.support.fault_rig import BridgeProcess
 from tests.support.influx import InfluxDB1

@@ -224,3 +224,53 @@ def test_rolling_sigterm_restart_of_three_bridges_loses_and_duplicates_nothing(
 def test_rolling_sigkill_restart_of_three_bridges_loses_and_duplicates_nothing(
         tmp_path: Path, broker: Mosquitto, influx: InfluxDB1) -> None:
     rolling_restart(tmp_path, broker, influx, kill=True)
+
+
+def test_mosquitto_forgets_shared_subscriptions_on_restart_and_the_bridge_subscribes_again(
+        tmp_path: Path, broker: Mosquitto, influx: InfluxDB1) -> None:
+    """What the bridge relies on when the broker restarts (docs/capacity.md): Mosquitto 2.0 keeps a persistent
+    session's queued messages across a restart but not its shared subscriptions, so until a bridge connects and
+    subscribes again the broker answers a gateway's publish with PUBACK 0x10 (no matching subscribers) and keeps
+    nothing; the gateway keeps such readings and offers them again. The bridge subscribes on every connect."""
+    cid = "bridge-restore"
+    cfg = tmp_path / f"{cid}.yaml"
+    cfg.write_text(bridge_config_text(broker=broker, sink=v1_sink(influx.url), dead_letter=tmp_path / f"{cid}.db",
+                                      client_id=cid))
+    write_registry(tmp_path / "gateways.yaml", {GATEWAYS[0]: "testville"})
+    bridge = BridgeProcess(cfg, tmp_path / f"{cid}.log")
+    bridge.start()
+    codes: list[int] = []
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="restore-gateway",
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    done = threading.Event()
+    client.on_publish = lambda c, u, mid, rc, p: (codes.append(rc.value), done.set())
+    client.reconnect_delay_set(0.05, 0.2)
+
+    def publish(fcnt: int) -> int:
+        done.clear()
+        rs = [reading(GATEWAYS[0], 0x900, fcnt, "water_level", {"level_cm": 1.0 * fcnt, "battery_v": 3.6})]
+        client.publish(topic(GATEWAYS[0]), batch(GATEWAYS[0], rs), qos=1)
+        assert done.wait(10), "no PUBACK"
+        return codes[-1]
+
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        assert publish(1) == 0
+        assert bridge.terminate() == 0
+        assert publish(2) == 0  # the away bridge's session holds the subscription: the broker queues its share
+        broker.stop()
+        broker.start()
+        assert wait_until(lambda: client.is_connected(), 10)
+        # The session (and reading 2 queued in it) survived the restart; its shared subscription did not.
+        assert publish(3) == NO_MATCHING_SUBSCRIBERS
+        bridge.start()  # returns once the bridge has subscribed again
+        assert publish(4) == 0
+        assert wait_until(lambda: influx.count("water_level", "level_cm", DB) == 3, 10)
+        assert bridge.terminate() == 0
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        bridge.stop()
+    fcnts = sorted(int(r["fcnt"]) for r in influx.rows('SELECT "fcnt" FROM "water_level"', DB))
+    assert fcnts == [1, 2, 4]  # 3 was refused with 0x10: a gateway keeps it and offers it again

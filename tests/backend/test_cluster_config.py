@@ -187,3 +187,33 @@ def test_cluster_bridge_configs_load_with_the_bridges_own_validator(tmp_path: Pa
         config = load_bridge_config(tmp_path / f"{name}.yaml")
         assert config.mqtt.client_id == f"denen-{name}" and config.mqtt.tls is not None
         assert config.sink.type == "v1" and config.mqtt.subscriptions()[0] == "$share/denen-bridge/denen/v1/+/readings/#"
+
+
+def test_the_cluster_bridges_v1_sink_writes_into_victoriametrics(tmp_path: Path, broker: Any, victoria: Any) -> None:
+    """The one piece of the clustered path run here: the bridges' sink as bridge-N.yaml sets it (InfluxDB 1.x
+    ``/write``, database denen, µs precision) into a real VictoriaMetrics single node, whose ``/write`` is what
+    vminsert serves under ``/insert/<tenant>/influx``. Every reading once, its value, its edge time in ms."""
+    from agent.bridge import Bridge
+    from tests.bridge._helpers import Publisher, batch, bridge_config, reading, topic, v1_sink
+    from tests.support.polling import wait_until
+
+    sink = YAML(typ="safe").load((CLUSTER / "bridge-1.yaml").read_text(encoding="utf-8"))["sink"]
+    assert sink["type"] == "v1" and sink["url"].endswith("/insert/0/influx")
+    bridge = Bridge(bridge_config(broker=broker, sink=v1_sink(victoria.url, sink["database"]),
+                                  dead_letter=tmp_path / "dead.db"))
+    bridge.start()
+    pub = Publisher(broker)
+    try:
+        assert bridge.wait_subscribed(10)
+        readings = [reading("gw-v2", 0x301 + i % 5, 1 + i // 5, "water_level", {"level_cm": 100.0 + i * 0.25})
+                    for i in range(100)]
+        pub.publish([(topic("gw-v2"), batch("gw-v2", readings[i:i + 20])) for i in range(0, 100, 20)])
+        assert wait_until(lambda: bridge.counters().get("messages_acked", 0) == 5, 15), bridge.counters()
+        series = victoria.wait_export('{__name__="water_level_level_cm"}',
+                                      lambda s: sum(len(x["values"]) for x in s) >= 100)
+    finally:
+        pub.close()
+        bridge.stop()
+    got = {(s["metric"]["node"], ts): v for s in series for v, ts in zip(s["values"], s["timestamps"], strict=True)}
+    assert got == {(r["node"], r["ts_us"] // 1000): r["values"]["level_cm"] for r in readings}
+    assert all(s["metric"].get("db") == "denen" for s in series)  # the v1 database becomes a label

@@ -194,7 +194,14 @@ def test_the_cluster_bridges_v1_sink_writes_into_victoriametrics(tmp_path: Path,
     ``/write``, database denen, µs precision) into a real VictoriaMetrics single node, whose ``/write`` is what
     vminsert serves under ``/insert/<tenant>/influx``. Every reading once, its value, its edge time in ms."""
     from agent.bridge import Bridge
-    from tests.bridge._helpers import Publisher, batch, bridge_config, reading, topic, v1_sink
+    from tests.bridge._helpers import (
+        Publisher,
+        batch,
+        bridge_config,
+        reading,
+        topic,
+        v1_sink,
+    )
     from tests.support.polling import wait_until
 
     sink = YAML(typ="safe").load((CLUSTER / "bridge-1.yaml").read_text(encoding="utf-8"))["sink"]

@@ -56,8 +56,8 @@ def rows(r: dict[str, Any]) -> list[list[str]]:
             str(r["gateways"]), ph["name"], f"{ph['published_per_s']:.0f}", f"{ph['written_per_s']:.0f}",
             c.fmt(live["p50_ms"]), c.fmt(live["p99_ms"]), c.fmt(live["max_ms"]),
             " / ".join(f"{k} {v:.0f}" for k, v in cpu.items()) if cpu else "-",
-            f"mosquitto {c.fmt(rss['mosquitto'])}, bridge {c.fmt(rss['bridge'])} (peak {c.fmt(rss['bridge_peak'])})"
-            f", influxd {c.fmt(rss['influxd'])}",
+            (f"mosquitto {c.fmt(rss['mosquitto'])}, bridge {c.fmt(rss['bridge'])} "
+             f"(peak {c.fmt(rss['bridge_peak'])}), influxd {c.fmt(rss['influxd'])}"),
             f"{loss['missing']} of {loss['expected']}",
         ])
     return out

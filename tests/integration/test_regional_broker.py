@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,11 @@ REGIONAL_CONF = REPO / "deploy" / "backend" / "regional" / "mosquitto-regional.c
 DB = "denen"
 GATEWAYS = ("gw-valley-1", "gw-valley-2")
 NODES = 8
+#: Telemetry batches per gateway published while the link is down: enough that draining them over the backhaul
+#: takes longer than one retry period of the link (the test checks it).
+BACKLOG_ROUNDS = 400
+#: Bytes per second each connection of the relayed link carries each way (a thin backhaul).
+BACKHAUL_BYTES_S = 1_000_000
 #: Lines of the shipped connection sections the loopback test leaves out (TLS and the central broker's login).
 _LEFT_OUT = re.compile(r"^(bridge_cafile|bridge_certfile|bridge_keyfile|bridge_tls_version|bridge_insecure|"
                        r"remote_username|remote_password)\b")
@@ -83,11 +89,13 @@ def regional_bridge_sections(relay_port: int) -> str:
 
 
 class Relay:
-    """A TCP relay 127.0.0.1:``port`` -> ``target``; :meth:`cut` drops every connection and refuses new ones until
+    """A TCP relay 127.0.0.1:``port`` -> ``target`` standing for the valley's backhaul: each connection carries at
+    most ``rate`` bytes/s each way, and :meth:`cut` drops every connection and refuses new ones until
     :meth:`restore` (accepted and closed at once, as a link that is down)."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, rate: float = BACKHAUL_BYTES_S) -> None:
         self.target = target
+        self.rate = rate
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.up = True
@@ -118,8 +126,9 @@ class Relay:
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
-            while data := src.recv(65536):
+            while data := src.recv(16384):
                 dst.sendall(data)
+                time.sleep(len(data) / self.rate)
         except OSError:
             pass
         for s in (src, dst):
@@ -192,6 +201,17 @@ def arrivals(collector: Collector) -> list[tuple[str, str, int]]:
     return list(seen)
 
 
+def first_arrivals(collector: Collector, arrived_at: list[float]) -> dict[tuple[str, str, int], float]:
+    """Reading identity -> when the central broker first delivered it (monotonic seconds)."""
+    seen: dict[tuple[str, str, int], float] = {}
+    for (t, payload, _), at in zip(list(collector.messages), list(arrived_at), strict=False):
+        if "/readings/" in t:
+            doc = json.loads(payload)
+            for r in doc["readings"]:
+                seen.setdefault((doc["gateway"], r["node"], r["fcnt"]), at)
+    return seen
+
+
 def stored(influx: InfluxDB1) -> Counter[tuple[str, str, int]]:
     found: Counter[tuple[str, str, int]] = Counter()
     for row in influx.rows('SELECT "fcnt" FROM "water_level", "sos" GROUP BY "gateway", "node"', DB):
@@ -258,6 +278,14 @@ def test_cut_regional_link_under_traffic_loses_and_duplicates_nothing_and_sos_sk
     bridge.start()
     # Watches the order in which the central broker receives readings (a persistent session of its own).
     watcher = Collector(central, "denen/v1/+/readings/#", client_id="central-watcher", persistent=True)
+    arrived_at: list[float] = []  # monotonic time of each message, same index as watcher.messages
+    on_message = watcher.client.on_message
+
+    def timed(client: Any, userdata: Any, msg: Any) -> None:
+        arrived_at.append(time.monotonic())
+        on_message(client, userdata, msg)
+
+    watcher.client.on_message = timed
     gateways = ValleyGateways(regional)
     try:
         assert wait_until(lambda: relay.links() >= 2, 10), "the regional link did not come up"
@@ -266,7 +294,7 @@ def test_cut_regional_link_under_traffic_loses_and_duplicates_nothing_and_sos_sk
         relay.cut()
         # While the link is down: a telemetry backlog, then SOS readings, then more telemetry.
         before = len(gateways.sent)
-        gateways.publish("water_level", 400)
+        gateways.publish("water_level", BACKLOG_ROUNDS)
         backlog = gateways.sent[before:]
         gateways.publish("sos", 5)
         sos_cut = gateways.sent[before + len(backlog):]
@@ -274,6 +302,7 @@ def test_cut_regional_link_under_traffic_loses_and_duplicates_nothing_and_sos_sk
         time.sleep(1.0)
         assert not (set(gateways.sent[before:]) & set(arrivals(watcher))), "readings crossed a cut link"
         relay.restore()
+        restored = time.monotonic()
         gateways.publish("water_level", 50)  # traffic also right after the restore
         expected = Counter(gateways.sent)
         assert wait_until(lambda: len(arrivals(watcher)) >= len(expected), 30), \
@@ -281,6 +310,7 @@ def test_cut_regional_link_under_traffic_loses_and_duplicates_nothing_and_sos_sk
         assert wait_until(lambda: sum(stored(influx).values()) >= len(expected), 30)
         time.sleep(0.3)  # anything still on its way would show up as an extra point
         order = arrivals(watcher)
+        first_at = first_arrivals(watcher, arrived_at)
         assert bridge.terminate() == 0, bridge.run_log()[-2000:]
     finally:
         gateways.close()
@@ -292,12 +322,20 @@ def test_cut_regional_link_under_traffic_loses_and_duplicates_nothing_and_sos_sk
     extra = sorted(set(got) - set(expected))
     doubled = sorted(k for k, n in got.items() if n > 1)
     assert not lost and not extra and not doubled, (lost[:10], extra[:10], doubled[:10])
-    assert len(sos_cut) == 5 * len(GATEWAYS) * NODES and len(backlog) == 400 * len(GATEWAYS) * NODES
+    assert len(sos_cut) == 5 * len(GATEWAYS) * NODES and len(backlog) == BACKLOG_ROUNDS * len(GATEWAYS) * NODES
     # Each connection is first in, first out: the backlog arrives in the order it was published.
     position = {k: i for i, k in enumerate(order)}
     assert [position[k] for k in backlog] == sorted(position[k] for k in backlog)
     # SOS first: the SOS published during the cut did not wait for the telemetry backlog queued before it (its own
-    # connection); every one of them is at the centre before the last reading of that backlog.
+    # connection): every one of them is at the centre before the last reading of that backlog. Each connection
+    # retries on its own timer (1 s here), so this holds whenever the backlog takes longer than that to drain once
+    # its link is back, as a real valley's hours of telemetry do; a shorter one would prove nothing, hence the first
+    # assertion.
+    backlog_at = [first_at[k] for k in backlog]
+    drain_s = max(backlog_at) - min(backlog_at)
+    assert drain_s > 1.5, f"the telemetry backlog drained in {drain_s:.2f} s: too small to tell"
     last_backlog = max(position[k] for k in backlog)
     late = [k for k in sos_cut if position[k] > last_backlog]
     assert not late, f"{len(late)} of {len(sos_cut)} SOS readings arrived after the telemetry backlog"
+    # Both connections came back (the link is restored in the test's hands, so this bounds the retry timers).
+    assert max(first_at[k] for k in sos_cut) - restored < 10 and min(backlog_at) - restored < 10

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from drivers.errors import DriverError
+
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
@@ -66,7 +68,7 @@ class DriverSpec:
             raise ValueError(f"driver {self.name!r}: unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}")
 
 
-class UnknownDriver(ValueError):
+class UnknownDriver(DriverError, ValueError):
     """No driver is registered under this name; the message lists the known ones."""
 
 

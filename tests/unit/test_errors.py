@@ -24,13 +24,6 @@ from drivers.errors import CodecError, DenenError, ModuleTimeout
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Classes drawn in the tree whose modules, owned by other helpers, still give them their old base. The test is
-#: expected to fail for them (strict: once a base is fixed, the entry must go). Name -> who changes the base.
-PENDING: dict[str, str] = {
-    "UnknownDriver": "MODBUS: drivers/registry.py, class UnknownDriver(DriverError, ValueError)",
-}
-
-
 def _exception_classes() -> tuple[list[type[BaseException]], list[str]]:
     found: list[type[BaseException]] = []
     broken: list[str] = []  # reported by a test, so that one broken module does not hide the others' classes
@@ -89,10 +82,7 @@ TREE = _drawn_tree()
 
 
 def _param(cls: type[BaseException]) -> object:
-    marks = ()
-    if cls.__name__ in PENDING:
-        marks = (pytest.mark.xfail(strict=True, reason=f"base not changed yet ({PENDING[cls.__name__]})"),)
-    return pytest.param(cls, id=f"{cls.__module__}.{cls.__name__}", marks=marks)
+    return pytest.param(cls, id=f"{cls.__module__}.{cls.__name__}")
 
 
 def test_every_module_imports() -> None:

@@ -108,7 +108,8 @@ class Receiving:
         if self._retiring:
             client.unsubscribe(list(cfg.subscriptions()))
             return
-        # Subscribing again on a present session is harmless and covers a broker that lost its session store.
+        # Mosquitto 2.0 restores a persistent session's queue after a restart but not its shared subscriptions
+        # (tests/integration/test_bridge_rolling.py): subscribing on every connect covers that and a lost session store.
         options = SubscribeOptions(qos=1)
         client.subscribe([(topic, options) for topic in cfg.subscriptions()])
 

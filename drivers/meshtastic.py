@@ -102,7 +102,7 @@ from drivers.registry import DriverSpec
 from drivers.settings import Problem, Section, problem
 from drivers.types import Uplink
 
-__all__ = ["SPEC", "Meshtastic", "MeshtasticConfig", "MeshtasticDevice", "counter_floor", "node_problems", "probe"]
+__all__ = ["SPEC", "Meshtastic", "MeshtasticConfig", "MeshtasticDevice", "node_problems", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,6 @@ _UNKNOWN_LOGGED_MAX = 64  # distinct unknown devices logged by name; more are on
 #: Console text: a run of printable ASCII that line noise hardly ever makes.
 _CONSOLE_TEXT = re.compile(rb"[ -~]{12,}")
 _RECENT_PACKETS = 256  # (sender, packet id) pairs remembered to drop a packet heard twice
-
-
-def counter_floor(received_us: int) -> int:
-    """The smallest frame counter for a packet read at ``received_us`` (µs since the Unix epoch): Unix seconds."""
-    return max(0, received_us // 1_000_000)
 
 
 def _protobufs() -> SimpleNamespace:
@@ -255,9 +250,8 @@ class Meshtastic(ModuleDriver):
             ``unencodable``, ``counter_exhausted``; ``alerts`` counts SOS readings.
     """
 
-    # The last counter given to each (radio, denen node): survives the driver instances of one process, so a
-    # reopened port never repeats a counter for packets read in the same second.
-    _counters: ClassVar[dict[tuple[str, int], int]] = {}
+    # Per (radio, denen node), for the process's lifetime: a reopened port never repeats a counter.
+    _counters: ClassVar[nodeframe.ClockCounters] = nodeframe.ClockCounters()
 
     def __init__(self, config: Any, link: Link) -> None:
         super().__init__(config, link)
@@ -530,11 +524,10 @@ class Meshtastic(ModuleDriver):
             body = kinds.encode_values(kind, fallback)
         node_id = int(device.node, 16)
         key = (self.link.radio, node_id)
-        counter = max(self._counters.get(key, -1) + 1, counter_floor(self._received_us))
-        if counter > 0xFFFF_FFFF:
+        counter = self._counters.next(key, self._received_us)
+        if counter is None:
             self.stats["counter_exhausted"] += 1
             return
-        self._counters[key] = counter
         payload = nodeframe.build(node_id, counter, kinds.KIND_CODES[kind], body)
         uplinks.append(Uplink(self.link.radio, payload, *heard, self._received_us))
 

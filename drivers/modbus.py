@@ -94,10 +94,10 @@ _KIND_KEYS = {"water_level": ("level_cm", "battery_v"), "rain": ("rain_mm", "tip
               "weather": ("temperature_c", "humidity_pct", "pressure_hpa", "battery_v")}
 _EXTRA_KEY = re.compile(r"^ch\d{1,3}_[a-z_]+$")
 # What must outlive one driver instance (one open port) for the agent's lifetime, per (radio, node[, key]): the
-# last frame counter sent, so a reopen within the same second cannot repeat it (the decoder would refuse the
-# reading as a duplicate), and the raw value of each delta register, so the rain that fell while the adapter was
-# unplugged is reported after it comes back instead of lost. Each radio's worker thread touches only its own keys.
-_LAST_COUNTER: dict[tuple[str, str], int] = {}
+# frame counters, so a reopen within the same second cannot repeat one (the decoder would refuse the reading as a
+# duplicate), and the raw value of each delta register, so the rain that fell while the adapter was unplugged is
+# reported after it comes back instead of lost. Each radio's worker thread touches only its own keys.
+_COUNTERS = node_frame.ClockCounters()
 _PREVIOUS_RAW: dict[tuple[str, str, str], int] = {}
 #: Counters of :attr:`Modbus.stats`, per node.
 STAT_KEYS = ("polls", "readings", "timeouts", "crc_errors", "exceptions", "failed_polls")
@@ -320,8 +320,9 @@ class Modbus(ModuleDriver):
             else:
                 values[value.key] = round(number * value.scale + value.offset, 6)
         body = kinds.encode_values(sensor.kind, values)
-        counter = max(_LAST_COUNTER.get((self.link.radio, sensor.node), 0) + 1, now_us // 1_000_000) & 0xFFFFFFFF
-        _LAST_COUNTER[(self.link.radio, sensor.node)] = counter
+        counter = _COUNTERS.next((self.link.radio, sensor.node), now_us)
+        if counter is None:
+            raise ValueError("frame counter past 2**32 - 1: the gateway clock is wrong")
         return node_frame.build(sensor.node_id, counter, kinds.KIND_CODES[sensor.kind], body)
 
     def read(self, sensor: ModbusSensor, value: ModbusValue) -> int | float | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import hmac
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -36,9 +36,11 @@ __all__ = [
     "KIND_RECEIPT",
     "MIC_SIZE",
     "VERSION",
+    "ClockCounters",
     "NodeFrame",
     "build",
     "build_receipt",
+    "clock_counter_floor",
     "compute_mic",
     "mic_checker",
     "parse",
@@ -287,3 +289,31 @@ def build_receipt(node_id: int, counter: int, key: bytes | None = None) -> bytes
         key: the node's key when it has one (then the receipt carries a MIC).
     """
     return build(node_id, counter, KIND_RECEIPT, b"", key=key, downlink=True)
+
+
+def clock_counter_floor(received_us: int) -> int:
+    """The smallest clock counter for a frame read at ``received_us`` (µs since the Unix epoch): Unix seconds."""
+    return max(0, received_us // 1_000_000)
+
+
+class ClockCounters:
+    """Frame counters for frames a driver builds from what it reads (Modbus polls, Meshtastic packets).
+
+    A counter is the Unix time in seconds, or the previous counter of the same key + 1 when frames come faster;
+    the previous counters are remembered for the process's lifetime. So the counters keep rising across port
+    reopens and agent restarts with no state of their own, as the decoder's window for unsigned frames needs
+    (docs/protocols.md §9). A clock stepped back makes a node's frames replays until it passes the last counter.
+    Each key belongs to one radio's worker thread.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[Hashable, int] = {}
+
+    def next(self, key: Hashable, received_us: int) -> int | None:
+        """The counter of ``key``'s next frame, read at ``received_us`` (µs since the epoch); None once it would
+        pass the uint32 range (not before 2106), and nothing is remembered then."""
+        counter = max(self._last.get(key, -1) + 1, clock_counter_floor(received_us))
+        if counter > _UINT32_MAX:
+            return None
+        self._last[key] = counter
+        return counter

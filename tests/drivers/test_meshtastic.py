@@ -16,12 +16,12 @@ from pydantic import ValidationError
 
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
+from drivers.codec.frame import clock_counter_floor
 from drivers.errors import ModuleError, ModuleTimeout
 from drivers.meshtastic import (
     Meshtastic,
     MeshtasticConfig,
     _protobufs,
-    counter_floor,
     node_problems,
 )
 from drivers.meshtastic_stream import MAX_PAYLOAD, WAKE, StreamParser, frame
@@ -255,7 +255,7 @@ def test_an_alert_text_becomes_an_sos_with_the_last_position_and_no_mic() -> Non
     [(node, counter, kind, values, mic)] = readings(link)
     assert (node, kind, mic) == (NODE, "sos", False)
     assert values == {"pressed": 1.0, "lat_deg": 36.2487, "lon_deg": 137.6381, "alt_m": 1520.0}
-    assert counter >= counter_floor(T0_US)  # the floor, or above it when an earlier test used that second
+    assert counter >= clock_counter_floor(T0_US)  # the floor, or above it when an earlier test used that second
     u = link.uplinks[0]
     assert (u.radio, u.rssi, u.snr, u.src, u.received_us) == ("mesh0", -97, 4.25, f"!{HIKER:08x}", T0_US + 1)
 

@@ -22,6 +22,7 @@ from agent.gateway.readings import FrameDecoder
 from agent.rules import RuleEngine, node_infos
 from drivers.codec import frame as node_frame
 from drivers.codec import kinds
+from drivers.codec.frame import ClockCounters
 from drivers.errors import ModuleError
 from drivers.modbus import Modbus, ModbusConfig, probe, registers_value
 from drivers.probe import FAIL, OK
@@ -39,7 +40,7 @@ def fresh_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test is a fresh agent process: no frame counter or tip count remembered from another test."""
     from drivers import modbus
 
-    monkeypatch.setattr(modbus, "_LAST_COUNTER", {})
+    monkeypatch.setattr(modbus, "_COUNTERS", ClockCounters())
     monkeypatch.setattr(modbus, "_PREVIOUS_RAW", {})
 
 

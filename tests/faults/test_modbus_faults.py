@@ -23,6 +23,7 @@ import pytest
 from agent.config import parse_config
 from agent.gateway.readings import FrameDecoder
 from drivers import modbus
+from drivers.codec.frame import ClockCounters
 from drivers.modbus import ModbusConfig
 from drivers.radio import RadioWorker
 from drivers.sim.modbus import SimModbus
@@ -139,7 +140,7 @@ def inject(station: Station, fault: str) -> None:
 
 def test_readings_resume_after_every_serial_fault_and_the_faults_are_counted(
         tmp_path: Path, rng: random.Random, figures: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(modbus, "_LAST_COUNTER", {})  # a fresh agent: nothing remembered from other tests
+    monkeypatch.setattr(modbus, "_COUNTERS", ClockCounters())  # a fresh agent: nothing remembered from other tests
     monkeypatch.setattr(modbus, "_PREVIOUS_RAW", {})
     station = Station(tmp_path, rng)
     faults = [FAULTS[i % len(FAULTS)] for i in range(ROUNDS)]

@@ -30,6 +30,8 @@ if [ "$cmd" = test ]; then
   command -v influxd >/dev/null || apt_missing+=(influxdb)
   command -v victoria-metrics >/dev/null || apt_missing+=(victoria-metrics)
   command -v docker-compose >/dev/null || apt_missing+=(docker-compose)
+  # Several bridge instances share one de-duplication store (a frame heard by several gateways): a real Redis.
+  command -v redis-server >/dev/null || apt_missing+=(redis-server)
   # The bridge's systemd unit is checked with systemd's own parser (systemd-analyze verify).
   command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
 fi

@@ -40,6 +40,9 @@ Why no gateway can stop it (every gateway login is assumed to be in hostile hand
   minute (:class:`agent.ratelog.RateLimitedLog`).
 
 Several bridge processes with the same ``mqtt.group`` share the subscription; each message goes to one of them.
+With ``dedupe`` configured they also share a redis, so a node frame heard by several gateways is one point whichever
+bridges handle its copies (:mod:`agent.bridge.dedupe`; the claims are made by the writer, per batch, just before
+the write).
 Mosquitto hands each member session its share also while that member is away, and keeps it there until the
 session expires. So a ``client_id`` is taken out of service with :meth:`Bridge.retire` (``denen bridge --retire``):
 it drains what its session holds, stops taking a share and removes the session.
@@ -60,6 +63,7 @@ from paho.mqtt.properties import Properties
 from agent import systemd
 from agent.bridge.config import BridgeConfig
 from agent.bridge.deadletter import DeadLetter, DeadLetterStore
+from agent.bridge.dedupe import FrameClaims
 from agent.bridge.errors import BridgeError, SinkError
 from agent.bridge.health import HealthMonitor
 from agent.bridge.lineproto import Serializer
@@ -100,8 +104,14 @@ class Bridge(Receiving, Writing):
             self.registry = GatewayRegistry.load(config.gateways.file, unknown=config.gateways.unknown)
         else:
             self.registry = GatewayRegistry()
+        dedupe = config.dedupe
         self._serializer = Serializer(config.mqtt.topic_prefix, registry=self.registry,
-                                      max_future_s=config.limits.max_future_s)
+                                      max_future_s=config.limits.max_future_s,
+                                      dedupe_prefix=dedupe.key_prefix if dedupe is not None else None)
+        self._claims: FrameClaims | None = None
+        if dedupe is not None:
+            self._claims = FrameClaims(dedupe.redis_url, window_s=dedupe.window_s, timeout_s=dedupe.timeout_s,
+                                       key_prefix=dedupe.key_prefix, stats=self.stats)
         self._dead = DeadLetterStore(config.dead_letter.path, max_bytes=config.dead_letter.max_bytes,
                                      max_item_bytes=config.dead_letter.max_item_bytes)
         self._dead_backlog: list[DeadLetter] = []  # waiting for a store that failed to write
@@ -226,6 +236,8 @@ class Bridge(Receiving, Writing):
         self._sink.close()
         if self._health_sink is not None and self._health_sink is not self._sink:
             self._health_sink.close()
+        if self._claims is not None:
+            self._claims.close()
         self._dead.close()
         self._log_summary(final=True)
         if self._failure is not None:
@@ -240,6 +252,8 @@ class Bridge(Receiving, Writing):
         self._sink.close()
         if self._health_sink is not None and self._health_sink is not self._sink:
             self._health_sink.close()
+        if self._claims is not None:
+            self._claims.close()
         self._dead.close()
 
     def retire(self, *, idle_s: float = 2.0, timeout: float | None = None) -> bool:

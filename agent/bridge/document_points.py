@@ -11,8 +11,22 @@ from typing import Any
 
 from agent.bridge.encoding import escape_string_field
 from agent.bridge.registry import GatewayRegistry
-from agent.bridge.schema import COMMANDS, HELD_REASONS, OUTCOMES, RESULT_SCHEMA, SIREN_WHY, STATE_SCHEMA, \
-    STATUS_SCHEMA, VIAS, Converted, Invalid, checked_object, is_int, lone_surrogate, show
+from agent.bridge.schema import (
+    COMMANDS,
+    HELD_REASONS,
+    OUTCOMES,
+    RESULT_SCHEMA,
+    SIREN_WHY,
+    STATE_SCHEMA,
+    STATUS_SCHEMA,
+    VIAS,
+    Converted,
+    Invalid,
+    checked_object,
+    is_int,
+    lone_surrogate,
+    show,
+)
 from agent.gateway.clock import EPOCH_FLOOR_US
 
 __all__ = ["DocumentPoints"]

@@ -11,6 +11,9 @@ What is written, per reading of a ``denen.readings/1`` batch:
   ``site, gateway, node, name, kind``, fields: every value, then ``fcnt``, ``rssi``, ``snr``, ``auth_ok``,
   ``clock_ok``;
 * a ``node_health`` point (tags as above; ``rssi``, ``snr``, ``battery_v``, ``fcnt``) for every node reading;
+* with de-duplication on (``dedupe``, :mod:`agent.bridge.dedupe`), a ``node_link`` point per node reading (tags
+  as above; ``fcnt``, ``rssi``, ``snr``; at the reading's own time): one per gateway that heard the frame, while the
+  two points above are written once per frame, as the first reception registered them;
 * for ``gateway_health`` readings, a ``gateway_health`` point (tags ``site, gateway``; the values) and nothing else;
 * for ``alert`` readings (an alert the gateway's edge rules raised or cleared, README "Alerts"), an ``alert`` point:
   tags ``site, gateway, node`` (the node concerned, or the gateway id for gateway conditions), ``name``, ``type``,
@@ -156,11 +159,14 @@ class Serializer(ReadingPoints, DocumentPoints):
             site ``unknown``. The attribute :attr:`registry` may be replaced while running.
         max_future_s: how far ahead of ``now_us`` a timestamp may be, in seconds, before it is refused
             (``timestamp_in_future``).
+        dedupe_prefix: with de-duplication on (:mod:`agent.bridge.dedupe`), the key prefix of frame claims: each
+            node reading then also gets a claim (:attr:`Converted.claims`) and a ``node_link`` point.
     """
 
     def __init__(self, topic_prefix: str = "denen/v1", *, now_us: Any = None, registry: GatewayRegistry | None = None,
-                 max_future_s: float = _MAX_FUTURE_S) -> None:
+                 max_future_s: float = _MAX_FUTURE_S, dedupe_prefix: str | None = None) -> None:
         self.prefix = topic_prefix.rstrip("/") + "/"
+        self.dedupe_prefix = dedupe_prefix
         self._now_us = now_us or (lambda: time.time_ns() // 1000)
         self.registry = registry if registry is not None else GatewayRegistry()
         self.max_future_us = int(max_future_s * 1_000_000)

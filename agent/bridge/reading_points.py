@@ -14,11 +14,35 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.bridge.encoding import CONTROL_RE, FIELD_KEY_MAX, FIELDS_MAX, escape_key, escape_string_field, \
-    escape_tag_value, valid_key
+from agent.bridge.dedupe import frame_key
+from agent.bridge.encoding import (
+    CONTROL_RE,
+    FIELD_KEY_MAX,
+    FIELDS_MAX,
+    escape_key,
+    escape_string_field,
+    escape_tag_value,
+    valid_key,
+)
 from agent.bridge.registry import GatewayRegistry
-from agent.bridge.schema import GATEWAY_KINDS, ID_RE, KINDS, LANES, READINGS_SCHEMA, RESERVED_FIELDS, SHAPE_ERRORS, \
-    Converted, Invalid, Reject, checked_object, is_int, is_number, lone_surrogate, reading_json, show
+from agent.bridge.schema import (
+    GATEWAY_KINDS,
+    ID_RE,
+    KINDS,
+    LANES,
+    READINGS_SCHEMA,
+    RESERVED_FIELDS,
+    SHAPE_ERRORS,
+    Converted,
+    Invalid,
+    Reject,
+    checked_object,
+    is_int,
+    is_number,
+    lone_surrogate,
+    reading_json,
+    show,
+)
 from agent.gateway.clock import EPOCH_FLOOR_US
 
 __all__ = ["ReadingPoints"]
@@ -46,6 +70,8 @@ class ReadingPoints:
     _now_us: Callable[[], int]
     _tags: dict[tuple[Any, ...], str]
     _field_keys: dict[str, str]
+    #: The redis key prefix of frame claims; None: no de-duplication (no claims, no ``node_link`` points).
+    dedupe_prefix: str | None
 
     _site: Callable[[str, str | None, Converted], str]
     _outside_window: Callable[..., int]
@@ -157,8 +183,24 @@ class ReadingPoints:
             lines.append(f"{kind},{tags} {field_set} {ts}")
             lines.append(f"node_health,{tags} {','.join(health)} {ts}")
             sources.append(rid)
+            if self.dedupe_prefix is not None:
+                self._link(r, node, kind, tags, fcnt_f, rssi, snr, ts, out)
         sources.append(rid)
         out.readings += 1
+
+    def _link(self, r: Any, node: str, kind: str, tags: str, fcnt_f: str, rssi: Any, snr: Any, ts: int,
+              out: Converted) -> None:
+        """De-duplication on: the frame's claim (its identity and where its two points are) and this reception's
+        ``node_link`` point, at this gateway's receive time (:mod:`agent.bridge.dedupe`)."""
+        link = [f"fcnt={fcnt_f}"]
+        if rssi is not None:
+            link.append(f"rssi={float(rssi)!r}")
+        if snr is not None:
+            link.append(f"snr={float(snr)!r}")
+        out.claims.append((len(out.lines) - 2, frame_key(self.dedupe_prefix or "", node, r["fcnt"], kind,
+                                                          r["values"])))
+        out.lines.append(f"node_link,{tags} {','.join(link)} {ts}")
+        out.sources.append(r["id"])
 
     def _checked(self, r: Any, gateway: str, latest: int) -> tuple[int, str, str, str, Any, str, Any, Any, Any]:
         """The reading envelope: every check a reading passes before it maps to points, or :class:`Invalid`.

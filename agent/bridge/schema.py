@@ -138,6 +138,8 @@ class Converted:
             site ``unknown``). Details are printable.
         readings: readings in the message that produced lines.
         gateway: the gateway named by the topic, or None for a topic outside the scheme.
+        claims: with de-duplication on (:mod:`agent.bridge.dedupe`), per node reading: (index in ``lines`` of its
+            measurement point, which its ``node_health`` point follows; the frame's content identity).
     """
 
     lines: list[str] = field(default_factory=list)
@@ -146,6 +148,7 @@ class Converted:
     notes: list[tuple[str, str]] = field(default_factory=list)
     readings: int = 0
     gateway: str | None = None
+    claims: list[tuple[int, str]] = field(default_factory=list)
 
 
 class Invalid(BridgeError):

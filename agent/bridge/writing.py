@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 
 from agent.bridge.config import BridgeConfig
 from agent.bridge.deadletter import DeadLetter, DeadLetterStore
+from agent.bridge.dedupe import FrameClaims
 from agent.bridge.errors import BridgeError
 from agent.bridge.health import HealthMonitor
 from agent.bridge.lineproto import Serializer
@@ -51,6 +52,7 @@ class Writing:
     _inbox: queue.SimpleQueue[InboxMessage | None]
     _serializer: Serializer
     _policy: WritePolicy
+    _claims: FrameClaims | None
     _dead: DeadLetterStore
     _dead_backlog: list[DeadLetter]
     _input_log: RateLimitedLog
@@ -202,6 +204,8 @@ class Writing:
         Raises:
             Abandoned: the bridge is stopping while the database fails; nothing of the batch is known written.
         """
+        if self._claims is not None:
+            self._merge_copies(batch)
         per_message: list[list[DeadLetter]] = [[] for _ in batch]
         all_lines: list[str] = []
         sources: list[str] = []
@@ -244,6 +248,26 @@ class Writing:
                       len(batch), sum(m.dup for m in batch), len(all_lines) - len(refused), len(refused),
                       (time.monotonic() - started) * 1000)
         return per_message
+
+    def _merge_copies(self, batch: list[InboxMessage]) -> None:
+        """De-duplication on: each node reading's two points become the ones its frame's first reception
+        registered (:mod:`agent.bridge.dedupe`); a message whose points changed gets its body encoded again."""
+        assert self._claims is not None
+        owners: list[tuple[InboxMessage, int]] = []
+        claims: list[tuple[str, str]] = []
+        for m in batch:
+            lines = m.converted.lines
+            for index, key in m.converted.claims:
+                owners.append((m, index))
+                claims.append((key, f"{lines[index]}\n{lines[index + 1]}"))
+        changed: dict[int, InboxMessage] = {}
+        for (m, index), registered in zip(owners, self._claims.resolve(claims), strict=True):
+            if registered is not None:
+                point, health = registered.split("\n")
+                m.converted.lines[index], m.converted.lines[index + 1] = point, health
+                changed[id(m)] = m
+        for m in changed.values():
+            m.body = "\n".join(m.converted.lines).encode()
 
     def _ack(self, batch: list[InboxMessage]) -> None:
         client = self._client

@@ -27,8 +27,9 @@ Each kind maps LPP channels to named values whose key says the unit (``battery_v
     vendor       0x80-0xFE: decoded by a codec named in the node's config, not here
 
 Channels that a kind does not list are kept, never dropped: a scalar as ``ch<N>_<lpp name>`` (``ch7_temperature``),
-a 3-tuple as ``ch<N>_<lpp name>_0`` .. ``_2`` (``ch6_colour_0`` .. ``_2`` are red, green, blue). The RAK type-255
-device id record becomes ``device_id``.
+a 3-tuple as ``ch<N>_<lpp name>_0`` .. ``_2`` (``ch6_colour_0`` .. ``_2`` are red, green, blue), a polyline as
+``ch<N>_polyline_step_deg``, ``ch<N>_polyline_points`` and ``ch<N>_polyline_lat_deg_<i>`` / ``_lon_deg_<i>`` per
+point (:meth:`drivers.codec.lpp.Polyline.values`). The RAK type-255 device id record becomes ``device_id``.
 All values are floats; booleans are 1.0/0.0.
 """
 
@@ -156,6 +157,7 @@ _TABLE: Final[Mapping[str, _Kind]] = MappingProxyType(
 # Keys of the extra channels: ch<N>_<lpp name> or ch<N>_<lpp name>_<0..2>.
 _PLAIN_KEY = re.compile(r"[a-z0-9_]+").fullmatch
 _EXTRA_KEY = re.compile(r"ch(\d{1,3})_([a-z_]+?)(?:_([012]))?")
+_POLYLINE_KEY = re.compile(r"ch(\d{1,3})_polyline_([a-z_]+(?:_\d{1,3})?)")
 
 
 def kind_name(code: int) -> str:
@@ -222,6 +224,8 @@ def _extra_values(record: LppRecord) -> list[tuple[str, float]]:
     """The named values of a record on a channel the kind's table does not list (or of the RAK device id)."""
     if record.type == _DEVICE_ID_TYPE:
         return [(_DEVICE_ID, float(record.value))]  # type: ignore[arg-type]
+    if isinstance(record.value, lpp.Polyline):
+        return [(f"ch{record.channel}_polyline_{name}", value) for name, value in record.value.values()]
     if isinstance(record.value, tuple):
         return [(f"ch{record.channel}_{record.name}_{index}", float(item)) for index, item in enumerate(record.value)]
     return [(f"ch{record.channel}_{record.name}", float(record.value))]
@@ -408,6 +412,8 @@ def _float(expr: str, is_float: bool) -> str:
 
 def _compile(kind: str, records: list[LppRecord]) -> _Layout | None:
     """Build the reader of one layout as Python source mirroring :func:`decode_values`, line for line."""
+    if any(record.type == lpp.POLYLINE_TYPE for record in records):
+        return None  # variable length: its bodies take the general path
     by_channel = {spec.channel: spec for spec in _TABLE[kind].channels}
     positions: list[int] = []
     expected: list[int] = []
@@ -466,7 +472,8 @@ def encode_values(kind: str, values: Mapping[str, float]) -> bytes:
     """Build an LPP body that :func:`decode_values` turns back into ``values`` (within one step).
 
     Meant for simulators and firmware authors. Keys follow the module table; extra keys ``ch<N>_<lpp name>``,
-    ``ch<N>_<lpp name>_0..2`` and ``device_id`` (sent on channel 0, as RAK does) are encoded too.
+    ``ch<N>_<lpp name>_0..2``, ``ch<N>_polyline_*`` and ``device_id`` (sent on channel 0, as RAK does) are encoded
+    too.
 
     Args:
         kind: kind name, e.g. ``'sos'``.
@@ -522,8 +529,13 @@ def _extra_records(kind: str, table: _Kind, extras: Mapping[str, float]) -> list
     """Encode the ``ch<N>_<lpp name>[_i]`` keys, checking that decode_values would read them back as extras."""
     scalars: dict[tuple[int, str], float] = {}
     parts: dict[tuple[int, str], dict[int, float]] = {}
+    lines: dict[int, dict[str, float]] = {}
     table_channels = {spec.channel for spec in table.channels}
     for key, value in extras.items():
+        line = _POLYLINE_KEY.fullmatch(key)
+        if line and int(line.group(1)) <= 255 and int(line.group(1)) not in table_channels:
+            lines.setdefault(int(line.group(1)), {})[line.group(2)] = value
+            continue
         match = _EXTRA_KEY.fullmatch(key)
         channel = int(match.group(1)) if match else -1
         name = match.group(2) if match else ""
@@ -544,5 +556,7 @@ def _extra_records(kind: str, table: _Kind, extras: Mapping[str, float]) -> list
             missing = [f"ch{channel}_{name}_{i}" for i in range(3) if i not in items]
             raise CodecError("kind_missing_value", f"{kind}: also needs {missing}")
         records.append((channel, name, (items[0], items[1], items[2])))
-    records.sort(key=lambda record: (record[0], lpp.TYPE_IDS[str(record[1])]))
+    records += [(channel, lpp.POLYLINE_TYPE, lpp.Polyline.from_values(named, f"{kind}: ch{channel}_polyline"))
+                for channel, named in lines.items()]
+    records.sort(key=lambda record: (record[0], lpp.TYPE_IDS.get(str(record[1]), lpp.POLYLINE_TYPE)))
     return records

@@ -179,15 +179,15 @@ def test_unknown_type_names_offset_and_id() -> None:
 
 def test_unknown_type_carries_the_records_before_it() -> None:
     """The position of an SOS survives a type this table lacks after it (the frame is still refused)."""
-    body = bytes.fromhex("010001" + "018806765FF2960A0003E8" + "05F0" + "0102")
+    body = bytes.fromhex("010001" + "018806765FF2960A0003E8" + "05F1" + "0102")
     with pytest.raises(lpp.LppUnknownType) as info:
         lpp.decode(body)
     assert info.value.reason == "lpp_unknown_type" and isinstance(info.value, LppError)
-    assert info.value.offset == 14 and "offset 14" in str(info.value) and "0xf0" in str(info.value)
+    assert info.value.offset == 14 and "offset 14" in str(info.value) and "0xf1" in str(info.value)
     assert info.value.records == lpp.decode(body[:14])
     assert [r.name for r in info.value.records] == ["digital_input", "gps"]
     with pytest.raises(lpp.LppUnknownType) as first:
-        lpp.decode(bytes.fromhex("01F0"))
+        lpp.decode(bytes.fromhex("01F1"))
     assert first.value.records == [] and first.value.offset == 0
 
 
@@ -197,7 +197,7 @@ def test_random_bytes_raise_only_lpp_error(data: bytes) -> None:
     try:
         records = lpp.decode(data)
     except LppError as exc:
-        assert exc.reason in {"lpp_truncated", "lpp_unknown_type"}
+        assert exc.reason in {"lpp_truncated", "lpp_unknown_type", "lpp_bad_polyline"}
         assert isinstance(exc, CodecError) and isinstance(exc, ValueError)
     else:
         # Whatever decodes must be a complete, exact parse: re-encoding gives the same bytes.
@@ -261,7 +261,7 @@ def test_encode_accepts_exact_limits() -> None:
         ((256, "temperature", 1.0), "lpp_bad_channel"),
         ((-1, "temperature", 1.0), "lpp_bad_channel"),
         (("1", "temperature", 1.0), "lpp_bad_channel"),
-        ((1, "polyline", 1.0), "lpp_unknown_type"),
+        ((1, "polyline", 1.0), "lpp_bad_value"),  # a lpp.Polyline
         ((1, "colour", 1.0), "lpp_bad_value"),  # red, green, blue: a 3-tuple
         ((1, 0x99, 1.0), "lpp_unknown_type"),
         ((1, "temperature"), "lpp_bad_value"),
@@ -324,35 +324,27 @@ def test_well_formed_bytes_survive_decode_encode(headers: list[tuple[int, int]],
 # not from lpp.py: type id -> (library name, data bytes, multiplier per field, signed). Voltage (116) and current
 # (117) are unsigned as in decoder.js, the header comments and the other decoders; the library's C++ getTypeSigned
 # lists them as signed since 1.6.0 (docs/protocols.md §3 says which denen follows and why).
-# Polyline (240) is variable-length, only in non-Arduino builds, and its delta bytes are C bit-fields whose order
-# the compiler chooses; denen does not decode it (§3).
+# Polyline (240) is variable-length and decodes to points, not to one value per field: see the polyline tests below.
+_EC_TABLE = """
+  0 digital_in    1 1               u      1 digital_out   1 1               u
+  2 analog_in     2 100             s      3 analog_out    2 100             s
+100 generic       4 1               u    101 luminosity    2 1               u
+102 presence      1 1               u    103 temperature   2 10              s
+104 humidity      1 2               u    113 accelerometer 6 1000,1000,1000  s
+115 pressure      2 10              u    116 voltage       2 100             u
+117 current       2 1000            u    118 frequency     4 1               u
+120 percentage    1 1               u    121 altitude      2 1               s
+125 concentration 2 1               u    128 power         2 1               u
+130 distance      4 1000            u    131 energy        4 1000            u
+132 direction     2 1               u    133 time          4 1               u
+134 gyrometer     6 100,100,100     s    135 colour        3 1,1,1           u
+136 gps           9 10000,10000,100 s    142 switch        1 1               u
+"""
+_EC_CELLS = _EC_TABLE.split()
+# type id -> (library name, data bytes, multiplier per field, signed)
 EC_TYPES: dict[int, tuple[str, int, tuple[int, ...], bool]] = {
-    0: ("digital_in", 1, (1,), False),
-    1: ("digital_out", 1, (1,), False),
-    2: ("analog_in", 2, (100,), True),
-    3: ("analog_out", 2, (100,), True),
-    100: ("generic", 4, (1,), False),
-    101: ("luminosity", 2, (1,), False),
-    102: ("presence", 1, (1,), False),
-    103: ("temperature", 2, (10,), True),
-    104: ("humidity", 1, (2,), False),
-    113: ("accelerometer", 6, (1000, 1000, 1000), True),
-    115: ("pressure", 2, (10,), False),
-    116: ("voltage", 2, (100,), False),
-    117: ("current", 2, (1000,), False),
-    118: ("frequency", 4, (1,), False),
-    120: ("percentage", 1, (1,), False),
-    121: ("altitude", 2, (1,), True),
-    125: ("concentration", 2, (1,), False),
-    128: ("power", 2, (1,), False),
-    130: ("distance", 4, (1000,), False),
-    131: ("energy", 4, (1000,), False),
-    132: ("direction", 2, (1,), False),
-    133: ("time", 4, (1,), False),
-    134: ("gyrometer", 6, (100, 100, 100), True),
-    135: ("colour", 3, (1, 1, 1), False),
-    136: ("gps", 9, (10000, 10000, 100), True),
-    142: ("switch", 1, (1,), False),
+    int(type_id): (name, int(size), tuple(int(m) for m in mults.split(",")), sign == "s")
+    for type_id, name, size, mults, sign in zip(*[iter(_EC_CELLS)] * 5, strict=True)
 }
 
 
@@ -445,3 +437,170 @@ def test_library_vectors_decode_and_reencode(hex_body: str, expected: list[tuple
     for record, (_, name, value) in zip(records, expected, strict=True):
         assert record.value == value, name
     assert lpp.encode((r.channel, r.type, r.value) for r in records) == bytes.fromhex(hex_body)
+
+
+# --- polyline (type 240, ElectronicCats src/CayenneLPPPolyline.cpp) ------------------------------------------------
+# Data: size byte (the data bytes, itself included), precision byte, int24 latitude and longitude of the start point
+# in grid units, then one byte per further point: latitude steps in the low nibble, longitude steps in the high one,
+# each signed 4-bit. tests/unit/lpp_vectors.json holds the bytes the library's own encoder writes.
+
+def _polyline(precision: int, *points: tuple[float, float]) -> lpp.Polyline:
+    return lpp.Polyline(precision, tuple(points))
+
+
+def test_polyline_nibbles_are_latitude_low_longitude_high() -> None:
+    # start (35.6812, 139.7671) at 0.0001°, then +3/-6 steps (0xA3) and -6/+7 steps (0x7A)
+    (record,) = lpp.decode(bytes.fromhex("07F0" "0A" "E3" "0571CC" "1553A7" "A37A"))
+    assert (record.channel, record.type, record.name) == (7, lpp.POLYLINE_TYPE, "polyline")
+    assert record.value == _polyline(227, (35.6812, 139.7671), (35.6815, 139.7665), (35.6809, 139.7672))
+    assert record.value.step_deg == 0.0001
+
+
+@pytest.mark.parametrize(("precision", "step"), [(1, 0.0001), (199, 0.0199), (227, 0.0001), (234, 0.02),
+                                                 (239, 1.0)])
+def test_polyline_precision_scales_every_step(precision: int, step: float) -> None:
+    factor = round(step * 10_000)
+    body = bytes([1, 240, 10, precision]) + (-5).to_bytes(3, "big", signed=True) + (7).to_bytes(3, "big") + b"\x7f\x88"
+    (record,) = lpp.decode(body)
+    assert record.value.step_deg == step
+    # 0x7F: latitude -1 (low nibble F), longitude +7; 0x88: both -8
+    assert record.value.points == ((-5 * factor / 10_000, 7 * factor / 10_000),
+                                   (-6 * factor / 10_000, 14 * factor / 10_000),
+                                   (-14 * factor / 10_000, 6 * factor / 10_000))
+    assert lpp.encode([(1, "polyline", record.value)]) == body
+
+
+def test_polyline_at_its_size_limit_and_between_other_records() -> None:
+    body = bytes.fromhex("016700FF") + bytes([2, 240, 255, 227]) + bytes(6) + bytes([0x11] * 247) + bytes.fromhex("0374014A")
+    temperature, line, voltage = lpp.decode(body)
+    assert (temperature.name, line.name, voltage.name) == ("temperature", "polyline", "voltage")
+    assert len(line.value.points) == 248 and line.value.points[-1] == (0.0247, 0.0247)
+    assert lpp.encode((r.channel, r.type, r.value) for r in (temperature, line, voltage)) == body
+
+
+@pytest.mark.parametrize(("hex_body", "reason", "words"), [
+    ("01F0", "lpp_truncated", ["offset 0", "polyline", "size byte, 0 left"]),
+    ("016700FF01F007E3000000000000", "lpp_bad_polyline", ["offset 4", "size byte 7", "below 8"]),
+    ("01F000", "lpp_bad_polyline", ["size byte 0"]),
+    ("01F009E3000000000000", "lpp_truncated", ["needs 9 data bytes", "8 left"]),
+    ("01F0FFE3000000000000" + "11" * 200, "lpp_truncated", ["needs 255", "208 left"]),
+    ("01F008C8000000000000", "lpp_bad_polyline", ["precision byte 200 is reserved"]),
+    ("01F00800000000000000", "lpp_bad_polyline", ["precision byte 0 is reserved"]),
+    ("01F008F0000000000000", "lpp_bad_polyline", ["precision byte 240 is reserved"]),
+])
+def test_polyline_malformed(hex_body: str, reason: str, words: list[str]) -> None:
+    with pytest.raises(LppError) as info:
+        lpp.decode(bytes.fromhex(hex_body))
+    assert info.value.reason == reason and not isinstance(info.value, lpp.LppUnknownType)
+    assert all(word in str(info.value) for word in words), str(info.value)
+
+
+def test_unknown_type_after_a_polyline_keeps_the_polyline() -> None:
+    body = bytes.fromhex("010001" "07F0" "0AE30571CC1553A7A37A" "05F1" "0102")
+    with pytest.raises(lpp.LppUnknownType) as info:
+        lpp.decode(body)
+    assert info.value.offset == 15 and info.value.records == lpp.decode(body[:15])
+    assert info.value.records[1].value.points[-1] == (35.6809, 139.7672)
+
+
+@pytest.mark.parametrize(("value", "reason", "words"), [
+    ((1.0, 2.0), "lpp_bad_value", ["lpp.Polyline"]),
+    (_polyline(200, (1.0, 2.0)), "lpp_bad_value", ["precision 200 is reserved"]),
+    (_polyline(227), "lpp_out_of_range", ["1 .. 248 points"]),
+    (lpp.Polyline(227, ((0.0, 0.0),) * 249), "lpp_out_of_range", ["1 .. 248 points"]),
+    (_polyline(227, (1.0,)), "lpp_bad_value", ["pairs"]),
+    (_polyline(227, (math.nan, 1.0)), "lpp_bad_value", ["nan"]),
+    (_polyline(227, (1.0, "2")), "lpp_bad_value", ["'2'"]),
+    (_polyline(227, (839.0, 0.0)), "lpp_out_of_range", ["start point", "-838.8608 .. 838.8607°"]),
+    (_polyline(227, (0.0, 0.0), (0.0008, 0.0)), "lpp_out_of_range", ["point 1", "(8, 0) steps", "-8 .. 7"]),
+    (_polyline(233, (0.0, 0.0), (0.0, -0.09)), "lpp_out_of_range", ["(0, -9) steps of 0.01°"]),
+])
+def test_polyline_encode_refuses(value: object, reason: str, words: list[str]) -> None:
+    with pytest.raises(LppError) as info:
+        lpp.encode([(3, 240, value)])  # type: ignore[list-item]
+    assert info.value.reason == reason and all(word in str(info.value) for word in words), str(info.value)
+
+
+def test_polyline_encode_rounds_each_point_to_its_grid() -> None:
+    line = _polyline(233, (12.004, -12.996), (12.0149, -13.0))
+    assert lpp.encode([(2, "polyline", line)]) == bytes.fromhex("02F009E90004B0FFFAEC01")
+    (record,) = lpp.decode(bytes.fromhex("02F009E90004B0FFFAEC01"))
+    assert record.value.points == ((12.0, -13.0), (12.01, -13.0))
+
+
+@st.composite
+def _polylines(draw: st.DrawFn) -> lpp.Polyline:
+    precision = draw(st.sampled_from(sorted(lpp.POLYLINE_PRECISIONS)))
+    factor = lpp.POLYLINE_PRECISIONS[precision]
+    lat, lon = draw(st.integers(-0x800000, 0x7FFFFF)), draw(st.integers(-0x800000, 0x7FFFFF))
+    points = [(lat * factor / 10_000, lon * factor / 10_000)]
+    for d_lat, d_lon in draw(st.lists(st.tuples(st.integers(-8, 7), st.integers(-8, 7)), max_size=40)):
+        lat, lon = lat + d_lat, lon + d_lon
+        points.append((lat * factor / 10_000, lon * factor / 10_000))
+    return lpp.Polyline(precision, tuple(points))
+
+
+@FAST
+@given(_polylines(), st.integers(0, 255))
+def test_polyline_encode_then_decode_is_exact(line: lpp.Polyline, channel: int) -> None:
+    body = lpp.encode([(channel, "polyline", line)])
+    assert body[2] == len(body) - 2 == 7 + len(line.points)
+    assert lpp.decode(body) == [LppRecord(channel, 240, "polyline", line)]
+
+
+@FAST
+@given(st.binary(min_size=6, max_size=6), st.binary(max_size=60), st.sampled_from(sorted(lpp.POLYLINE_PRECISIONS)))
+def test_polyline_any_well_sized_bytes_decode_and_reencode(start: bytes, deltas: bytes, precision: int) -> None:
+    body = bytes([4, 240, 8 + len(deltas), precision]) + start + deltas
+    (record,) = lpp.decode(body)
+    assert len(record.value.points) == 1 + len(deltas)
+    assert lpp.encode([(4, 240, record.value)]) == body
+
+
+# --- polyline values of a reading (drivers/codec/kinds.py) ----------------------------------------------------------
+
+
+def test_polyline_values_in_a_reading_and_back() -> None:
+    from drivers.codec import kinds
+
+    body = bytes.fromhex("010001" "07F0" "0AE30571CC1553A7A37A")
+    values = kinds.decode_values("sos", lpp.decode(body))
+    assert values == {"pressed": 1.0, "ch7_polyline_step_deg": 0.0001, "ch7_polyline_points": 3.0,
+                      "ch7_polyline_lat_deg_0": 35.6812, "ch7_polyline_lon_deg_0": 139.7671,
+                      "ch7_polyline_lat_deg_1": 35.6815, "ch7_polyline_lon_deg_1": 139.7665,
+                      "ch7_polyline_lat_deg_2": 35.6809, "ch7_polyline_lon_deg_2": 139.7672}
+    kinds._forget_layouts()
+    assert kinds.decode_body("sos", body) == kinds.decode_body("sos", body) == values
+    assert not kinds._LAYOUTS  # variable length: no compiled reader
+    # encode_values writes precision 1 for 0.0001° (the same step as the library's 227): the same values come back.
+    again = kinds.encode_values("sos", values)
+    assert again == bytes.fromhex("010001" "07F0" "0A01" "0571CC1553A7A37A")
+    assert kinds.decode_values("sos", lpp.decode(again)) == values
+    # On a channel the kind owns, a polyline is the wrong type; kept as an extra when salvaged.
+    with pytest.raises(CodecError) as wrong:
+        kinds.decode_values("sos", lpp.decode(bytes.fromhex("010001" "02F0" "08E3000000000000")))
+    assert wrong.value.reason == "kind_bad_type"
+    salvaged = kinds.salvage_values("sos", lpp.decode(bytes.fromhex("010001" "02F0" "08E3000000000000")))
+    assert salvaged == {"pressed": 1.0, "ch2_polyline_step_deg": 0.0001, "ch2_polyline_points": 1.0,
+                        "ch2_polyline_lat_deg_0": 0.0, "ch2_polyline_lon_deg_0": 0.0}
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"ch7_polyline_step_deg": 0.00015}, ["step_deg 0.00015"]),
+    ({"ch7_polyline_step_deg": 0.03}, ["step_deg 0.03"]),
+    ({"ch7_polyline_points": 2.5}, ["points 2.5"]),
+    ({"ch7_polyline_points": 249.0}, ["points 249.0"]),
+    ({"ch7_polyline_points": 2.0}, ["missing or unknown ['ch7_polyline_lat_deg_2'", "lon_deg_2"]),
+    ({"ch7_polyline_lon_deg_3": 1.0}, ["lon_deg_3"]),
+])
+def test_polyline_values_that_do_not_make_a_polyline(change: dict[str, float], words: list[str]) -> None:
+    from drivers.codec import kinds
+
+    values = {"pressed": 1.0, "ch7_polyline_step_deg": 0.0001, "ch7_polyline_points": 3.0,
+              **{f"ch7_polyline_{axis}_deg_{i}": 0.0 for i in range(3) for axis in ("lat", "lon")}}
+    values.update(change)
+    with pytest.raises(LppError) as info:
+        kinds.encode_values("sos", values)
+    assert info.value.reason == "lpp_bad_value"
+    assert str(info.value).startswith("sos: ch7_polyline ")
+    assert all(word.replace("ch7_polyline_", "") in str(info.value) for word in words), str(info.value)

@@ -1,17 +1,20 @@
-"""Every radio driver that ships with denen, registered here (Telegraf's ``all/`` idea).
+"""Every radio driver that ships with denen, listed here (Telegraf's ``all/`` idea).
 
 A new driver is one module that defines its :class:`drivers.registry.DriverSpec` as ``SPEC``, its simulator twin
-in ``drivers/sim/``, and its line here. Nothing else imports driver modules to register them:
-:mod:`drivers.registry` imports this module on its first look-up. The order here is the order drivers are listed
-in where order shows (scenario ``model:`` errors).
+in ``drivers/sim/``, and its line here. Nothing here imports a driver module: :mod:`drivers.registry` reads this
+list on its first look-up and imports a driver's module when that driver is first looked up, so a gateway pays
+only for the drivers its config names. The order here is the order drivers are listed in where order shows
+(scenario ``model:`` errors, the config reference).
 """
 
-from drivers import es920lr, meshtastic, modbus, rak3172
-from drivers.registry import register
+from drivers.registry import Listing
 
-__all__: list[str] = []
+__all__ = ["BUILTIN"]
 
-register(rak3172.SPEC)
-register(es920lr.SPEC)
-register(modbus.SPEC)
-register(meshtastic.SPEC)
+#: The built-in drivers: name, module, settings section, summary (the module's ``SPEC`` must say the same).
+BUILTIN: tuple[Listing, ...] = (
+    Listing("rak3172", "drivers.rak3172", "p2p", "RAK3172, RUI3 LoRa P2P"),
+    Listing("es920lr", "drivers.es920lr", "es920", "EASEL ES920LR"),
+    Listing("modbus", "drivers.modbus", "modbus", "Modbus RTU gauges on RS-485"),
+    Listing("meshtastic", "drivers.meshtastic", "meshtastic", "Meshtastic device, serial API (protobuf stream)"),
+)

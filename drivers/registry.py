@@ -1,22 +1,25 @@
 """The radio drivers by name: what each one is called in ``radios[].driver``, and everything that belongs to it.
 
-Each driver module defines one :class:`DriverSpec` (``SPEC``); :mod:`drivers.all` imports every driver module and
-registers them in a fixed order, and the look-ups here import it on first use, so a reader never needs to know
-which modules exist::
+Each driver module defines one :class:`DriverSpec` (``SPEC``). :mod:`drivers.all` lists every built-in driver
+as a :class:`Listing` (its name, module, settings section and summary) without importing it, so a gateway loads
+only the drivers its config uses: :func:`spec` imports one driver's module on first use, :func:`specs` (and
+iterating :data:`DRIVERS`) imports every one, for what enumerates them (config reference, schema, contract
+tests)::
 
     from drivers import registry
-    registry.names()                 # ('es920lr', 'rak3172')
-    registry.spec("rak3172").driver  # the ModuleDriver class
+    registry.names()                 # ('es920lr', 'meshtastic', ...): no driver module imported
+    registry.section("rak3172")      # 'p2p': no driver module imported
+    registry.spec("rak3172").driver  # the ModuleDriver class (drivers.rak3172 imported now)
 
 This module imports no driver at its top (no import cycle): driver modules import it for :class:`DriverSpec`.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from drivers.errors import DriverError
@@ -26,7 +29,8 @@ if TYPE_CHECKING:
 
     from drivers.radio import ModuleDriver
 
-__all__ = ["CAPABILITIES", "DRIVERS", "DriverSpec", "UnknownDriver", "names", "register", "spec", "specs", "unregister"]
+__all__ = ["CAPABILITIES", "DRIVERS", "DriverSpec", "Listing", "UnknownDriver", "listings", "names", "register",
+           "section", "spec", "specs", "unregister"]
 
 
 #: What a driver may do beyond receiving: ``transmit`` (send frames, e.g. SOS receipts), ``link_quality`` (its
@@ -68,20 +72,39 @@ class DriverSpec:
             raise ValueError(f"driver {self.name!r}: unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}")
 
 
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A built-in driver as :mod:`drivers.all` lists it: what config needs before the driver is loaded.
+
+    Attributes:
+        name: the name in ``radios[].driver``.
+        module: the module that defines the driver's ``SPEC`` (imported when the driver is first looked up).
+        section: the radio's own config key, None if the driver takes no settings.
+        summary: one line for docs and help.
+
+    When the module is loaded its ``SPEC`` must say the same (checked), so the two cannot drift apart.
+    """
+
+    name: str
+    module: str
+    section: str | None
+    summary: str
+
+
 class UnknownDriver(DriverError, ValueError):
     """No driver is registered under this name; the message lists the known ones."""
 
 
 _drivers: dict[str, DriverSpec] = {}
-#: Every registered driver by name, in registration order (read-only view).
-DRIVERS: Mapping[str, DriverSpec] = MappingProxyType(_drivers)
+_listed: dict[str, Listing] = {}
 
-_load_lock = threading.Lock()
-_loaded = False
+_load_lock = threading.RLock()
+_listed_loaded = False
 
 
 def register(driver_spec: DriverSpec) -> DriverSpec:
-    """Make a driver available under ``driver_spec.name`` (drivers/all.py; tests register drivers of their own).
+    """Make a driver available under ``driver_spec.name`` (tests register drivers of their own; a built-in
+    driver's spec is registered when :func:`spec` loads its module).
 
     Also sets the driver class's ``name``. Registering the same spec again is harmless (a module reloaded).
 
@@ -109,38 +132,100 @@ def unregister(name: str) -> None:
     _drivers.pop(name, None)
 
 
-def _load() -> None:
-    """Import :mod:`drivers.all` once, so every built-in driver is registered before the first look-up."""
-    global _loaded
-    if _loaded:
+def _list_builtins() -> None:
+    """Read :mod:`drivers.all`'s listings once (it imports no driver module)."""
+    global _listed_loaded
+    if _listed_loaded:
         return
     with _load_lock:
-        if not _loaded:
-            import drivers.all  # noqa: F401,PLC0415  (registration; imported late: the drivers import this module)
+        if not _listed_loaded:
+            from drivers.all import BUILTIN  # noqa: PLC0415  (imported late: drivers.all imports this module)
 
-            _loaded = True
+            for listing in BUILTIN:
+                other = next((o for o in _listed.values() if o.section is not None and o.section == listing.section),
+                             None)
+                if listing.name in _listed or other is not None:
+                    raise ValueError(f"drivers.all lists driver {listing.name!r} or section {listing.section!r} twice")
+                _listed[listing.name] = listing
+            _listed_loaded = True
+
+
+def _load_listed(listing: Listing) -> DriverSpec:
+    """Import a listed driver's module and register its ``SPEC``, which must agree with the listing."""
+    with _load_lock:
+        found = _drivers.get(listing.name)
+        if found is not None:
+            return found
+        loaded: DriverSpec = importlib.import_module(listing.module).SPEC
+        said = (loaded.name, loaded.section, loaded.summary)
+        if said != (listing.name, listing.section, listing.summary):
+            raise ValueError(f"{listing.module}.SPEC says (name, section, summary) {said}, drivers.all lists "
+                             f"{(listing.name, listing.section, listing.summary)}")
+        return register(loaded)
+
+
+def listings() -> tuple[Listing, ...]:
+    """The built-in drivers as :mod:`drivers.all` lists them, in its order (no driver module imported)."""
+    _list_builtins()
+    return tuple(_listed.values())
 
 
 def specs() -> tuple[DriverSpec, ...]:
-    """Every registered driver, in registration order."""
-    _load()
-    return tuple(_drivers.values())
+    """Every driver, built-in ones first in :mod:`drivers.all`'s order (imports every driver module)."""
+    for listing in listings():
+        _load_listed(listing)
+    return tuple({**{n: _drivers[n] for n in _listed}, **_drivers}.values())
 
 
 def names() -> tuple[str, ...]:
-    """The registered driver names, sorted."""
-    _load()
-    return tuple(sorted(_drivers))
+    """The driver names, sorted (no driver module imported)."""
+    _list_builtins()
+    return tuple(sorted({*_listed, *_drivers}))
 
 
-def spec(name: str) -> DriverSpec:
-    """The driver registered under ``name``.
+def section(name: str) -> str | None:
+    """The config section of the driver ``name`` (None if it takes none), without loading a listed driver.
 
     Raises:
         UnknownDriver: no such driver; the message lists the known names.
     """
-    _load()
+    _list_builtins()
+    listing = _listed.get(name)
+    return listing.section if listing is not None else spec(name).section
+
+
+def spec(name: str) -> DriverSpec:
+    """The driver registered under ``name``, its module imported if it was not yet.
+
+    Raises:
+        UnknownDriver: no such driver; the message lists the known names.
+    """
+    _list_builtins()
     found = _drivers.get(name)
-    if found is None:
-        raise UnknownDriver(f"unknown radio driver {name!r}; known: {', '.join(sorted(_drivers))}")
-    return found
+    if found is not None:
+        return found
+    listing = _listed.get(name)
+    if listing is None:
+        raise UnknownDriver(f"unknown radio driver {name!r}; known: {', '.join(names())}")
+    return _load_listed(listing)
+
+
+class _Drivers(Mapping[str, DriverSpec]):
+    """Every driver by name (read-only); looking one up loads it, iterating names every one without loading."""
+
+    def __getitem__(self, name: str) -> DriverSpec:
+        try:
+            return spec(name)
+        except UnknownDriver:
+            raise KeyError(name) from None
+
+    def __iter__(self) -> Iterator[str]:
+        _list_builtins()
+        return iter({**dict.fromkeys(_listed), **dict.fromkeys(_drivers)})
+
+    def __len__(self) -> int:
+        return len(names())
+
+
+#: Every driver by name, built-in ones first in :mod:`drivers.all`'s order (read-only).
+DRIVERS: Mapping[str, DriverSpec] = _Drivers()

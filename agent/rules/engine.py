@@ -354,12 +354,18 @@ class RuleEngine:
             self._deadline[ctx.node] = ctx.ts_us + limit
             self._schedule(ctx.node, ctx.ts_us + limit)
 
+    def _switched(self, value: object, key: str) -> bool | None:
+        """What a two-state reading (1 on, 0 off; 0.5 the threshold) does to the alert ``key``: True raises it,
+        False clears it, None leaves it (already in that state, or no number)."""
+        number = _number(value)
+        if number is None or (number >= 0.5) == (key in self._active):
+            return None
+        return number >= 0.5
+
     def _sos(self, ctx: _Ctx, values: Mapping[str, Any], out: list[Alert]) -> None:
-        pressed = _number(values.get("pressed"))
-        if pressed is None:
-            return
         key = f"sos:{ctx.node}"
-        if pressed >= 0.5 and key not in self._active:
+        switched = self._switched(values.get("pressed"), key)
+        if switched:
             lat, lon = _number(values.get("lat_deg")), _number(values.get("lon_deg"))
             if lat is not None and lon is not None:
                 alt = _number(values.get("alt_m"))
@@ -369,17 +375,15 @@ class RuleEngine:
                 lat = lon = None
                 text = "SOS発信（位置不明） / SOS pressed, no GPS position"
             out.append(self._raise(key, "sos", EMERGENCY, ctx, text, lat_deg=lat, lon_deg=lon))
-        elif pressed < 0.5 and key in self._active:
+        elif switched is False:
             out.append(self._clear(key, ctx, "SOS取消 / SOS cancelled by the caller"))
 
     def _trap(self, ctx: _Ctx, values: Mapping[str, Any], out: list[Alert]) -> None:
-        fired = _number(values.get("fired"))
-        if fired is None:
-            return
         key = f"trap_fired:{ctx.node}"
-        if fired >= 0.5 and key not in self._active:
+        switched = self._switched(values.get("fired"), key)
+        if switched:
             out.append(self._raise(key, "trap_fired", WARNING, ctx, "わなが作動 / trap fired"))
-        elif fired < 0.5 and key in self._active:
+        elif switched is False:
             out.append(self._clear(key, ctx, "わな再設置 / trap re-armed"))
 
     def _stage(self, node: str) -> int:

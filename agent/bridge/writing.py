@@ -314,7 +314,7 @@ class Writing:
         notes = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(c.items()) if k.startswith("notes."))
         log.info(
             "bridge%s: %d messages (%d redelivered), %d readings, %d lines in %d writes, %d acknowledged, "
-            "%d dead letters%s, %d failed write attempts%s%s",
+            "%d dead letters%s, %d failed write attempts%s%s%s",
             " stopped" if final else "", c.get("messages", 0), c.get("messages_redelivered", 0),
             c.get("readings_written", 0), c.get("lines_written", 0), c.get("batches", 0), c.get("messages_acked", 0),
             c.get("dead_letters", 0), f" ({dead})" if dead else "",
@@ -322,6 +322,9 @@ class Writing:
             f"; noted: {notes}" if notes else "",
             f"; dead-letter store: {c.get('dead_letters_evicted', 0)} evicted, {c.get('dead_letters_lost', 0)} lost"
             if c.get("dead_letters_evicted") or c.get("dead_letters_lost") else "",
+            f"; frames: {c.get('frames_claimed', 0)} first receptions, {c.get('frames_merged', 0)} merged into an "
+            f"earlier one, {c.get('frames_unclaimed', 0)} written unmerged (redis failed)"
+            if self._claims is not None else "",
         )
 
 

@@ -208,3 +208,23 @@ def test_two_bridges_write_one_point_per_frame_and_a_link_per_reception(
     finally:
         for b in bridges:
             b.close()
+
+
+def test_a_bridge_whose_redis_is_down_writes_every_copy_and_its_link(tmp_path: Path) -> None:
+    """Nothing waits for redis: each copy is written as its own reading (a duplicate point, never a lost one)."""
+    down = RedisServer(tmp_path / "never-started")  # a free port nobody listens on
+    sink = Recording()
+    bridge = Bridge(parse_bridge_config(_config(tmp_path, f"dedupe: {{redis_url: '{down.url}', timeout_s: 0.5}}")),
+                    sink=sink)
+    try:
+        msgs = []
+        for t, p in copies(0x707, 2, "sos", {"pressed": 1.0}):
+            conv, body = bridge._convert(t, p)
+            msgs.append(InboxMessage(-1, 0, 0, t, conv, False, body))
+        assert bridge._write(msgs) == [[], [], []]
+        lines = b"\n".join(sink.bodies).decode().split("\n")
+        assert sorted(lines) == sorted(x for t, p in copies(0x707, 2, "sos", {"pressed": 1.0})
+                                       for x in Serializer(dedupe_prefix=PREFIX).convert(t, p).lines)
+        assert bridge.stats["frames_unclaimed"] == 3
+    finally:
+        bridge.close()

@@ -1,0 +1,165 @@
+"""Three gateways hear the same node frames; three `denen bridge` processes share one subscription and one redis:
+InfluxDB gets exactly one point per frame and measurement, one node_link point per reception, and each SOS once,
+also when a bridge is SIGKILLed mid-stream (agent/bridge/dedupe.py).
+
+Real parts only: Mosquitto, InfluxDB 1.6.7, redis-server, the bridges as their own processes. Each gateway publishes
+its own copy of every frame (own identity ``<gateway>/<node>/<fcnt>``, own receive time, RSSI and SNR), in batches
+of its own size and its own order, with jitter, from its own MQTT connection at the same time as the others.
+
+``DENEN_MULTI_GATEWAY_FRAMES`` sets the number of frames (default 10,000, the issue's size).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.dev.devbroker import Mosquitto
+from tests.bridge._helpers import (
+    T0_US,
+    Publisher,
+    batch,
+    bridge_config_text,
+    reading,
+    topic,
+    v1_sink,
+)
+from tests.support.fault_rig import BridgeProcess
+from tests.support.influx import InfluxDB1
+from tests.support.polling import wait_until
+from tests.support.redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
+from tests.support.registry import write_registry
+
+pytestmark = pytest.mark.broker
+
+DB = "denen"
+GATEWAYS = ("gw-valley-a", "gw-valley-b", "gw-relay-c")
+BATCH_SIZES = (40, 50, 64)  # per gateway: the copies of one frame travel in different messages
+NODES = 50
+SUMMARY_RE = re.compile(r"bridge stopped: \d+ messages \((\d+) redelivered\).*; frames: (\d+) first receptions, "
+                        r"(\d+) merged into an earlier one, (\d+) written unmerged")
+FRAMES = int(os.environ.get("DENEN_MULTI_GATEWAY_FRAMES", "10000"))
+
+
+def frame(i: int) -> tuple[int, int, str, dict[str, float]]:
+    """Frame i: (node, fcnt, kind, values); every 10th an SOS press."""
+    node, fcnt = 0xA00 + i % NODES, i // NODES + 1
+    if i % 10 == 7:
+        return node, fcnt, "sos", {"pressed": 1.0, "battery_v": 3.4}
+    return node, fcnt, "water_level", {"level_cm": 100.0 + (i % 89) * 0.5, "battery_v": 3.6}
+
+
+def gateway_messages(g: int, gw: str, rng: random.Random) -> list[tuple[str, bytes]]:
+    """Gateway g's copies of every frame: its receive time (the frame's air time plus 0-300 ms), RSSI and SNR,
+    in batches of its own size per lane, neighbouring batches swapped at random."""
+    by_lane: dict[str, list[dict[str, Any]]] = {"sos": [], "telemetry": []}
+    for i in range(FRAMES):
+        node, fcnt, kind, values = frame(i)
+        r = reading(gw, node, fcnt, kind, values, ts_us=T0_US + i * 100_000 + rng.randrange(300_000),
+                    rssi=rng.randrange(-120, -60), snr=round(rng.uniform(-10, 10), 1))
+        by_lane[r["lane"]].append(r)
+    size = BATCH_SIZES[g]
+    out = [(topic(gw, lane), batch(gw, rs[k:k + size], site=f"site-{gw[-1]}")) for lane, rs in by_lane.items()
+           for k in range(0, len(rs), size)]
+    out.sort(key=lambda m: rng.random())  # each gateway's own order: no copy is reliably first
+    return out
+
+
+def publish_all(broker: Mosquitto, plans: list[list[tuple[str, bytes]]]) -> None:
+    """Every gateway publishes its plan at once from its own connection, in groups of a few messages with random
+    pauses, and waits for every PUBACK."""
+    errors: list[BaseException] = []
+
+    def run(g: int) -> None:
+        pub = Publisher(broker, client_id=f"{GATEWAYS[g]}-out")
+        rng = random.Random(100 + g)
+        try:
+            plan = plans[g]
+            k = 0
+            while k < len(plan):
+                n = rng.randrange(1, 6)
+                pub.publish(plan[k:k + n], timeout=60)
+                k += n
+                time.sleep(rng.random() * 0.004)
+        except BaseException as exc:  # noqa: BLE001 - thread top level: the test reads it
+            errors.append(exc)
+        finally:
+            pub.close()
+
+    threads = [threading.Thread(target=run, args=(g,)) for g in range(len(GATEWAYS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not errors, errors
+
+
+def test_three_gateways_three_bridges_one_point_per_frame(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1,
+                                                          redis_server: RedisServer) -> None:  # noqa: F811
+    bridges = []
+    for i in range(1, 4):
+        cid = f"bridge-dd-{i}"
+        cfg = tmp_path / f"{cid}.yaml"
+        cfg.write_text(bridge_config_text(broker=broker, sink=v1_sink(influx.url), dead_letter=tmp_path / f"{cid}.db",
+                                          client_id=cid, max_wait_ms=50, max_messages=50, level="info")
+                       + f"dedupe:\n  redis_url: {redis_server.url}\n  window_s: 600\n")
+        bridges.append(BridgeProcess(cfg, tmp_path / f"{cid}.log"))
+    write_registry(tmp_path / "gateways.yaml", {gw: f"site-{gw[-1]}" for gw in GATEWAYS})
+    plans = [gateway_messages(g, gw, random.Random(g)) for g, gw in enumerate(GATEWAYS)]
+    n_sos = sum(1 for i in range(FRAMES) if frame(i)[2] == "sos")
+    links = lambda: influx.count("node_link", "fcnt", DB)  # noqa: E731
+    try:
+        for b in bridges:
+            b.start()
+        load = threading.Thread(target=publish_all, args=(broker, plans))
+        load.start()
+        # A bridge dies with claims made and points not yet written or acknowledged: the broker sends its share
+        # again, and whoever writes it writes the registered points.
+        assert wait_until(lambda: links() >= FRAMES // 2, 120), links()
+        bridges[1].kill9()
+        time.sleep(0.3)
+        bridges[1].start()
+        load.join(600)
+        assert wait_until(lambda: links() >= 3 * FRAMES, 180), (links(), 3 * FRAMES)
+        time.sleep(0.5)  # anything still on its way would show up as an extra point
+        for b in bridges:
+            assert b.terminate() == 0, b.run_log()[-2000:]
+        # The restarted bridge was given again what the killed one held unacknowledged, claims made or not.
+        assert int(SUMMARY_RE.findall(bridges[1].run_log())[-1][0]) > 0, bridges[1].run_log()[-2000:]
+        summaries = [m for b in bridges for m in SUMMARY_RE.findall(b.run_log())]
+        assert len(summaries) == 3 and sum(int(m[2]) for m in summaries) > 0
+        assert sum(int(m[3]) for m in summaries) == 0  # redis answered every claim
+    finally:
+        for b in bridges:
+            b.stop()
+
+    assert influx.count("sos", "pressed", DB) == n_sos  # each SOS once, though three gateways heard it
+    assert influx.count("water_level", "level_cm", DB) == FRAMES - n_sos
+    assert influx.count("node_health", "fcnt", DB) == FRAMES
+    assert links() == 3 * FRAMES
+
+    receptions: dict[tuple[str, str, int], int] = {}  # (gateway, node, fcnt) -> receive time
+    for row in influx.rows('SELECT "fcnt" FROM "node_link" GROUP BY "gateway", "node"', DB):
+        receptions[(row["gateway"], row["node"], int(row["fcnt"]))] = row["time"]
+    assert Counter(k[0] for k in receptions) == {gw: FRAMES for gw in GATEWAYS}
+    seen: Counter[tuple[str, int]] = Counter()
+    for row in influx.rows('SELECT "fcnt", "rssi" FROM "water_level", "sos" GROUP BY "gateway", "node", "site"',
+                           DB):
+        key = (row["node"], int(row["fcnt"]))
+        seen[key] += 1
+        # The point is one reception's, whole: its gateway, that gateway's site and receive time.
+        assert receptions[(row["gateway"], *key)] == row["time"], row
+        assert row["site"] == f"site-{row['gateway'][-1]}"
+    expected = {(f"{frame(i)[0]:08x}", frame(i)[1]) for i in range(FRAMES)}
+    assert set(seen) == expected and set(seen.values()) == {1}
+    # No copy was always first: the first reception of a frame is whichever reached redis first.
+    firsts = Counter(row["gateway"] for row in influx.rows('SELECT "fcnt" FROM "node_health" GROUP BY "gateway"', DB))
+    assert len(firsts) >= 2, firsts

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import collections
 import random
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -894,6 +896,31 @@ def test_unknown_driver_name_lists_known_ones():
     assert {"rak3172", "es920lr"} <= set(registry.names())
     with pytest.raises(ValueError, match=f"known: {', '.join(registry.names())}$"):
         RadioWorker(unknown, Events())
+
+
+def test_registry_loads_only_the_driver_looked_up():
+    # A fresh interpreter: this one has loaded every driver already.
+    code = ("import sys; from drivers import registry; "
+            "loaded = lambda: sorted(m for m in ('drivers.rak3172', 'drivers.es920lr', 'drivers.modbus', "
+            "'drivers.meshtastic') if m in sys.modules); "
+            "print(registry.names(), registry.section('modbus'), loaded()); "
+            "registry.spec('es920lr'); print(loaded()); "
+            "registry.specs(); print(loaded())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.splitlines() == [
+        "('es920lr', 'meshtastic', 'modbus', 'rak3172') modbus []",
+        "['drivers.es920lr']",
+        "['drivers.es920lr', 'drivers.meshtastic', 'drivers.modbus', 'drivers.rak3172']",
+    ]
+
+
+def test_registry_refuses_a_listing_its_module_contradicts(monkeypatch):
+    listing = registry.Listing("rak3172", "drivers.rak3172", "p2p", "RAK3172, RUI3 LoRa P2P")
+    assert registry._load_listed(listing) is registry.spec("rak3172")
+    wrong = registry.Listing("rak3172", "drivers.rak3172", "lora", "RAK3172, RUI3 LoRa P2P")
+    monkeypatch.delitem(registry._drivers, "rak3172")
+    with pytest.raises(ValueError, match="drivers.rak3172.SPEC says"):
+        registry._load_listed(wrong)
 
 
 def test_full_boot_banner_is_one_reboot_and_not_garbled():

@@ -67,14 +67,16 @@ def redis_address(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return f"unix:{parts.path}"
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+    host = parts.netloc.rsplit("@", 1)[-1]  # the part after any user:password
+    return f"{parts.scheme}://{host if ':' in host else f'{host}:6379'}{parts.path}"
 
 
 class FrameClaims:
     """The claims of one bridge in the shared redis (see the module docstring).
 
     Args:
-        url: ``redis://host:port/db``, ``rediss://`` (TLS) or ``unix:///path``.
+        url: ``redis://host:port/db``, ``rediss://`` (TLS) or ``unix:///path``; redis-server 7.0 or newer
+            (``SET`` with both ``NX`` and ``GET``).
         window_s: how long a claim lives, in seconds.
         timeout_s: the longest wait for redis per batch, in seconds (connect and answer).
         key_prefix: prefix of every key (several installations may share one redis).
@@ -82,11 +84,18 @@ class FrameClaims:
             ``frames_merged`` (copies written with lines registered earlier), ``frames_unclaimed`` (copies
             written as their own reading because redis failed), ``dedupe_failures`` (failed batches).
         client: a redis client to use instead of one made from ``url`` (tests).
+
+    Raises:
+        BridgeError: the redis package is not installed, or ``url`` cannot be used.
     """
 
     def __init__(self, url: str, *, window_s: float, timeout_s: float = 2.0, key_prefix: str = "denen:frame:",
                  stats: Counter[str] | None = None, client: redis.Redis | None = None) -> None:
-        import redis as redis_lib  # only a bridge that de-duplicates pays for the import
+        try:
+            import redis as redis_lib  # only a bridge that de-duplicates pays for the import
+        except ImportError:
+            raise BridgeError("the dedupe section needs the Python package redis: install denen with the bridge "
+                              "extra (pip install 'denen[bridge]')") from None
 
         self._errors: tuple[type[BaseException], ...] = (redis_lib.RedisError, OSError)
         self.url = url

@@ -22,8 +22,8 @@ class DedupeConfig(ConfigSection):
     redis_url: str = Field(
         min_length=1,
         description="The redis every bridge of the group uses: redis://host:6379/0, rediss:// (TLS) or "
-        "unix:///run/redis/redis.sock. Keep a password out of this file's other readers (the loader checks the "
-        "file's mode).",
+        "unix:///run/redis/redis.sock. A password in it (redis://:password@host:6379/0) is never logged; keep this "
+        "file readable by the bridge's user only.",
     )
     window_s: Seconds = Field(
         default=3600, ge=10, le=7 * 86400,
@@ -44,7 +44,12 @@ class DedupeConfig(ConfigSection):
     @field_validator("redis_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
+        parts = urlsplit(value)
+        scheme = parts.scheme
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
+        except ValueError as exc:
+            raise ValueError(f"{exc}: write redis://host:6379/0") from None
         if scheme not in _REDIS_SCHEMES:
             raise ValueError(f"{scheme or 'no scheme'} is not one of {', '.join(_REDIS_SCHEMES)}: write "
                              "redis://host:6379/0, rediss://host:6380/0 or unix:///path/to/redis.sock")

@@ -147,6 +147,7 @@ def test_redis_down_writes_each_copy_as_its_own_and_merges_again_when_it_is_back
 def test_redis_address_hides_the_password() -> None:
     assert redis_address("redis://:s3cret@db.example:6380/2") == "redis://db.example:6380/2"
     assert redis_address("unix:///run/redis/redis.sock") == "unix:/run/redis/redis.sock"
+    assert redis_address("rediss://user:pw@db.example/0") == "rediss://db.example:6379/0"
 
 
 def _config(tmp_path: Path, dedupe: str) -> str:
@@ -164,6 +165,8 @@ def test_the_config_section_is_off_by_default_and_checked(tmp_path: Path) -> Non
     cfg = parse_bridge_config(_config(tmp_path, "dedupe: {redis_url: 'redis://127.0.0.1:6379/0', window_s: 600}"))
     assert cfg.dedupe is not None and cfg.dedupe.window_s == 600 and cfg.dedupe.key_prefix == PREFIX
     for bad in ("dedupe: {redis_url: 'http://x'}", "dedupe: {redis_url: 'redis://x', window_s: 1}",
+                "dedupe: {redis_url: 'redis://x:notaport/0'}", "dedupe: {redis_url: 'redis://x:99999/0'}",
+                "dedupe: {redis_url: 'redis://x', key_prefix: 'a b'}",
                 "dedupe: {}"):
         with pytest.raises(ConfigError) as exc:
             parse_bridge_config(_config(tmp_path, bad))

@@ -50,7 +50,7 @@ __all__ = ["BACKOFF_MAX_S", "FrameClaims", "frame_key", "redis_address"]
 log = logging.getLogger("agent.bridge.bridge")
 
 #: Longest wait, in seconds, before redis is tried again after a failure (doubling from 1 s).
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S = 5.0
 
 
 def frame_key(prefix: str, node: str, fcnt: int, kind: str, values: Mapping[str, Any]) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from agent.bridge.dedupe import BACKOFF_MAX_S
 from agent.dev.devbroker import Mosquitto
 from tests.bridge._helpers import (
     T0_US,
@@ -57,11 +58,11 @@ def frame(i: int) -> tuple[int, int, str, dict[str, float]]:
     return node, fcnt, "water_level", {"level_cm": 100.0 + (i % 89) * 0.5, "battery_v": 3.6}
 
 
-def gateway_messages(g: int, gw: str, rng: random.Random) -> list[tuple[str, bytes]]:
+def gateway_messages(g: int, gw: str, rng: random.Random, frames: range) -> list[tuple[str, bytes]]:
     """Gateway g's copies of every frame: its receive time (the frame's air time plus 0-300 ms), RSSI and SNR,
     in batches of its own size per lane, neighbouring batches swapped at random."""
     by_lane: dict[str, list[dict[str, Any]]] = {"sos": [], "telemetry": []}
-    for i in range(FRAMES):
+    for i in frames:
         node, fcnt, kind, values = frame(i)
         r = reading(gw, node, fcnt, kind, values, ts_us=T0_US + i * 100_000 + rng.randrange(300_000),
                     rssi=rng.randrange(-120, -60), snr=round(rng.uniform(-10, 10), 1))
@@ -102,24 +103,63 @@ def publish_all(broker: Mosquitto, plans: list[list[tuple[str, bytes]]]) -> None
     assert not errors, errors
 
 
-def test_three_gateways_three_bridges_one_point_per_frame(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1,
-                                                          redis_server: RedisServer) -> None:  # noqa: F811
+def start_bridges(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1, redis: RedisServer) -> list[BridgeProcess]:
+    """Three bridges of one group, sharing ``redis``; the registry puts each gateway in a site of its own."""
     bridges = []
     for i in range(1, 4):
         cid = f"bridge-dd-{i}"
         cfg = tmp_path / f"{cid}.yaml"
         cfg.write_text(bridge_config_text(broker=broker, sink=v1_sink(influx.url), dead_letter=tmp_path / f"{cid}.db",
                                           client_id=cid, max_wait_ms=50, max_messages=50, level="info")
-                       + f"dedupe:\n  redis_url: {redis_server.url}\n  window_s: 600\n")
+                       + f"dedupe:\n  redis_url: {redis.url}\n  window_s: 600\n")
         bridges.append(BridgeProcess(cfg, tmp_path / f"{cid}.log"))
     write_registry(tmp_path / "gateways.yaml", {gw: f"site-{gw[-1]}" for gw in GATEWAYS})
-    plans = [gateway_messages(g, gw, random.Random(g)) for g, gw in enumerate(GATEWAYS)]
+    for b in bridges:
+        b.start()
+    return bridges
+
+
+def plans(frames: range) -> list[list[tuple[str, bytes]]]:
+    return [gateway_messages(g, gw, random.Random(g * 7919 + frames.start), frames) for g, gw in enumerate(GATEWAYS)]
+
+
+def stopped(bridges: list[BridgeProcess]) -> list[tuple[str, ...]]:
+    """Stop every bridge cleanly; their final summary counts (redelivered, first, merged, unmerged)."""
+    time.sleep(0.5)  # anything still on its way would show up as an extra point
+    for b in bridges:
+        assert b.terminate() == 0, b.run_log()[-2000:]
+    summaries = [m for b in bridges for m in SUMMARY_RE.findall(b.run_log())]
+    assert len(summaries) == 3, [b.run_log()[-1000:] for b in bridges]
+    return summaries
+
+
+def points(influx: InfluxDB1) -> Counter[tuple[str, int]]:
+    """Points per frame (node, fcnt) in the frames' measurements; each must be one reception's, whole: its
+    gateway, that gateway's site, and that gateway's receive time (its node_link point's)."""
+    receptions: dict[tuple[str, str, int], int] = {}
+    for row in influx.rows('SELECT "fcnt" FROM "node_link" GROUP BY "gateway", "node"', DB):
+        receptions[(row["gateway"], row["node"], int(row["fcnt"]))] = row["time"]
+    seen: Counter[tuple[str, int]] = Counter()
+    for row in influx.rows('SELECT "fcnt", "rssi" FROM "water_level", "sos" GROUP BY "gateway", "node", "site"',
+                           DB):
+        key = (row["node"], int(row["fcnt"]))
+        seen[key] += 1
+        assert receptions[(row["gateway"], *key)] == row["time"], row
+        assert row["site"] == f"site-{row['gateway'][-1]}"
+    return seen
+
+
+def frame_ids(frames: range) -> set[tuple[str, int]]:
+    return {(f"{frame(i)[0]:08x}", frame(i)[1]) for i in frames}
+
+
+def test_three_gateways_three_bridges_one_point_per_frame(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1,
+                                                          redis_server: RedisServer) -> None:  # noqa: F811
     n_sos = sum(1 for i in range(FRAMES) if frame(i)[2] == "sos")
     links = lambda: influx.count("node_link", "fcnt", DB)  # noqa: E731
+    bridges = start_bridges(tmp_path, broker, influx, redis_server)
     try:
-        for b in bridges:
-            b.start()
-        load = threading.Thread(target=publish_all, args=(broker, plans))
+        load = threading.Thread(target=publish_all, args=(broker, plans(range(FRAMES))))
         load.start()
         # A bridge dies with claims made and points not yet written or acknowledged: the broker sends its share
         # again, and whoever writes it writes the registered points.
@@ -129,13 +169,10 @@ def test_three_gateways_three_bridges_one_point_per_frame(tmp_path: Path, broker
         bridges[1].start()
         load.join(600)
         assert wait_until(lambda: links() >= 3 * FRAMES, 180), (links(), 3 * FRAMES)
-        time.sleep(0.5)  # anything still on its way would show up as an extra point
-        for b in bridges:
-            assert b.terminate() == 0, b.run_log()[-2000:]
+        summaries = stopped(bridges)
         # The restarted bridge was given again what the killed one held unacknowledged, claims made or not.
         assert int(SUMMARY_RE.findall(bridges[1].run_log())[-1][0]) > 0, bridges[1].run_log()[-2000:]
-        summaries = [m for b in bridges for m in SUMMARY_RE.findall(b.run_log())]
-        assert len(summaries) == 3 and sum(int(m[2]) for m in summaries) > 0
+        assert sum(int(m[2]) for m in summaries) > 0
         assert sum(int(m[3]) for m in summaries) == 0  # redis answered every claim
     finally:
         for b in bridges:
@@ -145,21 +182,38 @@ def test_three_gateways_three_bridges_one_point_per_frame(tmp_path: Path, broker
     assert influx.count("water_level", "level_cm", DB) == FRAMES - n_sos
     assert influx.count("node_health", "fcnt", DB) == FRAMES
     assert links() == 3 * FRAMES
-
-    receptions: dict[tuple[str, str, int], int] = {}  # (gateway, node, fcnt) -> receive time
-    for row in influx.rows('SELECT "fcnt" FROM "node_link" GROUP BY "gateway", "node"', DB):
-        receptions[(row["gateway"], row["node"], int(row["fcnt"]))] = row["time"]
-    assert Counter(k[0] for k in receptions) == {gw: FRAMES for gw in GATEWAYS}
-    seen: Counter[tuple[str, int]] = Counter()
-    for row in influx.rows('SELECT "fcnt", "rssi" FROM "water_level", "sos" GROUP BY "gateway", "node", "site"',
-                           DB):
-        key = (row["node"], int(row["fcnt"]))
-        seen[key] += 1
-        # The point is one reception's, whole: its gateway, that gateway's site and receive time.
-        assert receptions[(row["gateway"], *key)] == row["time"], row
-        assert row["site"] == f"site-{row['gateway'][-1]}"
-    expected = {(f"{frame(i)[0]:08x}", frame(i)[1]) for i in range(FRAMES)}
-    assert set(seen) == expected and set(seen.values()) == {1}
+    gateways = Counter(row["gateway"] for row in influx.rows('SELECT "fcnt" FROM "node_link" GROUP BY "gateway"', DB))
+    assert gateways == {gw: FRAMES for gw in GATEWAYS}
+    seen = points(influx)
+    assert set(seen) == frame_ids(range(FRAMES)) and set(seen.values()) == {1}
     # No copy was always first: the first reception of a frame is whichever reached redis first.
     firsts = Counter(row["gateway"] for row in influx.rows('SELECT "fcnt" FROM "node_health" GROUP BY "gateway"', DB))
     assert len(firsts) >= 2, firsts
+
+
+def test_redis_outage_duplicates_frames_and_loses_none(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1,
+                                                        redis_server: RedisServer) -> None:  # noqa: F811
+    """Frames before the outage are merged; frames while redis is down are written as each gateway sent them (three
+    points each, none held back); after redis is back (empty: it keeps nothing on disk) they are merged again."""
+    before, during, after = range(0, 600), range(600, 1200), range(1200, 1800)
+    links = lambda: influx.count("node_link", "fcnt", DB)  # noqa: E731
+    bridges = start_bridges(tmp_path, broker, influx, redis_server)
+    try:
+        for part, redis_up in ((before, True), (during, False), (after, True)):
+            if redis_up and redis_server.proc is None:
+                redis_server.start()
+                time.sleep(BACKOFF_MAX_S + 0.5)  # every bridge asks redis again by then
+            elif not redis_up:
+                redis_server.stop()
+            publish_all(broker, plans(part))
+            assert wait_until(lambda p=part: links() >= 3 * p.stop, 120), (links(), 3 * part.stop)
+        summaries = stopped(bridges)
+        assert sum(int(m[3]) for m in summaries) == 3 * len(during)
+    finally:
+        for b in bridges:
+            b.stop()
+    assert links() == 3 * after.stop
+    seen = points(influx)
+    assert set(seen) == frame_ids(range(after.stop))  # nothing lost
+    assert {k: n for k, n in seen.items() if n != 1} == {k: 3 for k in frame_ids(during)}
+    assert influx.count("node_health", "fcnt", DB) == len(before) + 3 * len(during) + len(after)

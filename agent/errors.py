@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from agent.i18n import gettext, translate
 from drivers.errors import DenenError
 
 __all__ = ["AgentError", "ConfigError", "ConfigIssue", "DenenError", "JournalError"]
@@ -26,8 +27,9 @@ class ConfigIssue:
         column: 1-based column of the offending key or list item, or ``None``.
         key: Dotted path of the key, e.g. ``radios[0].driver``; empty for problems of the file as a whole
             (YAML syntax, empty file).
-        message: What is wrong, in plain English. Never contains key or password material.
-        hint: How to fix it, or ``None``.
+        message: What is wrong, in plain English. Never contains key or password material. A
+            ``drivers.settings.Text`` keeps its template too, so that the line is shown in the user's language.
+        hint: How to fix it, or ``None`` (a ``Text`` likewise).
     """
 
     file: str
@@ -44,9 +46,11 @@ class ConfigIssue:
             place += f":{self.line}"
             if self.column is not None:
                 place += f":{self.column}"
-        text = f"{place}: {self.key}: {self.message}" if self.key else f"{place}: {self.message}"
+        # The place and key stay as they are in every language: tools read them.
+        message = translate(self.message)
+        text = f"{place}: {self.key}: {message}" if self.key else f"{place}: {message}"
         if self.hint:
-            text += f" (hint: {self.hint})"
+            text += gettext(" (hint: {hint})").format(hint=translate(self.hint))
         return text
 
 

@@ -24,7 +24,8 @@ import os
 import time
 from typing import Any
 
-__all__ = ["DOMAIN", "LANGUAGES", "N_", "_", "gettext", "language", "local_time", "ngettext", "set_language"]
+__all__ = ["DOMAIN", "LANGUAGES", "N_", "_", "gettext", "language", "local_time", "ngettext", "set_language",
+           "translate"]
 
 DOMAIN = "denen"
 LANGUAGES = ("en", "ja")
@@ -111,6 +112,23 @@ def ngettext(singular: str, plural: str, n: int) -> str:
 
 
 _ = gettext
+
+
+def translate(text: str) -> str:
+    """A message built where the language is not known (``drivers.settings.Text``: an English template and its
+    values) in the language in use; a plain string is looked up as it is. Values that are such messages themselves
+    are translated, any other value is shown as it is (a key, a path, a number)."""
+    if language() == "en":
+        return str(text)
+    template = getattr(text, "template", None)
+    params = getattr(text, "params", None)
+    if not isinstance(template, str) or not params:
+        return gettext(template if isinstance(template, str) else str(text))
+    values = {k: translate(v) if isinstance(getattr(v, "template", None), str) else v for k, v in params.items()}
+    try:
+        return gettext(template).format(**values)
+    except (KeyError, IndexError, ValueError):  # a catalog whose placeholders differ: English, not a traceback
+        return str(text)
 
 
 def N_(message: str) -> str:  # noqa: N802 - the conventional name of gettext's no-op marker

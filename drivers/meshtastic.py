@@ -126,36 +126,37 @@ def _protobufs() -> SimpleNamespace:
 class MeshtasticDevice(Section):
     """One Meshtastic device whose packets become readings of a denen node."""
 
-    device: str = Field(description="The device's node id as Meshtastic shows it (`!a1b2c3d4`), or its node "
-                        "number in decimal.")
-    node: str = Field(description="The denen node id (8 hex digits) its readings get; configure that node under "
-                      "`nodes:` with `unauthenticated: flag`.")
-    environment: bool = Field(False, description="Also turn its environment telemetry into `weather` readings.")
+    device: str = Field(description=N_("The device's node id as Meshtastic shows it (`!a1b2c3d4`), or its node "
+                        "number in decimal."))
+    node: str = Field(description=N_("The denen node id (8 hex digits) its readings get; configure that node under "
+                      "`nodes:` with `unauthenticated: flag`."))
+    environment: bool = Field(False, description=N_("Also turn its environment telemetry into `weather` readings."))
 
     @field_validator("device", mode="before")
     @classmethod
     def _device_id(cls, value: object) -> str:
-        hint = "write the id the Meshtastic app shows, e.g. \"!a1b2c3d4\", or the node number, e.g. 2712847316"
+        hint = N_("write the id the Meshtastic app shows, e.g. \"!a1b2c3d4\", or the node number, e.g. 2712847316")
         if isinstance(value, int) and not isinstance(value, bool):
             num = value
         elif isinstance(value, str) and value.startswith("!") and len(value) == 9:
             try:
                 num = int(value[1:], 16)
             except ValueError:
-                raise problem(f"{value!r} is not a Meshtastic node id", hint) from None
+                raise problem(N_("{value} is not a Meshtastic node id"), hint, value=repr(value)) from None
         elif isinstance(value, str) and value.isdigit() and len(value) <= 10:
             num = int(value)
         else:
-            raise problem(f"{value!r} is not a Meshtastic node id", hint)
+            raise problem(N_("{value} is not a Meshtastic node id"), hint, value=repr(value))
         if not 1 <= num < _BROADCAST:
-            raise problem(f"node number {num} is outside 1..4294967294", hint)
+            raise problem(N_("node number {num} is outside 1..4294967294"), hint, num=num)
         return f"!{num:08x}"
 
     @field_validator("node", mode="before")
     @classmethod
     def _node_id(cls, value: object) -> str:
         if not isinstance(value, str) or len(value) != 8 or any(c not in "0123456789abcdefABCDEF" for c in value):
-            raise problem(f"{value!r} is not a denen node id", "8 hex digits, as under nodes: (\"0000a001\")")
+            raise problem(N_("{value} is not a denen node id"), N_("8 hex digits, as under nodes: (\"0000a001\")"),
+                          value=repr(value))
         return value.lower()
 
     @property
@@ -170,27 +171,28 @@ class MeshtasticConfig(Section):
     #: What the radio's ``meshtastic:`` key holds, for the config reference.
     section_doc: ClassVar[str] = "Meshtastic devices"
 
-    devices: tuple[MeshtasticDevice, ...] = Field((), max_length=1000, description="The devices whose packets "
+    devices: tuple[MeshtasticDevice, ...] = Field((), max_length=1000, description=N_("The devices whose packets "
                                                   "become readings; packets of any other device are counted and "
-                                                  "dropped.")
-    alert_texts: tuple[str, ...] = Field(("SOS",), max_length=16, description="A text message containing one of "
-                                         "these as a word (any case or width) is an SOS; so is the alert bell.")
-    frame_port: int = Field(256, ge=256, le=511, description="Meshtastic port number whose payloads are denen node "
-                            "frames (256 = PRIVATE_APP).")
-    heartbeat_s: int = Field(300, ge=30, le=840, description="Seconds between heartbeats to the device (its serial "
-                             "API drops a silent client after 15 minutes).")
-    config_timeout_s: float = Field(15.0, gt=0, le=120, description="Seconds to wait for the device's config "
-                                    "download.")
-    silence_s: int = Field(3600, ge=300, le=86400, description="Seconds without any frame from the device after "
+                                                  "dropped."))
+    alert_texts: tuple[str, ...] = Field(("SOS",), max_length=16, description=N_("A text message containing one of "
+                                         "these as a word (any case or width) is an SOS; so is the alert bell."))
+    frame_port: int = Field(256, ge=256, le=511, description=N_("Meshtastic port number whose payloads are denen node "
+                            "frames (256 = PRIVATE_APP)."))
+    heartbeat_s: int = Field(300, ge=30, le=840, description=N_("Seconds between heartbeats to the device (its serial "
+                             "API drops a silent client after 15 minutes)."))
+    config_timeout_s: float = Field(15.0, gt=0, le=120, description=N_("Seconds to wait for the device's config "
+                                    "download."))
+    silence_s: int = Field(3600, ge=300, le=86400, description=N_("Seconds without any frame from the device after "
                            "which its config is asked for again (a device that restarted without saying so sends "
-                           "nothing until asked; its own telemetry comes every 30 minutes by default).")
+                           "nothing until asked; its own telemetry comes every 30 minutes by default)."))
 
     @field_validator("alert_texts")
     @classmethod
     def _texts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for i, text in enumerate(value):
             if not text.strip() or len(text) > 40:
-                raise problem(f"alert text {text!r} must be 1..40 characters, not only spaces", subloc=(i,))
+                raise problem(N_("alert text {text} must be 1..40 characters, not only spaces"), subloc=(i,),
+                              text=repr(text))
         return value
 
     @model_validator(mode="after")
@@ -199,14 +201,15 @@ class MeshtasticConfig(Section):
         nodes: dict[str, int] = {}
         for i, d in enumerate(self.devices):
             if d.device in seen:
-                raise problem(f"device {d.device} is listed twice (entries {seen[d.device]} and {i})",
-                              subloc=("devices", i, "device"))
+                raise problem(N_("device {device} is listed twice (entries {first} and {second})"),
+                              subloc=("devices", i, "device"), device=d.device, first=seen[d.device], second=i)
             if d.node in nodes:
-                raise problem(f"node {d.node} is given to two devices (entries {nodes[d.node]} and {i})",
-                              "one denen node per device", subloc=("devices", i, "node"))
+                raise problem(N_("node {node} is given to two devices (entries {first} and {second})"),
+                              N_("one denen node per device"), subloc=("devices", i, "node"), node=d.node,
+                              first=nodes[d.node], second=i)
             seen[d.device], nodes[d.node] = i, i
         if importlib.util.find_spec("meshtastic") is None:
-            raise problem("the meshtastic package is not installed", "pip install 'denen-agent[meshtastic]'")
+            raise problem(N_("the meshtastic package is not installed"), N_("pip install 'denen-agent[meshtastic]'"))
         return self
 
 
@@ -232,12 +235,15 @@ def node_problems(settings: MeshtasticConfig, nodes: Iterable[object]) -> list[P
     for i, device in enumerate(settings.devices):
         policy = policies.get(device.node)
         if policy is None:
-            found.append(Problem(("devices", i, "node"), f"node {device.node} (device {device.device}) is not under "
-                                 "nodes:", f'add it: - {{id: "{device.node}", kind: sos, unauthenticated: flag, ...}}'))
+            found.append(Problem.of(("devices", i, "node"), N_("node {node} (device {device}) is not under nodes:"),
+                                    N_('add it: - {{id: "{node}", kind: sos, unauthenticated: flag, ...}}'),
+                                    node=device.node, device=device.device))
         elif policy == "reject":
-            found.append(Problem(("devices", i, "node"), f"node {device.node} has unauthenticated: reject, but "
-                                 "Meshtastic frames carry no MIC: every one, SOS included, would be quarantined",
-                                 "set unauthenticated: flag on that node (readings are then marked unauthenticated)"))
+            found.append(Problem.of(("devices", i, "node"), N_("node {node} has unauthenticated: reject, but "
+                                                                "Meshtastic frames carry no MIC: every one, SOS "
+                                                                "included, would be quarantined"),
+                                    N_("set unauthenticated: flag on that node (readings are then marked "
+                                       "unauthenticated)"), node=device.node))
     return found
 
 

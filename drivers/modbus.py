@@ -68,7 +68,7 @@ from drivers.errors import CodecError, FrameError, LppError, ModuleError, Module
 from drivers.probe import FAIL, N_, OK, Finding, ProbeLink, Say, noise_hint
 from drivers.radio import Link, ModuleDriver
 from drivers.registry import DriverSpec
-from drivers.settings import Section, choices_hint, problem
+from drivers.settings import Section, Text, choices_hint, problem
 from drivers.types import Uplink
 
 __all__ = ["KINDS", "REGISTER_TYPES", "SPEC", "Modbus", "ModbusConfig", "ModbusSensor", "ModbusValue", "probe",
@@ -106,41 +106,41 @@ STAT_KEYS = ("polls", "readings", "timeouts", "crc_errors", "exceptions", "faile
 class ModbusValue(Section):
     """One value of a sensor: where it is in the slave's registers and how it becomes a reading."""
 
-    key: str = Field(description="The value's name in the reading, as the kind names it (level_cm, rain_mm, tips, "
+    key: str = Field(description=N_("The value's name in the reading, as the kind names it (level_cm, rain_mm, tips, "
                      "tilt_x_deg, tilt_y_deg, temperature_c, humidity_pct, pressure_hpa, battery_v), or "
-                     "ch<N>_analog_input for a generic analog value on channel N (6..99).")
-    address: int = Field(ge=0, le=65535, description="Register address as sent on the wire, 0..65535 (a "
-                          "datasheet's 40001 or 30001 is address 0).")
-    table: Literal["holding", "input"] = Field("holding", description="holding (function 03) or input (04).")
-    type: Literal["u16", "s16", "u32", "s32", "float32"] = Field("u16", description="Data type: u16, s16 (one "
-                                                                  "register), u32, s32, float32 (two).")
-    word_order: Literal["big", "little"] = Field("big", description="For two-register types: big = high word "
-                                                 "first (Modbus convention), little = low word first (DFRobot).")
-    scale: float = Field(1.0, description="Reading = raw x scale + offset, in the key's unit (e.g. 0.1 for a "
-                         "level in mm when the key is level_cm; 0.2 for 0.2 mm per bucket tip).")
-    offset: float = Field(0.0, description="Added after scale, in the key's unit (gauge zero correction).")
-    delta: bool = Field(False, description="Report the change of the raw value since the previous poll, times "
-                        "scale (a tip counter as rain_mm per reading); the first poll after a start reports 0.")
+                     "ch<N>_analog_input for a generic analog value on channel N (6..99)."))
+    address: int = Field(ge=0, le=65535, description=N_("Register address as sent on the wire, 0..65535 (a "
+                          "datasheet's 40001 or 30001 is address 0)."))
+    table: Literal["holding", "input"] = Field("holding", description=N_("holding (function 03) or input (04)."))
+    type: Literal["u16", "s16", "u32", "s32", "float32"] = Field("u16", description=N_("Data type: u16, s16 (one "
+                                                                  "register), u32, s32, float32 (two)."))
+    word_order: Literal["big", "little"] = Field("big", description=N_("For two-register types: big = high word "
+                                                 "first (Modbus convention), little = low word first (DFRobot)."))
+    scale: float = Field(1.0, description=N_("Reading = raw x scale + offset, in the key's unit (e.g. 0.1 for a "
+                         "level in mm when the key is level_cm; 0.2 for 0.2 mm per bucket tip)."))
+    offset: float = Field(0.0, description=N_("Added after scale, in the key's unit (gauge zero correction)."))
+    delta: bool = Field(False, description=N_("Report the change of the raw value since the previous poll, times "
+                        "scale (a tip counter as rain_mm per reading); the first poll after a start reports 0."))
 
     @field_validator("scale", "offset")
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
-            raise problem("must be a finite number")
+            raise problem(N_("must be a finite number"))
         return value
 
 
 class ModbusSensor(Section):
     """One gauge (a Modbus slave) reported as one node."""
 
-    node: str = Field(description="The node id its readings carry, 8 hex digits in quotes; the node must be in "
-                      "nodes: with this kind, no key and unauthenticated: flag.", examples=["3c000001"])
-    kind: Literal["water_level", "rain", "tilt", "weather"] = Field(description="The node's kind.")
-    slave: int = Field(ge=1, le=247, description="Modbus slave address on the line, 1..247.")
-    interval_s: int = Field(60, ge=1, le=86400, description="Seconds between two polls of this gauge.")
-    timeout_s: float = Field(1.0, gt=0.0, le=10.0, description="Seconds to wait for a reply, per try.")
-    retries: int = Field(2, ge=0, le=5, description="Further tries after a timeout, a bad CRC or a busy reply.")
-    values: list[ModbusValue] = Field(min_length=1, max_length=16, description="The registers to read.")
+    node: str = Field(description=N_("The node id its readings carry, 8 hex digits in quotes; the node must be in "
+                      "nodes: with this kind, no key and unauthenticated: flag."), examples=["3c000001"])
+    kind: Literal["water_level", "rain", "tilt", "weather"] = Field(description=N_("The node's kind."))
+    slave: int = Field(ge=1, le=247, description=N_("Modbus slave address on the line, 1..247."))
+    interval_s: int = Field(60, ge=1, le=86400, description=N_("Seconds between two polls of this gauge."))
+    timeout_s: float = Field(1.0, gt=0.0, le=10.0, description=N_("Seconds to wait for a reply, per try."))
+    retries: int = Field(2, ge=0, le=5, description=N_("Further tries after a timeout, a bad CRC or a busy reply."))
+    values: list[ModbusValue] = Field(min_length=1, max_length=16, description=N_("The registers to read."))
 
     @field_validator("node", mode="before")
     @classmethod
@@ -148,7 +148,7 @@ class ModbusSensor(Section):
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFFFF:
             return f"{value:08x}"
         if not isinstance(value, str) or not _NODE_ID.match(value):
-            raise problem("must be 8 hex digits in quotes", "e.g. node: \"3c000001\" (the node's id in nodes:)")
+            raise problem(N_("must be 8 hex digits in quotes"), N_("e.g. node: \"3c000001\" (the node's id in nodes:)"))
         return value.lower()
 
     @model_validator(mode="after")
@@ -156,16 +156,19 @@ class ModbusSensor(Section):
         keys = [v.key for v in self.values]
         twice = sorted({k for k in keys if keys.count(k) > 1})
         if twice:
-            raise problem(f"value {twice[0]!r} is read twice", subloc=("values",))
+            raise problem(N_("value {key} is read twice"), subloc=("values",), key=repr(twice[0]))
         for i, key in enumerate(keys):
             if key not in _KIND_KEYS[self.kind] and not _EXTRA_KEY.match(key):
-                hint = choices_hint(key, [*_KIND_KEYS[self.kind], "ch<N>_analog_input"], f"{self.kind} values")
-                raise problem(f"{key!r} is not a value of a {self.kind} reading", hint, subloc=("values", i, "key"))
+                hint = choices_hint(key, [*_KIND_KEYS[self.kind], "ch<N>_analog_input"],
+                                    Text(N_("{kind} values"), kind=self.kind))
+                raise problem(N_("{key} is not a value of a {kind} reading"), hint, subloc=("values", i, "key"),
+                              key=repr(key), kind=self.kind)
         try:
             kinds.encode_values(self.kind, dict.fromkeys(keys, 0.0))
         except CodecError as exc:
-            raise problem(f"these values do not make a {self.kind} reading: {exc}",
-                          "see docs/protocols.md §9 for the values of each kind", subloc=("values",)) from None
+            raise problem(N_("these values do not make a {kind} reading: {error}"),
+                          N_("see docs/protocols.md §9 for the values of each kind"), subloc=("values",),
+                          kind=self.kind, error=str(exc)) from None
         return self
 
     @property
@@ -179,7 +182,7 @@ class ModbusConfig(Section):
     #: What the radio's ``modbus:`` key holds, for the config reference.
     section_doc: ClassVar[str] = "Modbus RTU gauges"
 
-    sensors: list[ModbusSensor] = Field(min_length=1, max_length=64, description="The gauges on this line.")
+    sensors: list[ModbusSensor] = Field(min_length=1, max_length=64, description=N_("The gauges on this line."))
 
     @model_validator(mode="after")
     def _unique(self) -> ModbusConfig:
@@ -187,8 +190,8 @@ class ModbusConfig(Section):
             seen = [getattr(s, what) for s in self.sensors]
             twice = sorted({x for x in seen if seen.count(x) > 1})
             if twice:
-                raise problem(f"two sensors have {what} {twice[0]}", "each gauge is one node and one slave address",
-                              subloc=("sensors",))
+                raise problem(N_("two sensors have {key} {value}"), N_("each gauge is one node and one slave address"),
+                              subloc=("sensors",), key=what, value=twice[0])
         return self
 
 

@@ -4,8 +4,10 @@
 
     Section                      strict, frozen base of every config section (unknown keys are errors);
                                  its setting_warnings() lists valid but suspicious settings (none by default)
-    problem(message, hint, subloc) -> Problems     what a validator raises for one problem
+    problem(message, hint, subloc, **params) -> Problems   what a validator raises for one problem
     Problems([Problem(subloc, message, hint), ...]) several at once
+    Text(template, **params), N_  a message to a person: an English template (a catalog message id, marked with
+                                 N_) and its values; it is the English text, and the agent shows it translated
     did_you_mean(word, choices)  the closest valid choice for a misspelt word
     choices_hint(word, choices, what)              "did you mean 'x'? <what>: a, b, c"
     Seconds, Period, Count       value types of the settings most sections have: a wait, timeout or interval
@@ -16,12 +18,22 @@ A validator raises :class:`Problems`; pydantic wraps it in a ``value_error`` who
 object, and the YAML loader (``agent.config.loader``) turns each problem into ``file:line:column: key: message
 (hint: ...)`` at the validator's key, or at ``subloc`` below it. pydantic only: no agent imports, so a driver
 module can define its settings model without importing the agent.
+
+Messages are English templates with named placeholders, marked with :func:`N_` so that the agent's catalog
+(``agent/locale``) extracts them, and formatted by :class:`Text`::
+
+    raise problem(N_("node number {num} is outside 1..4294967294"), N_("e.g. !a1b2c3d4"), num=num)
+
+A :class:`Text` is the English string itself (anything that treats it as a ``str`` sees English); the agent
+translates its template and formats it with the same values where it shows it (``agent.i18n.translate``). A value
+that is itself a :class:`Text` (a word such as "key file") is translated too; any other value (a key, a path, a
+number) is shown as it is.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -29,10 +41,44 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.errors import DenenError
 
-__all__ = ["Count", "Loc", "Period", "Problem", "Problems", "Seconds", "Section", "choices_hint", "did_you_mean", "problem"]
+__all__ = ["N_", "Count", "Loc", "Period", "Problem", "Problems", "Seconds", "Section", "Text", "choices_hint",
+           "did_you_mean", "problem"]
 
 #: A location below a model: keys and list indexes, e.g. ("radios", 0, "p2p").
 Loc = tuple[str | int, ...]
+
+
+def N_(message: str) -> str:  # noqa: N802 - the conventional name of gettext's no-op marker
+    """Mark an English template for the catalog where it is written; it is translated where it is shown."""
+    return message
+
+
+class Text(str):
+    """A message to a person: the English text, formatted from ``template`` with ``params``, that also keeps the
+    template and values so that it can be shown in another language. Without params the template is the text,
+    unformatted."""
+
+    template: str
+    params: Mapping[str, object]
+
+    def __new__(cls, template: str, /, **params: object) -> Text:
+        self = super().__new__(cls, template.format(**params) if params else template)
+        self.template = template
+        self.params = params
+        return self
+
+    def __reduce__(self) -> tuple[object, ...]:  # copied and pickled with its template
+        return (_text, (self.template, dict(self.params)))
+
+
+def _text(template: str, params: dict[str, object]) -> Text:
+    return Text(template, **params)
+
+
+def _as_text(message: str | None, params: Mapping[str, object]) -> str | None:
+    if message is None or isinstance(message, Text):  # already formatted, with its own values
+        return message
+    return Text(message, **params)
 
 
 @dataclass(frozen=True)
@@ -42,6 +88,12 @@ class Problem:
     subloc: Loc
     message: str
     hint: str | None
+
+    @classmethod
+    def of(cls, subloc: Loc, message: str, hint: str | None = None, **params: object) -> Problem:
+        """A problem whose ``message`` and ``hint`` are templates (marked with :func:`N_`) formatted with
+        ``params``."""
+        return cls(subloc, _as_text(message, params) or "", _as_text(hint, params))
 
 
 class Problems(DenenError, ValueError):
@@ -56,9 +108,10 @@ class Problems(DenenError, ValueError):
         super().__init__("; ".join(p.message + (f" (hint: {p.hint})" if p.hint else "") for p in self.problems))
 
 
-def problem(message: str, hint: str | None = None, subloc: Loc = ()) -> Problems:
-    """The exception a validator raises for one problem. Never put secret values in ``message``."""
-    return Problems([Problem(subloc, message, hint)])
+def problem(message: str, hint: str | None = None, subloc: Loc = (), **params: object) -> Problems:
+    """The exception a validator raises for one problem: ``message`` and ``hint`` are templates (marked with
+    :func:`N_`) formatted with ``params``. Never put secret values in ``message``."""
+    return Problems([Problem.of(subloc, message, hint, **params)])
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
@@ -75,8 +128,9 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
 def choices_hint(word: str, choices: Sequence[str], what: str) -> str:
     """A hint listing the valid ``choices`` (``what`` names them), led by the closest one to ``word`` if any."""
     near = did_you_mean(word, choices)
-    listing = f"{what}: {', '.join(choices)}"
-    return f"did you mean '{near}'? {listing}" if near else listing
+    listing = Text(N_("{what}: {choices}"), what=what if isinstance(what, Text) else Text(what),
+                   choices=", ".join(choices))
+    return Text(N_("did you mean '{near}'? {listing}"), near=near, listing=listing) if near else listing
 
 #: A wait, timeout or interval, in seconds: more than zero (a field adds its own upper bound).
 Seconds = Annotated[float, Field(gt=0)]

@@ -18,15 +18,15 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarint import BinaryInt, HexCapsInt, HexInt, OctalInt
 
 from agent.config.messages import _describe, _union_errors
 from agent.config.secrets import _secret_mode_problems
 from agent.config.values import _CTX_BASE_DIR, _CTX_LOADER, Found, _dotted
 from agent.errors import ConfigError, ConfigIssue
-from drivers.settings import Loc, Problems
+from drivers.settings import N_, Loc, Problems, Text
 
 __all__ = ["ModelFile", "parse_yaml_model", "read_config_file", "read_config_text"]
 
@@ -53,11 +53,12 @@ def read_config_file(path: str | os.PathLike[str]) -> tuple[str, int]:
             data = f.read()
     except FileNotFoundError:
         raise ConfigError(
-            [ConfigIssue(source, None, None, "", "config file not found", "check the path")]
+            [ConfigIssue(source, None, None, "", Text(N_("config file not found")), Text(N_("check the path")))]
         ) from None
     except OSError as exc:
         raise ConfigError(
-            [ConfigIssue(source, None, None, "", f"cannot read the config file: {exc.strerror}", None)]
+            [ConfigIssue(source, None, None, "", Text(N_("cannot read the config file: {error}"), error=exc.strerror),
+                         None)]
         ) from None
     try:
         # utf-8-sig: editors on Windows laptops often save a BOM.
@@ -65,7 +66,8 @@ def read_config_file(path: str | os.PathLike[str]) -> tuple[str, int]:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError(
-            [ConfigIssue(source, line, None, "", "the file is not valid UTF-8 text", "save the file as UTF-8")]
+            [ConfigIssue(source, line, None, "", Text(N_("the file is not valid UTF-8 text")),
+                         Text(N_("save the file as UTF-8")))]
         ) from None
 
 
@@ -150,8 +152,9 @@ class ModelFile(Generic[_M]):
         issues.extend(_issue_at(data, source, loc, message, hint) for loc, message, hint in [*found, *mode_errors])
         if file_mode is not None and stat.S_IMODE(file_mode) & stat.S_IWOTH:
             # Whoever can change the config can point the gateway at their own broker or add a node key.
-            issues.append(ConfigIssue(source, None, None, "", f"every user on this machine can change this file "
-                                      f"(mode {stat.S_IMODE(file_mode):03o})", f"chmod o-w {source}"))
+            issues.append(ConfigIssue(source, None, None, "", Text(
+                N_("every user on this machine can change this file (mode {mode})"),
+                mode=f"{stat.S_IMODE(file_mode):03o}"), f"chmod o-w {source}"))
         if issues or result is None:
             # from None: the chained ValidationError's text would include input values, which may be secrets.
             raise ConfigError(_sorted(issues)) from None
@@ -216,7 +219,7 @@ def _compose(text: str, source: str) -> tuple[Node | None, Any]:
     except ReaderError as exc:
         raise ConfigError([_control_character_issue(exc, text, source)]) from None
     except YAMLError as exc:
-        raise ConfigError([ConfigIssue(source, None, None, "", f"YAML error: {exc}", None)]) from None
+        raise ConfigError([ConfigIssue(source, None, None, "", Text(N_("YAML error: {error}"), error=str(exc)), None)]) from None
     except Exception as exc:  # noqa: BLE001 - ruamel's constructors raise plain TypeError/ValueError on odd tags
         lines = text.splitlines()
         # ruamel gives no position here: point at the first construct that triggers this (an explicit tag, a merge,
@@ -225,8 +228,9 @@ def _compose(text: str, source: str) -> tuple[Node | None, Any]:
                     next((i for i, t in enumerate(lines, 1) if t.strip() and not t.lstrip().startswith("#")), 1))
         raise ConfigError([ConfigIssue(
             source, line, None, _key_at_line(text, line) if line else "",
-            f"YAML the loader cannot read ({type(exc).__name__}: {str(exc)[:120]})",
-            "write plain keys and values; explicit tags (!!set, !!int ...), '?' complex keys and '<<' merges are not needed",
+            Text(N_("YAML the loader cannot read ({error})"), error=f"{type(exc).__name__}: {str(exc)[:120]}"),
+            Text(N_("write plain keys and values; explicit tags (!!set, !!int ...), '?' complex keys and '<<' merges "
+                    "are not needed")),
         )]) from None
 
 
@@ -238,8 +242,8 @@ def _control_character_issue(exc: ReaderError, text: str, source: str) -> Config
     char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
     return ConfigIssue(
         source, line, column, _key_at_line(text, line),
-        f"the file holds a control character (code {char:#04x}) YAML does not allow",
-        "delete it; editors show it as a box or ^? (a copy from a PDF or a terminal can bring one along)",
+        Text(N_("the file holds a control character (code {code}) YAML does not allow"), code=f"{char:#04x}"),
+        Text(N_("delete it; editors show it as a box or ^? (a copy from a PDF or a terminal can bring one along)")),
     )
 
 
@@ -248,17 +252,18 @@ def _check_top_level(root_node: Node | None, data: object, source: str, model: t
     """Refuse an empty document, or one whose top level is not a mapping of sections."""
     if data is None:
         raise ConfigError(
-            [ConfigIssue(source, 1, 1, "", "the file is empty (or holds only comments)",
-                         f"start from one of the examples in config/, e.g. {example}")]
+            [ConfigIssue(source, 1, 1, "", Text(N_("the file is empty (or holds only comments)")),
+                         Text(N_("start from one of the examples in config/, e.g. {example}"), example=example))]
         )
     if not isinstance(data, CommentedMap):
-        what = "a list" if isinstance(data, CommentedSeq) else "a single value"
+        what = Text(N_("a list")) if isinstance(data, CommentedSeq) else Text(N_("a single value"))
         line, col = (root_node.start_mark.line + 1, root_node.start_mark.column + 1) if root_node else (1, 1)
         named = ", ".join(f"{name}:" for name in (sections or list(model.model_fields)[:2]))
         raise ConfigError(
-            [ConfigIssue(source, line, col, "", f"the top level must be a mapping of sections ({named}, "
-                         f"...), but this file holds {what}",
-                         f"each top-level key starts at column 1 and ends with ':'; see {example}")]
+            [ConfigIssue(source, line, col, "", Text(N_("the top level must be a mapping of sections ({named}, "
+                                                        "...), but this file holds {what}"), named=named, what=what),
+                         Text(N_("each top-level key starts at column 1 and ends with ':'; see {example}"),
+                              example=example))]
         )
 
 
@@ -272,8 +277,8 @@ def _plain_data(text: str, data: object, source: str, hex_text_keys: Sequence[tu
         line = next((i for i, t in enumerate(lines, 1) if "*" in t.split("#", 1)[0]), None)
         raise ConfigError([ConfigIssue(
             source, line, None, _key_at_line(text, line) if line else "",
-            f"the file expands to more than {_Budget.LIMIT} values (YAML aliases)",
-            "a gateway config is small: write values out instead of nesting aliases (*name)",
+            Text(N_("the file expands to more than {limit} values (YAML aliases)"), limit=_Budget.LIMIT),
+            Text(N_("a gateway config is small: write values out instead of nesting aliases (*name)")),
         )]) from None
 
 
@@ -288,8 +293,9 @@ def _validate(plain: Any, model: type[_M], data: object, source: str, base_dir: 
             issues.extend(_issues_from_error(err, data, source, model))
     except (TypeError, OverflowError, OSError, ArithmeticError) as exc:
         # A validator met input of a shape nothing expected; still one clear line, never a traceback.
-        issues.append(ConfigIssue(source, None, None, "", f"a value has an unexpected shape ({type(exc).__name__}: "
-                                  f"{str(exc)[:120]})", "compare the file with the examples in config/"))
+        issues.append(ConfigIssue(source, None, None, "", Text(N_("a value has an unexpected shape ({error})"),
+                                                                error=f"{type(exc).__name__}: {str(exc)[:120]}"),
+                                  Text(N_("compare the file with the examples in config/"))))
     return None
 
 
@@ -305,23 +311,24 @@ def _tab_issues(text: str, source: str) -> list[ConfigIssue]:
         rest = line[len(indent):]
         if "\t" in indent and rest and not rest.startswith("#"):
             issues.append(
-                ConfigIssue(source, number, indent.index("\t") + 1, "", "a tab character is used for indentation",
-                            "YAML indentation must use spaces; replace the tab with spaces")
+                ConfigIssue(source, number, indent.index("\t") + 1, "", Text(N_("a tab character is used for indentation")),
+                            Text(N_("YAML indentation must use spaces; replace the tab with spaces")))
             )
     return issues
 
 
 _YAML_HINTS: tuple[tuple[str, str], ...] = (
-    ("'\\t'", "YAML does not allow tab characters here; use spaces"),
-    ("mapping values are not allowed", "a value containing ': ' must be put in quotes, or this line is indented "
-     "wrongly"),
-    ("could not find expected ':'", "each key must end with ':'; check this line and the one above"),
-    ("expected <block end>", "the indentation is inconsistent: keys of one section must start in the same column"),
-    ("did not find expected key", "the indentation is inconsistent, or a list item is missing its '- '"),
-    ("did not find expected '-'", "the items of a list must all start with '- ' in the same column"),
-    ("end of stream", "a quote or bracket is not closed"),
-    ("expected ',' or", "a bracket or brace is not closed"),
-    ("found undefined alias", "an alias (*name) refers to an anchor (&name) that is not defined above it"),
+    ("'\\t'", N_("YAML does not allow tab characters here; use spaces")),
+    ("mapping values are not allowed", N_("a value containing ': ' must be put in quotes, or this line is indented "
+                                          "wrongly")),
+    ("could not find expected ':'", N_("each key must end with ':'; check this line and the one above")),
+    ("expected <block end>", N_("the indentation is inconsistent: keys of one section must start in the same "
+                                "column")),
+    ("did not find expected key", N_("the indentation is inconsistent, or a list item is missing its '- '")),
+    ("did not find expected '-'", N_("the items of a list must all start with '- ' in the same column")),
+    ("end of stream", N_("a quote or bracket is not closed")),
+    ("expected ',' or", N_("a bracket or brace is not closed")),
+    ("found undefined alias", N_("an alias (*name) refers to an anchor (&name) that is not defined above it")),
 )
 
 
@@ -337,10 +344,11 @@ def _key_at_line(text: str, line: int) -> str:
 def _yaml_error_issue(exc: MarkedYAMLError, source: str) -> ConfigIssue:
     mark = exc.problem_mark or exc.context_mark
     problem = str(exc.problem or exc.context or "cannot parse the file")
-    hint = next((h for needle, h in _YAML_HINTS if needle in problem), "YAML errors often start on the line above")
-    message = f"YAML syntax error: {problem}"
-    if exc.context and exc.problem:
-        message += f" ({exc.context})"
+    hint = Text(next((h for needle, h in _YAML_HINTS if needle in problem),
+                     N_("YAML errors often start on the line above")))
+    # The parser's own words (ruamel's) stay English: they are what a search for the error finds.
+    message = Text(N_("YAML syntax error: {problem}"), problem=problem + (f" ({exc.context})"
+                                                                         if exc.context and exc.problem else ""))
     line = mark.line + 1 if mark is not None else None
     column = mark.column + 1 if mark is not None else None
     return ConfigIssue(source, line, column, "", message, hint)
@@ -363,8 +371,9 @@ def _duplicate_key_issues(node: Node, source: str) -> list[ConfigIssue]:
                     if key in first:
                         issues.append(
                             ConfigIssue(source, line, key_node.start_mark.column + 1, _dotted((*path, key)),
-                                        f"duplicate key '{key}' (first on line {first[key]})",
-                                        "YAML keeps only one of the two; delete or merge them")
+                                        Text(N_("duplicate key '{key}' (first on line {line})"), key=key,
+                                             line=first[key]),
+                                        Text(N_("YAML keeps only one of the two; delete or merge them")))
                         )
                     else:
                         first[key] = line

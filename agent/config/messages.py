@@ -10,8 +10,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from agent.config.values import _unwrap
-from drivers.settings import Loc, choices_hint, problem
-
+from drivers.settings import N_, Loc, Text, choices_hint, problem
 
 # Units shown in range errors, found from the key's suffix so each field states it once, in its name.
 _UNIT_BY_SUFFIX: tuple[tuple[str, str], ...] = (
@@ -61,13 +60,13 @@ def _model_for(loc: Loc, root: type[BaseModel]) -> type[BaseModel] | None:
 
 def _show(value: object) -> str:
     if value is None:
-        return "an empty value"
+        return Text(N_("an empty value"))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
-        return "a section of keys"
+        return Text(N_("a section of keys"))
     if isinstance(value, list):
-        return "a list"
+        return Text(N_("a list"))
     if isinstance(value, str):
         return repr(value if len(value) <= 60 else value[:57] + "...")
     return str(value)
@@ -96,13 +95,15 @@ def _range_text(field: FieldInfo | None, unit: str) -> str:
         if getattr(meta, "lt", None) is not None:
             high, high_open = meta.lt, True
     if low is not None and high is not None and not low_open and not high_open:
-        return f"must be between {_num(low)} and {_num(high)}{unit}"
-    parts = []
-    if low is not None:
-        parts.append(f"{'above' if low_open else 'at least'} {_num(low)}{unit}")
-    if high is not None:
-        parts.append(f"{'below' if high_open else 'at most'} {_num(high)}{unit}")
-    return "must be " + " and ".join(parts) if parts else "is out of range"
+        return Text(N_("must be between {low} and {high}{unit}"), low=_num(low), high=_num(high), unit=unit)
+    above = Text(N_("above {low}{unit}") if low_open else N_("at least {low}{unit}"), low=_num(low or 0), unit=unit)
+    below = Text(N_("below {high}{unit}") if high_open else N_("at most {high}{unit}"), high=_num(high or 0),
+                 unit=unit)
+    if low is not None and high is not None:
+        return Text(N_("must be {low} and {high}"), low=above, high=below)
+    if low is not None or high is not None:
+        return Text(N_("must be {limit}"), limit=above if low is not None else below)
+    return Text(N_("is out of range"))
 
 
 _SIMPLE_TAGS = frozenset({"none", "bool", "int", "float", "str", "list", "dict"})
@@ -150,15 +151,21 @@ def _union_errors(errors: Iterable[Mapping[str, Any]], plain: object) -> list[Ma
         choices = [str(e["ctx"]["expected"]).lower() for e in errs
                    if e["type"] == "literal_error" and e.get("ctx", {}).get("expected")]
         name = prefix[-1] if prefix else "value"
-        union_problem = problem(f"{name} must be a section of keys" + "".join(f" or {c}" for c in choices),
-                           "put the section's keys on the lines below, indented" +
-                           "".join(f", or write {c}" for c in choices))
+        union_problem = problem(N_("{name} must be a section of keys{choices}"),
+                                N_("put the section's keys on the lines below, indented{writes}"), name=name,
+                                choices=Text(N_(" or {choices}"), choices=" or ".join(choices)) if choices else "",
+                                writes=Text(N_(", or write {choices}"), choices=", or write ".join(choices))
+                                if choices else "")
         out.append({"type": "value_error", "loc": prefix, "msg": "", "ctx": {"error": union_problem}})
     return out
 
 
+def _in_unit(unit: str) -> str:
+    return Text(N_(" (in{unit})"), unit=unit) if unit else ""
+
+
 def _describe(err: Mapping[str, Any], loc: Loc, model: type[BaseModel]) -> tuple[str, str | None]:
-    """Turn one pydantic error into a plain-English message and hint."""
+    """Turn one pydantic error into a plain-English message and hint (:class:`Text`, shown translated)."""
     err_type: str = err["type"]
     ctx: Mapping[str, Any] = err.get("ctx") or {}
     value = err.get("input")
@@ -166,45 +173,66 @@ def _describe(err: Mapping[str, Any], loc: Loc, model: type[BaseModel]) -> tuple
     _, field = _walk_schema(loc, model)
     description = field.description if field is not None else None
     secret = name in _SECRET_KEYS
-    got = "" if secret else f" (got {_show(value)})"
+    got = "" if secret else Text(N_(" (got {value})"), value=_show(value))
     unit = _unit(loc)
 
     if err_type == "missing":
-        return f"required key '{name}' is missing", description
+        return Text(N_("required key '{name}' is missing"), name=name), description
     if err_type == "extra_forbidden":
         holder = _model_for(loc[:-1], model)
         valid = [f.alias or n for n, f in holder.model_fields.items()] if holder is not None else []
-        return f"unknown key '{name}'", choices_hint(name, valid, "valid keys here") if valid else None
+        hint = choices_hint(name, valid, Text(N_("valid keys here"))) if valid else None
+        return Text(N_("unknown key '{name}'"), name=name), hint
     if err_type == "literal_error":
         expected = str(ctx.get("expected", ""))
         choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",") if c.strip()]
-        shown = "this value" if secret else _show(value)
-        hint = choices_hint(str(value), choices, "use one of") if isinstance(value, str) else f"use one of: {expected}"
-        return f"{shown} is not allowed here", hint
+        shown = Text(N_("this value")) if secret else _show(value)
+        hint = (choices_hint(str(value), choices, Text(N_("use one of"))) if isinstance(value, str)
+                else Text(N_("use one of: {choices}"), choices=expected))
+        return Text(N_("{value} is not allowed here"), value=shown), hint
     if err_type in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        shown = "the value" if secret else f"{_show(value)}{unit}"
-        return f"{shown} is out of range: {name} {_range_text(field, unit)}", description
+        shown = Text(N_("the value")) if secret else Text(N_("{value}{unit}"), value=_show(value), unit=unit)
+        return Text(N_("{value} is out of range: {name} {range}"), value=shown, name=name,
+                    range=_range_text(field, unit)), description
     if err_type in ("int_parsing", "int_type", "int_from_float"):
-        return f"{name} must be a whole number{unit and f' (in{unit})'}{got}", description
+        return Text(N_("{name} must be a whole number{unit}{got}"), name=name, unit=_in_unit(unit), got=got), \
+            description
     if err_type in ("float_parsing", "float_type", "finite_number"):
-        return f"{name} must be a number{unit and f' (in{unit})'}{got}", description
+        return Text(N_("{name} must be a number{unit}{got}"), name=name, unit=_in_unit(unit), got=got), description
     if err_type in ("bool_parsing", "bool_type"):
-        return f"{name} must be true or false{got}", description
+        return Text(N_("{name} must be true or false{got}"), name=name, got=got), description
     if err_type in ("string_type", "string_sub_type"):
-        return f"{name} must be text{got}", "put the value in quotes"
+        return Text(N_("{name} must be text{got}"), name=name, got=got), Text(N_("put the value in quotes"))
+    return _shape_message(err, name, secret, description)
+
+
+def _shape_message(err: Mapping[str, Any], name: str, secret: bool, description: str | None
+                   ) -> tuple[str, str | None]:
+    """The message and hint of a value of the wrong shape or length (a section, a list, a text)."""
+    err_type: str = err["type"]
+    ctx: Mapping[str, Any] = err.get("ctx") or {}
+    value = err.get("input")
     if err_type in ("model_type", "model_attributes_type", "dict_type"):
         if value is None:
-            return f"section '{name}' is empty", f"add its keys indented below '{name}:', or remove the line"
-        return f"'{name}' must be a section of keys, not {_show(value)}", "put its keys on the lines below, indented"
+            return (Text(N_("section '{name}' is empty"), name=name),
+                    Text(N_("add its keys indented below '{name}:', or remove the line"), name=name))
+        return (Text(N_("'{name}' must be a section of keys, not {value}"), name=name, value=_show(value)),
+                Text(N_("put its keys on the lines below, indented")))
     if err_type == "list_type":
-        return f"'{name}' must be a list, not {_show(value)}", "write each item on its own line starting with '- '"
+        return (Text(N_("'{name}' must be a list, not {value}"), name=name, value=_show(value)),
+                Text(N_("write each item on its own line starting with '- '")))
     if err_type == "too_short":
-        return f"'{name}' needs at least {ctx.get('min_length', 1)} item(s)", description
+        return Text(N_("'{name}' needs at least {count} item(s)"), name=name, count=ctx.get("min_length", 1)), \
+            description
     if err_type == "string_too_short":
-        return f"{name} must not be empty", description
+        return Text(N_("{name} must not be empty"), name=name), description
     if err_type == "string_too_long":
-        return f"{name} is too long: at most {ctx.get('max_length')} characters", description
+        return Text(N_("{name} is too long: at most {count} characters"), name=name, count=ctx.get("max_length")), \
+            description
     if err_type == "string_pattern_mismatch":
-        return f"{name}{'' if secret else ' ' + _show(value)} contains characters that are not allowed", description
+        if secret:
+            return Text(N_("{name} contains characters that are not allowed"), name=name), description
+        return Text(N_("{name} {value} contains characters that are not allowed"), name=name, value=_show(value)), \
+            description
     # Fallback: pydantic's own message (it does not include the input value).
     return str(err.get("msg", "invalid value")), description

@@ -18,7 +18,7 @@ from agent.gateway.fieldio_config import GpioConfig
 from agent.gateway.receipt_airtime import ReceiptsConfig
 from agent.rules import RulesConfig
 from agent.tools.status import DEFAULT_JOURNAL_PATH
-from drivers.settings import Problem, Problems, Section
+from drivers.settings import N_, Problem, Problems, Section
 
 
 _NAME_ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -29,19 +29,19 @@ class GatewayConfig(Section):
 
     id: str = Field(
         pattern=_NAME_ID,
-        description="Gateway id, unique across the deployment; used in MQTT topics. 1-63 characters: lowercase "
-        "letters a-z, digits, '_' and '-', starting with a letter or digit (so never '/', '+' or '#').",
+        description=N_("Gateway id, unique across the deployment; used in MQTT topics. 1-63 characters: lowercase "
+        "letters a-z, digits, '_' and '-', starting with a letter or digit (so never '/', '+' or '#')."),
         examples=["gw-okutama-01"],
     )
     site: str = Field(
         pattern=_NAME_ID,
-        description="Municipality or site tag, used to group gateways; same characters as gateway.id.",
+        description=N_("Municipality or site tag, used to group gateways; same characters as gateway.id."),
         examples=["okutama"],
     )
     name: str | None = Field(
         default=None,
         max_length=200,
-        description="Free-text display name (Japanese allowed), e.g. for dashboards. Optional.",
+        description=N_("Free-text display name (Japanese allowed), e.g. for dashboards. Optional."),
         examples=["奥多摩 林道ゲートウェイ"],
     )
 
@@ -52,25 +52,25 @@ class JournalConfig(Section):
     path: str = Field(
         default=DEFAULT_JOURNAL_PATH,
         min_length=1,
-        description="Path of the SQLite journal file; its directory is created if missing. Relative paths are "
-        "resolved against the config file's directory.",
+        description=N_("Path of the SQLite journal file; its directory is created if missing. Relative paths are "
+        "resolved against the config file's directory."),
     )
     quota_mb: float = Field(
         default=256,
         gt=0,
-        description="Disk quota of the journal in megabytes (MB, 1 MB = 1048576 bytes). When full, the lowest "
-        "priority readings are evicted first, oldest first; SOS and alarms never are.",
+        description=N_("Disk quota of the journal in megabytes (MB, 1 MB = 1048576 bytes). When full, the lowest "
+        "priority readings are evicted first, oldest first; SOS and alarms never are."),
     )
     commit_window_ms: int = Field(
         default=250,
         ge=0,
         le=1000,
-        description="Milliseconds telemetry and diagnostics readings (and the deletion of readings the broker "
+        description=N_("Milliseconds telemetry and diagnostics readings (and the deletion of readings the broker "
         "acknowledged) may wait in memory to share one commit (one fsync) with the next ones: at field rates "
         "this divides the bytes written to the SD card and the CPU per reading. A power cut loses at most the "
         "frames read in the last commit_window_ms; after one, readings acknowledged in the last commit_window_ms "
         "may be sent once more (same id, an overwrite at the backend). SOS and alarms never wait: each commits "
-        "at once, together with everything waiting. 0 commits at every wake-up.",
+        "at once, together with everything waiting. 0 commits at every wake-up."),
     )
 
     @field_validator("path")
@@ -83,7 +83,7 @@ class HealthConfig(Section):
     """The gateway's own health reports."""
 
     interval_s: int = Field(
-        default=60, ge=10, le=86400, description="Seconds between health publications (10..86400)."
+        default=60, ge=10, le=86400, description=N_("Seconds between health publications (10..86400).")
     )
 
 
@@ -91,7 +91,7 @@ class LogConfig(Section):
     """Logging."""
 
     level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", description="Log level: debug, info, warning or error."
+        default="info", description=N_("Log level: debug, info, warning or error.")
     )
 
 
@@ -103,47 +103,47 @@ class Config(TopLevel):
         json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
     )
 
-    gateway: GatewayConfig = Field(description="Identity of this gateway (required).")
-    journal: JournalConfig = Field(default_factory=JournalConfig, description="The durable reading journal.")
-    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The MQTT broker connection.")
+    gateway: GatewayConfig = Field(description=N_("Identity of this gateway (required)."))
+    journal: JournalConfig = Field(default_factory=JournalConfig, description=N_("The durable reading journal."))
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description=N_("The MQTT broker connection."))
     radios: list[RadioConfig] = Field(
-        min_length=1, description="Radio modules on serial ports; at least one, names unique."
+        min_length=1, description=N_("Radio modules on serial ports; at least one, names unique.")
     )
     nodes: list[NodeConfig] = Field(
-        default_factory=list, description="Sensor nodes this gateway expects; ids and names unique."
+        default_factory=list, description=N_("Sensor nodes this gateway expects; ids and names unique.")
     )
     unknown_nodes: Literal["quarantine", "accept"] = Field(
         default="quarantine",
-        description="Frames from nodes not listed in nodes: quarantine (keep aside for inspection) or accept.",
+        description=N_("Frames from nodes not listed in nodes: quarantine (keep aside for inspection) or accept."),
     )
     unknown_nodes_max: int = Field(
         default=1000,
         ge=1,
         le=100_000,
-        description="With unknown_nodes: accept, the most nodes not listed in nodes: whose state (replay window, "
+        description=N_("With unknown_nodes: accept, the most nodes not listed in nodes: whose state (replay window, "
         "last seen) is kept (1..100000); the least recently heard is dropped to make room for a new one. Listed "
-        "nodes are never dropped.",
+        "nodes are never dropped."),
     )
     unknown_nodes_forget_after_s: int = Field(
         default=7 * 86400,
         ge=60,
         le=10 * 366 * 86400,
-        description="The state of a node not listed in nodes: is dropped when it has not been heard for this "
-        "long, in seconds (default 604800, 7 days). Listed nodes are never dropped.",
+        description=N_("The state of a node not listed in nodes: is dropped when it has not been heard for this "
+        "long, in seconds (default 604800, 7 days). Listed nodes are never dropped."),
     )
-    health: HealthConfig = Field(default_factory=HealthConfig, description="Gateway health publishing.")
+    health: HealthConfig = Field(default_factory=HealthConfig, description=N_("Gateway health publishing."))
     rules: RulesConfig = Field(
         default_factory=RulesConfig,
-        description="Edge alert rules, evaluated on the gateway even while the backhaul is down (agent/rules/).",
+        description=N_("Edge alert rules, evaluated on the gateway even while the backhaul is down (agent/rules/)."),
     )
     gpio: GpioConfig | None = Field(
-        default=None, description="Status lamp, siren, installer test button and rain gauge on GPIO; none when absent.",
+        default=None, description=N_("Status lamp, siren, installer test button and rain gauge on GPIO; none when absent."),
     )
     receipts: ReceiptsConfig = Field(
         default_factory=ReceiptsConfig,
-        description="SOS receipts sent back to the caller's node, within ARIB STD-T108 airtime rules.",
+        description=N_("SOS receipts sent back to the caller's node, within ARIB STD-T108 airtime rules."),
     )
-    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+    log: LogConfig = Field(default_factory=LogConfig, description=N_("Logging."))
 
     EMPTY_MEANS_DEFAULTS = ("journal", "mqtt", "nodes", "health", "log", "unknown_nodes", "rules", "gpio", "receipts")
 

@@ -18,7 +18,17 @@ from agent.config.secrets import (
     secret_text,
 )
 from agent.config.values import Found, _check_readable_file, _resolve_path
-from drivers.settings import Count, Loc, Problem, Problems, Seconds, Section, problem
+from drivers.settings import (
+    N_,
+    Count,
+    Loc,
+    Problem,
+    Problems,
+    Seconds,
+    Section,
+    Text,
+    problem,
+)
 
 
 class TlsConfig(Section):
@@ -26,21 +36,21 @@ class TlsConfig(Section):
 
     ca_file: str | None = Field(
         default=None,
-        description="PEM file of the CA certificate(s) that signed the broker's certificate; null uses the "
-        "system's trusted CAs.",
+        description=N_("PEM file of the CA certificate(s) that signed the broker's certificate; null uses the "
+        "system's trusted CAs."),
     )
     cert_file: str | None = Field(
-        default=None, description="PEM client certificate of this gateway (needs key_file). Optional."
+        default=None, description=N_("PEM client certificate of this gateway (needs key_file). Optional.")
     )
     key_file: Annotated[str | None, SECRET_FILE] = Field(
         default=None,
-        description="PEM private key of the client certificate (needs cert_file). Optional. A secret: refused when "
-        "other users can read it (chmod 600).",
+        description=N_("PEM private key of the client certificate (needs cert_file). Optional. A secret: refused when "
+        "other users can read it (chmod 600)."),
     )
     insecure: bool = Field(
         default=False,
-        description="Skip checking the broker's host name against its certificate. Only for tests; never in the "
-        "field.",
+        description=N_("Skip checking the broker's host name against its certificate. Only for tests; never in the "
+        "field."),
     )
 
     @field_validator("ca_file", "cert_file", "key_file")
@@ -49,7 +59,7 @@ class TlsConfig(Section):
         if value is None:
             return None
         path = _resolve_path(value, info)
-        _check_readable_file(path, "TLS file")
+        _check_readable_file(path, N_("TLS file"))
         return path
 
     @model_validator(mode="after")
@@ -57,15 +67,15 @@ class TlsConfig(Section):
         if (self.cert_file is None) != (self.key_file is None):
             given, missing = ("cert_file", "key_file") if self.key_file is None else ("key_file", "cert_file")
             raise problem(
-                f"{given} is set but {missing} is not: a client certificate needs its private key",
-                "set both cert_file and key_file, or neither",
-                subloc=(given,),
+                N_("{given} is set but {missing} is not: a client certificate needs its private key"),
+                N_("set both cert_file and key_file, or neither"),
+                subloc=(given,), given=given, missing=missing,
             )
         return self
 
 
-_Password = secret_text(hint="put the {name} in quotes, or better use {name}_file")
-_PasswordFile = secret_file("password file")
+_Password = secret_text(hint=N_("put the {name} in quotes, or better use {name}_file"))
+_PasswordFile = secret_file(N_("password file"))
 
 
 #: An MQTT client id: 1 to 128 characters (MQTT 3.1.1 promises 23; Mosquitto takes far longer ones).
@@ -76,9 +86,9 @@ class BrokerAddress(WithSecrets):
     """Where the MQTT broker is: the first keys of the gateway's, the bridge's and the console's ``mqtt:`` section
     (each adds its login, TLS and timing)."""
 
-    host: str = Field(default="127.0.0.1", min_length=1, description="Host name or IP address of the MQTT broker.")
+    host: str = Field(default="127.0.0.1", min_length=1, description=N_("Host name or IP address of the MQTT broker."))
     port: int = Field(
-        default=1883, ge=1, le=65535, description="TCP port of the MQTT broker (1883 plain, 8883 with TLS)."
+        default=1883, ge=1, le=65535, description=N_("TCP port of the MQTT broker (1883 plain, 8883 with TLS).")
     )
 
 
@@ -86,81 +96,81 @@ class MqttConfig(BrokerAddress):
     """Connection to the MQTT broker and publishing limits."""
 
     client_id: ClientId | None = Field(
-        default=None, description="MQTT client id; null means 'denen-<gateway.id>'. Must be unique on the broker."
+        default=None, description=N_("MQTT client id; null means 'denen-<gateway.id>'. Must be unique on the broker.")
     )
-    username: str | None = Field(default=None, min_length=1, description="MQTT user name. Optional.")
+    username: str | None = Field(default=None, min_length=1, description=N_("MQTT user name. Optional."))
     password: _Password = Field(
         default=None,
-        description="MQTT password (secret: never printed or logged). Prefer password_file or password_env; a "
-        "config file holding it must not be readable by other users (chmod 600). Needs username.",
+        description=N_("MQTT password (secret: never printed or logged). Prefer password_file or password_env; a "
+        "config file holding it must not be readable by other users (chmod 600). Needs username."),
     )
     password_file: _PasswordFile = Field(
         default=None,
-        description="Path of a file holding the MQTT password (trailing newline ignored), read at every connect. "
+        description=N_("Path of a file holding the MQTT password (trailing newline ignored), read at every connect. "
         "Refused when other users can read it (chmod 600). Relative paths are resolved against the config file's "
-        "directory.",
+        "directory."),
     )
     password_env: SecretEnv = Field(
         default=None,
-        description="Name of an environment variable holding the MQTT password, e.g. DENEN_MQTT_PASSWORD; read "
+        description=N_("Name of an environment variable holding the MQTT password, e.g. DENEN_MQTT_PASSWORD; read "
         "when the config is loaded and must be set then (systemd: EnvironmentFile=). Only one of password, "
-        "password_file and password_env.",
+        "password_file and password_env."),
     )
     tls: TlsConfig | Literal[False] | None = Field(
         default=None,
-        description="TLS settings. Required when host is not a loopback address (127.0.0.0/8, ::1, localhost); "
+        description=N_("TLS settings. Required when host is not a loopback address (127.0.0.0/8, ::1, localhost); "
         "'false' says plain TCP on purpose (only on a trusted private network, e.g. a VPN), and the agent warns "
-        "about it at every start.",
+        "about it at every start."),
     )
     keepalive_s: int = Field(
         default=30,
         ge=5,
         le=3600,
-        description="MQTT keepalive in seconds (5..3600); the broker publishes the Last Will (offline status) "
-        "after about 1.5 times this without contact.",
+        description=N_("MQTT keepalive in seconds (5..3600); the broker publishes the Last Will (offline status) "
+        "after about 1.5 times this without contact."),
     )
     topic_prefix: str = Field(
         default="denen/v1",
-        description="First topic levels of everything this gateway publishes, e.g. denen/v1; no '+' or '#', no "
-        "leading or trailing '/'.",
+        description=N_("First topic levels of everything this gateway publishes, e.g. denen/v1; no '+' or '#', no "
+        "leading or trailing '/'."),
     )
     batch_max_readings: Count = Field(
-        default=200, le=5000, description="Most readings put in one MQTT message (1..5000)."
+        default=200, le=5000, description=N_("Most readings put in one MQTT message (1..5000).")
     )
     batch_max_kb: int = Field(
         default=256,
         ge=4,
         le=1024,
-        description="Largest MQTT message of readings, in KiB (4..1024): a batch closes when the next reading would "
+        description=N_("Largest MQTT message of readings, in KiB (4..1024): a batch closes when the next reading would "
         "make it larger (one reading always goes). The backend's broker (max_packet_size) and bridge "
-        "(limits.max_message_kb) refuse larger messages, so this keeps every batch deliverable.",
+        "(limits.max_message_kb) refuse larger messages, so this keeps every batch deliverable."),
     )
     inflight_window: Count = Field(
-        default=8, le=100, description="Most MQTT messages awaiting the broker's PUBACK at once (1..100)."
+        default=8, le=100, description=N_("Most MQTT messages awaiting the broker's PUBACK at once (1..100).")
     )
     reconnect_min_s: Seconds = Field(
         default=1.0, le=3600,
-        description="First wait before reconnecting to the broker, in seconds; doubled after each failure.",
+        description=N_("First wait before reconnecting to the broker, in seconds; doubled after each failure."),
     )
     reconnect_max_s: Seconds = Field(
         default=60.0, le=86400,
-        description="Longest wait between reconnect attempts, in seconds; at least reconnect_min_s.",
+        description=N_("Longest wait between reconnect attempts, in seconds; at least reconnect_min_s."),
     )
 
     @field_validator("topic_prefix")
     @classmethod
     def _topic_prefix(cls, value: str) -> str:
-        hint = "use plain topic levels separated by '/', e.g. denen/v1"
+        hint = N_("use plain topic levels separated by '/', e.g. denen/v1")
         if not value:
-            raise problem("topic_prefix must not be empty", hint)
+            raise problem(N_("topic_prefix must not be empty"), hint)
         if "+" in value or "#" in value:
-            raise problem(f"topic_prefix '{value}' contains the MQTT wildcard '+' or '#'", hint)
+            raise problem(N_("topic_prefix '{value}' contains the MQTT wildcard '+' or '#'"), hint, value=value)
         if value.startswith("/") or value.endswith("/"):
-            raise problem(f"topic_prefix '{value}' must not start or end with '/'", hint)
+            raise problem(N_("topic_prefix '{value}' must not start or end with '/'"), hint, value=value)
         if "//" in value:
-            raise problem(f"topic_prefix '{value}' has an empty topic level ('//')", hint)
+            raise problem(N_("topic_prefix '{value}' has an empty topic level ('//')"), hint, value=value)
         if "\x00" in value or any(ch.isspace() for ch in value):
-            raise problem("topic_prefix must not contain spaces or control characters", hint)
+            raise problem(N_("topic_prefix must not contain spaces or control characters"), hint)
         return value
 
     @model_validator(mode="after")
@@ -169,26 +179,27 @@ class MqttConfig(BrokerAddress):
         given = [k for k in ("password", "password_file", "password_env") if getattr(self, k) is not None]
         if given and self.username is None:
             problems.append(
-                Problem((given[0],), "a password is set but username is not", "MQTT sends a password only with a "
-                         "user name: set mqtt.username")
+                Problem.of((given[0],), N_("a password is set but username is not"),
+                           N_("MQTT sends a password only with a user name: set mqtt.username"))
             )
         if self.reconnect_max_s < self.reconnect_min_s:
             problems.append(
-                Problem(
+                Problem.of(
                     ("reconnect_max_s",),
-                    f"reconnect_max_s ({self.reconnect_max_s:g} s) is shorter than reconnect_min_s "
-                    f"({self.reconnect_min_s:g} s)",
-                    "reconnect_max_s must be at least reconnect_min_s",
+                    N_("reconnect_max_s ({max} s) is shorter than reconnect_min_s ({min} s)"),
+                    N_("reconnect_max_s must be at least reconnect_min_s"),
+                    max=f"{self.reconnect_max_s:g}", min=f"{self.reconnect_min_s:g}",
                 )
             )
         if self.tls is None and not is_loopback_host(self.host):
             problems.append(
-                Problem(
+                Problem.of(
                     ("host",),
-                    f"the broker {self.host} is not on this machine and tls is not set: the MQTT login and every "
-                    "reading would cross the network in clear",
-                    "add tls: {ca_file: <the CA of the broker's certificate>} and port: 8883, or, only on a "
-                    "trusted private network, tls: false",
+                    N_("the broker {host} is not on this machine and tls is not set: the MQTT login and every reading "
+                       "would cross the network in clear"),
+                    N_("add tls: {{ca_file: <the CA of the broker's certificate>}} and port: 8883, or, only on a "
+                       "trusted private network, tls: false"),
+                    host=self.host,
                 )
             )
         if problems:
@@ -215,7 +226,7 @@ class MqttConfig(BrokerAddress):
 
     @staticmethod
     def _read_password_file(path: str) -> str:
-        return read_secret_file(path, "mqtt.password_file", "the password file")
+        return read_secret_file(path, "mqtt.password_file", N_("the password file"))
 
     def effective_client_id(self, gateway_id: str) -> str:
         """Return ``client_id``, or ``denen-<gateway_id>`` when it is not set."""
@@ -242,21 +253,24 @@ class BrokerSettings(Protocol):
 
 
 def mqtt_tls_warnings(mqtt: BrokerSettings, in_clear: str,
-                      hint: str = "use tls: {ca_file: ...} unless this is a trusted private network") -> list[Found]:
+                      hint: str = N_("use tls: {ca_file: ...} unless this is a trusted private network")
+                      ) -> list[Found]:
     """Warnings for an MQTT section (at ``mqtt``) that checks no host name, or sends in clear to another host
     (``in_clear`` says what crosses the network)."""
     found: list[Found] = []
     if mqtt.tls and mqtt.tls.insecure:
         found.append(tls_insecure_warning(("mqtt", "tls", "insecure")))
     if mqtt.tls is False and not is_loopback_host(mqtt.host):
-        found.append((("mqtt", "tls"), f"plain TCP to the broker {mqtt.host}: {in_clear}", hint))
+        found.append((("mqtt", "tls"), Text(N_("plain TCP to the broker {host}: {in_clear}"), host=mqtt.host,
+                                            in_clear=in_clear if isinstance(in_clear, Text) else Text(in_clear)),
+                      Text(hint)))
     return found
 
 
 def tls_insecure_warning(loc: Loc) -> Found:
     """The warning for ``tls.insecure: true`` at ``loc``."""
-    return (loc, "TLS host name checking is off",
-            "anyone on the path can impersonate the broker; set insecure: false in the field")
+    return (loc, Text(N_("TLS host name checking is off")),
+            Text(N_("anyone on the path can impersonate the broker; set insecure: false in the field")))
 
 
 class LoginSettings(Protocol):

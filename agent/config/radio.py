@@ -10,11 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from agent.config.values import _CTX_LOADER, Found, _get
 from drivers import registry
-from drivers.settings import Problem, Problems, Section, choices_hint, problem
+from drivers.settings import N_, Problem, Problems, Section, Text, choices_hint, problem
 
 _SPECS = registry.specs()
 
@@ -59,7 +65,7 @@ class _Radio(Section):
 
     name: str = Field(
         pattern=_NAME_RADIO,
-        description="Radio name, unique in this file: 1-32 of a-z, 0-9, '_' and '-'. Nodes may refer to it.",
+        description=N_("Radio name, unique in this file: 1-32 of a-z, 0-9, '_' and '-'. Nodes may refer to it."),
         examples=["lora0"],
     )
     driver: str = Field(
@@ -68,12 +74,12 @@ class _Radio(Section):
     )
     port: str = Field(
         min_length=1,
-        description="Serial port, anything pyserial's serial_for_url opens: a device path (/dev/ttyUSB0, a udev "
+        description=N_("Serial port, anything pyserial's serial_for_url opens: a device path (/dev/ttyUSB0, a udev "
         "symlink such as /dev/lora0, a pty), socket://host:port, loop://. Not checked at load time, so a config "
-        "can be validated on a laptop.",
+        "can be validated on a laptop."),
     )
     baudrate: Literal[9600, 19200, 38400, 57600, 115200, 230400] = Field(
-        default=115200, description="Serial speed in baud: 9600, 19200, 38400, 57600, 115200 or 230400."
+        default=115200, description=N_("Serial speed in baud: 9600, 19200, 38400, 57600, 115200 or 230400.")
     )
 
     @field_validator("driver")
@@ -81,7 +87,8 @@ class _Radio(Section):
     def _known_driver(cls, value: str) -> str:
         names = driver_names()
         if value not in names:
-            raise problem(f"unknown radio driver '{value}'", choices_hint(value, names, "valid drivers"))
+            raise problem(N_("unknown radio driver '{value}'"), choices_hint(value, names, Text(N_("valid drivers"))),
+                          value=value)
         return value
 
     @model_validator(mode="before")
@@ -151,12 +158,13 @@ def _section_problems(radio: object) -> list[Problem]:
     problems = []
     for section, owner in _OWNER_OF_SECTION.items():
         if _get(radio, section) is not None and section != own:
-            fix = f"remove '{section}:'" + (f" and put this radio's settings under '{own}:'" if own else "")
+            hint = (N_("remove '{section}:' and put this radio's settings under '{own}:', or change the driver") if own
+                    else N_("remove '{section}:', or change the driver"))
             problems.append(
-                Problem(
+                Problem.of(
                     (section,),
-                    f"the '{section}:' section is only for driver {owner}, but this radio uses driver '{driver}'",
-                    f"{fix}, or change the driver",
+                    N_("the '{section}:' section is only for driver {owner}, but this radio uses driver '{driver}'"),
+                    hint, section=section, owner=owner, driver=driver, own=own,
                 )
             )
     return problems

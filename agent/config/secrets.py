@@ -23,12 +23,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, PrivateAttr, SecretStr, ValidationInfo
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+)
 
-from agent.config.values import Found, _check_readable_file, _dotted, _resolve_path, _unwrap
+from agent.config.values import (
+    Found,
+    _check_readable_file,
+    _dotted,
+    _resolve_path,
+    _unwrap,
+)
 from agent.errors import ConfigError, ConfigIssue
-from drivers.settings import Loc, Section, problem
-
+from drivers.settings import N_, Loc, Section, Text, problem
 
 # Names accepted in key_env / password_env / token_env. Upper case only: the convention for environment variables,
 # and a guard against a secret pasted where a name belongs, which would then be echoed as "variable ... not set".
@@ -60,9 +72,10 @@ def env_secret_name(value: str, key: str) -> str:
         secret = key.removesuffix("_env")
         example = _ENV_EXAMPLES.get(secret, f"DENEN_{secret.upper()}")
         raise problem(
-            f"{key} must be the name of an environment variable: upper-case letters A-Z, digits and '_', not "
-            "starting with a digit",
-            f"e.g. {key}: {example}; the {secret} itself goes into that variable, not into this file",
+            N_("{key} must be the name of an environment variable: upper-case letters A-Z, digits and '_', not "
+               "starting with a digit"),
+            N_("e.g. {key}: {example}; the {secret} itself goes into that variable, not into this file"),
+            key=key, example=example, secret=secret,
         )
     return value
 
@@ -76,12 +89,12 @@ def read_env_secret(name: str) -> str:
         ValueError: a config problem naming the variable, with a hint on how to set it.
     """
     value = os.environ.get(name)
-    hint = (f"set {name} in the service's environment (systemd: EnvironmentFile=/etc/denen/secrets.env, mode "
-            f"600); to check the file with denen config validate, export it in your shell too")
+    hint = N_("set {name} in the service's environment (systemd: EnvironmentFile=/etc/denen/secrets.env, mode "
+              "600); to check the file with denen config validate, export it in your shell too")
     if value is None:
-        raise problem(f"environment variable {name} is not set", hint)
+        raise problem(N_("environment variable {name} is not set"), hint, name=name)
     if not value.strip():
-        raise problem(f"environment variable {name} is empty", hint)
+        raise problem(N_("environment variable {name} is empty"), hint, name=name)
     return value
 
 
@@ -93,14 +106,15 @@ def secret_source_problems(section: object, *names: str) -> list[tuple[Loc, str,
         ways = (name, f"{name}_file", f"{name}_env")
         given = [w for w in ways if getattr(section, w, None) is not None]
         if len(given) > 1:
-            found.append(((given[-1],), f"give only one of {', '.join(ways[:-1])} and {ways[-1]}, not "
-                          f"{' and '.join(given)}",
-                          f"keep {name}_file or {name}_env, which keep the {name} out of this file"))
+            found.append(((given[-1],), Text(N_("give only one of {some} and {last}, not {given}"),
+                                             some=", ".join(ways[:-1]), last=ways[-1], given=" and ".join(given)),
+                          Text(N_("keep {name}_file or {name}_env, which keep the {name} out of this file"),
+                               name=name)))
     return found
 
 
-def secret_text(not_text: str = "{name} must be text",
-                hint: str = "put the {name} in quotes, or better use {name}_file or {name}_env",
+def secret_text(not_text: str = N_("{name} must be text"),
+                hint: str = N_("put the {name} in quotes, or better use {name}_file or {name}_env"),
                 *, parse: Callable[[str], str] | None = None) -> Any:
     """The type of an inline secret key (``password:``): ``SecretStr | None``, which is never printed.
 
@@ -117,7 +131,7 @@ def secret_text(not_text: str = "{name} must be text",
             value = value.get_secret_value()
         if not isinstance(value, str):
             name = str(info.field_name)
-            raise problem(not_text.replace("{name}", name), hint.replace("{name}", name))
+            raise problem(not_text, hint, name=name)
         return SecretStr(parse(value)) if parse is not None else value
 
     return Annotated[SecretStr | None, BeforeValidator(text_only)]
@@ -140,7 +154,8 @@ def secret_file(what: str, *, read: Callable[[str], object] | None = None) -> An
         if read is not None:
             read(path)  # fail at load time, not at first use
         else:
-            _check_readable_file(path, what.replace("{name}", str(info.field_name).removesuffix("_file")))
+            name = str(info.field_name).removesuffix("_file")
+            _check_readable_file(path, Text(what, name=name) if "{name}" in what else Text(what))
         return path
 
     return Annotated[str | None, SECRET_FILE, AfterValidator(check)]
@@ -172,7 +187,7 @@ SecretText = secret_text()
 SecretEnv = secret_env()
 
 
-def read_secret_file(path: str, key: str, what: str = "the file") -> str:
+def read_secret_file(path: str, key: str, what: str = N_("the file")) -> str:
     """The text of a secret file without its trailing newline.
 
     Raises:
@@ -182,8 +197,10 @@ def read_secret_file(path: str, key: str, what: str = "the file") -> str:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise ConfigError(
-            [ConfigIssue(path, None, None, key, f"cannot read {what}: {exc.strerror}",
-                         "check the file's path and mode")]
+            [ConfigIssue(path, None, None, key, Text(N_("cannot read {what}: {error}"),
+                                                     what=what if isinstance(what, Text) else Text(what),
+                                                     error=exc.strerror),
+                         Text(N_("check the file's path and mode")))]
         ) from None
 
 
@@ -300,14 +317,17 @@ def _secret_mode_problems(plain: dict[str, Any], model: type[BaseModel], *, sour
             if config_readers is None:
                 continue
             others = [k for k in (f"{name}_file", f"{name}_env") if k in holder.model_fields]
-            move = " / ".join(others) if others else "a file of its own"
+            move = " / ".join(others) if others else Text(N_("a file of its own"))
+            values = {"key": _dotted(loc), "mode": f"{perms:03o}", "source": source, "move": move}
             if config_readers == "every user":
-                errors.append((loc, f"this file holds a secret ({_dotted(loc)}) and every user on this machine can "
-                               f"read it (mode {perms:03o})", f"chmod 600 {source}, or move the secret to {move}"))
+                errors.append((loc, Text(N_("this file holds a secret ({key}) and every user on this machine can read "
+                                            "it (mode {mode})"), **values),
+                               Text(N_("chmod 600 {source}, or move the secret to {move}"), **values)))
             else:
-                warnings.append((loc, f"this file holds a secret ({_dotted(loc)}) and its group can read it (mode "
-                                 f"{perms:03o})", f"fine when the group is the service's own (e.g. denen); "
-                                 f"otherwise chmod 600 {source}, or move the secret to {move}"))
+                warnings.append((loc, Text(N_("this file holds a secret ({key}) and its group can read it (mode "
+                                              "{mode})"), **values),
+                                 Text(N_("fine when the group is the service's own (e.g. denen); otherwise chmod 600 "
+                                         "{source}, or move the secret to {move}"), **values)))
             continue
         if not secret_file_modes or not isinstance(value, str):
             continue
@@ -320,9 +340,12 @@ def _secret_mode_problems(plain: dict[str, Any], model: type[BaseModel], *, sour
             continue  # missing, unreadable, a bad name: the field's own validator reports it
         readers = _who_can_read(file_perms)
         if readers == "every user":
-            errors.append((loc, f"secret file {path} can be read by every user on this machine (mode "
-                           f"{file_perms:03o})", f"chmod 600 {path}, owned by {service_user}"))
+            errors.append((loc, Text(N_("secret file {path} can be read by every user on this machine (mode {mode})"),
+                                     path=path, mode=f"{file_perms:03o}"),
+                           Text(N_("chmod 600 {path}, owned by {user}"), path=path, user=service_user)))
         elif readers == "group":
-            warnings.append((loc, f"secret file {path} can be read by its group (mode {file_perms:03o})",
-                             f"fine when the group is the service's own (e.g. denen); otherwise chmod 600 {path}"))
+            warnings.append((loc, Text(N_("secret file {path} can be read by its group (mode {mode})"), path=path,
+                                       mode=f"{file_perms:03o}"),
+                             Text(N_("fine when the group is the service's own (e.g. denen); otherwise chmod 600 "
+                                     "{path}"), path=path)))
     return errors, warnings

@@ -13,8 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ValidationInfo, model_validator
 
-from drivers.settings import Loc, Problem, Problems, Section, problem
-
+from drivers.settings import N_, Loc, Problem, Problems, Section, Text, problem
 
 # Validation context keys (pydantic ``context=``).
 _CTX_BASE_DIR = "base_dir"
@@ -25,7 +24,7 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def _path_hint() -> str:
-    return "relative paths are resolved against the directory of the config file"
+    return Text(N_("relative paths are resolved against the directory of the config file"))
 
 
 def _resolve_path(value: str, info: ValidationInfo) -> str:
@@ -38,21 +37,25 @@ def _resolve_path(value: str, info: ValidationInfo) -> str:
 
 
 def _check_readable_file(path: str, what: str) -> None:
+    what = what if isinstance(what, Text) else Text(what)  # a word marked with N_ where it is written
     p = Path(path)
     try:
         p.stat()
     except FileNotFoundError:
         pass
     except OSError as exc:  # a name too long, a loop of links ...
-        raise problem(f"{what} {path[:80]} cannot be used: {exc.strerror}", _path_hint()) from None
+        raise problem(N_("{what} {path} cannot be used: {error}"), _path_hint(), what=what, path=path[:80],
+                      error=exc.strerror) from None
     if not p.exists():
-        raise problem(f"{what} {path} does not exist", _path_hint() + "; fix the path or create the file")
+        raise problem(N_("{what} {path} does not exist"),
+                      N_("relative paths are resolved against the directory of the config file; fix the path or "
+                         "create the file"), what=what, path=path)
     if not p.is_file():
-        raise problem(f"{what} {path} is not a regular file", _path_hint())
+        raise problem(N_("{what} {path} is not a regular file"), _path_hint(), what=what, path=path)
     if not os.access(p, os.R_OK):
         raise problem(
-            f"{what} {path} cannot be read by this user",
-            "check the file's owner and mode; the agent must be able to read it",
+            N_("{what} {path} cannot be read by this user"),
+            N_("check the file's owner and mode; the agent must be able to read it"), what=what, path=path,
         )
 
 

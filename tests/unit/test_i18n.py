@@ -445,3 +445,101 @@ def test_golden_doctor_check(site: dict[str, Path]) -> None:
         i18n.set_language(lang)
         [radio] = [c for c in doctor.run_checks(str(site["config"]), timeout_s=0.5) if c.name == "radio lora0"]
         assert (radio.status, radio.summary) == ("fail", want)
+
+
+
+GOLDEN_CONFIG = """gateway: {id: gw-1, site: okutama}
+journal: {path: journal.db, quota_mb: -5}
+mqtt: {host: 127.0.0.1, port: notaport, username: denen, password_env: DENEN_TEST_UNSET_PASSWORD}
+radios:
+  - name: lora0
+    driver: rak3172
+    port: /dev/null
+    p2p: {frequency_hz: 920700000, spreading_factr: 9}
+nodes:
+  - {id: "00000101", name: sos-trailhead, kind: sos, unauthenticated: flag, key: 73914}
+"""
+
+#: (place and key, English, Japanese) of each line `denen config validate` prints for GOLDEN_CONFIG.
+GOLDEN_LINES = [
+    ("2:29: journal.quota_mb",  # out of range, with its unit; the hint is the key's description
+     "-5 MB is out of range: quota_mb must be above 0 MB (hint: Disk quota of the journal in megabytes (MB, 1 MB = "
+     "1048576 bytes). When full, the lowest priority readings are evicted first, oldest first; SOS and alarms never "
+     "are.)",
+     "-5 MB は範囲外です: quota_mb は 0 MB より大きい値にしてください（ヒント: ジャーナルのディスク容量の上限（MB、1 MB = "
+     "1048576 バイト）。いっぱいになると優先度の低い読み取りから、古い順に消します。SOS発信と警報は消しません。）"),
+    ("3:25: mqtt.port",  # wrong type
+     "port must be a whole number (got 'notaport') (hint: TCP port of the MQTT broker (1883 plain, 8883 with TLS).)",
+     "port は整数にしてください（指定値: 'notaport'）（ヒント: MQTT ブローカーの TCP ポート（暗号化なしは 1883、TLS は 8883）。）"),
+    ("3:58: mqtt.password_env",  # a secret that is not there
+     "environment variable DENEN_TEST_UNSET_PASSWORD is not set (hint: set DENEN_TEST_UNSET_PASSWORD in the "
+     "service's environment (systemd: EnvironmentFile=/etc/denen/secrets.env, mode 600); to check the file with "
+     "denen config validate, export it in your shell too)",
+     "環境変数 DENEN_TEST_UNSET_PASSWORD が設定されていません（ヒント: サービスの環境に DENEN_TEST_UNSET_PASSWORD を設定して"
+     "ください（systemd: EnvironmentFile=/etc/denen/secrets.env、モード 600）。denen config validate で確認するときは、"
+     "シェルでも export してください）"),
+    ("8:11: radios[0].p2p.frequency_hz",  # a driver's own check (drivers/, which never imports the agent)
+     "920700000 Hz is not on the 200 kHz channel grid; nearest channel: 920800000 Hz (hint: ARIB STD-T108 allows "
+     "LoRa at 920600000..923400000 Hz in 200 kHz steps (920600000, 920800000, ... 923400000))",
+     "920700000 Hz は 200 kHz 刻みのチャネルに乗っていません。最も近いチャネル: 920800000 Hz（ヒント: ARIB STD-T108 で LoRa "
+     "に使えるのは 920600000〜923400000 Hz の 200 kHz 刻みです（920600000, 920800000, ... 923400000））"),
+    ("8:36: radios[0].p2p.spreading_factr",  # unknown key
+     "unknown key 'spreading_factr' (hint: did you mean 'spreading_factor'? valid keys here: frequency_hz, "
+     "spreading_factor, bandwidth_khz, coding_rate, preamble, tx_power_dbm)",
+     "不明なキー 'spreading_factr'（ヒント: 'spreading_factor' のことですか？ ここで使えるキー: frequency_hz, "
+     "spreading_factor, bandwidth_khz, coding_rate, preamble, tx_power_dbm）"),
+    ("10:77: nodes[0].key",  # a secret of the wrong shape: its length is told, never its digits
+     "key must be 32 hex digits (16 bytes), but has 5 (hint: an AES-128 node key is 32 hex digits (16 bytes), e.g. "
+     "generated with: openssl rand -hex 16)",
+     "key の値は 16 進数 32 桁（16 バイト）にしてください。いまは 5 桁です（ヒント: AES-128 のノード鍵は 16 進数 32 桁"
+     "（16 バイト）です。例えば openssl rand -hex 16 で作れます）"),
+]
+
+
+def _validate(path: Path, lang: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DENEN_TEST_UNSET_PASSWORD"}
+    return subprocess.run([sys.executable, "-m", "agent.cli", "config", "validate", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env={**env, "COLUMNS": "80", **lang})
+
+
+def test_golden_config_errors_of_each_kind(tmp_path: Path) -> None:
+    """Unknown key, wrong type, out of range with its unit, a missing secret, a driver's own check and a secret
+    that is never shown: the same `file:line:col: key:` prefix in both languages, the rest in the user's."""
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(GOLDEN_CONFIG, encoding="utf-8")
+    cfg.chmod(0o600)
+    ja, en = _validate(cfg, JA), _validate(cfg, EN)
+    assert ja.returncode == en.returncode == 2
+    assert en.stderr.splitlines() == [f"{cfg}:{place}: {english}" for place, english, _ in GOLDEN_LINES]
+    assert ja.stderr.splitlines() == [f"{cfg}:{place}: {japanese}" for place, _, japanese in GOLDEN_LINES]
+    assert "73914" not in ja.stderr + en.stderr
+
+
+def test_golden_yaml_syntax_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("gateway:\n  id: gw-1\n  site: okutama: north\n", encoding="utf-8")
+    ja, en = _validate(cfg, JA), _validate(cfg, EN)
+    assert ja.returncode == en.returncode == 2
+    # The parser's own words stay English in both: they are what a search for the error finds.
+    assert en.stderr == (f"{cfg}:3:16: YAML syntax error: mapping values are not allowed here (hint: a value "
+                         "containing ': ' must be put in quotes, or this line is indented wrongly)\n")
+    assert ja.stderr == (f"{cfg}:3:16: YAML の構文エラー: mapping values are not allowed here（ヒント: ': ' を含む値は"
+                         "引用符で囲んでください。または、この行の字下げが間違っています）\n")
+
+
+def test_config_messages_keep_their_template_and_values() -> None:
+    """A driver's message is English where it is built (drivers never import the agent) and carries its template,
+    so the agent shows it in the user's language; a value is never looked up in the catalog."""
+    from drivers.settings import N_, Problems, Text, problem  # noqa: PLC0415
+
+    err = problem(N_("unknown radio driver '{value}'"), N_("valid drivers"), value="nodes")
+    assert isinstance(err, Problems) and str(err) == "unknown radio driver 'nodes' (hint: valid drivers)"
+    [found] = err.problems
+    assert found.message == "unknown radio driver 'nodes'" and isinstance(found.message, Text)
+    i18n.set_language("ja")
+    assert i18n.translate(found.message) == "不明な無線ドライバー 'nodes'"
+    assert i18n.translate(Text(N_("{what} {path} does not exist"), what=Text(N_("key file")), path="a.key")) == \
+        "鍵ファイル a.key がありません"
+    assert i18n.translate("not a message") == "not a message"
+    i18n.set_language("en")
+    assert i18n.translate(found.message) == "unknown radio driver 'nodes'"

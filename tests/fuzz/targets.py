@@ -193,6 +193,11 @@ def lpp_body(rng: random.Random, *, records: int | None = None) -> bytes:
     out = b""
     for _ in range(n):
         channel = rng.randrange(256) if rng.random() < 0.3 else rng.randrange(9)
+        if rng.random() < 0.05:  # the one variable-length type: size byte, precision, start point, k steps
+            k = rng.randrange(0, 9)
+            out += bytes((channel, lpp.POLYLINE_TYPE, 8 + k, rng.choice(sorted(lpp.POLYLINE_PRECISIONS))))
+            out += rng.randbytes(6 + k)
+            continue
         type_id = rng.choice(LPP_TYPE_IDS)
         out += bytes((channel, type_id)) + rng.randbytes(lpp.LPP_TYPES[type_id].size)
     return out
@@ -245,11 +250,12 @@ def check_unknown_type(exc: LppError, data: bytes) -> list[lpp.LppRecord]:
 class LppTarget(Target):
     name = "lpp"
     error = "LppError"
-    specific = ("LppError with reason lpp_truncated or lpp_unknown_type and a non-empty message; an accepted body "
+    specific = ("LppError with reason lpp_truncated, lpp_unknown_type or lpp_bad_polyline and a non-empty message; "
+                "an accepted body "
                 "re-encodes to the same bytes (decode and encode are exact inverses)")
     weight = 14.0
     unit = 4000
-    REASONS = frozenset({"lpp_truncated", "lpp_unknown_type"})
+    REASONS = frozenset({"lpp_truncated", "lpp_unknown_type", "lpp_bad_polyline"})
     pool_seed = 1
 
     def valid(self, rng: random.Random) -> bytes:
@@ -270,7 +276,8 @@ class LppTarget(Target):
         check(records == lpp.decode(bytearray(data)) == lpp.decode(memoryview(data)),
               "bytes, bytearray and memoryview decode differently")
         for r in records:
-            check(isinstance(r, lpp.LppRecord) and 0 <= r.channel <= 255 and r.type in lpp.LPP_TYPES,
+            check(isinstance(r, lpp.LppRecord) and 0 <= r.channel <= 255
+                  and (r.type in lpp.LPP_TYPES or r.type == lpp.POLYLINE_TYPE),
                   f"odd record {r!r}")
         again = lpp.encode([(r.channel, r.type, r.value) for r in records])
         check(again == bytes(data), f"decode/encode are not inverse: {bytes(data).hex()} -> {again.hex()}")
@@ -393,7 +400,7 @@ READINGS_REASONS = frozenset({
     "frame_short", "frame_version", "frame_reserved_flag", "frame_downlink", "unknown_node", "wrong_radio",
     "no_key", "bad_mic", "mic_missing", "duplicate", "replay", "kind_unknown", "kind_vendor_codec",
     "kind_unexpected", "kind_missing_channel", "kind_bad_type", "kind_duplicate_channel", "lpp_truncated",
-    "lpp_unknown_type",
+    "lpp_unknown_type", "lpp_bad_polyline",
 })
 
 

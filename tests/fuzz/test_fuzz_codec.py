@@ -53,7 +53,7 @@ def test_lpp_oracle_catches_a_decoder_that_loses_a_record(monkeypatch: pytest.Mo
 
 
 def test_lpp_oracle_checks_the_records_kept_before_an_unknown_type(monkeypatch: pytest.MonkeyPatch) -> None:
-    body = b"\x01\x00\x01" + b"\x06\x87\x0a\x14\x1e" + b"\x02\xf0\x00"  # digital in, colour, then type 0xF0
+    body = b"\x01\x00\x01" + b"\x06\x87\x0a\x14\x1e" + b"\x02\xf1\x00"  # digital in, colour, then type 0xF1
     assert run_one(lpp_target, body) == rejected("lpp_unknown_type")
     real = lpp.decode
 

@@ -257,14 +257,14 @@ def test_an_sos_cut_short_by_an_unknown_lpp_type_keeps_its_position_in_the_quara
         return Uplink("lora0", payload, -80, 5.0, None, T0_US + i * 10**7)
 
     assert decoder.decode(up(_frame(0x41, 5, "sos", key=key), 0)).entry is not None
-    body = bytes.fromhex("010001" + "028806765FF2960A0003E8" + "03F0" + "0102")  # pressed, a fix, then type 0xF0
+    body = bytes.fromhex("010001" + "028806765FF2960A0003E8" + "03F1" + "0102")  # pressed, a fix, then type 0xF1
     cut = nodeframe.build(0x41, 6, kinds.KIND_CODES["sos"], body, key=key)
     out = decoder.decode(up(cut, 1))
     q = out.quarantined
     assert out.entry is None and q is not None
     assert (q.reason, q.node, q.raw) == ("lpp_unknown_type", "00000041", cut)
     message, marker, values = q.detail.partition("; values before it: ")
-    assert marker and "offset 14" in message and "0xf0" in message
+    assert marker and "offset 14" in message and "0xf1" in message
     assert json.loads(values) == {"pressed": 1.0, "lat_deg": 42.3519, "lon_deg": -87.9094, "alt_m": 10.0}
     st = decoder.nodes["00000041"]
     assert (st.last_fcnt, st.unsigned_fcnt, st.frames_ok, st.frames_bad) == (5, None, 1, 1)
@@ -273,7 +273,7 @@ def test_an_sos_cut_short_by_an_unknown_lpp_type_keeps_its_position_in_the_quara
     assert decoder.decode(up(_frame(0x41, 6, "sos", key=key), 3)).entry is not None
     assert st.last_fcnt == 6
     # An unknown type first, or another body error, has no values to keep: the detail is the error alone.
-    first = decoder.decode(up(nodeframe.build(0x41, 7, kinds.KIND_CODES["sos"], bytes.fromhex("03F00102"), key=key),
+    first = decoder.decode(up(nodeframe.build(0x41, 7, kinds.KIND_CODES["sos"], bytes.fromhex("03F10102"), key=key),
                               4)).quarantined
     assert first.reason == "lpp_unknown_type" and "values before it" not in first.detail
     cut_short = decoder.decode(up(nodeframe.build(0x41, 8, kinds.KIND_CODES["sos"], body[:5], key=key), 5)).quarantined

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError, ConfigError, ConfigIssue
-from agent.i18n import _, local_time
+from agent.i18n import N_, _, local_time
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -63,12 +63,12 @@ def journal_path(config_path: str) -> str:
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(str(exc.problem or exc.context or "cannot parse the file").split())
-        raise fail(f"YAML syntax error: {problem}", hint, line=mark.line + 1 if mark else None,
-                   column=mark.column + 1 if mark else None) from None
+        raise fail(_("YAML syntax error: {problem}").format(problem=problem), hint,
+                   line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
     except YAMLError as exc:
-        raise fail(f"YAML error: {' '.join(str(exc).split())[:160]}", hint) from None
+        raise fail(_("YAML error: {error}").format(error=" ".join(str(exc).split())[:160]), hint) from None
     except Exception as exc:  # noqa: BLE001 - ruamel's constructors raise plain TypeError/ValueError on odd tags
-        raise fail(f"YAML the loader cannot read ({type(exc).__name__})", hint) from None
+        raise fail(_("YAML the loader cannot read ({error})").format(error=type(exc).__name__), hint) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -232,6 +232,7 @@ def render(status: dict[str, Any], console: Console) -> None:
              if not k.startswith("frames.") and not k.startswith("readings.")}
     if other:
         say(_("events: {counts}").format(counts=", ".join(f"{k} {v}" for k, v in other.items())))
+    _render_quarantine(status.get("quarantine_recent", []), say)
     _render_state(status.get("gateway_state"), agent["running"], console)
     for r in status.get("requests_pending", []):
         say(_("pending request {id}: {action} node {node} by {user}").format(
@@ -270,6 +271,38 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Any:
     return t
 
 
+#: Words the gateway records in the journal (alert severity, lamp state, why the siren sounds), shown in the user's
+#: language in the dashboards' terms; the journal and --json keep them as they are.
+_JOURNAL_WORDS = {
+    "emergency": N_("emergency"), "warning": N_("warning"), "info": N_("info"),
+    "ok": N_("ok"), "no_backhaul": N_("no backhaul"), "alarm": N_("alarm"), "off": N_("off"), "test": N_("test"),
+}
+
+#: What the gateway appends to a quarantined frame's detail when values decoded before the refused part survive.
+_VALUES_BEFORE = "; values before it: "
+
+
+def _word(value: object) -> str:
+    return _(_JOURNAL_WORDS[value]) if isinstance(value, str) and value in _JOURNAL_WORDS else str(value)
+
+
+def _render_quarantine(rows: list[dict[str, Any]], say: Any) -> None:
+    """The latest frames set aside, newest first: when, which node and radio, why, and the values decoded before
+    the part that was refused (an SOS's position can be among them) on a line of their own."""
+    if not rows:
+        say(_("quarantined frames: none recent"))
+        return
+    say(_("quarantined frames (latest {count}):").format(count=len(rows)))
+    for q in rows:
+        detail = str(q.get("detail") or "")
+        detail, _sep, values = detail.partition(_VALUES_BEFORE)
+        say("  " + _("{time}  node {node}  {radio}  {reason}: {detail}").format(
+            time=local_time(q.get("ts_us")), node=q.get("node") or "?", radio=q.get("radio") or "?",
+            reason=q.get("reason"), detail=detail))
+        if values:
+            say("    " + _("values before it: {values}").format(values=values))
+
+
 def _render_state(state: dict[str, Any] | None, running: bool, console: Console) -> None:
     """Siren, lamp, held readings and open alerts as the gateway last published them."""
     def say(text: str) -> None:
@@ -291,14 +324,14 @@ def _render_state(state: dict[str, Any] | None, running: bool, console: Console)
     elif siren.get("on"):
         why = siren.get("why")
         line = (_("siren: SOUNDING for alert {alert}").format(alert=siren.get("alert")) if why == "alert"
-                else _("siren: sounding ({reason})").format(reason=why))
+                else _("siren: sounding ({reason})").format(reason=_word(why)))
     else:
         line = _("siren: off")
     if siren.get("silenced"):
         line += "   " + _("silenced for: {keys}").format(keys=", ".join(siren["silenced"]))
     say(line)
     lamp = state.get("lamp") or {}
-    say(_("lamp: {state}").format(state=lamp.get("state"))
+    say(_("lamp: {state}").format(state=_word(lamp.get("state")))
         + ("" if lamp.get("configured") else " " + _("(no lamp configured)")))
     held = state.get("held") or {}
     if held.get("active"):
@@ -317,7 +350,7 @@ def _render_state(state: dict[str, Any] | None, running: bool, console: Console)
         else:
             ack = _("repeating until acknowledged") if a.get("repeating") else _("not repeating")
         say("  " + _("{key}  {severity}  since {time}  {ack}: {message}").format(
-            key=a.get("key"), severity=a.get("severity"), time=local_time(a.get("since_us")), ack=ack,
+            key=a.get("key"), severity=_word(a.get("severity")), time=local_time(a.get("since_us")), ack=ack,
             message=a.get("message")))
 
 

@@ -7,6 +7,7 @@ file is valid, so the two cannot drift apart (default value, relative paths).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,42 @@ def test_status_json_loads_no_config_models_nor_rich(tmp_path: Path) -> None:
         assert json.loads(proc.stdout)["journal"]["unsent"] == 0
         loaded = _imported(proc.stderr)
         assert {"pydantic", "agent.config", "rich"} & loaded == set(), where
+
+
+def test_human_view_shows_quarantined_frames_and_the_values_before_the_refused_part(tmp_path: Path) -> None:
+    """An operator reads a quarantined SOS's position in `denen status` itself, not only in --json; the journal's
+    words (lamp state, severity) come out in the user's language, the record as it is."""
+    from agent.gateway.journal import Journal  # noqa: PLC0415
+    from agent.gateway.reading import Quarantined  # noqa: PLC0415
+
+    journal = tmp_path / "journal.db"
+    j = Journal(journal, quota_bytes=1 << 20)
+    values = '{"gps_lat_deg":35.78,"gps_lon_deg":139.02}'
+    state = {"schema": 1, "gateway": "gw-1", "ts_us": 1796446992_000000,
+             "siren": {"configured": True, "on": True, "why": "test", "alert": None, "silenced": []},
+             "lamp": {"configured": True, "state": "no_backhaul"}, "held": {"active": False},
+             "alerts": [{"key": "sos:0000a001", "severity": "emergency", "since_us": 1796446990_000000,
+                         "message": "SOS発信", "repeating": True, "acknowledged_by": None}]}
+    j.commit(quarantined=[
+        Quarantined(1796446992_000000, "mesh0", "0000a001", "lpp_unknown_type",
+                    f"LPP 0x99; values before it: {values}", b"\x01"),
+        Quarantined(1796446993_000000, "lora0", None, "too_short", "frame of 3 bytes", b"\x01\x02\x03"),
+    ], meta={"gateway_state": json.dumps(state)})
+    j.close()
+    run = [sys.executable, "-m", "agent.cli", "status", "-j", str(journal)]
+    base = {k: v for k, v in os.environ.items() if k not in ("LC_ALL", "LC_MESSAGES", "LANGUAGE")}
+    en = subprocess.run(run, capture_output=True, text=True, timeout=60,
+                        env={**base, "LANG": "C.UTF-8", "TZ": "Asia/Tokyo", "COLUMNS": "80"})
+    ja = subprocess.run(run, capture_output=True, text=True, timeout=60,
+                        env={**base, "LANG": "ja_JP.UTF-8", "TZ": "Asia/Tokyo", "COLUMNS": "80"})
+    assert en.returncode == ja.returncode == 0, en.stderr + ja.stderr
+    lines = en.stdout.splitlines()
+    at = lines.index("quarantined frames (latest 2):")
+    # Newest first; the values on a line of their own, exactly as the gateway recorded them.
+    assert lines[at + 1] == "  2026-12-05 14:03:13 JST  node ?  lora0  too_short: frame of 3 bytes"
+    assert lines[at + 2] == "  2026-12-05 14:03:12 JST  node 0000a001  mesh0  lpp_unknown_type: LPP 0x99"
+    assert lines[at + 3] == f"    values before it: {values}"
+    assert "lamp: no backhaul" in en.stdout and "siren: sounding (test)" in en.stdout
+    assert "  emergency  " in en.stdout
+    assert "隔離したフレーム（最新 2 件）:" in ja.stdout and f"    隔離前に読めた値: {values}" in ja.stdout
+    assert "表示灯: 回線断" in ja.stdout and "サイレン: 鳴動中（試験）" in ja.stdout and "  緊急  " in ja.stdout

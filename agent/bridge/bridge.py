@@ -67,6 +67,7 @@ from agent.bridge.dedupe import FrameClaims
 from agent.bridge.errors import BridgeError, SinkError
 from agent.bridge.health import HealthMonitor
 from agent.bridge.lineproto import Serializer
+from agent.bridge.nodestate import NodeStateSink
 from agent.bridge.policy import WritePolicy
 from agent.bridge.receiving import InboxMessage, Receiving
 from agent.bridge.registry import GatewayRegistry
@@ -121,6 +122,9 @@ class Bridge(Receiving, Writing):
         except BaseException:
             self._dead.close()
             raise
+        if config.node_state.publish:
+            self._sink = NodeStateSink(self._sink, self._publish_node_state, config.mqtt.topic_prefix + "/",
+                                       stats=self.stats)
         # Health points go through a sink of their own, from their own thread, so a batch being retried does not
         # hold them up (an injected sink is shared: both of ours are safe to call from two threads).
         self._health_sink: Sink | None = None
@@ -183,6 +187,14 @@ class Bridge(Receiving, Writing):
         if cfg.tls is False:
             log.warning("MQTT: plain TCP to %s:%d (mqtt.tls: false): the bridge's login and every reading travel "
                         "in clear", cfg.host, cfg.port)
+
+    def _publish_node_state(self, topic: str, payload: bytes) -> bool:
+        """Hand one retained node state to the broker connection (the writer thread); False when not connected,
+        or when too many are still waiting for their PUBACK (paho would otherwise queue them without bound)."""
+        client = self._client
+        if client is None or not client.is_connected():
+            return False
+        return client.publish(topic, payload, qos=1, retain=True).rc == mqtt.MQTT_ERR_SUCCESS
 
     def _registry_text(self) -> str:
         reg = self.registry

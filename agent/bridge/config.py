@@ -447,6 +447,17 @@ class LimitsConfig(ConfigSection):
         return int(self.max_message_kb * 1024)
 
 
+class NodeStateConfig(ConfigSection):
+    """Each node's latest state republished retained on ``<prefix>/<gateway>/nodes/<node>/state``
+    (``denen.node_state/1``, :mod:`agent.bridge.nodestate`)."""
+
+    publish: bool = Field(
+        default=False,
+        description="Publish each node's newest stored reading (and its alerts) retained, QoS 1, after the sink "
+        "stored it; the bridge's login needs publish rights on <prefix>/+/nodes/+/state (the shipped ACL grants them).",
+    )
+
+
 class HealthConfig(ConfigSection):
     """The bridge's report on itself: ``bridge_health`` points in its database and the systemd status line."""
 
@@ -486,6 +497,10 @@ class BridgeConfig(TopLevel):
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Bounds on hostile input.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="The bridge's own health points.")
+    node_state: NodeStateConfig = Field(
+        default_factory=lambda: NodeStateConfig(),
+        description="Each node's latest state, retained on the broker for consumers (Node-RED, dashboards).",
+    )
     dedupe: DedupeConfig | None = Field(
         default=None,
         description="Merge the copies of a node frame heard by several gateways into one point (plus one node_link "

@@ -85,6 +85,9 @@ class Receiving:
         cfg = self.config.mqtt
         client = new_client(cfg, cfg.effective_client_id())
         client.manual_ack_set(True)
+        # The bridge publishes only retained node states: at most this many wait for their PUBACK; more are
+        # refused (MQTT_ERR_QUEUE_SIZE), skipped and counted, and the node's next reading publishes again.
+        client.max_queued_messages_set(1000)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect

@@ -117,24 +117,7 @@ class Bridge(Receiving, Writing):
                                      max_item_bytes=config.dead_letter.max_item_bytes)
         self._dead_backlog: list[DeadLetter] = []  # waiting for a store that failed to write
         self._input_log = RateLimitedLog(log, interval_s=SUMMARY_INTERVAL_S)
-        try:
-            self._sink = sink if sink is not None else make_sink(config.sink)
-        except BaseException:
-            self._dead.close()
-            raise
-        if config.node_state.publish:
-            self._sink = NodeStateSink(self._sink, self._publish_node_state, config.mqtt.topic_prefix + "/",
-                                       stats=self.stats)
-        # Health points go through a sink of their own, from their own thread, so a batch being retried does not
-        # hold them up (an injected sink is shared: both of ours are safe to call from two threads).
-        self._health_sink: Sink | None = None
-        if config.health.enabled:
-            try:
-                self._health_sink = sink if sink is not None else make_sink(config.sink)
-            except BaseException:
-                self._sink.close()
-                self._dead.close()
-                raise
+        self._sink, self._health_sink = self._sinks(config, sink)
         self.health = HealthMonitor(config.mqtt.effective_client_id(), max_gateways=config.health.max_gateways)
         self._health_thread: threading.Thread | None = None
         self._health_write_ok = True
@@ -187,6 +170,28 @@ class Bridge(Receiving, Writing):
         if cfg.tls is False:
             log.warning("MQTT: plain TCP to %s:%d (mqtt.tls: false): the bridge's login and every reading travel "
                         "in clear", cfg.host, cfg.port)
+
+    def _sinks(self, config: BridgeConfig, injected: Sink | None) -> tuple[Sink, Sink | None]:
+        """The readings' sink (wrapped to publish node states when configured) and the health points' own one.
+
+        Health points go through a sink of their own, from their own thread, so a batch being retried does not
+        hold them up (an injected sink is shared: both of ours are safe to call from two threads)."""
+        try:
+            sink = injected if injected is not None else make_sink(config.sink)
+        except BaseException:
+            self._dead.close()
+            raise
+        if config.node_state.publish:
+            sink = NodeStateSink(sink, self._publish_node_state, config.mqtt.topic_prefix + "/", stats=self.stats)
+        health: Sink | None = None
+        if config.health.enabled:
+            try:
+                health = injected if injected is not None else make_sink(config.sink)
+            except BaseException:
+                sink.close()
+                self._dead.close()
+                raise
+        return sink, health
 
     def _publish_node_state(self, topic: str, payload: bytes) -> bool:
         """Hand one retained node state to the broker connection (the writer thread); False when not connected,
@@ -246,7 +251,7 @@ class Bridge(Receiving, Writing):
             client.disconnect(properties=props)
             client.loop_stop()
         self._sink.close()
-        if self._health_sink is not None and self._health_sink is not self._sink:
+        if self._health_sink is not None and self._health_sink not in (self._sink, getattr(self._sink, "inner", None)):
             self._health_sink.close()
         if self._claims is not None:
             self._claims.close()
@@ -262,7 +267,7 @@ class Bridge(Receiving, Writing):
             return
         self._closed = True
         self._sink.close()
-        if self._health_sink is not None and self._health_sink is not self._sink:
+        if self._health_sink is not None and self._health_sink not in (self._sink, getattr(self._sink, "inner", None)):
             self._health_sink.close()
         if self._claims is not None:
             self._claims.close()

@@ -16,6 +16,8 @@
 #                                                 user denen-console-cli (a login is its client id, so the command
 #                                                 line cannot share the running console's)
 #   secrets/gateways/<id>/mqtt-password, ca.pem   one login per gateway: user name = gateway id
+#   secrets/emqx/users.csv, ca.crt, server.crt, server.key   the same logins and certificate for the EMQX nodes
+#                                        of the clustered path (cluster/docker-compose.yml), written on every run
 # and writes, on every run, secrets/gateways/<id>/mqtt.yaml for every gateway named: the mqtt: section of its
 # config, with paths relative to that folder, so the folder is what the installer needs as it is (config.yaml goes
 # beside the files; deploy/edge/README.md), and secrets/mosquitto/dynamic-security.json: the broker's logins and
@@ -162,8 +164,9 @@ if [ ! -f "$BROKER_DIR/server.key" ] || [ ! -f "$BROKER_DIR/server.crt" ]; then
     printf 'keyUsage = critical, digitalSignature, keyEncipherment\n'
     printf 'extendedKeyUsage = serverAuth\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n'
     printf 'subjectAltName = @alt\n[alt]\n'
-    # "mosquitto" is the broker's name inside the compose network (the bridge connects to it by that name).
-    for n in $NAMES mosquitto localhost; do
+    # "mosquitto" is the broker's name inside the compose network (the bridge connects to it by that name);
+    # emqx1.denen .. emqx3.denen are the EMQX nodes' names in the clustered path (cluster/docker-compose.yml).
+    for n in $NAMES mosquitto emqx1.denen emqx2.denen emqx3.denen localhost; do
       case $n in
         *:*) printf 'IP.%s = %s\n' "$ip" "$n"; ip=$((ip + 1)) ;;              # IPv6 address
         *[!0-9.]*) printf 'DNS.%s = %s\n' "$dns" "$n"; dns=$((dns + 1)) ;;   # a name
@@ -177,7 +180,7 @@ if [ ! -f "$BROKER_DIR/server.key" ] || [ ! -f "$BROKER_DIR/server.crt" ]; then
     -set_serial "0x$(openssl rand -hex 16)" -sha256 -days 3650 \
     -extfile "$TMP.srv.cnf" -extensions v3_server -out "$BROKER_DIR/server.crt" 2>/dev/null
   printf '%s\n' $NAMES > "$BROKER_DIR/server.names"
-  note "made the broker certificate for: $(printf '%s ' $NAMES)mosquitto localhost"
+  note "made the broker certificate for: $(printf '%s ' $NAMES)mosquitto emqx1.denen emqx2.denen emqx3.denen localhost"
 elif [ -n "$NAMES" ] && [ "$(printf '%s\n' $NAMES)" != "$(cat "$BROKER_DIR/server.names" 2>/dev/null)" ]; then
   note "kept the existing broker certificate (names: $(tr '\n' ' ' < "$BROKER_DIR/server.names" 2>/dev/null));" \
        "to re-issue it for other names, delete $BROKER_DIR/server.crt and run again"
@@ -369,4 +372,41 @@ acl_json() {
   printf '\n  ]\n}\n'
 } > "$TMP.json"
 mv "$TMP.json" "$DYNSEC"
+
+# ---- the same logins for EMQX (the clustered path, cluster/) --------------------------------------------------
+# EMQX reads users.csv (bootstrap_type plain: it hashes each password with PBKDF2-SHA512 on import) when a node
+# starts and adds the logins it does not have yet; it never changes or removes one it has. The ACL is
+# cluster/emqx/acl.conf (the rules of mosquitto/acl, with the login as ${username}), the client id is the login
+# (use_username_as_clientid), as on Mosquitto.
+EMQX_DIR="$SECRETS/emqx"
+mkdir -p "$EMQX_DIR"
+printf 'user_id,password,is_superuser\n' > "$TMP.csv"
+while IFS=: read -r user hash || [ -n "$user" ]; do
+  [ -n "$user" ] || continue
+  case $user in
+    denen-bridge-*) pwfile="$SECRETS/bridge-${user#denen-bridge-}/mqtt-password" ;;
+    denen-console) pwfile="$SECRETS/console/mqtt-password" ;;
+    denen-console-cli) pwfile="$SECRETS/console-cli/mqtt-password" ;;
+    *) pwfile="$GW_DIR/$user/mqtt-password" ;;
+  esac
+  if [ ! -s "$pwfile" ]; then
+    note "no $pwfile: login $user is left out of $EMQX_DIR/users.csv (run again with $user to make a new password)"
+    continue
+  fi
+  # Logins are a-z0-9_- and passwords hex (random_secret): nothing to quote in CSV.
+  printf '%s,%s,false\n' "$user" "$(cat "$pwfile")" >> "$TMP.csv"
+done < "$PASSWD"
+mv "$TMP.csv" "$EMQX_DIR/users.csv"
+cp "$CA_DIR/ca.crt" "$EMQX_DIR/ca.crt"
+cp "$BROKER_DIR/server.crt" "$EMQX_DIR/server.crt"
+cp "$BROKER_DIR/server.key" "$EMQX_DIR/server.key"
+if ! openssl x509 -in "$EMQX_DIR/server.crt" -noout -text | grep -q 'DNS:emqx1.denen'; then
+  note "the broker certificate does not name emqx1.denen .. emqx3.denen (made by an older version): for the" \
+       "clustered path, delete $BROKER_DIR/server.crt and run again with -n"
+fi
+if [ "$ROTATE$REVOKE" != 00 ]; then
+  note "EMQX (clustered path) keeps the logins it has: delete each login named from its built-in database" \
+       "(dashboard, or DELETE /api/v5/authentication/password_based:built_in_database/users/<id>), then restart" \
+       "one EMQX node so that it imports users.csv again (a rotated login comes back with its new password)"
+fi
 note "done. Load the logins into the broker with: docker compose restart mosquitto"

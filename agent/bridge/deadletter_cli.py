@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Any
 
+from agent.i18n import _
+
 __all__ = ["DEFAULT_CONFIG", "add_arguments", "escape", "main", "parse_time", "show_bytes"]
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,8 @@ def parse_time(text: str, *, now: float | None = None) -> float:
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"{text!r} is not a time: give an age (30m, 2h, 3d) or an ISO date/time (2026-12-01, "
-                         "2026-12-01T08:30, 2026-12-01T08:30+09:00)") from None
+        raise ValueError(_("{text} is not a time: give an age (30m, 2h, 3d) or an ISO date/time (2026-12-01, "
+                           "2026-12-01T08:30, 2026-12-01T08:30+09:00)").format(text=repr(text))) from None
     if when.tzinfo is None:
         when = when.astimezone()  # local time, as an operator at the console means it
     return when.timestamp()
@@ -71,10 +73,10 @@ def _id_arg(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an item id (the number in the first column of "
-                                         "'denen bridge dead-letters list')") from None
+        raise argparse.ArgumentTypeError(_("{text} is not an item id (the number in the first column of "
+                                           "'denen bridge dead-letters list')").format(text=repr(text))) from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an item id (ids start at 1)")
+        raise argparse.ArgumentTypeError(_("{text} is not an item id (ids start at 1)").format(text=repr(text)))
     return value
 
 
@@ -83,46 +85,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="dead_letter_action", metavar="ACTION", required=True)
 
     def action(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
-        p = actions.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+        p = actions.add_parser(name, help=help_text, description=help_text,
+                               epilog=_("example:") + f"\n  {example}",
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="BRIDGE_CONFIG",
-                       help=f"bridge config file (YAML) naming the store in dead_letter.path (default "
-                            f"{DEFAULT_CONFIG})")
+                       help=_("bridge config file (YAML) naming the store in dead_letter.path (default "
+                              "{path})").format(path=DEFAULT_CONFIG))
         return p
 
-    ls = action("list", "list the items in the dead-letter store (oldest first)",
+    ls = action("list", _("list the items in the dead-letter store (oldest first)"),
                 "denen bridge dead-letters list -c /etc/denen/bridge.yaml --reason rejected_by_server --since 1d")
-    ls.add_argument("--reason", help="only items of this reason (e.g. rejected_by_server, invalid_json)")
-    ls.add_argument("--gateway", help="only items of this gateway id")
+    ls.add_argument("--reason", help=_("only items of this reason (e.g. rejected_by_server, invalid_json)"))
+    ls.add_argument("--gateway", help=_("only items of this gateway id"))
     ls.add_argument("--since", type=_time_arg, metavar="TIME",
-                    help="only items stored since TIME: an age (30m, 2h, 3d) or an ISO date/time")
+                    help=_("only items stored since TIME: an age (30m, 2h, 3d) or an ISO date/time"))
     ls.add_argument("--limit", type=int, default=1000, metavar="N",
-                    help="list at most N items, the newest N when there are more (default 1000)")
-    ls.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+                    help=_("list at most N items, the newest N when there are more (default 1000)"))
+    ls.add_argument("--json", action="store_true", help=_("one JSON object per line instead of a table"))
 
-    show = action("show", "show one item: reason, detail, topic, and its content with control characters escaped",
+    show = action("show", _("show one item: reason, detail, topic, and its content with control characters escaped"),
                   "denen bridge dead-letters show 42 -c /etc/denen/bridge.yaml")
-    show.add_argument("id", type=_id_arg, metavar="ID", help="item id (first column of 'list')")
-    show.add_argument("--json", action="store_true", help="print the item as one JSON object")
+    show.add_argument("id", type=_id_arg, metavar="ID", help=_("item id (first column of 'list')"))
+    show.add_argument("--json", action="store_true", help=_("print the item as one JSON object"))
 
-    replay = action("replay", "write items again through the bridge's write path; written items are removed, "
-                    "items that fail again stay with their new reason",
+    replay = action("replay", _("write items again through the bridge's write path; written items are removed, "
+                                "items that fail again stay with their new reason"),
                     "denen bridge dead-letters replay --reason rejected_by_server -c /etc/denen/bridge.yaml")
-    replay.add_argument("ids", type=_id_arg, nargs="*", metavar="ID", help="item ids to replay")
-    replay.add_argument("--reason", help="replay every item of this reason")
-    replay.add_argument("--all", action="store_true", help="replay every item in the store")
+    replay.add_argument("ids", type=_id_arg, nargs="*", metavar="ID", help=_("item ids to replay"))
+    replay.add_argument("--reason", help=_("replay every item of this reason"))
+    replay.add_argument("--all", action="store_true", help=_("replay every item in the store"))
     replay.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="give up when the database cannot be reached for this long (default 60); nothing "
-                             "that was not written is removed")
+                        help=_("give up when the database cannot be reached for this long (default 60); nothing "
+                               "that was not written is removed"))
 
-    purge = action("purge", "delete items from the store (they are evidence: needs --yes)",
+    purge = action("purge", _("delete items from the store (they are evidence: needs --yes)"),
                    "denen bridge dead-letters purge --before 30d --yes -c /etc/denen/bridge.yaml")
-    purge.add_argument("ids", type=_id_arg, nargs="*", metavar="ID", help="item ids to delete")
-    purge.add_argument("--reason", help="delete every item of this reason")
+    purge.add_argument("ids", type=_id_arg, nargs="*", metavar="ID", help=_("item ids to delete"))
+    purge.add_argument("--reason", help=_("delete every item of this reason"))
     purge.add_argument("--before", type=_time_arg, metavar="TIME",
-                       help="delete items stored before TIME: an age (30d) or an ISO date/time")
-    purge.add_argument("--all", action="store_true", help="delete every item in the store")
-    purge.add_argument("--yes", action="store_true", help="really delete (without it, only say what would go)")
+                       help=_("delete items stored before TIME: an age (30d) or an ISO date/time"))
+    purge.add_argument("--all", action="store_true", help=_("delete every item in the store"))
+    purge.add_argument("--yes", action="store_true", help=_("really delete (without it, only say what would go)"))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -130,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
     action = getattr(args, "dead_letter_action", None)
     handler = {"list": _list, "show": _show, "replay": _replay, "purge": _purge}.get(action or "")
     if handler is None:
-        print("denen: bridge dead-letters needs an action: list, show, replay or purge", file=sys.stderr)
+        print(_("denen: bridge dead-letters needs an action: list, show, replay or purge"), file=sys.stderr)
         return 2
     return handler(args)
 
@@ -149,8 +152,8 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any]:
     config = load_bridge_config(args.config)
     path = Path(config.dead_letter.path)
     if not path.exists():
-        raise _Refused(f"no dead-letter store at {path} (nothing was dead-lettered yet, or dead_letter.path in "
-                       f"{args.config} differs from the running bridge's)")
+        raise _Refused(_("no dead-letter store at {path} (nothing was dead-lettered yet, or dead_letter.path in "
+                         "{config} differs from the running bridge's)").format(path=path, config=args.config))
     store = DeadLetterStore(path, max_bytes=config.dead_letter.max_bytes,
                             max_item_bytes=config.dead_letter.max_item_bytes)
     return config, store
@@ -270,7 +273,8 @@ def _list(args: argparse.Namespace) -> int:
                                   "topic": r.item.topic, "reading_id": r.item.reading_id}, ensure_ascii=False))
             return 0
         if not shown:
-            print("no dead letters" + (" matching the filters" if args.reason or args.gateway or since else ""))
+            print(_("no dead letters matching the filters") if args.reason or args.gateway or since
+                  else _("no dead letters"))
             return 0
         print(f"{'ID':>7}  {'STORED':<25}  {'GATEWAY':<20}  {'REASON':<22}  {'KIND':<7}  SIZE")
         for r, g in shown:
@@ -278,7 +282,7 @@ def _list(args: argparse.Namespace) -> int:
                   f"{r.item.kind:<7}  {_size(r.size)}")
         total = store.count()
         if total > len(shown):
-            print(f"({len(shown)} shown of {total} in the store)")
+            print(_("({shown} shown of {total} in the store)").format(shown=len(shown), total=total))
         return 0
 
     return _run(args, body)
@@ -288,7 +292,8 @@ def _show(args: argparse.Namespace) -> int:
     def body(config: Any, store: Any) -> int:
         r = store.get(args.id)
         if r is None:
-            raise _Refused(f"no dead letter with id {args.id} in {store.path} (see 'denen bridge dead-letters list')")
+            raise _Refused(_("no dead letter with id {id} in {path} (see 'denen bridge dead-letters list')").format(
+                id=args.id, path=store.path))
         d = r.item
         gateway = _gateway(d.topic, d.reading_id, config.mqtt.topic_prefix)
         if args.json:
@@ -314,7 +319,7 @@ def _show(args: argparse.Namespace) -> int:
         print("detail:")
         for line in d.detail.splitlines() or [""]:  # a stored traceback keeps its lines, each escaped
             print(f"  {escape(line)}")
-        print("content (control characters and bytes that are not UTF-8 escaped):")
+        print(_("content (control characters and bytes that are not UTF-8 escaped):"))
         print(f"  {show_bytes(d.content)}")
         return 0
 
@@ -324,10 +329,10 @@ def _show(args: argparse.Namespace) -> int:
 def _selection(args: argparse.Namespace, verb: str, extra: bool = False) -> None:
     given = bool(args.ids) + (args.reason is not None) + bool(args.all) + extra
     if given == 0:
-        raise _Refused(f"say what to {verb}: item ids, --reason R" + (", --before T" if verb == "purge" else "")
-                       + " or --all")
+        raise _Refused(_("say what to purge: item ids, --reason R, --before T or --all") if verb == "purge"
+                       else _("say what to replay: item ids, --reason R or --all"))
     if args.all and given > 1:
-        raise _Refused("--all cannot be combined with ids or other filters")
+        raise _Refused(_("--all cannot be combined with ids or other filters"))
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -340,9 +345,10 @@ def _replay(args: argparse.Namespace) -> int:
         if args.ids:
             missing = sorted(set(args.ids) - {r.id for r in rows})
             if missing:
-                raise _Refused(f"no dead letter with id {', '.join(map(str, missing))} in {store.path}")
+                raise _Refused(_("no dead letter with id {ids} in {path}").format(ids=", ".join(map(str, missing)),
+                                                                                   path=store.path))
         if not rows:
-            print("nothing to replay")
+            print(_("nothing to replay"))
             return 0
         # The bridge's own write path, with its health points and MQTT left out: nothing is subscribed to.
         bridge = Bridge(config.model_copy(update={"health": config.health.model_copy(update={"enabled": False})}))
@@ -357,8 +363,9 @@ def _replay(args: argparse.Namespace) -> int:
                 try:
                     outcomes = bridge.replay([it.item for it in present], timeout_s=args.timeout)
                 except Abandoned as exc:
-                    raise _Refused(f"the database could not be written for {args.timeout:g} s ({exc}); "
-                                   f"{counts['removed']} items replayed so far, the rest stay in the store") from None
+                    raise _Refused(_("the database could not be written for {seconds} s ({error}); {count} items "
+                                     "replayed so far, the rest stay in the store").format(
+                        seconds=f"{args.timeout:g}", error=exc, count=counts["removed"])) from None
                 for it, remaining in zip(present, outcomes, strict=True):
                     outcome = store.settle(it.id, remaining)
                     counts[outcome] += 1
@@ -367,15 +374,24 @@ def _replay(args: argparse.Namespace) -> int:
         finally:
             bridge.close()
         failed = counts["kept"] + counts["split"]
-        print(f"replayed {len(rows)} items: {counts['removed']} written and removed from the store, {failed} "
-              f"failed again and stay" + (f" ({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))})"
-                                          if reasons else "")
-              + (f"; {counts['split']} of them were written in part (the rest stored as new items)"
-                 if counts["split"] else "")
-              + (f"; {counts['gone']} were purged meanwhile" if counts["gone"] else ""))
+        print(_replay_summary(len(rows), counts, failed, reasons))
         return 0 if failed == 0 else 1
 
     return _run(args, body)
+
+
+def _replay_summary(total: int, counts: dict[str, int], failed: int, reasons: dict[str, int]) -> str:
+    """The one line ``replay`` ends with: what was written, what failed again (and why), what changed meanwhile."""
+    text = _("replayed {total} items: {removed} written and removed from the store, {failed} failed again and "
+             "stay").format(total=total, removed=counts["removed"], failed=failed)
+    if reasons:
+        text += " ({reasons})".format(reasons=", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    if counts["split"]:
+        text += _("; {count} of them were written in part (the rest stored as new items)").format(
+            count=counts["split"])
+    if counts["gone"]:
+        text += _("; {count} were purged meanwhile").format(count=counts["gone"])
+    return text
 
 
 def _purge(args: argparse.Namespace) -> int:
@@ -385,11 +401,11 @@ def _purge(args: argparse.Namespace) -> int:
         ids = args.ids or None
         if not args.yes:
             n = len(store.rows(ids=ids, reason=args.reason, before_us=before))
-            print(f"would delete {n} dead letters from {store.path}; they are the only copy of what the bridge could "
-                  "not write: add --yes to delete them")
+            print(_("would delete {count} dead letters from {path}; they are the only copy of what the bridge could "
+                    "not write: add --yes to delete them").format(count=n, path=store.path))
             return 1
         n = store.delete(ids=ids, reason=args.reason, before_us=before, everything=bool(args.all))
-        print(f"deleted {n} dead letters from {store.path}")
+        print(_("deleted {count} dead letters from {path}").format(count=n, path=store.path))
         return 0
 
     return _run(args, body)

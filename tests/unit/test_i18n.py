@@ -543,3 +543,17 @@ def test_config_messages_keep_their_template_and_values() -> None:
     assert i18n.translate("not a message") == "not a message"
     i18n.set_language("en")
     assert i18n.translate(found.message) == "unknown radio driver 'nodes'"
+
+
+def test_dead_letter_commands_in_japanese() -> None:
+    from agent.bridge import deadletter_cli  # noqa: PLC0415
+
+    for lang, want in (("ja", "'soon' は時刻ではありません"), ("en", "'soon' is not a time: give an age")):
+        i18n.set_language(lang)
+        with pytest.raises(ValueError) as err:
+            deadletter_cli.parse_time("soon")
+        assert str(err.value).startswith(want)
+    shown = denen("bridge", "dead-letters", "purge", "--help", lang=JA)
+    assert shown.returncode == 0, shown.stderr
+    assert "保管庫から項目を削除する（証拠なので --yes が必要）" in shown.stdout
+    assert "\n例:\n  denen bridge dead-letters purge --before 30d --yes" in shown.stdout

@@ -142,7 +142,7 @@ def probes() -> Iterator[tuple[str, str, str]]:
     for gw in GATEWAYS:
         for tail in ("status", "state", "results", "readings/sos", "readings/alarm", "readings/telemetry",
                      "readings/diagnostics", "cmd/alert-ack", "cmd/siren-silence", "cmd/test-chirp", "cmd/other",
-                     "readings/other", "other"):
+                     "readings/other", "nodes/00d00001/state", "other"):
             for login in LOGINS:
                 yield login, "publish", f"denen/v1/{gw}/{tail}"
         for login in LOGINS:

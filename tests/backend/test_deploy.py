@@ -65,8 +65,9 @@ def test_compose_file_validates_with_the_generated_env(credentials: tuple[Path, 
     # make-credentials.sh (the console's link secret among them).
     proc = subprocess.run([compose, "config"], cwd=backend, capture_output=True, text=True, timeout=60)
     resolved = YAML(typ="safe").load(proc.stdout)
-    assert set(resolved["services"]) == {"mosquitto", "influxdb", "influxdb-setup", "bridge", "console", "grafana",
-                                         "mongo-orion", "orion-ld", "bridge-ngsi"}  # the last three: profile fiware
+    assert set(resolved["services"]) == {"mosquitto", "influxdb", "influxdb-setup", "redis", "bridge", "console",
+                                         "grafana", "mongo-orion", "orion-ld",
+                                         "bridge-ngsi"}  # the last three: profile fiware
     assert {name for name, service in resolved["services"].items() if "fiware" in service.get("profiles", ())} == {
         "mongo-orion", "orion-ld", "bridge-ngsi"}
     assert resolved["services"]["console"]["image"] == resolved["services"]["bridge"]["image"]
@@ -81,6 +82,10 @@ def test_compose_file_validates_with_the_generated_env(credentials: tuple[Path, 
                 assert Path(source).exists(), f"{name} mounts {source}, which does not exist"
     assert resolved["services"]["bridge"]["depends_on"]["influxdb-setup"]["condition"] == (
         "service_completed_successfully")
+    # The de-duplication store is the bridge's, inside the compose network, and keeps nothing on disk.
+    assert "redis" in resolved["services"]["bridge"]["depends_on"]
+    assert "ports" not in resolved["services"]["redis"]
+    assert resolved["services"]["redis"]["command"][:5] == ["redis-server", "--save", "", "--appendonly", "no"]
 
 
 def test_compose_file_refuses_to_start_without_secrets(tmp_path: Path) -> None:
@@ -209,7 +214,8 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
         ("subscribeLiteral", f"$share/{group}/denen/v1/+/{t}") for group in ("denen-bridge", "denen-bridge-ngsi")
         for t in ("readings/#", "status", "state", "results")} | {
         ("publishClientReceive", "denen/v1/+/readings/#"), ("publishClientReceive", "denen/v1/+/status"),
-        ("publishClientReceive", "denen/v1/+/state"), ("publishClientReceive", "denen/v1/+/results")}
+        ("publishClientReceive", "denen/v1/+/state"), ("publishClientReceive", "denen/v1/+/results"),
+        ("publishClientSend", "denen/v1/+/nodes/+/state")}
     assert roles["denen-console"] == {("publishClientSend", f"denen/v1/+/cmd/{c}") for c in (
         "alert-ack", "siren-silence", "test-chirp")} | {(a, f"denen/v1/+/{t}") for a in (
         "subscribeLiteral", "publishClientReceive") for t in ("state", "results")}

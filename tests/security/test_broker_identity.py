@@ -269,15 +269,18 @@ def test_d_a_gateway_can_neither_subscribe_nor_publish_outside_its_own_topics(
     assert gw_a.publish("denen/v1/gw-a/status", b'{"state":"online"}', retain=True) == SUCCESS
     # Mosquitto closes the connection after refusing a QoS 1 publish: one connection per attempt.
     for topic in ("denen/v1/gw-b/readings/sos", "denen/v1/gw-b/status", "denen/v1/gw-b/cmd/alert-ack",
-                  "denen/v1/gw-a/cmd/alert-ack", "denen/v1/gw-a/readings/invented", "$CONTROL/dynamic-security/v1"):
+                  "denen/v1/gw-a/cmd/alert-ack", "denen/v1/gw-a/readings/invented", "$CONTROL/dynamic-security/v1",
+                  "denen/v1/gw-a/nodes/00000101/state"):  # node states are the bridge's view, not a gateway's
         probe = clients(broker, "gw-a", "gw-a")
         assert probe.connected() == SUCCESS
         assert probe.publish(topic, b"{}") == NOT_AUTHORIZED, topic
     # Gateway A's own messages reached the bridge, nothing else did.
     bridge.wait(lambda: len(bridge.messages) == 2, "gateway A's two messages")
     assert sorted(t for t, _ in bridge.messages) == ["denen/v1/gw-a/readings/sos", "denen/v1/gw-a/status"]
-    # The bridge itself reads only through its group and publishes nothing.
+    # The bridge itself reads only through its group and publishes nothing but the retained node states.
     assert bridge.subscribe("denen/v1/#") == NOT_AUTHORIZED
+    # 16: accepted, no matching subscribers (MQTT v5 PUBACK reason 0x10); only 135 would be a refusal.
+    assert bridge.publish("denen/v1/gw-a/nodes/00000101/state", b"{}", retain=True) == 16
     assert bridge.publish("denen/v1/gw-a/readings/sos", b"{}") == NOT_AUTHORIZED
 
 

@@ -16,6 +16,7 @@ from agent.bridge.nodestate import (
 )
 from agent.bridge.registry import GatewayInfo, GatewayRegistry
 from tests.bridge._helpers import T0_US, batch, reading, topic
+from tests.support.contract import section
 
 GW = "gw-test-01"
 REGISTRY = GatewayRegistry({GW: GatewayInfo("testville"), "gw-test-02": GatewayInfo("testville")})
@@ -128,3 +129,18 @@ def test_a_document_the_connection_cannot_take_is_skipped_and_counted() -> None:
     sink.write(body([reading(GW, 0x301, 1, "water_level", {"level_cm": 1.0}),
                      reading(GW, 0x302, 1, "water_level", {"level_cm": 2.0})]))
     assert stats == {"node_state_skipped": 2}
+
+
+def test_the_readme_example_has_the_documents_keys() -> None:
+    text = section("## Consumers")
+    example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+    states = NodeStates()
+    states.update(body([reading(GW, 0x301, 1042, "water_level", {"level_cm": 182.5, "battery_v": 3.6})]))
+    alert = reading(GW, 0x0, 8, "alert", {"raised": 1.0, "level": 3.0}, ts_us=T0_US + 10**9)
+    alert.update(id=f"{GW}/gateway/8", node="gateway", lane="alarm", alert={
+        "id": "a2", "key": "river_stage:00000301", "type": "river_stage", "state": "raised", "severity": "warning",
+        "node": "00000301", "name": "river-1", "message": "避難判断水位"})
+    doc = states.update(body([alert]))[0]
+    assert set(example) == set(doc)
+    assert example["schema"] == NODE_STATE_SCHEMA
+    assert set(example["alerts"]["river_stage"]) <= set(doc["alerts"]["river_stage"])

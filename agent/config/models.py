@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.config.checks import _collection_problems, _warning_problems
 from agent.config.loader import ModelFile
@@ -19,7 +26,6 @@ from agent.gateway.receipt_airtime import ReceiptsConfig
 from agent.rules import RulesConfig
 from agent.tools.status import DEFAULT_JOURNAL_PATH
 from drivers.settings import N_, Problem, Problems, Section
-
 
 _NAME_ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 

@@ -25,6 +25,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from agent.bridge.deadletter import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEM_BYTES
 from agent.bridge.dedupe_config import DedupeConfig
 from agent.bridge.ngsi_config import NgsiConfig, ngsi_sink_problems
+from agent.bridge.nodestate_config import NodeStateConfig
 from agent.config import (
     ConfigSection,
     Found,
@@ -445,17 +446,6 @@ class LimitsConfig(ConfigSection):
     @property
     def max_message_bytes(self) -> int:
         return int(self.max_message_kb * 1024)
-
-
-class NodeStateConfig(ConfigSection):
-    """Each node's latest state republished retained on ``<prefix>/<gateway>/nodes/<node>/state``
-    (``denen.node_state/1``, :mod:`agent.bridge.nodestate`)."""
-
-    publish: bool = Field(
-        default=False,
-        description="Publish each node's newest stored reading (and its alerts) retained, QoS 1, after the sink "
-        "stored it; the bridge's login needs publish rights on <prefix>/+/nodes/+/state (the shipped ACL grants them).",
-    )
 
 
 class HealthConfig(ConfigSection):

@@ -20,7 +20,12 @@ The rule (atomic in redis, so it holds under races between bridges):
    lines; every claim (also the first's redelivery, and any later copy within ``window_s``) gets back the registered
    lines and writes exactly those. So every copy writes byte-identical points: same measurement, tags (the first
    reception's gateway, site and name) and timestamp (the first reception's), which InfluxDB stores as one point.
-3. No copy depends on another being written: a bridge killed after its claim leaves its message unacknowledged,
+3. An alert raised or cleared by a node's frame (its ``reading`` names ``<gateway>/<node>/<fcnt>``: an SOS, a
+   fired trap, a river stage crossed) is the same event whichever gateway's rules raised it: its identity is
+   ``alert:<type>:<node>:<fcnt>:<state>`` and its one ``alert`` point is claimed the same way, so the dashboards
+   and alert rules count one SOS once. Alerts without a frame (a silent node, a gateway's own condition) are each
+   gateway's own and are not merged.
+4. No copy depends on another being written: a bridge killed after its claim leaves its message unacknowledged,
    the broker sends it again, and whoever gets it writes the registered lines.
 
 Bounds and failure: a claim lives ``window_s`` seconds (a copy later than that, e.g. from a gateway whose backhaul
@@ -45,7 +50,7 @@ from agent.bridge.errors import BridgeError
 if TYPE_CHECKING:  # the client is imported when de-duplication is configured, not with the bridge
     import redis
 
-__all__ = ["BACKOFF_MAX_S", "FrameClaims", "frame_key", "redis_address"]
+__all__ = ["BACKOFF_MAX_S", "FrameClaims", "alert_key", "frame_key", "redis_address"]
 
 log = logging.getLogger("agent.bridge.bridge")
 
@@ -58,6 +63,18 @@ def frame_key(prefix: str, node: str, fcnt: int, kind: str, values: Mapping[str,
     text = json.dumps(values, sort_keys=True, separators=(",", ":"), allow_nan=False)
     digest = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
     return f"{prefix}{node}:{fcnt}:{kind}:{digest}"
+
+
+def alert_key(prefix: str, alert: Mapping[str, Any]) -> str | None:
+    """An alert's gateway-independent identity, ``<prefix>alert:<type>:<node>:<fcnt>:<state>``, when a node's frame
+    raised or cleared it (its ``reading`` is ``<gateway>/<node>/<fcnt>`` of that node); else None (not merged)."""
+    node, reading = alert.get("node"), alert.get("reading")
+    if not isinstance(node, str) or not isinstance(reading, str):
+        return None
+    parts = reading.split("/")
+    if len(parts) != 3 or parts[1] != node or not (parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 10):
+        return None
+    return f"{prefix}alert:{alert['type']}:{node}:{int(parts[2])}:{alert['state']}"
 
 
 def redis_address(url: str) -> str:
@@ -120,7 +137,7 @@ class FrameClaims:
         """Claim each frame; returns for each the lines to write instead of the copy's own (None: its own).
 
         Args:
-            claims: (key, the copy's own two lines joined by a newline) per frame copy, in arrival order.
+            claims: (key, the copy's own lines joined by newlines) per frame copy, in arrival order.
         """
         if not claims:
             return []
@@ -169,6 +186,6 @@ def _registered(answer: Any, own: str) -> str | None:
         text = answer.decode("utf-8") if isinstance(answer, bytes) else str(answer)
     except UnicodeDecodeError:
         return None  # not written by a bridge: the copy's own lines are the safe choice
-    if text == own or text.count("\n") != 1:
+    if text == own or text.count("\n") != own.count("\n"):
         return None
     return text

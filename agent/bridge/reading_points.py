@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.bridge.dedupe import frame_key
+from agent.bridge.dedupe import alert_key, frame_key
 from agent.bridge.encoding import (
     CONTROL_RE,
     FIELD_KEY_MAX,
@@ -157,6 +157,8 @@ class ReadingPoints:
             lines.append(f"{self._tag_prefix(('gateway_health', site, gateway))} {_field_set(fields)} {ts}")
         elif kind == "alert":
             lines.append(self._alert(r["alert"], fields, site, gateway, name, ts))
+            if self.dedupe_prefix is not None and (key := alert_key(self.dedupe_prefix, r["alert"])) is not None:
+                out.claims.append((len(lines) - 1, 1, key))
         else:
             # A node reading: its own point (the values, then the radio's fields) and node_health.
             fcnt_f = f"{float(r['fcnt'])!r}"
@@ -197,8 +199,8 @@ class ReadingPoints:
             link.append(f"rssi={float(rssi)!r}")
         if snr is not None:
             link.append(f"snr={float(snr)!r}")
-        out.claims.append((len(out.lines) - 2, frame_key(self.dedupe_prefix or "", node, r["fcnt"], kind,
-                                                          r["values"])))
+        out.claims.append((len(out.lines) - 2, 2, frame_key(self.dedupe_prefix or "", node, r["fcnt"], kind,
+                                                             r["values"])))
         out.lines.append(f"node_link,{tags} {','.join(link)} {ts}")
         out.sources.append(r["id"])
 

@@ -138,8 +138,10 @@ class Converted:
             site ``unknown``). Details are printable.
         readings: readings in the message that produced lines.
         gateway: the gateway named by the topic, or None for a topic outside the scheme.
-        claims: with de-duplication on (:mod:`agent.bridge.dedupe`), per node reading: (index in ``lines`` of its
-            measurement point, which its ``node_health`` point follows; the frame's content identity).
+        claims: with de-duplication on (:mod:`agent.bridge.dedupe`): (index in ``lines`` of the first point a
+            frame gave, how many points follow from there, the frame's content identity) per node reading (its
+            measurement and ``node_health`` points) and per alert raised or cleared by a node's frame (its
+            ``alert`` point).
     """
 
     lines: list[str] = field(default_factory=list)
@@ -148,7 +150,7 @@ class Converted:
     notes: list[tuple[str, str]] = field(default_factory=list)
     readings: int = 0
     gateway: str | None = None
-    claims: list[tuple[int, str]] = field(default_factory=list)
+    claims: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 class Invalid(BridgeError):

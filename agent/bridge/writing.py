@@ -253,18 +253,17 @@ class Writing:
         """De-duplication on: each node reading's two points become the ones its frame's first reception
         registered (:mod:`agent.bridge.dedupe`); a message whose points changed gets its body encoded again."""
         assert self._claims is not None
-        owners: list[tuple[InboxMessage, int]] = []
+        owners: list[tuple[InboxMessage, int, int]] = []
         claims: list[tuple[str, str]] = []
         for m in batch:
             lines = m.converted.lines
-            for index, key in m.converted.claims:
-                owners.append((m, index))
-                claims.append((key, f"{lines[index]}\n{lines[index + 1]}"))
+            for index, count, key in m.converted.claims:
+                owners.append((m, index, count))
+                claims.append((key, "\n".join(lines[index:index + count])))
         changed: dict[int, InboxMessage] = {}
-        for (m, index), registered in zip(owners, self._claims.resolve(claims), strict=True):
-            if registered is not None:
-                point, health = registered.split("\n")
-                m.converted.lines[index], m.converted.lines[index + 1] = point, health
+        for (m, index, count), registered in zip(owners, self._claims.resolve(claims), strict=True):
+            if registered is not None:  # as many lines as the copy's own (dedupe._registered checks)
+                m.converted.lines[index:index + count] = registered.split("\n")
                 changed[id(m)] = m
         for m in changed.values():
             m.body = "\n".join(m.converted.lines).encode()

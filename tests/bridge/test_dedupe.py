@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from agent.bridge import Bridge, parse_bridge_config
-from agent.bridge.dedupe import FrameClaims, frame_key, redis_address
+from agent.bridge.dedupe import FrameClaims, alert_key, frame_key, redis_address
 from agent.bridge.lineproto import Serializer
 from agent.bridge.receiving import InboxMessage
 from agent.errors import ConfigError
@@ -47,8 +47,8 @@ def test_without_dedupe_the_lines_are_unchanged_and_no_link_points_are_made() ->
         gw = t.split("/")[2]
         assert link.startswith(f"node_link,gateway={gw},kind=water_level,") and " fcnt=5.0,rssi=" in link
         assert link.rsplit(" ", 1)[1] == a.lines[0].rsplit(" ", 1)[1]  # at this gateway's receive time
-        assert b.claims == [(0, frame_key(PREFIX, "00000701", 5, "water_level",
-                                          {"level_cm": 120.5, "battery_v": 3.6}))]
+        assert b.claims == [(0, 2, frame_key(PREFIX, "00000701", 5, "water_level",
+                                             {"level_cm": 120.5, "battery_v": 3.6}))]
         assert b.sources == [f"{gw}/00000701/5"] * 3
 
 
@@ -56,7 +56,7 @@ def test_the_identity_ignores_the_gateway_and_names_the_frame() -> None:
     keys = set()
     for t, payload in copies(0x702, 9):
         conv = Serializer(dedupe_prefix=PREFIX).convert(t, payload)
-        keys.add(conv.claims[0][1])
+        keys.add(conv.claims[0][2])
     assert len(keys) == 1
     base = frame_key(PREFIX, "00000702", 9, "water_level", {"level_cm": 1.0})
     assert base == frame_key(PREFIX, "00000702", 9, "water_level", {"level_cm": 1.0})
@@ -65,6 +65,41 @@ def test_the_identity_ignores_the_gateway_and_names_the_frame() -> None:
                 frame_key(PREFIX, "00000702", 9, "rain", {"level_cm": 1.0}),
                 # a counter used again after a re-key, with other values: another frame
                 frame_key(PREFIX, "00000702", 9, "water_level", {"level_cm": 2.0})}) == 5
+
+
+def sos_alert(gw: str, seq: int, node: str, fcnt: int, *, state: str = "raised",
+              reading_id: str | None = "auto") -> dict:
+    """The SOS alert gateway ``gw`` raises for frame ``fcnt`` of ``node`` (its own alert id and sequence)."""
+    r = reading(gw, 0, seq, "alert", {"raised": 1.0 if state == "raised" else 0.0}, ts_us=T0_US + seq, rssi=None,
+                snr=None)
+    r.update(id=f"{gw}/gateway/{seq}", node="gateway", lane="alarm", alert={
+        "id": f"{gw}:sos:{node}#{seq}", "key": f"sos:{node}", "type": "sos", "state": state,
+        "severity": "emergency", "node": node, "name": "hiker-1", "message": "SOS発信 hiker-1",
+        "reading": f"{gw}/{node}/{fcnt}" if reading_id == "auto" else reading_id})
+    return r
+
+
+def test_an_alert_raised_by_a_nodes_frame_is_one_event_whichever_gateway_raised_it() -> None:
+    keys = []
+    for seq, gw in enumerate(GATEWAYS, start=40):
+        conv = Serializer(dedupe_prefix=PREFIX).convert(topic(gw, "alarm"), batch(gw, [sos_alert(gw, seq,
+                                                                                                 "00000a01", 77)]))
+        assert not conv.rejects and len(conv.lines) == 1 and conv.lines[0].startswith("alert,")
+        assert [(i, n) for i, n, _ in conv.claims] == [(0, 1)]
+        keys.append(conv.claims[0][2])
+    assert set(keys) == {f"{PREFIX}alert:sos:00000a01:77:raised"}
+    assert alert_key(PREFIX, sos_alert("gw-dd-a", 1, "00000a01", 77, state="cleared")["alert"]) == \
+        f"{PREFIX}alert:sos:00000a01:77:cleared"
+
+
+@pytest.mark.parametrize("reading_id", [None, "gw-dd-a/00000a02/77", "gw-dd-a/00000a01/x7", "gw-dd-a/00000a01",
+                                        "gw-dd-a/00000a01/" + "9" * 5000, "gw-dd-a/00000a01/７７"])
+def test_an_alert_that_names_no_frame_of_its_node_is_the_gateways_own(reading_id: str | None) -> None:
+    """A silent node or a gateway condition names no frame; a reading id of another node, a bad counter or a
+    hostile one (5,000 digits, full-width digits) is never merged and never breaks the conversion."""
+    conv = Serializer(dedupe_prefix=PREFIX).convert(topic("gw-dd-a", "alarm"), batch("gw-dd-a", [
+        sos_alert("gw-dd-a", 5, "00000a01", 77, reading_id=reading_id)]))
+    assert not conv.rejects and len(conv.lines) == 1 and conv.claims == []
 
 
 def test_the_first_claim_fixes_the_points_and_every_copy_writes_them(redis_server: RedisServer) -> None:  # noqa: F811

@@ -50,6 +50,15 @@ SUMMARY_RE = re.compile(r"bridge stopped: \d+ messages \((\d+) redelivered\).*; 
 FRAMES = int(os.environ.get("DENEN_MULTI_GATEWAY_FRAMES", "10000"))
 
 
+def sos_alert(gw: str, seq: int, node: str, fcnt: int, *, ts_us: int) -> dict[str, Any]:
+    """The alert gateway ``gw`` raises (its own id, its own sequence) for the SOS frame ``fcnt`` of ``node``."""
+    r = reading(gw, 0, seq, "alert", {"raised": 1.0}, ts_us=ts_us, rssi=None, snr=None)
+    r.update(id=f"{gw}/gateway/{seq}", node="gateway", lane="alarm", alert={
+        "id": f"{gw}:sos:{node}#{seq}", "key": f"sos:{node}", "type": "sos", "state": "raised",
+        "severity": "emergency", "node": node, "name": "hiker", "message": "SOS", "reading": f"{gw}/{node}/{fcnt}"})
+    return r
+
+
 def frame(i: int) -> tuple[int, int, str, dict[str, float]]:
     """Frame i: (node, fcnt, kind, values); every 10th an SOS press."""
     node, fcnt = 0xA00 + i % NODES, i // NODES + 1
@@ -58,15 +67,18 @@ def frame(i: int) -> tuple[int, int, str, dict[str, float]]:
     return node, fcnt, "water_level", {"level_cm": 100.0 + (i % 89) * 0.5, "battery_v": 3.6}
 
 
-def gateway_messages(g: int, gw: str, rng: random.Random, frames: range) -> list[tuple[str, bytes]]:
+def gateway_messages(g: int, gw: str, rng: random.Random, frames: range, *, alerts: bool = True
+                     ) -> list[tuple[str, bytes]]:
     """Gateway g's copies of every frame: its receive time (the frame's air time plus 0-300 ms), RSSI and SNR,
     in batches of its own size per lane, neighbouring batches swapped at random."""
-    by_lane: dict[str, list[dict[str, Any]]] = {"sos": [], "telemetry": []}
+    by_lane: dict[str, list[dict[str, Any]]] = {"sos": [], "telemetry": [], "alarm": []}
     for i in frames:
         node, fcnt, kind, values = frame(i)
         r = reading(gw, node, fcnt, kind, values, ts_us=T0_US + i * 100_000 + rng.randrange(300_000),
                     rssi=rng.randrange(-120, -60), snr=round(rng.uniform(-10, 10), 1))
         by_lane[r["lane"]].append(r)
+        if kind == "sos" and alerts:  # each gateway's rules raise their own SOS alert for the press they heard
+            by_lane["alarm"].append(sos_alert(gw, i, f"{node:08x}", fcnt, ts_us=r["ts_us"] + 1))
     size = BATCH_SIZES[g]
     out = [(topic(gw, lane), batch(gw, rs[k:k + size], site=f"site-{gw[-1]}")) for lane, rs in by_lane.items()
            for k in range(0, len(rs), size)]
@@ -119,8 +131,9 @@ def start_bridges(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1, redis: R
     return bridges
 
 
-def plans(frames: range) -> list[list[tuple[str, bytes]]]:
-    return [gateway_messages(g, gw, random.Random(g * 7919 + frames.start), frames) for g, gw in enumerate(GATEWAYS)]
+def plans(frames: range, *, alerts: bool = True) -> list[list[tuple[str, bytes]]]:
+    return [gateway_messages(g, gw, random.Random(g * 7919 + frames.start), frames, alerts=alerts)
+            for g, gw in enumerate(GATEWAYS)]
 
 
 def stopped(bridges: list[BridgeProcess]) -> list[tuple[str, ...]]:
@@ -169,6 +182,7 @@ def test_three_gateways_three_bridges_one_point_per_frame(tmp_path: Path, broker
         bridges[1].start()
         load.join(600)
         assert wait_until(lambda: links() >= 3 * FRAMES, 180), (links(), 3 * FRAMES)
+        assert wait_until(lambda: influx.count("alert", "raised", DB) >= n_sos, 60)
         summaries = stopped(bridges)
         # The restarted bridge was given again what the killed one held unacknowledged, claims made or not.
         assert int(SUMMARY_RE.findall(bridges[1].run_log())[-1][0]) > 0, bridges[1].run_log()[-2000:]
@@ -179,6 +193,7 @@ def test_three_gateways_three_bridges_one_point_per_frame(tmp_path: Path, broker
             b.stop()
 
     assert influx.count("sos", "pressed", DB) == n_sos  # each SOS once, though three gateways heard it
+    assert influx.count("alert", "raised", DB) == n_sos  # and one alert per SOS, though three gateways raised it
     assert influx.count("water_level", "level_cm", DB) == FRAMES - n_sos
     assert influx.count("node_health", "fcnt", DB) == FRAMES
     assert links() == 3 * FRAMES
@@ -205,7 +220,7 @@ def test_redis_outage_duplicates_frames_and_loses_none(tmp_path: Path, broker: M
                 time.sleep(BACKOFF_MAX_S + 0.5)  # every bridge asks redis again by then
             elif not redis_up:
                 redis_server.stop()
-            publish_all(broker, plans(part))
+            publish_all(broker, plans(part, alerts=False))  # frames only: the counts below are the frames'
             assert wait_until(lambda p=part: links() >= 3 * p.stop, 120), (links(), 3 * part.stop)
         summaries = stopped(bridges)
         assert sum(int(m[3]) for m in summaries) == 3 * len(during)

@@ -35,6 +35,7 @@ from agent.gateway.edge_commands import (
 from agent.gateway.events import ButtonPressed, Event, Wake
 from agent.gateway.reading import ALARM, Entry, own_reading
 from agent.gateway.readings import FrameDecoder
+from agent.gateway.receipt_backup import BackupReceipts
 from agent.ratelog import RateLimitedLog
 from agent.rules import Alert, AlertTracker, RuleEngine, RulesConfig, node_infos
 
@@ -107,6 +108,7 @@ class Edge:
         self._rain_gauge = gauge if self.io is not None else None
         self._next_rain = time.monotonic() + gauge.report_interval_s if self._rain_gauge else None
         self._senders: dict[str, Any] = {}
+        self._backup = BackupReceipts()
         self._receipt_wake = threading.Event()
         self._receipt_thread: threading.Thread | None = None
         self._stop = False
@@ -289,8 +291,16 @@ class Edge:
                 # make the caller's device stop resending it.
                 self._count("receipts.unauthenticated")
                 continue
+            delay_s = 0.0
+            if getattr(self.config.node_by_id.get(node_id), "receipt", "send") == "backup":
+                # Another gateway answers this node; this one only a resend (agent.gateway.receipt_backup).
+                wait = self._backup.delay_s(node_id)
+                if wait is None:
+                    self._count("receipts.left_to_answering_gateway")
+                    continue
+                delay_s = wait
             try:
-                sender.request(node_id, int(r["fcnt"]), key)
+                sender.request(node_id, int(r["fcnt"]), key, delay_s=delay_s)
             except (ReceiptError, FrameError) as exc:
                 self._count("receipts.refused")
                 log.error("receipt for %s/%s not sent: %s", r["node"], r["fcnt"], exc)

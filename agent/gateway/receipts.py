@@ -84,6 +84,7 @@ class _Receipt:
     requested_at: float
     attempts: int = 0
     deferred: bool = False
+    not_before: float = 0.0  # clock time before which it is not sent (a backup gateway's delay)
 
 
 class ReceiptSender:
@@ -214,13 +215,15 @@ class ReceiptSender:
         counts["airtime_last_hour_s"] = round(self.budget.used_last_hour_s, 6)
         return counts
 
-    def request(self, node_id: int, counter: int, key: bytes | None) -> None:
+    def request(self, node_id: int, counter: int, key: bytes | None, *, delay_s: float = 0.0) -> None:
         """Queue a receipt for an SOS the broker has acknowledged.
 
         Args:
             node_id: the node that sent the SOS, uint32.
             counter: the acknowledged SOS frame's counter, uint32.
             key: the node's 16-byte key when it has one (the receipt then carries a MIC), else None.
+            delay_s: seconds before it may go on air (a backup gateway's wait, :mod:`agent.gateway.receipt_backup`);
+                not kept across a restart, where a waiting receipt goes as soon as the rules allow.
 
         Raises:
             ReceiptRefused: the receipt is longer on air than one transmission may last (or than the whole hourly
@@ -246,7 +249,8 @@ class ReceiptSender:
                 self.dropped += 1
                 waiting = len(self._queue)
             else:
-                self._queue.append(_Receipt(node_id, counter, frame, airtime, self._clock()))
+                now = self._clock()
+                self._queue.append(_Receipt(node_id, counter, frame, airtime, now, not_before=now + delay_s))
                 self.revision += 1
                 waiting = 0
         if waiting:
@@ -264,7 +268,7 @@ class ReceiptSender:
 
         Returns:
             None when the queue is empty; otherwise the seconds until the next receipt could go (the rest after
-            a send, the hourly budget, or a retry backoff). The caller sleeps that long, or until woken.
+            a send, the hourly budget, a retry backoff, or a backup delay). The caller sleeps that long, or until woken.
         """
         with self._pump_lock:
             with self._log_lock:
@@ -278,6 +282,8 @@ class ReceiptSender:
                     if item is not None:
                         if self._retry_at is not None and now < self._retry_at:
                             wait = self._retry_at - now
+                        elif now < item.not_before:
+                            wait = item.not_before - now
                         else:
                             wait = self.budget.wait_s(item.airtime_s)
                             if wait > 0 and not item.deferred:

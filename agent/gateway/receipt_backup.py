@@ -1,0 +1,59 @@
+"""Which gateway answers an SOS that several gateways hear.
+
+Where valleys overlap or a relay is added, one SOS reaches two or three gateways. Each sends a receipt once its
+broker acknowledged the SOS, and two receipts at nearly the same moment collide at the caller's device: gateways in
+different valleys often cannot hear each other's carrier, so carrier sense (LBT) does not keep them apart. The rule,
+set per node in each gateway's config (``nodes[].receipt``):
+
+* ``send`` (the default): this gateway answers every SOS of the node as soon as its broker acknowledged it.
+* ``backup``: this gateway answers only an SOS the node sent again: one acknowledged within
+  :data:`RESEND_WINDOW_S` of an earlier SOS of the same node. Firmware sends an SOS again, with a new counter, until
+  a receipt arrives (docs/protocols.md §9), so a resend means the answering gateway's receipt did not reach the
+  device (that gateway is down, has lost its backhaul, or its receipt was lost on air). The backup's receipt goes
+  :data:`BACKUP_DELAY_S` after its acknowledgement, so that the answering gateway's receipt to the same resend,
+  if any, is on air first and the two do not overlap.
+
+So with both gateways online and the first receipt received, one receipt goes on air per SOS; a caller whose
+answering gateway is down gets the backup's receipt for the first resend. Give each node one ``send`` gateway and
+make the others that hear it ``backup``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+__all__ = ["BACKUP_DELAY_S", "RESEND_WINDOW_S", "BackupReceipts"]
+
+#: An SOS acknowledged within this many seconds of the node's previous one is a resend (firmware resends within
+#: tens of seconds; a new press minutes later is a new call, which the answering gateway answers).
+RESEND_WINDOW_S = 300.0
+#: Seconds a backup gateway's receipt waits after its acknowledgement: longer than a receipt's time on air at SF12
+#: (about 1.2 s for 14 bytes), so the answering gateway's receipt to the same resend ends first.
+BACKUP_DELAY_S = 3.0
+_NODES_MAX = 10_000  # nodes remembered (a config lists at most a few thousand; bounded against anything else)
+
+
+class BackupReceipts:
+    """The ``backup`` half of the rule: remembers when each node's last SOS was acknowledged here.
+
+    Args:
+        clock: monotonic seconds (default ``time.monotonic``).
+    """
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock or time.monotonic
+        self._last: OrderedDict[int, float] = OrderedDict()
+
+    def delay_s(self, node_id: int) -> float | None:
+        """For an SOS of ``node_id`` just acknowledged by the broker: seconds to wait before its receipt, or None
+        when a backup gateway leaves it to the answering one (the node's first SOS in the window)."""
+        now = self._clock()
+        last = self._last.pop(node_id, None)
+        self._last[node_id] = now
+        if len(self._last) > _NODES_MAX:
+            self._last.popitem(last=False)
+        if last is None or now - last > RESEND_WINDOW_S:
+            return None
+        return BACKUP_DELAY_S

@@ -16,8 +16,11 @@ class _Sender:
     def __init__(self) -> None:
         self.sent: list[tuple[int, int, bytes | None]] = []
 
-    def request(self, node: int, fcnt: int, key: bytes | None) -> None:
+        self.delays: list[float] = []
+
+    def request(self, node: int, fcnt: int, key: bytes | None, *, delay_s: float = 0.0) -> None:
         self.sent.append((node, fcnt, key))
+        self.delays.append(delay_s)
 
 
 def _edge(tmp_path: Path) -> tuple[Edge, _Sender, Counter[str]]:

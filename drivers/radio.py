@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Protocol
 import serial
 
 from drivers.errors import ModuleError, ModuleTimeout
+from drivers.portread import fast_reader
 from drivers.transport import PortError, open_serial
 from drivers.types import Uplink
 
@@ -334,6 +335,7 @@ class RadioWorker:
         self._port: Any = None
         self._can_cancel = False
         self._timeout: float | None = None
+        self._read: Callable[[float], bytes] | None = None  # the port's fast read, if it has one
         self._driver: ModuleDriver | None = None
         self._tx_lock = threading.Lock()
         self._tx_queue: collections.deque[_TxRequest] = collections.deque()
@@ -413,14 +415,14 @@ class RadioWorker:
         port = self._port
         timeout = max(0.0, timeout)
         try:
-            # Changing the timeout reconfigures termios on POSIX ports, so only touch it when it really changes.
-            if self._timeout is None or abs(self._timeout - timeout) > 0.005:
-                port.timeout = timeout
-                self._timeout = timeout
-            data = port.read(port.in_waiting or 1)
-            if data:
-                more = port.in_waiting
-                if more:
+            if self._read is not None:  # one select, one read (drivers.portread)
+                data = self._read(timeout)
+            else:
+                # Changing the timeout reconfigures termios on POSIX ports: only when it really changes.
+                if self._timeout is None or abs(self._timeout - timeout) > 0.005:
+                    port.timeout = self._timeout = timeout
+                data = port.read(port.in_waiting or 1)
+                if data and (more := port.in_waiting):
                     data += port.read(more)
         except (serial.SerialException, OSError) as exc:
             raise PortError(self.config.port, f"read failed: {exc}") from exc
@@ -476,7 +478,7 @@ class RadioWorker:
         with self._port_lock:
             self._port = port
             self._can_cancel = callable(getattr(port, "cancel_read", None))
-        self._timeout = None
+        self._timeout, self._read = None, fast_reader(port)
         if lost:
             self.reopens += 1
             self.incident("reopen", f"{self.config.port} reopened (reopen #{self.reopens})")

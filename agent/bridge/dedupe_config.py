@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 
 from agent.config import ConfigSection
-from drivers.settings import Seconds
+from drivers.settings import N_, Seconds, problem
 
 __all__ = ["DedupeConfig"]
 
@@ -21,24 +21,24 @@ class DedupeConfig(ConfigSection):
 
     redis_url: str = Field(
         min_length=1,
-        description="The redis every bridge of the group uses: redis://host:6379/0, rediss:// (TLS) or "
+        description=N_("The redis every bridge of the group uses: redis://host:6379/0, rediss:// (TLS) or "
         "unix:///run/redis/redis.sock. A password in it (redis://:password@host:6379/0) is never logged; keep this "
-        "file readable by the bridge's user only.",
+        "file readable by the bridge's user only."),
     )
     window_s: Seconds = Field(
         default=3600, ge=10, le=7 * 86400,
-        description="How long a frame's claim lives, in seconds (10 s .. 7 days). A copy that arrives later (a "
+        description=N_("How long a frame's claim lives, in seconds (10 s .. 7 days). A copy that arrives later (a "
         "gateway whose backhaul was down longer) is written as a second point. Each claim takes about 0.5 KB of "
-        "redis memory for this long.",
+        "redis memory for this long."),
     )
     timeout_s: Seconds = Field(
         default=2.0, le=30,
-        description="Longest wait for redis per batch, in seconds. When redis fails, frames are written as each "
-        "gateway sent them (duplicates, nothing held back) and redis is tried again after a back-off.",
+        description=N_("Longest wait for redis per batch, in seconds. When redis fails, frames are written as each "
+        "gateway sent them (duplicates, nothing held back) and redis is tried again after a back-off."),
     )
     key_prefix: str = Field(
         default="denen:frame:", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
-        description="Prefix of every claim's key, so several installations can share one redis.",
+        description=N_("Prefix of every claim's key, so several installations can share one redis."),
     )
 
     @field_validator("redis_url")
@@ -48,9 +48,12 @@ class DedupeConfig(ConfigSection):
         scheme = parts.scheme
         try:
             parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
-        except ValueError as exc:
-            raise ValueError(f"{exc}: write redis://host:6379/0") from None
+        except ValueError:
+            raise problem(N_("the port in redis_url is not a number 0..65535"), N_("e.g. redis://host:6379/0")) \
+                from None
         if scheme not in _REDIS_SCHEMES:
-            raise ValueError(f"{scheme or 'no scheme'} is not one of {', '.join(_REDIS_SCHEMES)}: write "
-                             "redis://host:6379/0, rediss://host:6380/0 or unix:///path/to/redis.sock")
+            raise problem(N_("redis_url has no scheme") if not scheme
+                          else N_("redis_url's scheme {scheme} is not one of {schemes}"),
+                          N_("write redis://host:6379/0, rediss://host:6380/0 or unix:///path/to/redis.sock"),
+                          scheme=scheme, schemes=", ".join(_REDIS_SCHEMES))
         return value

@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.config import ConfigSection, config_problem, config_problems
+from agent.config import ConfigSection
+from drivers.settings import N_, Text, problem
 
 __all__ = ["DEFAULT_CONTEXTS", "NGSI_TYPES", "NgsiConfig", "Position", "ngsi_sink_problems"]
 
@@ -37,8 +38,8 @@ _SERVICE_PATH_RE = re.compile(r"/(?:[A-Za-z0-9_]{1,50}(?:/[A-Za-z0-9_]{1,50}){0,
 class Position(ConfigSection):
     """Where a node stands (WGS84)."""
 
-    lat_deg: float = Field(ge=-90, le=90, description="Latitude in degrees (WGS84).")
-    lon_deg: float = Field(ge=-180, le=180, description="Longitude in degrees (WGS84).")
+    lat_deg: float = Field(ge=-90, le=90, description=N_("Latitude in degrees (WGS84)."))
+    lon_deg: float = Field(ge=-180, le=180, description=N_("Longitude in degrees (WGS84)."))
 
 
 class NgsiConfig(ConfigSection):
@@ -46,35 +47,35 @@ class NgsiConfig(ConfigSection):
 
     context: list[str] = Field(
         default_factory=lambda: list(DEFAULT_CONTEXTS), min_length=1, max_length=20,
-        description="ngsi-ld: the JSON-LD @context URLs of the entities, core context last. With content_type "
+        description=N_("ngsi-ld: the JSON-LD @context URLs of the entities, core context last. With content_type "
         "ld+json they go in every entity's @context; with json exactly one URL is allowed (sent in the Link "
-        "header): a context file that lists the others.",
+        "header): a context file that lists the others."),
     )
     content_type: Literal["ld+json", "json"] = Field(
         default="ld+json",
-        description="ngsi-ld: application/ld+json (the @context in the body) or application/json (the @context "
-        "as a Link header).",
+        description=N_("ngsi-ld: application/ld+json (the @context in the body) or application/json (the @context "
+        "as a Link header)."),
     )
     tenant: str | None = Field(
         default=None,
-        description="Tenant of every site not listed in tenants (NGSILD-Tenant, or Fiware-Service for ngsi-v2); "
-        "null: the broker's default tenant.",
+        description=N_("Tenant of every site not listed in tenants (NGSILD-Tenant, or Fiware-Service for ngsi-v2); "
+        "null: the broker's default tenant."),
     )
     tenants: dict[str, str] = Field(
         default_factory=dict,
-        description="Tenant per site (the gateway registry's site, one per municipality), e.g. {okutama: okutama}.",
+        description=N_("Tenant per site (the gateway registry's site, one per municipality), e.g. {okutama: okutama}."),
     )
     service_path: str = Field(
-        default="/", description="ngsi-v2: Fiware-ServicePath of every entity, e.g. /denen."
+        default="/", description=N_("ngsi-v2: Fiware-ServicePath of every entity, e.g. /denen.")
     )
     batch_size: int = Field(
         default=100, ge=1, le=1000,
-        description="Entities in one upsert request at most (brokers limit a batch; Orion-LD's default is 100).",
+        description=N_("Entities in one upsert request at most (brokers limit a batch; Orion-LD's default is 100)."),
     )
     positions: dict[str, Position] = Field(
         default_factory=dict,
-        description="Node id (8 hex digits) -> its configured position; a position a node reports (an SOS with a "
-        "GPS fix) wins for that reading.",
+        description=N_("Node id (8 hex digits) -> its configured position; a position a node reports (an SOS with a "
+        "GPS fix) wins for that reading."),
     )
 
     @field_validator("context")
@@ -82,16 +83,16 @@ class NgsiConfig(ConfigSection):
     def _contexts(cls, value: list[str]) -> list[str]:
         for url in value:
             if not re.match(r"https?://[^\s<>\"]+\Z", url):
-                raise config_problem(f"context '{url}' is not an http(s) URL",
-                                     "list the JSON-LD context URLs, e.g. the Smart Data Models' context.jsonld")
+                raise problem(N_("context '{url}' is not an http(s) URL"),
+                              N_("list the JSON-LD context URLs, e.g. the Smart Data Models' context.jsonld"), url=url)
         return value
 
     @field_validator("tenant")
     @classmethod
     def _tenant(cls, value: str | None) -> str | None:
         if value is not None and not _TENANT_RE.match(value):
-            raise config_problem(f"tenant '{value}' is not a tenant name",
-                                 "1-50 of lowercase letters, digits, '_' and '-'")
+            raise problem(N_("tenant '{value}' is not a tenant name"),
+                          N_("1-50 of lowercase letters, digits, '_' and '-'"), value=value)
         return value
 
     @field_validator("tenants")
@@ -99,16 +100,17 @@ class NgsiConfig(ConfigSection):
     def _tenants(cls, value: dict[str, str]) -> dict[str, str]:
         for site, tenant in value.items():
             if not _SITE_RE.match(site) or not _TENANT_RE.match(tenant):
-                raise config_problem(f"tenants: '{site}: {tenant}' is not a site id and a tenant name",
-                                     "site ids as in the gateway registry; tenants 1-50 of a-z, 0-9, '_', '-'")
+                raise problem(N_("tenants: '{site}: {tenant}' is not a site id and a tenant name"),
+                              N_("site ids as in the gateway registry; tenants 1-50 of a-z, 0-9, '_', '-'"),
+                              site=site, tenant=tenant)
         return value
 
     @field_validator("service_path")
     @classmethod
     def _service_path(cls, value: str) -> str:
         if not _SERVICE_PATH_RE.match(value):
-            raise config_problem(f"service_path '{value}' is not a Fiware-ServicePath",
-                                 "'/' or '/<level>[/<level>...]', levels of letters, digits and '_'")
+            raise problem(N_("service_path '{value}' is not a Fiware-ServicePath"),
+                          N_("'/' or '/<level>[/<level>...]', levels of letters, digits and '_'"), value=value)
         return value
 
     @field_validator("positions")
@@ -116,16 +118,17 @@ class NgsiConfig(ConfigSection):
     def _positions(cls, value: dict[str, Position]) -> dict[str, Position]:
         for node in value:
             if not _NODE_RE.match(node):
-                raise config_problem(f"positions: node '{node}' is not 8 lowercase hex digits",
-                                     "the node id as the gateway config has it, e.g. '00a1b2c3'")
+                raise problem(N_("positions: node '{node}' is not 8 lowercase hex digits"),
+                              N_("the node id as the gateway config has it, e.g. '00a1b2c3'"), node=node)
         return value
 
     @model_validator(mode="after")
     def _link_header(self) -> NgsiConfig:
         if self.content_type == "json" and len(self.context) != 1:
-            message = "content_type json sends the @context in one Link header, so context must be exactly one URL"
-            raise config_problems([(("context",), message,
-                                    "host one context file listing the others, or use content_type ld+json")])
+            raise problem(N_("content_type json sends the @context in one Link header, so context must be exactly "
+                             "one URL"),
+                          N_("host one context file listing the others, or use content_type ld+json"),
+                          subloc=("context",))
         return self
 
     def tenant_of(self, site: str) -> str | None:
@@ -136,6 +139,6 @@ class NgsiConfig(ConfigSection):
 def ngsi_sink_problems(sink: Any) -> list[tuple[tuple[str | int, ...], str, str | None]]:
     """Problems of ``sink.ngsi`` against ``sink.type`` (for :class:`agent.bridge.config.SinkConfig`)."""
     if sink.type not in NGSI_TYPES and sink.ngsi is not None:
-        return [(("ngsi",), f"'ngsi' is not used by a {sink.type} sink",
-                 "remove 'ngsi' or change type to ngsi-ld / ngsi-v2")]
+        return [(("ngsi",), Text(N_("'ngsi' is not used by a {type} sink"), type=sink.type),
+                 Text(N_("remove 'ngsi' or change type to ngsi-ld / ngsi-v2")))]
     return []

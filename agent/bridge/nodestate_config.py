@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from agent.config import ConfigSection
+from drivers.settings import N_
 
 __all__ = ["NodeStateConfig"]
 
@@ -16,6 +17,7 @@ class NodeStateConfig(ConfigSection):
 
     publish: bool = Field(
         default=False,
-        description="Publish each node's newest stored reading (and its alerts) retained, QoS 1, after the sink "
-        "stored it; the bridge's login needs publish rights on <prefix>/+/nodes/+/state (the shipped ACL grants them).",
+        description=N_("Publish each node's newest stored reading (and its alerts) retained, QoS 1, after the sink "
+        "stored it; the bridge's login needs publish rights on <prefix>/+/nodes/+/state (the shipped ACL grants "
+        "them)."),
     )

@@ -30,8 +30,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from agent.config import ConfigSection, Found, config_problem, parse_yaml_model, read_config_file
+from agent.config import ConfigSection, Found, parse_yaml_model, read_config_file
 from agent.errors import ConfigError
+from drivers.settings import N_, Text, problem
 
 __all__ = ["UNKNOWN_SITE", "GatewayInfo", "GatewayRegistry"]
 
@@ -65,24 +66,24 @@ class GatewayInfo:
 class _Entry(ConfigSection):
     """One gateway of the registry file."""
 
-    site: str = Field(pattern=_ID, description="Site the gateway's readings are written under (an id).")
-    name: str | None = Field(default=None, min_length=1, max_length=200, description="Display name (free text).")
+    site: str = Field(pattern=_ID, description=N_("Site the gateway's readings are written under (an id)."))
+    name: str | None = Field(default=None, min_length=1, max_length=200, description=N_("Display name (free text)."))
     municipality: str | None = Field(default=None, min_length=1, max_length=200,
-                                     description="Municipality (free text).")
+                                     description=N_("Municipality (free text)."))
 
     @field_validator("name", "municipality")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
         if value is not None and _BAD_TEXT_RE.search(value):
-            raise config_problem("holds a control character or a lone surrogate",
-                                 "write the name as plain text on one line")
+            raise problem(N_("holds a control character or a lone surrogate"),
+                          N_("write the name as plain text on one line"))
         return value
 
 
 class _RegistryFile(ConfigSection):
     """The whole registry file."""
 
-    gateways: dict[str, _Entry] = Field(description="Gateway id -> its site, name and municipality.")
+    gateways: dict[str, _Entry] = Field(description=N_("Gateway id -> its site, name and municipality."))
 
 
 class GatewayRegistry:
@@ -183,6 +184,7 @@ def _id_problems(plain: dict[str, Any]) -> list[Found]:
     gateways = plain.get("gateways")
     if not isinstance(gateways, dict):
         return []
-    return [(("gateways", gw), f"{gw!r} is not a gateway id", "gateway ids are 1-63 of a-z, 0-9, '_' and '-', "
-             "starting with a letter or digit: the gateway's gateway.id") for gw in gateways
+    return [(("gateways", gw), Text(N_("{gateway} is not a gateway id"), gateway=repr(gw)),
+             Text(N_("gateway ids are 1-63 of a-z, 0-9, '_' and '-', starting with a letter or digit: the gateway's "
+                     "gateway.id"))) for gw in gateways
             if not isinstance(gw, str) or not _ID_RE.match(gw)]

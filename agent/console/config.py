@@ -30,7 +30,6 @@ from agent.config import (
     ConfigSection,
     Found,
     LogConfig,
-    config_problem,
     config_problems,
     is_loopback_host,
 )
@@ -44,7 +43,7 @@ from agent.config.secrets import (
     secret_file,
 )
 from agent.config.values import TopLevel
-from drivers.settings import Seconds
+from drivers.settings import N_, Seconds, Text, problem
 
 __all__ = ["ConsoleConfig", "HOOK_TOKEN_MIN_BYTES", "HooksConfig", "LINK_SECRET_MIN_BYTES", "MailConfig",
            "load_console_config", "parse_console_config"]
@@ -55,9 +54,9 @@ LINK_SECRET_MIN_BYTES = 32
 HOOK_TOKEN_MIN_BYTES = 32
 
 
-_LinkSecretFile = secret_file("link secret file")
-_HookTokenFile = secret_file("webhook token file")
-_SmtpPasswordFile = secret_file("SMTP password file")
+_LinkSecretFile = secret_file(N_("link secret file"))
+_HookTokenFile = secret_file(N_("webhook token file"))
+_SmtpPasswordFile = secret_file(N_("SMTP password file"))
 
 
 class HttpConfig(ConfigSection):
@@ -66,20 +65,20 @@ class HttpConfig(ConfigSection):
     listen_host: str = Field(
         default="127.0.0.1",
         min_length=1,
-        description="Address the HTTP server binds to: 127.0.0.1 behind a reverse proxy on the same host, 0.0.0.0 "
+        description=N_("Address the HTTP server binds to: 127.0.0.1 behind a reverse proxy on the same host, 0.0.0.0 "
         "inside a container behind the compose stack's TLS proxy. The server speaks plain HTTP; never expose it "
-        "to the internet without the proxy.",
+        "to the internet without the proxy."),
     )
-    listen_port: int = Field(default=8380, ge=1, le=65535, description="TCP port of the HTTP server.")
+    listen_port: int = Field(default=8380, ge=1, le=65535, description=N_("TCP port of the HTTP server."))
     public_url: str = Field(
-        description="Base URL people open, as the TLS proxy publishes it, e.g. https://ack.example.jp (links are "
-        "<public_url>/a/<token>).",
+        description=N_("Base URL people open, as the TLS proxy publishes it, e.g. https://ack.example.jp (links are "
+        "<public_url>/a/<token>)."),
     )
     trusted_proxies: list[str] = Field(
         default_factory=list,
-        description="Addresses or networks (CIDR, e.g. 172.16.0.0/12 for a proxy reaching a container) of reverse "
+        description=N_("Addresses or networks (CIDR, e.g. 172.16.0.0/12 for a proxy reaching a container) of reverse "
         "proxies whose X-Forwarded-For is believed (its last address is taken as the person's address in the "
-        "audit). Empty: the peer address is recorded.",
+        "audit). Empty: the peer address is recorded."),
     )
 
     @field_validator("public_url")
@@ -87,10 +86,10 @@ class HttpConfig(ConfigSection):
     def _url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise config_problem(f"public_url '{value}' is not an http:// or https:// URL",
-                                 "e.g. https://ack.example.jp (what the TLS reverse proxy publishes)")
+            raise problem(N_("public_url '{value}' is not an http:// or https:// URL"),
+                          N_("e.g. https://ack.example.jp (what the TLS reverse proxy publishes)"), value=value)
         if parts.query or parts.fragment:
-            raise config_problem("public_url must not carry a query (?...) or fragment", None)
+            raise problem(N_("public_url must not carry a query (?...) or fragment"))
         return value.rstrip("/")
 
     @field_validator("trusted_proxies")
@@ -100,8 +99,8 @@ class HttpConfig(ConfigSection):
             try:
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
-                raise config_problem(f"'{item}' is not an IP address or network", "list the proxies' addresses, "
-                                     "e.g. 127.0.0.1 or 172.16.0.0/12") from None
+                raise problem(N_("'{item}' is not an IP address or network"),
+                              N_("list the proxies' addresses, e.g. 127.0.0.1 or 172.16.0.0/12"), item=item) from None
         return value
 
     def is_trusted_proxy(self, peer: str) -> bool:
@@ -116,14 +115,18 @@ class HttpConfig(ConfigSection):
 def _read_long_secret(section: ConfigSection, name: str, where: str, what: str, min_bytes: int, make: str,
                       example: str, *, missing: str | None = None) -> tuple[str, str]:
     """The secret of ``section``'s ``<name>_file`` or ``<name>_env`` (exactly one given; ``where``: the section's
-    key), at least ``min_bytes`` long (``make``: the command that makes one). Returns the text and the key it came
-    from."""
-    needs = missing or f"{where} needs {what}"
+    key; ``what`` names it, marked with N_), at least ``min_bytes`` long (``make``: the command that makes one).
+    Returns the text and the key it came from."""
+    what_text = Text(what)
+    needs = Text(missing) if missing else Text(N_("{where} needs {what}"), where=where, what=what_text)
     text, given = read_once(
-        section, name, f"{where}.{name}_file", missing=(f"{needs}: {name}_file or {name}_env", example),
-        twice=(f"{what} is given twice", f"keep {name}_file or {name}_env, not both"))
+        section, name, f"{where}.{name}_file",
+        missing=(Text(N_("{needs}: {name}_file or {name}_env"), needs=needs, name=name), Text(example)),
+        twice=(Text(N_("{what} is given twice"), what=what_text),
+               Text(N_("keep {name}_file or {name}_env, not both"), name=name)))
     if len(text.encode()) < min_bytes:
-        raise config_problem(f"{what} is shorter than {min_bytes} bytes", f"make one with: {make}", subloc=(given,))
+        raise problem(N_("{what} is shorter than {min_bytes} bytes"), N_("make one with: {make}"), subloc=(given,),
+                      what=what_text, min_bytes=min_bytes, make=make)
     return text, given
 
 
@@ -132,17 +135,17 @@ class LinksConfig(ConfigSection):
 
     secret_file: _LinkSecretFile = Field(
         default=None,
-        description="Path of a file holding the link secret (at least 32 bytes, e.g. `openssl rand -base64 48`); "
-        "refused when other users can read it. Changing it invalidates every link sent.",
+        description=N_("Path of a file holding the link secret (at least 32 bytes, e.g. `openssl rand -base64 48`); "
+        "refused when other users can read it. Changing it invalidates every link sent."),
     )
     secret_env: SecretEnv = Field(
         default=None,
-        description="Name of an environment variable holding the link secret (e.g. DENEN_CONSOLE_LINK_SECRET). "
-        "Only one of secret_file and secret_env.",
+        description=N_("Name of an environment variable holding the link secret (e.g. DENEN_CONSOLE_LINK_SECRET). "
+        "Only one of secret_file and secret_env."),
     )
     ttl_s: int = Field(
         default=86400, ge=60, le=30 * 86400,
-        description="How long a link is valid, in seconds (default 24 h; 60 s .. 30 days).",
+        description=N_("How long a link is valid, in seconds (default 24 h; 60 s .. 30 days)."),
     )
 
     _secret: SecretStr | None = PrivateAttr(default=None)
@@ -150,8 +153,8 @@ class LinksConfig(ConfigSection):
     @model_validator(mode="after")
     def _read(self) -> LinksConfig:
         text, _ = _read_long_secret(
-            self, "secret", "links", "the link secret", LINK_SECRET_MIN_BYTES, "openssl rand -base64 48",
-            "e.g. secret_file: secrets/link-secret (openssl rand -base64 48 > it; chmod 600)")
+            self, "secret", "links", N_("the link secret"), LINK_SECRET_MIN_BYTES, "openssl rand -base64 48",
+            N_("e.g. secret_file: secrets/link-secret (openssl rand -base64 48 > it; chmod 600)"))
         self._secret = SecretStr(text)
         return self
 
@@ -166,14 +169,14 @@ class ConsoleMqttConfig(MqttLoginConfig):
 
     username: str | None = Field(
         default=None, min_length=1,
-        description="MQTT user name: denen-console for the service. Run `denen ack` with a config naming another "
+        description=N_("MQTT user name: denen-console for the service. Run `denen ack` with a config naming another "
         "login of the console role: the shipped broker binds the client id to the login, so a second connection "
-        "with the same login disconnects the running service.",
+        "with the same login disconnects the running service."),
     )
     client_id: ClientId | None = Field(
         default=None,
-        description="MQTT client id; null means the user name (the shipped broker uses the login as client id "
-        "anyway), or 'denen-console-<host name>' without one.",
+        description=N_("MQTT client id; null means the user name (the shipped broker uses the login as client id "
+        "anyway), or 'denen-console-<host name>' without one."),
     )
 
     def effective_client_id(self) -> str:
@@ -186,12 +189,12 @@ class CommandsConfig(ConfigSection):
 
     retry_s: Seconds = Field(
         default=10.0, le=600,
-        description="Seconds between sends of a command the gateway has not answered yet (its session is clean, "
-        "so a command sent while it was offline is lost).",
+        description=N_("Seconds between sends of a command the gateway has not answered yet (its session is clean, "
+        "so a command sent while it was offline is lost)."),
     )
     give_up_s: Seconds = Field(
         default=600.0, le=86400,
-        description="Seconds after which an unanswered command is given up (result 'timeout' in the audit).",
+        description=N_("Seconds after which an unanswered command is given up (result 'timeout' in the audit)."),
     )
 
 
@@ -200,17 +203,18 @@ class HooksConfig(ConfigSection):
 
     grafana_token_file: _HookTokenFile = Field(
         default=None,
-        description="Path of a file holding the bearer token Grafana sends (Authorization: Bearer <token>; at least "
-        "32 bytes, e.g. `openssl rand -hex 32`); refused when other users can read it.",
+        description=N_("Path of a file holding the bearer token Grafana sends (Authorization: Bearer <token>; at least "
+        "32 bytes, e.g. `openssl rand -hex 32`); refused when other users can read it."),
     )
     grafana_token_env: SecretEnv = Field(
         default=None,
-        description="Name of an environment variable holding that token (e.g. DENEN_CONSOLE_HOOK_TOKEN). Only one "
-        "of grafana_token_file and grafana_token_env.",
+        description=N_("Name of an environment variable holding that token (e.g. DENEN_CONSOLE_HOOK_TOKEN). Only one "
+        "of grafana_token_file and grafana_token_env."),
     )
     max_body_bytes: int = Field(
         default=256 * 1024, ge=1024, le=16 * 1024 * 1024,
-        description="Largest webhook body accepted, in bytes (default 256 KiB); a larger one is answered 413 unread.",
+        description=N_("Largest webhook body accepted, in bytes (default 256 KiB); a larger one is answered 413 "
+                       "unread."),
     )
 
     _token: SecretStr | None = PrivateAttr(default=None)
@@ -218,12 +222,12 @@ class HooksConfig(ConfigSection):
     @model_validator(mode="after")
     def _read(self) -> HooksConfig:
         text, given = _read_long_secret(
-            self, "grafana_token", "hooks", "the webhook token", HOOK_TOKEN_MIN_BYTES, "openssl rand -hex 32",
-            "e.g. grafana_token_file: secrets/grafana-hook-token (openssl rand -hex 32 > it; chmod 600)",
-            missing="hooks needs Grafana's token")
+            self, "grafana_token", "hooks", N_("the webhook token"), HOOK_TOKEN_MIN_BYTES, "openssl rand -hex 32",
+            N_("e.g. grafana_token_file: secrets/grafana-hook-token (openssl rand -hex 32 > it; chmod 600)"),
+            missing=N_("hooks needs Grafana's token"))
         if any(ch.isspace() or not ch.isprintable() for ch in text):
-            raise config_problem("the webhook token holds spaces or control characters",
-                                 "make one with: openssl rand -hex 32", subloc=(given,))
+            raise problem(N_("the webhook token holds spaces or control characters"), N_("make one with: {make}"),
+                          subloc=(given,), make="openssl rand -hex 32")
         self._token = SecretStr(text)
         return self
 
@@ -236,26 +240,27 @@ class HooksConfig(ConfigSection):
 class MailConfig(WithSecrets):
     """The SMTP server the console mails the links of Grafana's alerts through."""
 
-    host: str = Field(min_length=1, description="Host name or IP address of the SMTP server (relay).")
-    port: int = Field(default=587, ge=1, le=65535, description="TCP port: 587 with starttls, 465 with ssl, 25 none.")
+    host: str = Field(min_length=1, description=N_("Host name or IP address of the SMTP server (relay)."))
+    port: int = Field(default=587, ge=1, le=65535,
+                      description=N_("TCP port: 587 with starttls, 465 with ssl, 25 none."))
     tls: Literal["starttls", "ssl", "none"] = Field(
         default="starttls",
-        description="starttls (upgrade after connecting, port 587), ssl (TLS from the start, port 465) or none "
+        description=N_("starttls (upgrade after connecting, port 587), ssl (TLS from the start, port 465) or none "
         "(plain, only to a relay on this machine or a trusted private network). The server's certificate is "
-        "checked against the system's CAs.",
+        "checked against the system's CAs."),
     )
     sender: str = Field(alias="from", min_length=3, max_length=254,
-                        description="The From address, e.g. denen@example.jp.")
-    to: list[str] = Field(min_length=1, max_length=100, description="Recipients, e.g. [bousai@example.jp].")
-    username: str | None = Field(default=None, min_length=1, description="SMTP login, if the server wants one.")
+                        description=N_("The From address, e.g. denen@example.jp."))
+    to: list[str] = Field(min_length=1, max_length=100, description=N_("Recipients, e.g. [bousai@example.jp]."))
+    username: str | None = Field(default=None, min_length=1, description=N_("SMTP login, if the server wants one."))
     password_file: _SmtpPasswordFile = Field(
-        default=None, description="Path of a file holding the SMTP password; refused when other users can read it.",
+        default=None, description=N_("Path of a file holding the SMTP password; refused when other users can read it."),
     )
     password_env: SecretEnv = Field(
-        default=None, description="Name of an environment variable holding the SMTP password.",
+        default=None, description=N_("Name of an environment variable holding the SMTP password."),
     )
     timeout_s: Seconds = Field(default=10.0, le=120,
-                             description="Seconds to wait for the SMTP server at each step.")
+                             description=N_("Seconds to wait for the SMTP server at each step."))
 
     @field_validator("sender")
     @classmethod
@@ -272,12 +277,13 @@ class MailConfig(WithSecrets):
         problems: list[tuple[tuple[str, ...], str, str | None]] = []
         given = [k for k in ("password_file", "password_env") if getattr(self, k) is not None]
         if len(given) > 1:
-            problems.append((("password_env",), "give only one of password_file and password_env", None))
+            problems.append((("password_env",), Text(N_("give only one of password_file and password_env")), None))
         if given and self.username is None:
-            problems.append(((given[0],), "a password is set but username is not", "set mail.username"))
+            problems.append(((given[0],), Text(N_("a password is set but username is not")),
+                             Text(N_("set mail.username"))))
         if self.username is not None and not given:
-            problems.append((("username",), "username is set but no password",
-                             "add password_file (or password_env)"))
+            problems.append((("username",), Text(N_("username is set but no password")),
+                             Text(N_("add password_file (or password_env)"))))
         if problems:
             raise config_problems(problems)
         self.keep_env_secrets("password")
@@ -293,7 +299,7 @@ def _address(value: str) -> str:
     local, at, domain = value.rpartition("@")
     if not at or not local or not domain or "." not in domain or any(
             ch.isspace() or not ch.isprintable() or ch in "<>,;\"" for ch in value):
-        raise config_problem(f"'{value}' is not a plain e-mail address", "e.g. bousai@example.jp")
+        raise problem(N_("'{value}' is not a plain e-mail address"), N_("e.g. bousai@example.jp"), value=value)
     return value
 
 
@@ -302,47 +308,49 @@ class ConsoleConfig(TopLevel):
 
     EMPTY_MEANS_DEFAULTS = ("mqtt", "commands", "log")
 
-    http: HttpConfig = Field(description="The HTTP server and the public base URL (required).")
-    links: LinksConfig = Field(description="The link secret and lifetime (required).")
-    mqtt: ConsoleMqttConfig = Field(default_factory=ConsoleMqttConfig, description="The MQTT broker and login.")
-    commands: CommandsConfig = Field(default_factory=CommandsConfig, description="Command retries.")
+    http: HttpConfig = Field(description=N_("The HTTP server and the public base URL (required)."))
+    links: LinksConfig = Field(description=N_("The link secret and lifetime (required)."))
+    mqtt: ConsoleMqttConfig = Field(default_factory=ConsoleMqttConfig, description=N_("The MQTT broker and login."))
+    commands: CommandsConfig = Field(default_factory=CommandsConfig, description=N_("Command retries."))
     sink: SinkConfig | None = Field(
         default=None,
-        description="Where the audit (alert_ack) is written: the bridge's sink section. Without it the audit goes "
-        "to the log only.",
+        description=N_("Where the audit (alert_ack) is written: the bridge's sink section. Without it the audit goes "
+        "to the log only."),
     )
     gateways: GatewaysConfig | None = Field(
-        default=None, description="The gateway registry (site and name of each gateway), as the bridge's.",
+        default=None, description=N_("The gateway registry (site and name of each gateway), as the bridge's."),
     )
-    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+    log: LogConfig = Field(default_factory=LogConfig, description=N_("Logging."))
     hooks: HooksConfig | None = Field(
         default=None,
-        description="Webhooks (POST /hooks/grafana): Grafana's alerts mailed with a signed link. Needs mail. "
-        "Without it the route answers 404.",
+        description=N_("Webhooks (POST /hooks/grafana): Grafana's alerts mailed with a signed link. Needs mail. "
+        "Without it the route answers 404."),
     )
-    mail: MailConfig | None = Field(default=None, description="The SMTP server for the hooks' mails.")
+    mail: MailConfig | None = Field(default=None, description=N_("The SMTP server for the hooks' mails."))
 
     @model_validator(mode="after")
     def _hooks_need_mail(self) -> ConsoleConfig:
         if self.hooks is not None and self.mail is None:
-            raise config_problem("hooks needs a mail section: the links are mailed",
-                                 "add mail: {host: ..., from: ..., to: [...]}", subloc=("hooks",))
+            raise problem(N_("hooks needs a mail section: the links are mailed"),
+                          N_("add mail: {host: ..., from: ..., to: [...]}"), subloc=("hooks",))
         return self
 
 
 def _warnings(config: ConsoleConfig) -> list[Found]:
     found: list[Found] = []
-    found.extend(mqtt_tls_warnings(config.mqtt, "the console's login travels in clear"))
+    found.extend(mqtt_tls_warnings(config.mqtt, N_("the console's login travels in clear")))
     if urlsplit(config.http.public_url).scheme == "http" and not is_loopback_host(
             urlsplit(config.http.public_url).hostname or ""):
-        found.append((("http", "public_url"), "links are plain http://: anyone on the path can read and use them",
-                      "publish the console through the TLS reverse proxy (https://)"))
+        found.append((("http", "public_url"),
+                      Text(N_("links are plain http://: anyone on the path can read and use them")),
+                      Text(N_("publish the console through the TLS reverse proxy (https://)"))))
     if config.mail is not None and config.mail.tls == "none" and not is_loopback_host(config.mail.host):
-        found.append((("mail", "tls"), f"plain SMTP to {config.mail.host}: the links (and any login) travel in "
-                      "clear", "use tls: starttls or ssl unless this is a trusted private network"))
+        found.append((("mail", "tls"), Text(N_("plain SMTP to {host}: the links (and any login) travel in clear"),
+                                            host=config.mail.host),
+                      Text(N_("use tls: starttls or ssl unless this is a trusted private network"))))
     if config.sink is None:
-        found.append((("sink",), "no sink: acknowledgements are audited in the log only",
-                      "add the bridge's sink section so alert_ack points reach the dashboards"))
+        found.append((("sink",), Text(N_("no sink: acknowledgements are audited in the log only")),
+                      Text(N_("add the bridge's sink section so alert_ack points reach the dashboards"))))
     return found
 
 

@@ -9,7 +9,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from drivers.settings import N_
 
 # Pin names gpiozero accepts (pins/data.py): GPIO17, BCM17, BOARD11, J8:11, WPI0; or a bare BCM number.
 _PIN_NAME = re.compile(r"^(?:(?:GPIO|BCM|BOARD|WPI)\d{1,2}|J8:\d{1,2})$", re.IGNORECASE)
@@ -58,11 +67,11 @@ class OutputPin(_GpioSection):
     """A GPIO output driving a lamp or relay."""
 
     pin: Pin = Field(
-        description="The output pin: a BCM GPIO number (17) or a name gpiozero accepts (GPIO17, BOARD11, J8:11)."
+        description=N_("The output pin: a BCM GPIO number (17) or a name gpiozero accepts (GPIO17, BOARD11, J8:11).")
     )
     active_high: bool = Field(
         default=True,
-        description="true: the pin is driven high (3.3 V) to switch on; false for active-low relay boards.",
+        description=N_("true: the pin is driven high (3.3 V) to switch on; false for active-low relay boards."),
     )
 
 class StatusLamp(OutputPin):
@@ -70,20 +79,20 @@ class StatusLamp(OutputPin):
 
     slow_blink_s: float = Field(
         default=1.0, ge=0.1, le=10.0,
-        description="On-time and off-time of the slow blink (no backhaul), in seconds.",
+        description=N_("On-time and off-time of the slow blink (no backhaul), in seconds."),
     )
     fast_blink_s: float = Field(
-        default=0.25, ge=0.05, le=5.0, description="On-time and off-time of the fast blink (alarm), in seconds."
+        default=0.25, ge=0.05, le=5.0, description=N_("On-time and off-time of the fast blink (alarm), in seconds.")
     )
 
 
 class SirenOutput(OutputPin):
     """The siren or relay output, sounded for SOS and flood stages even while the backhaul is down."""
 
-    on_s: float = Field(default=1.0, gt=0, le=60.0, description="Sounding time of each pulse, in seconds.")
+    on_s: float = Field(default=1.0, gt=0, le=60.0, description=N_("Sounding time of each pulse, in seconds."))
     off_s: float = Field(
         default=1.0, ge=0, le=60.0,
-        description="Silence between pulses, in seconds; 0 sounds steadily (for sirens with their own pattern).",
+        description=N_("Silence between pulses, in seconds; 0 sounds steadily (for sirens with their own pattern)."),
     )
 
 
@@ -91,16 +100,16 @@ class InputPin(_GpioSection):
     """A GPIO input wired to a switch (to ground with the pull-up on, or to 3.3 V with it off)."""
 
     pin: Pin = Field(
-        description="The input pin: a BCM GPIO number (27) or a name gpiozero accepts (GPIO27, BOARD13)."
+        description=N_("The input pin: a BCM GPIO number (27) or a name gpiozero accepts (GPIO27, BOARD13).")
     )
     pull_up: bool = Field(
         default=True,
-        description="true: internal pull-up, the switch connects the pin to ground (closed = low). false: "
-        "pull-down, the switch connects the pin to 3.3 V.",
+        description=N_("true: internal pull-up, the switch connects the pin to ground (closed = low). false: "
+        "pull-down, the switch connects the pin to 3.3 V."),
     )
     bounce_s: float = Field(
         default=0.05, ge=0.001, le=5.0,
-        description="Debounce time in seconds: a closing counts only after the line was quiet this long.",
+        description=N_("Debounce time in seconds: a closing counts only after the line was quiet this long."),
     )
 
 class RainGauge(InputPin):
@@ -108,19 +117,19 @@ class RainGauge(InputPin):
 
     bounce_s: float = Field(
         default=0.1, ge=0.001, le=5.0,
-        description="Debounce time in seconds: a tip counts only after the line was quiet this long (reed "
-        "switches bounce for a few ms; buckets tip at most a few times a second).",
+        description=N_("Debounce time in seconds: a tip counts only after the line was quiet this long (reed "
+        "switches bounce for a few ms; buckets tip at most a few times a second)."),
     )
     mm_per_tip: float = Field(
-        default=0.2, gt=0, le=10.0, description="Rainfall per bucket tip, in millimetres (mm)."
+        default=0.2, gt=0, le=10.0, description=N_("Rainfall per bucket tip, in millimetres (mm).")
     )
     node_id: str = Field(
-        description="Node id the gauge's readings carry (uint32), as 8 hex digits in quotes, e.g. \"0000a001\". "
-        "Must not clash with a radio node's id.",
+        description=N_("Node id the gauge's readings carry (uint32), as 8 hex digits in quotes, e.g. \"0000a001\". "
+        "Must not clash with a radio node's id."),
     )
     report_interval_s: float = Field(
         default=600.0, ge=10.0, le=86_400.0,
-        description="How often the rainfall since the previous report is journaled, in seconds.",
+        description=N_("How often the rainfall since the previous report is journaled, in seconds."),
     )
 
     @field_validator("node_id", mode="before")
@@ -151,15 +160,15 @@ class GpioConfig(_GpioSection):
 
     pin_factory: str | None = Field(
         default=None,
-        description="gpiozero pin factory: null for gpiozero's default (lgpio on current Raspberry Pi OS), "
-        "'mock' for simulated pins (demo and tests), or a factory name: lgpio, rpigpio, pigpio, native.",
+        description=N_("gpiozero pin factory: null for gpiozero's default (lgpio on current Raspberry Pi OS), "
+        "'mock' for simulated pins (demo and tests), or a factory name: lgpio, rpigpio, pigpio, native."),
     )
-    status_lamp: StatusLamp | None = Field(default=None, description="Status lamp output. Optional.")
-    siren: SirenOutput | None = Field(default=None, description="Siren or relay output. Optional.")
+    status_lamp: StatusLamp | None = Field(default=None, description=N_("Status lamp output. Optional."))
+    siren: SirenOutput | None = Field(default=None, description=N_("Siren or relay output. Optional."))
     test_button: InputPin | None = Field(
-        default=None, description="Installer test button: a press makes the lamp and siren chirp. Optional."
+        default=None, description=N_("Installer test button: a press makes the lamp and siren chirp. Optional.")
     )
-    rain_gauge: RainGauge | None = Field(default=None, description="Tipping-bucket rain gauge input. Optional.")
+    rain_gauge: RainGauge | None = Field(default=None, description=N_("Tipping-bucket rain gauge input. Optional."))
 
     @field_validator("pin_factory")
     @classmethod

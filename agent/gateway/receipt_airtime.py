@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.errors import AgentError
 from drivers.airtime import ChannelRules, channel_rules
-from drivers.settings import Count, Seconds
+from drivers.settings import N_, Count, Seconds
 
 #: Length of the sliding window of the hourly airtime budget, in seconds.
 HOUR_S = 3600.0
@@ -41,39 +41,40 @@ class ReceiptsConfig(BaseModel):
 
     enabled: bool = Field(
         default=True,
-        description="Send a receipt to an SOS node that asked for one (frame flag bit1), once the broker has "
-        "acknowledged its SOS.",
+        description=N_("Send a receipt to an SOS node that asked for one (frame flag bit1), once the broker has "
+        "acknowledged its SOS."),
     )
     max_per_hour_s: float | None = Field(
         default=None,
         gt=0,
         le=HOUR_S,
-        description="Airtime budget of the gateway's transmissions per channel, in seconds of transmission per "
+        description=N_("Airtime budget of the gateway's transmissions per channel, in seconds of transmission per "
         "sliding hour. null: the ARIB STD-T108 limit of the channel (360 s on 922.4-923.4 MHz, none on "
-        "920.6-922.2 MHz). A value may only be stricter than the channel's limit.",
+        "920.6-922.2 MHz). A value may only be stricter than the channel's limit."),
     )
     carrier_sense: bool = Field(
         default=True,
-        description="Whether the radio module does carrier sense (listen before talk, >= 5 ms) before each "
+        description=N_("Whether the radio module does carrier sense (listen before talk, >= 5 ms) before each "
         "send. RUI3 AT+PSEND only runs CAD (when AT+CAD=1), not energy-based LBT, so true relies on the "
         "module's certification for Japan. false applies the no-LBT limits instead: at most 100 ms per "
-        "transmission and 3.6 s per hour.",
+        "transmission and 3.6 s per hour."),
     )
     retry_min_s: Seconds = Field(
-        2.0, description="First wait after a failed send (module busy, timeout), in seconds."
+        2.0, description=N_("First wait after a failed send (module busy, timeout), in seconds.")
     )
-    retry_max_s: Seconds = Field(300.0, description="Longest wait between retries of a failing send, in seconds.")
-    max_attempts: Count = Field(10, le=1000, description="Failed sends of one receipt after which it is given up (count).")
+    retry_max_s: Seconds = Field(300.0, description=N_("Longest wait between retries of a failing send, in seconds."))
+    max_attempts: Count = Field(
+        10, le=1000, description=N_("Failed sends of one receipt after which it is given up (count)."))
     max_pending: Count = Field(
         64, le=10_000,
-        description="Most receipts waiting to be sent (count); a request beyond this is dropped and counted.",
+        description=N_("Most receipts waiting to be sent (count); a request beyond this is dropped and counted."),
     )
     max_age_s: float = Field(
         default=7200.0,
         ge=60,
-        description="A receipt not sent this many seconds after its request is dropped and counted: by then the "
+        description=N_("A receipt not sent this many seconds after its request is dropped and counted: by then the "
         "node has sent its SOS again (a new counter, with a receipt of its own). Longer than the hourly window, "
-        "so that waiting for the hourly budget alone does not drop a receipt.",
+        "so that waiting for the hourly budget alone does not drop a receipt."),
     )
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.rules.alert import SIREN_NAMES
-from drivers.settings import Period
+from drivers.settings import N_, Period
 
 _NODE_KINDS: tuple[str, ...] = ("sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat")
 NodeKind = Literal["sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat"]
@@ -48,10 +48,11 @@ class _RulesSection(BaseModel):
 class RiverStages(_RulesSection):
     """The four Japanese river levels of one gauge, in cm on the gauge's own datum (the datum of ``level_cm``)."""
 
-    standby: float = Field(description="水防団待機水位 (flood-fighting standby level), cm on the gauge datum.")
-    caution: float = Field(description="はん濫注意水位 (flood caution level), cm; above standby.")
-    evacuation: float = Field(description="避難判断水位 (evacuation decision level), cm; above caution.")
-    danger: float = Field(description="はん濫危険水位 (flood danger level), cm; above evacuation.")
+    standby: float = Field(
+        description=N_("水防団待機水位 (flood-fighting standby level), cm on the gauge datum."))
+    caution: float = Field(description=N_("はん濫注意水位 (flood caution level), cm; above standby."))
+    evacuation: float = Field(description=N_("避難判断水位 (evacuation decision level), cm; above caution."))
+    danger: float = Field(description=N_("はん濫危険水位 (flood danger level), cm; above evacuation."))
 
     @model_validator(mode="after")
     def _increasing(self) -> RiverStages:
@@ -84,55 +85,56 @@ class _NodeRule(_RulesSection):
 class RiverRule(_NodeRule):
     """Stage and rate-of-rise alerts for one water_level node."""
 
-    node: str = Field(description="Node id of the water_level gauge: 8 hex digits in quotes, as in nodes[].id.")
-    stages_cm: RiverStages = Field(description="The four river levels in cm on the gauge datum, strictly increasing.")
+    node: str = Field(description=N_("Node id of the water_level gauge: 8 hex digits in quotes, as in nodes[].id."))
+    stages_cm: RiverStages = Field(
+        description=N_("The four river levels in cm on the gauge datum, strictly increasing."))
     hysteresis_cm: Hysteresis = Field(
         default=5.0,
-        description="cm the level must fall below a stage's threshold before that stage clears (stops alerts "
-        "chattering while the water hovers at a line).",
+        description=N_("cm the level must fall below a stage's threshold before that stage clears (stops alerts "
+        "chattering while the water hovers at a line)."),
     )
     rise_cm_per_h: float | None = Field(
         default=None,
         gt=0,
-        description="Rate of rise in cm per hour that raises river_rise, measured over rise_window_s. "
-        "Optional: null turns the rate-of-rise alert off.",
+        description=N_("Rate of rise in cm per hour that raises river_rise, measured over rise_window_s. "
+        "Optional: null turns the rate-of-rise alert off."),
     )
     rise_window_s: RateWindow = Field(
-        default=3600.0, description="Window in seconds over which the rate of rise is measured (at least 60 s)."
+        default=3600.0, description=N_("Window in seconds over which the rate of rise is measured (at least 60 s).")
     )
     rise_clear_fraction: ClearFraction = Field(
         default=0.5,
-        description="river_rise clears when the rate falls below this fraction of rise_cm_per_h (0-1, ratio).",
+        description=N_("river_rise clears when the rate falls below this fraction of rise_cm_per_h (0-1, ratio)."),
     )
 
 
 class SlopeRule(_NodeRule):
     """Tilt and tilt-rate alerts for one tilt node."""
 
-    node: str = Field(description="Node id of the tilt sensor: 8 hex digits in quotes, as in nodes[].id.")
+    node: str = Field(description=N_("Node id of the tilt sensor: 8 hex digits in quotes, as in nodes[].id."))
     max_deg: float | None = Field(
         default=None,
         gt=0,
-        description="Tilt in degrees from the installation zero, on either axis, that raises slope_tilt. "
-        "Optional: null turns the tilt alert off.",
+        description=N_("Tilt in degrees from the installation zero, on either axis, that raises slope_tilt. "
+        "Optional: null turns the tilt alert off."),
     )
     hysteresis_deg: Hysteresis = Field(
-        default=0.1, description="Degrees the tilt must fall below max_deg before slope_tilt clears."
+        default=0.1, description=N_("Degrees the tilt must fall below max_deg before slope_tilt clears.")
     )
-    zero_x_deg: float = Field(default=0.0, description="Installation zero of the x axis in degrees (subtracted).")
-    zero_y_deg: float = Field(default=0.0, description="Installation zero of the y axis in degrees (subtracted).")
+    zero_x_deg: float = Field(default=0.0, description=N_("Installation zero of the x axis in degrees (subtracted)."))
+    zero_y_deg: float = Field(default=0.0, description=N_("Installation zero of the y axis in degrees (subtracted)."))
     rate_deg_per_h: float | None = Field(
         default=None,
         gt=0,
-        description="Tilt change in degrees per hour, on either axis, over rate_window_s, that raises slope_rate. "
-        "Optional: null turns the tilt-rate alert off.",
+        description=N_("Tilt change in degrees per hour, on either axis, over rate_window_s, that raises slope_rate. "
+        "Optional: null turns the tilt-rate alert off."),
     )
     rate_window_s: RateWindow = Field(
-        default=3600.0, description="Window in seconds over which the tilt rate is measured (at least 60 s)."
+        default=3600.0, description=N_("Window in seconds over which the tilt rate is measured (at least 60 s).")
     )
     rate_clear_fraction: ClearFraction = Field(
         default=0.5,
-        description="slope_rate clears when the rate falls below this fraction of rate_deg_per_h (0-1, ratio).",
+        description=N_("slope_rate clears when the rate falls below this fraction of rate_deg_per_h (0-1, ratio)."),
     )
 
     @model_validator(mode="after")
@@ -146,55 +148,55 @@ class SlopeRule(_NodeRule):
 class RulesConfig(_RulesSection):
     """Edge alert rules (the ``rules:`` section). Every default is usable: an empty section works."""
 
-    sos: bool = Field(default=True, description="Raise an emergency on SOS pressed; clear it when cancelled.")
-    trap: bool = Field(default=True, description="Raise an alert when a trap fires; clear it when re-armed.")
+    sos: bool = Field(default=True, description=N_("Raise an emergency on SOS pressed; clear it when cancelled."))
+    trap: bool = Field(default=True, description=N_("Raise an alert when a trap fires; clear it when re-armed."))
     rivers: list[RiverRule] = Field(
-        default_factory=list, description="River stage and rate-of-rise rules, one per water_level node."
+        default_factory=list, description=N_("River stage and rate-of-rise rules, one per water_level node.")
     )
     slopes: list[SlopeRule] = Field(
-        default_factory=list, description="Tilt and tilt-rate rules, one per tilt node."
+        default_factory=list, description=N_("Tilt and tilt-rate rules, one per tilt node.")
     )
     silence_factor: float = Field(
         default=3.0,
         ge=1,
-        description="A node is silent once silence_factor x its interval_s seconds pass without a frame (ratio).",
+        description=N_("A node is silent once silence_factor x its interval_s seconds pass without a frame (ratio)."),
     )
     silence_kinds: list[NodeKind] = Field(
         default_factory=lambda: list(_NODE_KINDS),
-        description="Node kinds watched for silence (e.g. drop sos for buttons that are switched off when not "
-        "carried).",
+        description=N_("Node kinds watched for silence (e.g. drop sos for buttons that are switched off when not "
+        "carried)."),
     )
     battery_low_v: float = Field(
-        default=3.3, ge=0, description="Battery voltage in V below which battery_low is raised (0 turns it off)."
+        default=3.3, ge=0, description=N_("Battery voltage in V below which battery_low is raised (0 turns it off).")
     )
     battery_low_v_by_kind: dict[NodeKind, float] = Field(
         default_factory=dict,
-        description="Per node kind override of battery_low_v in V, e.g. {trap: 2.2} for 2 x AA cells "
-        "(0 turns it off for that kind).",
+        description=N_("Per node kind override of battery_low_v in V, e.g. {trap: 2.2} for 2 x AA cells "
+        "(0 turns it off for that kind)."),
     )
     battery_hysteresis_v: Hysteresis = Field(
-        default=0.1, description="V above the threshold the battery must reach before battery_low clears."
+        default=0.1, description=N_("V above the threshold the battery must reach before battery_low clears.")
     )
     journal_near_quota_pct: float = Field(
-        default=90.0, gt=0, le=100, description="Journal usage in % of its quota that raises journal_near_quota."
+        default=90.0, gt=0, le=100, description=N_("Journal usage in percent of its quota that raises journal_near_quota.")
     )
     journal_hysteresis_pct: Hysteresis = Field(
-        default=5.0, description="Percentage points below the threshold before journal_near_quota clears."
+        default=5.0, description=N_("Percentage points below the threshold before journal_near_quota clears.")
     )
     repeat_s: Period = Field(
         default=300.0,
-        description="Seconds between re-sends of an alert the backend has not confirmed (at least 1 s).",
+        description=N_("Seconds between re-sends of an alert the backend has not confirmed (at least 1 s)."),
     )
     deadline_s: Period = Field(
         default=86400.0,
-        description="Seconds after which an unconfirmed alert stops being re-sent (it is counted as expired).",
+        description=N_("Seconds after which an unconfirmed alert stops being re-sent (it is counted as expired)."),
     )
     siren: list[str] = Field(
         default_factory=lambda: ["sos", "river_evacuation", "river_danger", "slope"],
-        description="Alerts that sound the local siren while active, offline too: alert types (sos, trap_fired, "
+        description=N_("Alerts that sound the local siren while active, offline too: alert types (sos, trap_fired, "
         "river_stage, river_rise, slope_tilt, slope_rate, node_silent, battery_low, journal_near_quota, "
         "module_lost), a river stage (river_standby, river_caution, river_evacuation, river_danger: that stage "
-        "or higher) or slope (slope_tilt or slope_rate).",
+        "or higher) or slope (slope_tilt or slope_rate)."),
     )
 
     @model_validator(mode="before")

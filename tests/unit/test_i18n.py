@@ -505,14 +505,20 @@ def _validate(path: Path, lang: dict[str, str]) -> subprocess.CompletedProcess[s
 def test_golden_config_errors_of_each_kind(tmp_path: Path) -> None:
     """Unknown key, wrong type, out of range with its unit, a missing secret, a driver's own check and a secret
     that is never shown: the same `file:line:col: key:` prefix in both languages, the rest in the user's."""
-    cfg = tmp_path / "gw.yaml"
-    cfg.write_text(GOLDEN_CONFIG, encoding="utf-8")
+    ja, en = _assert_golden_lines(tmp_path / "gw.yaml", GOLDEN_CONFIG, GOLDEN_LINES)
+    assert "73914" not in ja + en
+
+
+def _assert_golden_lines(cfg: Path, text: str, lines: list[tuple[str, str, str]]) -> tuple[str, str]:
+    """Validate ``text`` written to ``cfg`` in both languages, check each line (place, English, Japanese), and
+    return the two outputs."""
+    cfg.write_text(text, encoding="utf-8")
     cfg.chmod(0o600)
     ja, en = _validate(cfg, JA), _validate(cfg, EN)
     assert ja.returncode == en.returncode == 2
-    assert en.stderr.splitlines() == [f"{cfg}:{place}: {english}" for place, english, _ in GOLDEN_LINES]
-    assert ja.stderr.splitlines() == [f"{cfg}:{place}: {japanese}" for place, _, japanese in GOLDEN_LINES]
-    assert "73914" not in ja.stderr + en.stderr
+    assert en.stderr.splitlines() == [f"{cfg}:{place}: {english}" for place, english, _ in lines]
+    assert ja.stderr.splitlines() == [f"{cfg}:{place}: {japanese}" for place, _, japanese in lines]
+    return ja.stderr, en.stderr
 
 
 def test_golden_yaml_syntax_error(tmp_path: Path) -> None:
@@ -557,3 +563,48 @@ def test_dead_letter_commands_in_japanese() -> None:
     assert shown.returncode == 0, shown.stderr
     assert "保管庫から項目を削除する（証拠なので --yes が必要）" in shown.stdout
     assert "\n例:\n  denen bridge dead-letters purge --before 30d --yes" in shown.stdout
+
+
+#: A bridge config (`denen config validate` picks the bridge's schema from its `sink:`) and the lines it gets:
+#: a range error whose hint is the key's description, a required secret, and a key another sink type uses.
+GOLDEN_BRIDGE = "mqtt: {client_id: bridge-1, keepalive_s: 2}\nsink:\n  type: v2\n  org: okutama\n  bucket: denen\n" \
+    "  database: denen\n"
+GOLDEN_BRIDGE_LINES = [
+    ("1:29: mqtt.keepalive_s",
+     "2 s is out of range: keepalive_s must be between 5 and 3600 s (hint: MQTT keepalive in seconds (5..3600).)",
+     "2 s は範囲外です: keepalive_s は 5〜3600 s の範囲にしてください（ヒント: MQTT のキープアライブ（秒、5〜3600）。）"),
+    ("2:1: sink.token",
+     "a v2 sink needs token, token_file or token_env (hint: an InfluxDB API token with write access to the bucket "
+     "('user:password' for the 1.8 compatibility API))",
+     "v2 のシンクには token、token_file、token_env のどれかが必要です（ヒント: バケットへの書き込み権限のある InfluxDB の "
+     "API トークン（1.8 互換 API では 'user:password'））"),
+    ("6:3: sink.database",
+     "'database' is not used by a v2 sink (hint: a v2 sink takes: url, timeout_s, org, bucket, token, token_file, "
+     "token_env; remove 'database' or change type)",
+     "'database' は v2 のシンクでは使いません（ヒント: v2 のシンクで使えるのは url, timeout_s, org, bucket, token, "
+     "token_file, token_env です。'database' を削除するか、type を変えてください）"),
+]
+
+#: A console config (top-level `http:` and `links:`): a field's own check and a secret given neither way, whose
+#: message is built of translated words ("the link secret").
+GOLDEN_CONSOLE = "http:\n  public_url: ftp://ack.example.jp\nlinks:\n  ttl_s: 3600\n"
+GOLDEN_CONSOLE_LINES = [
+    ("2:3: http.public_url",
+     "public_url 'ftp://ack.example.jp' is not an http:// or https:// URL (hint: e.g. https://ack.example.jp (what "
+     "the TLS reverse proxy publishes))",
+     "public_url 'ftp://ack.example.jp' は http:// か https:// の URL ではありません（ヒント: 例 https://ack.example.jp"
+     "（TLS リバースプロキシが公開する URL））"),
+    ("3:1: links",
+     "links needs the link secret: secret_file or secret_env (hint: e.g. secret_file: secrets/link-secret (openssl "
+     "rand -base64 48 > it; chmod 600))",
+     "links にはリンクの秘密鍵が必要です: secret_file か secret_env（ヒント: 例 secret_file: secrets/link-secret"
+     "（openssl rand -base64 48 で作り、chmod 600））"),
+]
+
+
+@pytest.mark.parametrize("name", ["bridge", "console"])
+def test_golden_backend_config_errors(tmp_path: Path, name: str) -> None:
+    """The bridge's and the console's config problems in both languages, with the same machine-readable prefix."""
+    text, lines = {"bridge": (GOLDEN_BRIDGE, GOLDEN_BRIDGE_LINES),
+                   "console": (GOLDEN_CONSOLE, GOLDEN_CONSOLE_LINES)}[name]
+    _assert_golden_lines(tmp_path / f"{name}.yaml", text, lines)

@@ -127,7 +127,7 @@ class RuleEngine:
         out: list[Alert] = []
         self._heard(ctx, st, out)
         if kind == "sos" and self.config.sos:
-            self._sos(ctx, values, out)
+            self._sos(ctx, values, out, unsigned=reading.get("auth") not in (None, "mic", "local"))
         if kind == "trap" and self.config.trap:
             self._trap(ctx, values, out)
         node_kind = info.kind if info is not None else (kind if isinstance(kind, str) else None)
@@ -362,18 +362,21 @@ class RuleEngine:
             return None
         return number >= 0.5
 
-    def _sos(self, ctx: _Ctx, values: Mapping[str, Any], out: list[Alert]) -> None:
+    def _sos(self, ctx: _Ctx, values: Mapping[str, Any], out: list[Alert], *, unsigned: bool = False) -> None:
+        """``unsigned``: the frame carried no verified MIC (a node under ``unauthenticated: flag``, a Meshtastic
+        radio): the message says so, since anyone on the channel could have sent it."""
         key = f"sos:{ctx.node}"
         switched = self._switched(values.get("pressed"), key)
         if switched:
+            ja, en = ("SOS発信（未認証）", "SOS pressed (unauthenticated)") if unsigned else ("SOS発信", "SOS pressed")
             lat, lon = _number(values.get("lat_deg")), _number(values.get("lon_deg"))
             if lat is not None and lon is not None:
                 alt = _number(values.get("alt_m"))
                 where = f"{lat:.5f}, {lon:.5f}" + (f" (alt {_n(alt, 0)} m)" if alt is not None else "")
-                text = f"SOS発信 / SOS pressed at {where}"
+                text = f"{ja} / {en} at {where}"
             else:
                 lat = lon = None
-                text = "SOS発信（位置不明） / SOS pressed, no GPS position"
+                text = f"{ja}（位置不明） / {en}, no GPS position"
             out.append(self._raise(key, "sos", EMERGENCY, ctx, text, lat_deg=lat, lon_deg=lon))
         elif switched is False:
             out.append(self._clear(key, ctx, "SOS取消 / SOS cancelled by the caller"))

@@ -392,6 +392,19 @@ def test_sos_without_a_fix_says_so_and_sos_off_in_config_raises_nothing() -> Non
     assert feed_off(SOS, "sos", T0, pressed=1) == []
 
 
+@pytest.mark.parametrize(("auth", "unsigned"), [("mic", False), ("local", False), ("none", True)])
+def test_an_sos_without_a_verified_mic_says_unauthenticated(auth: str, unsigned: bool) -> None:
+    """A Meshtastic radio or a node under unauthenticated: flag: anyone on the channel could have sent it, and the
+    person reading the alert must know."""
+    engine, feed = engine_with()
+    reading = feed.reading(SOS, "sos", T0, pressed=1, lat_deg=35.8, lon_deg=139.1)
+    reading["auth"] = auth
+    [sos] = engine.on_reading(reading)
+    assert ("未認証" in sos.message and "unauthenticated" in sos.message) is unsigned
+    assert ("未認証" in sos.message or "unauthenticated" in sos.message) is unsigned
+    assert sos.message.startswith("SOS発信") and "35.80000" in sos.message
+
+
 def test_trap_fired_and_re_armed() -> None:
     engine, feed = engine_with()
     assert feed(TRAP, "trap", T0, fired=0) == []

@@ -270,7 +270,7 @@ class Gateway:
         quarantined: list[Quarantined] = []
         urgent = False
         self._warn.tick()
-        if self.journal.changed_elsewhere():
+        if self.journal.changed_elsewhere(woken=any(type(e) is Wake for e in events)):
             # Before this wake-up's frames: a frame heard after the request is judged by the new window.
             take_requests(self.journal, self.decoder, done=self._done, audit=self._audit, count=self._count)
         for event in events:

@@ -12,23 +12,30 @@ from agent.errors import JournalError
 log = logging.getLogger("agent.gateway.journal")  # the journal's log: a migration is part of opening it
 
 #: 2: reading.boot_us (clock correction). 3: node.unsigned_fcnt (a separate replay window for frames without MIC),
-#: tables request and audit. Older journals are migrated on open.
-SCHEMA_VERSION = 3
+#: tables request and audit. 4: reading.seq without AUTOINCREMENT. Older journals are migrated on open.
+SCHEMA_VERSION = 4
 
 PAGE_SIZE = 1024  # bytes per database page of a new journal
 WAL_CHECKPOINT_BYTES = 1 << 20  # the WAL is checkpointed into the database once it holds about this many bytes
 
-DDL = """
-CREATE TABLE IF NOT EXISTS reading (
-    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+# seq is given by the journal (Journal._last_seq + 1, kept in memory while it is open), so it needs no
+# AUTOINCREMENT: that keeps a high-water mark in sqlite_sequence, one more page written by every commit of a
+# reading (measured at 20 and 2 frames/s, tests/bench/bench_field.py). Nothing outside an open journal refers to a
+# seq: the publisher starts again from the journal in a new process and after a journal is replaced.
+READING_COLUMNS = """(
+    seq   INTEGER PRIMARY KEY,
     lane  INTEGER NOT NULL,
     node  TEXT NOT NULL,
     fcnt  INTEGER NOT NULL,
     ts_us INTEGER NOT NULL,
     body  TEXT NOT NULL,
     boot_us INTEGER
-);
-CREATE INDEX IF NOT EXISTS reading_lane ON reading(lane, seq);
+)"""
+READING_INDEX = "CREATE INDEX IF NOT EXISTS reading_lane ON reading(lane, seq)"
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS reading {READING_COLUMNS};
+{READING_INDEX};
 CREATE TABLE IF NOT EXISTS node (
     node         TEXT PRIMARY KEY,
     name         TEXT,
@@ -106,7 +113,7 @@ def upgrade(db: sqlite3.Connection, path: str) -> None:
     row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
     if row is None:
         db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-    elif row[0] in ("1", "2"):
+    elif row[0] in ("1", "2", "3"):
         migrate(db, path, int(row[0]))
     elif row[0] != str(SCHEMA_VERSION):
         raise JournalError(f"{path}: journal schema {row[0]}, this agent reads {SCHEMA_VERSION}")
@@ -115,22 +122,35 @@ def upgrade(db: sqlite3.Connection, path: str) -> None:
 
 
 def migrate(db: sqlite3.Connection, path: str, version: int) -> None:
-    """Bring a journal of schema ``version`` (1 or 2) to SCHEMA_VERSION, in one transaction."""
+    """Bring a journal of schema ``version`` (1 to 3) to SCHEMA_VERSION, in one transaction."""
     db.execute("BEGIN IMMEDIATE")
     try:
         if version < 2:
             # Version 1 lacks boot_us; its readings were all published as stamped, so NULL is right for them.
             db.execute("ALTER TABLE reading ADD COLUMN boot_us INTEGER")
-        # Up to version 2 one window served frames with and without MIC. It becomes both windows: nothing
-        # refused before is accepted after the upgrade. (A window an unsigned frame pushed up stays up until
-        # `denen node reset-counter`.)
-        # A journal made before the node table existed gets it from the current DDL, column included.
-        if "unsigned_fcnt" not in {r[1] for r in db.execute("PRAGMA table_info(node)")}:
-            db.execute("ALTER TABLE node ADD COLUMN unsigned_fcnt INTEGER")
-        db.execute("UPDATE node SET unsigned_fcnt = last_fcnt")
+        if version < 3:
+            # Up to version 2 one window served frames with and without MIC. It becomes both windows: nothing
+            # refused before is accepted after the upgrade. (A window an unsigned frame pushed up stays up until
+            # `denen node reset-counter`.)
+            # A journal made before the node table existed gets it from the current DDL, column included.
+            if "unsigned_fcnt" not in {r[1] for r in db.execute("PRAGMA table_info(node)")}:
+                db.execute("ALTER TABLE node ADD COLUMN unsigned_fcnt INTEGER")
+            db.execute("UPDATE node SET unsigned_fcnt = last_fcnt")
+        _rebuild_reading(db)
         db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
     log.info("%s: journal schema %d migrated to %d", path, version, SCHEMA_VERSION)
+
+
+def _rebuild_reading(db: sqlite3.Connection) -> None:
+    """The reading table as READING_COLUMNS (no AUTOINCREMENT), every row kept with its seq; inside the
+    migration's transaction. Dropping the old table drops its indexes and its sqlite_sequence row."""
+    db.execute(f"CREATE TABLE reading_new {READING_COLUMNS}")
+    db.execute("INSERT INTO reading_new(seq, lane, node, fcnt, ts_us, body, boot_us) "
+               "SELECT seq, lane, node, fcnt, ts_us, body, boot_us FROM reading")
+    db.execute("DROP TABLE reading")
+    db.execute("ALTER TABLE reading_new RENAME TO reading")
+    db.execute(READING_INDEX)

@@ -1,4 +1,4 @@
-"""The journal's schema 3 (issue 10): two replay windows per node, migrated from one; operator requests and the
+"""The journal's schema 3 and 4 (issue 10): two replay windows per node, migrated from one; operator requests and the
 audit trail; nodes forgotten; files created private and never through a symbolic link."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_an_older_journal_is_migrated_with_its_shared_window_as_both_windows(tmp
     _old_journal(tmp_path / "j.db", version)
     j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
     try:
-        assert j.meta()["schema"] == str(SCHEMA_VERSION) == "3"
+        assert j.meta()["schema"] == str(SCHEMA_VERSION) == "4"
         nodes = j.nodes()
         # Nothing refused before the upgrade is accepted after it: the old window becomes both.
         assert (nodes["00000031"].last_fcnt, nodes["00000031"].unsigned_fcnt) == (0xFFFF_FFFF, 0xFFFF_FFFF)
@@ -60,8 +60,39 @@ def test_an_older_journal_is_migrated_with_its_shared_window_as_both_windows(tmp
         assert [a.user for a in j.audit()] == ["pi"]
     finally:
         j.close()
-    # Opened again: already schema 3, nothing to migrate.
+    # Opened again: already the current schema, nothing to migrate.
     Journal(tmp_path / "j.db", quota_bytes=1 << 30).close()
+
+
+def test_a_schema_3_journal_loses_autoincrement_and_keeps_its_readings_and_windows(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    db = sqlite3.connect(path)
+    db.executescript(_V2_DDL.replace("frames_bad INTEGER NOT NULL DEFAULT 0);",
+                                     "frames_bad INTEGER NOT NULL DEFAULT 0, unsigned_fcnt INTEGER);"))
+    db.execute("INSERT INTO meta VALUES ('schema', '3')")
+    db.execute("INSERT INTO node(node, last_fcnt, unsigned_fcnt) VALUES ('00000031', 7, 2)")
+    db.executemany("INSERT INTO reading(lane, node, fcnt, ts_us, body, boot_us) VALUES (?, '00000031', ?, 5, ?, ?)",
+                   [(TELEMETRY, 1, '{"a":1}', None), (TELEMETRY, 2, '{"a":2}', 99), (TELEMETRY, 3, '{"a":3}', None)])
+    db.execute("DELETE FROM reading WHERE seq=3")
+    db.commit()
+    db.close()
+    j = Journal(path, quota_bytes=1 << 30)
+    try:
+        assert j.meta()["schema"] == str(SCHEMA_VERSION) == "4"
+        sql = j._db.execute("SELECT sql FROM sqlite_master WHERE name='reading'").fetchone()[0]
+        assert "AUTOINCREMENT" not in sql.upper()
+        indexes = {r[0] for r in j._db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"reading_lane", "reading_unsynced"} <= indexes
+        # Rows, seqs and the clock-correction mark are kept; a schema 3 journal's two windows are not touched.
+        assert j.pending(TELEMETRY, after_seq=0, limit=10) == [(1, '{"a":1}'), (2, '{"a":2}')]
+        assert j.unsynced_count() == 1
+        st = j.nodes()["00000031"]
+        assert (st.last_fcnt, st.unsigned_fcnt) == (7, 2)
+        assert j.commit(entries=[Entry(TELEMETRY, "00000031", 4, 6, "{}")]) == [3]
+        # A commit no longer writes a high-water mark: the page that held it is not among the commit's pages.
+        assert j._db.execute("SELECT COUNT(*) FROM sqlite_sequence WHERE name='reading'").fetchone()[0] == 0
+    finally:
+        j.close()
 
 
 def test_both_windows_persist(tmp_path: Path) -> None:
@@ -94,6 +125,29 @@ def test_requests_are_seen_through_data_version_and_done_with_their_audit_line(t
         row = j._db.execute("SELECT done_us, result FROM request WHERE id=?", (req.id,)).fetchone()
         assert row[0] is not None and row[1] == "node 00000031: windows reset"
         assert [(a.node, a.detail) for a in j.audit()] == [("00000031", "with MIC 5 -> none")]
+    finally:
+        j.close()
+
+
+def test_a_core_not_woken_for_a_request_looks_for_it_at_most_every_second(tmp_path: Path, monkeypatch) -> None:
+    import agent.gateway.journal as journal_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(journal_module.time, "monotonic", lambda: clock[0])
+    j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
+    try:
+        assert j.changed_elsewhere(woken=False)  # the first look is never skipped
+        other = sqlite3.connect(tmp_path / "j.db", isolation_level=None)
+        other.execute("INSERT INTO request(ts_us, user, action, node) VALUES (7, 'pi', 'reset_counter', '00000031')")
+        other.close()
+        clock[0] += journal_module.LOOK_ELSEWHERE_S / 2
+        assert not j.changed_elsewhere(woken=False)  # a frame's wake-up: not looked at yet
+        assert j.changed_elsewhere(woken=True)  # SIGUSR1 from the command: looked at at once
+        other = sqlite3.connect(tmp_path / "j.db", isolation_level=None)
+        other.execute("INSERT INTO request(ts_us, user, action, node) VALUES (8, 'pi', 'reset_counter', '00000032')")
+        other.close()
+        clock[0] += journal_module.LOOK_ELSEWHERE_S
+        assert j.changed_elsewhere(woken=False)  # no signal (another user): seen within LOOK_ELSEWHERE_S
     finally:
         j.close()
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from agent import __version__
 from agent.errors import AgentError
+from agent.i18n import N_, _
 
 __all__ = [
     "BUNDLE_NAME",
@@ -207,7 +208,7 @@ def config_warnings_quiet() -> Iterator[None]:
 # Checking a bundle
 
 
-_AGAIN = "flash it again with `denen flash CONFIG TARGET`"
+_AGAIN = N_("flash it again with `denen flash CONFIG TARGET`")
 
 
 def verify(bundle: str | os.PathLike[str]) -> FlashedConfig:
@@ -224,16 +225,18 @@ def verify(bundle: str | os.PathLike[str]) -> FlashedConfig:
     """
     root = Path(bundle)
     if not root.is_dir():
-        raise FlashError(f"no flashed bundle at {root}")
+        raise FlashError(_("no flashed bundle at {root}").format(root=root))
     manifest = _read_manifest(root)
     files = manifest.get("files")
     if not isinstance(files, dict) or CONFIG_NAME not in files:
-        raise FlashError(f"bundle {root}: {MANIFEST_NAME} lists no {CONFIG_NAME} (hint: {_AGAIN})")
+        raise FlashError(_("bundle {root}: {manifest} lists no {config} (hint: {again})").format(
+            root=root, manifest=MANIFEST_NAME, config=CONFIG_NAME, again=_(_AGAIN)))
     for name, entry in files.items():
         _check_file(root, name, entry)
     digest = bundle_digest(files)
     if manifest.get("digest") != digest:
-        raise FlashError(f"bundle {root}: the manifest's digest does not match its file list (hint: {_AGAIN})")
+        raise FlashError(_("bundle {root}: the manifest's digest does not match its file list (hint: {again})").format(
+            root=root, again=_(_AGAIN)))
     for extra in _unlisted(root, files):
         log.info("bundle %s: %s is not in the manifest; ignored", root, extra)
     return FlashedConfig(root, root / CONFIG_NAME, files[CONFIG_NAME]["sha256"], digest, manifest)
@@ -245,20 +248,26 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise FlashError(f"bundle {root} has no {MANIFEST_NAME}: the flash did not finish (hint: {_AGAIN})") from None
+        raise FlashError(_("bundle {root} has no {manifest}: the flash did not finish (hint: {again})").format(
+            root=root, manifest=MANIFEST_NAME, again=_(_AGAIN))) from None
     except OSError as exc:
-        raise FlashError(f"bundle {root}: cannot read {MANIFEST_NAME}: {exc.strerror} (hint: {_AGAIN})") from None
+        raise FlashError(_("bundle {root}: cannot read {name}: {error} (hint: {again})").format(
+            root=root, name=MANIFEST_NAME, error=exc.strerror, again=_(_AGAIN))) from None
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FlashError(f"bundle {root}: {MANIFEST_NAME} is damaged (not JSON) (hint: {_AGAIN})") from None
+        raise FlashError(_("bundle {root}: {manifest} is damaged (not JSON) (hint: {again})").format(
+            root=root, manifest=MANIFEST_NAME, again=_(_AGAIN))) from None
     if not isinstance(manifest, dict):
-        raise FlashError(f"bundle {root}: {MANIFEST_NAME} is damaged (not a JSON object) (hint: {_AGAIN})")
+        raise FlashError(_("bundle {root}: {manifest} is damaged (not a JSON object) (hint: {again})").format(
+            root=root, manifest=MANIFEST_NAME, again=_(_AGAIN)))
     schema = manifest.get("schema")
     if not isinstance(schema, str) or schema.split("/")[0] != MANIFEST_SCHEMA.split("/")[0]:
-        raise FlashError(f"bundle {root}: {MANIFEST_NAME} is not a denen flash manifest (schema {schema!r})")
+        raise FlashError(_("bundle {root}: {manifest} is not a denen flash manifest (schema {schema})").format(
+            root=root, manifest=MANIFEST_NAME, schema=repr(schema)))
     if schema != MANIFEST_SCHEMA:
         raise FlashError(
-            f"bundle {root} was written as {schema}, this agent reads {MANIFEST_SCHEMA} (hint: flash it with the "
-            f"denen version installed on the gateway, {__version__})"
+            _("bundle {root} was written as {schema}, this agent reads {reads} (hint: flash it with the denen "
+              "version installed on the gateway, {version})").format(root=root, schema=schema, reads=MANIFEST_SCHEMA,
+                                                                     version=__version__)
         )
     return manifest
 
@@ -267,19 +276,22 @@ def _check_file(root: Path, name: object, entry: object) -> None:
     """Check one manifest entry: a path inside the bundle, a regular file, the size and SHA-256 listed."""
     rel = _safe_relpath(name)
     if rel is None or not isinstance(entry, dict):
-        raise FlashError(f"bundle {root}: {MANIFEST_NAME} has an invalid entry {name!r} (hint: {_AGAIN})")
+        raise FlashError(_("bundle {root}: {manifest} has an invalid entry {name} (hint: {again})").format(
+            root=root, manifest=MANIFEST_NAME, name=repr(name), again=_(_AGAIN)))
     path = root.joinpath(*rel.parts)
     try:
         if path.is_symlink() or not path.is_file():
-            raise FlashError(f"bundle {root}: {name} is missing (hint: {_AGAIN})")
+            raise FlashError(_("bundle {root}: {name} is missing (hint: {again})").format(
+                root=root, name=name, again=_(_AGAIN)))
         size = path.stat().st_size
         digest = sha256_file(path)
     except OSError as exc:
-        raise FlashError(f"bundle {root}: cannot read {name}: {exc.strerror} (hint: {_AGAIN})") from None
+        raise FlashError(_("bundle {root}: cannot read {name}: {error} (hint: {again})").format(
+            root=root, name=name, error=exc.strerror, again=_(_AGAIN))) from None
     if size != entry.get("bytes") or digest != entry.get("sha256"):
         raise FlashError(
-            f"bundle {root}: {name} is corrupt (its SHA-256 does not match the manifest; the card may be "
-            f"failing) (hint: {_AGAIN}, or use another card)"
+            _("bundle {root}: {name} is corrupt (its SHA-256 does not match the manifest; the card may be failing) "
+              "(hint: {again}, or use another card)").format(root=root, name=name, again=_(_AGAIN))
         )
 
 

@@ -223,6 +223,38 @@ def _corrupt(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_a_damaged_bundle_is_told_in_the_installers_language(tmp_path: Path, card: Path, lang: str) -> None:
+    from agent import i18n  # noqa: PLC0415
+
+    fl.flash(_config(tmp_path), card)
+    bundle = card / "denen"
+    _corrupt(bundle / "config.yaml")
+    (bundle / "secrets" / "node-sos-1.key").unlink()
+    i18n.set_language(lang)
+    try:
+        with pytest.raises(FlashError) as corrupt:
+            verify(bundle)
+        (bundle / "MANIFEST.json").write_text("{not json")
+        with pytest.raises(FlashError) as damaged:
+            verify(bundle)
+    finally:
+        i18n.set_language(None)
+    # The listed files are checked in the manifest's order: config.yaml comes first.
+    want = {
+        "en": (f"bundle {bundle}: config.yaml is corrupt (its SHA-256 does not match the manifest; the card may be "
+               "failing) (hint: flash it again with `denen flash CONFIG TARGET`, or use another card)",
+               f"bundle {bundle}: MANIFEST.json is damaged (not JSON) (hint: flash it again with `denen flash CONFIG "
+               "TARGET`)"),
+        "ja": (f"バンドル {bundle}: config.yaml が壊れています（SHA-256 がマニフェストと合いません。カードが故障しかけている"
+               "可能性があります）（ヒント: `denen flash CONFIG TARGET` で書き込み直してください。または別のカードを使って"
+               "ください）",
+               f"バンドル {bundle}: MANIFEST.json が壊れています（JSON ではありません）（ヒント: `denen flash CONFIG TARGET` "
+               "で書き込み直してください）"),
+    }[lang]
+    assert (str(corrupt.value), str(damaged.value)) == want
+
+
 def test_verify_refuses_corrupt_and_incomplete_bundles(tmp_path: Path, card: Path) -> None:
     fl.flash(_config(tmp_path), card)
     bundle = card / "denen"

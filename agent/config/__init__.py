@@ -78,17 +78,25 @@ from agent.config.models import (
     load_config,
     parse_config,
 )
-from agent.config.mqtt import MqttConfig, TlsConfig, is_loopback_host, tls_insecure_warning
+from agent.config.mqtt import (
+    MqttConfig,
+    TlsConfig,
+    is_loopback_host,
+    tls_insecure_warning,
+)
 from agent.config.nodes import NODE_KINDS, LocationConfig, NodeConfig, normalise_node_id
 from agent.config.radio import (
     BUILTIN_DRIVERS,
     SECTION_FOR_DRIVER,
-    Es920Config,
-    P2pConfig,
     RadioConfig,
     driver_names,
 )
-from agent.config.reference import config_json_schema, config_reference, write_json_schema, write_reference
+from agent.config.reference import (
+    config_json_schema,
+    config_reference,
+    write_json_schema,
+    write_reference,
+)
 from agent.config.secrets import (
     SECRET_FILE,
     SecretFile,
@@ -104,6 +112,8 @@ from agent.config.values import (
     config_problems,
     resolve_config_path,
 )
+from drivers.es920lr_settings import Es920Config
+from drivers.rak3172_settings import P2pConfig
 
 __all__ = [
     "BUILTIN_DRIVERS",

@@ -89,7 +89,11 @@ class ModelFile(Generic[_M]):
             one run reports everything; each problem is placed at its key's line.
         warnings: Valid settings that are probably a mistake, found on the validated model; returned and logged.
         hex_text_keys: Key paths whose unquoted all-digit values are turned back into the digits written (see
-            ``agent.config.models._HEX_TEXT_KEYS``); ``int`` in a path matches any list index.
+            ``agent.config.models._HEX_TEXT_KEYS``); ``int`` in a path matches any list index. Or a function of
+            the loaded data returning them (paths that depend on what the file holds, e.g. its radios' drivers).
+        model_for: The model to validate the plain data with, chosen from it (a subclass of ``model`` typed for
+            what the file holds, e.g. only the drivers its radios name); default ``model``. Problems are
+            described from that model.
         example: The example file named in the hints for an empty file or a top level that is not a mapping.
         sections: Top-level keys named in the message for a top level that is not a mapping; default: the
             model's first two fields.
@@ -99,10 +103,11 @@ class ModelFile(Generic[_M]):
     model: type[_M]
     checks: Callable[[dict[str, Any]], Iterable[Found]] | None = None
     warnings: Callable[[_M], Iterable[Found]] | None = None
-    hex_text_keys: Sequence[tuple[object, ...]] = ()
+    hex_text_keys: Sequence[tuple[object, ...]] | Callable[[Any], Sequence[tuple[object, ...]]] = ()
     example: str = "config/demo.yaml"
     sections: Sequence[str] | None = None
     service_user: str = "the agent's user"
+    model_for: Callable[[Any], type[_M]] | None = None
 
     def load(self, path: str | os.PathLike[str], *, check_modes: bool = True) -> tuple[_M, tuple[ConfigIssue, ...]]:
         """Read and parse a file; relative paths in it are resolved against its directory.
@@ -142,12 +147,14 @@ class ModelFile(Generic[_M]):
         root_node, data = _compose(text, source)
         _check_top_level(root_node, data, source, self.model, self.example, self.sections)
         issues: list[ConfigIssue] = _duplicate_key_issues(root_node, source) if root_node is not None else []
-        plain = _plain_data(text, data, source, self.hex_text_keys)
-        result = _validate(plain, self.model, data, source, base, issues)
+        hex_keys = self.hex_text_keys(data) if callable(self.hex_text_keys) else self.hex_text_keys
+        plain = _plain_data(text, data, source, hex_keys)
+        model = self.model_for(plain) if self.model_for is not None else self.model
+        result = _validate(plain, model, data, source, base, issues)
         found = list(self.checks(plain)) if self.checks is not None else []
         # On the plain data, so that it is reported with every other problem, even when validation failed.
         mode_errors, mode_warnings = _secret_mode_problems(
-            plain, self.model, source=source, base_dir=base, file_mode=file_mode,
+            plain, model, source=source, base_dir=base, file_mode=file_mode,
             secret_file_modes=secret_file_modes, service_user=self.service_user)
         issues.extend(_issue_at(data, source, loc, message, hint) for loc, message, hint in [*found, *mode_errors])
         if file_mode is not None and stat.S_IMODE(file_mode) & stat.S_IWOTH:

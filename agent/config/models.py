@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import (
@@ -10,6 +13,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -18,7 +22,12 @@ from agent.config.checks import _collection_problems, _warning_problems
 from agent.config.loader import ModelFile
 from agent.config.mqtt import MqttConfig
 from agent.config.nodes import NodeConfig
-from agent.config.radio import RadioConfig, section_hex_text_keys
+from agent.config.radio import (
+    RadioConfig,
+    drivers_named,
+    radio_model,
+    section_hex_text_keys,
+)
 from agent.config.values import _CTX_LOADER, TopLevel, _resolve_path
 from agent.errors import ConfigIssue
 from agent.gateway.fieldio_config import GpioConfig
@@ -186,13 +195,28 @@ class Config(TopLevel):
         return self._warnings
 
 
+def config_model(drivers: Iterable[str]) -> type[Config]:
+    """:class:`Config` with the settings sections of ``drivers`` typed (see :func:`radio_model`; those drivers'
+    modules are imported): what the loader validates a file with (the drivers its radios name), and with every
+    driver the JSON Schema and the key reference. Built once per set of drivers."""
+    return _config_with_radios(radio_model(drivers))
+
+
+@functools.lru_cache(maxsize=64)
+def _config_with_radios(radio: type[RadioConfig]) -> type[Config]:
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "Config", __base__=Config, __doc__=Config.__doc__, __module__=__name__,
+        radios=(list[radio], copy.copy(Config.model_fields["radios"])),  # type: ignore[valid-type]
+    )
+
+
 # Keys whose values are hex text. YAML reads an unquoted all-digit value such as 00000101 as the decimal number
 # 101, which would silently become a different node id or key. ruamel keeps the digit count of such numbers, so
-# they are turned back into the text the installer wrote. Numbers written in YAML hex (0x...) stay numbers.
+# they are turned back into the text the installer wrote. Numbers written in YAML hex (0x...) stay numbers. The
+# drivers' sections add theirs (section_hex_text_keys), for the drivers a file names.
 _HEX_TEXT_KEYS: tuple[tuple[object, ...], ...] = (
     ("nodes", int, "id"),
     ("nodes", int, "key"),
-    *section_hex_text_keys(),
     ("rules", "rivers", int, "node"),
     ("rules", "slopes", int, "node"),
     ("gpio", "rain_gauge", "node_id"),
@@ -238,11 +262,22 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.Path
     return _with_warnings(*CONFIG_FILE.parse(text, source=source, base_dir=base_dir))
 
 
+def _hex_text_keys(data: object) -> tuple[tuple[object, ...], ...]:
+    """:data:`_HEX_TEXT_KEYS` and those of the settings sections of the drivers the raw data names."""
+    radios = data.get("radios") if isinstance(data, Mapping) else None
+    return (*_HEX_TEXT_KEYS, *section_hex_text_keys(drivers_named(radios)))
+
+
+def _model_for(plain: object) -> type[Config]:
+    """The Config model for the raw data: typed sections for the drivers its radios name, no other driver loaded."""
+    return config_model(drivers_named(plain.get("radios") if isinstance(plain, Mapping) else None))
+
+
 #: The gateway's config file, for the generic loader.
 CONFIG_FILE: ModelFile[Config] = ModelFile(
     Config,
     checks=lambda plain: _collection_problems(plain.get("radios"), plain.get("nodes")),
-    warnings=_warning_problems, hex_text_keys=_HEX_TEXT_KEYS, example="config/demo.yaml",
+    warnings=_warning_problems, hex_text_keys=_hex_text_keys, model_for=_model_for, example="config/demo.yaml",
     sections=("gateway", "radios"), service_user="the agent's user",
 )
 

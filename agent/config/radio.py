@@ -1,13 +1,18 @@
 """Radio modules: ``radios[]``, with each registered driver's own settings section (``p2p:``, ``es920:`` ...).
 
-Nothing here names a driver: the driver names, their settings sections and the sections' models come from the
-driver registry (:mod:`drivers.registry`), so a new driver's section is a key of ``radios[]`` without a change
-here. A driver registered after this module was imported is accepted by name, but takes no section.
+Nothing here names a driver: the driver names, their settings sections and summaries come from the driver
+registry's listings (:func:`drivers.registry.listings`), which load no driver, so a new driver's section is a key
+of ``radios[]`` without a change here. A section's model lives in its driver's module and is imported only for a
+config whose radios use that driver: :data:`RadioConfig` holds every section as a loose optional key and
+validates each radio as :func:`radio_model` of its own driver, so a gateway with RAK3172 radios never imports the
+Modbus or Meshtastic drivers. ``radio_model(BUILTIN_DRIVERS)`` types every section (the JSON Schema and the key
+reference). A driver registered after this module was imported is accepted by name, but takes no section.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import (
@@ -22,13 +27,13 @@ from agent.config.values import _CTX_LOADER, Found, _get
 from drivers import registry
 from drivers.settings import N_, Problem, Problems, Section, Text, choices_hint, problem
 
-_SPECS = registry.specs()
+_LISTINGS = registry.listings()
 
-#: The drivers this schema has a settings section for (the registered ones when it was built), in registry order.
-BUILTIN_DRIVERS: tuple[str, ...] = tuple(s.name for s in _SPECS)
+#: The drivers this schema has a settings section for (the built-in ones), in drivers/all.py's order.
+BUILTIN_DRIVERS: tuple[str, ...] = tuple(listing.name for listing in _LISTINGS)
 
 #: Which settings section belongs to which driver. A driver not listed here takes no section.
-SECTION_FOR_DRIVER: dict[str, str] = {s.name: s.section for s in _SPECS if s.section is not None}
+SECTION_FOR_DRIVER: dict[str, str] = {ls.name: ls.section for ls in _LISTINGS if ls.section is not None}
 
 _OWNER_OF_SECTION = {section: driver for driver, section in SECTION_FOR_DRIVER.items()}
 
@@ -36,10 +41,12 @@ _NAME_RADIO = r"^[a-z0-9_-]{1,32}$"
 
 
 def __getattr__(name: str) -> Any:
-    """The drivers' settings models by class name (``P2pConfig`` ...), which agent.config re-exports."""
-    for s in registry.specs():
-        if s.settings is not None and s.settings.__name__ == name:
-            return s.settings
+    """The drivers' settings models by class name (``ModbusConfig`` ...); loads every driver, so only for names
+    that can be one (import machinery and type checkers probe other names)."""
+    if name.endswith("Config"):
+        for s in registry.specs():
+            if s.settings is not None and s.settings.__name__ == name:
+                return s.settings
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -69,7 +76,7 @@ class _Radio(Section):
         examples=["lora0"],
     )
     driver: str = Field(
-        description=f"Module driver: {_listing([f'{s.name} ({s.summary})' for s in _SPECS])}.",
+        description=f"Module driver: {_listing([f'{ls.name} ({ls.summary})' for ls in _LISTINGS])}.",
         json_schema_extra=_driver_enum_schema,
     )
     port: str = Field(
@@ -113,29 +120,71 @@ class _Radio(Section):
                 raise Problems(problems)
         return self
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _as_own_driver(cls, data: Any, handler: Callable[[Any], Any], info: ValidationInfo) -> Any:
+        # RadioConfig holds every section loosely; a radio is validated as the model of its own driver, whose
+        # section is typed (imported now), so a radio built in Python gets its settings model as the loader's do.
+        if cls is RadioConfig and isinstance(data, Mapping):
+            driver = data.get("driver")
+            if isinstance(driver, str) and driver in SECTION_FOR_DRIVER:
+                return radio_model((driver,)).model_validate(data, context=info.context)
+        return handler(data)
 
-def _section_field(spec: registry.DriverSpec) -> tuple[Any, Any]:
-    doc = getattr(spec.settings, "section_doc", "Settings")
-    return (spec.settings | None, Field(  # type: ignore[operator]
+
+def _section_field(driver: str, typed: bool) -> tuple[Any, Any]:
+    if not typed:
+        return (Any, Field(default=None, description=f"Settings for driver {driver} only."))
+    settings = registry.spec(driver).settings
+    doc = getattr(settings, "section_doc", "Settings")
+    return (settings | None, Field(  # type: ignore[operator]
         default=None,
-        description=f"{doc} for driver {spec.name} only; the defaults apply when the section is absent.",
+        description=f"{doc} for driver {driver} only; the defaults apply when the section is absent.",
     ))
 
 
+def _make_radio_model(typed: tuple[str, ...], base: type[_Radio]) -> type[_Radio]:
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "RadioConfig",
+        __base__=base,
+        __doc__=_Radio.__doc__,
+        __module__=__name__,
+        **{section: _section_field(driver, driver in typed) for driver, section in SECTION_FOR_DRIVER.items()},
+    )
+
+
 #: One radio module on a serial port: the common keys, then one optional settings section per driver that has one.
-RadioConfig = create_model(  # type: ignore[call-overload]
-    "RadioConfig",
-    __base__=_Radio,
-    __doc__=_Radio.__doc__,
-    __module__=__name__,
-    **{s.section: _section_field(s) for s in _SPECS if s.section is not None and s.settings is not None},
-)
+#: Validating one returns a :func:`radio_model` of its own driver (a subclass), with that driver's section typed.
+RadioConfig = _make_radio_model((), _Radio)
 
 
-def section_hex_text_keys() -> tuple[tuple[object, ...], ...]:
-    """Where the drivers' sections hold hex text (``("radios", int, section, key)``), for the YAML loader."""
-    return tuple(("radios", int, s.section, key) for s in _SPECS if s.section is not None and s.settings is not None
-                 for key in getattr(s.settings, "hex_text_keys", ()))
+@functools.lru_cache(maxsize=64)
+def _typed_radio_model(typed: tuple[str, ...]) -> type[_Radio]:
+    return _make_radio_model(typed, RadioConfig)
+
+
+def radio_model(drivers: Iterable[str]) -> type[_Radio]:
+    """The radio model whose sections of ``drivers`` are typed by their drivers' settings models (those drivers'
+    modules are imported); the other sections stay loose keys, so a section given to the wrong driver is still
+    reported (:func:`_section_problems`). Built once per set of drivers. Names without a section are ignored."""
+    wanted = set(drivers)
+    return _typed_radio_model(tuple(d for d in SECTION_FOR_DRIVER if d in wanted))
+
+
+def drivers_named(radios: object) -> tuple[str, ...]:
+    """The known drivers named by ``radios[].driver`` in raw data (anything: invalid entries are skipped), in
+    registry order."""
+    items = radios if isinstance(radios, Sequence) and not isinstance(radios, str) else ()
+    named = {r.get("driver") for r in items if isinstance(r, Mapping) and isinstance(r.get("driver"), str)}
+    return tuple(d for d in BUILTIN_DRIVERS if d in named)
+
+
+def section_hex_text_keys(drivers: Iterable[str]) -> tuple[tuple[object, ...], ...]:
+    """Where the sections of ``drivers`` hold hex text (``("radios", int, section, key)``), for the YAML loader
+    (those drivers' modules are imported)."""
+    wanted = set(drivers)
+    return tuple(("radios", int, section, key) for driver, section in SECTION_FOR_DRIVER.items() if driver in wanted
+                 for key in getattr(registry.spec(driver).settings, "hex_text_keys", ()))
 
 
 def section_warnings(radios: Sequence[Any]) -> list[Found]:
@@ -144,7 +193,7 @@ def section_warnings(radios: Sequence[Any]) -> list[Found]:
     for i, radio in enumerate(radios):
         section = SECTION_FOR_DRIVER.get(radio.driver)
         settings = getattr(radio, section, None) if section is not None else None
-        if settings is not None:
+        if isinstance(settings, Section):
             found.extend((("radios", i, section, *p.subloc), p.message, p.hint) for p in settings.setting_warnings())
     return found
 

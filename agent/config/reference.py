@@ -13,14 +13,20 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from agent.config.models import Config
+from agent.config.models import Config, config_model
+from agent.config.radio import BUILTIN_DRIVERS
 from agent.config.values import _unwrap
 from drivers import registry
 
 
+def _every_driver() -> type[Config]:
+    """:class:`Config` with every built-in driver's settings section typed (imports every driver)."""
+    return config_model(BUILTIN_DRIVERS)
+
+
 def config_json_schema() -> dict[str, Any]:
     """Return the JSON Schema of the config file (with titles and descriptions), for editor completion."""
-    return Config.model_json_schema(mode="validation")
+    return _every_driver().model_json_schema(mode="validation")
 
 
 def write_json_schema(path: str | os.PathLike[str]) -> None:
@@ -166,15 +172,15 @@ Rules worth knowing:
 
 
 def _drivers_text() -> str:
-    """```rak3172` (`p2p:`), `es920lr` (`es920:`) ...``: every registered driver and its section, in registry order."""
-    words = [f"`{s.name}`" + (f" (`{s.section}:`)" if s.section else "") for s in registry.specs()]
+    """```rak3172` (`p2p:`), `es920lr` (`es920:`) ...``: every built-in driver and its section, in registry order."""
+    words = [f"`{ls.name}`" + (f" (`{ls.section}:`)" if ls.section else "") for ls in registry.listings()]
     return ", ".join(words)
 
 
 def config_reference() -> str:
     """Return the Markdown reference of every config key (the content of config/README.md)."""
     sections: list[str] = [_REFERENCE_INTRO.replace("@DRIVERS@", _drivers_text())]
-    for name, field in Config.model_fields.items():
+    for name, field in _every_driver().model_fields.items():
         inner, is_list = _unwrap(field.annotation)
         sections.append(f"\n### `{name}`\n\n{field.description}\n\n")
         if isinstance(inner, type) and issubclass(inner, BaseModel):

@@ -18,18 +18,23 @@ from pydantic import (
     model_validator,
 )
 
-from drivers.settings import N_
+from drivers.settings import N_, problem
 
 # Pin names gpiozero accepts (pins/data.py): GPIO17, BCM17, BOARD11, J8:11, WPI0; or a bare BCM number.
 _PIN_NAME = re.compile(r"^(?:(?:GPIO|BCM|BOARD|WPI)\d{1,2}|J8:\d{1,2})$", re.IGNORECASE)
 
 
+#: How to write a pin, and a rain gauge's node id, for each of their problems.
+_PIN_HINT = N_("write a BCM number (17) or a name gpiozero knows: GPIO17, BCM17, BOARD11 or J8:11")
+_NODE_HINT = N_("e.g. node_id: \"0000a001\", an id no radio node has")
+
+
 def _check_pin(value: object) -> int | str:
     if isinstance(value, bool):
-        raise ValueError("pin must be a BCM number or a pin name, not true/false")
+        raise problem(N_("pin must be a BCM number or a pin name, not true/false"), _PIN_HINT)
     if isinstance(value, int):
         if not 0 <= value <= 53:
-            raise ValueError(f"BCM pin number must be 0..53, got {value}")
+            raise problem(N_("BCM pin number must be 0..53, got {value}"), _PIN_HINT, value=value)
         return value
     if isinstance(value, str):
         text = value.strip()
@@ -37,11 +42,8 @@ def _check_pin(value: object) -> int | str:
             return _check_pin(int(text))
         if _PIN_NAME.match(text):
             return text.upper()
-        raise ValueError(
-            f"pin {value!r} is not a pin name gpiozero knows; write a BCM number (17) or a name such as "
-            "GPIO17, BCM17, BOARD11 or J8:11"
-        )
-    raise ValueError("pin must be a BCM number (17) or a pin name such as GPIO17 or BOARD11")
+        raise problem(N_("pin {value} is not a pin name gpiozero knows"), _PIN_HINT, value=repr(value))
+    raise problem(N_("pin must be a BCM number or a pin name"), _PIN_HINT)
 
 
 def _pin_key(pin: int | str) -> str:
@@ -136,13 +138,13 @@ class RainGauge(InputPin):
     @classmethod
     def _node_id(cls, value: object) -> str:
         if isinstance(value, bool):
-            raise ValueError("node_id must be 8 hex digits in quotes, not true/false")
+            raise problem(N_("node_id must be 8 hex digits in quotes, not true/false"), _NODE_HINT)
         if isinstance(value, int):
             if not 0 <= value <= 0xFFFF_FFFF:
-                raise ValueError("node_id must fit in 32 bits (8 hex digits)")
+                raise problem(N_("node_id must fit in 32 bits (8 hex digits)"), _NODE_HINT)
             return f"{value:08x}"
         if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{8}", value.strip()):
-            raise ValueError(f"node_id must be 8 hex digits in quotes, e.g. \"0000a001\"; got {value!r}")
+            raise problem(N_("node_id must be 8 hex digits in quotes, not {value}"), _NODE_HINT, value=repr(value))
         return value.strip().lower()
 
     @property
@@ -177,9 +179,8 @@ class GpioConfig(_GpioSection):
             return value
         names = _factory_names()
         if value not in names and value.lower() not in names:
-            raise ValueError(
-                f"unknown gpiozero pin factory {value!r}; installed: {', '.join(sorted(names)) or 'none'}"
-            )
+            raise problem(N_("unknown gpiozero pin factory {value}"), N_("installed: {names}"), value=repr(value),
+                          names=", ".join(sorted(names)) or "-")
         return value
 
     @model_validator(mode="after")
@@ -191,8 +192,8 @@ class GpioConfig(_GpioSection):
                 continue
             canon = _pin_key(section.pin)
             if canon in seen:
-                raise ValueError(f"{key}.pin {section.pin!r} is the same pin as {seen[canon]}.pin; give each "
-                                 "device its own pin")
+                raise problem(N_("{key}.pin {pin} is the same pin as {other}.pin"), N_("give each device its own pin"),
+                              key=key, pin=repr(section.pin), other=seen[canon])
             seen[canon] = key
         return self
 

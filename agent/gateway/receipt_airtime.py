@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.errors import AgentError
 from drivers.airtime import ChannelRules, channel_rules
-from drivers.settings import N_, Count, Seconds
+from drivers.settings import N_, Count, Seconds, problem
 
 #: Length of the sliding window of the hourly airtime budget, in seconds.
 HOUR_S = 3600.0
@@ -80,10 +80,9 @@ class ReceiptsConfig(BaseModel):
     @model_validator(mode="after")
     def _retry_bounds(self) -> ReceiptsConfig:
         if self.retry_min_s > self.retry_max_s:
-            raise ValueError(
-                f"retry_min_s ({self.retry_min_s:g} s) is larger than retry_max_s ({self.retry_max_s:g} s); "
-                "set retry_min_s <= retry_max_s"
-            )
+            raise problem(N_("retry_min_s ({low} s) is larger than retry_max_s ({high} s)"),
+                          N_("set retry_min_s <= retry_max_s"), subloc=("retry_min_s",), low=f"{self.retry_min_s:g}",
+                          high=f"{self.retry_max_s:g}")
         return self
 
     def rules_for(self, frequency_hz: int, *, bw_khz: float = 125.0) -> ChannelRules:

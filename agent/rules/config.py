@@ -10,25 +10,29 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.rules.alert import SIREN_NAMES
-from drivers.settings import N_, Period
+from drivers.settings import N_, Period, problem
 
 _NODE_KINDS: tuple[str, ...] = ("sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat")
 NodeKind = Literal["sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat"]
 
 
+#: How to write a node id in a rule, for each of its problems.
+_NODE_HINT = N_("write it in quotes as 8 hex digits, as in nodes[].id, e.g. \"00000301\"")
+
+
 def _node_id(value: object) -> str:
     """Normalise a node id to 8 lowercase hex digits (text, or an int written in YAML hex such as 0x00000301)."""
     if isinstance(value, bool):
-        raise ValueError("node id must be 8 hex digits, not true/false")
+        raise problem(N_("node id must be 8 hex digits, not true/false"), _NODE_HINT)
     if isinstance(value, int):
         if not 0 <= value <= 0xFFFFFFFF:
-            raise ValueError(f"node id {value} does not fit in 32 bits")
+            raise problem(N_("node id {value} does not fit in 32 bits (0..4294967295)"), _NODE_HINT, value=value)
         return f"{value:08x}"
     if not isinstance(value, str):
-        raise ValueError("node id must be 8 hex digits in quotes, e.g. \"00000301\"")
+        raise problem(N_("node id must be 8 hex digits in quotes"), _NODE_HINT)
     text = value.strip()
     if len(text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in text):
-        raise ValueError(f"node id '{text}' is not 8 hex digits (write it in quotes, e.g. \"00000301\")")
+        raise problem(N_("node id '{text}' is not 8 hex digits"), _NODE_HINT, text=text)
     return text.lower()
 
 
@@ -58,14 +62,14 @@ class RiverStages(_RulesSection):
     def _increasing(self) -> RiverStages:
         values = self.as_tuple()
         if not all(math.isfinite(v) for v in values):
-            raise ValueError("river stages must be finite numbers of cm")
+            raise problem(N_("river stages must be finite numbers of cm"))
         names = ("standby", "caution", "evacuation", "danger")
         for i in range(1, 4):
             if values[i] <= values[i - 1]:
-                raise ValueError(
-                    f"river stages must increase strictly: {names[i]} ({values[i]:g} cm) is not above "
-                    f"{names[i - 1]} ({values[i - 1]:g} cm)"
-                )
+                raise problem(N_("river stages must increase strictly: {stage} ({cm} cm) is not above {below} "
+                                 "({below_cm} cm)"), N_("standby < caution < evacuation < danger, as the river "
+                                                        "administrator sets them for this gauge"),
+                              stage=names[i], cm=f"{values[i]:g}", below=names[i - 1], below_cm=f"{values[i - 1]:g}")
         return self
 
     def as_tuple(self) -> tuple[float, float, float, float]:
@@ -140,8 +144,8 @@ class SlopeRule(_NodeRule):
     @model_validator(mode="after")
     def _something(self) -> SlopeRule:
         if self.max_deg is None and self.rate_deg_per_h is None:
-            raise ValueError(f"slope rule for node {self.node} sets neither max_deg nor rate_deg_per_h, so it would "
-                             "never alert; set at least one")
+            raise problem(N_("slope rule for node {node} sets neither max_deg nor rate_deg_per_h, so it would never "
+                             "alert"), N_("set at least one of them"), node=self.node)
         return self
 
 
@@ -178,7 +182,8 @@ class RulesConfig(_RulesSection):
         default=0.1, description=N_("V above the threshold the battery must reach before battery_low clears.")
     )
     journal_near_quota_pct: float = Field(
-        default=90.0, gt=0, le=100, description=N_("Journal usage in percent of its quota that raises journal_near_quota.")
+        default=90.0, gt=0, le=100,
+        description=N_("Journal usage in percent of its quota that raises journal_near_quota.")
     )
     journal_hysteresis_pct: Hysteresis = Field(
         default=5.0, description=N_("Percentage points below the threshold before journal_near_quota clears.")
@@ -225,7 +230,8 @@ class RulesConfig(_RulesSection):
     def _siren_names(cls, names: list[str]) -> list[str]:
         for name in names:
             if name not in SIREN_NAMES:
-                raise ValueError(f"unknown siren alert '{name}'; known: {', '.join(SIREN_NAMES)}")
+                raise problem(N_("unknown siren alert '{name}'"), N_("known: {names}"), name=name,
+                              names=", ".join(SIREN_NAMES))
         return names
 
     @field_validator("battery_low_v_by_kind")
@@ -233,7 +239,7 @@ class RulesConfig(_RulesSection):
     def _battery_values(cls, by_kind: dict[str, float]) -> dict[str, float]:
         for kind, volts in by_kind.items():
             if not (math.isfinite(volts) and volts >= 0):
-                raise ValueError(f"battery_low_v_by_kind.{kind} must be a voltage >= 0 V (0 turns it off)")
+                raise problem(N_("battery_low_v_by_kind.{kind} must be a voltage >= 0 V (0 turns it off)"), kind=kind)
         return by_kind
 
     def battery_threshold_v(self, kind: str | None) -> float:
@@ -247,7 +253,7 @@ def _unique_nodes(section: str, nodes: list[str]) -> None:
     first: dict[str, int] = {}
     for i, node in enumerate(nodes):
         if node in first:
-            raise ValueError(f"{section}[{i}]: node {node} already has a rule at {section}[{first[node]}]; "
-                             "give each node one rule")
+            raise problem(N_("{section}[{index}]: node {node} already has a rule at {section}[{first}]"),
+                          N_("give each node one rule"), section=section, index=i, node=node, first=first[node])
         first[node] = i
 

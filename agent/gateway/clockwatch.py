@@ -7,7 +7,6 @@ CLOCK_HOLD_S. SOS and alarms never wait. The core owns one :class:`ClockWatch` a
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from agent.errors import JournalError
 from agent.gateway import clock
 from agent.gateway.journal import Journal
 from agent.gateway.reading import TELEMETRY, Entry
+from agent.i18n import _, local_time
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ class ClockWatch:
         given_up = journal.adopt_boot(clock.boot_id())
         if given_up:
             count("clock.uncorrectable", given_up)
-            log.warning("%d readings were stamped before the clock synced in an earlier boot; they cannot be "
-                        "corrected and go out flagged unsynced", given_up)
+            log.warning("%s", _("{count} readings were stamped before the clock synced in an earlier boot; they "
+                                "cannot be corrected and go out flagged unsynced").format(count=given_up))
         self.to_correct = journal.unsynced_count() > 0
 
     @property
@@ -71,8 +71,9 @@ class ClockWatch:
         stepped = abs(offset - old_offset) > _CLOCK_STEP_US
         if stepped:
             self._count("clock.steps")
-            log.warning("the wall clock was stepped by %+.3f s%s", (offset - old_offset) / 1e6,
-                        " (synchronised now)" if synced and not self.synced else "")
+            stepped_to = (_("the wall clock was stepped by {step} s (synchronised now)") if synced and not self.synced
+                          else _("the wall clock was stepped by {step} s"))
+            log.warning("%s", stepped_to.format(step=f"{(offset - old_offset) / 1e6:+.3f}"))
             self._on_step(offset - old_offset)
             self.hold_until_us += offset - old_offset
         if not synced or not self.synced or stepped:
@@ -87,7 +88,7 @@ class ClockWatch:
                     e.boot_us = made
                     self.to_correct = True
         if synced and not self.synced:
-            log.info("clock synchronised; readings stamped before are corrected and then published")
+            log.info("%s", _("clock synchronised; readings stamped before are corrected and then published"))
         self.synced, self.offset_us, self._boot_us = synced, offset, boot
 
     def correct(self, journal: Journal) -> None:
@@ -96,11 +97,11 @@ class ClockWatch:
             n = journal.correct_clock(self.offset_us, limit=_CORRECT_PER_STEP)
         except JournalError as exc:
             self._count("clock.correction_failed")
-            log.error("%s; trying again at the next wake-up", exc)
+            log.error("%s", _("{error}; trying again at the next wake-up").format(error=exc))
             return
         if n:
             self._count("clock.corrected", n)
-            log.info("clock: %d readings stamped before the sync got their true time", n)
+            log.info("%s", _("clock: {count} readings stamped before the sync got their true time").format(count=n))
         if n < _CORRECT_PER_STEP:
             self.to_correct = False
 
@@ -115,7 +116,8 @@ class ClockWatch:
         try:
             self._held_count = journal.unsynced_count(TELEMETRY) + self.fresh_held
         except JournalError as exc:
-            log.error("counting the held readings failed: %s", exc)  # the last count stands meanwhile
+            # The last count stands meanwhile.
+            log.error("%s", _("counting the held readings failed: {error}").format(error=exc))
         # Synchronised, they wait only for their correction, which takes a few wake-ups.
         until = None if self.synced else self.hold_until_us
         return {"active": True, "reason": "clock_unsynced", "count": self._held_count, "until_us": until}
@@ -128,13 +130,14 @@ class ClockWatch:
         self._held_was = holding
         if holding:
             held = self.held(journal)
-            log.info("readings held: %d stamped before the clock synchronised wait for the sync, until %s at the "
-                     "latest; SOS and alarms go out at once", held["count"], _local(self.hold_until_us))
+            log.info("%s", _("readings held: {count} stamped before the clock synchronised wait for the sync, until "
+                             "{until} at the latest; SOS and alarms go out at once").format(
+                count=held["count"], until=local_time(self.hold_until_us)))
         elif self.synced:
-            log.info("readings no longer held: the clock synchronised and their timestamps are corrected")
+            log.info("%s", _("readings no longer held: the clock synchronised and their timestamps are corrected"))
         else:
-            log.info("readings no longer held: the clock did not synchronise within %.0f s; they go out flagged "
-                     "unsynced", CLOCK_HOLD_S)
+            log.info("%s", _("readings no longer held: the clock did not synchronise within {seconds} s; they go out "
+                             "flagged unsynced").format(seconds=f"{CLOCK_HOLD_S:.0f}"))
 
     def deadlines(self, now: float) -> list[float]:
         """When the core must look again for the clock's sake (monotonic s)."""
@@ -145,7 +148,3 @@ class ClockWatch:
             out.append(self.hold_until)
         return out
 
-
-def _local(ts_us: int) -> str:
-    """µs since the epoch as local time with its zone, to the second (for people reading the log)."""
-    return datetime.datetime.fromtimestamp(ts_us / 1e6).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")

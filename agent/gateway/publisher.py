@@ -41,6 +41,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.config import MqttConfig
 from agent.config.mqtt import apply_login
 from agent.gateway.events import Ack, Command, Connected, Disconnected, Incident, Post
+from agent.i18n import _
 from agent.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -351,7 +352,8 @@ class MqttLink:
             self._report_disconnect()
         # Jitter keeps a town's gateways from reconnecting in lockstep after a broker restart.
         wait = delay * random.uniform(0.8, 1.2)
-        log.info("MQTT: reconnecting to %s:%d in %.1f s", cfg.host, cfg.port, wait)
+        log.info("%s", _("MQTT: reconnecting to {host}:{port} in {wait} s").format(host=cfg.host, port=cfg.port,
+                                                                                  wait=f"{wait:.1f}"))
         return wait
 
     def _who(self) -> str:
@@ -365,16 +367,17 @@ class MqttLink:
     def _report_disconnect(self) -> None:
         from_broker, code, broker_says = self._ended or (False, _CONNECTION_LOST, None)
         if not from_broker and code == _CONNECTION_LOST:
-            what = "connection lost"
+            what = _("connection lost")
         else:
             try:
                 what = ReasonCode(PacketTypes.DISCONNECT, identifier=code).getName()
             except (KeyError, ValueError):
                 what = f"reason 0x{code:02X}"
             if from_broker:
-                what = f"the broker sent DISCONNECT: {what}"
+                what = _("the broker sent DISCONNECT: {reason}").format(reason=what)
         said = f" ({broker_says})" if broker_says else ""
-        log.warning("MQTT: disconnected from %s:%d: %s%s", self.config.host, self.config.port, what, said)
+        log.warning("%s", _("MQTT: disconnected from {host}:{port}: {what}").format(
+            host=self.config.host, port=self.config.port, what=what) + said)
 
     def _report_takeover(self, *, certain: bool, broker_says: str | None, wait_s: float) -> None:
         """One line naming the cause and the fix, at most once per window; the rest are counted."""
@@ -419,7 +422,7 @@ class MqttLink:
         client.subscribe(self.topics.commands, qos=1)
         with self._lock:
             self._connected = True
-        log.info("MQTT: connected to %s:%d", self.config.host, self.config.port)
+        log.info("%s", _("MQTT: connected to {host}:{port}").format(host=self.config.host, port=self.config.port))
         self._post(Connected(self._session))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,

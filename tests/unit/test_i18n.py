@@ -608,3 +608,40 @@ def test_golden_backend_config_errors(tmp_path: Path, name: str) -> None:
     text, lines = {"bridge": (GOLDEN_BRIDGE, GOLDEN_BRIDGE_LINES),
                    "console": (GOLDEN_CONSOLE, GOLDEN_CONSOLE_LINES)}[name]
     _assert_golden_lines(tmp_path / f"{name}.yaml", text, lines)
+
+
+class _HeldJournal:
+    """What ClockWatch reads of a journal: 2 readings of an earlier boot given up, 3 held now."""
+
+    def adopt_boot(self, boot_id: object) -> int:
+        return 2
+
+    def unsynced_count(self, *lanes: object) -> int:
+        return 3
+
+
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_the_agents_clock_lines_in_the_operators_language(lang: str, caplog: pytest.LogCaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.gateway import clock, clockwatch  # noqa: PLC0415
+
+    monkeypatch.setattr(clock, "synced", lambda: False)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    i18n.set_language(lang)
+    caplog.set_level("INFO", logger="agent.gateway.clockwatch")
+    watch = clockwatch.ClockWatch(_HeldJournal(), count=lambda *a: None, on_step=lambda step: None)
+    watch.log_hold(_HeldJournal())  # type: ignore[arg-type]
+    until = i18n.local_time(watch.hold_until_us)
+    monkeypatch.delenv("TZ")
+    time.tzset()
+    assert until.endswith(" JST")
+    assert [r.getMessage() for r in caplog.records] == {
+        "en": ["2 readings were stamped before the clock synced in an earlier boot; they cannot be corrected and go "
+               "out flagged unsynced",
+               f"readings held: 3 stamped before the clock synchronised wait for the sync, until {until} at the "
+               "latest; SOS and alarms go out at once"],
+        "ja": ["以前の起動で時計の同期前に時刻を付けた読み取りが 2 件あります。時刻は直せないので、未同期の印を付けて送ります",
+               f"読み取りを保留中: 時計の同期前に時刻を付けた 3 件は、遅くとも {until} まで同期を待ちます。SOS発信と警報はすぐに"
+               "送ります"],
+    }[lang]

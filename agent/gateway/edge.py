@@ -36,6 +36,7 @@ from agent.gateway.events import ButtonPressed, Event, Wake
 from agent.gateway.reading import ALARM, Entry, own_reading
 from agent.gateway.readings import FrameDecoder
 from agent.gateway.receipt_backup import BackupReceipts
+from agent.i18n import _
 from agent.ratelog import RateLimitedLog
 from agent.rules import Alert, AlertTracker, RuleEngine, RulesConfig, node_infos
 
@@ -125,7 +126,7 @@ class Edge:
         except GpioError as exc:
             # The gateway still forwards readings without its lamp and siren; doctor explains the fix.
             self._count("gpio.unavailable")
-            log.error("GPIO unavailable, running without lamp/siren/rain gauge: %s", exc)
+            log.error("%s", _("GPIO unavailable, running without lamp/siren/rain gauge: {error}").format(error=exc))
             return None
 
     def attach_radios(self, radios: list[Any]) -> None:
@@ -455,15 +456,17 @@ class Edge:
             return
         if on:
             a = live[0]
-            log.info("siren on: alert %s (%s, %s): %s", a.ack_key, a.severity, a.id, a.message)
+            log.info("%s", _("siren on: alert {alert} ({severity}, {id}): {message}").format(
+                alert=a.ack_key, severity=a.severity, id=a.id, message=a.message))
         elif before is not None:
             if before.id in self._silenced:
-                why = f"silenced for alert {before.ack_key} by {self._silenced[before.id]!r}"
+                why = _("siren off: silenced for alert {alert} by {by}").format(alert=before.ack_key,
+                                                                               by=repr(self._silenced[before.id]))
             elif before.id not in {a.id for a in self.rules.active()}:
-                why = f"alert {before.ack_key} cleared"
+                why = _("siren off: alert {alert} cleared").format(alert=before.ack_key)
             else:
-                why = f"alert {before.ack_key} no longer wants it"
-            log.info("siren off: %s", why)
+                why = _("siren off: alert {alert} no longer wants it").format(alert=before.ack_key)
+            log.info("%s", why)
 
     def _restore_state(self, meta: dict[str, str]) -> None:
         """Rules, tracker, alert sequences, silences and acknowledgements from the journal's meta at start; a
@@ -477,13 +480,15 @@ class Edge:
             if meta.get("alerts_snapshot"):
                 self.tracker.restore(json.loads(meta["alerts_snapshot"]))
         except (ValueError, KeyError, TypeError) as exc:
-            log.error("could not restore the edge rules' state (%s); starting them afresh", exc)
+            log.error("%s", _("could not restore the edge rules' state ({error}); starting them afresh").format(
+                error=exc))
             self._count("edge.restore_failed")
         try:
             if meta.get("edge_outputs"):
                 self._restore_outputs(json.loads(meta["edge_outputs"]))
         except (ValueError, TypeError, KeyError) as exc:
-            log.error("could not restore which alerts were silenced and acknowledged (%s); starting afresh", exc)
+            log.error("%s", _("could not restore which alerts were silenced and acknowledged ({error}); starting "
+                              "afresh").format(error=exc))
             self._count("edge.restore_failed")
             self._silenced, self._acked_by = {}, {}
 

@@ -182,6 +182,12 @@ class NodeConfig(WithSecrets):
         "heartbeat). A node silent for rules.silence_factor x interval_s (default 3 x) raises node_silent, and "
         "denen monitor marks it LATE at the same threshold."),
     )
+    receipt: Literal["send", "backup"] = Field(
+        default="send",
+        description=N_("Who answers this node's SOS when several gateways hear it: send (this gateway answers every "
+        "SOS; the default) or backup (another gateway answers; this one only an SOS sent again within 5 minutes, "
+        "3 s later). Give each node one send gateway."),
+    )
     location: LocationConfig | None = Field(default=None, description=N_("Installed position {lat, lon}. Optional."))
     radio: str | None = Field(
         default=None,

@@ -16,7 +16,8 @@ Reported per step and phase: readings/s published and written, the lag of every 
 acknowledged the write that carried it) p50 / p99 / max, and at the end of the step the resident memory (VmRSS) of
 Mosquitto, the bridge (and its peak, VmHWM) and influxd, the CPU share of each during the flood phase, and loss
 (every reading the broker acknowledged, counted in InfluxDB by (gateway, node, fcnt)). The generator runs on the
-same 2 cores, so the figures are a lower bound of what the backend alone holds.
+same 2 cores, so the figures are a lower bound of what the backend alone holds; tests/bench/bench_components.py
+measures each part alone.
 """
 
 from __future__ import annotations
@@ -67,6 +68,30 @@ HEADER = ["gateways", "phase", "published/s", "written/s", "lag p50 ms", "lag p9
           "RSS MiB at end", "missing"]
 
 
+def fleet_sizes(ap: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    """Fleet sizes from ``flag``'s comma-separated value; a usage error (exit 2) for anything else."""
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"{flag} takes numbers separated by commas, got {text!r}")
+    if not sizes or min(sizes) < 1:
+        ap.error(f"{flag} needs at least one fleet size of 1 or more")
+    return sizes
+
+
+def report(module: str, argv: list[str] | None, started: float, header: list[str], table: list[list[str]]) -> None:
+    """Print the command line, its duration and the load average (1 / 5 / 15 min), then ``table`` in Markdown."""
+    given = argv if argv is not None else sys.argv[1:]
+    print(f"Command: `python -m {module} {' '.join(given)}` ({time.monotonic() - started:.0f} s; "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}; load average at end "
+          f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())} (1 / 5 / 15 min))")
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in table:
+        print("| " + " | ".join(row) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.bench.bench_capacity", description=__doc__.split("\n")[0])
     ap.add_argument("--steps", default="100,300,1000", help="fleet sizes, comma-separated (default 100,300,1000)")
@@ -75,24 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=4, help="generator processes (default 4)")
     ap.add_argument("--json", help="also write every figure as JSON to this path")
     args = ap.parse_args(argv)
-    try:
-        sizes = [int(s) for s in args.steps.split(",") if s.strip()]
-    except ValueError:
-        ap.error(f"--steps takes numbers separated by commas, got {args.steps!r}")
-    if not sizes or min(sizes) < 1:
-        ap.error("--steps needs at least one fleet size of 1 or more")
+    sizes = fleet_sizes(ap, "--steps", args.steps)
     started = time.monotonic()
     results = [step(n, args.field_s, args.flood_s, args.workers) for n in sizes]
-    given = argv if argv is not None else sys.argv[1:]
-    print(f"Command: `python -m tests.bench.bench_capacity {' '.join(given)}` ({time.monotonic() - started:.0f} s; "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}; load average at end "
-          f"{os.getloadavg()[0]:.2f})")
-    print()
-    print("| " + " | ".join(HEADER) + " |")
-    print("|" + "---|" * len(HEADER))
-    for r in results:
-        for row in rows(r):
-            print("| " + " | ".join(row) + " |")
+    report("tests.bench.bench_capacity", argv, started, HEADER, [row for r in results for row in rows(r)])
     if args.json:
         c.write_json(args.json, results)
     return 1 if any(r["loss"]["missing"] for r in results) else 0

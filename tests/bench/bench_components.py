@@ -38,7 +38,6 @@ import http.client
 import json
 import multiprocessing as mp
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import _common as c
+from tests.bench import bench_capacity as capacity
 from tests.bench import bench_fleet as fleet
 from tests.support.process import end
 
@@ -375,30 +375,26 @@ def generator_main(conn: Any, spec: dict[str, Any]) -> None:
 
 
 def _start_bridge(work: Path, broker: Any, relay: fleet.Relay) -> tuple[subprocess.Popen[bytes], Path]:
+    """``denen bridge`` with its defaults (batching, persistent session, shared group) into the relay; returns once
+    it has subscribed (again, on a restart: the log is appended to)."""
     cfg = work / "bridge.yaml"
-    cfg.write_text(f"""\
-mqtt:
-  host: {broker.host}
-  port: {broker.port}
-  client_id: denen-bridge-1
-  group: denen-bridge
-  topic_prefix: {PREFIX}
-sink:
-  type: v1
-  url: {relay.url}
-  database: denen
-dead_letter:
-  path: {work / 'dead-letter.db'}
-log:
-  level: info
-""")
+    settings = {"mqtt": {"host": broker.host, "port": broker.port, "client_id": "denen-bridge-1",
+                         "group": "denen-bridge", "topic_prefix": PREFIX},
+                "sink": {"type": "v1", "url": relay.url, "database": "denen"},
+                "dead_letter": {"path": str(work / "dead-letter.db")}, "log": {"level": "info"}}
+    cfg.write_text(json.dumps(settings, indent=1))  # JSON is YAML
     log_path = work / "bridge.log"
-    mark = log_path.read_text(errors="replace").count("MQTT: subscribed") if log_path.exists() else 0
+
+    def subscribed() -> int:
+        return log_path.read_text(errors="replace").count("MQTT: subscribed") if log_path.exists() else 0
+
+    before = subscribed()
     with log_path.open("ab") as lf:
         bridge = subprocess.Popen([sys.executable, "-m", "agent.cli", "bridge", "-c", str(cfg)], cwd=fleet.REPO,
                                   stdout=lf, stderr=subprocess.STDOUT)
-    if not c.wait_until(lambda: log_path.read_text(errors="replace").count("MQTT: subscribed") > mark
-                        or bridge.poll() is not None, 60, 0.05) or bridge.poll() is not None:
+    c.wait_until(lambda: subscribed() > before or bridge.poll() is not None, 60, 0.05)
+    if subscribed() <= before or bridge.poll() is not None:
+        end(bridge, 10)
         raise RuntimeError(f"the bridge did not subscribe: {log_path.read_text(errors='replace')[-2000:]}")
     return bridge, log_path
 
@@ -442,8 +438,10 @@ def bridge_step(kind: str, gateways: int, work: Path, backlog: int) -> dict[str,
         pipe.send({"do": "backlog", "readings": backlog})
         pipe.recv()
         cpu.lap()
+        # From the restart, start-up included: the broker hands the queued messages over right after CONNACK,
+        # before the bridge's SUBSCRIBE is answered.
+        phases[-1]["backlog_from"] = time.time()
         bridge, _ = _start_bridge(work, broker, relay)
-        phases[-1]["backlog_from"] = time.time()  # the restarted bridge has subscribed
         cpu.pids["bridge"] = bridge.pid
         c.wait_until(lambda: relay.node_health_lines >= sent + backlog, 300, 0.1)
         laps["backlog"] = cpu.lap()
@@ -481,7 +479,7 @@ def _bridge_phases(written: dict[tuple[str, str, int], int], phases: list[dict[s
     acks = sorted(t for (_, _, ts), t in written.items() if ts < first)
     if acks:
         secs = acks[-1] / 1e6 - phases[-1]["backlog_from"]
-        out.append({"name": f"backlog: {backlog:,} readings queued in 200-reading messages, bridge subscribed -> "
+        out.append({"name": f"backlog: {backlog:,} readings queued in 200-reading messages, bridge started -> "
                     "last written",
                     "offered_per_s": float("nan"), "done_per_s": len(acks) / max(secs, 1e-9), "seconds": secs,
                     "lag": _stats([]), "cpu": laps["backlog"], "missing": backlog - len(acks)})
@@ -517,12 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backlog", type=int, default=100_000, help="bridge: readings queued while it is stopped")
     ap.add_argument("--json", help="also write every figure as JSON to this path")
     args = ap.parse_args(argv)
-    try:
-        sizes = [int(s) for s in args.gateways.split(",") if s.strip()]
-    except ValueError:
-        ap.error(f"--gateways takes numbers separated by commas, got {args.gateways!r}")
-    if not sizes or min(sizes) < 1 or args.backlog < 1:
-        ap.error("--gateways needs sizes of 1 or more, --backlog 1 or more")
+    sizes = capacity.fleet_sizes(ap, "--gateways", args.gateways)
+    if args.backlog < 1:
+        ap.error("--backlog needs 1 or more readings")
     if args.part == "broker" and shutil.which("mosquitto_sub") is None:
         ap.error("the broker part needs mosquitto_sub (apt-get install mosquitto-clients)")
     started = time.monotonic()
@@ -537,16 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 results.append(bridge_step(args.store, n, work, args.backlog))
         c.say(f"components: {args.part} {n} done, load average {os.getloadavg()[0]:.2f}")
-    given = argv if argv is not None else sys.argv[1:]
-    print(f"Command: `python -m tests.bench.bench_components {' '.join(given)}` ({time.monotonic() - started:.0f} s; "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}; load average at end "
-          f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())} (1 / 5 / 15 min))")
-    print()
-    print("| " + " | ".join(HEADER) + " |")
-    print("|" + "---|" * len(HEADER))
-    for r in results:
-        for row in rows(r):
-            print("| " + " | ".join(row) + " |")
+    capacity.report("tests.bench.bench_components", argv, started, HEADER, [row for r in results for row in rows(r)])
     if args.json:
         c.write_json(args.json, results)
     return 1 if any(ph.get("missing") for r in results for ph in r["phases"]) or any(

@@ -52,6 +52,7 @@ class NodeEntry:
     key: bytes | None
     interval_s: int = 60
     unauthenticated: str | None = None  # ``reject`` (the config's default), ``flag`` or ``accept``
+    receipt: str | None = None  # ``send`` (the config's default) or ``backup``
 
 
 def short_name(node: Any) -> str:
@@ -87,7 +88,8 @@ def _entry(node: Any, name: Callable[[Any], str], interval_s: int, unauthenticat
 def _node_yaml(e: NodeEntry) -> str:
     key = f'    key: "{e.key.hex()}"\n' if e.key is not None else ""
     policy = f"    unauthenticated: {e.unauthenticated}\n" if e.unauthenticated else ""
-    return (f'  - id: "{e.node_id:08x}"\n    name: {e.name}\n    kind: {e.kind}\n{key}{policy}'
+    receipt = f"    receipt: {e.receipt}\n" if e.receipt else ""
+    return (f'  - id: "{e.node_id:08x}"\n    name: {e.name}\n    kind: {e.kind}\n{key}{policy}{receipt}'
             f"    interval_s: {e.interval_s}\n")
 
 

@@ -173,8 +173,8 @@ class MqttLink:
         self._client: mqtt.Client | None = None
         self._session = 0
         self._connected = False
-        # Re-entrant: paho's publish() may write at once, meet a dead socket and call _on_disconnect in the same
-        # thread while publish() holds this lock; a plain Lock deadlocked the core there for good.
+        # Guards the client, session and connected flag; never held across a paho call (see _publish), since paho
+        # calls on_disconnect, which takes it, from inside its own calls and under its own locks.
         self._lock = threading.RLock()
         self.takeover = TakeoverBackoff()
         # A takeover repeats for as long as both gateways run: one full line per 10 min, the rest counted.
@@ -245,7 +245,11 @@ class MqttLink:
             client, session = self._client, self._session
             if client is None or not self._connected:
                 return None
-            info = client.publish(topic, payload, qos=1, retain=retain)
+        # Published outside the lock: paho calls on_disconnect while it holds its own message lock (a CONNACK whose
+        # resends fail), and on_disconnect takes ours; holding ours while paho's publish waits for its lock would
+        # deadlock the core and the link thread. A session that ends meanwhile loses the message, as any message
+        # of an ending session: its PUBACK never comes and the journal sends it again.
+        info = client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return None
         return session, info.mid

@@ -60,7 +60,8 @@ from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker]
 
-KILLS = sized(60, 200)
+#: ``DENEN_FAULTS_KILLS`` sets the count for a long run by hand (e.g. 1000).
+KILLS = int(os.environ.get("DENEN_FAULTS_KILLS") or sized(60, 200))
 RATE_HZ = 250  # frames per second offered to the module while an agent runs: heavy for one LoRa gateway
 
 

@@ -15,6 +15,8 @@
 #   secrets/console-cli/mqtt-password, ca.pem     the operators' login for denen ack, with the console's rights:
 #                                                 user denen-console-cli (a login is its client id, so the command
 #                                                 line cannot share the running console's)
+#   secrets/consumer/mqtt-password, ca.pem        the consumers' login (Node-RED, a town's own dashboard): user
+#                                                 denen-consumer, which may only read each node's retained state
 #   secrets/gateways/<id>/mqtt-password, ca.pem   one login per gateway: user name = gateway id
 #   secrets/emqx/users.csv, ca.crt, server.crt, server.key   the same logins and certificate for the EMQX nodes
 #                                        of the clustered path (cluster/docker-compose.yml), written on every run
@@ -247,6 +249,10 @@ for login in console console-cli; do
   ensure_login "denen-$login" "$SECRETS/$login/mqtt-password" 0
   cp "$CA_DIR/ca.crt" "$SECRETS/$login/ca.pem"
 done
+# The consumers' login: each node's retained state (bridge.yaml node_state), read-only (mosquitto/acl).
+mkdir -p "$SECRETS/consumer"
+ensure_login "denen-consumer" "$SECRETS/consumer/mqtt-password" 0
+cp "$CA_DIR/ca.crt" "$SECRETS/consumer/ca.pem"
 # The key that signs the acknowledgement links (HMAC-SHA256); made once: a new one invalidates every link sent.
 if [ ! -s "$SECRETS/console/link-secret" ]; then
   openssl rand -base64 48 > "$TMP" && mv "$TMP" "$SECRETS/console/link-secret"
@@ -307,7 +313,7 @@ while IFS= read -r line || [ -n "$line" ]; do
   set +f
   case ${1:-#} in '#'*) continue ;; esac
   [ $# -eq 3 ] || die "$ACL:$line_no: expected '<who> <access> <topic>', got: $line"
-  case $1 in gateway|bridge|console) ;; *) die "$ACL:$line_no: '$1' is not gateway, bridge or console" ;; esac
+  case $1 in gateway|bridge|console|consumer) ;; *) die "$ACL:$line_no: '$1' is not gateway, bridge, console or consumer" ;; esac
   case $2 in
     publishClientSend|publishClientReceive|subscribeLiteral|subscribePattern|unsubscribeLiteral|unsubscribePattern) ;;
     *) die "$ACL:$line_no: '$2' is not an access type of the dynamic-security plugin" ;;
@@ -343,6 +349,7 @@ acl_json() {
     case $user in
       denen-bridge-*) role=denen-bridge ;;
       denen-console|denen-console-cli) role=denen-console ;;
+      denen-consumer) role=denen-consumer ;;
       *) role="gateway-$user" ;;
     esac
     case " $roles " in *" $role "*) ;; *) roles="$roles $role" ;; esac
@@ -362,6 +369,7 @@ acl_json() {
     case $role in
       denen-bridge) rules=bridge; name="" ;;
       denen-console) rules=console; name="" ;;
+      denen-consumer) rules=consumer; name="" ;;
       *) rules=gateway; name=${role#gateway-} ;;
     esac
     printf '%s\n    {"rolename": "%s", "acls": [' "$sep" "$role"
@@ -387,6 +395,7 @@ while IFS=: read -r user hash || [ -n "$user" ]; do
     denen-bridge-*) pwfile="$SECRETS/bridge-${user#denen-bridge-}/mqtt-password" ;;
     denen-console) pwfile="$SECRETS/console/mqtt-password" ;;
     denen-console-cli) pwfile="$SECRETS/console-cli/mqtt-password" ;;
+    denen-consumer) pwfile="$SECRETS/consumer/mqtt-password" ;;
     *) pwfile="$GW_DIR/$user/mqtt-password" ;;
   esac
   if [ ! -s "$pwfile" ]; then

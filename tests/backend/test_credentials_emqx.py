@@ -31,7 +31,7 @@ from tests.support.shipped_broker import (
 REPO = Path(__file__).resolve().parents[2]
 EMQX = REPO / "deploy" / "backend" / "cluster" / "emqx"
 GATEWAYS = ("gw-a", "gw-b")
-LOGINS = (*GATEWAYS, "denen-bridge-1", "denen-console", "denen-console-cli")
+LOGINS = (*GATEWAYS, "denen-bridge-1", "denen-console", "denen-console-cli", "denen-consumer")
 
 
 def users_csv(backend: Path) -> dict[str, dict[str, str]]:
@@ -148,7 +148,9 @@ def probes() -> Iterator[tuple[str, str, str]]:
         for login in LOGINS:
             yield login, "subscribe", f"denen/v1/{gw}/cmd/#"
             yield login, "subscribe", f"denen/v1/{gw}/readings/#"
-    for flt in ("denen/v1/+/readings/#", "denen/v1/+/status", "denen/v1/+/state", "denen/v1/+/results"):
+            yield login, "subscribe", f"denen/v1/{gw}/nodes/00d00001/state"
+    for flt in ("denen/v1/+/readings/#", "denen/v1/+/status", "denen/v1/+/state", "denen/v1/+/results",
+                "denen/v1/+/nodes/+/state"):
         for login in LOGINS:
             yield login, "subscribe", f"$share/denen-bridge/{flt}"
             yield login, "subscribe", f"$share/denen-bridge-ngsi/{flt}"
@@ -211,9 +213,10 @@ def test_emqx_rules_decide_as_the_shipped_mosquitto_for_every_login_and_topic(mo
     forms = {(login, _unshared(topic)) for (login, action, topic), ok in real.items() if ok and action == "subscribe"}
     unexplained = [c for c in looser if c[1] != "subscribe" or (c[0], _unshared(c[2])) not in forms]
     assert not unexplained, unexplained
-    # Which logins that reaches, as docs/capacity.md states it: the bridges (any group, or none) and the console
-    # (the bridges' groups, for state and results); never a gateway.
-    assert {login for login, _, _ in looser} == {"denen-bridge-1", "denen-console", "denen-console-cli"}
+    # Which logins that reaches, as docs/capacity.md states it: the bridges (any group, or none), the console
+    # (the bridges' groups, for state and results) and the consumer (node states, shared too); never a gateway.
+    assert {login for login, _, _ in looser} == {"denen-bridge-1", "denen-console", "denen-console-cli",
+                                                 "denen-consumer"}
     assert ("denen-console", "subscribe", "$share/denen-bridge/denen/v1/+/state") in looser
     # The comparison is not empty on either side: each kind of login is both allowed and refused something.
     for login in LOGINS:

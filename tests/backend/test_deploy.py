@@ -187,10 +187,12 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
     assert "CA:TRUE" in ca_text
     # Hashed logins only, one per user; the plain passwords are in the per-user files.
     entries = dict(line.split(":", 1) for line in (secrets / "mosquitto" / "passwd").read_text().splitlines())
-    assert set(entries) == {"denen-bridge-1", "denen-bridge-2", "denen-console", "denen-console-cli", "gw-a", "gw-b"}
+    assert set(entries) == {"denen-bridge-1", "denen-bridge-2", "denen-console", "denen-console-cli", "denen-consumer",
+                            "gw-a", "gw-b"}
     assert all(h.startswith("$7$") for h in entries.values())
     for user_file in (secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "bridge-1" / "mqtt-password",
-                      secrets / "console" / "mqtt-password", secrets / "console-cli" / "mqtt-password"):
+                      secrets / "console" / "mqtt-password", secrets / "console-cli" / "mqtt-password",
+                      secrets / "consumer" / "mqtt-password"):
         assert user_file.read_text().strip() not in (secrets / "mosquitto" / "passwd").read_text()
     # What the broker loads: the same hashes, each login bound to its client id, a role per gateway with its own
     # topics, one role for the bridges, one for the console, everything else denied.
@@ -204,7 +206,12 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
         assert entries[user] == f"$7${c['iterations']}${c['salt']}${c['password']}"
     assert {u: [r["rolename"] for r in c["roles"]] for u, c in clients.items()} == {
         "denen-bridge-1": ["denen-bridge"], "denen-bridge-2": ["denen-bridge"], "denen-console": ["denen-console"],
-        "denen-console-cli": ["denen-console"], "gw-a": ["gateway-gw-a"], "gw-b": ["gateway-gw-b"]}
+        "denen-console-cli": ["denen-console"], "denen-consumer": ["denen-consumer"], "gw-a": ["gateway-gw-a"],
+        "gw-b": ["gateway-gw-b"]}
+    roles_ = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"]} for r in dynsec["roles"]}
+    # A consumer reads each node's retained state and nothing else.
+    assert roles_["denen-consumer"] == {(a, "denen/v1/+/nodes/+/state") for a in (
+        "subscribeLiteral", "subscribePattern", "publishClientReceive")}
     roles = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"]} for r in dynsec["roles"]}
     assert roles["gateway-gw-a"] == {("publishClientSend", f"denen/v1/gw-a/{t}") for t in (
         "status", "state", "results", "readings/sos", "readings/alarm", "readings/telemetry",
@@ -264,6 +271,7 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     assert sum(line.startswith("gw-a:") for line in lines) == 1
     assert [line for line in lines if line.startswith("gw-b:")] == old_hash_b
     for bad in ("GW-Upper", "-dash-first", "denen-bridge", "denen-bridge-2", "denen-console", "denen-console-cli",
+                "denen-consumer",
                 "a" * 64, "gw/slash"):
         proc = make_credentials(backend, bad)
         assert proc.returncode != 0 and "make-credentials.sh:" in proc.stderr, bad
@@ -273,7 +281,8 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     assert (secrets / "bridge-1" / "mqtt-password").read_bytes() == bridge_1
     assert make_credentials(backend).returncode == 0
     users = [line.split(":")[0] for line in (secrets / "mosquitto" / "passwd").read_text().splitlines()]
-    assert sorted(users) == ["denen-bridge-1", "denen-bridge-2", "denen-console", "denen-console-cli", "gw-a", "gw-b"]
+    assert sorted(users) == ["denen-bridge-1", "denen-bridge-2", "denen-console", "denen-console-cli", "denen-consumer",
+                             "gw-a", "gw-b"]
     dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
     assert [c["username"] for c in dynsec["clients"]] == users
     # -X: a revoked gateway's login, password and rules are gone; the others are untouched.
@@ -282,7 +291,7 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     assert not (secrets / "gateways" / "gw-b").exists()
     dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
     assert [c["username"] for c in dynsec["clients"]] == ["denen-bridge-1", "denen-console", "denen-console-cli",
-                                                          "gw-a", "denen-bridge-2"]
+                                                          "denen-consumer", "gw-a", "denen-bridge-2"]
     assert "gateway-gw-b" not in {r["rolename"] for r in dynsec["roles"]}
     # A broken rule in mosquitto/acl is refused with its line.
     acl = backend / "mosquitto" / "acl"

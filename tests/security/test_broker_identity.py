@@ -299,6 +299,29 @@ def _share_theft(broker: ShippedBroker, clients: Clients) -> tuple[int, int]:
     return code, len(bridge.messages)
 
 
+def test_d_a_consumer_reads_node_states_and_nothing_else(
+        backend: Path, brokers: list[ShippedBroker], clients: Clients, tmp_path: Path) -> None:
+    """The consumer login (Node-RED, a town's dashboard) follows the retained node states the bridge publishes, all
+    of them or one node's; it reads no readings, status, state or commands, and publishes nothing."""
+    broker = _start(brokers, backend, tmp_path / "shipped")
+    bridge = clients(broker, "denen-bridge-1", "denen-bridge-1")
+    assert bridge.connected() == SUCCESS
+    assert bridge.publish("denen/v1/gw-a/nodes/00000101/state", b'{"ts_us":1}', retain=True) in (SUCCESS, 16)
+    consumer = clients(broker, "denen-consumer", "denen-consumer")
+    assert consumer.connected() == SUCCESS
+    refused = [READINGS, STATUS, "denen/v1/+/readings/#", "denen/v1/gw-a/status", "denen/v1/+/state",
+               "denen/v1/gw-a/cmd/#", "$share/denen-bridge/denen/v1/+/nodes/+/state", "#"]
+    assert {t: consumer.subscribe(t) for t in refused} == dict.fromkeys(refused, NOT_AUTHORIZED)
+    assert consumer.subscribe("denen/v1/+/nodes/+/state") == GRANTED_QOS1
+    assert consumer.subscribe("denen/v1/gw-a/nodes/00000101/state") == GRANTED_QOS1
+    consumer.wait(lambda: any(t == "denen/v1/gw-a/nodes/00000101/state" for t, _ in consumer.messages),
+                  "the retained node state")
+    for topic in ("denen/v1/gw-a/nodes/00000101/state", "denen/v1/gw-a/cmd/alert-ack", "denen/v1/gw-a/status"):
+        probe = clients(broker, "denen-consumer", "denen-consumer")
+        assert probe.connected() == SUCCESS
+        assert probe.publish(topic, b"{}") == NOT_AUTHORIZED, topic
+
+
 def test_d_a_gateway_cannot_join_the_bridges_shared_subscription(
         backend: Path, brokers: list[ShippedBroker], clients: Clients, tmp_path: Path) -> None:
     assert _share_theft(_start(brokers, backend, tmp_path / "shipped"), clients) == (NOT_AUTHORIZED, 20)
@@ -428,7 +451,7 @@ def test_f_revoking_a_stolen_gateway_locks_it_out_while_another_loses_nothing(
         assert "gw-a:" not in (backend / "secrets" / "mosquitto" / "passwd").read_text()
         dynsec = json.loads((backend / "secrets" / "mosquitto" / "dynamic-security.json").read_text())
         assert [c["username"] for c in dynsec["clients"]] == ["denen-bridge-1", "denen-console", "denen-console-cli",
-                                                              "gw-b"]
+                                                              "denen-consumer", "gw-b"]
         assert not (backend / "secrets" / "gateways" / "gw-a").exists()
 
         # A reload (SIGHUP) is not enough: Mosquitto 2.0.11's dynamic-security plugin does not re-read its file,

@@ -69,10 +69,10 @@ def make_credentials(backend: Path, *args: str) -> subprocess.CompletedProcess[s
 
 
 def password(backend: Path, user: str) -> str:
-    """The plain password make-credentials.sh made for a gateway, bridge or console login."""
+    """The plain password make-credentials.sh made for a gateway, bridge, console or consumer login."""
     if user.startswith("denen-bridge-"):
         path = backend / "secrets" / f"bridge-{user.removeprefix('denen-bridge-')}" / "mqtt-password"
-    elif user in ("denen-console", "denen-console-cli"):
+    elif user in ("denen-console", "denen-console-cli", "denen-consumer"):
         path = backend / "secrets" / user.removeprefix("denen-") / "mqtt-password"
     else:
         path = backend / "secrets" / "gateways" / user / "mqtt-password"

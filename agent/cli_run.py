@@ -21,7 +21,7 @@ def run(config_path: str | None) -> int:
     import signal  # noqa: PLC0415
 
     from agent.config import load_config  # noqa: PLC0415
-    from agent.gateway.boot import resolve_active_config  # noqa: PLC0415
+    from agent.gateway.boot import parsed_config_cache, resolve_active_config  # noqa: PLC0415
     from agent.gateway.core import Gateway  # noqa: PLC0415
     from agent.gateway.events import Wake  # noqa: PLC0415
 
@@ -30,7 +30,7 @@ def run(config_path: str | None) -> int:
         log.error("%s", problem)
     for note in active.notes:
         log.info("%s", note)
-    cfg = load_config(active.path)
+    cfg = load_config(active.path, parsed_cache=parsed_config_cache())
     logging.getLogger().setLevel(getattr(logging, cfg.log.level.upper()))
     gw = Gateway(cfg, active_config=active.describe())
     _stop_on_signals(gw.stop)

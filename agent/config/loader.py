@@ -23,6 +23,8 @@ from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarint import BinaryInt, HexCapsInt, HexInt, OctalInt
 
 from agent.config.messages import _describe, _union_errors
+from agent.config.parsed import read as read_parsed
+from agent.config.parsed import write as write_parsed
 from agent.config.secrets import _secret_mode_problems
 from agent.config.values import _CTX_BASE_DIR, _CTX_LOADER, Found, _dotted
 from agent.errors import ConfigError, ConfigIssue
@@ -109,17 +111,46 @@ class ModelFile(Generic[_M]):
     service_user: str = "the agent's user"
     model_for: Callable[[Any], type[_M]] | None = None
 
-    def load(self, path: str | os.PathLike[str], *, check_modes: bool = True) -> tuple[_M, tuple[ConfigIssue, ...]]:
+    def load(self, path: str | os.PathLike[str], *, check_modes: bool = True,
+             parsed_cache: Path | None = None) -> tuple[_M, tuple[ConfigIssue, ...]]:
         """Read and parse a file; relative paths in it are resolved against its directory.
 
         Args:
             check_modes: Refuse secrets other users can read (see :meth:`parse`). False only for a copy on a file
                 system without modes (a FAT card, where every file looks readable by all).
+            parsed_cache: where this text's parsed data may be kept between starts (:mod:`agent.config.parsed`):
+                read instead of parsing the YAML when it is this very text's, written after a clean load.
         """
         source = os.fspath(path)
         text, mode = read_config_file(source)
-        return self.parse(text, source=source, base_dir=Path(source).absolute().parent,
-                          file_mode=mode if check_modes else None, secret_file_modes=check_modes)
+        file_mode = mode if check_modes else None
+        base = Path(source).absolute().parent
+        if parsed_cache is not None:
+            kept = read_parsed(parsed_cache, text)
+            clean = self._clean(kept, source, base, file_mode, check_modes) if kept is not None else None
+            if clean is not None:
+                return clean, ()
+        result, warned, plain = self._parse(text, source=source, base_dir=base, file_mode=file_mode,
+                                            secret_file_modes=check_modes)
+        if parsed_cache is not None and not warned:
+            write_parsed(parsed_cache, text, plain)
+        return result, warned
+
+    def _clean(self, plain: Any, source: str, base: Path, file_mode: int | None, secret_file_modes: bool) -> _M | None:
+        """Kept parsed data validated with every check of :meth:`parse`; None at the first problem or warning
+        (the caller then parses the YAML, which reports it at its line)."""
+        model = self.model_for(plain) if self.model_for is not None else self.model
+        issues: list[ConfigIssue] = []
+        result = _validate(plain, model, None, source, base, issues)
+        if result is None or issues or (self.checks is not None and list(self.checks(plain))):
+            return None
+        errors, warnings = _secret_mode_problems(plain, model, source=source, base_dir=base, file_mode=file_mode,
+                                                 secret_file_modes=secret_file_modes, service_user=self.service_user)
+        if errors or warnings or (file_mode is not None and stat.S_IMODE(file_mode) & stat.S_IWOTH):
+            return None
+        if self.warnings is not None and list(self.warnings(result)):
+            return None
+        return result
 
     def parse(self, text: str, *, source: str = "<string>", base_dir: str | os.PathLike[str] | None = None,
               file_mode: int | None = None, secret_file_modes: bool = True) -> tuple[_M, tuple[ConfigIssue, ...]]:
@@ -142,6 +173,13 @@ class ModelFile(Generic[_M]):
         Raises:
             ConfigError: listing every problem found, sorted by line.
         """
+        result, warned, _ = self._parse(text, source=source, base_dir=base_dir, file_mode=file_mode,
+                                        secret_file_modes=secret_file_modes)
+        return result, warned
+
+    def _parse(self, text: str, *, source: str, base_dir: str | os.PathLike[str] | None, file_mode: int | None,
+               secret_file_modes: bool) -> tuple[_M, tuple[ConfigIssue, ...], Any]:
+        """:meth:`parse`, also returning the plain data it validated."""
         base = Path(base_dir) if base_dir is not None else (
             Path(source).absolute().parent if not source.startswith("<") else Path.cwd())
         root_node, data = _compose(text, source)
@@ -170,7 +208,7 @@ class ModelFile(Generic[_M]):
                                for loc, message, hint in [*mode_warnings, *more]))
         for issue in warned:
             log.warning("config warning: %s", issue)
-        return result, warned
+        return result, warned, plain
 
 
 def parse_yaml_model(

@@ -6,6 +6,7 @@ import copy
 import functools
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -223,7 +224,8 @@ _HEX_TEXT_KEYS: tuple[tuple[object, ...], ...] = (
 )
 
 
-def load_config(path: str | os.PathLike[str], *, check_modes: bool = True) -> Config:
+def load_config(path: str | os.PathLike[str], *, check_modes: bool = True,
+                parsed_cache: str | os.PathLike[str] | None = None) -> Config:
     """Read, parse and validate a config file.
 
     Relative paths inside the file are resolved against the file's directory.
@@ -234,6 +236,8 @@ def load_config(path: str | os.PathLike[str], *, check_modes: bool = True) -> Co
             secret files (key_file, password_file, tls.key_file) they can read. False only to check a copy on a
             medium whose file system has no modes (a FAT card written by ``denen flash``, where every file looks
             readable by all); the gateway runs a mode-600 copy of it, which is checked.
+        parsed_cache: a file in the gateway's state directory where the parsed YAML is kept between starts
+            (:mod:`agent.config.parsed`): a restart with the same text validates that instead of parsing again.
 
     Returns:
         The validated configuration; ``Config.warnings`` lists things that are valid but suspicious.
@@ -241,7 +245,8 @@ def load_config(path: str | os.PathLike[str], *, check_modes: bool = True) -> Co
     Raises:
         ConfigError: listing every problem found, each with file, line, column, key and hint.
     """
-    return _with_warnings(*CONFIG_FILE.load(path, check_modes=check_modes))
+    cache = Path(parsed_cache) if parsed_cache is not None else None
+    return _with_warnings(*CONFIG_FILE.load(path, check_modes=check_modes, parsed_cache=cache))
 
 
 def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.PathLike[str] | None = None) -> Config:

@@ -57,10 +57,12 @@ __all__ = [
     "DEFAULT_CONFIG",
     "DEFAULT_SEARCH",
     "DEFAULT_STATE_DIR",
+    "PARSED_CONFIG_NAME",
     "SEARCH_ENV",
     "ActiveConfig",
     "default_search_paths",
     "find_flashed",
+    "parsed_config_cache",
     "resolve_active_config",
 ]
 
@@ -73,6 +75,8 @@ DEFAULT_SEARCH: tuple[str, ...] = ("/boot/firmware/denen", "/boot/denen", "/medi
 #: Environment variable overriding :data:`DEFAULT_SEARCH`: bundle folder paths or globs separated by ':'.
 SEARCH_ENV = "DENEN_FLASH_SEARCH"
 DEFAULT_STATE_DIR = "/var/lib/denen"
+#: In the state directory: the active config's parsed YAML, kept between starts (agent.config.parsed).
+PARSED_CONFIG_NAME = "config.parsed.json"
 #: Folder below the state directory holding the installed copy of the flashed bundle.
 INSTALLED_NAME = "flashed"
 #: The config used when no bundle was ever flashed (written by hand, or by deploy/edge/install.sh users).
@@ -171,6 +175,20 @@ def _previous_bundles(search: Sequence[str]) -> list[Path]:
     return _candidates([p + PREV_SUFFIX for p in search])
 
 
+def parsed_config_cache(state_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """Where ``denen run`` keeps its config's parsed YAML between starts (:mod:`agent.config.parsed`): in the
+    state directory when it exists and is this user's and no one else's to write; else None (parse every time).
+    A developer's ``denen run -c FILE`` outside systemd, with no state directory, is not cached."""
+    state = _state_dir(state_dir)
+    try:
+        st = state.stat()
+    except OSError:
+        return None
+    if not state.is_dir() or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        return None
+    return state / PARSED_CONFIG_NAME
+
+
 def _state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
     if state_dir is not None:
         return Path(state_dir)
@@ -179,7 +197,7 @@ def _state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
     return Path(env.split(":")[0]) if env else Path(DEFAULT_STATE_DIR)
 
 
-def _loads(flashed: FlashedConfig, where: Path, *, on_card: bool) -> str | None:
+def _loads(flashed: FlashedConfig, where: Path, *, on_card: bool, parsed_cache: Path | None = None) -> str | None:
     """None if the bundle's config loads with this agent, else the reason (one line per problem).
 
     ``on_card``: ``where`` is the bundle on the card or stick, whose file system may have no modes (FAT), so who
@@ -189,7 +207,7 @@ def _loads(flashed: FlashedConfig, where: Path, *, on_card: bool) -> str | None:
 
     try:
         with config_warnings_quiet():
-            load_config(where / CONFIG_NAME, check_modes=not on_card)
+            load_config(where / CONFIG_NAME, check_modes=not on_card, parsed_cache=parsed_cache)
     except ConfigError as exc:
         return f"bundle {flashed.bundle} does not load with denen {__version__}: {exc}"
     return None
@@ -225,7 +243,8 @@ def _install(flashed: FlashedConfig, state: Path) -> FlashedConfig:
     except FlashError as exc:
         remove_tree(staging)
         raise FlashError(f"the copy of {flashed.bundle} in {state} does not check out: {exc}") from None
-    problem = _loads(flashed, staging, on_card=False)
+    # The check parses the YAML; its parsed data is kept, so the run that follows need not parse it again.
+    problem = _loads(flashed, staging, on_card=False, parsed_cache=parsed_config_cache(state))
     if problem is not None:
         remove_tree(staging)
         raise FlashError(problem)

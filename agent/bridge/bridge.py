@@ -250,12 +250,7 @@ class Bridge(Receiving, Writing):
             # Queued after the last acknowledgements, so they reach the broker first.
             client.disconnect(properties=props)
             client.loop_stop()
-        self._sink.close()
-        if self._health_sink is not None and self._health_sink not in (self._sink, getattr(self._sink, "inner", None)):
-            self._health_sink.close()
-        if self._claims is not None:
-            self._claims.close()
-        self._dead.close()
+        self._release()
         self._log_summary(final=True)
         if self._failure is not None:
             raise BridgeError(f"the bridge stopped after an error: {self._failure}") from self._failure
@@ -266,6 +261,10 @@ class Bridge(Receiving, Writing):
         if self._closed or self._writer is not None:
             return
         self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        """Close the sinks (a shared injected one once), the redis claims and the dead-letter store."""
         self._sink.close()
         if self._health_sink is not None and self._health_sink not in (self._sink, getattr(self._sink, "inner", None)):
             self._health_sink.close()

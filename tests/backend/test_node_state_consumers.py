@@ -15,14 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.bridge import Bridge, parse_bridge_config
 from agent.dev.devbroker import Mosquitto
-from tests.bridge._helpers import (
-    Publisher,
-    batch,
-    bridge_config_text,
-    reading,
-    topic,
-    v1_sink,
-)
+from tests.bridge._helpers import Publisher, batch, bridge_config_text, reading, topic, v1_sink
 from tests.support.influx import InfluxDB1
 from tests.support.nodered import NodeRed, NodeRedMissing
 from tests.support.polling import wait_until

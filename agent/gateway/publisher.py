@@ -273,6 +273,11 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        # Every socket write on the link thread: without this, paho's publish() writes at once from the caller's
+        # thread (the core) while the link thread's loop() may be writing too, since the link drives loop() itself
+        # rather than paho's thread; two partial writes (a large batch over slow TLS) could interleave packets. paho
+        # then only queues and wakes loop() through its socket pair.
+        client.on_socket_register_write = lambda client, userdata, sock: None
         return client
 
     def _run(self) -> None:

@@ -168,9 +168,9 @@ def test_es920lr_radio_on_the_full_path(tmp_path: Path, broker: Mosquitto) -> No
 
 
 def test_publish_survives_paho_reporting_a_disconnect_inside_publish(tmp_path: Path, broker: Mosquitto) -> None:
-    """paho's publish() writes at once when it can; on a dead socket it calls on_disconnect in the caller's thread,
-    while MqttLink.publish holds its lock. That must not deadlock the core (seen: an agent hung for good after a
-    broker kicked it mid-publish)."""
+    """paho reports a disconnect while a publish is under way (on_disconnect, which takes the link's lock, runs
+    around the publish). That must not deadlock the core (seen: an agent hung for good after a broker kicked it
+    mid-publish)."""
     import threading
 
     from paho.mqtt.reasoncodes import ReasonCode
@@ -196,5 +196,36 @@ def test_publish_survives_paho_reporting_a_disconnect_inside_publish(tmp_path: P
                                          done.set()), daemon=True).start()
         assert done.wait(5), "MqttLink.publish deadlocked on its own lock"
         assert not link.connected
+    finally:
+        link.stop()
+
+
+def test_every_socket_write_happens_on_the_link_thread(tmp_path: Path, broker: Mosquitto) -> None:
+    """The core publishes from its own thread; the bytes must still go out from the link thread only, which runs
+    paho's loop(): two threads writing one socket could interleave the parts of two packets."""
+    import threading
+
+    from agent.gateway.publisher import MqttLink
+
+    cfg = parse_config(config_text(port="loop://", mqtt_port=broker.port, journal=tmp_path / "j.db", nodes=[]))
+    acked: list[object] = []
+    link = MqttLink(cfg.mqtt, "gw-test-01", acked.append, version="test")
+    link.start()
+    try:
+        assert wait_until(lambda: link.connected, 10)
+        client = link._client
+        writers: list[str] = []
+        real_send = client._sock_send
+
+        def noted_send(buf: bytes) -> int:
+            writers.append(threading.current_thread().name)
+            return real_send(buf)
+
+        client._sock_send = noted_send
+        for i in range(50):
+            assert link.publish("denen/v1/gw-test-01/readings/telemetry", b'{"n":%d}' % i) is not None
+        assert wait_until(lambda: len(writers) >= 50, 10), writers
+        link_thread = {t.name for t in threading.enumerate() if t.ident == link._thread.ident}
+        assert set(writers) == link_thread, set(writers)
     finally:
         link.stop()

@@ -294,7 +294,8 @@ class Edge:
                 continue
             delay_s = 0.0
             if getattr(self.config.node_by_id.get(node_id), "receipt", "send") == "backup":
-                # Another gateway answers this node; this one only a resend (agent.gateway.receipt_backup).
+                # Another gateway answers this node; this one only a resend, or any SOS in the first minutes
+                # after its start, after a random wait (agent.gateway.receipt_backup).
                 wait = self._backup.delay_s(node_id)
                 if wait is None:
                     self._count("receipts.left_to_answering_gateway")

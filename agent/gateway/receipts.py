@@ -262,7 +262,7 @@ class ReceiptSender:
             self._wake()
 
     def pump(self) -> float | None:
-        """Send every queued receipt that the rules allow now, oldest first.
+        """Send every queued receipt that the rules allow now, oldest first among those whose delay has passed.
 
         Receipts older than ``max_age_s`` are dropped first (counted in ``expired``).
 
@@ -277,20 +277,7 @@ class ReceiptSender:
                 with self._lock:
                     now = self._clock()
                     old = self._drop_old(now)
-                    item = self._queue[0] if self._queue else None
-                    wait = None
-                    if item is not None:
-                        if self._retry_at is not None and now < self._retry_at:
-                            wait = self._retry_at - now
-                        elif now < item.not_before:
-                            wait = item.not_before - now
-                        else:
-                            wait = self.budget.wait_s(item.airtime_s)
-                            if wait > 0 and not item.deferred:
-                                item.deferred = True
-                                self.deferred += 1
-                                log.info("receipt for node %08x counter %d waits %.3f s for the %s rules",
-                                         item.node_id, item.counter, wait, self.rules.describe())
+                    item, wait = self._next_due(now)
                 for r, age in old:
                     self._log_drop("too_old", r.node_id, "receipt for node %08x counter %d dropped: not sent "
                                    "%.0f s after its request (receipts.max_age_s)", r.node_id, r.counter, age)
@@ -450,6 +437,27 @@ class ReceiptSender:
             out.append((head, age))
         return out
 
+    def _next_due(self, now: float) -> tuple[_Receipt | None, float]:
+        """The receipt to send next and the seconds until it may go (<= 0: now), or (None, 0) when none is queued.
+        Under ``_lock``.
+
+        The oldest receipt whose delay has passed goes first, so a backup gateway's delayed receipt does not hold
+        up other nodes' receipts; a retry backoff, the pause and the hourly budget apply to whichever goes."""
+        if not self._queue:
+            return None, 0.0
+        if self._retry_at is not None and now < self._retry_at:
+            return self._queue[0], self._retry_at - now
+        item = next((r for r in self._queue if r.not_before <= now), None)
+        if item is None:
+            return self._queue[0], min(r.not_before for r in self._queue) - now
+        wait = self.budget.wait_s(item.airtime_s)
+        if wait > 0 and not item.deferred:
+            item.deferred = True
+            self.deferred += 1
+            log.info("receipt for node %08x counter %d waits %.3f s for the %s rules",
+                     item.node_id, item.counter, wait, self.rules.describe())
+        return item, wait
+
     def _send(self, item: _Receipt) -> None:
         """One attempt; leaves the queue and counters as the outcome says. Runs under the pump lock."""
         try:
@@ -488,8 +496,9 @@ class ReceiptSender:
 
     def _finish(self, item: _Receipt, *, failed: bool) -> None:
         with self._lock:
-            # Only pump() removes items while it runs, and item is the head it took (_drop_old runs in pump too).
-            self._queue.popleft()
+            # Only pump() removes items while it runs (_drop_old runs in pump too), so item is still queued; by
+            # identity, as two receipts may be equal.
+            del self._queue[next(i for i, r in enumerate(self._queue) if r is item)]
             self._retry_at = None
             self.revision += 1
             if failed:

@@ -237,9 +237,31 @@ class ConsoleService:
         if action == "ack":
             self._remember(link, alert, AckRecord(by, record.ts_us, request_id, link.expires_s))
         self.audit.record(record)
-        return self.link.submit(link.gateway, ACTION_COMMANDS[action],
-                                command_doc(action, link.key, by, "console"), request_id=request_id,
-                                context={"action": record, "by": by})
+        pending = self.link.submit(link.gateway, ACTION_COMMANDS[action],
+                                   command_doc(action, link.key, by, "console"), request_id=request_id,
+                                   context={"action": record, "by": by})
+        if action in ("ack", "silence"):
+            self._fan_out(link, action, by, from_ip, alert.id)
+        return pending
+
+    def _fan_out(self, link: Link, action: str, by: str, from_ip: str, alert_id: str) -> None:
+        """The same node's alert, raised by other gateways that heard the same event (overlapping valleys), is
+        confirmed or silenced with it: one person's confirmation stops every siren sounding for it. Each command
+        is audited on its own, naming the alert the person confirmed."""
+        for gateway in self.states.holding(link.key, besides=link.gateway):
+            state = self.states.get(gateway)
+            alert = state.alerts.get(link.key) if state is not None else None
+            if alert is None:
+                continue
+            request_id = new_request_id()
+            record = Action(action=action, gateway=gateway, by=by, from_ip=from_ip, request_id=request_id,
+                            ts_us=now_us(), type=alert.type, node=alert.node or gateway, alert_id=alert.id,
+                            since_us=alert.since_us)
+            log.info("console: %s of %s on %s by %s also sent to %s, which holds the same alert (%s)", action,
+                     link.key, link.gateway, by, gateway, alert_id)
+            self.audit.record(record)
+            self.link.submit(gateway, ACTION_COMMANDS[action], command_doc(action, link.key, by, "console"),
+                             request_id=request_id, context={"action": record, "by": by})
 
     def _on_done(self, item: Pending) -> None:
         record = item.context.get("action")

@@ -238,6 +238,13 @@ class StateBook:
             self._changed.wait_for(lambda: gateway in self._states, timeout)
             return self._states.get(gateway)
 
+    def holding(self, key: str, *, besides: str) -> list[str]:
+        """The gateways other than ``besides`` whose state lists ``key`` (``<type>:<node>``) as an open alert not
+        acknowledged yet: where valleys overlap, several gateways raise an alert for the same node's event."""
+        with self._lock:
+            return sorted(gw for gw, st in self._states.items()
+                          if gw != besides and (a := st.alerts.get(key)) is not None and a.acknowledged_by is None)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._states)

@@ -341,3 +341,22 @@ def test_hostile_gateway_text_is_shown_as_text(console: ConsoleService, browser:
     assert browser.title != "pwned" and not browser.find_elements(By.TAG_NAME, "script")
     assert not browser.find_elements(By.TAG_NAME, "img")
     assert "\ufffd end" in body
+
+
+def test_one_confirmation_stops_the_same_alert_on_every_gateway_that_raised_it(
+        console: ConsoleService, gateways: list[FakeGateway], servers: tuple[Mosquitto, InfluxDB1]) -> None:
+    """Overlapping valleys: two gateways heard the same caller and each sounds its siren for the SOS; a third holds
+    another node's alert. The person confirms the link of one gateway: both sirens stop, each command audited."""
+    _, influx = servers
+    valley = start_gateway(console, gateways, "gw-valley-e", [sos_alert("00e00001")], siren_alert="sos:00e00001")
+    relay = start_gateway(console, gateways, "gw-relay-e", [sos_alert("00e00001")], siren_alert="sos:00e00001")
+    other = start_gateway(console, gateways, "gw-other-e", [sos_alert("00e00002")])
+    url = console.url_for("gw-valley-e", "sos:00e00001")
+    status, _, _ = http(url, {"csrf": console.signer.csrf(url.rsplit("/", 1)[1]), "action": "ack", "by": "山田"})
+    assert status in (200, 303)
+    for gw in (valley, relay):
+        (name, doc), = gw.wait_commands(1)
+        assert name == "alert-ack" and doc["keys"] == ["sos:00e00001"] and doc["by"] == "山田"
+    assert {r["action"] for r in audit_rows(influx, "gw-relay-e", 1)} == {"ack"}
+    time.sleep(0.7)
+    assert other.commands == []

@@ -186,7 +186,7 @@ class NodeConfig(WithSecrets):
         default="send",
         description=N_("Who answers this node's SOS when several gateways hear it: send (this gateway answers every "
         "SOS; the default) or backup (another gateway answers; this one only an SOS sent again within 5 minutes, "
-        "3 s later). Give each node one send gateway."),
+        "3-8 s later, and any SOS in its first 5 minutes after a start). Give each node one send gateway."),
     )
     location: LocationConfig | None = Field(default=None, description=N_("Installed position {lat, lon}. Optional."))
     radio: str | None = Field(

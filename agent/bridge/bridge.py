@@ -182,7 +182,9 @@ class Bridge(Receiving, Writing):
             self._dead.close()
             raise
         if config.node_state.publish:
-            sink = NodeStateSink(sink, self._publish_node_state, config.mqtt.topic_prefix + "/", stats=self.stats)
+            unsent: list[mqtt.MQTTMessageInfo] = []  # node states handed to paho, oldest first
+            sink = NodeStateSink(sink, lambda topic, payload: self._publish_node_state(unsent, topic, payload),
+                                 config.mqtt.topic_prefix + "/", stats=self.stats)
         health: Sink | None = None
         if config.health.enabled:
             try:
@@ -193,13 +195,30 @@ class Bridge(Receiving, Writing):
                 raise
         return sink, health
 
-    def _publish_node_state(self, topic: str, payload: bytes) -> bool:
-        """Hand one retained node state to the broker connection (the writer thread); False when not connected,
-        or when too many are still waiting for their PUBACK (paho would otherwise queue them without bound)."""
+    def _publish_node_state(self, unsent: list[mqtt.MQTTMessageInfo], topic: str, payload: bytes,
+                            unsent_max: int = 1000) -> bool:
+        """Hand one node state to the broker connection (the writer thread), QoS 0 and retained: a retained
+        document needs no queue, and the broker queues no QoS 0 message for a consumer's offline session, so a
+        consumer that went away cannot make it queue without bound.
+
+        False when not connected, or when ``unsent_max`` documents handed over earlier are not yet written to the
+        socket: paho's outgoing packets have no bound of their own for QoS 0 (``max_queued_messages`` counts QoS 1
+        and 2 only). paho writes them in order and marks the ones a lost connection drops as published too, so
+        the written ones are always at the front of ``unsent``."""
         client = self._client
         if client is None or not client.is_connected():
             return False
-        return client.publish(topic, payload, qos=1, retain=True).rc == mqtt.MQTT_ERR_SUCCESS
+        written = 0
+        while written < len(unsent) and unsent[written].is_published():
+            written += 1
+        del unsent[:written]
+        if len(unsent) >= unsent_max:
+            return False
+        info = client.publish(topic, payload, qos=0, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        unsent.append(info)
+        return True
 
     def _registry_text(self) -> str:
         reg = self.registry

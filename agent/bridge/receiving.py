@@ -85,8 +85,9 @@ class Receiving:
         cfg = self.config.mqtt
         client = new_client(cfg, cfg.effective_client_id())
         client.manual_ack_set(True)
-        # The bridge publishes only retained node states: at most this many wait for their PUBACK; more are
-        # refused (MQTT_ERR_QUEUE_SIZE), skipped and counted, and the node's next reading publishes again.
+        # The bridge publishes only retained node states, at QoS 0, which this bound does not count (paho counts
+        # QoS 1 and 2 only): Bridge._publish_node_state bounds them itself. Kept as a guard: a QoS 1 publish added
+        # later waits here for its PUBACK at most 1,000 at a time, the rest refused (MQTT_ERR_QUEUE_SIZE).
         client.max_queued_messages_set(1000)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail

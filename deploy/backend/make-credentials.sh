@@ -15,8 +15,10 @@
 #   secrets/console-cli/mqtt-password, ca.pem     the operators' login for denen ack, with the console's rights:
 #                                                 user denen-console-cli (a login is its client id, so the command
 #                                                 line cannot share the running console's)
-#   secrets/consumer/mqtt-password, ca.pem        the consumers' login (Node-RED, a town's own dashboard): user
-#                                                 denen-consumer, which may only read each node's retained state
+#   secrets/consumer-<n>/mqtt-password, ca.pem    one login per consumer (Node-RED, a town's own dashboard): user
+#                                                 denen-consumer-<n> (-c), which may only read each node's retained
+#                                                 state (a login is its client id: two consumers sharing one would
+#                                                 take each other's session over)
 #   secrets/gateways/<id>/mqtt-password, ca.pem   one login per gateway: user name = gateway id
 #   secrets/emqx/users.csv, ca.crt, server.crt, server.key   the same logins and certificate for the EMQX nodes
 #                                        of the clustered path (cluster/docker-compose.yml), written on every run
@@ -34,13 +36,16 @@ set -eu
 
 usage() {
   cat >&2 <<'EOF'
-usage: make-credentials.sh [-d DIR] [-n BROKER_NAME]... [-p PORT] [-b BRIDGES] [-R | -X] [GATEWAY_ID...]
+usage: make-credentials.sh [-d DIR] [-n BROKER_NAME]... [-p PORT] [-b BRIDGES] [-c CONSUMERS] [-R | -X]
+                           [GATEWAY_ID...]
   -d DIR          deployment directory holding .env.example (default: the directory of this script)
   -n BROKER_NAME  DNS name or IP address the gateways use to reach the broker; repeat for several.
                   Needed the first time (when the broker certificate is made); later runs keep the certificate.
   -p PORT         broker port printed in the gateway config lines (default 8883)
   -b BRIDGES      number of bridge processes, each with its own login denen-bridge-1 .. denen-bridge-BRIDGES
                   (default 1; existing bridge logins are kept)
+  -c CONSUMERS    number of consumers (Node-RED, a town's dashboard), each with its own login denen-consumer-1 ..
+                  denen-consumer-CONSUMERS, read-only on each node's state (default 1; existing ones are kept)
   -R              rotate: new passwords for the gateways named (the old ones stop working after the broker
                   restarts)
   -X              revoke: remove the logins of the gateways named (a stolen or retired gateway; locked out once
@@ -60,12 +65,14 @@ PORT=8883
 ROTATE=0
 REVOKE=0
 BRIDGES=""
-while getopts d:n:p:b:RXh opt; do
+CONSUMERS=""
+while getopts d:n:p:b:c:RXh opt; do
   case $opt in
     d) DIR=$OPTARG ;;
     n) NAMES="$NAMES $OPTARG" ;;
     p) PORT=$OPTARG ;;
     b) BRIDGES=$OPTARG ;;
+    c) CONSUMERS=$OPTARG ;;
     R) ROTATE=1 ;;
     X) REVOKE=1 ;;
     *) usage ;;
@@ -79,6 +86,7 @@ command -v mosquitto_passwd >/dev/null 2>&1 \
 [ -d "$DIR" ] || die "no such directory: $DIR"
 case $PORT in ''|*[!0-9]*) die "-p needs a port number, got '$PORT'" ;; esac
 case $BRIDGES in ''|[1-9]|[1-9][0-9]) ;; *) die "-b needs a number of bridges from 1 to 99, got '$BRIDGES'" ;; esac
+case $CONSUMERS in ''|[1-9]|[1-9][0-9]) ;; *) die "-c needs a number of consumers from 1 to 99, got '$CONSUMERS'" ;; esac
 [ "$ROTATE$REVOKE" != 11 ] || die "-R (rotate) and -X (revoke) exclude each other"
 [ "$REVOKE" = 0 ] || [ $# -gt 0 ] || die "-X needs the ids of the gateways to revoke"
 ACL="$DIR/mosquitto/acl"
@@ -249,10 +257,24 @@ for login in console console-cli; do
   ensure_login "denen-$login" "$SECRETS/$login/mqtt-password" 0
   cp "$CA_DIR/ca.crt" "$SECRETS/$login/ca.pem"
 done
-# The consumers' login: each node's retained state (bridge.yaml node_state), read-only (mosquitto/acl).
-mkdir -p "$SECRETS/consumer"
-ensure_login "denen-consumer" "$SECRETS/consumer/mqtt-password" 0
-cp "$CA_DIR/ca.crt" "$SECRETS/consumer/ca.pem"
+# The single login "denen-consumer" of earlier versions: every consumer now has its own (below).
+if grep -q '^denen-consumer:' "$PASSWD" 2>/dev/null; then
+  remove_login denen-consumer
+  note "removed the old shared consumer login denen-consumer (replaced by denen-consumer-1 ...); delete $SECRETS/consumer"
+fi
+# Consumer logins denen-consumer-1 .. denen-consumer-N: each node's retained state (bridge.yaml node_state),
+# read-only (mosquitto/acl). By default as many as exist already, at least one.
+if [ -z "$CONSUMERS" ]; then
+  CONSUMERS=1
+  while [ -d "$SECRETS/consumer-$((CONSUMERS + 1))" ]; do CONSUMERS=$((CONSUMERS + 1)); done
+fi
+n=1
+while [ "$n" -le "$CONSUMERS" ]; do
+  mkdir -p "$SECRETS/consumer-$n"
+  ensure_login "denen-consumer-$n" "$SECRETS/consumer-$n/mqtt-password" 0
+  cp "$CA_DIR/ca.crt" "$SECRETS/consumer-$n/ca.pem"
+  n=$((n + 1))
+done
 # The key that signs the acknowledgement links (HMAC-SHA256); made once: a new one invalidates every link sent.
 if [ ! -s "$SECRETS/console/link-secret" ]; then
   openssl rand -base64 48 > "$TMP" && mv "$TMP" "$SECRETS/console/link-secret"
@@ -349,7 +371,7 @@ acl_json() {
     case $user in
       denen-bridge-*) role=denen-bridge ;;
       denen-console|denen-console-cli) role=denen-console ;;
-      denen-consumer) role=denen-consumer ;;
+      denen-consumer-*) role=denen-consumer ;;
       *) role="gateway-$user" ;;
     esac
     case " $roles " in *" $role "*) ;; *) roles="$roles $role" ;; esac
@@ -395,7 +417,7 @@ while IFS=: read -r user hash || [ -n "$user" ]; do
     denen-bridge-*) pwfile="$SECRETS/bridge-${user#denen-bridge-}/mqtt-password" ;;
     denen-console) pwfile="$SECRETS/console/mqtt-password" ;;
     denen-console-cli) pwfile="$SECRETS/console-cli/mqtt-password" ;;
-    denen-consumer) pwfile="$SECRETS/consumer/mqtt-password" ;;
+    denen-consumer-*) pwfile="$SECRETS/consumer-${user#denen-consumer-}/mqtt-password" ;;
     *) pwfile="$GW_DIR/$user/mqtt-password" ;;
   esac
   if [ ! -s "$pwfile" ]; then

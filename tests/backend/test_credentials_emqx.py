@@ -31,7 +31,7 @@ from tests.support.shipped_broker import (
 REPO = Path(__file__).resolve().parents[2]
 EMQX = REPO / "deploy" / "backend" / "cluster" / "emqx"
 GATEWAYS = ("gw-a", "gw-b")
-LOGINS = (*GATEWAYS, "denen-bridge-1", "denen-console", "denen-console-cli", "denen-consumer")
+LOGINS = (*GATEWAYS, "denen-bridge-1", "denen-console", "denen-console-cli", "denen-consumer-1", "denen-consumer-2")
 
 
 def users_csv(backend: Path) -> dict[str, dict[str, str]]:
@@ -47,7 +47,7 @@ def passwd_users(backend: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Path:
     made = copy_backend(tmp_path_factory.mktemp("backend"))
-    proc = make_credentials(made, "-n", "mqtt.example.jp", "-b", "2", *GATEWAYS)
+    proc = make_credentials(made, "-n", "mqtt.example.jp", "-b", "2", "-c", "2", *GATEWAYS)
     assert proc.returncode == 0, proc.stderr
     return made
 
@@ -214,9 +214,9 @@ def test_emqx_rules_decide_as_the_shipped_mosquitto_for_every_login_and_topic(mo
     unexplained = [c for c in looser if c[1] != "subscribe" or (c[0], _unshared(c[2])) not in forms]
     assert not unexplained, unexplained
     # Which logins that reaches, as docs/capacity.md states it: the bridges (any group, or none), the console
-    # (the bridges' groups, for state and results) and the consumer (node states, shared too); never a gateway.
+    # (the bridges' groups, for state and results) and the consumers (node states, shared too); never a gateway.
     assert {login for login, _, _ in looser} == {"denen-bridge-1", "denen-console", "denen-console-cli",
-                                                 "denen-consumer"}
+                                                 "denen-consumer-1", "denen-consumer-2"}
     assert ("denen-console", "subscribe", "$share/denen-bridge/denen/v1/+/state") in looser
     # The comparison is not empty on either side: each kind of login is both allowed and refused something.
     for login in LOGINS:

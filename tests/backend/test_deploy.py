@@ -35,7 +35,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from ruamel.yaml import YAML
 
 from agent.gateway.publisher import close_sockets_left_in
-from tests.support.shipped_broker import ShippedBroker, copy_backend, make_credentials, tool
+from tests.support.shipped_broker import (
+    ShippedBroker,
+    copy_backend,
+    make_credentials,
+    tool,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND = ROOT / "deploy" / "backend"
@@ -43,11 +48,11 @@ BACKEND = ROOT / "deploy" / "backend"
 
 @pytest.fixture(scope="module")
 def credentials(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """deploy/backend copied to a temp dir, with make-credentials.sh run once for two gateways and two bridge logins
-    (the second one is the NGSI bridge of the fiware profile)."""
+    """deploy/backend copied to a temp dir, with make-credentials.sh run once for two gateways, two bridge logins
+    (the second one is the NGSI bridge of the fiware profile) and two consumer logins."""
     backend = copy_backend(tmp_path_factory.mktemp("deploy"))
-    proc = make_credentials(backend, "-n", "localhost", "-n", "127.0.0.1", "-n", "mqtt.example.jp", "-b", "2", "gw-a",
-                            "gw-b")
+    proc = make_credentials(backend, "-n", "localhost", "-n", "127.0.0.1", "-n", "mqtt.example.jp", "-b", "2",
+                            "-c", "2", "gw-a", "gw-b")
     assert proc.returncode == 0, proc.stderr
     return backend, proc
 
@@ -187,12 +192,12 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
     assert "CA:TRUE" in ca_text
     # Hashed logins only, one per user; the plain passwords are in the per-user files.
     entries = dict(line.split(":", 1) for line in (secrets / "mosquitto" / "passwd").read_text().splitlines())
-    assert set(entries) == {"denen-bridge-1", "denen-bridge-2", "denen-console", "denen-console-cli", "denen-consumer",
-                            "gw-a", "gw-b"}
+    assert set(entries) == {"denen-bridge-1", "denen-bridge-2", "denen-console", "denen-console-cli",
+                            "denen-consumer-1", "denen-consumer-2", "gw-a", "gw-b"}
     assert all(h.startswith("$7$") for h in entries.values())
     for user_file in (secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "bridge-1" / "mqtt-password",
                       secrets / "console" / "mqtt-password", secrets / "console-cli" / "mqtt-password",
-                      secrets / "consumer" / "mqtt-password"):
+                      secrets / "consumer-1" / "mqtt-password", secrets / "consumer-2" / "mqtt-password"):
         assert user_file.read_text().strip() not in (secrets / "mosquitto" / "passwd").read_text()
     # What the broker loads: the same hashes, each login bound to its client id, a role per gateway with its own
     # topics, one role for the bridges, one for the console, everything else denied.
@@ -206,8 +211,8 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
         assert entries[user] == f"$7${c['iterations']}${c['salt']}${c['password']}"
     assert {u: [r["rolename"] for r in c["roles"]] for u, c in clients.items()} == {
         "denen-bridge-1": ["denen-bridge"], "denen-bridge-2": ["denen-bridge"], "denen-console": ["denen-console"],
-        "denen-console-cli": ["denen-console"], "denen-consumer": ["denen-consumer"], "gw-a": ["gateway-gw-a"],
-        "gw-b": ["gateway-gw-b"]}
+        "denen-console-cli": ["denen-console"], "denen-consumer-1": ["denen-consumer"],
+        "denen-consumer-2": ["denen-consumer"], "gw-a": ["gateway-gw-a"], "gw-b": ["gateway-gw-b"]}
     roles_ = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"]} for r in dynsec["roles"]}
     # A consumer reads each node's retained state and nothing else.
     assert roles_["denen-consumer"] == {(a, "denen/v1/+/nodes/+/state") for a in (
@@ -231,7 +236,8 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
     for private in (secrets / "ca" / "ca.key", secrets / "mosquitto" / "server.key",
                     secrets / "gateways" / "gw-a" / "mqtt-password", secrets / "mosquitto" / "passwd",
                     secrets / "mosquitto" / "dynamic-security.json", secrets / "bridge-1" / "mqtt-password",
-                    secrets / "console" / "mqtt-password", secrets / "console-cli" / "mqtt-password"):
+                    secrets / "console" / "mqtt-password", secrets / "console-cli" / "mqtt-password",
+                    secrets / "consumer-2" / "mqtt-password"):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
     # .env: every placeholder replaced by a distinct random secret.
     env = dict(line.split("=", 1) for line in (backend / ".env").read_text().splitlines()
@@ -248,6 +254,36 @@ def test_make_credentials_makes_a_ca_a_broker_certificate_and_logins(credentials
     assert (secrets / "gateways" / "gw-a" / "ca.pem").read_bytes() == ca.read_bytes()
     assert (secrets / "console" / "ca.pem").read_bytes() == (secrets / "console-cli" / "ca.pem").read_bytes() \
         == ca.read_bytes()
+
+
+def test_make_credentials_gives_each_consumer_its_own_login(tmp_path: Path) -> None:
+    backend = copy_backend(tmp_path)
+    assert make_credentials(backend, "-n", "localhost", "gw-a").returncode == 0
+    secrets = backend / "secrets"
+    passwd = secrets / "mosquitto" / "passwd"
+    consumer_1 = (secrets / "consumer-1" / "mqtt-password").read_bytes()
+    # The shared login of earlier versions is taken out when the script runs again.
+    passwd.write_text(passwd.read_text() + "denen-consumer:" + passwd.read_text().split(":", 1)[1].splitlines()[0]
+                      + "\n")
+    more = make_credentials(backend, "-c", "3")
+    assert more.returncode == 0, more.stderr
+    assert "removed the old shared consumer login denen-consumer" in more.stderr
+    assert (secrets / "consumer-1" / "mqtt-password").read_bytes() == consumer_1
+    assert make_credentials(backend).returncode == 0  # later runs keep all three
+    users = sorted(line.split(":")[0] for line in passwd.read_text().splitlines())
+    assert [u for u in users if u.startswith("denen-consumer")] == [f"denen-consumer-{n}" for n in (1, 2, 3)]
+    passwords = {(secrets / f"consumer-{n}" / "mqtt-password").read_text() for n in (1, 2, 3)}
+    assert len(passwords) == 3
+    dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
+    assert {c["username"]: [r["rolename"] for r in c["roles"]] for c in dynsec["clients"]
+            if c["username"].startswith("denen-consumer")} == {
+        f"denen-consumer-{n}": ["denen-consumer"] for n in (1, 2, 3)}
+    emqx = (secrets / "emqx" / "users.csv").read_text()
+    for n in (1, 2, 3):
+        assert f"denen-consumer-{n},{(secrets / f'consumer-{n}' / 'mqtt-password').read_text().strip()}," in emqx
+    for bad in ("0", "100", "x", "-1"):
+        proc = make_credentials(backend, "-c", bad)
+        assert proc.returncode != 0 and "-c needs a number of consumers" in proc.stderr, bad
 
 
 def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_path: Path) -> None:
@@ -271,8 +307,7 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     assert sum(line.startswith("gw-a:") for line in lines) == 1
     assert [line for line in lines if line.startswith("gw-b:")] == old_hash_b
     for bad in ("GW-Upper", "-dash-first", "denen-bridge", "denen-bridge-2", "denen-console", "denen-console-cli",
-                "denen-consumer",
-                "a" * 64, "gw/slash"):
+                "denen-consumer", "denen-consumer-1", "a" * 64, "gw/slash"):
         proc = make_credentials(backend, bad)
         assert proc.returncode != 0 and "make-credentials.sh:" in proc.stderr, bad
     # -b: more bridge logins, the existing one kept; later runs keep them all.
@@ -281,8 +316,8 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     assert (secrets / "bridge-1" / "mqtt-password").read_bytes() == bridge_1
     assert make_credentials(backend).returncode == 0
     users = [line.split(":")[0] for line in (secrets / "mosquitto" / "passwd").read_text().splitlines()]
-    assert sorted(users) == ["denen-bridge-1", "denen-bridge-2", "denen-console", "denen-console-cli", "denen-consumer",
-                             "gw-a", "gw-b"]
+    assert sorted(users) == ["denen-bridge-1", "denen-bridge-2", "denen-console", "denen-console-cli",
+                             "denen-consumer-1", "gw-a", "gw-b"]
     dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
     assert [c["username"] for c in dynsec["clients"]] == users
     # -X: a revoked gateway's login, password and rules are gone; the others are untouched.
@@ -291,7 +326,7 @@ def test_make_credentials_is_idempotent_rotates_on_request_and_checks_ids(tmp_pa
     assert not (secrets / "gateways" / "gw-b").exists()
     dynsec = json.loads((secrets / "mosquitto" / "dynamic-security.json").read_text())
     assert [c["username"] for c in dynsec["clients"]] == ["denen-bridge-1", "denen-console", "denen-console-cli",
-                                                          "denen-consumer", "gw-a", "denen-bridge-2"]
+                                                          "denen-consumer-1", "gw-a", "denen-bridge-2"]
     assert "gateway-gw-b" not in {r["rolename"] for r in dynsec["roles"]}
     # A broken rule in mosquitto/acl is refused with its line.
     acl = backend / "mosquitto" / "acl"

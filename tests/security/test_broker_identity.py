@@ -26,6 +26,7 @@ import pytest
 
 from agent.bridge import Bridge, parse_bridge_config
 from tests.bridge._helpers import batch, reading, v1_sink
+from tests.support.influx import InfluxDB1
 from tests.support.polling import wait_until
 from tests.support.shipped_broker import (
     Mqtt,
@@ -38,7 +39,6 @@ from tests.support.shipped_broker import (
     without_clientid_binding,
     without_max_packet_size,
 )
-from tests.support.influx import InfluxDB1
 
 pytestmark = pytest.mark.broker
 
@@ -50,9 +50,10 @@ SUCCESS, GRANTED_QOS1, NOT_AUTHORIZED = 0, 1, 135
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """deploy/backend copied to a temp dir, make-credentials.sh run for three gateways and one bridge."""
+    """deploy/backend copied to a temp dir, make-credentials.sh run for three gateways, one bridge and two
+    consumers."""
     backend = copy_backend(tmp_path_factory.mktemp("deploy"))
-    proc = make_credentials(backend, "-n", "localhost", "gw-a", "gw-b", "gw-c", BIG_GATEWAY)
+    proc = make_credentials(backend, "-n", "localhost", "-c", "2", "gw-a", "gw-b", "gw-c", BIG_GATEWAY)
     assert proc.returncode == 0, proc.stderr
     return backend
 
@@ -301,23 +302,32 @@ def _share_theft(broker: ShippedBroker, clients: Clients) -> tuple[int, int]:
 
 def test_d_a_consumer_reads_node_states_and_nothing_else(
         backend: Path, brokers: list[ShippedBroker], clients: Clients, tmp_path: Path) -> None:
-    """The consumer login (Node-RED, a town's dashboard) follows the retained node states the bridge publishes, all
-    of them or one node's; it reads no readings, status, state or commands, and publishes nothing."""
+    """Each consumer login (Node-RED, a town's dashboard) follows the retained node states the bridge publishes, all
+    of them or one node's, beside the other consumers (a login of its own: no session taken over); it reads no
+    readings, status, state or commands, and publishes nothing."""
     broker = _start(brokers, backend, tmp_path / "shipped")
     bridge = clients(broker, "denen-bridge-1", "denen-bridge-1")
     assert bridge.connected() == SUCCESS
     assert bridge.publish("denen/v1/gw-a/nodes/00000101/state", b'{"ts_us":1}', retain=True) in (SUCCESS, 16)
-    consumer = clients(broker, "denen-consumer", "denen-consumer")
-    assert consumer.connected() == SUCCESS
+    consumers = [clients(broker, f"denen-consumer-{n}", f"denen-consumer-{n}") for n in (1, 2)]
+    assert [c.connected() for c in consumers] == [SUCCESS, SUCCESS]
+    consumer = consumers[0]
     refused = [READINGS, STATUS, "denen/v1/+/readings/#", "denen/v1/gw-a/status", "denen/v1/+/state",
                "denen/v1/gw-a/cmd/#", "$share/denen-bridge/denen/v1/+/nodes/+/state", "#"]
     assert {t: consumer.subscribe(t) for t in refused} == dict.fromkeys(refused, NOT_AUTHORIZED)
     assert consumer.subscribe("denen/v1/+/nodes/+/state") == GRANTED_QOS1
-    assert consumer.subscribe("denen/v1/gw-a/nodes/00000101/state") == GRANTED_QOS1
-    consumer.wait(lambda: any(t == "denen/v1/gw-a/nodes/00000101/state" for t, _ in consumer.messages),
-                  "the retained node state")
+    assert consumers[1].subscribe("denen/v1/gw-a/nodes/00000101/state") == GRANTED_QOS1
+    for c in consumers:
+        c.wait(lambda c=c: any(t == "denen/v1/gw-a/nodes/00000101/state" for t, _ in c.messages),
+               "the retained node state")
+    assert [c.disconnects for c in consumers] == [[], []]
+    # A login is its client id, whatever the client asks for: a second connection of consumer 1 takes consumer 1's
+    # session over, never consumer 2's.
+    assert clients(broker, "denen-consumer-1", "denen-consumer-2").connected() == SUCCESS
+    consumers[0].wait(lambda: bool(consumers[0].disconnects), "consumer 1's session taken over")
+    assert consumers[1].disconnects == []
     for topic in ("denen/v1/gw-a/nodes/00000101/state", "denen/v1/gw-a/cmd/alert-ack", "denen/v1/gw-a/status"):
-        probe = clients(broker, "denen-consumer", "denen-consumer")
+        probe = clients(broker, "denen-consumer-2", "denen-consumer-2")
         assert probe.connected() == SUCCESS
         assert probe.publish(topic, b"{}") == NOT_AUTHORIZED, topic
 
@@ -440,7 +450,7 @@ def test_f_revoking_a_stolen_gateway_locks_it_out_while_another_loses_nothing(
         assert b.connected() == SUCCESS and b.subscribe(READINGS) == GRANTED_QOS1
         return b
 
-    bridge = bridge_session()
+    bridge_session()  # a bridge with a persistent session, held by clients
     stolen = clients(broker, "gw-a", "gw-a")
     assert stolen.connected() == SUCCESS
     sender = JournalSender(broker, 300)
@@ -451,7 +461,7 @@ def test_f_revoking_a_stolen_gateway_locks_it_out_while_another_loses_nothing(
         assert "gw-a:" not in (backend / "secrets" / "mosquitto" / "passwd").read_text()
         dynsec = json.loads((backend / "secrets" / "mosquitto" / "dynamic-security.json").read_text())
         assert [c["username"] for c in dynsec["clients"]] == ["denen-bridge-1", "denen-console", "denen-console-cli",
-                                                              "denen-consumer", "gw-b"]
+                                                              "denen-consumer-1", "gw-b"]
         assert not (backend / "secrets" / "gateways" / "gw-a").exists()
 
         # A reload (SIGHUP) is not enough: Mosquitto 2.0.11's dynamic-security plugin does not re-read its file,
@@ -465,7 +475,7 @@ def test_f_revoking_a_stolen_gateway_locks_it_out_while_another_loses_nothing(
         wait_until(lambda: len(sender.pending) < 200, 10)  # the restart lands mid-stream
         broker.restart()
         assert again.disconnects
-        bridge = bridge_session()
+        bridge_session()  # the bridges come back after the restart
         assert clients(broker, "gw-a", "gw-a", secret=stolen_password).connected() == NOT_AUTHORIZED
         sender.join(60)
     finally:

@@ -72,7 +72,9 @@ def password(backend: Path, user: str) -> str:
     """The plain password make-credentials.sh made for a gateway, bridge, console or consumer login."""
     if user.startswith("denen-bridge-"):
         path = backend / "secrets" / f"bridge-{user.removeprefix('denen-bridge-')}" / "mqtt-password"
-    elif user in ("denen-console", "denen-console-cli", "denen-consumer"):
+    elif user.startswith("denen-consumer-"):
+        path = backend / "secrets" / f"consumer-{user.removeprefix('denen-consumer-')}" / "mqtt-password"
+    elif user in ("denen-console", "denen-console-cli"):
         path = backend / "secrets" / user.removeprefix("denen-") / "mqtt-password"
     else:
         path = backend / "secrets" / "gateways" / user / "mqtt-password"

@@ -15,7 +15,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.bridge import Bridge, parse_bridge_config
 from agent.dev.devbroker import Mosquitto
-from tests.bridge._helpers import Publisher, batch, bridge_config_text, reading, topic, v1_sink
+from tests.bridge._helpers import (
+    Publisher,
+    batch,
+    bridge_config_text,
+    reading,
+    topic,
+    v1_sink,
+)
 from tests.support.influx import InfluxDB1
 from tests.support.nodered import NodeRed, NodeRedMissing
 from tests.support.polling import wait_until
@@ -34,12 +41,12 @@ def bridge(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1) -> Iterator[Bri
     b.stop()
 
 
-def retained_states(broker: Mosquitto) -> dict[str, dict]:
-    """Every retained node state the broker holds, by topic, as a new subscriber gets them."""
-    got: dict[str, dict] = {}
+def retained_states(broker: Mosquitto) -> dict[str, tuple[int, dict]]:
+    """Every retained node state the broker holds, by topic, as a new subscriber gets them: (QoS, document)."""
+    got: dict[str, tuple[int, dict]] = {}
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="state-reader",
                          protocol=MQTTProtocolVersion.MQTTv5)
-    client.on_message = lambda c, u, m: got.__setitem__(m.topic, json.loads(m.payload)) if m.retain else None
+    client.on_message = lambda c, u, m: got.__setitem__(m.topic, (m.qos, json.loads(m.payload))) if m.retain else None
     client.connect(broker.host, broker.port)
     client.subscribe("denen/v1/+/nodes/+/state", qos=1)
     client.loop_start()
@@ -61,9 +68,11 @@ def test_the_bridge_keeps_each_nodes_newest_state_retained(broker: Mosquitto, br
     finally:
         pub.close()
     states = retained_states(broker)
-    doc = states[f"denen/v1/{GW}/nodes/00000301/state"]
+    qos, doc = states[f"denen/v1/{GW}/nodes/00000301/state"]
     assert doc["schema"] == "denen.node_state/1" and doc["site"] == "testville"
-    assert doc["values"] == {"level_cm": 103.0, "battery_v": 3.6} and doc["fcnt"] == 3
+    assert doc["values"] == {"level_cm": 103.0, "battery_v": 3.6} and doc["fcnt"] == 3 and "alerts" not in doc
+    # Published at QoS 0 (a subscriber at QoS 1 gets it at 0): the broker queues none for an offline consumer.
+    assert qos == 0
 
 
 def test_the_shipped_node_red_flow_follows_every_node_and_reports_an_sos(
@@ -87,6 +96,14 @@ def test_the_shipped_node_red_flow_follows_every_node_and_reports_an_sos(
         assert docs["00000301"]["values"]["level_cm"] == 182.5
         assert docs["00000101"]["kind"] == "sos" and docs["00000101"]["values"]["lat_deg"] == 35.8
         assert wait_until(lambda: "SOS hiker-1" in red.log(), 10), red.log()[-2000:]
+        # The node's newer frame attributed to another gateway (de-duplication: the first reception's): the flow
+        # keeps one document per node, the newest.
+        pub.publish([(topic("gw-test-02"), batch("gw-test-02", [reading("gw-test-02", 0x301, 6, "water_level",
+                                                                        {"level_cm": 190.0})]))])
+        assert wait_until(lambda: {d["node"]: d["gateway"] for d in red.get_json("/denen/nodes")}.get("00000301")
+                          == "gw-test-02", 20), red.get_json("/denen/nodes")
+        docs = {d["node"]: d for d in red.get_json("/denen/nodes")}
+        assert len(red.get_json("/denen/nodes")) == 2 and docs["00000301"]["values"]["level_cm"] == 190.0
     finally:
         pub.close()
         red.stop()

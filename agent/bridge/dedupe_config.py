@@ -32,7 +32,7 @@ class DedupeConfig(ConfigSection):
         "redis memory for this long."),
     )
     timeout_s: Seconds = Field(
-        default=2.0, le=30,
+        default=0.5, le=5,
         description=N_("Longest wait for redis per batch, in seconds. When redis fails, frames are written as each "
         "gateway sent them (duplicates, nothing held back) and redis is tried again after a back-off."),
     )

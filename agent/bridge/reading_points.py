@@ -157,7 +157,8 @@ class ReadingPoints:
             lines.append(f"{self._tag_prefix(('gateway_health', site, gateway))} {_field_set(fields)} {ts}")
         elif kind == "alert":
             lines.append(self._alert(r["alert"], fields, site, gateway, name, ts))
-            if self.dedupe_prefix is not None and (key := alert_key(self.dedupe_prefix, r["alert"])) is not None:
+            key = alert_key(self.dedupe_prefix, r["alert"], gateway) if self.dedupe_prefix is not None else None
+            if key is not None:
                 out.claims.append((len(lines) - 1, 1, key))
         else:
             # A node reading: its own point (the values, then the radio's fields) and node_health.

@@ -260,9 +260,18 @@ class Writing:
             for index, count, key in m.converted.claims:
                 owners.append((m, index, count))
                 claims.append((key, "\n".join(lines[index:index + count])))
+
+        def conflict(k: int, registrar: str) -> None:
+            m = owners[k][0]
+            self._input_log.warning("dedupe_conflict", f"gateway {_printable(registrar[:64])}", "conflicts",
+                                    "bridge: gateway %s registered claim %s with points that are not the same event "
+                                    "as gateway %s's copy (another site, other values or flags, or a time more than "
+                                    "a minute off): the copy is written as its own points", _printable(registrar[:64]),
+                                    _printable(claims[k][0][:200]), _printable((m.converted.gateway or "?")[:64]))
+
         changed: dict[int, InboxMessage] = {}
-        for (m, index, count), registered in zip(owners, self._claims.resolve(claims), strict=True):
-            if registered is not None:  # as many lines as the copy's own (dedupe._registered checks)
+        for (m, index, count), registered in zip(owners, self._claims.resolve(claims, conflict), strict=True):
+            if registered is not None:  # the same event as the copy's own (dedupe.same_event checks)
                 m.converted.lines[index:index + count] = registered.split("\n")
                 changed[id(m)] = m
         for m in changed.values():
@@ -322,7 +331,8 @@ class Writing:
             f"; dead-letter store: {c.get('dead_letters_evicted', 0)} evicted, {c.get('dead_letters_lost', 0)} lost"
             if c.get("dead_letters_evicted") or c.get("dead_letters_lost") else "",
             f"; frames: {c.get('frames_claimed', 0)} first receptions, {c.get('frames_merged', 0)} merged into an "
-            f"earlier one, {c.get('frames_unclaimed', 0)} written unmerged (redis failed)"
+            f"earlier one, {c.get('frames_unclaimed', 0)} written unmerged (redis failed), "
+            f"{c.get('dedupe_conflicts', 0)} written as their own (the first claim was not the same event)"
             if self._claims is not None else "",
         )
 

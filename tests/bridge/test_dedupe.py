@@ -14,12 +14,20 @@ import pytest
 import redis
 
 from agent.bridge import Bridge, parse_bridge_config
-from agent.bridge.dedupe import FrameClaims, alert_key, frame_key, redis_address
+from agent.bridge.dedupe import (
+    SAME_EVENT_US,
+    FrameClaims,
+    alert_key,
+    frame_key,
+    redis_address,
+    same_event,
+)
 from agent.bridge.lineproto import Serializer
 from agent.bridge.receiving import InboxMessage
 from agent.errors import ConfigError
 from tests.bridge._helpers import T0_US, batch, reading, topic
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
+from tests.support.registry import write_registry
 
 PREFIX = "denen:frame:"
 GATEWAYS = ("gw-dd-a", "gw-dd-b", "gw-dd-c")
@@ -88,8 +96,10 @@ def test_an_alert_raised_by_a_nodes_frame_is_one_event_whichever_gateway_raised_
         assert [(i, n) for i, n, _ in conv.claims] == [(0, 1)]
         keys.append(conv.claims[0][2])
     assert set(keys) == {f"{PREFIX}alert:sos:00000a01:77:raised"}
-    assert alert_key(PREFIX, sos_alert("gw-dd-a", 1, "00000a01", 77, state="cleared")["alert"]) == \
+    assert alert_key(PREFIX, sos_alert("gw-dd-a", 1, "00000a01", 77, state="cleared")["alert"], "gw-dd-a") == \
         f"{PREFIX}alert:sos:00000a01:77:cleared"
+    # The frame an alert names is one its publisher heard: an alert naming another gateway's reading is its own.
+    assert alert_key(PREFIX, sos_alert("gw-dd-a", 1, "00000a01", 77)["alert"], "gw-dd-b") is None
 
 
 @pytest.mark.parametrize("reading_id", [None, "gw-dd-a/00000a02/77", "gw-dd-a/00000a01/x7", "gw-dd-a/00000a01",
@@ -173,7 +183,9 @@ def test_redis_down_writes_each_copy_as_its_own_and_merges_again_when_it_is_back
         assert "redis at redis://127.0.0.1" in caplog.text and "several points" in caplog.text
         redis_server.start()
         time.sleep(1.1)  # the first back-off
-        assert claims.resolve([(key, "a\nb"), (key, "c\nd")]) == [None, "a\nb"]
+        first, second = "sos,gateway=gw-dd-a pressed=1.0 5\nnode_health,gateway=gw-dd-a rssi=-1.0 5", \
+            "sos,gateway=gw-dd-b pressed=1.0 9\nnode_health,gateway=gw-dd-b rssi=-7.0 9"
+        assert claims.resolve([(key, first), (key, second)]) == [None, first]
         assert "answers again" in caplog.text
     finally:
         claims.close()
@@ -266,3 +278,226 @@ def test_a_bridge_whose_redis_is_down_writes_every_copy_and_its_link(tmp_path: P
         assert bridge.stats["frames_unclaimed"] == 3
     finally:
         bridge.close()
+
+
+# --- A hostile or misconfigured gateway that claims first: never a substitution, at worst a duplicate ---------
+
+VICTIM, EVIL = "gw-dd-a", "gw-evil"
+SITES = {VICTIM: "okutama", "gw-dd-b": "okutama", EVIL: "okutama", "gw-dd-x": "hinohara"}
+
+
+def _bridges(tmp_path: Path, url: str) -> tuple[list[Bridge], list[Recording]]:
+    registry = write_registry(tmp_path / "gateways.yaml", SITES)
+    text = _config(tmp_path, f"dedupe: {{redis_url: '{url}'}}\ngateways: {{file: '{registry}'}}")
+    sinks = [Recording(), Recording()]
+    return [Bridge(parse_bridge_config(text.replace("dl.db", f"dl{i}.db")), sink=s) for i, s in enumerate(sinks)], \
+        sinks
+
+
+def _claim_first_then_write(tmp_path: Path, url: str, first: tuple[str, dict], copy: tuple[str, dict]
+                            ) -> tuple[list[str], list[str], Bridge]:
+    """``first`` (gateway, reading) is written through bridge 0, then ``copy`` through bridge 1: (the lines bridge 1
+    wrote, the copy's own lines, bridge 1) — bridge 1 is closed by then; its stats stay readable."""
+    bridges, sinks = _bridges(tmp_path, url)
+    try:
+        for b, (gw, r) in zip(bridges, (first, copy), strict=True):
+            t = topic(gw, r["lane"])
+            conv, body = b._convert(t, batch(gw, [r]))
+            own = list(conv.lines)
+            assert not conv.rejects and conv.claims
+            assert b._write([InboxMessage(-1, 0, 0, t, conv, False, body)]) == [[]]
+        return b"\n".join(sinks[1].bodies).decode().split("\n"), own, bridges[1]
+    finally:
+        for b in bridges:
+            b.close()
+
+
+def _node_reading(gw: str, **kw: object) -> dict:
+    args: dict = {"ts_us": T0_US + 42_000_000, "rssi": -90, "snr": 7.0, "name": "river-1"}
+    args.update(kw)
+    return reading(gw, 0x301, 42, "water_level", {"level_cm": 120.5, "battery_v": 3.6}, **args)
+
+
+@pytest.mark.parametrize("evil", [
+    pytest.param(("gw-dd-x", {}), id="same-values-another-site"),
+    pytest.param((EVIL, {"auth": "none"}), id="auth-not-checked"),
+    pytest.param((EVIL, {"clock": "unsynced"}), id="clock-unsynced"),
+    pytest.param((EVIL, {"ts_us": T0_US + 42_000_000 - 3600_000_000}), id="an-hour-earlier"),
+])
+def test_a_reading_claimed_first_with_other_content_never_replaces_the_copy(
+        evil: tuple[str, dict], tmp_path: Path, redis_server: RedisServer,  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A gateway guesses a frame's values and claims it first, from another site, unauthenticated, with an
+    unsynced clock or an old time: the victim's copy is written as its own points (a duplicate at worst)."""
+    gw, change = evil
+    written, own, victim = _claim_first_then_write(tmp_path, redis_server.url, (gw, _node_reading(gw, **change)),
+                                                   (VICTIM, _node_reading(VICTIM)))
+    assert written == own and all(f"gateway={VICTIM}," in x and ",site=okutama " in x for x in written)
+    assert victim.stats["dedupe_conflicts"] == 1 and victim.stats["frames_merged"] == 0
+    assert f"gateway {gw} registered claim {PREFIX}00000301:42:water_level:" in caplog.text
+    assert f"as gateway {VICTIM}'s copy" in caplog.text
+
+
+def _sos(gw: str, seq: int, *, raised: float = 1.0, severity: str = "emergency", message: str = "SOS発信 hiker-1",
+         name: str = "hiker-1", ts_us: int | None = None) -> dict:
+    r = sos_alert(gw, seq, "00000301", 42)
+    r["values"] = {"raised": raised}
+    r["alert"].update(severity=severity, message=message, name=name)
+    r["ts_us"] = ts_us if ts_us is not None else T0_US + 42_000_000 + seq
+    return r
+
+
+@pytest.mark.parametrize("evil", [
+    pytest.param((EVIL, {"raised": 0.0, "severity": "info", "message": "test - ignore", "ts_us": T0_US}),
+                 id="the-reviews-replacement"),
+    pytest.param((EVIL, {"raised": 0.0}), id="not-raised"),
+    pytest.param((EVIL, {"severity": "info"}), id="severity"),
+    pytest.param((EVIL, {"message": "test - ignore"}), id="message"),
+    pytest.param(("gw-dd-x", {}), id="same-alert-another-site"),
+    pytest.param((EVIL, {"ts_us": T0_US + 42_000_000 + SAME_EVENT_US + 1_000}), id="a-minute-later"),
+])
+def test_an_sos_alert_claimed_first_by_another_login_is_still_written_as_raised(
+        evil: tuple[str, dict], tmp_path: Path, redis_server: RedisServer) -> None:  # noqa: F811
+    """The review's attack: gw-evil pre-claims fcnt 42 of node 00000301; the real SOS alert of the victim gateway
+    is written as its own line (raised, emergency, its message, site and time)."""
+    gw, change = evil
+    written, own, victim = _claim_first_then_write(tmp_path, redis_server.url, (gw, _sos(gw, 7, **change)),
+                                                   (VICTIM, _sos(VICTIM, 40)))
+    assert written == own and len(own) == 1
+    assert own[0].startswith(f"alert,gateway={VICTIM},name=hiker-1,node=00000301,severity=emergency,site=okutama,"
+                             "type=sos raised=1.0,message=")
+    assert victim.stats["dedupe_conflicts"] == 1 and victim.stats["frames_merged"] == 0
+
+
+def test_an_alert_naming_another_gateways_reading_claims_nothing(tmp_path: Path,
+                                                                 redis_server: RedisServer) -> None:  # noqa: F811
+    hostile = _sos(EVIL, 7, raised=0.0)
+    hostile["alert"]["reading"] = f"{VICTIM}/00000301/42"
+    written, own, victim = _claim_first_then_write(tmp_path, redis_server.url, ("gw-dd-b", _sos("gw-dd-b", 8)),
+                                                   (VICTIM, _sos(VICTIM, 40)))
+    assert written != own and "gateway=gw-dd-b," in written[0]  # honest copies still merge
+    conv = Serializer(dedupe_prefix=PREFIX).convert(topic(EVIL, "alarm"), batch(EVIL, [hostile]))
+    assert not conv.rejects and conv.claims == []
+
+
+def test_honest_copies_merge_whatever_their_gateway_name_rssi_snr_and_receive_time(
+        tmp_path: Path, redis_server: RedisServer) -> None:  # noqa: F811
+    first = _node_reading("gw-dd-b", name="川の水位", rssi=-118, snr=-9.5, ts_us=T0_US + 42_000_000 + 59_000_000)
+    written, own, victim = _claim_first_then_write(tmp_path, redis_server.url, ("gw-dd-b", first),
+                                                   (VICTIM, _node_reading(VICTIM, name=None, snr=None)))
+    registered = Serializer(registry=victim.registry, dedupe_prefix=PREFIX).convert(
+        topic("gw-dd-b"), batch("gw-dd-b", [first])).lines
+    assert written[:2] == registered[:2] and written[2] == own[2]  # b's points; the victim's own node_link
+    assert victim.stats["frames_merged"] == 1 and victim.stats["dedupe_conflicts"] == 0
+    written, own, victim = _claim_first_then_write(tmp_path / "alert", redis_server.url,
+                                                   ("gw-dd-b", _sos("gw-dd-b", 9, name="山のハイカー")),
+                                                   (VICTIM, _sos(VICTIM, 41)))
+    assert written != own and written[0].startswith("alert,gateway=gw-dd-b,name=山のハイカー,node=00000301,")
+    assert victim.stats["frames_merged"] == 1 and victim.stats["dedupe_conflicts"] == 0
+
+
+OWN = ("water_level,gateway=gw-dd-a,kind=water_level,name=river\\ 1,node=00000301,site=okutama "
+       "level_cm=120.5,battery_v=3.6,fcnt=42.0,rssi=-90.0,snr=7.0,auth_ok=1.0,clock_ok=1.0 1767225642000000\n"
+       "node_health,gateway=gw-dd-a,kind=water_level,name=river\\ 1,node=00000301,site=okutama "
+       "rssi=-90.0,snr=7.0,battery_v=3.6,fcnt=42.0 1767225642000000")
+
+
+def _edit(text: str, old: str, new: str) -> str:
+    assert old in text
+    return text.replace(old, new)
+
+
+@pytest.mark.parametrize("registered", [
+    _edit(OWN, "gateway=gw-dd-a", "gateway=gw-dd-b"),
+    _edit(_edit(OWN, "gateway=gw-dd-a", "gateway=gw-dd-b"), "name=river\\ 1,", ""),
+    _edit(_edit(OWN, "name=river\\ 1", "name=川\\,\\=\\ 2"), "rssi=-90.0,snr=7.0", "rssi=-120.0,snr=-1.5e-05"),
+    _edit(OWN, ",snr=7.0", ""),
+    _edit(OWN, "1767225642000000", str(1767225642000000 + SAME_EVENT_US)),
+    _edit(OWN, "1767225642000000", str(1767225642000000 - SAME_EVENT_US)),
+    _edit(OWN, "level_cm=120.5,battery_v=3.6", "battery_v=3.6,level_cm=120.5"),  # the gateway's key order
+])
+def test_the_same_event_differs_only_in_who_heard_it_how_well_and_when(registered: str) -> None:
+    assert same_event(registered, OWN) == ("gw-dd-b" if "gw-dd-b" in registered else "gw-dd-a")
+
+
+@pytest.mark.parametrize("registered", [
+    _edit(OWN, "site=okutama", "site=hinohara"),
+    _edit(OWN, "node=00000301", "node=00000302"),
+    _edit(OWN, "water_level,gateway", "rain,gateway"),
+    _edit(OWN, "level_cm=120.5", "level_cm=12.5"),
+    _edit(OWN, "fcnt=42.0,rssi", "fcnt=43.0,rssi"),
+    _edit(OWN, "auth_ok=1.0", "auth_ok=0.0"),
+    _edit(OWN, ",auth_ok=1.0", ""),
+    _edit(OWN, "clock_ok=1.0", "clock_ok=0.0"),
+    _edit(OWN, "clock_ok=1.0", "clock_ok=1.0,extra=1.0"),
+    _edit(OWN, "1767225642000000", str(1767225642000000 + SAME_EVENT_US + 1)),
+    _edit(OWN, "rssi=-90.0,snr=7.0,auth", "rssi=-90.0,snr=7.0,rssi=-1.0,auth"),  # a key twice
+    _edit(OWN, "rssi=-90.0,snr=7.0,auth", 'rssi="strong",snr=7.0,auth'),  # InfluxDB would refuse the line
+    _edit(OWN, "rssi=-90.0,snr=7.0,auth", "rssi=nan,snr=7.0,auth"),
+    _edit(OWN, "site=okutama ", "site=okutama,site=hinohara "),
+    _edit(OWN, "gateway=gw-dd-a,", ""),
+    OWN.split("\n")[0],
+    OWN + "\n" + OWN.split("\n")[1],
+    OWN.replace(" 1767225642000000", " -1"),
+    OWN.replace(" level_cm", "  level_cm"),
+    "", "\n", "garbage\ngarbage", "\\" * 5000 + "\n" + "x," * 5000,
+])
+def test_anything_else_is_not_the_same_event(registered: str) -> None:
+    assert same_event(registered, OWN) is None
+
+
+def test_lines_registered_by_another_gateway_with_other_values_are_not_written(
+        redis_server: RedisServer) -> None:  # noqa: F811
+    """What redis returns is checked again: lines that are not the same event (as a hostile client of redis could
+    put there) are counted, reported with their gateway, and the copy's own lines are written."""
+    stats: Counter[str] = Counter()
+    key = frame_key(PREFIX, "00000301", 42, "water_level", {"level_cm": 120.5, "battery_v": 3.6})
+    hostile = _edit(_edit(OWN, "gateway=gw-dd-a", "gateway=gw-evil"), "level_cm=120.5", "level_cm=0.0")
+    claims = FrameClaims(redis_server.url, window_s=60, stats=stats)
+    conflicts: list[tuple[int, str]] = []
+    try:
+        with redis.Redis.from_url(redis_server.url) as r:
+            r.set(key, hostile.encode())
+            r.set(key + "x", b"\xff\xfe")
+        assert claims.resolve([(key, OWN), (key + "x", OWN), (key, _edit(OWN, "gw-dd-a", "gw-dd-b"))],
+                              lambda k, gw: conflicts.append((k, gw))) == [None, None, None]
+        assert conflicts == [(0, "gw-evil"), (1, "?"), (2, "gw-evil")]
+        assert stats == {"dedupe_conflicts": 3}
+    finally:
+        claims.close()
+
+
+def test_a_black_holed_redis_costs_a_batch_half_a_second_and_is_asked_again_after_the_back_off(
+        tmp_path: Path) -> None:
+    """A redis that accepts nothing and answers nothing (a listening socket that never accepts): the default
+    timeout bounds the wait; later batches in the back-off do not wait at all."""
+    import socket
+
+    from agent.bridge.dedupe_config import DedupeConfig
+
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(1)  # connects complete in the kernel; nothing is ever read or answered
+        cfg = DedupeConfig(redis_url=f"redis://127.0.0.1:{hole.getsockname()[1]}/0")
+        assert cfg.timeout_s == 0.5
+        stats: Counter[str] = Counter()
+        claims = FrameClaims(cfg.redis_url, window_s=60, timeout_s=cfg.timeout_s, stats=stats)
+        try:
+            t0 = time.monotonic()
+            assert claims.resolve([("k", OWN)]) == [None]
+            first = time.monotonic() - t0
+            t0 = time.monotonic()
+            assert claims.resolve([("k", OWN)]) == [None]
+            assert time.monotonic() - t0 < 0.05  # in the back-off: not asked
+            assert 0.4 < first < 1.5, first
+            assert stats["dedupe_failures"] == 1 and stats["frames_unclaimed"] == 2
+        finally:
+            claims.close()
+
+
+@pytest.mark.parametrize("registered", [
+    _edit(OWN, "gateway=gw-dd-a", "gateway="), _edit(OWN, "name=river\\ 1", "name="), _edit(OWN, "rssi=-90.0", "rssi="),
+    _edit(OWN, "water_level,gateway", ",gateway"), _edit(OWN, "rssi=-90.0", "=-90.0"),
+])
+def test_a_line_influxdb_would_refuse_is_not_the_same_event(registered: str) -> None:
+    assert same_event(registered, OWN) is None

@@ -45,6 +45,8 @@ DB = "denen"
 GATEWAYS = ("gw-valley-a", "gw-valley-b", "gw-relay-c")
 BATCH_SIZES = (40, 50, 64)  # per gateway: the copies of one frame travel in different messages
 NODES = 50
+#: The one site of every gateway: copies merge within one site only (agent/bridge/dedupe.py, rule 2).
+SITE = "okutama"
 SUMMARY_RE = re.compile(r"bridge stopped: \d+ messages \((\d+) redelivered\).*; frames: (\d+) first receptions, "
                         r"(\d+) merged into an earlier one, (\d+) written unmerged")
 FRAMES = int(os.environ.get("DENEN_MULTI_GATEWAY_FRAMES", "10000"))
@@ -80,7 +82,7 @@ def gateway_messages(g: int, gw: str, rng: random.Random, frames: range, *, aler
         if kind == "sos" and alerts:  # each gateway's rules raise their own SOS alert for the press they heard
             by_lane["alarm"].append(sos_alert(gw, i, f"{node:08x}", fcnt, ts_us=r["ts_us"] + 1))
     size = BATCH_SIZES[g]
-    out = [(topic(gw, lane), batch(gw, rs[k:k + size], site=f"site-{gw[-1]}")) for lane, rs in by_lane.items()
+    out = [(topic(gw, lane), batch(gw, rs[k:k + size], site=SITE)) for lane, rs in by_lane.items()
            for k in range(0, len(rs), size)]
     out.sort(key=lambda m: rng.random())  # each gateway's own order: no copy is reliably first
     return out
@@ -116,7 +118,7 @@ def publish_all(broker: Mosquitto, plans: list[list[tuple[str, bytes]]]) -> None
 
 
 def start_bridges(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1, redis: RedisServer) -> list[BridgeProcess]:
-    """Three bridges of one group, sharing ``redis``; the registry puts each gateway in a site of its own."""
+    """Three bridges of one group, sharing ``redis``; the registry puts the three gateways in one site."""
     bridges = []
     for i in range(1, 4):
         cid = f"bridge-dd-{i}"
@@ -125,7 +127,7 @@ def start_bridges(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1, redis: R
                                           client_id=cid, max_wait_ms=50, max_messages=50, level="info")
                        + f"dedupe:\n  redis_url: {redis.url}\n  window_s: 600\n")
         bridges.append(BridgeProcess(cfg, tmp_path / f"{cid}.log"))
-    write_registry(tmp_path / "gateways.yaml", {gw: f"site-{gw[-1]}" for gw in GATEWAYS})
+    write_registry(tmp_path / "gateways.yaml", dict.fromkeys(GATEWAYS, SITE))
     for b in bridges:
         b.start()
     return bridges
@@ -148,7 +150,7 @@ def stopped(bridges: list[BridgeProcess]) -> list[tuple[str, ...]]:
 
 def points(influx: InfluxDB1) -> Counter[tuple[str, int]]:
     """Points per frame (node, fcnt) in the frames' measurements; each must be one reception's, whole: its
-    gateway, that gateway's site, and that gateway's receive time (its node_link point's)."""
+    gateway, the gateways' site, and that gateway's receive time (its node_link point's)."""
     receptions: dict[tuple[str, str, int], int] = {}
     for row in influx.rows('SELECT "fcnt" FROM "node_link" GROUP BY "gateway", "node"', DB):
         receptions[(row["gateway"], row["node"], int(row["fcnt"]))] = row["time"]
@@ -158,7 +160,7 @@ def points(influx: InfluxDB1) -> Counter[tuple[str, int]]:
         key = (row["node"], int(row["fcnt"]))
         seen[key] += 1
         assert receptions[(row["gateway"], *key)] == row["time"], row
-        assert row["site"] == f"site-{row['gateway'][-1]}"
+        assert row["site"] == SITE
     return seen
 
 
@@ -214,12 +216,17 @@ def test_redis_outage_duplicates_frames_and_loses_none(tmp_path: Path, broker: M
     links = lambda: influx.count("node_link", "fcnt", DB)  # noqa: E731
     bridges = start_bridges(tmp_path, broker, influx, redis_server)
     try:
+        outage = 0.0
         for part, redis_up in ((before, True), (during, False), (after, True)):
             if redis_up and redis_server.proc is None:
                 redis_server.start()
-                time.sleep(BACKOFF_MAX_S + 0.5)  # every bridge asks redis again by then
+                # Every bridge asks redis again by then: a back-off doubles from 1 s after each failure, so the
+                # one pending now ends at most (time since the outage began) + 1 s from now, and never later
+                # than BACKOFF_MAX_S.
+                time.sleep(min(BACKOFF_MAX_S, time.monotonic() - outage + 1) + 0.5)
             elif not redis_up:
                 redis_server.stop()
+                outage = time.monotonic()
             publish_all(broker, plans(part, alerts=False))  # frames only: the counts below are the frames'
             assert wait_until(lambda p=part: links() >= 3 * p.stop, 120), (links(), 3 * part.stop)
         summaries = stopped(bridges)

@@ -231,24 +231,30 @@ for gw in "$@"; do
   case $gw in denen-*) die "'$gw': gateway ids starting with 'denen-' are reserved for the backend's own logins" ;; esac
 done
 
-# The single login "denen-bridge" of earlier versions: every bridge process now has its own (below).
-if grep -q '^denen-bridge:' "$PASSWD" 2>/dev/null; then
-  remove_login denen-bridge
-  note "removed the old shared bridge login denen-bridge (replaced by denen-bridge-1 ...); delete $SECRETS/bridge"
-fi
+# numbered_logins KIND COUNT: logins denen-KIND-1 .. denen-KIND-COUNT, each in secrets/KIND-<n>/; without COUNT, as
+# many as exist already, at least one. The single login denen-KIND of earlier versions is taken out: a login is its
+# client id, so processes sharing one took each other's session over.
+numbered_logins() {
+  if grep -q "^denen-$1:" "$PASSWD" 2>/dev/null; then
+    remove_login "denen-$1"
+    note "removed the old shared $1 login denen-$1 (replaced by denen-$1-1 ...); delete $SECRETS/$1"
+  fi
+  count=$2
+  if [ -z "$count" ]; then
+    count=1
+    while [ -d "$SECRETS/$1-$((count + 1))" ]; do count=$((count + 1)); done
+  fi
+  n=1
+  while [ "$n" -le "$count" ]; do
+    mkdir -p "$SECRETS/$1-$n"
+    ensure_login "denen-$1-$n" "$SECRETS/$1-$n/mqtt-password" 0
+    cp "$CA_DIR/ca.crt" "$SECRETS/$1-$n/ca.pem"
+    n=$((n + 1))
+  done
+}
 
-# Bridge logins denen-bridge-1 .. denen-bridge-N: by default as many as exist already, at least one.
-if [ -z "$BRIDGES" ]; then
-  BRIDGES=1
-  while [ -d "$SECRETS/bridge-$((BRIDGES + 1))" ]; do BRIDGES=$((BRIDGES + 1)); done
-fi
-n=1
-while [ "$n" -le "$BRIDGES" ]; do
-  mkdir -p "$SECRETS/bridge-$n"
-  ensure_login "denen-bridge-$n" "$SECRETS/bridge-$n/mqtt-password" 0
-  cp "$CA_DIR/ca.crt" "$SECRETS/bridge-$n/ca.pem"
-  n=$((n + 1))
-done
+# Bridge logins denen-bridge-1 .. (-b).
+numbered_logins bridge "$BRIDGES"
 
 # The console's logins: staff commands to the gateways, their state and command results (mosquitto/acl); one for
 # the console service, one for denen ack on the command line beside it.
@@ -257,24 +263,9 @@ for login in console console-cli; do
   ensure_login "denen-$login" "$SECRETS/$login/mqtt-password" 0
   cp "$CA_DIR/ca.crt" "$SECRETS/$login/ca.pem"
 done
-# The single login "denen-consumer" of earlier versions: every consumer now has its own (below).
-if grep -q '^denen-consumer:' "$PASSWD" 2>/dev/null; then
-  remove_login denen-consumer
-  note "removed the old shared consumer login denen-consumer (replaced by denen-consumer-1 ...); delete $SECRETS/consumer"
-fi
-# Consumer logins denen-consumer-1 .. denen-consumer-N: each node's retained state (bridge.yaml node_state),
-# read-only (mosquitto/acl). By default as many as exist already, at least one.
-if [ -z "$CONSUMERS" ]; then
-  CONSUMERS=1
-  while [ -d "$SECRETS/consumer-$((CONSUMERS + 1))" ]; do CONSUMERS=$((CONSUMERS + 1)); done
-fi
-n=1
-while [ "$n" -le "$CONSUMERS" ]; do
-  mkdir -p "$SECRETS/consumer-$n"
-  ensure_login "denen-consumer-$n" "$SECRETS/consumer-$n/mqtt-password" 0
-  cp "$CA_DIR/ca.crt" "$SECRETS/consumer-$n/ca.pem"
-  n=$((n + 1))
-done
+# Consumer logins denen-consumer-1 .. (-c): each node's retained state (bridge.yaml node_state), read-only
+# (mosquitto/acl).
+numbered_logins consumer "$CONSUMERS"
 # The key that signs the acknowledgement links (HMAC-SHA256); made once: a new one invalidates every link sent.
 if [ ! -s "$SECRETS/console/link-secret" ]; then
   openssl rand -base64 48 > "$TMP" && mv "$TMP" "$SECRETS/console/link-secret"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent.bridge import nodestate
+from agent.bridge import Bridge, nodestate
 from agent.bridge.errors import SinkUnavailable
 from agent.bridge.lineproto import Serializer
 from agent.bridge.nodestate import (
@@ -199,3 +199,39 @@ def test_the_readme_example_has_the_documents_keys() -> None:
     assert set(example) == set(doc)
     assert example["schema"] == NODE_STATE_SCHEMA
     assert set(example["values"]) == set(doc["values"])
+
+
+class _Sent:
+    """What paho's publish returns: rc, and whether the packet was written (or dropped with the connection)."""
+
+    def __init__(self) -> None:
+        self.rc = 0
+        self.written = False
+
+    def is_published(self) -> bool:
+        return self.written
+
+
+class _Connection:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, bool, _Sent]] = []
+
+    def is_connected(self) -> bool:
+        return True
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> _Sent:
+        info = _Sent()
+        self.sent.append((topic, qos, retain, info))
+        return info
+
+
+def test_the_bridge_publishes_qos_0_retained_and_bounds_what_is_not_yet_written() -> None:
+    bridge = object.__new__(Bridge)
+    bridge._client = _Connection()  # type: ignore[assignment]
+    unsent: list = []
+    publish = [Bridge._publish_node_state(bridge, unsent, f"t/{i}", b"{}", unsent_max=2) for i in range(3)]
+    assert publish == [True, True, False]  # two still unwritten: the third is skipped, not queued
+    assert [(t, qos, retain) for t, qos, retain, _ in bridge._client.sent] == [("t/0", 0, True), ("t/1", 0, True)]
+    bridge._client.sent[0][3].written = True
+    assert Bridge._publish_node_state(bridge, unsent, "t/3", b"{}", unsent_max=2)
+    assert len(unsent) == 2

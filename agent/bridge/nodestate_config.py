@@ -17,7 +17,6 @@ class NodeStateConfig(ConfigSection):
 
     publish: bool = Field(
         default=False,
-        description=N_("Publish each node's newest stored reading (and its alerts) retained, QoS 1, after the sink "
-        "stored it; the bridge's login needs publish rights on <prefix>/+/nodes/+/state (the shipped ACL grants "
-        "them)."),
+        description=N_("Publish each node's newest stored reading retained, QoS 0, after the sink stored it; the "
+        "bridge's login needs publish rights on <prefix>/+/nodes/+/state (the shipped ACL grants them)."),
     )

@@ -166,8 +166,10 @@ def test_emqx_rules_translate_the_mosquitto_logins_client_id_binding_and_acl() -
     # Console: its three commands and its two subscriptions.
     console = [t for w, a, t in rules if w == "console" and a in ("publishClientSend", "subscribeLiteral")]
     assert console and all(f'"{t}"' in code for t in console)
-    # No login but a gateway's may publish readings: bridge and console logins are denied before the gateway rules.
-    deny_at = code.index('{deny, {username, {re, "^denen-(bridge-[0-9]+|console(-cli)?)$"}}, all, ["#"]}')
+    # No login but a gateway's may publish readings: bridge, console and consumer logins are denied before the
+    # gateway rules.
+    deny_at = code.index(
+        '{deny, {username, {re, "^denen-(bridge-[0-9]+|console(-cli)?|consumer-[0-9]+)$"}}, all, ["#"]}')
     assert deny_at < code.index('"denen/v1/${username}/readings/sos"')
 
 

@@ -60,6 +60,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from agent.bridge.encoding import split_line
 from agent.bridge.errors import BridgeError
 
 if TYPE_CHECKING:  # the client is imported when de-duplication is configured, not with the bridge
@@ -77,16 +78,6 @@ SAME_EVENT_US = 60_000_000
 #: Tags and fields in which the receptions of one frame differ: who heard it, under which name, and how well.
 _RECEPTION_TAGS = frozenset({"gateway", "name"})
 _RECEPTION_FIELDS = frozenset({"rssi", "snr"})
-# One line of the bridge's own output, parsed strictly (nothing else is accepted, so what passes is what
-# InfluxDB reads): measurement, ",key=value" tags, "key=value" fields (quoted strings may hold spaces and commas),
-# integer timestamp. Escapes are matched as unrolled loops (``[^x\\]*(?:\\.[^x\\]*)*``): linear, and fast in re.
-_TAG_TEXT = r"[^ ,=\\]*(?:\\.[^ ,=\\]*)*"
-_KEY = r'[^ ,="\\]*(?:\\.[^ ,="\\]*)*'
-_VALUE = r'(?:"[^"\\]*(?:\\.[^"\\]*)*"|[^ ,"\\]+)'
-_LINE_RE = re.compile(rf"([^ ,\\]+(?:\\.[^ ,\\]*)*)((?:,{_TAG_TEXT}={_TAG_TEXT})*) "
-                      rf"({_KEY}={_VALUE}(?:,{_KEY}={_VALUE})*) (\d{{1,19}})\Z", re.DOTALL)
-_TAG_RE = re.compile(rf"({_TAG_TEXT})=({_TAG_TEXT})")
-_FIELD_RE = re.compile(rf"({_KEY})=({_VALUE})")
 _FLOAT_RE = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
 
 
@@ -244,7 +235,7 @@ def same_event(registered: str, own: str) -> str | None:
         return None
     gateway = None
     for reg_line, own_line in zip(reg_lines, own_lines, strict=True):
-        reg, mine = _parsed(reg_line), _parsed(own_line)
+        reg, mine = split_line(reg_line), split_line(own_line)
         if reg is None or mine is None:
             return None
         (reg_name, reg_tags, reg_fields, reg_ts), (own_name, own_tags, own_fields, own_ts) = reg, mine
@@ -261,33 +252,11 @@ def same_event(registered: str, own: str) -> str | None:
     return gateway
 
 
-def _parsed(line: str) -> tuple[str, dict[str, str], dict[str, str], int] | None:
-    """(measurement, tags, fields, timestamp) of one line as written (values still escaped), or None when it is not
-    a line the bridge writes (or names a key twice)."""
-    match = _LINE_RE.match(line)
-    if match is None:
-        return None
-    tag_text, field_text = match[2], match[3]
-    # Without an escaped ',' or '=' and without strings, every ',' separates and every item has one '=' (the match
-    # made sure): plain splits, the common case, cost a fraction of the regex.
-    tag_pairs = _TAG_RE.findall(tag_text) if _escaped(tag_text) else [t.split("=") for t in tag_text.split(",")[1:]]
-    field_pairs = _FIELD_RE.findall(field_text) if '"' in field_text or _escaped(field_text) \
-        else [f.split("=") for f in field_text.split(",")]
-    tags, fields = dict(tag_pairs), dict(field_pairs)
-    if len(tags) != len(tag_pairs) or len(fields) != len(field_pairs):
-        return None
-    return match[1], tags, fields, int(match[4])
-
-
-def _escaped(text: str) -> bool:
-    return "\\," in text or "\\=" in text
-
-
 def _without(items: dict[str, str], keys: frozenset[str]) -> dict[str, str]:
     return {k: v for k, v in items.items() if k not in keys}
 
 
 def _registrar(registered: str) -> str:
     """The gateway that registered lines that are not the same event, for the log line (``?`` if none is read)."""
-    parsed = _parsed(registered.split("\n", 1)[0])
+    parsed = split_line(registered.split("\n", 1)[0])
     return parsed[1].get("gateway", "?") if parsed is not None else "?"

@@ -19,6 +19,8 @@ __all__ = [
     "escape_string_field",
     "escape_tag_value",
     "format_float",
+    "split_line",
+    "unescape_tag_value",
     "valid_key",
 ]
 
@@ -93,3 +95,42 @@ def format_float(value: float) -> str:
 
 def _needs(text: str, chars: str) -> bool:
     return any(c in text for c in chars)
+
+
+# One line of the bridge's own output read back strictly (nothing else is accepted, so what passes is what InfluxDB
+# reads): measurement, ",key=value" tags, "key=value" fields (quoted strings may hold spaces and commas), integer
+# timestamp. Escapes are matched as unrolled loops (``[^x\\]*(?:\\.[^x\\]*)*``): linear, and fast in re.
+_TAG_TEXT = r"[^ ,=\\]*(?:\\.[^ ,=\\]*)*"
+_KEY = r'[^ ,="\\]*(?:\\.[^ ,="\\]*)*'
+_VALUE = r'(?:"[^"\\]*(?:\\.[^"\\]*)*"|[^ ,"\\]+)'
+_LINE_RE = re.compile(rf"([^ ,\\]+(?:\\.[^ ,\\]*)*)((?:,{_TAG_TEXT}={_TAG_TEXT})*) "
+                      rf"({_KEY}={_VALUE}(?:,{_KEY}={_VALUE})*) (\d{{1,19}})\Z", re.DOTALL)
+_TAG_RE = re.compile(rf"({_TAG_TEXT})=({_TAG_TEXT})")
+_FIELD_RE = re.compile(rf"({_KEY})=({_VALUE})")
+
+
+def split_line(line: str) -> tuple[str, dict[str, str], dict[str, str], int] | None:
+    """(measurement, tags, fields, timestamp in µs) of one line as written (keys and values still escaped, string
+    fields still quoted), or None when it is not a line the bridge writes (or names a key twice)."""
+    match = _LINE_RE.match(line)
+    if match is None:
+        return None
+    tag_text, field_text = match[2], match[3]
+    # Without an escaped ',' or '=' and without strings, every ',' separates and every item has one '=' (the match
+    # made sure): plain splits, the common case, cost a fraction of the regex.
+    tag_pairs = _TAG_RE.findall(tag_text) if _escaped(tag_text) else [t.split("=") for t in tag_text.split(",")[1:]]
+    field_pairs = _FIELD_RE.findall(field_text) if '"' in field_text or _escaped(field_text) \
+        else [f.split("=") for f in field_text.split(",")]
+    tags, fields = dict(tag_pairs), dict(field_pairs)
+    if len(tags) != len(tag_pairs) or len(fields) != len(field_pairs):
+        return None
+    return match[1], tags, fields, int(match[4])
+
+
+def unescape_tag_value(text: str) -> str:
+    """A tag value as :func:`escape_tag_value` wrote it, read back."""
+    return text.replace("\\,", ",").replace("\\=", "=").replace("\\ ", " ") if "\\" in text else text
+
+
+def _escaped(text: str) -> bool:
+    return "\\," in text or "\\=" in text

@@ -49,7 +49,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from agent.bridge.ngsi_entities import iso_time, parse_line
+from agent.bridge.encoding import split_line, unescape_tag_value
+from agent.bridge.ngsi_entities import iso_time
 from agent.bridge.schema import ID_RE, NODE_KINDS
 from agent.bridge.sinks import Sink
 from agent.ratelog import RateLimitedLog
@@ -114,19 +115,13 @@ def _identity(line: bytes) -> tuple[tuple[bytes, bytes], int] | None:
 
 
 def _parse(line: bytes) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """(kind, tags, fields) of one reading line. Raises ValueError or IndexError if it does not parse."""
-    text = line.decode("utf-8", "replace")
-    if "\\" in text or '"' in text:  # escapes or a string field: the full parser
-        kind, tags, fields, _ = parse_line(text)
-        return kind, tags, fields
-    head, field_text, _ = text.split(" ")
-    kind, *tag_items = head.split(",")
-    tags = dict(item.split("=", 1) for item in tag_items)
-    fields: dict[str, Any] = {}
-    for item in field_text.split(","):
-        key, value = item.split("=", 1)
-        fields[key] = float(value)
-    return kind, tags, fields
+    """(kind, tags, fields) of one reading line. Raises ValueError if it is not one of the bridge's own lines."""
+    parsed = split_line(line.decode("utf-8", "replace"))
+    if parsed is None:
+        raise ValueError("not a line the bridge writes")
+    kind, tags, fields, _ = parsed
+    return (kind, {unescape_tag_value(k): unescape_tag_value(v) for k, v in tags.items()},
+            {unescape_tag_value(k): float(v) for k, v in fields.items()})
 
 
 def _document(line: bytes, ts_us: int) -> dict[str, Any] | None:

@@ -49,7 +49,7 @@ from typing import Any
 from tests.bench import _common as c
 from tests.bench import bench_capacity as capacity
 from tests.bench import bench_fleet as fleet
-from tests.support.process import end
+from tests.support.process import end, end_workers
 
 NODES = fleet.NODES_PER_GATEWAY
 TICK_S = 0.2  # the bridge's batch.max_wait_ms
@@ -290,12 +290,7 @@ def broker_step(gateways: int, work: Path, workers: int = 4) -> dict[str, Any]:
                 "rss_mib": {"mosquitto": rss}, "acked": acked, "received": len(got),
                 "missing": acked - len({rid for rid, _, _ in got})}
     finally:
-        for pipe in pipes:
-            pipe.close()
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-            proc.join(10)
+        end_workers(pipes, procs)
         end(sub, 10)
         broker.stop()
 

@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import _common as c
-from tests.support.process import end
+from tests.support.process import end, end_workers
 
 log = logging.getLogger(__name__)
 
@@ -763,12 +763,7 @@ log:
         out.update(_analyse(records, relay.written(), phases, p["drain_phase"], backlog_idx, influx.url,
                             backlog_total))
     finally:
-        for pipe in pipes:
-            pipe.close()
-        for proc in workers:
-            if proc.is_alive():
-                proc.terminate()
-            proc.join(10)
+        end_workers(pipes, workers)
         if bridge is not None and bridge.poll() is None:
             bridge.kill()
             bridge.wait()

@@ -1,11 +1,15 @@
-"""Ending a server process a test started (a broker, a database): politely first, for sure in the end."""
+"""Ending a server process a test started (a broker, a database) or a benchmark's worker processes: politely first,
+for sure in the end."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
-__all__ = ["end", "processes_mentioning"]
+__all__ = ["end", "end_workers", "processes_mentioning"]
 
 
 def end(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
@@ -22,6 +26,17 @@ def end(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
             proc.wait()
     if proc.stderr is not None:
         proc.stderr.close()
+
+
+def end_workers(pipes: Iterable[Connection], workers: Iterable[BaseProcess], timeout_s: float = 10.0) -> None:
+    """Close the parent ends of the pipes to multiprocessing workers a benchmark started, then SIGTERM each worker
+    still running and wait up to ``timeout_s`` seconds for it to exit."""
+    for pipe in pipes:
+        pipe.close()
+    for proc in workers:
+        if proc.is_alive():
+            proc.terminate()
+        proc.join(timeout_s)
 
 
 def processes_mentioning(*texts: str) -> list[str]:

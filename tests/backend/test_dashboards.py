@@ -35,9 +35,8 @@ from tests.backend.grafana_expand import (
 )
 from tests.support.backend_scenario import STAGES_CM, Scenario, build
 from tests.support.influx import InfluxDB1, ServerMissing
+from tests.support.paths import BACKEND, REPO
 
-ROOT = Path(__file__).resolve().parents[2]
-BACKEND = ROOT / "deploy" / "backend"
 GRAFANA = BACKEND / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 RULES_FILE = GRAFANA / "provisioning" / "alerting" / "denen-rules.yaml"
@@ -159,7 +158,7 @@ ALERT_LOOP_SCHEMA: dict[str, tuple[set[str], dict[str, str]]] = {
 
 def test_scenario_follows_the_readme_schema(loaded: Loaded) -> None:
     """The generator writes what the README documents: measurements, tags, float fields, µs timestamps."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## InfluxDB schema"):]
     section = section[:section.index("\n## ", 5)]
     documented_values = set(re.findall(r"`([a-z_]+)`", readme[readme.index("### Values by kind"):
@@ -263,7 +262,7 @@ def test_geomap_gazetteer_is_served_and_matches_the_example_configs(tmp_path: Pa
     for entry in shipped:  # Grafana's worldmap gazetteer format, keyed by the node id as readings carry it
         assert re.fullmatch(r"[0-9a-f]{8}", entry["key"]) and entry["name"]
         assert -90 <= entry["latitude"] <= 90 and -180 <= entry["longitude"] <= 180
-    configs = [ROOT / "config" / n for n in ("forest-sos.yaml", "trap-field.yaml", "river-station.yaml")]
+    configs = [REPO / "config" / n for n in ("forest-sos.yaml", "trap-field.yaml", "river-station.yaml")]
     proc = subprocess.run([sys.executable, str(BACKEND / "make-gazetteer.py"), *map(str, configs)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -35,15 +35,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from ruamel.yaml import YAML
 
 from agent.gateway.publisher import close_sockets_left_in
+from tests.support.paths import BACKEND, REPO
 from tests.support.shipped_broker import (
     ShippedBroker,
     copy_backend,
     make_credentials,
     tool,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-BACKEND = ROOT / "deploy" / "backend"
 
 
 @pytest.fixture(scope="module")
@@ -554,7 +552,7 @@ def test_bridge_unit_is_what_systemd_accepts_and_speaks_journald(tmp_path: Path)
     assert service["ExecStart"] == "/opt/denen/venv/bin/denen bridge -c /etc/denen/bridge.yaml"
     assert service["SyslogLevelPrefix"] == "yes" and service["SyslogLevel"] == "err"
     # The example bridge config's dead-letter store lies in the unit's state directory, the only place it may write.
-    config = YAML(typ="safe").load((ROOT / "config" / "bridge" / "bridge.yaml").read_text())
+    config = YAML(typ="safe").load((REPO / "config" / "bridge" / "bridge.yaml").read_text())
     assert Path(config["dead_letter"]["path"]).parent == Path("/var/lib") / service["StateDirectory"]
     assert service["ProtectSystem"] == "strict"
     # systemd's own parser: every setting understood (it warns, exit 0, on one it does not know; the control below

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,12 @@ def batch(gateway: str, readings: list[dict[str, Any]], *, site: str = "testvill
     doc = {"schema": "denen.readings/1", "gateway": gateway, "site": site, "lane": lane,
            "sent_us": T0_US, "readings": readings}
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def batches(gateway: str, readings: list[dict[str, Any]], size: int) -> list[tuple[str, bytes]]:
+    """The messages ``gateway`` publishes for ``readings`` (all telemetry): batches of ``size`` readings, in order,
+    each with its topic."""
+    return [(topic(gateway), batch(gateway, readings[i:i + size])) for i in range(0, len(readings), size)]
 
 
 def telemetry_readings(gateway: str, count: int, *, nodes: int = 10, start_fcnt: int = 1) -> list[dict[str, Any]]:
@@ -108,6 +114,20 @@ dead_letter:
 {gateways}log:
   level: {level}
 """
+
+
+def write_v1_bridge_config(work: Path, broker: Mosquitto, influx_url: str, client_id: str, *,
+                           sites: Mapping[str, str] | None = None, more: str = "", **settings: Any) -> Path:
+    """Write ``<client_id>.yaml`` in ``work``: :func:`bridge_config_text` with ``settings``, writing to the InfluxDB
+    1.x at ``influx_url`` (:func:`v1_sink`), dead letters in ``<client_id>.db``, then the YAML sections ``more``.
+    ``sites`` (gateway id -> site) replaces the test gateways in ``work/gateways.yaml``, the registry every config
+    written to ``work`` names."""
+    path = work / f"{client_id}.yaml"
+    path.write_text(bridge_config_text(broker=broker, sink=v1_sink(influx_url), dead_letter=work / f"{client_id}.db",
+                                       client_id=client_id, **settings) + more)
+    if sites is not None:
+        write_registry(work / "gateways.yaml", sites)
+    return path
 
 
 def v1_sink(url: str, database: str = "denen") -> str:

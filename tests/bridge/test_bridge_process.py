@@ -15,14 +15,19 @@ from pathlib import Path
 import pytest
 
 from agent.dev.devbroker import Mosquitto
-from tests.bridge._helpers import Publisher, batch, bridge_config_text, telemetry_readings, topic, v1_sink
+from tests.bridge._helpers import (
+    Publisher,
+    batches,
+    telemetry_readings,
+    write_v1_bridge_config,
+)
 from tests.support import fault_rig
 from tests.support.influx import InfluxDB1
+from tests.support.paths import REPO
 from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.broker
 
-REPO = Path(__file__).resolve().parents[2]
 DB = "denen"
 SUMMARY_RE = re.compile(r"bridge stopped: (\d+) messages \((\d+) redelivered\), (\d+) readings, (\d+) lines in "
                         r"(\d+) writes, (\d+) acknowledged")
@@ -42,13 +47,6 @@ class BridgeProcess(fault_rig.BridgeProcess):
     def redelivered_in_batches(self) -> int:
         """Redelivered messages written in every run so far (from the debug line of each batch)."""
         return sum(int(r) for _, r in BATCH_RE.findall(self.log.read_text(errors="replace")))
-
-
-def write_config(tmp: Path, broker: Mosquitto, influx: InfluxDB1, client_id: str, **kwargs: object) -> Path:
-    path = tmp / f"{client_id}.yaml"
-    path.write_text(bridge_config_text(broker=broker, sink=v1_sink(influx.url), dead_letter=tmp / f"{client_id}.db",
-                                       client_id=client_id, **kwargs))
-    return path
 
 
 class PacedPublisher:
@@ -80,8 +78,8 @@ def per_node_counts(influx: InfluxDB1) -> dict[str, int]:
 def test_sigkill_mid_stream_and_restart_loses_nothing_and_duplicates_nothing(tmp_path: Path, broker: Mosquitto,
                                                                              influx: InfluxDB1) -> None:
     readings = telemetry_readings("gw-k", 12_000, nodes=40)
-    items = [(topic("gw-k"), batch("gw-k", readings[i:i + 40])) for i in range(0, len(readings), 40)]
-    bridge = BridgeProcess(write_config(tmp_path, broker, influx, "bridge-k", max_wait_ms=200),
+    items = batches("gw-k", readings, 40)
+    bridge = BridgeProcess(write_v1_bridge_config(tmp_path, broker, influx.url, "bridge-k", max_wait_ms=200),
                            tmp_path / "bridge.log")
     bridge.start()
     feeder = PacedPublisher(broker, items, 0.01)
@@ -110,13 +108,13 @@ def test_sigkill_mid_stream_and_restart_loses_nothing_and_duplicates_nothing(tmp
 
 def test_sigterm_while_influxdb_is_down_leaves_the_batch_unacknowledged_for_the_next_run(
         tmp_path: Path, broker: Mosquitto, influx: InfluxDB1) -> None:
-    bridge = BridgeProcess(write_config(tmp_path, broker, influx, "bridge-t"), tmp_path / "bridge.log")
+    bridge = BridgeProcess(write_v1_bridge_config(tmp_path, broker, influx.url, "bridge-t"), tmp_path / "bridge.log")
     bridge.start()
     pub = Publisher(broker)
     try:
         influx.stop()
         readings = telemetry_readings("gw-t", 200, nodes=4)
-        pub.publish((topic("gw-t"), batch("gw-t", readings[i:i + 20])) for i in range(0, 200, 20))
+        pub.publish(batches("gw-t", readings, 20))
         assert wait_until(lambda: "retrying with backoff" in bridge.run_log(), 10), bridge.run_log()
         started = time.monotonic()
         assert bridge.terminate() == 0
@@ -138,7 +136,8 @@ def test_sigterm_while_influxdb_is_down_leaves_the_batch_unacknowledged_for_the_
 
 def test_three_bridges_on_one_shared_subscription_store_every_reading_exactly_once(
         tmp_path: Path, broker: Mosquitto, influx: InfluxDB1) -> None:
-    bridges = [BridgeProcess(write_config(tmp_path, broker, influx, f"bridge-{i}"), tmp_path / f"bridge-{i}.log")
+    bridges = [BridgeProcess(write_v1_bridge_config(tmp_path, broker, influx.url, f"bridge-{i}"),
+                             tmp_path / f"bridge-{i}.log")
                for i in range(1, 4)]
     threads = [threading.Thread(target=b.start) for b in bridges]  # start them side by side
     for t in threads:
@@ -151,7 +150,7 @@ def test_three_bridges_on_one_shared_subscription_store_every_reading_exactly_on
         items = []
         for gw in gateways:
             readings = telemetry_readings(gw, 1200, nodes=12)
-            items += [(topic(gw), batch(gw, readings[i:i + 20])) for i in range(0, 1200, 20)]
+            items += batches(gw, readings, 20)
         items.sort(key=lambda it: it[1][-40:])  # interleave the gateways
         pub.publish(items)
         total = 3 * 1200
@@ -208,15 +207,16 @@ def test_retiring_a_bridge_drains_its_share_and_removes_its_session(tmp_path: Pa
                                                                     influx: InfluxDB1) -> None:
     """Mosquitto gives a shared subscription's members their share also while they are away. A bridge taken out
     of service for good must take what its session holds, or it stays there until the session expires."""
-    stays = BridgeProcess(write_config(tmp_path, broker, influx, "bridge-stays"), tmp_path / "stays.log")
-    leaves = BridgeProcess(write_config(tmp_path, broker, influx, "bridge-leaves"), tmp_path / "leaves.log")
+    stays = BridgeProcess(write_v1_bridge_config(tmp_path, broker, influx.url, "bridge-stays"), tmp_path / "stays.log")
+    leaves = BridgeProcess(write_v1_bridge_config(tmp_path, broker, influx.url, "bridge-leaves"),
+                           tmp_path / "leaves.log")
     stays.start()
     leaves.start()
     assert leaves.terminate() == 0  # away: its session keeps receiving a share
     pub = Publisher(broker)
     try:
         readings = telemetry_readings("gw-r", 400, nodes=4)
-        pub.publish((topic("gw-r"), batch("gw-r", readings[i:i + 10])) for i in range(0, 200, 10))
+        pub.publish(batches("gw-r", readings[:200], 10))
         assert wait_until(lambda: influx.count("water_level", "level_cm", DB) > 0, 10)
         time.sleep(0.5)
         held = 200 - influx.count("water_level", "level_cm", DB)
@@ -227,7 +227,7 @@ def test_retiring_a_bridge_drains_its_share_and_removes_its_session(tmp_path: Pa
         assert "drained and removed" in out.stderr
         assert influx.count("water_level", "level_cm", DB) == 200
         # The session is gone: everything published from now on goes to the bridge that stays.
-        pub.publish((topic("gw-r"), batch("gw-r", readings[i:i + 10])) for i in range(200, 400, 10))
+        pub.publish(batches("gw-r", readings[200:], 10))
         assert wait_until(lambda: influx.count("water_level", "level_cm", DB) == 400, 10)
         assert stays.terminate() == 0
         # Its share of the first 20 messages, and all 20 later ones.

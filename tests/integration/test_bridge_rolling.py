@@ -20,11 +20,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.dev.devbroker import Mosquitto
-from tests.bridge._helpers import batch, bridge_config_text, reading, topic, v1_sink
+from tests.bridge._helpers import batch, reading, topic, write_v1_bridge_config
 from tests.support.fault_rig import BridgeProcess
 from tests.support.influx import InfluxDB1
 from tests.support.polling import wait_until
-from tests.support.registry import write_registry
 
 pytestmark = pytest.mark.broker
 
@@ -168,11 +167,8 @@ def rolling_restart(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1, *, kil
     bridges = []
     for i in range(1, 4):
         cid = f"bridge-roll-{i}"
-        cfg = tmp_path / f"{cid}.yaml"
-        cfg.write_text(bridge_config_text(broker=broker, sink=v1_sink(influx.url), dead_letter=tmp_path / f"{cid}.db",
-                                          client_id=cid, max_wait_ms=100))
+        cfg = write_v1_bridge_config(tmp_path, broker, influx.url, cid, sites=registry_gateways, max_wait_ms=100)
         bridges.append(BridgeProcess(cfg, tmp_path / f"{cid}.log"))
-    write_registry(tmp_path / "gateways.yaml", registry_gateways)  # the registry every config names
     start_all(bridges)
     load = GatewayLoad(broker, interval_s=0.02)
     try:
@@ -233,10 +229,7 @@ def test_mosquitto_forgets_shared_subscriptions_on_restart_and_the_bridge_subscr
     subscribes again the broker answers a gateway's publish with PUBACK 0x10 (no matching subscribers) and keeps
     nothing; the gateway keeps such readings and offers them again. The bridge subscribes on every connect."""
     cid = "bridge-restore"
-    cfg = tmp_path / f"{cid}.yaml"
-    cfg.write_text(bridge_config_text(broker=broker, sink=v1_sink(influx.url), dead_letter=tmp_path / f"{cid}.db",
-                                      client_id=cid))
-    write_registry(tmp_path / "gateways.yaml", {GATEWAYS[0]: "testville"})
+    cfg = write_v1_bridge_config(tmp_path, broker, influx.url, cid, sites={GATEWAYS[0]: "testville"})
     bridge = BridgeProcess(cfg, tmp_path / f"{cid}.log")
     bridge.start()
     codes: list[int] = []

@@ -28,16 +28,14 @@ from tests.bridge._helpers import (
     T0_US,
     Publisher,
     batch,
-    bridge_config_text,
     reading,
     topic,
-    v1_sink,
+    write_v1_bridge_config,
 )
 from tests.support.fault_rig import BridgeProcess
 from tests.support.influx import InfluxDB1
 from tests.support.polling import wait_until
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
-from tests.support.registry import write_registry
 
 pytestmark = pytest.mark.broker
 
@@ -122,12 +120,10 @@ def start_bridges(tmp_path: Path, broker: Mosquitto, influx: InfluxDB1, redis: R
     bridges = []
     for i in range(1, 4):
         cid = f"bridge-dd-{i}"
-        cfg = tmp_path / f"{cid}.yaml"
-        cfg.write_text(bridge_config_text(broker=broker, sink=v1_sink(influx.url), dead_letter=tmp_path / f"{cid}.db",
-                                          client_id=cid, max_wait_ms=50, max_messages=50, level="info")
-                       + f"dedupe:\n  redis_url: {redis.url}\n  window_s: 600\n")
+        cfg = write_v1_bridge_config(tmp_path, broker, influx.url, cid, sites=dict.fromkeys(GATEWAYS, SITE),
+                                     more=f"dedupe:\n  redis_url: {redis.url}\n  window_s: 600\n",
+                                     max_wait_ms=50, max_messages=50, level="info")
         bridges.append(BridgeProcess(cfg, tmp_path / f"{cid}.log"))
-    write_registry(tmp_path / "gateways.yaml", dict.fromkeys(GATEWAYS, SITE))
     for b in bridges:
         b.start()
     return bridges

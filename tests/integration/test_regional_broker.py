@@ -28,21 +28,19 @@ from tests.bridge._helpers import (
     T0_US,
     Publisher,
     batch,
-    bridge_config_text,
     reading,
     topic,
-    v1_sink,
+    write_v1_bridge_config,
 )
 from tests.support.broker import Collector
 from tests.support.fault_rig import BridgeProcess
 from tests.support.influx import InfluxDB1
+from tests.support.paths import REPO
 from tests.support.polling import wait_until
-from tests.support.registry import write_registry
 from tests.support.servers import serving
 
 pytestmark = pytest.mark.broker
 
-REPO = Path(__file__).resolve().parents[2]
 REGIONAL_CONF = REPO / "deploy" / "backend" / "regional" / "mosquitto-regional.conf"
 DB = "denen"
 GATEWAYS = ("gw-valley-1", "gw-valley-2")
@@ -270,10 +268,8 @@ def regional(tmp_path: Path, relay: Relay) -> Iterator[Mosquitto]:
 
 def test_cut_regional_link_under_traffic_loses_and_duplicates_nothing_and_sos_skips_the_backlog(
         tmp_path: Path, central: Mosquitto, relay: Relay, regional: Mosquitto, influx: InfluxDB1) -> None:
-    cfg = tmp_path / "bridge.yaml"
-    cfg.write_text(bridge_config_text(broker=central, sink=v1_sink(influx.url), dead_letter=tmp_path / "dead.db",
-                                      client_id="bridge-central-1", max_wait_ms=100))
-    write_registry(tmp_path / "gateways.yaml", dict.fromkeys(GATEWAYS, "valley"))
+    cfg = write_v1_bridge_config(tmp_path, central, influx.url, "bridge-central-1",
+                                 sites=dict.fromkeys(GATEWAYS, "valley"), max_wait_ms=100)
     bridge = BridgeProcess(cfg, tmp_path / "bridge.log")
     bridge.start()
     # Watches the order in which the central broker receives readings (a persistent session of its own).

@@ -23,17 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.tools import status as agent_status
 from agent.dev.devbroker import Mosquitto
+from agent.tools import status as agent_status
 from drivers.sim.rak3172 import SimRak3172
 from tests.support.broker import Collector
 from tests.support.field import FieldNode, write_config
 from tests.support.gateway_config import gateway_yaml
 from tests.support.influx import InfluxDB1
+from tests.support.paths import REPO
 from tests.support.polling import wait_until
 from tests.support.registry import write_registry
 
-REPO = Path(__file__).resolve().parents[2]
 GATEWAY = "gw-fault-01"
 DB = "denen"
 #: Measurements the bridge writes node readings to (the reading's kind), README "InfluxDB schema".

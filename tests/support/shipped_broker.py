@@ -33,10 +33,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.dev.devbroker import free_port
+from tests.support.paths import BACKEND
 from tests.support.process import end
 
-ROOT = Path(__file__).resolve().parents[2]
-BACKEND = ROOT / "deploy" / "backend"
 #: Where Debian installs the dynamic-security plugin (the shipped path is the eclipse-mosquitto image's).
 PLUGIN_PATHS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
                 "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so")

@@ -215,12 +215,7 @@ def _spawn_workers(broker: fleet.FleetBroker, gids: list[str], backlog_idx: list
         proc.start()
         procs.append(proc)
         pipes.append(parent)
-    for pipe in pipes:
-        if not pipe.poll(300):
-            raise RuntimeError("a worker did not connect its gateways within 300 s")
-        msg = pipe.recv()
-        if "error" in msg:
-            raise RuntimeError(f"worker: {msg['error']}")
+    fleet.workers_ready(pipes, 300)
     return procs, pipes
 
 

@@ -386,6 +386,20 @@ class _Gateway:
         self.writing = False
 
 
+def workers_ready(pipes: list[Any], timeout_s: float) -> list[dict[str, Any]]:
+    """The first message of each worker (:func:`worker_main`), in pipe order, once it has connected its gateways:
+    raises RuntimeError when one reports an error or says nothing within ``timeout_s`` seconds."""
+    hellos = []
+    for pipe in pipes:
+        if not pipe.poll(timeout_s):
+            raise RuntimeError(f"a worker did not connect its gateways within {timeout_s:g} s")
+        msg = pipe.recv()
+        if "error" in msg:
+            raise RuntimeError(f"worker: {msg['error']}")
+        hellos.append(msg)
+    return hellos
+
+
 def worker_main(conn: Any, spec: dict[str, Any]) -> None:
     """A worker process: connect its gateways, report ready, run the schedule it is sent, send back its records."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s worker: %(message)s")
@@ -691,16 +705,9 @@ log:
             proc = ctx.Process(target=worker_main, args=(child, spec), name=f"fleet-worker-{w}")
             proc.start()
             workers.append(proc)
-        ready = 0
-        backlog_total = 0
-        for pipe in pipes:
-            if not pipe.poll(180):
-                raise RuntimeError("a worker did not connect its gateways within 180 s")
-            msg = pipe.recv()
-            if "error" in msg:
-                raise RuntimeError(f"worker: {msg['error']}")
-            ready += msg["ready"]
-            backlog_total += msg["backlog_readings"]
+        hellos = workers_ready(pipes, 180)
+        ready = sum(msg["ready"] for msg in hellos)
+        backlog_total = sum(msg["backlog_readings"] for msg in hellos)
         # Every gateway is connected and logged in: fix the schedule (wall clock, shared by all processes).
         start_at = time.time() + 1.0
         phases = []

@@ -41,11 +41,12 @@ class _SubscribedMosquitto:
     (b) both carry it.
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, record: Path | None = None) -> None:
         from agent.dev.devbroker import Mosquitto
 
         self._broker = Mosquitto(workdir)
         self._sub: subprocess.Popen[bytes] | None = None
+        self._record = record  # where the subscriber writes every payload, one per line; None: nowhere
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._broker, name)
@@ -55,15 +56,34 @@ class _SubscribedMosquitto:
         self._sub = subprocess.Popen(
             ["mosquitto_sub", "-h", self._broker.host, "-p", str(self._broker.port), "-t", "denen/#", "-t", "bench/#",
              "-q", "1", "-i", f"bench-sink-{self._broker.port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=self._record.open("wb") if self._record else subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.2)  # let it subscribe before anything is published
 
     def stop(self) -> None:
         if self._sub is not None:
             self._sub.terminate()
             self._sub.wait(5)
+            if self._sub.stdout:
+                self._sub.stdout.close()
             self._sub = None
         self._broker.stop()
+
+    def received(self, lane: str) -> tuple[int, int]:
+        """(distinct readings, duplicate copies) of ``lane`` that the subscriber recorded, by (node, fcnt)."""
+        seen: set[tuple[str, int]] = set()
+        copies = 0
+        assert self._record is not None
+        for line in self._record.read_bytes().splitlines():
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(doc, dict) or doc.get("lane") != lane:
+                continue
+            for r in doc.get("readings", ()):
+                copies += 1
+                seen.add((r["node"], r["fcnt"]))
+        return len(seen), copies - len(seen)
 
 def disk(p: dict[str, Any]) -> dict[str, Any]:
     """Raw fsync latency and SQLite WAL (synchronous=FULL) commit rates, on the folder the journals use."""
@@ -237,6 +257,8 @@ class Probe:
         self.t_journaled: float | None = None  # when `target_deleted` readings had been inserted
         self.t_all_deleted: float | None = None
         self.all_deleted = threading.Event()
+        self.acked = 0  # readings the broker acknowledged (PUBACK success)
+        self.t_all_acked: float | None = None  # when `target_deleted` readings had been acknowledged
         self.target_deleted = target_deleted
         self.watch_upto = watch_upto
         self.prefill_deleted = 0
@@ -303,6 +325,10 @@ class Probe:
         def on_ack_(ack: Any) -> None:
             flight = outbox.inflight.get(ack.mid) if ack.session == outbox.session else None
             on_ack(ack)
+            if flight is not None and ack.ok:
+                self.acked += len(flight.seqs)
+                if self.target_deleted and self.t_all_acked is None and self.acked >= self.target_deleted:
+                    self.t_all_acked = time.perf_counter()
             if flight is not None and ack.ok and flight.lane == SOS:
                 t = time.perf_counter()
                 for seq in flight.seqs:
@@ -316,11 +342,12 @@ class Probe:
 
 
 def _start_field(work: Path, nodes: list[Any], *, batch: int | None, window: int | None,
-                 broker_running: bool = True) -> tuple[Any, Any, Any, Path]:
-    """A Mosquitto, a simulated RAK3172 on a pty and the config for a gateway listening to it."""
+                 broker_running: bool = True, record: bool = False) -> tuple[Any, Any, Any, Path]:
+    """A Mosquitto, a simulated RAK3172 on a pty and the config for a gateway listening to it; with ``record``,
+    the broker's subscriber keeps every payload (:meth:`_SubscribedMosquitto.received`)."""
     from drivers.sim.rak3172 import SimRak3172
 
-    broker = _SubscribedMosquitto(work / "broker")
+    broker = _SubscribedMosquitto(work / "broker", record=work / "received.jsonl" if record else None)
     if broker_running:
         broker.start()
     sim = SimRak3172(name=c.RADIO, link=str(work / "lora0"), boot_delay_s=0.02, rng=random.Random(7))
@@ -352,7 +379,13 @@ def _py_spy(pid: int, out: str, duration_s: float) -> subprocess.Popen[bytes] | 
 
 
 def agent(p: dict[str, Any]) -> dict[str, Any]:
-    """(b) pty line -> RadioWorker -> decode -> durable journal -> MQTT -> PUBACK -> deleted, N readings."""
+    """(b) pty line -> RadioWorker -> decode -> durable journal -> MQTT -> PUBACK, N readings, verified at the
+    subscriber; the time until they were also deleted beside it.
+
+    The rate is taken at the last PUBACK, when the broker has every reading: the journal deletes acknowledged
+    readings with its next commit, and when only deletions wait that commit comes up to ``ACK_FOLD_S`` (1 s)
+    later, a fixed delay at the end of a run rather than a cost per reading (it folds into the next commit of
+    readings under steady traffic)."""
     from agent.gateway.core import Gateway
     from tests.support.field import wait_configured
 
@@ -360,7 +393,7 @@ def agent(p: dict[str, Any]) -> dict[str, Any]:
     n = p["n"]
     nodes = c.telemetry_nodes(p["nodes"])
     lines = c.telemetry_lines(nodes, n)  # built before the clock starts
-    broker, sim, cfg, journal = _start_field(work, nodes, batch=p.get("batch"), window=p.get("window"))
+    broker, sim, cfg, journal = _start_field(work, nodes, batch=p.get("batch"), window=p.get("window"), record=True)
     gw = Gateway(cfg)
     probe = Probe(gw, target_deleted=n)
     try:
@@ -379,8 +412,8 @@ def agent(p: dict[str, Any]) -> dict[str, Any]:
         if not probe.all_deleted.wait(p["timeout_s"]):
             raise RuntimeError(f"only {probe.deleted} of {n} readings acknowledged within {p['timeout_s']} s "
                                f"(journaled {probe.inserted}, counters {dict(gw.stats.counters)})")
-        assert probe.t_all_deleted is not None
-        dt = probe.t_all_deleted - t0
+        assert probe.t_all_deleted is not None and probe.t_all_acked is not None
+        dt = probe.t_all_acked - t0
         counters = dict(gw.stats.counters)
         commits = probe.commits - base_commits
         messages = probe.messages - base_messages
@@ -395,10 +428,12 @@ def agent(p: dict[str, Any]) -> dict[str, Any]:
         broker.stop()
     unsent = _unsent(journal)
     bad = {k: v for k, v in counters.items() if k.startswith("frames.") and k != "frames.ok"}
-    if counters.get("frames.ok") != n or counters.get("readings.acked") != n or unsent or bad:
-        raise RuntimeError(f"wrong outcome: counters {counters}, unsent {unsent}")
+    received, duplicates = broker.received("telemetry")
+    if counters.get("frames.ok") != n or counters.get("readings.acked") != n or unsent or bad or received != n:
+        raise RuntimeError(f"wrong outcome: counters {counters}, unsent {unsent}, subscriber received {received}")
     return {
-        "n": n, "seconds": dt, "per_s": n / dt, "batch": cfg.mqtt.batch_max_readings,
+        "n": n, "seconds": dt, "per_s": n / dt, "deleted_s": probe.t_all_deleted - t0,
+        "received": received, "duplicates": duplicates, "batch": cfg.mqtt.batch_max_readings,
         "window": cfg.mqtt.inflight_window, "nodes": len(nodes),
         "commits": commits, "commits_per_reading": commits / n, "commit_s": commit_s,
         "commit_share": commit_s / dt, "messages": messages, "readings_per_message": n / max(1, messages),

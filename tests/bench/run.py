@@ -368,11 +368,19 @@ def _run_sections(runner: Runner, table: Table, plan: dict[str, Any], sections: 
                   f"{c.fmt(c.median(runner.values('a-c-mosquitto-pub', 'raw_per_s')))}/s")
         b0 = runner.raw.get("b-agent-default", [{}])
         batch, window = (b0[0].get("batch"), b0[0].get("window")) if b0 else (None, None)
-        table.add("(b)", f"agent pty line → journal (fsync) → PUBACK → deleted, batch {batch}, window {window} "
+        received = runner.values("b-agent-default", "received")
+        duplicates = runner.values("b-agent-default", "duplicates")
+        table.add("(b)", f"agent pty line → journal (fsync) → PUBACK, batch {batch}, window {window} "
                   "(config defaults)", b_rate, "readings/s", spread=c.spread(b_vals),
                   anchor=f"(a) {c.fmt(a_rate)}/s", ratio=ratio, target=f"≥ {TARGET_RATIO:g}× (a)",
                   ok=None if _nan(ratio) else ratio >= TARGET_RATIO,
-                  note=f"N={n:,}, {len(b_vals)} runs; ratio = median of per-pair ratios")
+                  note=f"N={n:,}, {len(b_vals)} runs; ratio = median of per-pair ratios; at the subscriber "
+                  f"{min(received, default=0):,}..{max(received, default=0):,} distinct readings per run, "
+                  f"{int(sum(duplicates)):,} duplicates")
+        deleted = [r["n"] / r["deleted_s"] for r in runner.raw.get("b-agent-default", []) if r.get("deleted_s")]
+        table.add("(b)", "until also deleted from the journal (the last deletions wait up to 1 s for a commit)",
+                  c.median(deleted), "readings/s", spread=c.spread(deleted), anchor=f"(b) {c.fmt(b_rate)}/s",
+                  ratio=c.median(deleted) / b_rate if b_rate else None)
         ingest = [r["n"] / r["journaled_s"] for r in runner.raw.get("b-agent-default", []) if r.get("journaled_s")]
         table.add("(b)", "of which pty line → journaled (committed), all N", c.median(ingest), "readings/s",
                   spread=c.spread(ingest), anchor=f"(b) {c.fmt(b_rate)}/s",

@@ -74,6 +74,7 @@ from agent.bridge.registry import GatewayRegistry
 from agent.bridge.schema import Converted, Reject
 from agent.bridge.sinks import Sink, make_sink
 from agent.bridge.writing import SUMMARY_INTERVAL_S, Writing
+from agent.i18n import _
 from agent.ratelog import RateLimitedLog
 
 __all__ = ["Bridge"]
@@ -161,15 +162,17 @@ class Bridge(Receiving, Writing):
         self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False,
                                    properties=props)
         self._client.loop_start()
-        log.info("bridge: %s:%d as %s, group %s, prefix %s -> %s (%s); receive maximum %d; %s", cfg.host,
-                 cfg.port, cfg.effective_client_id(), cfg.group, cfg.topic_prefix, self._sink.target,
-                 self.config.sink.type, self.config.batch.receive_maximum, self._registry_text())
+        log.info("%s", _("bridge: {host}:{port} as {client_id}, group {group}, prefix {prefix} -> {target} "
+                         "({sink_type}); receive maximum {receive_maximum}; {registry}").format(
+            host=cfg.host, port=cfg.port, client_id=cfg.effective_client_id(), group=cfg.group,
+            prefix=cfg.topic_prefix, target=self._sink.target, sink_type=self.config.sink.type,
+            receive_maximum=self.config.batch.receive_maximum, registry=self._registry_text()))
         if self.registry.path is None:
-            log.warning("bridge: no gateway registry (gateways.file): every gateway's readings are written with site "
-                        "'unknown'; see deploy/backend/gateways.yaml")
+            log.warning("%s", _("bridge: no gateway registry (gateways.file): every gateway's readings are written "
+                                "with site 'unknown'; see deploy/backend/gateways.yaml"))
         if cfg.tls is False:
-            log.warning("MQTT: plain TCP to %s:%d (mqtt.tls: false): the bridge's login and every reading travel "
-                        "in clear", cfg.host, cfg.port)
+            log.warning("%s", _("MQTT: plain TCP to {host}:{port} (mqtt.tls: false): the bridge's login and every "
+                                "reading travel in clear").format(host=cfg.host, port=cfg.port))
 
     def _sinks(self, config: BridgeConfig, injected: Sink | None) -> tuple[Sink, Sink | None]:
         """The readings' sink (wrapped to publish node states when configured) and the health points' own one.
@@ -223,8 +226,9 @@ class Bridge(Receiving, Writing):
     def _registry_text(self) -> str:
         reg = self.registry
         if reg.path is None:
-            return "no gateway registry: every site is 'unknown'"
-        return f"{len(reg)} gateways registered in {reg.path} (unknown gateways: {reg.unknown})"
+            return _("no gateway registry: every site is 'unknown'")
+        return _("{count} gateways registered in {path} (unknown gateways: {unknown})").format(
+            count=len(reg), path=reg.path, unknown=reg.unknown)
 
     def request_stop(self) -> None:
         """Ask the bridge to stop (safe from a signal handler's thread); ``run()`` then returns."""
@@ -272,7 +276,8 @@ class Bridge(Receiving, Writing):
         self._release()
         self._log_summary(final=True)
         if self._failure is not None:
-            raise BridgeError(f"the bridge stopped after an error: {self._failure}") from self._failure
+            stopped = _("the bridge stopped after an error: {error}").format(error=self._failure)
+            raise BridgeError(stopped) from self._failure
 
     def close(self) -> None:
         """Release the sinks and the dead-letter store of a bridge that was never started (one used for
@@ -323,8 +328,8 @@ class Bridge(Receiving, Writing):
         removed = self._remove_session
         self.stop()
         if removed:
-            log.info("bridge: session of %s drained and removed from the broker; this client id is retired",
-                     self.config.mqtt.effective_client_id())
+            log.info("%s", _("bridge: session of {client_id} drained and removed from the broker; this client id "
+                             "is retired").format(client_id=self.config.mqtt.effective_client_id()))
         return removed
 
     def wait_subscribed(self, timeout: float) -> bool:
@@ -333,7 +338,7 @@ class Bridge(Receiving, Writing):
 
     def counters(self) -> dict[str, int]:
         """A snapshot of every counter (network and writer side)."""
-        for _ in range(10):
+        for _attempt in range(10):
             try:
                 merged = Counter(self.stats)
                 merged.update(self._rx)
@@ -423,14 +428,14 @@ class Bridge(Receiving, Writing):
                 if self._ready_sent:
                     line.update(self.status_text, force=forced)
             except Exception:  # noqa: BLE001 - the report must never stop the bridge
-                log.exception("bridge: the health report failed")
+                log.exception("%s", _("bridge: the health report failed"))
 
     def _write_health(self) -> None:
         """One interval's points, written once: a failing database drops them (counted), nothing is queued."""
         try:
             report = self.health.report(self.counters(), db_write_ok=not self._policy.failing)
         except Exception:  # noqa: BLE001 - a bug here must not stop the readings
-            log.exception("bridge: building the health points failed")
+            log.exception("%s", _("bridge: building the health points failed"))
             return
         if self._health_sink is None:
             return
@@ -439,13 +444,13 @@ class Bridge(Receiving, Writing):
         except SinkError as exc:
             self.health.dropped += len(report.lines)
             if self._health_write_ok:
-                log.warning("bridge: health points not written (%s); they are dropped until the database works",
-                            exc)
+                log.warning("%s", _("bridge: health points not written ({error}); they are dropped until the "
+                                    "database works").format(error=exc))
             self._health_write_ok = False
             return
         except Exception:  # noqa: BLE001 - same: count it and go on
             self.health.dropped += len(report.lines)
             self._health_write_ok = False
-            log.exception("bridge: writing the health points failed")
+            log.exception("%s", _("bridge: writing the health points failed"))
             return
         self._health_write_ok = True

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.bridge.errors import BridgeError
+from agent.i18n import _
 from agent.securefile import prepare_private_file
 
 __all__ = ["BUSY_TIMEOUT_MS", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_ITEM_BYTES", "DeadLetter", "DeadLetterStore",
@@ -139,8 +140,8 @@ class DeadLetterStore:
         except (sqlite3.Error, OSError) as exc:
             if self._db is not None:
                 self._db.close()
-            raise BridgeError(f"cannot open the dead-letter store {self.path}: {exc} (check dead_letter.path and "
-                              "that the bridge's user may write there)") from exc
+            raise BridgeError(_("cannot open the dead-letter store {path}: {error} (check dead_letter.path and "
+                                "that the bridge's user may write there)").format(path=self.path, error=exc)) from exc
 
     def _content_bytes(self) -> int:
         assert self._db is not None
@@ -197,7 +198,8 @@ class DeadLetterStore:
                     "INSERT INTO dead_letter (stored_us, reason, detail, topic, reading_id, kind, content) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.Error as exc:
-            raise BridgeError(f"cannot write to the dead-letter store {self.path}: {exc}") from exc
+            raise BridgeError(_("cannot write to the dead-letter store {path}: {error}").format(
+                path=self.path, error=exc)) from exc
         self._bytes += added - freed
         self.evicted += evicted + dropped
         return stored
@@ -306,7 +308,8 @@ class DeadLetterStore:
                 count = self._db.execute(f"DELETE FROM dead_letter{where}", args).rowcount
             self._bytes -= freed
         except sqlite3.Error as exc:
-            raise BridgeError(f"cannot change the dead-letter store {self.path}: {exc}") from exc
+            raise BridgeError(_("cannot change the dead-letter store {path}: {error}").format(
+                path=self.path, error=exc)) from exc
         return count
 
     def settle(self, item_id: int, remaining: list[DeadLetter]) -> str:
@@ -351,7 +354,8 @@ class DeadLetterStore:
                     outcome = "split"
             self._bytes += change
         except sqlite3.Error as exc:
-            raise BridgeError(f"cannot change the dead-letter store {self.path}: {exc}") from exc
+            raise BridgeError(_("cannot change the dead-letter store {path}: {error}").format(
+                path=self.path, error=exc)) from exc
         return outcome
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from agent.i18n import _
+from agent.i18n import N_, _, cell_width
 
 __all__ = ["DEFAULT_CONFIG", "add_arguments", "escape", "main", "parse_time", "show_bytes"]
 
@@ -203,6 +203,16 @@ def show_bytes(content: bytes) -> str:
     return escape(content.decode("utf-8", "surrogateescape"))
 
 
+#: The columns of ``list``: heading and width in terminal cells.
+_COLUMNS = (("ID", 7), (N_("STORED"), 25), (N_("GATEWAY"), 20), (N_("REASON"), 22), (N_("KIND"), 7), (N_("SIZE"), 0))
+
+
+def _cells(text: str, width: int, *, right: bool = False) -> str:
+    """``text`` padded to ``width`` terminal cells (a Japanese heading's characters take two each)."""
+    pad = " " * max(0, width - cell_width(text))
+    return pad + text if right else text + pad
+
+
 def _when(us: int) -> str:
     from datetime import UTC, datetime  # noqa: PLC0415
 
@@ -276,7 +286,7 @@ def _list(args: argparse.Namespace) -> int:
             print(_("no dead letters matching the filters") if args.reason or args.gateway or since
                   else _("no dead letters"))
             return 0
-        print(f"{'ID':>7}  {'STORED':<25}  {'GATEWAY':<20}  {'REASON':<22}  {'KIND':<7}  SIZE")
+        print("  ".join(_cells(_(head), width, right=head == "ID") for head, width in _COLUMNS).rstrip())
         for r, g in shown:
             print(f"{r.id:>7}  {_when(r.stored_us):<25}  {escape(g)[:20]:<20}  {escape(r.item.reason)[:22]:<22}  "
                   f"{r.item.kind:<7}  {_size(r.size)}")
@@ -309,14 +319,15 @@ def _show(args: argparse.Namespace) -> int:
                               "reading_id": d.reading_id, "size": r.size, "content": content,
                               "content_encoding": encoding}, ensure_ascii=True))
             return 0
-        print(f"id:         {r.id}")
-        print(f"stored:     {_when(r.stored_us)}")
-        print(f"reason:     {escape(d.reason)}")
-        print(f"gateway:    {escape(gateway) or '-'}")
-        print(f"topic:      {escape(d.topic) if d.topic is not None else '-'}")
-        print(f"reading id: {escape(d.reading_id) if d.reading_id else '-'}")
-        print(f"kind:       {d.kind} ({_size(r.size)})")
-        print("detail:")
+        fields = [(_("id:"), str(r.id)), (_("stored:"), _when(r.stored_us)), (_("reason:"), escape(d.reason)),
+                  (_("gateway:"), escape(gateway) or "-"),
+                  (_("topic:"), escape(d.topic) if d.topic is not None else "-"),
+                  (_("reading id:"), escape(d.reading_id) if d.reading_id else "-"),
+                  (_("kind:"), f"{d.kind} ({_size(r.size)})")]
+        width = max(cell_width(label) for label, _value in fields) + 1
+        for label, value in fields:
+            print(f"{_cells(label, width)}{value}")
+        print(_("detail:"))
         for line in d.detail.splitlines() or [""]:  # a stored traceback keeps its lines, each escaped
             print(f"  {escape(line)}")
         print(_("content (control characters and bytes that are not UTF-8 escaped):"))

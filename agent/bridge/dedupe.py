@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.bridge.encoding import split_line
 from agent.bridge.errors import BridgeError
+from agent.i18n import _
 
 if TYPE_CHECKING:  # the client is imported when de-duplication is configured, not with the bridge
     import redis
@@ -139,8 +140,8 @@ class FrameClaims:
         try:
             import redis as redis_lib  # only a bridge that de-duplicates pays for the import
         except ImportError:
-            raise BridgeError("the dedupe section needs the Python package redis: install denen with the bridge "
-                              "extra (pip install 'denen[bridge]')") from None
+            raise BridgeError(_("the dedupe section needs the Python package redis: install denen with the bridge "
+                                "extra (pip install 'denen[bridge]')")) from None
 
         self._errors: tuple[type[BaseException], ...] = (redis_lib.RedisError, OSError)
         self.url = url
@@ -153,7 +154,8 @@ class FrameClaims:
                 client = redis_lib.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                                   health_check_interval=30)
             except (ValueError, redis_lib.RedisError) as exc:
-                raise BridgeError(f"dedupe.redis_url {self.address}: {exc}") from None
+                raise BridgeError(_("dedupe.redis_url {address}: {error}").format(address=self.address,
+                                                                                  error=exc)) from None
         self._redis = client
         self._down_until = 0.0
         self._backoff_s = 1.0
@@ -184,8 +186,8 @@ class FrameClaims:
             self._failed(exc, len(claims))
             return [None] * len(claims)
         if self._down_until:
-            log.info("bridge: redis at %s answers again; frames heard by several gateways are merged again",
-                     self.address)
+            log.info("%s", _("bridge: redis at {address} answers again; frames heard by several gateways are merged "
+                             "again").format(address=self.address))
             self._down_until, self._backoff_s = 0.0, 1.0
         out: list[str | None] = []
         for index, (answer, (_key, own)) in enumerate(zip(answers, claims, strict=True)):
@@ -206,9 +208,9 @@ class FrameClaims:
         self.stats["dedupe_failures"] += 1
         self.stats["frames_unclaimed"] += copies
         if not self._down_until:
-            log.warning("bridge: redis at %s failed (%s): frames are written as each gateway sent them (copies "
-                        "heard by several gateways make several points) until it answers again", self.address,
-                        exc)
+            log.warning("%s", _("bridge: redis at {address} failed ({error}): frames are written as each gateway "
+                                "sent them (copies heard by several gateways make several points) until it answers "
+                                "again").format(address=self.address, error=exc))
         self._down_until = time.monotonic() + self._backoff_s
         self._backoff_s = min(BACKOFF_MAX_S, self._backoff_s * 2)
 

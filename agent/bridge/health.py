@@ -44,6 +44,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from agent.i18n import _
+
 __all__ = ["LAG_LINES_PER_WRITE", "LAG_SAMPLE_MAX", "HealthMonitor", "HealthReport"]
 
 #: Lag samples kept per interval (a reservoir: every reading written has the same chance to be in it).
@@ -222,11 +224,12 @@ class HealthMonitor:
         per_min = (written - rate[0][1]) * 60 / span if span >= 1 else 0.0
         with self._lock:
             recent = sorted(self._recent)
-        parts = [f"broker {'ok' if self.broker_connected else 'down'}", f"{db_name} {'ok' if db_ok else 'failing'}",
-                 f"{per_min:,.0f} readings/min"]
+        parts = [_("broker ok") if self.broker_connected else _("broker down"),
+                 (_("{database} ok") if db_ok else _("{database} failing")).format(database=db_name),
+                 _("{rate} readings/min").format(rate=f"{per_min:,.0f}")]
         if recent:
-            parts.append(f"lag p99 {_percentile(recent, 0.99) / 1000:.1f} s")
-        parts.append(f"dead letters {counters.get('dead_letters', 0):,}")
+            parts.append(_("lag p99 {seconds} s").format(seconds=f"{_percentile(recent, 0.99) / 1000:.1f}"))
+        parts.append(_("dead letters {count}").format(count=f"{counters.get('dead_letters', 0):,}"))
         if self.dropped:
-            parts.append(f"health points dropped {self.dropped:,}")
+            parts.append(_("health points dropped {count}").format(count=f"{self.dropped:,}"))
         return ", ".join(parts)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 from agent.bridge.errors import BridgeError, SinkError, SinkRefused, SinkRejected
 from agent.bridge.sinks import Sink
+from agent.i18n import _
 
 __all__ = ["Abandoned", "RejectedLine", "WritePolicy"]
 
@@ -223,15 +224,16 @@ class WritePolicy:
             # disk with the same line.
             self._last_problem = problem
             level = logging.ERROR if isinstance(exc, SinkRefused) else logging.WARNING
-            log.log(level, "write to %s failed, retrying with backoff (nothing is acknowledged meanwhile): %s",
-                    self.sink.target, exc)
+            log.log(level, "%s", _("write to {target} failed, retrying with backoff (nothing is acknowledged "
+                                   "meanwhile): {error}").format(target=self.sink.target, error=exc))
         else:
             log.debug("write to %s failed again (%d attempts): %s", self.sink.target, self._failed_attempts, exc)
 
     def _recovered(self) -> None:
         if self._failing_since is not None:
-            log.info("writes to %s work again after %d failed attempts over %.1f s", self.sink.target,
-                     self._failed_attempts, time.monotonic() - self._failing_since)
+            log.info("%s", _("writes to {target} work again after {count} failed attempts over {seconds} s").format(
+                target=self.sink.target, count=self._failed_attempts,
+                seconds=f"{time.monotonic() - self._failing_since:.1f}"))
             self._failing_since = None
             self._failed_attempts = 0
             self._last_problem = None

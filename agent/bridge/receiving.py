@@ -25,6 +25,7 @@ from agent.bridge.health import HealthMonitor
 from agent.bridge.lineproto import Serializer
 from agent.bridge.mqttclient import new_client
 from agent.bridge.schema import Converted, Reject
+from agent.i18n import N_, _
 
 __all__ = ["TOO_LARGE_KEEP", "InboxMessage", "Receiving"]
 
@@ -35,16 +36,16 @@ log = logging.getLogger("agent.bridge.bridge")
 TOO_LARGE_KEEP = 64 * 1024
 
 _CONNECT_HINTS = {
-    133: "mqtt.client_id was refused by the broker",
-    134: "check mqtt.username and mqtt.password / password_file of the bridge",
-    135: "the broker does not allow this user to connect: check its ACL and password file",
-    136: "the broker is not available",
+    133: N_("mqtt.client_id was refused by the broker"),
+    134: N_("check mqtt.username and mqtt.password / password_file of the bridge"),
+    135: N_("the broker does not allow this user to connect: check its ACL and password file"),
+    136: N_("the broker is not available"),
 }
 _SUBSCRIBE_HINTS = {
-    0x87: "the broker's ACL must let the bridge's login subscribe to {topic}; the shipped one allows the group "
-          "denen-bridge only (deploy/backend/mosquitto/acl)",
-    0x8F: "the broker rejects this topic filter; check mqtt.group and mqtt.topic_prefix",
-    0x9E: "this broker does not support shared subscriptions ($share/...)",
+    0x87: N_("the broker's ACL must let the bridge's login subscribe to {topic}; the shipped one allows the group "
+             "denen-bridge only (deploy/backend/mosquitto/acl)"),
+    0x8F: N_("the broker rejects this topic filter; check mqtt.group and mqtt.topic_prefix"),
+    0x9E: N_("this broker does not support shared subscriptions ($share/...)"),
 }
 
 
@@ -101,14 +102,14 @@ class Receiving:
                     properties: Properties | None) -> None:
         cfg = self.config.mqtt
         if reason.is_failure:
-            hint = _CONNECT_HINTS.get(reason.value, "")
-            log.error("MQTT: %s:%d refused the bridge: %s%s", cfg.host, cfg.port, reason,
-                      f" ({hint})" if hint else "")
+            hint = _CONNECT_HINTS.get(reason.value)
+            log.error("%s", _("MQTT: {host}:{port} refused the bridge: {reason}").format(
+                host=cfg.host, port=cfg.port, reason=reason) + (f" ({_(hint)})" if hint else ""))
             return
         self._broker_unreachable_logged = False
         self.health.broker_connected = True
-        log.info("MQTT: connected to %s:%d (session present: %s)", cfg.host, cfg.port,
-                 bool(getattr(flags, "session_present", False)))
+        log.info("%s", _("MQTT: connected to {host}:{port} (session present: {present})").format(
+            host=cfg.host, port=cfg.port, present=bool(getattr(flags, "session_present", False))))
         if self._retiring:
             client.unsubscribe(list(cfg.subscriptions()))
             return
@@ -121,8 +122,8 @@ class Receiving:
         if not self._broker_unreachable_logged:
             # Once per outage; paho keeps retrying with backoff (mqtt.reconnect_min_s .. reconnect_max_s).
             self._broker_unreachable_logged = True
-            log.warning("MQTT: cannot reach the broker at %s:%d; retrying (check mqtt.host, mqtt.port, mqtt.tls)",
-                        self.config.mqtt.host, self.config.mqtt.port)
+            log.warning("%s", _("MQTT: cannot reach the broker at {host}:{port}; retrying (check mqtt.host, "
+                                "mqtt.port, mqtt.tls)").format(host=self.config.mqtt.host, port=self.config.mqtt.port))
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
                       properties: Properties | None) -> None:
@@ -130,10 +131,11 @@ class Receiving:
         for topic, rc in zip(self.config.mqtt.subscriptions(), reason_codes, strict=False):
             if rc.is_failure:
                 failed = True
-                hint = _SUBSCRIBE_HINTS.get(rc.value, "").format(topic=topic)
-                log.error("MQTT: subscription to %s refused: %s%s", topic, rc, f" ({hint})" if hint else "")
+                hint = _SUBSCRIBE_HINTS.get(rc.value)
+                log.error("%s", _("MQTT: subscription to {topic} refused: {reason}").format(topic=topic, reason=rc)
+                          + (f" ({_(hint).format(topic=topic)})" if hint else ""))
         if not failed:
-            log.info("MQTT: subscribed to %s", ", ".join(self.config.mqtt.subscriptions()))
+            log.info("%s", _("MQTT: subscribed to {topics}").format(topics=", ".join(self.config.mqtt.subscriptions())))
             self._subscribed.set()
             if not self._ready_sent:
                 # systemd (Type=notify) counts the bridge started once it takes messages.
@@ -143,7 +145,8 @@ class Receiving:
 
     def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
                         properties: Properties | None) -> None:
-        log.info("MQTT: unsubscribed (retiring): %s", ", ".join(str(rc) for rc in reason_codes))
+        log.info("%s", _("MQTT: unsubscribed (retiring): {reasons}").format(
+            reasons=", ".join(str(rc) for rc in reason_codes)))
         self._unsubscribed.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
@@ -156,8 +159,9 @@ class Receiving:
         self.health.broker_connected = False
         self._health_wake.set()
         if not self._stop.is_set():
-            log.warning("MQTT: disconnected from %s:%d (%s); reconnecting, unacknowledged messages will come again",
-                        self.config.mqtt.host, self.config.mqtt.port, reason)
+            log.warning("%s", _("MQTT: disconnected from {host}:{port} ({reason}); reconnecting, unacknowledged "
+                                "messages will come again").format(host=self.config.mqtt.host,
+                                                                    port=self.config.mqtt.port, reason=reason))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         rx = self._rx

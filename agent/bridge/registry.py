@@ -32,6 +32,7 @@ from pydantic import Field, field_validator
 
 from agent.config import ConfigSection, Found, parse_yaml_model, read_config_file
 from agent.errors import ConfigError
+from agent.i18n import _
 from drivers.settings import N_, Text, problem
 
 __all__ = ["UNKNOWN_SITE", "GatewayInfo", "GatewayRegistry"]
@@ -149,11 +150,12 @@ class GatewayRegistry:
         try:
             gateways = _read(self.path)
         except ConfigError as exc:
-            log.error("gateway registry %s: cannot reload it, keeping the %d gateways read before: %s", self.path,
-                      len(self._gateways), exc)
+            log.error("%s", _("gateway registry {path}: cannot reload it, keeping the {count} gateways read before: "
+                              "{error}").format(path=self.path, count=len(self._gateways), error=exc))
             return False
         self._gateways = gateways
-        log.info("gateway registry %s: reloaded, %d gateways", self.path, len(gateways))
+        log.info("%s", _("gateway registry {path}: reloaded, {count} gateways").format(path=self.path,
+                                                                                     count=len(gateways)))
         return True
 
     def _stat(self) -> tuple[int, int] | None:
@@ -174,8 +176,8 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 def _read(path: Path) -> dict[str, GatewayInfo]:
     text, mode = read_config_file(path)
-    model, _ = parse_yaml_model(text, _RegistryFile, source=str(path), checks=_id_problems, example=_EXAMPLE,
-                                sections=["gateways"], file_mode=mode)
+    model, _found = parse_yaml_model(text, _RegistryFile, source=str(path), checks=_id_problems, example=_EXAMPLE,
+                                     sections=["gateways"], file_mode=mode)
     return {gw: GatewayInfo(e.site, e.name, e.municipality) for gw, e in model.gateways.items()}
 
 

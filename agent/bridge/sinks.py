@@ -20,7 +20,13 @@ from urllib.parse import urlencode
 import urllib3
 
 from agent.bridge.config import SinkConfig
-from agent.bridge.errors import BridgeError, SinkError, SinkUnavailable, classify_response
+from agent.bridge.errors import (
+    BridgeError,
+    SinkError,
+    SinkUnavailable,
+    classify_response,
+)
+from agent.i18n import _
 
 __all__ = ["Sink", "V1Sink", "V2Sink", "make_sink"]
 
@@ -121,8 +127,9 @@ class V2Sink:
             from influxdb_client.client.write_api import SYNCHRONOUS  # noqa: PLC0415
             from influxdb_client.rest import ApiException  # noqa: PLC0415
         except ImportError as exc:
-            raise BridgeError(f"sink.type v2 needs influxdb-client, which is not installed ({exc.msg}): pip install "
-                              "'denen-agent[bridge]' (or use sink.type v1 for InfluxDB 1.x)") from exc
+            raise BridgeError(_("sink.type v2 needs influxdb-client, which is not installed ({error}): pip install "
+                                "'denen-agent[bridge]' (or use sink.type v1 for InfluxDB 1.x)").format(
+                error=exc.msg)) from exc
 
         self.config = config
         self.target = config.target()

@@ -22,9 +22,11 @@ from agent.bridge.dedupe import FrameClaims
 from agent.bridge.errors import BridgeError
 from agent.bridge.health import HealthMonitor
 from agent.bridge.lineproto import Serializer
+from agent.bridge.logtext import LogText
 from agent.bridge.policy import Abandoned, WritePolicy
 from agent.bridge.receiving import InboxMessage
 from agent.bridge.registry import GatewayRegistry
+from agent.i18n import N_, _
 from agent.ratelog import RateLimitedLog
 
 __all__ = ["DEAD_LETTER_BACKLOG_MAX", "REGISTRY_CHECK_S", "SUMMARY_INTERVAL_S", "Writing"]
@@ -69,7 +71,7 @@ class Writing:
         try:
             self._write_loop()
         except Exception as exc:  # noqa: BLE001 - thread top level: log, and make run()/stop() report it
-            log.exception("bridge: the writer failed; stopping without acknowledging what was not written")
+            log.exception("%s", _("bridge: the writer failed; stopping without acknowledging what was not written"))
             self._failure = exc
             self._stop.set()
 
@@ -117,10 +119,11 @@ class Writing:
     def _refresh_registry(self) -> None:
         try:
             if self.registry.refresh():
-                log.info("bridge: gateway registry reloaded: %s", self._registry_text())
+                log.info("%s", _("bridge: gateway registry reloaded: {registry}").format(
+                    registry=self._registry_text()))
         except Exception:  # noqa: BLE001 - a registry bug keeps the registry it had, never the writer
-            log.exception("bridge: checking the gateway registry %s failed; keeping the one loaded",
-                          self.registry.path)
+            log.exception("%s", _("bridge: checking the gateway registry {path} failed; keeping the one "
+                                  "loaded").format(path=self.registry.path))
 
     def _flush(self, batch: list[InboxMessage]) -> None:
         """Write a batch; a failure that is not the database's is isolated to the message that causes it."""
@@ -129,12 +132,12 @@ class Writing:
         try:
             self._flush_batch(batch)
         except Abandoned as exc:
-            log.warning("bridge: stopping while the database fails (%s); %d messages are left unacknowledged and "
-                        "will come again", exc, len(batch))
+            log.warning("%s", _("bridge: stopping while the database fails ({error}); {count} messages are left "
+                                "unacknowledged and will come again").format(error=exc, count=len(batch)))
             self.stats["messages_abandoned"] += len(batch)
         except Exception:  # noqa: BLE001 - data must never stop the writer: find the message, keep it, go on
-            log.exception("bridge: writing a batch of %d messages failed unexpectedly; writing them one by one",
-                          len(batch))
+            log.exception("%s", _("bridge: writing a batch of {count} messages failed unexpectedly; writing them "
+                                  "one by one").format(count=len(batch)))
             self.stats["batches_isolated"] += 1
             for m in batch:
                 try:
@@ -157,10 +160,10 @@ class Writing:
         for d in items:  # every stored row counted, as _flush_batch counts its rows
             self.stats[f"dead_letters.{d.reason}"] += 1
         self.stats["dead_letters"] += len(items)
-        self._input_log.warning("internal_error", self._sender(m.topic), "messages",
-                                "bridge: writing a message on %s raised %s; its %d items are kept in the dead-letter "
-                                "store %s", _printable(m.topic), _printable(trace.strip().splitlines()[-1]),
-                                len(items), self.config.dead_letter.path)
+        self._input_log.warning("internal_error", self._sender(m.topic), N_("messages"), "%s", LogText(
+            N_("bridge: writing a message on {topic} raised {error}; its {count} items are kept in the dead-letter "
+               "store {path}"), topic=_printable(m.topic), error=_printable(trace.strip().splitlines()[-1]),
+            count=len(items), path=self.config.dead_letter.path))
         self._store_dead(items)
         self._ack([m])
 
@@ -181,17 +184,17 @@ class Writing:
             self._dead_backlog = keep
             if lost:
                 self.stats["dead_letters_lost"] += lost
-            self._input_log.warning("dead_letter_write_failed", str(self._dead.path), "failures",
-                                    "bridge: %s; %d dead letters wait in memory (at most %d), %d lost so far; "
-                                    "readings are still written", exc, len(keep), DEAD_LETTER_BACKLOG_MAX,
-                                    self.stats["dead_letters_lost"], level=logging.ERROR)
+            self._input_log.warning("dead_letter_write_failed", str(self._dead.path), N_("failures"), "%s", LogText(
+                N_("bridge: {error}; {count} dead letters wait in memory (at most {max}), {lost} lost so far; "
+                   "readings are still written"), error=exc, count=len(keep), max=DEAD_LETTER_BACKLOG_MAX,
+                lost=self.stats["dead_letters_lost"]), level=logging.ERROR)
         else:
             evicted = self._dead.evicted - self.stats["dead_letters_evicted"]
             if evicted > 0:
                 self.stats["dead_letters_evicted"] += evicted
-                self._input_log.warning("store_full", str(self._dead.path), "evictions",
-                                        "bridge: the dead-letter store %s is full (dead_letter.max_mb); its oldest "
-                                        "items are removed (%d so far)", self._dead.path, self._dead.evicted)
+                self._input_log.warning("store_full", str(self._dead.path), N_("evictions"), "%s", LogText(
+                    N_("bridge: the dead-letter store {path} is full (dead_letter.max_mb); its oldest items are "
+                       "removed ({count} so far)"), path=self._dead.path, count=self._dead.evicted))
 
     def _flush_batch(self, batch: list[InboxMessage]) -> None:
         dead = self._write(batch)
@@ -206,7 +209,7 @@ class Writing:
         """
         if self._claims is not None:
             self._merge_copies(batch)
-        per_message: list[list[DeadLetter]] = [[] for _ in batch]
+        per_message: list[list[DeadLetter]] = [[] for _message in batch]
         all_lines: list[str] = []
         sources: list[str] = []
         bounds: list[int] = []
@@ -224,8 +227,8 @@ class Writing:
                 self._note_reject(rej.reason, rej.detail, m.topic, rej.reading_id)
             for code, detail in conv.notes:
                 self.stats[f"notes.{code}"] += 1
-                self._input_log.warning(code, f"gateway {conv.gateway}", "messages", "bridge: %s on %s: %s",
-                                        code, m.topic, detail[:500])
+                self._input_log.warning(code, f"gateway {conv.gateway}", N_("messages"), "%s", LogText(
+                    N_("bridge: {code} on {topic}: {detail}"), code=code, topic=m.topic, detail=detail[:500]))
         started = time.monotonic()
         refused = self._policy.write(all_lines, b"\n".join(bodies)) if all_lines else []
         for r in refused:
@@ -263,11 +266,12 @@ class Writing:
 
         def conflict(k: int, registrar: str) -> None:
             m = owners[k][0]
-            self._input_log.warning("dedupe_conflict", f"gateway {_printable(registrar[:64])}", "conflicts",
-                                    "bridge: gateway %s registered claim %s with points that are not the same event "
-                                    "as gateway %s's copy (another site, other values or flags, or a time more than "
-                                    "a minute off): the copy is written as its own points", _printable(registrar[:64]),
-                                    _printable(claims[k][0][:200]), _printable((m.converted.gateway or "?")[:64]))
+            self._input_log.warning("dedupe_conflict", f"gateway {_printable(registrar[:64])}", N_("conflicts"),
+                                    "%s", LogText(
+                N_("bridge: gateway {registrar} registered claim {claim} with points that are not the same event as "
+                   "gateway {gateway}'s copy (another site, other values or flags, or a time more than a minute off): "
+                   "the copy is written as its own points"), registrar=_printable(registrar[:64]),
+                claim=_printable(claims[k][0][:200]), gateway=_printable((m.converted.gateway or "?")[:64])))
 
         changed: dict[int, InboxMessage] = {}
         for (m, index, count), registered in zip(owners, self._claims.resolve(claims, conflict), strict=True):
@@ -299,10 +303,16 @@ class Writing:
     def _note_reject(self, reason: str, detail: str, topic: str, reading_id: str | None) -> None:
         self.stats[f"dead_letters.{reason}"] += 1
         # The first per reason and sender a minute in full; the rest in one summary line (the store has them all).
-        self._input_log.warning(reason, self._sender(topic), "dead letters",
-                                "bridge: %s on %s%s: %s (kept in the dead-letter store %s)", reason,
-                                _printable(topic), f" reading {_printable(reading_id)}" if reading_id else "",
-                                _printable(detail[:500]), self.config.dead_letter.path)
+        if reading_id:
+            text = LogText(N_("bridge: {reason} on {topic} reading {reading}: {detail} (kept in the dead-letter "
+                              "store {path})"), reason=reason, topic=_printable(topic),
+                           reading=_printable(reading_id), detail=_printable(detail[:500]),
+                           path=self.config.dead_letter.path)
+        else:
+            text = LogText(N_("bridge: {reason} on {topic}: {detail} (kept in the dead-letter store {path})"),
+                           reason=reason, topic=_printable(topic), detail=_printable(detail[:500]),
+                           path=self.config.dead_letter.path)
+        self._input_log.warning(reason, self._sender(topic), N_("dead letters"), "%s", text)
 
     def _sender(self, topic: str) -> str:
         prefix = self._serializer.prefix
@@ -318,23 +328,32 @@ class Writing:
         if c == self._last_summary and not final:
             return  # nothing happened since the last line
         self._last_summary = c
-        dead = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(c.items()) if k.startswith("dead_letters."))
-        notes = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(c.items()) if k.startswith("notes."))
-        log.info(
-            "bridge%s: %d messages (%d redelivered), %d readings, %d lines in %d writes, %d acknowledged, "
-            "%d dead letters%s, %d failed write attempts%s%s%s",
-            " stopped" if final else "", c.get("messages", 0), c.get("messages_redelivered", 0),
-            c.get("readings_written", 0), c.get("lines_written", 0), c.get("batches", 0), c.get("messages_acked", 0),
-            c.get("dead_letters", 0), f" ({dead})" if dead else "",
-            c.get("write_failures.unavailable", 0) + c.get("write_failures.refused", 0),
-            f"; noted: {notes}" if notes else "",
-            f"; dead-letter store: {c.get('dead_letters_evicted', 0)} evicted, {c.get('dead_letters_lost', 0)} lost"
-            if c.get("dead_letters_evicted") or c.get("dead_letters_lost") else "",
-            f"; frames: {c.get('frames_claimed', 0)} first receptions, {c.get('frames_merged', 0)} merged into an "
-            f"earlier one, {c.get('frames_unclaimed', 0)} written unmerged (redis failed), "
-            f"{c.get('dedupe_conflicts', 0)} written as their own (the first claim was not the same event)"
-            if self._claims is not None else "",
-        )
+        log.info("%s", _summary_line(c, final=final, dedupe=self._claims is not None))
+
+
+def _summary_line(c: dict[str, int], *, final: bool, dedupe: bool) -> str:
+    """The periodic (and the last) log line of what the bridge did since it started, from its counters."""
+    dead = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(c.items()) if k.startswith("dead_letters."))
+    notes = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(c.items()) if k.startswith("notes."))
+    text = _("{bridge}: {messages} messages ({redelivered} redelivered), {readings} readings, {lines} lines in "
+             "{writes} writes, {acked} acknowledged, {dead} dead letters{reasons}, {failed} failed write "
+             "attempts").format(
+        bridge=_("bridge stopped") if final else _("bridge"), messages=c.get("messages", 0),
+        redelivered=c.get("messages_redelivered", 0), readings=c.get("readings_written", 0),
+        lines=c.get("lines_written", 0), writes=c.get("batches", 0), acked=c.get("messages_acked", 0),
+        dead=c.get("dead_letters", 0), reasons=f" ({dead})" if dead else "",
+        failed=c.get("write_failures.unavailable", 0) + c.get("write_failures.refused", 0))
+    if notes:
+        text += _("; noted: {notes}").format(notes=notes)
+    if c.get("dead_letters_evicted") or c.get("dead_letters_lost"):
+        text += _("; dead-letter store: {evicted} evicted, {lost} lost").format(
+            evicted=c.get("dead_letters_evicted", 0), lost=c.get("dead_letters_lost", 0))
+    if dedupe:
+        text += _("; frames: {claimed} first receptions, {merged} merged into an earlier one, {unclaimed} written "
+                  "unmerged (redis failed), {conflicts} written as their own (the first claim was not the same "
+                  "event)").format(claimed=c.get("frames_claimed", 0), merged=c.get("frames_merged", 0),
+                                   unclaimed=c.get("frames_unclaimed", 0), conflicts=c.get("dedupe_conflicts", 0))
+    return text
 
 
 def _reading_id(source: str) -> str | None:

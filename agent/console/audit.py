@@ -29,6 +29,7 @@ from agent.bridge.encoding import escape_string_field, escape_tag_value, format_
 from agent.bridge.policy import Abandoned, WritePolicy
 from agent.bridge.registry import UNKNOWN_SITE, GatewayRegistry
 from agent.bridge.sinks import make_sink
+from agent.i18n import _
 
 __all__ = ["Action", "Audit"]
 
@@ -97,6 +98,7 @@ class Audit:
 
     def record(self, a: Action) -> None:
         """Audit the action (before its command goes out)."""
+        # The audit record itself (this line and the database's point) stays English: it is read by machines.
         log.info("audit: %s on %s alert %s (%s) by %s from %s, request %s", a.action, a.gateway, a.alert_id or "-",
                  f"{a.type}:{a.node}" if a.type else "-", a.by, a.from_ip, a.request_id)
         fields = [f"by={escape_string_field(a.by)}", f"from_ip={escape_string_field(a.from_ip)}",
@@ -120,7 +122,8 @@ class Audit:
         try:
             self._queue.put_nowait(lines)
         except queue.Full:
-            log.error("audit: %d lines waiting for the database; this one is in the log only", QUEUE_MAX)
+            log.error("%s", _("audit: {count} lines waiting for the database; this one is in the log only").format(
+                count=QUEUE_MAX))
 
     def _writer(self) -> None:
         assert self._sink_cfg is not None
@@ -134,10 +137,12 @@ class Audit:
                     return
                 try:
                     for bad in policy.write(lines):
-                        log.error("audit: the database refused %s: %s", lines[bad.index], bad.error)
+                        log.error("%s", _("audit: the database refused {line}: {error}").format(
+                            line=lines[bad.index], error=bad.error))
                     self.written += len(lines)
                 except Abandoned as exc:
-                    log.error("audit: stopping while the database fails (%s); not written: %s", exc, lines)
+                    log.error("%s", _("audit: stopping while the database fails ({error}); not written: "
+                                      "{lines}").format(error=exc, lines=lines))
         finally:
             sink.close()
 

@@ -27,9 +27,18 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.bridge.logtext import LogText
 from agent.bridge.mqttclient import new_client
 from agent.console.config import CommandsConfig, ConsoleMqttConfig
-from agent.console.state import BadMessage, Result, StateBook, gateway_of, parse_result, parse_state
+from agent.console.state import (
+    BadMessage,
+    Result,
+    StateBook,
+    gateway_of,
+    parse_result,
+    parse_state,
+)
+from agent.i18n import N_, _
 from agent.ratelog import RateLimitedLog
 
 __all__ = ["COMMANDS", "CommandLink", "Pending", "new_request_id"]
@@ -153,11 +162,14 @@ class CommandLink:
         item.sends += 1
         self.stats["cmd_sends"] += 1
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            log.warning("command %s to %s (request %s): publish failed (%s); sending again in %g s", item.command,
-                        item.gateway, item.request_id, mqtt.error_string(info.rc), self.commands.retry_s)
+            log.warning("%s", _("command {command} to {gateway} (request {request}): publish failed ({error}); "
+                                "sending again in {seconds} s").format(
+                command=item.command, gateway=item.gateway, request=item.request_id,
+                error=mqtt.error_string(info.rc), seconds=f"{self.commands.retry_s:g}"))
         elif item.sends > 1:
-            log.info("command %s to %s (request %s): no answer yet, sent again (%d)", item.command, item.gateway,
-                     item.request_id, item.sends)
+            log.info("%s", _("command {command} to {gateway} (request {request}): no answer yet, sent again "
+                             "({sends})").format(command=item.command, gateway=item.gateway,
+                                                 request=item.request_id, sends=item.sends))
 
     def _retry_loop(self) -> None:
         while not self._stop.is_set():
@@ -182,8 +194,10 @@ class CommandLink:
             for item in due:
                 self._send(item)
             for item in expired:
-                log.warning("command %s to %s (request %s): no answer after %d sends in %g s; given up",
-                            item.command, item.gateway, item.request_id, item.sends, self.commands.give_up_s)
+                log.warning("%s", _("command {command} to {gateway} (request {request}): no answer after {sends} "
+                                    "sends in {seconds} s; given up").format(
+                    command=item.command, gateway=item.gateway, request=item.request_id, sends=item.sends,
+                    seconds=f"{self.commands.give_up_s:g}"))
                 self._done(item)
 
     def _finish(self, item: Pending, outcome: str, result: Result | None = None) -> Pending:
@@ -203,15 +217,17 @@ class CommandLink:
             try:
                 self.on_done(item)
             except Exception:  # noqa: BLE001 - the audit failing must not stop the command thread
-                log.exception("console: handling the end of request %s failed", item.request_id)
+                log.exception("%s", _("console: handling the end of request {request} failed").format(
+                    request=item.request_id))
 
     # -- paho callbacks ---------------------------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                     properties: Any) -> None:
         if reason.is_failure:
-            log.error("MQTT: the broker %s:%d refused the console: %s", self.cfg.host, self.cfg.port, reason)
+            log.error("%s", _("MQTT: the broker {host}:{port} refused the console: {reason}").format(
+                host=self.cfg.host, port=self.cfg.port, reason=reason))
             return
-        log.info("MQTT: console connected to %s:%d", self.cfg.host, self.cfg.port)
+        log.info("%s", _("MQTT: console connected to {host}:{port}").format(host=self.cfg.host, port=self.cfg.port))
         client.subscribe([(t, 1) for t in self.subscriptions])
         self._connected.set()
         with self._lock:
@@ -224,14 +240,15 @@ class CommandLink:
         self._connected.clear()
         self._subscribed.clear()
         if not self._stop.is_set():
-            log.warning("MQTT: console disconnected (%s); reconnecting", reason)
+            log.warning("%s", _("MQTT: console disconnected ({reason}); reconnecting").format(reason=reason))
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
                       properties: Any) -> None:
         refused = [f"{t} ({r})" for t, r in zip(self.subscriptions, reasons, strict=False) if r.is_failure]
         if refused:
-            log.error("MQTT: the broker refused the console's subscriptions %s: check the console login's ACL "
-                      "(deploy/backend/mosquitto/acl, role console)", ", ".join(refused))
+            log.error("%s", _("MQTT: the broker refused the console's subscriptions {topics}: check the console "
+                              "login's ACL (deploy/backend/mosquitto/acl, role console)").format(
+                topics=", ".join(refused)))
             return
         self._subscribed.set()
 
@@ -240,11 +257,11 @@ class CommandLink:
             self._take(msg.topic, bytes(msg.payload))
         except BadMessage as exc:
             self.stats[f"bad.{exc.reason}"] += 1
-            self._badlog.warning(exc.reason, msg.topic[:200], "messages", "console: %s on %s: %s", exc.reason,
-                                 msg.topic[:200], exc)
+            self._badlog.warning(exc.reason, msg.topic[:200], N_("messages"), "%s", LogText(
+                N_("console: {reason} on {topic}: {error}"), reason=exc.reason, topic=msg.topic[:200], error=exc))
         except Exception:  # noqa: BLE001 - no message may stop paho's thread
             self.stats["bad.unexpected"] += 1
-            log.exception("console: message on %s could not be handled", msg.topic[:200])
+            log.exception("%s", _("console: message on {topic} could not be handled").format(topic=msg.topic[:200]))
 
     def _take(self, topic: str, payload: bytes) -> None:
         prefix = self.cfg.topic_prefix
@@ -269,6 +286,7 @@ class CommandLink:
                 self.stats["results_not_ours"] += 1
                 return
             self._finish(item, "answered", result)
-        log.info("command %s to %s (request %s by %s): %s", item.command, gateway, item.request_id,
-                 item.context.get("by"), result.summary())
+        log.info("%s", _("command {command} to {gateway} (request {request} by {by}): {result}").format(
+            command=item.command, gateway=gateway, request=item.request_id, by=item.context.get("by"),
+            result=result.summary()))
         self._done(item)

@@ -39,9 +39,11 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
+from agent.bridge.logtext import LogText
 from agent.console.config import MailConfig
 from agent.console.links import GATEWAY_RE, KEY_RE
 from agent.errors import AgentError
+from agent.i18n import N_, _
 
 __all__ = ["GrafanaHook", "HookAlert", "HookError", "MailError", "Mailer", "compose_mail", "parse_grafana"]
 
@@ -220,7 +222,7 @@ class GrafanaHook:
         mailer: sends the mails.
         sender, to: the mails' From and To.
         valid_h: how long a link is valid, in hours (said in the mail).
-        bad: rate-limited warning ``(reason, subject, msg, *args)``.
+        bad: rate-limited warning ``(reason, subject, text)`` of a :class:`~agent.bridge.logtext.LogText`.
     """
 
     def __init__(self, token: bytes, *, url_for: Callable[[str, str], str],
@@ -245,7 +247,7 @@ class GrafanaHook:
 
     def authorized(self, header: str | None) -> bool:
         """Whether ``Authorization`` header ``header`` carries the token."""
-        scheme, _, value = (header or "").partition(" ")
+        scheme, _space, value = (header or "").partition(" ")
         return hmac.compare_digest(value.strip().encode("utf-8", "replace") if scheme.lower() == "bearer" else b"",
                                    self._token)
 
@@ -255,7 +257,8 @@ class GrafanaHook:
             alerts, resolved, skipped, bad = parse_grafana(body)
         except HookError as exc:
             self.count(exc.code)
-            self._bad(exc.code, peer, "console: grafana hook from %s refused: %s", peer, exc.detail)
+            self._bad(exc.code, peer, LogText(N_("console: grafana hook from {ip} refused: {detail}"), ip=peer,
+                                              detail=exc.detail))
             return exc.status, {"error": exc.code, "detail": exc.detail}
         messages = [compose_mail(a, self._url_for(a.gateway, a.key), gateway_name=self._gateway_name(a.gateway),
                                  sender=self._sender, to=self._to, valid_h=self._valid_h) for a in alerts]
@@ -264,20 +267,23 @@ class GrafanaHook:
                 self._mailer.send(messages)
             except MailError as exc:
                 self.count("smtp_down")
-                self._bad("smtp_down", self._mailer.config.host, "console: grafana hook: cannot mail %d link(s) "
-                          "through %s:%d (Grafana will retry): %s", len(messages), self._mailer.config.host,
-                          self._mailer.config.port, exc)
+                self._bad("smtp_down", self._mailer.config.host, LogText(
+                    N_("console: grafana hook: cannot mail {count} link(s) through {host}:{port} (Grafana will "
+                       "retry): {error}"), count=len(messages), host=self._mailer.config.host,
+                    port=self._mailer.config.port, error=exc))
                 return 503, {"error": "smtp_down", "detail": "the mail server cannot be reached; retry later"}
         for a in alerts:
             # Not the link itself: a whole token in a log is a usable link.
-            log.info("console: mailed the link of %s %s to %s", a.gateway, a.key, ", ".join(self._to))
+            log.info("%s", _("console: mailed the link of {gateway} {key} to {to}").format(
+                gateway=a.gateway, key=a.key, to=", ".join(self._to)))
         self.count("mailed", len(alerts))
         self.count("resolved", resolved)
         self.count("skipped", skipped)
         answer = {"mailed": len(alerts), "resolved": resolved, "skipped": skipped, "bad": bad}
         if bad:
             self.count("bad_labels", len(bad))
-            self._bad("bad_labels", peer, "console: grafana hook from %s: %d alert(s) with labels that make no "
-                      "link: %s", peer, len(bad), "; ".join(bad)[:500])
+            self._bad("bad_labels", peer, LogText(
+                N_("console: grafana hook from {ip}: {count} alert(s) with labels that make no link: {labels}"),
+                ip=peer, count=len(bad), labels="; ".join(bad)[:500]))
             return 422, answer
         return 200, answer

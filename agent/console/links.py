@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.errors import AgentError
+from agent.i18n import _
 
 __all__ = ["GATEWAY_RE", "KEY_RE", "Link", "LinkError", "LinkSigner", "TOKEN_MAX", "clean_by"]
 
@@ -120,15 +121,17 @@ class LinkSigner:
             ValueError: a gateway id, key or recipient that a link cannot carry.
         """
         if not GATEWAY_RE.match(gateway):
-            raise ValueError(f"'{gateway}' is not a gateway id (lower-case letters, digits, '_' and '-')")
+            raise ValueError(_("'{gateway}' is not a gateway id (lower-case letters, digits, '_' and '-')").format(
+                gateway=gateway))
         if not KEY_RE.match(key):
-            raise ValueError(f"'{key}' is not an alert key (<type>:<node>, e.g. sos:00a1b2c3)")
+            raise ValueError(_("'{key}' is not an alert key (<type>:<node>, e.g. sos:00a1b2c3)").format(key=key))
         doc: dict[str, object] = {"g": gateway, "k": key, "e": int(self._clock() + ttl_s),
                                   "n": secrets.token_urlsafe(12)}
         if recipient is not None:
             cleaned = clean_by(recipient)
             if cleaned is None:
-                raise ValueError(f"a recipient is 1..{BY_MAX} characters without control characters")
+                raise ValueError(_("a recipient is 1..{max} characters without control characters").format(
+                    max=BY_MAX))
             doc["r"] = cleaned
         payload = _b64(json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
         return f"{payload}.{_b64(self._mac(_LINK_DOMAIN, payload))}"

@@ -36,7 +36,7 @@ def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``15m``, ``24h``, ``2d`` -> seconds (argparse type)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
     if match is None or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 90s, 15m, 24h or 2d")
+        raise argparse.ArgumentTypeError(_("'{text}' is not a duration like 90s, 15m, 24h or 2d").format(text=text))
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
@@ -105,12 +105,12 @@ def console_main(args: argparse.Namespace) -> int:
     service = ConsoleService(cfg)
 
     def handler(signum: int, frame: Any) -> None:
-        log.info("signal %d: stopping the console", signum)
+        log.info("%s", _("signal {signal}: stopping the console").format(signal=signum))
         service.request_stop()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    log.info("denen %s console: config %s", __version__, args.config)
+    log.info("%s", _("denen {version} console: config {path}").format(version=__version__, path=args.config))
     service.run()
     return 0
 

@@ -44,6 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from agent.bridge.logtext import LogText
 from agent.bridge.registry import GatewayRegistry
 from agent.console.audit import Action, Audit, now_us
 from agent.console.commands import CommandLink, Pending, new_request_id
@@ -52,6 +53,7 @@ from agent.console.hooks import GrafanaHook, Mailer
 from agent.console.links import Link, LinkError, LinkSigner, clean_by
 from agent.console.pages import alert_page, jst, message_page, result_page
 from agent.console.state import AlertView, StateBook
+from agent.i18n import N_, _
 from agent.ratelog import RateLimitedLog
 
 __all__ = ["ACTION_COMMANDS", "ConsoleService", "Refusal", "command_doc"]
@@ -150,8 +152,8 @@ class ConsoleService:
         self.link.start()
         self._http_thread = threading.Thread(target=self.http.serve_forever, name="console-http", daemon=True)
         self._http_thread.start()
-        log.info("console: serving %s on %s:%d; links %s/a/...", "HTTP", self.config.http.listen_host, self.port,
-                 self.config.http.public_url)
+        log.info("%s", _("console: serving HTTP on {host}:{port}; links {url}/a/...").format(
+            host=self.config.http.listen_host, port=self.port, url=self.config.http.public_url))
 
     def stop(self) -> None:
         self.http.shutdown()
@@ -178,10 +180,10 @@ class ConsoleService:
                                  recipient=recipient)
         return f"{self.config.http.public_url}/a/{token}"
 
-    def bad(self, reason: str, subject: str, msg: str, *args: object) -> None:
-        """A rate-limited warning (from any HTTP thread)."""
+    def bad(self, reason: str, subject: str, text: LogText) -> None:
+        """A rate-limited warning (from any HTTP thread); ``text`` is looked up and formatted only when written."""
         with self._badlog_lock:
-            self._badlog.warning(reason, subject, "requests", msg, *args)
+            self._badlog.warning(reason, subject, N_("requests"), "%s", text)
 
     # -- actions ----------------------------------------------------------------------------------------------
     def _replayed(self, link: Link, alert: AlertView | None) -> AckRecord | None:
@@ -214,8 +216,9 @@ class ConsoleService:
             rec = self._replayed(link, alert)
             if rec is not None:
                 when = jst(rec.ts_us, self._clock()) if rec.ts_us else "-"
-                log.info("console: replayed confirm of %s %s by %s from %s: already acknowledged by %s",
-                         link.gateway, link.key, by, from_ip, rec.by)
+                log.info("%s", _("console: replayed confirm of {gateway} {key} by {by} from {ip}: already "
+                                 "acknowledged by {acknowledged_by}").format(
+                    gateway=link.gateway, key=link.key, by=by, ip=from_ip, acknowledged_by=rec.by))
                 return Refusal(409, ("確認済み", "Already acknowledged"),
                                (f"{rec.by} が {when} に確認済みです。何も送信していません。",
                                 f"Already acknowledged by {rec.by} at {when}. Nothing was sent."))
@@ -225,8 +228,8 @@ class ConsoleService:
                             "The gateway's state has not arrived yet; open the link again in a minute. Nothing was "
                             "sent."))
         if alert is None:
-            log.info("console: %s on %s %s by %s from %s refused: the alert is not open", action, link.gateway,
-                     link.key, by, from_ip)
+            log.info("%s", _("console: {action} on {gateway} {key} by {by} from {ip} refused: the alert is not "
+                             "open").format(action=action, gateway=link.gateway, key=link.key, by=by, ip=from_ip))
             return Refusal(409, ("警報は解除済み", "Alert no longer open"),
                            ("この警報は現在有効ではありません（解除済み）。何も送信していません。",
                             "This alert is not open any more (cleared). Nothing was sent."))
@@ -257,8 +260,9 @@ class ConsoleService:
             record = Action(action=action, gateway=gateway, by=by, from_ip=from_ip, request_id=request_id,
                             ts_us=now_us(), type=alert.type, node=alert.node or gateway, alert_id=alert.id,
                             since_us=alert.since_us)
-            log.info("console: %s of %s on %s by %s also sent to %s, which holds the same alert (%s)", action,
-                     link.key, link.gateway, by, gateway, alert_id)
+            log.info("%s", _("console: {action} of {key} on {gateway} by {by} also sent to {other}, which holds "
+                             "the same alert ({alert})").format(action=action, key=link.key, gateway=link.gateway,
+                                                                by=by, other=gateway, alert=alert_id))
             self.audit.record(record)
             self.link.submit(gateway, ACTION_COMMANDS[action], command_doc(action, link.key, by, "console"),
                              request_id=request_id, context={"action": record, "by": by})
@@ -266,7 +270,7 @@ class ConsoleService:
     def _on_done(self, item: Pending) -> None:
         record = item.context.get("action")
         if isinstance(record, Action):
-            result = ",".join(o for _, o in item.result.results) if item.result is not None else "timeout"
+            result = ",".join(o for _target, o in item.result.results) if item.result is not None else "timeout"
             self.audit.record_result(record, result)
 
 
@@ -319,7 +323,8 @@ class _ConsoleHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             pass
         except Exception:  # noqa: BLE001 - a bug answers 500, never a traceback to the person, never a crash
-            log.exception("console: %s %s failed", self.command, _redact(self.path))
+            log.exception("%s", _("console: {method} {path} failed").format(method=self.command,
+                                                                            path=_redact(self.path)))
             try:
                 self._message(500, ("内部エラー", "Internal error"),
                               ("処理できませんでした。担当者に連絡してください。",
@@ -343,8 +348,8 @@ class _ConsoleHandler(BaseHTTPRequestHandler):
         try:
             return self.console.signer.verify(token)
         except LinkError as exc:
-            self.console.bad(f"link_{exc.code}", self.client_ip(), "console: %s link from %s: %s", exc.code,
-                             self.client_ip(), exc.detail)
+            self.console.bad(f"link_{exc.code}", self.client_ip(), LogText(
+                N_("console: {code} link from {ip}: {detail}"), code=exc.code, ip=self.client_ip(), detail=exc.detail))
             ja, en, tja, ten = _LINK_TEXT[exc.code]
             self._message(exc.status, (ja, en), (tja, ten), kind="bad")
             return None
@@ -408,8 +413,8 @@ class _ConsoleHandler(BaseHTTPRequestHandler):
         peer = self.client_ip()
         if not hook.authorized(self.headers.get("Authorization")):
             hook.count("unauthorized")
-            self.console.bad("hook_unauthorized", peer, "console: grafana hook from %s: token missing or wrong",
-                             peer)
+            self.console.bad("hook_unauthorized", peer, LogText(
+                N_("console: grafana hook from {ip}: token missing or wrong"), ip=peer))
             self.close_connection = True  # the body is not read
             self._json(401, {"error": "unauthorized", "detail": "Authorization: Bearer <token> missing or wrong"},
                        headers=(("WWW-Authenticate", 'Bearer realm="denen-console"'),))
@@ -423,8 +428,9 @@ class _ConsoleHandler(BaseHTTPRequestHandler):
         limit = self.console.config.hooks.max_body_bytes if self.console.config.hooks else 0
         if int(length) > limit:
             hook.count("too_large")
-            self.console.bad("hook_too_large", peer, "console: grafana hook from %s: body of %s bytes refused "
-                             "(limit %d)", peer, length[:20], limit)
+            self.console.bad("hook_too_large", peer, LogText(
+                N_("console: grafana hook from {ip}: body of {size} bytes refused (limit {limit})"), ip=peer,
+                size=length[:20], limit=limit))
             self.close_connection = True
             self._json(413, {"error": "too_large", "detail": f"the body is larger than {limit} bytes"})
             return
@@ -459,8 +465,9 @@ class _ConsoleHandler(BaseHTTPRequestHandler):
         csrf, action, by = (form.get(k, [""])[0] for k in ("csrf", "action", "by"))
         console = self.console
         if not console.signer.check_csrf(link.token, csrf):
-            console.bad("csrf", self.client_ip(), "console: form token wrong for %s %s from %s", link.gateway,
-                        link.key, self.client_ip())
+            console.bad("csrf", self.client_ip(), LogText(N_("console: form token wrong for {gateway} {key} from "
+                                                              "{ip}"), gateway=link.gateway, key=link.key,
+                                                           ip=self.client_ip()))
             self._message(403, ("フォームが無効です", "Form not valid"),
                           ("リンクを開き直してから操作してください。何も送信していません。",
                            "Open the link again, then use the buttons. Nothing was sent."), "bad")

@@ -165,7 +165,7 @@ def test_scenario_follows_the_readme_schema(loaded: Loaded) -> None:
                                                                readme.index("### Status schema")]))
     measurements = {r["name"] for r in loaded.db.rows("SHOW MEASUREMENTS", DB)}
     assert measurements == {"sos", "trap", "water_level", "rain", "tilt", "weather", "heartbeat", "node_health",
-                            "gateway_health", "alert", "gateway_status"} | set(ALERT_LOOP_SCHEMA)
+                            "node_link", "gateway_health", "alert", "gateway_status"} | set(ALERT_LOOP_SCHEMA)
     for m, (tags, fields) in ALERT_LOOP_SCHEMA.items():
         assert {r["tagKey"] for r in loaded.db.rows(f'SHOW TAG KEYS FROM "{m}"', DB)} == tags, m
         found = {r["fieldKey"]: r["fieldType"] for r in loaded.db.rows(f'SHOW FIELD KEYS FROM "{m}"', DB)}
@@ -350,6 +350,26 @@ def test_the_fleet_dashboard_shows_which_siren_sounds_for_which_alert(loaded: Lo
     series = loaded.run(_expanded(loaded, PanelQuery("fleet-health.json", panel["id"], panel["title"], "A")))
     kiso = next(s for s in series if s["tags"]["gateway"] == "gw-kiso-river-02")
     assert [v for _, v in kiso["values"] if v is not None][-1] == 0.0 and 1.0 in {v for _, v in kiso["values"]}
+
+
+def test_every_gateway_that_heard_a_node_is_listed(loaded: Loaded) -> None:
+    """With de-duplication, node_health keeps the first receiver only; the node_link panels show each gateway's
+    reception, counted as the scenario wrote them over the dashboard's 24 h."""
+    start = loaded.now_ms * 1000 - 24 * 3600 * 1_000_000
+    expected: dict[tuple[str, str], int] = {}
+    for text in loaded.scenario.lines:
+        if text.startswith("node_link,") and int(text.rsplit(" ", 1)[1]) > start:
+            tags = dict(kv.split("=", 1) for kv in text.split(" ", 1)[0].split(",")[1:])
+            expected[(tags["node"], tags["gateway"])] = expected.get((tags["node"], tags["gateway"]), 0) + 1
+    rows = _table(loaded, "fleet-health.json", "受信したゲートウェイ")
+    got = {(r["node"], r["gateway"]): int(r["frames"]) for r in rows}
+    assert got == expected
+    # The east traps are heard by both tanba gateways, the second one weaker (trap-east-1 is silent today).
+    assert {g for (node, g) in got if node == "7a000005"} == {"gw-tanba-traps-01", "gw-tanba-traps-02"}
+    far = next(r for r in rows if r["node"] == "7a000005" and r["gateway"] == "gw-tanba-traps-02")
+    assert far["rssi"] <= -112.0
+    series = loaded.run(_expanded(loaded, PanelQuery("fleet-health.json", 35, "ゲートウェイ別 受信強度", "A")))
+    assert {(s["tags"]["name"], s["tags"]["gateway"]) for s in series} >= {("trap-east-2", "gw-tanba-traps-02")}
 
 
 def test_the_open_alerts_are_the_alerts_raised_and_not_cleared(loaded: Loaded) -> None:

@@ -119,8 +119,13 @@ class Scenario:
 
     # -- writers following the README schema ----------------------------------------------------------------
     def reading(self, n: Node, kind: str, ts_us: int, values: dict[str, float], *, rssi: float | None,
-                snr: float | None, auth_ok: bool = True, clock_ok: bool = True) -> None:
-        """A node reading: the point of its kind, its node_health point and, for SOS and traps, an alert point."""
+                snr: float | None, auth_ok: bool = True, clock_ok: bool = True,
+                links: tuple[tuple[str, float, float], ...] | None = None) -> None:
+        """A node reading: the point of its kind, its node_health point and, for SOS and traps, an alert point.
+
+        ``links``: the site's bridge de-duplicates (``dedupe``), so every reception is a ``node_link`` point: the
+        reading's own gateway's, then one per (gateway, rssi, snr) given, 0.2 s later each.
+        """
         fcnt = self._fcnt.get(n.node, 100) + 1
         self._fcnt[n.node] = fcnt
         tags = {"site": n.site, "gateway": n.gateway, "node": n.node, "name": n.name, "kind": kind}
@@ -142,6 +147,15 @@ class Scenario:
             health["battery_v"] = values["battery_v"]
         health["fcnt"] = float(fcnt)
         self.lines.append(line("node_health", tags, health, ts_us))
+        if links is None:
+            return
+        for k, (gateway, link_rssi, link_snr) in enumerate(((n.gateway, rssi, snr), *links)):
+            link: dict[str, float] = {"fcnt": float(fcnt)}
+            if link_rssi is not None:
+                link["rssi"] = link_rssi
+            if link_snr is not None:
+                link["snr"] = link_snr
+            self.lines.append(line("node_link", {**tags, "gateway": gateway}, link, ts_us + k * 200_000))
 
     def alert(self, n: Node | None, gateway: str, ts_us: int, type_: str, severity: str, raised: bool, message: str,
               **values: float) -> None:
@@ -289,8 +303,10 @@ def build(end_us: int, *, seed: int = 20240607) -> Scenario:
         low = False
         for i, t in enumerate(_times(start, last_hb, 24 * HOUR_US, offset_us=(2 + k * 3) * HOUR_US)):
             v = round(3.58 - 0.01 * i - 0.3 * (n is t_e2), 3)
+            # The two tanba gateways overlap: the east traps are heard by the second one too, weaker.
+            far = ((gw2, -112.0 - i, -4.5),) if n in (t_e1, t_e2) else ()
             sc.reading(n, "heartbeat", t, {"battery_v": v, "battery_pct": round((v - 3.0) * 166.0, 1)},
-                       rssi=radio()[0], snr=radio()[1])
+                       rssi=radio()[0], snr=radio()[1], links=far)
             if v < 3.3 and not low:  # the edge's default battery_low_v
                 low = True
                 battery_low_at = t

@@ -135,3 +135,31 @@ def test_files_and_functions_stay_readable(name: str) -> None:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
             and node.end_lineno - node.lineno + 1 > FUNCTION_MAX_LINES]
     assert long == [], f"{relative}: {long}"
+
+
+def _gateway_private_uses(tree: ast.AST) -> list[str]:
+    """``gw._x`` where ``gw`` is bound to ``Gateway(...)`` in the same function, or is a parameter (a fixture)
+    named ``gw`` or ``gateway``: what a test may not touch, so that the core can change inside."""
+    found = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        names = {a.arg for a in fn.args.args if a.arg in ("gw", "gateway")}
+        for node in ast.walk(fn):
+            if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                    and getattr(node.value.func, "id", getattr(node.value.func, "attr", None)) == "Gateway"):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        found += [f"{fn.name}:{node.lineno} {node.value.id}.{node.attr}" for node in ast.walk(fn)
+                  if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in names
+                  and node.attr.startswith("_") and not node.attr.startswith("__")]
+    return found
+
+
+def test_no_test_touches_a_private_attribute_of_the_gateway() -> None:
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        offenders += [f"{path.relative_to(ROOT)}:{o}" for o in _gateway_private_uses(ast.parse(path.read_text("utf-8")))]
+    assert offenders == []
+    # The finder finds one.
+    assert _gateway_private_uses(ast.parse("def t():\n    gw = Gateway(c)\n    gw._step(0)\n")) == ["t:3 gw._step"]
+    assert _gateway_private_uses(ast.parse("def t(gw):\n    gw._session = 1\n")) == ["t:2 gw._session"]

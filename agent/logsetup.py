@@ -22,6 +22,11 @@ the prefix on every line the whole traceback is at the message's priority and it
 order. Replacing the newlines instead would keep one entry, but a long traceback on one line is hard to read
 and ``journalctl`` shows it truncated.
 
+A driver cannot look its messages up (``drivers/`` never imports the agent), so it logs a
+:class:`drivers.settings.Text` (as the message or one of its arguments): the English text that keeps its template
+and values. Both formatters show such a record in the language in use (:func:`agent.i18n.translate`); every other
+record as it is.
+
 Stdlib only: imported by the CLI before it parses its arguments.
 """
 
@@ -34,7 +39,8 @@ import traceback
 from types import TracebackType
 from typing import IO, Any
 
-__all__ = ["PLAIN_FORMAT", "JournalFormatter", "configure_logging", "syslog_priority", "under_journald"]
+__all__ = ["PLAIN_FORMAT", "JournalFormatter", "TextFormatter", "configure_logging", "syslog_priority",
+           "under_journald"]
 
 #: Format of a log line outside journald (the timestamp is the local time, as ``logging`` gives it).
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -76,7 +82,39 @@ def under_journald(stream: IO[Any] | None = None) -> bool:
     return (st.st_dev, st.st_ino) == want
 
 
-class JournalFormatter(logging.Formatter):
+def _is_text(value: object) -> bool:
+    """Whether ``value`` is a message that keeps its template (a ``drivers.settings.Text``), by its shape: this
+    module imports nothing of denen's."""
+    return isinstance(value, str) and isinstance(getattr(value, "template", None), str)
+
+
+def localized(record: logging.LogRecord) -> logging.LogRecord:
+    """``record``, or a copy of it whose message and arguments that are ``Text`` are in the language in use.
+
+    The record itself is never changed (another handler, a test's capture, sees it as logged); a failure to
+    translate leaves the English text."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    if not (_is_text(record.msg) or any(_is_text(a) for a in args)):
+        return record
+    try:
+        from agent.i18n import translate  # noqa: PLC0415 - only when a driver's message is shown
+
+        copy = logging.makeLogRecord(record.__dict__)
+        copy.msg = translate(record.msg) if _is_text(record.msg) else record.msg
+        copy.args = tuple(translate(a) if _is_text(a) else a for a in args)
+        return copy
+    except Exception:  # noqa: BLE001 - a log line in English rather than none
+        return record
+
+
+class TextFormatter(logging.Formatter):
+    """A :class:`logging.Formatter` that shows a driver's ``Text`` messages in the language in use."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(localized(record))
+
+
+class JournalFormatter(TextFormatter):
     """Formats a record as lines each starting with ``<N>``, its syslog priority, and no timestamp."""
 
     def __init__(self, fmt: str = JOURNAL_FORMAT) -> None:
@@ -107,7 +145,7 @@ def configure_logging(*, debug: bool = False, stream: IO[Any] | None = None) -> 
     target = sys.stderr if stream is None else stream
     journald = under_journald(target)
     handler = logging.StreamHandler(target)
-    handler.setFormatter(JournalFormatter() if journald else logging.Formatter(PLAIN_FORMAT))
+    handler.setFormatter(JournalFormatter() if journald else TextFormatter(PLAIN_FORMAT))
     setattr(handler, _MARK, True)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _MARK, False)]:

@@ -8,6 +8,11 @@ A hostile node or gateway can produce thousands of bad frames or messages a minu
 
 Keys are bounded (``max_keys``); when a flood brings more distinct keys than that, the rest are summed under one
 overflow line, so memory stays bounded whatever the input.
+
+The lines are for the operator, in the language in use (:mod:`agent.i18n`): callers pass their line formatted
+from a catalog message (``"%s", _("...").format(...)``), ``what`` marked with ``N_`` and a ``subject`` that is a
+:class:`drivers.settings.Text` or a name; the summary lines are looked up here. ``reason`` is a machine token
+(a counter's suffix) and stays as it is.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+
+from agent.i18n import _, translate
 
 __all__ = ["RateLimitedLog"]
 
@@ -52,7 +59,7 @@ class RateLimitedLog:
         Args:
             reason: the kind of problem (``bad_mic``, ``invalid_json``); part of the key.
             subject: who caused it (``node 00a1b2c3``, ``gateway gw-x``); part of the key.
-            what: the plural noun for the summary line (``frames``, ``messages``).
+            what: the plural noun for the summary line (``frames``, ``messages``), marked with ``N_``.
 
         Returns:
             True when the line was written in full.
@@ -90,10 +97,19 @@ class RateLimitedLog:
             if not count:
                 continue
             if (reason, subject) == _OVERFLOW:
-                self._log.warning("... %s more %s of other kinds and senders in the last %.0f s (too many distinct "
-                                  "senders to name each)", f"{count:,}", what, span)
+                line = _("... {count} more {what} of other kinds and senders in the last {seconds} s (too many "
+                         "distinct senders to name each)").format(count=f"{count:,}", what=_word(what),
+                                                                  seconds=f"{span:.0f}")
             else:
-                self._log.warning("... %s more %s %s from %s in the last %.0f s", f"{count:,}", reason, what,
-                                  subject, span)
+                line = _("... {count} more {reason} {what} from {subject} in the last {seconds} s").format(
+                    count=f"{count:,}", reason=reason, what=_word(what), subject=_word(subject),
+                    seconds=f"{span:.0f}")
+            self._log.warning("%s", line)
         self._held.clear()
         self._window_start = now
+
+
+def _word(text: str) -> str:
+    """A noun or subject for a summary line in the language in use; an empty text stays empty (the catalog's
+    entry for "" is its header)."""
+    return translate(text) if text else text

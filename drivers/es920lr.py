@@ -44,9 +44,20 @@ from typing import Any
 
 from drivers.errors import ModuleError, ModuleTimeout
 from drivers.es920lr_settings import BW_CODES, Es920Config
-from drivers.probe import FAIL, N_, OK, WARN, Finding, PortLines, Say, noise_hint, printable
+from drivers.probe import (
+    FAIL,
+    N_,
+    OK,
+    WARN,
+    Finding,
+    PortLines,
+    Say,
+    noise_hint,
+    printable,
+)
 from drivers.radio import Link, ModuleDriver, ModuleRebooted
 from drivers.registry import DriverSpec
+from drivers.settings import Text
 from drivers.transport import LineSplitter
 from drivers.types import Uplink
 
@@ -374,7 +385,8 @@ class Es920lr(ModuleDriver):
                 "firmware": "unknown",
                 "mode": "operation (was already running; settings not verified, reset the module to apply them)",
             }
-            log.warning("%s: ES920LR was already in operation mode; running with its previous settings", self._radio)
+            log.warning("%s", Text(N_("{radio}: ES920LR was already in operation mode; running with its previous "
+                                      "settings"), radio=self._radio))
             return
         if where == "prompt":
             self._prompt_seen = False

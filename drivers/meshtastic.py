@@ -99,7 +99,7 @@ from drivers.meshtastic_stream import WAKE, StreamParser, frame
 from drivers.probe import FAIL, N_, OK, Finding, ProbeLink, Say, noise_hint
 from drivers.radio import Link, ModuleDriver
 from drivers.registry import DriverSpec
-from drivers.settings import Problem, Section, problem
+from drivers.settings import Problem, Section, Text, problem
 from drivers.types import Uplink
 
 __all__ = ["SPEC", "Meshtastic", "MeshtasticConfig", "MeshtasticDevice", "node_problems", "probe"]
@@ -466,8 +466,8 @@ class Meshtastic(ModuleDriver):
         self.stats["unknown_device"] += 1
         if sender not in self._unknown_logged and len(self._unknown_logged) < _UNKNOWN_LOGGED_MAX:
             self._unknown_logged.add(sender)
-            log.info("radio %s: Meshtastic device !%08x is not in meshtastic.devices; its packets are dropped",
-                     self.link.radio, sender)
+            log.info("%s", Text(N_("radio {radio}: Meshtastic device {device} is not in meshtastic.devices; its "
+                                   "packets are dropped"), radio=self.link.radio, device=f"!{sender:08x}"))
 
     def _gps(self, num: int) -> dict[str, float]:
         fix = self._fixes.get(num)
@@ -512,9 +512,11 @@ class Meshtastic(ModuleDriver):
         battery_v = self._battery.get(device.num, {}).get("battery_v")
         if battery_v is not None:
             values["battery_v"] = battery_v
-        age = f", position {(self._received_us - fix.heard_us) / 1e6:.0f} s old" if fix is not None else ", no position"
-        log.warning("radio %s: SOS from Meshtastic device %s (node %s)%s: %r", self.link.radio, device.device,
-                    device.node, age, text[:80])
+        age = (Text(N_("position {seconds} s old"), seconds=f"{(self._received_us - fix.heard_us) / 1e6:.0f}")
+               if fix is not None else Text(N_("no position")))
+        log.warning("%s", Text(N_("radio {radio}: SOS from Meshtastic device {device} (node {node}), {position}: "
+                                  "{text}"), radio=self.link.radio, device=device.device, node=device.node,
+                               position=age, text=repr(text[:80])))
         self.stats["alerts"] += 1
         self._emit(device, "sos", values, heard, uplinks, fallback={"pressed": 1.0})
 

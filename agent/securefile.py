@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 from agent.errors import AgentError
+from agent.i18n import N_, _
 
 __all__ = ["PrivateFileError", "check_no_links", "prepare_private_file"]
 
@@ -29,13 +30,14 @@ class PrivateFileError(AgentError, OSError):
     """The path cannot be used for a private file; the message says why and what to do."""
 
 
-def check_no_links(path: str | os.PathLike[str], *, what: str = "file",
-                   fix: str = "point the config at the real file") -> None:
+def check_no_links(path: str | os.PathLike[str], *, what: str = N_("file"),
+                   fix: str = N_("point the config at the real file")) -> None:
     """Refuse a symbolic link, or anything but a regular file, at ``path`` or its SQLite companions.
 
     Args:
-        what: what the file is, for messages ("journal", "dead-letter store").
-        fix: what to do instead of the link, for the message.
+        what: what the file is, for messages ("journal", "dead-letter store"), marked with ``N_``: it is
+            translated where the message is made.
+        fix: what to do instead of the link, for the message (marked with ``N_`` too).
 
     Raises:
         PrivateFileError: naming the path and what is wrong.
@@ -47,16 +49,19 @@ def check_no_links(path: str | os.PathLike[str], *, what: str = "file",
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise PrivateFileError(f"{p}: cannot check the {what} file: {exc.strerror}") from None
+            raise PrivateFileError(_("{path}: cannot check the {what} file: {error}").format(
+                path=p, what=_word(what), error=exc.strerror)) from None
         if stat.S_ISLNK(st.st_mode):
-            raise PrivateFileError(f"{p} is a symbolic link (to {os.readlink(p)!r}); refusing to open the {what} "
-                                   f"through it: remove the link, or {fix}")
+            raise PrivateFileError(_("{path} is a symbolic link (to {target}); refusing to open the {what} through "
+                                     "it: remove the link, or {fix}").format(
+                path=p, target=repr(os.readlink(p)), what=_word(what), fix=_word(fix)))
         if not stat.S_ISREG(st.st_mode):
-            raise PrivateFileError(f"{p} is not a regular file; refusing to use it as the {what}")
+            raise PrivateFileError(_("{path} is not a regular file; refusing to use it as the {what}").format(
+                path=p, what=_word(what)))
 
 
-def prepare_private_file(path: str | os.PathLike[str], *, what: str = "file", group_readable: bool = False,
-                         fix: str = "point the config at the real file") -> Path:
+def prepare_private_file(path: str | os.PathLike[str], *, what: str = N_("file"), group_readable: bool = False,
+                         fix: str = N_("point the config at the real file")) -> Path:
     """Make sure ``path`` is a regular, private file that is not a symbolic link, creating it empty if missing.
 
     Args:
@@ -82,8 +87,9 @@ def prepare_private_file(path: str | os.PathLike[str], *, what: str = "file", gr
         _narrow(p, 0o007 if group_readable else 0o077)
         return p
     except OSError as exc:
-        raise PrivateFileError(f"cannot create the {what} {p}: {exc.strerror} (check that the service's user may "
-                               "write to its directory)") from None
+        raise PrivateFileError(_("cannot create the {what} {path}: {error} (check that the service's user may "
+                                 "write to its directory)").format(what=_word(what), path=p,
+                                                                   error=exc.strerror)) from None
     try:
         os.fchmod(fd, 0o600)  # the umask may have taken bits from 0600 (e.g. 0277): set exactly
     finally:
@@ -99,8 +105,16 @@ def _narrow(path: Path, mask: int) -> None:
             mode = stat.S_IMODE(os.lstat(p).st_mode)
             if mode & mask:
                 os.chmod(p, mode & ~mask)
-                log.warning("%s: other users could read it (mode %04o); now %04o", p, mode, mode & ~mask)
+                log.warning("%s", _("{path}: other users could read it (mode {mode}); now {now}").format(
+                    path=p, mode=f"{mode:04o}", now=f"{mode & ~mask:04o}"))
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise PrivateFileError(f"cannot make {p} private (chmod): {exc.strerror}") from None
+            raise PrivateFileError(_("cannot make {path} private (chmod): {error}").format(
+                path=p, error=exc.strerror)) from None
+
+
+def _word(text: str) -> str:
+    """A caller's word for the file (``what``, ``fix``: marked with ``N_`` where written) in the language in use;
+    an empty text stays empty (the catalog's entry for "" is its header)."""
+    return _(text) if text else text

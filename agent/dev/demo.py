@@ -29,7 +29,7 @@ from typing import Any
 
 from agent import assets
 from agent.errors import AgentError
-from agent.i18n import _
+from agent.i18n import N_, _
 
 #: The public example keys of the example configs, as NAME=value lines (systemd EnvironmentFile= format).
 EXAMPLE_KEYS: Traversable = assets.find(assets.EXAMPLE_KEYS)
@@ -53,7 +53,7 @@ def read_env_file(path: str | os.PathLike[str] | Traversable = EXAMPLE_KEYS) -> 
         source = path if isinstance(path, Traversable) else Path(path)
         lines = source.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise AgentError(f"cannot read {path}: {exc.strerror}") from None
+        raise AgentError(_("cannot read {path}: {error}").format(path=path, error=exc.strerror)) from None
     found: dict[str, str] = {}
     for number, line in enumerate(lines, 1):
         text = line.strip()
@@ -61,7 +61,8 @@ def read_env_file(path: str | os.PathLike[str] | Traversable = EXAMPLE_KEYS) -> 
             continue
         m = _ENV_LINE.match(text)
         if m is None:
-            raise AgentError(f"{path}:{number}: not a NAME=value line (NAME in upper case)")
+            raise AgentError(_("{path}:{line}: not a NAME=value line (NAME in upper case)").format(path=path,
+                                                                                                  line=number))
         value = m.group(2).strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
@@ -110,7 +111,7 @@ def run_demo(*, duration: float | None = None, workdir: str | None = None) -> in
             try:
                 stop()
             except Exception:  # noqa: BLE001 - the others must still be stopped
-                log.exception("demo: stopping the %s failed", what)
+                log.exception("%s", _("demo: stopping the {part} failed").format(part=_(what)))
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
 
@@ -121,22 +122,22 @@ def _run(work: Path, duration: float | None, done: threading.Event, started: lis
     then show the view until ``done`` or ``duration`` seconds."""
     from rich.console import Console  # noqa: PLC0415
 
-    from agent.gateway import clock  # noqa: PLC0415
     from agent.config import load_config  # noqa: PLC0415
     from agent.dev.devbroker import Mosquitto  # noqa: PLC0415
-    from agent.gateway.core import Gateway  # noqa: PLC0415
     from agent.dev.liveview import LiveView  # noqa: PLC0415
+    from agent.gateway import clock  # noqa: PLC0415
+    from agent.gateway.core import Gateway  # noqa: PLC0415
     from drivers.sim.scenario import Scenario  # noqa: PLC0415 - simulators only load for the demo
 
     work.mkdir(parents=True, exist_ok=True)
     console = Console()
     log_file = _log_to_file(work / "agent.log", started)
     broker = Mosquitto(work / "broker")
-    started.append(("broker", broker.stop))  # stop() also ends a broker whose start timed out
+    started.append((N_("broker"), broker.stop))  # stop() also ends a broker whose start timed out
     broker.start()
     with assets.as_file(assets.DEMO_SCENARIO) as scenario_file:
         scenario = Scenario.from_file(scenario_file, link_dir=work / "sim")
-    started.append(("simulators", scenario.stop))  # its modules hold ptys from here on
+    started.append((N_("simulators"), scenario.stop))  # its modules hold ptys from here on
     # The agent runs in this process: its key_env variables are this process's environment. The file's values
     # win over any already set, since they must match the simulated nodes' keys.
     os.environ.update(read_env_file(EXAMPLE_KEYS))
@@ -152,9 +153,9 @@ def _run(work: Path, duration: float | None, done: threading.Event, started: lis
     })
     scenario.start()
     view = LiveView(broker.host, broker.port, prefix=cfg.mqtt.topic_prefix)
-    started.append(("live view", view.close))
+    started.append((N_("live view"), view.close))
     gw = Gateway(cfg)
-    started.append(("agent", gw.stop))
+    started.append((N_("agent"), gw.stop))
     gw.start()
     phase["starting"] = False
     console.print("[bold]denen demo[/]: " + _("broker {broker}, modules {modules}; agent log {log}. Ctrl-C stops.")

@@ -238,7 +238,7 @@ def verify(bundle: str | os.PathLike[str]) -> FlashedConfig:
         raise FlashError(_("bundle {root}: the manifest's digest does not match its file list (hint: {again})").format(
             root=root, again=_(_AGAIN)))
     for extra in _unlisted(root, files):
-        log.info("bundle %s: %s is not in the manifest; ignored", root, extra)
+        log.info("%s", _("bundle {root}: {name} is not in the manifest; ignored").format(root=root, name=extra))
     return FlashedConfig(root, root / CONFIG_NAME, files[CONFIG_NAME]["sha256"], digest, manifest)
 
 

@@ -36,7 +36,7 @@ from agent.gateway.events import ButtonPressed, Event, Wake
 from agent.gateway.reading import ALARM, Entry, own_reading
 from agent.gateway.readings import FrameDecoder
 from agent.gateway.receipt_backup import BackupReceipts
-from agent.i18n import _
+from agent.i18n import N_, _
 from agent.ratelog import RateLimitedLog
 from agent.rules import Alert, AlertTracker, RuleEngine, RulesConfig, node_infos
 
@@ -185,8 +185,9 @@ class Edge:
         name = topic[len(self._cmd_prefix):] if topic.startswith(self._cmd_prefix) else ""
         if name not in COMMANDS:
             self._count("cmd.unknown")
-            self._warn.warning("unknown", "command", "commands", "unknown command on %r ignored (known: %s)",
-                               topic[:200], ", ".join(COMMANDS))
+            self._warn.warning("unknown", "command", N_("commands"), "%s", _(
+                "unknown command on {topic} ignored (known: {known})").format(topic=repr(topic[:200]),
+                                                                               known=", ".join(COMMANDS)))
             return None
         req = CommandRequest(name)
         try:
@@ -200,9 +201,9 @@ class Edge:
         except InvalidCommand as exc:
             req = exc.request or req
             self._count("cmd.bad")
-            self._warn.warning(f"bad {name}", "command", "commands",
-                               "command %s refused (request %s): %s; payload starts %r", name,
-                               req.request_id or "-", exc, payload[:80])
+            self._warn.warning(f"bad {name}", "command", N_("commands"), "%s", _(
+                "command {command} refused (request {request}): {error}; payload starts {start}").format(
+                command=name, request=req.request_id or "-", error=exc, start=repr(payload[:80])))
             if req.request_id is None:
                 return None
             results = [{"target": None, "outcome": "invalid", "detail": str(exc)}]
@@ -236,8 +237,9 @@ class Edge:
                 self.state_urgent = True
             self._count("alerts.confirmed", len(repeating))
             results.append({"target": target, "outcome": outcome})
-        log.info("alert-ack by %r via %s (request %s): %s", req.by, req.via, req.request_id,
-                 ", ".join(f"{r['target']} {r['outcome']}" for r in results))
+        log.info("%s", _("{command} by {by} via {via} (request {request}): {outcome}").format(
+            command="alert-ack", by=repr(req.by), via=req.via, request=req.request_id,
+            outcome=", ".join(f"{r['target']} {r['outcome']}" for r in results)))
         return results
 
     def _siren_silence(self, req: CommandRequest, key: str) -> list[dict[str, Any]]:
@@ -257,8 +259,9 @@ class Edge:
                 self._snapshot_dirty = True
                 self.state_urgent = True
                 outcome = "silenced"
-        log.info("siren-silence for %s by %r via %s (request %s): %s", key, req.by, req.via, req.request_id,
-                 outcome)
+        log.info("%s", _("{command} for {key} by {by} via {via} (request {request}): {outcome}").format(
+            command="siren-silence", key=key, by=repr(req.by), via=req.via, request=req.request_id,
+            outcome=outcome))
         return [{"target": key, "outcome": outcome}]
 
     def _test_chirp(self, req: CommandRequest) -> list[dict[str, Any]]:
@@ -269,7 +272,8 @@ class Edge:
             self._test_until = time.monotonic() + _SELF_TEST_STATE_S
             self.state_urgent = True
             outcome = "chirped"
-        log.info("test-chirp by %r via %s (request %s): %s", req.by, req.via, req.request_id, outcome)
+        log.info("%s", _("{command} by {by} via {via} (request {request}): {outcome}").format(
+            command="test-chirp", by=repr(req.by), via=req.via, request=req.request_id, outcome=outcome))
         return [{"target": None, "outcome": outcome}]
 
     def on_sos_acked(self, readings: list[dict[str, Any]]) -> None:
@@ -305,7 +309,8 @@ class Edge:
                 sender.request(node_id, int(r["fcnt"]), key, delay_s=delay_s)
             except (ReceiptError, FrameError) as exc:
                 self._count("receipts.refused")
-                log.error("receipt for %s/%s not sent: %s", r["node"], r["fcnt"], exc)
+                log.error("%s", _("receipt for node {node} counter {counter} not sent: {error}").format(
+                    node=r["node"], counter=r["fcnt"], error=exc))
             self._receipts_dirty = True
 
     def gateway_alert(self, type_: str, severity: str, message: str) -> list[Entry]:
@@ -524,7 +529,8 @@ class Edge:
         now_us = clock.wall_us()
         out = []
         for alert in alerts:
-            log.warning("alert %s %s: %s", alert.type, alert.state, alert.message)
+            log.warning("%s", _("alert {type} {state}: {message}").format(type=alert.type, state=alert.state,
+                                                                           message=alert.message))
             self._count(f"alerts.{alert.type}.{alert.state}")
             self.tracker.add(alert, now_us)
             out.append(self._alert_entry(alert))
@@ -574,7 +580,7 @@ class Edge:
                 try:
                     w = sender.pump()
                 except Exception:  # noqa: BLE001 - a radio failure must not end receipts for everyone
-                    log.exception("receipt sender %s failed", name)
+                    log.exception("%s", _("receipt sender on radio {radio} failed").format(radio=name))
                     w = 5.0
                 if w is not None:
                     waits.append(w)

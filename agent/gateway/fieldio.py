@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Final
 from agent.errors import AgentError
 from agent.gateway import fieldio_config
 from agent.gateway.fieldio_config import GpioConfig, InputPin
+from agent.i18n import _
 
 if TYPE_CHECKING:
     from gpiozero import LED, DigitalInputDevice, DigitalOutputDevice
@@ -78,7 +79,7 @@ class GpioError(AgentError):
     """GPIO could not be set up; ``hint`` says what the installer can do about it."""
 
     def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message + (f" (hint: {hint})" if hint else ""))
+        super().__init__(message + (_(" (hint: {hint})").format(hint=hint) if hint else ""))
         self.hint = hint
 
 
@@ -163,7 +164,8 @@ class FieldIO:
         except BaseException:
             self._release()
             raise
-        log.info("gpio: %s on %s", ", ".join(self._device_names()), type(self.pin_factory).__name__)
+        log.info("%s", _("gpio: {devices} on {factory}").format(devices=", ".join(self._device_names()),
+                                                                 factory=type(self.pin_factory).__name__))
 
     # -- public API ----------------------------------------------------------------------------------------------
     @property
@@ -235,7 +237,7 @@ class FieldIO:
                     self._lamp.blink(on_time=_SELF_TEST_LAMP_S, off_time=_SELF_TEST_LAMP_S)
                 if self._siren is not None:
                     self._siren.blink(on_time=_SELF_TEST_CHIRP_S, off_time=_SELF_TEST_CHIRP_S, n=1)
-            log.info("gpio: self test")
+            log.info("%s", _("gpio: self test"))
             try:
                 self._closing.wait(_SELF_TEST_S)
             finally:
@@ -353,18 +355,18 @@ class FieldIO:
             if not press.edge(active=active) or self._closing.is_set():
                 return
         self.start_self_test()
-        log.info("gpio: test button pressed")
+        log.info("%s", _("gpio: test button pressed"))
         if self._on_test_button is not None:
             try:
                 self._on_test_button()
             except Exception:  # top level of a callback on gpiozero's thread: log, keep the button working
-                log.exception("gpio: on_test_button callback failed")
+                log.exception("%s", _("gpio: the test button's action failed"))
 
     def _thread_self_test(self) -> None:
         try:
             self.self_test()
         except Exception:  # thread top level: a failed chirp must not go unnoticed, nor take anything down
-            log.exception("gpio: self test failed")
+            log.exception("%s", _("gpio: self test failed"))
 
     def _release(self) -> None:
         """Close every device and an owned factory; safe to call twice."""
@@ -380,12 +382,12 @@ class FieldIO:
                 try:
                     dev.close()
                 except _gpio_error() as exc:
-                    log.warning("gpio: closing %r failed: %s", dev, exc)
+                    log.warning("%s", _("gpio: closing {device} failed: {error}").format(device=repr(dev), error=exc))
         if owned and factory is not None:
             try:
                 factory.close()
             except _gpio_error() as exc:
-                log.warning("gpio: closing the pin factory failed: %s", exc)
+                log.warning("%s", _("gpio: closing the pin factory failed: {error}").format(error=exc))
 
 
 def _device(key: str, pin: int | str, make: Callable[[], Any]) -> Any:
@@ -394,14 +396,15 @@ def _device(key: str, pin: int | str, make: Callable[[], Any]) -> Any:
         return make()
     except _gpio_error() as exc:
         raise GpioPinError(
-            f"gpio.{key}: pin {pin!r}: {exc}",
-            "check the pin number against the board's header (BCM numbering unless written BOARDn), and that no "
-            "other device or program uses it",
+            _("gpio.{key}: pin {pin}: {error}").format(key=key, pin=repr(pin), error=exc),
+            _("check the pin number against the board's header (BCM numbering unless written BOARDn), and that no "
+              "other device or program uses it"),
         ) from exc
     except Exception as exc:  # a backend's own error type (lgpio.error ...) cannot be named without importing it
         raise GpioUnavailable(
-            f"gpio.{key}: pin {pin!r} cannot be opened: {type(exc).__name__}: {exc}",
-            "run as a user in the 'gpio' group, and check that no other program holds the pin",
+            _("gpio.{key}: pin {pin} cannot be opened: {kind}: {error}").format(key=key, pin=repr(pin),
+                                                                               kind=type(exc).__name__, error=exc),
+            _("run as a user in the 'gpio' group, and check that no other program holds the pin"),
         ) from exc
 
 
@@ -414,19 +417,19 @@ def _resolve_factory(name: str | None, explicit: Any) -> tuple[Any, bool]:
         return explicit, False
     if name == "mock":
         return MockFactory(), True
-    hint = ("on a Raspberry Pi install python3-lgpio (Raspberry Pi OS) and add the service user to the 'gpio' "
-            "group; elsewhere set gpio.pin_factory: mock, or remove the gpio devices from the config")
+    hint = _("on a Raspberry Pi install python3-lgpio (Raspberry Pi OS) and add the service user to the 'gpio' "
+             "group; elsewhere set gpio.pin_factory: mock, or remove the gpio devices from the config")
     if name is not None:
         eps = {ep.name: ep for ep in fieldio_config.entry_points(group="gpiozero_pin_factories")}
         ep = eps.get(name) or eps.get(name.lower())
         if ep is None:
-            raise GpioUnavailable(f"gpio: pin factory {name!r} is not installed; installed: "
-                                  f"{', '.join(sorted(eps)) or 'none'}", hint)
+            raise GpioUnavailable(_("gpio: pin factory {name} is not installed; installed: {installed}").format(
+                name=repr(name), installed=", ".join(sorted(eps)) or _("none")), hint)
         try:
             return ep.load()(), True
         except Exception as exc:  # backends raise their own types (ImportError, lgpio.error, OSError, ...)
-            raise GpioUnavailable(f"gpio: pin factory {name!r} cannot be used: {type(exc).__name__}: {exc}",
-                                  hint) from exc
+            raise GpioUnavailable(_("gpio: pin factory {name} cannot be used: {kind}: {error}").format(
+                name=repr(name), kind=type(exc).__name__, error=exc), hint) from exc
     # gpiozero's default: Device.pin_factory, GPIOZERO_PIN_FACTORY, then its fallback chain. Its fallbacks are
     # warnings; collect them so they end up in our error (or in the log) instead of escaping as warnings.
     with warnings.catch_warnings(record=True) as caught:
@@ -435,11 +438,9 @@ def _resolve_factory(name: str | None, explicit: Any) -> tuple[Any, bool]:
             Device.ensure_pin_factory()
         except Exception as exc:  # same reason as above: whatever the backends raise means "no GPIO here"
             tried = "; ".join(str(w.message) for w in caught)
-            raise GpioUnavailable(
-                f"gpio: no GPIO pin factory could be loaded ({type(exc).__name__}: {exc})"
-                + (f"; tried: {tried}" if tried else ""),
-                hint,
-            ) from exc
+            message = (_("gpio: no GPIO pin factory could be loaded ({kind}: {error}); tried: {tried}") if tried
+                       else _("gpio: no GPIO pin factory could be loaded ({kind}: {error})"))
+            raise GpioUnavailable(message.format(kind=type(exc).__name__, error=exc, tried=tried), hint) from exc
     for w in caught:
-        log.warning("gpio: %s", w.message)
+        log.warning("%s", _("gpio: {warning}").format(warning=w.message))
     return Device.pin_factory, False

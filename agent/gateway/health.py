@@ -22,6 +22,7 @@ from agent.errors import JournalError
 from agent.gateway import clock
 from agent.gateway.journal import Journal
 from agent.gateway.reading import NodeState
+from agent.i18n import _
 
 log = logging.getLogger(__name__)
 
@@ -231,4 +232,4 @@ class SystemdStatus:
             self.line.update(text, force=force, now=now)
         except Exception:  # noqa: BLE001 - a status line is never worth stopping the core for
             self._count("status.internal_error")
-            log.exception("building the systemd status line failed")
+            log.exception("%s", _("building the systemd status line failed"))

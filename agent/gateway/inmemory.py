@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 
 from agent.gateway.reading import EVICTABLE, LANES, Entry, Quarantined
+from agent.i18n import _
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,6 @@ def bounded(entries: list[Entry], count: Callable[..., None]) -> list[Entry]:
         return entries
     for i in drop:
         count(f"journal.dropped_unjournaled.{LANES[entries[i].lane]}")
-    log.error("journal cannot commit and %d readings wait in memory: dropped the %d oldest "
-              "telemetry/diagnostics readings", len(entries), len(drop))
+    log.error("%s", _("journal cannot commit and {count} readings wait in memory: dropped the {dropped} oldest "
+                      "telemetry/diagnostics readings").format(count=len(entries), dropped=len(drop)))
     return [e for i, e in enumerate(entries) if i not in drop]

@@ -48,6 +48,7 @@ from agent.gateway.reading import (
     NodeState,
     Quarantined,
 )
+from agent.i18n import N_, _
 from agent.securefile import PrivateFileError, check_no_links, prepare_private_file
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,10 @@ def _guarded(method: _F) -> _F:
                 except sqlite3.Error:
                     pass
             if _is_corruption(exc):
-                raise JournalCorrupt(f"{self.path}: the journal is damaged: {exc}") from exc
-            raise JournalError(f"{self.path}: {method.__name__} failed: {exc}") from exc
+                raise JournalCorrupt(_("{path}: the journal is damaged: {error}").format(path=self.path,
+                                                                                       error=exc)) from exc
+            raise JournalError(_("{path}: {operation} failed: {error}").format(
+                path=self.path, operation=method.__name__, error=exc)) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -141,7 +144,7 @@ def check_files(path: str) -> None:
         JournalError: with the path and what is wrong.
     """
     try:
-        check_no_links(path, what="journal", fix="set journal.path to the real file")
+        check_no_links(path, what=N_("journal"), fix=N_("set journal.path to the real file"))
     except PrivateFileError as exc:
         raise JournalError(str(exc)) from None
 
@@ -149,7 +152,7 @@ def check_files(path: str) -> None:
 def _create_private(path: str) -> None:
     """Create the journal file empty with mode 0600 (whatever the umask), unless it exists; never through a link.
     An existing journal keeps its group's read bit (the service's group) and loses other users'."""
-    prepare_private_file(path, what="journal", group_readable=True, fix="set journal.path to the real file")
+    prepare_private_file(path, what=N_("journal"), group_readable=True, fix=N_("set journal.path to the real file"))
 
 
 def open_or_recover(path: str, *, quota_bytes: int, force: bool = False) -> tuple[Journal, str | None, int]:
@@ -165,13 +168,14 @@ def open_or_recover(path: str, *, quota_bytes: int, force: bool = False) -> tupl
         try:
             return Journal(path, quota_bytes=quota_bytes), None, 0
         except JournalCorrupt as exc:
-            log.error("%s; setting it aside and starting a fresh journal", exc)
+            log.error("%s", _("{error}; setting it aside and starting a fresh journal").format(error=exc))
     aside = set_aside(path, now_us=time.time_ns() // 1000)
     journal = Journal(path, quota_bytes=quota_bytes)
     rescued = salvage(aside)
     if rescued:
         journal.commit(entries=rescued)
-    log.error("damaged journal kept at %s; %d unsent readings salvaged from it", aside, len(rescued))
+    log.error("%s", _("damaged journal kept at {path}; {count} unsent readings salvaged from it").format(
+        path=aside, count=len(rescued)))
     return journal, aside, len(rescued)
 
 
@@ -261,18 +265,20 @@ class Journal:
         try:
             os.makedirs(folder, mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise JournalError(f"{self.path}: cannot create the journal's folder: {exc.strerror}") from exc
+            raise JournalError(_("{path}: cannot create the journal's folder: {error}").format(
+                path=self.path, error=exc.strerror)) from exc
         check_files(self.path)
         try:
             _create_private(self.path)
         except PrivateFileError as exc:
-            raise JournalError(f"{self.path}: cannot create the journal: {exc}") from exc
+            raise JournalError(_("{path}: cannot create the journal: {error}").format(path=self.path,
+                                                                                      error=exc)) from exc
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             configure(self._db)
             check = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":
-                raise JournalCorrupt(f"{self.path}: integrity check failed: {check}")
+                raise JournalCorrupt(_("{path}: integrity check failed: {check}").format(path=self.path, check=check))
             upgrade(self._db, self.path)
             self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
             # seq never goes back while the journal is open, even when every reading has been acknowledged and
@@ -289,8 +295,10 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             self._close_after_failed_open()
             if _is_corruption(exc):
-                raise JournalCorrupt(f"{self.path}: the journal is damaged: {exc}") from exc
-            raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
+                raise JournalCorrupt(_("{path}: the journal is damaged: {error}").format(path=self.path,
+                                                                                       error=exc)) from exc
+            raise JournalError(_("{path}: cannot open the journal: {error}").format(path=self.path,
+                                                                                    error=exc)) from exc
         except BaseException:
             # A damaged file, a schema from a newer agent, a failed migration, an interrupt: the caller gets no
             # Journal to close, so the connection (its file descriptors and WAL lock) is closed here.
@@ -580,7 +588,8 @@ class Journal:
                 evicted[LANES[lane]] = evicted.get(LANES[lane], 0) + len(seqs)
                 live = self._live_bytes()
         if evicted:
-            log.warning("journal quota %d bytes reached: evicted %s", self.quota_bytes, evicted)
+            log.warning("%s", _("journal quota {quota} bytes reached: evicted {evicted}").format(
+                quota=self.quota_bytes, evicted=evicted))
         return evicted
 
     def _live_bytes(self) -> int:

@@ -8,6 +8,7 @@ import logging
 import sqlite3
 
 from agent.errors import JournalError
+from agent.i18n import _
 
 log = logging.getLogger("agent.gateway.journal")  # the journal's log: a migration is part of opening it
 
@@ -116,7 +117,8 @@ def upgrade(db: sqlite3.Connection, path: str) -> None:
     elif row[0] in ("1", "2", "3"):
         migrate(db, path, int(row[0]))
     elif row[0] != str(SCHEMA_VERSION):
-        raise JournalError(f"{path}: journal schema {row[0]}, this agent reads {SCHEMA_VERSION}")
+        raise JournalError(_("{path}: journal schema {schema}, this agent reads {reads}").format(
+            path=path, schema=row[0], reads=SCHEMA_VERSION))
     # Readings awaiting clock correction are few and found through this partial index.
     db.execute("CREATE INDEX IF NOT EXISTS reading_unsynced ON reading(seq) WHERE boot_us IS NOT NULL")
 
@@ -142,7 +144,8 @@ def migrate(db: sqlite3.Connection, path: str, version: int) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    log.info("%s: journal schema %d migrated to %d", path, version, SCHEMA_VERSION)
+    log.info("%s", _("{path}: journal schema {schema} migrated to {reads}").format(path=path, schema=version,
+                                                                                   reads=SCHEMA_VERSION))
 
 
 def _rebuild_reading(db: sqlite3.Connection) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from agent.gateway import clock
 from agent.gateway.journal import Audit, Journal
 from agent.gateway.readings import FrameDecoder
+from agent.i18n import _
 
 log = logging.getLogger(__name__)
 
@@ -21,26 +22,29 @@ def take_requests(journal: Journal, decoder: FrameDecoder, *, done: list[tuple[i
                   count: Callable[..., None]) -> None:
     """Carry out the requests pending in ``journal``, appending (request id, result) to ``done`` and audit lines to
     ``audit``; requests already in ``done`` (not yet committed) are not taken again."""
-    taken = {rid for rid, _ in done}
+    taken = {rid for rid, _result in done}
     for req in journal.pending_requests():
         if req.id in taken:
             continue
         when = _iso(req.ts_us)
         if req.action != "reset_counter":
             done.append((req.id, f"refused: unknown action {req.action!r}"))
-            log.error("request %d from %s: unknown action %r; ignored", req.id, req.user, req.action)
+            log.error("%s", _("request {id} from {user}: unknown action {action}; ignored").format(
+                id=req.id, user=req.user, action=repr(req.action)))
             continue
         old = decoder.reset_windows(req.node)
         if old is None:
             result = f"refused: the gateway keeps no state for node {req.node}"
-            log.error("request %d from %s (%s): reset-counter of node %s refused: no such node", req.id,
-                      req.user, when, req.node)
+            log.error("%s", _("request {id} from {user} ({when}): {action} of node {node} refused: no such "
+                              "node").format(id=req.id, user=req.user, when=when, action="reset-counter",
+                                             node=req.node))
         else:
             name = decoder.nodes[req.node].name
             result = (f"node {req.node}{f' ({name})' if name else ''}: windows reset: with MIC "
                       f"{_window(old[0])} -> none, without MIC {_window(old[1])} -> none")
             # Audit: who asked, when, what it was and what it is now (the journal's audit table keeps it too).
-            log.warning("audit: reset-counter by user %s (asked %s): %s", req.user, when, result)
+            log.warning("%s", _("audit: {action} by user {user} (asked {when}): {result}").format(
+                action="reset-counter", user=req.user, when=when, result=result))
             audit.append(Audit(clock.wall_us(), req.user, "reset_counter", req.node, result))
             count("nodes.window_resets")
         done.append((req.id, result))

@@ -28,11 +28,13 @@ from agent.gateway.reading import (
     reading_body,
     reading_entry,
 )
+from agent.i18n import N_, _
 from agent.ratelog import RateLimitedLog
 from drivers.codec import frame as nodeframe
 from drivers.codec import kinds
 from drivers.codec.lpp import LppUnknownType
 from drivers.errors import CodecError
+from drivers.settings import Text
 from drivers.types import Uplink
 
 log = logging.getLogger(__name__)
@@ -352,7 +354,7 @@ class FrameDecoder:
     def _make_room(self, room: int) -> None:
         """Drop the least recently heard unknown nodes until ``room`` more fit under unknown_nodes_max."""
         while self._unknown and len(self._unknown) + room > self._unknown_max:
-            node_hex, _ = self._unknown.popitem(last=False)
+            node_hex, _state = self._unknown.popitem(last=False)
             self._forget(node_hex)
             self._count("nodes.unknown_evicted", 1)
 
@@ -439,9 +441,9 @@ class FrameDecoder:
 
     def _kind_mismatch(self, known: _KnownNode, kind: str) -> None:
         """Warn (rate-limited) that a configured node sent another kind than its own; the reading is kept."""
-        self._warn.warning("kind_mismatch", f"node {known.hex}", "frames",
-                           "node %s (%s) is configured as %s but sent %s; kept", known.hex, known.name,
-                           known.kind, kind)
+        self._warn.warning("kind_mismatch", Text(N_("node {node}"), node=known.hex), N_("frames"), "%s", _(
+            "node {node} ({name}) is configured as {kind} but sent {sent}; kept").format(
+            node=known.hex, name=known.name, kind=known.kind, sent=kind))
 
     def _mic_refused(self, up: Uplink, known: _KnownNode | None, node_hex: str, signed: bytes,
                      mic: bytes | None) -> Decoded | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.gateway.receipt_airtime import AirtimeBudget, ReceiptError, ReceiptsConfig
 from agent.gateway.receipts import ReceiptSender, build_receipt_sender
+from agent.i18n import _
 
 log = logging.getLogger("agent.gateway.edge")  # the edge's log: these are its receipts
 
@@ -35,7 +36,7 @@ def build_senders(receipts: ReceiptsConfig, radios: list[Any], *, wake: Callable
                 receipts, radio.transmit, frequency_hz=p2p.frequency_hz, sf=p2p.spreading_factor,
                 bw_khz=p2p.bandwidth_khz, cr=p2p.coding_rate, preamble=p2p.preamble, budget=budget, wake=wake)
         except ReceiptError as exc:
-            log.error("receipts disabled on %s: %s", rc.name, exc)
+            log.error("%s", _("receipts disabled on radio {radio}: {error}").format(radio=rc.name, error=exc))
             continue
         if sender is not None:
             senders[rc.name] = sender
@@ -51,7 +52,8 @@ def restore_senders(senders: dict[str, Any], text: str, count: Callable[..., Non
             raise ValueError("not an object of snapshots by radio")
     except ValueError as exc:
         count("receipts.restore_failed")
-        log.error("could not restore the SOS receipts' airtime and queue (%s); starting afresh", exc)
+        log.error("%s", _("could not restore the SOS receipts' airtime and queue ({error}); starting afresh").format(
+            error=exc))
         return
     for name, sender in senders.items():
         snap = snaps.get(name)
@@ -62,8 +64,9 @@ def restore_senders(senders: dict[str, Any], text: str, count: Callable[..., Non
             restore(snap)
         except Exception as exc:  # noqa: BLE001 - a damaged snapshot must cost the budget history, never the agent
             count("receipts.restore_failed")
-            log.error("receipts on %s: could not restore the airtime used and the receipts waiting (%s: %s); "
-                      "starting afresh", name, type(exc).__name__, exc)
+            log.error("%s", _("receipts on radio {radio}: could not restore the airtime used and the receipts "
+                              "waiting ({kind}: {error}); starting afresh").format(
+                radio=name, kind=type(exc).__name__, error=exc))
 
 
 def senders_snapshot(senders: dict[str, Any], count: Callable[..., None]) -> str | None:
@@ -78,12 +81,13 @@ def senders_snapshot(senders: dict[str, Any], count: Callable[..., None]) -> str
             snaps[name] = take()
         except Exception as exc:  # noqa: BLE001 - as in restore_senders
             count("receipts.snapshot_failed")
-            log.error("receipts on %s: snapshot failed: %s: %s", name, type(exc).__name__, exc)
+            log.error("%s", _("receipts on radio {radio}: snapshot failed: {kind}: {error}").format(
+                radio=name, kind=type(exc).__name__, error=exc))
     if not snaps:
         return None
     try:
         return json.dumps(snaps, separators=(",", ":"), sort_keys=True)
     except (TypeError, ValueError) as exc:
         count("receipts.snapshot_failed")
-        log.error("receipts: snapshot is not JSON-able: %s", exc)
+        log.error("%s", _("receipts: snapshot is not JSON-able: {error}").format(error=exc))
         return None

@@ -52,11 +52,13 @@ from agent.gateway.receipt_state import (
     boot_clock,
     parse_snapshot,
 )
+from agent.i18n import N_, _
 from agent.ratelog import RateLimitedLog
 from drivers.airtime import channel_rules, time_on_air_ms
 from drivers.codec.frame import build_receipt
 from drivers.errors import DriverError, ModuleError
 from drivers.radio import backoff_delay
+from drivers.settings import Text
 
 __all__ = ["ReceiptSender", "build_receipt_sender"]
 
@@ -188,8 +190,8 @@ class ReceiptSender:
             self.budget.check(longest)
         except ValueError as exc:
             # Not fatal: receipts without a MIC may still fit; each request is checked on its own.
-            log.error("SOS receipts (%d bytes) cannot be sent with these radio settings: %s",
-                      len(build_receipt(0, 0, bytes(16))), exc)
+            log.error("%s", _("SOS receipts ({size} bytes) cannot be sent with these radio settings: {error}").format(
+                size=len(build_receipt(0, 0, bytes(16))), error=exc))
 
     # -- public API ------------------------------------------------------------------------------------------
     @property
@@ -237,8 +239,10 @@ class ReceiptSender:
         except ValueError as exc:
             with self._lock:
                 self.refused += 1
-            log.error("receipt for node %08x counter %d refused: %s", node_id, counter, exc)
-            raise ReceiptRefused(f"receipt for node {node_id:08x} counter {counter}: {exc}") from exc
+            log.error("%s", _("receipt for node {node} counter {counter} refused: {error}").format(
+                node=f"{node_id:08x}", counter=counter, error=exc))
+            raise ReceiptRefused(_("receipt for node {node} counter {counter}: {error}").format(
+                node=f"{node_id:08x}", counter=counter, error=exc)) from exc
         with self._lock:
             ident = (node_id, counter)
             if ident in self._recent or any((r.node_id, r.counter) == ident for r in self._queue):
@@ -254,10 +258,12 @@ class ReceiptSender:
                 self.revision += 1
                 waiting = 0
         if waiting:
-            self._log_drop("queue_full", node_id, "receipt for node %08x counter %d dropped: %d receipts already "
-                           "waiting (receipts.max_pending)", node_id, counter, waiting)
+            self._log_drop("queue_full", node_id, N_("receipt for node {node} counter {counter} dropped: {waiting} "
+                                                     "receipts already waiting (receipts.max_pending)"),
+                           counter=counter, waiting=waiting)
             return
-        log.info("receipt for node %08x counter %d queued (%.1f ms on air)", node_id, counter, airtime * 1000)
+        log.info("%s", _("receipt for node {node} counter {counter} queued ({ms} ms on air)").format(
+            node=f"{node_id:08x}", counter=counter, ms=f"{airtime * 1000:.1f}"))
         if self._wake is not None:
             self._wake()
 
@@ -279,8 +285,9 @@ class ReceiptSender:
                     old = self._drop_old(now)
                     item, wait = self._next_due(now)
                 for r, age in old:
-                    self._log_drop("too_old", r.node_id, "receipt for node %08x counter %d dropped: not sent "
-                                   "%.0f s after its request (receipts.max_age_s)", r.node_id, r.counter, age)
+                    self._log_drop("too_old", r.node_id, N_("receipt for node {node} counter {counter} dropped: not "
+                                                            "sent {age} s after its request (receipts.max_age_s)"),
+                                   counter=r.counter, age=f"{age:.0f}")
                 if item is None:
                     return None
                 if wait > 0:
@@ -327,22 +334,29 @@ class ReceiptSender:
         except Exception as exc:  # noqa: BLE001 - a damaged snapshot must cost its content, never the agent
             with self._lock:
                 self.restore_failed += 1
-            log.error("receipts: snapshot not restored (%s); the airtime of the last hour and the waiting receipts "
-                      "start empty", exc)
+            log.error("%s", _("receipts: snapshot not restored ({error}); the airtime of the last hour and the "
+                              "waiting receipts start empty").format(error=exc))
             return
         gap_us = self._time_since(snap)
         if snap.frequency_hz != self.rules.frequency_hz and snap.sends:
             # The hourly limit is per channel, but keeping the airtime can only make a receipt wait longer.
-            log.info("receipts: the snapshot's airtime was spent on %.1f MHz, now %.1f MHz; it still counts",
-                     snap.frequency_hz / 1e6, self.rules.frequency_hz / 1e6)
+            log.info("%s", _("receipts: the snapshot's airtime was spent on {was} MHz, now {now} MHz; it still "
+                             "counts").format(was=f"{snap.frequency_hz / 1e6:.1f}",
+                                              now=f"{self.rules.frequency_hz / 1e6:.1f}"))
         gap = gap_us or 0
         sends = [(ago + gap, used) for ago, used in snap.sends]
         restored_airtime = self.budget.restore(sends)
         queued = self._requeue(snap.pending, gap)
-        log.info("receipts: restored %d waiting receipt(s) and %s s of airtime in the sliding hour (%s)", queued,
-                 f"{self.budget.used_last_hour_s:.3f}" if restored_airtime else "the shared budget's",
-                 "time since the snapshot unknown, taken as 0" if gap_us is None
-                 else f"{gap_us / 1e6:.1f} s since the snapshot")
+        since = (_("time since the snapshot unknown, taken as 0") if gap_us is None
+                 else _("{seconds} s since the snapshot").format(seconds=f"{gap_us / 1e6:.1f}"))
+        if restored_airtime:
+            restored = _("receipts: restored {count} waiting receipt(s) and {seconds} s of airtime in the sliding "
+                         "hour ({since})").format(count=queued, seconds=f"{self.budget.used_last_hour_s:.3f}",
+                                                  since=since)
+        else:
+            restored = _("receipts: restored {count} waiting receipt(s) and the shared budget's airtime in the "
+                         "sliding hour ({since})").format(count=queued, since=since)
+        log.info("%s", restored)
         if queued and self._wake is not None:
             self._wake()
 
@@ -357,14 +371,14 @@ class ReceiptSender:
             with self._lock:
                 self.restore_unknown_gap += 1
             if snap.boot_id is None or boot_id is None:
-                why = "no boot id to compare"
+                why = _("no boot id to compare")
             elif snap.boot_id != boot_id:
-                why = "the machine rebooted since the snapshot"
+                why = _("the machine rebooted since the snapshot")
             else:
-                why = "the boot clock went back since the snapshot"
-            log.warning("receipts: %s, so the time in between is unknown and taken as "
-                        "zero: %.3f s of airtime counts as if it had ended when the snapshot says", why,
-                        sum(u for _, u in snap.sends) / 1e6)
+                why = _("the boot clock went back since the snapshot")
+            log.warning("%s", _("receipts: {why}, so the time in between is unknown and taken as zero: {seconds} s "
+                                "of airtime counts as if it had ended when the snapshot says").format(
+                why=why, seconds=f"{sum(u for _ago, u in snap.sends) / 1e6:.3f}"))
         return None
 
     def _requeue(self, pending: list[tuple[bytes, int, int]], gap_us: int) -> int:
@@ -404,23 +418,31 @@ class ReceiptSender:
             self._queue.extendleft(reversed(items))
             self.revision += 1
         for node_id, counter, age_s in old:
-            self._log_drop("too_old", node_id, "receipt for node %08x counter %d dropped at restore: not sent %.0f s "
-                           "after its request (receipts.max_age_s)", node_id, counter, age_s)
+            self._log_drop("too_old", node_id, N_("receipt for node {node} counter {counter} dropped at restore: not "
+                                                  "sent {age} s after its request (receipts.max_age_s)"),
+                           counter=counter, age=f"{age_s:.0f}")
         for node_id, counter in full:
-            self._log_drop("queue_full", node_id, "receipt for node %08x counter %d dropped at restore: %d receipts "
-                           "already waiting (receipts.max_pending)", node_id, counter, self._max_pending)
+            self._log_drop("queue_full", node_id, N_("receipt for node {node} counter {counter} dropped at restore: "
+                                                     "{waiting} receipts already waiting (receipts.max_pending)"),
+                           counter=counter, waiting=self._max_pending)
         for node_id, counter, why in refused:
-            self._log_drop("refused", node_id, "receipt for node %08x counter %d dropped at restore: it can no "
-                           "longer be sent with these radio settings: %s", node_id, counter, why)
+            self._log_drop("refused", node_id, N_("receipt for node {node} counter {counter} dropped at restore: it "
+                                                  "can no longer be sent with these radio settings: {error}"),
+                           counter=counter, error=why)
         return len(items)
 
     def _airtime_of(self, frame_len: int) -> float:
         return time_on_air_ms(self._on_air_len(frame_len), self._sf, self._bw_khz, self._cr, self._preamble) / 1e3
 
-    def _log_drop(self, reason: str, node_id: int, msg: str, *args: object) -> None:
-        """An error line for a receipt that will not be sent: the first per node and reason in a minute in full."""
+    def _log_drop(self, reason: str, node_id: int, msg: str, **params: object) -> None:
+        """An error line for a receipt that will not be sent: the first per node and reason in a minute in full.
+
+        Args:
+            msg: a message id (marked with N_) with ``{node}`` and the placeholders of ``params``.
+        """
         with self._log_lock:
-            self._drops.warning(reason, f"node {node_id:08x}", "receipts", msg, *args, level=logging.ERROR)
+            self._drops.warning(reason, Text(N_("node {node}"), node=f"{node_id:08x}"), N_("receipts"), "%s",
+                                _(msg).format(node=f"{node_id:08x}", **params), level=logging.ERROR)
 
     def _drop_old(self, now: float) -> list[tuple[_Receipt, float]]:
         """Remove receipts older than max_age_s from the head of the queue (oldest first). Under ``_lock``."""
@@ -454,8 +476,9 @@ class ReceiptSender:
         if wait > 0 and not item.deferred:
             item.deferred = True
             self.deferred += 1
-            log.info("receipt for node %08x counter %d waits %.3f s for the %s rules",
-                     item.node_id, item.counter, wait, self.rules.describe())
+            log.info("%s", _("receipt for node {node} counter {counter} waits {seconds} s for the {rules} "
+                             "rules").format(node=f"{item.node_id:08x}", counter=item.counter,
+                                             seconds=f"{wait:.3f}", rules=self.rules.describe()))
         return item, wait
 
     def _send(self, item: _Receipt) -> None:
@@ -465,8 +488,9 @@ class ReceiptSender:
         except ValueError as exc:
             # The module cannot take this payload at all; trying again cannot help.
             self._finish(item, failed=True)
-            self._log_drop("radio_refused", item.node_id, "receipt for node %08x counter %d dropped: refused by "
-                           "the radio: %s", item.node_id, item.counter, exc)
+            self._log_drop("radio_refused", item.node_id, N_("receipt for node {node} counter {counter} dropped: "
+                                                             "refused by the radio: {error}"),
+                           counter=item.counter, error=exc)
             return
         except DriverError as exc:
             on_air = not (isinstance(exc, ModuleError) and exc.status in _NOT_ON_AIR_STATUSES)
@@ -476,8 +500,9 @@ class ReceiptSender:
             item.attempts += 1
             if item.attempts >= self._max_attempts:
                 self._finish(item, failed=True)
-                self._log_drop("given_up", item.node_id, "receipt for node %08x counter %d dropped: given up "
-                               "after %d failed sends: %s", item.node_id, item.counter, item.attempts, exc)
+                self._log_drop("given_up", item.node_id, N_("receipt for node {node} counter {counter} dropped: "
+                                                            "given up after {attempts} failed sends: {error}"),
+                               counter=item.counter, attempts=item.attempts, error=exc)
                 return
             self._failures += 1
             delay = backoff_delay(self._failures, self._retry_min_s, self._retry_max_s, self._rng)
@@ -485,14 +510,15 @@ class ReceiptSender:
                 self.retries += 1
                 self.revision += 1
                 self._retry_at = self._clock() + delay
-            log.warning("receipt for node %08x counter %d not sent (%s); retry in %.1f s", item.node_id,
-                        item.counter, exc, delay)
+            log.warning("%s", _("receipt for node {node} counter {counter} not sent ({error}); retry in {seconds} "
+                                "s").format(node=f"{item.node_id:08x}", counter=item.counter, error=exc,
+                                            seconds=f"{delay:.1f}"))
             return
         self.budget.record(item.airtime_s)
         self._failures = 0
         self._finish(item, failed=False)
-        log.info("receipt for node %08x counter %d sent after %.1f s", item.node_id, item.counter,
-                 self._clock() - item.requested_at)
+        log.info("%s", _("receipt for node {node} counter {counter} sent after {seconds} s").format(
+            node=f"{item.node_id:08x}", counter=item.counter, seconds=f"{self._clock() - item.requested_at:.1f}"))
 
     def _finish(self, item: _Receipt, *, failed: bool) -> None:
         with self._lock:

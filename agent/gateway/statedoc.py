@@ -16,6 +16,7 @@ from typing import Any
 from agent.gateway import clock
 from agent.gateway.edge import Edge
 from agent.gateway.events import Publisher
+from agent.i18n import N_, _
 from agent.ratelog import RateLimitedLog
 
 STATE_MIN_S = 1.0  # the state document is published at most this often, unless an SOS or a person changed it, in s
@@ -83,9 +84,9 @@ class StateDocument:
             payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
             if not online or not self._publisher.publish_best_effort(self._publisher.topics.results, payload):
                 self._count("cmd.results_dropped")
-                self._warn.warning("result_dropped", "mqtt", "results",
-                                   "result of %s (request %s) dropped: not connected; the sender retries",
-                                   doc["command"], doc["request_id"] or "-")
+                self._warn.warning("result_dropped", "mqtt", N_("results"), "%s", _(
+                    "result of {command} (request {request}) dropped: not connected; the sender retries").format(
+                    command=doc["command"], request=doc["request_id"] or "-"))
             else:
                 self._count("cmd.results_sent")
         self.results.clear()

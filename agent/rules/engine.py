@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.i18n import _
 from agent.rules.alert import (
     _SEVERITY_RANK,
     _STAGE_SEVERITY,
@@ -89,11 +90,12 @@ class RuleEngine:
         ]:
             info = self._nodes.get(rule_node)
             if info is None:
-                log.warning("rules.%s names node %s, which is not in nodes:; its rule applies if it is heard",
-                            what, rule_node)
+                log.warning("%s", _("rules.{section} names node {node}, which is not in nodes:; its rule applies if "
+                                    "it is heard").format(section=what, node=rule_node))
             elif info.kind != kind:
-                log.warning("rules.%s names node %s (%s), which is configured as %s, not %s",
-                            what, rule_node, info.name, info.kind, kind)
+                log.warning("%s", _("rules.{section} names node {node} ({name}), which is configured as {kind}, "
+                                    "not {wanted}").format(section=what, node=rule_node, name=info.name,
+                                                           kind=info.kind, wanted=kind))
 
     # -- public API -------------------------------------------------------------------------------------------
 
@@ -108,7 +110,8 @@ class RuleEngine:
         if not isinstance(node, str) or node == "gateway":
             return []
         if not _is_int(ts_us):
-            log.warning("reading from node %s without an integer ts_us ignored by the rules", node)
+            log.warning("%s", _("reading from node {node} without an integer ts_us ignored by the rules").format(
+                node=node))
             return []
         assert isinstance(ts_us, int)
         fcnt_raw = reading.get("fcnt")
@@ -148,7 +151,8 @@ class RuleEngine:
             return None
         if not newer_time:
             # Newer frame stamped earlier: the clock was set back. Rates across the step would be nonsense.
-            log.info("node %s: reading stamped before the previous one (clock set back?); rate windows restart", node)
+            log.info("%s", _("node {node}: reading stamped before the previous one (clock set back?); rate windows "
+                             "restart").format(node=node))
             self._river_hist.pop(node, None)
             self._slope_hist.pop(node, None)
         st.last_ts_us = ts_us
@@ -257,7 +261,7 @@ class RuleEngine:
             elif kind == "module_back" and key in self._active:
                 out.append(self._clear(key, ctx, f"無線モジュール復帰 / radio module back: {radio}"))
         else:
-            log.warning("unknown gateway event %r ignored by the rules", kind)
+            log.warning("%s", _("unknown gateway event {event} ignored by the rules").format(event=repr(kind)))
         return out
 
     def active(self) -> list[Alert]:
@@ -404,14 +408,14 @@ class RuleEngine:
         while stage < 4 and level >= thresholds[stage + 1]:
             stage += 1
             raised = True
-            _, ja, en = STAGE_NAMES[stage]
+            _key, ja, en = STAGE_NAMES[stage]
             out.append(self._raise(
                 f"river_stage:{node}:{stage}", "river_stage", _STAGE_SEVERITY[stage], ctx,
                 f"{ja}に到達 / reached {en}: {_n(level)} cm ≥ {_n(thresholds[stage])} cm",
                 level=stage, value=level, threshold=thresholds[stage], unit="cm",
             ))
         while not raised and stage > 0 and level < thresholds[stage] - rule.hysteresis_cm:
-            _, ja, en = STAGE_NAMES[stage]
+            _key, ja, en = STAGE_NAMES[stage]
             below = thresholds[stage] - rule.hysteresis_cm
             out.append(self._clear(
                 f"river_stage:{node}:{stage}", ctx,
@@ -494,7 +498,8 @@ class RuleEngine:
             unit=unit, lat_deg=lat_deg, lon_deg=lon_deg, reading=ctx.reading,
         )
         self._active[key] = alert
-        log.warning("alert raised: %s %s: %s", key, severity, message)
+        log.warning("%s", _("alert raised: {key} {severity}: {message}").format(key=key, severity=severity,
+                                                                                 message=message))
         return alert
 
     def _hysteresis(self, out: list[Alert], ctx: _Ctx, key: str, type_: str, severity: str, value: float,
@@ -519,7 +524,7 @@ class RuleEngine:
             node=raised.node, name=raised.name, level=level, value=value, threshold=threshold, message=message,
             ts_us=ctx.ts_us, unit=raised.unit if value is not None else None, reading=ctx.reading,
         )
-        log.info("alert cleared: %s: %s", key, message)
+        log.info("%s", _("alert cleared: {key}: {message}").format(key=key, message=message))
         return alert
 
     def _schedule(self, node: str, when: int) -> None:
@@ -549,8 +554,8 @@ class RuleEngine:
 
     def _shift(self, delta_us: int) -> None:
         """Move every stored time by a clock step, so durations measured across the step stay true."""
-        log.info("rules: clock stepped by %+.3f s; silence deadlines and rate windows moved with it",
-                 delta_us / _US_PER_S)
+        log.info("%s", _("rules: clock stepped by {step} s; silence deadlines and rate windows moved with "
+                         "it").format(step=f"{delta_us / _US_PER_S:+.3f}"))
         self._start_us += delta_us
         self._now_us += delta_us
         for st in self._state.values():

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.i18n import gettext
 from agent.rules.alert import _SEVERITY_RANK, _US_PER_S, Alert, _is_int
 
 log = logging.getLogger("agent.rules")  # one logger for the package: journal lines keep the name operators filter on
@@ -81,7 +82,8 @@ class AlertTracker:
             if now_us >= entry.added_us + self._deadline_us:
                 del self._entries[alert_id]
                 self.expired += 1
-                log.warning("alert %s expired unconfirmed after %.0f s", alert_id, self._deadline_us / _US_PER_S)
+                log.warning("%s", gettext("alert {id} expired unconfirmed after {seconds} s").format(
+                    id=alert_id, seconds=f"{self._deadline_us / _US_PER_S:.0f}"))
                 continue
             out.append(entry)
             entry.next_us = self._next(entry.added_us, now_us)

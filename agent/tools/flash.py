@@ -230,7 +230,8 @@ def flash(config_path: str | os.PathLike[str], target: str | os.PathLike[str], *
     modes_kept = _write_staging(target, staging, contents, manifest)
     _check_staging(staging)
     bundle, backup = _swap_in(target, staging)
-    log.info("flashed %s to %s (digest %s)", source, bundle, manifest["digest"][:12])
+    log.info("%s", _("flashed {source} to {bundle} (digest {digest})").format(source=source, bundle=bundle,
+                                                                               digest=manifest["digest"][:12]))
     warnings = tuple(str(w) for w in getattr(config, "warnings", ()))
     return FlashResult(bundle, backup, manifest, tuple(sorted({s.name for s in secrets})), warnings, modes_kept)
 

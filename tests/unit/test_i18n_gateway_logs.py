@@ -10,7 +10,6 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from agent import i18n, logsetup
@@ -89,19 +88,13 @@ def test_a_summary_keeps_a_plain_subject_and_an_empty_noun_as_given(caplog: pyte
     assert "gateway gw-x" in summary and "Project-Id" not in summary and "bad_json" in summary
 
 
-@pytest.fixture
-def mock_factory() -> Iterator[MockFactory]:
-    saved = Device.pin_factory
+def test_gpio_lines(lang: str, caplog: pytest.LogCaptureFixture) -> None:
     factory = MockFactory()
-    yield factory
-    factory.reset()
-    Device.pin_factory = saved
-
-
-def test_gpio_lines(lang: str, mock_factory: MockFactory, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="agent.gateway.fieldio"):
-        gpio = FieldIO(GpioConfig(siren={"pin": 22}), pin_factory=mock_factory)
-        gpio.close()
+    try:
+        with caplog.at_level(logging.INFO, logger="agent.gateway.fieldio"):
+            FieldIO(GpioConfig(siren={"pin": 22}), pin_factory=factory).close()
+    finally:
+        factory.reset()
     [line] = _lines(caplog, "agent.gateway.fieldio")
     # The config key (siren) and the factory's class name are machine words in both languages.
     assert line == ("gpio: siren on MockFactory" if lang == "en" else "gpio: siren（MockFactory）")

@@ -24,8 +24,8 @@ import os
 import time
 from typing import Any
 
-__all__ = ["DOMAIN", "LANGUAGES", "N_", "_", "gettext", "language", "local_time", "ngettext", "set_language",
-           "translate"]
+__all__ = ["DOMAIN", "LANGUAGES", "N_", "LazyText", "_", "gettext", "language", "local_time", "ngettext",
+           "set_language", "translate"]
 
 DOMAIN = "denen"
 LANGUAGES = ("en", "ja")
@@ -129,6 +129,41 @@ def translate(text: str) -> str:
         return gettext(template).format(**values)
     except (KeyError, IndexError, ValueError):  # a catalog whose placeholders differ: English, not a traceback
         return str(text)
+
+
+class LazyText:
+    """A message id (English, named placeholders, marked with ``N_``) and its values, shown by ``str()`` in the
+    language in use: the lookup and the formatting happen only when the text is shown. For a rate-limited log
+    line (:class:`agent.ratelog.RateLimitedLog`), asked for at the rate of a hostile sender and mostly counted,
+    not written, pass ``"%s", LazyText(...)``: :meth:`logging.LogRecord.getMessage` formats it only for a line a
+    handler writes::
+
+        limited.warning(reason, subject, N_("messages"), "%s",
+                        LazyText(N_("bridge: {reason} on {topic}"), reason=reason, topic=topic))
+    """
+
+    __slots__ = ("params", "template")
+
+    def __init__(self, template: str, **params: object) -> None:
+        self.template = template
+        self.params = params
+
+    def __str__(self) -> str:
+        english = self.template
+        if not self.params:
+            return gettext(english)
+        values = {k: translate(v) if isinstance(getattr(v, "template", None), str) else v
+                  for k, v in self.params.items()}
+        try:
+            try:
+                return gettext(english).format(**values)
+            except (KeyError, IndexError, ValueError):  # a catalog whose placeholders differ: English
+                return english.format(**values)
+        except (KeyError, IndexError, ValueError):  # values that do not fit the template: shown, not a traceback
+            return f"{english} {self.params!r}"
+
+    def __repr__(self) -> str:
+        return f"LazyText({self.template!r}, {self.params!r})"
 
 
 def N_(message: str) -> str:  # noqa: N802 - the conventional name of gettext's no-op marker

@@ -50,11 +50,10 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.bridge.encoding import split_line, unescape_tag_value
-from agent.bridge.logtext import LogText
 from agent.bridge.ngsi_entities import iso_time
 from agent.bridge.schema import ID_RE, NODE_KINDS
 from agent.bridge.sinks import Sink
-from agent.i18n import N_
+from agent.i18n import N_, LazyText
 from agent.ratelog import RateLimitedLog
 
 __all__ = ["LINE_MAX", "NODE_STATE_SCHEMA", "NODES_MAX", "NODES_PER_GATEWAY_MAX", "NodeStateSink", "NodeStates",
@@ -244,7 +243,7 @@ class NodeStateSink:
             self._publish_states(body)
         except Exception as exc:  # noqa: BLE001 - the body is stored; the view must not turn that into an error
             self._count("node_state_failures")
-            self._failures.warning("node_state_failure", type(exc).__name__, N_("failures"), "%s", LogText(
+            self._failures.warning("node_state_failure", type(exc).__name__, N_("failures"), "%s", LazyText(
                 N_("node state: publishing failed after the body was stored: {error_type}: {error}"),
                 error_type=type(exc).__name__, error=exc))
 

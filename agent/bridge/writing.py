@@ -22,11 +22,10 @@ from agent.bridge.dedupe import FrameClaims
 from agent.bridge.errors import BridgeError
 from agent.bridge.health import HealthMonitor
 from agent.bridge.lineproto import Serializer
-from agent.bridge.logtext import LogText
 from agent.bridge.policy import Abandoned, WritePolicy
 from agent.bridge.receiving import InboxMessage
 from agent.bridge.registry import GatewayRegistry
-from agent.i18n import N_, _
+from agent.i18n import N_, LazyText, _
 from agent.ratelog import RateLimitedLog
 
 __all__ = ["DEAD_LETTER_BACKLOG_MAX", "REGISTRY_CHECK_S", "SUMMARY_INTERVAL_S", "Writing"]
@@ -160,7 +159,7 @@ class Writing:
         for d in items:  # every stored row counted, as _flush_batch counts its rows
             self.stats[f"dead_letters.{d.reason}"] += 1
         self.stats["dead_letters"] += len(items)
-        self._input_log.warning("internal_error", self._sender(m.topic), N_("messages"), "%s", LogText(
+        self._input_log.warning("internal_error", self._sender(m.topic), N_("messages"), "%s", LazyText(
             N_("bridge: writing a message on {topic} raised {error}; its {count} items are kept in the dead-letter "
                "store {path}"), topic=_printable(m.topic), error=_printable(trace.strip().splitlines()[-1]),
             count=len(items), path=self.config.dead_letter.path))
@@ -184,7 +183,7 @@ class Writing:
             self._dead_backlog = keep
             if lost:
                 self.stats["dead_letters_lost"] += lost
-            self._input_log.warning("dead_letter_write_failed", str(self._dead.path), N_("failures"), "%s", LogText(
+            self._input_log.warning("dead_letter_write_failed", str(self._dead.path), N_("failures"), "%s", LazyText(
                 N_("bridge: {error}; {count} dead letters wait in memory (at most {max}), {lost} lost so far; "
                    "readings are still written"), error=exc, count=len(keep), max=DEAD_LETTER_BACKLOG_MAX,
                 lost=self.stats["dead_letters_lost"]), level=logging.ERROR)
@@ -192,7 +191,7 @@ class Writing:
             evicted = self._dead.evicted - self.stats["dead_letters_evicted"]
             if evicted > 0:
                 self.stats["dead_letters_evicted"] += evicted
-                self._input_log.warning("store_full", str(self._dead.path), N_("evictions"), "%s", LogText(
+                self._input_log.warning("store_full", str(self._dead.path), N_("evictions"), "%s", LazyText(
                     N_("bridge: the dead-letter store {path} is full (dead_letter.max_mb); its oldest items are "
                        "removed ({count} so far)"), path=self._dead.path, count=self._dead.evicted))
 
@@ -227,7 +226,7 @@ class Writing:
                 self._note_reject(rej.reason, rej.detail, m.topic, rej.reading_id)
             for code, detail in conv.notes:
                 self.stats[f"notes.{code}"] += 1
-                self._input_log.warning(code, f"gateway {conv.gateway}", N_("messages"), "%s", LogText(
+                self._input_log.warning(code, f"gateway {conv.gateway}", N_("messages"), "%s", LazyText(
                     N_("bridge: {code} on {topic}: {detail}"), code=code, topic=m.topic, detail=detail[:500]))
         started = time.monotonic()
         refused = self._policy.write(all_lines, b"\n".join(bodies)) if all_lines else []
@@ -267,7 +266,7 @@ class Writing:
         def conflict(k: int, registrar: str) -> None:
             m = owners[k][0]
             self._input_log.warning("dedupe_conflict", f"gateway {_printable(registrar[:64])}", N_("conflicts"),
-                                    "%s", LogText(
+                                    "%s", LazyText(
                 N_("bridge: gateway {registrar} registered claim {claim} with points that are not the same event as "
                    "gateway {gateway}'s copy (another site, other values or flags, or a time more than a minute off): "
                    "the copy is written as its own points"), registrar=_printable(registrar[:64]),
@@ -304,12 +303,12 @@ class Writing:
         self.stats[f"dead_letters.{reason}"] += 1
         # The first per reason and sender a minute in full; the rest in one summary line (the store has them all).
         if reading_id:
-            text = LogText(N_("bridge: {reason} on {topic} reading {reading}: {detail} (kept in the dead-letter "
+            text = LazyText(N_("bridge: {reason} on {topic} reading {reading}: {detail} (kept in the dead-letter "
                               "store {path})"), reason=reason, topic=_printable(topic),
                            reading=_printable(reading_id), detail=_printable(detail[:500]),
                            path=self.config.dead_letter.path)
         else:
-            text = LogText(N_("bridge: {reason} on {topic}: {detail} (kept in the dead-letter store {path})"),
+            text = LazyText(N_("bridge: {reason} on {topic}: {detail} (kept in the dead-letter store {path})"),
                            reason=reason, topic=_printable(topic), detail=_printable(detail[:500]),
                            path=self.config.dead_letter.path)
         self._input_log.warning(reason, self._sender(topic), N_("dead letters"), "%s", text)

@@ -27,7 +27,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.bridge.logtext import LogText
 from agent.bridge.mqttclient import new_client
 from agent.console.config import CommandsConfig, ConsoleMqttConfig
 from agent.console.state import (
@@ -38,7 +37,7 @@ from agent.console.state import (
     parse_result,
     parse_state,
 )
-from agent.i18n import N_, _
+from agent.i18n import N_, LazyText, _
 from agent.ratelog import RateLimitedLog
 
 __all__ = ["COMMANDS", "CommandLink", "Pending", "new_request_id"]
@@ -257,7 +256,7 @@ class CommandLink:
             self._take(msg.topic, bytes(msg.payload))
         except BadMessage as exc:
             self.stats[f"bad.{exc.reason}"] += 1
-            self._badlog.warning(exc.reason, msg.topic[:200], N_("messages"), "%s", LogText(
+            self._badlog.warning(exc.reason, msg.topic[:200], N_("messages"), "%s", LazyText(
                 N_("console: {reason} on {topic}: {error}"), reason=exc.reason, topic=msg.topic[:200], error=exc))
         except Exception:  # noqa: BLE001 - no message may stop paho's thread
             self.stats["bad.unexpected"] += 1

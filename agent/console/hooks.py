@@ -39,11 +39,10 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-from agent.bridge.logtext import LogText
 from agent.console.config import MailConfig
 from agent.console.links import GATEWAY_RE, KEY_RE
 from agent.errors import AgentError
-from agent.i18n import N_, _
+from agent.i18n import N_, LazyText, _
 
 __all__ = ["GrafanaHook", "HookAlert", "HookError", "MailError", "Mailer", "compose_mail", "parse_grafana"]
 
@@ -222,7 +221,7 @@ class GrafanaHook:
         mailer: sends the mails.
         sender, to: the mails' From and To.
         valid_h: how long a link is valid, in hours (said in the mail).
-        bad: rate-limited warning ``(reason, subject, text)`` of a :class:`~agent.bridge.logtext.LogText`.
+        bad: rate-limited warning ``(reason, subject, text)`` of a :class:`~agent.i18n.LazyText`.
     """
 
     def __init__(self, token: bytes, *, url_for: Callable[[str, str], str],
@@ -257,7 +256,7 @@ class GrafanaHook:
             alerts, resolved, skipped, bad = parse_grafana(body)
         except HookError as exc:
             self.count(exc.code)
-            self._bad(exc.code, peer, LogText(N_("console: grafana hook from {ip} refused: {detail}"), ip=peer,
+            self._bad(exc.code, peer, LazyText(N_("console: grafana hook from {ip} refused: {detail}"), ip=peer,
                                               detail=exc.detail))
             return exc.status, {"error": exc.code, "detail": exc.detail}
         messages = [compose_mail(a, self._url_for(a.gateway, a.key), gateway_name=self._gateway_name(a.gateway),
@@ -267,7 +266,7 @@ class GrafanaHook:
                 self._mailer.send(messages)
             except MailError as exc:
                 self.count("smtp_down")
-                self._bad("smtp_down", self._mailer.config.host, LogText(
+                self._bad("smtp_down", self._mailer.config.host, LazyText(
                     N_("console: grafana hook: cannot mail {count} link(s) through {host}:{port} (Grafana will "
                        "retry): {error}"), count=len(messages), host=self._mailer.config.host,
                     port=self._mailer.config.port, error=exc))
@@ -282,7 +281,7 @@ class GrafanaHook:
         answer = {"mailed": len(alerts), "resolved": resolved, "skipped": skipped, "bad": bad}
         if bad:
             self.count("bad_labels", len(bad))
-            self._bad("bad_labels", peer, LogText(
+            self._bad("bad_labels", peer, LazyText(
                 N_("console: grafana hook from {ip}: {count} alert(s) with labels that make no link: {labels}"),
                 ip=peer, count=len(bad), labels="; ".join(bad)[:500]))
             return 422, answer

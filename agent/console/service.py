@@ -44,7 +44,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from agent.bridge.logtext import LogText
 from agent.bridge.registry import GatewayRegistry
 from agent.console.audit import Action, Audit, now_us
 from agent.console.commands import CommandLink, Pending, new_request_id
@@ -53,7 +52,7 @@ from agent.console.hooks import GrafanaHook, Mailer
 from agent.console.links import Link, LinkError, LinkSigner, clean_by
 from agent.console.pages import alert_page, jst, message_page, result_page
 from agent.console.state import AlertView, StateBook
-from agent.i18n import N_, _
+from agent.i18n import N_, LazyText, _
 from agent.ratelog import RateLimitedLog
 
 __all__ = ["ACTION_COMMANDS", "ConsoleService", "Refusal", "command_doc"]
@@ -180,7 +179,7 @@ class ConsoleService:
                                  recipient=recipient)
         return f"{self.config.http.public_url}/a/{token}"
 
-    def bad(self, reason: str, subject: str, text: LogText) -> None:
+    def bad(self, reason: str, subject: str, text: LazyText) -> None:
         """A rate-limited warning (from any HTTP thread); ``text`` is looked up and formatted only when written."""
         with self._badlog_lock:
             self._badlog.warning(reason, subject, N_("requests"), "%s", text)
@@ -348,7 +347,7 @@ class _ConsoleHandler(BaseHTTPRequestHandler):
         try:
             return self.console.signer.verify(token)
         except LinkError as exc:
-            self.console.bad(f"link_{exc.code}", self.client_ip(), LogText(
+            self.console.bad(f"link_{exc.code}", self.client_ip(), LazyText(
                 N_("console: {code} link from {ip}: {detail}"), code=exc.code, ip=self.client_ip(), detail=exc.detail))
             ja, en, tja, ten = _LINK_TEXT[exc.code]
             self._message(exc.status, (ja, en), (tja, ten), kind="bad")
@@ -413,7 +412,7 @@ class _ConsoleHandler(BaseHTTPRequestHandler):
         peer = self.client_ip()
         if not hook.authorized(self.headers.get("Authorization")):
             hook.count("unauthorized")
-            self.console.bad("hook_unauthorized", peer, LogText(
+            self.console.bad("hook_unauthorized", peer, LazyText(
                 N_("console: grafana hook from {ip}: token missing or wrong"), ip=peer))
             self.close_connection = True  # the body is not read
             self._json(401, {"error": "unauthorized", "detail": "Authorization: Bearer <token> missing or wrong"},
@@ -428,7 +427,7 @@ class _ConsoleHandler(BaseHTTPRequestHandler):
         limit = self.console.config.hooks.max_body_bytes if self.console.config.hooks else 0
         if int(length) > limit:
             hook.count("too_large")
-            self.console.bad("hook_too_large", peer, LogText(
+            self.console.bad("hook_too_large", peer, LazyText(
                 N_("console: grafana hook from {ip}: body of {size} bytes refused (limit {limit})"), ip=peer,
                 size=length[:20], limit=limit))
             self.close_connection = True
@@ -465,7 +464,7 @@ class _ConsoleHandler(BaseHTTPRequestHandler):
         csrf, action, by = (form.get(k, [""])[0] for k in ("csrf", "action", "by"))
         console = self.console
         if not console.signer.check_csrf(link.token, csrf):
-            console.bad("csrf", self.client_ip(), LogText(N_("console: form token wrong for {gateway} {key} from "
+            console.bad("csrf", self.client_ip(), LazyText(N_("console: form token wrong for {gateway} {key} from "
                                                               "{ip}"), gateway=link.gateway, key=link.key,
                                                            ip=self.client_ip()))
             self._message(403, ("フォームが無効です", "Form not valid"),

@@ -15,10 +15,9 @@ from agent import i18n
 from agent.bridge import Bridge, parse_bridge_config
 from agent.bridge.dedupe import FrameClaims
 from agent.bridge.errors import SinkUnavailable
-from agent.bridge.logtext import LogText
 from agent.bridge.policy import WritePolicy
 from agent.bridge.receiving import InboxMessage
-from agent.i18n import N_
+from agent.i18n import N_, LazyText
 from agent.ratelog import RateLimitedLog
 from tests.bridge._helpers import topic
 from tests.bridge.test_dedupe import Recording, _config
@@ -135,8 +134,8 @@ def test_redis_down_in_japanese(tmp_path: Path, caplog: pytest.LogCaptureFixture
                          "複数のポイントになります）")
 
 
-class Counted(LogText):
-    """A LogText that counts how often it is shown."""
+class Counted(LazyText):
+    """A LazyText that counts how often it is shown."""
 
     __slots__ = ("shown",)
 
@@ -164,8 +163,8 @@ def test_a_rate_limited_line_is_formatted_only_when_written(caplog: pytest.LogCa
 
 def test_a_catalog_with_other_placeholders_shows_english_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     i18n.set_language("ja")
-    monkeypatch.setattr("agent.bridge.logtext._", lambda template: "壊れた {missing}")
-    assert str(LogText(N_("bridge: {code} on {topic}: {detail}"), code="c", topic="t", detail="d")) == \
+    monkeypatch.setattr("agent.i18n.gettext", lambda template: "壊れた {missing}")
+    assert str(LazyText(N_("bridge: {code} on {topic}: {detail}"), code="c", topic="t", detail="d")) == \
         "bridge: c on t: d"
 
 

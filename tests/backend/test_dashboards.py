@@ -202,6 +202,9 @@ def test_dashboard_json_is_valid(path: Path) -> None:
     assert re.fullmatch(r"denen-[a-z]+", dash["uid"])
     assert "denen" in dash["tags"]
     assert "${DS_" not in path.read_text(encoding="utf-8"), "an exported __inputs placeholder was left in"
+    # Times follow Grafana's default zone, which the compose stack sets to Asia/Tokyo (test_deploy checks it),
+    # not the browser's: a laptop set to UTC still shows JST.
+    assert dash["timezone"] == "", f"{path.name}: timezone {dash['timezone']!r}"
     panels = list(iter_panels(dash))
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), f"duplicate panel ids: {ids}"

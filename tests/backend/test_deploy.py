@@ -88,6 +88,8 @@ def test_compose_file_validates_with_the_generated_env(credentials: tuple[Path, 
     # The de-duplication store is the bridge's, inside the compose network, and keeps nothing on disk.
     assert "redis" in resolved["services"]["bridge"]["depends_on"]
     assert "ports" not in resolved["services"]["redis"]
+    # Staff see JST by default, whatever their browser's zone (the dashboards follow Grafana's default zone).
+    assert resolved["services"]["grafana"]["environment"]["GF_DATE_FORMATS_DEFAULT_TIMEZONE"] == "Asia/Tokyo"
     assert set(resolved["services"]["redis"]["networks"]) == {"dedupe"} and resolved["networks"]["dedupe"]["internal"]
     assert {n for n, svc in resolved["services"].items() if "dedupe" in svc.get("networks", {})} == {"redis", "bridge"}
     assert resolved["services"]["redis"]["command"][:5] == ["redis-server", "--save", "", "--appendonly", "no"]

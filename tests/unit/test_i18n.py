@@ -645,3 +645,64 @@ def test_the_agents_clock_lines_in_the_operators_language(lang: str, caplog: pyt
                f"読み取りを保留中: 時計の同期前に時刻を付けた 3 件は、遅くとも {until} まで同期を待ちます。SOS発信と警報はすぐに"
                "送ります"],
     }[lang]
+
+
+def _names(text: str) -> set[str] | None:
+    """The named placeholders of a message template; None if it has positional ones (not checked here)."""
+    names = {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    return None if any(not n or n.isdigit() for n in names) else names
+
+
+def _marked(node: ast.AST) -> str | None:
+    """The literal of ``N_("...")`` or ``"..."``."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "N_" and node.args:
+        node = node.args[0]
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _unfilled_placeholders(tree: ast.AST) -> list[tuple[int, str]]:
+    """Messages whose values do not fill every placeholder, which would raise KeyError where the message is shown
+    (often an error path no test reaches): ``_("...").format(...)``, ``LazyText(N_("..."), ...)``,
+    ``Text(N_("..."), ...)`` and ``problem(N_("..."), N_("hint"), ...)``."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        templates: list[str | None] = []
+        call = node
+        if (isinstance(node.func, ast.Attribute) and node.func.attr == "format" and isinstance(node.func.value, ast.Call)
+                and isinstance(node.func.value.func, ast.Name) and node.func.value.func.id in ("_", "gettext")):
+            templates = [_marked(node.func.value.args[0])] if node.func.value.args else []
+            if node.args:
+                continue  # positional values: not checked
+        elif isinstance(node.func, ast.Name) and node.func.id in ("LazyText", "Text") and node.args:
+            templates = [_marked(node.args[0])]
+        elif isinstance(node.func, ast.Name) and node.func.id == "problem" and node.args:
+            templates = [_marked(a) for a in node.args[:2]]
+        else:
+            continue
+        if any(k.arg is None for k in call.keywords):
+            continue  # **values: not known here
+        given = {k.arg for k in call.keywords if k.arg} - {"subloc"}  # problem()'s location, not a value
+        for template in templates:
+            names = _names(template) if template is not None else None
+            if names is None:
+                continue
+            if isinstance(node.func, ast.Name) and not given:
+                continue  # Text, LazyText and problem show a template without values as it is (YAML braces)
+            missing = names - given
+            if missing:
+                found.append((node.lineno, template))
+    return found
+
+
+def test_every_placeholder_of_a_message_is_given_a_value() -> None:
+    bad = []
+    for path in _sources():
+        bad += [f"{path.relative_to(REPO)}:{line} {text!r}"
+                for line, text in _unfilled_placeholders(ast.parse(path.read_text(encoding="utf-8")))]
+    assert bad == []
+    # The checker finds each kind.
+    source = ('a = _("{n} of {m}").format(n=1)\nb = LazyText(N_("{x}"), y=1)\nc = Text(N_("{x} left"), y=2)\n'
+              'd = problem(N_("{a}"), N_("try {b}"), a=1)\ne = _("{n}").format(n=1)\nf = Text(N_("add {a: 1}"))\n')
+    assert [line for line, _text in _unfilled_placeholders(ast.parse(source))] == [1, 2, 3, 4]

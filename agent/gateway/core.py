@@ -7,7 +7,8 @@ Threads (each talks to the core only through its inbox, with the events of agent
     core (this module, ``Gateway.run``)         owns the journal; nothing else touches SQLite
 
 The core blocks on its inbox. Each wake-up drains whatever is waiting and writes it in ONE transaction (group
-commit: one fsync for everything that arrived meanwhile), then publishes (agent.gateway.outbox). An SOS is
+commit: one fsync for everything that arrived meanwhile), then publishes (agent.gateway.outbox). While the core's
+thread sleeps, a radio thread handles the frames it delivers itself, under the core's lock (events.CoreTurn). An SOS is
 published right after its commit, ahead of anything else; the backlog drains in batches through a bounded window
 of messages awaiting PUBACK, so a new SOS never queues behind more than that window. A reading leaves the journal
 only when its PUBACK arrives.
@@ -36,6 +37,7 @@ from agent.gateway.events import (
     ButtonPressed,
     Command,
     Connected,
+    CoreTurn,
     Disconnected,
     Event,
     Incident,
@@ -44,8 +46,8 @@ from agent.gateway.events import (
     Wake,
     drain,
 )
-from agent.gateway.inmemory import CommitWindow, bounded
-from agent.gateway.intake import decode_chunk
+from agent.gateway.inmemory import ACK_FOLD_S, CommitWindow, bounded
+from agent.gateway.intake import decode_chunk, log_incident
 from agent.gateway.journal import (
     QUARANTINE_KEEP,
     Audit,
@@ -57,7 +59,6 @@ from agent.gateway.outbox import Outbox
 from agent.gateway.publisher import MqttLink
 from agent.gateway.reading import (
     DIAGNOSTICS,
-    SOS,
     TELEMETRY,
     Entry,
     Quarantined,
@@ -97,6 +98,7 @@ class Gateway:
         self.active_config = active_config
         self.gateway_id = config.gateway.id
         self.inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.turn = CoreTurn(self.inbox)
         self.journal, damaged, rescued = open_or_recover(
             config.journal.path, quota_bytes=int(config.journal.quota_mb * 1024 * 1024))
         self.stats = health.GatewayStats()
@@ -109,7 +111,7 @@ class Gateway:
         self.decoder.age_out(clock.wall_us())
         self.link: Publisher = publisher if publisher is not None else MqttLink(
             config.mqtt, self.gateway_id, version=__version__)
-        self.link.bind(self.inbox.put)
+        self.link.bind(self._post_from_link)
         self.radios = radios if radios is not None else self._build_radios()
         meta = self.journal.meta()
         # One sequence for every reading the gateway itself makes (health reports, alerts): their identity.
@@ -158,7 +160,17 @@ class Gateway:
 
     # -- RadioEvents (called from radio threads) ---------------------------------------------------------
     def on_uplinks(self, uplinks: list[Uplink]) -> None:
-        self.inbox.put(Uplinks(uplinks))
+        self.turn.deliver(uplinks, self._inline_turn)
+
+    def _inline_turn(self) -> None:
+        """One wake-up's work on a radio's thread (under the core's lock); see :meth:`CoreTurn.rearm`."""
+        if self._guarded(self._wakeup, drain(self.inbox, 0, _DRAIN_MAX)):
+            self._guarded(lambda: self.turn.rearm(time.monotonic() + self.wait_s()))
+
+    def _post_from_link(self, event: Event) -> None:
+        """The MQTT link's events; a telemetry PUBACK with nothing else to send waits for the core's next wake-up."""
+        if type(event) is not Ack or not self.outbox.ack_may_wait(event) or not self.turn.defer_ack(event):
+            self.inbox.put(event)
 
     def on_incident(self, radio: str, kind: str, detail: str) -> None:
         self.inbox.put(Incident(radio, kind, detail))
@@ -191,19 +203,34 @@ class Gateway:
         _return_free_memory()
         systemd.ready()
         self.update_status(force=True)
+        (turn := self.turn).inline = True
         try:
             while not self._stop.is_set():
-                try:
-                    self.step(self.wait_s())
-                except JournalCorrupt as exc:
-                    # Found by a read (publishing, quota, clock correction): what was committed is salvaged.
-                    self._replace_journal(exc)
-                except Exception:  # noqa: BLE001 - the core must outlive its own bugs; nothing is acked on failure
-                    self._count("core.internal_error")
-                    log.exception("core: unexpected error; carrying on")
+                with turn.lock:
+                    ok = self._guarded(turn.plan, self.wait_s)
+                events = turn.sleep(max(0.0, turn.wake_at - time.monotonic()), _DRAIN_MAX) if ok else None
+                if events is not None:  # None: only woken to plan the sleep again, for a sooner deadline
+                    with turn.lock:
+                        ok = self._guarded(self._wakeup, events)
+                if not ok:
                     self._stop.wait(1.0)
         finally:
-            self._shutdown()
+            with turn.lock:
+                turn.inline = False
+                self._shutdown()
+
+    def _guarded(self, work: Any, *args: Any) -> bool:
+        """``work(*args)``, surviving its failures; False after an unexpected error."""
+        try:
+            work(*args)
+        except JournalCorrupt as exc:
+            # Found by a read (publishing, quota, clock correction): what was committed is salvaged.
+            self._replace_journal(exc)
+        except Exception:  # noqa: BLE001 - the core must outlive its own bugs; nothing is acked on failure
+            self._count("core.internal_error")
+            log.exception("core: unexpected error; carrying on")
+            return False
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the core (its last wake-up commits what waits) and wait up to ``timeout`` s for its thread."""
@@ -222,7 +249,7 @@ class Gateway:
         self.link.stop()
         self.edge.close()
         # Handle what is still waiting, so nothing the radios delivered is left only in memory.
-        self._step(0)
+        self._handle(drain(self.inbox, 0, _DRAIN_MAX))
         self._warn.flush()
         self.journal.commit(meta={"agent_pid": ""})
         self.journal.close()
@@ -230,12 +257,14 @@ class Gateway:
     def wait_s(self) -> float:
         """Seconds the core may sleep: until the next timer, never below 1 s when idle (no busy polling)."""
         now = time.monotonic()
-        if self._carry or self.clockwatch.correction_due:
+        if self._carry or self.clockwatch.correction_due or self.turn.waiting(self.outbox):
             return 0.0
         deadlines = [self._next_health, *self.clockwatch.deadlines(now)]
         if self._watchdog_s:
             # The watchdog is fed from this loop, so a core that hangs is restarted by systemd.
             deadlines.append(now + self._watchdog_s / 2)
+        if self.outbox.inflight or self.turn.acks:
+            deadlines.append(now + ACK_FOLD_S)  # PUBACKs may wait for the core (CoreTurn.acks): this long at most
         for at in (self._retry_commit_at, self.window.due, self.outbox.rewind_at):
             if at:
                 deadlines.append(at)
@@ -257,14 +286,17 @@ class Gateway:
     def step(self, timeout: float = 0.0) -> None:
         """One pass of the core loop: wait up to ``timeout`` s for an event, handle everything waiting (commit,
         publish), then send systemd the status line if it is due."""
-        self._step(timeout)
-        # After the wake-up's commit, so the line counts what this wake-up journaled.
-        self.update_status()
+        self._wakeup(drain(self.inbox, timeout, _DRAIN_MAX))
 
-    def _step(self, timeout: float) -> None:
+    def _wakeup(self, events: list[Event]) -> None:
+        self._handle(events)
+        self.update_status()  # after the wake-up's commit, so the line counts what this wake-up journaled
+
+    def _handle(self, events: list[Event]) -> None:
+        """One wake-up's events (with the PUBACKs and frames waiting in :attr:`turn`): decode, commit, publish."""
         if self._watchdog_s:
             systemd.ping()
-        events = drain(self.inbox, timeout, _DRAIN_MAX)
+        events = self.turn.take(events, _DRAIN_MAX)
         entries: list[Entry] = self._carry
         self._carry = []
         quarantined: list[Quarantined] = []
@@ -281,7 +313,8 @@ class Gateway:
                 case Ack():
                     self.outbox.on_ack(event)
                 case Incident(radio, kind, detail):
-                    entries.extend(self._on_incident(radio, kind, detail))
+                    log_incident(radio, kind, detail, count=self._count, warn=self._warn)
+                    entries.extend(self._edge_call(self.edge.on_incident, radio, kind))
                 case Command(topic, payload):
                     result = self._edge_call(self.edge.on_command, topic, payload)
                     if result:
@@ -301,7 +334,7 @@ class Gateway:
         now = time.monotonic()
         self._timers(entries, now)
         if urgent and self.outbox.session is not None and not self._uncommitted:
-            entries = self._sos_first(entries)
+            entries = self.outbox.sos_first(entries)
         # Siren and lamp before the commit (they need no disk), then what they show, then the commands' results.
         self._edge_call(self.edge.update_outputs, connected=self.outbox.session is not None)
         online = self.outbox.session is not None
@@ -311,15 +344,6 @@ class Gateway:
         self.state.publish_results(online=online)
         self._meta.update(self.edge.snapshot_meta() or {})
         self._commit_or_wait(entries, quarantined, urgent, now)
-
-    def _on_incident(self, radio: str, kind: str, detail: str) -> list[Entry]:
-        self._count(f"{radio}.{kind}")
-        if kind == "configured":
-            log.info("%s: %s: %s", radio, kind, detail)
-        else:
-            # Garbled lines, CRC errors and bad hex come at the rate of the noise or of a hostile sender.
-            self._warn.warning(kind, f"radio {radio}", "incidents", "%s: %s: %s", radio, kind, detail)
-        return self._edge_call(self.edge.on_incident, radio, kind)
 
     def _on_connected(self, session: int) -> None:
         self.outbox.session_up(session)
@@ -345,24 +369,6 @@ class Gateway:
         self.clockwatch.fresh_held = self.window.held + sum(
             1 for e in entries if e.boot_us is not None and e.lane >= TELEMETRY)
         self.clockwatch.log_hold(self.journal)
-
-    def _sos_first(self, entries: list[Entry]) -> list[Entry]:
-        """Commit and publish this wake-up's SOS ahead of everything else; the entries left to commit.
-
-        An SOS does not wait for the rest of this wake-up's work (acks to delete, backlog to read): it gets a
-        commit of its own and goes out first. One extra fsync, only when an SOS arrives.
-        """
-        sos = [e for e in entries if e.lane == SOS]
-        try:
-            self.journal.commit(entries=sos)
-        except JournalError:
-            return entries  # the normal commit keeps them and handles the failure
-        self._count("readings.journaled", len(sos))
-        try:
-            self.outbox.publish_lane(SOS)
-        except JournalCorrupt:
-            pass  # this wake-up's other entries are committed first; the damage is met again then
-        return [e for e in entries if e.lane != SOS]
 
     # -- the commit ------------------------------------------------------------------------------------------
     def _commit_or_wait(self, entries: list[Entry], quarantined: list[Quarantined], urgent: bool,

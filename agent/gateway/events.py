@@ -8,6 +8,11 @@ Every thread talks to the core by putting one event into its inbox (``Gateway.in
     the field I/O (the installer's button)       ButtonPressed
     anyone who only needs the core to look again Wake (stop, SIGUSR1, receipts due)
 
+While the core's thread sleeps, a radio thread that delivers frames handles them itself under the core's lock
+(:class:`CoreTurn`), instead of waking the core: at field rates that is one wake-up per frame instead of two and a
+GIL hand-off. Frames that find the core busy wait in :attr:`CoreTurn.frames` (a ``Heard`` in the inbox says so),
+and PUBACKs of telemetry with nothing else to send wait in :attr:`CoreTurn.acks` for the core's next wake-up.
+
 The :class:`Publisher` is the core's only way to the broker. The gateway builds an
 :class:`~agent.gateway.publisher.MqttLink` unless it is given one (tests give ``tests.support.publisher.FakePublisher``);
 either way it calls ``bind(inbox.put)`` once, before ``start()``, so the publisher can post the events above.
@@ -16,9 +21,12 @@ either way it calls ``bind(inbox.put)`` once, before ``start()``, so the publish
 from __future__ import annotations
 
 import queue
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     from agent.gateway.publisher import Topics
@@ -89,7 +97,18 @@ class Wake:
     """No news: the core only looks again (stopping, a signal, receipts that fell due)."""
 
 
-Event: TypeAlias = Uplinks | Incident | Connected | Disconnected | Ack | Command | ButtonPressed | Wake
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """Frames wait in :attr:`CoreTurn.frames`: a radio delivered them while the core was busy."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rearm:
+    """The core's next deadline moved earlier (work done on another thread opened the commit window): the core's
+    thread only works out again how long it may sleep."""
+
+
+Event: TypeAlias = Uplinks | Incident | Connected | Disconnected | Ack | Command | ButtonPressed | Wake | Heard | Rearm
 Post: TypeAlias = Callable[[Event], None]
 
 
@@ -107,6 +126,86 @@ def drain(inbox: queue.SimpleQueue[Event], timeout: float, limit: int) -> list[E
         except queue.Empty:
             break
     return events
+
+
+#: PUBACKs that may wait for the core's next wake-up instead of waking it: above this many, they wake it.
+ACKS_WAITING_MAX = 64
+
+
+class CoreTurn:
+    """The core's lock, and what waits for the core besides its inbox.
+
+    Whoever holds :attr:`lock` may change the core's state: the core's thread for each of its wake-ups, or, while
+    :attr:`inline` (the core runs), a radio thread that delivers frames while the core sleeps: it handles them at
+    once on its own thread. Frames that find the lock taken wait in :attr:`frames`, taken only under the lock, so
+    one radio's frames keep the order heard. :attr:`acks` holds PUBACKs that need no prompt handling;
+    :attr:`wake_at` is when the core's thread looks again by itself (monotonic s), set under the lock.
+    """
+
+    def __init__(self, inbox: queue.SimpleQueue[Event]) -> None:
+        self.inbox = inbox
+        self.lock = threading.Lock()
+        self.inline = False
+        self.frames: deque[list[Uplink]] = deque()
+        self.acks: deque[Ack] = deque()
+        self.wake_at = 0.0
+
+    def deliver(self, uplinks: list[Uplink], handle: Callable[[], None]) -> None:
+        """Frames from a radio: ``handle()`` takes them at once on this thread if the core's lock is free, else they
+        wait (and a ``Heard`` in the inbox wakes the core)."""
+        if self.inline and self.lock.acquire(blocking=False):
+            try:
+                if self.inline:
+                    self.frames.append(uplinks)
+                    handle()
+                    return
+            finally:
+                self.lock.release()
+        self.frames.append(uplinks)
+        self.inbox.put(Heard())
+
+    def plan(self, wait_s: Callable[[], float]) -> None:
+        """The core's thread will look again in ``wait_s()`` seconds (call under :attr:`lock`)."""
+        self.wake_at = time.monotonic() + wait_s()
+
+    def rearm(self, wake_at: float) -> None:
+        """Work done on another thread needs the core's thread to look again at ``wake_at`` (monotonic s): wake it if
+        that is sooner than it planned (call under :attr:`lock`)."""
+        if wake_at < self.wake_at:
+            self.wake_at = wake_at
+            self.inbox.put(Rearm())
+
+    def sleep(self, timeout: float, limit: int) -> list[Event] | None:
+        """The core's thread (not holding the lock) waits up to ``timeout`` s for events; None when it was only
+        woken to work out its sleep again."""
+        events = drain(self.inbox, timeout, limit)
+        if events and all(type(e) is Rearm for e in events):
+            return None
+        return events
+
+    def waiting(self, outbox: Any) -> bool:
+        """Whether the core must look again at once: frames wait, or PUBACKs that free room for what ``outbox``
+        (an :class:`~agent.gateway.outbox.Outbox`) still has to send."""
+        return bool(self.frames) or (bool(self.acks) and not outbox.quiet)
+
+    def defer_ack(self, ack: Ack) -> bool:
+        """Keep ``ack`` for the core's next wake-up; False when too many wait already (then the caller posts it)."""
+        if not self.inline or len(self.acks) >= ACKS_WAITING_MAX:
+            return False
+        self.acks.append(ack)
+        return True
+
+    def take(self, events: list[Event], limit: int) -> list[Event]:
+        """The waiting PUBACKs, ``events``, then up to ``limit`` chunks of waiting frames (call under :attr:`lock`)."""
+        acks, frames = self.acks, self.frames
+        if not acks and not frames:
+            return events
+        out: list[Event] = [acks.popleft() for _ in range(len(acks))]
+        out.extend(events)
+        while frames and limit > 0:
+            out.append(Uplinks(frames.popleft()))
+            limit -= 1
+        return out
 
 
 class Publisher(Protocol):

@@ -1,5 +1,6 @@
 """Frames into readings: one chunk of uplinks decoded into journal entries (with the alerts they raise) or
-quarantined frames. The per-frame path of the core; it runs in the core's thread."""
+quarantined frames; and the radios' incidents counted and logged. The per-frame path of the core; it runs under the
+core's lock (agent.gateway.events.CoreTurn), on the core's thread or on the radio's that delivered the frames."""
 
 from __future__ import annotations
 
@@ -56,3 +57,13 @@ def decode_chunk(uplinks: list[Uplink], decoder: FrameDecoder, on_reading: Calla
     if ok:
         count("frames.ok", ok)
     return sos
+
+
+def log_incident(radio: str, kind: str, detail: str, *, count: Callable[..., None], warn: RateLimitedLog) -> None:
+    """Count ``<radio>.<kind>`` and log it: a configured module in full, anything else rate-limited."""
+    count(f"{radio}.{kind}")
+    if kind == "configured":
+        log.info("%s: %s: %s", radio, kind, detail)
+    else:
+        # Garbled lines, CRC errors and bad hex come at the rate of the noise or of a hostile sender.
+        warn.warning(kind, f"radio {radio}", "incidents", "%s: %s: %s", radio, kind, detail)

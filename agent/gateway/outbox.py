@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config import Config
+from agent.errors import JournalError
 from agent.gateway import clock
 from agent.gateway.events import Ack, Publisher
-from agent.gateway.journal import Journal
+from agent.gateway.journal import Journal, JournalCorrupt
 from agent.gateway.reading import LANES, SOS, TELEMETRY, Entry
 from agent.gateway.readings import READING_SCHEMA
 
@@ -161,6 +162,24 @@ class Outbox:
         self._rewind.clear()
         self.rewind_at = 0.0
 
+    def sos_first(self, entries: list[Entry]) -> list[Entry]:
+        """Commit and publish the SOS among ``entries`` ahead of everything else; the entries left to commit.
+
+        An SOS does not wait for the rest of this wake-up's work (acks to delete, backlog to read): it gets a
+        commit of its own and goes out first. One extra fsync, only when an SOS arrives.
+        """
+        sos = [e for e in entries if e.lane == SOS]
+        try:
+            self.journal.commit(entries=sos)
+        except JournalError:
+            return entries  # the normal commit keeps them and handles the failure
+        self._count("readings.journaled", len(sos))
+        try:
+            self.publish_lane(SOS)
+        except JournalCorrupt:
+            pass  # this wake-up's other entries are committed first; the damage is met again then
+        return [e for e in entries if e.lane != SOS]
+
     def publish_lane(self, lane: int) -> bool:
         """Send everything pending in ``lane``, whatever the window holds (used for SOS). False if offline."""
         batch = self.config.mqtt.batch_max_readings
@@ -215,6 +234,20 @@ class Outbox:
         return True
 
     # -- acknowledgements ----------------------------------------------------------------------------------------
+    @property
+    def quiet(self) -> bool:
+        """Nothing journaled waits to be sent (any thread may ask): a PUBACK then frees room nobody waits for."""
+        return not self._rewind and all(top <= sent for top, sent in zip(self.journal.lane_top, self.sent_upto))
+
+    def ack_may_wait(self, ack: Ack) -> bool:
+        """Whether ``ack`` may wait for the core's next wake-up instead of waking it (called on the MQTT link's
+        thread): a plain success for telemetry or diagnostics of the current session while nothing else waits to be
+        sent. Its rows are deleted with a later commit either way; an SOS's PUBACK (receipts), a refusal or "no
+        subscribers", and a PUBACK that frees room for a backlog wake the core at once."""
+        if not (self.quiet and ack.ok and ack.code == 0 and ack.session == self.session):
+            return False
+        flight = self.inflight.get(ack.mid)
+        return flight is not None and flight.lane >= TELEMETRY
     def on_ack(self, ack: Ack) -> None:
         if ack.session != self.session:
             return

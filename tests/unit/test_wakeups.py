@@ -1,0 +1,164 @@
+"""Who wakes for a frame: a running core, its radios' hand-off and the PUBACKs that wait (agent.gateway.events.CoreTurn).
+
+The core runs on its own thread (``Gateway.start``); the test's thread plays the radio (``on_uplinks``) and the MQTT
+link (the FakePublisher's PUBACKs). The broker acknowledges nothing by itself: the tests give each PUBACK.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import systemd
+from agent.config import parse_config
+from agent.gateway.core import Gateway
+from agent.gateway.reading import SOS, TELEMETRY
+from drivers.types import Uplink
+from tests.support.field import NODES, FieldNode, config_text, default_values
+from tests.support.polling import wait_until
+from tests.support.publisher import FakePublisher
+
+WINDOW_MS = 250
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[Gateway]:
+    """A running core (its own thread) with a 250 ms commit window and a connected broker."""
+    nodes = [FieldNode(n.node_id, n.kind) for n in NODES]
+    text = config_text(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=nodes)
+    text = text.replace("\n  quota_mb:", f"\n  commit_window_ms: {WINDOW_MS}\n  quota_mb:", 1)
+    g = Gateway(parse_config(text), publisher=FakePublisher(), radios=[])
+    g.test_nodes = {n.kind: n for n in nodes}  # type: ignore[attr-defined]
+    interval = sys.getswitchinterval()
+    fake = g.link
+    assert isinstance(fake, FakePublisher)
+    fake.connect()
+    g.start()
+    assert wait_until(lambda: g.outbox.session == 1 and not g.window.due, 5)
+    time.sleep(0.05)  # the start-up wake-ups are over: the core's thread sleeps
+    yield g
+    g.stop()
+    sys.setswitchinterval(interval)
+
+
+def frame(g: Gateway, kind: str, i: int = 0) -> list[Uplink]:
+    node = g.test_nodes[kind]  # type: ignore[attr-defined]
+    return [Uplink("lora0", node.frame(default_values(kind, i)), -90, 5.0, None, time.time_ns() // 1000)]
+
+
+def wakeups(g: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that do the core's wake-ups from now on, in order."""
+    names: list[str] = []
+    real = g._wakeup
+
+    def counted(events):
+        names.append(threading.current_thread().name)
+        return real(events)
+
+    monkeypatch.setattr(g, "_wakeup", counted)
+    return names
+
+
+def readings(g: Gateway, lane: str) -> list[dict]:
+    fake = g.link
+    assert isinstance(fake, FakePublisher)
+    return [r for m in list(fake.messages) if m.topic.endswith(f"/readings/{lane}") for r in m.json()["readings"]]
+
+
+def test_a_frame_delivered_while_the_core_sleeps_is_handled_on_the_radios_thread(
+        core: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = wakeups(core, monkeypatch)
+    core.on_uplinks(frame(core, "rain", 1))
+    # Decoded before on_uplinks returned, on the caller's thread: the core's thread was not woken for it.
+    assert names == [threading.current_thread().name] and len(core.window.entries) == 1
+    # The window's end wakes the core's thread (told once that its deadline moved), which commits and publishes.
+    assert wait_until(lambda: readings(core, "telemetry"), 2)
+    assert names[1:] == ["core"]
+
+
+def test_an_sos_delivered_while_the_core_sleeps_is_journaled_and_published_before_the_radio_goes_on(
+        core: Gateway) -> None:
+    core.on_uplinks(frame(core, "rain", 1))  # telemetry waiting in the window
+    core.on_uplinks(frame(core, "sos", 0))
+    [sos] = readings(core, "sos")
+    assert sos["kind"] == "sos"
+    assert [json.loads(b)["kind"] for _, b in core.journal.pending(SOS, after_seq=0, limit=10)] == ["sos"]
+
+
+def test_frames_that_find_the_core_busy_wait_in_order(core: Gateway) -> None:
+    with core.turn.lock:  # the core (or another radio) is at work
+        for i in range(5):
+            core.on_uplinks(frame(core, "weather", i))
+        assert len(core.turn.frames) == 5
+    for i in range(5, 200):  # some handled on this thread, some waiting for the core's thread
+        core.on_uplinks(frame(core, "weather", i))
+    assert wait_until(lambda: core.stats.counters["frames.ok"] == 200, 5), core.stats.counters
+    assert core.stats.counters["frames.duplicate"] == 0  # a counter behind the last accepted one would be
+
+
+def test_a_telemetry_puback_waits_for_the_next_frame_and_an_sos_puback_wakes_the_core(
+        core: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = core.link
+    assert isinstance(fake, FakePublisher)
+    core.on_uplinks(frame(core, "rain", 1))
+    assert wait_until(lambda: fake.unacked, 2)
+    names = wakeups(core, monkeypatch)
+    fake.ack()
+    assert len(core.turn.acks) == 1 and core.inbox.empty() and names == []
+    core.on_uplinks(frame(core, "rain", 2))  # the next frame's wake-up takes it; its commit deletes the row
+    assert not core.turn.acks and core.outbox.acked
+    assert wait_until(lambda: core.stats.counters["readings.acked"] == 1 and not core.outbox.acked, 2)
+    core.on_uplinks(frame(core, "sos", 0))
+    [sos_message] = [m for m in fake.unacked if m.topic.endswith("/readings/sos")]
+    names.clear()
+    fake.ack(sos_message)
+    assert not core.turn.acks
+    assert wait_until(lambda: names and names[0] == "core" and core.stats.counters["readings.acked"] == 2, 2)
+
+
+def test_a_waiting_puback_is_taken_within_a_second_without_frames(core: Gateway) -> None:
+    fake = core.link
+    assert isinstance(fake, FakePublisher)
+    core.on_uplinks(frame(core, "rain", 1))
+    assert wait_until(lambda: fake.unacked, 2)
+    fake.ack()
+    assert len(core.turn.acks) == 1
+    t = time.monotonic()
+    assert wait_until(lambda: not core.turn.acks and not core.journal.pending(TELEMETRY, after_seq=0, limit=5), 3)
+    assert time.monotonic() - t < 2.5  # ACK_FOLD_S (1 s) to take it, then its deletion waits up to 1 s more
+
+
+def test_the_watchdog_is_fed_by_the_core_thread_while_nothing_arrives(
+        core: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    pings: list[str] = []
+    monkeypatch.setattr(systemd, "ping", lambda: pings.append(threading.current_thread().name) or True)
+    core._watchdog_s = 0.2
+    core.wake()  # it planned its sleep without a watchdog
+    assert wait_until(lambda: pings.count("core") >= 4, 3)
+
+
+def test_a_bug_in_a_wakeup_on_the_radios_thread_is_counted_and_the_radio_goes_on(
+        core: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(**kw):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(core.state, "update", boom)
+    core.on_uplinks(frame(core, "rain", 1))  # must not raise into the radio's thread
+    assert core.stats.counters["core.internal_error"] == 1
+
+
+def test_stop_is_prompt_and_commits_what_waits(core: Gateway) -> None:
+    core.on_uplinks(frame(core, "rain", 1))
+    t = time.monotonic()
+    core.stop()
+    assert time.monotonic() - t < 2.0
+    assert core._thread is not None and not core._thread.is_alive()
+    assert core.stats.counters["readings.journaled"] >= 1
+    core.on_uplinks(frame(core, "rain", 2))  # after the stop: left in memory, never handled on this thread
+    assert core.turn.frames

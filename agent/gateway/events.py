@@ -128,6 +128,8 @@ def drain(inbox: queue.SimpleQueue[Event], timeout: float, limit: int) -> list[E
     return events
 
 
+#: How much sooner than planned the core's thread must look again to be woken for it, in seconds.
+REARM_SLACK_S = 0.001
 #: PUBACKs that may wait for the core's next wake-up instead of waking it: above this many, they wake it.
 ACKS_WAITING_MAX = 64
 
@@ -171,7 +173,7 @@ class CoreTurn:
     def rearm(self, wake_at: float) -> None:
         """Work done on another thread needs the core's thread to look again at ``wake_at`` (monotonic s): wake it if
         that is sooner than it planned (call under :attr:`lock`)."""
-        if wake_at < self.wake_at:
+        if wake_at < self.wake_at - REARM_SLACK_S:  # the same deadline computed again is no news
             self.wake_at = wake_at
             self.inbox.put(Rearm())
 

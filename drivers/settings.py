@@ -146,7 +146,11 @@ class Section(BaseModel):
 
     # frozen: the config is shared read-only by every thread of the agent.
     # hide_input_in_errors: pydantic's own error text would otherwise echo secret values.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True)
+    # defer_build: the validator is built at the first validation, not when the class is defined, so the
+    # long-running ``denen run``, which receives its config already validated (agent.config.handoff), never
+    # builds one (about 10 MiB for the gateway's models).
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True,
+                              defer_build=True)
 
     def setting_warnings(self) -> list[Problem]:
         """Valid settings that are probably a mistake, each at a key below this section; none by default.

@@ -62,7 +62,8 @@ Pin = Annotated[int | str, BeforeValidator(_check_pin)]
 
 
 class _GpioSection(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # defer_build: as drivers.settings.Section (no validator in the long-running process).
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, defer_build=True)
 
 
 class OutputPin(_GpioSection):

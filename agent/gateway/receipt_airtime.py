@@ -37,7 +37,8 @@ class ReceiptRefused(ReceiptError, ValueError):
 class ReceiptsConfig(BaseModel):
     """The ``receipts:`` section: SOS receipts sent back to the caller's node."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # defer_build: as drivers.settings.Section (no validator in the long-running process).
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, defer_build=True)
 
     enabled: bool = Field(
         default=True,

@@ -46,7 +46,9 @@ ClearFraction = Annotated[float, Field(gt=0, le=1)]
 
 class _RulesSection(BaseModel):
     # Same conventions as agent.config's sections: unknown keys are errors, the config is shared read-only.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True)
+    # defer_build: as drivers.settings.Section (no validator in the long-running process).
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True,
+                              defer_build=True)
 
 
 class RiverStages(_RulesSection):

@@ -11,7 +11,7 @@ Public API::
 
 The package, one module per concept::
 
-    models     Config and its small sections, load_config, parse_config (CONFIG_FILE)
+    models     Config and its small sections, load_config, parse_config (config_file())
     mqtt       MqttConfig, TlsConfig, the TLS warnings     nodes    NodeConfig, node ids and keys
     radio      RadioConfig and the drivers' sections        checks   rules across list items, warnings
     secrets    the secret field types, who may read them    values   context keys, paths, problem helpers
@@ -68,52 +68,42 @@ has no mode to check; the secret files it names still are.
 
 from __future__ import annotations
 
-from agent.config.loader import parse_yaml_model, read_config_file, read_config_text
-from agent.config.models import (
-    Config,
-    GatewayConfig,
-    HealthConfig,
-    JournalConfig,
-    LogConfig,
-    load_config,
-    parse_config,
-)
-from agent.config.mqtt import (
-    MqttConfig,
-    TlsConfig,
-    is_loopback_host,
-    tls_insecure_warning,
-)
-from agent.config.nodes import NODE_KINDS, LocationConfig, NodeConfig, normalise_node_id
-from agent.config.radio import (
-    BUILTIN_DRIVERS,
-    SECTION_FOR_DRIVER,
-    RadioConfig,
-    driver_names,
-)
-from agent.config.reference import (
-    config_json_schema,
-    config_reference,
-    write_json_schema,
-    write_reference,
-)
-from agent.config.secrets import (
-    SECRET_FILE,
-    SecretFile,
-    env_secret_name,
-    read_env_secret,
-    secret_source_problems,
-)
-from agent.config.values import (
-    ConfigSection,
-    Found,
-    check_readable_file,
-    config_problem,
-    config_problems,
-    resolve_config_path,
-)
-from drivers.es920lr_settings import Es920Config
-from drivers.rak3172_settings import P2pConfig
+import importlib
+from typing import Any
+
+# Each public name and the module that defines it, imported on first use: the long-running ``denen run`` uses
+# only the models (agent.config.handoff), and importing this package must not bring the YAML parser (ruamel)
+# or the reference generator along with them.
+_HOME: dict[str, str] = {
+    **dict.fromkeys(("parse_yaml_model", "read_config_file", "read_config_text"), "agent.config.loader"),
+    **dict.fromkeys(("Config", "GatewayConfig", "HealthConfig", "JournalConfig", "LogConfig", "load_config",
+                     "parse_config"), "agent.config.models"),
+    **dict.fromkeys(("MqttConfig", "TlsConfig", "is_loopback_host", "tls_insecure_warning"), "agent.config.mqtt"),
+    **dict.fromkeys(("NODE_KINDS", "LocationConfig", "NodeConfig", "normalise_node_id"), "agent.config.nodes"),
+    **dict.fromkeys(("BUILTIN_DRIVERS", "SECTION_FOR_DRIVER", "RadioConfig", "driver_names"), "agent.config.radio"),
+    **dict.fromkeys(("config_json_schema", "config_reference", "write_json_schema", "write_reference"),
+                    "agent.config.reference"),
+    **dict.fromkeys(("SECRET_FILE", "SecretFile", "env_secret_name", "read_env_secret", "secret_source_problems"),
+                    "agent.config.secrets"),
+    **dict.fromkeys(("ConfigSection", "Found", "check_readable_file", "config_problem", "config_problems",
+                     "resolve_config_path"), "agent.config.values"),
+    "Es920Config": "drivers.es920lr_settings",
+    "P2pConfig": "drivers.rak3172_settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})
+
 
 __all__ = [
     "BUILTIN_DRIVERS",

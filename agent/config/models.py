@@ -7,7 +7,7 @@ import functools
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     ConfigDict,
@@ -20,10 +20,10 @@ from pydantic import (
 )
 
 from agent.config.checks import _collection_problems, _warning_problems
-from agent.config.loader import ModelFile
 from agent.config.mqtt import MqttConfig
 from agent.config.nodes import NodeConfig
 from agent.config.radio import (
+    REMAKE_ATTR,
     RadioConfig,
     drivers_named,
     radio_model,
@@ -36,6 +36,9 @@ from agent.gateway.receipt_airtime import ReceiptsConfig
 from agent.rules import RulesConfig
 from agent.tools.status import DEFAULT_JOURNAL_PATH
 from drivers.settings import N_, Problem, Problems, Section
+
+if TYPE_CHECKING:
+    from agent.config.loader import ModelFile
 
 _NAME_ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -205,10 +208,13 @@ def config_model(drivers: Iterable[str]) -> type[Config]:
 
 @functools.lru_cache(maxsize=64)
 def _config_with_radios(radio: type[RadioConfig]) -> type[Config]:
-    return create_model(  # type: ignore[call-overload,no-any-return]
+    model = create_model(  # type: ignore[call-overload]
         "Config", __base__=Config, __doc__=Config.__doc__, __module__=__name__,
         radios=(list[radio], copy.copy(Config.model_fields["radios"])),  # type: ignore[valid-type]
     )
+    # The radio model's drivers name this one too (agent.config.handoff makes it again from them).
+    setattr(model, REMAKE_ATTR, ("config", getattr(radio, REMAKE_ATTR)[1]))
+    return model  # type: ignore[no-any-return]
 
 
 # Keys whose values are hex text. YAML reads an unquoted all-digit value such as 00000101 as the decimal number
@@ -246,7 +252,7 @@ def load_config(path: str | os.PathLike[str], *, check_modes: bool = True,
         ConfigError: listing every problem found, each with file, line, column, key and hint.
     """
     cache = Path(parsed_cache) if parsed_cache is not None else None
-    return _with_warnings(*CONFIG_FILE.load(path, check_modes=check_modes, parsed_cache=cache))
+    return _with_warnings(*config_file().load(path, check_modes=check_modes, parsed_cache=cache))
 
 
 def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.PathLike[str] | None = None) -> Config:
@@ -264,7 +270,7 @@ def parse_config(text: str, *, source: str = "<string>", base_dir: str | os.Path
     Raises:
         ConfigError: listing every problem found.
     """
-    return _with_warnings(*CONFIG_FILE.parse(text, source=source, base_dir=base_dir))
+    return _with_warnings(*config_file().parse(text, source=source, base_dir=base_dir))
 
 
 def _hex_text_keys(data: object) -> tuple[tuple[object, ...], ...]:
@@ -278,13 +284,18 @@ def _model_for(plain: object) -> type[Config]:
     return config_model(drivers_named(plain.get("radios") if isinstance(plain, Mapping) else None))
 
 
-#: The gateway's config file, for the generic loader.
-CONFIG_FILE: ModelFile[Config] = ModelFile(
-    Config,
-    checks=lambda plain: _collection_problems(plain.get("radios"), plain.get("nodes")),
-    warnings=_warning_problems, hex_text_keys=_hex_text_keys, model_for=_model_for, example="config/demo.yaml",
-    sections=("gateway", "radios"), service_user="the agent's user",
-)
+@functools.cache
+def config_file() -> ModelFile[Config]:
+    """The gateway's config file, for the generic loader. Made on first use: the loader imports the YAML parser,
+    which the long-running ``denen run`` never needs (it receives its config validated, agent.config.handoff)."""
+    from agent.config.loader import ModelFile  # noqa: PLC0415
+
+    return ModelFile(
+        Config,
+        checks=lambda plain: _collection_problems(plain.get("radios"), plain.get("nodes")),
+        warnings=_warning_problems, hex_text_keys=_hex_text_keys, model_for=_model_for, example="config/demo.yaml",
+        sections=("gateway", "radios"), service_user="the agent's user",
+    )
 
 
 def _with_warnings(config: Config, found: tuple[ConfigIssue, ...]) -> Config:

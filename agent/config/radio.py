@@ -143,14 +143,21 @@ def _section_field(driver: str, typed: bool) -> tuple[Any, Any]:
     ))
 
 
+#: Class attribute of a model made by create_model: how to make the same class again in another process
+#: (agent.config.handoff), since pickle finds classes by name and these share their base's name.
+REMAKE_ATTR = "denen_remake"
+
+
 def _make_radio_model(typed: tuple[str, ...], base: type[_Radio]) -> type[_Radio]:
-    return create_model(  # type: ignore[call-overload,no-any-return]
+    model = create_model(  # type: ignore[call-overload]
         "RadioConfig",
         __base__=base,
         __doc__=_Radio.__doc__,
         __module__=__name__,
         **{section: _section_field(driver, driver in typed) for driver, section in SECTION_FOR_DRIVER.items()},
     )
+    setattr(model, REMAKE_ATTR, ("radio", typed))
+    return model  # type: ignore[no-any-return]
 
 
 #: One radio module on a serial port: the common keys, then one optional settings section per driver that has one.

@@ -20,17 +20,16 @@ log = logging.getLogger("denen")
 def run(config_path: str | None) -> int:
     import signal  # noqa: PLC0415
 
-    from agent.config import load_config  # noqa: PLC0415
-    from agent.gateway.boot import parsed_config_cache, resolve_active_config  # noqa: PLC0415
+    import agent.config.models  # noqa: F401, PLC0415 - imported once, before the fork, for both processes
+    from agent.config.handoff import load_in_child  # noqa: PLC0415
+
+    # In a short-lived child, so that this process never holds the YAML parser or a built validator; the
+    # gateway's modules are imported meanwhile.
+    active, cfg = load_in_child(lambda: _active_config(config_path), what=config_path or "denen run",
+                                meanwhile=_import_gateway)
     from agent.gateway.core import Gateway  # noqa: PLC0415
     from agent.gateway.events import Wake  # noqa: PLC0415
 
-    active = resolve_active_config(config_path)
-    for problem in active.problems:
-        log.error("%s", problem)
-    for note in active.notes:
-        log.info("%s", note)
-    cfg = load_config(active.path, parsed_cache=parsed_config_cache())
     logging.getLogger().setLevel(getattr(logging, cfg.log.level.upper()))
     gw = Gateway(cfg, active_config=active.describe())
     _stop_on_signals(gw.stop)
@@ -40,6 +39,24 @@ def run(config_path: str | None) -> int:
     log.info("denen %s: %s, gateway %s", __version__, active.describe(), cfg.gateway.id)
     gw.run()
     return 0
+
+
+def _import_gateway() -> None:
+    import agent.gateway.core  # noqa: F401, PLC0415
+
+
+def _active_config(config_path: str | None) -> tuple[Any, Any]:
+    """Which config runs (a new flash installed), and that config loaded: ``(ActiveConfig, Config)``. What was
+    refused or installed on the way is logged here, before the config's own warnings."""
+    from agent.config import load_config  # noqa: PLC0415
+    from agent.gateway.boot import parsed_config_cache, resolve_active_config  # noqa: PLC0415
+
+    active = resolve_active_config(config_path)
+    for problem in active.problems:
+        log.error("%s", problem)
+    for note in active.notes:
+        log.info("%s", note)
+    return active, load_config(active.path, parsed_cache=parsed_config_cache())
 
 
 def bridge(config_path: str, *, retire: bool = False) -> int:
@@ -86,9 +103,8 @@ def sim(scenario_path: str, link_dir: str, duration: float | None) -> int:
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
-    from drivers.sim.scenario import Scenario  # noqa: PLC0415
-
     from agent import assets  # noqa: PLC0415
+    from drivers.sim.scenario import Scenario  # noqa: PLC0415
 
     try:
         if scenario_path == "demo" and not os.path.exists(scenario_path):

@@ -16,7 +16,12 @@ The package, one module per concept::
     radio      RadioConfig and the drivers' sections        checks   rules across list items, warnings
     secrets    the secret field types, who may read them    values   context keys, paths, problem helpers
     loader     the generic YAML loader                      messages pydantic errors in plain English
-    reference  JSON Schema and the key reference
+    reference  JSON Schema and the key reference          parsed   the parsed YAML kept between starts
+    handoff    ``denen run`` loads its config in a short-lived child and receives the validated Config
+
+Importing the package imports nothing else: each name is imported from its module on first use, so a process
+holding only validated models (``denen run``) never loads the YAML parser. The models are built with pydantic's
+``defer_build``: a validator is built at the first validation, never in ``denen run``'s long-running process.
 
 The generic loader (:mod:`agent.config.loader`; it imports nothing of the gateway), shared by the bridge's and
 the console's config files and any YAML file with a pydantic model::

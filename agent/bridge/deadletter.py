@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.bridge.errors import BridgeError
-from agent.i18n import _
+from agent.i18n import N_, _
 from agent.securefile import prepare_private_file
 
 __all__ = ["BUSY_TIMEOUT_MS", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_ITEM_BYTES", "DeadLetter", "DeadLetterStore",
@@ -125,7 +125,7 @@ class DeadLetterStore:
         self.evicted = 0  # items removed to stay under max_bytes, since open
         self._db: sqlite3.Connection | None = None
         try:
-            prepare_private_file(self.path, what="dead-letter store")
+            prepare_private_file(self.path, what=N_("dead-letter store"))
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             # Set first: the journal_mode change below takes a lock a concurrent command may hold.
             self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")

@@ -163,8 +163,10 @@ class Gateway:
         self.turn.deliver(uplinks, self._inline_turn)
 
     def _inline_turn(self) -> None:
-        """One wake-up's work on a radio's thread (under the core's lock); see :meth:`CoreTurn.rearm`."""
-        if self._guarded(self._wakeup, drain(self.inbox, 0, _DRAIN_MAX)):
+        """One wake-up's work on a radio's thread (under the core's lock); see :meth:`CoreTurn.rearm`. Frames that
+        only join an open commit window leave the core's deadline as planned (its end)."""
+        due = self.window.due
+        if self._guarded(self._wakeup, drain(self.inbox, 0, _DRAIN_MAX)) and not (due and self.window.due == due):
             self._guarded(lambda: self.turn.rearm(time.monotonic() + self.wait_s()))
 
     def _post_from_link(self, event: Event) -> None:
@@ -265,16 +267,13 @@ class Gateway:
             deadlines.append(now + self._watchdog_s / 2)
         if self.outbox.inflight or self.turn.acks:
             deadlines.append(now + ACK_FOLD_S)  # PUBACKs may wait for the core (CoreTurn.acks): this long at most
-        for at in (self._retry_commit_at, self.window.due, self.outbox.rewind_at):
-            if at:
-                deadlines.append(at)
         if self.state.recheck:
             deadlines.append(self.state.next_at)
         if self.status.line.pending:
             deadlines.append(self.status.line.next_at)
-        edge = self.edge.next_deadline()
-        if edge is not None:
-            deadlines.append(edge)
+        for at in (self._retry_commit_at, self.window.due, self.outbox.rewind_at, self.edge.next_deadline()):
+            if at:  # 0 or None: no such deadline
+                deadlines.append(at)
         return max(0.0, min(deadlines) - now)
 
     @property

@@ -229,9 +229,10 @@ class Subscriber:
 class Field:
     """A Mosquitto, the subscriber, a simulated RAK3172 on a pty and ``denen run`` listening to it."""
 
-    def __init__(self, work: Path, nodes: list[Any]) -> None:
+    def __init__(self, work: Path, nodes: list[Any], commit_window_ms: int | None = None) -> None:
         self.work = work
         self.nodes = nodes
+        self.commit_window_ms = commit_window_ms  # None: the config's default
         self.broker: Any = None
         self.sub: Subscriber | None = None
         self.sim: Any = None
@@ -257,7 +258,8 @@ class Field:
                                   rng=random.Random(7))
             self.sim.start()
             cfg = c.write_config(self.work / "gateway.yaml", c.config_text(
-                port=self.sim.path, mqtt_port=self.broker.port, journal=self.journal, nodes=self.nodes))
+                port=self.sim.path, mqtt_port=self.broker.port, journal=self.journal, nodes=self.nodes,
+                commit_window_ms=self.commit_window_ms))
             with self.log.open("ab") as logf:
                 self.proc = subprocess.Popen([*denen_command(), "run", "-c", str(cfg)], cwd=REPO,
                                              stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
@@ -448,7 +450,7 @@ def run_rate(work: Path, rate: int, p: dict[str, Any], use_strace: bool) -> dict
     n_trace = max(2, round((p["trace_s"] + 1.0) * rate)) if use_strace else 0
     frames = c.telemetry_frames(nodes, n_warm + n + n_trace)
     sent = {(f"{nodes[i % len(nodes)].node_id:08x}", i // len(nodes) + 1) for i in range(len(frames))}
-    with Field(work, nodes) as field:
+    with Field(work, nodes, p.get("commit_window_ms")) as field:
         time.sleep(1.0)  # the start-up commits and the retained status settle
         load_before = _loadavg()
         t_next, _ = pace(field, frames[:n_seen], max(rate, FIRST_SIGHT_RATE), time.monotonic())
@@ -499,7 +501,7 @@ def run_sos(work: Path, p: dict[str, Any], use_strace: bool) -> dict[str, Any]:
     count, traced_n, interval = p["sos_count"], p["sos_traced"] if use_strace else 0, p["sos_interval_s"]
     frames = [button.frame(default_values("sos", i), receipt=True) for i in range(count + traced_n)]
     written: dict[tuple[str, int], float] = {}
-    with Field(work, [*telemetry, button]) as field:
+    with Field(work, [*telemetry, button], p.get("commit_window_ms")) as field:
         time.sleep(2.0)
         load_before = _loadavg()
         i0 = sample(field.pid)
@@ -820,6 +822,9 @@ def notes(r: dict[str, Any]) -> list[str]:
                                             f"({cd['source']})" for cd in r["cards"]) + ".",
     ]
     idle_years = r.get("idle_cards")
+    window = r["plan"].get("commit_window_ms")
+    if window is not None:
+        out.append(f"The agent ran with journal.commit_window_ms: {window} (--commit-window-ms), not the default.")
     if "sos" not in r:
         out.append("SOS alone and the idle agent not measured (--no-sos).")
     elif idle_years and r["sos"]["idle_per_s"]["write_bytes"] <= 0:
@@ -857,6 +862,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-strace", action="store_true", help="do not attach strace to count commits")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (journals, logs, strace output)")
     ap.add_argument("--no-sos", action="store_true", help="measure the rates only (no idle agent, no SOS alone)")
+    ap.add_argument("--commit-window-ms", type=int, metavar="MS", help="journal.commit_window_ms of the agent "
+                    "(default: the config's), to measure what the window buys")
     args = ap.parse_args(argv)
     plan = dict(PLANS["quick" if args.quick else "full"])
     if args.rates is not None:
@@ -869,7 +876,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--seconds: give 1 to 3600")
         plan["seconds"] = args.seconds
     plan.update(dir=args.dir, allow_tmpfs=args.allow_tmpfs, strace=not args.no_strace, keep=args.keep,
-                sos=not args.no_sos)
+                sos=not args.no_sos, commit_window_ms=args.commit_window_ms)
+    if args.commit_window_ms is not None and not 0 <= args.commit_window_ms <= 10_000:
+        ap.error("--commit-window-ms: give 0 to 10000")
     if args.dir is not None and not Path(args.dir).is_dir():
         ap.error(f"--dir: {args.dir} is not a folder")
     from tests.bench import _common as c  # noqa: PLC0415

@@ -36,9 +36,10 @@ def run(config_path: str | None) -> int:
     # `denen node reset-counter` wakes the core this way, so a request is carried out at once (SimpleQueue.put
     # may be called from a signal handler).
     signal.signal(signal.SIGUSR1, lambda signum, frame: gw.inbox.put(Wake()))
-    log.info("denen %s: %s, gateway %s", __version__, active.describe(), cfg.gateway.id)
+    log.info("%s", _("denen {version}: {config}, gateway {gateway}").format(
+        version=__version__, config=active.describe(), gateway=cfg.gateway.id))
     gw.run()
-    return 0
+    return 1 if gw.failure else 0  # systemd restarts the agent either way (Restart=always)
 
 
 def _import_gateway() -> None:
@@ -70,12 +71,12 @@ def bridge(config_path: str, *, retire: bool = False) -> int:
     bridge = Bridge(cfg)
 
     def handler(signum: int, frame: Any) -> None:
-        log.info("signal %d: stopping the bridge", signum)
+        log.info("%s", _("signal {signal}: stopping the bridge").format(signal=signum))
         threading.Thread(target=bridge.request_stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    log.info("denen %s bridge: config %s", __version__, config_path)
+    log.info("%s", _("denen {version} bridge: config {path}").format(version=__version__, path=config_path))
     if retire:
         if not bridge.retire():
             print(_("denen: the bridge stopped before its session was drained; the session stays on the broker "
@@ -91,7 +92,7 @@ def _stop_on_signals(stop: Any) -> None:
     import threading  # noqa: PLC0415
 
     def handler(signum: int, frame: Any) -> None:
-        log.info("signal %d: stopping", signum)
+        log.info("%s", _("signal {signal}: stopping").format(signal=signum))
         # stop() joins the core thread; the core runs in the main thread here, so only set the flag.
         threading.Thread(target=stop, kwargs={"timeout": 0}, daemon=True).start()
 

@@ -34,6 +34,7 @@ import serial
 
 from drivers.errors import ModuleError, ModuleTimeout
 from drivers.portread import fast_reader
+from drivers.text import N_, Text
 from drivers.transport import PortError, open_serial
 from drivers.types import Uplink
 
@@ -352,17 +353,14 @@ class RadioWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask the thread to close the port and end, and wait for it.
-
-        Args:
-            timeout: how long to wait for the thread, in seconds.
-        """
+        """Ask the thread to close the port and end, and wait for it up to ``timeout`` seconds."""
         self._stop.set()
         self._wake()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.warning("radio %s: worker thread did not stop within %.1f s", self.radio, timeout)
+                log.warning("%s", Text(N_("radio {radio}: worker thread did not stop within {seconds} s"),
+                                       radio=self.radio, seconds=timeout))
 
     def transmit(self, payload: bytes, timeout: float = 10.0) -> None:
         """Send one payload over the air (SOS receipts), from any thread.
@@ -438,7 +436,8 @@ class RadioWorker:
         try:
             self._events.on_uplinks(uplinks)
         except Exception as exc:  # the owner's handler failed; the radio must keep listening
-            log.exception("radio %s: on_uplinks failed for %d uplink(s)", self.radio, len(uplinks))
+            log.exception("%s", Text(N_("radio {radio}: handing over {count} uplink(s) failed"), radio=self.radio,
+                                     count=len(uplinks)))
             self.incident("internal_error", f"on_uplinks: {type(exc).__name__}: {exc}")
 
     def incident(self, kind: str, detail: str) -> None:
@@ -446,7 +445,7 @@ class RadioWorker:
         try:
             self._events.on_incident(self.radio, kind, detail)
         except Exception:  # a failing counter must not stop the radio; nothing more to report it to
-            log.exception("radio %s: on_incident failed for %s", self.radio, kind)
+            log.exception("%s", Text(N_("radio {radio}: reporting {kind} failed"), radio=self.radio, kind=kind))
 
     # -- thread ----------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -455,7 +454,7 @@ class RadioWorker:
             try:
                 lost = self._cycle(lost)
             except Exception as exc:  # thread top level: report, then carry on after a backoff
-                log.exception("radio %s: unexpected error", self.radio)
+                log.exception("%s", Text(N_("radio {radio}: unexpected error"), radio=self.radio))
                 self.incident("internal_error", f"{type(exc).__name__}: {exc}")
                 self._close_port()
             if self._stop.is_set():

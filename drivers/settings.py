@@ -40,39 +40,13 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.errors import DenenError
+from drivers.text import N_, Text
 
 __all__ = ["N_", "Count", "Loc", "Period", "Problem", "Problems", "Seconds", "Section", "Text", "choices_hint",
            "did_you_mean", "problem"]
 
 #: A location below a model: keys and list indexes, e.g. ("radios", 0, "p2p").
 Loc = tuple[str | int, ...]
-
-
-def N_(message: str) -> str:  # noqa: N802 - the conventional name of gettext's no-op marker
-    """Mark an English template for the catalog where it is written; it is translated where it is shown."""
-    return message
-
-
-class Text(str):
-    """A message to a person: the English text, formatted from ``template`` with ``params``, that also keeps the
-    template and values so that it can be shown in another language. Without params the template is the text,
-    unformatted."""
-
-    template: str
-    params: Mapping[str, object]
-
-    def __new__(cls, template: str, /, **params: object) -> Text:
-        self = super().__new__(cls, template.format(**params) if params else template)
-        self.template = template
-        self.params = params
-        return self
-
-    def __reduce__(self) -> tuple[object, ...]:  # copied and pickled with its template
-        return (_text, (self.template, dict(self.params)))
-
-
-def _text(template: str, params: dict[str, object]) -> Text:
-    return Text(template, **params)
 
 
 def _as_text(message: str | None, params: Mapping[str, object]) -> str | None:

@@ -28,6 +28,7 @@ from agent.config.parsed import write as write_parsed
 from agent.config.secrets import _secret_mode_problems
 from agent.config.values import _CTX_BASE_DIR, _CTX_LOADER, Found, _dotted
 from agent.errors import ConfigError, ConfigIssue
+from agent.i18n import _
 from drivers.settings import N_, Loc, Problems, Text
 
 __all__ = ["ModelFile", "parse_yaml_model", "read_config_file", "read_config_text"]
@@ -173,7 +174,7 @@ class ModelFile(Generic[_M]):
         Raises:
             ConfigError: listing every problem found, sorted by line.
         """
-        result, warned, _ = self._parse(text, source=source, base_dir=base_dir, file_mode=file_mode,
+        result, warned, _plain = self._parse(text, source=source, base_dir=base_dir, file_mode=file_mode,
                                         secret_file_modes=secret_file_modes)
         return result, warned
 
@@ -207,7 +208,7 @@ class ModelFile(Generic[_M]):
         warned = tuple(_sorted(_issue_at(data, source, loc, message, hint)
                                for loc, message, hint in [*mode_warnings, *more]))
         for issue in warned:
-            log.warning("config warning: %s", issue)
+            log.warning("%s", _("config warning: {issue}").format(issue=issue))
         return result, warned, plain
 
 

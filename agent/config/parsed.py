@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.i18n import _
 
 __all__ = ["read", "write"]
 
@@ -57,7 +58,7 @@ def read(path: Path, text: str) -> Any | None:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            log.info("config: %s is not a private file of this user; the YAML is parsed", path)
+            log.info("%s", _("config: {path} is not a private file of this user; the YAML is parsed").format(path=path))
             return None
         with os.fdopen(fd, "rb") as f:
             fd = -1

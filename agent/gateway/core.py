@@ -1,22 +1,18 @@
-"""The gateway core: radios -> decode -> durable journal -> MQTT, in one owner thread.
+"""The gateway core: radios -> decode -> durable journal -> MQTT.
 
-Threads (each talks to the core only through its inbox, with the events of agent.gateway.events):
-    one per radio (drivers.radio.RadioWorker)   reads the port, posts ``Uplinks`` per chunk, ``Incident``
-    the publisher (agent.gateway.publisher.MqttLink)   the broker connection: ``Connected``, ``Ack``, ``Disconnected``,
-                                                ``Command``
-    core (this module, ``Gateway.run``)         owns the journal; nothing else touches SQLite
+Threads (agent.gateway.events): one per radio (drivers.radio.RadioWorker) reads its port and hands over frames; the
+MQTT link (agent.gateway.publisher.MqttLink) posts ``Connected``, ``Ack``, ``Disconnected``, ``Command``; the core
+(``Gateway.run``) sleeps on its inbox. The core's work, and the journal, belong to whoever holds the core's lock
+(events.CoreTurn): the core's thread for each wake-up, or a radio's thread that delivers frames while it sleeps.
 
-The core blocks on its inbox. Each wake-up drains whatever is waiting and writes it in ONE transaction (group
-commit: one fsync for everything that arrived meanwhile), then publishes (agent.gateway.outbox). While the core's
-thread sleeps, a radio thread handles the frames it delivers itself, under the core's lock (events.CoreTurn). An SOS is
-published right after its commit, ahead of anything else; the backlog drains in batches through a bounded window
-of messages awaiting PUBACK, so a new SOS never queues behind more than that window. A reading leaves the journal
-only when its PUBACK arrives.
+Each wake-up writes what arrived in ONE transaction (group commit; telemetry may wait for the commit window), then
+publishes (agent.gateway.outbox). An SOS is committed and published at once, ahead of anything else; the backlog
+drains through a bounded window of messages awaiting PUBACK, so a new SOS never queues behind more than that
+window. A reading leaves the journal only when its PUBACK arrives.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import queue
@@ -29,7 +25,7 @@ from typing import Any
 from agent import __version__, systemd
 from agent.config import Config
 from agent.errors import JournalError
-from agent.gateway import clock, health
+from agent.gateway import clock, health, heap
 from agent.gateway.clockwatch import ClockWatch
 from agent.gateway.edge import Edge
 from agent.gateway.events import (
@@ -42,6 +38,7 @@ from agent.gateway.events import (
     Event,
     Incident,
     Publisher,
+    Rearm,
     Uplinks,
     Wake,
     drain,
@@ -66,6 +63,7 @@ from agent.gateway.reading import (
 )
 from agent.gateway.readings import FrameDecoder
 from agent.gateway.statedoc import StateDocument
+from agent.i18n import _
 from agent.ratelog import RateLimitedLog
 from drivers.types import Uplink
 
@@ -104,8 +102,7 @@ class Gateway:
         self.stats = health.GatewayStats()
         self.stats.counters.update(self.journal.counters())
         self._dirty_counters: set[str] = set()
-        # Warnings a hostile node or a garbled module can cause at any rate: the first per (reason, sender) and
-        # minute in full, then one summary line.
+        # Warnings a hostile node or a garbled module cause at any rate: in full once per (reason, sender) a minute.
         self._warn = RateLimitedLog(log)
         self.decoder = FrameDecoder(config, self.journal.nodes(), count=self._count, warn=self._warn)
         self.decoder.age_out(clock.wall_us())
@@ -125,6 +122,7 @@ class Gateway:
         self.clockwatch = ClockWatch(self.journal, count=self._count,
                                      on_step=lambda step_us: self._edge_call(self.edge.on_clock_step, step_us))
         self._stop = threading.Event()
+        self.failure: str | None = None  # why the core stopped by itself (the journal lost); None: it did not
         self._thread: threading.Thread | None = None
         self._watchdog_s = systemd.watchdog_interval_s()
         self._init_commit_path(config)
@@ -133,12 +131,10 @@ class Gateway:
             self._journal_damaged(damaged, rescued)
 
     def _init_commit_path(self, config: Config) -> None:
-        # Operator requests carried out but not yet committed: audit lines and (request id, result).
-        self._audit: list[Audit] = []
-        self._done: list[tuple[int, str]] = []
+        self._audit: list[Audit] = []  # operator requests carried out, not yet committed: audit lines
+        self._done: list[tuple[int, str]] = []  # and (request id, result)
         self._carry: list[Entry] = []  # entries made after a commit (quota alerts), committed at the next wake-up
-        # Meta rows (edge snapshots, the state document) waiting for a commit that succeeds.
-        self._meta: dict[str, str] = {}
+        self._meta: dict[str, str] = {}  # meta rows (edge snapshots, the state document) awaiting a commit
         self._next_health = time.monotonic() + config.health.interval_s
         self._next_quota = 0.0
         self._uncommitted: tuple[list[Entry], list[Quarantined]] | None = None
@@ -166,13 +162,20 @@ class Gateway:
         """One wake-up's work on a radio's thread (under the core's lock); see :meth:`CoreTurn.rearm`. Frames that
         only join an open commit window leave the core's deadline as planned (its end)."""
         due = self.window.due
-        if self._guarded(self._wakeup, drain(self.inbox, 0, _DRAIN_MAX)) and not (due and self.window.due == due):
+        events = drain(self.inbox, 0, _DRAIN_MAX)
+        if self._guarded(self._wakeup, events) and not (due and self.window.due == due):
             self._guarded(lambda: self.turn.rearm(time.monotonic() + self.wait_s()))
+        if any(type(e) is Rearm or type(e) is Wake for e in events):
+            self.inbox.put(Rearm())  # the core's thread's: else it sleeps to its old deadline, or past stop()
 
     def _post_from_link(self, event: Event) -> None:
-        """The MQTT link's events; a telemetry PUBACK with nothing else to send waits for the core's next wake-up."""
-        if type(event) is not Ack or not self.outbox.ack_may_wait(event) or not self.turn.defer_ack(event):
-            self.inbox.put(event)
+        """The MQTT link's events; a telemetry PUBACK with nothing else to send waits for the core's next wake-up.
+        Never takes the core's lock: paho calls this holding its message lock, which a radio's turn may wait for."""
+        if type(event) is Ack and self.outbox.ack_may_wait(event) and self.turn.defer_ack(event):
+            if self.outbox.quiet:
+                return
+            event = Rearm()  # a commit since ack_may_wait left readings to send: the core takes it from turn.acks
+        self.inbox.put(event)
 
     def on_incident(self, radio: str, kind: str, detail: str) -> None:
         self.inbox.put(Incident(radio, kind, detail))
@@ -201,8 +204,9 @@ class Gateway:
         for r in self.radios:
             r.start()
         self.link.start()
-        log.info("gateway %s running: %d radios, journal %s", self.gateway_id, len(self.radios), self.journal.path)
-        _return_free_memory()
+        log.info("%s", _("gateway {gateway} running: {radios} radios, journal {path}").format(
+            gateway=self.gateway_id, radios=len(self.radios), path=self.journal.path))
+        heap.trim()
         systemd.ready()
         self.update_status(force=True)
         (turn := self.turn).inline = True
@@ -230,7 +234,7 @@ class Gateway:
             self._replace_journal(exc)
         except Exception:  # noqa: BLE001 - the core must outlive its own bugs; nothing is acked on failure
             self._count("core.internal_error")
-            log.exception("core: unexpected error; carrying on")
+            log.exception("%s", _("core: unexpected error; carrying on"))
             return False
         return True
 
@@ -238,7 +242,7 @@ class Gateway:
         """Stop the core (its last wake-up commits what waits) and wait up to ``timeout`` s for its thread."""
         self._stop.set()
         self.inbox.put(Wake())
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     def _shutdown(self) -> None:
@@ -247,9 +251,11 @@ class Gateway:
             try:
                 r.stop()
             except Exception:  # noqa: BLE001 - stopping must go on for the others
-                log.exception("stopping radio failed")
+                log.exception("%s", _("stopping radio {radio} failed").format(radio=getattr(r, "radio", r)))
         self.link.stop()
         self.edge.close()
+        if self.failure:
+            return  # no journal to write to
         # Handle what is still waiting, so nothing the radios delivered is left only in memory.
         self._handle(drain(self.inbox, 0, _DRAIN_MAX))
         self._warn.flush()
@@ -353,7 +359,8 @@ class Gateway:
     def _on_disconnected(self, session: int, reason: str) -> None:
         if self.outbox.session_down(session):
             self._count("mqtt.disconnects")
-            log.warning("MQTT session %s ended: %s; readings stay in the journal", session, reason)
+            log.warning("%s", _("MQTT session {session} ended: {reason}; readings stay in the journal").format(
+                session=session, reason=reason))
             self.status.broker_changed(up=False)
 
     def _timers(self, entries: list[Entry], now: float) -> None:
@@ -431,8 +438,8 @@ class Gateway:
             # delivering meanwhile). The journaled backlog still goes out: its PUBACKs free room.
             self._count("journal.commit_failed")
             if not self._retry_commit_at:
-                log.error("journal commit failed (%d readings kept in memory, retrying every %.0f s): %s",
-                          len(entries), COMMIT_RETRY_S, exc)
+                log.error("%s", _("journal commit failed ({count} readings kept in memory, retrying every {seconds} "
+                                  "s): {error}").format(count=len(entries), seconds=f"{COMMIT_RETRY_S:.0f}", error=exc))
             self._keep_unjournaled(entries, quarantined)
             self._retry_commit_at = time.monotonic() + COMMIT_RETRY_S
             self._publish(urgent=False)
@@ -443,7 +450,7 @@ class Gateway:
     def _committed(self, entries: list[Entry], now: float) -> None:
         """Forget what the commit made durable."""
         if self._retry_commit_at:
-            log.warning("journal commits again; the readings kept in memory are journaled")
+            log.warning("%s", _("journal commits again; the readings kept in memory are journaled"))
         self._retry_commit_at = 0.0
         self.outbox.deleted()
         if entries:
@@ -546,8 +553,15 @@ class Gateway:
             self.journal.close()
         except sqlite3.Error:
             pass
-        self.journal, damaged, rescued = open_or_recover(self.journal.path, quota_bytes=self.journal.quota_bytes,
-                                                         force=True)
+        try:
+            self.journal, damaged, rescued = open_or_recover(self.journal.path, quota_bytes=self.journal.quota_bytes,
+                                                             force=True)
+        except Exception as failed:  # noqa: BLE001 - e.g. the card remounted read-only: on any thread, stop
+            log.critical("%s", _("the journal is damaged and could not be replaced ({error}); stopping, so that the "
+                                 "service restarts").format(error=failed))
+            self.failure = str(failed)
+            self.stop(timeout=0)
+            return
         self.outbox.journal = self.journal
         self.outbox.forget()
         self._backlog.forget()  # counted again in the new file
@@ -567,7 +581,7 @@ class Gateway:
             out = fn(*args, **kwargs)
         except Exception:  # noqa: BLE001
             self._count("edge.internal_error")
-            log.exception("edge logic failed in %s", getattr(fn, "__name__", fn))
+            log.exception("%s", _("edge logic failed in {step}").format(step=getattr(fn, "__name__", fn)))
             return []
         return out if out is not None else []
 
@@ -584,16 +598,3 @@ class Gateway:
         self.stats.counters[name] += n
         self._dirty_counters.add(name)
 
-
-def _return_free_memory() -> None:
-    """Give the heap pages freed after start-up (config validation, schema building) back to the OS.
-
-    Measured: about 1 MiB of RSS on a gateway that runs for months in 512 MiB or less. glibc only; elsewhere a no-op.
-    """
-    import ctypes  # noqa: PLC0415 - once, at start
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

@@ -103,28 +103,30 @@ def status_text(state: Mapping[str, Any], *, unjournaled: int | None, backlog: i
     waiting = [a for a in state.get("alerts", ()) if not a.get("acknowledged_by")]
     sos = sum(1 for a in waiting if a.get("type") == "sos")
     if sos:
-        parts.append(f"SOS {sos} unacknowledged")
+        parts.append(_("SOS {count} unacknowledged").format(count=sos))
     if len(waiting) > sos:
         n = len(waiting) - sos
-        parts.append(f"{n} alert{'' if n == 1 else 's'} unacknowledged")
+        parts.append(_("1 alert unacknowledged") if n == 1 else _("{count} alerts unacknowledged").format(count=n))
     if (state.get("siren") or {}).get("on"):
-        parts.append("siren on")
+        parts.append(_("siren on"))
     if unjournaled is not None:
-        parts.append(f"journal failing, {unjournaled:,} readings in memory")
+        parts.append(_("journal failing, {count} readings in memory").format(count=f"{unjournaled:,}"))
     count = "?" if backlog is None else f"{backlog:,}"
     since = duration(broker_for_s)
     if not online:
-        parts.append(f"offline {since}" if broker_ever else f"broker not reached yet ({since})")
-        parts.append(f"{count} readings held")
+        parts.append(_("offline {since}").format(since=since) if broker_ever
+                     else _("broker not reached yet ({since})").format(since=since))
+        parts.append(_("{count} readings held").format(count=count))
         parts.append(nodes_heard)
     else:
-        parts += [nodes_heard, f"backlog {count}", f"broker ok {since}"]
+        parts += [nodes_heard, _("backlog {count}").format(count=count), _("broker ok {since}").format(since=since)]
     held = state.get("held") or {}
+    waiting_for_sync = f"{held.get('count', 0):,}"
     if not clock_synced:
-        parts.append("clock unsynced" + (f", {held.get('count', 0):,} readings wait for it"
-                                         if held.get("active") else ""))
+        parts.append(_("clock unsynced, {count} readings wait for it").format(count=waiting_for_sync)
+                     if held.get("active") else _("clock unsynced"))
     elif held.get("active"):
-        parts.append(f"clock synced, correcting {held.get('count', 0):,} readings")
+        parts.append(_("clock synced, correcting {count} readings").format(count=waiting_for_sync))
     return ", ".join(parts)
 
 
@@ -132,13 +134,13 @@ def nodes_heard(nodes: Mapping[str, NodeState], late_after_us: Mapping[str, int]
     """``12/15 nodes heard``: configured nodes not late (``late_after_us``, the node_silent threshold per node id);
     without configured nodes, every node heard at least once."""
     if not late_after_us:
-        return f"{sum(1 for st in nodes.values() if st.last_seen_us)} nodes heard"
+        return _("{count} nodes heard").format(count=sum(1 for st in nodes.values() if st.last_seen_us))
     heard = 0
     for node, late_us in late_after_us.items():
         st = nodes.get(node)
         if st is not None and st.last_seen_us and now_us < st.last_seen_us + late_us:
             heard += 1
-    return f"{heard}/{len(late_after_us)} nodes heard"
+    return _("{heard}/{total} nodes heard").format(heard=heard, total=len(late_after_us))
 
 
 def late_after_us(config: Config) -> dict[str, int]:
@@ -150,12 +152,12 @@ def late_after_us(config: Config) -> dict[str, int]:
 def duration(seconds: float) -> str:
     """A span for people, in its largest sensible unit: ``45 s``, ``12 min``, ``3 h``, ``4 d``."""
     if seconds < 90:
-        return f"{max(0.0, seconds):.0f} s"
+        return _("{n} s").format(n=f"{max(0.0, seconds):.0f}")
     if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
+        return _("{n} min").format(n=f"{seconds / 60:.0f}")
     if seconds < 48 * 3600:
-        return f"{seconds / 3600:.0f} h"
-    return f"{seconds / 86400:.0f} d"
+        return _("{n} h").format(n=f"{seconds / 3600:.0f}")
+    return _("{n} d").format(n=f"{seconds / 86400:.0f}")
 
 
 class Backlog:

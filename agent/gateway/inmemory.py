@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 UNJOURNALED_MAX = 20_000
 #: How long the deletion of acknowledged readings (and counters) may wait for a commit when nothing else waits, in
 #: seconds (at least the commit window): at a few frames per second it folds into the next frame's commit instead
-#: of taking a commit of its own. After a power cut, readings acknowledged this long before it may be sent again
-#: (same id and timestamp: an overwrite at the backend).
+#: of taking a commit of its own. After a power cut, readings acknowledged up to twice this long before it (a PUBACK
+#: may first wait this long for the core, events.CoreTurn) may be sent again (same id and timestamp: an overwrite).
 ACK_FOLD_S = 1.0
 
 

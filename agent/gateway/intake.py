@@ -10,7 +10,9 @@ from typing import Any
 
 from agent.gateway.reading import SOS, Entry, Quarantined
 from agent.gateway.readings import Decoded, FrameDecoder
+from agent.i18n import N_, LazyText, _
 from agent.ratelog import RateLimitedLog
+from drivers.text import Text
 from drivers.types import Uplink
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ def decode_chunk(uplinks: list[Uplink], decoder: FrameDecoder, on_reading: Calla
         try:
             out = decode(up)
         except Exception as exc:  # noqa: BLE001 - a decoder bug must not lose the frame or stop the core
-            log.exception("decoding a frame from %s failed", up.radio)
+            log.exception("%s", _("decoding a frame from radio {radio} failed").format(radio=up.radio))
             out = Decoded(quarantined=Quarantined(up.received_us, up.radio, None, "internal_error",
                                                   f"decoder raised {type(exc).__name__}: {exc}",
                                                   up.payload, up.rssi, up.snr))
@@ -40,8 +42,9 @@ def decode_chunk(uplinks: list[Uplink], decoder: FrameDecoder, on_reading: Calla
             assert q is not None
             quarantined.append(q)
             count(f"frames.{q.reason}")
-            warn.warning(q.reason, f"node {q.node or '?'}", "frames", "frame quarantined from %s via %s: %s: %s "
-                         "(rssi %s)", q.node or "?", q.radio, q.reason, q.detail, q.rssi)
+            warn.warning(q.reason, Text(N_("node {node}"), node=q.node or "?"), N_("frames"), "%s", LazyText(
+                N_("frame quarantined from {node} via {radio}: {reason}: {detail} (rssi {rssi})"), node=q.node or "?",
+                radio=q.radio, reason=q.reason, detail=q.detail, rssi=q.rssi))
             continue
         entries.append(entry)
         sos = sos or entry.lane == SOS
@@ -50,7 +53,7 @@ def decode_chunk(uplinks: list[Uplink], decoder: FrameDecoder, on_reading: Calla
             alerts = on_reading(out.body)
         except Exception:  # noqa: BLE001 - a rules bug never stops forwarding
             count("edge.internal_error")
-            log.exception("edge logic failed in on_reading")
+            log.exception("%s", _("edge logic failed in {step}").format(step="on_reading"))
         else:
             if alerts:
                 entries.extend(alerts)
@@ -63,7 +66,8 @@ def log_incident(radio: str, kind: str, detail: str, *, count: Callable[..., Non
     """Count ``<radio>.<kind>`` and log it: a configured module in full, anything else rate-limited."""
     count(f"{radio}.{kind}")
     if kind == "configured":
-        log.info("%s: %s: %s", radio, kind, detail)
+        log.info("%s", _("radio {radio}: {kind}: {detail}").format(radio=radio, kind=kind, detail=detail))
     else:
         # Garbled lines, CRC errors and bad hex come at the rate of the noise or of a hostile sender.
-        warn.warning(kind, f"radio {radio}", "incidents", "%s: %s: %s", radio, kind, detail)
+        warn.warning(kind, Text(N_("radio {radio}"), radio=radio), N_("incidents"), "%s",
+                     LazyText(N_("radio {radio}: {kind}: {detail}"), radio=radio, kind=kind, detail=detail))

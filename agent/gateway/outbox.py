@@ -1,6 +1,7 @@
 """The publish/ack path: journaled readings out to the broker in batches, and their PUBACKs back.
 
-The core owns one :class:`Outbox` and calls it from its own thread only. Within an MQTT session the outbox knows
+The core owns one :class:`Outbox`, used under the core's lock (``events.CoreTurn``); the MQTT link's thread only asks
+:meth:`Outbox.ack_may_wait`. Within an MQTT session the outbox knows
 what it handed to the publisher (``sent_upto`` per lane) and what is in flight (``inflight``, by message id, at
 most ``mqtt.inflight_window`` messages besides SOS); a PUBACK moves a message's sequence numbers to ``acked``, and
 the core deletes those rows with its next commit. A new session starts again from the journal.
@@ -22,6 +23,7 @@ from agent.gateway.events import Ack, Publisher
 from agent.gateway.journal import Journal, JournalCorrupt
 from agent.gateway.reading import LANES, SOS, TELEMETRY, Entry
 from agent.gateway.readings import READING_SCHEMA
+from agent.i18n import _
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ def batch_room(config: Config) -> int:
 def fit_batch(rows: list[tuple[int, str]], room: int) -> list[tuple[int, str]]:
     """The first rows whose bodies, comma-separated, fit in ``room`` bytes (at least one row); the rest go in the
     next message."""
-    for i, (_, body) in enumerate(rows):
+    for i, (_seq, body) in enumerate(rows):
         # A body is ASCII unless a name holds other text; only then is its UTF-8 length computed.
         room -= (len(body) if body.isascii() else len(body.encode())) + 1
         if room < 0:
@@ -204,7 +206,7 @@ class Outbox:
         if unsent and self.send_bodies(SOS, [e.body for e in unsent]):
             self._sos_from_memory.update((e.node, e.fcnt, e.ts_us) for e in unsent)
             self._count("sos.published_unjournaled", len(unsent))
-            log.error("journal cannot commit: %d SOS published from memory", len(unsent))
+            log.error("%s", _("journal cannot commit: {count} SOS published from memory").format(count=len(unsent)))
 
     def send_bodies(self, lane: int, bodies: list[str]) -> tuple[int, int] | None:
         """Publish one batch message of reading bodies; (session, mid), or None when offline."""
@@ -223,13 +225,14 @@ class Outbox:
                 return True
             rows = kept
         rows = fit_batch(rows, self._room)
-        sent = self.send_bodies(lane, [body for _, body in rows])
+        bodies = [body for _seq, body in rows]
+        sent = self.send_bodies(lane, bodies)
         if sent is None:
             return False
         session, mid = sent
         # SOS bodies are kept until their PUBACK, which triggers the receipts the callers asked for.
-        bodies = [body for _, body in rows] if lane == SOS else None
-        self.inflight[mid] = Inflight(lane, [seq for seq, _ in rows], time.monotonic(), bodies)
+        seqs = [seq for seq, _body in rows]
+        self.inflight[mid] = Inflight(lane, seqs, time.monotonic(), bodies if lane == SOS else None)
         self.sent_upto[lane] = rows[-1][0]
         return True
 
@@ -262,15 +265,15 @@ class Outbox:
             self._rewind[flight.lane] = min(self._rewind.get(flight.lane, lane_first), lane_first)
             if not self.rewind_at:
                 self.rewind_at = time.monotonic() + REWIND_S
-                log.warning("broker has no subscriber for %s readings; keeping them, retrying in %.0f s",
-                            LANES[flight.lane], REWIND_S)
+                log.warning("%s", _("broker has no subscriber for {lane} readings; keeping them, retrying in "
+                                    "{seconds} s").format(lane=LANES[flight.lane], seconds=f"{REWIND_S:.0f}"))
             return
         if not ack.ok:
             # The broker refused the message (v5 PUBACK failure, e.g. not authorised by its ACL). The readings
             # stay journaled; they are offered again on the next session.
             self._count("mqtt.publish_refused")
-            log.error("broker refused a %s batch of %d readings: %s", LANES[flight.lane], len(flight.seqs),
-                      ack.reason)
+            log.error("%s", _("broker refused a {lane} batch of {count} readings: {reason}").format(
+                lane=LANES[flight.lane], count=len(flight.seqs), reason=ack.reason))
             return
         self.acked.extend(flight.seqs)
         self._acked_hi = max(self._acked_hi, flight.seqs[-1])

@@ -322,13 +322,25 @@ class Probe:
                             stages["sent"] = t
             return sent
 
+        # When each PUBACK reached the gateway (the link's thread): a telemetry PUBACK may wait in CoreTurn.acks
+        # for the core's next wake-up (up to ACK_FOLD_S), and the broker had the readings when it was sent.
+        arrived: dict[tuple[int, int], float] = {}
+        link_post = getattr(gw.link, "_post", None)
+        if link_post is not None:
+            def post_(event: Any) -> None:
+                if type(event).__name__ == "Ack":
+                    arrived[(event.session, event.mid)] = time.perf_counter()
+                link_post(event)
+            gw.link._post = post_
+
         def on_ack_(ack: Any) -> None:
             flight = outbox.inflight.get(ack.mid) if ack.session == outbox.session else None
             on_ack(ack)
+            t_arrived = arrived.pop((ack.session, ack.mid), None)
             if flight is not None and ack.ok:
                 self.acked += len(flight.seqs)
                 if self.target_deleted and self.t_all_acked is None and self.acked >= self.target_deleted:
-                    self.t_all_acked = time.perf_counter()
+                    self.t_all_acked = t_arrived if t_arrived is not None else time.perf_counter()
             if flight is not None and ack.ok and flight.lane == SOS:
                 t = time.perf_counter()
                 for seq in flight.seqs:

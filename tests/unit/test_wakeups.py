@@ -7,6 +7,7 @@ link (the FakePublisher's PUBACKs). The broker acknowledges nothing by itself: t
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -27,21 +28,28 @@ from tests.support.publisher import FakePublisher
 WINDOW_MS = 250
 
 
-@pytest.fixture
-def core(tmp_path: Path) -> Iterator[Gateway]:
-    """A running core (its own thread) with a 250 ms commit window and a connected broker."""
+def running_core(tmp_path: Path, *, window_ms: int = WINDOW_MS, inflight_window: int | None = None) -> Gateway:
+    """A running core (its own thread) with a commit window of ``window_ms`` and a connected broker."""
     nodes = [FieldNode(n.node_id, n.kind) for n in NODES]
     text = config_text(port="loop://", mqtt_port=9, journal=tmp_path / "j.db", nodes=nodes)
-    text = text.replace("\n  quota_mb:", f"\n  commit_window_ms: {WINDOW_MS}\n  quota_mb:", 1)
+    text = text.replace("\n  quota_mb:", f"\n  commit_window_ms: {window_ms}\n  quota_mb:", 1)
+    if inflight_window is not None:
+        text = text.replace("\n  reconnect_min_s:", f"\n  inflight_window: {inflight_window}\n  reconnect_min_s:", 1)
     g = Gateway(parse_config(text), publisher=FakePublisher(), radios=[])
     g.test_nodes = {n.kind: n for n in nodes}  # type: ignore[attr-defined]
-    interval = sys.getswitchinterval()
     fake = g.link
     assert isinstance(fake, FakePublisher)
     fake.connect()
     g.start()
     assert wait_until(lambda: g.outbox.session == 1 and not g.window.due, 5)
     time.sleep(0.05)  # the start-up wake-ups are over: the core's thread sleeps
+    return g
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[Gateway]:
+    interval = sys.getswitchinterval()
+    g = running_core(tmp_path)
     yield g
     g.stop()
     sys.setswitchinterval(interval)
@@ -55,13 +63,13 @@ def frame(g: Gateway, kind: str, i: int = 0) -> list[Uplink]:
 def wakeups(g: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the threads that do the core's wake-ups from now on, in order."""
     names: list[str] = []
-    real = g._wakeup
+    real = g.update_status  # the last step of every wake-up
 
-    def counted(events):
+    def counted(*args, **kwargs):
         names.append(threading.current_thread().name)
-        return real(events)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(g, "_wakeup", counted)
+    monkeypatch.setattr(g, "update_status", counted)
     return names
 
 
@@ -135,12 +143,16 @@ def test_a_waiting_puback_is_taken_within_a_second_without_frames(core: Gateway)
 
 
 def test_the_watchdog_is_fed_by_the_core_thread_while_nothing_arrives(
-        core: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pings: list[str] = []
     monkeypatch.setattr(systemd, "ping", lambda: pings.append(threading.current_thread().name) or True)
-    core._watchdog_s = 0.2
-    core.wake()  # it planned its sleep without a watchdog
-    assert wait_until(lambda: pings.count("core") >= 4, 3)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    g = running_core(tmp_path)
+    try:
+        assert wait_until(lambda: pings.count("core") >= 4, 3)
+    finally:
+        g.stop()
 
 
 def test_a_bug_in_a_wakeup_on_the_radios_thread_is_counted_and_the_radio_goes_on(
@@ -158,7 +170,127 @@ def test_stop_is_prompt_and_commits_what_waits(core: Gateway) -> None:
     t = time.monotonic()
     core.stop()
     assert time.monotonic() - t < 2.0
-    assert core._thread is not None and not core._thread.is_alive()
+    assert not core_thread_alive()
     assert core.stats.counters["readings.journaled"] >= 1
     core.on_uplinks(frame(core, "rain", 2))  # after the stop: left in memory, never handled on this thread
     assert core.turn.frames
+
+
+def core_thread_alive() -> bool:
+    return any(t.name == "core" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_window_opened_by_two_radios_at_once_still_commits_at_its_end(core: Gateway) -> None:
+    """Radio A opens the window and wakes the core's thread (Rearm); radio B's turn, in the same instant, takes
+    that Rearm from the inbox: the core's thread must still wake at the window's end, not at its old deadline."""
+    core.wake()
+    assert wait_until(lambda: core.turn.wake_at - time.monotonic() > 5, 10)  # idle: the core sleeps long
+    sys.setswitchinterval(5.0)  # this thread keeps the GIL from one frame to the next: the race made certain
+    try:
+        core.on_uplinks(frame(core, "rain", 1))
+        core.on_uplinks(frame(core, "weather", 1))
+    finally:
+        sys.setswitchinterval(0.001)
+    t = time.monotonic()
+    assert wait_until(lambda: len(readings(core, "telemetry")) == 2, 5)
+    assert time.monotonic() - t < 1.0  # the 250 ms window, not the core's old deadline
+
+
+def test_stop_is_not_lost_when_a_frame_arrives_in_the_same_instant(core: Gateway) -> None:
+    """stop()'s wake-up can be taken by a radio's turn that moves no deadline (a node's resent frame, only
+    counted): the core's thread must still see it and end."""
+    fake = core.link
+    assert isinstance(fake, FakePublisher)
+    resent = frame(core, "rain", 1)
+    core.on_uplinks(resent)
+    assert wait_until(lambda: fake.unacked, 2)
+    fake.ack_all()
+    assert wait_until(lambda: core.turn.wake_at - time.monotonic() > 5 and not core.outbox.inflight, 15)
+    sys.setswitchinterval(5.0)  # this thread keeps the GIL from stop() to the frame: the race made certain
+    try:
+        core.stop(timeout=0)  # what SIGTERM's thread does: the flag and a wake-up, no wait
+        core.on_uplinks(resent)
+    finally:
+        sys.setswitchinterval(0.001)
+    assert wait_until(lambda: not core_thread_alive(), 3)
+
+
+def test_a_puback_that_makes_room_while_a_radio_commits_sends_the_next_batch_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link judges a PUBACK may wait (nothing to send); before it is kept for the core, a radio's turn commits a
+    reading that only this PUBACK's free slot lets out (a window of one message): it must go at once, not after
+    ACK_FOLD_S."""
+    g = running_core(tmp_path, window_ms=0, inflight_window=1)
+    fake = g.link
+    assert isinstance(fake, FakePublisher)
+    try:
+        g.on_uplinks(frame(g, "rain", 1))
+        assert wait_until(lambda: len(fake.unacked) == 1, 2)
+        time.sleep(0.3)  # the core's thread sleeps
+        judged = g.outbox.ack_may_wait
+
+        def racing(ack):
+            may = judged(ack)
+            g.on_uplinks(frame(g, "weather", 1))  # the window (one message) is full: this reading waits for room
+            return may
+
+        monkeypatch.setattr(g.outbox, "ack_may_wait", racing)
+        t = time.monotonic()
+        fake.ack()
+        assert wait_until(lambda: len(fake.unacked) == 1 and fake.unacked[0].json()["readings"][0]["kind"] == "weather",
+                          3)
+        assert time.monotonic() - t < 0.5
+    finally:
+        g.stop()
+
+
+def test_the_links_events_never_wait_for_the_cores_lock(core: Gateway) -> None:
+    """paho reports a PUBACK holding its message lock, which a radio's turn holding the core's lock may wait for
+    (tests/unit/test_mqtt_link_locks.py): reporting must not take the core's lock."""
+    fake = core.link
+    assert isinstance(fake, FakePublisher)
+    core.on_uplinks(frame(core, "rain", 1))
+    assert wait_until(lambda: fake.unacked, 2)
+    done = threading.Event()
+    with core.turn.lock:
+        threading.Thread(target=lambda: (fake.ack(), done.set()), daemon=True).start()
+        assert done.wait(2)
+
+
+def test_a_journal_that_cannot_be_replaced_stops_the_agent_from_a_radios_thread(
+        core: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal is found damaged and a new one cannot be made (the card went read-only): on a radio's thread
+    too, the agent stops (systemd restarts it) instead of running on without a journal."""
+    from agent.gateway import core as core_module
+    from agent.gateway.journal import JournalCorrupt
+
+    def damaged(**kwargs):
+        raise JournalCorrupt("database disk image is malformed")
+
+    def unwritable(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(core.journal, "commit", damaged)
+    monkeypatch.setattr(core_module, "open_or_recover", unwritable)
+    core.on_uplinks(frame(core, "sos", 0))  # committed at once, on this thread
+    assert wait_until(lambda: not core_thread_alive(), 5)
+    assert core.failure and "Read-only" in core.failure
+
+
+def test_a_journal_that_cannot_be_replaced_stops_the_agent_from_the_cores_thread(
+        core: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.gateway import core as core_module
+    from agent.gateway.journal import JournalCorrupt
+
+    def damaged(**kwargs):
+        raise JournalCorrupt("database disk image is malformed")
+
+    monkeypatch.setattr(core.journal, "commit", damaged)
+    def unwritable(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(core_module, "open_or_recover", unwritable)
+    with core.turn.lock:  # the frame waits for the core's thread
+        core.on_uplinks(frame(core, "sos", 0))
+    assert wait_until(lambda: not core_thread_alive(), 5)
+    assert core.failure

@@ -9,7 +9,7 @@ priority info and ``journalctl -p warning`` shows nothing. So there each line is
 
 and everywhere else (a terminal, a file, a pipe) as before::
 
-    2026-12-06 03:58:29,123 WARNING denen.gateway: broker has no subscriber ...
+    2026-12-06 12:58:29,123 JST WARNING denen.gateway: broker has no subscriber ...
 
 The variable alone is not enough: it is inherited by children whose stderr was redirected (``denen status
 2>file`` from a service's ExecStartPost, a shell started from one), so the stream's own device and inode must
@@ -42,7 +42,7 @@ from typing import IO, Any
 __all__ = ["PLAIN_FORMAT", "JournalFormatter", "TextFormatter", "configure_logging", "syslog_priority",
            "under_journald"]
 
-#: Format of a log line outside journald (the timestamp is the local time, as ``logging`` gives it).
+#: Format of a log line outside journald (the timestamp is the local time with its zone: TextFormatter).
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Format of a log line under journald, after the ``<N>`` prefix: journald adds the time and the identifier.
 JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -108,10 +108,19 @@ def localized(record: logging.LogRecord) -> logging.LogRecord:
 
 
 class TextFormatter(logging.Formatter):
-    """A :class:`logging.Formatter` that shows a driver's ``Text`` messages in the language in use."""
+    """A :class:`logging.Formatter` that shows a driver's ``Text`` messages in the language in use, and times with
+    their zone (``2026-12-05 14:03:12,123 JST``): a person reading a terminal or a file knows which zone it is."""
 
     def format(self, record: logging.LogRecord) -> str:
         return super().format(localized(record))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        from agent.i18n import local_time  # noqa: PLC0415 - stdlib only, loaded once a line is written
+
+        day_and_time, _sep, zone = local_time(record.created, us=False).rpartition(" ")
+        return f"{day_and_time},{int(record.msecs):03d} {zone}"
 
 
 class JournalFormatter(TextFormatter):

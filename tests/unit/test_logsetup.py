@@ -200,3 +200,19 @@ def test_default_stream_is_stderr_and_a_second_call_replaces_the_first(tmp_path:
         logging.getLogger("denen").debug("once")
         err.flush()
     assert (tmp_path / "err").read_text() == "<7>DEBUG denen: once\n"
+
+
+def test_plain_lines_show_the_time_in_the_local_zone_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        record = logging.makeLogRecord({"msg": "x", "created": 1764990000.25, "msecs": 250.0})
+        assert logsetup.TextFormatter(logsetup.PLAIN_FORMAT).formatTime(record) == "2025-12-06 12:00:00,250 JST"
+        monkeypatch.setenv("TZ", "UTC")
+        time.tzset()
+        assert logsetup.TextFormatter().formatTime(record) == "2025-12-06 03:00:00,250 UTC"
+    finally:
+        monkeypatch.undo()
+        time.tzset()

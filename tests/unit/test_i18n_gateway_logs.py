@@ -150,7 +150,7 @@ def test_a_driver_text_with_a_nested_text_and_the_plain_handler(lang: str, monke
         for h in [h for h in root.handlers if h not in saved[1]]:
             root.removeHandler(h)
         root.setLevel(saved[0])
-    line = stream.getvalue().rstrip("\n").split(" ", 2)[2]  # after the date and time
+    line = stream.getvalue().rstrip("\n").split(" ", 3)[3]  # after the date, the time and the zone
     if lang == "en":
         assert line == ("WARNING drivers.meshtastic: radio mesh0: SOS from Meshtastic device !a1b2c3d4 (node 3c000001), "
                         "no position: 'help'")

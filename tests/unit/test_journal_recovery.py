@@ -1,0 +1,140 @@
+"""Salvage of a damaged journal: whatever page a bad sector hits, only the readings stored on that page are lost,
+and nothing that was not an unsent reading comes back (garbage, or readings already sent and deleted).
+
+Pages are located with SQLite's dbstat table (Debian's libsqlite3 has it), so each test damages the kind of page
+it names: a leaf of the reading table, or an interior page above its leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.gateway.journal import Journal
+from agent.gateway.journal_recovery import salvage
+from agent.gateway.reading import SOS, TELEMETRY, Entry
+
+ROWS = 8000  # small readings: with 1 KiB pages the reading table is three levels deep
+
+
+def entry(i: int) -> Entry:
+    lane = SOS if i % 97 == 0 else TELEMETRY
+    return Entry(lane, f"{i % 50:08x}", i, 1_764_000_000_000_000 + i, json.dumps({"v": i}, separators=(",", ":")))
+
+
+def pages(path: Path, kind: str) -> dict[int, int]:
+    """{page number: cells} of the reading table's pages of a kind ('leaf' or 'internal')."""
+    db = sqlite3.connect(path)
+    try:
+        return dict(db.execute("SELECT pageno, ncell FROM dbstat WHERE name='reading' AND pagetype=?", (kind,)))
+    finally:
+        db.close()
+
+
+def overwrite(path: Path, number: int, data: bytes) -> None:
+    size = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
+    with path.open("r+b") as f:
+        f.seek((number - 1) * size)
+        f.write(data[:size].ljust(size, b"\0"))
+
+
+def key(e: Entry) -> tuple[int, str, int, int, str]:
+    return (e.lane, e.node, e.fcnt, e.ts_us, e.body)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("written") / "j.db"
+    j = Journal(path, quota_bytes=1 << 30)
+    try:
+        j.commit(entries=[entry(i) for i in range(1, ROWS + 1)])
+    finally:
+        j.close()
+    return path
+
+
+@pytest.fixture
+def journal_file(tmp_path: Path, written: Path) -> Path:
+    """A closed journal holding ROWS unsent readings, each test its own copy."""
+    shutil.copyfile(written, tmp_path / "j.db")
+    return tmp_path / "j.db"
+
+
+def test_a_damaged_interior_page_of_the_reading_table_costs_no_reading(journal_file: Path) -> None:
+    interior = sorted(pages(journal_file, "internal"))
+    assert len(interior) >= 2, "the table must have interior pages below its root for this test"
+    overwrite(journal_file, interior[1], random.Random(1).randbytes(4096))
+    db = sqlite3.connect(f"file:{journal_file}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.DatabaseError):  # SQLite itself cannot reach the leaves under it
+        db.execute("SELECT SUM(LENGTH(body)) FROM reading").fetchall()
+    db.close()
+    got = salvage(str(journal_file))
+    assert [key(e) for e in got] == [key(entry(i)) for i in range(1, ROWS + 1)]  # all, in order, unchanged
+
+
+def test_a_damaged_leaf_costs_exactly_the_readings_on_it(journal_file: Path) -> None:
+    leaves = pages(journal_file, "leaf")
+    victim = sorted(leaves)[len(leaves) // 2]
+    overwrite(journal_file, victim, random.Random(2).randbytes(4096))
+    got = [key(e) for e in salvage(str(journal_file))]
+    everything = [key(entry(i)) for i in range(1, ROWS + 1)]
+    kept = set(got)
+    assert len(got) == ROWS - leaves[victim]
+    assert got == [k for k in everything if k in kept]  # oldest first, nothing changed
+    lost = [k[2] for k in everything if k not in kept]
+    assert lost == list(range(lost[0], lost[0] + leaves[victim]))  # one run of neighbours: the victim page's rows
+
+
+def test_readings_already_sent_never_come_back_from_freed_pages(tmp_path: Path, journal_file: Path) -> None:
+    # A build without secure_delete (Debian's has it) leaves the cells of freed pages in place.
+    db = sqlite3.connect(journal_file)
+    db.execute("PRAGMA secure_delete=OFF")
+    db.execute("DELETE FROM reading WHERE seq <= ?", (ROWS - 100,))  # sent and acknowledged
+    db.commit()
+    freed = db.execute("PRAGMA freelist_count").fetchone()[0]
+    db.close()
+    assert freed > 10
+    assert b'{"v":1000}' in journal_file.read_bytes()  # the old cells are still in the file
+    interior = sorted(pages(journal_file, "internal"))
+    if interior:
+        overwrite(journal_file, interior[0], b"\xff" * 4096)
+    got = salvage(str(journal_file))
+    assert [e.fcnt for e in got] == list(range(ROWS - 99, ROWS + 1))
+
+
+def test_readings_committed_only_to_the_wal_are_salvaged(tmp_path: Path, journal_file: Path) -> None:
+    writer = sqlite3.connect(journal_file)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("INSERT INTO reading (seq, lane, node, fcnt, ts_us, body) VALUES (?, ?, ?, ?, ?, ?)",
+                   (ROWS + 1, SOS, "0000beef", 1, 1_764_000_000_000_000, '{"sos":true}'))
+    writer.commit()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for suffix in ("", "-wal"):  # as a power cut leaves it: the commit is in the WAL only
+        shutil.copyfile(f"{journal_file}{suffix}", copy / f"j.db{suffix}")
+    writer.close()
+    assert (copy / "j.db-wal").stat().st_size > 0
+    got = salvage(str(copy / "j.db"))
+    assert len(got) == ROWS + 1 and key(got[-1]) == (SOS, "0000beef", 1, 1_764_000_000_000_000, '{"sos":true}')
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_garbage_on_any_page_never_becomes_a_reading(tmp_path: Path, journal_file: Path, seed: int) -> None:
+    """Whole pages of garbage, some dressed as table leaves with cell pointers into random bytes."""
+    rng = random.Random(seed)
+    total = journal_file.stat().st_size // 1024  # 1 KiB pages
+    originals = {key(entry(i)) for i in range(1, ROWS + 1)}
+    for number in rng.sample(range(2, total + 1), 6):
+        junk = bytearray(rng.randbytes(1024))
+        if rng.random() < 0.5:
+            junk[0] = 0x0D  # a table leaf's type byte
+            junk[3:5] = (40).to_bytes(2, "big")
+        overwrite(journal_file, number, bytes(junk))
+    got = salvage(str(journal_file))
+    assert {key(e) for e in got} <= originals
+    assert len(got) == len({e.fcnt for e in got})

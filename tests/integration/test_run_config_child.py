@@ -46,7 +46,7 @@ def report():
             yield from subclasses(s)
     models = list(subclasses(BaseModel))
     with open(REPORT, "w") as f:
-        json.dump({"ruamel": sorted(m for m in sys.modules if m.startswith("ruamel")),
+        json.dump({"ruamel": sorted(m for m in sys.modules if "ruamel" in m),
                    "built": sorted({c.__module__ + "." + c.__qualname__ for c in models if c.__pydantic_complete__}),
                    "models": len(models)}, f)
 

@@ -15,12 +15,15 @@ import mmap
 import os
 import sqlite3
 import struct
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from agent.gateway.reading import LANES, Entry
 
 _HEADER = b"SQLite format 3\x00"
 _TABLE_LEAF = 0x0D
+CHUNK = 5000  # readings salvaged per chunk: each is committed to the fresh journal before the next is read
 _MAX_OVERFLOW_PAGES = 1 << 12  # a chain longer than any reading body could need is damage, not data
 
 
@@ -39,16 +42,42 @@ def set_aside(path: str, *, now_us: int) -> str:
 
 
 def salvage(path: str) -> list[Entry]:
-    """Read whatever unsent readings can still be read from a damaged journal, oldest first (by seq).
+    """Every reading :func:`salvage_chunks` gives, in one list."""
+    return [entry for chunk in salvage_chunks(path) for entry in chunk]
 
-    A row found by both passes is taken once; a row is kept only if it is a well-formed reading (known lane, node,
-    frame counter, time, and a body that is a JSON object), so garbage on a damaged page never becomes a reading.
+
+def salvage_chunks(path: str) -> Iterator[list[Entry]]:
+    """Read whatever unsent readings can still be read from a damaged journal, in chunks of at most
+    :data:`CHUNK` readings, so that memory stays bounded whatever the size of the file (a journal may hold its
+    whole quota, 256 MB by default, on a Pi with 512 MB).
+
+    First what SQLite reaches, oldest first (by seq); then the rows only the page-by-page pass finds, oldest first
+    within each chunk. A row is given only if it is a well-formed reading (known lane, node, frame counter, time,
+    and a body that is a JSON object), so garbage on a damaged page never becomes a reading; a row both passes find
+    is given once.
     """
     _checkpoint(path)
-    found = dict(_rows_through_sqlite(path))
+    reached = array("q")  # the seqs SQLite gave back, ascending: 8 bytes each
+    chunk: list[Entry] = []
+    for seq, entry in _rows_through_sqlite(path):
+        reached.append(seq)
+        chunk.append(entry)
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+    extra: dict[int, Entry] = {}
     for seq, entry in _rows_in_pages(path):
-        found.setdefault(seq, entry)
-    return [found[seq] for seq in sorted(found)]
+        at = bisect_left(reached, seq)
+        if at < len(reached) and reached[at] == seq:
+            continue
+        extra.setdefault(seq, entry)
+        if len(extra) >= CHUNK:
+            yield [extra[s] for s in sorted(extra)]
+            extra = {}
+    if extra:
+        yield [extra[s] for s in sorted(extra)]
 
 
 def _checkpoint(path: str) -> None:

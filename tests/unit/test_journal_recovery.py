@@ -11,12 +11,13 @@ import json
 import random
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
-from agent.gateway.journal import Journal
 from agent.gateway import journal_recovery
+from agent.gateway.journal import Journal
 from agent.gateway.journal_recovery import salvage, salvage_chunks
 from agent.gateway.reading import SOS, TELEMETRY, Entry
 
@@ -151,3 +152,75 @@ def test_salvage_comes_in_bounded_chunks_oldest_first(journal_file: Path, monkey
     assert sorted(got) == list(range(1, ROWS + 1))  # every reading once
     assert got != sorted(got)  # the page pass's rows come after SQLite's
     assert all([e.fcnt for e in c] == sorted(e.fcnt for e in c) for c in chunks)  # oldest first within a chunk
+
+
+def test_sent_readings_deleted_in_the_wal_stay_deleted_while_another_connection_holds_it(journal_file: Path) -> None:
+    """A reader (``denen status``, an operator's sqlite3 shell) keeps the WAL from being checkpointed: the main file
+    still holds readings the WAL has deleted, and the page pass must read the WAL's copy of those pages."""
+    reader = sqlite3.connect(journal_file)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM reading").fetchone()  # pins the snapshot before the deletion
+    writer = sqlite3.connect(journal_file)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("DELETE FROM reading WHERE seq <= 100")  # sent and acknowledged, SOS 97 among them
+    writer.commit()
+    writer.close()
+    size_before = journal_file.stat().st_size
+    main_before = journal_file.read_bytes()
+    try:
+        leaves = sorted(pages(journal_file, "leaf"))
+        overwrite(journal_file, leaves[-1], b"\xff" * 4096)
+        main_damaged = journal_file.read_bytes()
+        got = salvage(str(journal_file))
+    finally:
+        reader.close()
+    assert not [e.fcnt for e in got if e.fcnt <= 100]
+    assert len(got) >= ROWS - 100 - max(pages(journal_file, "leaf").values())
+    assert len(main_damaged) == size_before and main_before != main_damaged  # salvage itself wrote nothing
+
+
+def test_a_body_nested_deeper_than_the_json_parser_goes_is_not_a_reading(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    j = Journal(path, quota_bytes=1 << 30)
+    try:
+        j.commit(entries=[entry(1), Entry(TELEMETRY, "0000dead", 2, 1, "[" * 100_000 + "]" * 100_000), entry(3)])
+    finally:
+        j.close()
+    assert [e.fcnt for e in salvage(str(path))] == [1, 3]
+
+
+def test_a_seq_near_two_to_the_63_on_a_damaged_tree_ends_the_sqlite_pass_quickly(journal_file: Path) -> None:
+    db = sqlite3.connect(journal_file)
+    db.execute("INSERT INTO reading (seq, lane, node, fcnt, ts_us, body) VALUES (?, ?, 'x', 1, 1, '{}')",
+               ((1 << 62) + 5, TELEMETRY))
+    db.commit()
+    db.close()
+    interior = sorted(pages(journal_file, "internal"))
+    overwrite(journal_file, interior[1], b"\0" * 4096)
+    started = time.monotonic()
+    got = salvage(str(journal_file))
+    assert time.monotonic() - started < 20
+    assert len(got) == ROWS + 1
+
+
+def test_an_overflow_chain_that_loops_or_leaves_the_file_costs_only_its_cell(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    j = Journal(path, quota_bytes=1 << 30)
+    try:  # bodies larger than a page spill into overflow pages
+        j.commit(entries=[Entry(TELEMETRY, "0000beef", i, i, json.dumps({"pad": "x" * 3000, "i": i}))
+                          for i in range(1, 41)])
+    finally:
+        j.close()
+    overflow = sorted(pages(path, "overflow"))
+    assert overflow
+    data = bytearray(path.read_bytes())
+    size = 1024
+    first = overflow[0]
+    data[(first - 1) * size: (first - 1) * size + 4] = first.to_bytes(4, "big")  # points at itself
+    second = overflow[5]
+    data[(second - 1) * size: (second - 1) * size + 4] = (10**6).to_bytes(4, "big")  # past the end of the file
+    path.write_bytes(bytes(data))
+    started = time.monotonic()
+    got = salvage(str(path))
+    assert time.monotonic() - started < 10
+    assert 30 <= len(got) < 40 and all(json.loads(e.body)["pad"] == "x" * 3000 for e in got)

@@ -290,9 +290,15 @@ def _compose(text: str, source: str) -> tuple[Node | None, Any]:
         )]) from None
 
 
-_DIRECTIVE = re.compile(r"^%", re.MULTILINE)
-# Where a tag (!), an anchor (&) or an alias (*) can start; also matches inside quotes, which only costs speed.
-_TAG_OR_ANCHOR = re.compile(r"(?:^|[\s,\[{])(?:!|[&*](?![\s&*]))", re.MULTILINE)
+# Texts the C path leaves to the Python parser, because libyaml (YAML 1.1) and ruamel (YAML 1.2) read them apart:
+# a directive at the start of any line (after a BOM or a CR too: "%YAML 1.1" changes how ruamel resolves values);
+_DIRECTIVE = re.compile(r"(?:^|\r)\ufeff?%", re.MULTILINE)
+# a tag (!), an anchor (&) or an alias (*) where one can start (also inside quotes, which only costs speed): ruamel
+# keeps "!!str 12" and "&a 1" as tagged and anchored values, libyaml makes them plain;
+_TAG_OR_ANCHOR = re.compile(r"(?:^|[\s,\[{:\ufeff])(?:!|[&*](?![\s&*]))", re.MULTILINE)
+# NEL, LS and PS, which libyaml takes for line breaks, a BOM after the first character, a tab anywhere (libyaml
+# takes one after a colon), and a comment straight after a block scalar's header: ruamel refuses them all.
+_C_UNSAFE = re.compile(r"[\x85\u2028\u2029\t]|(?<=.)\ufeff|[|>][-+0-9]*#", re.DOTALL)
 
 
 def _round_trip() -> YAML:
@@ -319,11 +325,8 @@ def _compose_in_c(text: str) -> tuple[Node | None, Any] | None:
     constructed by the same round-trip constructor. None when the C parser is not installed or the text does not
     load cleanly: the Python parser then reads it again, so that every problem is reported in its words, at its
     line."""
-    if (_CParser is None or "\t" in text or _TAG_OR_ANCHOR.search(text) or _DIRECTIVE.search(text)
-            or Reader.NON_PRINTABLE.search(text)):
-        # Left to the Python parser: a tab (libyaml takes one after a colon, ruamel does not), a tag or an anchor
-        # (ruamel keeps "!!str 12" and "&a 1" as tagged and anchored values, libyaml makes them plain), a %YAML
-        # directive (it changes how ruamel resolves values), a character ruamel refuses (only its reader names it).
+    if (_CParser is None or _C_UNSAFE.search(text) or _TAG_OR_ANCHOR.search(text) or _DIRECTIVE.search(text)
+            or Reader.NON_PRINTABLE.search(text)):  # a character ruamel refuses: only its reader names it
         return None
     yaml = _round_trip()
     yaml.Parser, yaml.Reader, yaml.Scanner = _CParser, None, None  # reader, scanner and parser in C

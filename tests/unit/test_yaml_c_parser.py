@@ -120,6 +120,10 @@ def test_a_large_config_is_read_in_c() -> None:
 @pytest.mark.parametrize(("text", "refused"), [
     ("%YAML 1.1\n---\na: yes\n", False), ("a: !!str 12\n", False), ("a: [!!set {x}]\n", False),
     ("base: &b {host: h, port: 1}\nother: *b\nmerged:\n  <<: *b\n  port: 2\n", False), ("k: &a 0012\n", False), ("k: [*a]\n", True), ("k: ! 12\n", False),
+    ("\ufeff%YAML 1.1\n---\nsiren: yes\n", False), ("# site\r%YAML 1.1\r---\rsiren: yes\r", False),
+    ("k: {'id':!!str 0e300000}\n", False), ('k: ["a":!!int "017"]\n', True), ("\ufeff\ufeffid: 0e300001\n", False),
+    ("siren: off\u2028threshold_mm: 50\n", True), ("siren: on # was off\x85threshold_mm: 50\n", True),
+    ("note: |# free text\n  hello\n", True), ("note: >-# text\n  hello\n", True), ("a:\n\ufeff  - x\n", True),
     ("a: 1\nb: \x7f\n", True), ("a:\tb\n", True), ("a: [1, 2\n", True), ("a:\n\tb: 1\n", True)])
 def test_tags_anchors_directives_control_characters_and_errors_are_left_to_the_python_parser(text: str, refused: bool) -> None:
     assert loader._compose_in_c(text) is None
@@ -132,7 +136,8 @@ def test_tags_anchors_directives_control_characters_and_errors_are_left_to_the_p
 
 SCALARS = st.one_of(st.integers(-10**6, 10**6).map(str), st.sampled_from(
     ["0x1a", "0o7", "007", "1_0", "yes", "No", "~", "null", ".5", "1e3", "-.inf", "'q'", '"d"', "2026-01-02", "a b",
-     "川", "#x", "a #c", "\tx", "x\t", " ", "x\r", "- x", "[]", "{}", "&a 1", "*a", "'", ":", "?", "@", "`"]))
+     "川", "#x", "a #c", "\tx", "x\t", " ", "x\r",
+     "\x85x", "x\u2028y", "\u2029", "\ufeffx", "|#", ">-#", ":!!str 1", "%YAML 1.1", "\r%x", "- x", "[]", "{}", "&a 1", "*a", "'", ":", "?", "@", "`"]))
 
 
 @st.composite

@@ -355,6 +355,12 @@ class Journal:
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
+            acked = sorted(acked)
+            if acked:
+                # One range delete per run of consecutive seqs (a batch per message), before the inserts: they
+                # refill the leaf pages it frees, each written to the WAL once instead of once freed and once
+                # reused (tests/bench/bench_field.py at 20 frames/s: 8 pages per commit instead of 11).
+                db.executemany("DELETE FROM reading WHERE seq BETWEEN ? AND ?", _runs(acked))
             seqs: list[int] = []
             if entries:
                 first = self._last_seq + 1
@@ -363,11 +369,6 @@ class Journal:
                     [(first + i, e.lane, e.node, e.fcnt, e.ts_us, e.body, e.boot_us) for i, e in enumerate(entries)],
                 )
                 seqs = list(range(first, first + len(entries)))
-            acked = sorted(acked)
-            if acked:
-                # Acknowledged readings come in runs of consecutive seqs (a batch per message): one range
-                # delete per run costs a fraction of one delete per row.
-                db.executemany("DELETE FROM reading WHERE seq BETWEEN ? AND ?", _runs(acked))
             _write_records(db, nodes=nodes, forget=forget, quarantined=quarantined, counters=counters, meta=meta,
                            audit=audit, done=done)
             db.execute("COMMIT")

@@ -11,7 +11,15 @@ import pytest
 
 from agent.errors import JournalError
 from agent.gateway.journal import Journal
-from agent.gateway.reading import ALARM, DIAGNOSTICS, SOS, TELEMETRY, Entry, NodeState, Quarantined
+from agent.gateway.reading import (
+    ALARM,
+    DIAGNOSTICS,
+    SOS,
+    TELEMETRY,
+    Entry,
+    NodeState,
+    Quarantined,
+)
 
 
 def entry(lane: int, node: str, fcnt: int, pad: int = 0) -> Entry:
@@ -42,6 +50,19 @@ def test_acked_readings_are_deleted_and_the_rest_survive_a_reopen(open_journal: 
     # New seqs never reuse acknowledged ones while rows remain.
     [s6] = j.commit(entries=[entry(ALARM, "t", 6)])
     assert s6 > seqs[-1]
+
+
+def test_a_commit_refills_the_pages_its_acknowledgements_free(open_journal: Callable[..., Journal]) -> None:
+    # At field rates each commit inserts a window's readings and deletes the ones acknowledged since the last:
+    # the freed leaf pages are filled again in the same transaction, so none is written to the WAL twice
+    # (once freed, once reused by the next commit) and the freelist stays empty.
+    j = open_journal()
+    acked: list[int] = []
+    for c in range(30):
+        acked = j.commit(entries=[entry(TELEMETRY, f"n{c}", k, 250) for k in range(6)], acked=acked)
+        if c >= 5:
+            assert j._db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert [s for s, _ in j.pending(TELEMETRY, after_seq=0, limit=10)] == acked
 
 
 def test_seqs_keep_increasing_after_everything_was_acked_and_after_a_reopen(

@@ -39,7 +39,11 @@ def pages(path: Path, kind: str) -> dict[int, int]:
 
 
 def overwrite(path: Path, number: int, data: bytes) -> None:
-    size = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
+    db = sqlite3.connect(path)
+    try:
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        db.close()
     with path.open("r+b") as f:
         f.seek((number - 1) * size)
         f.write(data[:size].ljust(size, b"\0"))
@@ -72,9 +76,11 @@ def test_a_damaged_interior_page_of_the_reading_table_costs_no_reading(journal_f
     assert len(interior) >= 2, "the table must have interior pages below its root for this test"
     overwrite(journal_file, interior[1], random.Random(1).randbytes(4096))
     db = sqlite3.connect(f"file:{journal_file}?mode=ro", uri=True)
-    with pytest.raises(sqlite3.DatabaseError):  # SQLite itself cannot reach the leaves under it
-        db.execute("SELECT SUM(LENGTH(body)) FROM reading").fetchall()
-    db.close()
+    try:
+        with pytest.raises(sqlite3.DatabaseError):  # SQLite itself cannot reach the leaves under it
+            db.execute("SELECT SUM(LENGTH(body)) FROM reading").fetchall()
+    finally:
+        db.close()
     got = salvage(str(journal_file))
     assert sorted(key(e) for e in got) == sorted(key(entry(i)) for i in range(1, ROWS + 1))  # all, once, unchanged
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.errors import JournalError
-from agent.gateway.journal_recovery import salvage, set_aside
+from agent.gateway.journal_recovery import salvage_into, set_aside
 from agent.gateway.journal_schema import configure, upgrade
 from agent.gateway.reading import (
     EVICTABLE,
@@ -171,12 +171,10 @@ def open_or_recover(path: str, *, quota_bytes: int, force: bool = False) -> tupl
             log.error("%s", _("{error}; setting it aside and starting a fresh journal").format(error=exc))
     aside = set_aside(path, now_us=time.time_ns() // 1000)
     journal = Journal(path, quota_bytes=quota_bytes)
-    rescued = salvage(aside)
-    if rescued:
-        journal.commit(entries=rescued)
+    rescued = salvage_into(aside, lambda chunk: journal.commit(entries=chunk))
     log.error("%s", _("damaged journal kept at {path}; {count} unsent readings salvaged from it").format(
-        path=aside, count=len(rescued)))
-    return journal, aside, len(rescued)
+        path=aside, count=rescued))
+    return journal, aside, rescued
 
 
 def _runs(seqs: list[int]) -> list[tuple[int, int]]:

@@ -16,7 +16,7 @@ import os
 import sqlite3
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from agent.gateway.reading import LANES, Entry
 from agent.gateway.sqlite_pages import Image
@@ -40,6 +40,16 @@ def set_aside(path: str, *, now_us: int) -> str:
         except FileNotFoundError:
             pass
     return aside
+
+
+def salvage_into(path: str, commit: Callable[[list[Entry]], object]) -> int:
+    """Hand each chunk :func:`salvage_chunks` reads to ``commit`` (the fresh journal's) before reading the next, so
+    a damaged journal of any size is carried over in bounded memory; returns how many readings were salvaged."""
+    count = 0
+    for chunk in salvage_chunks(path):
+        commit(chunk)
+        count += len(chunk)
+    return count
 
 
 def salvage(path: str) -> list[Entry]:

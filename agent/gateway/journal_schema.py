@@ -96,6 +96,9 @@ def configure(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA journal_size_limit=67108864")
     # A small page cache: the journal is written once and read once, in order; RAM is scarce on a Pi.
     db.execute("PRAGMA cache_size=-1024")
+    # Freed pages are zeroed (Debian's build does this by default; others may not): a page freed after its readings
+    # were sent must never hold them again, or salvaging a damaged journal could bring a sent SOS back.
+    db.execute("PRAGMA secure_delete=ON")
     # Checkpoint the WAL every ~1 MiB instead of SQLite's ~4 MB, so a small or nearly full card can still
     # hold it; a failed commit for lack of space also forces a checkpoint (see Journal.commit). Counted in pages
     # of this file's size (1,024 of 1 KiB; 256 of 4 KiB in a journal made before): measured at 20 frames/s,

@@ -230,3 +230,49 @@ def test_an_overflow_chain_that_loops_or_leaves_the_file_costs_only_its_cell(tmp
     got = salvage(str(path))
     assert time.monotonic() - started < 10
     assert 30 <= len(got) < 40 and all(json.loads(e.body)["pad"] == "x" * 3000 for e in got)
+
+
+def test_open_or_recover_commits_each_chunk_before_reading_the_next(
+        journal_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.gateway.journal import open_or_recover
+
+    monkeypatch.setattr(journal_recovery, "CHUNK", 1000)
+    sizes: list[int] = []
+    commit = Journal.commit
+
+    def counting(self: Journal, **kw: object) -> object:
+        sizes.append(len(kw.get("entries", ())))  # type: ignore[arg-type]
+        return commit(self, **kw)
+
+    monkeypatch.setattr(Journal, "commit", counting)
+    overwrite(journal_file, sorted(pages(journal_file, "internal"))[1], b"\0" * 4096)
+    journal, aside, rescued = open_or_recover(str(journal_file), quota_bytes=1 << 30)
+    try:
+        assert aside and rescued == ROWS
+        assert sizes and max(sizes) <= 1000 and sum(sizes) == ROWS
+        assert sum(journal.depth().values()) == ROWS
+    finally:
+        journal.close()
+
+
+def test_the_journal_zeroes_what_it_deletes(tmp_path: Path) -> None:
+    """secure_delete on every build, not only Debian's: a sent reading's bytes leave the file, so no salvage can
+    bring it back."""
+    from agent.gateway.journal_schema import configure
+
+    db = sqlite3.connect(tmp_path / "j.db", isolation_level=None)
+    try:
+        db.execute("PRAGMA secure_delete=OFF")  # as on a build without SQLITE_SECURE_DELETE
+        configure(db)
+        assert db.execute("PRAGMA secure_delete").fetchone()[0] == 1
+    finally:
+        db.close()
+    path = tmp_path / "k.db"
+    j = Journal(path, quota_bytes=1 << 30)
+    try:
+        j.commit(entries=[Entry(SOS, "0000beef", i, i, json.dumps({"sent": f"marker-{i:04d}"})) for i in range(1, 301)])
+        j.commit(acked=range(1, 301))
+    finally:
+        j.close()
+    files = [p for p in (path, tmp_path / "k.db-wal") if p.exists()]
+    assert b"marker-0" not in b"".join(p.read_bytes() for p in files)

@@ -137,19 +137,23 @@ class NgsiServer:
         with self.lock:
             self._faults.append(fault)
 
-    def stall(self, count: int, seconds: float) -> None:
+    def stall(self, count: int, seconds: float) -> threading.Event:
         """Store the next ``count`` requests, then answer each only after ``seconds`` (past the client's timeout:
-        the client cannot know the write went through)."""
+        the client cannot know the write went through). The event returned is set once the last of them arrived."""
         left = [count]
+        taken = threading.Event()
 
         def fault(_: list[dict[str, Any]]) -> tuple[int, Any] | None:
             if left[0] <= 0:
                 return None
             left[0] -= 1
+            if left[0] == 0:
+                taken.set()
             return -1, seconds
 
         with self.lock:
             self._faults.append(fault)
+        return taken
 
     def refuse_requests(self, match: Callable[[dict[str, Any]], bool], status: int = 400) -> None:
         """Refuse a whole request (``status``, nothing stored) whenever one of its entities ``match`` says yes to

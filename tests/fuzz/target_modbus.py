@@ -16,17 +16,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from drivers import modbus
+from tests.fuzz import targets
 from tests.fuzz.mutate import chunk, mutate_bytes, random_bytes
-from tests.fuzz.targets import (
-    ACCEPTED,
-    IGNORED,
-    TARGETS,
-    FakeLink,
-    Outcome,
-    Target,
-    check,
-    rejected,
-)
+from tests.fuzz.targets import ACCEPTED, IGNORED, FakeLink, Outcome, check, rejected
 
 __all__ = ["ModbusTarget", "reply_frame"]
 
@@ -57,7 +49,7 @@ def _request(rng: random.Random) -> tuple[int, int, int]:
     return rng.choice((1, 1, 2, 192, 247)), rng.choice((3, 4)), rng.choice((1, 1, 2))
 
 
-class ModbusTarget(Target):
+class ModbusTarget(targets.Target):
     """Byte chunks through ``Modbus.feed`` with a request pending, or none."""
 
     name = "modbus"
@@ -146,4 +138,4 @@ class ModbusTarget(Target):
         return IGNORED
 
 
-TARGETS.setdefault(ModbusTarget.name, ModbusTarget())
+targets.TARGETS.setdefault(ModbusTarget.name, ModbusTarget())

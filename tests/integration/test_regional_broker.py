@@ -24,14 +24,7 @@ import pytest
 
 from agent.dev.devbroker import Mosquitto
 from agent.errors import AgentError
-from tests.bridge._helpers import (
-    T0_US,
-    Publisher,
-    batch,
-    reading,
-    topic,
-    write_v1_bridge_config,
-)
+from tests.bridge import _helpers as msgs
 from tests.support.broker import Collector
 from tests.support.fault_rig import BridgeProcess
 from tests.support.influx import InfluxDB1
@@ -165,7 +158,7 @@ class ValleyGateways:
     PUBACK of the regional broker). Identities ``<gateway>/<node>/<fcnt>``; fcnt counts per gateway and lane kind."""
 
     def __init__(self, regional: Mosquitto) -> None:
-        self.pub = Publisher(regional, client_id="valley-gateways")
+        self.pub = msgs.Publisher(regional, client_id="valley-gateways")
         self.fcnt: Counter[tuple[str, str]] = Counter()
         self.sent: list[tuple[str, str, int]] = []
 
@@ -178,8 +171,8 @@ class ValleyGateways:
                 base = 0x700 if kind == "sos" else 0x600
                 values = {"button": 1.0, "battery_v": 3.5} if kind == "sos" else {"level_cm": 100.0 + fcnt % 89,
                                                                                  "battery_v": 3.6}
-                rs = [reading(gw, base + n, fcnt, kind, values, ts_us=T0_US + fcnt * 1000 + n) for n in range(NODES)]
-                items.append((topic(gw, rs[0]["lane"]), batch(gw, rs)))
+                rs = [msgs.reading(gw, base + n, fcnt, kind, values, ts_us=msgs.T0_US + fcnt * 1000 + n) for n in range(NODES)]
+                items.append((msgs.topic(gw, rs[0]["lane"]), msgs.batch(gw, rs)))
                 keys = [(gw, r["node"], fcnt) for r in rs]
                 self.sent += keys
         self.pub.publish(items)
@@ -268,7 +261,7 @@ def regional(tmp_path: Path, relay: Relay) -> Iterator[Mosquitto]:
 
 def test_cut_regional_link_under_traffic_loses_and_duplicates_nothing_and_sos_skips_the_backlog(
         tmp_path: Path, central: Mosquitto, relay: Relay, regional: Mosquitto, influx: InfluxDB1) -> None:
-    cfg = write_v1_bridge_config(tmp_path, central, influx.url, "bridge-central-1",
+    cfg = msgs.write_v1_bridge_config(tmp_path, central, influx.url, "bridge-central-1",
                                  sites=dict.fromkeys(GATEWAYS, "valley"), max_wait_ms=100)
     bridge = BridgeProcess(cfg, tmp_path / "bridge.log")
     bridge.start()

@@ -38,7 +38,13 @@ from typing import Any, TypeVar
 
 from agent.errors import JournalError
 from agent.gateway.journal_recovery import salvage_into, set_aside
-from agent.gateway.journal_schema import configure, upgrade
+from agent.gateway.journal_schema import (
+    configure,
+    lane_counts,
+    lane_is,
+    lane_tops,
+    upgrade,
+)
 from agent.gateway.reading import (
     EVICTABLE,
     LANES,
@@ -286,10 +292,7 @@ class Journal:
             top = self._db.execute("SELECT MAX(seq) FROM reading").fetchone()[0] or 0
             kept = self._db.execute("SELECT value FROM meta WHERE key='seq_top'").fetchone()
             self._last_seq = max(top, int(kept[0]) if kept and str(kept[0]).isdigit() else 0)
-            self.lane_top = [0] * len(LANES)
-            for lane, top in self._db.execute("SELECT lane, MAX(seq) FROM reading GROUP BY lane"):
-                if lane in range(len(LANES)):
-                    self.lane_top[lane] = top
+            self.lane_top = lane_tops(self._db)
         except sqlite3.DatabaseError as exc:
             self._close_after_failed_open()
             if _is_corruption(exc):
@@ -390,13 +393,10 @@ class Journal:
             hold_unsynced: stop before the first reading that awaits clock correction, so the lane goes out in
                 order once it is corrected.
         """
+        where = f"WHERE {lane_is(lane)} AND seq>? ORDER BY seq LIMIT ?"
         if not hold_unsynced:
-            return self._db.execute(
-                "SELECT seq, body FROM reading WHERE lane=? AND seq>? ORDER BY seq LIMIT ?", (lane, after_seq, limit)
-            ).fetchall()
-        rows = self._db.execute(
-            "SELECT seq, body, boot_us FROM reading WHERE lane=? AND seq>? ORDER BY seq LIMIT ?", (lane, after_seq, limit)
-        ).fetchall()
+            return self._db.execute(f"SELECT seq, body FROM reading {where}", (after_seq, limit)).fetchall()
+        rows = self._db.execute(f"SELECT seq, body, boot_us FROM reading {where}", (after_seq, limit)).fetchall()
         out: list[tuple[int, str]] = []
         for seq, body, boot in rows:
             if boot is not None:
@@ -469,16 +469,14 @@ class Journal:
     @_guarded
     def has_pending(self, lane: int, *, after_seq: int) -> bool:
         return self._db.execute(
-            "SELECT 1 FROM reading WHERE lane=? AND seq>? LIMIT 1", (lane, after_seq)
+            f"SELECT 1 FROM reading WHERE {lane_is(lane)} AND seq>? LIMIT 1", (after_seq,)
         ).fetchone() is not None
 
     @_guarded
     def depth(self) -> dict[str, int]:
-        """Unsent readings per lane name."""
-        out = dict.fromkeys(LANES, 0)
-        for lane, n in self._db.execute("SELECT lane, COUNT(*) FROM reading GROUP BY lane"):
-            out[LANES[lane]] = n
-        return out
+        """Unsent readings per lane name (reads every leaf of the reading table: at each health report, not per
+        reading)."""
+        return lane_counts(self._db)
 
     @_guarded
     def oldest_ts_us(self) -> int | None:
@@ -576,7 +574,8 @@ class Journal:
                 excess_rows = max(1, (live - self.quota_bytes) // per_row + 1)
                 seqs = [
                     s for (s,) in self._db.execute(
-                        "SELECT seq FROM reading WHERE lane=? ORDER BY seq LIMIT ?", (lane, excess_rows + len(protect))
+                        f"SELECT seq FROM reading WHERE {lane_is(lane)} ORDER BY seq LIMIT ?",
+                        (excess_rows + len(protect),),
                     ) if s not in protect
                 ][:excess_rows]
                 if not seqs:

@@ -48,7 +48,7 @@ def test_an_older_journal_is_migrated_with_its_shared_window_as_both_windows(tmp
     _old_journal(tmp_path / "j.db", version)
     j = Journal(tmp_path / "j.db", quota_bytes=1 << 30)
     try:
-        assert j.meta()["schema"] == str(SCHEMA_VERSION) == "4"
+        assert j.meta()["schema"] == str(SCHEMA_VERSION) == "5"
         nodes = j.nodes()
         # Nothing refused before the upgrade is accepted after it: the old window becomes both.
         assert (nodes["00000031"].last_fcnt, nodes["00000031"].unsigned_fcnt) == (0xFFFF_FFFF, 0xFFFF_FFFF)
@@ -78,7 +78,7 @@ def test_a_schema_3_journal_loses_autoincrement_and_keeps_its_readings_and_windo
     db.close()
     j = Journal(path, quota_bytes=1 << 30)
     try:
-        assert j.meta()["schema"] == str(SCHEMA_VERSION) == "4"
+        assert j.meta()["schema"] == str(SCHEMA_VERSION) == "5"
         sql = j._db.execute("SELECT sql FROM sqlite_master WHERE name='reading'").fetchone()[0]
         assert "AUTOINCREMENT" not in sql.upper()
         indexes = {r[0] for r in j._db.execute("SELECT name FROM sqlite_master WHERE type='index'")}

@@ -27,6 +27,7 @@ from agent.config import Config
 from agent.errors import JournalError
 from agent.gateway import clock, health, heap
 from agent.gateway.clockwatch import ClockWatch
+from agent.gateway.counters import CounterWrites
 from agent.gateway.edge import Edge
 from agent.gateway.events import (
     Ack,
@@ -101,7 +102,8 @@ class Gateway:
             config.journal.path, quota_bytes=int(config.journal.quota_mb * 1024 * 1024))
         self.stats = health.GatewayStats()
         self.stats.counters.update(self.journal.counters())
-        self._dirty_counters: set[str] = set()
+        self.counters = CounterWrites(self.stats.counters)  # which the journal lacks; written every ~10 s
+        self._count = self.counters.count
         # Warnings a hostile node or a garbled module cause at any rate: in full once per (reason, sender) a minute.
         self._warn = RateLimitedLog(log)
         self.decoder = FrameDecoder(config, self.journal.nodes(), count=self._count, warn=self._warn)
@@ -259,7 +261,7 @@ class Gateway:
         # Handle what is still waiting, so nothing the radios delivered is left only in memory.
         self._handle(drain(self.inbox, 0, _DRAIN_MAX))
         self._warn.flush()
-        self.journal.commit(meta={"agent_pid": ""})
+        self.journal.commit(meta={"agent_pid": ""}, counters=self.counters.take(0.0, force=True))
         self.journal.close()
 
     def wait_s(self) -> float:
@@ -277,7 +279,8 @@ class Gateway:
             deadlines.append(self.state.next_at)
         if self.status.line.pending:
             deadlines.append(self.status.line.next_at)
-        for at in (self._retry_commit_at, self.window.due, self.outbox.rewind_at, self.edge.next_deadline()):
+        for at in (self._retry_commit_at, self.window.due, self.outbox.rewind_at, self.edge.next_deadline(),
+                   self.counters.deadline(planned=self.window.due or self._retry_commit_at)):
             if at:  # 0 or None: no such deadline
                 deadlines.append(at)
         return max(0.0, min(deadlines) - now)
@@ -396,23 +399,24 @@ class Gateway:
         # 4.7 ms).
         decoder, meta, window = self.decoder, self._meta, self.window
         if entries or quarantined or window.entries or window.quarantined or self.outbox.acked or decoder.dirty \
-                or decoder.forgotten or self._dirty_counters or self._done or meta:
+                or decoder.forgotten or self.counters.due(now) or self._done or meta:
             if self._may_wait(entries, len(window.entries) + len(entries), urgent, now):
                 # Within the commit window: kept in memory (a power cut loses at most this window's frames);
                 # the node states, counters and acknowledgements wait with them for the same transaction.
                 window.wait(entries, quarantined, held=self.clockwatch.fresh_held, now=now,
-                            more_waits=bool(decoder.dirty or decoder.forgotten or meta))
+                            more_waits=bool(decoder.dirty or decoder.forgotten or meta or self.counters.due(now)))
                 self._publish(urgent=urgent)
                 return
             entries, quarantined = window.take(entries, quarantined)
-            if not self._commit(entries, quarantined, now):
+            if not self._commit(entries, quarantined, now, urgent):
                 return
         if self.clockwatch.correction_due:
             self.clockwatch.correct(self.journal)
         self._publish(urgent=urgent)
 
-    def _commit(self, entries: list[Entry], quarantined: list[Quarantined], now: float) -> bool:
-        """One transaction of everything gathered; False when it failed (what it held is kept in memory)."""
+    def _commit(self, entries: list[Entry], quarantined: list[Quarantined], now: float, urgent: bool) -> bool:
+        """One transaction of everything gathered; False when it failed (what it held is kept in memory). The
+        counters join it when due (agent.gateway.counters), an SOS or alarm is in it, or the core is stopping."""
         decoder, meta = self.decoder, self._meta
         try:
             self.journal.commit(
@@ -420,7 +424,7 @@ class Gateway:
                 acked=self.outbox.acked,
                 nodes=[decoder.nodes[n] for n in decoder.dirty],
                 quarantined=quarantined,
-                counters={k: self.stats.counters[k] for k in self._dirty_counters},
+                counters=self.counters.take(now, force=urgent or self._stop.is_set()),
                 meta={**meta, "gateway_seq": str(self._gateway_seq)} if (meta or any(
                     e.node == "gateway" for e in entries)) else None,
                 forget=decoder.forgotten,
@@ -452,9 +456,10 @@ class Gateway:
         if self._retry_commit_at:
             log.warning("%s", _("journal commits again; the readings kept in memory are journaled"))
         self._retry_commit_at = 0.0
+        self.counters.written(now)
         self.outbox.deleted()
         if entries:
-            # Counted after the commit; the counter itself becomes durable with the next commit.
+            # Counted after the commit; the counter itself becomes durable with a later one.
             self._count("readings.journaled", len(entries))
         decoder = self.decoder
         decoder.dirty.clear()
@@ -465,7 +470,6 @@ class Gateway:
         self._done = []
         self._meta = {}
         self.clockwatch.fresh_held = 0
-        self._dirty_counters.clear()
         if entries and (self._next_quota == 0.0 or now >= self._next_quota):
             self._check_quota()
 
@@ -593,8 +597,3 @@ class Gateway:
         self._carry.extend(self._edge_call(self.edge.on_journal_usage, pct))
         # The size check reads a few pragmas; under load once a second is plenty.
         self._next_quota = time.monotonic() + 1.0
-
-    def _count(self, name: str, n: int = 1) -> None:
-        self.stats.counters[name] += n
-        self._dirty_counters.add(name)
-

@@ -70,15 +70,20 @@ class Outbox:
             damaged journal (and calls :meth:`forget`).
         count: adds to one of the core's counters.
         on_sos_acked: called with the SOS readings (parsed bodies) of each acknowledged SOS message.
+        frames_waiting: whether a radio delivered frames while this wake-up held the core (``CoreTurn.frames``):
+            they may hold an SOS, so the wake-up leaves its backlog batch to the next one.
     """
 
     def __init__(self, config: Config, publisher: Publisher, journal: Journal, *,
-                 count: Callable[..., None], on_sos_acked: Callable[[list[dict[str, Any]]], Any]) -> None:
+                 count: Callable[..., None], on_sos_acked: Callable[[list[dict[str, Any]]], Any],
+                 frames_waiting: Callable[[], bool] = lambda: False) -> None:
         self.config = config
         self.publisher = publisher
         self.journal = journal
         self._count = count
         self._on_sos_acked = on_sos_acked
+        self.frames_waiting = frames_waiting
+        self._yielded = False  # the last wake-up left its backlog batch to frames that were waiting
         self._room = batch_room(config)
         self._head = (f'{{"schema":"{READING_SCHEMA}","gateway":"{config.gateway.id}",'
                       f'"site":"{config.gateway.site}",')
@@ -130,7 +135,8 @@ class Outbox:
         """SOS first, whatever the window holds; then backlog batches within the window.
 
         Args:
-            urgent: this wake-up brought an SOS: one backlog batch at most, so the wake-up ends soon.
+            urgent: this wake-up brought an SOS or an alarm: no backlog batch while a PUBACK is due to wake the
+                core for it, so the wake-up ends at once and the core is free for that SOS's PUBACK.
             hold: telemetry and diagnostics stamped on an unsynchronised clock wait (see agent.gateway.clockwatch).
         """
         if self.session is None:
@@ -143,8 +149,11 @@ class Outbox:
             return
         # Backlog batches per wake-up are capped, so a wake-up stays short and an SOS arriving meanwhile waits
         # for little; the next PUBACK wakes the core to send more.
-        budget = 1 if urgent else _BATCHES_PER_STEP
+        budget = _BATCHES_PER_STEP
+        leave = self._leave_backlog(urgent)
         for lane in range(SOS + 1, len(LANES)):
+            if leave and lane >= TELEMETRY:
+                break
             while budget and len(self.inflight) < window and self.journal.lane_top[lane] > self.sent_upto[lane]:
                 rows = self.journal.pending(lane, after_seq=self.sent_upto[lane], limit=batch,
                                             hold_unsynced=hold and lane >= TELEMETRY)
@@ -153,6 +162,18 @@ class Outbox:
                 if not self._send(lane, rows):
                     return
                 budget -= 1
+
+    def _leave_backlog(self, urgent: bool) -> bool:
+        """Whether this wake-up leaves its telemetry and diagnostics batch to the next one, so the core is free
+        at once: after an SOS or alarm, for its PUBACK (measured in tests/bench sos: the batch and the deletion
+        commit it causes made the slowest SOS wait 2-8 ms more), when a PUBACK already in flight is sure to wake
+        the core; and when a radio delivered frames meanwhile (they may hold an SOS; the core looks again at once),
+        but never two wake-ups in a row, so frames arriving without pause cannot starve the backlog."""
+        if urgent and self.inflight:
+            return True
+        leave = not self._yielded and self.frames_waiting()
+        self._yielded = leave
+        return leave
 
     def _do_rewind(self) -> None:
         for lane, first in self._rewind.items():
@@ -168,19 +189,21 @@ class Outbox:
         """Commit and publish the SOS among ``entries`` ahead of everything else; the entries left to commit.
 
         An SOS does not wait for the rest of this wake-up's work (acks to delete, backlog to read): it gets a
-        commit of its own and goes out first. One extra fsync, only when an SOS arrives.
+        commit of its own and goes out first. One extra fsync, only when an SOS arrives. The alarms among
+        ``entries`` (the alert an SOS raises) share that commit, so what is left is telemetry and diagnostics only,
+        which need not hold up the SOS's PUBACK with the commit of a drain's deletions (tests/bench sos).
         """
-        sos = [e for e in entries if e.lane == SOS]
+        first = [e for e in entries if e.lane < TELEMETRY]
         try:
-            self.journal.commit(entries=sos)
+            self.journal.commit(entries=first)
         except JournalError:
             return entries  # the normal commit keeps them and handles the failure
-        self._count("readings.journaled", len(sos))
+        self._count("readings.journaled", len(first))
         try:
             self.publish_lane(SOS)
         except JournalCorrupt:
             pass  # this wake-up's other entries are committed first; the damage is met again then
-        return [e for e in entries if e.lane != SOS]
+        return [e for e in entries if e.lane >= TELEMETRY]
 
     def publish_lane(self, lane: int) -> bool:
         """Send everything pending in ``lane``, whatever the window holds (used for SOS). False if offline."""

@@ -279,7 +279,7 @@ def test_an_sos_inside_an_open_window_is_committed_and_published_at_once_with_ev
     latency_ms = (sos_out[0][1] - t) * 1e3
     assert latency_ms < 250  # same wake-up, not the window's end (typically ~1-3 ms on a dev machine)
     # The SOS had a commit of its own before it was published; the telemetry waiting committed right after it.
-    assert [e.lane for e in calls[0]["entries"]] == [0]
+    assert [e.lane for e in calls[0]["entries"]] == [0, 1]  # the SOS and the alert it raised, no telemetry
     assert sorted(e.fcnt for e in calls[1]["entries"] if e.node == rain.hex) == [1, 2, 3]
     assert kinds_pending(gww, 0) == ["sos"] and kinds_pending(gww, 2) == ["rain"] * 3
     assert gww.window.due == 0.0

@@ -416,7 +416,8 @@ class Gateway:
 
     def _commit(self, entries: list[Entry], quarantined: list[Quarantined], now: float, urgent: bool) -> bool:
         """One transaction of everything gathered; False when it failed (what it held is kept in memory). The
-        counters join it when due (agent.gateway.counters), an SOS or alarm is in it, or the core is stopping."""
+        counters join it when due (agent.gateway.counters), with an SOS or alarm, when it holds no new reading (the
+        deletions after a drain: ``denen status`` is current once the journal is empty), or when stopping."""
         decoder, meta = self.decoder, self._meta
         try:
             self.journal.commit(
@@ -424,7 +425,7 @@ class Gateway:
                 acked=self.outbox.acked,
                 nodes=[decoder.nodes[n] for n in decoder.dirty],
                 quarantined=quarantined,
-                counters=self.counters.take(now, force=urgent or self._stop.is_set()),
+                counters=self.counters.take(now, force=urgent or not entries or self._stop.is_set()),
                 meta={**meta, "gateway_seq": str(self._gateway_seq)} if (meta or any(
                     e.node == "gateway" for e in entries)) else None,
                 forget=decoder.forgotten,

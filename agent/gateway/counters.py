@@ -4,9 +4,10 @@ Counters are statistics (frames by outcome, reopens, evictions ...) shown by ``d
 nothing that keeps readings or identities correct is a counter (replay windows live in the node table, the gateway's
 own sequence and the state snapshots in meta). So they ride with a commit at most every COUNTERS_EVERY_S instead of
 with each one: at 20 telemetry frames/s the counter table's page was one of the 8 pages every commit wrote
-(tests/bench/bench_field.py). An SOS's or alarm's commit and the agent's last commit take them whenever they changed,
-and while some wait the core wakes for them (:meth:`CounterWrites.deadline`), so an idle agent writes them once and
-then nothing. A power cut loses at most the last COUNTERS_EVERY_S seconds of counts.
+(tests/bench/bench_field.py). An SOS's or alarm's commit, a commit without new readings (the deletions once the
+broker has acknowledged a burst: a drained journal shows current counters) and the agent's last commit take them
+whenever they changed; while some wait the core wakes for them (:meth:`CounterWrites.deadline`), so an idle agent
+writes them once and then nothing. A power cut loses at most the last COUNTERS_EVERY_S seconds of counts.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The core's counters reach the journal at most every COUNTERS_EVERY_S, not with each commit; an SOS's commit and the
-agent's last commit take them at once; without traffic the core still writes them within that interval, then
-nothing (agent.gateway.counters)."""
+"""The core's counters reach the journal at most every COUNTERS_EVERY_S, not with each commit of readings; an SOS's
+commit, the deletions after the broker's acknowledgements and the agent's last commit take them at once; without
+traffic the core still writes them within that interval, then nothing (agent.gateway.counters)."""
 
 from __future__ import annotations
 
@@ -99,3 +99,17 @@ def test_the_last_commit_takes_the_counters(core: Gateway, tmp_path: Path) -> No
     core.stop()
     c = journal_counters(tmp_path / "j.db")
     assert (c["frames.ok"], c["readings.journaled"]) == (1, 1)
+
+
+def test_the_deletions_after_the_acknowledgements_take_the_counters(core: Gateway, tmp_path: Path) -> None:
+    assert wait_until(lambda: not core.counters.dirty, 5)
+    core.on_uplinks(frame(core, "rain", 1))
+    assert wait_until(lambda: core.stats.counters["readings.journaled"] == 1, 2)
+    assert journal_counters(tmp_path / "j.db").get("frames.ok", 0) == 0
+    fake = core.link
+    assert fake.ack_all() == 1  # type: ignore[attr-defined]
+    # The deletion commit (within ACK_FOLD_S, well inside the interval) brings the counters: the journal is drained
+    # and `denen status` shows every frame counted.
+    assert wait_until(lambda: status.collect(str(tmp_path / "j.db"))["journal"]["unsent"] == 0, 3, interval=0.02)
+    c = journal_counters(tmp_path / "j.db")
+    assert (c["frames.ok"], c["readings.journaled"], c["readings.acked"]) == (1, 1, 1)

@@ -593,7 +593,7 @@ class Gateway:
     def _check_quota(self) -> None:
         evicted = self.journal.enforce_quota(protect=self.outbox.protected())
         for lane, n in evicted.items():
-            self._count(f"journal.evicted.{lane}", n)
+            self.counters.count(f"journal.evicted.{lane}", n, at_once=True)
         pct = 100.0 * self.journal.size_bytes() / max(1, self.journal.quota_bytes)
         self._carry.extend(self._edge_call(self.edge.on_journal_usage, pct))
         # The size check reads a few pragmas; under load once a second is plenty.

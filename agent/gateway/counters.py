@@ -34,9 +34,14 @@ class CounterWrites:
         self.due_at = time.monotonic()
         self._taken: dict[str, int] = {}
 
-    def count(self, name: str, n: int = 1) -> None:
+    def count(self, name: str, n: int = 1, *, at_once: bool = False) -> None:
+        """Add ``n`` to counter ``name``; ``at_once``: the changed counters join the next commit, or a commit of
+        their own within the commit window (readings evicted for the quota: ``denen status`` shows the loss with the
+        rows it left, not up to COUNTERS_EVERY_S later)."""
         self.values[name] += n
         self.dirty.add(name)
+        if at_once:
+            self.due_at = min(self.due_at, time.monotonic())
 
     def due(self, now: float) -> bool:
         """Whether changed counters must join a commit at ``now`` (monotonic s)."""

@@ -54,6 +54,8 @@ def test_the_interval_is_ten_seconds_and_changed_counters_wait_for_it() -> None:
     assert c.dirty == {"frames.ok"} and c.deadline() == t0 + COUNTERS_EVERY_S
     assert c.take(t0 + 9.9) is None and c.take(t0 + 9.9, force=True) == {"frames.ok": 2}
     assert c.deadline(planned=t0 + 0.25) == 0.0  # a commit is planned anyway: it takes them
+    c.count("journal.evicted.telemetry", 5, at_once=True)  # readings lost to the quota: shown without waiting
+    assert c.due(time.monotonic()) and c.deadline() <= time.monotonic()
 
 
 def test_telemetry_commits_leave_the_counters_to_the_interval_then_an_idle_core_writes_them_once(

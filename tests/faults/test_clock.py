@@ -149,6 +149,9 @@ def test_readings_before_ntp_sync_are_held_corrected_and_nothing_before_2020_rea
         before_sync = sum(1 for k in expected if sent.at[k] < sync_at)
         early = influx.rows(f"SELECT * FROM /.*/ WHERE time < {FLOOR_NS}", DB)
         assert early == [], early[:3]
+        # The agent writes its counters with the deletions after a drain, else at most every 10 s.
+        assert wait_until(lambda: journal_status(tmp_path / "journal.db")["counters"].get("clock.corrected", 0)
+                          >= before_sync, 15, interval=0.2)
         counters = journal_status(tmp_path / "journal.db")["counters"]
         assert counters.get("clock.corrected", 0) >= before_sync and counters.get("clock.steps", 0) >= 1
         figures.update(readings_before_sync=before_sync, readings_after_sync=len(expected) - before_sync,

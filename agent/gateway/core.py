@@ -118,7 +118,7 @@ class Gateway:
         self.edge = Edge(config, self.decoder, next_seq=self._next_gateway_seq, count=self._count,
                          post=self.inbox.put, meta=meta)
         self.edge.attach_radios(self.radios)
-        self.outbox = Outbox(config, self.link, self.journal, count=self._count,
+        self.outbox = Outbox(config, self.link, self.journal, count=self._count, frames_waiting=self.turn.has_frames,
                              on_sos_acked=lambda sos: self._edge_call(self.edge.on_sos_acked, sos))
         # Clock: readings stamped before NTP sync are held (telemetry, diagnostics) and corrected once it syncs.
         self.clockwatch = ClockWatch(self.journal, count=self._count,

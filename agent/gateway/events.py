@@ -190,6 +190,10 @@ class CoreTurn:
         (an :class:`~agent.gateway.outbox.Outbox`) still has to send."""
         return bool(self.frames) or (bool(self.acks) and not outbox.quiet)
 
+    def has_frames(self) -> bool:
+        """Whether frames a radio delivered while the lock was held wait for the core (any thread may ask)."""
+        return bool(self.frames)
+
     def defer_ack(self, ack: Ack) -> bool:
         """Keep ``ack`` for the core's next wake-up; False when too many wait already (then the caller posts it)."""
         if not self.inline or len(self.acks) >= ACKS_WAITING_MAX:

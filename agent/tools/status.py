@@ -109,12 +109,10 @@ def collect(journal_path: str) -> dict[str, Any]:
 
 
 def _collect(db: sqlite3.Connection) -> dict[str, Any]:
-    from agent.gateway.reading import LANES  # noqa: PLC0415 - keeps this module's import cheap for journal_path
+    from agent.gateway.journal_schema import lane_counts  # noqa: PLC0415 - keeps this module's import cheap
 
     now_us = time.time_ns() // 1000
-    depth = dict.fromkeys(LANES, 0)
-    for lane, n in db.execute("SELECT lane, COUNT(*) FROM reading GROUP BY lane"):
-        depth[LANES[lane]] = n
+    depth = lane_counts(db)
     oldest = db.execute("SELECT MIN(ts_us) FROM reading").fetchone()[0]
     meta = dict(db.execute("SELECT key, value FROM meta"))
     counters = dict(db.execute("SELECT name, value FROM counter ORDER BY name"))

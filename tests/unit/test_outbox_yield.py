@@ -72,3 +72,13 @@ def test_frames_waiting_defer_the_backlog_batch_once_never_twice_in_a_row(gw: Ga
     gw.step()
     gw.step()
     assert telemetry_sent(gw) == 5
+
+
+def test_the_core_tells_its_outbox_of_frames_a_radio_left_waiting(gw: Gateway) -> None:
+    """A radio that finds the core's lock taken leaves its frames in ``turn.frames``: the outbox sees them."""
+    assert not gw.outbox.frames_waiting()
+    rain = gw.test_nodes["rain"]  # type: ignore[attr-defined]
+    gw.turn.frames.append([up(rain.frame(default_values("rain", 1)))])
+    assert gw.outbox.frames_waiting()
+    gw.step()
+    assert not gw.outbox.frames_waiting()

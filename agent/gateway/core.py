@@ -407,7 +407,7 @@ class Gateway:
                             more_waits=bool(decoder.dirty or decoder.forgotten or meta or self.counters.due(now)))
                 self._publish(urgent=urgent)
                 return
-            entries, quarantined = window.take(entries, quarantined)
+            entries, quarantined = window.take(entries, quarantined, now)
             if not self._commit(entries, quarantined, now, urgent):
                 return
         if self.clockwatch.correction_due:
@@ -488,8 +488,8 @@ class Gateway:
             return False
         if self.clockwatch.correction_due:
             return False
-        if self.window.closed(now):
-            return False
+        if self.window.closed(now) or (entries and self.window.quiet(now)):
+            return False  # the window is over, or a frame after a quiet window (it would wait alone)
         if len(self.outbox.acked) >= ACK_FOLD_MAX or total >= _DRAIN_MAX:
             return False
         return all(e.lane >= TELEMETRY for e in entries)

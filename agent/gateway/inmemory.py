@@ -39,10 +39,17 @@ class CommitWindow:
         self.quarantined: list[Quarantined] = []
         self.held = 0  # readings among the waiting ones that will be held for the clock's sync
         self.due = 0.0  # monotonic s when what waits must be committed; 0: nothing waits
+        self.taken_at = float("-inf")  # monotonic s of the last commit of what waited (or of a frame committed at once)
 
     def closed(self, now: float) -> bool:
         """Whether what waits must be committed now (``now``: monotonic s)."""
         return bool(self.due) and now >= self.due
+
+    def quiet(self, now: float) -> bool:
+        """Whether nothing waits and nothing was committed in the last window (``now``: monotonic s): a frame then
+        commits at once. Frames further apart than the window would each wait out a window alone, for no fewer
+        commits; a burst still shares one from its second frame on."""
+        return not self.due and now - self.taken_at >= self.window_s
 
     def wait(self, entries: list[Entry], quarantined: list[Quarantined], *, held: int, more_waits: bool,
              now: float) -> None:
@@ -60,8 +67,11 @@ class CommitWindow:
         due = now + (self.window_s if readings_wait else max(self.window_s, ACK_FOLD_S))
         self.due = min(self.due, due) if self.due else due
 
-    def take(self, entries: list[Entry], quarantined: list[Quarantined]) -> tuple[list[Entry], list[Quarantined]]:
-        """What waits, then ``entries`` and ``quarantined``, for a commit now; the window is empty after."""
+    def take(self, entries: list[Entry], quarantined: list[Quarantined],
+             now: float) -> tuple[list[Entry], list[Quarantined]]:
+        """What waits, then ``entries`` and ``quarantined``, for a commit now (``now``: monotonic s); the window is
+        empty after."""
+        self.taken_at = now
         if self.entries or self.quarantined:
             entries = self.entries + entries
             quarantined = self.quarantined + quarantined

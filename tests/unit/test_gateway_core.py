@@ -41,8 +41,10 @@ def gw(tmp_path: Path) -> Gateway:
 
 @pytest.fixture
 def gww(tmp_path: Path) -> Gateway:
-    """A core with a 200 ms commit window."""
+    """A core with a 200 ms commit window, inside a burst: as if it had just committed, each frame joins the window
+    (a frame after a quiet window commits at once: test_a_frame_after_a_quiet_window_commits_at_once)."""
     g = _gateway(tmp_path, 200)
+    g.window.taken_at = time.monotonic() + 3600
     yield g
     g.journal.close()
 
@@ -260,6 +262,31 @@ def test_telemetry_waits_for_the_window_and_commits_once_with_its_node_states(gw
     # The replay window advanced by these frames commits in the same transaction as the readings.
     assert gww.journal.nodes()[rain.hex].last_fcnt == 5
     assert gww.stats.counters["readings.journaled"] == 5 and gww.window.due == 0.0
+
+
+def test_a_frame_after_a_quiet_window_commits_at_once(tmp_path: Path, monkeypatch) -> None:
+    """At rates below one frame per window each frame would wait out a window alone, for no fewer commits: a frame
+    with nothing committed in the last window commits at once; the frames of a burst after it share one commit."""
+    g = _gateway(tmp_path, 200)
+    try:
+        calls = _counting_commits(g, monkeypatch)
+        rain = g.test_nodes["rain"]  # type: ignore[attr-defined]
+        g.on_uplinks([up(rain.frame(default_values("rain", 1)))])
+        g.step()
+        assert [[e.fcnt for e in c["entries"]] for c in calls] == [[1]] and g.window.due == 0.0
+        for i in (2, 3):  # within the window of that commit: they wait
+            g.on_uplinks([up(rain.frame(default_values("rain", i)))])
+            g.step()
+        assert len(calls) == 1 and g.window.due
+        close_window(g)
+        g.step()
+        assert [[e.fcnt for e in c["entries"]] for c in calls] == [[1], [2, 3]]
+        time.sleep(0.21)  # a quiet window: the next frame commits at once again
+        g.on_uplinks([up(rain.frame(default_values("rain", 4)))])
+        g.step()
+        assert [[e.fcnt for e in c["entries"]] for c in calls] == [[1], [2, 3], [4]]
+    finally:
+        g.journal.close()
 
 
 def test_an_sos_inside_an_open_window_is_committed_and_published_at_once_with_everything_waiting(

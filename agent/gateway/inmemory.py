@@ -46,10 +46,11 @@ class CommitWindow:
         return bool(self.due) and now >= self.due
 
     def quiet(self, now: float) -> bool:
-        """Whether nothing waits and nothing was committed in the last window (``now``: monotonic s): a frame then
-        commits at once. Frames further apart than the window would each wait out a window alone, for no fewer
-        commits; a burst still shares one from its second frame on."""
-        return not self.due and now - self.taken_at >= self.window_s
+        """Whether no reading waits and nothing was committed in the last window (``now``: monotonic s): a frame
+        then commits at once, with whatever else waits (acknowledgements, node states, counters). Frames further
+        apart than the window would each wait out a window alone, for no fewer commits; a burst still shares one
+        from its second frame on."""
+        return not (self.entries or self.quarantined) and now - self.taken_at >= self.window_s
 
     def wait(self, entries: list[Entry], quarantined: list[Quarantined], *, held: int, more_waits: bool,
              now: float) -> None:

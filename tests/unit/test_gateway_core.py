@@ -16,6 +16,7 @@ from agent.config import parse_config
 from agent.errors import JournalError
 from agent.gateway import inmemory, outbox
 from agent.gateway.core import Gateway
+from agent.gateway.reading import Quarantined
 from drivers.types import Uplink
 from tests.support.field import NODES, FieldNode, config_text, default_values
 from tests.support.publisher import NO_MATCHING_SUBSCRIBERS, FakePublisher
@@ -287,6 +288,18 @@ def test_a_frame_after_a_quiet_window_commits_at_once(tmp_path: Path, monkeypatc
         assert [[e.fcnt for e in c["entries"]] for c in calls] == [[1], [2, 3], [4]]
     finally:
         g.journal.close()
+
+
+def test_a_window_held_open_by_acknowledgements_alone_holds_no_frame_after_a_quiet_window() -> None:
+    """Acknowledgements, node states and counters may wait up to ACK_FOLD_S; a frame after a quiet window does not
+    wait with them (it commits at once and takes them along), a frame of a burst does."""
+    w = inmemory.CommitWindow(0.2)
+    w.wait([], [], held=0, more_waits=False, now=10.0)
+    assert w.due == 10.0 + inmemory.ACK_FOLD_S and w.quiet(10.1)
+    w.take([], [], 10.1)
+    assert not w.quiet(10.2) and w.quiet(10.3)
+    w.wait([], [Quarantined(1, "lora0", "00000401", "bad_mic", "MIC does not verify", None)], held=0, more_waits=False, now=10.3)
+    assert not w.quiet(11.0)  # a reading waits: what comes joins it
 
 
 def test_an_sos_inside_an_open_window_is_committed_and_published_at_once_with_everything_waiting(

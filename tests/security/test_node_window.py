@@ -109,8 +109,9 @@ def test_an_unsigned_frame_at_the_top_of_the_counter_space_does_not_silence_the_
     assert sim.inject_uplink(_unsigned(node, 100, forged))  # under the unsigned window: refused
     assert col.wait_for(lambda m: [f for f, *_ in _arrived_from(m)][-2:] == [7, 8], 30), agent.text()[-3000:]
     assert wait_until(lambda: _node_status(journal)["frames_bad"] == 1, 15)
-    counters = agent_status.collect(str(journal))["counters"]
-    assert counters.get("frames.replay") == 1 and "frames.duplicate" not in counters
+    # Counters reach the journal with a commit at most COUNTERS_EVERY_S (10 s) after they change.
+    assert wait_until(lambda: agent_status.collect(str(journal))["counters"].get("frames.replay") == 1, 15)
+    assert "frames.duplicate" not in agent_status.collect(str(journal))["counters"]
 
     # The node is re-flashed and counts from 1 again: refused until the operator resets its windows.
     reflashed = FieldNode(node.node_id, "trap")

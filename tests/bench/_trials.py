@@ -347,6 +347,8 @@ class Probe:
                     key = self.sos_seq.get(seq)
                     if key is not None:
                         self.sos[key]["acked"] = t
+                        # When the broker's PUBACK reached the gateway (it has the SOS), before the core took it.
+                        self.sos[key]["puback"] = t_arrived if t_arrived is not None else t
 
         gw.journal.commit = commit
         outbox.send_bodies = send_bodies_
@@ -571,7 +573,7 @@ def sos(p: dict[str, Any]) -> dict[str, Any]:
                 if "committed" in st and "sent" not in st:
                     stuck += 1
                 continue
-            sample = {"total": st["acked"] - t_w, "to_commit": st["commit_start"] - t_w,
+            sample = {"total": st["acked"] - t_w, "puback": st["puback"] - t_w, "to_commit": st["commit_start"] - t_w,
                       "commit": st["committed"] - st["commit_start"], "to_send": st["sent"] - st["committed"],
                       "to_ack": st["acked"] - st["sent"]}
             if t_w < probe.t_drained:
@@ -588,6 +590,10 @@ def sos(p: dict[str, Any]) -> dict[str, Any]:
         tot = [s["total"] * 1e3 for s in samples]
         out: dict[str, Any] = {"samples": len(samples), "p50_ms": c.percentile(tot, 50),
                                "p99_ms": c.percentile(tot, 99), "max_ms": max(tot) if tot else float("nan")}
+        # pty line -> the broker's PUBACK reaching the gateway; "total" also waits for the core to take it.
+        puback = [s["puback"] * 1e3 for s in samples]
+        out.update(puback_p50_ms=c.percentile(puback, 50), puback_p99_ms=c.percentile(puback, 99),
+                   puback_max_ms=max(puback) if puback else float("nan"))
         # Where the time goes, at the median and for the slowest 1 %.
         for stage in ("to_commit", "commit", "to_send", "to_ack"):
             vals = [s[stage] * 1e3 for s in samples]

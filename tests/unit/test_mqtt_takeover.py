@@ -149,5 +149,7 @@ radios: [{{name: lora0, driver: rak3172, port: "loop://"}}]
     assert re.search(r"waits 0\.[4-6] s before reconnecting", line), line  # 0.5 s ± 10 % jitter
     assert not [r for r in caplog.records if "MQTT: disconnected" in r.getMessage()]
     downs = [e for e in events if isinstance(e, Disconnected)]
-    assert downs and all("taken over" in e.reason for e in downs)
+    # Every session but the last ended before the next connect, taken over by the stand-in; the last one may end
+    # with link.stop() before the stand-in's DISCONNECT, which is not a takeover.
+    assert len(downs) >= 2 and all("taken over" in e.reason for e in downs[:len(server.connects) - 1]), downs
     assert link.takeover.level >= 2

@@ -45,7 +45,7 @@ from agent.gateway.events import (
     drain,
 )
 from agent.gateway.inmemory import ACK_FOLD_S, CommitWindow, bounded
-from agent.gateway.intake import decode_chunk, log_incident
+from agent.gateway.intake import decode_chunk, gatherable, log_incident
 from agent.gateway.journal import (
     QUARANTINE_KEEP,
     Audit,
@@ -144,9 +144,8 @@ class Gateway:
         self._retry_commit_at = 0.0
 
     def _init_state_and_status(self, config: Config) -> None:
-        self.state = StateDocument(
-            self.link, self.edge, count=self._count, warn=self._warn,
-            build=lambda: self._edge_call(self.edge.state, held=self.clockwatch.held(self.journal)))
+        self.state = StateDocument(self.link, self.edge, count=self._count, warn=self._warn, build=lambda: (
+            self._edge_call(self.edge.state, held=self.clockwatch.held(self.journal))))
         self.status = health.SystemdStatus(self._count)
         self._backlog = health.Backlog(self.stats.counters)
         self._late_after_us = health.late_after_us(config)
@@ -158,7 +157,11 @@ class Gateway:
 
     # -- RadioEvents (called from radio threads) ---------------------------------------------------------
     def on_uplinks(self, uplinks: list[Uplink]) -> None:
-        self.turn.deliver(uplinks, self._inline_turn)
+        self.turn.deliver(uplinks, self._inline_turn, self._gather)
+
+    def _gather(self, uplinks: list[Uplink]) -> float:
+        """The commit window's end, if these frames wait for it undecoded (CoreTurn.deliver); 0: they do not."""
+        return 0.0 if self._retry_commit_at or not gatherable(uplinks) else self.window.gather(time.monotonic())
 
     def _inline_turn(self) -> None:
         """One wake-up's work on a radio's thread (under the core's lock); see :meth:`CoreTurn.rearm`. Frames that
@@ -467,9 +470,7 @@ class Gateway:
         for node in decoder.forgotten:
             self._edge_call(self.edge.rules.forget, node)
         decoder.forgotten.clear()
-        self._audit = []
-        self._done = []
-        self._meta = {}
+        self._audit, self._done, self._meta = [], [], {}
         self.clockwatch.fresh_held = 0
         if entries and (self._next_quota == 0.0 or now >= self._next_quota):
             self._check_quota()
@@ -497,8 +498,7 @@ class Gateway:
     def _keep_unjournaled(self, entries: list[Entry], quarantined: list[Quarantined]) -> None:
         """Hold what could not be committed, within UNJOURNALED_MAX; an SOS goes out from memory meanwhile."""
         entries = bounded(entries, self._count)
-        quarantined = quarantined[-QUARANTINE_KEEP:]
-        self._uncommitted = (entries, quarantined)
+        self._uncommitted = (entries, quarantined[-QUARANTINE_KEEP:])
         self.outbox.publish_unjournaled_sos(entries)
 
     def _publish(self, *, urgent: bool) -> None:

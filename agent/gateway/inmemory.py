@@ -52,6 +52,15 @@ class CommitWindow:
         from its second frame on."""
         return not (self.entries or self.quarantined) and now - self.taken_at >= self.window_s
 
+    def gather(self, now: float) -> float:
+        """The end of the window (monotonic s) for telemetry frames that wait for it undecoded, opening it if it is
+        not open yet; 0 when they may not wait: the window is quiet (a frame commits at once) or already over."""
+        if not self.window_s or self.quiet(now) or (self.due and now >= self.due):
+            return 0.0
+        if not self.due:
+            self.due = now + self.window_s
+        return self.due
+
     def wait(self, entries: list[Entry], quarantined: list[Quarantined], *, held: int, more_waits: bool,
              now: float) -> None:
         """Keep this wake-up's work for the window's commit.

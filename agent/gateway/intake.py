@@ -9,13 +9,29 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.gateway.reading import SOS, Entry, Quarantined
-from agent.gateway.readings import Decoded, FrameDecoder
+from agent.gateway.readings import TELEMETRY_KINDS, Decoded, FrameDecoder
 from agent.i18n import N_, LazyText, _
 from agent.ratelog import RateLimitedLog
+from drivers.codec.frame import FLAG_RECEIPT, HEADER_SIZE
 from drivers.text import Text
 from drivers.types import Uplink
 
 log = logging.getLogger(__name__)
+
+
+_KIND_AT = HEADER_SIZE - 1  # the kind code's byte in a node frame
+
+
+def gatherable(uplinks: list[Uplink]) -> bool:
+    """Whether every frame of a chunk says in clear that it is telemetry and asks no receipt: such frames may wait
+    undecoded for the end of the commit window (agent.gateway.events.CoreTurn.deliver). Nothing is checked yet, so
+    a forged frame may claim it; it then waits the window out itself and is refused when decoded, in arrival order
+    with the rest. Anything else (an SOS, an alarm, a frame that does not parse) is handled at once."""
+    for up in uplinks:
+        payload = up.payload
+        if len(payload) <= _KIND_AT or payload[_KIND_AT] not in TELEMETRY_KINDS or payload[0] & FLAG_RECEIPT:
+            return False
+    return True
 
 
 def decode_chunk(uplinks: list[Uplink], decoder: FrameDecoder, on_reading: Callable[[dict[str, Any]], Any], *,

@@ -93,6 +93,9 @@ _READING_CODES: dict[int, tuple[str, int, str, str]] = {
            f',"kind":{_json_str(name)},"lane":{_LANE_JSON[KIND_LANES[name]]},"ts_us":')
     for code, name in kinds.KINDS.items() if name in KIND_LANES
 }
+#: Kind codes of telemetry readings. A frame's kind (byte 9) is in clear, readable before anything is checked: the
+#: core may gather such frames undecoded for its commit window (agent.gateway.intake.gatherable).
+TELEMETRY_KINDS: frozenset[int] = frozenset(code for code, known in _READING_CODES.items() if known[1] == TELEMETRY)
 _FLAG_DOWNLINK = nodeframe.FLAG_DOWNLINK
 _FLAG_MIC = nodeframe.FLAG_MIC
 _FLAG_RECEIPT = nodeframe.FLAG_RECEIPT

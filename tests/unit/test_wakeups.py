@@ -19,6 +19,8 @@ import pytest
 from agent import systemd
 from agent.config import parse_config
 from agent.gateway.core import Gateway
+from agent.gateway.events import GATHERED_MAX
+from agent.gateway.intake import gatherable
 from agent.gateway.reading import SOS, TELEMETRY
 from drivers.types import Uplink
 from tests.support.field import NODES, FieldNode, config_text, default_values
@@ -79,14 +81,25 @@ def readings(g: Gateway, lane: str) -> list[dict]:
     return [r for m in list(fake.messages) if m.topic.endswith(f"/readings/{lane}") for r in m.json()["readings"]]
 
 
+def quiet(g: Gateway) -> None:
+    """As if nothing had been committed for longer than the commit window (a frame then commits at once)."""
+    with g.turn.lock:
+        g.window.taken_at = float("-inf")
+
+
 def test_a_frame_delivered_while_the_core_sleeps_is_handled_on_the_radios_thread(
         core: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     names = wakeups(core, monkeypatch)
+    quiet(core)
     core.on_uplinks(frame(core, "rain", 1))
-    # Decoded before on_uplinks returned, on the caller's thread: the core's thread was not woken for it.
-    assert names == [threading.current_thread().name] and len(core.window.entries) == 1
-    # The window's end wakes the core's thread (told once that its deadline moved), which commits and publishes.
-    assert wait_until(lambda: readings(core, "telemetry"), 2)
+    # Decoded, committed and published before on_uplinks returned, on the caller's thread (after a quiet window).
+    assert names == [threading.current_thread().name] and readings(core, "telemetry")
+    # Telemetry within the window of that commit waits for the window's end undecoded: the core's thread (told once
+    # that its deadline moved) decodes, commits and publishes it then.
+    core.on_uplinks(frame(core, "weather", 1))
+    assert names == [threading.current_thread().name] and core.turn.gathered == 1
+    assert core.stats.counters["frames.ok"] == 1
+    assert wait_until(lambda: len(readings(core, "telemetry")) == 2, 2)
     assert names[1:] == ["core"]
 
 
@@ -119,8 +132,9 @@ def test_a_telemetry_puback_waits_for_the_next_frame_and_an_sos_puback_wakes_the
     names = wakeups(core, monkeypatch)
     fake.ack()
     assert len(core.turn.acks) == 1 and core.inbox.empty() and names == []
+    quiet(core)
     core.on_uplinks(frame(core, "rain", 2))  # the next frame's wake-up takes it; its commit deletes the row
-    assert not core.turn.acks and core.outbox.acked
+    assert not core.turn.acks
     assert wait_until(lambda: core.stats.counters["readings.acked"] == 1 and not core.outbox.acked, 2)
     core.on_uplinks(frame(core, "sos", 0))
     [sos_message] = [m for m in fake.unacked if m.topic.endswith("/readings/sos")]
@@ -161,6 +175,7 @@ def test_a_bug_in_a_wakeup_on_the_radios_thread_is_counted_and_the_radio_goes_on
         raise RuntimeError("bug")
 
     monkeypatch.setattr(core.state, "update", boom)
+    quiet(core)  # the frame is handled at once, on this thread
     core.on_uplinks(frame(core, "rain", 1))  # must not raise into the radio's thread
     assert core.stats.counters["core.internal_error"] == 1
 
@@ -294,3 +309,66 @@ def test_a_journal_that_cannot_be_replaced_stops_the_agent_from_the_cores_thread
         core.on_uplinks(frame(core, "sos", 0))
     assert wait_until(lambda: not core_thread_alive(), 5)
     assert core.failure
+
+
+def test_gathered_telemetry_is_journaled_at_the_windows_end_and_an_sos_never_waits_for_it(core: Gateway) -> None:
+    """Telemetry within an open commit window waits undecoded (CoreTurn.gathered) and the core's thread journals it
+    when the window closes; an SOS heard meanwhile is handled at once, after the telemetry heard before it (a node's
+    frames keep their order), and a forged frame that claims to be telemetry only waits itself."""
+    fake = core.link
+    assert isinstance(fake, FakePublisher)
+    quiet(core)
+    core.on_uplinks(frame(core, "rain", 1))  # after a quiet window: committed at once, the window starts
+    forged = frame(core, "weather", 1)
+    forged = [Uplink("lora0", forged[0].payload[:-1] + bytes([forged[0].payload[-1] ^ 1]), -90, 5.0, None,
+                     forged[0].received_us)]
+    for uplinks in (frame(core, "rain", 2), forged, frame(core, "weather", 2)):
+        core.on_uplinks(uplinks)
+    with core.turn.lock:
+        assert core.turn.gathered == 3 and core.stats.counters["frames.ok"] == 1
+        assert 0 < core.turn.wake_at <= core.window.due  # the core's thread looks again when the window closes
+    core.on_uplinks(frame(core, "sos", 0))
+    # Published before on_uplinks returned, on this thread; the gathered frames decoded before it, in its wake-up.
+    [sos] = readings(core, "sos")
+    assert sos["kind"] == "sos" and core.turn.gathered == 0
+    assert core.stats.counters["frames.ok"] == 4 and core.stats.counters["frames.bad_mic"] == 1
+    assert {(2, "00000401"), (2, "00000601")} <= journaled(core)  # in the SOS's wake-up
+    # Within a window of the SOS's commit: gathered again, journaled and published by the core at the window's end.
+    for i in (3, 4):
+        core.on_uplinks(frame(core, "rain", i))
+    assert core.turn.gathered == 2
+    t = time.monotonic()
+    assert wait_until(lambda: len(readings(core, "telemetry")) == 5, 5)
+    assert time.monotonic() - t < 1.0  # the 250 ms window, not a later deadline
+    assert {(3, "00000401"), (4, "00000401")} <= journaled(core)
+
+
+def journaled(g: Gateway) -> set[tuple[int, str]]:
+    """(frame counter, node) of the telemetry readings in the journal."""
+    return {(json.loads(b)["fcnt"], json.loads(b)["node"]) for _, b in g.journal.pending(TELEMETRY, after_seq=0,
+                                                                                         limit=100)}
+
+
+def test_gathered_telemetry_is_bounded(core: Gateway) -> None:
+    """At most GATHERED_MAX frames wait undecoded (what an SOS may have to decode first); the next one is handled
+    at once, with them."""
+    quiet(core)
+    core.on_uplinks(frame(core, "weather", 0))
+    for i in range(1, GATHERED_MAX + 1):
+        core.on_uplinks(frame(core, "weather", i))
+    assert core.turn.gathered == GATHERED_MAX and core.stats.counters["frames.ok"] == 1
+    core.on_uplinks(frame(core, "weather", GATHERED_MAX + 1))
+    assert core.turn.gathered == 0 and core.stats.counters["frames.ok"] == GATHERED_MAX + 2
+
+
+def test_only_frames_that_say_telemetry_and_ask_no_receipt_are_gathered() -> None:
+    rain, sos = FieldNode(0x00000401, "rain"), FieldNode(0x00000101, "sos")
+
+    def chunk(*payloads: bytes) -> list[Uplink]:
+        return [Uplink("lora0", p, -90, 5.0, None, 0) for p in payloads]
+
+    telemetry = rain.frame(default_values("rain", 1))
+    assert gatherable(chunk(telemetry, telemetry))
+    assert not gatherable(chunk(telemetry, sos.frame(default_values("sos", 1))))  # an SOS in the chunk: at once
+    assert not gatherable(chunk(rain.frame(default_values("rain", 2), receipt=True)))  # its node waits a receipt
+    assert not gatherable(chunk(telemetry[:9]))  # too short to say: decoded (and refused) at once

@@ -133,8 +133,8 @@ REARM_SLACK_S = 0.001
 #: PUBACKs that may wait for the core's next wake-up instead of waking it: above this many, they wake it.
 ACKS_WAITING_MAX = 64
 #: Telemetry frames that may wait undecoded for the commit window's end (CoreTurn.deliver): an SOS heard meanwhile
-#: is decoded after them (a node's frames keep their order), so this bounds what it waits for: about 16 decodes,
-#: well under a millisecond back to back. Beyond it, a frame is handled at once, with those waiting.
+#: is decoded after them (a node's frames keep their order), so this bounds what it waits for: 16 decodes back to
+#: back, about half a millisecond. Beyond it, a frame is handled at once, with those waiting.
 GATHERED_MAX = 16
 
 

@@ -38,6 +38,7 @@ class CommitWindow:
         self.entries: list[Entry] = []
         self.quarantined: list[Quarantined] = []
         self.held = 0  # readings among the waiting ones that will be held for the clock's sync
+        self.gathering = False  # frames wait undecoded for this window (gather): it is not quiet
         self.due = 0.0  # monotonic s when what waits must be committed; 0: nothing waits
         self.taken_at = float("-inf")  # monotonic s of the last commit of what waited (or of a frame committed at once)
 
@@ -50,7 +51,7 @@ class CommitWindow:
         then commits at once, with whatever else waits (acknowledgements, node states, counters). Frames further
         apart than the window would each wait out a window alone, for no fewer commits; a burst still shares one
         from its second frame on."""
-        return not (self.entries or self.quarantined) and now - self.taken_at >= self.window_s
+        return not (self.entries or self.quarantined or self.gathering) and now - self.taken_at >= self.window_s
 
     def gather(self, now: float) -> float:
         """The end of the window (monotonic s) for telemetry frames that wait for it undecoded, opening it if it is
@@ -59,6 +60,7 @@ class CommitWindow:
             return 0.0
         if not self.due:
             self.due = now + self.window_s
+        self.gathering = True  # decoded before the window's end (a timer, a PUBACK), they still wait for it
         return self.due
 
     def wait(self, entries: list[Entry], quarantined: list[Quarantined], *, held: int, more_waits: bool,
@@ -82,6 +84,7 @@ class CommitWindow:
         """What waits, then ``entries`` and ``quarantined``, for a commit now (``now``: monotonic s); the window is
         empty after."""
         self.taken_at = now
+        self.gathering = False
         if self.entries or self.quarantined:
             entries = self.entries + entries
             quarantined = self.quarantined + quarantined

@@ -372,3 +372,23 @@ def test_only_frames_that_say_telemetry_and_ask_no_receipt_are_gathered() -> Non
     assert not gatherable(chunk(telemetry, sos.frame(default_values("sos", 1))))  # an SOS in the chunk: at once
     assert not gatherable(chunk(rain.frame(default_values("rain", 2), receipt=True)))  # its node waits a receipt
     assert not gatherable(chunk(telemetry[:9]))  # too short to say: decoded (and refused) at once
+
+
+def test_gathered_frames_decoded_before_the_windows_end_still_wait_for_it(tmp_path: Path) -> None:
+    """A wake-up before the window's end (a timer, a PUBACK) decodes the gathered frames; they still wait for the
+    window's commit, even if the last commit is by then older than a window (the window is not quiet)."""
+    g = running_core(tmp_path, window_ms=1000)
+    try:
+        quiet(g)
+        g.on_uplinks(frame(g, "rain", 1))  # committed at once
+        g.on_uplinks(frame(g, "rain", 2))  # gathered for the window's end, a second from now
+        with g.turn.lock:
+            assert g.turn.gathered == 1
+            g.window.taken_at -= 5.0  # as if the last commit were long ago
+        g.wake()
+        assert wait_until(lambda: g.stats.counters["frames.ok"] == 2, 2)
+        with g.turn.lock:
+            assert len(g.window.entries) == 1 and (2, "00000401") not in journaled(g)
+        assert wait_until(lambda: (2, "00000401") in journaled(g), 3)
+    finally:
+        g.stop()

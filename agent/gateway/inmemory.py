@@ -54,12 +54,13 @@ class CommitWindow:
         return not (self.entries or self.quarantined or self.gathering) and now - self.taken_at >= self.window_s
 
     def gather(self, now: float) -> float:
-        """The end of the window (monotonic s) for telemetry frames that wait for it undecoded, opening it if it is
-        not open yet; 0 when they may not wait: the window is quiet (a frame commits at once) or already over."""
+        """The end of the window (monotonic s) for telemetry frames that wait for it undecoded, at most a window from
+        ``now`` (acknowledgements alone may have set it later, see :meth:`wait`); 0 when they may not wait: the
+        window is quiet (a frame commits at once) or already over."""
         if not self.window_s or self.quiet(now) or (self.due and now >= self.due):
             return 0.0
-        if not self.due:
-            self.due = now + self.window_s
+        due = now + self.window_s
+        self.due = min(self.due, due) if self.due else due
         self.gathering = True  # decoded before the window's end (a timer, a PUBACK), they still wait for it
         return self.due
 

@@ -392,3 +392,16 @@ def test_gathered_frames_decoded_before_the_windows_end_still_wait_for_it(tmp_pa
         assert wait_until(lambda: (2, "00000401") in journaled(g), 3)
     finally:
         g.stop()
+
+
+def test_gathered_frames_wait_at_most_a_window_when_acknowledgements_held_it_open_longer(core: Gateway) -> None:
+    """Acknowledgements alone may wait up to ACK_FOLD_S (1 s); a frame gathered meanwhile brings the window's end to
+    at most a window (250 ms) from its arrival, as a decoded frame would (a power cut loses at most a window)."""
+    with core.turn.lock:
+        now = time.monotonic()
+        core.window.taken_at = now  # just committed: not quiet
+        core.window.wait([], [], held=0, more_waits=False, now=now)  # only acknowledgements wait, up to 1 s
+        assert core.window.due > now + 0.9
+    core.on_uplinks(frame(core, "rain", 1))
+    with core.turn.lock:
+        assert core.turn.gathered == 1 and core.window.due <= time.monotonic() + WINDOW_MS / 1000

@@ -7,6 +7,10 @@ frames the WAL holds from the WAL index (the ``-shm`` file's header, ``mxFrame``
 thread, which runs a PASSIVE checkpoint: it never blocks the writer, and what a commit appends meanwhile is copied by
 the next one.
 
+The WAL index is read with ``pread`` on a descriptor kept open until the owner's connection is closed: closing
+any descriptor of a file drops every POSIX lock this process holds on it, SQLite's included, and another process
+could then take the ``-shm`` over (reset it under the running agent).
+
 While commits keep landing during a checkpoint, the WAL is never entirely copied and so never starts over from its
 beginning: it grows. Past ``HARD_FACTOR`` times the threshold the owner runs the checkpoint itself, between two of
 its commits, as SQLite's own would: that one copies everything, and the next commit starts the WAL over.
@@ -15,7 +19,7 @@ its commits, as SQLite's own would: that one copies everything, and the next com
 from __future__ import annotations
 
 import logging
-import mmap
+import os
 import sqlite3
 import struct
 import threading
@@ -44,7 +48,7 @@ class Checkpointer:
         self.by_owner = 0
         self._due = threading.Event()
         self._stopping = False
-        self._shm: mmap.mmap | None = None
+        self._shm: int | None = None  # descriptor of the -shm file, see the module's docstring
         self._thread: threading.Thread | None = None
 
     def after_commit(self, owner: sqlite3.Connection) -> None:
@@ -72,11 +76,11 @@ class Checkpointer:
     def _frames(self) -> int | None:
         try:
             if self._shm is None:
-                with open(self.path + "-shm", "rb") as f:
-                    self._shm = mmap.mmap(f.fileno(), 32, prot=mmap.PROT_READ)
-            return _MX_FRAME.unpack_from(self._shm, 16)[0]
-        except (OSError, ValueError):
+                self._shm = os.open(self.path + "-shm", os.O_RDONLY | os.O_CLOEXEC)
+            header = os.pread(self._shm, _MX_FRAME.size, 16)
+        except OSError:
             return None  # no WAL index to read: let a checkpoint look
+        return _MX_FRAME.unpack(header)[0] if len(header) == _MX_FRAME.size else None
 
     def _run(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None)
@@ -101,6 +105,9 @@ class Checkpointer:
         self._due.set()
         if self._thread is not None:
             self._thread.join(10)
+
+    def release(self) -> None:
+        """Close the WAL index's descriptor: only once the owner's connection is closed (see the module)."""
         if self._shm is not None:
-            self._shm.close()
+            os.close(self._shm)
             self._shm = None

@@ -327,6 +327,7 @@ class Journal:
             pass
         self._checkpointer.stop()
         self._db.close()
+        self._checkpointer.release()
 
     # -- the one write path ------------------------------------------------------------------------
     @_guarded

@@ -4,6 +4,8 @@ checkpoint, and the WAL stays bounded while readings are written and deleted (a 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -116,3 +118,32 @@ def test_the_thread_is_woken_only_past_the_threshold(tmp_path: Path, monkeypatch
         j.close()
 
 
+
+
+def test_reading_the_wal_index_keeps_sqlites_locks_on_it(tmp_path: Path) -> None:
+    """Closing any descriptor of the -shm file would drop the process's POSIX locks on it: another process could
+    then take its DMS byte exclusively and reset the WAL index under the agent (it did: SIGBUS, then a reader's
+    reset). While the journal is open no other process may take that byte."""
+    j = Journal(tmp_path / "j.db", quota_bytes=256 << 20)
+    probe = ("import fcntl, os, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "try:\n"
+             "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)\n"  # WALINDEX_LOCK_OFFSET 120 + 8: DMS
+             "    print('taken')\n"
+             "except OSError:\n"
+             "    print('held')\n")
+
+    def dms() -> str:
+        return subprocess.run([sys.executable, "-c", probe, str(tmp_path / "j.db-shm")], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+
+    try:
+        for k in range(12):
+            j.commit(entries=_entries(800, 1 + k * 800))
+        assert wait_until(lambda: j._checkpointer.checkpoints >= 1, 10)
+        assert dms() == "held"
+        j.commit(entries=_entries(1, 20_000))
+        assert dms() == "held"
+    finally:
+        j.close()
+    assert dms() in ("taken", "")  # closed: nothing holds it any more (or SQLite removed the file)

@@ -26,8 +26,10 @@ import threading
 
 log = logging.getLogger(__name__)
 
-_MX_FRAME = struct.Struct("=I")  # WalIndexHdr.mxFrame: frames in the WAL, native byte order, at offset 16
-HARD_FACTOR = 8  # the owner checkpoints itself once the WAL holds this many times the thread's threshold
+# The WAL index's start, native byte order: WalIndexHdr.mxFrame (frames in the WAL) at offset 16, and after the
+# header's two copies (2 x 48 bytes) WalCkptInfo.nBackfill (frames already copied into the database) at offset 96.
+_WAL_INDEX = struct.Struct("=16xI76xI")
+HARD_FACTOR = 4  # the owner checkpoints itself past this many times the threshold (4 MiB: SQLite's default with 4 KiB pages)
 
 
 class Checkpointer:
@@ -52,35 +54,44 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
 
     def after_commit(self, owner: sqlite3.Connection) -> None:
-        """Wake the thread if the WAL holds more than the threshold, or checkpoint on ``owner`` past the hard bound.
+        """Wake the thread while the WAL holds more than the threshold and frames not yet copied, or checkpoint on
+        ``owner`` past the hard bound.
 
-        Called by the owner's thread right after its commit, outside any transaction.
+        Called by the owner's thread right after its commit, outside any transaction. Once past the threshold the
+        thread is woken for any frame left to copy, not only for a threshold's worth: each checkpoint it runs is
+        then shorter, so one soon ends with nothing committed meanwhile, and the next commit starts the WAL over.
         """
-        frames = self._frames()
-        if frames is not None and frames < self.frames_max:
-            return
-        if frames is not None and frames >= self.frames_hard:
-            try:
-                busy = owner.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0]
-            except sqlite3.Error as exc:
-                log.debug("checkpoint by the owner failed: %s", exc)
+        wal = self._wal()
+        if wal is not None:
+            frames, copied = wal
+            if frames < self.frames_max or frames == copied:
                 return
-            if not busy:  # the thread was checkpointing: it is retried after the next commit
-                self.by_owner += 1
-            return
+            if frames >= self.frames_hard:
+                self._checkpoint_on(owner)
+                return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="journal-checkpoint", daemon=True)
             self._thread.start()
         self._due.set()
 
-    def _frames(self) -> int | None:
+    def _checkpoint_on(self, owner: sqlite3.Connection) -> None:
+        try:
+            busy = owner.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.debug("checkpoint by the owner failed: %s", exc)
+            return
+        if not busy:  # busy: the thread was checkpointing; tried again after the next commit
+            self.by_owner += 1
+
+    def _wal(self) -> tuple[int, int] | None:
+        """(frames in the WAL, frames of it already copied into the database), from the WAL index."""
         try:
             if self._shm is None:
                 self._shm = os.open(self.path + "-shm", os.O_RDONLY | os.O_CLOEXEC)
-            header = os.pread(self._shm, _MX_FRAME.size, 16)
+            index = os.pread(self._shm, _WAL_INDEX.size, 0)
         except OSError:
             return None  # no WAL index to read: let a checkpoint look
-        return _MX_FRAME.unpack(header)[0] if len(header) == _MX_FRAME.size else None
+        return _WAL_INDEX.unpack(index) if len(index) == _WAL_INDEX.size else None
 
     def _run(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None)

@@ -37,8 +37,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.errors import JournalError
+from agent.gateway.checkpointer import Checkpointer
 from agent.gateway.journal_recovery import salvage_into, set_aside
 from agent.gateway.journal_schema import (
+    WAL_CHECKPOINT_BYTES,
     configure,
     lane_counts,
     lane_is,
@@ -293,6 +295,9 @@ class Journal:
             kept = self._db.execute("SELECT value FROM meta WHERE key='seq_top'").fetchone()
             self._last_seq = max(top, int(kept[0]) if kept and str(kept[0]).isdigit() else 0)
             self.lane_top = lane_tops(self._db)
+            # No commit of this connection runs a checkpoint (an SOS would wait behind it): see Checkpointer.
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = Checkpointer(self.path, page_size=self._page_size, wal_bytes=WAL_CHECKPOINT_BYTES)
         except sqlite3.DatabaseError as exc:
             self._close_after_failed_open()
             if _is_corruption(exc):
@@ -320,7 +325,9 @@ class Journal:
             self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('seq_top', ?)", (str(self._last_seq),))
         except sqlite3.Error:
             pass
+        self._checkpointer.stop()
         self._db.close()
+        self._checkpointer.release()
 
     # -- the one write path ------------------------------------------------------------------------
     @_guarded
@@ -378,6 +385,7 @@ class Journal:
                 top = self.lane_top
                 for e, seq in zip(entries, seqs):
                     top[e.lane] = seq
+            self._checkpointer.after_commit(db)
             return seqs
         except sqlite3.Error as exc:
             if "full" in str(exc).lower():

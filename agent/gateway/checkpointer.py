@@ -122,3 +122,15 @@ class Checkpointer:
         if self._shm is not None:
             os.close(self._shm)
             self._shm = None
+
+
+def free_wal(db: sqlite3.Connection) -> None:
+    """After a commit failed for a full disk: the WAL may be what fills it, so its pages are moved into the
+    database and it is truncated, which frees the room for the next try (outside the failed transaction). A
+    checkpoint the thread is running is waited for (the connection's busy timeout)."""
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error:
+        pass  # the commit's own error is what the journal reports

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.errors import JournalError
-from agent.gateway.checkpointer import Checkpointer
+from agent.gateway.checkpointer import Checkpointer, free_wal
 from agent.gateway.journal_recovery import salvage_into, set_aside
 from agent.gateway.journal_schema import (
     WAL_CHECKPOINT_BYTES,
@@ -241,17 +241,6 @@ def _write_records(db: sqlite3.Connection, *, nodes: Iterable[NodeState], forget
         db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", list(meta.items()))
 
 
-def _free_wal(db: sqlite3.Connection) -> None:
-    """After a commit failed for a full disk: the WAL may be what fills it, so its pages are moved into the
-    database and it is truncated, which frees the room for the next try (outside the failed transaction)."""
-    try:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except sqlite3.Error:
-        pass  # the commit's own error is what _guarded reports
-
-
 class Journal:
     """The gateway's durable store. Not thread-safe: one owner thread writes.
 
@@ -389,7 +378,7 @@ class Journal:
             return seqs
         except sqlite3.Error as exc:
             if "full" in str(exc).lower():
-                _free_wal(db)
+                free_wal(db)
             raise
 
     # -- reads ---------------------------------------------------------------------------------------

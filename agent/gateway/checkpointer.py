@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 # The WAL index's start, native byte order: WalIndexHdr.mxFrame (frames in the WAL) at offset 16, and after the
 # header's two copies (2 x 48 bytes) WalCkptInfo.nBackfill (frames already copied into the database) at offset 96.
 _WAL_INDEX = struct.Struct("=16xI76xI")
-HARD_FACTOR = 4  # the owner checkpoints itself past this many times the threshold (4 MiB: SQLite's default with 4 KiB pages)
+# The owner checkpoints itself past this many times the threshold: 4 MiB, SQLite's own default with 4 KiB pages.
+HARD_FACTOR = 4
 
 
 class Checkpointer:

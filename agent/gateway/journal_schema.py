@@ -107,9 +107,11 @@ def configure(db: sqlite3.Connection) -> None:
     # were sent must never hold them again, or salvaging a damaged journal could bring a sent SOS back.
     db.execute("PRAGMA secure_delete=ON")
     # Checkpoint the WAL every ~1 MiB instead of SQLite's ~4 MB, so a small or nearly full card can still
-    # hold it; a failed commit for lack of space also forces a checkpoint (see Journal.commit). Counted in pages
+    # hold it; a failed commit for lack of space also forces a checkpoint (checkpointer.free_wal). Counted in pages
     # of this file's size (1,024 of 1 KiB; 256 of 4 KiB in a journal made before): measured at 20 frames/s,
-    # checkpointing every 256 KiB wrote 3.6 KiB per reading, every 1 MiB 3.4 KiB, every 4 MiB 3.2 KiB.
+    # checkpointing every 256 KiB wrote 3.6 KiB per reading, every 1 MiB 3.4 KiB, every 4 MiB 3.2 KiB. The
+    # running agent's journal turns this off on its own connection and leaves the same threshold to its
+    # checkpoint thread (agent.gateway.checkpointer); short-lived connections keep it.
     page_size = db.execute("PRAGMA page_size").fetchone()[0]
     db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
     db.executescript(DDL)

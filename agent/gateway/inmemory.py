@@ -80,17 +80,22 @@ class CommitWindow:
         due = now + (self.window_s if readings_wait else max(self.window_s, ACK_FOLD_S))
         self.due = min(self.due, due) if self.due else due
 
-    def take(self, entries: list[Entry], quarantined: list[Quarantined],
-             now: float) -> tuple[list[Entry], list[Quarantined]]:
+    def take(self, entries: list[Entry], quarantined: list[Quarantined], now: float, *,
+             acks_left: bool = False) -> tuple[list[Entry], list[Quarantined]]:
         """What waits, then ``entries`` and ``quarantined``, for a commit now (``now``: monotonic s); the window is
-        empty after."""
+        empty after.
+
+        Args:
+            acks_left: acknowledgements stay out of this commit (an SOS's): their deletion keeps the window's end,
+                or waits ACK_FOLD_S, so SOS after SOS cannot put it off for ever.
+        """
         self.taken_at = now
         self.gathering = False
         if self.entries or self.quarantined:
             entries = self.entries + entries
             quarantined = self.quarantined + quarantined
             self.entries, self.quarantined, self.held = [], [], 0
-        self.due = 0.0
+        self.due = (self.due or now + max(self.window_s, ACK_FOLD_S)) if acks_left else 0.0
         return entries, quarantined
 
 

@@ -121,9 +121,11 @@ class Outbox:
         self.sent_upto = [0] * len(LANES)
         self.acked = []
 
-    def deleted(self) -> None:
-        """The acknowledged readings were deleted (the core's commit succeeded); SOS kept in memory are journaled."""
-        self.acked = []
+    def journaled(self, *, deleted: bool) -> None:
+        """The core's commit succeeded: SOS kept in memory are journaled; ``deleted``: with the acknowledged
+        readings' deletion."""
+        if deleted:
+            self.acked = []
         self._sos_from_memory.clear()
 
     def protected(self) -> list[int]:

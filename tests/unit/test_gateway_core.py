@@ -372,6 +372,39 @@ def test_acknowledgements_fold_into_the_next_commit_within_the_window(gww: Gatew
     assert len(calls) == 2 and gww.outbox.acked == [] and kinds_pending(gww, 2) == []
 
 
+def test_an_sos_commit_carries_no_deletion_and_sos_after_sos_cannot_put_the_deletion_off(
+        gww: Gateway, monkeypatch) -> None:
+    """A drain's deletions (up to ACK_FOLD_MAX rows) made an SOS wake-up's commit 2-3 ms longer (tests/bench sos):
+    they stay out of it, and the window's end that was due for them holds however many SOS follow."""
+    fake = broker(gww)
+    fake.connect()
+    rain, sos = gww.test_nodes["rain"], gww.test_nodes["sos"]  # type: ignore[attr-defined]
+    gww.on_uplinks([up(rain.frame(default_values("rain", 1)))])
+    gww.step()
+    close_window(gww)
+    gww.step()
+    fake.ack()
+    gww.step()
+    acked, due = list(gww.outbox.acked), gww.window.due
+    assert len(acked) == 1 and due > time.monotonic()
+    calls = _counting_commits(gww, monkeypatch)
+    for i in range(3):
+        gww.on_uplinks([up(sos.frame(default_values("sos", i)))])
+        gww.step()
+        fake.ack_all()  # the SOS's PUBACK: its row waits for a deletion too
+        gww.step()
+        time.sleep(0.01)
+    sos_wakeups = len(calls)
+    assert sos_wakeups >= 3 and all(not c.get("acked") for c in calls)
+    assert set(acked) <= set(gww.outbox.acked) and gww.window.due == due  # not moved by the SOS
+    assert kinds_pending(gww, 2) == ["rain"]  # still journaled, and not offered again meanwhile:
+    assert [r["kind"] for r in fake.readings()].count("rain") == 1
+    close_window(gww)
+    gww.step()
+    assert len(calls) == sos_wakeups + 1 and set(acked) <= set(calls[-1]["acked"]) and gww.outbox.acked == []
+    assert gww.journal.pending(2, after_seq=0, limit=10) == [] and gww.journal.pending(0, after_seq=0, limit=10) == []
+
+
 def test_a_stopping_core_commits_what_waits_in_the_window(gww: Gateway) -> None:
     rain = gww.test_nodes["rain"]  # type: ignore[attr-defined]
     gww.on_uplinks([up(rain.frame(default_values("rain", 1)))])

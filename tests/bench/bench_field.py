@@ -605,11 +605,12 @@ def run_anchor(work: Path, commits: int) -> dict[str, Any]:
 
 
 #: The floor anchor: the field work of a gateway with no product logic, in its own interpreter. It reads the
-#: radio lines from a pty (one select + one read per wake-up), keeps each frame as a row, and every
-#: FLOOR_WINDOW_S commits the window's rows to SQLite (WAL, synchronous=FULL, one transaction) and publishes one
-#: MQTT QoS 1 message with them (paho, the agent's client, MQTTv5, its network thread). argv: pty, database,
-#: broker host, port, frames to warm up, frames to measure. Prints its CPU (utime+stime of all its threads, µs)
-#: and context switches between the warm-up's end and the last measured frame's commit and PUBACK.
+#: radio lines from a pty (one select + one read per wake-up), keeps each frame as a row, and at the end of each
+#: window (FLOOR_WINDOW_S, the agent's default commit window, or the agent's --commit-window-ms) commits the
+#: window's rows to SQLite (WAL, synchronous=FULL, one transaction) and publishes one MQTT QoS 1 message with them
+#: (paho, the agent's client, MQTTv5, its network thread). argv: pty, database, broker host, port, frames to warm
+#: up, frames to measure, window (s). Prints its CPU (utime+stime of all its threads, µs) and context switches
+#: between the warm-up's end and the last measured frame's commit and PUBACK.
 FLOOR_WINDOW_S = 0.25
 _FLOOR_CODE = r"""
 import json, os, resource, select, sqlite3, sys, time, tty
@@ -669,9 +670,10 @@ print(json.dumps({"frames": n, "cpu_us": (r1.ru_utime + r1.ru_stime - r0.ru_utim
 """
 
 
-def run_floor(work: Path, rate: int, seconds: float) -> dict[str, Any]:
-    """The floor anchor (:data:`_FLOOR_CODE`) at ``rate`` frames/s for ``seconds``: the same frames, one per pty
-    write, on the same Mosquitto's kind of broker and the journal's folder. Per frame: CPU µs, context switches."""
+def run_floor(work: Path, rate: int, seconds: float, window_s: float = FLOOR_WINDOW_S) -> dict[str, Any]:
+    """The floor anchor (:data:`_FLOOR_CODE`) at ``rate`` frames/s for ``seconds``, committing every ``window_s``:
+    the same frames, one per pty write, on the same Mosquitto's kind of broker and the journal's folder. Per frame:
+    CPU µs, context switches."""
     import tty  # noqa: PLC0415
 
     from agent.dev.devbroker import Mosquitto  # noqa: PLC0415
@@ -689,7 +691,7 @@ def run_floor(work: Path, rate: int, seconds: float) -> dict[str, Any]:
     proc = None
     try:
         proc = subprocess.Popen([sys.executable, "-c", _FLOOR_CODE, os.ttyname(slave), str(work / "floor.db"),
-                                 broker.host, str(broker.port), str(warm), str(n), str(FLOOR_WINDOW_S)],
+                                 broker.host, str(broker.port), str(warm), str(n), str(window_s)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
@@ -710,7 +712,8 @@ def run_floor(work: Path, rate: int, seconds: float) -> dict[str, Any]:
     if proc.returncode != 0:
         raise BenchError(f"floor anchor failed: {err.strip()[-500:]}")
     r = json.loads(out.strip().splitlines()[-1])
-    return {"rate": rate, "frames": r["frames"], "cpu_us": r["cpu_us"] / r["frames"], "ctx": r["ctx"] / r["frames"]}
+    return {"rate": rate, "frames": r["frames"], "cpu_us": r["cpu_us"] / r["frames"], "ctx": r["ctx"] / r["frames"],
+            "window_s": window_s}
 
 
 def card_years(bytes_per_day: float) -> list[dict[str, Any]]:
@@ -749,7 +752,10 @@ def run(p: dict[str, Any]) -> dict[str, Any]:
         result["anchor"] = run_anchor(work / "anchor", p["anchor_commits"])
         print(f"  anchor {time.monotonic() - t:.1f} s", file=sys.stderr)
         t = time.monotonic()
-        result["floor"] = run_floor(work / "floor", TARGET_RATE, p["seconds"])
+        # The floor commits as often as the agent: its window, or the config's default.
+        window_ms = p.get("commit_window_ms")
+        result["floor"] = run_floor(work / "floor", TARGET_RATE, p["seconds"],
+                                    FLOOR_WINDOW_S if window_ms is None else window_ms / 1000)
         print(f"  floor anchor at {TARGET_RATE}/s {time.monotonic() - t:.1f} s", file=sys.stderr)
         result["rates"] = []
         for rate in p["rates"]:
@@ -830,7 +836,7 @@ def add_rows(table: Any, r: dict[str, Any]) -> None:
     fl = r.get("floor")
     if fl:
         table.add(sec, f"anchor: the floor, Python field work with no product logic, at {fl['rate']}/s", fl["cpu_us"],
-                  "µs/frame", note=f"one select + read per pty frame, every {FLOOR_WINDOW_S * 1e3:.0f} ms one SQLite WAL "
+                  "µs/frame", note=f"one select + read per pty frame, every {fl['window_s'] * 1e3:.0f} ms one SQLite WAL "
                   f"synchronous=FULL commit of the window's rows and one paho QoS 1 publish of them to Mosquitto; "
                   f"{c.fmt(fl['ctx'])} context switches per frame; {fl['frames']:,} frames")
     sos = r.get("sos")

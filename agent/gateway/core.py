@@ -160,9 +160,9 @@ class Gateway:
     def on_uplinks(self, uplinks: list[Uplink]) -> None:
         self.turn.deliver(uplinks, self._inline_turn, self._gather)
 
-    def _gather(self, uplinks: list[Uplink]) -> float:
-        """The commit window's end, if these frames wait for it undecoded (CoreTurn.deliver); 0: they do not."""
-        return 0.0 if self._retry_commit_at or not gatherable(uplinks) else self.window.gather(time.monotonic())
+    def _gather(self, uplinks: list[Uplink], wake_at: float) -> float:
+        """The commit window's end if these frames wait for it undecoded (CoreTurn.deliver, CommitWindow.gather); 0: not."""
+        return 0.0 if self._retry_commit_at or not gatherable(uplinks) else self.window.gather(time.monotonic(), wake_at)
 
     def _inline_turn(self) -> None:
         """One wake-up's work on a radio's thread (under the core's lock); see :meth:`CoreTurn.rearm`. Frames that

@@ -164,11 +164,11 @@ class CoreTurn:
         self.gathered_chunks = 0
 
     def deliver(self, uplinks: list[Uplink], handle: Callable[[], None],
-                gather: Callable[[list[Uplink]], float] | None = None) -> None:
+                gather: Callable[[list[Uplink], float], float] | None = None) -> None:
         """Frames from a radio: ``handle()`` takes them at once on this thread if the core's lock is free, else they
-        wait (and a ``Heard`` in the inbox wakes the core). With the lock free, ``gather(uplinks)`` (called under
-        it) may give the commit window's end (monotonic s) instead: they wait for it, and the core's thread looks
-        again by then."""
+        wait (and a ``Heard`` in the inbox wakes the core). With the lock free, ``gather(uplinks, wake_at)`` (called
+        under it, with when the core's thread looks next) may give the commit window's end (monotonic s) instead:
+        they wait for it, and the core's thread looks again by then."""
         if self.inline and self.lock.acquire(blocking=False):
             try:
                 if self.inline:
@@ -183,9 +183,9 @@ class CoreTurn:
         self.frames.append(uplinks)
         self.inbox.put(Heard())
 
-    def _gather(self, gather: Callable[[list[Uplink]], float], uplinks: list[Uplink]) -> bool:
+    def _gather(self, gather: Callable[[list[Uplink], float], float], uplinks: list[Uplink]) -> bool:
         try:
-            due = gather(uplinks)
+            due = gather(uplinks, self.wake_at)
         except Exception:  # noqa: BLE001 - a bug in the choice leaves the frames to handle(), which reports it
             return False
         if not due:

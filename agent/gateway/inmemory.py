@@ -53,11 +53,19 @@ class CommitWindow:
         from its second frame on."""
         return not (self.entries or self.quarantined or self.gathering) and now - self.taken_at >= self.window_s
 
-    def gather(self, now: float) -> float:
+    def gather(self, now: float, wake_at: float = 0.0) -> float:
         """The end of the window (monotonic s) for telemetry frames that wait for it undecoded, at most a window from
         ``now`` (acknowledgements alone may have set it later, see :meth:`wait`); 0 when they may not wait: the
-        window is quiet (a frame commits at once) or already over."""
-        if not self.window_s or self.quiet(now) or (self.due and now >= self.due):
+        window is quiet (a frame commits at once) or over and nobody closes it yet.
+
+        Args:
+            wake_at: when the core's thread looks next (monotonic s). A window just over that the core is already
+                waking to close (``wake_at <= now``) takes the frames too: that wake-up commits them, instead of a
+                turn of their own on the radio's thread, then a core wake-up that finds nothing to do.
+        """
+        if self.due and now >= self.due:
+            return self.due if 0.0 < wake_at <= now else 0.0
+        if not self.window_s or self.quiet(now):
             return 0.0
         due = now + self.window_s
         self.due = min(self.due, due) if self.due else due

@@ -42,6 +42,11 @@ class CommitWindow:
         self.due = 0.0  # monotonic s when what waits must be committed; 0: nothing waits
         self.taken_at = float("-inf")  # monotonic s of the last commit of what waited (or of a frame committed at once)
 
+    @property
+    def acks_wait_s(self) -> float:
+        """How long acknowledgements alone may wait for a commit, in seconds: ACK_FOLD_S, at least the window."""
+        return max(self.window_s, ACK_FOLD_S)
+
     def closed(self, now: float) -> bool:
         """Whether what waits must be committed now (``now``: monotonic s)."""
         return bool(self.due) and now >= self.due
@@ -85,7 +90,7 @@ class CommitWindow:
         self.quarantined.extend(quarantined)
         self.held = held
         readings_wait = self.entries or self.quarantined or more_waits
-        due = now + (self.window_s if readings_wait else max(self.window_s, ACK_FOLD_S))
+        due = now + (self.window_s if readings_wait else self.acks_wait_s)
         self.due = min(self.due, due) if self.due else due
 
     def take(self, entries: list[Entry], quarantined: list[Quarantined], now: float, *,
@@ -103,7 +108,7 @@ class CommitWindow:
             entries = self.entries + entries
             quarantined = self.quarantined + quarantined
             self.entries, self.quarantined, self.held = [], [], 0
-        self.due = (self.due or now + max(self.window_s, ACK_FOLD_S)) if acks_left else 0.0
+        self.due = (self.due or now + self.acks_wait_s) if acks_left else 0.0
         return entries, quarantined
 
 
